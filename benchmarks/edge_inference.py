@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Edge inference benchmark: raw T4 session throughput versus our full per-frame path.
+
+One run measures, on the same field frames and one ONNX Runtime thread:
+  raw       InferenceSession.run for T4 on pre-processed batch-1 input (the limit)
+  pipeline  image in -> preprocess -> cascade (T4) -> every uncertainty score
+  cascade   the same with escalation to T3 enabled at the configured threshold
+and prints frames/s, their ratio, uncertainty cost per frame (us and % of T4 inference),
+p50/p99 latency, escalation rate and peak RSS. Rounds are interleaved so drift hits all rows.
+
+Targets (not asserted): pipeline / raw >= 0.90 at batch 1; uncertainty <= 2 % of T4 inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from _common import locate_models, machine, median, peak_rss_mb, percentile, print_table, write_json  # noqa: E402
+
+
+def _time_raw(model, inputs) -> list[float]:
+    session, names, input_name = model.session, model._output_names, model.input_name
+    times = []
+    for x in inputs:
+        start = time.perf_counter()
+        session.run(names, {input_name: x})
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _time_pipeline(cascade, frames) -> tuple[list[float], list[float]]:
+    """Return per-frame wall times and the uncertainty share the cascade measured in place."""
+    times, uncertainty = [], []
+    for frame in frames:
+        start = time.perf_counter()
+        result = cascade.infer(frame, stream="bench")
+        times.append(time.perf_counter() - start)
+        uncertainty.append(result.uncertainty_latency_s)
+    return times, uncertainty
+
+
+def _numpy_scores_us(edge, inputs) -> float:
+    """Return us per frame to compute entropy/margin/least confidence in numpy (no in-graph scores)."""
+    from fleetloop_core import uncertainty as unc
+    outputs = [edge.run(x) for x in inputs]
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for out in outputs:
+            unc.entropy(out.probs), unc.margin(out.probs), unc.least_confidence(out.probs)
+        best = min(best, (time.perf_counter() - start) / len(outputs))
+    return best * 1e6
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer frames and rounds (< 60 s)")
+    parser.add_argument("--models", default=None, help="directory with T1..T4 (default: ./models or build)")
+    parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--escalate-above", type=float, default=None)
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    from fleetloop_core import sim
+    from fleetloop_core.cascade import Cascade, CascadeConfig
+    from fleetloop_core.inference import TierModel
+
+    models = locate_models(args.models, args.quick)
+    n_frames = args.frames or (400 if args.quick else 2000)
+    rounds = args.rounds or (5 if args.quick else 9)
+    edge = TierModel.load(models / "T4", providers=("cpu",), intra_op_threads=1, warmup=20)
+    high = TierModel.load(models / "T3", providers=("cpu",), intra_op_threads=1, warmup=20)
+    site = sim.make_site(0, seed=0)
+    frames = [f.image for f in sim.CameraStream(site, "bench", seed=0).frames(n_frames)]
+    inputs = [edge.preprocessor.one(f) for f in frames]
+
+    t4_only = Cascade(edge, high, CascadeConfig(escalation_enabled=False))
+    cascade_config = CascadeConfig() if args.escalate_above is None else \
+        CascadeConfig(escalate_above=args.escalate_above)
+    full = Cascade(edge, high, cascade_config)
+    raw_fps, pipe_fps, casc_fps, pipe_lat, casc_lat, unc_lat = [], [], [], [], [], []
+    escalations = 0
+    for _ in range(rounds):
+        raw = _time_raw(edge, inputs)
+        pipe, pipe_unc = _time_pipeline(t4_only, frames)
+        unc_lat.extend(pipe_unc)
+        casc_start = time.perf_counter()
+        results = [full.infer(f, stream="bench") for f in frames]
+        casc_total = time.perf_counter() - casc_start
+        raw_fps.append(len(raw) / sum(raw))
+        pipe_fps.append(len(pipe) / sum(pipe))
+        casc_fps.append(len(results) / casc_total)
+        pipe_lat.extend(pipe)
+        casc_lat.extend(r.total_latency_s for r in results)
+        escalations += sum(r.escalated for r in results)
+    unc_us = 1e6 * sum(unc_lat) / len(unc_lat)      # measured in place, after each real inference
+    numpy_us = _numpy_scores_us(edge, inputs)
+    raw_median = median(raw_fps)
+    pipe_median = median(pipe_fps)
+    t4_us = 1e6 / raw_median
+    figures = {
+        "frames": n_frames,
+        "rounds": rounds,
+        "raw_fps": round(raw_median, 1),
+        "pipeline_fps": round(pipe_median, 1),
+        "ratio_pipeline_to_raw": round(pipe_median / raw_median, 4),
+        "t4_inference_us": round(t4_us, 1),
+        "uncertainty_us": round(unc_us, 2),
+        "uncertainty_pct_of_t4": round(100.0 * unc_us / t4_us, 3),
+        "uncertainty_numpy_fallback_us": round(numpy_us, 2),
+        "pipeline_p50_ms": round(percentile(pipe_lat, 50) * 1e3, 4),
+        "pipeline_p99_ms": round(percentile(pipe_lat, 99) * 1e3, 4),
+        "cascade_fps": round(median(casc_fps), 1),
+        "cascade_p50_ms": round(percentile(casc_lat, 50) * 1e3, 4),
+        "cascade_p99_ms": round(percentile(casc_lat, 99) * 1e3, 4),
+        "escalation_rate": round(escalations / (n_frames * rounds), 4),
+        "escalate_above": cascade_config.escalate_above,
+        "escalation_signal": cascade_config.escalation_signal,
+        "t4_parameters": edge.manifest.parameters,
+        "t4_input": edge.manifest.input.shape,
+        "frame_shape": list(frames[0].shape),
+        "providers": edge.providers,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "models": str(models),
+        "machine": machine(),
+    }
+    rows = [
+        ("T4 raw session.run, batch 1 (frames/s)", f"{figures['raw_fps']:.0f}"),
+        ("full per-frame pipeline, T4 path (frames/s)", f"{figures['pipeline_fps']:.0f}"),
+        ("ratio pipeline / raw (target >= 0.90)", f"{figures['ratio_pipeline_to_raw']:.3f}"),
+        ("T4 inference per frame (us)", f"{t4_us:.1f}"),
+        ("uncertainty per frame, in place (us)", f"{unc_us:.2f}"),
+        ("uncertainty, % of T4 inference (target <= 2)", f"{figures['uncertainty_pct_of_t4']:.2f}"),
+        ("  same scores in numpy instead of in-graph (us)", f"{numpy_us:.2f}"),
+        ("pipeline latency p50 / p99 (ms)", f"{figures['pipeline_p50_ms']:.3f} / {figures['pipeline_p99_ms']:.3f}"),
+        (f"cascade T4->T3 (escalate {cascade_config.escalation_signal} > {cascade_config.escalate_above}) (frames/s)",
+         f"{figures['cascade_fps']:.0f}"),
+        ("cascade latency p50 / p99 (ms)", f"{figures['cascade_p50_ms']:.3f} / {figures['cascade_p99_ms']:.3f}"),
+        ("escalation rate", f"{figures['escalation_rate']:.3f}"),
+        ("peak RSS (MiB)", f"{figures['peak_rss_mb']:.0f}"),
+        ("execution providers", ", ".join(edge.providers)),
+    ]
+    print_table(f"Edge inference, {n_frames} field frames x {rounds} rounds, 1 ORT thread", rows)
+    write_json(args.json, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""fleetloop_cloud: ingest, auto-label, review, train, registry, deploy (embedded + AWS backends)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="fleetloop_cloud",
+    version="0.1.0",
+    packages=find_packages(include=["fleetloop_cloud", "fleetloop_cloud.*"]),
+    python_requires=">=3.10",
+    description="FleetLoop cloud loop: ingest, auto-label, human review, train/distil, gate, registry, deploy.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": ["fleetloop-cloud = fleetloop_cloud.cli:main"],
+    },
+)

@@ -1,0 +1,51 @@
+# FleetLoop robot image: ROS 2 + onnxruntime-gpu (TensorRT -> CUDA -> CPU) + our workspace built with colcon.
+#
+#   docker build -f docker/robot.Dockerfile -t fleetloop/robot:humble .
+#   docker run --rm --gpus all --network host --ipc host \
+#       -v /var/fleetloop:/var/fleetloop fleetloop/robot:humble \
+#       ros2 launch /ws/launch/robot.launch.py robot_id:=robot-7 store_uri:=s3://fleet-frames/site-a
+#
+# Not buildable on the CI machines (no Docker engine there); kept correct by review and by the
+# tests that import the same packages with the same requirements (requirements/robot.txt).
+ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
+FROM ${CUDA_IMAGE}
+
+ARG ROS_DISTRO=humble
+ARG ONNXRUNTIME_GPU=1.20.1
+ENV DEBIAN_FRONTEND=noninteractive \
+    ROS_DISTRO=${ROS_DISTRO} \
+    LANG=C.UTF-8 \
+    # camera-sized images between processes without loss (see fleetloop_ros/environment.py)
+    FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA \
+    FLEETLOOP_HOME=/var/fleetloop
+
+# ROS 2 from packages.ros.org
+RUN apt-get update && apt-get install -y --no-install-recommends curl gnupg2 lsb-release ca-certificates \
+ && curl -sSL https://raw.githubusercontent.com/ros/rosdistro/master/ros.key -o /usr/share/keyrings/ros-archive-keyring.gpg \
+ && echo "deb [arch=$(dpkg --print-architecture) signed-by=/usr/share/keyrings/ros-archive-keyring.gpg] http://packages.ros.org/ros2/ubuntu $(lsb_release -cs) main" \
+      > /etc/apt/sources.list.d/ros2.list \
+ && apt-get update && apt-get install -y --no-install-recommends \
+      ros-${ROS_DISTRO}-ros-base ros-${ROS_DISTRO}-sensor-msgs ros-${ROS_DISTRO}-diagnostic-msgs \
+      ros-${ROS_DISTRO}-std-srvs ros-${ROS_DISTRO}-lifecycle-msgs ros-${ROS_DISTRO}-rosidl-default-generators \
+      ros-${ROS_DISTRO}-launch-ros python3-pip python3-colcon-common-extensions python3-numpy \
+ && rm -rf /var/lib/apt/lists/*
+
+# Python runtime; onnxruntime-gpu replaces the CPU wheel (CUDA 12 build, TensorRT EP included)
+COPY requirements/robot.txt /tmp/robot.txt
+RUN pip3 install --no-cache-dir -r /tmp/robot.txt \
+ && pip3 uninstall -y onnxruntime \
+ && pip3 install --no-cache-dir "onnxruntime-gpu==${ONNXRUNTIME_GPU}" "tensorrt-cu12==10.7.*"
+
+WORKDIR /ws
+COPY colcon.meta /ws/colcon.meta
+COPY ros2_ws/src /ws/src
+COPY launch /ws/launch
+COPY config /ws/config
+RUN . /opt/ros/${ROS_DISTRO}/setup.sh \
+ && colcon --log-base /ws/log build --merge-install --base-paths src --metas /ws/colcon.meta \
+ && rm -rf /ws/build /ws/log
+
+RUN printf '#!/bin/bash\nset -e\nsource /opt/ros/%s/setup.bash\nsource /ws/install/setup.bash\nexec "$@"\n' "${ROS_DISTRO}" \
+      > /ros_entrypoint.sh && chmod +x /ros_entrypoint.sh
+ENTRYPOINT ["/ros_entrypoint.sh"]
+CMD ["ros2", "launch", "/ws/launch/robot.launch.py"]

@@ -1,0 +1,202 @@
+"""The on-robot tier cascade: T4 on every frame, T3 when T4 is unsure and time allows.
+
+Per frame the result carries the tier used, probabilities, top-k, embeddings, per-tier latency
+and every uncertainty score (``fleetloop_core.uncertainty``); tier disagreement is recorded when
+both tiers ran. Models can be replaced between two frames (:meth:`Cascade.set_model`), which is
+what the model manager's hot-swap uses.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from fleetloop_core import uncertainty as unc
+from fleetloop_core.config import ConfigModel
+from fleetloop_core.inference import TierModel, TierOutputs
+
+EscalationSignal = Literal["entropy", "margin", "least_confidence"]
+_SIGNAL_INDEX = {"entropy": 0, "margin": 1, "least_confidence": 2}
+
+
+class CascadeConfig(ConfigModel):
+    """How the cascade escalates and what state it keeps."""
+
+    escalate_above: float = Field(default=0.5, ge=0.0, le=1.0)   # escalate when signal > this
+    escalation_signal: EscalationSignal = "margin"
+    latency_budget_ms: float = Field(default=20.0, gt=0.0)       # per frame, T4 + T3
+    top_k: int = Field(default=3, ge=1)
+    novelty_memory: int = Field(default=256, ge=1)                # embeddings remembered per stream
+    flicker_window: int = Field(default=8, ge=2)                  # frames per stream
+    escalation_enabled: bool = True
+
+
+@dataclass(slots=True)
+class FrameResult:
+    """What the cascade concluded about one frame."""
+
+    label: int
+    label_name: str
+    confidence: float                     # probability of the label, [0, 1]
+    tier_used: str                        # "T4" or "T3"
+    probs: np.ndarray                     # (C,) of the tier used
+    scores: dict[str, float]              # entropy, margin, least_confidence, disagreement, flicker, novelty
+    escalated: bool
+    latency_s: dict[str, float]           # per tier, seconds
+    model_versions: dict[str, str]
+    tier_outputs: dict[str, np.ndarray]   # probs per tier that ran
+    embeddings: dict[str, np.ndarray]
+    total_latency_s: float = 0.0
+    uncertainty_latency_s: float = 0.0    # time spent on flicker + novelty + score bookkeeping
+    k: int = 3
+
+    @property
+    def top_k(self) -> list[tuple[int, float]]:
+        """Return the ``k`` most probable (class index, probability) pairs, best first."""
+        probs = self.probs
+        k = min(self.k, len(probs))
+        top = np.argpartition(probs, -k)[-k:]
+        top = top[np.argsort(probs[top])[::-1]]
+        return [(int(i), float(probs[i])) for i in top]
+
+
+def _scores_of(out: TierOutputs) -> tuple[float, float, float]:
+    if out.uncertainty is not None:
+        entropy, margin, least = out.uncertainty[0].tolist()
+        return entropy, margin, least
+    probs = out.probs
+    return float(unc.entropy(probs)[0]), float(unc.margin(probs)[0]), float(unc.least_confidence(probs)[0])
+
+
+class _StreamState:
+    __slots__ = ("flicker", "memory")
+
+    def __init__(self, config: CascadeConfig, dim: int, unit_embeddings: bool):
+        self.flicker = unc.FlickerWindow(config.flicker_window)
+        self.memory = unc.EmbeddingMemory(dim, config.novelty_memory, unit_embeddings) if dim else None
+
+
+class Cascade:
+    """Runs T4 (``edge``) on every frame and escalates to T3 (``escalation``) when warranted."""
+
+    def __init__(self, edge: TierModel, escalation: TierModel | None = None,
+                 config: CascadeConfig | None = None):
+        self.config = config or CascadeConfig()
+        self._lock = threading.Lock()
+        self._models: dict[str, TierModel | None] = {"edge": edge, "escalation": escalation}
+        self._streams: dict[str, _StreamState] = {}
+        self._escalation_latency_s: float | None = None
+        self._check_compatible(edge, escalation)
+
+    @staticmethod
+    def _check_compatible(edge: TierModel, escalation: TierModel | None) -> None:
+        if escalation is not None and list(escalation.labels) != list(edge.labels):
+            from fleetloop_core.errors import ModelError
+            raise ModelError(
+                f"tiers disagree on labels: {edge.manifest.name} has {edge.labels}, "
+                f"{escalation.manifest.name} has {escalation.labels}"
+            )
+
+    # ------------------------------------------------------------------ models
+    @property
+    def edge(self) -> TierModel:
+        return self._models["edge"]  # type: ignore[return-value]
+
+    @property
+    def escalation(self) -> TierModel | None:
+        return self._models["escalation"]
+
+    def set_model(self, role: Literal["edge", "escalation"], model: TierModel | None) -> TierModel | None:
+        """Replace one tier atomically (between two frames); return the model it replaced."""
+        if role not in self._models:
+            raise ValueError(f"unknown cascade role {role!r} (edge, escalation)")
+        if role == "edge" and model is None:
+            raise ValueError("the edge tier cannot be removed")
+        edge = model if role == "edge" else self.edge
+        self._check_compatible(edge, model if role == "escalation" else self.escalation)  # type: ignore[arg-type]
+        with self._lock:
+            previous = self._models[role]
+            self._models[role] = model
+            if role == "edge":
+                self._streams.clear()        # embeddings of another model are not comparable
+            else:
+                self._escalation_latency_s = None
+        return previous
+
+    def model_versions(self) -> dict[str, str]:
+        """Return the serving version per tier."""
+        return {m.tier: m.version for m in self._models.values() if m is not None}
+
+    # ------------------------------------------------------------------ inference
+    def infer(self, frame: np.ndarray, stream: str = "default", color_order: str = "RGB") -> FrameResult:
+        """Return the cascade's result for one uint8 frame of ``stream``."""
+        start = time.perf_counter()
+        models = self._models
+        edge, escalation = models["edge"], models["escalation"]   # one consistent pair per frame
+        config = self.config
+        out = edge.infer(frame, color_order)
+        edge_done = time.perf_counter()
+        entropy, margin, least = _scores_of(out)
+        edge_scores_s = time.perf_counter() - edge_done
+        edge_tier = edge.tier
+        tier_outputs = {edge_tier: out.probs[0]}
+        latency = {edge_tier: out.latency_s}
+        versions = {edge_tier: edge.version}
+        used, used_out = edge, out
+        disagreement = 0.0
+        escalated = False
+        if escalation is not None:
+            versions[escalation.tier] = escalation.version
+            signal = (entropy, margin, least)[_SIGNAL_INDEX[config.escalation_signal]]
+            if config.escalation_enabled and signal > config.escalate_above and self._within_budget(out.latency_s):
+                high = escalation.infer(frame, color_order)
+                escalated = True
+                latency[escalation.tier] = high.latency_s
+                previous = self._escalation_latency_s
+                self._escalation_latency_s = high.latency_s if previous is None else \
+                    0.8 * previous + 0.2 * high.latency_s
+                tier_outputs[escalation.tier] = high.probs[0]
+                disagreement = float(unc.disagreement(out.probs, high.probs)[0])
+                used, used_out = escalation, high
+                entropy, margin, least = _scores_of(high)
+        scores_start = time.perf_counter()
+        probs = used_out.probs[0]
+        label = int(probs.argmax())
+        embedding = out.embedding[0] if out.embedding is not None else None
+        state = self._streams.get(stream)
+        if state is None:
+            state = self._streams[stream] = _StreamState(config, 0 if embedding is None else len(embedding),
+                                                         edge.manifest.outputs.embedding_normalised)
+        flicker = state.flicker.push(label)
+        novelty = state.memory.score(embedding) if state.memory is not None else 0.0
+        scores = {"entropy": entropy, "margin": margin, "least_confidence": least,
+                  "disagreement": disagreement, "flicker": flicker, "novelty": novelty}
+        scores_end = time.perf_counter()
+        embeddings = {edge_tier: embedding} if embedding is not None else {}
+        if escalated and used_out.embedding is not None:
+            embeddings[used.tier] = used_out.embedding[0]
+        return FrameResult(
+            label=label,
+            label_name=used.labels[label],
+            confidence=float(probs[label]),
+            tier_used=used.tier,
+            probs=probs,
+            scores=scores,
+            escalated=escalated,
+            latency_s=latency,
+            model_versions=versions,
+            tier_outputs=tier_outputs,
+            embeddings=embeddings,
+            total_latency_s=time.perf_counter() - start,
+            uncertainty_latency_s=edge_scores_s + (scores_end - scores_start),
+            k=config.top_k,
+        )
+
+    def _within_budget(self, edge_latency_s: float) -> bool:
+        expected = self._escalation_latency_s if self._escalation_latency_s is not None else 0.0
+        return (edge_latency_s + expected) * 1000.0 <= self.config.latency_budget_ms

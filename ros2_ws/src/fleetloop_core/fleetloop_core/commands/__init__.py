@@ -1,0 +1,1 @@
+"""Sub-commands of the ``fleetloop`` CLI; each module has ``register(subparsers)``."""

@@ -1,0 +1,111 @@
+"""The tier cascade: T4 always, T3 when uncertain and within budget, disagreement when both ran."""
+
+import numpy as np
+import pytest
+
+from fleetloop_core import sim
+from fleetloop_core.cascade import Cascade, CascadeConfig
+from fleetloop_core.errors import ConfigError, ModelError
+from fleetloop_core.inference import TierModel
+
+
+@pytest.fixture(scope="module")
+def tiers(test_models):
+    return (TierModel.load(test_models["T4"], providers=("cpu",)),
+            TierModel.load(test_models["T3"], providers=("cpu",)))
+
+
+@pytest.fixture(scope="module")
+def frames(pool):
+    return [f.image for f in sim.CameraStream(sim.make_site(0), "r", seed=0).frames(40)]
+
+
+def test_never_escalates_when_threshold_is_one(tiers, frames):
+    cascade = Cascade(*tiers, CascadeConfig(escalate_above=1.0))
+    results = [cascade.infer(f) for f in frames]
+    assert not any(r.escalated for r in results)
+    assert {r.tier_used for r in results} == {"T4"}
+    assert all(r.scores["disagreement"] == 0.0 for r in results)
+    assert all(set(r.latency_s) == {"T4"} for r in results)
+
+
+def test_escalates_uncertain_frames_and_records_disagreement(tiers, frames):
+    edge, high = tiers
+    cascade = Cascade(edge, high, CascadeConfig(escalate_above=0.0, latency_budget_ms=1000))
+    results = [cascade.infer(f) for f in frames]
+    assert all(r.escalated and r.tier_used == "T3" for r in results)
+    for frame, r in zip(frames, results):
+        assert set(r.latency_s) == {"T4", "T3"}
+        assert set(r.tier_outputs) == {"T4", "T3"}
+        assert np.allclose(r.probs, high.infer(frame).probs[0], atol=1e-5)
+        assert 0.0 <= r.scores["disagreement"] <= 1.0
+    assert any(r.scores["disagreement"] > 0 for r in results)
+
+
+def test_escalation_follows_the_signal(tiers, frames):
+    edge, high = tiers
+    threshold = 0.6
+    cascade = Cascade(edge, high, CascadeConfig(escalate_above=threshold, escalation_signal="entropy",
+                                                latency_budget_ms=1000))
+    for frame in frames:
+        r = cascade.infer(frame)
+        edge_entropy = float(edge.infer(frame).uncertainty[0, 0])
+        assert r.escalated == (edge_entropy > threshold)
+
+
+def test_latency_budget_blocks_escalation(tiers, frames):
+    cascade = Cascade(*tiers, CascadeConfig(escalate_above=0.0, latency_budget_ms=1e-6))
+    assert not any(cascade.infer(f).escalated for f in frames[:10])
+
+
+def test_result_contents(tiers, frames):
+    cascade = Cascade(*tiers, CascadeConfig(escalate_above=1.0, top_k=3))
+    r = cascade.infer(frames[0], stream="cam0")
+    assert r.label == int(np.argmax(r.probs)) and r.confidence == pytest.approx(float(r.probs.max()))
+    assert [i for i, _ in r.top_k][0] == r.label and len(r.top_k) == 3
+    assert [p for _, p in r.top_k] == sorted([p for _, p in r.top_k], reverse=True)
+    assert set(r.scores) == {"entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty"}
+    assert all(0.0 <= v <= 1.0 for v in r.scores.values())
+    assert r.scores["novelty"] == 1.0                       # first frame of a stream is new
+    again = cascade.infer(frames[0], stream="cam0")
+    assert again.scores["novelty"] == pytest.approx(0.0, abs=1e-5)   # the same frame again is not
+    assert r.model_versions == {"T4": tiers[0].version, "T3": tiers[1].version}
+    assert "T4" in r.embeddings
+
+
+def test_streams_keep_separate_state(tiers, frames):
+    cascade = Cascade(*tiers, CascadeConfig(escalate_above=1.0))
+    cascade.infer(frames[0], stream="a")
+    assert cascade.infer(frames[0], stream="b").scores["novelty"] == 1.0
+
+
+def test_set_model_swaps_between_frames_and_checks_labels(tiers, frames, model_copy):
+    edge, high = tiers
+    cascade = Cascade(edge, None, CascadeConfig(escalate_above=0.0))
+    assert not cascade.infer(frames[0]).escalated             # no T3: nothing to escalate to
+    previous = cascade.set_model("escalation", high)
+    assert previous is None and cascade.model_versions() == {"T4": edge.version, "T3": high.version}
+    # a model with other labels cannot join the cascade
+    import json
+    directory = model_copy("T3")
+    data = json.loads((directory / "manifest.json").read_text())
+    data["labels"] = [f"x{i}" for i in range(len(data["labels"]))]
+    (directory / "manifest.json").write_text(json.dumps(data))
+    other = TierModel.load(directory, providers=("cpu",))
+    with pytest.raises(ModelError, match="tiers disagree on labels"):
+        cascade.set_model("escalation", other)
+    assert cascade.escalation is high
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    from fleetloop_core.config import load_config
+    path = tmp_path / "cascade.yaml"
+    path.write_text("escalate_above: 1.5\n")
+    with pytest.raises(ConfigError, match=r"cascade.yaml: escalate_above: .*less than or equal to 1 \(got 1.5\)"):
+        load_config(CascadeConfig, path)
+    path.write_text("escalate_abov: 0.5\n")
+    with pytest.raises(ConfigError, match="unknown key escalate_abov"):
+        load_config(CascadeConfig, path)
+    path.write_text("escalate_above: [\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(CascadeConfig, path)
