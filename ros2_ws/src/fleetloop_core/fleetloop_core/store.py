@@ -1,0 +1,291 @@
+"""Object stores behind one small interface, picked by URI.
+
+``open_store("file:///var/fleetloop/store")`` (embedded default) or
+``open_store("s3://bucket/prefix?endpoint_url=http://127.0.0.1:9000&region=us-east-1")``
+(any S3 API, via boto3; multipart above a threshold through boto3's transfer manager).
+
+Keys are '/'-separated relative paths. Object layout used by the fleet (the cloud ingest's input;
+a SageMaker Ground Truth input manifest is derived from it):
+
+    frames/<robot_id>/<YYYY-MM-DD>/<sha256>.<png|jpg>   the encoded frame
+    frames/<robot_id>/<YYYY-MM-DD>/<sha256>.json        its sidecar (fleetloop_core.sidecar)
+    models/<name>/<version>/...                         signed model packages
+
+Puts are atomic (a reader never sees half an object) and idempotent when the key carries the
+content hash: putting the same bytes twice leaves one object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol
+from urllib.parse import parse_qs, unquote, urlparse
+
+from fleetloop_core.errors import FleetLoopError
+
+
+class StoreError(FleetLoopError):
+    """The store refused or failed an operation (message names store, key and cause)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now; retry later (network, endpoint down)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: key, size (bytes), metadata."""
+
+    key: str
+    size: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class ObjectStore(Protocol):
+    """What every store backend offers."""
+
+    uri: str
+
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None: ...
+    def put_file(self, key: str, path: str | Path, metadata: dict[str, str] | None = None) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def get_file(self, key: str, path: str | Path) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def head(self, key: str) -> ObjectInfo | None: ...
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def delete(self, key: str) -> None: ...
+    def url(self, key: str) -> str: ...
+
+
+def _check_key(key: str) -> str:
+    if not key or key.startswith("/") or "\\" in key or any(part in ("", ".", "..") for part in key.split("/")):
+        raise StoreError(f"invalid object key {key!r}: use a relative '/'-separated path without '..'")
+    return key
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStore:
+    """A directory as an object store; metadata lives in a ``.<name>.meta`` side file."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.uri = f"file://{self.root}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.uri}: cannot create store directory ({exc.strerror or exc})") from exc
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def _write_atomic(self, target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise StoreError(f"{self.uri}: cannot write {target.relative_to(self.root)} ({exc.strerror or exc})") from exc
+
+    def _meta_path(self, path: Path) -> Path:
+        return path.with_name(f".{path.name}.meta")
+
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        path = self._path(key)
+        if metadata:
+            import json
+            self._write_atomic(self._meta_path(path), json.dumps(metadata, sort_keys=True).encode())
+        self._write_atomic(path, data)
+
+    def put_file(self, key: str, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        self.put_bytes(key, Path(path).read_bytes(), metadata)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"{self.uri}: no object {key}") from None
+
+    def get_file(self, key: str, path: str | Path) -> None:
+        Path(path).write_bytes(self.get_bytes(key))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        metadata = {}
+        meta = self._meta_path(path)
+        if meta.is_file():
+            import json
+            metadata = json.loads(meta.read_text())
+        return ObjectInfo(key=key, size=path.stat().st_size, metadata=metadata)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self.root
+        for directory, _, files in sorted(os.walk(base)):
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                path = Path(directory) / name
+                key = path.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    yield ObjectInfo(key=key, size=path.stat().st_size)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        for target in (path, self._meta_path(path)):
+            try:
+                target.unlink()
+            except FileNotFoundError:
+                pass
+
+    def url(self, key: str) -> str:
+        return f"{self.uri}/{_check_key(key)}"
+
+
+class S3Store:
+    """An S3 bucket/prefix through boto3 (any S3-compatible endpoint)."""
+
+    MULTIPART_THRESHOLD = 8 * 1024 * 1024
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
+                 region: str | None = None, multipart_threshold: int | None = None, client=None):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.endpoint_url = endpoint_url
+        self._client = client or boto3.client(
+            "s3", endpoint_url=endpoint_url, region_name=region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+        )
+        threshold = multipart_threshold or self.MULTIPART_THRESHOLD
+        self._transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(threshold, 5 * 1024 * 1024))
+
+    def _key(self, key: str) -> str:
+        key = _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, action: str, key: str, exc: Exception) -> StoreError:
+        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, EndpointConnectionError
+        if isinstance(exc, (EndpointConnectionError, BotoConnectionError)):
+            return StoreUnavailable(f"{self.uri}: cannot reach the store to {action} {key} ({exc})")
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "?")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken"):
+                return StoreError(f"{self.uri}: credentials refused ({code}) when trying to {action} {key}")
+            if code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"):
+                return StoreUnavailable(f"{self.uri}: store busy ({code}) when trying to {action} {key}")
+            return StoreError(f"{self.uri}: {action} {key} failed ({code}: {exc})")
+        return StoreUnavailable(f"{self.uri}: {action} {key} failed ({exc})")
+
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        import io
+        self._upload(key, io.BytesIO(data), metadata, hashlib.sha256(data).hexdigest())
+
+    def put_file(self, key: str, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256()
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+            handle.seek(0)
+            self._upload(key, handle, metadata, digest.hexdigest())
+
+    def _upload(self, key: str, handle, metadata: dict[str, str] | None, sha256_hex: str) -> None:
+        extra = {"Metadata": {**(metadata or {}), "sha256": sha256_hex}, "ChecksumAlgorithm": "SHA256"}
+        try:
+            self._client.upload_fileobj(handle, self.bucket, self._key(key), ExtraArgs=extra, Config=self._transfer)
+        except Exception as exc:  # boto3 raises several unrelated exception types
+            raise self._error("put", key, exc) from exc
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except Exception as exc:
+            raise self._error("get", key, exc) from exc
+
+    def get_file(self, key: str, path: str | Path) -> None:
+        try:
+            self._client.download_file(self.bucket, self._key(key), str(path), Config=self._transfer)
+        except Exception as exc:
+            raise self._error("get", key, exc) from exc
+
+    def head(self, key: str) -> ObjectInfo | None:
+        from botocore.exceptions import ClientError
+        try:
+            response = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._error("head", key, exc) from exc
+        except Exception as exc:
+            raise self._error("head", key, exc) from exc
+        return ObjectInfo(key=key, size=int(response["ContentLength"]), metadata=dict(response.get("Metadata", {})))
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(key=item["Key"][strip:], size=int(item["Size"]))
+        except Exception as exc:
+            raise self._error("list", prefix or "(all)", exc) from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            raise self._error("delete", key, exc) from exc
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def open_store(uri: str) -> ObjectStore:
+    """Return the store for ``uri``: ``file:///path`` or ``s3://bucket/prefix[?endpoint_url=..&region=..]``."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise StoreError(f"{uri}: file URIs must be file:///absolute/path")
+        return FileStore(unquote(parsed.path))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StoreError(f"{uri}: s3 URIs must name a bucket (s3://bucket/prefix)")
+        options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        unknown = set(options) - {"endpoint_url", "region", "multipart_threshold"}
+        if unknown:
+            raise StoreError(f"{uri}: unknown option(s) {sorted(unknown)} (known: endpoint_url, region, multipart_threshold)")
+        threshold = int(options["multipart_threshold"]) if "multipart_threshold" in options else None
+        return S3Store(parsed.netloc, parsed.path, endpoint_url=options.get("endpoint_url"),
+                       region=options.get("region"), multipart_threshold=threshold)
+    if not parsed.scheme and uri.startswith("/"):
+        return FileStore(uri)
+    raise StoreError(f"{uri}: unknown store scheme {parsed.scheme!r} (known: file, s3)")
