@@ -10,5 +10,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": ["fleetloop-cloud = fleetloop_cloud.cli:main"],
+        # one line per step: "name = fleetloop_cloud.<module>:register"
+        "fleetloop_cloud.commands": [],
     },
 )

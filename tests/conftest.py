@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# fixture modules that start real servers (tests/fixtures/<name>.py); append yours
+pytest_plugins: list[str] = []
 CACHE = ROOT / ".cache"
 
 

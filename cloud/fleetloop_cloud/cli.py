@@ -1,10 +1,16 @@
-"""The ``fleetloop-cloud`` command line (steps of the cloud loop are added by their modules)."""
+"""The ``fleetloop-cloud`` command line.
+
+Each step registers itself: an entry point ``name = module:register`` in the
+``fleetloop_cloud.commands`` group (cloud/setup.py); ``register(subparsers)`` adds the parser and
+sets ``handler``. Adding a step never edits this file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from importlib.metadata import entry_points
 from typing import Sequence
 
 from fleetloop_core.errors import FleetLoopError
@@ -16,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the parser of ``fleetloop-cloud``."""
     parser = argparse.ArgumentParser(prog="fleetloop-cloud", description="FleetLoop cloud loop")
     parser.add_argument("-v", "--verbose", action="store_true")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for entry in sorted(entry_points(group="fleetloop_cloud.commands"), key=lambda e: e.name):
+        entry.load()(subparsers)
     return parser
 
 
