@@ -1,4 +1,4 @@
-"""``fleetloop models build``: train and export the reference tiers."""
+"""``fleetloop models build|keygen|sign|verify``: reference tiers and signed model packages."""
 
 from __future__ import annotations
 
@@ -18,6 +18,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--force", action="store_true", help="rebuild even when the cache is current")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(handler=_build)
+    keygen = actions.add_parser("keygen", help="create an Ed25519 signing key pair (NAME.key, NAME.pub)")
+    keygen.add_argument("--out", default="keys", help="directory for the key files (default: keys)")
+    keygen.add_argument("--name", default="signing", help="file stem (default: signing)")
+    keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
+    keygen.set_defaults(handler=_keygen)
+    sign = actions.add_parser("sign", help="sign a model package directory (rewrites its manifest.json)")
+    sign.add_argument("package", help="package directory (manifest.json + files)")
+    sign.add_argument("--key", required=True, help="Ed25519 private key PEM file")
+    sign.set_defaults(handler=_sign)
+    verify = actions.add_parser("verify", help="check a package's signature, sizes and sha256")
+    verify.add_argument("package", help="package directory (manifest.json + files)")
+    verify.add_argument("--trusted", required=True,
+                        help="directory of trusted *.pub keys, or a YAML file with trusted_keys")
+    verify.set_defaults(handler=_verify)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
 
 
@@ -39,4 +53,48 @@ def _build(args: argparse.Namespace) -> int:
                      "dir": str(Path(directory))})
     for row in rows:
         print(json.dumps(row))
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    import os
+
+    from fleetloop_core.errors import ConfigError
+    from fleetloop_core.signing import generate_keypair, key_id
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = out / f"{args.name}.key", out / f"{args.name}.pub"
+    if not args.force and (private_path.exists() or public_path.exists()):
+        raise ConfigError(f"{private_path}: key files exist already (use --force to overwrite)")
+    private_pem, public_pem = generate_keypair()
+    # the private key is created 0600 so it is never readable by others, even for a moment
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private_pem)
+    public_path.write_bytes(public_pem)
+    print(json.dumps({"key_id": key_id(public_pem), "private_key": str(private_path), "public_key": str(public_path)}))
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from fleetloop_core.errors import ConfigError
+    from fleetloop_core.signing import sign_package
+
+    try:
+        private_pem = Path(args.key).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{args.key}: cannot read private key ({exc.strerror or exc})") from None
+    manifest = sign_package(args.package, private_pem)
+    print(json.dumps({"package": args.package, "name": manifest.name, "version": manifest.version,
+                      "key_id": manifest.signature.key_id}))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from fleetloop_core.signing import TrustedKeys, verify_package
+
+    manifest = verify_package(args.package, TrustedKeys.load(args.trusted))
+    print(json.dumps({"package": args.package, "name": manifest.name, "version": manifest.version,
+                      "key_id": manifest.signature.key_id, "verified": True}))
     return 0
