@@ -1,0 +1,414 @@
+"""How jobs reach a robot: the ``ControlPlane`` interface and its two real implementations.
+
+* ``local`` (``file:///path``, the embedded default): a watched job directory,
+  ``<dir>/<thing>/queued/<jobId>.json`` → ``in_progress/`` → ``done/``, statuses in ``status/``.
+* ``mqtt`` (``mqtts://host:port``): the AWS IoT Jobs MQTT protocol (``fleetloop_core.iot_jobs``)
+  through awsiotsdk's MQTT 5 client with mutual TLS — AWS IoT Core in production, any MQTT 5 broker
+  (mosquitto) with our own job service (``fleetloop_cloud.deploy``) here. The client reconnects with
+  exponential back-off and jitter; while the broker is away the robot keeps serving, ``next_job``
+  returns None and a final status waits to be delivered.
+
+Both have the same semantics as IoT Jobs: ``next_job`` claims the next pending execution
+(IN_PROGRESS ones first, so a job interrupted by a restart comes back), ``update`` reports
+IN_PROGRESS / SUCCEEDED / FAILED / REJECTED with string ``statusDetails``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+from urllib.parse import unquote, urlparse
+
+from pydantic import Field
+
+from fleetloop_core import iot_jobs
+from fleetloop_core.config import ConfigModel, load_config
+from fleetloop_core.errors import ConfigError, FleetLoopError
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlaneError(FleetLoopError):
+    """The control plane refused a request (the message names thing, job and code)."""
+
+
+class ControlPlaneUnavailable(ControlPlaneError):
+    """The control plane cannot be reached right now; retry later."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job execution claimed by this robot."""
+
+    job_id: str
+    document: dict[str, Any]
+    version_number: Optional[int] = None
+    execution_number: Optional[int] = None
+    queued_at: Optional[int] = None
+
+
+class ControlPlane(Protocol):
+    """What the deploy agent needs from a job source."""
+
+    thing_name: str
+
+    def start(self) -> None: ...
+    def next_job(self, timeout_s: float) -> Optional[Job]: ...
+    def update(self, job: Job, status: str, details: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+
+# ====================================================================================== config
+class MqttConfig(ConfigModel):
+    """MQTT 5 over mutual TLS (AWS IoT Core or any broker)."""
+
+    topic_prefix: str = iot_jobs.DEFAULT_PREFIX      # "$aws"; change only for brokers that refuse $-topics
+    ca_file: str = "/etc/fleetloop/tls/ca.pem"
+    cert_file: str = "/etc/fleetloop/tls/robot.crt"
+    key_file: str = "/etc/fleetloop/tls/robot.key"
+    client_id: Optional[str] = None                  # default: the thing name (AWS IoT policy convention)
+    keep_alive_s: int = Field(default=60, ge=5)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, ge=0)
+
+
+class ControlPlaneConfig(ConfigModel):
+    """Where jobs come from (config/model_manager.yaml, section control_plane)."""
+
+    uri: str = "file:///var/lib/fleetloop/jobs"      # file:///dir (local) or mqtts://host:port (mqtt)
+    thing_name: str = Field(default="robot-0", min_length=1)
+    poll_s: float = Field(default=30.0, gt=0)        # ask for the next job at least this often
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+
+
+def load_control_plane_config(path: str, section: str | None = "control_plane") -> ControlPlaneConfig:
+    """Return the control-plane config from a YAML file (by default its ``control_plane`` section)."""
+    return load_config(ControlPlaneConfig, path, section)
+
+
+# ====================================================================================== local
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+class LocalControlPlane:
+    """Jobs as JSON files in a directory shared with the (local) job service."""
+
+    def __init__(self, directory: str | Path, thing_name: str, poll_s: float = 0.5):
+        self.directory = Path(directory)
+        self.thing_name = thing_name
+        self.poll_s = poll_s
+        self.root = self.directory / thing_name
+        for name in ("queued", "in_progress", "done", "status"):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        self._closed = threading.Event()
+
+    @classmethod
+    def from_config(cls, config: ControlPlaneConfig) -> "LocalControlPlane":
+        parsed = urlparse(config.uri)
+        return cls(unquote(parsed.path), config.thing_name, poll_s=min(config.poll_s, 1.0))
+
+    @property
+    def connected(self) -> bool:
+        return self.root.is_dir()
+
+    def start(self) -> None:
+        self._closed.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _read(self, path: Path) -> Optional[dict[str, Any]]:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ControlPlaneError(f"{path}: unreadable job file ({exc})") from None
+
+    def _job(self, path: Path, data: dict[str, Any]) -> Job:
+        return Job(str(data.get("jobId") or path.stem), data.get("jobDocument", {}),
+                   data.get("versionNumber"), data.get("executionNumber", 1), data.get("queuedAt"))
+
+    def _claim(self) -> Optional[Job]:
+        for path in sorted((self.root / "in_progress").glob("*.json")):
+            data = self._read(path)
+            if data is not None:
+                return self._job(path, data)
+        queued = []
+        for path in (self.root / "queued").glob("*.json"):
+            data = self._read(path)
+            if data is not None:
+                queued.append((data.get("queuedAt", 0), path.name, path, data))
+        for _, _, path, data in sorted(queued, key=lambda q: (q[0], q[1])):
+            target = self.root / "in_progress" / path.name
+            try:
+                os.rename(path, target)           # atomic claim
+            except FileNotFoundError:
+                continue                          # withdrawn (canceled) meanwhile
+            data["status"] = "IN_PROGRESS"
+            data["startedAt"] = iot_jobs.now_s()
+            _write_json_atomic(target, data)
+            self._write_status(data.get("jobId") or path.stem, "IN_PROGRESS", {})
+            return self._job(target, data)
+        return None
+
+    def next_job(self, timeout_s: float) -> Optional[Job]:
+        """Claim the next job (IN_PROGRESS first, then the oldest QUEUED); None after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self._claim()
+            if job is not None or self._closed.is_set():
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._closed.wait(min(self.poll_s, remaining))
+
+    def _write_status(self, job_id: str, status: str, details: dict[str, Any]) -> None:
+        _write_json_atomic(self.root / "status" / f"{job_id}.json",
+                           {"jobId": job_id, "thingName": self.thing_name, "status": status,
+                            "statusDetails": iot_jobs.status_details(details), "lastUpdatedAt": iot_jobs.now_s()})
+
+    def update(self, job: Job, status: str, details: dict[str, Any]) -> None:
+        """Report a status; a terminal one moves the job to ``done/``."""
+        iot_jobs.update_request(status, "local", details)        # validates the status
+        current = self._read(self.root / "status" / f"{job.job_id}.json")
+        if current and current.get("status") in iot_jobs.TERMINAL and current.get("status") != status:
+            raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: already {current['status']}, "
+                                    f"cannot become {status} (InvalidStateTransition)")
+        self._write_status(job.job_id, status, details)
+        if status in iot_jobs.TERMINAL:
+            source = self.root / "in_progress" / f"{job.job_id}.json"
+            if source.exists():
+                os.replace(source, self.root / "done" / source.name)
+
+
+# ====================================================================================== mqtt
+@dataclass
+class _Pending:
+    event: threading.Event = field(default_factory=threading.Event)
+    topic: str = ""
+    payload: Optional[dict[str, Any]] = None
+
+
+class MqttControlPlane:
+    """The AWS IoT Jobs device protocol over awsiotsdk MQTT 5 with mutual TLS."""
+
+    def __init__(self, host: str, port: int, thing_name: str, config: MqttConfig | None = None,
+                 poll_s: float = 30.0):
+        self.host, self.port = host, int(port)
+        self.thing_name = thing_name
+        self.config = config or MqttConfig()
+        self.poll_s = poll_s
+        self.prefix = self.config.topic_prefix
+        self._client = None
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._wake = threading.Event()
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._stopped = threading.Event()
+        self._disconnects = 0
+        self.connections = 0
+
+    @classmethod
+    def from_config(cls, config: ControlPlaneConfig) -> "MqttControlPlane":
+        parsed = urlparse(config.uri)
+        if not parsed.hostname:
+            raise ConfigError(f"control_plane.uri {config.uri!r}: mqtts URIs need a host (mqtts://host:8883)")
+        return cls(parsed.hostname, parsed.port or 8883, config.thing_name, config.mqtt, config.poll_s)
+
+    # ------------------------------------------------------------------ connection
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set() and self._subscribed.is_set()
+
+    def _topic(self, suffix: str) -> str:
+        return iot_jobs.jobs_topic(self.thing_name, suffix, self.prefix)
+
+    def start(self) -> None:
+        """Start connecting (returns after ``connect_timeout_s`` even if the broker is away)."""
+        from awscrt import mqtt5
+        from awsiot import mqtt5_client_builder
+
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self.config, name)
+            if not Path(path).is_file():
+                raise ConfigError(f"control_plane.mqtt.{name}: {path} does not exist")
+        config = self.config
+        self._stopped.clear()
+        self._client = mqtt5_client_builder.mtls_from_path(
+            endpoint=self.host, port=self.port, cert_filepath=config.cert_file, pri_key_filepath=config.key_file,
+            ca_filepath=config.ca_file, client_id=config.client_id or self.thing_name,
+            keep_alive_interval_sec=config.keep_alive_s, session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
+            min_reconnect_delay_ms=int(config.reconnect_min_s * 1000),
+            max_reconnect_delay_ms=int(config.reconnect_max_s * 1000),
+            retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
+            on_publish_received=self._on_publish, on_lifecycle_connection_success=self._on_connected,
+            on_lifecycle_connection_failure=self._on_connection_failure,
+            on_lifecycle_disconnection=self._on_disconnected, on_lifecycle_stopped=lambda _e: self._stopped.set(),
+        )
+        self._client.start()
+        if config.connect_timeout_s:
+            self._subscribed.wait(config.connect_timeout_s)
+
+    def _on_connected(self, _event) -> None:
+        from awscrt import mqtt5
+
+        self.connections += 1
+        self._connected.set()
+        log.info("%s: connected to %s:%d (connection %d)", self.thing_name, self.host, self.port, self.connections)
+        topics = [self._topic("notify-next"), self._topic("start-next/accepted"), self._topic("start-next/rejected"),
+                  self._topic("+/update/accepted"), self._topic("+/update/rejected")]
+        # a clean session forgets subscriptions: subscribe on every connection, then ask for work
+        future = self._client.subscribe(mqtt5.SubscribePacket(
+            [mqtt5.Subscription(topic, mqtt5.QoS.AT_LEAST_ONCE) for topic in topics]))
+
+        def done(f) -> None:
+            try:
+                codes = f.result().reason_codes
+            except Exception as exc:  # the connection dropped before the SUBACK
+                log.warning("%s: subscribe failed (%s); will retry on reconnect", self.thing_name, exc)
+                return
+            refused = [t for t, c in zip(topics, codes) if int(c) >= 0x80]
+            if refused:
+                log.error("%s: broker refused subscriptions %s (codes %s); a broker that refuses $-topics "
+                          "needs control_plane.mqtt.topic_prefix", self.thing_name, refused, codes)
+                return
+            self._subscribed.set()
+            self._wake.set()
+
+        future.add_done_callback(done)
+
+    def _on_connection_failure(self, event) -> None:
+        log.debug("%s: connection attempt failed (%s); retrying with back-off", self.thing_name,
+                  getattr(event, "exception", event))
+
+    def _on_disconnected(self, event) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        self._subscribed.clear()
+        if was:
+            self._disconnects += 1
+            log.warning("%s: disconnected from %s:%d (%s); serving continues, reconnecting with back-off",
+                        self.thing_name, self.host, self.port, getattr(event, "exception", ""))
+        with self._lock:
+            for pending in self._pending.values():
+                pending.event.set()              # wake requests: they fail as unavailable
+
+    def _on_publish(self, data) -> None:
+        packet = data.publish_packet
+        topic = packet.topic
+        try:
+            thing, rest = iot_jobs.parse_jobs_topic(topic, self.prefix)
+            payload = json.loads(bytes(packet.payload).decode("utf-8")) if packet.payload else {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("%s: ignoring message on %s (%s)", self.thing_name, topic, exc)
+            return
+        if thing != self.thing_name:
+            log.warning("%s: ignoring message for thing %s on %s", self.thing_name, thing, topic)
+            return
+        if rest == ["notify-next"]:
+            self._wake.set()
+            return
+        token = payload.get("clientToken") if isinstance(payload, dict) else None
+        with self._lock:
+            pending = self._pending.get(token) if token else None
+        if pending is not None:
+            pending.topic, pending.payload = topic, payload
+            pending.event.set()
+
+    def _request(self, topic: str, payload: dict[str, Any], token: str) -> tuple[str, dict[str, Any]]:
+        from awscrt import mqtt5
+
+        if self._client is None or not self.connected:
+            raise ControlPlaneUnavailable(f"{self.thing_name}: not connected to {self.host}:{self.port}")
+        pending = _Pending()
+        with self._lock:
+            self._pending[token] = pending
+        try:
+            self._client.publish(mqtt5.PublishPacket(topic=topic, payload=json.dumps(payload).encode("utf-8"),
+                                                     qos=mqtt5.QoS.AT_LEAST_ONCE))
+            if not pending.event.wait(self.config.request_timeout_s) or pending.payload is None:
+                raise ControlPlaneUnavailable(f"{self.thing_name}: no answer on {topic} within "
+                                              f"{self.config.request_timeout_s} s")
+            return pending.topic, pending.payload
+        finally:
+            with self._lock:
+                self._pending.pop(token, None)
+
+    # ------------------------------------------------------------------ protocol
+    def next_job(self, timeout_s: float) -> Optional[Job]:
+        """Wait for a notification (or ``timeout_s``), then claim the next execution via start-next."""
+        self._wake.wait(timeout_s)
+        self._wake.clear()
+        if not self.connected:
+            return None
+        token = uuid.uuid4().hex
+        try:
+            topic, payload = self._request(self._topic("start-next"), iot_jobs.start_next_request(token), token)
+        except ControlPlaneUnavailable as exc:
+            log.debug("%s", exc)
+            return None
+        if topic.endswith("/rejected"):
+            log.warning("%s: start-next rejected: %s %s", self.thing_name, payload.get("code"), payload.get("message"))
+            return None
+        execution = payload.get("execution")
+        if not execution:
+            return None
+        self._wake.set()        # after this job, look again at once: more may be queued
+        return Job(str(execution.get("jobId")), execution.get("jobDocument") or {},
+                   execution.get("versionNumber"), execution.get("executionNumber"), execution.get("queuedAt"))
+
+    def update(self, job: Job, status: str, details: dict[str, Any]) -> None:
+        """Publish an UpdateJobExecution and wait for accepted; ControlPlaneError on rejected."""
+        token = uuid.uuid4().hex
+        request = iot_jobs.update_request(status, token, details, execution_number=job.execution_number)
+        topic, payload = self._request(iot_jobs.update_topic(self.thing_name, job.job_id, self.prefix), request, token)
+        if topic.endswith("/rejected"):
+            raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: update to {status} rejected "
+                                    f"({payload.get('code')}: {payload.get('message')})")
+
+    def close(self) -> None:
+        """Disconnect and stop reconnecting."""
+        client, self._client = self._client, None
+        self._wake.set()
+        if client is not None:
+            client.stop()
+            self._stopped.wait(5)
+
+
+# ====================================================================================== registry
+CONTROL_PLANES: dict[str, Callable[[ControlPlaneConfig], ControlPlane]] = {
+    "file": LocalControlPlane.from_config,
+    "mqtts": MqttControlPlane.from_config,
+}
+
+
+def open_control_plane(config: ControlPlaneConfig, source: str = "control_plane") -> ControlPlane:
+    """Return the control plane for ``config.uri``'s scheme (file: local directory, mqtts: MQTT/IoT Jobs)."""
+    scheme = urlparse(config.uri).scheme
+    factory = CONTROL_PLANES.get(scheme)
+    if factory is None:
+        raise ConfigError(f"{source}: uri {config.uri!r} has unknown scheme {scheme!r} "
+                          f"(known: {', '.join(sorted(CONTROL_PLANES))})")
+    return factory(config)

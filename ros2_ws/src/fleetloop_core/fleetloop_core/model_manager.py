@@ -1,0 +1,736 @@
+"""The on-robot model manager: take a deploy job, prove the candidate, hot-swap it, watch it, roll back.
+
+Per job (on a background thread while the current model keeps serving):
+
+    job ─► already done? (same job id: the stored outcome; same version serving: SUCCEEDED, no reload)
+        ─► install (fetch, signature, compatibility, sha256; ``fleetloop_core.model_store``)
+        ─► load + warm up (``TierModel.load``)
+        ─► shadow check on the last K frames of the ring buffer (agreement with the current model,
+           latency p99, NaN and constant outputs; :func:`shadow_verdict`)
+        ─► swap between two frames (``Cascade.set_model``)
+        ─► watchdog for a window of frames (latency, confidence collapse, error rate;
+           :func:`watchdog_verdict`); a crossed limit swaps the previous model back at once.
+
+Every transition becomes a :class:`ModelEvent` (logged once here, kept in a bounded list, passed to
+listeners: the ROS node publishes them). Job outcomes and the serving versions persist in the
+store's ``state.json``, so a job delivered again after a restart is applied once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal, Optional, Sequence
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from fleetloop_core.cascade import Cascade, FrameResult
+from fleetloop_core.config import ConfigModel, load_config, validate
+from fleetloop_core.errors import FleetLoopError, InputError, ModelError
+from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
+from fleetloop_core.model_store import (IncompatibleModel, ModelStore, ModelStoreConfig, PackageLocation,
+                                        PackageMismatch, StoreFull)
+from fleetloop_core.signing import SignatureError, verify_package
+from fleetloop_core.store import StoreError
+
+log = logging.getLogger(__name__)
+
+Role = Literal["edge", "escalation"]
+ROLE_BY_TIER: dict[str, Role] = {"T4": "edge", "T3": "escalation"}
+OPERATIONS = ("fleetloop.deploy_model", "fleetloop.rollback_model")
+Status = Literal["SUCCEEDED", "FAILED", "REJECTED"]
+
+
+# ====================================================================================== config
+class ShadowConfig(ConfigModel):
+    """Thresholds the candidate must meet on the ring buffer's frames before it may serve."""
+
+    enabled: bool = True
+    min_frames: int = Field(default=8, ge=1)              # fewer buffered frames: wait, then fail
+    frame_wait_s: float = Field(default=10.0, ge=0.0)     # how long to wait for min_frames
+    min_agreement: float = Field(default=0.7, ge=0.0, le=1.0)   # top-1 agreement with the current model
+    max_latency_p99_ms: float = Field(default=50.0, gt=0.0)     # candidate, batch 1, absolute
+    max_latency_ratio: float = Field(default=3.0, gt=0.0)       # candidate p99 / current p99 ...
+    latency_floor_ms: float = Field(default=5.0, ge=0.0)        # ... only enforced above this (noise)
+    constant_tolerance: float = Field(default=1e-6, ge=0.0)     # max |p - mean p| under which output is constant
+
+
+class WatchdogConfig(ConfigModel):
+    """Limits after a swap; crossing one rolls back to the previous model at once."""
+
+    enabled: bool = True
+    window_frames: int = Field(default=50, ge=1)          # the watch ends after this many frames ...
+    window_s: float = Field(default=30.0, gt=0.0)         # ... or this many seconds, whichever first
+    min_frames: int = Field(default=10, ge=1)             # frames before rates are judged
+    max_latency_ms: float = Field(default=50.0, gt=0.0)   # p95 of the swapped tier's latency
+    max_latency_ratio: float = Field(default=3.0, gt=0.0) # median latency / median before the swap ...
+    latency_floor_ms: float = Field(default=5.0, ge=0.0)  # ... only enforced above this
+    min_confidence_ratio: float = Field(default=0.5, ge=0.0, le=1.0)  # mean confidence / before the swap
+    max_error_rate: float = Field(default=0.1, ge=0.0, le=1.0)        # errors and non-finite outputs
+
+
+class ModelManagerConfig(ConfigModel):
+    """Everything the model manager needs (config/model_manager.yaml, section model_manager)."""
+
+    store: ModelStoreConfig = Field(default_factory=ModelStoreConfig)
+    ring_buffer_frames: int = Field(default=32, ge=1)     # K frames kept for the shadow check
+    providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
+    intra_op_threads: int = Field(default=1, ge=1)
+    warmup_runs: int = Field(default=3, ge=0)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    events_kept: int = Field(default=200, ge=1)
+    jobs_kept: int = Field(default=200, ge=1)             # job outcomes remembered (duplicate detection)
+
+
+def load_manager_config(path: str, section: str | None = "model_manager") -> ModelManagerConfig:
+    """Return the model-manager config from a YAML file (by default its ``model_manager`` section)."""
+    return load_config(ModelManagerConfig, path, section)
+
+
+# ====================================================================================== jobs
+class ModelRef(ConfigModel):
+    """Which model a job means: name, version and tier (T4 → edge role, T3 → escalation role)."""
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    tier: Literal["T1", "T2", "T3", "T4"]
+
+
+class JobDocument(ConfigModel):
+    """The job document (IoT Jobs ``jobDocument``) a robot understands.
+
+    ``fleetloop.deploy_model`` needs ``package``; ``fleetloop.rollback_model`` rolls the tier back to
+    ``model.version`` (or to the previous version when ``model.version`` is ``previous``).
+    """
+
+    operation: Literal["fleetloop.deploy_model", "fleetloop.rollback_model"]
+    model: ModelRef
+    package: Optional[PackageLocation] = None
+
+    @model_validator(mode="after")
+    def _package_for_deploy(self) -> "JobDocument":
+        if self.operation == "fleetloop.deploy_model" and self.package is None:
+            raise ValueError("fleetloop.deploy_model needs a package")
+        return self
+
+
+class JobRejected(FleetLoopError):
+    """A job document the robot cannot act on (the message names the field)."""
+
+
+def parse_job_document(data: Any, job_id: str = "<job>") -> JobDocument:
+    """Return the validated job document; JobRejected naming the job, field and value otherwise."""
+    if not isinstance(data, dict):
+        raise JobRejected(f"job {job_id}: jobDocument must be a JSON object (got {type(data).__name__})")
+    try:
+        return validate(JobDocument, data, source=f"job {job_id}", prefix="jobDocument")
+    except FleetLoopError as exc:
+        raise JobRejected(str(exc)) from None
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended on this robot; ``details`` are strings (IoT Jobs ``statusDetails``)."""
+
+    job_id: str
+    status: Status
+    reason: str
+    role: Optional[str] = None
+    version: Optional[str] = None        # the version serving that role after the job
+    details: dict[str, str] = field(default_factory=dict)
+
+    def status_details(self) -> dict[str, str]:
+        """Return ``statusDetails``: reason, role, serving version and the figures (all strings)."""
+        out = {"reason": self.reason[:1000]}
+        if self.role:
+            out["role"] = self.role
+        if self.version:
+            out["serving_version"] = self.version
+        out.update({k: str(v)[:1000] for k, v in self.details.items()})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """One transition: stamp (unix seconds), kind, role, versions, job and detail."""
+
+    stamp: float
+    kind: str                 # job_received, duplicate_job, already_serving, downloading, installed,
+    #                           rejected, loaded, shadow_passed, shadow_failed, swapped, watch_passed,
+    #                           rolled_back, failed
+    role: Optional[str] = None
+    version: Optional[str] = None
+    previous_version: Optional[str] = None
+    job_id: Optional[str] = None
+    detail: str = ""
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ManagerStatus:
+    """What the manager is doing: serving versions, per-role state, the watch, the last outcome."""
+
+    serving: dict[str, str]
+    state: dict[str, str]
+    watching: Optional[dict[str, Any]]
+    last_outcome: Optional[dict[str, Any]]
+    events: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ====================================================================================== pure checks
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, float), q)) if len(values) else float("nan")
+
+
+@dataclass
+class ShadowReport:
+    """The shadow check's verdict and figures (agreement in [0, 1], latencies in ms)."""
+
+    passed: bool
+    reasons: list[str]
+    figures: dict[str, float]
+
+
+def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, current_latency_s: Sequence[float],
+                   candidate_latency_s: Sequence[float], config: ShadowConfig) -> ShadowReport:
+    """Return whether the candidate may serve, judged on the same frames as the current model.
+
+    ``*_probs`` are (N, C) probabilities; latencies are seconds per frame at batch 1.
+    """
+    reasons: list[str] = []
+    frames = len(candidate_probs)
+    finite = np.isfinite(candidate_probs).all(axis=1)
+    non_finite = int(frames - finite.sum())
+    spread_candidate = float(np.abs(candidate_probs - candidate_probs.mean(axis=0)).max()) if non_finite == 0 else 0.0
+    spread_current = float(np.abs(current_probs - current_probs.mean(axis=0)).max())
+    agreement = float((candidate_probs.argmax(axis=1) == current_probs.argmax(axis=1))[finite].sum() / max(frames, 1))
+    p99_candidate = _percentile(candidate_latency_s, 99) * 1000.0
+    p99_current = _percentile(current_latency_s, 99) * 1000.0
+    if non_finite:
+        reasons.append(f"non-finite outputs (NaN/inf) on {non_finite} of {frames} frames")
+    elif spread_candidate <= config.constant_tolerance < spread_current:
+        reasons.append(f"constant output: probabilities vary by {spread_candidate:.2g} over {frames} frames "
+                       f"(current model: {spread_current:.2g})")
+    if agreement < config.min_agreement:
+        reasons.append(f"agreement {agreement:.3f} with the current model is below {config.min_agreement}")
+    if p99_candidate > config.max_latency_p99_ms:
+        reasons.append(f"latency p99 {p99_candidate:.2f} ms is above {config.max_latency_p99_ms} ms")
+    ratio_limit = max(config.max_latency_ratio * p99_current, config.latency_floor_ms)
+    if p99_candidate > ratio_limit:
+        reasons.append(f"latency p99 {p99_candidate:.2f} ms is above {ratio_limit:.2f} ms "
+                       f"({config.max_latency_ratio} x the current model's {p99_current:.2f} ms)")
+    figures = {"frames": float(frames), "agreement": agreement, "latency_p99_ms": p99_candidate,
+               "current_latency_p99_ms": p99_current, "non_finite_frames": float(non_finite),
+               "output_spread": spread_candidate}
+    return ShadowReport(not reasons, reasons, figures)
+
+
+@dataclass
+class WatchStats:
+    """What the watchdog has seen since the swap (latencies in seconds, confidences in [0, 1])."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    errors: int = 0
+    frames: int = 0
+
+
+def watchdog_verdict(stats: WatchStats, baseline_latency_s: float, baseline_confidence: float,
+                     config: WatchdogConfig) -> str | None:
+    """Return why the new model must be rolled back, or None while it behaves.
+
+    ``baseline_*`` are the median latency (s) and mean confidence of the previous model before the swap.
+    """
+    if stats.frames < config.min_frames:
+        return None
+    error_rate = stats.errors / stats.frames
+    if error_rate > config.max_error_rate:
+        return f"error rate {error_rate:.3f} over {stats.frames} frames is above {config.max_error_rate}"
+    if stats.latencies_s:
+        p95_ms = _percentile(stats.latencies_s, 95) * 1000.0
+        if p95_ms > config.max_latency_ms:
+            return f"latency p95 {p95_ms:.2f} ms is above {config.max_latency_ms} ms"
+        median_ms = _percentile(stats.latencies_s, 50) * 1000.0
+        limit = max(config.max_latency_ratio * baseline_latency_s * 1000.0, config.latency_floor_ms)
+        if math.isfinite(baseline_latency_s) and median_ms > limit:
+            return f"median latency {median_ms:.2f} ms is above {limit:.2f} ms ({config.max_latency_ratio} x before)"
+    if stats.confidences and baseline_confidence > 0 and math.isfinite(baseline_confidence):
+        mean = float(np.mean(stats.confidences))
+        if mean < config.min_confidence_ratio * baseline_confidence:
+            return (f"confidence collapsed: mean {mean:.3f} is below {config.min_confidence_ratio} x "
+                    f"{baseline_confidence:.3f} before the swap")
+    return None
+
+
+# ====================================================================================== the manager
+@dataclass
+class _Watch:
+    job_id: str
+    role: str
+    tier: str
+    version: str
+    previous: TierModel
+    started: float
+    baseline_latency_s: float
+    baseline_confidence: float
+    stats: WatchStats = field(default_factory=WatchStats)
+    done: threading.Event = field(default_factory=threading.Event)
+    verdict: Optional[str] = None
+    rolled_back_at: Optional[float] = None
+
+
+Progress = Callable[[str, dict[str, str]], None]
+Loader = Callable[..., TierModel]
+
+
+class ModelManager:
+    """Owns the serving models of one cascade and every change to them."""
+
+    def __init__(self, cascade: Cascade, store: ModelStore, config: ModelManagerConfig | None = None,
+                 loader: Loader = TierModel.load, clock: Callable[[], float] = time.monotonic):
+        self.cascade = cascade
+        self.store = store
+        self.config = config or ModelManagerConfig()
+        self._loader = loader
+        self._clock = clock
+        self._lock = threading.RLock()             # state, ring, watch
+        self._apply_lock = threading.Lock()        # one job at a time
+        self._ring: deque[np.ndarray] = deque(maxlen=self.config.ring_buffer_frames)
+        self._recent: dict[str, deque[tuple[float, float]]] = {
+            role: deque(maxlen=max(self.config.ring_buffer_frames, 32)) for role in ("edge", "escalation")}
+        self._frames_seen = threading.Condition(self._lock)
+        self._watch: Optional[_Watch] = None
+        self._role_state: dict[str, str] = {"edge": "serving", "escalation": "serving"}
+        self._events: deque[ModelEvent] = deque(maxlen=self.config.events_kept)
+        self._listeners: list[Callable[[ModelEvent], None]] = []
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._in_flight: dict[str, Future] = {}
+        self._last_outcome: Optional[JobOutcome] = None
+        state = store.load_state()
+        self._jobs: dict[str, dict[str, Any]] = dict(state.get("jobs", {}))
+        self._history: dict[str, list[dict[str, str]]] = {k: list(v) for k, v in state.get("history", {}).items()}
+        for role, model in (("edge", cascade.edge), ("escalation", cascade.escalation)):
+            if model is not None:
+                self._remember_serving(role, model)
+        self._save_state()
+
+    # ------------------------------------------------------------------ listeners and state
+    def add_listener(self, listener: Callable[[ModelEvent], None]) -> None:
+        """Call ``listener(event)`` for every future transition."""
+        self._listeners.append(listener)
+
+    def _emit(self, kind: str, role: str | None = None, version: str | None = None,
+              previous_version: str | None = None, job_id: str | None = None, detail: str = "",
+              figures: dict[str, float] | None = None) -> ModelEvent:
+        event = ModelEvent(time.time(), kind, role, version, previous_version, job_id, detail, dict(figures or {}))
+        self._events.append(event)
+        level = logging.WARNING if kind in ("rejected", "shadow_failed", "rolled_back", "failed") else logging.INFO
+        log.log(level, "model %s: role=%s version=%s previous=%s job=%s %s", kind, role, version,
+                previous_version, job_id, detail)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not stop a swap or a rollback
+                log.exception("model event listener failed on %s", kind)
+        return event
+
+    def events(self) -> list[ModelEvent]:
+        """Return the kept transitions, oldest first."""
+        return list(self._events)
+
+    def status(self) -> ManagerStatus:
+        """Return what the manager is doing right now."""
+        with self._lock:
+            watch = self._watch
+            watching = None
+            if watch is not None and not watch.done.is_set():
+                watching = {"job_id": watch.job_id, "role": watch.role, "version": watch.version,
+                            "frames": watch.stats.frames, "errors": watch.stats.errors}
+            return ManagerStatus(
+                serving={role: m.version for role, m in (("edge", self.cascade.edge),
+                                                         ("escalation", self.cascade.escalation)) if m is not None},
+                state=dict(self._role_state), watching=watching,
+                last_outcome=self._last_outcome.to_dict() if self._last_outcome else None,
+                events=len(self._events))
+
+    def _model(self, role: str) -> TierModel | None:
+        return self.cascade.edge if role == "edge" else self.cascade.escalation
+
+    def _remember_serving(self, role: str, model: TierModel) -> None:
+        history = self._history.setdefault(role, [])
+        entry = {"name": model.manifest.name, "version": model.version}
+        if not history or history[-1] != entry:
+            history.append(entry)
+        del history[:-max(self.config.store.keep_versions, 2) * 2]
+
+    def _save_state(self) -> None:
+        with self._lock:
+            jobs = dict(list(self._jobs.items())[-self.config.jobs_kept:])
+            self._jobs = jobs
+            serving = {role: {"name": m.manifest.name, "version": m.version}
+                       for role, m in (("edge", self.cascade.edge), ("escalation", self.cascade.escalation))
+                       if m is not None}
+            state = {"serving": serving, "history": self._history, "jobs": jobs}
+        self.store.save_state(state)
+
+    def _protected(self) -> set[tuple[str, str]]:
+        """Return the (name, version) pairs pruning must keep: serving and the rollback targets."""
+        keep: set[tuple[str, str]] = set()
+        for role, history in self._history.items():
+            for entry in history[-2:]:
+                keep.add((entry["name"], entry["version"]))
+        return keep
+
+    # ------------------------------------------------------------------ serving path
+    def infer(self, frame: np.ndarray, stream: str = "default", color_order: str = "RGB") -> FrameResult:
+        """Return the cascade's result for one frame, feeding the ring buffer and the watchdog."""
+        try:
+            result = self.cascade.infer(frame, stream, color_order)
+        except InputError:
+            raise                       # a bad frame is the caller's problem, not the model's
+        except Exception as exc:
+            self.observe(frame, None, error=exc)
+            raise
+        self.observe(frame, result)
+        return result
+
+    def observe(self, frame: np.ndarray | None, result: FrameResult | None, error: Exception | None = None) -> None:
+        """Record one served frame (or an inference error) for the shadow check and the watchdog."""
+        rollback: Optional[_Watch] = None
+        with self._lock:
+            if frame is not None:
+                self._ring.append(np.array(frame, copy=True))
+                self._frames_seen.notify_all()
+            bad = error is not None or (result is not None and not np.isfinite(result.probs).all())
+            if result is not None and not bad:
+                for role in ("edge", "escalation"):
+                    model = self._model(role)
+                    if model is not None and model.tier in result.latency_s:
+                        confidence = float(result.tier_outputs[model.tier].max())
+                        self._recent[role].append((result.latency_s[model.tier], confidence))
+            watch = self._watch
+            if watch is not None and not watch.done.is_set():
+                stats = watch.stats
+                if result is None or result.model_versions.get(watch.tier) == watch.version:
+                    stats.frames += 1
+                    if bad:
+                        stats.errors += 1
+                    elif watch.tier in result.latency_s:
+                        stats.latencies_s.append(result.latency_s[watch.tier])
+                        stats.confidences.append(float(result.tier_outputs[watch.tier].max()))
+                verdict = watchdog_verdict(stats, watch.baseline_latency_s, watch.baseline_confidence,
+                                           self.config.watchdog)
+                if verdict is not None:
+                    watch.verdict = verdict
+                    rollback = watch
+                elif stats.frames >= self.config.watchdog.window_frames or \
+                        self._clock() - watch.started >= self.config.watchdog.window_s:
+                    self._finish_watch(watch)
+        if rollback is not None:
+            self._roll_back_watch(rollback, f"watchdog: {rollback.verdict}")
+
+    def _finish_watch(self, watch: _Watch) -> None:
+        with self._lock:
+            if watch.done.is_set():
+                return
+            self._role_state[watch.role] = "serving"
+            figures = {"watch_frames": float(watch.stats.frames), "watch_errors": float(watch.stats.errors)}
+            if watch.stats.latencies_s:
+                figures["watch_latency_p95_ms"] = _percentile(watch.stats.latencies_s, 95) * 1000.0
+            watch.done.set()
+        self._emit("watch_passed", watch.role, watch.version, watch.previous.version, watch.job_id,
+                   f"{watch.stats.frames} frames without crossing a limit", figures)
+
+    def _roll_back_watch(self, watch: _Watch, reason: str) -> None:
+        with self._lock:
+            if watch.done.is_set():
+                return
+            current = self._model(watch.role)
+            if current is not None and current.version == watch.version:
+                self.cascade.set_model(watch.role, watch.previous)   # instant: the old session is still warm
+                self._remember_serving(watch.role, watch.previous)
+            watch.rolled_back_at = self._clock()
+            watch.verdict = reason
+            self._role_state[watch.role] = "serving"
+            watch.done.set()
+        # no state write here: this may run on the serving thread; the job's thread saves the state
+        self._emit("rolled_back", watch.role, watch.previous.version, watch.version, watch.job_id, reason,
+                   {"watch_frames": float(watch.stats.frames), "watch_errors": float(watch.stats.errors)})
+
+    def watch_tick(self) -> None:
+        """End a watch whose time window has passed even when no frames arrive (call periodically)."""
+        with self._lock:
+            watch = self._watch
+            if watch is not None and not watch.done.is_set() and \
+                    self._clock() - watch.started >= self.config.watchdog.window_s:
+                self._finish_watch(watch)
+
+    # ------------------------------------------------------------------ jobs
+    def submit(self, job_id: str, document: dict[str, Any] | JobDocument,
+               progress: Progress | None = None) -> Future:
+        """Run :meth:`apply` on the manager's background thread; the same job id gives the same future."""
+        with self._lock:
+            future = self._in_flight.get(job_id)
+            if future is not None:
+                self._emit("duplicate_job", job_id=job_id, detail="job is already being applied")
+                return future
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-manager")
+            future = self._executor.submit(self.apply, job_id, document, progress)
+            self._in_flight[job_id] = future
+            future.add_done_callback(lambda _f: self._in_flight.pop(job_id, None))
+            return future
+
+    def apply(self, job_id: str, document: dict[str, Any] | JobDocument,
+              progress: Progress | None = None) -> JobOutcome:
+        """Apply one job and return its outcome; a job id seen before returns the stored outcome."""
+        with self._apply_lock:
+            with self._lock:
+                done = self._jobs.get(job_id)
+            if done is not None:
+                self._emit("duplicate_job", job_id=job_id, detail=f"already applied: {done['status']}")
+                return JobOutcome(**done)
+            outcome = self._apply(job_id, document, progress or (lambda step, details: None))
+            with self._lock:
+                self._jobs[job_id] = outcome.to_dict()
+                self._last_outcome = outcome
+            self._save_state()
+            return outcome
+
+    def _apply(self, job_id: str, document: dict[str, Any] | JobDocument, progress: Progress) -> JobOutcome:
+        try:
+            doc = document if isinstance(document, JobDocument) else parse_job_document(document, job_id)
+        except JobRejected as exc:
+            self._emit("rejected", job_id=job_id, detail=str(exc))
+            return JobOutcome(job_id, "REJECTED", str(exc))
+        role = ROLE_BY_TIER.get(doc.model.tier)
+        if role is None:
+            reason = f"job {job_id}: jobDocument.model.tier {doc.model.tier} is not served on robots (T3, T4)"
+            self._emit("rejected", job_id=job_id, detail=reason)
+            return JobOutcome(job_id, "REJECTED", reason)
+        self._emit("job_received", role, doc.model.version, job_id=job_id, detail=doc.operation)
+        if doc.operation == "fleetloop.rollback_model":
+            target = None if doc.model.version == "previous" else doc.model.version
+            return self.rollback(role, reason=f"job {job_id}", to_version=target, job_id=job_id)
+        return self._deploy(job_id, doc, role, progress)
+
+    def _fail(self, job_id: str, status: Status, role: str, reason: str,
+              details: dict[str, Any] | None = None, kind: str = "failed") -> JobOutcome:
+        current = self._model(role)
+        with self._lock:
+            self._role_state[role] = "serving"
+        self._emit(kind, role, current.version if current else None, job_id=job_id, detail=reason)
+        return JobOutcome(job_id, status, reason, role, current.version if current else None,
+                          {k: str(v) for k, v in (details or {}).items()})
+
+    def _deploy(self, job_id: str, doc: JobDocument, role: str, progress: Progress) -> JobOutcome:
+        current = self._model(role)
+        wanted = doc.model
+        if current is not None and current.version == wanted.version and current.manifest.name == wanted.name:
+            self._emit("already_serving", role, current.version, job_id=job_id, detail="no reload")
+            return JobOutcome(job_id, "SUCCEEDED", f"{wanted.name} {wanted.version} is already serving",
+                              role, current.version, {"already_serving": "true"})
+        started = self._clock()
+        with self._lock:
+            self._role_state[role] = "downloading"
+        self._emit("downloading", role, wanted.version, current.version if current else None, job_id,
+                   doc.package.describe())
+        progress("downloading", {"step": "downloading", "version": wanted.version})
+        reference = current.manifest if current is not None else None
+        try:
+            package = self.store.install(doc.package, serving=reference, expect_name=wanted.name,
+                                         expect_version=wanted.version, protect=self._protected())
+            if current is None and list(package.manifest.labels) != list(self.cascade.edge.labels):
+                raise IncompatibleModel(f"package {wanted.name} {wanted.version}: labels differ from the edge tier's")
+        except (SignatureError, IncompatibleModel, PackageMismatch, StoreFull, ModelError) as exc:
+            return self._fail(job_id, "REJECTED", role, str(exc), kind="rejected")
+        except StoreError as exc:
+            return self._fail(job_id, "FAILED", role, f"download failed: {exc}")
+        self._emit("installed", role, wanted.version, job_id=job_id, detail=str(package.directory))
+        progress("verified", {"step": "verified", "version": wanted.version,
+                              "key_id": package.manifest.signature.key_id if package.manifest.signature else ""})
+
+        with self._lock:
+            self._role_state[role] = "warming"
+        try:
+            candidate = self._loader(package.directory, providers=self.config.providers,
+                                     intra_op_threads=self.config.intra_op_threads, warmup=self.config.warmup_runs)
+        except ModelError as exc:
+            return self._fail(job_id, "FAILED", role, f"load failed: {exc}")
+        load_s = self._clock() - started
+        self._emit("loaded", role, candidate.version, job_id=job_id, figures={"load_seconds": load_s})
+
+        details: dict[str, Any] = {"load_seconds": f"{load_s:.3f}"}
+        if self.config.shadow.enabled:
+            with self._lock:
+                self._role_state[role] = "shadow"
+            try:
+                report = self.shadow_check(role, candidate)
+            except ModelError as exc:
+                return self._fail(job_id, "FAILED", role, f"shadow check could not run: {exc}", details)
+            details.update({f"shadow_{k}": f"{v:.4g}" for k, v in report.figures.items()})
+            if not report.passed:
+                reason = "shadow check failed: " + "; ".join(report.reasons)
+                self._emit("shadow_failed", role, candidate.version, job_id=job_id, detail=reason,
+                           figures=report.figures)
+                return self._fail(job_id, "FAILED", role, reason, details, kind="failed")
+            self._emit("shadow_passed", role, candidate.version, job_id=job_id, figures=report.figures)
+            progress("shadow_passed", {"step": "shadow_passed", **{k: v for k, v in details.items()}})
+
+        watch = self._swap(job_id, role, candidate)
+        swap_s = self._clock() - started
+        details["swap_seconds"] = f"{swap_s:.3f}"
+        if watch is None:
+            return JobOutcome(job_id, "SUCCEEDED", f"serving {candidate.version}", role, candidate.version, details)
+        progress("watching", {"step": "watching", **details})
+        # frames drive the watch; the timeout only covers a robot that stops seeing frames
+        while not watch.done.wait(0.2):
+            self.watch_tick()
+        details.update({"watch_frames": str(watch.stats.frames), "watch_errors": str(watch.stats.errors)})
+        if watch.rolled_back_at is not None:
+            return JobOutcome(job_id, "FAILED", f"rolled back to {watch.previous.version}: {watch.verdict}", role,
+                              watch.previous.version, details)
+        return JobOutcome(job_id, "SUCCEEDED", f"serving {candidate.version}", role, candidate.version, details)
+
+    def _swap(self, job_id: str, role: str, candidate: TierModel) -> Optional[_Watch]:
+        """Swap ``candidate`` in between two frames; return the watch started for it (None: no watchdog)."""
+        with self._lock:
+            recent = list(self._recent[role])
+            previous = self.cascade.set_model(role, candidate)   # atomic between two frames
+            self._recent[role].clear()
+            self._remember_serving(role, candidate)
+            watch = None
+            if previous is not None and self.config.watchdog.enabled:
+                baseline_latency = _percentile([r[0] for r in recent], 50) if recent else float("nan")
+                baseline_confidence = float(np.mean([r[1] for r in recent])) if recent else float("nan")
+                watch = _Watch(job_id, role, candidate.tier, candidate.version, previous, self._clock(),
+                               baseline_latency, baseline_confidence)
+                self._watch = watch
+                self._role_state[role] = "watching"
+            else:
+                self._role_state[role] = "serving"
+        self._emit("swapped", role, candidate.version, previous.version if previous else None, job_id)
+        self._save_state()
+        return watch
+
+    # ------------------------------------------------------------------ shadow check
+    def buffered_frames(self) -> int:
+        """Return how many frames the ring buffer holds."""
+        with self._lock:
+            return len(self._ring)
+
+    def shadow_check(self, role: str, candidate: TierModel) -> ShadowReport:
+        """Run the current and the candidate model on the buffered frames (interleaved); return the verdict."""
+        config = self.config.shadow
+        with self._lock:
+            deadline = self._clock() + config.frame_wait_s
+            while len(self._ring) < config.min_frames and self._clock() < deadline:
+                self._frames_seen.wait(timeout=min(0.5, max(0.01, deadline - self._clock())))
+            frames = list(self._ring)
+        if len(frames) < config.min_frames:
+            return ShadowReport(False, [f"only {len(frames)} frames buffered, the shadow check needs "
+                                        f"{config.min_frames}"], {"frames": float(len(frames))})
+        current = self._model(role)
+        if current is None:                       # nothing to compare with: judge the candidate alone
+            current = candidate
+        current_probs, candidate_probs, current_s, candidate_s = [], [], [], []
+        for frame in frames:
+            ours = current.infer(frame)
+            theirs = candidate.infer(frame)
+            current_probs.append(ours.probs[0])
+            candidate_probs.append(theirs.probs[0])
+            current_s.append(ours.latency_s)
+            candidate_s.append(theirs.latency_s)
+        return shadow_verdict(np.stack(current_probs), np.stack(candidate_probs), current_s, candidate_s, config)
+
+    # ------------------------------------------------------------------ rollback
+    def rollback(self, role: str = "edge", reason: str = "manual", to_version: str | None = None,
+                 job_id: str | None = None) -> JobOutcome:
+        """Serve the previous version of ``role`` again (or ``to_version``); return the outcome."""
+        job = job_id or f"rollback-{int(time.time() * 1000)}"
+        current = self._model(role)
+        with self._lock:
+            watch = self._watch
+        if watch is not None and watch.role == role and not watch.done.is_set() and \
+                (to_version is None or to_version == watch.previous.version):
+            self._roll_back_watch(watch, reason)
+            self._save_state()
+            return JobOutcome(job, "SUCCEEDED", f"rolled back to {watch.previous.version}: {reason}", role,
+                              watch.previous.version)
+        if current is not None and to_version is not None and current.version == to_version:
+            self._emit("already_serving", role, to_version, job_id=job, detail="rollback target is serving")
+            return JobOutcome(job, "SUCCEEDED", f"{to_version} is already serving", role, to_version,
+                              {"already_serving": "true"})
+        history = [e for e in self._history.get(role, []) if current is None or e["version"] != current.version]
+        if to_version is not None:
+            history = [e for e in history if e["version"] == to_version]
+        if not history:
+            reason_text = f"no earlier version of {role} to roll back to" if to_version is None else \
+                f"version {to_version} of {role} is not in this robot's history"
+            return self._fail(job, "FAILED", role, reason_text)
+        target = history[-1]
+        package = self.store.get(target["name"], target["version"])
+        if package is None:
+            return self._fail(job, "FAILED", role, f"{target['name']} {target['version']} is no longer installed")
+        started = self._clock()
+        try:
+            verify_package(package.directory, self.store.trusted)
+            model = self._loader(package.directory, providers=self.config.providers,
+                                 intra_op_threads=self.config.intra_op_threads, warmup=self.config.warmup_runs)
+        except ModelError as exc:
+            return self._fail(job, "FAILED", role, f"rollback target unusable: {exc}")
+        with self._lock:
+            previous = self.cascade.set_model(role, model)
+            self._history[role] = [e for e in self._history.get(role, []) if e != target]
+            self._remember_serving(role, model)
+            self._role_state[role] = "serving"
+        seconds = self._clock() - started
+        self._emit("rolled_back", role, model.version, previous.version if previous else None, job, reason,
+                   {"rollback_seconds": seconds})
+        self._save_state()
+        return JobOutcome(job, "SUCCEEDED", f"rolled back to {model.version}: {reason}", role, model.version,
+                          {"rollback_seconds": f"{seconds:.3f}"})
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Stop the background thread (a job in progress finishes first)."""
+        with self._lock:
+            watch = self._watch
+        if watch is not None and not watch.done.is_set():
+            self._finish_watch(watch)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+def serving_package_dirs(store: ModelStore) -> dict[str, str]:
+    """Return {role: package directory} of the versions the robot served last (for a restart)."""
+    state = store.load_state()
+    found = {}
+    for role, entry in state.get("serving", {}).items():
+        package = store.get(entry.get("name", ""), entry.get("version", ""))
+        if package is not None:
+            found[role] = str(package.directory)
+    return found
+
+
+__all__ = ["JobDocument", "JobOutcome", "JobRejected", "ManagerStatus", "ModelEvent", "ModelManager",
+           "ModelManagerConfig", "ModelRef", "ShadowConfig", "ShadowReport", "WatchStats", "WatchdogConfig",
+           "load_manager_config", "parse_job_document", "serving_package_dirs", "shadow_verdict",
+           "watchdog_verdict"]

@@ -1,0 +1,270 @@
+"""Model manager: hot-swap between frames, shadow check, watchdog rollback, manual rollback, idempotent jobs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fixtures.model_packages import make_version
+from fleetloop_core.cascade import Cascade
+from fleetloop_core.inference import TierModel
+from fleetloop_core.manifest import load_manifest
+from fleetloop_core.model_manager import (ModelManager, ModelManagerConfig, ShadowConfig, WatchdogConfig,
+                                          WatchStats, parse_job_document, serving_package_dirs, shadow_verdict,
+                                          watchdog_verdict)
+from fleetloop_core.model_store import ModelStore, PackageLocation, publish_package
+from fleetloop_core.errors import ConfigError
+
+from test_model_store import BAD_KINDS, _bad_packages
+
+
+@pytest.fixture(scope="module")
+def frames():
+    from fleetloop_core import sim
+    stream = sim.CameraStream(sim.make_site(0, 0), "robot-0", seed=3)
+    return [f.image for f in stream.frames(24)]
+
+
+def _config(**overrides) -> ModelManagerConfig:
+    base = dict(ring_buffer_frames=12, providers=["cpu"], warmup_runs=1,
+                shadow=ShadowConfig(min_frames=6, frame_wait_s=10.0),
+                watchdog=WatchdogConfig(window_frames=15, min_frames=4, window_s=20.0))
+    base.update(overrides)
+    return ModelManagerConfig(**base)
+
+
+class Robot:
+    """A robot's serving side: a signed v1 installed in the store, a cascade, a manager, a frame loop."""
+
+    def __init__(self, tmp_path, test_models, signing_keys, frames, config=None):
+        self.keys = signing_keys["keys"]
+        self.tmp_path = tmp_path
+        self.test_models = test_models
+        self.store = ModelStore(tmp_path / "robot", signing_keys["trusted"], keep_versions=3)
+        v1 = make_version(test_models["T4"], tmp_path / "pkg-v1", "v1", self.keys["fleet"][0])
+        installed = self.store.install(PackageLocation(path=str(v1)))
+        self.name = installed.manifest.name
+        self.cascade = Cascade(TierModel.load(installed.directory, providers=["cpu"]))
+        self.manager = ModelManager(self.cascade, self.store, config or _config())
+        self.frames = frames
+        self.results, self.errors = [], []
+        self._stop = threading.Event()
+        self._thread = None
+
+    def package(self, version, fault=None, key="fleet", edit=None):
+        return make_version(self.test_models["T4"], self.tmp_path / f"pkg-{version}", version,
+                            self.keys[key][0] if key else None, edit=edit, fault=fault)
+
+    def job(self, package, version=None):
+        manifest = load_manifest(package)
+        return {"operation": "fleetloop.deploy_model",
+                "model": {"name": manifest.name, "version": version or manifest.version, "tier": "T4"},
+                "package": {"path": str(package)}}
+
+    def serve(self, n):
+        for i in range(n):
+            self.results.append(self.manager.infer(self.frames[i % len(self.frames)]))
+
+    def __enter__(self):
+        def loop():
+            i = 0
+            while not self._stop.is_set():
+                try:
+                    self.results.append(self.manager.infer(self.frames[i % len(self.frames)]))
+                except Exception as exc:  # recorded: the test asserts there are none
+                    self.errors.append(exc)
+                i += 1
+                time.sleep(0.002)
+        self.serve(8)
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.manager.close()
+
+    def versions(self):
+        return [r.model_versions["T4"] for r in self.results]
+
+    def kinds(self):
+        return [e.kind for e in self.manager.events()]
+
+
+@pytest.fixture
+def robot(tmp_path, test_models, signing_keys, frames):
+    return Robot(tmp_path, test_models, signing_keys, frames)
+
+
+def test_hot_swap_between_two_frames_with_shadow_check_and_watch(robot):
+    with robot:
+        outcome = robot.manager.submit("job-v2", robot.job(robot.package("v2"))).result(timeout=60)
+        robot.serve(3)
+    assert outcome.status == "SUCCEEDED", outcome.reason
+    assert outcome.version == "v2" and robot.cascade.edge.version == "v2"
+    assert float(outcome.details["shadow_agreement"]) == 1.0
+    assert int(outcome.details["watch_frames"]) >= 15
+    assert robot.errors == []
+    versions = robot.versions()
+    switch = versions.index("v2")
+    assert set(versions[:switch]) == {"v1"} and set(versions[switch:]) == {"v2"}   # one clean switch
+    assert robot.kinds()[-7:] == ["job_received", "downloading", "installed", "loaded", "shadow_passed",
+                                  "swapped", "watch_passed"]
+    details = outcome.status_details()
+    assert all(isinstance(v, str) for v in details.values()) and details["serving_version"] == "v2"
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_package_is_rejected_and_the_old_model_keeps_answering(kind, robot, signing_keys):
+    build, _, message = _bad_packages(signing_keys["keys"])[kind]
+    package = build(robot.test_models["T4"], robot.tmp_path / kind)
+    robot.serve(4)
+    outcome = robot.manager.apply(f"job-{kind}", robot.job(package))
+    assert outcome.status == "REJECTED"
+    assert __import__("re").search(message, outcome.reason), outcome.reason
+    assert outcome.version == "v1"
+    result = robot.manager.infer(robot.frames[0])          # the old model still answers
+    assert result.model_versions["T4"] == "v1" and np.isfinite(result.probs).all()
+    assert robot.kinds()[-1] == "rejected"
+
+
+@pytest.mark.parametrize("fault,reason", [("constant", "constant output"), ("nan", "non-finite outputs")])
+def test_shadow_check_stops_a_broken_model_before_it_serves(fault, reason, robot):
+    with robot:
+        outcome = robot.manager.submit("job-bad", robot.job(robot.package("v-bad", fault=fault))).result(60)
+    assert outcome.status == "FAILED" and reason in outcome.reason, outcome.reason
+    assert "v-bad" not in robot.versions() and robot.cascade.edge.version == "v1"
+    assert "shadow_failed" in robot.kinds() and "swapped" not in robot.kinds()
+
+
+def test_watchdog_rolls_back_a_model_that_fails_after_the_swap(tmp_path, test_models, signing_keys, frames):
+    config = _config(shadow=ShadowConfig(enabled=False))
+    robot = Robot(tmp_path, test_models, signing_keys, frames, config)
+    with robot:
+        outcome = robot.manager.submit("job-nan", robot.job(robot.package("v-nan", fault="nan"))).result(60)
+        robot.serve(3)
+    assert outcome.status == "FAILED" and "rolled back to v1" in outcome.reason and "error rate" in outcome.reason
+    assert robot.cascade.edge.version == "v1"
+    versions = robot.versions()
+    served_bad = [i for i, v in enumerate(versions) if v == "v-nan"]
+    assert served_bad and versions[-1] == "v1"
+    assert len(served_bad) <= config.watchdog.min_frames + 2           # caught within the first frames
+    assert robot.kinds()[-1] == "rolled_back"
+
+
+def test_manual_rollback_during_and_after_the_watch(tmp_path, test_models, signing_keys, frames):
+    robot = Robot(tmp_path, test_models, signing_keys, frames, _config(watchdog=WatchdogConfig(enabled=False)))
+    robot.serve(8)
+    assert robot.manager.apply("job-v2", robot.job(robot.package("v2"))).status == "SUCCEEDED"
+    assert robot.cascade.edge.version == "v2"
+    outcome = robot.manager.rollback("edge", reason="operator request")
+    assert outcome.status == "SUCCEEDED" and robot.cascade.edge.version == "v1"   # reloaded from the store
+    assert float(outcome.details["rollback_seconds"]) > 0
+    # a rollback job from the cloud to a version that is serving is a no-op
+    job = {"operation": "fleetloop.rollback_model", "model": {"name": robot.name, "version": "v1", "tier": "T4"}}
+    assert robot.manager.apply("job-rb", job).details == {"already_serving": "true"}
+    assert robot.manager.infer(frames[0]).model_versions["T4"] == "v1"
+
+
+def test_a_job_received_twice_is_applied_once_even_after_a_restart(robot, signing_keys):
+    job = robot.job(robot.package("v2"))
+    with robot:
+        first = robot.manager.apply("job-1", job)
+        second = robot.manager.apply("job-1", job)
+    assert first.status == second.status == "SUCCEEDED"
+    assert robot.kinds().count("swapped") == 1 and "duplicate_job" in robot.kinds()
+    restarted = ModelManager(robot.cascade, ModelStore(robot.store.root, signing_keys["trusted"]), _config())
+    assert restarted.apply("job-1", job).status == "SUCCEEDED"
+    assert [e.kind for e in restarted.events()] == ["duplicate_job"]
+    assert serving_package_dirs(robot.store)["edge"].endswith("/v2")       # what a restart would boot
+
+
+def test_a_job_for_the_serving_version_succeeds_without_a_reload(robot):
+    robot.serve(8)
+    before = robot.cascade.edge
+    outcome = robot.manager.apply("job-same", robot.job(robot.package("v1")))
+    assert outcome.status == "SUCCEEDED" and outcome.details == {"already_serving": "true"}
+    assert robot.cascade.edge is before and "downloading" not in robot.kinds()
+
+
+def test_the_same_job_submitted_twice_concurrently_runs_once(robot):
+    with robot:
+        job = robot.job(robot.package("v2"))
+        a = robot.manager.submit("job-x", job)
+        b = robot.manager.submit("job-x", job)
+        assert a is b
+        assert a.result(60).status == "SUCCEEDED"
+    assert robot.kinds().count("swapped") == 1
+
+
+def test_bad_job_documents_are_rejected_naming_the_field(robot):
+    outcome = robot.manager.apply("job-nopkg", {"operation": "fleetloop.deploy_model",
+                                                "model": {"name": "x", "version": "2", "tier": "T4"}})
+    assert outcome.status == "REJECTED" and "needs a package" in outcome.reason
+    outcome = robot.manager.apply("job-t2", {"operation": "fleetloop.deploy_model", "package": {"path": "/x"},
+                                             "model": {"name": "x", "version": "2", "tier": "T2"}})
+    assert outcome.status == "REJECTED" and "model.tier T2 is not served on robots" in outcome.reason
+    with pytest.raises(Exception, match="jobDocument.operation"):
+        parse_job_document({"operation": "reboot", "model": {"name": "x", "version": "1", "tier": "T4"}}, "j")
+    outcome = robot.manager.apply("job-missing", {"operation": "fleetloop.deploy_model",
+                                                  "model": {"name": robot.name, "version": "9", "tier": "T4"},
+                                                  "package": {"path": str(robot.tmp_path / "nowhere")}})
+    assert outcome.status == "REJECTED" and "nowhere" in outcome.reason
+
+
+def test_deploy_from_an_object_store_and_status_report(robot):
+    bucket = f"file://{robot.tmp_path / 'bucket'}"
+    prefix = publish_package(robot.package("v3"), bucket)
+    robot.serve(8)
+    job = {"operation": "fleetloop.deploy_model", "model": {"name": robot.name, "version": "v3", "tier": "T4"},
+           "package": {"store": bucket, "prefix": prefix}}
+    with robot:
+        assert robot.manager.submit("job-s3", job).result(60).status == "SUCCEEDED"
+    status = robot.manager.status()
+    assert status.serving == {"edge": "v3"} and status.state["edge"] == "serving" and status.watching is None
+    assert status.last_outcome["job_id"] == "job-s3"
+
+
+def test_shadow_verdict_thresholds():
+    rng = np.random.default_rng(0)
+    current = rng.dirichlet(np.ones(5), size=20).astype(np.float32)
+    fast = [0.001] * 20
+    config = ShadowConfig(min_agreement=0.9)
+    assert shadow_verdict(current, current.copy(), fast, fast, config).passed
+    flipped = current[:, ::-1].copy()
+    report = shadow_verdict(current, flipped, fast, fast, config)
+    assert not report.passed and "agreement" in report.reasons[0]
+    slow = shadow_verdict(current, current, fast, [0.080] * 20, config)
+    assert not slow.passed and any("latency p99 80.00 ms" in r for r in slow.reasons)
+    ratio = shadow_verdict(current, current, [0.004] * 20, [0.0125] * 20, config)
+    assert not ratio.passed and "3.0 x the current model's 4.00 ms" in ratio.reasons[0]
+    noise = shadow_verdict(current, current, [0.0005] * 20, [0.002] * 20, config)   # 4x but under the floor
+    assert noise.passed
+    constant = np.tile(current[:1], (20, 1))
+    assert "constant output" in shadow_verdict(current, constant, fast, fast, ShadowConfig(min_agreement=0)).reasons[0]
+    # frames that all look the same: a constant answer is then no evidence of a broken model
+    assert shadow_verdict(constant, constant, fast, fast, config).passed
+
+
+def test_watchdog_verdict_limits():
+    config = WatchdogConfig(min_frames=4, max_error_rate=0.2, min_confidence_ratio=0.5, max_latency_ms=20.0)
+    ok = WatchStats([0.001] * 10, [0.8] * 10, 0, 10)
+    assert watchdog_verdict(ok, 0.001, 0.8, config) is None
+    assert watchdog_verdict(WatchStats([], [], 3, 3), 0.001, 0.8, config) is None          # too few frames
+    assert "error rate" in watchdog_verdict(WatchStats([0.001] * 7, [0.8] * 7, 3, 10), 0.001, 0.8, config)
+    assert "confidence collapsed" in watchdog_verdict(WatchStats([0.001] * 10, [0.3] * 10, 0, 10), 0.001, 0.8, config)
+    assert "latency p95" in watchdog_verdict(WatchStats([0.030] * 10, [0.8] * 10, 0, 10), 0.001, 0.8, config)
+    assert "median latency" in watchdog_verdict(WatchStats([0.010] * 10, [0.8] * 10, 0, 10), 0.002, 0.8, config)
+
+
+def test_config_file_loads_and_bad_values_are_named(repo_root, tmp_path):
+    from fleetloop_core.model_manager import load_manager_config
+    assert load_manager_config(str(repo_root / "config" / "model_manager.yaml")).shadow.min_agreement == 0.7
+    bad = tmp_path / "mm.yaml"
+    bad.write_text("model_manager:\n  shadow:\n    min_agreement: 1.5\n")
+    with pytest.raises(ConfigError, match=r"model_manager.shadow.min_agreement.*1.5"):
+        load_manager_config(str(bad))
