@@ -149,7 +149,7 @@ def build_reference_models(
     if "lab" in needs:
         frames["lab"] = sim.render_set(sim.LAB_SITE, pool.lab_train, profile.lab_frames,
                                        seed=("lab", profile.seed), height=height, width=width, pool=pool,
-                                       sites=sim.lab_sites(16, profile.seed))
+                                       sites=sim.lab_sites(seed=profile.seed))
     if "randomised" in needs:
         if profile.randomised_frames <= 0:
             raise ConfigError(f"profile {profile_name!r}: a tier uses randomised data but randomised_frames is 0")
@@ -159,7 +159,7 @@ def build_reference_models(
             height=height, width=width, pool=pool, sites=sites, none_fraction=0.1)
     render_seconds = time.perf_counter() - started
     lab_test = sim.render_set(sim.LAB_SITE, pool.lab_test, profile.eval_frames, seed=("lab-test", profile.seed),
-                              height=height, width=width, pool=pool, sites=sim.lab_sites(16, profile.seed + 1))
+                              height=height, width=width, pool=pool, sites=sim.lab_sites(seed=profile.seed + 1))
     field_sites = sim.make_fleet_sites(profile.eval_sites, seed=profile.seed)
     field_tests = [sim.field_test_set(site, profile.eval_frames, seed=profile.seed, height=height,
                                       width=width, pool=pool) for site in field_sites]

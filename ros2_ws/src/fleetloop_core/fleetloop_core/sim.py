@@ -137,19 +137,21 @@ def lab_prior() -> np.ndarray:
 LAB_SITE = Site(name="lab", index=-1, shift=LAB_SHIFT, class_prior=lab_prior(), none_fraction=0.1)
 
 
-def lab_sites(count: int = 16, seed: int = 0) -> list[Site]:
-    """Return ``count`` lab photo booths: plain backdrops of different colours, steady light.
+def lab_sites(count: int = 24, seed: int = 0) -> list[Site]:
+    """Return ``count`` lab photo booths: backdrops of different colours and faint textures, steady light.
 
-    Lab data is clean and centred, but not all on one grey backdrop (no lab shoots that way).
+    Lab data is clean and centred, but not all shot on one grey backdrop (no lab works that way).
     """
     booths = []
     for i in range(count):
         rng = _rng("lab-booth", seed, i)
-        cloth = i % 2 == 1      # half the booths use a cloth backdrop with a faint texture
-        shift = replace(LAB_SHIFT, gain=float(rng.uniform(0.9, 1.1)),
+        texture = ("plain", "clouds", "stripes")[i % 3]
+        shift = replace(LAB_SHIFT, gain=float(rng.uniform(0.85, 1.15)),
+                        noise_sigma=float(rng.uniform(2.0, 5.0)),
+                        rotation_deg=8.0,
                         background_rgb=tuple(float(v) for v in rng.uniform(0.15, 0.85, size=3)),
-                        scale_range=(0.4, 0.85), texture="clouds" if cloth else "plain",
-                        texture_contrast=float(rng.uniform(0.1, 0.25)) if cloth else 0.0)
+                        scale_range=(0.4, 0.85), texture=texture,
+                        texture_contrast=0.0 if texture == "plain" else float(rng.uniform(0.05, 0.2)))
         booths.append(replace(LAB_SITE, name=f"lab-{i}", index=-1 - i, shift=shift))
     return booths
 
