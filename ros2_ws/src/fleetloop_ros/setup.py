@@ -19,6 +19,17 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "perception = fleetloop_ros.perception:main",
+            "model_manager = fleetloop_ros.model_manager:main",
+            "selector = fleetloop_ros.selector:main",
+            "uploader = fleetloop_ros.uploader:main",
+            "robot = fleetloop_ros.robot:main",
+            "camera_replay = fleetloop_ros.camera_replay:main",
+        ],
+        "fleetloop.commands": [
+            "robot = fleetloop_ros.cli:register",
+            "camera = fleetloop_ros.camera_replay:register",
+        ],
     },
 )

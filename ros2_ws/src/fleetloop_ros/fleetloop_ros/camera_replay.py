@@ -1,0 +1,147 @@
+"""A camera for bring-ups without one: publishes simulated or recorded frames as sensor_msgs/Image.
+
+Sources: ``sim`` (a seeded camera stream of the simulated world, ``fleetloop_core.sim``) or a
+rosbag2 directory/file (sqlite3 or MCAP, read with ``rosbags``; its Image and CompressedImage
+messages are republished). Frames are stamped with the wall clock when sent, so the perception
+node's latency figure means something. On robots, ``ros2 bag play`` does the bag part
+(``launch/replay.launch.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from fleetloop_core.errors import ConfigError
+from fleetloop_core.ros_convert import array_to_image, rgb8_to_compressed
+from fleetloop_ros.messages import time_msg
+
+
+def sim_frames(count: int, height: int, width: int, site: int = 0, seed: int = 0) -> list[np.ndarray]:
+    """Return ``count`` uint8 RGB frames of one simulated robot camera (rendered once, replayed in a loop)."""
+    from fleetloop_core import sim
+    stream = sim.CameraStream(sim.make_site(site, seed), robot=f"camera-{site}", seed=seed, height=height,
+                              width=width)
+    return [frame.image for frame in stream.frames(count)]
+
+
+def bag_messages(path: str | Path, topic: str | None = None) -> Iterator[tuple[str, object]]:
+    """Yield (kind, message) for each Image / CompressedImage in a rosbag2 (rosbags dataclasses)."""
+    from rosbags.highlevel import AnyReader
+    kinds = {"sensor_msgs/msg/Image": "image", "sensor_msgs/msg/CompressedImage": "compressed"}
+    with AnyReader([Path(path)]) as reader:
+        connections = [c for c in reader.connections if c.msgtype in kinds and (topic is None or c.topic == topic)]
+        if not connections:
+            raise ConfigError(f"{path}: no sensor_msgs Image or CompressedImage topic"
+                              + (f" named {topic}" if topic else ""))
+        for connection, _, raw in reader.messages(connections=connections):
+            yield kinds[connection.msgtype], reader.deserialize(raw, connection.msgtype)
+
+
+class CameraReplayNode(Node):
+    """Publishes frames on ``topic`` at ``rate_hz`` (``count`` frames, 0 = until stopped)."""
+
+    def __init__(self, topic: str = "camera/image_raw", rate_hz: float = 10.0, count: int = 0,
+                 source: str = "sim", width: int = 128, height: int = 128, encoding: str = "rgb8",
+                 compressed: bool = False, reliable: bool = False, frame_id: str = "camera", site: int = 0,
+                 node_name: str = "camera_replay", **node_kwargs):
+        super().__init__(node_name, **node_kwargs)
+        if rate_hz <= 0:
+            raise ConfigError(f"camera replay: rate_hz must be > 0 (got {rate_hz})")
+        self.count, self.sent = count, 0
+        self.frame_id = frame_id
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE) \
+            if reliable else qos_profile_sensor_data
+        if source == "sim":
+            self._kind = "compressed" if compressed else "image"
+            frames = sim_frames(min(count, 200) if count else 200, height, width, site)
+            self._payloads = itertools.cycle([self._payload(f, encoding, compressed) for f in frames])
+        else:
+            messages = list(bag_messages(source))
+            self._kind = messages[0][0]
+            self._payloads = itertools.cycle([m for _, m in messages])
+        kind = CompressedImage if self._kind == "compressed" else Image
+        self.publisher = self.create_publisher(kind, topic, qos)
+        self._timer = self.create_timer(1.0 / rate_hz, self._tick)
+        self.get_logger().info(f"camera replay: {source} -> {self.publisher.topic_name} at {rate_hz:g} Hz"
+                               + (f", {count} frames" if count else ""))
+
+    @staticmethod
+    def _payload(frame: np.ndarray, encoding: str, compressed: bool):
+        if compressed:
+            return rgb8_to_compressed(frame, "jpeg")
+        if encoding == "bgr8":
+            frame = np.ascontiguousarray(frame[:, :, ::-1])
+        elif encoding == "mono8":
+            frame = np.ascontiguousarray(frame.mean(axis=2).astype(np.uint8))
+        return array_to_image(frame, encoding)
+
+    def _tick(self) -> None:
+        if self.count and self.sent >= self.count:
+            self._timer.cancel()
+            self.get_logger().info(f"camera replay: sent {self.sent} frames")
+            return
+        payload = next(self._payloads)
+        header = Header(stamp=time_msg(time.time_ns()), frame_id=self.frame_id)
+        if self._kind == "compressed":
+            if isinstance(payload, tuple):
+                fmt, data = payload
+            else:
+                fmt, data = payload.format, bytes(payload.data)
+            message = CompressedImage(header=header, format=fmt, data=data)
+        else:
+            message = Image(header=header, height=int(payload.height), width=int(payload.width),
+                            encoding=str(payload.encoding), is_bigendian=int(payload.is_bigendian),
+                            step=int(payload.step), data=bytes(payload.data))
+        self.publisher.publish(message)
+        self.sent += 1
+
+    @property
+    def done(self) -> bool:
+        return bool(self.count) and self.sent >= self.count
+
+
+def register(subparsers) -> None:
+    """Add ``fleetloop camera``: publish a simulated or recorded camera for a robot bring-up."""
+    parser = subparsers.add_parser("camera", help="publish simulated or recorded camera frames (sensor_msgs/Image)")
+    parser.add_argument("--source", default="sim", help="sim, or a rosbag2 path (sqlite3 or MCAP)")
+    parser.add_argument("--topic", default="camera/image_raw")
+    parser.add_argument("--namespace", default="")
+    parser.add_argument("--rate", type=float, default=10.0, help="frames per second")
+    parser.add_argument("--count", type=int, default=0, help="frames to send (0: until Ctrl-C)")
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--encoding", default="rgb8", choices=["rgb8", "bgr8", "mono8"])
+    parser.add_argument("--compressed", action="store_true", help="publish sensor_msgs/CompressedImage (jpeg)")
+    parser.add_argument("--reliable", action="store_true", help="reliable QoS instead of sensor data")
+    parser.add_argument("--site", type=int, default=0, help="simulated site index")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    from fleetloop_ros.runner import run_nodes
+    node_box: list[CameraReplayNode] = []
+
+    def nodes() -> Sequence[Node]:
+        node = CameraReplayNode(args.topic, args.rate, args.count, args.source, args.width, args.height,
+                                args.encoding, args.compressed, args.reliable, site=args.site,
+                                namespace=args.namespace)
+        node_box.append(node)
+        return [node]
+
+    duration = (args.count / args.rate + 1.0) if args.count else None
+    return run_nodes(nodes, [], threads=1, duration_s=duration)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console entry ``camera_replay``: simulated camera at 10 Hz on camera/image_raw."""
+    from fleetloop_ros.runner import run_nodes
+    return run_nodes(lambda: [CameraReplayNode()], args, threads=1)

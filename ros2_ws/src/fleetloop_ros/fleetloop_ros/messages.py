@@ -1,0 +1,98 @@
+"""Field-by-field copies between fleetloop_core results and our ROS messages (no decisions here)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from fleetloop_interfaces.msg import FrameDecision, FrameResult, TierOutput, TierVersion
+from std_msgs.msg import Header
+
+from fleetloop_core.cascade import FrameResult as CoreFrameResult
+from fleetloop_core.health import Check
+
+SCORE_NAMES = ("entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty")
+_LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR,
+                3: DiagnosticStatus.STALE}
+
+
+def stamp_ns(stamp: Time) -> int:
+    """Return a builtin_interfaces/Time as integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def time_msg(ns: int) -> Time:
+    """Return integer nanoseconds as builtin_interfaces/Time."""
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def frame_result_msg(result: CoreFrameResult, header: Header, stream: str, sequence: int, labels: Sequence[str],
+                     versions: Sequence[TierVersion], latency_ms: float = math.nan) -> FrameResult:
+    """Return the FrameResult message of one cascade result (header copied from the image)."""
+    scores = result.scores
+    embedding = result.embeddings.get("T4") if result.embeddings else None
+    if embedding is None and result.embeddings:
+        embedding = next(iter(result.embeddings.values()))
+    return FrameResult(
+        header=header, stream=stream, sequence=int(sequence),
+        label=int(result.label), label_name=result.label_name, confidence=float(result.confidence),
+        tier_used=result.tier_used, escalated=bool(result.escalated),
+        probs=np.asarray(result.probs, np.float32).tolist(), labels=list(labels),
+        tier_outputs=[TierOutput(tier=tier, probs=np.asarray(probs, np.float32).tolist())
+                      for tier, probs in result.tier_outputs.items()],
+        embedding=np.asarray(embedding, np.float32).tolist() if embedding is not None else [],
+        entropy=float(scores["entropy"]), margin=float(scores["margin"]),
+        least_confidence=float(scores["least_confidence"]), disagreement=float(scores["disagreement"]),
+        flicker=float(scores["flicker"]), novelty=float(scores["novelty"]),
+        models=[v for v in versions if v.tier in result.model_versions],
+        inference_ms=float(result.total_latency_s * 1000.0), latency_ms=float(latency_ms),
+    )
+
+
+def core_result_from_msg(msg: FrameResult) -> CoreFrameResult:
+    """Return the cascade result a FrameResult message carries (for a selector in another process)."""
+    probs = np.asarray(msg.probs, np.float32)
+    embedding = np.asarray(msg.embedding, np.float32)
+    return CoreFrameResult(
+        label=int(msg.label), label_name=msg.label_name, confidence=float(msg.confidence),
+        tier_used=msg.tier_used, probs=probs,
+        scores={name: float(getattr(msg, name)) for name in SCORE_NAMES},
+        escalated=bool(msg.escalated), latency_s={},
+        model_versions={m.tier: m.version for m in msg.models},
+        tier_outputs={t.tier: np.asarray(t.probs, np.float32) for t in msg.tier_outputs},
+        embeddings={"T4": embedding} if embedding.size else {},
+        total_latency_s=float(msg.inference_ms) / 1000.0,
+    )
+
+
+def frame_decision_msg(decision: Any, header: Header, stream: str) -> FrameDecision:
+    """Return the FrameDecision message of a selector decision (fleetloop_core.selection.Decision)."""
+    threshold = decision.threshold
+    return FrameDecision(
+        header=header, stream=stream, keep=bool(decision.keep), random=bool(decision.random),
+        duplicate=bool(decision.duplicate), budget_limited=bool(decision.budget_limited),
+        policy=str(decision.policy), score=float(decision.score),
+        threshold=float(threshold) if threshold is not None else math.nan, reason=str(decision.reason),
+    )
+
+
+def diagnostic_status(check: Check, node_name: str, hardware_id: str) -> DiagnosticStatus:
+    """Return the DiagnosticStatus of one graded check."""
+    return DiagnosticStatus(
+        level=_LEVEL_BYTES[check.level], name=f"{node_name}: {check.name}", message=check.message,
+        hardware_id=hardware_id, values=[KeyValue(key=k, value=v) for k, v in check.values.items()],
+    )
+
+
+def level_of(status: DiagnosticStatus) -> int:
+    """Return a DiagnosticStatus level as an int (the field is a byte)."""
+    level = status.level
+    return level[0] if isinstance(level, (bytes, bytearray)) else int(level)
+
+
+def values_of(status: DiagnosticStatus) -> Mapping[str, str]:
+    """Return a DiagnosticStatus's key/value pairs as a dict."""
+    return {kv.key: kv.value for kv in status.values}

@@ -1,0 +1,63 @@
+"""Starting nodes in one process with a multi-threaded rclpy executor (console entry points, CLI)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Sequence
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+
+from fleetloop_core.errors import FleetLoopError
+from fleetloop_ros.environment import apply_robot_environment
+
+log = logging.getLogger("fleetloop_ros")
+
+
+def run_nodes(factory: Callable[[], Sequence[Node]], args: Sequence[str] | None = None,
+              threads: int = 4, duration_s: float | None = None,
+              on_ready: Callable[[Sequence[Node]], None] | None = None) -> int:
+    """Create the nodes, spin them until shutdown (Ctrl-C, or ``duration_s``), clean up; return an exit code.
+
+    The DDS transport variables are set before the ROS context exists (they are read when the
+    participant is created).
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    apply_robot_environment()
+    rclpy.init(args=list(args) if args is not None else None)
+    nodes: list[Node] = []
+    executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+    try:
+        try:
+            nodes = list(factory())
+        except FleetLoopError as exc:
+            log.error("%s", exc)
+            return 1
+        for node in nodes:
+            executor.add_node(node)
+        if on_ready is not None:
+            on_ready(nodes)
+        if duration_s is not None:
+            timer = threading.Timer(duration_s, executor.shutdown)
+            timer.daemon = True
+            timer.start()
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        return 0
+    finally:
+        for node in reversed(nodes):
+            close = getattr(node, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:  # shutting down: report, go on closing the others
+                    log.error("closing %s failed: %s", node.get_name(), exc)
+        executor.shutdown()
+        for node in reversed(nodes):
+            node.destroy_node()
+        rclpy.try_shutdown()
