@@ -23,6 +23,8 @@ setup(
         "fleetloop.commands": [
             "models = fleetloop_core.commands.models:register",
             "demo = fleetloop_core.commands.edge_demo:register",
+            "queue = fleetloop_core.commands.queue:register",
+            "replay = fleetloop_core.commands.replay:register",
         ],
     },
 )

@@ -11,8 +11,16 @@ a SageMaker Ground Truth input manifest is derived from it):
     frames/<robot_id>/<YYYY-MM-DD>/<sha256>.json        its sidecar (fleetloop_core.sidecar)
     models/<name>/<version>/...                         signed model packages
 
+The robot's uploader writes the frame object first and the sidecar last, so a sidecar is the
+commit marker: the ingest reads only frames whose sidecar exists. :func:`ground_truth_manifest`
+turns that layout into SageMaker Ground Truth input-manifest lines (``{"source-ref": ...}``).
+
 Puts are atomic (a reader never sees half an object) and idempotent when the key carries the
-content hash: putting the same bytes twice leaves one object.
+content hash: putting the same bytes twice leaves one object. S3 puts send a SHA-256 checksum
+the service verifies, and store the hex sha256 as object metadata (``sha256``).
+Errors: :class:`StoreUnavailable` when a retry may help (endpoint unreachable, connection
+dropped, throttling); plain :class:`StoreError` when it will not (credentials refused, missing
+bucket), so an uploader backs off on the first and reports the second.
 """
 
 from __future__ import annotations
@@ -190,18 +198,39 @@ class S3Store:
         key = _check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    _REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken",
+                "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "403", "401", "Forbidden"}
+    _BUSY = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed",
+             "503", "500", "502", "504"}
+
     def _error(self, action: str, key: str, exc: Exception) -> StoreError:
-        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, EndpointConnectionError
-        if isinstance(exc, (EndpointConnectionError, BotoConnectionError)):
+        """Return the StoreError for a boto3 failure: StoreUnavailable only when a retry can help."""
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectionError as BotoConnectionError,
+                                         NoCredentialsError, PartialCredentialsError, ReadTimeoutError)
+        if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, ClientError):
+            exc = exc.__context__       # upload_file wraps the service's answer
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return StoreError(f"{self.uri}: no usable AWS credentials to {action} {key} ({exc}); "
+                              "set them in the environment, ~/.aws or the instance role")
+        if isinstance(exc, (BotoConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectionError,
+                            TimeoutError)):
             return StoreUnavailable(f"{self.uri}: cannot reach the store to {action} {key} ({exc})")
         if isinstance(exc, ClientError):
-            code = exc.response.get("Error", {}).get("Code", "?")
-            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken"):
-                return StoreError(f"{self.uri}: credentials refused ({code}) when trying to {action} {key}")
-            if code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", "?"))
+            if code in self._REFUSED:
+                return StoreError(f"{self.uri}: credentials refused ({code}: {error.get('Message') or 'forbidden'}) "
+                                  f"when trying to {action} {key}")
+            if code in self._BUSY:
                 return StoreUnavailable(f"{self.uri}: store busy ({code}) when trying to {action} {key}")
+            if code == "NoSuchBucket":
+                return StoreError(f"{self.uri}: bucket {self.bucket} does not exist (when trying to {action} {key})")
             return StoreError(f"{self.uri}: {action} {key} failed ({code}: {exc})")
-        return StoreUnavailable(f"{self.uri}: {action} {key} failed ({exc})")
+        from botocore.exceptions import BotoCoreError
+        if isinstance(exc, BotoCoreError) and "connect" in type(exc).__name__.lower():
+            return StoreUnavailable(f"{self.uri}: cannot reach the store to {action} {key} ({exc})")
+        return StoreError(f"{self.uri}: {action} {key} failed ({type(exc).__name__}: {exc})")
 
     def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         import io
@@ -250,7 +279,10 @@ class S3Store:
         return self.head(key) is not None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        if prefix.startswith("/") or ".." in prefix.split("/"):
+            raise StoreError(f"invalid key prefix {prefix!r}: use a relative '/'-separated path without '..'")
+        # a prefix is not a key: it may end with '/' (list one "directory") or be empty
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         strip = len(self.prefix) + 1 if self.prefix else 0
         try:
             for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
@@ -289,3 +321,23 @@ def open_store(uri: str) -> ObjectStore:
     if not parsed.scheme and uri.startswith("/"):
         return FileStore(uri)
     raise StoreError(f"{uri}: unknown store scheme {parsed.scheme!r} (known: file, s3)")
+
+
+def ground_truth_manifest(store: ObjectStore, prefix: str = "frames/") -> Iterator[dict[str, str]]:
+    """Yield one SageMaker Ground Truth input-manifest line per committed frame under ``prefix``.
+
+    A frame is committed when its sidecar (``<sha256>.json``) exists beside it (the uploader
+    writes the sidecar last). Each line is ``{"source-ref": <frame URL>, "fleetloop-sidecar-ref":
+    <sidecar URL>}``; write them as JSON Lines for a labeling job.
+    """
+    images: dict[str, str] = {}
+    sidecars: dict[str, str] = {}
+    for info in store.list(prefix):
+        stem, _, extension = info.key.rpartition(".")
+        if extension == "json":
+            sidecars[stem] = info.key
+        elif extension in ("png", "jpg"):
+            images[stem] = info.key
+    for stem in sorted(sidecars):
+        if stem in images:
+            yield {"source-ref": store.url(images[stem]), "fleetloop-sidecar-ref": store.url(sidecars[stem])}

@@ -1,0 +1,226 @@
+"""sensor_msgs/Image and CompressedImage <-> numpy, as pure functions (no rclpy, no cv_bridge).
+
+The fields of a ``sensor_msgs/msg/Image`` are passed explicitly (height, width, encoding,
+is_bigendian, step, data) so the same code serves rclpy messages, rosbags' deserialised
+dataclasses and tests. :func:`image_to_array` returns the pixels as they are (native byte order,
+row padding removed); :func:`image_to_rgb8` converts any supported encoding to the uint8 RGB
+frame the models read; :func:`array_to_image` builds the fields back. Compressed images go
+through OpenCV (``cv2.imdecode`` / ``cv2.imencode``).
+
+Encodings follow ROS ``sensor_msgs/image_encodings.hpp``: rgb8, bgr8, rgba8, bgra8, mono8,
+mono16, rgb16, bgr16, rgba16, bgra16, the bayer_{rggb,bggr,gbrg,grbg}{8,16} mosaics, the
+OpenCV-style ``{8,16}U C{1,3,4}``, ``32FC1`` and the packed YUV 4:2:2 forms ``yuv422``
+(UYVY) and ``yuv422_yuy2`` (YUYV). Anything else raises :class:`UnsupportedEncoding`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from fleetloop_core.errors import InputError
+
+
+class UnsupportedEncoding(InputError):
+    """The image's encoding is not one we can convert (message names it and the known ones)."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    channels: int
+    dtype: str            # numpy dtype name of one channel value
+
+
+_LAYOUTS: dict[str, _Layout] = {
+    "mono8": _Layout(1, "uint8"), "mono16": _Layout(1, "uint16"),
+    "rgb8": _Layout(3, "uint8"), "bgr8": _Layout(3, "uint8"),
+    "rgba8": _Layout(4, "uint8"), "bgra8": _Layout(4, "uint8"),
+    "rgb16": _Layout(3, "uint16"), "bgr16": _Layout(3, "uint16"),
+    "rgba16": _Layout(4, "uint16"), "bgra16": _Layout(4, "uint16"),
+    "8UC1": _Layout(1, "uint8"), "8UC3": _Layout(3, "uint8"), "8UC4": _Layout(4, "uint8"),
+    "16UC1": _Layout(1, "uint16"), "16UC3": _Layout(3, "uint16"), "16UC4": _Layout(4, "uint16"),
+    "32FC1": _Layout(1, "float32"),
+    # packed 4:2:2, two bytes per pixel
+    "yuv422": _Layout(2, "uint8"), "uyvy": _Layout(2, "uint8"),
+    "yuv422_yuy2": _Layout(2, "uint8"), "yuyv": _Layout(2, "uint8"),
+}
+# ROS names the Bayer pattern by its first row; OpenCV by the second row's 2nd and 3rd pixels
+# (the same mapping cv_bridge uses).
+_BAYER_TO_RGB = {
+    "rggb": cv2.COLOR_BayerBG2RGB, "bggr": cv2.COLOR_BayerRG2RGB,
+    "gbrg": cv2.COLOR_BayerGR2RGB, "grbg": cv2.COLOR_BayerGB2RGB,
+}
+for _pattern in _BAYER_TO_RGB:
+    _LAYOUTS[f"bayer_{_pattern}8"] = _Layout(1, "uint8")
+    _LAYOUTS[f"bayer_{_pattern}16"] = _Layout(1, "uint16")
+
+_TO_RGB = {
+    "rgb8": None, "bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB,
+    "mono8": cv2.COLOR_GRAY2RGB, "8UC1": cv2.COLOR_GRAY2RGB,
+    # OpenCV convention: 3/4-channel arrays without colour information are BGR(A)
+    "8UC3": cv2.COLOR_BGR2RGB, "8UC4": cv2.COLOR_BGRA2RGB,
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2, "yuyv": cv2.COLOR_YUV2RGB_YUY2,
+}
+_SIXTEEN_TO_EIGHT = {
+    "mono16": "mono8", "16UC1": "mono8", "rgb16": "rgb8", "bgr16": "bgr8", "rgba16": "rgba8",
+    "bgra16": "bgra8", "16UC3": "8UC3", "16UC4": "8UC4",
+    **{f"bayer_{p}16": f"bayer_{p}8" for p in _BAYER_TO_RGB},
+}
+
+ENCODINGS: tuple[str, ...] = tuple(sorted(_LAYOUTS))
+
+
+def _layout(encoding: str) -> _Layout:
+    layout = _LAYOUTS.get(encoding)
+    if layout is None:
+        raise UnsupportedEncoding(f"unsupported image encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+    return layout
+
+
+def bytes_per_pixel(encoding: str) -> int:
+    """Return the bytes one pixel takes in ``encoding``."""
+    layout = _layout(encoding)
+    return layout.channels * np.dtype(layout.dtype).itemsize
+
+
+def image_to_array(height: int, width: int, encoding: str, is_bigendian: bool | int, step: int,
+                   data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Return the pixels of an Image message as (H, W) or (H, W, C) in native byte order.
+
+    Row padding (``step`` beyond width x bytes per pixel) is dropped; multi-byte values are read
+    big- or little-endian as ``is_bigendian`` says. The result does not alias ``data``.
+    """
+    layout = _layout(encoding)
+    height, width, step = int(height), int(width), int(step)
+    if height <= 0 or width <= 0:
+        raise InputError(f"{encoding} image has no pixels ({width}x{height})")
+    itemsize = np.dtype(layout.dtype).itemsize
+    row_bytes = width * layout.channels * itemsize
+    if step < row_bytes:
+        raise InputError(f"{encoding} image {width}x{height}: step {step} is smaller than a row ({row_bytes} bytes)")
+    buffer = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    if buffer.size < step * (height - 1) + row_bytes:
+        raise InputError(f"{encoding} image {width}x{height} step {step}: data has {buffer.size} bytes, "
+                         f"needs {step * height}")
+    rows = np.lib.stride_tricks.as_strided(buffer, shape=(height, row_bytes), strides=(step, 1))
+    dtype = np.dtype(layout.dtype)
+    if itemsize > 1:
+        dtype = dtype.newbyteorder(">" if is_bigendian else "<")
+    pixels = np.ascontiguousarray(rows).view(dtype)
+    if itemsize > 1 and not dtype.isnative:
+        pixels = pixels.astype(dtype.newbyteorder("="))
+    if layout.channels == 1:
+        return pixels.reshape(height, width)
+    if encoding in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv"):
+        return pixels.reshape(height, width, 2)
+    return pixels.reshape(height, width, layout.channels)
+
+
+def array_to_rgb8(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    """Return a contiguous uint8 RGB (H, W, 3) frame from pixels in ``encoding``.
+
+    16-bit values are scaled to 8 bits (x 255/65535); Bayer mosaics are demosaiced; 32FC1 is
+    taken as intensity in [0, 1].
+    """
+    _layout(encoding)
+    if encoding in _SIXTEEN_TO_EIGHT:
+        pixels = cv2.convertScaleAbs(pixels, alpha=255.0 / 65535.0)
+        encoding = _SIXTEEN_TO_EIGHT[encoding]
+    if encoding == "32FC1":
+        pixels = np.clip(np.nan_to_num(pixels) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        encoding = "mono8"
+    if encoding.startswith("bayer_"):
+        return cv2.cvtColor(np.ascontiguousarray(pixels), _BAYER_TO_RGB[encoding[6:10]])
+    code = _TO_RGB[encoding]
+    if code is None:
+        return np.ascontiguousarray(pixels)
+    return cv2.cvtColor(np.ascontiguousarray(pixels), code)
+
+
+def image_to_rgb8(height: int, width: int, encoding: str, is_bigendian: bool | int, step: int,
+                  data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Return the uint8 RGB (H, W, 3) frame of an Image message in any supported encoding."""
+    return array_to_rgb8(image_to_array(height, width, encoding, is_bigendian, step, data), encoding)
+
+
+@dataclass(frozen=True)
+class ImageFields:
+    """The payload fields of a sensor_msgs/Image (header left to the caller)."""
+
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: int
+    step: int
+    data: bytes
+
+
+def array_to_image(pixels: np.ndarray, encoding: str, is_bigendian: bool = False,
+                   row_padding: int = 0) -> ImageFields:
+    """Return Image fields holding ``pixels`` (H, W[, C]) in ``encoding``.
+
+    ``row_padding`` extra zero bytes per row exercise readers that must honour ``step``.
+    """
+    layout = _layout(encoding)
+    pixels = np.asarray(pixels)
+    expected_channels = 2 if encoding in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv") else layout.channels
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2] if pixels.ndim == 3 else -1
+    if channels != expected_channels or pixels.dtype != np.dtype(layout.dtype):
+        raise InputError(f"array {pixels.shape} {pixels.dtype} does not fit {encoding} "
+                         f"({expected_channels} channel(s) of {layout.dtype})")
+    height, width = pixels.shape[:2]
+    dtype = pixels.dtype.newbyteorder(">" if is_bigendian else "<") if pixels.dtype.itemsize > 1 else pixels.dtype
+    rows = np.ascontiguousarray(pixels.astype(dtype, copy=False)).view(np.uint8).reshape(height, -1)
+    if row_padding:
+        rows = np.concatenate([rows, np.zeros((height, int(row_padding)), np.uint8)], axis=1)
+    return ImageFields(height=int(height), width=int(width), encoding=encoding,
+                       is_bigendian=int(bool(is_bigendian)), step=int(rows.shape[1]), data=rows.tobytes())
+
+
+def msg_to_rgb8(msg: Any) -> np.ndarray:
+    """Return the uint8 RGB frame of an Image or CompressedImage message (any object with its fields)."""
+    if hasattr(msg, "format") and not hasattr(msg, "encoding"):
+        return compressed_to_rgb8(msg.format, msg.data)
+    return image_to_rgb8(msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step, msg.data)
+
+
+# --------------------------------------------------------------------------- compressed
+
+_COMPRESSED_EXTENSIONS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png"}
+
+
+def compressed_to_rgb8(format: str, data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Return the uint8 RGB frame of a CompressedImage (``format`` as image_transport writes it).
+
+    Formats such as ``jpeg``, ``png`` or ``bgr8; jpeg compressed bgr8`` are accepted; the codec
+    is found from the bytes. Grey images come back as RGB too.
+    """
+    buffer = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    if buffer.size == 0:
+        raise InputError(f"compressed image ({format!r}) has no data")
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(f"compressed image ({format!r}, {buffer.size} bytes) cannot be decoded")
+    if image.dtype == np.uint16:
+        image = cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def rgb8_to_compressed(frame: np.ndarray, format: str = "jpeg", jpeg_quality: int = 90) -> tuple[str, bytes]:
+    """Return (format, bytes) of a CompressedImage holding the uint8 RGB ``frame`` (jpeg or png)."""
+    extension = _COMPRESSED_EXTENSIONS.get(format.lower())
+    if extension is None:
+        raise UnsupportedEncoding(f"unsupported compressed format {format!r} (known: jpeg, png)")
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if extension == ".jpg" else []
+    ok, encoded = cv2.imencode(extension, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise InputError(f"OpenCV could not encode a {frame.shape} frame as {format}")
+    return ("jpeg" if extension == ".jpg" else "png"), encoded.tobytes()

@@ -1,0 +1,669 @@
+"""The robot's upload queue: kept frames wait on disk until they are in the object store.
+
+Layout of a queue directory::
+
+    queue.db              SQLite (WAL): one row per record (keys, sidecar JSON, priority, state)
+    blobs/<name>.png|jpg  the encoded frames, written with fsync + rename (never half a file)
+
+Guarantees:
+
+- **Crash-safe.** A frame file is complete (fsync, rename, directory fsync) before the row that
+  names it commits; every state change is one SQLite transaction. After ``kill -9`` at any
+  instant a record is either queued (and will be uploaded) or was never accepted; files left
+  without a row are swept by :meth:`UploadQueue.recover`.
+- **At-least-once, idempotent.** Object keys carry the frame's content sha256
+  (``fleetloop_core.sidecar.frame_key``), so uploading a record again after a crash rewrites
+  the same objects, never makes a second copy. The frame object goes first and the sidecar
+  last: the cloud treats the sidecar as the commit marker.
+- **Bounded.** A disk cap in bytes: when a new record does not fit (or the disk is really full,
+  ENOSPC), the lowest-priority records are evicted first (oldest first among equals), never the
+  record being uploaded, never one more valuable than the newcomer.
+- **Polite.** A bandwidth cap (bytes/s) and exponential back-off with jitter while the store is
+  unreachable; a store that refuses the credentials stops the drain with a clear error and
+  leaves every record queued.
+
+The queue persists; it does not decide (``fleetloop_core.selection`` decides).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import random
+import sqlite3
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from fleetloop_core.config import ConfigModel, default_config_path, load_config
+from fleetloop_core.errors import FleetLoopError
+from fleetloop_core.record import EncodedRecord, UploadRecord
+from fleetloop_core.store import ObjectStore, StoreError, StoreUnavailable, open_store
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_NAME = "queue.db"
+BLOB_DIR = "blobs"
+
+
+class QueueError(FleetLoopError):
+    """The queue cannot be opened or written (message names the queue directory and cause)."""
+
+
+class CorruptRecord(QueueError):
+    """A queued frame file is missing or does not match its sha256 (disk corruption, tampering)."""
+
+
+# --------------------------------------------------------------------------- config
+
+class BackoffConfig(ConfigModel):
+    """Retry delays while the store is unreachable: initial x multiplier^(n-1), capped, jittered."""
+
+    initial_s: float = Field(default=1.0, gt=0.0)
+    max_s: float = Field(default=300.0, gt=0.0)
+    multiplier: float = Field(default=2.0, ge=1.0)
+    jitter: float = Field(default=0.5, ge=0.0, le=1.0)    # delay x uniform(1 - jitter, 1)
+
+
+class QueueConfig(ConfigModel):
+    """Where the queue lives, how big it may grow, and how it uploads (``config/upload_queue.yaml``)."""
+
+    directory: str = "/var/lib/fleetloop/queue"
+    store: str = "file:///var/lib/fleetloop/store"
+    disk_cap_bytes: int = Field(default=2 * 1024 ** 3, gt=0)
+    bandwidth_bytes_per_s: float = Field(default=0.0, ge=0.0)     # 0: unlimited
+    backoff: BackoffConfig = BackoffConfig()
+    synchronous: Literal["full", "normal"] = "full"   # full: durable across power loss, not only crashes
+    idle_poll_s: float = Field(default=0.5, gt=0.0)   # uploader thread wait when the queue is empty
+    orphan_grace_s: float = Field(default=60.0, ge=0.0)
+
+
+def load_queue_config(path: str | Path | None = None) -> QueueConfig:
+    """Return the queue config in ``path`` (default ``config/upload_queue.yaml``)."""
+    return load_config(QueueConfig, path if path is not None else default_config_path("upload_queue.yaml"))
+
+
+def backoff_delay(failures: int, config: BackoffConfig, rng: random.Random) -> float:
+    """Return seconds to wait after ``failures`` consecutive failures (>= 1): capped exponential, jittered."""
+    base = min(config.max_s, config.initial_s * config.multiplier ** max(failures - 1, 0))
+    return base * (1.0 - config.jitter * rng.random())
+
+
+# --------------------------------------------------------------------------- records on disk
+
+@dataclass(frozen=True)
+class PutResult:
+    """What :meth:`UploadQueue.put` did: accepted or not, why, and which records it evicted."""
+
+    accepted: bool
+    frame_key: str
+    reason: str = ""
+    already_queued: bool = False
+    evicted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueuedRecord:
+    """One claimed record (in flight until completed or released)."""
+
+    id: int
+    frame_key: str
+    sidecar_key: str
+    blob: Path
+    frame_sha256: str
+    sidecar: bytes
+    size_bytes: int
+    priority: float
+    frame_uploaded: bool
+    robot_id: str
+    stream: str
+
+
+@dataclass
+class QueueStats:
+    """Counts and sizes (bytes) of a queue."""
+
+    directory: str
+    records: int
+    bytes: int
+    disk_cap_bytes: int
+    in_flight: int
+    frame_uploaded: int
+    corrupt: int
+    oldest_stamp_ns: int | None
+    newest_stamp_ns: int | None
+    uploaded_total: int
+    evicted_total: int
+    rejected_total: int
+    last_error: str | None
+    by_robot: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    frame_key TEXT NOT NULL UNIQUE,
+    sidecar_key TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    frame_sha256 TEXT NOT NULL,
+    sidecar BLOB NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    priority REAL NOT NULL,
+    stamp_ns INTEGER NOT NULL,
+    robot_id TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    queued_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    frame_uploaded INTEGER NOT NULL DEFAULT 0,
+    owner INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS records_by_priority ON records (priority, id);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+
+
+class UploadQueue:
+    """Records on the robot's disk, waiting for the store; safe to share between threads.
+
+    Several processes may open the same queue (SQLite WAL): a node that puts and uploads, and
+    ``fleetloop queue stats`` reading. Run one uploader per queue.
+    """
+
+    def __init__(self, directory: str | Path, disk_cap_bytes: int = 2 * 1024 ** 3,
+                 synchronous: str = "full"):
+        self.directory = Path(directory)
+        self.disk_cap_bytes = int(disk_cap_bytes)
+        self.blobs = self.directory / BLOB_DIR
+        self._lock = threading.RLock()
+        try:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.directory / DB_NAME, timeout=30.0, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        except (OSError, sqlite3.Error) as exc:
+            raise QueueError(f"{self.directory}: cannot open the upload queue ({exc})") from exc
+        version = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0]
+        if int(version) != SCHEMA_VERSION:
+            raise QueueError(f"{self.directory}: queue schema {version}, this FleetLoop reads {SCHEMA_VERSION}")
+
+    @classmethod
+    def from_config(cls, config: QueueConfig) -> "UploadQueue":
+        return cls(config.directory, config.disk_cap_bytes, config.synchronous)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "UploadQueue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ helpers
+    def _transaction(self):
+        return _Transaction(self._db)
+
+    def _bump(self, name: str, by: int = 1) -> None:
+        self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+                         (name, by, by))
+
+    def _blob_name(self, record: EncodedRecord) -> str:
+        extension = "png" if record.sidecar.encoding == "png" else "jpg"
+        return f"{hashlib.sha256(record.frame_key.encode()).hexdigest()[:40]}.{extension}"
+
+    def _write_blob(self, name: str, data: bytes) -> None:
+        """Write ``data`` to blobs/<name> atomically and durably (temp file, fsync, rename, dir fsync)."""
+        target = self.blobs / name
+        fd, temporary = tempfile.mkstemp(dir=self.blobs, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+            _fsync_dir(self.blobs)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+
+    def _unlink_blobs(self, names) -> None:
+        for name in names:
+            try:
+                (self.blobs / name).unlink()
+            except FileNotFoundError:
+                pass
+
+    def _victims(self, needed: int, priority: float) -> list[tuple[int, str, str, int]] | None:
+        """Return (id, frame_key, blob, size) of the records to evict so ``needed`` more bytes fit.
+
+        None when the cap cannot be met without evicting records more valuable than ``priority``.
+        """
+        total = self._db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM records").fetchone()[0]
+        excess = total + needed - self.disk_cap_bytes
+        if excess <= 0:
+            return []
+        victims, freed = [], 0
+        rows = self._db.execute(
+            "SELECT id, frame_key, blob, size_bytes FROM records WHERE owner IS NULL AND priority <= ? "
+            "ORDER BY priority ASC, id ASC", (priority,))
+        for row in rows:
+            victims.append(row)
+            freed += row[3]
+            if freed >= excess:
+                break
+        return victims if freed >= excess else None
+
+    # ------------------------------------------------------------------ put
+    def put(self, record: UploadRecord | EncodedRecord) -> PutResult:
+        """Persist one record; return whether it was accepted (and which records made room for it).
+
+        Encodes an :class:`UploadRecord` first. Never raises for a full disk: the lowest-priority
+        records are evicted, and when nothing less valuable is left the newcomer is rejected.
+        """
+        encoded = record.encode() if isinstance(record, UploadRecord) else record
+        sidecar_json = encoded.sidecar_json
+        size = len(encoded.frame) + len(sidecar_json)
+        key = encoded.frame_key
+        if size > self.disk_cap_bytes:
+            return self._reject(key, f"record of {size} bytes is larger than the disk cap ({self.disk_cap_bytes})")
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM records WHERE frame_key = ?", (key,)).fetchone():
+                return PutResult(True, key, "already queued", already_queued=True)
+            blob = self._blob_name(encoded)
+            evicted: list[str] = []
+            for attempt in range(64):
+                try:
+                    self._write_blob(blob, encoded.frame)
+                    with self._transaction():
+                        victims = self._victims(size, encoded.priority)
+                        if victims is None:
+                            raise _NoRoom()
+                        for victim_id, victim_key, _, _ in victims:
+                            self._db.execute("DELETE FROM records WHERE id = ?", (victim_id,))
+                            evicted.append(victim_key)
+                        if victims:
+                            self._bump("evicted", len(victims))
+                        sidecar = encoded.sidecar
+                        self._db.execute(
+                            "INSERT INTO records (frame_key, sidecar_key, blob, frame_sha256, sidecar, size_bytes,"
+                            " priority, stamp_ns, robot_id, stream, queued_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            (key, encoded.sidecar_key, blob, sidecar.frame_sha256, sidecar_json, size,
+                             encoded.priority, sidecar.stamp_ns, sidecar.robot_id, sidecar.stream, time.time()))
+                    self._unlink_blobs(victim[2] for victim in victims)
+                    return PutResult(True, key, "queued", evicted=tuple(evicted))
+                except _NoRoom:
+                    self._unlink_blobs([blob])
+                    return self._reject(key, "queue full of records at least as valuable", evicted)
+                except (OSError, sqlite3.OperationalError) as exc:
+                    if not _disk_full(exc):
+                        self._unlink_blobs([blob])
+                        raise QueueError(f"{self.directory}: cannot queue {key} ({exc})") from exc
+                    # the disk is full below our cap: make room from less valuable records, retry
+                    freed = self._evict_one(encoded.priority)
+                    if freed is None:
+                        self._unlink_blobs([blob])
+                        return self._reject(key, f"disk full ({exc.strerror if isinstance(exc, OSError) else exc})"
+                                                 " and nothing less valuable to evict", evicted)
+                    evicted.append(freed)
+            self._unlink_blobs([blob])
+            return self._reject(key, "disk full after evicting 64 records", evicted)
+
+    def _evict_one(self, priority: float) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT id, frame_key, blob FROM records WHERE owner IS NULL AND priority <= ? "
+                                   "ORDER BY priority ASC, id ASC LIMIT 1", (priority,)).fetchone()
+            if row is None:
+                return None
+            with self._transaction():
+                self._db.execute("DELETE FROM records WHERE id = ?", (row[0],))
+                self._bump("evicted")
+            self._unlink_blobs([row[2]])
+            log.warning("%s: disk full, evicted %s", self.directory, row[1])
+            return row[1]
+
+    def _reject(self, key: str, reason: str, evicted: list[str] | None = None) -> PutResult:
+        with self._lock:
+            try:
+                with self._transaction():
+                    self._bump("rejected")
+            except sqlite3.Error:
+                pass    # counting a rejection must not turn a full disk into a crash
+        return PutResult(False, key, reason, evicted=tuple(evicted or ()))
+
+    # ------------------------------------------------------------------ upload side
+    def claim(self, owner: int | None = None) -> QueuedRecord | None:
+        """Return the most valuable queued record, marked in flight by ``owner`` (default: this pid)."""
+        owner = os.getpid() if owner is None else owner
+        with self._lock, self._transaction():
+            row = self._db.execute(
+                "SELECT id, frame_key, sidecar_key, blob, frame_sha256, sidecar, size_bytes, priority,"
+                " frame_uploaded, robot_id, stream FROM records WHERE owner IS NULL AND state = 'queued' "
+                "ORDER BY priority DESC, id ASC LIMIT 1").fetchone()
+            if row is None:
+                return None
+            self._db.execute("UPDATE records SET owner = ? WHERE id = ?", (owner, row[0]))
+        return QueuedRecord(id=row[0], frame_key=row[1], sidecar_key=row[2], blob=self.blobs / row[3],
+                            frame_sha256=row[4], sidecar=bytes(row[5]), size_bytes=row[6], priority=row[7],
+                            frame_uploaded=bool(row[8]), robot_id=row[9], stream=row[10])
+
+    def mark_frame_uploaded(self, record_id: int) -> None:
+        """Record that the frame object is in the store (only the sidecar is left to upload)."""
+        with self._lock, self._transaction():
+            self._db.execute("UPDATE records SET frame_uploaded = 1 WHERE id = ?", (record_id,))
+
+    def complete(self, record_id: int) -> None:
+        """Remove an uploaded record (row first, then its file: a crash in between leaves an orphan file)."""
+        with self._lock:
+            with self._transaction():
+                row = self._db.execute("SELECT blob FROM records WHERE id = ?", (record_id,)).fetchone()
+                self._db.execute("DELETE FROM records WHERE id = ?", (record_id,))
+                self._bump("uploaded")
+            if row:
+                self._unlink_blobs([row[0]])
+
+    def release(self, record_id: int, error: str | None = None) -> None:
+        """Put a claimed record back in the queue (upload failed), noting the error."""
+        with self._lock, self._transaction():
+            self._db.execute("UPDATE records SET owner = NULL, attempts = attempts + 1, last_error = ? WHERE id = ?",
+                             (error, record_id))
+
+    def mark_corrupt(self, record_id: int, error: str) -> None:
+        """Set a record aside: its frame file is missing or damaged (kept for inspection, never uploaded)."""
+        with self._lock, self._transaction():
+            self._db.execute("UPDATE records SET owner = NULL, state = 'corrupt', last_error = ? WHERE id = ?",
+                             (error, record_id))
+
+    def recover(self, orphan_grace_s: float = 60.0) -> dict[str, int]:
+        """Return what crash recovery did: records released from dead uploaders, orphan files removed.
+
+        Files without a row are removed only when older than ``orphan_grace_s`` (another process
+        may be between writing a file and committing its row).
+        """
+        released = 0
+        with self._lock:
+            owners = [row[0] for row in self._db.execute(
+                "SELECT DISTINCT owner FROM records WHERE owner IS NOT NULL")]
+            for owner in owners:
+                if owner == os.getpid() or not _alive(owner):
+                    with self._transaction():
+                        released += self._db.execute("UPDATE records SET owner = NULL WHERE owner = ?",
+                                                     (owner,)).rowcount
+            known = {row[0] for row in self._db.execute("SELECT blob FROM records")}
+        removed = 0
+        now = time.time()
+        for path in self.blobs.iterdir():
+            if path.name in known:
+                continue
+            try:
+                if now - path.stat().st_mtime >= orphan_grace_s:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return {"released": released, "orphans_removed": removed}
+
+    # ------------------------------------------------------------------ inspection
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM records WHERE state = 'queued'").fetchone()[0]
+
+    def keys(self) -> list[str]:
+        """Return the frame keys of every record (queued, in flight or corrupt)."""
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT frame_key FROM records ORDER BY id")]
+
+    def stats(self) -> QueueStats:
+        """Return counts, bytes and lifetime counters."""
+        with self._lock:
+            db = self._db
+            records, size, in_flight, uploaded, corrupt, oldest, newest = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0), COUNT(owner), COALESCE(SUM(frame_uploaded), 0),"
+                " COALESCE(SUM(state = 'corrupt'), 0), MIN(stamp_ns), MAX(stamp_ns) FROM records").fetchone()
+            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+            error = db.execute("SELECT last_error FROM records WHERE last_error IS NOT NULL "
+                               "ORDER BY attempts DESC LIMIT 1").fetchone()
+            by_robot = dict(db.execute("SELECT robot_id, COUNT(*) FROM records GROUP BY robot_id").fetchall())
+        return QueueStats(directory=str(self.directory), records=records, bytes=size,
+                          disk_cap_bytes=self.disk_cap_bytes, in_flight=in_flight, frame_uploaded=uploaded,
+                          corrupt=corrupt, oldest_stamp_ns=oldest, newest_stamp_ns=newest,
+                          uploaded_total=counters.get("uploaded", 0), evicted_total=counters.get("evicted", 0),
+                          rejected_total=counters.get("rejected", 0), last_error=error[0] if error else None,
+                          by_robot=by_robot)
+
+    def purge(self, include_in_flight: bool = False, corrupt_only: bool = False) -> int:
+        """Delete records (default: all not in flight); return how many."""
+        where = ["1"]
+        if not include_in_flight:
+            where.append("owner IS NULL")
+        if corrupt_only:
+            where.append("state = 'corrupt'")
+        condition = " AND ".join(where)
+        with self._lock:
+            with self._transaction():
+                blobs = [row[0] for row in self._db.execute(f"SELECT blob FROM records WHERE {condition}")]
+                self._db.execute(f"DELETE FROM records WHERE {condition}")
+            self._unlink_blobs(blobs)
+        return len(blobs)
+
+
+class _NoRoom(Exception):
+    pass
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass    # SQLite may already have rolled back (e.g. disk full); the original error matters
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- the uploader
+
+@dataclass
+class DrainReport:
+    """What one drain did."""
+
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    failures: int = 0                       # failed attempts (store unreachable or refusing)
+    corrupt: int = 0
+    backoff_s: list[float] = field(default_factory=list)
+    error: str | None = None                # set when the store refused (credentials, permissions)
+    seconds: float = 0.0
+
+
+class Uploader:
+    """Moves records from a queue to a store: frame object first, sidecar last, then forgets them."""
+
+    def __init__(self, queue: UploadQueue, store: ObjectStore, config: QueueConfig | None = None,
+                 rng: random.Random | None = None):
+        self.queue, self.store = queue, store
+        self.config = config or QueueConfig()
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tokens = 0.0
+        self._tokens_at = time.monotonic()
+        self.last_report: DrainReport | None = None
+        self.recovered = queue.recover(self.config.orphan_grace_s)
+
+    # ------------------------------------------------------------------ one record
+    def upload(self, record: QueuedRecord) -> None:
+        """Upload one claimed record (frame, then sidecar); CorruptRecord if its file is damaged."""
+        metadata = {"robot-id": record.robot_id, "stream": record.stream}
+        if not record.frame_uploaded:
+            try:
+                data = record.blob.read_bytes()
+            except FileNotFoundError:
+                raise CorruptRecord(f"{self.queue.directory}: frame file {record.blob.name} of {record.frame_key} "
+                                    "is missing") from None
+            if hashlib.sha256(data).hexdigest() != record.frame_sha256:
+                raise CorruptRecord(f"{self.queue.directory}: frame file {record.blob.name} of {record.frame_key} "
+                                    "does not match its sha256")
+            self._throttle(len(data) + len(record.sidecar))
+            self.store.put_bytes(record.frame_key, data, metadata)
+            self.queue.mark_frame_uploaded(record.id)
+        self.store.put_bytes(record.sidecar_key, record.sidecar, metadata)
+
+    def _throttle(self, size: int) -> None:
+        rate = self.config.bandwidth_bytes_per_s
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        capacity = max(rate, float(size))        # one second of burst, at least one record
+        self._tokens = min(capacity, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        self._tokens -= size
+        if self._tokens < 0:
+            self._stop.wait(-self._tokens / rate)
+
+    # ------------------------------------------------------------------ loops
+    def drain(self, max_records: int | None = None, deadline_s: float | None = None,
+              forever: bool = False, stop_on_refusal: bool = True) -> DrainReport:
+        """Upload until the queue is empty (or ``max_records``, the deadline, :meth:`stop`); return a report.
+
+        While the store is unreachable the drain backs off (exponential, jittered) and retries;
+        with ``forever`` it then waits for new records. A refusal (credentials, permissions) ends
+        the drain with ``report.error`` unless ``stop_on_refusal`` is False (then it backs off at
+        the maximum delay and keeps trying: a fixed credential file brings it back).
+        """
+        report = DrainReport()
+        start = time.monotonic()
+        failures = 0
+        outage_logged = False
+        while not self._stop.is_set():
+            if max_records is not None and report.uploaded >= max_records:
+                break
+            if deadline_s is not None and time.monotonic() - start >= deadline_s:
+                break
+            record = self.queue.claim()
+            if record is None:
+                if forever:
+                    self._stop.wait(self.config.idle_poll_s)
+                    continue
+                break
+            try:
+                self.upload(record)
+            except CorruptRecord as exc:
+                self.queue.mark_corrupt(record.id, str(exc))
+                report.corrupt += 1
+                log.error("%s", exc)
+                continue
+            except StoreUnavailable as exc:
+                self.queue.release(record.id, str(exc))
+                failures += 1
+                report.failures += 1
+                if not outage_logged:
+                    log.warning("store unreachable, backing off: %s", exc)
+                    outage_logged = True
+                delay = backoff_delay(failures, self.config.backoff, self._rng)
+                report.backoff_s.append(delay)
+                self._stop.wait(delay)
+                continue
+            except StoreError as exc:
+                self.queue.release(record.id, str(exc))
+                report.failures += 1
+                report.error = str(exc)
+                if stop_on_refusal:
+                    break
+                log.error("store refused the upload, retrying in %.0f s: %s", self.config.backoff.max_s, exc)
+                report.backoff_s.append(self.config.backoff.max_s)
+                self._stop.wait(self.config.backoff.max_s)
+                continue
+            except BaseException:
+                self.queue.release(record.id, "interrupted")
+                raise
+            self.queue.complete(record.id)
+            report.uploaded += 1
+            report.uploaded_bytes += record.size_bytes
+            if outage_logged:
+                log.info("store reachable again after %d failed attempts", failures)
+            failures, outage_logged = 0, False
+        report.seconds = time.monotonic() - start
+        self.last_report = report
+        return report
+
+    def start(self) -> None:
+        """Drain in a background thread until :meth:`stop` (refusals back off instead of ending it)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.drain, kwargs={"forever": True, "stop_on_refusal": False},
+                                        name="fleetloop-uploader", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the background drain (waits for the record in flight, at most ``timeout_s``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+
+def open_uploader(config: QueueConfig) -> Uploader:
+    """Return an uploader for the queue and store named in ``config``."""
+    return Uploader(UploadQueue.from_config(config), open_store(config.store), config)
