@@ -11,6 +11,8 @@ setup(
     entry_points={
         "console_scripts": ["fleetloop-cloud = fleetloop_cloud.cli:main"],
         # one line per step: "name = fleetloop_cloud.<module>:register"
-        "fleetloop_cloud.commands": [],
+        "fleetloop_cloud.commands": [
+            "deploy = fleetloop_cloud.deploy:register",
+        ],
     },
 )

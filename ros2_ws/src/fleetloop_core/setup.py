@@ -25,6 +25,7 @@ setup(
             "demo = fleetloop_core.commands.edge_demo:register",
             "queue = fleetloop_core.commands.queue:register",
             "replay = fleetloop_core.commands.replay:register",
+            "robot-sim = fleetloop_core.commands.robot_sim:register",
         ],
     },
 )

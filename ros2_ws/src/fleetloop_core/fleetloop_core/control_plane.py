@@ -99,7 +99,7 @@ def load_control_plane_config(path: str, section: str | None = "control_plane") 
 
 
 # ====================================================================================== local
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(temporary, "w", encoding="utf-8") as handle:
@@ -166,7 +166,7 @@ class LocalControlPlane:
                 continue                          # withdrawn (canceled) meanwhile
             data["status"] = "IN_PROGRESS"
             data["startedAt"] = iot_jobs.now_s()
-            _write_json_atomic(target, data)
+            write_json_atomic(target, data)
             self._write_status(data.get("jobId") or path.stem, "IN_PROGRESS", {})
             return self._job(target, data)
         return None
@@ -184,7 +184,7 @@ class LocalControlPlane:
             self._closed.wait(min(self.poll_s, remaining))
 
     def _write_status(self, job_id: str, status: str, details: dict[str, Any]) -> None:
-        _write_json_atomic(self.root / "status" / f"{job_id}.json",
+        write_json_atomic(self.root / "status" / f"{job_id}.json",
                            {"jobId": job_id, "thingName": self.thing_name, "status": status,
                             "statusDetails": iot_jobs.status_details(details), "lastUpdatedAt": iot_jobs.now_s()})
 
