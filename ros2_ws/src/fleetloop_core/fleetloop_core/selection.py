@@ -632,12 +632,16 @@ class Selector:
                             random=verdict.random, _scores=result.scores, _weights=active.weights)
         if not verdict.random:
             stats.candidates += 1
-            if frames_bucket.tokens < 1.0 or bytes_bucket.tokens <= 0.0:
-                decision.budget_limited = True
-                decision.reason = f"{verdict.reason}; budget spent"
-                stats.budget_limited += 1
-                decision.frame_tokens, decision.byte_tokens = frames_bucket.tokens, bytes_bucket.tokens
-                return decision
+        # random samples may borrow up to one burst (so the policy's candidates cannot crowd them
+        # out); the debt is paid back by later frames, so the long-run rate stays on budget
+        floor_frames = 1.0 - frames_bucket.capacity if verdict.random else 1.0
+        floor_bytes = -bytes_bucket.capacity if verdict.random else 0.0
+        if frames_bucket.tokens < floor_frames or bytes_bucket.tokens <= floor_bytes:
+            decision.budget_limited = True
+            decision.reason = f"{verdict.reason}; budget spent"
+            stats.budget_limited += 1
+            decision.frame_tokens, decision.byte_tokens = frames_bucket.tokens, bytes_bucket.tokens
+            return decision
         embedding = result.embeddings.get("T4") if result.embeddings else None
         if embedding is None and result.embeddings:
             embedding = next(iter(result.embeddings.values()))
@@ -657,7 +661,6 @@ class Selector:
                     decision.frame_tokens, decision.byte_tokens = frames_bucket.tokens, bytes_bucket.tokens
                     return decision
             dedup.remember(image_hash, embedding)
-        # random samples are kept even with the budget spent; the debt is paid by later frames
         frames_bucket.tokens -= 1.0
         decision.keep = True
         decision.reason = f"kept: {verdict.reason}"

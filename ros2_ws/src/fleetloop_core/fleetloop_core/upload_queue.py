@@ -570,16 +570,18 @@ class Uploader:
         self.store.put_bytes(record.sidecar_key, record.sidecar, metadata)
 
     def _throttle(self, size: int) -> None:
+        """Wait until ``size`` bytes fit the bandwidth cap (a token bucket of one second, starting empty)."""
         rate = self.config.bandwidth_bytes_per_s
         if rate <= 0:
             return
         now = time.monotonic()
         capacity = max(rate, float(size))        # one second of burst, at least one record
-        self._tokens = min(capacity, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens = min(capacity, self._tokens + max(now - self._tokens_at, 0.0) * rate) - size
         self._tokens_at = now
-        self._tokens -= size
         if self._tokens < 0:
-            self._stop.wait(-self._tokens / rate)
+            wait = -self._tokens / rate
+            self._stop.wait(wait)
+            self._tokens, self._tokens_at = 0.0, now + wait   # the wait paid the debt
 
     # ------------------------------------------------------------------ loops
     def drain(self, max_records: int | None = None, deadline_s: float | None = None,
