@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
 
-from fixtures.model_packages import make_version
-from fleetloop_core.cascade import Cascade
-from fleetloop_core.inference import TierModel
-from fleetloop_core.manifest import load_manifest
-from fleetloop_core.model_manager import (ModelManager, ModelManagerConfig, ShadowConfig, WatchdogConfig,
+from fixtures.model_packages import BAD_KINDS, Robot, bad_packages, manager_config as _config
+from fleetloop_core.model_manager import (ModelManager, ShadowConfig, WatchdogConfig,
                                           WatchStats, parse_job_document, serving_package_dirs, shadow_verdict,
                                           watchdog_verdict)
-from fleetloop_core.model_store import ModelStore, PackageLocation, publish_package
+from fleetloop_core.model_store import ModelStore, publish_package
 from fleetloop_core.errors import ConfigError
-
-from test_model_store import BAD_KINDS, _bad_packages
 
 
 @pytest.fixture(scope="module")
@@ -26,73 +18,6 @@ def frames():
     from fleetloop_core import sim
     stream = sim.CameraStream(sim.make_site(0, 0), "robot-0", seed=3)
     return [f.image for f in stream.frames(24)]
-
-
-def _config(**overrides) -> ModelManagerConfig:
-    base = dict(ring_buffer_frames=12, providers=["cpu"], warmup_runs=1,
-                shadow=ShadowConfig(min_frames=6, frame_wait_s=10.0),
-                watchdog=WatchdogConfig(window_frames=15, min_frames=4, window_s=20.0))
-    base.update(overrides)
-    return ModelManagerConfig(**base)
-
-
-class Robot:
-    """A robot's serving side: a signed v1 installed in the store, a cascade, a manager, a frame loop."""
-
-    def __init__(self, tmp_path, test_models, signing_keys, frames, config=None):
-        self.keys = signing_keys["keys"]
-        self.tmp_path = tmp_path
-        self.test_models = test_models
-        self.store = ModelStore(tmp_path / "robot", signing_keys["trusted"], keep_versions=3)
-        v1 = make_version(test_models["T4"], tmp_path / "pkg-v1", "v1", self.keys["fleet"][0])
-        installed = self.store.install(PackageLocation(path=str(v1)))
-        self.name = installed.manifest.name
-        self.cascade = Cascade(TierModel.load(installed.directory, providers=["cpu"]))
-        self.manager = ModelManager(self.cascade, self.store, config or _config())
-        self.frames = frames
-        self.results, self.errors = [], []
-        self._stop = threading.Event()
-        self._thread = None
-
-    def package(self, version, fault=None, key="fleet", edit=None):
-        return make_version(self.test_models["T4"], self.tmp_path / f"pkg-{version}", version,
-                            self.keys[key][0] if key else None, edit=edit, fault=fault)
-
-    def job(self, package, version=None):
-        manifest = load_manifest(package)
-        return {"operation": "fleetloop.deploy_model",
-                "model": {"name": manifest.name, "version": version or manifest.version, "tier": "T4"},
-                "package": {"path": str(package)}}
-
-    def serve(self, n):
-        for i in range(n):
-            self.results.append(self.manager.infer(self.frames[i % len(self.frames)]))
-
-    def __enter__(self):
-        def loop():
-            i = 0
-            while not self._stop.is_set():
-                try:
-                    self.results.append(self.manager.infer(self.frames[i % len(self.frames)]))
-                except Exception as exc:  # recorded: the test asserts there are none
-                    self.errors.append(exc)
-                i += 1
-                time.sleep(0.002)
-        self.serve(8)
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.manager.close()
-
-    def versions(self):
-        return [r.model_versions["T4"] for r in self.results]
-
-    def kinds(self):
-        return [e.kind for e in self.manager.events()]
 
 
 @pytest.fixture
@@ -120,7 +45,7 @@ def test_hot_swap_between_two_frames_with_shadow_check_and_watch(robot):
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_bad_package_is_rejected_and_the_old_model_keeps_answering(kind, robot, signing_keys):
-    build, _, message = _bad_packages(signing_keys["keys"])[kind]
+    build, _, message = bad_packages(signing_keys["keys"])[kind]
     package = build(robot.test_models["T4"], robot.tmp_path / kind)
     robot.serve(4)
     outcome = robot.manager.apply(f"job-{kind}", robot.job(package))

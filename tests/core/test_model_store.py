@@ -2,64 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 
-from fixtures.model_packages import make_version
+from fixtures.model_packages import BAD_KINDS, _truncate, bad_packages, make_version
 from fleetloop_core.errors import ModelError
 from fleetloop_core.manifest import load_manifest, write_manifest
 from fleetloop_core.model_store import (IncompatibleModel, ModelStore, PackageLocation, PackageMismatch, StoreFull,
                                         check_compatible, package_prefix, publish_package)
-from fleetloop_core.signing import SignatureError, sign_package
+from fleetloop_core.signing import sign_package
 from fleetloop_core.store import open_store
-
-
-def _corrupt(package):
-    with open(package / "model.onnx", "r+b") as handle:
-        handle.seek(2000)
-        handle.write(b"\xde\xad\xbe\xef")
-
-
-def _truncate(package):
-    path = package / "model.onnx"
-    os.truncate(path, path.stat().st_size // 2)
-
-
-def _alter_after_signing(package):
-    data = json.loads((package / "manifest.json").read_text())
-    data["metrics"]["lab_test_accuracy"] = 0.99          # a "better" model, claimed after signing
-    (package / "manifest.json").write_text(json.dumps(data))
-
-
-def _bad_packages(keys):
-    """Return {kind: (build(source, dest) -> dir, exception type, message fragment)}."""
-    fleet, stranger = keys["fleet"][0], keys["stranger"][0]
-    return {
-        "corrupt": (lambda s, d: _then(make_version(s, d, "v-corrupt", fleet), _corrupt), ModelError, "sha256"),
-        "truncated": (lambda s, d: _then(make_version(s, d, "v-trunc", fleet), _truncate), ModelError,
-                      "truncated"),
-        "unsigned": (lambda s, d: make_version(s, d, "v-unsigned", None), SignatureError, "unsigned"),
-        "wrongly_signed": (lambda s, d: _then(make_version(s, d, "v-altered", fleet), _alter_after_signing),
-                           SignatureError, "bad signature"),
-        "unknown_key": (lambda s, d: make_version(s, d, "v-stranger", stranger), SignatureError, "unknown key id"),
-        "wrong_input_shape": (lambda s, d: make_version(
-            s, d, "v-shape", fleet, edit=lambda m: m.model_copy(update={"input": m.input.model_copy(
-                update={"shape": [-1, 96, 96, 3]})})), IncompatibleModel, r"input.shape \[-1, 96, 96, 3\]"),
-        "wrong_label_set": (lambda s, d: make_version(
-            s, d, "v-labels", fleet, edit=lambda m: m.model_copy(update={"labels": [*m.labels[:-1], "forklift"]})),
-            IncompatibleModel, "labels differ .*missing \\['none'\\], extra \\['forklift'\\]"),
-    }
-
-
-def _then(package, action):
-    action(package)
-    return package
-
-
-BAD_KINDS = ["corrupt", "truncated", "unsigned", "wrongly_signed", "unknown_key", "wrong_input_shape",
-             "wrong_label_set"]
 
 
 @pytest.fixture
@@ -71,7 +22,7 @@ def store(tmp_path, signing_keys):
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_bad_package_is_rejected_with_its_reason_and_nothing_is_installed(kind, via, tmp_path, store,
                                                                          test_models, signing_keys):
-    build, error, message = _bad_packages(signing_keys["keys"])[kind]
+    build, error, message = bad_packages(signing_keys["keys"])[kind]
     serving = load_manifest(test_models["T4"])
     good = make_version(test_models["T4"], tmp_path / "good", "v-good", signing_keys["keys"]["fleet"][0])
     store.install(PackageLocation(path=str(good)), serving=serving)

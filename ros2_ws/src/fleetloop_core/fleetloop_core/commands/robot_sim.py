@@ -10,7 +10,6 @@ they ended; the fleet tests and the rollout demo read it. The ROS robot does the
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import threading
