@@ -166,9 +166,12 @@ def test_shadow_verdict_thresholds():
     slow = shadow_verdict(current, current, fast, [0.080] * 20, config)
     assert not slow.passed and any("latency p99 80.00 ms" in r for r in slow.reasons)
     ratio = shadow_verdict(current, current, [0.004] * 20, [0.0125] * 20, config)
-    assert not ratio.passed and "3.0 x the current model's 4.00 ms" in ratio.reasons[0]
+    assert not ratio.passed and "median latency 12.50 ms" in ratio.reasons[0]
+    assert "3.0 x the current model's 4.00 ms" in ratio.reasons[0]
     noise = shadow_verdict(current, current, [0.0005] * 20, [0.002] * 20, config)   # 4x but under the floor
     assert noise.passed
+    hiccup = shadow_verdict(current, current, [0.004] * 20, [0.004] * 19 + [0.030], config)  # one slow frame
+    assert hiccup.passed and hiccup.figures["latency_p99_ms"] > 20
     constant = np.tile(current[:1], (20, 1))
     assert "constant output" in shadow_verdict(current, constant, fast, fast, ShadowConfig(min_agreement=0)).reasons[0]
     # frames that all look the same: a constant answer is then no evidence of a broken model

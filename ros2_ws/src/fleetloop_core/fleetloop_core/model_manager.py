@@ -55,8 +55,10 @@ class ShadowConfig(ConfigModel):
     min_frames: int = Field(default=8, ge=1)              # fewer buffered frames: wait, then fail
     frame_wait_s: float = Field(default=10.0, ge=0.0)     # how long to wait for min_frames
     min_agreement: float = Field(default=0.7, ge=0.0, le=1.0)   # top-1 agreement with the current model
-    max_latency_p99_ms: float = Field(default=50.0, gt=0.0)     # candidate, batch 1, absolute
-    max_latency_ratio: float = Field(default=3.0, gt=0.0)       # candidate p99 / current p99 ...
+    max_latency_p99_ms: float = Field(default=50.0, gt=0.0)     # candidate p99, batch 1, absolute
+    # systematic slow-down: candidate median / current median on the same frames (medians, because
+    # with K frames a p99 is one scheduler hiccup away from anything) ...
+    max_latency_ratio: float = Field(default=3.0, gt=0.0)
     latency_floor_ms: float = Field(default=5.0, ge=0.0)        # ... only enforced above this (noise)
     constant_tolerance: float = Field(default=1e-6, ge=0.0)     # max |p - mean p| under which output is constant
 
@@ -222,6 +224,8 @@ def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, curre
     agreement = float((candidate_probs.argmax(axis=1) == current_probs.argmax(axis=1))[finite].sum() / max(frames, 1))
     p99_candidate = _percentile(candidate_latency_s, 99) * 1000.0
     p99_current = _percentile(current_latency_s, 99) * 1000.0
+    p50_candidate = _percentile(candidate_latency_s, 50) * 1000.0
+    p50_current = _percentile(current_latency_s, 50) * 1000.0
     if non_finite:
         reasons.append(f"non-finite outputs (NaN/inf) on {non_finite} of {frames} frames")
     elif spread_candidate <= config.constant_tolerance < spread_current:
@@ -231,12 +235,13 @@ def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, curre
         reasons.append(f"agreement {agreement:.3f} with the current model is below {config.min_agreement}")
     if p99_candidate > config.max_latency_p99_ms:
         reasons.append(f"latency p99 {p99_candidate:.2f} ms is above {config.max_latency_p99_ms} ms")
-    ratio_limit = max(config.max_latency_ratio * p99_current, config.latency_floor_ms)
-    if p99_candidate > ratio_limit:
-        reasons.append(f"latency p99 {p99_candidate:.2f} ms is above {ratio_limit:.2f} ms "
-                       f"({config.max_latency_ratio} x the current model's {p99_current:.2f} ms)")
+    ratio_limit = max(config.max_latency_ratio * p50_current, config.latency_floor_ms)
+    if p50_candidate > ratio_limit:
+        reasons.append(f"median latency {p50_candidate:.2f} ms is above {ratio_limit:.2f} ms "
+                       f"({config.max_latency_ratio} x the current model's {p50_current:.2f} ms)")
     figures = {"frames": float(frames), "agreement": agreement, "latency_p99_ms": p99_candidate,
-               "current_latency_p99_ms": p99_current, "non_finite_frames": float(non_finite),
+               "latency_p50_ms": p50_candidate, "current_latency_p99_ms": p99_current,
+               "current_latency_p50_ms": p50_current, "non_finite_frames": float(non_finite),
                "output_spread": spread_candidate}
     return ShadowReport(not reasons, reasons, figures)
 
