@@ -13,6 +13,13 @@ setup(
         # one line per step: "name = fleetloop_cloud.<module>:register"
         "fleetloop_cloud.commands": [
             "deploy = fleetloop_cloud.deploy:register",
+            "ingest = fleetloop_cloud.steps:register_ingest",
+            "autolabel = fleetloop_cloud.steps:register_autolabel",
+            "review = fleetloop_cloud.steps:register_review",
+            "train = fleetloop_cloud.steps:register_train",
+            "evaluate = fleetloop_cloud.steps:register_evaluate",
+            "register = fleetloop_cloud.steps:register_register",
+            "round = fleetloop_cloud.steps:register_round",
         ],
     },
 )

@@ -1,0 +1,333 @@
+"""Config of the cloud loop (config/cloud.yaml) and of its cost model (config/cost_model.yaml).
+
+One pydantic tree per concern, validated at load: an error names the file, the key and the value,
+e.g. ``config/cloud.yaml: routing.target_accuracy: Input should be less than 1 (got 1.5)``.
+Relative paths in config/cloud.yaml are resolved against the current directory (the CLI runs from
+the checkout root).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from fleetloop_core.config import ConfigModel, default_config_path, load_config, read_yaml, validate
+from fleetloop_core.errors import ConfigError
+
+TIERS = ("T1", "T2", "T3", "T4")
+
+
+# ------------------------------------------------------------------------------------ cost model
+class Priced(ConfigModel):
+    """A figure and where it comes from (every price and time must cite its public source)."""
+
+    source: str = Field(min_length=1)
+
+
+class HumanCosts(Priced):
+    """What a human label costs: seconds per task and dollars per task (same model for every arm)."""
+
+    seconds_per_label: float = Field(gt=0)       # labeling from scratch, seconds
+    seconds_per_verify: float = Field(gt=0)      # confirming a shown suggestion, seconds
+    service_fee_per_object_usd: float = Field(ge=0)   # labeling-service fee per object sent to humans
+    worker_price_per_task_usd: float = Field(ge=0)    # paid to the worker per task
+    workers_per_object: int = Field(default=1, ge=1)
+    hourly_rate_usd: Optional[float] = Field(default=None, gt=0)   # set: pay workers by time instead of per task
+
+    @property
+    def price_per_label(self) -> float:
+        """Return dollars per object labeled from scratch."""
+        return self.task_price(self.seconds_per_label)
+
+    @property
+    def price_per_verify(self) -> float:
+        """Return dollars per object whose shown suggestion a human confirmed."""
+        return self.task_price(self.seconds_per_verify)
+
+    def task_price(self, seconds: float) -> float:
+        """Return dollars for one object that took each worker ``seconds``."""
+        if self.hourly_rate_usd is not None:
+            worker = self.hourly_rate_usd * seconds / 3600.0
+        else:
+            worker = self.worker_price_per_task_usd
+        return self.service_fee_per_object_usd + worker * self.workers_per_object
+
+
+class Instance(Priced):
+    """A priced instance type: dollars per hour and its vCPU count."""
+
+    name: str
+    usd_per_hour: float = Field(gt=0)
+    vcpus: int = Field(default=1, ge=1)
+
+
+class CostModel(ConfigModel):
+    """config/cost_model.yaml."""
+
+    currency: Literal["USD"] = "USD"
+    human: HumanCosts
+    cpu_instance: Instance
+    gpu_instance: Instance
+
+
+def load_cost_model(path: str | Path | None = None) -> CostModel:
+    """Return the cost model at ``path`` (default config/cost_model.yaml)."""
+    return load_config(CostModel, path or default_config_path("cost_model.yaml"))
+
+
+# ------------------------------------------------------------------------------------ the loop
+class IngestConfig(ConfigModel):
+    """How new frames are read from the store into the pool."""
+
+    prefix: str = "frames/"
+    orphan_grace_s: float = Field(default=3600.0, ge=0)   # a frame without sidecar waits this long
+    near_duplicate_bits: int = Field(default=4, ge=0, le=32)  # pHash Hamming distance across robots
+    max_frames: Optional[int] = Field(default=None, gt=0)  # per run (None: all new)
+
+
+class AutolabelConfig(ConfigModel):
+    """Which teacher tiers label, in what batches."""
+
+    tiers: tuple[str, ...] = ("T1", "T2")
+    batch_size: int = Field(default=64, gt=0)
+    providers: tuple[str, ...] = ("cpu",)
+    threads: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "AutolabelConfig":
+        if len(self.tiers) != 2 or any(t not in TIERS for t in self.tiers):
+            raise ValueError(f"tiers must name two of {', '.join(TIERS)} (got {list(self.tiers)})")
+        return self
+
+
+class PropagationConfig(ConfigModel):
+    """Label propagation along a track (audited like any auto-label)."""
+
+    enabled: bool = True
+    use_track_hint: bool = True               # robot-side track ids, when sidecars carry them
+    max_gap_s: float = Field(default=1.0, gt=0)       # derived tracks: consecutive frames at most this apart
+    min_similarity: float = Field(default=0.9, ge=-1, le=1)   # derived tracks: cosine of teacher embeddings
+    min_confidence: float = Field(default=0.0, ge=0, le=1)    # calibrated confidence a propagated frame needs
+
+
+class RoutingConfig(ConfigModel):
+    """Auto-accept only where tiers agree and calibrated confidence clears a threshold chosen from audited data."""
+
+    target_accuracy: float = Field(default=0.98, gt=0.5, lt=1)
+    bound_z: float = Field(default=1.0, ge=0)            # 0: point estimate; z: Wilson lower bound
+    min_validation: int = Field(default=30, ge=1)        # accepted validation frames needed for a threshold
+    calibration_min_labels: int = Field(default=20, ge=2)
+    propagation: PropagationConfig = Field(default_factory=PropagationConfig)
+
+
+class ReviewConfig(ConfigModel):
+    """Which frames humans see, through which annotator."""
+
+    annotator: str = "simulated"
+    calibration_sample: int = Field(default=60, ge=0)    # random frames humans label each round
+    human_budget: Optional[int] = Field(default=None, ge=0)   # frames per round beyond calibration/audit
+    strategy: str = "uncertainty-diversity"              # order of review when over budget (active.py)
+    show_suggestions: bool = True
+    seed: int = 0
+
+
+class AuditConfig(ConfigModel):
+    """QA: a random sample of auto-accepted labels goes to humans."""
+
+    fraction: float = Field(default=0.05, ge=0, le=1)
+    min_frames: int = Field(default=30, ge=0)
+    confidence_level: float = Field(default=0.95, gt=0.5, lt=1)   # of the reported Wilson interval
+    tighten_step: float = Field(default=0.01, gt=0, le=0.5)
+    max_passes: int = Field(default=3, ge=1)
+
+
+class SimulatedAnnotatorConfig(ConfigModel):
+    """Ground truth plus a configurable error rate (simulated world only)."""
+
+    error_rate: float = Field(default=0.01, ge=0, le=1)
+    seed: int = 0
+
+
+class GroundTruthConfig(ConfigModel):
+    """SageMaker Ground Truth labeling jobs (production)."""
+
+    role_arn: str = ""
+    workteam_arn: str = ""
+    ui_template_s3_uri: str = ""
+    human_task_ui_arn: str = ""
+    pre_human_task_lambda_arn: str = ""
+    annotation_consolidation_lambda_arn: str = ""
+    label_attribute: str = "fleetloop-label"
+    workers_per_object: int = Field(default=1, ge=1)
+    task_time_limit_s: int = Field(default=300, ge=30)
+    public_workforce_price_usd: Optional[float] = Field(default=None, gt=0)
+    region: str = "us-east-1"
+    endpoint_url: Optional[str] = None
+
+
+class A2IConfig(ConfigModel):
+    """Amazon Augmented AI human loops (production)."""
+
+    flow_definition_arn: str = ""
+    answer_key: str = "crowd-image-classifier"
+    region: str = "us-east-1"
+    endpoint_url: Optional[str] = None
+
+
+class AnnotatorsConfig(ConfigModel):
+    """Settings of every annotator backend (only the chosen one is used)."""
+
+    simulated: SimulatedAnnotatorConfig = Field(default_factory=SimulatedAnnotatorConfig)
+    sagemaker_groundtruth: GroundTruthConfig = Field(default_factory=GroundTruthConfig, alias="sagemaker-groundtruth")
+    a2i: A2IConfig = Field(default_factory=A2IConfig)
+
+
+class SageMakerTrainingConfig(ConfigModel):
+    """create_training_job settings (production training backend)."""
+
+    role_arn: str = ""
+    image_uri: str = ""
+    instance_type: str = "ml.m5.xlarge"
+    instance_count: int = Field(default=1, ge=1)
+    volume_gb: int = Field(default=30, ge=1)
+    max_runtime_s: int = Field(default=3 * 3600, ge=60)
+    poll_s: float = Field(default=30.0, gt=0)
+    region: str = "us-east-1"
+    endpoint_url: Optional[str] = None
+
+
+class TrainingConfig(ConfigModel):
+    """Train T2 on all accepted labels, distil T3/T4 from it, export ONNX and INT8."""
+
+    backend: Literal["local", "sagemaker"] = "local"
+    teacher_epochs: int = Field(default=3, ge=1)
+    distil_epochs: int = Field(default=3, ge=1)
+    warm_start_epochs: int = Field(default=2, ge=1)       # when the production package ships weights
+    batch_size: int = Field(default=64, ge=2)
+    lr: float = Field(default=4e-3, gt=0)
+    distil_temperature: float = Field(default=2.0, gt=0)
+    lab_replay_frames: int = Field(default=1000, ge=0)    # labeled lab frames mixed in (keeps old classes)
+    int8: bool = True
+    int8_calibration_frames: int = Field(default=64, ge=1)
+    int8_per_channel: bool = True
+    seed: int = 0
+    threads: Optional[int] = Field(default=None, ge=1)
+    sagemaker: SageMakerTrainingConfig = Field(default_factory=SageMakerTrainingConfig)
+
+
+class EvaluationConfig(ConfigModel):
+    """The gate: held-out field test set per site and per class, candidate vs production."""
+
+    test_set: str = "simulated-field"      # simulated-field | holdout (evaluate.TEST_SETS)
+    frames_per_site: int = Field(default=300, gt=0)
+    holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
+    min_gain: float = Field(default=0.005, ge=-1, le=1)       # overall accuracy, absolute
+    max_class_regression: float = Field(default=0.05, ge=0, le=1)
+    max_site_regression: float = Field(default=0.03, ge=0, le=1)
+    min_support: int = Field(default=20, ge=1)                # classes/sites with fewer test frames are not gated
+    tiers: tuple[str, ...] = ("T2", "T3", "T4")
+    edge_precision: Literal["fp32", "int8"] = "fp32"          # which edge variant is gated and registered
+
+
+class SageMakerRegistryConfig(ConfigModel):
+    """SageMaker Model Registry (production registry backend)."""
+
+    group_prefix: str = "fleetloop"
+    image_uri: str = ""
+    region: str = "us-east-1"
+    endpoint_url: Optional[str] = None
+
+
+class RegistryConfig(ConfigModel):
+    """Where signed packages go: a store layout models/<name>/<version>/ plus an approval index."""
+
+    backend: Literal["local", "sagemaker"] = "local"
+    uri: str = "runs/cloud/registry"       # directory or store URI (file://, s3://)
+    signing_key: Optional[str] = None      # Ed25519 private PEM; unset: packages are not signed
+    trusted_keys: Optional[str] = None     # directory of *.pub or YAML list; verifies on read
+    sagemaker: SageMakerRegistryConfig = Field(default_factory=SageMakerRegistryConfig)
+
+
+class CloudConfig(ConfigModel):
+    """config/cloud.yaml."""
+
+    store: str                             # where robots upload (file:///..., s3://bucket/prefix?...)
+    work_dir: str = "runs/cloud"           # pool.sqlite, frame cache, channels, candidates, reports
+    models: str = "models"                 # round-0 production tiers T1..T4 (directories)
+    world_seed: int = 0                    # simulated world (field test sets of simulated sites)
+    cost_model: str = "config/cost_model.yaml"
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    autolabel: AutolabelConfig = Field(default_factory=AutolabelConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    annotators: AnnotatorsConfig = Field(default_factory=AnnotatorsConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @property
+    def work_path(self) -> Path:
+        """Return the work directory as an absolute path."""
+        return Path(self.work_dir).resolve()
+
+
+def local_overrides_path(path: str | Path) -> Path:
+    """Return the local override file of a config: ``cloud.yaml`` -> ``cloud.local.yaml`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.local{path.suffix}")
+
+
+def load_cloud_config(path: str | Path | None = None, overrides: dict | None = None) -> CloudConfig:
+    """Return config/cloud.yaml (or ``path``) validated.
+
+    A ``cloud.local.yaml`` beside it (what the review page's routing view writes) is merged over
+    it, then ``overrides``; errors name the file the bad value came from.
+    """
+    path = Path(path) if path else default_config_path("cloud.yaml")
+    data = read_yaml(path)
+    local = local_overrides_path(path)
+    if local.is_file():
+        extra = read_yaml(local)
+        validate(CloudConfig, _merge(data, extra), source=str(local))
+        data = _merge(data, extra)
+    if overrides:
+        data = _merge(data, overrides)
+    config = validate(CloudConfig, data, source=str(path))
+    _check_names(config, path)
+    return config
+
+
+def cloud_config_from_dict(data: dict, source: str = "<cloud config>") -> CloudConfig:
+    """Return a CloudConfig from a mapping (tests, the demo), validated like a file."""
+    config = validate(CloudConfig, data, source=source)
+    _check_names(config, source)
+    return config
+
+
+def _check_names(config: CloudConfig, source: str | Path) -> None:
+    # registries by name: an unknown name is an error naming the file, the name and the known ones
+    from fleetloop_cloud.active import STRATEGIES
+    from fleetloop_cloud.annotators import ANNOTATORS
+    from fleetloop_cloud.evaluate import TEST_SETS
+
+    for key, name, known in (("review.annotator", config.review.annotator, ANNOTATORS),
+                             ("review.strategy", config.review.strategy, STRATEGIES),
+                             ("evaluation.test_set", config.evaluation.test_set, TEST_SETS)):
+        if name not in known:
+            raise ConfigError(f"{source}: {key}: unknown name {name!r} (known: {', '.join(sorted(known))})")
+    for tier in config.evaluation.tiers:
+        if tier not in ("T2", "T3", "T4"):
+            raise ConfigError(f"{source}: evaluation.tiers: {tier!r} is not trained by the loop (known: T2, T3, T4)")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,68 @@
+"""Labeling figures, defined once (DEMO_WORLD.md) and computed from config/cost_model.yaml.
+
+* Manual baseline: a person labels every frame from scratch at ``seconds_per_label`` and
+  ``price_per_label``.
+* Loop: human time = frames routed to humans x (``seconds_per_verify`` when a suggestion was
+  shown and accepted, else ``seconds_per_label``) + audited frames x ``seconds_per_verify`` (an
+  audit is a verification of the shown auto-label); auto-accepted labels cost no human time.
+  Compute cost = measured CPU seconds x the cited instance's price per vCPU-second (+ GPU
+  seconds x the GPU instance's price).
+* Throughput ratio = accepted labels per human-hour, loop / manual.
+* Cost ratio = cost per accepted label, manual / loop (loop: human dollars + labeling compute).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from fleetloop_cloud.config import CostModel, HumanCosts
+
+
+def task_cost(human: HumanCosts, suggestion: int | None, answer: int, shown: bool, purpose: str = "review") -> tuple[float, float]:
+    """Return (seconds, dollars) of one human task under the cost model."""
+    verified = purpose == "audit" or (shown and suggestion is not None and int(answer) == int(suggestion))
+    seconds = human.seconds_per_verify if verified else human.seconds_per_label
+    return seconds, human.task_price(seconds)
+
+
+def compute_dollars(model: CostModel, cpu_seconds: float, gpu_seconds: float = 0.0) -> float:
+    """Return dollars for ``cpu_seconds`` of CPU time and ``gpu_seconds`` of GPU time."""
+    cpu = model.cpu_instance
+    gpu = model.gpu_instance
+    return cpu_seconds * cpu.usd_per_hour / cpu.vcpus / 3600.0 + gpu_seconds * gpu.usd_per_hour / 3600.0
+
+
+@dataclass(frozen=True)
+class LabelingFigures:
+    """The per-round labeling figures (loop vs manual, same cost model for both arms)."""
+
+    accepted_labels: int
+    human_seconds: float
+    human_dollars: float
+    labeling_compute_dollars: float
+    loop_labels_per_human_hour: float | None
+    manual_labels_per_human_hour: float
+    throughput_ratio: float | None
+    loop_cost_per_label: float | None
+    manual_cost_per_label: float
+    cost_ratio: float | None
+
+    def to_dict(self) -> dict:
+        """Return JSON-able data (rounded)."""
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def labeling_figures(model: CostModel, accepted_labels: int, human_seconds: float, human_dollars: float,
+                     labeling_compute_dollars: float) -> LabelingFigures:
+    """Return the labeling figures of a round."""
+    human = model.human
+    manual_rate = 3600.0 / human.seconds_per_label
+    loop_rate = accepted_labels / (human_seconds / 3600.0) if human_seconds > 0 else None
+    loop_cost = (human_dollars + labeling_compute_dollars) / accepted_labels if accepted_labels else None
+    return LabelingFigures(
+        accepted_labels=accepted_labels, human_seconds=human_seconds, human_dollars=human_dollars,
+        labeling_compute_dollars=labeling_compute_dollars, loop_labels_per_human_hour=loop_rate,
+        manual_labels_per_human_hour=manual_rate,
+        throughput_ratio=loop_rate / manual_rate if loop_rate is not None else None,
+        loop_cost_per_label=loop_cost, manual_cost_per_label=human.price_per_label,
+        cost_ratio=human.price_per_label / loop_cost if loop_cost else None)

@@ -1,0 +1,511 @@
+"""The pool: SQLite (WAL) record of every uploaded frame and of what happened to it.
+
+The pool is the source of truth for each frame's state::
+
+    new -> auto_labeled -> accepted (auto or propagated label) | in_review -> labeled -> used
+                                                               (human label)      (in model version X)
+    duplicate   a near-duplicate of a frame another robot uploaded (never labeled twice)
+
+Besides frames it holds the teachers' predictions per model version, the labels (with an
+append-only history, so nothing accepted is ever silently lost), human tasks and their answers,
+quarantined objects with the reason, and per-round step status (what makes every step
+idempotent and resumable). Simulated ground truth sits in its own column (``sim_label``): only the
+simulated annotator and the simulation-only report figures read it, never a model.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from fleetloop_core.errors import FleetLoopError
+
+STATES = ("new", "auto_labeled", "accepted", "in_review", "labeled", "used", "duplicate")
+LABEL_SOURCES = ("human", "auto", "propagated")
+TASK_PURPOSES = ("calibration", "track", "review", "audit")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    id TEXT PRIMARY KEY, robot_id TEXT NOT NULL, stream TEXT NOT NULL, site TEXT NOT NULL,
+    stamp_ns INTEGER NOT NULL, frame_key TEXT NOT NULL, sidecar_key TEXT NOT NULL UNIQUE,
+    width INTEGER NOT NULL, height INTEGER NOT NULL, random INTEGER NOT NULL DEFAULT 0,
+    track_hint TEXT, robot_embedding BLOB, phash INTEGER, sim_label INTEGER, sidecar TEXT NOT NULL,
+    state TEXT NOT NULL, duplicate_of TEXT, round INTEGER NOT NULL, holdout INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS frames_state ON frames(state);
+CREATE INDEX IF NOT EXISTS frames_round ON frames(round);
+CREATE TABLE IF NOT EXISTS sightings (frame_id TEXT NOT NULL, robot_id TEXT NOT NULL, key TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS quarantine (key TEXT PRIMARY KEY, reason TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS orphans (key TEXT PRIMARY KEY, first_seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS predictions (
+    frame_id TEXT NOT NULL, tier TEXT NOT NULL, version TEXT NOT NULL, probs BLOB NOT NULL, embedding BLOB,
+    PRIMARY KEY (frame_id, tier, version));
+CREATE TABLE IF NOT EXISTS labels (
+    frame_id TEXT PRIMARY KEY, label INTEGER NOT NULL, source TEXT NOT NULL, round INTEGER NOT NULL,
+    confidence REAL, task_id INTEGER, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS label_events (
+    id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, label INTEGER NOT NULL, source TEXT NOT NULL,
+    round INTEGER NOT NULL, reason TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, round INTEGER NOT NULL, purpose TEXT NOT NULL,
+    suggestion INTEGER, status TEXT NOT NULL, backend TEXT, external_id TEXT, answer INTEGER,
+    annotator TEXT, seconds REAL, dollars REAL, error TEXT, created REAL NOT NULL, done REAL,
+    applied INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS tasks_round ON tasks(round, status);
+CREATE TABLE IF NOT EXISTS usage (frame_id TEXT NOT NULL, model_version TEXT NOT NULL,
+    PRIMARY KEY (frame_id, model_version));
+CREATE TABLE IF NOT EXISTS rounds (id INTEGER PRIMARY KEY, status TEXT NOT NULL, started REAL NOT NULL,
+    finished REAL, summary TEXT);
+CREATE TABLE IF NOT EXISTS steps (round INTEGER NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL,
+    info TEXT, started REAL, finished REAL, PRIMARY KEY (round, step));
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class PoolError(FleetLoopError):
+    """The pool refused an operation (message names the pool file, the frame or task and why)."""
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One ingested frame (what ingest writes; ``id`` is the frame's sha256)."""
+
+    id: str
+    robot_id: str
+    stream: str
+    site: str
+    stamp_ns: int
+    frame_key: str
+    sidecar_key: str
+    width: int
+    height: int
+    random: bool
+    track_hint: Optional[str]
+    robot_embedding: Optional[np.ndarray]
+    phash: Optional[int]
+    sim_label: Optional[int]
+    sidecar: str
+    state: str = "new"
+    duplicate_of: Optional[str] = None
+    round: int = 0
+    holdout: bool = False
+
+
+@dataclass(frozen=True)
+class Task:
+    """A human task: label (or verify the suggestion of) one frame."""
+
+    id: int
+    frame_id: str
+    round: int
+    purpose: str
+    suggestion: Optional[int]
+    status: str                 # open | submitted | done | failed
+    backend: Optional[str]
+    external_id: Optional[str]
+    answer: Optional[int]
+    annotator: Optional[str]
+    seconds: Optional[float]
+    dollars: Optional[float]
+    error: Optional[str]
+
+
+@dataclass(frozen=True)
+class Label:
+    """The current label of a frame and where it came from."""
+
+    frame_id: str
+    label: int
+    source: str
+    round: int
+    confidence: Optional[float]
+
+
+def _blob(array: Optional[np.ndarray], dtype=np.float32) -> Optional[bytes]:
+    return None if array is None else np.ascontiguousarray(array, dtype=dtype).tobytes()
+
+
+def _array(blob: Optional[bytes], dtype=np.float32) -> Optional[np.ndarray]:
+    return None if blob is None else np.frombuffer(blob, dtype=dtype)
+
+
+def _signed64(value: Optional[int]) -> Optional[int]:
+    # SQLite integers are signed 64-bit; a pHash uses all 64 bits
+    if value is None:
+        return None
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+class Pool:
+    """The frame pool in one SQLite file (WAL: readers never block the writer)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise PoolError(f"{self.path}: cannot open the pool ({exc})") from exc
+        self._db.row_factory = sqlite3.Row
+
+    # ------------------------------------------------------------------ plumbing
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run a block atomically (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
+        return self._db.execute(sql, params).fetchall()
+
+    # ------------------------------------------------------------------ frames
+    def add_frame(self, record: FrameRecord) -> bool:
+        """Insert a frame; return False when its sha256 is already in the pool."""
+        if record.state not in STATES:
+            raise PoolError(f"{self.path}: unknown frame state {record.state!r} (known: {', '.join(STATES)})")
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO frames (id, robot_id, stream, site, stamp_ns, frame_key, sidecar_key, width, "
+            "height, random, track_hint, robot_embedding, phash, sim_label, sidecar, state, duplicate_of, round, "
+            "holdout, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (record.id, record.robot_id, record.stream, record.site, record.stamp_ns, record.frame_key,
+             record.sidecar_key, record.width, record.height, int(record.random), record.track_hint,
+             _blob(record.robot_embedding), _signed64(record.phash), record.sim_label, record.sidecar,
+             record.state, record.duplicate_of, record.round, int(record.holdout), time.time()))
+        return cursor.rowcount == 1
+
+    def add_sighting(self, frame_id: str, robot_id: str, key: str) -> None:
+        """Record that ``robot_id`` uploaded ``frame_id`` under ``key`` (exact duplicates across robots)."""
+        self._db.execute("INSERT OR IGNORE INTO sightings (frame_id, robot_id, key) VALUES (?,?,?)",
+                         (frame_id, robot_id, key))
+
+    def known_sidecar_keys(self) -> set[str]:
+        """Return every sidecar key already ingested (as a frame or a sighting)."""
+        keys = {row[0] for row in self._query("SELECT sidecar_key FROM frames")}
+        keys |= {row[0] for row in self._query("SELECT key FROM sightings")}
+        return keys
+
+    def has_frame(self, frame_id: str) -> bool:
+        """Return whether a frame with this sha256 is in the pool."""
+        return bool(self._query("SELECT 1 FROM frames WHERE id=?", (frame_id,)))
+
+    def frames(self, state: str | Sequence[str] | None = None, round: int | None = None,
+               ids: Iterable[str] | None = None, include_duplicates: bool = False) -> list[sqlite3.Row]:
+        """Return frame rows, ordered by robot, stream and stamp."""
+        where, params = [], []
+        states = None if state is None else ([state] if isinstance(state, str) else list(state))
+        if states is not None:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            params += states
+        if round is not None:
+            where.append("round=?")
+            params.append(round)
+        if not include_duplicates and not (states and "duplicate" in states):
+            where.append("state != 'duplicate'")
+        rows = self._query(
+            "SELECT * FROM frames" + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY robot_id, stream, stamp_ns", params)
+        if ids is not None:
+            wanted = set(ids)
+            rows = [r for r in rows if r["id"] in wanted]
+        return rows
+
+    def frame(self, frame_id: str) -> sqlite3.Row:
+        """Return one frame row; PoolError if absent."""
+        rows = self._query("SELECT * FROM frames WHERE id=?", (frame_id,))
+        if not rows:
+            raise PoolError(f"{self.path}: no frame {frame_id}")
+        return rows[0]
+
+    def set_state(self, frame_ids: Iterable[str], state: str) -> None:
+        """Set the state of frames."""
+        if state not in STATES:
+            raise PoolError(f"{self.path}: unknown frame state {state!r} (known: {', '.join(STATES)})")
+        self._db.executemany("UPDATE frames SET state=? WHERE id=?", [(state, i) for i in frame_ids])
+
+    def set_holdout(self, frame_ids: Iterable[str]) -> None:
+        """Mark frames as held out of training (the holdout test set)."""
+        self._db.executemany("UPDATE frames SET holdout=1 WHERE id=?", [(i,) for i in frame_ids])
+
+    def phashes(self) -> list[tuple[str, str, int]]:
+        """Return (frame id, robot id, pHash as unsigned 64-bit) of every non-duplicate frame."""
+        rows = self._query("SELECT id, robot_id, phash FROM frames WHERE phash IS NOT NULL AND state != 'duplicate'")
+        return [(r[0], r[1], r[2] & ((1 << 64) - 1)) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Return the number of frames per state."""
+        return {row[0]: row[1] for row in self._query("SELECT state, COUNT(*) FROM frames GROUP BY state")}
+
+    # ------------------------------------------------------------------ quarantine and orphans
+    def quarantine(self, key: str, reason: str) -> None:
+        """Quarantine an object with the reason (kept; never silently dropped)."""
+        self._db.execute("INSERT OR REPLACE INTO quarantine (key, reason, created) VALUES (?,?,?)",
+                         (key, reason, time.time()))
+        self._db.execute("DELETE FROM orphans WHERE key=?", (key,))
+
+    def quarantined(self) -> dict[str, str]:
+        """Return quarantined keys and their reasons."""
+        return {row[0]: row[1] for row in self._query("SELECT key, reason FROM quarantine ORDER BY key")}
+
+    def release_quarantine(self, key: str) -> None:
+        """Let ingest look at a quarantined key again (after it was fixed)."""
+        self._db.execute("DELETE FROM quarantine WHERE key=?", (key,))
+
+    def orphan_first_seen(self, key: str, now: float) -> float:
+        """Return when a frame without sidecar was first seen (recording ``now`` the first time)."""
+        self._db.execute("INSERT OR IGNORE INTO orphans (key, first_seen) VALUES (?,?)", (key, now))
+        return float(self._query("SELECT first_seen FROM orphans WHERE key=?", (key,))[0][0])
+
+    def forget_orphan(self, key: str) -> None:
+        """Drop the waiting record of a frame whose sidecar arrived."""
+        self._db.execute("DELETE FROM orphans WHERE key=?", (key,))
+
+    def orphans(self) -> dict[str, float]:
+        """Return frames waiting for their sidecar and when each was first seen (epoch seconds)."""
+        return {row[0]: row[1] for row in self._query("SELECT key, first_seen FROM orphans ORDER BY key")}
+
+    # ------------------------------------------------------------------ predictions
+    def put_predictions(self, tier: str, version: str, frame_ids: Sequence[str], probs: np.ndarray,
+                        embeddings: Optional[np.ndarray]) -> None:
+        """Store a teacher's probabilities (N, C) and embeddings (N, D) for frames."""
+        rows = []
+        for i, frame_id in enumerate(frame_ids):
+            emb = None if embeddings is None else _blob(embeddings[i], np.float16)
+            rows.append((frame_id, tier, version, _blob(probs[i]), emb))
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO predictions (frame_id, tier, version, probs, embedding) "
+                           "VALUES (?,?,?,?,?)", rows)
+
+    def missing_predictions(self, tier: str, version: str, frame_ids: Sequence[str]) -> list[str]:
+        """Return the frames that have no prediction of this tier version yet."""
+        have = {row[0] for row in self._query("SELECT frame_id FROM predictions WHERE tier=? AND version=?",
+                                              (tier, version))}
+        return [f for f in frame_ids if f not in have]
+
+    def predictions(self, tier: str, version: str, frame_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Return (probs (N, C), embeddings (N, D) or None) in the order of ``frame_ids``."""
+        rows = {row[0]: row for row in self._query(
+            "SELECT frame_id, probs, embedding FROM predictions WHERE tier=? AND version=?", (tier, version))}
+        missing = [f for f in frame_ids if f not in rows]
+        if missing:
+            raise PoolError(f"{self.path}: no {tier} {version} prediction for {len(missing)} frame(s), "
+                            f"e.g. {missing[0]}; run autolabel first")
+        if not frame_ids:
+            return np.zeros((0, 0), np.float32), None
+        probs = np.stack([_array(rows[f][1]) for f in frame_ids])
+        embeddings = None
+        if all(rows[f][2] is not None for f in frame_ids):
+            embeddings = np.stack([_array(rows[f][2], np.float16).astype(np.float32) for f in frame_ids])
+        return probs, embeddings
+
+    # ------------------------------------------------------------------ labels
+    def set_label(self, frame_id: str, label: int, source: str, round: int, reason: str,
+                  confidence: float | None = None, task_id: int | None = None) -> None:
+        """Set a frame's label (history kept in label_events)."""
+        if source not in LABEL_SOURCES:
+            raise PoolError(f"{self.path}: unknown label source {source!r} (known: {', '.join(LABEL_SOURCES)})")
+        now = time.time()
+        self._db.execute("INSERT OR REPLACE INTO labels (frame_id, label, source, round, confidence, task_id, updated) "
+                         "VALUES (?,?,?,?,?,?,?)", (frame_id, int(label), source, round, confidence, task_id, now))
+        self._db.execute("INSERT INTO label_events (frame_id, label, source, round, reason, created) VALUES (?,?,?,?,?,?)",
+                         (frame_id, int(label), source, round, reason, now))
+
+    def remove_label(self, frame_id: str, round: int, reason: str) -> None:
+        """Withdraw a frame's label (it goes back to review); the history keeps what it was."""
+        rows = self._query("SELECT label, source FROM labels WHERE frame_id=?", (frame_id,))
+        if not rows:
+            return
+        self._db.execute("DELETE FROM labels WHERE frame_id=?", (frame_id,))
+        self._db.execute("INSERT INTO label_events (frame_id, label, source, round, reason, created) VALUES (?,?,?,?,?,?)",
+                         (frame_id, -1, rows[0][1], round, reason, time.time()))
+
+    def labels(self, frame_ids: Iterable[str] | None = None, source: str | None = None) -> dict[str, Label]:
+        """Return current labels by frame id."""
+        sql, params = "SELECT frame_id, label, source, round, confidence FROM labels", []
+        if source is not None:
+            sql += " WHERE source=?"
+            params.append(source)
+        rows = self._query(sql, params)
+        out = {r[0]: Label(r[0], r[1], r[2], r[3], r[4]) for r in rows}
+        if frame_ids is not None:
+            wanted = set(frame_ids)
+            out = {k: v for k, v in out.items() if k in wanted}
+        return out
+
+    def label_events(self, frame_id: str) -> list[sqlite3.Row]:
+        """Return the label history of one frame, oldest first."""
+        return self._query("SELECT * FROM label_events WHERE frame_id=? ORDER BY id", (frame_id,))
+
+    # ------------------------------------------------------------------ tasks
+    def add_tasks(self, round: int, purpose: str, items: Sequence[tuple[str, Optional[int]]]) -> list[int]:
+        """Create open human tasks (frame id, suggested label or None); return their ids."""
+        if purpose not in TASK_PURPOSES:
+            raise PoolError(f"{self.path}: unknown task purpose {purpose!r} (known: {', '.join(TASK_PURPOSES)})")
+        ids = []
+        now = time.time()
+        with self.transaction() as db:
+            for frame_id, suggestion in items:
+                cursor = db.execute("INSERT INTO tasks (frame_id, round, purpose, suggestion, status, created) "
+                                    "VALUES (?,?,?,?, 'open', ?)",
+                                    (frame_id, round, purpose, None if suggestion is None else int(suggestion), now))
+                ids.append(int(cursor.lastrowid))
+        return ids
+
+    @staticmethod
+    def _task(row: sqlite3.Row) -> Task:
+        return Task(id=row["id"], frame_id=row["frame_id"], round=row["round"], purpose=row["purpose"],
+                    suggestion=row["suggestion"], status=row["status"], backend=row["backend"],
+                    external_id=row["external_id"], answer=row["answer"], annotator=row["annotator"],
+                    seconds=row["seconds"], dollars=row["dollars"], error=row["error"])
+
+    def tasks(self, round: int | None = None, purpose: str | None = None,
+              status: str | Sequence[str] | None = None, backend: str | None = None) -> list[Task]:
+        """Return tasks, oldest first."""
+        where, params = [], []
+        for column, value in (("round", round), ("purpose", purpose), ("backend", backend)):
+            if value is not None:
+                where.append(f"{column}=?")
+                params.append(value)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params += statuses
+        rows = self._query("SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id",
+                           params)
+        return [self._task(r) for r in rows]
+
+    def task(self, task_id: int) -> Task:
+        """Return one task; PoolError if absent."""
+        rows = self._query("SELECT * FROM tasks WHERE id=?", (task_id,))
+        if not rows:
+            raise PoolError(f"{self.path}: no task {task_id}")
+        return self._task(rows[0])
+
+    def mark_submitted(self, task_ids: Sequence[int], backend: str, external_ids: Sequence[str | None]) -> None:
+        """Record that tasks went to an annotator backend (with its job / loop ids)."""
+        with self.transaction() as db:
+            db.executemany("UPDATE tasks SET status='submitted', backend=?, external_id=? WHERE id=? AND status='open'",
+                           [(backend, ext, tid) for tid, ext in zip(task_ids, external_ids)])
+
+    def answer_task(self, task_id: int, answer: int, annotator: str, seconds: float, dollars: float) -> None:
+        """Record a human answer (a class index); PoolError if the task is already done."""
+        cursor = self._db.execute(
+            "UPDATE tasks SET status='done', answer=?, annotator=?, seconds=?, dollars=?, done=?, error=NULL "
+            "WHERE id=? AND status IN ('open', 'submitted')",
+            (int(answer), annotator, float(seconds), float(dollars), time.time(), task_id))
+        if cursor.rowcount != 1:
+            raise PoolError(f"{self.path}: task {task_id} is not open (already answered or unknown)")
+
+    def unapplied(self, round: int) -> list[Task]:
+        """Return the round's finished (done or failed) tasks whose outcome the loop has not applied yet."""
+        rows = self._query("SELECT * FROM tasks WHERE round=? AND status IN ('done', 'failed') AND applied=0 ORDER BY id",
+                           (round,))
+        return [self._task(r) for r in rows]
+
+    def mark_applied(self, task_ids: Iterable[int]) -> None:
+        """Record that the loop applied these tasks' outcomes (labels set, frames moved)."""
+        self._db.executemany("UPDATE tasks SET applied=1 WHERE id=?", [(i,) for i in task_ids])
+
+    def fail_task(self, task_id: int, error: str) -> None:
+        """Mark a task failed with the reason (its frame stays unlabeled and goes back to review)."""
+        self._db.execute("UPDATE tasks SET status='failed', error=?, done=? WHERE id=?", (error, time.time(), task_id))
+
+    # ------------------------------------------------------------------ usage
+    def record_usage(self, frame_ids: Iterable[str], model_version: str) -> None:
+        """Record that frames were used to train ``model_version``; their state becomes 'used'."""
+        ids = list(frame_ids)
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO usage (frame_id, model_version) VALUES (?,?)",
+                           [(i, model_version) for i in ids])
+            db.executemany("UPDATE frames SET state='used' WHERE id=? AND state IN ('accepted', 'labeled')",
+                           [(i,) for i in ids])
+
+    def usage(self, frame_id: str) -> list[str]:
+        """Return the model versions a frame was used to train."""
+        return [r[0] for r in self._query("SELECT model_version FROM usage WHERE frame_id=? ORDER BY model_version",
+                                          (frame_id,))]
+
+    # ------------------------------------------------------------------ rounds, steps, key-values
+    def current_round(self) -> Optional[int]:
+        """Return the open round, or None."""
+        rows = self._query("SELECT id FROM rounds WHERE status='open' ORDER BY id DESC LIMIT 1")
+        return int(rows[0][0]) if rows else None
+
+    def last_round(self) -> int:
+        """Return the highest round number (0 when none)."""
+        rows = self._query("SELECT MAX(id) FROM rounds")
+        return int(rows[0][0] or 0)
+
+    def open_round(self) -> int:
+        """Return the open round, opening the next one if none is open."""
+        current = self.current_round()
+        if current is not None:
+            return current
+        number = self.last_round() + 1
+        self._db.execute("INSERT INTO rounds (id, status, started) VALUES (?, 'open', ?)", (number, time.time()))
+        return number
+
+    def finish_round(self, round: int, summary: dict) -> None:
+        """Close a round and store its summary."""
+        self._db.execute("UPDATE rounds SET status='finished', finished=?, summary=? WHERE id=?",
+                         (time.time(), json.dumps(summary, sort_keys=True), round))
+
+    def round_summary(self, round: int) -> Optional[dict]:
+        """Return a finished round's summary."""
+        rows = self._query("SELECT summary FROM rounds WHERE id=?", (round,))
+        return json.loads(rows[0][0]) if rows and rows[0][0] else None
+
+    def step(self, round: int, step: str) -> tuple[str, dict]:
+        """Return (status, info) of a round's step ('pending' and {} when never started)."""
+        rows = self._query("SELECT status, info FROM steps WHERE round=? AND step=?", (round, step))
+        if not rows:
+            return "pending", {}
+        return rows[0][0], json.loads(rows[0][1] or "{}")
+
+    def set_step(self, round: int, step: str, status: str, info: dict | None = None) -> None:
+        """Record a step's status (running, waiting, done, failed, skipped) and info."""
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO steps (round, step, status, info, started, finished) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(round, step) DO UPDATE SET status=excluded.status, info=excluded.info, "
+            "finished=excluded.finished",
+            (round, step, status, json.dumps(info or {}, sort_keys=True), now,
+             now if status in ("done", "failed", "skipped") else None))
+
+    def get(self, key: str, default: object = None) -> object:
+        """Return a stored JSON value."""
+        rows = self._query("SELECT value FROM kv WHERE key=?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def put(self, key: str, value: object) -> None:
+        """Store a JSON value."""
+        self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", (key, json.dumps(value)))
+
+
+def open_pool(path: str | Path) -> Pool:
+    """Return the pool at ``path`` (created if absent)."""
+    return Pool(path)

@@ -1,0 +1,185 @@
+"""Routing decisions (pure functions): threshold from audited data, acceptance, tracks, propagation.
+
+* :func:`choose_threshold` picks the lowest calibrated-confidence threshold at which the frames
+  humans labeled at random (the unbiased validation sample) show an auto-label accuracy whose
+  Wilson lower bound (``z``; 0 = point estimate) reaches the target, among frames where the
+  tiers agree. With too little evidence it returns ``inf``: nothing is auto-accepted, humans
+  label, and automation rises as audited data accumulates.
+* :func:`derive_tracks` groups frames into tracks: the robot's ``track_hint`` when present,
+  else consecutive frames of one stream close in time whose teacher embeddings are similar.
+* :func:`propagate` lets one human label confirm the other frames of its track *on which the
+  tiers agree with it*; those labels are audited like any other auto-label.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import norm
+
+
+def wilson_lower(successes: int, n: int, z: float) -> float:
+    """Return the Wilson score lower bound of a proportion at ``z`` (z=0: the point estimate)."""
+    if n <= 0:
+        return 0.0
+    p = successes / n
+    if z <= 0:
+        return p
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z2 / n))
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Return the two-sided Wilson score interval (low, high) of a proportion; (0, 1) when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    p = successes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - spread), min(1.0, centre + spread)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A routing threshold and the evidence behind it."""
+
+    value: float                 # accept calibrated confidence >= value; inf: accept nothing
+    validation_frames: int       # human-labeled random frames considered
+    eligible_frames: int         # of which the tiers agreed
+    accepted_frames: int         # of which at or above the threshold
+    accuracy: float              # auto-label accuracy on those (point estimate)
+    lower_bound: float           # its Wilson lower bound at z
+    reason: str
+
+    @property
+    def automated(self) -> bool:
+        """Return whether any frame can be auto-accepted."""
+        return math.isfinite(self.value)
+
+    def to_dict(self) -> dict:
+        """Return JSON-able data (inf as None)."""
+        return {"value": self.value if self.automated else None, "validation_frames": self.validation_frames,
+                "eligible_frames": self.eligible_frames, "accepted_frames": self.accepted_frames,
+                "accuracy": round(self.accuracy, 4), "lower_bound": round(self.lower_bound, 4), "reason": self.reason}
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray, eligible: np.ndarray, target: float,
+                     z: float = 1.0, min_accepted: int = 30, floor: float = 0.0) -> Threshold:
+    """Return the lowest threshold whose accepted validation frames meet ``target`` accuracy.
+
+    ``confidence`` are calibrated confidences in [0, 1], ``correct`` whether the auto-label matched
+    the human label, ``eligible`` whether the tiers agreed (only those may be accepted). The bound
+    is the Wilson lower bound at ``z``; at least ``min_accepted`` validation frames must be at or
+    above the threshold. ``floor`` (from audit tightening) is a minimum for the result.
+    """
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, bool)
+    eligible = np.asarray(eligible, bool)
+    n_validation, n_eligible = len(confidence), int(eligible.sum())
+    if n_eligible < min_accepted:
+        return Threshold(math.inf, n_validation, n_eligible, 0, 0.0, 0.0,
+                         f"only {n_eligible} agreeing validation frames (need {min_accepted})")
+    order = np.argsort(-confidence[eligible], kind="stable")
+    conf_sorted = confidence[eligible][order]
+    hits = np.cumsum(correct[eligible][order])
+    best = None
+    for k in range(min_accepted, n_eligible + 1):
+        # a threshold accepts every tie: only cut where the next confidence is strictly lower
+        if k < n_eligible and conf_sorted[k] == conf_sorted[k - 1]:
+            continue
+        if conf_sorted[k - 1] < floor:
+            break
+        if wilson_lower(int(hits[k - 1]), k, z) >= target:
+            best = k
+    if best is None:
+        accuracy = float(hits[min_accepted - 1] / min_accepted)
+        return Threshold(math.inf, n_validation, n_eligible, 0, accuracy,
+                         wilson_lower(int(hits[min_accepted - 1]), min_accepted, z),
+                         f"no threshold reaches {target:.3f} (Wilson lower bound at z={z}) on the validation sample")
+    value = max(float(conf_sorted[best - 1]), floor)
+    return Threshold(value, n_validation, n_eligible, best, float(hits[best - 1] / best),
+                     wilson_lower(int(hits[best - 1]), best, z),
+                     f"lowest threshold whose {best} accepted validation frames meet {target:.3f}")
+
+
+def accept(confidence: np.ndarray, agree: np.ndarray, threshold: float) -> np.ndarray:
+    """Return the auto-accept mask: tiers agree and calibrated confidence >= threshold."""
+    return np.asarray(agree, bool) & (np.asarray(confidence) >= threshold)
+
+
+def derive_tracks(robots: Sequence[str], streams: Sequence[str], stamps_ns: np.ndarray,
+                  embeddings: np.ndarray | None, hints: Sequence[str | None], frame_ids: Sequence[str],
+                  max_gap_s: float = 1.0, min_similarity: float = 0.9, use_hints: bool = True) -> list[str]:
+    """Return a track key per frame (a frame alone is its own track).
+
+    Frames with a robot ``hint`` join ``<robot>/<stream>/hint:<hint>``; others chain with the
+    previous frame of the same stream when at most ``max_gap_s`` apart and their embeddings'
+    cosine is at least ``min_similarity`` (embeddings must be unit length).
+    """
+    n = len(frame_ids)
+    keys = [""] * n
+    order = sorted(range(n), key=lambda i: (robots[i], streams[i], int(stamps_ns[i])))
+    previous = None
+    chain_key = ""
+    for i in order:
+        hint = hints[i] if use_hints else None
+        if hint:
+            keys[i] = f"{robots[i]}/{streams[i]}/hint:{hint}"
+            previous = None           # an item track interrupts any background chain
+            continue
+        joined = False
+        if previous is not None and robots[previous] == robots[i] and streams[previous] == streams[i]:
+            gap = (int(stamps_ns[i]) - int(stamps_ns[previous])) / 1e9
+            if gap <= max_gap_s and embeddings is not None:
+                similarity = float(np.dot(embeddings[previous], embeddings[i]))
+                joined = similarity >= min_similarity
+        if not joined:
+            chain_key = f"{robots[i]}/{streams[i]}/auto:{frame_ids[i][:16]}"
+        keys[i] = chain_key
+        previous = i
+    return keys
+
+
+@dataclass
+class Propagation:
+    """What propagation decided: labels by frame index, disputes and ambiguous tracks."""
+
+    labels: dict[int, int] = field(default_factory=dict)
+    disputed: list[int] = field(default_factory=list)      # accepted frames contradicting their track's human label
+    ambiguous_tracks: list[str] = field(default_factory=list)
+
+
+def propagate(track_keys: Sequence[str], predicted: np.ndarray, agree: np.ndarray, confidence: np.ndarray,
+              human: dict[int, int], candidates: np.ndarray, accepted: np.ndarray | None = None,
+              min_confidence: float = 0.0) -> Propagation:
+    """Return labels propagated from human-labeled frames to the rest of their tracks.
+
+    A candidate frame takes its track's human label when the track's human labels agree on one
+    class, the tiers agree on the frame, and their label is that class (calibrated confidence at
+    least ``min_confidence``). Already ``accepted`` frames whose label contradicts their track's
+    human label are returned as disputed (they go back to review).
+    """
+    out = Propagation()
+    by_track: dict[str, set[int]] = {}
+    for index, label in human.items():
+        by_track.setdefault(track_keys[index], set()).add(int(label))
+    for track, labels in by_track.items():
+        if len(labels) > 1:
+            out.ambiguous_tracks.append(track)
+    for index, track in enumerate(track_keys):
+        labels = by_track.get(track)
+        if not labels or len(labels) != 1 or index in human:
+            continue
+        (label,) = labels
+        if candidates[index] and agree[index] and int(predicted[index]) == label and confidence[index] >= min_confidence:
+            out.labels[index] = label
+        elif accepted is not None and accepted[index] and int(predicted[index]) != label:
+            out.disputed.append(index)
+    return out

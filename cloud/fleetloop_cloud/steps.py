@@ -1,0 +1,165 @@
+"""``fleetloop-cloud ingest|autolabel|review|train|evaluate|register|round --config config/cloud.yaml``.
+
+Each sub-command is registered through the ``fleetloop_cloud.commands`` entry-point group
+(cloud/setup.py) and runs one step of the open round (:class:`fleetloop_cloud.pipeline.CloudLoop`);
+every step is idempotent, so rerunning a finished one does nothing. ``train --sagemaker`` is the
+SageMaker training-container entry point (docker/sagemaker-entrypoint.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fleetloop_cloud.pipeline import CloudLoop, RoundSummary
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="config/cloud.yaml (default: the shipped one)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _loop(args) -> CloudLoop:
+    return CloudLoop.from_file(args.config, progress=not args.no_progress)
+
+
+def _print(args, title: str, data: dict) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for key, value in data.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        table.add_row(str(key), text if len(text) < 400 else text[:400] + " ...")
+    Console().print(table)
+
+
+def _step_command(name: str, help_text: str):
+    def handler(args) -> int:
+        with _loop(args) as loop:
+            result = getattr(loop, name)()
+            round_number = loop.current_round()
+        _print(args, f"{name} (round {round_number})", result)
+        return 0
+
+    def register(subparsers) -> None:
+        parser = subparsers.add_parser(name, help=help_text)
+        _common(parser)
+        parser.set_defaults(handler=handler)
+
+    return register
+
+
+register_ingest = _step_command("ingest", "read new frames + sidecars from the store into the pool")
+register_autolabel = _step_command("autolabel", "T1 and T2 predict every frame they have not seen")
+register_review = _step_command("review", "calibration sample, routing, propagation, human review, QA audit")
+register_evaluate = _step_command("evaluate", "candidates vs production on the held-out field test set (the gate)")
+register_register = _step_command("register", "signed packages to the registry, approved where the gate passed")
+
+
+def register_train(subparsers) -> None:
+    """``train``: the round's training step, or with ``--sagemaker`` the training-container entry point."""
+    parser = subparsers.add_parser("train", help="train T2, distil T3/T4, INT8 (or --sagemaker: the job's entry point)")
+    _common(parser)
+    parser.add_argument("--sagemaker", action="store_true",
+                        help="run as the SageMaker training job (reads /opt/ml/... or the --model-dir/--train... "
+                             "arguments that follow)")
+    parser.add_argument("contract_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def handler(args) -> int:
+        if args.sagemaker:
+            from fleetloop_cloud.train import main_contract
+            return main_contract(args.contract_args)
+        with _loop(args) as loop:
+            result = loop.train()
+            round_number = loop.current_round()
+        _print(args, f"train (round {round_number})", result)
+        return 0
+
+    parser.set_defaults(handler=handler)
+
+
+def summary_table(summary: RoundSummary):
+    """Return a rich Table of a round's summary (the figures of DEMO_WORLD.md)."""
+    from rich.table import Table
+
+    data = summary.to_dict()
+    table = Table(title=f"FleetLoop cloud round {data['round']} ({data['status']})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    frames, labels, audit = data["frames"], data["labels"], data["audit"]
+    figures, human, compute = data["figures"], data["human"], data["compute"]
+    rows = [
+        ("frames ingested", frames["ingested"]),
+        ("duplicates (exact / near)", f"{frames['exact_duplicates']} / {frames['near_duplicates']}"),
+        ("quarantined / waiting for sidecar", f"{frames['quarantined']} / {frames['waiting_for_sidecar']}"),
+        ("labels accepted", labels["accepted"]),
+        ("  auto-accepted", labels["auto_accepted"]),
+        ("  propagated along tracks", labels["propagated"]),
+        ("  human", labels["human"]),
+        ("frames sent to humans", labels["sent_to_humans"]),
+        ("pending review (over budget)", frames["pending_review"]),
+        ("routing threshold (calibrated)", (data["routing"]["threshold"] or {}).get("value")),
+    ]
+    final = audit.get("final")
+    if final:
+        low, high = final["ci"]
+        rows.append(("audited accuracy (auto + propagated)",
+                     f"{final['accuracy']:.4f} [{low:.3f}, {high:.3f}] on {final['frames']} "
+                     f"(target {audit['target']}, {'met' if audit['meets_target'] else 'NOT met'})"))
+    else:
+        rows.append(("audited accuracy", "no auto labels to audit"))
+    for purpose, entry in human["by_purpose"].items():
+        rows.append((f"human {purpose}", f"{entry['tasks']} tasks, {entry['seconds']:.1f} s, ${entry['dollars']:.3f}"))
+    rows += [("human seconds / dollars", f"{human['seconds']:.1f} s / ${human['dollars']:.3f}")]
+    for step, entry in compute["by_step"].items():
+        if entry["cpu_seconds"] or entry["gpu_seconds"]:
+            rows.append((f"compute {step}", f"{entry['cpu_seconds']:.1f} CPU s, ${entry['dollars']:.5f}"))
+    rows += [
+        ("compute dollars (labeling / total)", f"${compute['labeling_dollars']:.5f} / ${compute['dollars']:.5f}"),
+        ("labels per human-hour (loop / manual)",
+         f"{_num(figures['loop_labels_per_human_hour'])} / {_num(figures['manual_labels_per_human_hour'])}"),
+        ("throughput ratio", _num(figures["throughput_ratio"], "x")),
+        ("cost per label (loop / manual)",
+         f"${_num(figures['loop_cost_per_label'], digits=4)} / ${_num(figures['manual_cost_per_label'], digits=4)}"),
+        ("cost ratio", _num(figures["cost_ratio"], "x")),
+    ]
+    for variant, model in data["models"].items():
+        if variant == "int8_vs_fp32":
+            for tier, cmp in model.items():
+                rows.append((f"{tier} vs fp32", f"{cmp['int8_ms']:.2f} ms vs {cmp['fp32_ms']:.2f} ms, "
+                                                f"agreement {cmp['agreement']:.3f}"))
+            continue
+        verdict = ("promoted" if model["promoted"] else "kept production") if model["gated"] else "reported, not gated"
+        rows.append((f"{variant} accuracy before -> after",
+                     f"{model['accuracy_before']:.4f} -> {model['accuracy_after']:.4f} ({verdict})"))
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table
+
+
+def _num(value, suffix: str = "", digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def register_round(subparsers) -> None:
+    """``round``: every remaining step of the open round, then the summary."""
+    parser = subparsers.add_parser("round", help="run the open round's remaining steps and print its summary")
+    _common(parser)
+
+    def handler(args) -> int:
+        with _loop(args) as loop:
+            summary = loop.run_round()
+        if args.json:
+            print(json.dumps(summary.to_dict(), indent=2, sort_keys=True, default=str))
+        else:
+            from rich.console import Console
+            Console().print(summary_table(summary))
+        return 0 if summary.status in ("finished", "waiting") else 1
+
+    parser.set_defaults(handler=handler)
