@@ -70,7 +70,7 @@ class BagProblem:
 
     topic: str
     index: int
-    kind: str             # unknown_encoding | corrupt | read_error
+    kind: str             # unknown_encoding | corrupt | read_error | unreadable_bag
     detail: str
 
     def __str__(self) -> str:
@@ -124,7 +124,8 @@ class BagReader:
             reader = AnyReader([self.path], default_typestore=_typestore())
             reader.open()
         except Exception as exc:  # rosbags raises its own error family and OSError/KeyError for damage
-            raise ReplayError(f"{self.path}: cannot open the bag ({type(exc).__name__}: {exc})") from exc
+            raise ReplayError(f"{self.path}: cannot open the bag ({type(exc).__name__}: {exc}); a recording cut "
+                              "short has no index: `ros2 bag reindex` or `mcap recover` can rebuild it") from exc
         self._reader = reader
         for connection in reader.connections:
             if connection.msgtype in IMAGE_TYPES and (self.topics is None or connection.topic in self.topics):
@@ -342,14 +343,20 @@ class ReplayReport:
         return self.duration_s / self.wall_s if self.wall_s > 0 else float("nan")
 
 
-def replay(bag: str | Path, models: str | Path, base: SelectionConfig, sweeps: Sequence[str] = (),
-           topics: Sequence[str] | None = None, progress: bool = True, cascade_config=None) -> ReplayReport:
-    """Return the replay of ``bag`` through the cascade in ``models`` (T4, T3) and each swept setting."""
+def replay(bags: str | Path | Sequence[str | Path], models: str | Path, base: SelectionConfig,
+           sweeps: Sequence[str] = (), topics: Sequence[str] | None = None, progress: bool = True,
+           cascade_config=None) -> ReplayReport:
+    """Return the replay of one or more bags (in order) through the cascade in ``models`` and each setting.
+
+    A bag that cannot be opened at all (e.g. a recording cut short before its index was
+    written) is reported as a problem and the replay goes on with the next one.
+    """
     from tqdm import tqdm
 
     from fleetloop_core.cascade import Cascade, CascadeConfig
     from fleetloop_core.inference import TierModel
 
+    bags = [Path(bags)] if isinstance(bags, (str, Path)) else [Path(b) for b in bags]
     settings = sweep_settings(base, sweeps)
     models = Path(models)
     if not (models / "T4" / "manifest.json").is_file():
@@ -364,51 +371,68 @@ def replay(bag: str | Path, models: str | Path, base: SelectionConfig, sweeps: S
     unknown: Counter[str] = Counter()
     frames = 0
     first_stamp = last_stamp = None
+    bag_duration = 0.0
     start = time.perf_counter()
-    with BagReader(bag, topics) as reader:
-        bar = tqdm(reader.frames(), total=reader.message_count, desc=f"replay {Path(bag).name}", unit="msg",
-                   disable=not progress)
-        for item in bar:
-            if isinstance(item, BagProblem):
-                problems.append(item)
-                if item.kind == "unknown_encoding":
-                    unknown[item.detail] += 1
-                else:
-                    log.warning("%s: %s", bag, item)
-                continue
-            frames += 1
-            first_stamp = item.stamp_ns if first_stamp is None else min(first_stamp, item.stamp_ns)
-            last_stamp = item.stamp_ns if last_stamp is None else max(last_stamp, item.stamp_ns)
-            result = cascade.infer(item.image, stream=item.topic)
-            for i, outcome in enumerate(results):
-                selector = selectors.get((i, item.robot_id))
-                if selector is None:
-                    selector = selectors[(i, item.robot_id)] = Selector(outcome.setting.config, item.robot_id, labels,
-                                                                       source=outcome.setting.label)
-                decision = selector.offer(item.image, result, item.stamp_ns, stream=item.stream)
-                outcome.frames += 1
-                outcome.scores.append(decision.score)
-                if decision.threshold is not None:
-                    outcome.thresholds.append(decision.threshold)
-                outcome.duplicates += decision.duplicate
-                outcome.budget_limited += decision.budget_limited
-                if decision.keep:
-                    outcome.kept += 1
-                    outcome.random += decision.random
-                    outcome.kept_bytes += decision.record.encode().size_bytes
-                    outcome.kept_by_class[labels[result.label]] += 1
-                    outcome.score_sum_kept += decision.score
-                    outcome.kept_frames.append((item.topic, item.index, decision.score, decision.reason))
-                else:
-                    outcome.score_sum_dropped += decision.score
-        bar.close()
-        bag_duration = reader.duration_s
+    for bag in bags:
+        try:
+            reader = BagReader(bag, topics).__enter__()
+        except ReplayError as exc:
+            if len(bags) == 1:
+                raise
+            problems.append(BagProblem(str(bag), -1, "unreadable_bag", str(exc)))
+            log.error("%s (going on with the next bag)", exc)
+            continue
+        try:
+            bar = tqdm(reader.frames(), total=reader.message_count, desc=f"replay {bag.name}", unit="msg",
+                       disable=not progress)
+            for item in bar:
+                if isinstance(item, BagProblem):
+                    problems.append(item)
+                    if item.kind == "unknown_encoding":
+                        unknown[item.detail] += 1
+                    else:
+                        log.warning("%s: %s", bag, item)
+                    continue
+                frames += 1
+                first_stamp = item.stamp_ns if first_stamp is None else min(first_stamp, item.stamp_ns)
+                last_stamp = item.stamp_ns if last_stamp is None else max(last_stamp, item.stamp_ns)
+                result = cascade.infer(item.image, stream=item.topic)
+                for i, outcome in enumerate(results):
+                    _offer(outcome, selectors, i, item, result, labels)
+            bar.close()
+            bag_duration += reader.duration_s
+        finally:
+            reader.close()
     for (i, _), selector in selectors.items():
         results[i].candidates += selector.stats.candidates
     duration = (last_stamp - first_stamp) / 1e9 if frames > 1 else bag_duration
-    return ReplayReport(bag=str(bag), frames=frames, duration_s=duration or bag_duration,
+    return ReplayReport(bag=", ".join(str(b) for b in bags), frames=frames, duration_s=duration or bag_duration,
                         wall_s=time.perf_counter() - start, problems=problems, unknown_encodings=unknown,
                         results=results, labels=labels, robots=sorted({robot for _, robot in selectors}))
+
+
+def _offer(outcome: SettingResult, selectors: dict, i: int, item: BagFrame, result: Any,
+           labels: tuple[str, ...]) -> None:
+    selector = selectors.get((i, item.robot_id))
+    if selector is None:
+        selector = selectors[(i, item.robot_id)] = Selector(outcome.setting.config, item.robot_id, labels,
+                                                           source=outcome.setting.label)
+    decision = selector.offer(item.image, result, item.stamp_ns, stream=item.stream)
+    outcome.frames += 1
+    outcome.scores.append(decision.score)
+    if decision.threshold is not None:
+        outcome.thresholds.append(decision.threshold)
+    outcome.duplicates += decision.duplicate
+    outcome.budget_limited += decision.budget_limited
+    if decision.keep:
+        outcome.kept += 1
+        outcome.random += decision.random
+        outcome.kept_bytes += decision.record.encode().size_bytes
+        outcome.kept_by_class[labels[result.label]] += 1
+        outcome.score_sum_kept += decision.score
+        outcome.kept_frames.append((item.topic, item.index, decision.score, decision.reason))
+    else:
+        outcome.score_sum_dropped += decision.score
 
 
 # --------------------------------------------------------------------------- outputs
@@ -487,7 +511,7 @@ def write_outputs(report: ReplayReport, out: str | Path) -> list[Path]:
         axis.grid(alpha=0.3)
         if len(groups) > 1:
             axis.legend(fontsize=7)
-    figure.suptitle(f"{Path(report.bag).name}: {report.frames} frames, {report.duration_s / 60:.1f} min", fontsize=9)
+    figure.suptitle(f"{', '.join(Path(b).name for b in report.bag.split(', '))}: {report.frames} frames, {report.duration_s / 60:.1f} min", fontsize=9)
     figure.tight_layout()
     sweep_png = out / f"kept_vs_{(x_key or 'setting').replace('.', '_')}.png"
     figure.savefig(sweep_png, dpi=110)

@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "replay", help="replay a rosbag2 through the cascade and selector; sweep selection settings",
         description="Replay a rosbag2 (sqlite3 or MCAP) through the real cascade and selector, offline and "
                     "faster than real time, for each swept setting; print a table, write CSV and PNG plots.")
-    parser.add_argument("bag", help="rosbag2 directory")
+    parser.add_argument("bag", nargs="+", help="rosbag2 directory (several: replayed in order)")
     parser.add_argument("--config", default=None, help="selection config (default: config/selection.yaml)")
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="selection key and values to try, e.g. policy.params.threshold=0.3,0.5 "
@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     from fleetloop_core.selection import load_selection_config
 
     base = load_selection_config(args.config)
-    out = Path(args.out) if args.out else Path("runs") / "replay" / Path(args.bag).name
+    out = Path(args.out) if args.out else Path("runs") / "replay" / Path(args.bag[0]).name
     report = replay(args.bag, _models(args.models), base, args.sweep, topics=args.topics,
                     progress=not args.no_progress)
     write_outputs(report, out)
