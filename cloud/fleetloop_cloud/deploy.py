@@ -156,8 +156,10 @@ class LocalDirJobs:
                 states[thing] = ExecutionState(thing, data["status"], data.get("statusDetails", {}))
             elif (self.directory / thing / "queued" / f"{job_id}.json").exists():
                 states[thing] = ExecutionState(thing, "QUEUED")
+            elif (self.directory / thing / "in_progress" / f"{job_id}.json").exists():
+                states[thing] = ExecutionState(thing, "IN_PROGRESS")    # claimed, first status not written yet
             else:
-                states[thing] = ExecutionState(thing, "CANCELED")
+                states[thing] = ExecutionState(thing, "REMOVED", {"reason": "job file gone without a status"})
         return states
 
     def cancel_job(self, job_id: str, reason: str) -> None:
