@@ -5,6 +5,7 @@ setup(
     name="fleetloop_cloud",
     version="0.1.0",
     packages=find_packages(include=["fleetloop_cloud", "fleetloop_cloud.*"]),
+    package_data={"fleetloop_cloud.review": ["templates/*.html", "static/*.js", "static/*.css"]},
     python_requires=">=3.10",
     description="FleetLoop cloud loop: ingest, auto-label, human review, train/distil, gate, registry, deploy.",
     license="Apache-2.0",
@@ -20,6 +21,7 @@ setup(
             "evaluate = fleetloop_cloud.steps:register_evaluate",
             "register = fleetloop_cloud.steps:register_register",
             "round = fleetloop_cloud.steps:register_round",
+            "review-page = fleetloop_cloud.review.command:register",
         ],
     },
 )

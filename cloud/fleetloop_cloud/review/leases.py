@@ -1,0 +1,145 @@
+"""Leases: which annotator's browser holds which review-page task, until when.
+
+A task the loop submitted to the ``review-page`` annotator is handed to one browser session at a
+time, with an expiry (``lease_s``). Two sessions never hold the same task, nor two tasks of the
+same frame; a lease nobody answers expires and its task returns to the queue. Leases live in
+their own table (``review_leases``) in the pool's SQLite file, created idempotently, and every
+change happens inside the pool's ``BEGIN IMMEDIATE`` transaction, so concurrent claims from
+several server threads (or processes) serialise on SQLite's write lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Sequence
+
+from fleetloop_cloud.pool import Pool
+from fleetloop_cloud.review.errors import Conflict
+
+REVIEW_BACKEND = "review-page"
+LABEL_PURPOSES = ("calibration", "track", "review")    # one frame at a time
+GRID_PURPOSES = ("audit",)                              # confirm or correct many auto-labels at once
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS review_leases (
+    task_id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, annotator TEXT NOT NULL, session TEXT NOT NULL,
+    leased REAL NOT NULL, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS review_leases_frame ON review_leases(frame_id);
+CREATE INDEX IF NOT EXISTS review_leases_session ON review_leases(session);
+CREATE TABLE IF NOT EXISTS review_skips (
+    session TEXT NOT NULL, task_id INTEGER NOT NULL, skipped REAL NOT NULL, PRIMARY KEY (session, task_id));
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One task held by one browser session until ``expires`` (epoch seconds)."""
+
+    task_id: int
+    frame_id: str
+    annotator: str
+    session: str
+    leased: float
+    expires: float
+
+
+def ensure_schema(pool: Pool) -> None:
+    """Create the lease tables in the pool file if absent (idempotent)."""
+    with pool.transaction() as db:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+
+
+def _lease(row: sqlite3.Row) -> Lease:
+    return Lease(int(row["task_id"]), row["frame_id"], row["annotator"], row["session"], float(row["leased"]),
+                 float(row["expires"]))
+
+
+def expire(db: sqlite3.Connection, now: float) -> list[Lease]:
+    """Delete leases past their expiry (inside a transaction); return them."""
+    rows = db.execute("SELECT * FROM review_leases WHERE expires <= ?", (now,)).fetchall()
+    if rows:
+        db.execute("DELETE FROM review_leases WHERE expires <= ?", (now,))
+    return [_lease(r) for r in rows]
+
+
+def lease_of(db: sqlite3.Connection, task_id: int) -> Lease | None:
+    """Return the lease on a task, or None."""
+    rows = db.execute("SELECT * FROM review_leases WHERE task_id=?", (task_id,)).fetchall()
+    return _lease(rows[0]) if rows else None
+
+
+def held(db: sqlite3.Connection, session: str, purposes: Sequence[str]) -> list[Lease]:
+    """Return the session's leases on still-open tasks of ``purposes``, most recently leased first."""
+    marks = ",".join("?" * len(purposes))
+    rows = db.execute(
+        f"SELECT l.* FROM review_leases l JOIN tasks t ON t.id = l.task_id WHERE l.session=? "
+        f"AND t.status='submitted' AND t.purpose IN ({marks}) ORDER BY l.leased DESC, l.task_id DESC",
+        (session, *purposes)).fetchall()
+    return [_lease(r) for r in rows]
+
+
+def grant(db: sqlite3.Connection, task_id: int, frame_id: str, annotator: str, session: str, now: float,
+          lease_s: float) -> Lease:
+    """Lease one task to a session (inside a transaction); Conflict if someone else holds it or its frame."""
+    other = db.execute("SELECT session FROM review_leases WHERE (task_id=? OR frame_id=?) AND session != ?",
+                       (task_id, frame_id, session)).fetchall()
+    if other:
+        raise Conflict(f"task {task_id}: frame {frame_id[:12]} is leased to another annotator")
+    db.execute("INSERT OR REPLACE INTO review_leases (task_id, frame_id, annotator, session, leased, expires) "
+               "VALUES (?,?,?,?,?,?)", (task_id, frame_id, annotator, session, now, now + lease_s))
+    return Lease(task_id, frame_id, annotator, session, now, now + lease_s)
+
+
+def claim(pool: Pool, annotator: str, session: str, purposes: Sequence[str], count: int, now: float,
+          lease_s: float) -> list[Lease]:
+    """Return up to ``count`` leases for a session: those it holds (renewed), then the oldest free tasks.
+
+    Free means: submitted to the review page, of one of ``purposes``, and neither the task nor its
+    frame leased to anyone. Tasks this session skipped come last. Expired leases are dropped first.
+    """
+    marks = ",".join("?" * len(purposes))
+    with pool.transaction() as db:
+        expire(db, now)
+        mine = held(db, session, purposes)[:count]
+        for lease in mine:
+            db.execute("UPDATE review_leases SET expires=? WHERE task_id=?", (now + lease_s, lease.task_id))
+        out = [Lease(m.task_id, m.frame_id, m.annotator, m.session, m.leased, now + lease_s) for m in mine]
+        if len(out) >= count:
+            return out
+        frames = {lease.frame_id for lease in out}
+        rows = db.execute(
+            f"SELECT t.id, t.frame_id, s.skipped FROM tasks t "
+            f"LEFT JOIN review_skips s ON s.task_id = t.id AND s.session = ? "
+            f"WHERE t.status='submitted' AND t.backend=? AND t.purpose IN ({marks}) "
+            f"AND t.id NOT IN (SELECT task_id FROM review_leases) "
+            f"AND t.frame_id NOT IN (SELECT frame_id FROM review_leases) "
+            f"ORDER BY s.skipped IS NOT NULL, s.skipped, t.id LIMIT ?",
+            (session, REVIEW_BACKEND, *purposes, (count - len(out)) * 4 + 16)).fetchall()
+        for row in rows:
+            if len(out) >= count:
+                break
+            if row["frame_id"] in frames:
+                continue           # two tasks of one frame: never both in one hand
+            frames.add(row["frame_id"])
+            out.append(grant(db, int(row["id"]), row["frame_id"], annotator, session, now, lease_s))
+        return out
+
+
+def skip(pool: Pool, session: str, task_id: int, now: float) -> None:
+    """Give a leased task back to the queue; this session gets it again only after every other task."""
+    with pool.transaction() as db:
+        lease = lease_of(db, task_id)
+        if lease is None or lease.session != session:
+            raise Conflict(f"task {task_id} is not leased to this session")
+        db.execute("DELETE FROM review_leases WHERE task_id=?", (task_id,))
+        db.execute("INSERT OR REPLACE INTO review_skips (session, task_id, skipped) VALUES (?,?,?)",
+                   (session, task_id, now))
+
+
+def release_session(pool: Pool, session: str) -> int:
+    """Give back every lease of a session (log-out); return how many."""
+    with pool.transaction() as db:
+        return db.execute("DELETE FROM review_leases WHERE session=?", (session,)).rowcount
