@@ -91,22 +91,38 @@ class EncodedRecord:
 
 @dataclass
 class UploadRecord:
-    """A kept frame before encoding; :meth:`encode` runs once and reports the size to ``on_encoded``."""
+    """A kept frame before encoding; :meth:`encode` runs once and reports the size to ``on_encoded``.
+
+    The sidecar fields are either given (``fields``) or built on first use by ``make_fields``:
+    the selector defers that work (rounding probabilities, validating the decision) to the
+    queue's thread, off the per-frame path.
+    """
 
     image: np.ndarray                      # uint8 RGB, owned by the record
-    fields: dict[str, Any]                 # Sidecar fields except hash, encoding and size
+    fields: dict[str, Any] | None = None   # Sidecar fields except hash, encoding and size
     priority: float = 0.0
     encoding: Encoding = "png"
     jpeg_quality: int = 90
     on_encoded: Callable[[int], None] | None = field(default=None, repr=False)
+    make_fields: Callable[[], dict[str, Any]] | None = field(default=None, repr=False)
     _encoded: EncodedRecord | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def sidecar_fields(self) -> dict[str, Any]:
+        """Return the sidecar fields (built by ``make_fields`` on first use)."""
+        if self.fields is None:
+            if self.make_fields is None:
+                raise InputError("an UploadRecord needs fields or make_fields")
+            self.fields = self.make_fields()
+            self.make_fields = None
+        return self.fields
 
     def encode(self) -> EncodedRecord:
         """Return the encoded record (computed on first call; later calls return the same one)."""
         with self._lock:
             if self._encoded is None:
-                self._encoded = EncodedRecord.from_image(self.image, self.fields, self.priority,
+                self._encoded = EncodedRecord.from_image(self.image, self.sidecar_fields, self.priority,
                                                          self.encoding, self.jpeg_quality)
                 if self.on_encoded is not None:
                     self.on_encoded(self._encoded.size_bytes)

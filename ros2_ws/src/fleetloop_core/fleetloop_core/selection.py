@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import random as _random
 import threading
+from array import array
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, NamedTuple
 
@@ -73,7 +75,7 @@ class DedupConfig(ConfigModel):
     memory: int = Field(default=512, ge=1)                  # kept frames remembered
     hash: Literal["phash", "average"] = "phash"             # OpenCV img_hash algorithm (64 bits)
     hash_max_distance: int = Field(default=8, ge=-1, le=64)  # Hamming bits; -1 disables the hash
-    embedding_max_distance: float = Field(default=0.002, ge=-1.0, le=2.0)  # 1 - cos; < 0 disables
+    embedding_max_distance: float = Field(default=0.0002, ge=-1.0, le=2.0)  # 1 - cos; < 0 disables
 
 
 class RecordConfig(ConfigModel):
@@ -153,8 +155,10 @@ class PolicyState:
     frames: int = 0
     stamp_ns: int = 0
     # adaptive_budget: ring of recent scores and stamps
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    stamps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    score_ring: array = field(default_factory=lambda: array("d"))
+    stamp_ring: array = field(default_factory=lambda: array("q"))
+    keep_verdict: Verdict | None = None
+    drop_verdict: Verdict | None = None
     filled: int = 0
     cursor: int = 0
     threshold: float | None = None
@@ -182,28 +186,36 @@ def adaptive_budget_policy(score: float, result: Any, params: AdaptiveParams, st
     deduplication. When the score distribution shifts, the quantile follows within a window,
     so the kept rate returns to the budget without a hand-tuned threshold.
     """
-    if state.scores.shape[0] != params.window:
-        state.scores = np.zeros(params.window, np.float32)
-        state.stamps = np.zeros(params.window, np.int64)
+    ring = state.score_ring
+    if len(ring) != params.window:
+        state.score_ring = ring = array("d", bytes(8 * params.window))    # array: cheap item writes
+        state.stamp_ring = array("q", bytes(8 * params.window))
         state.filled = state.cursor = 0
         state.threshold = None
+        _set_verdicts(state, params.initial_threshold)
     cursor = state.cursor
-    state.scores[cursor] = score
-    state.stamps[cursor] = state.stamp_ns
-    cursor = state.cursor = (cursor + 1) % params.window
+    ring[cursor] = score
+    state.stamp_ring[cursor] = state.stamp_ns
+    state.cursor = (cursor + 1) % params.window
     if state.filled < params.window:
         state.filled += 1
     if state.filled >= params.warmup_frames and (state.threshold is None or state.frames % params.update_every == 0):
         _update_adaptive(params, state)
     threshold = state.threshold if state.threshold is not None else params.initial_threshold
     if score >= threshold and score >= params.min_threshold and score > 0.0:
-        return Verdict(True, threshold, "score in the budgeted top quantile")
-    return Verdict(False, threshold, "score below the budgeted quantile")
+        return state.keep_verdict
+    return state.drop_verdict
+
+
+def _set_verdicts(state: PolicyState, threshold: float) -> None:
+    # a frame's verdict is immutable: share one per threshold instead of building one per frame
+    state.keep_verdict = Verdict(True, threshold, "score in the budgeted top quantile")
+    state.drop_verdict = Verdict(False, threshold, "score below the budgeted quantile")
 
 
 def _update_adaptive(params: AdaptiveParams, state: PolicyState) -> None:
     filled = state.filled
-    stamps = state.stamps[:filled] if filled < params.window else state.stamps
+    stamps = np.frombuffer(state.stamp_ring, np.int64)[:filled]
     span_ns = int(stamps.max()) - int(stamps.min())
     if span_ns <= 0:
         return
@@ -211,13 +223,14 @@ def _update_adaptive(params: AdaptiveParams, state: PolicyState) -> None:
     fraction = state.target_fraction(state.frames_per_s) / max(state.pass_ratio, 0.05)
     fraction = min(max(fraction, 0.0), 1.0)
     state.candidate_fraction = fraction
-    scores = state.scores[:filled] if filled < params.window else state.scores
+    scores = np.frombuffer(state.score_ring, np.float64)[:filled]
     if fraction <= 0.0:
         state.threshold = 1.0 + 1e-6
-        return
-    # the k-th largest score: exactly k of the window reach it (ties aside)
-    k = max(1, int(round(fraction * filled)))
-    state.threshold = float(np.partition(scores, filled - k)[filled - k])
+    else:
+        # the k-th largest score: exactly k of the window reach it (ties aside)
+        k = max(1, int(round(fraction * filled)))
+        state.threshold = float(np.partition(scores, filled - k)[filled - k])
+    _set_verdicts(state, state.threshold)
 
 
 def novelty_policy(score: float, result: Any, params: ScorePartParams, state: PolicyState) -> Verdict:
@@ -608,9 +621,6 @@ class Selector:
             state.stamp_ns = stamp_ns
             stats = self.stats
             stats.offered += 1
-            frames_bucket, bytes_bucket = self._frames_bucket, self._bytes_bucket
-            frames_bucket.refill(stamp_ns)
-            bytes_bucket.refill(stamp_ns)
             if active.random_fraction and self._rng.random() < active.random_fraction:
                 verdict = Verdict(True, None, "random sample (kept regardless of score)", random=True)
                 # the random fraction runs alongside the policy, which still sees the frame
@@ -618,9 +628,12 @@ class Selector:
             else:
                 verdict = active.policy(value, result, active.params, state)
             if not verdict.candidate:
-                return Decision(False, value, active.policy_name, verdict.threshold, verdict.reason,
-                                frame_tokens=frames_bucket.tokens, byte_tokens=bytes_bucket.tokens,
-                                _scores=scores, _weights=active.weights)
+                # buckets refill lazily, at the next candidate: nothing spends tokens in between, so
+                # one refill over the gap equals many small ones; the tokens shown here are as of
+                # the last candidate
+                return Decision(False, value, active.policy_name, verdict.threshold, verdict.reason, False, False,
+                                False, None, None, self._frames_bucket.tokens, self._bytes_bucket.tokens, None,
+                                scores, active.weights)
             return self._candidate(frame, result, stamp_ns, stream, robot_id, site, simulation, track_hint,
                                    value, verdict, active)
 
@@ -628,6 +641,8 @@ class Selector:
                    value: float, verdict: Verdict, active: _Active) -> Decision:
         stats, state, config = self.stats, self._state, active.config
         frames_bucket, bytes_bucket = self._frames_bucket, self._bytes_bucket
+        frames_bucket.refill(stamp_ns)
+        bytes_bucket.refill(stamp_ns)
         decision = Decision(False, value, active.policy_name, verdict.threshold, verdict.reason,
                             random=verdict.random, _scores=result.scores, _weights=active.weights)
         if not verdict.random:
@@ -675,11 +690,10 @@ class Selector:
             state.class_counts[label] += 1.0
         priority = max(value, config.random_priority) if verdict.random else value
         decision.record = UploadRecord(
-            image=np.array(frame, np.uint8, copy=True),
-            fields=self._sidecar_fields(result, stamp_ns, stream, robot_id, site, simulation, track_hint,
-                                        decision, embedding if config.record.include_embedding else None),
-            priority=float(priority), encoding=config.record.encoding, jpeg_quality=config.record.jpeg_quality,
-            on_encoded=self._on_encoded,
+            image=np.array(frame, np.uint8, copy=True), priority=float(priority), encoding=config.record.encoding,
+            jpeg_quality=config.record.jpeg_quality, on_encoded=self._on_encoded,
+            make_fields=partial(self._sidecar_fields, result, stamp_ns, stream, robot_id, site, simulation,
+                                track_hint, decision, embedding if config.record.include_embedding else None),
         )
         return decision
 
@@ -712,6 +726,9 @@ class Selector:
         """Return the budget and policy state (for diagnostics and the ROS node's status)."""
         with self._lock:
             state = self._state
+            if state.stamp_ns:
+                self._frames_bucket.refill(state.stamp_ns)
+                self._bytes_bucket.refill(state.stamp_ns)
             return {
                 "policy": self._active.policy_name,
                 "threshold": state.threshold,
