@@ -24,6 +24,8 @@ from fleetloop_core.errors import ConfigError
 from fleetloop_core.ros_convert import array_to_image, rgb8_to_compressed
 from fleetloop_ros.messages import time_msg
 
+_SETTLE_S = 0.5
+
 
 def sim_frames(count: int, height: int, width: int, site: int = 0, seed: int = 0) -> list[np.ndarray]:
     """Return ``count`` uint8 RGB frames of one simulated robot camera (rendered once, replayed in a loop)."""
@@ -52,11 +54,13 @@ class CameraReplayNode(Node):
     def __init__(self, topic: str = "camera/image_raw", rate_hz: float = 10.0, count: int = 0,
                  source: str = "sim", width: int = 128, height: int = 128, encoding: str = "rgb8",
                  compressed: bool = False, reliable: bool = False, frame_id: str = "camera", site: int = 0,
-                 node_name: str = "camera_replay", **node_kwargs):
+                 wait_subscribers: int = 0, node_name: str = "camera_replay", **node_kwargs):
         super().__init__(node_name, **node_kwargs)
         if rate_hz <= 0:
             raise ConfigError(f"camera replay: rate_hz must be > 0 (got {rate_hz})")
         self.count, self.sent = count, 0
+        self.wait_subscribers = wait_subscribers     # discovery takes a moment: frames sent before it are lost
+        self._matched_at: float | None = None
         self.frame_id = frame_id
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE) \
             if reliable else qos_profile_sensor_data
@@ -85,6 +89,15 @@ class CameraReplayNode(Node):
         return array_to_image(frame, encoding)
 
     def _tick(self) -> None:
+        if self.sent == 0 and self.wait_subscribers:
+            # matched on our side is not yet matched on theirs: give the other end half a second more
+            if self.publisher.get_subscription_count() < self.wait_subscribers:
+                self._matched_at = None
+                return
+            if self._matched_at is None:
+                self._matched_at = time.monotonic()
+            if time.monotonic() - self._matched_at < _SETTLE_S:
+                return
         if self.count and self.sent >= self.count:
             self._timer.cancel()
             self.get_logger().info(f"camera replay: sent {self.sent} frames")
@@ -123,22 +136,27 @@ def register(subparsers) -> None:
     parser.add_argument("--compressed", action="store_true", help="publish sensor_msgs/CompressedImage (jpeg)")
     parser.add_argument("--reliable", action="store_true", help="reliable QoS instead of sensor data")
     parser.add_argument("--site", type=int, default=0, help="simulated site index")
+    parser.add_argument("--wait-subscribers", type=int, default=0,
+                        help="start sending once this many subscribers are matched")
     parser.set_defaults(handler=_run)
 
 
 def _run(args) -> int:
     from fleetloop_ros.runner import run_nodes
-    node_box: list[CameraReplayNode] = []
+
+    def finished() -> bool:
+        return bool(made) and made[0].done
+
+    made: list[CameraReplayNode] = []
 
     def nodes() -> Sequence[Node]:
-        node = CameraReplayNode(args.topic, args.rate, args.count, args.source, args.width, args.height,
-                                args.encoding, args.compressed, args.reliable, site=args.site,
-                                namespace=args.namespace)
-        node_box.append(node)
-        return [node]
+        made.append(CameraReplayNode(args.topic, args.rate, args.count, args.source, args.width, args.height,
+                                     args.encoding, args.compressed, args.reliable, site=args.site,
+                                     wait_subscribers=args.wait_subscribers, namespace=args.namespace))
+        return made
 
-    duration = (args.count / args.rate + 1.0) if args.count else None
-    return run_nodes(nodes, [], threads=1, duration_s=duration)
+    # after the last frame, a second more for reliable delivery, then stop
+    return run_nodes(nodes, [], threads=1, until=finished if args.count else None, linger_s=1.0)
 
 
 def main(args: list[str] | None = None) -> int:

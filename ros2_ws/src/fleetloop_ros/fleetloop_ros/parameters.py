@@ -178,7 +178,7 @@ def to_nested(values: Mapping[str, Any], specs: Mapping[str, ParamSpec]) -> dict
                 value = None
             elif spec.type in (ParameterType.PARAMETER_DOUBLE_ARRAY, ParameterType.PARAMETER_INTEGER_ARRAY,
                                ParameterType.PARAMETER_BOOL_ARRAY, ParameterType.PARAMETER_STRING_ARRAY):
-                value = list(value)
+                value = list(value) if value is not None else []    # rcl reads `[]` in a YAML file as unset
         target = nested
         *parents, leaf = name.split(".")
         for part in parents:

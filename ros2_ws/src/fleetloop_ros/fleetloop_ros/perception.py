@@ -39,6 +39,7 @@ from fleetloop_ros.settings import PERCEPTION_READ_ONLY, ImageQos, PerceptionSet
 FrameSink = Callable[[np.ndarray, CoreFrameResult, Header, str], None]
 ErrorSink = Callable[[np.ndarray, Exception], None]
 _PLAUSIBLE_LATENCY_NS = 60 * 1_000_000_000   # stamps further away are not wall-clock capture times
+_MALFORMED_LOGGED = 20                        # malformed images logged one by one before every 100th
 
 
 def image_qos(kind: ImageQos) -> QoSProfile:
@@ -178,9 +179,12 @@ class PerceptionNode(Node):
         self._malformed.add()
         self._malformed_kinds[kind] += 1
         self._last_malformed = f"{stream}: {exc}"
-        self.get_logger().warning(
-            f"dropped malformed image on {stream} (stamp {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}, "
-            f"{self._malformed.total} so far): {exc}", throttle_duration_sec=2.0)
+        count = self._malformed.total
+        # every one of the first few, then every 100th: a broken camera driver must not flood the log
+        if count <= _MALFORMED_LOGGED or count % 100 == 0:
+            self.get_logger().warning(
+                f"dropped malformed image on {stream} (stamp {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}, "
+                f"{count} so far): {exc}")
 
     def _serving_versions(self) -> list[TierVersion]:
         models = (self.cascade.edge, self.cascade.escalation)

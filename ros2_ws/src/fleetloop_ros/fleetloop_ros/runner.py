@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Sequence
 
 import rclpy
@@ -18,8 +19,10 @@ log = logging.getLogger("fleetloop_ros")
 
 def run_nodes(factory: Callable[[], Sequence[Node]], args: Sequence[str] | None = None,
               threads: int = 4, duration_s: float | None = None,
-              on_ready: Callable[[Sequence[Node]], None] | None = None) -> int:
-    """Create the nodes, spin them until shutdown (Ctrl-C, or ``duration_s``), clean up; return an exit code.
+              on_ready: Callable[[Sequence[Node]], None] | None = None,
+              until: Callable[[], bool] | None = None, linger_s: float = 0.0) -> int:
+    """Create the nodes, spin them until shutdown (Ctrl-C, ``duration_s``, or ``until()`` then ``linger_s``
+    more seconds), clean up; return an exit code.
 
     The DDS transport variables are set before the ROS context exists (they are read when the
     participant is created).
@@ -45,7 +48,14 @@ def run_nodes(factory: Callable[[], Sequence[Node]], args: Sequence[str] | None 
             timer.daemon = True
             timer.start()
         try:
-            executor.spin()
+            if until is None:
+                executor.spin()
+            else:
+                while rclpy.ok() and not until():
+                    executor.spin_once(timeout_sec=0.1)
+                end = time.monotonic() + linger_s
+                while rclpy.ok() and time.monotonic() < end:
+                    executor.spin_once(timeout_sec=0.1)
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
         return 0

@@ -190,8 +190,8 @@ class RobotConfig:
                         wildcard_keys.update(flat)
                         used_wildcard.update(known)
                     self.parameters[node].update(known)
-        unknown_sections = [str(s) for s in data if not any(_matches(str(s), n, namespace) for n in NODE_SETTINGS)
-                            and not str(s).startswith("/")]
+        # a section for a node of another namespace is fine; one for a node we do not have is a typo
+        unknown_sections = [str(s) for s in data if str(s).rstrip("/").rsplit("/", 1)[-1] not in (*NODE_SETTINGS, "**")]
         if unknown_sections:
             raise ConfigError(f"{self.path}: unknown node {unknown_sections[0]!r} "
                               f"(known: {', '.join(NODE_SETTINGS)}, /**)")

@@ -1,0 +1,78 @@
+"""The robot bring-up arguments, shared by ``launch/robot.launch.py`` and ``fleetloop robot``.
+
+Both read the same robot YAML and turn the same arguments into the same per-node parameter
+overrides with :func:`node_overrides`, so a launch on a robot and ``fleetloop robot`` here start
+identical nodes. Arguments are strings (as launch passes them); an empty string keeps the YAML's
+value. No rclpy or launch import here: the launch file and the tests use it as plain Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from fleetloop_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One bring-up argument: name (launch spelling), default, what it sets."""
+
+    name: str
+    default: str
+    description: str
+
+
+ARGUMENTS: tuple[Argument, ...] = (
+    Argument("config", "", "robot YAML (ros__parameters per node); default: config/robot.yaml"),
+    Argument("robot_id", "", "robot id in sidecars, diagnostics and the control plane's thing name"),
+    Argument("namespace", "", "ROS namespace of every node, e.g. /robot7"),
+    Argument("image_topics", "", "comma-separated sensor_msgs/Image topics"),
+    Argument("compressed_topics", "", "comma-separated sensor_msgs/CompressedImage topics"),
+    Argument("store_uri", "", "object store the uploader drains to (file:///..., s3://bucket/prefix)"),
+    Argument("models_dir", "", "reference models directory (<dir>/T4, <dir>/T3)"),
+    Argument("control_plane", "", "deploy-job source: file:///dir or mqtts://endpoint:8883"),
+    Argument("use_gpu", "", "true: TensorRT -> CUDA -> CPU execution providers; false: CPU"),
+    Argument("composed", "true", "true: one process, frames passed in-process; false: one process per node"),
+)
+ARGUMENT_NAMES = tuple(a.name for a in ARGUMENTS)
+
+
+def parse_bool(name: str, text: str) -> bool:
+    """Return the boolean an argument string means; ConfigError naming the argument otherwise."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"argument {name}: expected true or false (got {text!r})")
+
+
+def parse_topics(text: str) -> list[str]:
+    """Return the topics of a comma-separated list."""
+    return [topic.strip() for topic in text.split(",") if topic.strip()]
+
+
+def node_overrides(values: Mapping[str, str | None]) -> dict[str, dict[str, object]]:
+    """Return {node: {dotted parameter: value}} for the arguments that were given (non-empty)."""
+    unknown = set(values) - set(ARGUMENT_NAMES)
+    if unknown:
+        raise ConfigError(f"unknown bring-up argument {sorted(unknown)[0]} (known: {', '.join(ARGUMENT_NAMES)})")
+    given = {name: str(value).strip() for name, value in values.items() if value is not None and str(value).strip()}
+    nodes: dict[str, dict[str, object]] = {"perception": {}, "model_manager": {}, "selector": {}, "uploader": {}}
+    if "robot_id" in given:
+        for node in nodes.values():
+            node["robot_id"] = given["robot_id"]
+        nodes["model_manager"]["control_plane.thing_name"] = given["robot_id"]
+    for name in ("image_topics", "compressed_topics"):
+        if name in given:
+            nodes["perception"][name] = nodes["selector"][name] = parse_topics(given[name])
+    if "store_uri" in given:
+        nodes["selector"]["queue.store"] = nodes["uploader"]["queue.store"] = given["store_uri"]
+    if "models_dir" in given:
+        nodes["perception"]["models_dir"] = given["models_dir"]
+    if "control_plane" in given:
+        nodes["model_manager"]["control_plane.uri"] = given["control_plane"]
+    if "use_gpu" in given:
+        nodes["perception"]["use_gpu"] = nodes["model_manager"]["use_gpu"] = parse_bool("use_gpu", given["use_gpu"])
+    return nodes
