@@ -128,6 +128,8 @@ def test_sweep_parsing_and_validation():
     settings = sweep_settings(base, ["policy.params.threshold=0.2,0.4", "dedup.enabled=true,false"])
     assert len(settings) == 4 and settings[1].label == "policy.params.threshold=0.2 dedup.enabled=False"
     assert settings[3].config.policy.params["threshold"] == 0.4 and not settings[3].config.dedup.enabled
+    switched = sweep_settings(selection_config({}), ["policy.name=threshold", "policy.params.threshold=0.2,0.4"])
+    assert [s.config.policy.params for s in switched] == [{"threshold": 0.2}, {"threshold": 0.4}]
     with pytest.raises(ConfigError, match="expected key=v1,v2"):
         parse_sweep("threshold")
     with pytest.raises(ConfigError, match=r"budget\.frames_per_hour.*-1"):

@@ -276,11 +276,13 @@ def sweep_settings(base: SelectionConfig, sweeps: Sequence[str] = ()) -> list[Se
     keys = [key for key, _ in axes]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"--sweep: a key is swept twice ({', '.join(keys)})")
+    varied = [key for key, values in axes if len(values) > 1] or keys
     settings = []
     for values in itertools.product(*(values for _, values in axes)):
         changes = dict(zip(keys, values))
         config = apply_changes(base, changes, source="--sweep " + " ".join(f"{k}={v}" for k, v in changes.items()))
-        settings.append(Setting(" ".join(f"{k}={v}" for k, v in changes.items()), changes, config))
+        # the label names what varies; keys held at one value are in every row of the CSV
+        settings.append(Setting(" ".join(f"{k}={changes[k]}" for k in varied), changes, config))
     return settings
 
 
@@ -437,7 +439,7 @@ def _offer(outcome: SettingResult, selectors: dict, i: int, item: BagFrame, resu
 
 # --------------------------------------------------------------------------- outputs
 
-CSV_COLUMNS = ("setting", "frames", "kept", "kept_fraction", "kept_per_hour", "bytes_per_hour", "random",
+CSV_COLUMNS = ("setting", "frames", "kept", "kept_fraction", "candidate_fraction", "kept_per_hour", "bytes_per_hour", "random",
                "duplicates", "budget_limited", "mean_score_kept", "mean_score_dropped", "threshold_median")
 
 
@@ -447,6 +449,7 @@ def _row(result: SettingResult, duration_s: float, labels: Sequence[str]) -> dic
         "frames": result.frames,
         "kept": result.kept,
         "kept_fraction": round(result.kept / result.frames, 6) if result.frames else 0.0,
+        "candidate_fraction": round(result.candidates / result.frames, 6) if result.frames else 0.0,
         "kept_per_hour": round(result.per_hour(result.kept, duration_s), 2),
         "bytes_per_hour": round(result.per_hour(result.kept_bytes, duration_s)),
         "random": result.random,
@@ -490,31 +493,46 @@ def write_outputs(report: ReplayReport, out: str | Path) -> list[Path]:
                 writer.writerow([result.setting.label, topic, index, round(score, 4), reason])
     paths.append(kept)
 
-    # kept fraction and bytes/hour versus the swept value
-    x_key = swept[0] if swept else None
+    # kept fraction and bytes/hour versus the swept value, with what the budget allows
+    varied = [k for k in swept if len({repr(r.setting.changes[k]) for r in report.results}) > 1]
+    x_key = varied[0] if varied else (swept[0] if swept else None)
     numeric = x_key is not None and all(isinstance(r.setting.changes[x_key], (int, float))
                                         and not isinstance(r.setting.changes[x_key], bool) for r in report.results)
+    robots = max(len(report.robots), 1)
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-    groups: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+    groups: dict[str, list[tuple[Any, dict[str, Any], SettingResult]]] = {}
     for result, row in zip(report.results, rows):
-        rest = " ".join(f"{k}={v}" for k, v in result.setting.changes.items() if k != x_key)
-        groups.setdefault(rest, []).append((result.setting.changes.get(x_key, result.setting.label), row))
+        rest = " ".join(f"{k}={v}" for k, v in result.setting.changes.items() if k in varied and k != x_key)
+        groups.setdefault(rest, []).append((result.setting.changes.get(x_key, result.setting.label), row, result))
     for rest, points in groups.items():
         if numeric:
             points.sort(key=lambda p: p[0])
         xs = [p[0] if numeric else str(p[0]) for p in points]
-        left.plot(xs, [p[1]["kept_fraction"] for p in points], marker="o", label=rest or None)
-        right.plot(xs, [p[1]["bytes_per_hour"] / 1e6 for p in points], marker="o", label=rest or None)
-    for axis, title in ((left, "kept fraction of frames"), (right, "upload MB per hour")):
+        line = left.plot(xs, [p[1]["kept_fraction"] for p in points], marker="o", label=f"kept {rest}".strip())[0]
+        left.plot(xs, [p[1]["candidate_fraction"] for p in points], marker="^", linestyle=":",
+                  color=line.get_color(), label=f"passed the policy {rest}".strip())
+        right.plot(xs, [p[1]["bytes_per_hour"] / 1e6 for p in points], marker="o", color=line.get_color(),
+                   label=rest or "uploaded")
+        if report.duration_s > 0 and report.frames:
+            frames_per_hour = report.frames * 3600.0 / report.duration_s
+            budget = [robots * p[2].setting.config.budget.frames_per_hour / frames_per_hour for p in points]
+            left.plot(xs, budget, linestyle="--", color=line.get_color(), alpha=0.6,
+                      label=f"budget{' ' + rest if rest else ''}")
+            right.plot(xs, [robots * p[2].setting.config.budget.bytes_per_hour / 1e6 for p in points],
+                       linestyle="--", color=line.get_color(), alpha=0.6, label=f"budget{' ' + rest if rest else ''}")
+    left.set_yscale("log")
+    for axis, title in ((left, "fraction of frames"), (right, "upload MB per hour (all robots)")):
         axis.set_xlabel(x_key or "setting")
-        axis.set_title(title)
+        axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
-        if len(groups) > 1:
-            axis.legend(fontsize=7)
-    figure.suptitle(f"{', '.join(Path(b).name for b in report.bag.split(', '))}: {report.frames} frames, {report.duration_s / 60:.1f} min", fontsize=9)
+        axis.legend(fontsize=7)
+    right.set_yscale("log")
+    names = ", ".join(Path(b).name for b in report.bag.split(", "))
+    figure.suptitle(f"{names}: {report.frames} frames from {robots} robot(s), {report.duration_s / 60:.1f} min",
+                    fontsize=9)
     figure.tight_layout()
     sweep_png = out / f"kept_vs_{(x_key or 'setting').replace('.', '_')}.png"
-    figure.savefig(sweep_png, dpi=110)
+    figure.savefig(sweep_png, dpi=100)
     plt.close(figure)
     paths.append(sweep_png)
 

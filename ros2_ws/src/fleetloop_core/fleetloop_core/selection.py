@@ -325,11 +325,14 @@ def apply_changes(config: SelectionConfig, changes: Mapping[str, Any], source: s
     Switching ``policy.name`` without new ``policy.params`` starts from the new policy's defaults.
     """
     data = config.model_dump()
-    params_given = False
-    for key, value in changes.items():
-        path = key.replace("__", ".").split(".")
-        params_given |= path[:2] == ["policy", "params"] or (
-            path == ["policy"] and isinstance(value, Mapping) and "params" in value)
+    dotted = {key.replace("__", "."): value for key, value in changes.items()}
+    new_name = dotted.get("policy.name")
+    if isinstance(dotted.get("policy"), Mapping):
+        new_name = dotted["policy"].get("name", new_name)
+    if new_name is not None and new_name != config.policy.name:
+        data["policy"]["params"] = {}      # the old policy's params mean nothing to the new one
+    for key, value in dotted.items():
+        path = key.split(".")
         target = data
         for part in path[:-1]:
             node = target.setdefault(part, {})
@@ -341,8 +344,6 @@ def apply_changes(config: SelectionConfig, changes: Mapping[str, Any], source: s
             target[last] = {**target[last], **value}
         else:
             target[last] = value
-    if data.get("policy", {}).get("name") != config.policy.name and not params_given:
-        data["policy"]["params"] = {}
     return selection_config(data, source)
 
 
