@@ -355,7 +355,8 @@ class MqttJobService:
                 topic = self._topic(thing, f"{job_id}/update/rejected")
             else:
                 execution.status = status
-                execution.details = {**execution.details, **iot_jobs.status_details(details)}
+                if details:      # as IoT Jobs: statusDetails given replace the old ones, absent keep them
+                    execution.details = iot_jobs.status_details(details)
                 execution.version_number += 1
                 execution.last_updated_at = iot_jobs.now_s()
                 terminal_now = status in iot_jobs.TERMINAL

@@ -74,35 +74,27 @@ def test_config_section_loads(repo_root):
     assert config.mqtt.topic_prefix == "$aws"
 
 
-class _Manager:
-    """Stands in for ModelManager's apply(): records calls (the real one is tested in test_model_manager)."""
+def test_agent_reports_progress_and_final_status_and_a_redelivered_job_is_applied_once(tmp_path, test_models,
+                                                                                      signing_keys):
+    from fleetloop_core import sim
+    from fixtures.model_packages import Robot
 
-    def __init__(self):
-        self.calls, self.done = [], {}
-
-    def apply(self, job_id, document, progress=None):
-        from fleetloop_core.model_manager import JobOutcome
-        if job_id not in self.done:
-            self.calls.append(job_id)
-            progress("downloading", {"step": "downloading"})
-            self.done[job_id] = JobOutcome(job_id, "SUCCEEDED", "ok", "edge", "v2", {"agreement": "1.0"})
-        return self.done[job_id]
-
-
-def test_agent_reports_progress_and_final_status_and_a_redelivered_job_is_applied_once(tmp_path):
-    plane = LocalControlPlane(tmp_path, "robot-0", poll_s=0.01)
-    manager = _Manager()
-    agent = DeployAgent(plane, manager, poll_s=0.05)
-    _queue(tmp_path, "robot-0", "j1", {"operation": "fleetloop.deploy_model"}, 1)
-    assert agent.run_once(0.5).status == "SUCCEEDED"
-    status = json.loads((tmp_path / "robot-0" / "status" / "j1.json").read_text())
-    assert status["status"] == "SUCCEEDED" and status["statusDetails"]["serving_version"] == "v2"
-    # the robot crashed before its report reached the cloud: the job is IN_PROGRESS again
-    (tmp_path / "robot-0" / "done" / "j1.json").rename(tmp_path / "robot-0" / "in_progress" / "j1.json")
-    (tmp_path / "robot-0" / "status" / "j1.json").unlink()
-    assert agent.run_once(0.5).status == "SUCCEEDED"
-    assert manager.calls == ["j1"]                        # applied once, reported twice
-    assert agent.run_once(0.05) is None
+    frames = [f.image for f in sim.CameraStream(sim.make_site(0, 0), "robot-0", seed=2).frames(8)]
+    robot = Robot(tmp_path, test_models, signing_keys, frames)
+    plane = LocalControlPlane(tmp_path / "jobs", "robot-0", poll_s=0.01)
+    agent = DeployAgent(plane, robot.manager, poll_s=0.05)
+    _queue(tmp_path / "jobs", "robot-0", "j1", robot.job(robot.package("v2")), 1)
+    with robot:
+        assert agent.run_once(0.5).status == "SUCCEEDED"
+        status = json.loads((tmp_path / "jobs" / "robot-0" / "status" / "j1.json").read_text())
+        assert status["status"] == "SUCCEEDED" and status["statusDetails"]["serving_version"] == "v2"
+        # the robot crashed before its report reached the cloud: the job is IN_PROGRESS again
+        (tmp_path / "jobs" / "robot-0" / "done" / "j1.json").rename(
+            tmp_path / "jobs" / "robot-0" / "in_progress" / "j1.json")
+        (tmp_path / "jobs" / "robot-0" / "status" / "j1.json").unlink()
+        assert agent.run_once(0.5).status == "SUCCEEDED"
+        assert agent.run_once(0.05) is None
+    assert robot.kinds().count("swapped") == 1 and robot.kinds()[-1] == "duplicate_job"   # applied once
 
 
 def test_job_dataclass_defaults():

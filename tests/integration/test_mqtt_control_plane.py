@@ -80,7 +80,8 @@ def test_job_round_trip_over_the_iot_jobs_topics(mqtt_broker, prefix):
         robot.update(job, "SUCCEEDED", {"serving_version": "2", "shadow_agreement": 0.98})
         state = service.executions("job-1")["robot-0"]
         assert state.status == "SUCCEEDED"
-        assert state.details == {"step": "downloading", "serving_version": "2", "shadow_agreement": "0.98"}
+        assert state.details == {"serving_version": "2", "shadow_agreement": "0.98"}
+        assert ("robot-0", "update:IN_PROGRESS") in service.requests
         with pytest.raises(ControlPlaneError, match="TerminalStateReached"):
             robot.update(job, "FAILED", {"reason": "late"})
         assert robot.next_job(0.5) is None

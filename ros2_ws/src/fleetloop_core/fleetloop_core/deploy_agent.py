@@ -60,7 +60,9 @@ class DeployAgent:
             return None
         log.info("%s: job %s received (%s)", self.plane.thing_name, job.job_id,
                  job.document.get("operation") if isinstance(job.document, dict) else "?")
-        outcome = self.manager.apply(job.job_id, job.document, progress=lambda step, details: self._progress(job, details))
+        # on the manager's own (lower-priority) job thread, so serving keeps the CPU
+        outcome = self.manager.submit(job.job_id, job.document,
+                                      progress=lambda step, details: self._progress(job, details)).result()
         self.outcomes.append(outcome)
         self._deliver(job, outcome)
         return outcome

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -89,6 +90,9 @@ class ModelManagerConfig(ConfigModel):
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     events_kept: int = Field(default=200, ge=1)
     jobs_kept: int = Field(default=200, ge=1)             # job outcomes remembered (duplicate detection)
+    # the job thread (download, load, warm-up, shadow check) runs this much "nicer" than serving, so on
+    # a busy CPU the frames win (Linux per-thread nice; 0 = same priority)
+    background_nice: int = Field(default=10, ge=0, le=19)
 
 
 def load_manager_config(path: str, section: str | None = "model_manager") -> ModelManagerConfig:
@@ -300,6 +304,17 @@ class _Watch:
     rolled_back_at: Optional[float] = None
 
 
+def _lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: threads have their own)."""
+    if nice <= 0:
+        return
+    try:
+        thread_id = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread_id, min(19, os.getpriority(os.PRIO_PROCESS, thread_id) + nice))
+    except (AttributeError, OSError) as exc:   # not Linux, or not allowed: run at normal priority
+        log.debug("model manager: cannot lower the job thread's priority (%s)", exc)
+
+
 Progress = Callable[[str, dict[str, str]], None]
 Loader = Callable[..., TierModel]
 
@@ -496,7 +511,9 @@ class ModelManager:
                 self._emit("duplicate_job", job_id=job_id, detail="job is already being applied")
                 return future
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-manager")
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-manager",
+                                                    initializer=_lower_priority,
+                                                    initargs=(self.config.background_nice,))
             future = self._executor.submit(self.apply, job_id, document, progress)
             self._in_flight[job_id] = future
             future.add_done_callback(lambda _f: self._in_flight.pop(job_id, None))
