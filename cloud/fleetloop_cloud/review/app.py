@@ -255,9 +255,14 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
         security.check_same_origin(request.headers)
         security.check_csrf(session, csrf)
         authenticated = session.authenticated or state.token is None or security.token_matches(state.token, token)
-        if not authenticated:
-            raise Unauthorized("wrong token")
-        security.sign_in(db().pool, session, annotator.strip(), True)
+        try:
+            if not authenticated:
+                raise Unauthorized("wrong token")
+            security.sign_in(db().pool, session, annotator.strip(), True)
+        except ReviewError as exc:
+            return templates.TemplateResponse(request, "login.html", {
+                "session": session, "next": _safe_next(next), "token_required": state.token is not None,
+                "error": str(exc), "active": "login"}, status_code=exc.status)
         return RedirectResponse(_safe_next(next), status_code=303)
 
     @app.post("/logout")
@@ -291,7 +296,8 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
         saved_target = overrides.read_overrides(state.overrides_path).get("routing", {}).get("target_accuracy")
         return page(request, "routing.html", session, target=value, choice=choice.to_dict(), sample=sample,
                     loop=loop, teachers=teachers(), saved=bool(saved), saved_target=saved_target,
-                    overrides_path=str(state.overrides_path), config_target=state.config.routing.target_accuracy,
+                    overrides_path=_shown_path(state.overrides_path), config_target=state.config.routing.target_accuracy,
+                    min_validation=state.config.routing.min_validation,
                     presets=(0.9, 0.95, 0.97, 0.98, 0.99, 0.995))
 
     @app.post("/tuning/routing")
@@ -328,7 +334,8 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
         sample = tuning.routing_sample(db().pool, teachers())
         curve = tuning.risk_coverage(sample.confidence, sample.correct, sample.agree, state.config.routing.bound_z)
         loop_value = (loop or {}).get("value")
-        return Response(plots.risk_coverage_png(curve, choice, loop_value), media_type="image/png",
+        return Response(plots.risk_coverage_png(curve, choice, loop_value, state.config.routing.min_validation),
+                        media_type="image/png",
                         headers={"Cache-Control": "no-store"})
 
     def _sweeps() -> list[tuning.SweepFile]:
@@ -496,6 +503,13 @@ def security_error(token: Optional[str]) -> Unauthorized:
     if token is not None:
         return Unauthorized("sign in with the review page's token first (/login)")
     return Unauthorized("sign in first (/login)")
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _safe_next(value: str) -> str:

@@ -18,10 +18,17 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def risk_coverage_png(curve: RiskCoverage, choice: Optional[RoutingChoice], loop_threshold: Optional[float]) -> bytes:
-    """Return the risk-coverage plot: accuracy (and its Wilson lower bound) vs auto-accepted fraction."""
+def risk_coverage_png(curve: RiskCoverage, choice: Optional[RoutingChoice], loop_threshold: Optional[float],
+                      min_validation: int = 0) -> bytes:
+    """Return the risk-coverage plot: accuracy (and its Wilson lower bound) vs auto-accepted fraction.
+
+    Left of ``min_validation`` accepted frames (grey) the loop does not set a threshold at all.
+    """
     figure = Figure(figsize=(7.2, 4.0))
     axis = figure.add_subplot(1, 1, 1)
+    if len(curve) and min_validation > 0:
+        axis.axvspan(0, min_validation / max(curve.frames, 1), color="0.85", alpha=0.6,
+                     label=f"fewer than {min_validation} accepted: no threshold")
     if len(curve):
         axis.plot(curve.coverage, curve.accuracy, color="#1f77b4", label="accuracy of auto-accepted")
         axis.plot(curve.coverage, curve.lower, color="#1f77b4", linestyle=":", label="Wilson lower bound")

@@ -1,0 +1,328 @@
+"""The review page in a real browser: Debian's Chromium driven by Playwright, the app on a real port.
+
+Pools are seeded by the cloud loop itself (fixtures.review_page); what the page writes is checked
+in the pool, and the loop's next review step collects it. Screenshots go to test-artifacts/review/.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+from fleetloop_core.dataset import LABELS
+
+from fleetloop_cloud.autolabel import combine
+from fleetloop_cloud.config import load_cloud_config
+from fleetloop_cloud.pipeline import CloudLoop
+from fleetloop_cloud.review.app import create_app
+from fleetloop_cloud.review.items import teachers
+from fleetloop_cloud.review.leases import REVIEW_BACKEND
+
+from fixtures.review_page import ReviewServer, free_port
+
+VIEWPORT = {"width": 1400, "height": 860}
+
+
+def _sign_in(page, url, name):
+    """Sign in with the keyboard only (the name field has the focus)."""
+    page.goto(url + "/label")
+    page.wait_for_selector("#annotator-name")
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-ready='1']")
+
+
+def _wait_frame(page):
+    page.wait_for_function("() => { const i = document.getElementById('frame');"
+                           " return i.hidden || (i.complete && i.naturalWidth > 0 && i.dataset.loaded === i.src); }")
+    return int(page.get_attribute("body", "data-task") or 0)
+
+
+def _press(page, key, task):
+    page.keyboard.press(key)
+    page.wait_for_function(f"() => document.body.dataset.task !== '{task}'")
+
+
+def test_label_twenty_frames_with_the_keyboard_only(review_world, browser, artifacts):
+    world = review_world("waiting")
+    with ReviewServer(create_app(world.pool_path, world.config)) as server:
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        _sign_in(page, server.url, "ann")
+        keys = ["Enter", "3", "Enter", "n", "7", "Enter", "x", "0", "9", "Enter",
+                "1", "Enter", "2", "n", "Enter", "5", "6", "Enter", "8", "4"]
+        pressed = {}
+        for number, key in enumerate(keys):
+            task = _wait_frame(page)
+            assert task, "the queue ran dry"
+            pressed[task] = key
+            if number == 12:
+                page.screenshot(path=str(artifacts / "label.png"))
+            _press(page, key, task)
+        page.wait_for_selector("#rates tr[data-annotator='ann']")
+        assert page.inner_text("#rates tr[data-annotator='ann'] td:nth-child(4)") == "20"
+    with world.pool() as pool:
+        for task_id, key in pressed.items():
+            task = pool.task(task_id)
+            assert task.annotator == "ann" and task.backend == REVIEW_BACKEND
+            assert 0 < task.seconds < 120, "measured seconds, not the cost model's constant"
+            if key == "x":
+                assert task.status == "failed" and task.error.startswith("unusable")
+                continue
+            expected = task.suggestion if key == "Enter" else (10 if key == "n" else int(key))
+            assert (task.status, task.answer) == ("done", expected)
+        assert len([t for t in pool.tasks(status=("done", "failed")) if t.annotator == "ann"]) == 20
+    # the loop's next review step collects the page's answers into human labels
+    with CloudLoop(world.config, progress=False) as loop:
+        loop.review()
+        labels = loop.pool.labels()
+        for task_id, key in pressed.items():
+            task = loop.pool.task(task_id)
+            if key != "x":
+                assert labels[task.frame_id].label == task.answer and labels[task.frame_id].source == "human"
+
+
+def test_undo_relabel_and_arrows(review_world, browser):
+    world = review_world("waiting")
+    with ReviewServer(create_app(world.pool_path, world.config)) as server:
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        _sign_in(page, server.url, "ann")
+        answered = []
+        for key in ("1", "2", "3"):
+            task = _wait_frame(page)
+            answered.append(task)
+            _press(page, key, task)
+        in_hand = _wait_frame(page)
+        # U: the newest answer comes back; it can be relabeled; the frame in hand waits behind it
+        _press(page, "u", in_hand)
+        assert _wait_frame(page) == answered[-1]
+        with world.pool() as pool:
+            assert (pool.task(answered[-1]).status, pool.task(answered[-1]).answer) == ("submitted", None)
+        _press(page, "8", answered[-1])
+        assert _wait_frame(page) == in_hand
+        with world.pool() as pool:
+            assert pool.task(answered[-1]).answer == 8
+        # arrows: back through my answers, forward again; digits do nothing on an old answer
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function(f"() => document.body.dataset.task === '{answered[-1]}'")
+        assert page.get_attribute("body", "data-mode") == "history"
+        assert "bag" in page.inner_text("#mode")
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function(f"() => document.body.dataset.task === '{answered[-2]}'")
+        page.keyboard.press("5")
+        assert "press U" in page.inner_text("#status")
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"() => document.body.dataset.task === '{in_hand}'")
+        # at the newest frame, the right arrow skips it: it goes back to the queue
+        _press(page, "ArrowRight", in_hand)
+        with world.pool() as pool:
+            assert pool.task(in_hand).status == "submitted" and pool.task(answered[-2]).answer == 2
+
+
+def test_two_browsers_never_receive_the_same_item(review_world, browser):
+    world = review_world("waiting")
+    with ReviewServer(create_app(world.pool_path, world.config)) as server:
+        pages = {}
+        for name in ("ann", "bob"):
+            pages[name] = browser.new_context(viewport=VIEWPORT).new_page()
+            _sign_in(pages[name], server.url, name)
+        seen = {"ann": [], "bob": []}
+        for round_number in range(6):
+            current = {name: _wait_frame(page) for name, page in pages.items()}
+            assert current["ann"] != current["bob"], "two annotators hold the same task"
+            for name, page in pages.items():
+                seen[name].append(current[name])
+                _press(page, str(round_number), current[name])
+        assert not set(seen["ann"]) & set(seen["bob"])
+    with world.pool() as pool:
+        done = [t for t in pool.tasks(status="done")]
+        by = {name: {t.frame_id for t in done if t.annotator == name} for name in ("ann", "bob")}
+        assert len(by["ann"]) == len(by["bob"]) == 6 and not by["ann"] & by["bob"]
+
+
+def _write_config(world, tmp_path):
+    path = tmp_path / "cloud.yaml"
+    path.write_text(yaml.safe_dump(world.data))
+    return path
+
+
+def test_a_non_loopback_bind_requires_the_token(review_world, browser, tmp_path):
+    world = review_world("waiting")
+    config_path = _write_config(world, tmp_path)
+    port = free_port("127.0.0.2")
+    page_config = tmp_path / "review_page.yaml"
+    page_config.write_text(yaml.safe_dump({"port": port, "replay_dirs": [str(tmp_path / "replay")]}))
+    env = {**os.environ}
+    env.pop("FLEETLOOP_REVIEW_TOKEN", None)
+    process = subprocess.Popen([sys.executable, "-m", "fleetloop_cloud.cli", "review", "serve", "--host", "127.0.0.2",
+                                "--config", str(config_path), "--page-config", str(page_config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        token = None
+        deadline = time.monotonic() + 60
+        while token is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, "the server exited"
+            found = re.search(r"token \(printed once.*\): (\S+)$", line.strip())
+            token = found.group(1) if found else None
+        assert token and len(token) >= 32
+        url = f"http://127.0.0.2:{port}"
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        for path in ("/api/counters", f"/frame/{'0' * 64}.png", "/plots/robots.png"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + path, timeout=5)
+            assert refused.value.code == 401
+        context = browser.new_context(viewport=VIEWPORT)
+        page = context.new_page()
+        response = page.goto(url + "/label")
+        assert response.status == 401 and page.is_visible("#token")       # sent to sign-in, token asked
+        page.fill("#annotator-name", "eve")
+        page.fill("#token", "not-the-token-" + "x" * 20)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#login-error")
+        assert "wrong token" in page.inner_text("#login-error")
+        assert context.request.get(url + "/api/counters").status == 401
+        page.goto(url + f"/login?token={token}")                           # the printed sign-in link
+        assert "token=" not in page.url
+        page.fill("#annotator-name", "eve")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("body[data-ready='1']")
+        assert context.request.get(url + "/api/counters").status == 200
+        assert _wait_frame(page) > 0
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_writes_need_the_session_csrf_token_and_this_origin(review_world, browser):
+    world = review_world("waiting")
+    with ReviewServer(create_app(world.pool_path, world.config)) as server:
+        context = browser.new_context(viewport=VIEWPORT)
+        page = context.new_page()
+        _sign_in(page, server.url, "ann")
+        task = _wait_frame(page)
+        csrf = page.get_attribute("meta[name='csrf-token']", "content")
+        body = {"task_id": task, "action": "label", "label": 3, "seconds": 1.0}
+        headers = {"Content-Type": "application/json"}
+        assert context.request.post(server.url + "/api/answer", data=json.dumps(body), headers=headers).status == 403
+        cross = {**headers, "X-CSRF-Token": csrf, "Origin": "http://evil.example"}
+        assert context.request.post(server.url + "/api/answer", data=json.dumps(body), headers=cross).status == 403
+        bad = context.request.post(server.url + "/api/answer", headers={**headers, "X-CSRF-Token": csrf},
+                                   data=json.dumps({**body, "label": 12}))
+        assert bad.status == 422 and "label" in bad.json()["error"]
+        assert context.request.get(server.url + "/frame/..%2F..%2Fetc%2Fpasswd").status == 404
+        # a page on another site cannot post into the review page (its cookie is SameSite=Strict)
+        other = ReviewServer(create_app(world.pool_path, world.config), host="127.0.0.1")
+        with other:
+            evil = context.new_page()
+            evil.goto(other.url + "/healthz")
+            status = evil.evaluate(
+                """async ([url, body]) => { try { const r = await fetch(url + '/api/answer', {method: 'POST',
+                   credentials: 'include', headers: {'Content-Type': 'application/json'}, body}); return r.status; }
+                   catch (e) { return 'blocked'; } }""", [server.url, json.dumps(body)])
+            assert status in (401, 403, "blocked")
+        ok = context.request.post(server.url + "/api/answer", headers={**headers, "X-CSRF-Token": csrf},
+                                  data=json.dumps(body))
+        assert ok.status == 200
+    with world.pool() as pool:
+        assert pool.task(task).answer == 3
+
+
+def test_routing_view_plots_the_curve_and_saves_the_target_the_loop_reads(review_world, browser, artifacts, tmp_path):
+    world = review_world("routed")
+    config_path = _write_config(world, tmp_path)
+    app = create_app(world.pool_path, load_cloud_config(config_path), config_path=config_path)
+    with ReviewServer(app) as server:
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        _sign_in(page, server.url, "ann")
+        page.goto(server.url + "/tuning/routing?target=0.995")
+        assert "nothing is auto-accepted" in page.inner_text("#implied-threshold")   # the test teachers are weak
+        page.fill("#target", "0.8")
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/tuning/routing?target=0.8")
+        page.wait_for_function("() => { const i = document.getElementById('risk-coverage');"
+                               " return i.complete && i.naturalWidth > 600; }")
+        assert int(page.inner_text("#validation-frames")) >= 20
+        threshold = float(page.inner_text("#implied-threshold"))
+        assert 0 < threshold < 1 and not page.inner_text("#implied-pool").startswith("0.0 %")
+        page.screenshot(path=str(artifacts / "routing.png"), full_page=True)
+        page.click("#save-target")
+        page.wait_for_selector("#saved")
+    saved = yaml.safe_load((tmp_path / "cloud.local.yaml").read_text())
+    assert saved == {"routing": {"target_accuracy": 0.8}}
+    assert load_cloud_config(config_path).routing.target_accuracy == 0.8      # what the loop loads next
+
+
+def test_audit_grid_confirms_and_corrects_many_auto_labels(review_world, browser, artifacts):
+    world = review_world("routed")
+    with world.pool() as pool:
+        # audit tasks as the loop makes them (suggestion: the teachers' auto-label), sent to the page
+        state = teachers(pool, world.config)
+        frames = [r["id"] for r in pool.frames()][:8]
+        probs = [pool.predictions(tier, version, frames)[0] for tier, version in state.versions.items()]
+        auto = combine(probs[0], probs[1], state.temperature).label
+        accepted = [(f, int(label)) for f, label in zip(frames, auto)]
+        ids = pool.add_tasks(pool.last_round(), "audit", accepted)
+        pool.mark_submitted(ids, REVIEW_BACKEND, [None] * len(ids))
+    with ReviewServer(create_app(world.pool_path, world.config)) as server:
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        _sign_in(page, server.url, "ann")
+        page.goto(server.url + "/audit")
+        page.wait_for_selector("body[data-cells='8']")
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowRight")                     # third cell: correct it
+        first_wrong = (accepted[2][1] + 1) % 11
+        page.keyboard.press("n" if first_wrong == 10 else str(first_wrong))
+        page.keyboard.press("x")                              # fourth cell (focus moved on): unusable
+        page.screenshot(path=str(artifacts / "audit.png"))
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('submitted 8')")
+    with world.pool() as pool:
+        tasks = [pool.task(i) for i in ids]
+        assert [t.status for t in tasks] == ["done"] * 3 + ["failed"] + ["done"] * 4
+        assert [t.answer for t in tasks if t.status == "done"] == \
+            [accepted[0][1], accepted[1][1], first_wrong] + [a[1] for a in accepted[4:]]
+        assert all(t.annotator == "ann" and t.seconds > 0 for t in tasks)
+
+
+def test_robots_view_plots_a_replay_sweep_and_uploads_per_robot(review_world, browser, artifacts, tmp_path,
+                                                                test_models):
+    from fleetloop_core.replay import replay, write_outputs
+    from fleetloop_core.selection import selection_config
+    import importlib.util
+    from fixtures.review_page import ROOT
+
+    spec = importlib.util.spec_from_file_location("make_sample_bag", ROOT / "scripts" / "make_sample_bag.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(tmp_path / "bag"), "--frames", "20", "--robots", "2", "--storage", "mcap"]) == 0
+    report = replay(tmp_path / "bag", test_models["T4"].parent, selection_config({}),
+                    ["budget.frames_per_hour=60,600,6000"], progress=False)
+    write_outputs(report, tmp_path / "replay" / "sample")
+    world = review_world("routed")
+    from fleetloop_cloud.review.settings import ReviewPageConfig
+    settings = ReviewPageConfig(replay_dirs=(str(tmp_path / "replay"),))
+    with ReviewServer(create_app(world.pool_path, world.config, settings=settings)) as server:
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        _sign_in(page, server.url, "ann")
+        page.goto(server.url + "/tuning/robots")
+        for image in ("sweep-plot", "robots-plot"):
+            page.wait_for_function(f"() => {{ const i = document.getElementById('{image}');"
+                                   " return i.complete && i.naturalWidth > 600; }")
+        assert page.locator("#sweep-table tbody tr").count() == 3
+        rows = page.locator("#robot-table tbody tr")
+        assert rows.count() == 2 and "robot-1" in rows.nth(0).inner_text()
+        page.screenshot(path=str(artifacts / "robots.png"), full_page=True)
