@@ -165,6 +165,8 @@ def test_shadow_verdict_thresholds():
     assert not report.passed and "agreement" in report.reasons[0]
     slow = shadow_verdict(current, current, fast, [0.080] * 20, config)
     assert not slow.passed and any("latency p99 80.00 ms" in r for r in slow.reasons)
+    busy = shadow_verdict(current, current, [0.060] * 20, [0.080] * 20, config)   # both slow: a busy CPU
+    assert busy.passed, busy.reasons
     ratio = shadow_verdict(current, current, [0.004] * 20, [0.0125] * 20, config)
     assert not ratio.passed and "median latency 12.50 ms" in ratio.reasons[0]
     assert "3.0 x the current model's 4.00 ms" in ratio.reasons[0]
@@ -186,6 +188,8 @@ def test_watchdog_verdict_limits():
     assert "error rate" in watchdog_verdict(WatchStats([0.001] * 7, [0.8] * 7, 3, 10), 0.001, 0.8, config)
     assert "confidence collapsed" in watchdog_verdict(WatchStats([0.001] * 10, [0.3] * 10, 0, 10), 0.001, 0.8, config)
     assert "latency p95" in watchdog_verdict(WatchStats([0.030] * 10, [0.8] * 10, 0, 10), 0.001, 0.8, config)
+    assert watchdog_verdict(WatchStats([0.030] * 10, [0.8] * 10, 0, 10), 0.025, 0.8, config,
+                            baseline_p95_s=0.028) is None          # it was over the limit before: busy CPU
     assert "median latency" in watchdog_verdict(WatchStats([0.010] * 10, [0.8] * 10, 0, 10), 0.002, 0.8, config)
 
 
