@@ -237,11 +237,14 @@ class LiveParameters(Generic[S]):
         self.specs.update({spec.name: spec for spec in extra_specs})
         values = {}
         for spec in self.specs.values():
+            # rclpy types an empty list as a byte array: declare empty lists by their type alone
+            initial = Parameter.Type(spec.type) if isinstance(spec.value, list) and not spec.value else spec.value
             try:
-                parameter = node.declare_parameter(spec.name, spec.value, spec.descriptor())
+                parameter = node.declare_parameter(spec.name, initial, spec.descriptor())
             except InvalidParameterTypeException as exc:
-                raise ConfigError(f"{self._source}: {spec.name} has the wrong type ({exc}); "
-                                  f"write floats with a decimal point, e.g. 1.0") from None
+                hint = "; write floats with a decimal point, e.g. 1.0" \
+                    if spec.type == ParameterType.PARAMETER_DOUBLE else ""
+                raise ConfigError(f"{self._source}: {spec.name} has the wrong type ({exc}){hint}") from None
             values[spec.name] = parameter.value
         self._values = values
         self.current: S = self._validate(values)

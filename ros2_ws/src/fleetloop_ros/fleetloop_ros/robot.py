@@ -30,7 +30,9 @@ def node_overrides(node: str, settings: Any) -> list[Parameter]:
     if isinstance(settings, SelectorSettings):
         params = policy_params(settings.selection, "selection")
         specs += parameter_specs(params, prefix="selection.policy.params.")
-    return [Parameter(spec.name, Parameter.Type(spec.type), spec.value) for spec in specs]
+    # an empty list travels as "not set", as rcl reads `[]` from a parameter file (rclpy would type it bytes)
+    return [Parameter(spec.name, Parameter.Type.NOT_SET, None) if spec.value == [] and isinstance(spec.value, list)
+            else Parameter(spec.name, Parameter.Type(spec.type), spec.value) for spec in specs]
 
 
 def build_robot(config: RobotConfig | None = None, namespace: str = "", composed: bool = True,
