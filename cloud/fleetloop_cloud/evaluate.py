@@ -34,6 +34,8 @@ from fleetloop_cloud.pool import Pool
 class TestSet:
     """Frames (list of RGB uint8), labels (N,) and the site of each frame."""
 
+    __test__ = False          # not a pytest test class
+
     name: str
     images: list[np.ndarray]
     labels: np.ndarray

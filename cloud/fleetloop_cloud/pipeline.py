@@ -164,7 +164,7 @@ class CloudLoop:
         if status in FINISHED:
             log.info("round %d: %s already %s", round_number, step, status)
             return info
-        cpu_started = time.process_time()
+        cpu_started, wall_started = time.process_time(), time.perf_counter()
         self.pool.set_step(round_number, step, "running", info)
         try:
             result = body(round_number)
@@ -173,6 +173,7 @@ class CloudLoop:
             raise
         status = result.pop("_status", "done")
         result["cpu_seconds"] = round(result.get("cpu_seconds", 0.0) + time.process_time() - cpu_started, 3)
+        result["wall_seconds"] = round(result.get("wall_seconds", 0.0) + time.perf_counter() - wall_started, 3)
         self.pool.set_step(round_number, step, status, result)
         return result
 
@@ -195,8 +196,9 @@ class CloudLoop:
         """Step 1: new frames + sidecars from the store into the pool."""
         def body(round_number: int) -> dict:
             report = ingest_frames(self.store, self.pool, self.cache, round_number, self.config.ingest,
-                                   labels=self.labels, progress=self.progress)
-            return report.to_dict()
+                                   labels=self.labels, progress=self.progress).to_dict()
+            report.pop("cpu_seconds")          # _run measures the step's CPU time
+            return report
         return self._run("ingest", body)
 
     # ================================================================== autolabel
@@ -216,7 +218,9 @@ class CloudLoop:
             report = run_teachers(self.pool, self.cache, teachers, ids, self.config.autolabel.batch_size,
                                   progress=self.progress)
             self.pool.set_state([r["id"] for r in self.pool.frames(state="new")], "auto_labeled")
-            return report.to_dict()
+            report = report.to_dict()
+            report.pop("cpu_seconds")          # _run measures the step's CPU time
+            return report
         return self._run("autolabel", body)
 
     # ================================================================== review

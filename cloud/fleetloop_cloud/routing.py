@@ -43,7 +43,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - spread), min(1.0, centre + spread)
+    low = 0.0 if successes == 0 else max(0.0, centre - spread)
+    high = 1.0 if successes == n else min(1.0, centre + spread)
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def derive_tracks(robots: Sequence[str], streams: Sequence[str], stamps_ns: np.n
                 similarity = float(np.dot(embeddings[previous], embeddings[i]))
                 joined = similarity >= min_similarity
         if not joined:
-            chain_key = f"{robots[i]}/{streams[i]}/auto:{frame_ids[i][:16]}"
+            chain_key = f"{robots[i]}/{streams[i]}/auto:{frame_ids[i]}"
         keys[i] = chain_key
         previous = i
     return keys

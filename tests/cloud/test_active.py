@@ -1,0 +1,54 @@
+"""Cloud active learning strategies (registered by name)."""
+
+import numpy as np
+import pytest
+
+from fleetloop_core.errors import ConfigError
+
+from fleetloop_cloud import active
+
+
+def _clusters(rng):
+    """Three tight clusters on the unit circle: 30, 30 and 3 frames."""
+    centres = np.array([[1, 0], [0, 1], [-1, 0]], np.float32)
+    sizes = (30, 30, 3)
+    points = np.concatenate([c + rng.normal(0, 0.02, (s, 2)) for c, s in zip(centres, sizes)])
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return points.astype(np.float32), np.repeat([0, 1, 2], sizes)
+
+
+def test_registry_names_and_unknown_name_is_an_error():
+    assert set(active.STRATEGIES) == {"random", "uncertainty", "diversity", "uncertainty-diversity"}
+    with pytest.raises(ConfigError, match=r"unknown strategy 'coreset'.*known: random"):
+        active.select("coreset", np.zeros((3, 2)), np.zeros(3), 1, np.random.default_rng(0))
+
+
+def test_diversity_covers_every_cluster_where_random_and_uncertainty_do_not_have_to():
+    rng = np.random.default_rng(0)
+    points, cluster = _clusters(rng)
+    uncertainty = np.where(cluster == 0, 0.9, 0.1)
+    picked = active.select("diversity", points, uncertainty, 3, np.random.default_rng(1))
+    assert set(cluster[picked]) == {0, 1, 2}
+    top = active.select("uncertainty", points, uncertainty, 3, np.random.default_rng(1))
+    assert set(cluster[top]) == {0}
+    # weighted k-center: covers the space too, starting where the teachers are unsure
+    both = active.select("uncertainty-diversity", points, uncertainty, 3, np.random.default_rng(1))
+    assert set(cluster[both]) == {0, 1, 2} and cluster[both[0]] == 0
+
+
+def test_already_labeled_regions_count_for_diversity():
+    rng = np.random.default_rng(0)
+    points, cluster = _clusters(rng)
+    labeled = points[cluster != 2][:2]
+    labeled = np.concatenate([points[cluster == 0][:1], points[cluster == 1][:1]])
+    picked = active.select("diversity", points, np.zeros(len(points)), 1, np.random.default_rng(0), labeled)
+    assert cluster[picked[0]] == 2
+
+
+def test_random_is_seeded_and_order_returns_a_permutation():
+    points, _ = _clusters(np.random.default_rng(0))
+    a = active.select("random", points, np.zeros(len(points)), 5, np.random.default_rng(7))
+    b = active.select("random", points, np.zeros(len(points)), 5, np.random.default_rng(7))
+    assert (a == b).all()
+    order = active.order("uncertainty-diversity", points, np.linspace(0, 1, len(points)), np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(len(points)))

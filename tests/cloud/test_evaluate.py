@@ -1,0 +1,39 @@
+"""The gate (pure) and per-site / per-class scoring."""
+
+import numpy as np
+
+from fleetloop_cloud.config import EvaluationConfig
+from fleetloop_cloud.evaluate import Scores, TestSet, gate, score
+
+
+def _scores(overall, sites, classes):
+    return Scores(overall=overall, frames=1000, per_site=sites, per_class=classes)
+
+
+CONFIG = EvaluationConfig(min_gain=0.01, max_class_regression=0.05, max_site_regression=0.03, min_support=20)
+
+
+def test_promotes_a_better_model_with_no_regression():
+    before = _scores(0.80, {"site-0": (0.8, 500), "site-1": (0.8, 500)}, {"bag": (0.7, 100)})
+    after = _scores(0.85, {"site-0": (0.84, 500), "site-1": (0.86, 500)}, {"bag": (0.69, 100)})
+    decision = gate(before, after, CONFIG)
+    assert decision.promote and decision.gain == 0.85 - 0.80
+
+
+def test_blocks_too_small_a_gain_and_site_or_class_regressions():
+    before = _scores(0.80, {"site-0": (0.8, 500), "site-1": (0.8, 500)}, {"bag": (0.7, 100), "none": (0.9, 10)})
+    assert not gate(before, _scores(0.805, before.per_site, before.per_class), CONFIG).promote
+    worse_site = _scores(0.85, {"site-0": (0.95, 500), "site-1": (0.75, 500)}, before.per_class)
+    decision = gate(before, worse_site, CONFIG)
+    assert not decision.promote and "site:site-1" in decision.regressions
+    worse_class = _scores(0.85, {"site-0": (0.85, 500), "site-1": (0.85, 500)}, {"bag": (0.6, 100), "none": (0.5, 10)})
+    decision = gate(before, worse_class, CONFIG)
+    assert not decision.promote and set(decision.regressions) == {"class:bag"}   # 'none' has 10 < 20 frames
+
+
+def test_score_per_site_and_class():
+    test = TestSet("t", [np.zeros((4, 4, 3), np.uint8)] * 4, np.array([0, 0, 1, 10]), np.array(["a", "a", "b", "b"]))
+    result = score(np.array([0, 1, 1, 10]), test)
+    assert result.overall == 0.75
+    assert result.per_site == {"a": (0.5, 2), "b": (1.0, 2)}
+    assert result.per_class == {"t-shirt": (0.5, 2), "trouser": (1.0, 1), "none": (1.0, 1)}

@@ -1,0 +1,134 @@
+"""Ingest: frames + sidecars from a store into the pool; bad input quarantined with a reason."""
+
+import hashlib
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from fleetloop_core.sidecar import Decision, Sidecar, SimulationTruth, frame_key, sidecar_key
+from fleetloop_core.store import open_store
+
+from fleetloop_cloud.config import IngestConfig
+from fleetloop_cloud.frames import FrameCache
+from fleetloop_cloud.ingest import augmented_manifest, hamming, ingest, perceptual_hash, write_jsonl
+from fleetloop_cloud.pool import Pool
+
+START = 1_790_000_000 * 10**9
+
+
+def _png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def _frame(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    return cv2.resize(small, (64, 64), interpolation=cv2.INTER_LINEAR)
+
+
+def _upload(store, robot: str, image: np.ndarray, index: int, label: int = 3, write_sidecar: bool = True,
+            write_frame: bool = True, **changes) -> Sidecar:
+    data = _png(image)
+    sidecar = Sidecar(robot_id=robot, stamp_ns=START + index * 10**8, frame_sha256=hashlib.sha256(data).hexdigest(),
+                      width=image.shape[1], height=image.shape[0],
+                      labels=["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                              "ankle-boot", "none"],
+                      decision=Decision(policy="test", score=0.5, random=index % 2 == 0),
+                      embedding=[0.6, 0.8], site="site-0", track_hint="t1",
+                      simulation=SimulationTruth(label=label, track_id=1, site="site-0"))
+    sidecar = sidecar.model_copy(update=changes)
+    if write_frame:
+        store.put_bytes(frame_key(sidecar), data)
+    if write_sidecar:
+        store.put_bytes(sidecar_key(sidecar), sidecar.to_json().encode())
+    return sidecar
+
+
+@pytest.fixture
+def setup(tmp_path):
+    store = open_store(f"file://{tmp_path / 'store'}")
+    pool = Pool(tmp_path / "pool.sqlite")
+    cache = FrameCache(tmp_path / "frames", store)
+    return store, pool, cache
+
+
+def test_ingest_validates_caches_and_is_idempotent(setup):
+    store, pool, cache = setup
+    sidecars = [_upload(store, "r1", _frame(i), i) for i in range(4)]
+    report = ingest(store, pool, cache, 1, IngestConfig(), progress=False)
+    assert report.ingested == 4 and not report.quarantined
+    rows = pool.frames()
+    assert {r["id"] for r in rows} == {s.frame_sha256 for s in sidecars}
+    row = pool.frame(sidecars[0].frame_sha256)
+    assert (row["state"], row["random"], row["track_hint"], row["sim_label"]) == ("new", 1, "t1", 3)
+    assert cache.path(row["id"], row["frame_key"]).is_file()
+    again = ingest(store, pool, cache, 1, IngestConfig(), progress=False)
+    assert again.ingested == 0 and again.already_known == 4
+
+
+def test_bad_input_is_quarantined_with_the_reason_never_dropped(setup):
+    store, pool, cache = setup
+    good = _upload(store, "r1", _frame(1), 1)
+    orphan = _upload(store, "r1", _frame(2), 2, write_sidecar=False)           # frame, no sidecar (yet)
+    no_frame = _upload(store, "r1", _frame(3), 3, write_frame=False)           # sidecar for a missing frame
+    unknown = _upload(store, "r1", _frame(4), 4, labels=["t-shirt", "unicorn"], prediction=1)
+    wrong_truth = _upload(store, "r1", _frame(5), 5, simulation=SimulationTruth(label=42))
+    replaced = _upload(store, "r1", _frame(6), 6)
+    store.put_bytes(frame_key(replaced), _png(_frame(66)))                       # bytes no longer match sha256
+    broken = _upload(store, "r1", _frame(7), 7)
+    store.put_bytes(sidecar_key(broken), b'{"schema": "fleetloop.sidecar/1", "robot_id": ""')
+    report = ingest(store, pool, cache, 1, IngestConfig(orphan_grace_s=60), now=1000.0, progress=False)
+    assert report.ingested == 1 and pool.has_frame(good.frame_sha256)
+    reasons = pool.quarantined()
+    assert "sidecar without frame" in reasons[sidecar_key(no_frame)]
+    assert "unknown class(es) ['unicorn']" in reasons[sidecar_key(unknown)]
+    assert "simulation.label 42 is not a known class" in reasons[sidecar_key(wrong_truth)]
+    assert "sha256 of the frame bytes" in reasons[sidecar_key(replaced)]
+    assert "not valid JSON" in reasons[sidecar_key(broken)]
+    # the frame without sidecar waits (the upload may be in flight) ...
+    assert report.waiting == [frame_key(orphan)] and frame_key(orphan) not in reasons
+    # ... and is quarantined once the grace period is over
+    later = ingest(store, pool, cache, 1, IngestConfig(orphan_grace_s=60), now=1100.0, progress=False)
+    assert "frame without sidecar for 100 s" in later.quarantined[frame_key(orphan)]
+    assert later.ingested == 0
+    # if its sidecar arrives after all, releasing the quarantine ingests it
+    _upload(store, "r1", _frame(2), 2)
+    pool.release_quarantine(frame_key(orphan))
+    assert ingest(store, pool, cache, 1, IngestConfig(orphan_grace_s=60), now=1200.0, progress=False).ingested == 1
+
+
+def test_duplicates_across_robots(setup):
+    store, pool, cache = setup
+    image = _frame(10)
+    first = _upload(store, "r1", image, 1)
+    _upload(store, "r2", image, 1)                                     # the very same bytes from another robot
+    noisy = np.clip(image.astype(int) + np.random.default_rng(0).integers(-2, 3, image.shape), 0, 255).astype(np.uint8)
+    near = _upload(store, "r2", noisy, 2)                              # near-duplicate from another robot
+    noisy_too = np.clip(image.astype(int) + np.random.default_rng(1).integers(-2, 3, image.shape), 0, 255)
+    same_robot = _upload(store, "r1", noisy_too.astype(np.uint8), 3)  # the same robot: a legitimate track frame
+    report = ingest(store, pool, cache, 1, IngestConfig(near_duplicate_bits=6), progress=False)
+    assert report.exact_duplicates == 1 and report.near_duplicates == 1 and report.ingested == 2
+    near_row = pool.frames(state="duplicate")[0]
+    assert near_row["id"] == near.frame_sha256 and near_row["duplicate_of"] in (first.frame_sha256,
+                                                                                same_robot.frame_sha256)
+    assert hamming(np.array([perceptual_hash(image)], np.uint64), perceptual_hash(noisy))[0] <= 6
+
+
+def test_augmented_manifest_for_ground_truth(setup, tmp_path):
+    store, pool, cache = setup
+    a = _upload(store, "r1", _frame(20), 1)
+    b = _upload(store, "r1", _frame(21), 2)
+    ingest(store, pool, cache, 1, IngestConfig(), progress=False)
+    pool.set_label(a.frame_sha256, 8, "auto", 1, reason="test", confidence=0.993)
+    records = augmented_manifest(pool, store, [a.frame_sha256, b.frame_sha256], job_name="round-1")
+    assert records[0]["source-ref"] == store.url(frame_key(a))
+    assert records[0]["fleetloop-label"] == 8
+    meta = records[0]["fleetloop-label-metadata"]
+    assert meta["class-name"] == "bag" and meta["human-annotated"] == "no" and meta["confidence"] == 0.993
+    assert meta["type"] == "groundtruth/image-classification" and meta["job-name"] == "labeling-job/round-1"
+    assert "fleetloop-label" not in records[1]                       # unlabeled frames: source-ref only
+    path = write_jsonl(records, tmp_path / "round-1.manifest")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["fleetloop-frame"] == a.frame_sha256

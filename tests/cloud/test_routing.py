@@ -1,0 +1,121 @@
+"""Routing decisions: threshold from audited data, acceptance, tracks, propagation (pure functions)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fleetloop_cloud import routing
+
+
+def test_wilson_interval_brackets_the_proportion_and_narrows_with_n():
+    low, high = routing.wilson_interval(49, 50, 0.95)
+    assert low < 49 / 50 < high <= 1.0
+    low_big, high_big = routing.wilson_interval(980, 1000, 0.95)
+    assert high_big - low_big < high - low
+    assert routing.wilson_interval(0, 0) == (0.0, 1.0)
+    # textbook value: 10/10 at 95 % -> lower bound 0.7225
+    assert routing.wilson_interval(10, 10, 0.95)[0] == pytest.approx(0.7225, abs=1e-3)
+
+
+def test_wilson_lower_is_point_estimate_at_z0_and_conservative_above():
+    assert routing.wilson_lower(45, 50, 0.0) == pytest.approx(0.9)
+    assert routing.wilson_lower(45, 50, 1.0) < 0.9
+    assert routing.wilson_lower(50, 50, 1.0) == pytest.approx(50 / 51)
+
+
+def _validation(n_good_high: int, n_bad_low: int, rng):
+    """Confident frames all correct, less confident ones wrong."""
+    confidence = np.concatenate([rng.uniform(0.9, 1.0, n_good_high), rng.uniform(0.3, 0.6, n_bad_low)])
+    correct = np.concatenate([np.ones(n_good_high, bool), np.zeros(n_bad_low, bool)])
+    return confidence, correct
+
+
+def test_threshold_accepts_exactly_the_frames_that_meet_the_target():
+    rng = np.random.default_rng(0)
+    confidence, correct = _validation(200, 50, rng)
+    agree = np.ones(len(confidence), bool)
+    threshold = routing.choose_threshold(confidence, correct, agree, target=0.98, z=1.0, min_accepted=30)
+    assert threshold.automated
+    accepted = routing.accept(confidence, agree, threshold.value)
+    assert correct[accepted].mean() >= 0.98
+    # every confident (correct) frame is accepted; wrong ones only as far as the bound still allows
+    assert accepted[:200].all() and accepted.sum() == threshold.accepted_frames < 210
+    assert threshold.lower_bound >= 0.98
+    assert routing.wilson_lower(200, threshold.accepted_frames + 1, 1.0) < 0.98   # the lowest such threshold
+
+
+def test_threshold_is_infinite_without_enough_evidence():
+    rng = np.random.default_rng(1)
+    confidence, correct = _validation(20, 5, rng)
+    threshold = routing.choose_threshold(confidence, correct, np.ones(25, bool), 0.98, z=1.0, min_accepted=30)
+    assert not threshold.automated and math.isinf(threshold.value)
+    assert "need 30" in threshold.reason
+    assert not routing.accept(confidence, np.ones(25, bool), threshold.value).any()
+    # 40 all-correct frames cannot show 98 % at z=1 (lower bound 40/41 < 0.98): still nothing automated
+    confidence, correct = _validation(40, 0, rng)
+    assert not routing.choose_threshold(confidence, correct, np.ones(40, bool), 0.98, 1.0, 30).automated
+    # the point estimate (z=0) would automate them: the bound is what makes the choice conservative
+    assert routing.choose_threshold(confidence, correct, np.ones(40, bool), 0.98, 0.0, 30).automated
+
+
+def test_threshold_ignores_frames_where_tiers_disagree_and_respects_the_floor():
+    rng = np.random.default_rng(2)
+    confidence, correct = _validation(100, 0, rng)
+    agree = np.ones(100, bool)
+    agree[:60] = False
+    threshold = routing.choose_threshold(confidence, correct, agree, 0.98, z=0.0, min_accepted=30)
+    assert threshold.eligible_frames == 40 and threshold.accepted_frames == 40
+    assert not routing.accept(confidence, agree, threshold.value)[:60].any()
+    floored = routing.choose_threshold(confidence, correct, agree, 0.98, z=0.0, min_accepted=30, floor=0.999)
+    assert not floored.automated or floored.value >= 0.999
+
+
+def test_threshold_never_splits_ties():
+    confidence = np.array([0.99] * 40 + [0.95] * 10)
+    correct = np.array([True] * 40 + [True] * 5 + [False] * 5)
+    threshold = routing.choose_threshold(confidence, correct, np.ones(50, bool), 0.98, z=0.0, min_accepted=30)
+    assert threshold.value == pytest.approx(0.99)
+    assert threshold.accepted_frames == 40
+
+
+def test_derive_tracks_uses_hints_then_chains_similar_close_frames():
+    ids = [f"{i:064x}" for i in range(7)]
+    robots = ["r1"] * 6 + ["r2"]
+    streams = ["camera"] * 7
+    stamps = np.array([0, 0.1, 0.2, 5.0, 5.1, 5.2, 0.0]) * 1e9
+    emb = np.zeros((7, 2), np.float32)
+    emb[:, 0] = 1.0
+    emb[4] = [0.0, 1.0]                  # dissimilar: breaks the chain
+    hints = [None, None, None, "t7", "t7", None, None]
+    keys = routing.derive_tracks(robots, streams, stamps.astype(np.int64), emb, hints, ids, max_gap_s=1.0,
+                                 min_similarity=0.9)
+    assert keys[0] == keys[1] == keys[2]             # close and similar
+    assert keys[3] == keys[4] == "r1/camera/hint:t7"  # robot hint wins over dissimilarity
+    assert keys[5] not in (keys[0], keys[3])          # a hinted track interrupts the chain
+    assert keys[6] != keys[0]                         # another robot
+    no_hints = routing.derive_tracks(robots, streams, stamps.astype(np.int64), emb, hints, ids, 1.0, 0.9,
+                                     use_hints=False)
+    assert no_hints[3] != no_hints[2]                 # 4.8 s gap
+    assert no_hints[4] != no_hints[3]                 # dissimilar
+
+
+def test_propagate_confirms_only_agreeing_frames_and_reports_disputes():
+    keys = ["a", "a", "a", "a", "b", "b", "c", "c"]
+    predicted = np.array([3, 3, 3, 5, 1, 1, 2, 2])
+    agree = np.array([True, True, False, True, True, True, True, True])
+    confidence = np.array([0.9, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.2])
+    candidates = np.array([False, True, True, True, False, True, False, True])
+    accepted = np.zeros(8, bool)
+    accepted[3] = False
+    human = {0: 3, 4: 1, 6: 2}
+    result = routing.propagate(keys, predicted, agree, confidence, human, candidates, accepted, min_confidence=0.5)
+    assert result.labels == {1: 3, 5: 1}      # 2: tiers disagree; 3: other label; 7: under min confidence
+    # an auto-accepted frame contradicting its track's human label is disputed
+    accepted[3] = True
+    candidates[3] = False
+    result = routing.propagate(keys, predicted, agree, confidence, human, candidates, accepted)
+    assert result.disputed == [3]
+    # two humans disagreeing on one track: nothing propagates there
+    result = routing.propagate(keys, predicted, agree, confidence, {0: 3, 1: 4, 4: 1}, candidates, accepted)
+    assert "a" in result.ambiguous_tracks and 2 not in result.labels and 3 not in result.disputed
