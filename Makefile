@@ -31,6 +31,7 @@ demo-quick: setup
 
 bench: setup models
 	$(PY) benchmarks/edge_inference.py --models $(MODELS) --quick
+	$(PY) benchmarks/selection_queue.py --models $(MODELS) --quick
 
 clean:
 	rm -rf .cache runs ros2_ws/build ros2_ws/install ros2_ws/log
