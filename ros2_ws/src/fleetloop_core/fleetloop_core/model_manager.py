@@ -338,6 +338,7 @@ class ModelManager:
         self._clock = clock
         self._lock = threading.RLock()             # state, ring, watch
         self._apply_lock = threading.Lock()        # one job at a time
+        self._save_lock = threading.Lock()         # one writer of state.json
         self._ring: deque[np.ndarray] = deque(maxlen=self.config.ring_buffer_frames)
         self._recent: dict[str, deque[tuple[float, float]]] = {
             role: deque(maxlen=max(self.config.ring_buffer_frames, 32)) for role in ("edge", "escalation")}
@@ -413,8 +414,10 @@ class ModelManager:
             serving = {role: {"name": m.manifest.name, "version": m.version}
                        for role, m in (("edge", self.cascade.edge), ("escalation", self.cascade.escalation))
                        if m is not None}
-            state = {"serving": serving, "history": self._history, "jobs": jobs}
-        self.store.save_state(state)
+            history = {role: [dict(e) for e in entries] for role, entries in self._history.items()}
+            state = {"serving": serving, "history": history, "jobs": jobs}
+        with self._save_lock:
+            self.store.save_state(state)
 
     def _protected(self) -> set[tuple[str, str]]:
         """Return the (name, version) pairs pruning must keep: serving and the rollback targets."""
@@ -440,6 +443,7 @@ class ModelManager:
     def observe(self, frame: np.ndarray | None, result: FrameResult | None, error: Exception | None = None) -> None:
         """Record one served frame (or an inference error) for the shadow check and the watchdog."""
         rollback: Optional[_Watch] = None
+        finished: Optional[_Watch] = None
         with self._lock:
             if frame is not None:
                 self._ring.append(np.array(frame, copy=True))
@@ -468,13 +472,16 @@ class ModelManager:
                     rollback = watch
                 elif stats.frames >= self.config.watchdog.window_frames or \
                         self._clock() - watch.started >= self.config.watchdog.window_s:
-                    self._finish_watch(watch)
+                    finished = watch
+        # listeners run outside the lock: a slow one must not hold up the job thread
+        if finished is not None:
+            self._finish_watch(finished)
         if rollback is not None:
             self._roll_back_watch(rollback, f"watchdog: {rollback.verdict}")
 
     def _finish_watch(self, watch: _Watch) -> None:
         with self._lock:
-            if watch.done.is_set():
+            if watch.done.is_set() or watch.verdict is not None:
                 return
             self._role_state[watch.role] = "serving"
             figures = {"watch_frames": float(watch.stats.frames), "watch_errors": float(watch.stats.errors)}
@@ -504,9 +511,10 @@ class ModelManager:
         """End a watch whose time window has passed even when no frames arrive (call periodically)."""
         with self._lock:
             watch = self._watch
-            if watch is not None and not watch.done.is_set() and \
-                    self._clock() - watch.started >= self.config.watchdog.window_s:
-                self._finish_watch(watch)
+            due = watch is not None and not watch.done.is_set() and \
+                self._clock() - watch.started >= self.config.watchdog.window_s
+        if due:
+            self._finish_watch(watch)
 
     # ------------------------------------------------------------------ jobs
     def submit(self, job_id: str, document: dict[str, Any] | JobDocument,
