@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import math
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +18,11 @@ from fleetloop_core.health import Check
 SCORE_NAMES = ("entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty")
 _LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR,
                 3: DiagnosticStatus.STALE}
+
+
+def _floats(values: Any) -> array.array:
+    """Return float32 values as array.array('f'): the generated setters take it without per-element checks."""
+    return array.array("f", np.ascontiguousarray(values, np.float32).tobytes())
 
 
 def stamp_ns(stamp: Time) -> int:
@@ -40,10 +46,9 @@ def frame_result_msg(result: CoreFrameResult, header: Header, stream: str, seque
         header=header, stream=stream, sequence=int(sequence),
         label=int(result.label), label_name=result.label_name, confidence=float(result.confidence),
         tier_used=result.tier_used, escalated=bool(result.escalated),
-        probs=np.asarray(result.probs, np.float32).tolist(), labels=list(labels),
-        tier_outputs=[TierOutput(tier=tier, probs=np.asarray(probs, np.float32).tolist())
-                      for tier, probs in result.tier_outputs.items()],
-        embedding=np.asarray(embedding, np.float32).tolist() if embedding is not None else [],
+        probs=_floats(result.probs), labels=list(labels),
+        tier_outputs=[TierOutput(tier=tier, probs=_floats(probs)) for tier, probs in result.tier_outputs.items()],
+        embedding=_floats(embedding) if embedding is not None else array.array("f"),
         entropy=float(scores["entropy"]), margin=float(scores["margin"]),
         least_confidence=float(scores["least_confidence"]), disagreement=float(scores["disagreement"]),
         flicker=float(scores["flicker"]), novelty=float(scores["novelty"]),

@@ -29,8 +29,8 @@ from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from fleetloop_core.config import validate
 from fleetloop_core.errors import ConfigError, FleetLoopError
+from fleetloop_ros.settings import validate_settings
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -252,7 +252,7 @@ class LiveParameters(Generic[S]):
 
     def _validate(self, values: Mapping[str, Any]) -> S:
         nested = to_nested({**self._skipped, **values}, self.specs)
-        return validate(self._model, self._normalise(nested), source=self._source)
+        return validate_settings(self._model, self._normalise(nested), self._source)
 
     def _on_set(self, parameters: list[Parameter]) -> SetParametersResult:
         ours = [p for p in parameters if p.name in self.specs]

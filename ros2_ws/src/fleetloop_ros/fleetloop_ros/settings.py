@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fleetloop_core.cascade import CascadeConfig
 from fleetloop_core.config import ConfigModel, read_yaml, validate
@@ -92,10 +92,11 @@ class SelectorSettings(ConfigModel):
     queue: QueueConfig = QueueConfig()
     health: HealthConfig = HealthConfig()
 
-    @model_validator(mode="after")
-    def _policy_known(self) -> "SelectorSettings":
-        policy_params(self.selection, "selection")   # unknown policy or bad params: ConfigError
-        return self
+    @field_validator("selection")
+    @classmethod
+    def _policy_known(cls, selection: SelectionConfig) -> SelectionConfig:
+        policy_params(selection, "selection")   # ConfigError: unknown policy name, params that do not fit it
+        return selection
 
 
 SELECTOR_READ_ONLY = ("robot_id", "image_topics", "compressed_topics", "image_qos", "results_topic",
@@ -120,6 +121,16 @@ NODE_SETTINGS: dict[str, type[ConfigModel]] = {
     "selector": SelectorSettings,
     "uploader": UploaderSettings,
 }
+
+
+def validate_settings(model: type[ConfigModel], data: Mapping[str, Any], source: str) -> Any:
+    """Return ``model`` validated from ``data``; every ConfigError names ``source`` (file or node)."""
+    try:
+        return validate(model, data, source=source)
+    except ConfigError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise ConfigError(f"{source}: {exc}") from None     # raised by a core check inside a validator
 
 
 # ------------------------------------------------------------------------------ the robot YAML
@@ -200,7 +211,7 @@ class RobotConfig:
             raise ConfigError(f"{self.path}: /**: unknown key {unused[0]} (no node has it)")
         for node, values in (overrides or {}).items():
             self.parameters[node].update({k: v for k, v in values.items() if v is not None})
-        self.settings = {node: validate(model, nest(self.parameters[node]), source=f"{self.path} [{node}]")
+        self.settings = {node: validate_settings(model, nest(self.parameters[node]), f"{self.path} [{node}]")
                          for node, model in NODE_SETTINGS.items()}
 
     @staticmethod

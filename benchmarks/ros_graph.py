@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Frames per second through the ROS graph versus the core pipeline alone, on the same frames.
+
+  core  fleetloop_core only: Image fields -> ros_convert -> cascade (T4, escalation to T3), in this
+        process, one frame after another (what the perception node computes per frame)
+  ros   the same frames as sensor_msgs/Image from this process to a robot process
+        (`fleetloop robot --nodes perception`, real rclpy, Fast DDS LARGE_DATA, reliable QoS), and
+        fleetloop_interfaces/FrameResult back; up to --in-flight frames outstanding, so the figure is
+        the graph's throughput, not one round trip
+
+and prints frames/s of both, their ratio, and the round-trip latency through the graph, for
+128x128 frames (the models' size) and 640x480 (a camera's; resized in the node). Both measure the
+same cascade configuration; the robot process has the machine's other cores.
+
+Usage: python benchmarks/ros_graph.py [--quick] [--models DIR] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from _common import ROOT, locate_models, machine, percentile, print_table, write_json  # noqa: E402
+
+
+class _Core:
+    """The core pipeline alone, as the perception node runs it per frame: Image fields -> RGB -> cascade."""
+
+    def __init__(self, models: Path):
+        from fleetloop_core.cascade import Cascade
+        from fleetloop_core.inference import TierModel
+
+        self.cascade = Cascade(TierModel.load(models / "T4", providers=("cpu",), warmup=20),
+                               TierModel.load(models / "T3", providers=("cpu",), warmup=20))
+
+    def fps(self, frames: list[np.ndarray]) -> float:
+        """Frames/s over one pass of ``frames``."""
+        from fleetloop_core.ros_convert import array_to_image, image_to_rgb8
+
+        images = [array_to_image(f, "rgb8") for f in frames]
+        start = time.perf_counter()
+        for image in images:
+            frame = image_to_rgb8(image.height, image.width, image.encoding, image.is_bigendian, image.step,
+                                  image.data)
+            self.cascade.infer(frame, stream="bench")
+        return len(images) / (time.perf_counter() - start)
+
+
+class _Graph:
+    """This process's side of the graph: publishes frames, counts results, keeps ``in_flight`` outstanding."""
+
+    def __init__(self, namespace: str):
+        import rclpy
+        from fleetloop_interfaces.msg import FrameResult
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        rclpy.init()
+        self.node = rclpy.create_node("ros_graph_bench", namespace=namespace)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.publisher = self.node.create_publisher(Image, "camera/image_raw", qos)
+        self.sent: dict[int, float] = {}
+        self.round_trips: list[float] = []
+        self.answered = 0
+        self._cv = threading.Condition()
+        self.results_topic = f"{namespace}/frame_results"
+        self.node.create_subscription(FrameResult, self.results_topic, self._on_result, qos)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self._spinner.start()
+
+    def _on_result(self, msg) -> None:
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self._cv:
+            sent = self.sent.pop(stamp, None)
+            if sent is not None:
+                self.round_trips.append(time.perf_counter() - sent)
+            self.answered += 1
+            self._cv.notify_all()
+
+    def wait_matched(self, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.publisher.get_subscription_count() and self.node.count_publishers(self.results_topic):
+                time.sleep(1.0)
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the robot process did not appear in the graph")
+
+    def run(self, frames: list[np.ndarray], in_flight: int, timeout: float = 300.0) -> float:
+        """Send every frame (at most ``in_flight`` unanswered); return frames/s until the last answer."""
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Header
+
+        from fleetloop_core.ros_convert import array_to_image
+
+        images = [array_to_image(f, "rgb8") for f in frames]
+        with self._cv:
+            self.answered, self.round_trips = 0, []
+        start = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        for index, fields in enumerate(images):
+            with self._cv:
+                while index - self.answered >= in_flight:
+                    if not self._cv.wait(timeout=max(0.0, deadline - time.monotonic())):
+                        raise RuntimeError(f"no answer within {timeout:.0f} s ({self.answered} of {index})")
+            now = time.time_ns()
+            header = Header(frame_id="bench")
+            header.stamp.sec, header.stamp.nanosec = now // 1_000_000_000, now % 1_000_000_000
+            with self._cv:
+                self.sent[now] = time.perf_counter()
+            self.publisher.publish(Image(header=header, height=fields.height, width=fields.width, encoding="rgb8",
+                                         is_bigendian=0, step=fields.step, data=fields.data))
+        with self._cv:
+            while self.answered < len(images):
+                if not self._cv.wait(timeout=max(0.0, deadline - time.monotonic())):
+                    raise RuntimeError(f"only {self.answered} of {len(images)} frames answered")
+        return len(images) / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        import rclpy
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _start_robot(models: Path, namespace: str, workdir: Path) -> subprocess.Popen:
+    config = workdir / "robot.yaml"
+    config.write_text(yaml.safe_dump({"/**/perception": {"ros__parameters": {
+        "models_dir": str(models), "image_qos": "reliable", "image_topics": ["camera/image_raw"]}}}))
+    command = [sys.executable, "-m", "fleetloop_core.cli", "robot", "--config", str(config), "--namespace", namespace,
+               "--nodes", "perception"]
+    log = open(workdir / "robot.log", "w")
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer frames (< 60 s)")
+    parser.add_argument("--models", default=None, help="directory with T1..T4 (default: ./models or build)")
+    parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--in-flight", type=int, default=4, help="frames outstanding in the graph")
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    from fleetloop_ros.camera_replay import sim_frames
+    from fleetloop_ros.environment import apply_robot_environment
+
+    os.environ.setdefault("ROS_DOMAIN_ID", str(90 + os.getpid() % 10))
+    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+    apply_robot_environment()
+    models = locate_models(args.models, args.quick)
+    count = args.frames or (100 if args.quick else 400)
+    rounds = 3 if args.quick else 5
+    sizes = [(128, 128), (480, 640)]
+    frames = {size: sim_frames(min(count, 200), *size) for size in sizes}
+    frames = {size: [f[i % len(f)] for i in range(count)] for size, f in frames.items()}
+
+    namespace = f"/bench{os.getpid()}"
+    workdir = Path(tempfile.mkdtemp(prefix="ros-graph-"))
+    robot = _start_robot(models, namespace, workdir)
+    graph = None
+    figures: dict = {"frames": count, "in_flight": args.in_flight, "models": str(models), "machine": machine(),
+                     "dds": {k: os.environ.get(k) for k in ("FASTDDS_BUILTIN_TRANSPORTS", "ROS_LOCALHOST_ONLY")},
+                     "sizes": {}}
+    try:
+        graph = _Graph(namespace)
+        graph.wait_matched()
+        core = _Core(models)
+        graph.run(frames[sizes[0]][:20], args.in_flight)            # warm-up of both sides
+        for size in sizes:
+            # interleaved rounds: load from other processes hits both rows alike
+            core_fps, ros_fps, trips = [], [], []
+            for _ in range(rounds):
+                core_fps.append(core.fps(frames[size]))
+                ros_fps.append(graph.run(frames[size], args.in_flight))
+                trips.extend(t * 1000.0 for t in graph.round_trips)
+            core_median, ros_median = float(np.median(core_fps)), float(np.median(ros_fps))
+            figures["sizes"][f"{size[1]}x{size[0]}"] = {
+                "core_fps": round(core_median, 1), "ros_fps": round(ros_median, 1),
+                "ratio_ros_to_core": round(ros_median / core_median, 3), "rounds": rounds,
+                "round_trip_p50_ms": round(percentile(trips, 50), 2),
+                "round_trip_p99_ms": round(percentile(trips, 99), 2)}
+    finally:
+        if graph is not None:
+            graph.close()
+        robot.terminate()
+        robot.wait(30)
+    rows = []
+    for name, row in figures["sizes"].items():
+        rows += [(f"{name} core pipeline alone (frames/s)", f"{row['core_fps']:.0f}"),
+                 (f"{name} through the ROS graph (frames/s)", f"{row['ros_fps']:.0f}"),
+                 (f"{name} ratio ROS graph / core", f"{row['ratio_ros_to_core']:.3f}"),
+                 (f"{name} round trip p50 / p99 (ms)", f"{row['round_trip_p50_ms']:.1f} / {row['round_trip_p99_ms']:.1f}")]
+    print_table(f"ROS graph vs core ({count} frames x {rounds} rounds, {args.in_flight} in flight)", rows)
+    write_json(args.json, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
