@@ -2,8 +2,12 @@
 #
 #   docker build -f docker/robot.Dockerfile -t fleetloop/robot:humble .
 #   docker run --rm --gpus all --network host --ipc host \
-#       -v /var/fleetloop:/var/fleetloop fleetloop/robot:humble \
-#       ros2 launch /ws/launch/robot.launch.py robot_id:=robot-7 store_uri:=s3://fleet-frames/site-a
+#       -v /var/lib/fleetloop:/var/lib/fleetloop -v /etc/fleetloop:/etc/fleetloop \
+#       -v $PWD/models:/ws/models -v $PWD/config/robot-7.yaml:/ws/config/robot.yaml \
+#       fleetloop/robot:humble \
+#       ros2 launch /ws/launch/robot.launch.py robot_id:=robot-7 namespace:=/robot7 \
+#           image_topics:=/camera/color/image_raw store_uri:=s3://fleet-frames/site-a use_gpu:=true
+# (README "## Running on a robot"; the launch arguments are the options of `fleetloop robot`.)
 #
 # Not buildable on the CI machines (no Docker engine there); kept correct by review and by the
 # tests that import the same packages with the same requirements (requirements/robot.txt).
@@ -27,12 +31,14 @@ RUN apt-get update && apt-get install -y --no-install-recommends curl gnupg2 lsb
  && apt-get update && apt-get install -y --no-install-recommends \
       ros-${ROS_DISTRO}-ros-base ros-${ROS_DISTRO}-sensor-msgs ros-${ROS_DISTRO}-diagnostic-msgs \
       ros-${ROS_DISTRO}-std-srvs ros-${ROS_DISTRO}-lifecycle-msgs ros-${ROS_DISTRO}-rosidl-default-generators \
-      ros-${ROS_DISTRO}-launch-ros python3-pip python3-colcon-common-extensions python3-numpy \
+      ros-${ROS_DISTRO}-launch-ros ros-${ROS_DISTRO}-rosbag2-storage-mcap \
+      python3-pip python3-colcon-common-extensions python3-numpy \
  && rm -rf /var/lib/apt/lists/*
 
 # Python runtime; onnxruntime-gpu replaces the CPU wheel (CUDA 12 build, TensorRT EP included)
 COPY requirements/robot.txt /tmp/robot.txt
-RUN pip3 install --no-cache-dir -r /tmp/robot.txt \
+# numpy < 2: the distro's message packages (and our rosidl build) are compiled against its numpy 1.x
+RUN pip3 install --no-cache-dir -r /tmp/robot.txt "numpy<2" \
  && pip3 uninstall -y onnxruntime \
  && pip3 install --no-cache-dir "onnxruntime-gpu==${ONNXRUNTIME_GPU}" "tensorrt-cu12==10.7.*"
 
@@ -41,6 +47,7 @@ COPY colcon.meta /ws/colcon.meta
 COPY ros2_ws/src /ws/src
 COPY launch /ws/launch
 COPY config /ws/config
+# fleetloop_interfaces (rosidl messages and services), fleetloop_core and fleetloop_ros (ament_python)
 RUN . /opt/ros/${ROS_DISTRO}/setup.sh \
  && colcon --log-base /ws/log build --merge-install --base-paths src --metas /ws/colcon.meta \
  && rm -rf /ws/build /ws/log
