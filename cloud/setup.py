@@ -21,6 +21,7 @@ setup(
             "evaluate = fleetloop_cloud.steps:register_evaluate",
             "register = fleetloop_cloud.steps:register_register",
             "round = fleetloop_cloud.steps:register_round",
+            "manifest = fleetloop_cloud.steps:register_manifest",
             "review-page = fleetloop_cloud.review.command:register",
         ],
     },

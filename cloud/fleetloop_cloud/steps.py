@@ -163,3 +163,39 @@ def register_round(subparsers) -> None:
         return 0 if summary.status in ("finished", "waiting") else 1
 
     parser.set_defaults(handler=handler)
+
+
+def register_manifest(subparsers) -> None:
+    """``manifest``: a SageMaker Ground Truth augmented manifest (JSON Lines) of any subset of the pool."""
+    parser = subparsers.add_parser("manifest", help="write a Ground Truth augmented manifest of pool frames")
+    _common(parser)
+    parser.add_argument("--state", nargs="+", default=None, help="only frames in these states (default: all)")
+    parser.add_argument("--source", choices=("human", "auto", "propagated"), default=None,
+                        help="only frames whose label came from this source")
+    parser.add_argument("--round", type=int, default=None, help="only frames ingested in this round")
+    parser.add_argument("--out", default=None, help="write the JSON Lines here")
+    parser.add_argument("--store-key", default=None, help="also put it into the store under this key (S3 for Ground Truth)")
+
+    def handler(args) -> int:
+        from fleetloop_cloud.ingest import augmented_manifest, write_jsonl
+
+        with _loop(args) as loop:
+            rows = loop.pool.frames(state=args.state, round=args.round)
+            ids = [r["id"] for r in rows]
+            if args.source:
+                labels = loop.pool.labels(ids, source=args.source)
+                ids = [i for i in ids if i in labels]
+            records = augmented_manifest(loop.pool, loop.store, ids, labels=loop.labels,
+                                         job_name=f"fleetloop-round-{loop.pool.last_round()}")
+            text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in records)
+            if args.out:
+                write_jsonl(records, args.out)
+            if args.store_key:
+                loop.store.put_bytes(args.store_key, text.encode())
+            if not args.out and not args.store_key:
+                sys.stdout.write(text)
+            else:
+                print(f"{len(records)} frames -> {args.out or ''} {loop.store.url(args.store_key) if args.store_key else ''}")
+        return 0
+
+    parser.set_defaults(handler=handler)

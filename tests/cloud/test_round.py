@@ -120,12 +120,12 @@ def _write_config(tmp_path, data) -> str:
     return str(path)
 
 
-def test_steps_are_idempotent_and_review_waits_for_the_review_page(tmp_path, cloud_models, capsys):
+def test_steps_are_idempotent_and_review_waits_for_the_review_page(tmp_path, cloud_models, capsys, caplog):
     store, _ = _world(tmp_path, cloud_models, 60, robots=1)
     config = _write_config(tmp_path, cloud_config(tmp_path, store.uri, cloud_models["T1"].parent,
                                                   review={"annotator": "review-page", "calibration_sample": 20}))
     assert cloud_cli(["review", "--config", config, "--no-progress"]) == 1       # nothing ingested yet
-    assert "run 'fleetloop-cloud ingest'" in capsys.readouterr().err + capsys.readouterr().out or True
+    assert "run 'fleetloop-cloud ingest' (or 'round') before review" in caplog.text
     assert cloud_cli(["ingest", "--config", config, "--json", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["ingested"] == 60
     assert cloud_cli(["ingest", "--config", config, "--json", "--no-progress"]) == 0      # done: does nothing
@@ -155,6 +155,12 @@ def test_steps_are_idempotent_and_review_waits_for_the_review_page(tmp_path, clo
         assert status == "done" and info["calibration_tasks"] == 20
     assert cloud_cli(["review", "--config", config, "--json", "--no-progress"]) == 0   # finished: nothing to do
     assert json.loads(capsys.readouterr().out)["phase"] == "done"
+    # a Ground Truth augmented manifest of any subset: here the human-labeled frames
+    out = tmp_path / "human.manifest"
+    assert cloud_cli(["manifest", "--config", config, "--source", "human", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records and all(r["fleetloop-label-metadata"]["human-annotated"] == "yes" for r in records)
+    assert all(r["source-ref"].startswith("file://") for r in records)
 
 
 class _BrokenBackend:
