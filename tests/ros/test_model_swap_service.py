@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 from fixtures.model_packages import make_version
@@ -10,7 +11,7 @@ SENT = 150
 SWAP = {
     "/**/perception": {"image_qos": "reliable"},
     "/**/model_manager": {"manager.watchdog.window_frames": 20, "manager.watchdog.min_frames": 10,
-                          "manager.watchdog.window_s": 20.0, "control_plane.uri": ""},
+                          "manager.watchdog.window_s": 20.0, "control_plane.poll_s": 0.5},
 }
 
 
@@ -34,7 +35,7 @@ def test_swap_and_rollback_through_services_while_streaming(ros, robot, test_mod
     first = make_version(test_models["T4"], tmp_path / "t4-1.5.0", "1.5.0", key)
     package = make_version(test_models["T4"], tmp_path / "t4-2.0.0", "2.0.0", key)
     original = "1.5.0"
-    robot(ros.namespace, SWAP)
+    process = robot(ros.namespace, SWAP)
     results = ros.collect(FrameResult, "frame_results")
     camera = ros.publisher(Image, "camera/image_raw")
     ros.wait_for_publishers(["frame_results"])
@@ -87,6 +88,21 @@ def test_swap_and_rollback_through_services_while_streaming(ros, robot, test_mod
     assert refused.serving_version == original
     wrong = ros.call(SwapModel, "model_manager/swap_model", SwapModel.Request(tier="T9", package=str(package)))
     assert not wrong.success and "T9" in wrong.message
+
+    # the same node takes deploy jobs from its control plane (here the local job directory)
+    newer = make_version(test_models["T4"], tmp_path / "t4-2.1.0", "2.1.0", key)
+    name = load_manifest(newer / "manifest.json").name
+    jobs = process.state / "jobs" / "robot-1"
+    (jobs / "queued" / "job-7.json").write_text(json.dumps({"jobId": "job-7", "queuedAt": 1, "jobDocument": {
+        "operation": "fleetloop.deploy_model", "model": {"name": name, "version": "2.1.0", "tier": "T4"},
+        "package": {"path": str(newer)}}}))
+    streaming = threading.Thread(target=lambda: _stream(camera, frames, 15.0, 45))
+    streaming.start()
+    ros.spin_until(lambda: {v.tier: v.version for v in statuses[-1].serving}["T4"] == "2.1.0", 60,
+                   lambda: f"the status after job-7\n{process.output}")
+    ros.spin_until(lambda: not streaming.is_alive(), 60, "the camera thread")
+    job_status = jobs / "status" / "job-7.json"
+    ros.spin_until(lambda: json.loads(job_status.read_text())["status"] == "SUCCEEDED", 30, "job-7 SUCCEEDED")
 
 
 def _stream(publisher, frames, rate_hz: float, count: int) -> list[int]:

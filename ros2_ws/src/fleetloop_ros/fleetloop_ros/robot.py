@@ -15,9 +15,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from fleetloop_core.errors import ConfigError
 from fleetloop_core.selection import policy_params
 from fleetloop_ros.parameters import parameter_specs
-from fleetloop_core.errors import ConfigError
 from fleetloop_ros.settings import MODEL_MANAGER_SKIPPED, RobotConfig, SelectorSettings
 
 ROLES = ("perception", "model_manager", "selector", "uploader")
