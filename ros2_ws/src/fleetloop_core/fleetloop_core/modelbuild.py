@@ -123,9 +123,23 @@ def build_reference_models(
     progress: bool = True,
     force: bool = False,
 ) -> dict[str, Path]:
-    """Build (or reuse from cache) the requested tiers under ``out_dir/<tier>``; return their dirs."""
-    profile = load_profile(profile_name, config_path)
+    """Build (or reuse from cache) the requested tiers under ``out_dir/<tier>``; return their dirs.
+
+    Concurrent builds into the same ``out_dir`` (parallel test runs, two terminals) serialise on a
+    lock file, and the second one finds the first one's cache.
+    """
+    import fcntl
+
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(out_dir, profile_name, config_path, tiers, progress, force)
+
+
+def _build_locked(out_dir: Path, profile_name: str, config_path: str | Path | None, tiers: tuple[str, ...],
+                  progress: bool, force: bool) -> dict[str, Path]:
+    profile = load_profile(profile_name, config_path)
     keys = {tier: build_key(profile, tier) for tier in tiers if tier in profile.tiers}
     missing = [t for t in tiers if t not in profile.tiers]
     if missing:

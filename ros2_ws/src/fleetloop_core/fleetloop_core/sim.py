@@ -317,8 +317,11 @@ class Renderer:
                                                              round(np.degrees(np.arctan2(velocity[1], velocity[0])))))
         if self.site.shift.blur_sigma > 0.3:
             frame = cv2.GaussianBlur(frame, (0, 0), self.site.shift.blur_sigma)
-        bank = noise_key % 2
-        ny, nx = (noise_key * 7) % height, (noise_key * 13) % width
+        # a multiplicative hash spreads consecutive keys over the noise field: a parked camera must
+        # never produce byte-identical frames (real sensor noise does not repeat)
+        mixed = (noise_key * 2654435761) & 0xFFFFFFFF
+        bank = mixed & 1
+        ny, nx = (mixed >> 1) % height, (mixed >> 12) % width
         cv2.add(frame, self._noise_up[bank, ny:ny + height, nx:nx + width], dst=frame)
         cv2.subtract(frame, self._noise_down[bank, ny:ny + height, nx:nx + width], dst=frame)
         return frame
