@@ -147,6 +147,28 @@ def test_two_browsers_never_receive_the_same_item(review_world, browser):
         assert len(by["ann"]) == len(by["bob"]) == 6 and not by["ann"] & by["bob"]
 
 
+def test_an_abandoned_lease_goes_to_the_next_person(review_world, browser):
+    from fleetloop_cloud.review.settings import ReviewPageConfig
+
+    world = review_world("waiting")
+    app = create_app(world.pool_path, world.config, settings=ReviewPageConfig(lease_s=1.0))
+    with ReviewServer(app) as server:
+        ann = browser.new_context(viewport=VIEWPORT).new_page()
+        _sign_in(ann, server.url, "ann")
+        abandoned = _wait_frame(ann)
+        time.sleep(1.2)                                   # ann looks away longer than the lease
+        bob = browser.new_context(viewport=VIEWPORT).new_page()
+        _sign_in(bob, server.url, "bob")
+        assert _wait_frame(bob) == abandoned               # back in the queue, oldest first
+        _press(ann, "4", abandoned)                        # ann's late answer is refused; she moves on
+        assert "leased to bob" in ann.inner_text("#status")
+        assert _wait_frame(ann) not in (abandoned, 0)
+        _press(bob, "5", abandoned)
+    with world.pool() as pool:
+        task = pool.task(abandoned)
+        assert (task.annotator, task.answer) == ("bob", 5)
+
+
 def _write_config(world, tmp_path):
     path = tmp_path / "cloud.yaml"
     path.write_text(yaml.safe_dump(world.data))

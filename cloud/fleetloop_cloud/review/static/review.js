@@ -16,7 +16,9 @@
     try { data = await response.json(); } catch (e) { data = {}; }
     if (!response.ok) {
       if (response.status === 401) { window.location = "/login?next=" + encodeURIComponent(location.pathname); }
-      throw new Error(data.error || ("HTTP " + response.status));
+      const error = new Error(data.error || ("HTTP " + response.status));
+      error.status = response.status;
+      throw error;
     }
     return data;
   }
@@ -168,7 +170,19 @@
       const seconds = Math.max(0, (performance.now() - shownAt) / 1000);
       const body = { task_id: current.task_id, action, seconds: Number(seconds.toFixed(3)) };
       if (action === "label") body.label = label;
-      const data = await api("POST", "/api/answer", body);
+      let data;
+      try {
+        data = await api("POST", "/api/answer", body);
+      } catch (e) {
+        if (e.status !== 409) throw e;
+        // the lease ran out and someone else has the frame (or it was answered elsewhere): move on
+        const next = await api("POST", "/api/next");
+        current = next.item;
+        renderCounters(next.counters);
+        render();
+        setStatus(e.message + " — showing the next frame", true);
+        return;
+      }
       history.unshift(data.done);
       const what = data.done.answer_name || "unusable";
       setStatus(`saved task ${data.done.task_id}: ${what} (${seconds.toFixed(1)} s)`);
