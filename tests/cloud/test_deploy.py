@@ -31,7 +31,7 @@ class Fleet:
         self.robots, self.agents = {}, {}
         for thing in things:
             config = (configs or {}).get(thing, manager_config(watchdog=WatchdogConfig(window_frames=8, min_frames=3)))
-            robot = Robot(tmp_path / thing, test_models, signing_keys, frames, config)
+            robot = Robot(tmp_path / thing, test_models, signing_keys, frames, config, period_s=0.01)
             self.robots[thing] = robot
             self.agents[thing] = DeployAgent(LocalControlPlane(self.jobs_dir, thing, poll_s=0.02), robot.manager,
                                              poll_s=0.1)
