@@ -82,8 +82,10 @@ def test_http_sessions_cookies_rebinding_and_input_errors(review_world):
         assert response.status == 400 and b"letters, digits" in body
         response, _ = _request(server, "POST", "/login", "annotator=ann&csrf=wrong", form)
         assert response.status == 403
-        response, _ = _request(server, "POST", "/login", f"annotator=ann&csrf={csrf}&next=https://evil.example", form)
-        assert response.status == 303 and response.getheader("Location") == "/label"     # no open redirect
+        for target in ("https://evil.example", "//evil", "/tuning/robots"):
+            response, _ = _request(server, "POST", "/login", f"annotator=ann&csrf={csrf}&next={target}", form)
+            expected = target if target == "/tuning/robots" else "/label"                # no open redirect
+            assert response.status == 303 and response.getheader("Location") == expected
         api = {"Cookie": session, "X-CSRF-Token": csrf, "Content-Type": "application/json"}
         response, body = _request(server, "POST", "/api/next", "", api)
         item = json.loads(body)["item"]

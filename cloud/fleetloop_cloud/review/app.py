@@ -109,6 +109,7 @@ class _State:
     dbs: PerThread
     clock: Callable[[], float]
     teachers: _Cached = field(default_factory=lambda: _Cached(10.0))
+    routing: _Cached = field(default_factory=lambda: _Cached(10.0))
     store_bytes: _Cached = field(default_factory=lambda: _Cached(60.0))
     _cache: Optional[FrameCache] = None
 
@@ -312,17 +313,21 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
         log.info("%s saved routing.target_accuracy=%s to %s", session.annotator, value, state.overrides_path)
         return RedirectResponse(f"/tuning/routing?target={value}&saved=1", status_code=303)
 
-    def _routing(target: float):
+    def _routing_data():
+        # the sample and the pool's confidences do not depend on the target: computed once per ttl
         pool = db().pool
         state_teachers = teachers()
         sample = tuning.routing_sample(pool, state_teachers)
         confidence, agree = tuning.pool_confidences(pool, state_teachers)
-        floor = float(pool.get("threshold_floor", 0.0))
-        choice = tuning.choose(sample, state.config, target, floor, confidence, agree)
         loop = None
         if state_teachers.round is not None:
             _, info = pool.step(state_teachers.round, "review")
             loop = info.get("threshold")
+        return sample, confidence, agree, float(pool.get("threshold_floor", 0.0)), loop
+
+    def _routing(target: float):
+        sample, confidence, agree, floor, loop = state.routing.get(_routing_data, state.clock())
+        choice = tuning.choose(sample, state.config, target, floor, confidence, agree)
         return choice, {"frames": len(sample.frame_ids), "agree": int(sample.agree.sum()),
                         "accuracy": round(float(sample.correct.mean()), 4) if len(sample.correct) else None}, loop
 
@@ -331,7 +336,7 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
         user(request)
         value = tuning.parse_target(target, state.config.routing.target_accuracy)
         choice, _, loop = _routing(value)
-        sample = tuning.routing_sample(db().pool, teachers())
+        sample = state.routing.get(_routing_data, state.clock())[0]
         curve = tuning.risk_coverage(sample.confidence, sample.correct, sample.agree, state.config.routing.bound_z)
         loop_value = (loop or {}).get("value")
         return Response(plots.risk_coverage_png(curve, choice, loop_value, state.config.routing.min_validation),
@@ -514,7 +519,7 @@ def _shown_path(path: Path) -> str:
 
 def _safe_next(value: str) -> str:
     # only local paths: an open redirect would let another site bounce users through the page
-    return value if re.fullmatch(r"/[A-Za-z0-9_/\-]*", value or "") else "/label"
+    return value if re.fullmatch(r"/(?!/)[A-Za-z0-9_/\-]*", value or "") else "/label"
 
 
 def _escape(text: str) -> str:
