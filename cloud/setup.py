@@ -22,6 +22,7 @@ setup(
             "register = fleetloop_cloud.steps:register_register",
             "round = fleetloop_cloud.steps:register_round",
             "manifest = fleetloop_cloud.steps:register_manifest",
+            "serve = fleetloop_cloud.steps:register_serve",
             "review-page = fleetloop_cloud.review.command:register",
         ],
     },

@@ -14,7 +14,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2
 # CPU torch here; a GPU image uses BASE_IMAGE=pytorch/pytorch:2.x-cuda12.x-cudnn9-runtime and skips this line
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY requirements/robot.txt /tmp/robot.txt
-RUN pip install -r /tmp/robot.txt onnx==1.23.2 onnxscript==0.7.2
+RUN pip install -r /tmp/robot.txt onnx==1.23.2 onnxscript==0.7.2 scipy==1.17.1
 
 WORKDIR /opt/fleetloop
 COPY ros2_ws/src/fleetloop_core /opt/fleetloop/fleetloop_core_pkg

@@ -87,13 +87,29 @@ class IngestConfig(ConfigModel):
     max_frames: Optional[int] = Field(default=None, gt=0)  # per run (None: all new)
 
 
+class SageMakerTransformConfig(ConfigModel):
+    """Batch transform jobs running the teacher packages (production auto-labeling)."""
+
+    role_arn: str = ""
+    image_uri: str = ""              # the inference image (docker/inference.Dockerfile)
+    instance_type: str = "ml.m5.xlarge"
+    instance_count: int = Field(default=1, ge=1)
+    max_payload_mb: int = Field(default=6, ge=1, le=100)
+    poll_s: float = Field(default=30.0, gt=0)
+    max_wait_s: float = Field(default=6 * 3600.0, gt=0)
+    region: str = "us-east-1"
+    endpoint_url: Optional[str] = None
+
+
 class AutolabelConfig(ConfigModel):
-    """Which teacher tiers label, in what batches."""
+    """Which teacher tiers label, in what batches, where."""
 
     tiers: tuple[str, ...] = ("T1", "T2")
+    backend: Literal["local", "sagemaker-batch"] = "local"
     batch_size: int = Field(default=64, gt=0)
     providers: tuple[str, ...] = ("cpu",)
     threads: int = Field(default=1, ge=1)
+    sagemaker: SageMakerTransformConfig = Field(default_factory=SageMakerTransformConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "AutolabelConfig":

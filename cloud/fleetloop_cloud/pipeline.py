@@ -211,12 +211,16 @@ class CloudLoop:
     def autolabel(self) -> dict:
         """Step 2: the teacher tiers predict every frame they have not seen yet."""
         def body(round_number: int) -> dict:
-            tiers = self.config.autolabel.tiers
-            teachers = load_teachers({t: self.production(t) for t in tiers}, self.config.autolabel.providers,
-                                     self.config.autolabel.threads)
+            cfg = self.config.autolabel
+            packages = {t: self.production(t) for t in cfg.tiers}
             ids = self._autolabel_ids(round_number)
-            report = run_teachers(self.pool, self.cache, teachers, ids, self.config.autolabel.batch_size,
-                                  progress=self.progress)
+            if cfg.backend == "sagemaker-batch":
+                from fleetloop_cloud.transform import BatchTransformTeachers
+                teachers = BatchTransformTeachers(cfg.sagemaker, self.store, client=self.clients.get("transform"))
+                report = teachers.run(self.pool, packages, ids)
+            else:
+                teachers = load_teachers(packages, cfg.providers, cfg.threads)
+                report = run_teachers(self.pool, self.cache, teachers, ids, cfg.batch_size, progress=self.progress)
             self.pool.set_state([r["id"] for r in self.pool.frames(state="new")], "auto_labeled")
             report = report.to_dict()
             report.pop("cpu_seconds")          # _run measures the step's CPU time

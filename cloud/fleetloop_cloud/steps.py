@@ -12,7 +12,8 @@ import argparse
 import json
 import sys
 
-from fleetloop_cloud.pipeline import CloudLoop, RoundSummary
+# the pipeline (numpy, scipy, onnxruntime, ...) is imported by the handlers, not at registration:
+# every image that runs `fleetloop-cloud <command>` loads every command's module
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +22,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _loop(args) -> CloudLoop:
+def _loop(args):
+    from fleetloop_cloud.pipeline import CloudLoop
+
     return CloudLoop.from_file(args.config, progress=not args.no_progress)
 
 
@@ -84,7 +87,7 @@ def register_train(subparsers) -> None:
     parser.set_defaults(handler=handler)
 
 
-def summary_table(summary: RoundSummary):
+def summary_table(summary):
     """Return a rich Table of a round's summary (the figures of DEMO_WORLD.md)."""
     from rich.table import Table
 
@@ -196,6 +199,25 @@ def register_manifest(subparsers) -> None:
                 sys.stdout.write(text)
             else:
                 print(f"{len(records)} frames -> {args.out or ''} {loop.store.url(args.store_key) if args.store_key else ''}")
+        return 0
+
+    parser.set_defaults(handler=handler)
+
+
+def register_serve(subparsers) -> None:
+    """``serve``: the teacher inference container's server (``docker run IMAGE serve``)."""
+    import os
+
+    parser = subparsers.add_parser("serve", help="serve a teacher package on the SageMaker inference contract")
+    parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")))
+
+    def handler(args) -> int:
+        import uvicorn
+
+        from fleetloop_cloud.serve import create_app
+        uvicorn.run(create_app(args.model_dir), host=args.host, port=args.port, log_level="info")
         return 0
 
     parser.set_defaults(handler=handler)
