@@ -57,8 +57,8 @@ def test_budget_set_from_another_node_changes_the_kept_rate(ros, robot, frames):
     ros.spin_until(lambda: len(decisions) >= 120, 30, "decisions of the second phase")
     low = _kept_per_s(decisions, after[5:])
     assert len(results) == 120                          # every frame answered, before and after
-    assert 7.0 <= high <= 13.0, high                    # ~10 kept per second
-    assert low <= 2.0, low                              # ~1 kept per second once the budget is 3600/h
+    assert 5.0 <= high <= 13.0, high                    # ~10 kept per second (budget, or the stream if slower)
+    assert low <= 2.0 and low < high / 3, (low, high)   # ~1 kept per second once the budget is 3600/h
     assert ros.get_parameters("selector", ["selection.budget.frames_per_hour"]) == [3600.0]
 
     # bad values are refused with a reason, and the value in force stays

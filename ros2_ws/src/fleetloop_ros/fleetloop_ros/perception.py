@@ -46,7 +46,8 @@ def image_qos(kind: ImageQos) -> QoSProfile:
     """Return the subscription QoS for camera topics: sensor data (best effort) or reliable."""
     if kind == "sensor_data":
         return qos_profile_sensor_data
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    # reliable: a few seconds of slack so a busy moment (a model swap warming up) loses nothing
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=30, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def providers_for(use_gpu: bool) -> tuple[str, ...]:
