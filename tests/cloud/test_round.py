@@ -47,6 +47,11 @@ def test_a_round_end_to_end(tmp_path, cloud_models):
     store.delete(frame_key(sidecars[5]))
     store.put_bytes(sidecar_key(sidecars[6]), b'{"robot_id": 7}')
     config = cloud_config_from_dict(cloud_config(tmp_path, store.uri, cloud_models["T1"].parent,
+                                                 routing={"bound_z": 0.5},
+                                                 # an exact annotator: audit disagreements are then the
+                                                 # teachers' errors, whatever machine built them
+                                                 annotators={"simulated": {"error_rate": 0.0}},
+                                                 audit={"max_passes": 3},
                                                  registry={"backend": "local", "uri": str(tmp_path / "registry"),
                                                            **_keys(tmp_path)}))
     with CloudLoop(config, progress=False) as loop:
