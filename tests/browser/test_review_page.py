@@ -16,8 +16,6 @@ import urllib.request
 import pytest
 import yaml
 
-from fleetloop_core.dataset import LABELS
-
 from fleetloop_cloud.autolabel import combine
 from fleetloop_cloud.config import load_cloud_config
 from fleetloop_cloud.pipeline import CloudLoop

@@ -107,3 +107,15 @@ def test_http_sessions_cookies_rebinding_and_input_errors(review_world):
         response, body = _request(server, "GET", "/tuning/routing?target=2", headers={"Cookie": session})
         assert response.status == 400 and b"must be &gt; 0.5 and &lt; 1" in body
         assert "default-src 'self'" in response.getheader("Content-Security-Policy")
+
+
+def test_serve_is_an_action_of_the_review_command_which_still_runs_the_loop_step():
+    from fleetloop_cloud.cli import build_parser
+    from fleetloop_cloud.review import command
+
+    parser = build_parser()
+    serve = parser.parse_args(["review", "serve", "--host", "127.0.0.2", "--port", "8099"])
+    assert serve.handler is command._serve and (serve.host, serve.port) == ("127.0.0.2", 8099)
+    step = parser.parse_args(["review", "--config", "x.yaml"])
+    assert step.handler is not command._serve and step.config == "x.yaml"
+
