@@ -8,9 +8,15 @@
         fleetloop_interfaces/FrameResult back; up to --in-flight frames outstanding, so the figure is
         the graph's throughput, not one round trip
 
-and prints frames/s of both, their ratio, and the round-trip latency through the graph, for
+and prints frames/s of both and their ratio, the CPU time per frame of both (the ROS figure sums
+this process and the robot process; it moves far less than frames/s when other jobs share the
+machine) and its ratio, and the round-trip latency through the graph, for
 128x128 frames (the models' size) and 640x480 (a camera's; resized in the node). Both measure the
 same cascade configuration; the robot process has the machine's other cores.
+
+Then the DDS transport comparison: 640x480 rgb8 at 30 Hz between two fresh processes with Fast DDS
+default transports and with LARGE_DATA (what the robot sets), best-effort and reliable: frames
+received of those sent, and the median latency (ms).
 
 Usage: python benchmarks/ros_graph.py [--quick] [--models DIR] [--json PATH]
 """
@@ -44,17 +50,17 @@ class _Core:
         self.cascade = Cascade(TierModel.load(models / "T4", providers=("cpu",), warmup=20),
                                TierModel.load(models / "T3", providers=("cpu",), warmup=20))
 
-    def fps(self, frames: list[np.ndarray]) -> float:
-        """Frames/s over one pass of ``frames``."""
+    def run(self, frames: list[np.ndarray]) -> tuple[float, float]:
+        """Return (frames/s, CPU ms per frame) over one pass of ``frames``."""
         from fleetloop_core.ros_convert import array_to_image, image_to_rgb8
 
         images = [array_to_image(f, "rgb8") for f in frames]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for image in images:
             frame = image_to_rgb8(image.height, image.width, image.encoding, image.is_bigendian, image.step,
                                   image.data)
             self.cascade.infer(frame, stream="bench")
-        return len(images) / (time.perf_counter() - start)
+        return len(images) / (time.perf_counter() - start), (time.process_time() - cpu) * 1000.0 / len(images)
 
 
 class _Graph:
@@ -137,6 +143,49 @@ class _Graph:
         rclpy.try_shutdown()
 
 
+def _count_frames(namespace: str, seconds: float, reliable: bool, expected: int) -> None:
+    """Subscriber process of the transport comparison: print how many frames arrived (and latency p50 ms).
+
+    Listens until ``expected`` frames arrived or ``seconds`` passed."""
+    import rclpy
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    rclpy.init()
+    node = rclpy.create_node("frame_counter", namespace=namespace)
+    latencies: list[float] = []
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE) \
+        if reliable else qos_profile_sensor_data
+    node.create_subscription(Image, "camera/image_raw", lambda m: latencies.append(
+        (time.time_ns() - m.header.stamp.sec * 1_000_000_000 - m.header.stamp.nanosec) / 1e6), qos)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and len(latencies) < expected:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    print(f"RECEIVED {len(latencies)} {percentile(latencies, 50) if latencies else float('nan'):.2f}", flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def _transport_row(transports: str | None, reliable: bool, sent: int, rate: float) -> dict:
+    """Send ``sent`` 640x480 rgb8 frames at ``rate`` between two fresh processes with these DDS settings."""
+    env = dict(os.environ, FASTDDS_BUILTIN_TRANSPORTS=transports or "DEFAULT")
+    namespace = f"/transport{os.getpid()}_{int(time.monotonic() * 1000) % 100000}"
+    listen_s = sent / rate + 10.0        # start-up, discovery, the stream, then a margin for stragglers
+    counter = subprocess.Popen([sys.executable, __file__, "--count-frames", namespace, str(listen_s),
+                                "1" if reliable else "0", str(sent)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               text=True)
+    camera = [sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", namespace, "--count", str(sent),
+              "--rate", str(rate), "--width", "640", "--height", "480", "--wait-subscribers", "1"]
+    if reliable:
+        camera.append("--reliable")
+    subprocess.run(camera, cwd=ROOT, env=env, capture_output=True, timeout=listen_s + 60)
+    output = counter.communicate(timeout=listen_s + 60)[0]
+    line = next(line for line in output.splitlines() if line.startswith("RECEIVED"))
+    received, latency = int(line.split()[1]), float(line.split()[2])
+    return {"transports": transports or "DEFAULT", "qos": "reliable" if reliable else "sensor_data (best effort)",
+            "sent": sent, "received": received, "latency_p50_ms": round(latency, 2)}
+
+
 def _start_robot(models: Path, namespace: str, workdir: Path) -> subprocess.Popen:
     config = workdir / "robot.yaml"
     config.write_text(yaml.safe_dump({"/**/perception": {"ros__parameters": {
@@ -154,7 +203,14 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--in-flight", type=int, default=4, help="frames outstanding in the graph")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    parser.add_argument("--no-transports", action="store_true", help="skip the DDS transport comparison")
+    parser.add_argument("--count-frames", nargs=4, metavar=("NAMESPACE", "SECONDS", "RELIABLE", "EXPECTED"),
+                        help=argparse.SUPPRESS)      # the subscriber process of the transport comparison
     args = parser.parse_args(argv)
+    if args.count_frames:
+        namespace, seconds, reliable, expected = args.count_frames
+        _count_frames(namespace, float(seconds), reliable == "1", int(expected))
+        return 0
 
     from fleetloop_ros.camera_replay import sim_frames
     from fleetloop_ros.environment import apply_robot_environment
@@ -172,6 +228,8 @@ def main(argv=None) -> int:
     namespace = f"/bench{os.getpid()}"
     workdir = Path(tempfile.mkdtemp(prefix="ros-graph-"))
     robot = _start_robot(models, namespace, workdir)
+    import psutil
+    robot_process = psutil.Process(robot.pid)        # the ROS bootstrap re-execs in place: same pid
     graph = None
     figures: dict = {"frames": count, "in_flight": args.in_flight, "models": str(models), "machine": machine(),
                      "dds": {k: os.environ.get(k) for k in ("FASTDDS_BUILTIN_TRANSPORTS", "ROS_LOCALHOST_ONLY")},
@@ -183,15 +241,26 @@ def main(argv=None) -> int:
         graph.run(frames[sizes[0]][:20], args.in_flight)            # warm-up of both sides
         for size in sizes:
             # interleaved rounds: load from other processes hits both rows alike
-            core_fps, ros_fps, trips = [], [], []
+            core_fps, ros_fps, core_cpu, ros_cpu, trips = [], [], [], [], []
             for _ in range(rounds):
-                core_fps.append(core.fps(frames[size]))
+                fps, cpu = core.run(frames[size])
+                core_fps.append(fps)
+                core_cpu.append(cpu)
+                # CPU of both processes (this one publishing and receiving, the robot answering): unlike
+                # frames/s it hardly moves when other jobs share the machine
+                before = time.process_time(), robot_process.cpu_times()
                 ros_fps.append(graph.run(frames[size], args.in_flight))
+                after = time.process_time(), robot_process.cpu_times()
+                robot_s = (after[1].user + after[1].system) - (before[1].user + before[1].system)
+                ros_cpu.append((after[0] - before[0] + robot_s) * 1000.0 / len(frames[size]))
                 trips.extend(t * 1000.0 for t in graph.round_trips)
             core_median, ros_median = float(np.median(core_fps)), float(np.median(ros_fps))
+            core_cpu_ms, ros_cpu_ms = float(np.median(core_cpu)), float(np.median(ros_cpu))
             figures["sizes"][f"{size[1]}x{size[0]}"] = {
                 "core_fps": round(core_median, 1), "ros_fps": round(ros_median, 1),
                 "ratio_ros_to_core": round(ros_median / core_median, 3), "rounds": rounds,
+                "core_cpu_ms_per_frame": round(core_cpu_ms, 3), "ros_cpu_ms_per_frame": round(ros_cpu_ms, 3),
+                "cpu_ratio_core_to_ros": round(core_cpu_ms / ros_cpu_ms, 3),
                 "round_trip_p50_ms": round(percentile(trips, 50), 2),
                 "round_trip_p99_ms": round(percentile(trips, 99), 2)}
     finally:
@@ -199,12 +268,22 @@ def main(argv=None) -> int:
             graph.close()
         robot.terminate()
         robot.wait(30)
+    if not args.no_transports:
+        sent = 90 if args.quick else 300
+        figures["transports"] = [_transport_row(transports, reliable, sent, 30.0)
+                                 for transports in (None, "LARGE_DATA") for reliable in (False, True)]
     rows = []
     for name, row in figures["sizes"].items():
         rows += [(f"{name} core pipeline alone (frames/s)", f"{row['core_fps']:.0f}"),
                  (f"{name} through the ROS graph (frames/s)", f"{row['ros_fps']:.0f}"),
-                 (f"{name} ratio ROS graph / core", f"{row['ratio_ros_to_core']:.3f}"),
+                 (f"{name} ratio ROS graph / core (frames/s)", f"{row['ratio_ros_to_core']:.3f}"),
+                 (f"{name} CPU per frame: core / ROS graph, both processes (ms)",
+                  f"{row['core_cpu_ms_per_frame']:.2f} / {row['ros_cpu_ms_per_frame']:.2f}"),
+                 (f"{name} ratio by CPU cost (core / ROS graph)", f"{row['cpu_ratio_core_to_ros']:.3f}"),
                  (f"{name} round trip p50 / p99 (ms)", f"{row['round_trip_p50_ms']:.1f} / {row['round_trip_p99_ms']:.1f}")]
+    for row in figures.get("transports", []):
+        rows.append((f"640x480 @ 30 Hz, {row['transports']}, {row['qos']}: received / sent",
+                     f"{row['received']} / {row['sent']} ({row['latency_p50_ms']:.0f} ms)"))
     print_table(f"ROS graph vs core ({count} frames x {rounds} rounds, {args.in_flight} in flight)", rows)
     write_json(args.json, figures)
     return 0
