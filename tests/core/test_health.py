@@ -62,3 +62,14 @@ def test_latency_window_percentiles_in_ms():
     assert len(window) == 100
     assert window.percentile_ms(0) == pytest.approx(101.0) and window.percentile_ms(100) == pytest.approx(200.0)
     assert window.percentile_ms(50) == pytest.approx(150.5)
+
+
+def test_models_check_warns_after_a_failed_transition_or_a_gpu_not_in_use():
+    from fleetloop_core.health import models_check
+
+    cpu = {"T4": "CPUExecutionProvider", "T3": "CPUExecutionProvider"}
+    assert models_check(cpu, {"T4_version": "edge 1.0"}, "swapped").level == OK
+    rolled = models_check(cpu, {}, "rolled_back", "confidence collapsed")
+    assert rolled.level == WARN and rolled.message == "last transition: rolled_back: confidence collapsed"
+    assert models_check(cpu, {}, None, use_gpu=True).level == WARN
+    assert models_check({"T4": "CUDAExecutionProvider"}, {}, None, use_gpu=True).level == OK

@@ -106,6 +106,25 @@ def check(name: str, figures: dict[str, tuple[float | None, Thresholds]], values
     return Check(name, level, message, {key: _format(value) for key, value in values.items()})
 
 
+FAILED_MODEL_EVENTS = ("rejected", "shadow_failed", "rolled_back", "failed")
+
+
+def models_check(providers: dict[str, str], values: dict[str, object], last_event: str | None,
+                 last_detail: str = "", use_gpu: bool = False) -> Check:
+    """Return the graded check of the serving models.
+
+    ``providers`` maps tier -> execution provider in use; ``last_event`` is the kind of the model
+    manager's last transition. WARN when that transition failed or rolled back, and when a GPU
+    was asked for but every tier runs on the CPU provider.
+    """
+    level, message = OK, "serving"
+    if last_event in FAILED_MODEL_EVENTS:
+        level, message = WARN, f"last transition: {last_event}: {last_detail}"
+    if use_gpu and providers and all(p == "CPUExecutionProvider" for p in providers.values()):
+        level, message = WARN, "use_gpu is set but every tier runs on CPUExecutionProvider"
+    return Check("models", level, message, {key: _format(value) for key, value in values.items()})
+
+
 def _format(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"

@@ -30,7 +30,7 @@ from std_srvs.srv import Trigger
 from fleetloop_core.control_plane import open_control_plane
 from fleetloop_core.deploy_agent import DeployAgent
 from fleetloop_core.errors import FleetLoopError, ModelError
-from fleetloop_core.health import OK, WARN, Check
+from fleetloop_core.health import FAILED_MODEL_EVENTS, Check, models_check
 from fleetloop_core.inference import TierModel
 from fleetloop_core.manifest import load_manifest
 from fleetloop_core.model_manager import (ROLE_BY_TIER, JobOutcome, ModelEvent, ModelManager, ModelManagerConfig,
@@ -45,7 +45,6 @@ from fleetloop_ros.settings import MODEL_MANAGER_READ_ONLY, MODEL_MANAGER_SKIPPE
 
 LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
-_FAILED_EVENTS = ("rejected", "shadow_failed", "rolled_back", "failed")
 
 
 def package_location(package: str) -> PackageLocation:
@@ -143,7 +142,7 @@ class ModelManagerNode(Node):
             text = f"{event.kind} {event.role or ''} {event.version or ''}".strip()
             if event.previous_version:
                 text += f" (was {event.previous_version})"
-            self.publish_status(text, event.kind not in _FAILED_EVENTS, event.detail)
+            self.publish_status(text, event.kind not in FAILED_MODEL_EVENTS, event.detail)
 
     def publish_status(self, last_event: str, ok: bool, message: str = "") -> ModelStatus:
         """Publish the latched ModelStatus with the versions serving now; return it."""
@@ -203,27 +202,23 @@ class ModelManagerNode(Node):
     def checks(self) -> list[Check]:
         """Return the models check: serving version and provider per tier, manager state, last outcome."""
         status = self.manager.status()
-        values: dict[str, str] = {}
-        for version in tier_versions(self.perception.cascade):
+        serving = tier_versions(self.perception.cascade)
+        values: dict[str, object] = {}
+        for version in serving:
             values[f"{version.tier}_version"] = f"{version.name} {version.version}"
             values[f"{version.tier}_execution_provider"] = version.execution_provider
         for role, state in status.state.items():
             values[f"{role}_state"] = state
-        level, message = OK, "serving"
         last = self._last_event
         if last is not None:
             values["last_event"] = f"{last.kind} {last.role or ''} {last.version or ''}".strip()
             values["last_event_detail"] = last.detail
-            if last.kind in _FAILED_EVENTS:
-                level, message = WARN, f"last transition: {last.kind}: {last.detail}"
-        providers = [v.execution_provider for v in tier_versions(self.perception.cascade)]
-        if self.parameters.current.use_gpu and providers and all(p == "CPUExecutionProvider" for p in providers):
-            level = max(level, WARN)
-            message = "use_gpu is set but every tier runs on CPUExecutionProvider"
         if status.watching:
             values["watching"] = f"{status.watching['role']} {status.watching['version']} " \
                                  f"({status.watching['frames']} frames)"
-        return [Check("models", level, message, values)]
+        return [models_check({v.tier: v.execution_provider for v in serving}, values,
+                             last.kind if last is not None else None, last.detail if last is not None else "",
+                             self.parameters.current.use_gpu)]
 
     def close(self) -> None:
         """Let a job in progress finish, then stop the manager's thread."""
