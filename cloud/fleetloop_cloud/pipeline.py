@@ -32,7 +32,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from fleetloop_core.dataset import LABELS
 from fleetloop_core.errors import FleetLoopError
 from fleetloop_core.manifest import load_manifest
 from fleetloop_core.store import open_store

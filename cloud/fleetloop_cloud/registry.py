@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
-from fleetloop_core.errors import ConfigError, FleetLoopError, ModelError
+from fleetloop_core.errors import ConfigError, FleetLoopError
 from fleetloop_core.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest, verify_files
 from fleetloop_core.store import ObjectStore, StoreError, open_store
 

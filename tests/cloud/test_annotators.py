@@ -7,7 +7,6 @@ server (moto) holding the frames.
 
 import datetime
 import json
-from pathlib import Path
 
 import boto3
 import pytest

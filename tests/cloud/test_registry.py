@@ -1,7 +1,6 @@
 """Model registry: signed packages with approval status (local store; SageMaker Model Registry on moto)."""
 
 import json
-import shutil
 
 import boto3
 import pytest

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from fleetloop_core import sim
@@ -110,7 +109,7 @@ def test_two_hosts_train_with_distributed_data_parallel(tmp_path, cloud_models, 
     processes = []
     for host in ("algo-1", "algo-2"):
         env = {**os.environ, "SM_HOSTS": '["algo-1", "algo-2"]', "SM_CURRENT_HOST": host,
-               "FLEETLOOP_MASTER_ADDR": "127.0.0.1", "FLEETLOOP_HYPERPARAMETERS": str(hp),
+               "FLEETLOOP_MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "FLEETLOOP_HYPERPARAMETERS": str(hp),
                "SM_MODEL_DIR": str(tmp_path / host / "model"), "SM_OUTPUT_DIR": str(tmp_path / host / "output"),
                "OMP_NUM_THREADS": "1", **{f"SM_CHANNEL_{k.upper()}": str(v) for k, v in channels.items()}}
         processes.append(subprocess.Popen([sys.executable, "-m", "fleetloop_cloud.train", "--no-progress"], env=env,

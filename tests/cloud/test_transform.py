@@ -9,7 +9,6 @@ import urllib.request
 
 import boto3
 import numpy as np
-import pytest
 
 from fleetloop_core.inference import TierModel
 from fleetloop_core.manifest import load_manifest
