@@ -160,9 +160,12 @@ class CloudLoop:
     def _run(self, step: str, body: Callable[[int], dict]) -> dict:
         round_number = self._round(step)
         status, info = self.pool.step(round_number, step)
-        if status in FINISHED:
+        if status in ("done", "skipped"):
             log.info("round %d: %s already %s", round_number, step, status)
             return info
+        if status == "failed":       # asked for explicitly: retry (run_round goes on past a failed step instead)
+            log.info("round %d: retrying %s (failed: %s)", round_number, step, info.get("error"))
+            info = {k: v for k, v in info.items() if k != "error"}
         cpu_started, wall_started = time.process_time(), time.perf_counter()
         self.pool.set_step(round_number, step, "running", info)
         try:

@@ -184,3 +184,14 @@ def test_the_round_goes_on_when_training_fails_and_nothing_accepted_is_lost(tmp_
         assert summary["steps"]["train"] == "failed" and "channel 'train' is empty" in summary["notes"]["train"]
         assert summary["steps"]["evaluate"] == "skipped" and summary["steps"]["register"] == "skipped"
         assert summary["labels"]["accepted"] == 40 and len(loop.pool.labels()) == 40
+    # the next round (new frames, same broken backend) fails training again; asked for explicitly, the
+    # failed step is retried, and with a working backend it would go on
+    with CloudLoop(config, progress=False, training_backend=_BrokenBackend()) as loop:
+        write_fleet(store, [("robot-9", fleet_sites()[1])], 10)
+        for step in ("ingest", "autolabel", "review"):
+            getattr(loop, step)()
+        with pytest.raises(TrainingError):
+            loop.train()
+        assert loop.pool.step(2, "train")[0] == "failed"
+        with pytest.raises(TrainingError):
+            loop.train()                                  # retried, not skipped
