@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--swaps", type=int, default=None, help="number of swaps M (default 3 quick, 8 full)")
     parser.add_argument("--rate-hz", type=float, default=30.0, help="camera frame rate (default 30 Hz)")
     parser.add_argument("--settle-s", type=float, default=None, help="steady seconds between swaps")
+    parser.add_argument("--background-nice", type=int, default=None,
+                        help="nice increment of the job thread (default: config's background_nice)")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
 
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
                     for i in range(swaps + 1)]
         store = ModelStore(work / "robot", TrustedKeys.from_pems([public_pem]), keep_versions=3)
         first = store.install(PackageLocation(path=str(packages[0])))
-        config = ModelManagerConfig(providers=["cpu"], warmup_runs=3, ring_buffer_frames=32,
+        extra = {} if args.background_nice is None else {"background_nice": args.background_nice}
+        config = ModelManagerConfig(**extra, providers=["cpu"], warmup_runs=3, ring_buffer_frames=32,
                                     shadow=ShadowConfig(min_frames=16),
                                     watchdog=WatchdogConfig(window_frames=int(args.rate_hz), min_frames=10))
         cascade = Cascade(TierModel.load(first.directory, providers=["cpu"]),
@@ -183,6 +186,8 @@ def main(argv=None) -> int:
     stamps = [s for s, _ in served]
     gaps = [(b - a, a, b) for a, b in zip(stamps, stamps[1:])]
     in_window = [g for g, a, b in gaps if any(a < end and b > start for start, end in windows)]
+    per_window = [max([g for g, a, b in gaps if a < end and b > start] or [float("nan")]) * 1000
+                  for start, end in windows]
     steady = [g for g, a, b in gaps if not any(a < end + 0.5 and b > start - 0.5 for start, end in windows)]
     steady_p99 = percentile(steady, 99)
     dropped_in_swaps = sum(1 for t in dropped_at if any(start <= t <= end for start, end in windows))
@@ -193,9 +198,10 @@ def main(argv=None) -> int:
         "inference_errors": counts["errors"], "rate_hz": args.rate_hz, "swaps": swaps,
         "steady_gap_p50_ms": percentile(steady, 50) * 1000, "steady_gap_p99_ms": steady_p99 * 1000,
         "max_gap_during_swaps_ms": max_swap_gap * 1000, "gap_ratio": max_swap_gap / steady_p99,
+        "max_gap_per_window_ms": per_window,          # the swaps in order, the rollback last
         "swap_seconds": percentile(swap_seconds, 50), "swap_seconds_all": swap_seconds,
         "swap_seconds_max": max(swap_seconds), "rollback_seconds": rollback_seconds,
-        "rollback_outcome": outcome.status, "machine": machine(),
+        "rollback_outcome": outcome.status, "machine": machine(), "background_nice": config.background_nice,
         # other work on the machine shows up as gaps in both the steady and the swap windows
         "load_average_before": load_before[0], "load_average_after": os.getloadavg()[0],
     }

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -62,6 +63,7 @@ class ShadowConfig(ConfigModel):
     max_latency_ratio: float = Field(default=3.0, gt=0.0)
     latency_floor_ms: float = Field(default=5.0, ge=0.0)        # ... only enforced above this (noise)
     constant_tolerance: float = Field(default=1e-6, ge=0.0)     # max |p - mean p| under which output is constant
+    pace_s: float = Field(default=0.002, ge=0.0)          # pause between frames: the check yields to serving
 
 
 class WatchdogConfig(ConfigModel):
@@ -90,9 +92,13 @@ class ModelManagerConfig(ConfigModel):
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     events_kept: int = Field(default=200, ge=1)
     jobs_kept: int = Field(default=200, ge=1)             # job outcomes remembered (duplicate detection)
-    # the job thread (download, load, warm-up, shadow check) runs this much "nicer" than serving, so on
-    # a busy CPU the frames win (Linux per-thread nice; 0 = same priority)
-    background_nice: int = Field(default=10, ge=0, le=19)
+    # The serving thread and the job thread (download, load, warm-up, shadow check) share the GIL.
+    # With Python's default 5 ms switch interval a frame can wait that long behind the job thread's
+    # Python code; the manager sets the process's switch interval to this (seconds; None: leave it).
+    gil_switch_interval_s: Optional[float] = Field(default=0.0005, gt=0.0, le=0.1)
+    # Nice increment of the job thread (Linux per-thread nice). 0 by default: measured on a busy CPU,
+    # a niced thread preempted while it holds the GIL stalls serving longer than it saves.
+    background_nice: int = Field(default=0, ge=0, le=19)
 
 
 def load_manager_config(path: str, section: str | None = "model_manager") -> ModelManagerConfig:
@@ -350,6 +356,8 @@ class ModelManager:
         self._executor: Optional[ThreadPoolExecutor] = None
         self._in_flight: dict[str, Future] = {}
         self._last_outcome: Optional[JobOutcome] = None
+        if self.config.gil_switch_interval_s is not None:
+            sys.setswitchinterval(self.config.gil_switch_interval_s)     # process-wide, see the config
         state = store.load_state()
         self._jobs: dict[str, dict[str, Any]] = dict(state.get("jobs", {}))
         self._history: dict[str, list[dict[str, str]]] = {k: list(v) for k, v in state.get("history", {}).items()}
@@ -695,6 +703,8 @@ class ModelManager:
             candidate_probs.append(theirs.probs[0])
             current_s.append(ours.latency_s)
             candidate_s.append(theirs.latency_s)
+            if config.pace_s:
+                time.sleep(config.pace_s)
         return shadow_verdict(np.stack(current_probs), np.stack(candidate_probs), current_s, candidate_s, config)
 
     # ------------------------------------------------------------------ rollback
