@@ -200,3 +200,13 @@ def test_config_file_loads_and_bad_values_are_named(repo_root, tmp_path):
     bad.write_text("model_manager:\n  shadow:\n    min_agreement: 1.5\n")
     with pytest.raises(ConfigError, match=r"model_manager.shadow.min_agreement.*1.5"):
         load_manager_config(str(bad))
+
+
+def test_the_manager_shortens_the_gil_switch_interval_when_configured(tmp_path, test_models, signing_keys, frames):
+    import sys
+    before = sys.getswitchinterval()
+    try:
+        Robot(tmp_path, test_models, signing_keys, frames, _config(gil_switch_interval_s=0.0005))
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)
