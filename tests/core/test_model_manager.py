@@ -210,3 +210,18 @@ def test_the_manager_shortens_the_gil_switch_interval_when_configured(tmp_path, 
         assert sys.getswitchinterval() == pytest.approx(0.0005)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_a_t3_package_goes_to_the_escalation_role(robot, tmp_path):
+    """With no T3 serving yet there is nothing to compare with: the shadow check judges T3 alone."""
+    from fixtures.model_packages import make_version
+    from fleetloop_core.manifest import load_manifest
+    package = make_version(robot.test_models["T3"], tmp_path / "t3-v2", "t3-v2", robot.keys["fleet"][0])
+    name = load_manifest(package).name
+    job = {"operation": "fleetloop.deploy_model", "model": {"name": name, "version": "t3-v2", "tier": "T3"},
+           "package": {"path": str(package)}}
+    with robot:
+        outcome = robot.manager.submit("job-t3", job).result(60)
+    assert outcome.status == "SUCCEEDED" and outcome.role == "escalation", outcome.reason
+    assert robot.cascade.escalation.version == "t3-v2" and robot.cascade.edge.version == "v1"
+    assert robot.manager.status().serving == {"edge": "v1", "escalation": "t3-v2"}
