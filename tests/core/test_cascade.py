@@ -109,3 +109,34 @@ def test_bad_config_is_a_clear_error(tmp_path):
     path.write_text("escalate_above: [\n")
     with pytest.raises(ConfigError, match="malformed YAML"):
         load_config(CascadeConfig, path)
+
+
+def test_tracks_follow_frame_continuity(tiers, pool):
+    # a new track starts exactly where a frame's T4 embedding departs from the previous frame's
+    edge = tiers[0]
+    stream = [f.image for f in sim.CameraStream(sim.make_site(2), "r", seed=4).frames(120)]
+    embeddings = np.concatenate([edge.infer(f).embedding for f in stream])
+    similarity = np.sum(embeddings[1:] * embeddings[:-1], axis=1)
+    threshold = float(np.median(similarity))
+    cascade = Cascade(*tiers, CascadeConfig(escalate_above=1.0, track_similarity=threshold))
+    tracks = [cascade.infer(f, stream="cam").track for f in stream]
+    changed = [a != b for a, b in zip(tracks, tracks[1:])]
+    assert changed == list(similarity < threshold)
+    assert any(changed) and not all(changed)
+    same_frame = Cascade(*tiers, CascadeConfig(escalate_above=1.0, track_similarity=0.99))
+    first = same_frame.infer(stream[0], stream="x").track
+    assert same_frame.infer(stream[0], stream="x").track == first          # the same frame again: same track
+    assert same_frame.infer(stream[0], stream="other").track != first      # tracks are per stream
+
+
+def test_memory_reports_similarity_to_previous_frame():
+    from fleetloop_core.uncertainty import EmbeddingMemory
+    memory = EmbeddingMemory(3, capacity=2, unit_inputs=True)
+    memory.score(np.array([1.0, 0.0, 0.0], np.float32))
+    assert memory.last_similarity is None
+    memory.score(np.array([0.0, 1.0, 0.0], np.float32))
+    assert memory.last_similarity == pytest.approx(0.0)
+    memory.score(np.array([0.0, 1.0, 0.0], np.float32))
+    assert memory.last_similarity == pytest.approx(1.0)
+    memory.score(np.array([0.6, 0.8, 0.0], np.float32))      # ring wrapped: previous is still [0, 1, 0]
+    assert memory.last_similarity == pytest.approx(0.8)

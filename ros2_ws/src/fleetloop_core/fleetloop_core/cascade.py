@@ -34,6 +34,9 @@ class CascadeConfig(ConfigModel):
     novelty_memory: int = Field(default=256, ge=1)                # embeddings remembered per stream
     flicker_window: int = Field(default=8, ge=2)                  # frames per stream
     escalation_enabled: bool = True
+    # frames of a stream whose T4 embeddings stay at least this similar (cosine) to the previous
+    # frame share a track id (FrameResult.track): the robot-side tracker behind sidecar track hints
+    track_similarity: float = Field(default=0.9, ge=-1.0, le=1.0)
 
 
 @dataclass(slots=True)
@@ -54,6 +57,7 @@ class FrameResult:
     total_latency_s: float = 0.0
     uncertainty_latency_s: float = 0.0    # time spent on flicker + novelty + score bookkeeping
     k: int = 3
+    track: str | None = None              # robot-side track id: "<stream-session>-<n>", None without embeddings
 
     @property
     def top_k(self) -> list[tuple[int, float]]:
@@ -74,11 +78,20 @@ def _scores_of(out: TierOutputs) -> tuple[float, float, float]:
 
 
 class _StreamState:
-    __slots__ = ("flicker", "memory")
+    __slots__ = ("flicker", "memory", "session", "track")
 
     def __init__(self, config: CascadeConfig, dim: int, unit_embeddings: bool):
         self.flicker = unc.FlickerWindow(config.flicker_window)
         self.memory = unc.EmbeddingMemory(dim, config.novelty_memory, unit_embeddings) if dim else None
+        # track ids must not repeat across process restarts: prefix them with the session start
+        self.session = format(time.time_ns() // 1_000_000, "x")
+        self.track = 0
+
+    def next_track(self, similarity: float | None, threshold: float) -> str:
+        """Return the track id of the current frame given its similarity to the previous one."""
+        if similarity is None or similarity < threshold:
+            self.track += 1
+        return f"{self.session}-{self.track}"
 
 
 class Cascade:
@@ -173,7 +186,11 @@ class Cascade:
             state = self._streams[stream] = _StreamState(config, 0 if embedding is None else len(embedding),
                                                          edge.manifest.outputs.embedding_normalised)
         flicker = state.flicker.push(label)
-        novelty = state.memory.score(embedding) if state.memory is not None else 0.0
+        if state.memory is not None:
+            novelty = state.memory.score(embedding)
+            track = state.next_track(state.memory.last_similarity, config.track_similarity)
+        else:
+            novelty, track = 0.0, None
         scores = {"entropy": entropy, "margin": margin, "least_confidence": least,
                   "disagreement": disagreement, "flicker": flicker, "novelty": novelty}
         scores_end = time.perf_counter()
@@ -195,6 +212,7 @@ class Cascade:
             total_latency_s=time.perf_counter() - start,
             uncertainty_latency_s=edge_scores_s + (scores_end - scores_start),
             k=config.top_k,
+            track=track,
         )
 
     def _within_budget(self, edge_latency_s: float) -> bool:

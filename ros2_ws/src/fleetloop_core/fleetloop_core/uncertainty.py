@@ -144,6 +144,9 @@ class EmbeddingMemory:
         self._rows = np.zeros((capacity, dim), np.float32)
         self._count = 0
         self._next = 0
+        # cosine to the most recently remembered embedding, as of the last score(): the frame-to-
+        # frame continuity a tracker needs, free because score() computes every similarity anyway
+        self.last_similarity: float | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -166,8 +169,10 @@ class EmbeddingMemory:
             similarities = np.dot(rows, vector)
             best = float(similarities[similarities.argmax()]) / norm   # argmax+index beats .max() here
             value = min(max((1.0 - best) * 0.5, 0.0), 1.0)
+            self.last_similarity = float(similarities[self._next - 1]) / norm   # _next - 1 = -1 wraps
         else:
             value = 1.0
+            self.last_similarity = None
         if remember:
             if self.unit_inputs:
                 self._rows[self._next] = vector
