@@ -106,3 +106,25 @@ def test_field_frames_differ_from_lab_frames(pool):
     assert abs(lab.images.mean() - field.images.mean()) > 3 or \
         abs(lab.images.std() - field.images.std()) > 3
     assert set(field.items[field.items >= 0]) <= set(pool.field_test)
+
+
+def test_truth_only_frames_match_rendered_stream(pool):
+    site = sim.make_site(3, seed=1)
+    rendered = list(sim.CameraStream(site, "r", seed=2).frames(400))
+    truth_only = list(sim.CameraStream(site, "r", seed=2).frames(400, render=False))
+    assert all(t.image is None for t in truth_only)
+    assert [(f.truth, f.stamp_ns) for f in rendered] == [(f.truth, f.stamp_ns) for f in truth_only]
+    # skipping ahead without pixels leaves the stream where rendering it would have
+    skipped = sim.CameraStream(site, "r", seed=2)
+    list(skipped.frames(300, render=False))
+    assert np.array_equal(next(iter(skipped.frames(1))).image, rendered[300].image)
+
+
+def test_stream_is_the_same_however_it_is_chunked():
+    site = sim.make_site(0, seed=5)
+    whole = [f.truth for f in sim.CameraStream(site, "r", seed=1).frames(500, render=False)]
+    chunked_stream = sim.CameraStream(site, "r", seed=1)
+    chunked = []
+    for size in (1, 7, 100, 3, 389):
+        chunked += [f.truth for f in chunked_stream.frames(size, render=False)]
+    assert chunked == whole
