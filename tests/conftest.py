@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # fixture modules that start real servers (tests/fixtures/<name>.py); append yours
-pytest_plugins: list[str] = ["fixtures.mqtt", "fixtures.model_packages", "fixtures.ros", "fixtures.s3", "fixtures.cloud_world", "fixtures.review_page"]
+pytest_plugins: list[str] = ["fixtures.mqtt", "fixtures.model_packages", "fixtures.ros", "fixtures.s3", "fixtures.cloud_world", "fixtures.review_page", "fixtures.detection_world"]
 CACHE = ROOT / ".cache"
 
 

@@ -102,6 +102,9 @@ class TierModel:
         path = Path(path)
         directory = path if path.is_dir() else path.parent
         manifest = load_manifest(directory / MANIFEST_NAME if path.is_dir() else path)
+        if manifest.task == "detection" and cls is TierModel:
+            raise ModelError(f"{directory}: task 'detection': load detectors with fleetloop_core.detection.DetectorModel "
+                             f"(or detection.load_model, which picks by task)")
         verify_files(manifest, directory)
         model_path = directory / manifest.model_file.path
         chosen = choose_providers(providers, ort.get_available_providers())

@@ -72,6 +72,33 @@ class OutputSpec(_Strict):
     uncertainty: Optional[str] = None
 
 
+class DetectionSpec(_Strict):
+    """How a detector's outputs are laid out and decoded (``task: detection`` manifests only).
+
+    ``layout``: ``yolo`` = one output (N, 4 + C, A) of centre-x, centre-y, width, height and C
+    class scores per anchor, no objectness (the common YOLOv8 export); ``boxes_scores`` = ``boxes``
+    (N, A, 4) plus ``scores`` (N, A, C) per class, or (N, A) of the best class with a ``labels``
+    output (N, A) of class ids. Coordinates are in model-input pixels unless ``normalised``.
+    ``scores_activated``: the graph already applied the sigmoid. Decoding, letterboxing and
+    non-maximum suppression: ``fleetloop_core.detection``.
+    """
+
+    layout: Literal["yolo", "boxes_scores"]
+    output: str = "output0"                           # yolo: the single output
+    boxes: str = "boxes"                              # boxes_scores: box output
+    scores: str = "scores"                            # boxes_scores: score output
+    labels_output: Optional[str] = None               # boxes_scores with (N, A) scores: class ids
+    box_format: Literal["xyxy", "cxcywh"] = "xyxy"    # boxes_scores only; yolo is always cxcywh
+    normalised: bool = False                          # coordinates in [0, 1] of the input size
+    scores_activated: bool = True
+    embedding: Optional[str] = None                   # unit-length image embedding, if exported
+    score_threshold: float = Field(default=0.3, ge=0.0, le=1.0)   # boxes below are dropped
+    nms_iou: float = Field(default=0.5, gt=0.0, le=1.0)           # per-class NMS overlap
+    max_detections: int = Field(default=100, ge=1)
+    letterbox: bool = True                            # keep aspect ratio, pad (else stretch)
+    pad_value: int = Field(default=114, ge=0, le=255)
+
+
 class FileEntry(_Strict):
     """One file of the package, relative to the manifest's directory."""
 
@@ -108,6 +135,7 @@ class Manifest(_Strict):
     metrics: dict[str, Any] = Field(default_factory=dict)
     created: str = ""
     signature: Optional[Signature] = None
+    detection: Optional[DetectionSpec] = None    # task: detection only (output layout and decoding)
 
     @model_validator(mode="after")
     def _check(self) -> "Manifest":
@@ -116,6 +144,10 @@ class Manifest(_Strict):
             raise ValueError(f"files must list exactly one role=model entry, found {len(models)}")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
+        if self.task == "detection" and self.detection is None:
+            raise ValueError("task 'detection' needs a detection block (output layout)")
+        if self.task != "detection" and self.detection is not None:
+            raise ValueError(f"a detection block is only valid with task 'detection' (task is {self.task!r})")
         return self
 
     @property

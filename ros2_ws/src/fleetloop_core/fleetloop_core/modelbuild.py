@@ -17,7 +17,7 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 from pydantic import Field
@@ -45,6 +45,7 @@ class TierBuild(ConfigModel):
     epochs: int = Field(gt=0, le=100)
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=3e-3, gt=0)
+    layout: Optional[Literal["yolo", "boxes_scores", "boxes_scores_labels"]] = None   # detection profiles only
 
 
 class BuildProfile(ConfigModel):
@@ -59,6 +60,9 @@ class BuildProfile(ConfigModel):
     eval_sites: int = Field(default=4, gt=0)
     seed: int = 0
     tiers: dict[str, TierBuild]
+    task: Literal["classification", "detection"] = "classification"   # detection: modelbuild_detection
+    max_items: int = Field(default=4, ge=1, le=16)                      # detection: items per frame
+    item_scale: tuple[float, float] = (0.2, 0.4)                        # detection: of the shorter side
 
 
 def load_profile(name: str = "default", path: str | Path | None = None) -> BuildProfile:
@@ -86,10 +90,11 @@ def _code_fingerprint() -> str:
 
 def build_key(profile: BuildProfile, tier: str) -> str:
     """Return the cache key of one tier build: profile, data files and code."""
+    detection_only = {"task", "max_items", "item_scale"} if profile.task == "classification" else set()
     payload = {
         "tier": tier,
-        "tier_build": profile.tiers[tier].model_dump(),
-        "profile": profile.model_dump(exclude={"tiers"}),
+        "tier_build": profile.tiers[tier].model_dump(exclude={"layout"} if profile.task == "classification" else None),
+        "profile": profile.model_dump(exclude={"tiers", *detection_only}),
         "data": dataset.fingerprint(),
         "code": _code_fingerprint(),
     }
@@ -144,6 +149,9 @@ def _build_locked(out_dir: Path, profile_name: str, config_path: str | Path | No
     missing = [t for t in tiers if t not in profile.tiers]
     if missing:
         raise ConfigError(f"profile {profile_name!r} does not define tier(s) {missing}")
+    if profile.task == "detection":
+        from fleetloop_core.modelbuild_detection import build_detectors
+        return build_detectors(out_dir, profile_name, profile, tiers, progress, force)
     todo = [t for t in tiers if force or not _cached(out_dir / t, keys[t])]
     result = {t: out_dir / t for t in tiers}
     for tier in tiers:

@@ -363,10 +363,18 @@ def replay(bags: str | Path | Sequence[str | Path], models: str | Path, base: Se
     models = Path(models)
     if not (models / "T4" / "manifest.json").is_file():
         raise ReplayError(f"{models}: no T4 model (run `fleetloop models build --out {models}`)")
-    edge = TierModel.load(models / "T4")
-    escalation = TierModel.load(models / "T3") if (models / "T3" / "manifest.json").is_file() else None
-    cascade = Cascade(edge, escalation, cascade_config or CascadeConfig())
-    labels = tuple(edge.labels)
+    from fleetloop_core.detection import DetectionCascadeConfig, load_detection_cascade, model_task
+
+    if model_task(models / "T4") == "detection":
+        # detectors: the detection cascade; frame labels are the classes plus none
+        config = cascade_config if isinstance(cascade_config, DetectionCascadeConfig) else DetectionCascadeConfig()
+        cascade = load_detection_cascade(models, "T4", "T3", config)
+        labels = tuple(cascade.frame_labels)
+    else:
+        edge = TierModel.load(models / "T4")
+        escalation = TierModel.load(models / "T3") if (models / "T3" / "manifest.json").is_file() else None
+        cascade = Cascade(edge, escalation, cascade_config or CascadeConfig())
+        labels = tuple(edge.labels)
     results = [SettingResult(s) for s in settings]
     selectors: dict[tuple[int, str], Selector] = {}
     problems: list[BagProblem] = []

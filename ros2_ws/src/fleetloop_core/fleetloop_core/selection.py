@@ -716,6 +716,9 @@ class Selector:
         }
         if embedding is not None:
             fields["embedding"] = [round(float(v), 6) for v in embedding]
+        detections = getattr(result, "sidecar_detections", None)     # a detection cascade's boxes per tier
+        if detections is not None:
+            fields["detections"] = detections()
         if simulation is not None:
             fields["simulation"] = simulation
         if track_hint is not None:

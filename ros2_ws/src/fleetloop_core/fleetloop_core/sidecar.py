@@ -46,6 +46,7 @@ class SimulationTruth(BaseModel):
     item: int = -1
     track_id: int = -1
     site: str = ""
+    boxes: Optional[list[list[float]]] = None     # detection world: [x0, y0, x1, y1, class, track_id] per item
 
 
 class Sidecar(BaseModel):
@@ -64,6 +65,7 @@ class Sidecar(BaseModel):
     labels: list[str] = Field(default_factory=list)      # class names the outputs index into
     model_versions: dict[str, str] = Field(default_factory=dict)
     tier_outputs: dict[str, list[float]] = Field(default_factory=dict)   # probs per tier that ran
+    detections: Optional[dict[str, list[list[float]]]] = None   # detectors: per tier [x0, y0, x1, y1, score, class]
     embedding: Optional[list[float]] = None              # T4 embedding (for cloud diversity / dedup)
     prediction: int = -1                                 # the robot's label (index into labels)
     confidence: float = 0.0
