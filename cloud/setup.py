@@ -25,5 +25,9 @@ setup(
             "serve = fleetloop_cloud.steps:register_serve",
             "review-page = fleetloop_cloud.review.command:register",
         ],
+        # the closed-loop demo is a `fleetloop` command (it composes robots and cloud)
+        "fleetloop.commands": [
+            "demo = fleetloop_cloud.demo.run:register",
+        ],
     },
 )

@@ -234,6 +234,22 @@ class Pool:
             rows = [r for r in rows if r["id"] in wanted]
         return rows
 
+    def frames_without_truth(self) -> list[sqlite3.Row]:
+        """Return (id, robot_id, stamp_ns) of frames whose sidecar carried no simulated ground truth."""
+        return self._query("SELECT id, robot_id, stamp_ns FROM frames WHERE sim_label IS NULL "
+                           "ORDER BY robot_id, stamp_ns")
+
+    def set_sim_labels(self, labels: dict[str, int]) -> int:
+        """Record simulated ground truth for frames that came without it (a simulation's oracle
+        supplies it, e.g. for robots whose camera messages cannot carry it); return rows updated.
+
+        Like the ``simulation`` block of a sidecar, this is read only by the simulated annotator and
+        the simulation-only report figures, never by a model.
+        """
+        with self.transaction() as db:
+            return sum(db.execute("UPDATE frames SET sim_label=? WHERE id=? AND sim_label IS NULL",
+                                  (int(label), frame_id)).rowcount for frame_id, label in labels.items())
+
     def frame(self, frame_id: str) -> sqlite3.Row:
         """Return one frame row; PoolError if absent."""
         rows = self._query("SELECT * FROM frames WHERE id=?", (frame_id,))

@@ -23,6 +23,7 @@ import numpy as np
 from fleetloop_core.dataset import ITEM_LABELS, LABELS, NONE_INDEX, load_split
 
 NUM_ITEM_CLASSES = len(ITEM_LABELS)
+SIM_EPOCH_NS = 1_790_000_000 * 10**9          # 2026-09-21: stamps of simulated fleet streams start here
 RARE_IN_LAB_CLASS = ITEM_LABELS.index("bag")   # rare in the lab, common at site 1
 LAB_RARE_WEIGHT = 0.02                          # relative weight of that class in the lab prior
 

@@ -5,11 +5,19 @@ rosbag2 directory/file (sqlite3 or MCAP, read with ``rosbags``; its Image and Co
 messages are republished). Frames are stamped with the wall clock when sent, so the perception
 node's latency figure means something. On robots, ``ros2 bag play`` does the bag part
 (``launch/replay.launch.py``).
+
+The fleet simulation (``fleetloop demo``) uses the live-stream form: ``--robot`` and ``--seed``
+name one robot's endless simulated stream, ``--start`` skips to a frame index (no pixels drawn
+for the skipped ones), ``--sim-stamps`` stamps frames with the simulated capture time (so
+upload budgets run on camera time, however fast the replay), and ``--lockstep TOPIC`` sends the
+next frame only while fewer than ``--window`` frames are still unanswered on the results topic:
+as fast as the robot can go, and nothing lost to a full queue.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -54,17 +62,33 @@ class CameraReplayNode(Node):
     def __init__(self, topic: str = "camera/image_raw", rate_hz: float = 10.0, count: int = 0,
                  source: str = "sim", width: int = 128, height: int = 128, encoding: str = "rgb8",
                  compressed: bool = False, reliable: bool = False, frame_id: str = "camera", site: int = 0,
-                 wait_subscribers: int = 0, node_name: str = "camera_replay", **node_kwargs):
+                 wait_subscribers: int = 0, node_name: str = "camera_replay", seed: int = 0, robot: str = "",
+                 start: int = 0, sim_stamps: bool = False, lockstep_topic: str = "", window: int = 4,
+                 **node_kwargs):
         super().__init__(node_name, **node_kwargs)
         if rate_hz <= 0:
             raise ConfigError(f"camera replay: rate_hz must be > 0 (got {rate_hz})")
+        if window < 1:
+            raise ConfigError(f"camera replay: window must be >= 1 (got {window})")
         self.count, self.sent = count, 0
+        self.answered = 0
+        self.window = window
+        self._sim_stamps = sim_stamps
+        self._live = None
         self.wait_subscribers = wait_subscribers     # discovery takes a moment: frames sent before it are lost
         self._matched_at: float | None = None
         self.frame_id = frame_id
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE) \
             if reliable else qos_profile_sensor_data
-        if source == "sim":
+        if source == "sim" and (robot or start or sim_stamps or lockstep_topic):
+            from fleetloop_core import sim
+            self._kind = "compressed" if compressed else "image"
+            self._live = sim.CameraStream(sim.make_site(site, seed), robot=robot or f"camera-{site}", seed=seed,
+                                          height=height, width=width, start_ns=sim.SIM_EPOCH_NS)
+            for _ in self._live.frames(start, render=False):
+                pass
+            self._encoding, self._compressed = encoding, compressed
+        elif source == "sim":
             self._kind = "compressed" if compressed else "image"
             frames = sim_frames(min(count, 200) if count else 200, height, width, site)
             self._payloads = itertools.cycle([self._payload(f, encoding, compressed) for f in frames])
@@ -74,6 +98,12 @@ class CameraReplayNode(Node):
             self._payloads = itertools.cycle([m for _, m in messages])
         kind = CompressedImage if self._kind == "compressed" else Image
         self.publisher = self.create_publisher(kind, topic, qos)
+        if lockstep_topic:
+            from fleetloop_interfaces.msg import FrameResult
+            results_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(10, 4 * window),
+                                     reliability=ReliabilityPolicy.RELIABLE)
+            self.create_subscription(FrameResult, lockstep_topic, self._on_result, results_qos)
+        self._lockstep = bool(lockstep_topic)
         self._timer = self.create_timer(1.0 / rate_hz, self._tick)
         self.get_logger().info(f"camera replay: {source} -> {self.publisher.topic_name} at {rate_hz:g} Hz"
                                + (f", {count} frames" if count else ""))
@@ -99,11 +129,22 @@ class CameraReplayNode(Node):
             if time.monotonic() - self._matched_at < _SETTLE_S:
                 return
         if self.count and self.sent >= self.count:
+            if self._timer.is_canceled():
+                return
             self._timer.cancel()
             self.get_logger().info(f"camera replay: sent {self.sent} frames")
             return
-        payload = next(self._payloads)
-        header = Header(stamp=time_msg(time.time_ns()), frame_id=self.frame_id)
+        if self._lockstep and self.sent - self.answered >= self.window:
+            return
+        stamp_ns = time.time_ns()
+        if self._live is not None:
+            frame = next(iter(self._live.frames(1)))
+            payload = self._payload(frame.image, self._encoding, self._compressed)
+            if self._sim_stamps:
+                stamp_ns = frame.stamp_ns
+        else:
+            payload = next(self._payloads)
+        header = Header(stamp=time_msg(stamp_ns), frame_id=self.frame_id)
         if self._kind == "compressed":
             if isinstance(payload, tuple):
                 fmt, data = payload
@@ -117,9 +158,16 @@ class CameraReplayNode(Node):
         self.publisher.publish(message)
         self.sent += 1
 
+    def _on_result(self, _message) -> None:
+        self.answered += 1
+        self._tick()            # lockstep: an answer frees a slot, send the next frame now
+
     @property
     def done(self) -> bool:
-        return bool(self.count) and self.sent >= self.count
+        """True once every frame was sent (and, in lockstep, answered)."""
+        if not self.count or self.sent < self.count:
+            return False
+        return not self._lockstep or self.answered >= self.count
 
 
 def register(subparsers) -> None:
@@ -138,6 +186,13 @@ def register(subparsers) -> None:
     parser.add_argument("--site", type=int, default=0, help="simulated site index")
     parser.add_argument("--wait-subscribers", type=int, default=0,
                         help="start sending once this many subscribers are matched")
+    parser.add_argument("--seed", type=int, default=0, help="simulated world seed")
+    parser.add_argument("--robot", default="", help="simulated robot name (seeds its stream; live stream)")
+    parser.add_argument("--start", type=int, default=0, help="first frame index of the live simulated stream")
+    parser.add_argument("--sim-stamps", action="store_true", help="stamp frames with the simulated capture time")
+    parser.add_argument("--lockstep", default="", metavar="RESULTS_TOPIC",
+                        help="send only while fewer than --window frames are unanswered on this FrameResult topic")
+    parser.add_argument("--window", type=int, default=4, help="frames in flight in lockstep mode")
     parser.set_defaults(handler=_run)
 
 
@@ -152,11 +207,18 @@ def _run(args) -> int:
     def nodes() -> Sequence[Node]:
         made.append(CameraReplayNode(args.topic, args.rate, args.count, args.source, args.width, args.height,
                                      args.encoding, args.compressed, args.reliable, site=args.site,
-                                     wait_subscribers=args.wait_subscribers, namespace=args.namespace))
+                                     wait_subscribers=args.wait_subscribers, namespace=args.namespace,
+                                     seed=args.seed, robot=args.robot, start=args.start,
+                                     sim_stamps=args.sim_stamps, lockstep_topic=args.lockstep,
+                                     window=args.window))
         return made
 
     # after the last frame, a second more for reliable delivery, then stop
-    return run_nodes(nodes, [], threads=1, until=finished if args.count else None, linger_s=1.0)
+    code = run_nodes(nodes, [], threads=1, until=finished if args.count else None, linger_s=1.0)
+    if made:
+        # one machine-readable line for whoever started us (the fleet simulation counts drops)
+        print(json.dumps({"camera": {"sent": made[0].sent, "answered": made[0].answered}}), flush=True)
+    return code
 
 
 def main(args: list[str] | None = None) -> int:

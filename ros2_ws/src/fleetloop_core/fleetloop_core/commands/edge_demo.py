@@ -1,4 +1,4 @@
-"""``fleetloop demo``: the edge pipeline over a simulated field stream.
+"""``fleetloop edge-demo``: the edge pipeline alone over a simulated field stream (no cloud, no fleet).
 
 Builds (or reuses) the reference models, streams one robot's field camera through the real
 cascade, and prints what it saw and which frames it found most worth a label.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="run the edge pipeline over a simulated field stream")
+    parser = subparsers.add_parser("edge-demo", help="the edge pipeline alone over one simulated field stream")
     parser.add_argument("--models", default="models", help="reference models directory (built if missing)")
     parser.add_argument("--profile", default="default", help="build profile when models are missing")
     parser.add_argument("--frames", type=int, default=600)

@@ -1,0 +1,67 @@
+"""Demo settings (config/demo.yaml), validated on load; ``--quick`` merges the ``quick`` section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import Field
+
+from fleetloop_core.config import ConfigModel, default_config_path, read_yaml, validate
+
+
+class Arms(ConfigModel):
+    random_upload: bool = True
+    upload_all: bool = True
+    active_learning: bool = True
+    hard_mode: bool = True
+
+
+class ActiveLearningSettings(ConfigModel):
+    budgets: list[int] = Field(default_factory=lambda: [25, 50, 100, 200, 400, 800])
+    repeats: int = Field(default=3, ge=1)
+    target_share: float = Field(default=0.95, gt=0.0, le=1.0)
+
+
+class RobotOverrides(ConfigModel):
+    shadow_min_agreement: float = Field(default=0.3, ge=0.0, le=1.0)
+    watchdog_max_latency_ms: float = Field(default=200.0, gt=0.0)
+    watchdog_window_s: float = Field(default=5.0, gt=0.0)
+
+
+class DemoConfig(ConfigModel):
+    robots: int = Field(default=4, ge=1, le=16)
+    rounds: int = Field(default=3, ge=1, le=20)
+    frames_per_robot: int = Field(default=1200, ge=50)
+    upload_fraction: float = Field(default=0.05, gt=0.0, le=1.0)
+    seed: int = 0
+    ros: bool = True
+    control_plane: Literal["local", "mqtt"] = "local"
+    camera_window: int = Field(default=4, ge=1)
+    arms: Arms = Field(default_factory=Arms)
+    hard_mode_frames: int = Field(default=150, ge=10)
+    upload_all_epochs: int = Field(default=2, ge=1)
+    active_learning: ActiveLearningSettings = Field(default_factory=ActiveLearningSettings)
+    cloud: dict[str, Any] = Field(default_factory=dict)
+    robot: RobotOverrides = Field(default_factory=RobotOverrides)
+    quick: Optional[dict[str, Any]] = None
+    camera_rate_hz: float = Field(default=10.0, gt=0.0)
+    models_profile: str = "default"          # config/models.yaml profile of the round-0 models
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_demo_config(path: str | Path | None = None, quick: bool = False,
+                     overrides: dict[str, Any] | None = None) -> DemoConfig:
+    """Return the demo config (with the quick profile and command-line overrides merged)."""
+    path = Path(path) if path else default_config_path("demo.yaml")
+    data = read_yaml(path)
+    if quick:
+        data = _merge(data, data.get("quick") or {})
+    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    return validate(DemoConfig, data, source=str(path))
