@@ -93,7 +93,7 @@ def test_job_round_trip_over_the_iot_jobs_topics(mqtt_broker, prefix):
 
 def test_broker_outage_robot_keeps_serving_reconnects_and_takes_the_job(mqtt_broker, tmp_path, test_models,
                                                                        signing_keys, frames):
-    from test_model_manager import Robot
+    from fixtures.model_packages import Robot
 
     robot = Robot(tmp_path, test_models, signing_keys, frames)
     plane = _plane(mqtt_broker, "robot-0")

@@ -174,7 +174,7 @@ class FleetSettings:
     keys_dir: Path                  # trusted public keys
     selection: dict                 # config/selection.yaml content with the demo's budget
     manager_overrides: dict         # model_manager section overrides
-    mqtt: dict | None = None        # control_plane.mqtt section (certificates) for mqtts://
+    mqtt: dict | None = None        # robot_id -> control_plane.mqtt section (its certificate) for mqtts://
     camera_window: int = 4
     camera_rate_hz: float = 10.0
 
@@ -213,7 +213,7 @@ class InProcessRobot:
                                TierModel.load(serving["escalation"], providers=("cpu",)))
         self.manager = ModelManager(self.cascade, store, manager_config)
         plane = ControlPlaneConfig(uri=settings.jobs_uri, thing_name=spec.robot_id, poll_s=0.5,
-                                   **({"mqtt": settings.mqtt} if settings.mqtt else {}))
+                                   **({"mqtt": settings.mqtt[spec.robot_id]} if settings.mqtt else {}))
         self.agent = DeployAgent(open_control_plane(plane, f"demo {spec.robot_id}: control_plane"), self.manager,
                                  poll_s=0.5)
         data = _merge(settings.selection, selection_override or {})
@@ -335,10 +335,11 @@ class RosFleet:
             self.settings.manager_overrides))
         plane = {"uri": self.settings.jobs_uri, "thing_name": spec.robot_id, "poll_s": 0.5}
         if self.settings.mqtt:
-            plane["mqtt"] = self.settings.mqtt
+            plane["mqtt"] = self.settings.mqtt[spec.robot_id]
         manager["control_plane"] = _merge(manager.get("control_plane", {}), plane)
         selector = data["/**/selector"]["ros__parameters"]
         selector["selection"] = _merge(selector["selection"], self.settings.selection)
+        selector["site"] = spec.site.name
         path = root / "robot.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(data, sort_keys=False))

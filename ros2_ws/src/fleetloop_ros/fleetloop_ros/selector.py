@@ -165,7 +165,8 @@ class SelectorNode(Node):
             # alone, the labels arrive with the first result
             selector = self._selector = Selector(self.parameters.current.selection, self.robot_id,
                                                  labels or [], source=self._source)
-        decision = selector.offer(frame, result, stamp_ns(header.stamp), stream=stream, robot_id=self.robot_id)
+        decision = selector.offer(frame, result, stamp_ns(header.stamp), stream=stream, robot_id=self.robot_id,
+                                  site=self.parameters.current.site, track_hint=getattr(result, "track", None))
         self._offered.add()
         if decision.keep and decision.record is not None:
             put = self.queue.put(decision.record)

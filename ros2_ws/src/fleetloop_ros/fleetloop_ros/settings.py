@@ -81,6 +81,7 @@ class SelectorSettings(ConfigModel):
     """The selector node: offers every frame to the selector, queues the kept ones."""
 
     robot_id: str = Field(default="robot-1", min_length=1)
+    site: str = ""                                   # where the robot works; goes into every sidecar
     # when not composed with perception, frames and results arrive as messages, paired by stamp
     image_topics: list[str] = Field(default_factory=lambda: ["camera/image_raw"])
     compressed_topics: list[str] = Field(default_factory=list)
@@ -99,7 +100,7 @@ class SelectorSettings(ConfigModel):
         return selection
 
 
-SELECTOR_READ_ONLY = ("robot_id", "image_topics", "compressed_topics", "image_qos", "results_topic",
+SELECTOR_READ_ONLY = ("robot_id", "site", "image_topics", "compressed_topics", "image_qos", "results_topic",
                       "decisions_topic", "pairing_depth", "queue.", "health.period_s", "selection.seed")
 
 
