@@ -32,6 +32,7 @@ from fleetloop_core.manifest import (
 log = logging.getLogger(__name__)
 
 TIERS = ("T1", "T2", "T3", "T4")
+WEIGHTS_FILE = "weights.pt"        # torch state dict beside the ONNX graph (role "extra" in the manifest)
 TIER_NAMES = {"T1": "foundation", "T2": "domain-teacher", "T3": "fleet-edge", "T4": "specialised-edge"}
 
 
@@ -201,6 +202,10 @@ def _build_locked(out_dir: Path, profile_name: str, config_path: str | Path | No
         directory = out_dir / tier
         directory.mkdir(parents=True, exist_ok=True)
         onnx_path = training.export_onnx(model, directory / "model.onnx", spec.input_size, spec.input_size)
+        # the torch weights travel with the package: the cloud's next training warm-starts from them
+        import torch
+        weights_path = directory / WEIGHTS_FILE
+        torch.save(model.state_dict(), weights_path)
         manifest = Manifest(
             name=f"fleetloop-{tier.lower()}-{TIER_NAMES[tier]}",
             version=f"r0-{keys[tier][:8]}",
@@ -213,7 +218,7 @@ def _build_locked(out_dir: Path, profile_name: str, config_path: str | Path | No
             outputs=OutputSpec(probs="probs", embedding="embedding", embedding_normalised=True,
                                uncertainty="uncertainty"),
             labels=list(dataset.LABELS),
-            files=[file_entry(onnx_path, directory)],
+            files=[file_entry(onnx_path, directory), file_entry(weights_path, directory, role="extra")],
             parameters=zoo.parameter_count(net),
             architecture=spec.arch,
             training={

@@ -609,7 +609,10 @@ class Selector:
 
         ``stamp_ns`` is the frame's capture time (ns); budgets refill by it, so replaying a bag
         faster than real time spends the budget of the bag's duration, not of the wall clock.
+        ``track_hint`` defaults to the cascade's robot-side track id (``result.track``).
         """
+        if track_hint is None:
+            track_hint = getattr(result, "track", None)
         with self._lock:
             active = self._active
             scores = result.scores
