@@ -55,6 +55,30 @@ class HumanCosts(Priced):
         return self.service_fee_per_object_usd + worker * self.workers_per_object
 
 
+class BoxCosts(Priced):
+    """What box labeling costs (detection): seconds per box action and the labeling service's box task price."""
+
+    seconds_per_frame: float = Field(gt=0)         # looking at a frame, confirming it is complete (or empty)
+    seconds_per_box_verify: float = Field(gt=0)    # accepting one suggested box as it is
+    seconds_per_box_adjust: float = Field(gt=0)    # dragging a suggested box's edges into place
+    seconds_per_box_draw: float = Field(gt=0)      # drawing a missing box from scratch
+    seconds_per_box_delete: float = Field(gt=0)    # deleting a wrong box
+    seconds_per_reclass: float = Field(gt=0)       # changing a box's class
+    service_fee_per_object_usd: float = Field(ge=0)
+    worker_price_per_task_usd: float = Field(ge=0)     # bounding-box task price (per frame)
+    hourly_rate_usd: Optional[float] = Field(default=None, gt=0)
+
+    def task_price(self, seconds: float) -> float:
+        """Return dollars for one frame that took ``seconds`` of human work."""
+        worker = self.hourly_rate_usd * seconds / 3600.0 if self.hourly_rate_usd is not None \
+            else self.worker_price_per_task_usd
+        return self.service_fee_per_object_usd + worker
+
+    def manual_seconds(self, boxes: int) -> float:
+        """Return the seconds a person needs to box a frame with ``boxes`` items from scratch."""
+        return self.seconds_per_frame + boxes * self.seconds_per_box_draw
+
+
 class Instance(Priced):
     """A priced instance type: dollars per hour and its vCPU count."""
 
@@ -70,6 +94,7 @@ class CostModel(ConfigModel):
     human: HumanCosts
     cpu_instance: Instance
     gpu_instance: Instance
+    boxes: Optional[BoxCosts] = None      # detection: box-level human costs
 
 
 def load_cost_model(path: str | Path | None = None) -> CostModel:
@@ -266,6 +291,34 @@ class RegistryConfig(ConfigModel):
     sagemaker: SageMakerRegistryConfig = Field(default_factory=SageMakerRegistryConfig)
 
 
+class SimulatedBoxAnnotatorConfig(ConfigModel):
+    """Simulated box annotator: ground-truth boxes, jittered, with misses and class errors."""
+
+    error_rate: float = Field(default=0.01, ge=0, le=1)       # per box: a wrong class
+    miss_rate: float = Field(default=0.01, ge=0, le=1)        # per box: not drawn
+    box_jitter_px: float = Field(default=1.0, ge=0)           # sigma of each edge, pixels
+    seed: int = 0
+
+
+class DetectionLoopConfig(ConfigModel):
+    """The detection loop (fleetloop_cloud.detection_loop): box consensus, routing targets, box annotator.
+
+    Review sizes, audit, training epochs and the gate's limits come from the sections above
+    (review, audit, training, evaluation), read as box and mAP@0.5 figures.
+    """
+
+    annotator: str = "simulated"                  # simulated | review-page (box_annotators.BOX_ANNOTATORS)
+    score_threshold: Optional[float] = Field(default=None, ge=0, le=1)   # teacher boxes kept (None: T2 manifest's)
+    candidate_floor: float = Field(default=0.05, ge=0, le=1)  # weaker boxes are stored too: they lower confidence
+    match_iou: float = Field(default=0.5, gt=0, le=1)         # T1/T2 boxes and auto/human boxes pair at this IoU
+    min_tier_iou: float = Field(default=0.7, ge=0, le=1)      # matched T1/T2 pairs' mean IoU for agreement
+    target_mean_iou: float = Field(default=0.7, gt=0, le=1)   # auto-accepted vs human boxes (unmatched count 0)
+    target_class_accuracy: float = Field(default=0.98, gt=0.5, lt=1)   # on matched boxes
+    bound_z: float = Field(default=1.0, ge=0)                  # Wilson lower bound of the class accuracy at z
+    min_validation: int = Field(default=20, ge=1)              # accepted validation frames needed for a threshold
+    simulated: SimulatedBoxAnnotatorConfig = Field(default_factory=SimulatedBoxAnnotatorConfig)
+
+
 class CloudConfig(ConfigModel):
     """config/cloud.yaml."""
 
@@ -283,6 +336,7 @@ class CloudConfig(ConfigModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    detection: DetectionLoopConfig = Field(default_factory=DetectionLoopConfig)   # detectors only
 
     @property
     def work_path(self) -> Path:

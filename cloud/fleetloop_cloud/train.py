@@ -251,6 +251,9 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
     if channels.get("models") is None or not Path(channels["models"]).is_dir():
         raise ChannelError(f"channel 'models': directory {channels.get('models')} does not exist")
     models_dir = Path(channels["models"])
+    from fleetloop_cloud.box_train import is_detection, run_detection_training
+    if is_detection(models_dir):          # detectors: same contract, box channels (box_train.py)
+        return run_detection_training(channels, model_dir, hp, cluster, progress)
     train = read_channel("train", channels.get("train"), required=True)
     replay = read_channel("replay", channels.get("replay"), required=False)
     unlabeled = read_channel("unlabeled", channels.get("unlabeled"), required=False)

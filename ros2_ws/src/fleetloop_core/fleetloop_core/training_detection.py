@@ -185,7 +185,7 @@ class DetectorFitConfig:
     distil_weight: float = 1.0          # soft class targets
     distil_box_weight: float = 1.0      # teacher boxes where the teacher is confident
     distil_confident: float = 0.4       # teacher class score above which its box is a target
-    threads: int | None = None
+    threads: int | None = None          # None: FLEETLOOP_TRAIN_THREADS, else every core
 
 
 @dataclass
@@ -248,7 +248,8 @@ def fit_detector(
     if images.shape[1] != model.height or images.shape[2] != model.width:
         raise ValueError(f"images are {images.shape[2]}x{images.shape[1]}, the detector takes "
                          f"{model.width}x{model.height} (letterbox them first)")
-    set_threads(config.threads)
+    # on a shared machine one thread often beats two fighting for the cores: let the caller say
+    set_threads(config.threads or int(os.environ.get("FLEETLOOP_TRAIN_THREADS", "0")) or None)
     torch.manual_seed(config.seed)
     device = _device()
     model.to(device).train()

@@ -1,0 +1,174 @@
+"""Human box annotators behind one interface, registered by name (the detection loop's ``annotators.py``).
+
+A box task shows a frame and, when suggestions are shown, the fused auto-label; the answer is the
+frame's full box list. Costs are box-level (``cost_model.yaml: boxes``, :func:`box_task_cost`):
+the frame is looked at once, then every suggested box is verified, adjusted or deleted, every
+missing box drawn and every wrong class changed, so a human who accepts a good suggestion pays a
+few seconds while one who boxes a busy frame from scratch pays the full drawing time.
+
+* ``simulated`` (embedded default): the frame's simulated ground-truth boxes (sidecar
+  ``simulation.boxes``), each edge jittered by ``box_jitter_px`` (people are not pixel-exact), a
+  box missed with ``miss_rate`` and a class mistaken with ``error_rate`` (seeded per task).
+* ``review-page``: tasks wait in the box tables; the review page's box view answers them
+  (:func:`record_box_answer`) with the seconds it measured.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence
+
+import numpy as np
+
+from fleetloop_core.errors import ConfigError
+
+from fleetloop_cloud.annotators import AnnotatorError
+from fleetloop_cloud.box_consensus import BoxSet, Edits, edits as compute_edits
+from fleetloop_cloud.box_pool import BoxPool, BoxTask
+from fleetloop_cloud.config import BoxCosts, CostModel
+from fleetloop_cloud.pool import Pool
+
+
+@dataclass(frozen=True)
+class BoxAnswer:
+    """A human's boxes for a task (or an error)."""
+
+    task_id: int
+    boxes: Optional[BoxSet]
+    annotator: str
+    error: Optional[str] = None
+    seconds: Optional[float] = None        # measured by the backend (review page); None: the cost model's
+
+
+class BoxAnnotator(Protocol):
+    """What every box annotator backend offers."""
+
+    name: str
+
+    def submit(self, tasks: Sequence[BoxTask]) -> None:
+        """Send tasks to humans."""
+        ...
+
+    def collect(self, tasks: Sequence[BoxTask]) -> list[BoxAnswer]:
+        """Return the answers available now for submitted tasks."""
+        ...
+
+
+@dataclass
+class BoxAnnotatorContext:
+    """What a backend may use: the pools, class names, round and its settings."""
+
+    pool: Pool
+    boxes: BoxPool
+    classes: Sequence[str]
+    round: int
+    error_rate: float = 0.01
+    miss_rate: float = 0.01
+    box_jitter_px: float = 1.0
+    seed: int = 0
+
+
+def box_task_cost(costs: BoxCosts, suggestion: BoxSet | None, answer: BoxSet, shown: bool) -> tuple[float, float, Edits]:
+    """Return (seconds, dollars, edits) of one box task under the cost model."""
+    change = compute_edits(suggestion if shown else None, answer)
+    seconds = (costs.seconds_per_frame + change.kept * costs.seconds_per_box_verify
+               + change.adjusted * costs.seconds_per_box_adjust + change.drawn * costs.seconds_per_box_draw
+               + change.deleted * costs.seconds_per_box_delete + change.reclassed * costs.seconds_per_reclass)
+    return seconds, costs.task_price(seconds), change
+
+
+def require_box_costs(cost_model: CostModel, source: str = "config/cost_model.yaml") -> BoxCosts:
+    """Return the box-level costs; ConfigError if the cost model has none."""
+    if cost_model.boxes is None:
+        raise ConfigError(f"{source}: boxes: missing (the detection loop prices human box work from it)")
+    return cost_model.boxes
+
+
+def record_box_answer(boxes_pool: BoxPool, costs: BoxCosts, task_id: int, answer: BoxSet, annotator: str,
+                      classes: Sequence[str], seconds: float | None = None) -> BoxTask:
+    """Record a human's boxes for a task with edits and cost (what the review page calls); AnnotatorError if invalid."""
+    task = boxes_pool.task(task_id)
+    bad = [int(c) for c in answer.classes if not 0 <= int(c) < len(classes)]
+    if bad:
+        raise AnnotatorError(f"box task {task_id}: class index {bad[0]} is not a known class (0..{len(classes) - 1})")
+    if len(answer) and (np.any(answer.boxes[:, 2] <= answer.boxes[:, 0]) or np.any(answer.boxes[:, 3] <= answer.boxes[:, 1])):
+        raise AnnotatorError(f"box task {task_id}: every box needs x1 > x0 and y1 > y0")
+    modelled, dollars, change = box_task_cost(costs, task.suggestion, answer, task.shown)
+    spent = modelled if seconds is None else float(seconds)
+    if seconds is not None:
+        dollars = costs.task_price(spent)
+    boxes_pool.answer_task(task_id, answer, {**change.to_dict(), "modelled_seconds": round(modelled, 3)}, annotator,
+                           spent, dollars)
+    return boxes_pool.task(task_id)
+
+
+class SimulatedBoxAnnotator:
+    """Simulated ground-truth boxes, jittered, with misses and class errors (seeded per task)."""
+
+    name = "simulated"
+
+    def __init__(self, context: BoxAnnotatorContext):
+        self.context = context
+
+    def submit(self, tasks: Sequence[BoxTask]) -> None:
+        return None
+
+    def collect(self, tasks: Sequence[BoxTask]) -> list[BoxAnswer]:
+        c = self.context
+        answers = []
+        for task in tasks:
+            row = c.pool.frame(task.frame_id)
+            simulation = json.loads(row["sidecar"]).get("simulation") or {}
+            truth = simulation.get("boxes")
+            if truth is None:
+                answers.append(BoxAnswer(task.id, None, self.name, error=f"frame {task.frame_id} has no simulated "
+                                         f"boxes; the simulated annotator only boxes frames of the detection world"))
+                continue
+            rng = np.random.default_rng([c.seed, task.id, 7])
+            rows = []
+            for x0, y0, x1, y1, cls, _track in truth:
+                if rng.random() < c.miss_rate:
+                    continue
+                jitter = rng.normal(0.0, c.box_jitter_px, size=4) if c.box_jitter_px > 0 else np.zeros(4)
+                box = np.asarray([x0, y0, x1, y1], float) + jitter
+                box[0::2] = np.clip(box[0::2], 0, row["width"])
+                box[1::2] = np.clip(box[1::2], 0, row["height"])
+                if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+                    continue
+                label = int(cls)
+                if rng.random() < c.error_rate:
+                    others = [k for k in range(len(c.classes)) if k != label]
+                    label = int(others[rng.integers(len(others))])
+                rows.append([*box.tolist(), label])
+            answers.append(BoxAnswer(task.id, BoxSet.from_rows(rows, with_scores=False), self.name))
+        return answers
+
+
+class ReviewPageBoxAnnotator:
+    """Tasks wait in the box tables for the review page's box view, which answers them itself."""
+
+    name = "review-page"
+
+    def __init__(self, context: BoxAnnotatorContext):
+        self.context = context
+
+    def submit(self, tasks: Sequence[BoxTask]) -> None:
+        return None
+
+    def collect(self, tasks: Sequence[BoxTask]) -> list[BoxAnswer]:
+        return []
+
+
+BOX_ANNOTATORS: dict[str, Callable[[BoxAnnotatorContext], BoxAnnotator]] = {
+    "simulated": SimulatedBoxAnnotator,
+    "review-page": ReviewPageBoxAnnotator,
+}
+
+
+def make_box_annotator(name: str, context: BoxAnnotatorContext, source: str = "config/cloud.yaml") -> BoxAnnotator:
+    """Return box annotator ``name``; ConfigError naming the known ones if unknown."""
+    if name not in BOX_ANNOTATORS:
+        raise ConfigError(f"{source}: detection.annotator: unknown box annotator {name!r} "
+                          f"(known: {', '.join(BOX_ANNOTATORS)})")
+    return BOX_ANNOTATORS[name](context)

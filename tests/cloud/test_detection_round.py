@@ -1,0 +1,218 @@
+"""A small detection round in the cloud loop: ingest -> T1/T2 boxes -> consensus routing from audited data
+-> simulated box review -> audit -> train/distil detectors -> mAP gate -> register; plus the box-level
+pieces it is made of (consensus, routing threshold, costs, Ground Truth bounding-box manifests)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fleetloop_core import sim
+from fleetloop_core.detection import DetectorModel
+from fleetloop_core.errors import ConfigError
+from fleetloop_core.manifest import load_manifest
+from fleetloop_core.store import open_store
+
+from fleetloop_cloud.box_annotators import box_task_cost, record_box_answer
+from fleetloop_cloud.box_consensus import (
+    BoxSet, BoxTargets, aggregate, choose_threshold, compare, consensus, edits,
+)
+from fleetloop_cloud.box_manifest import augmented_box_manifest, parse_box_record, read_box_channel
+from fleetloop_cloud.config import cloud_config_from_dict, load_cost_model
+from fleetloop_cloud.detection_loop import DetectionLoop, box_labeling_figures, map_per_round
+from fleetloop_cloud.simfleet_detection import SimulatedDetectionFleet
+
+from fixtures.cloud_world import ROOT, cloud_config
+
+
+def _set(rows, scores=True):
+    return BoxSet.from_rows(rows, with_scores=scores)
+
+
+def test_consensus_fuses_agreeing_boxes_and_flags_disagreement():
+    a = _set([[10, 10, 30, 30, 0.9, 1], [50, 50, 70, 70, 0.8, 2]])
+    b = _set([[12, 10, 32, 30, 0.7, 1], [50, 52, 70, 72, 0.6, 2]])
+    agreed = consensus(a, b)
+    assert agreed.agree and agreed.matched == 2 and agreed.unmatched == 0
+    np.testing.assert_allclose(agreed.fused.boxes[0], [10 + 2 * 0.7 / 1.6, 10, 30 + 2 * 0.7 / 1.6, 30], atol=1e-4)
+    assert agreed.fused.scores[0] == pytest.approx(0.8) and agreed.confidence == pytest.approx(0.7)
+    missing = consensus(a, b.select(0) if hasattr(b, "select") else _set([[12, 10, 32, 30, 0.7, 1]]))
+    assert not missing.agree and missing.unmatched == 1 and len(missing.fused) == 2
+    assert missing.fused.scores[-1] == pytest.approx(0.4)            # seen by one tier of two: half its score
+    conflict = consensus(a, _set([[10, 10, 30, 30, 0.9, 3], [50, 50, 70, 70, 0.8, 2]]))
+    assert not conflict.agree and conflict.class_conflicts == 1
+    loose = consensus(a, _set([[16, 16, 36, 36, 0.9, 1], [56, 56, 76, 76, 0.9, 2]]), match_iou=0.3, min_iou=0.7)
+    assert loose.matched == 2 and not loose.agree                       # matched, but not tightly enough
+    # a faint box under the threshold lowers an empty frame's confidence without entering the suggestion
+    faint = consensus(_set([[0, 0, 5, 5, 0.2, 1]]), _set([]), threshold=0.3)
+    assert faint.agree and len(faint.fused) == 0 and faint.confidence == pytest.approx(0.8)
+    assert consensus(_set([]), _set([])).confidence == 1.0
+
+
+def test_quality_counts_missed_and_invented_boxes_and_the_threshold_meets_both_targets():
+    human = _set([[10, 10, 30, 30, 1], [50, 50, 70, 70, 2]], scores=False)
+    perfect = compare(_set([[10, 10, 30, 30, 0.9, 1], [50, 50, 70, 70, 0.9, 2]]), human)
+    missed = compare(_set([[10, 10, 30, 30, 0.9, 1]]), human)
+    wrong = compare(_set([[10, 10, 30, 30, 0.9, 4], [50, 50, 70, 70, 0.9, 2]]), human)
+    assert perfect.exact and not missed.exact and not wrong.exact
+    assert aggregate([missed]).mean_iou == pytest.approx(0.5) and aggregate([missed]).matched_iou == 1.0
+    assert aggregate([wrong]).class_accuracy == 0.5
+    # validation frames: confident ones perfect, doubtful ones missing both boxes
+    empty = compare(_set([]), human)
+    assert aggregate([empty]).mean_iou == 0.0 and aggregate([empty, perfect]).mean_iou == pytest.approx(0.5)
+    confidence = np.asarray([0.9] * 30 + [0.4] * 30)
+    comparisons = [perfect] * 30 + [empty] * 30
+    threshold = choose_threshold(confidence, comparisons, np.ones(60, bool), BoxTargets(min_accepted=20, z=0.0))
+    assert threshold.value == pytest.approx(0.9) and threshold.accepted_frames == 30
+    none = choose_threshold(confidence, [empty] * 60, np.ones(60, bool), BoxTargets(min_accepted=20))
+    assert not none.automated and "no threshold reaches mean IoU" in none.reason
+    few = choose_threshold(confidence[:5], comparisons[:5], np.ones(5, bool), BoxTargets(min_accepted=20))
+    assert not few.automated and "only 5 agreeing" in few.reason
+
+
+def test_box_costs_price_every_edit(repo_root):
+    costs = load_cost_model(repo_root / "config" / "cost_model.yaml").boxes
+    suggestion = _set([[10, 10, 30, 30, 1], [50, 50, 70, 70, 2], [90, 90, 99, 99, 3]], scores=False)
+    answer = _set([[10, 10, 30, 30, 1], [50, 54, 70, 78, 5], [0, 0, 8, 8, 0]], scores=False)
+    change = edits(suggestion, answer)
+    assert (change.kept, change.adjusted, change.deleted, change.drawn, change.reclassed) == (1, 1, 1, 1, 1)
+    seconds, dollars, _ = box_task_cost(costs, suggestion, answer, shown=True)
+    assert seconds == pytest.approx(costs.seconds_per_frame + costs.seconds_per_box_verify + costs.seconds_per_box_adjust
+                                    + costs.seconds_per_box_delete + costs.seconds_per_box_draw
+                                    + costs.seconds_per_reclass)
+    scratch, _, _ = box_task_cost(costs, suggestion, answer, shown=False)
+    assert scratch == pytest.approx(costs.manual_seconds(3))
+    assert dollars == pytest.approx(costs.task_price(seconds))
+    figures = box_labeling_figures(costs, [2, 0, 3], human_seconds=10.0, human_dollars=0.2, compute_dollars_=0.01)
+    assert figures.manual_seconds == pytest.approx(sum(costs.manual_seconds(n) for n in (2, 0, 3)))
+    assert figures.throughput_ratio == pytest.approx(figures.manual_seconds / 10.0)
+
+
+def _config(tmp_path, store, models, **sections):
+    defaults = dict(
+        review={"annotator": "simulated", "calibration_sample": 40, "strategy": "uncertainty"},
+        audit={"fraction": 0.2, "min_frames": 10, "max_passes": 2},
+        detection={"annotator": "simulated", "min_validation": 10, "bound_z": 0.0,
+                   "simulated": {"error_rate": 0.0, "miss_rate": 0.0, "box_jitter_px": 0.5}},
+        training={"teacher_epochs": 1, "distil_epochs": 1, "warm_start_epochs": 1, "batch_size": 16,
+                  "lab_replay_frames": 20},
+        evaluation={"test_set": "simulated-field", "frames_per_site": 20, "min_support": 5, "min_gain": -1.0,
+                    "max_site_regression": 1.0, "max_class_regression": 1.0})
+    defaults.update(sections)
+    return cloud_config_from_dict(cloud_config(tmp_path, store.uri, models, **defaults))
+
+
+def _fleet(tmp_path, models, frames=60):
+    store = open_store(f"file://{tmp_path / 'store'}")
+    edge = DetectorModel.load(models["T4"], providers=("cpu",), warmup=0)
+    sites = sim.make_fleet_sites(2, seed=0)
+    fleet = SimulatedDetectionFleet(store, [("robot-0", sites[0]), ("robot-1", sites[1])], seed=0, edge_model=edge)
+    return store, fleet.upload(frames)
+
+
+def test_a_detection_round_end_to_end(tmp_path, detection_cloud_models):
+    store, sidecars = _fleet(tmp_path, detection_cloud_models)
+    assert sidecars[0].detections is not None and sidecars[0].simulation.boxes is not None
+    config = _config(tmp_path, store, detection_cloud_models["T1"].parent)
+    with DetectionLoop(config, progress=False) as loop:
+        summary = loop.run_round().to_dict()
+        (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2))
+        assert summary["status"] == "finished" and summary["task"] == "detection"
+        assert summary["steps"] == {s: "done" for s in ("ingest", "autolabel", "review", "train", "evaluate",
+                                                        "register")}
+        assert summary["frames"]["ingested"] == 120 and summary["frames"]["quarantined"] == 0
+
+        # every frame got boxes, by the route that was safe for it; the audit measured what was automated
+        labels = summary["labels"]
+        assert labels["accepted"] == 120 and summary["frames"]["pending_review"] == 0
+        assert labels["auto_accepted"] + labels["human"] == 120
+        routing = summary["routing"]
+        assert routing["validation_frames"] == 40 and routing["validation_quality"]["frames"] == 40
+        threshold = routing["threshold"]
+        if labels["auto_accepted"]:
+            audit = summary["audit"]
+            assert audit["final"]["frames"] >= 10
+            assert audit["final"]["meets_target"] == (audit["final"]["mean_iou"] >= 0.7
+                                                      and audit["final"]["class_accuracy"] >= 0.98)
+            assert threshold["value"] is not None
+        else:
+            assert threshold["value"] is None and "reason" in threshold
+
+        # box-level costs: the human work is itemised and priced from cost_model.yaml
+        human, figures = summary["human"], summary["figures"]
+        assert set(human["by_purpose"]) >= {"calibration"}
+        assert human["seconds"] == pytest.approx(sum(p["seconds"] for p in human["by_purpose"].values()), abs=0.01)
+        assert figures["accepted_frames"] == 120 and figures["manual_seconds"] > 0
+        assert sum(human["box_edits"].values()) > 0
+
+        # the simulated annotator boxes what the world drew: human labels match the truth
+        assert summary["simulation_only"]["human"]["mean_iou"] > 0.85
+        assert summary["simulation_only"]["human"]["class_accuracy"] == 1.0
+
+        # new detectors, the mAP gate and the registry
+        models = summary["models"]
+        assert set(models) == {"T2", "T3", "T4"}
+        for tier, model in models.items():
+            assert 0.0 <= model["map50_after"] <= 1.0 and 0.0 <= model["map_after"] <= model["map50_after"] + 1e-9
+            assert set(model["per_site_after"]) == {"site-0", "site-1"}
+            candidate = load_manifest(loop._candidates(summary["round"])[tier])
+            assert candidate.task == "detection" and candidate.version.startswith("r1-")
+            assert candidate.detection.layout == load_manifest(detection_cloud_models[tier]).detection.layout
+        assert len(summary["registry"]) == 3
+        assert all(e["status"] in ("Approved", "Rejected") for e in summary["registry"])
+        rows = map_per_round([summary])
+        assert {r["tier"] for r in rows} == {"T2", "T3", "T4"}
+
+        # the accepted boxes as a Ground Truth augmented manifest (bounding-box format) round-trips
+        ids = sorted(loop.boxes.labels())[:10]
+        records = augmented_box_manifest(loop.pool, loop.boxes, loop.store, ids, loop.classes)
+        for frame_id, record in zip(ids, records):
+            assert record["source-ref"].startswith("file://") and record["fleetloop-frame"] == frame_id
+            meta = record["fleetloop-boxes-metadata"]
+            assert meta["type"] == "groundtruth/object-detection" and meta["class-map"]["0"] == loop.classes[0]
+            assert len(meta["objects"]) == len(record["fleetloop-boxes"]["annotations"])
+            parsed = parse_box_record(record, loop.classes)
+            np.testing.assert_allclose(parsed.boxes, loop.boxes.labels([frame_id])[frame_id].boxes.boxes, atol=1.0)
+        # the training channel the job read is in the same format
+        channel = read_box_channel("train", loop.work / "rounds" / "0001" / "channels" / "train", loop.classes)
+        assert len(channel) == 120 and all(b is not None for b in channel.boxes)
+
+        # a second round with nothing new: the steps skip, nothing is relabeled
+        again = loop.run_round().to_dict()
+        assert again["round"] == 2 and again["frames"]["ingested"] == 0
+        assert again["steps"]["train"] == "skipped"
+
+
+def test_review_page_answers_and_config_errors(tmp_path, detection_cloud_models, test_models):
+    store, _ = _fleet(tmp_path, detection_cloud_models, frames=15)
+    config = _config(tmp_path, store, detection_cloud_models["T1"].parent,
+                     review={"annotator": "simulated", "calibration_sample": 5, "strategy": "uncertainty"},
+                     detection={"annotator": "review-page", "min_validation": 10})
+    with DetectionLoop(config, progress=False) as loop:
+        first = loop.run_round().to_dict()
+        assert first["status"] == "waiting" and first["steps"]["review"] == "waiting"
+        tasks = loop.boxes.tasks(status="submitted")
+        assert len(tasks) == 5 and all(t.backend == "review-page" for t in tasks)
+        for task in tasks:      # what the page posts: accept the suggestion as it is
+            answered = record_box_answer(loop.boxes, loop.box_costs, task.id, task.suggestion, "ann", loop.classes,
+                                         seconds=2.5)
+            assert answered.status == "done" and answered.seconds == 2.5
+            assert answered.edits["kept"] == len(task.suggestion) and answered.edits["drawn"] == 0
+        with pytest.raises(Exception, match="not open"):
+            record_box_answer(loop.boxes, loop.box_costs, tasks[0].id, tasks[0].suggestion, "ann", loop.classes)
+        (extra,) = loop.boxes.add_tasks(1, "review", [(tasks[0].frame_id, None)], shown=False)
+        with pytest.raises(Exception, match="not a known class"):
+            record_box_answer(loop.boxes, loop.box_costs, extra, BoxSet.from_rows([[0, 0, 5, 5, 42]], False), "ann",
+                              loop.classes)
+        drawn = record_box_answer(loop.boxes, loop.box_costs, extra, BoxSet.from_rows([[0, 0, 5, 5, 3]], False),
+                                  "ann", loop.classes)
+        assert drawn.edits["drawn"] == 1 and drawn.seconds == pytest.approx(loop.box_costs.manual_seconds(1))
+        second = loop.run_round().to_dict()
+        assert second["routing"]["validation_frames"] == 5
+        assert second["status"] == "waiting" or second["labels"]["accepted"] == 30
+    with pytest.raises(ConfigError, match="unknown box annotator 'crowd'"):
+        DetectionLoop(_config(tmp_path / "b", store, detection_cloud_models["T1"].parent,
+                              detection={"annotator": "crowd"}), progress=False)
+    with pytest.raises(ConfigError, match="needs detector tiers"):
+        DetectionLoop(_config(tmp_path / "c", store, test_models["T1"].parent), progress=False)
+    assert ROOT.is_dir()
