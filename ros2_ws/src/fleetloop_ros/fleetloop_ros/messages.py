@@ -9,7 +9,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from fleetloop_interfaces.msg import FrameDecision, FrameResult, TierOutput, TierVersion
+from fleetloop_interfaces.msg import (
+    BoundingBox2D, Detection2D, Detection2DArray, FrameDecision, FrameResult, ObjectHypothesis, ObjectHypothesisWithPose,
+    Point2D, Pose2D, TierOutput, TierVersion,
+)
 from std_msgs.msg import Header
 
 from fleetloop_core.cascade import FrameResult as CoreFrameResult
@@ -55,6 +58,37 @@ def frame_result_msg(result: CoreFrameResult, header: Header, stream: str, seque
         models=[v for v in versions if v.tier in result.model_versions],
         inference_ms=float(result.total_latency_s * 1000.0), latency_ms=float(latency_ms),
     )
+
+
+def detections_msg(result: Any, header: Header, stream: str, sequence: int, class_names: Sequence[str],
+                   versions: Sequence[TierVersion]) -> Detection2DArray:
+    """Return the Detection2DArray of one detection-cascade result (boxes in the image's pixels)."""
+    found = result.detections
+    detections = []
+    for index, (box, score, cls) in enumerate(zip(found.boxes.tolist(), found.scores.tolist(), found.classes.tolist())):
+        x0, y0, x1, y1 = box
+        detections.append(Detection2D(
+            header=header, id=str(index),
+            results=[ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=str(cls), score=float(score)))],
+            bbox=BoundingBox2D(center=Pose2D(position=Point2D(x=(x0 + x1) / 2.0, y=(y0 + y1) / 2.0), theta=0.0),
+                               size_x=x1 - x0, size_y=y1 - y0)))
+    return Detection2DArray(header=header, detections=detections, stream=stream, sequence=int(sequence),
+                            class_names=list(class_names), tier_used=result.tier_used, escalated=bool(result.escalated),
+                            models=[v for v in versions if v.tier in result.model_versions],
+                            inference_ms=float(result.total_latency_s * 1000.0))
+
+
+def boxes_from_msg(msg: Detection2DArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (boxes (K, 4) x0y0x1y1 pixels, scores (K,), classes (K,)) of a Detection2DArray."""
+    rows, scores, classes = [], [], []
+    for detection in msg.detections:
+        centre, hypothesis = detection.bbox.center.position, detection.results[0].hypothesis
+        half_x, half_y = detection.bbox.size_x / 2.0, detection.bbox.size_y / 2.0
+        rows.append([centre.x - half_x, centre.y - half_y, centre.x + half_x, centre.y + half_y])
+        scores.append(hypothesis.score)
+        classes.append(int(hypothesis.class_id))
+    return (np.asarray(rows, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
+            np.asarray(classes, np.int64))
 
 
 def core_result_from_msg(msg: FrameResult) -> CoreFrameResult:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from fleetloop_interfaces.msg import FrameResult, TierVersion
+from fleetloop_interfaces.msg import Detection2DArray, FrameResult, TierVersion
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
@@ -27,12 +27,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from fleetloop_core.cascade import Cascade, FrameResult as CoreFrameResult
+from fleetloop_core.detection import DetectionCascade, load_detection_cascade, model_task
 from fleetloop_core.errors import InputError
 from fleetloop_core.health import Check, LatencyWindow, RollingEvents, check
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
 from fleetloop_core.ros_convert import UnsupportedEncoding, msg_to_rgb8
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
-from fleetloop_ros.messages import frame_result_msg, stamp_ns
+from fleetloop_ros.messages import detections_msg, frame_result_msg, stamp_ns
 from fleetloop_ros.parameters import LiveParameters
 from fleetloop_ros.settings import PERCEPTION_READ_ONLY, ImageQos, PerceptionSettings
 
@@ -55,10 +56,16 @@ def providers_for(use_gpu: bool) -> tuple[str, ...]:
     return DEFAULT_PROVIDERS if use_gpu else ("CPUExecutionProvider",)
 
 
-def load_cascade(settings: PerceptionSettings) -> Cascade:
-    """Return the cascade of the reference models in ``settings.models_dir`` (verified, warm)."""
+def load_cascade(settings: PerceptionSettings) -> Cascade | DetectionCascade:
+    """Return the cascade of the reference models in ``settings.models_dir`` (verified, warm).
+
+    The edge model's manifest ``task`` picks the cascade: classifiers or detectors.
+    """
     root = Path(settings.models_dir)
     providers = providers_for(settings.use_gpu)
+    if model_task(root / settings.edge_tier) == "detection":
+        return load_detection_cascade(root, settings.edge_tier, settings.escalation_tier or None, settings.detection,
+                                      providers, settings.intra_op_threads)
     edge = TierModel.load(root / settings.edge_tier, providers=providers, intra_op_threads=settings.intra_op_threads)
     escalation = None
     if settings.escalation_tier:
@@ -88,7 +95,8 @@ class PerceptionNode(Node):
         settings = self.parameters.current
         self.robot_id = settings.robot_id
         self.cascade = cascade if cascade is not None else load_cascade(settings)
-        self.cascade.config = settings.cascade
+        self.detects = isinstance(self.cascade, DetectionCascade)
+        self.cascade.config = settings.detection if self.detects else settings.cascade
         self._health = settings.health
         self._sinks: list[FrameSink] = []
         self._error_sinks: list[ErrorSink] = []
@@ -107,6 +115,10 @@ class PerceptionNode(Node):
         self._frames_group = MutuallyExclusiveCallbackGroup()   # one frame at a time through the cascade
         self._timers_group = MutuallyExclusiveCallbackGroup()
         self._publisher = self.create_publisher(FrameResult, settings.results_topic, 10)
+        # detectors: the boxes on their own topic; FrameResult still carries the frame's summary and scores
+        self._detections = self.create_publisher(Detection2DArray, settings.detections_topic, 10) \
+            if self.detects else None
+        self._labels = list(self.cascade.frame_labels) if self.detects else self.cascade.edge.labels
         qos = image_qos(settings.image_qos)
         self._image_subscriptions = []
         for topic in settings.image_topics:
@@ -137,7 +149,8 @@ class PerceptionNode(Node):
         self._error_sinks.append(sink)
 
     def _apply(self, settings: PerceptionSettings) -> None:
-        self.cascade.config = settings.cascade        # one reference: the next frame sees all of it
+        # one reference: the next frame sees all of it
+        self.cascade.config = settings.detection if self.detects else settings.cascade
         for events in (self._received, self._answered, self._malformed, self._errors, self._escalated):
             events.window_s = settings.health.window_s
         self._health = settings.health
@@ -166,8 +179,11 @@ class PerceptionNode(Node):
         header = msg.header
         delay_ns = time.time_ns() - stamp_ns(header.stamp)
         latency_ms = delay_ns / 1e6 if 0 <= delay_ns < _PLAUSIBLE_LATENCY_NS else math.nan
-        self._publisher.publish(frame_result_msg(result, header, stream, self._sequence, self.cascade.edge.labels,
+        self._publisher.publish(frame_result_msg(result, header, stream, self._sequence, self._labels,
                                                  self._serving_versions(), latency_ms))
+        if self._detections is not None:
+            self._detections.publish(detections_msg(result, header, stream, self._sequence, self.cascade.edge.labels,
+                                                    self._serving_versions()))
         for sink in self._sinks:
             try:
                 sink(frame, result, header, stream)

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from fleetloop_core.cascade import CascadeConfig
 from fleetloop_core.config import ConfigModel, read_yaml, validate
 from fleetloop_core.control_plane import ControlPlaneConfig
+from fleetloop_core.detection import DetectionCascadeConfig
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.health import HealthConfig
 from fleetloop_core.model_manager import ModelManagerConfig
@@ -38,12 +39,14 @@ class PerceptionSettings(ConfigModel):
     compressed_topics: list[str] = Field(default_factory=list)                      # sensor_msgs/CompressedImage
     image_qos: ImageQos = "sensor_data"      # best effort, shallow (what cameras publish); or reliable
     results_topic: str = "frame_results"
+    detections_topic: str = "detections"     # Detection2DArray, when the models are detectors (task: detection)
     models_dir: str = "models"               # reference models: <models_dir>/<tier>/manifest.json
     edge_tier: str = "T4"                    # runs on every frame
     escalation_tier: str = "T3"              # runs when T4 is unsure; "" for none
     use_gpu: bool = False                    # TensorRT -> CUDA -> CPU; False: CPU only
     intra_op_threads: int = Field(default=1, ge=1)
     cascade: CascadeConfig = CascadeConfig()
+    detection: DetectionCascadeConfig = DetectionCascadeConfig()   # the cascade's rules for detectors
     health: HealthConfig = HealthConfig()
 
     @model_validator(mode="after")
@@ -55,7 +58,8 @@ class PerceptionSettings(ConfigModel):
 
 PERCEPTION_READ_ONLY = ("robot_id", "image_topics", "compressed_topics", "image_qos", "results_topic", "models_dir",
                         "edge_tier", "escalation_tier", "use_gpu", "intra_op_threads", "cascade.novelty_memory",
-                        "cascade.flicker_window", "health.period_s")
+                        "cascade.flicker_window", "health.period_s", "detections_topic", "detection.novelty_memory",
+                        "detection.flicker_window")
 
 
 class ModelManagerSettings(ConfigModel):
