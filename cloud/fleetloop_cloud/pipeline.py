@@ -597,6 +597,7 @@ class CloudLoop:
             t = self.config.training
             hyperparameters = {"version": version, "teacher_epochs": t.teacher_epochs, "distil_epochs": t.distil_epochs,
                                "warm_start_epochs": t.warm_start_epochs, "batch_size": t.batch_size, "lr": t.lr,
+                               "finetune_lr": t.finetune_lr,
                                "distil_temperature": t.distil_temperature, "seed": t.seed, "int8": t.int8,
                                "int8_per_channel": t.int8_per_channel,
                                "int8_calibration_frames": t.int8_calibration_frames, "threads": t.threads}

@@ -66,6 +66,7 @@ class Hyperparameters(ConfigModel):
     warm_start_epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=64, ge=2)
     lr: float = Field(default=4e-3, gt=0)
+    finetune_lr: float = Field(default=5e-4, gt=0)     # peak rate when warm-starting from production weights
     distil_temperature: float = Field(default=2.0, gt=0)
     seed: int = 0
     int8: bool = True
@@ -266,14 +267,16 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
     config = training.FitConfig(batch_size=hp.batch_size, lr=hp.lr, seed=hp.seed, threads=hp.threads,
                                 distil_temperature=hp.distil_temperature)
 
-    def fit(tier: str, model, images: np.ndarray, labels: np.ndarray, soft: np.ndarray | None, epochs: int):
+    def fit(tier: str, model, images: np.ndarray, labels: np.ndarray, soft: np.ndarray | None, epochs: int,
+            warm: bool = False):
         if cluster.world_size > 1:
             index = _shard(len(images), cluster, hp.seed)
             images, labels = images[index], labels[index]
             soft = soft[index] if soft is not None else None
         # one-cycle needs a few steps: shrink the batch for tiny sets
         batch = max(2, min(hp.batch_size, len(images) // 8 or 2))
-        cfg = training.FitConfig(**{**config.__dict__, "epochs": epochs, "batch_size": batch})
+        cfg = training.FitConfig(**{**config.__dict__, "epochs": epochs, "batch_size": batch,
+                                    "lr": hp.finetune_lr if warm else hp.lr})
         return training.fit(_distributed_view(model, cluster), images, labels, soft_targets=soft, config=cfg,
                             desc=f"{tier} {hp.version}", progress=progress and cluster.leader)
 
@@ -287,7 +290,7 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
     x2 = np.concatenate([train.resized(size2)] + ([replay.resized(size2)] if len(replay) else []))
     y2 = np.concatenate([train.labels] + ([replay.labels] if len(replay) else []))
     if "T2" in tiers:
-        fit_report = fit("T2", teacher, x2, y2, None, hp.warm_start_epochs if warm else hp.teacher_epochs)
+        fit_report = fit("T2", teacher, x2, y2, None, hp.warm_start_epochs if warm else hp.teacher_epochs, warm)
         info = {"round_version": hp.version, "samples": int(len(x2)), "field_labels": len(train),
                 "replay_labels": len(replay), "warm_start": warm, "epochs": fit_report.epochs,
                 "seconds": round(fit_report.seconds, 2), "final_loss": round(fit_report.final_loss, 4),
@@ -309,7 +312,7 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
         teacher_images = images if size == size2 else np.concatenate(
             [distil.resized(size2)] + ([replay.resized(size2)] if len(replay) else []))
         soft, _ = training.predict(teacher.eval(), teacher_images)
-        fit_report = fit(tier, student, images, labels, soft, hp.warm_start_epochs if warm else hp.distil_epochs)
+        fit_report = fit(tier, student, images, labels, soft, hp.warm_start_epochs if warm else hp.distil_epochs, warm)
         info = {"round_version": hp.version, "distilled_from": f"{manifest2.name} {hp.version}",
                 "samples": int(len(images)), "labeled": int((labels >= 0).sum()), "warm_start": warm,
                 "epochs": fit_report.epochs, "seconds": round(fit_report.seconds, 2),

@@ -144,8 +144,12 @@ def fit(
     n = len(images)
     steps_per_epoch = max(1, math.ceil(n / config.batch_size))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.25)
+    total_steps = steps_per_epoch * config.epochs
+    if total_steps >= 8:
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total_steps,
+                                                       pct_start=0.25)
+    else:   # one-cycle's warm-up and annealing phases need a few steps each: keep the rate constant
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
     generator = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     start = time.perf_counter()
