@@ -8,7 +8,8 @@ Test sets are registered by name:
   the random calibration sample), for fleets outside the simulated world.
 
 A candidate is promoted only if its overall accuracy beats production by ``min_gain`` and no
-site or class (with at least ``min_support`` test frames) loses more than its regression limit.
+site (accuracy) or class (F1) with at least ``min_support`` test frames loses more than its
+regression limit.
 """
 
 from __future__ import annotations
@@ -129,15 +130,19 @@ def predict(model: TierModel, images: Sequence[np.ndarray], batch_size: int = 12
 
 
 def score(predictions: np.ndarray, test: TestSet, labels: Sequence[str] = LABELS) -> Scores:
-    """Return the accuracy of ``predictions`` on ``test`` overall, per site and per class."""
+    """Return accuracy overall and per site, and F1 per class (support: the class's test frames)."""
     correct = predictions == test.labels
     result = Scores(overall=float(correct.mean()) if len(correct) else 0.0, frames=len(correct))
     for site in sorted(set(test.sites.tolist())):
         mask = test.sites == site
         result.per_site[site] = (float(correct[mask].mean()), int(mask.sum()))
     for index in sorted(set(test.labels.tolist())):
-        mask = test.labels == index
-        result.per_class[labels[index]] = (float(correct[mask].mean()), int(mask.sum()))
+        # per class: F1, not recall. A model that calls everything "pullover" has perfect pullover
+        # recall; judged on recall, any model that stops doing that would "regress" on pullover.
+        truth, said = test.labels == index, predictions == index
+        hits = int((truth & said).sum())
+        f1 = 2.0 * hits / (int(truth.sum()) + int(said.sum())) if hits else 0.0
+        result.per_class[labels[index]] = (f1, int(truth.sum()))
     return result
 
 

@@ -1,3 +1,4 @@
+import pytest
 """The gate (pure) and per-site / per-class scoring."""
 
 import numpy as np
@@ -36,4 +37,17 @@ def test_score_per_site_and_class():
     result = score(np.array([0, 1, 1, 10]), test)
     assert result.overall == 0.75
     assert result.per_site == {"a": (0.5, 2), "b": (1.0, 2)}
-    assert result.per_class == {"t-shirt": (0.5, 2), "trouser": (1.0, 1), "none": (1.0, 1)}
+    # per class F1: t-shirt 1 hit of 2 true and 1 said; trouser 1 hit of 1 true and 2 said
+    assert result.per_class == {"t-shirt": (pytest.approx(2 / 3), 2), "trouser": (pytest.approx(2 / 3), 1),
+                                "none": (1.0, 1)}
+
+
+def test_a_model_that_says_one_class_everywhere_scores_its_precision_too():
+    labels = np.array([4] * 30 + [0] * 30 + [10] * 40)
+    test = TestSet("t", [np.zeros((4, 4, 3), np.uint8)] * 100, labels, np.array(["s"] * 100))
+    always_coat = score(np.full(100, 4), test)
+    better = score(np.where(labels == 4, 0, labels), test)     # right on everything but coat
+    # recall would credit "always coat" with a perfect 1.0 on coat; F1 counts its 70 false coats
+    assert always_coat.per_class["coat"][0] == pytest.approx(2 * 30 / (30 + 100))
+    assert always_coat.per_class["none"][0] == 0.0
+    assert better.per_class["none"][0] == 1.0 and better.overall > always_coat.overall
