@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS box_tasks (
     id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, round INTEGER NOT NULL, purpose TEXT NOT NULL,
     suggestion TEXT, shown INTEGER NOT NULL DEFAULT 1, status TEXT NOT NULL, backend TEXT, answer TEXT,
     edits TEXT, annotator TEXT, seconds REAL, dollars REAL, error TEXT, created REAL NOT NULL, done REAL,
-    applied INTEGER NOT NULL DEFAULT 0, lease_session TEXT, lease_until REAL);
+    applied INTEGER NOT NULL DEFAULT 0, lease_session TEXT, lease_until REAL, skips INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS box_tasks_round ON box_tasks(round, status);
 """
 
@@ -288,7 +288,7 @@ class BoxPool:
                              (*purposes, session, now)).fetchone()
             row = own or db.execute(
                 f"SELECT id FROM box_tasks WHERE status IN ('open', 'submitted') AND purpose IN ({marks}) "
-                f"AND (lease_session IS NULL OR lease_until<=?) ORDER BY id LIMIT 1", (*purposes, now)).fetchone()
+                f"AND (lease_session IS NULL OR lease_until<=?) ORDER BY skips, id LIMIT 1", (*purposes, now)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE box_tasks SET lease_session=?, lease_until=? WHERE id=?", (session, now + lease_s, row[0]))
@@ -300,7 +300,7 @@ class BoxPool:
                            (task_id, session, now))
         return bool(rows)
 
-    def release(self, session: str, task_id: int) -> None:
-        """Give a leased task back (skip)."""
-        self._db.execute("UPDATE box_tasks SET lease_session=NULL, lease_until=NULL WHERE id=? AND lease_session=?",
-                         (task_id, session))
+    def release(self, session: str, task_id: int, skipped: bool = False) -> None:
+        """Give a leased task back; a skipped one queues behind the tasks nobody skipped yet."""
+        self._db.execute("UPDATE box_tasks SET lease_session=NULL, lease_until=NULL, skips=skips+? "
+                         "WHERE id=? AND lease_session=?", (int(skipped), task_id, session))

@@ -500,6 +500,10 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
                                 purposes=leases.GRID_PURPOSES)
         return {"reopened": reopened, "counters": _counters()}
 
+    # the detection loop's box tasks: /boxes and /api/boxes/* (review/boxes.py)
+    from fleetloop_cloud.review import boxes as box_view
+    box_view.install(app, state, templates, user=user, writer=writer, page=page, db=db)
+
     return app
 
 
