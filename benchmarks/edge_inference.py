@@ -9,6 +9,12 @@ and prints frames/s, their ratio, uncertainty cost per frame (us and % of T4 inf
 p50/p99 latency, escalation rate and peak RSS. Rounds are interleaved so drift hits all rows.
 
 Targets (not asserted): pipeline / raw >= 0.90 at batch 1; uncertainty <= 2 % of T4 inference.
+
+Detector rows (``--detectors DIR``, default ./models-detection, else the detection-test profile built into
+.cache; ``--no-detectors`` skips them): the T4 detector's raw session.run, letterbox, decoding + NMS
+(OpenCV) per frame and as % of detector inference, the detection uncertainty scores, the full
+per-frame detection path and the detection cascade with escalation to T3, on frames of the
+detection world (several items per frame), interleaved the same way.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--escalate-above", type=float, default=None)
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    parser.add_argument("--detectors", default=None, help="detector tiers T3/T4 (default: ./models-detection or build)")
+    parser.add_argument("--no-detectors", action="store_true", help="classifier rows only")
     args = parser.parse_args(argv)
 
     from fleetloop_core import sim
@@ -149,8 +157,107 @@ def main(argv=None) -> int:
         ("execution providers", ", ".join(edge.providers)),
     ]
     print_table(f"Edge inference, {n_frames} field frames x {rounds} rounds, 1 ORT thread", rows)
+    if not args.no_detectors:
+        figures["detection"] = _detector_rows(args, n_frames, rounds)
     write_json(args.json, figures)
     return 0
+
+
+def _locate_detectors(path: str | None, quick: bool) -> Path:
+    """Return a directory with the T3/T4 detectors; build the detection-test profile when there is none."""
+    from _common import ROOT
+    if path and (Path(path) / "T4" / "manifest.json").exists():
+        return Path(path)
+    default = ROOT / "models-detection"
+    if not path and (default / "T4" / "manifest.json").exists():
+        return default
+    from fleetloop_core.modelbuild import build_reference_models
+    target = Path(path) if path else ROOT / ".cache" / ("models-detection-test" if quick else "models-detection")
+    profile = "detection-test" if quick else "detection-default"
+    print(f"building reference detectors ({profile} profile) into {target}", file=sys.stderr)
+    build_reference_models(target, profile_name=profile, progress=True)
+    return target
+
+
+def _detector_rows(args, n_frames: int, rounds: int) -> dict:
+    """Measure the detector path; print its table; return its figures."""
+    from fleetloop_core import sim, sim_detection
+    from fleetloop_core.detection import DetectionCascade, DetectionCascadeConfig, DetectorModel
+    from fleetloop_core.uncertainty_detection import band_around
+
+    models = _locate_detectors(args.detectors, args.quick)
+    edge = DetectorModel.load(models / "T4", providers=("cpu",), intra_op_threads=1, warmup=20)
+    high = DetectorModel.load(models / "T3", providers=("cpu",), intra_op_threads=1, warmup=20)
+    site = sim.make_site(0, seed=0)
+    frames = [f.image for f in sim_detection.DetectionStream(site, "bench", seed=0).frames(n_frames)]
+    prepared = [edge.prepare(f) for f in frames]
+    floor = band_around(edge.spec.score_threshold, DetectionCascadeConfig().band_width)[0]
+    t4_only = DetectionCascade(edge, high, DetectionCascadeConfig(escalation_enabled=False))
+    full = DetectionCascade(edge, high, DetectionCascadeConfig())
+    names, input_name = edge._output_names, edge.input_name
+    raw_s, prep_s, decode_s, pipe_s, unc_s, casc_s, boxes = [], [], [], [], [], [], []
+    escalations = 0
+    for _ in range(rounds):
+        outputs = []
+        for model_input, _ in prepared:                     # raw: the session alone
+            start = time.perf_counter()
+            outputs.append(edge.session.run(names, {input_name: model_input}))
+            raw_s.append(time.perf_counter() - start)
+        for frame in frames:                                # letterbox + layout into the model input
+            start = time.perf_counter()
+            edge.prepare(frame)
+            prep_s.append(time.perf_counter() - start)
+        for out, (_, geometry) in zip(outputs, prepared):   # decoding + NMS + mapping back, on the same outputs
+            start = time.perf_counter()
+            found = edge.decode(out, 0, geometry, floor)
+            decode_s.append(time.perf_counter() - start)
+            boxes.append(len(found))
+        for frame in frames:
+            result = t4_only.infer(frame, stream="bench")
+            pipe_s.append(result.total_latency_s)
+            unc_s.append(result.uncertainty_latency_s)
+        for frame in frames:
+            result = full.infer(frame, stream="bench")
+            casc_s.append(result.total_latency_s)
+            escalations += result.escalated
+    raw_us, decode_us = 1e6 * median(raw_s), 1e6 * median(decode_s)
+    figures = {
+        "detector_t4_raw_fps": round(1.0 / median(raw_s), 1),
+        "detector_t4_inference_us": round(raw_us, 1),
+        "letterbox_us": round(1e6 * median(prep_s), 2),
+        "decode_nms_us": round(decode_us, 2),
+        "decode_nms_pct_of_t4": round(100.0 * decode_us / raw_us, 2),
+        "decode_nms_p99_us": round(1e6 * percentile(decode_s, 99), 2),
+        "detection_uncertainty_us": round(1e6 * median(unc_s), 2),
+        "detection_pipeline_fps": round(1.0 / median(pipe_s), 1),
+        "detection_pipeline_p50_ms": round(percentile(pipe_s, 50) * 1e3, 4),
+        "detection_pipeline_p99_ms": round(percentile(pipe_s, 99) * 1e3, 4),
+        "detection_cascade_fps": round(1.0 / median(casc_s), 1),
+        "detection_escalation_rate": round(escalations / (n_frames * rounds), 4),
+        "candidate_boxes_per_frame": round(float(np.mean(boxes)), 2),
+        "score_floor": round(floor, 3),
+        "t4_layout": edge.spec.layout, "t3_layout": high.spec.layout,
+        "t4_parameters": edge.manifest.parameters, "t4_input": edge.manifest.input.shape,
+        "frame_shape": list(frames[0].shape), "detectors": str(models),
+    }
+    rows = [
+        (f"T4 detector raw session.run, batch 1 ({edge.spec.layout} layout) (frames/s)",
+         f"{figures['detector_t4_raw_fps']:.0f}"),
+        ("T4 detector inference per frame (us)", f"{raw_us:.1f}"),
+        (f"letterbox {frames[0].shape[1]}x{frames[0].shape[0]} -> {edge.input_width}x{edge.input_height} (us)",
+         f"{figures['letterbox_us']:.2f}"),
+        (f"decode + NMS (OpenCV) + map back, {figures['candidate_boxes_per_frame']:.1f} boxes/frame (us)",
+         f"{decode_us:.2f}"),
+        ("decode + NMS, % of T4 detector inference", f"{figures['decode_nms_pct_of_t4']:.2f}"),
+        ("detection uncertainty scores per frame (us)", f"{figures['detection_uncertainty_us']:.2f}"),
+        ("full per-frame detection path, T4 (frames/s)", f"{figures['detection_pipeline_fps']:.0f}"),
+        ("detection path latency p50 / p99 (ms)",
+         f"{figures['detection_pipeline_p50_ms']:.3f} / {figures['detection_pipeline_p99_ms']:.3f}"),
+        ("detection cascade T4->T3 (frames/s)", f"{figures['detection_cascade_fps']:.0f}"),
+        ("detection escalation rate", f"{figures['detection_escalation_rate']:.3f}"),
+    ]
+    print_table(f"Detectors ({models.name}), {n_frames} detection-world frames x {rounds} rounds, 1 ORT thread", rows)
+    return figures
 
 
 if __name__ == "__main__":

@@ -200,11 +200,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, score_thresh
         return np.zeros(0, np.int64)
     xywh = np.empty((len(boxes), 4), np.float32)
     xywh[:, :2] = boxes[:, :2]
-    xywh[:, 2:] = np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0)
-    keep = cv2.dnn.NMSBoxesBatched(xywh, scores.astype(np.float32), classes.astype(np.int32), float(score_threshold),
-                                    float(iou_threshold), 1.0, int(max_detections))
+    np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0, out=xywh[:, 2:])
+    keep = cv2.dnn.NMSBoxesBatched(xywh, scores.astype(np.float32, copy=False), classes.astype(np.int32, copy=False),
+                                    float(score_threshold), float(iou_threshold), 1.0, int(max_detections))
     keep = np.asarray(keep, np.int64).reshape(-1)
-    return keep[np.argsort(-scores[keep], kind="stable")][:max_detections]
+    if len(keep) > 1:
+        # OpenCV returns each class's survivors together: order them by score across classes
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+    return keep[:max_detections]
 
 
 def postprocess(boxes: np.ndarray, best: np.ndarray, classes: np.ndarray, class_scores: np.ndarray | None,
@@ -213,8 +216,9 @@ def postprocess(boxes: np.ndarray, best: np.ndarray, classes: np.ndarray, class_
     candidates = np.flatnonzero(best >= score_floor)
     if len(candidates) == 0:
         return Detections.empty(None if class_scores is None else class_scores.shape[1])
-    boxes, best, classes = boxes[candidates], best[candidates], classes[candidates]
-    class_scores = None if class_scores is None else class_scores[candidates]
+    if len(candidates) < len(best):
+        boxes, best, classes = boxes[candidates], best[candidates], classes[candidates]
+        class_scores = None if class_scores is None else class_scores[candidates]
     keep = nms(boxes, best, classes, score_floor, spec.nms_iou, spec.max_detections)
     return Detections(geometry.to_frame(boxes[keep]), best[keep].astype(np.float32), classes[keep].astype(np.int64),
                       None if class_scores is None else class_scores[keep].astype(np.float32))
@@ -356,7 +360,18 @@ class DetectorModel(TierModel):
         floor = spec.score_threshold if score_floor is None else score_floor
         size = (self.input_height, self.input_width)
         if spec.layout == "yolo":
-            boxes, class_scores = decode_yolo(outputs[0][index], self.num_classes, spec, size)
+            raw = outputs[0][index]
+            if spec.scores_activated and not spec.normalised and raw.ndim == 2 and raw.shape[0] == 4 + self.num_classes:
+                # hot path: pick the anchors above the floor first, then convert only those
+                best = raw[4:].max(axis=0)
+                keep = np.flatnonzero(best >= floor)
+                if not len(keep):
+                    return Detections.empty(self.num_classes)
+                class_scores = raw[4:, keep].T
+                classes = class_scores.argmax(axis=1)
+                return postprocess(cxcywh_to_xyxy(raw[:4, keep].T), best[keep], classes, class_scores, floor, spec,
+                                   geometry)
+            boxes, class_scores = decode_yolo(raw, self.num_classes, spec, size)
             classes = class_scores.argmax(axis=1)
             best = class_scores[np.arange(len(classes)), classes]
             return postprocess(boxes, best, classes, class_scores, floor, spec, geometry)
