@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="models_command", metavar="ACTION")
     build = actions.add_parser("build", help="train the four reference tiers and export ONNX + manifests")
     build.add_argument("--out", default="models", help="output directory (default: models)")
-    build.add_argument("--profile", default="default", help="profile in config/models.yaml (default, test)")
+    build.add_argument("--profile", default="default",
+                       help="profile in config/models.yaml (default, test, detection-default, detection-test)")
     build.add_argument("--config", default=None, help="models config file (default: config/models.yaml)")
     build.add_argument("--tiers", default="T1,T2,T3,T4", help="comma-separated tiers to build")
     build.add_argument("--force", action="store_true", help="rebuild even when the cache is current")
@@ -51,6 +52,13 @@ def _build(args: argparse.Namespace) -> int:
                      "lab_acc": manifest.metrics.get("lab_test_accuracy"),
                      "field_acc": manifest.metrics.get("field_test_accuracy"),
                      "dir": str(Path(directory))})
+        if manifest.task == "detection":       # detectors: mAP instead of accuracy
+            rows[-1].update(task="detection", layout=manifest.detection.layout,
+                            lab_map50=manifest.metrics.get("lab_test_map50"),
+                            field_map50=manifest.metrics.get("field_test_map50"),
+                            field_map=manifest.metrics.get("field_test_map"))
+            for key in ("lab_acc", "field_acc"):
+                rows[-1].pop(key)
     for row in rows:
         print(json.dumps(row))
     return 0
