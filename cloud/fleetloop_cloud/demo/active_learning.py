@@ -19,7 +19,7 @@ import numpy as np
 from fleetloop_cloud import active
 
 
-def train_probe(features: np.ndarray, labels: np.ndarray, classes: int, steps: int = 300,
+def train_probe(features: np.ndarray, labels: np.ndarray, classes: int, steps: int = 100,
                 weight_decay: float = 1e-3, seed: int = 0):
     """Return (weights, bias) of a softmax regression fitted with full-batch L-BFGS."""
     import torch

@@ -34,6 +34,7 @@ class DemoConfig(ConfigModel):
     rounds: int = Field(default=3, ge=1, le=20)
     frames_per_robot: int = Field(default=1200, ge=50)
     upload_fraction: float = Field(default=0.05, gt=0.0, le=1.0)
+    random_share: float = Field(default=0.2, ge=0.0, le=1.0)
     seed: int = 0
     ros: bool = True
     control_plane: Literal["local", "mqtt"] = "local"

@@ -147,6 +147,7 @@ class Demo:
         selection = read_yaml(default_config_path("selection.yaml"))
         frames_per_hour = cfg.upload_fraction * cfg.camera_rate_hz * 3600.0
         selection["budget"] = {**selection.get("budget", {}), "frames_per_hour": frames_per_hour}
+        selection["random_fraction"] = cfg.upload_fraction * cfg.random_share
         manager_overrides = {"shadow": {"min_agreement": cfg.robot.shadow_min_agreement},
                              "watchdog": {"max_latency_ms": cfg.robot.watchdog_max_latency_ms,
                                           "window_s": cfg.robot.watchdog_window_s, "min_frames": 10},
