@@ -95,7 +95,7 @@ def letterbox_geometry(frame_height: int, frame_width: int, input_height: int, i
 
 
 def letterbox(frame: np.ndarray, input_height: int, input_width: int, pad_value: int = 114,
-              keep_aspect: bool = True, interpolation: int = cv2.INTER_AREA) -> tuple[np.ndarray, Letterbox]:
+              keep_aspect: bool = True, interpolation: int = cv2.INTER_LINEAR) -> tuple[np.ndarray, Letterbox]:
     """Return (the frame fitted into input_height x input_width, its Letterbox); the frame itself when it fits."""
     height, width = frame.shape[:2]
     geometry = letterbox_geometry(height, width, input_height, input_width, keep_aspect)
