@@ -575,6 +575,55 @@ class DetectionLoop(CloudLoop):
         return out
 
 
+def open_loop(path=None, **kwargs) -> CloudLoop:
+    """Return the loop config/cloud.yaml (or ``path``) describes: a DetectionLoop when its T2 is a detector."""
+    from fleetloop_cloud.config import load_cloud_config
+
+    config = load_cloud_config(path)
+    t2 = Path(config.models) / "T2"
+    if (t2 / "manifest.json").is_file() and load_manifest(t2).task == "detection":
+        return DetectionLoop(config, **kwargs)
+    return CloudLoop(config, **kwargs)
+
+
+def detection_summary_table(summary: RoundSummary | dict):
+    """Return a rich Table of a detection round's summary (box labels, audit, box-level costs, mAP)."""
+    from rich.table import Table
+
+    data = summary.to_dict() if isinstance(summary, RoundSummary) else summary
+    table = Table(title=f"FleetLoop detection round {data['round']} ({data['status']})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    frames, labels, audit, figures = data["frames"], data["labels"], data["audit"], data["figures"]
+    threshold = (data["routing"]["threshold"] or {}).get("value")
+    rows = [("frames ingested", frames["ingested"]),
+            ("box labels accepted (auto / human)", f"{labels['accepted']} ({labels['auto_accepted']} / {labels['human']})"),
+            ("boxes in accepted labels", labels["boxes"]),
+            ("frames sent to humans", labels["sent_to_humans"]),
+            ("pending review (over budget)", frames["pending_review"]),
+            ("routing threshold (consensus confidence)", "none: nothing automated" if threshold is None
+             else f"{threshold:.4f}")]
+    final = audit.get("final")
+    rows.append(("audit: mean IoU / class accuracy", "no auto boxes to audit" if not final else
+                 f"{final['mean_iou']:.3f} / {final['class_accuracy']:.3f} on {final['frames']} frames "
+                 f"({'met' if audit['meets_target'] else 'NOT met'})"))
+    edits = data["human"]["box_edits"]
+    rows.append(("box edits (kept / adjusted / drawn / deleted / reclassed)",
+                 " / ".join(str(edits[k]) for k in ("kept", "adjusted", "drawn", "deleted", "reclassed"))))
+    rows.append(("human seconds / dollars (manual baseline)",
+                 f"{data['human']['seconds']:.1f} s / ${data['human']['dollars']:.3f} "
+                 f"({figures['manual_seconds']:.1f} s / ${figures['manual_dollars']:.3f})"))
+    for key, name in (("throughput_ratio", "throughput ratio"), ("cost_ratio", "cost ratio")):
+        rows.append((name, "n/a" if figures[key] is None else f"{figures[key]:.2f}x"))
+    for tier, model in data["models"].items():
+        rows.append((f"{tier} mAP@0.5 (0.5:0.95) before -> after",
+                     f"{model['map50_before']:.3f} ({model['map_before']:.3f}) -> {model['map50_after']:.3f} "
+                     f"({model['map_after']:.3f}) {'promoted' if model['promoted'] else 'kept production'}"))
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table
+
+
 def map_per_round(summaries: Sequence[dict]) -> list[dict]:
     """Return per round and tier the production and candidate mAP@0.5 / mAP@0.5:0.95 (what the demo plots)."""
     rows = []
@@ -593,4 +642,4 @@ def manual_task_cost(costs: BoxCosts, boxes: int) -> tuple[float, float]:
 
 
 __all__ = ["DetectionLoop", "run_box_teachers", "box_labeling_figures", "map_per_round", "manual_task_cost",
-           "box_task_cost"]
+           "box_task_cost", "open_loop", "detection_summary_table"]

@@ -23,9 +23,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _loop(args):
-    from fleetloop_cloud.pipeline import CloudLoop
+    # the models' task picks the loop: classifiers (CloudLoop) or detectors (DetectionLoop)
+    from fleetloop_cloud.detection_loop import open_loop
 
-    return CloudLoop.from_file(args.config, progress=not args.no_progress)
+    return open_loop(args.config, progress=not args.no_progress)
 
 
 def _print(args, title: str, data: dict) -> None:
@@ -162,7 +163,11 @@ def register_round(subparsers) -> None:
             print(json.dumps(summary.to_dict(), indent=2, sort_keys=True, default=str))
         else:
             from rich.console import Console
-            Console().print(summary_table(summary))
+            if summary.to_dict().get("task") == "detection":
+                from fleetloop_cloud.detection_loop import detection_summary_table
+                Console().print(detection_summary_table(summary))
+            else:
+                Console().print(summary_table(summary))
         return 0 if summary.status in ("finished", "waiting") else 1
 
     parser.set_defaults(handler=handler)
@@ -185,11 +190,17 @@ def register_manifest(subparsers) -> None:
         with _loop(args) as loop:
             rows = loop.pool.frames(state=args.state, round=args.round)
             ids = [r["id"] for r in rows]
+            boxes = getattr(loop, "boxes", None)        # a DetectionLoop: bounding-box manifests
             if args.source:
-                labels = loop.pool.labels(ids, source=args.source)
+                labels = (boxes or loop.pool).labels(ids, source=args.source)
                 ids = [i for i in ids if i in labels]
-            records = augmented_manifest(loop.pool, loop.store, ids, labels=loop.labels,
-                                         job_name=f"fleetloop-round-{loop.pool.last_round()}")
+            if boxes is not None:
+                from fleetloop_cloud.box_manifest import augmented_box_manifest
+                records = augmented_box_manifest(loop.pool, boxes, loop.store, ids, loop.classes,
+                                                 job_name=f"fleetloop-round-{loop.pool.last_round()}")
+            else:
+                records = augmented_manifest(loop.pool, loop.store, ids, labels=loop.labels,
+                                             job_name=f"fleetloop-round-{loop.pool.last_round()}")
             text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in records)
             if args.out:
                 write_jsonl(records, args.out)

@@ -216,3 +216,33 @@ def test_review_page_answers_and_config_errors(tmp_path, detection_cloud_models,
     with pytest.raises(ConfigError, match="needs detector tiers"):
         DetectionLoop(_config(tmp_path / "c", store, test_models["T1"].parent), progress=False)
     assert ROOT.is_dir()
+
+
+def test_cloud_cli_runs_the_detection_loop_and_writes_box_manifests(tmp_path, detection_cloud_models, capsys):
+    import yaml
+
+    from fleetloop_cloud.cli import main as cloud_cli
+
+    store, _ = _fleet(tmp_path, detection_cloud_models, frames=10)
+    data = cloud_config(tmp_path, store.uri, detection_cloud_models["T1"].parent,
+                        review={"annotator": "simulated", "calibration_sample": 4, "strategy": "uncertainty"},
+                        detection={"annotator": "review-page", "min_validation": 10})
+    path = tmp_path / "cloud.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert cloud_cli(["round", "--config", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "FleetLoop detection round 1 (waiting)" in out and "box labels accepted" in out
+    with DetectionLoop(cloud_config_from_dict(data), progress=False) as loop:
+        for task in loop.boxes.tasks(status="submitted"):
+            record_box_answer(loop.boxes, loop.box_costs, task.id, BoxSet.from_rows([[4, 4, 30, 30, 2]], False),
+                              "ann", loop.classes)
+    assert cloud_cli(["round", "--config", str(path), "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["task"] == "detection" and summary["routing"]["validation_frames"] == 4
+    assert cloud_cli(["manifest", "--config", str(path), "--no-progress", "--source", "human"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(records) == 4
+    for record in records:
+        assert record["fleetloop-boxes"]["annotations"] == [{"class_id": 2, "left": 4, "top": 4, "width": 26,
+                                                             "height": 26}]
+        assert record["fleetloop-boxes-metadata"]["human-annotated"] == "yes"
