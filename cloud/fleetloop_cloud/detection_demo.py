@@ -59,7 +59,7 @@ class DetectionDemoSettings:
     robots: int = 3
     rounds: int = 3
     frames_per_robot: int = 400             # camera frames per robot per round (10 Hz: 40 s)
-    frames_per_hour: float = 900.0          # upload budget per robot
+    frames_per_hour: float = 3600.0         # upload budget per robot (40 of 400 frames a round)
     seed: int = 0
     profile: str = "detection-default"      # reference detectors, built when missing
     test_frames_per_site: int = 120
