@@ -156,7 +156,7 @@ class BoxPool:
         for frame_id in frame_ids:
             row = found[frame_id]
             boxes = BoxSet.from_rows(json.loads(row[1]), True)
-            if row[2] is not None:
+            if row[2] is not None and len(boxes):
                 import numpy as np
                 boxes = BoxSet(boxes.boxes, boxes.scores, boxes.classes,
                                np.asarray(json.loads(row[2]), np.float32).reshape(len(boxes), -1))
