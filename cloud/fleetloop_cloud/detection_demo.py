@@ -226,7 +226,7 @@ def run_detection_demo(out: Path, settings: DetectionDemoSettings | None = None,
     """Run the detection closed loop with its baselines; write the report into ``out``; return it."""
     settings = settings or DetectionDemoSettings()
     started = time.perf_counter()
-    out = Path(out)
+    out = Path(out).resolve()          # store URIs are file:///absolute
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
