@@ -57,6 +57,7 @@ class UploadAllArm:
     models: Path
     epochs: int
     lab_replay_frames: int
+    finetune_lr: float = 5e-4
     seed: int = 0
     images: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
@@ -96,7 +97,10 @@ class UploadAllArm:
             images = np.concatenate([images, lab.images])
             labels = np.concatenate([labels, lab.labels])
         started = time.perf_counter()
-        report = training.fit(model, images, labels, config=training.FitConfig(epochs=self.epochs, seed=self.seed),
+        # the same fine-tuning rate the cloud loop uses when it warm-starts (config/cloud.yaml)
+        lr = self.finetune_lr if warm else training.FitConfig().lr
+        report = training.fit(model, images, labels,
+                              config=training.FitConfig(epochs=self.epochs, seed=self.seed, lr=lr),
                               desc=f"upload-all T4 round {round_number}", progress=progress)
         directory = out_dir / f"round-{round_number}" / "T4"
         directory.mkdir(parents=True, exist_ok=True)

@@ -179,8 +179,10 @@ class Demo:
                 started = time.perf_counter()
                 arm.fleet.start()
                 self._stage(f"start {name} fleet", started)
-            upload_all = UploadAllArm(specs, self.models, epochs=cfg.upload_all_epochs, lab_replay_frames=int(
-                cfg.cloud.get("training", {}).get("lab_replay_frames", 1000)), seed=cfg.seed) \
+            training_config = arms["loop"].loop.config.training
+            upload_all = UploadAllArm(specs, self.models, epochs=cfg.upload_all_epochs,
+                                      lab_replay_frames=training_config.lab_replay_frames,
+                                      finetune_lr=training_config.finetune_lr, seed=cfg.seed) \
                 if cfg.arms.upload_all else None
             test_sets = self._test_sets(specs)
             round0 = self._edge_accuracy(packages["T4"], test_sets)
