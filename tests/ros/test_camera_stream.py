@@ -1,7 +1,8 @@
 """Camera-sized frames between two processes: 640x480 rgb8 at 30 Hz, received versus sent, latency.
 
 Both processes use the DDS settings of the robot (fleetloop_ros.environment: Fast DDS LARGE_DATA
-builtin transports, localhost-only discovery) and reliable QoS; with those nothing is lost.
+builtin transports, localhost-only discovery) and reliable QoS with two seconds of history; with those
+nothing is lost.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def test_640x480_rgb8_at_30_hz_between_processes_loses_nothing(ros):
         received.append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, time.time_ns(),
                          len(msg.data)))
 
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=60, reliability=ReliabilityPolicy.RELIABLE)
     ros.node.create_subscription(Image, ros.topic("camera/image_raw"), on_image, qos)
     sent, rate = 120, 30.0
     camera = subprocess.Popen(
