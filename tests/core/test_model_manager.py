@@ -154,6 +154,21 @@ def test_deploy_from_an_object_store_and_status_report(robot):
     assert status.last_outcome["job_id"] == "job-s3"
 
 
+def test_a_less_confident_model_that_behaves_as_in_its_shadow_check_keeps_serving(tmp_path, test_models,
+                                                                                   signing_keys, frames):
+    # the same answers at lower confidence: the watchdog compares with the candidate's own shadow figure,
+    # not with its more confident predecessor (a better-calibrated model is no fault). The test tiers are
+    # barely above uniform, so the watchdog's ratio is set high enough for the difference to count.
+    config = _config(watchdog=WatchdogConfig(min_frames=4, window_frames=12, min_confidence_ratio=0.95))
+    robot = Robot(tmp_path, test_models, signing_keys, frames, config)
+    with robot:
+        outcome = robot.manager.submit("job-soft", robot.job(robot.package("v-soft", fault="soft:0.05"))).result(60)
+    assert outcome.status == "SUCCEEDED", outcome.reason
+    shadow_ratio = float(outcome.details["shadow_confidence_mean"]) / float(outcome.details["shadow_current_confidence_mean"])
+    assert shadow_ratio < 0.95                  # against the old model's confidence the watchdog would roll back
+    assert robot.cascade.edge.version == "v-soft"
+
+
 def test_shadow_verdict_thresholds():
     rng = np.random.default_rng(0)
     current = rng.dirichlet(np.ones(5), size=20).astype(np.float32)
@@ -178,6 +193,10 @@ def test_shadow_verdict_thresholds():
     assert "constant output" in shadow_verdict(current, constant, fast, fast, ShadowConfig(min_agreement=0)).reasons[0]
     # frames that all look the same: a constant answer is then no evidence of a broken model
     assert shadow_verdict(constant, constant, fast, fast, config).passed
+    unsure = 0.05 * current + 0.95 / 5                  # the same answers at a fraction of the confidence
+    report = shadow_verdict(current, unsure, fast, fast, config)
+    assert not report.passed and "mean confidence" in report.reasons[0]
+    assert report.figures["confidence_mean"] < 0.5 * report.figures["current_confidence_mean"]
 
 
 def test_watchdog_verdict_limits():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -45,11 +46,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--models", default=None, help="reference models (built if missing; default ./models)")
     parser.add_argument("--no-ros", action="store_true", help="run the robots' core objects in-process instead of ROS 2")
     parser.add_argument("--config", default=None, help="demo config (default config/demo.yaml)")
+    parser.add_argument("--task", choices=("classification", "detection"), default="classification",
+                        help="detection: the loop with detectors (in-process robots, mAP per round)")
     parser.set_defaults(handler=_command)
 
 
 def _command(args: argparse.Namespace) -> int:
     from fleetloop_cloud.demo.config import load_demo_config
+
+    if args.task == "detection":
+        return _detection(args)
 
     overrides = {"robots": args.robots, "rounds": args.rounds, "frames_per_robot": args.frames, "seed": args.seed,
                  "control_plane": args.control_plane}
@@ -62,6 +68,24 @@ def _command(args: argparse.Namespace) -> int:
     from fleetloop_cloud.demo.report import print_headline
     print_headline(report, out)
     return 0
+
+
+def _detection(args: argparse.Namespace) -> int:
+    """``fleetloop demo --task detection``: the detection demo (fleetloop_cloud.detection_demo)."""
+    from fleetloop_cloud import detection_demo
+
+    unsupported = [name for name, value in (("--seed", args.seed), ("--control-plane", args.control_plane),
+                                            ("--store", args.store), ("--config", args.config)) if value is not None]
+    if unsupported:
+        raise SystemExit(f"fleetloop demo --task detection: {', '.join(unsupported)} not supported "
+                         f"(the detection demo runs its robots in-process with a local store)")
+    argv = ["--quick"] if args.quick else []
+    for flag, value in (("--out", args.out), ("--models", args.models), ("--rounds", args.rounds),
+                        ("--robots", args.robots), ("--frames", args.frames)):
+        if value is not None:
+            argv += [flag, str(value)]
+    os.environ.setdefault("FLEETLOOP_TRAIN_THREADS", "1")
+    return detection_demo.main(argv)
 
 
 @dataclass

@@ -63,6 +63,7 @@ class ShadowConfig(ConfigModel):
     max_latency_ratio: float = Field(default=3.0, gt=0.0)
     latency_floor_ms: float = Field(default=5.0, ge=0.0)        # ... only enforced above this (noise)
     constant_tolerance: float = Field(default=1e-6, ge=0.0)     # max |p - mean p| under which output is constant
+    min_confidence_ratio: float = Field(default=0.5, ge=0.0, le=1.0)  # candidate / current mean confidence, same frames
     pace_s: float = Field(default=0.002, ge=0.0)          # pause between frames: the check yields to serving
 
 
@@ -76,7 +77,9 @@ class WatchdogConfig(ConfigModel):
     max_latency_ms: float = Field(default=50.0, gt=0.0)   # p95 of the swapped tier's latency
     max_latency_ratio: float = Field(default=3.0, gt=0.0) # median latency / median before the swap ...
     latency_floor_ms: float = Field(default=5.0, ge=0.0)  # ... only enforced above this
-    min_confidence_ratio: float = Field(default=0.5, ge=0.0, le=1.0)  # mean confidence / before the swap
+    # mean confidence after the swap / the candidate's own mean confidence in its shadow check
+    # (without a shadow check: / the previous model's mean confidence before the swap)
+    min_confidence_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
     max_error_rate: float = Field(default=0.1, ge=0.0, le=1.0)        # errors and non-finite outputs
 
 
@@ -243,6 +246,11 @@ def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, curre
                        f"(current model: {spread_current:.2g})")
     if agreement < config.min_agreement:
         reasons.append(f"agreement {agreement:.3f} with the current model is below {config.min_agreement}")
+    confidence = float(candidate_probs[finite].max(axis=1).mean()) if finite.any() else float("nan")
+    current_confidence = float(current_probs.max(axis=1).mean())
+    if confidence < config.min_confidence_ratio * current_confidence:
+        reasons.append(f"mean confidence {confidence:.3f} is below {config.min_confidence_ratio} x the current "
+                       f"model's {current_confidence:.3f} on the same frames")
     # the absolute budget judges the candidate only when the serving model meets it on the same frames,
     # in the same thread: otherwise the CPU is busy and the median ratio below is the fair test
     if p99_candidate > config.max_latency_p99_ms >= p99_current:
@@ -255,7 +263,8 @@ def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, curre
     figures = {"frames": float(frames), "agreement": agreement, "latency_p99_ms": p99_candidate,
                "latency_p50_ms": p50_candidate, "current_latency_p99_ms": p99_current,
                "current_latency_p50_ms": p50_current, "non_finite_frames": float(non_finite),
-               "output_spread": spread_candidate}
+               "output_spread": spread_candidate,
+               "confidence_mean": confidence, "current_confidence_mean": current_confidence}
     return ShadowReport(not reasons, reasons, figures)
 
 
@@ -273,8 +282,8 @@ def watchdog_verdict(stats: WatchStats, baseline_latency_s: float, baseline_conf
                      config: WatchdogConfig, baseline_p95_s: float = float("nan")) -> str | None:
     """Return why the new model must be rolled back, or None while it behaves.
 
-    ``baseline_*`` are the median latency (s), mean confidence and p95 latency (s) of the previous model
-    before the swap. The absolute latency limit applies only when the previous model met it (a busy CPU
+    ``baseline_*`` are the median latency (s) and p95 latency (s) of the previous model before the swap
+    and the expected mean confidence (the candidate's in its shadow check, else the previous model's). The absolute latency limit applies only when the previous model met it (a busy CPU
     slows both; the median ratio is the fair test then).
     """
     if stats.frames < config.min_frames:
@@ -295,7 +304,7 @@ def watchdog_verdict(stats: WatchStats, baseline_latency_s: float, baseline_conf
         mean = float(np.mean(stats.confidences))
         if mean < config.min_confidence_ratio * baseline_confidence:
             return (f"confidence collapsed: mean {mean:.3f} is below {config.min_confidence_ratio} x "
-                    f"{baseline_confidence:.3f} before the swap")
+                    f"{baseline_confidence:.3f} expected")
     return None
 
 
@@ -638,7 +647,11 @@ class ModelManager:
             self._emit("shadow_passed", role, candidate.version, job_id=job_id, figures=report.figures)
             progress("shadow_passed", {"step": "shadow_passed", **{k: v for k, v in details.items()}})
 
-        watch = self._swap(job_id, role, candidate)
+        # the watchdog judges a confidence collapse against what the candidate itself showed on the shadow
+        # frames: a better-calibrated model is often less confident than its predecessor, which is no fault
+        expected = report.figures.get("confidence_mean", float("nan")) if self.config.shadow.enabled \
+            else float("nan")
+        watch = self._swap(job_id, role, candidate, expected_confidence=expected)
         swap_s = self._clock() - started
         details["swap_seconds"] = f"{swap_s:.3f}"
         if watch is None:
@@ -653,8 +666,13 @@ class ModelManager:
                               watch.previous.version, details)
         return JobOutcome(job_id, "SUCCEEDED", f"serving {candidate.version}", role, candidate.version, details)
 
-    def _swap(self, job_id: str, role: str, candidate: TierModel) -> Optional[_Watch]:
-        """Swap ``candidate`` in between two frames; return the watch started for it (None: no watchdog)."""
+    def _swap(self, job_id: str, role: str, candidate: TierModel,
+              expected_confidence: float = float("nan")) -> Optional[_Watch]:
+        """Swap ``candidate`` in between two frames; return the watch started for it (None: no watchdog).
+
+        ``expected_confidence``: the candidate's mean confidence in its shadow check, the watchdog's
+        confidence baseline (without one, the previous model's mean confidence before the swap).
+        """
         with self._lock:
             recent = list(self._recent[role])
             previous = self.cascade.set_model(role, candidate)   # atomic between two frames
@@ -663,7 +681,8 @@ class ModelManager:
             watch = None
             if previous is not None and self.config.watchdog.enabled:
                 baseline_latency = _percentile([r[0] for r in recent], 50) if recent else float("nan")
-                baseline_confidence = float(np.mean([r[1] for r in recent])) if recent else float("nan")
+                baseline_confidence = expected_confidence if math.isfinite(expected_confidence) else \
+                    float(np.mean([r[1] for r in recent])) if recent else float("nan")
                 baseline_p95 = _percentile([r[0] for r in recent], 95) if recent else float("nan")
                 watch = _Watch(job_id, role, candidate.tier, candidate.version, previous, self._clock(),
                                baseline_latency, baseline_confidence, baseline_p95)

@@ -162,23 +162,23 @@ class EmbeddingMemory:
         norm = 1.0 if self.unit_inputs else math.sqrt(float(np.dot(vector, vector)))
         if norm <= _EPS:
             return 1.0
-        count = self._count
+        count, slot = self._count, self._next       # read once: a second caller may move them meanwhile
         if count:
             # rows are unit vectors: max cosine = max(rows . v) / |v|
             rows = self._rows if count == self.capacity else self._rows[:count]
             similarities = np.dot(rows, vector)
             best = float(similarities[similarities.argmax()]) / norm   # argmax+index beats .max() here
             value = min(max((1.0 - best) * 0.5, 0.0), 1.0)
-            self.last_similarity = float(similarities[self._next - 1]) / norm   # _next - 1 = -1 wraps
+            self.last_similarity = float(similarities[(slot - 1) % similarities.shape[0]]) / norm
         else:
             value = 1.0
             self.last_similarity = None
         if remember:
             if self.unit_inputs:
-                self._rows[self._next] = vector
+                self._rows[slot] = vector
             else:
-                np.multiply(vector, 1.0 / norm, out=self._rows[self._next])
-            self._next = (self._next + 1) % self.capacity
+                np.multiply(vector, 1.0 / norm, out=self._rows[slot])
+            self._next = (slot + 1) % self.capacity
             if count < self.capacity:
                 self._count = count + 1
         return value
