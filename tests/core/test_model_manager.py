@@ -169,12 +169,37 @@ def test_a_less_confident_model_that_behaves_as_in_its_shadow_check_keeps_servin
     assert robot.cascade.edge.version == "v-soft"
 
 
+def test_shadow_frames_are_one_of_every_stride_frames(tmp_path, test_models, signing_keys, frames):
+    robot = Robot(tmp_path, test_models, signing_keys, frames, _config(ring_buffer_frames=4, ring_stride_frames=3))
+    distinct = [np.full_like(frames[0], i) for i in range(20)]
+    for frame in distinct:
+        robot.manager.observe(frame, None)
+    assert robot.manager.buffered_frames() == 4
+    kept = [int(f[0, 0, 0]) for f in robot.manager._ring]
+    assert kept == [6, 9, 12, 15, 18][-4:]                 # frames 0, 3, 6, ... kept; the last four of them
+
+
 def test_shadow_verdict_thresholds():
     rng = np.random.default_rng(0)
     current = rng.dirichlet(np.ones(5), size=20).astype(np.float32)
     fast = [0.001] * 20
     config = ShadowConfig(min_agreement=0.9)
     assert shadow_verdict(current, current.copy(), fast, fast, config).passed
+    # agreement where the current model was sure: disagreeing on its unsure frames is what a better model does
+    sure = current.max(axis=1) >= 0.5
+    relabel = current.copy()
+    relabel[~sure] = relabel[~sure][:, ::-1]                           # other answers where it was unsure
+    changed = (relabel.argmax(axis=1) != current.argmax(axis=1)).mean()
+    assert changed > 0.1 and not shadow_verdict(current, relabel, fast, fast, ShadowConfig(min_agreement=0.95)).passed
+    on_sure = ShadowConfig(min_agreement=0.95, agreement_min_confidence=0.5, min_frames=2)
+    report = shadow_verdict(current, relabel, fast, fast, on_sure)
+    assert report.passed and report.figures["agreement_where_sure"] == 1.0
+    assert report.figures["agreement_frames"] == sure.sum() and report.figures["agreement"] == 1 - changed
+    swapped_sure = current.copy()
+    swapped_sure[sure] = swapped_sure[sure][:, ::-1]
+    assert "frames it was sure of" in shadow_verdict(current, swapped_sure, fast, fast, on_sure).reasons[0]
+    too_few = ShadowConfig(min_agreement=0.95, agreement_min_confidence=0.5, min_frames=int(sure.sum()) + 1)
+    assert shadow_verdict(current, swapped_sure, fast, fast, too_few).passed       # too little evidence to judge
     flipped = current[:, ::-1].copy()
     report = shadow_verdict(current, flipped, fast, fast, config)
     assert not report.passed and "agreement" in report.reasons[0]

@@ -172,10 +172,12 @@ class Demo:
         frames_per_hour = cfg.upload_fraction * cfg.camera_rate_hz * 3600.0
         selection["budget"] = {**selection.get("budget", {}), "frames_per_hour": frames_per_hour}
         selection["random_fraction"] = cfg.upload_fraction * cfg.random_share
-        manager_overrides = {"shadow": {"min_agreement": cfg.robot.shadow_min_agreement},
+        manager_overrides = {"shadow": {"min_agreement": cfg.robot.shadow_min_agreement,
+                                        "agreement_min_confidence": cfg.robot.shadow_agreement_min_confidence},
                              "watchdog": {"max_latency_ms": cfg.robot.watchdog_max_latency_ms,
-                                          "window_s": cfg.robot.watchdog_window_s, "min_frames": 10},
-                             "providers": ["cpu"]}
+                                          "window_s": cfg.robot.watchdog_window_s,
+                                          "min_frames": cfg.robot.watchdog_min_frames},
+                             "ring_stride_frames": cfg.robot.shadow_stride_frames, "providers": ["cpu"]}
         mqtt = broker = None
         arms: dict[str, Arm] = {}
         names = ["loop"] + (["random"] if cfg.arms.random_upload else [])

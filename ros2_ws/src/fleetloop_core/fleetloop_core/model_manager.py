@@ -56,7 +56,11 @@ class ShadowConfig(ConfigModel):
     enabled: bool = True
     min_frames: int = Field(default=8, ge=1)              # fewer buffered frames: wait, then fail
     frame_wait_s: float = Field(default=10.0, ge=0.0)     # how long to wait for min_frames
-    min_agreement: float = Field(default=0.7, ge=0.0, le=1.0)   # top-1 agreement with the current model
+    min_agreement: float = Field(default=0.7, ge=0.0, le=1.0)   # top-1 agreement with the current model ...
+    # ... on the frames where the current model's top probability is at least this (0: every frame). A
+    # better model disagrees where the old one was unsure; disagreeing where it was sure is the red flag.
+    # Fewer than min_frames such frames: too little evidence, the agreement check passes (figure reported).
+    agreement_min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
     max_latency_p99_ms: float = Field(default=50.0, gt=0.0)     # candidate p99, batch 1, absolute
     # systematic slow-down: candidate median / current median on the same frames (medians, because
     # with K frames a p99 is one scheduler hiccup away from anything) ...
@@ -87,7 +91,10 @@ class ModelManagerConfig(ConfigModel):
     """Everything the model manager needs (config/model_manager.yaml, section model_manager)."""
 
     store: ModelStoreConfig = Field(default_factory=ModelStoreConfig)
-    ring_buffer_frames: int = Field(default=32, ge=1)     # K frames kept for the shadow check
+    ring_buffer_frames: int = Field(default=32, ge=1)     # K frames kept for the shadow check ...
+    # ... one of every this many frames: K consecutive camera frames are one scene (a track, a stretch of
+    # background); spread over K x stride frames they are a fair sample of what the robot sees
+    ring_stride_frames: int = Field(default=1, ge=1)
     providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
     intra_op_threads: int = Field(default=1, ge=1)
     warmup_runs: int = Field(default=3, ge=0)
@@ -234,7 +241,11 @@ def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, curre
     non_finite = int(frames - finite.sum())
     spread_candidate = float(np.abs(candidate_probs - candidate_probs.mean(axis=0)).max()) if non_finite == 0 else 0.0
     spread_current = float(np.abs(current_probs - current_probs.mean(axis=0)).max())
-    agreement = float((candidate_probs.argmax(axis=1) == current_probs.argmax(axis=1))[finite].sum() / max(frames, 1))
+    sure = current_probs.max(axis=1) >= config.agreement_min_confidence
+    judged = int(sure.sum())
+    same = (candidate_probs.argmax(axis=1) == current_probs.argmax(axis=1)) & finite
+    agreement_all = float(same.sum() / max(frames, 1))
+    agreement = float(same[sure].sum() / judged) if judged else float("nan")
     p99_candidate = _percentile(candidate_latency_s, 99) * 1000.0
     p99_current = _percentile(current_latency_s, 99) * 1000.0
     p50_candidate = _percentile(candidate_latency_s, 50) * 1000.0
@@ -244,8 +255,11 @@ def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, curre
     elif spread_candidate <= config.constant_tolerance < spread_current:
         reasons.append(f"constant output: probabilities vary by {spread_candidate:.2g} over {frames} frames "
                        f"(current model: {spread_current:.2g})")
-    if agreement < config.min_agreement:
-        reasons.append(f"agreement {agreement:.3f} with the current model is below {config.min_agreement}")
+    if judged and agreement < config.min_agreement and \
+            (config.agreement_min_confidence <= 0 or judged >= config.min_frames):
+        where = f" on the {judged} frames it was sure of (>= {config.agreement_min_confidence})" \
+            if config.agreement_min_confidence > 0 else ""
+        reasons.append(f"agreement {agreement:.3f} with the current model{where} is below {config.min_agreement}")
     confidence = float(candidate_probs[finite].max(axis=1).mean()) if finite.any() else float("nan")
     current_confidence = float(current_probs.max(axis=1).mean())
     if confidence < config.min_confidence_ratio * current_confidence:
@@ -260,11 +274,12 @@ def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, curre
     if p50_candidate > ratio_limit:
         reasons.append(f"median latency {p50_candidate:.2f} ms is above {ratio_limit:.2f} ms "
                        f"({config.max_latency_ratio} x the current model's {p50_current:.2f} ms)")
-    figures = {"frames": float(frames), "agreement": agreement, "latency_p99_ms": p99_candidate,
+    figures = {"frames": float(frames), "agreement": agreement_all, "latency_p99_ms": p99_candidate,
                "latency_p50_ms": p50_candidate, "current_latency_p99_ms": p99_current,
                "current_latency_p50_ms": p50_current, "non_finite_frames": float(non_finite),
                "output_spread": spread_candidate,
-               "confidence_mean": confidence, "current_confidence_mean": current_confidence}
+               "confidence_mean": confidence, "current_confidence_mean": current_confidence,
+               "agreement_where_sure": agreement, "agreement_frames": float(judged)}
     return ShadowReport(not reasons, reasons, figures)
 
 
@@ -355,6 +370,7 @@ class ModelManager:
         self._apply_lock = threading.Lock()        # one job at a time
         self._save_lock = threading.Lock()         # one writer of state.json
         self._ring: deque[np.ndarray] = deque(maxlen=self.config.ring_buffer_frames)
+        self._ring_seen = 0
         self._recent: dict[str, deque[tuple[float, float]]] = {
             role: deque(maxlen=max(self.config.ring_buffer_frames, 32)) for role in ("edge", "escalation")}
         self._frames_seen = threading.Condition(self._lock)
@@ -463,8 +479,10 @@ class ModelManager:
         finished: Optional[_Watch] = None
         with self._lock:
             if frame is not None:
-                self._ring.append(np.array(frame, copy=True))
-                self._frames_seen.notify_all()
+                if self._ring_seen % self.config.ring_stride_frames == 0:
+                    self._ring.append(np.array(frame, copy=True))
+                    self._frames_seen.notify_all()
+                self._ring_seen += 1
             bad = error is not None or (result is not None and not np.isfinite(result.probs).all())
             if result is not None and not bad:
                 for role in ("edge", "escalation"):

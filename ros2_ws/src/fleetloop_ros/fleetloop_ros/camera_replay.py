@@ -81,10 +81,11 @@ class CameraReplayNode(Node):
         self.wait_subscribers = wait_subscribers     # discovery takes a moment: frames sent before it are lost
         self._matched_at: float | None = None
         self.frame_id = frame_id
-        # reliable: two seconds of history, so a reader that stalls for a moment (a loaded machine) loses nothing
+        # reliable: two seconds of history (at most 64 frames: Fast DDS preallocates it), so a reader that
+        # stalls for a moment (a loaded machine) loses nothing
         self._reliable = reliable
         self._last_sent = time.monotonic()
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(10, math.ceil(2 * rate_hz)),
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=min(64, max(10, math.ceil(2 * rate_hz))),
                          reliability=ReliabilityPolicy.RELIABLE) if reliable else qos_profile_sensor_data
         if source == "sim" and (robot or start or sim_stamps or lockstep_topic):
             from fleetloop_core import sim
