@@ -57,7 +57,7 @@ class FrameResult:
     total_latency_s: float = 0.0
     uncertainty_latency_s: float = 0.0    # time spent on flicker + novelty + score bookkeeping
     k: int = 3
-    track: str | None = None              # robot-side track id: "<stream-session>-<n>", None without embeddings
+    track: str | None = None              # robot-side track id: "<stream>@<session>-<n>", None without embeddings
 
     @property
     def top_k(self) -> list[tuple[int, float]]:
@@ -80,11 +80,12 @@ def _scores_of(out: TierOutputs) -> tuple[float, float, float]:
 class _StreamState:
     __slots__ = ("flicker", "memory", "session", "track")
 
-    def __init__(self, config: CascadeConfig, dim: int, unit_embeddings: bool):
+    def __init__(self, config: CascadeConfig, dim: int, unit_embeddings: bool, stream: str = ""):
         self.flicker = unc.FlickerWindow(config.flicker_window)
         self.memory = unc.EmbeddingMemory(dim, config.novelty_memory, unit_embeddings) if dim else None
-        # track ids must not repeat across process restarts: prefix them with the session start
-        self.session = format(time.time_ns() // 1_000_000, "x")
+        # track ids must not repeat across streams or process restarts: prefix them with the stream and
+        # the session start (two streams opened in the same millisecond had the same ids)
+        self.session = f"{stream}@{time.time_ns() // 1_000_000:x}"
         self.track = 0
 
     def next_track(self, similarity: float | None, threshold: float) -> str:
@@ -184,7 +185,7 @@ class Cascade:
         state = self._streams.get(stream)
         if state is None:
             state = self._streams[stream] = _StreamState(config, 0 if embedding is None else len(embedding),
-                                                         edge.manifest.outputs.embedding_normalised)
+                                                         edge.manifest.outputs.embedding_normalised, stream)
         flicker = state.flicker.push(label)
         if state.memory is not None:
             novelty = state.memory.score(embedding)
