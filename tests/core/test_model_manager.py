@@ -159,7 +159,8 @@ def test_a_less_confident_model_that_behaves_as_in_its_shadow_check_keeps_servin
     # the same answers at lower confidence: the watchdog compares with the candidate's own shadow figure,
     # not with its more confident predecessor (a better-calibrated model is no fault). The test tiers are
     # barely above uniform, so the watchdog's ratio is set high enough for the difference to count.
-    config = _config(watchdog=WatchdogConfig(min_frames=4, window_frames=12, min_confidence_ratio=0.95))
+    config = _config(watchdog=WatchdogConfig(min_frames=4, window_frames=12, min_confidence_ratio=0.95,
+                                             confidence_min_frames=4))
     robot = Robot(tmp_path, test_models, signing_keys, frames, config)
     with robot:
         outcome = robot.manager.submit("job-soft", robot.job(robot.package("v-soft", fault="soft:0.05"))).result(60)
@@ -225,12 +226,15 @@ def test_shadow_verdict_thresholds():
 
 
 def test_watchdog_verdict_limits():
-    config = WatchdogConfig(min_frames=4, max_error_rate=0.2, min_confidence_ratio=0.5, max_latency_ms=20.0)
+    config = WatchdogConfig(min_frames=4, max_error_rate=0.2, min_confidence_ratio=0.5, max_latency_ms=20.0,
+                            confidence_min_frames=10)
     ok = WatchStats([0.001] * 10, [0.8] * 10, 0, 10)
     assert watchdog_verdict(ok, 0.001, 0.8, config) is None
     assert watchdog_verdict(WatchStats([], [], 3, 3), 0.001, 0.8, config) is None          # too few frames
     assert "error rate" in watchdog_verdict(WatchStats([0.001] * 7, [0.8] * 7, 3, 10), 0.001, 0.8, config)
     assert "confidence collapsed" in watchdog_verdict(WatchStats([0.001] * 10, [0.3] * 10, 0, 10), 0.001, 0.8, config)
+    # confidence depends on the scene: fewer frames than confidence_min_frames are no evidence of a collapse
+    assert watchdog_verdict(WatchStats([0.001] * 9, [0.3] * 9, 0, 9), 0.001, 0.8, config) is None
     assert "latency p95" in watchdog_verdict(WatchStats([0.030] * 10, [0.8] * 10, 0, 10), 0.001, 0.8, config)
     assert watchdog_verdict(WatchStats([0.030] * 10, [0.8] * 10, 0, 10), 0.025, 0.8, config,
                             baseline_p95_s=0.028) is None          # it was over the limit before: busy CPU

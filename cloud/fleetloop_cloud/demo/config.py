@@ -24,9 +24,11 @@ class ActiveLearningSettings(ConfigModel):
 
 
 class RobotOverrides(ConfigModel):
-    shadow_min_agreement: float = Field(default=0.3, ge=0.0, le=1.0)
-    shadow_agreement_min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+    shadow_min_agreement: float = Field(default=0.0, ge=0.0, le=1.0)
+    shadow_agreement_min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
+    shadow_max_latency_p99_ms: float = Field(default=200.0, gt=0.0)
     watchdog_min_frames: int = Field(default=30, ge=1)
+    watchdog_confidence_min_frames: int = Field(default=100, ge=1)
     shadow_stride_frames: int = Field(default=10, ge=1)
     watchdog_max_latency_ms: float = Field(default=200.0, gt=0.0)
     watchdog_window_s: float = Field(default=5.0, gt=0.0)

@@ -173,10 +173,12 @@ class Demo:
         selection["budget"] = {**selection.get("budget", {}), "frames_per_hour": frames_per_hour}
         selection["random_fraction"] = cfg.upload_fraction * cfg.random_share
         manager_overrides = {"shadow": {"min_agreement": cfg.robot.shadow_min_agreement,
-                                        "agreement_min_confidence": cfg.robot.shadow_agreement_min_confidence},
+                                        "agreement_min_confidence": cfg.robot.shadow_agreement_min_confidence,
+                                        "max_latency_p99_ms": cfg.robot.shadow_max_latency_p99_ms},
                              "watchdog": {"max_latency_ms": cfg.robot.watchdog_max_latency_ms,
                                           "window_s": cfg.robot.watchdog_window_s,
-                                          "min_frames": cfg.robot.watchdog_min_frames},
+                                          "min_frames": cfg.robot.watchdog_min_frames,
+                                          "confidence_min_frames": cfg.robot.watchdog_confidence_min_frames},
                              "ring_stride_frames": cfg.robot.shadow_stride_frames, "providers": ["cpu"]}
         mqtt = broker = None
         arms: dict[str, Arm] = {}

@@ -84,6 +84,8 @@ class WatchdogConfig(ConfigModel):
     # mean confidence after the swap / the candidate's own mean confidence in its shadow check
     # (without a shadow check: / the previous model's mean confidence before the swap)
     min_confidence_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
+    # confidence depends on the scene (a stretch of background, one item): judged only over this many frames
+    confidence_min_frames: int = Field(default=100, ge=1)
     max_error_rate: float = Field(default=0.1, ge=0.0, le=1.0)        # errors and non-finite outputs
 
 
@@ -315,7 +317,8 @@ def watchdog_verdict(stats: WatchStats, baseline_latency_s: float, baseline_conf
         limit = max(config.max_latency_ratio * baseline_latency_s * 1000.0, config.latency_floor_ms)
         if math.isfinite(baseline_latency_s) and median_ms > limit:
             return f"median latency {median_ms:.2f} ms is above {limit:.2f} ms ({config.max_latency_ratio} x before)"
-    if stats.confidences and baseline_confidence > 0 and math.isfinite(baseline_confidence):
+    if len(stats.confidences) >= config.confidence_min_frames and baseline_confidence > 0 \
+            and math.isfinite(baseline_confidence):
         mean = float(np.mean(stats.confidences))
         if mean < config.min_confidence_ratio * baseline_confidence:
             return (f"confidence collapsed: mean {mean:.3f} is below {config.min_confidence_ratio} x "
