@@ -74,3 +74,12 @@ def test_report_html_shows_the_plots_in_chromium(quick_run, browser):
         page.screenshot(path=str(artifacts / "demo-report.png"), full_page=True)
     finally:
         page.close()
+
+
+def test_detection_task_refuses_options_it_does_not_have():
+    # `fleetloop demo --task detection` runs fleetloop_cloud.detection_demo (tests/cloud/test_detection_demo.py
+    # runs it); options of the classification demo it has no use for are refused by name, not ignored
+    process = subprocess.run([sys.executable, "-m", "fleetloop_core.cli", "demo", "--task", "detection", "--seed", "3",
+                              "--control-plane", "mqtt"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert process.returncode != 0
+    assert "--seed, --control-plane not supported" in process.stderr, process.stderr[-2000:]

@@ -205,6 +205,7 @@ def _plots(report: dict, out: Path) -> list[tuple[str, str]]:
                                 ("upload all (upper bound)", acc["upload_all"], "^:")):
         if values:
             ax.plot(range(len(values)), values, style, label=name)
+    ax.set_xticks(range(max(len(v) for v in acc.values() if v)))
     ax.set_xlabel("round (0 = lab-trained reference)")
     ax.set_ylabel("T4 accuracy on held-out field frames")
     ax.set_title("Edge model (T4) accuracy per round")
