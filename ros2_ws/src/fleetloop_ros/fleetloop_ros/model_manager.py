@@ -71,6 +71,8 @@ def package_identity(location: PackageLocation) -> tuple[str, str]:
 class ModelManagerNode(Node):
     """Model delivery on the robot: services, latched status, diagnostics around ModelManager."""
 
+    blocking_callbacks = True       # the swap service waits for the job (fleetloop_ros.runner)
+
     def __init__(self, perception: PerceptionNode, node_name: str = "model_manager", namespace: str = "",
                  parameter_overrides: Sequence = (), **node_kwargs):
         super().__init__(node_name, namespace=namespace, parameter_overrides=list(parameter_overrides), **node_kwargs)

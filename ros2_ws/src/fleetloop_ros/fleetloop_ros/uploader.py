@@ -28,6 +28,8 @@ PROBE_KEY = "fleetloop-reachability-probe"   # never written: a HEAD answered (4
 class UploaderNode(Node):
     """UploadQueue -> object store, with live bandwidth cap and diagnostics."""
 
+    blocking_callbacks = True       # the store probe waits on the network (fleetloop_ros.runner)
+
     def __init__(self, node_name: str = "uploader", namespace: str = "", parameter_overrides: Sequence = (),
                  **node_kwargs):
         super().__init__(node_name, namespace=namespace, parameter_overrides=list(parameter_overrides), **node_kwargs)
