@@ -109,7 +109,7 @@ class CameraReplayNode(Node):
             from fleetloop_interfaces.msg import FrameResult
             results_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(10, 4 * window),
                                      reliability=ReliabilityPolicy.RELIABLE)
-            self.create_subscription(FrameResult, lockstep_topic, self._on_result, results_qos)
+            self._results = self.create_subscription(FrameResult, lockstep_topic, self._on_result, results_qos)
         self._lockstep = bool(lockstep_topic)
         self._timer = self.create_timer(1.0 / rate_hz, self._tick)
         self.get_logger().info(f"camera replay: {source} -> {self.publisher.topic_name} at {rate_hz:g} Hz"
@@ -127,8 +127,11 @@ class CameraReplayNode(Node):
 
     def _tick(self) -> None:
         if self.sent == 0 and self.wait_subscribers:
-            # matched on our side is not yet matched on theirs: give the other end half a second more
-            if self.publisher.get_subscription_count() < self.wait_subscribers:
+            # matched on our side is not yet matched on theirs: give the other end half a second more.
+            # In lockstep the answers' topic must be matched too: an answer sent before it is lost for good
+            # (measured: a loaded machine stalled a demo round on a first answer nobody heard)
+            if self.publisher.get_subscription_count() < self.wait_subscribers or \
+                    (self._lockstep and self.count_publishers(self._results.topic_name) < 1):
                 self._matched_at = None
                 return
             if self._matched_at is None:
