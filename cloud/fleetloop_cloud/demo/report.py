@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +25,17 @@ TARGETS = {
     "al_label_ratio": ("<=", 1 / 3, "human labels to 95 % of upload-all accuracy, active learning / random"),
     "frames_dropped": ("<=", 0, "frames dropped by the robots (swaps included)"),
 }
+
+
+def _cpu_model() -> str:
+    """Return the CPU's model name from /proc/cpuinfo ("" where there is none: not Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def wilson(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
@@ -152,7 +164,8 @@ def build_report(config, quick: bool, models: Path, arms: dict, upload_all_accur
         "minutes": round(minutes, 2),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "machine": platform.machine(),
-                    "processor": platform.processor() or platform.machine(), "node": platform.node()},
+                    "processor": _cpu_model() or platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "node": platform.node()},
         "settings": {"quick": quick, "robots": config.robots, "rounds": config.rounds,
                      "frames_per_robot_per_round": config.frames_per_robot, "upload_budget_fraction":
                      config.upload_fraction, "seed": config.seed, "ros": config.ros,
@@ -300,7 +313,8 @@ def _markdown(report: dict, plots: list[tuple[str, str]]) -> str:
              f"{s['robots']} robots x {s['rounds']} rounds x {s['frames_per_robot_per_round']} camera frames per robot "
              f"per round; upload budget {s['upload_budget_fraction']:.0%} of frames; seed {s['seed']}; robot stack "
              f"{'ROS 2 (rclpy processes)' if s['ros'] else 'in-process core objects'}; control plane "
-             f"{s['control_plane']}; machine {report['machine']['processor']} ({report['machine']['python']}); "
+             f"{s['control_plane']}; machine {report['machine']['processor']} x {report['machine'].get('cpu_count')} "
+             f"(Python {report['machine']['python']}); "
              f"{report['minutes']:.1f} minutes.", "",
              "## Headline", "", "| figure | value | target | |", "| --- | ---: | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _headline_rows(report)]
