@@ -300,8 +300,9 @@ def watchdog_verdict(stats: WatchStats, baseline_latency_s: float, baseline_conf
     """Return why the new model must be rolled back, or None while it behaves.
 
     ``baseline_*`` are the median latency (s) and p95 latency (s) of the previous model before the swap
-    and the expected mean confidence (the candidate's in its shadow check, else the previous model's). The absolute latency limit applies only when the previous model met it (a busy CPU
-    slows both; the median ratio is the fair test then).
+    and the expected mean confidence (the candidate's in its shadow check, else the previous model's).
+    The absolute latency limit applies only when the previous model met it (a busy CPU slows both; the
+    median ratio is the fair test then).
     """
     if stats.frames < config.min_frames:
         return None
