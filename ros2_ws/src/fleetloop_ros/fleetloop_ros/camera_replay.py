@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
@@ -35,7 +34,6 @@ from fleetloop_core.ros_convert import array_to_image, rgb8_to_compressed
 from fleetloop_ros.messages import time_msg
 
 _SETTLE_S = 0.5
-_ACK_WAIT_S = 5.0        # reliable: how long after the last frame to wait for every reader's acknowledgement
 
 
 def sim_frames(count: int, height: int, width: int, site: int = 0, seed: int = 0) -> list[np.ndarray]:
@@ -83,8 +81,6 @@ class CameraReplayNode(Node):
         self.frame_id = frame_id
         # reliable: two seconds of history (at most 64 frames: Fast DDS preallocates it), so a reader that
         # stalls for a moment (a loaded machine) loses nothing
-        self._reliable = reliable
-        self._last_sent = time.monotonic()
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=min(64, max(10, math.ceil(2 * rate_hz))),
                          reliability=ReliabilityPolicy.RELIABLE) if reliable else qos_profile_sensor_data
         if source == "sim" and (robot or start or sim_stamps or lockstep_topic):
@@ -167,7 +163,6 @@ class CameraReplayNode(Node):
                             step=int(payload.step), data=bytes(payload.data))
         self.publisher.publish(message)
         self.sent += 1
-        self._last_sent = time.monotonic()
 
     def _on_result(self, _message) -> None:
         self.answered += 1
@@ -178,9 +173,6 @@ class CameraReplayNode(Node):
         """True once every frame was sent (and, in lockstep, answered)."""
         if not self.count or self.sent < self.count:
             return False
-        if self._reliable and time.monotonic() - self._last_sent < _ACK_WAIT_S \
-                and not self.publisher.wait_for_all_acked(Duration(seconds=0)):
-            return False            # reliable: done once every reader acknowledged every frame (or gave up on them)
         return not self._lockstep or self.answered >= self.count
 
 
