@@ -10,6 +10,7 @@ a small multi-threaded executor of their own, so frames keep flowing while a swa
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -82,6 +83,7 @@ def run_nodes(factory: Callable[[], Sequence[Node]], args: Sequence[str] | None 
                     close()
                 except Exception as exc:  # shutting down: report, go on closing the others
                     log.error("closing %s failed: %s", node.get_name(), exc)
+        _close_pending_wait(executor)
         executor.shutdown()
         if side is not None:
             side.shutdown()
@@ -95,3 +97,20 @@ def _spin_quietly(executor: MultiThreadedExecutor) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+
+
+def _close_pending_wait(executor) -> None:
+    """Finish the executor's suspended wait for callbacks before its nodes are destroyed.
+
+    ``spin_once`` keeps a generator between calls that holds every node's handle "in use" while it is
+    suspended with callbacks still pending. Dropping it (``shutdown``) leaves its closing to the garbage
+    collector, and ``Node.destroy_node`` waits for those handles: measured, a camera process that stopped
+    while answers were still arriving hung there for good. Closing it releases them at once.
+    """
+    pending = getattr(executor, "_cb_iter", None)      # rclpy's private name; absent: nothing to close
+    if pending is not None:
+        try:
+            pending.close()
+        except Exception as exc:  # shutting down: report and go on
+            log.warning("closing the executor's pending wait failed: %s", exc)
+    gc.collect()
