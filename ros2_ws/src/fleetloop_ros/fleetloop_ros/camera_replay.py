@@ -81,7 +81,11 @@ class CameraReplayNode(Node):
         self.frame_id = frame_id
         # reliable: two seconds of history (at most 64 frames: Fast DDS preallocates it), so a reader that
         # stalls for a moment (a loaded machine) loses nothing
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=min(64, max(10, math.ceil(2 * rate_hz))),
+        # (lockstep keeps at most `window` frames in flight: 10 deep, as before. With a 64-deep history in
+        # lockstep at 2 kHz, demo cameras were left waiting for an answer that never came in 3 of 8 runs;
+        # the cause inside the DDS layer is not found)
+        depth = 10 if lockstep_topic else min(64, max(10, math.ceil(2 * rate_hz)))
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                          reliability=ReliabilityPolicy.RELIABLE) if reliable else qos_profile_sensor_data
         if source == "sim" and (robot or start or sim_stamps or lockstep_topic):
             from fleetloop_core import sim
