@@ -25,13 +25,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.ros_convert import array_to_image, rgb8_to_compressed
-from fleetloop_ros.messages import time_msg
+from fleetloop_ros.messages import stamp_ns as message_stamp_ns, time_msg
 
 _SETTLE_S = 0.5
 
@@ -72,6 +72,7 @@ class CameraReplayNode(Node):
         if window < 1:
             raise ConfigError(f"camera replay: window must be >= 1 (got {window})")
         self.count, self.sent = count, 0
+        self._unanswered: set[int] = set()       # lockstep: stamps of frames sent and not answered yet
         self.answered = 0
         self.window = window
         self._sim_stamps = sim_stamps
@@ -107,8 +108,11 @@ class CameraReplayNode(Node):
         self.publisher = self.create_publisher(kind, topic, qos)
         if lockstep_topic:
             from fleetloop_interfaces.msg import FrameResult
-            results_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(10, 4 * window),
-                                     reliability=ReliabilityPolicy.RELIABLE)
+            # transient-local like the perception node's results: an answer sent before the robot's writer
+            # matched this new reader still arrives (volatile, such answers were lost and stalled the demo)
+            results_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(32, 4 * window),
+                                     reliability=ReliabilityPolicy.RELIABLE,
+                                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
             self._results = self.create_subscription(FrameResult, lockstep_topic, self._on_result, results_qos)
         self._lockstep = bool(lockstep_topic)
         self._timer = self.create_timer(1.0 / rate_hz, self._tick)
@@ -166,9 +170,17 @@ class CameraReplayNode(Node):
                             encoding=str(payload.encoding), is_bigendian=int(payload.is_bigendian),
                             step=int(payload.step), data=bytes(payload.data))
         self.publisher.publish(message)
+        if self._lockstep:
+            self._unanswered.add(stamp_ns)
         self.sent += 1
 
-    def _on_result(self, _message) -> None:
+    def _on_result(self, message) -> None:
+        # only answers to frames we sent count, once each (transient-local also hands us the answers to an
+        # earlier camera's last frames)
+        stamp = message_stamp_ns(message.header.stamp)
+        if stamp not in self._unanswered:
+            return
+        self._unanswered.discard(stamp)
         self.answered += 1
         self._tick()            # lockstep: an answer frees a slot, send the next frame now
 

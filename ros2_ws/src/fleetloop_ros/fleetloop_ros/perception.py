@@ -22,7 +22,7 @@ import numpy as np
 from fleetloop_interfaces.msg import Detection2DArray, FrameResult, TierVersion
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -41,6 +41,12 @@ FrameSink = Callable[[np.ndarray, CoreFrameResult, Header, str], None]
 ErrorSink = Callable[[np.ndarray, Exception], None]
 _PLAUSIBLE_LATENCY_NS = 60 * 1_000_000_000   # stamps further away are not wall-clock capture times
 _MALFORMED_LOGGED = 20                        # malformed images logged one by one before every 100th
+
+
+# Results: reliable and transient-local, so a reader that matched a moment after an answer was sent
+# (a camera process that just started, in lockstep) still gets it; volatile readers match as well.
+RESULTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=32, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def image_qos(kind: ImageQos) -> QoSProfile:
@@ -114,7 +120,7 @@ class PerceptionNode(Node):
         self._sequence = 0
         self._frames_group = MutuallyExclusiveCallbackGroup()   # one frame at a time through the cascade
         self._timers_group = MutuallyExclusiveCallbackGroup()
-        self._publisher = self.create_publisher(FrameResult, settings.results_topic, 10)
+        self._publisher = self.create_publisher(FrameResult, settings.results_topic, RESULTS_QOS)
         # detectors: the boxes on their own topic; FrameResult still carries the frame's summary and scores
         self._detections = self.create_publisher(Detection2DArray, settings.detections_topic, 10) \
             if self.detects else None
