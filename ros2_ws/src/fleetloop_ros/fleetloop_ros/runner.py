@@ -3,14 +3,13 @@
 The frame path (camera, perception, selector, uploader) spins on a single-threaded executor: measured
 with Kilted's rclpy, its MultiThreadedExecutor re-submits a ready subscription until a worker takes
 it and scans the growing list of futures on every turn, which cost ~30 ms of CPU per frame (35
-frames/s through the graph instead of ~480). Nodes whose callbacks block on purpose (the model
+frames/s through the graph instead of ~1,000). Nodes whose callbacks block on purpose (the model
 manager's swap service waits for the job's outcome) declare ``blocking_callbacks = True`` and spin on
 a small multi-threaded executor of their own, so frames keep flowing while a swap is waited for.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -83,7 +82,6 @@ def run_nodes(factory: Callable[[], Sequence[Node]], args: Sequence[str] | None 
                     close()
                 except Exception as exc:  # shutting down: report, go on closing the others
                     log.error("closing %s failed: %s", node.get_name(), exc)
-        _close_pending_wait(executor)
         executor.shutdown()
         if side is not None:
             side.shutdown()
@@ -96,23 +94,6 @@ def _spin_quietly(executor: MultiThreadedExecutor) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-
-
-def _close_pending_wait(executor) -> None:
-    """Finish the executor's suspended wait for callbacks before its nodes are destroyed.
-
-    ``spin_once`` keeps a generator between calls that holds every node's handle "in use" while it is
-    suspended with callbacks still pending. Dropping it (``shutdown``) leaves its closing to the garbage
-    collector, and ``Node.destroy_node`` waits for those handles: measured, a camera process that stopped
-    while answers were still arriving hung there for good. Closing it releases them at once.
-    """
-    pending = getattr(executor, "_cb_iter", None)      # rclpy's private name; absent: nothing to close
-    if pending is not None:
-        try:
-            pending.close()
-        except Exception as exc:  # shutting down: report and go on
-            log.warning("closing the executor's pending wait failed: %s", exc)
-    gc.collect()
 
 
 _DESTROY_TIMEOUT_S = 5.0
