@@ -169,6 +169,7 @@ def _count_frames(namespace: str, seconds: float, reliable: bool, expected: int)
 def _transport_row(transports: str | None, reliable: bool, sent: int, rate: float) -> dict:
     """Send ``sent`` 640x480 rgb8 frames at ``rate`` between two fresh processes with these DDS settings."""
     env = dict(os.environ, FASTDDS_BUILTIN_TRANSPORTS=transports or "DEFAULT")
+    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)      # the builtin transports named here, not the robot's profile
     namespace = f"/transport{os.getpid()}_{int(time.monotonic() * 1000) % 100000}"
     listen_s = sent / rate + 10.0        # start-up, discovery, the stream, then a margin for stragglers
     counter = subprocess.Popen([sys.executable, __file__, "--count-frames", namespace, str(listen_s),
@@ -213,11 +214,11 @@ def main(argv=None) -> int:
         return 0
 
     from fleetloop_ros.camera_replay import sim_frames
-    from fleetloop_ros.environment import apply_robot_environment
+    from fleetloop_core.dds import DdsConfig, dds_environment
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(90 + os.getpid() % 10))
     os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
-    apply_robot_environment()
+    dds_environment(DdsConfig(), os.environ)          # the robot's default transport (fleetloop_core.dds)
     models = locate_models(args.models, args.quick)
     count = args.frames or (100 if args.quick else 400)
     rounds = 3 if args.quick else 5

@@ -51,3 +51,71 @@ def pool():
 def _quiet_threads():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     yield
+
+
+# ------------------------------------------------------------------------------ nothing outlives its owner
+OUR_COMMANDS = ("fleetloop", "tests/ros/programs", "cyclone_camera", "benchmarks/")
+_EXIT_GRACE_S = 5.0
+
+
+def _descendants() -> list:
+    import psutil
+    alive = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _describe(process) -> str:
+    try:
+        return f"pid {process.pid}: {' '.join(process.cmdline())[:200]}"
+    except Exception:  # gone meanwhile
+        return f"pid {process.pid}"
+
+
+def _still_running(processes: list, grace_s: float) -> list:
+    import psutil
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _kill(processes: list) -> None:
+    import psutil
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():
+    """Fail the test that leaves one of our processes (robot, camera, demo, trainer...) running after it ends.
+
+    Servers that session fixtures start (mosquitto, the S3 server, Chromium) live for the session and are
+    checked once at its end (pytest_sessionfinish).
+    """
+    before = {p.pid for p in _descendants()}
+    yield
+    ours = [p for p in _descendants() if p.pid not in before and any(c in _describe(p) for c in OUR_COMMANDS)]
+    leftovers = _still_running(ours, _EXIT_GRACE_S) if ours else []
+    if leftovers:
+        described = [_describe(p) for p in leftovers]
+        _kill(leftovers)
+        pytest.fail("processes started by this test outlived it (killed now):\n  " + "\n  ".join(described))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when any process started by it (servers included) is still running after every fixture ended."""
+    leftovers = _still_running(_descendants(), _EXIT_GRACE_S)
+    if leftovers:
+        described = [_describe(p) for p in leftovers]
+        _kill(leftovers)
+        session.config.get_terminal_writer().line(
+            "processes started by the test run outlived it (killed now):\n  " + "\n  ".join(described), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,7 +1,7 @@
 """Camera-sized frames between two processes: 640x480 rgb8 at 30 Hz, received versus sent, latency.
 
-Both processes use the DDS settings of the robot (fleetloop_ros.environment: Fast DDS LARGE_DATA
-builtin transports, localhost-only discovery) and reliable QoS with two seconds of history; with those
+Both processes use the DDS settings of the robot (fleetloop_core.dds: Fast DDS LARGE_DATA builtin
+transports; localhost-only discovery) and reliable QoS with two seconds of history; with those
 nothing is lost.
 """
 
@@ -21,7 +21,9 @@ def test_640x480_rgb8_at_30_hz_between_processes_loses_nothing(ros):
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from fleetloop_ros.environment import ROBOT_DDS_ENVIRONMENT
+    import os
+
+    from fleetloop_core.dds import TRANSPORT_VARIABLE
 
     received: list[tuple[int, int, int]] = []      # (stamp ns, arrival ns, bytes)
 
@@ -44,7 +46,7 @@ def test_640x480_rgb8_at_30_hz_between_processes_loses_nothing(ros):
     stamps = np.array([r[0] for r in received], np.int64)
     latency_ms = (np.array([r[1] for r in received], np.int64) - stamps) / 1e6
     span_s = (stamps.max() - stamps.min()) / 1e9 if len(stamps) > 1 else float("nan")
-    print(f"\n640x480 rgb8 between processes ({', '.join(f'{k}={v}' for k, v in ROBOT_DDS_ENVIRONMENT.items())}, "
+    print(f"\n640x480 rgb8 between processes ({TRANSPORT_VARIABLE}={os.environ.get(TRANSPORT_VARIABLE)}, "
           f"reliable): sent {sent}, received {len(received)}, {(len(received) - 1) / span_s:.1f} Hz, latency "
           f"p50 {np.percentile(latency_ms, 50):.1f} ms, p99 {np.percentile(latency_ms, 99):.1f} ms, "
           f"max {latency_ms.max():.1f} ms")

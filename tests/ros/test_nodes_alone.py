@@ -38,6 +38,7 @@ def test_selector_not_composed_pairs_images_and_results_from_topics(ros, robot):
 
 def test_uploader_reports_an_unreachable_store(ros_domain, tmp_path, monkeypatch):
     import rclpy
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from fleetloop_core.health import ERROR
@@ -57,6 +58,12 @@ def test_uploader_reports_an_unreachable_store(ros_domain, tmp_path, monkeypatch
             Parameter("health.store_unreachable_s.warn", value=0.0),
             Parameter("health.store_unreachable_s.error", value=0.0)])
         try:
+            (check,) = node.checks()
+            assert check.values["store_reachable"] == "unknown"        # probed once spinning, not at start
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            for _ in range(5):                                            # the first probe, 0.1 s after start
+                executor.spin_once(timeout_sec=0.5)
             (check,) = node.checks()
             assert check.level == ERROR and check.values["store_reachable"] == "False"
             assert "store_unreachable_s" in check.message and "127.0.0.1" in check.values["store_error"]

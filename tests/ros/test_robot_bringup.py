@@ -84,17 +84,18 @@ def _launch_arguments(path: Path) -> list[str]:
 def test_launch_file_arguments_are_the_cli_options():
     from fleetloop_core.cli import build_parser
     from fleetloop_ros.cli import CLI_ONLY
-    from fleetloop_ros.launch_args import ARGUMENT_NAMES
+    from fleetloop_ros.launch_args import ARGUMENT_NAMES, LAUNCH_ONLY
 
-    launch = _launch_arguments(ROOT / "launch" / "robot.launch.py")
+    launch = [name for name in _launch_arguments(ROOT / "launch" / "robot.launch.py") if name not in LAUNCH_ONLY]
     parser = build_parser()
     robot = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "robot")[1]
     cli = [action.dest for action in robot._actions if action.dest != "help"]
     assert sorted(launch) == sorted(ARGUMENT_NAMES)
     assert sorted(set(cli) - set(CLI_ONLY)) == sorted(launch)
-    # both set the DDS transport that carries camera frames without loss
+    # both turn the YAML's dds section (and transport:= / type_propagation:=) into the processes' environment
     text = (ROOT / "launch" / "robot.launch.py").read_text()
-    assert "ROBOT_DDS_ENVIRONMENT" in text and "SetEnvironmentVariable" in text
+    assert "dds_environment(dds)" in text and "additional_env" in text
+    assert set(LAUNCH_ONLY) <= set(_launch_arguments(ROOT / "launch" / "robot.launch.py"))
     replay = (ROOT / "launch" / "replay.launch.py").read_text()
     assert "robot.launch.py" in replay and "ARGUMENTS" in replay
 

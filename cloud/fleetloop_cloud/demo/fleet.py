@@ -4,10 +4,13 @@ Two ways to run a robot, one interface (:class:`Fleet`):
 
 * :class:`RosFleet` (the default): every robot is a ``fleetloop robot`` process (the rclpy nodes:
   perception with the model manager, selector, uploader) fed by a ``fleetloop camera`` process
-  replaying that robot's simulated camera in lockstep (the next frame leaves when the robot
-  answered the previous ones, so nothing is lost to a full queue and the fleet runs as fast as
-  the CPU allows); frames carry their simulated capture time, so upload budgets run on camera
-  time.
+  replaying that robot's simulated camera paced by the robot's answers (the next frame leaves
+  while fewer than a window of frames are unanswered, so the fleet runs as fast as the CPU allows;
+  a frame unanswered for two seconds is counted lost, never waited for); frames carry their
+  simulated capture time, so upload budgets run on camera time. Frames dropped = frames the
+  camera published minus frames the robot answered. A camera is reaped from its last output line
+  (its counts), not from its teardown; one that makes no progress for ``CAMERA_STALL_S`` is ended
+  and the error says what it had done.
 * :class:`InProcessFleet` (``--no-ros``): the same core objects (ModelManager around the
   cascade, Selector, UploadQueue + Uploader, DeployAgent on the local control plane) called
   in-process.
@@ -28,10 +31,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import yaml
@@ -43,6 +47,8 @@ from fleetloop_core.sidecar import SimulationTruth
 log = logging.getLogger("fleetloop.demo")
 
 STREAM = "camera"
+CAMERA_STALL_S = 60.0       # a camera that prints no progress for this long is ended (it reports every 5 s)
+CAMERA_REAP_S = 5.0         # after its final line, a camera gets this long to exit before it is killed
 
 
 class FleetError(FleetLoopError):
@@ -295,6 +301,72 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 # ====================================================================================== ROS 2
+class _CameraRun:
+    """One ``fleetloop camera`` process of a round: its output read as it comes, its end bounded."""
+
+    def __init__(self, robot_id: str, command: list[str], env: dict[str, str]):
+        self.robot_id = robot_id
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                                        start_new_session=True)
+        self.progress: dict = {}
+        self.final: dict | None = None
+        self.last_output = time.monotonic()
+        self.stderr: list[str] = []
+        self._lines = threading.Thread(target=self._read_stdout, daemon=True)
+        self._errors = threading.Thread(target=self._read_stderr, daemon=True)
+        self._lines.start()
+        self._errors.start()
+
+    def _read_stdout(self) -> None:
+        for line in self.process.stdout:
+            self.last_output = time.monotonic()
+            if line.startswith("{"):
+                message = json.loads(line)
+                if "camera" in message:
+                    self.final = message["camera"]
+                elif "camera_progress" in message:
+                    self.progress = message["camera_progress"]
+
+    def _read_stderr(self) -> None:
+        for line in self.process.stderr:
+            self.stderr.append(line)
+            del self.stderr[:-40]
+
+    def result(self, robot_log: Callable[[], str]) -> dict:
+        """Return the camera's final counts; FleetError naming what happened when there are none."""
+        while self.final is None and self.process.poll() is None:
+            if time.monotonic() - self.last_output > CAMERA_STALL_S:
+                self.kill()
+                raise FleetError(f"{self.robot_id}: the camera made no progress for {CAMERA_STALL_S:.0f} s "
+                                 f"(so far {self.progress or 'nothing sent'}); camera stderr:\n"
+                                 f"{''.join(self.stderr)[-1500:]}\nrobot log tail:\n{robot_log()}")
+            time.sleep(0.1)
+        self._lines.join(CAMERA_REAP_S)     # the final line, if the process just ended
+        try:
+            self.process.wait(CAMERA_REAP_S)
+        except subprocess.TimeoutExpired:
+            log.warning("%s: the camera printed its counts but did not exit within %.0f s: killed", self.robot_id,
+                        CAMERA_REAP_S)
+            self.kill()
+        if self.final is None:
+            raise FleetError(f"{self.robot_id}: the camera exited with {self.process.returncode} before reporting its "
+                             f"counts (so far {self.progress or 'nothing sent'}); camera stderr:\n"
+                             f"{''.join(self.stderr)[-1500:]}\nrobot log tail:\n{robot_log()}")
+        if self.process.returncode not in (0, None) and self.process.returncode != -signal.SIGKILL:
+            raise FleetError(f"{self.robot_id}: the camera exited with {self.process.returncode} after {self.final}; "
+                             f"camera stderr:\n{''.join(self.stderr)[-1500:]}")
+        return self.final
+
+    def kill(self) -> None:
+        """End the process group now (no-op once it exited)."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+
 class RosFleet:
     """Robots as ``fleetloop robot`` processes (rclpy), each fed by a ``fleetloop camera`` process."""
 
@@ -309,11 +381,13 @@ class RosFleet:
         self._round = 0
 
     def _env(self) -> dict[str, str]:
+        from fleetloop_core.dds import DdsConfig, dds_environment
+
         env = dict(os.environ)
-        env.update(ROS_DOMAIN_ID=str(self.domain_id), ROS_LOCALHOST_ONLY="1",
-                   FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA", PYTHONUNBUFFERED="1",
+        env.update(ROS_DOMAIN_ID=str(self.domain_id), ROS_LOCALHOST_ONLY="1", PYTHONUNBUFFERED="1",
                    OMP_NUM_THREADS="1")
         env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
+        dds_environment(DdsConfig(), env)          # robots and cameras on the robots' default transport
         return env
 
     def _robot_yaml(self, spec: RobotSpec) -> Path:
@@ -369,6 +443,10 @@ class RosFleet:
                                                              env=self._env(), start_new_session=True)
         log.info("ROS fleet: %d robot processes (ROS_DOMAIN_ID %d)", len(self.specs), self.domain_id)
 
+    def _log_tail(self, robot_id: str) -> str:
+        path = self.log_dir / f"{robot_id}.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else "(no log)"
+
     def _check_alive(self) -> None:
         for robot_id, process in self.processes.items():
             if process.poll() is not None:
@@ -390,27 +468,17 @@ class RosFleet:
                        "--seed", str(spec.world_seed), "--start", str(self._started_frames[spec.robot_id]),
                        "--count", str(frames_per_robot), "--sim-stamps", "--reliable",
                        "--lockstep", "frame_results", "--window", str(self.settings.camera_window),
-                       "--rate", "2000", "--wait-subscribers", "1"]
-            cameras[spec.robot_id] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                      env=self._env(), text=True, start_new_session=True)
-        for spec in self.specs:
-            process = cameras[spec.robot_id]
-            try:
-                stdout, stderr = process.communicate(timeout=60 + frames_per_robot * 0.5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                stdout, stderr = process.communicate()
-                raise FleetError(f"{spec.robot_id}: camera did not finish {frames_per_robot} frames; "
-                                 f"stderr tail: {stderr[-1500:]}")
-            counts = {"sent": 0, "answered": 0}
-            for line in stdout.splitlines():
-                if line.startswith("{") and '"camera"' in line:
-                    counts = json.loads(line)["camera"]
-            if process.returncode != 0:
-                raise FleetError(f"{spec.robot_id}: camera exited with {process.returncode}: {stderr[-1500:]}")
-            report = reports[spec.robot_id] = RobotRound(spec.robot_id, frames=frames_per_robot,
-                                                         answered=int(counts["answered"]))
-            self._started_frames[spec.robot_id] += frames_per_robot
+                       "--rate", "2000", "--wait-subscribers", "1", "--progress", "5"]
+            cameras[spec.robot_id] = _CameraRun(spec.robot_id, command, self._env())
+        try:
+            for spec in self.specs:
+                counts = cameras[spec.robot_id].result(lambda robot_id=spec.robot_id: self._log_tail(robot_id))
+                reports[spec.robot_id] = RobotRound(spec.robot_id, frames=int(counts["sent"]),
+                                                    answered=int(counts["answered"]))
+                self._started_frames[spec.robot_id] += frames_per_robot
+        finally:
+            for camera in cameras.values():
+                camera.kill()
         self._wait_drained(store_root)
         for spec in self.specs:
             report = reports[spec.robot_id]

@@ -9,9 +9,16 @@ node's latency figure means something. On robots, ``ros2 bag play`` does the bag
 The fleet simulation (``fleetloop demo``) uses the live-stream form: ``--robot`` and ``--seed``
 name one robot's endless simulated stream, ``--start`` skips to a frame index (no pixels drawn
 for the skipped ones), ``--sim-stamps`` stamps frames with the simulated capture time (so
-upload budgets run on camera time, however fast the replay), and ``--lockstep TOPIC`` sends the
-next frame only while fewer than ``--window`` frames are still unanswered on the results topic:
-as fast as the robot can go, and nothing lost to a full queue.
+upload budgets run on camera time, however fast the replay), and ``--lockstep TOPIC`` paces the
+camera by the robot's answers on that results topic: the next frame leaves while fewer than
+``--window`` frames are unanswered, and a frame unanswered for ``--answer-timeout`` seconds is
+counted lost and frees its slot. So the camera runs as fast as the robot answers, and a lost frame
+or a lost answer is measured, never waited for. At the end the camera prints one JSON line
+(``{"camera": {"sent", "answered", "lost"}}``) for whoever started it.
+
+``--wait-subscribers N`` holds the first frame until N readers matched (frames sent before
+discovery are lost), for at most ``--wait-timeout`` seconds: then the camera exits with
+``EXIT_NO_SUBSCRIBERS`` and an error naming the topic and what it saw.
 """
 
 from __future__ import annotations
@@ -19,9 +26,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -31,11 +37,13 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from fleetloop_core.dds import TRANSPORTS, DdsConfig, environment_transport
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.ros_convert import array_to_image, rgb8_to_compressed
 from fleetloop_ros.messages import stamp_ns as message_stamp_ns, time_msg
 
 _SETTLE_S = 0.5
+EXIT_NO_SUBSCRIBERS = 2
 
 
 def sim_frames(count: int, height: int, width: int, site: int = 0, seed: int = 0) -> list[np.ndarray]:
@@ -67,19 +75,29 @@ class CameraReplayNode(Node):
                  compressed: bool = False, reliable: bool = False, frame_id: str = "camera", site: int = 0,
                  wait_subscribers: int = 0, node_name: str = "camera_replay", seed: int = 0, robot: str = "",
                  start: int = 0, sim_stamps: bool = False, lockstep_topic: str = "", window: int = 4,
+                 answer_timeout_s: float = 2.0, wait_timeout_s: float = 60.0, progress_s: float = 0.0,
                  **node_kwargs):
         super().__init__(node_name, **node_kwargs)
         if rate_hz <= 0:
             raise ConfigError(f"camera replay: rate_hz must be > 0 (got {rate_hz})")
         if window < 1:
             raise ConfigError(f"camera replay: window must be >= 1 (got {window})")
+        if answer_timeout_s <= 0 or wait_timeout_s <= 0:
+            raise ConfigError(f"camera replay: answer_timeout_s and wait_timeout_s must be > 0 "
+                              f"(got {answer_timeout_s}, {wait_timeout_s})")
         self.count, self.sent = count, 0
-        self._unanswered: set[int] = set()       # lockstep: stamps of frames sent and not answered yet
+        # lockstep: frames sent and not answered yet, stamp -> when sent (monotonic s), oldest first
+        self._unanswered: OrderedDict[int, float] = OrderedDict()
         self.answered = 0
+        self.lost = 0                                # lockstep: frames unanswered for answer_timeout_s
         self.window = window
+        self.answer_timeout_s = answer_timeout_s
         self._sim_stamps = sim_stamps
         self._live = None
         self.wait_subscribers = wait_subscribers     # discovery takes a moment: frames sent before it are lost
+        self.wait_timeout_s = wait_timeout_s
+        self.failure = ""                            # why the camera gave up (no subscribers in time)
+        self._created = time.monotonic()
         self._matched_at: float | None = None
         self.frame_id = frame_id
         # reliable: two seconds of history (at most 64 frames: Fast DDS preallocates it), so a reader that
@@ -116,6 +134,8 @@ class CameraReplayNode(Node):
             self._results = self.create_subscription(FrameResult, lockstep_topic, self._on_result, results_qos)
         self._lockstep = bool(lockstep_topic)
         self._timer = self.create_timer(1.0 / rate_hz, self._tick)
+        if progress_s > 0:      # a line now and then, so whoever started us can tell progress from a stall
+            self.create_timer(progress_s, lambda: print(json.dumps({"camera_progress": self.counts()}), flush=True))
         self.get_logger().info(f"camera replay: {source} -> {self.publisher.topic_name} at {rate_hz:g} Hz"
                                + (f", {count} frames" if count else ""))
 
@@ -130,13 +150,22 @@ class CameraReplayNode(Node):
         return array_to_image(frame, encoding)
 
     def _tick(self) -> None:
+        if self.failure:
+            return
         if self.sent == 0 and self.wait_subscribers:
             # matched on our side is not yet matched on theirs: give the other end half a second more.
-            # In lockstep the answers' topic must be matched too: an answer sent before it is lost for good
-            # (measured: a loaded machine stalled a demo round on a first answer nobody heard)
-            if self.publisher.get_subscription_count() < self.wait_subscribers or \
-                    (self._lockstep and self.count_publishers(self._results.topic_name) < 1):
+            # In lockstep the answers' topic must have a publisher too (answers before that would count as lost)
+            matched = self.publisher.get_subscription_count()
+            answering = not self._lockstep or self._results.get_publisher_count() >= 1
+            if matched < self.wait_subscribers or not answering:
                 self._matched_at = None
+                if time.monotonic() - self._created > self.wait_timeout_s:
+                    self.failure = (f"camera replay: no frame sent: {matched} of {self.wait_subscribers} subscriber(s) "
+                                    f"matched on {self.publisher.topic_name}"
+                                    + ("" if answering else f" and no publisher on {self._results.topic_name}")
+                                    + f" within {self.wait_timeout_s:g} s (is the robot up, on the same "
+                                    f"ROS_DOMAIN_ID and DDS transport, with a compatible QoS?)")
+                    self.get_logger().error(self.failure)
                 return
             if self._matched_at is None:
                 self._matched_at = time.monotonic()
@@ -148,8 +177,10 @@ class CameraReplayNode(Node):
             self._timer.cancel()
             self.get_logger().info(f"camera replay: sent {self.sent} frames")
             return
-        if self._lockstep and self.sent - self.answered >= self.window:
-            return
+        if self._lockstep:
+            self._expire_unanswered()
+            if len(self._unanswered) >= self.window:
+                return
         stamp_ns = time.time_ns()
         if self._live is not None:
             frame = next(iter(self._live.frames(1)))
@@ -171,25 +202,43 @@ class CameraReplayNode(Node):
                             step=int(payload.step), data=bytes(payload.data))
         self.publisher.publish(message)
         if self._lockstep:
-            self._unanswered.add(stamp_ns)
+            self._unanswered[stamp_ns] = time.monotonic()
         self.sent += 1
+
+    def _expire_unanswered(self) -> None:
+        """Count frames unanswered for answer_timeout_s as lost (their slot in the window is free again)."""
+        horizon = time.monotonic() - self.answer_timeout_s
+        while self._unanswered:
+            stamp, sent_at = next(iter(self._unanswered.items()))
+            if sent_at > horizon:
+                break
+            del self._unanswered[stamp]
+            self.lost += 1
 
     def _on_result(self, message) -> None:
         # only answers to frames we sent count, once each (transient-local also hands us the answers to an
-        # earlier camera's last frames)
+        # earlier camera's last frames); a late answer to a frame already counted lost stays lost
         stamp = message_stamp_ns(message.header.stamp)
-        if stamp not in self._unanswered:
+        if self._unanswered.pop(stamp, None) is None:
             return
-        self._unanswered.discard(stamp)
         self.answered += 1
         self._tick()            # lockstep: an answer frees a slot, send the next frame now
 
     @property
     def done(self) -> bool:
-        """True once every frame was sent (and, in lockstep, answered)."""
+        """True once the camera gave up, or every frame was sent (and, in lockstep, answered or counted lost)."""
+        if self.failure:
+            return True
         if not self.count or self.sent < self.count:
             return False
-        return not self._lockstep or self.answered >= self.count
+        if self._lockstep:
+            self._expire_unanswered()
+            return not self._unanswered
+        return True
+
+    def counts(self) -> dict[str, int]:
+        """Return frames sent, answered and lost (lost and answered: lockstep only)."""
+        return {"sent": self.sent, "answered": self.answered, "lost": self.lost}
 
 
 def register(subparsers) -> None:
@@ -206,8 +255,11 @@ def register(subparsers) -> None:
     parser.add_argument("--compressed", action="store_true", help="publish sensor_msgs/CompressedImage (jpeg)")
     parser.add_argument("--reliable", action="store_true", help="reliable QoS instead of sensor data")
     parser.add_argument("--site", type=int, default=0, help="simulated site index")
+    parser.add_argument("--frame-id", default="camera", help="header frame_id of every frame")
     parser.add_argument("--wait-subscribers", type=int, default=0,
                         help="start sending once this many subscribers are matched")
+    parser.add_argument("--wait-timeout", type=float, default=60.0,
+                        help="give up (exit 2) when --wait-subscribers are not matched within this many seconds")
     parser.add_argument("--seed", type=int, default=0, help="simulated world seed")
     parser.add_argument("--robot", default="", help="simulated robot name (seeds its stream; live stream)")
     parser.add_argument("--start", type=int, default=0, help="first frame index of the live simulated stream")
@@ -215,40 +267,53 @@ def register(subparsers) -> None:
     parser.add_argument("--lockstep", default="", metavar="RESULTS_TOPIC",
                         help="send only while fewer than --window frames are unanswered on this FrameResult topic")
     parser.add_argument("--window", type=int, default=4, help="frames in flight in lockstep mode")
+    parser.add_argument("--answer-timeout", type=float, default=2.0,
+                        help="lockstep: a frame unanswered this many seconds is counted lost")
+    parser.add_argument("--progress", type=float, default=0.0, metavar="SECONDS",
+                        help="print a JSON progress line this often (0: only the final line)")
+    parser.add_argument("--transport", choices=list(TRANSPORTS), default=None,
+                        help="DDS transport (as the robot's dds.transport); default: the environment's, else large_data")
+    parser.add_argument("--no-type-propagation", action="store_true",
+                        help="do not announce XTypes type information (as the robot's dds.type_propagation: false)")
     parser.set_defaults(handler=_run)
 
 
 def _run(args) -> int:
     from fleetloop_ros.runner import run_nodes
 
-    def finished() -> bool:
-        return bool(made) and made[0].done
-
     made: list[CameraReplayNode] = []
 
     def nodes() -> Sequence[Node]:
         made.append(CameraReplayNode(args.topic, args.rate, args.count, args.source, args.width, args.height,
-                                     args.encoding, args.compressed, args.reliable, site=args.site,
+                                     args.encoding, args.compressed, args.reliable, frame_id=args.frame_id, site=args.site,
                                      wait_subscribers=args.wait_subscribers, namespace=args.namespace,
                                      seed=args.seed, robot=args.robot, start=args.start,
                                      sim_stamps=args.sim_stamps, lockstep_topic=args.lockstep,
-                                     window=args.window))
+                                     window=args.window, answer_timeout_s=args.answer_timeout,
+                                     wait_timeout_s=args.wait_timeout, progress_s=args.progress))
         return made
 
-    # after the last frame, a second more for reliable delivery, then stop
-    code = run_nodes(nodes, [], threads=1, until=finished if args.count else None, linger_s=1.0)
-    if made:
-        # one machine-readable line for whoever started us (the fleet simulation counts drops)
-        print(json.dumps({"camera": {"sent": made[0].sent, "answered": made[0].answered}}), flush=True)
-    from fleetloop_ros import runner
-    if runner.TEARDOWN_HUNG:        # rclpy teardown hung (runner._destroy_nodes): end now, the work is done
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    def finished() -> bool:
+        return bool(made) and made[0].done
+
+    def report(_nodes, code: int) -> int:
+        if made:
+            # one machine-readable line for whoever started us (the fleet simulation counts drops)
+            print(json.dumps({"camera": made[0].counts()}), flush=True)
+            if made[0].failure:
+                return EXIT_NO_SUBSCRIBERS
+        return code
+
+    dds = None
+    if args.transport or args.no_type_propagation:
+        dds = DdsConfig(transport=args.transport or environment_transport(), type_propagation=not args.no_type_propagation)
+    # free-running reliable: a second after the last frame for its delivery; lockstep waited for the answers
+    linger = 0.0 if args.lockstep else 1.0
+    run_nodes(nodes, [], threads=1, until=finished,
+              linger_s=linger, dds=dds, on_stopped=report)
 
 
 def main(args: list[str] | None = None) -> int:
     """Console entry ``camera_replay``: simulated camera at 10 Hz on camera/image_raw."""
     from fleetloop_ros.runner import run_nodes
-    return run_nodes(lambda: [CameraReplayNode()], args, threads=1)
+    run_nodes(lambda: [CameraReplayNode()], args, threads=1)

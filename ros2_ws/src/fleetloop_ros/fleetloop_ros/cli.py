@@ -5,7 +5,10 @@ fleetloop_core never imports ROS. The options are the arguments of ``launch/robo
 (``fleetloop_ros.launch_args``: same names, dashes for underscores, same meaning; a test compares
 them); an option left out keeps the YAML's value. Only ``--nodes`` and ``--duration`` are CLI-only.
 With ``--composed false`` the nodes still share this process but pass frames over topics (the
-launch file starts one process per node).
+launch file starts one process per node). The YAML's ``dds`` section (or ``--transport``,
+``--type-propagation``) sets the DDS environment before rclpy starts; the process ends within a
+few seconds of SIGINT or SIGTERM, and exits non-zero when its frame path freezes
+(``fleetloop_ros.runner``).
 """
 
 from __future__ import annotations
@@ -52,5 +55,6 @@ def run(args: argparse.Namespace) -> int:
     def ready(nodes) -> None:
         log.info("robot up: %s", ", ".join(node.get_fully_qualified_name() for node in nodes))
 
-    return run_nodes(lambda: build_robot(config, namespace, composed, roles), [],
-                     duration_s=args.duration, on_ready=ready)
+    perception = config.settings["perception"]
+    run_nodes(lambda: build_robot(config, namespace, composed, roles), [], duration_s=args.duration, on_ready=ready,
+              dds=perception.dds, health=perception.health)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from fleetloop_core.dds import TRANSPORTS
 from fleetloop_core.errors import ConfigError
 
 
@@ -34,8 +35,13 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("control_plane", "", "deploy-job source: file:///dir or mqtts://endpoint:8883"),
     Argument("use_gpu", "", "true: TensorRT -> CUDA -> CPU execution providers; false: CPU"),
     Argument("composed", "true", "true: one process, frames passed in-process; false: one process per node"),
+    Argument("transport", "", "DDS transport: large_data (Fast DDS TCP+SHM), udp (any DDS vendor's camera), shm, "
+                              "default"),
+    Argument("type_propagation", "", "false: Fast DDS announces no XTypes type information (cameras of other "
+                                     "DDS vendors, e.g. Cyclone DDS, match only then)"),
 )
 ARGUMENT_NAMES = tuple(a.name for a in ARGUMENTS)
+LAUNCH_ONLY = ("respawn", "respawn_delay")      # what ros2 launch does to a process that exited
 
 
 def parse_bool(name: str, text: str) -> bool:
@@ -75,4 +81,12 @@ def node_overrides(values: Mapping[str, str | None]) -> dict[str, dict[str, obje
         nodes["model_manager"]["control_plane.uri"] = given["control_plane"]
     if "use_gpu" in given:
         nodes["perception"]["use_gpu"] = nodes["model_manager"]["use_gpu"] = parse_bool("use_gpu", given["use_gpu"])
+    if "transport" in given:
+        if given["transport"] not in TRANSPORTS:
+            raise ConfigError(f"argument transport: expected one of {', '.join(TRANSPORTS)} (got {given['transport']!r})")
+        for node in nodes.values():
+            node["dds.transport"] = given["transport"]
+    if "type_propagation" in given:
+        for node in nodes.values():
+            node["dds.type_propagation"] = parse_bool("type_propagation", given["type_propagation"])
     return nodes

@@ -8,6 +8,21 @@ and the result directly (:meth:`PerceptionNode.add_frame_sink`), without copying
 
 A malformed image (unknown encoding, wrong step, empty data, size mismatch) is counted, logged
 with the reason and reported on ``/diagnostics``; the node keeps running.
+
+Images are taken from DDS as serialised bytes (``raw=True``) and deserialised here. Measured with
+the Fast DDS 3.2.3 of these wheels: after a Cyclone DDS camera went away while this reader's
+history was full, the DataReader held a sample it could neither deserialise nor remove, and a
+typed take retried it forever inside ``DataReader::take`` with the GIL held (py-spy: every thread
+stopped, SIGINT ignored, only SIGKILL ended it). A raw take copies the bytes without parsing them,
+so such a sample reaches Python, is counted as undeliverable, and when the same one comes back
+again and again the subscription is created anew (a new DataReader, an empty history).
+
+``/diagnostics`` tells the truth about the input (``input`` check, per topic): no publisher, a
+publisher whose QoS or type cannot match, publishers seen but not matched (another vendor's
+camera), a matched publisher and no frames, and frames lost in transport, counted from gaps in
+the cameras' header stamps (``fleetloop_core.health.StampGaps``). The ``liveness`` check turns
+ERROR when the frame path has not answered for ``health.frame_deadline_s`` (the runner's watchdog
+publishes it even while the executor is stuck).
 """
 
 from __future__ import annotations
@@ -21,15 +36,19 @@ from typing import Callable, Sequence
 import numpy as np
 from fleetloop_interfaces.msg import Detection2DArray, FrameResult, TierVersion
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind,
+                       qos_profile_sensor_data)
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from fleetloop_core.cascade import Cascade, FrameResult as CoreFrameResult
 from fleetloop_core.detection import DetectionCascade, load_detection_cascade, model_task
 from fleetloop_core.errors import InputError
-from fleetloop_core.health import Check, LatencyWindow, RollingEvents, check
+from fleetloop_core.health import (Check, LatencyWindow, Liveness, PublisherFacts, RepeatedSample, RollingEvents,
+                                   StampGaps, StreamFacts, check, input_check, liveness_check)
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
 from fleetloop_core.ros_convert import UnsupportedEncoding, msg_to_rgb8
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
@@ -41,12 +60,36 @@ FrameSink = Callable[[np.ndarray, CoreFrameResult, Header, str], None]
 ErrorSink = Callable[[np.ndarray, Exception], None]
 _PLAUSIBLE_LATENCY_NS = 60 * 1_000_000_000   # stamps further away are not wall-clock capture times
 _MALFORMED_LOGGED = 20                        # malformed images logged one by one before every 100th
+BARE_DDS_NODE = "_CREATED_BY_BARE_DDS_APP_"   # the node name rmw gives a DDS writer without ROS (another vendor)
 
 
 # Results: reliable and transient-local, so a reader that matched a moment after an answer was sent
 # (a camera process that just started, in lockstep) still gets it; volatile readers match as well.
 RESULTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=32, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class ImageInput:
+    """One camera topic: its raw subscription and what is known about what arrives on it."""
+
+    def __init__(self, kind: type, topic: str, qos: QoSProfile, window_s: float, gap_as_loss_s: float):
+        self.kind = kind
+        self.type_name = f"sensor_msgs/msg/{kind.__name__}"
+        self.topic = topic                       # as configured; ``stream`` is the resolved name
+        self.qos = qos
+        self.stream = topic
+        self.subscription = None
+        self.gaps = StampGaps(window_s, gap_as_loss_s)
+        self.repeats = RepeatedSample()
+        self.undeliverable = RollingEvents(window_s)
+        self.resets = 0
+        self.lost_by_dds = 0                     # samples DDS itself reported lost (message_lost events)
+        self.incompatible_policy = ""
+        self.unmatched_since: float | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.qos.reliability == ReliabilityPolicy.RELIABLE
 
 
 def image_qos(kind: ImageQos) -> QoSProfile:
@@ -115,6 +158,7 @@ class PerceptionNode(Node):
         self._errors = RollingEvents(window)
         self._escalated = RollingEvents(window)
         self._latency = LatencyWindow()
+        self.liveness: Liveness | None = None      # set by the runner: how long the frame path has not turned
         self._malformed_kinds: Counter[str] = Counter()
         self._last_malformed = ""
         self._sequence = 0
@@ -126,24 +170,56 @@ class PerceptionNode(Node):
             if self.detects else None
         self._labels = list(self.cascade.frame_labels) if self.detects else self.cascade.edge.labels
         qos = image_qos(settings.image_qos)
-        self._image_subscriptions = []
-        for topic in settings.image_topics:
-            self._subscribe(Image, topic, qos)
-        for topic in settings.compressed_topics:
-            self._subscribe(CompressedImage, topic, qos)
+        self.inputs = [ImageInput(kind, topic, qos, window, settings.health.gap_as_loss_s)
+                       for kind, topics in ((Image, settings.image_topics), (CompressedImage, settings.compressed_topics))
+                       for topic in topics]
+        for image_input in self.inputs:
+            self._subscribe(image_input)
         self._diagnostics = DiagnosticsPublisher(self, self.checks, settings.robot_id, settings.health.period_s,
                                                  self._timers_group)
-        streams = ", ".join(s.topic_name for s in self._image_subscriptions)
+        streams = ", ".join(i.stream for i in self.inputs)
         self.get_logger().info(f"perception up: {streams} -> {self._publisher.topic_name}; serving "
                                + ", ".join(f"{v.tier} {v.name} {v.version} on {v.execution_provider}"
                                            for v in tier_versions(self.cascade)))
 
-    def _subscribe(self, kind: type, topic: str, qos: QoSProfile) -> None:
-        stream: list[str] = []      # the resolved topic (namespace included), known once subscribed
-        subscription = self.create_subscription(kind, topic, lambda msg: self._on_image(stream[0], msg), qos,
-                                                callback_group=self._frames_group)
-        stream.append(subscription.topic_name)
-        self._image_subscriptions.append(subscription)
+    def _subscribe(self, image_input: ImageInput) -> None:
+        def incompatible(info) -> None:
+            image_input.incompatible_policy = qos_policy_name_from_kind(info.last_policy_kind)
+
+        def lost(info) -> None:
+            image_input.lost_by_dds = int(info.total_count)
+
+        events = SubscriptionEventCallbacks(incompatible_qos=incompatible, message_lost=lost)
+        image_input.subscription = self.create_subscription(
+            image_input.kind, image_input.topic, lambda raw: self._on_raw(image_input, raw), image_input.qos,
+            callback_group=self._frames_group, event_callbacks=events, raw=True)
+        image_input.stream = image_input.subscription.topic_name
+
+    def _on_raw(self, image_input: ImageInput, raw: bytes) -> None:
+        try:
+            msg = deserialize_message(raw, image_input.kind)
+        except Exception as exc:  # rclpy raises its RMWError family: bytes DDS delivered that are no message
+            self._on_undeliverable(image_input, raw, exc)
+            return
+        image_input.repeats.good()
+        image_input.gaps.add(stamp_ns(msg.header.stamp))
+        self._on_image(image_input.stream, msg)
+
+    def _on_undeliverable(self, image_input: ImageInput, raw: bytes, exc: Exception) -> None:
+        image_input.undeliverable.add()
+        self._received.add()
+        self._malformed.add()
+        self._malformed_kinds["undeliverable"] += 1
+        self._last_malformed = f"{image_input.stream}: {len(raw)} bytes from DDS that are no {image_input.type_name}"
+        self.get_logger().warning(f"{self._last_malformed} ({exc})", throttle_duration_sec=5.0)
+        if image_input.repeats.bad(raw):
+            # the reader hands over the same sample again and again: it cannot drop it. A new reader can.
+            image_input.resets += 1
+            self.get_logger().error(
+                f"{image_input.stream}: DDS keeps handing over the same undeliverable sample ({len(raw)} bytes): "
+                f"creating the subscription anew (reset {image_input.resets})")
+            self.destroy_subscription(image_input.subscription)
+            self._subscribe(image_input)
 
     # ------------------------------------------------------------------ wiring
     def add_frame_sink(self, sink: FrameSink) -> None:
@@ -157,8 +233,12 @@ class PerceptionNode(Node):
     def _apply(self, settings: PerceptionSettings) -> None:
         # one reference: the next frame sees all of it
         self.cascade.config = settings.detection if self.detects else settings.cascade
-        for events in (self._received, self._answered, self._malformed, self._errors, self._escalated):
+        for events in (self._received, self._answered, self._malformed, self._errors, self._escalated,
+                       *(i.undeliverable for i in self.inputs)):
             events.window_s = settings.health.window_s
+        for image_input in self.inputs:
+            image_input.gaps.window_s = settings.health.window_s
+            image_input.gaps.gap_as_loss_s = settings.health.gap_as_loss_s
         self._health = settings.health
 
     def _on_image(self, stream: str, msg: Image | CompressedImage) -> None:
@@ -228,6 +308,8 @@ class PerceptionNode(Node):
             "answered_total": self._answered.total,
             "malformed_total": self._malformed.total,
             "unsupported_encoding_total": self._malformed_kinds["unsupported_encoding"],
+            "undeliverable_total": self._malformed_kinds["undeliverable"],
+            "subscription_resets_total": sum(i.resets for i in self.inputs),
             "inference_errors_total": self._errors.total,
             "dropped_in_window": lost,
             "last_malformed": self._last_malformed,
@@ -243,10 +325,45 @@ class PerceptionNode(Node):
             values[f"{version.tier}_version"] = f"{version.name} {version.version}"
             values[f"{version.tier}_execution_provider"] = version.execution_provider
         inference = check("inference", {"latency_p99_ms": (p99, health.latency_p99_ms)}, values)
-        return [frames, inference]
+        stalled = self.liveness.stalled_s() if self.liveness is not None else 0.0
+        liveness = liveness_check(stalled, health, {
+            "stalled_s": stalled,
+            "longest_stall_s": self.liveness.longest_s if self.liveness is not None else 0.0,
+            "watched": self.liveness is not None,
+        })
+        return [frames, self._input_check(health), inference, liveness]
+
+    def _input_check(self, health) -> Check:
+        now = time.monotonic()
+        facts = []
+        for image_input in self.inputs:
+            subscription = image_input.subscription
+            matched = subscription.get_publisher_count()
+            publishers = tuple(
+                PublisherFacts(node="" if info.node_name in ("", BARE_DDS_NODE)
+                               else f"{info.node_namespace.rstrip('/')}/{info.node_name}",
+                               type_name=info.topic_type,
+                               reliable=info.qos_profile.reliability == ReliabilityPolicy.RELIABLE)
+                for info in self.get_publishers_info_by_topic(image_input.stream))
+            if publishers and not matched:
+                image_input.unmatched_since = image_input.unmatched_since or now
+            else:
+                image_input.unmatched_since = None
+            received, lost = image_input.gaps.counts()
+            facts.append(StreamFacts(
+                topic=image_input.stream, type_name=image_input.type_name, reliable=image_input.reliable,
+                matched=matched, publishers=publishers, received=received, lost=lost,
+                lost_fraction=image_input.gaps.lost_fraction(), incompatible_policy=image_input.incompatible_policy,
+                undeliverable=image_input.undeliverable.count(),
+                unmatched_s=now - image_input.unmatched_since if image_input.unmatched_since else 0.0))
+        return input_check(facts, health, health.window_s, self.parameters.current.dds.transport)
+
+    def publish_diagnostics(self) -> None:
+        """Publish the checks now (the runner's watchdog does, while the executor is stuck)."""
+        self._diagnostics.publish()
 
 
 def main(args: list[str] | None = None) -> int:
     """Run the perception node alone (fixed models; the model_manager executable adds hot-swap)."""
     from fleetloop_ros.runner import run_nodes
-    return run_nodes(lambda: [PerceptionNode()], args)
+    run_nodes(lambda: [PerceptionNode()], args)

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from fleetloop_core.cascade import CascadeConfig
 from fleetloop_core.config import ConfigModel, read_yaml, validate
 from fleetloop_core.control_plane import ControlPlaneConfig
+from fleetloop_core.dds import DdsConfig
 from fleetloop_core.detection import DetectionCascadeConfig
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.health import HealthConfig
@@ -48,6 +49,7 @@ class PerceptionSettings(ConfigModel):
     cascade: CascadeConfig = CascadeConfig()
     detection: DetectionCascadeConfig = DetectionCascadeConfig()   # the cascade's rules for detectors
     health: HealthConfig = HealthConfig()
+    dds: DdsConfig = DdsConfig()             # applied before rclpy starts (fleetloop_core.dds); read-only here
 
     @model_validator(mode="after")
     def _some_topic(self) -> "PerceptionSettings":
@@ -59,7 +61,7 @@ class PerceptionSettings(ConfigModel):
 PERCEPTION_READ_ONLY = ("robot_id", "image_topics", "compressed_topics", "image_qos", "results_topic", "models_dir",
                         "edge_tier", "escalation_tier", "use_gpu", "intra_op_threads", "cascade.novelty_memory",
                         "cascade.flicker_window", "health.period_s", "detections_topic", "detection.novelty_memory",
-                        "detection.flicker_window")
+                        "detection.flicker_window", "dds.")
 
 
 class ModelManagerSettings(ConfigModel):
@@ -73,11 +75,12 @@ class ModelManagerSettings(ConfigModel):
     # where deploy jobs come from; control_plane.uri "" takes jobs only through the ROS services
     control_plane: ControlPlaneConfig = ControlPlaneConfig(uri="")
     health: HealthConfig = HealthConfig()
+    dds: DdsConfig = DdsConfig()
 
 
 MODEL_MANAGER_READ_ONLY = ("robot_id", "use_gpu", "control_plane", "status_topic", "manager.store.",
                            "manager.ring_buffer_frames", "manager.intra_op_threads", "manager.events_kept",
-                           "manager.jobs_kept", "health.period_s")
+                           "manager.jobs_kept", "health.period_s", "dds.")
 MODEL_MANAGER_SKIPPED = ("manager.providers",)      # derived from use_gpu
 
 
@@ -96,6 +99,7 @@ class SelectorSettings(ConfigModel):
     selection: SelectionConfig = SelectionConfig()
     queue: QueueConfig = QueueConfig()
     health: HealthConfig = HealthConfig()
+    dds: DdsConfig = DdsConfig()
 
     @field_validator("selection")
     @classmethod
@@ -105,7 +109,7 @@ class SelectorSettings(ConfigModel):
 
 
 SELECTOR_READ_ONLY = ("robot_id", "site", "image_topics", "compressed_topics", "image_qos", "results_topic",
-                      "decisions_topic", "pairing_depth", "queue.", "health.period_s", "selection.seed")
+                      "decisions_topic", "pairing_depth", "queue.", "health.period_s", "selection.seed", "dds.")
 
 
 class UploaderSettings(ConfigModel):
@@ -115,10 +119,11 @@ class UploaderSettings(ConfigModel):
     store_probe_s: float = Field(default=5.0, gt=0.0)   # how often the store's reachability is checked
     queue: QueueConfig = QueueConfig()
     health: HealthConfig = HealthConfig()
+    dds: DdsConfig = DdsConfig()
 
 
 UPLOADER_READ_ONLY = ("robot_id", "store_probe_s", "queue.directory", "queue.store", "queue.synchronous",
-                      "queue.orphan_grace_s", "queue.disk_cap_bytes", "health.period_s")
+                      "queue.orphan_grace_s", "queue.disk_cap_bytes", "health.period_s", "dds.")
 
 NODE_SETTINGS: dict[str, type[ConfigModel]] = {
     "perception": PerceptionSettings,

@@ -47,10 +47,12 @@ class UploaderNode(Node):
         self._last_probe_error = ""
         group = MutuallyExclusiveCallbackGroup()
         self._probe_timer = self.create_timer(settings.store_probe_s, self._probe, callback_group=group)
+        # the first probe runs once spinning, not here: a store that never answers must not hold up the robot's
+        # start (measured: an S3 endpoint that accepts and stays silent kept `robot up` away for a minute)
+        self._first_probe = self.create_timer(0.1, self._probe_first, callback_group=group)
         self._diagnostics = DiagnosticsPublisher(self, self.checks, settings.robot_id, settings.health.period_s,
                                                  MutuallyExclusiveCallbackGroup())
         self.uploader.start()
-        self._probe()
         self.get_logger().info(f"uploader up: {settings.queue.directory} -> {self.store.uri} "
                                f"(bandwidth cap {settings.queue.bandwidth_bytes_per_s or 'none'} B/s)")
 
@@ -59,6 +61,10 @@ class UploaderNode(Node):
         self.uploader.config = settings.queue
         self._uploads.window_s = settings.health.window_s
         self._health = settings.health
+
+    def _probe_first(self) -> None:
+        self._first_probe.cancel()
+        self._probe()
 
     def _probe(self) -> None:
         try:
