@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -82,7 +82,9 @@ class Tally:
             getattr(self, kind).append(text)
 
     def summary(self) -> dict:
-        data = {k: v for k, v in asdict(self).items() if k not in ("lock", "exit_s")}
+        with self.lock:
+            data = {f.name: (list(v) if isinstance(v := getattr(self, f.name), list) else v)
+                    for f in fields(self) if f.name not in ("lock", "exit_s")}
         data["exit_s_p50"] = round(percentile(self.exit_s, 50), 3) if self.exit_s else None
         data["exit_s_max"] = round(max(self.exit_s), 3) if self.exit_s else None
         for kind in ("hangs", "freezes", "slow_exits", "failures"):
@@ -105,7 +107,7 @@ class Robot:
         data = yaml.safe_load((ROOT / "config" / "robot.yaml").read_text())
         common = data["/**"]["ros__parameters"]
         common["queue"].update(directory=str(workdir / "queue"), store=f"file://{workdir / 'store'}")
-        common["dds"] = dds or {"transport": "large_data", "type_propagation": True}
+        common["dds"] = dds or {"transport": "shm", "type_propagation": True}      # the robots' default
         perception = data["/**/perception"]["ros__parameters"]
         perception.update(models_dir=str(models), image_qos=image_qos)
         manager = data["/**/model_manager"]["ros__parameters"]
@@ -282,22 +284,13 @@ class Collector:
         from fleetloop_interfaces.msg import FrameResult
         from rclpy.executors import SingleThreadedExecutor
 
-        from fleetloop_core.dds import DdsConfig, PROFILES_VARIABLE, TRANSPORT_VARIABLE, dds_environment
+        from fleetloop_core.dds import DdsConfig, dds_environment_during
         from fleetloop_ros.perception import RESULTS_QOS
 
-        saved = {key: os.environ.get(key) for key in (TRANSPORT_VARIABLE, PROFILES_VARIABLE)}
-        try:
-            os.environ.pop(PROFILES_VARIABLE, None)
-            dds_environment(DdsConfig(**dds), os.environ)
+        with dds_environment_during(DdsConfig(**dds)):
             self.context = rclpy.Context()
             rclpy.init(context=self.context)
             self.node = rclpy.create_node(f"stress_collector_{os.getpid()}", namespace=namespace, context=self.context)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
         self.results: list[tuple[str, int, float]] = []       # (frame_id, stamp ns, latency ms)
         self.node.create_subscription(FrameResult, "frame_results", self._on_result, RESULTS_QOS)
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -418,7 +411,7 @@ def run_stream_rows(rows: list[tuple], seconds: float, models: Path, workdir: Pa
 def transport_rows(quick: bool) -> list[tuple]:
     sizes = [(320, 240), (640, 480)]
     rows = []
-    for transport, propagation in (("large_data", True), ("udp", False), ("default", False)):
+    for transport, propagation in (("shm", False), ("large_data", True), ("udp", False), ("default", False)):
         for vendor in ("fastdds", "cyclone"):
             for width, height in sizes:
                 for reliable in (False, True):
@@ -459,7 +452,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
 
     tally = run_cycles(cycles, args.pairs, args.frames, args.robot_every, models, workdir) if cycles else Tally()
-    streams = run_stream_rows([("large_data", True, "fastdds", 640, 480, reliable) for reliable in (False, True)],
+    streams = run_stream_rows([("shm", True, "fastdds", 640, 480, reliable) for reliable in (False, True)],
                               stream_s, models, workdir, tally) if stream_s > 0 else []
     transports = [] if args.no_transports else run_stream_rows(transport_rows(args.quick), min(stream_s, 10.0),
                                                               models, workdir, None)

@@ -54,6 +54,33 @@ def _quiet_threads():
 
 
 # ------------------------------------------------------------------------------ nothing outlives its owner
+@pytest.fixture
+def spawn():
+    """Return start(command, **Popen kwargs) -> Popen; every process started is ended after the test, pass or fail.
+
+    Ended with SIGINT (our processes exit within 5 s), then SIGKILL.
+    """
+    import signal
+    import subprocess
+
+    started: list[subprocess.Popen] = []
+
+    def start(command, **kwargs) -> subprocess.Popen:
+        started.append(subprocess.Popen(command, **kwargs))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in started:
+        try:
+            process.wait(6)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 OUR_COMMANDS = ("fleetloop", "tests/ros/programs", "cyclone_camera", "benchmarks/")
 _EXIT_GRACE_S = 5.0
 

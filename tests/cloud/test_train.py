@@ -100,7 +100,7 @@ def test_unknown_class_and_bad_hyperparameters_fail_with_the_reason(tmp_path, mo
     assert "teacher_epochs" in (tmp_path / "job2" / "output" / "failure").read_text()
 
 
-def test_two_hosts_train_with_distributed_data_parallel(tmp_path, cloud_models, field_frames):
+def test_two_hosts_train_with_distributed_data_parallel(tmp_path, cloud_models, field_frames, spawn):
     """Two local processes as SageMaker's algo-1 and algo-2 (gloo over loopback): host 0 writes the package."""
     channels = _channels(tmp_path / "data", cloud_models, field_frames)
     hp = tmp_path / "hyperparameters.json"
@@ -112,8 +112,8 @@ def test_two_hosts_train_with_distributed_data_parallel(tmp_path, cloud_models, 
                "FLEETLOOP_MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "FLEETLOOP_HYPERPARAMETERS": str(hp),
                "SM_MODEL_DIR": str(tmp_path / host / "model"), "SM_OUTPUT_DIR": str(tmp_path / host / "output"),
                "OMP_NUM_THREADS": "1", **{f"SM_CHANNEL_{k.upper()}": str(v) for k, v in channels.items()}}
-        processes.append(subprocess.Popen([sys.executable, "-m", "fleetloop_cloud.train", "--no-progress"], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        processes.append(spawn([sys.executable, "-m", "fleetloop_cloud.train", "--no-progress"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
     report = json.loads((tmp_path / "algo-1" / "model" / "training_report.json").read_text())

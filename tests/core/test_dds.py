@@ -79,3 +79,15 @@ def test_an_unknown_transport_is_refused_by_name():
                                           r"'default' \(got 'tcp'\)"):
         validate(DdsConfig, {"transport": "tcp"}, source="robot.yaml")
     assert "enabled" in profile_xml(DdsConfig())
+
+
+def test_the_environment_is_set_only_while_a_participant_is_created(monkeypatch):
+    from fleetloop_core.dds import dds_environment_during
+    monkeypatch.setenv(TRANSPORT_VARIABLE, "LARGE_DATA")
+    monkeypatch.delenv(PROFILES_VARIABLE, raising=False)
+    import os
+    with dds_environment_during(DdsConfig(transport="udp", type_propagation=False)):
+        assert os.environ[TRANSPORT_VARIABLE] == "UDPv4" and os.environ[PROFILES_VARIABLE].endswith(".xml")
+    assert os.environ[TRANSPORT_VARIABLE] == "LARGE_DATA" and PROFILES_VARIABLE not in os.environ
+    with dds_environment_during(None):
+        assert os.environ[TRANSPORT_VARIABLE] == "LARGE_DATA"

@@ -17,7 +17,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_640x480_rgb8_at_30_hz_between_processes_loses_nothing(ros):
+def test_640x480_rgb8_at_30_hz_between_processes_loses_nothing(ros, spawn):
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
@@ -34,7 +34,7 @@ def test_640x480_rgb8_at_30_hz_between_processes_loses_nothing(ros):
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=60, reliability=ReliabilityPolicy.RELIABLE)
     ros.node.create_subscription(Image, ros.topic("camera/image_raw"), on_image, qos)
     sent, rate = 120, 30.0
-    camera = subprocess.Popen(
+    camera = spawn(
         [sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", ros.namespace, "--count", str(sent),
          "--rate", str(rate), "--width", "640", "--height", "480", "--reliable", "--wait-subscribers", "1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -27,7 +27,7 @@ OTHER_VENDOR = {"/**": {"dds.type_propagation": False}, "/**/perception": {"imag
 OTHER_VENDOR_DDS = DdsConfig(type_propagation=False)
 
 
-def _start_camera(tmp_path: Path, namespace: str, *args: str, whc_high: str = "") -> subprocess.Popen:
+def _start_camera(spawn, tmp_path: Path, namespace: str, *args: str, whc_high: str = "") -> subprocess.Popen:
     sys.path.insert(0, str(CAMERA.parent))
     try:
         from cyclone_camera import cyclone_environment
@@ -35,8 +35,8 @@ def _start_camera(tmp_path: Path, namespace: str, *args: str, whc_high: str = ""
         sys.path.pop(0)
     import os
     env = dict(os.environ, **cyclone_environment(tmp_path, whc_high))
-    return subprocess.Popen([sys.executable, str(CAMERA), "--topic", f"{namespace}/camera/image_raw", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return spawn([sys.executable, str(CAMERA), "--topic", f"{namespace}/camera/image_raw", *args],
+                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(ros, camera: subprocess.Popen, timeout: float = 90.0) -> dict:
@@ -71,7 +71,7 @@ def _status(diagnostics: list, name: str):
     return None
 
 
-def test_a_cyclone_camera_is_answered_with_type_propagation_off(ros_with, robot, tmp_path):
+def test_a_cyclone_camera_is_answered_with_type_propagation_off(ros_with, robot, tmp_path, spawn):
     from diagnostic_msgs.msg import DiagnosticArray
     from fleetloop_interfaces.msg import FrameResult
 
@@ -82,7 +82,7 @@ def test_a_cyclone_camera_is_answered_with_type_propagation_off(ros_with, robot,
     ros.wait_for_publishers(["frame_results"])
     # a light stream: what is lost at 640x480 @ 30 Hz is measured by benchmarks/ros_stress.py (docs table)
     sent = 60
-    camera = _start_camera(tmp_path, ros.namespace, "--count", str(sent), "--rate", "15", "--width", "320",
+    camera = _start_camera(spawn, tmp_path, ros.namespace, "--count", str(sent), "--rate", "15", "--width", "320",
                            "--height", "240", "--reliable")
     report = _finish(ros, camera)
     _settle(ros, results)
@@ -93,11 +93,14 @@ def test_a_cyclone_camera_is_answered_with_type_propagation_off(ros_with, robot,
     assert len(answered) >= sent // 2, robot_process.output[-3000:]
     stamps = {r.header.stamp.sec * 1_000_000_000 + r.header.stamp.nanosec for r in answered}
     assert len(stamps) == len(answered)                 # each answer is a distinct camera frame
+    from fleetloop_ros.messages import level_of
+    inputs = [s for m in diagnostics for s in m.status if s.name.endswith(": input")]
+    assert any(level_of(s) == 0 and s.message == "receiving" for s in inputs), [s.message for s in inputs][-5:]
     assert min(stamps) >= report["first_stamp_ns"] and max(stamps) <= report["last_stamp_ns"]
     assert robot_process.stop() == 0 and robot_process.stop_seconds < 5.0
 
 
-def test_with_type_propagation_a_cyclone_camera_is_refused_and_diagnostics_say_why(ros, robot, tmp_path):
+def test_with_type_propagation_a_cyclone_camera_is_refused_and_diagnostics_say_why(ros, robot, tmp_path, spawn):
     """With the defaults Cyclone refuses Fast DDS's type information. Nothing arrives; /diagnostics says why.
 
     Measured: Fast DDS counts the Cyclone writer as matched, Cyclone does not (it logs "invalid type
@@ -115,7 +118,7 @@ def test_with_type_propagation_a_cyclone_camera_is_refused_and_diagnostics_say_w
     ros.wait_for_publishers(["frame_results"])
     before = _status(diagnostics, "input") or ros.spin_until(lambda: _status(diagnostics, "input"), 10, "diagnostics")
     assert before[0] == WARN and before[1] == f"{ros.namespace}/camera/image_raw: no publisher"
-    camera = _start_camera(tmp_path, ros.namespace, "--count", "30", "--reliable", "--wait-timeout", "8")
+    camera = _start_camera(spawn, tmp_path, ros.namespace, "--count", "30", "--reliable", "--wait-timeout", "8")
 
     def refused():
         status = _status(diagnostics, "input")
@@ -130,7 +133,7 @@ def test_with_type_propagation_a_cyclone_camera_is_refused_and_diagnostics_say_w
     assert robot_process.stop() == 0 and robot_process.stop_seconds < 5.0
 
 
-def test_a_cyclone_camera_leaving_a_full_reader_does_not_freeze_the_node(ros_with, robot, tmp_path):
+def test_a_cyclone_camera_leaving_a_full_reader_does_not_freeze_the_node(ros_with, robot, tmp_path, spawn):
     """A large-data Cyclone camera floods the reader (1920x1080 at 60 Hz, a large writer cache) and leaves.
 
     Against the typed take this froze the node every time (2 of 2 runs: 99 % CPU, no exit on SIGINT,
@@ -144,12 +147,12 @@ def test_a_cyclone_camera_leaving_a_full_reader_does_not_freeze_the_node(ros_wit
     results = ros.collect(FrameResult, "frame_results", _results_qos())
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
     ros.wait_for_publishers(["frame_results"])
-    flood = _start_camera(tmp_path, ros.namespace, "--count", "150", "--rate", "60", "--width", "1920", "--height",
+    flood = _start_camera(spawn, tmp_path, ros.namespace, "--count", "150", "--rate", "60", "--width", "1920", "--height",
                           "1080", "--reliable", "--linger", "0.05", whc_high="64MB")
     assert _finish(ros, flood)["sent"] == 150
     ros.spin_for(2.0)
     first = len(results)
-    second = _start_camera(tmp_path, ros.namespace, "--count", "60", "--rate", "15", "--width", "320", "--height",
+    second = _start_camera(spawn, tmp_path, ros.namespace, "--count", "60", "--rate", "15", "--width", "320", "--height",
                            "240", "--reliable")
     report = _finish(ros, second)
     _settle(ros, results)

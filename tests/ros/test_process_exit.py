@@ -28,9 +28,9 @@ KEEP_ALL = {"/**/selector": {"selection.policy.name": "threshold", "selection.po
             "/**/perception": {"image_qos": "reliable"}}
 
 
-def _camera(namespace: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", namespace, *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _camera(spawn, namespace: str, *args: str) -> subprocess.Popen:
+    return spawn([sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", namespace, *args],
+                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _stop_timed(process: subprocess.Popen, signum: int) -> tuple[int, float]:
@@ -46,7 +46,7 @@ def _stop_timed(process: subprocess.Popen, signum: int) -> tuple[int, float]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_robot_exits_when_waiting_and_when_streaming(ros, robot, signum):
+def test_robot_exits_when_waiting_and_when_streaming(ros, robot, signum, spawn):
     from fleetloop_interfaces.msg import FrameDecision
 
     idle = robot(ros.namespace + "_idle")
@@ -55,7 +55,7 @@ def test_robot_exits_when_waiting_and_when_streaming(ros, robot, signum):
     streaming = robot(ros.namespace, KEEP_ALL)
     decisions = ros.collect(FrameDecision, "frame_decisions")
     ros.wait_for_publishers(["frame_decisions"])
-    camera = _camera(ros.namespace, "--rate", "30", "--width", "640", "--height", "480", "--reliable",
+    camera = _camera(spawn, ros.namespace, "--rate", "30", "--width", "640", "--height", "480", "--reliable",
                      "--wait-subscribers", "1")
     try:
         ros.spin_until(lambda: len(decisions) >= 20, 60, lambda: f"20 decisions (have {len(decisions)})")
@@ -114,7 +114,7 @@ def silent_store():
     server.close()
 
 
-def test_robot_exits_while_an_upload_hangs_and_keeps_every_record(ros, robot, silent_store):
+def test_robot_exits_while_an_upload_hangs_and_keeps_every_record(ros, robot, silent_store, spawn):
     from fleetloop_interfaces.msg import FrameDecision
 
     store = {"/**": {"queue.store": silent_store}}
@@ -122,7 +122,7 @@ def test_robot_exits_while_an_upload_hangs_and_keeps_every_record(ros, robot, si
     process = robot(ros.namespace, overrides, env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
     decisions = ros.collect(FrameDecision, "frame_decisions")
     ros.wait_for_publishers(["frame_decisions"])
-    camera = _camera(ros.namespace, "--rate", "20", "--count", "40", "--reliable", "--wait-subscribers", "1")
+    camera = _camera(spawn, ros.namespace, "--rate", "20", "--count", "40", "--reliable", "--wait-subscribers", "1")
     ros.spin_until(lambda: camera.poll() is not None, 60, "the camera")
     ros.spin_until(lambda: sum(d.keep for d in decisions) >= 30, 30, lambda: f"30 kept (have {len(decisions)})")
     assert process.stop(signum=signal.SIGINT) == 0 and process.stop_seconds < EXIT_WITHIN_S, process.output[-2000:]
@@ -131,14 +131,14 @@ def test_robot_exits_while_an_upload_hangs_and_keeps_every_record(ros, robot, si
     assert stats.uploaded_total == 0 and stats.records >= sum(d.keep for d in decisions)
 
 
-def test_camera_waiting_for_subscribers_exits_on_sigint_and_gives_up_with_a_clear_error(ros):
-    waiting = _camera(ros.namespace, "--count", "10", "--wait-subscribers", "1")
+def test_camera_waiting_for_subscribers_exits_on_sigint_and_gives_up_with_a_clear_error(ros, spawn):
+    waiting = _camera(spawn, ros.namespace, "--count", "10", "--wait-subscribers", "1")
     time.sleep(3.0)
     code, seconds = _stop_timed(waiting, signal.SIGINT)
     assert code == 0 and seconds < EXIT_WITHIN_S, waiting.stdout.read()
 
     started = time.monotonic()
-    giving_up = _camera(ros.namespace, "--count", "10", "--wait-subscribers", "2", "--wait-timeout", "2")
+    giving_up = _camera(spawn, ros.namespace, "--count", "10", "--wait-subscribers", "2", "--wait-timeout", "2")
     output, _ = giving_up.communicate(timeout=30)
     assert giving_up.returncode == 2 and time.monotonic() - started < 15
     assert f"0 of 2 subscriber(s) matched on {ros.namespace}/camera/image_raw within 2 s" in output
@@ -146,7 +146,7 @@ def test_camera_waiting_for_subscribers_exits_on_sigint_and_gives_up_with_a_clea
 
 
 @pytest.mark.parametrize("how, code, within_s", [("sleep", 3, 3.0 + EXIT_WITHIN_S), ("gil", 1, 3.0 + 5.0 + EXIT_WITHIN_S)])
-def test_a_frozen_frame_path_is_reported_and_the_process_exits(ros, test_models, how, code, within_s):
+def test_a_frozen_frame_path_is_reported_and_the_process_exits(ros, test_models, how, code, within_s, spawn):
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
 
@@ -155,9 +155,9 @@ def test_a_frozen_frame_path_is_reported_and_the_process_exits(ros, test_models,
     from fleetloop_ros.messages import level_of
 
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
-    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "ros" / "programs" / "frozen_perception.py"),
-                                str(test_models["T4"].parent), ros.namespace, "5", how],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = spawn([sys.executable, str(ROOT / "tests" / "ros" / "programs" / "frozen_perception.py"),
+                     str(test_models["T4"].parent), ros.namespace, "5", how],
+                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         camera = ros.publisher(Image, "camera/image_raw")
         ros.wait_for_subscribers(camera, timeout=60)

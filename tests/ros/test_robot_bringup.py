@@ -28,7 +28,7 @@ def _stamp(header) -> tuple[int, int, str]:
     return header.stamp.sec, header.stamp.nanosec, header.frame_id
 
 
-def test_camera_replay_robot_results_and_store(ros, robot):
+def test_camera_replay_robot_results_and_store(ros, robot, spawn):
     from fleetloop_interfaces.msg import FrameDecision, FrameResult
     from sensor_msgs.msg import Image
 
@@ -39,7 +39,7 @@ def test_camera_replay_robot_results_and_store(ros, robot):
     ros.wait_for_publishers(["frame_results", "frame_decisions"])
     sent = 30
     # the camera starts once the robot's perception and this test subscribe (frames before discovery are lost)
-    camera = subprocess.Popen(
+    camera = spawn(
         [sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", ros.namespace, "--count", str(sent),
          "--rate", "15", "--reliable", "--wait-subscribers", "2"], cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)

@@ -37,8 +37,9 @@ import hashlib
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, MutableMapping
+from typing import Iterator, Literal, MutableMapping
 
 from fleetloop_core.config import ConfigModel
 
@@ -164,3 +165,20 @@ def dds_environment(config: DdsConfig, environ: MutableMapping[str, str] | None 
             environ.pop(TRANSPORT_VARIABLE, None)
         environ.update(values)
     return values
+
+
+@contextmanager
+def dds_environment_during(config: DdsConfig | None) -> Iterator[None]:
+    """Set the environment for ``config`` in this process while the block runs (a participant is created in
+    it: Fast DDS reads the variables then), and put the previous values back after. None: no change."""
+    saved = {key: os.environ.get(key) for key in (TRANSPORT_VARIABLE, PROFILES_VARIABLE)}
+    try:
+        if config is not None:
+            dds_environment(config, os.environ)
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -387,6 +387,7 @@ class StreamFacts:
     incompatible_policy: str = ""        # last QoS policy DDS reported incompatible ("" none)
     undeliverable: int = 0               # samples DDS handed over that did not deserialise, in the window
     unmatched_s: float = 0.0             # how long publishers have been seen without a match
+    lost_by_dds: int = 0                 # samples DDS itself reported lost (message_lost events, since start)
 
 
 UNMATCHED_GRACE_S = 3.0     # discovery sees a publisher a moment before the reader matches it
@@ -411,6 +412,7 @@ def input_check(streams: Iterable[StreamFacts], health: HealthConfig, window_s: 
         values[f"{topic}.lost_in_window"] = stream.lost
         if stream.lost_fraction is not None:
             values[f"{topic}.lost_fraction"] = stream.lost_fraction
+        values[f"{topic}.lost_by_dds_total"] = stream.lost_by_dds
         wrong_type = [p for p in stream.publishers if p.type_name and p.type_name != stream.type_name]
         wrong_reliability = [p for p in stream.publishers if stream.reliable and not p.reliable]
         if stream.incompatible_policy:

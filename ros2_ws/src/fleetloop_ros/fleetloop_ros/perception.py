@@ -349,12 +349,14 @@ class PerceptionNode(Node):
                 image_input.unmatched_since = image_input.unmatched_since or now
             else:
                 image_input.unmatched_since = None
+            if matched:
+                image_input.incompatible_policy = ""      # the event says "last"; a match since ends it
             received, lost = image_input.gaps.counts()
             facts.append(StreamFacts(
                 topic=image_input.stream, type_name=image_input.type_name, reliable=image_input.reliable,
                 matched=matched, publishers=publishers, received=received, lost=lost,
                 lost_fraction=image_input.gaps.lost_fraction(), incompatible_policy=image_input.incompatible_policy,
-                undeliverable=image_input.undeliverable.count(),
+                undeliverable=image_input.undeliverable.count(), lost_by_dds=image_input.lost_by_dds,
                 unmatched_s=now - image_input.unmatched_since if image_input.unmatched_since else 0.0))
         return input_check(facts, health, health.window_s, self.parameters.current.dds.transport)
 

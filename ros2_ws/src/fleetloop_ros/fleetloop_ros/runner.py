@@ -116,8 +116,8 @@ def run_nodes(factory: Callable[[], Sequence[Node]], args: Sequence[str] | None 
 
     Stops on SIGINT/SIGTERM, after ``duration_s``, or once ``until()`` is true plus ``linger_s``.
     ``dds`` sets the Fast DDS environment before rclpy exists (None: keep what the environment
-    says, the default DdsConfig when it says nothing). ``health`` sets the freeze deadlines (None: the first node's own
-    ``parameters.current.health``, else the defaults). ``on_stopped(nodes, code)`` runs after the
+    says, the default DdsConfig when it says nothing). ``health`` sets the freeze deadlines (None:
+    the first node's own ``parameters.current.health``, else the defaults). ``on_stopped(nodes, code)`` runs after the
     nodes are closed and returns the exit code (a camera prints its counts there).
     """
     if not logging.getLogger().handlers:
@@ -174,6 +174,7 @@ def _spin(executor, run: ProcessRun, duration_s: float | None, until: Callable[[
           linger_s: float) -> None:
     end = time.monotonic() + duration_s if duration_s is not None else None
     linger_until: float | None = None
+    run.liveness.beat()             # start-up (loading models) is not a stall of the frame path
     run.spinning = True
     try:
         while not run.stop.is_set():
