@@ -13,7 +13,7 @@ Counts what must never happen, and what the transport costs:
   streams     640x480 rgb8 at 30 Hz from a camera process into a robot for ``--stream-s`` seconds,
               best effort and reliable: frames sent, answered, lost.
   transports  (not with --no-transports) frames answered of those sent and the latency, for each DDS
-              transport (large_data, udp, default), camera vendor (Fast DDS through rclpy; Eclipse
+              transport (shm, large_data, udp, default), camera vendor (Fast DDS through rclpy; Eclipse
               Cyclone DDS without ROS), size (320x240, 640x480) and QoS (best effort, reliable), 30 Hz.
 
   hang        a process that did not reach its next state in time (robot up within 90 s; a paced
@@ -322,6 +322,61 @@ class Collector:
         rclpy.try_shutdown(context=self.context)
 
 
+class ProcessCollector:
+    """A Collector in a child process with exactly the robot's DDS environment.
+
+    Fast DDS reads its XML profiles once per process: after this process's first participant (on our
+    shm profile) every later participant here gets that profile whatever the environment says then,
+    so a LARGE_DATA robot's results (sent over TCP/SHM only) never reached an in-process collector
+    (measured: 0 answered in every large_data row). A process per collector has no such history.
+    """
+
+    def __init__(self, namespace: str, dds: dict):
+        from fleetloop_core.dds import DdsConfig, dds_environment
+
+        env = dict(os.environ)
+        dds_environment(DdsConfig(**dds), env)
+        self.results: list[tuple[str, int, float]] = []
+        self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--collect", namespace,
+                                         "--collect-dds", json.dumps(dds)], env=env, stdout=subprocess.PIPE,
+                                        text=True)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            frame_id, stamp, latency = line.split()
+            self.results.append((frame_id, int(stamp), float(latency)))
+
+    settle = Collector.settle
+
+    def close(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._thread.join(5)
+
+
+def _collect_main(namespace: str, dds: dict) -> int:
+    """``--collect``: print every FrameResult of ``namespace`` as 'frame_id stamp_ns latency_ms' lines."""
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    collector = Collector(namespace, dds)
+    printed = 0
+    try:
+        while not stop.wait(0.05):
+            for row in collector.results[printed:]:
+                print(*row, flush=True)
+            printed = len(collector.results)
+    finally:
+        collector.close()
+    return 0
+
+
 def _stream(vendor: str, namespace: str, width: int, height: int, reliable: bool, seconds: float,
             workdir: Path, dds: dict) -> tuple[int, str]:
     """Run one camera for ``seconds`` at 30 Hz; return (frames sent, error text)."""
@@ -374,7 +429,7 @@ def run_stream_rows(rows: list[tuple], seconds: float, models: Path, workdir: Pa
             namespace = f"/stream{os.getpid()}_{transport}_{int(propagation)}_{image_qos}"
             robot = Robot(models, workdir / f"stream-{transport}-{int(propagation)}-{image_qos}", namespace,
                           nodes="perception", dds=dds, image_qos=image_qos)
-            collector = Collector(namespace, dds)
+            collector = ProcessCollector(namespace, dds)
             try:
                 if not robot.wait_up():
                     raise RuntimeError(f"robot for {dds} not up: {robot.tail()}")
@@ -440,7 +495,12 @@ def main(argv=None) -> int:
     parser.add_argument("--no-transports", action="store_true", help="skip the DDS transport / vendor table")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     parser.add_argument("--markdown", default=None, help="write the tables as Markdown to this file")
+    parser.add_argument("--no-streams", action="store_true", help="skip the two long streams")
+    parser.add_argument("--collect", default=None, help=argparse.SUPPRESS)       # child mode: ProcessCollector
+    parser.add_argument("--collect-dds", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.collect:
+        return _collect_main(args.collect, json.loads(args.collect_dds))
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
@@ -453,7 +513,7 @@ def main(argv=None) -> int:
 
     tally = run_cycles(cycles, args.pairs, args.frames, args.robot_every, models, workdir) if cycles else Tally()
     streams = run_stream_rows([("shm", True, "fastdds", 640, 480, reliable) for reliable in (False, True)],
-                              stream_s, models, workdir, tally) if stream_s > 0 else []
+                              stream_s, models, workdir, tally) if stream_s > 0 and not args.no_streams else []
     transports = [] if args.no_transports else run_stream_rows(transport_rows(args.quick), min(stream_s, 10.0),
                                                               models, workdir, None)
     summary = tally.summary()

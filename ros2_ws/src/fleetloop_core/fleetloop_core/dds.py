@@ -170,7 +170,13 @@ def dds_environment(config: DdsConfig, environ: MutableMapping[str, str] | None 
 @contextmanager
 def dds_environment_during(config: DdsConfig | None) -> Iterator[None]:
     """Set the environment for ``config`` in this process while the block runs (a participant is created in
-    it: Fast DDS reads the variables then), and put the previous values back after. None: no change."""
+    it: Fast DDS reads the variables then), and put the previous values back after. None: no change.
+
+    Limit: Fast DDS loads XML profiles once per process. Once a participant here was created with our
+    profile (the ``shm`` transport), later ones get that profile whatever the environment says; a
+    participant that must be on ``large_data`` after that needs a process of its own (measured in
+    benchmarks/ros_stress.py: an in-process LARGE_DATA collector received nothing).
+    """
     saved = {key: os.environ.get(key) for key in (TRANSPORT_VARIABLE, PROFILES_VARIABLE)}
     try:
         if config is not None:
