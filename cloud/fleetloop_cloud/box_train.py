@@ -14,7 +14,7 @@ bounding-box augmented-manifest format (``fleetloop_cloud.box_manifest``):
    the student's targets instead (pseudo-labels);
 3. each tier is exported in its production package's output layout, with ``weights.pt``.
 
-Detectors train on one host (``SM_HOSTS`` with several hosts is refused with the reason) and get no
+Detectors train on one host (several hosts in resourceconfig.json is refused with the reason) and get no
 INT8 variant (the classifiers' quantisation is not applied to detectors).
 """
 

@@ -4,8 +4,10 @@
   URI) in the layout robots read, ``models/<name>/<version>/`` (manifest.json + files), plus
   ``models/<name>/<version>/registry.json`` (approval status and history) and
   ``models/<name>/approved.json`` (the version currently approved, what deployment ships).
-* ``sagemaker``: the same package files in an S3 store, and one SageMaker Model Registry model
-  package per version in the group ``<prefix>-<name>`` (``create_model_package_group``,
+* ``sagemaker``: the same package files in an S3 store, plus ``model.tar.gz`` beside them (the
+  manifest and every file it lists: what SageMaker extracts into /opt/ml/model for
+  ``fleetloop-cloud serve``), and one SageMaker Model Registry model package per version, its
+  ``ModelDataUrl`` that tarball, in the group ``<prefix>-<name>`` (``create_model_package_group``,
   ``create_model_package`` with ``ModelApprovalStatus``, ``update_model_package`` to approve);
   in AWS the approval event (EventBridge "SageMaker Model Package State Change") triggers the
   deployment.
@@ -28,6 +30,8 @@ from typing import Callable, Optional, Protocol
 from fleetloop_core.errors import ConfigError, FleetLoopError
 from fleetloop_core.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest, verify_files
 from fleetloop_core.store import ObjectStore, StoreError, open_store
+
+from fleetloop_cloud.model_archive import ARCHIVE_NAME, pack_package
 
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 
@@ -137,14 +141,14 @@ class StoreRegistry:
                               key_id=manifest.signature.key_id if manifest.signature else None,
                               metrics=dict(metrics or {}),
                               history=[{"status": status, "time": time.time(), "reason": "registered"}])
-        self._after_publish(entry, manifest)
+        self._after_publish(entry, manifest, package_dir)
         self._save(entry)
         if status == "Approved":
             self._approved(entry)
         return entry
 
-    def _after_publish(self, entry: RegistryEntry, manifest: Manifest) -> None:
-        """Backend hook (SageMaker: create the model package)."""
+    def _after_publish(self, entry: RegistryEntry, manifest: Manifest, package_dir: Path) -> None:
+        """Backend hook (SageMaker: upload model.tar.gz, create the model package)."""
 
     def set_status(self, name: str, version: str, status: str, reason: str = "") -> RegistryEntry:
         """Change a version's approval status (Approved makes it the version deployment ships)."""
@@ -259,15 +263,24 @@ class SageMakerRegistry(StoreRegistry):
         return {"fleetloop-name": entry.name, "fleetloop-version": entry.version, "fleetloop-tier": entry.tier,
                 "fleetloop-sha256": entry.sha256, "fleetloop-key-id": entry.key_id or "unsigned"}
 
-    def _after_publish(self, entry: RegistryEntry, manifest: Manifest) -> None:
+    def archive_key(self, name: str, version: str) -> str:
+        """Return the store key of a version's model.tar.gz (next to its files)."""
+        return f"{self.prefix(name, version)}/{ARCHIVE_NAME}"
+
+    def _after_publish(self, entry: RegistryEntry, manifest: Manifest, package_dir: Path) -> None:
         if not self.image_uri:
             raise ConfigError("config/cloud.yaml: registry.sagemaker.image_uri must be set for the sagemaker registry")
         self._ensure_group(entry.name)
+        # SageMaker hands ModelDataUrl to the container as a model.tar.gz extracted into /opt/ml/model:
+        # the signed manifest and every file it lists, so `fleetloop-cloud serve` loads it as it is
+        key = self.archive_key(entry.name, entry.version)
+        with tempfile.TemporaryDirectory() as scratch:
+            self.store.put_file(key, pack_package(package_dir, Path(scratch) / ARCHIVE_NAME))
         response = self._call(
             "create_model_package", ModelPackageGroupName=self.group(entry.name),
             ModelPackageDescription=f"{entry.name} {entry.version} ({entry.tier})",
             InferenceSpecification={
-                "Containers": [{"Image": self.image_uri, "ModelDataUrl": f"{entry.location}/{manifest.model_file.path}"}],
+                "Containers": [{"Image": self.image_uri, "ModelDataUrl": self.store.url(key)}],
                 "SupportedContentTypes": ["application/x-image"],
                 "SupportedResponseMIMETypes": ["application/json"]},
             ModelApprovalStatus=entry.status, CustomerMetadataProperties=self._metadata(entry))

@@ -1,11 +1,13 @@
 """Training on the SageMaker training-container contract: one entry point, SageMaker or local.
 
-SageMaker runs ``train`` in the image of docker/training.Dockerfile with
-``/opt/ml/input/config/hyperparameters.json`` (every value a string), the channels under
-``/opt/ml/input/data/<channel>/`` (``SM_CHANNEL_<NAME>``), ``SM_MODEL_DIR`` (collected as
-model.tar.gz after exit), ``SM_HOSTS`` / ``SM_CURRENT_HOST`` for several instances, and reads
-``/opt/ml/output/failure`` when the job fails. The same code runs as a local process (the
-embedded default): ``python -m fleetloop_cloud.train --model-dir D --train D ...``.
+SageMaker runs ``train`` in the image of docker/training.Dockerfile and lays out the job under
+``/opt/ml``: ``input/config/hyperparameters.json`` (every value a string),
+``input/config/inputdataconfig.json`` (the channels), ``input/config/resourceconfig.json`` (the
+hosts and this host), the channels under ``input/data/<channel>/``; it collects ``model/`` as
+model.tar.gz after exit and reads ``output/failure`` when the job fails. That tree is read by
+``sagemaker_job.read_job`` (``SM_*`` variables only override where set). The same code runs as a
+local process (the embedded default) in the same tree laid out elsewhere:
+``python -m fleetloop_cloud.train --ml-root DIR``.
 
 What it does:
 1. trains T2 (domain teacher) on every accepted label (``train`` channel; plus the ``replay``
@@ -30,7 +32,6 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
@@ -43,12 +44,11 @@ from fleetloop_core.errors import ConfigError, FleetLoopError
 from fleetloop_core.manifest import Manifest, file_entry, load_manifest, write_manifest
 
 from fleetloop_cloud.channels import ChannelError, ChannelData, read_channel
+from fleetloop_cloud.sagemaker_job import Cluster, default_root, read_job
 
 log = logging.getLogger("fleetloop_cloud.train")
 
-SM_HYPERPARAMETERS = "/opt/ml/input/config/hyperparameters.json"
-SM_MODEL_DIR = "/opt/ml/model"
-SM_OUTPUT_DIR = "/opt/ml/output"
+CHANNELS = ("train", "replay", "unlabeled", "calibration", "models")
 REPORT = "training_report.json"
 WEIGHTS = "weights.pt"
 
@@ -92,43 +92,19 @@ def parse_hyperparameters(data: dict, source: str) -> Hyperparameters:
 
 
 # ------------------------------------------------------------------------------ distributed
-@dataclass
-class Cluster:
-    """This process's place among the training hosts (SM_HOSTS / SM_CURRENT_HOST)."""
-
-    hosts: list[str]
-    current: str
-
-    @property
-    def world_size(self) -> int:
-        return len(self.hosts)
-
-    @property
-    def rank(self) -> int:
-        return self.hosts.index(self.current)
-
-    @property
-    def leader(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> "Cluster":
-        hosts = json.loads(os.environ.get("SM_HOSTS", '["algo-1"]'))
-        current = os.environ.get("SM_CURRENT_HOST", hosts[0])
-        if current not in hosts:
-            raise ConfigError(f"SM_CURRENT_HOST {current!r} is not in SM_HOSTS {hosts}")
-        return cls(hosts=list(hosts), current=current)
-
-
 def _init_distributed(cluster: Cluster, port: int) -> None:
+    """Join the process group: every host connects to the first host (resourceconfig.json's order)."""
     import torch
     import torch.distributed as dist
 
-    master = os.environ.get("FLEETLOOP_MASTER_ADDR", cluster.hosts[0])
+    if cluster.network_interface:    # SageMaker names the interface the hosts reach each other on
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", cluster.network_interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", cluster.network_interface)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{master}:{port}", rank=cluster.rank,
+    dist.init_process_group(backend, init_method=f"tcp://{cluster.master}:{port}", rank=cluster.rank,
                             world_size=cluster.world_size)
-    log.info("distributed: rank %d of %d (%s, master %s:%d)", cluster.rank, cluster.world_size, backend, master, port)
+    log.info("distributed: rank %d of %d on %s (%s, master %s:%d)", cluster.rank, cluster.world_size,
+             cluster.current, backend, cluster.master, port)
 
 
 def _shard(n: int, cluster: Cluster, seed: int) -> np.ndarray:
@@ -249,8 +225,11 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
     cluster = cluster or Cluster(["algo-1"], "algo-1")
     started = time.perf_counter()
     tiers = [t.strip() for t in hp.tiers.split(",") if t.strip()]
-    if channels.get("models") is None or not Path(channels["models"]).is_dir():
-        raise ChannelError(f"channel 'models': directory {channels.get('models')} does not exist")
+    if channels.get("models") is None:
+        raise ChannelError("channel 'models' is missing: the job needs the production packages "
+                           "(input/data/models, listed in inputdataconfig.json)")
+    if not Path(channels["models"]).is_dir():
+        raise ChannelError(f"channel 'models': directory {channels['models']} does not exist")
     models_dir = Path(channels["models"])
     from fleetloop_cloud.box_train import is_detection, run_detection_training
     if is_detection(models_dir):          # detectors: same contract, box channels (box_train.py)
@@ -340,16 +319,15 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
 
 # ------------------------------------------------------------------------------ entry point
 def build_parser() -> argparse.ArgumentParser:
-    """Return the parser of the entry point (every path defaults to its SageMaker variable)."""
+    """Return the parser of the entry point (everything defaults to the SageMaker job tree)."""
     parser = argparse.ArgumentParser(prog="fleetloop-cloud train --sagemaker",
                                      description="FleetLoop training job (SageMaker training-container contract)")
-    env = os.environ.get
-    parser.add_argument("--hyperparameters", default=env("FLEETLOOP_HYPERPARAMETERS", SM_HYPERPARAMETERS),
-                        help="hyperparameters.json (default /opt/ml/input/config/hyperparameters.json)")
-    parser.add_argument("--model-dir", default=env("SM_MODEL_DIR", SM_MODEL_DIR))
-    parser.add_argument("--output-dir", default=env("SM_OUTPUT_DIR", SM_OUTPUT_DIR))
-    for channel in ("train", "replay", "unlabeled", "calibration", "models"):
-        parser.add_argument(f"--{channel}", default=env(f"SM_CHANNEL_{channel.upper()}"))
+    parser.add_argument("--ml-root", type=Path, default=None,
+                        help="the job tree SageMaker lays out (default $FLEETLOOP_ML_ROOT or /opt/ml)")
+    parser.add_argument("--model-dir", type=Path, help="override /opt/ml/model")
+    parser.add_argument("--output-dir", type=Path, help="override /opt/ml/output")
+    for channel in CHANNELS:
+        parser.add_argument(f"--{channel}", type=Path, help=f"override /opt/ml/input/data/{channel}")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -357,19 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main_contract(argv: Sequence[str] | None = None) -> int:
     """Run one training job; on failure write <output-dir>/failure (the SageMaker contract) and return 1."""
     args = build_parser().parse_args(argv)
-    output_dir = Path(args.output_dir)
+    root = args.ml_root or default_root()
+    output_dir = args.output_dir or Path(os.environ.get("SM_OUTPUT_DIR") or root / "output")
     try:
-        path = Path(args.hyperparameters)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read hyperparameters ({exc})") from None
-        hp = parse_hyperparameters(data, str(path))
-        channels = {c: (Path(getattr(args, c)) if getattr(args, c) else None)
-                    for c in ("train", "replay", "unlabeled", "calibration", "models")}
-        model_dir = Path(args.model_dir)
+        job = read_job(root, known_channels=CHANNELS)
+        output_dir = args.output_dir or job.output_dir
+        hp = parse_hyperparameters(job.hyperparameters, str(job.hyperparameters_path))
+        channels = {c: getattr(args, c) or job.channel_path(c) for c in CHANNELS}
+        model_dir = args.model_dir or job.model_dir
         model_dir.mkdir(parents=True, exist_ok=True)
-        run_training(channels, model_dir, hp, Cluster.from_env(), progress=not args.no_progress)
+        log.info("job tree %s: host %s (%d of %d), channels %s%s", root, job.cluster.current, job.cluster.rank + 1,
+                 job.cluster.world_size, ", ".join(sorted(job.channels)) or "none",
+                 f"; overridden by {', '.join(job.overrides)}" if job.overrides else "")
+        run_training(channels, model_dir, hp, job.cluster, progress=not args.no_progress)
         return 0
     except FleetLoopError as exc:
         message = str(exc)

@@ -3,9 +3,9 @@
 Both run the same code (``fleetloop_cloud.train``) on the same channels and hand back the same
 model directory; only the transport differs, as with httpx's transports.
 
-* ``local``: ``python -m fleetloop_cloud.train`` as a child process with the SageMaker
-  variables (``SM_MODEL_DIR``, ``SM_CHANNEL_*``, ``SM_OUTPUT_DIR``) pointing at local
-  directories; its CPU time is measured (``RUSAGE_CHILDREN``).
+* ``local``: ``python -m fleetloop_cloud.train --ml-root DIR`` as a child process, in a job tree
+  laid out exactly as SageMaker lays out /opt/ml (``sagemaker_job.write_job_tree``: the three
+  config files, the channels under input/data); its CPU time is measured (``RUSAGE_CHILDREN``).
 * ``sagemaker``: channels uploaded to the S3 store under ``training/<job>/input/<channel>/``,
   ``create_training_job`` with the training image, ``describe_training_job`` until it ends,
   ``model.tar.gz`` downloaded and unpacked. Billable seconds x instances is the compute used.
@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,6 +29,8 @@ from fleetloop_core.errors import ConfigError
 from fleetloop_core.store import ObjectStore
 
 from fleetloop_cloud.config import SageMakerTrainingConfig
+from fleetloop_cloud.model_archive import extract, pack_model_dir  # noqa: F401  (pack_model_dir: what a job leaves)
+from fleetloop_cloud.sagemaker_job import write_job_tree
 from fleetloop_cloud.train import TrainingError
 
 CONTENT_TYPES = {"train": "application/jsonlines", "replay": "application/jsonlines",
@@ -74,7 +76,7 @@ def _read_report(model_dir: Path) -> dict:
 
 
 class LocalProcessBackend:
-    """The entry point as a local child process with the SageMaker variables set."""
+    """The entry point as a local child process in a SageMaker job tree of its own."""
 
     name = "local"
 
@@ -84,18 +86,15 @@ class LocalProcessBackend:
 
     def run(self, job: TrainingJob) -> TrainingResult:
         root = job.work_dir / job.name
-        model_dir, output_dir, config_dir = root / "model", root / "output", root / "input" / "config"
-        for directory in (model_dir, output_dir, config_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        model_dir, output_dir = root / "model", root / "output"
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
         (output_dir / "failure").unlink(missing_ok=True)
-        hyperparameters = config_dir / "hyperparameters.json"
-        hyperparameters.write_text(json.dumps(job.hyperparameters, indent=2, sort_keys=True))
-        env = {**os.environ, "SM_MODEL_DIR": str(model_dir), "SM_OUTPUT_DIR": str(output_dir),
-               "FLEETLOOP_HYPERPARAMETERS": str(hyperparameters), "SM_HOSTS": '["algo-1"]',
-               "SM_CURRENT_HOST": "algo-1", **self.extra_env}
-        for channel, path in job.channels.items():
-            env[f"SM_CHANNEL_{channel.upper()}"] = str(path)
-        command = [sys.executable, "-m", "fleetloop_cloud.train"] + ([] if self.progress else ["--no-progress"])
+        write_job_tree(root, job.hyperparameters, job.channels, content_types=CONTENT_TYPES)
+        # the job reads its tree only: SM_* variables of this process must not leak into it
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SM_")}, **self.extra_env}
+        command = [sys.executable, "-m", "fleetloop_cloud.train", "--ml-root", str(root)] + \
+            ([] if self.progress else ["--no-progress"])
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         completed = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -112,19 +111,6 @@ class LocalProcessBackend:
                           if isinstance(t, dict)) else 0.0
         return TrainingResult(model_dir=model_dir, report=report, cpu_seconds=cpu, gpu_seconds=gpu,
                               details={"wall_seconds": round(wall, 2), "log": str(root / "job.log")})
-
-
-def _tar_directory(source: Path, target: Path) -> Path:
-    with tarfile.open(target, "w:gz") as archive:
-        for path in sorted(source.rglob("*")):
-            if path.is_file():
-                archive.add(path, arcname=str(path.relative_to(source)))
-    return target
-
-
-def pack_model_dir(model_dir: Path, target: Path) -> Path:
-    """Return ``target``: ``model_dir`` as the model.tar.gz SageMaker uploads after a job."""
-    return _tar_directory(model_dir, target)
 
 
 class SageMakerBackend:
@@ -215,14 +201,7 @@ class SageMakerBackend:
                 self.store.get_file(store_key_of(self.store, artifact), archive)
             except Exception as exc:
                 raise TrainingError(f"SageMaker training job {job.name}: cannot download {artifact} ({exc})") from exc
-            with tarfile.open(archive, "r:gz") as tar:
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(model_dir, filter="data")
-                else:  # Python without extraction filters: refuse members escaping the directory
-                    for member in tar.getmembers():
-                        if member.name.startswith("/") or ".." in Path(member.name).parts:
-                            raise TrainingError(f"{artifact}: unsafe member {member.name} in the model archive")
-                    tar.extractall(model_dir)
+            extract(archive, model_dir, where=artifact)
         billable = float(status.get("BillableTimeInSeconds") or 0) * self.settings.instance_count
         return TrainingResult(model_dir=model_dir, report=_read_report(model_dir), instance_seconds=billable,
                               details={"training_job_arn": status.get("TrainingJobArn"), "artifact": artifact,

@@ -71,14 +71,14 @@ class BatchTransformTeachers:
         """Upload the package as model.tar.gz (once) and create the SageMaker model; return its name."""
         from botocore.exceptions import ClientError
 
-        from fleetloop_cloud.training_backends import pack_model_dir
+        from fleetloop_cloud.model_archive import pack_package
 
         manifest = load_manifest(package_dir)
         name = _name(f"fleetloop-{manifest.name}-{manifest.version}")
         key = f"sagemaker/models/{manifest.name}/{manifest.version}/model.tar.gz"
         if not self.store.exists(key):
             with tempfile.TemporaryDirectory() as scratch:
-                archive = pack_model_dir(package_dir, Path(scratch) / "model.tar.gz")
+                archive = pack_package(package_dir, Path(scratch) / "model.tar.gz")
                 self.store.put_file(key, archive)
         try:
             self.client.describe_model(ModelName=name)

@@ -1,6 +1,7 @@
 """Model registry: signed packages with approval status (local store; SageMaker Model Registry on moto)."""
 
 import json
+from pathlib import Path
 
 import boto3
 import pytest
@@ -92,7 +93,7 @@ def test_sagemaker_model_registry_on_moto(tmp_path, model_copy, s3_bucket, keys)
     assert described["ModelApprovalStatus"] == "PendingManualApproval"
     assert described["CustomerMetadataProperties"]["fleetloop-version"] == "r3-cccc"
     container = described["InferenceSpecification"]["Containers"][0]
-    assert container["ModelDataUrl"] == f"{entry.location}/model.onnx"
+    assert container["ModelDataUrl"] == f"{entry.location}/model.tar.gz"
     assert registry.approved_in_sagemaker(name) is None
     registry.set_status(name, "r3-cccc", "Approved", "gate passed: +0.05")
     described = client.describe_model_package(ModelPackageName=entry.arn)
@@ -103,3 +104,67 @@ def test_sagemaker_model_registry_on_moto(tmp_path, model_copy, s3_bucket, keys)
     assert registry.group(name) in [g["ModelPackageGroupName"] for g in groups]
     # the package itself is fetched from S3 and verified like the local registry's
     assert registry.fetch(name, "r3-cccc", tmp_path / "fetched").version == "r3-cccc"
+
+
+def test_a_registered_package_serves_after_sagemakers_extraction(tmp_path, model_copy, s3_bucket, keys, spawn):
+    """Register, download ModelDataUrl from the S3 server, extract as SageMaker does into
+    /opt/ml/model, run `fleetloop-cloud serve` on it: /ping and /invocations answer."""
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+    import time
+    import urllib.request
+
+    import cv2
+    import numpy as np
+
+    from fixtures.s3 import free_port
+
+    endpoint, bucket = s3_bucket
+    store = open_store(f"s3://{bucket}/registry?endpoint_url={endpoint}&region=us-east-1")
+    client = boto3.client("sagemaker", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    registry = SageMakerRegistry(store, "fleetloop-test", "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleetloop:1",
+                                 client=client, signing_key=keys[0].read_bytes())
+    package = model_copy("T2")
+    (package / "notes.txt").write_text("a stray file the manifest does not list")
+    name = _version(package, "r4-dddd")
+    entry = registry.publish(package, "Approved")
+    url = client.describe_model_package(ModelPackageName=entry.arn)["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket_name, key = url[len("s3://"):].split("/", 1)
+    archive = tmp_path / "model.tar.gz"
+    s3.download_file(bucket_name, key, str(archive))
+    manifest = load_manifest(package)
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == sorted(["manifest.json"] + [f.path for f in manifest.files])
+        model_dir = tmp_path / "opt" / "ml" / "model"
+        model_dir.mkdir(parents=True)
+        tar.extractall(model_dir, filter="data")
+    assert load_manifest(model_dir).signature is not None          # the signed manifest travelled along
+    port = free_port()
+    server = spawn([shutil.which("fleetloop-cloud") or str(Path(sys.executable).parent / "fleetloop-cloud"), "serve",
+                    "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if server.poll() is not None:
+            raise AssertionError(f"serve exited with {server.returncode}: {server.stdout.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
+                assert response.status == 200
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        raise AssertionError("serve never answered /ping")
+    spec = manifest.input
+    frame = np.random.default_rng(0).integers(0, 255, (spec.height, spec.width, 3), dtype=np.uint8)
+    request = urllib.request.Request(f"{base}/invocations", data=cv2.imencode(".png", frame)[1].tobytes(),
+                                     headers={"Content-Type": "application/x-image"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    assert answer["name"] == name and answer["version"] == "r4-dddd" and answer["tier"] == manifest.tier
+    assert len(answer["probs"]) == len(manifest.labels) and abs(sum(answer["probs"]) - 1) < 1e-3

@@ -1,4 +1,10 @@
-"""The training entry point on the SageMaker training-container contract (hyperparameters.json, SM_* variables)."""
+"""The training entry point on the SageMaker training-container contract.
+
+Each job tree is laid out here by hand, file for file as SageMaker lays out /opt/ml (AWS developer
+guide: "How Amazon SageMaker Provides Training Information", "Distributed Training
+Configuration"), and no ``SM_*`` variable is set: those come from the sagemaker-training toolkit,
+which our image does not install.
+"""
 
 import json
 import os
@@ -39,17 +45,34 @@ def _channels(root, models, frames, train_count=40, train_labels=None):
     return channels
 
 
-def _sagemaker_env(monkeypatch, root, channels, hyperparameters):
-    """Lay out the job the way SageMaker does and point the SM_* variables at it."""
-    config = root / "input" / "config"
+@pytest.fixture(autouse=True)
+def _no_toolkit_variables(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("SM_")]:
+        monkeypatch.delenv(key)
+
+
+def _job_tree(root, channels, hyperparameters, hosts=("algo-1",), current="algo-1", interface=None,
+              listed=None):
+    """Write /opt/ml as SageMaker does (``listed``: the channels inputdataconfig.json names)."""
+    config, data = root / "input" / "config", root / "input" / "data"
     config.mkdir(parents=True)
+    data.mkdir()
     # SageMaker passes every hyperparameter as a string
     (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}))
-    monkeypatch.setenv("FLEETLOOP_HYPERPARAMETERS", str(config / "hyperparameters.json"))
-    monkeypatch.setenv("SM_MODEL_DIR", str(root / "model"))
-    monkeypatch.setenv("SM_OUTPUT_DIR", str(root / "output"))
+    listed = list(channels) if listed is None else listed
+    (config / "inputdataconfig.json").write_text(json.dumps({
+        name: {"ContentType": "application/jsonlines", "TrainingInputMode": "File",
+               "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"} for name in listed}))
+    resources = {"current_host": current, "current_instance_type": "ml.m5.xlarge",
+                 "current_group_name": "homogeneousCluster", "hosts": list(hosts),
+                 "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": "ml.m5.xlarge",
+                                      "hosts": list(hosts)}]}
+    if interface:
+        resources["network_interface_name"] = interface
+    (config / "resourceconfig.json").write_text(json.dumps(resources))
     for name, path in channels.items():
-        monkeypatch.setenv(f"SM_CHANNEL_{name.upper()}", str(path))
+        shutil.copytree(path, data / name)     # SageMaker downloads each channel into input/data/<channel>
+    return root
 
 
 HP = {"version": "r9-test", "teacher_epochs": 1, "distil_epochs": 1, "batch_size": 16, "int8_calibration_frames": 8,
@@ -58,8 +81,8 @@ HP = {"version": "r9-test", "teacher_epochs": 1, "distil_epochs": 1, "batch_size
 
 def test_contract_trains_t2_distils_t3_t4_and_writes_int8(tmp_path, monkeypatch, cloud_models, field_frames):
     channels = _channels(tmp_path / "data", cloud_models, field_frames)
-    _sagemaker_env(monkeypatch, tmp_path / "job", channels, HP)
-    assert main_contract(["--no-progress"]) == 0
+    _job_tree(tmp_path / "job", channels, HP)
+    assert main_contract(["--ml-root", str(tmp_path / "job"), "--no-progress"]) == 0
     model_dir = tmp_path / "job" / "model"
     report = json.loads((model_dir / "training_report.json").read_text())
     assert report["channels"] == {"train": 40, "replay": 0, "unlabeled": 72, "calibration": 8}
@@ -82,8 +105,8 @@ def test_contract_trains_t2_distils_t3_t4_and_writes_int8(tmp_path, monkeypatch,
 
 def test_empty_training_channel_fails_with_the_reason(tmp_path, monkeypatch, cloud_models, field_frames):
     channels = _channels(tmp_path / "data", cloud_models, field_frames, train_count=0)
-    _sagemaker_env(monkeypatch, tmp_path / "job", channels, HP)
-    assert main_contract(["--no-progress"]) == 1
+    _job_tree(tmp_path / "job", channels, HP)
+    assert main_contract(["--ml-root", str(tmp_path / "job"), "--no-progress"]) == 1
     failure = (tmp_path / "job" / "output" / "failure").read_text()
     assert "channel 'train'" in failure and "empty" in failure
 
@@ -92,32 +115,87 @@ def test_unknown_class_and_bad_hyperparameters_fail_with_the_reason(tmp_path, mo
     labels = field_frames.labels.copy()
     labels[3] = 42
     channels = _channels(tmp_path / "data", cloud_models, field_frames, train_labels=labels)
-    _sagemaker_env(monkeypatch, tmp_path / "job", channels, HP)
-    assert main_contract(["--no-progress"]) == 1
+    _job_tree(tmp_path / "job", channels, HP)
+    assert main_contract(["--ml-root", str(tmp_path / "job"), "--no-progress"]) == 1
     assert "frame f0003 has label 42, not a known class" in (tmp_path / "job" / "output" / "failure").read_text()
-    _sagemaker_env(monkeypatch, tmp_path / "job2", channels, {**HP, "teacher_epochs": "zero"})
-    assert main_contract(["--no-progress"]) == 1
+    _job_tree(tmp_path / "job2", channels, {**HP, "teacher_epochs": "zero"})
+    assert main_contract(["--ml-root", str(tmp_path / "job2"), "--no-progress"]) == 1
     assert "teacher_epochs" in (tmp_path / "job2" / "output" / "failure").read_text()
 
 
-def test_two_hosts_train_with_distributed_data_parallel(tmp_path, cloud_models, field_frames, spawn):
-    """Two local processes as SageMaker's algo-1 and algo-2 (gloo over loopback): host 0 writes the package."""
+def test_missing_channel_and_pipe_mode_fail_with_the_reason(tmp_path, cloud_models, field_frames):
     channels = _channels(tmp_path / "data", cloud_models, field_frames)
-    hp = tmp_path / "hyperparameters.json"
-    hp.write_text(json.dumps({**{k: str(v) for k, v in HP.items()}, "tiers": "T2", "int8": "false",
-                              "master_port": str(free_port())}))
+    without_models = {k: v for k, v in channels.items() if k != "models"}
+    _job_tree(tmp_path / "job", without_models, HP)
+    assert main_contract(["--ml-root", str(tmp_path / "job"), "--no-progress"]) == 1
+    assert "channel 'models' is missing" in (tmp_path / "job" / "output" / "failure").read_text()
+    root = _job_tree(tmp_path / "job2", channels, HP)
+    config = root / "input" / "config" / "inputdataconfig.json"
+    described = json.loads(config.read_text())
+    described["train"]["TrainingInputMode"] = "Pipe"
+    config.write_text(json.dumps(described))
+    assert main_contract(["--ml-root", str(root), "--no-progress"]) == 1
+    failure = (root / "output" / "failure").read_text()
+    assert "'train'" in failure and "Pipe" in failure
+
+
+def test_hyperparameters_file_missing_is_named(tmp_path):
+    assert main_contract(["--ml-root", str(tmp_path / "empty"), "--no-progress"]) == 1
+    failure = (tmp_path / "empty" / "output" / "failure").read_text()
+    assert "hyperparameters.json" in failure and "missing" in failure
+
+
+def test_the_local_backend_runs_the_same_tree(tmp_path, cloud_models, field_frames):
+    """LocalProcessBackend lays out the tree with sagemaker_job.write_job_tree; the job reads it alone."""
+    from fleetloop_cloud.training_backends import LocalProcessBackend, TrainingJob
+
+    channels = _channels(tmp_path / "data", cloud_models, field_frames)
+    job = TrainingJob(name="fleetloop-r9", channels=channels, work_dir=tmp_path / "work",
+                      hyperparameters={k: str(v) for k, v in {**HP, "tiers": "T4", "int8": "false"}.items()})
+    result = LocalProcessBackend(extra_env={"OMP_NUM_THREADS": "1"}).run(job)
+    config = tmp_path / "work" / "fleetloop-r9" / "input" / "config"
+    assert set(json.loads((config / "inputdataconfig.json").read_text())) == set(channels)
+    assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["algo-1"]
+    assert result.report["tiers"]["T4"]["samples"] == 72 and result.report["hosts"] == 1
+
+
+def test_two_hosts_find_each_other_through_resourceconfig(tmp_path, cloud_models, field_frames, spawn):
+    """Two processes, each with its own /opt/ml tree, as SageMaker's two hosts: no SM_* variable, no
+    master address given. They rank themselves from resourceconfig.json, meet at the first host and
+    train with DistributedDataParallel (gloo over loopback); only the first host writes the packages.
+
+    The host names are loopback names, because SageMaker's ``algo-N`` resolve only inside its cluster.
+    """
+    channels = _channels(tmp_path / "data", cloud_models, field_frames)
+    hp = {**HP, "tiers": "T2", "int8": "false", "master_port": free_port()}
+    hosts = ["localhost", "127.0.0.1"]        # listed as given; each host sorts them the same way
     processes = []
-    for host in ("algo-1", "algo-2"):
-        env = {**os.environ, "SM_HOSTS": '["algo-1", "algo-2"]', "SM_CURRENT_HOST": host,
-               "FLEETLOOP_MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "FLEETLOOP_HYPERPARAMETERS": str(hp),
-               "SM_MODEL_DIR": str(tmp_path / host / "model"), "SM_OUTPUT_DIR": str(tmp_path / host / "output"),
-               "OMP_NUM_THREADS": "1", **{f"SM_CHANNEL_{k.upper()}": str(v) for k, v in channels.items()}}
-        processes.append(spawn([sys.executable, "-m", "fleetloop_cloud.train", "--no-progress"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    for host in hosts:
+        root = _job_tree(tmp_path / host, channels, hp, hosts=hosts, current=host, interface="lo")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+        processes.append(spawn([sys.executable, "-m", "fleetloop_cloud.train", "--ml-root", str(root), "--no-progress"],
+                               env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True))
+    outputs = dict(zip(hosts, (p.communicate(timeout=300)[0] for p in processes)))
     assert [p.returncode for p in processes] == [0, 0], outputs
-    report = json.loads((tmp_path / "algo-1" / "model" / "training_report.json").read_text())
+    leader, follower = tmp_path / "127.0.0.1" / "model", tmp_path / "localhost" / "model"
+    report = json.loads((leader / "training_report.json").read_text())
     assert report["hosts"] == 2 and report["tiers"]["T2"]["hosts"] == 2
-    assert (tmp_path / "algo-1" / "model" / "T2" / "manifest.json").is_file()
-    assert not (tmp_path / "algo-2" / "model" / "T2").exists()
-    assert "rank 1 of 2" in outputs[1]
+    assert (leader / "T2" / "manifest.json").is_file()
+    assert list(follower.iterdir()) == []       # SageMaker merges every host's model dir: no clashes
+    assert "rank 0 of 2 on 127.0.0.1" in outputs["127.0.0.1"] and "rank 1 of 2 on localhost" in outputs["localhost"]
+
+
+def test_the_job_needs_only_the_training_requirements(tmp_path, cloud_models, field_frames):
+    """docker/training.Dockerfile installs requirements/training.txt and torch only: the entry point,
+    INT8 included, runs with every other distribution made unimportable."""
+    channels = _channels(tmp_path / "data", cloud_models, field_frames)
+    root = _job_tree(tmp_path / "job", channels, {**HP, "tiers": "T4"})
+    program = os.path.join(os.path.dirname(__file__), "programs", "only_training_requirements.py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    done = subprocess.run([sys.executable, program, "--ml-root", str(root), "--no-progress"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert (root / "model" / "T4-int8" / "manifest.json").is_file()
+    requirements = open(os.path.join(os.path.dirname(__file__), "..", "..", "requirements", "training.txt")).read()
+    assert "boto3" not in requirements and "fastapi" not in requirements and "rclpy" not in requirements
