@@ -196,6 +196,10 @@ class _Execution:
                                        self.execution_number, self.queued_at, self.started_at,
                                        self.last_updated_at, self.details)
 
+    @property
+    def terminal(self) -> bool:
+        return self.status in iot_jobs.TERMINAL
+
     def state(self) -> dict[str, Any]:
         return {"status": self.status, "statusDetails": dict(self.details), "versionNumber": self.version_number}
 
@@ -218,6 +222,7 @@ class MqttJobService:
         self._subscribed = threading.Event()
         self._stopped = threading.Event()
         self.requests: list[tuple[str, str]] = []          # (thing, request kind) seen, for reports
+        self.received: list[tuple[str, dict[str, Any]]] = []   # (topic, payload) of every request, for audits
         self._client = mqtt5_client_builder.mtls_from_path(
             endpoint=host, port=self.port, cert_filepath=cert_file, pri_key_filepath=key_file, ca_filepath=ca_file,
             client_id=client_id or f"fleetloop-jobs-{uuid.uuid4().hex[:8]}",
@@ -245,7 +250,7 @@ class MqttJobService:
         from awscrt import mqtt5
 
         topics = [f"{self.prefix}/things/+/jobs/start-next", f"{self.prefix}/things/+/jobs/+/update",
-                  f"{self.prefix}/things/+/jobs/get"]
+                  f"{self.prefix}/things/+/jobs/get", f"{self.prefix}/things/+/jobs/+/get"]
         future = self._client.subscribe(mqtt5.SubscribePacket(
             [mqtt5.Subscription(t, mqtt5.QoS.AT_LEAST_ONCE) for t in topics]))
 
@@ -286,6 +291,8 @@ class MqttJobService:
             log.warning("job service: ignoring %s (%s)", packet.topic, exc)
             return
         token = payload.get("clientToken")
+        with self._lock:
+            self.received.append((packet.topic, payload))
         try:
             if rest == ["start-next"]:
                 self._start_next(thing, payload, token)
@@ -293,6 +300,8 @@ class MqttJobService:
                 self._update(thing, rest[0], payload, token)
             elif rest == ["get"]:
                 self._get(thing, token)
+            elif len(rest) == 2 and rest[1] == "get":
+                self._describe(thing, rest[0], payload, token)
         except Exception:  # one bad request must not stop the service
             log.exception("job service: failed to handle %s", packet.topic)
 
@@ -322,8 +331,8 @@ class MqttJobService:
                     execution.status = "IN_PROGRESS"
                     execution.started_at = execution.last_updated_at = iot_jobs.now_s()
                     execution.version_number += 1
-                    if payload.get("statusDetails"):
-                        execution.details = iot_jobs.status_details(payload["statusDetails"])
+                    if payload.get("statusDetails") and not iot_jobs.status_details_problem(payload["statusDetails"]):
+                        execution.details = dict(payload["statusDetails"])
                     self._changed.notify_all()
                 response["execution"] = execution.data()
         self._publish(self._topic(thing, "start-next/accepted"), response)
@@ -340,15 +349,18 @@ class MqttJobService:
             elif status not in iot_jobs.DEVICE_STATUSES:
                 error = ("InvalidRequest", f"status {status!r} is not one a device may set")
             elif execution.status in iot_jobs.TERMINAL:
-                error = ("TerminalStateReached", f"job {job_id} is already {execution.status} on {thing}")
+                # the Jobs API: SUCCEEDED -> IN_PROGRESS and the like are InvalidStateTransition
+                error = ("InvalidStateTransition", f"job {job_id} is already {execution.status} on {thing}; "
+                                                   f"it cannot become {status}")
             elif payload.get("expectedVersion") is not None and \
-                    int(payload["expectedVersion"]) != execution.version_number:
+                    str(payload["expectedVersion"]) != str(execution.version_number):
                 error = ("VersionMismatch", f"expected version {payload['expectedVersion']}, "
                                             f"current {execution.version_number}")
             if error is None:
                 details = payload.get("statusDetails") or {}
-                if not isinstance(details, dict):
-                    error = ("InvalidRequest", "statusDetails must be an object of strings")
+                problem = iot_jobs.status_details_problem(details)
+                if problem:
+                    error = ("InvalidRequest", problem)
             if error is not None:
                 response = iot_jobs.error_response(*error, client_token=token,
                                                    execution_state=execution.state() if execution else None)
@@ -356,11 +368,15 @@ class MqttJobService:
             else:
                 execution.status = status
                 if details:      # as IoT Jobs: statusDetails given replace the old ones, absent keep them
-                    execution.details = iot_jobs.status_details(details)
+                    execution.details = dict(details)
                 execution.version_number += 1
                 execution.last_updated_at = iot_jobs.now_s()
                 terminal_now = status in iot_jobs.TERMINAL
-                response = {"timestamp": iot_jobs.now_s(), "executionState": execution.state()}
+                response = {"timestamp": iot_jobs.now_s()}
+                if payload.get("includeJobExecutionState"):
+                    response["executionState"] = execution.state()
+                if payload.get("includeJobDocument"):
+                    response["jobDocument"] = execution.document
                 if token:
                     response["clientToken"] = token
                 topic = self._topic(thing, f"{job_id}/update/accepted")
@@ -382,6 +398,36 @@ class MqttJobService:
             if token:
                 response["clientToken"] = token
         self._publish(self._topic(thing, "get/accepted"), response)
+
+    def _describe(self, thing: str, job_id: str, payload: dict[str, Any], token: str | None) -> None:
+        """DescribeJobExecution: one execution (``$next``: the next pending one), with its document
+        unless ``includeJobDocument`` is false."""
+        with self._lock:
+            self.requests.append((thing, "describe"))
+            if job_id == iot_jobs.NEXT:
+                execution = self._next(thing)
+            else:
+                execution = self._executions.get((thing, job_id))
+            number = payload.get("executionNumber")
+            if execution is not None and number is not None and str(number) != str(execution.execution_number):
+                execution = None
+            if execution is None or execution.terminal:
+                # the Jobs API answers a describe of a finished execution with TerminalStateReached
+                response = iot_jobs.error_response(
+                    "TerminalStateReached" if execution is not None else "ResourceNotFound",
+                    f"job {job_id} is {execution.status} on {thing}" if execution is not None
+                    else f"no execution of job {job_id} for {thing}", client_token=token,
+                    execution_state=execution.state() if execution is not None else None)
+                topic = self._topic(thing, f"{job_id}/get/rejected")
+            else:
+                data = execution.data()
+                if payload.get("includeJobDocument") is False:
+                    data.pop("jobDocument", None)
+                response = {"execution": data, "timestamp": iot_jobs.now_s()}
+                if token:
+                    response["clientToken"] = token
+                topic = self._topic(thing, f"{job_id}/get/accepted")
+        self._publish(topic, response)
 
     # ------------------------------------------------------------------ FleetJobs
     def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any],

@@ -141,6 +141,21 @@ def test_bad_job_documents_are_rejected_naming_the_field(robot):
     assert outcome.status == "REJECTED" and "nowhere" in outcome.reason
 
 
+def test_unknown_keys_outside_our_fields_are_ignored_inside_them_rejected(caplog):
+    """A job template or another tool may add top-level keys (AWS adds none, but templates do)."""
+    model = {"name": "x", "version": "1", "tier": "T4"}
+    with caplog.at_level("INFO", logger="fleetloop_core.model_manager"):
+        document = parse_job_document({"operation": "fleetloop.rollback_model", "model": model, "jobIndex": 7,
+                                       "templateArn": "arn:aws:iot:us-east-1:123456789012:jobtemplate/t"}, "j1")
+    assert document.model.version == "1"
+    assert "ignoring jobDocument keys outside FleetLoop's operation: jobIndex, templateArn" in caplog.text
+    with pytest.raises(Exception, match="jobDocument.model.revision"):
+        parse_job_document({"operation": "fleetloop.rollback_model", "model": {**model, "revision": 2}}, "j2")
+    with pytest.raises(Exception, match="jobDocument.package.mirror"):
+        parse_job_document({"operation": "fleetloop.deploy_model", "model": model,
+                            "package": {"path": "/x", "mirror": "s3://elsewhere"}}, "j3")
+
+
 def test_deploy_from_an_object_store_and_status_report(robot):
     bucket = f"file://{robot.tmp_path / 'bucket'}"
     prefix = publish_package(robot.package("v3"), bucket)

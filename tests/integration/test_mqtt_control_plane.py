@@ -42,6 +42,7 @@ def test_clients_without_a_certificate_or_from_another_ca_are_refused(mqtt_broke
     stranger.start()
     try:
         assert not stranger.connected and stranger.connections == 0
+        assert "refused our client certificate" in stranger.problem    # loud: the reason, not a DEBUG line
     finally:
         stranger.close()
     options = io.TlsContextOptions()                          # server-authenticated TLS only: no client cert
@@ -59,6 +60,34 @@ def test_clients_without_a_certificate_or_from_another_ca_are_refused(mqtt_broke
         client.stop()
     assert _wait(lambda: "peer did not return a certificate" in mqtt_broker.log(), 5)
     assert "certificate verify failed" in mqtt_broker.log()
+
+
+def test_connection_failures_are_errors_with_the_reason_within_the_connect_timeout(mqtt_broker, mqtt_pki, caplog):
+    """A refused client certificate, a broker certificate from a CA we do not trust, an endpoint where
+    nothing listens: each is an ERROR log naming the reason and ``problem`` says it, within
+    connect_timeout_s; repeated retries do not repeat the ERROR."""
+    from fixtures.s3 import free_port
+
+    refused = _plane(mqtt_broker, "robot-7", identity=mqtt_pki["other"].issue("robot-7"), connect_timeout_s=2.0)
+    wrong_ca = _plane(mqtt_broker, "robot-8", connect_timeout_s=2.0)
+    other_ca = mqtt_pki["other"].issue("robot-8")
+    wrong_ca.config = wrong_ca.config.model_copy(update={"ca_file": str(other_ca.ca)})
+    nowhere = MqttControlPlane("127.0.0.1", free_port(), "robot-6", refused.config.model_copy(), poll_s=1.0)
+    cases = [(refused, "refused our client certificate"), (wrong_ca, "the broker's certificate is not trusted"),
+             (nowhere, "connection refused")]
+    for plane, reason in cases:
+        with caplog.at_level("ERROR", logger="fleetloop_core.control_plane"):
+            caplog.clear()
+            started = time.monotonic()
+            plane.start()
+            try:
+                assert time.monotonic() - started < plane.config.connect_timeout_s + 1.0
+                assert not plane.connected and reason in plane.problem, plane.problem
+                assert f"{plane.thing_name}: no control plane: cannot connect to 127.0.0.1:{plane.port}" in caplog.text
+                time.sleep(0.6)                            # back-off retries meanwhile: the ERROR is said once
+                assert caplog.text.count("no control plane") == 1
+            finally:
+                plane.close()
 
 
 @pytest.mark.parametrize("prefix", ["$aws", "fleetloop"])
@@ -82,9 +111,42 @@ def test_job_round_trip_over_the_iot_jobs_topics(mqtt_broker, prefix):
         assert state.status == "SUCCEEDED"
         assert state.details == {"serving_version": "2", "shadow_agreement": "0.98"}
         assert ("robot-0", "update:IN_PROGRESS") in service.requests
-        with pytest.raises(ControlPlaneError, match="TerminalStateReached"):
+        with pytest.raises(ControlPlaneError, match="InvalidStateTransition"):     # as the Jobs API answers
             robot.update(job, "FAILED", {"reason": "late"})
+        updates = [payload for topic, payload in service.received if topic.endswith("/job-1/update")]
+        assert len(updates) == 3 and [u["expectedVersion"] for u in updates] == [2, 3, 4]
         assert robot.next_job(0.5) is None
+    finally:
+        robot.close()
+        other.close()
+        service.close()
+
+
+def test_a_concurrent_update_is_detected_reread_and_continued(mqtt_broker, caplog):
+    """Another writer changes the execution between two of the robot's updates: the robot's
+    expectedVersion is stale, the service answers VersionMismatch, the robot describes the execution
+    (DescribeJobExecution) and, as it is still IN_PROGRESS, updates on the current version."""
+    service = _service(mqtt_broker)
+    robot = _plane(mqtt_broker, "robot-0")
+    other = _plane(mqtt_broker, "robot-0", identity=mqtt_broker.client("robot-0"))
+    other.config = other.config.model_copy(update={"client_id": "robot-0-console"})
+    try:
+        robot.start()
+        other.start()
+        service.create_job("job-2", ["robot-0"], {"operation": "fleetloop.rollback_model",
+                                                  "model": {"name": "m", "version": "previous", "tier": "T4"}})
+        job = robot.next_job(5.0)
+        robot.update(job, "IN_PROGRESS", {"step": "loading"})           # version 2 -> 3
+        other.update(job, "IN_PROGRESS", {"step": "operator note"})     # the other writer: 3 -> 4
+        with caplog.at_level("WARNING", logger="fleetloop_core.control_plane"):
+            robot.update(job, "SUCCEEDED", {"serving_version": "1"})
+        assert "VersionMismatch (expected version 3, now 4, IN_PROGRESS)" in caplog.text
+        assert service.executions("job-2")["robot-0"].status == "SUCCEEDED"
+        codes = [p.get("expectedVersion") for t, p in service.received if t.endswith("/job-2/update")]
+        assert codes == [2, 2, 3, 3, 4]        # robot, other (stale), other again, robot (stale), robot again
+        assert any(t.endswith("/job-2/get") and p["includeJobDocument"] is True for t, p in service.received)
+        # the execution is finished now: a describe is answered TerminalStateReached, with its state
+        assert robot.describe("job-2")["status"] == "SUCCEEDED"
     finally:
         robot.close()
         other.close()

@@ -67,6 +67,71 @@ class ControlPlane(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    @property
+    def problem(self) -> Optional[str]:
+        """Why the control plane cannot be reached right now (None while it can)."""
+        ...
+
+
+def describe_connection_failure(exception: object) -> str:
+    """Return a reason a person can act on for an awscrt connection failure (its error name kept)."""
+    name = getattr(exception, "name", "") or type(exception).__name__
+    text = str(exception) or name
+    hints = (
+        ("TLS", "TLS handshake failed: the broker refused our client certificate, or its certificate is not "
+                "signed by control_plane.mqtt.ca_file"),
+        ("CERTIFICATE", "the broker's certificate is not trusted (control_plane.mqtt.ca_file)"),
+        ("CONNECTION_REFUSED", "nothing listens there (connection refused)"),
+        ("DNS", "the endpoint's host name does not resolve"),
+        ("TIMEOUT", "the endpoint did not answer (timed out)"),
+        ("NO_ROUTE", "no route to the endpoint"),
+        ("NETWORK_UNREACHABLE", "the network is unreachable"),
+        ("CONNACK", "the broker refused the connection (CONNACK)"),
+        ("NOT_AUTHORIZED", "the broker refused the connection: not authorized"),
+    )
+    for key, hint in hints:
+        if key in text.upper():
+            return f"{hint} [{text}]"
+    return text
+
+
+def probe_tls(host: str, port: int, ca_file: str, cert_file: str, key_file: str, timeout_s: float) -> str:
+    """Return why a mutual-TLS connection to ``host:port`` with these files fails ("" when it works).
+
+    Python's ``ssl`` answers at once where awscrt (s2n) delays some failures by its blinding
+    period; the robot uses it only to name the reason of a connection that did not come up.
+    """
+    import socket
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        context.load_cert_chain(cert_file, key_file)
+    except (ssl.SSLError, OSError) as exc:
+        return f"cannot load the TLS files ({exc}; control_plane.mqtt.ca_file/cert_file/key_file)"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as raw:
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                tls.settimeout(min(timeout_s, 1.0))
+                try:                     # TLS 1.3: a refused client certificate arrives as an alert now
+                    if tls.recv(1) == b"":
+                        return "the broker closed the connection after the TLS handshake (client certificate refused?)"
+                except (socket.timeout, TimeoutError):
+                    return ""            # the broker waits for our MQTT CONNECT: TLS is fine
+                except ssl.SSLError as exc:
+                    return f"the broker refused our client certificate ({exc.reason or exc})"
+    except ssl.SSLCertVerificationError as exc:
+        return f"the broker's certificate is not trusted: {exc.verify_message} (control_plane.mqtt.ca_file {ca_file})"
+    except ssl.SSLError as exc:
+        return f"TLS handshake failed: {exc.reason or exc}"
+    except ConnectionRefusedError:
+        return "nothing listens there (connection refused)"
+    except (socket.timeout, TimeoutError):
+        return f"the endpoint did not answer within {timeout_s:g} s"
+    except OSError as exc:
+        return f"cannot reach the endpoint ({exc.strerror or exc})"
+    return ""
+
 
 # ====================================================================================== config
 class MqttConfig(ConfigModel):
@@ -129,6 +194,10 @@ class LocalControlPlane:
     @property
     def connected(self) -> bool:
         return self.root.is_dir()
+
+    @property
+    def problem(self) -> Optional[str]:
+        return None if self.root.is_dir() else f"job directory {self.root} is gone"
 
     def start(self) -> None:
         self._closed.clear()
@@ -228,6 +297,9 @@ class MqttControlPlane:
         self._subscribed = threading.Event()
         self._stopped = threading.Event()
         self._disconnects = 0
+        self._versions: dict[str, int] = {}       # jobId -> the execution's versionNumber last seen
+        self._problem: Optional[str] = None        # why we are not connected (None while connected)
+        self._problem_logged: Optional[str] = None
         self.connections = 0
 
     @classmethod
@@ -241,6 +313,23 @@ class MqttControlPlane:
     @property
     def connected(self) -> bool:
         return self._connected.is_set() and self._subscribed.is_set()
+
+    @property
+    def problem(self) -> Optional[str]:
+        if self.connected:
+            return None
+        return self._problem or (f"not connected to {self.host}:{self.port} yet" if self._client is not None
+                                 else "not started")
+
+    def _set_problem(self, problem: str) -> None:
+        """Record why we cannot connect: the first reason of an outage is an ERROR, a different one
+        later a WARNING, a repeated one (every retry) nothing."""
+        self._problem = problem
+        if problem == self._problem_logged:
+            return
+        level = logging.ERROR if self._problem_logged is None else logging.WARNING
+        self._problem_logged = problem
+        log.log(level, "%s: no control plane: %s; serving continues, retrying with back-off", self.thing_name, problem)
 
     def _topic(self, suffix: str) -> str:
         return iot_jobs.jobs_topic(self.thing_name, suffix, self.prefix)
@@ -268,17 +357,29 @@ class MqttControlPlane:
             on_lifecycle_disconnection=self._on_disconnected, on_lifecycle_stopped=lambda _e: self._stopped.set(),
         )
         self._client.start()
-        if config.connect_timeout_s:
-            self._subscribed.wait(config.connect_timeout_s)
+        if not config.connect_timeout_s or self._subscribed.wait(config.connect_timeout_s / 2):
+            return
+        # awscrt reports some TLS failures only after s2n's blinding delay (10-30 s): find the reason
+        # ourselves, with the same files, so that it is known within the connect timeout
+        if not self._problem:
+            reason = probe_tls(self.host, self.port, config.ca_file, config.cert_file, config.key_file,
+                               config.connect_timeout_s / 2)
+            if reason and not self._subscribed.is_set():
+                self._set_problem(f"cannot connect to {self.host}:{self.port}: {reason}")
+        if not self._subscribed.wait(max(0.0, config.connect_timeout_s / 2)) and not self._problem:
+            self._set_problem(f"TLS to {self.host}:{self.port} works, but no MQTT session within "
+                              f"{config.connect_timeout_s:g} s (control_plane.mqtt.connect_timeout_s)")
 
     def _on_connected(self, _event) -> None:
         from awscrt import mqtt5
 
         self.connections += 1
         self._connected.set()
+        self._problem = self._problem_logged = None
         log.info("%s: connected to %s:%d (connection %d)", self.thing_name, self.host, self.port, self.connections)
         topics = [self._topic("notify-next"), self._topic("start-next/accepted"), self._topic("start-next/rejected"),
-                  self._topic("+/update/accepted"), self._topic("+/update/rejected")]
+                  self._topic("+/update/accepted"), self._topic("+/update/rejected"),
+                  self._topic("+/get/accepted"), self._topic("+/get/rejected")]
         # a clean session forgets subscriptions: subscribe on every connection, then ask for work
         future = self._client.subscribe(mqtt5.SubscribePacket(
             [mqtt5.Subscription(topic, mqtt5.QoS.AT_LEAST_ONCE) for topic in topics]))
@@ -291,8 +392,8 @@ class MqttControlPlane:
                 return
             refused = [t for t, c in zip(topics, codes) if int(c) >= 0x80]
             if refused:
-                log.error("%s: broker refused subscriptions %s (codes %s); a broker that refuses $-topics "
-                          "needs control_plane.mqtt.topic_prefix", self.thing_name, refused, codes)
+                self._set_problem(f"the broker refused subscriptions {refused} (codes {[int(c) for c in codes]}); "
+                                  "a broker that refuses $-topics needs control_plane.mqtt.topic_prefix")
                 return
             self._subscribed.set()
             self._wake.set()
@@ -300,13 +401,17 @@ class MqttControlPlane:
         future.add_done_callback(done)
 
     def _on_connection_failure(self, event) -> None:
-        log.debug("%s: connection attempt failed (%s); retrying with back-off", self.thing_name,
-                  getattr(event, "exception", event))
+        reason = describe_connection_failure(getattr(event, "exception", event))
+        connack = getattr(event, "connack_packet", None)
+        if connack is not None and getattr(connack, "reason_code", None) is not None:
+            reason += f" (CONNACK reason {getattr(connack.reason_code, 'name', connack.reason_code)})"
+        self._set_problem(f"cannot connect to {self.host}:{self.port}: {reason}")
 
     def _on_disconnected(self, event) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         self._subscribed.clear()
+        self._problem = f"disconnected from {self.host}:{self.port} ({getattr(event, 'exception', '')})"
         if was:
             self._disconnects += 1
             log.warning("%s: disconnected from %s:%d (%s); serving continues, reconnecting with back-off",
@@ -379,14 +484,66 @@ class MqttControlPlane:
         return Job(str(execution.get("jobId")), execution.get("jobDocument") or {},
                    execution.get("versionNumber"), execution.get("executionNumber"), execution.get("queuedAt"))
 
-    def update(self, job: Job, status: str, details: dict[str, Any]) -> None:
-        """Publish an UpdateJobExecution and wait for accepted; ControlPlaneError on rejected."""
+    def describe(self, job_id: str, execution_number: int | None = None) -> dict[str, Any]:
+        """Return the execution as the service has it now (DescribeJobExecution, with its document;
+        a finished execution, which the service answers with TerminalStateReached: its state)."""
         token = uuid.uuid4().hex
-        request = iot_jobs.update_request(status, token, details, execution_number=job.execution_number)
-        topic, payload = self._request(iot_jobs.update_topic(self.thing_name, job.job_id, self.prefix), request, token)
+        topic, payload = self._request(iot_jobs.describe_topic(self.thing_name, job_id, self.prefix),
+                                       iot_jobs.describe_request(token, execution_number), token)
         if topic.endswith("/rejected"):
-            raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: update to {status} rejected "
+            if payload.get("code") == "TerminalStateReached":      # finished: its state comes with the error
+                return {"jobId": job_id, **(payload.get("executionState") or {"status": "TERMINAL"})}
+            raise ControlPlaneError(f"{self.thing_name}/{job_id}: describe rejected "
                                     f"({payload.get('code')}: {payload.get('message')})")
+        execution = payload.get("execution")
+        if not isinstance(execution, dict):
+            raise ControlPlaneError(f"{self.thing_name}/{job_id}: describe answered without an execution")
+        return execution
+
+    def _remember_version(self, job_id: str, version: int) -> None:
+        self._versions.pop(job_id, None)
+        self._versions[job_id] = version
+        while len(self._versions) > 64:          # the oldest jobs are long finished
+            self._versions.pop(next(iter(self._versions)))
+
+    def update(self, job: Job, status: str, details: dict[str, Any]) -> None:
+        """Publish an UpdateJobExecution with ``expectedVersion`` and wait for accepted.
+
+        ``VersionMismatch`` (someone else changed the execution since we last saw it): the execution
+        is read again; while it is still QUEUED / IN_PROGRESS the update is retried on its current
+        version, otherwise ControlPlaneError names the status it reached meanwhile. Any other
+        rejection is a ControlPlaneError naming the code.
+        """
+        for _ in range(3):
+            token = uuid.uuid4().hex
+            expected = self._versions.get(job.job_id, job.version_number)
+            request = iot_jobs.update_request(status, token, details, expected_version=expected,
+                                              execution_number=job.execution_number)
+            topic, payload = self._request(iot_jobs.update_topic(self.thing_name, job.job_id, self.prefix),
+                                           request, token)
+            if not topic.endswith("/rejected"):
+                version = (payload.get("executionState") or {}).get("versionNumber")
+                if isinstance(version, int):
+                    self._remember_version(job.job_id, version)
+                return
+            code = payload.get("code")
+            if code != "VersionMismatch":
+                raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: update to {status} rejected "
+                                        f"({code}: {payload.get('message')})")
+            try:
+                current = self.describe(job.job_id, job.execution_number)
+            except ControlPlaneError as exc:
+                raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: update to {status} got VersionMismatch "
+                                        f"(expected {expected}) and the execution cannot be read again: {exc}") from None
+            now = current.get("status")
+            if now not in ("QUEUED", "IN_PROGRESS"):
+                raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: update to {status} refused: the execution "
+                                        f"became {now} elsewhere (VersionMismatch, expected version {expected})")
+            self._remember_version(job.job_id, int(current.get("versionNumber", 0)))
+            log.warning("%s/%s: VersionMismatch (expected version %s, now %s, %s); updating on the current version",
+                        self.thing_name, job.job_id, expected, self._versions[job.job_id], now)
+        raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: update to {status} still VersionMismatch after "
+                                f"reading the execution 3 times; another writer keeps changing it")
 
     def close(self) -> None:
         """Disconnect and stop reconnecting."""

@@ -137,6 +137,17 @@ def models_check(providers: dict[str, str], values: dict[str, object], last_even
     return Check("models", level, message, {key: _format(value) for key, value in values.items()})
 
 
+def control_plane_check(uri: str, connected: bool, problem: str | None) -> Check:
+    """Return the graded check of the deploy-job source: ERROR with the reason while it cannot be
+    reached (a refused certificate, an unknown CA, an unreachable endpoint), OK when connected or
+    when none is configured (jobs then come only through the ROS services)."""
+    if not uri:
+        return Check("control_plane", OK, "none configured: jobs only through the ROS services", {"uri": ""})
+    if connected:
+        return Check("control_plane", OK, "connected", {"uri": uri})
+    return Check("control_plane", ERROR, problem or "not connected", {"uri": uri})
+
+
 def _format(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"

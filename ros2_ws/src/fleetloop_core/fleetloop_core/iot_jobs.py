@@ -8,14 +8,21 @@ job service (``fleetloop_cloud.deploy``), so both sides speak exactly the docume
     <prefix>/things/<thing>/jobs/start-next[/accepted|/rejected]   device claims the next execution
     <prefix>/things/<thing>/jobs/<jobId>/update[/accepted|/rejected]   device reports a status
     <prefix>/things/<thing>/jobs/get[/accepted|/rejected]     device lists pending executions
+    <prefix>/things/<thing>/jobs/<jobId>/get[/accepted|/rejected]   device describes one execution
 
 ``prefix`` is ``$aws`` for AWS IoT Core and for mosquitto (which accepts ``$aws/...`` topics); it is
 configurable for brokers that refuse ``$``-topics. Times are epoch seconds (int), as AWS sends them.
-``statusDetails`` values are strings.
+
+``statusDetails`` is a map of string to string, validated as the Jobs API validates it (key: 1-128
+characters of ``[a-zA-Z0-9:_-]``; value: 1-1024 characters, no control characters): a device
+sanitizes what it sends (:func:`status_details`), a service rejects what does not conform
+(:func:`status_details_problem`). Every update carries ``expectedVersion``: the execution's
+``versionNumber`` the device last saw; a stale one is answered ``VersionMismatch``.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -23,6 +30,14 @@ DEFAULT_PREFIX = "$aws"
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"})
 DEVICE_STATUSES = frozenset({"IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"})
 STATUS_DETAIL_VALUE_MAX = 1024
+STATUS_DETAIL_KEY_MAX = 128
+_KEY = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+_KEY_BAD = re.compile(r"[^a-zA-Z0-9:_-]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# the error codes of the Jobs MQTT API reference ("Jobs device MQTT API", error responses)
+ERROR_CODES = frozenset({"InvalidTopic", "InvalidJson", "InvalidRequest", "InvalidStateTransition", "ResourceNotFound",
+                         "VersionMismatch", "InternalError", "RequestThrottled", "TerminalStateReached"})
+NEXT = "$next"      # the job id DescribeJobExecution accepts for "the next pending execution"
 
 
 def jobs_topic(thing: str, suffix: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -50,6 +65,12 @@ def get_topic(thing: str, prefix: str = DEFAULT_PREFIX) -> str:
     return jobs_topic(thing, "get", prefix)
 
 
+def describe_topic(thing: str, job_id: str, prefix: str = DEFAULT_PREFIX) -> str:
+    if not job_id or any(c in job_id for c in "/+#"):
+        raise ValueError(f"invalid job id {job_id!r}")
+    return jobs_topic(thing, f"{job_id}/get", prefix)
+
+
 def parse_jobs_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> tuple[str, list[str]]:
     """Return (thing, the parts after ``jobs/``) of a jobs topic; ValueError when it is not one."""
     head = f"{prefix}/things/"
@@ -67,8 +88,33 @@ def now_s() -> int:
 
 
 def status_details(details: dict[str, Any]) -> dict[str, str]:
-    """Return ``details`` as IoT Jobs ``statusDetails``: string keys and values, values cut to 1024 chars."""
-    return {str(k): str(v)[:STATUS_DETAIL_VALUE_MAX] for k, v in details.items() if v is not None and str(v) != ""}
+    """Return ``details`` as valid ``statusDetails`` (device side): keys cut to 128 characters of the
+    allowed set, values stringified, control characters turned into spaces, cut to 1024; empty dropped."""
+    out: dict[str, str] = {}
+    for key, value in details.items():
+        if value is None:
+            continue
+        key = _KEY_BAD.sub("_", str(key))[:STATUS_DETAIL_KEY_MAX]
+        text = _CONTROL.sub(" ", str(value)).strip()[:STATUS_DETAIL_VALUE_MAX]
+        if key and text:
+            out[key] = text
+    return out
+
+
+def status_details_problem(details: Any) -> str | None:
+    """Return why ``details`` is not valid ``statusDetails`` (service side), or None when it is."""
+    if not isinstance(details, dict):
+        return f"statusDetails must be an object of string to string (got {type(details).__name__})"
+    for key, value in details.items():
+        if not _KEY.fullmatch(key):
+            return f"statusDetails key {key!r} must be 1-128 characters of [a-zA-Z0-9:_-]"
+        if not isinstance(value, str):
+            return f"statusDetails.{key} must be a string (got {type(value).__name__} {value!r})"
+        if not 1 <= len(value) <= STATUS_DETAIL_VALUE_MAX:
+            return f"statusDetails.{key} must be 1-{STATUS_DETAIL_VALUE_MAX} characters (got {len(value)})"
+        if _CONTROL.search(value):
+            return f"statusDetails.{key} contains control characters"
+    return None
 
 
 # ------------------------------------------------------------------------------ device → service
@@ -80,6 +126,15 @@ def start_next_request(client_token: str, details: dict[str, Any] | None = None,
         request["statusDetails"] = status_details(details)
     if step_timeout_min:
         request["stepTimeoutInMinutes"] = int(step_timeout_min)
+    return request
+
+
+def describe_request(client_token: str, execution_number: int | None = None,
+                     include_job_document: bool = True) -> dict[str, Any]:
+    """Return a DescribeJobExecution request."""
+    request: dict[str, Any] = {"clientToken": client_token, "includeJobDocument": include_job_document}
+    if execution_number is not None:
+        request["executionNumber"] = int(execution_number)
     return request
 
 
@@ -115,7 +170,9 @@ def execution_data(thing: str, job_id: str, document: dict[str, Any], status: st
 
 def error_response(code: str, message: str, client_token: str | None = None,
                    execution_state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return a ``.../rejected`` payload (code: InvalidRequest, VersionMismatch, InvalidStateTransition, ...)."""
+    """Return a ``.../rejected`` payload (code: one of ERROR_CODES)."""
+    if code not in ERROR_CODES:
+        raise ValueError(f"{code!r} is not an IoT Jobs error code")
     payload: dict[str, Any] = {"code": code, "message": message, "timestamp": now_s()}
     if client_token:
         payload["clientToken"] = client_token

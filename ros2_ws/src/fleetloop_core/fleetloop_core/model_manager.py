@@ -150,11 +150,22 @@ class JobRejected(FleetLoopError):
 
 
 def parse_job_document(data: Any, job_id: str = "<job>") -> JobDocument:
-    """Return the validated job document; JobRejected naming the job, field and value otherwise."""
+    """Return the validated job document; JobRejected naming the job, field and value otherwise.
+
+    Keys policy (a document may come from a job template or another tool that adds its own
+    fields): top-level keys outside our operation's own fields (``operation``, ``model``,
+    ``package``) are ignored and logged; an unknown key *inside* ``model`` or ``package`` is
+    rejected, naming it, because there it would change what gets installed.
+    """
     if not isinstance(data, dict):
         raise JobRejected(f"job {job_id}: jobDocument must be a JSON object (got {type(data).__name__})")
+    ours = set(JobDocument.model_fields)
+    ignored = sorted(k for k in data if k not in ours)
+    if ignored:
+        log.info("job %s: ignoring jobDocument keys outside FleetLoop's operation: %s", job_id, ", ".join(ignored))
     try:
-        return validate(JobDocument, data, source=f"job {job_id}", prefix="jobDocument")
+        return validate(JobDocument, {k: v for k, v in data.items() if k in ours}, source=f"job {job_id}",
+                        prefix="jobDocument")
     except FleetLoopError as exc:
         raise JobRejected(str(exc)) from None
 

@@ -30,7 +30,7 @@ from std_srvs.srv import Trigger
 from fleetloop_core.control_plane import open_control_plane
 from fleetloop_core.deploy_agent import DeployAgent
 from fleetloop_core.errors import FleetLoopError, ModelError
-from fleetloop_core.health import FAILED_MODEL_EVENTS, Check, models_check
+from fleetloop_core.health import FAILED_MODEL_EVENTS, Check, control_plane_check, models_check
 from fleetloop_core.inference import TierModel
 from fleetloop_core.manifest import load_manifest
 from fleetloop_core.model_manager import (ROLE_BY_TIER, JobOutcome, ModelEvent, ModelManager, ModelManagerConfig,
@@ -103,9 +103,11 @@ class ModelManagerNode(Node):
         perception.add_frame_sink(lambda frame, result, header, stream: self.manager.observe(frame, result))
         perception.add_error_sink(lambda frame, error: self.manager.observe(frame, None, error=error))
         self.manager.add_listener(self._on_event)
+        self._control_plane_published = ""
         self.publish_status("startup", True)
         if self.agent is not None:
             self.agent.start()
+            self.create_timer(1.0, self._watch_control_plane, callback_group=timers)
         self.get_logger().info(f"model manager up: store {config.store.root}, serving "
                                + ", ".join(f"{v.tier} {v.version}" for v in tier_versions(perception.cascade)))
 
@@ -150,7 +152,7 @@ class ModelManagerNode(Node):
         """Publish the latched ModelStatus with the versions serving now; return it."""
         status = ModelStatus(stamp=time_msg(time.time_ns()), robot_id=self.robot_id,
                              serving=tier_versions(self.perception.cascade), last_event=last_event,
-                             last_event_ok=ok, message=message)
+                             last_event_ok=ok, message=message, control_plane=self._control_plane_state())
         self._status.publish(status)
         return status
 
@@ -201,6 +203,20 @@ class ModelManagerNode(Node):
         return response
 
     # ------------------------------------------------------------------ health
+    def _control_plane_state(self) -> str:
+        if self.agent is None:
+            return ""
+        plane = self.agent.plane
+        return "connected" if plane.connected else (plane.problem or "not connected")
+
+    def _watch_control_plane(self) -> None:
+        """Republish the status when the control plane's state changes (lost, refused, back)."""
+        state = self._control_plane_state()
+        if state != self._control_plane_published:
+            self._control_plane_published = state
+            self.publish_status(f"control plane: {state.split(':')[0] if state else 'none'}",
+                                state in ("", "connected"), "" if state in ("", "connected") else state)
+
     def checks(self) -> list[Check]:
         """Return the models check: serving version and provider per tier, manager state, last outcome."""
         status = self.manager.status()
@@ -218,9 +234,14 @@ class ModelManagerNode(Node):
         if status.watching:
             values["watching"] = f"{status.watching['role']} {status.watching['version']} " \
                                  f"({status.watching['frames']} frames)"
-        return [models_check({v.tier: v.execution_provider for v in serving}, values,
-                             last.kind if last is not None else None, last.detail if last is not None else "",
-                             self.parameters.current.use_gpu)]
+        checks = [models_check({v.tier: v.execution_provider for v in serving}, values,
+                               last.kind if last is not None else None, last.detail if last is not None else "",
+                               self.parameters.current.use_gpu)]
+        if self.agent is not None:
+            plane = self.agent.plane
+            checks.append(control_plane_check(self.parameters.current.control_plane.uri, plane.connected,
+                                              plane.problem))
+        return checks
 
     def close(self) -> None:
         """Let a job in progress finish, then stop the manager's thread."""
