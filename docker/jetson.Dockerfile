@@ -10,13 +10,14 @@ ARG BASE_IMAGE=dustynv/ros:humble-ros-base-l4t-r36.2.0
 FROM ${BASE_IMAGE}
 
 ARG ORT_INDEX=https://pypi.jetson-ai-lab.dev/jp6/cu122
-ENV FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA \
-    FLEETLOOP_HOME=/var/fleetloop
+# the DDS transport comes from config/robot.yaml's dds section (no FASTDDS_* variable here)
+ENV FLEETLOOP_HOME=/var/fleetloop
 
 COPY requirements/robot.txt /tmp/robot.txt
-RUN pip3 install --no-cache-dir -r /tmp/robot.txt \
+# numpy < 2: the distro's message packages (and our rosidl build) are compiled against its numpy 1.x
+RUN pip3 install --no-cache-dir -r /tmp/robot.txt "numpy<2" \
  && pip3 uninstall -y onnxruntime opencv-contrib-python-headless \
- && pip3 install --no-cache-dir --extra-index-url ${ORT_INDEX} onnxruntime-gpu opencv-contrib-python-headless
+ && pip3 install --no-cache-dir --extra-index-url ${ORT_INDEX} onnxruntime-gpu opencv-contrib-python-headless "numpy<2"
 
 WORKDIR /ws
 COPY colcon.meta /ws/colcon.meta

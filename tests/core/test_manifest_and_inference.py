@@ -163,3 +163,18 @@ def test_real_session_falls_back_to_cpu_and_logs(test_models, caplog):
     model = TierModel.load(test_models["T4"])
     assert model.providers[-1] == "CPUExecutionProvider"
     assert "in use ['CPUExecutionProvider']" in caplog.text
+    # asked for TensorRT first, running on the CPU: a WARNING that says so and why
+    assert "requested execution provider TensorrtExecutionProvider is not in use: this onnxruntime build does " \
+           "not have it" in caplog.text
+    assert any(r.levelname == "WARNING" and "TensorrtExecutionProvider" in r.message for r in caplog.records)
+
+
+def test_provider_shortfall_names_both_ways_to_miss_the_requested_provider():
+    from fleetloop_core.inference import provider_shortfall
+
+    trt, cuda, cpu = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+    assert provider_shortfall(["trt", "cuda", "cpu"], [trt, cuda, cpu], [trt, cuda, cpu]) is None
+    assert provider_shortfall(["cpu"], [cpu], [cpu]) is None
+    # built with TensorRT but libnvinfer did not load: ONNX Runtime fell back to CUDA silently
+    assert "libraries failed to load" in provider_shortfall(["tensorrt"], [trt, cuda, cpu], [cuda, cpu])
+    assert "does not have it" in provider_shortfall(["cuda"], [cpu], [cpu])

@@ -26,6 +26,7 @@ setup(
             "uploader = fleetloop_ros.uploader:main",
             "robot = fleetloop_ros.robot:main",
             "camera_replay = fleetloop_ros.camera_replay:main",
+            "wait_for_subscribers = fleetloop_ros.wait_for_subscribers:main",
         ],
         "fleetloop.commands": [
             "robot = fleetloop_ros.cli:register",

@@ -45,6 +45,25 @@ def choose_providers(preference: Sequence[str], available: Sequence[str]) -> lis
     return chosen
 
 
+def provider_shortfall(requested: Sequence[str], available: Sequence[str], in_use: Sequence[str]) -> str | None:
+    """Return why the first requested execution provider is not the one in use (None when it is).
+
+    Two ways to miss it: the onnxruntime build lacks it (a CPU wheel where onnxruntime-gpu was
+    meant), or the build has it but its libraries did not load, so ONNX Runtime fell back silently
+    (e.g. TensorRT's libnvinfer off the loader path).
+    """
+    if not requested or not in_use:
+        return None
+    wanted = PROVIDER_ALIASES.get(requested[0].lower(), requested[0])
+    if wanted == in_use[0]:
+        return None
+    if wanted not in available:
+        why = f"this onnxruntime build does not have it (available: {', '.join(available)})"
+    else:
+        why = "its libraries failed to load, so ONNX Runtime fell back (for TensorRT: is libnvinfer on the loader path?)"
+    return f"requested execution provider {wanted} is not in use: {why}; running on {in_use[0]}"
+
+
 def provider_options(provider: str, cache_dir: str | None) -> dict[str, str]:
     """Return the options we pass to one provider (TensorRT: fp16 and a persistent engine cache)."""
     if provider == "TensorrtExecutionProvider":
@@ -126,9 +145,9 @@ class TierModel:
         in_use = model.providers
         log.info("%s %s (%s): providers requested %s, in use %s", manifest.name, manifest.version,
                  manifest.tier, chosen, in_use)
-        if in_use and in_use[0] != chosen[0]:
-            log.warning("%s: preferred provider %s is unusable here; running on %s",
-                        manifest.name, chosen[0], in_use[0])
+        shortfall = provider_shortfall(providers, ort.get_available_providers(), in_use)
+        if shortfall:
+            log.warning("%s %s: %s", manifest.name, manifest.version, shortfall)
         if warmup:
             model.warmup(warmup)
         return model

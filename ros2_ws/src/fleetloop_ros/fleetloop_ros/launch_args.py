@@ -90,3 +90,53 @@ def node_overrides(values: Mapping[str, str | None]) -> dict[str, dict[str, obje
         for node in nodes.values():
             node["dds.type_propagation"] = parse_bool("type_propagation", given["type_propagation"])
     return nodes
+
+
+# ------------------------------------------------------------------------------ bag replay (launch/replay.launch.py)
+BAG_STORAGE = {".mcap": "mcap", ".db3": "sqlite3"}
+
+
+def replay_target(namespace: str, image_topics: str) -> str:
+    """Return the fully qualified topic the perception node subscribes to for the first image topic.
+
+    ROS name resolution: an absolute topic (``/camera/color/image_raw``) ignores the namespace; a
+    relative one (``camera/image_raw``) is put under it.
+    """
+    topic = (parse_topics(image_topics) or ["camera/image_raw"])[0]
+    if topic.startswith("/"):
+        return topic
+    namespace = namespace.strip("/")
+    return f"/{namespace}/{topic}" if namespace else f"/{topic}"
+
+
+def bag_storage(bag: str, storage: str = "") -> str | None:
+    """Return the rosbag2 storage id to pass (``-s``): the one given, else by the file's suffix.
+
+    A bag directory carries metadata.yaml that names its storage, so it needs none; a bare
+    ``.mcap`` or ``.db3`` file does (Humble's ``ros2 bag play`` assumes sqlite3 without it).
+    """
+    if storage.strip():
+        return storage.strip()
+    for suffix, storage_id in BAG_STORAGE.items():
+        if bag.lower().endswith(suffix):
+            return storage_id
+    return None
+
+
+def bag_play_command(bag: str, bag_topic: str, target: str, rate: str = "1.0", loop: str = "false",
+                     storage: str = "") -> list[str]:
+    """Return the ``ros2 bag play`` command that plays ``bag_topic`` of ``bag`` onto ``target``."""
+    if not bag.strip():
+        raise ConfigError("argument bag: the rosbag2 to play (a directory or an .mcap/.db3 file) is required")
+    try:
+        float(rate)
+    except ValueError:
+        raise ConfigError(f"argument rate: expected a number (got {rate!r})") from None
+    command = ["ros2", "bag", "play", bag]
+    storage_id = bag_storage(bag, storage)
+    if storage_id:
+        command += ["-s", storage_id]
+    command += ["--rate", str(rate), "--remap", f"{bag_topic}:={target}"]
+    if parse_bool("loop", loop):
+        command.append("--loop")
+    return command
