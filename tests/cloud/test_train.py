@@ -79,7 +79,7 @@ HP = {"version": "r9-test", "teacher_epochs": 1, "distil_epochs": 1, "batch_size
       "tiers": "T2,T4"}      # T3 is distilled the same way as T4 (the end-to-end round test runs all three)
 
 
-def test_contract_trains_t2_distils_t3_t4_and_writes_int8(tmp_path, monkeypatch, cloud_models, field_frames):
+def test_contract_trains_t2_distils_t3_t4_and_writes_int8(tmp_path, cloud_models, field_frames):
     channels = _channels(tmp_path / "data", cloud_models, field_frames)
     _job_tree(tmp_path / "job", channels, HP)
     assert main_contract(["--ml-root", str(tmp_path / "job"), "--no-progress"]) == 0
@@ -103,7 +103,7 @@ def test_contract_trains_t2_distils_t3_t4_and_writes_int8(tmp_path, monkeypatch,
     assert comparison["int8_ms"] > 0 and comparison["fp32_ms"] > 0 and 0 <= comparison["agreement"] <= 1
 
 
-def test_empty_training_channel_fails_with_the_reason(tmp_path, monkeypatch, cloud_models, field_frames):
+def test_empty_training_channel_fails_with_the_reason(tmp_path, cloud_models, field_frames):
     channels = _channels(tmp_path / "data", cloud_models, field_frames, train_count=0)
     _job_tree(tmp_path / "job", channels, HP)
     assert main_contract(["--ml-root", str(tmp_path / "job"), "--no-progress"]) == 1
@@ -111,7 +111,7 @@ def test_empty_training_channel_fails_with_the_reason(tmp_path, monkeypatch, clo
     assert "channel 'train'" in failure and "empty" in failure
 
 
-def test_unknown_class_and_bad_hyperparameters_fail_with_the_reason(tmp_path, monkeypatch, cloud_models, field_frames):
+def test_unknown_class_and_bad_hyperparameters_fail_with_the_reason(tmp_path, cloud_models, field_frames):
     labels = field_frames.labels.copy()
     labels[3] = 42
     channels = _channels(tmp_path / "data", cloud_models, field_frames, train_labels=labels)

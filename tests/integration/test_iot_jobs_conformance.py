@@ -18,20 +18,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from concurrent.futures import Future
 
 import pytest
 
-from fixtures.mqtt import CLOUD_IDENTITY
-from fleetloop_cloud.deploy import MqttJobService
+from fixtures.mqtt import job_service, wait_until
 
 THING = "reference-device"
-
-
-def _service(broker):
-    cloud = broker.client(CLOUD_IDENTITY)
-    return MqttJobService(broker.host, broker.port, str(cloud.ca), str(cloud.cert), str(cloud.key))
 
 
 class ReferenceDevice:
@@ -96,15 +89,6 @@ def _error(call) -> object:
     return caught.value.modeled_error
 
 
-def _wait(predicate, timeout_s=10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture(scope="module")
 def frames():
     from fleetloop_core import sim
@@ -114,8 +98,8 @@ def frames():
 DOCUMENT = {"operation": "fleetloop.rollback_model", "model": {"name": "m", "version": "previous", "tier": "T4"}}
 
 
-def test_reference_device_against_our_job_service(mqtt_broker):
-    service = _service(mqtt_broker)
+def test_reference_device_against_our_jobjob_service(mqtt_broker):
+    service = job_service(mqtt_broker)
     device = ReferenceDevice(mqtt_broker)
     try:
         device.watch_next()
@@ -123,7 +107,7 @@ def test_reference_device_against_our_job_service(mqtt_broker):
         assert device.start_next().execution is None
         service.create_job("job-a", [THING], DOCUMENT)
         service.create_job("job-b", [THING], {**DOCUMENT, "model": {**DOCUMENT["model"], "version": "3"}})
-        assert _wait(lambda: any(n.execution and n.execution.job_id == "job-a" for n in device.notifications))
+        assert wait_until(lambda: any(n.execution and n.execution.job_id == "job-a" for n in device.notifications))
 
         # DescribeJobExecution of $next: the oldest QUEUED one, with its document by default
         described = device.describe("$next").execution
@@ -155,7 +139,7 @@ def test_reference_device_against_our_job_service(mqtt_broker):
         assert _error(lambda: device.describe("job-zzz")).code == "ResourceNotFound"
 
         # after the terminal update the service tells the device about the next one
-        assert _wait(lambda: any(n.execution and n.execution.job_id == "job-b" for n in device.notifications))
+        assert wait_until(lambda: any(n.execution and n.execution.job_id == "job-b" for n in device.notifications))
         assert device.start_next().execution.job_id == "job-b"
     finally:
         device.close()
@@ -200,7 +184,7 @@ def _raw_request(broker, thing: str, topic_suffix: str, payload: dict) -> tuple[
     ("not an object", "statusDetails must be an object"),
 ])
 def test_the_service_rejects_status_details_aws_would_reject(mqtt_broker, details, complaint):
-    service = _service(mqtt_broker)
+    service = job_service(mqtt_broker)
     try:
         service.create_job("job-c", [THING], DOCUMENT)
         topic, answer = _raw_request(mqtt_broker, THING, "start-next", {"clientToken": "t0"})
@@ -221,7 +205,7 @@ class AwsShapedEndpoint:
     top-level keys FleetLoop does not know. Answers only the device API, like AWS IoT Core."""
 
     def __init__(self, broker):
-        self.service = _service(broker)
+        self.service = job_service(broker)
 
     def queue(self, job_id: str, thing: str, document: dict) -> None:
         self.service.create_job(job_id, [thing], document)
@@ -258,7 +242,7 @@ def test_our_robot_against_documents_with_fields_we_do_not_know(mqtt_broker, tmp
                 "operation": "fleetloop.deploy_model", "model": {**model, "revision": "2"},
                 "package": {"store": bucket, "prefix": prefix}})
             executions = endpoint.service.executions
-            assert _wait(lambda: executions("job-extra-inside").get("robot-0") is not None
+            assert wait_until(lambda: executions("job-extra-inside").get("robot-0") is not None
                          and executions("job-extra-inside")["robot-0"].terminal, 60)
             outside = executions("job-extra-outside")["robot-0"]
             assert outside.status == "SUCCEEDED", outside.details

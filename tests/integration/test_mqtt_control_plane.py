@@ -7,10 +7,9 @@ import time
 
 import pytest
 
-from fixtures.mqtt import CLOUD_IDENTITY
+from fixtures.mqtt import job_service, wait_until
 from fleetloop_core.control_plane import ControlPlaneError, MqttConfig, MqttControlPlane
 from fleetloop_core.deploy_agent import DeployAgent
-from fleetloop_cloud.deploy import MqttJobService
 
 
 def _plane(broker, thing, identity=None, prefix="$aws", connect_timeout_s=10.0):
@@ -19,20 +18,6 @@ def _plane(broker, thing, identity=None, prefix="$aws", connect_timeout_s=10.0):
                         key_file=str(identity.key), reconnect_min_s=0.1, reconnect_max_s=1.0,
                         request_timeout_s=5.0, connect_timeout_s=connect_timeout_s)
     return MqttControlPlane(broker.host, broker.port, thing, config, poll_s=1.0)
-
-
-def _service(broker, prefix="$aws"):
-    cloud = broker.client(CLOUD_IDENTITY)
-    return MqttJobService(broker.host, broker.port, str(cloud.ca), str(cloud.cert), str(cloud.key), prefix)
-
-
-def _wait(predicate, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_clients_without_a_certificate_or_from_another_ca_are_refused(mqtt_broker, mqtt_pki):
@@ -58,7 +43,7 @@ def test_clients_without_a_certificate_or_from_another_ca_are_refused(mqtt_broke
         assert failed.wait(10) and not connected.is_set()
     finally:
         client.stop()
-    assert _wait(lambda: "peer did not return a certificate" in mqtt_broker.log(), 5)
+    assert wait_until(lambda: "peer did not return a certificate" in mqtt_broker.log(), 5)
     assert "certificate verify failed" in mqtt_broker.log()
 
 
@@ -92,7 +77,7 @@ def test_connection_failures_are_errors_with_the_reason_within_the_connect_timeo
 
 @pytest.mark.parametrize("prefix", ["$aws", "fleetloop"])
 def test_job_round_trip_over_the_iot_jobs_topics(mqtt_broker, prefix):
-    service = _service(mqtt_broker, prefix)
+    service = job_service(mqtt_broker, prefix)
     robot, other = _plane(mqtt_broker, "robot-0", prefix=prefix), _plane(mqtt_broker, "robot-1", prefix=prefix)
     try:
         robot.start()
@@ -126,7 +111,7 @@ def test_a_concurrent_update_is_detected_reread_and_continued(mqtt_broker, caplo
     """Another writer changes the execution between two of the robot's updates: the robot's
     expectedVersion is stale, the service answers VersionMismatch, the robot describes the execution
     (DescribeJobExecution) and, as it is still IN_PROGRESS, updates on the current version."""
-    service = _service(mqtt_broker)
+    service = job_service(mqtt_broker)
     robot = _plane(mqtt_broker, "robot-0")
     other = _plane(mqtt_broker, "robot-0", identity=mqtt_broker.client("robot-0"))
     other.config = other.config.model_copy(update={"client_id": "robot-0-console"})
@@ -159,23 +144,23 @@ def test_broker_outage_robot_keeps_serving_reconnects_and_takes_the_job(mqtt_bro
 
     robot = Robot(tmp_path, test_models, signing_keys, frames)
     plane = _plane(mqtt_broker, "robot-0")
-    service = _service(mqtt_broker)
+    service = job_service(mqtt_broker)
     agent = DeployAgent(plane, robot.manager, poll_s=0.5, retry_min_s=0.1, retry_max_s=1.0)
     with robot:
         agent.start()
         try:
             assert plane.connected
             mqtt_broker.stop()
-            assert _wait(lambda: not plane.connected, 10)
+            assert wait_until(lambda: not plane.connected, 10)
             served = len(robot.results)
             time.sleep(1.0)
             assert len(robot.results) > served + 20 and robot.errors == []   # serving never paused
             mqtt_broker.start()
-            assert _wait(lambda: plane.connected, 20), "robot did not reconnect"
+            assert wait_until(lambda: plane.connected, 20), "robot did not reconnect"
             assert plane.connections >= 2
-            assert _wait(lambda: service._subscribed.is_set(), 20)
+            assert wait_until(lambda: service._subscribed.is_set(), 20)
             service.create_job("job-after-outage", ["robot-0"], robot.job(robot.package("v2")))
-            assert _wait(lambda: service.executions("job-after-outage")["robot-0"].status == "SUCCEEDED", 60), \
+            assert wait_until(lambda: service.executions("job-after-outage")["robot-0"].status == "SUCCEEDED", 60), \
                 service.executions("job-after-outage")
         finally:
             agent.stop()

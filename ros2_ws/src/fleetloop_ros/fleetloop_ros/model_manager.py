@@ -103,7 +103,6 @@ class ModelManagerNode(Node):
         perception.add_frame_sink(lambda frame, result, header, stream: self.manager.observe(frame, result))
         perception.add_error_sink(lambda frame, error: self.manager.observe(frame, None, error=error))
         self.manager.add_listener(self._on_event)
-        self._control_plane_published = ""
         self.publish_status("startup", True)
         if self.agent is not None:
             self.agent.start()
@@ -154,6 +153,7 @@ class ModelManagerNode(Node):
                              serving=tier_versions(self.perception.cascade), last_event=last_event,
                              last_event_ok=ok, message=message, control_plane=self._control_plane_state())
         self._status.publish(status)
+        self._published = status
         return status
 
     # ------------------------------------------------------------------ services
@@ -210,12 +210,9 @@ class ModelManagerNode(Node):
         return "connected" if plane.connected else (plane.problem or "not connected")
 
     def _watch_control_plane(self) -> None:
-        """Republish the status when the control plane's state changes (lost, refused, back)."""
-        state = self._control_plane_state()
-        if state != self._control_plane_published:
-            self._control_plane_published = state
-            self.publish_status(f"control plane: {state.split(':')[0] if state else 'none'}",
-                                state in ("", "connected"), "" if state in ("", "connected") else state)
+        """Republish the status (same last event) when the control plane's state changes (lost, refused, back)."""
+        if self._control_plane_state() != self._published.control_plane:
+            self.publish_status(self._published.last_event, self._published.last_event_ok, self._published.message)
 
     def checks(self) -> list[Check]:
         """Return the models check: serving version and provider per tier, manager state, last outcome."""
