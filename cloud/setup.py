@@ -14,6 +14,7 @@ setup(
         # one line per step: "name = fleetloop_cloud.<module>:register"
         "fleetloop_cloud.commands": [
             "deploy = fleetloop_cloud.deploy:register",
+            "jobs = fleetloop_cloud.deploy:register_jobs",
             "ingest = fleetloop_cloud.steps:register_ingest",
             "autolabel = fleetloop_cloud.steps:register_autolabel",
             "review = fleetloop_cloud.steps:register_review",

@@ -37,6 +37,8 @@ from fleetloop_core.control_plane import write_json_atomic
 from fleetloop_core.errors import ConfigError, FleetLoopError
 from fleetloop_core.manifest import MANIFEST_NAME, Manifest
 
+from fleetloop_cloud.job_store import JobStore, JobStoreError
+
 log = logging.getLogger(__name__)
 
 FAILED_STATUSES = frozenset({"FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED"})
@@ -177,50 +179,30 @@ class LocalDirJobs:
         pass
 
 
-@dataclass
-class _Execution:
-    job_id: str
-    thing: str
-    document: dict[str, Any]
-    order: int
-    status: str = "QUEUED"
-    version_number: int = 1
-    execution_number: int = 1
-    queued_at: int = field(default_factory=iot_jobs.now_s)
-    started_at: Optional[int] = None
-    last_updated_at: int = field(default_factory=iot_jobs.now_s)
-    details: dict[str, str] = field(default_factory=dict)
-
-    def data(self) -> dict[str, Any]:
-        return iot_jobs.execution_data(self.thing, self.job_id, self.document, self.status, self.version_number,
-                                       self.execution_number, self.queued_at, self.started_at,
-                                       self.last_updated_at, self.details)
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in iot_jobs.TERMINAL
-
-    def state(self) -> dict[str, Any]:
-        return {"status": self.status, "statusDetails": dict(self.details), "versionNumber": self.version_number}
-
-
 class MqttJobService:
-    """Our own IoT Jobs service over an MQTT 5 broker: queues executions, answers start-next/update/get."""
+    """Our own IoT Jobs service over an MQTT 5 broker: answers start-next, update, get and describe from a
+    :class:`~fleetloop_cloud.job_store.JobStore` and sends notify-next.
+
+    With a store file it is a standing service (``fleetloop-cloud jobs serve``): executions survive
+    its restarts, and jobs that a rollout writes into the same file (``--backend jobs://PATH``) are
+    announced to their robots within ``watch_s``. Without one it lives inside a rollout.
+    """
 
     def __init__(self, host: str, port: int, ca_file: str, cert_file: str, key_file: str,
                  topic_prefix: str = iot_jobs.DEFAULT_PREFIX, client_id: str | None = None,
-                 connect_timeout_s: float = 10.0):
+                 connect_timeout_s: float = 10.0, store: JobStore | None = None, watch_s: float = 0.25):
         from awscrt import mqtt5
         from awsiot import mqtt5_client_builder
 
         self.host, self.port, self.prefix = host, int(port), topic_prefix
         self.uri = f"mqtts://{host}:{port}"
+        self.store = store or JobStore()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._executions: dict[tuple[str, str], _Execution] = {}
-        self._order = 0
         self._subscribed = threading.Event()
         self._stopped = threading.Event()
+        self._closing = threading.Event()
+        self._announced: dict[str, Optional[tuple[str, str]]] = {}     # thing -> (job, status) last notified
         self.requests: list[tuple[str, str]] = []          # (thing, request kind) seen, for reports
         self.received: list[tuple[str, dict[str, Any]]] = []   # (topic, payload) of every request, for audits
         self._client = mqtt5_client_builder.mtls_from_path(
@@ -233,6 +215,10 @@ class MqttJobService:
         if not self._subscribed.wait(connect_timeout_s):
             self.close()
             raise DeployError(f"{self.uri}: job service could not connect and subscribe within {connect_timeout_s} s")
+        self._watcher = None
+        if self.store.path != ":memory:":
+            self._watcher = threading.Thread(target=self._watch, args=(watch_s,), name="job-store-watch", daemon=True)
+            self._watcher.start()
 
     @classmethod
     def from_uri(cls, uri: str, **options: str) -> "MqttJobService":
@@ -242,8 +228,9 @@ class MqttJobService:
         missing = [k for k in ("ca_file", "cert_file", "key_file") if k not in query]
         if missing:
             raise ConfigError(f"{uri}: mqtts job backend needs {', '.join(missing)}")
+        store = JobStore(query["store"]) if query.get("store") else None
         return cls(parsed.hostname or "127.0.0.1", parsed.port or 8883, query["ca_file"], query["cert_file"],
-                   query["key_file"], query.get("topic_prefix", iot_jobs.DEFAULT_PREFIX))
+                   query["key_file"], query.get("topic_prefix", iot_jobs.DEFAULT_PREFIX), store=store)
 
     # ------------------------------------------------------------------ mqtt plumbing
     def _on_connected(self, _event) -> None:
@@ -262,20 +249,38 @@ class MqttJobService:
                 return
             if all(int(c) < 0x80 for c in codes):
                 self._subscribed.set()
-                with self._lock:            # robots that asked while we were away get told again
-                    things = {e.thing for e in self._executions.values() if e.status not in iot_jobs.TERMINAL}
-                for thing in things:
+                for thing in self.store.things_with_pending():   # robots that asked while we were away
                     self._notify_next(thing)
             else:
                 log.error("job service: broker refused subscriptions %s (%s)", topics, codes)
 
         future.add_done_callback(done)
 
+    def _watch(self, period_s: float) -> None:
+        """Announce what another process (a rollout) wrote into the store: notify-next per changed thing."""
+        version = self.store.data_version()
+        while not self._closing.wait(period_s):
+            try:
+                now = self.store.data_version()
+                if now == version:
+                    continue
+                version = now
+                with self._lock:
+                    self._changed.notify_all()
+                for thing in set(self.store.things_with_pending()) | {t for t, a in self._announced.items() if a}:
+                    execution = self.store.next_pending(thing)
+                    if self._announced.get(thing) != (execution and (execution.job_id, execution.status)):
+                        self._notify_next(thing)
+            except Exception:  # the service must outlive one bad read
+                log.exception("job service: watching %s failed", self.store.path)
+
     def _publish(self, topic: str, payload: dict[str, Any]) -> None:
         from awscrt import mqtt5
 
-        self._client.publish(mqtt5.PublishPacket(topic=topic, payload=json.dumps(payload).encode("utf-8"),
-                                                 qos=mqtt5.QoS.AT_LEAST_ONCE))
+        client = self._client
+        if client is not None:
+            client.publish(mqtt5.PublishPacket(topic=topic, payload=json.dumps(payload).encode("utf-8"),
+                                               qos=mqtt5.QoS.AT_LEAST_ONCE))
 
     def _topic(self, thing: str, suffix: str) -> str:
         return iot_jobs.jobs_topic(thing, suffix, self.prefix)
@@ -306,49 +311,46 @@ class MqttJobService:
             log.exception("job service: failed to handle %s", packet.topic)
 
     # ------------------------------------------------------------------ protocol
-    def _next(self, thing: str) -> Optional[_Execution]:
-        pending = [e for e in self._executions.values() if e.thing == thing and e.status in ("IN_PROGRESS", "QUEUED")]
-        pending.sort(key=lambda e: (e.status != "IN_PROGRESS", e.queued_at, e.order))
-        return pending[0] if pending else None
-
     def _notify_next(self, thing: str) -> None:
-        with self._lock:
-            execution = self._next(thing)
-            payload: dict[str, Any] = {"timestamp": iot_jobs.now_s()}
-            if execution is not None:
-                payload["execution"] = execution.data()
+        execution = self.store.next_pending(thing)
+        payload: dict[str, Any] = {"timestamp": iot_jobs.now_s()}
+        if execution is not None:
+            payload["execution"] = execution.data()
+        self._announced[thing] = (execution.job_id, execution.status) if execution is not None else None
         self._publish(self._topic(thing, "notify-next"), payload)
 
     def _start_next(self, thing: str, payload: dict[str, Any], token: str | None) -> None:
+        self.requests.append((thing, "start-next"))
+        response: dict[str, Any] = {"timestamp": iot_jobs.now_s()}
+        if token:
+            response["clientToken"] = token
+        with self.store.transaction():
+            execution = self.store.next_pending(thing)
+            if execution is not None and execution.status == "QUEUED":
+                execution.status = "IN_PROGRESS"
+                execution.started_at = execution.last_updated_at = iot_jobs.now_s()
+                execution.version_number += 1
+                if payload.get("statusDetails") and not iot_jobs.status_details_problem(payload["statusDetails"]):
+                    execution.details = dict(payload["statusDetails"])
+                self.store.put(execution)
+        if execution is not None:
+            response["execution"] = execution.data()
+            self._announced[thing] = (execution.job_id, execution.status)
         with self._lock:
-            self.requests.append((thing, "start-next"))
-            execution = self._next(thing)
-            response: dict[str, Any] = {"timestamp": iot_jobs.now_s()}
-            if token:
-                response["clientToken"] = token
-            if execution is not None:
-                if execution.status == "QUEUED":
-                    execution.status = "IN_PROGRESS"
-                    execution.started_at = execution.last_updated_at = iot_jobs.now_s()
-                    execution.version_number += 1
-                    if payload.get("statusDetails") and not iot_jobs.status_details_problem(payload["statusDetails"]):
-                        execution.details = dict(payload["statusDetails"])
-                    self._changed.notify_all()
-                response["execution"] = execution.data()
+            self._changed.notify_all()
         self._publish(self._topic(thing, "start-next/accepted"), response)
 
     def _update(self, thing: str, job_id: str, payload: dict[str, Any], token: str | None) -> None:
-        terminal_now = False
-        with self._lock:
-            self.requests.append((thing, f"update:{payload.get('status')}"))
-            execution = self._executions.get((thing, job_id))
-            status = payload.get("status")
+        self.requests.append((thing, f"update:{payload.get('status')}"))
+        status = payload.get("status")
+        with self.store.transaction():
+            execution = self.store.get(thing, job_id)
             error = None
             if execution is None:
                 error = ("ResourceNotFound", f"no execution of job {job_id} for {thing}")
             elif status not in iot_jobs.DEVICE_STATUSES:
                 error = ("InvalidRequest", f"status {status!r} is not one a device may set")
-            elif execution.status in iot_jobs.TERMINAL:
+            elif execution.terminal:
                 # the Jobs API: SUCCEEDED -> IN_PROGRESS and the like are InvalidStateTransition
                 error = ("InvalidStateTransition", f"job {job_id} is already {execution.status} on {thing}; "
                                                    f"it cannot become {status}")
@@ -356,97 +358,87 @@ class MqttJobService:
                     str(payload["expectedVersion"]) != str(execution.version_number):
                 error = ("VersionMismatch", f"expected version {payload['expectedVersion']}, "
                                             f"current {execution.version_number}")
+            details = payload.get("statusDetails") or {}
             if error is None:
-                details = payload.get("statusDetails") or {}
                 problem = iot_jobs.status_details_problem(details)
                 if problem:
                     error = ("InvalidRequest", problem)
-            if error is not None:
-                response = iot_jobs.error_response(*error, client_token=token,
-                                                   execution_state=execution.state() if execution else None)
-                topic = self._topic(thing, f"{job_id}/update/rejected")
-            else:
+            if error is None:
                 execution.status = status
                 if details:      # as IoT Jobs: statusDetails given replace the old ones, absent keep them
                     execution.details = dict(details)
                 execution.version_number += 1
                 execution.last_updated_at = iot_jobs.now_s()
-                terminal_now = status in iot_jobs.TERMINAL
-                response = {"timestamp": iot_jobs.now_s()}
-                if payload.get("includeJobExecutionState"):
-                    response["executionState"] = execution.state()
-                if payload.get("includeJobDocument"):
-                    response["jobDocument"] = execution.document
-                if token:
-                    response["clientToken"] = token
-                topic = self._topic(thing, f"{job_id}/update/accepted")
-                self._changed.notify_all()
-        self._publish(topic, response)
-        if terminal_now:
+                self.store.put(execution)
+        if error is not None:
+            response = iot_jobs.error_response(*error, client_token=token,
+                                               execution_state=execution.state() if execution else None)
+            self._publish(self._topic(thing, f"{job_id}/update/rejected"), response)
+            return
+        response = {"timestamp": iot_jobs.now_s()}
+        if payload.get("includeJobExecutionState"):
+            response["executionState"] = execution.state()
+        if payload.get("includeJobDocument"):
+            response["jobDocument"] = execution.document
+        if token:
+            response["clientToken"] = token
+        with self._lock:
+            self._changed.notify_all()
+        self._publish(self._topic(thing, f"{job_id}/update/accepted"), response)
+        if execution.terminal:
             self._notify_next(thing)
 
     def _get(self, thing: str, token: str | None) -> None:
-        with self._lock:
-            summaries = {"inProgressJobs": [], "queuedJobs": []}
-            for e in sorted(self._executions.values(), key=lambda e: (e.queued_at, e.order)):
-                if e.thing == thing and e.status in ("IN_PROGRESS", "QUEUED"):
-                    key = "inProgressJobs" if e.status == "IN_PROGRESS" else "queuedJobs"
-                    summaries[key].append({"jobId": e.job_id, "queuedAt": e.queued_at,
-                                           "lastUpdatedAt": e.last_updated_at, "versionNumber": e.version_number,
-                                           "executionNumber": e.execution_number})
-            response = {**summaries, "timestamp": iot_jobs.now_s()}
-            if token:
-                response["clientToken"] = token
+        self.requests.append((thing, "get"))
+        summaries: dict[str, list] = {"inProgressJobs": [], "queuedJobs": []}
+        for e in self.store.pending(thing):
+            key = "inProgressJobs" if e.status == "IN_PROGRESS" else "queuedJobs"
+            summaries[key].append({"jobId": e.job_id, "queuedAt": e.queued_at, "lastUpdatedAt": e.last_updated_at,
+                                   "versionNumber": e.version_number, "executionNumber": e.execution_number})
+        response = {**summaries, "timestamp": iot_jobs.now_s()}
+        if token:
+            response["clientToken"] = token
         self._publish(self._topic(thing, "get/accepted"), response)
 
     def _describe(self, thing: str, job_id: str, payload: dict[str, Any], token: str | None) -> None:
         """DescribeJobExecution: one execution (``$next``: the next pending one), with its document
         unless ``includeJobDocument`` is false."""
-        with self._lock:
-            self.requests.append((thing, "describe"))
-            if job_id == iot_jobs.NEXT:
-                execution = self._next(thing)
-            else:
-                execution = self._executions.get((thing, job_id))
-            number = payload.get("executionNumber")
-            if execution is not None and number is not None and str(number) != str(execution.execution_number):
-                execution = None
-            if execution is None or execution.terminal:
-                # the Jobs API answers a describe of a finished execution with TerminalStateReached
-                response = iot_jobs.error_response(
-                    "TerminalStateReached" if execution is not None else "ResourceNotFound",
-                    f"job {job_id} is {execution.status} on {thing}" if execution is not None
-                    else f"no execution of job {job_id} for {thing}", client_token=token,
-                    execution_state=execution.state() if execution is not None else None)
-                topic = self._topic(thing, f"{job_id}/get/rejected")
-            else:
-                data = execution.data()
-                if payload.get("includeJobDocument") is False:
-                    data.pop("jobDocument", None)
-                response = {"execution": data, "timestamp": iot_jobs.now_s()}
-                if token:
-                    response["clientToken"] = token
-                topic = self._topic(thing, f"{job_id}/get/accepted")
-        self._publish(topic, response)
+        self.requests.append((thing, "describe"))
+        execution = self.store.next_pending(thing) if job_id == iot_jobs.NEXT else self.store.get(thing, job_id)
+        number = payload.get("executionNumber")
+        if execution is not None and number is not None and str(number) != str(execution.execution_number):
+            execution = None
+        if execution is None or execution.terminal:
+            # the Jobs API answers a describe of a finished execution with TerminalStateReached
+            response = iot_jobs.error_response(
+                "TerminalStateReached" if execution is not None else "ResourceNotFound",
+                f"job {job_id} is {execution.status} on {thing}" if execution is not None
+                else f"no execution of job {job_id} for {thing}", client_token=token,
+                execution_state=execution.state() if execution is not None else None)
+            self._publish(self._topic(thing, f"{job_id}/get/rejected"), response)
+            return
+        data = execution.data()
+        if payload.get("includeJobDocument") is False:
+            data.pop("jobDocument", None)
+        response = {"execution": data, "timestamp": iot_jobs.now_s()}
+        if token:
+            response["clientToken"] = token
+        self._publish(self._topic(thing, f"{job_id}/get/accepted"), response)
 
     # ------------------------------------------------------------------ FleetJobs
     def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any],
                    rollout: RolloutConfig | None = None, thing_group: str | None = None) -> None:
         if thing_group is not None:
             raise DeployError(f"{self.uri}: thing groups exist only on AWS IoT; list the things")
-        with self._lock:
-            if any(key[1] == job_id for key in self._executions):
-                raise DeployError(f"{self.uri}: job {job_id} exists already")
-            for thing in things:
-                self._order += 1
-                self._executions[(thing, job_id)] = _Execution(job_id, thing, document, self._order)
+        try:
+            self.store.create_job(job_id, things, document)
+        except JobStoreError as exc:
+            raise DeployError(f"{self.uri}: {exc}") from None
         for thing in things:
             self._notify_next(thing)
 
     def executions(self, job_id: str) -> dict[str, ExecutionState]:
-        with self._lock:
-            return {e.thing: ExecutionState(e.thing, e.status, dict(e.details))
-                    for e in self._executions.values() if e.job_id == job_id}
+        return {e.thing: ExecutionState(e.thing, e.status, dict(e.details)) for e in self.store.of_job(job_id)}
 
     def wait_changed(self, timeout_s: float) -> None:
         """Block until some execution changes or ``timeout_s`` passes."""
@@ -455,23 +447,53 @@ class MqttJobService:
 
     def cancel_job(self, job_id: str, reason: str) -> None:
         """Cancel the QUEUED executions (IN_PROGRESS ones finish, as with IoT Jobs without force)."""
-        touched = []
+        touched = self.store.cancel_job(job_id, reason)
         with self._lock:
-            for execution in self._executions.values():
-                if execution.job_id == job_id and execution.status == "QUEUED":
-                    execution.status = "CANCELED"
-                    execution.details = {"reason": reason}
-                    execution.last_updated_at = iot_jobs.now_s()
-                    touched.append(execution.thing)
             self._changed.notify_all()
         for thing in touched:
             self._notify_next(thing)
 
     def close(self) -> None:
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
         client, self._client = self._client, None
         if client is not None:
             client.stop()
             self._stopped.wait(5)
+
+
+class StoreJobs:
+    """A rollout's view of a job store that a standing ``fleetloop-cloud jobs serve`` answers from."""
+
+    def __init__(self, path: str | Path):
+        self.store = JobStore(path)
+        self.uri = f"jobs://{self.store.path}"
+
+    @classmethod
+    def from_uri(cls, uri: str, **_options: str) -> "StoreJobs":
+        path = unquote(urlparse(uri).path)
+        if not path:
+            raise ConfigError(f"{uri}: a job store URI names the store file (jobs:///var/lib/fleetloop/jobs.sqlite)")
+        return cls(path)
+
+    def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any],
+                   rollout: RolloutConfig | None = None, thing_group: str | None = None) -> None:
+        if thing_group is not None:
+            raise DeployError(f"{self.uri}: thing groups exist only on AWS IoT; list the things")
+        try:
+            self.store.create_job(job_id, things, document)
+        except JobStoreError as exc:
+            raise DeployError(str(exc)) from None
+
+    def executions(self, job_id: str) -> dict[str, ExecutionState]:
+        return {e.thing: ExecutionState(e.thing, e.status, dict(e.details)) for e in self.store.of_job(job_id)}
+
+    def cancel_job(self, job_id: str, reason: str) -> None:
+        self.store.cancel_job(job_id, reason)
+
+    def close(self) -> None:
+        self.store.close()
 
 
 class AwsIotJobs:
@@ -562,6 +584,7 @@ def _local(uri: str, **_options: str) -> LocalDirJobs:
 JOB_BACKENDS: dict[str, Callable[..., FleetJobs]] = {
     "file": _local,
     "mqtts": MqttJobService.from_uri,
+    "jobs": StoreJobs.from_uri,
     "iot": AwsIotJobs.from_uri,
 }
 
@@ -780,3 +803,33 @@ def _rollout(args: argparse.Namespace) -> int:
         Path(args.report).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     print(json.dumps({"succeeded": report.succeeded, "aborted": report.aborted, "reason": report.reason}))
     return 0 if report.succeeded else 1
+
+
+def register_jobs(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fleetloop-cloud jobs serve``: our IoT Jobs service as a standing process."""
+    parser = subparsers.add_parser("jobs", help="our IoT Jobs service (MQTT) as a standing process")
+    actions = parser.add_subparsers(dest="jobs_command", metavar="ACTION")
+    serve = actions.add_parser("serve", help="answer robots' IoT Jobs requests from a job store until stopped")
+    serve.add_argument("--broker", required=True,
+                       help="mqtts://host:port?ca_file=...&cert_file=...&key_file=...[&topic_prefix=...]")
+    serve.add_argument("--store", required=True, help="job store file (SQLite); rollouts use --backend jobs://PATH")
+    serve.set_defaults(handler=_serve_jobs)
+    parser.set_defaults(handler=lambda args: parser.print_help() or 2)
+
+
+def _serve_jobs(args: argparse.Namespace) -> int:
+    import signal
+
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    service = MqttJobService.from_uri(args.broker, store=args.store)
+    try:
+        pending = service.store.things_with_pending()
+        print(f"job service up: {service.uri}, store {service.store.path}, "
+              f"{len(pending)} thing(s) with pending executions", flush=True)
+        stop.wait()
+    finally:
+        service.close()
+        service.store.close()
+    return 0

@@ -110,7 +110,7 @@ def test_documents_and_backend_registry(tmp_path, test_models):
     assert document["model"] == {"name": manifest.name, "version": manifest.version, "tier": "T4"}
     assert rollback_document("m", "T4")["model"]["version"] == "previous"
     assert isinstance(open_fleet_jobs(f"file://{tmp_path}"), LocalDirJobs)
-    with pytest.raises(ConfigError, match="unknown scheme 'kafka' \\(known: file, iot, mqtts\\)"):
+    with pytest.raises(ConfigError, match="unknown scheme 'kafka' \\(known: file, iot, jobs, mqtts\\)"):
         open_fleet_jobs("kafka://x")
     with pytest.raises(ConfigError, match="needs ca_file, cert_file, key_file"):
         open_fleet_jobs("mqtts://127.0.0.1:1")

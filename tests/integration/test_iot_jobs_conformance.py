@@ -254,3 +254,59 @@ def test_our_robot_against_documents_with_fields_we_do_not_know(mqtt_broker, tmp
         finally:
             agent.stop()
             endpoint.close()
+
+
+def _serve(broker, store, spawn):
+    """Start ``fleetloop-cloud jobs serve`` on ``store``; return the process once it is up."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fixtures.mqtt import CLOUD_IDENTITY
+
+    cloud = broker.client(CLOUD_IDENTITY)
+    command = shutil.which("fleetloop-cloud") or str(Path(sys.executable).parent / "fleetloop-cloud")
+    process = spawn([command, "jobs", "serve", "--store", str(store), "--broker",
+                     f"mqtts://{broker.host}:{broker.port}?ca_file={cloud.ca}&cert_file={cloud.cert}"
+                     f"&key_file={cloud.key}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = process.stdout.readline()
+    assert line.startswith("job service up"), line + process.stdout.read()
+    return process
+
+
+def test_the_standing_job_service_keeps_executions_across_restarts(mqtt_broker, tmp_path, spawn):
+    """`fleetloop-cloud jobs serve` answers a device before any rollout, announces jobs a rollout writes
+    into the shared store (`--backend jobs://PATH`), and after a restart still has them."""
+    import signal
+
+    from fleetloop_cloud.deploy import open_fleet_jobs
+
+    store = tmp_path / "jobs.sqlite"
+    service = _serve(mqtt_broker, store, spawn)
+    device = ReferenceDevice(mqtt_broker)
+    try:
+        device.watch_next()
+        assert device.start_next().execution is None            # asked before any rollout: an answer, not a timeout
+        rollout = open_fleet_jobs(f"jobs://{store}")
+        rollout.create_job("job-s1", [THING], DOCUMENT)
+        rollout.create_job("job-s2", [THING], {**DOCUMENT, "model": {**DOCUMENT["model"], "version": "4"}})
+        assert wait_until(lambda: any(n.execution and n.execution.job_id == "job-s1" for n in device.notifications))
+        started = device.start_next().execution
+        assert started.job_id == "job-s1" and started.status == "IN_PROGRESS"
+        assert rollout.executions("job-s1")[THING].status == "IN_PROGRESS"
+
+        service.send_signal(signal.SIGINT)                       # the service goes away and comes back
+        assert service.wait(10) == 0
+        service = _serve(mqtt_broker, store, spawn)
+        again = device.start_next().execution                    # IN_PROGRESS first, as before the restart
+        assert (again.job_id, again.status, again.version_number) == ("job-s1", "IN_PROGRESS", started.version_number)
+        device.update("job-s1", "SUCCEEDED", again.version_number, {"result": "ok"})
+        assert rollout.executions("job-s1")[THING].status == "SUCCEEDED"
+        assert rollout.executions("job-s1")[THING].details == {"result": "ok"}
+        rollout.cancel_job("job-s2", "superseded")
+        assert rollout.executions("job-s2")[THING].status == "CANCELED"
+        assert device.start_next().execution is None
+        rollout.close()
+    finally:
+        device.close()
