@@ -156,9 +156,27 @@ def _stop(process: subprocess.Popen, signum: int) -> float | None:
         process.wait(HANG_EXIT_S)
         return time.monotonic() - started
     except subprocess.TimeoutExpired:
+        _dump_stacks(process)
         process.kill()
         process.wait()
         return None
+
+
+HANG_DUMPS: list[str] = []      # py-spy dumps of processes that did not exit (evidence, written to the JSON)
+
+
+def _dump_stacks(process: subprocess.Popen) -> None:
+    """Record where a process that did not exit is (``py-spy dump --native``), before it is killed."""
+    import shutil
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    try:
+        done = subprocess.run([spy, "dump", "--native", "--pid", str(process.pid)], capture_output=True, text=True,
+                              timeout=30)
+        HANG_DUMPS.append(f"pid {process.pid} {' '.join(map(str, process.args))[:200]}\n{done.stdout}{done.stderr}")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        HANG_DUMPS.append(f"pid {process.pid}: py-spy failed ({exc})")
+    print(HANG_DUMPS[-1][:4000], file=sys.stderr, flush=True)
 
 
 def _record_exit(tally: Tally, what: str, seconds: float | None) -> None:
@@ -337,6 +355,7 @@ class ProcessCollector:
         env = dict(os.environ)
         dds_environment(DdsConfig(**dds), env)
         self.results: list[tuple[str, int, float]] = []
+        self.ready = threading.Event()
         self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--collect", namespace,
                                          "--collect-dds", json.dumps(dds)], env=env, stdout=subprocess.PIPE,
                                         text=True)
@@ -345,8 +364,15 @@ class ProcessCollector:
 
     def _read(self) -> None:
         for line in self.process.stdout:
+            if line.strip() == "ready":
+                self.ready.set()
+                continue
             frame_id, stamp, latency = line.split()
             self.results.append((frame_id, int(stamp), float(latency)))
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Wait until the child's subscription has matched the robot's results publisher."""
+        return self.ready.wait(timeout)
 
     settle = Collector.settle
 
@@ -367,11 +393,17 @@ def _collect_main(namespace: str, dds: dict) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     collector = Collector(namespace, dds)
     printed = 0
+    topic = f"{namespace.rstrip('/')}/frame_results"
     try:
+        while not stop.wait(0.05) and not collector.node.count_publishers(topic):
+            pass
+        time.sleep(0.5)                     # endpoint matching follows graph discovery
+        print("ready", flush=True)
         while not stop.wait(0.05):
-            for row in collector.results[printed:]:
+            rows = collector.results[printed:]      # the spin thread appends meanwhile: count what was taken
+            for row in rows:
                 print(*row, flush=True)
-            printed = len(collector.results)
+            printed += len(rows)
     finally:
         collector.close()
     return 0
@@ -433,6 +465,8 @@ def run_stream_rows(rows: list[tuple], seconds: float, models: Path, workdir: Pa
             try:
                 if not robot.wait_up():
                     raise RuntimeError(f"robot for {dds} not up: {robot.tail()}")
+                if not collector.wait_ready():
+                    raise RuntimeError(f"result collector for {dds} never matched the robot's results")
                 time.sleep(2.0)
                 for transport_, propagation_, vendor, width, height, reliable in qos_rows:
                     frame_id = "cyclone" if vendor == "cyclone" else "fastdds"
@@ -538,7 +572,7 @@ def main(argv=None) -> int:
             print(f"{kind}: {text}", file=sys.stderr)
     payload = {"machine": machine(), "cycles": cycles, "pairs": args.pairs, "stream_s": stream_s,
                "summary": summary, "streams": streams, "transports": transports,
-               "seconds": round(time.monotonic() - started, 1)}
+               "seconds": round(time.monotonic() - started, 1), "hang_dumps": HANG_DUMPS}
     write_json(args.json, payload)
     if args.markdown:
         text = _markdown("Start/stop cycles and long streams", [dict(zip(("measure", "value"), r)) for r in rows],

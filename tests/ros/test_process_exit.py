@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from fleetloop_core.upload_queue import UploadQueue
+from fleetloop_ros.runner import EXIT_TEARDOWN_HUNG
 
 ROOT = Path(__file__).resolve().parents[2]
 EXIT_WITHIN_S = 5.0
@@ -180,3 +181,15 @@ def test_a_frozen_frame_path_is_reported_and_the_process_exits(ros, test_models,
         assert "exiting with code 3" in stderr and "frozen_perception.py\", line" in stderr   # the stacks say where
     else:
         assert "Timeout (0:00:08)!" in stderr and "in infer" in stderr
+
+
+def test_a_process_stuck_in_c_during_start_up_still_ends_on_sigint(ros_domain, spawn):
+    """The main thread never returns to Python (a C wait that signals do not end, GIL released):
+    the signal is seen by a thread through Python's wakeup fd, and the kernel deadline ends it."""
+    process = spawn([sys.executable, str(ROOT / "tests" / "ros" / "programs" / "stuck_startup.py")],
+                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "stuck in start-up", process.stderr.read()
+    time.sleep(0.5)
+    code, seconds = _stop_timed(process, signal.SIGINT)
+    assert seconds < 5.0 and code == EXIT_TEARDOWN_HUNG, (code, seconds)
+    assert "stuck_startup.py\", line" in process.stderr.read()        # the stack dump says where

@@ -94,10 +94,14 @@ class ProcessRun:
         self.arm_shutdown_deadline()
 
     def arm_shutdown_deadline(self) -> None:
+        """Start the kernel deadline (once: a later call keeps the first deadline)."""
         with self._native_lock:
+            if self._shutting_down:
+                return
             self._shutting_down = True
             faulthandler.dump_traceback_later(SHUTDOWN_DEADLINE_S - 0.3, exit=False)   # where it hung, if it does
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            if threading.current_thread() is threading.main_thread():   # (signal.signal: main thread only)
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.setitimer(signal.ITIMER_REAL, SHUTDOWN_DEADLINE_S)
 
     def arm_freeze_deadline(self, seconds: float) -> None:
@@ -216,6 +220,28 @@ def _install_signal_handlers(run: ProcessRun) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    # Python runs ``handler`` only when the main thread is back in Python. A main thread stuck in a C
+    # call that signals do not end (a DDS wait on an overloaded machine; start-up included) would
+    # never stop. CPython's C-level handler also writes the signal number to the wakeup fd at once:
+    # a thread reading it arms the kernel deadline, whatever the main thread is doing.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)      # the deadline's SIGALRM ends the process
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    threading.Thread(target=_watch_signals, args=(read_end, run), name="signal-watch", daemon=True).start()
+
+
+def _watch_signals(read_end: int, run: ProcessRun) -> None:
+    """Arm the shutdown deadline as soon as SIGINT/SIGTERM arrives (the main thread may be stuck)."""
+    while True:
+        try:
+            data = os.read(read_end, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        if any(number in (signal.SIGINT, signal.SIGTERM) for number in data):
+            run.arm_shutdown_deadline()
 
 
 def _watch(run: ProcessRun, nodes: Sequence[Node], health: HealthConfig) -> None:
