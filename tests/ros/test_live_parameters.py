@@ -47,13 +47,13 @@ def test_budget_set_from_another_node_changes_the_kept_rate(ros, robot, frames):
     ros.wait_for_subscribers(camera)
 
     # 10 frames/s of budget (burst 1 s) against a 20 Hz stream: about half is kept
-    before = ros.stream(camera, frames, 20.0, 60)
+    before = ros.stream(camera, frames, 20.0, 60, answers=results)
     ros.spin_until(lambda: len(decisions) >= 60, 30, "decisions of the first phase")
     high = _kept_per_s(decisions, before[10:])         # after the initial burst
 
     (result,) = ros.set_parameters("selector", {"selection.budget.frames_per_hour": 3600.0})
     assert result.successful, result.reason
-    after = ros.stream(camera, frames, 20.0, 60)
+    after = ros.stream(camera, frames, 20.0, 60, answers=results)
     ros.spin_until(lambda: len(decisions) >= 120, 30, "decisions of the second phase")
     low = _kept_per_s(decisions, after[5:])
     assert len(results) == 120                          # every frame answered, before and after
@@ -85,7 +85,7 @@ def test_budget_set_from_another_node_changes_the_kept_rate(ros, robot, frames):
     assert not result.successful and "escalation_signal" in result.reason
     (result,) = ros.set_parameters("perception", {"cascade.escalate_above": 0.0})
     assert result.successful, result.reason
-    escalating = ros.stream(camera, frames, 20.0, 10)
+    escalating = ros.stream(camera, frames, 20.0, 10, answers=results)
     ros.spin_until(lambda: len(results) >= 130, 30, "results after escalate_above=0")
     late = [r for r in results if r.header.stamp.sec * 1_000_000_000 + r.header.stamp.nanosec in set(escalating)]
     assert all(r.escalated and r.tier_used == "T3" for r in late)
