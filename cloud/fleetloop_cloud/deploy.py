@@ -179,7 +179,41 @@ class LocalDirJobs:
         pass
 
 
-class MqttJobService:
+class StoreJobs:
+    """A rollout's view of a job store that a standing ``fleetloop-cloud jobs serve`` answers from."""
+
+    def __init__(self, store: JobStore):
+        self.store = store
+        self.uri = f"jobs://{store.path}"
+
+    @classmethod
+    def from_uri(cls, uri: str, **_options: str) -> "StoreJobs":
+        path = unquote(urlparse(uri).path)
+        if not path:
+            raise ConfigError(f"{uri}: a job store URI names the store file (jobs:///var/lib/fleetloop/jobs.sqlite)")
+        return cls(JobStore(path))
+
+    def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any],
+                   rollout: RolloutConfig | None = None, thing_group: str | None = None) -> None:
+        if thing_group is not None:
+            raise DeployError(f"{self.uri}: thing groups exist only on AWS IoT; list the things")
+        try:
+            self.store.create_job(job_id, things, document)
+        except JobStoreError as exc:
+            raise DeployError(f"{self.uri}: {exc}") from None
+
+    def executions(self, job_id: str) -> dict[str, ExecutionState]:
+        return {e.thing: ExecutionState(e.thing, e.status, dict(e.details)) for e in self.store.of_job(job_id)}
+
+    def cancel_job(self, job_id: str, reason: str) -> list[str]:
+        """Cancel the QUEUED executions (IN_PROGRESS ones finish, as with IoT Jobs without force)."""
+        return self.store.cancel_job(job_id, reason)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class MqttJobService(StoreJobs):
     """Our own IoT Jobs service over an MQTT 5 broker: answers start-next, update, get and describe from a
     :class:`~fleetloop_cloud.job_store.JobStore` and sends notify-next.
 
@@ -194,9 +228,9 @@ class MqttJobService:
         from awscrt import mqtt5
         from awsiot import mqtt5_client_builder
 
+        super().__init__(store or JobStore())
         self.host, self.port, self.prefix = host, int(port), topic_prefix
         self.uri = f"mqtts://{host}:{port}"
-        self.store = store or JobStore()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._subscribed = threading.Event()
@@ -428,30 +462,22 @@ class MqttJobService:
     # ------------------------------------------------------------------ FleetJobs
     def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any],
                    rollout: RolloutConfig | None = None, thing_group: str | None = None) -> None:
-        if thing_group is not None:
-            raise DeployError(f"{self.uri}: thing groups exist only on AWS IoT; list the things")
-        try:
-            self.store.create_job(job_id, things, document)
-        except JobStoreError as exc:
-            raise DeployError(f"{self.uri}: {exc}") from None
+        super().create_job(job_id, things, document, rollout, thing_group)
         for thing in things:
             self._notify_next(thing)
-
-    def executions(self, job_id: str) -> dict[str, ExecutionState]:
-        return {e.thing: ExecutionState(e.thing, e.status, dict(e.details)) for e in self.store.of_job(job_id)}
 
     def wait_changed(self, timeout_s: float) -> None:
         """Block until some execution changes or ``timeout_s`` passes."""
         with self._lock:
             self._changed.wait(timeout_s)
 
-    def cancel_job(self, job_id: str, reason: str) -> None:
-        """Cancel the QUEUED executions (IN_PROGRESS ones finish, as with IoT Jobs without force)."""
-        touched = self.store.cancel_job(job_id, reason)
+    def cancel_job(self, job_id: str, reason: str) -> list[str]:
+        touched = super().cancel_job(job_id, reason)
         with self._lock:
             self._changed.notify_all()
         for thing in touched:
             self._notify_next(thing)
+        return touched
 
     def close(self) -> None:
         self._closing.set()
@@ -461,39 +487,6 @@ class MqttJobService:
         if client is not None:
             client.stop()
             self._stopped.wait(5)
-
-
-class StoreJobs:
-    """A rollout's view of a job store that a standing ``fleetloop-cloud jobs serve`` answers from."""
-
-    def __init__(self, path: str | Path):
-        self.store = JobStore(path)
-        self.uri = f"jobs://{self.store.path}"
-
-    @classmethod
-    def from_uri(cls, uri: str, **_options: str) -> "StoreJobs":
-        path = unquote(urlparse(uri).path)
-        if not path:
-            raise ConfigError(f"{uri}: a job store URI names the store file (jobs:///var/lib/fleetloop/jobs.sqlite)")
-        return cls(path)
-
-    def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any],
-                   rollout: RolloutConfig | None = None, thing_group: str | None = None) -> None:
-        if thing_group is not None:
-            raise DeployError(f"{self.uri}: thing groups exist only on AWS IoT; list the things")
-        try:
-            self.store.create_job(job_id, things, document)
-        except JobStoreError as exc:
-            raise DeployError(str(exc)) from None
-
-    def executions(self, job_id: str) -> dict[str, ExecutionState]:
-        return {e.thing: ExecutionState(e.thing, e.status, dict(e.details)) for e in self.store.of_job(job_id)}
-
-    def cancel_job(self, job_id: str, reason: str) -> None:
-        self.store.cancel_job(job_id, reason)
-
-    def close(self) -> None:
-        self.store.close()
 
 
 class AwsIotJobs:
