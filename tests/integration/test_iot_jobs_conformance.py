@@ -37,11 +37,13 @@ class ReferenceDevice:
         identity = broker.client(thing)
         self.thing = thing
         connected = threading.Event()
+        self.stopped = threading.Event()
         self.client = mqtt5_client_builder.mtls_from_path(
             endpoint=broker.host, port=broker.port, cert_filepath=str(identity.cert),
             pri_key_filepath=str(identity.key), ca_filepath=str(identity.ca), client_id=thing,
             session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
-            on_lifecycle_connection_success=lambda _e: connected.set())
+            on_lifecycle_connection_success=lambda _e: connected.set(),
+            on_lifecycle_stopped=lambda _e: self.stopped.set())
         self.client.start()
         assert connected.wait(10), "reference device did not connect"
         self.jobs = iotjobs.IotJobsClientV2(self.client, mqtt_request_response.ClientOptions(
@@ -75,8 +77,13 @@ class ReferenceDevice:
             thing_name=self.thing, job_id=job_id, include_job_document=include_job_document)).result(15)
 
     def close(self) -> None:
-        self.stream = None              # awscrt closes a streaming operation when it is released
+        """Stop the client and wait until awscrt says it stopped, and only then release the stream and
+        the request-response client: released while the client still ran, awscrt's event-loop thread
+        called into freed objects (a segfault of the test process, seen on a loaded machine)."""
         self.client.stop()
+        assert self.stopped.wait(10), "reference device's MQTT client did not stop"
+        self.stream = None
+        self.jobs = None
 
 
 def _error(call) -> object:
@@ -98,7 +105,7 @@ def frames():
 DOCUMENT = {"operation": "fleetloop.rollback_model", "model": {"name": "m", "version": "previous", "tier": "T4"}}
 
 
-def test_reference_device_against_our_jobjob_service(mqtt_broker):
+def test_reference_device_against_our_job_service(mqtt_broker):
     service = job_service(mqtt_broker)
     device = ReferenceDevice(mqtt_broker)
     try:
