@@ -193,3 +193,18 @@ def test_a_process_stuck_in_c_during_start_up_still_ends_on_sigint(ros_domain, s
     code, seconds = _stop_timed(process, signal.SIGINT)
     assert seconds < 5.0 and code == EXIT_TEARDOWN_HUNG, (code, seconds)
     assert "stuck_startup.py\", line" in process.stderr.read()        # the stack dump says where
+
+
+def test_a_camera_started_with_sigint_ignored_still_stops_on_sigint_during_start_up(ros_domain, spawn):
+    """A background job of a non-interactive shell inherits SIGINT ignored; a SIGINT during start-up
+    (before run_nodes' handlers exist) was lost and the camera ran on for good (seen in make test
+    launched in the background)."""
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    process = spawn([sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", "/ignored_sigint",
+                     "--count", "10", "--wait-subscribers", "1"], cwd=ROOT, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True, preexec_fn=ignore_sigint)
+    time.sleep(0.3)                                    # still importing: no handler of ours yet
+    code, seconds = _stop_timed(process, signal.SIGINT)
+    assert seconds < 5.0 and code != 0, (code, seconds)

@@ -13,7 +13,10 @@ import sys
 from importlib.metadata import entry_points
 from typing import Sequence
 
+from fleetloop_core import stop_signals
 from fleetloop_core.errors import FleetLoopError
+
+stop_signals.restore()      # before any slow import: a SIGINT during start-up must not be lost
 
 log = logging.getLogger("fleetloop")
 
