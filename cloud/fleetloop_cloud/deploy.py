@@ -36,6 +36,8 @@ from fleetloop_core.config import ConfigModel, default_config_path, load_config
 from fleetloop_core.control_plane import write_json_atomic
 from fleetloop_core.errors import ConfigError, FleetLoopError
 from fleetloop_core.manifest import MANIFEST_NAME, Manifest
+from fleetloop_core.model_manager import JobDocument, ModelRef
+from fleetloop_core.model_store import PackageLocation
 
 from fleetloop_cloud.job_store import JobStore, JobStoreError
 
@@ -82,17 +84,49 @@ def deploy_document(manifest: Manifest, store_uri: str, prefix: str, manifest_by
 
     With ``manifest_bytes`` the document pins the manifest's sha256, so the robot installs exactly it.
     """
-    package: dict[str, Any] = {"store": store_uri, "prefix": prefix}
-    if manifest_bytes is not None:
-        package["manifest_sha256"] = hashlib.sha256(manifest_bytes).hexdigest()
-    return {"operation": "fleetloop.deploy_model",
-            "model": {"name": manifest.name, "version": manifest.version, "tier": manifest.tier},
-            "package": package}
+    sha256 = hashlib.sha256(manifest_bytes).hexdigest() if manifest_bytes is not None else None
+    document = JobDocument(operation="fleetloop.deploy_model",
+                           model=ModelRef(name=manifest.name, version=manifest.version, tier=manifest.tier),
+                           package=PackageLocation(store=store_uri, prefix=prefix, manifest_sha256=sha256))
+    return document.model_dump(mode="json", exclude_none=True)
 
 
 def rollback_document(name: str, tier: str, version: str = "previous") -> dict[str, Any]:
     """Return the job document rolling ``tier`` back to ``version`` (``previous``: the one served before)."""
-    return {"operation": "fleetloop.rollback_model", "model": {"name": name, "version": version, "tier": tier}}
+    document = JobDocument(operation="fleetloop.rollback_model", model=ModelRef(name=name, version=version, tier=tier))
+    return document.model_dump(mode="json", exclude_none=True)
+
+
+def deploy_approved(jobs: FleetJobs, registry_store, store_uri: str, robots: Sequence[str],
+                    entries: Sequence[dict[str, Any]], job_prefix: str,
+                    config: RolloutConfig | None = None) -> list[dict[str, Any]]:
+    """Roll out a round's Approved edge packages (T4 first, then T3; canaries first) to ``robots``.
+
+    ``entries``: the round's registry entries (``name``, ``version``, ``variant``, ``status``);
+    ``registry_store``: the store the registry keeps packages in (``store_uri``), read for the manifest the
+    job pins. Returns one record per rollout: round tier, version, aborted, seconds and the report.
+    """
+    from fleetloop_core.manifest import parse_manifest
+
+    records = []
+    approved = [e for e in entries if e.get("status") == "Approved" and e.get("variant") in ("T4", "T3")]
+    for entry in sorted(approved, key=lambda e: e["variant"], reverse=True):
+        prefix = f"models/{entry['name']}/{entry['version']}"
+        manifest_bytes = registry_store.get_bytes(f"{prefix}/{MANIFEST_NAME}")
+        manifest = parse_manifest(json.loads(manifest_bytes), f"{store_uri}/{prefix}")
+        job_id = f"{job_prefix}-{entry['variant']}-{entry['version']}".replace(".", "-")
+        started = time.perf_counter()
+        record = {"tier": entry["variant"], "version": entry["version"]}
+        try:
+            report = rollout(jobs, robots, deploy_document(manifest, store_uri, prefix, manifest_bytes), job_id,
+                             config)
+            record.update(aborted=bool(report.aborted), report=report.to_dict())
+        except FleetLoopError as exc:
+            log.error("rollout of %s failed: %s", job_id, exc)
+            record.update(aborted=True, error=str(exc))
+        record["seconds"] = round(time.perf_counter() - started, 2)
+        records.append(record)
+    return records
 
 
 # ====================================================================================== backends
@@ -270,8 +304,7 @@ class MqttJobService(StoreJobs):
     def _on_connected(self, _event) -> None:
         from awscrt import mqtt5
 
-        topics = [f"{self.prefix}/things/+/jobs/start-next", f"{self.prefix}/things/+/jobs/+/update",
-                  f"{self.prefix}/things/+/jobs/get", f"{self.prefix}/things/+/jobs/+/get"]
+        topics = iot_jobs.service_subscriptions(self.prefix)
         future = self._client.subscribe(mqtt5.SubscribePacket(
             [mqtt5.Subscription(t, mqtt5.QoS.AT_LEAST_ONCE) for t in topics]))
 

@@ -1,10 +1,13 @@
 """The closed loop for detectors as a library (what ``fleetloop demo --task detection`` runs).
 
 :func:`run_detection_demo` drives robots of the detection world in-process with the robot stack's
-core objects (the detection cascade, the selector and the upload queue draining into a file store
-with the real uploader), a :class:`~fleetloop_cloud.detection_loop.DetectionLoop` per arm, and the
-robots taking each arm's newly approved detectors before the next round. Arms, on the same
-camera streams and budgets:
+core objects (the detection cascade inside its model manager, the selector and the upload queue
+draining into a file store with the real uploader) and a
+:class:`~fleetloop_cloud.detection_loop.DetectionLoop` per arm. Robots are provisioned with signed
+round-0 detectors; each round's approved detectors are signed by the registry and rolled out through
+the control plane (canary first), and every robot installs, shadow-checks, swaps, watches and can
+roll them back exactly as a classifier robot does, while it streams the next round. Arms, on the
+same camera streams and budgets:
 
 * ``loop``: the robots' selector (``config/selection.yaml``: adaptive budget over the detection
   uncertainty scores) picks what to upload; the detection loop labels and trains;
@@ -29,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +42,7 @@ import numpy as np
 
 from fleetloop_core import sim, sim_detection
 from fleetloop_core.config import default_config_path, read_yaml, repo_root
-from fleetloop_core.detection import DetectorModel, load_detection_cascade
+from fleetloop_core.detection import DetectorModel
 from fleetloop_core.manifest import load_manifest
 from fleetloop_core.selection import Selector, apply_changes, load_selection_config
 from fleetloop_core.store import open_store
@@ -46,6 +50,9 @@ from fleetloop_core.upload_queue import Uploader, UploadQueue
 
 from fleetloop_cloud.box_evaluate import BoxTestSet, score_detector
 from fleetloop_cloud.config import cloud_config_from_dict
+from fleetloop_cloud.demo.config import load_demo_config
+from fleetloop_cloud.demo.fleet import serving_stack, sign_round0_packages
+from fleetloop_cloud.deploy import LocalDirJobs, RolloutConfig, deploy_approved
 from fleetloop_cloud.detection_loop import DetectionLoop
 
 log = logging.getLogger("fleetloop.detection_demo")
@@ -69,6 +76,8 @@ class DetectionDemoSettings:
     lab_replay_frames: int = 300
     calibration_sample: int = 60
     upload_all_epochs: int = 3
+    # overrides of the promotion gate (cloud.yaml evaluation: min_gain, max_site_regression, ...)
+    gate: dict = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> "DetectionDemoSettings":
@@ -79,23 +88,40 @@ class DetectionDemoSettings:
 
 # ------------------------------------------------------------------------------------ robots
 
-class DetectionRobot:
-    """One robot in-process: camera stream -> detection cascade -> selector -> upload queue -> store."""
+@dataclass
+class Provisioning:
+    """What every robot of an arm starts from: signed round-0 detectors, the trusted keys, the job queue."""
 
-    def __init__(self, robot_id: str, site: sim.Site, models: Path, work: Path, store_uri: str, selection,
-                 seed: int, start_ns: int):
+    packages: dict[str, Path]           # tier -> signed package directory (T4, T3)
+    keys_dir: Path
+    jobs_dir: Path
+    manager_overrides: dict
+
+
+class DetectionRobot:
+    """One robot in-process: camera stream -> model manager (detection cascade) -> selector -> upload queue.
+
+    Deploy jobs arrive through the control plane (``provisioning.jobs_dir``); the deploy agent applies them on
+    the model manager's thread while the robot streams.
+    """
+
+    def __init__(self, robot_id: str, site: sim.Site, provisioning: Provisioning, work: Path, store_uri: str,
+                 selection, seed: int, start_ns: int):
         self.robot_id, self.site = robot_id, site
         self.camera = sim_detection.DetectionStream(site, robot_id, seed=seed, start_ns=start_ns)
-        self.cascade = load_detection_cascade(models, "T4", "T3", providers=("cpu",))
+        stack = serving_stack(robot_id, work / robot_id, provisioning.packages, provisioning.keys_dir,
+                              f"file://{provisioning.jobs_dir}", provisioning.manager_overrides)
+        self.cascade, self.manager, self.agent = stack.cascade, stack.manager, stack.agent
         self.selector = Selector(selection, robot_id, self.cascade.frame_labels)
         self.queue = UploadQueue(work / robot_id / "queue", synchronous="normal")
         self.uploader = Uploader(self.queue, open_store(store_uri))
+        self.agent.start()
 
     def stream(self, frames: int, offer_only: set[int] | None = None) -> dict:
         """Run ``frames`` camera frames through the stack (only ``offer_only`` reach the selector); return counts."""
         kept = 0
         for index, frame in enumerate(self.camera.frames(frames)):
-            result = self.cascade.infer(frame.image, stream="front")
+            result = self.manager.infer(frame.image, stream="front")
             if offer_only is not None and index not in offer_only:
                 continue
             truth = frame.truth
@@ -106,16 +132,12 @@ class DetectionRobot:
                 self.queue.put(decision.record)
                 kept += 1
         report = self.uploader.drain()
-        return {"robot": self.robot_id, "frames": frames, "kept": kept, "uploaded": report.uploaded}
-
-    def install(self, edge: Path, escalation: Path) -> None:
-        """Serve new detectors from the next frame on (what a robot's model manager does after its checks)."""
-        if self.cascade.edge.version != load_manifest(edge).version:
-            self.cascade.set_model("edge", DetectorModel.load(edge, providers=("cpu",)))
-        if self.cascade.escalation is None or self.cascade.escalation.version != load_manifest(escalation).version:
-            self.cascade.set_model("escalation", DetectorModel.load(escalation, providers=("cpu",)))
+        return {"robot": self.robot_id, "frames": frames, "kept": kept, "uploaded": report.uploaded,
+                "serving": self.cascade.model_versions()}
 
     def close(self) -> None:
+        self.agent.stop()
+        self.manager.close()
         self.queue.close()
 
 
@@ -129,19 +151,21 @@ class ArmRecord:
     rounds: list[dict] = field(default_factory=list)
 
 
-def _cloud_config(out: Path, arm: str, models: Path, settings: DetectionDemoSettings) -> dict:
+def _cloud_config(out: Path, arm: str, models: Path, settings: DetectionDemoSettings, keys: tuple[Path, Path]) -> dict:
     data = read_yaml(default_config_path("cloud.yaml"))
-    data.update(store=f"file://{out / arm / 'store'}", work_dir=str(out / arm / "work"), models=str(models),
+    store = f"file://{out / arm / 'store'}"
+    data.update(store=store, work_dir=str(out / arm / "work"), models=str(models),
                 world_seed=settings.seed, cost_model=str(default_config_path("cost_model.yaml")))
-    data["registry"] = {**data.get("registry", {}), "backend": "local", "uri": str(out / arm / "registry"),
-                        "signing_key": None, "trusted_keys": None}
+    data["registry"] = {**data.get("registry", {}), "backend": "local", "uri": store,
+                        "signing_key": str(keys[0]), "trusted_keys": str(keys[1])}
     data["review"] = {**data.get("review", {}), "annotator": "simulated",
                       "calibration_sample": settings.calibration_sample}
     data["training"] = {**data.get("training", {}), "backend": "local", "teacher_epochs": settings.teacher_epochs,
                         "distil_epochs": settings.distil_epochs, "warm_start_epochs": settings.warm_start_epochs,
                         "lab_replay_frames": settings.lab_replay_frames, "batch_size": 32}
     data["evaluation"] = {**data.get("evaluation", {}), "test_set": "simulated-field",
-                          "frames_per_site": settings.test_frames_per_site, "min_gain": 0.0, "min_support": 10}
+                          "frames_per_site": settings.test_frames_per_site, "min_gain": 0.0,
+                          "min_support": 10, **settings.gate}
     return data
 
 
@@ -209,6 +233,20 @@ class UploadAllArm:
 
 # ------------------------------------------------------------------------------------ the run
 
+def fleet_keys(out: Path) -> tuple[Path, Path]:
+    """Return (private signing key file, trusted public keys directory), made for this run."""
+    from fleetloop_core.signing import generate_keypair, key_id
+
+    keys = out / "keys"
+    (keys / "trusted").mkdir(parents=True, exist_ok=True)
+    private, public = generate_keypair()
+    private_path = keys / "fleet-signing.pem"
+    private_path.write_bytes(private)
+    private_path.chmod(0o600)
+    (keys / "trusted" / f"{key_id(public)}.pub").write_bytes(public)
+    return private_path, keys / "trusted"
+
+
 def locate_detectors(models: Path | None, profile: str) -> Path:
     """Return a directory with detector tiers T1..T4, building ``profile`` when it is missing."""
     from fleetloop_core.modelbuild import build_reference_models
@@ -241,18 +279,25 @@ def run_detection_demo(out: Path, settings: DetectionDemoSettings | None = None,
                                          "budget.frames_per_hour": 1.0e9, "budget.bytes_per_hour": 1.0e15},
                              source="detection demo (random arm)")
     arms = {name: ArmRecord(name) for name in ("loop", "random", "upload-all")}
-    loops, fleets = {}, {}
+    keys = fleet_keys(out)
+    round0 = sign_round0_packages(models, out / "round0", keys[0].read_bytes())
+    manager_overrides = load_demo_config().robot.manager_overrides()
+    loops, fleets, jobs = {}, {}, {}
     for name, config in (("loop", selection), ("random", keep_all)):
-        loops[name] = DetectionLoop(cloud_config_from_dict(_cloud_config(out, name, models, settings)),
+        loops[name] = DetectionLoop(cloud_config_from_dict(_cloud_config(out, name, models, settings, keys)),
                                     progress=progress)
-        fleets[name] = [DetectionRobot(robot, site, models, out / name / "robots", loops[name].config.store, config,
-                                       settings.seed, START_NS + i * 10**12) for i, (robot, site) in enumerate(robots)]
+        jobs[name] = LocalDirJobs(out / name / "jobs")
+        provisioning = Provisioning(round0, keys[1], out / name / "jobs", manager_overrides)
+        fleets[name] = [DetectionRobot(robot, site, provisioning, out / name / "robots", loops[name].config.store,
+                                       config, settings.seed, START_NS + i * 10**12)
+                        for i, (robot, site) in enumerate(robots)]
     upload_all = UploadAllArm(robots, models, settings)
     rng = np.random.default_rng(settings.seed)
     baseline = {"T4": _map(models / "T4", test), "T2": _map(models / "T2", test)}
     for record in arms.values():
         record.rounds.append({"round": 0, "map": {k: v for k, v in baseline.items()
                                                   if record.name != "upload-all" or k == "T4"}})
+    deploys: list[threading.Thread] = []
     try:
         for number in range(1, settings.rounds + 1):
             loop_counts = [robot.stream(settings.frames_per_robot) for robot in fleets["loop"]]
@@ -261,13 +306,14 @@ def run_detection_demo(out: Path, settings: DetectionDemoSettings | None = None,
                 chosen = set(rng.choice(settings.frames_per_robot, size=min(counts["kept"], settings.frames_per_robot),
                                         replace=False).tolist())
                 random_counts.append(robot.stream(settings.frames_per_robot, offer_only=chosen))
+            for thread in deploys:           # the previous round's rollouts ended while the robots streamed
+                thread.join()
+            deploys = []
             for name, counts in (("loop", loop_counts), ("random", random_counts)):
                 loop = loops[name]
                 summary = loop.run_round().to_dict()
                 production = {tier: loop.production(tier) for tier in ("T2", "T3", "T4")}
-                for robot in fleets[name]:
-                    robot.install(production["T4"], production["T3"])
-                arms[name].rounds.append({
+                record = {
                     "round": number, "robots": counts, "uploaded": sum(c["uploaded"] for c in counts),
                     "labels": summary["labels"], "human": {k: summary["human"][k] for k in ("seconds", "dollars",
                                                                                           "by_purpose", "box_edits")},
@@ -276,22 +322,42 @@ def run_detection_demo(out: Path, settings: DetectionDemoSettings | None = None,
                     "promoted": {t: m["promoted"] for t, m in summary["models"].items()},
                     "versions": {t: load_manifest(p).version for t, p in production.items()},
                     "map": {"T4": _map(production["T4"], test), "T2": _map(production["T2"], test)},
-                    "simulation_only": summary["simulation_only"]})
-                log.info("%s round %d: %s", name, number, json.dumps(arms[name].rounds[-1]["map"]))
+                    "simulation_only": summary["simulation_only"], "deploys": []}
+                arms[name].rounds.append(record)
+                log.info("%s round %d: %s", name, number, json.dumps(record["map"]))
+                deploys.append(_deploy_in_background(jobs[name], loop, [r.robot_id for r in fleets[name]],
+                                                     summary.get("registry", []), f"{name}-r{number}", record))
             total = upload_all.add_round(settings.frames_per_robot)
             t4 = upload_all.train(out / "upload-all", number, progress)
             arms["upload-all"].rounds.append({"round": number, "uploaded": total, "map": {"T4": _map(t4, test)}})
     finally:
+        for thread in deploys:        # the last rollouts end with the watch window (no frames come any more)
+            thread.join()
         for name in loops:
             for robot in fleets[name]:
                 robot.close()
             loops[name].close()
-    report = {"task": "detection", "settings": asdict(settings), "models": str(models),
+    serving = {name: {robot.robot_id: robot.cascade.model_versions() for robot in fleet}
+               for name, fleet in fleets.items()}
+    report = {"task": "detection", "settings": asdict(settings), "models": str(models), "serving": serving,
               "sites": [s.name for s in sites], "test_frames": len(test),
               "test_boxes": int(sum(len(b) for b in test.boxes)), "arms": {k: v.rounds for k, v in arms.items()},
               "headline": headline(arms), "seconds": round(time.perf_counter() - started, 1)}
     write_report(report, out)
     return report
+
+
+def _deploy_in_background(jobs: LocalDirJobs, loop: DetectionLoop, robots: list[str], entries: list[dict],
+                          job_prefix: str, record: dict) -> threading.Thread:
+    """Start rolling out the round's approved detectors (canary first); the records land in ``record``."""
+    def run() -> None:
+        record["deploys"] = deploy_approved(jobs, loop.registry.store, loop.config.store, robots, entries, job_prefix,
+                                            RolloutConfig(canary_count=1, canary_timeout_s=180.0,
+                                                          fleet_timeout_s=300.0, poll_s=0.25))
+
+    thread = threading.Thread(target=run, name=f"deploy-{job_prefix}", daemon=True)
+    thread.start()
+    return thread
 
 
 def headline(arms: dict[str, ArmRecord]) -> list[dict]:

@@ -11,11 +11,12 @@ from fleetloop_core import sim
 from fleetloop_core import sim_detection as sd
 from fleetloop_core.detection import (
     DetectionCascade, DetectionCascadeConfig, DetectorModel, Detections, cxcywh_to_xyxy, letterbox,
-    letterbox_geometry, load_model, nms,
+    letterbox_geometry, nms,
 )
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import TierModel
 from fleetloop_core.manifest import DetectionSpec, load_manifest, write_manifest
+from fleetloop_core.tasks import load_model
 from fleetloop_core.uncertainty_detection import pairwise_iou
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,65 @@ def test_hot_swap_between_two_frames_with_shadow_check_and_watch(robot):
                                   "swapped", "watch_passed"]
     details = outcome.status_details()
     assert all(isinstance(v, str) for v in details.values()) and details["serving_version"] == "v2"
+
+
+@pytest.fixture(scope="module")
+def aisle_frames(detection_models):
+    """Detection frames of a busy aisle: each shows an item the serving detector finds (the test tiers are
+    barely trained and find nothing on most frames; there a detector that never sees anything would agree)."""
+    from fleetloop_core import sim, sim_detection as sd
+    from fleetloop_core.tasks import load_model, task_of
+    serving = load_model(detection_models["T4"], providers=["cpu"], warmup=0)
+    images = sd.field_detection_set(sim.make_site(0), 48, seed=3).images
+    found = [image for image in images if len(task_of(serving).run(serving, image).answer)]
+    assert len(found) >= 6, f"the test detector finds items on {len(found)} of {len(images)} frames"
+    return found
+
+
+def test_a_detector_hot_swaps_through_the_control_plane_as_a_classifier_does(tmp_path, detection_models,
+                                                                              signing_keys, aisle_frames):
+    """Signed detector packages via the job queue: shadow check by box matching, swap, watchdog, rollback."""
+    from fleetloop_core.control_plane import LocalControlPlane, write_json_atomic
+    from fleetloop_core.deploy_agent import DeployAgent
+
+    robot = Robot(tmp_path, detection_models, signing_keys, aisle_frames)
+    plane = LocalControlPlane(tmp_path / "jobs", "robot-0", poll_s=0.01)
+    agent = DeployAgent(plane, robot.manager, poll_s=0.05)
+    queued = iter(range(1, 100))
+
+    def through_the_plane(job_id, document):
+        write_json_atomic(tmp_path / "jobs" / "robot-0" / "queued" / f"{job_id}.json",
+                          {"jobId": job_id, "jobDocument": document, "queuedAt": next(queued), "status": "QUEUED"})
+        outcome = agent.run_once(5.0)
+        assert outcome is not None and outcome.job_id == job_id
+        return outcome
+
+    with robot:
+        swapped = through_the_plane("det-v2", robot.job(robot.package("v2")))
+        blind = through_the_plane("det-blind", robot.job(robot.package("v-blind", fault="blind")))
+        unsigned = through_the_plane("det-unsigned", robot.job(robot.package("v-unsigned", key=None)))
+        robot.manager.config = _config(shadow=ShadowConfig(enabled=False))    # let a broken one reach serving
+        nan = through_the_plane("det-nan", robot.job(robot.package("v-nan", fault="nan")))
+        rollback = through_the_plane("det-rollback", {"operation": "fleetloop.rollback_model",
+                                                      "model": {"name": robot.name, "version": "v1", "tier": "T4"}})
+        robot.serve(3)
+    assert robot.errors == []
+    assert swapped.status == "SUCCEEDED", swapped.reason
+    assert float(swapped.details["shadow_agreement"]) == 1.0 and int(swapped.details["watch_frames"]) >= 15
+    assert blind.status == "FAILED" and "agreement 0.000 with the current model" in blind.reason, blind.reason
+    assert unsigned.status == "REJECTED" and "unsigned" in unsigned.reason
+    assert nan.status == "FAILED" and "rolled back to v2" in nan.reason and "error rate" in nan.reason, nan.reason
+    assert rollback.status == "SUCCEEDED" and robot.cascade.edge.version == "v1"
+    versions = robot.versions()
+    assert "v-blind" not in versions and "v-unsigned" not in versions
+    first_v2, first_nan = versions.index("v2"), versions.index("v-nan")
+    assert set(versions[:first_v2]) == {"v1"} and set(versions[first_v2:first_nan]) == {"v2"}
+    assert versions[-1] == "v1"
+    kinds = robot.kinds()
+    assert kinds.count("swapped") == 2 and kinds.count("shadow_passed") == 1 and kinds.count("shadow_failed") == 1
+    assert kinds.count("rolled_back") == 2 and "watch_passed" in kinds
+    report = json.loads((tmp_path / "jobs" / "robot-0" / "status" / "det-v2.json").read_text())
+    assert report["status"] == "SUCCEEDED" and report["statusDetails"]["serving_version"] == "v2"
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)

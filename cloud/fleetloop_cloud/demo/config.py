@@ -33,6 +33,16 @@ class RobotOverrides(ConfigModel):
     watchdog_max_latency_ms: float = Field(default=200.0, gt=0.0)
     watchdog_window_s: float = Field(default=5.0, gt=0.0)
 
+    def manager_overrides(self) -> dict[str, Any]:
+        """Return the overrides of config/model_manager.yaml's ``model_manager`` section (demo robots, CPU)."""
+        return {"shadow": {"min_agreement": self.shadow_min_agreement,
+                           "agreement_min_confidence": self.shadow_agreement_min_confidence,
+                           "max_latency_p99_ms": self.shadow_max_latency_p99_ms},
+                "watchdog": {"max_latency_ms": self.watchdog_max_latency_ms, "window_s": self.watchdog_window_s,
+                             "min_frames": self.watchdog_min_frames,
+                             "confidence_min_frames": self.watchdog_confidence_min_frames},
+                "ring_stride_frames": self.shadow_stride_frames, "providers": ["cpu"]}
+
 
 class DemoConfig(ConfigModel):
     robots: int = Field(default=4, ge=1, le=16)

@@ -35,9 +35,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-import numpy as np
 import yaml
 
 from fleetloop_core import sim
@@ -186,42 +185,60 @@ class FleetSettings:
 
 
 # ====================================================================================== in-process
+@dataclass
+class ServingStack:
+    """A robot's serving side as core objects: the cascade, its model manager and the deploy agent."""
+
+    cascade: Any
+    manager: Any
+    agent: Any
+
+
+def serving_stack(robot_id: str, root: Path, packages: dict[str, Path], keys_dir: Path, jobs_uri: str,
+                  manager_overrides: dict, mqtt: dict | None = None) -> ServingStack:
+    """Return a provisioned robot's serving stack (classifiers or detectors, as the packages' task says).
+
+    The model store in ``root/models`` gets the round-0 signed ``packages`` (T4, T3) on first start, installed
+    and verified like any later one; after a restart it serves what it served before.
+    """
+    from fleetloop_core.config import default_config_path, read_yaml, validate
+    from fleetloop_core.control_plane import ControlPlaneConfig, open_control_plane
+    from fleetloop_core.deploy_agent import DeployAgent
+    from fleetloop_core.model_manager import ModelManager, ModelManagerConfig, serving_package_dirs
+    from fleetloop_core.model_store import ModelStore, PackageLocation
+    from fleetloop_core.tasks import cascade_for, load_model
+
+    manager_data = read_yaml(default_config_path("model_manager.yaml"))["model_manager"]
+    manager_data = _merge(manager_data, {"store": {"root": str(root / "models"), "trusted_keys": str(keys_dir)},
+                                         "providers": ["cpu"]})
+    manager_data = _merge(manager_data, manager_overrides)
+    manager_config = validate(ModelManagerConfig, manager_data, source=f"demo {robot_id} model_manager")
+    store = ModelStore.from_config(manager_config.store)
+    serving = serving_package_dirs(store)
+    if "edge" not in serving:
+        serving = {role: str(store.install(PackageLocation(path=str(packages[tier]))).directory)
+                   for role, tier in (("edge", "T4"), ("escalation", "T3"))}
+    cascade = cascade_for(load_model(serving["edge"], providers=("cpu",)),
+                          load_model(serving["escalation"], providers=("cpu",)))
+    manager = ModelManager(cascade, store, manager_config)
+    plane = ControlPlaneConfig(uri=jobs_uri, thing_name=robot_id, poll_s=0.5, **({"mqtt": mqtt} if mqtt else {}))
+    agent = DeployAgent(open_control_plane(plane, f"demo {robot_id}: control_plane"), manager, poll_s=0.5)
+    return ServingStack(cascade, manager, agent)
+
+
 class InProcessRobot:
     """One robot's stack as core objects in this process."""
 
     def __init__(self, spec: RobotSpec, settings: FleetSettings, selection_override: dict | None = None):
-        from fleetloop_core.cascade import Cascade
-        from fleetloop_core.config import default_config_path, read_yaml, validate
-        from fleetloop_core.control_plane import ControlPlaneConfig, open_control_plane
-        from fleetloop_core.deploy_agent import DeployAgent
-        from fleetloop_core.inference import TierModel
-        from fleetloop_core.model_manager import ModelManager, ModelManagerConfig, serving_package_dirs
-        from fleetloop_core.model_store import ModelStore, PackageLocation
         from fleetloop_core.selection import Selector, selection_config
         from fleetloop_core.store import open_store
         from fleetloop_core.upload_queue import QueueConfig, UploadQueue, Uploader
 
         self.spec = spec
         root = settings.root / spec.robot_id
-        manager_data = read_yaml(default_config_path("model_manager.yaml"))["model_manager"]
-        manager_data = _merge(manager_data, {"store": {"root": str(root / "models"),
-                                                       "trusted_keys": str(settings.keys_dir)},
-                                             "providers": ["cpu"]})
-        manager_data = _merge(manager_data, settings.manager_overrides)
-        manager_config = validate(ModelManagerConfig, manager_data, source="demo robot model_manager")
-        store = ModelStore.from_config(manager_config.store)
-        serving = serving_package_dirs(store)
-        if "edge" not in serving:
-            # provisioning: the round-0 packages, installed (verified) like any later one
-            serving = {role: str(store.install(PackageLocation(path=str(settings.packages[tier]))).directory)
-                       for role, tier in (("edge", "T4"), ("escalation", "T3"))}
-        self.cascade = Cascade(TierModel.load(serving["edge"], providers=("cpu",)),
-                               TierModel.load(serving["escalation"], providers=("cpu",)))
-        self.manager = ModelManager(self.cascade, store, manager_config)
-        plane = ControlPlaneConfig(uri=settings.jobs_uri, thing_name=spec.robot_id, poll_s=0.5,
-                                   **({"mqtt": settings.mqtt[spec.robot_id]} if settings.mqtt else {}))
-        self.agent = DeployAgent(open_control_plane(plane, f"demo {spec.robot_id}: control_plane"), self.manager,
-                                 poll_s=0.5)
+        stack = serving_stack(spec.robot_id, root, settings.packages, settings.keys_dir, settings.jobs_uri,
+                              settings.manager_overrides, settings.mqtt[spec.robot_id] if settings.mqtt else None)
+        self.cascade, self.manager, self.agent = stack.cascade, stack.manager, stack.agent
         data = _merge(settings.selection, selection_override or {})
         if selection_override and "policy" in selection_override:
             data["policy"] = selection_override["policy"]      # another policy: none of the old params

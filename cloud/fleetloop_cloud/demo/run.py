@@ -12,22 +12,19 @@ HTML / Markdown report with plots).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from fleetloop_core import sim
 from fleetloop_core.config import default_config_path, read_yaml, repo_root
-from fleetloop_core.errors import FleetLoopError
 
 log = logging.getLogger("fleetloop.demo")
 
@@ -172,14 +169,7 @@ class Demo:
         frames_per_hour = cfg.upload_fraction * cfg.camera_rate_hz * 3600.0
         selection["budget"] = {**selection.get("budget", {}), "frames_per_hour": frames_per_hour}
         selection["random_fraction"] = cfg.upload_fraction * cfg.random_share
-        manager_overrides = {"shadow": {"min_agreement": cfg.robot.shadow_min_agreement,
-                                        "agreement_min_confidence": cfg.robot.shadow_agreement_min_confidence,
-                                        "max_latency_p99_ms": cfg.robot.shadow_max_latency_p99_ms},
-                             "watchdog": {"max_latency_ms": cfg.robot.watchdog_max_latency_ms,
-                                          "window_s": cfg.robot.watchdog_window_s,
-                                          "min_frames": cfg.robot.watchdog_min_frames,
-                                          "confidence_min_frames": cfg.robot.watchdog_confidence_min_frames},
-                             "ring_stride_frames": cfg.robot.shadow_stride_frames, "providers": ["cpu"]}
+        manager_overrides = cfg.robot.manager_overrides()
         mqtt = broker = None
         arms: dict[str, Arm] = {}
         names = ["loop"] + (["random"] if cfg.arms.random_upload else [])
@@ -337,32 +327,14 @@ class Demo:
 
     def _deploy(self, arm: Arm, round_number: int) -> None:
         """Roll out the round's promoted T4/T3 packages to the arm's fleet (canary first)."""
-        from fleetloop_core.manifest import load_manifest
-        from fleetloop_cloud.deploy import RolloutConfig, deploy_document, rollout
+        from fleetloop_cloud.deploy import RolloutConfig, deploy_approved
 
-        entries = [e for e in arm.rounds[-1].get("registry", []) if e.get("status") == "Approved"
-                   and e.get("variant") in ("T4", "T3")]
-        robots = [spec.robot_id for spec in arm.fleet.specs]
-        for entry in sorted(entries, key=lambda e: e["variant"], reverse=True):     # T4 first
-            prefix = f"models/{entry['name']}/{entry['version']}"
-            store = arm.loop.registry.store if hasattr(arm.loop.registry, "store") else None
-            manifest_bytes = (store.get_bytes(f"{prefix}/manifest.json") if store is not None else None)
-            from fleetloop_core.manifest import parse_manifest
-            manifest = parse_manifest(json.loads(manifest_bytes), f"{arm.store_uri}/{prefix}")
-            document = deploy_document(manifest, arm.store_uri, prefix, manifest_bytes)
-            job_id = f"{arm.name}-r{round_number}-{entry['variant']}-{entry['version']}".replace(".", "-")
-            started = time.perf_counter()
-            try:
-                report = rollout(arm.jobs, robots, document, job_id,
-                                 RolloutConfig(canary_count=1, canary_timeout_s=180.0, fleet_timeout_s=300.0,
-                                               poll_s=0.25))
-                arm.deploys.append({"round": round_number, "tier": entry["variant"], "version": entry["version"],
-                                    "aborted": bool(report.aborted), "seconds": round(time.perf_counter() - started, 2),
-                                    "report": report.to_dict() if hasattr(report, "to_dict") else str(report)})
-            except FleetLoopError as exc:
-                log.error("%s round %d: rollout of %s failed: %s", arm.name, round_number, job_id, exc)
-                arm.deploys.append({"round": round_number, "tier": entry["variant"], "version": entry["version"],
-                                    "aborted": True, "error": str(exc)})
+        records = deploy_approved(arm.jobs, arm.loop.registry.store, arm.store_uri,
+                                  [spec.robot_id for spec in arm.fleet.specs], arm.rounds[-1].get("registry", []),
+                                  f"{arm.name}-r{round_number}",
+                                  RolloutConfig(canary_count=1, canary_timeout_s=180.0, fleet_timeout_s=300.0,
+                                                poll_s=0.25))
+        arm.deploys.extend({"round": round_number, **record} for record in records)
 
     def _active_learning(self, upload_all, test_sets):
         from fleetloop_core.inference import TierModel

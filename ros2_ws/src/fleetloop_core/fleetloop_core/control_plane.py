@@ -331,9 +331,6 @@ class MqttControlPlane:
         self._problem_logged = problem
         log.log(level, "%s: no control plane: %s; serving continues, retrying with back-off", self.thing_name, problem)
 
-    def _topic(self, suffix: str) -> str:
-        return iot_jobs.jobs_topic(self.thing_name, suffix, self.prefix)
-
     def start(self) -> None:
         """Start connecting (returns after ``connect_timeout_s`` even if the broker is away)."""
         from awscrt import mqtt5
@@ -377,9 +374,7 @@ class MqttControlPlane:
         self._connected.set()
         self._problem = self._problem_logged = None
         log.info("%s: connected to %s:%d (connection %d)", self.thing_name, self.host, self.port, self.connections)
-        topics = [self._topic("notify-next"), self._topic("start-next/accepted"), self._topic("start-next/rejected"),
-                  self._topic("+/update/accepted"), self._topic("+/update/rejected"),
-                  self._topic("+/get/accepted"), self._topic("+/get/rejected")]
+        topics = iot_jobs.device_subscriptions(self.thing_name, self.prefix)
         # a clean session forgets subscriptions: subscribe on every connection, then ask for work
         future = self._client.subscribe(mqtt5.SubscribePacket(
             [mqtt5.Subscription(topic, mqtt5.QoS.AT_LEAST_ONCE) for topic in topics]))
@@ -470,7 +465,8 @@ class MqttControlPlane:
             return None
         token = uuid.uuid4().hex
         try:
-            topic, payload = self._request(self._topic("start-next"), iot_jobs.start_next_request(token), token)
+            topic, payload = self._request(iot_jobs.start_next_topic(self.thing_name, self.prefix),
+                                           iot_jobs.start_next_request(token), token)
         except ControlPlaneUnavailable as exc:
             log.debug("%s", exc)
             return None

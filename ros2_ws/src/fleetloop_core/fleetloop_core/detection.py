@@ -37,7 +37,7 @@ from fleetloop_core import uncertainty_detection as dunc
 from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
-from fleetloop_core.manifest import MANIFEST_NAME, DetectionSpec, Manifest, load_manifest
+from fleetloop_core.manifest import MANIFEST_NAME, DetectionSpec, Manifest
 from fleetloop_core.preprocess import Preprocessor, check_frame, convert_order
 
 NONE_NAME = "none"
@@ -235,6 +235,7 @@ class DetectorOutputs:
     preprocess_s: float
     inference_s: float
     decode_s: float              # decoding + NMS + mapping back to frame pixels
+    finite: bool = True          # every raw output value finite (a NaN score decodes to "no box")
 
     @property
     def latency_s(self) -> float:
@@ -390,7 +391,8 @@ class DetectorModel(TierModel):
         detections = self.decode(outputs, 0, geometry, score_floor)
         decoded = time.perf_counter()
         embedding = outputs[-1][0] if self._has_embedding else None
-        return DetectorOutputs(detections, embedding, prepared - start, inferred - prepared, decoded - inferred)
+        return DetectorOutputs(detections, embedding, prepared - start, inferred - prepared, decoded - inferred,
+                               _finite(outputs, 0))
 
     def detect_batch(self, frames: Sequence[np.ndarray], color_order: str = "RGB", batch_size: int = 64,
                      score_floor: float | None = None) -> list[DetectorOutputs]:
@@ -409,7 +411,7 @@ class DetectorModel(TierModel):
                 detections = self.decode(outputs, i, geometry, score_floor)
                 embedding = outputs[-1][i] if self._has_embedding else None
                 results.append(DetectorOutputs(detections, embedding, (t1 - t0) / len(chunk), (t2 - t1) / len(chunk),
-                                               time.perf_counter() - d0))
+                                               time.perf_counter() - d0, _finite(outputs, i)))
         return results
 
     def infer(self, frame: np.ndarray, color_order: str = "RGB"):   # type: ignore[override]
@@ -419,19 +421,24 @@ class DetectorModel(TierModel):
         raise ModelError(f"{self.manifest.name}: a detector has no class probabilities; use detect_batch()")
 
 
-def load_model(path: str | Path, **kwargs) -> TierModel:
-    """Return a TierModel or a DetectorModel, as the manifest's ``task`` says."""
-    path = Path(path)
-    manifest = load_manifest(path / MANIFEST_NAME if path.is_dir() else path)
-    if manifest.task == "detection":
-        return DetectorModel.load(path, **kwargs)
-    return TierModel.load(path, **kwargs)
+def _finite(outputs: Sequence[np.ndarray], index: int) -> bool:
+    """Return whether image ``index``'s raw outputs are all finite (NaN scores would decode to "no box")."""
+    return all(bool(np.isfinite(output[index]).all()) for output in outputs
+               if np.issubdtype(output.dtype, np.floating))
 
 
-def model_task(path: str | Path) -> str:
-    """Return the ``task`` of the model package at ``path`` (classification or detection)."""
-    path = Path(path)
-    return load_manifest(path / MANIFEST_NAME if path.is_dir() else path).task
+def frame_label_scores(detections: Detections, num_classes: int) -> np.ndarray:
+    """Return the frame-level scores (C + 1,): per class its best box score, then 1 - the best box score.
+
+    The maximum is how sure the detector is of the frame's label (its best box's class, or ``none``).
+    """
+    scores = np.zeros(num_classes + 1, np.float32)
+    if len(detections):
+        np.maximum.at(scores, detections.classes, detections.scores)
+        scores[num_classes] = 1.0 - float(detections.scores.max())
+    else:
+        scores[num_classes] = 1.0
+    return scores
 
 
 # --------------------------------------------------------------------------- the cascade
@@ -597,15 +604,15 @@ class DetectionCascade:
         detections = parts.confirmed
         classes = tuple(edge.labels)
         none_index = len(classes)
-        probs = np.zeros(none_index + 1, np.float32)
+        probs = frame_label_scores(detections, none_index)
+        if not used_out.finite:
+            probs[:] = np.nan                  # what the watchdog counts as an error, as for classifiers
         if len(detections):
-            np.maximum.at(probs, detections.classes, detections.scores)
             best = int(np.argmax(detections.scores))
             label, confidence = int(detections.classes[best]), float(detections.scores[best])
         else:
             label = none_index
             confidence = 1.0 - (float(parts.candidates.scores.max()) if len(parts.candidates) else 0.0)
-        probs[none_index] = 1.0 - (float(detections.scores.max()) if len(detections) else 0.0)
         embedding = out.embedding
         state = self._streams.get(stream)
         if state is None:

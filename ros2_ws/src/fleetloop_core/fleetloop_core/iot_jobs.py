@@ -61,14 +61,22 @@ def update_topic(thing: str, job_id: str, prefix: str = DEFAULT_PREFIX) -> str:
     return jobs_topic(thing, f"{job_id}/update", prefix)
 
 
-def get_topic(thing: str, prefix: str = DEFAULT_PREFIX) -> str:
-    return jobs_topic(thing, "get", prefix)
-
-
 def describe_topic(thing: str, job_id: str, prefix: str = DEFAULT_PREFIX) -> str:
     if not job_id or any(c in job_id for c in "/+#"):
         raise ValueError(f"invalid job id {job_id!r}")
     return jobs_topic(thing, f"{job_id}/get", prefix)
+
+
+def device_subscriptions(thing: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Return the topics a device subscribes to: notify-next and the answers to its requests."""
+    return [jobs_topic(thing, suffix, prefix) for suffix in (
+        "notify-next", "start-next/accepted", "start-next/rejected", "+/update/accepted", "+/update/rejected",
+        "+/get/accepted", "+/get/rejected")]
+
+
+def service_subscriptions(prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Return the topics a job service subscribes to: every thing's StartNext, Update, GetPending, Describe."""
+    return [f"{prefix}/things/+/jobs/{suffix}" for suffix in ("start-next", "+/update", "get", "+/get")]
 
 
 def parse_jobs_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> tuple[str, list[str]]:

@@ -4,9 +4,10 @@ Per job (on a background thread while the current model keeps serving):
 
     job ─► already done? (same job id: the stored outcome; same version serving: SUCCEEDED, no reload)
         ─► install (fetch, signature, compatibility, sha256; ``fleetloop_core.model_store``)
-        ─► load + warm up (``TierModel.load``)
-        ─► shadow check on the last K frames of the ring buffer (agreement with the current model,
-           latency p99, NaN and constant outputs; :func:`shadow_verdict`)
+        ─► load + warm up (the manifest's task loads it: ``fleetloop_core.tasks.load_model``)
+        ─► shadow check on the last K frames of the ring buffer (agreement with the current model as
+           the task defines it: top-1 class, or every box matched; latency p99, NaN and constant
+           outputs; :func:`shadow_verdict`)
         ─► swap between two frames (``Cascade.set_model``)
         ─► watchdog for a window of frames (latency, confidence collapse, error rate;
            :func:`watchdog_verdict`); a crossed limit swaps the previous model back at once.
@@ -40,6 +41,7 @@ from fleetloop_core.model_store import (IncompatibleModel, ModelStore, ModelStor
                                         PackageMismatch, StoreFull)
 from fleetloop_core.signing import SignatureError, verify_package
 from fleetloop_core.store import StoreError
+from fleetloop_core.tasks import ModelRun, Task, load_model, task_of
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +245,14 @@ class ShadowReport:
 
 
 def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, current_latency_s: Sequence[float],
-                   candidate_latency_s: Sequence[float], config: ShadowConfig) -> ShadowReport:
+                   candidate_latency_s: Sequence[float], config: ShadowConfig,
+                   agreed: np.ndarray | None = None) -> ShadowReport:
     """Return whether the candidate may serve, judged on the same frames as the current model.
 
-    ``*_probs`` are (N, C) probabilities; latencies are seconds per frame at batch 1.
+    ``*_probs`` are (N, K) frame-level scores in [0, 1] (a classifier's probabilities; a detector's
+    ``fleetloop_core.detection.frame_label_scores``), their maximum the model's confidence;
+    ``agreed`` (N,) says per frame whether the two answers agree as the task defines it (default:
+    the same top-1 score index); latencies are seconds per frame at batch 1.
     """
     reasons: list[str] = []
     frames = len(candidate_probs)
@@ -256,7 +262,9 @@ def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, curre
     spread_current = float(np.abs(current_probs - current_probs.mean(axis=0)).max())
     sure = current_probs.max(axis=1) >= config.agreement_min_confidence
     judged = int(sure.sum())
-    same = (candidate_probs.argmax(axis=1) == current_probs.argmax(axis=1)) & finite
+    if agreed is None:
+        agreed = candidate_probs.argmax(axis=1) == current_probs.argmax(axis=1)
+    same = np.asarray(agreed, bool) & finite
     agreement_all = float(same.sum() / max(frames, 1))
     agreement = float(same[sure].sum() / judged) if judged else float("nan")
     p99_candidate = _percentile(candidate_latency_s, 99) * 1000.0
@@ -346,6 +354,7 @@ class _Watch:
     tier: str
     version: str
     previous: TierModel
+    task: Task
     started: float
     baseline_latency_s: float
     baseline_confidence: float
@@ -375,7 +384,7 @@ class ModelManager:
     """Owns the serving models of one cascade and every change to them."""
 
     def __init__(self, cascade: Cascade, store: ModelStore, config: ModelManagerConfig | None = None,
-                 loader: Loader = TierModel.load, clock: Callable[[], float] = time.monotonic):
+                 loader: Loader = load_model, clock: Callable[[], float] = time.monotonic):
         self.cascade = cascade
         self.store = store
         self.config = config or ModelManagerConfig()
@@ -503,8 +512,9 @@ class ModelManager:
                 for role in ("edge", "escalation"):
                     model = self._model(role)
                     if model is not None and model.tier in result.latency_s:
-                        confidence = float(result.tier_outputs[model.tier].max())
-                        self._recent[role].append((result.latency_s[model.tier], confidence))
+                        confidence = task_of(model).served_confidence(result, model.tier)
+                        if confidence is not None:
+                            self._recent[role].append((result.latency_s[model.tier], confidence))
             watch = self._watch
             if watch is not None and not watch.done.is_set():
                 stats = watch.stats
@@ -514,7 +524,9 @@ class ModelManager:
                         stats.errors += 1
                     elif watch.tier in result.latency_s:
                         stats.latencies_s.append(result.latency_s[watch.tier])
-                        stats.confidences.append(float(result.tier_outputs[watch.tier].max()))
+                        confidence = watch.task.served_confidence(result, watch.tier)
+                        if confidence is not None:
+                            stats.confidences.append(confidence)
                 verdict = watchdog_verdict(stats, watch.baseline_latency_s, watch.baseline_confidence,
                                            self.config.watchdog, watch.baseline_p95_s)
                 if verdict is not None:
@@ -717,8 +729,8 @@ class ModelManager:
                 baseline_confidence = expected_confidence if math.isfinite(expected_confidence) else \
                     float(np.mean([r[1] for r in recent])) if recent else float("nan")
                 baseline_p95 = _percentile([r[0] for r in recent], 95) if recent else float("nan")
-                watch = _Watch(job_id, role, candidate.tier, candidate.version, previous, self._clock(),
-                               baseline_latency, baseline_confidence, baseline_p95)
+                watch = _Watch(job_id, role, candidate.tier, candidate.version, previous, task_of(candidate),
+                               self._clock(), baseline_latency, baseline_confidence, baseline_p95)
                 self._watch = watch
                 self._role_state[role] = "watching"
             else:
@@ -747,17 +759,20 @@ class ModelManager:
         current = self._model(role)
         if current is None:                       # nothing to compare with: judge the candidate alone
             current = candidate
-        current_probs, candidate_probs, current_s, candidate_s = [], [], [], []
+        task = task_of(candidate)
+        if task is not task_of(current):
+            raise ModelError(f"{candidate.manifest.name}: task {candidate.manifest.task} cannot replace "
+                             f"{current.manifest.name} (task {current.manifest.task})")
+        ours: list[ModelRun] = []
+        theirs: list[ModelRun] = []
         for frame in frames:
-            ours = current.infer(frame)
-            theirs = candidate.infer(frame)
-            current_probs.append(ours.probs[0])
-            candidate_probs.append(theirs.probs[0])
-            current_s.append(ours.latency_s)
-            candidate_s.append(theirs.latency_s)
+            ours.append(task.run(current, frame))
+            theirs.append(task.run(candidate, frame))
             if config.pace_s:
                 time.sleep(config.pace_s)
-        return shadow_verdict(np.stack(current_probs), np.stack(candidate_probs), current_s, candidate_s, config)
+        return shadow_verdict(np.stack([r.scores for r in ours]), np.stack([r.scores for r in theirs]),
+                              [r.latency_s for r in ours], [r.latency_s for r in theirs], config,
+                              np.array([task.agree(a, b) for a, b in zip(ours, theirs)], bool))
 
     # ------------------------------------------------------------------ rollback
     def rollback(self, role: str = "edge", reason: str = "manual", to_version: str | None = None,

@@ -363,7 +363,8 @@ def replay(bags: str | Path | Sequence[str | Path], models: str | Path, base: Se
     models = Path(models)
     if not (models / "T4" / "manifest.json").is_file():
         raise ReplayError(f"{models}: no T4 model (run `fleetloop models build --out {models}`)")
-    from fleetloop_core.detection import DetectionCascadeConfig, load_detection_cascade, model_task
+    from fleetloop_core.detection import DetectionCascadeConfig, load_detection_cascade
+    from fleetloop_core.tasks import model_task
 
     if model_task(models / "T4") == "detection":
         # detectors: the detection cascade; frame labels are the classes plus none

@@ -31,12 +31,12 @@ from fleetloop_core.control_plane import open_control_plane
 from fleetloop_core.deploy_agent import DeployAgent
 from fleetloop_core.errors import FleetLoopError, ModelError
 from fleetloop_core.health import FAILED_MODEL_EVENTS, Check, control_plane_check, models_check
-from fleetloop_core.inference import TierModel
 from fleetloop_core.manifest import load_manifest
 from fleetloop_core.model_manager import (ROLE_BY_TIER, JobOutcome, ModelEvent, ModelManager, ModelManagerConfig,
                                          serving_package_dirs)
 from fleetloop_core.model_store import MODELS_PREFIX, ModelStore, PackageLocation
 from fleetloop_core.signing import verify_package
+from fleetloop_core.tasks import load_model
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
 from fleetloop_ros.messages import time_msg
 from fleetloop_ros.parameters import LiveParameters
@@ -124,8 +124,8 @@ class ModelManagerNode(Node):
                 continue
             try:
                 verify_package(directory, store.trusted)
-                model = TierModel.load(directory, providers=config.providers, intra_op_threads=config.intra_op_threads,
-                                       warmup=config.warmup_runs)
+                model = load_model(directory, providers=config.providers, intra_op_threads=config.intra_op_threads,
+                                   warmup=config.warmup_runs)
                 cascade.set_model(role, model)
             except FleetLoopError as exc:
                 self.get_logger().error(f"cannot restore {role} {manifest.name} {manifest.version}: {exc}; "

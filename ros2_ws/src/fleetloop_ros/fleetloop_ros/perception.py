@@ -45,12 +45,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from fleetloop_core.cascade import Cascade, FrameResult as CoreFrameResult
-from fleetloop_core.detection import DetectionCascade, load_detection_cascade, model_task
+from fleetloop_core.detection import DetectionCascade, load_detection_cascade
 from fleetloop_core.errors import InputError
 from fleetloop_core.health import (Check, LatencyWindow, Liveness, PublisherFacts, RepeatedSample, RollingEvents,
                                    StampGaps, StreamFacts, check, input_check, liveness_check)
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
 from fleetloop_core.ros_convert import UnsupportedEncoding, msg_to_rgb8
+from fleetloop_core.tasks import model_task
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
 from fleetloop_ros.messages import detections_msg, frame_result_msg, stamp_ns
 from fleetloop_ros.parameters import LiveParameters

@@ -1,0 +1,186 @@
+"""Tasks: what differs between a classifier and a detector on the robot, behind one registry.
+
+A model package's manifest names its ``task``; :data:`TASKS` maps that name to a :class:`Task`
+that knows how to load such a model and how to put two of them side by side. The model manager,
+the restore-after-restart path and the loaders are written once against this protocol, so a
+detector is installed, shadow-checked, swapped, watched and rolled back exactly as a classifier is.
+
+What a task supplies:
+
+* ``load(path, ...)``: the verified, warm model (``TierModel`` or ``DetectorModel``);
+* ``run(model, frame)``: one frame's answer as a :class:`ModelRun`: the task's own answer (a class
+  index, a set of boxes), a frame-level score vector (finite/constant checks and confidence) and
+  the latency;
+* ``agree(current, candidate)``: whether two answers on the same frame agree (top-1 class for
+  classification; every box matched at IoU >= 0.5 with the same class for detection);
+* ``served_confidence(result, tier)``: the confidence of one tier in a cascade result, in the same
+  terms as ``ModelRun.confidence`` (the watchdog compares the two);
+* ``cascade(edge, escalation, config)``: the cascade that serves two such models.
+
+A third task (segmentation, keypoints) is one class implementing these five methods plus one
+line, ``register_task(SegmentationTask())``; the manifest's ``task`` literal names it
+(``fleetloop_core.manifest``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from fleetloop_core import uncertainty_detection as dunc
+from fleetloop_core.cascade import Cascade
+from fleetloop_core.detection import DetectionCascade, DetectionResult, DetectorModel, frame_label_scores
+from fleetloop_core.errors import ModelError
+from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
+from fleetloop_core.manifest import MANIFEST_NAME, load_manifest
+
+# a shadow-check pair of boxes is the same object at this overlap (the detection cascade's default)
+SHADOW_MATCH_IOU = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRun:
+    """One model's answer on one frame.
+
+    ``answer``: the task's own answer (classification: class index; detection: ``Detections``);
+    ``scores``: the frame-level score vector (classification: probabilities (C,); detection: per
+    class the best box score, then 1 - the best score (C + 1,)); ``latency_s``: seconds, batch 1.
+    """
+
+    answer: Any
+    scores: np.ndarray
+    latency_s: float
+
+    @property
+    def confidence(self) -> float:
+        """Return how sure the model is of the frame's answer, in [0, 1] (NaN for non-finite outputs)."""
+        return float(self.scores.max())
+
+
+class Task(Protocol):
+    """What a task supplies (see the module docstring)."""
+
+    name: str
+
+    def load(self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1,
+             warmup: int = 3) -> TierModel: ...
+
+    def run(self, model: TierModel, frame: np.ndarray) -> ModelRun: ...
+
+    def agree(self, current: ModelRun, candidate: ModelRun) -> bool: ...
+
+    def served_confidence(self, result: Any, tier: str) -> float | None: ...
+
+    def cascade(self, edge: TierModel, escalation: TierModel | None = None, config: Any = None) -> Any: ...
+
+
+class ClassificationTask:
+    """Image classifiers: class probabilities per frame."""
+
+    name = "classification"
+
+    def load(self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1,
+             warmup: int = 3) -> TierModel:
+        return TierModel.load(path, providers=providers, intra_op_threads=intra_op_threads, warmup=warmup)
+
+    def run(self, model: TierModel, frame: np.ndarray) -> ModelRun:
+        out = model.infer(frame)
+        probs = out.probs[0]
+        return ModelRun(int(np.argmax(probs)), probs, out.latency_s)
+
+    def agree(self, current: ModelRun, candidate: ModelRun) -> bool:
+        return current.answer == candidate.answer and bool(np.isfinite(candidate.scores).all())
+
+    def served_confidence(self, result: Any, tier: str) -> float | None:
+        outputs = result.tier_outputs.get(tier)
+        return None if outputs is None else float(outputs.max())
+
+    def cascade(self, edge: TierModel, escalation: TierModel | None = None, config: Any = None) -> Cascade:
+        return Cascade(edge, escalation, config)
+
+
+class DetectionTask:
+    """Object detectors: boxes per frame."""
+
+    name = "detection"
+
+    def load(self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1,
+             warmup: int = 3) -> TierModel:
+        return DetectorModel.load(path, providers=providers, intra_op_threads=intra_op_threads, warmup=warmup)
+
+    def run(self, model: TierModel, frame: np.ndarray) -> ModelRun:
+        if not isinstance(model, DetectorModel):
+            raise ModelError(f"{model.manifest.name}: task {model.manifest.task!r} is not a detector")
+        out = model.detect(frame)
+        scores = frame_label_scores(out.detections, model.num_classes)
+        if not out.finite:
+            scores = np.full_like(scores, np.nan)
+        return ModelRun(out.detections, scores, out.latency_s)
+
+    def agree(self, current: ModelRun, candidate: ModelRun) -> bool:
+        if not np.isfinite(candidate.scores).all():
+            return False
+        a, b = current.answer, candidate.answer
+        found = dunc.box_disagreement(a.boxes, b.boxes, a.classes, b.classes, SHADOW_MATCH_IOU)
+        return found.unmatched == 0 and found.class_conflicts == 0
+
+    def served_confidence(self, result: Any, tier: str) -> float | None:
+        if not isinstance(result, DetectionResult):
+            return None
+        detections = result.tier_detections.get(tier)
+        return None if detections is None else float(frame_label_scores(detections, len(result.classes)).max())
+
+    def cascade(self, edge: TierModel, escalation: TierModel | None = None, config: Any = None) -> DetectionCascade:
+        if not isinstance(edge, DetectorModel) or not (escalation is None or isinstance(escalation, DetectorModel)):
+            raise ModelError(f"{edge.manifest.name}: a detection cascade serves detectors only")
+        return DetectionCascade(edge, escalation, config)
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> None:
+    """Make ``task`` available under ``task.name`` (the manifest's ``task``)."""
+    TASKS[task.name] = task
+
+
+register_task(ClassificationTask())
+register_task(DetectionTask())
+
+
+def task_named(name: str) -> Task:
+    """Return the task called ``name``; ModelError naming the known ones otherwise."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ModelError(f"unknown task {name!r} (known: {', '.join(sorted(TASKS))})") from None
+
+
+def task_of(model: TierModel) -> Task:
+    """Return the task of a loaded model (from its manifest)."""
+    return task_named(model.manifest.task)
+
+
+def model_task(path: str | Path) -> str:
+    """Return the ``task`` of the model package at ``path`` (a directory or its manifest.json)."""
+    path = Path(path)
+    return load_manifest(path / MANIFEST_NAME if path.is_dir() else path).task
+
+
+def load_model(path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1,
+               warmup: int = 3) -> TierModel:
+    """Return the model at ``path`` loaded by its manifest's task (verified, warm)."""
+    return task_named(model_task(path)).load(path, providers=providers, intra_op_threads=intra_op_threads,
+                                             warmup=warmup)
+
+
+def cascade_for(edge: TierModel, escalation: TierModel | None = None, config: Any = None) -> Any:
+    """Return the cascade of the edge model's task serving ``edge`` (and ``escalation``)."""
+    return task_of(edge).cascade(edge, escalation, config)
+
+
+__all__ = ["ClassificationTask", "DetectionTask", "ModelRun", "TASKS", "Task", "cascade_for", "load_model",
+           "model_task", "register_task", "task_named", "task_of"]
