@@ -176,7 +176,7 @@ def bench_queue(n_records: int, s3_endpoint: str | None) -> dict:
                 report = uploader.drain()
                 # a parked camera can record the very same frame twice: one key, queued once
                 assert report.uploaded == len({r.frame_key for r in records}), report
-        figures[f"put_per_s"] = round(n_records / put_s, 1)
+        figures["put_per_s"] = round(n_records / put_s, 1)
         figures[f"drain_{name}_per_s"] = round(n_records / report.seconds, 1)
         figures[f"drain_{name}_mb_per_s"] = round(size / report.seconds / 1e6, 2)
     return figures

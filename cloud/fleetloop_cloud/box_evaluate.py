@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -141,6 +141,3 @@ def box_gate(production: MapScores, candidate: MapScores, config: EvaluationConf
     return GateDecision(promote=promote, gain=gain, reasons=reasons, regressions=regressions)
 
 
-def tiers_scored(models: Sequence[DetectorModel], test: BoxTestSet) -> dict[str, MapScores]:
-    """Return mAP figures per model (keyed by tier)."""
-    return {m.tier: score_detector(m, test) for m in models}

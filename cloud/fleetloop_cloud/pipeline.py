@@ -40,7 +40,7 @@ from fleetloop_cloud import active, routing
 from fleetloop_cloud.annotators import AnnotatorContext, TaskRequest, make_annotator
 from fleetloop_cloud.autolabel import Combined, combine, load_teachers, run_teachers
 from fleetloop_cloud.calibration import fit_temperature
-from fleetloop_cloud.config import CloudConfig, CostModel, load_cloud_config, load_cost_model
+from fleetloop_cloud.config import CloudConfig, CostModel, load_cost_model
 from fleetloop_cloud.costs import compute_dollars, labeling_figures, task_cost
 from fleetloop_cloud.frames import FrameCache
 from fleetloop_cloud.ingest import ingest as ingest_frames
@@ -92,11 +92,6 @@ class CloudLoop:
         self._on_approved = list(on_approved or [])
         self.base_models = {tier: Path(config.models) / tier for tier in ("T1", "T2", "T3", "T4")}
         self.labels = list(load_manifest(self.base_models["T2"]).labels)
-
-    @classmethod
-    def from_file(cls, path: str | Path | None = None, **kwargs) -> "CloudLoop":
-        """Return a loop configured by config/cloud.yaml (or ``path``)."""
-        return cls(load_cloud_config(path), **kwargs)
 
     def close(self) -> None:
         """Close the pool."""

@@ -522,6 +522,3 @@ class Pool:
         self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", (key, json.dumps(value)))
 
 
-def open_pool(path: str | Path) -> Pool:
-    """Return the pool at ``path`` (created if absent)."""
-    return Pool(path)

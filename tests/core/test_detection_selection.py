@@ -3,7 +3,6 @@ frames carry boxes in their sidecars, and replay (with its CSV and plots) works 
 
 import shutil
 
-import numpy as np
 import pytest
 
 from fleetloop_core import sim

@@ -8,7 +8,7 @@ import pytest
 
 from fleetloop_core.cascade import FrameResult
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.selection import (POLICIES, SelectionConfig, Selector, TokenBucket, load_selection_config,
+from fleetloop_core.selection import (POLICIES, Selector, TokenBucket, load_selection_config,
                                       selection_config, value_score)
 from fleetloop_core.sidecar import parse_sidecar
 

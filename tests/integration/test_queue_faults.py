@@ -4,7 +4,6 @@ After every campaign each accepted frame must be in the store exactly once (fram
 matching their sha256) or still queued: nothing lost, duplicated or half-written.
 """
 
-import pytest
 
 from fleetloop_core.faults import audit, kill_campaign, read_accepted, synthetic_records
 from fleetloop_core.store import FileStore

@@ -201,11 +201,6 @@ class RollingEvents:
         """Return events per second over the window."""
         return self.count() / self.span_s()
 
-    def size_per_second(self) -> float:
-        """Return size units (e.g. bytes) per second over the window."""
-        return self.size() / self.span_s()
-
-
 class LatencyWindow:
     """The last ``capacity`` durations (seconds) and their percentiles in milliseconds; thread-safe."""
 

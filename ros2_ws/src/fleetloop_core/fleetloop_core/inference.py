@@ -10,7 +10,6 @@ what is really in use.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,11 +231,3 @@ class TierModel:
         )
 
 
-def available_providers() -> list[str]:
-    """Return the execution providers of the installed onnxruntime build."""
-    return list(ort.get_available_providers())
-
-
-def default_threads() -> int:
-    """Return the intra-op thread count from FLEETLOOP_ORT_THREADS (default 1: one frame, one core)."""
-    return max(1, int(os.environ.get("FLEETLOOP_ORT_THREADS", "1")))

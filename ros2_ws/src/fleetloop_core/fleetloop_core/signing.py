@@ -74,12 +74,6 @@ def key_id(public_pem: bytes) -> str:
     return hashlib.sha256(_raw_public(_load_public(public_pem))).hexdigest()[:16]
 
 
-def public_pem_of(private_pem: bytes) -> bytes:
-    """Return the public PEM belonging to a private PEM."""
-    return _load_private(private_pem).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 # ---------------------------------------------------------------------------------------- signing
 def canonical_bytes(manifest: Manifest) -> bytes:
     """Return the bytes that get signed: the manifest without signature as compact sorted JSON (UTF-8).

@@ -183,6 +183,3 @@ class EmbeddingMemory:
                 self._count = count + 1
         return value
 
-    def snapshot(self) -> np.ndarray:
-        """Return a copy of the stored unit embeddings."""
-        return self._rows[:self._count].copy()

@@ -45,7 +45,7 @@ from pydantic import Field
 from fleetloop_core.config import ConfigModel, default_config_path, load_config
 from fleetloop_core.errors import FleetLoopError
 from fleetloop_core.record import EncodedRecord, UploadRecord
-from fleetloop_core.store import ObjectStore, StoreError, StoreUnavailable, open_store
+from fleetloop_core.store import ObjectStore, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -666,6 +666,3 @@ class Uploader:
             self._thread = None
 
 
-def open_uploader(config: QueueConfig) -> Uploader:
-    """Return an uploader for the queue and store named in ``config``."""
-    return Uploader(UploadQueue.from_config(config), open_store(config.store), config)

@@ -275,12 +275,3 @@ class LiveParameters(Generic[S]):
         return SetParametersResult(successful=True)
 
 
-def overrides_for(specs: Mapping[str, ParamSpec], values: Mapping[str, Any]) -> list[Parameter]:
-    """Return rclpy Parameters (node ``parameter_overrides``) for dotted ``values`` we know."""
-    result = []
-    for name, value in values.items():
-        spec = specs.get(name)
-        if spec is None:
-            continue
-        result.append(Parameter(name, Parameter.Type(spec.type), to_ros_value(spec, value)))
-    return result
