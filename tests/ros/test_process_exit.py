@@ -132,11 +132,24 @@ def test_robot_exits_while_an_upload_hangs_and_keeps_every_record(ros, robot, si
     assert stats.uploaded_total == 0 and stats.records >= sum(d.keep for d in decisions)
 
 
+def _read_until(process: subprocess.Popen, text: str) -> str:
+    """Return the process's output up to and including the first line containing ``text`` (or up to its end)."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if text in line:
+            break
+    return "".join(lines)
+
+
 def test_camera_waiting_for_subscribers_exits_on_sigint_and_gives_up_with_a_clear_error(ros, spawn):
     waiting = _camera(spawn, ros.namespace, "--count", "10", "--wait-subscribers", "1")
-    time.sleep(3.0)
+    # the camera says when it waits (a fixed sleep raced its start-up on a loaded machine: the SIGINT
+    # landed during its imports and ended it with a KeyboardInterrupt instead of a clean stop)
+    said = _read_until(waiting, "camera replay: waiting for 1 subscriber(s)")
+    assert "waiting for 1 subscriber(s)" in said, said
     code, seconds = _stop_timed(waiting, signal.SIGINT)
-    assert code == 0 and seconds < EXIT_WITHIN_S, waiting.stdout.read()
+    assert code == 0 and seconds < EXIT_WITHIN_S, said + waiting.stdout.read()
 
     started = time.monotonic()
     giving_up = _camera(spawn, ros.namespace, "--count", "10", "--wait-subscribers", "2", "--wait-timeout", "2")
@@ -205,6 +218,16 @@ def test_a_camera_started_with_sigint_ignored_still_stops_on_sigint_during_start
     process = spawn([sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", "/ignored_sigint",
                      "--count", "10", "--wait-subscribers", "1"], cwd=ROOT, stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, text=True, preexec_fn=ignore_sigint)
-    time.sleep(0.3)                                    # still importing: no handler of ours yet
+    # the moment restore() made SIGINT count again (the kernel shows a process's ignored signals); it is still
+    # importing then, long before run_nodes' handlers. Before it nothing can catch a SIGINT: the kernel drops it.
+    ignored = 1 << (signal.SIGINT - 1)
+    while process.poll() is None and int(_proc_status(process.pid)["SigIgn"], 16) & ignored:
+        time.sleep(0.001)
     code, seconds = _stop_timed(process, signal.SIGINT)
     assert seconds < 5.0 and code != 0, (code, seconds)
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    """Return the fields of /proc/<pid>/status (Linux)."""
+    with open(f"/proc/{pid}/status") as handle:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in handle if ":\t" in line)

@@ -37,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the process exit code."""
-    parser = build_parser()
+    """Run the CLI; return the process exit code (130 after a SIGINT, also one during start-up)."""
+    try:
+        parser = build_parser()         # imports every sub-command's module: seconds on a loaded robot
+    except KeyboardInterrupt:
+        return 130
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

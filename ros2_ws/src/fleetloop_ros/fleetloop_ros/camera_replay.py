@@ -99,6 +99,7 @@ class CameraReplayNode(Node):
         self.failure = ""                            # why the camera gave up (no subscribers in time)
         self._created = time.monotonic()
         self._matched_at: float | None = None
+        self._said_waiting = False
         self.frame_id = frame_id
         # reliable: two seconds of history (at most 64 frames: Fast DDS preallocates it), so a reader that
         # stalls for a moment (a loaded machine) loses nothing
@@ -159,6 +160,10 @@ class CameraReplayNode(Node):
             answering = not self._lockstep or self._results.get_publisher_count() >= 1
             if matched < self.wait_subscribers or not answering:
                 self._matched_at = None
+                if not self._said_waiting:
+                    self._said_waiting = True
+                    self.get_logger().info(f"camera replay: waiting for {self.wait_subscribers} subscriber(s) on "
+                                           f"{self.publisher.topic_name} (up to {self.wait_timeout_s:g} s)")
                 if time.monotonic() - self._created > self.wait_timeout_s:
                     self.failure = (f"camera replay: no frame sent: {matched} of {self.wait_subscribers} subscriber(s) "
                                     f"matched on {self.publisher.topic_name}"
