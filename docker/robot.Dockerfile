@@ -7,7 +7,7 @@
 #       fleetloop/robot:humble \
 #       ros2 launch /ws/launch/robot.launch.py robot_id:=robot-7 namespace:=/robot7 \
 #           image_topics:=/camera/color/image_raw store_uri:=s3://fleet-frames/site-a use_gpu:=true
-# (README "## Running on a robot"; the launch arguments are the options of `fleetloop robot`.)
+# (docs/robot.md; the launch arguments are the options of `fleetloop robot`.)
 #
 # Not buildable on the CI machines (no container engine runs there, and a build needs the network
 # for its base image); kept correct by review and by the tests that import the same packages with

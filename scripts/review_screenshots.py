@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the README screenshots of the review page (docs/img/review-label.png, review-routing.png).
+"""Regenerate the screenshots in docs/review_page.md of the review page (docs/img/review-label.png, review-routing.png).
 
 Builds the same small simulated world the browser tests use (fixtures in tests/fixtures: a fleet
 written into a file store, the cloud test teachers, the cloud loop up to its review step), larger
