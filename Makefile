@@ -6,18 +6,23 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 MODELS ?= models
 
-.PHONY: setup test demo demo-quick models bench clean help
+.PHONY: setup lint test demo demo-quick models bench clean help
 
 help:
 	@echo "make demo   - the closed-loop demo on a simulated fleet (embedded defaults)"
-	@echo "make test   - install everything needed, then run the test suite"
+	@echo "make test   - install everything needed, lint, then run the test suite"
+	@echo "make lint   - ruff (lint and format check)"
 	@echo "make models - build the reference models into ./$(MODELS)"
 	@echo "make bench  - run the benchmarks (quick mode)"
 
 setup:
 	@scripts/setup.sh
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 models: setup

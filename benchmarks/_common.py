@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def machine() -> dict[str, Any]:
     """Return what the numbers were measured on."""
     import onnxruntime as ort
+
     return {
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -51,6 +52,7 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     try:
         from rich.console import Console
         from rich.table import Table
+
         table = Table(title=title)
         table.add_column("measure")
         table.add_column("value", justify="right")
@@ -77,6 +79,7 @@ def locate_models(models: str | None, quick: bool) -> Path:
     if not models and (default / "T4" / "manifest.json").exists():
         return default
     from fleetloop_core.modelbuild import build_reference_models
+
     target = Path(models) if models else ROOT / ".cache" / ("models-test" if quick else "models")
     profile = "test" if quick else "default"
     print(f"building reference models ({profile} profile) into {target}", file=sys.stderr)

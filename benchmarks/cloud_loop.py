@@ -50,22 +50,31 @@ def main() -> int:
     store = open_store(f"file://{work / 'store'}")
     sites = sim.make_fleet_sites(max(1, args.robots), seed=0)
     edge = TierModel.load(models / "T4", providers=("cpu",), warmup=0)
-    fleet = SimulatedFleet(store, [(f"robot-{i}", sites[i]) for i in range(args.robots)], edge_model=edge,
-                           mode=args.mode)
-    config = cloud_config_from_dict({
-        "store": store.uri, "work_dir": str(work / "work"), "models": str(models),
-        "cost_model": str(ROOT / "config" / "cost_model.yaml"),
-        "review": {"calibration_sample": args.calibration_sample},
-        "training": {"teacher_epochs": 2 if args.quick else 3, "distil_epochs": 2 if args.quick else 3,
-                     "lab_replay_frames": 100 if args.quick else 1000},
-        "evaluation": {"frames_per_site": 60 if args.quick else 300, "min_support": 10 if args.quick else 20},
-        "registry": {"uri": str(work / "registry")},
-    }, source="benchmarks/cloud_loop.py")
+    fleet = SimulatedFleet(
+        store, [(f"robot-{i}", sites[i]) for i in range(args.robots)], edge_model=edge, mode=args.mode
+    )
+    config = cloud_config_from_dict(
+        {
+            "store": store.uri,
+            "work_dir": str(work / "work"),
+            "models": str(models),
+            "cost_model": str(ROOT / "config" / "cost_model.yaml"),
+            "review": {"calibration_sample": args.calibration_sample},
+            "training": {
+                "teacher_epochs": 2 if args.quick else 3,
+                "distil_epochs": 2 if args.quick else 3,
+                "lab_replay_frames": 100 if args.quick else 1000,
+            },
+            "evaluation": {"frames_per_site": 60 if args.quick else 300, "min_support": 10 if args.quick else 20},
+            "registry": {"uri": str(work / "registry")},
+        },
+        source="benchmarks/cloud_loop.py",
+    )
     from rich.console import Console
 
     rounds = []
     with CloudLoop(config, progress=False) as loop:
-        for number in range(args.rounds):
+        for _ in range(args.rounds):
             fleet.upload(args.frames)
             started = time.perf_counter()
             summary = loop.run_round()
@@ -78,30 +87,59 @@ def main() -> int:
     for data in rounds:
         labels, audit, figures = data["labels"], data["audit"], data["figures"]
         final = audit.get("final") or {}
-        audited = (f"{final['accuracy']:.3f} [{final['ci'][0]:.3f}, {final['ci'][1]:.3f}] n={final['frames']}"
-                   if final else "n/a")
+        audited = (
+            f"{final['accuracy']:.3f} [{final['ci'][0]:.3f}, {final['ci'][1]:.3f}] n={final['frames']}"
+            if final
+            else "n/a"
+        )
         t4 = data["models"].get("T4", {})
         rows += [
-            (f"round {data['round']}: ingested / auto / propagated / human",
-             f"{data['frames']['ingested']} / {labels['auto_accepted']} / {labels['propagated']} / {labels['human']}"),
+            (
+                f"round {data['round']}: ingested / auto / propagated / human",
+                f"{data['frames']['ingested']} / {labels['auto_accepted']} / {labels['propagated']} / "
+                f"{labels['human']}",
+            ),
             (f"round {data['round']}: audited accuracy", audited),
-            (f"round {data['round']}: throughput x / cost x",
-             f"{_fmt(figures['throughput_ratio'])} / {_fmt(figures['cost_ratio'])}"),
-            (f"round {data['round']}: human s / $ ; compute $",
-             f"{data['human']['seconds']:.0f} / {data['human']['dollars']:.2f} ; {data['compute']['dollars']:.4f}"),
-            (f"round {data['round']}: T4 field accuracy before -> after",
-             f"{t4.get('accuracy_before', float('nan')):.3f} -> {t4.get('accuracy_after', float('nan')):.3f}"
-             if t4 else "not trained"),
-            (f"round {data['round']}: wall s (train CPU s)",
-             f"{data['wall_seconds']:.0f} ({data['compute']['by_step']['train']['cpu_seconds']:.0f})"),
+            (
+                f"round {data['round']}: throughput x / cost x",
+                f"{_fmt(figures['throughput_ratio'])} / {_fmt(figures['cost_ratio'])}",
+            ),
+            (
+                f"round {data['round']}: human s / $ ; compute $",
+                f"{data['human']['seconds']:.0f} / {data['human']['dollars']:.2f} ; {data['compute']['dollars']:.4f}",
+            ),
+            (
+                f"round {data['round']}: T4 field accuracy before -> after",
+                f"{t4.get('accuracy_before', float('nan')):.3f} -> {t4.get('accuracy_after', float('nan')):.3f}"
+                if t4
+                else "not trained",
+            ),
+            (
+                f"round {data['round']}: wall s (train CPU s)",
+                f"{data['wall_seconds']:.0f} ({data['compute']['by_step']['train']['cpu_seconds']:.0f})",
+            ),
         ]
         for tier, cmp in data["models"].get("int8_vs_fp32", {}).items():
-            rows.append((f"round {data['round']}: {tier} ms vs fp32 ms (agreement)",
-                         f"{cmp['int8_ms']:.2f} vs {cmp['fp32_ms']:.2f} ({cmp['agreement']:.3f})"))
-    print_table(f"cloud loop, {args.mode} mode, {args.robots} robots x {args.frames} frames/round, models {models}",
-                rows)
-    write_json(args.json, {"machine": machine(), "mode": args.mode, "robots": args.robots, "frames": args.frames,
-                           "models": str(models), "rounds": rounds})
+            rows.append(
+                (
+                    f"round {data['round']}: {tier} ms vs fp32 ms (agreement)",
+                    f"{cmp['int8_ms']:.2f} vs {cmp['fp32_ms']:.2f} ({cmp['agreement']:.3f})",
+                )
+            )
+    print_table(
+        f"cloud loop, {args.mode} mode, {args.robots} robots x {args.frames} frames/round, models {models}", rows
+    )
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "mode": args.mode,
+            "robots": args.robots,
+            "frames": args.frames,
+            "models": str(models),
+            "rounds": rounds,
+        },
+    )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0

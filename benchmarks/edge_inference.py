@@ -55,6 +55,7 @@ def _time_pipeline(cascade, frames) -> tuple[list[float], list[float]]:
 def _numpy_scores_us(edge, inputs) -> float:
     """Return us per frame to compute entropy/margin/least confidence in numpy (no in-graph scores)."""
     from fleetloop_core import uncertainty as unc
+
     outputs = [edge.run(x) for x in inputs]
     best = float("inf")
     for _ in range(3):
@@ -91,8 +92,9 @@ def main(argv=None) -> int:
     inputs = [edge.preprocessor.one(f) for f in frames]
 
     t4_only = Cascade(edge, high, CascadeConfig(escalation_enabled=False))
-    cascade_config = CascadeConfig() if args.escalate_above is None else \
-        CascadeConfig(escalate_above=args.escalate_above)
+    cascade_config = (
+        CascadeConfig() if args.escalate_above is None else CascadeConfig(escalate_above=args.escalate_above)
+    )
     full = Cascade(edge, high, cascade_config)
     raw_fps, pipe_fps, casc_fps, pipe_lat, casc_lat, unc_lat = [], [], [], [], [], []
     escalations = 0
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
         pipe_lat.extend(pipe)
         casc_lat.extend(r.total_latency_s for r in results)
         escalations += sum(r.escalated for r in results)
-    unc_us = 1e6 * sum(unc_lat) / len(unc_lat)      # measured in place, after each real inference
+    unc_us = 1e6 * sum(unc_lat) / len(unc_lat)  # measured in place, after each real inference
     numpy_us = _numpy_scores_us(edge, inputs)
     raw_median = median(raw_fps)
     pipe_median = median(pipe_fps)
@@ -149,8 +151,11 @@ def main(argv=None) -> int:
         ("uncertainty, % of T4 inference (target <= 2)", f"{figures['uncertainty_pct_of_t4']:.2f}"),
         ("  same scores in numpy instead of in-graph (us)", f"{numpy_us:.2f}"),
         ("pipeline latency p50 / p99 (ms)", f"{figures['pipeline_p50_ms']:.3f} / {figures['pipeline_p99_ms']:.3f}"),
-        (f"cascade T4->T3 (escalate {cascade_config.escalation_signal} > {cascade_config.escalate_above}) (frames/s)",
-         f"{figures['cascade_fps']:.0f}"),
+        (
+            f"cascade T4->T3 (escalate {cascade_config.escalation_signal} > {cascade_config.escalate_above}) "
+            "(frames/s)",
+            f"{figures['cascade_fps']:.0f}",
+        ),
         ("cascade latency p50 / p99 (ms)", f"{figures['cascade_p50_ms']:.3f} / {figures['cascade_p99_ms']:.3f}"),
         ("escalation rate", f"{figures['escalation_rate']:.3f}"),
         ("peak RSS (MiB)", f"{figures['peak_rss_mb']:.0f}"),
@@ -166,12 +171,14 @@ def main(argv=None) -> int:
 def _locate_detectors(path: str | None, quick: bool) -> Path:
     """Return a directory with the T3/T4 detectors; build the detection-test profile when there is none."""
     from _common import ROOT
+
     if path and (Path(path) / "T4" / "manifest.json").exists():
         return Path(path)
     default = ROOT / "models-detection"
     if not path and (default / "T4" / "manifest.json").exists():
         return default
     from fleetloop_core.modelbuild import build_reference_models
+
     target = Path(path) if path else ROOT / ".cache" / ("models-detection-test" if quick else "models-detection")
     profile = "detection-test" if quick else "detection-default"
     print(f"building reference detectors ({profile} profile) into {target}", file=sys.stderr)
@@ -199,15 +206,15 @@ def _detector_rows(args, n_frames: int, rounds: int) -> dict:
     escalations = 0
     for _ in range(rounds):
         outputs = []
-        for model_input, _ in prepared:                     # raw: the session alone
+        for model_input, _ in prepared:  # raw: the session alone
             start = time.perf_counter()
             outputs.append(edge.session.run(names, {input_name: model_input}))
             raw_s.append(time.perf_counter() - start)
-        for frame in frames:                                # letterbox + layout into the model input
+        for frame in frames:  # letterbox + layout into the model input
             start = time.perf_counter()
             edge.prepare(frame)
             prep_s.append(time.perf_counter() - start)
-        for out, (_, geometry) in zip(outputs, prepared):   # decoding + NMS + mapping back, on the same outputs
+        for out, (_, geometry) in zip(outputs, prepared):  # decoding + NMS + mapping back, on the same outputs
             start = time.perf_counter()
             found = edge.decode(out, 0, geometry, floor)
             decode_s.append(time.perf_counter() - start)
@@ -236,23 +243,34 @@ def _detector_rows(args, n_frames: int, rounds: int) -> dict:
         "detection_escalation_rate": round(escalations / (n_frames * rounds), 4),
         "candidate_boxes_per_frame": round(float(np.mean(boxes)), 2),
         "score_floor": round(floor, 3),
-        "t4_layout": edge.spec.layout, "t3_layout": high.spec.layout,
-        "t4_parameters": edge.manifest.parameters, "t4_input": edge.manifest.input.shape,
-        "frame_shape": list(frames[0].shape), "detectors": str(models),
+        "t4_layout": edge.spec.layout,
+        "t3_layout": high.spec.layout,
+        "t4_parameters": edge.manifest.parameters,
+        "t4_input": edge.manifest.input.shape,
+        "frame_shape": list(frames[0].shape),
+        "detectors": str(models),
     }
     rows = [
-        (f"T4 detector raw session.run, batch 1 ({edge.spec.layout} layout) (frames/s)",
-         f"{figures['detector_t4_raw_fps']:.0f}"),
+        (
+            f"T4 detector raw session.run, batch 1 ({edge.spec.layout} layout) (frames/s)",
+            f"{figures['detector_t4_raw_fps']:.0f}",
+        ),
         ("T4 detector inference per frame (us)", f"{raw_us:.1f}"),
-        (f"letterbox {frames[0].shape[1]}x{frames[0].shape[0]} -> {edge.input_width}x{edge.input_height} (us)",
-         f"{figures['letterbox_us']:.2f}"),
-        (f"decode + NMS (OpenCV) + map back, {figures['candidate_boxes_per_frame']:.1f} boxes/frame (us)",
-         f"{decode_us:.2f}"),
+        (
+            f"letterbox {frames[0].shape[1]}x{frames[0].shape[0]} -> {edge.input_width}x{edge.input_height} (us)",
+            f"{figures['letterbox_us']:.2f}",
+        ),
+        (
+            f"decode + NMS (OpenCV) + map back, {figures['candidate_boxes_per_frame']:.1f} boxes/frame (us)",
+            f"{decode_us:.2f}",
+        ),
         ("decode + NMS, % of T4 detector inference", f"{figures['decode_nms_pct_of_t4']:.2f}"),
         ("detection uncertainty scores per frame (us)", f"{figures['detection_uncertainty_us']:.2f}"),
         ("full per-frame detection path, T4 (frames/s)", f"{figures['detection_pipeline_fps']:.0f}"),
-        ("detection path latency p50 / p99 (ms)",
-         f"{figures['detection_pipeline_p50_ms']:.3f} / {figures['detection_pipeline_p99_ms']:.3f}"),
+        (
+            "detection path latency p50 / p99 (ms)",
+            f"{figures['detection_pipeline_p50_ms']:.3f} / {figures['detection_pipeline_p99_ms']:.3f}",
+        ),
         ("detection cascade T4->T3 (frames/s)", f"{figures['detection_cascade_fps']:.0f}"),
         ("detection escalation rate", f"{figures['detection_escalation_rate']:.3f}"),
     ]

@@ -55,8 +55,12 @@ def main(argv=None) -> int:
     parser.add_argument("--swaps", type=int, default=None, help="number of swaps M (default 3 quick, 8 full)")
     parser.add_argument("--rate-hz", type=float, default=30.0, help="camera frame rate (default 30 Hz)")
     parser.add_argument("--settle-s", type=float, default=None, help="steady seconds between swaps")
-    parser.add_argument("--background-nice", type=int, default=None,
-                        help="nice increment of the job thread (default: config's background_nice)")
+    parser.add_argument(
+        "--background-nice",
+        type=int,
+        default=None,
+        help="nice increment of the job thread (default: config's background_nice)",
+    )
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
 
@@ -80,16 +84,24 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fleetloop-swap-"))
     try:
         private_pem, public_pem = generate_keypair()
-        packages = [_signed_version(models / "T4", work / "packages" / f"v{i}", f"swap-v{i}", private_pem)
-                    for i in range(swaps + 1)]
+        packages = [
+            _signed_version(models / "T4", work / "packages" / f"v{i}", f"swap-v{i}", private_pem)
+            for i in range(swaps + 1)
+        ]
         store = ModelStore(work / "robot", TrustedKeys.from_pems([public_pem]), keep_versions=3)
         first = store.install(PackageLocation(path=str(packages[0])))
         extra = {} if args.background_nice is None else {"background_nice": args.background_nice}
-        config = ModelManagerConfig(**extra, providers=["cpu"], warmup_runs=3, ring_buffer_frames=32,
-                                    shadow=ShadowConfig(min_frames=16),
-                                    watchdog=WatchdogConfig(window_frames=int(args.rate_hz), min_frames=10))
-        cascade = Cascade(TierModel.load(first.directory, providers=["cpu"]),
-                          TierModel.load(models / "T3", providers=["cpu"]))
+        config = ModelManagerConfig(
+            **extra,
+            providers=["cpu"],
+            warmup_runs=3,
+            ring_buffer_frames=32,
+            shadow=ShadowConfig(min_frames=16),
+            watchdog=WatchdogConfig(window_frames=int(args.rate_hz), min_frames=10),
+        )
+        cascade = Cascade(
+            TierModel.load(first.directory, providers=["cpu"]), TierModel.load(models / "T3", providers=["cpu"])
+        )
         manager = ModelManager(cascade, store, config)
         jobs = LocalDirJobs(work / "jobs")
         agent = DeployAgent(LocalControlPlane(work / "jobs", "bench-robot", poll_s=0.01), manager, poll_s=0.05)
@@ -97,7 +109,7 @@ def main(argv=None) -> int:
         frames = [f.image for f in sim.CameraStream(sim.make_site(0, 0), "bench-robot", seed=0).frames(64)]
 
         slots: queue.Queue = queue.Queue(maxsize=2)
-        served: list[tuple[float, str]] = []       # (completion time, edge version)
+        served: list[tuple[float, str]] = []  # (completion time, edge version)
         stop = threading.Event()
         counts = {"offered": 0, "dropped": 0, "errors": 0}
         dropped_at: list[float] = []
@@ -135,11 +147,15 @@ def main(argv=None) -> int:
         for i in range(1, swaps + 1):
             manifest = load_manifest(packages[i])
             prefix = publish_package(packages[i], bucket)
-            documents.append((manifest.version,
-                              deploy_document(manifest, bucket, prefix, (packages[i] / MANIFEST_NAME).read_bytes())))
+            documents.append(
+                (
+                    manifest.version,
+                    deploy_document(manifest, bucket, prefix, (packages[i] / MANIFEST_NAME).read_bytes()),
+                )
+            )
         from tqdm import tqdm
 
-        bar = tqdm(total=swaps, desc="swaps", unit="swap")     # made before the stream: its start-up is slow
+        bar = tqdm(total=swaps, desc="swaps", unit="swap")  # made before the stream: its start-up is slow
         threads = [threading.Thread(target=camera, daemon=True), threading.Thread(target=serve, daemon=True)]
         for thread in threads:
             thread.start()
@@ -186,38 +202,53 @@ def main(argv=None) -> int:
     stamps = [s for s, _ in served]
     gaps = [(b - a, a, b) for a, b in zip(stamps, stamps[1:])]
     in_window = [g for g, a, b in gaps if any(a < end and b > start for start, end in windows)]
-    per_window = [max([g for g, a, b in gaps if a < end and b > start] or [float("nan")]) * 1000
-                  for start, end in windows]
+    per_window = [
+        max([g for g, a, b in gaps if a < end and b > start] or [float("nan")]) * 1000 for start, end in windows
+    ]
     steady = [g for g, a, b in gaps if not any(a < end + 0.5 and b > start - 0.5 for start, end in windows)]
     steady_p99 = percentile(steady, 99)
     dropped_in_swaps = sum(1 for t in dropped_at if any(start <= t <= end for start, end in windows))
     max_swap_gap = max(in_window) if in_window else float("nan")
     figures = {
-        "frames_offered": counts["offered"], "frames_served": len(served), "frames_dropped": counts["dropped"],
+        "frames_offered": counts["offered"],
+        "frames_served": len(served),
+        "frames_dropped": counts["dropped"],
         "frames_dropped_during_swaps": dropped_in_swaps,
-        "inference_errors": counts["errors"], "rate_hz": args.rate_hz, "swaps": swaps,
-        "steady_gap_p50_ms": percentile(steady, 50) * 1000, "steady_gap_p99_ms": steady_p99 * 1000,
-        "max_gap_during_swaps_ms": max_swap_gap * 1000, "gap_ratio": max_swap_gap / steady_p99,
-        "max_gap_per_window_ms": per_window,          # the swaps in order, the rollback last
-        "swap_seconds": percentile(swap_seconds, 50), "swap_seconds_all": swap_seconds,
-        "swap_seconds_max": max(swap_seconds), "rollback_seconds": rollback_seconds,
-        "rollback_outcome": outcome.status, "machine": machine(), "background_nice": config.background_nice,
+        "inference_errors": counts["errors"],
+        "rate_hz": args.rate_hz,
+        "swaps": swaps,
+        "steady_gap_p50_ms": percentile(steady, 50) * 1000,
+        "steady_gap_p99_ms": steady_p99 * 1000,
+        "max_gap_during_swaps_ms": max_swap_gap * 1000,
+        "gap_ratio": max_swap_gap / steady_p99,
+        "max_gap_per_window_ms": per_window,  # the swaps in order, the rollback last
+        "swap_seconds": percentile(swap_seconds, 50),
+        "swap_seconds_all": swap_seconds,
+        "swap_seconds_max": max(swap_seconds),
+        "rollback_seconds": rollback_seconds,
+        "rollback_outcome": outcome.status,
+        "machine": machine(),
+        "background_nice": config.background_nice,
         # other work on the machine shows up as gaps in both the steady and the swap windows
-        "load_average_before": load_before[0], "load_average_after": os.getloadavg()[0],
+        "load_average_before": load_before[0],
+        "load_average_after": os.getloadavg()[0],
     }
-    print_table(f"Model hot-swap at {args.rate_hz:.0f} Hz ({swaps} swaps + 1 rollback)", [
-        ("frames offered / served", f"{counts['offered']} / {len(served)}"),
-        ("frames dropped (during swap windows)", f"{counts['dropped']} ({dropped_in_swaps})"),
-        ("inference errors", str(counts["errors"])),
-        ("steady inter-frame gap p50 (ms)", f"{figures['steady_gap_p50_ms']:.2f}"),
-        ("steady inter-frame gap p99 (ms)", f"{figures['steady_gap_p99_ms']:.2f}"),
-        ("max gap during swaps (ms)", f"{figures['max_gap_during_swaps_ms']:.2f}"),
-        ("gap ratio (target <= 1.2)", f"{figures['gap_ratio']:.3f}"),
-        ("job published -> serving, median (s)", f"{figures['swap_seconds']:.3f}"),
-        ("job published -> serving, max (s)", f"{figures['swap_seconds_max']:.3f}"),
-        ("rollback -> previous serving (s)", f"{rollback_seconds:.4f}"),
-        ("machine load average before / after", f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}"),
-    ])
+    print_table(
+        f"Model hot-swap at {args.rate_hz:.0f} Hz ({swaps} swaps + 1 rollback)",
+        [
+            ("frames offered / served", f"{counts['offered']} / {len(served)}"),
+            ("frames dropped (during swap windows)", f"{counts['dropped']} ({dropped_in_swaps})"),
+            ("inference errors", str(counts["errors"])),
+            ("steady inter-frame gap p50 (ms)", f"{figures['steady_gap_p50_ms']:.2f}"),
+            ("steady inter-frame gap p99 (ms)", f"{figures['steady_gap_p99_ms']:.2f}"),
+            ("max gap during swaps (ms)", f"{figures['max_gap_during_swaps_ms']:.2f}"),
+            ("gap ratio (target <= 1.2)", f"{figures['gap_ratio']:.3f}"),
+            ("job published -> serving, median (s)", f"{figures['swap_seconds']:.3f}"),
+            ("job published -> serving, max (s)", f"{figures['swap_seconds_max']:.3f}"),
+            ("rollback -> previous serving (s)", f"{rollback_seconds:.4f}"),
+            ("machine load average before / after", f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}"),
+        ],
+    )
     write_json(args.json, figures)
     return 0
 

@@ -47,8 +47,10 @@ class _Core:
         from fleetloop_core.cascade import Cascade
         from fleetloop_core.inference import TierModel
 
-        self.cascade = Cascade(TierModel.load(models / "T4", providers=("cpu",), warmup=20),
-                               TierModel.load(models / "T3", providers=("cpu",), warmup=20))
+        self.cascade = Cascade(
+            TierModel.load(models / "T4", providers=("cpu",), warmup=20),
+            TierModel.load(models / "T3", providers=("cpu",), warmup=20),
+        )
 
     def run(self, frames: list[np.ndarray]) -> tuple[float, float]:
         """Return (frames/s, CPU ms per frame) over one pass of ``frames``."""
@@ -57,8 +59,7 @@ class _Core:
         images = [array_to_image(f, "rgb8") for f in frames]
         start, cpu = time.perf_counter(), time.process_time()
         for image in images:
-            frame = image_to_rgb8(image.height, image.width, image.encoding, image.is_bigendian, image.step,
-                                  image.data)
+            frame = image_to_rgb8(image.height, image.width, image.encoding, image.is_bigendian, image.step, image.data)
             self.cascade.infer(frame, stream="bench")
         return len(images) / (time.perf_counter() - start), (time.process_time() - cpu) * 1000.0 / len(images)
 
@@ -128,8 +129,17 @@ class _Graph:
             header.stamp.sec, header.stamp.nanosec = now // 1_000_000_000, now % 1_000_000_000
             with self._cv:
                 self.sent[now] = time.perf_counter()
-            self.publisher.publish(Image(header=header, height=fields.height, width=fields.width, encoding="rgb8",
-                                         is_bigendian=0, step=fields.step, data=fields.data))
+            self.publisher.publish(
+                Image(
+                    header=header,
+                    height=fields.height,
+                    width=fields.width,
+                    encoding="rgb8",
+                    is_bigendian=0,
+                    step=fields.step,
+                    data=fields.data,
+                )
+            )
         with self._cv:
             while self.answered < len(images):
                 if not self._cv.wait(timeout=max(0.0, deadline - time.monotonic())):
@@ -138,6 +148,7 @@ class _Graph:
 
     def close(self) -> None:
         import rclpy
+
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown()
@@ -154,10 +165,19 @@ def _count_frames(namespace: str, seconds: float, reliable: bool, expected: int)
     rclpy.init()
     node = rclpy.create_node("frame_counter", namespace=namespace)
     latencies: list[float] = []
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE) \
-        if reliable else qos_profile_sensor_data
-    node.create_subscription(Image, "camera/image_raw", lambda m: latencies.append(
-        (time.time_ns() - m.header.stamp.sec * 1_000_000_000 - m.header.stamp.nanosec) / 1e6), qos)
+    qos = (
+        QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        if reliable
+        else qos_profile_sensor_data
+    )
+    node.create_subscription(
+        Image,
+        "camera/image_raw",
+        lambda m: latencies.append(
+            (time.time_ns() - m.header.stamp.sec * 1_000_000_000 - m.header.stamp.nanosec) / 1e6
+        ),
+        qos,
+    )
     end = time.monotonic() + seconds
     while time.monotonic() < end and len(latencies) < expected:
         rclpy.spin_once(node, timeout_sec=0.05)
@@ -169,30 +189,76 @@ def _count_frames(namespace: str, seconds: float, reliable: bool, expected: int)
 def _transport_row(transports: str | None, reliable: bool, sent: int, rate: float) -> dict:
     """Send ``sent`` 640x480 rgb8 frames at ``rate`` between two fresh processes with these DDS settings."""
     env = dict(os.environ, FASTDDS_BUILTIN_TRANSPORTS=transports or "DEFAULT")
-    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)      # the builtin transports named here, not the robot's profile
+    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)  # the builtin transports named here, not the robot's profile
     namespace = f"/transport{os.getpid()}_{int(time.monotonic() * 1000) % 100000}"
-    listen_s = sent / rate + 10.0        # start-up, discovery, the stream, then a margin for stragglers
-    counter = subprocess.Popen([sys.executable, __file__, "--count-frames", namespace, str(listen_s),
-                                "1" if reliable else "0", str(sent)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               text=True)
-    camera = [sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", namespace, "--count", str(sent),
-              "--rate", str(rate), "--width", "640", "--height", "480", "--wait-subscribers", "1"]
+    listen_s = sent / rate + 10.0  # start-up, discovery, the stream, then a margin for stragglers
+    counter = subprocess.Popen(
+        [sys.executable, __file__, "--count-frames", namespace, str(listen_s), "1" if reliable else "0", str(sent)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    camera = [
+        sys.executable,
+        "-m",
+        "fleetloop_core.cli",
+        "camera",
+        "--namespace",
+        namespace,
+        "--count",
+        str(sent),
+        "--rate",
+        str(rate),
+        "--width",
+        "640",
+        "--height",
+        "480",
+        "--wait-subscribers",
+        "1",
+    ]
     if reliable:
         camera.append("--reliable")
     subprocess.run(camera, cwd=ROOT, env=env, capture_output=True, timeout=listen_s + 60)
     output = counter.communicate(timeout=listen_s + 60)[0]
     line = next(line for line in output.splitlines() if line.startswith("RECEIVED"))
     received, latency = int(line.split()[1]), float(line.split()[2])
-    return {"transports": transports or "DEFAULT", "qos": "reliable" if reliable else "sensor_data (best effort)",
-            "sent": sent, "received": received, "latency_p50_ms": round(latency, 2)}
+    return {
+        "transports": transports or "DEFAULT",
+        "qos": "reliable" if reliable else "sensor_data (best effort)",
+        "sent": sent,
+        "received": received,
+        "latency_p50_ms": round(latency, 2),
+    }
 
 
 def _start_robot(models: Path, namespace: str, workdir: Path) -> subprocess.Popen:
     config = workdir / "robot.yaml"
-    config.write_text(yaml.safe_dump({"/**/perception": {"ros__parameters": {
-        "models_dir": str(models), "image_qos": "reliable", "image_topics": ["camera/image_raw"]}}}))
-    command = [sys.executable, "-m", "fleetloop_core.cli", "robot", "--config", str(config), "--namespace", namespace,
-               "--nodes", "perception"]
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "/**/perception": {
+                    "ros__parameters": {
+                        "models_dir": str(models),
+                        "image_qos": "reliable",
+                        "image_topics": ["camera/image_raw"],
+                    }
+                }
+            }
+        )
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "fleetloop_core.cli",
+        "robot",
+        "--config",
+        str(config),
+        "--namespace",
+        namespace,
+        "--nodes",
+        "perception",
+    ]
     log = open(workdir / "robot.log", "w")
     return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -205,8 +271,9 @@ def main(argv=None) -> int:
     parser.add_argument("--in-flight", type=int, default=4, help="frames outstanding in the graph")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     parser.add_argument("--no-transports", action="store_true", help="skip the DDS transport comparison")
-    parser.add_argument("--count-frames", nargs=4, metavar=("NAMESPACE", "SECONDS", "RELIABLE", "EXPECTED"),
-                        help=argparse.SUPPRESS)      # the subscriber process of the transport comparison
+    parser.add_argument(
+        "--count-frames", nargs=4, metavar=("NAMESPACE", "SECONDS", "RELIABLE", "EXPECTED"), help=argparse.SUPPRESS
+    )  # the subscriber process of the transport comparison
     args = parser.parse_args(argv)
     if args.count_frames:
         namespace, seconds, reliable, expected = args.count_frames
@@ -218,7 +285,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(90 + os.getpid() % 10))
     os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
-    dds_environment(DdsConfig(), os.environ)          # the robot's default transport (fleetloop_core.dds)
+    dds_environment(DdsConfig(), os.environ)  # the robot's default transport (fleetloop_core.dds)
     models = locate_models(args.models, args.quick)
     count = args.frames or (100 if args.quick else 400)
     rounds = 3 if args.quick else 5
@@ -230,16 +297,22 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ros-graph-"))
     robot = _start_robot(models, namespace, workdir)
     import psutil
-    robot_process = psutil.Process(robot.pid)        # the ROS bootstrap re-execs in place: same pid
+
+    robot_process = psutil.Process(robot.pid)  # the ROS bootstrap re-execs in place: same pid
     graph = None
-    figures: dict = {"frames": count, "in_flight": args.in_flight, "models": str(models), "machine": machine(),
-                     "dds": {k: os.environ.get(k) for k in ("FASTDDS_BUILTIN_TRANSPORTS", "ROS_LOCALHOST_ONLY")},
-                     "sizes": {}}
+    figures: dict = {
+        "frames": count,
+        "in_flight": args.in_flight,
+        "models": str(models),
+        "machine": machine(),
+        "dds": {k: os.environ.get(k) for k in ("FASTDDS_BUILTIN_TRANSPORTS", "ROS_LOCALHOST_ONLY")},
+        "sizes": {},
+    }
     try:
         graph = _Graph(namespace)
         graph.wait_matched()
         core = _Core(models)
-        graph.run(frames[sizes[0]][:20], args.in_flight)            # warm-up of both sides
+        graph.run(frames[sizes[0]][:20], args.in_flight)  # warm-up of both sides
         for size in sizes:
             # interleaved rounds: load from other processes hits both rows alike
             core_fps, ros_fps, core_cpu, ros_cpu, trips = [], [], [], [], []
@@ -258,12 +331,16 @@ def main(argv=None) -> int:
             core_median, ros_median = float(np.median(core_fps)), float(np.median(ros_fps))
             core_cpu_ms, ros_cpu_ms = float(np.median(core_cpu)), float(np.median(ros_cpu))
             figures["sizes"][f"{size[1]}x{size[0]}"] = {
-                "core_fps": round(core_median, 1), "ros_fps": round(ros_median, 1),
-                "ratio_ros_to_core": round(ros_median / core_median, 3), "rounds": rounds,
-                "core_cpu_ms_per_frame": round(core_cpu_ms, 3), "ros_cpu_ms_per_frame": round(ros_cpu_ms, 3),
+                "core_fps": round(core_median, 1),
+                "ros_fps": round(ros_median, 1),
+                "ratio_ros_to_core": round(ros_median / core_median, 3),
+                "rounds": rounds,
+                "core_cpu_ms_per_frame": round(core_cpu_ms, 3),
+                "ros_cpu_ms_per_frame": round(ros_cpu_ms, 3),
                 "cpu_ratio_core_to_ros": round(core_cpu_ms / ros_cpu_ms, 3),
                 "round_trip_p50_ms": round(percentile(trips, 50), 2),
-                "round_trip_p99_ms": round(percentile(trips, 99), 2)}
+                "round_trip_p99_ms": round(percentile(trips, 99), 2),
+            }
     finally:
         if graph is not None:
             graph.close()
@@ -271,20 +348,31 @@ def main(argv=None) -> int:
         robot.wait(30)
     if not args.no_transports:
         sent = 90 if args.quick else 300
-        figures["transports"] = [_transport_row(transports, reliable, sent, 30.0)
-                                 for transports in (None, "LARGE_DATA") for reliable in (False, True)]
+        figures["transports"] = [
+            _transport_row(transports, reliable, sent, 30.0)
+            for transports in (None, "LARGE_DATA")
+            for reliable in (False, True)
+        ]
     rows = []
     for name, row in figures["sizes"].items():
-        rows += [(f"{name} core pipeline alone (frames/s)", f"{row['core_fps']:.0f}"),
-                 (f"{name} through the ROS graph (frames/s)", f"{row['ros_fps']:.0f}"),
-                 (f"{name} ratio ROS graph / core (frames/s)", f"{row['ratio_ros_to_core']:.3f}"),
-                 (f"{name} CPU per frame: core / ROS graph, both processes (ms)",
-                  f"{row['core_cpu_ms_per_frame']:.2f} / {row['ros_cpu_ms_per_frame']:.2f}"),
-                 (f"{name} ratio by CPU cost (core / ROS graph)", f"{row['cpu_ratio_core_to_ros']:.3f}"),
-                 (f"{name} round trip p50 / p99 (ms)", f"{row['round_trip_p50_ms']:.1f} / {row['round_trip_p99_ms']:.1f}")]
+        rows += [
+            (f"{name} core pipeline alone (frames/s)", f"{row['core_fps']:.0f}"),
+            (f"{name} through the ROS graph (frames/s)", f"{row['ros_fps']:.0f}"),
+            (f"{name} ratio ROS graph / core (frames/s)", f"{row['ratio_ros_to_core']:.3f}"),
+            (
+                f"{name} CPU per frame: core / ROS graph, both processes (ms)",
+                f"{row['core_cpu_ms_per_frame']:.2f} / {row['ros_cpu_ms_per_frame']:.2f}",
+            ),
+            (f"{name} ratio by CPU cost (core / ROS graph)", f"{row['cpu_ratio_core_to_ros']:.3f}"),
+            (f"{name} round trip p50 / p99 (ms)", f"{row['round_trip_p50_ms']:.1f} / {row['round_trip_p99_ms']:.1f}"),
+        ]
     for row in figures.get("transports", []):
-        rows.append((f"640x480 @ 30 Hz, {row['transports']}, {row['qos']}: received / sent",
-                     f"{row['received']} / {row['sent']} ({row['latency_p50_ms']:.0f} ms)"))
+        rows.append(
+            (
+                f"640x480 @ 30 Hz, {row['transports']}, {row['qos']}: received / sent",
+                f"{row['received']} / {row['sent']} ({row['latency_p50_ms']:.0f} ms)",
+            )
+        )
     print_table(f"ROS graph vs core ({count} frames x {rounds} rounds, {args.in_flight} in flight)", rows)
     write_json(args.json, figures)
     return 0

@@ -83,8 +83,11 @@ class Tally:
 
     def summary(self) -> dict:
         with self.lock:
-            data = {f.name: (list(v) if isinstance(v := getattr(self, f.name), list) else v)
-                    for f in fields(self) if f.name not in ("lock", "exit_s")}
+            data = {
+                f.name: (list(v) if isinstance(v := getattr(self, f.name), list) else v)
+                for f in fields(self)
+                if f.name not in ("lock", "exit_s")
+            }
         data["exit_s_p50"] = round(percentile(self.exit_s, 50), 3) if self.exit_s else None
         data["exit_s_max"] = round(max(self.exit_s), 3) if self.exit_s else None
         for kind in ("hangs", "freezes", "slow_exits", "failures"):
@@ -101,13 +104,20 @@ def _env(dds: dict | None = None, extra: dict | None = None) -> dict[str, str]:
 class Robot:
     """A `fleetloop robot` process with its state in a temporary directory; its log kept for the freeze count."""
 
-    def __init__(self, models: Path, workdir: Path, namespace: str, nodes: str = "", dds: dict | None = None,
-                 image_qos: str = "reliable"):
+    def __init__(
+        self,
+        models: Path,
+        workdir: Path,
+        namespace: str,
+        nodes: str = "",
+        dds: dict | None = None,
+        image_qos: str = "reliable",
+    ):
         workdir.mkdir(parents=True, exist_ok=True)
         data = yaml.safe_load((ROOT / "config" / "robot.yaml").read_text())
         common = data["/**"]["ros__parameters"]
         common["queue"].update(directory=str(workdir / "queue"), store=f"file://{workdir / 'store'}")
-        common["dds"] = dds or {"transport": "shm", "type_propagation": True}      # the robots' default
+        common["dds"] = dds or {"transport": "shm", "type_propagation": True}  # the robots' default
         perception = data["/**/perception"]["ros__parameters"]
         perception.update(models_dir=str(models), image_qos=image_qos)
         manager = data["/**/model_manager"]["ros__parameters"]
@@ -116,8 +126,16 @@ class Robot:
         config = workdir / "robot.yaml"
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         self.log_path = workdir / f"robot-{time.monotonic_ns()}.log"
-        command = [sys.executable, "-m", "fleetloop_core.cli", "robot", "--config", str(config), "--namespace",
-                   namespace]
+        command = [
+            sys.executable,
+            "-m",
+            "fleetloop_core.cli",
+            "robot",
+            "--config",
+            str(config),
+            "--namespace",
+            namespace,
+        ]
         if nodes:
             command += ["--nodes", nodes]
         self._log = open(self.log_path, "w")
@@ -134,8 +152,11 @@ class Robot:
         return False
 
     def freezes(self) -> list[str]:
-        return [line for line in self.log_path.read_text(errors="replace").splitlines()
-                if "frozen: the frame path has not answered" in line]
+        return [
+            line
+            for line in self.log_path.read_text(errors="replace").splitlines()
+            if "frozen: the frame path has not answered" in line
+        ]
 
     def tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-1500:]
@@ -162,7 +183,7 @@ def _stop(process: subprocess.Popen, signum: int) -> float | None:
         return None
 
 
-HANG_DUMPS: list[str] = []      # py-spy dumps of processes that did not exit (evidence, written to the JSON)
+HANG_DUMPS: list[str] = []  # py-spy dumps of processes that did not exit (evidence, written to the JSON)
 
 
 def _dump_stacks(process: subprocess.Popen) -> None:
@@ -171,8 +192,9 @@ def _dump_stacks(process: subprocess.Popen) -> None:
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     try:
-        done = subprocess.run([spy, "dump", "--native", "--pid", str(process.pid)], capture_output=True, text=True,
-                              timeout=30)
+        done = subprocess.run(
+            [spy, "dump", "--native", "--pid", str(process.pid)], capture_output=True, text=True, timeout=30
+        )
         HANG_DUMPS.append(f"pid {process.pid} {' '.join(map(str, process.args))[:200]}\n{done.stdout}{done.stderr}")
     except (OSError, subprocess.TimeoutExpired) as exc:
         HANG_DUMPS.append(f"pid {process.pid}: py-spy failed ({exc})")
@@ -200,8 +222,9 @@ def _final_counts(output: str) -> dict | None:
 
 
 # ------------------------------------------------------------------------------ cycles
-def _pair(index: int, cycles: int, frames: int, robot_every: int, models: Path, workdir: Path, tally: Tally,
-          progress) -> None:
+def _pair(
+    index: int, cycles: int, frames: int, robot_every: int, models: Path, workdir: Path, tally: Tally, progress
+) -> None:
     namespace = f"/stress{os.getpid()}_{index}"
     robot: Robot | None = None
     signals = itertools.cycle(SIGNALS)
@@ -213,8 +236,11 @@ def _pair(index: int, cycles: int, frames: int, robot_every: int, models: Path, 
                 robot = Robot(models, workdir / f"pair{index}", namespace)
                 tally.add(robot_starts=1)
                 if not robot.wait_up():
-                    tally.note("hangs", f"pair {index} cycle {cycle}: robot not up within {ROBOT_UP_S:.0f} s "
-                                        f"(exit {robot.process.poll()}): {robot.tail()}")
+                    tally.note(
+                        "hangs",
+                        f"pair {index} cycle {cycle}: robot not up within {ROBOT_UP_S:.0f} s "
+                        f"(exit {robot.process.poll()}): {robot.tail()}",
+                    )
                     _end_robot(robot, signal.SIGKILL, tally, "", count=False)
                     robot = None
                     continue
@@ -239,12 +265,32 @@ def _end_robot(robot: Robot, signum: int, tally: Tally, what: str, count: bool =
 
 def _paced_camera(namespace: str, frames: int, tally: Tally, what: str) -> None:
     wait_s, answer_s = 30.0, 2.0
-    bound = wait_s + frames * answer_s / 4 + 30.0       # its own give-up time, then a margin
-    process = subprocess.Popen(_camera_command(namespace, "--count", str(frames), "--rate", "30", "--reliable",
-                                               "--lockstep", "frame_results", "--window", "4", "--answer-timeout",
-                                               str(answer_s), "--wait-subscribers", "1", "--wait-timeout",
-                                               str(wait_s)),
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    bound = wait_s + frames * answer_s / 4 + 30.0  # its own give-up time, then a margin
+    process = subprocess.Popen(
+        _camera_command(
+            namespace,
+            "--count",
+            str(frames),
+            "--rate",
+            "30",
+            "--reliable",
+            "--lockstep",
+            "frame_results",
+            "--window",
+            "4",
+            "--answer-timeout",
+            str(answer_s),
+            "--wait-subscribers",
+            "1",
+            "--wait-timeout",
+            str(wait_s),
+        ),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         out, err = process.communicate(timeout=bound)
     except subprocess.TimeoutExpired:
@@ -261,10 +307,15 @@ def _paced_camera(namespace: str, frames: int, tally: Tally, what: str) -> None:
 
 
 def _stopped_camera(namespace: str, signum: int, tally: Tally, what: str) -> None:
-    process = subprocess.Popen(_camera_command(namespace, "--rate", "30", "--reliable", "--wait-subscribers", "1",
-                                               "--wait-timeout", "30"),
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    time.sleep(1.5)         # start-up, discovery, a few frames
+    process = subprocess.Popen(
+        _camera_command(namespace, "--rate", "30", "--reliable", "--wait-subscribers", "1", "--wait-timeout", "30"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    time.sleep(1.5)  # start-up, discovery, a few frames
     seconds = _stop(process, signum)
     process.communicate()
     tally.add(camera_stops=1)
@@ -283,8 +334,10 @@ def run_cycles(cycles: int, pairs: int, frames: int, robot_every: int, models: P
         with lock:
             bar.update(1)
 
-    threads = [threading.Thread(target=_pair, args=(i, n, frames, robot_every, models, workdir, tally, progress))
-               for i, n in enumerate(per_pair)]
+    threads = [
+        threading.Thread(target=_pair, args=(i, n, frames, robot_every, models, workdir, tally, progress))
+        for i, n in enumerate(per_pair)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -309,7 +362,7 @@ class Collector:
             self.context = rclpy.Context()
             rclpy.init(context=self.context)
             self.node = rclpy.create_node(f"stress_collector_{os.getpid()}", namespace=namespace, context=self.context)
-        self.results: list[tuple[str, int, float]] = []       # (frame_id, stamp ns, latency ms)
+        self.results: list[tuple[str, int, float]] = []  # (frame_id, stamp ns, latency ms)
         self.node.create_subscription(FrameResult, "frame_results", self._on_result, RESULTS_QOS)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -334,6 +387,7 @@ class Collector:
 
     def close(self) -> None:
         import rclpy
+
         self._stop.set()
         self._thread.join(5)
         self.executor.shutdown(timeout_sec=1)
@@ -356,9 +410,12 @@ class ProcessCollector:
         dds_environment(DdsConfig(**dds), env)
         self.results: list[tuple[str, int, float]] = []
         self.ready = threading.Event()
-        self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--collect", namespace,
-                                         "--collect-dds", json.dumps(dds)], env=env, stdout=subprocess.PIPE,
-                                        text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--collect", namespace, "--collect-dds", json.dumps(dds)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -397,10 +454,10 @@ def _collect_main(namespace: str, dds: dict) -> int:
     try:
         while not stop.wait(0.05) and not collector.node.count_publishers(topic):
             pass
-        time.sleep(0.5)                     # endpoint matching follows graph discovery
+        time.sleep(0.5)  # endpoint matching follows graph discovery
         print("ready", flush=True)
         while not stop.wait(0.05):
-            rows = collector.results[printed:]      # the spin thread appends meanwhile: count what was taken
+            rows = collector.results[printed:]  # the spin thread appends meanwhile: count what was taken
             for row in rows:
                 print(*row, flush=True)
             printed += len(rows)
@@ -409,20 +466,52 @@ def _collect_main(namespace: str, dds: dict) -> int:
     return 0
 
 
-def _stream(vendor: str, namespace: str, width: int, height: int, reliable: bool, seconds: float,
-            workdir: Path, dds: dict) -> tuple[int, str]:
+def _stream(
+    vendor: str, namespace: str, width: int, height: int, reliable: bool, seconds: float, workdir: Path, dds: dict
+) -> tuple[int, str]:
     """Run one camera for ``seconds`` at 30 Hz; return (frames sent, error text)."""
     count = int(30 * seconds)
     if vendor == "cyclone":
         sys.path.insert(0, str(CYCLONE_CAMERA.parent))
         from cyclone_camera import cyclone_environment
-        command = [sys.executable, str(CYCLONE_CAMERA), "--topic", f"{namespace}/camera/image_raw", "--count",
-                   str(count), "--rate", "30", "--width", str(width), "--height", str(height), "--wait-timeout", "20"]
+
+        command = [
+            sys.executable,
+            str(CYCLONE_CAMERA),
+            "--topic",
+            f"{namespace}/camera/image_raw",
+            "--count",
+            str(count),
+            "--rate",
+            "30",
+            "--width",
+            str(width),
+            "--height",
+            str(height),
+            "--wait-timeout",
+            "20",
+        ]
         env = _env(extra=cyclone_environment(workdir))
     else:
-        command = _camera_command(namespace, "--count", str(count), "--rate", "30", "--width", str(width),
-                                  "--height", str(height), "--wait-subscribers", "1", "--wait-timeout", "20",
-                                  "--transport", dds["transport"], "--frame-id", "fastdds")
+        command = _camera_command(
+            namespace,
+            "--count",
+            str(count),
+            "--rate",
+            "30",
+            "--width",
+            str(width),
+            "--height",
+            str(height),
+            "--wait-subscribers",
+            "1",
+            "--wait-timeout",
+            "20",
+            "--transport",
+            dds["transport"],
+            "--frame-id",
+            "fastdds",
+        )
         if not dds.get("type_propagation", True):
             command.append("--no-type-propagation")
         env = _env()
@@ -459,8 +548,14 @@ def run_stream_rows(rows: list[tuple], seconds: float, models: Path, workdir: Pa
             if not qos_rows:
                 continue
             namespace = f"/stream{os.getpid()}_{transport}_{int(propagation)}_{image_qos}"
-            robot = Robot(models, workdir / f"stream-{transport}-{int(propagation)}-{image_qos}", namespace,
-                          nodes="perception", dds=dds, image_qos=image_qos)
+            robot = Robot(
+                models,
+                workdir / f"stream-{transport}-{int(propagation)}-{image_qos}",
+                namespace,
+                nodes="perception",
+                dds=dds,
+                image_qos=image_qos,
+            )
             collector = ProcessCollector(namespace, dds)
             try:
                 if not robot.wait_up():
@@ -468,23 +563,32 @@ def run_stream_rows(rows: list[tuple], seconds: float, models: Path, workdir: Pa
                 if not collector.wait_ready():
                     raise RuntimeError(f"result collector for {dds} never matched the robot's results")
                 time.sleep(2.0)
-                for transport_, propagation_, vendor, width, height, reliable in qos_rows:
+                for _, _, vendor, width, height, reliable in qos_rows:
                     frame_id = "cyclone" if vendor == "cyclone" else "fastdds"
                     before = len(collector.results)
                     sent, error = _stream(vendor, namespace, width, height, reliable, seconds, workdir, dds)
                     collector.settle()
                     answered = [r for r in collector.results[before:] if r[0] == frame_id]
                     latencies = [r[2] for r in answered]
-                    out.append({"transport": transport, "type_propagation": propagation, "camera": vendor,
-                                "size": f"{width}x{height}", "qos": "reliable" if reliable else "best effort",
-                                "sent": sent, "answered": len(answered),
-                                "answered_fraction": round(len(answered) / sent, 3) if sent else 0.0,
-                                "latency_p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
-                                "latency_p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
-                                "note": error})
+                    out.append(
+                        {
+                            "transport": transport,
+                            "type_propagation": propagation,
+                            "camera": vendor,
+                            "size": f"{width}x{height}",
+                            "qos": "reliable" if reliable else "best effort",
+                            "sent": sent,
+                            "answered": len(answered),
+                            "answered_fraction": round(len(answered) / sent, 3) if sent else 0.0,
+                            "latency_p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
+                            "latency_p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
+                            "note": error,
+                        }
+                    )
                     if tally is not None:
-                        tally.add(frames_sent=sent, frames_answered=len(answered),
-                                  frames_lost=max(0, sent - len(answered)))
+                        tally.add(
+                            frames_sent=sent, frames_answered=len(answered), frames_lost=max(0, sent - len(answered))
+                        )
                     bar.update(1)
             finally:
                 collector.close()
@@ -530,7 +634,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     parser.add_argument("--markdown", default=None, help="write the tables as Markdown to this file")
     parser.add_argument("--no-streams", action="store_true", help="skip the two long streams")
-    parser.add_argument("--collect", default=None, help=argparse.SUPPRESS)       # child mode: ProcessCollector
+    parser.add_argument("--collect", default=None, help=argparse.SUPPRESS)  # child mode: ProcessCollector
     parser.add_argument("--collect-dds", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.collect:
@@ -546,37 +650,84 @@ def main(argv=None) -> int:
     started = time.monotonic()
 
     tally = run_cycles(cycles, args.pairs, args.frames, args.robot_every, models, workdir) if cycles else Tally()
-    streams = run_stream_rows([("shm", True, "fastdds", 640, 480, reliable) for reliable in (False, True)],
-                              stream_s, models, workdir, tally) if stream_s > 0 and not args.no_streams else []
-    transports = [] if args.no_transports else run_stream_rows(transport_rows(args.quick), min(stream_s, 10.0),
-                                                              models, workdir, None)
+    streams = (
+        run_stream_rows(
+            [("shm", True, "fastdds", 640, 480, reliable) for reliable in (False, True)],
+            stream_s,
+            models,
+            workdir,
+            tally,
+        )
+        if stream_s > 0 and not args.no_streams
+        else []
+    )
+    transports = (
+        []
+        if args.no_transports
+        else run_stream_rows(transport_rows(args.quick), min(stream_s, 10.0), models, workdir, None)
+    )
     summary = tally.summary()
-    rows = [("start/stop cycles (camera)", str(cycles)), ("robot starts / stops", f"{summary['robot_starts']} / "
-                                                                                   f"{summary['robot_stops']}"),
-            ("camera runs (paced) / stopped by a signal", f"{summary['camera_runs']} / {summary['camera_stops']}"),
-            ("hangs", str(summary["hangs_count"])), ("freezes (no answer within 2 s)", str(summary["freezes_count"])),
-            ("exits slower than 5 s", str(summary["slow_exits_count"])),
-            ("failures (a process exited with an error)", str(summary["failures_count"])),
-            ("exit after the signal, p50 / max (s)", f"{summary['exit_s_p50']} / {summary['exit_s_max']}"),
-            ("frames sent / answered / lost (cycles + streams)",
-             f"{summary['frames_sent']} / {summary['frames_answered']} / {summary['frames_lost']}")]
+    rows = [
+        ("start/stop cycles (camera)", str(cycles)),
+        ("robot starts / stops", f"{summary['robot_starts']} / {summary['robot_stops']}"),
+        ("camera runs (paced) / stopped by a signal", f"{summary['camera_runs']} / {summary['camera_stops']}"),
+        ("hangs", str(summary["hangs_count"])),
+        ("freezes (no answer within 2 s)", str(summary["freezes_count"])),
+        ("exits slower than 5 s", str(summary["slow_exits_count"])),
+        ("failures (a process exited with an error)", str(summary["failures_count"])),
+        ("exit after the signal, p50 / max (s)", f"{summary['exit_s_p50']} / {summary['exit_s_max']}"),
+        (
+            "frames sent / answered / lost (cycles + streams)",
+            f"{summary['frames_sent']} / {summary['frames_answered']} / {summary['frames_lost']}",
+        ),
+    ]
     print_table(f"robot stack under stress ({time.monotonic() - started:.0f} s)", rows)
-    stream_columns = ["transport", "type_propagation", "camera", "size", "qos", "sent", "answered",
-                      "answered_fraction", "latency_p50_ms", "latency_p99_ms", "note"]
+    stream_columns = [
+        "transport",
+        "type_propagation",
+        "camera",
+        "size",
+        "qos",
+        "sent",
+        "answered",
+        "answered_fraction",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "note",
+    ]
     for title, table in (("long streams, 30 Hz", streams), ("DDS transports and camera vendors, 30 Hz", transports)):
         if table:
-            print_table(title, [(f"{r['transport']} {r['camera']} {r['size']} {r['qos']}",
-                                 f"{r['answered']}/{r['sent']}  p50 {r['latency_p50_ms']} ms") for r in table])
+            print_table(
+                title,
+                [
+                    (
+                        f"{r['transport']} {r['camera']} {r['size']} {r['qos']}",
+                        f"{r['answered']}/{r['sent']}  p50 {r['latency_p50_ms']} ms",
+                    )
+                    for r in table
+                ],
+            )
     for kind in ("hangs", "freezes", "slow_exits", "failures"):
         for text in summary[kind][:10]:
             print(f"{kind}: {text}", file=sys.stderr)
-    payload = {"machine": machine(), "cycles": cycles, "pairs": args.pairs, "stream_s": stream_s,
-               "summary": summary, "streams": streams, "transports": transports,
-               "seconds": round(time.monotonic() - started, 1), "hang_dumps": HANG_DUMPS}
+    payload = {
+        "machine": machine(),
+        "cycles": cycles,
+        "pairs": args.pairs,
+        "stream_s": stream_s,
+        "summary": summary,
+        "streams": streams,
+        "transports": transports,
+        "seconds": round(time.monotonic() - started, 1),
+        "hang_dumps": HANG_DUMPS,
+    }
     write_json(args.json, payload)
     if args.markdown:
-        text = _markdown("Start/stop cycles and long streams", [dict(zip(("measure", "value"), r)) for r in rows],
-                         ["measure", "value"])
+        text = _markdown(
+            "Start/stop cycles and long streams",
+            [dict(zip(("measure", "value"), r)) for r in rows],
+            ["measure", "value"],
+        )
         if streams:
             text += "\n" + _markdown("Long streams, 640x480 rgb8 at 30 Hz", streams, stream_columns)
         if transports:

@@ -28,13 +28,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # fixtures.s3: the moto server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # fixtures.s3: the moto server
 
 import numpy as np  # noqa: E402
 
 from _common import locate_models, machine, median, peak_rss_mb, print_table, write_json  # noqa: E402
 
-PERIOD_NS = 100_000_000   # 10 Hz
+PERIOD_NS = 100_000_000  # 10 Hz
 
 
 def _clock_overhead_ns() -> int:
@@ -111,7 +111,8 @@ def bench_selection(models: Path, n_frames: int, rounds: int) -> dict:
     t4_us, selection_us, uncertainty_us = median(t4_rounds), median(offer_rounds), median(unc_rounds)
     t4_cpu_us, selection_cpu_us = median(t4_cpu_rounds), median(offer_cpu_rounds)
     return {
-        "frames": n_frames, "rounds": rounds,
+        "frames": n_frames,
+        "rounds": rounds,
         "t4_inference_us": round(t4_us, 1),
         "t4_inference_cpu_us": round(t4_cpu_us, 1),
         "selection_us": round(selection_us, 2),
@@ -140,8 +141,13 @@ def _records(n: int, seed: int = 0):
     records, encode_s = [], []
     for i, frame in enumerate(stream.frames(n)):
         start = time.perf_counter()
-        records.append(EncodedRecord.from_image(frame.image, {"robot_id": "bench", "stamp_ns": frame.stamp_ns + 1,
-                                                              "prediction": 0}, priority=(i % 97) / 97))
+        records.append(
+            EncodedRecord.from_image(
+                frame.image,
+                {"robot_id": "bench", "stamp_ns": frame.stamp_ns + 1, "prediction": 0},
+                priority=(i % 97) / 97,
+            )
+        )
         encode_s.append(time.perf_counter() - start)
     return records, median(encode_s)
 
@@ -153,8 +159,11 @@ def bench_queue(n_records: int, s3_endpoint: str | None) -> dict:
 
     records, encode_s = _records(n_records)
     size = sum(r.size_bytes for r in records)
-    figures = {"records": n_records, "mean_record_bytes": round(size / n_records),
-               "png_encode_ms": round(encode_s * 1e3, 3)}
+    figures = {
+        "records": n_records,
+        "mean_record_bytes": round(size / n_records),
+        "png_encode_ms": round(encode_s * 1e3, 3),
+    }
     targets = [("file", None)] + ([("s3", s3_endpoint)] if s3_endpoint else [])
     for name, endpoint in targets:
         with tempfile.TemporaryDirectory() as work:
@@ -163,6 +172,7 @@ def bench_queue(n_records: int, s3_endpoint: str | None) -> dict:
             else:
                 from fixtures.s3 import MotoServer  # noqa: F401  (server started by the caller)
                 import boto3
+
                 bucket = f"bench-{int(time.time() * 1000)}"
                 boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
                 uri = f"s3://{bucket}/fleet?endpoint_url={endpoint}"
@@ -187,8 +197,14 @@ def _convergence_run(frames: int, shift_at: int, low, high, budget_fraction: flo
     from fleetloop_core.selection import Selector, selection_config
 
     frames_per_hour = budget_fraction * 36_000
-    config = selection_config({"policy": {"name": "adaptive_budget"}, "dedup": {"enabled": False},
-                               "random_fraction": 0.002, "budget": {"frames_per_hour": frames_per_hour}})
+    config = selection_config(
+        {
+            "policy": {"name": "adaptive_budget"},
+            "dedup": {"enabled": False},
+            "random_fraction": 0.002,
+            "budget": {"frames_per_hour": frames_per_hour},
+        }
+    )
     selector = Selector(config, "bench")
     probs = np.full(11, 1 / 11, np.float32)
     rng = np.random.default_rng(seed)
@@ -197,16 +213,28 @@ def _convergence_run(frames: int, shift_at: int, low, high, budget_fraction: flo
     for i in range(frames):
         a, b = low if i < shift_at else high
         s = float(rng.beta(a, b))
-        result = FrameResult(label=0, label_name="x", confidence=0.5, tier_used="T4", probs=probs,
-                             scores={k: s for k in ("entropy", "margin", "least_confidence", "disagreement",
-                                                    "flicker", "novelty")},
-                             escalated=False, latency_s={}, model_versions={}, tier_outputs={}, embeddings={})
+        result = FrameResult(
+            label=0,
+            label_name="x",
+            confidence=0.5,
+            tier_used="T4",
+            probs=probs,
+            scores={k: s for k in ("entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty")},
+            escalated=False,
+            latency_s={},
+            model_versions={},
+            tier_outputs={},
+            embeddings={},
+        )
         kept[i] = selector.offer(image, result, i * PERIOD_NS).keep
-    settled = float(kept[shift_at + 2000:].mean())
-    blocks = [round(float(kept[i:i + 1000].mean()), 4) for i in range(shift_at, len(kept) - 999, 1000)]
-    return {"before": round(float(kept[1000:shift_at].mean()), 4), "after_2000": round(settled, 4),
-            "error_pct": round(100 * abs(settled - budget_fraction) / budget_fraction, 2),
-            "blocks_after_shift": blocks}
+    settled = float(kept[shift_at + 2000 :].mean())
+    blocks = [round(float(kept[i : i + 1000].mean()), 4) for i in range(shift_at, len(kept) - 999, 1000)]
+    return {
+        "before": round(float(kept[1000:shift_at].mean()), 4),
+        "after_2000": round(settled, 4),
+        "error_pct": round(100 * abs(settled - budget_fraction) / budget_fraction, 2),
+        "blocks_after_shift": blocks,
+    }
 
 
 def bench_convergence(frames: int) -> dict:
@@ -214,17 +242,21 @@ def bench_convergence(frames: int) -> dict:
     shift_at = frames // 2
     up = _convergence_run(frames, shift_at, (2, 5), (5, 2), budget_fraction, 1)
     down = _convergence_run(frames, shift_at, (5, 2), (2, 8), budget_fraction, 2)
-    return {"budget_fraction": budget_fraction, "frames": frames, "shift_at": shift_at,
-            "scores_rise": up, "scores_fall": down,
-            "budget_error_pct": max(up["error_pct"], down["error_pct"])}
+    return {
+        "budget_fraction": budget_fraction,
+        "frames": frames,
+        "shift_at": shift_at,
+        "scores_rise": up,
+        "scores_fall": down,
+        "budget_error_pct": max(up["error_pct"], down["error_pct"]),
+    }
 
 
 def bench_faults(kills_file: int, kills_s3: int, s3_endpoint: str | None) -> dict:
     from fleetloop_core.faults import kill_campaign, synthetic_records
     from tqdm import tqdm
 
-    totals = {"kills": 0, "accepted": 0, "committed": 0, "lost": 0, "duplicated": 0, "half_written": 0,
-              "seconds": 0.0}
+    totals = {"kills": 0, "accepted": 0, "committed": 0, "lost": 0, "duplicated": 0, "half_written": 0, "seconds": 0.0}
     runs = [("file", kills_file, None)] + ([("s3", kills_s3, s3_endpoint)] if s3_endpoint and kills_s3 else [])
     for name, kills, endpoint in runs:
         with tempfile.TemporaryDirectory() as work:
@@ -233,13 +265,21 @@ def bench_faults(kills_file: int, kills_s3: int, s3_endpoint: str | None) -> dic
                 uri = f"file://{work}/store"
             else:
                 import boto3
+
                 bucket = f"faults-{int(time.time() * 1000)}"
                 boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
                 uri = f"s3://{bucket}/fleet?endpoint_url={endpoint}"
                 env = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
             bar = tqdm(total=kills, desc=f"kill -9 ({name} store)", unit="kill")
-            report = kill_campaign(Path(work) / "work", uri, lambda i: synthetic_records(i, 120, seed=7),
-                                   kills=kills, seed=7, env=env, progress=lambda k: bar.update(1))
+            report = kill_campaign(
+                Path(work) / "work",
+                uri,
+                lambda i: synthetic_records(i, 120, seed=7),
+                kills=kills,
+                seed=7,
+                env=env,
+                progress=lambda k, bar=bar: bar.update(1),
+            )
             bar.close()
         audit = report.audit
         totals[f"kills_{name}"] = report.kills
@@ -261,8 +301,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-s3", action="store_true", help="skip the local S3 server rows")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
-    for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         os.environ.setdefault(key, value)
 
     load_start = os.getloadavg()[0]
@@ -272,6 +315,7 @@ def main(argv=None) -> int:
     server = None
     if not args.no_s3:
         from fixtures.s3 import MotoServer
+
         server = MotoServer()
     try:
         endpoint = server.endpoint_url if server else None
@@ -286,47 +330,86 @@ def main(argv=None) -> int:
         "selection_pct_of_t4": selection["selection_pct_of_t4"],
         "uncertainty_plus_selection_pct_of_t4": selection["uncertainty_plus_selection_pct_of_t4"],
         "budget_error_pct": convergence["budget_error_pct"],
-        "kills": faults["kills"], "lost": faults["lost"], "duplicated": faults["duplicated"],
-        "selection": selection, "queue": queue, "convergence": convergence, "faults": faults,
+        "kills": faults["kills"],
+        "lost": faults["lost"],
+        "duplicated": faults["duplicated"],
+        "selection": selection,
+        "queue": queue,
+        "convergence": convergence,
+        "faults": faults,
         "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
-        "models": str(models), "quick": args.quick, "peak_rss_mb": round(peak_rss_mb(), 1), "machine": machine(),
+        "models": str(models),
+        "quick": args.quick,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "machine": machine(),
     }
     up, down = convergence["scores_rise"], convergence["scores_fall"]
     rows = [
-        ("T4 inference per frame, wall / CPU time (us)",
-         f"{selection['t4_inference_us']:.1f} / {selection['t4_inference_cpu_us']:.1f}"),
-        ("selection per frame in place, wall / CPU time (us)",
-         f"{selection['selection_us']:.2f} / {selection['selection_cpu_us']:.2f}"),
+        (
+            "T4 inference per frame, wall / CPU time (us)",
+            f"{selection['t4_inference_us']:.1f} / {selection['t4_inference_cpu_us']:.1f}",
+        ),
+        (
+            "selection per frame in place, wall / CPU time (us)",
+            f"{selection['selection_us']:.2f} / {selection['selection_cpu_us']:.2f}",
+        ),
         ("  same offers back to back, no inference between (us)", f"{selection['selection_back_to_back_us']:.2f}"),
         ("  dropped path (median us)", f"{selection['selection_dropped_path_us']:.2f}"),
         ("  candidate path: budget, hash, dedup, record (median us)", f"{selection['selection_candidate_path_us']}"),
-        ("  candidates / kept, fraction of frames", f"{selection['candidate_fraction']:.3f} / {selection['keep_rate']:.3f}"),
+        (
+            "  candidates / kept, fraction of frames",
+            f"{selection['candidate_fraction']:.3f} / {selection['keep_rate']:.3f}",
+        ),
         ("uncertainty per frame, in the cascade (us)", f"{selection['uncertainty_us']:.2f}"),
-        ("selection, % of T4 inference, wall / CPU time",
-         f"{selection['selection_pct_of_t4_wall']:.2f} / {selection['selection_pct_of_t4_cpu']:.2f}"),
-        ("uncertainty + selection, % of T4, wall (target <= 2)",
-         f"{selection['uncertainty_plus_selection_pct_of_t4']:.2f}"),
+        (
+            "selection, % of T4 inference, wall / CPU time",
+            f"{selection['selection_pct_of_t4_wall']:.2f} / {selection['selection_pct_of_t4_cpu']:.2f}",
+        ),
+        (
+            "uncertainty + selection, % of T4, wall (target <= 2)",
+            f"{selection['uncertainty_plus_selection_pct_of_t4']:.2f}",
+        ),
         ("PNG encode per kept 128x128 frame (ms)", f"{queue['png_encode_ms']:.2f}"),
         ("queue put, fsync'd file + commit (records/s)", f"{queue['put_per_s']:.0f}"),
-        ("drain to file store (records/s, MB/s)", f"{queue['drain_file_per_s']:.0f}, {queue['drain_file_mb_per_s']:.1f}"),
+        (
+            "drain to file store (records/s, MB/s)",
+            f"{queue['drain_file_per_s']:.0f}, {queue['drain_file_mb_per_s']:.1f}",
+        ),
     ]
     if "drain_s3_per_s" in queue:
-        rows.append(("drain to local S3 server (records/s, MB/s)",
-                     f"{queue['drain_s3_per_s']:.0f}, {queue['drain_s3_mb_per_s']:.1f}"))
+        rows.append(
+            (
+                "drain to local S3 server (records/s, MB/s)",
+                f"{queue['drain_s3_per_s']:.0f}, {queue['drain_s3_mb_per_s']:.1f}",
+            )
+        )
     rows += [
-        (f"adaptive budget {convergence['budget_fraction']:.0%}: scores rise, kept before / after",
-         f"{up['before']:.4f} / {up['after_2000']:.4f}"),
-        (f"adaptive budget {convergence['budget_fraction']:.0%}: scores fall, kept before / after",
-         f"{down['before']:.4f} / {down['after_2000']:.4f}"),
-        ("kept rate per 1,000 frames after the shift (rise)", " ".join(f"{b:.3f}" for b in up["blocks_after_shift"][:4])),
-        ("kept rate per 1,000 frames after the shift (fall)",
-         " ".join(f"{b:.3f}" for b in down["blocks_after_shift"][:4])),
+        (
+            f"adaptive budget {convergence['budget_fraction']:.0%}: scores rise, kept before / after",
+            f"{up['before']:.4f} / {up['after_2000']:.4f}",
+        ),
+        (
+            f"adaptive budget {convergence['budget_fraction']:.0%}: scores fall, kept before / after",
+            f"{down['before']:.4f} / {down['after_2000']:.4f}",
+        ),
+        (
+            "kept rate per 1,000 frames after the shift (rise)",
+            " ".join(f"{b:.3f}" for b in up["blocks_after_shift"][:4]),
+        ),
+        (
+            "kept rate per 1,000 frames after the shift (fall)",
+            " ".join(f"{b:.3f}" for b in down["blocks_after_shift"][:4]),
+        ),
         ("budget error 2,000+ frames after shift (%, target <= 10)", f"{convergence['budget_error_pct']:.1f}"),
-        (f"kill -9 at random moments (file {faults.get('kills_file', 0)}, S3 {faults.get('kills_s3', 0)})",
-         f"{faults['kills']}"),
+        (
+            f"kill -9 at random moments (file {faults.get('kills_file', 0)}, S3 {faults.get('kills_s3', 0)})",
+            f"{faults['kills']}",
+        ),
         ("  frames accepted / committed", f"{faults['accepted']} / {faults['committed']}"),
-        ("  lost / duplicated / half-written (target 0)",
-         f"{faults['lost']} / {faults['duplicated']} / {faults['half_written']}"),
+        (
+            "  lost / duplicated / half-written (target 0)",
+            f"{faults['lost']} / {faults['duplicated']} / {faults['half_written']}",
+        ),
         ("peak RSS (MiB)", f"{figures['peak_rss_mb']:.0f}"),
         ("load average at start / end (2 cores shared)", f"{load_start:.1f} / {os.getloadavg()[0]:.1f}"),
     ]

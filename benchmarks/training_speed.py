@@ -38,29 +38,46 @@ def main() -> int:
     from fleetloop_cloud.channels import write_channel
     from fleetloop_cloud.train import Hyperparameters, run_training
 
-    devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"] if args.devices == "auto" \
-        else args.devices.split(",")
+    devices = (
+        (["cuda"] if torch.cuda.is_available() else []) + ["cpu"] if args.devices == "auto" else args.devices.split(",")
+    )
     work = Path(tempfile.mkdtemp(prefix="fleetloop-train-speed-"))
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     frames = rng.integers(0, 255, (args.frames * 2, args.size, args.size, 3), dtype=np.uint8)
     labels = rng.integers(0, 11, args.frames * 2)
     items = [(f"f{i:06d}", frames[i], int(labels[i]), "site-0") for i in range(len(frames))]
-    channels = {"train": write_channel(work / "train", items[:args.frames]),
-                "unlabeled": write_channel(work / "unlabeled", [(f, im, l if i < args.frames else -1, s)
-                                                                for i, (f, im, l, s) in enumerate(items)]),
-                "calibration": write_channel(work / "calibration", items[:64]),
-                "models": Path(args.models)}
+    channels = {
+        "train": write_channel(work / "train", items[: args.frames]),
+        "unlabeled": write_channel(
+            work / "unlabeled",
+            [(f, im, label if i < args.frames else -1, s) for i, (f, im, label, s) in enumerate(items)],
+        ),
+        "calibration": write_channel(work / "calibration", items[:64]),
+        "models": Path(args.models),
+    }
     channel_seconds = time.perf_counter() - started
-    results = {"frames": args.frames, "size": args.size, "epochs": args.epochs, "channel_seconds": channel_seconds,
-               "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-               "cpu_count": os.cpu_count(), "runs": {}}
+    results = {
+        "frames": args.frames,
+        "size": args.size,
+        "epochs": args.epochs,
+        "channel_seconds": channel_seconds,
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_count": os.cpu_count(),
+        "runs": {},
+    }
     for device in devices:
         if device == "cpu":
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-            torch.cuda.is_available = lambda: False          # this process already initialised CUDA
-        hp = Hyperparameters(version=f"speed-{device}", teacher_epochs=args.epochs, distil_epochs=args.epochs,
-                             batch_size=128, int8_calibration_frames=64)
+            torch.cuda.is_available = lambda: False  # this process already initialised CUDA
+        hp = Hyperparameters(
+            version=f"speed-{device}",
+            teacher_epochs=args.epochs,
+            distil_epochs=args.epochs,
+            batch_size=128,
+            int8_calibration_frames=64,
+        )
         out = work / f"model-{device}"
         t0 = time.perf_counter()
         report = run_training(channels, out, hp, progress=False)
@@ -73,8 +90,13 @@ def main() -> int:
             info = run["tiers"].get(tier)
             if info:
                 rate = info["samples"] * info["epochs"] / max(info["seconds"], 1e-9)
-                rows.append((f"{device} {tier}", f"{info['samples']} x {info['epochs']} in {info['seconds']:.1f} s "
-                                                 f"= {rate:.0f} samples/s ({info['device']})"))
+                rows.append(
+                    (
+                        f"{device} {tier}",
+                        f"{info['samples']} x {info['epochs']} in {info['seconds']:.1f} s "
+                        f"= {rate:.0f} samples/s ({info['device']})",
+                    )
+                )
         for tier in ("T3-int8", "T4-int8"):
             info = run["tiers"].get(tier)
             if info:
@@ -82,8 +104,12 @@ def main() -> int:
         rows.append((f"{device} whole job", f"{run['seconds']:.1f} s"))
     try:
         from _common import print_table, write_json
-        print_table(f"training job speed: {args.frames} labeled + {args.frames} unlabeled frames, "
-                    f"{args.size}x{args.size}, {args.epochs} epochs", rows)
+
+        print_table(
+            f"training job speed: {args.frames} labeled + {args.frames} unlabeled frames, "
+            f"{args.size}x{args.size}, {args.epochs} epochs",
+            rows,
+        )
         write_json(args.json, results)
     except ImportError:  # run outside the checkout
         for name, value in rows:

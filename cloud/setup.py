@@ -1,4 +1,5 @@
 """fleetloop_cloud: ingest, auto-label, review, train, registry, deploy (embedded + AWS backends)."""
+
 from setuptools import find_packages, setup
 
 setup(

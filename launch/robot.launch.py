@@ -28,25 +28,42 @@ from fleetloop_ros.launch_args import LAUNCH_ONLY, node_overrides, parse_bool
 from fleetloop_ros.settings import load_robot_config
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config", "robot.yaml")
-PASSED = ("robot_id", "image_topics", "compressed_topics", "store_uri", "models_dir", "control_plane", "use_gpu",
-          "transport", "type_propagation")
+PASSED = (
+    "robot_id",
+    "image_topics",
+    "compressed_topics",
+    "store_uri",
+    "models_dir",
+    "control_plane",
+    "use_gpu",
+    "transport",
+    "type_propagation",
+)
 
 
 def _nodes(context):
-    value = {name: LaunchConfiguration(name).perform(context)
-             for name in (*PASSED, *LAUNCH_ONLY, "config", "namespace", "composed")}
+    value = {
+        name: LaunchConfiguration(name).perform(context)
+        for name in (*PASSED, *LAUNCH_ONLY, "config", "namespace", "composed")
+    }
     config = value["config"] or DEFAULT_CONFIG
     namespace = value["namespace"]
     overrides = node_overrides({name: value[name] for name in PASSED})
     # validated like `fleetloop robot` does (errors name file, node and key); its dds section is the environment
     dds = load_robot_config(config, namespace, overrides).settings["perception"].dds
-    common = dict(package="fleetloop_ros", namespace=namespace, output="screen", emulate_tty=True,
-                  additional_env=dds_environment(dds), respawn=parse_bool("respawn", value["respawn"]),
-                  respawn_delay=float(value["respawn_delay"]))
+    common = dict(
+        package="fleetloop_ros",
+        namespace=namespace,
+        output="screen",
+        emulate_tty=True,
+        additional_env=dds_environment(dds),
+        respawn=parse_bool("respawn", value["respawn"]),
+        respawn_delay=float(value["respawn_delay"]),
+    )
     if parse_bool("composed", value["composed"]):
         merged = {}
         for node in ("perception", "model_manager", "selector", "uploader"):
-            merged.update(overrides[node])     # rcl applies them to every node of the process
+            merged.update(overrides[node])  # rcl applies them to every node of the process
         return [Node(executable="robot", parameters=[config, merged], **common)]
     manager_process = {**overrides["perception"], **overrides["model_manager"]}
     return [
@@ -57,22 +74,38 @@ def _nodes(context):
 
 
 def generate_launch_description():
-    return LaunchDescription([
-        DeclareLaunchArgument("config", default_value="", description="robot YAML; default: config/robot.yaml"),
-        DeclareLaunchArgument("robot_id", default_value="", description="robot id (YAML value when empty)"),
-        DeclareLaunchArgument("namespace", default_value="", description="ROS namespace of every node"),
-        DeclareLaunchArgument("image_topics", default_value="", description="comma-separated Image topics"),
-        DeclareLaunchArgument("compressed_topics", default_value="", description="comma-separated CompressedImage topics"),
-        DeclareLaunchArgument("store_uri", default_value="", description="object store URI (file:///..., s3://...)"),
-        DeclareLaunchArgument("models_dir", default_value="", description="reference models directory"),
-        DeclareLaunchArgument("control_plane", default_value="", description="file:///dir or mqtts://endpoint:8883"),
-        DeclareLaunchArgument("use_gpu", default_value="", description="true: TensorRT -> CUDA -> CPU"),
-        DeclareLaunchArgument("composed", default_value="true", description="one process (true) or one per node"),
-        DeclareLaunchArgument("transport", default_value="", description="large_data, udp, shm or default (YAML when empty)"),
-        DeclareLaunchArgument("type_propagation", default_value="",
-                              description="false for cameras of other DDS vendors (YAML when empty)"),
-        DeclareLaunchArgument("respawn", default_value="true", description="start a node again when it exits "
-                                                                           "(a frozen node exits non-zero)"),
-        DeclareLaunchArgument("respawn_delay", default_value="2.0", description="seconds before a respawn"),
-        OpaqueFunction(function=_nodes),
-    ])
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("config", default_value="", description="robot YAML; default: config/robot.yaml"),
+            DeclareLaunchArgument("robot_id", default_value="", description="robot id (YAML value when empty)"),
+            DeclareLaunchArgument("namespace", default_value="", description="ROS namespace of every node"),
+            DeclareLaunchArgument("image_topics", default_value="", description="comma-separated Image topics"),
+            DeclareLaunchArgument(
+                "compressed_topics", default_value="", description="comma-separated CompressedImage topics"
+            ),
+            DeclareLaunchArgument(
+                "store_uri", default_value="", description="object store URI (file:///..., s3://...)"
+            ),
+            DeclareLaunchArgument("models_dir", default_value="", description="reference models directory"),
+            DeclareLaunchArgument(
+                "control_plane", default_value="", description="file:///dir or mqtts://endpoint:8883"
+            ),
+            DeclareLaunchArgument("use_gpu", default_value="", description="true: TensorRT -> CUDA -> CPU"),
+            DeclareLaunchArgument("composed", default_value="true", description="one process (true) or one per node"),
+            DeclareLaunchArgument(
+                "transport", default_value="", description="large_data, udp, shm or default (YAML when empty)"
+            ),
+            DeclareLaunchArgument(
+                "type_propagation",
+                default_value="",
+                description="false for cameras of other DDS vendors (YAML when empty)",
+            ),
+            DeclareLaunchArgument(
+                "respawn",
+                default_value="true",
+                description="start a node again when it exits (a frozen node exits non-zero)",
+            ),
+            DeclareLaunchArgument("respawn_delay", default_value="2.0", description="seconds before a respawn"),
+            OpaqueFunction(function=_nodes),
+        ]
+    )

@@ -20,8 +20,14 @@ from pathlib import Path
 import numpy as np
 
 
-def sample_messages(frames: int, robots: int, seed: int = 0, park_every: int = 120, park_frames: int = 25,
-                    start_ns: int = 1_700_000_000_000_000_000):
+def sample_messages(
+    frames: int,
+    robots: int,
+    seed: int = 0,
+    park_every: int = 120,
+    park_frames: int = 25,
+    start_ns: int = 1_700_000_000_000_000_000,
+):
     """Yield (topic, stamp_ns, payload) for every robot and stream, interleaved by stamp."""
     from fleetloop_core import sim
     from fleetloop_core.ros_convert import array_to_image
@@ -30,8 +36,9 @@ def sample_messages(frames: int, robots: int, seed: int = 0, park_every: int = 1
     for r in range(robots):
         site = sim.make_site(r, seed=seed)
         for name in ("front", "rear"):
-            camera = sim.CameraStream(site, f"robot_{r}-{name}", seed=seed + 17 * r + (name == "rear"),
-                                      start_ns=start_ns)
+            camera = sim.CameraStream(
+                site, f"robot_{r}-{name}", seed=seed + 17 * r + (name == "rear"), start_ns=start_ns
+            )
             topic = f"/robot_{r}/{name}/image_raw" + ("/compressed" if name == "rear" else "")
             streams.append((r, topic, camera))
     period_ns = 100_000_000
@@ -45,7 +52,7 @@ def sample_messages(frames: int, robots: int, seed: int = 0, park_every: int = 1
                 parked[topic] = (park_frames, frame)
             left, still = parked.get(topic, (0, None))
             if left > 0:
-                frame = still               # parked: the camera sees the same scene again
+                frame = still  # parked: the camera sees the same scene again
                 parked[topic] = (left - 1, still)
             if topic.endswith("/compressed"):
                 yield topic, stamp, frame
@@ -70,8 +77,10 @@ def main(argv=None) -> int:
         print(f"{out} exists; remove it first", file=sys.stderr)
         return 1
     count = write_image_bag(out, sample_messages(args.frames, args.robots, args.seed), storage=args.storage)
-    print(f"wrote {out}: {count} messages, {args.robots} robots x 2 streams x {args.frames} frames "
-          f"({args.frames / 10:.0f} s at 10 Hz), {args.storage}")
+    print(
+        f"wrote {out}: {count} messages, {args.robots} robots x 2 streams x {args.frames} frames "
+        f"({args.frames / 10:.0f} s at 10 Hz), {args.storage}"
+    )
     return 0
 
 

@@ -38,10 +38,15 @@ def _world(root: Path, annotator: str, frames_per_robot: int, calibration: int):
         cloud_world.build_teachers(out, test_models)
     store = open_store(f"file://{root / 'store'}")
     sites = cloud_world.fleet_sites(3)
-    cloud_world.write_fleet(store, [(f"robot-{i + 1}", site) for i, site in enumerate(sites)], frames_per_robot,
-                            edge_model=TierModel.load(out / "T4", warmup=0))
-    data = cloud_world.cloud_config(root, f"file://{root / 'store'}", out,
-                                    review={"annotator": annotator, "calibration_sample": calibration})
+    cloud_world.write_fleet(
+        store,
+        [(f"robot-{i + 1}", site) for i, site in enumerate(sites)],
+        frames_per_robot,
+        edge_model=TierModel.load(out / "T4", warmup=0),
+    )
+    data = cloud_world.cloud_config(
+        root, f"file://{root / 'store'}", out, review={"annotator": annotator, "calibration_sample": calibration}
+    )
     config = cloud_config_from_dict(data)
     with CloudLoop(config, progress=False) as loop:
         loop.ingest()
@@ -67,7 +72,7 @@ def main(argv=None) -> int:
         viewport = {"width": 1400, "height": 760}
         # routing view: the loop answered its calibration sample (simulated annotator) and routed
         routed = _world(Path(tmp) / "routed", "simulated", 150, 200)
-        with ReviewServer(create_app(routed.work_path / "pool.sqlite", routed)) as server:     # nothing is saved
+        with ReviewServer(create_app(routed.work_path / "pool.sqlite", routed)) as server:  # nothing is saved
             page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             page.goto(server.url + "/login")
             page.fill("#annotator-name", "maria")
@@ -85,13 +90,14 @@ def main(argv=None) -> int:
             page.wait_for_selector("body[data-ready='1']")
             rng = random.Random(0)
             for number in range(40):
-                page.wait_for_function("() => { const i = document.getElementById('frame');"
-                                       " return i.complete && i.naturalWidth > 0; }")
+                page.wait_for_function(
+                    "() => { const i = document.getElementById('frame'); return i.complete && i.naturalWidth > 0; }"
+                )
                 task = page.get_attribute("body", "data-task")
                 suggestion = page.get_attribute("#suggestion", "data-label")
                 if number >= 6 and suggestion not in ("", "10"):
                     break
-                time.sleep(rng.uniform(1.2, 2.6))          # a person's pace, so the counters read like one
+                time.sleep(rng.uniform(1.2, 2.6))  # a person's pace, so the counters read like one
                 page.keyboard.press("Enter" if suggestion else "n")
                 page.wait_for_function(f"() => document.body.dataset.task !== '{task}'")
             page.wait_for_timeout(300)

@@ -11,7 +11,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # fixture modules that start real servers (tests/fixtures/<name>.py); append yours
-pytest_plugins: list[str] = ["fixtures.mqtt", "fixtures.model_packages", "fixtures.ros", "fixtures.s3", "fixtures.cloud_world", "fixtures.review_page", "fixtures.detection_world"]
+pytest_plugins: list[str] = [
+    "fixtures.mqtt",
+    "fixtures.model_packages",
+    "fixtures.ros",
+    "fixtures.s3",
+    "fixtures.cloud_world",
+    "fixtures.review_page",
+    "fixtures.detection_world",
+]
 CACHE = ROOT / ".cache"
 
 
@@ -87,6 +95,7 @@ _EXIT_GRACE_S = 5.0
 
 def _descendants() -> list:
     import psutil
+
     alive = []
     for process in psutil.Process().children(recursive=True):
         try:
@@ -106,12 +115,14 @@ def _describe(process) -> str:
 
 def _still_running(processes: list, grace_s: float) -> list:
     import psutil
+
     _, alive = psutil.wait_procs(processes, timeout=grace_s)
     return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
 def _kill(processes: list) -> None:
     import psutil
+
     for process in processes:
         try:
             process.kill()
@@ -144,5 +155,6 @@ def pytest_sessionfinish(session, exitstatus):
         described = [_describe(p) for p in leftovers]
         _kill(leftovers)
         session.config.get_terminal_writer().line(
-            "processes started by the test run outlived it (killed now):\n  " + "\n  ".join(described), red=True)
+            "processes started by the test run outlived it (killed now):\n  " + "\n  ".join(described), red=True
+        )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

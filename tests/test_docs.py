@@ -52,7 +52,8 @@ def _rel(path: Path) -> str:
 def test_readme_is_short_and_starts_with_the_two_commands():
     lines = README.read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, (
-        f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move detail into docs/")
+        f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move detail into docs/"
+    )
     head = "\n".join(lines[:COMMANDS_WITHIN_LINES])
     for command in ("make demo", "make test"):
         assert command in head, f"README.md: `{command}` is not in its first {COMMANDS_WITHIN_LINES} lines"
@@ -78,13 +79,17 @@ def test_every_docs_page_is_linked_from_the_readme_or_another_docs_page():
                 if resolved != page.resolve():
                     linked.add(resolved)
     orphans = [_rel(page) for page in _docs_pages() if page.resolve() not in linked]
-    assert not orphans, "docs pages no other page links to (link them from README.md or a docs page):\n" + \
-        "\n".join(orphans)
+    assert not orphans, "docs pages no other page links to (link them from README.md or a docs page):\n" + "\n".join(
+        orphans
+    )
 
 
 def test_the_link_finder_sees_what_it_must():
     # guards the test above against a regex that silently finds nothing
     sample = ROOT / "README.md"
     assert _relative_links(sample), "README.md: no relative link found at all (the where-to-go-next list?)"
-    assert _LINK.findall("see [a](docs/a.md#x), ![b](img/b.png) and [c](https://e.org)") == \
-        ["docs/a.md#x", "img/b.png", "https://e.org"]
+    assert _LINK.findall("see [a](docs/a.md#x), ![b](img/b.png) and [c](https://e.org)") == [
+        "docs/a.md#x",
+        "img/b.png",
+        "https://e.org",
+    ]

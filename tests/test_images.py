@@ -45,7 +45,7 @@ def test_training_image_installs_only_the_training_requirements():
     text = _text("training.Dockerfile")
     runs = _runs(text)
     assert "requirements/training.txt" in text and "requirements/robot.txt" not in text
-    assert "sagemaker-training" not in runs                  # the entry point reads /opt/ml itself
+    assert "sagemaker-training" not in runs  # the entry point reads /opt/ml itself
     assert "COPY config" not in text
     entry = (ROOT / "docker" / "sagemaker-entrypoint.sh").read_text()
     assert "python -m fleetloop_cloud.train" in entry

@@ -22,21 +22,38 @@ def _python_files(*parts: str):
 
 
 def test_core_and_cloud_never_import_rclpy():
-    offenders = [str(p) for p in _python_files("ros2_ws", "src", "fleetloop_core") + _python_files("cloud")
-                 if {"rclpy", "rosidl_runtime_py", "launch", "launch_ros"} & _imports(p)]
+    offenders = [
+        str(p)
+        for p in _python_files("ros2_ws", "src", "fleetloop_core") + _python_files("cloud")
+        if {"rclpy", "rosidl_runtime_py", "launch", "launch_ros"} & _imports(p)
+    ]
     assert offenders == []
 
 
 def test_core_never_imports_ros_or_cloud_packages():
-    offenders = [str(p) for p in _python_files("ros2_ws", "src", "fleetloop_core")
-                 if {"fleetloop_ros", "fleetloop_cloud"} & _imports(p)]
+    offenders = [
+        str(p)
+        for p in _python_files("ros2_ws", "src", "fleetloop_core")
+        if {"fleetloop_ros", "fleetloop_cloud"} & _imports(p)
+    ]
     assert offenders == []
 
 
 def test_layout_exists():
-    for path in ["ros2_ws/src/fleetloop_core/package.xml", "ros2_ws/src/fleetloop_core/resource/fleetloop_core",
-                 "ros2_ws/src/fleetloop_ros/package.xml", "cloud/fleetloop_cloud/__init__.py",
-                 "launch", "config", "docker", "benchmarks", "colcon.meta", "README.md", "Makefile", ".ci/run"]:
+    for path in [
+        "ros2_ws/src/fleetloop_core/package.xml",
+        "ros2_ws/src/fleetloop_core/resource/fleetloop_core",
+        "ros2_ws/src/fleetloop_ros/package.xml",
+        "cloud/fleetloop_cloud/__init__.py",
+        "launch",
+        "config",
+        "docker",
+        "benchmarks",
+        "colcon.meta",
+        "README.md",
+        "Makefile",
+        ".ci/run",
+    ]:
         assert (ROOT / path).exists(), path
 
 

@@ -17,23 +17,26 @@ from fleetloop_core.errors import ConfigError
 Strategy = Callable[[np.ndarray, np.ndarray, int, np.random.Generator, Optional[np.ndarray]], np.ndarray]
 
 
-def random_pick(embeddings: np.ndarray, uncertainty: np.ndarray, k: int, rng: np.random.Generator,
-                labeled: np.ndarray | None = None) -> np.ndarray:
+def random_pick(
+    embeddings: np.ndarray, uncertainty: np.ndarray, k: int, rng: np.random.Generator, labeled: np.ndarray | None = None
+) -> np.ndarray:
     """Return ``k`` indices uniformly at random (the baseline)."""
     n = len(uncertainty)
-    return rng.permutation(n)[:min(k, n)]
+    return rng.permutation(n)[: min(k, n)]
 
 
-def uncertainty_pick(embeddings: np.ndarray, uncertainty: np.ndarray, k: int, rng: np.random.Generator,
-                     labeled: np.ndarray | None = None) -> np.ndarray:
+def uncertainty_pick(
+    embeddings: np.ndarray, uncertainty: np.ndarray, k: int, rng: np.random.Generator, labeled: np.ndarray | None = None
+) -> np.ndarray:
     """Return the ``k`` most uncertain frames (ties broken at random)."""
     n = len(uncertainty)
     jitter = rng.random(n) * 1e-9
-    return np.argsort(-(np.asarray(uncertainty, np.float64) + jitter), kind="stable")[:min(k, n)]
+    return np.argsort(-(np.asarray(uncertainty, np.float64) + jitter), kind="stable")[: min(k, n)]
 
 
-def _k_center(embeddings: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator,
-              labeled: np.ndarray | None) -> np.ndarray:
+def _k_center(
+    embeddings: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator, labeled: np.ndarray | None
+) -> np.ndarray:
     """Greedy k-center (Sener & Savarese, ICLR 2018) on cosine distance, distances scaled by ``weights``."""
     n = len(embeddings)
     k = min(k, n)
@@ -55,14 +58,16 @@ def _k_center(embeddings: np.ndarray, weights: np.ndarray, k: int, rng: np.rando
     return np.asarray(picked, np.int64)
 
 
-def diversity_pick(embeddings: np.ndarray, uncertainty: np.ndarray, k: int, rng: np.random.Generator,
-                   labeled: np.ndarray | None = None) -> np.ndarray:
+def diversity_pick(
+    embeddings: np.ndarray, uncertainty: np.ndarray, k: int, rng: np.random.Generator, labeled: np.ndarray | None = None
+) -> np.ndarray:
     """Return ``k`` frames covering the embedding space (k-center greedy)."""
     return _k_center(embeddings, np.ones(len(uncertainty), np.float32), k, rng, labeled)
 
 
-def uncertainty_diversity_pick(embeddings: np.ndarray, uncertainty: np.ndarray, k: int, rng: np.random.Generator,
-                               labeled: np.ndarray | None = None) -> np.ndarray:
+def uncertainty_diversity_pick(
+    embeddings: np.ndarray, uncertainty: np.ndarray, k: int, rng: np.random.Generator, labeled: np.ndarray | None = None
+) -> np.ndarray:
     """Return ``k`` frames by k-center greedy with each distance weighted by the frame's uncertainty."""
     weights = 0.05 + np.asarray(uncertainty, np.float32)
     return _k_center(embeddings, weights, k, rng, labeled)
@@ -76,8 +81,15 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-def select(name: str, embeddings: np.ndarray, uncertainty: np.ndarray, k: int, rng: np.random.Generator,
-           labeled: np.ndarray | None = None, source: str = "config/cloud.yaml") -> np.ndarray:
+def select(
+    name: str,
+    embeddings: np.ndarray,
+    uncertainty: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    labeled: np.ndarray | None = None,
+    source: str = "config/cloud.yaml",
+) -> np.ndarray:
     """Return the indices strategy ``name`` picks; ConfigError naming the known strategies if unknown."""
     if name not in STRATEGIES:
         raise ConfigError(f"{source}: review.strategy: unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
@@ -86,7 +98,12 @@ def select(name: str, embeddings: np.ndarray, uncertainty: np.ndarray, k: int, r
     return STRATEGIES[name](embeddings, uncertainty, k, rng, labeled)
 
 
-def order(name: str, embeddings: np.ndarray, uncertainty: np.ndarray, rng: np.random.Generator,
-          labeled: np.ndarray | None = None) -> np.ndarray:
+def order(
+    name: str,
+    embeddings: np.ndarray,
+    uncertainty: np.ndarray,
+    rng: np.random.Generator,
+    labeled: np.ndarray | None = None,
+) -> np.ndarray:
     """Return every index, in the order strategy ``name`` would pick them."""
     return select(name, embeddings, uncertainty, len(uncertainty), rng, labeled)

@@ -85,7 +85,7 @@ class AnnotatorContext:
     config: CloudConfig
     labels: Sequence[str]
     round: int
-    client: object = None          # an injected boto3 client (tests: botocore Stubber)
+    client: object = None  # an injected boto3 client (tests: botocore Stubber)
 
 
 def label_index(name: str, labels: Sequence[str], where: str) -> int:
@@ -95,8 +95,15 @@ def label_index(name: str, labels: Sequence[str], where: str) -> int:
     return labels.index(name)
 
 
-def record_answer(pool: Pool, cost_model: CostModel, task_id: int, label: int | str, annotator: str,
-                  labels: Sequence[str], suggestions_shown: bool = True) -> None:
+def record_answer(
+    pool: Pool,
+    cost_model: CostModel,
+    task_id: int,
+    label: int | str,
+    annotator: str,
+    labels: Sequence[str],
+    suggestions_shown: bool = True,
+) -> None:
     """Record one human answer with its cost (what the review page calls); AnnotatorError if the class is unknown."""
     task = pool.task(task_id)
     if isinstance(label, str):
@@ -128,9 +135,15 @@ class SimulatedAnnotator:
         for task in tasks:
             truth = self.pool.frame(task.frame_id)["sim_label"]
             if truth is None:
-                answers.append(Answer(task.id, None, self.name,
-                                      error=f"frame {task.frame_id} has no simulated ground truth; the simulated "
-                                            f"annotator only labels frames of the simulated world"))
+                answers.append(
+                    Answer(
+                        task.id,
+                        None,
+                        self.name,
+                        error=f"frame {task.frame_id} has no simulated ground truth; the simulated "
+                        f"annotator only labels frames of the simulated world",
+                    )
+                )
                 continue
             rng = np.random.default_rng([self.settings.seed, task.id])
             label = int(truth)
@@ -154,12 +167,13 @@ class ReviewPageAnnotator:
         return [None] * len(tasks)
 
     def collect(self, tasks: Sequence[Task]) -> list[Answer]:
-        return []      # the page writes answers into the pool itself
+        return []  # the page writes answers into the pool itself
 
 
 # ------------------------------------------------------------------------------------ AWS helpers
 def _boto_client(service: str, region: str, endpoint_url: str | None):
     import boto3
+
     return boto3.client(service, region_name=region, endpoint_url=endpoint_url)
 
 
@@ -169,7 +183,7 @@ def store_key_of(store: ObjectStore, uri: str) -> str:
     base = probe[:-1]
     if not uri.startswith(base):
         raise AnnotatorError(f"{uri}: not inside the store {store.uri}")
-    return uri[len(base):]
+    return uri[len(base) :]
 
 
 def _name(text: str, limit: int = 63) -> str:
@@ -211,33 +225,45 @@ class GroundTruthAnnotator:
         self.store.put_bytes(f"{prefix}/input.manifest", ("\n".join(lines) + "\n").encode())
         categories = {"document-version": "2018-11-28", "labels": [{"label": name} for name in self.labels]}
         self.store.put_bytes(f"{prefix}/categories.json", json.dumps(categories).encode())
-        ui = {"HumanTaskUiArn": s.human_task_ui_arn} if s.human_task_ui_arn else \
-            {"UiTemplateS3Uri": _require(s.ui_template_s3_uri, "annotators.sagemaker-groundtruth.ui_template_s3_uri")}
+        ui = (
+            {"HumanTaskUiArn": s.human_task_ui_arn}
+            if s.human_task_ui_arn
+            else {
+                "UiTemplateS3Uri": _require(s.ui_template_s3_uri, "annotators.sagemaker-groundtruth.ui_template_s3_uri")
+            }
+        )
         human_task = {
             "WorkteamArn": _require(s.workteam_arn, "annotators.sagemaker-groundtruth.workteam_arn"),
             "UiConfig": ui,
-            "PreHumanTaskLambdaArn": _require(s.pre_human_task_lambda_arn,
-                                              "annotators.sagemaker-groundtruth.pre_human_task_lambda_arn"),
+            "PreHumanTaskLambdaArn": _require(
+                s.pre_human_task_lambda_arn, "annotators.sagemaker-groundtruth.pre_human_task_lambda_arn"
+            ),
             "TaskTitle": "FleetLoop: what does the robot see?",
             "TaskDescription": "Pick the class of the item in the frame (or 'none'); a suggestion may be shown.",
             "NumberOfHumanWorkersPerDataObject": s.workers_per_object,
             "TaskTimeLimitInSeconds": s.task_time_limit_s,
-            "AnnotationConsolidationConfig": {"AnnotationConsolidationLambdaArn": _require(
-                s.annotation_consolidation_lambda_arn,
-                "annotators.sagemaker-groundtruth.annotation_consolidation_lambda_arn")},
+            "AnnotationConsolidationConfig": {
+                "AnnotationConsolidationLambdaArn": _require(
+                    s.annotation_consolidation_lambda_arn,
+                    "annotators.sagemaker-groundtruth.annotation_consolidation_lambda_arn",
+                )
+            },
         }
         if s.public_workforce_price_usd is not None:
             dollars = int(s.public_workforce_price_usd)
             cents = int(round((s.public_workforce_price_usd - dollars) * 100))
             tenths = int(round((s.public_workforce_price_usd * 1000) % 10))
-            human_task["PublicWorkforceTaskPrice"] = {"AmountInUsd": {"Dollars": dollars, "Cents": cents,
-                                                                      "TenthFractionsOfACent": tenths}}
+            human_task["PublicWorkforceTaskPrice"] = {
+                "AmountInUsd": {"Dollars": dollars, "Cents": cents, "TenthFractionsOfACent": tenths}
+            }
         try:
             self.client.create_labeling_job(
                 LabelingJobName=job,
                 LabelAttributeName=s.label_attribute,
-                InputConfig={"DataSource": {"S3DataSource": {"ManifestS3Uri": self.store.url(f"{prefix}/input.manifest")}},
-                             "DataAttributes": {"ContentClassifiers": ["FreeOfPersonallyIdentifiableInformation"]}},
+                InputConfig={
+                    "DataSource": {"S3DataSource": {"ManifestS3Uri": self.store.url(f"{prefix}/input.manifest")}},
+                    "DataAttributes": {"ContentClassifiers": ["FreeOfPersonallyIdentifiableInformation"]},
+                },
                 OutputConfig={"S3OutputPath": self.store.url(f"{prefix}/output")},
                 RoleArn=_require(s.role_arn, "annotators.sagemaker-groundtruth.role_arn"),
                 LabelCategoryConfigS3Uri=self.store.url(f"{prefix}/categories.json"),
@@ -264,7 +290,9 @@ class GroundTruthAnnotator:
                 continue
             if state != "Completed":
                 reason = status.get("FailureReason", state)
-                answers += [Answer(t.id, None, self.name, error=f"labeling job {job} {state}: {reason}") for t in job_tasks]
+                answers += [
+                    Answer(t.id, None, self.name, error=f"labeling job {job} {state}: {reason}") for t in job_tasks
+                ]
                 continue
             uri = status["LabelingJobOutput"]["OutputDatasetS3Uri"]
             try:
@@ -280,8 +308,14 @@ class GroundTruthAnnotator:
             for task in job_tasks:
                 record = found.get(task.id)
                 if record is None or attribute not in record:
-                    answers.append(Answer(task.id, None, self.name,
-                                          error=f"labeling job {job}: no {attribute} for task {task.id} in {uri}"))
+                    answers.append(
+                        Answer(
+                            task.id,
+                            None,
+                            self.name,
+                            error=f"labeling job {job}: no {attribute} for task {task.id} in {uri}",
+                        )
+                    )
                     continue
                 meta = record.get(f"{attribute}-metadata", {})
                 try:
@@ -308,21 +342,28 @@ class A2IAnnotator:
         self.settings = context.config.annotators.a2i
         self.store = context.store
         self.labels = list(context.labels)
-        self.client = context.client or _boto_client("sagemaker-a2i-runtime", self.settings.region,
-                                                     self.settings.endpoint_url)
+        self.client = context.client or _boto_client(
+            "sagemaker-a2i-runtime", self.settings.region, self.settings.endpoint_url
+        )
 
     def submit(self, tasks: Sequence[TaskRequest]) -> list[Optional[str]]:
         flow = _require(self.settings.flow_definition_arn, "annotators.a2i.flow_definition_arn")
         names = []
         for t in tasks:
             loop = _name(f"fleetloop-r{self.context.round}-t{t.task_id}")
-            content = {"taskObject": t.frame_url, "labels": self.labels, "frame": t.frame_id,
-                       "suggestion": self.labels[t.suggestion] if t.suggestion is not None else None}
+            content = {
+                "taskObject": t.frame_url,
+                "labels": self.labels,
+                "frame": t.frame_id,
+                "suggestion": self.labels[t.suggestion] if t.suggestion is not None else None,
+            }
             try:
                 self.client.start_human_loop(
-                    HumanLoopName=loop, FlowDefinitionArn=flow,
+                    HumanLoopName=loop,
+                    FlowDefinitionArn=flow,
                     HumanLoopInput={"InputContent": json.dumps(content, sort_keys=True)},
-                    DataAttributes={"ContentClassifiers": ["FreeOfPersonallyIdentifiableInformation"]})
+                    DataAttributes={"ContentClassifiers": ["FreeOfPersonallyIdentifiableInformation"]},
+                )
             except Exception as exc:
                 raise AnnotatorError(f"A2I: start_human_loop {loop} failed ({exc})") from exc
             names.append(loop)
@@ -340,8 +381,11 @@ class A2IAnnotator:
             if state in ("InProgress", "Stopping"):
                 continue
             if state != "Completed":
-                answers.append(Answer(task.id, None, self.name,
-                                      error=f"human loop {loop} {state}: {status.get('FailureReason', '')}"))
+                answers.append(
+                    Answer(
+                        task.id, None, self.name, error=f"human loop {loop} {state}: {status.get('FailureReason', '')}"
+                    )
+                )
                 continue
             uri = status["HumanLoopOutput"]["OutputS3Uri"]
             try:
@@ -353,7 +397,9 @@ class A2IAnnotator:
                 answers.append(Answer(task.id, None, self.name, error=str(exc)))
                 continue
             except (StoreError, KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
-                answers.append(Answer(task.id, None, self.name, error=f"human loop {loop}: unreadable output {uri} ({exc})"))
+                answers.append(
+                    Answer(task.id, None, self.name, error=f"human loop {loop}: unreadable output {uri} ({exc})")
+                )
                 continue
             answers.append(Answer(task.id, index, f"{self.name}:{loop}"))
         return answers
@@ -370,6 +416,7 @@ ANNOTATORS: dict[str, Callable[[AnnotatorContext], Annotator]] = {
 def make_annotator(name: str, context: AnnotatorContext) -> Annotator:
     """Return annotator ``name``; ConfigError naming the known annotators if unknown."""
     if name not in ANNOTATORS:
-        raise ConfigError(f"config/cloud.yaml: review.annotator: unknown annotator {name!r} "
-                          f"(known: {', '.join(ANNOTATORS)})")
+        raise ConfigError(
+            f"config/cloud.yaml: review.annotator: unknown annotator {name!r} (known: {', '.join(ANNOTATORS)})"
+        )
     return ANNOTATORS[name](context)

@@ -36,18 +36,33 @@ class AutolabelReport:
     cpu_seconds: float
 
     def to_dict(self) -> dict:
-        return {"frames": self.frames, "predicted": dict(self.predicted), "versions": dict(self.versions),
-                "seconds": round(self.seconds, 3), "cpu_seconds": round(self.cpu_seconds, 3)}
+        return {
+            "frames": self.frames,
+            "predicted": dict(self.predicted),
+            "versions": dict(self.versions),
+            "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
+        }
 
 
-def load_teachers(paths: Mapping[str, Path], providers: Sequence[str] = ("cpu",), threads: int = 1) -> dict[str, TierModel]:
+def load_teachers(
+    paths: Mapping[str, Path], providers: Sequence[str] = ("cpu",), threads: int = 1
+) -> dict[str, TierModel]:
     """Return the teacher tiers loaded (hashes verified) from their package directories."""
-    return {tier: TierModel.load(path, providers=providers, intra_op_threads=threads, warmup=0)
-            for tier, path in paths.items()}
+    return {
+        tier: TierModel.load(path, providers=providers, intra_op_threads=threads, warmup=0)
+        for tier, path in paths.items()
+    }
 
 
-def run_teachers(pool: Pool, cache: FrameCache, teachers: Mapping[str, TierModel], frame_ids: Sequence[str],
-                 batch_size: int = 64, progress: bool = True) -> AutolabelReport:
+def run_teachers(
+    pool: Pool,
+    cache: FrameCache,
+    teachers: Mapping[str, TierModel],
+    frame_ids: Sequence[str],
+    batch_size: int = 64,
+    progress: bool = True,
+) -> AutolabelReport:
     """Predict every frame a teacher version has not seen yet; store probs and embeddings in the pool."""
     started, cpu_started = time.perf_counter(), time.process_time()
     rows = {row["id"]: row for row in pool.frames(ids=frame_ids, include_duplicates=True)}
@@ -57,7 +72,7 @@ def run_teachers(pool: Pool, cache: FrameCache, teachers: Mapping[str, TierModel
         predicted[tier] = len(todo)
         bar = tqdm(total=len(todo), desc=f"auto-label {tier}", unit="frame", disable=not progress, leave=False)
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+            batch = todo[start : start + batch_size]
             images = cache.images([rows[f] for f in batch])
             # frames of one batch may differ in size: run each size group as one batch
             probs = np.zeros((len(batch), len(model.labels)), np.float32)
@@ -75,9 +90,13 @@ def run_teachers(pool: Pool, cache: FrameCache, teachers: Mapping[str, TierModel
             pool.put_predictions(tier, model.version, batch, probs, embeddings)
             bar.update(len(batch))
         bar.close()
-    return AutolabelReport(frames=len(frame_ids), predicted=predicted,
-                           versions={t: m.version for t, m in teachers.items()},
-                           seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started)
+    return AutolabelReport(
+        frames=len(frame_ids),
+        predicted=predicted,
+        versions={t: m.version for t, m in teachers.items()},
+        seconds=time.perf_counter() - started,
+        cpu_seconds=time.process_time() - cpu_started,
+    )
 
 
 @dataclass
@@ -88,9 +107,9 @@ class Combined:
     label_b: np.ndarray
     agree: np.ndarray
     label: np.ndarray
-    confidence: np.ndarray          # calibrated probability of ``label``, [0, 1]
-    probs: np.ndarray               # calibrated ensemble probabilities (N, C)
-    log_probs: np.ndarray           # uncalibrated ensemble log-probabilities (N, C)
+    confidence: np.ndarray  # calibrated probability of ``label``, [0, 1]
+    probs: np.ndarray  # calibrated ensemble probabilities (N, C)
+    log_probs: np.ndarray  # uncalibrated ensemble log-probabilities (N, C)
 
     @property
     def uncertainty(self) -> np.ndarray:
@@ -105,5 +124,12 @@ def combine(probs_a: np.ndarray, probs_b: np.ndarray, temperature: float = 1.0) 
     log_probs = ensemble_log_probs(probs_a, probs_b)
     probs = apply_temperature(log_probs, temperature)
     label = probs.argmax(axis=1)
-    return Combined(label_a=label_a, label_b=label_b, agree=label_a == label_b, label=label,
-                    confidence=probs[np.arange(len(label)), label], probs=probs, log_probs=log_probs)
+    return Combined(
+        label_a=label_a,
+        label_b=label_b,
+        agree=label_a == label_b,
+        label=label,
+        confidence=probs[np.arange(len(label)), label],
+        probs=probs,
+        log_probs=log_probs,
+    )

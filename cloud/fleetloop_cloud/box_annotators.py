@@ -38,7 +38,7 @@ class BoxAnswer:
     boxes: Optional[BoxSet]
     annotator: str
     error: Optional[str] = None
-    seconds: Optional[float] = None        # measured by the backend (review page); None: the cost model's
+    seconds: Optional[float] = None  # measured by the backend (review page); None: the cost model's
 
 
 class BoxAnnotator(Protocol):
@@ -69,12 +69,19 @@ class BoxAnnotatorContext:
     seed: int = 0
 
 
-def box_task_cost(costs: BoxCosts, suggestion: BoxSet | None, answer: BoxSet, shown: bool) -> tuple[float, float, Edits]:
+def box_task_cost(
+    costs: BoxCosts, suggestion: BoxSet | None, answer: BoxSet, shown: bool
+) -> tuple[float, float, Edits]:
     """Return (seconds, dollars, edits) of one box task under the cost model."""
     change = compute_edits(suggestion if shown else None, answer)
-    seconds = (costs.seconds_per_frame + change.kept * costs.seconds_per_box_verify
-               + change.adjusted * costs.seconds_per_box_adjust + change.drawn * costs.seconds_per_box_draw
-               + change.deleted * costs.seconds_per_box_delete + change.reclassed * costs.seconds_per_reclass)
+    seconds = (
+        costs.seconds_per_frame
+        + change.kept * costs.seconds_per_box_verify
+        + change.adjusted * costs.seconds_per_box_adjust
+        + change.drawn * costs.seconds_per_box_draw
+        + change.deleted * costs.seconds_per_box_delete
+        + change.reclassed * costs.seconds_per_reclass
+    )
     return seconds, costs.task_price(seconds), change
 
 
@@ -85,21 +92,31 @@ def require_box_costs(cost_model: CostModel, source: str = "config/cost_model.ya
     return cost_model.boxes
 
 
-def record_box_answer(boxes_pool: BoxPool, costs: BoxCosts, task_id: int, answer: BoxSet, annotator: str,
-                      classes: Sequence[str], seconds: float | None = None) -> BoxTask:
+def record_box_answer(
+    boxes_pool: BoxPool,
+    costs: BoxCosts,
+    task_id: int,
+    answer: BoxSet,
+    annotator: str,
+    classes: Sequence[str],
+    seconds: float | None = None,
+) -> BoxTask:
     """Record a human's boxes for a task with edits and cost (what the review page calls); AnnotatorError if invalid."""
     task = boxes_pool.task(task_id)
     bad = [int(c) for c in answer.classes if not 0 <= int(c) < len(classes)]
     if bad:
         raise AnnotatorError(f"box task {task_id}: class index {bad[0]} is not a known class (0..{len(classes) - 1})")
-    if len(answer) and (np.any(answer.boxes[:, 2] <= answer.boxes[:, 0]) or np.any(answer.boxes[:, 3] <= answer.boxes[:, 1])):
+    if len(answer) and (
+        np.any(answer.boxes[:, 2] <= answer.boxes[:, 0]) or np.any(answer.boxes[:, 3] <= answer.boxes[:, 1])
+    ):
         raise AnnotatorError(f"box task {task_id}: every box needs x1 > x0 and y1 > y0")
     modelled, dollars, change = box_task_cost(costs, task.suggestion, answer, task.shown)
     spent = modelled if seconds is None else float(seconds)
     if seconds is not None:
         dollars = costs.task_price(spent)
-    boxes_pool.answer_task(task_id, answer, {**change.to_dict(), "modelled_seconds": round(modelled, 3)}, annotator,
-                           spent, dollars)
+    boxes_pool.answer_task(
+        task_id, answer, {**change.to_dict(), "modelled_seconds": round(modelled, 3)}, annotator, spent, dollars
+    )
     return boxes_pool.task(task_id)
 
 
@@ -122,8 +139,15 @@ class SimulatedBoxAnnotator:
             simulation = json.loads(row["sidecar"]).get("simulation") or {}
             truth = simulation.get("boxes")
             if truth is None:
-                answers.append(BoxAnswer(task.id, None, self.name, error=f"frame {task.frame_id} has no simulated "
-                                         f"boxes; the simulated annotator only boxes frames of the detection world"))
+                answers.append(
+                    BoxAnswer(
+                        task.id,
+                        None,
+                        self.name,
+                        error=f"frame {task.frame_id} has no simulated "
+                        f"boxes; the simulated annotator only boxes frames of the detection world",
+                    )
+                )
                 continue
             rng = np.random.default_rng([c.seed, task.id, 7])
             rows = []
@@ -169,6 +193,7 @@ BOX_ANNOTATORS: dict[str, Callable[[BoxAnnotatorContext], BoxAnnotator]] = {
 def make_box_annotator(name: str, context: BoxAnnotatorContext, source: str = "config/cloud.yaml") -> BoxAnnotator:
     """Return box annotator ``name``; ConfigError naming the known ones if unknown."""
     if name not in BOX_ANNOTATORS:
-        raise ConfigError(f"{source}: detection.annotator: unknown box annotator {name!r} "
-                          f"(known: {', '.join(BOX_ANNOTATORS)})")
+        raise ConfigError(
+            f"{source}: detection.annotator: unknown box annotator {name!r} (known: {', '.join(BOX_ANNOTATORS)})"
+        )
     return BOX_ANNOTATORS[name](context)

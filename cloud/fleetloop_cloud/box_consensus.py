@@ -69,12 +69,12 @@ def empty_set() -> BoxSet:
 class Consensus:
     """Two tiers' boxes on one frame, fused, and whether they agree."""
 
-    fused: BoxSet                 # the suggestion: matched pairs fused + unmatched boxes at half score
+    fused: BoxSet  # the suggestion: matched pairs fused + unmatched boxes at half score
     matched: int
     unmatched: int
-    mean_iou: float               # of matched pairs (1 when both tiers found nothing)
+    mean_iou: float  # of matched pairs (1 when both tiers found nothing)
     class_conflicts: int
-    confidence: float             # [0, 1]: the weakest fused box's score; 1 for an agreed empty frame
+    confidence: float  # [0, 1]: the weakest fused box's score; 1 for an agreed empty frame
     agree: bool
 
     @property
@@ -88,8 +88,12 @@ def _split(boxes: BoxSet, threshold: float) -> tuple[BoxSet, float]:
     dropped = float(boxes.scores[~keep].max()) if (~keep).any() else 0.0
     if keep.all():
         return boxes, dropped
-    return BoxSet(boxes.boxes[keep], boxes.scores[keep], boxes.classes[keep],
-                  None if boxes.class_scores is None else boxes.class_scores[keep]), dropped
+    return BoxSet(
+        boxes.boxes[keep],
+        boxes.scores[keep],
+        boxes.classes[keep],
+        None if boxes.class_scores is None else boxes.class_scores[keep],
+    ), dropped
 
 
 def consensus(a: BoxSet, b: BoxSet, match_iou: float = 0.5, min_iou: float = 0.7, threshold: float = 0.0) -> Consensus:
@@ -123,8 +127,9 @@ def consensus(a: BoxSet, b: BoxSet, match_iou: float = 0.5, min_iou: float = 0.7
             boxes.append(source.boxes[i])
             scores.append(float(source.scores[i]) / 2.0)
             classes.append(int(source.classes[i]))
-    fused = BoxSet(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
-                   np.asarray(classes, np.int64))
+    fused = BoxSet(
+        np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32), np.asarray(classes, np.int64)
+    )
     matched = len(matching.pairs)
     unmatched = len(matching.unmatched_a) + len(matching.unmatched_b)
     mean_iou = float(matching.ious.mean()) if matched else 0.0
@@ -135,14 +140,15 @@ def consensus(a: BoxSet, b: BoxSet, match_iou: float = 0.5, min_iou: float = 0.7
 
 # ------------------------------------------------------------------------------------ quality
 
+
 @dataclass(frozen=True)
 class Comparison:
     """An auto-label against human boxes on one frame."""
 
-    ious: np.ndarray              # IoU of each matched pair
-    class_correct: np.ndarray     # per matched pair: same class
-    unmatched_auto: int           # boxes the auto-label invented
-    unmatched_human: int          # boxes the auto-label missed
+    ious: np.ndarray  # IoU of each matched pair
+    class_correct: np.ndarray  # per matched pair: same class
+    unmatched_auto: int  # boxes the auto-label invented
+    unmatched_human: int  # boxes the auto-label missed
 
     @property
     def boxes(self) -> int:
@@ -158,10 +164,17 @@ class Comparison:
 def compare(auto: BoxSet, human: BoxSet, match_iou: float = 0.5) -> Comparison:
     """Return how an auto-label compares with human boxes on one frame (matched at ``match_iou``)."""
     matching = match_boxes(auto.boxes, human.boxes, match_iou)
-    correct = (auto.classes[matching.pairs[:, 0]] == human.classes[matching.pairs[:, 1]]) if len(matching.pairs) \
+    correct = (
+        (auto.classes[matching.pairs[:, 0]] == human.classes[matching.pairs[:, 1]])
+        if len(matching.pairs)
         else np.zeros(0, bool)
-    return Comparison(matching.ious.astype(np.float64), np.asarray(correct, bool), len(matching.unmatched_a),
-                      len(matching.unmatched_b))
+    )
+    return Comparison(
+        matching.ious.astype(np.float64),
+        np.asarray(correct, bool),
+        len(matching.unmatched_a),
+        len(matching.unmatched_b),
+    )
 
 
 @dataclass(frozen=True)
@@ -169,24 +182,33 @@ class Quality:
     """Aggregate quality of many auto-labels against human boxes (the audit's figures)."""
 
     frames: int
-    boxes: int                    # boxes of either side counted once
+    boxes: int  # boxes of either side counted once
     matched: int
-    mean_iou: float               # over every box, unmatched ones counting 0; 1 for frames that are all empty
-    matched_iou: float            # over matched pairs only
+    mean_iou: float  # over every box, unmatched ones counting 0; 1 for frames that are all empty
+    matched_iou: float  # over matched pairs only
     class_correct: int
-    class_accuracy: float         # over matched pairs (1 with no pairs)
+    class_accuracy: float  # over matched pairs (1 with no pairs)
     exact_frames: int
 
     def to_dict(self) -> dict:
-        return {"frames": self.frames, "boxes": self.boxes, "matched": self.matched,
-                "mean_iou": round(self.mean_iou, 4), "matched_iou": round(self.matched_iou, 4),
-                "class_correct": self.class_correct, "class_accuracy": round(self.class_accuracy, 4),
-                "exact_frames": self.exact_frames}
+        return {
+            "frames": self.frames,
+            "boxes": self.boxes,
+            "matched": self.matched,
+            "mean_iou": round(self.mean_iou, 4),
+            "matched_iou": round(self.matched_iou, 4),
+            "class_correct": self.class_correct,
+            "class_accuracy": round(self.class_accuracy, 4),
+            "exact_frames": self.exact_frames,
+        }
 
     def meets(self, target_iou: float, target_class_accuracy: float, z: float = 0.0) -> bool:
         """Return whether mean IoU and (Wilson lower bound at ``z`` of) class accuracy reach the targets."""
-        return self.mean_iou >= target_iou and wilson_lower(self.class_correct, self.matched, z) >= target_class_accuracy \
-            if self.matched else self.mean_iou >= target_iou
+        return (
+            self.mean_iou >= target_iou and wilson_lower(self.class_correct, self.matched, z) >= target_class_accuracy
+            if self.matched
+            else self.mean_iou >= target_iou
+        )
 
 
 def aggregate(comparisons: Sequence[Comparison]) -> Quality:
@@ -195,13 +217,20 @@ def aggregate(comparisons: Sequence[Comparison]) -> Quality:
     boxes = sum(c.boxes for c in comparisons)
     matched = sum(len(c.ious) for c in comparisons)
     correct = sum(int(c.class_correct.sum()) for c in comparisons)
-    return Quality(frames=len(comparisons), boxes=boxes, matched=matched,
-                   mean_iou=iou_sum / boxes if boxes else 1.0, matched_iou=iou_sum / matched if matched else 1.0,
-                   class_correct=correct, class_accuracy=correct / matched if matched else 1.0,
-                   exact_frames=sum(c.exact for c in comparisons))
+    return Quality(
+        frames=len(comparisons),
+        boxes=boxes,
+        matched=matched,
+        mean_iou=iou_sum / boxes if boxes else 1.0,
+        matched_iou=iou_sum / matched if matched else 1.0,
+        class_correct=correct,
+        class_accuracy=correct / matched if matched else 1.0,
+        exact_frames=sum(c.exact for c in comparisons),
+    )
 
 
 # ------------------------------------------------------------------------------------ threshold
+
 
 @dataclass(frozen=True)
 class BoxTargets:
@@ -209,12 +238,17 @@ class BoxTargets:
 
     mean_iou: float = 0.7
     class_accuracy: float = 0.98
-    z: float = 1.0                # Wilson lower bound of the class accuracy at z (0: point estimate)
-    min_accepted: int = 20        # validation frames at or above the threshold
+    z: float = 1.0  # Wilson lower bound of the class accuracy at z (0: point estimate)
+    min_accepted: int = 20  # validation frames at or above the threshold
 
 
-def choose_threshold(confidence: np.ndarray, comparisons: Sequence[Comparison], eligible: np.ndarray,
-                     targets: BoxTargets = BoxTargets(), floor: float = 0.0) -> Threshold:
+def choose_threshold(
+    confidence: np.ndarray,
+    comparisons: Sequence[Comparison],
+    eligible: np.ndarray,
+    targets: BoxTargets = BoxTargets(),
+    floor: float = 0.0,
+) -> Threshold:
     """Return the lowest confidence threshold whose accepted validation frames meet both targets.
 
     ``confidence`` (N,) are the frames' consensus confidences, ``comparisons`` their auto-labels
@@ -226,8 +260,15 @@ def choose_threshold(confidence: np.ndarray, comparisons: Sequence[Comparison], 
     eligible = np.asarray(eligible, bool)
     n_validation, n_eligible = len(confidence), int(eligible.sum())
     if n_eligible < targets.min_accepted:
-        return Threshold(math.inf, n_validation, n_eligible, 0, 0.0, 0.0,
-                         f"only {n_eligible} agreeing validation frames (need {targets.min_accepted})")
+        return Threshold(
+            math.inf,
+            n_validation,
+            n_eligible,
+            0,
+            0.0,
+            0.0,
+            f"only {n_eligible} agreeing validation frames (need {targets.min_accepted})",
+        )
     index = np.flatnonzero(eligible)
     order = index[np.argsort(-confidence[index], kind="stable")]
     conf_sorted = confidence[order]
@@ -241,18 +282,30 @@ def choose_threshold(confidence: np.ndarray, comparisons: Sequence[Comparison], 
         if quality.meets(targets.mean_iou, targets.class_accuracy, targets.z):
             best, best_quality = k, quality
     if best is None:
-        quality = aggregate([comparisons[i] for i in order[:targets.min_accepted]])
-        return Threshold(math.inf, n_validation, n_eligible, 0, quality.class_accuracy,
-                         wilson_lower(quality.class_correct, quality.matched, targets.z),
-                         f"no threshold reaches mean IoU {targets.mean_iou:.2f} and class accuracy "
-                         f"{targets.class_accuracy:.3f} on the validation sample (best {targets.min_accepted} frames: "
-                         f"mean IoU {quality.mean_iou:.3f}, class accuracy {quality.class_accuracy:.3f})")
+        quality = aggregate([comparisons[i] for i in order[: targets.min_accepted]])
+        return Threshold(
+            math.inf,
+            n_validation,
+            n_eligible,
+            0,
+            quality.class_accuracy,
+            wilson_lower(quality.class_correct, quality.matched, targets.z),
+            f"no threshold reaches mean IoU {targets.mean_iou:.2f} and class accuracy "
+            f"{targets.class_accuracy:.3f} on the validation sample (best {targets.min_accepted} frames: "
+            f"mean IoU {quality.mean_iou:.3f}, class accuracy {quality.class_accuracy:.3f})",
+        )
     value = max(float(conf_sorted[best - 1]), floor)
-    return Threshold(value, n_validation, n_eligible, best, best_quality.class_accuracy,
-                     wilson_lower(best_quality.class_correct, best_quality.matched, targets.z),
-                     f"lowest threshold whose {best} accepted validation frames reach mean IoU "
-                     f"{best_quality.mean_iou:.3f} >= {targets.mean_iou:.2f} and class accuracy "
-                     f"{best_quality.class_accuracy:.3f} (bound >= {targets.class_accuracy:.3f})")
+    return Threshold(
+        value,
+        n_validation,
+        n_eligible,
+        best,
+        best_quality.class_accuracy,
+        wilson_lower(best_quality.class_correct, best_quality.matched, targets.z),
+        f"lowest threshold whose {best} accepted validation frames reach mean IoU "
+        f"{best_quality.mean_iou:.3f} >= {targets.mean_iou:.2f} and class accuracy "
+        f"{best_quality.class_accuracy:.3f} (bound >= {targets.class_accuracy:.3f})",
+    )
 
 
 @dataclass
@@ -267,8 +320,13 @@ class Edits:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"kept": self.kept, "adjusted": self.adjusted, "deleted": self.deleted, "drawn": self.drawn,
-                "reclassed": self.reclassed}
+        return {
+            "kept": self.kept,
+            "adjusted": self.adjusted,
+            "deleted": self.deleted,
+            "drawn": self.drawn,
+            "reclassed": self.reclassed,
+        }
 
 
 def edits(suggestion: BoxSet | None, answer: BoxSet, same_iou: float = 0.9, match_iou: float = 0.3) -> Edits:

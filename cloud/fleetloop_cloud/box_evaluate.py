@@ -52,8 +52,9 @@ class BoxTestSet:
 
 @lru_cache(maxsize=16)
 def _field_set(site_index: int, seed: int, count: int, height: int, width: int) -> sim_detection.DetectionSet:
-    return sim_detection.field_detection_set(sim.make_site(site_index, seed), count, seed=seed, height=height,
-                                             width=width)
+    return sim_detection.field_detection_set(
+        sim.make_site(site_index, seed), count, seed=seed, height=height, width=width
+    )
 
 
 def simulated_field_box_set(pool: Pool, boxes: BoxPool, cache: FrameCache, config: CloudConfig) -> BoxTestSet:
@@ -62,8 +63,10 @@ def simulated_field_box_set(pool: Pool, boxes: BoxPool, cache: FrameCache, confi
     sites = sorted({r["site"] for r in rows})
     unknown = [s for s in sites if not re.fullmatch(r"site-\d+", s)]
     if unknown:
-        raise ConfigError(f"evaluation.test_set: simulated-field knows sites named site-<n>, the pool has {unknown}; "
-                          f"use test_set: holdout for a real fleet")
+        raise ConfigError(
+            f"evaluation.test_set: simulated-field knows sites named site-<n>, the pool has {unknown}; "
+            f"use test_set: holdout for a real fleet"
+        )
     if not sites:
         raise ConfigError("evaluation.test_set: the pool has no frames, so no site to test on")
     out = BoxTestSet("simulated-field", [], [], [], [])
@@ -84,10 +87,17 @@ def holdout_box_set(pool: Pool, boxes: BoxPool, cache: FrameCache, config: Cloud
     labels = boxes.labels([r["id"] for r in rows], source="human")
     rows = [r for r in rows if r["id"] in labels]
     if not rows:
-        raise ConfigError("evaluation.test_set: holdout: no human-boxed held-out frames yet "
-                          "(they come from the random calibration sample; run review first)")
-    return BoxTestSet("holdout", cache.images(rows), [labels[r["id"]].boxes.boxes for r in rows],
-                      [labels[r["id"]].boxes.classes for r in rows], [r["site"] for r in rows])
+        raise ConfigError(
+            "evaluation.test_set: holdout: no human-boxed held-out frames yet "
+            "(they come from the random calibration sample; run review first)"
+        )
+    return BoxTestSet(
+        "holdout",
+        cache.images(rows),
+        [labels[r["id"]].boxes.boxes for r in rows],
+        [labels[r["id"]].boxes.classes for r in rows],
+        [r["site"] for r in rows],
+    )
 
 
 BOX_TEST_SETS: dict[str, Callable[[Pool, BoxPool, FrameCache, CloudConfig], BoxTestSet]] = {
@@ -99,8 +109,9 @@ BOX_TEST_SETS: dict[str, Callable[[Pool, BoxPool, FrameCache, CloudConfig], BoxT
 def make_box_test_set(name: str, pool: Pool, boxes: BoxPool, cache: FrameCache, config: CloudConfig) -> BoxTestSet:
     """Return test set ``name``; ConfigError naming the known test sets if unknown."""
     if name not in BOX_TEST_SETS:
-        raise ConfigError(f"config/cloud.yaml: evaluation.test_set: unknown test set {name!r} "
-                          f"(known: {', '.join(BOX_TEST_SETS)})")
+        raise ConfigError(
+            f"config/cloud.yaml: evaluation.test_set: unknown test set {name!r} (known: {', '.join(BOX_TEST_SETS)})"
+        )
     return BOX_TEST_SETS[name](pool, boxes, cache, config)
 
 
@@ -116,28 +127,34 @@ def box_gate(production: MapScores, candidate: MapScores, config: EvaluationConf
     gain = candidate.map50 - production.map50
     reasons, regressions = [], {}
     if gain < config.min_gain:
-        reasons.append(f"mAP@0.5 {candidate.map50:.4f} vs production {production.map50:.4f}: gain {gain:+.4f} "
-                       f"< required {config.min_gain:+.4f}")
+        reasons.append(
+            f"mAP@0.5 {candidate.map50:.4f} vs production {production.map50:.4f}: gain {gain:+.4f} "
+            f"< required {config.min_gain:+.4f}"
+        )
     for site, (old, _, images) in production.per_site.items():
         if images < config.min_support or site not in candidate.per_site:
             continue
         drop = old - candidate.per_site[site][0]
         if drop > config.max_site_regression:
             regressions[f"site:{site}"] = drop
-            reasons.append(f"site {site} mAP@0.5 regresses {old:.3f} -> {candidate.per_site[site][0]:.3f} "
-                           f"(-{drop:.3f} > limit {config.max_site_regression:.3f}, {images} frames)")
+            reasons.append(
+                f"site {site} mAP@0.5 regresses {old:.3f} -> {candidate.per_site[site][0]:.3f} "
+                f"(-{drop:.3f} > limit {config.max_site_regression:.3f}, {images} frames)"
+            )
     for name, (old, _, boxes) in production.per_class.items():
         if boxes < config.min_support or name not in candidate.per_class:
             continue
         drop = old - candidate.per_class[name][0]
         if drop > config.max_class_regression:
             regressions[f"class:{name}"] = drop
-            reasons.append(f"class {name} AP@0.5 regresses {old:.3f} -> {candidate.per_class[name][0]:.3f} "
-                           f"(-{drop:.3f} > limit {config.max_class_regression:.3f}, {boxes} boxes)")
+            reasons.append(
+                f"class {name} AP@0.5 regresses {old:.3f} -> {candidate.per_class[name][0]:.3f} "
+                f"(-{drop:.3f} > limit {config.max_class_regression:.3f}, {boxes} boxes)"
+            )
     promote = not reasons
     if promote:
-        reasons.append(f"mAP@0.5 {production.map50:.4f} -> {candidate.map50:.4f} ({gain:+.4f}), mAP@0.5:0.95 "
-                       f"{production.map:.4f} -> {candidate.map:.4f}; no site or class regresses beyond its limit")
+        reasons.append(
+            f"mAP@0.5 {production.map50:.4f} -> {candidate.map50:.4f} ({gain:+.4f}), mAP@0.5:0.95 "
+            f"{production.map:.4f} -> {candidate.map:.4f}; no site or class regresses beyond its limit"
+        )
     return GateDecision(promote=promote, gain=gain, reasons=reasons, regressions=regressions)
-
-

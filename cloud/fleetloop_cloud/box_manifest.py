@@ -37,9 +37,19 @@ class BoxManifestError(FleetLoopError):
     """A bounding-box manifest line is malformed (message names the file, the line and the key)."""
 
 
-def box_record(source_ref: str, width: int, height: int, boxes: BoxSet | None, classes: Sequence[str],
-               attribute: str = ATTRIBUTE, human: bool = False, source: str = "", confidence: float | None = None,
-               job_name: str = "fleetloop", extra: dict | None = None) -> dict:
+def box_record(
+    source_ref: str,
+    width: int,
+    height: int,
+    boxes: BoxSet | None,
+    classes: Sequence[str],
+    attribute: str = ATTRIBUTE,
+    human: bool = False,
+    source: str = "",
+    confidence: float | None = None,
+    job_name: str = "fleetloop",
+    extra: dict | None = None,
+) -> dict:
     """Return one augmented-manifest line; without ``boxes`` only the frame (an unlabeled object)."""
     record: dict = {"source-ref": source_ref, **(extra or {})}
     if boxes is None:
@@ -47,21 +57,35 @@ def box_record(source_ref: str, width: int, height: int, boxes: BoxSet | None, c
     annotations, objects = [], []
     for box, cls, score in zip(boxes.boxes, boxes.classes, boxes.scores):
         x0, y0, x1, y1 = (float(v) for v in box)
-        annotations.append({"class_id": int(cls), "left": int(round(x0)), "top": int(round(y0)),
-                            "width": max(1, int(round(x1 - x0))), "height": max(1, int(round(y1 - y0)))})
+        annotations.append(
+            {
+                "class_id": int(cls),
+                "left": int(round(x0)),
+                "top": int(round(y0)),
+                "width": max(1, int(round(x1 - x0))),
+                "height": max(1, int(round(y1 - y0))),
+            }
+        )
         objects.append({"confidence": round(float(score if confidence is None else confidence), 4)})
-    record[attribute] = {"image_size": [{"width": int(width), "height": int(height), "depth": 3}],
-                         "annotations": annotations}
+    record[attribute] = {
+        "image_size": [{"width": int(width), "height": int(height), "depth": 3}],
+        "annotations": annotations,
+    }
     record[f"{attribute}-metadata"] = {
-        "objects": objects, "class-map": {str(i): name for i, name in enumerate(classes)},
-        "type": "groundtruth/object-detection", "human-annotated": "yes" if human else "no",
+        "objects": objects,
+        "class-map": {str(i): name for i, name in enumerate(classes)},
+        "type": "groundtruth/object-detection",
+        "human-annotated": "yes" if human else "no",
         "creation-date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f"),
-        "job-name": f"labeling-job/{job_name}", "fleetloop-source": source or ("human" if human else "auto")}
+        "job-name": f"labeling-job/{job_name}",
+        "fleetloop-source": source or ("human" if human else "auto"),
+    }
     return record
 
 
-def parse_box_record(record: dict, classes: Sequence[str], attribute: str = ATTRIBUTE, where: str = "<manifest>"
-                     ) -> BoxSet | None:
+def parse_box_record(
+    record: dict, classes: Sequence[str], attribute: str = ATTRIBUTE, where: str = "<manifest>"
+) -> BoxSet | None:
     """Return the boxes (x0y0x1y1) of one line, or None when it carries no box attribute."""
     if attribute not in record:
         return None
@@ -71,7 +95,9 @@ def parse_box_record(record: dict, classes: Sequence[str], attribute: str = ATTR
         for a in annotations:
             cls = int(a["class_id"])
             if not 0 <= cls < len(classes):
-                raise BoxManifestError(f"{where}: {attribute}: class_id {cls} is not a known class (0..{len(classes) - 1})")
+                raise BoxManifestError(
+                    f"{where}: {attribute}: class_id {cls} is not a known class (0..{len(classes) - 1})"
+                )
             left, top, width, height = (float(a[k]) for k in ("left", "top", "width", "height"))
             if width <= 0 or height <= 0:
                 raise BoxManifestError(f"{where}: {attribute}: a box has width {width} and height {height}")
@@ -81,8 +107,15 @@ def parse_box_record(record: dict, classes: Sequence[str], attribute: str = ATTR
     return BoxSet.from_rows(rows, with_scores=False)
 
 
-def augmented_box_manifest(pool, box_pool, store: ObjectStore, frame_ids: Sequence[str], classes: Sequence[str],
-                           attribute: str = ATTRIBUTE, job_name: str = "fleetloop") -> list[dict]:
+def augmented_box_manifest(
+    pool,
+    box_pool,
+    store: ObjectStore,
+    frame_ids: Sequence[str],
+    classes: Sequence[str],
+    attribute: str = ATTRIBUTE,
+    job_name: str = "fleetloop",
+) -> list[dict]:
     """Return Ground Truth bounding-box augmented-manifest records of pool frames (labels where they have them)."""
     rows = {row["id"]: row for row in pool.frames(ids=frame_ids, include_duplicates=True)}
     labels = box_pool.labels(frame_ids)
@@ -92,16 +125,31 @@ def augmented_box_manifest(pool, box_pool, store: ObjectStore, frame_ids: Sequen
         if row is None:
             raise KeyError(f"frame {frame_id} is not in the pool {pool.path}")
         label = labels.get(frame_id)
-        records.append(box_record(
-            store.url(row["frame_key"]), row["width"], row["height"], label.boxes if label else None, classes,
-            attribute, human=bool(label and label.source == "human"), source=label.source if label else "",
-            confidence=label.confidence if label and label.confidence is not None else (1.0 if label else None),
-            job_name=job_name, extra={"fleetloop-frame": frame_id, "robot-id": row["robot_id"], "site": row["site"],
-                                      "stamp-ns": row["stamp_ns"]}))
+        records.append(
+            box_record(
+                store.url(row["frame_key"]),
+                row["width"],
+                row["height"],
+                label.boxes if label else None,
+                classes,
+                attribute,
+                human=bool(label and label.source == "human"),
+                source=label.source if label else "",
+                confidence=label.confidence if label and label.confidence is not None else (1.0 if label else None),
+                job_name=job_name,
+                extra={
+                    "fleetloop-frame": frame_id,
+                    "robot-id": row["robot_id"],
+                    "site": row["site"],
+                    "stamp-ns": row["stamp_ns"],
+                },
+            )
+        )
     return records
 
 
 # ------------------------------------------------------------------------------------ training channels
+
 
 @dataclass
 class BoxChannel:
@@ -116,8 +164,9 @@ class BoxChannel:
         return len(self.images)
 
 
-def write_box_channel(directory: str | Path, items: Sequence[tuple[str, bytes | np.ndarray, BoxSet | None, str]],
-                      classes: Sequence[str]) -> Path:
+def write_box_channel(
+    directory: str | Path, items: Sequence[tuple[str, bytes | np.ndarray, BoxSet | None, str]], classes: Sequence[str]
+) -> Path:
     """Write a channel of (frame id, encoded bytes or RGB array, boxes or None, site); return the directory."""
     directory = Path(directory)
     (directory / "images").mkdir(parents=True, exist_ok=True)
@@ -131,21 +180,31 @@ def write_box_channel(directory: str | Path, items: Sequence[tuple[str, bytes | 
         name = f"images/{frame_id}.png"
         if not (directory / name).exists():
             write_atomic(directory / name, data)
-        record = box_record(name, width, height, boxes, classes, human=True, source="train",
-                            extra={"fleetloop-frame": frame_id, "site": site})
+        record = box_record(
+            name,
+            width,
+            height,
+            boxes,
+            classes,
+            human=True,
+            source="train",
+            extra={"fleetloop-frame": frame_id, "site": site},
+        )
         record.pop(f"{ATTRIBUTE}-metadata", None)
         lines.append(json.dumps(record, sort_keys=True))
     write_atomic(directory / MANIFEST, ("\n".join(lines) + ("\n" if lines else "")).encode())
     return directory
 
 
-def read_box_channel(name: str, directory: str | Path | None, classes: Sequence[str], required: bool = True
-                     ) -> BoxChannel:
+def read_box_channel(
+    name: str, directory: str | Path | None, classes: Sequence[str], required: bool = True
+) -> BoxChannel:
     """Return a detection channel's frames; BoxManifestError if required and missing, empty or malformed."""
     if directory is None or not Path(directory).is_dir():
         if required:
-            raise BoxManifestError(f"channel '{name}': directory {directory} does not exist "
-                                   f"(set SM_CHANNEL_{name.upper()} or --{name})")
+            raise BoxManifestError(
+                f"channel '{name}': directory {directory} does not exist (set SM_CHANNEL_{name.upper()} or --{name})"
+            )
         return BoxChannel([], [], [], [])
     directory = Path(directory)
     manifest = directory / MANIFEST

@@ -66,7 +66,7 @@ class BoxTask:
     purpose: str
     suggestion: Optional[BoxSet]
     shown: bool
-    status: str                  # open | submitted | done | failed
+    status: str  # open | submitted | done | failed
     backend: Optional[str]
     answer: Optional[BoxSet]
     edits: Optional[dict]
@@ -131,50 +131,82 @@ class BoxPool:
         """Store a teacher's boxes (and per-class scores) for frames."""
         rows = []
         for frame_id, boxes in items:
-            scores = None if boxes.class_scores is None else json.dumps(
-                [[round(float(v), 4) for v in row] for row in boxes.class_scores])
+            scores = (
+                None
+                if boxes.class_scores is None
+                else json.dumps([[round(float(v), 4) for v in row] for row in boxes.class_scores])
+            )
             rows.append((frame_id, tier, version, json.dumps(boxes.rows(True)), scores))
         with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO box_predictions (frame_id, tier, version, rows, class_scores) "
-                           "VALUES (?,?,?,?,?)", rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO box_predictions (frame_id, tier, version, rows, class_scores) "
+                "VALUES (?,?,?,?,?)",
+                rows,
+            )
 
     def missing_predictions(self, tier: str, version: str, frame_ids: Sequence[str]) -> list[str]:
         """Return the frames without boxes from this tier version."""
-        have = {r[0] for r in self._query("SELECT frame_id FROM box_predictions WHERE tier=? AND version=?",
-                                          (tier, version))}
+        have = {
+            r[0]
+            for r in self._query("SELECT frame_id FROM box_predictions WHERE tier=? AND version=?", (tier, version))
+        }
         return [f for f in frame_ids if f not in have]
 
     def predictions(self, tier: str, version: str, frame_ids: Sequence[str]) -> list[BoxSet]:
         """Return the boxes of one tier version, in the order of ``frame_ids``; PoolError if any is missing."""
-        found = {r[0]: r for r in self._query(
-            "SELECT frame_id, rows, class_scores FROM box_predictions WHERE tier=? AND version=?", (tier, version))}
+        found = {
+            r[0]: r
+            for r in self._query(
+                "SELECT frame_id, rows, class_scores FROM box_predictions WHERE tier=? AND version=?", (tier, version)
+            )
+        }
         missing = [f for f in frame_ids if f not in found]
         if missing:
-            raise PoolError(f"{self.path}: no {tier} {version} boxes for {len(missing)} frame(s), e.g. {missing[0]}; "
-                            f"run autolabel first")
+            raise PoolError(
+                f"{self.path}: no {tier} {version} boxes for {len(missing)} frame(s), e.g. {missing[0]}; "
+                f"run autolabel first"
+            )
         out = []
         for frame_id in frame_ids:
             row = found[frame_id]
             boxes = BoxSet.from_rows(json.loads(row[1]), True)
             if row[2] is not None and len(boxes):
                 import numpy as np
-                boxes = BoxSet(boxes.boxes, boxes.scores, boxes.classes,
-                               np.asarray(json.loads(row[2]), np.float32).reshape(len(boxes), -1))
+
+                boxes = BoxSet(
+                    boxes.boxes,
+                    boxes.scores,
+                    boxes.classes,
+                    np.asarray(json.loads(row[2]), np.float32).reshape(len(boxes), -1),
+                )
             out.append(boxes)
         return out
 
     # ------------------------------------------------------------------ labels
-    def set_label(self, frame_id: str, boxes: BoxSet, source: str, round: int, reason: str,
-                  confidence: float | None = None, task_id: int | None = None) -> None:
+    def set_label(
+        self,
+        frame_id: str,
+        boxes: BoxSet,
+        source: str,
+        round: int,
+        reason: str,
+        confidence: float | None = None,
+        task_id: int | None = None,
+    ) -> None:
         """Set a frame's boxes (history kept)."""
         if source not in LABEL_SOURCES:
             raise PoolError(f"{self.path}: unknown label source {source!r} (known: {', '.join(LABEL_SOURCES)})")
         now = time.time()
         text = _rows(boxes, False)
-        self._db.execute("INSERT OR REPLACE INTO box_labels (frame_id, rows, source, round, confidence, task_id, "
-                         "updated) VALUES (?,?,?,?,?,?,?)", (frame_id, text, source, round, confidence, task_id, now))
-        self._db.execute("INSERT INTO box_label_events (frame_id, rows, source, round, reason, created) "
-                         "VALUES (?,?,?,?,?,?)", (frame_id, text, source, round, reason, now))
+        self._db.execute(
+            "INSERT OR REPLACE INTO box_labels (frame_id, rows, source, round, confidence, task_id, "
+            "updated) VALUES (?,?,?,?,?,?,?)",
+            (frame_id, text, source, round, confidence, task_id, now),
+        )
+        self._db.execute(
+            "INSERT INTO box_label_events (frame_id, rows, source, round, reason, created) VALUES (?,?,?,?,?,?)",
+            (frame_id, text, source, round, reason, now),
+        )
 
     def remove_label(self, frame_id: str, round: int, reason: str) -> None:
         """Withdraw a frame's boxes (it goes back to review); the history keeps them."""
@@ -182,8 +214,10 @@ class BoxPool:
         if not rows:
             return
         self._db.execute("DELETE FROM box_labels WHERE frame_id=?", (frame_id,))
-        self._db.execute("INSERT INTO box_label_events (frame_id, rows, source, round, reason, created) "
-                         "VALUES (?,?,?,?,?,?)", (frame_id, None, rows[0][0], round, reason, time.time()))
+        self._db.execute(
+            "INSERT INTO box_label_events (frame_id, rows, source, round, reason, created) VALUES (?,?,?,?,?,?)",
+            (frame_id, None, rows[0][0], round, reason, time.time()),
+        )
 
     def labels(self, frame_ids: Iterable[str] | None = None, source: str | None = None) -> dict[str, BoxLabel]:
         """Return current box labels by frame id."""
@@ -191,8 +225,10 @@ class BoxPool:
         if source is not None:
             sql += " WHERE source=?"
             params.append(source)
-        out = {r[0]: BoxLabel(r[0], BoxSet.from_rows(json.loads(r[1]), False), r[2], r[3], r[4])
-               for r in self._query(sql, params)}
+        out = {
+            r[0]: BoxLabel(r[0], BoxSet.from_rows(json.loads(r[1]), False), r[2], r[3], r[4])
+            for r in self._query(sql, params)
+        }
         if frame_ids is not None:
             wanted = set(frame_ids)
             out = {k: v for k, v in out.items() if k in wanted}
@@ -203,30 +239,45 @@ class BoxPool:
         return self._query("SELECT * FROM box_label_events WHERE frame_id=? ORDER BY id", (frame_id,))
 
     # ------------------------------------------------------------------ tasks
-    def add_tasks(self, round: int, purpose: str, items: Sequence[tuple[str, Optional[BoxSet]]],
-                  shown: bool = True) -> list[int]:
+    def add_tasks(
+        self, round: int, purpose: str, items: Sequence[tuple[str, Optional[BoxSet]]], shown: bool = True
+    ) -> list[int]:
         """Create open box tasks (frame id, suggestion or None); return their ids."""
         if purpose not in TASK_PURPOSES:
             raise PoolError(f"{self.path}: unknown task purpose {purpose!r} (known: {', '.join(TASK_PURPOSES)})")
         ids, now = [], time.time()
         with self.transaction() as db:
             for frame_id, suggestion in items:
-                cursor = db.execute("INSERT INTO box_tasks (frame_id, round, purpose, suggestion, shown, status, "
-                                    "created) VALUES (?,?,?,?,?, 'open', ?)",
-                                    (frame_id, round, purpose, _rows(suggestion, False), int(shown), now))
+                cursor = db.execute(
+                    "INSERT INTO box_tasks (frame_id, round, purpose, suggestion, shown, status, "
+                    "created) VALUES (?,?,?,?,?, 'open', ?)",
+                    (frame_id, round, purpose, _rows(suggestion, False), int(shown), now),
+                )
                 ids.append(int(cursor.lastrowid))
         return ids
 
     @staticmethod
     def _task(row: sqlite3.Row) -> BoxTask:
-        return BoxTask(id=row["id"], frame_id=row["frame_id"], round=row["round"], purpose=row["purpose"],
-                       suggestion=_set(row["suggestion"], False), shown=bool(row["shown"]), status=row["status"],
-                       backend=row["backend"], answer=_set(row["answer"], False),
-                       edits=json.loads(row["edits"]) if row["edits"] else None, annotator=row["annotator"],
-                       seconds=row["seconds"], dollars=row["dollars"], error=row["error"])
+        return BoxTask(
+            id=row["id"],
+            frame_id=row["frame_id"],
+            round=row["round"],
+            purpose=row["purpose"],
+            suggestion=_set(row["suggestion"], False),
+            shown=bool(row["shown"]),
+            status=row["status"],
+            backend=row["backend"],
+            answer=_set(row["answer"], False),
+            edits=json.loads(row["edits"]) if row["edits"] else None,
+            annotator=row["annotator"],
+            seconds=row["seconds"],
+            dollars=row["dollars"],
+            error=row["error"],
+        )
 
-    def tasks(self, round: int | None = None, purpose: str | None = None,
-              status: str | Sequence[str] | None = None) -> list[BoxTask]:
+    def tasks(
+        self, round: int | None = None, purpose: str | None = None, status: str | Sequence[str] | None = None
+    ) -> list[BoxTask]:
         """Return box tasks, oldest first."""
         where, params = [], []
         for column, value in (("round", round), ("purpose", purpose)):
@@ -237,8 +288,9 @@ class BoxPool:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             params += statuses
-        rows = self._query("SELECT * FROM box_tasks" + (" WHERE " + " AND ".join(where) if where else "")
-                           + " ORDER BY id", params)
+        rows = self._query(
+            "SELECT * FROM box_tasks" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id", params
+        )
         return [self._task(r) for r in rows]
 
     def task(self, task_id: int) -> BoxTask:
@@ -251,27 +303,34 @@ class BoxPool:
     def mark_submitted(self, task_ids: Sequence[int], backend: str) -> None:
         """Record that open tasks went to an annotator backend."""
         with self.transaction() as db:
-            db.executemany("UPDATE box_tasks SET status='submitted', backend=? WHERE id=? AND status='open'",
-                           [(backend, t) for t in task_ids])
+            db.executemany(
+                "UPDATE box_tasks SET status='submitted', backend=? WHERE id=? AND status='open'",
+                [(backend, t) for t in task_ids],
+            )
 
-    def answer_task(self, task_id: int, answer: BoxSet, edits: dict, annotator: str, seconds: float,
-                    dollars: float) -> None:
+    def answer_task(
+        self, task_id: int, answer: BoxSet, edits: dict, annotator: str, seconds: float, dollars: float
+    ) -> None:
         """Record a human's boxes for a task; PoolError if the task is already answered."""
         cursor = self._db.execute(
             "UPDATE box_tasks SET status='done', answer=?, edits=?, annotator=?, seconds=?, dollars=?, done=?, "
             "error=NULL, lease_session=NULL, lease_until=NULL WHERE id=? AND status IN ('open', 'submitted')",
-            (_rows(answer, False), json.dumps(edits), annotator, float(seconds), float(dollars), time.time(), task_id))
+            (_rows(answer, False), json.dumps(edits), annotator, float(seconds), float(dollars), time.time(), task_id),
+        )
         if cursor.rowcount != 1:
             raise PoolError(f"{self.path}: box task {task_id} is not open (already answered or unknown)")
 
     def fail_task(self, task_id: int, error: str) -> None:
         """Mark a task failed with the reason."""
-        self._db.execute("UPDATE box_tasks SET status='failed', error=?, done=? WHERE id=?", (error, time.time(), task_id))
+        self._db.execute(
+            "UPDATE box_tasks SET status='failed', error=?, done=? WHERE id=?", (error, time.time(), task_id)
+        )
 
     def unapplied(self, round: int) -> list[BoxTask]:
         """Return the round's finished tasks whose outcome the loop has not applied yet."""
-        rows = self._query("SELECT * FROM box_tasks WHERE round=? AND status IN ('done', 'failed') AND applied=0 "
-                           "ORDER BY id", (round,))
+        rows = self._query(
+            "SELECT * FROM box_tasks WHERE round=? AND status IN ('done', 'failed') AND applied=0 ORDER BY id", (round,)
+        )
         return [self._task(r) for r in rows]
 
     def mark_applied(self, task_ids: Iterable[int]) -> None:
@@ -283,24 +342,36 @@ class BoxPool:
         """Give ``session`` the oldest waiting task no other live lease holds (its own first); None if none."""
         marks = ",".join("?" * len(purposes))
         with self.transaction() as db:
-            own = db.execute(f"SELECT id FROM box_tasks WHERE status IN ('open', 'submitted') AND purpose IN ({marks}) "
-                             f"AND lease_session=? AND lease_until>? ORDER BY id LIMIT 1",
-                             (*purposes, session, now)).fetchone()
-            row = own or db.execute(
+            own = db.execute(
                 f"SELECT id FROM box_tasks WHERE status IN ('open', 'submitted') AND purpose IN ({marks}) "
-                f"AND (lease_session IS NULL OR lease_until<=?) ORDER BY skips, id LIMIT 1", (*purposes, now)).fetchone()
+                f"AND lease_session=? AND lease_until>? ORDER BY id LIMIT 1",
+                (*purposes, session, now),
+            ).fetchone()
+            row = (
+                own
+                or db.execute(
+                    f"SELECT id FROM box_tasks WHERE status IN ('open', 'submitted') AND purpose IN ({marks}) "
+                    f"AND (lease_session IS NULL OR lease_until<=?) ORDER BY skips, id LIMIT 1",
+                    (*purposes, now),
+                ).fetchone()
+            )
             if row is None:
                 return None
-            db.execute("UPDATE box_tasks SET lease_session=?, lease_until=? WHERE id=?", (session, now + lease_s, row[0]))
+            db.execute(
+                "UPDATE box_tasks SET lease_session=?, lease_until=? WHERE id=?", (session, now + lease_s, row[0])
+            )
         return self.task(int(row[0]))
 
     def holds(self, session: str, task_id: int, now: float) -> bool:
         """Return whether ``session`` holds a live lease on the task."""
-        rows = self._query("SELECT 1 FROM box_tasks WHERE id=? AND lease_session=? AND lease_until>?",
-                           (task_id, session, now))
+        rows = self._query(
+            "SELECT 1 FROM box_tasks WHERE id=? AND lease_session=? AND lease_until>?", (task_id, session, now)
+        )
         return bool(rows)
 
     def release(self, session: str, task_id: int, skipped: bool = False) -> None:
         """Give a leased task back; a skipped one queues behind the tasks nobody skipped yet."""
-        self._db.execute("UPDATE box_tasks SET lease_session=NULL, lease_until=NULL, skips=skips+? "
-                         "WHERE id=? AND lease_session=?", (int(skipped), task_id, session))
+        self._db.execute(
+            "UPDATE box_tasks SET lease_session=NULL, lease_until=NULL, skips=skips+? WHERE id=? AND lease_session=?",
+            (int(skipped), task_id, session),
+        )

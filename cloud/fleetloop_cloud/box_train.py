@@ -61,8 +61,9 @@ def load_detector_base(models_dir: Path, tier: str):
     if manifest.task != "detection" or not manifest.architecture:
         raise TrainingError(f"{directory}: not a detector package with an architecture; cannot rebuild {tier}")
     net = zoo_detection.build(manifest.architecture, len(manifest.labels))
-    model = td.DetectorDeployable(net, manifest.input.height, manifest.input.width, mean=manifest.input.mean,
-                                  std=manifest.input.std)
+    model = td.DetectorDeployable(
+        net, manifest.input.height, manifest.input.width, mean=manifest.input.mean, std=manifest.input.std
+    )
     warm = any(f.path == WEIGHTS for f in manifest.files)
     if warm:
         model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
@@ -98,8 +99,13 @@ def _concat(*channels: BoxChannel) -> BoxChannel:
     return out
 
 
-def run_detection_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyperparameters,
-                           cluster: Cluster | None = None, progress: bool = True) -> dict:
+def run_detection_training(
+    channels: dict[str, Optional[Path]],
+    model_dir: Path,
+    hp: Hyperparameters,
+    cluster: Cluster | None = None,
+    progress: bool = True,
+) -> dict:
     """Train T2, distil T3/T4 (detectors), export packages into ``model_dir``; return the report."""
     from fleetloop_core import training_detection as td
     from fleetloop_core import zoo
@@ -107,8 +113,10 @@ def run_detection_training(channels: dict[str, Optional[Path]], model_dir: Path,
 
     cluster = cluster or Cluster(["algo-1"], "algo-1")
     if cluster.world_size > 1:
-        raise TrainingError(f"detector training runs on one host; the job has {cluster.world_size} "
-                            f"({', '.join(cluster.hosts)}): set instance_count: 1")
+        raise TrainingError(
+            f"detector training runs on one host; the job has {cluster.world_size} "
+            f"({', '.join(cluster.hosts)}): set instance_count: 1"
+        )
     started = time.perf_counter()
     tiers = [t.strip() for t in hp.tiers.split(",") if t.strip()]
     models_dir = Path(channels["models"])  # type: ignore[arg-type]
@@ -117,13 +125,23 @@ def run_detection_training(channels: dict[str, Optional[Path]], model_dir: Path,
     train = read_box_channel("train", channels.get("train"), classes, required=True)
     replay = read_box_channel("replay", channels.get("replay"), classes, required=False)
     unlabeled = read_box_channel("unlabeled", channels.get("unlabeled"), classes, required=False)
-    report: dict = {"version": hp.version, "task": "detection", "tiers": {}, "hosts": 1,
-                    "channels": {"train": len(train), "replay": len(replay), "unlabeled": len(unlabeled)}}
+    report: dict = {
+        "version": hp.version,
+        "task": "detection",
+        "tiers": {},
+        "hosts": 1,
+        "channels": {"train": len(train), "replay": len(replay), "unlabeled": len(unlabeled)},
+    }
 
     def config(epochs: int, n: int) -> td.DetectorFitConfig:
         # one-cycle needs a few steps: shrink the batch for tiny sets
-        return td.DetectorFitConfig(epochs=epochs, batch_size=max(2, min(hp.batch_size, n // 8 or 2)), lr=hp.lr,
-                                    seed=hp.seed, threads=hp.threads)
+        return td.DetectorFitConfig(
+            epochs=epochs,
+            batch_size=max(2, min(hp.batch_size, n // 8 or 2)),
+            lr=hp.lr,
+            seed=hp.seed,
+            threads=hp.threads,
+        )
 
     # 1. T2 on every accepted box label (+ lab replay)
     labelled = _concat(train, replay)
@@ -131,21 +149,49 @@ def run_detection_training(channels: dict[str, Optional[Path]], model_dir: Path,
     x2, b2, c2, _ = fit_channel(labelled, size2)
     if "T2" in tiers:
         epochs = hp.warm_start_epochs if warm2 else hp.teacher_epochs
-        fit = td.fit_detector(teacher, x2, td.assign(b2, c2, size2, size2), config=config(epochs, len(x2)),
-                              desc=f"T2 detector {hp.version}", progress=progress)
-        info = {"round_version": hp.version, "samples": int(len(x2)), "field_labels": len(train),
-                "replay_labels": len(replay), "boxes": int(sum(len(b) for b in b2)), "warm_start": warm2,
-                "epochs": fit.epochs, "seconds": round(fit.seconds, 2), "final_loss": round(fit.final_loss, 4),
-                "device": fit.device}
+        fit = td.fit_detector(
+            teacher,
+            x2,
+            td.assign(b2, c2, size2, size2),
+            config=config(epochs, len(x2)),
+            desc=f"T2 detector {hp.version}",
+            progress=progress,
+        )
+        info = {
+            "round_version": hp.version,
+            "samples": int(len(x2)),
+            "field_labels": len(train),
+            "replay_labels": len(replay),
+            "boxes": int(sum(len(b) for b in b2)),
+            "warm_start": warm2,
+            "epochs": fit.epochs,
+            "seconds": round(fit.seconds, 2),
+            "final_loss": round(fit.final_loss, 4),
+            "device": fit.device,
+        }
         report["tiers"]["T2"] = info
-        write_detector_package(teacher, model_dir / "T2", manifest2.name, hp.version, "T2", manifest2.architecture,
-                               export_layout(manifest2), classes, info, zoo.parameter_count(teacher.net))
+        write_detector_package(
+            teacher,
+            model_dir / "T2",
+            manifest2.name,
+            hp.version,
+            "T2",
+            manifest2.architecture,
+            export_layout(manifest2),
+            classes,
+            info,
+            zoo.parameter_count(teacher.net),
+        )
 
     # 2. distil T3 and T4 from the new T2 on every uploaded frame, with the accepted boxes where known
     accepted = {f: b for f, b in zip(train.frame_ids, train.boxes)}
     pool = unlabeled if len(unlabeled) else train
-    distil = BoxChannel(list(pool.images), [accepted.get(f, b) for f, b in zip(pool.frame_ids, pool.boxes)],
-                        list(pool.frame_ids), list(pool.sites))
+    distil = BoxChannel(
+        list(pool.images),
+        [accepted.get(f, b) for f, b in zip(pool.frame_ids, pool.boxes)],
+        list(pool.frame_ids),
+        list(pool.sites),
+    )
     distil = _concat(distil, replay)
     for tier in (t for t in ("T3", "T4") if t in tiers):
         manifest, student, warm = load_detector_base(models_dir, tier)
@@ -168,15 +214,41 @@ def run_detection_training(channels: dict[str, Optional[Path]], model_dir: Path,
             soft, targets, has = None, td.assign(boxes, cls, size, size), np.ones(len(images), bool)
             mode = "pseudo-labels"
         epochs = hp.warm_start_epochs if warm else hp.distil_epochs
-        fit = td.fit_detector(student, images, targets, teacher=soft, labelled=has, config=config(epochs, len(images)),
-                              desc=f"{tier} detector {hp.version}", progress=progress)
-        info = {"round_version": hp.version, "distilled_from": f"{manifest2.name} {hp.version}", "mode": mode,
-                "samples": int(len(images)), "labeled": int(has.sum()), "warm_start": warm, "epochs": fit.epochs,
-                "seconds": round(fit.seconds, 2), "final_loss": round(fit.final_loss, 4), "device": fit.device}
+        fit = td.fit_detector(
+            student,
+            images,
+            targets,
+            teacher=soft,
+            labelled=has,
+            config=config(epochs, len(images)),
+            desc=f"{tier} detector {hp.version}",
+            progress=progress,
+        )
+        info = {
+            "round_version": hp.version,
+            "distilled_from": f"{manifest2.name} {hp.version}",
+            "mode": mode,
+            "samples": int(len(images)),
+            "labeled": int(has.sum()),
+            "warm_start": warm,
+            "epochs": fit.epochs,
+            "seconds": round(fit.seconds, 2),
+            "final_loss": round(fit.final_loss, 4),
+            "device": fit.device,
+        }
         report["tiers"][tier] = info
-        write_detector_package(student, model_dir / tier, manifest.name, hp.version, tier, manifest.architecture,
-                               export_layout(manifest), classes, info, zoo.parameter_count(student.net))
+        write_detector_package(
+            student,
+            model_dir / tier,
+            manifest.name,
+            hp.version,
+            tier,
+            manifest.architecture,
+            export_layout(manifest),
+            classes,
+            info,
+            zoo.parameter_count(student.net),
+        )
     report["seconds"] = round(time.perf_counter() - started, 2)
     (model_dir / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True))
     return report
-

@@ -33,6 +33,7 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 class BrokerError(FleetLoopError):
     """mosquitto could not be started (message says why, with the broker log)."""
 
+
 CLOUD_IDENTITY = "fleetloop-cloud"
 TOPIC_PREFIXES = ("$aws", "fleetloop")
 
@@ -45,13 +46,18 @@ def free_port() -> int:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "FleetLoop"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "FleetLoop"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _write_key(key, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     path.chmod(0o600)
 
 
@@ -75,13 +81,28 @@ class CertificateAuthority:
         now = datetime.datetime.now(datetime.timezone.utc)
         self._name = _name(name)
         self.cert = (
-            x509.CertificateBuilder().subject_name(self._name).issuer_name(self._name)
-            .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            x509.CertificateBuilder()
+            .subject_name(self._name)
+            .issuer_name(self._name)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .sign(self._key, hashes.SHA256())
         )
         self.ca_file = self.directory / "ca.pem"
@@ -92,18 +113,28 @@ class CertificateAuthority:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         builder = (
-            x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(self._name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(self._name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                                  else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
         )
         if server:
             import ipaddress
+
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                             x509.DNSName("localhost")]), critical=False)
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
         cert = builder.sign(self._key, hashes.SHA256())
         stem = self.directory / common_name
         cert_path, key_path = stem.with_suffix(".crt"), stem.with_suffix(".key")
@@ -125,7 +156,9 @@ class MosquittoBroker:
         self.config_path = self.directory / "mosquitto.conf"
         acl = self.directory / "acl"
         acl.write_text(
-            f"user {CLOUD_IDENTITY}\n" + "".join(f"topic readwrite {p}/#\n" for p in TOPIC_PREFIXES) + "\n"
+            f"user {CLOUD_IDENTITY}\n"
+            + "".join(f"topic readwrite {p}/#\n" for p in TOPIC_PREFIXES)
+            + "\n"
             + "".join(f"pattern readwrite {p}/things/%u/#\n" for p in TOPIC_PREFIXES)
         )
         self.config_path.write_text(
@@ -143,8 +176,9 @@ class MosquittoBroker:
         """Start mosquitto and return once it accepts TCP connections."""
         if self._process is not None:
             return
-        self._process = subprocess.Popen([MOSQUITTO, "-c", str(self.config_path)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._process = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -187,5 +221,3 @@ class MosquittoBroker:
     def log(self) -> str:
         """Return the broker log so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-

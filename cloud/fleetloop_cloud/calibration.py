@@ -46,8 +46,12 @@ def fit_temperature(log_probs: np.ndarray, labels: np.ndarray, bounds: tuple[flo
     if len(labels) == 0:
         return 1.0
     low, high = np.log(bounds[0]), np.log(bounds[1])
-    result = minimize_scalar(lambda log_t: negative_log_likelihood(log_probs, labels, float(np.exp(log_t))),
-                             bounds=(low, high), method="bounded", options={"xatol": 1e-4})
+    result = minimize_scalar(
+        lambda log_t: negative_log_likelihood(log_probs, labels, float(np.exp(log_t))),
+        bounds=(low, high),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return float(np.exp(result.x))
 
 

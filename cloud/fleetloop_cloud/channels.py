@@ -59,8 +59,9 @@ def write_channel(directory: str | Path, items: Sequence[tuple[str, bytes | np.n
         path = directory / name
         if not path.exists():
             write_atomic(path, data)
-        lines.append(json.dumps({"source-ref": name, "label": int(label), "frame": frame_id, "site": site},
-                                sort_keys=True))
+        lines.append(
+            json.dumps({"source-ref": name, "label": int(label), "frame": frame_id, "site": site}, sort_keys=True)
+        )
     write_atomic(directory / MANIFEST, ("\n".join(lines) + ("\n" if lines else "")).encode())
     return directory
 
@@ -69,8 +70,9 @@ def read_channel(name: str, directory: str | Path | None, required: bool = True)
     """Return a channel's frames; ChannelError if it is required and missing or empty."""
     if directory is None or not Path(directory).is_dir():
         if required:
-            raise ChannelError(f"channel '{name}': directory {directory} does not exist "
-                               f"(set SM_CHANNEL_{name.upper()} or --{name})")
+            raise ChannelError(
+                f"channel '{name}': directory {directory} does not exist (set SM_CHANNEL_{name.upper()} or --{name})"
+            )
         return ChannelData([], np.zeros(0, np.int64), [])
     directory = Path(directory)
     manifest = directory / MANIFEST

@@ -29,12 +29,12 @@ class Priced(ConfigModel):
 class HumanCosts(Priced):
     """What a human label costs: seconds per task and dollars per task (same model for every arm)."""
 
-    seconds_per_label: float = Field(gt=0)       # labeling from scratch, seconds
-    seconds_per_verify: float = Field(gt=0)      # confirming a shown suggestion, seconds
-    service_fee_per_object_usd: float = Field(ge=0)   # labeling-service fee per object sent to humans
-    worker_price_per_task_usd: float = Field(ge=0)    # paid to the worker per task
+    seconds_per_label: float = Field(gt=0)  # labeling from scratch, seconds
+    seconds_per_verify: float = Field(gt=0)  # confirming a shown suggestion, seconds
+    service_fee_per_object_usd: float = Field(ge=0)  # labeling-service fee per object sent to humans
+    worker_price_per_task_usd: float = Field(ge=0)  # paid to the worker per task
     workers_per_object: int = Field(default=1, ge=1)
-    hourly_rate_usd: Optional[float] = Field(default=None, gt=0)   # set: pay workers by time instead of per task
+    hourly_rate_usd: Optional[float] = Field(default=None, gt=0)  # set: pay workers by time instead of per task
 
     @property
     def price_per_label(self) -> float:
@@ -58,20 +58,23 @@ class HumanCosts(Priced):
 class BoxCosts(Priced):
     """What box labeling costs (detection): seconds per box action and the labeling service's box task price."""
 
-    seconds_per_frame: float = Field(gt=0)         # looking at a frame, confirming it is complete (or empty)
-    seconds_per_box_verify: float = Field(gt=0)    # accepting one suggested box as it is
-    seconds_per_box_adjust: float = Field(gt=0)    # dragging a suggested box's edges into place
-    seconds_per_box_draw: float = Field(gt=0)      # drawing a missing box from scratch
-    seconds_per_box_delete: float = Field(gt=0)    # deleting a wrong box
-    seconds_per_reclass: float = Field(gt=0)       # changing a box's class
+    seconds_per_frame: float = Field(gt=0)  # looking at a frame, confirming it is complete (or empty)
+    seconds_per_box_verify: float = Field(gt=0)  # accepting one suggested box as it is
+    seconds_per_box_adjust: float = Field(gt=0)  # dragging a suggested box's edges into place
+    seconds_per_box_draw: float = Field(gt=0)  # drawing a missing box from scratch
+    seconds_per_box_delete: float = Field(gt=0)  # deleting a wrong box
+    seconds_per_reclass: float = Field(gt=0)  # changing a box's class
     service_fee_per_object_usd: float = Field(ge=0)
-    worker_price_per_task_usd: float = Field(ge=0)     # bounding-box task price (per frame)
+    worker_price_per_task_usd: float = Field(ge=0)  # bounding-box task price (per frame)
     hourly_rate_usd: Optional[float] = Field(default=None, gt=0)
 
     def task_price(self, seconds: float) -> float:
         """Return dollars for one frame that took ``seconds`` of human work."""
-        worker = self.hourly_rate_usd * seconds / 3600.0 if self.hourly_rate_usd is not None \
+        worker = (
+            self.hourly_rate_usd * seconds / 3600.0
+            if self.hourly_rate_usd is not None
             else self.worker_price_per_task_usd
+        )
         return self.service_fee_per_object_usd + worker
 
     def manual_seconds(self, boxes: int) -> float:
@@ -94,7 +97,7 @@ class CostModel(ConfigModel):
     human: HumanCosts
     cpu_instance: Instance
     gpu_instance: Instance
-    boxes: Optional[BoxCosts] = None      # detection: box-level human costs
+    boxes: Optional[BoxCosts] = None  # detection: box-level human costs
 
 
 def load_cost_model(path: str | Path | None = None) -> CostModel:
@@ -107,7 +110,7 @@ class IngestConfig(ConfigModel):
     """How new frames are read from the store into the pool."""
 
     prefix: str = "frames/"
-    orphan_grace_s: float = Field(default=3600.0, ge=0)   # a frame without sidecar waits this long
+    orphan_grace_s: float = Field(default=3600.0, ge=0)  # a frame without sidecar waits this long
     near_duplicate_bits: int = Field(default=4, ge=0, le=32)  # pHash Hamming distance across robots
     max_frames: Optional[int] = Field(default=None, gt=0)  # per run (None: all new)
 
@@ -116,7 +119,7 @@ class SageMakerTransformConfig(ConfigModel):
     """Batch transform jobs running the teacher packages (production auto-labeling)."""
 
     role_arn: str = ""
-    image_uri: str = ""              # the inference image (docker/inference.Dockerfile)
+    image_uri: str = ""  # the inference image (docker/inference.Dockerfile)
     instance_type: str = "ml.m5.xlarge"
     instance_count: int = Field(default=1, ge=1)
     max_payload_mb: int = Field(default=6, ge=1, le=100)
@@ -147,18 +150,18 @@ class PropagationConfig(ConfigModel):
     """Label propagation along a track (audited like any auto-label)."""
 
     enabled: bool = True
-    use_track_hint: bool = True               # robot-side track ids, when sidecars carry them
-    max_gap_s: float = Field(default=1.0, gt=0)       # derived tracks: consecutive frames at most this apart
-    min_similarity: float = Field(default=0.9, ge=-1, le=1)   # derived tracks: cosine of teacher embeddings
-    min_confidence: float = Field(default=0.0, ge=0, le=1)    # calibrated confidence a propagated frame needs
+    use_track_hint: bool = True  # robot-side track ids, when sidecars carry them
+    max_gap_s: float = Field(default=1.0, gt=0)  # derived tracks: consecutive frames at most this apart
+    min_similarity: float = Field(default=0.9, ge=-1, le=1)  # derived tracks: cosine of teacher embeddings
+    min_confidence: float = Field(default=0.0, ge=0, le=1)  # calibrated confidence a propagated frame needs
 
 
 class RoutingConfig(ConfigModel):
     """Auto-accept only where tiers agree and calibrated confidence clears a threshold chosen from audited data."""
 
     target_accuracy: float = Field(default=0.98, gt=0.5, lt=1)
-    bound_z: float = Field(default=1.0, ge=0)            # 0: point estimate; z: Wilson lower bound
-    min_validation: int = Field(default=30, ge=1)        # accepted validation frames needed for a threshold
+    bound_z: float = Field(default=1.0, ge=0)  # 0: point estimate; z: Wilson lower bound
+    min_validation: int = Field(default=30, ge=1)  # accepted validation frames needed for a threshold
     calibration_min_labels: int = Field(default=20, ge=2)
     propagation: PropagationConfig = Field(default_factory=PropagationConfig)
 
@@ -167,9 +170,9 @@ class ReviewConfig(ConfigModel):
     """Which frames humans see, through which annotator."""
 
     annotator: str = "simulated"
-    calibration_sample: int = Field(default=60, ge=0)    # random frames humans label each round
-    human_budget: Optional[int] = Field(default=None, ge=0)   # frames per round beyond calibration/audit
-    strategy: str = "uncertainty-diversity"              # order of review when over budget (active.py)
+    calibration_sample: int = Field(default=60, ge=0)  # random frames humans label each round
+    human_budget: Optional[int] = Field(default=None, ge=0)  # frames per round beyond calibration/audit
+    strategy: str = "uncertainty-diversity"  # order of review when over budget (active.py)
     show_suggestions: bool = True
     seed: int = 0
 
@@ -179,7 +182,7 @@ class AuditConfig(ConfigModel):
 
     fraction: float = Field(default=0.05, ge=0, le=1)
     min_frames: int = Field(default=30, ge=0)
-    confidence_level: float = Field(default=0.95, gt=0.5, lt=1)   # of the reported Wilson interval
+    confidence_level: float = Field(default=0.95, gt=0.5, lt=1)  # of the reported Wilson interval
     tighten_step: float = Field(default=0.01, gt=0, le=0.5)
     max_passes: int = Field(default=3, ge=1)
 
@@ -245,7 +248,7 @@ class TrainingConfig(ConfigModel):
     backend: Literal["local", "sagemaker"] = "local"
     teacher_epochs: int = Field(default=3, ge=1)
     distil_epochs: int = Field(default=3, ge=1)
-    warm_start_epochs: int = Field(default=2, ge=1)       # when the production package ships weights
+    warm_start_epochs: int = Field(default=2, ge=1)  # when the production package ships weights
     batch_size: int = Field(default=64, ge=2)
     lr: float = Field(default=4e-3, gt=0)
     # peak learning rate when warm-starting from production weights: a from-scratch rate on a few
@@ -253,7 +256,7 @@ class TrainingConfig(ConfigModel):
     # 0.39 -> 0.53 at 5e-4 on the quick demo's teacher)
     finetune_lr: float = Field(default=5e-4, gt=0)
     distil_temperature: float = Field(default=2.0, gt=0)
-    lab_replay_frames: int = Field(default=1000, ge=0)    # labeled lab frames mixed in (keeps old classes)
+    lab_replay_frames: int = Field(default=1000, ge=0)  # labeled lab frames mixed in (keeps old classes)
     int8: bool = True
     int8_calibration_frames: int = Field(default=64, ge=1)
     int8_per_channel: bool = True
@@ -265,15 +268,15 @@ class TrainingConfig(ConfigModel):
 class EvaluationConfig(ConfigModel):
     """The gate: held-out field test set per site and per class, candidate vs production."""
 
-    test_set: str = "simulated-field"      # simulated-field | holdout (evaluate.TEST_SETS)
+    test_set: str = "simulated-field"  # simulated-field | holdout (evaluate.TEST_SETS)
     frames_per_site: int = Field(default=300, gt=0)
     holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
-    min_gain: float = Field(default=0.005, ge=-1, le=1)       # overall accuracy, absolute
+    min_gain: float = Field(default=0.005, ge=-1, le=1)  # overall accuracy, absolute
     max_class_regression: float = Field(default=0.05, ge=0, le=1)
     max_site_regression: float = Field(default=0.03, ge=0, le=1)
-    min_support: int = Field(default=20, ge=1)                # classes/sites with fewer test frames are not gated
+    min_support: int = Field(default=20, ge=1)  # classes/sites with fewer test frames are not gated
     tiers: tuple[str, ...] = ("T2", "T3", "T4")
-    edge_precision: Literal["fp32", "int8"] = "fp32"          # which edge variant is gated and registered
+    edge_precision: Literal["fp32", "int8"] = "fp32"  # which edge variant is gated and registered
 
 
 class SageMakerRegistryConfig(ConfigModel):
@@ -289,18 +292,18 @@ class RegistryConfig(ConfigModel):
     """Where signed packages go: a store layout models/<name>/<version>/ plus an approval index."""
 
     backend: Literal["local", "sagemaker"] = "local"
-    uri: str = "runs/cloud/registry"       # directory or store URI (file://, s3://)
-    signing_key: Optional[str] = None      # Ed25519 private PEM; unset: packages are not signed
-    trusted_keys: Optional[str] = None     # directory of *.pub or YAML list; verifies on read
+    uri: str = "runs/cloud/registry"  # directory or store URI (file://, s3://)
+    signing_key: Optional[str] = None  # Ed25519 private PEM; unset: packages are not signed
+    trusted_keys: Optional[str] = None  # directory of *.pub or YAML list; verifies on read
     sagemaker: SageMakerRegistryConfig = Field(default_factory=SageMakerRegistryConfig)
 
 
 class SimulatedBoxAnnotatorConfig(ConfigModel):
     """Simulated box annotator: ground-truth boxes, jittered, with misses and class errors."""
 
-    error_rate: float = Field(default=0.01, ge=0, le=1)       # per box: a wrong class
-    miss_rate: float = Field(default=0.01, ge=0, le=1)        # per box: not drawn
-    box_jitter_px: float = Field(default=1.0, ge=0)           # sigma of each edge, pixels
+    error_rate: float = Field(default=0.01, ge=0, le=1)  # per box: a wrong class
+    miss_rate: float = Field(default=0.01, ge=0, le=1)  # per box: not drawn
+    box_jitter_px: float = Field(default=1.0, ge=0)  # sigma of each edge, pixels
     seed: int = 0
 
 
@@ -311,25 +314,25 @@ class DetectionLoopConfig(ConfigModel):
     (review, audit, training, evaluation), read as box and mAP@0.5 figures.
     """
 
-    annotator: str = "simulated"                  # simulated | review-page (box_annotators.BOX_ANNOTATORS)
-    score_threshold: Optional[float] = Field(default=None, ge=0, le=1)   # teacher boxes kept (None: T2 manifest's)
+    annotator: str = "simulated"  # simulated | review-page (box_annotators.BOX_ANNOTATORS)
+    score_threshold: Optional[float] = Field(default=None, ge=0, le=1)  # teacher boxes kept (None: T2 manifest's)
     candidate_floor: float = Field(default=0.05, ge=0, le=1)  # weaker boxes are stored too: they lower confidence
-    match_iou: float = Field(default=0.5, gt=0, le=1)         # T1/T2 boxes and auto/human boxes pair at this IoU
-    min_tier_iou: float = Field(default=0.7, ge=0, le=1)      # matched T1/T2 pairs' mean IoU for agreement
-    target_mean_iou: float = Field(default=0.7, gt=0, le=1)   # auto-accepted vs human boxes (unmatched count 0)
-    target_class_accuracy: float = Field(default=0.98, gt=0.5, lt=1)   # on matched boxes
-    bound_z: float = Field(default=1.0, ge=0)                  # Wilson lower bound of the class accuracy at z
-    min_validation: int = Field(default=20, ge=1)              # accepted validation frames needed for a threshold
+    match_iou: float = Field(default=0.5, gt=0, le=1)  # T1/T2 boxes and auto/human boxes pair at this IoU
+    min_tier_iou: float = Field(default=0.7, ge=0, le=1)  # matched T1/T2 pairs' mean IoU for agreement
+    target_mean_iou: float = Field(default=0.7, gt=0, le=1)  # auto-accepted vs human boxes (unmatched count 0)
+    target_class_accuracy: float = Field(default=0.98, gt=0.5, lt=1)  # on matched boxes
+    bound_z: float = Field(default=1.0, ge=0)  # Wilson lower bound of the class accuracy at z
+    min_validation: int = Field(default=20, ge=1)  # accepted validation frames needed for a threshold
     simulated: SimulatedBoxAnnotatorConfig = Field(default_factory=SimulatedBoxAnnotatorConfig)
 
 
 class CloudConfig(ConfigModel):
     """config/cloud.yaml."""
 
-    store: str                             # where robots upload (file:///..., s3://bucket/prefix?...)
-    work_dir: str = "runs/cloud"           # pool.sqlite, frame cache, channels, candidates, reports
-    models: str = "models"                 # round-0 production tiers T1..T4 (directories)
-    world_seed: int = 0                    # simulated world (field test sets of simulated sites)
+    store: str  # where robots upload (file:///..., s3://bucket/prefix?...)
+    work_dir: str = "runs/cloud"  # pool.sqlite, frame cache, channels, candidates, reports
+    models: str = "models"  # round-0 production tiers T1..T4 (directories)
+    world_seed: int = 0  # simulated world (field test sets of simulated sites)
     cost_model: str = "config/cost_model.yaml"
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     autolabel: AutolabelConfig = Field(default_factory=AutolabelConfig)
@@ -340,7 +343,7 @@ class CloudConfig(ConfigModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
-    detection: DetectionLoopConfig = Field(default_factory=DetectionLoopConfig)   # detectors only
+    detection: DetectionLoopConfig = Field(default_factory=DetectionLoopConfig)  # detectors only
 
     @property
     def work_path(self) -> Path:
@@ -387,9 +390,11 @@ def _check_names(config: CloudConfig, source: str | Path) -> None:
     from fleetloop_cloud.annotators import ANNOTATORS
     from fleetloop_cloud.evaluate import TEST_SETS
 
-    for key, name, known in (("review.annotator", config.review.annotator, ANNOTATORS),
-                             ("review.strategy", config.review.strategy, STRATEGIES),
-                             ("evaluation.test_set", config.evaluation.test_set, TEST_SETS)):
+    for key, name, known in (
+        ("review.annotator", config.review.annotator, ANNOTATORS),
+        ("review.strategy", config.review.strategy, STRATEGIES),
+        ("evaluation.test_set", config.evaluation.test_set, TEST_SETS),
+    ):
         if name not in known:
             raise ConfigError(f"{source}: {key}: unknown name {name!r} (known: {', '.join(sorted(known))})")
     for tier in config.evaluation.tiers:

@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass
 from fleetloop_cloud.config import CostModel, HumanCosts
 
 
-def task_cost(human: HumanCosts, suggestion: int | None, answer: int, shown: bool, purpose: str = "review") -> tuple[float, float]:
+def task_cost(
+    human: HumanCosts, suggestion: int | None, answer: int, shown: bool, purpose: str = "review"
+) -> tuple[float, float]:
     """Return (seconds, dollars) of one human task under the cost model."""
     verified = purpose == "audit" or (shown and suggestion is not None and int(answer) == int(suggestion))
     seconds = human.seconds_per_verify if verified else human.seconds_per_label
@@ -52,17 +54,23 @@ class LabelingFigures:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def labeling_figures(model: CostModel, accepted_labels: int, human_seconds: float, human_dollars: float,
-                     labeling_compute_dollars: float) -> LabelingFigures:
+def labeling_figures(
+    model: CostModel, accepted_labels: int, human_seconds: float, human_dollars: float, labeling_compute_dollars: float
+) -> LabelingFigures:
     """Return the labeling figures of a round."""
     human = model.human
     manual_rate = 3600.0 / human.seconds_per_label
     loop_rate = accepted_labels / (human_seconds / 3600.0) if human_seconds > 0 else None
     loop_cost = (human_dollars + labeling_compute_dollars) / accepted_labels if accepted_labels else None
     return LabelingFigures(
-        accepted_labels=accepted_labels, human_seconds=human_seconds, human_dollars=human_dollars,
-        labeling_compute_dollars=labeling_compute_dollars, loop_labels_per_human_hour=loop_rate,
+        accepted_labels=accepted_labels,
+        human_seconds=human_seconds,
+        human_dollars=human_dollars,
+        labeling_compute_dollars=labeling_compute_dollars,
+        loop_labels_per_human_hour=loop_rate,
         manual_labels_per_human_hour=manual_rate,
         throughput_ratio=loop_rate / manual_rate if loop_rate is not None else None,
-        loop_cost_per_label=loop_cost, manual_cost_per_label=human.price_per_label,
-        cost_ratio=human.price_per_label / loop_cost if loop_cost else None)
+        loop_cost_per_label=loop_cost,
+        manual_cost_per_label=human.price_per_label,
+        cost_ratio=human.price_per_label / loop_cost if loop_cost else None,
+    )

@@ -54,15 +54,15 @@ class DeployError(FleetLoopError):
 class RolloutConfig(ConfigModel):
     """How a model goes out (config/deploy.yaml, section rollout)."""
 
-    canary_count: int = Field(default=1, ge=1)             # k robots first
-    max_canary_failures: int = Field(default=0, ge=0)      # more failed canaries than this: abort
-    canary_timeout_s: float = Field(default=900.0, gt=0)   # a canary that has not reported by then failed
+    canary_count: int = Field(default=1, ge=1)  # k robots first
+    max_canary_failures: int = Field(default=0, ge=0)  # more failed canaries than this: abort
+    canary_timeout_s: float = Field(default=900.0, gt=0)  # a canary that has not reported by then failed
     fleet_timeout_s: float = Field(default=3600.0, gt=0)
     poll_s: float = Field(default=2.0, gt=0)
-    abort_failure_percent: float = Field(default=10.0, gt=0, le=100)   # abortConfig.thresholdPercentage
-    abort_min_executed: int = Field(default=5, ge=1)       # abortConfig.minNumberOfExecutedThings
-    maximum_per_minute: int = Field(default=100, ge=1)     # jobExecutionsRolloutConfig
-    in_progress_timeout_min: int = Field(default=30, ge=1) # timeoutConfig (AWS marks TIMED_OUT)
+    abort_failure_percent: float = Field(default=10.0, gt=0, le=100)  # abortConfig.thresholdPercentage
+    abort_min_executed: int = Field(default=5, ge=1)  # abortConfig.minNumberOfExecutedThings
+    maximum_per_minute: int = Field(default=100, ge=1)  # jobExecutionsRolloutConfig
+    in_progress_timeout_min: int = Field(default=30, ge=1)  # timeoutConfig (AWS marks TIMED_OUT)
     rollback_canaries: bool = True
 
 
@@ -79,15 +79,19 @@ def load_deploy_config(path: str | Path | None = None) -> DeployConfig:
 
 
 # ====================================================================================== documents
-def deploy_document(manifest: Manifest, store_uri: str, prefix: str, manifest_bytes: bytes | None = None) -> dict[str, Any]:
+def deploy_document(
+    manifest: Manifest, store_uri: str, prefix: str, manifest_bytes: bytes | None = None
+) -> dict[str, Any]:
     """Return the job document deploying ``manifest``'s package from ``store_uri``/``prefix``.
 
     With ``manifest_bytes`` the document pins the manifest's sha256, so the robot installs exactly it.
     """
     sha256 = hashlib.sha256(manifest_bytes).hexdigest() if manifest_bytes is not None else None
-    document = JobDocument(operation="fleetloop.deploy_model",
-                           model=ModelRef(name=manifest.name, version=manifest.version, tier=manifest.tier),
-                           package=PackageLocation(store=store_uri, prefix=prefix, manifest_sha256=sha256))
+    document = JobDocument(
+        operation="fleetloop.deploy_model",
+        model=ModelRef(name=manifest.name, version=manifest.version, tier=manifest.tier),
+        package=PackageLocation(store=store_uri, prefix=prefix, manifest_sha256=sha256),
+    )
     return document.model_dump(mode="json", exclude_none=True)
 
 
@@ -97,9 +101,15 @@ def rollback_document(name: str, tier: str, version: str = "previous") -> dict[s
     return document.model_dump(mode="json", exclude_none=True)
 
 
-def deploy_approved(jobs: FleetJobs, registry_store, store_uri: str, robots: Sequence[str],
-                    entries: Sequence[dict[str, Any]], job_prefix: str,
-                    config: RolloutConfig | None = None) -> list[dict[str, Any]]:
+def deploy_approved(
+    jobs: FleetJobs,
+    registry_store,
+    store_uri: str,
+    robots: Sequence[str],
+    entries: Sequence[dict[str, Any]],
+    job_prefix: str,
+    config: RolloutConfig | None = None,
+) -> list[dict[str, Any]]:
     """Roll out a round's Approved edge packages (T4 first, then T3; canaries first) to ``robots``.
 
     ``entries``: the round's registry entries (``name``, ``version``, ``variant``, ``status``);
@@ -118,8 +128,7 @@ def deploy_approved(jobs: FleetJobs, registry_store, store_uri: str, robots: Seq
         started = time.perf_counter()
         record = {"tier": entry["variant"], "version": entry["version"]}
         try:
-            report = rollout(jobs, robots, deploy_document(manifest, store_uri, prefix, manifest_bytes), job_id,
-                             config)
+            report = rollout(jobs, robots, deploy_document(manifest, store_uri, prefix, manifest_bytes), job_id, config)
             record.update(aborted=bool(report.aborted), report=report.to_dict())
         except FleetLoopError as exc:
             log.error("rollout of %s failed: %s", job_id, exc)
@@ -148,8 +157,14 @@ class FleetJobs(Protocol):
 
     uri: str
 
-    def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any],
-                   rollout: RolloutConfig | None = None, thing_group: str | None = None) -> None: ...
+    def create_job(
+        self,
+        job_id: str,
+        things: Sequence[str],
+        document: dict[str, Any],
+        rollout: RolloutConfig | None = None,
+        thing_group: str | None = None,
+    ) -> None: ...
     def executions(self, job_id: str) -> dict[str, ExecutionState]: ...
     def cancel_job(self, job_id: str, reason: str) -> None: ...
     def close(self) -> None: ...
@@ -164,8 +179,14 @@ class LocalDirJobs:
         self.uri = f"file://{self.directory}"
         self._targets: dict[str, list[str]] = {}
 
-    def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any],
-                   rollout: RolloutConfig | None = None, thing_group: str | None = None) -> None:
+    def create_job(
+        self,
+        job_id: str,
+        things: Sequence[str],
+        document: dict[str, Any],
+        rollout: RolloutConfig | None = None,
+        thing_group: str | None = None,
+    ) -> None:
         if thing_group is not None:
             raise DeployError(f"{self.uri}: thing groups exist only on AWS IoT; list the things")
         for thing in things:
@@ -173,9 +194,18 @@ class LocalDirJobs:
                 if (self.directory / thing / state / f"{job_id}.json").exists():
                     raise DeployError(f"{self.uri}: job {job_id} exists already for {thing}")
         for thing in things:
-            write_json_atomic(self.directory / thing / "queued" / f"{job_id}.json",
-                               {"jobId": job_id, "thingName": thing, "jobDocument": document, "status": "QUEUED",
-                                "queuedAt": iot_jobs.now_s(), "versionNumber": 1, "executionNumber": 1})
+            write_json_atomic(
+                self.directory / thing / "queued" / f"{job_id}.json",
+                {
+                    "jobId": job_id,
+                    "thingName": thing,
+                    "jobDocument": document,
+                    "status": "QUEUED",
+                    "queuedAt": iot_jobs.now_s(),
+                    "versionNumber": 1,
+                    "executionNumber": 1,
+                },
+            )
         self._targets[job_id] = list(things)
 
     def _things(self, job_id: str) -> list[str]:
@@ -193,7 +223,7 @@ class LocalDirJobs:
             elif (self.directory / thing / "queued" / f"{job_id}.json").exists():
                 states[thing] = ExecutionState(thing, "QUEUED")
             elif (self.directory / thing / "in_progress" / f"{job_id}.json").exists():
-                states[thing] = ExecutionState(thing, "IN_PROGRESS")    # claimed, first status not written yet
+                states[thing] = ExecutionState(thing, "IN_PROGRESS")  # claimed, first status not written yet
             else:
                 states[thing] = ExecutionState(thing, "REMOVED", {"reason": "job file gone without a status"})
         return states
@@ -205,9 +235,16 @@ class LocalDirJobs:
                 queued.unlink()
             except FileNotFoundError:
                 continue
-            write_json_atomic(self.directory / thing / "status" / f"{job_id}.json",
-                               {"jobId": job_id, "thingName": thing, "status": "CANCELED",
-                                "statusDetails": {"reason": reason}, "lastUpdatedAt": iot_jobs.now_s()})
+            write_json_atomic(
+                self.directory / thing / "status" / f"{job_id}.json",
+                {
+                    "jobId": job_id,
+                    "thingName": thing,
+                    "status": "CANCELED",
+                    "statusDetails": {"reason": reason},
+                    "lastUpdatedAt": iot_jobs.now_s(),
+                },
+            )
 
     def close(self) -> None:
         pass
@@ -227,8 +264,14 @@ class StoreJobs:
             raise ConfigError(f"{uri}: a job store URI names the store file (jobs:///var/lib/fleetloop/jobs.sqlite)")
         return cls(JobStore(path))
 
-    def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any],
-                   rollout: RolloutConfig | None = None, thing_group: str | None = None) -> None:
+    def create_job(
+        self,
+        job_id: str,
+        things: Sequence[str],
+        document: dict[str, Any],
+        rollout: RolloutConfig | None = None,
+        thing_group: str | None = None,
+    ) -> None:
         if thing_group is not None:
             raise DeployError(f"{self.uri}: thing groups exist only on AWS IoT; list the things")
         try:
@@ -256,9 +299,19 @@ class MqttJobService(StoreJobs):
     announced to their robots within ``watch_s``. Without one it lives inside a rollout.
     """
 
-    def __init__(self, host: str, port: int, ca_file: str, cert_file: str, key_file: str,
-                 topic_prefix: str = iot_jobs.DEFAULT_PREFIX, client_id: str | None = None,
-                 connect_timeout_s: float = 10.0, store: JobStore | None = None, watch_s: float = 0.25):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ca_file: str,
+        cert_file: str,
+        key_file: str,
+        topic_prefix: str = iot_jobs.DEFAULT_PREFIX,
+        client_id: str | None = None,
+        connect_timeout_s: float = 10.0,
+        store: JobStore | None = None,
+        watch_s: float = 0.25,
+    ):
         from awscrt import mqtt5
         from awsiot import mqtt5_client_builder
 
@@ -270,15 +323,23 @@ class MqttJobService(StoreJobs):
         self._subscribed = threading.Event()
         self._stopped = threading.Event()
         self._closing = threading.Event()
-        self._announced: dict[str, Optional[tuple[str, str]]] = {}     # thing -> (job, status) last notified
-        self.requests: list[tuple[str, str]] = []          # (thing, request kind) seen, for reports
-        self.received: list[tuple[str, dict[str, Any]]] = []   # (topic, payload) of every request, for audits
+        self._announced: dict[str, Optional[tuple[str, str]]] = {}  # thing -> (job, status) last notified
+        self.requests: list[tuple[str, str]] = []  # (thing, request kind) seen, for reports
+        self.received: list[tuple[str, dict[str, Any]]] = []  # (topic, payload) of every request, for audits
         self._client = mqtt5_client_builder.mtls_from_path(
-            endpoint=host, port=self.port, cert_filepath=cert_file, pri_key_filepath=key_file, ca_filepath=ca_file,
+            endpoint=host,
+            port=self.port,
+            cert_filepath=cert_file,
+            pri_key_filepath=key_file,
+            ca_filepath=ca_file,
             client_id=client_id or f"fleetloop-jobs-{uuid.uuid4().hex[:8]}",
-            session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN, min_reconnect_delay_ms=200,
-            max_reconnect_delay_ms=5000, on_publish_received=self._on_publish,
-            on_lifecycle_connection_success=self._on_connected, on_lifecycle_stopped=lambda _e: self._stopped.set())
+            session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
+            min_reconnect_delay_ms=200,
+            max_reconnect_delay_ms=5000,
+            on_publish_received=self._on_publish,
+            on_lifecycle_connection_success=self._on_connected,
+            on_lifecycle_stopped=lambda _e: self._stopped.set(),
+        )
         self._client.start()
         if not self._subscribed.wait(connect_timeout_s):
             self.close()
@@ -297,16 +358,24 @@ class MqttJobService(StoreJobs):
         if missing:
             raise ConfigError(f"{uri}: mqtts job backend needs {', '.join(missing)}")
         store = JobStore(query["store"]) if query.get("store") else None
-        return cls(parsed.hostname or "127.0.0.1", parsed.port or 8883, query["ca_file"], query["cert_file"],
-                   query["key_file"], query.get("topic_prefix", iot_jobs.DEFAULT_PREFIX), store=store)
+        return cls(
+            parsed.hostname or "127.0.0.1",
+            parsed.port or 8883,
+            query["ca_file"],
+            query["cert_file"],
+            query["key_file"],
+            query.get("topic_prefix", iot_jobs.DEFAULT_PREFIX),
+            store=store,
+        )
 
     # ------------------------------------------------------------------ mqtt plumbing
     def _on_connected(self, _event) -> None:
         from awscrt import mqtt5
 
         topics = iot_jobs.service_subscriptions(self.prefix)
-        future = self._client.subscribe(mqtt5.SubscribePacket(
-            [mqtt5.Subscription(t, mqtt5.QoS.AT_LEAST_ONCE) for t in topics]))
+        future = self._client.subscribe(
+            mqtt5.SubscribePacket([mqtt5.Subscription(t, mqtt5.QoS.AT_LEAST_ONCE) for t in topics])
+        )
 
         def done(f) -> None:
             try:
@@ -316,7 +385,7 @@ class MqttJobService(StoreJobs):
                 return
             if all(int(c) < 0x80 for c in codes):
                 self._subscribed.set()
-                for thing in self.store.things_with_pending():   # robots that asked while we were away
+                for thing in self.store.things_with_pending():  # robots that asked while we were away
                     self._notify_next(thing)
             else:
                 log.error("job service: broker refused subscriptions %s (%s)", topics, codes)
@@ -346,8 +415,11 @@ class MqttJobService(StoreJobs):
 
         client = self._client
         if client is not None:
-            client.publish(mqtt5.PublishPacket(topic=topic, payload=json.dumps(payload).encode("utf-8"),
-                                               qos=mqtt5.QoS.AT_LEAST_ONCE))
+            client.publish(
+                mqtt5.PublishPacket(
+                    topic=topic, payload=json.dumps(payload).encode("utf-8"), qos=mqtt5.QoS.AT_LEAST_ONCE
+                )
+            )
 
     def _topic(self, thing: str, suffix: str) -> str:
         return iot_jobs.jobs_topic(thing, suffix, self.prefix)
@@ -419,12 +491,17 @@ class MqttJobService(StoreJobs):
                 error = ("InvalidRequest", f"status {status!r} is not one a device may set")
             elif execution.terminal:
                 # the Jobs API: SUCCEEDED -> IN_PROGRESS and the like are InvalidStateTransition
-                error = ("InvalidStateTransition", f"job {job_id} is already {execution.status} on {thing}; "
-                                                   f"it cannot become {status}")
-            elif payload.get("expectedVersion") is not None and \
-                    str(payload["expectedVersion"]) != str(execution.version_number):
-                error = ("VersionMismatch", f"expected version {payload['expectedVersion']}, "
-                                            f"current {execution.version_number}")
+                error = (
+                    "InvalidStateTransition",
+                    f"job {job_id} is already {execution.status} on {thing}; it cannot become {status}",
+                )
+            elif payload.get("expectedVersion") is not None and str(payload["expectedVersion"]) != str(
+                execution.version_number
+            ):
+                error = (
+                    "VersionMismatch",
+                    f"expected version {payload['expectedVersion']}, current {execution.version_number}",
+                )
             details = payload.get("statusDetails") or {}
             if error is None:
                 problem = iot_jobs.status_details_problem(details)
@@ -432,14 +509,15 @@ class MqttJobService(StoreJobs):
                     error = ("InvalidRequest", problem)
             if error is None:
                 execution.status = status
-                if details:      # as IoT Jobs: statusDetails given replace the old ones, absent keep them
+                if details:  # as IoT Jobs: statusDetails given replace the old ones, absent keep them
                     execution.details = dict(details)
                 execution.version_number += 1
                 execution.last_updated_at = iot_jobs.now_s()
                 self.store.put(execution)
         if error is not None:
-            response = iot_jobs.error_response(*error, client_token=token,
-                                               execution_state=execution.state() if execution else None)
+            response = iot_jobs.error_response(
+                *error, client_token=token, execution_state=execution.state() if execution else None
+            )
             self._publish(self._topic(thing, f"{job_id}/update/rejected"), response)
             return
         response = {"timestamp": iot_jobs.now_s()}
@@ -460,8 +538,15 @@ class MqttJobService(StoreJobs):
         summaries: dict[str, list] = {"inProgressJobs": [], "queuedJobs": []}
         for e in self.store.pending(thing):
             key = "inProgressJobs" if e.status == "IN_PROGRESS" else "queuedJobs"
-            summaries[key].append({"jobId": e.job_id, "queuedAt": e.queued_at, "lastUpdatedAt": e.last_updated_at,
-                                   "versionNumber": e.version_number, "executionNumber": e.execution_number})
+            summaries[key].append(
+                {
+                    "jobId": e.job_id,
+                    "queuedAt": e.queued_at,
+                    "lastUpdatedAt": e.last_updated_at,
+                    "versionNumber": e.version_number,
+                    "executionNumber": e.execution_number,
+                }
+            )
         response = {**summaries, "timestamp": iot_jobs.now_s()}
         if token:
             response["clientToken"] = token
@@ -479,9 +564,12 @@ class MqttJobService(StoreJobs):
             # the Jobs API answers a describe of a finished execution with TerminalStateReached
             response = iot_jobs.error_response(
                 "TerminalStateReached" if execution is not None else "ResourceNotFound",
-                f"job {job_id} is {execution.status} on {thing}" if execution is not None
-                else f"no execution of job {job_id} for {thing}", client_token=token,
-                execution_state=execution.state() if execution is not None else None)
+                f"job {job_id} is {execution.status} on {thing}"
+                if execution is not None
+                else f"no execution of job {job_id} for {thing}",
+                client_token=token,
+                execution_state=execution.state() if execution is not None else None,
+            )
             self._publish(self._topic(thing, f"{job_id}/get/rejected"), response)
             return
         data = execution.data()
@@ -493,8 +581,14 @@ class MqttJobService(StoreJobs):
         self._publish(self._topic(thing, f"{job_id}/get/accepted"), response)
 
     # ------------------------------------------------------------------ FleetJobs
-    def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any],
-                   rollout: RolloutConfig | None = None, thing_group: str | None = None) -> None:
+    def create_job(
+        self,
+        job_id: str,
+        things: Sequence[str],
+        document: dict[str, Any],
+        rollout: RolloutConfig | None = None,
+        thing_group: str | None = None,
+    ) -> None:
         super().create_job(job_id, things, document, rollout, thing_group)
         for thing in things:
             self._notify_next(thing)
@@ -553,25 +647,39 @@ class AwsIotJobs:
         return self._arns[thing]
 
     @staticmethod
-    def job_request(job_id: str, targets: list[str], document: dict[str, Any], rollout: RolloutConfig) -> dict[str, Any]:
+    def job_request(
+        job_id: str, targets: list[str], document: dict[str, Any], rollout: RolloutConfig
+    ) -> dict[str, Any]:
         """Return the ``create_job`` parameters (pure, so the request shape is testable on its own)."""
         return {
             "jobId": job_id,
             "targets": targets,
             "document": json.dumps(document, sort_keys=True),
             "description": f"FleetLoop {document.get('operation')} {document.get('model', {}).get('name')} "
-                           f"{document.get('model', {}).get('version')}"[:2028],
+            f"{document.get('model', {}).get('version')}"[:2028],
             "targetSelection": "SNAPSHOT",
             "jobExecutionsRolloutConfig": {"maximumPerMinute": rollout.maximum_per_minute},
-            "abortConfig": {"criteriaList": [{
-                "failureType": "ALL", "action": "CANCEL",
-                "thresholdPercentage": float(rollout.abort_failure_percent),
-                "minNumberOfExecutedThings": int(rollout.abort_min_executed)}]},
+            "abortConfig": {
+                "criteriaList": [
+                    {
+                        "failureType": "ALL",
+                        "action": "CANCEL",
+                        "thresholdPercentage": float(rollout.abort_failure_percent),
+                        "minNumberOfExecutedThings": int(rollout.abort_min_executed),
+                    }
+                ]
+            },
             "timeoutConfig": {"inProgressTimeoutInMinutes": int(rollout.in_progress_timeout_min)},
         }
 
-    def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any],
-                   rollout: RolloutConfig | None = None, thing_group: str | None = None) -> None:
+    def create_job(
+        self,
+        job_id: str,
+        things: Sequence[str],
+        document: dict[str, Any],
+        rollout: RolloutConfig | None = None,
+        thing_group: str | None = None,
+    ) -> None:
         if thing_group is not None:
             group = self._call("describe_thing_group", job_id, thingGroupName=thing_group)
             targets = [group["thingGroupArn"]]
@@ -662,9 +770,15 @@ class RolloutReport:
         return data
 
 
-def wait_for_reports(jobs: FleetJobs, job_id: str, things: Sequence[str], timeout_s: float, poll_s: float,
-                     abort: RolloutConfig | None = None,
-                     clock: Callable[[], float] = time.monotonic) -> tuple[dict[str, ExecutionState], str]:
+def wait_for_reports(
+    jobs: FleetJobs,
+    job_id: str,
+    things: Sequence[str],
+    timeout_s: float,
+    poll_s: float,
+    abort: RolloutConfig | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[dict[str, ExecutionState], str]:
     """Wait until every thing's execution is terminal; return the states and an abort reason ('' if none).
 
     With ``abort`` the job is canceled as soon as its failure percentage reaches
@@ -678,15 +792,20 @@ def wait_for_reports(jobs: FleetJobs, job_id: str, things: Sequence[str], timeou
             failures = sum(1 for s in finished if s.status in FAILED_STATUSES)
             percent = 100.0 * failures / len(finished)
             if failures and percent >= abort.abort_failure_percent:
-                reason = (f"job {job_id}: {failures} of {len(finished)} finished executions failed "
-                          f"({percent:.0f} % >= {abort.abort_failure_percent} %)")
+                reason = (
+                    f"job {job_id}: {failures} of {len(finished)} finished executions failed "
+                    f"({percent:.0f} % >= {abort.abort_failure_percent} %)"
+                )
                 jobs.cancel_job(job_id, reason)
                 return jobs.executions(job_id), reason
         if len(finished) == len(things):
             return states, ""
         if clock() >= deadline:
-            return states, f"job {job_id}: {len(things) - len(finished)} of {len(things)} robots did not report " \
-                           f"within {timeout_s:.0f} s"
+            return (
+                states,
+                f"job {job_id}: {len(things) - len(finished)} of {len(things)} robots did not report "
+                f"within {timeout_s:.0f} s",
+            )
         waiter = getattr(jobs, "wait_changed", None)
         if waiter is not None:
             waiter(min(poll_s, max(0.0, deadline - clock())))
@@ -699,15 +818,25 @@ def _results(states: dict[str, ExecutionState], things: Sequence[str]) -> dict[s
     for thing in things:
         state = states.get(thing)
         status = state.status if state is not None and state.terminal else "TIMED_OUT"
-        out[thing] = {"status": status, "details": dict(state.details) if state else {},
-                      "reported": state.status if state else "NONE"}
+        out[thing] = {
+            "status": status,
+            "details": dict(state.details) if state else {},
+            "reported": state.status if state else "NONE",
+        }
     return out
 
 
-def rollout(jobs: FleetJobs, fleet: Sequence[str], document: dict[str, Any], job_id: str,
-            config: RolloutConfig | None = None, canaries: Sequence[str] | None = None,
-            previous_version: str = "previous", fleet_group: str | None = None,
-            progress: Callable[[str], None] | None = None) -> RolloutReport:
+def rollout(
+    jobs: FleetJobs,
+    fleet: Sequence[str],
+    document: dict[str, Any],
+    job_id: str,
+    config: RolloutConfig | None = None,
+    canaries: Sequence[str] | None = None,
+    previous_version: str = "previous",
+    fleet_group: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RolloutReport:
     """Deploy ``document`` to ``fleet``: canaries, then the rest; or abort and roll the canaries back.
 
     ``fleet_group`` (AWS IoT only) targets the fleet phase at a thing group instead of the list;
@@ -716,7 +845,7 @@ def rollout(jobs: FleetJobs, fleet: Sequence[str], document: dict[str, Any], job
     config = config or RolloutConfig()
     say = progress or (lambda message: log.info("%s", message))
     fleet = list(fleet)
-    canaries = list(canaries) if canaries is not None else fleet[:config.canary_count]
+    canaries = list(canaries) if canaries is not None else fleet[: config.canary_count]
     unknown = [c for c in canaries if c not in fleet]
     if unknown:
         raise DeployError(f"canaries {unknown} are not in the fleet")
@@ -732,19 +861,23 @@ def rollout(jobs: FleetJobs, fleet: Sequence[str], document: dict[str, Any], job
     report.canary = canary
     failed = canary.failed()
     if late or len(failed) > config.max_canary_failures:
-        reasons = "; ".join(f"{t}: {canary.results[t]['status']} {canary.results[t]['details'].get('reason', '')}"
-                            for t in failed)
+        reasons = "; ".join(
+            f"{t}: {canary.results[t]['status']} {canary.results[t]['details'].get('reason', '')}" for t in failed
+        )
         report.aborted = True
-        report.reason = f"canary failed ({len(failed)} of {len(canaries)} > {config.max_canary_failures} allowed" \
-                        f"{'; ' + late if late else ''}): {reasons}"
+        report.reason = (
+            f"canary failed ({len(failed)} of {len(canaries)} > {config.max_canary_failures} allowed"
+            f"{'; ' + late if late else ''}): {reasons}"
+        )
         say(f"abort: {report.reason}")
         jobs.cancel_job(canary.job_id, report.reason)
         took = canary.succeeded()
         if took and config.rollback_canaries:
             model = document["model"]
             back = PhaseReport(f"{job_id}-rollback", took)
-            jobs.create_job(back.job_id, took, rollback_document(model["name"], model["tier"], previous_version),
-                            config)
+            jobs.create_job(
+                back.job_id, took, rollback_document(model["name"], model["tier"], previous_version), config
+            )
             say(f"rollback job {back.job_id} sent to {', '.join(took)}")
             started = time.monotonic()
             states, _ = wait_for_reports(jobs, back.job_id, took, config.canary_timeout_s, config.poll_s)
@@ -813,15 +946,28 @@ def _rollout(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.package)
     if manifest.signature is None:
         raise DeployError(f"{args.package}: package is unsigned; run fleetloop models sign first")
-    document = deploy_document(manifest, args.store, package_prefix(manifest.name, manifest.version),
-                               (Path(args.package) / MANIFEST_NAME).read_bytes())
+    document = deploy_document(
+        manifest,
+        args.store,
+        package_prefix(manifest.name, manifest.version),
+        (Path(args.package) / MANIFEST_NAME).read_bytes(),
+    )
     things = [t.strip() for t in args.things.split(",") if t.strip()]
     canaries = [t.strip() for t in args.canaries.split(",")] if args.canaries else None
     job_id = args.job_id or f"{manifest.name}-{manifest.version}-{uuid.uuid4().hex[:6]}".replace(".", "_")
     jobs = open_fleet_jobs(args.backend or config.backend)
     try:
-        report = rollout(jobs, things, document, job_id, config.rollout, canaries=canaries,
-                         previous_version=args.previous_version, fleet_group=args.thing_group, progress=print)
+        report = rollout(
+            jobs,
+            things,
+            document,
+            job_id,
+            config.rollout,
+            canaries=canaries,
+            previous_version=args.previous_version,
+            fleet_group=args.thing_group,
+            progress=print,
+        )
     finally:
         jobs.close()
     data = report.to_dict()
@@ -836,8 +982,9 @@ def register_jobs(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("jobs", help="our IoT Jobs service (MQTT) as a standing process")
     actions = parser.add_subparsers(dest="jobs_command", metavar="ACTION")
     serve = actions.add_parser("serve", help="answer robots' IoT Jobs requests from a job store until stopped")
-    serve.add_argument("--broker", required=True,
-                       help="mqtts://host:port?ca_file=...&cert_file=...&key_file=...[&topic_prefix=...]")
+    serve.add_argument(
+        "--broker", required=True, help="mqtts://host:port?ca_file=...&cert_file=...&key_file=...[&topic_prefix=...]"
+    )
     serve.add_argument("--store", required=True, help="job store file (SQLite); rollouts use --backend jobs://PATH")
     serve.set_defaults(handler=_serve_jobs)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
@@ -852,8 +999,11 @@ def _serve_jobs(args: argparse.Namespace) -> int:
     service = MqttJobService.from_uri(args.broker, store=args.store)
     try:
         pending = service.store.things_with_pending()
-        print(f"job service up: {service.uri}, store {service.store.path}, "
-              f"{len(pending)} thing(s) with pending executions", flush=True)
+        print(
+            f"job service up: {service.uri}, store {service.store.path}, "
+            f"{len(pending)} thing(s) with pending executions",
+            flush=True,
+        )
         stop.wait()
     finally:
         service.close()

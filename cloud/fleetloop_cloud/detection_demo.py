@@ -65,10 +65,10 @@ class DetectionDemoSettings:
 
     robots: int = 3
     rounds: int = 3
-    frames_per_robot: int = 400             # camera frames per robot per round (10 Hz: 40 s)
-    frames_per_hour: float = 3600.0         # upload budget per robot (40 of 400 frames a round)
+    frames_per_robot: int = 400  # camera frames per robot per round (10 Hz: 40 s)
+    frames_per_hour: float = 3600.0  # upload budget per robot (40 of 400 frames a round)
     seed: int = 0
-    profile: str = "detection-default"      # reference detectors, built when missing
+    profile: str = "detection-default"  # reference detectors, built when missing
     test_frames_per_site: int = 120
     teacher_epochs: int = 4
     distil_epochs: int = 4
@@ -81,18 +81,30 @@ class DetectionDemoSettings:
 
     @classmethod
     def quick(cls) -> "DetectionDemoSettings":
-        return cls(robots=2, rounds=2, frames_per_robot=150, frames_per_hour=9000.0, profile="detection-test",
-                   test_frames_per_site=40, teacher_epochs=2, distil_epochs=2, warm_start_epochs=2,
-                   lab_replay_frames=60, calibration_sample=30, upload_all_epochs=2)
+        return cls(
+            robots=2,
+            rounds=2,
+            frames_per_robot=150,
+            frames_per_hour=9000.0,
+            profile="detection-test",
+            test_frames_per_site=40,
+            teacher_epochs=2,
+            distil_epochs=2,
+            warm_start_epochs=2,
+            lab_replay_frames=60,
+            calibration_sample=30,
+            upload_all_epochs=2,
+        )
 
 
 # ------------------------------------------------------------------------------------ robots
+
 
 @dataclass
 class Provisioning:
     """What every robot of an arm starts from: signed round-0 detectors, the trusted keys, the job queue."""
 
-    packages: dict[str, Path]           # tier -> signed package directory (T4, T3)
+    packages: dict[str, Path]  # tier -> signed package directory (T4, T3)
     keys_dir: Path
     jobs_dir: Path
     manager_overrides: dict
@@ -105,12 +117,27 @@ class DetectionRobot:
     the model manager's thread while the robot streams.
     """
 
-    def __init__(self, robot_id: str, site: sim.Site, provisioning: Provisioning, work: Path, store_uri: str,
-                 selection, seed: int, start_ns: int):
+    def __init__(
+        self,
+        robot_id: str,
+        site: sim.Site,
+        provisioning: Provisioning,
+        work: Path,
+        store_uri: str,
+        selection,
+        seed: int,
+        start_ns: int,
+    ):
         self.robot_id, self.site = robot_id, site
         self.camera = sim_detection.DetectionStream(site, robot_id, seed=seed, start_ns=start_ns)
-        stack = serving_stack(robot_id, work / robot_id, provisioning.packages, provisioning.keys_dir,
-                              f"file://{provisioning.jobs_dir}", provisioning.manager_overrides)
+        stack = serving_stack(
+            robot_id,
+            work / robot_id,
+            provisioning.packages,
+            provisioning.keys_dir,
+            f"file://{provisioning.jobs_dir}",
+            provisioning.manager_overrides,
+        )
         self.cascade, self.manager, self.agent = stack.cascade, stack.manager, stack.agent
         self.selector = Selector(selection, robot_id, self.cascade.frame_labels)
         self.queue = UploadQueue(work / robot_id / "queue", synchronous="normal")
@@ -125,15 +152,30 @@ class DetectionRobot:
             if offer_only is not None and index not in offer_only:
                 continue
             truth = frame.truth
-            decision = self.selector.offer(frame.image, result, frame.stamp_ns, stream="front", site=self.site.name,
-                                           simulation={"label": truth.label, "track_id": truth.track_id,
-                                                       "site": self.site.name, "boxes": truth.rows()})
+            decision = self.selector.offer(
+                frame.image,
+                result,
+                frame.stamp_ns,
+                stream="front",
+                site=self.site.name,
+                simulation={
+                    "label": truth.label,
+                    "track_id": truth.track_id,
+                    "site": self.site.name,
+                    "boxes": truth.rows(),
+                },
+            )
             if decision.keep:
                 self.queue.put(decision.record)
                 kept += 1
         report = self.uploader.drain()
-        return {"robot": self.robot_id, "frames": frames, "kept": kept, "uploaded": report.uploaded,
-                "serving": self.cascade.model_versions()}
+        return {
+            "robot": self.robot_id,
+            "frames": frames,
+            "kept": kept,
+            "uploaded": report.uploaded,
+            "serving": self.cascade.model_versions(),
+        }
 
     def close(self) -> None:
         self.agent.stop()
@@ -142,6 +184,7 @@ class DetectionRobot:
 
 
 # ------------------------------------------------------------------------------------ arms
+
 
 @dataclass
 class ArmRecord:
@@ -154,18 +197,42 @@ class ArmRecord:
 def _cloud_config(out: Path, arm: str, models: Path, settings: DetectionDemoSettings, keys: tuple[Path, Path]) -> dict:
     data = read_yaml(default_config_path("cloud.yaml"))
     store = f"file://{out / arm / 'store'}"
-    data.update(store=store, work_dir=str(out / arm / "work"), models=str(models),
-                world_seed=settings.seed, cost_model=str(default_config_path("cost_model.yaml")))
-    data["registry"] = {**data.get("registry", {}), "backend": "local", "uri": store,
-                        "signing_key": str(keys[0]), "trusted_keys": str(keys[1])}
-    data["review"] = {**data.get("review", {}), "annotator": "simulated",
-                      "calibration_sample": settings.calibration_sample}
-    data["training"] = {**data.get("training", {}), "backend": "local", "teacher_epochs": settings.teacher_epochs,
-                        "distil_epochs": settings.distil_epochs, "warm_start_epochs": settings.warm_start_epochs,
-                        "lab_replay_frames": settings.lab_replay_frames, "batch_size": 32}
-    data["evaluation"] = {**data.get("evaluation", {}), "test_set": "simulated-field",
-                          "frames_per_site": settings.test_frames_per_site, "min_gain": 0.0,
-                          "min_support": 10, **settings.gate}
+    data.update(
+        store=store,
+        work_dir=str(out / arm / "work"),
+        models=str(models),
+        world_seed=settings.seed,
+        cost_model=str(default_config_path("cost_model.yaml")),
+    )
+    data["registry"] = {
+        **data.get("registry", {}),
+        "backend": "local",
+        "uri": store,
+        "signing_key": str(keys[0]),
+        "trusted_keys": str(keys[1]),
+    }
+    data["review"] = {
+        **data.get("review", {}),
+        "annotator": "simulated",
+        "calibration_sample": settings.calibration_sample,
+    }
+    data["training"] = {
+        **data.get("training", {}),
+        "backend": "local",
+        "teacher_epochs": settings.teacher_epochs,
+        "distil_epochs": settings.distil_epochs,
+        "warm_start_epochs": settings.warm_start_epochs,
+        "lab_replay_frames": settings.lab_replay_frames,
+        "batch_size": 32,
+    }
+    data["evaluation"] = {
+        **data.get("evaluation", {}),
+        "test_set": "simulated-field",
+        "frames_per_site": settings.test_frames_per_site,
+        "min_gain": 0.0,
+        "min_support": 10,
+        **settings.gate,
+    }
     return data
 
 
@@ -183,16 +250,21 @@ def field_test_set(sites: Sequence[sim.Site], frames_per_site: int, seed: int) -
 
 def _map(model_dir: Path, test: BoxTestSet) -> dict:
     scores = score_detector(DetectorModel.load(model_dir, providers=("cpu",), warmup=0), test)
-    return {"map50": round(scores.map50, 4), "map": round(scores.map, 4),
-            "per_site": {k: round(v[0], 4) for k, v in scores.per_site.items()}}
+    return {
+        "map50": round(scores.map50, 4),
+        "map": round(scores.map, 4),
+        "per_site": {k: round(v[0], 4) for k, v in scores.per_site.items()},
+    }
 
 
 class UploadAllArm:
     """Every frame with its true boxes: T4 retrained each round on all frames so far (the upper bound)."""
 
     def __init__(self, robots: Sequence[tuple[str, sim.Site]], models: Path, settings: DetectionDemoSettings):
-        self.streams = [sim_detection.DetectionStream(site, robot, seed=settings.seed, start_ns=START_NS + i * 10**12)
-                        for i, (robot, site) in enumerate(robots)]
+        self.streams = [
+            sim_detection.DetectionStream(site, robot, seed=settings.seed, start_ns=START_NS + i * 10**12)
+            for i, (robot, site) in enumerate(robots)
+        ]
         self.models, self.settings = models, settings
         self.images: list[np.ndarray] = []
         self.truths: list = []
@@ -214,24 +286,44 @@ class UploadAllArm:
 
         base = load_manifest(self.models / "T4")
         _, model, _ = load_detector_base(self.models, "T4")
-        lab = sim_detection.render_detection_set(sim.LAB_SITE, sim.item_pool().lab_train, self.settings.lab_replay_frames,
-                                                 seed=("upload-all-replay", self.settings.seed),
-                                                 sites=sim.lab_sites(16, self.settings.seed))
-        images, boxes, classes = fit_into(np.concatenate([np.stack(self.images), lab.images]),
-                                          [*self.truths, *lab.truths], model.height)
-        report = td.fit_detector(model, images, td.assign(boxes, classes, model.height, model.width), progress=progress,
-                                 config=td.DetectorFitConfig(epochs=self.settings.upload_all_epochs, batch_size=32,
-                                                             lr=4e-3, seed=self.settings.seed),
-                                 desc=f"upload-all T4 round {round_number}")
+        lab = sim_detection.render_detection_set(
+            sim.LAB_SITE,
+            sim.item_pool().lab_train,
+            self.settings.lab_replay_frames,
+            seed=("upload-all-replay", self.settings.seed),
+            sites=sim.lab_sites(16, self.settings.seed),
+        )
+        images, boxes, classes = fit_into(
+            np.concatenate([np.stack(self.images), lab.images]), [*self.truths, *lab.truths], model.height
+        )
+        report = td.fit_detector(
+            model,
+            images,
+            td.assign(boxes, classes, model.height, model.width),
+            progress=progress,
+            config=td.DetectorFitConfig(
+                epochs=self.settings.upload_all_epochs, batch_size=32, lr=4e-3, seed=self.settings.seed
+            ),
+            desc=f"upload-all T4 round {round_number}",
+        )
         directory = out / f"round-{round_number}" / "T4"
-        write_detector_package(model, directory, base.name, f"upload-all-r{round_number}", "T4", base.architecture,
-                               export_layout(base), base.labels, {"frames": len(self.images),
-                                                                  "seconds": round(report.seconds, 1)},
-                               zoo.parameter_count(model.net))
+        write_detector_package(
+            model,
+            directory,
+            base.name,
+            f"upload-all-r{round_number}",
+            "T4",
+            base.architecture,
+            export_layout(base),
+            base.labels,
+            {"frames": len(self.images), "seconds": round(report.seconds, 1)},
+            zoo.parameter_count(model.net),
+        )
         return directory
 
 
 # ------------------------------------------------------------------------------------ the run
+
 
 def fleet_keys(out: Path) -> tuple[Path, Path]:
     """Return (private signing key file, trusted public keys directory), made for this run."""
@@ -253,18 +345,20 @@ def locate_detectors(models: Path | None, profile: str) -> Path:
 
     if models is not None and (models / "T4" / "manifest.json").is_file():
         return models
-    target = models or repo_root() / ".cache" / ("models-detection-test" if profile == "detection-test"
-                                                  else "models-detection")
+    target = models or repo_root() / ".cache" / (
+        "models-detection-test" if profile == "detection-test" else "models-detection"
+    )
     build_reference_models(target, profile_name=profile, progress=True)
     return target
 
 
-def run_detection_demo(out: Path, settings: DetectionDemoSettings | None = None, models: Path | None = None,
-                       progress: bool = True) -> dict:
+def run_detection_demo(
+    out: Path, settings: DetectionDemoSettings | None = None, models: Path | None = None, progress: bool = True
+) -> dict:
     """Run the detection closed loop with its baselines; write the report into ``out``; return it."""
     settings = settings or DetectionDemoSettings()
     started = time.perf_counter()
-    out = Path(out).resolve()          # store URIs are file:///absolute
+    out = Path(out).resolve()  # store URIs are file:///absolute
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -274,39 +368,61 @@ def run_detection_demo(out: Path, settings: DetectionDemoSettings | None = None,
     test = field_test_set(sites, settings.test_frames_per_site, settings.seed)
     selection = load_selection_config()
     selection = apply_changes(selection, {"budget.frames_per_hour": settings.frames_per_hour}, source="detection demo")
-    keep_all = apply_changes(selection, {"policy": {"name": "threshold", "params": {"threshold": 0.0}},
-                                         "dedup.enabled": False, "random_fraction": 0.0,
-                                         "budget.frames_per_hour": 1.0e9, "budget.bytes_per_hour": 1.0e15},
-                             source="detection demo (random arm)")
+    keep_all = apply_changes(
+        selection,
+        {
+            "policy": {"name": "threshold", "params": {"threshold": 0.0}},
+            "dedup.enabled": False,
+            "random_fraction": 0.0,
+            "budget.frames_per_hour": 1.0e9,
+            "budget.bytes_per_hour": 1.0e15,
+        },
+        source="detection demo (random arm)",
+    )
     arms = {name: ArmRecord(name) for name in ("loop", "random", "upload-all")}
     keys = fleet_keys(out)
     round0 = sign_round0_packages(models, out / "round0", keys[0].read_bytes())
     manager_overrides = load_demo_config().robot.manager_overrides()
     loops, fleets, jobs = {}, {}, {}
     for name, config in (("loop", selection), ("random", keep_all)):
-        loops[name] = DetectionLoop(cloud_config_from_dict(_cloud_config(out, name, models, settings, keys)),
-                                    progress=progress)
+        loops[name] = DetectionLoop(
+            cloud_config_from_dict(_cloud_config(out, name, models, settings, keys)), progress=progress
+        )
         jobs[name] = LocalDirJobs(out / name / "jobs")
         provisioning = Provisioning(round0, keys[1], out / name / "jobs", manager_overrides)
-        fleets[name] = [DetectionRobot(robot, site, provisioning, out / name / "robots", loops[name].config.store,
-                                       config, settings.seed, START_NS + i * 10**12)
-                        for i, (robot, site) in enumerate(robots)]
+        fleets[name] = [
+            DetectionRobot(
+                robot,
+                site,
+                provisioning,
+                out / name / "robots",
+                loops[name].config.store,
+                config,
+                settings.seed,
+                START_NS + i * 10**12,
+            )
+            for i, (robot, site) in enumerate(robots)
+        ]
     upload_all = UploadAllArm(robots, models, settings)
     rng = np.random.default_rng(settings.seed)
     baseline = {"T4": _map(models / "T4", test), "T2": _map(models / "T2", test)}
     for record in arms.values():
-        record.rounds.append({"round": 0, "map": {k: v for k, v in baseline.items()
-                                                  if record.name != "upload-all" or k == "T4"}})
+        record.rounds.append(
+            {"round": 0, "map": {k: v for k, v in baseline.items() if record.name != "upload-all" or k == "T4"}}
+        )
     deploys: list[threading.Thread] = []
     try:
         for number in range(1, settings.rounds + 1):
             loop_counts = [robot.stream(settings.frames_per_robot) for robot in fleets["loop"]]
             random_counts = []
             for robot, counts in zip(fleets["random"], loop_counts):
-                chosen = set(rng.choice(settings.frames_per_robot, size=min(counts["kept"], settings.frames_per_robot),
-                                        replace=False).tolist())
+                chosen = set(
+                    rng.choice(
+                        settings.frames_per_robot, size=min(counts["kept"], settings.frames_per_robot), replace=False
+                    ).tolist()
+                )
                 random_counts.append(robot.stream(settings.frames_per_robot, offer_only=chosen))
-            for thread in deploys:           # the previous round's rollouts ended while the robots streamed
+            for thread in deploys:  # the previous round's rollouts ended while the robots streamed
                 thread.join()
             deploys = []
             for name, counts in (("loop", loop_counts), ("random", random_counts)):
@@ -314,46 +430,76 @@ def run_detection_demo(out: Path, settings: DetectionDemoSettings | None = None,
                 summary = loop.run_round().to_dict()
                 production = {tier: loop.production(tier) for tier in ("T2", "T3", "T4")}
                 record = {
-                    "round": number, "robots": counts, "uploaded": sum(c["uploaded"] for c in counts),
-                    "labels": summary["labels"], "human": {k: summary["human"][k] for k in ("seconds", "dollars",
-                                                                                          "by_purpose", "box_edits")},
-                    "figures": summary["figures"], "audit": summary["audit"]["final"],
+                    "round": number,
+                    "robots": counts,
+                    "uploaded": sum(c["uploaded"] for c in counts),
+                    "labels": summary["labels"],
+                    "human": {k: summary["human"][k] for k in ("seconds", "dollars", "by_purpose", "box_edits")},
+                    "figures": summary["figures"],
+                    "audit": summary["audit"]["final"],
                     "routing_threshold": (summary["routing"]["threshold"] or {}).get("value"),
                     "promoted": {t: m["promoted"] for t, m in summary["models"].items()},
                     "versions": {t: load_manifest(p).version for t, p in production.items()},
                     "map": {"T4": _map(production["T4"], test), "T2": _map(production["T2"], test)},
-                    "simulation_only": summary["simulation_only"], "deploys": []}
+                    "simulation_only": summary["simulation_only"],
+                    "deploys": [],
+                }
                 arms[name].rounds.append(record)
                 log.info("%s round %d: %s", name, number, json.dumps(record["map"]))
-                deploys.append(_deploy_in_background(jobs[name], loop, [r.robot_id for r in fleets[name]],
-                                                     summary.get("registry", []), f"{name}-r{number}", record))
+                deploys.append(
+                    _deploy_in_background(
+                        jobs[name],
+                        loop,
+                        [r.robot_id for r in fleets[name]],
+                        summary.get("registry", []),
+                        f"{name}-r{number}",
+                        record,
+                    )
+                )
             total = upload_all.add_round(settings.frames_per_robot)
             t4 = upload_all.train(out / "upload-all", number, progress)
             arms["upload-all"].rounds.append({"round": number, "uploaded": total, "map": {"T4": _map(t4, test)}})
     finally:
-        for thread in deploys:        # the last rollouts end with the watch window (no frames come any more)
+        for thread in deploys:  # the last rollouts end with the watch window (no frames come any more)
             thread.join()
         for name in loops:
             for robot in fleets[name]:
                 robot.close()
             loops[name].close()
-    serving = {name: {robot.robot_id: robot.cascade.model_versions() for robot in fleet}
-               for name, fleet in fleets.items()}
-    report = {"task": "detection", "settings": asdict(settings), "models": str(models), "serving": serving,
-              "sites": [s.name for s in sites], "test_frames": len(test),
-              "test_boxes": int(sum(len(b) for b in test.boxes)), "arms": {k: v.rounds for k, v in arms.items()},
-              "headline": headline(arms), "seconds": round(time.perf_counter() - started, 1)}
+    serving = {
+        name: {robot.robot_id: robot.cascade.model_versions() for robot in fleet} for name, fleet in fleets.items()
+    }
+    report = {
+        "task": "detection",
+        "settings": asdict(settings),
+        "models": str(models),
+        "serving": serving,
+        "sites": [s.name for s in sites],
+        "test_frames": len(test),
+        "test_boxes": int(sum(len(b) for b in test.boxes)),
+        "arms": {k: v.rounds for k, v in arms.items()},
+        "headline": headline(arms),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     write_report(report, out)
     return report
 
 
-def _deploy_in_background(jobs: LocalDirJobs, loop: DetectionLoop, robots: list[str], entries: list[dict],
-                          job_prefix: str, record: dict) -> threading.Thread:
+def _deploy_in_background(
+    jobs: LocalDirJobs, loop: DetectionLoop, robots: list[str], entries: list[dict], job_prefix: str, record: dict
+) -> threading.Thread:
     """Start rolling out the round's approved detectors (canary first); the records land in ``record``."""
+
     def run() -> None:
-        record["deploys"] = deploy_approved(jobs, loop.registry.store, loop.config.store, robots, entries, job_prefix,
-                                            RolloutConfig(canary_count=1, canary_timeout_s=180.0,
-                                                          fleet_timeout_s=300.0, poll_s=0.25))
+        record["deploys"] = deploy_approved(
+            jobs,
+            loop.registry.store,
+            loop.config.store,
+            robots,
+            entries,
+            job_prefix,
+            RolloutConfig(canary_count=1, canary_timeout_s=180.0, fleet_timeout_s=300.0, poll_s=0.25),
+        )
 
     thread = threading.Thread(target=run, name=f"deploy-{job_prefix}", daemon=True)
     thread.start()
@@ -366,22 +512,33 @@ def headline(arms: dict[str, ArmRecord]) -> list[dict]:
     for name, record in arms.items():
         rounds = [r for r in record.rounds if r["round"] > 0]
         first, last = record.rounds[0]["map"]["T4"], record.rounds[-1]["map"]["T4"]
-        row = {"arm": name, "uploaded": sum(r["uploaded"] for r in rounds) if name != "upload-all"
-               else (rounds[-1]["uploaded"] if rounds else 0),
-               "t4_map50_start": first["map50"], "t4_map50_end": last["map50"], "t4_map_end": last["map"]}
+        row = {
+            "arm": name,
+            "uploaded": sum(r["uploaded"] for r in rounds)
+            if name != "upload-all"
+            else (rounds[-1]["uploaded"] if rounds else 0),
+            "t4_map50_start": first["map50"],
+            "t4_map50_end": last["map50"],
+            "t4_map_end": last["map"],
+        }
         if name != "upload-all" and rounds:
             labels = [r["labels"] for r in rounds]
             seconds = sum(r["human"]["seconds"] for r in rounds)
             manual = sum(r["figures"]["manual_seconds"] for r in rounds)
             loop_dollars = sum(r["human"]["dollars"] + r["figures"]["labeling_compute_dollars"] for r in rounds)
             manual_dollars = sum(r["figures"]["manual_dollars"] for r in rounds)
-            row.update(accepted=sum(l["accepted"] for l in labels), auto=sum(l["auto_accepted"] for l in labels),
-                       human=sum(l["human"] for l in labels), boxes=sum(l["boxes"] for l in labels),
-                       human_hours=round(seconds / 3600.0, 4), manual_hours=round(manual / 3600.0, 4),
-                       throughput_ratio=round(manual / seconds, 3) if seconds else None,
-                       cost_ratio=round(manual_dollars / loop_dollars, 3) if loop_dollars else None,
-                       t2_map50_end=record.rounds[-1]["map"]["T2"]["map50"],
-                       audit=[r["audit"] for r in rounds if r.get("audit")][-1:] or None)
+            row.update(
+                accepted=sum(entry["accepted"] for entry in labels),
+                auto=sum(entry["auto_accepted"] for entry in labels),
+                human=sum(entry["human"] for entry in labels),
+                boxes=sum(entry["boxes"] for entry in labels),
+                human_hours=round(seconds / 3600.0, 4),
+                manual_hours=round(manual / 3600.0, 4),
+                throughput_ratio=round(manual / seconds, 3) if seconds else None,
+                cost_ratio=round(manual_dollars / loop_dollars, 3) if loop_dollars else None,
+                t2_map50_end=record.rounds[-1]["map"]["T2"]["map50"],
+                audit=[r["audit"] for r in rounds if r.get("audit")][-1:] or None,
+            )
         rows.append(row)
     return rows
 
@@ -389,40 +546,60 @@ def headline(arms: dict[str, ArmRecord]) -> list[dict]:
 def write_report(report: dict, out: Path) -> list[Path]:
     """Write report.json, report.md (headline and mAP per round) and map_per_round.png into ``out``."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = Path(out)
     paths = [out / "report.json", out / "report.md", out / "map_per_round.png"]
     paths[0].write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
-    lines = ["# FleetLoop detection demo", "",
-             f"{report['settings']['robots']} robots x {report['settings']['rounds']} rounds x "
-             f"{report['settings']['frames_per_robot']} frames; detectors: {report['models']}; field test set "
-             f"{report['test_frames']} frames / {report['test_boxes']} boxes ({', '.join(report['sites'])}).", "",
-             "| arm | frames uploaded | box labels accepted (auto / human) | boxes | human h (manual h) | "
-             "throughput ratio | cost ratio | T4 mAP@0.5 round 0 -> last | T4 mAP@0.5:0.95 last |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# FleetLoop detection demo",
+        "",
+        f"{report['settings']['robots']} robots x {report['settings']['rounds']} rounds x "
+        f"{report['settings']['frames_per_robot']} frames; detectors: {report['models']}; field test set "
+        f"{report['test_frames']} frames / {report['test_boxes']} boxes ({', '.join(report['sites'])}).",
+        "",
+        "| arm | frames uploaded | box labels accepted (auto / human) | boxes | human h (manual h) | "
+        "throughput ratio | cost ratio | T4 mAP@0.5 round 0 -> last | T4 mAP@0.5:0.95 last |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for row in report["headline"]:
         if "accepted" in row:
-            lines.append(f"| {row['arm']} | {row['uploaded']} | {row['accepted']} ({row['auto']} / {row['human']}) | "
-                         f"{row['boxes']} | {row['human_hours']:.3f} ({row['manual_hours']:.3f}) | "
-                         f"{_fmt(row['throughput_ratio'])} | {_fmt(row['cost_ratio'])} | "
-                         f"{row['t4_map50_start']:.3f} -> {row['t4_map50_end']:.3f} | {row['t4_map_end']:.3f} |")
+            lines.append(
+                f"| {row['arm']} | {row['uploaded']} | {row['accepted']} ({row['auto']} / {row['human']}) | "
+                f"{row['boxes']} | {row['human_hours']:.3f} ({row['manual_hours']:.3f}) | "
+                f"{_fmt(row['throughput_ratio'])} | {_fmt(row['cost_ratio'])} | "
+                f"{row['t4_map50_start']:.3f} -> {row['t4_map50_end']:.3f} | {row['t4_map_end']:.3f} |"
+            )
         else:
-            lines.append(f"| {row['arm']} | {row['uploaded']} (all, true boxes) | - | - | - | - | - | "
-                         f"{row['t4_map50_start']:.3f} -> {row['t4_map50_end']:.3f} | {row['t4_map_end']:.3f} |")
-    lines += ["", "## mAP per round (field test set)", "", "| round | arm | T4 mAP@0.5 | T4 mAP@0.5:0.95 | T2 mAP@0.5 |",
-              "| ---: | --- | ---: | ---: | ---: |"]
+            lines.append(
+                f"| {row['arm']} | {row['uploaded']} (all, true boxes) | - | - | - | - | - | "
+                f"{row['t4_map50_start']:.3f} -> {row['t4_map50_end']:.3f} | {row['t4_map_end']:.3f} |"
+            )
+    lines += [
+        "",
+        "## mAP per round (field test set)",
+        "",
+        "| round | arm | T4 mAP@0.5 | T4 mAP@0.5:0.95 | T2 mAP@0.5 |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
     for arm, rounds in report["arms"].items():
         for r in rounds:
             t2 = r["map"].get("T2", {}).get("map50")
-            lines.append(f"| {r['round']} | {arm} | {r['map']['T4']['map50']:.3f} | {r['map']['T4']['map']:.3f} | "
-                         f"{'-' if t2 is None else f'{t2:.3f}'} |")
+            lines.append(
+                f"| {r['round']} | {arm} | {r['map']['T4']['map50']:.3f} | {r['map']['T4']['map']:.3f} | "
+                f"{'-' if t2 is None else f'{t2:.3f}'} |"
+            )
     paths[1].write_text("\n".join(lines) + "\n")
     figure, axis = plt.subplots(figsize=(6.5, 3.6))
     for arm, rounds in report["arms"].items():
-        axis.plot([r["round"] for r in rounds], [r["map"]["T4"]["map50"] for r in rounds], marker="o",
-                  label=f"{arm}: T4 mAP@0.5")
+        axis.plot(
+            [r["round"] for r in rounds],
+            [r["map"]["T4"]["map50"] for r in rounds],
+            marker="o",
+            label=f"{arm}: T4 mAP@0.5",
+        )
     axis.set_xlabel("round")
     axis.set_ylabel("mAP@0.5 (field test set)")
     axis.grid(alpha=0.3)
@@ -439,8 +616,11 @@ def _fmt(value) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fleetloop_cloud.detection_demo [--quick] [--out DIR] [--models DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m fleetloop_cloud.detection_demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m fleetloop_cloud.detection_demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="two robots, two short rounds, the test detectors")
     parser.add_argument("--out", default=None, help="report directory (default runs/detection-demo)")
     parser.add_argument("--models", default=None, help="detector tiers T1..T4 (built when missing)")
@@ -455,8 +635,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None:
             setattr(settings, key, value)
     out = Path(args.out) if args.out else repo_root() / "runs" / "detection-demo"
-    report = run_detection_demo(out, settings, Path(args.models) if args.models else None,
-                                progress=not args.no_progress)
+    report = run_detection_demo(
+        out, settings, Path(args.models) if args.models else None, progress=not args.no_progress
+    )
     print((out / "report.md").read_text())
     print(f"report: {out / 'report.json'} ({report['seconds']:.0f} s)")
     return 0

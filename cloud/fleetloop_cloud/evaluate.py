@@ -35,7 +35,7 @@ from fleetloop_cloud.pool import Pool
 class TestSet:
     """Frames (list of RGB uint8), labels (N,) and the site of each frame."""
 
-    __test__ = False          # not a pytest test class
+    __test__ = False  # not a pytest test class
 
     name: str
     images: list[np.ndarray]
@@ -61,8 +61,10 @@ def simulated_field_test_set(pool: Pool, cache: FrameCache, config: CloudConfig)
     sites = sorted({r["site"] for r in pool.frames()})
     unknown = [s for s in sites if not re.fullmatch(r"site-\d+", s)]
     if unknown:
-        raise ConfigError(f"evaluation.test_set: simulated-field knows sites named site-<n>, the pool has {unknown}; "
-                          f"use test_set: holdout for a real fleet")
+        raise ConfigError(
+            f"evaluation.test_set: simulated-field knows sites named site-<n>, the pool has {unknown}; "
+            f"use test_set: holdout for a real fleet"
+        )
     if not sites:
         raise ConfigError("evaluation.test_set: the pool has no frames, so no site to test on")
     images, labels, names = [], [], []
@@ -82,10 +84,16 @@ def holdout_test_set(pool: Pool, cache: FrameCache, config: CloudConfig) -> Test
     labels = pool.labels([r["id"] for r in rows], source="human")
     rows = [r for r in rows if r["id"] in labels]
     if not rows:
-        raise ConfigError("evaluation.test_set: holdout: no human-labeled held-out frames yet "
-                          "(they come from the random calibration sample; run review first)")
-    return TestSet("holdout", cache.images(rows), np.asarray([labels[r["id"]].label for r in rows]),
-                   np.asarray([r["site"] for r in rows]))
+        raise ConfigError(
+            "evaluation.test_set: holdout: no human-labeled held-out frames yet "
+            "(they come from the random calibration sample; run review first)"
+        )
+    return TestSet(
+        "holdout",
+        cache.images(rows),
+        np.asarray([labels[r["id"]].label for r in rows]),
+        np.asarray([r["site"] for r in rows]),
+    )
 
 
 TEST_SETS: dict[str, Callable[[Pool, FrameCache, CloudConfig], TestSet]] = {
@@ -97,8 +105,9 @@ TEST_SETS: dict[str, Callable[[Pool, FrameCache, CloudConfig], TestSet]] = {
 def make_test_set(name: str, pool: Pool, cache: FrameCache, config: CloudConfig) -> TestSet:
     """Return test set ``name``; ConfigError naming the known test sets if unknown."""
     if name not in TEST_SETS:
-        raise ConfigError(f"config/cloud.yaml: evaluation.test_set: unknown test set {name!r} "
-                          f"(known: {', '.join(TEST_SETS)})")
+        raise ConfigError(
+            f"config/cloud.yaml: evaluation.test_set: unknown test set {name!r} (known: {', '.join(TEST_SETS)})"
+        )
     return TEST_SETS[name](pool, cache, config)
 
 
@@ -112,9 +121,12 @@ class Scores:
     per_class: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"overall": round(self.overall, 4), "frames": self.frames,
-                "per_site": {k: {"accuracy": round(a, 4), "frames": n} for k, (a, n) in self.per_site.items()},
-                "per_class": {k: {"accuracy": round(a, 4), "frames": n} for k, (a, n) in self.per_class.items()}}
+        return {
+            "overall": round(self.overall, 4),
+            "frames": self.frames,
+            "per_site": {k: {"accuracy": round(a, 4), "frames": n} for k, (a, n) in self.per_site.items()},
+            "per_class": {k: {"accuracy": round(a, 4), "frames": n} for k, (a, n) in self.per_class.items()},
+        }
 
 
 def predict(model: TierModel, images: Sequence[np.ndarray], batch_size: int = 128) -> np.ndarray:
@@ -156,8 +168,12 @@ class GateDecision:
     regressions: dict[str, float]
 
     def to_dict(self) -> dict:
-        return {"promote": self.promote, "gain": round(self.gain, 4), "reasons": list(self.reasons),
-                "regressions": {k: round(v, 4) for k, v in self.regressions.items()}}
+        return {
+            "promote": self.promote,
+            "gain": round(self.gain, 4),
+            "reasons": list(self.reasons),
+            "regressions": {k: round(v, 4) for k, v in self.regressions.items()},
+        }
 
 
 def gate(production: Scores, candidate: Scores, config: EvaluationConfig) -> GateDecision:
@@ -165,20 +181,28 @@ def gate(production: Scores, candidate: Scores, config: EvaluationConfig) -> Gat
     gain = candidate.overall - production.overall
     reasons, regressions = [], {}
     if gain < config.min_gain:
-        reasons.append(f"overall accuracy {candidate.overall:.4f} vs production {production.overall:.4f}: "
-                       f"gain {gain:+.4f} < required {config.min_gain:+.4f}")
-    for kind, limit, old, new in (("site", config.max_site_regression, production.per_site, candidate.per_site),
-                                  ("class", config.max_class_regression, production.per_class, candidate.per_class)):
+        reasons.append(
+            f"overall accuracy {candidate.overall:.4f} vs production {production.overall:.4f}: "
+            f"gain {gain:+.4f} < required {config.min_gain:+.4f}"
+        )
+    for kind, limit, old, new in (
+        ("site", config.max_site_regression, production.per_site, candidate.per_site),
+        ("class", config.max_class_regression, production.per_class, candidate.per_class),
+    ):
         for key, (accuracy, frames) in old.items():
             if frames < config.min_support or key not in new:
                 continue
             drop = accuracy - new[key][0]
             if drop > limit:
                 regressions[f"{kind}:{key}"] = drop
-                reasons.append(f"{kind} {key} regresses {accuracy:.3f} -> {new[key][0]:.3f} "
-                               f"(-{drop:.3f} > limit {limit:.3f}, {frames} frames)")
+                reasons.append(
+                    f"{kind} {key} regresses {accuracy:.3f} -> {new[key][0]:.3f} "
+                    f"(-{drop:.3f} > limit {limit:.3f}, {frames} frames)"
+                )
     promote = not reasons
     if promote:
-        reasons.append(f"overall {production.overall:.4f} -> {candidate.overall:.4f} ({gain:+.4f}); "
-                       f"no site or class regresses beyond its limit")
+        reasons.append(
+            f"overall {production.overall:.4f} -> {candidate.overall:.4f} ({gain:+.4f}); "
+            f"no site or class regresses beyond its limit"
+        )
     return GateDecision(promote=promote, gain=gain, reasons=reasons, regressions=regressions)

@@ -54,18 +54,24 @@ class IngestReport:
     exact_duplicates: int = 0
     near_duplicates: int = 0
     already_known: int = 0
-    quarantined: dict[str, str] = field(default_factory=dict)      # this run: key -> reason
-    waiting: list[str] = field(default_factory=list)               # frames waiting for their sidecar
+    quarantined: dict[str, str] = field(default_factory=dict)  # this run: key -> reason
+    waiting: list[str] = field(default_factory=list)  # frames waiting for their sidecar
     seconds: float = 0.0
     cpu_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         """Return the report as JSON-able data."""
-        return {"listed_objects": self.listed_objects, "ingested": self.ingested,
-                "exact_duplicates": self.exact_duplicates, "near_duplicates": self.near_duplicates,
-                "already_known": self.already_known, "quarantined": dict(self.quarantined),
-                "waiting_for_sidecar": list(self.waiting), "seconds": round(self.seconds, 3),
-                "cpu_seconds": round(self.cpu_seconds, 3)}
+        return {
+            "listed_objects": self.listed_objects,
+            "ingested": self.ingested,
+            "exact_duplicates": self.exact_duplicates,
+            "near_duplicates": self.near_duplicates,
+            "already_known": self.already_known,
+            "quarantined": dict(self.quarantined),
+            "waiting_for_sidecar": list(self.waiting),
+            "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
+        }
 
 
 class _Quarantine(Exception):
@@ -136,33 +142,48 @@ def _validated(store: ObjectStore, json_key: str, image_key: str, labels: Sequen
         raise _Quarantine(json_key, str(exc)) from None
     expected = sidecar_key(sidecar)
     if expected != json_key:
-        raise _Quarantine(json_key, f"{json_key}: sidecar says robot {sidecar.robot_id!r}, date {sidecar.date} and "
-                                    f"sha256 {sidecar.frame_sha256[:12]}.., so it belongs at {expected}")
+        raise _Quarantine(
+            json_key,
+            f"{json_key}: sidecar says robot {sidecar.robot_id!r}, date {sidecar.date} and "
+            f"sha256 {sidecar.frame_sha256[:12]}.., so it belongs at {expected}",
+        )
     extension = ".png" if sidecar.encoding == "png" else ".jpg"
     if not image_key.endswith(extension):
-        raise _Quarantine(json_key, f"{json_key}: sidecar says encoding {sidecar.encoding} but the frame is {image_key}")
+        raise _Quarantine(
+            json_key, f"{json_key}: sidecar says encoding {sidecar.encoding} but the frame is {image_key}"
+        )
     data = store.get_bytes(image_key)
     digest = hashlib.sha256(data).hexdigest()
     if digest != sidecar.frame_sha256:
-        raise _Quarantine(json_key, f"{image_key}: sha256 of the frame bytes is {digest[:16]}.., the sidecar says "
-                                    f"{sidecar.frame_sha256[:16]}.. (corrupt or replaced upload)")
+        raise _Quarantine(
+            json_key,
+            f"{image_key}: sha256 of the frame bytes is {digest[:16]}.., the sidecar says "
+            f"{sidecar.frame_sha256[:16]}.. (corrupt or replaced upload)",
+        )
     try:
         image = decode_image(data, image_key)
     except FrameError as exc:
         raise _Quarantine(json_key, str(exc)) from None
     if image.shape[0] != sidecar.height or image.shape[1] != sidecar.width:
-        raise _Quarantine(json_key, f"{image_key}: frame is {image.shape[1]}x{image.shape[0]}, the sidecar says "
-                                    f"{sidecar.width}x{sidecar.height}")
+        raise _Quarantine(
+            json_key,
+            f"{image_key}: frame is {image.shape[1]}x{image.shape[0]}, the sidecar says "
+            f"{sidecar.width}x{sidecar.height}",
+        )
     if sidecar.labels:
         unknown = [name for name in sidecar.labels if name not in labels]
         if unknown:
             raise _Quarantine(json_key, f"{json_key}: labels: unknown class(es) {unknown} (known: {', '.join(labels)})")
         if not -1 <= sidecar.prediction < len(sidecar.labels):
-            raise _Quarantine(json_key, f"{json_key}: prediction {sidecar.prediction} is not an index into its "
-                                        f"{len(sidecar.labels)} labels")
+            raise _Quarantine(
+                json_key,
+                f"{json_key}: prediction {sidecar.prediction} is not an index into its {len(sidecar.labels)} labels",
+            )
     if sidecar.simulation is not None and not 0 <= sidecar.simulation.label < len(labels):
-        raise _Quarantine(json_key, f"{json_key}: simulation.label {sidecar.simulation.label} is not a known class "
-                                    f"(0..{len(labels) - 1})")
+        raise _Quarantine(
+            json_key,
+            f"{json_key}: simulation.label {sidecar.simulation.label} is not a known class (0..{len(labels) - 1})",
+        )
     if sidecar.embedding is not None:
         embedding = np.asarray(sidecar.embedding, np.float32)
         if not np.all(np.isfinite(embedding)) or float(np.linalg.norm(embedding)) == 0.0:
@@ -170,8 +191,16 @@ def _validated(store: ObjectStore, json_key: str, image_key: str, labels: Sequen
     return sidecar, data, image
 
 
-def ingest(store: ObjectStore, pool: Pool, cache: FrameCache, round: int, config: IngestConfig,
-           labels: Sequence[str] = LABELS, now: float | None = None, progress: bool = True) -> IngestReport:
+def ingest(
+    store: ObjectStore,
+    pool: Pool,
+    cache: FrameCache,
+    round: int,
+    config: IngestConfig,
+    labels: Sequence[str] = LABELS,
+    now: float | None = None,
+    progress: bool = True,
+) -> IngestReport:
     """Read new frames + sidecars from ``store`` into ``pool``; return what happened."""
     started, cpu_started = time.perf_counter(), time.process_time()
     now = time.time() if now is None else now
@@ -199,8 +228,10 @@ def ingest(store: ObjectStore, pool: Pool, cache: FrameCache, round: int, config
                 first = pool.orphan_first_seen(image_key, now)
                 age = now - first
                 if age > config.orphan_grace_s:
-                    reason = (f"{image_key}: frame without sidecar for {age:.0f} s (grace {config.orphan_grace_s:.0f} s); "
-                              f"the robot never committed it")
+                    reason = (
+                        f"{image_key}: frame without sidecar for {age:.0f} s (grace {config.orphan_grace_s:.0f} s); "
+                        f"the robot never committed it"
+                    )
                     pool.quarantine(image_key, reason)
                     report.quarantined[image_key] = reason
                 else:
@@ -213,7 +244,7 @@ def ingest(store: ObjectStore, pool: Pool, cache: FrameCache, round: int, config
             continue
         todo.append((json_key, images[0]))
     if config.max_frames is not None:
-        todo = todo[:config.max_frames]
+        todo = todo[: config.max_frames]
     for json_key, image_key in tqdm(todo, desc="ingest", unit="frame", disable=not progress, leave=False):
         try:
             sidecar, data, image = _validated(store, json_key, image_key, labels)
@@ -236,13 +267,25 @@ def ingest(store: ObjectStore, pool: Pool, cache: FrameCache, round: int, config
             embedding = embedding / np.linalg.norm(embedding)
         cache.put(frame_id, image_key, data)
         record = FrameRecord(
-            id=frame_id, robot_id=sidecar.robot_id, stream=sidecar.stream, site=sidecar.site,
-            stamp_ns=sidecar.stamp_ns, frame_key=image_key, sidecar_key=json_key, width=sidecar.width,
-            height=sidecar.height, random=bool(sidecar.decision and sidecar.decision.random),
-            track_hint=sidecar.track_hint, robot_embedding=embedding, phash=phash,
+            id=frame_id,
+            robot_id=sidecar.robot_id,
+            stream=sidecar.stream,
+            site=sidecar.site,
+            stamp_ns=sidecar.stamp_ns,
+            frame_key=image_key,
+            sidecar_key=json_key,
+            width=sidecar.width,
+            height=sidecar.height,
+            random=bool(sidecar.decision and sidecar.decision.random),
+            track_hint=sidecar.track_hint,
+            robot_embedding=embedding,
+            phash=phash,
             sim_label=sidecar.simulation.label if sidecar.simulation else None,
-            sidecar=sidecar.to_json(), state="duplicate" if duplicate_of else "new",
-            duplicate_of=duplicate_of, round=round)
+            sidecar=sidecar.to_json(),
+            state="duplicate" if duplicate_of else "new",
+            duplicate_of=duplicate_of,
+            round=round,
+        )
         pool.add_frame(record)
         pool.forget_orphan(image_key)
         if duplicate_of:
@@ -256,8 +299,14 @@ def ingest(store: ObjectStore, pool: Pool, cache: FrameCache, round: int, config
 
 
 # ------------------------------------------------------------------------ augmented manifests
-def augmented_manifest(pool: Pool, store: ObjectStore, frame_ids: Sequence[str], label_attribute: str = "fleetloop-label",
-                       labels: Sequence[str] = LABELS, job_name: str = "fleetloop") -> list[dict]:
+def augmented_manifest(
+    pool: Pool,
+    store: ObjectStore,
+    frame_ids: Sequence[str],
+    label_attribute: str = "fleetloop-label",
+    labels: Sequence[str] = LABELS,
+    job_name: str = "fleetloop",
+) -> list[dict]:
     """Return SageMaker Ground Truth augmented-manifest records (one dict per frame).
 
     Each has ``source-ref`` (the frame's store URL) and, for labeled frames, the label attribute
@@ -271,8 +320,13 @@ def augmented_manifest(pool: Pool, store: ObjectStore, frame_ids: Sequence[str],
         row = rows.get(frame_id)
         if row is None:
             raise KeyError(f"frame {frame_id} is not in the pool {pool.path}")
-        record = {"source-ref": store.url(row["frame_key"]), "fleetloop-frame": frame_id,
-                  "robot-id": row["robot_id"], "site": row["site"], "stamp-ns": row["stamp_ns"]}
+        record = {
+            "source-ref": store.url(row["frame_key"]),
+            "fleetloop-frame": frame_id,
+            "robot-id": row["robot_id"],
+            "site": row["site"],
+            "stamp-ns": row["stamp_ns"],
+        }
         label = current.get(frame_id)
         if label is not None:
             record[label_attribute] = int(label.label)

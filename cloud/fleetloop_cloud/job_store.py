@@ -54,17 +54,37 @@ class Execution:
 
     def data(self) -> dict[str, Any]:
         """Return the JobExecution object of the MQTT API."""
-        return iot_jobs.execution_data(self.thing, self.job_id, self.document, self.status, self.version_number,
-                                       self.execution_number, self.queued_at, self.started_at,
-                                       self.last_updated_at, self.details)
+        return iot_jobs.execution_data(
+            self.thing,
+            self.job_id,
+            self.document,
+            self.status,
+            self.version_number,
+            self.execution_number,
+            self.queued_at,
+            self.started_at,
+            self.last_updated_at,
+            self.details,
+        )
 
     def state(self) -> dict[str, Any]:
         """Return the JobExecutionState object of the MQTT API."""
         return {"status": self.status, "statusDetails": dict(self.details), "versionNumber": self.version_number}
 
 
-_COLUMNS = ("job_id", "thing", "document", "ord", "status", "version_number", "execution_number", "queued_at",
-            "started_at", "last_updated_at", "details")
+_COLUMNS = (
+    "job_id",
+    "thing",
+    "document",
+    "ord",
+    "status",
+    "version_number",
+    "execution_number",
+    "queued_at",
+    "started_at",
+    "last_updated_at",
+    "details",
+)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
     job_id TEXT NOT NULL, thing TEXT NOT NULL, document TEXT NOT NULL, ord INTEGER NOT NULL,
@@ -110,11 +130,19 @@ class JobStore:
     @staticmethod
     def _execution(row: Sequence[Any]) -> Execution:
         values = dict(zip(_COLUMNS, row))
-        return Execution(job_id=values["job_id"], thing=values["thing"], document=json.loads(values["document"]),
-                         order=values["ord"], status=values["status"], version_number=values["version_number"],
-                         execution_number=values["execution_number"], queued_at=values["queued_at"],
-                         started_at=values["started_at"], last_updated_at=values["last_updated_at"],
-                         details=json.loads(values["details"]))
+        return Execution(
+            job_id=values["job_id"],
+            thing=values["thing"],
+            document=json.loads(values["document"]),
+            order=values["ord"],
+            status=values["status"],
+            version_number=values["version_number"],
+            execution_number=values["execution_number"],
+            queued_at=values["queued_at"],
+            started_at=values["started_at"],
+            last_updated_at=values["last_updated_at"],
+            details=json.loads(values["details"]),
+        )
 
     def _select(self, where: str, parameters: Sequence[Any] = ()) -> list[Execution]:
         with self._lock:
@@ -128,21 +156,24 @@ class JobStore:
 
     def next_pending(self, thing: str) -> Optional[Execution]:
         """Return the execution a device gets next: IN_PROGRESS first, then the oldest QUEUED."""
-        found = self._select("WHERE thing = ? AND status IN ('IN_PROGRESS', 'QUEUED') "
-                             "ORDER BY status != 'IN_PROGRESS', queued_at, ord LIMIT 1", (thing,))
+        found = self._select(
+            "WHERE thing = ? AND status IN ('IN_PROGRESS', 'QUEUED') "
+            "ORDER BY status != 'IN_PROGRESS', queued_at, ord LIMIT 1",
+            (thing,),
+        )
         return found[0] if found else None
 
     def pending(self, thing: str) -> list[Execution]:
-        return self._select("WHERE thing = ? AND status IN ('IN_PROGRESS', 'QUEUED') ORDER BY queued_at, ord",
-                            (thing,))
+        return self._select("WHERE thing = ? AND status IN ('IN_PROGRESS', 'QUEUED') ORDER BY queued_at, ord", (thing,))
 
     def of_job(self, job_id: str) -> list[Execution]:
         return self._select("WHERE job_id = ? ORDER BY thing", (job_id,))
 
     def things_with_pending(self) -> list[str]:
         with self._lock:
-            rows = self._db.execute("SELECT DISTINCT thing FROM executions "
-                                    "WHERE status IN ('IN_PROGRESS', 'QUEUED') ORDER BY thing").fetchall()
+            rows = self._db.execute(
+                "SELECT DISTINCT thing FROM executions WHERE status IN ('IN_PROGRESS', 'QUEUED') ORDER BY thing"
+            ).fetchall()
         return [row[0] for row in rows]
 
     def data_version(self) -> int:
@@ -153,12 +184,24 @@ class JobStore:
     # ------------------------------------------------------------------ writes
     def put(self, execution: Execution) -> None:
         """Write ``execution`` (inside :meth:`transaction`, or as its own transaction)."""
-        values = (execution.job_id, execution.thing, json.dumps(execution.document, sort_keys=True), execution.order,
-                  execution.status, execution.version_number, execution.execution_number, execution.queued_at,
-                  execution.started_at, execution.last_updated_at, json.dumps(execution.details, sort_keys=True))
+        values = (
+            execution.job_id,
+            execution.thing,
+            json.dumps(execution.document, sort_keys=True),
+            execution.order,
+            execution.status,
+            execution.version_number,
+            execution.execution_number,
+            execution.queued_at,
+            execution.started_at,
+            execution.last_updated_at,
+            json.dumps(execution.details, sort_keys=True),
+        )
         with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO executions ({', '.join(_COLUMNS)}) "
-                             f"VALUES ({', '.join('?' * len(_COLUMNS))})", values)
+            self._db.execute(
+                f"INSERT OR REPLACE INTO executions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                values,
+            )
 
     def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any]) -> list[Execution]:
         """Queue one execution of ``job_id`` per thing; JobStoreError when the job exists already."""
@@ -168,7 +211,7 @@ class JobStore:
             order = int(self._db.execute("SELECT COALESCE(MAX(ord), 0) FROM executions").fetchone()[0])
             created = []
             for offset, thing in enumerate(things, start=1):
-                iot_jobs.jobs_topic(thing, "x")          # a thing name the topics can carry
+                iot_jobs.jobs_topic(thing, "x")  # a thing name the topics can carry
                 created.append(Execution(job_id, thing, document, order=order + offset))
                 self.put(created[-1])
         return created
@@ -180,7 +223,7 @@ class JobStore:
             for execution in self.of_job(job_id):
                 if execution.status == "QUEUED":
                     execution.status = "CANCELED"
-                    execution.details = {"reason": reason[:iot_jobs.STATUS_DETAIL_VALUE_MAX] or "canceled"}
+                    execution.details = {"reason": reason[: iot_jobs.STATUS_DETAIL_VALUE_MAX] or "canceled"}
                     execution.version_number += 1
                     execution.last_updated_at = iot_jobs.now_s()
                     self.put(execution)

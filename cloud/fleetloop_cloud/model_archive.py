@@ -69,8 +69,11 @@ def extract(archive_path: Path, destination: Path, where: str | None = None) -> 
                     raise ArchiveError(f"{where}: unsafe member in the model archive ({exc})") from None
             else:  # Python without extraction filters: refuse members escaping the directory, and links
                 for member in archive.getmembers():
-                    if (member.name.startswith("/") or ".." in Path(member.name).parts
-                            or not (member.isfile() or member.isdir())):
+                    if (
+                        member.name.startswith("/")
+                        or ".." in Path(member.name).parts
+                        or not (member.isfile() or member.isdir())
+                    ):
                         raise ArchiveError(f"{where}: unsafe member {member.name} in the model archive")
                 archive.extractall(destination)
     except (tarfile.TarError, OSError, EOFError) as exc:

@@ -61,7 +61,7 @@ class RoundSummary:
     """Every figure of one round (JSON-able through ``to_dict``)."""
 
     round: int
-    status: str                          # finished | waiting (humans have open tasks) | running
+    status: str  # finished | waiting (humans have open tasks) | running
     steps: dict[str, str]
     data: dict = field(default_factory=dict)
 
@@ -75,9 +75,16 @@ class RoundSummary:
 class CloudLoop:
     """The cloud loop over one pool (work_dir/pool.sqlite), one store and one registry."""
 
-    def __init__(self, config: CloudConfig, cost_model: CostModel | None = None, progress: bool = True,
-                 clients: dict | None = None, training_backend=None, registry=None,
-                 on_approved: list[Callable] | None = None):
+    def __init__(
+        self,
+        config: CloudConfig,
+        cost_model: CostModel | None = None,
+        progress: bool = True,
+        clients: dict | None = None,
+        training_backend=None,
+        registry=None,
+        on_approved: list[Callable] | None = None,
+    ):
         self.config = config
         self.work = config.work_path
         self.work.mkdir(parents=True, exist_ok=True)
@@ -109,8 +116,10 @@ class CloudLoop:
         """Return the registry backend (opened on first use)."""
         if self._registry is None:
             from fleetloop_cloud.registry import open_registry
-            self._registry = open_registry(self.config.registry, on_approved=self._on_approved,
-                                           client=self.clients.get("registry"))
+
+            self._registry = open_registry(
+                self.config.registry, on_approved=self._on_approved, client=self.clients.get("registry")
+            )
         return self._registry
 
     @property
@@ -118,8 +127,14 @@ class CloudLoop:
         """Return the training backend (opened on first use)."""
         if self._backend is None:
             from fleetloop_cloud.training_backends import make_backend
-            self._backend = make_backend(self.config.training.backend, self.config.training.sagemaker, self.store,
-                                         client=self.clients.get("training"), progress=self.progress)
+
+            self._backend = make_backend(
+                self.config.training.backend,
+                self.config.training.sagemaker,
+                self.store,
+                client=self.clients.get("training"),
+                progress=self.progress,
+            )
         return self._backend
 
     def production(self, tier: str) -> Path:
@@ -158,7 +173,7 @@ class CloudLoop:
         if status in ("done", "skipped"):
             log.info("round %d: %s already %s", round_number, step, status)
             return info
-        if status == "failed":       # asked for explicitly: retry (run_round goes on past a failed step instead)
+        if status == "failed":  # asked for explicitly: retry (run_round goes on past a failed step instead)
             log.info("round %d: retrying %s (failed: %s)", round_number, step, info.get("error"))
             info = {k: v for k, v in info.items() if k != "error"}
         cpu_started, wall_started = time.process_time(), time.perf_counter()
@@ -191,11 +206,20 @@ class CloudLoop:
     # ================================================================== ingest
     def ingest(self) -> dict:
         """Step 1: new frames + sidecars from the store into the pool."""
+
         def body(round_number: int) -> dict:
-            report = ingest_frames(self.store, self.pool, self.cache, round_number, self.config.ingest,
-                                   labels=self.labels, progress=self.progress).to_dict()
-            report.pop("cpu_seconds")          # _run measures the step's CPU time
+            report = ingest_frames(
+                self.store,
+                self.pool,
+                self.cache,
+                round_number,
+                self.config.ingest,
+                labels=self.labels,
+                progress=self.progress,
+            ).to_dict()
+            report.pop("cpu_seconds")  # _run measures the step's CPU time
             return report
+
         return self._run("ingest", body)
 
     # ================================================================== autolabel
@@ -207,12 +231,14 @@ class CloudLoop:
 
     def autolabel(self) -> dict:
         """Step 2: the teacher tiers predict every frame they have not seen yet."""
+
         def body(round_number: int) -> dict:
             cfg = self.config.autolabel
             packages = {t: self.production(t) for t in cfg.tiers}
             ids = self._autolabel_ids(round_number)
             if cfg.backend == "sagemaker-batch":
                 from fleetloop_cloud.transform import BatchTransformTeachers
+
                 teachers = BatchTransformTeachers(cfg.sagemaker, self.store, client=self.clients.get("transform"))
                 report = teachers.run(self.pool, packages, ids)
             else:
@@ -220,14 +246,21 @@ class CloudLoop:
                 report = run_teachers(self.pool, self.cache, teachers, ids, cfg.batch_size, progress=self.progress)
             self.pool.set_state([r["id"] for r in self.pool.frames(state="new")], "auto_labeled")
             report = report.to_dict()
-            report.pop("cpu_seconds")          # _run measures the step's CPU time
+            report.pop("cpu_seconds")  # _run measures the step's CPU time
             return report
+
         return self._run("autolabel", body)
 
     # ================================================================== review
     def _annotator(self, round_number: int):
-        context = AnnotatorContext(pool=self.pool, store=self.store, config=self.config, labels=self.labels,
-                                   round=round_number, client=self.clients.get("annotator"))
+        context = AnnotatorContext(
+            pool=self.pool,
+            store=self.store,
+            config=self.config,
+            labels=self.labels,
+            round=round_number,
+            client=self.clients.get("annotator"),
+        )
         return make_annotator(self.config.review.annotator, context)
 
     def _dispatch(self, round_number: int, annotator) -> None:
@@ -236,10 +269,17 @@ class CloudLoop:
         if opened:
             rows = {r["id"]: r for r in self.pool.frames(ids={t.frame_id for t in opened}, include_duplicates=True)}
             shown = self.config.review.show_suggestions
-            requests = [TaskRequest(task_id=t.id, frame_id=t.frame_id, frame_key=rows[t.frame_id]["frame_key"],
-                                    frame_url=self.store.url(rows[t.frame_id]["frame_key"]),
-                                    suggestion=t.suggestion if (shown or t.purpose == "audit") else None,
-                                    purpose=t.purpose) for t in opened]
+            requests = [
+                TaskRequest(
+                    task_id=t.id,
+                    frame_id=t.frame_id,
+                    frame_key=rows[t.frame_id]["frame_key"],
+                    frame_url=self.store.url(rows[t.frame_id]["frame_key"]),
+                    suggestion=t.suggestion if (shown or t.purpose == "audit") else None,
+                    purpose=t.purpose,
+                )
+                for t in opened
+            ]
             external = annotator.submit(requests)
             self.pool.mark_submitted([t.id for t in opened], annotator.name, external)
         submitted = self.pool.tasks(round=round_number, status="submitted")
@@ -261,8 +301,14 @@ class CloudLoop:
         with self.pool.transaction():
             for task in finished:
                 if task.status == "done":
-                    self.pool.set_label(task.frame_id, task.answer, "human", round_number,
-                                        reason=f"{task.purpose} task {task.id}", task_id=task.id)
+                    self.pool.set_label(
+                        task.frame_id,
+                        task.answer,
+                        "human",
+                        round_number,
+                        reason=f"{task.purpose} task {task.id}",
+                        task_id=task.id,
+                    )
                     self.pool.set_state([task.frame_id], "labeled")
                 elif task.purpose != "audit":
                     self.pool.set_state([task.frame_id], "in_review")
@@ -270,6 +316,7 @@ class CloudLoop:
 
     def review(self) -> dict:
         """Step 3: calibration sample, routing, track propagation, human review, QA audit."""
+
         def body(round_number: int) -> dict:
             _, info = self.pool.step(round_number, "review")
             info = dict(info)
@@ -289,6 +336,7 @@ class CloudLoop:
                     return info
                 info = getattr(self, f"_phase_{phase.split('-')[0]}")(round_number, info)
                 self.pool.set_step(round_number, "review", "running", info)
+
         return self._run("review", body)
 
     def _rng(self, round_number: int, purpose: str) -> np.random.Generator:
@@ -311,11 +359,15 @@ class CloudLoop:
         combined = self._combined(round_number, [r["id"] for r in picked], 1.0)
         if self.config.evaluation.test_set == "holdout":
             fraction = self.config.evaluation.holdout_fraction
-            held = [r["id"] for r in picked
-                    if int(hashlib.sha256(r["id"].encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction]
+            held = [
+                r["id"]
+                for r in picked
+                if int(hashlib.sha256(r["id"].encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+            ]
             self.pool.set_holdout(held)
-        self.pool.add_tasks(round_number, "calibration",
-                            [(r["id"], int(combined.label[i])) for i, r in enumerate(picked)])
+        self.pool.add_tasks(
+            round_number, "calibration", [(r["id"], int(combined.label[i])) for i, r in enumerate(picked)]
+        )
         info.update(phase="route", calibration_tasks=count)
         return info
 
@@ -325,8 +377,9 @@ class CloudLoop:
         have = set(self.pool.labels([t.frame_id for t in tasks]))
         tasks = [t for t in tasks if t.frame_id in have]
         ids = [t.frame_id for t in tasks]
-        missing = set(self.pool.missing_predictions(tier_a, version_a, ids)) | \
-            set(self.pool.missing_predictions(tier_b, version_b, ids))
+        missing = set(self.pool.missing_predictions(tier_a, version_a, ids)) | set(
+            self.pool.missing_predictions(tier_b, version_b, ids)
+        )
         kept = [(t.frame_id, t.answer) for t in tasks if t.frame_id not in missing]
         return [k[0] for k in kept], np.asarray([k[1] for k in kept], np.int64)
 
@@ -337,20 +390,37 @@ class CloudLoop:
         temperature = fit_temperature(raw.log_probs, answers) if len(ids) >= cfg.calibration_min_labels else 1.0
         validation = self._combined(round_number, ids, temperature)
         floor = float(self.pool.get("threshold_floor", 0.0))
-        threshold = routing.choose_threshold(validation.confidence, validation.label == answers, validation.agree,
-                                             cfg.target_accuracy, cfg.bound_z, cfg.min_validation, floor)
+        threshold = routing.choose_threshold(
+            validation.confidence,
+            validation.label == answers,
+            validation.agree,
+            cfg.target_accuracy,
+            cfg.bound_z,
+            cfg.min_validation,
+            floor,
+        )
         rows = self._unlabeled_rows()
         unlabeled = [r["id"] for r in rows]
         combined = self._combined(round_number, unlabeled, temperature)
         accepted = routing.accept(combined.confidence, combined.agree, threshold.value)
         with self.pool.transaction():
             for i in np.flatnonzero(accepted):
-                self.pool.set_label(unlabeled[i], int(combined.label[i]), "auto", round_number,
-                                    reason=f"auto-accepted at threshold {threshold.value:.4f}",
-                                    confidence=float(combined.confidence[i]))
+                self.pool.set_label(
+                    unlabeled[i],
+                    int(combined.label[i]),
+                    "auto",
+                    round_number,
+                    reason=f"auto-accepted at threshold {threshold.value:.4f}",
+                    confidence=float(combined.confidence[i]),
+                )
             self.pool.set_state([unlabeled[i] for i in np.flatnonzero(accepted)], "accepted")
-        info.update(phase="track", temperature=temperature, threshold=threshold.to_dict(),
-                    validation_frames=len(ids), auto_accepted=int(accepted.sum()))
+        info.update(
+            phase="track",
+            temperature=temperature,
+            threshold=threshold.to_dict(),
+            validation_frames=len(ids),
+            auto_accepted=int(accepted.sum()),
+        )
         return info
 
     def _tracks(self, round_number: int) -> tuple[list[str], list[str], Combined]:
@@ -358,16 +428,24 @@ class CloudLoop:
         tier_a, version_a, tier_b, version_b = self._teacher_versions(round_number)
         rows = [r for r in self.pool.frames() if not r["holdout"]]
         ids = [r["id"] for r in rows]
-        missing = set(self.pool.missing_predictions(tier_b, version_b, ids)) | \
-            set(self.pool.missing_predictions(tier_a, version_a, ids))
+        missing = set(self.pool.missing_predictions(tier_b, version_b, ids)) | set(
+            self.pool.missing_predictions(tier_a, version_a, ids)
+        )
         rows = [r for r in rows if r["id"] not in missing]
         ids = [r["id"] for r in rows]
         _, embeddings = self.pool.predictions(tier_b, version_b, ids)
         prop = self.config.routing.propagation
-        keys = routing.derive_tracks([r["robot_id"] for r in rows], [r["stream"] for r in rows],
-                                     np.asarray([r["stamp_ns"] for r in rows], np.int64), embeddings,
-                                     [r["track_hint"] for r in rows], ids, prop.max_gap_s, prop.min_similarity,
-                                     prop.use_track_hint)
+        keys = routing.derive_tracks(
+            [r["robot_id"] for r in rows],
+            [r["stream"] for r in rows],
+            np.asarray([r["stamp_ns"] for r in rows], np.int64),
+            embeddings,
+            [r["track_hint"] for r in rows],
+            ids,
+            prop.max_gap_s,
+            prop.min_similarity,
+            prop.use_track_hint,
+        )
         return ids, keys, self._combined(round_number, ids, 1.0)
 
     def _phase_track(self, round_number: int, info: dict) -> dict:
@@ -409,19 +487,28 @@ class CloudLoop:
             human = {i: labels[f].label for i, f in enumerate(ids) if f in labels and labels[f].source == "human"}
             unlabeled = {r["id"] for r in self._unlabeled_rows()}
             candidates = np.asarray([f in unlabeled for f in ids])
-            accepted = np.asarray([f in labels and labels[f].source == "auto" and labels[f].round == round_number
-                                   for f in ids])
+            accepted = np.asarray(
+                [f in labels and labels[f].source == "auto" and labels[f].round == round_number for f in ids]
+            )
             min_confidence = max(prop.min_confidence, float(self.pool.get("propagation_floor", 0.0)))
-            result = routing.propagate(keys, combined.label, combined.agree, combined.confidence, human, candidates,
-                                       accepted, min_confidence)
+            result = routing.propagate(
+                keys, combined.label, combined.agree, combined.confidence, human, candidates, accepted, min_confidence
+            )
             with self.pool.transaction():
                 for i, label in result.labels.items():
-                    self.pool.set_label(ids[i], label, "propagated", round_number,
-                                        reason=f"track {keys[i]}: human label confirmed by agreeing tiers",
-                                        confidence=float(combined.confidence[i]))
+                    self.pool.set_label(
+                        ids[i],
+                        label,
+                        "propagated",
+                        round_number,
+                        reason=f"track {keys[i]}: human label confirmed by agreeing tiers",
+                        confidence=float(combined.confidence[i]),
+                    )
                 self.pool.set_state([ids[i] for i in result.labels], "accepted")
                 for i in result.disputed:
-                    self.pool.remove_label(ids[i], round_number, reason=f"disputed by the human label of track {keys[i]}")
+                    self.pool.remove_label(
+                        ids[i], round_number, reason=f"disputed by the human label of track {keys[i]}"
+                    )
                 self.pool.set_state([ids[i] for i in result.disputed], "in_review")
             propagated, disputed, ambiguous = len(result.labels), len(result.disputed), len(result.ambiguous_tracks)
         info.update(propagated=propagated, disputed=disputed, ambiguous_tracks=ambiguous)
@@ -441,8 +528,9 @@ class CloudLoop:
         budget = self.config.review.human_budget
         spent = len([t for t in self.pool.tasks(round=round_number) if t.purpose in ("track", "review")])
         room = len(ids) if budget is None else max(0, budget - spent)
-        order = active.select(self.config.review.strategy, embeddings, combined.uncertainty, room,
-                              self._rng(round_number, key))
+        order = active.select(
+            self.config.review.strategy, embeddings, combined.uncertainty, room, self._rng(round_number, key)
+        )
         chosen = [(ids[i], int(combined.label[i])) for i in order]
         self.pool.add_tasks(round_number, "review", chosen)
         waiting = set(ids) - {c[0] for c in chosen}
@@ -452,8 +540,11 @@ class CloudLoop:
 
     def _audit_population(self, round_number: int) -> list[str]:
         audited = {t.frame_id for t in self.pool.tasks(round=round_number, purpose="audit")}
-        return sorted(f for f, label in self.pool.labels().items()
-                      if label.round == round_number and label.source in ("auto", "propagated") and f not in audited)
+        return sorted(
+            f
+            for f, label in self.pool.labels().items()
+            if label.round == round_number and label.source in ("auto", "propagated") and f not in audited
+        )
 
     def _phase_audit(self, round_number: int, info: dict) -> dict:
         cfg = self.config.audit
@@ -468,9 +559,15 @@ class CloudLoop:
         labels = self.pool.labels(picked)
         ids = self.pool.add_tasks(round_number, "audit", [(f, labels[f].label) for f in picked])
         sources = {str(t): labels[f].source for t, f in zip(ids, picked)}
-        info.setdefault("audit_passes", []).append({"pass": number, "tasks": ids, "sources": sources,
-                                                    "population": len(population),
-                                                    "threshold": info["threshold"]["value"]})
+        info.setdefault("audit_passes", []).append(
+            {
+                "pass": number,
+                "tasks": ids,
+                "sources": sources,
+                "population": len(population),
+                "threshold": info["threshold"]["value"],
+            }
+        )
         info["phase"] = f"check-{number}"
         return info
 
@@ -491,9 +588,16 @@ class CloudLoop:
             entry["accuracy"] = entry["correct"] / entry["frames"]
             entry["ci"] = list(routing.wilson_interval(entry["correct"], entry["frames"], cfg.confidence_level))
         accuracy = sum(correct) / len(done) if done else None
-        record.update(frames=len(done), correct=int(sum(correct)), accuracy=accuracy, ci=[low, high],
-                      confidence_level=cfg.confidence_level, by_source=by_source, failed_tasks=len(tasks) - len(done),
-                      meets_target=accuracy is not None and accuracy >= target)
+        record.update(
+            frames=len(done),
+            correct=int(sum(correct)),
+            accuracy=accuracy,
+            ci=[low, high],
+            confidence_level=cfg.confidence_level,
+            by_source=by_source,
+            failed_tasks=len(tasks) - len(done),
+            meets_target=accuracy is not None and accuracy >= target,
+        )
         if accuracy is None or accuracy >= target:
             info["phase"] = "done"
             return info
@@ -507,11 +611,15 @@ class CloudLoop:
                 current = info["threshold"]["value"] or 0.0
                 floor = min(1.0, max(current, float(self.pool.get("threshold_floor", 0.0))) + cfg.tighten_step)
                 self.pool.put("threshold_floor", floor)
-                info["threshold"] = {**info["threshold"], "value": floor,
-                                     "reason": f"tightened after audit pass {number}"}
+                info["threshold"] = {
+                    **info["threshold"],
+                    "value": floor,
+                    "reason": f"tightened after audit pass {number}",
+                }
             else:
-                current = max(self.config.routing.propagation.min_confidence,
-                              float(self.pool.get("propagation_floor", 0.0)))
+                current = max(
+                    self.config.routing.propagation.min_confidence, float(self.pool.get("propagation_floor", 0.0))
+                )
                 floor = min(1.0, current + cfg.tighten_step)
                 self.pool.put("propagation_floor", floor)
             withdraw_below[source] = floor
@@ -522,12 +630,18 @@ class CloudLoop:
         population = self._audit_population(round_number)
         labels = self.pool.labels(population)
         combined = self._combined(round_number, population, info["temperature"])
-        withdrawn = [f for i, f in enumerate(population)
-                     if labels[f].source in withdraw_below and combined.confidence[i] < withdraw_below[labels[f].source]]
+        withdrawn = [
+            f
+            for i, f in enumerate(population)
+            if labels[f].source in withdraw_below and combined.confidence[i] < withdraw_below[labels[f].source]
+        ]
         with self.pool.transaction():
             for frame_id in withdrawn:
-                self.pool.remove_label(frame_id, round_number, reason=f"{labels[frame_id].source} label below the "
-                                                                      f"tightened floor after audit pass {number}")
+                self.pool.remove_label(
+                    frame_id,
+                    round_number,
+                    reason=f"{labels[frame_id].source} label below the tightened floor after audit pass {number}",
+                )
             self.pool.set_state(withdrawn, "in_review")
         record["withdrawn"] = len(withdrawn)
         self._queue_review(round_number, info, "rereview_tasks")
@@ -542,8 +656,15 @@ class CloudLoop:
 
         sizes = [(r["height"], r["width"]) for r in self.pool.frames()]
         height, width = max(set(sizes), key=sizes.count) if sizes else (128, 128)
-        data = sim.render_set(sim.LAB_SITE, sim.item_pool().lab_train, count, seed=("replay", self.config.training.seed),
-                              height=height, width=width, sites=sim.lab_sites(16, self.config.training.seed))
+        data = sim.render_set(
+            sim.LAB_SITE,
+            sim.item_pool().lab_train,
+            count,
+            seed=("replay", self.config.training.seed),
+            height=height,
+            width=width,
+            sites=sim.lab_sites(16, self.config.training.seed),
+        )
         return [(f"lab-{i:06d}", data.images[i], int(data.labels[i]), "lab") for i in range(count)]
 
     def _write_channels(self, round_number: int, root: Path) -> tuple[dict[str, Path], list[str]]:
@@ -553,16 +674,35 @@ class CloudLoop:
         labels = self.pool.labels([r["id"] for r in rows])
         labeled = [r for r in rows if r["id"] in labels]
         channels = {
-            "train": write_channel(root / "train", [(r["id"], self.cache.get_bytes(r["id"], r["frame_key"]),
-                                                     labels[r["id"]].label, r["site"]) for r in labeled]),
-            "unlabeled": write_channel(root / "unlabeled", [
-                (r["id"], self.cache.get_bytes(r["id"], r["frame_key"]),
-                 labels[r["id"]].label if r["id"] in labels else -1, r["site"]) for r in rows]),
+            "train": write_channel(
+                root / "train",
+                [
+                    (r["id"], self.cache.get_bytes(r["id"], r["frame_key"]), labels[r["id"]].label, r["site"])
+                    for r in labeled
+                ],
+            ),
+            "unlabeled": write_channel(
+                root / "unlabeled",
+                [
+                    (
+                        r["id"],
+                        self.cache.get_bytes(r["id"], r["frame_key"]),
+                        labels[r["id"]].label if r["id"] in labels else -1,
+                        r["site"],
+                    )
+                    for r in rows
+                ],
+            ),
         }
         rng = self._rng(round_number, "int8-calibration")
-        pick = rng.permutation(len(rows))[:self.config.training.int8_calibration_frames]
-        channels["calibration"] = write_channel(root / "calibration", [
-            (rows[i]["id"], self.cache.get_bytes(rows[i]["id"], rows[i]["frame_key"]), -1, rows[i]["site"]) for i in pick])
+        pick = rng.permutation(len(rows))[: self.config.training.int8_calibration_frames]
+        channels["calibration"] = write_channel(
+            root / "calibration",
+            [
+                (rows[i]["id"], self.cache.get_bytes(rows[i]["id"], rows[i]["frame_key"]), -1, rows[i]["site"])
+                for i in pick
+            ],
+        )
         replay = self._replay_frames(self.config.training.lab_replay_frames)
         if replay:
             channels["replay"] = write_channel(root / "replay", replay)
@@ -577,11 +717,14 @@ class CloudLoop:
 
     def train(self) -> dict:
         """Step 4: train T2 on all accepted labels, distil T3/T4, INT8 (local process or SageMaker job)."""
+
         def body(round_number: int) -> dict:
             from fleetloop_cloud.training_backends import TrainingJob
 
             labels = self.pool.labels()
-            fingerprint = hashlib.sha256(json.dumps(sorted((k, v.label) for k, v in labels.items())).encode()).hexdigest()
+            fingerprint = hashlib.sha256(
+                json.dumps(sorted((k, v.label) for k, v in labels.items())).encode()
+            ).hexdigest()
             if not labels:
                 return {"_status": "skipped", "reason": "no accepted labels yet: nothing to train on"}
             if fingerprint == self.pool.get("trained_on"):
@@ -590,23 +733,44 @@ class CloudLoop:
             root = self.work / "rounds" / f"{round_number:04d}"
             channels, used = self._write_channels(round_number, root / "channels")
             t = self.config.training
-            hyperparameters = {"version": version, "teacher_epochs": t.teacher_epochs, "distil_epochs": t.distil_epochs,
-                               "warm_start_epochs": t.warm_start_epochs, "batch_size": t.batch_size, "lr": t.lr,
-                               "finetune_lr": t.finetune_lr,
-                               "distil_temperature": t.distil_temperature, "seed": t.seed, "int8": t.int8,
-                               "int8_per_channel": t.int8_per_channel,
-                               "int8_calibration_frames": t.int8_calibration_frames, "threads": t.threads}
-            job = TrainingJob(name=f"fleetloop-{version}", channels=channels,
-                              hyperparameters={k: json.dumps(v) if isinstance(v, bool) or v is None else str(v)
-                                               for k, v in hyperparameters.items()},
-                              work_dir=root / "jobs")
+            hyperparameters = {
+                "version": version,
+                "teacher_epochs": t.teacher_epochs,
+                "distil_epochs": t.distil_epochs,
+                "warm_start_epochs": t.warm_start_epochs,
+                "batch_size": t.batch_size,
+                "lr": t.lr,
+                "finetune_lr": t.finetune_lr,
+                "distil_temperature": t.distil_temperature,
+                "seed": t.seed,
+                "int8": t.int8,
+                "int8_per_channel": t.int8_per_channel,
+                "int8_calibration_frames": t.int8_calibration_frames,
+                "threads": t.threads,
+            }
+            job = TrainingJob(
+                name=f"fleetloop-{version}",
+                channels=channels,
+                hyperparameters={
+                    k: json.dumps(v) if isinstance(v, bool) or v is None else str(v) for k, v in hyperparameters.items()
+                },
+                work_dir=root / "jobs",
+            )
             result = self.training_backend.run(job)
             self.pool.record_usage(used, version)
             self.pool.put("trained_on", fingerprint)
-            return {"version": version, "model_dir": str(result.model_dir), "report": result.report,
-                    "backend": self.training_backend.name, "train_frames": len(used),
-                    "job_cpu_seconds": round(result.cpu_seconds, 3), "gpu_seconds": round(result.gpu_seconds, 3),
-                    "instance_seconds": round(result.instance_seconds, 3), "details": result.details}
+            return {
+                "version": version,
+                "model_dir": str(result.model_dir),
+                "report": result.report,
+                "backend": self.training_backend.name,
+                "train_frames": len(used),
+                "job_cpu_seconds": round(result.cpu_seconds, 3),
+                "gpu_seconds": round(result.gpu_seconds, 3),
+                "instance_seconds": round(result.instance_seconds, 3),
+                "details": result.details,
+            }
+
         return self._run("train", body)
 
     # ================================================================== evaluate
@@ -623,6 +787,7 @@ class CloudLoop:
 
     def evaluate(self) -> dict:
         """Step 5: candidates vs production on the held-out field test set; the gate's decisions."""
+
         def body(round_number: int) -> dict:
             from fleetloop_core.inference import TierModel
 
@@ -631,8 +796,10 @@ class CloudLoop:
             candidates = self._candidates(round_number)
             if not candidates:
                 status, info = self.pool.step(round_number, "train")
-                return {"_status": "skipped", "reason": f"no candidates (train {status}: "
-                                                        f"{info.get('reason') or info.get('error', '')})"}
+                return {
+                    "_status": "skipped",
+                    "reason": f"no candidates (train {status}: {info.get('reason') or info.get('error', '')})",
+                }
             cfg = self.config.evaluation
             test = make_test_set(cfg.test_set, self.pool, self.cache, self.config)
             results = {}
@@ -646,35 +813,67 @@ class CloudLoop:
                     candidate = TierModel.load(candidates[variant], providers=("cpu",), warmup=0)
                     after = score(predict(candidate, test.images), test, self.labels)
                     decision = gate(before, after, cfg)
-                    gated = variant == tier if cfg.edge_precision == "fp32" or tier == "T2" else variant.endswith("int8")
-                    results[variant] = {"production_version": production.version, "candidate_version": candidate.version,
-                                        "before": before.to_dict(), "after": after.to_dict(),
-                                        "decision": decision.to_dict(), "gated": gated,
-                                        "candidate_dir": str(candidates[variant])}
+                    gated = (
+                        variant == tier if cfg.edge_precision == "fp32" or tier == "T2" else variant.endswith("int8")
+                    )
+                    results[variant] = {
+                        "production_version": production.version,
+                        "candidate_version": candidate.version,
+                        "before": before.to_dict(),
+                        "after": after.to_dict(),
+                        "decision": decision.to_dict(),
+                        "gated": gated,
+                        "candidate_dir": str(candidates[variant]),
+                    }
             return {"test_set": test.name, "test_frames": len(test), "tiers": results}
+
         return self._run("evaluate", body)
 
     # ================================================================== register
     def register(self) -> dict:
         """Step 6: signed packages to the registry, Approved where the gate promoted them, else Rejected."""
+
         def body(round_number: int) -> dict:
             status, info = self.pool.step(round_number, "evaluate")
             if status != "done":
-                return {"_status": "skipped", "reason": f"evaluate {status}: {info.get('reason', info.get('error', ''))}"}
+                return {
+                    "_status": "skipped",
+                    "reason": f"evaluate {status}: {info.get('reason', info.get('error', ''))}",
+                }
             entries = []
             for variant, result in sorted(info["tiers"].items()):
                 decision = result["decision"]
-                entry = self.registry.publish(Path(result["candidate_dir"]), "PendingManualApproval",
-                                              metrics={"before": result["before"]["overall"],
-                                                       "after": result["after"]["overall"],
-                                                       "test_set": info["test_set"]})
+                entry = self.registry.publish(
+                    Path(result["candidate_dir"]),
+                    "PendingManualApproval",
+                    metrics={
+                        "before": result["before"]["overall"],
+                        "after": result["after"]["overall"],
+                        "test_set": info["test_set"],
+                    },
+                )
                 approve = decision["promote"] and result["gated"]
-                reason = "; ".join(decision["reasons"]) if result["gated"] else \
-                    f"not the gated variant (evaluation.edge_precision={self.config.evaluation.edge_precision})"
-                entry = self.registry.set_status(entry.name, entry.version, "Approved" if approve else "Rejected", reason)
-                entries.append({"variant": variant, "name": entry.name, "version": entry.version, "status": entry.status,
-                                "key_id": entry.key_id, "location": entry.location, "arn": entry.arn})
+                reason = (
+                    "; ".join(decision["reasons"])
+                    if result["gated"]
+                    else f"not the gated variant (evaluation.edge_precision={self.config.evaluation.edge_precision})"
+                )
+                entry = self.registry.set_status(
+                    entry.name, entry.version, "Approved" if approve else "Rejected", reason
+                )
+                entries.append(
+                    {
+                        "variant": variant,
+                        "name": entry.name,
+                        "version": entry.version,
+                        "status": entry.status,
+                        "key_id": entry.key_id,
+                        "location": entry.location,
+                        "arn": entry.arn,
+                    }
+                )
             return {"entries": entries}
+
         return self._run("register", body)
 
     # ================================================================== round
@@ -704,7 +903,8 @@ class CloudLoop:
         self.pool.finish_round(round_number, summary.to_dict())
         (self.work / "rounds").mkdir(parents=True, exist_ok=True)
         (self.work / "rounds" / f"summary-{round_number:04d}.json").write_text(
-            json.dumps(summary.to_dict(), indent=2, sort_keys=True))
+            json.dumps(summary.to_dict(), indent=2, sort_keys=True)
+        )
         return summary
 
     # ================================================================== summary
@@ -713,16 +913,18 @@ class CloudLoop:
         steps = {s: self.pool.step(round_number, s) for s in STEPS}
         info = {s: i for s, (_, i) in steps.items()}
         tasks = [t for t in self.pool.tasks(round=round_number) if t.status == "done"]
-        labels = {f: l for f, l in self.pool.labels().items() if l.round == round_number}
+        labels = {f: label for f, label in self.pool.labels().items() if label.round == round_number}
         human = self.cost_model.human
         review = info["review"]
         by_purpose: dict[str, dict] = {}
         for task in tasks:
-            entry = by_purpose.setdefault(task.purpose, {"tasks": 0, "verified": 0, "from_scratch": 0,
-                                                         "seconds": 0.0, "dollars": 0.0})
+            entry = by_purpose.setdefault(
+                task.purpose, {"tasks": 0, "verified": 0, "from_scratch": 0, "seconds": 0.0, "dollars": 0.0}
+            )
             entry["tasks"] += 1
-            verified = task.purpose == "audit" or (self.config.review.show_suggestions and task.suggestion is not None
-                                                   and task.answer == task.suggestion)
+            verified = task.purpose == "audit" or (
+                self.config.review.show_suggestions and task.suggestion is not None and task.answer == task.suggestion
+            )
             entry["verified" if verified else "from_scratch"] += 1
             entry["seconds"] += task.seconds or 0.0
             entry["dollars"] += task.dollars or 0.0
@@ -753,32 +955,58 @@ class CloudLoop:
         passes = [{k: v for k, v in p.items() if k not in ("tasks", "sources")} for p in review.get("audit_passes", [])]
         final = next((p for p in reversed(passes) if p.get("frames")), None)
         data = {
-            "frames": {"ingested": info["ingest"].get("ingested", 0),
-                       "exact_duplicates": info["ingest"].get("exact_duplicates", 0),
-                       "near_duplicates": info["ingest"].get("near_duplicates", 0),
-                       "quarantined": len(info["ingest"].get("quarantined", {})),
-                       "waiting_for_sidecar": len(info["ingest"].get("waiting_for_sidecar", [])),
-                       "pending_review": review.get("pending_review", 0)},
-            "labels": {"accepted": accepted, "auto_accepted": sources["auto"], "propagated": sources["propagated"],
-                       "human": sources["human"], "sent_to_humans": len({t.frame_id for t in tasks}),
-                       "disputed_by_tracks": review.get("disputed", 0)},
-            "routing": {"target_accuracy": self.config.routing.target_accuracy,
-                        "temperature": review.get("temperature"), "threshold": review.get("threshold"),
-                        "validation_frames": review.get("validation_frames")},
-            "audit": {"target": self.config.routing.target_accuracy, "passes": passes, "final": final,
-                      "meets_target": bool(final and final.get("meets_target"))},
-            "human": {"seconds": round(human_seconds, 3), "dollars": round(human_dollars, 6),
-                      "by_purpose": {k: {**v, "seconds": round(v["seconds"], 3), "dollars": round(v["dollars"], 6)}
-                                     for k, v in sorted(by_purpose.items())},
-                      "seconds_per_label": human.seconds_per_label, "seconds_per_verify": human.seconds_per_verify,
-                      "price_per_label": human.price_per_label, "price_per_verify": human.price_per_verify},
-            "compute": {"by_step": compute, "dollars": round(sum(c["dollars"] for c in compute.values()), 6),
-                        "labeling_dollars": round(labeling_compute, 6),
-                        "instance": self.cost_model.cpu_instance.name},
+            "frames": {
+                "ingested": info["ingest"].get("ingested", 0),
+                "exact_duplicates": info["ingest"].get("exact_duplicates", 0),
+                "near_duplicates": info["ingest"].get("near_duplicates", 0),
+                "quarantined": len(info["ingest"].get("quarantined", {})),
+                "waiting_for_sidecar": len(info["ingest"].get("waiting_for_sidecar", [])),
+                "pending_review": review.get("pending_review", 0),
+            },
+            "labels": {
+                "accepted": accepted,
+                "auto_accepted": sources["auto"],
+                "propagated": sources["propagated"],
+                "human": sources["human"],
+                "sent_to_humans": len({t.frame_id for t in tasks}),
+                "disputed_by_tracks": review.get("disputed", 0),
+            },
+            "routing": {
+                "target_accuracy": self.config.routing.target_accuracy,
+                "temperature": review.get("temperature"),
+                "threshold": review.get("threshold"),
+                "validation_frames": review.get("validation_frames"),
+            },
+            "audit": {
+                "target": self.config.routing.target_accuracy,
+                "passes": passes,
+                "final": final,
+                "meets_target": bool(final and final.get("meets_target")),
+            },
+            "human": {
+                "seconds": round(human_seconds, 3),
+                "dollars": round(human_dollars, 6),
+                "by_purpose": {
+                    k: {**v, "seconds": round(v["seconds"], 3), "dollars": round(v["dollars"], 6)}
+                    for k, v in sorted(by_purpose.items())
+                },
+                "seconds_per_label": human.seconds_per_label,
+                "seconds_per_verify": human.seconds_per_verify,
+                "price_per_label": human.price_per_label,
+                "price_per_verify": human.price_per_verify,
+            },
+            "compute": {
+                "by_step": compute,
+                "dollars": round(sum(c["dollars"] for c in compute.values()), 6),
+                "labeling_dollars": round(labeling_compute, 6),
+                "instance": self.cost_model.cpu_instance.name,
+            },
             "figures": figures.to_dict(),
             "models": self._model_summary(info),
             "registry": info["register"].get("entries", []),
-            "notes": {s: i.get("reason") or i.get("error") for s, i in info.items() if i.get("reason") or i.get("error")},
+            "notes": {
+                s: i.get("reason") or i.get("error") for s, i in info.items() if i.get("reason") or i.get("error")
+            },
             "simulation_only": self._truth_check(labels),
         }
         return RoundSummary(round=round_number, status=status, steps={s: st for s, (st, _) in steps.items()}, data=data)
@@ -786,21 +1014,30 @@ class CloudLoop:
     def _model_summary(self, info: dict) -> dict:
         out = {}
         for variant, result in info["evaluate"].get("tiers", {}).items():
-            out[variant] = {"production": result["production_version"], "candidate": result["candidate_version"],
-                            "accuracy_before": result["before"]["overall"], "accuracy_after": result["after"]["overall"],
-                            "promoted": bool(result["decision"]["promote"] and result["gated"]),
-                            "gated": result["gated"], "reasons": result["decision"]["reasons"]}
+            out[variant] = {
+                "production": result["production_version"],
+                "candidate": result["candidate_version"],
+                "accuracy_before": result["before"]["overall"],
+                "accuracy_after": result["after"]["overall"],
+                "promoted": bool(result["decision"]["promote"] and result["gated"]),
+                "gated": result["gated"],
+                "reasons": result["decision"]["reasons"],
+            }
         int8 = {k: v for k, v in info["train"].get("report", {}).get("tiers", {}).items() if k.endswith("-int8")}
         if int8:
             out["int8_vs_fp32"] = int8
         return out
 
     def _truth_check(self, labels: dict) -> dict:
-        """Return the accuracy of this round's accepted labels against simulated ground truth (never used by the loop)."""
+        """Return the accuracy of this round's accepted labels against simulated truth (never used by the loop)."""
         rows = {r["id"]: r["sim_label"] for r in self.pool.frames(ids=labels)}
         out = {}
         for source in ("auto", "propagated", "human"):
-            pairs = [(l.label, rows.get(f)) for f, l in labels.items() if l.source == source and rows.get(f) is not None]
+            pairs = [
+                (label.label, rows.get(f))
+                for f, label in labels.items()
+                if label.source == source and rows.get(f) is not None
+            ]
             if pairs:
                 out[source] = {"frames": len(pairs), "accuracy": round(sum(a == b for a, b in pairs) / len(pairs), 4)}
         return out

@@ -107,7 +107,7 @@ class Task:
     round: int
     purpose: str
     suggestion: Optional[int]
-    status: str                 # open | submitted | done | failed
+    status: str  # open | submitted | done | failed
     backend: Optional[str]
     external_id: Optional[str]
     answer: Optional[int]
@@ -192,16 +192,36 @@ class Pool:
             "INSERT OR IGNORE INTO frames (id, robot_id, stream, site, stamp_ns, frame_key, sidecar_key, width, "
             "height, random, track_hint, robot_embedding, phash, sim_label, sidecar, state, duplicate_of, round, "
             "holdout, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (record.id, record.robot_id, record.stream, record.site, record.stamp_ns, record.frame_key,
-             record.sidecar_key, record.width, record.height, int(record.random), record.track_hint,
-             _blob(record.robot_embedding), _signed64(record.phash), record.sim_label, record.sidecar,
-             record.state, record.duplicate_of, record.round, int(record.holdout), time.time()))
+            (
+                record.id,
+                record.robot_id,
+                record.stream,
+                record.site,
+                record.stamp_ns,
+                record.frame_key,
+                record.sidecar_key,
+                record.width,
+                record.height,
+                int(record.random),
+                record.track_hint,
+                _blob(record.robot_embedding),
+                _signed64(record.phash),
+                record.sim_label,
+                record.sidecar,
+                record.state,
+                record.duplicate_of,
+                record.round,
+                int(record.holdout),
+                time.time(),
+            ),
+        )
         return cursor.rowcount == 1
 
     def add_sighting(self, frame_id: str, robot_id: str, key: str) -> None:
         """Record that ``robot_id`` uploaded ``frame_id`` under ``key`` (exact duplicates across robots)."""
-        self._db.execute("INSERT OR IGNORE INTO sightings (frame_id, robot_id, key) VALUES (?,?,?)",
-                         (frame_id, robot_id, key))
+        self._db.execute(
+            "INSERT OR IGNORE INTO sightings (frame_id, robot_id, key) VALUES (?,?,?)", (frame_id, robot_id, key)
+        )
 
     def known_sidecar_keys(self) -> set[str]:
         """Return every sidecar key already ingested (as a frame or a sighting)."""
@@ -213,8 +233,13 @@ class Pool:
         """Return whether a frame with this sha256 is in the pool."""
         return bool(self._query("SELECT 1 FROM frames WHERE id=?", (frame_id,)))
 
-    def frames(self, state: str | Sequence[str] | None = None, round: int | None = None,
-               ids: Iterable[str] | None = None, include_duplicates: bool = False) -> list[sqlite3.Row]:
+    def frames(
+        self,
+        state: str | Sequence[str] | None = None,
+        round: int | None = None,
+        ids: Iterable[str] | None = None,
+        include_duplicates: bool = False,
+    ) -> list[sqlite3.Row]:
         """Return frame rows, ordered by robot, stream and stamp."""
         where, params = [], []
         states = None if state is None else ([state] if isinstance(state, str) else list(state))
@@ -227,8 +252,11 @@ class Pool:
         if not include_duplicates and not (states and "duplicate" in states):
             where.append("state != 'duplicate'")
         rows = self._query(
-            "SELECT * FROM frames" + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY robot_id, stream, stamp_ns", params)
+            "SELECT * FROM frames"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY robot_id, stream, stamp_ns",
+            params,
+        )
         if ids is not None:
             wanted = set(ids)
             rows = [r for r in rows if r["id"] in wanted]
@@ -236,8 +264,9 @@ class Pool:
 
     def frames_without_truth(self) -> list[sqlite3.Row]:
         """Return (id, robot_id, stamp_ns) of frames whose sidecar carried no simulated ground truth."""
-        return self._query("SELECT id, robot_id, stamp_ns FROM frames WHERE sim_label IS NULL "
-                           "ORDER BY robot_id, stamp_ns")
+        return self._query(
+            "SELECT id, robot_id, stamp_ns FROM frames WHERE sim_label IS NULL ORDER BY robot_id, stamp_ns"
+        )
 
     def set_sim_labels(self, labels: dict[str, int]) -> int:
         """Record simulated ground truth for frames that came without it (a simulation's oracle
@@ -247,8 +276,12 @@ class Pool:
         the simulation-only report figures, never by a model.
         """
         with self.transaction() as db:
-            return sum(db.execute("UPDATE frames SET sim_label=? WHERE id=? AND sim_label IS NULL",
-                                  (int(label), frame_id)).rowcount for frame_id, label in labels.items())
+            return sum(
+                db.execute(
+                    "UPDATE frames SET sim_label=? WHERE id=? AND sim_label IS NULL", (int(label), frame_id)
+                ).rowcount
+                for frame_id, label in labels.items()
+            )
 
     def frame(self, frame_id: str) -> sqlite3.Row:
         """Return one frame row; PoolError if absent."""
@@ -279,8 +312,9 @@ class Pool:
     # ------------------------------------------------------------------ quarantine and orphans
     def quarantine(self, key: str, reason: str) -> None:
         """Quarantine an object with the reason (kept; never silently dropped)."""
-        self._db.execute("INSERT OR REPLACE INTO quarantine (key, reason, created) VALUES (?,?,?)",
-                         (key, reason, time.time()))
+        self._db.execute(
+            "INSERT OR REPLACE INTO quarantine (key, reason, created) VALUES (?,?,?)", (key, reason, time.time())
+        )
         self._db.execute("DELETE FROM orphans WHERE key=?", (key,))
 
     def quarantined(self) -> dict[str, str]:
@@ -305,31 +339,42 @@ class Pool:
         return {row[0]: row[1] for row in self._query("SELECT key, first_seen FROM orphans ORDER BY key")}
 
     # ------------------------------------------------------------------ predictions
-    def put_predictions(self, tier: str, version: str, frame_ids: Sequence[str], probs: np.ndarray,
-                        embeddings: Optional[np.ndarray]) -> None:
+    def put_predictions(
+        self, tier: str, version: str, frame_ids: Sequence[str], probs: np.ndarray, embeddings: Optional[np.ndarray]
+    ) -> None:
         """Store a teacher's probabilities (N, C) and embeddings (N, D) for frames."""
         rows = []
         for i, frame_id in enumerate(frame_ids):
             emb = None if embeddings is None else _blob(embeddings[i], np.float16)
             rows.append((frame_id, tier, version, _blob(probs[i]), emb))
         with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO predictions (frame_id, tier, version, probs, embedding) "
-                           "VALUES (?,?,?,?,?)", rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO predictions (frame_id, tier, version, probs, embedding) VALUES (?,?,?,?,?)",
+                rows,
+            )
 
     def missing_predictions(self, tier: str, version: str, frame_ids: Sequence[str]) -> list[str]:
         """Return the frames that have no prediction of this tier version yet."""
-        have = {row[0] for row in self._query("SELECT frame_id FROM predictions WHERE tier=? AND version=?",
-                                              (tier, version))}
+        have = {
+            row[0]
+            for row in self._query("SELECT frame_id FROM predictions WHERE tier=? AND version=?", (tier, version))
+        }
         return [f for f in frame_ids if f not in have]
 
     def predictions(self, tier: str, version: str, frame_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """Return (probs (N, C), embeddings (N, D) or None) in the order of ``frame_ids``."""
-        rows = {row[0]: row for row in self._query(
-            "SELECT frame_id, probs, embedding FROM predictions WHERE tier=? AND version=?", (tier, version))}
+        rows = {
+            row[0]: row
+            for row in self._query(
+                "SELECT frame_id, probs, embedding FROM predictions WHERE tier=? AND version=?", (tier, version)
+            )
+        }
         missing = [f for f in frame_ids if f not in rows]
         if missing:
-            raise PoolError(f"{self.path}: no {tier} {version} prediction for {len(missing)} frame(s), "
-                            f"e.g. {missing[0]}; run autolabel first")
+            raise PoolError(
+                f"{self.path}: no {tier} {version} prediction for {len(missing)} frame(s), "
+                f"e.g. {missing[0]}; run autolabel first"
+            )
         if not frame_ids:
             return np.zeros((0, 0), np.float32), None
         probs = np.stack([_array(rows[f][1]) for f in frame_ids])
@@ -339,16 +384,29 @@ class Pool:
         return probs, embeddings
 
     # ------------------------------------------------------------------ labels
-    def set_label(self, frame_id: str, label: int, source: str, round: int, reason: str,
-                  confidence: float | None = None, task_id: int | None = None) -> None:
+    def set_label(
+        self,
+        frame_id: str,
+        label: int,
+        source: str,
+        round: int,
+        reason: str,
+        confidence: float | None = None,
+        task_id: int | None = None,
+    ) -> None:
         """Set a frame's label (history kept in label_events)."""
         if source not in LABEL_SOURCES:
             raise PoolError(f"{self.path}: unknown label source {source!r} (known: {', '.join(LABEL_SOURCES)})")
         now = time.time()
-        self._db.execute("INSERT OR REPLACE INTO labels (frame_id, label, source, round, confidence, task_id, updated) "
-                         "VALUES (?,?,?,?,?,?,?)", (frame_id, int(label), source, round, confidence, task_id, now))
-        self._db.execute("INSERT INTO label_events (frame_id, label, source, round, reason, created) VALUES (?,?,?,?,?,?)",
-                         (frame_id, int(label), source, round, reason, now))
+        self._db.execute(
+            "INSERT OR REPLACE INTO labels (frame_id, label, source, round, confidence, task_id, updated) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (frame_id, int(label), source, round, confidence, task_id, now),
+        )
+        self._db.execute(
+            "INSERT INTO label_events (frame_id, label, source, round, reason, created) VALUES (?,?,?,?,?,?)",
+            (frame_id, int(label), source, round, reason, now),
+        )
 
     def remove_label(self, frame_id: str, round: int, reason: str) -> None:
         """Withdraw a frame's label (it goes back to review); the history keeps what it was."""
@@ -356,8 +414,10 @@ class Pool:
         if not rows:
             return
         self._db.execute("DELETE FROM labels WHERE frame_id=?", (frame_id,))
-        self._db.execute("INSERT INTO label_events (frame_id, label, source, round, reason, created) VALUES (?,?,?,?,?,?)",
-                         (frame_id, -1, rows[0][1], round, reason, time.time()))
+        self._db.execute(
+            "INSERT INTO label_events (frame_id, label, source, round, reason, created) VALUES (?,?,?,?,?,?)",
+            (frame_id, -1, rows[0][1], round, reason, time.time()),
+        )
 
     def labels(self, frame_ids: Iterable[str] | None = None, source: str | None = None) -> dict[str, Label]:
         """Return current labels by frame id."""
@@ -385,21 +445,39 @@ class Pool:
         now = time.time()
         with self.transaction() as db:
             for frame_id, suggestion in items:
-                cursor = db.execute("INSERT INTO tasks (frame_id, round, purpose, suggestion, status, created) "
-                                    "VALUES (?,?,?,?, 'open', ?)",
-                                    (frame_id, round, purpose, None if suggestion is None else int(suggestion), now))
+                cursor = db.execute(
+                    "INSERT INTO tasks (frame_id, round, purpose, suggestion, status, created) "
+                    "VALUES (?,?,?,?, 'open', ?)",
+                    (frame_id, round, purpose, None if suggestion is None else int(suggestion), now),
+                )
                 ids.append(int(cursor.lastrowid))
         return ids
 
     @staticmethod
     def _task(row: sqlite3.Row) -> Task:
-        return Task(id=row["id"], frame_id=row["frame_id"], round=row["round"], purpose=row["purpose"],
-                    suggestion=row["suggestion"], status=row["status"], backend=row["backend"],
-                    external_id=row["external_id"], answer=row["answer"], annotator=row["annotator"],
-                    seconds=row["seconds"], dollars=row["dollars"], error=row["error"])
+        return Task(
+            id=row["id"],
+            frame_id=row["frame_id"],
+            round=row["round"],
+            purpose=row["purpose"],
+            suggestion=row["suggestion"],
+            status=row["status"],
+            backend=row["backend"],
+            external_id=row["external_id"],
+            answer=row["answer"],
+            annotator=row["annotator"],
+            seconds=row["seconds"],
+            dollars=row["dollars"],
+            error=row["error"],
+        )
 
-    def tasks(self, round: int | None = None, purpose: str | None = None,
-              status: str | Sequence[str] | None = None, backend: str | None = None) -> list[Task]:
+    def tasks(
+        self,
+        round: int | None = None,
+        purpose: str | None = None,
+        status: str | Sequence[str] | None = None,
+        backend: str | None = None,
+    ) -> list[Task]:
         """Return tasks, oldest first."""
         where, params = [], []
         for column, value in (("round", round), ("purpose", purpose), ("backend", backend)):
@@ -410,8 +488,9 @@ class Pool:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             params += statuses
-        rows = self._query("SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id",
-                           params)
+        rows = self._query(
+            "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id", params
+        )
         return [self._task(r) for r in rows]
 
     def task(self, task_id: int) -> Task:
@@ -424,22 +503,26 @@ class Pool:
     def mark_submitted(self, task_ids: Sequence[int], backend: str, external_ids: Sequence[str | None]) -> None:
         """Record that tasks went to an annotator backend (with its job / loop ids)."""
         with self.transaction() as db:
-            db.executemany("UPDATE tasks SET status='submitted', backend=?, external_id=? WHERE id=? AND status='open'",
-                           [(backend, ext, tid) for tid, ext in zip(task_ids, external_ids)])
+            db.executemany(
+                "UPDATE tasks SET status='submitted', backend=?, external_id=? WHERE id=? AND status='open'",
+                [(backend, ext, tid) for tid, ext in zip(task_ids, external_ids)],
+            )
 
     def answer_task(self, task_id: int, answer: int, annotator: str, seconds: float, dollars: float) -> None:
         """Record a human answer (a class index); PoolError if the task is already done."""
         cursor = self._db.execute(
             "UPDATE tasks SET status='done', answer=?, annotator=?, seconds=?, dollars=?, done=?, error=NULL "
             "WHERE id=? AND status IN ('open', 'submitted')",
-            (int(answer), annotator, float(seconds), float(dollars), time.time(), task_id))
+            (int(answer), annotator, float(seconds), float(dollars), time.time(), task_id),
+        )
         if cursor.rowcount != 1:
             raise PoolError(f"{self.path}: task {task_id} is not open (already answered or unknown)")
 
     def unapplied(self, round: int) -> list[Task]:
         """Return the round's finished (done or failed) tasks whose outcome the loop has not applied yet."""
-        rows = self._query("SELECT * FROM tasks WHERE round=? AND status IN ('done', 'failed') AND applied=0 ORDER BY id",
-                           (round,))
+        rows = self._query(
+            "SELECT * FROM tasks WHERE round=? AND status IN ('done', 'failed') AND applied=0 ORDER BY id", (round,)
+        )
         return [self._task(r) for r in rows]
 
     def mark_applied(self, task_ids: Iterable[int]) -> None:
@@ -455,15 +538,19 @@ class Pool:
         """Record that frames were used to train ``model_version``; their state becomes 'used'."""
         ids = list(frame_ids)
         with self.transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO usage (frame_id, model_version) VALUES (?,?)",
-                           [(i, model_version) for i in ids])
-            db.executemany("UPDATE frames SET state='used' WHERE id=? AND state IN ('accepted', 'labeled')",
-                           [(i,) for i in ids])
+            db.executemany(
+                "INSERT OR IGNORE INTO usage (frame_id, model_version) VALUES (?,?)", [(i, model_version) for i in ids]
+            )
+            db.executemany(
+                "UPDATE frames SET state='used' WHERE id=? AND state IN ('accepted', 'labeled')", [(i,) for i in ids]
+            )
 
     def usage(self, frame_id: str) -> list[str]:
         """Return the model versions a frame was used to train."""
-        return [r[0] for r in self._query("SELECT model_version FROM usage WHERE frame_id=? ORDER BY model_version",
-                                          (frame_id,))]
+        return [
+            r[0]
+            for r in self._query("SELECT model_version FROM usage WHERE frame_id=? ORDER BY model_version", (frame_id,))
+        ]
 
     # ------------------------------------------------------------------ rounds, steps, key-values
     def current_round(self) -> Optional[int]:
@@ -487,8 +574,10 @@ class Pool:
 
     def finish_round(self, round: int, summary: dict) -> None:
         """Close a round and store its summary."""
-        self._db.execute("UPDATE rounds SET status='finished', finished=?, summary=? WHERE id=?",
-                         (time.time(), json.dumps(summary, sort_keys=True), round))
+        self._db.execute(
+            "UPDATE rounds SET status='finished', finished=?, summary=? WHERE id=?",
+            (time.time(), json.dumps(summary, sort_keys=True), round),
+        )
 
     def round_summary(self, round: int) -> Optional[dict]:
         """Return a finished round's summary."""
@@ -509,8 +598,15 @@ class Pool:
             "INSERT INTO steps (round, step, status, info, started, finished) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(round, step) DO UPDATE SET status=excluded.status, info=excluded.info, "
             "finished=excluded.finished",
-            (round, step, status, json.dumps(info or {}, sort_keys=True), now,
-             now if status in ("done", "failed", "skipped") else None))
+            (
+                round,
+                step,
+                status,
+                json.dumps(info or {}, sort_keys=True),
+                now,
+                now if status in ("done", "failed", "skipped") else None,
+            ),
+        )
 
     def get(self, key: str, default: object = None) -> object:
         """Return a stored JSON value."""
@@ -520,5 +616,3 @@ class Pool:
     def put(self, key: str, value: object) -> None:
         """Store a JSON value."""
         self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", (key, json.dumps(value)))
-
-

@@ -31,7 +31,7 @@ class _Frames:
     def get_next(self):
         if self.position >= len(self.images):
             return None
-        chunk = self.images[self.position:self.position + self.batch]
+        chunk = self.images[self.position : self.position + self.batch]
         self.position += self.batch
         return {self.input_name: np.ascontiguousarray(chunk)}
 
@@ -39,8 +39,13 @@ class _Frames:
         self.position = 0
 
 
-def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
-                  input_name: str = "image", per_channel: bool = True) -> Path:
+def quantize_int8(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    calibration: np.ndarray,
+    input_name: str = "image",
+    per_channel: bool = True,
+) -> Path:
     """Write a statically quantized INT8 (QDQ, per-channel) copy of an ONNX model; return its path.
 
     ``calibration`` are uint8 NHWC frames already at the model's input size.
@@ -56,11 +61,17 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
         prepared = Path(scratch) / "prepared.onnx"
         try:
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-            quantize_static(str(prepared), str(int8_path), _Frames(input_name, calibration),
-                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=list(QUANTIZED_OPS),
-                            calibrate_method=CalibrationMethod.MinMax)
+            quantize_static(
+                str(prepared),
+                str(int8_path),
+                _Frames(input_name, calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                calibrate_method=CalibrationMethod.MinMax,
+            )
         except Exception as exc:  # onnxruntime.quantization raises many unrelated types
             raise ModelError(f"{fp32_path}: INT8 quantization failed ({exc})") from exc
     return int8_path
@@ -93,8 +104,8 @@ class Int8Comparison:
 
     fp32_ms: float
     int8_ms: float
-    speedup: float                 # fp32_ms / int8_ms (<1: INT8 is slower here)
-    agreement: float               # share of frames where both predict the same class
+    speedup: float  # fp32_ms / int8_ms (<1: INT8 is slower here)
+    agreement: float  # share of frames where both predict the same class
     fp32_bytes: int
     int8_bytes: int
     frames: int
@@ -103,14 +114,21 @@ class Int8Comparison:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def compare(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, runs: int = 50,
-            input_name: str = "image") -> Int8Comparison:
+def compare(
+    fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, runs: int = 50, input_name: str = "image"
+) -> Int8Comparison:
     """Return latency and agreement of an INT8 model against its FP32 original on ``images``."""
     fp32, int8 = _session(Path(fp32_path)), _session(Path(int8_path))
     a = fp32.run(["probs"], {input_name: images})[0].argmax(axis=1)
     b = int8.run(["probs"], {input_name: images})[0].argmax(axis=1)
     fp32_ms = latency_ms(fp32_path, images, runs, input_name)
     int8_ms = latency_ms(int8_path, images, runs, input_name)
-    return Int8Comparison(fp32_ms=fp32_ms, int8_ms=int8_ms, speedup=fp32_ms / int8_ms if int8_ms else 0.0,
-                          agreement=float((a == b).mean()), fp32_bytes=Path(fp32_path).stat().st_size,
-                          int8_bytes=Path(int8_path).stat().st_size, frames=len(images))
+    return Int8Comparison(
+        fp32_ms=fp32_ms,
+        int8_ms=int8_ms,
+        speedup=fp32_ms / int8_ms if int8_ms else 0.0,
+        agreement=float((a == b).mean()),
+        fp32_bytes=Path(fp32_path).stat().st_size,
+        int8_bytes=Path(int8_path).stat().st_size,
+        frames=len(images),
+    )

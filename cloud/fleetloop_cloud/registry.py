@@ -48,11 +48,11 @@ class RegistryEntry:
     version: str
     tier: str
     status: str
-    location: str                 # store URL of the package directory
-    sha256: str                   # of the model file
-    key_id: Optional[str]         # signing key, None when unsigned
+    location: str  # store URL of the package directory
+    sha256: str  # of the model file
+    key_id: Optional[str]  # signing key, None when unsigned
     metrics: dict = field(default_factory=dict)
-    arn: Optional[str] = None     # SageMaker model package ARN
+    arn: Optional[str] = None  # SageMaker model package ARN
     history: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -62,7 +62,9 @@ class RegistryEntry:
 class Registry(Protocol):
     """What every registry backend offers."""
 
-    def publish(self, package_dir: Path, status: str = "PendingManualApproval", metrics: dict | None = None) -> RegistryEntry: ...
+    def publish(
+        self, package_dir: Path, status: str = "PendingManualApproval", metrics: dict | None = None
+    ) -> RegistryEntry: ...
     def set_status(self, name: str, version: str, status: str, reason: str = "") -> RegistryEntry: ...
     def entries(self, name: str) -> list[RegistryEntry]: ...
     def approved(self, name: str) -> Optional[RegistryEntry]: ...
@@ -78,8 +80,13 @@ def _check_status(status: str) -> str:
 class StoreRegistry:
     """Versioned packages in an object store (a local directory by default)."""
 
-    def __init__(self, store: ObjectStore, signing_key: bytes | None = None, trusted=None,
-                 on_approved: list[Callable[[RegistryEntry], None]] | None = None):
+    def __init__(
+        self,
+        store: ObjectStore,
+        signing_key: bytes | None = None,
+        trusted=None,
+        on_approved: list[Callable[[RegistryEntry], None]] | None = None,
+    ):
         self.store = store
         self.signing_key = signing_key
         self.trusted = trusted
@@ -119,7 +126,9 @@ class StoreRegistry:
         self._write_json(f"{self.prefix(entry.name, entry.version)}/registry.json", entry.to_dict())
 
     # ------------------------------------------------------------------ interface
-    def publish(self, package_dir: Path, status: str = "PendingManualApproval", metrics: dict | None = None) -> RegistryEntry:
+    def publish(
+        self, package_dir: Path, status: str = "PendingManualApproval", metrics: dict | None = None
+    ) -> RegistryEntry:
         """Sign (when a key is configured) and upload a package; record it with ``status``."""
         _check_status(status)
         package_dir = Path(package_dir)
@@ -130,17 +139,25 @@ class StoreRegistry:
         if self.store.exists(f"{prefix}/registry.json"):
             existing = self._entry(manifest.name, manifest.version)
             if existing.sha256 != manifest.sha256:
-                raise RegistryError(f"{self.store.uri}: {manifest.name} {manifest.version} is already registered "
-                                    f"with a different model (sha256 {existing.sha256[:12]}..); versions are immutable")
+                raise RegistryError(
+                    f"{self.store.uri}: {manifest.name} {manifest.version} is already registered "
+                    f"with a different model (sha256 {existing.sha256[:12]}..); versions are immutable"
+                )
             return existing
         for entry in manifest.files:
             self.store.put_file(f"{prefix}/{entry.path}", package_dir / entry.path)
         self.store.put_file(f"{prefix}/{MANIFEST_NAME}", package_dir / MANIFEST_NAME)
-        entry = RegistryEntry(name=manifest.name, version=manifest.version, tier=manifest.tier, status=status,
-                              location=self.store.url(prefix), sha256=manifest.sha256,
-                              key_id=manifest.signature.key_id if manifest.signature else None,
-                              metrics=dict(metrics or {}),
-                              history=[{"status": status, "time": time.time(), "reason": "registered"}])
+        entry = RegistryEntry(
+            name=manifest.name,
+            version=manifest.version,
+            tier=manifest.tier,
+            status=status,
+            location=self.store.url(prefix),
+            sha256=manifest.sha256,
+            key_id=manifest.signature.key_id if manifest.signature else None,
+            metrics=dict(metrics or {}),
+            history=[{"status": status, "time": time.time(), "reason": "registered"}],
+        )
         self._after_publish(entry, manifest, package_dir)
         self._save(entry)
         if status == "Approved":
@@ -170,9 +187,17 @@ class StoreRegistry:
         """Backend hook (SageMaker: update_model_package)."""
 
     def _approved(self, entry: RegistryEntry) -> None:
-        self._write_json(f"models/{entry.name}/approved.json",
-                         {"name": entry.name, "version": entry.version, "tier": entry.tier,
-                          "location": entry.location, "sha256": entry.sha256, "time": time.time()})
+        self._write_json(
+            f"models/{entry.name}/approved.json",
+            {
+                "name": entry.name,
+                "version": entry.version,
+                "tier": entry.tier,
+                "location": entry.location,
+                "sha256": entry.sha256,
+                "time": time.time(),
+            },
+        )
         for hook in self.on_approved:
             hook(entry)
 
@@ -183,8 +208,13 @@ class StoreRegistry:
 
     def entries(self, name: str) -> list[RegistryEntry]:
         """Return every registered version of ``name``, oldest first."""
-        versions = sorted({info.key.split("/")[2] for info in self.store.list(f"models/{name}/")
-                           if info.key.endswith("/registry.json") and info.key.count("/") == 3})
+        versions = sorted(
+            {
+                info.key.split("/")[2]
+                for info in self.store.list(f"models/{name}/")
+                if info.key.endswith("/registry.json") and info.key.count("/") == 3
+            }
+        )
         entries = [self._entry(name, v) for v in versions]
         return sorted(entries, key=lambda e: e.history[0]["time"] if e.history else 0)
 
@@ -202,7 +232,9 @@ class StoreRegistry:
         except StoreError as exc:
             raise RegistryError(f"{self.store.uri}: cannot read {prefix}/{MANIFEST_NAME} ({exc})") from exc
         manifest = parse_manifest(json.loads(raw), f"{self.store.url(prefix)}/{MANIFEST_NAME}")
-        staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=destination.parent if destination.parent.exists() else None))
+        staging = Path(
+            tempfile.mkdtemp(prefix=".fetch-", dir=destination.parent if destination.parent.exists() else None)
+        )
         try:
             for entry in manifest.files:
                 target = staging / entry.path
@@ -211,6 +243,7 @@ class StoreRegistry:
             (staging / MANIFEST_NAME).write_bytes(raw)
             if self.trusted is not None:
                 from fleetloop_core.signing import verify_package
+
                 verify_package(staging, self.trusted)
             else:
                 verify_files(manifest, staging)
@@ -226,13 +259,22 @@ class StoreRegistry:
 class SageMakerRegistry(StoreRegistry):
     """Package files in an S3 store; one SageMaker Model Registry package per version."""
 
-    def __init__(self, store: ObjectStore, group_prefix: str, image_uri: str, client=None,
-                 signing_key: bytes | None = None, trusted=None,
-                 on_approved: list[Callable[[RegistryEntry], None]] | None = None,
-                 region: str = "us-east-1", endpoint_url: str | None = None):
+    def __init__(
+        self,
+        store: ObjectStore,
+        group_prefix: str,
+        image_uri: str,
+        client=None,
+        signing_key: bytes | None = None,
+        trusted=None,
+        on_approved: list[Callable[[RegistryEntry], None]] | None = None,
+        region: str = "us-east-1",
+        endpoint_url: str | None = None,
+    ):
         super().__init__(store, signing_key, trusted, on_approved)
         if client is None:
             import boto3
+
             client = boto3.client("sagemaker", region_name=region, endpoint_url=endpoint_url)
         self.client = client
         self.group_prefix = group_prefix
@@ -250,18 +292,27 @@ class SageMakerRegistry(StoreRegistry):
 
     def _ensure_group(self, name: str) -> None:
         from botocore.exceptions import ClientError
+
         group = self.group(name)
         try:
             self.client.describe_model_package_group(ModelPackageGroupName=group)
             return
         except ClientError:
             pass
-        self._call("create_model_package_group", ModelPackageGroupName=group,
-                   ModelPackageGroupDescription=f"FleetLoop model {name}: signed packages under models/{name}/")
+        self._call(
+            "create_model_package_group",
+            ModelPackageGroupName=group,
+            ModelPackageGroupDescription=f"FleetLoop model {name}: signed packages under models/{name}/",
+        )
 
     def _metadata(self, entry: RegistryEntry) -> dict:
-        return {"fleetloop-name": entry.name, "fleetloop-version": entry.version, "fleetloop-tier": entry.tier,
-                "fleetloop-sha256": entry.sha256, "fleetloop-key-id": entry.key_id or "unsigned"}
+        return {
+            "fleetloop-name": entry.name,
+            "fleetloop-version": entry.version,
+            "fleetloop-tier": entry.tier,
+            "fleetloop-sha256": entry.sha256,
+            "fleetloop-key-id": entry.key_id or "unsigned",
+        }
 
     def archive_key(self, name: str, version: str) -> str:
         """Return the store key of a version's model.tar.gz (next to its files)."""
@@ -277,25 +328,39 @@ class SageMakerRegistry(StoreRegistry):
         with tempfile.TemporaryDirectory() as scratch:
             self.store.put_file(key, pack_package(package_dir, Path(scratch) / ARCHIVE_NAME))
         response = self._call(
-            "create_model_package", ModelPackageGroupName=self.group(entry.name),
+            "create_model_package",
+            ModelPackageGroupName=self.group(entry.name),
             ModelPackageDescription=f"{entry.name} {entry.version} ({entry.tier})",
             InferenceSpecification={
                 "Containers": [{"Image": self.image_uri, "ModelDataUrl": self.store.url(key)}],
                 "SupportedContentTypes": ["application/x-image"],
-                "SupportedResponseMIMETypes": ["application/json"]},
-            ModelApprovalStatus=entry.status, CustomerMetadataProperties=self._metadata(entry))
+                "SupportedResponseMIMETypes": ["application/json"],
+            },
+            ModelApprovalStatus=entry.status,
+            CustomerMetadataProperties=self._metadata(entry),
+        )
         entry.arn = response["ModelPackageArn"]
 
     def _after_status(self, entry: RegistryEntry, reason: str) -> None:
         if not entry.arn:
             raise RegistryError(f"{entry.name} {entry.version}: no SageMaker model package ARN recorded")
-        self._call("update_model_package", ModelPackageArn=entry.arn, ModelApprovalStatus=entry.status,
-                   ApprovalDescription=reason[:1000] or entry.status, CustomerMetadataProperties=self._metadata(entry))
+        self._call(
+            "update_model_package",
+            ModelPackageArn=entry.arn,
+            ModelApprovalStatus=entry.status,
+            ApprovalDescription=reason[:1000] or entry.status,
+            CustomerMetadataProperties=self._metadata(entry),
+        )
 
     def approved_in_sagemaker(self, name: str) -> Optional[str]:
         """Return the newest Approved version of ``name`` according to the Model Registry itself."""
-        response = self._call("list_model_packages", ModelPackageGroupName=self.group(name),
-                              ModelApprovalStatus="Approved", SortBy="CreationTime", SortOrder="Descending")
+        response = self._call(
+            "list_model_packages",
+            ModelPackageGroupName=self.group(name),
+            ModelApprovalStatus="Approved",
+            SortBy="CreationTime",
+            SortOrder="Descending",
+        )
         for summary in response.get("ModelPackageSummaryList", []):
             described = self._call("describe_model_package", ModelPackageName=summary["ModelPackageArn"])
             version = (described.get("CustomerMetadataProperties") or {}).get("fleetloop-version")
@@ -314,6 +379,7 @@ def _load_keys(signing_key: str | None, trusted_keys: str | None):
     trusted = None
     if trusted_keys:
         from fleetloop_core.signing import TrustedKeys
+
         trusted = TrustedKeys.load(trusted_keys)
     return private, trusted
 
@@ -331,7 +397,15 @@ def open_registry(config, on_approved: list[Callable[[RegistryEntry], None]] | N
         if not store.url("x").startswith("s3://"):
             raise ConfigError(f"registry.uri: the sagemaker registry keeps packages in S3 (got {config.uri})")
         sm = config.sagemaker
-        return SageMakerRegistry(store, sm.group_prefix, sm.image_uri, client=client, signing_key=private,
-                                 trusted=trusted, on_approved=on_approved, region=sm.region,
-                                 endpoint_url=sm.endpoint_url)
+        return SageMakerRegistry(
+            store,
+            sm.group_prefix,
+            sm.image_uri,
+            client=client,
+            signing_key=private,
+            trusted=trusted,
+            on_approved=on_approved,
+            region=sm.region,
+            endpoint_url=sm.endpoint_url,
+        )
     raise ConfigError(f"registry.backend: unknown backend {config.backend!r} (known: local, sagemaker)")

@@ -52,12 +52,12 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 class Threshold:
     """A routing threshold and the evidence behind it."""
 
-    value: float                 # accept calibrated confidence >= value; inf: accept nothing
-    validation_frames: int       # human-labeled random frames considered
-    eligible_frames: int         # of which the tiers agreed
-    accepted_frames: int         # of which at or above the threshold
-    accuracy: float              # auto-label accuracy on those (point estimate)
-    lower_bound: float           # its Wilson lower bound at z
+    value: float  # accept calibrated confidence >= value; inf: accept nothing
+    validation_frames: int  # human-labeled random frames considered
+    eligible_frames: int  # of which the tiers agreed
+    accepted_frames: int  # of which at or above the threshold
+    accuracy: float  # auto-label accuracy on those (point estimate)
+    lower_bound: float  # its Wilson lower bound at z
     reason: str
 
     @property
@@ -67,13 +67,26 @@ class Threshold:
 
     def to_dict(self) -> dict:
         """Return JSON-able data (inf as None)."""
-        return {"value": self.value if self.automated else None, "validation_frames": self.validation_frames,
-                "eligible_frames": self.eligible_frames, "accepted_frames": self.accepted_frames,
-                "accuracy": round(self.accuracy, 4), "lower_bound": round(self.lower_bound, 4), "reason": self.reason}
+        return {
+            "value": self.value if self.automated else None,
+            "validation_frames": self.validation_frames,
+            "eligible_frames": self.eligible_frames,
+            "accepted_frames": self.accepted_frames,
+            "accuracy": round(self.accuracy, 4),
+            "lower_bound": round(self.lower_bound, 4),
+            "reason": self.reason,
+        }
 
 
-def choose_threshold(confidence: np.ndarray, correct: np.ndarray, eligible: np.ndarray, target: float,
-                     z: float = 1.0, min_accepted: int = 30, floor: float = 0.0) -> Threshold:
+def choose_threshold(
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    eligible: np.ndarray,
+    target: float,
+    z: float = 1.0,
+    min_accepted: int = 30,
+    floor: float = 0.0,
+) -> Threshold:
     """Return the lowest threshold whose accepted validation frames meet ``target`` accuracy.
 
     ``confidence`` are calibrated confidences in [0, 1], ``correct`` whether the auto-label matched
@@ -86,8 +99,15 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, eligible: np.n
     eligible = np.asarray(eligible, bool)
     n_validation, n_eligible = len(confidence), int(eligible.sum())
     if n_eligible < min_accepted:
-        return Threshold(math.inf, n_validation, n_eligible, 0, 0.0, 0.0,
-                         f"only {n_eligible} agreeing validation frames (need {min_accepted})")
+        return Threshold(
+            math.inf,
+            n_validation,
+            n_eligible,
+            0,
+            0.0,
+            0.0,
+            f"only {n_eligible} agreeing validation frames (need {min_accepted})",
+        )
     order = np.argsort(-confidence[eligible], kind="stable")
     conf_sorted = confidence[eligible][order]
     hits = np.cumsum(correct[eligible][order])
@@ -102,13 +122,25 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, eligible: np.n
             best = k
     if best is None:
         accuracy = float(hits[min_accepted - 1] / min_accepted)
-        return Threshold(math.inf, n_validation, n_eligible, 0, accuracy,
-                         wilson_lower(int(hits[min_accepted - 1]), min_accepted, z),
-                         f"no threshold reaches {target:.3f} (Wilson lower bound at z={z}) on the validation sample")
+        return Threshold(
+            math.inf,
+            n_validation,
+            n_eligible,
+            0,
+            accuracy,
+            wilson_lower(int(hits[min_accepted - 1]), min_accepted, z),
+            f"no threshold reaches {target:.3f} (Wilson lower bound at z={z}) on the validation sample",
+        )
     value = max(float(conf_sorted[best - 1]), floor)
-    return Threshold(value, n_validation, n_eligible, best, float(hits[best - 1] / best),
-                     wilson_lower(int(hits[best - 1]), best, z),
-                     f"lowest threshold whose {best} accepted validation frames meet {target:.3f}")
+    return Threshold(
+        value,
+        n_validation,
+        n_eligible,
+        best,
+        float(hits[best - 1] / best),
+        wilson_lower(int(hits[best - 1]), best, z),
+        f"lowest threshold whose {best} accepted validation frames meet {target:.3f}",
+    )
 
 
 def accept(confidence: np.ndarray, agree: np.ndarray, threshold: float) -> np.ndarray:
@@ -116,9 +148,17 @@ def accept(confidence: np.ndarray, agree: np.ndarray, threshold: float) -> np.nd
     return np.asarray(agree, bool) & (np.asarray(confidence) >= threshold)
 
 
-def derive_tracks(robots: Sequence[str], streams: Sequence[str], stamps_ns: np.ndarray,
-                  embeddings: np.ndarray | None, hints: Sequence[str | None], frame_ids: Sequence[str],
-                  max_gap_s: float = 1.0, min_similarity: float = 0.9, use_hints: bool = True) -> list[str]:
+def derive_tracks(
+    robots: Sequence[str],
+    streams: Sequence[str],
+    stamps_ns: np.ndarray,
+    embeddings: np.ndarray | None,
+    hints: Sequence[str | None],
+    frame_ids: Sequence[str],
+    max_gap_s: float = 1.0,
+    min_similarity: float = 0.9,
+    use_hints: bool = True,
+) -> list[str]:
     """Return a track key per frame (a frame alone is its own track).
 
     Frames with a robot ``hint`` join ``<robot>/<stream>/hint:<hint>``; others chain with the
@@ -134,7 +174,7 @@ def derive_tracks(robots: Sequence[str], streams: Sequence[str], stamps_ns: np.n
         hint = hints[i] if use_hints else None
         if hint:
             keys[i] = f"{robots[i]}/{streams[i]}/hint:{hint}"
-            previous = None           # an item track interrupts any background chain
+            previous = None  # an item track interrupts any background chain
             continue
         joined = False
         if previous is not None and robots[previous] == robots[i] and streams[previous] == streams[i]:
@@ -154,13 +194,20 @@ class Propagation:
     """What propagation decided: labels by frame index, disputes and ambiguous tracks."""
 
     labels: dict[int, int] = field(default_factory=dict)
-    disputed: list[int] = field(default_factory=list)      # accepted frames contradicting their track's human label
+    disputed: list[int] = field(default_factory=list)  # accepted frames contradicting their track's human label
     ambiguous_tracks: list[str] = field(default_factory=list)
 
 
-def propagate(track_keys: Sequence[str], predicted: np.ndarray, agree: np.ndarray, confidence: np.ndarray,
-              human: dict[int, int], candidates: np.ndarray, accepted: np.ndarray | None = None,
-              min_confidence: float = 0.0) -> Propagation:
+def propagate(
+    track_keys: Sequence[str],
+    predicted: np.ndarray,
+    agree: np.ndarray,
+    confidence: np.ndarray,
+    human: dict[int, int],
+    candidates: np.ndarray,
+    accepted: np.ndarray | None = None,
+    min_confidence: float = 0.0,
+) -> Propagation:
     """Return labels propagated from human-labeled frames to the rest of their tracks.
 
     A candidate frame takes its track's human label when the track's human labels agree on one
@@ -180,7 +227,12 @@ def propagate(track_keys: Sequence[str], predicted: np.ndarray, agree: np.ndarra
         if not labels or len(labels) != 1 or index in human:
             continue
         (label,) = labels
-        if candidates[index] and agree[index] and int(predicted[index]) == label and confidence[index] >= min_confidence:
+        if (
+            candidates[index]
+            and agree[index]
+            and int(predicted[index]) == label
+            and confidence[index] >= min_confidence
+        ):
             out.labels[index] = label
         elif accepted is not None and accepted[index] and int(predicted[index]) != label:
             out.disputed.append(index)

@@ -37,7 +37,7 @@ log = logging.getLogger("fleetloop_cloud.sagemaker_job")
 
 ML_ROOT = "/opt/ml"
 ROOT_VARIABLE = "FLEETLOOP_ML_ROOT"
-READABLE_MODES = ("File", "FastFile")      # both present the channel as files; Pipe streams a FIFO
+READABLE_MODES = ("File", "FastFile")  # both present the channel as files; Pipe streams a FIFO
 
 
 def _natural(host: str) -> tuple:
@@ -99,7 +99,7 @@ class JobEnvironment:
     cluster: Cluster
     model_dir: Path
     output_dir: Path
-    overrides: list[str] = field(default_factory=list)   # the SM_* variables that were applied
+    overrides: list[str] = field(default_factory=list)  # the SM_* variables that were applied
 
     @property
     def failure_path(self) -> Path:
@@ -125,8 +125,9 @@ def default_root(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get(ROOT_VARIABLE) or ML_ROOT)
 
 
-def read_job(root: Path | None = None, environ: Mapping[str, str] = os.environ,
-             known_channels: tuple[str, ...] = ()) -> JobEnvironment:
+def read_job(
+    root: Path | None = None, environ: Mapping[str, str] = os.environ, known_channels: tuple[str, ...] = ()
+) -> JobEnvironment:
     """Return the job as SageMaker laid it out under ``root`` (default /opt/ml).
 
     Channels: every entry of inputdataconfig.json (its directory must exist and be readable as
@@ -152,15 +153,17 @@ def read_job(root: Path | None = None, environ: Mapping[str, str] = os.environ,
         settings = settings if isinstance(settings, dict) else {}
         mode = settings.get("TrainingInputMode", "File")
         if mode not in READABLE_MODES:
-            raise ConfigError(f"{config_dir / 'inputdataconfig.json'}: channel {name!r} uses TrainingInputMode "
-                              f"{mode!r}; this image reads channels as files ({' or '.join(READABLE_MODES)})")
+            raise ConfigError(
+                f"{config_dir / 'inputdataconfig.json'}: channel {name!r} uses TrainingInputMode "
+                f"{mode!r}; this image reads channels as files ({' or '.join(READABLE_MODES)})"
+            )
         channels[name] = Channel(name, data_dir / name, settings.get("ContentType"), mode)
     if data_dir.is_dir():
         for directory in sorted(p for p in data_dir.iterdir() if p.is_dir() and p.name not in channels):
             channels[directory.name] = Channel(directory.name, directory)
     for key, value in environ.items():
         if key.startswith("SM_CHANNEL_") and value:
-            name = key[len("SM_CHANNEL_"):].lower()
+            name = key[len("SM_CHANNEL_") :].lower()
             channels[name] = Channel(name, Path(value), channels[name].content_type if name in channels else None)
             overrides.append(key)
     if known_channels:
@@ -188,14 +191,27 @@ def read_job(root: Path | None = None, environ: Mapping[str, str] = os.environ,
     model_dir = Path(environ.get("SM_MODEL_DIR") or root / "model")
     output_dir = Path(environ.get("SM_OUTPUT_DIR") or root / "output")
     overrides += [k for k in ("SM_MODEL_DIR", "SM_OUTPUT_DIR") if environ.get(k)]
-    return JobEnvironment(root=root, hyperparameters_path=hp_path, hyperparameters=hyperparameters,
-                          channels=channels, cluster=cluster, model_dir=model_dir, output_dir=output_dir,
-                          overrides=overrides)
+    return JobEnvironment(
+        root=root,
+        hyperparameters_path=hp_path,
+        hyperparameters=hyperparameters,
+        channels=channels,
+        cluster=cluster,
+        model_dir=model_dir,
+        output_dir=output_dir,
+        overrides=overrides,
+    )
 
 
-def write_job_tree(root: Path, hyperparameters: Mapping[str, object], channels: Mapping[str, Path],
-                   hosts: list[str] | None = None, current_host: str | None = None,
-                   content_types: Mapping[str, str] | None = None, network_interface: str | None = None) -> Path:
+def write_job_tree(
+    root: Path,
+    hyperparameters: Mapping[str, object],
+    channels: Mapping[str, Path],
+    hosts: list[str] | None = None,
+    current_host: str | None = None,
+    content_types: Mapping[str, str] | None = None,
+    network_interface: str | None = None,
+) -> Path:
     """Lay out ``root`` as SageMaker lays out /opt/ml for one host; return ``root``.
 
     Channel directories are linked in (SageMaker copies them; the entry point only reads).
@@ -206,13 +222,28 @@ def write_job_tree(root: Path, hyperparameters: Mapping[str, object], channels: 
     for directory in (config_dir, data_dir, root / "model", root / "output"):
         directory.mkdir(parents=True, exist_ok=True)
     (config_dir / "hyperparameters.json").write_text(
-        json.dumps({k: v if isinstance(v, str) else json.dumps(v) for k, v in hyperparameters.items()}, indent=2))
-    (config_dir / "inputdataconfig.json").write_text(json.dumps({
-        name: {"ContentType": (content_types or {}).get(name, "application/octet-stream"),
-               "TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
-        for name in channels}, indent=2))
-    resources = {"current_host": current_host or hosts[0], "hosts": hosts,
-                 "current_instance_type": "local", "current_group_name": "homogeneousCluster"}
+        json.dumps({k: v if isinstance(v, str) else json.dumps(v) for k, v in hyperparameters.items()}, indent=2)
+    )
+    (config_dir / "inputdataconfig.json").write_text(
+        json.dumps(
+            {
+                name: {
+                    "ContentType": (content_types or {}).get(name, "application/octet-stream"),
+                    "TrainingInputMode": "File",
+                    "S3DistributionType": "FullyReplicated",
+                    "RecordWrapperType": "None",
+                }
+                for name in channels
+            },
+            indent=2,
+        )
+    )
+    resources = {
+        "current_host": current_host or hosts[0],
+        "hosts": hosts,
+        "current_instance_type": "local",
+        "current_group_name": "homogeneousCluster",
+    }
     if network_interface:
         resources["network_interface_name"] = network_interface
     (config_dir / "resourceconfig.json").write_text(json.dumps(resources, indent=2))

@@ -29,8 +29,12 @@ def predict_bytes(model: TierModel, data: bytes, where: str = "<request>") -> di
     """Return the teacher's answer for one encoded frame."""
     image = decode_image(data, where)
     out = model.infer(image)
-    answer = {"probs": np.asarray(out.probs[0], np.float32).round(6).tolist(), "tier": model.tier,
-              "name": model.manifest.name, "version": model.version}
+    answer = {
+        "probs": np.asarray(out.probs[0], np.float32).round(6).tolist(),
+        "tier": model.tier,
+        "name": model.manifest.name,
+        "version": model.version,
+    }
     if out.embedding is not None:
         answer["embedding"] = np.asarray(out.embedding[0], np.float32).round(6).tolist()
     return answer
@@ -50,8 +54,9 @@ def create_app(model_dir: str | Path):
     async def invocations(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         if content_type not in IMAGE_TYPES:
-            return JSONResponse({"error": f"unsupported content type {content_type!r} (send {', '.join(IMAGE_TYPES)})"},
-                                status_code=415)
+            return JSONResponse(
+                {"error": f"unsupported content type {content_type!r} (send {', '.join(IMAGE_TYPES)})"}, status_code=415
+            )
         try:
             return JSONResponse(predict_bytes(model, await request.body()))
         except (FrameError, FleetLoopError) as exc:

@@ -70,14 +70,18 @@ def register_train(subparsers) -> None:
     """``train``: the round's training step, or with ``--sagemaker`` the training-container entry point."""
     parser = subparsers.add_parser("train", help="train T2, distil T3/T4, INT8 (or --sagemaker: the job's entry point)")
     _common(parser)
-    parser.add_argument("--sagemaker", action="store_true",
-                        help="run as the SageMaker training job (reads /opt/ml/... or the --model-dir/--train... "
-                             "arguments that follow)")
+    parser.add_argument(
+        "--sagemaker",
+        action="store_true",
+        help="run as the SageMaker training job (reads /opt/ml/... or the --model-dir/--train... "
+        "arguments that follow)",
+    )
     parser.add_argument("contract_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     def handler(args) -> int:
         if args.sagemaker:
             from fleetloop_cloud.train import main_contract
+
             return main_contract(args.contract_args)
         with _loop(args) as loop:
             result = loop.train()
@@ -113,9 +117,13 @@ def summary_table(summary):
     final = audit.get("final")
     if final:
         low, high = final["ci"]
-        rows.append(("audited accuracy (auto + propagated)",
-                     f"{final['accuracy']:.4f} [{low:.3f}, {high:.3f}] on {final['frames']} "
-                     f"(target {audit['target']}, {'met' if audit['meets_target'] else 'NOT met'})"))
+        rows.append(
+            (
+                "audited accuracy (auto + propagated)",
+                f"{final['accuracy']:.4f} [{low:.3f}, {high:.3f}] on {final['frames']} "
+                f"(target {audit['target']}, {'met' if audit['meets_target'] else 'NOT met'})",
+            )
+        )
     else:
         rows.append(("audited accuracy", "no auto labels to audit"))
     for purpose, entry in human["by_purpose"].items():
@@ -126,22 +134,34 @@ def summary_table(summary):
             rows.append((f"compute {step}", f"{entry['cpu_seconds']:.1f} CPU s, ${entry['dollars']:.5f}"))
     rows += [
         ("compute dollars (labeling / total)", f"${compute['labeling_dollars']:.5f} / ${compute['dollars']:.5f}"),
-        ("labels per human-hour (loop / manual)",
-         f"{_num(figures['loop_labels_per_human_hour'])} / {_num(figures['manual_labels_per_human_hour'])}"),
+        (
+            "labels per human-hour (loop / manual)",
+            f"{_num(figures['loop_labels_per_human_hour'])} / {_num(figures['manual_labels_per_human_hour'])}",
+        ),
         ("throughput ratio", _num(figures["throughput_ratio"], "x")),
-        ("cost per label (loop / manual)",
-         f"${_num(figures['loop_cost_per_label'], digits=4)} / ${_num(figures['manual_cost_per_label'], digits=4)}"),
+        (
+            "cost per label (loop / manual)",
+            f"${_num(figures['loop_cost_per_label'], digits=4)} / ${_num(figures['manual_cost_per_label'], digits=4)}",
+        ),
         ("cost ratio", _num(figures["cost_ratio"], "x")),
     ]
     for variant, model in data["models"].items():
         if variant == "int8_vs_fp32":
             for tier, cmp in model.items():
-                rows.append((f"{tier} vs fp32", f"{cmp['int8_ms']:.2f} ms vs {cmp['fp32_ms']:.2f} ms, "
-                                                f"agreement {cmp['agreement']:.3f}"))
+                rows.append(
+                    (
+                        f"{tier} vs fp32",
+                        f"{cmp['int8_ms']:.2f} ms vs {cmp['fp32_ms']:.2f} ms, agreement {cmp['agreement']:.3f}",
+                    )
+                )
             continue
         verdict = ("promoted" if model["promoted"] else "kept production") if model["gated"] else "reported, not gated"
-        rows.append((f"{variant} accuracy before -> after",
-                     f"{model['accuracy_before']:.4f} -> {model['accuracy_after']:.4f} ({verdict})"))
+        rows.append(
+            (
+                f"{variant} accuracy before -> after",
+                f"{model['accuracy_before']:.4f} -> {model['accuracy_after']:.4f} ({verdict})",
+            )
+        )
     for key, value in rows:
         table.add_row(key, str(value))
     return table
@@ -163,8 +183,10 @@ def register_round(subparsers) -> None:
             print(json.dumps(summary.to_dict(), indent=2, sort_keys=True, default=str))
         else:
             from rich.console import Console
+
             if summary.to_dict().get("task") == "detection":
                 from fleetloop_cloud.detection_loop import detection_summary_table
+
                 Console().print(detection_summary_table(summary))
             else:
                 Console().print(summary_table(summary))
@@ -178,11 +200,17 @@ def register_manifest(subparsers) -> None:
     parser = subparsers.add_parser("manifest", help="write a Ground Truth augmented manifest of pool frames")
     _common(parser)
     parser.add_argument("--state", nargs="+", default=None, help="only frames in these states (default: all)")
-    parser.add_argument("--source", choices=("human", "auto", "propagated"), default=None,
-                        help="only frames whose label came from this source")
+    parser.add_argument(
+        "--source",
+        choices=("human", "auto", "propagated"),
+        default=None,
+        help="only frames whose label came from this source",
+    )
     parser.add_argument("--round", type=int, default=None, help="only frames ingested in this round")
     parser.add_argument("--out", default=None, help="write the JSON Lines here")
-    parser.add_argument("--store-key", default=None, help="also put it into the store under this key (S3 for Ground Truth)")
+    parser.add_argument(
+        "--store-key", default=None, help="also put it into the store under this key (S3 for Ground Truth)"
+    )
 
     def handler(args) -> int:
         from fleetloop_cloud.ingest import augmented_manifest, write_jsonl
@@ -190,17 +218,25 @@ def register_manifest(subparsers) -> None:
         with _loop(args) as loop:
             rows = loop.pool.frames(state=args.state, round=args.round)
             ids = [r["id"] for r in rows]
-            boxes = getattr(loop, "boxes", None)        # a DetectionLoop: bounding-box manifests
+            boxes = getattr(loop, "boxes", None)  # a DetectionLoop: bounding-box manifests
             if args.source:
                 labels = (boxes or loop.pool).labels(ids, source=args.source)
                 ids = [i for i in ids if i in labels]
             if boxes is not None:
                 from fleetloop_cloud.box_manifest import augmented_box_manifest
-                records = augmented_box_manifest(loop.pool, boxes, loop.store, ids, loop.classes,
-                                                 job_name=f"fleetloop-round-{loop.pool.last_round()}")
+
+                records = augmented_box_manifest(
+                    loop.pool,
+                    boxes,
+                    loop.store,
+                    ids,
+                    loop.classes,
+                    job_name=f"fleetloop-round-{loop.pool.last_round()}",
+                )
             else:
-                records = augmented_manifest(loop.pool, loop.store, ids, labels=loop.labels,
-                                             job_name=f"fleetloop-round-{loop.pool.last_round()}")
+                records = augmented_manifest(
+                    loop.pool, loop.store, ids, labels=loop.labels, job_name=f"fleetloop-round-{loop.pool.last_round()}"
+                )
             text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in records)
             if args.out:
                 write_jsonl(records, args.out)
@@ -209,7 +245,10 @@ def register_manifest(subparsers) -> None:
             if not args.out and not args.store_key:
                 sys.stdout.write(text)
             else:
-                print(f"{len(records)} frames -> {args.out or ''} {loop.store.url(args.store_key) if args.store_key else ''}")
+                print(
+                    f"{len(records)} frames -> {args.out or ''} "
+                    f"{loop.store.url(args.store_key) if args.store_key else ''}"
+                )
         return 0
 
     parser.set_defaults(handler=handler)
@@ -228,6 +267,7 @@ def register_serve(subparsers) -> None:
         import uvicorn
 
         from fleetloop_cloud.serve import create_app
+
         uvicorn.run(create_app(args.model_dir), host=args.host, port=args.port, log_level="info")
         return 0
 

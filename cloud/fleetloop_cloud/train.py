@@ -60,13 +60,13 @@ class TrainingError(FleetLoopError):
 class Hyperparameters(ConfigModel):
     """The job's hyperparameters (SageMaker passes every value as a string; pydantic parses them)."""
 
-    version: str = Field(min_length=1)            # version string of the new packages
+    version: str = Field(min_length=1)  # version string of the new packages
     teacher_epochs: int = Field(default=3, ge=1)
     distil_epochs: int = Field(default=3, ge=1)
     warm_start_epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=64, ge=2)
     lr: float = Field(default=4e-3, gt=0)
-    finetune_lr: float = Field(default=5e-4, gt=0)     # peak rate when warm-starting from production weights
+    finetune_lr: float = Field(default=5e-4, gt=0)  # peak rate when warm-starting from production weights
     distil_temperature: float = Field(default=2.0, gt=0)
     seed: int = 0
     int8: bool = True
@@ -97,14 +97,22 @@ def _init_distributed(cluster: Cluster, port: int) -> None:
     import torch
     import torch.distributed as dist
 
-    if cluster.network_interface:    # SageMaker names the interface the hosts reach each other on
+    if cluster.network_interface:  # SageMaker names the interface the hosts reach each other on
         os.environ.setdefault("GLOO_SOCKET_IFNAME", cluster.network_interface)
         os.environ.setdefault("NCCL_SOCKET_IFNAME", cluster.network_interface)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{cluster.master}:{port}", rank=cluster.rank,
-                            world_size=cluster.world_size)
-    log.info("distributed: rank %d of %d on %s (%s, master %s:%d)", cluster.rank, cluster.world_size,
-             cluster.current, backend, cluster.master, port)
+    dist.init_process_group(
+        backend, init_method=f"tcp://{cluster.master}:{port}", rank=cluster.rank, world_size=cluster.world_size
+    )
+    log.info(
+        "distributed: rank %d of %d on %s (%s, master %s:%d)",
+        cluster.rank,
+        cluster.world_size,
+        cluster.current,
+        backend,
+        cluster.master,
+        port,
+    )
 
 
 def _shard(n: int, cluster: Cluster, seed: int) -> np.ndarray:
@@ -112,7 +120,7 @@ def _shard(n: int, cluster: Cluster, seed: int) -> np.ndarray:
     order = np.random.default_rng(seed).permutation(n)
     per_host = -(-n // cluster.world_size)
     padded = np.resize(order, per_host * cluster.world_size)
-    return padded[cluster.rank::cluster.world_size]
+    return padded[cluster.rank :: cluster.world_size]
 
 
 def _distributed_view(model, cluster: Cluster):
@@ -167,43 +175,72 @@ def _load_base(models_dir: Path, tier: str):
     return manifest, model, warm
 
 
-def write_package(model, base: Manifest, directory: Path, version: str, training_info: dict,
-                  name: str | None = None) -> Manifest:
+def write_package(
+    model, base: Manifest, directory: Path, version: str, training_info: dict, name: str | None = None
+) -> Manifest:
     """Export ``model`` as a package (model.onnx, weights.pt, manifest.json) in ``directory``."""
     import torch
 
     from fleetloop_core import training, zoo
 
     directory.mkdir(parents=True, exist_ok=True)
-    onnx_path = training.export_onnx(model, directory / "model.onnx", base.input.height, base.input.width,
-                                     base.input.channels)
+    onnx_path = training.export_onnx(
+        model, directory / "model.onnx", base.input.height, base.input.width, base.input.channels
+    )
     torch.save(model.state_dict(), directory / WEIGHTS)
-    manifest = base.model_copy(update={
-        "name": name or base.name, "version": version, "signature": None, "metrics": {},
-        "files": [file_entry(onnx_path, directory), file_entry(directory / WEIGHTS, directory, role="extra")],
-        "parameters": zoo.parameter_count(model.net), "training": training_info,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    manifest = base.model_copy(
+        update={
+            "name": name or base.name,
+            "version": version,
+            "signature": None,
+            "metrics": {},
+            "files": [file_entry(onnx_path, directory), file_entry(directory / WEIGHTS, directory, role="extra")],
+            "parameters": zoo.parameter_count(model.net),
+            "training": training_info,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
     write_manifest(manifest, directory)
     return manifest
 
 
-def write_int8_package(fp32_dir: Path, directory: Path, calibration: np.ndarray, per_channel: bool) -> tuple[Manifest, dict]:
+def write_int8_package(
+    fp32_dir: Path, directory: Path, calibration: np.ndarray, per_channel: bool
+) -> tuple[Manifest, dict]:
     """Write the INT8 variant of a package next to it; return (manifest, comparison)."""
     from fleetloop_cloud import quantize
 
     base = load_manifest(fp32_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    int8_path = quantize.quantize_int8(fp32_dir / base.model_file.path, directory / "model.onnx", calibration,
-                                       input_name=base.input.name, per_channel=per_channel)
-    comparison = quantize.compare(fp32_dir / base.model_file.path, int8_path, calibration[:64],
-                                  input_name=base.input.name)
-    manifest = base.model_copy(update={
-        "name": f"{base.name}-int8", "signature": None, "files": [file_entry(int8_path, directory)],
-        "training": {**base.training, "quantization": {"method": "static", "format": "QDQ",
-                                                       "per_channel": per_channel, "calibration_frames": len(calibration),
-                                                       "of": f"{base.name} {base.version}"}},
-        "metrics": {"int8_vs_fp32": comparison.to_dict()},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    int8_path = quantize.quantize_int8(
+        fp32_dir / base.model_file.path,
+        directory / "model.onnx",
+        calibration,
+        input_name=base.input.name,
+        per_channel=per_channel,
+    )
+    comparison = quantize.compare(
+        fp32_dir / base.model_file.path, int8_path, calibration[:64], input_name=base.input.name
+    )
+    manifest = base.model_copy(
+        update={
+            "name": f"{base.name}-int8",
+            "signature": None,
+            "files": [file_entry(int8_path, directory)],
+            "training": {
+                **base.training,
+                "quantization": {
+                    "method": "static",
+                    "format": "QDQ",
+                    "per_channel": per_channel,
+                    "calibration_frames": len(calibration),
+                    "of": f"{base.name} {base.version}",
+                },
+            },
+            "metrics": {"int8_vs_fp32": comparison.to_dict()},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
     write_manifest(manifest, directory)
     return manifest, comparison.to_dict()
 
@@ -213,12 +250,19 @@ def _check_labels(name: str, data: ChannelData, classes: int, allow_unlabeled: b
     low = -1 if allow_unlabeled else 0
     bad = np.flatnonzero((data.labels < low) | (data.labels >= classes))
     if len(bad):
-        raise ChannelError(f"channel '{name}': frame {data.frame_ids[bad[0]]} has label {int(data.labels[bad[0]])}, "
-                           f"not a known class (0..{classes - 1})")
+        raise ChannelError(
+            f"channel '{name}': frame {data.frame_ids[bad[0]]} has label {int(data.labels[bad[0]])}, "
+            f"not a known class (0..{classes - 1})"
+        )
 
 
-def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyperparameters,
-                 cluster: Cluster | None = None, progress: bool = True) -> dict:
+def run_training(
+    channels: dict[str, Optional[Path]],
+    model_dir: Path,
+    hp: Hyperparameters,
+    cluster: Cluster | None = None,
+    progress: bool = True,
+) -> dict:
     """Train T2, distil T3/T4, export packages (+ INT8) into ``model_dir``; return the report."""
     from fleetloop_core import training
 
@@ -226,13 +270,16 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
     started = time.perf_counter()
     tiers = [t.strip() for t in hp.tiers.split(",") if t.strip()]
     if channels.get("models") is None:
-        raise ChannelError("channel 'models' is missing: the job needs the production packages "
-                           "(input/data/models, listed in inputdataconfig.json)")
+        raise ChannelError(
+            "channel 'models' is missing: the job needs the production packages "
+            "(input/data/models, listed in inputdataconfig.json)"
+        )
     if not Path(channels["models"]).is_dir():
         raise ChannelError(f"channel 'models': directory {channels['models']} does not exist")
     models_dir = Path(channels["models"])
     from fleetloop_cloud.box_train import is_detection, run_detection_training
-    if is_detection(models_dir):          # detectors: same contract, box channels (box_train.py)
+
+    if is_detection(models_dir):  # detectors: same contract, box channels (box_train.py)
         return run_detection_training(channels, model_dir, hp, cluster, progress)
     train = read_channel("train", channels.get("train"), required=True)
     replay = read_channel("replay", channels.get("replay"), required=False)
@@ -240,24 +287,48 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
     calibration = read_channel("calibration", channels.get("calibration"), required=False)
     if cluster.world_size > 1:
         _init_distributed(cluster, hp.master_port)
-    report: dict = {"version": hp.version, "tiers": {}, "hosts": cluster.world_size,
-                    "channels": {"train": len(train), "replay": len(replay), "unlabeled": len(unlabeled),
-                                 "calibration": len(calibration)}}
-    config = training.FitConfig(batch_size=hp.batch_size, lr=hp.lr, seed=hp.seed, threads=hp.threads,
-                                distil_temperature=hp.distil_temperature)
+    report: dict = {
+        "version": hp.version,
+        "tiers": {},
+        "hosts": cluster.world_size,
+        "channels": {
+            "train": len(train),
+            "replay": len(replay),
+            "unlabeled": len(unlabeled),
+            "calibration": len(calibration),
+        },
+    }
+    config = training.FitConfig(
+        batch_size=hp.batch_size, lr=hp.lr, seed=hp.seed, threads=hp.threads, distil_temperature=hp.distil_temperature
+    )
 
-    def fit(tier: str, model, images: np.ndarray, labels: np.ndarray, soft: np.ndarray | None, epochs: int,
-            warm: bool = False):
+    def fit(
+        tier: str,
+        model,
+        images: np.ndarray,
+        labels: np.ndarray,
+        soft: np.ndarray | None,
+        epochs: int,
+        warm: bool = False,
+    ):
         if cluster.world_size > 1:
             index = _shard(len(images), cluster, hp.seed)
             images, labels = images[index], labels[index]
             soft = soft[index] if soft is not None else None
         # one-cycle needs a few steps: shrink the batch for tiny sets
         batch = max(2, min(hp.batch_size, len(images) // 8 or 2))
-        cfg = training.FitConfig(**{**config.__dict__, "epochs": epochs, "batch_size": batch,
-                                    "lr": hp.finetune_lr if warm else hp.lr})
-        return training.fit(_distributed_view(model, cluster), images, labels, soft_targets=soft, config=cfg,
-                            desc=f"{tier} {hp.version}", progress=progress and cluster.leader)
+        cfg = training.FitConfig(
+            **{**config.__dict__, "epochs": epochs, "batch_size": batch, "lr": hp.finetune_lr if warm else hp.lr}
+        )
+        return training.fit(
+            _distributed_view(model, cluster),
+            images,
+            labels,
+            soft_targets=soft,
+            config=cfg,
+            desc=f"{tier} {hp.version}",
+            progress=progress and cluster.leader,
+        )
 
     # 1. T2 on every accepted label (+ lab replay)
     manifest2, teacher, warm = _load_base(models_dir, "T2")
@@ -270,10 +341,18 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
     y2 = np.concatenate([train.labels] + ([replay.labels] if len(replay) else []))
     if "T2" in tiers:
         fit_report = fit("T2", teacher, x2, y2, None, hp.warm_start_epochs if warm else hp.teacher_epochs, warm)
-        info = {"round_version": hp.version, "samples": int(len(x2)), "field_labels": len(train),
-                "replay_labels": len(replay), "warm_start": warm, "epochs": fit_report.epochs,
-                "seconds": round(fit_report.seconds, 2), "final_loss": round(fit_report.final_loss, 4),
-                "device": fit_report.device, "hosts": cluster.world_size}
+        info = {
+            "round_version": hp.version,
+            "samples": int(len(x2)),
+            "field_labels": len(train),
+            "replay_labels": len(replay),
+            "warm_start": warm,
+            "epochs": fit_report.epochs,
+            "seconds": round(fit_report.seconds, 2),
+            "final_loss": round(fit_report.final_loss, 4),
+            "device": fit_report.device,
+            "hosts": cluster.world_size,
+        }
         report["tiers"]["T2"] = info
         if cluster.leader:
             write_package(teacher, manifest2, model_dir / "T2", hp.version, info)
@@ -288,15 +367,26 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
         if len(replay):
             images = np.concatenate([images, replay.resized(size)])
             labels = np.concatenate([labels, replay.labels])
-        teacher_images = images if size == size2 else np.concatenate(
-            [distil.resized(size2)] + ([replay.resized(size2)] if len(replay) else []))
+        teacher_images = (
+            images
+            if size == size2
+            else np.concatenate([distil.resized(size2)] + ([replay.resized(size2)] if len(replay) else []))
+        )
         soft, _ = training.predict(teacher.eval(), teacher_images)
         fit_report = fit(tier, student, images, labels, soft, hp.warm_start_epochs if warm else hp.distil_epochs, warm)
-        info = {"round_version": hp.version, "distilled_from": f"{manifest2.name} {hp.version}",
-                "samples": int(len(images)), "labeled": int((labels >= 0).sum()), "warm_start": warm,
-                "epochs": fit_report.epochs, "seconds": round(fit_report.seconds, 2),
-                "final_loss": round(fit_report.final_loss, 4), "device": fit_report.device,
-                "distil_temperature": hp.distil_temperature, "hosts": cluster.world_size}
+        info = {
+            "round_version": hp.version,
+            "distilled_from": f"{manifest2.name} {hp.version}",
+            "samples": int(len(images)),
+            "labeled": int((labels >= 0).sum()),
+            "warm_start": warm,
+            "epochs": fit_report.epochs,
+            "seconds": round(fit_report.seconds, 2),
+            "final_loss": round(fit_report.final_loss, 4),
+            "device": fit_report.device,
+            "distil_temperature": hp.distil_temperature,
+            "hosts": cluster.world_size,
+        }
         report["tiers"][tier] = info
         if not cluster.leader:
             continue
@@ -304,12 +394,15 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
         # 3. INT8 variant, calibrated on field frames
         if hp.int8:
             source = calibration if len(calibration) else distil
-            frames = source.resized(size)[:hp.int8_calibration_frames]
-            _, comparison = write_int8_package(model_dir / tier, model_dir / f"{tier}-int8", frames, hp.int8_per_channel)
+            frames = source.resized(size)[: hp.int8_calibration_frames]
+            _, comparison = write_int8_package(
+                model_dir / tier, model_dir / f"{tier}-int8", frames, hp.int8_per_channel
+            )
             report["tiers"][f"{tier}-int8"] = comparison
     report["seconds"] = round(time.perf_counter() - started, 2)
     if cluster.world_size > 1:
         import torch.distributed as dist
+
         dist.barrier()
         dist.destroy_process_group()
     if cluster.leader:
@@ -320,10 +413,16 @@ def run_training(channels: dict[str, Optional[Path]], model_dir: Path, hp: Hyper
 # ------------------------------------------------------------------------------ entry point
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of the entry point (everything defaults to the SageMaker job tree)."""
-    parser = argparse.ArgumentParser(prog="fleetloop-cloud train --sagemaker",
-                                     description="FleetLoop training job (SageMaker training-container contract)")
-    parser.add_argument("--ml-root", type=Path, default=None,
-                        help="the job tree SageMaker lays out (default $FLEETLOOP_ML_ROOT or /opt/ml)")
+    parser = argparse.ArgumentParser(
+        prog="fleetloop-cloud train --sagemaker",
+        description="FleetLoop training job (SageMaker training-container contract)",
+    )
+    parser.add_argument(
+        "--ml-root",
+        type=Path,
+        default=None,
+        help="the job tree SageMaker lays out (default $FLEETLOOP_ML_ROOT or /opt/ml)",
+    )
     parser.add_argument("--model-dir", type=Path, help="override /opt/ml/model")
     parser.add_argument("--output-dir", type=Path, help="override /opt/ml/output")
     for channel in CHANNELS:
@@ -344,9 +443,15 @@ def main_contract(argv: Sequence[str] | None = None) -> int:
         channels = {c: getattr(args, c) or job.channel_path(c) for c in CHANNELS}
         model_dir = args.model_dir or job.model_dir
         model_dir.mkdir(parents=True, exist_ok=True)
-        log.info("job tree %s: host %s (%d of %d), channels %s%s", root, job.cluster.current, job.cluster.rank + 1,
-                 job.cluster.world_size, ", ".join(sorted(job.channels)) or "none",
-                 f"; overridden by {', '.join(job.overrides)}" if job.overrides else "")
+        log.info(
+            "job tree %s: host %s (%d of %d), channels %s%s",
+            root,
+            job.cluster.current,
+            job.cluster.rank + 1,
+            job.cluster.world_size,
+            ", ".join(sorted(job.channels)) or "none",
+            f"; overridden by {', '.join(job.overrides)}" if job.overrides else "",
+        )
         run_training(channels, model_dir, hp, job.cluster, progress=not args.no_progress)
         return 0
     except FleetLoopError as exc:

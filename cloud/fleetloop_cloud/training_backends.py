@@ -33,9 +33,13 @@ from fleetloop_cloud.model_archive import extract, pack_model_dir  # noqa: F401 
 from fleetloop_cloud.sagemaker_job import write_job_tree
 from fleetloop_cloud.train import TrainingError
 
-CONTENT_TYPES = {"train": "application/jsonlines", "replay": "application/jsonlines",
-                 "unlabeled": "application/jsonlines", "calibration": "application/jsonlines",
-                 "models": "application/octet-stream"}
+CONTENT_TYPES = {
+    "train": "application/jsonlines",
+    "replay": "application/jsonlines",
+    "unlabeled": "application/jsonlines",
+    "calibration": "application/jsonlines",
+    "models": "application/octet-stream",
+}
 
 
 @dataclass
@@ -54,9 +58,9 @@ class TrainingResult:
 
     model_dir: Path
     report: dict
-    cpu_seconds: float = 0.0           # local: measured CPU time of the job
+    cpu_seconds: float = 0.0  # local: measured CPU time of the job
     gpu_seconds: float = 0.0
-    instance_seconds: float = 0.0      # sagemaker: billable seconds x instance count
+    instance_seconds: float = 0.0  # sagemaker: billable seconds x instance count
     details: dict = field(default_factory=dict)
 
 
@@ -93,8 +97,9 @@ class LocalProcessBackend:
         write_job_tree(root, job.hyperparameters, job.channels, content_types=CONTENT_TYPES)
         # the job reads its tree only: SM_* variables of this process must not leak into it
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("SM_")}, **self.extra_env}
-        command = [sys.executable, "-m", "fleetloop_cloud.train", "--ml-root", str(root)] + \
-            ([] if self.progress else ["--no-progress"])
+        command = [sys.executable, "-m", "fleetloop_cloud.train", "--ml-root", str(root)] + (
+            [] if self.progress else ["--no-progress"]
+        )
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         completed = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -107,10 +112,22 @@ class LocalProcessBackend:
             reason = failure.read_text() if failure.is_file() else completed.stdout[-2000:]
             raise TrainingError(f"training job {job.name} failed: {reason.strip()}")
         report = _read_report(model_dir)
-        gpu = wall if any(t.get("device", "cpu").startswith("cuda") for t in report.get("tiers", {}).values()
-                          if isinstance(t, dict)) else 0.0
-        return TrainingResult(model_dir=model_dir, report=report, cpu_seconds=cpu, gpu_seconds=gpu,
-                              details={"wall_seconds": round(wall, 2), "log": str(root / "job.log")})
+        gpu = (
+            wall
+            if any(
+                t.get("device", "cpu").startswith("cuda")
+                for t in report.get("tiers", {}).values()
+                if isinstance(t, dict)
+            )
+            else 0.0
+        )
+        return TrainingResult(
+            model_dir=model_dir,
+            report=report,
+            cpu_seconds=cpu,
+            gpu_seconds=gpu,
+            details={"wall_seconds": round(wall, 2), "log": str(root / "job.log")},
+        )
 
 
 class SageMakerBackend:
@@ -118,8 +135,13 @@ class SageMakerBackend:
 
     name = "sagemaker"
 
-    def __init__(self, settings: SageMakerTrainingConfig, store: ObjectStore, client=None,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        settings: SageMakerTrainingConfig,
+        store: ObjectStore,
+        client=None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         if not store.url("x").startswith("s3://"):
             raise ConfigError(f"training.backend sagemaker needs an s3:// store for the channels (got {store.uri})")
         for key in ("role_arn", "image_uri"):
@@ -128,6 +150,7 @@ class SageMakerBackend:
         self.settings, self.store, self.sleep = settings, store, sleep
         if client is None:
             import boto3
+
             client = boto3.client("sagemaker", region_name=settings.region, endpoint_url=settings.endpoint_url)
         self.client = client
 
@@ -157,14 +180,26 @@ class SageMakerBackend:
             "AlgorithmSpecification": {"TrainingImage": s.image_uri, "TrainingInputMode": "File"},
             "RoleArn": s.role_arn,
             "InputDataConfig": [
-                {"ChannelName": channel, "ContentType": CONTENT_TYPES.get(channel, "application/octet-stream"),
-                 "InputMode": "File",
-                 "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
-                                                 "S3DataDistributionType": "FullyReplicated"}}}
-                for channel, uri in uris.items()],
+                {
+                    "ChannelName": channel,
+                    "ContentType": CONTENT_TYPES.get(channel, "application/octet-stream"),
+                    "InputMode": "File",
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "S3Prefix",
+                            "S3Uri": uri,
+                            "S3DataDistributionType": "FullyReplicated",
+                        }
+                    },
+                }
+                for channel, uri in uris.items()
+            ],
             "OutputDataConfig": {"S3OutputPath": self.store.url(self.output_prefix(job.name))},
-            "ResourceConfig": {"InstanceType": s.instance_type, "InstanceCount": s.instance_count,
-                               "VolumeSizeInGB": s.volume_gb},
+            "ResourceConfig": {
+                "InstanceType": s.instance_type,
+                "InstanceCount": s.instance_count,
+                "VolumeSizeInGB": s.volume_gb,
+            },
             "StoppingCondition": {"MaxRuntimeInSeconds": s.max_runtime_s},
             "Tags": [{"Key": "fleetloop-job", "Value": job.name}],
         }
@@ -203,14 +238,22 @@ class SageMakerBackend:
                 raise TrainingError(f"SageMaker training job {job.name}: cannot download {artifact} ({exc})") from exc
             extract(archive, model_dir, where=artifact)
         billable = float(status.get("BillableTimeInSeconds") or 0) * self.settings.instance_count
-        return TrainingResult(model_dir=model_dir, report=_read_report(model_dir), instance_seconds=billable,
-                              details={"training_job_arn": status.get("TrainingJobArn"), "artifact": artifact,
-                                       "instance_type": self.settings.instance_type,
-                                       "instance_count": self.settings.instance_count})
+        return TrainingResult(
+            model_dir=model_dir,
+            report=_read_report(model_dir),
+            instance_seconds=billable,
+            details={
+                "training_job_arn": status.get("TrainingJobArn"),
+                "artifact": artifact,
+                "instance_type": self.settings.instance_type,
+                "instance_count": self.settings.instance_count,
+            },
+        )
 
 
-def make_backend(name: str, settings: SageMakerTrainingConfig, store: ObjectStore, client=None,
-                 progress: bool = False) -> TrainingBackend:
+def make_backend(
+    name: str, settings: SageMakerTrainingConfig, store: ObjectStore, client=None, progress: bool = False
+) -> TrainingBackend:
     """Return training backend ``name`` (local | sagemaker)."""
     if name == "local":
         return LocalProcessBackend(progress=progress)

@@ -47,8 +47,14 @@ def job_name(tier: str, version: str, frame_ids: Sequence[str]) -> str:
 class BatchTransformTeachers:
     """Runs teacher packages over pool frames as SageMaker batch transform jobs."""
 
-    def __init__(self, settings: SageMakerTransformConfig, store: ObjectStore, client=None,
-                 sleep: Callable[[float], None] = time.sleep, frames_per_job: int = 10_000):
+    def __init__(
+        self,
+        settings: SageMakerTransformConfig,
+        store: ObjectStore,
+        client=None,
+        sleep: Callable[[float], None] = time.sleep,
+        frames_per_job: int = 10_000,
+    ):
         if not store.url("x").startswith("s3://"):
             raise ConfigError(f"autolabel.backend sagemaker-batch needs an s3:// store (got {store.uri})")
         for key in ("role_arn", "image_uri"):
@@ -58,6 +64,7 @@ class BatchTransformTeachers:
         self.frames_per_job = frames_per_job
         if client is None:
             import boto3
+
             client = boto3.client("sagemaker", region_name=settings.region, endpoint_url=settings.endpoint_url)
         self.client = client
 
@@ -85,22 +92,37 @@ class BatchTransformTeachers:
             return name
         except ClientError:
             pass
-        self._call("create_model", ModelName=name, ExecutionRoleArn=self.settings.role_arn,
-                   PrimaryContainer={"Image": self.settings.image_uri, "ModelDataUrl": self.store.url(key),
-                                     "Environment": {"FLEETLOOP_TIER": manifest.tier}},
-                   Tags=[{"Key": "fleetloop-version", "Value": manifest.version}])
+        self._call(
+            "create_model",
+            ModelName=name,
+            ExecutionRoleArn=self.settings.role_arn,
+            PrimaryContainer={
+                "Image": self.settings.image_uri,
+                "ModelDataUrl": self.store.url(key),
+                "Environment": {"FLEETLOOP_TIER": manifest.tier},
+            },
+            Tags=[{"Key": "fleetloop-version", "Value": manifest.version}],
+        )
         return name
 
     def request(self, job: str, model: str, manifest_uri: str) -> dict:
         """Return the create_transform_job request of one job."""
         s = self.settings
         return {
-            "TransformJobName": job, "ModelName": model, "BatchStrategy": "SingleRecord",
+            "TransformJobName": job,
+            "ModelName": model,
+            "BatchStrategy": "SingleRecord",
             "MaxPayloadInMB": s.max_payload_mb,
-            "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": manifest_uri}},
-                               "ContentType": "application/x-image", "SplitType": "None"},
-            "TransformOutput": {"S3OutputPath": self.store.url(f"transform/{job}/output"), "Accept": "application/json",
-                                "AssembleWith": "None"},
+            "TransformInput": {
+                "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": manifest_uri}},
+                "ContentType": "application/x-image",
+                "SplitType": "None",
+            },
+            "TransformOutput": {
+                "S3OutputPath": self.store.url(f"transform/{job}/output"),
+                "Accept": "application/json",
+                "AssembleWith": "None",
+            },
             "TransformResources": {"InstanceType": s.instance_type, "InstanceCount": s.instance_count},
         }
 
@@ -123,7 +145,9 @@ class BatchTransformTeachers:
             prefix = self.store.url("x")[:-1]
             listing = [{"prefix": prefix}] + [r["frame_key"] for r in rows]
             self.store.put_bytes(f"transform/{job}/input.manifest", json.dumps(listing).encode())
-            self._call("create_transform_job", **self.request(job, model, self.store.url(f"transform/{job}/input.manifest")))
+            self._call(
+                "create_transform_job", **self.request(job, model, self.store.url(f"transform/{job}/input.manifest"))
+            )
         deadline = time.monotonic() + self.settings.max_wait_s
         while True:
             status = self._call("describe_transform_job", TransformJobName=job)
@@ -143,8 +167,9 @@ class BatchTransformTeachers:
                 probs.append(np.asarray(answer["probs"], np.float32))
                 embeddings.append(np.asarray(answer["embedding"], np.float32) if "embedding" in answer else None)
             except (FleetLoopError, KeyError, ValueError, TypeError) as exc:
-                raise TransformError(f"batch transform job {job}: no readable answer for frame {row['id']} "
-                                     f"at {key} ({exc})") from exc
+                raise TransformError(
+                    f"batch transform job {job}: no readable answer for frame {row['id']} at {key} ({exc})"
+                ) from exc
         if any(e is None for e in embeddings):
             return np.stack(probs), None
         return np.stack(probs), np.stack(embeddings)
@@ -160,8 +185,13 @@ class BatchTransformTeachers:
             todo = pool.missing_predictions(tier, version, list(frame_ids))
             predicted[tier] = len(todo)
             for start in range(0, len(todo), self.frames_per_job):
-                batch = todo[start:start + self.frames_per_job]
+                batch = todo[start : start + self.frames_per_job]
                 probs, embeddings = self.run_job(tier, package, [rows[f] for f in batch])
                 pool.put_predictions(tier, version, batch, probs, embeddings)
-        return AutolabelReport(frames=len(frame_ids), predicted=predicted, versions=versions,
-                               seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started)
+        return AutolabelReport(
+            frames=len(frame_ids),
+            predicted=predicted,
+            versions=versions,
+            seconds=time.perf_counter() - started,
+            cpu_seconds=time.process_time() - cpu_started,
+        )

@@ -31,8 +31,13 @@ def box_world(tmp_path, detection_cloud_models):
     edge = DetectorModel.load(detection_cloud_models["T4"], providers=("cpu",), warmup=0)
     sites = sim.make_fleet_sites(2, seed=0)
     SimulatedDetectionFleet(store, [("robot-0", sites[0])], seed=3, edge_model=edge).upload(8)
-    data = cloud_config(tmp_path, store.uri, detection_cloud_models["T1"].parent, review={"annotator": "simulated"},
-                        detection={"annotator": "review-page"})
+    data = cloud_config(
+        tmp_path,
+        store.uri,
+        detection_cloud_models["T1"].parent,
+        review={"annotator": "simulated"},
+        detection={"annotator": "review-page"},
+    )
     config = cloud_config_from_dict(data)
     with DetectionLoop(config, progress=False) as loop:
         loop.ingest()
@@ -88,13 +93,13 @@ def test_box_review_with_mouse_and_keys(box_world, browser, artifacts):
 
         # 2: drag a corner, delete a wrong box, draw a missing one in class 7
         second = _wait_task(page, first)
-        page.click("#box-canvas", position={"x": 1, "y": 1})      # empty spot: nothing selected
-        page.mouse.click(*_canvas_point(page, 40, 40))            # select A
-        _drag(page, (60, 60), (66, 70))                           # its bottom-right corner
-        page.mouse.click(*_canvas_point(page, 90, 90))            # select B ...
-        page.keyboard.press("Delete")                             # ... and delete it
-        page.keyboard.press("7")                                  # class for what comes next
-        _drag(page, (8, 80), (40, 120))                           # draw the missing box
+        page.click("#box-canvas", position={"x": 1, "y": 1})  # empty spot: nothing selected
+        page.mouse.click(*_canvas_point(page, 40, 40))  # select A
+        _drag(page, (60, 60), (66, 70))  # its bottom-right corner
+        page.mouse.click(*_canvas_point(page, 90, 90))  # select B ...
+        page.keyboard.press("Delete")  # ... and delete it
+        page.keyboard.press("7")  # class for what comes next
+        _drag(page, (8, 80), (40, 120))  # draw the missing box
         shown = _shown(page)
         assert len(shown) == 2 and shown[1][4] == 7
         page.screenshot(path=str(artifacts / "boxes.png"))
@@ -124,8 +129,12 @@ def test_box_review_with_mouse_and_keys(box_world, browser, artifacts):
         assert adjusted[4] == 1 and adjusted[:2] == pytest.approx([20, 20], abs=0.6)
         assert adjusted[2:4] == pytest.approx([66, 70], abs=0.6)
         assert drawn == pytest.approx([8, 80, 40, 120, 7], abs=0.6)
-        assert {k: two.edits[k] for k in ("kept", "adjusted", "deleted", "drawn")} == \
-            {"kept": 0, "adjusted": 1, "deleted": 1, "drawn": 1}
+        assert {k: two.edits[k] for k in ("kept", "adjusted", "deleted", "drawn")} == {
+            "kept": 0,
+            "adjusted": 1,
+            "deleted": 1,
+            "drawn": 1,
+        }
         assert three.answer.rows(False) == [A, [*B[:4], 4]] and three.edits["reclassed"] == 1
         assert three.edits["kept"] == 2
         assert four.status == "submitted" and four.answer is None

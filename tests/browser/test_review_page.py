@@ -38,8 +38,10 @@ def _sign_in(page, url, name):
 
 
 def _wait_frame(page):
-    page.wait_for_function("() => { const i = document.getElementById('frame');"
-                           " return i.hidden || (i.complete && i.naturalWidth > 0 && i.dataset.loaded === i.src); }")
+    page.wait_for_function(
+        "() => { const i = document.getElementById('frame');"
+        " return i.hidden || (i.complete && i.naturalWidth > 0 && i.dataset.loaded === i.src); }"
+    )
     return int(page.get_attribute("body", "data-task") or 0)
 
 
@@ -53,8 +55,28 @@ def test_label_twenty_frames_with_the_keyboard_only(review_world, browser, artif
     with ReviewServer(create_app(world.pool_path, world.config)) as server:
         page = browser.new_context(viewport=VIEWPORT).new_page()
         _sign_in(page, server.url, "ann")
-        keys = ["Enter", "3", "Enter", "n", "7", "Enter", "x", "0", "9", "Enter",
-                "1", "Enter", "2", "n", "Enter", "5", "6", "Enter", "8", "4"]
+        keys = [
+            "Enter",
+            "3",
+            "Enter",
+            "n",
+            "7",
+            "Enter",
+            "x",
+            "0",
+            "9",
+            "Enter",
+            "1",
+            "Enter",
+            "2",
+            "n",
+            "Enter",
+            "5",
+            "6",
+            "Enter",
+            "8",
+            "4",
+        ]
         pressed = {}
         for number, key in enumerate(keys):
             task = _wait_frame(page)
@@ -154,11 +176,11 @@ def test_an_abandoned_lease_goes_to_the_next_person(review_world, browser):
         ann = browser.new_context(viewport=VIEWPORT).new_page()
         _sign_in(ann, server.url, "ann")
         abandoned = _wait_frame(ann)
-        time.sleep(1.2)                                   # ann looks away longer than the lease
+        time.sleep(1.2)  # ann looks away longer than the lease
         bob = browser.new_context(viewport=VIEWPORT).new_page()
         _sign_in(bob, server.url, "bob")
-        assert _wait_frame(bob) == abandoned               # back in the queue, oldest first
-        _press(ann, "4", abandoned)                        # ann's late answer is refused; she moves on
+        assert _wait_frame(bob) == abandoned  # back in the queue, oldest first
+        _press(ann, "4", abandoned)  # ann's late answer is refused; she moves on
         assert "leased to bob" in ann.inner_text("#status")
         assert _wait_frame(ann) not in (abandoned, 0)
         _press(bob, "5", abandoned)
@@ -181,9 +203,25 @@ def test_a_non_loopback_bind_requires_the_token(review_world, browser, tmp_path)
     page_config.write_text(yaml.safe_dump({"port": port, "replay_dirs": [str(tmp_path / "replay")]}))
     env = {**os.environ}
     env.pop("FLEETLOOP_REVIEW_TOKEN", None)
-    process = subprocess.Popen([sys.executable, "-m", "fleetloop_cloud.cli", "review", "serve", "--host", "127.0.0.2",
-                                "--config", str(config_path), "--page-config", str(page_config)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleetloop_cloud.cli",
+            "review",
+            "serve",
+            "--host",
+            "127.0.0.2",
+            "--config",
+            str(config_path),
+            "--page-config",
+            str(page_config),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         token = None
         deadline = time.monotonic() + 60
@@ -208,14 +246,14 @@ def test_a_non_loopback_bind_requires_the_token(review_world, browser, tmp_path)
         context = browser.new_context(viewport=VIEWPORT)
         page = context.new_page()
         response = page.goto(url + "/label")
-        assert response.status == 401 and page.is_visible("#token")       # sent to sign-in, token asked
+        assert response.status == 401 and page.is_visible("#token")  # sent to sign-in, token asked
         page.fill("#annotator-name", "eve")
         page.fill("#token", "not-the-token-" + "x" * 20)
         page.keyboard.press("Enter")
         page.wait_for_selector("#login-error")
         assert "wrong token" in page.inner_text("#login-error")
         assert context.request.get(url + "/api/counters").status == 401
-        page.goto(url + f"/login?token={token}")                           # the printed sign-in link
+        page.goto(url + f"/login?token={token}")  # the printed sign-in link
         assert "token=" not in page.url
         page.fill("#annotator-name", "eve")
         page.keyboard.press("Enter")
@@ -240,8 +278,11 @@ def test_writes_need_the_session_csrf_token_and_this_origin(review_world, browse
         assert context.request.post(server.url + "/api/answer", data=json.dumps(body), headers=headers).status == 403
         cross = {**headers, "X-CSRF-Token": csrf, "Origin": "http://evil.example"}
         assert context.request.post(server.url + "/api/answer", data=json.dumps(body), headers=cross).status == 403
-        bad = context.request.post(server.url + "/api/answer", headers={**headers, "X-CSRF-Token": csrf},
-                                   data=json.dumps({**body, "label": 12}))
+        bad = context.request.post(
+            server.url + "/api/answer",
+            headers={**headers, "X-CSRF-Token": csrf},
+            data=json.dumps({**body, "label": 12}),
+        )
         assert bad.status == 422 and "label" in bad.json()["error"]
         assert context.request.get(server.url + "/frame/..%2F..%2Fetc%2Fpasswd").status == 404
         # a page on another site cannot post into the review page (its cookie is SameSite=Strict)
@@ -252,10 +293,13 @@ def test_writes_need_the_session_csrf_token_and_this_origin(review_world, browse
             status = evil.evaluate(
                 """async ([url, body]) => { try { const r = await fetch(url + '/api/answer', {method: 'POST',
                    credentials: 'include', headers: {'Content-Type': 'application/json'}, body}); return r.status; }
-                   catch (e) { return 'blocked'; } }""", [server.url, json.dumps(body)])
+                   catch (e) { return 'blocked'; } }""",
+                [server.url, json.dumps(body)],
+            )
             assert status in (401, 403, "blocked")
-        ok = context.request.post(server.url + "/api/answer", headers={**headers, "X-CSRF-Token": csrf},
-                                  data=json.dumps(body))
+        ok = context.request.post(
+            server.url + "/api/answer", headers={**headers, "X-CSRF-Token": csrf}, data=json.dumps(body)
+        )
         assert ok.status == 200
     with world.pool() as pool:
         assert pool.task(task).answer == 3
@@ -269,12 +313,13 @@ def test_routing_view_plots_the_curve_and_saves_the_target_the_loop_reads(review
         page = browser.new_context(viewport=VIEWPORT).new_page()
         _sign_in(page, server.url, "ann")
         page.goto(server.url + "/tuning/routing?target=0.995")
-        assert "nothing is auto-accepted" in page.inner_text("#implied-threshold")   # the test teachers are weak
+        assert "nothing is auto-accepted" in page.inner_text("#implied-threshold")  # the test teachers are weak
         page.fill("#target", "0.8")
         page.keyboard.press("Enter")
         page.wait_for_url("**/tuning/routing?target=0.8")
-        page.wait_for_function("() => { const i = document.getElementById('risk-coverage');"
-                               " return i.complete && i.naturalWidth > 600; }")
+        page.wait_for_function(
+            "() => { const i = document.getElementById('risk-coverage'); return i.complete && i.naturalWidth > 600; }"
+        )
         assert int(page.inner_text("#validation-frames")) >= 20
         threshold = float(page.inner_text("#implied-threshold"))
         assert 0 < threshold < 1 and not page.inner_text("#implied-pool").startswith("0.0 %")
@@ -283,7 +328,7 @@ def test_routing_view_plots_the_curve_and_saves_the_target_the_loop_reads(review
         page.wait_for_selector("#saved")
     saved = yaml.safe_load((tmp_path / "cloud.local.yaml").read_text())
     assert saved == {"routing": {"target_accuracy": 0.8}}
-    assert load_cloud_config(config_path).routing.target_accuracy == 0.8      # what the loop loads next
+    assert load_cloud_config(config_path).routing.target_accuracy == 0.8  # what the loop loads next
 
 
 def test_audit_grid_confirms_and_corrects_many_auto_labels(review_world, browser, artifacts):
@@ -303,23 +348,25 @@ def test_audit_grid_confirms_and_corrects_many_auto_labels(review_world, browser
         page.goto(server.url + "/audit")
         page.wait_for_selector("body[data-cells='8']")
         page.keyboard.press("ArrowRight")
-        page.keyboard.press("ArrowRight")                     # third cell: correct it
+        page.keyboard.press("ArrowRight")  # third cell: correct it
         first_wrong = (accepted[2][1] + 1) % 11
         page.keyboard.press("n" if first_wrong == 10 else str(first_wrong))
-        page.keyboard.press("x")                              # fourth cell (focus moved on): unusable
+        page.keyboard.press("x")  # fourth cell (focus moved on): unusable
         page.screenshot(path=str(artifacts / "audit.png"))
         page.keyboard.press("Enter")
         page.wait_for_function("() => document.getElementById('status').textContent.includes('submitted 8')")
     with world.pool() as pool:
         tasks = [pool.task(i) for i in ids]
         assert [t.status for t in tasks] == ["done"] * 3 + ["failed"] + ["done"] * 4
-        assert [t.answer for t in tasks if t.status == "done"] == \
-            [accepted[0][1], accepted[1][1], first_wrong] + [a[1] for a in accepted[4:]]
+        assert [t.answer for t in tasks if t.status == "done"] == [accepted[0][1], accepted[1][1], first_wrong] + [
+            a[1] for a in accepted[4:]
+        ]
         assert all(t.annotator == "ann" and t.seconds > 0 for t in tasks)
 
 
-def test_robots_view_plots_a_replay_sweep_and_uploads_per_robot(review_world, browser, artifacts, tmp_path,
-                                                                test_models):
+def test_robots_view_plots_a_replay_sweep_and_uploads_per_robot(
+    review_world, browser, artifacts, tmp_path, test_models
+):
     from fleetloop_core.replay import replay, write_outputs
     from fleetloop_core.selection import selection_config
     import importlib.util
@@ -329,19 +376,26 @@ def test_robots_view_plots_a_replay_sweep_and_uploads_per_robot(review_world, br
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main([str(tmp_path / "bag"), "--frames", "20", "--robots", "2", "--storage", "mcap"]) == 0
-    report = replay(tmp_path / "bag", test_models["T4"].parent, selection_config({}),
-                    ["budget.frames_per_hour=60,600,6000"], progress=False)
+    report = replay(
+        tmp_path / "bag",
+        test_models["T4"].parent,
+        selection_config({}),
+        ["budget.frames_per_hour=60,600,6000"],
+        progress=False,
+    )
     write_outputs(report, tmp_path / "replay" / "sample")
     world = review_world("routed")
     from fleetloop_cloud.review.settings import ReviewPageConfig
+
     settings = ReviewPageConfig(replay_dirs=(str(tmp_path / "replay"),))
     with ReviewServer(create_app(world.pool_path, world.config, settings=settings)) as server:
         page = browser.new_context(viewport=VIEWPORT).new_page()
         _sign_in(page, server.url, "ann")
         page.goto(server.url + "/tuning/robots")
         for image in ("sweep-plot", "robots-plot"):
-            page.wait_for_function(f"() => {{ const i = document.getElementById('{image}');"
-                                   " return i.complete && i.naturalWidth > 600; }")
+            page.wait_for_function(
+                f"() => {{ const i = document.getElementById('{image}'); return i.complete && i.naturalWidth > 600; }}"
+            )
         assert page.locator("#sweep-table tbody tr").count() == 3
         rows = page.locator("#robot-table tbody tr")
         assert rows.count() == 2 and "robot-1" in rows.nth(0).inner_text()

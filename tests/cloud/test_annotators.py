@@ -15,8 +15,16 @@ from botocore.stub import ANY, Stubber
 from fleetloop_core.dataset import LABELS
 from fleetloop_core.store import open_store
 
-from fleetloop_cloud.annotators import (A2IAnnotator, AnnotatorContext, AnnotatorError, GroundTruthAnnotator,
-                                        SimulatedAnnotator, TaskRequest, make_annotator, record_answer)
+from fleetloop_cloud.annotators import (
+    A2IAnnotator,
+    AnnotatorContext,
+    AnnotatorError,
+    GroundTruthAnnotator,
+    SimulatedAnnotator,
+    TaskRequest,
+    make_annotator,
+    record_answer,
+)
 from fleetloop_cloud.config import cloud_config_from_dict, load_cost_model
 from fleetloop_cloud.frames import FrameCache
 from fleetloop_cloud.ingest import ingest
@@ -30,8 +38,14 @@ NOW = datetime.datetime(2026, 9, 21, tzinfo=datetime.timezone.utc)
 
 
 def _config(tmp_path, store_uri, **annotators):
-    return cloud_config_from_dict({"store": store_uri, "work_dir": str(tmp_path / "work"),
-                                   "models": str(tmp_path / "models"), "annotators": annotators})
+    return cloud_config_from_dict(
+        {
+            "store": store_uri,
+            "work_dir": str(tmp_path / "work"),
+            "models": str(tmp_path / "models"),
+            "annotators": annotators,
+        }
+    )
 
 
 def _world(tmp_path, store_uri, labels=(3, 8)):
@@ -40,6 +54,7 @@ def _world(tmp_path, store_uri, labels=(3, 8)):
         _upload(store, "r1", _frame(100 + i), i, label=label)
     pool = Pool(tmp_path / "pool.sqlite")
     from fleetloop_cloud.config import IngestConfig
+
     ingest(store, pool, FrameCache(tmp_path / "frames", store), 1, IngestConfig(), progress=False)
     return store, pool, [r["id"] for r in pool.frames()]
 
@@ -49,8 +64,11 @@ def _requests(pool, store, task_ids):
     for tid in task_ids:
         task = pool.task(tid)
         row = pool.frame(task.frame_id)
-        out.append(TaskRequest(tid, task.frame_id, row["frame_key"], store.url(row["frame_key"]), task.suggestion,
-                               task.purpose))
+        out.append(
+            TaskRequest(
+                tid, task.frame_id, row["frame_key"], store.url(row["frame_key"]), task.suggestion, task.purpose
+            )
+        )
     return out
 
 
@@ -64,8 +82,8 @@ def test_simulated_annotator_is_ground_truth_with_a_seeded_error_rate(tmp_path):
     noisy = SimulatedAnnotator(AnnotatorContext(pool, store, noisy_config, LABELS, 1))
     answers = noisy.collect(pool.tasks())
     wrong = sum(a.label != 3 for a in answers)
-    assert 20 <= wrong <= 65                                    # ~10 % of 400
-    assert [a.label for a in answers] == [a.label for a in noisy.collect(pool.tasks())]   # deterministic
+    assert 20 <= wrong <= 65  # ~10 % of 400
+    assert [a.label for a in answers] == [a.label for a in noisy.collect(pool.tasks())]  # deterministic
     assert len(task_ids) == 400
 
 
@@ -74,7 +92,8 @@ def test_simulated_annotator_refuses_frames_without_ground_truth(tmp_path):
     pool._db.execute("UPDATE frames SET sim_label=NULL")
     pool.add_tasks(1, "review", [(ids[0], None)])
     answer = SimulatedAnnotator(AnnotatorContext(pool, store, _config(tmp_path, store.uri), LABELS, 1)).collect(
-        pool.tasks())[0]
+        pool.tasks()
+    )[0]
     assert answer.label is None and "no simulated ground truth" in answer.error
 
 
@@ -84,8 +103,8 @@ def test_review_page_answers_through_the_pool_with_costs(tmp_path):
     annotator = make_annotator("review-page", AnnotatorContext(pool, store, _config(tmp_path, store.uri), LABELS, 1))
     task_ids = pool.add_tasks(1, "review", [(ids[0], 3), (ids[1], 8)])
     pool.mark_submitted(task_ids, annotator.name, annotator.submit(_requests(pool, store, task_ids)))
-    record_answer(pool, cost, task_ids[0], "dress", "alice", LABELS)          # confirms the suggestion
-    record_answer(pool, cost, task_ids[1], 2, "alice", LABELS)                # corrects it
+    record_answer(pool, cost, task_ids[0], "dress", "alice", LABELS)  # confirms the suggestion
+    record_answer(pool, cost, task_ids[1], 2, "alice", LABELS)  # corrects it
     first, second = pool.task(task_ids[0]), pool.task(task_ids[1])
     assert (first.answer, first.seconds) == (3, cost.human.seconds_per_verify)
     assert (second.answer, second.seconds) == (2, cost.human.seconds_per_label)
@@ -104,28 +123,43 @@ def s3_world(tmp_path, s3_bucket):
 
 
 def _client(service):
-    return boto3.client(service, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing")
+    return boto3.client(service, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-GT = {"role_arn": ROLE, "workteam_arn": "arn:aws:sagemaker:us-east-1:123456789012:workteam/private-crowd/fleet",
-      "ui_template_s3_uri": "s3://templates/classify.liquid",
-      "pre_human_task_lambda_arn": "arn:aws:lambda:us-east-1:123456789012:function:fleetloop-pre",
-      "annotation_consolidation_lambda_arn": "arn:aws:lambda:us-east-1:123456789012:function:fleetloop-post"}
+GT = {
+    "role_arn": ROLE,
+    "workteam_arn": "arn:aws:sagemaker:us-east-1:123456789012:workteam/private-crowd/fleet",
+    "ui_template_s3_uri": "s3://templates/classify.liquid",
+    "pre_human_task_lambda_arn": "arn:aws:lambda:us-east-1:123456789012:function:fleetloop-pre",
+    "annotation_consolidation_lambda_arn": "arn:aws:lambda:us-east-1:123456789012:function:fleetloop-post",
+}
 
 
 def _describe_job(name, status, store, output_uri=None):
-    response = {"LabelingJobStatus": status, "LabelCounters": {}, "CreationTime": NOW, "LastModifiedTime": NOW,
-                "JobReferenceCode": "abc", "LabelingJobName": name,
-                "LabelingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:labeling-job/{name}",
-                "InputConfig": {"DataSource": {"S3DataSource": {"ManifestS3Uri": "s3://x/in.manifest"}}},
-                "OutputConfig": {"S3OutputPath": "s3://x/out"}, "RoleArn": ROLE,
-                "HumanTaskConfig": {"WorkteamArn": GT["workteam_arn"], "UiConfig": {"UiTemplateS3Uri": "s3://t/t"},
-                                    "PreHumanTaskLambdaArn": GT["pre_human_task_lambda_arn"], "TaskTitle": "t",
-                                    "TaskDescription": "d", "NumberOfHumanWorkersPerDataObject": 1,
-                                    "TaskTimeLimitInSeconds": 300,
-                                    "AnnotationConsolidationConfig": {
-                                        "AnnotationConsolidationLambdaArn": GT["annotation_consolidation_lambda_arn"]}}}
+    response = {
+        "LabelingJobStatus": status,
+        "LabelCounters": {},
+        "CreationTime": NOW,
+        "LastModifiedTime": NOW,
+        "JobReferenceCode": "abc",
+        "LabelingJobName": name,
+        "LabelingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:labeling-job/{name}",
+        "InputConfig": {"DataSource": {"S3DataSource": {"ManifestS3Uri": "s3://x/in.manifest"}}},
+        "OutputConfig": {"S3OutputPath": "s3://x/out"},
+        "RoleArn": ROLE,
+        "HumanTaskConfig": {
+            "WorkteamArn": GT["workteam_arn"],
+            "UiConfig": {"UiTemplateS3Uri": "s3://t/t"},
+            "PreHumanTaskLambdaArn": GT["pre_human_task_lambda_arn"],
+            "TaskTitle": "t",
+            "TaskDescription": "d",
+            "NumberOfHumanWorkersPerDataObject": 1,
+            "TaskTimeLimitInSeconds": 300,
+            "AnnotationConsolidationConfig": {
+                "AnnotationConsolidationLambdaArn": GT["annotation_consolidation_lambda_arn"]
+            },
+        },
+    }
     if output_uri:
         response["LabelingJobOutput"] = {"OutputDatasetS3Uri": output_uri}
     return response
@@ -140,23 +174,38 @@ def test_ground_truth_labeling_job_round_trip(tmp_path, s3_world):
     job = f"fleetloop-r4-t{task_ids[0]}-n2"
     prefix = f"labeling/{job}"
     with Stubber(client) as stub:
-        stub.add_response("create_labeling_job", {"LabelingJobArn": f"arn:aws:sagemaker:::labeling-job/{job}"}, {
-            "LabelingJobName": job, "LabelAttributeName": "fleetloop-label",
-            "InputConfig": {"DataSource": {"S3DataSource": {"ManifestS3Uri": store.url(f"{prefix}/input.manifest")}},
-                            "DataAttributes": {"ContentClassifiers": ["FreeOfPersonallyIdentifiableInformation"]}},
-            "OutputConfig": {"S3OutputPath": store.url(f"{prefix}/output")}, "RoleArn": ROLE,
-            "LabelCategoryConfigS3Uri": store.url(f"{prefix}/categories.json"),
-            "HumanTaskConfig": {"WorkteamArn": GT["workteam_arn"], "UiConfig": {"UiTemplateS3Uri": GT["ui_template_s3_uri"]},
-                                "PreHumanTaskLambdaArn": GT["pre_human_task_lambda_arn"], "TaskTitle": ANY,
-                                "TaskDescription": ANY, "NumberOfHumanWorkersPerDataObject": 1,
-                                "TaskTimeLimitInSeconds": 300,
-                                "AnnotationConsolidationConfig": {
-                                    "AnnotationConsolidationLambdaArn": GT["annotation_consolidation_lambda_arn"]}},
-            "Tags": [{"Key": "fleetloop-round", "Value": "4"}]})
+        stub.add_response(
+            "create_labeling_job",
+            {"LabelingJobArn": f"arn:aws:sagemaker:::labeling-job/{job}"},
+            {
+                "LabelingJobName": job,
+                "LabelAttributeName": "fleetloop-label",
+                "InputConfig": {
+                    "DataSource": {"S3DataSource": {"ManifestS3Uri": store.url(f"{prefix}/input.manifest")}},
+                    "DataAttributes": {"ContentClassifiers": ["FreeOfPersonallyIdentifiableInformation"]},
+                },
+                "OutputConfig": {"S3OutputPath": store.url(f"{prefix}/output")},
+                "RoleArn": ROLE,
+                "LabelCategoryConfigS3Uri": store.url(f"{prefix}/categories.json"),
+                "HumanTaskConfig": {
+                    "WorkteamArn": GT["workteam_arn"],
+                    "UiConfig": {"UiTemplateS3Uri": GT["ui_template_s3_uri"]},
+                    "PreHumanTaskLambdaArn": GT["pre_human_task_lambda_arn"],
+                    "TaskTitle": ANY,
+                    "TaskDescription": ANY,
+                    "NumberOfHumanWorkersPerDataObject": 1,
+                    "TaskTimeLimitInSeconds": 300,
+                    "AnnotationConsolidationConfig": {
+                        "AnnotationConsolidationLambdaArn": GT["annotation_consolidation_lambda_arn"]
+                    },
+                },
+                "Tags": [{"Key": "fleetloop-round", "Value": "4"}],
+            },
+        )
         external = annotator.submit(_requests(pool, store, task_ids))
         pool.mark_submitted(task_ids, annotator.name, external)
         # the input manifest (in the store) points at the frames and carries the suggestion for the pre-task Lambda
-        lines = [json.loads(l) for l in store.get_bytes(f"{prefix}/input.manifest").decode().splitlines()]
+        lines = [json.loads(line) for line in store.get_bytes(f"{prefix}/input.manifest").decode().splitlines()]
         assert lines[0]["source-ref"] == store.url(pool.frame(ids[0])["frame_key"])
         assert lines[0]["source-ref"].startswith("s3://") and lines[0]["fleetloop-suggestion"] == "bag"
         assert "fleetloop-suggestion" not in lines[1]
@@ -164,15 +213,23 @@ def test_ground_truth_labeling_job_round_trip(tmp_path, s3_world):
         assert [c["label"] for c in categories["labels"]] == list(LABELS)
 
         stub.add_response("describe_labeling_job", _describe_job(job, "InProgress", store), {"LabelingJobName": job})
-        assert annotator.collect(pool.tasks(status="submitted")) == []          # humans still at work
+        assert annotator.collect(pool.tasks(status="submitted")) == []  # humans still at work
 
         output_key = f"{prefix}/output/{job}/manifests/output/output.manifest"
-        out = [{**lines[0], "fleetloop-label": 8, "fleetloop-label-metadata": {"class-name": "bag", "confidence": 0.95,
-                                                                               "human-annotated": "yes"}},
-               {**lines[1], "fleetloop-label": 11, "fleetloop-label-metadata": {"class-name": "unicorn"}}]
+        out = [
+            {
+                **lines[0],
+                "fleetloop-label": 8,
+                "fleetloop-label-metadata": {"class-name": "bag", "confidence": 0.95, "human-annotated": "yes"},
+            },
+            {**lines[1], "fleetloop-label": 11, "fleetloop-label-metadata": {"class-name": "unicorn"}},
+        ]
         store.put_bytes(output_key, "\n".join(json.dumps(o) for o in out).encode())
-        stub.add_response("describe_labeling_job", _describe_job(job, "Completed", store, store.url(output_key)),
-                          {"LabelingJobName": job})
+        stub.add_response(
+            "describe_labeling_job",
+            _describe_job(job, "Completed", store, store.url(output_key)),
+            {"LabelingJobName": job},
+        )
         answers = {a.task_id: a for a in annotator.collect(pool.tasks(status="submitted"))}
         stub.assert_no_pending_responses()
     assert answers[task_ids[0]].label == 8 and answers[task_ids[0]].annotator == f"sagemaker-groundtruth:{job}"
@@ -199,23 +256,45 @@ def test_a2i_human_loops(tmp_path, s3_world):
     with Stubber(client) as stub:
         for loop, frame_id, suggestion in zip(loops, ids, ("dress", "bag")):
             row = pool.frame(frame_id)
-            content = {"frame": frame_id, "labels": list(LABELS), "suggestion": suggestion,
-                       "taskObject": store.url(row["frame_key"])}
-            stub.add_response("start_human_loop", {"HumanLoopArn": f"arn:a2i/{loop}"}, {
-                "HumanLoopName": loop, "FlowDefinitionArn": flow,
-                "HumanLoopInput": {"InputContent": json.dumps(content, sort_keys=True)},
-                "DataAttributes": {"ContentClassifiers": ["FreeOfPersonallyIdentifiableInformation"]}})
+            content = {
+                "frame": frame_id,
+                "labels": list(LABELS),
+                "suggestion": suggestion,
+                "taskObject": store.url(row["frame_key"]),
+            }
+            stub.add_response(
+                "start_human_loop",
+                {"HumanLoopArn": f"arn:a2i/{loop}"},
+                {
+                    "HumanLoopName": loop,
+                    "FlowDefinitionArn": flow,
+                    "HumanLoopInput": {"InputContent": json.dumps(content, sort_keys=True)},
+                    "DataAttributes": {"ContentClassifiers": ["FreeOfPersonallyIdentifiableInformation"]},
+                },
+            )
         pool.mark_submitted(task_ids, annotator.name, annotator.submit(_requests(pool, store, task_ids)))
         key = "a2i/output/loop-0.json"
-        store.put_bytes(key, json.dumps({"humanAnswers": [{"answerContent": {
-            "crowd-image-classifier": {"label": "dress"}}}]}).encode())
+        store.put_bytes(
+            key,
+            json.dumps({"humanAnswers": [{"answerContent": {"crowd-image-classifier": {"label": "dress"}}}]}).encode(),
+        )
         base = {"CreationTime": NOW, "FlowDefinitionArn": flow}
-        stub.add_response("describe_human_loop", {**base, "HumanLoopStatus": "Completed", "HumanLoopName": loops[0],
-                                                  "HumanLoopArn": f"arn:a2i/{loops[0]}",
-                                                  "HumanLoopOutput": {"OutputS3Uri": store.url(key)}},
-                          {"HumanLoopName": loops[0]})
-        stub.add_response("describe_human_loop", {**base, "HumanLoopStatus": "InProgress", "HumanLoopName": loops[1],
-                                                  "HumanLoopArn": f"arn:a2i/{loops[1]}"}, {"HumanLoopName": loops[1]})
+        stub.add_response(
+            "describe_human_loop",
+            {
+                **base,
+                "HumanLoopStatus": "Completed",
+                "HumanLoopName": loops[0],
+                "HumanLoopArn": f"arn:a2i/{loops[0]}",
+                "HumanLoopOutput": {"OutputS3Uri": store.url(key)},
+            },
+            {"HumanLoopName": loops[0]},
+        )
+        stub.add_response(
+            "describe_human_loop",
+            {**base, "HumanLoopStatus": "InProgress", "HumanLoopName": loops[1], "HumanLoopArn": f"arn:a2i/{loops[1]}"},
+            {"HumanLoopName": loops[1]},
+        )
         answers = annotator.collect(pool.tasks(status="submitted"))
         stub.assert_no_pending_responses()
-    assert [(a.task_id, a.label) for a in answers] == [(task_ids[0], 3)]     # the second loop is still open
+    assert [(a.task_id, a.label) for a in answers] == [(task_ids[0], 3)]  # the second loop is still open

@@ -3,8 +3,12 @@
 import numpy as np
 import pytest
 
-from fleetloop_cloud.calibration import (apply_temperature, ensemble_log_probs, expected_calibration_error,
-                                         fit_temperature)
+from fleetloop_cloud.calibration import (
+    apply_temperature,
+    ensemble_log_probs,
+    expected_calibration_error,
+    fit_temperature,
+)
 
 
 def _overconfident(n: int, rng, true_temperature: float = 3.0):

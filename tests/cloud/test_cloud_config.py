@@ -19,15 +19,21 @@ def test_shipped_config_loads():
     assert config.routing.target_accuracy == 0.98 and config.review.annotator == "simulated"
 
 
-@pytest.mark.parametrize("section, value, message", [
-    ({"routing": {"target_accuracy": 1.5}}, None, "routing.target_accuracy: Input should be less than 1 (got 1.5)"),
-    ({"routing": {"treshold": 0.9}}, None, "unknown key routing.treshold"),
-    ({"review": {"annotator": "mturk"}}, None, "review.annotator: unknown name 'mturk' (known: a2i, review-page, "
-                                               "sagemaker-groundtruth, simulated)"),
-    ({"review": {"strategy": "coreset"}}, None, "review.strategy: unknown name 'coreset'"),
-    ({"evaluation": {"test_set": "lab"}}, None, "evaluation.test_set: unknown name 'lab'"),
-    ({"autolabel": {"tiers": ["T1", "T9"]}}, None, "tiers must name two of T1, T2, T3, T4"),
-])
+@pytest.mark.parametrize(
+    "section, value, message",
+    [
+        ({"routing": {"target_accuracy": 1.5}}, None, "routing.target_accuracy: Input should be less than 1 (got 1.5)"),
+        ({"routing": {"treshold": 0.9}}, None, "unknown key routing.treshold"),
+        (
+            {"review": {"annotator": "mturk"}},
+            None,
+            "review.annotator: unknown name 'mturk' (known: a2i, review-page, sagemaker-groundtruth, simulated)",
+        ),
+        ({"review": {"strategy": "coreset"}}, None, "review.strategy: unknown name 'coreset'"),
+        ({"evaluation": {"test_set": "lab"}}, None, "evaluation.test_set: unknown name 'lab'"),
+        ({"autolabel": {"tiers": ["T1", "T9"]}}, None, "tiers must name two of T1, T2, T3, T4"),
+    ],
+)
 def test_bad_values_name_file_key_and_value(tmp_path, section, value, message):
     path = _write(tmp_path, {"store": "file:///tmp/s", **section})
     with pytest.raises(ConfigError) as error:

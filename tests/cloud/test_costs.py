@@ -19,8 +19,8 @@ def test_shipped_cost_model_cites_a_source_for_every_figure():
 def test_task_cost_verify_vs_label_and_audits():
     human = load_cost_model().human
     assert task_cost(human, 3, 3, shown=True)[0] == human.seconds_per_verify
-    assert task_cost(human, 3, 4, shown=True)[0] == human.seconds_per_label      # suggestion rejected
-    assert task_cost(human, 3, 3, shown=False)[0] == human.seconds_per_label     # nothing shown
+    assert task_cost(human, 3, 4, shown=True)[0] == human.seconds_per_label  # suggestion rejected
+    assert task_cost(human, 3, 3, shown=False)[0] == human.seconds_per_label  # nothing shown
     assert task_cost(human, 3, 4, shown=True, purpose="audit")[0] == human.seconds_per_verify
     assert task_cost(human, None, 4, shown=True)[1] == pytest.approx(human.price_per_label)
 

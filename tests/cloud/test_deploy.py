@@ -7,8 +7,17 @@ import json
 import pytest
 
 from fixtures.model_packages import Robot, manager_config, make_version
-from fleetloop_cloud.deploy import (AwsIotJobs, DeployError, LocalDirJobs, RolloutConfig, deploy_document,
-                                    open_fleet_jobs, rollout, rollback_document, wait_for_reports)
+from fleetloop_cloud.deploy import (
+    AwsIotJobs,
+    DeployError,
+    LocalDirJobs,
+    RolloutConfig,
+    deploy_document,
+    open_fleet_jobs,
+    rollout,
+    rollback_document,
+    wait_for_reports,
+)
 from fleetloop_core.control_plane import LocalControlPlane
 from fleetloop_core.deploy_agent import DeployAgent
 from fleetloop_core.errors import ConfigError
@@ -20,6 +29,7 @@ from fleetloop_core.model_store import publish_package
 @pytest.fixture(scope="module")
 def frames():
     from fleetloop_core import sim
+
     return [f.image for f in sim.CameraStream(sim.make_site(1, 0), "robot-x", seed=1).frames(12)]
 
 
@@ -33,8 +43,9 @@ class Fleet:
             config = (configs or {}).get(thing, manager_config(watchdog=WatchdogConfig(window_frames=8, min_frames=3)))
             robot = Robot(tmp_path / thing, test_models, signing_keys, frames, config, period_s=0.01)
             self.robots[thing] = robot
-            self.agents[thing] = DeployAgent(LocalControlPlane(self.jobs_dir, thing, poll_s=0.02), robot.manager,
-                                             poll_s=0.1)
+            self.agents[thing] = DeployAgent(
+                LocalControlPlane(self.jobs_dir, thing, poll_s=0.02), robot.manager, poll_s=0.1
+            )
 
     def __enter__(self):
         for thing, robot in self.robots.items():
@@ -59,8 +70,13 @@ def test_local_rollout_canary_then_fleet(tmp_path, test_models, signing_keys, fr
     with Fleet(tmp_path, test_models, signing_keys, frames, things) as fleet:
         bucket = f"file://{tmp_path / 'bucket'}"
         document = _document(fleet.robots["robot-a"], "v2", bucket=bucket)
-        report = rollout(LocalDirJobs(fleet.jobs_dir), things, document, "r1",
-                         RolloutConfig(canary_count=1, canary_timeout_s=60, fleet_timeout_s=60, poll_s=0.05))
+        report = rollout(
+            LocalDirJobs(fleet.jobs_dir),
+            things,
+            document,
+            "r1",
+            RolloutConfig(canary_count=1, canary_timeout_s=60, fleet_timeout_s=60, poll_s=0.05),
+        )
     assert report.succeeded, report.to_dict()
     assert report.canary.things == ["robot-a"] and report.fleet.things == ["robot-b", "robot-c"]
     assert {r.cascade.edge.version for r in fleet.robots.values()} == {"v2"}
@@ -74,8 +90,14 @@ def test_local_abort_rolls_back_the_canary_that_took_a_bad_model(tmp_path, test_
         bucket = f"file://{tmp_path / 'bucket'}"
         document = _document(fleet.robots["robot-a"], "v-const", fault="constant", bucket=bucket)
         jobs = LocalDirJobs(fleet.jobs_dir)
-        report = rollout(jobs, things, document, "r2",
-                         RolloutConfig(canary_count=2, canary_timeout_s=60, poll_s=0.05), previous_version="v1")
+        report = rollout(
+            jobs,
+            things,
+            document,
+            "r2",
+            RolloutConfig(canary_count=2, canary_timeout_s=60, poll_s=0.05),
+            previous_version="v1",
+        )
     assert report.aborted and report.fleet is None
     assert report.canary.results["robot-a"]["status"] == "FAILED"
     assert report.rollback.things == ["robot-b"] and report.rollback.results["robot-b"]["status"] == "SUCCEEDED"
@@ -95,8 +117,14 @@ def test_fleet_phase_aborts_on_the_failure_rate_and_cancels_the_queue(tmp_path):
     config = RolloutConfig(abort_failure_percent=50, abort_min_executed=3)
     states, reason = wait_for_reports(jobs, "j", things, timeout_s=5, poll_s=0.01, abort=config)
     assert "2 of 3 finished executions failed (67 % >= 50.0 %)" in reason
-    assert {t: s.status for t, s in states.items()} == {"t0": "FAILED", "t1": "REJECTED", "t2": "SUCCEEDED",
-                                                       "t3": "CANCELED", "t4": "CANCELED", "t5": "CANCELED"}
+    assert {t: s.status for t, s in states.items()} == {
+        "t0": "FAILED",
+        "t1": "REJECTED",
+        "t2": "SUCCEEDED",
+        "t3": "CANCELED",
+        "t4": "CANCELED",
+        "t5": "CANCELED",
+    }
     assert LocalControlPlane(tmp_path, "t3", poll_s=0.01).next_job(0.05) is None
     with pytest.raises(DeployError, match="exists already"):
         jobs.create_job("j", ["t0"], {})
@@ -105,8 +133,7 @@ def test_fleet_phase_aborts_on_the_failure_rate_and_cancels_the_queue(tmp_path):
 def test_documents_and_backend_registry(tmp_path, test_models):
     manifest = load_manifest(test_models["T4"])
     document = deploy_document(manifest, "s3://bucket/fleet", "models/x/1", b"{}")
-    assert document["package"]["manifest_sha256"] == \
-        "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+    assert document["package"]["manifest_sha256"] == "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
     assert document["model"] == {"name": manifest.name, "version": manifest.version, "tier": "T4"}
     assert rollback_document("m", "T4")["model"]["version"] == "previous"
     assert isinstance(open_fleet_jobs(f"file://{tmp_path}"), LocalDirJobs)
@@ -120,8 +147,14 @@ def test_documents_and_backend_registry(tmp_path, test_models):
 @pytest.fixture
 def iot(s3_server):
     import boto3
-    return boto3.client("iot", endpoint_url=s3_server.endpoint_url, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    return boto3.client(
+        "iot",
+        endpoint_url=s3_server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def test_aws_create_job_targets_a_thing_group_with_rollout_abort_and_timeout(iot):
@@ -131,20 +164,24 @@ def test_aws_create_job_targets_a_thing_group_with_rollout_abort_and_timeout(iot
         iot.add_thing_to_thing_group(thingGroupName="fleet-a", thingName=f"a-{i}")
     jobs = AwsIotJobs(client=iot)
     document = rollback_document("m", "T4", "v1")
-    config = RolloutConfig(abort_failure_percent=20, abort_min_executed=4, maximum_per_minute=30,
-                           in_progress_timeout_min=15)
+    config = RolloutConfig(
+        abort_failure_percent=20, abort_min_executed=4, maximum_per_minute=30, in_progress_timeout_min=15
+    )
     jobs.create_job("group-job", [], document, config, thing_group="fleet-a")
     job = iot.describe_job(jobId="group-job")["job"]
     assert job["targets"][0].endswith(":thinggroup/fleet-a") and job["targetSelection"] == "SNAPSHOT"
-    assert job["abortConfig"] == {"criteriaList": [{"failureType": "ALL", "action": "CANCEL",
-                                                    "thresholdPercentage": 20.0, "minNumberOfExecutedThings": 4}]}
+    assert job["abortConfig"] == {
+        "criteriaList": [
+            {"failureType": "ALL", "action": "CANCEL", "thresholdPercentage": 20.0, "minNumberOfExecutedThings": 4}
+        ]
+    }
     assert job["jobExecutionsRolloutConfig"] == {"maximumPerMinute": 30}
     assert job["timeoutConfig"] == {"inProgressTimeoutInMinutes": 15}
     assert json.loads(iot.get_job_document(jobId="group-job")["document"]) == document
     with pytest.raises(DeployError, match="describe_thing_group for job j2 failed.*ResourceNotFound"):
         jobs.create_job("j2", [], document, config, thing_group="no-such-group")
     with pytest.raises(DeployError, match="(?s)create_job for job  failed.*Invalid length for parameter jobId"):
-        jobs.create_job("", [], document, config, thing_group="fleet-a")           # botocore's validation
+        jobs.create_job("", [], document, config, thing_group="fleet-a")  # botocore's validation
 
 
 def test_aws_canaries_that_never_report_abort_the_rollout(iot):
@@ -158,7 +195,7 @@ def test_aws_canaries_that_never_report_abort_the_rollout(iot):
     assert report.canary.results == {"b-0": {"status": "TIMED_OUT", "details": {}, "reported": "QUEUED"}}
     assert iot.describe_job(jobId="aws-r1-canary")["job"]["status"] == "CANCELED"
     assert "aws-r1-fleet" not in [j["jobId"] for j in iot.list_jobs()["jobs"]]
-    assert report.rollback is None                        # no canary took the model
+    assert report.rollback is None  # no canary took the model
 
 
 def test_cli_publish_and_rollout_on_the_local_backend(tmp_path, test_models, signing_keys, frames, caplog):
@@ -166,23 +203,48 @@ def test_cli_publish_and_rollout_on_the_local_backend(tmp_path, test_models, sig
 
     things = ["robot-a", "robot-b"]
     config = tmp_path / "deploy.yaml"
-    config.write_text(f"backend: file://{tmp_path / 'jobs'}\nrollout:\n  canary_count: 1\n  poll_s: 0.05\n"
-                      "  canary_timeout_s: 60\n  fleet_timeout_s: 60\n")
+    config.write_text(
+        f"backend: file://{tmp_path / 'jobs'}\nrollout:\n  canary_count: 1\n  poll_s: 0.05\n"
+        "  canary_timeout_s: 60\n  fleet_timeout_s: 60\n"
+    )
     with Fleet(tmp_path, test_models, signing_keys, frames, things) as fleet:
         package = fleet.robots["robot-a"].package("v5")
         bucket = f"file://{tmp_path / 'bucket'}"
-        assert main(["deploy", "publish", str(package), "--store", bucket,
-                     "--trusted", str(signing_keys["trusted_dir"])]) == 0
-        assert main(["deploy", "rollout", str(package), "--store", bucket, "--things", ",".join(things),
-                     "--config", str(config), "--job-id", "cli", "--report", str(tmp_path / "report.json")]) == 0
+        assert (
+            main(["deploy", "publish", str(package), "--store", bucket, "--trusted", str(signing_keys["trusted_dir"])])
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "deploy",
+                    "rollout",
+                    str(package),
+                    "--store",
+                    bucket,
+                    "--things",
+                    ",".join(things),
+                    "--config",
+                    str(config),
+                    "--job-id",
+                    "cli",
+                    "--report",
+                    str(tmp_path / "report.json"),
+                ]
+            )
+            == 0
+        )
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["succeeded"] and report["fleet"]["results"]["robot-b"]["status"] == "SUCCEEDED"
     assert {r.cascade.edge.version for r in fleet.robots.values()} == {"v5"}
     unsigned = make_version(test_models["T4"], tmp_path / "unsigned", "v6", None)
-    assert main(["deploy", "rollout", str(unsigned), "--store", bucket, "--things", "robot-a",
-                 "--config", str(config)]) == 1
-    assert main(["deploy", "publish", str(unsigned), "--store", bucket,
-                 "--trusted", str(signing_keys["trusted_dir"])]) == 1
+    assert (
+        main(["deploy", "rollout", str(unsigned), "--store", bucket, "--things", "robot-a", "--config", str(config)])
+        == 1
+    )
+    assert (
+        main(["deploy", "publish", str(unsigned), "--store", bucket, "--trusted", str(signing_keys["trusted_dir"])])
+        == 1
+    )
     assert "package is unsigned; run fleetloop models sign first" in caplog.text
     assert "v6: unsigned (no signature field)" in caplog.text
-

@@ -11,11 +11,21 @@ from fleetloop_cloud.detection_demo import DetectionDemoSettings, run_detection_
 def test_one_small_detection_round_writes_the_report(tmp_path, detection_models):
     # a gate that lets anything through: whatever the round trains is approved (one tiny round rarely beats
     # the reference), so approved detectors reach the robots through signed packages and the control plane
-    settings = DetectionDemoSettings(robots=1, rounds=1, frames_per_robot=100, frames_per_hour=21600.0,
-                                     profile="detection-test", test_frames_per_site=15, teacher_epochs=1,
-                                     distil_epochs=1, warm_start_epochs=1, lab_replay_frames=10, calibration_sample=10,
-                                     upload_all_epochs=1,
-                                     gate={"min_gain": -1.0, "max_site_regression": 1.0, "max_class_regression": 1.0})
+    settings = DetectionDemoSettings(
+        robots=1,
+        rounds=1,
+        frames_per_robot=100,
+        frames_per_hour=21600.0,
+        profile="detection-test",
+        test_frames_per_site=15,
+        teacher_epochs=1,
+        distil_epochs=1,
+        warm_start_epochs=1,
+        lab_replay_frames=10,
+        calibration_sample=10,
+        upload_all_epochs=1,
+        gate={"min_gain": -1.0, "max_site_regression": 1.0, "max_class_regression": 1.0},
+    )
     report = run_detection_demo(tmp_path / "demo", settings, models=detection_models["T4"].parent, progress=False)
     assert {p.name for p in (tmp_path / "demo").iterdir()} >= {"report.json", "report.md", "map_per_round.png"}
     assert json.loads((tmp_path / "demo" / "report.json").read_text())["task"] == "detection"
@@ -24,7 +34,7 @@ def test_one_small_detection_round_writes_the_report(tmp_path, detection_models)
     for rounds in (loop, random, upload_all):
         assert [r["round"] for r in rounds] == [0, 1]
         assert all(0.0 <= r["map"]["T4"]["map50"] <= 1.0 for r in rounds)
-    assert loop[0]["map"] == random[0]["map"]                 # same start, same test set
+    assert loop[0]["map"] == random[0]["map"]  # same start, same test set
     # the random arm uploads as many frames per robot as the loop's robot kept
     assert loop[1]["robots"][0]["kept"] == random[1]["robots"][0]["kept"] == loop[1]["uploaded"] > 0
     assert loop[1]["labels"]["accepted"] == loop[1]["uploaded"]

@@ -15,7 +15,13 @@ from fleetloop_core.store import open_store
 
 from fleetloop_cloud.box_annotators import box_task_cost, record_box_answer
 from fleetloop_cloud.box_consensus import (
-    BoxSet, BoxTargets, aggregate, choose_threshold, compare, consensus, edits,
+    BoxSet,
+    BoxTargets,
+    aggregate,
+    choose_threshold,
+    compare,
+    consensus,
+    edits,
 )
 from fleetloop_cloud.box_manifest import augmented_box_manifest, parse_box_record, read_box_channel
 from fleetloop_cloud.config import cloud_config_from_dict, load_cost_model
@@ -38,11 +44,11 @@ def test_consensus_fuses_agreeing_boxes_and_flags_disagreement():
     assert agreed.fused.scores[0] == pytest.approx(0.8) and agreed.confidence == pytest.approx(0.7)
     missing = consensus(a, b.select(0) if hasattr(b, "select") else _set([[12, 10, 32, 30, 0.7, 1]]))
     assert not missing.agree and missing.unmatched == 1 and len(missing.fused) == 2
-    assert missing.fused.scores[-1] == pytest.approx(0.4)            # seen by one tier of two: half its score
+    assert missing.fused.scores[-1] == pytest.approx(0.4)  # seen by one tier of two: half its score
     conflict = consensus(a, _set([[10, 10, 30, 30, 0.9, 3], [50, 50, 70, 70, 0.8, 2]]))
     assert not conflict.agree and conflict.class_conflicts == 1
     loose = consensus(a, _set([[16, 16, 36, 36, 0.9, 1], [56, 56, 76, 76, 0.9, 2]]), match_iou=0.3, min_iou=0.7)
-    assert loose.matched == 2 and not loose.agree                       # matched, but not tightly enough
+    assert loose.matched == 2 and not loose.agree  # matched, but not tightly enough
     # a faint box under the threshold lowers an empty frame's confidence without entering the suggestion
     faint = consensus(_set([[0, 0, 5, 5, 0.2, 1]]), _set([]), threshold=0.3)
     assert faint.agree and len(faint.fused) == 0 and faint.confidence == pytest.approx(0.8)
@@ -77,9 +83,14 @@ def test_box_costs_price_every_edit(repo_root):
     change = edits(suggestion, answer)
     assert (change.kept, change.adjusted, change.deleted, change.drawn, change.reclassed) == (1, 1, 1, 1, 1)
     seconds, dollars, _ = box_task_cost(costs, suggestion, answer, shown=True)
-    assert seconds == pytest.approx(costs.seconds_per_frame + costs.seconds_per_box_verify + costs.seconds_per_box_adjust
-                                    + costs.seconds_per_box_delete + costs.seconds_per_box_draw
-                                    + costs.seconds_per_reclass)
+    assert seconds == pytest.approx(
+        costs.seconds_per_frame
+        + costs.seconds_per_box_verify
+        + costs.seconds_per_box_adjust
+        + costs.seconds_per_box_delete
+        + costs.seconds_per_box_draw
+        + costs.seconds_per_reclass
+    )
     scratch, _, _ = box_task_cost(costs, suggestion, answer, shown=False)
     assert scratch == pytest.approx(costs.manual_seconds(3))
     assert dollars == pytest.approx(costs.task_price(seconds))
@@ -92,12 +103,28 @@ def _config(tmp_path, store, models, **sections):
     defaults = dict(
         review={"annotator": "simulated", "calibration_sample": 40, "strategy": "uncertainty"},
         audit={"fraction": 0.2, "min_frames": 10, "max_passes": 2},
-        detection={"annotator": "simulated", "min_validation": 10, "bound_z": 0.0,
-                   "simulated": {"error_rate": 0.0, "miss_rate": 0.0, "box_jitter_px": 0.5}},
-        training={"teacher_epochs": 1, "distil_epochs": 1, "warm_start_epochs": 1, "batch_size": 16,
-                  "lab_replay_frames": 20},
-        evaluation={"test_set": "simulated-field", "frames_per_site": 20, "min_support": 5, "min_gain": -1.0,
-                    "max_site_regression": 1.0, "max_class_regression": 1.0})
+        detection={
+            "annotator": "simulated",
+            "min_validation": 10,
+            "bound_z": 0.0,
+            "simulated": {"error_rate": 0.0, "miss_rate": 0.0, "box_jitter_px": 0.5},
+        },
+        training={
+            "teacher_epochs": 1,
+            "distil_epochs": 1,
+            "warm_start_epochs": 1,
+            "batch_size": 16,
+            "lab_replay_frames": 20,
+        },
+        evaluation={
+            "test_set": "simulated-field",
+            "frames_per_site": 20,
+            "min_support": 5,
+            "min_gain": -1.0,
+            "max_site_regression": 1.0,
+            "max_class_regression": 1.0,
+        },
+    )
     defaults.update(sections)
     return cloud_config_from_dict(cloud_config(tmp_path, store.uri, models, **defaults))
 
@@ -118,8 +145,9 @@ def test_a_detection_round_end_to_end(tmp_path, detection_cloud_models):
         summary = loop.run_round().to_dict()
         (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2))
         assert summary["status"] == "finished" and summary["task"] == "detection"
-        assert summary["steps"] == {s: "done" for s in ("ingest", "autolabel", "review", "train", "evaluate",
-                                                        "register")}
+        assert summary["steps"] == {
+            s: "done" for s in ("ingest", "autolabel", "review", "train", "evaluate", "register")
+        }
         assert summary["frames"]["ingested"] == 120 and summary["frames"]["quarantined"] == 0
 
         # every frame got boxes, by the route that was safe for it; the audit measured what was automated
@@ -132,8 +160,9 @@ def test_a_detection_round_end_to_end(tmp_path, detection_cloud_models):
         if labels["auto_accepted"]:
             audit = summary["audit"]
             assert audit["final"]["frames"] >= 10
-            assert audit["final"]["meets_target"] == (audit["final"]["mean_iou"] >= 0.7
-                                                      and audit["final"]["class_accuracy"] >= 0.98)
+            assert audit["final"]["meets_target"] == (
+                audit["final"]["mean_iou"] >= 0.7 and audit["final"]["class_accuracy"] >= 0.98
+            )
             assert threshold["value"] is not None
         else:
             assert threshold["value"] is None and "reason" in threshold
@@ -185,34 +214,43 @@ def test_a_detection_round_end_to_end(tmp_path, detection_cloud_models):
 
 def test_review_page_answers_and_config_errors(tmp_path, detection_cloud_models, test_models):
     store, _ = _fleet(tmp_path, detection_cloud_models, frames=15)
-    config = _config(tmp_path, store, detection_cloud_models["T1"].parent,
-                     review={"annotator": "simulated", "calibration_sample": 5, "strategy": "uncertainty"},
-                     detection={"annotator": "review-page", "min_validation": 10})
+    config = _config(
+        tmp_path,
+        store,
+        detection_cloud_models["T1"].parent,
+        review={"annotator": "simulated", "calibration_sample": 5, "strategy": "uncertainty"},
+        detection={"annotator": "review-page", "min_validation": 10},
+    )
     with DetectionLoop(config, progress=False) as loop:
         first = loop.run_round().to_dict()
         assert first["status"] == "waiting" and first["steps"]["review"] == "waiting"
         tasks = loop.boxes.tasks(status="submitted")
         assert len(tasks) == 5 and all(t.backend == "review-page" for t in tasks)
-        for task in tasks:      # what the page posts: accept the suggestion as it is
-            answered = record_box_answer(loop.boxes, loop.box_costs, task.id, task.suggestion, "ann", loop.classes,
-                                         seconds=2.5)
+        for task in tasks:  # what the page posts: accept the suggestion as it is
+            answered = record_box_answer(
+                loop.boxes, loop.box_costs, task.id, task.suggestion, "ann", loop.classes, seconds=2.5
+            )
             assert answered.status == "done" and answered.seconds == 2.5
             assert answered.edits["kept"] == len(task.suggestion) and answered.edits["drawn"] == 0
         with pytest.raises(Exception, match="not open"):
             record_box_answer(loop.boxes, loop.box_costs, tasks[0].id, tasks[0].suggestion, "ann", loop.classes)
         (extra,) = loop.boxes.add_tasks(1, "review", [(tasks[0].frame_id, None)], shown=False)
         with pytest.raises(Exception, match="not a known class"):
-            record_box_answer(loop.boxes, loop.box_costs, extra, BoxSet.from_rows([[0, 0, 5, 5, 42]], False), "ann",
-                              loop.classes)
-        drawn = record_box_answer(loop.boxes, loop.box_costs, extra, BoxSet.from_rows([[0, 0, 5, 5, 3]], False),
-                                  "ann", loop.classes)
+            record_box_answer(
+                loop.boxes, loop.box_costs, extra, BoxSet.from_rows([[0, 0, 5, 5, 42]], False), "ann", loop.classes
+            )
+        drawn = record_box_answer(
+            loop.boxes, loop.box_costs, extra, BoxSet.from_rows([[0, 0, 5, 5, 3]], False), "ann", loop.classes
+        )
         assert drawn.edits["drawn"] == 1 and drawn.seconds == pytest.approx(loop.box_costs.manual_seconds(1))
         second = loop.run_round().to_dict()
         assert second["routing"]["validation_frames"] == 5
         assert second["status"] == "waiting" or second["labels"]["accepted"] == 30
     with pytest.raises(ConfigError, match="unknown box annotator 'crowd'"):
-        DetectionLoop(_config(tmp_path / "b", store, detection_cloud_models["T1"].parent,
-                              detection={"annotator": "crowd"}), progress=False)
+        DetectionLoop(
+            _config(tmp_path / "b", store, detection_cloud_models["T1"].parent, detection={"annotator": "crowd"}),
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="needs detector tiers"):
         DetectionLoop(_config(tmp_path / "c", store, test_models["T1"].parent), progress=False)
     assert ROOT.is_dir()
@@ -224,9 +262,13 @@ def test_cloud_cli_runs_the_detection_loop_and_writes_box_manifests(tmp_path, de
     from fleetloop_cloud.cli import main as cloud_cli
 
     store, _ = _fleet(tmp_path, detection_cloud_models, frames=10)
-    data = cloud_config(tmp_path, store.uri, detection_cloud_models["T1"].parent,
-                        review={"annotator": "simulated", "calibration_sample": 4, "strategy": "uncertainty"},
-                        detection={"annotator": "review-page", "min_validation": 10})
+    data = cloud_config(
+        tmp_path,
+        store.uri,
+        detection_cloud_models["T1"].parent,
+        review={"annotator": "simulated", "calibration_sample": 4, "strategy": "uncertainty"},
+        detection={"annotator": "review-page", "min_validation": 10},
+    )
     path = tmp_path / "cloud.yaml"
     path.write_text(yaml.safe_dump(data))
     assert cloud_cli(["round", "--config", str(path), "--no-progress"]) == 0
@@ -234,8 +276,9 @@ def test_cloud_cli_runs_the_detection_loop_and_writes_box_manifests(tmp_path, de
     assert "FleetLoop detection round 1 (waiting)" in out and "box labels accepted" in out
     with DetectionLoop(cloud_config_from_dict(data), progress=False) as loop:
         for task in loop.boxes.tasks(status="submitted"):
-            record_box_answer(loop.boxes, loop.box_costs, task.id, BoxSet.from_rows([[4, 4, 30, 30, 2]], False),
-                              "ann", loop.classes)
+            record_box_answer(
+                loop.boxes, loop.box_costs, task.id, BoxSet.from_rows([[4, 4, 30, 30, 2]], False), "ann", loop.classes
+            )
     assert cloud_cli(["round", "--config", str(path), "--no-progress", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["task"] == "detection" and summary["routing"]["validation_frames"] == 4
@@ -243,6 +286,7 @@ def test_cloud_cli_runs_the_detection_loop_and_writes_box_manifests(tmp_path, de
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(records) == 4
     for record in records:
-        assert record["fleetloop-boxes"]["annotations"] == [{"class_id": 2, "left": 4, "top": 4, "width": 26,
-                                                             "height": 26}]
+        assert record["fleetloop-boxes"]["annotations"] == [
+            {"class_id": 2, "left": 4, "top": 4, "width": 26, "height": 26}
+        ]
         assert record["fleetloop-boxes-metadata"]["human-annotated"] == "yes"

@@ -1,7 +1,7 @@
-import pytest
 """The gate (pure) and per-site / per-class scoring."""
 
 import numpy as np
+import pytest
 
 from fleetloop_cloud.config import EvaluationConfig
 from fleetloop_cloud.evaluate import Scores, TestSet, gate, score
@@ -29,7 +29,7 @@ def test_blocks_too_small_a_gain_and_site_or_class_regressions():
     assert not decision.promote and "site:site-1" in decision.regressions
     worse_class = _scores(0.85, {"site-0": (0.85, 500), "site-1": (0.85, 500)}, {"bag": (0.6, 100), "none": (0.5, 10)})
     decision = gate(before, worse_class, CONFIG)
-    assert not decision.promote and set(decision.regressions) == {"class:bag"}   # 'none' has 10 < 20 frames
+    assert not decision.promote and set(decision.regressions) == {"class:bag"}  # 'none' has 10 < 20 frames
 
 
 def test_score_per_site_and_class():
@@ -38,15 +38,18 @@ def test_score_per_site_and_class():
     assert result.overall == 0.75
     assert result.per_site == {"a": (0.5, 2), "b": (1.0, 2)}
     # per class F1: t-shirt 1 hit of 2 true and 1 said; trouser 1 hit of 1 true and 2 said
-    assert result.per_class == {"t-shirt": (pytest.approx(2 / 3), 2), "trouser": (pytest.approx(2 / 3), 1),
-                                "none": (1.0, 1)}
+    assert result.per_class == {
+        "t-shirt": (pytest.approx(2 / 3), 2),
+        "trouser": (pytest.approx(2 / 3), 1),
+        "none": (1.0, 1),
+    }
 
 
 def test_a_model_that_says_one_class_everywhere_scores_its_precision_too():
     labels = np.array([4] * 30 + [0] * 30 + [10] * 40)
     test = TestSet("t", [np.zeros((4, 4, 3), np.uint8)] * 100, labels, np.array(["s"] * 100))
     always_coat = score(np.full(100, 4), test)
-    better = score(np.where(labels == 4, 0, labels), test)     # right on everything but coat
+    better = score(np.where(labels == 4, 0, labels), test)  # right on everything but coat
     # recall would credit "always coat" with a perfect 1.0 on coat; F1 counts its 70 false coats
     assert always_coat.per_class["coat"][0] == pytest.approx(2 * 30 / (30 + 100))
     assert always_coat.per_class["none"][0] == 0.0

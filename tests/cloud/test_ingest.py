@@ -28,16 +28,42 @@ def _frame(seed: int) -> np.ndarray:
     return cv2.resize(small, (64, 64), interpolation=cv2.INTER_LINEAR)
 
 
-def _upload(store, robot: str, image: np.ndarray, index: int, label: int = 3, write_sidecar: bool = True,
-            write_frame: bool = True, **changes) -> Sidecar:
+def _upload(
+    store,
+    robot: str,
+    image: np.ndarray,
+    index: int,
+    label: int = 3,
+    write_sidecar: bool = True,
+    write_frame: bool = True,
+    **changes,
+) -> Sidecar:
     data = _png(image)
-    sidecar = Sidecar(robot_id=robot, stamp_ns=START + index * 10**8, frame_sha256=hashlib.sha256(data).hexdigest(),
-                      width=image.shape[1], height=image.shape[0],
-                      labels=["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                              "ankle-boot", "none"],
-                      decision=Decision(policy="test", score=0.5, random=index % 2 == 0),
-                      embedding=[0.6, 0.8], site="site-0", track_hint="t1",
-                      simulation=SimulationTruth(label=label, track_id=1, site="site-0"))
+    sidecar = Sidecar(
+        robot_id=robot,
+        stamp_ns=START + index * 10**8,
+        frame_sha256=hashlib.sha256(data).hexdigest(),
+        width=image.shape[1],
+        height=image.shape[0],
+        labels=[
+            "t-shirt",
+            "trouser",
+            "pullover",
+            "dress",
+            "coat",
+            "sandal",
+            "shirt",
+            "sneaker",
+            "bag",
+            "ankle-boot",
+            "none",
+        ],
+        decision=Decision(policy="test", score=0.5, random=index % 2 == 0),
+        embedding=[0.6, 0.8],
+        site="site-0",
+        track_hint="t1",
+        simulation=SimulationTruth(label=label, track_id=1, site="site-0"),
+    )
     sidecar = sidecar.model_copy(update=changes)
     if write_frame:
         store.put_bytes(frame_key(sidecar), data)
@@ -71,12 +97,12 @@ def test_ingest_validates_caches_and_is_idempotent(setup):
 def test_bad_input_is_quarantined_with_the_reason_never_dropped(setup):
     store, pool, cache = setup
     good = _upload(store, "r1", _frame(1), 1)
-    orphan = _upload(store, "r1", _frame(2), 2, write_sidecar=False)           # frame, no sidecar (yet)
-    no_frame = _upload(store, "r1", _frame(3), 3, write_frame=False)           # sidecar for a missing frame
+    orphan = _upload(store, "r1", _frame(2), 2, write_sidecar=False)  # frame, no sidecar (yet)
+    no_frame = _upload(store, "r1", _frame(3), 3, write_frame=False)  # sidecar for a missing frame
     unknown = _upload(store, "r1", _frame(4), 4, labels=["t-shirt", "unicorn"], prediction=1)
     wrong_truth = _upload(store, "r1", _frame(5), 5, simulation=SimulationTruth(label=42))
     replaced = _upload(store, "r1", _frame(6), 6)
-    store.put_bytes(frame_key(replaced), _png(_frame(66)))                       # bytes no longer match sha256
+    store.put_bytes(frame_key(replaced), _png(_frame(66)))  # bytes no longer match sha256
     broken = _upload(store, "r1", _frame(7), 7)
     store.put_bytes(sidecar_key(broken), b'{"schema": "fleetloop.sidecar/1", "robot_id": ""')
     report = ingest(store, pool, cache, 1, IngestConfig(orphan_grace_s=60), now=1000.0, progress=False)
@@ -103,16 +129,18 @@ def test_duplicates_across_robots(setup):
     store, pool, cache = setup
     image = _frame(10)
     first = _upload(store, "r1", image, 1)
-    _upload(store, "r2", image, 1)                                     # the very same bytes from another robot
+    _upload(store, "r2", image, 1)  # the very same bytes from another robot
     noisy = np.clip(image.astype(int) + np.random.default_rng(0).integers(-2, 3, image.shape), 0, 255).astype(np.uint8)
-    near = _upload(store, "r2", noisy, 2)                              # near-duplicate from another robot
+    near = _upload(store, "r2", noisy, 2)  # near-duplicate from another robot
     noisy_too = np.clip(image.astype(int) + np.random.default_rng(1).integers(-2, 3, image.shape), 0, 255)
     same_robot = _upload(store, "r1", noisy_too.astype(np.uint8), 3)  # the same robot: a legitimate track frame
     report = ingest(store, pool, cache, 1, IngestConfig(near_duplicate_bits=6), progress=False)
     assert report.exact_duplicates == 1 and report.near_duplicates == 1 and report.ingested == 2
     near_row = pool.frames(state="duplicate")[0]
-    assert near_row["id"] == near.frame_sha256 and near_row["duplicate_of"] in (first.frame_sha256,
-                                                                                same_robot.frame_sha256)
+    assert near_row["id"] == near.frame_sha256 and near_row["duplicate_of"] in (
+        first.frame_sha256,
+        same_robot.frame_sha256,
+    )
     assert hamming(np.array([perceptual_hash(image)], np.uint64), perceptual_hash(noisy))[0] <= 6
 
 
@@ -128,7 +156,7 @@ def test_augmented_manifest_for_ground_truth(setup, tmp_path):
     meta = records[0]["fleetloop-label-metadata"]
     assert meta["class-name"] == "bag" and meta["human-annotated"] == "no" and meta["confidence"] == 0.993
     assert meta["type"] == "groundtruth/image-classification" and meta["job-name"] == "labeling-job/round-1"
-    assert "fleetloop-label" not in records[1]                       # unlabeled frames: source-ref only
+    assert "fleetloop-label" not in records[1]  # unlabeled frames: source-ref only
     path = write_jsonl(records, tmp_path / "round-1.manifest")
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["fleetloop-frame"] == a.frame_sha256

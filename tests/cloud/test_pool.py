@@ -8,23 +8,36 @@ from fleetloop_cloud.pool import FrameRecord, Pool, PoolError
 
 def _record(i: int, robot: str = "r1", **extra) -> FrameRecord:
     sha = f"{i:064x}"
-    return FrameRecord(id=sha, robot_id=robot, stream="camera", site="site-0", stamp_ns=i * 100_000_000,
-                       frame_key=f"frames/{robot}/2026-01-01/{sha}.png",
-                       sidecar_key=f"frames/{robot}/2026-01-01/{sha}.json", width=128, height=128, random=False,
-                       track_hint=None, robot_embedding=np.ones(4, np.float32) / 2, phash=(1 << 63) + i,
-                       sim_label=i % 11, sidecar="{}", **extra)
+    return FrameRecord(
+        id=sha,
+        robot_id=robot,
+        stream="camera",
+        site="site-0",
+        stamp_ns=i * 100_000_000,
+        frame_key=f"frames/{robot}/2026-01-01/{sha}.png",
+        sidecar_key=f"frames/{robot}/2026-01-01/{sha}.json",
+        width=128,
+        height=128,
+        random=False,
+        track_hint=None,
+        robot_embedding=np.ones(4, np.float32) / 2,
+        phash=(1 << 63) + i,
+        sim_label=i % 11,
+        sidecar="{}",
+        **extra,
+    )
 
 
 def test_frames_round_trip_and_survive_reopening(tmp_path):
     with Pool(tmp_path / "pool.sqlite") as pool:
         assert pool.add_frame(_record(1))
-        assert not pool.add_frame(_record(1))          # same sha256: one frame
+        assert not pool.add_frame(_record(1))  # same sha256: one frame
         pool.add_frame(_record(2, state="duplicate", duplicate_of=f"{1:064x}"))
         pool.add_sighting(f"{1:064x}", "r2", "frames/r2/2026-01-01/x.json")
     with Pool(tmp_path / "pool.sqlite") as pool:
-        assert [r["id"] for r in pool.frames()] == [f"{1:064x}"]          # duplicates hidden by default
+        assert [r["id"] for r in pool.frames()] == [f"{1:064x}"]  # duplicates hidden by default
         assert len(pool.frames(include_duplicates=True)) == 2
-        assert pool.phashes() == [(f"{1:064x}", "r1", (1 << 63) + 1)]    # full 64-bit hash back
+        assert pool.phashes() == [(f"{1:064x}", "r1", (1 << 63) + 1)]  # full 64-bit hash back
         assert "frames/r2/2026-01-01/x.json" in pool.known_sidecar_keys()
         with pytest.raises(PoolError, match="unknown frame state 'lost'"):
             pool.set_state([f"{1:064x}"], "lost")
@@ -40,8 +53,11 @@ def test_labels_keep_their_history_and_usage_marks_frames_used(tmp_path):
     pool.set_label(frame.id, 5, "human", 1, reason="review task 9")
     pool.set_state([frame.id], "labeled")
     events = [(e["label"], e["source"], e["reason"]) for e in pool.label_events(frame.id)]
-    assert events == [(4, "auto", "auto-accepted"), (-1, "auto", "below tightened threshold"),
-                      (5, "human", "review task 9")]
+    assert events == [
+        (4, "auto", "auto-accepted"),
+        (-1, "auto", "below tightened threshold"),
+        (5, "human", "review task 9"),
+    ]
     pool.record_usage([frame.id], "r1-abc")
     assert pool.frame(frame.id)["state"] == "used" and pool.usage(frame.id) == ["r1-abc"]
     with pytest.raises(PoolError, match="unknown label source"):
@@ -54,11 +70,15 @@ def test_task_lifecycle(tmp_path):
     ids = pool.add_tasks(1, "review", [(f"{5:064x}", 3)])
     pool.mark_submitted(ids, "sagemaker-groundtruth", ["job-1"])
     task = pool.task(ids[0])
-    assert (task.status, task.backend, task.external_id, task.suggestion) == ("submitted", "sagemaker-groundtruth",
-                                                                             "job-1", 3)
+    assert (task.status, task.backend, task.external_id, task.suggestion) == (
+        "submitted",
+        "sagemaker-groundtruth",
+        "job-1",
+        3,
+    )
     pool.answer_task(ids[0], 3, "worker-7", 1.6, 0.092)
     with pytest.raises(PoolError, match="not open"):
-        pool.answer_task(ids[0], 2, "worker-8", 1.0, 0.0)        # an answer is final
+        pool.answer_task(ids[0], 2, "worker-8", 1.0, 0.0)  # an answer is final
     assert [t.id for t in pool.unapplied(1)] == ids
     pool.mark_applied(ids)
     assert pool.unapplied(1) == []
@@ -70,7 +90,7 @@ def test_rounds_and_steps(tmp_path):
     pool = Pool(tmp_path / "pool.sqlite")
     assert pool.current_round() is None
     first = pool.open_round()
-    assert pool.open_round() == first == 1                    # the open round, not a new one
+    assert pool.open_round() == first == 1  # the open round, not a new one
     assert pool.step(1, "ingest") == ("pending", {})
     pool.set_step(1, "ingest", "done", {"ingested": 3})
     assert pool.step(1, "ingest") == ("done", {"ingested": 3})

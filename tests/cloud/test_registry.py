@@ -33,8 +33,10 @@ def test_local_registry_signs_approves_and_fetches_verified(tmp_path, model_copy
     package = model_copy("T4")
     name = _version(package, "r1-aaaa")
     approved = []
-    registry = open_registry(RegistryConfig(uri=str(tmp_path / "registry"), signing_key=str(keys[0]),
-                                            trusted_keys=str(keys[1])), on_approved=[approved.append])
+    registry = open_registry(
+        RegistryConfig(uri=str(tmp_path / "registry"), signing_key=str(keys[0]), trusted_keys=str(keys[1])),
+        on_approved=[approved.append],
+    )
     entry = registry.publish(package, "PendingManualApproval", metrics={"after": 0.9})
     assert entry.key_id and load_manifest(package).signature is not None
     assert registry.approved(name) is None
@@ -49,6 +51,7 @@ def test_local_registry_signs_approves_and_fetches_verified(tmp_path, model_copy
     assert registry.publish(package).version == "r1-aaaa"
     (package / "model.onnx").write_bytes(b"not the same model")
     from fleetloop_core.manifest import file_entry
+
     manifest = load_manifest(package)
     write_manifest(manifest.model_copy(update={"files": [file_entry(package / "model.onnx", package)]}), package)
     with pytest.raises(RegistryError, match="versions are immutable"):
@@ -61,16 +64,17 @@ def test_local_registry_signs_approves_and_fetches_verified(tmp_path, model_copy
 def test_a_registry_entry_whose_signature_fails_is_refused(tmp_path, model_copy, keys):
     package = model_copy("T3")
     name = _version(package, "r2-bbbb")
-    registry = open_registry(RegistryConfig(uri=str(tmp_path / "registry"), signing_key=str(keys[0]),
-                                            trusted_keys=str(keys[1])))
+    registry = open_registry(
+        RegistryConfig(uri=str(tmp_path / "registry"), signing_key=str(keys[0]), trusted_keys=str(keys[1]))
+    )
     registry.publish(package, "Approved")
     stored = tmp_path / "registry" / "models" / name / "r2-bbbb" / "manifest.json"
     data = json.loads(stored.read_text())
-    data["metrics"] = {"field_test_accuracy": 0.999}            # tampered after signing
+    data["metrics"] = {"field_test_accuracy": 0.999}  # tampered after signing
     stored.write_text(json.dumps(data))
     with pytest.raises(SignatureError, match="bad signature"):
         registry.fetch(name, "r2-bbbb", tmp_path / "fetched")
-    assert not (tmp_path / "fetched").exists()                    # nothing half-installed
+    assert not (tmp_path / "fetched").exists()  # nothing half-installed
     # a reader that does not trust the signing key refuses it before looking any further
     other = StoreRegistry(open_store(f"file://{tmp_path / 'registry'}"), trusted=TrustedKeys())
     with pytest.raises(SignatureError, match="unknown key id"):
@@ -80,11 +84,22 @@ def test_a_registry_entry_whose_signature_fails_is_refused(tmp_path, model_copy,
 def test_sagemaker_model_registry_on_moto(tmp_path, model_copy, s3_bucket, keys):
     endpoint, bucket = s3_bucket
     store = open_store(f"s3://{bucket}/registry?endpoint_url={endpoint}&region=us-east-1")
-    client = boto3.client("sagemaker", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = boto3.client(
+        "sagemaker",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     private = keys[0].read_bytes()
-    registry = SageMakerRegistry(store, "fleetloop-test", "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleetloop:1",
-                                 client=client, signing_key=private, trusted=TrustedKeys.load(keys[1]))
+    registry = SageMakerRegistry(
+        store,
+        "fleetloop-test",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleetloop:1",
+        client=client,
+        signing_key=private,
+        trusted=TrustedKeys.load(keys[1]),
+    )
     package = model_copy("T4")
     name = _version(package, "r3-cccc")
     entry = registry.publish(package, "PendingManualApproval")
@@ -123,18 +138,35 @@ def test_a_registered_package_serves_after_sagemakers_extraction(tmp_path, model
 
     endpoint, bucket = s3_bucket
     store = open_store(f"s3://{bucket}/registry?endpoint_url={endpoint}&region=us-east-1")
-    client = boto3.client("sagemaker", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    registry = SageMakerRegistry(store, "fleetloop-test", "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleetloop:1",
-                                 client=client, signing_key=keys[0].read_bytes())
+    client = boto3.client(
+        "sagemaker",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    registry = SageMakerRegistry(
+        store,
+        "fleetloop-test",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleetloop:1",
+        client=client,
+        signing_key=keys[0].read_bytes(),
+    )
     package = model_copy("T2")
     (package / "notes.txt").write_text("a stray file the manifest does not list")
     name = _version(package, "r4-dddd")
     entry = registry.publish(package, "Approved")
-    url = client.describe_model_package(ModelPackageName=entry.arn)["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    bucket_name, key = url[len("s3://"):].split("/", 1)
+    url = client.describe_model_package(ModelPackageName=entry.arn)["InferenceSpecification"]["Containers"][0][
+        "ModelDataUrl"
+    ]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    bucket_name, key = url[len("s3://") :].split("/", 1)
     archive = tmp_path / "model.tar.gz"
     s3.download_file(bucket_name, key, str(archive))
     manifest = load_manifest(package)
@@ -143,11 +175,22 @@ def test_a_registered_package_serves_after_sagemakers_extraction(tmp_path, model
         model_dir = tmp_path / "opt" / "ml" / "model"
         model_dir.mkdir(parents=True)
         tar.extractall(model_dir, filter="data")
-    assert load_manifest(model_dir).signature is not None          # the signed manifest travelled along
+    assert load_manifest(model_dir).signature is not None  # the signed manifest travelled along
     port = free_port()
-    server = spawn([shutil.which("fleetloop-cloud") or str(Path(sys.executable).parent / "fleetloop-cloud"), "serve",
-                    "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
-                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = spawn(
+        [
+            shutil.which("fleetloop-cloud") or str(Path(sys.executable).parent / "fleetloop-cloud"),
+            "serve",
+            "--model-dir",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if server.poll() is not None:
@@ -162,8 +205,12 @@ def test_a_registered_package_serves_after_sagemakers_extraction(tmp_path, model
         raise AssertionError("serve never answered /ping")
     spec = manifest.input
     frame = np.random.default_rng(0).integers(0, 255, (spec.height, spec.width, 3), dtype=np.uint8)
-    request = urllib.request.Request(f"{base}/invocations", data=cv2.imencode(".png", frame)[1].tobytes(),
-                                     headers={"Content-Type": "application/x-image"}, method="POST")
+    request = urllib.request.Request(
+        f"{base}/invocations",
+        data=cv2.imencode(".png", frame)[1].tobytes(),
+        headers={"Content-Type": "application/x-image"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.loads(response.read())
     assert answer["name"] == name and answer["version"] == "r4-dddd" and answer["tier"] == manifest.tier

@@ -50,7 +50,7 @@ def test_two_sessions_never_hold_the_same_task_or_frame(desk):
     b = leases.claim(db.pool, "bob", "session-b", leases.LABEL_PURPOSES, 40, NOW, LEASE_S)
     c = leases.claim(db.pool, "cy", "session-c", leases.LABEL_PURPOSES, 40, NOW, LEASE_S)
     held = a + b + c
-    assert len({lease.task_id for lease in held}) == len(held) == 60      # 61 tasks, one waits for its frame
+    assert len({lease.task_id for lease in held}) == len(held) == 60  # 61 tasks, one waits for its frame
     assert len({lease.frame_id for lease in held}) == len(held)
     assert extra not in {lease.task_id for lease in held}
     # asking again returns what the session holds, renewed, not more
@@ -60,7 +60,7 @@ def test_two_sessions_never_hold_the_same_task_or_frame(desk):
         _submit(db, "session-b", "bob", [(first.id, 3, 2.0)])
     _submit(db, "session-a", "ann", [(first.id, 3, 2.0)], now=NOW + 11)
     d = leases.claim(db.pool, "dee", "session-d", leases.LABEL_PURPOSES, 5, NOW + 12, LEASE_S)
-    assert [lease.task_id for lease in d] == [extra]          # its frame is free again
+    assert [lease.task_id for lease in d] == [extra]  # its frame is free again
 
 
 def test_an_abandoned_lease_returns_to_the_queue(desk):
@@ -69,7 +69,7 @@ def test_an_abandoned_lease_returns_to_the_queue(desk):
     others = leases.claim(db.pool, "bob", "session-b", leases.LABEL_PURPOSES, 100, NOW + 1, LEASE_S)
     assert lease.task_id not in {o.task_id for o in others} and len(others) == 59
     assert counters.queue_depth(db, NOW + 2)["calibration"] == {"waiting": 0, "leased": 60}
-    later = NOW + LEASE_S + 0.5                # ann walked away; bob's leases are still alive
+    later = NOW + LEASE_S + 0.5  # ann walked away; bob's leases are still alive
     assert counters.queue_depth(db, later)["calibration"] == {"waiting": 1, "leased": 59}
     [taken] = leases.claim(db.pool, "cy", "session-c", leases.LABEL_PURPOSES, 1, later, LEASE_S)
     assert taken.task_id == lease.task_id
@@ -90,7 +90,7 @@ def test_answers_are_one_transaction_with_annotator_measured_seconds_and_dollars
         _submit(db, "s", "ann", [(ids[1], 11, 1.0)])
     with pytest.raises(NotFound):
         _submit(db, "s", "ann", [(999999, 1, 1.0)])
-    _submit(db, "s", "ann", [(ids[1], None, 9000.0)])          # unusable, time clamped to max_answer_s
+    _submit(db, "s", "ann", [(ids[1], None, 9000.0)])  # unusable, time clamped to max_answer_s
     done, unusable = db.pool.task(ids[0]), db.pool.task(ids[1])
     human = load_cost_model().human
     assert (done.status, done.answer, done.annotator, done.seconds) == ("done", 4, "ann", 2.5)
@@ -98,7 +98,7 @@ def test_answers_are_one_transaction_with_annotator_measured_seconds_and_dollars
     assert unusable.status == "failed" and unusable.error.startswith("unusable: marked by ann")
     assert unusable.seconds == 600.0 and unusable.annotator == "ann"
     assert answers.unusable_frames(db) == {unusable.frame_id}
-    assert not db.query("SELECT 1 FROM review_leases WHERE task_id=?", (ids[0],))     # answered: lease gone
+    assert not db.query("SELECT 1 FROM review_leases WHERE task_id=?", (ids[0],))  # answered: lease gone
 
 
 def test_undo_reopens_carries_the_seconds_and_stops_once_the_loop_collected(desk):
@@ -109,13 +109,13 @@ def test_undo_reopens_carries_the_seconds_and_stops_once_the_loop_collected(desk
     _submit(db, "s", "ann", [(second, 5, 1.0)])
     with pytest.raises(Conflict, match="answered by ann, not bob"):
         answers.undo(db.pool, "bob", "t", NOW, LEASE_S, task_id=second)
-    assert answers.undo(db.pool, "ann", "s", NOW + 1, LEASE_S) == [second]         # the newest answer
+    assert answers.undo(db.pool, "ann", "s", NOW + 1, LEASE_S) == [second]  # the newest answer
     task = db.pool.task(second)
     assert (task.status, task.answer, task.seconds) == ("submitted", None, None)
-    assert db.query("SELECT session FROM review_leases WHERE task_id=?", (second,))[0][0] == "s"   # ann has it
+    assert db.query("SELECT session FROM review_leases WHERE task_id=?", (second,))[0][0] == "s"  # ann has it
     assert [h["task_id"] for h in answers.history(db, "ann")] == [first]
     _submit(db, "s", "ann", [(second, 6, 2.0)], now=NOW + 2)
-    assert db.pool.task(second).seconds == pytest.approx(3.0)                       # 1.0 undone + 2.0
+    assert db.pool.task(second).seconds == pytest.approx(3.0)  # 1.0 undone + 2.0
     # the loop's next review step collects both answers into labels
     with CloudLoop(world.config, progress=False) as loop:
         loop.review()
@@ -134,7 +134,7 @@ def test_skip_puts_the_task_behind_every_other_for_this_session_only(desk):
     [following] = leases.claim(db.pool, "ann", "s", leases.LABEL_PURPOSES, 1, NOW + 2, LEASE_S)
     assert following.task_id != lease.task_id
     [other] = leases.claim(db.pool, "bob", "t", leases.LABEL_PURPOSES, 1, NOW + 3, LEASE_S)
-    assert other.task_id == lease.task_id                      # for everyone else it is still the oldest
+    assert other.task_id == lease.task_id  # for everyone else it is still the oldest
     with pytest.raises(Conflict):
         leases.skip(db.pool, "s", other.task_id, NOW + 4)
 
@@ -158,5 +158,5 @@ def test_counters_labels_per_hour_and_audited_accuracy_with_its_interval(desk):
     assert rates["ann"]["per_hour_pace"] == pytest.approx(3600 * 4 / 12.0, abs=0.1)
     assert result["audit"]["frames"] == 10 and result["audit"]["correct"] == 9
     low, high = result["audit"]["interval"]
-    assert low == pytest.approx(0.5958, abs=1e-3) and high == pytest.approx(0.9821, abs=1e-3)   # Wilson, 95 %
+    assert low == pytest.approx(0.5958, abs=1e-3) and high == pytest.approx(0.9821, abs=1e-3)  # Wilson, 95 %
     assert result["queue"]["calibration"]["waiting"] == 56

@@ -24,39 +24,69 @@ def _probs(label: int, confidence: float) -> np.ndarray:
 
 def _add(loop, index: int, truth: int, predicted: int, confidence: float, random: bool, disagree: bool = False):
     sha = f"{index:064x}"
-    loop.pool.add_frame(FrameRecord(
-        id=sha, robot_id="r1", stream="camera", site="site-0", stamp_ns=index * 10**10,   # 10 s apart: no tracks
-        frame_key=f"frames/r1/2026-01-01/{sha}.png", sidecar_key=f"frames/r1/2026-01-01/{sha}.json",
-        width=128, height=128, random=random, track_hint=None, robot_embedding=None, phash=None, sim_label=truth,
-        sidecar="{}", state="auto_labeled", round=1))
+    loop.pool.add_frame(
+        FrameRecord(
+            id=sha,
+            robot_id="r1",
+            stream="camera",
+            site="site-0",
+            stamp_ns=index * 10**10,  # 10 s apart: no tracks
+            frame_key=f"frames/r1/2026-01-01/{sha}.png",
+            sidecar_key=f"frames/r1/2026-01-01/{sha}.json",
+            width=128,
+            height=128,
+            random=random,
+            track_hint=None,
+            robot_embedding=None,
+            phash=None,
+            sim_label=truth,
+            sidecar="{}",
+            state="auto_labeled",
+            round=1,
+        )
+    )
     other = (predicted + 1) % len(LABELS)
     loop.pool.put_predictions("T1", "a", [sha], _probs(other if disagree else predicted, confidence)[None], None)
-    loop.pool.put_predictions("T2", "b", [sha], _probs(predicted, confidence)[None],
-                              np.eye(4, dtype=np.float32)[index % 4][None])
+    loop.pool.put_predictions(
+        "T2", "b", [sha], _probs(predicted, confidence)[None], np.eye(4, dtype=np.float32)[index % 4][None]
+    )
 
 
 def test_audit_below_target_tightens_the_threshold_and_sends_frames_back_to_review(tmp_path, cloud_models):
-    data = cloud_config(tmp_path, f"file://{tmp_path / 'store'}", cloud_models["T1"].parent,
-                        routing={"target_accuracy": 0.98, "bound_z": 1.0, "min_validation": 30,
-                                 "calibration_min_labels": 100000,       # keep T = 1: confidences as written
-                                 "propagation": {"enabled": False}},
-                        review={"calibration_sample": 120},
-                        audit={"fraction": 0.2, "min_frames": 40, "tighten_step": 0.004, "max_passes": 3},
-                        annotators={"simulated": {"error_rate": 0.0}})
+    data = cloud_config(
+        tmp_path,
+        f"file://{tmp_path / 'store'}",
+        cloud_models["T1"].parent,
+        routing={
+            "target_accuracy": 0.98,
+            "bound_z": 1.0,
+            "min_validation": 30,
+            "calibration_min_labels": 100000,  # keep T = 1: confidences as written
+            "propagation": {"enabled": False},
+        },
+        review={"calibration_sample": 120},
+        audit={"fraction": 0.2, "min_frames": 40, "tighten_step": 0.004, "max_passes": 3},
+        annotators={"simulated": {"error_rate": 0.0}},
+    )
     with CloudLoop(cloud_config_from_dict(data), progress=False) as loop:
         loop.pool.open_round()
         index = 0
         # the robots' random sample: 100 confident and right (confidence 0.99 .. 0.999), 20 where the tiers disagree
         for i in range(100):
-            _add(loop, index, i % 10, i % 10, 0.99 + 0.009 * (i / 99), random=True); index += 1
-        for i in range(20):
-            _add(loop, index, 3, 3, 0.6, random=True, disagree=True); index += 1
+            _add(loop, index, i % 10, i % 10, 0.99 + 0.009 * (i / 99), random=True)
+            index += 1
+        for _ in range(20):
+            _add(loop, index, 3, 3, 0.6, random=True, disagree=True)
+            index += 1
         # the rest: 200 confident and right at 0.999, and 60 confidently WRONG at 0.992 (missed by the sample)
         for i in range(200):
-            _add(loop, index, i % 10, i % 10, 0.999, random=False); index += 1
+            _add(loop, index, i % 10, i % 10, 0.999, random=False)
+            index += 1
         wrong = []
-        for i in range(60):
-            _add(loop, index, 4, 6, 0.992, random=False); wrong.append(f"{index:064x}"); index += 1
+        for _ in range(60):
+            _add(loop, index, 4, 6, 0.992, random=False)
+            wrong.append(f"{index:064x}")
+            index += 1
         loop.pool.set_step(1, "ingest", "done", {"ingested": index})
         loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
 
@@ -64,10 +94,10 @@ def test_audit_below_target_tightens_the_threshold_and_sends_frames_back_to_revi
 
         assert info["phase"] == "done"
         first, *later = info["audit_passes"]
-        assert first["threshold"] <= 0.992 and first["population"] == 260        # the wrong ones were accepted ...
-        assert first["accuracy"] < 0.98 and not first["meets_target"]           # ... and the audit caught it
+        assert first["threshold"] <= 0.992 and first["population"] == 260  # the wrong ones were accepted ...
+        assert first["accuracy"] < 0.98 and not first["meets_target"]  # ... and the audit caught it
         assert first["tightened"]["auto"] > 0.992 and first["withdrawn"] > 0
-        assert loop.pool.get("threshold_floor") == first["tightened"]["auto"]    # later rounds start tighter
+        assert loop.pool.get("threshold_floor") == first["tightened"]["auto"]  # later rounds start tighter
         final = later[-1]
         assert final["meets_target"] and final["accuracy"] == 1.0 and final["frames"] >= 40
         labels = loop.pool.labels()

@@ -12,9 +12,19 @@ from fleetloop_cloud.review.errors import Forbidden, ReviewError
 from fixtures.review_page import ReviewServer
 
 
-@pytest.mark.parametrize("host, required", [("127.0.0.1", False), ("::1", False), ("[::1]", False),
-                                            ("localhost", False), ("127.0.0.2", True), ("0.0.0.0", True),
-                                            ("192.168.1.20", True), ("::", True)])
+@pytest.mark.parametrize(
+    "host, required",
+    [
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("[::1]", False),
+        ("localhost", False),
+        ("127.0.0.2", True),
+        ("0.0.0.0", True),
+        ("192.168.1.20", True),
+        ("::", True),
+    ],
+)
 def test_only_the_default_loopback_addresses_go_without_a_token(host, required):
     assert security.requires_token(host) is required
     token, generated = security.resolve_token(host, None, environ={})
@@ -31,25 +41,36 @@ def test_a_configured_token_wins_and_must_be_long_enough():
     assert security.token_matches("a" * 20, "a" * 20) and not security.token_matches("a" * 20, None)
 
 
-@pytest.mark.parametrize("header, allowed", [("127.0.0.1:8080", True), ("localhost", True), ("[::1]:80", True),
-                                             ("evil.example:8080", False), ("127.0.0.1.nip.io", False), (None, False)])
+@pytest.mark.parametrize(
+    "header, allowed",
+    [
+        ("127.0.0.1:8080", True),
+        ("localhost", True),
+        ("[::1]:80", True),
+        ("evil.example:8080", False),
+        ("127.0.0.1.nip.io", False),
+        (None, False),
+    ],
+)
 def test_without_a_token_only_loopback_host_headers_are_served(header, allowed):
     if allowed:
         security.check_host(header, token_required=False)
     else:
         with pytest.raises(Forbidden, match="not served"):
             security.check_host(header, token_required=False)
-    security.check_host(header, token_required=True)          # the token protects it instead
+    security.check_host(header, token_required=True)  # the token protects it instead
 
 
 def test_cross_site_writes_are_refused():
     same = {"host": "127.0.0.1:8080", "origin": "http://127.0.0.1:8080", "sec-fetch-site": "same-origin"}
     security.check_same_origin(same)
-    security.check_same_origin({"host": "127.0.0.1:8080"})             # no browser headers: CSRF token decides
-    for headers, reason in (({**same, "sec-fetch-site": "cross-site"}, "Sec-Fetch-Site"),
-                            ({**same, "origin": "http://evil.example"}, "not this page's host"),
-                            ({"host": "127.0.0.1:8080", "origin": "null"}, "Origin: null"),
-                            ({"host": "127.0.0.1:8080", "referer": "http://127.0.0.1:9999/x"}, "not this page's host")):
+    security.check_same_origin({"host": "127.0.0.1:8080"})  # no browser headers: CSRF token decides
+    for headers, reason in (
+        ({**same, "sec-fetch-site": "cross-site"}, "Sec-Fetch-Site"),
+        ({**same, "origin": "http://evil.example"}, "not this page's host"),
+        ({"host": "127.0.0.1:8080", "origin": "null"}, "Origin: null"),
+        ({"host": "127.0.0.1:8080", "referer": "http://127.0.0.1:9999/x"}, "not this page's host"),
+    ):
         with pytest.raises(Forbidden, match=reason):
             security.check_same_origin(headers)
 
@@ -84,7 +105,7 @@ def test_http_sessions_cookies_rebinding_and_input_errors(review_world):
         assert response.status == 403
         for target in ("https://evil.example", "//evil", "/tuning/robots"):
             response, _ = _request(server, "POST", "/login", f"annotator=ann&csrf={csrf}&next={target}", form)
-            expected = target if target == "/tuning/robots" else "/label"                # no open redirect
+            expected = target if target == "/tuning/robots" else "/label"  # no open redirect
             assert response.status == 303 and response.getheader("Location") == expected
         api = {"Cookie": session, "X-CSRF-Token": csrf, "Content-Type": "application/json"}
         response, body = _request(server, "POST", "/api/next", "", api)
@@ -94,12 +115,13 @@ def test_http_sessions_cookies_rebinding_and_input_errors(review_world):
         assert response.status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n"
         for bad in ("/frame/" + "g" * 64 + ".png", "/frame/" + "a" * 64 + ".png", "/frame/%2e%2e%2fpool.sqlite"):
             assert _request(server, "GET", bad, headers={"Cookie": session})[0].status == 404
-        for payload, message in (({"task_id": item["task_id"], "action": "label", "seconds": 1}, "label: required"),
-                                 ({"task_id": item["task_id"], "action": "guess", "seconds": 1}, "action"),
-                                 ({"task_id": 0, "action": "accept", "seconds": 1}, "task_id"),
-                                 ({"task_id": item["task_id"], "action": "label", "label": 3, "seconds": -1}, "seconds"),
-                                 ({"task_id": item["task_id"], "action": "label", "label": 3, "seconds": 1, "x": 1},
-                                  "x: Extra inputs")):
+        for payload, message in (
+            ({"task_id": item["task_id"], "action": "label", "seconds": 1}, "label: required"),
+            ({"task_id": item["task_id"], "action": "guess", "seconds": 1}, "action"),
+            ({"task_id": 0, "action": "accept", "seconds": 1}, "task_id"),
+            ({"task_id": item["task_id"], "action": "label", "label": 3, "seconds": -1}, "seconds"),
+            ({"task_id": item["task_id"], "action": "label", "label": 3, "seconds": 1, "x": 1}, "x: Extra inputs"),
+        ):
             response, body = _request(server, "POST", "/api/answer", json.dumps(payload), api)
             assert response.status in (400, 422) and message in json.loads(body)["error"], body
         response, body = _request(server, "POST", "/api/answer", "{not json", api)
@@ -118,4 +140,3 @@ def test_serve_is_an_action_of_the_review_command_which_still_runs_the_loop_step
     assert serve.handler is command._serve and (serve.host, serve.port) == ("127.0.0.2", 8099)
     step = parser.parse_args(["review", "--config", "x.yaml"])
     assert step.handler is not command._serve and step.config == "x.yaml"
-

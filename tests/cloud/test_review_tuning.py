@@ -14,31 +14,40 @@ from fleetloop_cloud.review.items import Teachers
 from fleetloop_cloud.review.settings import load_review_page_config
 from fleetloop_cloud.routing import choose_threshold, wilson_lower
 
-REPLAY_HEADER = ("setting,budget.frames_per_hour,frames,kept,kept_fraction,kept_per_hour,bytes_per_hour,random,"
-                 "duplicates,budget_limited,mean_score_kept,mean_score_dropped,threshold_median,kept_none")
+REPLAY_HEADER = (
+    "setting,budget.frames_per_hour,frames,kept,kept_fraction,kept_per_hour,bytes_per_hour,random,"
+    "duplicates,budget_limited,mean_score_kept,mean_score_dropped,threshold_median,kept_none"
+)
 
 
 def _config(tmp_path, **routing):
-    return cloud_config_from_dict({"store": f"file://{tmp_path / 'store'}", "work_dir": str(tmp_path / "work"),
-                                   "routing": {"min_validation": 5, **routing}})
+    return cloud_config_from_dict(
+        {
+            "store": f"file://{tmp_path / 'store'}",
+            "work_dir": str(tmp_path / "work"),
+            "routing": {"min_validation": 5, **routing},
+        }
+    )
 
 
 def test_risk_coverage_accepts_only_agreeing_frames_most_confident_first():
-    curve = tuning.risk_coverage(np.array([0.6, 0.9, 0.7, 0.8, 0.95]), np.array([1, 1, 0, 1, 0], bool),
-                                 np.array([1, 1, 1, 1, 0], bool), z=1.0)
-    assert curve.frames == 5 and len(curve) == 4                     # the disagreeing 0.95 is never accepted
+    curve = tuning.risk_coverage(
+        np.array([0.6, 0.9, 0.7, 0.8, 0.95]), np.array([1, 1, 0, 1, 0], bool), np.array([1, 1, 1, 1, 0], bool), z=1.0
+    )
+    assert curve.frames == 5 and len(curve) == 4  # the disagreeing 0.95 is never accepted
     assert curve.confidence.tolist() == [0.9, 0.8, 0.7, 0.6]
     assert curve.coverage.tolist() == [0.2, 0.4, 0.6, 0.8]
     assert curve.accuracy.tolist() == pytest.approx([1.0, 1.0, 2 / 3, 3 / 4])
-    assert curve.lower.tolist() == pytest.approx([wilson_lower(1, 1, 1.0), wilson_lower(2, 2, 1.0),
-                                                  wilson_lower(2, 3, 1.0), wilson_lower(3, 4, 1.0)])
+    assert curve.lower.tolist() == pytest.approx(
+        [wilson_lower(1, 1, 1.0), wilson_lower(2, 2, 1.0), wilson_lower(2, 3, 1.0), wilson_lower(3, 4, 1.0)]
+    )
 
 
 def test_a_target_implies_the_loops_own_threshold_and_its_coverage():
     rng = np.random.default_rng(0)
     n = 400
     confidence = rng.random(n)
-    correct = rng.random(n) < 0.5 + 0.5 * confidence          # more confident, more often right
+    correct = rng.random(n) < 0.5 + 0.5 * confidence  # more confident, more often right
     agree = rng.random(n) < 0.9
     sample = tuning.RoutingSample([str(i) for i in range(n)], confidence, correct, agree, Teachers(1, {}, 1.0, "none"))
     config = cloud_config_from_dict({"store": "file:///tmp/x", "routing": {"bound_z": 1.0, "min_validation": 30}})
@@ -50,15 +59,17 @@ def test_a_target_implies_the_loops_own_threshold_and_its_coverage():
         if expected.automated:
             assert choice.validation_coverage == pytest.approx(np.mean(agree & (confidence >= expected.value)))
             assert choice.pool_accepted == int(np.sum(pool_agree & (pool_conf >= expected.value)))
-    stricter = [tuning.choose(sample, config, t, 0.0, pool_conf, pool_agree).validation_coverage
-                for t in (0.8, 0.9, 0.95)]
-    assert stricter == sorted(stricter, reverse=True)          # a higher target accepts less
+    stricter = [
+        tuning.choose(sample, config, t, 0.0, pool_conf, pool_agree).validation_coverage for t in (0.8, 0.9, 0.95)
+    ]
+    assert stricter == sorted(stricter, reverse=True)  # a higher target accepts less
     floored = tuning.choose(sample, config, 0.8, 0.99, pool_conf, pool_agree)
-    assert not floored.threshold.automated or floored.threshold.value >= 0.99     # the audit's floor holds
+    assert not floored.threshold.automated or floored.threshold.value >= 0.99  # the audit's floor holds
 
 
-@pytest.mark.parametrize("text, message", [("abc", "expected a number"), ("1.5", "< 1"), ("0.5", "> 0.5"),
-                                           ("nan", "must be")])
+@pytest.mark.parametrize(
+    "text, message", [("abc", "expected a number"), ("1.5", "< 1"), ("0.5", "> 0.5"), ("nan", "must be")]
+)
 def test_target_input_is_validated(text, message):
     with pytest.raises(ReviewError, match=message):
         tuning.parse_target(text, 0.98)
@@ -66,8 +77,10 @@ def test_target_input_is_validated(text, message):
 
 
 def test_replay_csv_parsing_and_clear_errors(tmp_path):
-    good = REPLAY_HEADER + "\nbudget.frames_per_hour=60,60,80,2,0.025,3789.5,144550,1,3,70,0.7,0.2,0.5,1\n" \
-                           "budget.frames_per_hour=600,600,80,3,0.0375,5684.2,210200,1,3,0,0.7,0.2,0.5,1\n"
+    good = (
+        REPLAY_HEADER + "\nbudget.frames_per_hour=60,60,80,2,0.025,3789.5,144550,1,3,70,0.7,0.2,0.5,1\n"
+        "budget.frames_per_hour=600,600,80,3,0.0375,5684.2,210200,1,3,0,0.7,0.2,0.5,1\n"
+    )
     sweep = tuning.parse_sweep(good, "a.csv")
     assert sweep.swept == ["budget.frames_per_hour"] and sweep.x_key == "budget.frames_per_hour"
     assert [r["budget.frames_per_hour"] for r in sweep.rows] == [60.0, 600.0] and sweep.rows[1]["kept"] == 3
@@ -116,7 +129,7 @@ def test_saved_target_is_validated_merged_and_read_by_the_loop(tmp_path):
     config_path.write_text(yaml.safe_dump({"store": f"file://{tmp_path}/store", "routing": {"target_accuracy": 0.98}}))
     local = overrides.local_path(config_path)
     assert local == tmp_path / "cloud.local.yaml"
-    local.write_text("review:\n  seed: 7\n")                       # someone else's override stays
+    local.write_text("review:\n  seed: 7\n")  # someone else's override stays
     config = load_cloud_config(config_path)
     with pytest.raises(ConfigError, match=r"routing.target_accuracy.*1.5"):
         overrides.save_target_accuracy(local, config, 1.5, "ann")

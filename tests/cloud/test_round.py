@@ -34,8 +34,9 @@ def _world(tmp_path, cloud_models, frames_per_robot, robots=2):
     store = open_store(f"file://{tmp_path / 'store'}")
     edge = TierModel.load(cloud_models["T4"], providers=("cpu",), warmup=0)
     sites = fleet_sites()
-    sidecars = write_fleet(store, [(f"robot-{i}", sites[i % len(sites)]) for i in range(robots)], frames_per_robot,
-                           edge_model=edge)
+    sidecars = write_fleet(
+        store, [(f"robot-{i}", sites[i % len(sites)]) for i in range(robots)], frames_per_robot, edge_model=edge
+    )
     return store, sidecars
 
 
@@ -45,20 +46,27 @@ def test_a_round_end_to_end(tmp_path, cloud_models):
     store.put_bytes("frames/robot-0/2026-09-21/" + "a" * 64 + ".png", b"\x89PNG half an upload")
     store.delete(frame_key(sidecars[5]))
     store.put_bytes(sidecar_key(sidecars[6]), b'{"robot_id": 7}')
-    config = cloud_config_from_dict(cloud_config(tmp_path, store.uri, cloud_models["T1"].parent,
-                                                 routing={"bound_z": 0.5},
-                                                 # an exact annotator: audit disagreements are then the
-                                                 # teachers' errors, whatever machine built them
-                                                 annotators={"simulated": {"error_rate": 0.0}},
-                                                 audit={"max_passes": 3},
-                                                 registry={"backend": "local", "uri": str(tmp_path / "registry"),
-                                                           **_keys(tmp_path)}))
+    config = cloud_config_from_dict(
+        cloud_config(
+            tmp_path,
+            store.uri,
+            cloud_models["T1"].parent,
+            routing={"bound_z": 0.5},
+            # an exact annotator: audit disagreements are then the
+            # teachers' errors, whatever machine built them
+            annotators={"simulated": {"error_rate": 0.0}},
+            audit={"max_passes": 3},
+            registry={"backend": "local", "uri": str(tmp_path / "registry"), **_keys(tmp_path)},
+        )
+    )
     with CloudLoop(config, progress=False) as loop:
         summary = loop.run_round().to_dict()
         (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2))
 
         assert summary["status"] == "finished"
-        assert summary["steps"] == {s: "done" for s in ("ingest", "autolabel", "review", "train", "evaluate", "register")}
+        assert summary["steps"] == {
+            s: "done" for s in ("ingest", "autolabel", "review", "train", "evaluate", "register")
+        }
         frames = summary["frames"]
         assert frames["ingested"] == 298 and frames["quarantined"] == 2 and frames["waiting_for_sidecar"] == 1
         reasons = loop.pool.quarantined()
@@ -84,7 +92,8 @@ def test_a_round_end_to_end(tmp_path, cloud_models):
         assert human["seconds"] == pytest.approx(sum(p["seconds"] for p in human["by_purpose"].values()), abs=0.01)
         assert human["dollars"] == pytest.approx(sum(p["dollars"] for p in human["by_purpose"].values()), abs=1e-4)
         assert human["by_purpose"]["audit"]["seconds"] == pytest.approx(
-            human["by_purpose"]["audit"]["tasks"] * human["seconds_per_verify"])
+            human["by_purpose"]["audit"]["tasks"] * human["seconds_per_verify"]
+        )
         assert compute["by_step"]["train"]["cpu_seconds"] > 0 and compute["by_step"]["train"]["dollars"] > 0
         assert compute["by_step"]["autolabel"]["dollars"] > 0
         assert compute["dollars"] == pytest.approx(sum(s["dollars"] for s in compute["by_step"].values()), abs=1e-5)
@@ -99,12 +108,12 @@ def test_a_round_end_to_end(tmp_path, cloud_models):
         entries = {e["variant"]: e for e in summary["registry"]}
         assert set(entries) == {"T2", "T3", "T4", "T3-int8", "T4-int8"}
         for variant, entry in entries.items():
-            assert entry["key_id"]                                           # signed
+            assert entry["key_id"]  # signed
             assert entry["status"] == ("Approved" if models[variant]["promoted"] else "Rejected")
         promoted = [v for v in ("T2", "T3", "T4") if models[v]["promoted"]]
         assert promoted, "the barely trained test edge tiers should lose to the distilled ones"
         for variant in promoted:
-            production = loop.production(variant)           # fetched from the registry, signature verified
+            production = loop.production(variant)  # fetched from the registry, signature verified
             assert load_manifest(production).version == summary["models"][variant]["candidate"]
         # the frames that trained the new version are recorded with it
         version = entries["T4"]["version"]
@@ -126,38 +135,52 @@ def _write_config(tmp_path, data) -> str:
 
 def test_steps_are_idempotent_and_review_waits_for_the_review_page(tmp_path, cloud_models, capsys, caplog):
     store, _ = _world(tmp_path, cloud_models, 60, robots=1)
-    config = _write_config(tmp_path, cloud_config(tmp_path, store.uri, cloud_models["T1"].parent,
-                                                  review={"annotator": "review-page", "calibration_sample": 20}))
-    assert cloud_cli(["review", "--config", config, "--no-progress"]) == 1       # nothing ingested yet
+    config = _write_config(
+        tmp_path,
+        cloud_config(
+            tmp_path,
+            store.uri,
+            cloud_models["T1"].parent,
+            review={"annotator": "review-page", "calibration_sample": 20},
+        ),
+    )
+    assert cloud_cli(["review", "--config", config, "--no-progress"]) == 1  # nothing ingested yet
     assert "run 'fleetloop-cloud ingest' (or 'round') before review" in caplog.text
     assert cloud_cli(["ingest", "--config", config, "--json", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["ingested"] == 60
-    assert cloud_cli(["ingest", "--config", config, "--json", "--no-progress"]) == 0      # done: does nothing
+    assert cloud_cli(["ingest", "--config", config, "--json", "--no-progress"]) == 0  # done: does nothing
     assert json.loads(capsys.readouterr().out)["ingested"] == 60
     assert cloud_cli(["autolabel", "--config", config, "--json", "--no-progress"]) == 0
     capsys.readouterr()
     rounds_of_answers = 0
-    with CloudLoop(cloud_config_from_dict(cloud_config(tmp_path, store.uri, cloud_models["T1"].parent,
-                                                       review={"annotator": "review-page",
-                                                               "calibration_sample": 20})),
-                   progress=False) as loop:
+    with CloudLoop(
+        cloud_config_from_dict(
+            cloud_config(
+                tmp_path,
+                store.uri,
+                cloud_models["T1"].parent,
+                review={"annotator": "review-page", "calibration_sample": 20},
+            )
+        ),
+        progress=False,
+    ) as loop:
         while True:
             assert cloud_cli(["review", "--config", config, "--json", "--no-progress"]) == 0
             result = json.loads(capsys.readouterr().out)
             if result.get("phase") == "done":
                 break
-            assert result["waiting_tasks"] > 0                       # humans have the page's tasks
+            assert result["waiting_tasks"] > 0  # humans have the page's tasks
             # the review page answers (here: the simulated truth, as a careful reviewer would)
             for task in loop.pool.tasks(status="submitted", backend="review-page"):
                 truth = loop.pool.frame(task.frame_id)["sim_label"]
                 record_answer(loop.pool, loop.cost_model, task.id, LABELS[truth], "reviewer-1", LABELS)
             rounds_of_answers += 1
             assert rounds_of_answers < 10
-        assert rounds_of_answers >= 2                                 # calibration first, then the rest
+        assert rounds_of_answers >= 2  # calibration first, then the rest
         assert len(loop.pool.labels()) == 60
         status, info = loop.pool.step(1, "review")
         assert status == "done" and info["calibration_tasks"] == 20
-    assert cloud_cli(["review", "--config", config, "--json", "--no-progress"]) == 0   # finished: nothing to do
+    assert cloud_cli(["review", "--config", config, "--json", "--no-progress"]) == 0  # finished: nothing to do
     assert json.loads(capsys.readouterr().out)["phase"] == "done"
     # a Ground Truth augmented manifest of any subset: here the human-labeled frames
     out = tmp_path / "human.manifest"
@@ -176,8 +199,9 @@ class _BrokenBackend:
 
 def test_the_round_goes_on_when_training_fails_and_nothing_accepted_is_lost(tmp_path, cloud_models):
     store, _ = _world(tmp_path, cloud_models, 40, robots=1)
-    config = cloud_config_from_dict(cloud_config(tmp_path, store.uri, cloud_models["T1"].parent,
-                                                 review={"calibration_sample": 20}))
+    config = cloud_config_from_dict(
+        cloud_config(tmp_path, store.uri, cloud_models["T1"].parent, review={"calibration_sample": 20})
+    )
     with CloudLoop(config, progress=False, training_backend=_BrokenBackend()) as loop:
         summary = loop.run_round().to_dict()
         assert summary["status"] == "finished"
@@ -194,4 +218,4 @@ def test_the_round_goes_on_when_training_fails_and_nothing_accepted_is_lost(tmp_
             loop.train()
         assert loop.pool.step(2, "train")[0] == "failed"
         with pytest.raises(TrainingError):
-            loop.train()                                  # retried, not skipped
+            loop.train()  # retried, not skipped

@@ -42,7 +42,7 @@ def test_threshold_accepts_exactly_the_frames_that_meet_the_target():
     # every confident (correct) frame is accepted; wrong ones only as far as the bound still allows
     assert accepted[:200].all() and accepted.sum() == threshold.accepted_frames < 210
     assert threshold.lower_bound >= 0.98
-    assert routing.wilson_lower(200, threshold.accepted_frames + 1, 1.0) < 0.98   # the lowest such threshold
+    assert routing.wilson_lower(200, threshold.accepted_frames + 1, 1.0) < 0.98  # the lowest such threshold
 
 
 def test_threshold_is_infinite_without_enough_evidence():
@@ -86,18 +86,20 @@ def test_derive_tracks_uses_hints_then_chains_similar_close_frames():
     stamps = np.array([0, 0.1, 0.2, 5.0, 5.1, 5.2, 0.0]) * 1e9
     emb = np.zeros((7, 2), np.float32)
     emb[:, 0] = 1.0
-    emb[4] = [0.0, 1.0]                  # dissimilar: breaks the chain
+    emb[4] = [0.0, 1.0]  # dissimilar: breaks the chain
     hints = [None, None, None, "t7", "t7", None, None]
-    keys = routing.derive_tracks(robots, streams, stamps.astype(np.int64), emb, hints, ids, max_gap_s=1.0,
-                                 min_similarity=0.9)
-    assert keys[0] == keys[1] == keys[2]             # close and similar
+    keys = routing.derive_tracks(
+        robots, streams, stamps.astype(np.int64), emb, hints, ids, max_gap_s=1.0, min_similarity=0.9
+    )
+    assert keys[0] == keys[1] == keys[2]  # close and similar
     assert keys[3] == keys[4] == "r1/camera/hint:t7"  # robot hint wins over dissimilarity
-    assert keys[5] not in (keys[0], keys[3])          # a hinted track interrupts the chain
-    assert keys[6] != keys[0]                         # another robot
-    no_hints = routing.derive_tracks(robots, streams, stamps.astype(np.int64), emb, hints, ids, 1.0, 0.9,
-                                     use_hints=False)
-    assert no_hints[3] != no_hints[2]                 # 4.8 s gap
-    assert no_hints[4] != no_hints[3]                 # dissimilar
+    assert keys[5] not in (keys[0], keys[3])  # a hinted track interrupts the chain
+    assert keys[6] != keys[0]  # another robot
+    no_hints = routing.derive_tracks(
+        robots, streams, stamps.astype(np.int64), emb, hints, ids, 1.0, 0.9, use_hints=False
+    )
+    assert no_hints[3] != no_hints[2]  # 4.8 s gap
+    assert no_hints[4] != no_hints[3]  # dissimilar
 
 
 def test_propagate_confirms_only_agreeing_frames_and_reports_disputes():
@@ -110,7 +112,7 @@ def test_propagate_confirms_only_agreeing_frames_and_reports_disputes():
     accepted[3] = False
     human = {0: 3, 4: 1, 6: 2}
     result = routing.propagate(keys, predicted, agree, confidence, human, candidates, accepted, min_confidence=0.5)
-    assert result.labels == {1: 3, 5: 1}      # 2: tiers disagree; 3: other label; 7: under min confidence
+    assert result.labels == {1: 3, 5: 1}  # 2: tiers disagree; 3: other label; 7: under min confidence
     # an auto-accepted frame contradicting its track's human label is disputed
     accepted[3] = True
     candidates[3] = False

@@ -28,17 +28,20 @@ from fixtures.s3 import free_port
 @pytest.fixture(scope="module")
 def field_frames():
     site = fleet_sites()[0]
-    return sim.field_test_set(site, 72, seed=5)       # items never streamed; only used as channel content here
+    return sim.field_test_set(site, 72, seed=5)  # items never streamed; only used as channel content here
 
 
 def _channels(root, models, frames, train_count=40, train_labels=None):
     labels = frames.labels if train_labels is None else train_labels
     items = [(f"f{i:04d}", frames.images[i], int(labels[i]), "site-0") for i in range(len(frames.labels))]
-    channels = {"train": write_channel(root / "train", items[:train_count]),
-                "unlabeled": write_channel(root / "unlabeled", [(f, im, -1 if i % 2 else l, s)
-                                                                for i, (f, im, l, s) in enumerate(items)]),
-                "calibration": write_channel(root / "calibration", [(f, im, -1, s) for f, im, _, s in items[:8]]),
-                "models": root / "models"}
+    channels = {
+        "train": write_channel(root / "train", items[:train_count]),
+        "unlabeled": write_channel(
+            root / "unlabeled", [(f, im, -1 if i % 2 else label, s) for i, (f, im, label, s) in enumerate(items)]
+        ),
+        "calibration": write_channel(root / "calibration", [(f, im, -1, s) for f, im, _, s in items[:8]]),
+        "models": root / "models",
+    }
     (root / "models").mkdir()
     for tier in ("T2", "T3", "T4"):
         shutil.copytree(models[tier], root / "models" / tier)
@@ -51,8 +54,7 @@ def _no_toolkit_variables(monkeypatch):
         monkeypatch.delenv(key)
 
 
-def _job_tree(root, channels, hyperparameters, hosts=("algo-1",), current="algo-1", interface=None,
-              listed=None):
+def _job_tree(root, channels, hyperparameters, hosts=("algo-1",), current="algo-1", interface=None, listed=None):
     """Write /opt/ml as SageMaker does (``listed``: the channels inputdataconfig.json names)."""
     config, data = root / "input" / "config", root / "input" / "data"
     config.mkdir(parents=True)
@@ -60,23 +62,44 @@ def _job_tree(root, channels, hyperparameters, hosts=("algo-1",), current="algo-
     # SageMaker passes every hyperparameter as a string
     (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}))
     listed = list(channels) if listed is None else listed
-    (config / "inputdataconfig.json").write_text(json.dumps({
-        name: {"ContentType": "application/jsonlines", "TrainingInputMode": "File",
-               "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"} for name in listed}))
-    resources = {"current_host": current, "current_instance_type": "ml.m5.xlarge",
-                 "current_group_name": "homogeneousCluster", "hosts": list(hosts),
-                 "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": "ml.m5.xlarge",
-                                      "hosts": list(hosts)}]}
+    (config / "inputdataconfig.json").write_text(
+        json.dumps(
+            {
+                name: {
+                    "ContentType": "application/jsonlines",
+                    "TrainingInputMode": "File",
+                    "S3DistributionType": "FullyReplicated",
+                    "RecordWrapperType": "None",
+                }
+                for name in listed
+            }
+        )
+    )
+    resources = {
+        "current_host": current,
+        "current_instance_type": "ml.m5.xlarge",
+        "current_group_name": "homogeneousCluster",
+        "hosts": list(hosts),
+        "instance_groups": [
+            {"instance_group_name": "homogeneousCluster", "instance_type": "ml.m5.xlarge", "hosts": list(hosts)}
+        ],
+    }
     if interface:
         resources["network_interface_name"] = interface
     (config / "resourceconfig.json").write_text(json.dumps(resources))
     for name, path in channels.items():
-        shutil.copytree(path, data / name)     # SageMaker downloads each channel into input/data/<channel>
+        shutil.copytree(path, data / name)  # SageMaker downloads each channel into input/data/<channel>
     return root
 
 
-HP = {"version": "r9-test", "teacher_epochs": 1, "distil_epochs": 1, "batch_size": 16, "int8_calibration_frames": 8,
-      "tiers": "T2,T4"}      # T3 is distilled the same way as T4 (the end-to-end round test runs all three)
+HP = {
+    "version": "r9-test",
+    "teacher_epochs": 1,
+    "distil_epochs": 1,
+    "batch_size": 16,
+    "int8_calibration_frames": 8,
+    "tiers": "T2,T4",
+}  # T3 is distilled the same way as T4 (the end-to-end round test runs all three)
 
 
 def test_contract_trains_t2_distils_t3_t4_and_writes_int8(tmp_path, cloud_models, field_frames):
@@ -87,12 +110,12 @@ def test_contract_trains_t2_distils_t3_t4_and_writes_int8(tmp_path, cloud_models
     report = json.loads((model_dir / "training_report.json").read_text())
     assert report["channels"] == {"train": 40, "replay": 0, "unlabeled": 72, "calibration": 8}
     assert report["tiers"]["T2"]["field_labels"] == 40
-    assert report["tiers"]["T4"]["labeled"] == 36 and report["tiers"]["T4"]["samples"] == 72   # soft targets on all
+    assert report["tiers"]["T4"]["labeled"] == 36 and report["tiers"]["T4"]["samples"] == 72  # soft targets on all
     assert "T3" not in report["tiers"]
     for variant in ("T2", "T4", "T4-int8"):
         manifest = load_manifest(model_dir / variant)
         assert manifest.version == "r9-test"
-        model = TierModel.load(model_dir / variant, providers=("cpu",), warmup=0)   # hashes verified
+        model = TierModel.load(model_dir / variant, providers=("cpu",), warmup=0)  # hashes verified
         assert model.infer_batch(field_frames.images[:4]).probs.shape == (4, 11)
     t4 = load_manifest(model_dir / "T4")
     assert t4.name == load_manifest(cloud_models["T4"]).name
@@ -150,8 +173,12 @@ def test_the_local_backend_runs_the_same_tree(tmp_path, cloud_models, field_fram
     from fleetloop_cloud.training_backends import LocalProcessBackend, TrainingJob
 
     channels = _channels(tmp_path / "data", cloud_models, field_frames)
-    job = TrainingJob(name="fleetloop-r9", channels=channels, work_dir=tmp_path / "work",
-                      hyperparameters={k: str(v) for k, v in {**HP, "tiers": "T4", "int8": "false"}.items()})
+    job = TrainingJob(
+        name="fleetloop-r9",
+        channels=channels,
+        work_dir=tmp_path / "work",
+        hyperparameters={k: str(v) for k, v in {**HP, "tiers": "T4", "int8": "false"}.items()},
+    )
     result = LocalProcessBackend(extra_env={"OMP_NUM_THREADS": "1"}).run(job)
     config = tmp_path / "work" / "fleetloop-r9" / "input" / "config"
     assert set(json.loads((config / "inputdataconfig.json").read_text())) == set(channels)
@@ -168,21 +195,27 @@ def test_two_hosts_find_each_other_through_resourceconfig(tmp_path, cloud_models
     """
     channels = _channels(tmp_path / "data", cloud_models, field_frames)
     hp = {**HP, "tiers": "T2", "int8": "false", "master_port": free_port()}
-    hosts = ["localhost", "127.0.0.1"]        # listed as given; each host sorts them the same way
+    hosts = ["localhost", "127.0.0.1"]  # listed as given; each host sorts them the same way
     processes = []
     for host in hosts:
         root = _job_tree(tmp_path / host, channels, hp, hosts=hosts, current=host, interface="lo")
         env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-        processes.append(spawn([sys.executable, "-m", "fleetloop_cloud.train", "--ml-root", str(root), "--no-progress"],
-                               env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True))
+        processes.append(
+            spawn(
+                [sys.executable, "-m", "fleetloop_cloud.train", "--ml-root", str(root), "--no-progress"],
+                env={**env, "OMP_NUM_THREADS": "1"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = dict(zip(hosts, (p.communicate(timeout=300)[0] for p in processes)))
     assert [p.returncode for p in processes] == [0, 0], outputs
     leader, follower = tmp_path / "127.0.0.1" / "model", tmp_path / "localhost" / "model"
     report = json.loads((leader / "training_report.json").read_text())
     assert report["hosts"] == 2 and report["tiers"]["T2"]["hosts"] == 2
     assert (leader / "T2" / "manifest.json").is_file()
-    assert list(follower.iterdir()) == []       # SageMaker merges every host's model dir: no clashes
+    assert list(follower.iterdir()) == []  # SageMaker merges every host's model dir: no clashes
     assert "rank 0 of 2 on 127.0.0.1" in outputs["127.0.0.1"] and "rank 1 of 2 on localhost" in outputs["localhost"]
 
 
@@ -193,8 +226,14 @@ def test_the_job_needs_only_the_training_requirements(tmp_path, cloud_models, fi
     root = _job_tree(tmp_path / "job", channels, {**HP, "tiers": "T4"})
     program = os.path.join(os.path.dirname(__file__), "programs", "only_training_requirements.py")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    done = subprocess.run([sys.executable, program, "--ml-root", str(root), "--no-progress"], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, program, "--ml-root", str(root), "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:]
     assert (root / "model" / "T4-int8" / "manifest.json").is_file()
     requirements = open(os.path.join(os.path.dirname(__file__), "..", "..", "requirements", "training.txt")).read()

@@ -42,8 +42,9 @@ def test_inference_container_contract(tmp_path, cloud_models):
     store = open_store(f"file://{tmp_path / 'store'}")
     sidecars = write_fleet(store, [("robot-0", fleet_sites()[0])], 3)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(cloud_models["T2"]), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(cloud_models["T2"]), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -53,9 +54,12 @@ def test_inference_container_contract(tmp_path, cloud_models):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
             assert response.status == 200
         from fleetloop_core.sidecar import frame_key
+
         data = store.get_bytes(frame_key(sidecars[0]))
         status, answer = _post(f"http://127.0.0.1:{port}/invocations", data, "application/x-image")
-        assert status == 200 and answer["tier"] == "T2" and answer["version"] == load_manifest(cloud_models["T2"]).version
+        assert (
+            status == 200 and answer["tier"] == "T2" and answer["version"] == load_manifest(cloud_models["T2"]).version
+        )
         local = TierModel.load(cloud_models["T2"], providers=("cpu",), warmup=0).infer(decode_image(data, "frame"))
         assert np.allclose(answer["probs"], local.probs[0], atol=1e-5)
         assert len(answer["embedding"]) == local.embedding.shape[1]
@@ -69,14 +73,25 @@ def test_inference_container_contract(tmp_path, cloud_models):
 
 def test_autolabel_as_batch_transform_jobs_on_moto(tmp_path, s3_bucket, cloud_models):
     endpoint, bucket = s3_bucket
-    uri = f"s3://{bucket}/fleet?endpoint_url={endpoint}&region=us-east-1"     # store.uri drops the options
+    uri = f"s3://{bucket}/fleet?endpoint_url={endpoint}&region=us-east-1"  # store.uri drops the options
     store = open_store(uri)
     write_fleet(store, [("robot-0", fleet_sites()[0])], 12)
-    client = boto3.client("sagemaker", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    data = cloud_config(tmp_path, uri, cloud_models["T1"].parent,
-                        autolabel={"backend": "sagemaker-batch",
-                                   "sagemaker": {"role_arn": ROLE, "image_uri": IMAGE, "instance_count": 2}})
+    client = boto3.client(
+        "sagemaker",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    data = cloud_config(
+        tmp_path,
+        uri,
+        cloud_models["T1"].parent,
+        autolabel={
+            "backend": "sagemaker-batch",
+            "sagemaker": {"role_arn": ROLE, "image_uri": IMAGE, "instance_count": 2},
+        },
+    )
     with CloudLoop(cloud_config_from_dict(data), progress=False, clients={"transform": client}) as loop:
         loop.ingest()
         rows = loop.pool.frames()
@@ -104,8 +119,9 @@ def test_autolabel_as_batch_transform_jobs_on_moto(tmp_path, s3_bucket, cloud_mo
             assert source["S3DataType"] == "ManifestFile"
             listing = json.loads(store.get_bytes(f"transform/{job}/input.manifest"))
             assert listing[0]["prefix"] == f"s3://{bucket}/fleet/" and sorted(listing[1:]) == sorted(
-                r["frame_key"] for r in rows)
+                r["frame_key"] for r in rows
+            )
             model_desc = client.describe_model(ModelName=described["ModelName"])
             assert model_desc["PrimaryContainer"]["Image"] == IMAGE
             assert store.exists(f"sagemaker/models/{model.manifest.name}/{model.version}/model.tar.gz")
-        assert loop.autolabel()["predicted"] == {"T1": 12, "T2": 12}        # done: the step is not run again
+        assert loop.autolabel()["predicted"] == {"T1": 12, "T2": 12}  # done: the step is not run again

@@ -11,8 +11,10 @@ from fleetloop_core.inference import TierModel
 
 @pytest.fixture(scope="module")
 def tiers(test_models):
-    return (TierModel.load(test_models["T4"], providers=("cpu",)),
-            TierModel.load(test_models["T3"], providers=("cpu",)))
+    return (
+        TierModel.load(test_models["T4"], providers=("cpu",)),
+        TierModel.load(test_models["T3"], providers=("cpu",)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,9 @@ def test_escalates_uncertain_frames_and_records_disagreement(tiers, frames):
 def test_escalation_follows_the_signal(tiers, frames):
     edge, high = tiers
     threshold = 0.6
-    cascade = Cascade(edge, high, CascadeConfig(escalate_above=threshold, escalation_signal="entropy",
-                                                latency_budget_ms=1000))
+    cascade = Cascade(
+        edge, high, CascadeConfig(escalate_above=threshold, escalation_signal="entropy", latency_budget_ms=1000)
+    )
     for frame in frames:
         r = cascade.infer(frame)
         edge_entropy = float(edge.infer(frame).uncertainty[0, 0])
@@ -66,9 +69,9 @@ def test_result_contents(tiers, frames):
     assert [p for _, p in r.top_k] == sorted([p for _, p in r.top_k], reverse=True)
     assert set(r.scores) == {"entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty"}
     assert all(0.0 <= v <= 1.0 for v in r.scores.values())
-    assert r.scores["novelty"] == 1.0                       # first frame of a stream is new
+    assert r.scores["novelty"] == 1.0  # first frame of a stream is new
     again = cascade.infer(frames[0], stream="cam0")
-    assert again.scores["novelty"] == pytest.approx(0.0, abs=1e-5)   # the same frame again is not
+    assert again.scores["novelty"] == pytest.approx(0.0, abs=1e-5)  # the same frame again is not
     assert r.model_versions == {"T4": tiers[0].version, "T3": tiers[1].version}
     assert "T4" in r.embeddings
 
@@ -82,11 +85,12 @@ def test_streams_keep_separate_state(tiers, frames):
 def test_set_model_swaps_between_frames_and_checks_labels(tiers, frames, model_copy):
     edge, high = tiers
     cascade = Cascade(edge, None, CascadeConfig(escalate_above=0.0))
-    assert not cascade.infer(frames[0]).escalated             # no T3: nothing to escalate to
+    assert not cascade.infer(frames[0]).escalated  # no T3: nothing to escalate to
     previous = cascade.set_model("escalation", high)
     assert previous is None and cascade.model_versions() == {"T4": edge.version, "T3": high.version}
     # a model with other labels cannot join the cascade
     import json
+
     directory = model_copy("T3")
     data = json.loads((directory / "manifest.json").read_text())
     data["labels"] = [f"x{i}" for i in range(len(data["labels"]))]
@@ -99,6 +103,7 @@ def test_set_model_swaps_between_frames_and_checks_labels(tiers, frames, model_c
 
 def test_bad_config_is_a_clear_error(tmp_path):
     from fleetloop_core.config import load_config
+
     path = tmp_path / "cascade.yaml"
     path.write_text("escalate_above: 1.5\n")
     with pytest.raises(ConfigError, match=r"cascade.yaml: escalate_above: .*less than or equal to 1 \(got 1.5\)"):
@@ -120,7 +125,7 @@ def test_tracks_follow_frame_continuity(tiers, pool):
     # a threshold halfway across the widest gap near the median: no frame sits on it (float32 vs float64 ties)
     ordered = np.sort(similarity)
     middle = len(ordered) // 2
-    gaps = np.diff(ordered[middle - 10:middle + 10])
+    gaps = np.diff(ordered[middle - 10 : middle + 10])
     cut = middle - 10 + int(np.argmax(gaps))
     threshold = float(ordered[cut] + ordered[cut + 1]) / 2
     cascade = Cascade(*tiers, CascadeConfig(escalate_above=1.0, track_similarity=threshold))
@@ -130,12 +135,13 @@ def test_tracks_follow_frame_continuity(tiers, pool):
     assert any(changed) and not all(changed)
     same_frame = Cascade(*tiers, CascadeConfig(escalate_above=1.0, track_similarity=0.99))
     first = same_frame.infer(stream[0], stream="x").track
-    assert same_frame.infer(stream[0], stream="x").track == first          # the same frame again: same track
-    assert same_frame.infer(stream[0], stream="other").track != first      # tracks are per stream
+    assert same_frame.infer(stream[0], stream="x").track == first  # the same frame again: same track
+    assert same_frame.infer(stream[0], stream="other").track != first  # tracks are per stream
 
 
 def test_memory_reports_similarity_to_previous_frame():
     from fleetloop_core.uncertainty import EmbeddingMemory
+
     memory = EmbeddingMemory(3, capacity=2, unit_inputs=True)
     memory.score(np.array([1.0, 0.0, 0.0], np.float32))
     assert memory.last_similarity is None
@@ -143,5 +149,5 @@ def test_memory_reports_similarity_to_previous_frame():
     assert memory.last_similarity == pytest.approx(0.0)
     memory.score(np.array([0.0, 1.0, 0.0], np.float32))
     assert memory.last_similarity == pytest.approx(1.0)
-    memory.score(np.array([0.6, 0.8, 0.0], np.float32))      # ring wrapped: previous is still [0, 1, 0]
+    memory.score(np.array([0.6, 0.8, 0.0], np.float32))  # ring wrapped: previous is still [0, 1, 0]
     assert memory.last_similarity == pytest.approx(0.8)

@@ -7,16 +7,25 @@ import json
 import pytest
 
 from fleetloop_core import iot_jobs
-from fleetloop_core.control_plane import (ControlPlaneConfig, ControlPlaneError, Job, LocalControlPlane,
-                                          MqttControlPlane, load_control_plane_config, open_control_plane,
-                                          write_json_atomic)
+from fleetloop_core.control_plane import (
+    ControlPlaneConfig,
+    ControlPlaneError,
+    Job,
+    LocalControlPlane,
+    MqttControlPlane,
+    load_control_plane_config,
+    open_control_plane,
+    write_json_atomic,
+)
 from fleetloop_core.deploy_agent import DeployAgent
 from fleetloop_core.errors import ConfigError
 
 
 def _queue(directory, thing, job_id, document, queued_at):
-    write_json_atomic(directory / thing / "queued" / f"{job_id}.json",
-                      {"jobId": job_id, "jobDocument": document, "queuedAt": queued_at, "status": "QUEUED"})
+    write_json_atomic(
+        directory / thing / "queued" / f"{job_id}.json",
+        {"jobId": job_id, "jobDocument": document, "queuedAt": queued_at, "status": "QUEUED"},
+    )
 
 
 def test_local_plane_claims_in_progress_first_then_oldest_queued(tmp_path):
@@ -25,7 +34,7 @@ def test_local_plane_claims_in_progress_first_then_oldest_queued(tmp_path):
     _queue(tmp_path, "robot-0", "early", {"n": 1}, 100)
     first = plane.next_job(0.1)
     assert first.job_id == "early" and first.document == {"n": 1}
-    assert plane.next_job(0.1).job_id == "early"          # still IN_PROGRESS: comes back (as IoT start-next)
+    assert plane.next_job(0.1).job_id == "early"  # still IN_PROGRESS: comes back (as IoT start-next)
     plane.update(first, "SUCCEEDED", {"serving_version": "v2", "agreement": 0.97})
     status = json.loads((tmp_path / "robot-0" / "status" / "early.json").read_text())
     assert status["status"] == "SUCCEEDED" and status["statusDetails"] == {"serving_version": "v2", "agreement": "0.97"}
@@ -45,10 +54,13 @@ def test_other_robots_jobs_are_invisible(tmp_path):
 def test_iot_jobs_documents_follow_the_aws_shapes():
     assert iot_jobs.notify_next_topic("robot-0") == "$aws/things/robot-0/jobs/notify-next"
     assert iot_jobs.update_topic("robot-0", "j1", "fleetloop") == "fleetloop/things/robot-0/jobs/j1/update"
-    assert iot_jobs.parse_jobs_topic("$aws/things/robot-0/jobs/j1/update/accepted") == \
-        ("robot-0", ["j1", "update", "accepted"])
-    request = iot_jobs.update_request("FAILED", "tok", {"reason": "x" * 5000, "agreement": 0.5, "none": None},
-                                      execution_number=2)
+    assert iot_jobs.parse_jobs_topic("$aws/things/robot-0/jobs/j1/update/accepted") == (
+        "robot-0",
+        ["j1", "update", "accepted"],
+    )
+    request = iot_jobs.update_request(
+        "FAILED", "tok", {"reason": "x" * 5000, "agreement": 0.5, "none": None}, execution_number=2
+    )
     assert request["status"] == "FAILED" and request["executionNumber"] == 2 and request["clientToken"] == "tok"
     assert len(request["statusDetails"]["reason"]) == 1024 and request["statusDetails"]["agreement"] == "0.5"
     assert "none" not in request["statusDetails"]
@@ -66,7 +78,7 @@ def test_registry_picks_by_scheme_and_names_the_known_ones(tmp_path):
     with pytest.raises(ConfigError, match="unknown scheme 'amqp' \\(known: file, mqtts\\)"):
         open_control_plane(ControlPlaneConfig(uri="amqp://x", thing_name="r"), "robot.yaml: control_plane")
     with pytest.raises(ConfigError, match="control_plane.mqtt.ca_file: /etc/fleetloop/tls/ca.pem does not exist"):
-        mqtt.start()                                       # the default certificate paths do not exist here
+        mqtt.start()  # the default certificate paths do not exist here
 
 
 def test_config_section_loads(repo_root):
@@ -74,8 +86,9 @@ def test_config_section_loads(repo_root):
     assert config.mqtt.topic_prefix == "$aws"
 
 
-def test_agent_reports_progress_and_final_status_and_a_redelivered_job_is_applied_once(tmp_path, test_models,
-                                                                                      signing_keys):
+def test_agent_reports_progress_and_final_status_and_a_redelivered_job_is_applied_once(
+    tmp_path, test_models, signing_keys
+):
     from fleetloop_core import sim
     from fixtures.model_packages import Robot
 
@@ -90,11 +103,12 @@ def test_agent_reports_progress_and_final_status_and_a_redelivered_job_is_applie
         assert status["status"] == "SUCCEEDED" and status["statusDetails"]["serving_version"] == "v2"
         # the robot crashed before its report reached the cloud: the job is IN_PROGRESS again
         (tmp_path / "jobs" / "robot-0" / "done" / "j1.json").rename(
-            tmp_path / "jobs" / "robot-0" / "in_progress" / "j1.json")
+            tmp_path / "jobs" / "robot-0" / "in_progress" / "j1.json"
+        )
         (tmp_path / "jobs" / "robot-0" / "status" / "j1.json").unlink()
         assert agent.run_once(0.5).status == "SUCCEEDED"
         assert agent.run_once(0.05) is None
-    assert robot.kinds().count("swapped") == 1 and robot.kinds()[-1] == "duplicate_job"   # applied once
+    assert robot.kinds().count("swapped") == 1 and robot.kinds()[-1] == "duplicate_job"  # applied once
 
 
 def test_job_dataclass_defaults():

@@ -7,12 +7,20 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 
 from fleetloop_core.config import validate
-from fleetloop_core.dds import (PROFILES_VARIABLE, TRANSPORT_VARIABLE, DdsConfig, dds_environment,
-                                environment_transport, profile_xml)
+from fleetloop_core.dds import (
+    PROFILES_VARIABLE,
+    TRANSPORT_VARIABLE,
+    DdsConfig,
+    dds_environment,
+    environment_transport,
+    profile_xml,
+)
 from fleetloop_core.errors import ConfigError
 
 
-@pytest.mark.parametrize("transport, variable", [("large_data", "LARGE_DATA"), ("udp", "UDPv4"), ("default", "DEFAULT")])
+@pytest.mark.parametrize(
+    "transport, variable", [("large_data", "LARGE_DATA"), ("udp", "UDPv4"), ("default", "DEFAULT")]
+)
 def test_fast_dds_builtin_transports_are_one_variable(transport, variable):
     environ = {}
     values = dds_environment(DdsConfig(transport=transport), environ)
@@ -28,10 +36,12 @@ def _parse(path):
 def test_the_default_shm_transport_is_a_profile_with_large_shared_memory_and_udp(tmp_path):
     environ = {TRANSPORT_VARIABLE: "LARGE_DATA"}
     dds_environment(DdsConfig(), environ, profile_dir=tmp_path)
-    assert TRANSPORT_VARIABLE not in environ            # the profile names the transports
+    assert TRANSPORT_VARIABLE not in environ  # the profile names the transports
     root, ns = _parse(environ[PROFILES_VARIABLE])
-    kinds = {d.find("d:transport_id", ns).text: d for d in root.findall("d:profiles/d:transport_descriptors/"
-                                                                        "d:transport_descriptor", ns)}
+    kinds = {
+        d.find("d:transport_id", ns).text: d
+        for d in root.findall("d:profiles/d:transport_descriptors/d:transport_descriptor", ns)
+    }
     assert kinds["fleetloop_shm"].find("d:type", ns).text == "SHM"
     assert int(kinds["fleetloop_shm"].find("d:segment_size", ns).text) >= 8 * 640 * 480 * 3
     assert kinds["fleetloop_udp"].find("d:type", ns).text == "UDPv4"
@@ -43,8 +53,8 @@ def test_the_default_shm_transport_is_a_profile_with_large_shared_memory_and_udp
 
 def test_a_parents_profile_of_ours_does_not_override_a_builtin_choice():
     environ = {}
-    dds_environment(DdsConfig(), environ)                # e.g. the demo's environment, inherited
-    dds_environment(DdsConfig(transport="udp"), environ)   # this robot chose udp
+    dds_environment(DdsConfig(), environ)  # e.g. the demo's environment, inherited
+    dds_environment(DdsConfig(transport="udp"), environ)  # this robot chose udp
     assert environ == {TRANSPORT_VARIABLE: "UDPv4"}
 
 
@@ -75,17 +85,22 @@ def test_the_yaml_wins_over_the_environment_and_a_users_profile_is_kept_when_it_
 
 
 def test_an_unknown_transport_is_refused_by_name():
-    with pytest.raises(ConfigError, match=r"robot.yaml: transport: Input should be 'large_data', 'udp', 'shm' or "
-                                          r"'default' \(got 'tcp'\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"robot.yaml: transport: Input should be 'large_data', 'udp', 'shm' or "
+        r"'default' \(got 'tcp'\)",
+    ):
         validate(DdsConfig, {"transport": "tcp"}, source="robot.yaml")
     assert "enabled" in profile_xml(DdsConfig())
 
 
 def test_the_environment_is_set_only_while_a_participant_is_created(monkeypatch):
     from fleetloop_core.dds import dds_environment_during
+
     monkeypatch.setenv(TRANSPORT_VARIABLE, "LARGE_DATA")
     monkeypatch.delenv(PROFILES_VARIABLE, raising=False)
     import os
+
     with dds_environment_during(DdsConfig(transport="udp", type_propagation=False)):
         assert os.environ[TRANSPORT_VARIABLE] == "UDPv4" and os.environ[PROFILES_VARIABLE].endswith(".xml")
     assert os.environ[TRANSPORT_VARIABLE] == "LARGE_DATA" and PROFILES_VARIABLE not in os.environ

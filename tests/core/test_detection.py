@@ -10,8 +10,14 @@ import pytest
 from fleetloop_core import sim
 from fleetloop_core import sim_detection as sd
 from fleetloop_core.detection import (
-    DetectionCascade, DetectionCascadeConfig, DetectorModel, Detections, cxcywh_to_xyxy, letterbox,
-    letterbox_geometry, nms,
+    DetectionCascade,
+    DetectionCascadeConfig,
+    DetectorModel,
+    Detections,
+    cxcywh_to_xyxy,
+    letterbox,
+    letterbox_geometry,
+    nms,
 )
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import TierModel
@@ -31,7 +37,7 @@ def _reference_nms(boxes, scores, classes, threshold, iou):
     order = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= threshold]
     kept = []
     for i in order:
-        if all(classes[j] != classes[i] or pairwise_iou(boxes[i:i + 1], boxes[j:j + 1])[0, 0] <= iou for j in kept):
+        if all(classes[j] != classes[i] or pairwise_iou(boxes[i : i + 1], boxes[j : j + 1])[0, 0] <= iou for j in kept):
             kept.append(i)
     return kept
 
@@ -49,14 +55,26 @@ def _export(detection_models, tmp_path, layout):
     model = td.DetectorDeployable(net, manifest.input.height, manifest.input.width)
     model.load_state_dict(torch.load(detection_models["T2"] / "weights.pt", weights_only=True))
     directory = tmp_path / layout
-    write_detector_package(model, directory, manifest.name, manifest.version, "T2", manifest.architecture, layout,
-                           manifest.labels, {}, manifest.parameters)
+    write_detector_package(
+        model,
+        directory,
+        manifest.name,
+        manifest.version,
+        "T2",
+        manifest.architecture,
+        layout,
+        manifest.labels,
+        {},
+        manifest.parameters,
+    )
     return directory
 
 
 def test_every_layout_of_one_network_decodes_to_the_same_boxes(detection_models, tmp_path, frames):
-    models = {layout: DetectorModel.load(_export(detection_models, tmp_path, layout), providers=("cpu",), warmup=0)
-              for layout in ("yolo", "boxes_scores", "boxes_scores_labels")}
+    models = {
+        layout: DetectorModel.load(_export(detection_models, tmp_path, layout), providers=("cpu",), warmup=0)
+        for layout in ("yolo", "boxes_scores", "boxes_scores_labels")
+    }
     assert models["yolo"].spec.layout == "yolo" and models["boxes_scores"].spec.labels_output is None
     assert models["boxes_scores_labels"].spec.labels_output == "labels"
     total = 0
@@ -79,11 +97,14 @@ def test_decoding_matches_the_torch_network_and_textbook_nms(detection_models, f
     from fleetloop_core import training_detection as td
     from fleetloop_core import zoo_detection
 
-    for tier in ("T4", "T3"):        # yolo and boxes_scores as built by the profile
+    for tier in ("T4", "T3"):  # yolo and boxes_scores as built by the profile
         model = DetectorModel.load(detection_models[tier], providers=("cpu",), warmup=0)
         manifest = model.manifest
-        net = td.DetectorDeployable(zoo_detection.build(manifest.architecture, len(manifest.labels)),
-                                    manifest.input.height, manifest.input.width)
+        net = td.DetectorDeployable(
+            zoo_detection.build(manifest.architecture, len(manifest.labels)),
+            manifest.input.height,
+            manifest.input.width,
+        )
         net.load_state_dict(torch.load(detection_models[tier] / "weights.pt", weights_only=True))
         for image in frames.images[:6]:
             fitted, geometry = letterbox(image, manifest.input.height, manifest.input.width)
@@ -109,7 +130,7 @@ def test_a_mismatched_manifest_is_a_clear_error_at_load(detection_models, tmp_pa
         DetectorModel.load(directory, providers=("cpu",), warmup=0)
     message = str(error.value)
     assert "declares detection layout 'boxes_scores'" in message and "no output 'boxes'" in message
-    assert "output0 [" in message                        # what the graph really has
+    assert "output0 [" in message  # what the graph really has
     # right layout, wrong class count: the yolo output's second axis says so
     write_manifest(manifest.model_copy(update={"labels": manifest.labels[:-1]}), directory)
     with pytest.raises(ModelError, match=r"axis 1 is 14, not 4 \+ 9 classes"):
@@ -118,6 +139,7 @@ def test_a_mismatched_manifest_is_a_clear_error_at_load(detection_models, tmp_pa
     import onnx
 
     from fleetloop_core.manifest import file_entry
+
     graph = onnx.load(str(directory / "model.onnx"))
     for output in graph.graph.output:
         for dim in output.type.tensor_type.shape.dim[1:]:
@@ -148,6 +170,7 @@ def test_tasks_are_not_mixed_up(detection_models, test_models):
     data = json.loads((detection_models["T4"] / "manifest.json").read_text())
     data.pop("detection")
     from fleetloop_core.manifest import parse_manifest
+
     with pytest.raises(ModelError, match="needs a detection block"):
         parse_manifest(data)
 
@@ -178,7 +201,7 @@ def test_opencv_nms_is_per_class_and_keeps_the_best():
     scores = np.asarray([0.9, 0.8, 0.7, 0.3], np.float32)
     classes = np.asarray([1, 1, 2, 1])
     keep = nms(boxes, scores, classes, 0.25, 0.5, 100)
-    assert keep.tolist() == [0, 2, 3]                     # the overlapping same-class box goes, the other class stays
+    assert keep.tolist() == [0, 2, 3]  # the overlapping same-class box goes, the other class stays
     assert nms(boxes, scores, classes, 0.5, 0.5, 100).tolist() == [0, 2]
     assert nms(boxes, scores, classes, 0.25, 0.5, 1).tolist() == [0]
     np.testing.assert_allclose(cxcywh_to_xyxy(np.asarray([[5, 5, 10, 4]])), [[0, 3, 10, 7]])
@@ -189,17 +212,30 @@ def test_opencv_nms_is_per_class_and_keeps_the_best():
 def test_detection_cascade_escalates_and_scores_frames(detection_models, test_models, frames):
     t4 = DetectorModel.load(detection_models["T4"], providers=("cpu",), warmup=0)
     t3 = DetectorModel.load(detection_models["T3"], providers=("cpu",), warmup=0)
-    always = DetectionCascade(t4, t3, DetectionCascadeConfig(escalate_above=0.0, latency_budget_ms=1e6,
-                                                             escalation_signal="band"))
+    always = DetectionCascade(
+        t4, t3, DetectionCascadeConfig(escalate_above=0.0, latency_budget_ms=1e6, escalation_signal="band")
+    )
     never = DetectionCascade(t4, t3, DetectionCascadeConfig(escalation_enabled=False))
     seen_escalation = False
     for image in frames.images:
         result = never.infer(image, stream="cam")
         assert result.tier_used == "T4" and not result.escalated and set(result.tier_detections) == {"T4"}
-        assert set(result.scores) >= {"entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty",
-                                      "band", "box_entropy_max", "box_disagreement", "count_flicker"}
-        assert all(0.0 <= result.scores[k] <= 1.0 for k in ("entropy", "margin", "least_confidence",
-                                                             "disagreement", "flicker", "novelty"))
+        assert set(result.scores) >= {
+            "entropy",
+            "margin",
+            "least_confidence",
+            "disagreement",
+            "flicker",
+            "novelty",
+            "band",
+            "box_entropy_max",
+            "box_disagreement",
+            "count_flicker",
+        }
+        assert all(
+            0.0 <= result.scores[k] <= 1.0
+            for k in ("entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty")
+        )
         assert result.decode_latency_s["T4"] > 0 and result.inference_latency_s["T4"] > 0
         labels = never.frame_labels
         assert labels[-1] == "none" and result.label_name == labels[result.label]

@@ -18,8 +18,10 @@ def _low_threshold_copy(source, target, threshold=0.02):
     """A copy of a detector whose manifest keeps boxes down to ``threshold`` (the test tiers are barely trained)."""
     shutil.copytree(source, target)
     manifest = load_manifest(target)
-    write_manifest(manifest.model_copy(update={"detection": manifest.detection.model_copy(
-        update={"score_threshold": threshold})}), target)
+    write_manifest(
+        manifest.model_copy(update={"detection": manifest.detection.model_copy(update={"score_threshold": threshold})}),
+        target,
+    )
     return target
 
 
@@ -34,22 +36,35 @@ def cascade(detection_models, tmp_path_factory):
 @pytest.mark.parametrize("policy", ["threshold", "adaptive_budget", "novelty", "class_quota"])
 def test_every_policy_decides_on_detection_frames(cascade, policy):
     stream = sd.DetectionStream(sim.make_site(1), "robot-d", seed=2)
-    config = SelectionConfig.model_validate({
-        "policy": {"name": policy, "params": {"threshold": 0.2} if policy in ("threshold", "novelty", "class_quota")
-                   else {"warmup_frames": 16, "window": 64}},
-        "budget": {"frames_per_hour": 36000}, "random_fraction": 0.0})
+    config = SelectionConfig.model_validate(
+        {
+            "policy": {
+                "name": policy,
+                "params": {"threshold": 0.2}
+                if policy in ("threshold", "novelty", "class_quota")
+                else {"warmup_frames": 16, "window": 64},
+            },
+            "budget": {"frames_per_hour": 36000},
+            "random_fraction": 0.0,
+        }
+    )
     selector = Selector(config, "robot-d", cascade.frame_labels)
     kept = 0
     for frame in stream.frames(40):
-        result = cascade.infer(frame.image, stream=f"front-{policy}")     # fresh novelty memory per case
-        decision = selector.offer(frame.image, result, frame.stamp_ns, stream="front",
-                                  simulation={"label": frame.truth.label, "boxes": frame.truth.rows()})
+        result = cascade.infer(frame.image, stream=f"front-{policy}")  # fresh novelty memory per case
+        decision = selector.offer(
+            frame.image,
+            result,
+            frame.stamp_ns,
+            stream="front",
+            simulation={"label": frame.truth.label, "boxes": frame.truth.rows()},
+        )
         # the value score is the selector's weighted mean of the detection parts, in [0, 1]
         assert decision.score == pytest.approx(value_score(result.scores, config.weights), abs=1e-6)
         assert 0.0 <= decision.score <= 1.0 and decision.policy == policy
         if decision.keep:
             kept += 1
-            sidecar = parse_sidecar(decision.record.encode().sidecar.to_json())      # the JSON that travels
+            sidecar = parse_sidecar(decision.record.encode().sidecar.to_json())  # the JSON that travels
             assert set(sidecar.detections) <= {"T4", "T3"} and "T4" in sidecar.detections
             rows = sidecar.detections[result.tier_used]
             assert len(rows) == len(result.detections)
@@ -68,8 +83,9 @@ def test_replay_of_a_detection_bag(detection_models, tmp_path):
     models = tmp_path / "models"
     for tier in ("T3", "T4"):
         _low_threshold_copy(detection_models[tier], models / tier)
-    base = SelectionConfig.model_validate({"policy": {"name": "threshold", "params": {"threshold": 0.3}},
-                                           "random_fraction": 0.0})
+    base = SelectionConfig.model_validate(
+        {"policy": {"name": "threshold", "params": {"threshold": 0.3}}, "random_fraction": 0.0}
+    )
     report = replay(bag, models, base, sweeps=["policy.params.threshold=0.1,0.5"], progress=False)
     assert report.frames == 60 and report.labels[-1] == "none" and len(report.labels) == 11
     low, high = report.results

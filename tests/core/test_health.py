@@ -8,8 +8,19 @@ import pytest
 
 from fleetloop_core.config import validate
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.health import (ERROR, OK, STALE, WARN, HealthConfig, LatencyWindow, RollingEvents, Thresholds,
-                                   check, grade, worst)
+from fleetloop_core.health import (
+    ERROR,
+    OK,
+    STALE,
+    WARN,
+    HealthConfig,
+    LatencyWindow,
+    RollingEvents,
+    Thresholds,
+    check,
+    grade,
+    worst,
+)
 
 
 def test_grade_is_ok_below_warn_then_warn_then_error():
@@ -48,8 +59,8 @@ def test_rolling_events_count_rate_and_size_within_the_window():
         now[0] += 1.0
         events.add(size=100, count=2)
     assert events.count() == 10 and events.size() == 500 and events.total == 10
-    assert events.per_second() == pytest.approx(10 / 5.0)      # younger than the window: its real span
-    now[0] += 8.5                                              # the first three additions fall out
+    assert events.per_second() == pytest.approx(10 / 5.0)  # younger than the window: its real span
+    now[0] += 8.5  # the first three additions fall out
     assert events.count() == 4 and events.size() == 200 and events.total == 10
     assert events.per_second() == pytest.approx(4 / 10.0)
 
@@ -57,7 +68,7 @@ def test_rolling_events_count_rate_and_size_within_the_window():
 def test_latency_window_percentiles_in_ms():
     window = LatencyWindow(capacity=100)
     assert window.percentile_ms(50) is None
-    for ms in range(1, 201):                                    # only the last 100 stay: 101..200 ms
+    for ms in range(1, 201):  # only the last 100 stay: 101..200 ms
         window.add(ms / 1000.0)
     assert len(window) == 100
     assert window.percentile_ms(0) == pytest.approx(101.0) and window.percentile_ms(100) == pytest.approx(200.0)
@@ -92,11 +103,12 @@ def _feed(gaps, clock, stamps_ms):
 
 def test_stamp_gaps_count_the_frames_a_30_hz_camera_stamped_and_we_never_got():
     from fleetloop_core.health import StampGaps
+
     clock = _Clock()
     gaps = StampGaps(window_s=30.0, clock=clock)
     period = 1000.0 / 30
     every = [1000 + i * period for i in range(300)]
-    _feed(gaps, clock, [s for i, s in enumerate(every) if i % 3 != 1])      # one frame in three lost
+    _feed(gaps, clock, [s for i, s in enumerate(every) if i % 3 != 1])  # one frame in three lost
     received, lost = gaps.counts()
     assert received == 200 and lost == 100
     assert gaps.lost_fraction() == pytest.approx(1 / 3)
@@ -107,6 +119,7 @@ def test_stamp_gaps_cannot_tell_a_uniform_loss_from_a_slower_camera():
     # every other frame lost looks exactly like a camera at half the rate: the estimate is the camera's
     # period only while at least one interval in ten is a single period (docs/ros_robustness.md)
     from fleetloop_core.health import StampGaps
+
     clock = _Clock()
     gaps = StampGaps(window_s=30.0, clock=clock)
     _feed(gaps, clock, [i * 100 for i in range(0, 40, 2)])
@@ -115,22 +128,24 @@ def test_stamp_gaps_cannot_tell_a_uniform_loss_from_a_slower_camera():
 
 def test_stamp_gaps_judge_nothing_until_enough_intervals_and_skip_pauses_restarts_and_unstamped():
     from fleetloop_core.health import StampGaps
+
     clock = _Clock()
     gaps = StampGaps(window_s=30.0, gap_as_loss_s=1.0, clock=clock)
     _feed(gaps, clock, [1000 + i * 100 for i in range(5)])
     assert gaps.lost_fraction() is None and gaps.counts() == (5, 0)
-    _feed(gaps, clock, [1400 + 5000 + i * 100 for i in range(20)])         # a 5 s pause: not loss
-    _feed(gaps, clock, [50 + i * 100 for i in range(5)])                   # a restart (stamps go back)
-    gaps.add(0)                                                             # a camera that does not stamp
+    _feed(gaps, clock, [1400 + 5000 + i * 100 for i in range(20)])  # a 5 s pause: not loss
+    _feed(gaps, clock, [50 + i * 100 for i in range(5)])  # a restart (stamps go back)
+    gaps.add(0)  # a camera that does not stamp
     assert gaps.pauses == 1 and gaps.restarts == 1 and gaps.unstamped == 1
     assert gaps.counts() == (31, 0) and gaps.lost_fraction() == 0.0
 
 
 def test_stamp_gaps_forget_what_left_the_window():
     from fleetloop_core.health import StampGaps
+
     clock = _Clock()
     gaps = StampGaps(window_s=10.0, clock=clock)
-    _feed(gaps, clock, [i * 100 for i in range(40) if i % 4 != 3])        # one in four lost (the last one unseen)
+    _feed(gaps, clock, [i * 100 for i in range(40) if i % 4 != 3])  # one in four lost (the last one unseen)
     assert gaps.counts() == (30, 9)
     clock.now += 11.0
     _feed(gaps, clock, [10_000 + i * 100 for i in range(20)])
@@ -139,6 +154,7 @@ def test_stamp_gaps_forget_what_left_the_window():
 
 def test_liveness_measures_the_time_since_the_last_turn():
     from fleetloop_core.health import Liveness, liveness_check
+
     clock = _Clock()
     liveness = Liveness(clock)
     clock.now += 0.1
@@ -147,7 +163,9 @@ def test_liveness_measures_the_time_since_the_last_turn():
     assert liveness.stalled_s() == pytest.approx(2.5)
     health = HealthConfig()
     frozen = liveness_check(liveness.stalled_s(), health, {})
-    assert frozen.level == ERROR and "has not answered for 2.5 s" in frozen.message and "exits at 10 s" in frozen.message
+    assert (
+        frozen.level == ERROR and "has not answered for 2.5 s" in frozen.message and "exits at 10 s" in frozen.message
+    )
     liveness.beat()
     assert liveness.longest_s == pytest.approx(2.5) and liveness_check(liveness.stalled_s(), health, {}).level == OK
 
@@ -160,9 +178,10 @@ def test_frozen_exit_cannot_come_before_the_deadline():
 
 def test_repeated_sample_fires_on_the_same_bad_bytes_only():
     from fleetloop_core.health import RepeatedSample
+
     repeats = RepeatedSample(limit=3)
     assert [repeats.bad(b"") for _ in range(3)] == [False, False, True]
-    assert not any(repeats.bad(bytes([i]) * 100) for i in range(10))       # distinct garbage: counted, no reset
+    assert not any(repeats.bad(bytes([i]) * 100) for i in range(10))  # distinct garbage: counted, no reset
     repeats.bad(b"x")
     repeats.good()
     assert [repeats.bad(b"x") for _ in range(2)] == [False, False]
@@ -170,14 +189,24 @@ def test_repeated_sample_fires_on_the_same_bad_bytes_only():
 
 def _stream(**values):
     from fleetloop_core.health import StreamFacts
-    base = dict(topic="/r/camera/image_raw", type_name="sensor_msgs/msg/Image", reliable=True, matched=1,
-                publishers=(), received=300, lost=0, lost_fraction=0.0)
+
+    base = dict(
+        topic="/r/camera/image_raw",
+        type_name="sensor_msgs/msg/Image",
+        reliable=True,
+        matched=1,
+        publishers=(),
+        received=300,
+        lost=0,
+        lost_fraction=0.0,
+    )
     base.update(values)
     return StreamFacts(**base)
 
 
 def test_input_check_names_topic_and_cause():
     from fleetloop_core.health import PublisherFacts, input_check
+
     health = HealthConfig()
     camera = PublisherFacts(node="/camera_driver", type_name="sensor_msgs/msg/Image", reliable=True)
     best_effort = PublisherFacts(node="/usb_cam", type_name="sensor_msgs/msg/Image", reliable=False)
@@ -189,17 +218,23 @@ def test_input_check_names_topic_and_cause():
     assert "another DDS vendor is not discovered with dds.transport large_data" in hinted.message
 
     qos = input_check([_stream(matched=0, received=0, lost_fraction=None, publishers=(best_effort,))], health, 30)
-    assert qos.level == WARN and "/usb_cam offers best effort, this node requests reliable" in qos.message \
+    assert (
+        qos.level == WARN
+        and "/usb_cam offers best effort, this node requests reliable" in qos.message
         and "RELIABILITY" in qos.message
-    event = input_check([_stream(matched=0, received=0, publishers=(best_effort,), incompatible_policy="RELIABILITY")],
-                        health, 30)
+    )
+    event = input_check(
+        [_stream(matched=0, received=0, publishers=(best_effort,), incompatible_policy="RELIABILITY")], health, 30
+    )
     assert "incompatible QoS (RELIABILITY): it offers best effort" in event.message
 
     foreign = PublisherFacts(node="", type_name="sensor_msgs/msg/Image", reliable=True)
     waiting = input_check([_stream(matched=0, received=0, publishers=(foreign,), unmatched_s=1.0)], health, 30)
-    assert waiting.level == OK                      # discovery comes a moment before the match
+    assert waiting.level == OK  # discovery comes a moment before the match
     refused = input_check([_stream(matched=0, received=0, publishers=(foreign,), unmatched_s=5.0)], health, 30)
-    assert refused.level == WARN and "none matched" in refused.message and "dds.type_propagation: false" in refused.message
+    assert (
+        refused.level == WARN and "none matched" in refused.message and "dds.type_propagation: false" in refused.message
+    )
 
     silent = input_check([_stream(received=0, lost_fraction=None, publishers=(camera,))], health, 30)
     assert silent.level == WARN and silent.message.endswith("publisher matched but no frames in the 30 s window")
@@ -207,12 +242,15 @@ def test_input_check_names_topic_and_cause():
     assert "publisher without ROS" in refusing.message and "dds.type_propagation: false" in refusing.message
 
     wrong = PublisherFacts(node="/cam", type_name="sensor_msgs/msg/CompressedImage", reliable=True)
-    assert "publishes sensor_msgs/msg/CompressedImage, this node subscribes sensor_msgs/msg/Image" in \
-        input_check([_stream(matched=0, received=0, publishers=(wrong,))], health, 30).message
+    assert (
+        "publishes sensor_msgs/msg/CompressedImage, this node subscribes sensor_msgs/msg/Image"
+        in input_check([_stream(matched=0, received=0, publishers=(wrong,))], health, 30).message
+    )
 
 
 def test_input_check_grades_frames_lost_in_transport():
     from fleetloop_core.health import input_check
+
     health = HealthConfig()
     assert input_check([_stream(received=290, lost=4, lost_fraction=4 / 294)], health, 30).level == OK
     lossy = input_check([_stream(received=100, lost=50, lost_fraction=50 / 150)], health, 30)

@@ -20,12 +20,13 @@ def test_loads_and_answers(test_models):
     assert np.isclose(out.probs.sum(), 1.0, atol=1e-4)
     assert out.embedding.shape[0] == 1 and out.embedding.shape[1] > 0
     assert out.uncertainty.shape == (1, 3)
-    assert np.allclose(np.linalg.norm(out.embedding, axis=1), 1.0, atol=1e-4)   # unit length in the graph
+    assert np.allclose(np.linalg.norm(out.embedding, axis=1), 1.0, atol=1e-4)  # unit length in the graph
     assert model.providers == ["CPUExecutionProvider"]
 
 
 def test_in_graph_uncertainty_equals_python_functions(test_models, pool):
     from fleetloop_core import sim, uncertainty as unc
+
     frames = sim.render_set(sim.make_site(0), pool.field_test, 40, seed=1).images
     model = TierModel.load(test_models["T3"], providers=("cpu",))
     out = model.infer_batch(frames)
@@ -37,13 +38,13 @@ def test_sha256_mismatch_loads_nothing(model_copy, monkeypatch):
     directory = model_copy("T4")
     onnx_path = directory / "model.onnx"
     data = bytearray(onnx_path.read_bytes())
-    data[len(data) // 2] ^= 0xFF                      # same size, different content
+    data[len(data) // 2] ^= 0xFF  # same size, different content
     onnx_path.write_bytes(bytes(data))
     created = []
     monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: created.append(a))
     with pytest.raises(ModelError, match=r"model\.onnx: sha256 .* does not match"):
         TierModel.load(directory)
-    assert created == []                              # no session was ever created
+    assert created == []  # no session was ever created
 
 
 def test_truncated_onnx_is_rejected_naming_the_file(model_copy):
@@ -126,6 +127,7 @@ def test_wrong_input_shape_dtype_and_channels(test_models):
 def test_colour_orders_agree(test_models, pool):
     import cv2
     from fleetloop_core import sim
+
     model = TierModel.load(test_models["T4"], providers=("cpu",))
     frame = sim.render_set(sim.make_site(1), pool.field_test, 1, seed=3).images[0]
     rgb = model.infer(frame, "RGB").probs
@@ -137,6 +139,7 @@ def test_colour_orders_agree(test_models, pool):
 
 def test_batch_equals_single(test_models, pool):
     from fleetloop_core import sim
+
     model = TierModel.load(test_models["T4"], providers=("cpu",))
     frames = sim.render_set(sim.make_site(0), pool.field_test, 5, seed=2).images
     batch = model.infer_batch(frames, batch_size=2).probs
@@ -147,11 +150,16 @@ def test_batch_equals_single(test_models, pool):
 def test_provider_fallback_order():
     everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers(DEFAULT_PROVIDERS, everything) == everything
-    assert choose_providers(DEFAULT_PROVIDERS, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == \
-        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(DEFAULT_PROVIDERS, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert choose_providers(DEFAULT_PROVIDERS, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert choose_providers(["cuda", "trt"], everything) == \
-        ["CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(["cuda", "trt"], everything) == [
+        "CUDAExecutionProvider",
+        "TensorrtExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert choose_providers(["cpu"], everything) == ["CPUExecutionProvider"]
     with pytest.raises(ModelError, match="none of the execution providers"):
         choose_providers(["cuda"], ["CUDAExecutionProvider"][:0])
@@ -164,8 +172,10 @@ def test_real_session_falls_back_to_cpu_and_logs(test_models, caplog):
     assert model.providers[-1] == "CPUExecutionProvider"
     assert "in use ['CPUExecutionProvider']" in caplog.text
     # asked for TensorRT first, running on the CPU: a WARNING that says so and why
-    assert "requested execution provider TensorrtExecutionProvider is not in use: this onnxruntime build does " \
-           "not have it" in caplog.text
+    assert (
+        "requested execution provider TensorrtExecutionProvider is not in use: this onnxruntime build does "
+        "not have it" in caplog.text
+    )
     assert any(r.levelname == "WARNING" and "TensorrtExecutionProvider" in r.message for r in caplog.records)
 
 

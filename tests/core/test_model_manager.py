@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 
 from fixtures.model_packages import BAD_KINDS, Robot, bad_packages, manager_config as _config
-from fleetloop_core.model_manager import (ModelManager, ShadowConfig, WatchdogConfig,
-                                          WatchStats, parse_job_document, serving_package_dirs, shadow_verdict,
-                                          watchdog_verdict)
+from fleetloop_core.model_manager import (
+    ModelManager,
+    ShadowConfig,
+    WatchdogConfig,
+    WatchStats,
+    parse_job_document,
+    serving_package_dirs,
+    shadow_verdict,
+    watchdog_verdict,
+)
 from fleetloop_core.model_store import ModelStore, publish_package
 from fleetloop_core.errors import ConfigError
 
@@ -18,6 +25,7 @@ from fleetloop_core.errors import ConfigError
 @pytest.fixture(scope="module")
 def frames():
     from fleetloop_core import sim
+
     stream = sim.CameraStream(sim.make_site(0, 0), "robot-0", seed=3)
     return [f.image for f in stream.frames(24)]
 
@@ -38,9 +46,16 @@ def test_hot_swap_between_two_frames_with_shadow_check_and_watch(robot):
     assert robot.errors == []
     versions = robot.versions()
     switch = versions.index("v2")
-    assert set(versions[:switch]) == {"v1"} and set(versions[switch:]) == {"v2"}   # one clean switch
-    assert robot.kinds()[-7:] == ["job_received", "downloading", "installed", "loaded", "shadow_passed",
-                                  "swapped", "watch_passed"]
+    assert set(versions[:switch]) == {"v1"} and set(versions[switch:]) == {"v2"}  # one clean switch
+    assert robot.kinds()[-7:] == [
+        "job_received",
+        "downloading",
+        "installed",
+        "loaded",
+        "shadow_passed",
+        "swapped",
+        "watch_passed",
+    ]
     details = outcome.status_details()
     assert all(isinstance(v, str) for v in details.values()) and details["serving_version"] == "v2"
 
@@ -51,6 +66,7 @@ def aisle_frames(detection_models):
     barely trained and find nothing on most frames; there a detector that never sees anything would agree)."""
     from fleetloop_core import sim, sim_detection as sd
     from fleetloop_core.tasks import load_model, task_of
+
     serving = load_model(detection_models["T4"], providers=["cpu"], warmup=0)
     images = sd.field_detection_set(sim.make_site(0), 48, seed=3).images
     found = [image for image in images if len(task_of(serving).run(serving, image).answer)]
@@ -58,8 +74,9 @@ def aisle_frames(detection_models):
     return found
 
 
-def test_a_detector_hot_swaps_through_the_control_plane_as_a_classifier_does(tmp_path, detection_models,
-                                                                              signing_keys, aisle_frames):
+def test_a_detector_hot_swaps_through_the_control_plane_as_a_classifier_does(
+    tmp_path, detection_models, signing_keys, aisle_frames
+):
     """Signed detector packages via the job queue: shadow check by box matching, swap, watchdog, rollback."""
     from fleetloop_core.control_plane import LocalControlPlane, write_json_atomic
     from fleetloop_core.deploy_agent import DeployAgent
@@ -70,8 +87,10 @@ def test_a_detector_hot_swaps_through_the_control_plane_as_a_classifier_does(tmp
     queued = iter(range(1, 100))
 
     def through_the_plane(job_id, document):
-        write_json_atomic(tmp_path / "jobs" / "robot-0" / "queued" / f"{job_id}.json",
-                          {"jobId": job_id, "jobDocument": document, "queuedAt": next(queued), "status": "QUEUED"})
+        write_json_atomic(
+            tmp_path / "jobs" / "robot-0" / "queued" / f"{job_id}.json",
+            {"jobId": job_id, "jobDocument": document, "queuedAt": next(queued), "status": "QUEUED"},
+        )
         outcome = agent.run_once(5.0)
         assert outcome is not None and outcome.job_id == job_id
         return outcome
@@ -80,10 +99,12 @@ def test_a_detector_hot_swaps_through_the_control_plane_as_a_classifier_does(tmp
         swapped = through_the_plane("det-v2", robot.job(robot.package("v2")))
         blind = through_the_plane("det-blind", robot.job(robot.package("v-blind", fault="blind")))
         unsigned = through_the_plane("det-unsigned", robot.job(robot.package("v-unsigned", key=None)))
-        robot.manager.config = _config(shadow=ShadowConfig(enabled=False))    # let a broken one reach serving
+        robot.manager.config = _config(shadow=ShadowConfig(enabled=False))  # let a broken one reach serving
         nan = through_the_plane("det-nan", robot.job(robot.package("v-nan", fault="nan")))
-        rollback = through_the_plane("det-rollback", {"operation": "fleetloop.rollback_model",
-                                                      "model": {"name": robot.name, "version": "v1", "tier": "T4"}})
+        rollback = through_the_plane(
+            "det-rollback",
+            {"operation": "fleetloop.rollback_model", "model": {"name": robot.name, "version": "v1", "tier": "T4"}},
+        )
         robot.serve(3)
     assert robot.errors == []
     assert swapped.status == "SUCCEEDED", swapped.reason
@@ -113,7 +134,7 @@ def test_bad_package_is_rejected_and_the_old_model_keeps_answering(kind, robot, 
     assert outcome.status == "REJECTED"
     assert __import__("re").search(message, outcome.reason), outcome.reason
     assert outcome.version == "v1"
-    result = robot.manager.infer(robot.frames[0])          # the old model still answers
+    result = robot.manager.infer(robot.frames[0])  # the old model still answers
     assert result.model_versions["T4"] == "v1" and np.isfinite(result.probs).all()
     assert robot.kinds()[-1] == "rejected"
 
@@ -138,7 +159,7 @@ def test_watchdog_rolls_back_a_model_that_fails_after_the_swap(tmp_path, test_mo
     versions = robot.versions()
     served_bad = [i for i, v in enumerate(versions) if v == "v-nan"]
     assert served_bad and versions[-1] == "v1"
-    assert len(served_bad) <= config.watchdog.min_frames + 2           # caught within the first frames
+    assert len(served_bad) <= config.watchdog.min_frames + 2  # caught within the first frames
     assert robot.kinds()[-1] == "rolled_back"
 
 
@@ -148,7 +169,7 @@ def test_manual_rollback_during_and_after_the_watch(tmp_path, test_models, signi
     assert robot.manager.apply("job-v2", robot.job(robot.package("v2"))).status == "SUCCEEDED"
     assert robot.cascade.edge.version == "v2"
     outcome = robot.manager.rollback("edge", reason="operator request")
-    assert outcome.status == "SUCCEEDED" and robot.cascade.edge.version == "v1"   # reloaded from the store
+    assert outcome.status == "SUCCEEDED" and robot.cascade.edge.version == "v1"  # reloaded from the store
     assert float(outcome.details["rollback_seconds"]) > 0
     # a rollback job from the cloud to a version that is serving is a no-op
     job = {"operation": "fleetloop.rollback_model", "model": {"name": robot.name, "version": "v1", "tier": "T4"}}
@@ -166,7 +187,7 @@ def test_a_job_received_twice_is_applied_once_even_after_a_restart(robot, signin
     restarted = ModelManager(robot.cascade, ModelStore(robot.store.root, signing_keys["trusted"]), _config())
     assert restarted.apply("job-1", job).status == "SUCCEEDED"
     assert [e.kind for e in restarted.events()] == ["duplicate_job"]
-    assert serving_package_dirs(robot.store)["edge"].endswith("/v2")       # what a restart would boot
+    assert serving_package_dirs(robot.store)["edge"].endswith("/v2")  # what a restart would boot
 
 
 def test_a_job_for_the_serving_version_succeeds_without_a_reload(robot):
@@ -188,17 +209,29 @@ def test_the_same_job_submitted_twice_concurrently_runs_once(robot):
 
 
 def test_bad_job_documents_are_rejected_naming_the_field(robot):
-    outcome = robot.manager.apply("job-nopkg", {"operation": "fleetloop.deploy_model",
-                                                "model": {"name": "x", "version": "2", "tier": "T4"}})
+    outcome = robot.manager.apply(
+        "job-nopkg", {"operation": "fleetloop.deploy_model", "model": {"name": "x", "version": "2", "tier": "T4"}}
+    )
     assert outcome.status == "REJECTED" and "needs a package" in outcome.reason
-    outcome = robot.manager.apply("job-t2", {"operation": "fleetloop.deploy_model", "package": {"path": "/x"},
-                                             "model": {"name": "x", "version": "2", "tier": "T2"}})
+    outcome = robot.manager.apply(
+        "job-t2",
+        {
+            "operation": "fleetloop.deploy_model",
+            "package": {"path": "/x"},
+            "model": {"name": "x", "version": "2", "tier": "T2"},
+        },
+    )
     assert outcome.status == "REJECTED" and "model.tier T2 is not served on robots" in outcome.reason
     with pytest.raises(Exception, match="jobDocument.operation"):
         parse_job_document({"operation": "reboot", "model": {"name": "x", "version": "1", "tier": "T4"}}, "j")
-    outcome = robot.manager.apply("job-missing", {"operation": "fleetloop.deploy_model",
-                                                  "model": {"name": robot.name, "version": "9", "tier": "T4"},
-                                                  "package": {"path": str(robot.tmp_path / "nowhere")}})
+    outcome = robot.manager.apply(
+        "job-missing",
+        {
+            "operation": "fleetloop.deploy_model",
+            "model": {"name": robot.name, "version": "9", "tier": "T4"},
+            "package": {"path": str(robot.tmp_path / "nowhere")},
+        },
+    )
     assert outcome.status == "REJECTED" and "nowhere" in outcome.reason
 
 
@@ -206,23 +239,39 @@ def test_unknown_keys_outside_our_fields_are_ignored_inside_them_rejected(caplog
     """A job template or another tool may add top-level keys (AWS adds none, but templates do)."""
     model = {"name": "x", "version": "1", "tier": "T4"}
     with caplog.at_level("INFO", logger="fleetloop_core.model_manager"):
-        document = parse_job_document({"operation": "fleetloop.rollback_model", "model": model, "jobIndex": 7,
-                                       "templateArn": "arn:aws:iot:us-east-1:123456789012:jobtemplate/t"}, "j1")
+        document = parse_job_document(
+            {
+                "operation": "fleetloop.rollback_model",
+                "model": model,
+                "jobIndex": 7,
+                "templateArn": "arn:aws:iot:us-east-1:123456789012:jobtemplate/t",
+            },
+            "j1",
+        )
     assert document.model.version == "1"
     assert "ignoring jobDocument keys outside FleetLoop's operation: jobIndex, templateArn" in caplog.text
     with pytest.raises(Exception, match="jobDocument.model.revision"):
         parse_job_document({"operation": "fleetloop.rollback_model", "model": {**model, "revision": 2}}, "j2")
     with pytest.raises(Exception, match="jobDocument.package.mirror"):
-        parse_job_document({"operation": "fleetloop.deploy_model", "model": model,
-                            "package": {"path": "/x", "mirror": "s3://elsewhere"}}, "j3")
+        parse_job_document(
+            {
+                "operation": "fleetloop.deploy_model",
+                "model": model,
+                "package": {"path": "/x", "mirror": "s3://elsewhere"},
+            },
+            "j3",
+        )
 
 
 def test_deploy_from_an_object_store_and_status_report(robot):
     bucket = f"file://{robot.tmp_path / 'bucket'}"
     prefix = publish_package(robot.package("v3"), bucket)
     robot.serve(8)
-    job = {"operation": "fleetloop.deploy_model", "model": {"name": robot.name, "version": "v3", "tier": "T4"},
-           "package": {"store": bucket, "prefix": prefix}}
+    job = {
+        "operation": "fleetloop.deploy_model",
+        "model": {"name": robot.name, "version": "v3", "tier": "T4"},
+        "package": {"store": bucket, "prefix": prefix},
+    }
     with robot:
         assert robot.manager.submit("job-s3", job).result(60).status == "SUCCEEDED"
     status = robot.manager.status()
@@ -230,19 +279,23 @@ def test_deploy_from_an_object_store_and_status_report(robot):
     assert status.last_outcome["job_id"] == "job-s3"
 
 
-def test_a_less_confident_model_that_behaves_as_in_its_shadow_check_keeps_serving(tmp_path, test_models,
-                                                                                   signing_keys, frames):
+def test_a_less_confident_model_that_behaves_as_in_its_shadow_check_keeps_serving(
+    tmp_path, test_models, signing_keys, frames
+):
     # the same answers at lower confidence: the watchdog compares with the candidate's own shadow figure,
     # not with its more confident predecessor (a better-calibrated model is no fault). The test tiers are
     # barely above uniform, so the watchdog's ratio is set high enough for the difference to count.
-    config = _config(watchdog=WatchdogConfig(min_frames=4, window_frames=12, min_confidence_ratio=0.95,
-                                             confidence_min_frames=4))
+    config = _config(
+        watchdog=WatchdogConfig(min_frames=4, window_frames=12, min_confidence_ratio=0.95, confidence_min_frames=4)
+    )
     robot = Robot(tmp_path, test_models, signing_keys, frames, config)
     with robot:
         outcome = robot.manager.submit("job-soft", robot.job(robot.package("v-soft", fault="soft:0.05"))).result(60)
     assert outcome.status == "SUCCEEDED", outcome.reason
-    shadow_ratio = float(outcome.details["shadow_confidence_mean"]) / float(outcome.details["shadow_current_confidence_mean"])
-    assert shadow_ratio < 0.95                  # against the old model's confidence the watchdog would roll back
+    shadow_ratio = float(outcome.details["shadow_confidence_mean"]) / float(
+        outcome.details["shadow_current_confidence_mean"]
+    )
+    assert shadow_ratio < 0.95  # against the old model's confidence the watchdog would roll back
     assert robot.cascade.edge.version == "v-soft"
 
 
@@ -253,7 +306,7 @@ def test_shadow_frames_are_one_of_every_stride_frames(tmp_path, test_models, sig
         robot.manager.observe(frame, None)
     assert robot.manager.buffered_frames() == 4
     kept = [int(f[0, 0, 0]) for f in robot.manager._ring]
-    assert kept == [6, 9, 12, 15, 18][-4:]                 # frames 0, 3, 6, ... kept; the last four of them
+    assert kept == [6, 9, 12, 15, 18][-4:]  # frames 0, 3, 6, ... kept; the last four of them
 
 
 def test_shadow_verdict_thresholds():
@@ -265,7 +318,7 @@ def test_shadow_verdict_thresholds():
     # agreement where the current model was sure: disagreeing on its unsure frames is what a better model does
     sure = current.max(axis=1) >= 0.5
     relabel = current.copy()
-    relabel[~sure] = relabel[~sure][:, ::-1]                           # other answers where it was unsure
+    relabel[~sure] = relabel[~sure][:, ::-1]  # other answers where it was unsure
     changed = (relabel.argmax(axis=1) != current.argmax(axis=1)).mean()
     assert changed > 0.1 and not shadow_verdict(current, relabel, fast, fast, ShadowConfig(min_agreement=0.95)).passed
     on_sure = ShadowConfig(min_agreement=0.95, agreement_min_confidence=0.5, min_frames=2)
@@ -276,18 +329,18 @@ def test_shadow_verdict_thresholds():
     swapped_sure[sure] = swapped_sure[sure][:, ::-1]
     assert "frames it was sure of" in shadow_verdict(current, swapped_sure, fast, fast, on_sure).reasons[0]
     too_few = ShadowConfig(min_agreement=0.95, agreement_min_confidence=0.5, min_frames=int(sure.sum()) + 1)
-    assert shadow_verdict(current, swapped_sure, fast, fast, too_few).passed       # too little evidence to judge
+    assert shadow_verdict(current, swapped_sure, fast, fast, too_few).passed  # too little evidence to judge
     flipped = current[:, ::-1].copy()
     report = shadow_verdict(current, flipped, fast, fast, config)
     assert not report.passed and "agreement" in report.reasons[0]
     slow = shadow_verdict(current, current, fast, [0.080] * 20, config)
     assert not slow.passed and any("latency p99 80.00 ms" in r for r in slow.reasons)
-    busy = shadow_verdict(current, current, [0.060] * 20, [0.080] * 20, config)   # both slow: a busy CPU
+    busy = shadow_verdict(current, current, [0.060] * 20, [0.080] * 20, config)  # both slow: a busy CPU
     assert busy.passed, busy.reasons
     ratio = shadow_verdict(current, current, [0.004] * 20, [0.0125] * 20, config)
     assert not ratio.passed and "median latency 12.50 ms" in ratio.reasons[0]
     assert "3.0 x the current model's 4.00 ms" in ratio.reasons[0]
-    noise = shadow_verdict(current, current, [0.0005] * 20, [0.002] * 20, config)   # 4x but under the floor
+    noise = shadow_verdict(current, current, [0.0005] * 20, [0.002] * 20, config)  # 4x but under the floor
     assert noise.passed
     hiccup = shadow_verdict(current, current, [0.004] * 20, [0.004] * 19 + [0.030], config)  # one slow frame
     assert hiccup.passed and hiccup.figures["latency_p99_ms"] > 20
@@ -295,30 +348,33 @@ def test_shadow_verdict_thresholds():
     assert "constant output" in shadow_verdict(current, constant, fast, fast, ShadowConfig(min_agreement=0)).reasons[0]
     # frames that all look the same: a constant answer is then no evidence of a broken model
     assert shadow_verdict(constant, constant, fast, fast, config).passed
-    unsure = 0.05 * current + 0.95 / 5                  # the same answers at a fraction of the confidence
+    unsure = 0.05 * current + 0.95 / 5  # the same answers at a fraction of the confidence
     report = shadow_verdict(current, unsure, fast, fast, config)
     assert not report.passed and "mean confidence" in report.reasons[0]
     assert report.figures["confidence_mean"] < 0.5 * report.figures["current_confidence_mean"]
 
 
 def test_watchdog_verdict_limits():
-    config = WatchdogConfig(min_frames=4, max_error_rate=0.2, min_confidence_ratio=0.5, max_latency_ms=20.0,
-                            confidence_min_frames=10)
+    config = WatchdogConfig(
+        min_frames=4, max_error_rate=0.2, min_confidence_ratio=0.5, max_latency_ms=20.0, confidence_min_frames=10
+    )
     ok = WatchStats([0.001] * 10, [0.8] * 10, 0, 10)
     assert watchdog_verdict(ok, 0.001, 0.8, config) is None
-    assert watchdog_verdict(WatchStats([], [], 3, 3), 0.001, 0.8, config) is None          # too few frames
+    assert watchdog_verdict(WatchStats([], [], 3, 3), 0.001, 0.8, config) is None  # too few frames
     assert "error rate" in watchdog_verdict(WatchStats([0.001] * 7, [0.8] * 7, 3, 10), 0.001, 0.8, config)
     assert "confidence collapsed" in watchdog_verdict(WatchStats([0.001] * 10, [0.3] * 10, 0, 10), 0.001, 0.8, config)
     # confidence depends on the scene: fewer frames than confidence_min_frames are no evidence of a collapse
     assert watchdog_verdict(WatchStats([0.001] * 9, [0.3] * 9, 0, 9), 0.001, 0.8, config) is None
     assert "latency p95" in watchdog_verdict(WatchStats([0.030] * 10, [0.8] * 10, 0, 10), 0.001, 0.8, config)
-    assert watchdog_verdict(WatchStats([0.030] * 10, [0.8] * 10, 0, 10), 0.025, 0.8, config,
-                            baseline_p95_s=0.028) is None          # it was over the limit before: busy CPU
+    assert (
+        watchdog_verdict(WatchStats([0.030] * 10, [0.8] * 10, 0, 10), 0.025, 0.8, config, baseline_p95_s=0.028) is None
+    )  # it was over the limit before: busy CPU
     assert "median latency" in watchdog_verdict(WatchStats([0.010] * 10, [0.8] * 10, 0, 10), 0.002, 0.8, config)
 
 
 def test_config_file_loads_and_bad_values_are_named(repo_root, tmp_path):
     from fleetloop_core.model_manager import load_manager_config
+
     assert load_manager_config(str(repo_root / "config" / "model_manager.yaml")).shadow.min_agreement == 0.7
     bad = tmp_path / "mm.yaml"
     bad.write_text("model_manager:\n  shadow:\n    min_agreement: 1.5\n")
@@ -328,6 +384,7 @@ def test_config_file_loads_and_bad_values_are_named(repo_root, tmp_path):
 
 def test_the_manager_shortens_the_gil_switch_interval_when_configured(tmp_path, test_models, signing_keys, frames):
     import sys
+
     before = sys.getswitchinterval()
     try:
         Robot(tmp_path, test_models, signing_keys, frames, _config(gil_switch_interval_s=0.0005))
@@ -340,10 +397,14 @@ def test_a_t3_package_goes_to_the_escalation_role(robot, tmp_path):
     """With no T3 serving yet there is nothing to compare with: the shadow check judges T3 alone."""
     from fixtures.model_packages import make_version
     from fleetloop_core.manifest import load_manifest
+
     package = make_version(robot.test_models["T3"], tmp_path / "t3-v2", "t3-v2", robot.keys["fleet"][0])
     name = load_manifest(package).name
-    job = {"operation": "fleetloop.deploy_model", "model": {"name": name, "version": "t3-v2", "tier": "T3"},
-           "package": {"path": str(package)}}
+    job = {
+        "operation": "fleetloop.deploy_model",
+        "model": {"name": name, "version": "t3-v2", "tier": "T3"},
+        "package": {"path": str(package)},
+    }
     with robot:
         outcome = robot.manager.submit("job-t3", job).result(60)
     assert outcome.status == "SUCCEEDED" and outcome.role == "escalation", outcome.reason

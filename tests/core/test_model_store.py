@@ -7,8 +7,16 @@ import pytest
 from fixtures.model_packages import BAD_KINDS, _truncate, bad_packages, make_version
 from fleetloop_core.errors import ModelError
 from fleetloop_core.manifest import load_manifest, write_manifest
-from fleetloop_core.model_store import (IncompatibleModel, ModelStore, PackageLocation, PackageMismatch, StoreFull,
-                                        check_compatible, package_prefix, publish_package)
+from fleetloop_core.model_store import (
+    IncompatibleModel,
+    ModelStore,
+    PackageLocation,
+    PackageMismatch,
+    StoreFull,
+    check_compatible,
+    package_prefix,
+    publish_package,
+)
 from fleetloop_core.signing import sign_package
 from fleetloop_core.store import open_store
 
@@ -20,8 +28,9 @@ def store(tmp_path, signing_keys):
 
 @pytest.mark.parametrize("via", ["directory", "object_store"])
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_package_is_rejected_with_its_reason_and_nothing_is_installed(kind, via, tmp_path, store,
-                                                                         test_models, signing_keys):
+def test_bad_package_is_rejected_with_its_reason_and_nothing_is_installed(
+    kind, via, tmp_path, store, test_models, signing_keys
+):
     build, error, message = bad_packages(signing_keys["keys"])[kind]
     serving = load_manifest(test_models["T4"])
     good = make_version(test_models["T4"], tmp_path / "good", "v-good", signing_keys["keys"]["fleet"][0])
@@ -34,12 +43,12 @@ def test_bad_package_is_rejected_with_its_reason_and_nothing_is_installed(kind, 
         bucket = open_store(f"file://{tmp_path / 'bucket'}")
         manifest = load_manifest(package)
         prefix = package_prefix(manifest.name, manifest.version)
-        for path in package.iterdir():          # publish as is: publish_package would refuse bad files
+        for path in package.iterdir():  # publish as is: publish_package would refuse bad files
             bucket.put_file(f"{prefix}/{path.name}", path)
         location, where = PackageLocation(store=bucket.uri, prefix=prefix), prefix
     with pytest.raises(error, match=message) as caught:
         store.install(location, serving=serving)
-    assert where in str(caught.value)                                    # names where
+    assert where in str(caught.value)  # names where
     assert [(p.key, p.size_bytes) for p in store.installed()] == before
     assert not any(store.incoming.iterdir()), "the failed download was not cleaned"
 
@@ -49,12 +58,13 @@ def test_good_package_installs_atomically_from_an_object_store(tmp_path, store, 
     bucket = open_store(f"file://{tmp_path / 'bucket'}")
     prefix = publish_package(package, bucket)
     assert prefix == f"models/{load_manifest(package).name}/v2"
-    installed = store.install(PackageLocation(store=bucket.uri, prefix=prefix),
-                              serving=load_manifest(test_models["T4"]), expect_version="v2")
+    installed = store.install(
+        PackageLocation(store=bucket.uri, prefix=prefix), serving=load_manifest(test_models["T4"]), expect_version="v2"
+    )
     assert installed.directory == store.packages / installed.manifest.name / "v2"
     assert installed.manifest.signature.key_id == load_manifest(package).signature.key_id
     assert (installed.directory / "model.onnx").read_bytes() == (package / "model.onnx").read_bytes()
-    again = store.install(PackageLocation(store=bucket.uri, prefix=prefix))     # idempotent, no refetch
+    again = store.install(PackageLocation(store=bucket.uri, prefix=prefix))  # idempotent, no refetch
     assert again.installed_at == installed.installed_at
 
 
@@ -87,7 +97,7 @@ def test_disk_cap_rejects_a_package_that_cannot_fit(tmp_path, signing_keys, test
     store.install(PackageLocation(path=str(v1)))
     with pytest.raises(StoreFull, match="disk cap"):
         store.install(PackageLocation(path=str(v2)), protect={(name, "v1")})
-    store.install(PackageLocation(path=str(v2)))            # v1 not protected: pruned to make room
+    store.install(PackageLocation(path=str(v2)))  # v1 not protected: pruned to make room
     assert [p.manifest.version for p in store.installed()] == ["v2"]
     assert store.bytes_used() <= int(size * 1.5)
 
@@ -98,6 +108,7 @@ def test_path_traversal_in_a_signed_manifest_is_refused(tmp_path, store, test_mo
     files = [f.model_copy(update={"path": "../../escape.onnx"}) for f in manifest.files]
     write_manifest(manifest.model_copy(update={"files": files}), package)
     from fleetloop_core.signing import sign_manifest
+
     write_manifest(sign_manifest(load_manifest(package), signing_keys["keys"]["fleet"][0]), package)
     with pytest.raises(ModelError, match="not a plain relative path"):
         store.install(PackageLocation(path=str(package)))
@@ -118,6 +129,7 @@ def test_compatibility_names_each_field(test_models):
 def test_location_needs_exactly_one_source():
     from fleetloop_core.errors import ConfigError
     from fleetloop_core.config import validate
+
     with pytest.raises(ConfigError, match="either path"):
         validate(PackageLocation, {"path": "/x", "store": "file:///y", "prefix": "models/a/b"})
     with pytest.raises(ConfigError, match="needs a prefix"):

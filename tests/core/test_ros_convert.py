@@ -7,17 +7,38 @@ import numpy as np
 import pytest
 
 from fleetloop_core.errors import InputError
-from fleetloop_core.ros_convert import (ENCODINGS, UnsupportedEncoding, array_to_image, array_to_rgb8,
-                                        bytes_per_pixel, compressed_to_rgb8, image_to_array, image_to_rgb8,
-                                        msg_to_rgb8, rgb8_to_compressed)
+from fleetloop_core.ros_convert import (
+    ENCODINGS,
+    UnsupportedEncoding,
+    array_to_image,
+    array_to_rgb8,
+    bytes_per_pixel,
+    compressed_to_rgb8,
+    image_to_array,
+    image_to_rgb8,
+    msg_to_rgb8,
+    rgb8_to_compressed,
+)
 
 RNG = np.random.default_rng(7)
 PLAIN = {  # encoding -> (channels, dtype)
-    "mono8": (1, np.uint8), "mono16": (1, np.uint16), "rgb8": (3, np.uint8), "bgr8": (3, np.uint8),
-    "rgba8": (4, np.uint8), "bgra8": (4, np.uint8), "rgb16": (3, np.uint16), "bgr16": (3, np.uint16),
-    "rgba16": (4, np.uint16), "bgra16": (4, np.uint16), "8UC1": (1, np.uint8), "8UC3": (3, np.uint8),
-    "8UC4": (4, np.uint8), "16UC1": (1, np.uint16), "32FC1": (1, np.float32),
-    "bayer_rggb8": (1, np.uint8), "bayer_gbrg16": (1, np.uint16),
+    "mono8": (1, np.uint8),
+    "mono16": (1, np.uint16),
+    "rgb8": (3, np.uint8),
+    "bgr8": (3, np.uint8),
+    "rgba8": (4, np.uint8),
+    "bgra8": (4, np.uint8),
+    "rgb16": (3, np.uint16),
+    "bgr16": (3, np.uint16),
+    "rgba16": (4, np.uint16),
+    "bgra16": (4, np.uint16),
+    "8UC1": (1, np.uint8),
+    "8UC3": (3, np.uint8),
+    "8UC4": (4, np.uint8),
+    "16UC1": (1, np.uint16),
+    "32FC1": (1, np.float32),
+    "bayer_rggb8": (1, np.uint8),
+    "bayer_gbrg16": (1, np.uint16),
 }
 
 
@@ -46,14 +67,14 @@ def test_padding_bytes_never_leak_into_pixels():
     pixels = np.zeros((4, 3, 3), np.uint8)
     fields = array_to_image(pixels, "rgb8", row_padding=5)
     data = bytearray(fields.data)
-    for row in range(4):                       # fill only the padding with 255
+    for row in range(4):  # fill only the padding with 255
         start = row * fields.step + 9
-        data[start:start + 5] = b"\xff" * 5
+        data[start : start + 5] = b"\xff" * 5
     assert image_to_rgb8(4, 3, "rgb8", 0, fields.step, bytes(data)).max() == 0
 
 
 def test_big_endian_16_bit_reads_the_right_values():
-    data = bytes([0x01, 0x02, 0xFF, 0x00])     # two big-endian mono16 pixels: 0x0102, 0xFF00
+    data = bytes([0x01, 0x02, 0xFF, 0x00])  # two big-endian mono16 pixels: 0x0102, 0xFF00
     assert image_to_array(1, 2, "mono16", True, 4, data).tolist() == [[0x0102, 0xFF00]]
     assert image_to_array(1, 2, "mono16", False, 4, data).tolist() == [[0x0201, 0x00FF]]
 
@@ -62,8 +83,11 @@ def test_colour_orders_come_out_rgb():
     rgb = RNG.integers(0, 256, size=(6, 4, 3), dtype=np.uint8)
     alpha = np.full((6, 4, 1), 200, np.uint8)
     cases = {
-        "rgb8": rgb, "bgr8": rgb[..., ::-1], "rgba8": np.concatenate([rgb, alpha], 2),
-        "bgra8": np.concatenate([rgb[..., ::-1], alpha], 2), "8UC3": rgb[..., ::-1],
+        "rgb8": rgb,
+        "bgr8": rgb[..., ::-1],
+        "rgba8": np.concatenate([rgb, alpha], 2),
+        "bgra8": np.concatenate([rgb[..., ::-1], alpha], 2),
+        "8UC3": rgb[..., ::-1],
     }
     for encoding, pixels in cases.items():
         fields = array_to_image(np.ascontiguousarray(pixels), encoding, row_padding=2)
@@ -144,7 +168,7 @@ def test_compressed_round_trip(fmt):
     out = compressed_to_rgb8(f"rgb8; {fmt} compressed bgr8", data)
     tolerance = 0 if fmt == "png" else 12
     assert np.abs(out.astype(int)[:, 2:10] - frame.astype(int)[:, 2:10]).max() <= tolerance
-    assert out[8, 4, 0] > out[8, 4, 2] and out[8, 20, 2] > out[8, 20, 0]   # red stays left, blue right
+    assert out[8, 4, 0] > out[8, 4, 2] and out[8, 20, 2] > out[8, 20, 0]  # red stays left, blue right
 
 
 def test_compressed_grey_and_garbage():
@@ -162,7 +186,7 @@ def test_msg_to_rgb8_takes_either_message_kind():
     rgb = RNG.integers(0, 256, size=(3, 5, 3), dtype=np.uint8)
     fields = array_to_image(np.ascontiguousarray(rgb[..., ::-1]), "bgr8", row_padding=1)
     image_msg = SimpleNamespace(**fields.__dict__)
-    image_msg.data = np.frombuffer(fields.data, np.uint8)   # rosbags / rclpy hand out arrays
+    image_msg.data = np.frombuffer(fields.data, np.uint8)  # rosbags / rclpy hand out arrays
     np.testing.assert_array_equal(msg_to_rgb8(image_msg), rgb)
     _, png = rgb8_to_compressed(rgb, "png")
     np.testing.assert_array_equal(msg_to_rgb8(SimpleNamespace(format="png", data=png)), rgb)

@@ -8,23 +8,41 @@ import pytest
 
 from fleetloop_core.cascade import FrameResult
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.selection import (POLICIES, Selector, TokenBucket, load_selection_config,
-                                      selection_config, value_score)
+from fleetloop_core.selection import (
+    POLICIES,
+    Selector,
+    TokenBucket,
+    load_selection_config,
+    selection_config,
+    value_score,
+)
 from fleetloop_core.sidecar import parse_sidecar
 
 LABELS = tuple(f"c{i}" for i in range(10)) + ("none",)
-PERIOD_NS = 100_000_000            # 10 Hz
+PERIOD_NS = 100_000_000  # 10 Hz
 IMAGE = np.zeros((32, 32, 3), np.uint8)
 
 
 def result(score=0.5, label=0, embedding=None, **parts):
     """A FrameResult whose six scores all equal ``score`` unless given in ``parts``."""
     probs = np.full(len(LABELS), 1 / len(LABELS), np.float32)
-    scores = {name: float(parts.get(name, score)) for name in
-              ("entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty")}
-    return FrameResult(label=label, label_name=LABELS[label], confidence=0.4, tier_used="T4", probs=probs,
-                       scores=scores, escalated=False, latency_s={"T4": 1e-4}, model_versions={"T4": "v1"},
-                       tier_outputs={"T4": probs}, embeddings={} if embedding is None else {"T4": embedding})
+    scores = {
+        name: float(parts.get(name, score))
+        for name in ("entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty")
+    }
+    return FrameResult(
+        label=label,
+        label_name=LABELS[label],
+        confidence=0.4,
+        tier_used="T4",
+        probs=probs,
+        scores=scores,
+        escalated=False,
+        latency_s={"T4": 1e-4},
+        model_versions={"T4": "v1"},
+        tier_outputs={"T4": probs},
+        embeddings={} if embedding is None else {"T4": embedding},
+    )
 
 
 def config(**sections):
@@ -40,6 +58,7 @@ def distinct_image(i):
 
 
 # --------------------------------------------------------------------------- config
+
 
 def test_shipped_config_loads_and_names_every_policy():
     shipped = load_selection_config()
@@ -88,9 +107,12 @@ def test_bad_policy_param_and_unknown_key_are_named(tmp_path):
 
 # --------------------------------------------------------------------------- score and decisions
 
+
 def test_value_score_is_the_weighted_mean_and_decisions_say_why():
-    cfg = config(policy={"name": "threshold", "params": {"threshold": 0.4}},
-                 weights={"margin": 1.0, "novelty": 3.0, "disagreement": 0.0, "flicker": 0.0})
+    cfg = config(
+        policy={"name": "threshold", "params": {"threshold": 0.4}},
+        weights={"margin": 1.0, "novelty": 3.0, "disagreement": 0.0, "flicker": 0.0},
+    )
     frame_result = result(margin=0.2, novelty=0.6)
     assert value_score(frame_result.scores, cfg.weights) == pytest.approx((0.2 + 3 * 0.6) / 4)
     decision = Selector(cfg, "r1", LABELS).offer(IMAGE, frame_result, 0)
@@ -107,23 +129,29 @@ def test_kept_record_carries_a_valid_sidecar_and_charges_the_byte_budget():
     cfg = config(policy={"name": "threshold", "params": {"threshold": 0.1}})
     selector = Selector(cfg, "robot-7", LABELS)
     image = distinct_image(1)
-    decision = selector.offer(image, result(0.8, label=3, embedding=np.ones(4, np.float32) / 2), 1_700_000_000 * 10**9,
-                              stream="front", site="site-2")
+    decision = selector.offer(
+        image,
+        result(0.8, label=3, embedding=np.ones(4, np.float32) / 2),
+        1_700_000_000 * 10**9,
+        stream="front",
+        site="site-2",
+    )
     assert decision.keep and decision.record is not None
     before = selector.state()["byte_tokens"]
     encoded = decision.record.encode()
-    assert decision.record.encode() is encoded                     # encoded once
+    assert decision.record.encode() is encoded  # encoded once
     sidecar = parse_sidecar(encoded.sidecar_json)
     assert sidecar.robot_id == "robot-7" and sidecar.stream == "front" and sidecar.site == "site-2"
     assert sidecar.prediction == 3 and sidecar.labels == list(LABELS) and sidecar.embedding == [0.5] * 4
     assert sidecar.decision.policy == "threshold" and sidecar.decision.score == pytest.approx(0.8)
     assert encoded.frame_key == f"frames/robot-7/2023-11-14/{sidecar.frame_sha256}.png"
     assert selector.state()["byte_tokens"] == pytest.approx(before - encoded.size_bytes, abs=1.0)
-    image[:] = 0                                                   # the record owns its pixels
+    image[:] = 0  # the record owns its pixels
     assert decision.record.image.any()
 
 
 # --------------------------------------------------------------------------- budgets
+
 
 def test_token_bucket_refills_by_stamp_and_ignores_time_going_backwards():
     bucket = TokenBucket(rate_per_hour=3600, capacity=5, tokens=0)
@@ -137,26 +165,29 @@ def test_token_bucket_refills_by_stamp_and_ignores_time_going_backwards():
 
 
 def test_frame_budget_caps_the_kept_rate():
-    cfg = config(policy={"name": "threshold", "params": {"threshold": 0.0}},
-                 budget={"frames_per_hour": 600, "burst_seconds": 60})
+    cfg = config(
+        policy={"name": "threshold", "params": {"threshold": 0.0}}, budget={"frames_per_hour": 600, "burst_seconds": 60}
+    )
     selector = Selector(cfg, "r", LABELS)
-    frames = 6000                                        # 10 minutes at 10 Hz: 100 earned + 10 burst
+    frames = 6000  # 10 minutes at 10 Hz: 100 earned + 10 burst
     kept = sum(selector.offer(IMAGE, result(0.9), i * PERIOD_NS).keep for i in range(frames))
     assert 105 <= kept <= 111
     assert selector.stats.budget_limited == frames - kept
 
 
 def test_byte_budget_stops_keeping_once_spent():
-    cfg = config(policy={"name": "threshold", "params": {"threshold": 0.0}},
-                 budget={"frames_per_hour": 10**6, "bytes_per_hour": 360_000, "burst_seconds": 10})
-    selector = Selector(cfg, "r", LABELS)     # 1,000 bytes of burst; each record is ~9 kB
+    cfg = config(
+        policy={"name": "threshold", "params": {"threshold": 0.0}},
+        budget={"frames_per_hour": 10**6, "bytes_per_hour": 360_000, "burst_seconds": 10},
+    )
+    selector = Selector(cfg, "r", LABELS)  # 1,000 bytes of burst; each record is ~9 kB
     kept = []
     for i in range(50):
         decision = selector.offer(distinct_image(i), result(0.9), i * PERIOD_NS)
         if decision.keep:
             decision.record.encode()
             kept.append(i)
-    assert kept == [0]                          # the first record overdraws; 5 s earn only 500 bytes
+    assert kept == [0]  # the first record overdraws; 5 s earn only 500 bytes
     assert selector.stats.budget_limited == 49
 
 
@@ -171,34 +202,42 @@ def _shifted_stream(selector, frames, shift_at, low, high, seed=0):
 
 @pytest.mark.parametrize("low,high", [((2, 5), (5, 2)), ((5, 2), (2, 8))], ids=["scores-rise", "scores-fall"])
 def test_adaptive_budget_converges_after_a_distribution_shift(low, high):
-    budget_fraction = 0.05                               # 1,800 frames/h of 36,000
-    cfg = config(policy={"name": "adaptive_budget", "params": {"window": 1024}},
-                 budget={"frames_per_hour": 1800, "burst_seconds": 60})
+    budget_fraction = 0.05  # 1,800 frames/h of 36,000
+    cfg = config(
+        policy={"name": "adaptive_budget", "params": {"window": 1024}},
+        budget={"frames_per_hour": 1800, "burst_seconds": 60},
+    )
     selector = Selector(cfg, "r", LABELS)
     kept = _shifted_stream(selector, 8000, 3000, low, high)
-    settled = kept[3000 + 2000:].mean()                  # within 2,000 frames of the shift
+    settled = kept[3000 + 2000 :].mean()  # within 2,000 frames of the shift
     assert abs(settled - budget_fraction) / budget_fraction <= 0.10
     assert abs(kept[1000:3000].mean() - budget_fraction) / budget_fraction <= 0.10
     threshold = selector.state()["threshold"]
-    assert (threshold > 0.5) == (high == (5, 2))         # the quantile followed the scores
+    assert (threshold > 0.5) == (high == (5, 2))  # the quantile followed the scores
 
 
 def test_fixed_threshold_does_not_follow_a_shift():
     # the contrast that makes the adaptive policy worth having
-    cfg = config(policy={"name": "threshold", "params": {"threshold": 0.6}},
-                 budget={"frames_per_hour": 10**6})
+    cfg = config(policy={"name": "threshold", "params": {"threshold": 0.6}}, budget={"frames_per_hour": 10**6})
     kept = _shifted_stream(Selector(cfg, "r", LABELS), 4000, 2000, (2, 5), (5, 2))
     assert kept[2500:].mean() > 5 * kept[:2000].mean()
 
 
 # --------------------------------------------------------------------------- dedup and random samples
 
+
 def test_a_parked_robot_uploads_its_shelf_once():
     from fleetloop_core import sim
+
     site = sim.make_site(0)
     frames = [f.image for f in sim.CameraStream(site, "r", seed=1, park_prob=1.0).frames(120)]
-    cfg = selection_config({"policy": {"name": "threshold", "params": {"threshold": 0.0}}, "random_fraction": 0.0,
-                            "dedup": {"hash_max_distance": 8, "embedding_max_distance": -1}})
+    cfg = selection_config(
+        {
+            "policy": {"name": "threshold", "params": {"threshold": 0.0}},
+            "random_fraction": 0.0,
+            "dedup": {"hash_max_distance": 8, "embedding_max_distance": -1},
+        }
+    )
     selector = Selector(cfg, "r", LABELS)
     shelf = frames[0]
     parked = [selector.offer(shelf, result(0.9), i * PERIOD_NS) for i in range(20)]
@@ -226,8 +265,11 @@ def test_embedding_distance_catches_what_the_hash_misses_and_can_be_disabled():
 
 
 def test_dedup_memory_is_bounded():
-    base = {"policy": {"name": "threshold", "params": {"threshold": 0.0}}, "random_fraction": 0.0,
-            "dedup": {"memory": 3, "embedding_max_distance": -1}}
+    base = {
+        "policy": {"name": "threshold", "params": {"threshold": 0.0}},
+        "random_fraction": 0.0,
+        "dedup": {"memory": 3, "embedding_max_distance": -1},
+    }
     selector = Selector(selection_config(base))
     for i in range(4):
         assert selector.offer(distinct_image(i), result(0.9), i * PERIOD_NS).keep
@@ -238,28 +280,42 @@ def test_dedup_memory_is_bounded():
 
 
 def test_random_fraction_is_kept_regardless_and_flagged():
-    cfg = selection_config({"policy": {"name": "threshold", "params": {"threshold": 1.0}}, "random_fraction": 0.05,
-                            "random_priority": 0.97, "budget": {"frames_per_hour": 10**6}, "seed": 3})
+    cfg = selection_config(
+        {
+            "policy": {"name": "threshold", "params": {"threshold": 1.0}},
+            "random_fraction": 0.05,
+            "random_priority": 0.97,
+            "budget": {"frames_per_hour": 10**6},
+            "seed": 3,
+        }
+    )
     selector = Selector(cfg, "r", LABELS)
     decisions = [selector.offer(distinct_image(i % 7), result(0.0), i * PERIOD_NS) for i in range(2000)]
     kept = [d for d in decisions if d.keep]
-    assert 60 <= len(kept) <= 140                      # 5 % of 2000, never dedup'd, never score-gated
+    assert 60 <= len(kept) <= 140  # 5 % of 2000, never dedup'd, never score-gated
     assert all(d.random and "random sample" in d.reason and d.record.priority == 0.97 for d in kept)
     assert selector.stats.random == len(kept)
     assert parse_sidecar(kept[0].record.encode().sidecar_json).decision.random is True
 
 
 def test_random_samples_count_against_the_budget():
-    cfg = selection_config({"policy": {"name": "threshold", "params": {"threshold": 0.0}}, "random_fraction": 0.5,
-                            "dedup": {"enabled": False}, "budget": {"frames_per_hour": 360, "burst_seconds": 10}})
+    cfg = selection_config(
+        {
+            "policy": {"name": "threshold", "params": {"threshold": 0.0}},
+            "random_fraction": 0.5,
+            "dedup": {"enabled": False},
+            "budget": {"frames_per_hour": 360, "burst_seconds": 10},
+        }
+    )
     selector = Selector(cfg, "r", LABELS)
-    kept = sum(selector.offer(IMAGE, result(0.9), i * PERIOD_NS).keep for i in range(3000))   # 5 minutes
+    kept = sum(selector.offer(IMAGE, result(0.9), i * PERIOD_NS).keep for i in range(3000))  # 5 minutes
     # 30 earned + 1 burst, + 1 burst random samples may borrow: never the 1,500 the fraction asks for
     assert 30 <= kept <= 30 + 1 + 1
     assert selector.stats.random > 0 and selector.stats.budget_limited > 2500
 
 
 # --------------------------------------------------------------------------- other policies
+
 
 def test_novelty_and_disagreement_policies_read_their_own_part():
     novelty = Selector(config(policy={"name": "novelty", "params": {"threshold": 0.5}}))
@@ -271,9 +327,13 @@ def test_novelty_and_disagreement_policies_read_their_own_part():
 
 
 def test_class_quota_counters_a_dominant_class():
-    cfg = config(policy={"name": "class_quota", "params": {"threshold": 0.0, "max_share": 0.3, "window": 100,
-                                                           "shares": {"none": 0.05}}},
-                 budget={"frames_per_hour": 10**6})
+    cfg = config(
+        policy={
+            "name": "class_quota",
+            "params": {"threshold": 0.0, "max_share": 0.3, "window": 100, "shares": {"none": 0.05}},
+        },
+        budget={"frames_per_hour": 10**6},
+    )
     selector = Selector(cfg, "r", LABELS)
     rng = np.random.default_rng(0)
     labels = rng.choice([0, 10, 1, 2, 3], p=[0.5, 0.3, 0.1, 0.05, 0.05], size=3000)
@@ -287,14 +347,16 @@ def test_class_quota_counters_a_dominant_class():
 
 
 def test_random_policy_flags_every_kept_frame():
-    selector = Selector(config(policy={"name": "random", "params": {"fraction": 0.1}},
-                               budget={"frames_per_hour": 10**6}))
+    selector = Selector(
+        config(policy={"name": "random", "params": {"fraction": 0.1}}, budget={"frames_per_hour": 10**6})
+    )
     decisions = [selector.offer(IMAGE, result(0.0), i * PERIOD_NS) for i in range(1000)]
     kept = [d for d in decisions if d.keep]
     assert 60 <= len(kept) <= 140 and all(d.random for d in kept)
 
 
 # --------------------------------------------------------------------------- run-time updates
+
 
 def test_update_applies_validated_changes_in_every_spelling():
     selector = Selector(config(policy={"name": "threshold", "params": {"threshold": 0.9}}), "r", LABELS)
@@ -305,7 +367,7 @@ def test_update_applies_validated_changes_in_every_spelling():
     selector.update(budget__frames_per_hour=120.0)
     selector.update(dedup={"memory": 64})
     assert selector.config.budget.frames_per_hour == 120.0 and selector.config.dedup.memory == 64
-    assert selector.config.dedup.hash_max_distance == 8            # the rest of the section stays
+    assert selector.config.dedup.hash_max_distance == 8  # the rest of the section stays
 
 
 def test_update_rejects_bad_values_and_changes_nothing():
@@ -329,8 +391,9 @@ def test_switching_policy_starts_from_its_defaults():
 
 
 def test_update_is_atomic_between_frames():
-    selector = Selector(config(policy={"name": "threshold", "params": {"threshold": 0.25}},
-                               budget={"frames_per_hour": 10**7}))
+    selector = Selector(
+        config(policy={"name": "threshold", "params": {"threshold": 0.25}}, budget={"frames_per_hour": 10**7})
+    )
     seen, stop = [], threading.Event()
 
     def offer():
@@ -350,6 +413,7 @@ def test_update_is_atomic_between_frames():
 
 # --------------------------------------------------------------------------- the real cascade
 
+
 def test_selector_on_the_real_cascade(test_models):
     from fleetloop_core import sim
     from fleetloop_core.cascade import Cascade
@@ -357,12 +421,25 @@ def test_selector_on_the_real_cascade(test_models):
 
     cascade = Cascade(TierModel.load(test_models["T4"]), TierModel.load(test_models["T3"]))
     stream = sim.CameraStream(sim.make_site(1), "robot-1", seed=2)
-    selector = Selector(load_selection_config(Path(__file__).resolve().parents[2] / "config" / "selection.yaml"),
-                        "robot-1", cascade.edge.labels)
+    selector = Selector(
+        load_selection_config(Path(__file__).resolve().parents[2] / "config" / "selection.yaml"),
+        "robot-1",
+        cascade.edge.labels,
+    )
     pairs = []
     for frame in stream.frames(150):
-        pairs.append((frame, selector.offer(frame.image, cascade.infer(frame.image, "front"), frame.stamp_ns,
-                                            stream="front", simulation={"label": frame.truth.label})))
+        pairs.append(
+            (
+                frame,
+                selector.offer(
+                    frame.image,
+                    cascade.infer(frame.image, "front"),
+                    frame.stamp_ns,
+                    stream="front",
+                    simulation={"label": frame.truth.label},
+                ),
+            )
+        )
     kept = [(f, d) for f, d in pairs if d.keep]
     assert kept, "the burst budget lets the first valuable frames through"
     frame, decision = kept[0]

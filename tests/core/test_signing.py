@@ -8,8 +8,17 @@ import pytest
 
 from fleetloop_core.errors import ConfigError, ModelError
 from fleetloop_core.manifest import load_manifest, write_manifest
-from fleetloop_core.signing import (SignatureError, TrustedKeys, canonical_bytes, generate_keypair, key_id,
-                                    sign_manifest, sign_package, verify_manifest, verify_package)
+from fleetloop_core.signing import (
+    SignatureError,
+    TrustedKeys,
+    canonical_bytes,
+    generate_keypair,
+    key_id,
+    sign_manifest,
+    sign_package,
+    verify_manifest,
+    verify_package,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +31,9 @@ def test_key_id_is_16_hex_of_raw_public_key(keys):
     import hashlib
 
     private_pem, public_pem = keys["old"]
-    raw = serialization.load_pem_public_key(public_pem).public_bytes(serialization.Encoding.Raw,
-                                                                       serialization.PublicFormat.Raw)
+    raw = serialization.load_pem_public_key(public_pem).public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
     assert len(raw) == 32
     assert key_id(public_pem) == hashlib.sha256(raw).hexdigest()[:16]
     assert key_id(public_pem) != key_id(keys["new"][1])
@@ -54,7 +64,7 @@ def test_rotation_trusts_old_and_new_keys_at_once(model_copy, keys):
     trusted = TrustedKeys.from_pems([keys["old"][1], keys["new"][1]])
     verify_package(a, trusted)
     verify_package(b, trusted)
-    trusted.remove(key_id(keys["old"][1]))          # old key retired
+    trusted.remove(key_id(keys["old"][1]))  # old key retired
     with pytest.raises(SignatureError, match=f"unknown key id {key_id(keys['old'][1])}"):
         verify_package(a, trusted)
 

@@ -22,6 +22,7 @@ def test_missing_dataset_names_apt_package(tmp_path):
 
 def test_corrupt_idx_file(tmp_path):
     import gzip
+
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
         with gzip.open(tmp_path / name, "wb") as handle:
             handle.write(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + b"\x00" * 20)
@@ -46,7 +47,7 @@ def test_stream_is_seeded_and_camera_like(pool):
     frame = a[0].image
     assert frame.shape == (128, 128, 3) and frame.dtype == np.uint8
     stamps = [f.stamp_ns for f in a]
-    assert stamps == sorted(stamps) and stamps[1] - stamps[0] == 100_000_000   # 10 Hz
+    assert stamps == sorted(stamps) and stamps[1] - stamps[0] == 100_000_000  # 10 Hz
 
 
 def test_stream_has_tracks_none_frames_and_revisits(pool):
@@ -103,8 +104,7 @@ def test_frame_size_is_configurable(pool):
 def test_field_frames_differ_from_lab_frames(pool):
     lab = sim.render_set(sim.LAB_SITE, pool.lab_test, 200, seed=0)
     field = sim.field_test_set(sim.make_site(0), 200, seed=0)
-    assert abs(lab.images.mean() - field.images.mean()) > 3 or \
-        abs(lab.images.std() - field.images.std()) > 3
+    assert abs(lab.images.mean() - field.images.mean()) > 3 or abs(lab.images.std() - field.images.std()) > 3
     assert set(field.items[field.items >= 0]) <= set(pool.field_test)
 
 

@@ -29,8 +29,12 @@ def test_boxes_are_the_tight_box_of_the_painted_item(pool, angle):
 
 def test_truncated_items_are_clipped_to_the_frame_and_flagged(pool):
     renderer = sd.SceneRenderer(_plain_site(), pool, 128, 128)
-    image, truth = renderer.draw_scene([sd.Placement(10, (0.02, 0.5), 0.35, 0.0),      # cut by the left border
-                                        sd.Placement(11, (0.6, 0.6), 0.3, 0.0)])
+    image, truth = renderer.draw_scene(
+        [
+            sd.Placement(10, (0.02, 0.5), 0.35, 0.0),  # cut by the left border
+            sd.Placement(11, (0.6, 0.6), 0.3, 0.0),
+        ]
+    )
     assert len(truth.boxes) == 2
     left = truth.boxes[0]
     assert left[0] == 0.0 and truth.truncated[0] and not truth.truncated[1]
@@ -47,8 +51,8 @@ def test_stream_is_seeded_with_empty_frames_overlaps_truncation_and_tracks(pool)
     assert all(np.array_equal(x.image, y.image) and np.array_equal(x.truth.boxes, y.truth.boxes) for x, y in zip(a, b))
     assert a[0].image.shape == (128, 128, 3) and a[1].stamp_ns - a[0].stamp_ns == 100_000_000
     counts = np.array([len(f.truth.boxes) for f in a])
-    assert 0.15 < np.mean(counts == 0) < 0.7              # background-only stretches
-    assert counts.max() >= 3                              # several items at once
+    assert 0.15 < np.mean(counts == 0) < 0.7  # background-only stretches
+    assert counts.max() >= 3  # several items at once
     assert sum(int(f.truth.truncated.sum()) for f in a) > 10
     overlapping = sum(bool((np.triu(pairwise_iou(f.truth.boxes, f.truth.boxes), 1) > 0.05).any()) for f in a)
     assert overlapping > 10

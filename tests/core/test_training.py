@@ -19,8 +19,9 @@ def _model():
 def test_fit_lowers_the_loss_and_reports(frames):
     images, labels = frames
     model = _model()
-    report = training.fit(model, images, labels, config=training.FitConfig(epochs=6, batch_size=16, lr=0.01),
-                          progress=False)
+    report = training.fit(
+        model, images, labels, config=training.FitConfig(epochs=6, batch_size=16, lr=0.01), progress=False
+    )
     assert report.samples == len(images) and report.epochs == 6 and len(report.losses) == 6
     assert report.losses[-1] < report.losses[0]
 
@@ -28,8 +29,9 @@ def test_fit_lowers_the_loss_and_reports(frames):
 @pytest.mark.parametrize("count", [1, 3, 7])
 def test_tiny_sets_train_without_a_schedule_error(frames, count):
     images, labels = frames
-    report = training.fit(_model(), images[:count], labels[:count],
-                          config=training.FitConfig(epochs=1, batch_size=64), progress=False)
+    report = training.fit(
+        _model(), images[:count], labels[:count], config=training.FitConfig(epochs=1, batch_size=64), progress=False
+    )
     assert np.isfinite(report.final_loss)
 
 
@@ -40,8 +42,14 @@ def test_distillation_from_soft_targets_and_unlabelled_frames(frames):
     soft, _ = training.predict(teacher, images)
     student = _model()
     unlabelled = np.full(len(labels), -1)
-    report = training.fit(student, images, unlabelled, soft_targets=soft,
-                          config=training.FitConfig(epochs=4, batch_size=16), progress=False)
+    report = training.fit(
+        student,
+        images,
+        unlabelled,
+        soft_targets=soft,
+        config=training.FitConfig(epochs=4, batch_size=16),
+        progress=False,
+    )
     assert report.losses[-1] < report.losses[0]
     with pytest.raises(ValueError, match="labels, soft targets"):
         training.fit(student, images)
@@ -51,6 +59,7 @@ def test_distillation_from_soft_targets_and_unlabelled_frames(frames):
 
 def test_export_matches_torch(frames, tmp_path):
     import onnxruntime as ort
+
     images, labels = frames
     model = _model()
     training.fit(model, images, labels, config=training.FitConfig(epochs=1, batch_size=32), progress=False)

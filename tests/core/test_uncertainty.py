@@ -18,8 +18,9 @@ def _softmax(logits, temperature=1.0):
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-logit_batches = arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(2, 12)),
-                       elements=st.floats(-20, 20, width=32))
+logit_batches = arrays(
+    np.float32, st.tuples(st.integers(1, 6), st.integers(2, 12)), elements=st.floats(-20, 20, width=32)
+)
 
 
 @pytest.mark.parametrize("func", PROB_FUNCS)
@@ -89,13 +90,15 @@ def test_flicker_window_matches_vectorised_function(labels, size):
     window = unc.FlickerWindow(size)
     for i, label in enumerate(labels):
         value = window.push(label)
-        recent = np.array(labels[max(0, i + 1 - size): i + 1])[None, :]
+        recent = np.array(labels[max(0, i + 1 - size) : i + 1])[None, :]
         assert value == pytest.approx(float(unc.flicker(recent)[0]))
         assert 0.0 <= value <= 1.0
 
 
-@given(arrays(np.float32, st.tuples(st.integers(1, 5), st.just(8)), elements=st.floats(-3, 3, width=32)),
-       arrays(np.float32, st.tuples(st.integers(1, 10), st.just(8)), elements=st.floats(-3, 3, width=32)))
+@given(
+    arrays(np.float32, st.tuples(st.integers(1, 5), st.just(8)), elements=st.floats(-3, 3, width=32)),
+    arrays(np.float32, st.tuples(st.integers(1, 10), st.just(8)), elements=st.floats(-3, 3, width=32)),
+)
 @settings(max_examples=60, deadline=None)
 def test_novelty_range(emb, memory):
     scores = unc.novelty(emb, memory)
@@ -109,10 +112,10 @@ def test_novelty_extremes_and_memory():
     assert unc.novelty(e, -e)[0] == pytest.approx(1.0, abs=1e-6)
     assert unc.novelty(e, np.array([[0.0, 1.0, 0.0]]))[0] == pytest.approx(0.5, abs=1e-6)
     memory = unc.EmbeddingMemory(dim=3, capacity=2)
-    assert memory.score(e[0]) == 1.0                 # empty memory: new
+    assert memory.score(e[0]) == 1.0  # empty memory: new
     assert memory.score(e[0]) == pytest.approx(0.0, abs=1e-6)
     memory.score(np.array([0.0, 1.0, 0.0]))
-    memory.score(np.array([0.0, 0.0, 1.0]))          # capacity 2: e is forgotten
+    memory.score(np.array([0.0, 0.0, 1.0]))  # capacity 2: e is forgotten
     assert memory.score(e[0], remember=False) == pytest.approx(0.5, abs=1e-6)
     assert len(memory) == 2
     with pytest.raises(ValueError, match="dim"):
@@ -124,7 +127,7 @@ def test_novelty_extremes_and_memory():
 def test_embedding_memory_matches_vectorised_novelty(embs):
     memory = unc.EmbeddingMemory(dim=5, capacity=4)
     for i, e in enumerate(embs):
-        expected = unc.novelty(e[None], embs[max(0, i - 4):i])[0] if i else 1.0
+        expected = unc.novelty(e[None], embs[max(0, i - 4) : i])[0] if i else 1.0
         assert memory.score(e) == pytest.approx(float(expected), abs=1e-5)
 
 

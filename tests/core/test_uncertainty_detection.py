@@ -21,8 +21,11 @@ def box_sets(draw, max_boxes=6):
     return np.concatenate([corners, corners + sizes], axis=1).reshape(-1, 4)
 
 
-scores_batches = arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(0, 8)),
-                        elements=st.one_of(st.floats(0, 1, width=32, **FINITE), st.just(np.nan)))
+scores_batches = arrays(
+    np.float32,
+    st.tuples(st.integers(1, 5), st.integers(0, 8)),
+    elements=st.one_of(st.floats(0, 1, width=32, **FINITE), st.just(np.nan)),
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -49,8 +52,13 @@ def test_band_rejects_a_backwards_band():
 
 
 @settings(max_examples=60, deadline=None)
-@given(arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(0, 5), st.integers(2, 12)),
-              elements=st.floats(0, 1, width=32, **FINITE)))
+@given(
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 4), st.integers(0, 5), st.integers(2, 12)),
+        elements=st.floats(0, 1, width=32, **FINITE),
+    )
+)
 def test_box_entropy_in_unit_interval_and_order_free(class_scores):
     h = dunc.box_entropy(class_scores) if class_scores.shape[1] else np.zeros(0)
     assert np.all((0 <= h) & (h <= 1))
@@ -68,7 +76,7 @@ def test_box_entropy_extremes(classes):
     one_hot = np.eye(classes, dtype=np.float32)
     assert np.allclose(dunc.box_entropy(one_hot), 0.0, atol=1e-6)
     assert np.allclose(dunc.box_entropy(np.full((3, classes), 0.4)), 1.0, atol=1e-6)
-    assert np.allclose(dunc.box_entropy(np.zeros((1, classes))), 1.0)      # no opinion at all
+    assert np.allclose(dunc.box_entropy(np.zeros((1, classes))), 1.0)  # no opinion at all
     padded = dunc.pad([one_hot[:2], np.zeros((0, classes))])
     mean, peak = dunc.box_entropy_stats(padded)
     assert mean.tolist() == pytest.approx([0.0, 0.0]) and peak.tolist() == pytest.approx([0.0, 0.0])
@@ -121,7 +129,7 @@ def test_count_flicker(windows):
     steady = np.repeat(windows[:, :1], windows.shape[1], axis=1)
     assert np.all(dunc.count_flicker(steady) == 0)
     if windows.shape[1] > 1:
-        alternating = np.tile([[0, 1]], (1, windows.shape[1]))[:, :windows.shape[1]]
+        alternating = np.tile([[0, 1]], (1, windows.shape[1]))[:, : windows.shape[1]]
         assert dunc.count_flicker(alternating)[0] == 1.0
 
 

@@ -13,8 +13,14 @@ from fleetloop_core.faults import synthetic_records
 from fleetloop_core.record import EncodedRecord, UploadRecord, decode_image
 from fleetloop_core.sidecar import parse_sidecar
 from fleetloop_core.store import FileStore, StoreError, ground_truth_manifest
-from fleetloop_core.upload_queue import (BackoffConfig, QueueConfig, Uploader, UploadQueue, backoff_delay,
-                                         load_queue_config)
+from fleetloop_core.upload_queue import (
+    BackoffConfig,
+    QueueConfig,
+    Uploader,
+    UploadQueue,
+    backoff_delay,
+    load_queue_config,
+)
 
 
 class RecordingStore(FileStore):
@@ -66,14 +72,20 @@ def test_put_drain_uploads_frame_first_then_sidecar(tmp_path, records):
 def test_selector_records_are_encoded_by_put(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
     sizes = []
-    record = UploadRecord(image=image, fields={"robot_id": "r", "stamp_ns": 5}, priority=0.3, encoding="jpeg",
-                          jpeg_quality=80, on_encoded=sizes.append)
+    record = UploadRecord(
+        image=image,
+        fields={"robot_id": "r", "stamp_ns": 5},
+        priority=0.3,
+        encoding="jpeg",
+        jpeg_quality=80,
+        on_encoded=sizes.append,
+    )
     with UploadQueue(tmp_path / "q") as queue:
         result = queue.put(record)
         assert result.accepted and result.frame_key.endswith(".jpg")
         assert sizes == [record.encode().size_bytes]
     png = EncodedRecord.from_image(image, {"robot_id": "r", "stamp_ns": 5})
-    np.testing.assert_array_equal(decode_image(png.frame), image)          # PNG is lossless
+    np.testing.assert_array_equal(decode_image(png.frame), image)  # PNG is lossless
 
 
 def test_puts_are_idempotent_and_uploads_make_no_copies(tmp_path, records):
@@ -84,7 +96,7 @@ def test_puts_are_idempotent_and_uploads_make_no_copies(tmp_path, records):
         assert again.accepted and again.already_queued and len(queue) == 1
         uploader = uploader_for(queue, store)
         uploader.drain()
-        queue.put(records[0])            # the same frame again, after it was uploaded
+        queue.put(records[0])  # the same frame again, after it was uploaded
         uploader.drain()
     assert sorted(o.key for o in store.list()) == sorted([records[0].frame_key, records[0].sidecar_key])
 
@@ -106,19 +118,19 @@ def test_disk_cap_evicts_lowest_priority_first_never_the_record_in_flight(tmp_pa
             assert queue.put(record).accepted
         in_flight = queue.claim()
         assert in_flight.priority == 0.9
-        queue.put(records[3])                                   # 4 records fit
-        result = queue.put(records[4])                          # 0.7: evicts the lowest, 0.1
+        queue.put(records[3])  # 4 records fit
+        result = queue.put(records[4])  # 0.7: evicts the lowest, 0.1
         assert result.accepted and result.evicted == (records[0].frame_key,)
-        result = queue.put(records[5])                          # 0.6: evicts 0.2
+        result = queue.put(records[5])  # 0.6: evicts 0.2
         assert result.accepted and result.evicted == (records[3].frame_key,)
         assert queue.stats().bytes <= cap
         low = EncodedRecord(synthetic_records(2, 1)[0].frame, synthetic_records(2, 1)[0].sidecar, priority=0.05)
-        rejected = queue.put(low)                               # less valuable than everything queued
+        rejected = queue.put(low)  # less valuable than everything queued
         assert not rejected.accepted and "at least as valuable" in rejected.reason
-        assert in_flight.frame_key in queue.keys()              # in flight: never evicted
+        assert in_flight.frame_key in queue.keys()  # in flight: never evicted
         stats = queue.stats()
         assert stats.evicted_total == 2 and stats.rejected_total == 1 and stats.in_flight == 1
-        assert len(list((tmp_path / "q" / "blobs").iterdir())) == 4   # evicted files are gone
+        assert len(list((tmp_path / "q" / "blobs").iterdir())) == 4  # evicted files are gone
 
 
 def test_disk_full_under_the_cap_evicts_instead_of_crashing(tmp_path, monkeypatch):
@@ -142,8 +154,9 @@ def test_disk_full_under_the_cap_evicts_instead_of_crashing(tmp_path, monkeypatc
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(queue, "_write_blob", always_full)
-        result = queue.put(EncodedRecord(records[3].frame, records[3].sidecar.model_copy(update={"stamp_ns": 1}),
-                                         priority=0.05))
+        result = queue.put(
+            EncodedRecord(records[3].frame, records[3].sidecar.model_copy(update={"stamp_ns": 1}), priority=0.05)
+        )
         assert not result.accepted and "disk full" in result.reason and len(queue) == 3
 
 
@@ -158,8 +171,7 @@ def test_corrupt_frame_file_is_set_aside_not_uploaded(tmp_path, records):
     with UploadQueue(tmp_path / "q") as queue:
         queue.put(records[0])
         queue.put(records[1])
-        blob = next(p for p in (tmp_path / "q" / "blobs").iterdir()
-                    if p.read_bytes() == records[0].frame)
+        blob = next(p for p in (tmp_path / "q" / "blobs").iterdir() if p.read_bytes() == records[0].frame)
         blob.write_bytes(b"flipped bits")
         report = uploader_for(queue, store).drain()
         assert report.uploaded == 1 and report.corrupt == 1
@@ -173,7 +185,7 @@ def test_recover_releases_dead_uploaders_and_sweeps_orphans(tmp_path, records):
     with UploadQueue(tmp_path / "q") as queue:
         queue.put(records[0])
         queue.put(records[1])
-        dead_pid = 2 ** 22 + 12345                       # above pid_max: never alive
+        dead_pid = 2**22 + 12345  # above pid_max: never alive
         claimed = queue.claim(owner=dead_pid)
         queue.mark_frame_uploaded(claimed.id)
         (tmp_path / "q" / "blobs" / "orphan.png").write_bytes(b"left by a crash")
@@ -205,7 +217,7 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
     for failures, base in [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0), (40, 30.0)]:
         delays = [backoff_delay(failures, config, rng) for _ in range(200)]
         assert all(base * 0.5 <= d <= base for d in delays)
-        assert max(delays) - min(delays) > 0.3 * base          # jitter spreads a fleet's retries
+        assert max(delays) - min(delays) > 0.3 * base  # jitter spreads a fleet's retries
     assert backoff_delay(3, BackoffConfig(initial_s=1, jitter=0.0), rng) == 4.0
 
 
@@ -237,6 +249,7 @@ def test_bandwidth_cap_paces_uploads(tmp_path, records):
 
 def test_uploader_thread_drains_as_records_arrive(tmp_path, records):
     import time
+
     store = FileStore(tmp_path / "store")
     with UploadQueue(tmp_path / "q") as queue:
         uploader = uploader_for(queue, store, idle_poll_s=0.01)
@@ -275,6 +288,7 @@ def test_queue_cli_stats_drain_purge(tmp_path, records, capsys):
 def test_fsync_and_rename_leave_no_partial_blob_names(tmp_path, records, monkeypatch):
     # a failure half-way through writing a frame file leaves no file under its final name
     with UploadQueue(tmp_path / "q") as queue:
+
         def broken_fsync(fd):
             raise OSError(errno.EIO, "I/O error")
 

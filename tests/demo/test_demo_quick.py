@@ -16,16 +16,32 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = ("throughput_ratio", "cost_ratio", "auto_label_error", "upload_fraction", "upload_gain_share",
-        "al_label_ratio", "frames_dropped", "round0_edge_accuracy", "final_edge_accuracy", "minutes")
+KEYS = (
+    "throughput_ratio",
+    "cost_ratio",
+    "auto_label_error",
+    "upload_fraction",
+    "upload_gain_share",
+    "al_label_ratio",
+    "frames_dropped",
+    "round0_edge_accuracy",
+    "final_edge_accuracy",
+    "minutes",
+)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo-quick") / "run"
     env = dict(os.environ, ROS_DOMAIN_ID=str(100 + os.getpid() % 100), ROS_LOCALHOST_ONLY="1")
-    process = subprocess.run([sys.executable, "-m", "fleetloop_core.cli", "demo", "--quick", "--out", str(out)],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    process = subprocess.run(
+        [sys.executable, "-m", "fleetloop_core.cli", "demo", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     return out, process.stdout
 
@@ -36,14 +52,21 @@ def test_report_has_every_figure_and_the_terminal_shows_the_headline(quick_run):
     for key in KEYS:
         assert key in report, key
     assert "headline figures" in stdout and str(out / "report.html") in stdout
-    for name in ("report.md", "report.html", "edge_accuracy.png", "labeling.png", "active_learning.png",
-                 "bandwidth.png"):
+    for name in (
+        "report.md",
+        "report.html",
+        "edge_accuracy.png",
+        "labeling.png",
+        "active_learning.png",
+        "bandwidth.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     # every figure comes from the run's own measurements
     labeling = report["labeling"]["stream_world"]
     assert labeling["accepted_labels"] == sum(r["labels"]["accepted"] for r in report["rounds"]["loop"])
     assert report["upload_fraction"] == pytest.approx(
-        report["uploads"]["uploaded"] / report["uploads"]["camera_frames"])
+        report["uploads"]["uploaded"] / report["uploads"]["camera_frames"]
+    )
     assert {t["figure"] for t in report["targets"]} >= {"throughput_ratio", "cost_ratio", "frames_dropped"}
     assert len(report["edge_accuracy"]["loop"]) == report["settings"]["rounds"] + 1
 
@@ -79,7 +102,23 @@ def test_report_html_shows_the_plots_in_chromium(quick_run, browser):
 def test_detection_task_refuses_options_it_does_not_have():
     # `fleetloop demo --task detection` runs fleetloop_cloud.detection_demo (tests/cloud/test_detection_demo.py
     # runs it); options of the classification demo it has no use for are refused by name, not ignored
-    process = subprocess.run([sys.executable, "-m", "fleetloop_core.cli", "demo", "--task", "detection", "--seed", "3",
-                              "--control-plane", "mqtt"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleetloop_core.cli",
+            "demo",
+            "--task",
+            "detection",
+            "--seed",
+            "3",
+            "--control-plane",
+            "mqtt",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert process.returncode != 0
     assert "--seed, --control-plane not supported" in process.stderr, process.stderr[-2000:]

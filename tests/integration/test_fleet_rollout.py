@@ -33,15 +33,25 @@ def _robot_config(tmp_path: Path, broker, thing: str, trusted_dir: Path, shadow:
     config = {
         "model_manager": {
             "store": {"root": str(tmp_path / thing / "models"), "keep_versions": 3, "trusted_keys": str(trusted_dir)},
-            "ring_buffer_frames": 12, "providers": ["cpu"], "warmup_runs": 1,
+            "ring_buffer_frames": 12,
+            "providers": ["cpu"],
+            "warmup_runs": 1,
             "shadow": {"enabled": shadow, "min_frames": 6, "frame_wait_s": 10.0},
             "watchdog": {"window_frames": 15, "min_frames": 5, "window_s": 10.0},
         },
         "control_plane": {
-            "uri": f"mqtts://{broker.host}:{broker.port}", "thing_name": thing, "poll_s": 2.0,
-            "mqtt": {"ca_file": str(identity.ca), "cert_file": str(identity.cert), "key_file": str(identity.key),
-                     "reconnect_min_s": 0.2, "reconnect_max_s": 2.0, "request_timeout_s": 5.0,
-                     "connect_timeout_s": 5.0},
+            "uri": f"mqtts://{broker.host}:{broker.port}",
+            "thing_name": thing,
+            "poll_s": 2.0,
+            "mqtt": {
+                "ca_file": str(identity.ca),
+                "cert_file": str(identity.cert),
+                "key_file": str(identity.key),
+                "reconnect_min_s": 0.2,
+                "reconnect_max_s": 2.0,
+                "request_timeout_s": 5.0,
+                "connect_timeout_s": 5.0,
+            },
         },
     }
     path = tmp_path / f"{thing}.yaml"
@@ -74,8 +84,9 @@ def test_five_robot_canary_rollout_and_abort(tmp_path, mqtt_broker, test_models,
     documents = {}
     for package in (v2, bad):
         manifest = load_manifest(package)
-        documents[manifest.version] = deploy_document(manifest, bucket, publish_package(package, bucket),
-                                                      (package / MANIFEST_NAME).read_bytes())
+        documents[manifest.version] = deploy_document(
+            manifest, bucket, publish_package(package, bucket), (package / MANIFEST_NAME).read_bytes()
+        )
 
     processes = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -84,19 +95,45 @@ def test_five_robot_canary_rollout_and_abort(tmp_path, mqtt_broker, test_models,
         for index, thing in enumerate(FLEET):
             config = _robot_config(tmp_path, mqtt_broker, thing, signing_keys["trusted_dir"], shadow=thing != "robot-1")
             log = open(tmp_path / f"{thing}.log", "wb")
-            processes[thing] = (subprocess.Popen(
-                [sys.executable, "-m", "fleetloop_core.cli", "robot-sim", "--config", str(config),
-                 "--initial-model", str(v1), "--site", str(index), "--rate-hz", "20",
-                 "--status", str(tmp_path / f"{thing}.status.json")],
-                stdout=log, stderr=subprocess.STDOUT, env=env), log)
-        _wait(lambda: all(_status(tmp_path, t).get("connected") and _status(tmp_path, t).get("frames_served", 0) > 10
-                          for t in FLEET), 90, "five robots connected and serving")
+            processes[thing] = (
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "fleetloop_core.cli",
+                        "robot-sim",
+                        "--config",
+                        str(config),
+                        "--initial-model",
+                        str(v1),
+                        "--site",
+                        str(index),
+                        "--rate-hz",
+                        "20",
+                        "--status",
+                        str(tmp_path / f"{thing}.status.json"),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                ),
+                log,
+            )
+        _wait(
+            lambda: all(
+                _status(tmp_path, t).get("connected") and _status(tmp_path, t).get("frames_served", 0) > 10
+                for t in FLEET
+            ),
+            90,
+            "five robots connected and serving",
+        )
         assert {_status(tmp_path, t)["serving"]["edge"] for t in FLEET} == {"v1"}
 
         cloud = mqtt_broker.client(CLOUD_IDENTITY)
         service = MqttJobService(mqtt_broker.host, mqtt_broker.port, str(cloud.ca), str(cloud.cert), str(cloud.key))
-        config = RolloutConfig(canary_count=2, canary_timeout_s=60, fleet_timeout_s=90, poll_s=0.5,
-                               abort_min_executed=3)
+        config = RolloutConfig(
+            canary_count=2, canary_timeout_s=60, fleet_timeout_s=90, poll_s=0.5, abort_min_executed=3
+        )
 
         good = rollout(service, FLEET, documents["v2"], "deploy-v2", config)
         assert good.succeeded, good.to_dict()
@@ -109,7 +146,7 @@ def test_five_robot_canary_rollout_and_abort(tmp_path, mqtt_broker, test_models,
         assert aborted.aborted and aborted.fleet is None, aborted.to_dict()
         robot0 = aborted.canary.results["robot-0"]
         assert robot0["status"] == "FAILED" and "shadow check failed: constant output" in robot0["details"]["reason"]
-        assert aborted.canary.results["robot-1"]["status"] == "SUCCEEDED"     # no shadow check there
+        assert aborted.canary.results["robot-1"]["status"] == "SUCCEEDED"  # no shadow check there
         assert aborted.rollback.things == ["robot-1"]
         assert aborted.rollback.results["robot-1"]["status"] == "SUCCEEDED"
         assert aborted.rollback.results["robot-1"]["details"]["serving_version"] == "v2"
@@ -119,10 +156,10 @@ def test_five_robot_canary_rollout_and_abort(tmp_path, mqtt_broker, test_models,
     finally:
         if service is not None:
             service.close()
-        for thing, (process, log) in processes.items():
+        for process, _ in processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for thing, (process, log) in processes.items():
+        for process, _ in processes.values():
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -134,10 +171,10 @@ def test_five_robot_canary_rollout_and_abort(tmp_path, mqtt_broker, test_models,
     for thing in FLEET:
         assert final[thing]["final"] and final[thing]["errors"] == 0, (thing, final[thing])
     for thing in ("robot-2", "robot-3", "robot-4"):
-        assert "v3-bad" not in final[thing]["versions_served"]          # never served ...
-        assert not any("deploy-v3" in (e["job_id"] or "") for e in final[thing]["events"])   # ... never even sent
+        assert "v3-bad" not in final[thing]["versions_served"]  # never served ...
+        assert not any("deploy-v3" in (e["job_id"] or "") for e in final[thing]["events"])  # ... never even sent
         assert [o["job_id"] for o in final[thing]["outcomes"]] == ["deploy-v2-fleet"]
-    assert "v3-bad" not in final["robot-0"]["versions_served"]           # stopped by its shadow check
-    assert final["robot-1"]["versions_served"].get("v3-bad", 0) > 0      # served until rolled back
+    assert "v3-bad" not in final["robot-0"]["versions_served"]  # stopped by its shadow check
+    assert final["robot-1"]["versions_served"].get("v3-bad", 0) > 0  # served until rolled back
     kinds = [e["kind"] for e in final["robot-1"]["events"] if e["job_id"] == "deploy-v3-rollback"]
     assert "rolled_back" in kinds

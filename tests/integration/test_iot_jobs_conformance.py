@@ -39,15 +39,24 @@ class ReferenceDevice:
         connected = threading.Event()
         self.stopped = threading.Event()
         self.client = mqtt5_client_builder.mtls_from_path(
-            endpoint=broker.host, port=broker.port, cert_filepath=str(identity.cert),
-            pri_key_filepath=str(identity.key), ca_filepath=str(identity.ca), client_id=thing,
+            endpoint=broker.host,
+            port=broker.port,
+            cert_filepath=str(identity.cert),
+            pri_key_filepath=str(identity.key),
+            ca_filepath=str(identity.ca),
+            client_id=thing,
             session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
             on_lifecycle_connection_success=lambda _e: connected.set(),
-            on_lifecycle_stopped=lambda _e: self.stopped.set())
+            on_lifecycle_stopped=lambda _e: self.stopped.set(),
+        )
         self.client.start()
         assert connected.wait(10), "reference device did not connect"
-        self.jobs = iotjobs.IotJobsClientV2(self.client, mqtt_request_response.ClientOptions(
-            max_request_response_subscriptions=4, max_streaming_subscriptions=2, operation_timeout_in_seconds=10))
+        self.jobs = iotjobs.IotJobsClientV2(
+            self.client,
+            mqtt_request_response.ClientOptions(
+                max_request_response_subscriptions=4, max_streaming_subscriptions=2, operation_timeout_in_seconds=10
+            ),
+        )
         self.iotjobs = iotjobs
         self.notifications: list = []
         self.stream = None
@@ -58,23 +67,37 @@ class ReferenceDevice:
         subscribed = threading.Event()
         self.stream = self.jobs.create_next_job_execution_changed_stream(
             self.iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name=self.thing),
-            awsiot.ServiceStreamOptions(incoming_event_listener=self.notifications.append,
-                                        subscription_status_listener=lambda e: subscribed.set()))
+            awsiot.ServiceStreamOptions(
+                incoming_event_listener=self.notifications.append,
+                subscription_status_listener=lambda e: subscribed.set(),
+            ),
+        )
         self.stream.open()
         assert subscribed.wait(10)
 
     def start_next(self):
         return self.jobs.start_next_pending_job_execution(
-            self.iotjobs.StartNextPendingJobExecutionRequest(thing_name=self.thing)).result(15)
+            self.iotjobs.StartNextPendingJobExecutionRequest(thing_name=self.thing)
+        ).result(15)
 
     def update(self, job_id: str, status: str, expected_version=None, details=None, **extra):
-        return self.jobs.update_job_execution(self.iotjobs.UpdateJobExecutionRequest(
-            thing_name=self.thing, job_id=job_id, status=status, expected_version=expected_version,
-            status_details=details, **extra)).result(15)
+        return self.jobs.update_job_execution(
+            self.iotjobs.UpdateJobExecutionRequest(
+                thing_name=self.thing,
+                job_id=job_id,
+                status=status,
+                expected_version=expected_version,
+                status_details=details,
+                **extra,
+            )
+        ).result(15)
 
     def describe(self, job_id: str, include_job_document=None):
-        return self.jobs.describe_job_execution(self.iotjobs.DescribeJobExecutionRequest(
-            thing_name=self.thing, job_id=job_id, include_job_document=include_job_document)).result(15)
+        return self.jobs.describe_job_execution(
+            self.iotjobs.DescribeJobExecutionRequest(
+                thing_name=self.thing, job_id=job_id, include_job_document=include_job_document
+            )
+        ).result(15)
 
     def close(self) -> None:
         """Stop the client and wait until awscrt says it stopped, and only then release the stream and
@@ -99,6 +122,7 @@ def _error(call) -> object:
 @pytest.fixture(scope="module")
 def frames():
     from fleetloop_core import sim
+
     return [f.image for f in sim.CameraStream(sim.make_site(0, 0), "robot-0", seed=3).frames(16)]
 
 
@@ -126,8 +150,14 @@ def test_reference_device_against_our_job_service(mqtt_broker):
         version = started.version_number
 
         # UpdateJobExecution on the right version, with the state and document asked for
-        accepted = device.update("job-a", "IN_PROGRESS", version, {"step": "downloading"},
-                                 include_job_execution_state=True, include_job_document=True)
+        accepted = device.update(
+            "job-a",
+            "IN_PROGRESS",
+            version,
+            {"step": "downloading"},
+            include_job_execution_state=True,
+            include_job_document=True,
+        )
         assert accepted.execution_state.version_number == version + 1 and accepted.job_document == DOCUMENT
         assert accepted.execution_state.status_details == {"step": "downloading"}
         # a stale expectedVersion: VersionMismatch, carrying the execution's state
@@ -167,40 +197,51 @@ def _raw_request(broker, thing: str, topic_suffix: str, payload: dict) -> tuple[
             answer.set_result((data.publish_packet.topic, json.loads(bytes(data.publish_packet.payload))))
 
     client = mqtt5_client_builder.mtls_from_path(
-        endpoint=broker.host, port=broker.port, cert_filepath=str(identity.cert), pri_key_filepath=str(identity.key),
-        ca_filepath=str(identity.ca), client_id=f"{thing}-raw", on_publish_received=received,
-        on_lifecycle_connection_success=lambda _e: connected.set())
+        endpoint=broker.host,
+        port=broker.port,
+        cert_filepath=str(identity.cert),
+        pri_key_filepath=str(identity.key),
+        ca_filepath=str(identity.ca),
+        client_id=f"{thing}-raw",
+        on_publish_received=received,
+        on_lifecycle_connection_success=lambda _e: connected.set(),
+    )
     client.start()
     try:
         assert connected.wait(10)
         base = f"$aws/things/{thing}/jobs/{topic_suffix}"
         client.subscribe(mqtt5.SubscribePacket([mqtt5.Subscription(f"{base}/+", mqtt5.QoS.AT_LEAST_ONCE)])).result(10)
-        client.publish(mqtt5.PublishPacket(topic=base, payload=json.dumps(payload).encode(),
-                                           qos=mqtt5.QoS.AT_LEAST_ONCE)).result(10)
+        client.publish(
+            mqtt5.PublishPacket(topic=base, payload=json.dumps(payload).encode(), qos=mqtt5.QoS.AT_LEAST_ONCE)
+        ).result(10)
         return answer.result(10)
     finally:
         client.stop()
 
 
-@pytest.mark.parametrize("details, complaint", [
-    ({"progress": 50}, "statusDetails.progress must be a string (got int 50)"),
-    ({"ok": True}, "statusDetails.ok must be a string"),
-    ({"bad key": "x"}, "statusDetails key 'bad key'"),
-    ({"reason": "line one\nline two"}, "statusDetails.reason contains control characters"),
-    ({"reason": ""}, "statusDetails.reason must be 1-1024 characters"),
-    ("not an object", "statusDetails must be an object"),
-])
+@pytest.mark.parametrize(
+    "details, complaint",
+    [
+        ({"progress": 50}, "statusDetails.progress must be a string (got int 50)"),
+        ({"ok": True}, "statusDetails.ok must be a string"),
+        ({"bad key": "x"}, "statusDetails key 'bad key'"),
+        ({"reason": "line one\nline two"}, "statusDetails.reason contains control characters"),
+        ({"reason": ""}, "statusDetails.reason must be 1-1024 characters"),
+        ("not an object", "statusDetails must be an object"),
+    ],
+)
 def test_the_service_rejects_status_details_aws_would_reject(mqtt_broker, details, complaint):
     service = job_service(mqtt_broker)
     try:
         service.create_job("job-c", [THING], DOCUMENT)
         topic, answer = _raw_request(mqtt_broker, THING, "start-next", {"clientToken": "t0"})
         assert topic.endswith("start-next/accepted") and answer["execution"]["jobId"] == "job-c"
-        topic, answer = _raw_request(mqtt_broker, THING, "job-c/update",
-                                     {"status": "IN_PROGRESS", "statusDetails": details, "clientToken": "t1"})
+        topic, answer = _raw_request(
+            mqtt_broker, THING, "job-c/update", {"status": "IN_PROGRESS", "statusDetails": details, "clientToken": "t1"}
+        )
         assert topic.endswith("job-c/update/rejected"), answer
         assert answer["code"] == "InvalidRequest" and complaint in answer["message"] and answer["clientToken"] == "t1"
-        assert service.executions("job-c")[THING].details == {}              # nothing stored
+        assert service.executions("job-c")[THING].details == {}  # nothing stored
         topic, answer = _raw_request(mqtt_broker, THING, "job-c/update", {"status": "DONE", "clientToken": "t2"})
         assert answer["code"] == "InvalidRequest" and "DONE" in answer["message"]
     finally:
@@ -221,8 +262,9 @@ class AwsShapedEndpoint:
         self.service.close()
 
 
-def test_our_robot_against_documents_with_fields_we_do_not_know(mqtt_broker, tmp_path, test_models, signing_keys,
-                                                                 frames):
+def test_our_robot_against_documents_with_fields_we_do_not_know(
+    mqtt_broker, tmp_path, test_models, signing_keys, frames
+):
     from fixtures.model_packages import Robot
 
     from fleetloop_core.control_plane import MqttConfig, MqttControlPlane
@@ -231,9 +273,20 @@ def test_our_robot_against_documents_with_fields_we_do_not_know(mqtt_broker, tmp
 
     robot = Robot(tmp_path, test_models, signing_keys, frames)
     identity = mqtt_broker.client("robot-0")
-    plane = MqttControlPlane(mqtt_broker.host, mqtt_broker.port, "robot-0", MqttConfig(
-        ca_file=str(identity.ca), cert_file=str(identity.cert), key_file=str(identity.key), reconnect_min_s=0.1,
-        reconnect_max_s=1.0, request_timeout_s=5.0), poll_s=0.5)
+    plane = MqttControlPlane(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        "robot-0",
+        MqttConfig(
+            ca_file=str(identity.ca),
+            cert_file=str(identity.cert),
+            key_file=str(identity.key),
+            reconnect_min_s=0.1,
+            reconnect_max_s=1.0,
+            request_timeout_s=5.0,
+        ),
+        poll_s=0.5,
+    )
     endpoint = AwsShapedEndpoint(mqtt_broker)
     agent = DeployAgent(plane, robot.manager, poll_s=0.5, retry_min_s=0.1, retry_max_s=1.0)
     bucket = f"file://{tmp_path / 'bucket'}"
@@ -242,15 +295,34 @@ def test_our_robot_against_documents_with_fields_we_do_not_know(mqtt_broker, tmp
     with robot:
         agent.start()
         try:
-            endpoint.queue("job-extra-outside", "robot-0", {
-                "operation": "fleetloop.deploy_model", "model": model, "package": {"store": bucket, "prefix": prefix},
-                "jobIndex": 3, "templateArn": "arn:aws:iot:us-east-1:123456789012:jobtemplate/fleet-deploy"})
-            endpoint.queue("job-extra-inside", "robot-0", {
-                "operation": "fleetloop.deploy_model", "model": {**model, "revision": "2"},
-                "package": {"store": bucket, "prefix": prefix}})
+            endpoint.queue(
+                "job-extra-outside",
+                "robot-0",
+                {
+                    "operation": "fleetloop.deploy_model",
+                    "model": model,
+                    "package": {"store": bucket, "prefix": prefix},
+                    "jobIndex": 3,
+                    "templateArn": "arn:aws:iot:us-east-1:123456789012:jobtemplate/fleet-deploy",
+                },
+            )
+            endpoint.queue(
+                "job-extra-inside",
+                "robot-0",
+                {
+                    "operation": "fleetloop.deploy_model",
+                    "model": {**model, "revision": "2"},
+                    "package": {"store": bucket, "prefix": prefix},
+                },
+            )
             executions = endpoint.service.executions
-            assert wait_until(lambda: executions("job-extra-inside").get("robot-0") is not None
-                         and executions("job-extra-inside")["robot-0"].terminal, 60)
+            assert wait_until(
+                lambda: (
+                    executions("job-extra-inside").get("robot-0") is not None
+                    and executions("job-extra-inside")["robot-0"].terminal
+                ),
+                60,
+            )
             outside = executions("job-extra-outside")["robot-0"]
             assert outside.status == "SUCCEEDED", outside.details
             assert outside.details["serving_version"] == "v7"
@@ -274,9 +346,20 @@ def _serve(broker, store, spawn):
 
     cloud = broker.client(CLOUD_IDENTITY)
     command = shutil.which("fleetloop-cloud") or str(Path(sys.executable).parent / "fleetloop-cloud")
-    process = spawn([command, "jobs", "serve", "--store", str(store), "--broker",
-                     f"mqtts://{broker.host}:{broker.port}?ca_file={cloud.ca}&cert_file={cloud.cert}"
-                     f"&key_file={cloud.key}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = spawn(
+        [
+            command,
+            "jobs",
+            "serve",
+            "--store",
+            str(store),
+            "--broker",
+            f"mqtts://{broker.host}:{broker.port}?ca_file={cloud.ca}&cert_file={cloud.cert}&key_file={cloud.key}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     line = process.stdout.readline()
     assert line.startswith("job service up"), line + process.stdout.read()
     return process
@@ -294,7 +377,7 @@ def test_the_standing_job_service_keeps_executions_across_restarts(mqtt_broker, 
     device = ReferenceDevice(mqtt_broker)
     try:
         device.watch_next()
-        assert device.start_next().execution is None            # asked before any rollout: an answer, not a timeout
+        assert device.start_next().execution is None  # asked before any rollout: an answer, not a timeout
         rollout = open_fleet_jobs(f"jobs://{store}")
         rollout.create_job("job-s1", [THING], DOCUMENT)
         rollout.create_job("job-s2", [THING], {**DOCUMENT, "model": {**DOCUMENT["model"], "version": "4"}})
@@ -303,10 +386,10 @@ def test_the_standing_job_service_keeps_executions_across_restarts(mqtt_broker, 
         assert started.job_id == "job-s1" and started.status == "IN_PROGRESS"
         assert rollout.executions("job-s1")[THING].status == "IN_PROGRESS"
 
-        service.send_signal(signal.SIGINT)                       # the service goes away and comes back
+        service.send_signal(signal.SIGINT)  # the service goes away and comes back
         assert service.wait(10) == 0
         service = _serve(mqtt_broker, store, spawn)
-        again = device.start_next().execution                    # IN_PROGRESS first, as before the restart
+        again = device.start_next().execution  # IN_PROGRESS first, as before the restart
         assert (again.job_id, again.status, again.version_number) == ("job-s1", "IN_PROGRESS", started.version_number)
         device.update("job-s1", "SUCCEEDED", again.version_number, {"result": "ok"})
         assert rollout.executions("job-s1")[THING].status == "SUCCEEDED"

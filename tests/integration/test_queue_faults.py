@@ -4,7 +4,6 @@ After every campaign each accepted frame must be in the store exactly once (fram
 matching their sha256) or still queued: nothing lost, duplicated or half-written.
 """
 
-
 from fleetloop_core.faults import audit, kill_campaign, read_accepted, synthetic_records
 from fleetloop_core.store import FileStore
 
@@ -19,15 +18,22 @@ def _assert_clean(report, kills):
 
 
 def test_kill_9_file_store(tmp_path):
-    report = kill_campaign(tmp_path / "work", f"file://{tmp_path / 'store'}",
-                           lambda i: synthetic_records(i, 80, seed=1), kills=24, seed=1)
+    report = kill_campaign(
+        tmp_path / "work", f"file://{tmp_path / 'store'}", lambda i: synthetic_records(i, 80, seed=1), kills=24, seed=1
+    )
     _assert_clean(report, 24)
 
 
 def test_kill_9_s3_store(s3_bucket, tmp_path):
     endpoint, bucket = s3_bucket
-    report = kill_campaign(tmp_path / "work", f"s3://{bucket}/fleet?endpoint_url={endpoint}",
-                           lambda i: synthetic_records(i, 40, seed=2), kills=8, seed=2, env=CREDENTIALS)
+    report = kill_campaign(
+        tmp_path / "work",
+        f"s3://{bucket}/fleet?endpoint_url={endpoint}",
+        lambda i: synthetic_records(i, 40, seed=2),
+        kills=8,
+        seed=2,
+        env=CREDENTIALS,
+    )
     _assert_clean(report, 8)
 
 
@@ -44,8 +50,8 @@ def test_audit_sees_loss_duplication_and_half_writes(tmp_path):
     assert lost.lost == 2
     copy = records[0].frame_key.replace("robot-9", "robot-x")
     store.put_bytes(copy, records[0].frame)
-    store.put_bytes(records[3].sidecar_key, records[3].sidecar_json)        # sidecar without its frame
-    store.put_bytes(records[1].frame_key, b"half")                          # bytes not matching the sha
+    store.put_bytes(records[3].sidecar_key, records[3].sidecar_json)  # sidecar without its frame
+    store.put_bytes(records[1].frame_key, b"half")  # bytes not matching the sha
     bad = audit(store, [], [r.frame_key for r in records[:2]], records)
     assert bad.unknown == 1 and bad.half_written == 2
     store.put_bytes(copy.replace("robot-x", "robot-9").replace(".png", "-2.png"), b"")

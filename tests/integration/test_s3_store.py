@@ -28,13 +28,16 @@ def test_put_get_head_list_delete_with_metadata_and_checksum(s3_bucket, s3_serve
     assert info.size == 6 and info.metadata["robot-id"] == "r1"
     assert info.metadata["sha256"] == hashlib.sha256(b"pixels").hexdigest()
     raw = s3_server.client().head_object(Bucket=bucket, Key="fleet/frames/r1/2024-01-01/a.png", ChecksumMode="ENABLED")
-    assert raw["ChecksumSHA256"]                         # the service verified a SHA-256 checksum
+    assert raw["ChecksumSHA256"]  # the service verified a SHA-256 checksum
     assert store.head("frames/r1/none.png") is None and not store.exists("frames/r1/none.png")
     assert [o.key for o in store.list("frames/")] == ["frames/r1/2024-01-01/a.json", "frames/r1/2024-01-01/a.png"]
     assert len(list(store.list())) == 3
-    assert list(ground_truth_manifest(store)) == [{
-        "source-ref": f"s3://{bucket}/fleet/frames/r1/2024-01-01/a.png",
-        "fleetloop-sidecar-ref": f"s3://{bucket}/fleet/frames/r1/2024-01-01/a.json"}]
+    assert list(ground_truth_manifest(store)) == [
+        {
+            "source-ref": f"s3://{bucket}/fleet/frames/r1/2024-01-01/a.png",
+            "fleetloop-sidecar-ref": f"s3://{bucket}/fleet/frames/r1/2024-01-01/a.json",
+        }
+    ]
     store.delete("models/t4/1/model.onnx")
     assert not store.exists("models/t4/1/model.onnx")
     with pytest.raises(StoreError, match="NoSuchKey"):
@@ -45,7 +48,7 @@ def test_put_get_head_list_delete_with_metadata_and_checksum(s3_bucket, s3_serve
 
 def test_multipart_above_the_threshold(s3_bucket, s3_server, tmp_path):
     endpoint, bucket = s3_bucket
-    threshold = 5 * 1024 * 1024                          # S3's smallest part
+    threshold = 5 * 1024 * 1024  # S3's smallest part
     store = open_store(f"s3://{bucket}?endpoint_url={endpoint}&multipart_threshold={threshold}")
     big = os.urandom(threshold + 512 * 1024)
     path = tmp_path / "big.bin"
@@ -53,7 +56,7 @@ def test_multipart_above_the_threshold(s3_bucket, s3_server, tmp_path):
     store.put_file("big.bin", path)
     store.put_bytes("small.bin", b"x" * 1000)
     client = s3_server.client()
-    assert client.head_object(Bucket=bucket, Key="big.bin")["ETag"].strip('"').endswith("-2")   # two parts
+    assert client.head_object(Bucket=bucket, Key="big.bin")["ETag"].strip('"').endswith("-2")  # two parts
     assert "-" not in client.head_object(Bucket=bucket, Key="small.bin")["ETag"]
     store.get_file("big.bin", tmp_path / "back.bin")
     assert (tmp_path / "back.bin").read_bytes() == big
@@ -69,10 +72,10 @@ def test_unreachable_endpoint_is_retryable():
 
 def test_refused_credentials_give_a_clear_error_and_records_stay_queued(s3_auth_server, tmp_path, capsys):
     server, bucket, (key_id, secret) = s3_auth_server
-    refused = S3Store(bucket, endpoint_url=server.endpoint_url)           # env credentials: unknown to IAM
+    refused = S3Store(bucket, endpoint_url=server.endpoint_url)  # env credentials: unknown to IAM
     with pytest.raises(StoreError, match=r"credentials refused \(InvalidAccessKeyId") as info:
         refused.put_bytes("k", b"v")
-    assert not isinstance(info.value, StoreUnavailable)                  # no point retrying
+    assert not isinstance(info.value, StoreUnavailable)  # no point retrying
     records = synthetic_records(5, 4)
     with UploadQueue(tmp_path / "q") as queue:
         for record in records:
@@ -80,12 +83,25 @@ def test_refused_credentials_give_a_clear_error_and_records_stay_queued(s3_auth_
         report = Uploader(queue, refused).drain()
         assert report.uploaded == 0 and "credentials refused" in report.error and len(queue) == 4
     # the CLI says so, exits 1, and keeps the records
-    code = cli.main(["queue", "drain", "--queue", str(tmp_path / "q"),
-                     "--store", f"s3://{bucket}?endpoint_url={server.endpoint_url}"])
+    code = cli.main(
+        [
+            "queue",
+            "drain",
+            "--queue",
+            str(tmp_path / "q"),
+            "--store",
+            f"s3://{bucket}?endpoint_url={server.endpoint_url}",
+        ]
+    )
     assert code == 1 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["left"] == 4
     # fixed credentials: the same queue drains
-    client = boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
-                          aws_access_key_id=key_id, aws_secret_access_key=secret)
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+    )
     allowed = S3Store(bucket, endpoint_url=server.endpoint_url, client=client)
     with UploadQueue(tmp_path / "q") as queue:
         assert Uploader(queue, allowed).drain().uploaded == 4 and len(queue) == 0
@@ -97,8 +113,12 @@ def test_outage_mid_drain_every_accepted_frame_lands_exactly_once(s3_bucket, s3_
     store = open_store(f"s3://{bucket}/fleet?endpoint_url={s3_proxy.endpoint_url}")
     direct = open_store(f"s3://{bucket}/fleet?endpoint_url=http://127.0.0.1:{s3_proxy.target_port}")
     records = synthetic_records(6, 40)
-    config = QueueConfig(directory=str(tmp_path / "q"), backoff=BackoffConfig(initial_s=0.05, max_s=0.3),
-                         idle_poll_s=0.02, orphan_grace_s=0.0)
+    config = QueueConfig(
+        directory=str(tmp_path / "q"),
+        backoff=BackoffConfig(initial_s=0.05, max_s=0.3),
+        idle_poll_s=0.02,
+        orphan_grace_s=0.0,
+    )
     with UploadQueue.from_config(config) as queue:
         accepted = [r.frame_key for r in records if queue.put(r).accepted]
         assert len(accepted) == len(records)
@@ -108,16 +128,16 @@ def test_outage_mid_drain_every_accepted_frame_lands_exactly_once(s3_bucket, s3_
             deadline = time.monotonic() + 60
             while queue.stats().uploaded_total < 10 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            s3_proxy.down()                                       # the store goes away mid-drain
+            s3_proxy.down()  # the store goes away mid-drain
             uploaded_at_outage = queue.stats().uploaded_total
             deadline = time.monotonic() + 60
             while "cannot reach" not in (queue.stats().last_error or "") and time.monotonic() < deadline:
                 time.sleep(0.01)
-            time.sleep(0.5)                                       # a few back-off rounds against a dead store
+            time.sleep(0.5)  # a few back-off rounds against a dead store
             held = queue.stats()
-            assert held.records == len(records) - held.uploaded_total > 0   # the queue holds
-            assert held.uploaded_total <= uploaded_at_outage + 1            # (one request may have been in flight)
-            s3_proxy.up()                                         # ... and comes back
+            assert held.records == len(records) - held.uploaded_total > 0  # the queue holds
+            assert held.uploaded_total <= uploaded_at_outage + 1  # (one request may have been in flight)
+            s3_proxy.up()  # ... and comes back
             deadline = time.monotonic() + 60
             while len(queue) and time.monotonic() < deadline:
                 time.sleep(0.02)

@@ -25,19 +25,41 @@ def test_640x480_rgb8_at_30_hz_between_processes_loses_nothing(ros, spawn):
 
     from fleetloop_core.dds import TRANSPORT_VARIABLE
 
-    received: list[tuple[int, int, int]] = []      # (stamp ns, arrival ns, bytes)
+    received: list[tuple[int, int, int]] = []  # (stamp ns, arrival ns, bytes)
 
     def on_image(msg: Image) -> None:
-        received.append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, time.time_ns(),
-                         len(msg.data)))
+        received.append(
+            (msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, time.time_ns(), len(msg.data))
+        )
 
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=60, reliability=ReliabilityPolicy.RELIABLE)
     ros.node.create_subscription(Image, ros.topic("camera/image_raw"), on_image, qos)
     sent, rate = 120, 30.0
     camera = spawn(
-        [sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", ros.namespace, "--count", str(sent),
-         "--rate", str(rate), "--width", "640", "--height", "480", "--reliable", "--wait-subscribers", "1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "fleetloop_core.cli",
+            "camera",
+            "--namespace",
+            ros.namespace,
+            "--count",
+            str(sent),
+            "--rate",
+            str(rate),
+            "--width",
+            "640",
+            "--height",
+            "480",
+            "--reliable",
+            "--wait-subscribers",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     ros.spin_until(lambda: camera.poll() is not None, 120, "the camera process")
     ros.spin_for(0.5)
     output = camera.stdout.read()
@@ -46,10 +68,12 @@ def test_640x480_rgb8_at_30_hz_between_processes_loses_nothing(ros, spawn):
     stamps = np.array([r[0] for r in received], np.int64)
     latency_ms = (np.array([r[1] for r in received], np.int64) - stamps) / 1e6
     span_s = (stamps.max() - stamps.min()) / 1e9 if len(stamps) > 1 else float("nan")
-    print(f"\n640x480 rgb8 between processes ({TRANSPORT_VARIABLE}={os.environ.get(TRANSPORT_VARIABLE)}, "
-          f"reliable): sent {sent}, received {len(received)}, {(len(received) - 1) / span_s:.1f} Hz, latency "
-          f"p50 {np.percentile(latency_ms, 50):.1f} ms, p99 {np.percentile(latency_ms, 99):.1f} ms, "
-          f"max {latency_ms.max():.1f} ms")
+    print(
+        f"\n640x480 rgb8 between processes ({TRANSPORT_VARIABLE}={os.environ.get(TRANSPORT_VARIABLE)}, "
+        f"reliable): sent {sent}, received {len(received)}, {(len(received) - 1) / span_s:.1f} Hz, latency "
+        f"p50 {np.percentile(latency_ms, 50):.1f} ms, p99 {np.percentile(latency_ms, 99):.1f} ms, "
+        f"max {latency_ms.max():.1f} ms"
+    )
     assert len(received) == sent
     assert len(set(stamps.tolist())) == sent and all(size == 640 * 480 * 3 for _, _, size in received)
-    assert (np.diff(stamps) > 0).all()                      # in order
+    assert (np.diff(stamps) > 0).all()  # in order

@@ -13,12 +13,21 @@ def test_an_unreachable_control_plane_is_an_error_on_diagnostics_and_in_the_stat
     from fleetloop_ros.messages import level_of, values_of
 
     identity = mqtt_pki["ca"].issue("robot-0")
-    port = free_port()                                  # nothing listens there
-    robot(ros.namespace, {"/**/model_manager": {
-        "control_plane.uri": f"mqtts://127.0.0.1:{port}",
-        "control_plane.mqtt.ca_file": str(identity.ca), "control_plane.mqtt.cert_file": str(identity.cert),
-        "control_plane.mqtt.key_file": str(identity.key), "control_plane.mqtt.connect_timeout_s": 2.0,
-        "control_plane.mqtt.reconnect_min_s": 0.5, "control_plane.mqtt.reconnect_max_s": 2.0}})
+    port = free_port()  # nothing listens there
+    robot(
+        ros.namespace,
+        {
+            "/**/model_manager": {
+                "control_plane.uri": f"mqtts://127.0.0.1:{port}",
+                "control_plane.mqtt.ca_file": str(identity.ca),
+                "control_plane.mqtt.cert_file": str(identity.cert),
+                "control_plane.mqtt.key_file": str(identity.key),
+                "control_plane.mqtt.connect_timeout_s": 2.0,
+                "control_plane.mqtt.reconnect_min_s": 0.5,
+                "control_plane.mqtt.reconnect_max_s": 2.0,
+            }
+        },
+    )
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     statuses = ros.collect(ModelStatus, "model_status", latched)
@@ -33,6 +42,9 @@ def test_an_unreachable_control_plane_is_an_error_on_diagnostics_and_in_the_stat
     check = ros.spin_until(control_plane_check, 30, "the control_plane diagnostics check")
     assert level_of(check) == 2 and "connection refused" in check.message, check.message
     assert values_of(check)["uri"] == f"mqtts://127.0.0.1:{port}"
-    ros.spin_until(lambda: statuses and "connection refused" in statuses[-1].control_plane, 30,
-                   lambda: f"the status's control_plane field (have {[s.control_plane for s in statuses]})")
-    assert statuses[-1].last_event == "startup" and statuses[-1].last_event_ok     # model events keep their meaning
+    ros.spin_until(
+        lambda: statuses and "connection refused" in statuses[-1].control_plane,
+        30,
+        lambda: f"the status's control_plane field (have {[s.control_plane for s in statuses]})",
+    )
+    assert statuses[-1].last_event == "startup" and statuses[-1].last_event_ok  # model events keep their meaning

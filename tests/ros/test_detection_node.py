@@ -22,9 +22,18 @@ def _frames():
     from fleetloop_core import sim
     from fleetloop_core import sim_detection as sd
 
-    return sd.render_detection_set(sim.LAB_SITE, sim.item_pool().lab_test, 12, seed="ros-detection", height=HEIGHT,
-                                   width=WIDTH, none_fraction=0.15, max_items=2, item_scale=(0.3, 0.45),
-                                   sites=sim.lab_sites(3))
+    return sd.render_detection_set(
+        sim.LAB_SITE,
+        sim.item_pool().lab_test,
+        12,
+        seed="ros-detection",
+        height=HEIGHT,
+        width=WIDTH,
+        none_fraction=0.15,
+        max_items=2,
+        item_scale=(0.3, 0.45),
+        sites=sim.lab_sites(3),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +44,14 @@ def memorising_detector():
 
     core = ROOT / "ros2_ws" / "src" / "fleetloop_core" / "fleetloop_core"
     digest = hashlib.sha256(Path(__file__).read_bytes())
-    for name in ("sim.py", "sim_detection.py", "zoo_detection.py", "training_detection.py", "modelbuild_detection.py",
-                 "manifest.py"):
+    for name in (
+        "sim.py",
+        "sim_detection.py",
+        "zoo_detection.py",
+        "training_detection.py",
+        "modelbuild_detection.py",
+        "manifest.py",
+    ):
         digest.update((core / name).read_bytes())
     out = ROOT / ".cache" / "ros-detector" / digest.hexdigest()[:16]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -52,11 +67,25 @@ def memorising_detector():
             data = _frames()
             images, boxes, classes = fit_into(data.images, data.truths, 64)
             model = td.DetectorDeployable(zoo_detection.build("det-tiny", 10), 64, 64)
-            td.fit_detector(model, images, td.assign(boxes, classes, 64, 64), progress=False,
-                            config=td.DetectorFitConfig(epochs=200, batch_size=12, lr=0.01, flip=False))
-            write_detector_package(model, out / "T4", "fleetloop-t4-ros-test-detector", "memorised", "T4", "det-tiny",
-                                   "yolo", sim_detection.DETECTION_CLASSES, {"data": "the ROS test's 12 frames"},
-                                   zoo.parameter_count(model.net))
+            td.fit_detector(
+                model,
+                images,
+                td.assign(boxes, classes, 64, 64),
+                progress=False,
+                config=td.DetectorFitConfig(epochs=200, batch_size=12, lr=0.01, flip=False),
+            )
+            write_detector_package(
+                model,
+                out / "T4",
+                "fleetloop-t4-ros-test-detector",
+                "memorised",
+                "T4",
+                "det-tiny",
+                "yolo",
+                sim_detection.DETECTION_CLASSES,
+                {"data": "the ROS test's 12 frames"},
+                zoo.parameter_count(model.net),
+            )
     return out
 
 
@@ -71,9 +100,15 @@ def test_detections_land_where_the_truth_says(ros, memorising_detector):
     from fleetloop_ros.perception import PerceptionNode
 
     data = _frames()
-    node = PerceptionNode(namespace=ros.namespace, context=ros.context, parameter_overrides=[
-        Parameter("models_dir", value=str(memorising_detector)), Parameter("escalation_tier", value=""),
-        Parameter("image_qos", value="reliable")])
+    node = PerceptionNode(
+        namespace=ros.namespace,
+        context=ros.context,
+        parameter_overrides=[
+            Parameter("models_dir", value=str(memorising_detector)),
+            Parameter("escalation_tier", value=""),
+            Parameter("image_qos", value="reliable"),
+        ],
+    )
     ros.executor.add_node(node)
     try:
         assert node.detects
@@ -82,8 +117,11 @@ def test_detections_land_where_the_truth_says(ros, memorising_detector):
         camera = ros.publisher(Image, "camera/image_raw")
         ros.wait_for_subscribers(camera)
         stamps = ros.stream(camera, list(data.images), rate_hz=20.0, count=len(data))
-        ros.spin_until(lambda: len(received) >= len(data) and len(results) >= len(data), 60,
-                       lambda: f"{len(data)} detection arrays ({len(received)} so far)")
+        ros.spin_until(
+            lambda: len(received) >= len(data) and len(results) >= len(data),
+            60,
+            lambda: f"{len(data)} detection arrays ({len(received)} so far)",
+        )
     finally:
         ros.executor.remove_node(node)
         node.destroy_node()

@@ -14,10 +14,15 @@ from rcl_interfaces.msg import ParameterType
 
 # every frame is a candidate (threshold 0, no dedup); the budget alone decides what is kept
 BUDGETED = {
-    "/**/selector": {"selection.policy.name": "threshold", "selection.policy.params": {"threshold": 0.0},
-                     "selection.dedup.enabled": False, "selection.random_fraction": 0.0,
-                     "selection.budget.frames_per_hour": 36000.0, "selection.budget.burst_seconds": 1.0,
-                     "selection.budget.bytes_per_hour": 1.0e12},
+    "/**/selector": {
+        "selection.policy.name": "threshold",
+        "selection.policy.params": {"threshold": 0.0},
+        "selection.dedup.enabled": False,
+        "selection.random_fraction": 0.0,
+        "selection.budget.frames_per_hour": 36000.0,
+        "selection.budget.burst_seconds": 1.0,
+        "selection.budget.bytes_per_hour": 1.0e12,
+    },
     "/**/perception": {"image_qos": "reliable", "cascade.latency_budget_ms": 1000.0},
 }
 
@@ -25,6 +30,7 @@ BUDGETED = {
 @pytest.fixture(scope="module")
 def frames():
     from fleetloop_ros.camera_replay import sim_frames
+
     return sim_frames(20, 128, 128)
 
 
@@ -49,32 +55,34 @@ def test_budget_set_from_another_node_changes_the_kept_rate(ros, robot, frames):
     # 10 frames/s of budget (burst 1 s) against a 20 Hz stream: about half is kept
     before = ros.stream(camera, frames, 20.0, 60, answers=results)
     ros.spin_until(lambda: len(decisions) >= 60, 30, "decisions of the first phase")
-    high = _kept_per_s(decisions, before[10:])         # after the initial burst
+    high = _kept_per_s(decisions, before[10:])  # after the initial burst
 
     (result,) = ros.set_parameters("selector", {"selection.budget.frames_per_hour": 3600.0})
     assert result.successful, result.reason
     after = ros.stream(camera, frames, 20.0, 60, answers=results)
     ros.spin_until(lambda: len(decisions) >= 120, 30, "decisions of the second phase")
     low = _kept_per_s(decisions, after[5:])
-    assert len(results) == 120                          # every frame answered, before and after
-    assert 5.0 <= high <= 13.0, high                    # ~10 kept per second (budget, or the stream if slower)
-    assert low <= 2.0 and low < high / 3, (low, high)   # ~1 kept per second once the budget is 3600/h
+    assert len(results) == 120  # every frame answered, before and after
+    assert 5.0 <= high <= 13.0, high  # ~10 kept per second (budget, or the stream if slower)
+    assert low <= 2.0 and low < high / 3, (low, high)  # ~1 kept per second once the budget is 3600/h
     assert ros.get_parameters("selector", ["selection.budget.frames_per_hour"]) == [3600.0]
 
     # bad values are refused with a reason, and the value in force stays
     refused = {
-        "selection.budget.frames_per_hour": (-5.0, "out of range"),                 # descriptor range
+        "selection.budget.frames_per_hour": (-5.0, "out of range"),  # descriptor range
         "selection.policy.name": ("nope", "unknown selection policy 'nope' (known:"),  # core registry
         "selection.policy.params.threshold": (1.5, "out of range"),
-        "queue.directory": ("/elsewhere", "read-only"),                             # needs a restart
+        "queue.directory": ("/elsewhere", "read-only"),  # needs a restart
     }
     for name, (value, reason) in refused.items():
         (result,) = ros.set_parameters("selector", {name: value})
         assert not result.successful and reason in result.reason, (name, result.reason)
     (result,) = ros.set_parameters("selector", {"selection.budget.frames_per_hour": 0.0})
     assert not result.successful and "frames_per_hour: Input should be greater than 0" in result.reason
-    assert ros.get_parameters("selector", ["selection.budget.frames_per_hour", "selection.policy.name"]) == \
-        [3600.0, "threshold"]
+    assert ros.get_parameters("selector", ["selection.budget.frames_per_hour", "selection.policy.name"]) == [
+        3600.0,
+        "threshold",
+    ]
 
     # a policy switch applies with its parameters; the perception thresholds are live too
     (result,) = ros.set_parameters("selector", {"selection.policy.name": "random"})
@@ -115,6 +123,7 @@ def test_parameter_descriptors_come_from_the_core_models():
     policy = {s.name.rsplit(".", 1)[1]: s for s in policy_param_specs("threshold")}
     assert {"threshold", "window", "fraction", "max_share"} <= set(policy)
     assert policy["threshold"].value == 0.5 and policy["window"].type == ParameterType.PARAMETER_INTEGER
-    reduced = keep_active_policy_params({"selection": {"policy": {"name": "random",
-                                                                   "params": {"fraction": 0.1, "window": 3}}}})
+    reduced = keep_active_policy_params(
+        {"selection": {"policy": {"name": "random", "params": {"fraction": 0.1, "window": 3}}}}
+    )
     assert reduced["selection"]["policy"]["params"] == {"fraction": 0.1}

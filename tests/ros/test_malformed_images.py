@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-MALFORMED = {"/**/perception": {"image_qos": "reliable", "compressed_topics": ["camera/image_raw/compressed"]},
-             "/**": {"health.period_s": 0.5}}
+MALFORMED = {
+    "/**/perception": {"image_qos": "reliable", "compressed_topics": ["camera/image_raw/compressed"]},
+    "/**": {"health.period_s": 0.5},
+}
 
 
 def _header(seconds: int):
     from std_msgs.msg import Header
+
     header = Header(frame_id="camera")
     header.stamp.sec = seconds
     return header
@@ -37,13 +40,20 @@ def test_malformed_images_are_counted_reported_and_survived(ros, robot):
         "wrong step": Image(height=good.height, width=good.width, encoding="rgb8", step=row - 1, data=good.data),
         "unknown encoding": Image(height=good.height, width=good.width, encoding="weird16", step=row, data=good.data),
         "empty data": Image(height=good.height, width=good.width, encoding="rgb8", step=row, data=b""),
-        "size mismatch": Image(height=good.height, width=good.width, encoding="rgb8", step=row,
-                               data=good.data[: row * (good.height // 2)]),
+        "size mismatch": Image(
+            height=good.height, width=good.width, encoding="rgb8", step=row, data=good.data[: row * (good.height // 2)]
+        ),
     }
 
     def valid(second: int) -> Image:
-        return Image(header=_header(second), height=good.height, width=good.width, encoding="rgb8",
-                     step=good.step, data=good.data)
+        return Image(
+            header=_header(second),
+            height=good.height,
+            width=good.width,
+            encoding="rgb8",
+            step=good.step,
+            data=good.data,
+        )
 
     second = 1
     for message in bad.values():
@@ -55,23 +65,31 @@ def test_malformed_images_are_counted_reported_and_survived(ros, robot):
     compressed.publish(CompressedImage(header=_header(second), format="jpeg", data=b"\xff\xd8 not a jpeg"))
     for _ in range(4):
         second += 1
-        camera.publish(valid(second))       # the node keeps answering after the bad ones
+        camera.publish(valid(second))  # the node keeps answering after the bad ones
         ros.spin_for(0.1)
 
     def frames_status() -> DiagnosticStatus | None:
         for array in reversed(diagnostics):
             for status in array.status:
                 values = values_of(status)
-                if status.name == "perception: frames" and (values.get("malformed_total"),
-                                                            values.get("answered_total")) == ("5", "8"):
+                if status.name == "perception: frames" and (
+                    values.get("malformed_total"),
+                    values.get("answered_total"),
+                ) == ("5", "8"):
                     return status
         return None
 
-    status = ros.spin_until(frames_status, 30, lambda: f"a diagnostics report of 5 malformed and 8 answered images "
-                                                       f"({len(diagnostics)} arrays, {len(results)} results)")
+    status = ros.spin_until(
+        frames_status,
+        30,
+        lambda: (
+            f"a diagnostics report of 5 malformed and 8 answered images "
+            f"({len(diagnostics)} arrays, {len(results)} results)"
+        ),
+    )
     ros.spin_until(lambda: len(results) >= 8, 30, "results of the 8 valid frames")
     values = values_of(status)
-    assert level_of(status) == 2 and "dropped_fraction" in status.message     # 5 of 13 dropped: ERROR
+    assert level_of(status) == 2 and "dropped_fraction" in status.message  # 5 of 13 dropped: ERROR
     assert values["unsupported_encoding_total"] == "1" and values["received_total"] == "13"
     assert status.hardware_id == "robot-1"
     assert sorted(r.header.stamp.sec for r in results) == [1, 3, 5, 7, 10, 11, 12, 13]
@@ -79,8 +97,13 @@ def test_malformed_images_are_counted_reported_and_survived(ros, robot):
     process.wait_for("cannot be decoded", timeout=10)
     log = [line for line in process.lines if "dropped malformed image" in line]
     assert len(log) == 5
-    for needle in ("step 383 is smaller than a row (384 bytes)", "unsupported image encoding 'weird16'",
-                   "data has 0 bytes", f"data has {row * (good.height // 2)} bytes", "cannot be decoded"):
+    for needle in (
+        "step 383 is smaller than a row (384 bytes)",
+        "unsupported image encoding 'weird16'",
+        "data has 0 bytes",
+        f"data has {row * (good.height // 2)} bytes",
+        "cannot be decoded",
+    ):
         assert any(needle in line for line in log), (needle, log)
     assert process.process.poll() is None
     inference = next(s for a in reversed(diagnostics) for s in a.status if s.name == "perception: inference")

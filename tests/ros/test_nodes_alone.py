@@ -20,8 +20,8 @@ def test_selector_not_composed_pairs_images_and_results_from_topics(ros, robot):
     decisions = ros.collect(FrameDecision, "frame_decisions")
     camera = ros.publisher(Image, "camera/image_raw")
     ros.wait_for_publishers(["frame_decisions"])
-    ros.wait_for_subscribers(camera, count=2)        # perception and the selector
-    stamps = ros.stream(camera, sim_frames(20, 128, 128), 10.0, 20)   # distinct frames: keys are content hashes
+    ros.wait_for_subscribers(camera, count=2)  # perception and the selector
+    stamps = ros.stream(camera, sim_frames(20, 128, 128), 10.0, 20)  # distinct frames: keys are content hashes
     ros.spin_until(lambda: len(decisions) >= 20, 30, lambda: f"20 decisions (have {len(decisions)})")
     assert sorted(d.header.stamp.sec * 1_000_000_000 + d.header.stamp.nanosec for d in decisions) == stamps
     assert all(d.keep and d.policy == "threshold" for d in decisions)
@@ -32,8 +32,12 @@ def test_selector_not_composed_pairs_images_and_results_from_topics(ros, robot):
     sidecars = [json.loads(p.read_text()) for p in store.rglob("*.json")]
     assert sorted(s["stamp_ns"] for s in sidecars) == stamps
     # the result travelled as a message: scores, versions and both tiers' outputs survive the trip
-    assert all(set(s["scores"]) == {"entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty"}
-               and "T4" in s["model_versions"] and "T4" in s["tier_outputs"] for s in sidecars)
+    assert all(
+        set(s["scores"]) == {"entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty"}
+        and "T4" in s["model_versions"]
+        and "T4" in s["tier_outputs"]
+        for s in sidecars
+    )
 
 
 def test_uploader_reports_an_unreachable_store(ros_domain, tmp_path, monkeypatch):
@@ -44,25 +48,30 @@ def test_uploader_reports_an_unreachable_store(ros_domain, tmp_path, monkeypatch
     from fleetloop_core.health import ERROR
     from fleetloop_ros.uploader import UploaderNode
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")           # credentials are fine, the endpoint is down
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # credentials are fine, the endpoint is down
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with socket.socket() as probe:          # a port nobody listens on
+    with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     context = rclpy.Context()
     rclpy.init(context=context)
     try:
-        node = UploaderNode(namespace="/uploader_check", context=context, parameter_overrides=[
-            Parameter("queue.directory", value=str(tmp_path / "queue")),
-            Parameter("queue.store", value=f"s3://frames/robot?endpoint_url=http://127.0.0.1:{port}"),
-            Parameter("health.store_unreachable_s.warn", value=0.0),
-            Parameter("health.store_unreachable_s.error", value=0.0)])
+        node = UploaderNode(
+            namespace="/uploader_check",
+            context=context,
+            parameter_overrides=[
+                Parameter("queue.directory", value=str(tmp_path / "queue")),
+                Parameter("queue.store", value=f"s3://frames/robot?endpoint_url=http://127.0.0.1:{port}"),
+                Parameter("health.store_unreachable_s.warn", value=0.0),
+                Parameter("health.store_unreachable_s.error", value=0.0),
+            ],
+        )
         try:
             (check,) = node.checks()
-            assert check.values["store_reachable"] == "unknown"        # probed once spinning, not at start
+            assert check.values["store_reachable"] == "unknown"  # probed once spinning, not at start
             executor = SingleThreadedExecutor(context=context)
             executor.add_node(node)
-            for _ in range(5):                                            # the first probe, 0.1 s after start
+            for _ in range(5):  # the first probe, 0.1 s after start
                 executor.spin_once(timeout_sec=0.5)
             (check,) = node.checks()
             assert check.level == ERROR and check.values["store_reachable"] == "False"
@@ -87,16 +96,23 @@ def test_a_recorded_bag_is_a_camera(tmp_path):
     from fleetloop_ros.camera_replay import bag_messages
 
     store = get_typestore(Stores.ROS2_HUMBLE)
-    Image, Header, Time = (store.types[n] for n in ("sensor_msgs/msg/Image", "std_msgs/msg/Header",
-                                                    "builtin_interfaces/msg/Time"))
+    Image, Header, Time = (
+        store.types[n] for n in ("sensor_msgs/msg/Image", "std_msgs/msg/Header", "builtin_interfaces/msg/Time")
+    )
     frames = [np.full((8, 6, 3), value, np.uint8) for value in (10, 20, 30)]
     with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         images = writer.add_connection("/camera/image_raw", Image.__msgtype__, typestore=store)
         for index, frame in enumerate(frames):
             fields = array_to_image(frame, "rgb8")
-            msg = Image(header=Header(stamp=Time(sec=index, nanosec=0), frame_id="cam"), height=fields.height,
-                        width=fields.width, encoding="rgb8", is_bigendian=0, step=fields.step,
-                        data=np.frombuffer(fields.data, np.uint8))
+            msg = Image(
+                header=Header(stamp=Time(sec=index, nanosec=0), frame_id="cam"),
+                height=fields.height,
+                width=fields.width,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=fields.step,
+                data=np.frombuffer(fields.data, np.uint8),
+            )
             writer.write(images, index * 1_000_000_000, store.serialize_cdr(msg, Image.__msgtype__))
     replayed = list(bag_messages(tmp_path / "bag"))
     assert [kind for kind, _ in replayed] == ["image"] * 3

@@ -34,9 +34,15 @@ def _start_camera(spawn, tmp_path: Path, namespace: str, *args: str, whc_high: s
     finally:
         sys.path.pop(0)
     import os
+
     env = dict(os.environ, **cyclone_environment(tmp_path, whc_high))
-    return spawn([sys.executable, str(CAMERA), "--topic", f"{namespace}/camera/image_raw", *args],
-                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return spawn(
+        [sys.executable, str(CAMERA), "--topic", f"{namespace}/camera/image_raw", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(ros, camera: subprocess.Popen, timeout: float = 90.0) -> dict:
@@ -59,11 +65,13 @@ def _settle(ros, received: list, quiet_s: float = 2.0, timeout: float = 30.0) ->
 
 def _results_qos():
     from fleetloop_ros.perception import RESULTS_QOS
+
     return RESULTS_QOS
 
 
 def _status(diagnostics: list, name: str):
     from fleetloop_ros.messages import level_of, values_of
+
     for message in reversed(diagnostics):
         for status in message.status:
             if status.name.endswith(f": {name}"):
@@ -82,18 +90,33 @@ def test_a_cyclone_camera_is_answered_with_type_propagation_off(ros_with, robot,
     ros.wait_for_publishers(["frame_results"])
     # a light stream: what is lost at 640x480 @ 30 Hz is measured by benchmarks/ros_stress.py (docs table)
     sent = 60
-    camera = _start_camera(spawn, tmp_path, ros.namespace, "--count", str(sent), "--rate", "15", "--width", "320",
-                           "--height", "240", "--reliable")
+    camera = _start_camera(
+        spawn,
+        tmp_path,
+        ros.namespace,
+        "--count",
+        str(sent),
+        "--rate",
+        "15",
+        "--width",
+        "320",
+        "--height",
+        "240",
+        "--reliable",
+    )
     report = _finish(ros, camera)
     _settle(ros, results)
     answered = [r for r in results if r.header.frame_id == "cyclone"]
-    print(f"\nCyclone DDS camera -> perception (shm+udp, type propagation off, reliable 320x240 @ 15 Hz): "
-          f"sent {report['sent']}, answered {len(answered)}")
+    print(
+        f"\nCyclone DDS camera -> perception (shm+udp, type propagation off, reliable 320x240 @ 15 Hz): "
+        f"sent {report['sent']}, answered {len(answered)}"
+    )
     assert report["matched"] == 1 and report["sent"] == sent
     assert len(answered) >= sent // 2, robot_process.output[-3000:]
     stamps = {r.header.stamp.sec * 1_000_000_000 + r.header.stamp.nanosec for r in answered}
-    assert len(stamps) == len(answered)                 # each answer is a distinct camera frame
+    assert len(stamps) == len(answered)  # each answer is a distinct camera frame
     from fleetloop_ros.messages import level_of
+
     inputs = [s for m in diagnostics for s in m.status if s.name.endswith(": input")]
     assert any(level_of(s) == 0 and s.message == "receiving" for s in inputs), [s.message for s in inputs][-5:]
     assert min(stamps) >= report["first_stamp_ns"] and max(stamps) <= report["last_stamp_ns"]
@@ -124,8 +147,9 @@ def test_with_type_propagation_a_cyclone_camera_is_refused_and_diagnostics_say_w
         status = _status(diagnostics, "input")
         return status if status and "no frames" in status[1] else None
 
-    level, message, values = ros.spin_until(refused, 30, lambda: f"an input WARN naming the refused match "
-                                                                 f"(last: {_status(diagnostics, 'input')})")
+    level, message, values = ros.spin_until(
+        refused, 30, lambda: f"an input WARN naming the refused match (last: {_status(diagnostics, 'input')})"
+    )
     assert level == WARN and "dds.type_propagation: false" in message
     report = _finish(ros, camera)
     assert report["matched"] == 0 and camera.returncode == 2 and not results
@@ -147,20 +171,49 @@ def test_a_cyclone_camera_leaving_a_full_reader_does_not_freeze_the_node(ros_wit
     results = ros.collect(FrameResult, "frame_results", _results_qos())
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
     ros.wait_for_publishers(["frame_results"])
-    flood = _start_camera(spawn, tmp_path, ros.namespace, "--count", "150", "--rate", "60", "--width", "1920", "--height",
-                          "1080", "--reliable", "--linger", "0.05", whc_high="64MB")
+    flood = _start_camera(
+        spawn,
+        tmp_path,
+        ros.namespace,
+        "--count",
+        "150",
+        "--rate",
+        "60",
+        "--width",
+        "1920",
+        "--height",
+        "1080",
+        "--reliable",
+        "--linger",
+        "0.05",
+        whc_high="64MB",
+    )
     assert _finish(ros, flood)["sent"] == 150
     ros.spin_for(2.0)
     first = len(results)
-    second = _start_camera(spawn, tmp_path, ros.namespace, "--count", "60", "--rate", "15", "--width", "320", "--height",
-                           "240", "--reliable")
+    second = _start_camera(
+        spawn,
+        tmp_path,
+        ros.namespace,
+        "--count",
+        "60",
+        "--rate",
+        "15",
+        "--width",
+        "320",
+        "--height",
+        "240",
+        "--reliable",
+    )
     report = _finish(ros, second)
     _settle(ros, results)
     answered_second = [r for r in results[first:] if r.header.frame_id == "cyclone"]
     frames = _status(diagnostics, "frames")
     resets = frames[2].get("subscription_resets_total") if frames else "?"
-    print(f"\nafter a 1920x1080 @ 60 Hz Cyclone camera left: second camera sent {report['sent']}, answered "
-          f"{len(answered_second)}; subscription resets {resets}")
+    print(
+        f"\nafter a 1920x1080 @ 60 Hz Cyclone camera left: second camera sent {report['sent']}, answered "
+        f"{len(answered_second)}; subscription resets {resets}"
+    )
     assert report["matched"] == 1, robot_process.output[-3000:]
     assert len(answered_second) >= report["sent"] // 3, robot_process.output[-3000:]
     cpu = psutil.Process(robot_process.process.pid).cpu_percent(interval=1.0)

@@ -24,14 +24,25 @@ from fleetloop_ros.runner import EXIT_TEARDOWN_HUNG
 
 ROOT = Path(__file__).resolve().parents[2]
 EXIT_WITHIN_S = 5.0
-KEEP_ALL = {"/**/selector": {"selection.policy.name": "threshold", "selection.policy.params": {"threshold": 0.0},
-                             "selection.budget.frames_per_hour": 360000.0, "selection.dedup.enabled": False},
-            "/**/perception": {"image_qos": "reliable"}}
+KEEP_ALL = {
+    "/**/selector": {
+        "selection.policy.name": "threshold",
+        "selection.policy.params": {"threshold": 0.0},
+        "selection.budget.frames_per_hour": 360000.0,
+        "selection.dedup.enabled": False,
+    },
+    "/**/perception": {"image_qos": "reliable"},
+}
 
 
 def _camera(spawn, namespace: str, *args: str) -> subprocess.Popen:
-    return spawn([sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", namespace, *args],
-                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return spawn(
+        [sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", namespace, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _stop_timed(process: subprocess.Popen, signum: int) -> tuple[int, float]:
@@ -56,8 +67,19 @@ def test_robot_exits_when_waiting_and_when_streaming(ros, robot, signum, spawn):
     streaming = robot(ros.namespace, KEEP_ALL)
     decisions = ros.collect(FrameDecision, "frame_decisions")
     ros.wait_for_publishers(["frame_decisions"])
-    camera = _camera(spawn, ros.namespace, "--rate", "30", "--width", "640", "--height", "480", "--reliable",
-                     "--wait-subscribers", "1")
+    camera = _camera(
+        spawn,
+        ros.namespace,
+        "--rate",
+        "30",
+        "--width",
+        "640",
+        "--height",
+        "480",
+        "--reliable",
+        "--wait-subscribers",
+        "1",
+    )
     try:
         ros.spin_until(lambda: len(decisions) >= 20, 60, lambda: f"20 decisions (have {len(decisions)})")
         assert streaming.stop(signum=signum) == 0, streaming.output[-2000:]
@@ -159,7 +181,9 @@ def test_camera_waiting_for_subscribers_exits_on_sigint_and_gives_up_with_a_clea
     assert '{"camera": {"sent": 0, "answered": 0, "lost": 0}}' in output
 
 
-@pytest.mark.parametrize("how, code, within_s", [("sleep", 3, 3.0 + EXIT_WITHIN_S), ("gil", 1, 3.0 + 5.0 + EXIT_WITHIN_S)])
+@pytest.mark.parametrize(
+    "how, code, within_s", [("sleep", 3, 3.0 + EXIT_WITHIN_S), ("gil", 1, 3.0 + 5.0 + EXIT_WITHIN_S)]
+)
 def test_a_frozen_frame_path_is_reported_and_the_process_exits(ros, test_models, how, code, within_s, spawn):
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
@@ -169,9 +193,20 @@ def test_a_frozen_frame_path_is_reported_and_the_process_exits(ros, test_models,
     from fleetloop_ros.messages import level_of
 
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
-    process = spawn([sys.executable, str(ROOT / "tests" / "ros" / "programs" / "frozen_perception.py"),
-                     str(test_models["T4"].parent), ros.namespace, "5", how],
-                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = spawn(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "ros" / "programs" / "frozen_perception.py"),
+            str(test_models["T4"].parent),
+            ros.namespace,
+            "5",
+            how,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         camera = ros.publisher(Image, "camera/image_raw")
         ros.wait_for_subscribers(camera, timeout=60)
@@ -190,8 +225,8 @@ def test_a_frozen_frame_path_is_reported_and_the_process_exits(ros, test_models,
         ros.spin_for(0.5)
         liveness = [s for m in diagnostics for s in m.status if s.name.endswith(": liveness")]
         assert any(level_of(s) == ERROR and "has not answered" in s.message for s in liveness), liveness[-3:]
-        assert stderr.count("frozen: the frame path has not answered") == 1       # logged once
-        assert "exiting with code 3" in stderr and "frozen_perception.py\", line" in stderr   # the stacks say where
+        assert stderr.count("frozen: the frame path has not answered") == 1  # logged once
+        assert "exiting with code 3" in stderr and 'frozen_perception.py", line' in stderr  # the stacks say where
     else:
         assert "Timeout (0:00:08)!" in stderr and "in infer" in stderr
 
@@ -199,25 +234,47 @@ def test_a_frozen_frame_path_is_reported_and_the_process_exits(ros, test_models,
 def test_a_process_stuck_in_c_during_start_up_still_ends_on_sigint(ros_domain, spawn):
     """The main thread never returns to Python (a C wait that signals do not end, GIL released):
     the signal is seen by a thread through Python's wakeup fd, and the kernel deadline ends it."""
-    process = spawn([sys.executable, str(ROOT / "tests" / "ros" / "programs" / "stuck_startup.py")],
-                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = spawn(
+        [sys.executable, str(ROOT / "tests" / "ros" / "programs" / "stuck_startup.py")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout.readline().strip() == "stuck in start-up", process.stderr.read()
     time.sleep(0.5)
     code, seconds = _stop_timed(process, signal.SIGINT)
     assert seconds < 5.0 and code == EXIT_TEARDOWN_HUNG, (code, seconds)
-    assert "stuck_startup.py\", line" in process.stderr.read()        # the stack dump says where
+    assert 'stuck_startup.py", line' in process.stderr.read()  # the stack dump says where
 
 
 def test_a_camera_started_with_sigint_ignored_still_stops_on_sigint_during_start_up(ros_domain, spawn):
     """A background job of a non-interactive shell inherits SIGINT ignored; a SIGINT during start-up
     (before run_nodes' handlers exist) was lost and the camera ran on for good (seen in make test
     launched in the background)."""
+
     def ignore_sigint():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    process = spawn([sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", "/ignored_sigint",
-                     "--count", "10", "--wait-subscribers", "1"], cwd=ROOT, stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, text=True, preexec_fn=ignore_sigint)
+    process = spawn(
+        [
+            sys.executable,
+            "-m",
+            "fleetloop_core.cli",
+            "camera",
+            "--namespace",
+            "/ignored_sigint",
+            "--count",
+            "10",
+            "--wait-subscribers",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=ignore_sigint,
+    )
     # the moment restore() made SIGINT count again (the kernel shows a process's ignored signals); it is still
     # importing then, long before run_nodes' handlers. Before it nothing can catch a SIGINT: the kernel drops it.
     ignored = 1 << (signal.SIGINT - 1)

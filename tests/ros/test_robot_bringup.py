@@ -19,9 +19,15 @@ from fleetloop_core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 # frames are the robot's only trigger here: keep every candidate, budget far above the stream
-KEEP_ALL = {"/**/selector": {"selection.policy.name": "threshold", "selection.policy.params": {"threshold": 0.0},
-                             "selection.budget.frames_per_hour": 360000.0, "selection.dedup.enabled": False},
-            "/**/perception": {"image_qos": "reliable"}}
+KEEP_ALL = {
+    "/**/selector": {
+        "selection.policy.name": "threshold",
+        "selection.policy.params": {"threshold": 0.0},
+        "selection.budget.frames_per_hour": 360000.0,
+        "selection.dedup.enabled": False,
+    },
+    "/**/perception": {"image_qos": "reliable"},
+}
 
 
 def _stamp(header) -> tuple[int, int, str]:
@@ -40,14 +46,36 @@ def test_camera_replay_robot_results_and_store(ros, robot, spawn):
     sent = 30
     # the camera starts once the robot's perception and this test subscribe (frames before discovery are lost)
     camera = spawn(
-        [sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", ros.namespace, "--count", str(sent),
-         "--rate", "15", "--reliable", "--wait-subscribers", "2"], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "fleetloop_core.cli",
+            "camera",
+            "--namespace",
+            ros.namespace,
+            "--count",
+            str(sent),
+            "--rate",
+            "15",
+            "--reliable",
+            "--wait-subscribers",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     ros.spin_until(lambda: camera.poll() is not None, 120, "the camera process to finish")
     assert camera.returncode == 0, camera.stdout.read()
-    ros.spin_until(lambda: len(results) >= sent and len(decisions) >= sent, 60,
-                   lambda: f"{sent} results and decisions (have {len(results)}, {len(decisions)}; "
-                           f"{len(images)} images)\n{robot_process.output}")
+    ros.spin_until(
+        lambda: len(results) >= sent and len(decisions) >= sent,
+        60,
+        lambda: (
+            f"{sent} results and decisions (have {len(results)}, {len(decisions)}; "
+            f"{len(images)} images)\n{robot_process.output}"
+        ),
+    )
 
     assert len(images) == sent
     # every result answers one published image, header copied (stamp and frame_id)
@@ -60,7 +88,7 @@ def test_camera_replay_robot_results_and_store(ros, robot, spawn):
     assert all(0.0 <= getattr(first, s) <= 1.0 for s in ("entropy", "margin", "least_confidence", "novelty"))
 
     kept = [d for d in decisions if d.keep]
-    assert len(kept) == sent            # threshold 0, no dedup, ample budget: every frame is kept
+    assert len(kept) == sent  # threshold 0, no dedup, ample budget: every frame is kept
     store = robot_process.state / "store"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(store.rglob("*.json"))) < len(kept):
@@ -103,8 +131,16 @@ def test_launch_file_arguments_are_the_cli_options():
 def test_launch_arguments_map_to_the_same_parameters():
     from fleetloop_ros.launch_args import node_overrides
 
-    nodes = node_overrides({"robot_id": "robot-7", "image_topics": "a/image, b/image", "store_uri": "s3://b/p",
-                            "use_gpu": "true", "models_dir": "", "control_plane": None})
+    nodes = node_overrides(
+        {
+            "robot_id": "robot-7",
+            "image_topics": "a/image, b/image",
+            "store_uri": "s3://b/p",
+            "use_gpu": "true",
+            "models_dir": "",
+            "control_plane": None,
+        }
+    )
     assert nodes["perception"] == {"robot_id": "robot-7", "image_topics": ["a/image", "b/image"], "use_gpu": True}
     assert nodes["selector"]["queue.store"] == nodes["uploader"]["queue.store"] == "s3://b/p"
     assert nodes["model_manager"] == {"robot_id": "robot-7", "control_plane.thing_name": "robot-7", "use_gpu": True}
@@ -125,8 +161,11 @@ def test_robot_yaml_reads_the_same_through_rcl(ros_domain, test_models):
     context = rclpy.Context()
     rclpy.init(args=["--ros-args", "--params-file", str(path)], context=context)
     try:
-        node = PerceptionNode(namespace="/yaml_check", context=context,
-                              parameter_overrides=[Parameter("models_dir", value=str(test_models["T4"].parent))])
+        node = PerceptionNode(
+            namespace="/yaml_check",
+            context=context,
+            parameter_overrides=[Parameter("models_dir", value=str(test_models["T4"].parent))],
+        )
         got = node.parameters.current
         assert got.model_copy(update={"models_dir": expected.models_dir}) == expected
         assert node.get_parameter("cascade.escalate_above").value == expected.cascade.escalate_above

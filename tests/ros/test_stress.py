@@ -19,9 +19,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_fifty_start_stop_cycles_and_two_streams(tmp_path, test_models):
     out = tmp_path / "stress.json"
-    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ros_stress.py"), "--quick", "--no-transports",
-                              "--models", str(test_models["T4"].parent), "--json", str(out)],
-                             cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    process = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "ros_stress.py"),
+            "--quick",
+            "--no-transports",
+            "--models",
+            str(test_models["T4"].parent),
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.exists(), process.stdout[-3000:] + process.stderr[-3000:]
     report = json.loads(out.read_text())
     summary = report["summary"]

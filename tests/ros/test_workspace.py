@@ -13,13 +13,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_colcon_sees_the_workspace_packages_with_their_build_types(tmp_path):
     colcon = shutil.which("colcon", path=str(Path(sys.executable).parent)) or shutil.which("colcon")
-    listed = subprocess.run([colcon, "--log-base", str(tmp_path), "list", "--base-paths", "ros2_ws/src",
-                             "--metas", "colcon.meta"], cwd=ROOT, capture_output=True, text=True, check=True,
-                            env=dict(os.environ, AMENT_PREFIX_PATH=sys.prefix)).stdout
+    listed = subprocess.run(
+        [colcon, "--log-base", str(tmp_path), "list", "--base-paths", "ros2_ws/src", "--metas", "colcon.meta"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, AMENT_PREFIX_PATH=sys.prefix),
+    ).stdout
     types = dict(line.split("\t")[0::2] for line in listed.strip().splitlines())
     # a package.xml catkin_pkg finds invalid would silently show up as plain (python)
-    assert types == {"fleetloop_core": "(ros.ament_python)", "fleetloop_ros": "(ros.ament_python)",
-                     "fleetloop_interfaces": "(ros.ament_cmake)"}
+    assert types == {
+        "fleetloop_core": "(ros.ament_python)",
+        "fleetloop_ros": "(ros.ament_python)",
+        "fleetloop_interfaces": "(ros.ament_cmake)",
+    }
 
 
 def test_interfaces_are_generated_by_colcon_and_importable():
@@ -27,7 +35,7 @@ def test_interfaces_are_generated_by_colcon_and_importable():
     from fleetloop_interfaces.msg import FrameDecision, FrameResult, ModelStatus, TierOutput, TierVersion
     from fleetloop_interfaces.srv import SwapModel
 
-    assert Path(fleetloop_interfaces.__file__).is_relative_to(ROOT / "ros2_ws" / "install")   # via the .pth
+    assert Path(fleetloop_interfaces.__file__).is_relative_to(ROOT / "ros2_ws" / "install")  # via the .pth
     fields = FrameResult.get_fields_and_field_types()
     assert fields["header"] == "std_msgs/Header" and fields["models"] == "sequence<fleetloop_interfaces/TierVersion>"
     assert {"entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty"} <= set(fields)

@@ -19,8 +19,9 @@ import numpy as np
 from fleetloop_cloud import active
 
 
-def train_probe(features: np.ndarray, labels: np.ndarray, classes: int, steps: int = 100,
-                weight_decay: float = 1e-3, seed: int = 0):
+def train_probe(
+    features: np.ndarray, labels: np.ndarray, classes: int, steps: int = 100, weight_decay: float = 1e-3, seed: int = 0
+):
     """Return (weights, bias) of a softmax regression fitted with full-batch L-BFGS."""
     import torch
 
@@ -33,7 +34,7 @@ def train_probe(features: np.ndarray, labels: np.ndarray, classes: int, steps: i
 
     def closure():
         optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + weight_decay * (weight ** 2).sum()
+        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + weight_decay * (weight**2).sum()
         loss.backward()
         return loss
 
@@ -65,8 +66,9 @@ class Curve:
                     return float(self.budgets[0])
                 lo, hi = self.accuracy[i - 1], value
                 frac = (target - lo) / (hi - lo) if hi > lo else 1.0
-                return float(np.exp(np.log(self.budgets[i - 1]) + frac * (np.log(self.budgets[i]) -
-                                                                           np.log(self.budgets[i - 1]))))
+                return float(
+                    np.exp(np.log(self.budgets[i - 1]) + frac * (np.log(self.budgets[i]) - np.log(self.budgets[i - 1])))
+                )
         return None
 
 
@@ -78,22 +80,37 @@ class ActiveLearningResult:
     pool_frames: int
     curves: dict[str, Curve]
     labels_needed: dict[str, float | None]
-    ratio: float | None                      # active-learning labels / random labels (lower is better)
+    ratio: float | None  # active-learning labels / random labels (lower is better)
     strategy: str
 
     def to_dict(self) -> dict:
-        return {"reference_accuracy": round(self.reference_accuracy, 4),
-                "target_accuracy": round(self.target_accuracy, 4), "target_share": self.target_share,
-                "pool_frames": self.pool_frames, "strategy": self.strategy,
-                "labels_needed": {k: (round(v, 1) if v is not None else None) for k, v in self.labels_needed.items()},
-                "ratio": round(self.ratio, 4) if self.ratio is not None else None,
-                "curves": {k: {"budgets": c.budgets, "accuracy": [round(a, 4) for a in c.accuracy]}
-                           for k, c in self.curves.items()}}
+        return {
+            "reference_accuracy": round(self.reference_accuracy, 4),
+            "target_accuracy": round(self.target_accuracy, 4),
+            "target_share": self.target_share,
+            "pool_frames": self.pool_frames,
+            "strategy": self.strategy,
+            "labels_needed": {k: (round(v, 1) if v is not None else None) for k, v in self.labels_needed.items()},
+            "ratio": round(self.ratio, 4) if self.ratio is not None else None,
+            "curves": {
+                k: {"budgets": c.budgets, "accuracy": [round(a, 4) for a in c.accuracy]} for k, c in self.curves.items()
+            },
+        }
 
 
-def run(pool_features: np.ndarray, pool_labels: np.ndarray, test_features: np.ndarray, test_labels: np.ndarray,
-        classes: int, budgets: Sequence[int], repeats: int = 3, target_share: float = 0.95,
-        strategy: str = "uncertainty-diversity", seed: int = 0, progress=None) -> ActiveLearningResult:
+def run(
+    pool_features: np.ndarray,
+    pool_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    classes: int,
+    budgets: Sequence[int],
+    repeats: int = 3,
+    target_share: float = 0.95,
+    strategy: str = "uncertainty-diversity",
+    seed: int = 0,
+    progress=None,
+) -> ActiveLearningResult:
     """Return both learning curves and the labels each strategy needs to reach the target."""
     budgets = sorted({int(b) for b in budgets if 0 < b <= len(pool_labels)})
     if not budgets:
@@ -121,9 +138,10 @@ def run(pool_features: np.ndarray, pool_labels: np.ndarray, test_features: np.nd
                         w, b = train_probe(pool_features[labeled], pool_labels[labeled], classes, seed=seed)
                         probs = probe_probs(pool_features[candidates], w, b)
                         top2 = np.sort(probs, axis=1)[:, -2:]
-                        uncertainty = 1.0 - (top2[:, 1] - top2[:, 0])      # margin, in [0, 1]
-                        picked = active.select(name, pool_features[candidates], uncertainty, need, rng,
-                                               labeled=pool_features[labeled])
+                        uncertainty = 1.0 - (top2[:, 1] - top2[:, 0])  # margin, in [0, 1]
+                        picked = active.select(
+                            name, pool_features[candidates], uncertainty, need, rng, labeled=pool_features[labeled]
+                        )
                         extra = candidates[np.asarray(picked, np.int64)]
                     labeled = np.concatenate([labeled, np.asarray(extra, np.int64)])
                 w, b = train_probe(pool_features[labeled], pool_labels[labeled], classes, seed=seed)

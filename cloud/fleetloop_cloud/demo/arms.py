@@ -26,9 +26,12 @@ class RandomUploadFleet(InProcessFleet):
     """In-process robots whose selector is replaced by a random sample of a given size."""
 
     # every offered frame is kept: the sample, not a score, decides
-    KEEP_ALL = {"policy": {"name": "threshold", "params": {"threshold": 0.0}},
-                "dedup": {"enabled": False}, "random_fraction": 0.0,
-                "budget": {"frames_per_hour": 1.0e9, "bytes_per_hour": 1.0e15}}
+    KEEP_ALL = {
+        "policy": {"name": "threshold", "params": {"threshold": 0.0}},
+        "dedup": {"enabled": False},
+        "random_fraction": 0.0,
+        "budget": {"frames_per_hour": 1.0e9, "bytes_per_hour": 1.0e15},
+    }
 
     def __init__(self, specs, settings, seed: int):
         super().__init__(specs, settings)
@@ -86,30 +89,55 @@ class UploadAllArm:
         warm = weights.is_file()
         if warm:
             import torch
+
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         images = np.concatenate(self.images)
         labels = np.concatenate(self.labels)
         if self.lab_replay_frames:
             pool = sim.item_pool()
-            lab = sim.render_set(sim.LAB_SITE, pool.lab_train, self.lab_replay_frames, seed=("replay", self.seed),
-                                 height=images.shape[1], width=images.shape[2], pool=pool,
-                                 sites=sim.lab_sites(seed=self.seed))
+            lab = sim.render_set(
+                sim.LAB_SITE,
+                pool.lab_train,
+                self.lab_replay_frames,
+                seed=("replay", self.seed),
+                height=images.shape[1],
+                width=images.shape[2],
+                pool=pool,
+                sites=sim.lab_sites(seed=self.seed),
+            )
             images = np.concatenate([images, lab.images])
             labels = np.concatenate([labels, lab.labels])
         started = time.perf_counter()
         # the same fine-tuning rate the cloud loop uses when it warm-starts (config/cloud.yaml)
         lr = self.finetune_lr if warm else training.FitConfig().lr
-        report = training.fit(model, images, labels,
-                              config=training.FitConfig(epochs=self.epochs, seed=self.seed, lr=lr),
-                              desc=f"upload-all T4 round {round_number}", progress=progress)
+        report = training.fit(
+            model,
+            images,
+            labels,
+            config=training.FitConfig(epochs=self.epochs, seed=self.seed, lr=lr),
+            desc=f"upload-all T4 round {round_number}",
+            progress=progress,
+        )
         directory = out_dir / f"round-{round_number}" / "T4"
         directory.mkdir(parents=True, exist_ok=True)
         onnx_path = training.export_onnx(model, directory / "model.onnx", base.input.height, base.input.width)
-        manifest = base.model_copy(update={
-            "version": f"upload-all-r{round_number}", "files": [file_entry(onnx_path, directory)],
-            "training": {"frames": int(len(labels)), "epochs": self.epochs, "warm_start": warm,
-                         "seconds": round(report.seconds, 1)},
-            "metrics": {}, "signature": None})
+        manifest = base.model_copy(
+            update={
+                "version": f"upload-all-r{round_number}",
+                "files": [file_entry(onnx_path, directory)],
+                "training": {
+                    "frames": int(len(labels)),
+                    "epochs": self.epochs,
+                    "warm_start": warm,
+                    "seconds": round(report.seconds, 1),
+                },
+                "metrics": {},
+                "signature": None,
+            }
+        )
         write_manifest(manifest, directory)
-        return directory, {"frames": int(len(labels)), "seconds": round(time.perf_counter() - started, 1),
-                           "cpu_seconds": round(report.seconds, 1)}
+        return directory, {
+            "frames": int(len(labels)),
+            "seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(report.seconds, 1),
+        }

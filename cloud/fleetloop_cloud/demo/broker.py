@@ -22,8 +22,14 @@ def start_broker(directory: Path, robot_ids: Sequence[str]) -> tuple[MosquittoBr
     robots = {}
     for robot_id in robot_ids:
         identity = broker.client(robot_id)
-        robots[robot_id] = {"ca_file": str(identity.ca), "cert_file": str(identity.cert),
-                            "key_file": str(identity.key), "topic_prefix": "$aws"}
-    return broker, {"endpoint": f"mqtts://{broker.host}:{broker.port}",
-                    "service": {"ca_file": str(cloud.ca), "cert_file": str(cloud.cert), "key_file": str(cloud.key)},
-                    "robot": robots}
+        robots[robot_id] = {
+            "ca_file": str(identity.ca),
+            "cert_file": str(identity.cert),
+            "key_file": str(identity.key),
+            "topic_prefix": "$aws",
+        }
+    return broker, {
+        "endpoint": f"mqtts://{broker.host}:{broker.port}",
+        "service": {"ca_file": str(cloud.ca), "cert_file": str(cloud.cert), "key_file": str(cloud.key)},
+        "robot": robots,
+    }

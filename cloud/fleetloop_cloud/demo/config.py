@@ -35,13 +35,21 @@ class RobotOverrides(ConfigModel):
 
     def manager_overrides(self) -> dict[str, Any]:
         """Return the overrides of config/model_manager.yaml's ``model_manager`` section (demo robots, CPU)."""
-        return {"shadow": {"min_agreement": self.shadow_min_agreement,
-                           "agreement_min_confidence": self.shadow_agreement_min_confidence,
-                           "max_latency_p99_ms": self.shadow_max_latency_p99_ms},
-                "watchdog": {"max_latency_ms": self.watchdog_max_latency_ms, "window_s": self.watchdog_window_s,
-                             "min_frames": self.watchdog_min_frames,
-                             "confidence_min_frames": self.watchdog_confidence_min_frames},
-                "ring_stride_frames": self.shadow_stride_frames, "providers": ["cpu"]}
+        return {
+            "shadow": {
+                "min_agreement": self.shadow_min_agreement,
+                "agreement_min_confidence": self.shadow_agreement_min_confidence,
+                "max_latency_p99_ms": self.shadow_max_latency_p99_ms,
+            },
+            "watchdog": {
+                "max_latency_ms": self.watchdog_max_latency_ms,
+                "window_s": self.watchdog_window_s,
+                "min_frames": self.watchdog_min_frames,
+                "confidence_min_frames": self.watchdog_confidence_min_frames,
+            },
+            "ring_stride_frames": self.shadow_stride_frames,
+            "providers": ["cpu"],
+        }
 
 
 class DemoConfig(ConfigModel):
@@ -62,7 +70,7 @@ class DemoConfig(ConfigModel):
     robot: RobotOverrides = Field(default_factory=RobotOverrides)
     quick: Optional[dict[str, Any]] = None
     camera_rate_hz: float = Field(default=10.0, gt=0.0)
-    models_profile: str = "default"          # config/models.yaml profile of the round-0 models
+    models_profile: str = "default"  # config/models.yaml profile of the round-0 models
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -72,8 +80,9 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_demo_config(path: str | Path | None = None, quick: bool = False,
-                     overrides: dict[str, Any] | None = None) -> DemoConfig:
+def load_demo_config(
+    path: str | Path | None = None, quick: bool = False, overrides: dict[str, Any] | None = None
+) -> DemoConfig:
     """Return the demo config (with the quick profile and command-line overrides merged)."""
     path = Path(path) if path else default_config_path("demo.yaml")
     data = read_yaml(path)

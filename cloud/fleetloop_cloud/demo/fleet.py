@@ -46,8 +46,8 @@ from fleetloop_core.sidecar import SimulationTruth
 log = logging.getLogger("fleetloop.demo")
 
 STREAM = "camera"
-CAMERA_STALL_S = 60.0       # a camera that prints no progress for this long is ended (it reports every 5 s)
-CAMERA_REAP_S = 5.0         # after its final line, a camera gets this long to exit before it is killed
+CAMERA_STALL_S = 60.0  # a camera that prints no progress for this long is ended (it reports every 5 s)
+CAMERA_REAP_S = 5.0  # after its final line, a camera gets this long to exit before it is killed
 
 
 class FleetError(FleetLoopError):
@@ -81,23 +81,30 @@ class RobotRound:
     """What one robot did in one round."""
 
     robot_id: str
-    frames: int = 0                 # camera frames sent to the robot
-    answered: int = 0               # frames the robot's perception answered
-    kept: int = 0                   # frames the selector kept
-    uploaded: int = 0               # frames that reached the store this round
+    frames: int = 0  # camera frames sent to the robot
+    answered: int = 0  # frames the robot's perception answered
+    kept: int = 0  # frames the selector kept
+    uploaded: int = 0  # frames that reached the store this round
     uploaded_bytes: int = 0
     seconds: float = 0.0
-    serving: dict[str, str] = field(default_factory=dict)   # tier -> version at the end of the round
+    serving: dict[str, str] = field(default_factory=dict)  # tier -> version at the end of the round
 
     @property
     def dropped(self) -> int:
         return self.frames - self.answered
 
     def to_dict(self) -> dict:
-        return {"robot_id": self.robot_id, "frames": self.frames, "answered": self.answered,
-                "dropped": self.dropped, "kept": self.kept, "uploaded": self.uploaded,
-                "uploaded_bytes": self.uploaded_bytes, "seconds": round(self.seconds, 2),
-                "serving": dict(self.serving)}
+        return {
+            "robot_id": self.robot_id,
+            "frames": self.frames,
+            "answered": self.answered,
+            "dropped": self.dropped,
+            "kept": self.kept,
+            "uploaded": self.uploaded,
+            "uploaded_bytes": self.uploaded_bytes,
+            "seconds": round(self.seconds, 2),
+            "serving": dict(self.serving),
+        }
 
 
 class TruthOracle:
@@ -172,14 +179,14 @@ class Fleet(Protocol):
 class FleetSettings:
     """Everything robots of one fleet share."""
 
-    root: Path                      # robot state lives in root/<robot_id>/
-    store_uri: str                  # where robots upload (file:///...)
-    jobs_uri: str                   # local control plane directory (file:///...) or mqtts://...
-    packages: dict[str, Path]       # round-0 signed packages per tier (T3, T4)
-    keys_dir: Path                  # trusted public keys
-    selection: dict                 # config/selection.yaml content with the demo's budget
-    manager_overrides: dict         # model_manager section overrides
-    mqtt: dict | None = None        # robot_id -> control_plane.mqtt section (its certificate) for mqtts://
+    root: Path  # robot state lives in root/<robot_id>/
+    store_uri: str  # where robots upload (file:///...)
+    jobs_uri: str  # local control plane directory (file:///...) or mqtts://...
+    packages: dict[str, Path]  # round-0 signed packages per tier (T3, T4)
+    keys_dir: Path  # trusted public keys
+    selection: dict  # config/selection.yaml content with the demo's budget
+    manager_overrides: dict  # model_manager section overrides
+    mqtt: dict | None = None  # robot_id -> control_plane.mqtt section (its certificate) for mqtts://
     camera_window: int = 4
     camera_rate_hz: float = 10.0
 
@@ -194,8 +201,15 @@ class ServingStack:
     agent: Any
 
 
-def serving_stack(robot_id: str, root: Path, packages: dict[str, Path], keys_dir: Path, jobs_uri: str,
-                  manager_overrides: dict, mqtt: dict | None = None) -> ServingStack:
+def serving_stack(
+    robot_id: str,
+    root: Path,
+    packages: dict[str, Path],
+    keys_dir: Path,
+    jobs_uri: str,
+    manager_overrides: dict,
+    mqtt: dict | None = None,
+) -> ServingStack:
     """Return a provisioned robot's serving stack (classifiers or detectors, as the packages' task says).
 
     The model store in ``root/models`` gets the round-0 signed ``packages`` (T4, T3) on first start, installed
@@ -209,17 +223,21 @@ def serving_stack(robot_id: str, root: Path, packages: dict[str, Path], keys_dir
     from fleetloop_core.tasks import cascade_for, load_model
 
     manager_data = read_yaml(default_config_path("model_manager.yaml"))["model_manager"]
-    manager_data = _merge(manager_data, {"store": {"root": str(root / "models"), "trusted_keys": str(keys_dir)},
-                                         "providers": ["cpu"]})
+    manager_data = _merge(
+        manager_data, {"store": {"root": str(root / "models"), "trusted_keys": str(keys_dir)}, "providers": ["cpu"]}
+    )
     manager_data = _merge(manager_data, manager_overrides)
     manager_config = validate(ModelManagerConfig, manager_data, source=f"demo {robot_id} model_manager")
     store = ModelStore.from_config(manager_config.store)
     serving = serving_package_dirs(store)
     if "edge" not in serving:
-        serving = {role: str(store.install(PackageLocation(path=str(packages[tier]))).directory)
-                   for role, tier in (("edge", "T4"), ("escalation", "T3"))}
-    cascade = cascade_for(load_model(serving["edge"], providers=("cpu",)),
-                          load_model(serving["escalation"], providers=("cpu",)))
+        serving = {
+            role: str(store.install(PackageLocation(path=str(packages[tier]))).directory)
+            for role, tier in (("edge", "T4"), ("escalation", "T3"))
+        }
+    cascade = cascade_for(
+        load_model(serving["edge"], providers=("cpu",)), load_model(serving["escalation"], providers=("cpu",))
+    )
     manager = ModelManager(cascade, store, manager_config)
     plane = ControlPlaneConfig(uri=jobs_uri, thing_name=robot_id, poll_s=0.5, **({"mqtt": mqtt} if mqtt else {}))
     agent = DeployAgent(open_control_plane(plane, f"demo {robot_id}: control_plane"), manager, poll_s=0.5)
@@ -236,19 +254,28 @@ class InProcessRobot:
 
         self.spec = spec
         root = settings.root / spec.robot_id
-        stack = serving_stack(spec.robot_id, root, settings.packages, settings.keys_dir, settings.jobs_uri,
-                              settings.manager_overrides, settings.mqtt[spec.robot_id] if settings.mqtt else None)
+        stack = serving_stack(
+            spec.robot_id,
+            root,
+            settings.packages,
+            settings.keys_dir,
+            settings.jobs_uri,
+            settings.manager_overrides,
+            settings.mqtt[spec.robot_id] if settings.mqtt else None,
+        )
         self.cascade, self.manager, self.agent = stack.cascade, stack.manager, stack.agent
         data = _merge(settings.selection, selection_override or {})
         if selection_override and "policy" in selection_override:
-            data["policy"] = selection_override["policy"]      # another policy: none of the old params
-        self.selector = Selector(selection_config(data, "demo selection"), robot_id=spec.robot_id,
-                                 labels=self.cascade.edge.labels)
+            data["policy"] = selection_override["policy"]  # another policy: none of the old params
+        self.selector = Selector(
+            selection_config(data, "demo selection"), robot_id=spec.robot_id, labels=self.cascade.edge.labels
+        )
         queue_config = QueueConfig(directory=str(root / "queue"), store=settings.store_uri)
         self.queue = UploadQueue.from_config(queue_config)
         self.uploader = Uploader(self.queue, open_store(settings.store_uri), queue_config)
-        self.store_root = Path(settings.store_uri[len("file://"):]) if settings.store_uri.startswith("file://") \
-            else None
+        self.store_root = (
+            Path(settings.store_uri[len("file://") :]) if settings.store_uri.startswith("file://") else None
+        )
         self.camera = spec.camera()
 
     def start(self) -> None:
@@ -267,9 +294,16 @@ class InProcessRobot:
             report.answered += 1
             if offer_only is not None and index not in offer_only:
                 continue
-            decision = self.selector.offer(frame.image, result, frame.stamp_ns, stream=STREAM,
-                                           robot_id=self.spec.robot_id, site=site,
-                                           simulation=simulation_truth(frame.truth), track_hint=result.track)
+            decision = self.selector.offer(
+                frame.image,
+                result,
+                frame.stamp_ns,
+                stream=STREAM,
+                robot_id=self.spec.robot_id,
+                site=site,
+                simulation=simulation_truth(frame.truth),
+                track_hint=result.track,
+            )
             if decision.keep:
                 self.queue.put(decision.record)
                 report.kept += 1
@@ -323,8 +357,9 @@ class _CameraRun:
 
     def __init__(self, robot_id: str, command: list[str], env: dict[str, str]):
         self.robot_id = robot_id
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, start_new_session=True
+        )
         self.progress: dict = {}
         self.final: dict | None = None
         self.last_output = time.monotonic()
@@ -354,24 +389,31 @@ class _CameraRun:
         while self.final is None and self.process.poll() is None:
             if time.monotonic() - self.last_output > CAMERA_STALL_S:
                 self.kill()
-                raise FleetError(f"{self.robot_id}: the camera made no progress for {CAMERA_STALL_S:.0f} s "
-                                 f"(so far {self.progress or 'nothing sent'}); camera stderr:\n"
-                                 f"{''.join(self.stderr)[-1500:]}\nrobot log tail:\n{robot_log()}")
+                raise FleetError(
+                    f"{self.robot_id}: the camera made no progress for {CAMERA_STALL_S:.0f} s "
+                    f"(so far {self.progress or 'nothing sent'}); camera stderr:\n"
+                    f"{''.join(self.stderr)[-1500:]}\nrobot log tail:\n{robot_log()}"
+                )
             time.sleep(0.1)
-        self._lines.join(CAMERA_REAP_S)     # the final line, if the process just ended
+        self._lines.join(CAMERA_REAP_S)  # the final line, if the process just ended
         try:
             self.process.wait(CAMERA_REAP_S)
         except subprocess.TimeoutExpired:
-            log.warning("%s: the camera printed its counts but did not exit within %.0f s: killed", self.robot_id,
-                        CAMERA_REAP_S)
+            log.warning(
+                "%s: the camera printed its counts but did not exit within %.0f s: killed", self.robot_id, CAMERA_REAP_S
+            )
             self.kill()
         if self.final is None:
-            raise FleetError(f"{self.robot_id}: the camera exited with {self.process.returncode} before reporting its "
-                             f"counts (so far {self.progress or 'nothing sent'}); camera stderr:\n"
-                             f"{''.join(self.stderr)[-1500:]}\nrobot log tail:\n{robot_log()}")
+            raise FleetError(
+                f"{self.robot_id}: the camera exited with {self.process.returncode} before reporting its "
+                f"counts (so far {self.progress or 'nothing sent'}); camera stderr:\n"
+                f"{''.join(self.stderr)[-1500:]}\nrobot log tail:\n{robot_log()}"
+            )
         if self.process.returncode not in (0, None) and self.process.returncode != -signal.SIGKILL:
-            raise FleetError(f"{self.robot_id}: the camera exited with {self.process.returncode} after {self.final}; "
-                             f"camera stderr:\n{''.join(self.stderr)[-1500:]}")
+            raise FleetError(
+                f"{self.robot_id}: the camera exited with {self.process.returncode} after {self.final}; "
+                f"camera stderr:\n{''.join(self.stderr)[-1500:]}"
+            )
         return self.final
 
     def kill(self) -> None:
@@ -387,8 +429,13 @@ class _CameraRun:
 class RosFleet:
     """Robots as ``fleetloop robot`` processes (rclpy), each fed by a ``fleetloop camera`` process."""
 
-    def __init__(self, specs: Sequence[RobotSpec], settings: FleetSettings, domain_id: int | None = None,
-                 log_dir: Path | None = None):
+    def __init__(
+        self,
+        specs: Sequence[RobotSpec],
+        settings: FleetSettings,
+        domain_id: int | None = None,
+        log_dir: Path | None = None,
+    ):
         self.specs = list(specs)
         self.settings = settings
         self.domain_id = domain_id if domain_id is not None else 40 + (os.getpid() % 150)
@@ -401,10 +448,9 @@ class RosFleet:
         from fleetloop_core.dds import DdsConfig, dds_environment
 
         env = dict(os.environ)
-        env.update(ROS_DOMAIN_ID=str(self.domain_id), ROS_LOCALHOST_ONLY="1", PYTHONUNBUFFERED="1",
-                   OMP_NUM_THREADS="1")
+        env.update(ROS_DOMAIN_ID=str(self.domain_id), ROS_LOCALHOST_ONLY="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
-        dds_environment(DdsConfig(), env)          # robots and cameras on the robots' default transport
+        dds_environment(DdsConfig(), env)  # robots and cameras on the robots' default transport
         return env
 
     def _robot_yaml(self, spec: RobotSpec) -> Path:
@@ -415,15 +461,19 @@ class RosFleet:
         data = read_yaml(default_config_path("robot.yaml"))
         every = data["/**"]["ros__parameters"]
         every["robot_id"] = spec.robot_id
-        every["queue"] = _merge(every.get("queue", {}), {"directory": str(root / "queue"),
-                                                         "store": self.settings.store_uri})
+        every["queue"] = _merge(
+            every.get("queue", {}), {"directory": str(root / "queue"), "store": self.settings.store_uri}
+        )
         perception = data["/**/perception"]["ros__parameters"]
-        perception.update(models_dir=str(self.settings.root / "round0"), image_qos="reliable",
-                          intra_op_threads=1)
+        perception.update(models_dir=str(self.settings.root / "round0"), image_qos="reliable", intra_op_threads=1)
         manager = data["/**/model_manager"]["ros__parameters"]
-        manager["manager"] = _merge(manager["manager"], _merge(
-            {"store": {"root": str(root / "models"), "trusted_keys": str(self.settings.keys_dir)}},
-            self.settings.manager_overrides))
+        manager["manager"] = _merge(
+            manager["manager"],
+            _merge(
+                {"store": {"root": str(root / "models"), "trusted_keys": str(self.settings.keys_dir)}},
+                self.settings.manager_overrides,
+            ),
+        )
         plane = {"uri": self.settings.jobs_uri, "thing_name": spec.robot_id, "poll_s": 0.5}
         if self.settings.mqtt:
             plane["mqtt"] = self.settings.mqtt[spec.robot_id]
@@ -453,11 +503,20 @@ class RosFleet:
             for tier in ("T4", "T3"):
                 store.install(PackageLocation(path=str(self.settings.packages[tier])))
             config = self._robot_yaml(spec)
-            command = [sys.executable, "-m", "fleetloop_core.cli", "robot", "--config", str(config),
-                       "--namespace", f"/{spec.robot_id.replace('-', '_')}"]
+            command = [
+                sys.executable,
+                "-m",
+                "fleetloop_core.cli",
+                "robot",
+                "--config",
+                str(config),
+                "--namespace",
+                f"/{spec.robot_id.replace('-', '_')}",
+            ]
             out = open(self.log_dir / f"{spec.robot_id}.log", "ab")
-            self.processes[spec.robot_id] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                                             env=self._env(), start_new_session=True)
+            self.processes[spec.robot_id] = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=self._env(), start_new_session=True
+            )
         log.info("ROS fleet: %d robot processes (ROS_DOMAIN_ID %d)", len(self.specs), self.domain_id)
 
     def _log_tail(self, robot_id: str) -> str:
@@ -473,25 +532,53 @@ class RosFleet:
     def stream(self, frames_per_robot: int) -> list[RobotRound]:
         self._check_alive()
         reports, cameras = {}, {}
-        store_root = Path(self.settings.store_uri[len("file://"):]) if self.settings.store_uri.startswith("file://") \
-            else None
+        store_root = (
+            Path(self.settings.store_uri[len("file://") :]) if self.settings.store_uri.startswith("file://") else None
+        )
         before = {s.robot_id: _store_objects(store_root, s.robot_id) if store_root else (0, 0) for s in self.specs}
         kept_before = {s.robot_id: self._kept(s) for s in self.specs}
         started = time.perf_counter()
         for spec in self.specs:
             namespace = f"/{spec.robot_id.replace('-', '_')}"
-            command = [sys.executable, "-m", "fleetloop_core.cli", "camera", "--source", "sim",
-                       "--namespace", namespace, "--robot", spec.robot_id, "--site", str(spec.site_index),
-                       "--seed", str(spec.world_seed), "--start", str(self._started_frames[spec.robot_id]),
-                       "--count", str(frames_per_robot), "--sim-stamps", "--reliable",
-                       "--lockstep", "frame_results", "--window", str(self.settings.camera_window),
-                       "--rate", "2000", "--wait-subscribers", "1", "--progress", "5"]
+            command = [
+                sys.executable,
+                "-m",
+                "fleetloop_core.cli",
+                "camera",
+                "--source",
+                "sim",
+                "--namespace",
+                namespace,
+                "--robot",
+                spec.robot_id,
+                "--site",
+                str(spec.site_index),
+                "--seed",
+                str(spec.world_seed),
+                "--start",
+                str(self._started_frames[spec.robot_id]),
+                "--count",
+                str(frames_per_robot),
+                "--sim-stamps",
+                "--reliable",
+                "--lockstep",
+                "frame_results",
+                "--window",
+                str(self.settings.camera_window),
+                "--rate",
+                "2000",
+                "--wait-subscribers",
+                "1",
+                "--progress",
+                "5",
+            ]
             cameras[spec.robot_id] = _CameraRun(spec.robot_id, command, self._env())
         try:
             for spec in self.specs:
                 counts = cameras[spec.robot_id].result(lambda robot_id=spec.robot_id: self._log_tail(robot_id))
-                reports[spec.robot_id] = RobotRound(spec.robot_id, frames=int(counts["sent"]),
-                                                    answered=int(counts["answered"]))
+                reports[spec.robot_id] = RobotRound(
+                    spec.robot_id, frames=int(counts["sent"]), answered=int(counts["answered"])
+                )
                 self._started_frames[spec.robot_id] += frames_per_robot
         finally:
             for camera in cameras.values():
@@ -511,6 +598,7 @@ class RosFleet:
 
     def _queue(self, spec: RobotSpec):
         from fleetloop_core.upload_queue import UploadQueue
+
         return UploadQueue(self.settings.root / spec.robot_id / "queue")
 
     def _kept(self, spec: RobotSpec) -> int:
@@ -548,9 +636,11 @@ class RosFleet:
 
         out = {}
         for spec in self.specs:
-            store = ModelStore(self.settings.root / spec.robot_id / "models", TrustedKeys.load(str(self.settings.keys_dir)))
+            store = ModelStore(
+                self.settings.root / spec.robot_id / "models", TrustedKeys.load(str(self.settings.keys_dir))
+            )
             versions = {}
-            for role, directory in serving_package_dirs(store).items():
+            for directory in serving_package_dirs(store).values():
                 manifest = load_manifest(Path(directory) / "manifest.json")
                 versions[manifest.tier] = manifest.version
             out[spec.robot_id] = versions

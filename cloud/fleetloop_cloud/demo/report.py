@@ -69,8 +69,11 @@ def _labeling(rounds: Sequence[dict], cost_model_path: Path) -> dict:
     human_seconds = _sum(rounds, "human", "seconds")
     human_dollars = _sum(rounds, "human", "dollars")
     labeling_compute = _sum(rounds, "compute", "labeling_dollars")
-    training_compute = sum(float(r.get("compute", {}).get("by_step", {}).get(step, {}).get("dollars", 0.0))
-                           for r in rounds for step in ("train", "evaluate", "register"))
+    training_compute = sum(
+        float(r.get("compute", {}).get("by_step", {}).get(step, {}).get("dollars", 0.0))
+        for r in rounds
+        for step in ("train", "evaluate", "register")
+    )
     figures = labeling_figures(cost_model, accepted, human_seconds, human_dollars, labeling_compute).to_dict()
     figures.update(
         auto_accepted=int(_sum(rounds, "labels", "auto_accepted")),
@@ -78,9 +81,11 @@ def _labeling(rounds: Sequence[dict], cost_model_path: Path) -> dict:
         human_labels=int(_sum(rounds, "labels", "human")),
         sent_to_humans=int(_sum(rounds, "labels", "sent_to_humans")),
         training_compute_dollars=round(training_compute, 6),
-        cost_ratio_with_training=(cost_model.human.price_per_label /
-                                  ((human_dollars + labeling_compute + training_compute) / accepted)
-                                  if accepted and (human_dollars + labeling_compute + training_compute) else None),
+        cost_ratio_with_training=(
+            cost_model.human.price_per_label / ((human_dollars + labeling_compute + training_compute) / accepted)
+            if accepted and (human_dollars + labeling_compute + training_compute)
+            else None
+        ),
         human_hours=round(human_seconds / 3600.0, 4),
         manual_human_hours=round(accepted * cost_model.human.seconds_per_label / 3600.0, 4),
         manual_dollars=round(accepted * cost_model.human.price_per_label, 4),
@@ -103,9 +108,13 @@ def _audits(rounds: Sequence[dict]) -> dict:
         per_round.append({"round": data.get("round"), "frames": n, "accuracy": accuracy if n else None})
     low, high = wilson(correct, frames)
     error = (1 - correct / frames) if frames else None
-    return {"frames": frames, "correct": correct, "error": error,
-            "error_interval_95": [round(1 - high, 4), round(1 - low, 4)] if frames else None,
-            "per_round": per_round}
+    return {
+        "frames": frames,
+        "correct": correct,
+        "error": error,
+        "error_interval_95": [round(1 - high, 4), round(1 - low, 4)] if frames else None,
+        "per_round": per_round,
+    }
 
 
 def _met(name: str, value) -> bool | None:
@@ -115,9 +124,20 @@ def _met(name: str, value) -> bool | None:
     return value >= target if op == ">=" else value <= target
 
 
-def build_report(config, quick: bool, models: Path, arms: dict, upload_all_accuracy: list[float],
-                 robot_rounds: list[list[dict]], al, hard: dict | None, serving: dict, timings: dict,
-                 minutes: float, test_frames: int) -> dict:
+def build_report(
+    config,
+    quick: bool,
+    models: Path,
+    arms: dict,
+    upload_all_accuracy: list[float],
+    robot_rounds: list[list[dict]],
+    al,
+    hard: dict | None,
+    serving: dict,
+    timings: dict,
+    minutes: float,
+    test_frames: int,
+) -> dict:
     """Return the report as one JSON-able dict (top-level keys as the issue names them)."""
     from fleetloop_core.config import default_config_path
 
@@ -131,16 +151,24 @@ def build_report(config, quick: bool, models: Path, arms: dict, upload_all_accur
     round0 = loop.edge_accuracy[0]
     final = loop.edge_accuracy[-1]
     all_final = upload_all_accuracy[-1] if len(upload_all_accuracy) > 1 else None
-    gain_share = ((final - round0) / (all_final - round0)
-                  if all_final is not None and all_final - round0 > 1e-9 else None)
+    gain_share = (
+        (final - round0) / (all_final - round0) if all_final is not None and all_final - round0 > 1e-9 else None
+    )
     per_robot = {}
     for number, rr in enumerate(robot_rounds, start=1):
         for r in rr:
             entry = per_robot.setdefault(r["robot_id"], {"rounds": [], "bytes": 0, "frames": 0, "uploaded": 0})
             camera_hours = r["frames"] / config.camera_rate_hz / 3600.0
-            entry["rounds"].append({"round": number, "uploaded": r["uploaded"], "bytes": r["uploaded_bytes"],
-                                    "bytes_per_hour": round(r["uploaded_bytes"] / camera_hours, 1)
-                                    if camera_hours else None, "kept": r["kept"], "dropped": r["dropped"]})
+            entry["rounds"].append(
+                {
+                    "round": number,
+                    "uploaded": r["uploaded"],
+                    "bytes": r["uploaded_bytes"],
+                    "bytes_per_hour": round(r["uploaded_bytes"] / camera_hours, 1) if camera_hours else None,
+                    "kept": r["kept"],
+                    "dropped": r["dropped"],
+                }
+            )
             entry["bytes"] += r["uploaded_bytes"]
             entry["frames"] += r["frames"]
             entry["uploaded"] += r["uploaded"]
@@ -149,8 +177,12 @@ def build_report(config, quick: bool, models: Path, arms: dict, upload_all_accur
         entry["bytes_per_camera_hour"] = round(entry["bytes"] / hours, 1) if hours else None
     hard_figures = None
     if hard:
-        hard_figures = {**hard.get("figures", {}), "labels": hard.get("labels"), "frames": hard.get("frames"),
-                        "audit": (hard.get("audit") or {}).get("final")}
+        hard_figures = {
+            **hard.get("figures", {}),
+            "labels": hard.get("labels"),
+            "frames": hard.get("frames"),
+            "audit": (hard.get("audit") or {}).get("final"),
+        }
     report: dict[str, Any] = {
         "throughput_ratio": labeling.get("throughput_ratio"),
         "cost_ratio": labeling.get("cost_ratio"),
@@ -163,36 +195,63 @@ def build_report(config, quick: bool, models: Path, arms: dict, upload_all_accur
         "final_edge_accuracy": final,
         "minutes": round(minutes, 2),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "machine": platform.machine(),
-                    "processor": _cpu_model() or platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "node": platform.node()},
-        "settings": {"quick": quick, "robots": config.robots, "rounds": config.rounds,
-                     "frames_per_robot_per_round": config.frames_per_robot, "upload_budget_fraction":
-                     config.upload_fraction, "seed": config.seed, "ros": config.ros,
-                     "control_plane": config.control_plane, "models": str(models),
-                     "camera_rate_hz": config.camera_rate_hz, "field_test_frames": test_frames},
+        "machine": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "processor": _cpu_model() or platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "node": platform.node(),
+        },
+        "settings": {
+            "quick": quick,
+            "robots": config.robots,
+            "rounds": config.rounds,
+            "frames_per_robot_per_round": config.frames_per_robot,
+            "upload_budget_fraction": config.upload_fraction,
+            "seed": config.seed,
+            "ros": config.ros,
+            "control_plane": config.control_plane,
+            "models": str(models),
+            "camera_rate_hz": config.camera_rate_hz,
+            "field_test_frames": test_frames,
+        },
         "labeling": {"stream_world": labeling, "audit": audits, "hard_mode": hard_figures},
-        "edge_accuracy": {"loop": loop.edge_accuracy,
-                          "random_upload": arms["random"].edge_accuracy if "random" in arms else None,
-                          "upload_all": upload_all_accuracy},
-        "uploads": {"camera_frames": frames_seen, "uploaded": uploaded,
-                    "random_upload_uploaded": None, "per_robot": per_robot},
+        "edge_accuracy": {
+            "loop": loop.edge_accuracy,
+            "random_upload": arms["random"].edge_accuracy if "random" in arms else None,
+            "upload_all": upload_all_accuracy,
+        },
+        "uploads": {
+            "camera_frames": frames_seen,
+            "uploaded": uploaded,
+            "random_upload_uploaded": None,
+            "per_robot": per_robot,
+        },
         "active_learning": al.to_dict() if al is not None else None,
         "swaps": {name: arm.deploys for name, arm in arms.items()},
         "serving_at_end": serving,
         "rounds": {name: arm.rounds for name, arm in arms.items()},
         "robot_rounds": robot_rounds,
         "timings_seconds": timings,
-        "simulated": ["the fleet: robots, sites and camera streams (fleetloop_core.sim, Fashion-MNIST items)",
-                      "the field shift: lighting, colour cast, noise, blur, rotation, occlusion, backgrounds, "
-                      "class priors per site",
-                      "the human annotators: ground truth with the configured error rate, times and prices from "
-                      "config/cost_model.yaml (sources cited there)",
-                      "compute prices: measured CPU seconds x the cited instance price"],
+        "simulated": [
+            "the fleet: robots, sites and camera streams (fleetloop_core.sim, Fashion-MNIST items)",
+            "the field shift: lighting, colour cast, noise, blur, rotation, occlusion, backgrounds, "
+            "class priors per site",
+            "the human annotators: ground truth with the configured error rate, times and prices from "
+            "config/cost_model.yaml (sources cited there)",
+            "compute prices: measured CPU seconds x the cited instance price",
+        ],
     }
-    report["targets"] = [{"figure": name, "target": f"{op} {target:.4g}", "value": report.get(name),
-                          "met": _met(name, report.get(name)), "what": what}
-                         for name, (op, target, what) in TARGETS.items()]
+    report["targets"] = [
+        {
+            "figure": name,
+            "target": f"{op} {target:.4g}",
+            "value": report.get(name),
+            "met": _met(name, report.get(name)),
+            "what": what,
+        }
+        for name, (op, target, what) in TARGETS.items()
+    ]
     return report
 
 
@@ -207,6 +266,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 def _plots(report: dict, out: Path) -> list[tuple[str, str]]:
     import matplotlib
+
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
@@ -214,8 +274,11 @@ def _plots(report: dict, out: Path) -> list[tuple[str, str]]:
     acc = report["edge_accuracy"]
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
-    for name, values, style in (("loop (selection)", acc["loop"], "o-"), ("random upload", acc["random_upload"], "s--"),
-                                ("upload all (upper bound)", acc["upload_all"], "^:")):
+    for name, values, style in (
+        ("loop (selection)", acc["loop"], "o-"),
+        ("random upload", acc["random_upload"], "s--"),
+        ("upload all (upper bound)", acc["upload_all"], "^:"),
+    ):
         if values:
             ax.plot(range(len(values)), values, style, label=name)
     ax.set_xticks(range(max(len(v) for v in acc.values() if v)))
@@ -261,8 +324,9 @@ def _plots(report: dict, out: Path) -> list[tuple[str, str]]:
         ax = fig.add_subplot()
         for name, curve in al["curves"].items():
             ax.plot(curve["budgets"], curve["accuracy"], "o-", label=name)
-        ax.axhline(al["target_accuracy"], color="black", linestyle="--",
-                   label=f"{al['target_share']:.0%} of upload-all")
+        ax.axhline(
+            al["target_accuracy"], color="black", linestyle="--", label=f"{al['target_share']:.0%} of upload-all"
+        )
         ax.set_xscale("log")
         ax.set_xlabel("human labels")
         ax.set_ylabel("probe accuracy on held-out field frames")
@@ -298,8 +362,14 @@ def _headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
         shown = _fmt(value, 4 if target["figure"] in ("auto_label_error", "upload_fraction") else 2)
         met = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
         rows.append((target["what"], shown, target["target"], met))
-    rows.append(("T4 field accuracy, round 0 -> final (loop)",
-                 f"{_fmt(report['round0_edge_accuracy'])} -> {_fmt(report['final_edge_accuracy'])}", "rises", ""))
+    rows.append(
+        (
+            "T4 field accuracy, round 0 -> final (loop)",
+            f"{_fmt(report['round0_edge_accuracy'])} -> {_fmt(report['final_edge_accuracy'])}",
+            "rises",
+            "",
+        )
+    )
     rows.append(("minutes", _fmt(report["minutes"], 1), "<= 10 (quick <= 2)", ""))
     return rows
 
@@ -309,54 +379,85 @@ def _markdown(report: dict, plots: list[tuple[str, str]]) -> str:
     audit = report["labeling"]["audit"]
     hard = report["labeling"]["hard_mode"]
     s = report["settings"]
-    lines = [f"# FleetLoop closed-loop demo — {report['created']}", "",
-             f"{s['robots']} robots x {s['rounds']} rounds x {s['frames_per_robot_per_round']} camera frames per robot "
-             f"per round; upload budget {s['upload_budget_fraction']:.0%} of frames; seed {s['seed']}; robot stack "
-             f"{'ROS 2 (rclpy processes)' if s['ros'] else 'in-process core objects'}; control plane "
-             f"{s['control_plane']}; machine {report['machine']['processor']} x {report['machine'].get('cpu_count')} "
-             f"(Python {report['machine']['python']}); "
-             f"{report['minutes']:.1f} minutes.", "",
-             "## Headline", "", "| figure | value | target | |", "| --- | ---: | --- | --- |"]
+    lines = [
+        f"# FleetLoop closed-loop demo — {report['created']}",
+        "",
+        f"{s['robots']} robots x {s['rounds']} rounds x {s['frames_per_robot_per_round']} camera frames per robot "
+        f"per round; upload budget {s['upload_budget_fraction']:.0%} of frames; seed {s['seed']}; robot stack "
+        f"{'ROS 2 (rclpy processes)' if s['ros'] else 'in-process core objects'}; control plane "
+        f"{s['control_plane']}; machine {report['machine']['processor']} x {report['machine'].get('cpu_count')} "
+        f"(Python {report['machine']['python']}); "
+        f"{report['minutes']:.1f} minutes.",
+        "",
+        "## Headline",
+        "",
+        "| figure | value | target | |",
+        "| --- | ---: | --- | --- |",
+    ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _headline_rows(report)]
     missed = [t for t in report["targets"] if t["met"] is False]
     if missed:
-        lines += ["", "**Targets missed:** " + "; ".join(f"{t['what']} ({_fmt(t['value'], 3)}, target {t['target']})"
-                                                         for t in missed) + "."]
-    lines += ["", "## Labeling (stream world)", "",
-              f"- accepted labels: {lab['accepted_labels']} (auto {lab['auto_accepted']}, propagated {lab['propagated']}, "
-              f"human {lab['human_labels']}); frames sent to humans: {lab['sent_to_humans']}",
-              f"- human time: {lab['human_hours']:.3f} h (manual would need {lab['manual_human_hours']:.3f} h); "
-              f"labels per human-hour: loop {_fmt(lab['loop_labels_per_human_hour'], 1)} vs manual "
-              f"{_fmt(lab['manual_labels_per_human_hour'], 1)}",
-              f"- cost per accepted label: loop {_fmt(lab['loop_cost_per_label'], 4)} USD (human "
-              f"{_fmt(lab['human_dollars'], 2)} + labeling compute {_fmt(lab['labeling_compute_dollars'], 4)}) vs manual "
-              f"{_fmt(lab['manual_cost_per_label'], 4)} USD; training compute {_fmt(lab['training_compute_dollars'], 4)} USD "
-              f"(cost ratio with it: {_fmt(lab['cost_ratio_with_training'], 2)})",
-              f"- audited auto-label error: {_fmt(audit['error'], 4)} (95 % Wilson interval "
-              f"{audit['error_interval_95']}) over {audit['frames']} audited labels", ""]
+        lines += [
+            "",
+            "**Targets missed:** "
+            + "; ".join(f"{t['what']} ({_fmt(t['value'], 3)}, target {t['target']})" for t in missed)
+            + ".",
+        ]
+    lines += [
+        "",
+        "## Labeling (stream world)",
+        "",
+        f"- accepted labels: {lab['accepted_labels']} (auto {lab['auto_accepted']}, propagated {lab['propagated']}, "
+        f"human {lab['human_labels']}); frames sent to humans: {lab['sent_to_humans']}",
+        f"- human time: {lab['human_hours']:.3f} h (manual would need {lab['manual_human_hours']:.3f} h); "
+        f"labels per human-hour: loop {_fmt(lab['loop_labels_per_human_hour'], 1)} vs manual "
+        f"{_fmt(lab['manual_labels_per_human_hour'], 1)}",
+        f"- cost per accepted label: loop {_fmt(lab['loop_cost_per_label'], 4)} USD (human "
+        f"{_fmt(lab['human_dollars'], 2)} + labeling compute {_fmt(lab['labeling_compute_dollars'], 4)}) vs manual "
+        f"{_fmt(lab['manual_cost_per_label'], 4)} USD; training compute {_fmt(lab['training_compute_dollars'], 4)} USD "
+        f"(cost ratio with it: {_fmt(lab['cost_ratio_with_training'], 2)})",
+        f"- audited auto-label error: {_fmt(audit['error'], 4)} (95 % Wilson interval "
+        f"{audit['error_interval_95']}) over {audit['frames']} audited labels",
+        "",
+    ]
     if hard:
-        lines += ["## Hard mode (shuffled single frames, no tracks, no background)", "",
-                  f"- throughput ratio {_fmt(hard.get('throughput_ratio'), 2)}, cost ratio {_fmt(hard.get('cost_ratio'), 2)}"
-                  f", labels {hard.get('labels')}", "",
-                  "The stream-world figures above are not a claim about i.i.d. images: this row is.", ""]
+        lines += [
+            "## Hard mode (shuffled single frames, no tracks, no background)",
+            "",
+            f"- throughput ratio {_fmt(hard.get('throughput_ratio'), 2)}, cost ratio {_fmt(hard.get('cost_ratio'), 2)}"
+            f", labels {hard.get('labels')}",
+            "",
+            "The stream-world figures above are not a claim about i.i.d. images: this row is.",
+            "",
+        ]
     acc = report["edge_accuracy"]
-    lines += ["## Edge accuracy per round (T4 on held-out field frames)", "", "| round | loop | random upload | upload all |",
-              "| --- | ---: | ---: | ---: |"]
+    lines += [
+        "## Edge accuracy per round (T4 on held-out field frames)",
+        "",
+        "| round | loop | random upload | upload all |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for i in range(len(acc["loop"])):
         rnd = acc["random_upload"][i] if acc["random_upload"] and i < len(acc["random_upload"]) else None
         alls = acc["upload_all"][i] if i < len(acc["upload_all"]) else None
         lines.append(f"| {i} | {_fmt(acc['loop'][i])} | {_fmt(rnd)} | {_fmt(alls)} |")
     al = report.get("active_learning")
     if al:
-        lines += ["", "## Active learning", "",
-                  f"Labels to reach {al['target_share']:.0%} of the upload-all probe accuracy ({al['target_accuracy']:.3f}): "
-                  f"{al['strategy']} {al['labels_needed'].get(al['strategy'])}, random {al['labels_needed'].get('random')} "
-                  f"(ratio {_fmt(al['ratio'])})."]
+        lines += [
+            "",
+            "## Active learning",
+            "",
+            f"Labels to reach {al['target_share']:.0%} of the upload-all probe accuracy ({al['target_accuracy']:.3f}): "
+            f"{al['strategy']} {al['labels_needed'].get(al['strategy'])}, random {al['labels_needed'].get('random')} "
+            f"(ratio {_fmt(al['ratio'])}).",
+        ]
     lines += ["", "## Swaps", ""]
     for name, deploys in report["swaps"].items():
         for d in deploys:
-            lines.append(f"- {name}, round {d['round']}: {d['tier']} {d['version']} "
-                         f"{'ABORTED' if d.get('aborted') else 'rolled out'} in {d.get('seconds', 'n/a')} s")
+            lines.append(
+                f"- {name}, round {d['round']}: {d['tier']} {d['version']} "
+                f"{'ABORTED' if d.get('aborted') else 'rolled out'} in {d.get('seconds', 'n/a')} s"
+            )
     lines.append(f"- frames dropped by the loop's robots over the run (swaps included): {report['frames_dropped']}")
     lines += ["", "## Plots", ""] + [f"![{caption}]({name})" for name, caption in plots]
     lines += ["", "## What is simulated", ""] + [f"- {item}" for item in report["simulated"]]
@@ -365,11 +466,16 @@ def _markdown(report: dict, plots: list[tuple[str, str]]) -> str:
 
 
 def _html(markdown_text: str, report: dict, plots: list[tuple[str, str]]) -> str:
-    rows = "".join(f"<tr><td>{html.escape(a)}</td><td class=num>{html.escape(b)}</td><td>{html.escape(c)}</td>"
-                   f"<td class='{'bad' if d == 'MISSED' else 'ok'}'>{html.escape(d)}</td></tr>"
-                   for a, b, c, d in _headline_rows(report))
-    images = "".join(f"<figure><img src='{name}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}"
-                     f"</figcaption></figure>" for name, caption in plots)
+    rows = "".join(
+        f"<tr><td>{html.escape(a)}</td><td class=num>{html.escape(b)}</td><td>{html.escape(c)}</td>"
+        f"<td class='{'bad' if d == 'MISSED' else 'ok'}'>{html.escape(d)}</td></tr>"
+        for a, b, c, d in _headline_rows(report)
+    )
+    images = "".join(
+        f"<figure><img src='{name}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}"
+        f"</figcaption></figure>"
+        for name, caption in plots
+    )
     body = html.escape(markdown_text)
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>FleetLoop demo report</title>
@@ -380,8 +486,8 @@ td.bad{{color:#b00;font-weight:bold}} td.ok{{color:#070}} figure{{display:inline
 img{{max-width:460px;border:1px solid #ddd}} pre{{white-space:pre-wrap;background:#f7f7f7;padding:1em}}
 </style></head><body>
 <h1>FleetLoop closed-loop demo</h1>
-<p>{html.escape(report['created'])} &middot; {report['minutes']:.1f} minutes &middot;
-{report['settings']['robots']} robots, {report['settings']['rounds']} rounds</p>
+<p>{html.escape(report["created"])} &middot; {report["minutes"]:.1f} minutes &middot;
+{report["settings"]["robots"]} robots, {report["settings"]["rounds"]} rounds</p>
 <h2>Headline</h2><table><tr><th>figure</th><th>value</th><th>target</th><th></th></tr>{rows}</table>
 <h2>Plots</h2>{images}
 <h2>Full report</h2><pre>{body}</pre>

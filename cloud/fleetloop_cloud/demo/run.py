@@ -38,13 +38,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=None, help="camera frames per robot per round")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--control-plane", choices=("local", "mqtt"), default=None)
-    parser.add_argument("--store", default=None, help="object store URI for the loop's uploads (default file://OUT/...)")
+    parser.add_argument(
+        "--store", default=None, help="object store URI for the loop's uploads (default file://OUT/...)"
+    )
     parser.add_argument("--out", default=None, help="report directory (default runs/<timestamp>)")
     parser.add_argument("--models", default=None, help="reference models (built if missing; default ./models)")
-    parser.add_argument("--no-ros", action="store_true", help="run the robots' core objects in-process instead of ROS 2")
+    parser.add_argument(
+        "--no-ros", action="store_true", help="run the robots' core objects in-process instead of ROS 2"
+    )
     parser.add_argument("--config", default=None, help="demo config (default config/demo.yaml)")
-    parser.add_argument("--task", choices=("classification", "detection"), default="classification",
-                        help="detection: the loop with detectors (in-process robots, mAP per round)")
+    parser.add_argument(
+        "--task",
+        choices=("classification", "detection"),
+        default="classification",
+        help="detection: the loop with detectors (in-process robots, mAP per round)",
+    )
     parser.set_defaults(handler=_command)
 
 
@@ -54,15 +62,22 @@ def _command(args: argparse.Namespace) -> int:
     if args.task == "detection":
         return _detection(args)
 
-    overrides = {"robots": args.robots, "rounds": args.rounds, "frames_per_robot": args.frames, "seed": args.seed,
-                 "control_plane": args.control_plane}
+    overrides = {
+        "robots": args.robots,
+        "rounds": args.rounds,
+        "frames_per_robot": args.frames,
+        "seed": args.seed,
+        "control_plane": args.control_plane,
+    }
     if args.no_ros:
         overrides["ros"] = False
     config = load_demo_config(args.config, quick=args.quick, overrides=overrides)
     out = Path(args.out) if args.out else repo_root() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    report = Demo(config, out, models=Path(args.models) if args.models else None, store_uri=args.store,
-                  quick=args.quick).run()
+    report = Demo(
+        config, out, models=Path(args.models) if args.models else None, store_uri=args.store, quick=args.quick
+    ).run()
     from fleetloop_cloud.demo.report import print_headline
+
     print_headline(report, out)
     return 0
 
@@ -71,14 +86,29 @@ def _detection(args: argparse.Namespace) -> int:
     """``fleetloop demo --task detection``: the detection demo (fleetloop_cloud.detection_demo)."""
     from fleetloop_cloud import detection_demo
 
-    unsupported = [name for name, value in (("--seed", args.seed), ("--control-plane", args.control_plane),
-                                            ("--store", args.store), ("--config", args.config)) if value is not None]
+    unsupported = [
+        name
+        for name, value in (
+            ("--seed", args.seed),
+            ("--control-plane", args.control_plane),
+            ("--store", args.store),
+            ("--config", args.config),
+        )
+        if value is not None
+    ]
     if unsupported:
-        raise SystemExit(f"fleetloop demo --task detection: {', '.join(unsupported)} not supported "
-                         f"(the detection demo runs its robots in-process with a local store)")
+        raise SystemExit(
+            f"fleetloop demo --task detection: {', '.join(unsupported)} not supported "
+            f"(the detection demo runs its robots in-process with a local store)"
+        )
     argv = ["--quick"] if args.quick else []
-    for flag, value in (("--out", args.out), ("--models", args.models), ("--rounds", args.rounds),
-                        ("--robots", args.robots), ("--frames", args.frames)):
+    for flag, value in (
+        ("--out", args.out),
+        ("--models", args.models),
+        ("--rounds", args.rounds),
+        ("--robots", args.robots),
+        ("--frames", args.frames),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     os.environ.setdefault("FLEETLOOP_TRAIN_THREADS", "1")
@@ -103,12 +133,15 @@ class Arm:
 class Demo:
     """The orchestration; owns no decision a component should own."""
 
-    def __init__(self, config, out: Path, models: Path | None = None, store_uri: str | None = None,
-                 quick: bool = False):
+    def __init__(
+        self, config, out: Path, models: Path | None = None, store_uri: str | None = None, quick: bool = False
+    ):
         self.config = config
         self.out = out.resolve()
         self.quick = quick
-        self.models = (models or repo_root() / ("models" if not quick else f".cache/models-{config.models_profile}")).resolve()
+        self.models = (
+            models or repo_root() / ("models" if not quick else f".cache/models-{config.models_profile}")
+        ).resolve()
         self.store_uri = store_uri
         self.timings: dict[str, float] = {}
         self.events: list[str] = []
@@ -119,6 +152,7 @@ class Demo:
 
     def _prepare_models(self) -> None:
         from fleetloop_core.modelbuild import build_reference_models
+
         started = time.perf_counter()
         # cached: a no-op when the models are current (the quick profile trains small real models once)
         build_reference_models(self.models, profile_name=self.config.models_profile, progress=True)
@@ -126,6 +160,7 @@ class Demo:
 
     def _keys(self) -> tuple[Path, Path]:
         from fleetloop_core.signing import generate_keypair, key_id
+
         keys = self.out / "keys"
         keys.mkdir(parents=True, exist_ok=True)
         private, public = generate_keypair()
@@ -142,19 +177,36 @@ class Demo:
         from fleetloop_cloud.demo.fleet import _merge
         from fleetloop_cloud.pipeline import CloudLoop
 
-        overrides = _merge(dict(self.config.cloud), {
-            "store": arm.store_uri, "work_dir": str(arm.work / "cloud"), "models": str(self.models),
-            "world_seed": self.config.seed, "cost_model": str(default_config_path("cost_model.yaml")),
-            "registry": {"backend": "local", "uri": arm.store_uri, "signing_key": str(private_key),
-                         "trusted_keys": str(trusted)},
-            "training": {"backend": "local"}, "review": {"annotator": "simulated"},
-        })
+        overrides = _merge(
+            dict(self.config.cloud),
+            {
+                "store": arm.store_uri,
+                "work_dir": str(arm.work / "cloud"),
+                "models": str(self.models),
+                "world_seed": self.config.seed,
+                "cost_model": str(default_config_path("cost_model.yaml")),
+                "registry": {
+                    "backend": "local",
+                    "uri": arm.store_uri,
+                    "signing_key": str(private_key),
+                    "trusted_keys": str(trusted),
+                },
+                "training": {"backend": "local"},
+                "review": {"annotator": "simulated"},
+            },
+        )
         return CloudLoop(load_cloud_config(default_config_path("cloud.yaml"), overrides=overrides), progress=True)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
-        from fleetloop_cloud.demo.fleet import FleetSettings, InProcessFleet, RosFleet, TruthOracle, robot_specs, \
-            sign_round0_packages
+        from fleetloop_cloud.demo.fleet import (
+            FleetSettings,
+            InProcessFleet,
+            RosFleet,
+            TruthOracle,
+            robot_specs,
+            sign_round0_packages,
+        )
         from fleetloop_cloud.demo.arms import RandomUploadFleet, UploadAllArm
 
         cfg = self.config
@@ -179,15 +231,23 @@ class Demo:
             arms[name] = Arm(name, store, work)
         if cfg.control_plane == "mqtt":
             from fleetloop_cloud.demo.broker import start_broker
+
             broker, mqtt = start_broker(self.out / "broker", [s.robot_id for s in specs])
         try:
             for name, arm in arms.items():
                 jobs_uri = mqtt["endpoint"] if (mqtt and name == "loop") else f"file://{arm.work / 'jobs'}"
-                settings = FleetSettings(root=arm.work / "robots", store_uri=arm.store_uri, jobs_uri=jobs_uri,
-                                         packages=packages, keys_dir=trusted, selection=selection,
-                                         manager_overrides=manager_overrides,
-                                         mqtt=mqtt["robot"] if (mqtt and name == "loop") else None,
-                                         camera_window=cfg.camera_window, camera_rate_hz=cfg.camera_rate_hz)
+                settings = FleetSettings(
+                    root=arm.work / "robots",
+                    store_uri=arm.store_uri,
+                    jobs_uri=jobs_uri,
+                    packages=packages,
+                    keys_dir=trusted,
+                    selection=selection,
+                    manager_overrides=manager_overrides,
+                    mqtt=mqtt["robot"] if (mqtt and name == "loop") else None,
+                    camera_window=cfg.camera_window,
+                    camera_rate_hz=cfg.camera_rate_hz,
+                )
                 if name == "loop":
                     arm.fleet = RosFleet(specs, settings) if cfg.ros else InProcessFleet(specs, settings)
                 else:
@@ -198,10 +258,18 @@ class Demo:
                 arm.fleet.start()
                 self._stage(f"start {name} fleet", started)
             training_config = arms["loop"].loop.config.training
-            upload_all = UploadAllArm(specs, self.models, epochs=cfg.upload_all_epochs,
-                                      lab_replay_frames=training_config.lab_replay_frames,
-                                      finetune_lr=training_config.finetune_lr, seed=cfg.seed) \
-                if cfg.arms.upload_all else None
+            upload_all = (
+                UploadAllArm(
+                    specs,
+                    self.models,
+                    epochs=cfg.upload_all_epochs,
+                    lab_replay_frames=training_config.lab_replay_frames,
+                    finetune_lr=training_config.finetune_lr,
+                    seed=cfg.seed,
+                )
+                if cfg.arms.upload_all
+                else None
+            )
             test_sets = self._test_sets(specs)
             round0 = self._edge_accuracy(packages["T4"], test_sets)
             for arm in arms.values():
@@ -237,9 +305,14 @@ class Demo:
                     arm.rounds.append(summary)
                     arm.edge_accuracy.append(self._edge_accuracy(arm.loop.production("T4"), test_sets))
                     self._stage(f"cloud round ({arm.name})", started)
-                    log.info("round %d %s: T4 field accuracy %.3f -> %.3f; throughput %s", number, arm.name,
-                             arm.edge_accuracy[-2], arm.edge_accuracy[-1],
-                             summary["figures"].get("throughput_ratio"))
+                    log.info(
+                        "round %d %s: T4 field accuracy %.3f -> %.3f; throughput %s",
+                        number,
+                        arm.name,
+                        arm.edge_accuracy[-2],
+                        arm.edge_accuracy[-1],
+                        summary["figures"].get("throughput_ratio"),
+                    )
                 if upload_all is not None:
                     started = time.perf_counter()
                     upload_all.add_round(cfg.frames_per_robot)
@@ -270,7 +343,7 @@ class Demo:
                 if arm.fleet is not None:
                     try:
                         arm.fleet.stop()
-                    except Exception:           # keep stopping the others; the error is logged
+                    except Exception:  # keep stopping the others; the error is logged
                         log.exception("stopping the %s fleet failed", arm.name)
                 if arm.loop is not None:
                     arm.loop.close()
@@ -281,15 +354,26 @@ class Demo:
         from fleetloop_cloud.demo.report import build_report, write_report
 
         report = build_report(
-            config=cfg, quick=self.quick, models=self.models, arms=arms, upload_all_accuracy=all_accuracy,
-            robot_rounds=robot_rounds, al=al_result, hard=hard, serving=serving, timings=self.timings,
-            minutes=(time.perf_counter() - wall_started) / 60.0, test_frames=sum(len(t[1]) for t in test_sets))
+            config=cfg,
+            quick=self.quick,
+            models=self.models,
+            arms=arms,
+            upload_all_accuracy=all_accuracy,
+            robot_rounds=robot_rounds,
+            al=al_result,
+            hard=hard,
+            serving=serving,
+            timings=self.timings,
+            minutes=(time.perf_counter() - wall_started) / 60.0,
+            test_frames=sum(len(t[1]) for t in test_sets),
+        )
         write_report(report, self.out)
         return report
 
     # ------------------------------------------------------------------ pieces
     def _fleet_jobs(self, arm: Arm, mqtt: dict | None):
         from fleetloop_cloud.deploy import LocalDirJobs, MqttJobService
+
         if mqtt:
             return MqttJobService.from_uri(mqtt["endpoint"], **mqtt["service"])
         return LocalDirJobs(arm.work / "jobs")
@@ -317,6 +401,7 @@ class Demo:
     def _edge_accuracy(directory: Path, test_sets) -> float:
         """Return T4's accuracy over every site's held-out field test set (frames never uploaded)."""
         from fleetloop_core.inference import TierModel
+
         model = TierModel.load(directory, providers=("cpu",), warmup=0)
         correct = total = 0
         for _, images, labels in test_sets:
@@ -329,11 +414,15 @@ class Demo:
         """Roll out the round's promoted T4/T3 packages to the arm's fleet (canary first)."""
         from fleetloop_cloud.deploy import RolloutConfig, deploy_approved
 
-        records = deploy_approved(arm.jobs, arm.loop.registry.store, arm.store_uri,
-                                  [spec.robot_id for spec in arm.fleet.specs], arm.rounds[-1].get("registry", []),
-                                  f"{arm.name}-r{round_number}",
-                                  RolloutConfig(canary_count=1, canary_timeout_s=180.0, fleet_timeout_s=300.0,
-                                                poll_s=0.25))
+        records = deploy_approved(
+            arm.jobs,
+            arm.loop.registry.store,
+            arm.store_uri,
+            [spec.robot_id for spec in arm.fleet.specs],
+            arm.rounds[-1].get("registry", []),
+            f"{arm.name}-r{round_number}",
+            RolloutConfig(canary_count=1, canary_timeout_s=180.0, fleet_timeout_s=300.0, poll_s=0.25),
+        )
         arm.deploys.extend({"round": round_number, **record} for record in records)
 
     def _active_learning(self, upload_all, test_sets):
@@ -352,9 +441,18 @@ class Demo:
         budgets = [b for b in settings.budgets if b <= len(labels)]
         bar = tqdm(total=2 * settings.repeats * len(budgets), desc="active learning vs random", unit="fit")
         try:
-            return active_learning.run(pool_features, labels, test_features, test_labels, len(t1.labels), budgets,
-                                       repeats=settings.repeats, target_share=settings.target_share,
-                                       seed=self.config.seed, progress=lambda: bar.update(1))
+            return active_learning.run(
+                pool_features,
+                labels,
+                test_features,
+                test_labels,
+                len(t1.labels),
+                budgets,
+                repeats=settings.repeats,
+                target_share=settings.target_share,
+                seed=self.config.seed,
+                progress=lambda: bar.update(1),
+            )
         finally:
             bar.close()
 
@@ -370,16 +468,28 @@ class Demo:
         work = self.out / "arms" / "hard-mode"
         store = open_store(f"file://{work / 'store'}")
         edge = TierModel.load(loop_arm.loop.production("T4"), providers=("cpu",), warmup=0)
-        fleet = SimulatedFleet(store, [(s.robot_id, s.site) for s in specs], seed=self.config.seed + 7,
-                               edge_model=edge, track_hints=False, mode="hard")
+        fleet = SimulatedFleet(
+            store,
+            [(s.robot_id, s.site) for s in specs],
+            seed=self.config.seed + 7,
+            edge_model=edge,
+            track_hints=False,
+            mode="hard",
+        )
         fleet.upload(self.config.hard_mode_frames)
         # the loop's current teachers label them: its registry is this loop's registry (read only here)
-        overrides = _merge(dict(self.config.cloud), {
-            "store": store.uri, "work_dir": str(work / "cloud"), "models": str(self.models),
-            "world_seed": self.config.seed, "cost_model": str(default_config_path("cost_model.yaml")),
-            "registry": {"backend": "local", "uri": loop_arm.store_uri, "trusted_keys": str(trusted)},
-            "review": {"annotator": "simulated"},
-        })
+        overrides = _merge(
+            dict(self.config.cloud),
+            {
+                "store": store.uri,
+                "work_dir": str(work / "cloud"),
+                "models": str(self.models),
+                "world_seed": self.config.seed,
+                "cost_model": str(default_config_path("cost_model.yaml")),
+                "registry": {"backend": "local", "uri": loop_arm.store_uri, "trusted_keys": str(trusted)},
+                "review": {"annotator": "simulated"},
+            },
+        )
         with CloudLoop(load_cloud_config(default_config_path("cloud.yaml"), overrides=overrides)) as loop:
             loop.ingest()
             loop.autolabel()

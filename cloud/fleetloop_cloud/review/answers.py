@@ -29,7 +29,7 @@ from fleetloop_cloud.review.leases import REVIEW_BACKEND, expire, grant, lease_o
 if TYPE_CHECKING:
     from fleetloop_cloud.review.db import ReviewDB
 
-UNUSABLE_REASON = "unusable"      # tasks.error of frames an annotator marked unusable (prefix)
+UNUSABLE_REASON = "unusable"  # tasks.error of frames an annotator marked unusable (prefix)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_events (
@@ -80,13 +80,24 @@ def collected(db: sqlite3.Connection, task_id: int) -> bool:
 
 
 def _carried_seconds(db: sqlite3.Connection, task_id: int) -> float:
-    row = db.execute("SELECT COALESCE(SUM(seconds), 0) FROM review_events WHERE task_id=? AND undone=1 "
-                     "AND action IN ('answer', 'unusable')", (task_id,)).fetchone()
+    row = db.execute(
+        "SELECT COALESCE(SUM(seconds), 0) FROM review_events WHERE task_id=? AND undone=1 "
+        "AND action IN ('answer', 'unusable')",
+        (task_id,),
+    ).fetchone()
     return float(row[0])
 
 
-def submit(pool: Pool, human: HumanCosts, n_labels: int, annotator: str, session: str,
-           submissions: Sequence[Submission], now: float, max_answer_s: float) -> str:
+def submit(
+    pool: Pool,
+    human: HumanCosts,
+    n_labels: int,
+    annotator: str,
+    session: str,
+    submissions: Sequence[Submission],
+    now: float,
+    max_answer_s: float,
+) -> str:
     """Write answers atomically (all or none); return the batch id. ReviewError (404/409/400) when refused."""
     if not submissions:
         raise ReviewError("no answers in the submission")
@@ -103,32 +114,56 @@ def submit(pool: Pool, human: HumanCosts, n_labels: int, annotator: str, session
                 raise Conflict(f"task {task.id} is already answered ({task.status})")
             lease = lease_of(db, task.id)
             if lease is not None and lease.session != session:
-                raise Conflict(f"task {task.id}: the frame is leased to {lease.annotator}, not to this session "
-                               f"(a lease of yours may have expired)")
+                raise Conflict(
+                    f"task {task.id}: the frame is leased to {lease.annotator}, not to this session "
+                    f"(a lease of yours may have expired)"
+                )
             if lease is None:
-                taken = db.execute("SELECT annotator FROM review_leases WHERE frame_id=? AND session != ?",
-                                   (task.frame_id, session)).fetchall()
+                taken = db.execute(
+                    "SELECT annotator FROM review_leases WHERE frame_id=? AND session != ?", (task.frame_id, session)
+                ).fetchall()
                 if taken:
-                    raise Conflict(f"task {task.id}: the frame is leased to {taken[0][0]}, not to this session "
-                                   f"(a lease of yours may have expired)")
+                    raise Conflict(
+                        f"task {task.id}: the frame is leased to {taken[0][0]}, not to this session "
+                        f"(a lease of yours may have expired)"
+                    )
             seconds = min(max(float(item.seconds), 0.0), max_answer_s) + _carried_seconds(db, task.id)
             dollars = human.task_price(seconds)
             if item.label is None:
                 pool.fail_task(task.id, f"{UNUSABLE_REASON}: marked by {annotator} on the review page")
-                db.execute("UPDATE tasks SET annotator=?, seconds=?, dollars=? WHERE id=?",
-                           (annotator, seconds, dollars, task.id))
+                db.execute(
+                    "UPDATE tasks SET annotator=?, seconds=?, dollars=? WHERE id=?",
+                    (annotator, seconds, dollars, task.id),
+                )
             else:
                 pool.answer_task(task.id, int(item.label), annotator, seconds, dollars)
-            db.execute("INSERT INTO review_events (batch, task_id, frame_id, annotator, action, label, seconds, created) "
-                       "VALUES (?,?,?,?,?,?,?,?)",
-                       (batch, task.id, task.frame_id, annotator, "answer" if item.label is not None else "unusable",
-                        item.label, min(max(float(item.seconds), 0.0), max_answer_s), now))
+            db.execute(
+                "INSERT INTO review_events (batch, task_id, frame_id, annotator, action, label, seconds, created) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    batch,
+                    task.id,
+                    task.frame_id,
+                    annotator,
+                    "answer" if item.label is not None else "unusable",
+                    item.label,
+                    min(max(float(item.seconds), 0.0), max_answer_s),
+                    now,
+                ),
+            )
             db.execute("DELETE FROM review_leases WHERE task_id=?", (task.id,))
     return batch
 
 
-def undo(pool: Pool, annotator: str, session: str, now: float, lease_s: float,
-         task_id: int | None = None, purposes: Sequence[str] | None = None) -> list[int]:
+def undo(
+    pool: Pool,
+    annotator: str,
+    session: str,
+    now: float,
+    lease_s: float,
+    task_id: int | None = None,
+    purposes: Sequence[str] | None = None,
+) -> list[int]:
     """Re-open the annotator's last submission (of tasks of ``purposes``) or one task; lease it back; return task ids.
 
     Conflict when the answer is someone else's, was already collected by the loop, or there is
@@ -141,17 +176,25 @@ def undo(pool: Pool, annotator: str, session: str, now: float, lease_s: float,
             if purposes:
                 where = f" AND t.purpose IN ({','.join('?' * len(purposes))})"
                 params = list(purposes)
-            last = db.execute("SELECT e.batch FROM review_events e JOIN tasks t ON t.id = e.task_id WHERE "
-                              "e.annotator=? AND e.undone=0 AND e.action IN ('answer', 'unusable')" + where +
-                              " ORDER BY e.id DESC LIMIT 1", (annotator, *params)).fetchall()
+            last = db.execute(
+                "SELECT e.batch FROM review_events e JOIN tasks t ON t.id = e.task_id WHERE "
+                "e.annotator=? AND e.undone=0 AND e.action IN ('answer', 'unusable')"
+                + where
+                + " ORDER BY e.id DESC LIMIT 1",
+                (annotator, *params),
+            ).fetchall()
             if not last:
                 raise Conflict(f"{annotator} has no answer left to undo")
-            events = db.execute("SELECT * FROM review_events WHERE batch=? AND undone=0 ORDER BY id",
-                                (last[0][0],)).fetchall()
+            events = db.execute(
+                "SELECT * FROM review_events WHERE batch=? AND undone=0 ORDER BY id", (last[0][0],)
+            ).fetchall()
         else:
             review_task(pool, task_id)
-            events = db.execute("SELECT * FROM review_events WHERE task_id=? AND undone=0 AND action IN "
-                                "('answer', 'unusable') ORDER BY id DESC LIMIT 1", (task_id,)).fetchall()
+            events = db.execute(
+                "SELECT * FROM review_events WHERE task_id=? AND undone=0 AND action IN "
+                "('answer', 'unusable') ORDER BY id DESC LIMIT 1",
+                (task_id,),
+            ).fetchall()
             if not events:
                 raise Conflict(f"task {task_id} has no answer to undo")
         reopened = []
@@ -160,19 +203,24 @@ def undo(pool: Pool, annotator: str, session: str, now: float, lease_s: float,
             if event["annotator"] != annotator:
                 raise Conflict(f"task {tid} was answered by {event['annotator']}, not {annotator}")
             if collected(db, tid):
-                raise Conflict(f"task {tid}: the loop already collected this answer into the pool's labels; "
-                               f"it can no longer be undone here")
+                raise Conflict(
+                    f"task {tid}: the loop already collected this answer into the pool's labels; "
+                    f"it can no longer be undone here"
+                )
             # the pool has no "re-open"; the review page owns this transition of its own tasks
             cursor = db.execute(
                 "UPDATE tasks SET status='submitted', answer=NULL, annotator=NULL, seconds=NULL, dollars=NULL, "
                 "done=NULL, error=NULL WHERE id=? AND backend=? AND status IN ('done', 'failed')",
-                (tid, REVIEW_BACKEND))
+                (tid, REVIEW_BACKEND),
+            )
             if cursor.rowcount != 1:
                 raise Conflict(f"task {tid} is not answered any more")
             db.execute("UPDATE review_events SET undone=1 WHERE id=?", (event["id"],))
-            db.execute("INSERT INTO review_events (batch, task_id, frame_id, annotator, action, label, seconds, "
-                       "created) VALUES (?,?,?,?,?,?,?,?)",
-                       (uuid.uuid4().hex, tid, event["frame_id"], annotator, "undo", None, None, now))
+            db.execute(
+                "INSERT INTO review_events (batch, task_id, frame_id, annotator, action, label, seconds, "
+                "created) VALUES (?,?,?,?,?,?,?,?)",
+                (uuid.uuid4().hex, tid, event["frame_id"], annotator, "undo", None, None, now),
+            )
             db.execute("DELETE FROM review_leases WHERE task_id=?", (tid,))
             grant(db, tid, event["frame_id"], annotator, session, now + len(reopened) * 1e-6, lease_s)
             reopened.append(tid)
@@ -181,9 +229,11 @@ def undo(pool: Pool, annotator: str, session: str, now: float, lease_s: float,
 
 def history(db: "ReviewDB", annotator: str, limit: int = 50) -> list[sqlite3.Row]:
     """Return the annotator's answers not undone, newest first (task, frame, label, seconds, created)."""
-    return db.query("SELECT task_id, frame_id, action, label, seconds, created, batch FROM review_events "
-                       "WHERE annotator=? AND undone=0 AND action IN ('answer', 'unusable') ORDER BY id DESC LIMIT ?",
-                       (annotator, limit))
+    return db.query(
+        "SELECT task_id, frame_id, action, label, seconds, created, batch FROM review_events "
+        "WHERE annotator=? AND undone=0 AND action IN ('answer', 'unusable') ORDER BY id DESC LIMIT ?",
+        (annotator, limit),
+    )
 
 
 def unusable_frames(db: "ReviewDB") -> set[str]:

@@ -124,9 +124,16 @@ class _State:
         return self._cache
 
 
-def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] = None, *,
-               settings: ReviewPageConfig | None = None, cost_model: CostModel | None = None,
-               config_path: str | Path | None = None, clock: Callable[[], float] = time.time) -> FastAPI:
+def create_app(
+    pool_path: str | Path,
+    config: CloudConfig,
+    token: Optional[str] = None,
+    *,
+    settings: ReviewPageConfig | None = None,
+    cost_model: CostModel | None = None,
+    config_path: str | Path | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
     """Return the review page over the pool at ``pool_path``; with ``token`` every request must show it once.
 
     ``config`` is the cloud loop's config (suggestions, routing, audit, store); ``settings`` the
@@ -135,10 +142,17 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
     """
     settings = settings or ReviewPageConfig()
     prepare(pool_path)
-    state = _State(pool_path=Path(pool_path), config=config, settings=settings,
-                   cost_model=cost_model or load_cost_model(config.cost_model), token=token,
-                   overrides_path=overrides.local_path(config_path), uploads=config.work_path / "review" / "sweeps",
-                   dbs=PerThread(pool_path), clock=clock)
+    state = _State(
+        pool_path=Path(pool_path),
+        config=config,
+        settings=settings,
+        cost_model=cost_model or load_cost_model(config.cost_model),
+        token=token,
+        overrides_path=overrides.local_path(config_path),
+        uploads=config.work_path / "review" / "sweeps",
+        dbs=PerThread(pool_path),
+        clock=clock,
+    )
     state.store_bytes.ttl_s = settings.store_stats_ttl_s
     app = FastAPI(title="FleetLoop review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.review = state
@@ -160,9 +174,11 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
         except Forbidden as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy",
-                                    "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
-                                    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        )
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
@@ -174,8 +190,9 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
             return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
         if wants_json(request) or request.method != "GET":
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        return HTMLResponse(f"<!doctype html><title>{exc.status}</title><p>{_escape(str(exc))}</p>",
-                            status_code=exc.status)
+        return HTMLResponse(
+            f"<!doctype html><title>{exc.status}</title><p>{_escape(str(exc))}</p>", status_code=exc.status
+        )
 
     @app.exception_handler(FleetLoopError)
     async def loop_error(request: Request, exc: FleetLoopError):
@@ -212,8 +229,11 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
         return items.describe(db().pool, state.config, LABELS, task, teachers())
 
     def page(request: Request, name: str, session: security.Session, **context) -> HTMLResponse:
-        return templates.TemplateResponse(request, name, {"session": session, "active": name.split(".")[0],
-                                                          "token_required": state.token is not None, **context})
+        return templates.TemplateResponse(
+            request,
+            name,
+            {"session": session, "active": name.split(".")[0], "token_required": state.token is not None, **context},
+        )
 
     # -------------------------------------------------------------------------------- sign-in
     @app.get("/healthz")
@@ -225,8 +245,9 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
         session = session_of(request)
         fresh = session is None
         if fresh:
-            session = security.new_session(db().pool, state.clock(), state.settings.session_hours,
-                                           authenticated=state.token is None)
+            session = security.new_session(
+                db().pool, state.clock(), state.settings.session_hours, authenticated=state.token is None
+            )
         if token is not None and state.token is not None:
             # a printed link carries the token once; the session remembers it, the URL drops it
             if security.token_matches(state.token, token):
@@ -234,22 +255,51 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
                 target = "/login?" + (f"next={quote(next)}" if next else "")
                 response = RedirectResponse(target, status_code=303)
             else:
-                response = templates.TemplateResponse(request, "login.html", {
-                    "session": session, "next": _safe_next(next), "token_required": True,
-                    "error": "wrong token", "active": "login"}, status_code=401)
+                response = templates.TemplateResponse(
+                    request,
+                    "login.html",
+                    {
+                        "session": session,
+                        "next": _safe_next(next),
+                        "token_required": True,
+                        "error": "wrong token",
+                        "active": "login",
+                    },
+                    status_code=401,
+                )
         else:
             status = 401 if state.token is not None and not session.authenticated else 200
-            response = templates.TemplateResponse(request, "login.html", {
-                "session": session, "next": _safe_next(next), "token_required": state.token is not None,
-                "error": error, "active": "login"}, status_code=status)
+            response = templates.TemplateResponse(
+                request,
+                "login.html",
+                {
+                    "session": session,
+                    "next": _safe_next(next),
+                    "token_required": state.token is not None,
+                    "error": error,
+                    "active": "login",
+                },
+                status_code=status,
+            )
         if fresh:
-            response.set_cookie(security.SESSION_COOKIE, session.cookie, httponly=True, samesite="strict",
-                                max_age=int(state.settings.session_hours * 3600), path="/")
+            response.set_cookie(
+                security.SESSION_COOKIE,
+                session.cookie,
+                httponly=True,
+                samesite="strict",
+                max_age=int(state.settings.session_hours * 3600),
+                path="/",
+            )
         return response
 
     @app.post("/login")
-    def login(request: Request, annotator: str = Form(...), csrf: str = Form(...), token: str = Form(""),
-              next: str = Form("/label")):
+    def login(
+        request: Request,
+        annotator: str = Form(...),
+        csrf: str = Form(...),
+        token: str = Form(""),
+        next: str = Form("/label"),
+    ):
         session = session_of(request)
         if session is None:
             raise Forbidden("no session: load the sign-in page first (cookies must be enabled)")
@@ -261,9 +311,18 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
                 raise Unauthorized("wrong token")
             security.sign_in(db().pool, session, annotator.strip(), True)
         except ReviewError as exc:
-            return templates.TemplateResponse(request, "login.html", {
-                "session": session, "next": _safe_next(next), "token_required": state.token is not None,
-                "error": str(exc), "active": "login"}, status_code=exc.status)
+            return templates.TemplateResponse(
+                request,
+                "login.html",
+                {
+                    "session": session,
+                    "next": _safe_next(next),
+                    "token_required": state.token is not None,
+                    "error": str(exc),
+                    "active": "login",
+                },
+                status_code=exc.status,
+            )
         return RedirectResponse(_safe_next(next), status_code=303)
 
     @app.post("/logout")
@@ -295,20 +354,33 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
         value = tuning.parse_target(target, state.config.routing.target_accuracy)
         choice, sample, loop = _routing(value)
         saved_target = overrides.read_overrides(state.overrides_path).get("routing", {}).get("target_accuracy")
-        return page(request, "routing.html", session, target=value, choice=choice.to_dict(), sample=sample,
-                    loop=loop, teachers=teachers(), saved=bool(saved), saved_target=saved_target,
-                    overrides_path=_shown_path(state.overrides_path), config_target=state.config.routing.target_accuracy,
-                    min_validation=state.config.routing.min_validation,
-                    presets=(0.9, 0.95, 0.97, 0.98, 0.99, 0.995))
+        return page(
+            request,
+            "routing.html",
+            session,
+            target=value,
+            choice=choice.to_dict(),
+            sample=sample,
+            loop=loop,
+            teachers=teachers(),
+            saved=bool(saved),
+            saved_target=saved_target,
+            overrides_path=_shown_path(state.overrides_path),
+            config_target=state.config.routing.target_accuracy,
+            min_validation=state.config.routing.min_validation,
+            presets=(0.9, 0.95, 0.97, 0.98, 0.99, 0.995),
+        )
 
     @app.post("/tuning/routing")
     def routing_save(request: Request, target: str = Form(...), csrf: str = Form(...)):
         session = writer(request, csrf)
         value = tuning.parse_target(target, state.config.routing.target_accuracy)
         choice, _, _ = _routing(value)
-        implied = {"threshold": choice.threshold.to_dict()["value"],
-                   "validation coverage": round(choice.validation_coverage, 4),
-                   "pool auto-accept fraction": None if choice.pool_fraction is None else round(choice.pool_fraction, 4)}
+        implied = {
+            "threshold": choice.threshold.to_dict()["value"],
+            "validation coverage": round(choice.validation_coverage, 4),
+            "pool auto-accept fraction": None if choice.pool_fraction is None else round(choice.pool_fraction, 4),
+        }
         overrides.save_target_accuracy(state.overrides_path, state.config, value, session.annotator, implied)
         log.info("%s saved routing.target_accuracy=%s to %s", session.annotator, value, state.overrides_path)
         return RedirectResponse(f"/tuning/routing?target={value}&saved=1", status_code=303)
@@ -328,8 +400,15 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
     def _routing(target: float):
         sample, confidence, agree, floor, loop = state.routing.get(_routing_data, state.clock())
         choice = tuning.choose(sample, state.config, target, floor, confidence, agree)
-        return choice, {"frames": len(sample.frame_ids), "agree": int(sample.agree.sum()),
-                        "accuracy": round(float(sample.correct.mean()), 4) if len(sample.correct) else None}, loop
+        return (
+            choice,
+            {
+                "frames": len(sample.frame_ids),
+                "agree": int(sample.agree.sum()),
+                "accuracy": round(float(sample.correct.mean()), 4) if len(sample.correct) else None,
+            },
+            loop,
+        )
 
     @app.get("/plots/risk_coverage.png")
     def risk_coverage_png(request: Request, target: Optional[str] = None):
@@ -339,17 +418,24 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
         sample = state.routing.get(_routing_data, state.clock())[0]
         curve = tuning.risk_coverage(sample.confidence, sample.correct, sample.agree, state.config.routing.bound_z)
         loop_value = (loop or {}).get("value")
-        return Response(plots.risk_coverage_png(curve, choice, loop_value, state.config.routing.min_validation),
-                        media_type="image/png",
-                        headers={"Cache-Control": "no-store"})
+        return Response(
+            plots.risk_coverage_png(curve, choice, loop_value, state.config.routing.min_validation),
+            media_type="image/png",
+            headers={"Cache-Control": "no-store"},
+        )
 
     def _sweeps() -> list[tuning.SweepFile]:
         return tuning.find_sweeps([*state.settings.replay_dirs, state.uploads])
 
     def _store_bytes():
         return state.store_bytes.get(
-            lambda: tuning.safe_store_bytes(state.frame_cache().store, state.config.ingest.prefix)
-            if state.frame_cache().store is not None else (None, "no store configured"), state.clock())
+            lambda: (
+                tuning.safe_store_bytes(state.frame_cache().store, state.config.ingest.prefix)
+                if state.frame_cache().store is not None
+                else (None, "no store configured")
+            ),
+            state.clock(),
+        )
 
     @app.get("/tuning/robots", response_class=HTMLResponse)
     def robots_page(request: Request, sweep: Optional[str] = None):
@@ -367,8 +453,18 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
                 problem = str(exc)
         store_bytes, store_problem = _store_bytes()
         stats = tuning.robot_stats(db().pool, store_bytes)
-        return page(request, "robots.html", session, files=files, chosen=chosen, sweep=parsed, problem=problem,
-                    stats=stats, store_problem=store_problem, replay_dirs=state.settings.replay_dirs)
+        return page(
+            request,
+            "robots.html",
+            session,
+            files=files,
+            chosen=chosen,
+            sweep=parsed,
+            problem=problem,
+            stats=stats,
+            store_problem=store_problem,
+            replay_dirs=state.settings.replay_dirs,
+        )
 
     @app.post("/tuning/robots/upload")
     async def robots_upload(request: Request, csrf: str = Form(...), file: UploadFile = File(...)):
@@ -389,8 +485,11 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
     def robots_png(request: Request):
         user(request)
         store_bytes, _ = _store_bytes()
-        return Response(plots.robots_png(tuning.robot_stats(db().pool, store_bytes)), media_type="image/png",
-                        headers={"Cache-Control": "no-store"})
+        return Response(
+            plots.robots_png(tuning.robot_stats(db().pool, store_bytes)),
+            media_type="image/png",
+            headers={"Cache-Control": "no-store"},
+        )
 
     # -------------------------------------------------------------------------------- frames
     @app.get("/frame/{name}")
@@ -411,8 +510,9 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
 
     # -------------------------------------------------------------------------------- labeling API
     def _next(session: security.Session, purposes) -> Optional[dict]:
-        granted = leases.claim(db().pool, session.annotator, session.key, purposes, 1, state.clock(),
-                               state.settings.lease_s)
+        granted = leases.claim(
+            db().pool, session.annotator, session.key, purposes, 1, state.clock(), state.settings.lease_s
+        )
         return describe(answers.review_task(db().pool, granted[0].task_id)) if granted else None
 
     def _counters() -> dict:
@@ -437,8 +537,16 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
             label = body.label
         else:
             label = None
-        answers.submit(db().pool, state.cost_model.human, len(LABELS), session.annotator, session.key,
-                       [answers.Submission(task.id, label, body.seconds)], state.clock(), state.settings.max_answer_s)
+        answers.submit(
+            db().pool,
+            state.cost_model.human,
+            len(LABELS),
+            session.annotator,
+            session.key,
+            [answers.Submission(task.id, label, body.seconds)],
+            state.clock(),
+            state.settings.max_answer_s,
+        )
         done = describe(db().pool.task(task.id))
         return {"done": done, "item": _next(session, leases.LABEL_PURPOSES), "counters": _counters()}
 
@@ -453,8 +561,15 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
     @app.post("/api/undo")
     def api_undo(request: Request, body: TaskBody):
         session = writer(request)
-        reopened = answers.undo(db().pool, session.annotator, session.key, state.clock(), state.settings.lease_s,
-                                body.task_id, leases.LABEL_PURPOSES)
+        reopened = answers.undo(
+            db().pool,
+            session.annotator,
+            session.key,
+            state.clock(),
+            state.settings.lease_s,
+            body.task_id,
+            leases.LABEL_PURPOSES,
+        )
         return {"reopened": [describe(db().pool.task(t)) for t in reopened], "counters": _counters()}
 
     @app.get("/api/history")
@@ -474,11 +589,20 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
     @app.post("/api/audit/batch")
     def api_audit_batch(request: Request):
         session = writer(request)
-        granted = leases.claim(db().pool, session.annotator, session.key, leases.GRID_PURPOSES,
-                               state.settings.grid_size, state.clock(), state.settings.lease_s)
+        granted = leases.claim(
+            db().pool,
+            session.annotator,
+            session.key,
+            leases.GRID_PURPOSES,
+            state.settings.grid_size,
+            state.clock(),
+            state.settings.lease_s,
+        )
         granted.sort(key=lambda lease: lease.task_id)
-        return {"items": [describe(answers.review_task(db().pool, g.task_id)) for g in granted],
-                "counters": _counters()}
+        return {
+            "items": [describe(answers.review_task(db().pool, g.task_id)) for g in granted],
+            "counters": _counters(),
+        }
 
     @app.post("/api/audit/submit")
     def api_audit_submit(request: Request, body: GridBody):
@@ -489,19 +613,34 @@ def create_app(pool_path: str | Path, config: CloudConfig, token: Optional[str] 
             task = answers.review_task(db().pool, a.task_id)
             if task.purpose not in leases.GRID_PURPOSES:
                 raise ReviewError(f"task {task.id} is a {task.purpose} task, not an audit: label it on /label")
-        answers.submit(db().pool, state.cost_model.human, len(LABELS), session.annotator, session.key, batch,
-                       state.clock(), state.settings.max_answer_s)
+        answers.submit(
+            db().pool,
+            state.cost_model.human,
+            len(LABELS),
+            session.annotator,
+            session.key,
+            batch,
+            state.clock(),
+            state.settings.max_answer_s,
+        )
         return {"submitted": [a.task_id for a in body.answers], "counters": _counters()}
 
     @app.post("/api/audit/undo")
     def api_audit_undo(request: Request):
         session = writer(request)
-        reopened = answers.undo(db().pool, session.annotator, session.key, state.clock(), state.settings.lease_s,
-                                purposes=leases.GRID_PURPOSES)
+        reopened = answers.undo(
+            db().pool,
+            session.annotator,
+            session.key,
+            state.clock(),
+            state.settings.lease_s,
+            purposes=leases.GRID_PURPOSES,
+        )
         return {"reopened": reopened, "counters": _counters()}
 
     # the detection loop's box tasks: /boxes and /api/boxes/* (review/boxes.py)
     from fleetloop_cloud.review import boxes as box_view
+
     box_view.install(app, state, templates, user=user, writer=writer, page=page, db=db)
 
     return app

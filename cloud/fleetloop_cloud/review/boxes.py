@@ -40,7 +40,7 @@ class BoxAnswerBody(BaseModel):
 
     task_id: int = Field(ge=1)
     action: Literal["accept", "submit"]
-    boxes: list[list[float]] = Field(default_factory=list, max_length=200)   # [x0, y0, x1, y1, class] in pixels
+    boxes: list[list[float]] = Field(default_factory=list, max_length=200)  # [x0, y0, x1, y1, class] in pixels
     seconds: float = Field(ge=0, le=86400)
 
 
@@ -64,12 +64,22 @@ def detection_classes(models_dir: str | Path) -> Optional[list[str]]:
 def describe(task: BoxTask, row, classes: list[str]) -> dict:
     """Return what the page needs to show one box task."""
     suggestion = task.suggestion if task.shown else None
-    return {"task_id": task.id, "frame_id": task.frame_id, "purpose": task.purpose,
-            "frame_url": f"/frame/{task.frame_id}.png", "width": row["width"], "height": row["height"],
-            "robot_id": row["robot_id"], "site": row["site"], "classes": classes,
-            "suggestion": suggestion.rows(with_scores=False) if suggestion is not None else None,
-            "status": task.status, "answer": task.answer.rows(with_scores=False) if task.answer is not None else None,
-            "edits": task.edits, "seconds": task.seconds}
+    return {
+        "task_id": task.id,
+        "frame_id": task.frame_id,
+        "purpose": task.purpose,
+        "frame_url": f"/frame/{task.frame_id}.png",
+        "width": row["width"],
+        "height": row["height"],
+        "robot_id": row["robot_id"],
+        "site": row["site"],
+        "classes": classes,
+        "suggestion": suggestion.rows(with_scores=False) if suggestion is not None else None,
+        "status": task.status,
+        "answer": task.answer.rows(with_scores=False) if task.answer is not None else None,
+        "edits": task.edits,
+        "seconds": task.seconds,
+    }
 
 
 def install(app, state, templates, user: Callable, writer: Callable, page: Callable, db: Callable) -> None:
@@ -85,8 +95,10 @@ def install(app, state, templates, user: Callable, writer: Callable, page: Calla
     def classes() -> list[str]:
         found = detection_classes(state.config.models)
         if found is None:
-            raise ReviewError(f"{state.config.models}: the models are not detectors; the box view serves the "
-                              f"detection loop (fleetloop models build --profile detection-default)")
+            raise ReviewError(
+                f"{state.config.models}: the models are not detectors; the box view serves the "
+                f"detection loop (fleetloop models build --profile detection-default)"
+            )
         return found
 
     def costs():
@@ -139,9 +151,16 @@ def install(app, state, templates, user: Callable, writer: Callable, page: Calla
             if any(len(row) != 5 for row in body.boxes):
                 raise ReviewError("boxes: each box is [x0, y0, x1, y1, class]")
             row = db().pool.frame(task.frame_id)
-            clipped = [[min(max(x0, 0.0), row["width"]), min(max(y0, 0.0), row["height"]),
-                        min(max(x1, 0.0), row["width"]), min(max(y1, 0.0), row["height"]), cls]
-                       for x0, y0, x1, y1, cls in body.boxes]
+            clipped = [
+                [
+                    min(max(x0, 0.0), row["width"]),
+                    min(max(y0, 0.0), row["height"]),
+                    min(max(x1, 0.0), row["width"]),
+                    min(max(y1, 0.0), row["height"]),
+                    cls,
+                ]
+                for x0, y0, x1, y1, cls in body.boxes
+            ]
             if any(float(c) != int(c) for *_, c in clipped):
                 raise ReviewError("boxes: a class must be a whole number")
             answer = BoxSet.from_rows(clipped, with_scores=False)
@@ -158,4 +177,4 @@ def install(app, state, templates, user: Callable, writer: Callable, page: Calla
         boxes().release(session.key, body.task_id, skipped=True)
         return {"item": next_item(session), "counts": counts()}
 
-    del templates   # the page renders through ``page`` (base template, session, CSRF)
+    del templates  # the page renders through ``page`` (base template, session, CSRF)

@@ -20,8 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         review.set_defaults(handler=lambda args: review.print_help() or 2)
     actions = review.add_subparsers(dest="review_action", metavar="ACTION", required=False)
     serve = actions.add_parser("serve", help="serve the human review and tuning page (the review-page annotator)")
-    serve.add_argument("--host", default=None, help="bind address (default from config/review_page.yaml: 127.0.0.1; "
-                                                    "any other address requires a token)")
+    serve.add_argument(
+        "--host",
+        default=None,
+        help="bind address (default from config/review_page.yaml: 127.0.0.1; any other address requires a token)",
+    )
     serve.add_argument("--port", type=int, default=None, help="port (default from config/review_page.yaml: 8080)")
     serve.add_argument("--config", default=None, help="config/cloud.yaml (default: the shipped one)")
     serve.add_argument("--page-config", default=None, help="config/review_page.yaml (default: the shipped one)")
@@ -47,8 +50,10 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"review page for {pool_path}: http://{shown_host}:{port}/label", flush=True)
     if token is not None:
         if generated:
-            print(f"token (printed once; set {TOKEN_ENV} or token: in config/review_page.yaml to fix it): {token}",
-                  flush=True)
+            print(
+                f"token (printed once; set {TOKEN_ENV} or token: in config/review_page.yaml to fix it): {token}",
+                flush=True,
+            )
             print(f"sign in: http://{shown_host}:{port}/login?token={token}", flush=True)
         else:
             print("a token is required (from config or the environment)", flush=True)

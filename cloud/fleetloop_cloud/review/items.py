@@ -29,9 +29,9 @@ class Teachers:
     """The round's teacher versions and calibration temperature (what the loop routes with)."""
 
     round: Optional[int]
-    versions: dict[str, str]          # tier -> version (empty before autolabel ran)
+    versions: dict[str, str]  # tier -> version (empty before autolabel ran)
     temperature: float
-    temperature_source: str           # "loop" | "fitted" | "none"
+    temperature_source: str  # "loop" | "fitted" | "none"
 
 
 def _round(pool: Pool) -> Optional[int]:
@@ -43,7 +43,7 @@ def calibration_answers(pool: Pool, versions: dict[str, str]) -> tuple[list[str]
     """Return (frame ids, human answers) of done calibration tasks that both teacher versions predicted."""
     latest: dict[str, int] = {}
     for task in pool.tasks(purpose="calibration", status="done"):
-        latest[task.frame_id] = int(task.answer)        # tasks come oldest first: the newest answer wins
+        latest[task.frame_id] = int(task.answer)  # tasks come oldest first: the newest answer wins
     ids = list(latest)
     for tier, version in versions.items():
         missing = set(pool.missing_predictions(tier, version, ids))
@@ -72,8 +72,9 @@ def teachers(pool: Pool, config: CloudConfig) -> Teachers:
 
 def _top(probs: np.ndarray, labels: Sequence[str], k: int = 3) -> list[dict]:
     order = np.argsort(-probs, kind="stable")[:k]
-    return [{"index": int(i), "name": labels[i], "key": KEYS[i].upper(), "prob": round(float(probs[i]), 4)}
-            for i in order]
+    return [
+        {"index": int(i), "name": labels[i], "key": KEYS[i].upper(), "prob": round(float(probs[i]), 4)} for i in order
+    ]
 
 
 def suggestion_shown(task: Task, config: CloudConfig) -> bool:
@@ -89,20 +90,40 @@ def describe(pool: Pool, config: CloudConfig, labels: Sequence[str], task: Task,
         frame = None
     shown = suggestion_shown(task, config)
     item: dict = {
-        "task_id": task.id, "frame_id": task.frame_id, "purpose": task.purpose, "round": task.round,
-        "image_url": f"/frame/{task.frame_id}.png", "status": task.status, "answer": task.answer,
+        "task_id": task.id,
+        "frame_id": task.frame_id,
+        "purpose": task.purpose,
+        "round": task.round,
+        "image_url": f"/frame/{task.frame_id}.png",
+        "status": task.status,
+        "answer": task.answer,
         "answer_name": labels[task.answer] if task.answer is not None and 0 <= task.answer < len(labels) else None,
-        "annotator": task.annotator, "seconds": task.seconds, "error": task.error,
-        "suggestion": None, "tiers": [], "robot": None, "frame": None,
+        "annotator": task.annotator,
+        "seconds": task.seconds,
+        "error": task.error,
+        "suggestion": None,
+        "tiers": [],
+        "robot": None,
+        "frame": None,
     }
     if frame is not None:
-        item["frame"] = {"robot": frame["robot_id"], "stream": frame["stream"], "site": frame["site"],
-                         "width": frame["width"], "height": frame["height"], "stamp_ns": frame["stamp_ns"],
-                         "track": frame["track_hint"]}
+        item["frame"] = {
+            "robot": frame["robot_id"],
+            "stream": frame["stream"],
+            "site": frame["site"],
+            "width": frame["width"],
+            "height": frame["height"],
+            "stamp_ns": frame["stamp_ns"],
+            "track": frame["track_hint"],
+        }
     if not shown:
-        return item                        # no suggestion, no tier opinions: the human labels unanchored
-    suggestion = {"index": task.suggestion, "name": labels[task.suggestion], "key": KEYS[task.suggestion].upper(),
-                  "confidence": None}
+        return item  # no suggestion, no tier opinions: the human labels unanchored
+    suggestion = {
+        "index": task.suggestion,
+        "name": labels[task.suggestion],
+        "key": KEYS[task.suggestion].upper(),
+        "confidence": None,
+    }
     if state.versions:
         probs = []
         for tier, version in state.versions.items():
@@ -116,8 +137,11 @@ def describe(pool: Pool, config: CloudConfig, labels: Sequence[str], task: Task,
             combined = combine(probs[0][None], probs[1][None], state.temperature)
             suggestion["confidence"] = round(float(combined.probs[0, task.suggestion]), 4)
             suggestion["agree"] = bool(combined.agree[0])
-            item["ensemble"] = {"top": _top(combined.probs[0], labels), "temperature": round(state.temperature, 4),
-                                "calibration": state.temperature_source}
+            item["ensemble"] = {
+                "top": _top(combined.probs[0], labels),
+                "temperature": round(state.temperature, 4),
+                "calibration": state.temperature_source,
+            }
     item["suggestion"] = suggestion
     if frame is not None:
         try:
@@ -126,6 +150,9 @@ def describe(pool: Pool, config: CloudConfig, labels: Sequence[str], task: Task,
             sidecar = {}
         prediction = sidecar.get("prediction", -1)
         if isinstance(prediction, int) and 0 <= prediction < len(labels):
-            item["robot"] = {"tier": sidecar.get("tier_used") or "?", "name": labels[prediction],
-                             "confidence": round(float(sidecar.get("confidence", 0.0)), 4)}
+            item["robot"] = {
+                "tier": sidecar.get("tier_used") or "?",
+                "name": labels[prediction],
+                "confidence": round(float(sidecar.get("confidence", 0.0)), 4),
+            }
     return item

@@ -18,8 +18,8 @@ from fleetloop_cloud.pool import Pool
 from fleetloop_cloud.review.errors import Conflict
 
 REVIEW_BACKEND = "review-page"
-LABEL_PURPOSES = ("calibration", "track", "review")    # one frame at a time
-GRID_PURPOSES = ("audit",)                              # confirm or correct many auto-labels at once
+LABEL_PURPOSES = ("calibration", "track", "review")  # one frame at a time
+GRID_PURPOSES = ("audit",)  # confirm or correct many auto-labels at once
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_leases (
@@ -53,8 +53,14 @@ def ensure_schema(pool: Pool) -> None:
 
 
 def _lease(row: sqlite3.Row) -> Lease:
-    return Lease(int(row["task_id"]), row["frame_id"], row["annotator"], row["session"], float(row["leased"]),
-                 float(row["expires"]))
+    return Lease(
+        int(row["task_id"]),
+        row["frame_id"],
+        row["annotator"],
+        row["session"],
+        float(row["leased"]),
+        float(row["expires"]),
+    )
 
 
 def expire(db: sqlite3.Connection, now: float) -> list[Lease]:
@@ -77,24 +83,32 @@ def held(db: sqlite3.Connection, session: str, purposes: Sequence[str]) -> list[
     rows = db.execute(
         f"SELECT l.* FROM review_leases l JOIN tasks t ON t.id = l.task_id WHERE l.session=? "
         f"AND t.status='submitted' AND t.purpose IN ({marks}) ORDER BY l.leased DESC, l.task_id DESC",
-        (session, *purposes)).fetchall()
+        (session, *purposes),
+    ).fetchall()
     return [_lease(r) for r in rows]
 
 
-def grant(db: sqlite3.Connection, task_id: int, frame_id: str, annotator: str, session: str, now: float,
-          lease_s: float) -> Lease:
+def grant(
+    db: sqlite3.Connection, task_id: int, frame_id: str, annotator: str, session: str, now: float, lease_s: float
+) -> Lease:
     """Lease one task to a session (inside a transaction); Conflict if someone else holds it or its frame."""
-    other = db.execute("SELECT session FROM review_leases WHERE (task_id=? OR frame_id=?) AND session != ?",
-                       (task_id, frame_id, session)).fetchall()
+    other = db.execute(
+        "SELECT session FROM review_leases WHERE (task_id=? OR frame_id=?) AND session != ?",
+        (task_id, frame_id, session),
+    ).fetchall()
     if other:
         raise Conflict(f"task {task_id}: frame {frame_id[:12]} is leased to another annotator")
-    db.execute("INSERT OR REPLACE INTO review_leases (task_id, frame_id, annotator, session, leased, expires) "
-               "VALUES (?,?,?,?,?,?)", (task_id, frame_id, annotator, session, now, now + lease_s))
+    db.execute(
+        "INSERT OR REPLACE INTO review_leases (task_id, frame_id, annotator, session, leased, expires) "
+        "VALUES (?,?,?,?,?,?)",
+        (task_id, frame_id, annotator, session, now, now + lease_s),
+    )
     return Lease(task_id, frame_id, annotator, session, now, now + lease_s)
 
 
-def claim(pool: Pool, annotator: str, session: str, purposes: Sequence[str], count: int, now: float,
-          lease_s: float) -> list[Lease]:
+def claim(
+    pool: Pool, annotator: str, session: str, purposes: Sequence[str], count: int, now: float, lease_s: float
+) -> list[Lease]:
     """Return up to ``count`` leases for a session: those it holds (renewed), then the oldest free tasks.
 
     Free means: submitted to the review page, of one of ``purposes``, and neither the task nor its
@@ -117,12 +131,13 @@ def claim(pool: Pool, annotator: str, session: str, purposes: Sequence[str], cou
             f"AND t.id NOT IN (SELECT task_id FROM review_leases) "
             f"AND t.frame_id NOT IN (SELECT frame_id FROM review_leases) "
             f"ORDER BY s.skipped IS NOT NULL, s.skipped, t.id LIMIT ?",
-            (session, REVIEW_BACKEND, *purposes, (count - len(out)) * 4 + 16)).fetchall()
+            (session, REVIEW_BACKEND, *purposes, (count - len(out)) * 4 + 16),
+        ).fetchall()
         for row in rows:
             if len(out) >= count:
                 break
             if row["frame_id"] in frames:
-                continue           # two tasks of one frame: never both in one hand
+                continue  # two tasks of one frame: never both in one hand
             frames.add(row["frame_id"])
             out.append(grant(db, int(row["id"]), row["frame_id"], annotator, session, now, lease_s))
         return out
@@ -135,8 +150,9 @@ def skip(pool: Pool, session: str, task_id: int, now: float) -> None:
         if lease is None or lease.session != session:
             raise Conflict(f"task {task_id} is not leased to this session")
         db.execute("DELETE FROM review_leases WHERE task_id=?", (task_id,))
-        db.execute("INSERT OR REPLACE INTO review_skips (session, task_id, skipped) VALUES (?,?,?)",
-                   (session, task_id, now))
+        db.execute(
+            "INSERT OR REPLACE INTO review_skips (session, task_id, skipped) VALUES (?,?,?)", (session, task_id, now)
+        )
 
 
 def release_session(pool: Pool, session: str) -> int:

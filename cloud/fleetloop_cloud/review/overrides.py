@@ -31,19 +31,23 @@ def read_overrides(path: Path) -> dict:
     return read_yaml(path) if path.is_file() else {}
 
 
-def save_target_accuracy(path: Path, config: CloudConfig, target: float, annotator: str,
-                         implied: Optional[dict] = None) -> dict:
+def save_target_accuracy(
+    path: Path, config: CloudConfig, target: float, annotator: str, implied: Optional[dict] = None
+) -> dict:
     """Write ``routing.target_accuracy`` into the override file (validated first); return the file's mapping."""
-    routing = validate(RoutingConfig, {**config.routing.model_dump(), "target_accuracy": target},
-                       source=str(path), prefix="routing")
+    routing = validate(
+        RoutingConfig, {**config.routing.model_dump(), "target_accuracy": target}, source=str(path), prefix="routing"
+    )
     data = read_overrides(path)
     data.setdefault("routing", {})
     if not isinstance(data["routing"], dict):
         data["routing"] = {}
     data["routing"]["target_accuracy"] = routing.target_accuracy
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    lines = [f"# Local overrides of {path.name.replace('.local', '')}, merged over it when the loop loads its config.",
-             f"# routing.target_accuracy set on the review page by {annotator} at {stamp}."]
+    lines = [
+        f"# Local overrides of {path.name.replace('.local', '')}, merged over it when the loop loads its config.",
+        f"# routing.target_accuracy set on the review page by {annotator} at {stamp}.",
+    ]
     if implied:
         lines.append("# At that time it implied: " + ", ".join(f"{k} {v}" for k, v in implied.items()) + ".")
     text = "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=True, default_flow_style=False)

@@ -18,8 +18,9 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def risk_coverage_png(curve: RiskCoverage, choice: Optional[RoutingChoice], loop_threshold: Optional[float],
-                      min_validation: int = 0) -> bytes:
+def risk_coverage_png(
+    curve: RiskCoverage, choice: Optional[RoutingChoice], loop_threshold: Optional[float], min_validation: int = 0
+) -> bytes:
     """Return the risk-coverage plot: accuracy (and its Wilson lower bound) vs auto-accepted fraction.
 
     Left of ``min_validation`` accepted frames (grey) the loop does not set a threshold at all.
@@ -27,8 +28,13 @@ def risk_coverage_png(curve: RiskCoverage, choice: Optional[RoutingChoice], loop
     figure = Figure(figsize=(7.2, 4.0))
     axis = figure.add_subplot(1, 1, 1)
     if len(curve) and min_validation > 0:
-        axis.axvspan(0, min_validation / max(curve.frames, 1), color="0.85", alpha=0.6,
-                     label=f"fewer than {min_validation} accepted: no threshold")
+        axis.axvspan(
+            0,
+            min_validation / max(curve.frames, 1),
+            color="0.85",
+            alpha=0.6,
+            label=f"fewer than {min_validation} accepted: no threshold",
+        )
     if len(curve):
         axis.plot(curve.coverage, curve.accuracy, color="#1f77b4", label="accuracy of auto-accepted")
         axis.plot(curve.coverage, curve.lower, color="#1f77b4", linestyle=":", label="Wilson lower bound")
@@ -37,16 +43,20 @@ def risk_coverage_png(curve: RiskCoverage, choice: Optional[RoutingChoice], loop
         low = float(min(curve.lower.min(), curve.accuracy.min()))
         axis.set_ylim(max(0.0, low - 0.02), 1.005)
     else:
-        axis.text(0.5, 0.5, "no human-labeled validation frames yet", ha="center", va="center",
-                  transform=axis.transAxes)
+        axis.text(
+            0.5, 0.5, "no human-labeled validation frames yet", ha="center", va="center", transform=axis.transAxes
+        )
         axis.set_xlim(0, 1)
         axis.set_ylim(0, 1.005)
     if choice is not None:
-        axis.axhline(choice.target, color="#d62728", linestyle="--", linewidth=1,
-                     label=f"target {choice.target:.3f}")
+        axis.axhline(choice.target, color="#d62728", linestyle="--", linewidth=1, label=f"target {choice.target:.3f}")
         if choice.threshold.automated:
-            axis.axvline(choice.validation_coverage, color="#2ca02c", linewidth=1.2,
-                         label=f"threshold {choice.threshold.value:.3f}: accepts {choice.validation_coverage:.0%}")
+            axis.axvline(
+                choice.validation_coverage,
+                color="#2ca02c",
+                linewidth=1.2,
+                label=f"threshold {choice.threshold.value:.3f}: accepts {choice.validation_coverage:.0%}",
+            )
     if loop_threshold is not None and len(curve):
         covered = float((curve.confidence >= loop_threshold).sum()) / max(curve.frames, 1)
         axis.axvline(covered, color="0.4", linestyle="-.", linewidth=1, label=f"loop's threshold {loop_threshold:.3f}")
@@ -66,8 +76,7 @@ def sweep_png(sweep: Sweep) -> bytes:
     x_key = sweep.x_key
     groups: dict[str, list[dict]] = {}
     for row in sweep.rows:
-        rest = " ".join(f"{k}={row[k]:g}" if isinstance(row[k], float) else f"{k}={row[k]}"
-                        for k in sweep.swept[1:])
+        rest = " ".join(f"{k}={row[k]:g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in sweep.swept[1:])
         groups.setdefault(rest, []).append(row)
     numeric = x_key is not None and all(isinstance(r[x_key], float) for r in sweep.rows)
     for rest, rows in groups.items():

@@ -50,8 +50,9 @@ def requires_token(host: str) -> bool:
     return host.strip("[]") not in LOOPBACK_HOSTS
 
 
-def resolve_token(host: str, configured: Optional[str] = None,
-                  environ: Mapping[str, str] = os.environ) -> tuple[Optional[str], bool]:
+def resolve_token(
+    host: str, configured: Optional[str] = None, environ: Mapping[str, str] = os.environ
+) -> tuple[Optional[str], bool]:
     """Return (token or None, whether it was generated now) for a bind address.
 
     A configured token (config or ``FLEETLOOP_REVIEW_TOKEN``) is always used; otherwise a
@@ -76,7 +77,7 @@ def host_name(host_header: str) -> str:
     """Return the host name of a Host header value (no port; IPv6 without brackets)."""
     value = host_header.strip().lower()
     if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value[1:]
+        return value[1 : value.find("]")] if "]" in value else value[1:]
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
@@ -85,8 +86,10 @@ def check_host(host_header: Optional[str], token_required: bool) -> None:
     if token_required:
         return
     if not host_header or host_name(host_header) not in LOOPBACK_HOSTS:
-        raise Forbidden(f"Host {host_header!r} is not served: without a token the page answers loopback "
-                        f"names only ({', '.join(LOOPBACK_HOSTS)})")
+        raise Forbidden(
+            f"Host {host_header!r} is not served: without a token the page answers loopback "
+            f"names only ({', '.join(LOOPBACK_HOSTS)})"
+        )
 
 
 # ------------------------------------------------------------------------------------ sessions
@@ -115,8 +118,11 @@ def new_session(pool: Pool, now: float, hours: float, authenticated: bool) -> Se
     cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     with pool.transaction() as db:
         db.execute("DELETE FROM review_sessions WHERE expires <= ?", (now,))
-        db.execute("INSERT INTO review_sessions (id_sha256, annotator, csrf, authenticated, created, expires) "
-                   "VALUES (?,?,?,?,?,?)", (_digest(cookie), None, csrf, int(authenticated), now, now + hours * 3600))
+        db.execute(
+            "INSERT INTO review_sessions (id_sha256, annotator, csrf, authenticated, created, expires) "
+            "VALUES (?,?,?,?,?,?)",
+            (_digest(cookie), None, csrf, int(authenticated), now, now + hours * 3600),
+        )
     return Session(cookie, None, csrf, authenticated, now + hours * 3600)
 
 
@@ -124,8 +130,9 @@ def load_session(query, cookie: Optional[str], now: float) -> Optional[Session]:
     """Return the live session of a cookie value, or None (``query``: a read function over the pool file)."""
     if not cookie or len(cookie) > 128:
         return None
-    rows = query("SELECT annotator, csrf, authenticated, expires FROM review_sessions WHERE id_sha256=?",
-                 (_digest(cookie),))
+    rows = query(
+        "SELECT annotator, csrf, authenticated, expires FROM review_sessions WHERE id_sha256=?", (_digest(cookie),)
+    )
     if not rows or rows[0]["expires"] <= now:
         return None
     row = rows[0]
@@ -137,8 +144,10 @@ def sign_in(pool: Pool, session: Session, annotator: str, authenticated: bool) -
     if not ANNOTATOR_PATTERN.match(annotator or ""):
         raise ReviewError(f"annotator name {annotator!r}: use 1-40 letters, digits, '.', '_', '@' or '-'")
     with pool.transaction() as db:
-        db.execute("UPDATE review_sessions SET annotator=?, authenticated=? WHERE id_sha256=?",
-                   (annotator, int(authenticated), session.key))
+        db.execute(
+            "UPDATE review_sessions SET annotator=?, authenticated=? WHERE id_sha256=?",
+            (annotator, int(authenticated), session.key),
+        )
     return Session(session.cookie, annotator, session.csrf, authenticated, session.expires)
 
 
@@ -167,7 +176,7 @@ def check_same_origin(headers: Mapping[str, str]) -> None:
     if origin == "null":
         raise Forbidden("cross-site request refused (Origin: null)")
     if source is None:
-        return          # not a browser (curl, tests): the CSRF token still has to match
+        return  # not a browser (curl, tests): the CSRF token still has to match
     netloc = urlsplit(source).netloc.lower()
     if netloc != host.lower():
         raise Forbidden(f"cross-site request refused (Origin {source!r} is not this page's host {host!r})")

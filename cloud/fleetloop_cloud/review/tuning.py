@@ -38,11 +38,11 @@ from fleetloop_cloud.routing import Threshold, choose_threshold, wilson_lower
 class RiskCoverage:
     """Accuracy of the auto-labeler among its k most confident agreeing validation frames, k = 1..n."""
 
-    confidence: np.ndarray       # (k,) the threshold that accepts exactly those frames, descending
-    coverage: np.ndarray         # (k,) accepted fraction of ALL validation frames, [0, 1]
-    accuracy: np.ndarray         # (k,) accuracy among the accepted, [0, 1]
-    lower: np.ndarray            # (k,) Wilson lower bound of that accuracy at z
-    frames: int                  # validation frames (agreeing or not)
+    confidence: np.ndarray  # (k,) the threshold that accepts exactly those frames, descending
+    coverage: np.ndarray  # (k,) accepted fraction of ALL validation frames, [0, 1]
+    accuracy: np.ndarray  # (k,) accuracy among the accepted, [0, 1]
+    lower: np.ndarray  # (k,) Wilson lower bound of that accuracy at z
+    frames: int  # validation frames (agreeing or not)
 
     def __len__(self) -> int:
         return len(self.coverage)
@@ -84,8 +84,9 @@ def routing_sample(pool: Pool, teachers: Teachers) -> RoutingSample:
         return RoutingSample([], empty, empty.astype(bool), empty.astype(bool), teachers)
     probs = [pool.predictions(tier, version, ids)[0] for tier, version in teachers.versions.items()]
     combined = combine(probs[0], probs[1], teachers.temperature)
-    return RoutingSample(ids, combined.confidence.astype(np.float64), combined.label == answers, combined.agree,
-                         teachers)
+    return RoutingSample(
+        ids, combined.confidence.astype(np.float64), combined.label == answers, combined.agree, teachers
+    )
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,9 @@ class RoutingChoice:
 
     target: float
     threshold: Threshold
-    validation_coverage: float               # accepted fraction of the validation sample
-    pool_frames: int                         # pool frames with both teachers' predictions
-    pool_accepted: int                       # of which the threshold would auto-accept
+    validation_coverage: float  # accepted fraction of the validation sample
+    pool_frames: int  # pool frames with both teachers' predictions
+    pool_accepted: int  # of which the threshold would auto-accept
     floor: float
 
     @property
@@ -106,11 +107,15 @@ class RoutingChoice:
 
     def to_dict(self) -> dict:
         """Return JSON-able data."""
-        return {"target": self.target, "threshold": self.threshold.to_dict(),
-                "validation_coverage": round(self.validation_coverage, 4), "pool_frames": self.pool_frames,
-                "pool_accepted": self.pool_accepted,
-                "pool_fraction": None if self.pool_fraction is None else round(self.pool_fraction, 4),
-                "floor": self.floor}
+        return {
+            "target": self.target,
+            "threshold": self.threshold.to_dict(),
+            "validation_coverage": round(self.validation_coverage, 4),
+            "pool_frames": self.pool_frames,
+            "pool_accepted": self.pool_accepted,
+            "pool_fraction": None if self.pool_fraction is None else round(self.pool_fraction, 4),
+            "floor": self.floor,
+        }
 
 
 def pool_confidences(pool: Pool, teachers: Teachers) -> tuple[np.ndarray, np.ndarray]:
@@ -128,12 +133,19 @@ def pool_confidences(pool: Pool, teachers: Teachers) -> tuple[np.ndarray, np.nda
     return combined.confidence.astype(np.float64), combined.agree
 
 
-def choose(sample: RoutingSample, config: CloudConfig, target: float, floor: float,
-           pool_confidence: np.ndarray, pool_agree: np.ndarray) -> RoutingChoice:
+def choose(
+    sample: RoutingSample,
+    config: CloudConfig,
+    target: float,
+    floor: float,
+    pool_confidence: np.ndarray,
+    pool_agree: np.ndarray,
+) -> RoutingChoice:
     """Return what ``target`` implies, with the loop's own threshold rule."""
     cfg = config.routing
-    threshold = choose_threshold(sample.confidence, sample.correct, sample.agree, target, cfg.bound_z,
-                                 cfg.min_validation, floor)
+    threshold = choose_threshold(
+        sample.confidence, sample.correct, sample.agree, target, cfg.bound_z, cfg.min_validation, floor
+    )
     if threshold.automated and len(sample.confidence):
         covered = float(np.mean(sample.agree & (sample.confidence >= threshold.value)))
         accepted = int(np.sum(pool_agree & (pool_confidence >= threshold.value)))
@@ -196,7 +208,9 @@ def find_sweeps(directories: Sequence[str | Path]) -> list[SweepFile]:
             continue
         for path in root.rglob("replay.csv"):
             if path.is_file():
-                found.setdefault(sweep_id(path), SweepFile(sweep_id(path), path, str(path.parent.relative_to(root.parent))))
+                found.setdefault(
+                    sweep_id(path), SweepFile(sweep_id(path), path, str(path.parent.relative_to(root.parent)))
+                )
         for path in root.rglob("*.upload.csv"):
             found.setdefault(sweep_id(path), SweepFile(sweep_id(path), path, f"uploaded {path.stem.split('.')[0]}"))
     return sorted(found.values(), key=lambda s: (-s.path.stat().st_mtime, s.label))
@@ -215,9 +229,11 @@ def parse_sweep(text: str, source: str) -> Sweep:
     columns = reader.fieldnames or []
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
-        raise ReviewError(f"{source}: not a `fleetloop replay` CSV: missing column(s) {', '.join(missing)} "
-                          f"(has: {', '.join(columns) or 'nothing'})")
-    swept = columns[1:columns.index("frames")]
+        raise ReviewError(
+            f"{source}: not a `fleetloop replay` CSV: missing column(s) {', '.join(missing)} "
+            f"(has: {', '.join(columns) or 'nothing'})"
+        )
+    swept = columns[1 : columns.index("frames")]
     sweep = Sweep(source, swept)
     for line, row in enumerate(reader, start=2):
         parsed: dict = {"setting": row["setting"]}
@@ -264,7 +280,7 @@ def store_bytes_by_robot(store: ObjectStore, prefix: str = "frames/") -> dict[st
     """Return per robot: frame objects and their bytes in the store (frames/<robot>/<date>/<sha>.png)."""
     out: dict[str, dict[str, int]] = {}
     for info in store.list(prefix):
-        parts = info.key[len(prefix):].split("/")
+        parts = info.key[len(prefix) :].split("/")
         if len(parts) != 3 or not parts[2].endswith((".png", ".jpg")):
             continue
         entry = out.setdefault(parts[0], {"objects": 0, "bytes": 0})
@@ -277,9 +293,18 @@ def robot_stats(pool: Pool, store_bytes: dict[str, dict[str, int]] | None) -> li
     """Return per robot: frames in the pool by state, duplicates, time span, frames and bytes per hour."""
     robots: dict[str, dict] = {}
     for row in pool.frames(include_duplicates=True):
-        entry = robots.setdefault(row["robot_id"], {"robot": row["robot_id"], "frames": 0, "duplicates": 0,
-                                                    "random": 0, "sites": set(), "first_ns": row["stamp_ns"],
-                                                    "last_ns": row["stamp_ns"]})
+        entry = robots.setdefault(
+            row["robot_id"],
+            {
+                "robot": row["robot_id"],
+                "frames": 0,
+                "duplicates": 0,
+                "random": 0,
+                "sites": set(),
+                "first_ns": row["stamp_ns"],
+                "last_ns": row["stamp_ns"],
+            },
+        )
         entry["frames"] += 1
         entry["duplicates"] += row["state"] == "duplicate"
         entry["random"] += bool(row["random"])
@@ -288,17 +313,26 @@ def robot_stats(pool: Pool, store_bytes: dict[str, dict[str, int]] | None) -> li
         entry["last_ns"] = max(entry["last_ns"], row["stamp_ns"])
     out = []
     for robot in sorted(set(robots) | set(store_bytes or {})):
-        entry = robots.get(robot, {"robot": robot, "frames": 0, "duplicates": 0, "random": 0, "sites": set(),
-                                   "first_ns": 0, "last_ns": 0})
+        entry = robots.get(
+            robot,
+            {"robot": robot, "frames": 0, "duplicates": 0, "random": 0, "sites": set(), "first_ns": 0, "last_ns": 0},
+        )
         hours = (entry["last_ns"] - entry["first_ns"]) / 3.6e12
         stored = (store_bytes or {}).get(robot)
-        out.append({"robot": robot, "frames": entry["frames"], "duplicates": entry["duplicates"],
-                    "random": entry["random"], "sites": ", ".join(sorted(entry["sites"])),
-                    "span_hours": round(hours, 3),
-                    "frames_per_hour": round(entry["frames"] / hours, 1) if hours > 0 else None,
-                    "store_objects": stored["objects"] if stored else None,
-                    "store_bytes": stored["bytes"] if stored else None,
-                    "bytes_per_hour": round(stored["bytes"] / hours) if stored and hours > 0 else None})
+        out.append(
+            {
+                "robot": robot,
+                "frames": entry["frames"],
+                "duplicates": entry["duplicates"],
+                "random": entry["random"],
+                "sites": ", ".join(sorted(entry["sites"])),
+                "span_hours": round(hours, 3),
+                "frames_per_hour": round(entry["frames"] / hours, 1) if hours > 0 else None,
+                "store_objects": stored["objects"] if stored else None,
+                "store_bytes": stored["bytes"] if stored else None,
+                "bytes_per_hour": round(stored["bytes"] / hours) if stored and hours > 0 else None,
+            }
+        )
     return out
 
 

@@ -1,4 +1,5 @@
 """ament_python package fleetloop_core (also pip-installable, editable in the dev venv)."""
+
 from setuptools import find_packages, setup
 
 PACKAGE = "fleetloop_core"

@@ -20,9 +20,11 @@ def _name(text: str) -> str:
 
 
 def allowed_distributions() -> set[str]:
-    wanted = ["torch"] + [Requirement(line.split("#")[0].strip()).name
-                          for line in (ROOT / "requirements" / "training.txt").read_text().splitlines()
-                          if line.split("#")[0].strip()]
+    wanted = ["torch"] + [
+        Requirement(line.split("#")[0].strip()).name
+        for line in (ROOT / "requirements" / "training.txt").read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
     allowed: set[str] = set()
     while wanted:
         name = _name(wanted.pop())

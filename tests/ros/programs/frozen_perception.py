@@ -39,7 +39,7 @@ class FreezingCascade:
         if self._frames >= self._after:
             print(f"freezing ({self._how}) on frame {self._frames}", file=sys.stderr, flush=True)
             if self._how == "gil":
-                ctypes.PyDLL(None).sleep(3600)          # libc sleep(), called with the GIL held
+                ctypes.PyDLL(None).sleep(3600)  # libc sleep(), called with the GIL held
             else:
                 time.sleep(3600)
         return self._cascade.infer(frame, **kwargs)
@@ -48,13 +48,20 @@ class FreezingCascade:
 def main() -> None:
     models, namespace, after, how = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     # the node's own health settings are the watchdog's (run_nodes reads them from the first node)
-    overrides = [Parameter("health.frame_deadline_s", value=1.0), Parameter("health.frozen_exit_s", value=3.0),
-                 Parameter("health.period_s", value=0.5), Parameter("models_dir", value=models)]
+    overrides = [
+        Parameter("health.frame_deadline_s", value=1.0),
+        Parameter("health.frozen_exit_s", value=3.0),
+        Parameter("health.period_s", value=0.5),
+        Parameter("models_dir", value=models),
+    ]
 
     def nodes():
         cascade = load_cascade(PerceptionSettings(models_dir=models))
-        return [PerceptionNode(namespace=namespace, parameter_overrides=overrides,
-                               cascade=FreezingCascade(cascade, after, how))]
+        return [
+            PerceptionNode(
+                namespace=namespace, parameter_overrides=overrides, cascade=FreezingCascade(cascade, after, how)
+            )
+        ]
 
     run_nodes(nodes, [], on_ready=lambda _: print("robot up", flush=True))
 

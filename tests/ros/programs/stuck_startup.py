@@ -16,11 +16,11 @@ from fleetloop_ros.runner import run_nodes
 
 
 def stuck():
-    libc = ctypes.CDLL(None)                 # CDLL: the GIL is released during the call
+    libc = ctypes.CDLL(None)  # CDLL: the GIL is released during the call
     mutex = ctypes.create_string_buffer(64)  # zeroed = PTHREAD_MUTEX_INITIALIZER (glibc)
     libc.pthread_mutex_lock(mutex)
     print("stuck in start-up", flush=True)
-    libc.pthread_mutex_lock(mutex)           # never returns
+    libc.pthread_mutex_lock(mutex)  # never returns
     return []
 
 

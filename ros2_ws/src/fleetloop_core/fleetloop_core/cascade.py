@@ -27,12 +27,12 @@ _SIGNAL_INDEX = {"entropy": 0, "margin": 1, "least_confidence": 2}
 class CascadeConfig(ConfigModel):
     """How the cascade escalates and what state it keeps."""
 
-    escalate_above: float = Field(default=0.5, ge=0.0, le=1.0)   # escalate when signal > this
+    escalate_above: float = Field(default=0.5, ge=0.0, le=1.0)  # escalate when signal > this
     escalation_signal: EscalationSignal = "margin"
-    latency_budget_ms: float = Field(default=20.0, gt=0.0)       # per frame, T4 + T3
+    latency_budget_ms: float = Field(default=20.0, gt=0.0)  # per frame, T4 + T3
     top_k: int = Field(default=3, ge=1)
-    novelty_memory: int = Field(default=256, ge=1)                # embeddings remembered per stream
-    flicker_window: int = Field(default=8, ge=2)                  # frames per stream
+    novelty_memory: int = Field(default=256, ge=1)  # embeddings remembered per stream
+    flicker_window: int = Field(default=8, ge=2)  # frames per stream
     escalation_enabled: bool = True
     # frames of a stream whose T4 embeddings stay at least this similar (cosine) to the previous
     # frame share a track id (FrameResult.track): the robot-side tracker behind sidecar track hints
@@ -45,19 +45,19 @@ class FrameResult:
 
     label: int
     label_name: str
-    confidence: float                     # probability of the label, [0, 1]
-    tier_used: str                        # "T4" or "T3"
-    probs: np.ndarray                     # (C,) of the tier used
-    scores: dict[str, float]              # entropy, margin, least_confidence, disagreement, flicker, novelty
+    confidence: float  # probability of the label, [0, 1]
+    tier_used: str  # "T4" or "T3"
+    probs: np.ndarray  # (C,) of the tier used
+    scores: dict[str, float]  # entropy, margin, least_confidence, disagreement, flicker, novelty
     escalated: bool
-    latency_s: dict[str, float]           # per tier, seconds
+    latency_s: dict[str, float]  # per tier, seconds
     model_versions: dict[str, str]
-    tier_outputs: dict[str, np.ndarray]   # probs per tier that ran
+    tier_outputs: dict[str, np.ndarray]  # probs per tier that ran
     embeddings: dict[str, np.ndarray]
     total_latency_s: float = 0.0
-    uncertainty_latency_s: float = 0.0    # time spent on flicker + novelty + score bookkeeping
+    uncertainty_latency_s: float = 0.0  # time spent on flicker + novelty + score bookkeeping
     k: int = 3
-    track: str | None = None              # robot-side track id: "<stream>@<session>-<n>", None without embeddings
+    track: str | None = None  # robot-side track id: "<stream>@<session>-<n>", None without embeddings
 
     @property
     def top_k(self) -> list[tuple[int, float]]:
@@ -98,8 +98,7 @@ class _StreamState:
 class Cascade:
     """Runs T4 (``edge``) on every frame and escalates to T3 (``escalation``) when warranted."""
 
-    def __init__(self, edge: TierModel, escalation: TierModel | None = None,
-                 config: CascadeConfig | None = None):
+    def __init__(self, edge: TierModel, escalation: TierModel | None = None, config: CascadeConfig | None = None):
         self.config = config or CascadeConfig()
         self._lock = threading.Lock()
         self._models: dict[str, TierModel | None] = {"edge": edge, "escalation": escalation}
@@ -111,6 +110,7 @@ class Cascade:
     def _check_compatible(edge: TierModel, escalation: TierModel | None) -> None:
         if escalation is not None and list(escalation.labels) != list(edge.labels):
             from fleetloop_core.errors import ModelError
+
             raise ModelError(
                 f"tiers disagree on labels: {edge.manifest.name} has {edge.labels}, "
                 f"{escalation.manifest.name} has {escalation.labels}"
@@ -137,7 +137,7 @@ class Cascade:
             previous = self._models[role]
             self._models[role] = model
             if role == "edge":
-                self._streams.clear()        # embeddings of another model are not comparable
+                self._streams.clear()  # embeddings of another model are not comparable
             else:
                 self._escalation_latency_s = None
         return previous
@@ -151,7 +151,7 @@ class Cascade:
         """Return the cascade's result for one uint8 frame of ``stream``."""
         start = time.perf_counter()
         models = self._models
-        edge, escalation = models["edge"], models["escalation"]   # one consistent pair per frame
+        edge, escalation = models["edge"], models["escalation"]  # one consistent pair per frame
         config = self.config
         out = edge.infer(frame, color_order)
         edge_done = time.perf_counter()
@@ -172,8 +172,9 @@ class Cascade:
                 escalated = True
                 latency[escalation.tier] = high.latency_s
                 previous = self._escalation_latency_s
-                self._escalation_latency_s = high.latency_s if previous is None else \
-                    0.8 * previous + 0.2 * high.latency_s
+                self._escalation_latency_s = (
+                    high.latency_s if previous is None else 0.8 * previous + 0.2 * high.latency_s
+                )
                 tier_outputs[escalation.tier] = high.probs[0]
                 disagreement = float(unc.disagreement(out.probs, high.probs)[0])
                 used, used_out = escalation, high
@@ -184,16 +185,23 @@ class Cascade:
         embedding = out.embedding[0] if out.embedding is not None else None
         state = self._streams.get(stream)
         if state is None:
-            state = self._streams[stream] = _StreamState(config, 0 if embedding is None else len(embedding),
-                                                         edge.manifest.outputs.embedding_normalised, stream)
+            state = self._streams[stream] = _StreamState(
+                config, 0 if embedding is None else len(embedding), edge.manifest.outputs.embedding_normalised, stream
+            )
         flicker = state.flicker.push(label)
         if state.memory is not None:
             novelty = state.memory.score(embedding)
             track = state.next_track(state.memory.last_similarity, config.track_similarity)
         else:
             novelty, track = 0.0, None
-        scores = {"entropy": entropy, "margin": margin, "least_confidence": least,
-                  "disagreement": disagreement, "flicker": flicker, "novelty": novelty}
+        scores = {
+            "entropy": entropy,
+            "margin": margin,
+            "least_confidence": least,
+            "disagreement": disagreement,
+            "flicker": flicker,
+            "novelty": novelty,
+        }
         scores_end = time.perf_counter()
         embeddings = {edge_tier: embedding} if embedding is not None else {}
         if escalated and used_out.embedding is not None:

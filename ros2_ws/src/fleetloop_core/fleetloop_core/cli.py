@@ -16,7 +16,7 @@ from typing import Sequence
 from fleetloop_core import stop_signals
 from fleetloop_core.errors import FleetLoopError
 
-stop_signals.restore()      # before any slow import: a SIGINT during start-up must not be lost
+stop_signals.restore()  # before any slow import: a SIGINT during start-up must not be lost
 
 log = logging.getLogger("fleetloop")
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     for entry in sorted(entry_points(group="fleetloop.commands"), key=lambda e: e.name):
         try:
             register = entry.load()
-        except ImportError as exc:   # a plugin whose optional dependencies are absent
+        except ImportError as exc:  # a plugin whose optional dependencies are absent
             log.debug("fleetloop command %s unavailable: %s", entry.name, exc)
             continue
         register(subparsers)
@@ -39,12 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code (130 after a SIGINT, also one during start-up)."""
     try:
-        parser = build_parser()         # imports every sub-command's module: seconds on a loaded robot
+        parser = build_parser()  # imports every sub-command's module: seconds on a loaded robot
     except KeyboardInterrupt:
         return 130
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

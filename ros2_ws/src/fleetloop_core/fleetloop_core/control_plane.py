@@ -78,8 +78,11 @@ def describe_connection_failure(exception: object) -> str:
     name = getattr(exception, "name", "") or type(exception).__name__
     text = str(exception) or name
     hints = (
-        ("TLS", "TLS handshake failed: the broker refused our client certificate, or its certificate is not "
-                "signed by control_plane.mqtt.ca_file"),
+        (
+            "TLS",
+            "TLS handshake failed: the broker refused our client certificate, or its certificate is not "
+            "signed by control_plane.mqtt.ca_file",
+        ),
         ("CERTIFICATE", "the broker's certificate is not trusted (control_plane.mqtt.ca_file)"),
         ("CONNECTION_REFUSED", "nothing listens there (connection refused)"),
         ("DNS", "the endpoint's host name does not resolve"),
@@ -113,11 +116,11 @@ def probe_tls(host: str, port: int, ca_file: str, cert_file: str, key_file: str,
         with socket.create_connection((host, port), timeout=timeout_s) as raw:
             with context.wrap_socket(raw, server_hostname=host) as tls:
                 tls.settimeout(min(timeout_s, 1.0))
-                try:                     # TLS 1.3: a refused client certificate arrives as an alert now
+                try:  # TLS 1.3: a refused client certificate arrives as an alert now
                     if tls.recv(1) == b"":
                         return "the broker closed the connection after the TLS handshake (client certificate refused?)"
                 except (socket.timeout, TimeoutError):
-                    return ""            # the broker waits for our MQTT CONNECT: TLS is fine
+                    return ""  # the broker waits for our MQTT CONNECT: TLS is fine
                 except ssl.SSLError as exc:
                     return f"the broker refused our client certificate ({exc.reason or exc})"
     except ssl.SSLCertVerificationError as exc:
@@ -137,11 +140,11 @@ def probe_tls(host: str, port: int, ca_file: str, cert_file: str, key_file: str,
 class MqttConfig(ConfigModel):
     """MQTT 5 over mutual TLS (AWS IoT Core or any broker)."""
 
-    topic_prefix: str = iot_jobs.DEFAULT_PREFIX      # "$aws"; change only for brokers that refuse $-topics
+    topic_prefix: str = iot_jobs.DEFAULT_PREFIX  # "$aws"; change only for brokers that refuse $-topics
     ca_file: str = "/etc/fleetloop/tls/ca.pem"
     cert_file: str = "/etc/fleetloop/tls/robot.crt"
     key_file: str = "/etc/fleetloop/tls/robot.key"
-    client_id: Optional[str] = None                  # default: the thing name (AWS IoT policy convention)
+    client_id: Optional[str] = None  # default: the thing name (AWS IoT policy convention)
     keep_alive_s: int = Field(default=60, ge=5)
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
@@ -152,9 +155,9 @@ class MqttConfig(ConfigModel):
 class ControlPlaneConfig(ConfigModel):
     """Where jobs come from (config/model_manager.yaml, section control_plane)."""
 
-    uri: str = "file:///var/lib/fleetloop/jobs"      # file:///dir (local) or mqtts://host:port (mqtt)
+    uri: str = "file:///var/lib/fleetloop/jobs"  # file:///dir (local) or mqtts://host:port (mqtt)
     thing_name: str = Field(default="robot-0", min_length=1)
-    poll_s: float = Field(default=30.0, gt=0)        # ask for the next job at least this often
+    poll_s: float = Field(default=30.0, gt=0)  # ask for the next job at least this often
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
 
@@ -214,8 +217,13 @@ class LocalControlPlane:
             raise ControlPlaneError(f"{path}: unreadable job file ({exc})") from None
 
     def _job(self, path: Path, data: dict[str, Any]) -> Job:
-        return Job(str(data.get("jobId") or path.stem), data.get("jobDocument", {}),
-                   data.get("versionNumber"), data.get("executionNumber", 1), data.get("queuedAt"))
+        return Job(
+            str(data.get("jobId") or path.stem),
+            data.get("jobDocument", {}),
+            data.get("versionNumber"),
+            data.get("executionNumber", 1),
+            data.get("queuedAt"),
+        )
 
     def _claim(self) -> Optional[Job]:
         for path in sorted((self.root / "in_progress").glob("*.json")):
@@ -230,9 +238,9 @@ class LocalControlPlane:
         for _, _, path, data in sorted(queued, key=lambda q: (q[0], q[1])):
             target = self.root / "in_progress" / path.name
             try:
-                os.rename(path, target)           # atomic claim
+                os.rename(path, target)  # atomic claim
             except FileNotFoundError:
-                continue                          # withdrawn (canceled) meanwhile
+                continue  # withdrawn (canceled) meanwhile
             data["status"] = "IN_PROGRESS"
             data["startedAt"] = iot_jobs.now_s()
             write_json_atomic(target, data)
@@ -253,17 +261,26 @@ class LocalControlPlane:
             self._closed.wait(min(self.poll_s, remaining))
 
     def _write_status(self, job_id: str, status: str, details: dict[str, Any]) -> None:
-        write_json_atomic(self.root / "status" / f"{job_id}.json",
-                           {"jobId": job_id, "thingName": self.thing_name, "status": status,
-                            "statusDetails": iot_jobs.status_details(details), "lastUpdatedAt": iot_jobs.now_s()})
+        write_json_atomic(
+            self.root / "status" / f"{job_id}.json",
+            {
+                "jobId": job_id,
+                "thingName": self.thing_name,
+                "status": status,
+                "statusDetails": iot_jobs.status_details(details),
+                "lastUpdatedAt": iot_jobs.now_s(),
+            },
+        )
 
     def update(self, job: Job, status: str, details: dict[str, Any]) -> None:
         """Report a status; a terminal one moves the job to ``done/``."""
-        iot_jobs.update_request(status, "local", details)        # validates the status
+        iot_jobs.update_request(status, "local", details)  # validates the status
         current = self._read(self.root / "status" / f"{job.job_id}.json")
         if current and current.get("status") in iot_jobs.TERMINAL and current.get("status") != status:
-            raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: already {current['status']}, "
-                                    f"cannot become {status} (InvalidStateTransition)")
+            raise ControlPlaneError(
+                f"{self.thing_name}/{job.job_id}: already {current['status']}, "
+                f"cannot become {status} (InvalidStateTransition)"
+            )
         self._write_status(job.job_id, status, details)
         if status in iot_jobs.TERMINAL:
             source = self.root / "in_progress" / f"{job.job_id}.json"
@@ -282,8 +299,7 @@ class _Pending:
 class MqttControlPlane:
     """The AWS IoT Jobs device protocol over awsiotsdk MQTT 5 with mutual TLS."""
 
-    def __init__(self, host: str, port: int, thing_name: str, config: MqttConfig | None = None,
-                 poll_s: float = 30.0):
+    def __init__(self, host: str, port: int, thing_name: str, config: MqttConfig | None = None, poll_s: float = 30.0):
         self.host, self.port = host, int(port)
         self.thing_name = thing_name
         self.config = config or MqttConfig()
@@ -297,8 +313,8 @@ class MqttControlPlane:
         self._subscribed = threading.Event()
         self._stopped = threading.Event()
         self._disconnects = 0
-        self._versions: dict[str, int] = {}       # jobId -> the execution's versionNumber last seen
-        self._problem: Optional[str] = None        # why we are not connected (None while connected)
+        self._versions: dict[str, int] = {}  # jobId -> the execution's versionNumber last seen
+        self._problem: Optional[str] = None  # why we are not connected (None while connected)
         self._problem_logged: Optional[str] = None
         self.connections = 0
 
@@ -318,8 +334,9 @@ class MqttControlPlane:
     def problem(self) -> Optional[str]:
         if self.connected:
             return None
-        return self._problem or (f"not connected to {self.host}:{self.port} yet" if self._client is not None
-                                 else "not started")
+        return self._problem or (
+            f"not connected to {self.host}:{self.port} yet" if self._client is not None else "not started"
+        )
 
     def _set_problem(self, problem: str) -> None:
         """Record why we cannot connect: the first reason of an outage is an ERROR, a different one
@@ -343,15 +360,22 @@ class MqttControlPlane:
         config = self.config
         self._stopped.clear()
         self._client = mqtt5_client_builder.mtls_from_path(
-            endpoint=self.host, port=self.port, cert_filepath=config.cert_file, pri_key_filepath=config.key_file,
-            ca_filepath=config.ca_file, client_id=config.client_id or self.thing_name,
-            keep_alive_interval_sec=config.keep_alive_s, session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
+            endpoint=self.host,
+            port=self.port,
+            cert_filepath=config.cert_file,
+            pri_key_filepath=config.key_file,
+            ca_filepath=config.ca_file,
+            client_id=config.client_id or self.thing_name,
+            keep_alive_interval_sec=config.keep_alive_s,
+            session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
             min_reconnect_delay_ms=int(config.reconnect_min_s * 1000),
             max_reconnect_delay_ms=int(config.reconnect_max_s * 1000),
             retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
-            on_publish_received=self._on_publish, on_lifecycle_connection_success=self._on_connected,
+            on_publish_received=self._on_publish,
+            on_lifecycle_connection_success=self._on_connected,
             on_lifecycle_connection_failure=self._on_connection_failure,
-            on_lifecycle_disconnection=self._on_disconnected, on_lifecycle_stopped=lambda _e: self._stopped.set(),
+            on_lifecycle_disconnection=self._on_disconnected,
+            on_lifecycle_stopped=lambda _e: self._stopped.set(),
         )
         self._client.start()
         if not config.connect_timeout_s or self._subscribed.wait(config.connect_timeout_s / 2):
@@ -359,13 +383,16 @@ class MqttControlPlane:
         # awscrt reports some TLS failures only after s2n's blinding delay (10-30 s): find the reason
         # ourselves, with the same files, so that it is known within the connect timeout
         if not self._problem:
-            reason = probe_tls(self.host, self.port, config.ca_file, config.cert_file, config.key_file,
-                               config.connect_timeout_s / 2)
+            reason = probe_tls(
+                self.host, self.port, config.ca_file, config.cert_file, config.key_file, config.connect_timeout_s / 2
+            )
             if reason and not self._subscribed.is_set():
                 self._set_problem(f"cannot connect to {self.host}:{self.port}: {reason}")
         if not self._subscribed.wait(max(0.0, config.connect_timeout_s / 2)) and not self._problem:
-            self._set_problem(f"TLS to {self.host}:{self.port} works, but no MQTT session within "
-                              f"{config.connect_timeout_s:g} s (control_plane.mqtt.connect_timeout_s)")
+            self._set_problem(
+                f"TLS to {self.host}:{self.port} works, but no MQTT session within "
+                f"{config.connect_timeout_s:g} s (control_plane.mqtt.connect_timeout_s)"
+            )
 
     def _on_connected(self, _event) -> None:
         from awscrt import mqtt5
@@ -376,8 +403,9 @@ class MqttControlPlane:
         log.info("%s: connected to %s:%d (connection %d)", self.thing_name, self.host, self.port, self.connections)
         topics = iot_jobs.device_subscriptions(self.thing_name, self.prefix)
         # a clean session forgets subscriptions: subscribe on every connection, then ask for work
-        future = self._client.subscribe(mqtt5.SubscribePacket(
-            [mqtt5.Subscription(topic, mqtt5.QoS.AT_LEAST_ONCE) for topic in topics]))
+        future = self._client.subscribe(
+            mqtt5.SubscribePacket([mqtt5.Subscription(topic, mqtt5.QoS.AT_LEAST_ONCE) for topic in topics])
+        )
 
         def done(f) -> None:
             try:
@@ -387,8 +415,10 @@ class MqttControlPlane:
                 return
             refused = [t for t, c in zip(topics, codes) if int(c) >= 0x80]
             if refused:
-                self._set_problem(f"the broker refused subscriptions {refused} (codes {[int(c) for c in codes]}); "
-                                  "a broker that refuses $-topics needs control_plane.mqtt.topic_prefix")
+                self._set_problem(
+                    f"the broker refused subscriptions {refused} (codes {[int(c) for c in codes]}); "
+                    "a broker that refuses $-topics needs control_plane.mqtt.topic_prefix"
+                )
                 return
             self._subscribed.set()
             self._wake.set()
@@ -409,11 +439,16 @@ class MqttControlPlane:
         self._problem = f"disconnected from {self.host}:{self.port} ({getattr(event, 'exception', '')})"
         if was:
             self._disconnects += 1
-            log.warning("%s: disconnected from %s:%d (%s); serving continues, reconnecting with back-off",
-                        self.thing_name, self.host, self.port, getattr(event, "exception", ""))
+            log.warning(
+                "%s: disconnected from %s:%d (%s); serving continues, reconnecting with back-off",
+                self.thing_name,
+                self.host,
+                self.port,
+                getattr(event, "exception", ""),
+            )
         with self._lock:
             for pending in self._pending.values():
-                pending.event.set()              # wake requests: they fail as unavailable
+                pending.event.set()  # wake requests: they fail as unavailable
 
     def _on_publish(self, data) -> None:
         packet = data.publish_packet
@@ -446,11 +481,15 @@ class MqttControlPlane:
         with self._lock:
             self._pending[token] = pending
         try:
-            self._client.publish(mqtt5.PublishPacket(topic=topic, payload=json.dumps(payload).encode("utf-8"),
-                                                     qos=mqtt5.QoS.AT_LEAST_ONCE))
+            self._client.publish(
+                mqtt5.PublishPacket(
+                    topic=topic, payload=json.dumps(payload).encode("utf-8"), qos=mqtt5.QoS.AT_LEAST_ONCE
+                )
+            )
             if not pending.event.wait(self.config.request_timeout_s) or pending.payload is None:
-                raise ControlPlaneUnavailable(f"{self.thing_name}: no answer on {topic} within "
-                                              f"{self.config.request_timeout_s} s")
+                raise ControlPlaneUnavailable(
+                    f"{self.thing_name}: no answer on {topic} within {self.config.request_timeout_s} s"
+                )
             return pending.topic, pending.payload
         finally:
             with self._lock:
@@ -465,8 +504,9 @@ class MqttControlPlane:
             return None
         token = uuid.uuid4().hex
         try:
-            topic, payload = self._request(iot_jobs.start_next_topic(self.thing_name, self.prefix),
-                                           iot_jobs.start_next_request(token), token)
+            topic, payload = self._request(
+                iot_jobs.start_next_topic(self.thing_name, self.prefix), iot_jobs.start_next_request(token), token
+            )
         except ControlPlaneUnavailable as exc:
             log.debug("%s", exc)
             return None
@@ -476,21 +516,30 @@ class MqttControlPlane:
         execution = payload.get("execution")
         if not execution:
             return None
-        self._wake.set()        # after this job, look again at once: more may be queued
-        return Job(str(execution.get("jobId")), execution.get("jobDocument") or {},
-                   execution.get("versionNumber"), execution.get("executionNumber"), execution.get("queuedAt"))
+        self._wake.set()  # after this job, look again at once: more may be queued
+        return Job(
+            str(execution.get("jobId")),
+            execution.get("jobDocument") or {},
+            execution.get("versionNumber"),
+            execution.get("executionNumber"),
+            execution.get("queuedAt"),
+        )
 
     def describe(self, job_id: str, execution_number: int | None = None) -> dict[str, Any]:
         """Return the execution as the service has it now (DescribeJobExecution, with its document;
         a finished execution, which the service answers with TerminalStateReached: its state)."""
         token = uuid.uuid4().hex
-        topic, payload = self._request(iot_jobs.describe_topic(self.thing_name, job_id, self.prefix),
-                                       iot_jobs.describe_request(token, execution_number), token)
+        topic, payload = self._request(
+            iot_jobs.describe_topic(self.thing_name, job_id, self.prefix),
+            iot_jobs.describe_request(token, execution_number),
+            token,
+        )
         if topic.endswith("/rejected"):
-            if payload.get("code") == "TerminalStateReached":      # finished: its state comes with the error
+            if payload.get("code") == "TerminalStateReached":  # finished: its state comes with the error
                 return {"jobId": job_id, **(payload.get("executionState") or {"status": "TERMINAL"})}
-            raise ControlPlaneError(f"{self.thing_name}/{job_id}: describe rejected "
-                                    f"({payload.get('code')}: {payload.get('message')})")
+            raise ControlPlaneError(
+                f"{self.thing_name}/{job_id}: describe rejected ({payload.get('code')}: {payload.get('message')})"
+            )
         execution = payload.get("execution")
         if not isinstance(execution, dict):
             raise ControlPlaneError(f"{self.thing_name}/{job_id}: describe answered without an execution")
@@ -499,7 +548,7 @@ class MqttControlPlane:
     def _remember_version(self, job_id: str, version: int) -> None:
         self._versions.pop(job_id, None)
         self._versions[job_id] = version
-        while len(self._versions) > 64:          # the oldest jobs are long finished
+        while len(self._versions) > 64:  # the oldest jobs are long finished
             self._versions.pop(next(iter(self._versions)))
 
     def update(self, job: Job, status: str, details: dict[str, Any]) -> None:
@@ -513,10 +562,12 @@ class MqttControlPlane:
         for _ in range(3):
             token = uuid.uuid4().hex
             expected = self._versions.get(job.job_id, job.version_number)
-            request = iot_jobs.update_request(status, token, details, expected_version=expected,
-                                              execution_number=job.execution_number)
-            topic, payload = self._request(iot_jobs.update_topic(self.thing_name, job.job_id, self.prefix),
-                                           request, token)
+            request = iot_jobs.update_request(
+                status, token, details, expected_version=expected, execution_number=job.execution_number
+            )
+            topic, payload = self._request(
+                iot_jobs.update_topic(self.thing_name, job.job_id, self.prefix), request, token
+            )
             if not topic.endswith("/rejected"):
                 version = (payload.get("executionState") or {}).get("versionNumber")
                 if isinstance(version, int):
@@ -524,22 +575,35 @@ class MqttControlPlane:
                 return
             code = payload.get("code")
             if code != "VersionMismatch":
-                raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: update to {status} rejected "
-                                        f"({code}: {payload.get('message')})")
+                raise ControlPlaneError(
+                    f"{self.thing_name}/{job.job_id}: update to {status} rejected ({code}: {payload.get('message')})"
+                )
             try:
                 current = self.describe(job.job_id, job.execution_number)
             except ControlPlaneError as exc:
-                raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: update to {status} got VersionMismatch "
-                                        f"(expected {expected}) and the execution cannot be read again: {exc}") from None
+                raise ControlPlaneError(
+                    f"{self.thing_name}/{job.job_id}: update to {status} got VersionMismatch "
+                    f"(expected {expected}) and the execution cannot be read again: {exc}"
+                ) from None
             now = current.get("status")
             if now not in ("QUEUED", "IN_PROGRESS"):
-                raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: update to {status} refused: the execution "
-                                        f"became {now} elsewhere (VersionMismatch, expected version {expected})")
+                raise ControlPlaneError(
+                    f"{self.thing_name}/{job.job_id}: update to {status} refused: the execution "
+                    f"became {now} elsewhere (VersionMismatch, expected version {expected})"
+                )
             self._remember_version(job.job_id, int(current.get("versionNumber", 0)))
-            log.warning("%s/%s: VersionMismatch (expected version %s, now %s, %s); updating on the current version",
-                        self.thing_name, job.job_id, expected, self._versions[job.job_id], now)
-        raise ControlPlaneError(f"{self.thing_name}/{job.job_id}: update to {status} still VersionMismatch after "
-                                f"reading the execution 3 times; another writer keeps changing it")
+            log.warning(
+                "%s/%s: VersionMismatch (expected version %s, now %s, %s); updating on the current version",
+                self.thing_name,
+                job.job_id,
+                expected,
+                self._versions[job.job_id],
+                now,
+            )
+        raise ControlPlaneError(
+            f"{self.thing_name}/{job.job_id}: update to {status} still VersionMismatch after "
+            f"reading the execution 3 times; another writer keeps changing it"
+        )
 
     def close(self) -> None:
         """Disconnect and stop reconnecting."""
@@ -562,6 +626,7 @@ def open_control_plane(config: ControlPlaneConfig, source: str = "control_plane"
     scheme = urlparse(config.uri).scheme
     factory = CONTROL_PLANES.get(scheme)
     if factory is None:
-        raise ConfigError(f"{source}: uri {config.uri!r} has unknown scheme {scheme!r} "
-                          f"(known: {', '.join(sorted(CONTROL_PLANES))})")
+        raise ConfigError(
+            f"{source}: uri {config.uri!r} has unknown scheme {scheme!r} (known: {', '.join(sorted(CONTROL_PLANES))})"
+        )
     return factory(config)

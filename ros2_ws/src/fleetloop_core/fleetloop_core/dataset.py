@@ -19,11 +19,19 @@ from fleetloop_core.errors import DatasetError
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 APT_PACKAGE = "dataset-fashion-mnist"
 ITEM_LABELS = (
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
 )
 NONE_LABEL = "none"
-LABELS = (*ITEM_LABELS, NONE_LABEL)   # model outputs: 10 items + background
+LABELS = (*ITEM_LABELS, NONE_LABEL)  # model outputs: 10 items + background
 NONE_INDEX = len(ITEM_LABELS)
 
 _FILES = {
@@ -62,7 +70,7 @@ def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
     if dims != expected_dims:
         raise DatasetError(f"{path}: expected {expected_dims} dimensions, file has {dims}")
     header = 4 + 4 * dims
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     count = int(np.prod(shape))
     if len(raw) - header != count:
         raise DatasetError(f"{path}: truncated IDX file ({len(raw) - header} of {count} bytes)")

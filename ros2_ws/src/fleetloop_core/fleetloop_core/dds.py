@@ -46,18 +46,18 @@ from fleetloop_core.config import ConfigModel
 log = logging.getLogger("fleetloop.dds")
 
 Transport = Literal["large_data", "udp", "shm", "default"]
-TRANSPORTS: dict[str, str] = {          # our name -> FASTDDS_BUILTIN_TRANSPORTS value ("": our XML profile)
+TRANSPORTS: dict[str, str] = {  # our name -> FASTDDS_BUILTIN_TRANSPORTS value ("": our XML profile)
     "shm": "",
     "large_data": "LARGE_DATA",
     "udp": "UDPv4",
     "default": "DEFAULT",
 }
-SHM_SEGMENT_BYTES = 8500 * 1024         # what Fast DDS's LARGE_DATA gives its shared memory: ~9 640x480 frames
-SHM_PORT_QUEUE = 8500                   # messages a port holds (LARGE_DATA: segment / 1 kB mean message)
+SHM_SEGMENT_BYTES = 8500 * 1024  # what Fast DDS's LARGE_DATA gives its shared memory: ~9 640x480 frames
+SHM_PORT_QUEUE = 8500  # messages a port holds (LARGE_DATA: segment / 1 kB mean message)
 TRANSPORT_VARIABLE = "FASTDDS_BUILTIN_TRANSPORTS"
 PROFILES_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 TYPE_PROPAGATION_PROPERTY = "fastdds.type_propagation"
-PROFILE_DIR_NAME = "fleetloop-dds"      # our generated profiles live in <tmp>/fleetloop-dds/
+PROFILE_DIR_NAME = "fleetloop-dds"  # our generated profiles live in <tmp>/fleetloop-dds/
 
 
 class DdsConfig(ConfigModel):
@@ -135,8 +135,9 @@ def write_profile(config: DdsConfig, directory: str | Path | None = None) -> Pat
     return path
 
 
-def dds_environment(config: DdsConfig, environ: MutableMapping[str, str] | None = None,
-                    profile_dir: str | Path | None = None) -> dict[str, str]:
+def dds_environment(
+    config: DdsConfig, environ: MutableMapping[str, str] | None = None, profile_dir: str | Path | None = None
+) -> dict[str, str]:
     """Return the variables that make Fast DDS use ``config`` (and set them in ``environ`` when given).
 
     The YAML wins over a transport variable already in the environment (a warning names both; with
@@ -151,16 +152,25 @@ def dds_environment(config: DdsConfig, environ: MutableMapping[str, str] | None 
     if environ is not None:
         previous = environ.get(TRANSPORT_VARIABLE)
         if previous and previous != variable:
-            log.warning("%s was %s; the robot's dds.transport %s %s", TRANSPORT_VARIABLE, previous, config.transport,
-                        f"sets {variable}" if variable else "uses FleetLoop's profile instead")
+            log.warning(
+                "%s was %s; the robot's dds.transport %s %s",
+                TRANSPORT_VARIABLE,
+                previous,
+                config.transport,
+                f"sets {variable}" if variable else "uses FleetLoop's profile instead",
+            )
         named = environ.get(PROFILES_VARIABLE)
         ours = bool(named) and Path(named).parent.name == PROFILE_DIR_NAME
         if named and not ours and PROFILES_VARIABLE in values:
-            log.warning("%s=%s replaced by FleetLoop's profile for dds %s (with transport default and "
-                        "type_propagation true your own profile is kept)", PROFILES_VARIABLE, named,
-                        config.model_dump())
+            log.warning(
+                "%s=%s replaced by FleetLoop's profile for dds %s (with transport default and "
+                "type_propagation true your own profile is kept)",
+                PROFILES_VARIABLE,
+                named,
+                config.model_dump(),
+            )
         if ours and PROFILES_VARIABLE not in values:
-            environ.pop(PROFILES_VARIABLE)          # a parent's choice of ours must not override this one
+            environ.pop(PROFILES_VARIABLE)  # a parent's choice of ours must not override this one
         if not variable:
             environ.pop(TRANSPORT_VARIABLE, None)
         environ.update(values)

@@ -21,8 +21,14 @@ log = logging.getLogger(__name__)
 class DeployAgent:
     """Runs jobs from ``plane`` through ``manager`` on a background thread."""
 
-    def __init__(self, plane: ControlPlane, manager: ModelManager, poll_s: float = 30.0,
-                 retry_min_s: float = 0.5, retry_max_s: float = 30.0):
+    def __init__(
+        self,
+        plane: ControlPlane,
+        manager: ModelManager,
+        poll_s: float = 30.0,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 30.0,
+    ):
         self.plane = plane
         self.manager = manager
         self.poll_s = poll_s
@@ -58,11 +64,16 @@ class DeployAgent:
         job = self.plane.next_job(timeout_s)
         if job is None:
             return None
-        log.info("%s: job %s received (%s)", self.plane.thing_name, job.job_id,
-                 job.document.get("operation") if isinstance(job.document, dict) else "?")
+        log.info(
+            "%s: job %s received (%s)",
+            self.plane.thing_name,
+            job.job_id,
+            job.document.get("operation") if isinstance(job.document, dict) else "?",
+        )
         # on the manager's own (lower-priority) job thread, so serving keeps the CPU
-        outcome = self.manager.submit(job.job_id, job.document,
-                                      progress=lambda step, details: self._progress(job, details)).result()
+        outcome = self.manager.submit(
+            job.job_id, job.document, progress=lambda step, details: self._progress(job, details)
+        ).result()
         self.outcomes.append(outcome)
         self._deliver(job, outcome)
         return outcome
@@ -70,7 +81,7 @@ class DeployAgent:
     def _progress(self, job: Job, details: dict[str, Any]) -> None:
         try:
             self.plane.update(job, "IN_PROGRESS", details)
-        except ControlPlaneError as exc:   # progress is informative; the final status is what counts
+        except ControlPlaneError as exc:  # progress is informative; the final status is what counts
             log.info("%s: progress of %s not delivered (%s)", self.plane.thing_name, job.job_id, exc)
 
     def _deliver(self, job: Job, outcome: JobOutcome) -> None:
@@ -78,17 +89,27 @@ class DeployAgent:
         while True:
             try:
                 self.plane.update(job, outcome.status, outcome.status_details())
-                log.info("%s: job %s reported %s: %s", self.plane.thing_name, job.job_id, outcome.status,
-                         outcome.reason)
+                log.info(
+                    "%s: job %s reported %s: %s", self.plane.thing_name, job.job_id, outcome.status, outcome.reason
+                )
                 return
             except ControlPlaneUnavailable as exc:
                 if self._stop.is_set():
-                    log.warning("%s: job %s status %s undelivered at shutdown; the job comes back after a "
-                                "restart and its stored outcome is reported then", self.plane.thing_name,
-                                job.job_id, outcome.status)
+                    log.warning(
+                        "%s: job %s status %s undelivered at shutdown; the job comes back after a "
+                        "restart and its stored outcome is reported then",
+                        self.plane.thing_name,
+                        job.job_id,
+                        outcome.status,
+                    )
                     return
-                log.info("%s: status of %s not delivered yet (%s); retry in %.1f s", self.plane.thing_name,
-                         job.job_id, exc, delay)
+                log.info(
+                    "%s: status of %s not delivered yet (%s); retry in %.1f s",
+                    self.plane.thing_name,
+                    job.job_id,
+                    exc,
+                    delay,
+                )
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.retry_max_s)
             except ControlPlaneError as exc:

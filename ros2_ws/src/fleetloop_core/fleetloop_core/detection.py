@@ -45,6 +45,7 @@ NONE_NAME = "none"
 
 # --------------------------------------------------------------------------- letterbox
 
+
 @dataclass(frozen=True)
 class Letterbox:
     """How a frame was fitted into the model input: input = frame * scale + pad (per axis)."""
@@ -82,8 +83,9 @@ class Letterbox:
         return out
 
 
-def letterbox_geometry(frame_height: int, frame_width: int, input_height: int, input_width: int,
-                       keep_aspect: bool = True) -> Letterbox:
+def letterbox_geometry(
+    frame_height: int, frame_width: int, input_height: int, input_width: int, keep_aspect: bool = True
+) -> Letterbox:
     """Return the mapping of a frame into a model input (centred padding when the aspect ratios differ)."""
     if not keep_aspect:
         return Letterbox(input_width / frame_width, input_height / frame_height, 0.0, 0.0, frame_width, frame_height)
@@ -94,8 +96,14 @@ def letterbox_geometry(frame_height: int, frame_width: int, input_height: int, i
     return Letterbox(new_w / frame_width, new_h / frame_height, float(pad_x), float(pad_y), frame_width, frame_height)
 
 
-def letterbox(frame: np.ndarray, input_height: int, input_width: int, pad_value: int = 114,
-              keep_aspect: bool = True, interpolation: int = cv2.INTER_LINEAR) -> tuple[np.ndarray, Letterbox]:
+def letterbox(
+    frame: np.ndarray,
+    input_height: int,
+    input_width: int,
+    pad_value: int = 114,
+    keep_aspect: bool = True,
+    interpolation: int = cv2.INTER_LINEAR,
+) -> tuple[np.ndarray, Letterbox]:
     """Return (the frame fitted into input_height x input_width, its Letterbox); the frame itself when it fits."""
     height, width = frame.shape[:2]
     geometry = letterbox_geometry(height, width, input_height, input_width, keep_aspect)
@@ -107,12 +115,20 @@ def letterbox(frame: np.ndarray, input_height: int, input_width: int, pad_value:
     if (new_w, new_h) == (input_width, input_height):
         return resized, geometry
     pad_x, pad_y = int(geometry.pad_x), int(geometry.pad_y)
-    out = cv2.copyMakeBorder(resized, pad_y, input_height - new_h - pad_y, pad_x, input_width - new_w - pad_x,
-                             cv2.BORDER_CONSTANT, value=(pad_value,) * (frame.shape[2] if frame.ndim == 3 else 1))
+    out = cv2.copyMakeBorder(
+        resized,
+        pad_y,
+        input_height - new_h - pad_y,
+        pad_x,
+        input_width - new_w - pad_x,
+        cv2.BORDER_CONSTANT,
+        value=(pad_value,) * (frame.shape[2] if frame.ndim == 3 else 1),
+    )
     return out, geometry
 
 
 # --------------------------------------------------------------------------- decoding
+
 
 @dataclass(slots=True)
 class Detections:
@@ -131,18 +147,28 @@ class Detections:
 
     @classmethod
     def empty(cls, num_classes: int | None = None) -> "Detections":
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
-                   None if num_classes is None else np.zeros((0, num_classes), np.float32))
+        return cls(
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int64),
+            None if num_classes is None else np.zeros((0, num_classes), np.float32),
+        )
 
     def select(self, mask: np.ndarray) -> "Detections":
         """Return the detections where ``mask`` is true (a bool array or indices)."""
-        return Detections(self.boxes[mask], self.scores[mask], self.classes[mask],
-                          None if self.class_scores is None else self.class_scores[mask])
+        return Detections(
+            self.boxes[mask],
+            self.scores[mask],
+            self.classes[mask],
+            None if self.class_scores is None else self.class_scores[mask],
+        )
 
     def rows(self, digits: int = 2) -> list[list[float]]:
         """Return JSON-able rows ``[x0, y0, x1, y1, score, class]``."""
-        return [[round(float(v), digits) for v in box] + [round(float(s), 4), int(c)]
-                for box, s, c in zip(self.boxes, self.scores, self.classes)]
+        return [
+            [round(float(v), digits) for v in box] + [round(float(s), 4), int(c)]
+            for box, s, c in zip(self.boxes, self.scores, self.classes)
+        ]
 
 
 def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -156,8 +182,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
 
-def decode_yolo(output: np.ndarray, num_classes: int, spec: DetectionSpec, input_size: tuple[int, int]
-                ) -> tuple[np.ndarray, np.ndarray]:
+def decode_yolo(
+    output: np.ndarray, num_classes: int, spec: DetectionSpec, input_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (boxes xyxy (A, 4) input pixels, class scores (A, C)) of one image's YOLO output (4 + C, A)."""
     output = np.asarray(output, np.float32)
     if output.ndim != 2 or output.shape[0] != 4 + num_classes:
@@ -171,9 +198,14 @@ def decode_yolo(output: np.ndarray, num_classes: int, spec: DetectionSpec, input
     return boxes, scores
 
 
-def decode_boxes_scores(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray | None, num_classes: int,
-                        spec: DetectionSpec, input_size: tuple[int, int]
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+def decode_boxes_scores(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray | None,
+    num_classes: int,
+    spec: DetectionSpec,
+    input_size: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Return (boxes xyxy (A, 4), best score (A,), class (A,), class scores (A, C) or None) of one image."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     if spec.box_format == "cxcywh":
@@ -193,16 +225,29 @@ def decode_boxes_scores(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarra
     return boxes, scores.reshape(-1), np.asarray(labels, np.int64).reshape(-1), None
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, score_threshold: float, iou_threshold: float,
-        max_detections: int) -> np.ndarray:
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+) -> np.ndarray:
     """Return the indices kept by per-class non-maximum suppression (OpenCV), best score first."""
     if len(scores) == 0:
         return np.zeros(0, np.int64)
     xywh = np.empty((len(boxes), 4), np.float32)
     xywh[:, :2] = boxes[:, :2]
     np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0, out=xywh[:, 2:])
-    keep = cv2.dnn.NMSBoxesBatched(xywh, scores.astype(np.float32, copy=False), classes.astype(np.int32, copy=False),
-                                    float(score_threshold), float(iou_threshold), 1.0, int(max_detections))
+    keep = cv2.dnn.NMSBoxesBatched(
+        xywh,
+        scores.astype(np.float32, copy=False),
+        classes.astype(np.int32, copy=False),
+        float(score_threshold),
+        float(iou_threshold),
+        1.0,
+        int(max_detections),
+    )
     keep = np.asarray(keep, np.int64).reshape(-1)
     if len(keep) > 1:
         # OpenCV returns each class's survivors together: order them by score across classes
@@ -210,8 +255,15 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, score_thresh
     return keep[:max_detections]
 
 
-def postprocess(boxes: np.ndarray, best: np.ndarray, classes: np.ndarray, class_scores: np.ndarray | None,
-                score_floor: float, spec: DetectionSpec, geometry: Letterbox) -> Detections:
+def postprocess(
+    boxes: np.ndarray,
+    best: np.ndarray,
+    classes: np.ndarray,
+    class_scores: np.ndarray | None,
+    score_floor: float,
+    spec: DetectionSpec,
+    geometry: Letterbox,
+) -> Detections:
     """Return the NMS survivors scoring at least ``score_floor``, mapped back to frame pixels."""
     candidates = np.flatnonzero(best >= score_floor)
     if len(candidates) == 0:
@@ -220,11 +272,16 @@ def postprocess(boxes: np.ndarray, best: np.ndarray, classes: np.ndarray, class_
         boxes, best, classes = boxes[candidates], best[candidates], classes[candidates]
         class_scores = None if class_scores is None else class_scores[candidates]
     keep = nms(boxes, best, classes, score_floor, spec.nms_iou, spec.max_detections)
-    return Detections(geometry.to_frame(boxes[keep]), best[keep].astype(np.float32), classes[keep].astype(np.int64),
-                      None if class_scores is None else class_scores[keep].astype(np.float32))
+    return Detections(
+        geometry.to_frame(boxes[keep]),
+        best[keep].astype(np.float32),
+        classes[keep].astype(np.int64),
+        None if class_scores is None else class_scores[keep].astype(np.float32),
+    )
 
 
 # --------------------------------------------------------------------------- the model
+
 
 @dataclass(slots=True)
 class DetectorOutputs:
@@ -234,17 +291,19 @@ class DetectorOutputs:
     embedding: np.ndarray | None
     preprocess_s: float
     inference_s: float
-    decode_s: float              # decoding + NMS + mapping back to frame pixels
-    finite: bool = True          # every raw output value finite (a NaN score decodes to "no box")
+    decode_s: float  # decoding + NMS + mapping back to frame pixels
+    finite: bool = True  # every raw output value finite (a NaN score decodes to "no box")
 
     @property
     def latency_s(self) -> float:
         return self.preprocess_s + self.inference_s + self.decode_s
 
 
-_LAYOUT_HELP = {"yolo": "one output (N, 4 + classes, anchors)",
-                "boxes_scores": "outputs boxes (N, anchors, 4) and scores (N, anchors, classes) or (N, anchors) "
-                                "with a labels output (N, anchors)"}
+_LAYOUT_HELP = {
+    "yolo": "one output (N, 4 + classes, anchors)",
+    "boxes_scores": "outputs boxes (N, anchors, 4) and scores (N, anchors, classes) or (N, anchors) "
+    "with a labels output (N, anchors)",
+}
 
 
 class DetectorModel(TierModel):
@@ -279,8 +338,14 @@ class DetectorModel(TierModel):
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1,
-             warmup: int = 3, cache_dir: str | None = None) -> "DetectorModel":
+    def load(
+        cls,
+        path: str | Path,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
+        intra_op_threads: int = 1,
+        warmup: int = 3,
+        cache_dir: str | None = None,
+    ) -> "DetectorModel":
         """Return the detector at ``path`` (directory or manifest.json), verified, layout-checked and warm."""
         return super().load(path, providers, intra_op_threads, warmup, cache_dir)  # type: ignore[return-value]
 
@@ -291,8 +356,9 @@ class DetectorModel(TierModel):
             raise ModelError(f"{model_path}: expected one graph input, found {len(inputs)}")
         graph_in = inputs[0]
         if graph_in.name != manifest.input.name:
-            raise ModelError(f"{model_path}: graph input is named {graph_in.name!r}, manifest says "
-                             f"{manifest.input.name!r}")
+            raise ModelError(
+                f"{model_path}: graph input is named {graph_in.name!r}, manifest says {manifest.input.name!r}"
+            )
         if list(graph_in.shape[1:]) != list(manifest.input.shape[1:]):
             raise ModelError(f"{model_path}: graph input shape {graph_in.shape}, manifest says {manifest.input.shape}")
         outputs = {o.name: o for o in self.session.get_outputs()}
@@ -330,11 +396,12 @@ class DetectorModel(TierModel):
             if len(scores) != 2:
                 raise fail(f"output {spec.scores!r} is {list(scores)}, not (N, anchors) beside a labels output")
             if len(shapes[spec.labels_output]) != 2:
-                raise fail(f"output {spec.labels_output!r} is {shapes[spec.labels_output]}, "
-                           f"not (N, anchors)")
+                raise fail(f"output {spec.labels_output!r} is {shapes[spec.labels_output]}, not (N, anchors)")
         elif len(scores) != 3 or (isinstance(scores[2], int) and scores[2] != c):
-            raise fail(f"output {spec.scores!r} is {list(scores)}, not (N, anchors, {c} classes) "
-                       f"(per-box scores need labels_output in the manifest)")
+            raise fail(
+                f"output {spec.scores!r} is {list(scores)}, not (N, anchors, {c} classes) "
+                f"(per-box scores need labels_output in the manifest)"
+            )
 
     def warmup(self, runs: int = 3) -> None:
         dummy = np.zeros((1, *self._expected_tail), self._expected_dtype)
@@ -345,17 +412,24 @@ class DetectorModel(TierModel):
     def prepare(self, frame: np.ndarray, color_order: str = "RGB") -> tuple[np.ndarray, Letterbox]:
         """Return (model input (1, ...), letterbox geometry) of one uint8 frame."""
         check_frame(frame, color_order)
-        image = convert_order(frame, color_order, "GRAY" if self.preprocessor.channels == 1
-                              else self.manifest.input.color_order)
-        fitted, geometry = letterbox(image, self.input_height, self.input_width, self.spec.pad_value,
-                                     self.spec.letterbox, cv2.INTER_AREA if self.manifest.input.resize == "area"
-                                     else cv2.INTER_LINEAR)
+        image = convert_order(
+            frame, color_order, "GRAY" if self.preprocessor.channels == 1 else self.manifest.input.color_order
+        )
+        fitted, geometry = letterbox(
+            image,
+            self.input_height,
+            self.input_width,
+            self.spec.pad_value,
+            self.spec.letterbox,
+            cv2.INTER_AREA if self.manifest.input.resize == "area" else cv2.INTER_LINEAR,
+        )
         if fitted.ndim == 2:
             fitted = fitted[:, :, None]
         return self.preprocessor._finish(fitted[None]), geometry
 
-    def decode(self, outputs: Sequence[np.ndarray], index: int, geometry: Letterbox,
-               score_floor: float | None = None) -> Detections:
+    def decode(
+        self, outputs: Sequence[np.ndarray], index: int, geometry: Letterbox, score_floor: float | None = None
+    ) -> Detections:
         """Return the detections of image ``index`` of a batch's raw layout outputs."""
         spec = self.spec
         floor = spec.score_threshold if score_floor is None else score_floor
@@ -370,19 +444,21 @@ class DetectorModel(TierModel):
                     return Detections.empty(self.num_classes)
                 class_scores = raw[4:, keep].T
                 classes = class_scores.argmax(axis=1)
-                return postprocess(cxcywh_to_xyxy(raw[:4, keep].T), best[keep], classes, class_scores, floor, spec,
-                                   geometry)
+                return postprocess(
+                    cxcywh_to_xyxy(raw[:4, keep].T), best[keep], classes, class_scores, floor, spec, geometry
+                )
             boxes, class_scores = decode_yolo(raw, self.num_classes, spec, size)
             classes = class_scores.argmax(axis=1)
             best = class_scores[np.arange(len(classes)), classes]
             return postprocess(boxes, best, classes, class_scores, floor, spec, geometry)
         labels = outputs[2][index] if spec.labels_output else None
-        boxes, best, classes, class_scores = decode_boxes_scores(outputs[0][index], outputs[1][index], labels,
-                                                                 self.num_classes, spec, size)
+        boxes, best, classes, class_scores = decode_boxes_scores(
+            outputs[0][index], outputs[1][index], labels, self.num_classes, spec, size
+        )
         return postprocess(boxes, best, classes, class_scores, floor, spec, geometry)
 
     def detect(self, frame: np.ndarray, color_order: str = "RGB", score_floor: float | None = None) -> DetectorOutputs:
-        """Return one frame's detections (NMS survivors scoring >= ``score_floor``, default the manifest's threshold)."""
+        """Return one frame's detections (NMS survivors scoring >= ``score_floor``; default: the manifest's)."""
         start = time.perf_counter()
         model_input, geometry = self.prepare(frame, color_order)
         prepared = time.perf_counter()
@@ -391,15 +467,21 @@ class DetectorModel(TierModel):
         detections = self.decode(outputs, 0, geometry, score_floor)
         decoded = time.perf_counter()
         embedding = outputs[-1][0] if self._has_embedding else None
-        return DetectorOutputs(detections, embedding, prepared - start, inferred - prepared, decoded - inferred,
-                               _finite(outputs, 0))
+        return DetectorOutputs(
+            detections, embedding, prepared - start, inferred - prepared, decoded - inferred, _finite(outputs, 0)
+        )
 
-    def detect_batch(self, frames: Sequence[np.ndarray], color_order: str = "RGB", batch_size: int = 64,
-                     score_floor: float | None = None) -> list[DetectorOutputs]:
+    def detect_batch(
+        self,
+        frames: Sequence[np.ndarray],
+        color_order: str = "RGB",
+        batch_size: int = 64,
+        score_floor: float | None = None,
+    ) -> list[DetectorOutputs]:
         """Return detections of many frames (any sizes), run in batches of ``batch_size``."""
         results: list[DetectorOutputs] = []
         for start in range(0, len(frames), batch_size):
-            chunk = frames[start:start + batch_size]
+            chunk = frames[start : start + batch_size]
             t0 = time.perf_counter()
             prepared = [self.prepare(frame, color_order) for frame in chunk]
             batch = np.concatenate([p[0] for p in prepared])
@@ -410,11 +492,19 @@ class DetectorModel(TierModel):
                 d0 = time.perf_counter()
                 detections = self.decode(outputs, i, geometry, score_floor)
                 embedding = outputs[-1][i] if self._has_embedding else None
-                results.append(DetectorOutputs(detections, embedding, (t1 - t0) / len(chunk), (t2 - t1) / len(chunk),
-                                               time.perf_counter() - d0, _finite(outputs, i)))
+                results.append(
+                    DetectorOutputs(
+                        detections,
+                        embedding,
+                        (t1 - t0) / len(chunk),
+                        (t2 - t1) / len(chunk),
+                        time.perf_counter() - d0,
+                        _finite(outputs, i),
+                    )
+                )
         return results
 
-    def infer(self, frame: np.ndarray, color_order: str = "RGB"):   # type: ignore[override]
+    def infer(self, frame: np.ndarray, color_order: str = "RGB"):  # type: ignore[override]
         raise ModelError(f"{self.manifest.name}: a detector has no class probabilities; use detect()")
 
     def infer_batch(self, frames: np.ndarray, color_order: str = "RGB", batch_size: int = 256):  # type: ignore[override]
@@ -423,8 +513,7 @@ class DetectorModel(TierModel):
 
 def _finite(outputs: Sequence[np.ndarray], index: int) -> bool:
     """Return whether image ``index``'s raw outputs are all finite (NaN scores would decode to "no box")."""
-    return all(bool(np.isfinite(output[index]).all()) for output in outputs
-               if np.issubdtype(output.dtype, np.floating))
+    return all(bool(np.isfinite(output[index]).all()) for output in outputs if np.issubdtype(output.dtype, np.floating))
 
 
 def frame_label_scores(detections: Detections, num_classes: int) -> np.ndarray:
@@ -453,9 +542,9 @@ class DetectionCascadeConfig(ConfigModel):
     # >= 1 box on > 99 % of frames (per-class NMS keeps faint duplicates), box class entropy > 0.5 on 29 %
     escalate_above: float = Field(default=0.5, ge=0.0, le=1.0)
     escalation_signal: EscalationSignal = "box_entropy_max"
-    latency_budget_ms: float = Field(default=40.0, gt=0.0)       # per frame, T4 + T3
-    band_width: float = Field(default=0.15, gt=0.0, le=0.5)      # score band: threshold +- this
-    match_iou: float = Field(default=0.5, gt=0.0, le=1.0)        # T4 vs T3 box matching
+    latency_budget_ms: float = Field(default=40.0, gt=0.0)  # per frame, T4 + T3
+    band_width: float = Field(default=0.15, gt=0.0, le=0.5)  # score band: threshold +- this
+    match_iou: float = Field(default=0.5, gt=0.0, le=1.0)  # T4 vs T3 box matching
     novelty_memory: int = Field(default=256, ge=1)
     flicker_window: int = Field(default=8, ge=2)
     escalation_enabled: bool = True
@@ -465,18 +554,18 @@ class DetectionCascadeConfig(ConfigModel):
 class DetectionResult:
     """What the detection cascade concluded about one frame (fields the selector reads first)."""
 
-    label: int                            # class of the best box, or len(classes) for none
+    label: int  # class of the best box, or len(classes) for none
     label_name: str
-    confidence: float                     # score of the best box; 1 - best candidate score when none
+    confidence: float  # score of the best box; 1 - best candidate score when none
     tier_used: str
-    probs: np.ndarray                     # (C + 1,) per class the best box score; last: 1 - best score
-    scores: dict[str, float]              # the six selector parts + the detection scores
+    probs: np.ndarray  # (C + 1,) per class the best box score; last: 1 - best score
+    scores: dict[str, float]  # the six selector parts + the detection scores
     escalated: bool
-    latency_s: dict[str, float]           # per tier: preprocess + inference + decode/NMS (seconds)
+    latency_s: dict[str, float]  # per tier: preprocess + inference + decode/NMS (seconds)
     model_versions: dict[str, str]
-    tier_outputs: dict[str, np.ndarray]   # kept empty for detections (sidecars carry boxes instead)
+    tier_outputs: dict[str, np.ndarray]  # kept empty for detections (sidecars carry boxes instead)
     embeddings: dict[str, np.ndarray]
-    detections: Detections                # of the tier used, score >= its threshold
+    detections: Detections  # of the tier used, score >= its threshold
     tier_detections: dict[str, Detections] = field(default_factory=dict)
     candidates: Detections | None = None  # of the tier used, down to the score band's low edge
     decode_latency_s: dict[str, float] = field(default_factory=dict)
@@ -505,8 +594,9 @@ class _DetectionStream:
 class DetectionCascade:
     """Runs the T4 detector on every frame and the T3 detector when T4 is unsure and time allows."""
 
-    def __init__(self, edge: DetectorModel, escalation: DetectorModel | None = None,
-                 config: DetectionCascadeConfig | None = None):
+    def __init__(
+        self, edge: DetectorModel, escalation: DetectorModel | None = None, config: DetectionCascadeConfig | None = None
+    ):
         self.config = config or DetectionCascadeConfig()
         self._models: dict[str, DetectorModel | None] = {"edge": edge, "escalation": escalation}
         self._streams: dict[str, _DetectionStream] = {}
@@ -518,10 +608,14 @@ class DetectionCascade:
     def _check(edge: DetectorModel, escalation: DetectorModel | None) -> None:
         for model in (edge, escalation):
             if model is not None and not isinstance(model, DetectorModel):
-                raise ModelError(f"{model.manifest.name}: task {model.manifest.task!r} cannot serve a detection cascade")
+                raise ModelError(
+                    f"{model.manifest.name}: task {model.manifest.task!r} cannot serve a detection cascade"
+                )
         if escalation is not None and list(escalation.labels) != list(edge.labels):
-            raise ModelError(f"tiers disagree on classes: {edge.manifest.name} has {edge.labels}, "
-                             f"{escalation.manifest.name} has {escalation.labels}")
+            raise ModelError(
+                f"tiers disagree on classes: {edge.manifest.name} has {edge.labels}, "
+                f"{escalation.manifest.name} has {escalation.labels}"
+            )
 
     @property
     def edge(self) -> DetectorModel:
@@ -577,27 +671,37 @@ class DetectionCascade:
         escalated = False
         if escalation is not None:
             versions[escalation.tier] = escalation.version
-            signal = {"band": parts.band, "box_entropy_max": parts.entropy_max,
-                      "box_entropy_mean": parts.entropy_mean}[config.escalation_signal]
+            signal = {"band": parts.band, "box_entropy_max": parts.entropy_max, "box_entropy_mean": parts.entropy_mean}[
+                config.escalation_signal
+            ]
             if config.escalation_enabled and signal > config.escalate_above and self._within_budget(out.latency_s):
-                high_out = escalation.detect(frame, color_order,
-                                             score_floor=min(dunc.band_around(escalation.spec.score_threshold,
-                                                                              config.band_width)[0],
-                                                             escalation.spec.score_threshold))
+                high_out = escalation.detect(
+                    frame,
+                    color_order,
+                    score_floor=min(
+                        dunc.band_around(escalation.spec.score_threshold, config.band_width)[0],
+                        escalation.spec.score_threshold,
+                    ),
+                )
                 escalated = True
                 latency[escalation.tier] = high_out.latency_s
                 decode[escalation.tier] = high_out.decode_s
                 inference[escalation.tier] = high_out.inference_s
                 previous = self._escalation_latency_s
-                self._escalation_latency_s = high_out.latency_s if previous is None else \
-                    0.8 * previous + 0.2 * high_out.latency_s
+                self._escalation_latency_s = (
+                    high_out.latency_s if previous is None else 0.8 * previous + 0.2 * high_out.latency_s
+                )
                 t0 = time.perf_counter()
                 e_low, e_high = dunc.band_around(escalation.spec.score_threshold, config.band_width)
                 high_parts = _frame_scores(high_out.detections, escalation.spec.score_threshold, e_low, e_high)
                 tier_detections[escalation.tier] = high_parts.confirmed
-                disagreement = dunc.box_disagreement(parts.confirmed.boxes, high_parts.confirmed.boxes,
-                                                     parts.confirmed.classes, high_parts.confirmed.classes,
-                                                     config.match_iou)
+                disagreement = dunc.box_disagreement(
+                    parts.confirmed.boxes,
+                    high_parts.confirmed.boxes,
+                    parts.confirmed.classes,
+                    high_parts.confirmed.classes,
+                    config.match_iou,
+                )
                 scoring_s += time.perf_counter() - t0
                 used, used_out, parts = escalation, high_out, high_parts
         t0 = time.perf_counter()
@@ -606,7 +710,7 @@ class DetectionCascade:
         none_index = len(classes)
         probs = frame_label_scores(detections, none_index)
         if not used_out.finite:
-            probs[:] = np.nan                  # what the watchdog counts as an error, as for classifiers
+            probs[:] = np.nan  # what the watchdog counts as an error, as for classifiers
         if len(detections):
             best = int(np.argmax(detections.scores))
             label, confidence = int(detections.classes[best]), float(detections.scores[best])
@@ -619,24 +723,46 @@ class DetectionCascade:
             state = self._streams[stream] = _DetectionStream(config, 0 if embedding is None else len(embedding))
         flicker = state.flicker.push(len(detections))
         novelty = state.memory.score(embedding) if state.memory is not None else 0.0
-        scores = dunc.score_parts(parts.band, parts.entropy_mean, parts.entropy_max, disagreement.score, flicker,
-                                  novelty)
-        scores.update(band=parts.band, band_count=float(parts.band_count), box_entropy_mean=parts.entropy_mean,
-                      box_entropy_max=parts.entropy_max, box_disagreement=disagreement.score,
-                      unmatched_boxes=float(disagreement.unmatched), matched_iou=disagreement.mean_iou,
-                      class_conflicts=float(disagreement.class_conflicts), count_flicker=flicker,
-                      boxes=float(len(detections)))
+        scores = dunc.score_parts(
+            parts.band, parts.entropy_mean, parts.entropy_max, disagreement.score, flicker, novelty
+        )
+        scores.update(
+            band=parts.band,
+            band_count=float(parts.band_count),
+            box_entropy_mean=parts.entropy_mean,
+            box_entropy_max=parts.entropy_max,
+            box_disagreement=disagreement.score,
+            unmatched_boxes=float(disagreement.unmatched),
+            matched_iou=disagreement.mean_iou,
+            class_conflicts=float(disagreement.class_conflicts),
+            count_flicker=flicker,
+            boxes=float(len(detections)),
+        )
         embeddings = {edge.tier: embedding} if embedding is not None else {}
         if escalated and used_out.embedding is not None:
             embeddings[used.tier] = used_out.embedding
         scoring_s += time.perf_counter() - t0
         return DetectionResult(
-            label=label, label_name=classes[label] if label < none_index else NONE_NAME, confidence=confidence,
-            tier_used=used.tier, probs=probs, scores=scores, escalated=escalated, latency_s=latency,
-            model_versions=versions, tier_outputs={}, embeddings=embeddings, detections=detections,
-            tier_detections=tier_detections, candidates=parts.candidates, decode_latency_s=decode,
-            inference_latency_s=inference, total_latency_s=time.perf_counter() - start,
-            uncertainty_latency_s=scoring_s, classes=classes)
+            label=label,
+            label_name=classes[label] if label < none_index else NONE_NAME,
+            confidence=confidence,
+            tier_used=used.tier,
+            probs=probs,
+            scores=scores,
+            escalated=escalated,
+            latency_s=latency,
+            model_versions=versions,
+            tier_outputs={},
+            embeddings=embeddings,
+            detections=detections,
+            tier_detections=tier_detections,
+            candidates=parts.candidates,
+            decode_latency_s=decode,
+            inference_latency_s=inference,
+            total_latency_s=time.perf_counter() - start,
+            uncertainty_latency_s=scoring_s,
+            classes=classes,
+        )
 
     def _within_budget(self, edge_latency_s: float) -> bool:
         expected = self._escalation_latency_s if self._escalation_latency_s is not None else 0.0
@@ -645,8 +771,8 @@ class DetectionCascade:
 
 @dataclass(frozen=True)
 class _Parts:
-    confirmed: Detections       # score >= threshold
-    candidates: Detections      # score >= band low edge
+    confirmed: Detections  # score >= threshold
+    candidates: Detections  # score >= band low edge
     band: float
     band_count: int
     entropy_mean: float
@@ -664,9 +790,14 @@ def _frame_scores(candidates: Detections, threshold: float, low: float, high: fl
     return _Parts(confirmed, candidates, float(dunc.band_score(count)), count, entropy_mean, entropy_max)
 
 
-def load_detection_cascade(models_dir: str | Path, edge_tier: str = "T4", escalation_tier: str | None = "T3",
-                           config: DetectionCascadeConfig | None = None, providers: Sequence[str] = DEFAULT_PROVIDERS,
-                           intra_op_threads: int = 1) -> DetectionCascade:
+def load_detection_cascade(
+    models_dir: str | Path,
+    edge_tier: str = "T4",
+    escalation_tier: str | None = "T3",
+    config: DetectionCascadeConfig | None = None,
+    providers: Sequence[str] = DEFAULT_PROVIDERS,
+    intra_op_threads: int = 1,
+) -> DetectionCascade:
     """Return the detection cascade of the detectors in ``models_dir`` (verified, warm)."""
     root = Path(models_dir)
     edge = DetectorModel.load(root / edge_tier, providers=providers, intra_op_threads=intra_op_threads)

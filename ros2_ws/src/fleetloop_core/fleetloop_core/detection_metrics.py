@@ -39,11 +39,18 @@ class MapScores:
 
     def to_dict(self) -> dict:
         """Return JSON-able figures (rounded to 4 digits)."""
-        return {"map50": round(self.map50, 4), "map": round(self.map, 4), "images": self.images, "boxes": self.boxes,
-                "per_class": {k: {"ap50": round(a, 4), "ap": round(b, 4), "boxes": n}
-                              for k, (a, b, n) in self.per_class.items()},
-                "per_site": {k: {"map50": round(a, 4), "map": round(b, 4), "images": n}
-                             for k, (a, b, n) in self.per_site.items()}}
+        return {
+            "map50": round(self.map50, 4),
+            "map": round(self.map, 4),
+            "images": self.images,
+            "boxes": self.boxes,
+            "per_class": {
+                k: {"ap50": round(a, 4), "ap": round(b, 4), "boxes": n} for k, (a, b, n) in self.per_class.items()
+            },
+            "per_site": {
+                k: {"map50": round(a, 4), "map": round(b, 4), "images": n} for k, (a, b, n) in self.per_site.items()
+            },
+        }
 
 
 def _xywh(boxes: np.ndarray) -> np.ndarray:
@@ -57,7 +64,7 @@ def _run(gt, dt, image_ids: Sequence[int] | None) -> tuple[float, float, np.ndar
     evaluator = COCOeval(gt, dt, "bbox")
     if image_ids is not None:
         evaluator.params.imgIds = list(image_ids)
-    with contextlib.redirect_stdout(io.StringIO()):        # pycocotools prints its progress
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -86,11 +93,25 @@ def evaluate_map(
     for image_id, ((boxes, classes), (p_boxes, p_scores, p_classes)) in enumerate(zip(truths, predictions), start=1):
         images.append({"id": image_id})
         for box, cls in zip(_xywh(boxes), np.asarray(classes).reshape(-1)):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls) + 1,
-                                "bbox": [float(v) for v in box], "area": float(box[2] * box[3]), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(cls) + 1,
+                    "bbox": [float(v) for v in box],
+                    "area": float(box[2] * box[3]),
+                    "iscrowd": 0,
+                }
+            )
         for box, score, cls in zip(_xywh(p_boxes), np.asarray(p_scores).reshape(-1), np.asarray(p_classes).reshape(-1)):
-            detections.append({"image_id": image_id, "category_id": int(cls) + 1, "bbox": [float(v) for v in box],
-                               "score": float(score)})
+            detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(cls) + 1,
+                    "bbox": [float(v) for v in box],
+                    "score": float(score),
+                }
+            )
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
     gt = COCO()
     gt.dataset = {"images": images, "annotations": annotations, "categories": categories}
@@ -108,7 +129,7 @@ def evaluate_map(
         for k, name in enumerate(class_names):
             if counts[k] == 0:
                 continue
-            values = precision[:, :, k, 0, -1]            # IoU thresholds x recall points, all areas, 100 dets
+            values = precision[:, :, k, 0, -1]  # IoU thresholds x recall points, all areas, 100 dets
             ap = float(values[values > -1].mean()) if (values > -1).any() else 0.0
             at50 = precision[0, :, k, 0, -1]
             ap50 = float(at50[at50 > -1].mean()) if (at50 > -1).any() else 0.0

@@ -29,7 +29,7 @@ from fleetloop_core.record import EncodedRecord
 from fleetloop_core.sidecar import parse_sidecar
 
 SPOOL_INDEX = "spool.json"
-_WARM_STORES: dict = {}     # store URI -> store opened by the zygote before it forks (boto3 set-up is slow)
+_WARM_STORES: dict = {}  # store URI -> store opened by the zygote before it forks (boto3 set-up is slow)
 
 
 def write_spool(directory: str | Path, records: Sequence[EncodedRecord]) -> Path:
@@ -40,8 +40,9 @@ def write_spool(directory: str | Path, records: Sequence[EncodedRecord]) -> Path
     for i, record in enumerate(records):
         (directory / f"{i}.frame").write_bytes(record.frame)
         (directory / f"{i}.json").write_bytes(record.sidecar_json)
-        index.append({"frame": f"{i}.frame", "sidecar": f"{i}.json", "priority": record.priority,
-                      "frame_key": record.frame_key})
+        index.append(
+            {"frame": f"{i}.frame", "sidecar": f"{i}.json", "priority": record.priority, "frame_key": record.frame_key}
+        )
     (directory / SPOOL_INDEX).write_text(json.dumps(index))
     return directory
 
@@ -56,8 +57,9 @@ def read_spool(directory: str | Path) -> list[EncodedRecord]:
     return records
 
 
-def synthetic_records(round_index: int, count: int, size: int = 48, seed: int = 0,
-                      stamp0_ns: int = 1_700_000_000_000_000_000) -> list[EncodedRecord]:
+def synthetic_records(
+    round_index: int, count: int, size: int = 48, seed: int = 0, stamp0_ns: int = 1_700_000_000_000_000_000
+) -> list[EncodedRecord]:
     """Return ``count`` small distinct PNG records (random pixels) with keys unique to ``round_index``."""
     import numpy as np
 
@@ -65,8 +67,14 @@ def synthetic_records(round_index: int, count: int, size: int = 48, seed: int = 
     records = []
     for i in range(count):
         image = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-        fields = {"robot_id": f"robot-{round_index}", "stream": "camera", "stamp_ns": stamp0_ns + i * 100_000_000,
-                  "labels": ["a", "b"], "prediction": int(i % 2), "confidence": 0.5}
+        fields = {
+            "robot_id": f"robot-{round_index}",
+            "stream": "camera",
+            "stamp_ns": stamp0_ns + i * 100_000_000,
+            "labels": ["a", "b"],
+            "prediction": int(i % 2),
+            "confidence": 0.5,
+        }
         records.append(EncodedRecord.from_image(image, fields, priority=float(rng.random())))
     return records
 
@@ -78,7 +86,7 @@ def read_accepted(path: str | Path) -> list[str]:
     except FileNotFoundError:
         return []
     lines = text.split("\n")
-    return [line for line in lines[:-1] if line]   # only newline-terminated lines were complete
+    return [line for line in lines[:-1] if line]  # only newline-terminated lines were complete
 
 
 def _worker(argv: Sequence[str]) -> int:
@@ -97,11 +105,16 @@ def _worker(argv: Sequence[str]) -> int:
 
     records = read_spool(args.spool)
     accepted = set(read_accepted(args.accepted))
-    config = QueueConfig(directory=args.queue, store=args.store, disk_cap_bytes=args.disk_cap,
-                         backoff=BackoffConfig(initial_s=0.01, max_s=0.05), orphan_grace_s=0.0)
+    config = QueueConfig(
+        directory=args.queue,
+        store=args.store,
+        disk_cap_bytes=args.disk_cap,
+        backoff=BackoffConfig(initial_s=0.01, max_s=0.05),
+        orphan_grace_s=0.0,
+    )
     queue = UploadQueue.from_config(config)
     store = _WARM_STORES.get(args.store) or open_store(args.store)
-    uploader = Uploader(queue, store, config)   # recovers what a killed worker left
+    uploader = Uploader(queue, store, config)  # recovers what a killed worker left
     log = open(args.accepted, "a", encoding="utf-8")
     print("ready", flush=True)
     for record in records:
@@ -124,17 +137,22 @@ class AuditReport:
     """What the store and queue hold compared with what was accepted."""
 
     accepted: int = 0
-    committed: int = 0            # frame + sidecar in the store
+    committed: int = 0  # frame + sidecar in the store
     still_queued: int = 0
-    lost: int = 0                 # accepted, neither committed nor queued
-    duplicated: int = 0           # extra copies of a frame's content under another key
-    half_written: int = 0         # objects whose bytes do not match their sha256, or sidecar without frame
-    unknown: int = 0              # store objects that were never in the spool
+    lost: int = 0  # accepted, neither committed nor queued
+    duplicated: int = 0  # extra copies of a frame's content under another key
+    half_written: int = 0  # objects whose bytes do not match their sha256, or sidecar without frame
+    unknown: int = 0  # store objects that were never in the spool
     problems: list[str] = field(default_factory=list)
 
 
-def audit(store, queue_keys: Sequence[str], accepted: Sequence[str], records: Sequence[EncodedRecord],
-          prefix_keys: bool = False) -> AuditReport:
+def audit(
+    store,
+    queue_keys: Sequence[str],
+    accepted: Sequence[str],
+    records: Sequence[EncodedRecord],
+    prefix_keys: bool = False,
+) -> AuditReport:
     """Return the audit of ``store`` and the queue against the accepted keys (see module doc).
 
     With ``prefix_keys`` only the objects of ``records`` are looked at (others are not counted
@@ -200,9 +218,15 @@ class _Zygote:
     """
 
     def __init__(self, env: dict[str, str], store_uri: str):
-        self.process = subprocess.Popen([sys.executable, "-m", "fleetloop_core.faults", "zygote", store_uri],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        env=env, text=True, bufsize=1)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fleetloop_core.faults", "zygote", store_uri],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            bufsize=1,
+        )
         line = self.process.stdout.readline()
         if line.strip() != "zygote-ready":
             raise RuntimeError(f"fault zygote failed to start: {line!r} {self.process.stderr.read()[-2000:]}")
@@ -273,9 +297,17 @@ def _zygote(store_uri: str) -> int:
     return 0
 
 
-def kill_campaign(workdir: str | Path, store_uri: str, make_records: Callable[[int], Sequence[EncodedRecord]],
-                  kills: int, seed: int = 0, max_delay_s: float = 0.12, env: dict[str, str] | None = None,
-                  disk_cap: int = 1 << 30, progress: Callable[[int], None] | None = None) -> CampaignReport:
+def kill_campaign(
+    workdir: str | Path,
+    store_uri: str,
+    make_records: Callable[[int], Sequence[EncodedRecord]],
+    kills: int,
+    seed: int = 0,
+    max_delay_s: float = 0.12,
+    env: dict[str, str] | None = None,
+    disk_cap: int = 1 << 30,
+    progress: Callable[[int], None] | None = None,
+) -> CampaignReport:
     """Run workers, SIGKILL ``kills`` of them at random moments, let each round finish, audit.
 
     A round is one queue and one spool (``make_records(round_index)``: records with keys of
@@ -295,15 +327,29 @@ def kill_campaign(workdir: str | Path, store_uri: str, make_records: Callable[[i
     def new_round() -> tuple[Path, Path, Path, list[EncodedRecord]]:
         index = len(rounds)
         records = list(make_records(index))
-        entry = (workdir / f"queue-{index}", workdir / f"accepted-{index}.log",
-                 write_spool(workdir / f"spool-{index}", records), records)
+        entry = (
+            workdir / f"queue-{index}",
+            workdir / f"accepted-{index}.log",
+            write_spool(workdir / f"spool-{index}", records),
+            records,
+        )
         rounds.append(entry)
         return entry
 
     def arguments(entry) -> list[str]:
         queue_dir, accepted_log, spool, _ = entry
-        return ["--queue", str(queue_dir), "--store", store_uri, "--spool", str(spool),
-                "--accepted", str(accepted_log), "--disk-cap", str(disk_cap)]
+        return [
+            "--queue",
+            str(queue_dir),
+            "--store",
+            store_uri,
+            "--spool",
+            str(spool),
+            "--accepted",
+            str(accepted_log),
+            "--disk-cap",
+            str(disk_cap),
+        ]
 
     zygote = _Zygote({**os.environ, **(env or {})}, store_uri)
     try:
@@ -322,10 +368,10 @@ def kill_campaign(workdir: str | Path, store_uri: str, make_records: Callable[[i
                 if progress is not None:
                     progress(done_kills)
             elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-                current = new_round()          # finished before the kill: next round
+                current = new_round()  # finished before the kill: next round
             else:
                 raise RuntimeError(f"fault worker failed (wait status {status})")
-        for entry in rounds:                   # let every round finish
+        for entry in rounds:  # let every round finish
             pid = zygote.fork(arguments(entry))
             status = zygote.wait(pid)
             if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
@@ -354,8 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(argv) == 2 and argv[0] == "zygote":
         return _zygote(argv[1])
     if not argv or argv[0] != "worker":
-        print("usage: python -m fleetloop_core.faults worker --queue DIR --store URI --spool DIR --accepted FILE",
-              file=sys.stderr)
+        print(
+            "usage: python -m fleetloop_core.faults worker --queue DIR --store URI --spool DIR --accepted FILE",
+            file=sys.stderr,
+        )
         return 2
     return _worker(argv[1:])
 

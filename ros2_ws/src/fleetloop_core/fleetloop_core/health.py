@@ -42,25 +42,26 @@ class Thresholds(ConfigModel):
 class HealthConfig(ConfigModel):
     """Diagnostics period, the window figures are computed over, and the grading thresholds."""
 
-    period_s: float = Field(default=1.0, gt=0.0)            # how often diagnostics are published
-    window_s: float = Field(default=30.0, gt=0.0)           # rates and percentiles look back this far
-    latency_p99_ms: Thresholds = Thresholds(warn=50.0, error=200.0)      # cascade time per frame
-    dropped_fraction: Thresholds = Thresholds(warn=0.01, error=0.10)     # malformed / received, in window
-    queue_depth: Thresholds = Thresholds(warn=2000, error=10000)         # records waiting
-    queue_fill: Thresholds = Thresholds(warn=0.80, error=0.95)           # queued bytes / disk cap
-    kept_over_budget: Thresholds = Thresholds(warn=1.25, error=2.0)      # kept per hour / budget per hour
+    period_s: float = Field(default=1.0, gt=0.0)  # how often diagnostics are published
+    window_s: float = Field(default=30.0, gt=0.0)  # rates and percentiles look back this far
+    latency_p99_ms: Thresholds = Thresholds(warn=50.0, error=200.0)  # cascade time per frame
+    dropped_fraction: Thresholds = Thresholds(warn=0.01, error=0.10)  # malformed / received, in window
+    queue_depth: Thresholds = Thresholds(warn=2000, error=10000)  # records waiting
+    queue_fill: Thresholds = Thresholds(warn=0.80, error=0.95)  # queued bytes / disk cap
+    kept_over_budget: Thresholds = Thresholds(warn=1.25, error=2.0)  # kept per hour / budget per hour
     store_unreachable_s: Thresholds = Thresholds(warn=30.0, error=300.0)  # since the store last answered
     # frames the camera stamped but this node never got (gaps in header stamps), over frames expected
     lost_fraction: Thresholds = Thresholds(warn=0.02, error=0.20)
-    frame_deadline_s: float = Field(default=2.0, gt=0.0)     # a frame unanswered this long: frozen (ERROR)
-    frozen_exit_s: float = Field(default=10.0, ge=0.0)       # frozen this long: the process exits non-zero (0: never)
-    gap_as_loss_s: float = Field(default=1.0, gt=0.0)        # a longer silence is a pause of the camera, not loss
+    frame_deadline_s: float = Field(default=2.0, gt=0.0)  # a frame unanswered this long: frozen (ERROR)
+    frozen_exit_s: float = Field(default=10.0, ge=0.0)  # frozen this long: the process exits non-zero (0: never)
+    gap_as_loss_s: float = Field(default=1.0, gt=0.0)  # a longer silence is a pause of the camera, not loss
 
     @model_validator(mode="after")
     def _exit_after_deadline(self) -> "HealthConfig":
         if self.frozen_exit_s and self.frozen_exit_s < self.frame_deadline_s:
-            raise ValueError(f"frozen_exit_s ({self.frozen_exit_s}) must be 0 or >= frame_deadline_s "
-                             f"({self.frame_deadline_s})")
+            raise ValueError(
+                f"frozen_exit_s ({self.frozen_exit_s}) must be 0 or >= frame_deadline_s ({self.frame_deadline_s})"
+            )
         return self
 
 
@@ -98,8 +99,9 @@ class Check:
         return LEVEL_NAMES[self.level]
 
 
-def check(name: str, figures: dict[str, tuple[float | None, Thresholds]], values: dict[str, object],
-          ok_message: str = "ok") -> Check:
+def check(
+    name: str, figures: dict[str, tuple[float | None, Thresholds]], values: dict[str, object], ok_message: str = "ok"
+) -> Check:
     """Return a Check graded by the worst of ``figures`` (name -> (value, limits)).
 
     The message names every figure that is not OK, with its value and the limit it crossed.
@@ -121,8 +123,13 @@ def check(name: str, figures: dict[str, tuple[float | None, Thresholds]], values
 FAILED_MODEL_EVENTS = ("rejected", "shadow_failed", "rolled_back", "failed")
 
 
-def models_check(providers: dict[str, str], values: dict[str, object], last_event: str | None,
-                 last_detail: str = "", use_gpu: bool = False) -> Check:
+def models_check(
+    providers: dict[str, str],
+    values: dict[str, object],
+    last_event: str | None,
+    last_detail: str = "",
+    use_gpu: bool = False,
+) -> Check:
     """Return the graded check of the serving models.
 
     ``providers`` maps tier -> execution provider in use; ``last_event`` is the kind of the model
@@ -161,7 +168,7 @@ class RollingEvents:
     def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic):
         self.window_s = float(window_s)
         self._clock = clock
-        self._events: deque[tuple[float, int, float]] = deque()   # (time s, count, size)
+        self._events: deque[tuple[float, int, float]] = deque()  # (time s, count, size)
         self._lock = threading.Lock()
         self.total = 0
         self.total_size = 0.0
@@ -200,6 +207,7 @@ class RollingEvents:
     def per_second(self) -> float:
         """Return events per second over the window."""
         return self.count() / self.span_s()
+
 
 class LatencyWindow:
     """The last ``capacity`` durations (seconds) and their percentiles in milliseconds; thread-safe."""
@@ -242,8 +250,8 @@ class StampGaps:
         self.window_s = float(window_s)
         self.gap_as_loss_s = float(gap_as_loss_s)
         self._clock = clock
-        self._intervals: deque[tuple[float, int]] = deque()    # (arrival s, stamp interval ns)
-        self._arrivals: deque[float] = deque()                 # arrival s of every frame
+        self._intervals: deque[tuple[float, int]] = deque()  # (arrival s, stamp interval ns)
+        self._arrivals: deque[float] = deque()  # arrival s of every frame
         self._last_stamp: int | None = None
         self._lock = threading.Lock()
         self.pauses = 0
@@ -333,9 +341,13 @@ def liveness_check(stalled_s: float, health: HealthConfig, values: dict[str, obj
     """Return the frame path's liveness: ERROR while it has not turned for the frame deadline or longer."""
     if stalled_s >= health.frame_deadline_s:
         exits = f"; the process exits at {health.frozen_exit_s:g} s" if health.frozen_exit_s else ""
-        return Check("liveness", ERROR, f"frozen: the frame path has not answered for {stalled_s:.1f} s "
-                                        f"(deadline {health.frame_deadline_s:g} s{exits})",
-                     {key: _format(value) for key, value in values.items()})
+        return Check(
+            "liveness",
+            ERROR,
+            f"frozen: the frame path has not answered for {stalled_s:.1f} s "
+            f"(deadline {health.frame_deadline_s:g} s{exits})",
+            {key: _format(value) for key, value in values.items()},
+        )
     return Check("liveness", OK, "answering", {key: _format(value) for key, value in values.items()})
 
 
@@ -373,8 +385,8 @@ class RepeatedSample:
 class PublisherFacts:
     """One publisher the ROS graph shows on an input topic (from discovery, matched or not)."""
 
-    node: str               # "namespace/name", or "" for a DDS writer without ROS (another vendor's camera)
-    type_name: str          # e.g. sensor_msgs/msg/Image
+    node: str  # "namespace/name", or "" for a DDS writer without ROS (another vendor's camera)
+    type_name: str  # e.g. sensor_msgs/msg/Image
     reliable: bool
 
 
@@ -383,24 +395,25 @@ class StreamFacts:
     """What a node knows about one input topic, as the input check grades it."""
 
     topic: str
-    type_name: str                       # what this node subscribes
-    reliable: bool                       # what this node requests
-    matched: int                         # publishers DDS matched with our reader
+    type_name: str  # what this node subscribes
+    reliable: bool  # what this node requests
+    matched: int  # publishers DDS matched with our reader
     publishers: tuple[PublisherFacts, ...]
-    received: int                        # frames in the window
-    lost: int                            # frames lost in transport in the window (stamp gaps)
-    lost_fraction: float | None          # None while it cannot be judged
-    incompatible_policy: str = ""        # last QoS policy DDS reported incompatible ("" none)
-    undeliverable: int = 0               # samples DDS handed over that did not deserialise, in the window
-    unmatched_s: float = 0.0             # how long publishers have been seen without a match
-    lost_by_dds: int = 0                 # samples DDS itself reported lost (message_lost events, since start)
+    received: int  # frames in the window
+    lost: int  # frames lost in transport in the window (stamp gaps)
+    lost_fraction: float | None  # None while it cannot be judged
+    incompatible_policy: str = ""  # last QoS policy DDS reported incompatible ("" none)
+    undeliverable: int = 0  # samples DDS handed over that did not deserialise, in the window
+    unmatched_s: float = 0.0  # how long publishers have been seen without a match
+    lost_by_dds: int = 0  # samples DDS itself reported lost (message_lost events, since start)
 
 
-UNMATCHED_GRACE_S = 3.0     # discovery sees a publisher a moment before the reader matches it
+UNMATCHED_GRACE_S = 3.0  # discovery sees a publisher a moment before the reader matches it
 
 
-def input_check(streams: Iterable[StreamFacts], health: HealthConfig, window_s: float,
-                transport: str = "large_data") -> Check:
+def input_check(
+    streams: Iterable[StreamFacts], health: HealthConfig, window_s: float, transport: str = "large_data"
+) -> Check:
     """Return the graded check of a node's input topics: publishers, QoS, matching, frames and losses.
 
     WARN names the topic and the cause: no publisher; a publisher whose QoS or type cannot match
@@ -423,33 +436,58 @@ def input_check(streams: Iterable[StreamFacts], health: HealthConfig, window_s: 
         wrong_reliability = [p for p in stream.publishers if stream.reliable and not p.reliable]
         if stream.incompatible_policy:
             offered = "best effort" if wrong_reliability else "an incompatible value"
-            problems.append(f"{topic}: publisher with incompatible QoS ({stream.incompatible_policy}): it offers "
-                            f"{offered}, this node requests {'reliable' if stream.reliable else 'best effort'} "
-                            "(image_qos)")
+            problems.append(
+                f"{topic}: publisher with incompatible QoS ({stream.incompatible_policy}): it offers "
+                f"{offered}, this node requests {'reliable' if stream.reliable else 'best effort'} "
+                "(image_qos)"
+            )
             levels.append(WARN)
         elif wrong_reliability and not stream.matched:
-            problems.append(f"{topic}: publisher {wrong_reliability[0].node or '(non-ROS)'} offers best effort, "
-                            "this node requests reliable (image_qos): incompatible QoS (RELIABILITY)")
+            problems.append(
+                f"{topic}: publisher {wrong_reliability[0].node or '(non-ROS)'} offers best effort, "
+                "this node requests reliable (image_qos): incompatible QoS (RELIABILITY)"
+            )
             levels.append(WARN)
         if wrong_type:
-            problems.append(f"{topic}: publisher {wrong_type[0].node or '(non-ROS)'} publishes "
-                            f"{wrong_type[0].type_name}, this node subscribes {stream.type_name}")
+            problems.append(
+                f"{topic}: publisher {wrong_type[0].node or '(non-ROS)'} publishes "
+                f"{wrong_type[0].type_name}, this node subscribes {stream.type_name}"
+            )
             levels.append(WARN)
         if not stream.publishers and not stream.matched:
-            hint = (" (a camera of another DDS vendor is not discovered with dds.transport large_data: "
-                    "use udp and type_propagation: false)") if transport == "large_data" else ""
+            hint = (
+                (
+                    " (a camera of another DDS vendor is not discovered with dds.transport large_data: "
+                    "use udp and type_propagation: false)"
+                )
+                if transport == "large_data"
+                else ""
+            )
             problems.append(f"{topic}: no publisher{hint}")
             levels.append(WARN)
-        elif not stream.matched and not wrong_type and not wrong_reliability and not stream.incompatible_policy \
-                and stream.unmatched_s >= UNMATCHED_GRACE_S:
-            problems.append(f"{topic}: {len(stream.publishers)} publisher(s) seen for {stream.unmatched_s:.0f} s but "
-                            "none matched (a camera of another DDS vendor refusing Fast DDS type information? "
-                            "dds.type_propagation: false)")
+        elif (
+            not stream.matched
+            and not wrong_type
+            and not wrong_reliability
+            and not stream.incompatible_policy
+            and stream.unmatched_s >= UNMATCHED_GRACE_S
+        ):
+            problems.append(
+                f"{topic}: {len(stream.publishers)} publisher(s) seen for {stream.unmatched_s:.0f} s but "
+                "none matched (a camera of another DDS vendor refusing Fast DDS type information? "
+                "dds.type_propagation: false)"
+            )
             levels.append(WARN)
         if stream.matched and not stream.received:
             foreign = any(not p.node for p in stream.publishers)
-            hint = (" (a publisher without ROS, another DDS vendor's camera, refuses Fast DDS type information: "
-                    "dds.type_propagation: false)") if foreign else ""
+            hint = (
+                (
+                    " (a publisher without ROS, another DDS vendor's camera, refuses Fast DDS type information: "
+                    "dds.type_propagation: false)"
+                )
+                if foreign
+                else ""
+            )
             problems.append(f"{topic}: publisher matched but no frames in the {window_s:g} s window{hint}")
             levels.append(WARN)
         if stream.undeliverable:
@@ -459,8 +497,10 @@ def input_check(streams: Iterable[StreamFacts], health: HealthConfig, window_s: 
             level = grade(stream.lost_fraction, health.lost_fraction)
             if level in (WARN, ERROR):
                 limit = health.lost_fraction.error if level == ERROR else health.lost_fraction.warn
-                problems.append(f"{topic}: {stream.lost} of {stream.received + stream.lost} frames lost in transport "
-                                f"({stream.lost_fraction:.3f} >= {limit:g}, {LEVEL_NAMES[level]})")
+                problems.append(
+                    f"{topic}: {stream.lost} of {stream.received + stream.lost} frames lost in transport "
+                    f"({stream.lost_fraction:.3f} >= {limit:g}, {LEVEL_NAMES[level]})"
+                )
             levels.append(level)
     level = worst(levels) if levels else OK
     if level == STALE:

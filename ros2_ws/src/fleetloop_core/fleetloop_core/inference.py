@@ -25,8 +25,12 @@ from fleetloop_core.preprocess import Preprocessor
 log = logging.getLogger(__name__)
 
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-PROVIDER_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
-                    "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
 _ORT_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
 
 
@@ -59,7 +63,9 @@ def provider_shortfall(requested: Sequence[str], available: Sequence[str], in_us
     if wanted not in available:
         why = f"this onnxruntime build does not have it (available: {', '.join(available)})"
     else:
-        why = "its libraries failed to load, so ONNX Runtime fell back (for TensorRT: is libnvinfer on the loader path?)"
+        why = (
+            "its libraries failed to load, so ONNX Runtime fell back (for TensorRT: is libnvinfer on the loader path?)"
+        )
     return f"requested execution provider {wanted} is not in use: {why}; running on {in_use[0]}"
 
 
@@ -121,8 +127,10 @@ class TierModel:
         directory = path if path.is_dir() else path.parent
         manifest = load_manifest(directory / MANIFEST_NAME if path.is_dir() else path)
         if manifest.task == "detection" and cls is TierModel:
-            raise ModelError(f"{directory}: task 'detection': load detectors with fleetloop_core.detection.DetectorModel "
-                             f"(or detection.load_model, which picks by task)")
+            raise ModelError(
+                f"{directory}: task 'detection': load detectors with fleetloop_core.detection.DetectorModel "
+                f"(or detection.load_model, which picks by task)"
+            )
         verify_files(manifest, directory)
         model_path = directory / manifest.model_file.path
         chosen = choose_providers(providers, ort.get_available_providers())
@@ -134,7 +142,9 @@ class TierModel:
         trt_cache = cache_dir or str(directory / ".trt-cache")
         try:
             session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=chosen,
+                str(model_path),
+                sess_options=options,
+                providers=chosen,
                 provider_options=[provider_options(p, trt_cache) for p in chosen],
             )
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
@@ -142,8 +152,14 @@ class TierModel:
         model = cls(manifest, directory, session)
         model._check_graph(model_path)
         in_use = model.providers
-        log.info("%s %s (%s): providers requested %s, in use %s", manifest.name, manifest.version,
-                 manifest.tier, chosen, in_use)
+        log.info(
+            "%s %s (%s): providers requested %s, in use %s",
+            manifest.name,
+            manifest.version,
+            manifest.tier,
+            chosen,
+            in_use,
+        )
         shortfall = provider_shortfall(providers, ort.get_available_providers(), in_use)
         if shortfall:
             log.warning("%s %s: %s", manifest.name, manifest.version, shortfall)
@@ -189,8 +205,11 @@ class TierModel:
 
     def run(self, model_input: np.ndarray) -> TierOutputs:
         """Return outputs for an already preprocessed batch; InputError on shape or dtype mismatch."""
-        if model_input.dtype != self._expected_dtype or model_input.shape[1:] != self._expected_tail \
-                or model_input.ndim != 4:
+        if (
+            model_input.dtype != self._expected_dtype
+            or model_input.shape[1:] != self._expected_tail
+            or model_input.ndim != 4
+        ):
             raise InputError(
                 f"{self.manifest.name}: expected input (N, {', '.join(map(str, self._expected_tail))}) "
                 f"{self._expected_dtype}, got {tuple(model_input.shape)} {model_input.dtype}"
@@ -209,14 +228,18 @@ class TierModel:
         start = time.perf_counter()
         outputs = self.session.run(self._output_names, {self.input_name: model_input})
         latency = time.perf_counter() - start
-        return TierOutputs(outputs[0], outputs[1] if self._has_embedding else None,
-                           outputs[-1] if self._has_uncertainty else None, latency)
+        return TierOutputs(
+            outputs[0],
+            outputs[1] if self._has_embedding else None,
+            outputs[-1] if self._has_uncertainty else None,
+            latency,
+        )
 
     def infer_batch(self, frames: np.ndarray, color_order: str = "RGB", batch_size: int = 256) -> TierOutputs:
         """Return outputs for many frames, run in batches of ``batch_size``."""
         probs, embeddings, uncertainties, total = [], [], [], 0.0
         for start in range(0, len(frames), batch_size):
-            out = self.run(self.preprocessor.batch(frames[start:start + batch_size], color_order))
+            out = self.run(self.preprocessor.batch(frames[start : start + batch_size], color_order))
             probs.append(out.probs)
             total += out.latency_s
             if out.embedding is not None:
@@ -229,5 +252,3 @@ class TierModel:
             np.concatenate(uncertainties) if uncertainties else None,
             total,
         )
-
-

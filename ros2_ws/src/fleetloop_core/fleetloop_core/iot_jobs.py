@@ -35,9 +35,20 @@ _KEY = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _KEY_BAD = re.compile(r"[^a-zA-Z0-9:_-]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # the error codes of the Jobs MQTT API reference ("Jobs device MQTT API", error responses)
-ERROR_CODES = frozenset({"InvalidTopic", "InvalidJson", "InvalidRequest", "InvalidStateTransition", "ResourceNotFound",
-                         "VersionMismatch", "InternalError", "RequestThrottled", "TerminalStateReached"})
-NEXT = "$next"      # the job id DescribeJobExecution accepts for "the next pending execution"
+ERROR_CODES = frozenset(
+    {
+        "InvalidTopic",
+        "InvalidJson",
+        "InvalidRequest",
+        "InvalidStateTransition",
+        "ResourceNotFound",
+        "VersionMismatch",
+        "InternalError",
+        "RequestThrottled",
+        "TerminalStateReached",
+    }
+)
+NEXT = "$next"  # the job id DescribeJobExecution accepts for "the next pending execution"
 
 
 def jobs_topic(thing: str, suffix: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -69,9 +80,18 @@ def describe_topic(thing: str, job_id: str, prefix: str = DEFAULT_PREFIX) -> str
 
 def device_subscriptions(thing: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
     """Return the topics a device subscribes to: notify-next and the answers to its requests."""
-    return [jobs_topic(thing, suffix, prefix) for suffix in (
-        "notify-next", "start-next/accepted", "start-next/rejected", "+/update/accepted", "+/update/rejected",
-        "+/get/accepted", "+/get/rejected")]
+    return [
+        jobs_topic(thing, suffix, prefix)
+        for suffix in (
+            "notify-next",
+            "start-next/accepted",
+            "start-next/rejected",
+            "+/update/accepted",
+            "+/update/rejected",
+            "+/get/accepted",
+            "+/get/rejected",
+        )
+    ]
 
 
 def service_subscriptions(prefix: str = DEFAULT_PREFIX) -> list[str]:
@@ -84,7 +104,7 @@ def parse_jobs_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> tuple[str, lis
     head = f"{prefix}/things/"
     if not topic.startswith(head):
         raise ValueError(f"{topic}: not under {head}")
-    parts = topic[len(head):].split("/")
+    parts = topic[len(head) :].split("/")
     if len(parts) < 3 or parts[1] != "jobs":
         raise ValueError(f"{topic}: not a jobs topic")
     return parts[0], parts[2:]
@@ -126,8 +146,9 @@ def status_details_problem(details: Any) -> str | None:
 
 
 # ------------------------------------------------------------------------------ device → service
-def start_next_request(client_token: str, details: dict[str, Any] | None = None,
-                       step_timeout_min: int | None = None) -> dict[str, Any]:
+def start_next_request(
+    client_token: str, details: dict[str, Any] | None = None, step_timeout_min: int | None = None
+) -> dict[str, Any]:
     """Return a StartNextPendingJobExecution request."""
     request: dict[str, Any] = {"clientToken": client_token}
     if details:
@@ -137,8 +158,9 @@ def start_next_request(client_token: str, details: dict[str, Any] | None = None,
     return request
 
 
-def describe_request(client_token: str, execution_number: int | None = None,
-                     include_job_document: bool = True) -> dict[str, Any]:
+def describe_request(
+    client_token: str, execution_number: int | None = None, include_job_document: bool = True
+) -> dict[str, Any]:
     """Return a DescribeJobExecution request."""
     request: dict[str, Any] = {"clientToken": client_token, "includeJobDocument": include_job_document}
     if execution_number is not None:
@@ -146,14 +168,22 @@ def describe_request(client_token: str, execution_number: int | None = None,
     return request
 
 
-def update_request(status: str, client_token: str, details: dict[str, Any] | None = None,
-                   expected_version: int | None = None, execution_number: int | None = None) -> dict[str, Any]:
+def update_request(
+    status: str,
+    client_token: str,
+    details: dict[str, Any] | None = None,
+    expected_version: int | None = None,
+    execution_number: int | None = None,
+) -> dict[str, Any]:
     """Return an UpdateJobExecution request (status IN_PROGRESS, SUCCEEDED, FAILED or REJECTED)."""
     if status not in DEVICE_STATUSES:
         raise ValueError(f"status {status!r} is not one a device may set ({sorted(DEVICE_STATUSES)})")
-    request: dict[str, Any] = {"status": status, "clientToken": client_token,
-                               "statusDetails": status_details(details or {}),
-                               "includeJobExecutionState": True}
+    request: dict[str, Any] = {
+        "status": status,
+        "clientToken": client_token,
+        "statusDetails": status_details(details or {}),
+        "includeJobExecutionState": True,
+    }
     if expected_version is not None:
         request["expectedVersion"] = int(expected_version)
     if execution_number is not None:
@@ -162,13 +192,29 @@ def update_request(status: str, client_token: str, details: dict[str, Any] | Non
 
 
 # ------------------------------------------------------------------------------ service → device
-def execution_data(thing: str, job_id: str, document: dict[str, Any], status: str, version_number: int,
-                   execution_number: int, queued_at: int, started_at: int | None, last_updated_at: int,
-                   details: dict[str, str] | None = None) -> dict[str, Any]:
+def execution_data(
+    thing: str,
+    job_id: str,
+    document: dict[str, Any],
+    status: str,
+    version_number: int,
+    execution_number: int,
+    queued_at: int,
+    started_at: int | None,
+    last_updated_at: int,
+    details: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Return a JobExecutionData object."""
-    data: dict[str, Any] = {"jobId": job_id, "thingName": thing, "jobDocument": document, "status": status,
-                            "queuedAt": queued_at, "lastUpdatedAt": last_updated_at,
-                            "versionNumber": version_number, "executionNumber": execution_number}
+    data: dict[str, Any] = {
+        "jobId": job_id,
+        "thingName": thing,
+        "jobDocument": document,
+        "status": status,
+        "queuedAt": queued_at,
+        "lastUpdatedAt": last_updated_at,
+        "versionNumber": version_number,
+        "executionNumber": execution_number,
+    }
     if started_at is not None:
         data["startedAt"] = started_at
     if details:
@@ -176,8 +222,9 @@ def execution_data(thing: str, job_id: str, document: dict[str, Any], status: st
     return data
 
 
-def error_response(code: str, message: str, client_token: str | None = None,
-                   execution_state: dict[str, Any] | None = None) -> dict[str, Any]:
+def error_response(
+    code: str, message: str, client_token: str | None = None, execution_state: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Return a ``.../rejected`` payload (code: one of ERROR_CODES)."""
     if code not in ERROR_CODES:
         raise ValueError(f"{code!r} is not an IoT Jobs error code")

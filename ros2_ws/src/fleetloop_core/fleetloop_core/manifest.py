@@ -35,9 +35,9 @@ class InputSpec(_Strict):
     dtype: Literal["uint8", "float32"]
     layout: Literal["NHWC", "NCHW"]
     color_order: Literal["RGB", "BGR", "GRAY"]
-    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])   # on 0..1 pixel values
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])  # on 0..1 pixel values
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
-    normalisation_in_graph: bool = False    # True: feed raw uint8 pixels, the graph normalises
+    normalisation_in_graph: bool = False  # True: feed raw uint8 pixels, the graph normalises
     resize: Literal["area", "linear"] = "area"
 
     @model_validator(mode="after")
@@ -68,7 +68,7 @@ class OutputSpec(_Strict):
 
     probs: str = "probs"
     embedding: Optional[str] = "embedding"
-    embedding_normalised: bool = False      # True: the graph already outputs unit-length embeddings
+    embedding_normalised: bool = False  # True: the graph already outputs unit-length embeddings
     uncertainty: Optional[str] = None
 
 
@@ -84,18 +84,18 @@ class DetectionSpec(_Strict):
     """
 
     layout: Literal["yolo", "boxes_scores"]
-    output: str = "output0"                           # yolo: the single output
-    boxes: str = "boxes"                              # boxes_scores: box output
-    scores: str = "scores"                            # boxes_scores: score output
-    labels_output: Optional[str] = None               # boxes_scores with (N, A) scores: class ids
-    box_format: Literal["xyxy", "cxcywh"] = "xyxy"    # boxes_scores only; yolo is always cxcywh
-    normalised: bool = False                          # coordinates in [0, 1] of the input size
+    output: str = "output0"  # yolo: the single output
+    boxes: str = "boxes"  # boxes_scores: box output
+    scores: str = "scores"  # boxes_scores: score output
+    labels_output: Optional[str] = None  # boxes_scores with (N, A) scores: class ids
+    box_format: Literal["xyxy", "cxcywh"] = "xyxy"  # boxes_scores only; yolo is always cxcywh
+    normalised: bool = False  # coordinates in [0, 1] of the input size
     scores_activated: bool = True
-    embedding: Optional[str] = None                   # unit-length image embedding, if exported
-    score_threshold: float = Field(default=0.3, ge=0.0, le=1.0)   # boxes below are dropped
-    nms_iou: float = Field(default=0.5, gt=0.0, le=1.0)           # per-class NMS overlap
+    embedding: Optional[str] = None  # unit-length image embedding, if exported
+    score_threshold: float = Field(default=0.3, ge=0.0, le=1.0)  # boxes below are dropped
+    nms_iou: float = Field(default=0.5, gt=0.0, le=1.0)  # per-class NMS overlap
     max_detections: int = Field(default=100, ge=1)
-    letterbox: bool = True                            # keep aspect ratio, pad (else stretch)
+    letterbox: bool = True  # keep aspect ratio, pad (else stretch)
     pad_value: int = Field(default=114, ge=0, le=255)
 
 
@@ -135,7 +135,7 @@ class Manifest(_Strict):
     metrics: dict[str, Any] = Field(default_factory=dict)
     created: str = ""
     signature: Optional[Signature] = None
-    detection: Optional[DetectionSpec] = None    # task: detection only (output layout and decoding)
+    detection: Optional[DetectionSpec] = None  # task: detection only (output layout and decoding)
 
     @model_validator(mode="after")
     def _check(self) -> "Manifest":
@@ -181,8 +181,9 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def file_entry(path: str | Path, base: str | Path, role: str = "model") -> FileEntry:
     """Return the FileEntry (relative path, sha256, size) of a file inside ``base``."""
     path = Path(path)
-    return FileEntry(path=str(path.relative_to(base)), role=role, sha256=sha256_file(path),
-                     size_bytes=path.stat().st_size)
+    return FileEntry(
+        path=str(path.relative_to(base)), role=role, sha256=sha256_file(path), size_bytes=path.stat().st_size
+    )
 
 
 def _format(exc: ValidationError, where: Path) -> str:

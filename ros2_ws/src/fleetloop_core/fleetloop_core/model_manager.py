@@ -37,8 +37,14 @@ from fleetloop_core.cascade import Cascade, FrameResult
 from fleetloop_core.config import ConfigModel, load_config, validate
 from fleetloop_core.errors import FleetLoopError, InputError, ModelError
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
-from fleetloop_core.model_store import (IncompatibleModel, ModelStore, ModelStoreConfig, PackageLocation,
-                                        PackageMismatch, StoreFull)
+from fleetloop_core.model_store import (
+    IncompatibleModel,
+    ModelStore,
+    ModelStoreConfig,
+    PackageLocation,
+    PackageMismatch,
+    StoreFull,
+)
 from fleetloop_core.signing import SignatureError, verify_package
 from fleetloop_core.store import StoreError
 from fleetloop_core.tasks import ModelRun, Task, load_model, task_of
@@ -56,46 +62,46 @@ class ShadowConfig(ConfigModel):
     """Thresholds the candidate must meet on the ring buffer's frames before it may serve."""
 
     enabled: bool = True
-    min_frames: int = Field(default=8, ge=1)              # fewer buffered frames: wait, then fail
-    frame_wait_s: float = Field(default=10.0, ge=0.0)     # how long to wait for min_frames
-    min_agreement: float = Field(default=0.7, ge=0.0, le=1.0)   # top-1 agreement with the current model ...
+    min_frames: int = Field(default=8, ge=1)  # fewer buffered frames: wait, then fail
+    frame_wait_s: float = Field(default=10.0, ge=0.0)  # how long to wait for min_frames
+    min_agreement: float = Field(default=0.7, ge=0.0, le=1.0)  # top-1 agreement with the current model ...
     # ... on the frames where the current model's top probability is at least this (0: every frame). A
     # better model disagrees where the old one was unsure; disagreeing where it was sure is the red flag.
     # Fewer than min_frames such frames: too little evidence, the agreement check passes (figure reported).
     agreement_min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
-    max_latency_p99_ms: float = Field(default=50.0, gt=0.0)     # candidate p99, batch 1, absolute
+    max_latency_p99_ms: float = Field(default=50.0, gt=0.0)  # candidate p99, batch 1, absolute
     # systematic slow-down: candidate median / current median on the same frames (medians, because
     # with K frames a p99 is one scheduler hiccup away from anything) ...
     max_latency_ratio: float = Field(default=3.0, gt=0.0)
-    latency_floor_ms: float = Field(default=5.0, ge=0.0)        # ... only enforced above this (noise)
-    constant_tolerance: float = Field(default=1e-6, ge=0.0)     # max |p - mean p| under which output is constant
+    latency_floor_ms: float = Field(default=5.0, ge=0.0)  # ... only enforced above this (noise)
+    constant_tolerance: float = Field(default=1e-6, ge=0.0)  # max |p - mean p| under which output is constant
     min_confidence_ratio: float = Field(default=0.5, ge=0.0, le=1.0)  # candidate / current mean confidence, same frames
-    pace_s: float = Field(default=0.002, ge=0.0)          # pause between frames: the check yields to serving
+    pace_s: float = Field(default=0.002, ge=0.0)  # pause between frames: the check yields to serving
 
 
 class WatchdogConfig(ConfigModel):
     """Limits after a swap; crossing one rolls back to the previous model at once."""
 
     enabled: bool = True
-    window_frames: int = Field(default=50, ge=1)          # the watch ends after this many frames ...
-    window_s: float = Field(default=30.0, gt=0.0)         # ... or this many seconds, whichever first
-    min_frames: int = Field(default=10, ge=1)             # frames before rates are judged
-    max_latency_ms: float = Field(default=50.0, gt=0.0)   # p95 of the swapped tier's latency
-    max_latency_ratio: float = Field(default=3.0, gt=0.0) # median latency / median before the swap ...
+    window_frames: int = Field(default=50, ge=1)  # the watch ends after this many frames ...
+    window_s: float = Field(default=30.0, gt=0.0)  # ... or this many seconds, whichever first
+    min_frames: int = Field(default=10, ge=1)  # frames before rates are judged
+    max_latency_ms: float = Field(default=50.0, gt=0.0)  # p95 of the swapped tier's latency
+    max_latency_ratio: float = Field(default=3.0, gt=0.0)  # median latency / median before the swap ...
     latency_floor_ms: float = Field(default=5.0, ge=0.0)  # ... only enforced above this
     # mean confidence after the swap / the candidate's own mean confidence in its shadow check
     # (without a shadow check: / the previous model's mean confidence before the swap)
     min_confidence_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
     # confidence depends on the scene (a stretch of background, one item): judged only over this many frames
     confidence_min_frames: int = Field(default=100, ge=1)
-    max_error_rate: float = Field(default=0.1, ge=0.0, le=1.0)        # errors and non-finite outputs
+    max_error_rate: float = Field(default=0.1, ge=0.0, le=1.0)  # errors and non-finite outputs
 
 
 class ModelManagerConfig(ConfigModel):
     """Everything the model manager needs (config/model_manager.yaml, section model_manager)."""
 
     store: ModelStoreConfig = Field(default_factory=ModelStoreConfig)
-    ring_buffer_frames: int = Field(default=32, ge=1)     # K frames kept for the shadow check ...
+    ring_buffer_frames: int = Field(default=32, ge=1)  # K frames kept for the shadow check ...
     # ... one of every this many frames: K consecutive camera frames are one scene (a track, a stretch of
     # background); spread over K x stride frames they are a fair sample of what the robot sees
     ring_stride_frames: int = Field(default=1, ge=1)
@@ -105,7 +111,7 @@ class ModelManagerConfig(ConfigModel):
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     events_kept: int = Field(default=200, ge=1)
-    jobs_kept: int = Field(default=200, ge=1)             # job outcomes remembered (duplicate detection)
+    jobs_kept: int = Field(default=200, ge=1)  # job outcomes remembered (duplicate detection)
     # The serving thread and the job thread (download, load, warm-up, shadow check) share the GIL.
     # With Python's default 5 ms switch interval a frame can wait that long behind the job thread's
     # Python code; the manager sets the process's switch interval to this (seconds; None: leave it).
@@ -166,8 +172,9 @@ def parse_job_document(data: Any, job_id: str = "<job>") -> JobDocument:
     if ignored:
         log.info("job %s: ignoring jobDocument keys outside FleetLoop's operation: %s", job_id, ", ".join(ignored))
     try:
-        return validate(JobDocument, {k: v for k, v in data.items() if k in ours}, source=f"job {job_id}",
-                        prefix="jobDocument")
+        return validate(
+            JobDocument, {k: v for k, v in data.items() if k in ours}, source=f"job {job_id}", prefix="jobDocument"
+        )
     except FleetLoopError as exc:
         raise JobRejected(str(exc)) from None
 
@@ -180,7 +187,7 @@ class JobOutcome:
     status: Status
     reason: str
     role: Optional[str] = None
-    version: Optional[str] = None        # the version serving that role after the job
+    version: Optional[str] = None  # the version serving that role after the job
     details: dict[str, str] = field(default_factory=dict)
 
     def status_details(self) -> dict[str, str]:
@@ -202,7 +209,7 @@ class ModelEvent:
     """One transition: stamp (unix seconds), kind, role, versions, job and detail."""
 
     stamp: float
-    kind: str                 # job_received, duplicate_job, already_serving, downloading, installed,
+    kind: str  # job_received, duplicate_job, already_serving, downloading, installed,
     #                           rejected, loaded, shadow_passed, shadow_failed, swapped, watch_passed,
     #                           rolled_back, failed
     role: Optional[str] = None
@@ -244,9 +251,14 @@ class ShadowReport:
     figures: dict[str, float]
 
 
-def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, current_latency_s: Sequence[float],
-                   candidate_latency_s: Sequence[float], config: ShadowConfig,
-                   agreed: np.ndarray | None = None) -> ShadowReport:
+def shadow_verdict(
+    current_probs: np.ndarray,
+    candidate_probs: np.ndarray,
+    current_latency_s: Sequence[float],
+    candidate_latency_s: Sequence[float],
+    config: ShadowConfig,
+    agreed: np.ndarray | None = None,
+) -> ShadowReport:
     """Return whether the candidate may serve, judged on the same frames as the current model.
 
     ``*_probs`` are (N, K) frame-level scores in [0, 1] (a classifier's probabilities; a detector's
@@ -274,33 +286,55 @@ def shadow_verdict(current_probs: np.ndarray, candidate_probs: np.ndarray, curre
     if non_finite:
         reasons.append(f"non-finite outputs (NaN/inf) on {non_finite} of {frames} frames")
     elif spread_candidate <= config.constant_tolerance < spread_current:
-        reasons.append(f"constant output: probabilities vary by {spread_candidate:.2g} over {frames} frames "
-                       f"(current model: {spread_current:.2g})")
-    if judged and agreement < config.min_agreement and \
-            (config.agreement_min_confidence <= 0 or judged >= config.min_frames):
-        where = f" on the {judged} frames it was sure of (>= {config.agreement_min_confidence})" \
-            if config.agreement_min_confidence > 0 else ""
+        reasons.append(
+            f"constant output: probabilities vary by {spread_candidate:.2g} over {frames} frames "
+            f"(current model: {spread_current:.2g})"
+        )
+    if (
+        judged
+        and agreement < config.min_agreement
+        and (config.agreement_min_confidence <= 0 or judged >= config.min_frames)
+    ):
+        where = (
+            f" on the {judged} frames it was sure of (>= {config.agreement_min_confidence})"
+            if config.agreement_min_confidence > 0
+            else ""
+        )
         reasons.append(f"agreement {agreement:.3f} with the current model{where} is below {config.min_agreement}")
     confidence = float(candidate_probs[finite].max(axis=1).mean()) if finite.any() else float("nan")
     current_confidence = float(current_probs.max(axis=1).mean())
     if confidence < config.min_confidence_ratio * current_confidence:
-        reasons.append(f"mean confidence {confidence:.3f} is below {config.min_confidence_ratio} x the current "
-                       f"model's {current_confidence:.3f} on the same frames")
+        reasons.append(
+            f"mean confidence {confidence:.3f} is below {config.min_confidence_ratio} x the current "
+            f"model's {current_confidence:.3f} on the same frames"
+        )
     # the absolute budget judges the candidate only when the serving model meets it on the same frames,
     # in the same thread: otherwise the CPU is busy and the median ratio below is the fair test
     if p99_candidate > config.max_latency_p99_ms >= p99_current:
-        reasons.append(f"latency p99 {p99_candidate:.2f} ms is above {config.max_latency_p99_ms} ms "
-                       f"(current model: {p99_current:.2f} ms on the same frames)")
+        reasons.append(
+            f"latency p99 {p99_candidate:.2f} ms is above {config.max_latency_p99_ms} ms "
+            f"(current model: {p99_current:.2f} ms on the same frames)"
+        )
     ratio_limit = max(config.max_latency_ratio * p50_current, config.latency_floor_ms)
     if p50_candidate > ratio_limit:
-        reasons.append(f"median latency {p50_candidate:.2f} ms is above {ratio_limit:.2f} ms "
-                       f"({config.max_latency_ratio} x the current model's {p50_current:.2f} ms)")
-    figures = {"frames": float(frames), "agreement": agreement_all, "latency_p99_ms": p99_candidate,
-               "latency_p50_ms": p50_candidate, "current_latency_p99_ms": p99_current,
-               "current_latency_p50_ms": p50_current, "non_finite_frames": float(non_finite),
-               "output_spread": spread_candidate,
-               "confidence_mean": confidence, "current_confidence_mean": current_confidence,
-               "agreement_where_sure": agreement, "agreement_frames": float(judged)}
+        reasons.append(
+            f"median latency {p50_candidate:.2f} ms is above {ratio_limit:.2f} ms "
+            f"({config.max_latency_ratio} x the current model's {p50_current:.2f} ms)"
+        )
+    figures = {
+        "frames": float(frames),
+        "agreement": agreement_all,
+        "latency_p99_ms": p99_candidate,
+        "latency_p50_ms": p50_candidate,
+        "current_latency_p99_ms": p99_current,
+        "current_latency_p50_ms": p50_current,
+        "non_finite_frames": float(non_finite),
+        "output_spread": spread_candidate,
+        "confidence_mean": confidence,
+        "current_confidence_mean": current_confidence,
+        "agreement_where_sure": agreement,
+        "agreement_frames": float(judged),
+    }
     return ShadowReport(not reasons, reasons, figures)
 
 
@@ -314,8 +348,13 @@ class WatchStats:
     frames: int = 0
 
 
-def watchdog_verdict(stats: WatchStats, baseline_latency_s: float, baseline_confidence: float,
-                     config: WatchdogConfig, baseline_p95_s: float = float("nan")) -> str | None:
+def watchdog_verdict(
+    stats: WatchStats,
+    baseline_latency_s: float,
+    baseline_confidence: float,
+    config: WatchdogConfig,
+    baseline_p95_s: float = float("nan"),
+) -> str | None:
     """Return why the new model must be rolled back, or None while it behaves.
 
     ``baseline_*`` are the median latency (s) and p95 latency (s) of the previous model before the swap
@@ -337,12 +376,17 @@ def watchdog_verdict(stats: WatchStats, baseline_latency_s: float, baseline_conf
         limit = max(config.max_latency_ratio * baseline_latency_s * 1000.0, config.latency_floor_ms)
         if math.isfinite(baseline_latency_s) and median_ms > limit:
             return f"median latency {median_ms:.2f} ms is above {limit:.2f} ms ({config.max_latency_ratio} x before)"
-    if len(stats.confidences) >= config.confidence_min_frames and baseline_confidence > 0 \
-            and math.isfinite(baseline_confidence):
+    if (
+        len(stats.confidences) >= config.confidence_min_frames
+        and baseline_confidence > 0
+        and math.isfinite(baseline_confidence)
+    ):
         mean = float(np.mean(stats.confidences))
         if mean < config.min_confidence_ratio * baseline_confidence:
-            return (f"confidence collapsed: mean {mean:.3f} is below {config.min_confidence_ratio} x "
-                    f"{baseline_confidence:.3f} expected")
+            return (
+                f"confidence collapsed: mean {mean:.3f} is below {config.min_confidence_ratio} x "
+                f"{baseline_confidence:.3f} expected"
+            )
     return None
 
 
@@ -372,7 +416,7 @@ def _lower_priority(nice: int) -> None:
     try:
         thread_id = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, thread_id, min(19, os.getpriority(os.PRIO_PROCESS, thread_id) + nice))
-    except (AttributeError, OSError) as exc:   # not Linux, or not allowed: run at normal priority
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed: run at normal priority
         log.debug("model manager: cannot lower the job thread's priority (%s)", exc)
 
 
@@ -383,20 +427,27 @@ Loader = Callable[..., TierModel]
 class ModelManager:
     """Owns the serving models of one cascade and every change to them."""
 
-    def __init__(self, cascade: Cascade, store: ModelStore, config: ModelManagerConfig | None = None,
-                 loader: Loader = load_model, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        cascade: Cascade,
+        store: ModelStore,
+        config: ModelManagerConfig | None = None,
+        loader: Loader = load_model,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.cascade = cascade
         self.store = store
         self.config = config or ModelManagerConfig()
         self._loader = loader
         self._clock = clock
-        self._lock = threading.RLock()             # state, ring, watch
-        self._apply_lock = threading.Lock()        # one job at a time
-        self._save_lock = threading.Lock()         # one writer of state.json
+        self._lock = threading.RLock()  # state, ring, watch
+        self._apply_lock = threading.Lock()  # one job at a time
+        self._save_lock = threading.Lock()  # one writer of state.json
         self._ring: deque[np.ndarray] = deque(maxlen=self.config.ring_buffer_frames)
         self._ring_seen = 0
         self._recent: dict[str, deque[tuple[float, float]]] = {
-            role: deque(maxlen=max(self.config.ring_buffer_frames, 32)) for role in ("edge", "escalation")}
+            role: deque(maxlen=max(self.config.ring_buffer_frames, 32)) for role in ("edge", "escalation")
+        }
         self._frames_seen = threading.Condition(self._lock)
         self._watch: Optional[_Watch] = None
         self._role_state: dict[str, str] = {"edge": "serving", "escalation": "serving"}
@@ -406,7 +457,7 @@ class ModelManager:
         self._in_flight: dict[str, Future] = {}
         self._last_outcome: Optional[JobOutcome] = None
         if self.config.gil_switch_interval_s is not None:
-            sys.setswitchinterval(self.config.gil_switch_interval_s)     # process-wide, see the config
+            sys.setswitchinterval(self.config.gil_switch_interval_s)  # process-wide, see the config
         state = store.load_state()
         self._jobs: dict[str, dict[str, Any]] = dict(state.get("jobs", {}))
         self._history: dict[str, list[dict[str, str]]] = {k: list(v) for k, v in state.get("history", {}).items()}
@@ -420,14 +471,29 @@ class ModelManager:
         """Call ``listener(event)`` for every future transition."""
         self._listeners.append(listener)
 
-    def _emit(self, kind: str, role: str | None = None, version: str | None = None,
-              previous_version: str | None = None, job_id: str | None = None, detail: str = "",
-              figures: dict[str, float] | None = None) -> ModelEvent:
+    def _emit(
+        self,
+        kind: str,
+        role: str | None = None,
+        version: str | None = None,
+        previous_version: str | None = None,
+        job_id: str | None = None,
+        detail: str = "",
+        figures: dict[str, float] | None = None,
+    ) -> ModelEvent:
         event = ModelEvent(time.time(), kind, role, version, previous_version, job_id, detail, dict(figures or {}))
         self._events.append(event)
         level = logging.WARNING if kind in ("rejected", "shadow_failed", "rolled_back", "failed") else logging.INFO
-        log.log(level, "model %s: role=%s version=%s previous=%s job=%s %s", kind, role, version,
-                previous_version, job_id, detail)
+        log.log(
+            level,
+            "model %s: role=%s version=%s previous=%s job=%s %s",
+            kind,
+            role,
+            version,
+            previous_version,
+            job_id,
+            detail,
+        )
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -445,14 +511,24 @@ class ModelManager:
             watch = self._watch
             watching = None
             if watch is not None and not watch.done.is_set():
-                watching = {"job_id": watch.job_id, "role": watch.role, "version": watch.version,
-                            "frames": watch.stats.frames, "errors": watch.stats.errors}
+                watching = {
+                    "job_id": watch.job_id,
+                    "role": watch.role,
+                    "version": watch.version,
+                    "frames": watch.stats.frames,
+                    "errors": watch.stats.errors,
+                }
             return ManagerStatus(
-                serving={role: m.version for role, m in (("edge", self.cascade.edge),
-                                                         ("escalation", self.cascade.escalation)) if m is not None},
-                state=dict(self._role_state), watching=watching,
+                serving={
+                    role: m.version
+                    for role, m in (("edge", self.cascade.edge), ("escalation", self.cascade.escalation))
+                    if m is not None
+                },
+                state=dict(self._role_state),
+                watching=watching,
                 last_outcome=self._last_outcome.to_dict() if self._last_outcome else None,
-                events=len(self._events))
+                events=len(self._events),
+            )
 
     def _model(self, role: str) -> TierModel | None:
         return self.cascade.edge if role == "edge" else self.cascade.escalation
@@ -462,15 +538,17 @@ class ModelManager:
         entry = {"name": model.manifest.name, "version": model.version}
         if not history or history[-1] != entry:
             history.append(entry)
-        del history[:-max(self.config.store.keep_versions, 2) * 2]
+        del history[: -max(self.config.store.keep_versions, 2) * 2]
 
     def _save_state(self) -> None:
         with self._lock:
-            jobs = dict(list(self._jobs.items())[-self.config.jobs_kept:])
+            jobs = dict(list(self._jobs.items())[-self.config.jobs_kept :])
             self._jobs = jobs
-            serving = {role: {"name": m.manifest.name, "version": m.version}
-                       for role, m in (("edge", self.cascade.edge), ("escalation", self.cascade.escalation))
-                       if m is not None}
+            serving = {
+                role: {"name": m.manifest.name, "version": m.version}
+                for role, m in (("edge", self.cascade.edge), ("escalation", self.cascade.escalation))
+                if m is not None
+            }
             history = {role: [dict(e) for e in entries] for role, entries in self._history.items()}
             state = {"serving": serving, "history": history, "jobs": jobs}
         with self._save_lock:
@@ -479,7 +557,7 @@ class ModelManager:
     def _protected(self) -> set[tuple[str, str]]:
         """Return the (name, version) pairs pruning must keep: serving and the rollback targets."""
         keep: set[tuple[str, str]] = set()
-        for role, history in self._history.items():
+        for history in self._history.values():
             for entry in history[-2:]:
                 keep.add((entry["name"], entry["version"]))
         return keep
@@ -490,7 +568,7 @@ class ModelManager:
         try:
             result = self.cascade.infer(frame, stream, color_order)
         except InputError:
-            raise                       # a bad frame is the caller's problem, not the model's
+            raise  # a bad frame is the caller's problem, not the model's
         except Exception as exc:
             self.observe(frame, None, error=exc)
             raise
@@ -527,13 +605,20 @@ class ModelManager:
                         confidence = watch.task.served_confidence(result, watch.tier)
                         if confidence is not None:
                             stats.confidences.append(confidence)
-                verdict = watchdog_verdict(stats, watch.baseline_latency_s, watch.baseline_confidence,
-                                           self.config.watchdog, watch.baseline_p95_s)
+                verdict = watchdog_verdict(
+                    stats,
+                    watch.baseline_latency_s,
+                    watch.baseline_confidence,
+                    self.config.watchdog,
+                    watch.baseline_p95_s,
+                )
                 if verdict is not None:
                     watch.verdict = verdict
                     rollback = watch
-                elif stats.frames >= self.config.watchdog.window_frames or \
-                        self._clock() - watch.started >= self.config.watchdog.window_s:
+                elif (
+                    stats.frames >= self.config.watchdog.window_frames
+                    or self._clock() - watch.started >= self.config.watchdog.window_s
+                ):
                     finished = watch
         # listeners run outside the lock: a slow one must not hold up the job thread
         if finished is not None:
@@ -550,8 +635,15 @@ class ModelManager:
             if watch.stats.latencies_s:
                 figures["watch_latency_p95_ms"] = _percentile(watch.stats.latencies_s, 95) * 1000.0
             watch.done.set()
-        self._emit("watch_passed", watch.role, watch.version, watch.previous.version, watch.job_id,
-                   f"{watch.stats.frames} frames without crossing a limit", figures)
+        self._emit(
+            "watch_passed",
+            watch.role,
+            watch.version,
+            watch.previous.version,
+            watch.job_id,
+            f"{watch.stats.frames} frames without crossing a limit",
+            figures,
+        )
 
     def _roll_back_watch(self, watch: _Watch, reason: str) -> None:
         with self._lock:
@@ -559,28 +651,37 @@ class ModelManager:
                 return
             current = self._model(watch.role)
             if current is not None and current.version == watch.version:
-                self.cascade.set_model(watch.role, watch.previous)   # instant: the old session is still warm
+                self.cascade.set_model(watch.role, watch.previous)  # instant: the old session is still warm
                 self._remember_serving(watch.role, watch.previous)
             watch.rolled_back_at = self._clock()
             watch.verdict = reason
             self._role_state[watch.role] = "serving"
             watch.done.set()
         # no state write here: this may run on the serving thread; the job's thread saves the state
-        self._emit("rolled_back", watch.role, watch.previous.version, watch.version, watch.job_id, reason,
-                   {"watch_frames": float(watch.stats.frames), "watch_errors": float(watch.stats.errors)})
+        self._emit(
+            "rolled_back",
+            watch.role,
+            watch.previous.version,
+            watch.version,
+            watch.job_id,
+            reason,
+            {"watch_frames": float(watch.stats.frames), "watch_errors": float(watch.stats.errors)},
+        )
 
     def watch_tick(self) -> None:
         """End a watch whose time window has passed even when no frames arrive (call periodically)."""
         with self._lock:
             watch = self._watch
-            due = watch is not None and not watch.done.is_set() and \
-                self._clock() - watch.started >= self.config.watchdog.window_s
+            due = (
+                watch is not None
+                and not watch.done.is_set()
+                and self._clock() - watch.started >= self.config.watchdog.window_s
+            )
         if due:
             self._finish_watch(watch)
 
     # ------------------------------------------------------------------ jobs
-    def submit(self, job_id: str, document: dict[str, Any] | JobDocument,
-               progress: Progress | None = None) -> Future:
+    def submit(self, job_id: str, document: dict[str, Any] | JobDocument, progress: Progress | None = None) -> Future:
         """Run :meth:`apply` on the manager's background thread; the same job id gives the same future."""
         with self._lock:
             future = self._in_flight.get(job_id)
@@ -588,16 +689,20 @@ class ModelManager:
                 self._emit("duplicate_job", job_id=job_id, detail="job is already being applied")
                 return future
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-manager",
-                                                    initializer=_lower_priority,
-                                                    initargs=(self.config.background_nice,))
+                self._executor = ThreadPoolExecutor(
+                    max_workers=1,
+                    thread_name_prefix="model-manager",
+                    initializer=_lower_priority,
+                    initargs=(self.config.background_nice,),
+                )
             future = self._executor.submit(self.apply, job_id, document, progress)
             self._in_flight[job_id] = future
             future.add_done_callback(lambda _f: self._in_flight.pop(job_id, None))
             return future
 
-    def apply(self, job_id: str, document: dict[str, Any] | JobDocument,
-              progress: Progress | None = None) -> JobOutcome:
+    def apply(
+        self, job_id: str, document: dict[str, Any] | JobDocument, progress: Progress | None = None
+    ) -> JobOutcome:
         """Apply one job and return its outcome; a job id seen before returns the stored outcome."""
         with self._apply_lock:
             with self._lock:
@@ -629,32 +734,57 @@ class ModelManager:
             return self.rollback(role, reason=f"job {job_id}", to_version=target, job_id=job_id)
         return self._deploy(job_id, doc, role, progress)
 
-    def _fail(self, job_id: str, status: Status, role: str, reason: str,
-              details: dict[str, Any] | None = None, kind: str = "failed") -> JobOutcome:
+    def _fail(
+        self,
+        job_id: str,
+        status: Status,
+        role: str,
+        reason: str,
+        details: dict[str, Any] | None = None,
+        kind: str = "failed",
+    ) -> JobOutcome:
         current = self._model(role)
         with self._lock:
             self._role_state[role] = "serving"
         self._emit(kind, role, current.version if current else None, job_id=job_id, detail=reason)
-        return JobOutcome(job_id, status, reason, role, current.version if current else None,
-                          {k: str(v) for k, v in (details or {}).items()})
+        return JobOutcome(
+            job_id,
+            status,
+            reason,
+            role,
+            current.version if current else None,
+            {k: str(v) for k, v in (details or {}).items()},
+        )
 
     def _deploy(self, job_id: str, doc: JobDocument, role: str, progress: Progress) -> JobOutcome:
         current = self._model(role)
         wanted = doc.model
         if current is not None and current.version == wanted.version and current.manifest.name == wanted.name:
             self._emit("already_serving", role, current.version, job_id=job_id, detail="no reload")
-            return JobOutcome(job_id, "SUCCEEDED", f"{wanted.name} {wanted.version} is already serving",
-                              role, current.version, {"already_serving": "true"})
+            return JobOutcome(
+                job_id,
+                "SUCCEEDED",
+                f"{wanted.name} {wanted.version} is already serving",
+                role,
+                current.version,
+                {"already_serving": "true"},
+            )
         started = self._clock()
         with self._lock:
             self._role_state[role] = "downloading"
-        self._emit("downloading", role, wanted.version, current.version if current else None, job_id,
-                   doc.package.describe())
+        self._emit(
+            "downloading", role, wanted.version, current.version if current else None, job_id, doc.package.describe()
+        )
         progress("downloading", {"step": "downloading", "version": wanted.version})
         reference = current.manifest if current is not None else None
         try:
-            package = self.store.install(doc.package, serving=reference, expect_name=wanted.name,
-                                         expect_version=wanted.version, protect=self._protected())
+            package = self.store.install(
+                doc.package,
+                serving=reference,
+                expect_name=wanted.name,
+                expect_version=wanted.version,
+                protect=self._protected(),
+            )
             if current is None and list(package.manifest.labels) != list(self.cascade.edge.labels):
                 raise IncompatibleModel(f"package {wanted.name} {wanted.version}: labels differ from the edge tier's")
         except (SignatureError, IncompatibleModel, PackageMismatch, StoreFull, ModelError) as exc:
@@ -662,14 +792,24 @@ class ModelManager:
         except StoreError as exc:
             return self._fail(job_id, "FAILED", role, f"download failed: {exc}")
         self._emit("installed", role, wanted.version, job_id=job_id, detail=str(package.directory))
-        progress("verified", {"step": "verified", "version": wanted.version,
-                              "key_id": package.manifest.signature.key_id if package.manifest.signature else ""})
+        progress(
+            "verified",
+            {
+                "step": "verified",
+                "version": wanted.version,
+                "key_id": package.manifest.signature.key_id if package.manifest.signature else "",
+            },
+        )
 
         with self._lock:
             self._role_state[role] = "warming"
         try:
-            candidate = self._loader(package.directory, providers=self.config.providers,
-                                     intra_op_threads=self.config.intra_op_threads, warmup=self.config.warmup_runs)
+            candidate = self._loader(
+                package.directory,
+                providers=self.config.providers,
+                intra_op_threads=self.config.intra_op_threads,
+                warmup=self.config.warmup_runs,
+            )
         except ModelError as exc:
             return self._fail(job_id, "FAILED", role, f"load failed: {exc}")
         load_s = self._clock() - started
@@ -686,16 +826,16 @@ class ModelManager:
             details.update({f"shadow_{k}": f"{v:.4g}" for k, v in report.figures.items()})
             if not report.passed:
                 reason = "shadow check failed: " + "; ".join(report.reasons)
-                self._emit("shadow_failed", role, candidate.version, job_id=job_id, detail=reason,
-                           figures=report.figures)
+                self._emit(
+                    "shadow_failed", role, candidate.version, job_id=job_id, detail=reason, figures=report.figures
+                )
                 return self._fail(job_id, "FAILED", role, reason, details, kind="failed")
             self._emit("shadow_passed", role, candidate.version, job_id=job_id, figures=report.figures)
             progress("shadow_passed", {"step": "shadow_passed", **{k: v for k, v in details.items()}})
 
         # the watchdog judges a confidence collapse against what the candidate itself showed on the shadow
         # frames: a better-calibrated model is often less confident than its predecessor, which is no fault
-        expected = report.figures.get("confidence_mean", float("nan")) if self.config.shadow.enabled \
-            else float("nan")
+        expected = report.figures.get("confidence_mean", float("nan")) if self.config.shadow.enabled else float("nan")
         watch = self._swap(job_id, role, candidate, expected_confidence=expected)
         swap_s = self._clock() - started
         details["swap_seconds"] = f"{swap_s:.3f}"
@@ -707,12 +847,19 @@ class ModelManager:
             self.watch_tick()
         details.update({"watch_frames": str(watch.stats.frames), "watch_errors": str(watch.stats.errors)})
         if watch.rolled_back_at is not None:
-            return JobOutcome(job_id, "FAILED", f"rolled back to {watch.previous.version}: {watch.verdict}", role,
-                              watch.previous.version, details)
+            return JobOutcome(
+                job_id,
+                "FAILED",
+                f"rolled back to {watch.previous.version}: {watch.verdict}",
+                role,
+                watch.previous.version,
+                details,
+            )
         return JobOutcome(job_id, "SUCCEEDED", f"serving {candidate.version}", role, candidate.version, details)
 
-    def _swap(self, job_id: str, role: str, candidate: TierModel,
-              expected_confidence: float = float("nan")) -> Optional[_Watch]:
+    def _swap(
+        self, job_id: str, role: str, candidate: TierModel, expected_confidence: float = float("nan")
+    ) -> Optional[_Watch]:
         """Swap ``candidate`` in between two frames; return the watch started for it (None: no watchdog).
 
         ``expected_confidence``: the candidate's mean confidence in its shadow check, the watchdog's
@@ -720,17 +867,32 @@ class ModelManager:
         """
         with self._lock:
             recent = list(self._recent[role])
-            previous = self.cascade.set_model(role, candidate)   # atomic between two frames
+            previous = self.cascade.set_model(role, candidate)  # atomic between two frames
             self._recent[role].clear()
             self._remember_serving(role, candidate)
             watch = None
             if previous is not None and self.config.watchdog.enabled:
                 baseline_latency = _percentile([r[0] for r in recent], 50) if recent else float("nan")
-                baseline_confidence = expected_confidence if math.isfinite(expected_confidence) else \
-                    float(np.mean([r[1] for r in recent])) if recent else float("nan")
+                baseline_confidence = (
+                    expected_confidence
+                    if math.isfinite(expected_confidence)
+                    else float(np.mean([r[1] for r in recent]))
+                    if recent
+                    else float("nan")
+                )
                 baseline_p95 = _percentile([r[0] for r in recent], 95) if recent else float("nan")
-                watch = _Watch(job_id, role, candidate.tier, candidate.version, previous, task_of(candidate),
-                               self._clock(), baseline_latency, baseline_confidence, baseline_p95)
+                watch = _Watch(
+                    job_id,
+                    role,
+                    candidate.tier,
+                    candidate.version,
+                    previous,
+                    task_of(candidate),
+                    self._clock(),
+                    baseline_latency,
+                    baseline_confidence,
+                    baseline_p95,
+                )
                 self._watch = watch
                 self._role_state[role] = "watching"
             else:
@@ -754,15 +916,20 @@ class ModelManager:
                 self._frames_seen.wait(timeout=min(0.5, max(0.01, deadline - self._clock())))
             frames = list(self._ring)
         if len(frames) < config.min_frames:
-            return ShadowReport(False, [f"only {len(frames)} frames buffered, the shadow check needs "
-                                        f"{config.min_frames}"], {"frames": float(len(frames))})
+            return ShadowReport(
+                False,
+                [f"only {len(frames)} frames buffered, the shadow check needs {config.min_frames}"],
+                {"frames": float(len(frames))},
+            )
         current = self._model(role)
-        if current is None:                       # nothing to compare with: judge the candidate alone
+        if current is None:  # nothing to compare with: judge the candidate alone
             current = candidate
         task = task_of(candidate)
         if task is not task_of(current):
-            raise ModelError(f"{candidate.manifest.name}: task {candidate.manifest.task} cannot replace "
-                             f"{current.manifest.name} (task {current.manifest.task})")
+            raise ModelError(
+                f"{candidate.manifest.name}: task {candidate.manifest.task} cannot replace "
+                f"{current.manifest.name} (task {current.manifest.task})"
+            )
         ours: list[ModelRun] = []
         theirs: list[ModelRun] = []
         for frame in frames:
@@ -770,34 +937,49 @@ class ModelManager:
             theirs.append(task.run(candidate, frame))
             if config.pace_s:
                 time.sleep(config.pace_s)
-        return shadow_verdict(np.stack([r.scores for r in ours]), np.stack([r.scores for r in theirs]),
-                              [r.latency_s for r in ours], [r.latency_s for r in theirs], config,
-                              np.array([task.agree(a, b) for a, b in zip(ours, theirs)], bool))
+        return shadow_verdict(
+            np.stack([r.scores for r in ours]),
+            np.stack([r.scores for r in theirs]),
+            [r.latency_s for r in ours],
+            [r.latency_s for r in theirs],
+            config,
+            np.array([task.agree(a, b) for a, b in zip(ours, theirs)], bool),
+        )
 
     # ------------------------------------------------------------------ rollback
-    def rollback(self, role: str = "edge", reason: str = "manual", to_version: str | None = None,
-                 job_id: str | None = None) -> JobOutcome:
+    def rollback(
+        self, role: str = "edge", reason: str = "manual", to_version: str | None = None, job_id: str | None = None
+    ) -> JobOutcome:
         """Serve the previous version of ``role`` again (or ``to_version``); return the outcome."""
         job = job_id or f"rollback-{int(time.time() * 1000)}"
         current = self._model(role)
         with self._lock:
             watch = self._watch
-        if watch is not None and watch.role == role and not watch.done.is_set() and \
-                (to_version is None or to_version == watch.previous.version):
+        if (
+            watch is not None
+            and watch.role == role
+            and not watch.done.is_set()
+            and (to_version is None or to_version == watch.previous.version)
+        ):
             self._roll_back_watch(watch, reason)
             self._save_state()
-            return JobOutcome(job, "SUCCEEDED", f"rolled back to {watch.previous.version}: {reason}", role,
-                              watch.previous.version)
+            return JobOutcome(
+                job, "SUCCEEDED", f"rolled back to {watch.previous.version}: {reason}", role, watch.previous.version
+            )
         if current is not None and to_version is not None and current.version == to_version:
             self._emit("already_serving", role, to_version, job_id=job, detail="rollback target is serving")
-            return JobOutcome(job, "SUCCEEDED", f"{to_version} is already serving", role, to_version,
-                              {"already_serving": "true"})
+            return JobOutcome(
+                job, "SUCCEEDED", f"{to_version} is already serving", role, to_version, {"already_serving": "true"}
+            )
         history = [e for e in self._history.get(role, []) if current is None or e["version"] != current.version]
         if to_version is not None:
             history = [e for e in history if e["version"] == to_version]
         if not history:
-            reason_text = f"no earlier version of {role} to roll back to" if to_version is None else \
-                f"version {to_version} of {role} is not in this robot's history"
+            reason_text = (
+                f"no earlier version of {role} to roll back to"
+                if to_version is None
+                else f"version {to_version} of {role} is not in this robot's history"
+            )
             return self._fail(job, "FAILED", role, reason_text)
         target = history[-1]
         package = self.store.get(target["name"], target["version"])
@@ -806,8 +988,12 @@ class ModelManager:
         started = self._clock()
         try:
             verify_package(package.directory, self.store.trusted)
-            model = self._loader(package.directory, providers=self.config.providers,
-                                 intra_op_threads=self.config.intra_op_threads, warmup=self.config.warmup_runs)
+            model = self._loader(
+                package.directory,
+                providers=self.config.providers,
+                intra_op_threads=self.config.intra_op_threads,
+                warmup=self.config.warmup_runs,
+            )
         except ModelError as exc:
             return self._fail(job, "FAILED", role, f"rollback target unusable: {exc}")
         with self._lock:
@@ -816,11 +1002,24 @@ class ModelManager:
             self._remember_serving(role, model)
             self._role_state[role] = "serving"
         seconds = self._clock() - started
-        self._emit("rolled_back", role, model.version, previous.version if previous else None, job, reason,
-                   {"rollback_seconds": seconds})
+        self._emit(
+            "rolled_back",
+            role,
+            model.version,
+            previous.version if previous else None,
+            job,
+            reason,
+            {"rollback_seconds": seconds},
+        )
         self._save_state()
-        return JobOutcome(job, "SUCCEEDED", f"rolled back to {model.version}: {reason}", role, model.version,
-                          {"rollback_seconds": f"{seconds:.3f}"})
+        return JobOutcome(
+            job,
+            "SUCCEEDED",
+            f"rolled back to {model.version}: {reason}",
+            role,
+            model.version,
+            {"rollback_seconds": f"{seconds:.3f}"},
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -845,7 +1044,22 @@ def serving_package_dirs(store: ModelStore) -> dict[str, str]:
     return found
 
 
-__all__ = ["JobDocument", "JobOutcome", "JobRejected", "ManagerStatus", "ModelEvent", "ModelManager",
-           "ModelManagerConfig", "ModelRef", "ShadowConfig", "ShadowReport", "WatchStats", "WatchdogConfig",
-           "load_manager_config", "parse_job_document", "serving_package_dirs", "shadow_verdict",
-           "watchdog_verdict"]
+__all__ = [
+    "JobDocument",
+    "JobOutcome",
+    "JobRejected",
+    "ManagerStatus",
+    "ModelEvent",
+    "ModelManager",
+    "ModelManagerConfig",
+    "ModelRef",
+    "ShadowConfig",
+    "ShadowReport",
+    "WatchStats",
+    "WatchdogConfig",
+    "load_manager_config",
+    "parse_job_document",
+    "serving_package_dirs",
+    "shadow_verdict",
+    "watchdog_verdict",
+]

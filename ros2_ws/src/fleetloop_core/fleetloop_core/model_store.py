@@ -153,8 +153,9 @@ def check_compatible(candidate: Manifest, serving: Manifest) -> None:
     if candidate.placement != "robot":
         raise IncompatibleModel(f"{what}: placement {candidate.placement} is not robot")
     if list(candidate.input.shape[1:]) != list(serving.input.shape[1:]):
-        raise IncompatibleModel(f"{what}: input.shape {candidate.input.shape} does not match {against} "
-                                f"({serving.input.shape})")
+        raise IncompatibleModel(
+            f"{what}: input.shape {candidate.input.shape} does not match {against} ({serving.input.shape})"
+        )
     for field in ("dtype", "layout", "color_order"):
         mine, theirs = getattr(candidate.input, field), getattr(serving.input, field)
         if mine != theirs:
@@ -204,9 +205,9 @@ class ModelStoreConfig(ConfigModel):
     """Where packages are installed, how many versions stay, the disk cap, the trusted keys."""
 
     root: str = "/var/lib/fleetloop/models"
-    keep_versions: int = Field(default=3, ge=2)          # per package name; >= 2 so one rollback target stays
+    keep_versions: int = Field(default=3, ge=2)  # per package name; >= 2 so one rollback target stays
     max_bytes: Optional[int] = Field(default=None, gt=0)  # cap on packages/ in bytes; None = no cap
-    trusted_keys: str = "/etc/fleetloop/trusted_keys"    # directory of *.pub or a YAML file
+    trusted_keys: str = "/etc/fleetloop/trusted_keys"  # directory of *.pub or a YAML file
 
 
 class ModelStore:
@@ -214,8 +215,7 @@ class ModelStore:
 
     INSTALLED_MARK = ".installed"
 
-    def __init__(self, root: str | Path, trusted: TrustedKeys, keep_versions: int = 3,
-                 max_bytes: int | None = None):
+    def __init__(self, root: str | Path, trusted: TrustedKeys, keep_versions: int = 3, max_bytes: int | None = None):
         self.root = Path(root)
         self.trusted = trusted
         self.keep_versions = max(2, int(keep_versions))
@@ -223,14 +223,15 @@ class ModelStore:
         self.packages = self.root / "packages"
         self.incoming = self.root / "incoming"
         self.packages.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.incoming, ignore_errors=True)   # leftovers of an interrupted download
+        shutil.rmtree(self.incoming, ignore_errors=True)  # leftovers of an interrupted download
         self.incoming.mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def from_config(cls, config: ModelStoreConfig, trusted: TrustedKeys | None = None) -> "ModelStore":
         """Return the store described by ``config`` (trusted keys loaded from it unless given)."""
-        return cls(config.root, trusted or TrustedKeys.load(config.trusted_keys), config.keep_versions,
-                   config.max_bytes)
+        return cls(
+            config.root, trusted or TrustedKeys.load(config.trusted_keys), config.keep_versions, config.max_bytes
+        )
 
     # ------------------------------------------------------------------ queries
     def installed(self) -> list[InstalledPackage]:
@@ -259,9 +260,14 @@ class ModelStore:
         return sum(p.size_bytes for p in self.installed())
 
     # ------------------------------------------------------------------ install
-    def install(self, location: PackageLocation, serving: Manifest | None = None,
-                expect_name: str | None = None, expect_version: str | None = None,
-                protect: Iterable[tuple[str, str]] = ()) -> InstalledPackage:
+    def install(
+        self,
+        location: PackageLocation,
+        serving: Manifest | None = None,
+        expect_name: str | None = None,
+        expect_version: str | None = None,
+        protect: Iterable[tuple[str, str]] = (),
+    ) -> InstalledPackage:
         """Fetch, verify and atomically install the package at ``location``; return it.
 
         ``serving`` is the manifest the package must be compatible with; ``protect`` lists
@@ -273,8 +279,10 @@ class ModelStore:
         where = source.where
         manifest_bytes = source.read(MANIFEST_NAME)
         if location.manifest_sha256 and hashlib.sha256(manifest_bytes).hexdigest() != location.manifest_sha256:
-            raise PackageMismatch(f"{where}/{MANIFEST_NAME}: sha256 {hashlib.sha256(manifest_bytes).hexdigest()} "
-                                  f"is not the job's manifest_sha256 {location.manifest_sha256}")
+            raise PackageMismatch(
+                f"{where}/{MANIFEST_NAME}: sha256 {hashlib.sha256(manifest_bytes).hexdigest()} "
+                f"is not the job's manifest_sha256 {location.manifest_sha256}"
+            )
         try:
             data = json.loads(manifest_bytes)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -300,7 +308,7 @@ class ModelStore:
             if existing.manifest.signature == manifest.signature:
                 try:
                     verify_files(existing.manifest, existing.directory)
-                    return existing                       # installed before: nothing to fetch
+                    return existing  # installed before: nothing to fetch
                 except ModelError as exc:
                     log.warning("%s: installed copy is damaged (%s); installing again", existing.directory, exc)
             shutil.rmtree(existing.directory, ignore_errors=True)
@@ -310,8 +318,10 @@ class ModelStore:
         if self.max_bytes is not None:
             kept = sum(p.size_bytes for p in self.installed() if p.key in protect)
             if kept + required > self.max_bytes:
-                raise StoreFull(f"{where}: package needs {required} bytes; with the {kept} bytes of the serving "
-                                f"and rollback versions that exceeds the disk cap of {self.max_bytes} bytes")
+                raise StoreFull(
+                    f"{where}: package needs {required} bytes; with the {kept} bytes of the serving "
+                    f"and rollback versions that exceeds the disk cap of {self.max_bytes} bytes"
+                )
 
         staging = Path(tempfile.mkdtemp(dir=self.incoming, prefix=f"{manifest.name}-"))
         try:
@@ -334,13 +344,12 @@ class ModelStore:
             _fsync(staging)
             target = self.packages / manifest.name / manifest.version
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(staging, target)                   # atomic: the package appears whole or not at all
+            os.rename(staging, target)  # atomic: the package appears whole or not at all
             _fsync(target.parent)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        package = InstalledPackage(load_manifest(target), target, _tree_bytes(target),
-                                   float(f"{installed_at:.6f}"))
+        package = InstalledPackage(load_manifest(target), target, _tree_bytes(target), float(f"{installed_at:.6f}"))
         log.info("installed %s %s (%d bytes) from %s", manifest.name, manifest.version, package.size_bytes, where)
         self.prune(protect | {package.key})
         return package
@@ -356,10 +365,10 @@ class ModelStore:
         doomed = []
         for packages in by_name.values():
             surplus = len(packages) - self.keep_versions
-            doomed.extend([p for p in packages if p.key not in protect][:max(0, surplus)])
+            doomed.extend([p for p in packages if p.key not in protect][: max(0, surplus)])
         if self.max_bytes is not None:
             used = sum(p.size_bytes for p in installed) - sum(p.size_bytes for p in doomed)
-            for package in installed:                  # oldest first
+            for package in installed:  # oldest first
                 if used <= self.max_bytes:
                     break
                 if package.key not in protect and package not in doomed:
@@ -396,5 +405,16 @@ class ModelStore:
         os.replace(temporary, path)
 
 
-__all__ = ["IncompatibleModel", "InstalledPackage", "ModelStore", "ModelStoreConfig", "PackageLocation",
-           "PackageMismatch", "StoreError", "StoreFull", "check_compatible", "package_prefix", "publish_package"]
+__all__ = [
+    "IncompatibleModel",
+    "InstalledPackage",
+    "ModelStore",
+    "ModelStoreConfig",
+    "PackageLocation",
+    "PackageMismatch",
+    "StoreError",
+    "StoreFull",
+    "check_compatible",
+    "package_prefix",
+    "publish_package",
+]

@@ -26,13 +26,20 @@ from fleetloop_core import dataset, sim
 from fleetloop_core.config import ConfigModel, default_config_path, read_yaml, validate
 from fleetloop_core.errors import ConfigError, ModelError
 from fleetloop_core.manifest import (
-    TIER_PLACEMENT, InputSpec, Manifest, OutputSpec, file_entry, load_manifest, verify_files, write_manifest,
+    TIER_PLACEMENT,
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    file_entry,
+    load_manifest,
+    verify_files,
+    write_manifest,
 )
 
 log = logging.getLogger(__name__)
 
 TIERS = ("T1", "T2", "T3", "T4")
-WEIGHTS_FILE = "weights.pt"        # torch state dict beside the ONNX graph (role "extra" in the manifest)
+WEIGHTS_FILE = "weights.pt"  # torch state dict beside the ONNX graph (role "extra" in the manifest)
 TIER_NAMES = {"T1": "foundation", "T2": "domain-teacher", "T3": "fleet-edge", "T4": "specialised-edge"}
 
 
@@ -46,7 +53,7 @@ class TierBuild(ConfigModel):
     epochs: int = Field(gt=0, le=100)
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=3e-3, gt=0)
-    layout: Optional[Literal["yolo", "boxes_scores", "boxes_scores_labels"]] = None   # detection profiles only
+    layout: Optional[Literal["yolo", "boxes_scores", "boxes_scores_labels"]] = None  # detection profiles only
 
 
 class BuildProfile(ConfigModel):
@@ -61,9 +68,9 @@ class BuildProfile(ConfigModel):
     eval_sites: int = Field(default=4, gt=0)
     seed: int = 0
     tiers: dict[str, TierBuild]
-    task: Literal["classification", "detection"] = "classification"   # detection: modelbuild_detection
-    max_items: int = Field(default=4, ge=1, le=16)                      # detection: items per frame
-    item_scale: tuple[float, float] = (0.2, 0.4)                        # detection: of the shorter side
+    task: Literal["classification", "detection"] = "classification"  # detection: modelbuild_detection
+    max_items: int = Field(default=4, ge=1, le=16)  # detection: items per frame
+    item_scale: tuple[float, float] = (0.2, 0.4)  # detection: of the shorter side
 
 
 def load_profile(name: str = "default", path: str | Path | None = None) -> BuildProfile:
@@ -77,7 +84,9 @@ def load_profile(name: str = "default", path: str | Path | None = None) -> Build
     profile = validate(BuildProfile, profiles[name], source=str(path), prefix=f"profiles.{name}")
     unknown = set(profile.tiers) - set(TIERS)
     if unknown:
-        raise ConfigError(f"{path}: profiles.{name}.tiers: unknown tier(s) {sorted(unknown)} (known: {', '.join(TIERS)})")
+        raise ConfigError(
+            f"{path}: profiles.{name}.tiers: unknown tier(s) {sorted(unknown)} (known: {', '.join(TIERS)})"
+        )
     return profile
 
 
@@ -113,6 +122,7 @@ def _cached(directory: Path, key: str) -> bool:
 
 def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
     from fleetloop_core.preprocess import resize_to
+
     if images.shape[1] == size and images.shape[2] == size:
         return images
     out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
@@ -143,8 +153,14 @@ def build_reference_models(
         return _build_locked(out_dir, profile_name, config_path, tiers, progress, force)
 
 
-def _build_locked(out_dir: Path, profile_name: str, config_path: str | Path | None, tiers: tuple[str, ...],
-                  progress: bool, force: bool) -> dict[str, Path]:
+def _build_locked(
+    out_dir: Path,
+    profile_name: str,
+    config_path: str | Path | None,
+    tiers: tuple[str, ...],
+    progress: bool,
+    force: bool,
+) -> dict[str, Path]:
     profile = load_profile(profile_name, config_path)
     keys = {tier: build_key(profile, tier) for tier in tiers if tier in profile.tiers}
     missing = [t for t in tiers if t not in profile.tiers]
@@ -152,6 +168,7 @@ def _build_locked(out_dir: Path, profile_name: str, config_path: str | Path | No
         raise ConfigError(f"profile {profile_name!r} does not define tier(s) {missing}")
     if profile.task == "detection":
         from fleetloop_core.modelbuild_detection import build_detectors
+
         return build_detectors(out_dir, profile_name, profile, tiers, progress, force)
     todo = [t for t in tiers if force or not _cached(out_dir / t, keys[t])]
     result = {t: out_dir / t for t in tiers}
@@ -170,22 +187,47 @@ def _build_locked(out_dir: Path, profile_name: str, config_path: str | Path | No
     started = time.perf_counter()
     frames: dict[str, sim.LabelledSet] = {}
     if "lab" in needs:
-        frames["lab"] = sim.render_set(sim.LAB_SITE, pool.lab_train, profile.lab_frames,
-                                       seed=("lab", profile.seed), height=height, width=width, pool=pool,
-                                       sites=sim.lab_sites(seed=profile.seed))
+        frames["lab"] = sim.render_set(
+            sim.LAB_SITE,
+            pool.lab_train,
+            profile.lab_frames,
+            seed=("lab", profile.seed),
+            height=height,
+            width=width,
+            pool=pool,
+            sites=sim.lab_sites(seed=profile.seed),
+        )
     if "randomised" in needs:
         if profile.randomised_frames <= 0:
             raise ConfigError(f"profile {profile_name!r}: a tier uses randomised data but randomised_frames is 0")
         sites = sim.randomised_sites(profile.randomised_sites, profile.seed)
         frames["randomised"] = sim.render_set(
-            sim.LAB_SITE, pool.lab_train, profile.randomised_frames, seed=("randomised", profile.seed),
-            height=height, width=width, pool=pool, sites=sites, none_fraction=0.1)
+            sim.LAB_SITE,
+            pool.lab_train,
+            profile.randomised_frames,
+            seed=("randomised", profile.seed),
+            height=height,
+            width=width,
+            pool=pool,
+            sites=sites,
+            none_fraction=0.1,
+        )
     render_seconds = time.perf_counter() - started
-    lab_test = sim.render_set(sim.LAB_SITE, pool.lab_test, profile.eval_frames, seed=("lab-test", profile.seed),
-                              height=height, width=width, pool=pool, sites=sim.lab_sites(seed=profile.seed + 1))
+    lab_test = sim.render_set(
+        sim.LAB_SITE,
+        pool.lab_test,
+        profile.eval_frames,
+        seed=("lab-test", profile.seed),
+        height=height,
+        width=width,
+        pool=pool,
+        sites=sim.lab_sites(seed=profile.seed + 1),
+    )
     field_sites = sim.make_fleet_sites(profile.eval_sites, seed=profile.seed)
-    field_tests = [sim.field_test_set(site, profile.eval_frames, seed=profile.seed, height=height,
-                                      width=width, pool=pool) for site in field_sites]
+    field_tests = [
+        sim.field_test_set(site, profile.eval_frames, seed=profile.seed, height=height, width=width, pool=pool)
+        for site in field_sites
+    ]
 
     for tier in todo:
         spec = profile.tiers[tier]
@@ -195,15 +237,16 @@ def _build_locked(out_dir: Path, profile_name: str, config_path: str | Path | No
         labels = data.labels[:count]
         net = zoo.build(spec.arch, num_classes=len(dataset.LABELS))
         model = training.Deployable(net)
-        config = training.FitConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
-                                    seed=profile.seed)
-        report = training.fit(model, images, labels, config=config, desc=f"{tier} {TIER_NAMES[tier]}",
-                              progress=progress)
+        config = training.FitConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=profile.seed)
+        report = training.fit(
+            model, images, labels, config=config, desc=f"{tier} {TIER_NAMES[tier]}", progress=progress
+        )
         directory = out_dir / tier
         directory.mkdir(parents=True, exist_ok=True)
         onnx_path = training.export_onnx(model, directory / "model.onnx", spec.input_size, spec.input_size)
         # the torch weights travel with the package: the cloud's next training warm-starts from them
         import torch
+
         weights_path = directory / WEIGHTS_FILE
         torch.save(model.state_dict(), weights_path)
         manifest = Manifest(
@@ -212,11 +255,19 @@ def _build_locked(out_dir: Path, profile_name: str, config_path: str | Path | No
             tier=tier,
             task="classification",
             placement=TIER_PLACEMENT[tier],
-            input=InputSpec(shape=[-1, spec.input_size, spec.input_size, 3], dtype="uint8", layout="NHWC",
-                            color_order="RGB", mean=list(training.DEFAULT_MEAN), std=list(training.DEFAULT_STD),
-                            normalisation_in_graph=True, resize="area"),
-            outputs=OutputSpec(probs="probs", embedding="embedding", embedding_normalised=True,
-                               uncertainty="uncertainty"),
+            input=InputSpec(
+                shape=[-1, spec.input_size, spec.input_size, 3],
+                dtype="uint8",
+                layout="NHWC",
+                color_order="RGB",
+                mean=list(training.DEFAULT_MEAN),
+                std=list(training.DEFAULT_STD),
+                normalisation_in_graph=True,
+                resize="area",
+            ),
+            outputs=OutputSpec(
+                probs="probs", embedding="embedding", embedding_normalised=True, uncertainty="uncertainty"
+            ),
             labels=list(dataset.LABELS),
             files=[file_entry(onnx_path, directory), file_entry(weights_path, directory, role="extra")],
             parameters=zoo.parameter_count(net),
@@ -225,7 +276,7 @@ def _build_locked(out_dir: Path, profile_name: str, config_path: str | Path | No
                 "build_key": keys[tier],
                 "profile": profile_name,
                 "data": f"Fashion-MNIST train items 0..49999 rendered as {spec.data} frames "
-                        f"({height}x{width}, resized to {spec.input_size})",
+                f"({height}x{width}, resized to {spec.input_size})",
                 "samples": count,
                 "epochs": spec.epochs,
                 "seconds": round(report.seconds, 1),
@@ -239,14 +290,21 @@ def _build_locked(out_dir: Path, profile_name: str, config_path: str | Path | No
         write_manifest(manifest, directory)
         metrics = evaluate_model(directory, lab_test, field_tests, field_sites)
         write_manifest(manifest.model_copy(update={"metrics": metrics}), directory)
-        log.info("%s: trained %d samples x %d epochs in %.0f s; lab acc %.3f, field acc %.3f",
-                 tier, count, spec.epochs, report.seconds, metrics["lab_test_accuracy"],
-                 metrics["field_test_accuracy"])
+        log.info(
+            "%s: trained %d samples x %d epochs in %.0f s; lab acc %.3f, field acc %.3f",
+            tier,
+            count,
+            spec.epochs,
+            report.seconds,
+            metrics["lab_test_accuracy"],
+            metrics["field_test_accuracy"],
+        )
     return result
 
 
-def evaluate_model(directory: Path, lab_test: sim.LabelledSet, field_tests: list[sim.LabelledSet],
-                   sites: list[sim.Site]) -> dict[str, float]:
+def evaluate_model(
+    directory: Path, lab_test: sim.LabelledSet, field_tests: list[sim.LabelledSet], sites: list[sim.Site]
+) -> dict[str, float]:
     """Return accuracy of the exported ONNX model on the lab test set and per-site field test sets."""
     from fleetloop_core.inference import TierModel
 

@@ -38,17 +38,31 @@ WEIGHTS = "weights.pt"
 def _code_fingerprint() -> str:
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("zoo.py", "zoo_detection.py", "training.py", "training_detection.py", "modelbuild_detection.py",
-                 "sim.py", "sim_detection.py", "dataset.py", "detection.py", "manifest.py"):
+    for name in (
+        "zoo.py",
+        "zoo_detection.py",
+        "training.py",
+        "training_detection.py",
+        "modelbuild_detection.py",
+        "sim.py",
+        "sim_detection.py",
+        "dataset.py",
+        "detection.py",
+        "manifest.py",
+    ):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()
 
 
 def detection_build_key(profile: BuildProfile, tier: str) -> str:
     """Return the cache key of one detector build: profile, data files and code."""
-    payload = {"tier": tier, "tier_build": profile.tiers[tier].model_dump(),
-               "profile": profile.model_dump(exclude={"tiers"}), "data": dataset.fingerprint(),
-               "code": _code_fingerprint()}
+    payload = {
+        "tier": tier,
+        "tier_build": profile.tiers[tier].model_dump(),
+        "profile": profile.model_dump(exclude={"tiers"}),
+        "data": dataset.fingerprint(),
+        "code": _code_fingerprint(),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -57,16 +71,24 @@ def detection_spec(layout: str) -> DetectionSpec:
     if layout == "yolo":
         return DetectionSpec(layout="yolo", output="output0", embedding="embedding")
     if layout == "boxes_scores":
-        return DetectionSpec(layout="boxes_scores", boxes="boxes", scores="scores", box_format="xyxy",
-                             embedding="embedding")
+        return DetectionSpec(
+            layout="boxes_scores", boxes="boxes", scores="scores", box_format="xyxy", embedding="embedding"
+        )
     if layout == "boxes_scores_labels":
-        return DetectionSpec(layout="boxes_scores", boxes="boxes", scores="scores", labels_output="labels",
-                             box_format="xyxy", embedding="embedding")
+        return DetectionSpec(
+            layout="boxes_scores",
+            boxes="boxes",
+            scores="scores",
+            labels_output="labels",
+            box_format="xyxy",
+            embedding="embedding",
+        )
     raise ConfigError(f"unknown detector layout {layout!r} (known: yolo, boxes_scores, boxes_scores_labels)")
 
 
-def fit_into(images: np.ndarray, truths: Sequence[sim_detection.DetectionTruth], size: int, pad_value: int = 114
-             ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+def fit_into(
+    images: np.ndarray, truths: Sequence[sim_detection.DetectionTruth], size: int, pad_value: int = 114
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Return frames letterboxed to size x size and their boxes mapped into input pixels.
 
     Bilinear, as the detectors' manifests declare (``resize: linear``): area resampling at a
@@ -84,9 +106,19 @@ def fit_into(images: np.ndarray, truths: Sequence[sim_detection.DetectionTruth],
     return out, boxes, classes
 
 
-def write_detector_package(model, directory: Path, name: str, version: str, tier: str, arch: str, layout: str,
-                           labels: Sequence[str], training_info: dict, parameters: int,
-                           metrics: dict | None = None) -> Manifest:
+def write_detector_package(
+    model,
+    directory: Path,
+    name: str,
+    version: str,
+    tier: str,
+    arch: str,
+    layout: str,
+    labels: Sequence[str],
+    training_info: dict,
+    parameters: int,
+    metrics: dict | None = None,
+) -> Manifest:
     """Export ``model`` (a DetectorDeployable) as a package: model.onnx in ``layout``, weights.pt, manifest.json."""
     import torch
 
@@ -97,20 +129,42 @@ def write_detector_package(model, directory: Path, name: str, version: str, tier
     onnx_path = export_detector_onnx(model, directory / "model.onnx", layout)  # type: ignore[arg-type]
     torch.save(model.state_dict(), directory / WEIGHTS)
     manifest = Manifest(
-        name=name, version=version, tier=tier, task="detection", placement=TIER_PLACEMENT[tier],
-        input=InputSpec(shape=[-1, model.height, model.width, 3], dtype="uint8", layout="NHWC", color_order="RGB",
-                        mean=list(training.DEFAULT_MEAN), std=list(training.DEFAULT_STD),
-                        normalisation_in_graph=True, resize="linear"),
-        labels=list(labels), files=[file_entry(onnx_path, directory), file_entry(directory / WEIGHTS, directory,
-                                                                                 role="extra")],
-        parameters=parameters, architecture=arch, training=training_info, metrics=metrics or {},
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), detection=detection_spec(layout))
+        name=name,
+        version=version,
+        tier=tier,
+        task="detection",
+        placement=TIER_PLACEMENT[tier],
+        input=InputSpec(
+            shape=[-1, model.height, model.width, 3],
+            dtype="uint8",
+            layout="NHWC",
+            color_order="RGB",
+            mean=list(training.DEFAULT_MEAN),
+            std=list(training.DEFAULT_STD),
+            normalisation_in_graph=True,
+            resize="linear",
+        ),
+        labels=list(labels),
+        files=[file_entry(onnx_path, directory), file_entry(directory / WEIGHTS, directory, role="extra")],
+        parameters=parameters,
+        architecture=arch,
+        training=training_info,
+        metrics=metrics or {},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        detection=detection_spec(layout),
+    )
     write_manifest(manifest, directory)
     return manifest
 
 
-def build_detectors(out_dir: Path, profile_name: str, profile: BuildProfile, tiers: tuple[str, ...],
-                    progress: bool = True, force: bool = False) -> dict[str, Path]:
+def build_detectors(
+    out_dir: Path,
+    profile_name: str,
+    profile: BuildProfile,
+    tiers: tuple[str, ...],
+    progress: bool = True,
+    force: bool = False,
+) -> dict[str, Path]:
     """Build (or reuse from cache) the detector tiers under ``out_dir/<tier>``; return their dirs."""
     missing = [t for t in tiers if t not in profile.tiers]
     if missing:
@@ -135,21 +189,43 @@ def build_detectors(out_dir: Path, profile_name: str, profile: BuildProfile, tie
     frames: dict[str, sim_detection.DetectionSet] = {}
     if "lab" in needs:
         frames["lab"] = sim_detection.render_detection_set(
-            sim.LAB_SITE, pool.lab_train, profile.lab_frames, seed=("det-lab", profile.seed),
-            sites=sim.lab_sites(seed=profile.seed), none_fraction=0.1, **common)
+            sim.LAB_SITE,
+            pool.lab_train,
+            profile.lab_frames,
+            seed=("det-lab", profile.seed),
+            sites=sim.lab_sites(seed=profile.seed),
+            none_fraction=0.1,
+            **common,
+        )
     if "randomised" in needs:
         if profile.randomised_frames <= 0:
             raise ConfigError(f"profile {profile_name!r}: a tier uses randomised data but randomised_frames is 0")
         frames["randomised"] = sim_detection.render_detection_set(
-            sim.LAB_SITE, pool.lab_train, profile.randomised_frames, seed=("det-randomised", profile.seed),
-            sites=sim.randomised_sites(profile.randomised_sites, profile.seed), none_fraction=0.1, **common)
+            sim.LAB_SITE,
+            pool.lab_train,
+            profile.randomised_frames,
+            seed=("det-randomised", profile.seed),
+            sites=sim.randomised_sites(profile.randomised_sites, profile.seed),
+            none_fraction=0.1,
+            **common,
+        )
     render_seconds = time.perf_counter() - started
     lab_test = sim_detection.render_detection_set(
-        sim.LAB_SITE, pool.lab_test, profile.eval_frames, seed=("det-lab-test", profile.seed),
-        sites=sim.lab_sites(seed=profile.seed + 1), none_fraction=0.1, **common)
+        sim.LAB_SITE,
+        pool.lab_test,
+        profile.eval_frames,
+        seed=("det-lab-test", profile.seed),
+        sites=sim.lab_sites(seed=profile.seed + 1),
+        none_fraction=0.1,
+        **common,
+    )
     field_sites = sim.make_fleet_sites(profile.eval_sites, seed=profile.seed)
-    field_tests = [sim_detection.field_detection_set(site, profile.eval_frames, seed=profile.seed, height=height,
-                                                     width=width, pool=pool) for site in field_sites]
+    field_tests = [
+        sim_detection.field_detection_set(
+            site, profile.eval_frames, seed=profile.seed, height=height, width=width, pool=pool
+        )
+        for site in field_sites
+    ]
     for tier in todo:
         spec = profile.tiers[tier]
         data = frames[spec.data]
@@ -162,29 +238,59 @@ def build_detectors(out_dir: Path, profile_name: str, profile: BuildProfile, tie
         # each tier its own seed: two tiers of one architecture must not be one network twice
         seed = profile.seed + ("T1", "T2", "T3", "T4").index(tier)
         config = td.DetectorFitConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=seed)
-        report = td.fit_detector(model, images, targets, config=config, desc=f"{tier} {TIER_NAMES[tier]} detector",
-                                 progress=progress)
+        report = td.fit_detector(
+            model, images, targets, config=config, desc=f"{tier} {TIER_NAMES[tier]} detector", progress=progress
+        )
         directory = out_dir / tier
-        info = {"build_key": keys[tier], "profile": profile_name,
-                "data": f"{count} Fashion-MNIST detection frames ({spec.data}, {height}x{width}, up to "
-                        f"{profile.max_items} items, letterboxed to {spec.input_size})",
-                "samples": count, "boxes": int(sum(len(b) for b in boxes)), "epochs": spec.epochs,
-                "seconds": round(report.seconds, 1), "render_seconds": round(render_seconds, 1),
-                "final_loss": round(report.final_loss, 4), "device": report.device, "seed": seed}
-        write_detector_package(model, directory, f"fleetloop-{tier.lower()}-{TIER_NAMES[tier]}-detector",
-                               f"r0-{keys[tier][:8]}", tier, spec.arch, layout, sim_detection.DETECTION_CLASSES,
-                               info, zoo.parameter_count(net))
+        info = {
+            "build_key": keys[tier],
+            "profile": profile_name,
+            "data": f"{count} Fashion-MNIST detection frames ({spec.data}, {height}x{width}, up to "
+            f"{profile.max_items} items, letterboxed to {spec.input_size})",
+            "samples": count,
+            "boxes": int(sum(len(b) for b in boxes)),
+            "epochs": spec.epochs,
+            "seconds": round(report.seconds, 1),
+            "render_seconds": round(render_seconds, 1),
+            "final_loss": round(report.final_loss, 4),
+            "device": report.device,
+            "seed": seed,
+        }
+        write_detector_package(
+            model,
+            directory,
+            f"fleetloop-{tier.lower()}-{TIER_NAMES[tier]}-detector",
+            f"r0-{keys[tier][:8]}",
+            tier,
+            spec.arch,
+            layout,
+            sim_detection.DETECTION_CLASSES,
+            info,
+            zoo.parameter_count(net),
+        )
         metrics = evaluate_detector(directory, lab_test, field_tests, field_sites)
         from fleetloop_core.manifest import load_manifest
+
         manifest = load_manifest(directory)
         write_manifest(manifest.model_copy(update={"metrics": metrics}), directory)
-        log.info("%s: detector trained on %d frames x %d epochs in %.0f s; lab mAP@0.5 %.3f, field mAP@0.5 %.3f",
-                 tier, count, spec.epochs, report.seconds, metrics["lab_test_map50"], metrics["field_test_map50"])
+        log.info(
+            "%s: detector trained on %d frames x %d epochs in %.0f s; lab mAP@0.5 %.3f, field mAP@0.5 %.3f",
+            tier,
+            count,
+            spec.epochs,
+            report.seconds,
+            metrics["lab_test_map50"],
+            metrics["field_test_map50"],
+        )
     return result
 
 
-def evaluate_detector(directory: Path, lab_test: sim_detection.DetectionSet,
-                      field_tests: Sequence[sim_detection.DetectionSet], sites: Sequence[sim.Site]) -> dict:
+def evaluate_detector(
+    directory: Path,
+    lab_test: sim_detection.DetectionSet,
+    field_tests: Sequence[sim_detection.DetectionSet],
+    sites: Sequence[sim.Site],
+) -> dict:
     """Return mAP@0.5 and mAP@0.5:0.95 of the exported detector on the lab set and each site's field set."""
     from fleetloop_core.detection import DetectorModel
     from fleetloop_core.detection_metrics import evaluate_map

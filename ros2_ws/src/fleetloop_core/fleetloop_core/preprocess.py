@@ -16,12 +16,18 @@ from fleetloop_core.manifest import InputSpec
 FRAME_ORDERS = ("RGB", "BGR", "GRAY", "RGBA", "BGRA")
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 _CONVERT = {
-    ("RGB", "BGR"): cv2.COLOR_RGB2BGR, ("BGR", "RGB"): cv2.COLOR_BGR2RGB,
-    ("RGB", "GRAY"): cv2.COLOR_RGB2GRAY, ("BGR", "GRAY"): cv2.COLOR_BGR2GRAY,
-    ("GRAY", "RGB"): cv2.COLOR_GRAY2RGB, ("GRAY", "BGR"): cv2.COLOR_GRAY2BGR,
-    ("RGBA", "RGB"): cv2.COLOR_RGBA2RGB, ("RGBA", "BGR"): cv2.COLOR_RGBA2BGR,
-    ("RGBA", "GRAY"): cv2.COLOR_RGBA2GRAY, ("BGRA", "BGR"): cv2.COLOR_BGRA2BGR,
-    ("BGRA", "RGB"): cv2.COLOR_BGRA2RGB, ("BGRA", "GRAY"): cv2.COLOR_BGRA2GRAY,
+    ("RGB", "BGR"): cv2.COLOR_RGB2BGR,
+    ("BGR", "RGB"): cv2.COLOR_BGR2RGB,
+    ("RGB", "GRAY"): cv2.COLOR_RGB2GRAY,
+    ("BGR", "GRAY"): cv2.COLOR_BGR2GRAY,
+    ("GRAY", "RGB"): cv2.COLOR_GRAY2RGB,
+    ("GRAY", "BGR"): cv2.COLOR_GRAY2BGR,
+    ("RGBA", "RGB"): cv2.COLOR_RGBA2RGB,
+    ("RGBA", "BGR"): cv2.COLOR_RGBA2BGR,
+    ("RGBA", "GRAY"): cv2.COLOR_RGBA2GRAY,
+    ("BGRA", "BGR"): cv2.COLOR_BGRA2BGR,
+    ("BGRA", "RGB"): cv2.COLOR_BGRA2RGB,
+    ("BGRA", "GRAY"): cv2.COLOR_BGRA2GRAY,
 }
 _CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1, "RGBA": 4, "BGRA": 4}
 
@@ -82,8 +88,13 @@ class Preprocessor:
     def one(self, frame: np.ndarray, color_order: str = "RGB") -> np.ndarray:
         """Return the model input (1, ...) for a single frame."""
         # fast path: a frame already in the model's size, order and layout is only viewed as a batch
-        if (self._passthrough and color_order == self.spec.color_order and type(frame) is np.ndarray
-                and frame.shape == self._native_shape and frame.dtype == np.uint8):
+        if (
+            self._passthrough
+            and color_order == self.spec.color_order
+            and type(frame) is np.ndarray
+            and frame.shape == self._native_shape
+            and frame.dtype == np.uint8
+        ):
             return frame[None]
         check_frame(frame, color_order)
         image = convert_order(frame, color_order, self.spec.color_order)
@@ -102,8 +113,9 @@ class Preprocessor:
         out = np.empty((len(frames), self.height, self.width, self.channels), np.uint8)
         for index, frame in enumerate(frames):
             check_frame(frame, color_order)
-            image = resize_to(convert_order(frame, color_order, self.spec.color_order),
-                              self.height, self.width, self._method)
+            image = resize_to(
+                convert_order(frame, color_order, self.spec.color_order), self.height, self.width, self._method
+            )
             out[index] = image.reshape(self.height, self.width, self.channels)
         return self._finish(out)
 

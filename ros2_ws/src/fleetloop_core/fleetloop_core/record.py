@@ -23,10 +23,11 @@ if TYPE_CHECKING:
 Encoding = Literal["png", "jpeg"]
 
 
-def encode_image(image: np.ndarray, encoding: Encoding = "png", jpeg_quality: int = 90,
-                 png_compression: int = 1) -> bytes:
+def encode_image(
+    image: np.ndarray, encoding: Encoding = "png", jpeg_quality: int = 90, png_compression: int = 1
+) -> bytes:
     """Return the uint8 RGB (or grey) ``image`` encoded as PNG (lossless) or JPEG bytes."""
-    import cv2          # imported here: processes that only move encoded records never load OpenCV
+    import cv2  # imported here: processes that only move encoded records never load OpenCV
     import numpy as np
 
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
@@ -80,12 +81,25 @@ class EncodedRecord:
         return len(self.frame) + len(self.sidecar_json)
 
     @classmethod
-    def from_image(cls, image: np.ndarray, fields: dict[str, Any], priority: float = 0.0,
-                   encoding: Encoding = "png", jpeg_quality: int = 90) -> "EncodedRecord":
+    def from_image(
+        cls,
+        image: np.ndarray,
+        fields: dict[str, Any],
+        priority: float = 0.0,
+        encoding: Encoding = "png",
+        jpeg_quality: int = 90,
+    ) -> "EncodedRecord":
         """Return the record of ``image`` with sidecar ``fields`` (hash, size and encoding filled in)."""
         data = encode_image(image, encoding, jpeg_quality)
-        sidecar = Sidecar(**{**fields, "frame_sha256": hashlib.sha256(data).hexdigest(), "encoding": encoding,
-                             "width": int(image.shape[1]), "height": int(image.shape[0])})
+        sidecar = Sidecar(
+            **{
+                **fields,
+                "frame_sha256": hashlib.sha256(data).hexdigest(),
+                "encoding": encoding,
+                "width": int(image.shape[1]),
+                "height": int(image.shape[0]),
+            }
+        )
         return cls(frame=data, sidecar=sidecar, priority=float(priority))
 
 
@@ -98,8 +112,8 @@ class UploadRecord:
     queue's thread, off the per-frame path.
     """
 
-    image: np.ndarray                      # uint8 RGB, owned by the record
-    fields: dict[str, Any] | None = None   # Sidecar fields except hash, encoding and size
+    image: np.ndarray  # uint8 RGB, owned by the record
+    fields: dict[str, Any] | None = None  # Sidecar fields except hash, encoding and size
     priority: float = 0.0
     encoding: Encoding = "png"
     jpeg_quality: int = 90
@@ -122,8 +136,9 @@ class UploadRecord:
         """Return the encoded record (computed on first call; later calls return the same one)."""
         with self._lock:
             if self._encoded is None:
-                self._encoded = EncodedRecord.from_image(self.image, self.sidecar_fields, self.priority,
-                                                         self.encoding, self.jpeg_quality)
+                self._encoded = EncodedRecord.from_image(
+                    self.image, self.sidecar_fields, self.priority, self.encoding, self.jpeg_quality
+                )
                 if self.on_encoded is not None:
                     self.on_encoded(self._encoded.size_bytes)
             return self._encoded

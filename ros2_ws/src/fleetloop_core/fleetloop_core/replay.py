@@ -34,8 +34,13 @@ import numpy as np
 import yaml
 
 from fleetloop_core.errors import ConfigError, FleetLoopError, InputError
-from fleetloop_core.ros_convert import UnsupportedEncoding, array_to_image, compressed_to_rgb8, image_to_rgb8, \
-    rgb8_to_compressed
+from fleetloop_core.ros_convert import (
+    UnsupportedEncoding,
+    array_to_image,
+    compressed_to_rgb8,
+    image_to_rgb8,
+    rgb8_to_compressed,
+)
 from fleetloop_core.selection import SelectionConfig, Selector, apply_changes
 
 log = logging.getLogger(__name__)
@@ -51,17 +56,18 @@ class ReplayError(FleetLoopError):
 
 # --------------------------------------------------------------------------- reading bags
 
+
 @dataclass(frozen=True)
 class BagFrame:
     """One decoded image message: uint8 RGB frame, stamp (ns), where it came from."""
 
     topic: str
-    index: int            # message index within its topic, from 0
+    index: int  # message index within its topic, from 0
     stamp_ns: int
     image: np.ndarray
     robot_id: str
     stream: str
-    encoded_bytes: int    # size of the message's image data as recorded
+    encoded_bytes: int  # size of the message's image data as recorded
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ class BagProblem:
 
     topic: str
     index: int
-    kind: str             # unknown_encoding | corrupt | read_error | unreadable_bag
+    kind: str  # unknown_encoding | corrupt | read_error | unreadable_bag
     detail: str
 
     def __str__(self) -> str:
@@ -87,6 +93,7 @@ def robot_and_stream(topic: str) -> tuple[str, str]:
 
 def _typestore():
     from rosbags.typesys import Stores, get_typestore
+
     return get_typestore(Stores.ROS2_HUMBLE)
 
 
@@ -124,8 +131,10 @@ class BagReader:
             reader = AnyReader([self.path], default_typestore=_typestore())
             reader.open()
         except Exception as exc:  # rosbags raises its own error family and OSError/KeyError for damage
-            raise ReplayError(f"{self.path}: cannot open the bag ({type(exc).__name__}: {exc}); a recording cut "
-                              "short has no index: `ros2 bag reindex` or `mcap recover` can rebuild it") from exc
+            raise ReplayError(
+                f"{self.path}: cannot open the bag ({type(exc).__name__}: {exc}); a recording cut "
+                "short has no index: `ros2 bag reindex` or `mcap recover` can rebuild it"
+            ) from exc
         self._reader = reader
         for connection in reader.connections:
             if connection.msgtype in IMAGE_TYPES and (self.topics is None or connection.topic in self.topics):
@@ -135,8 +144,10 @@ class BagReader:
         if not self.connections:
             found = ", ".join(f"{c.topic} ({c.msgtype})" for c in reader.connections) or "none"
             self.close()
-            raise ReplayError(f"{self.path}: no sensor_msgs Image/CompressedImage topics"
-                              f"{' among ' + str(self.topics) if self.topics else ''} (topics: {found})")
+            raise ReplayError(
+                f"{self.path}: no sensor_msgs Image/CompressedImage topics"
+                f"{' among ' + str(self.topics) if self.topics else ''} (topics: {found})"
+            )
         self.message_count = sum(c.msgcount for c in self.connections)
         self.duration_s = max(reader.duration, 0) / 1e9
         return self
@@ -165,17 +176,25 @@ class BagReader:
             except StopIteration:
                 return
             except Exception as exc:  # a damaged chunk or page: nothing after it can be trusted
-                yield BagProblem(last_topic, counters[last_topic], "read_error",
-                                 f"bag unreadable after this point ({type(exc).__name__}: {exc})")
+                yield BagProblem(
+                    last_topic,
+                    counters[last_topic],
+                    "read_error",
+                    f"bag unreadable after this point ({type(exc).__name__}: {exc})",
+                )
                 return
             topic = last_topic = connection.topic
             index = counters[topic]
             counters[topic] += 1
             try:
                 msg = reader.deserialize(raw, connection.msgtype)
-            except Exception as exc:   # truncated or corrupt CDR
-                yield BagProblem(topic, index, "corrupt", f"cannot deserialize {connection.msgtype} "
-                                                          f"({len(raw)} bytes): {type(exc).__name__}: {exc}")
+            except Exception as exc:  # truncated or corrupt CDR
+                yield BagProblem(
+                    topic,
+                    index,
+                    "corrupt",
+                    f"cannot deserialize {connection.msgtype} ({len(raw)} bytes): {type(exc).__name__}: {exc}",
+                )
                 continue
             try:
                 if connection.msgtype == COMPRESSED:
@@ -189,14 +208,23 @@ class BagReader:
                 yield BagProblem(topic, index, "corrupt", str(exc))
                 continue
             robot, stream = robot_and_stream(topic)
-            yield BagFrame(topic=topic, index=index, stamp_ns=_stamp(msg, log_time), image=image,
-                           robot_id=robot, stream=stream, encoded_bytes=len(msg.data))
+            yield BagFrame(
+                topic=topic,
+                index=index,
+                stamp_ns=_stamp(msg, log_time),
+                image=image,
+                robot_id=robot,
+                stream=stream,
+                encoded_bytes=len(msg.data),
+            )
 
 
 # --------------------------------------------------------------------------- writing bags
 
-def write_image_bag(path: str | Path, messages: Iterable[tuple[str, int, Any]], storage: str = "mcap",
-                    compressed_format: str = "jpeg") -> int:
+
+def write_image_bag(
+    path: str | Path, messages: Iterable[tuple[str, int, Any]], storage: str = "mcap", compressed_format: str = "jpeg"
+) -> int:
     """Write a rosbag2 at ``path`` (must not exist); return the number of messages written.
 
     ``messages`` yields (topic, stamp_ns, payload) where payload is a uint8 RGB array (written
@@ -220,26 +248,38 @@ def write_image_bag(path: str | Path, messages: Iterable[tuple[str, int, Any]], 
             msgtype = COMPRESSED if compressed else IMAGE
             if topic not in connections:
                 connections[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
-            header = Header(stamp=Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000)),
-                            frame_id=topic.strip("/").split("/")[-2] if topic.count("/") > 1 else "camera")
+            header = Header(
+                stamp=Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000)),
+                frame_id=topic.strip("/").split("/")[-2] if topic.count("/") > 1 else "camera",
+            )
             if isinstance(payload, (bytes, bytearray)):
                 data = bytes(payload)
             elif compressed:
                 fmt, blob = rgb8_to_compressed(payload, compressed_format)
-                data = typestore.serialize_cdr(CompressedImage(header=header, format=fmt,
-                                                               data=np.frombuffer(blob, np.uint8)), msgtype)
+                data = typestore.serialize_cdr(
+                    CompressedImage(header=header, format=fmt, data=np.frombuffer(blob, np.uint8)), msgtype
+                )
             else:
                 fields = payload if not isinstance(payload, np.ndarray) else array_to_image(payload, "rgb8")
-                data = typestore.serialize_cdr(Image(
-                    header=header, height=fields.height, width=fields.width, encoding=fields.encoding,
-                    is_bigendian=fields.is_bigendian, step=fields.step,
-                    data=np.frombuffer(fields.data, np.uint8)), msgtype)
+                data = typestore.serialize_cdr(
+                    Image(
+                        header=header,
+                        height=fields.height,
+                        width=fields.width,
+                        encoding=fields.encoding,
+                        is_bigendian=fields.is_bigendian,
+                        step=fields.step,
+                        data=np.frombuffer(fields.data, np.uint8),
+                    ),
+                    msgtype,
+                )
             writer.write(connections[topic], int(stamp_ns), data)
             count += 1
     return count
 
 
 # --------------------------------------------------------------------------- settings
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -288,6 +328,7 @@ def sweep_settings(base: SelectionConfig, sweeps: Sequence[str] = ()) -> list[Se
 
 # --------------------------------------------------------------------------- replay
 
+
 @dataclass
 class SettingResult:
     """What one setting kept over the whole bag."""
@@ -305,7 +346,7 @@ class SettingResult:
     score_sum_dropped: float = 0.0
     thresholds: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
-    kept_frames: list[tuple[str, int, float, str]] = field(default_factory=list)   # topic, index, score, reason
+    kept_frames: list[tuple[str, int, float, str]] = field(default_factory=list)  # topic, index, score, reason
 
     def per_hour(self, value: float, duration_s: float) -> float:
         return value * 3600.0 / duration_s if duration_s > 0 else float("nan")
@@ -345,9 +386,15 @@ class ReplayReport:
         return self.duration_s / self.wall_s if self.wall_s > 0 else float("nan")
 
 
-def replay(bags: str | Path | Sequence[str | Path], models: str | Path, base: SelectionConfig,
-           sweeps: Sequence[str] = (), topics: Sequence[str] | None = None, progress: bool = True,
-           cascade_config=None) -> ReplayReport:
+def replay(
+    bags: str | Path | Sequence[str | Path],
+    models: str | Path,
+    base: SelectionConfig,
+    sweeps: Sequence[str] = (),
+    topics: Sequence[str] | None = None,
+    progress: bool = True,
+    cascade_config=None,
+) -> ReplayReport:
     """Return the replay of one or more bags (in order) through the cascade in ``models`` and each setting.
 
     A bag that cannot be opened at all (e.g. a recording cut short before its index was
@@ -394,8 +441,9 @@ def replay(bags: str | Path | Sequence[str | Path], models: str | Path, base: Se
             log.error("%s (going on with the next bag)", exc)
             continue
         try:
-            bar = tqdm(reader.frames(), total=reader.message_count, desc=f"replay {bag.name}", unit="msg",
-                       disable=not progress)
+            bar = tqdm(
+                reader.frames(), total=reader.message_count, desc=f"replay {bag.name}", unit="msg", disable=not progress
+            )
             for item in bar:
                 if isinstance(item, BagProblem):
                     problems.append(item)
@@ -417,17 +465,27 @@ def replay(bags: str | Path | Sequence[str | Path], models: str | Path, base: Se
     for (i, _), selector in selectors.items():
         results[i].candidates += selector.stats.candidates
     duration = (last_stamp - first_stamp) / 1e9 if frames > 1 else bag_duration
-    return ReplayReport(bag=", ".join(str(b) for b in bags), frames=frames, duration_s=duration or bag_duration,
-                        wall_s=time.perf_counter() - start, problems=problems, unknown_encodings=unknown,
-                        results=results, labels=labels, robots=sorted({robot for _, robot in selectors}))
+    return ReplayReport(
+        bag=", ".join(str(b) for b in bags),
+        frames=frames,
+        duration_s=duration or bag_duration,
+        wall_s=time.perf_counter() - start,
+        problems=problems,
+        unknown_encodings=unknown,
+        results=results,
+        labels=labels,
+        robots=sorted({robot for _, robot in selectors}),
+    )
 
 
-def _offer(outcome: SettingResult, selectors: dict, i: int, item: BagFrame, result: Any,
-           labels: tuple[str, ...]) -> None:
+def _offer(
+    outcome: SettingResult, selectors: dict, i: int, item: BagFrame, result: Any, labels: tuple[str, ...]
+) -> None:
     selector = selectors.get((i, item.robot_id))
     if selector is None:
-        selector = selectors[(i, item.robot_id)] = Selector(outcome.setting.config, item.robot_id, labels,
-                                                           source=outcome.setting.label)
+        selector = selectors[(i, item.robot_id)] = Selector(
+            outcome.setting.config, item.robot_id, labels, source=outcome.setting.label
+        )
     decision = selector.offer(item.image, result, item.stamp_ns, stream=item.stream)
     outcome.frames += 1
     outcome.scores.append(decision.score)
@@ -448,8 +506,21 @@ def _offer(outcome: SettingResult, selectors: dict, i: int, item: BagFrame, resu
 
 # --------------------------------------------------------------------------- outputs
 
-CSV_COLUMNS = ("setting", "frames", "kept", "kept_fraction", "candidate_fraction", "kept_per_hour", "bytes_per_hour", "random",
-               "duplicates", "budget_limited", "mean_score_kept", "mean_score_dropped", "threshold_median")
+CSV_COLUMNS = (
+    "setting",
+    "frames",
+    "kept",
+    "kept_fraction",
+    "candidate_fraction",
+    "kept_per_hour",
+    "bytes_per_hour",
+    "random",
+    "duplicates",
+    "budget_limited",
+    "mean_score_kept",
+    "mean_score_dropped",
+    "threshold_median",
+)
 
 
 def _row(result: SettingResult, duration_s: float, labels: Sequence[str]) -> dict[str, Any]:
@@ -478,6 +549,7 @@ def _row(result: SettingResult, duration_s: float, labels: Sequence[str]) -> dic
 def write_outputs(report: ReplayReport, out: str | Path) -> list[Path]:
     """Write replay.csv, kept_frames.csv and the PNG plots into ``out``; return their paths."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -505,8 +577,10 @@ def write_outputs(report: ReplayReport, out: str | Path) -> list[Path]:
     # kept fraction and bytes/hour versus the swept value, with what the budget allows
     varied = [k for k in swept if len({repr(r.setting.changes[k]) for r in report.results}) > 1]
     x_key = varied[0] if varied else (swept[0] if swept else None)
-    numeric = x_key is not None and all(isinstance(r.setting.changes[x_key], (int, float))
-                                        and not isinstance(r.setting.changes[x_key], bool) for r in report.results)
+    numeric = x_key is not None and all(
+        isinstance(r.setting.changes[x_key], (int, float)) and not isinstance(r.setting.changes[x_key], bool)
+        for r in report.results
+    )
     robots = max(len(report.robots), 1)
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     groups: dict[str, list[tuple[Any, dict[str, Any], SettingResult]]] = {}
@@ -518,17 +592,40 @@ def write_outputs(report: ReplayReport, out: str | Path) -> list[Path]:
             points.sort(key=lambda p: p[0])
         xs = [p[0] if numeric else str(p[0]) for p in points]
         line = left.plot(xs, [p[1]["kept_fraction"] for p in points], marker="o", label=f"kept {rest}".strip())[0]
-        left.plot(xs, [p[1]["candidate_fraction"] for p in points], marker="^", linestyle=":",
-                  color=line.get_color(), label=f"passed the policy {rest}".strip())
-        right.plot(xs, [p[1]["bytes_per_hour"] / 1e6 for p in points], marker="o", color=line.get_color(),
-                   label=rest or "uploaded")
+        left.plot(
+            xs,
+            [p[1]["candidate_fraction"] for p in points],
+            marker="^",
+            linestyle=":",
+            color=line.get_color(),
+            label=f"passed the policy {rest}".strip(),
+        )
+        right.plot(
+            xs,
+            [p[1]["bytes_per_hour"] / 1e6 for p in points],
+            marker="o",
+            color=line.get_color(),
+            label=rest or "uploaded",
+        )
         if report.duration_s > 0 and report.frames:
             frames_per_hour = report.frames * 3600.0 / report.duration_s
             budget = [robots * p[2].setting.config.budget.frames_per_hour / frames_per_hour for p in points]
-            left.plot(xs, budget, linestyle="--", color=line.get_color(), alpha=0.6,
-                      label=f"budget{' ' + rest if rest else ''}")
-            right.plot(xs, [robots * p[2].setting.config.budget.bytes_per_hour / 1e6 for p in points],
-                       linestyle="--", color=line.get_color(), alpha=0.6, label=f"budget{' ' + rest if rest else ''}")
+            left.plot(
+                xs,
+                budget,
+                linestyle="--",
+                color=line.get_color(),
+                alpha=0.6,
+                label=f"budget{' ' + rest if rest else ''}",
+            )
+            right.plot(
+                xs,
+                [robots * p[2].setting.config.budget.bytes_per_hour / 1e6 for p in points],
+                linestyle="--",
+                color=line.get_color(),
+                alpha=0.6,
+                label=f"budget{' ' + rest if rest else ''}",
+            )
     left.set_yscale("log")
     for axis, title in ((left, "fraction of frames"), (right, "upload MB per hour (all robots)")):
         axis.set_xlabel(x_key or "setting")
@@ -537,8 +634,9 @@ def write_outputs(report: ReplayReport, out: str | Path) -> list[Path]:
         axis.legend(fontsize=7)
     right.set_yscale("log")
     names = ", ".join(Path(b).name for b in report.bag.split(", "))
-    figure.suptitle(f"{names}: {report.frames} frames from {robots} robot(s), {report.duration_s / 60:.1f} min",
-                    fontsize=9)
+    figure.suptitle(
+        f"{names}: {report.frames} frames from {robots} robot(s), {report.duration_s / 60:.1f} min", fontsize=9
+    )
     figure.tight_layout()
     sweep_png = out / f"kept_vs_{(x_key or 'setting').replace('.', '_')}.png"
     figure.savefig(sweep_png, dpi=100)
@@ -552,8 +650,12 @@ def write_outputs(report: ReplayReport, out: str | Path) -> list[Path]:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, result in enumerate(report.results):
         if not math.isnan(result.threshold_median):
-            axis.axvline(result.threshold_median, color=colours[i % len(colours)], linestyle="--",
-                         label=f"{result.setting.label}: threshold {result.threshold_median:.2f}, kept {result.kept}")
+            axis.axvline(
+                result.threshold_median,
+                color=colours[i % len(colours)],
+                linestyle="--",
+                label=f"{result.setting.label}: threshold {result.threshold_median:.2f}, kept {result.kept}",
+            )
     axis.set_xlabel("value score (weighted uncertainty, 0..1)")
     axis.set_ylabel("frames")
     axis.set_yscale("log")
@@ -574,24 +676,44 @@ def print_report(report: ReplayReport, console=None) -> None:
 
     if console is None:
         probe = Console()
-        console = probe if probe.is_terminal else Console(width=150)   # logs and CI: no wrapping
-    console.print(f"[bold]{report.bag}[/]: {report.frames} frames from {len(report.robots)} robot(s), "
-                  f"{report.duration_s:.1f} s of recording replayed in {report.wall_s:.1f} s "
-                  f"({report.speedup:.0f}x real time)")
+        console = probe if probe.is_terminal else Console(width=150)  # logs and CI: no wrapping
+    console.print(
+        f"[bold]{report.bag}[/]: {report.frames} frames from {len(report.robots)} robot(s), "
+        f"{report.duration_s:.1f} s of recording replayed in {report.wall_s:.1f} s "
+        f"({report.speedup:.0f}x real time)"
+    )
     table = Table(title="selection per setting")
-    for column in ("setting", "kept", "kept/h", "MB/h", "score kept/dropped", "dups removed",
-                   "random", "over budget", "kept classes"):
+    for column in (
+        "setting",
+        "kept",
+        "kept/h",
+        "MB/h",
+        "score kept/dropped",
+        "dups removed",
+        "random",
+        "over budget",
+        "kept classes",
+    ):
         table.add_column(column, justify="left" if column in ("setting", "kept classes") else "right")
     for result in report.results:
         classes = ", ".join(f"{name} {count}" for name, count in result.kept_by_class.most_common())
-        table.add_row(result.setting.label, str(result.kept), f"{result.per_hour(result.kept, report.duration_s):.0f}",
-                      f"{result.per_hour(result.kept_bytes, report.duration_s) / 1e6:.1f}",
-                      f"{result.mean_score_kept:.3f} / {result.mean_score_dropped:.3f}", str(result.duplicates),
-                      str(result.random), str(result.budget_limited), classes or "-")
+        table.add_row(
+            result.setting.label,
+            str(result.kept),
+            f"{result.per_hour(result.kept, report.duration_s):.0f}",
+            f"{result.per_hour(result.kept_bytes, report.duration_s) / 1e6:.1f}",
+            f"{result.mean_score_kept:.3f} / {result.mean_score_dropped:.3f}",
+            str(result.duplicates),
+            str(result.random),
+            str(result.budget_limited),
+            classes or "-",
+        )
     console.print(table)
     if report.unknown_encodings:
-        console.print("unknown encodings (skipped): " + ", ".join(
-            f"{name} x{count}" for name, count in report.unknown_encodings.most_common()))
+        console.print(
+            "unknown encodings (skipped): "
+            + ", ".join(f"{name} x{count}" for name, count in report.unknown_encodings.most_common())
+        )
     others = [p for p in report.problems if p.kind != "unknown_encoding"]
     for problem in others[:20]:
         console.print(f"[yellow]problem[/] {problem}")

@@ -31,43 +31,69 @@ class UnsupportedEncoding(InputError):
 @dataclass(frozen=True)
 class _Layout:
     channels: int
-    dtype: str            # numpy dtype name of one channel value
+    dtype: str  # numpy dtype name of one channel value
 
 
 _LAYOUTS: dict[str, _Layout] = {
-    "mono8": _Layout(1, "uint8"), "mono16": _Layout(1, "uint16"),
-    "rgb8": _Layout(3, "uint8"), "bgr8": _Layout(3, "uint8"),
-    "rgba8": _Layout(4, "uint8"), "bgra8": _Layout(4, "uint8"),
-    "rgb16": _Layout(3, "uint16"), "bgr16": _Layout(3, "uint16"),
-    "rgba16": _Layout(4, "uint16"), "bgra16": _Layout(4, "uint16"),
-    "8UC1": _Layout(1, "uint8"), "8UC3": _Layout(3, "uint8"), "8UC4": _Layout(4, "uint8"),
-    "16UC1": _Layout(1, "uint16"), "16UC3": _Layout(3, "uint16"), "16UC4": _Layout(4, "uint16"),
+    "mono8": _Layout(1, "uint8"),
+    "mono16": _Layout(1, "uint16"),
+    "rgb8": _Layout(3, "uint8"),
+    "bgr8": _Layout(3, "uint8"),
+    "rgba8": _Layout(4, "uint8"),
+    "bgra8": _Layout(4, "uint8"),
+    "rgb16": _Layout(3, "uint16"),
+    "bgr16": _Layout(3, "uint16"),
+    "rgba16": _Layout(4, "uint16"),
+    "bgra16": _Layout(4, "uint16"),
+    "8UC1": _Layout(1, "uint8"),
+    "8UC3": _Layout(3, "uint8"),
+    "8UC4": _Layout(4, "uint8"),
+    "16UC1": _Layout(1, "uint16"),
+    "16UC3": _Layout(3, "uint16"),
+    "16UC4": _Layout(4, "uint16"),
     "32FC1": _Layout(1, "float32"),
     # packed 4:2:2, two bytes per pixel
-    "yuv422": _Layout(2, "uint8"), "uyvy": _Layout(2, "uint8"),
-    "yuv422_yuy2": _Layout(2, "uint8"), "yuyv": _Layout(2, "uint8"),
+    "yuv422": _Layout(2, "uint8"),
+    "uyvy": _Layout(2, "uint8"),
+    "yuv422_yuy2": _Layout(2, "uint8"),
+    "yuyv": _Layout(2, "uint8"),
 }
 # ROS names the Bayer pattern by its first row; OpenCV by the second row's 2nd and 3rd pixels
 # (the same mapping cv_bridge uses).
 _BAYER_TO_RGB = {
-    "rggb": cv2.COLOR_BayerBG2RGB, "bggr": cv2.COLOR_BayerRG2RGB,
-    "gbrg": cv2.COLOR_BayerGR2RGB, "grbg": cv2.COLOR_BayerGB2RGB,
+    "rggb": cv2.COLOR_BayerBG2RGB,
+    "bggr": cv2.COLOR_BayerRG2RGB,
+    "gbrg": cv2.COLOR_BayerGR2RGB,
+    "grbg": cv2.COLOR_BayerGB2RGB,
 }
 for _pattern in _BAYER_TO_RGB:
     _LAYOUTS[f"bayer_{_pattern}8"] = _Layout(1, "uint8")
     _LAYOUTS[f"bayer_{_pattern}16"] = _Layout(1, "uint16")
 
 _TO_RGB = {
-    "rgb8": None, "bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB,
-    "mono8": cv2.COLOR_GRAY2RGB, "8UC1": cv2.COLOR_GRAY2RGB,
+    "rgb8": None,
+    "bgr8": cv2.COLOR_BGR2RGB,
+    "rgba8": cv2.COLOR_RGBA2RGB,
+    "bgra8": cv2.COLOR_BGRA2RGB,
+    "mono8": cv2.COLOR_GRAY2RGB,
+    "8UC1": cv2.COLOR_GRAY2RGB,
     # OpenCV convention: 3/4-channel arrays without colour information are BGR(A)
-    "8UC3": cv2.COLOR_BGR2RGB, "8UC4": cv2.COLOR_BGRA2RGB,
-    "yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY,
-    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2, "yuyv": cv2.COLOR_YUV2RGB_YUY2,
+    "8UC3": cv2.COLOR_BGR2RGB,
+    "8UC4": cv2.COLOR_BGRA2RGB,
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY,
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2,
+    "yuyv": cv2.COLOR_YUV2RGB_YUY2,
 }
 _SIXTEEN_TO_EIGHT = {
-    "mono16": "mono8", "16UC1": "mono8", "rgb16": "rgb8", "bgr16": "bgr8", "rgba16": "rgba8",
-    "bgra16": "bgra8", "16UC3": "8UC3", "16UC4": "8UC4",
+    "mono16": "mono8",
+    "16UC1": "mono8",
+    "rgb16": "rgb8",
+    "bgr16": "bgr8",
+    "rgba16": "rgba8",
+    "bgra16": "bgra8",
+    "16UC3": "8UC3",
+    "16UC4": "8UC4",
     **{f"bayer_{p}16": f"bayer_{p}8" for p in _BAYER_TO_RGB},
 }
 
@@ -87,8 +113,14 @@ def bytes_per_pixel(encoding: str) -> int:
     return layout.channels * np.dtype(layout.dtype).itemsize
 
 
-def image_to_array(height: int, width: int, encoding: str, is_bigendian: bool | int, step: int,
-                   data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+def image_to_array(
+    height: int,
+    width: int,
+    encoding: str,
+    is_bigendian: bool | int,
+    step: int,
+    data: bytes | bytearray | memoryview | np.ndarray,
+) -> np.ndarray:
     """Return the pixels of an Image message as (H, W) or (H, W, C) in native byte order.
 
     Row padding (``step`` beyond width x bytes per pixel) is dropped; multi-byte values are read
@@ -104,8 +136,9 @@ def image_to_array(height: int, width: int, encoding: str, is_bigendian: bool | 
         raise InputError(f"{encoding} image {width}x{height}: step {step} is smaller than a row ({row_bytes} bytes)")
     buffer = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
     if buffer.size < step * (height - 1) + row_bytes:
-        raise InputError(f"{encoding} image {width}x{height} step {step}: data has {buffer.size} bytes, "
-                         f"needs {step * height}")
+        raise InputError(
+            f"{encoding} image {width}x{height} step {step}: data has {buffer.size} bytes, needs {step * height}"
+        )
     rows = np.lib.stride_tricks.as_strided(buffer, shape=(height, row_bytes), strides=(step, 1))
     dtype = np.dtype(layout.dtype)
     if itemsize > 1:
@@ -141,8 +174,14 @@ def array_to_rgb8(pixels: np.ndarray, encoding: str) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(pixels), code)
 
 
-def image_to_rgb8(height: int, width: int, encoding: str, is_bigendian: bool | int, step: int,
-                  data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+def image_to_rgb8(
+    height: int,
+    width: int,
+    encoding: str,
+    is_bigendian: bool | int,
+    step: int,
+    data: bytes | bytearray | memoryview | np.ndarray,
+) -> np.ndarray:
     """Return the uint8 RGB (H, W, 3) frame of an Image message in any supported encoding."""
     return array_to_rgb8(image_to_array(height, width, encoding, is_bigendian, step, data), encoding)
 
@@ -159,8 +198,7 @@ class ImageFields:
     data: bytes
 
 
-def array_to_image(pixels: np.ndarray, encoding: str, is_bigendian: bool = False,
-                   row_padding: int = 0) -> ImageFields:
+def array_to_image(pixels: np.ndarray, encoding: str, is_bigendian: bool = False, row_padding: int = 0) -> ImageFields:
     """Return Image fields holding ``pixels`` (H, W[, C]) in ``encoding``.
 
     ``row_padding`` extra zero bytes per row exercise readers that must honour ``step``.
@@ -170,15 +208,23 @@ def array_to_image(pixels: np.ndarray, encoding: str, is_bigendian: bool = False
     expected_channels = 2 if encoding in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv") else layout.channels
     channels = 1 if pixels.ndim == 2 else pixels.shape[2] if pixels.ndim == 3 else -1
     if channels != expected_channels or pixels.dtype != np.dtype(layout.dtype):
-        raise InputError(f"array {pixels.shape} {pixels.dtype} does not fit {encoding} "
-                         f"({expected_channels} channel(s) of {layout.dtype})")
+        raise InputError(
+            f"array {pixels.shape} {pixels.dtype} does not fit {encoding} "
+            f"({expected_channels} channel(s) of {layout.dtype})"
+        )
     height, width = pixels.shape[:2]
     dtype = pixels.dtype.newbyteorder(">" if is_bigendian else "<") if pixels.dtype.itemsize > 1 else pixels.dtype
     rows = np.ascontiguousarray(pixels.astype(dtype, copy=False)).view(np.uint8).reshape(height, -1)
     if row_padding:
         rows = np.concatenate([rows, np.zeros((height, int(row_padding)), np.uint8)], axis=1)
-    return ImageFields(height=int(height), width=int(width), encoding=encoding,
-                       is_bigendian=int(bool(is_bigendian)), step=int(rows.shape[1]), data=rows.tobytes())
+    return ImageFields(
+        height=int(height),
+        width=int(width),
+        encoding=encoding,
+        is_bigendian=int(bool(is_bigendian)),
+        step=int(rows.shape[1]),
+        data=rows.tobytes(),
+    )
 
 
 def msg_to_rgb8(msg: Any) -> np.ndarray:

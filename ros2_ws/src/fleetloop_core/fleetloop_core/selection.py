@@ -43,6 +43,7 @@ NS_PER_HOUR = 3_600_000_000_000
 
 # --------------------------------------------------------------------------- config
 
+
 class ScoreWeights(ConfigModel):
     """Weight of each uncertainty score in the frame's value score (a weighted mean)."""
 
@@ -65,15 +66,15 @@ class BudgetConfig(ConfigModel):
 
     frames_per_hour: float = Field(default=600.0, gt=0.0)
     bytes_per_hour: float = Field(default=200_000_000.0, gt=0.0)
-    burst_seconds: float = Field(default=60.0, gt=0.0)      # bucket capacity, in seconds of budget
+    burst_seconds: float = Field(default=60.0, gt=0.0)  # bucket capacity, in seconds of budget
 
 
 class DedupConfig(ConfigModel):
     """Near-duplicate suppression against a bounded memory of kept frames."""
 
     enabled: bool = True
-    memory: int = Field(default=512, ge=1)                  # kept frames remembered
-    hash: Literal["phash", "average"] = "phash"             # OpenCV img_hash algorithm (64 bits)
+    memory: int = Field(default=512, ge=1)  # kept frames remembered
+    hash: Literal["phash", "average"] = "phash"  # OpenCV img_hash algorithm (64 bits)
     hash_max_distance: int = Field(default=8, ge=-1, le=64)  # Hamming bits; -1 disables the hash
     embedding_max_distance: float = Field(default=0.0002, ge=-1.0, le=2.0)  # 1 - cos; < 0 disables
 
@@ -100,13 +101,14 @@ class SelectionConfig(ConfigModel):
     policy: PolicyConfig = PolicyConfig()
     budget: BudgetConfig = BudgetConfig()
     dedup: DedupConfig = DedupConfig()
-    random_fraction: float = Field(default=0.002, ge=0.0, le=1.0)   # of all frames, kept regardless
-    random_priority: float = Field(default=1.0, ge=0.0)             # queue priority of random samples
+    random_fraction: float = Field(default=0.002, ge=0.0, le=1.0)  # of all frames, kept regardless
+    random_priority: float = Field(default=1.0, ge=0.0)  # queue priority of random samples
     record: RecordConfig = RecordConfig()
-    seed: int = 0                                                   # of the random sampling
+    seed: int = 0  # of the random sampling
 
 
 # --------------------------------------------------------------------------- policies
+
 
 class Verdict(NamedTuple):
     """A policy's answer: is the frame a candidate, against which threshold, and why."""
@@ -118,27 +120,27 @@ class Verdict(NamedTuple):
 
 
 class ThresholdParams(ConfigModel):
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0)   # keep when score >= this
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # keep when score >= this
 
 
 class AdaptiveParams(ConfigModel):
-    window: int = Field(default=1024, ge=16)                 # recent scores the quantile is taken over
-    update_every: int = Field(default=32, ge=1)              # frames between quantile updates
+    window: int = Field(default=1024, ge=16)  # recent scores the quantile is taken over
+    update_every: int = Field(default=32, ge=1)  # frames between quantile updates
     initial_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    min_threshold: float = Field(default=0.0, ge=0.0, le=1.0)   # never keep below this score
+    min_threshold: float = Field(default=0.0, ge=0.0, le=1.0)  # never keep below this score
     warmup_frames: int = Field(default=64, ge=1)
 
 
 class ScorePartParams(ConfigModel):
-    threshold: float = Field(default=0.3, ge=0.0, le=1.0)   # keep when that score part >= this
+    threshold: float = Field(default=0.3, ge=0.0, le=1.0)  # keep when that score part >= this
 
 
 class ClassQuotaParams(ConfigModel):
-    threshold: float = Field(default=0.3, ge=0.0, le=1.0)   # minimum value score
+    threshold: float = Field(default=0.3, ge=0.0, le=1.0)  # minimum value score
     max_share: float = Field(default=0.25, gt=0.0, le=1.0)  # of recently kept frames, per class
     shares: dict[str, float] = Field(default_factory=dict)  # per-class overrides, by label name
-    window: int = Field(default=200, ge=1)                  # kept frames the shares are taken over
-    warmup_kept: int = Field(default=10, ge=0)              # no quota before this many kept
+    window: int = Field(default=200, ge=1)  # kept frames the shares are taken over
+    warmup_kept: int = Field(default=10, ge=0)  # no quota before this many kept
 
 
 class RandomParams(ConfigModel):
@@ -151,7 +153,7 @@ class PolicyState:
 
     rng: _random.Random
     labels: tuple[str, ...]
-    target_fraction: Callable[[float], float]            # frames/s -> budgeted share of frames for candidates
+    target_fraction: Callable[[float], float]  # frames/s -> budgeted share of frames for candidates
     frames: int = 0
     stamp_ns: int = 0
     # adaptive_budget: ring of recent scores and stamps
@@ -163,7 +165,7 @@ class PolicyState:
     cursor: int = 0
     threshold: float | None = None
     candidate_fraction: float = 0.0
-    pass_ratio: float = 1.0                              # EMA of kept / candidates (dedup, quota)
+    pass_ratio: float = 1.0  # EMA of kept / candidates (dedup, quota)
     frames_per_s: float = 0.0
     # class_quota: decayed counts of kept frames per class
     class_counts: np.ndarray | None = None
@@ -188,7 +190,7 @@ def adaptive_budget_policy(score: float, result: Any, params: AdaptiveParams, st
     """
     ring = state.score_ring
     if len(ring) != params.window:
-        state.score_ring = ring = array("d", bytes(8 * params.window))    # array: cheap item writes
+        state.score_ring = ring = array("d", bytes(8 * params.window))  # array: cheap item writes
         state.stamp_ring = array("q", bytes(8 * params.window))
         state.filled = state.cursor = 0
         state.threshold = None
@@ -299,8 +301,9 @@ def policy_params(config: SelectionConfig, source: str = "<config>") -> ConfigMo
     name = config.policy.name
     policy = POLICIES.get(name)
     if policy is None:
-        raise ConfigError(f"{source}: policy.name: unknown selection policy {name!r} "
-                          f"(known: {', '.join(sorted(POLICIES))})")
+        raise ConfigError(
+            f"{source}: policy.name: unknown selection policy {name!r} (known: {', '.join(sorted(POLICIES))})"
+        )
     return validate(policy.params, config.policy.params, source, prefix="policy.params")
 
 
@@ -330,7 +333,7 @@ def apply_changes(config: SelectionConfig, changes: Mapping[str, Any], source: s
     if isinstance(dotted.get("policy"), Mapping):
         new_name = dotted["policy"].get("name", new_name)
     if new_name is not None and new_name != config.policy.name:
-        data["policy"]["params"] = {}      # the old policy's params mean nothing to the new one
+        data["policy"]["params"] = {}  # the old policy's params mean nothing to the new one
     for key, value in dotted.items():
         path = key.split(".")
         target = data
@@ -348,6 +351,7 @@ def apply_changes(config: SelectionConfig, changes: Mapping[str, Any], source: s
 
 
 # --------------------------------------------------------------------------- budget and dedup
+
 
 class TokenBucket:
     """Tokens refilled at ``rate_per_hour`` of stamp time up to ``capacity``; may go into debt."""
@@ -374,7 +378,7 @@ def _hamming(hashes: np.ndarray, value: np.uint64) -> np.ndarray:
     x = np.bitwise_xor(hashes, value)
     if hasattr(np, "bitwise_count"):
         return np.bitwise_count(x)
-    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)   # numpy < 2
+    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)  # numpy < 2
 
 
 _HASHERS = {"phash": cv2.img_hash.PHash_create, "average": cv2.img_hash.AverageHash_create}
@@ -414,8 +418,9 @@ class DedupMemory:
     def is_duplicate(self, hamming: int, distance: float) -> bool:
         """Return True when either signal is within its configured distance."""
         config = self.config
-        return (config.hash_max_distance >= 0 and hamming <= config.hash_max_distance) or \
-            (config.embedding_max_distance >= 0 and distance <= config.embedding_max_distance)
+        return (config.hash_max_distance >= 0 and hamming <= config.hash_max_distance) or (
+            config.embedding_max_distance >= 0 and distance <= config.embedding_max_distance
+        )
 
     def remember(self, image_hash: np.uint64 | None, embedding: np.ndarray | None) -> None:
         """Store one kept frame's hash and embedding (the oldest is forgotten when full)."""
@@ -432,23 +437,24 @@ class DedupMemory:
 
 # --------------------------------------------------------------------------- decisions
 
+
 @dataclass(slots=True)
 class Decision:
     """The selector's answer for one frame and why (all scores in [0, 1])."""
 
     keep: bool
-    score: float                           # weighted value score
+    score: float  # weighted value score
     policy: str
     threshold: float | None
     reason: str
-    random: bool = False                   # kept by the random fraction: an unbiased sample
-    duplicate: bool = False                # a candidate dropped as a near-duplicate
-    budget_limited: bool = False           # a candidate dropped because the budget was spent
-    hash_distance: int | None = None       # to the closest kept frame (candidates only)
+    random: bool = False  # kept by the random fraction: an unbiased sample
+    duplicate: bool = False  # a candidate dropped as a near-duplicate
+    budget_limited: bool = False  # a candidate dropped because the budget was spent
+    hash_distance: int | None = None  # to the closest kept frame (candidates only)
     embedding_distance: float | None = None
-    frame_tokens: float = 0.0              # budget left after this decision
+    frame_tokens: float = 0.0  # budget left after this decision
     byte_tokens: float = 0.0
-    record: UploadRecord | None = None     # when kept: ready for UploadQueue.put
+    record: UploadRecord | None = None  # when kept: ready for UploadQueue.put
     _scores: Mapping[str, float] | None = None
     _weights: tuple[tuple[str, float], ...] = ()
 
@@ -466,10 +472,16 @@ class Decision:
 
     def to_sidecar(self) -> SidecarDecision:
         """Return the decision as it travels in the frame's sidecar."""
-        return SidecarDecision(keep=self.keep, policy=self.policy, score=round(self.score, 6),
-                               threshold=self.threshold, reason=self.reason,
-                               parts={k: round(v, 6) for k, v in self.parts.items()},
-                               random=self.random, budget=self.budget)
+        return SidecarDecision(
+            keep=self.keep,
+            policy=self.policy,
+            score=round(self.score, 6),
+            threshold=self.threshold,
+            reason=self.reason,
+            parts={k: round(v, 6) for k, v in self.parts.items()},
+            random=self.random,
+            budget=self.budget,
+        )
 
 
 @dataclass(frozen=True)
@@ -501,8 +513,13 @@ class SelectorStats:
 class Selector:
     """Decides keep/drop per frame for one robot; thread-safe; re-tunable with :meth:`update`."""
 
-    def __init__(self, config: SelectionConfig | None = None, robot_id: str = "robot",
-                 labels: tuple[str, ...] | list[str] | None = None, source: str = "<config>"):
+    def __init__(
+        self,
+        config: SelectionConfig | None = None,
+        robot_id: str = "robot",
+        labels: tuple[str, ...] | list[str] | None = None,
+        source: str = "<config>",
+    ):
         self.robot_id = robot_id
         self.labels = tuple(labels) if labels is not None else ()
         self._lock = threading.Lock()
@@ -523,9 +540,15 @@ class Selector:
     def _compile(self, config: SelectionConfig, source: str) -> _Active:
         params = policy_params(config, source)
         weights = tuple((name, float(w)) for name, w in config.weights.model_dump().items() if w > 0)
-        return _Active(config=config, weights=weights, inverse_weight_sum=1.0 / sum(w for _, w in weights),
-                       policy_name=config.policy.name, policy=POLICIES[config.policy.name].function,
-                       params=params, random_fraction=config.random_fraction)
+        return _Active(
+            config=config,
+            weights=weights,
+            inverse_weight_sum=1.0 / sum(w for _, w in weights),
+            policy_name=config.policy.name,
+            policy=POLICIES[config.policy.name].function,
+            params=params,
+            random_fraction=config.random_fraction,
+        )
 
     def _new_state(self, active: _Active, source: str) -> PolicyState:
         state = PolicyState(rng=self._rng, labels=self.labels, target_fraction=self._target_fraction)
@@ -535,8 +558,10 @@ class Selector:
             limits = np.full(classes, params.max_share, np.float64)
             for name, share in params.shares.items():
                 if name not in self.labels:
-                    raise ConfigError(f"{source}: policy.params.shares: unknown class {name!r} "
-                                      f"(known: {', '.join(self.labels) or 'none: the selector has no labels'})")
+                    raise ConfigError(
+                        f"{source}: policy.params.shares: unknown class {name!r} "
+                        f"(known: {', '.join(self.labels) or 'none: the selector has no labels'})"
+                    )
                 if not 0.0 <= share <= 1.0:
                     raise ConfigError(f"{source}: policy.params.shares.{name} must be in [0, 1] (got {share})")
                 limits[self.labels.index(name)] = share
@@ -545,12 +570,12 @@ class Selector:
         return state
 
     @staticmethod
-    def _buckets(budget: BudgetConfig, previous: tuple[TokenBucket, TokenBucket] | None = None
-                 ) -> tuple[TokenBucket, TokenBucket]:
+    def _buckets(
+        budget: BudgetConfig, previous: tuple[TokenBucket, TokenBucket] | None = None
+    ) -> tuple[TokenBucket, TokenBucket]:
         frames_capacity = max(1.0, budget.frames_per_hour * budget.burst_seconds / 3600.0)
         bytes_capacity = max(1.0, budget.bytes_per_hour * budget.burst_seconds / 3600.0)
-        frames = TokenBucket(budget.frames_per_hour, frames_capacity,
-                             previous[0].tokens if previous else None)
+        frames = TokenBucket(budget.frames_per_hour, frames_capacity, previous[0].tokens if previous else None)
         data = TokenBucket(budget.bytes_per_hour, bytes_capacity, previous[1].tokens if previous else None)
         if previous:
             frames.last_ns, data.last_ns = previous[0].last_ns, previous[1].last_ns
@@ -602,9 +627,17 @@ class Selector:
             self._mean_bytes = size_bytes if self._mean_bytes is None else 0.9 * self._mean_bytes + 0.1 * size_bytes
 
     # ------------------------------------------------------------------ the decision
-    def offer(self, frame: np.ndarray, result: Any, stamp_ns: int, stream: str = "camera",
-              robot_id: str | None = None, site: str = "", simulation: Any = None,
-              track_hint: str | None = None) -> Decision:
+    def offer(
+        self,
+        frame: np.ndarray,
+        result: Any,
+        stamp_ns: int,
+        stream: str = "camera",
+        robot_id: str | None = None,
+        site: str = "",
+        simulation: Any = None,
+        track_hint: str | None = None,
+    ) -> Decision:
         """Return the decision for one frame (uint8 RGB) and the cascade's FrameResult of it.
 
         ``stamp_ns`` is the frame's capture time (ns); budgets refill by it, so replaying a bag
@@ -635,20 +668,55 @@ class Selector:
                 # buckets refill lazily, at the next candidate: nothing spends tokens in between, so
                 # one refill over the gap equals many small ones; the tokens shown here are as of
                 # the last candidate
-                return Decision(False, value, active.policy_name, verdict.threshold, verdict.reason, False, False,
-                                False, None, None, self._frames_bucket.tokens, self._bytes_bucket.tokens, None,
-                                scores, active.weights)
-            return self._candidate(frame, result, stamp_ns, stream, robot_id, site, simulation, track_hint,
-                                   value, verdict, active)
+                return Decision(
+                    False,
+                    value,
+                    active.policy_name,
+                    verdict.threshold,
+                    verdict.reason,
+                    False,
+                    False,
+                    False,
+                    None,
+                    None,
+                    self._frames_bucket.tokens,
+                    self._bytes_bucket.tokens,
+                    None,
+                    scores,
+                    active.weights,
+                )
+            return self._candidate(
+                frame, result, stamp_ns, stream, robot_id, site, simulation, track_hint, value, verdict, active
+            )
 
-    def _candidate(self, frame, result, stamp_ns, stream, robot_id, site, simulation, track_hint,
-                   value: float, verdict: Verdict, active: _Active) -> Decision:
+    def _candidate(
+        self,
+        frame,
+        result,
+        stamp_ns,
+        stream,
+        robot_id,
+        site,
+        simulation,
+        track_hint,
+        value: float,
+        verdict: Verdict,
+        active: _Active,
+    ) -> Decision:
         stats, state, config = self.stats, self._state, active.config
         frames_bucket, bytes_bucket = self._frames_bucket, self._bytes_bucket
         frames_bucket.refill(stamp_ns)
         bytes_bucket.refill(stamp_ns)
-        decision = Decision(False, value, active.policy_name, verdict.threshold, verdict.reason,
-                            random=verdict.random, _scores=result.scores, _weights=active.weights)
+        decision = Decision(
+            False,
+            value,
+            active.policy_name,
+            verdict.threshold,
+            verdict.reason,
+            random=verdict.random,
+            _scores=result.scores,
+            _weights=active.weights,
+        )
         if not verdict.random:
             stats.candidates += 1
         # random samples may borrow up to one burst (so the policy's candidates cannot crowd them
@@ -694,15 +762,38 @@ class Selector:
             state.class_counts[label] += 1.0
         priority = max(value, config.random_priority) if verdict.random else value
         decision.record = UploadRecord(
-            image=np.array(frame, np.uint8, copy=True), priority=float(priority), encoding=config.record.encoding,
-            jpeg_quality=config.record.jpeg_quality, on_encoded=self._on_encoded,
-            make_fields=partial(self._sidecar_fields, result, stamp_ns, stream, robot_id, site, simulation,
-                                track_hint, decision, embedding if config.record.include_embedding else None),
+            image=np.array(frame, np.uint8, copy=True),
+            priority=float(priority),
+            encoding=config.record.encoding,
+            jpeg_quality=config.record.jpeg_quality,
+            on_encoded=self._on_encoded,
+            make_fields=partial(
+                self._sidecar_fields,
+                result,
+                stamp_ns,
+                stream,
+                robot_id,
+                site,
+                simulation,
+                track_hint,
+                decision,
+                embedding if config.record.include_embedding else None,
+            ),
         )
         return decision
 
-    def _sidecar_fields(self, result, stamp_ns, stream, robot_id, site, simulation, track_hint,
-                        decision: Decision, embedding: np.ndarray | None) -> dict[str, Any]:
+    def _sidecar_fields(
+        self,
+        result,
+        stamp_ns,
+        stream,
+        robot_id,
+        site,
+        simulation,
+        track_hint,
+        decision: Decision,
+        embedding: np.ndarray | None,
+    ) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "robot_id": robot_id or self.robot_id,
             "stream": stream,
@@ -719,7 +810,7 @@ class Selector:
         }
         if embedding is not None:
             fields["embedding"] = [round(float(v), 6) for v in embedding]
-        detections = getattr(result, "sidecar_detections", None)     # a detection cascade's boxes per tier
+        detections = getattr(result, "sidecar_detections", None)  # a detection cascade's boxes per tier
         if detections is not None:
             fields["detections"] = detections()
         if simulation is not None:
@@ -757,4 +848,3 @@ def value_score(scores: Mapping[str, float], weights: ScoreWeights) -> float:
     pairs = [(w, float(scores.get(name, 0.0))) for name, w in weights.model_dump().items() if w > 0]
     total = sum(w for w, _ in pairs)
     return sum(w * s for w, s in pairs) / total if total else 0.0
-

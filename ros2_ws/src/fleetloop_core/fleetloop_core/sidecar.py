@@ -29,11 +29,11 @@ class Decision(BaseModel):
 
     keep: bool = True
     policy: str
-    score: float                                   # the frame's value score
+    score: float  # the frame's value score
     threshold: Optional[float] = None
     reason: str = ""
-    parts: dict[str, float] = Field(default_factory=dict)   # weighted score components
-    random: bool = False                           # kept by the unbiased random fraction
+    parts: dict[str, float] = Field(default_factory=dict)  # weighted score components
+    random: bool = False  # kept by the unbiased random fraction
     budget: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -46,7 +46,7 @@ class SimulationTruth(BaseModel):
     item: int = -1
     track_id: int = -1
     site: str = ""
-    boxes: Optional[list[list[float]]] = None     # detection world: [x0, y0, x1, y1, class, track_id] per item
+    boxes: Optional[list[list[float]]] = None  # detection world: [x0, y0, x1, y1, class, track_id] per item
 
 
 class Sidecar(BaseModel):
@@ -62,25 +62,26 @@ class Sidecar(BaseModel):
     encoding: Literal["png", "jpeg"] = "png"
     width: int = Field(gt=0)
     height: int = Field(gt=0)
-    labels: list[str] = Field(default_factory=list)      # class names the outputs index into
+    labels: list[str] = Field(default_factory=list)  # class names the outputs index into
     model_versions: dict[str, str] = Field(default_factory=dict)
-    tier_outputs: dict[str, list[float]] = Field(default_factory=dict)   # probs per tier that ran
-    detections: Optional[dict[str, list[list[float]]]] = None   # detectors: per tier [x0, y0, x1, y1, score, class]
-    embedding: Optional[list[float]] = None              # T4 embedding (for cloud diversity / dedup)
-    prediction: int = -1                                 # the robot's label (index into labels)
+    tier_outputs: dict[str, list[float]] = Field(default_factory=dict)  # probs per tier that ran
+    detections: Optional[dict[str, list[list[float]]]] = None  # detectors: per tier [x0, y0, x1, y1, score, class]
+    embedding: Optional[list[float]] = None  # T4 embedding (for cloud diversity / dedup)
+    prediction: int = -1  # the robot's label (index into labels)
     confidence: float = 0.0
     tier_used: str = ""
     scores: dict[str, float] = Field(default_factory=dict)
     decision: Optional[Decision] = None
-    track_hint: Optional[str] = None                     # robot-side track id, if it tracks
+    track_hint: Optional[str] = None  # robot-side track id, if it tracks
     site: str = ""
     simulation: Optional[SimulationTruth] = None
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
 
     def to_json(self) -> str:
         """Return compact JSON (stable key order)."""
-        return json.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True,
-                          separators=(",", ":"))
+        return json.dumps(
+            self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True, separators=(",", ":")
+        )
 
     @property
     def date(self) -> str:

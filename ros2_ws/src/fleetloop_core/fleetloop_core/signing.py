@@ -38,10 +38,12 @@ class SignatureError(ModelError):
 def generate_keypair() -> tuple[bytes, bytes]:
     """Return a new Ed25519 key pair as (private PEM (PKCS8, unencrypted), public PEM)."""
     private = Ed25519PrivateKey.generate()
-    private_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption())
-    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return private_pem, public_pem
 
 
@@ -97,7 +99,7 @@ def sign_package(directory: str | Path, private_pem: bytes) -> Manifest:
     """Check the package's files, sign its manifest and rewrite ``<directory>/manifest.json`` atomically."""
     directory = Path(directory)
     manifest = load_manifest(directory)
-    verify_files(manifest, directory)      # never sign hashes that do not match the files
+    verify_files(manifest, directory)  # never sign hashes that do not match the files
     signed = sign_manifest(manifest, private_pem)
     write_manifest(signed, directory)
     return signed
@@ -155,7 +157,7 @@ class TrustedKeys:
             if unknown:
                 raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]}")
             if "path" in item:
-                key_path = (path.parent / str(item["path"]))
+                key_path = path.parent / str(item["path"])
                 try:
                     pem = key_path.read_bytes()
                 except OSError as exc:
@@ -218,7 +220,9 @@ def verify_manifest(manifest: Manifest, trusted: TrustedKeys) -> None:
         raise SignatureError(f"{what}: signature algorithm {signature.algorithm!r} is not {ALGORITHM}")
     key = trusted.get(signature.key_id)
     if key is None:
-        raise SignatureError(f"{what}: unknown key id {signature.key_id} (trusted: {', '.join(trusted.key_ids) or 'none'})")
+        raise SignatureError(
+            f"{what}: unknown key id {signature.key_id} (trusted: {', '.join(trusted.key_ids) or 'none'})"
+        )
     try:
         raw = base64.b64decode(signature.value.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
@@ -226,8 +230,9 @@ def verify_manifest(manifest: Manifest, trusted: TrustedKeys) -> None:
     try:
         key.verify(raw, canonical_bytes(manifest))
     except InvalidSignature:
-        raise SignatureError(f"{what}: bad signature (key id {signature.key_id}): the manifest was altered "
-                             "or signed by another key") from None
+        raise SignatureError(
+            f"{what}: bad signature (key id {signature.key_id}): the manifest was altered or signed by another key"
+        ) from None
 
 
 def verify_package(directory: str | Path, trusted: TrustedKeys) -> Manifest:

@@ -23,9 +23,9 @@ import numpy as np
 from fleetloop_core.dataset import ITEM_LABELS, LABELS, NONE_INDEX, load_split
 
 NUM_ITEM_CLASSES = len(ITEM_LABELS)
-SIM_EPOCH_NS = 1_790_000_000 * 10**9          # 2026-09-21: stamps of simulated fleet streams start here
-RARE_IN_LAB_CLASS = ITEM_LABELS.index("bag")   # rare in the lab, common at site 1
-LAB_RARE_WEIGHT = 0.02                          # relative weight of that class in the lab prior
+SIM_EPOCH_NS = 1_790_000_000 * 10**9  # 2026-09-21: stamps of simulated fleet streams start here
+RARE_IN_LAB_CLASS = ITEM_LABELS.index("bag")  # rare in the lab, common at site 1
+LAB_RARE_WEIGHT = 0.02  # relative weight of that class in the lab prior
 
 
 def _rng(*keys: object) -> np.random.Generator:
@@ -36,6 +36,7 @@ def _rng(*keys: object) -> np.random.Generator:
 
 # --------------------------------------------------------------------------- items
 
+
 @dataclass(frozen=True)
 class ItemPool:
     """All 70,000 Fashion-MNIST items and the partitions the world draws from.
@@ -45,8 +46,8 @@ class ItemPool:
     source of every per-site field test set. Partitions are disjoint index arrays into ``images``.
     """
 
-    images: np.ndarray        # (70000, 28, 28) uint8
-    labels: np.ndarray        # (70000,) int64
+    images: np.ndarray  # (70000, 28, 28) uint8
+    labels: np.ndarray  # (70000,) int64
     lab_train: np.ndarray
     lab_test: np.ndarray
     field_stream: np.ndarray
@@ -91,21 +92,22 @@ def item_tint(item: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- sites
 
+
 @dataclass(frozen=True)
 class Shift:
     """How one site's camera and scene differ from the lab."""
 
-    gain: float = 1.0                    # brightness multiplier
-    gamma: float = 1.0                   # >1 darkens mid-tones
-    color_cast: tuple[float, float, float] = (1.0, 1.0, 1.0)   # per-channel RGB gains
-    noise_sigma: float = 2.0             # sensor noise, grey levels (0..255)
-    blur_sigma: float = 0.0              # optical blur, pixels
-    rotation_deg: float = 5.0            # items rotate within +- this
-    occlusion_prob: float = 0.0          # probability a track is partly occluded
-    scale_range: tuple[float, float] = (0.6, 0.85)   # item size / min(frame side)
-    centred: bool = True                 # lab: items near the centre; field: anywhere
-    texture: str = "plain"               # plain | clouds | shelves | stripes
-    texture_contrast: float = 0.0        # 0..1
+    gain: float = 1.0  # brightness multiplier
+    gamma: float = 1.0  # >1 darkens mid-tones
+    color_cast: tuple[float, float, float] = (1.0, 1.0, 1.0)  # per-channel RGB gains
+    noise_sigma: float = 2.0  # sensor noise, grey levels (0..255)
+    blur_sigma: float = 0.0  # optical blur, pixels
+    rotation_deg: float = 5.0  # items rotate within +- this
+    occlusion_prob: float = 0.0  # probability a track is partly occluded
+    scale_range: tuple[float, float] = (0.6, 0.85)  # item size / min(frame side)
+    centred: bool = True  # lab: items near the centre; field: anywhere
+    texture: str = "plain"  # plain | clouds | shelves | stripes
+    texture_contrast: float = 0.0  # 0..1
     background_rgb: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
@@ -119,7 +121,7 @@ class Site:
     name: str
     index: int
     shift: Shift
-    class_prior: np.ndarray = field(repr=False)   # (10,) item-class probabilities
+    class_prior: np.ndarray = field(repr=False)  # (10,) item-class probabilities
     none_fraction: float = 0.5
 
     @property
@@ -147,14 +149,19 @@ def lab_sites(count: int = 24, seed: int = 0) -> list[Site]:
     for i in range(count):
         rng = _rng("lab-booth", seed, i)
         texture = ("plain", "clouds", "stripes")[i % 3]
-        shift = replace(LAB_SHIFT, gain=float(rng.uniform(0.85, 1.15)),
-                        noise_sigma=float(rng.uniform(2.0, 5.0)),
-                        rotation_deg=8.0,
-                        background_rgb=tuple(float(v) for v in rng.uniform(0.15, 0.85, size=3)),
-                        scale_range=(0.4, 0.85), texture=texture,
-                        texture_contrast=0.0 if texture == "plain" else float(rng.uniform(0.05, 0.2)))
+        shift = replace(
+            LAB_SHIFT,
+            gain=float(rng.uniform(0.85, 1.15)),
+            noise_sigma=float(rng.uniform(2.0, 5.0)),
+            rotation_deg=8.0,
+            background_rgb=tuple(float(v) for v in rng.uniform(0.15, 0.85, size=3)),
+            scale_range=(0.4, 0.85),
+            texture=texture,
+            texture_contrast=0.0 if texture == "plain" else float(rng.uniform(0.05, 0.2)),
+        )
         booths.append(replace(LAB_SITE, name=f"lab-{i}", index=-1 - i, shift=shift))
     return booths
+
 
 _TEXTURES = ("clouds", "shelves", "stripes")
 
@@ -207,13 +214,14 @@ def make_fleet_sites(count: int, seed: int = 0) -> list[Site]:
 
 # --------------------------------------------------------------------------- rendering
 
+
 @dataclass(frozen=True)
 class Truth:
     """Ground truth of one frame: for evaluation and simulated annotators, never model input."""
 
-    label: int              # index into LABELS; NONE_INDEX for background-only frames
-    item: int               # Fashion-MNIST item index, -1 for none
-    track_id: int           # -1 for none
+    label: int  # index into LABELS; NONE_INDEX for background-only frames
+    item: int  # Fashion-MNIST item index, -1 for none
+    track_id: int  # -1 for none
     site: str
     robot: str = ""
     seq: int = 0
@@ -228,7 +236,7 @@ class Truth:
 class SimFrame:
     """A camera frame (uint8 RGB, H x W x 3), its stamp (ns) and its ground truth."""
 
-    image: np.ndarray | None          # None when the stream was asked for truth only
+    image: np.ndarray | None  # None when the stream was asked for truth only
     stamp_ns: int
     truth: Truth
 
@@ -304,7 +312,7 @@ class Renderer:
         """
         height, width = self.height, self.width
         x, y = int(offset[0]) % width, int(offset[1]) % height
-        frame = self._texture[y:y + height, x:x + width].copy()
+        frame = self._texture[y : y + height, x : x + width].copy()
         if item is not None:
             self._paste_item(frame, item, centre, size, angle_deg)
             if occluder is not None:
@@ -314,8 +322,9 @@ class Renderer:
         frame = cv2.LUT(frame, self._lut)
         speed = float(np.hypot(*velocity))
         if speed > 1.5:
-            frame = cv2.filter2D(frame, -1, _motion_kernel(int(min(speed, 15)),
-                                                             round(np.degrees(np.arctan2(velocity[1], velocity[0])))))
+            frame = cv2.filter2D(
+                frame, -1, _motion_kernel(int(min(speed, 15)), round(np.degrees(np.arctan2(velocity[1], velocity[0]))))
+            )
         if self.site.shift.blur_sigma > 0.3:
             frame = cv2.GaussianBlur(frame, (0, 0), self.site.shift.blur_sigma)
         # a multiplicative hash spreads consecutive keys over the noise field: a parked camera must
@@ -323,16 +332,17 @@ class Renderer:
         mixed = (noise_key * 2654435761) & 0xFFFFFFFF
         bank = mixed & 1
         ny, nx = (mixed >> 1) % height, (mixed >> 12) % width
-        cv2.add(frame, self._noise_up[bank, ny:ny + height, nx:nx + width], dst=frame)
-        cv2.subtract(frame, self._noise_down[bank, ny:ny + height, nx:nx + width], dst=frame)
+        cv2.add(frame, self._noise_up[bank, ny : ny + height, nx : nx + width], dst=frame)
+        cv2.subtract(frame, self._noise_down[bank, ny : ny + height, nx : nx + width], dst=frame)
         return frame
 
-    def _paste_item(self, frame: np.ndarray, item: int, centre: tuple[float, float], size: float,
-                    angle_deg: float) -> None:
+    def _paste_item(
+        self, frame: np.ndarray, item: int, centre: tuple[float, float], size: float, angle_deg: float
+    ) -> None:
         """Alpha-blend the tinted item into ``frame`` in place, touching only its bounding box."""
         height, width = self.height, self.width
         side = size * min(height, width)
-        half = side * 0.75            # covers the rotated square
+        half = side * 0.75  # covers the rotated square
         cx, cy = centre[0] * width, centre[1] * height
         x0, y0 = max(int(cx - half), 0), max(int(cy - half), 0)
         x1, y1 = min(int(cx + half) + 1, width), min(int(cy + half) + 1, height)
@@ -341,8 +351,14 @@ class Renderer:
         matrix = cv2.getRotationMatrix2D((14.0, 14.0), angle_deg, side / 28.0)
         matrix[0, 2] += cx - 14.0 - x0
         matrix[1, 2] += cy - 14.0 - y0
-        lum = cv2.warpAffine(self.pool.images[item], matrix, (x1 - x0, y1 - y0),
-                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        lum = cv2.warpAffine(
+            self.pool.images[item],
+            matrix,
+            (x1 - x0, y1 - y0),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
         lum = lum.astype(np.float32) * np.float32(1.0 / 255.0)
         alpha = np.minimum(lum * np.float32(6.0), np.float32(1.0))
         shade = np.float32(38.0) + np.float32(217.0) * lum
@@ -366,6 +382,7 @@ def _motion_kernel(length: int, angle_deg: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- streams
+
 
 @dataclass
 class _Track:
@@ -458,18 +475,23 @@ class CameraStream:
             w, h = rng.uniform(0.15, 0.35, size=2)
             occluder = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
         track = _Track(
-            track_id=self._next_track, item=self._pick_item(), length=length, start=start,
-            velocity=velocity, size0=size0, size1=size1,
+            track_id=self._next_track,
+            item=self._pick_item(),
+            length=length,
+            start=start,
+            velocity=velocity,
+            size0=size0,
+            size1=size1,
             angle0=float(rng.uniform(-shift.rotation_deg, shift.rotation_deg)),
-            spin=float(rng.uniform(-2, 2)), occluder=occluder,
+            spin=float(rng.uniform(-2, 2)),
+            occluder=occluder,
         )
         self._next_track += 1
         return track
 
     def _emit(self, label: int, item: int, track_id: int, image: np.ndarray) -> SimFrame:
         stamp = self._start_ns + int(round(self._seq * 1e9 / self.rate_hz))
-        truth = Truth(label=label, item=item, track_id=track_id, site=self.site.name,
-                      robot=self.robot, seq=self._seq)
+        truth = Truth(label=label, item=item, track_id=track_id, site=self.site.name, robot=self.robot, seq=self._seq)
         self._seq += 1
         return SimFrame(image=image, stamp_ns=stamp, truth=truth)
 
@@ -504,8 +526,11 @@ class CameraStream:
             self._camera_velocity = np.zeros(2) if parked else self._rng.uniform(-2, 2, size=2)
             for _ in range(gap):
                 self._move_camera()
-                image = self.renderer.draw(None, offset=tuple(self._offset.astype(int)),
-                                           noise_key=self._seq) if self._render else None
+                image = (
+                    self.renderer.draw(None, offset=tuple(self._offset.astype(int)), noise_key=self._seq)
+                    if self._render
+                    else None
+                )
                 yield self._emit(NONE_INDEX, -1, -1, image)
             track = self._new_track()
             for t in range(track.length):
@@ -518,17 +543,26 @@ class CameraStream:
         size = track.size0 + (track.size1 - track.size0) * frac
         pixel_velocity = track.velocity * min(self.renderer.width, self.renderer.height)
         occluder = track.occluder if track.occluder and 0.3 <= frac <= 0.8 else None
-        image = self.renderer.draw(
-            track.item, centre=(float(centre[0]), float(centre[1])), size=float(size),
-            angle_deg=track.angle0 + track.spin * t, offset=tuple(self._offset.astype(int)),
-            velocity=(float(pixel_velocity[0]), float(pixel_velocity[1])),
-            occluder=occluder, noise_key=self._seq,
-        ) if self._render else None
+        image = (
+            self.renderer.draw(
+                track.item,
+                centre=(float(centre[0]), float(centre[1])),
+                size=float(size),
+                angle_deg=track.angle0 + track.spin * t,
+                offset=tuple(self._offset.astype(int)),
+                velocity=(float(pixel_velocity[0]), float(pixel_velocity[1])),
+                occluder=occluder,
+                noise_key=self._seq,
+            )
+            if self._render
+            else None
+        )
         label = int(self.pool.labels[track.item])
         return self._emit(label, track.item, track.track_id, image)
 
 
 # --------------------------------------------------------------------------- labelled sets
+
 
 @dataclass(frozen=True)
 class LabelledSet:
@@ -591,11 +625,14 @@ def render_set(
             occluder = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
         velocity = rng.normal(0, 1.5, size=2) if not shift.centred else (0.0, 0.0)
         images[i] = renderer.draw(
-            item, centre=(float(centre[0]), float(centre[1])),
+            item,
+            centre=(float(centre[0]), float(centre[1])),
             size=float(rng.uniform(*shift.scale_range)),
             angle_deg=float(rng.uniform(-shift.rotation_deg, shift.rotation_deg)),
-            offset=offset, velocity=(float(velocity[0]), float(velocity[1])),
-            occluder=occluder, noise_key=i,
+            offset=offset,
+            velocity=(float(velocity[0]), float(velocity[1])),
+            occluder=occluder,
+            noise_key=i,
         )
         labels[i] = cls
         chosen[i] = item
@@ -612,14 +649,13 @@ def randomised_sites(count: int, seed: int) -> list[Site]:
     for i in range(count):
         rng = _rng("randomised-site", seed, i)
         strength = float(rng.uniform(0.0, 1.2))
-        sites.append(replace(LAB_SITE, name=f"randomised-{i}", index=1000 + i,
-                             shift=random_shift(rng, strength)))
+        sites.append(replace(LAB_SITE, name=f"randomised-{i}", index=1000 + i, shift=random_shift(rng, strength)))
     return sites
 
 
-def field_test_set(site: Site, count: int, seed: int = 0, height: int = 128, width: int = 128,
-                   pool: ItemPool | None = None) -> LabelledSet:
+def field_test_set(
+    site: Site, count: int, seed: int = 0, height: int = 128, width: int = 128, pool: ItemPool | None = None
+) -> LabelledSet:
     """Return a held-out field test set for ``site`` (items never streamed, so never uploaded)."""
     pool = pool or item_pool()
-    return render_set(site, pool.field_test, count, seed=("field-test", seed), height=height,
-                      width=width, pool=pool)
+    return render_set(site, pool.field_test, count, seed=("field-test", seed), height=height, width=width, pool=pool)

@@ -32,21 +32,22 @@ import numpy as np
 from fleetloop_core import sim
 from fleetloop_core.dataset import ITEM_LABELS, NONE_INDEX
 
-DETECTION_CLASSES = tuple(ITEM_LABELS)       # what a detector outputs: the items, no background class
-FOREGROUND_LEVEL = 32                        # item pixels at or above this grey level (0..255) count as visible
+DETECTION_CLASSES = tuple(ITEM_LABELS)  # what a detector outputs: the items, no background class
+FOREGROUND_LEVEL = 32  # item pixels at or above this grey level (0..255) count as visible
 
 
 # --------------------------------------------------------------------------- truth
+
 
 @dataclass(frozen=True)
 class DetectionTruth:
     """Ground truth of one detection frame (evaluation and simulated annotators only, never model input)."""
 
-    boxes: np.ndarray          # (K, 4) float32 x0, y0, x1, y1, pixels
-    classes: np.ndarray        # (K,) int64 index into DETECTION_CLASSES
-    items: np.ndarray          # (K,) int64 Fashion-MNIST item index
-    track_ids: np.ndarray      # (K,) int64
-    truncated: np.ndarray      # (K,) bool: the frame border cut the box
+    boxes: np.ndarray  # (K, 4) float32 x0, y0, x1, y1, pixels
+    classes: np.ndarray  # (K,) int64 index into DETECTION_CLASSES
+    items: np.ndarray  # (K,) int64 Fashion-MNIST item index
+    track_ids: np.ndarray  # (K,) int64
+    truncated: np.ndarray  # (K,) bool: the frame border cut the box
     site: str
     robot: str = ""
     seq: int = 0
@@ -69,8 +70,10 @@ class DetectionTruth:
 
     def rows(self) -> list[list[float]]:
         """Return the boxes as JSON-able rows ``[x0, y0, x1, y1, class, track_id]``."""
-        return [[round(float(v), 2) for v in box] + [int(c), int(t)]
-                for box, c, t in zip(self.boxes, self.classes, self.track_ids)]
+        return [
+            [round(float(v), 2) for v in box] + [int(c), int(t)]
+            for box, c, t in zip(self.boxes, self.classes, self.track_ids)
+        ]
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,20 @@ class DetectionFrame:
 
 def empty_truth(site: str, robot: str = "", seq: int = 0) -> DetectionTruth:
     """Return the truth of a frame without items."""
-    return DetectionTruth(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                          np.zeros(0, np.int64), np.zeros(0, bool), site, robot, seq)
+    return DetectionTruth(
+        np.zeros((0, 4), np.float32),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, bool),
+        site,
+        robot,
+        seq,
+    )
 
 
 # --------------------------------------------------------------------------- geometry
+
 
 @lru_cache(maxsize=100_000)
 def _foreground_corners(item: int) -> np.ndarray:
@@ -124,6 +136,7 @@ def item_box(item: int, centre_px: tuple[float, float], side_px: float, angle_de
 
 # --------------------------------------------------------------------------- rendering
 
+
 @dataclass(frozen=True)
 class Placement:
     """One item in a frame: centre (fractions of width, height), size (fraction of the shorter side), angle."""
@@ -144,24 +157,37 @@ class SceneRenderer(sim.Renderer):
 
     _scene: Sequence[Placement] | None = None
 
-    def draw_scene(self, placements: Sequence[Placement], offset: tuple[int, int] = (0, 0),
-                   velocity: tuple[float, float] = (0.0, 0.0),
-                   occluder: tuple[float, float, float, float] | None = None,
-                   noise_key: int = 0) -> tuple[np.ndarray, DetectionTruth]:
+    def draw_scene(
+        self,
+        placements: Sequence[Placement],
+        offset: tuple[int, int] = (0, 0),
+        velocity: tuple[float, float] = (0.0, 0.0),
+        occluder: tuple[float, float, float, float] | None = None,
+        noise_key: int = 0,
+    ) -> tuple[np.ndarray, DetectionTruth]:
         """Return (uint8 RGB frame, truth with boxes) of ``placements`` painted in order."""
         if not placements:
             return (self.draw(None, offset=offset, noise_key=noise_key), empty_truth(self.site.name))
         self._scene = placements
         try:
             first = placements[0]
-            image = self.draw(first.item, centre=first.centre, size=first.size, angle_deg=first.angle_deg,
-                              offset=offset, velocity=velocity, occluder=occluder, noise_key=noise_key)
+            image = self.draw(
+                first.item,
+                centre=first.centre,
+                size=first.size,
+                angle_deg=first.angle_deg,
+                offset=offset,
+                velocity=velocity,
+                occluder=occluder,
+                noise_key=noise_key,
+            )
         finally:
             self._scene = None
         return image, self.truth_of(placements)
 
-    def _paste_item(self, frame: np.ndarray, item: int, centre: tuple[float, float], size: float,
-                    angle_deg: float) -> None:
+    def _paste_item(
+        self, frame: np.ndarray, item: int, centre: tuple[float, float], size: float, angle_deg: float
+    ) -> None:
         scene = self._scene
         if scene is None:
             super()._paste_item(frame, item, centre, size, angle_deg)
@@ -176,8 +202,9 @@ class SceneRenderer(sim.Renderer):
         boxes, classes, items, tracks, truncated = [], [], [], [], []
         for p in placements:
             box = item_box(p.item, (p.centre[0] * width, p.centre[1] * height), p.size * shorter, p.angle_deg)
-            clipped = np.asarray([max(box[0], 0.0), max(box[1], 0.0), min(box[2], width), min(box[3], height)],
-                                 np.float32)
+            clipped = np.asarray(
+                [max(box[0], 0.0), max(box[1], 0.0), min(box[2], width), min(box[3], height)], np.float32
+            )
             if clipped[2] - clipped[0] < min_box_px or clipped[3] - clipped[1] < min_box_px:
                 continue
             boxes.append(clipped)
@@ -187,11 +214,18 @@ class SceneRenderer(sim.Renderer):
             truncated.append(bool(np.any(np.abs(clipped - box) > 1e-3)))
         if not boxes:
             return empty_truth(self.site.name)
-        return DetectionTruth(np.stack(boxes), np.asarray(classes, np.int64), np.asarray(items, np.int64),
-                              np.asarray(tracks, np.int64), np.asarray(truncated, bool), self.site.name)
+        return DetectionTruth(
+            np.stack(boxes),
+            np.asarray(classes, np.int64),
+            np.asarray(items, np.int64),
+            np.asarray(tracks, np.int64),
+            np.asarray(truncated, bool),
+            self.site.name,
+        )
 
 
 # --------------------------------------------------------------------------- streams
+
 
 @dataclass
 class _ItemTrack:
@@ -210,8 +244,13 @@ class _ItemTrack:
         frac = self.age / max(self.length - 1, 1)
         centre = self.start + self.velocity * self.age
         size = self.size0 + (self.size1 - self.size0) * frac
-        return Placement(self.item, (float(centre[0]), float(centre[1])), float(size),
-                         self.angle0 + self.spin * self.age, self.track_id)
+        return Placement(
+            self.item,
+            (float(centre[0]), float(centre[1])),
+            float(size),
+            self.angle0 + self.spin * self.age,
+            self.track_id,
+        )
 
 
 class DetectionStream:
@@ -304,11 +343,18 @@ class DetectionStream:
             start = rng.uniform(0.15, 0.85, size=2)
             end = np.clip(start + rng.uniform(-0.3, 0.3, size=2), 0.1, 0.9)
         velocity = (end - start) / max(length - 1, 1)
-        track = _ItemTrack(track_id=self._next_track, item=self._pick_item(), length=length, age=0,
-                           start=np.asarray(start, float), velocity=np.asarray(velocity, float), size0=size0,
-                           size1=size1, angle0=float(rng.uniform(-self.site.shift.rotation_deg,
-                                                                  self.site.shift.rotation_deg)),
-                           spin=float(rng.uniform(-2, 2)))
+        track = _ItemTrack(
+            track_id=self._next_track,
+            item=self._pick_item(),
+            length=length,
+            age=0,
+            start=np.asarray(start, float),
+            velocity=np.asarray(velocity, float),
+            size0=size0,
+            size1=size1,
+            angle0=float(rng.uniform(-self.site.shift.rotation_deg, self.site.shift.rotation_deg)),
+            spin=float(rng.uniform(-2, 2)),
+        )
         self._next_track += 1
         return track
 
@@ -341,8 +387,9 @@ class DetectionStream:
         fastest = max(self._tracks, key=lambda t: float(np.hypot(*t.velocity)), default=None)
         shorter = min(self.renderer.width, self.renderer.height)
         velocity = (0.0, 0.0) if fastest is None else tuple(float(v) * shorter for v in fastest.velocity)
-        image, truth = self.renderer.draw_scene(placements, offset=tuple(self._offset.astype(int)),
-                                                velocity=velocity, noise_key=self._seq)
+        image, truth = self.renderer.draw_scene(
+            placements, offset=tuple(self._offset.astype(int)), velocity=velocity, noise_key=self._seq
+        )
         for track in self._tracks:
             track.age += 1
         ended = [t for t in self._tracks if t.age >= t.length]
@@ -351,13 +398,22 @@ class DetectionStream:
             if not self._tracks:
                 self._gap = self._draw_gap()
         stamp = self._start_ns + int(round(self._seq * 1e9 / self.rate_hz))
-        truth = DetectionTruth(truth.boxes, truth.classes, truth.items, truth.track_ids, truth.truncated,
-                               self.site.name, self.robot, self._seq)
+        truth = DetectionTruth(
+            truth.boxes,
+            truth.classes,
+            truth.items,
+            truth.track_ids,
+            truth.truncated,
+            self.site.name,
+            self.robot,
+            self._seq,
+        )
         self._seq += 1
         return DetectionFrame(image=image, stamp_ns=stamp, truth=truth)
 
 
 # --------------------------------------------------------------------------- labelled sets
+
 
 @dataclass(frozen=True)
 class DetectionSet:
@@ -424,19 +480,38 @@ def render_detection_set(
                 centre[int(rng.integers(2))] = rng.choice([rng.uniform(-0.05, 0.08), rng.uniform(0.92, 1.05)])
             else:
                 centre = rng.uniform(0.12, 0.88, size=2)
-            placements.append(Placement(item, (float(centre[0]), float(centre[1])), size,
-                                        float(rng.uniform(-shift.rotation_deg, shift.rotation_deg)), k))
+            placements.append(
+                Placement(
+                    item,
+                    (float(centre[0]), float(centre[1])),
+                    size,
+                    float(rng.uniform(-shift.rotation_deg, shift.rotation_deg)),
+                    k,
+                )
+            )
         velocity = tuple(float(v) for v in rng.normal(0, 1.0, size=2)) if not shift.centred else (0.0, 0.0)
         image, truth = renderer.draw_scene(placements, offset=offset, velocity=velocity, noise_key=i)
         images[i] = image
-        truths.append(DetectionTruth(truth.boxes, truth.classes, truth.items, truth.track_ids, truth.truncated,
-                                     renderer.site.name, "", i))
+        truths.append(
+            DetectionTruth(
+                truth.boxes, truth.classes, truth.items, truth.track_ids, truth.truncated, renderer.site.name, "", i
+            )
+        )
     return DetectionSet(images=images, truths=truths)
 
 
-def field_detection_set(site: sim.Site, count: int, seed: int = 0, height: int = 128, width: int = 128,
-                        pool: sim.ItemPool | None = None) -> DetectionSet:
+def field_detection_set(
+    site: sim.Site, count: int, seed: int = 0, height: int = 128, width: int = 128, pool: sim.ItemPool | None = None
+) -> DetectionSet:
     """Return a held-out detection test set of ``site`` (field-test items, never streamed, so never uploaded)."""
     pool = pool or sim.item_pool()
-    return render_detection_set(site, pool.field_test, count, seed=("field-detection-test", seed), height=height,
-                                width=width, none_fraction=site.none_fraction * 0.4, pool=pool)
+    return render_detection_set(
+        site,
+        pool.field_test,
+        count,
+        seed=("field-detection-test", seed),
+        height=height,
+        width=width,
+        none_fraction=site.none_fraction * 0.4,
+        pool=pool,
+    )

@@ -112,7 +112,9 @@ class FileStore:
                 os.unlink(temporary)
             except OSError:
                 pass
-            raise StoreError(f"{self.uri}: cannot write {target.relative_to(self.root)} ({exc.strerror or exc})") from exc
+            raise StoreError(
+                f"{self.uri}: cannot write {target.relative_to(self.root)} ({exc.strerror or exc})"
+            ) from exc
 
     def _meta_path(self, path: Path) -> Path:
         return path.with_name(f".{path.name}.meta")
@@ -121,6 +123,7 @@ class FileStore:
         path = self._path(key)
         if metadata:
             import json
+
             self._write_atomic(self._meta_path(path), json.dumps(metadata, sort_keys=True).encode())
         self._write_atomic(path, data)
 
@@ -147,6 +150,7 @@ class FileStore:
         meta = self._meta_path(path)
         if meta.is_file():
             import json
+
             metadata = json.loads(meta.read_text())
         return ObjectInfo(key=key, size=path.stat().st_size, metadata=metadata)
 
@@ -178,8 +182,15 @@ class S3Store:
 
     MULTIPART_THRESHOLD = 8 * 1024 * 1024
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
-                 region: str | None = None, multipart_threshold: int | None = None, client=None):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        multipart_threshold: int | None = None,
+        client=None,
+    ):
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -188,52 +199,90 @@ class S3Store:
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.endpoint_url = endpoint_url
         self._client = client or boto3.client(
-            "s3", endpoint_url=endpoint_url, region_name=region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
             config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=30),
         )
         threshold = multipart_threshold or self.MULTIPART_THRESHOLD
-        self._transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(threshold, 5 * 1024 * 1024))
+        self._transfer = TransferConfig(
+            multipart_threshold=threshold, multipart_chunksize=max(threshold, 5 * 1024 * 1024)
+        )
 
     def _key(self, key: str) -> str:
         key = _check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    _REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken",
-                "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "403", "401", "Forbidden"}
-    _BUSY = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed",
-             "503", "500", "502", "504"}
+    _REFUSED = {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "403",
+        "401",
+        "Forbidden",
+    }
+    _BUSY = {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "503",
+        "500",
+        "502",
+        "504",
+    }
 
     def _error(self, action: str, key: str, exc: Exception) -> StoreError:
         """Return the StoreError for a boto3 failure: StoreUnavailable only when a retry can help."""
         from boto3.exceptions import S3UploadFailedError
-        from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectionError as BotoConnectionError,
-                                         NoCredentialsError, PartialCredentialsError, ReadTimeoutError)
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            ConnectionError as BotoConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            ReadTimeoutError,
+        )
+
         if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, ClientError):
-            exc = exc.__context__       # upload_file wraps the service's answer
+            exc = exc.__context__  # upload_file wraps the service's answer
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-            return StoreError(f"{self.uri}: no usable AWS credentials to {action} {key} ({exc}); "
-                              "set them in the environment, ~/.aws or the instance role")
-        if isinstance(exc, (BotoConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectionError,
-                            TimeoutError)):
+            return StoreError(
+                f"{self.uri}: no usable AWS credentials to {action} {key} ({exc}); "
+                "set them in the environment, ~/.aws or the instance role"
+            )
+        if isinstance(
+            exc, (BotoConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectionError, TimeoutError)
+        ):
             return StoreUnavailable(f"{self.uri}: cannot reach the store to {action} {key} ({exc})")
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "?"))
             if code in self._REFUSED:
-                return StoreError(f"{self.uri}: credentials refused ({code}: {error.get('Message') or 'forbidden'}) "
-                                  f"when trying to {action} {key}")
+                return StoreError(
+                    f"{self.uri}: credentials refused ({code}: {error.get('Message') or 'forbidden'}) "
+                    f"when trying to {action} {key}"
+                )
             if code in self._BUSY:
                 return StoreUnavailable(f"{self.uri}: store busy ({code}) when trying to {action} {key}")
             if code == "NoSuchBucket":
                 return StoreError(f"{self.uri}: bucket {self.bucket} does not exist (when trying to {action} {key})")
             return StoreError(f"{self.uri}: {action} {key} failed ({code}: {exc})")
         from botocore.exceptions import BotoCoreError
+
         if isinstance(exc, BotoCoreError) and "connect" in type(exc).__name__.lower():
             return StoreUnavailable(f"{self.uri}: cannot reach the store to {action} {key} ({exc})")
         return StoreError(f"{self.uri}: {action} {key} failed ({type(exc).__name__}: {exc})")
 
     def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         import io
+
         self._upload(key, io.BytesIO(data), metadata, hashlib.sha256(data).hexdigest())
 
     def put_file(self, key: str, path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -265,6 +314,7 @@ class S3Store:
 
     def head(self, key: str) -> ObjectInfo | None:
         from botocore.exceptions import ClientError
+
         try:
             response = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
@@ -314,10 +364,17 @@ def open_store(uri: str) -> ObjectStore:
         options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         unknown = set(options) - {"endpoint_url", "region", "multipart_threshold"}
         if unknown:
-            raise StoreError(f"{uri}: unknown option(s) {sorted(unknown)} (known: endpoint_url, region, multipart_threshold)")
+            raise StoreError(
+                f"{uri}: unknown option(s) {sorted(unknown)} (known: endpoint_url, region, multipart_threshold)"
+            )
         threshold = int(options["multipart_threshold"]) if "multipart_threshold" in options else None
-        return S3Store(parsed.netloc, parsed.path, endpoint_url=options.get("endpoint_url"),
-                       region=options.get("region"), multipart_threshold=threshold)
+        return S3Store(
+            parsed.netloc,
+            parsed.path,
+            endpoint_url=options.get("endpoint_url"),
+            region=options.get("region"),
+            multipart_threshold=threshold,
+        )
     if not parsed.scheme and uri.startswith("/"):
         return FileStore(uri)
     raise StoreError(f"{uri}: unknown store scheme {parsed.scheme!r} (known: file, s3)")

@@ -65,8 +65,9 @@ class Task(Protocol):
 
     name: str
 
-    def load(self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1,
-             warmup: int = 3) -> TierModel: ...
+    def load(
+        self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
+    ) -> TierModel: ...
 
     def run(self, model: TierModel, frame: np.ndarray) -> ModelRun: ...
 
@@ -82,8 +83,9 @@ class ClassificationTask:
 
     name = "classification"
 
-    def load(self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1,
-             warmup: int = 3) -> TierModel:
+    def load(
+        self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
+    ) -> TierModel:
         return TierModel.load(path, providers=providers, intra_op_threads=intra_op_threads, warmup=warmup)
 
     def run(self, model: TierModel, frame: np.ndarray) -> ModelRun:
@@ -107,8 +109,9 @@ class DetectionTask:
 
     name = "detection"
 
-    def load(self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1,
-             warmup: int = 3) -> TierModel:
+    def load(
+        self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
+    ) -> TierModel:
         return DetectorModel.load(path, providers=providers, intra_op_threads=intra_op_threads, warmup=warmup)
 
     def run(self, model: TierModel, frame: np.ndarray) -> ModelRun:
@@ -170,11 +173,13 @@ def model_task(path: str | Path) -> str:
     return load_manifest(path / MANIFEST_NAME if path.is_dir() else path).task
 
 
-def load_model(path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1,
-               warmup: int = 3) -> TierModel:
+def load_model(
+    path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
+) -> TierModel:
     """Return the model at ``path`` loaded by its manifest's task (verified, warm)."""
-    return task_named(model_task(path)).load(path, providers=providers, intra_op_threads=intra_op_threads,
-                                             warmup=warmup)
+    return task_named(model_task(path)).load(
+        path, providers=providers, intra_op_threads=intra_op_threads, warmup=warmup
+    )
 
 
 def cascade_for(edge: TierModel, escalation: TierModel | None = None, config: Any = None) -> Any:
@@ -182,5 +187,16 @@ def cascade_for(edge: TierModel, escalation: TierModel | None = None, config: An
     return task_of(edge).cascade(edge, escalation, config)
 
 
-__all__ = ["ClassificationTask", "DetectionTask", "ModelRun", "TASKS", "Task", "cascade_for", "load_model",
-           "model_task", "register_task", "task_named", "task_of"]
+__all__ = [
+    "ClassificationTask",
+    "DetectionTask",
+    "ModelRun",
+    "TASKS",
+    "Task",
+    "cascade_for",
+    "load_model",
+    "model_task",
+    "register_task",
+    "task_named",
+    "task_of",
+]

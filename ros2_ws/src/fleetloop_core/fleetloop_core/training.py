@@ -92,7 +92,7 @@ class FitConfig:
     seed: int = 0
     flip: bool = True
     distil_temperature: float = 2.0
-    distil_weight: float = 0.7       # share of the soft-target loss when hard labels exist too
+    distil_weight: float = 0.7  # share of the soft-target loss when hard labels exist too
     threads: int | None = None
 
 
@@ -146,21 +146,28 @@ def fit(
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = steps_per_epoch * config.epochs
     if total_steps >= 8:
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total_steps,
-                                                       pct_start=0.25)
-    else:   # one-cycle's warm-up and annealing phases need a few steps each: keep the rate constant
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.25
+        )
+    else:  # one-cycle's warm-up and annealing phases need a few steps each: keep the rate constant
         schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
     generator = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     start = time.perf_counter()
     temperature = config.distil_temperature
-    bar = tqdm(total=steps_per_epoch * config.epochs, desc=desc, disable=not progress, unit="batch",
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=steps_per_epoch * config.epochs,
+        desc=desc,
+        disable=not progress,
+        unit="batch",
+        leave=False,
+        dynamic_ncols=True,
+    )
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator)
         running, count = 0.0, 0
         for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             x = x_all[idx].to(device)
             if config.flip:
                 flip = torch.rand(len(idx), generator=generator) < 0.5
@@ -172,7 +179,7 @@ def fit(
                 log_student = F.log_softmax(logits / temperature, dim=1)
                 soft_t = soft.clamp(min=1e-8) ** (1.0 / temperature)
                 soft_t = soft_t / soft_t.sum(dim=1, keepdim=True)
-                kl = (soft_t * (torch.log(soft_t) - log_student)).sum(dim=1) * temperature ** 2
+                kl = (soft_t * (torch.log(soft_t) - log_student)).sum(dim=1) * temperature**2
                 per_sample = per_sample + kl
             if y_all is not None:
                 y = y_all[idx].to(device)
@@ -199,8 +206,14 @@ def fit(
         losses.append(running / max(count, 1))
     bar.close()
     model.eval().cpu()
-    return FitReport(samples=n, epochs=config.epochs, seconds=time.perf_counter() - start,
-                     final_loss=losses[-1], losses=losses, device=str(device))
+    return FitReport(
+        samples=n,
+        epochs=config.epochs,
+        seconds=time.perf_counter() - start,
+        final_loss=losses[-1],
+        losses=losses,
+        device=str(device),
+    )
 
 
 @torch.no_grad()
@@ -210,7 +223,7 @@ def predict(model: Deployable, images: np.ndarray, batch_size: int = 512) -> tup
     device = next(model.parameters()).device
     probs, embeddings = [], []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
         p, e, _ = model(x)
         probs.append(p.cpu().numpy())
         embeddings.append(e.cpu().numpy())
@@ -223,11 +236,19 @@ def export_onnx(model: Deployable, path: str | Path, height: int, width: int, ch
     dummy = torch.zeros((1, height, width, channels), dtype=torch.uint8)
     buffer = io.BytesIO()
     torch.onnx.export(
-        model, (dummy,), buffer,
-        input_names=["image"], output_names=["probs", "embedding", "uncertainty"],
-        dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}, "embedding": {0: "batch"},
-                      "uncertainty": {0: "batch"}},
-        opset_version=OPSET, dynamo=False,
+        model,
+        (dummy,),
+        buffer,
+        input_names=["image"],
+        output_names=["probs", "embedding", "uncertainty"],
+        dynamic_axes={
+            "image": {0: "batch"},
+            "probs": {0: "batch"},
+            "embedding": {0: "batch"},
+            "uncertainty": {0: "batch"},
+        },
+        opset_version=OPSET,
+        dynamo=False,
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

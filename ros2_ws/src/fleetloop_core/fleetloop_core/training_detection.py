@@ -54,8 +54,15 @@ LAYOUT_OUTPUTS: dict[str, tuple[str, ...]] = {
 class DetectorDeployable(nn.Module):
     """A detector wrapped for deployment: uint8 NHWC in; one output layout out (see module docstring)."""
 
-    def __init__(self, net: DetectorNet, height: int, width: int, layout: Layout = "yolo",
-                 mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD):
+    def __init__(
+        self,
+        net: DetectorNet,
+        height: int,
+        width: int,
+        layout: Layout = "yolo",
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
+    ):
         super().__init__()
         if height % STRIDE or width % STRIDE:
             raise ValueError(f"detector input {width}x{height} must be a multiple of the stride {STRIDE}")
@@ -93,7 +100,7 @@ class DetectorDeployable(nn.Module):
             centre = (boxes[..., :2] + boxes[..., 2:]) * 0.5
             size = boxes[..., 2:] - boxes[..., :2]
             return torch.cat([torch.cat([centre, size], dim=-1).transpose(1, 2), scores], dim=1), embedding
-        per_anchor = scores.transpose(1, 2)                  # (N, A, C)
+        per_anchor = scores.transpose(1, 2)  # (N, A, C)
         if self.layout == "boxes_scores":
             return boxes, per_anchor, embedding
         best, labels = per_anchor.max(dim=-1)
@@ -102,16 +109,18 @@ class DetectorDeployable(nn.Module):
 
 # ------------------------------------------------------------------------------------ targets
 
+
 @dataclass
 class Targets:
     """Dense training targets: class index per cell (-1 background) and the assigned box (N, A, 4)."""
 
-    classes: np.ndarray      # (N, A) int64
-    boxes: np.ndarray        # (N, A, 4) float32 x0, y0, x1, y1 (input pixels)
+    classes: np.ndarray  # (N, A) int64
+    boxes: np.ndarray  # (N, A, 4) float32 x0, y0, x1, y1 (input pixels)
 
 
-def assign(boxes_list: Sequence[np.ndarray], classes_list: Sequence[np.ndarray], height: int, width: int,
-           radius: float = 1.5) -> Targets:
+def assign(
+    boxes_list: Sequence[np.ndarray], classes_list: Sequence[np.ndarray], height: int, width: int, radius: float = 1.5
+) -> Targets:
     """Return dense targets for ground-truth boxes (in input pixels) on the stride-8 grid."""
     centres = cell_centres(height, width).numpy()
     cells = len(centres)
@@ -123,14 +132,19 @@ def assign(boxes_list: Sequence[np.ndarray], classes_list: Sequence[np.ndarray],
             continue
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         box_centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-        inside = ((centres[:, None, 0] > boxes[None, :, 0]) & (centres[:, None, 0] < boxes[None, :, 2])
-                  & (centres[:, None, 1] > boxes[None, :, 1]) & (centres[:, None, 1] < boxes[None, :, 3]))
+        inside = (
+            (centres[:, None, 0] > boxes[None, :, 0])
+            & (centres[:, None, 0] < boxes[None, :, 2])
+            & (centres[:, None, 1] > boxes[None, :, 1])
+            & (centres[:, None, 1] < boxes[None, :, 3])
+        )
         near = np.abs(centres[:, None, :] - box_centre[None]).max(axis=2) <= radius * STRIDE
         candidate = inside & near
         # the cell holding the box centre is always a candidate (tiny or thin boxes)
         cols, rows = width // STRIDE, height // STRIDE
-        home = (np.clip((box_centre[:, 1] // STRIDE).astype(int), 0, rows - 1) * cols
-                + np.clip((box_centre[:, 0] // STRIDE).astype(int), 0, cols - 1))
+        home = np.clip((box_centre[:, 1] // STRIDE).astype(int), 0, rows - 1) * cols + np.clip(
+            (box_centre[:, 0] // STRIDE).astype(int), 0, cols - 1
+        )
         candidate[home, np.arange(len(boxes))] = True
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         cost = np.where(candidate, area[None, :], np.inf)
@@ -171,6 +185,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, 
 
 # ------------------------------------------------------------------------------------ training
 
+
 @dataclass
 class DetectorFitConfig:
     """How to train a detector: epochs, batch size, peak learning rate (one-cycle), seed, distillation."""
@@ -182,10 +197,10 @@ class DetectorFitConfig:
     seed: int = 0
     flip: bool = True
     box_weight: float = 2.0
-    distil_weight: float = 1.0          # soft class targets
-    distil_box_weight: float = 1.0      # teacher boxes where the teacher is confident
-    distil_confident: float = 0.4       # teacher class score above which its box is a target
-    threads: int | None = None          # None: FLEETLOOP_TRAIN_THREADS, else every core
+    distil_weight: float = 1.0  # soft class targets
+    distil_box_weight: float = 1.0  # teacher boxes where the teacher is confident
+    distil_confident: float = 0.4  # teacher class score above which its box is a target
+    threads: int | None = None  # None: FLEETLOOP_TRAIN_THREADS, else every core
 
 
 @dataclass
@@ -204,8 +219,9 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _flip(x: torch.Tensor, cls: torch.Tensor, boxes: torch.Tensor, width: int, cols: int,
-          extra: list[torch.Tensor]) -> tuple:
+def _flip(
+    x: torch.Tensor, cls: torch.Tensor, boxes: torch.Tensor, width: int, cols: int, extra: list[torch.Tensor]
+) -> tuple:
     """Mirror a batch left-right with its dense targets (cells reorder, box x coordinates mirror)."""
     n = x.shape[0]
     x = x.flip(2)
@@ -215,10 +231,10 @@ def _flip(x: torch.Tensor, cls: torch.Tensor, boxes: torch.Tensor, width: int, c
     boxes = torch.stack([width - boxes[..., 2], boxes[..., 1], width - boxes[..., 0], boxes[..., 3]], dim=-1)
     flipped = []
     for tensor in extra:
-        if tensor.dim() == 3 and tensor.shape[-1] == 4:          # teacher boxes (n, A, 4)
+        if tensor.dim() == 3 and tensor.shape[-1] == 4:  # teacher boxes (n, A, 4)
             t = tensor[:, order]
             flipped.append(torch.stack([width - t[..., 2], t[..., 1], width - t[..., 0], t[..., 3]], dim=-1))
-        else:                                                    # teacher scores (n, C, A)
+        else:  # teacher scores (n, C, A)
             flipped.append(tensor[..., order])
     del n
     return x, cls, boxes, flipped
@@ -246,8 +262,10 @@ def fit_detector(
     if len(images) == 0:
         raise ValueError("fit_detector got an empty training set")
     if images.shape[1] != model.height or images.shape[2] != model.width:
-        raise ValueError(f"images are {images.shape[2]}x{images.shape[1]}, the detector takes "
-                         f"{model.width}x{model.height} (letterbox them first)")
+        raise ValueError(
+            f"images are {images.shape[2]}x{images.shape[1]}, the detector takes "
+            f"{model.width}x{model.height} (letterbox them first)"
+        )
     # on a shared machine one thread often beats two fighting for the cores: let the caller say
     set_threads(config.threads or int(os.environ.get("FLEETLOOP_TRAIN_THREADS", "0")) or None)
     torch.manual_seed(config.seed)
@@ -262,25 +280,33 @@ def fit_detector(
     else:
         cls_all = torch.full((n, model.centres.shape[0]), -1, dtype=torch.int64)
         box_all = torch.zeros((n, model.centres.shape[0], 4))
-    has_truth = torch.from_numpy(np.asarray(labelled if labelled is not None else
-                                            np.full(n, targets is not None), bool))
+    has_truth = torch.from_numpy(
+        np.asarray(labelled if labelled is not None else np.full(n, targets is not None), bool)
+    )
     t_scores = torch.from_numpy(np.asarray(teacher[0], np.float32)) if teacher is not None else None
     t_boxes = torch.from_numpy(np.asarray(teacher[1], np.float32)) if teacher is not None else None
     steps_per_epoch = max(1, math.ceil(n / config.batch_size))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr,
-                                                   total_steps=steps_per_epoch * config.epochs, pct_start=0.2)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.2
+    )
     generator = torch.Generator().manual_seed(config.seed)
     classes = model.num_classes
     losses: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(total=steps_per_epoch * config.epochs, desc=desc, disable=not progress, unit="batch", leave=False,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=steps_per_epoch * config.epochs,
+        desc=desc,
+        disable=not progress,
+        unit="batch",
+        leave=False,
+        dynamic_ncols=True,
+    )
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator)
         running, count = 0.0, 0
         for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             x, cls, boxes = x_all[idx], cls_all[idx], box_all[idx]
             truth = has_truth[idx]
             extra = [t_scores[idx], t_boxes[idx]] if t_scores is not None else []
@@ -306,8 +332,12 @@ def fit_detector(
                 confident = soft.max(dim=1).values > config.distil_confident
                 if confident.any():
                     weight = soft.max(dim=1).values[confident]
-                    loss = loss + config.distil_box_weight * (
-                        giou_loss(pred_boxes[confident], teacher_boxes[confident]) * weight).sum() / weight.sum()
+                    loss = (
+                        loss
+                        + config.distil_box_weight
+                        * (giou_loss(pred_boxes[confident], teacher_boxes[confident]) * weight).sum()
+                        / weight.sum()
+                    )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -319,18 +349,26 @@ def fit_detector(
         losses.append(running / max(count, 1))
     bar.close()
     model.eval().cpu()
-    return DetectorFitReport(samples=n, epochs=config.epochs, seconds=time.perf_counter() - start,
-                             final_loss=losses[-1], losses=losses, device=str(device))
+    return DetectorFitReport(
+        samples=n,
+        epochs=config.epochs,
+        seconds=time.perf_counter() - start,
+        final_loss=losses[-1],
+        losses=losses,
+        device=str(device),
+    )
 
 
 @torch.no_grad()
-def predict_dense(model: DetectorDeployable, images: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def predict_dense(
+    model: DetectorDeployable, images: np.ndarray, batch_size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (class scores (N, C, A) in [0, 1], boxes (N, A, 4) input pixels) with the torch model."""
     model.eval()
     device = next(model.parameters()).device
     scores, boxes = [], []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
         logits, b, _ = model.raw(x)
         scores.append(torch.sigmoid(logits).cpu().numpy())
         boxes.append(b.cpu().numpy())
@@ -347,9 +385,16 @@ def export_detector_onnx(model: DetectorDeployable, path: str | Path, layout: La
         names = LAYOUT_OUTPUTS[model.layout]
         dummy = torch.zeros((1, model.height, model.width, 3), dtype=torch.uint8)
         buffer = io.BytesIO()
-        torch.onnx.export(model, (dummy,), buffer, input_names=["image"], output_names=list(names),
-                          dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in names}},
-                          opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            buffer,
+            input_names=["image"],
+            output_names=list(names),
+            dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in names}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
         with torch.no_grad():
             shapes = [tuple(t.shape) for t in model(dummy)]
     finally:

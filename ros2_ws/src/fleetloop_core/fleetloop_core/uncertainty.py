@@ -101,6 +101,7 @@ SCORES = ("entropy", "margin", "least_confidence", "disagreement", "flicker", "n
 
 # --------------------------------------------------------------------------- state on a robot
 
+
 class FlickerWindow:
     """Last ``size`` top-1 labels of one stream; :meth:`push` returns the current flicker."""
 
@@ -153,8 +154,11 @@ class EmbeddingMemory:
 
     def score(self, embedding: np.ndarray, remember: bool = True) -> float:
         """Return the novelty of one embedding (see :func:`novelty`), then optionally store it."""
-        vector = embedding if type(embedding) is np.ndarray and embedding.dtype == np.float32 \
+        vector = (
+            embedding
+            if type(embedding) is np.ndarray and embedding.dtype == np.float32
             else np.asarray(embedding, np.float32)
+        )
         if vector.ndim != 1:
             vector = vector.reshape(-1)
         if vector.shape[0] != self.dim:
@@ -162,12 +166,12 @@ class EmbeddingMemory:
         norm = 1.0 if self.unit_inputs else math.sqrt(float(np.dot(vector, vector)))
         if norm <= _EPS:
             return 1.0
-        count, slot = self._count, self._next       # read once: a second caller may move them meanwhile
+        count, slot = self._count, self._next  # read once: a second caller may move them meanwhile
         if count:
             # rows are unit vectors: max cosine = max(rows . v) / |v|
             rows = self._rows if count == self.capacity else self._rows[:count]
             similarities = np.dot(rows, vector)
-            best = float(similarities[similarities.argmax()]) / norm   # argmax+index beats .max() here
+            best = float(similarities[similarities.argmax()]) / norm  # argmax+index beats .max() here
             value = min(max((1.0 - best) * 0.5, 0.0), 1.0)
             self.last_similarity = float(similarities[(slot - 1) % similarities.shape[0]]) / norm
         else:
@@ -182,4 +186,3 @@ class EmbeddingMemory:
             if count < self.capacity:
                 self._count = count + 1
         return value
-

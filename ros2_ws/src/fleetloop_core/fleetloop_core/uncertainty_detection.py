@@ -36,11 +36,21 @@ import numpy as np
 from fleetloop_core import uncertainty as unc
 
 _EPS = 1e-12
-DETECTION_SCORES = ("band", "band_count", "box_entropy_mean", "box_entropy_max", "box_disagreement",
-                    "unmatched_boxes", "matched_iou", "class_conflicts", "count_flicker")
+DETECTION_SCORES = (
+    "band",
+    "band_count",
+    "box_entropy_mean",
+    "box_entropy_max",
+    "box_disagreement",
+    "unmatched_boxes",
+    "matched_iou",
+    "class_conflicts",
+    "count_flicker",
+)
 
 
 # --------------------------------------------------------------------------- padding
+
 
 def pad(rows: Sequence[np.ndarray], width: int | None = None, fill: float = np.nan) -> np.ndarray:
     """Return per-frame arrays (K_b, ...) stacked into (B, K, ...) with ``fill`` after each frame's rows."""
@@ -50,11 +60,12 @@ def pad(rows: Sequence[np.ndarray], width: int | None = None, fill: float = np.n
     for i, row in enumerate(rows):
         row = np.asarray(row, np.float32)
         if len(row):
-            out[i, :len(row)] = row[:width]
+            out[i, : len(row)] = row[:width]
     return out
 
 
 # --------------------------------------------------------------------------- score band
+
 
 def band_count(scores: np.ndarray, low: float, high: float) -> np.ndarray:
     """Return, per frame, the number of boxes with ``low <= score < high`` (NaN padding ignored); (B,) int64."""
@@ -80,6 +91,7 @@ def band_around(threshold: float, width: float) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- class entropy
+
 
 def box_entropy(class_scores: np.ndarray) -> np.ndarray:
     """Return each box's normalised class entropy in [0, 1] from per-class scores (..., C); NaN rows stay NaN.
@@ -115,6 +127,7 @@ def box_entropy_stats(class_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 # --------------------------------------------------------------------------- box matching
 
+
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Return the (M, N) IoU matrix of boxes ``a`` (M, 4) and ``b`` (N, 4), each in [0, 1]."""
     a = np.asarray(a, np.float64).reshape(-1, 4)
@@ -134,10 +147,10 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class Matching:
     """Greedy IoU matching of two box sets: pairs (i in a, j in b) with their IoU, and the unmatched."""
 
-    pairs: np.ndarray          # (P, 2) int64
-    ious: np.ndarray           # (P,) float32, each >= the threshold
-    unmatched_a: np.ndarray    # indices into a
-    unmatched_b: np.ndarray    # indices into b
+    pairs: np.ndarray  # (P, 2) int64
+    ious: np.ndarray  # (P,) float32, each >= the threshold
+    unmatched_a: np.ndarray  # indices into a
+    unmatched_b: np.ndarray  # indices into b
 
 
 def match_boxes(a: np.ndarray, b: np.ndarray, iou_threshold: float = 0.5) -> Matching:
@@ -164,24 +177,32 @@ def match_boxes(a: np.ndarray, b: np.ndarray, iou_threshold: float = 0.5) -> Mat
     pairs_array = np.asarray(pairs, np.int64).reshape(-1, 2)
     matched_a = set(pairs_array[:, 0].tolist())
     matched_b = set(pairs_array[:, 1].tolist())
-    return Matching(pairs_array, np.asarray(values, np.float32),
-                    np.asarray([i for i in range(m) if i not in matched_a], np.int64),
-                    np.asarray([j for j in range(n) if j not in matched_b], np.int64))
+    return Matching(
+        pairs_array,
+        np.asarray(values, np.float32),
+        np.asarray([i for i in range(m) if i not in matched_a], np.int64),
+        np.asarray([j for j in range(n) if j not in matched_b], np.int64),
+    )
 
 
 @dataclass(frozen=True)
 class Disagreement:
     """How two tiers' box sets differ (see the module docstring for every range)."""
 
-    score: float               # [0, 1]: 1 - sum(matched IoU) / (M + N - matched)
-    unmatched: int             # boxes of either tier without a partner
+    score: float  # [0, 1]: 1 - sum(matched IoU) / (M + N - matched)
+    unmatched: int  # boxes of either tier without a partner
     matched: int
-    mean_iou: float            # of matched pairs; 1 when both empty; 0 when boxes but no pair
-    class_conflicts: int       # matched pairs whose classes differ
+    mean_iou: float  # of matched pairs; 1 when both empty; 0 when boxes but no pair
+    class_conflicts: int  # matched pairs whose classes differ
 
 
-def box_disagreement(boxes_a: np.ndarray, boxes_b: np.ndarray, classes_a: np.ndarray | None = None,
-                     classes_b: np.ndarray | None = None, iou_threshold: float = 0.5) -> Disagreement:
+def box_disagreement(
+    boxes_a: np.ndarray,
+    boxes_b: np.ndarray,
+    classes_a: np.ndarray | None = None,
+    classes_b: np.ndarray | None = None,
+    iou_threshold: float = 0.5,
+) -> Disagreement:
     """Return the disagreement between two tiers' boxes on one frame (classes optional)."""
     boxes_a = np.asarray(boxes_a, np.float32).reshape(-1, 4)
     boxes_b = np.asarray(boxes_b, np.float32).reshape(-1, 4)
@@ -203,6 +224,7 @@ def box_disagreement(boxes_a: np.ndarray, boxes_b: np.ndarray, classes_a: np.nda
 
 # --------------------------------------------------------------------------- temporal
 
+
 def count_flicker(count_windows: np.ndarray) -> np.ndarray:
     """Return the fraction of frame-to-frame changes of the box count in each window (B, W), in [0, 1]."""
     return unc.flicker(np.asarray(count_windows, np.int64))
@@ -210,8 +232,10 @@ def count_flicker(count_windows: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- mapping onto the selector's parts
 
-def score_parts(band: float, entropy_mean: float, entropy_max: float, disagreement: float, flicker: float,
-                novelty: float) -> dict[str, float]:
+
+def score_parts(
+    band: float, entropy_mean: float, entropy_max: float, disagreement: float, flicker: float, novelty: float
+) -> dict[str, float]:
     """Return the six selector score names filled with their detection counterparts (each in [0, 1]).
 
     ``margin`` <- score band (how close boxes are to the decision threshold, as margin says how close
@@ -219,5 +243,11 @@ def score_parts(band: float, entropy_mean: float, entropy_max: float, disagreeme
     class entropy; ``disagreement`` <- T4/T3 box disagreement; ``flicker`` <- box-count flicker;
     ``novelty`` <- embedding novelty.
     """
-    return {"entropy": float(entropy_mean), "margin": float(band), "least_confidence": float(entropy_max),
-            "disagreement": float(disagreement), "flicker": float(flicker), "novelty": float(novelty)}
+    return {
+        "entropy": float(entropy_mean),
+        "margin": float(band),
+        "least_confidence": float(entropy_max),
+        "disagreement": float(disagreement),
+        "flicker": float(flicker),
+        "novelty": float(novelty),
+    }

@@ -64,13 +64,14 @@ class CorruptRecord(QueueError):
 
 # --------------------------------------------------------------------------- config
 
+
 class BackoffConfig(ConfigModel):
     """Retry delays while the store is unreachable: initial x multiplier^(n-1), capped, jittered."""
 
     initial_s: float = Field(default=1.0, gt=0.0)
     max_s: float = Field(default=300.0, gt=0.0)
     multiplier: float = Field(default=2.0, ge=1.0)
-    jitter: float = Field(default=0.5, ge=0.0, le=1.0)    # delay x uniform(1 - jitter, 1)
+    jitter: float = Field(default=0.5, ge=0.0, le=1.0)  # delay x uniform(1 - jitter, 1)
 
 
 class QueueConfig(ConfigModel):
@@ -78,11 +79,11 @@ class QueueConfig(ConfigModel):
 
     directory: str = "/var/lib/fleetloop/queue"
     store: str = "file:///var/lib/fleetloop/store"
-    disk_cap_bytes: int = Field(default=2 * 1024 ** 3, gt=0)
-    bandwidth_bytes_per_s: float = Field(default=0.0, ge=0.0)     # 0: unlimited
+    disk_cap_bytes: int = Field(default=2 * 1024**3, gt=0)
+    bandwidth_bytes_per_s: float = Field(default=0.0, ge=0.0)  # 0: unlimited
     backoff: BackoffConfig = BackoffConfig()
-    synchronous: Literal["full", "normal"] = "full"   # full: durable across power loss, not only crashes
-    idle_poll_s: float = Field(default=0.5, gt=0.0)   # uploader thread wait when the queue is empty
+    synchronous: Literal["full", "normal"] = "full"  # full: durable across power loss, not only crashes
+    idle_poll_s: float = Field(default=0.5, gt=0.0)  # uploader thread wait when the queue is empty
     orphan_grace_s: float = Field(default=60.0, ge=0.0)
 
 
@@ -98,6 +99,7 @@ def backoff_delay(failures: int, config: BackoffConfig, rng: random.Random) -> f
 
 
 # --------------------------------------------------------------------------- records on disk
+
 
 @dataclass(frozen=True)
 class PutResult:
@@ -197,16 +199,16 @@ class UploadQueue:
     ``fleetloop queue stats`` reading. Run one uploader per queue.
     """
 
-    def __init__(self, directory: str | Path, disk_cap_bytes: int = 2 * 1024 ** 3,
-                 synchronous: str = "full"):
+    def __init__(self, directory: str | Path, disk_cap_bytes: int = 2 * 1024**3, synchronous: str = "full"):
         self.directory = Path(directory)
         self.disk_cap_bytes = int(disk_cap_bytes)
         self.blobs = self.directory / BLOB_DIR
         self._lock = threading.RLock()
         try:
             self.blobs.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.directory / DB_NAME, timeout=30.0, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = sqlite3.connect(
+                self.directory / DB_NAME, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
@@ -236,8 +238,9 @@ class UploadQueue:
         return _Transaction(self._db)
 
     def _bump(self, name: str, by: int = 1) -> None:
-        self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
-                         (name, by, by))
+        self._db.execute(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?", (name, by, by)
+        )
 
     def _blob_name(self, record: EncodedRecord) -> str:
         extension = "png" if record.sidecar.encoding == "png" else "jpg"
@@ -280,7 +283,9 @@ class UploadQueue:
         victims, freed = [], 0
         rows = self._db.execute(
             "SELECT id, frame_key, blob, size_bytes FROM records WHERE owner IS NULL AND priority <= ? "
-            "ORDER BY priority ASC, id ASC", (priority,))
+            "ORDER BY priority ASC, id ASC",
+            (priority,),
+        )
         for row in rows:
             victims.append(row)
             freed += row[3]
@@ -306,7 +311,7 @@ class UploadQueue:
                 return PutResult(True, key, "already queued", already_queued=True)
             blob = self._blob_name(encoded)
             evicted: list[str] = []
-            for attempt in range(64):
+            for _ in range(64):
                 try:
                     self._write_blob(blob, encoded.frame)
                     with self._transaction():
@@ -322,8 +327,20 @@ class UploadQueue:
                         self._db.execute(
                             "INSERT INTO records (frame_key, sidecar_key, blob, frame_sha256, sidecar, size_bytes,"
                             " priority, stamp_ns, robot_id, stream, queued_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            (key, encoded.sidecar_key, blob, sidecar.frame_sha256, sidecar_json, size,
-                             encoded.priority, sidecar.stamp_ns, sidecar.robot_id, sidecar.stream, time.time()))
+                            (
+                                key,
+                                encoded.sidecar_key,
+                                blob,
+                                sidecar.frame_sha256,
+                                sidecar_json,
+                                size,
+                                encoded.priority,
+                                sidecar.stamp_ns,
+                                sidecar.robot_id,
+                                sidecar.stream,
+                                time.time(),
+                            ),
+                        )
                     self._unlink_blobs(victim[2] for victim in victims)
                     return PutResult(True, key, "queued", evicted=tuple(evicted))
                 except _NoRoom:
@@ -337,16 +354,23 @@ class UploadQueue:
                     freed = self._evict_one(encoded.priority)
                     if freed is None:
                         self._unlink_blobs([blob])
-                        return self._reject(key, f"disk full ({exc.strerror if isinstance(exc, OSError) else exc})"
-                                                 " and nothing less valuable to evict", evicted)
+                        return self._reject(
+                            key,
+                            f"disk full ({exc.strerror if isinstance(exc, OSError) else exc})"
+                            " and nothing less valuable to evict",
+                            evicted,
+                        )
                     evicted.append(freed)
             self._unlink_blobs([blob])
             return self._reject(key, "disk full after evicting 64 records", evicted)
 
     def _evict_one(self, priority: float) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT id, frame_key, blob FROM records WHERE owner IS NULL AND priority <= ? "
-                                   "ORDER BY priority ASC, id ASC LIMIT 1", (priority,)).fetchone()
+            row = self._db.execute(
+                "SELECT id, frame_key, blob FROM records WHERE owner IS NULL AND priority <= ? "
+                "ORDER BY priority ASC, id ASC LIMIT 1",
+                (priority,),
+            ).fetchone()
             if row is None:
                 return None
             with self._transaction():
@@ -362,7 +386,7 @@ class UploadQueue:
                 with self._transaction():
                     self._bump("rejected")
             except sqlite3.Error:
-                pass    # counting a rejection must not turn a full disk into a crash
+                pass  # counting a rejection must not turn a full disk into a crash
         return PutResult(False, key, reason, evicted=tuple(evicted or ()))
 
     # ------------------------------------------------------------------ upload side
@@ -373,13 +397,24 @@ class UploadQueue:
             row = self._db.execute(
                 "SELECT id, frame_key, sidecar_key, blob, frame_sha256, sidecar, size_bytes, priority,"
                 " frame_uploaded, robot_id, stream FROM records WHERE owner IS NULL AND state = 'queued' "
-                "ORDER BY priority DESC, id ASC LIMIT 1").fetchone()
+                "ORDER BY priority DESC, id ASC LIMIT 1"
+            ).fetchone()
             if row is None:
                 return None
             self._db.execute("UPDATE records SET owner = ? WHERE id = ?", (owner, row[0]))
-        return QueuedRecord(id=row[0], frame_key=row[1], sidecar_key=row[2], blob=self.blobs / row[3],
-                            frame_sha256=row[4], sidecar=bytes(row[5]), size_bytes=row[6], priority=row[7],
-                            frame_uploaded=bool(row[8]), robot_id=row[9], stream=row[10])
+        return QueuedRecord(
+            id=row[0],
+            frame_key=row[1],
+            sidecar_key=row[2],
+            blob=self.blobs / row[3],
+            frame_sha256=row[4],
+            sidecar=bytes(row[5]),
+            size_bytes=row[6],
+            priority=row[7],
+            frame_uploaded=bool(row[8]),
+            robot_id=row[9],
+            stream=row[10],
+        )
 
     def mark_frame_uploaded(self, record_id: int) -> None:
         """Record that the frame object is in the store (only the sidecar is left to upload)."""
@@ -399,14 +434,17 @@ class UploadQueue:
     def release(self, record_id: int, error: str | None = None) -> None:
         """Put a claimed record back in the queue (upload failed), noting the error."""
         with self._lock, self._transaction():
-            self._db.execute("UPDATE records SET owner = NULL, attempts = attempts + 1, last_error = ? WHERE id = ?",
-                             (error, record_id))
+            self._db.execute(
+                "UPDATE records SET owner = NULL, attempts = attempts + 1, last_error = ? WHERE id = ?",
+                (error, record_id),
+            )
 
     def mark_corrupt(self, record_id: int, error: str) -> None:
         """Set a record aside: its frame file is missing or damaged (kept for inspection, never uploaded)."""
         with self._lock, self._transaction():
-            self._db.execute("UPDATE records SET owner = NULL, state = 'corrupt', last_error = ? WHERE id = ?",
-                             (error, record_id))
+            self._db.execute(
+                "UPDATE records SET owner = NULL, state = 'corrupt', last_error = ? WHERE id = ?", (error, record_id)
+            )
 
     def recover(self, orphan_grace_s: float = 60.0) -> dict[str, int]:
         """Return what crash recovery did: records released from dead uploaders, orphan files removed.
@@ -416,13 +454,13 @@ class UploadQueue:
         """
         released = 0
         with self._lock:
-            owners = [row[0] for row in self._db.execute(
-                "SELECT DISTINCT owner FROM records WHERE owner IS NOT NULL")]
+            owners = [row[0] for row in self._db.execute("SELECT DISTINCT owner FROM records WHERE owner IS NOT NULL")]
             for owner in owners:
                 if owner == os.getpid() or not _alive(owner):
                     with self._transaction():
-                        released += self._db.execute("UPDATE records SET owner = NULL WHERE owner = ?",
-                                                     (owner,)).rowcount
+                        released += self._db.execute(
+                            "UPDATE records SET owner = NULL WHERE owner = ?", (owner,)
+                        ).rowcount
             known = {row[0] for row in self._db.execute("SELECT blob FROM records")}
         removed = 0
         now = time.time()
@@ -453,17 +491,29 @@ class UploadQueue:
             db = self._db
             records, size, in_flight, uploaded, corrupt, oldest, newest = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0), COUNT(owner), COALESCE(SUM(frame_uploaded), 0),"
-                " COALESCE(SUM(state = 'corrupt'), 0), MIN(stamp_ns), MAX(stamp_ns) FROM records").fetchone()
+                " COALESCE(SUM(state = 'corrupt'), 0), MIN(stamp_ns), MAX(stamp_ns) FROM records"
+            ).fetchone()
             counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
-            error = db.execute("SELECT last_error FROM records WHERE last_error IS NOT NULL "
-                               "ORDER BY attempts DESC LIMIT 1").fetchone()
+            error = db.execute(
+                "SELECT last_error FROM records WHERE last_error IS NOT NULL ORDER BY attempts DESC LIMIT 1"
+            ).fetchone()
             by_robot = dict(db.execute("SELECT robot_id, COUNT(*) FROM records GROUP BY robot_id").fetchall())
-        return QueueStats(directory=str(self.directory), records=records, bytes=size,
-                          disk_cap_bytes=self.disk_cap_bytes, in_flight=in_flight, frame_uploaded=uploaded,
-                          corrupt=corrupt, oldest_stamp_ns=oldest, newest_stamp_ns=newest,
-                          uploaded_total=counters.get("uploaded", 0), evicted_total=counters.get("evicted", 0),
-                          rejected_total=counters.get("rejected", 0), last_error=error[0] if error else None,
-                          by_robot=by_robot)
+        return QueueStats(
+            directory=str(self.directory),
+            records=records,
+            bytes=size,
+            disk_cap_bytes=self.disk_cap_bytes,
+            in_flight=in_flight,
+            frame_uploaded=uploaded,
+            corrupt=corrupt,
+            oldest_stamp_ns=oldest,
+            newest_stamp_ns=newest,
+            uploaded_total=counters.get("uploaded", 0),
+            evicted_total=counters.get("evicted", 0),
+            rejected_total=counters.get("rejected", 0),
+            last_error=error[0] if error else None,
+            by_robot=by_robot,
+        )
 
     def purge(self, include_in_flight: bool = False, corrupt_only: bool = False) -> int:
         """Delete records (default: all not in flight); return how many."""
@@ -508,7 +558,7 @@ class _Transaction:
         try:
             self._db.execute("ROLLBACK")
         except sqlite3.Error:
-            pass    # SQLite may already have rolled back (e.g. disk full); the original error matters
+            pass  # SQLite may already have rolled back (e.g. disk full); the original error matters
 
 
 def _alive(pid: int) -> bool:
@@ -523,24 +573,30 @@ def _alive(pid: int) -> bool:
 
 # --------------------------------------------------------------------------- the uploader
 
+
 @dataclass
 class DrainReport:
     """What one drain did."""
 
     uploaded: int = 0
     uploaded_bytes: int = 0
-    failures: int = 0                       # failed attempts (store unreachable or refusing)
+    failures: int = 0  # failed attempts (store unreachable or refusing)
     corrupt: int = 0
     backoff_s: list[float] = field(default_factory=list)
-    error: str | None = None                # set when the store refused (credentials, permissions)
+    error: str | None = None  # set when the store refused (credentials, permissions)
     seconds: float = 0.0
 
 
 class Uploader:
     """Moves records from a queue to a store: frame object first, sidecar last, then forgets them."""
 
-    def __init__(self, queue: UploadQueue, store: ObjectStore, config: QueueConfig | None = None,
-                 rng: random.Random | None = None):
+    def __init__(
+        self,
+        queue: UploadQueue,
+        store: ObjectStore,
+        config: QueueConfig | None = None,
+        rng: random.Random | None = None,
+    ):
         self.queue, self.store = queue, store
         self.config = config or QueueConfig()
         self._rng = rng or random.Random()
@@ -559,11 +615,14 @@ class Uploader:
             try:
                 data = record.blob.read_bytes()
             except FileNotFoundError:
-                raise CorruptRecord(f"{self.queue.directory}: frame file {record.blob.name} of {record.frame_key} "
-                                    "is missing") from None
+                raise CorruptRecord(
+                    f"{self.queue.directory}: frame file {record.blob.name} of {record.frame_key} is missing"
+                ) from None
             if hashlib.sha256(data).hexdigest() != record.frame_sha256:
-                raise CorruptRecord(f"{self.queue.directory}: frame file {record.blob.name} of {record.frame_key} "
-                                    "does not match its sha256")
+                raise CorruptRecord(
+                    f"{self.queue.directory}: frame file {record.blob.name} of {record.frame_key} "
+                    "does not match its sha256"
+                )
             self._throttle(len(data) + len(record.sidecar))
             self.store.put_bytes(record.frame_key, data, metadata)
             self.queue.mark_frame_uploaded(record.id)
@@ -575,17 +634,22 @@ class Uploader:
         if rate <= 0:
             return
         now = time.monotonic()
-        capacity = max(rate, float(size))        # one second of burst, at least one record
+        capacity = max(rate, float(size))  # one second of burst, at least one record
         self._tokens = min(capacity, self._tokens + max(now - self._tokens_at, 0.0) * rate) - size
         self._tokens_at = now
         if self._tokens < 0:
             wait = -self._tokens / rate
             self._stop.wait(wait)
-            self._tokens, self._tokens_at = 0.0, now + wait   # the wait paid the debt
+            self._tokens, self._tokens_at = 0.0, now + wait  # the wait paid the debt
 
     # ------------------------------------------------------------------ loops
-    def drain(self, max_records: int | None = None, deadline_s: float | None = None,
-              forever: bool = False, stop_on_refusal: bool = True) -> DrainReport:
+    def drain(
+        self,
+        max_records: int | None = None,
+        deadline_s: float | None = None,
+        forever: bool = False,
+        stop_on_refusal: bool = True,
+    ) -> DrainReport:
         """Upload until the queue is empty (or ``max_records``, the deadline, :meth:`stop`); return a report.
 
         While the store is unreachable the drain backs off (exponential, jittered) and retries;
@@ -654,8 +718,12 @@ class Uploader:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self.drain, kwargs={"forever": True, "stop_on_refusal": False},
-                                        name="fleetloop-uploader", daemon=True)
+        self._thread = threading.Thread(
+            target=self.drain,
+            kwargs={"forever": True, "stop_on_refusal": False},
+            name="fleetloop-uploader",
+            daemon=True,
+        )
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -664,5 +732,3 @@ class Uploader:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
-
-

@@ -34,8 +34,9 @@ def _conv_bn(c_in: int, c_out: int, stride: int, depthwise: bool) -> nn.Sequenti
 def _stem(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     # stride 4: non-overlapping 4x4 patches (as ConvNeXt); stride 2: a 3x3 conv
     kernel, padding = (4, 0) if stride == 4 else (3, 1)
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
 
 
 class _Residual(nn.Module):
@@ -68,8 +69,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # T2: cloud domain teacher
     "teacher": ArchSpec(channels=(32, 64, 128, 256), embedding_dim=128, stem_stride=4),
     # T1: cloud foundation tier, the widest and deepest
-    "foundation": ArchSpec(channels=(32, 64, 128, 256), embedding_dim=128, blocks_per_stage=(1, 1, 2, 2),
-                           stem_stride=4),
+    "foundation": ArchSpec(
+        channels=(32, 64, 128, 256), embedding_dim=128, blocks_per_stage=(1, 1, 2, 2), stem_stride=4
+    ),
 }
 
 

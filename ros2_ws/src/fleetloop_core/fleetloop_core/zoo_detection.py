@@ -61,8 +61,9 @@ class DetectorNet(nn.Module):
             layers += [_Residual(c_out, spec.depthwise) for _ in range(blocks)]
             return nn.Sequential(*layers)
 
-        self.stem = nn.Sequential(_stem(in_channels, c4, 4), *[_Residual(c4, spec.depthwise)
-                                                               for _ in range(spec.blocks[0])])
+        self.stem = nn.Sequential(
+            _stem(in_channels, c4, 4), *[_Residual(c4, spec.depthwise) for _ in range(spec.blocks[0])]
+        )
         self.down8 = stage(c4, c8, spec.blocks[1])
         self.down16 = stage(c8, c16, spec.blocks[2])
         self.lateral = nn.Conv2d(c8, spec.head, 1)
@@ -80,8 +81,8 @@ class DetectorNet(nn.Module):
         f16 = self.down16(f8)
         fused = self.lateral(f8) + F.interpolate(self.context(f16), size=f8.shape[-2:], mode="nearest")
         fused = self.fuse(F.relu(fused))
-        logits = self.cls(fused).flatten(2)                                  # (N, C, A)
-        ltrb = F.softplus(self.box(fused)).flatten(2).transpose(1, 2) * self.stride   # (N, A, 4) pixels
+        logits = self.cls(fused).flatten(2)  # (N, C, A)
+        ltrb = F.softplus(self.box(fused)).flatten(2).transpose(1, 2) * self.stride  # (N, A, 4) pixels
         embedding = F.relu(self.embed(f16.mean(dim=(2, 3))))
         return logits, ltrb, embedding
 

@@ -49,20 +49,22 @@ EXIT_NO_SUBSCRIBERS = 2
 def sim_frames(count: int, height: int, width: int, site: int = 0, seed: int = 0) -> list[np.ndarray]:
     """Return ``count`` uint8 RGB frames of one simulated robot camera (rendered once, replayed in a loop)."""
     from fleetloop_core import sim
-    stream = sim.CameraStream(sim.make_site(site, seed), robot=f"camera-{site}", seed=seed, height=height,
-                              width=width)
+
+    stream = sim.CameraStream(sim.make_site(site, seed), robot=f"camera-{site}", seed=seed, height=height, width=width)
     return [frame.image for frame in stream.frames(count)]
 
 
 def bag_messages(path: str | Path, topic: str | None = None) -> Iterator[tuple[str, object]]:
     """Yield (kind, message) for each Image / CompressedImage in a rosbag2 (rosbags dataclasses)."""
     from rosbags.highlevel import AnyReader
+
     kinds = {"sensor_msgs/msg/Image": "image", "sensor_msgs/msg/CompressedImage": "compressed"}
     with AnyReader([Path(path)]) as reader:
         connections = [c for c in reader.connections if c.msgtype in kinds and (topic is None or c.topic == topic)]
         if not connections:
-            raise ConfigError(f"{path}: no sensor_msgs Image or CompressedImage topic"
-                              + (f" named {topic}" if topic else ""))
+            raise ConfigError(
+                f"{path}: no sensor_msgs Image or CompressedImage topic" + (f" named {topic}" if topic else "")
+            )
         for connection, _, raw in reader.messages(connections=connections):
             yield kinds[connection.msgtype], reader.deserialize(raw, connection.msgtype)
 
@@ -70,33 +72,54 @@ def bag_messages(path: str | Path, topic: str | None = None) -> Iterator[tuple[s
 class CameraReplayNode(Node):
     """Publishes frames on ``topic`` at ``rate_hz`` (``count`` frames, 0 = until stopped)."""
 
-    def __init__(self, topic: str = "camera/image_raw", rate_hz: float = 10.0, count: int = 0,
-                 source: str = "sim", width: int = 128, height: int = 128, encoding: str = "rgb8",
-                 compressed: bool = False, reliable: bool = False, frame_id: str = "camera", site: int = 0,
-                 wait_subscribers: int = 0, node_name: str = "camera_replay", seed: int = 0, robot: str = "",
-                 start: int = 0, sim_stamps: bool = False, lockstep_topic: str = "", window: int = 4,
-                 answer_timeout_s: float = 2.0, wait_timeout_s: float = 60.0, progress_s: float = 0.0,
-                 **node_kwargs):
+    def __init__(
+        self,
+        topic: str = "camera/image_raw",
+        rate_hz: float = 10.0,
+        count: int = 0,
+        source: str = "sim",
+        width: int = 128,
+        height: int = 128,
+        encoding: str = "rgb8",
+        compressed: bool = False,
+        reliable: bool = False,
+        frame_id: str = "camera",
+        site: int = 0,
+        wait_subscribers: int = 0,
+        node_name: str = "camera_replay",
+        seed: int = 0,
+        robot: str = "",
+        start: int = 0,
+        sim_stamps: bool = False,
+        lockstep_topic: str = "",
+        window: int = 4,
+        answer_timeout_s: float = 2.0,
+        wait_timeout_s: float = 60.0,
+        progress_s: float = 0.0,
+        **node_kwargs,
+    ):
         super().__init__(node_name, **node_kwargs)
         if rate_hz <= 0:
             raise ConfigError(f"camera replay: rate_hz must be > 0 (got {rate_hz})")
         if window < 1:
             raise ConfigError(f"camera replay: window must be >= 1 (got {window})")
         if answer_timeout_s <= 0 or wait_timeout_s <= 0:
-            raise ConfigError(f"camera replay: answer_timeout_s and wait_timeout_s must be > 0 "
-                              f"(got {answer_timeout_s}, {wait_timeout_s})")
+            raise ConfigError(
+                f"camera replay: answer_timeout_s and wait_timeout_s must be > 0 "
+                f"(got {answer_timeout_s}, {wait_timeout_s})"
+            )
         self.count, self.sent = count, 0
         # lockstep: frames sent and not answered yet, stamp -> when sent (monotonic s), oldest first
         self._unanswered: OrderedDict[int, float] = OrderedDict()
         self.answered = 0
-        self.lost = 0                                # lockstep: frames unanswered for answer_timeout_s
+        self.lost = 0  # lockstep: frames unanswered for answer_timeout_s
         self.window = window
         self.answer_timeout_s = answer_timeout_s
         self._sim_stamps = sim_stamps
         self._live = None
-        self.wait_subscribers = wait_subscribers     # discovery takes a moment: frames sent before it are lost
+        self.wait_subscribers = wait_subscribers  # discovery takes a moment: frames sent before it are lost
         self.wait_timeout_s = wait_timeout_s
-        self.failure = ""                            # why the camera gave up (no subscribers in time)
+        self.failure = ""  # why the camera gave up (no subscribers in time)
         self._created = time.monotonic()
         self._matched_at: float | None = None
         self._said_waiting = False
@@ -105,13 +128,23 @@ class CameraReplayNode(Node):
         # stalls for a moment (a loaded machine) loses nothing
         # (lockstep keeps at most `window` frames in flight: 10 deep is enough)
         depth = 10 if lockstep_topic else min(64, max(10, math.ceil(2 * rate_hz)))
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                         reliability=ReliabilityPolicy.RELIABLE) if reliable else qos_profile_sensor_data
+        qos = (
+            QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+            if reliable
+            else qos_profile_sensor_data
+        )
         if source == "sim" and (robot or start or sim_stamps or lockstep_topic):
             from fleetloop_core import sim
+
             self._kind = "compressed" if compressed else "image"
-            self._live = sim.CameraStream(sim.make_site(site, seed), robot=robot or f"camera-{site}", seed=seed,
-                                          height=height, width=width, start_ns=sim.SIM_EPOCH_NS)
+            self._live = sim.CameraStream(
+                sim.make_site(site, seed),
+                robot=robot or f"camera-{site}",
+                seed=seed,
+                height=height,
+                width=width,
+                start_ns=sim.SIM_EPOCH_NS,
+            )
             for _ in self._live.frames(start, render=False):
                 pass
             self._encoding, self._compressed = encoding, compressed
@@ -127,18 +160,24 @@ class CameraReplayNode(Node):
         self.publisher = self.create_publisher(kind, topic, qos)
         if lockstep_topic:
             from fleetloop_interfaces.msg import FrameResult
+
             # transient-local like the perception node's results: an answer sent before the robot's writer
             # matched this new reader still arrives (volatile, such answers were lost and stalled the demo)
-            results_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(32, 4 * window),
-                                     reliability=ReliabilityPolicy.RELIABLE,
-                                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            results_qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST,
+                depth=max(32, 4 * window),
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL,
+            )
             self._results = self.create_subscription(FrameResult, lockstep_topic, self._on_result, results_qos)
         self._lockstep = bool(lockstep_topic)
         self._timer = self.create_timer(1.0 / rate_hz, self._tick)
-        if progress_s > 0:      # a line now and then, so whoever started us can tell progress from a stall
+        if progress_s > 0:  # a line now and then, so whoever started us can tell progress from a stall
             self.create_timer(progress_s, lambda: print(json.dumps({"camera_progress": self.counts()}), flush=True))
-        self.get_logger().info(f"camera replay: {source} -> {self.publisher.topic_name} at {rate_hz:g} Hz"
-                               + (f", {count} frames" if count else ""))
+        self.get_logger().info(
+            f"camera replay: {source} -> {self.publisher.topic_name} at {rate_hz:g} Hz"
+            + (f", {count} frames" if count else "")
+        )
 
     @staticmethod
     def _payload(frame: np.ndarray, encoding: str, compressed: bool):
@@ -162,14 +201,18 @@ class CameraReplayNode(Node):
                 self._matched_at = None
                 if not self._said_waiting:
                     self._said_waiting = True
-                    self.get_logger().info(f"camera replay: waiting for {self.wait_subscribers} subscriber(s) on "
-                                           f"{self.publisher.topic_name} (up to {self.wait_timeout_s:g} s)")
+                    self.get_logger().info(
+                        f"camera replay: waiting for {self.wait_subscribers} subscriber(s) on "
+                        f"{self.publisher.topic_name} (up to {self.wait_timeout_s:g} s)"
+                    )
                 if time.monotonic() - self._created > self.wait_timeout_s:
-                    self.failure = (f"camera replay: no frame sent: {matched} of {self.wait_subscribers} subscriber(s) "
-                                    f"matched on {self.publisher.topic_name}"
-                                    + ("" if answering else f" and no publisher on {self._results.topic_name}")
-                                    + f" within {self.wait_timeout_s:g} s (is the robot up, on the same "
-                                    f"ROS_DOMAIN_ID and DDS transport, with a compatible QoS?)")
+                    self.failure = (
+                        f"camera replay: no frame sent: {matched} of {self.wait_subscribers} subscriber(s) "
+                        f"matched on {self.publisher.topic_name}"
+                        + ("" if answering else f" and no publisher on {self._results.topic_name}")
+                        + f" within {self.wait_timeout_s:g} s (is the robot up, on the same "
+                        f"ROS_DOMAIN_ID and DDS transport, with a compatible QoS?)"
+                    )
                     self.get_logger().error(self.failure)
                 return
             if self._matched_at is None:
@@ -202,9 +245,15 @@ class CameraReplayNode(Node):
                 fmt, data = payload.format, bytes(payload.data)
             message = CompressedImage(header=header, format=fmt, data=data)
         else:
-            message = Image(header=header, height=int(payload.height), width=int(payload.width),
-                            encoding=str(payload.encoding), is_bigendian=int(payload.is_bigendian),
-                            step=int(payload.step), data=bytes(payload.data))
+            message = Image(
+                header=header,
+                height=int(payload.height),
+                width=int(payload.width),
+                encoding=str(payload.encoding),
+                is_bigendian=int(payload.is_bigendian),
+                step=int(payload.step),
+                data=bytes(payload.data),
+            )
         self.publisher.publish(message)
         if self._lockstep:
             self._unanswered[stamp_ns] = time.monotonic()
@@ -227,7 +276,7 @@ class CameraReplayNode(Node):
         if self._unanswered.pop(stamp, None) is None:
             return
         self.answered += 1
-        self._tick()            # lockstep: an answer frees a slot, send the next frame now
+        self._tick()  # lockstep: an answer frees a slot, send the next frame now
 
     @property
     def done(self) -> bool:
@@ -261,25 +310,50 @@ def register(subparsers) -> None:
     parser.add_argument("--reliable", action="store_true", help="reliable QoS instead of sensor data")
     parser.add_argument("--site", type=int, default=0, help="simulated site index")
     parser.add_argument("--frame-id", default="camera", help="header frame_id of every frame")
-    parser.add_argument("--wait-subscribers", type=int, default=0,
-                        help="start sending once this many subscribers are matched")
-    parser.add_argument("--wait-timeout", type=float, default=60.0,
-                        help="give up (exit 2) when --wait-subscribers are not matched within this many seconds")
+    parser.add_argument(
+        "--wait-subscribers", type=int, default=0, help="start sending once this many subscribers are matched"
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=60.0,
+        help="give up (exit 2) when --wait-subscribers are not matched within this many seconds",
+    )
     parser.add_argument("--seed", type=int, default=0, help="simulated world seed")
     parser.add_argument("--robot", default="", help="simulated robot name (seeds its stream; live stream)")
     parser.add_argument("--start", type=int, default=0, help="first frame index of the live simulated stream")
     parser.add_argument("--sim-stamps", action="store_true", help="stamp frames with the simulated capture time")
-    parser.add_argument("--lockstep", default="", metavar="RESULTS_TOPIC",
-                        help="send only while fewer than --window frames are unanswered on this FrameResult topic")
+    parser.add_argument(
+        "--lockstep",
+        default="",
+        metavar="RESULTS_TOPIC",
+        help="send only while fewer than --window frames are unanswered on this FrameResult topic",
+    )
     parser.add_argument("--window", type=int, default=4, help="frames in flight in lockstep mode")
-    parser.add_argument("--answer-timeout", type=float, default=2.0,
-                        help="lockstep: a frame unanswered this many seconds is counted lost")
-    parser.add_argument("--progress", type=float, default=0.0, metavar="SECONDS",
-                        help="print a JSON progress line this often (0: only the final line)")
-    parser.add_argument("--transport", choices=list(TRANSPORTS), default=None,
-                        help="DDS transport (as the robot's dds.transport); default: the environment's, else large_data")
-    parser.add_argument("--no-type-propagation", action="store_true",
-                        help="do not announce XTypes type information (as the robot's dds.type_propagation: false)")
+    parser.add_argument(
+        "--answer-timeout",
+        type=float,
+        default=2.0,
+        help="lockstep: a frame unanswered this many seconds is counted lost",
+    )
+    parser.add_argument(
+        "--progress",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="print a JSON progress line this often (0: only the final line)",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=list(TRANSPORTS),
+        default=None,
+        help="DDS transport (as the robot's dds.transport); default: the environment's, else large_data",
+    )
+    parser.add_argument(
+        "--no-type-propagation",
+        action="store_true",
+        help="do not announce XTypes type information (as the robot's dds.type_propagation: false)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -289,13 +363,32 @@ def _run(args) -> int:
     made: list[CameraReplayNode] = []
 
     def nodes() -> Sequence[Node]:
-        made.append(CameraReplayNode(args.topic, args.rate, args.count, args.source, args.width, args.height,
-                                     args.encoding, args.compressed, args.reliable, frame_id=args.frame_id, site=args.site,
-                                     wait_subscribers=args.wait_subscribers, namespace=args.namespace,
-                                     seed=args.seed, robot=args.robot, start=args.start,
-                                     sim_stamps=args.sim_stamps, lockstep_topic=args.lockstep,
-                                     window=args.window, answer_timeout_s=args.answer_timeout,
-                                     wait_timeout_s=args.wait_timeout, progress_s=args.progress))
+        made.append(
+            CameraReplayNode(
+                args.topic,
+                args.rate,
+                args.count,
+                args.source,
+                args.width,
+                args.height,
+                args.encoding,
+                args.compressed,
+                args.reliable,
+                frame_id=args.frame_id,
+                site=args.site,
+                wait_subscribers=args.wait_subscribers,
+                namespace=args.namespace,
+                seed=args.seed,
+                robot=args.robot,
+                start=args.start,
+                sim_stamps=args.sim_stamps,
+                lockstep_topic=args.lockstep,
+                window=args.window,
+                answer_timeout_s=args.answer_timeout,
+                wait_timeout_s=args.wait_timeout,
+                progress_s=args.progress,
+            )
+        )
         return made
 
     def finished() -> bool:
@@ -311,14 +404,16 @@ def _run(args) -> int:
 
     dds = None
     if args.transport or args.no_type_propagation:
-        dds = DdsConfig(transport=args.transport or environment_transport(), type_propagation=not args.no_type_propagation)
+        dds = DdsConfig(
+            transport=args.transport or environment_transport(), type_propagation=not args.no_type_propagation
+        )
     # free-running reliable: a second after the last frame for its delivery; lockstep waited for the answers
     linger = 0.0 if args.lockstep else 1.0
-    run_nodes(nodes, [], threads=1, until=finished,
-              linger_s=linger, dds=dds, on_stopped=report)
+    run_nodes(nodes, [], threads=1, until=finished, linger_s=linger, dds=dds, on_stopped=report)
 
 
 def main(args: list[str] | None = None) -> int:
     """Console entry ``camera_replay``: simulated camera at 10 Hz on camera/image_raw."""
     from fleetloop_ros.runner import run_nodes
+
     run_nodes(lambda: [CameraReplayNode()], args, threads=1)

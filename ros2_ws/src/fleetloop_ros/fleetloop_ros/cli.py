@@ -26,13 +26,24 @@ CLI_ONLY = ("nodes", "duration")
 
 def register(subparsers) -> None:
     """Add the ``robot`` sub-command."""
-    parser = subparsers.add_parser("robot", help="run the robot nodes (perception, model manager, selector, uploader)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "robot",
+        help="run the robot nodes (perception, model manager, selector, uploader)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for argument in ARGUMENTS:
-        parser.add_argument(f"--{argument.name.replace('_', '-')}", dest=argument.name, default=argument.default,
-                            help=argument.description)
-    parser.add_argument("--nodes", default="perception,model_manager,selector,uploader",
-                        help="comma-separated subset of nodes to run in this process")
+        parser.add_argument(
+            f"--{argument.name.replace('_', '-')}",
+            dest=argument.name,
+            default=argument.default,
+            help=argument.description,
+        )
+    parser.add_argument(
+        "--nodes",
+        default="perception,model_manager,selector,uploader",
+        help="comma-separated subset of nodes to run in this process",
+    )
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.set_defaults(handler=run)
 
@@ -49,12 +60,23 @@ def run(args: argparse.Namespace) -> int:
     namespace = values.pop("namespace")
     config = load_robot_config(config_path, namespace, node_overrides(values))
     roles = [r.strip() for r in args.nodes.split(",") if r.strip()]
-    log.info("robot %s from %s: nodes %s (%s)", config.settings["perception"].robot_id, config_path,
-             ", ".join(roles), "composed" if composed else "topics between nodes")
+    log.info(
+        "robot %s from %s: nodes %s (%s)",
+        config.settings["perception"].robot_id,
+        config_path,
+        ", ".join(roles),
+        "composed" if composed else "topics between nodes",
+    )
 
     def ready(nodes) -> None:
         log.info("robot up: %s", ", ".join(node.get_fully_qualified_name() for node in nodes))
 
     perception = config.settings["perception"]
-    run_nodes(lambda: build_robot(config, namespace, composed, roles), [], duration_s=args.duration, on_ready=ready,
-              dds=perception.dds, health=perception.health)
+    run_nodes(
+        lambda: build_robot(config, namespace, composed, roles),
+        [],
+        duration_s=args.duration,
+        on_ready=ready,
+        dds=perception.dds,
+        health=perception.health,
+    )

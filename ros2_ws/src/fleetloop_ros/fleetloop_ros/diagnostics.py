@@ -12,14 +12,20 @@ from std_msgs.msg import Header
 from fleetloop_core.health import Check
 from fleetloop_ros.messages import diagnostic_status
 
-DIAGNOSTICS_TOPIC = "/diagnostics"   # absolute: aggregators listen there whatever the namespace
+DIAGNOSTICS_TOPIC = "/diagnostics"  # absolute: aggregators listen there whatever the namespace
 
 
 class DiagnosticsPublisher:
     """Calls ``checks()`` every ``period_s`` and publishes the result as one DiagnosticArray."""
 
-    def __init__(self, node: Node, checks: Callable[[], list[Check]], hardware_id: str, period_s: float,
-                 callback_group: CallbackGroup | None = None):
+    def __init__(
+        self,
+        node: Node,
+        checks: Callable[[], list[Check]],
+        hardware_id: str,
+        period_s: float,
+        callback_group: CallbackGroup | None = None,
+    ):
         self._node = node
         self._checks = checks
         self._hardware_id = hardware_id

@@ -35,13 +35,18 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("control_plane", "", "deploy-job source: file:///dir or mqtts://endpoint:8883"),
     Argument("use_gpu", "", "true: TensorRT -> CUDA -> CPU execution providers; false: CPU"),
     Argument("composed", "true", "true: one process, frames passed in-process; false: one process per node"),
-    Argument("transport", "", "DDS transport: large_data (Fast DDS TCP+SHM), udp (any DDS vendor's camera), shm, "
-                              "default"),
-    Argument("type_propagation", "", "false: Fast DDS announces no XTypes type information (cameras of other "
-                                     "DDS vendors, e.g. Cyclone DDS, match only then)"),
+    Argument(
+        "transport", "", "DDS transport: large_data (Fast DDS TCP+SHM), udp (any DDS vendor's camera), shm, default"
+    ),
+    Argument(
+        "type_propagation",
+        "",
+        "false: Fast DDS announces no XTypes type information (cameras of other "
+        "DDS vendors, e.g. Cyclone DDS, match only then)",
+    ),
 )
 ARGUMENT_NAMES = tuple(a.name for a in ARGUMENTS)
-LAUNCH_ONLY = ("respawn", "respawn_delay")      # what ros2 launch does to a process that exited
+LAUNCH_ONLY = ("respawn", "respawn_delay")  # what ros2 launch does to a process that exited
 
 
 def parse_bool(name: str, text: str) -> bool:
@@ -83,7 +88,9 @@ def node_overrides(values: Mapping[str, str | None]) -> dict[str, dict[str, obje
         nodes["perception"]["use_gpu"] = nodes["model_manager"]["use_gpu"] = parse_bool("use_gpu", given["use_gpu"])
     if "transport" in given:
         if given["transport"] not in TRANSPORTS:
-            raise ConfigError(f"argument transport: expected one of {', '.join(TRANSPORTS)} (got {given['transport']!r})")
+            raise ConfigError(
+                f"argument transport: expected one of {', '.join(TRANSPORTS)} (got {given['transport']!r})"
+            )
         for node in nodes.values():
             node["dds.transport"] = given["transport"]
     if "type_propagation" in given:
@@ -123,8 +130,9 @@ def bag_storage(bag: str, storage: str = "") -> str | None:
     return None
 
 
-def bag_play_command(bag: str, bag_topic: str, target: str, rate: str = "1.0", loop: str = "false",
-                     storage: str = "") -> list[str]:
+def bag_play_command(
+    bag: str, bag_topic: str, target: str, rate: str = "1.0", loop: str = "false", storage: str = ""
+) -> list[str]:
     """Return the ``ros2 bag play`` command that plays ``bag_topic`` of ``bag`` onto ``target``."""
     if not bag.strip():
         raise ConfigError("argument bag: the rosbag2 to play (a directory or an .mcap/.db3 file) is required")

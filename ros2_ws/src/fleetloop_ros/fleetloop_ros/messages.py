@@ -10,8 +10,17 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from fleetloop_interfaces.msg import (
-    BoundingBox2D, Detection2D, Detection2DArray, FrameDecision, FrameResult, ObjectHypothesis, ObjectHypothesisWithPose,
-    Point2D, Pose2D, TierOutput, TierVersion,
+    BoundingBox2D,
+    Detection2D,
+    Detection2DArray,
+    FrameDecision,
+    FrameResult,
+    ObjectHypothesis,
+    ObjectHypothesisWithPose,
+    Point2D,
+    Pose2D,
+    TierOutput,
+    TierVersion,
 )
 from std_msgs.msg import Header
 
@@ -19,8 +28,7 @@ from fleetloop_core.cascade import FrameResult as CoreFrameResult
 from fleetloop_core.health import Check
 
 SCORE_NAMES = ("entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty")
-_LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR,
-                3: DiagnosticStatus.STALE}
+_LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR, 3: DiagnosticStatus.STALE}
 
 
 def _floats(values: Any) -> array.array:
@@ -38,44 +46,76 @@ def time_msg(ns: int) -> Time:
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
-def frame_result_msg(result: CoreFrameResult, header: Header, stream: str, sequence: int, labels: Sequence[str],
-                     versions: Sequence[TierVersion], latency_ms: float = math.nan) -> FrameResult:
+def frame_result_msg(
+    result: CoreFrameResult,
+    header: Header,
+    stream: str,
+    sequence: int,
+    labels: Sequence[str],
+    versions: Sequence[TierVersion],
+    latency_ms: float = math.nan,
+) -> FrameResult:
     """Return the FrameResult message of one cascade result (header copied from the image)."""
     scores = result.scores
     embedding = result.embeddings.get("T4") if result.embeddings else None
     if embedding is None and result.embeddings:
         embedding = next(iter(result.embeddings.values()))
     return FrameResult(
-        header=header, stream=stream, sequence=int(sequence),
-        label=int(result.label), label_name=result.label_name, confidence=float(result.confidence),
-        tier_used=result.tier_used, escalated=bool(result.escalated),
-        probs=_floats(result.probs), labels=list(labels),
+        header=header,
+        stream=stream,
+        sequence=int(sequence),
+        label=int(result.label),
+        label_name=result.label_name,
+        confidence=float(result.confidence),
+        tier_used=result.tier_used,
+        escalated=bool(result.escalated),
+        probs=_floats(result.probs),
+        labels=list(labels),
         tier_outputs=[TierOutput(tier=tier, probs=_floats(probs)) for tier, probs in result.tier_outputs.items()],
         embedding=_floats(embedding) if embedding is not None else array.array("f"),
-        entropy=float(scores["entropy"]), margin=float(scores["margin"]),
-        least_confidence=float(scores["least_confidence"]), disagreement=float(scores["disagreement"]),
-        flicker=float(scores["flicker"]), novelty=float(scores["novelty"]),
+        entropy=float(scores["entropy"]),
+        margin=float(scores["margin"]),
+        least_confidence=float(scores["least_confidence"]),
+        disagreement=float(scores["disagreement"]),
+        flicker=float(scores["flicker"]),
+        novelty=float(scores["novelty"]),
         models=[v for v in versions if v.tier in result.model_versions],
-        inference_ms=float(result.total_latency_s * 1000.0), latency_ms=float(latency_ms),
+        inference_ms=float(result.total_latency_s * 1000.0),
+        latency_ms=float(latency_ms),
     )
 
 
-def detections_msg(result: Any, header: Header, stream: str, sequence: int, class_names: Sequence[str],
-                   versions: Sequence[TierVersion]) -> Detection2DArray:
+def detections_msg(
+    result: Any, header: Header, stream: str, sequence: int, class_names: Sequence[str], versions: Sequence[TierVersion]
+) -> Detection2DArray:
     """Return the Detection2DArray of one detection-cascade result (boxes in the image's pixels)."""
     found = result.detections
     detections = []
     for index, (box, score, cls) in enumerate(zip(found.boxes.tolist(), found.scores.tolist(), found.classes.tolist())):
         x0, y0, x1, y1 = box
-        detections.append(Detection2D(
-            header=header, id=str(index),
-            results=[ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=str(cls), score=float(score)))],
-            bbox=BoundingBox2D(center=Pose2D(position=Point2D(x=(x0 + x1) / 2.0, y=(y0 + y1) / 2.0), theta=0.0),
-                               size_x=x1 - x0, size_y=y1 - y0)))
-    return Detection2DArray(header=header, detections=detections, stream=stream, sequence=int(sequence),
-                            class_names=list(class_names), tier_used=result.tier_used, escalated=bool(result.escalated),
-                            models=[v for v in versions if v.tier in result.model_versions],
-                            inference_ms=float(result.total_latency_s * 1000.0))
+        detections.append(
+            Detection2D(
+                header=header,
+                id=str(index),
+                results=[ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=str(cls), score=float(score)))],
+                bbox=BoundingBox2D(
+                    center=Pose2D(position=Point2D(x=(x0 + x1) / 2.0, y=(y0 + y1) / 2.0), theta=0.0),
+                    size_x=x1 - x0,
+                    size_y=y1 - y0,
+                ),
+            )
+        )
+    return Detection2DArray(
+        header=header,
+        detections=detections,
+        stream=stream,
+        sequence=int(sequence),
+        class_names=list(class_names),
+        tier_used=result.tier_used,
+        escalated=bool(result.escalated),
+        models=[v for v in versions if v.tier in result.model_versions],
+        inference_ms=float(result.total_latency_s * 1000.0),
+    )
 
 
 def boxes_from_msg(msg: Detection2DArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,8 +127,7 @@ def boxes_from_msg(msg: Detection2DArray) -> tuple[np.ndarray, np.ndarray, np.nd
         rows.append([centre.x - half_x, centre.y - half_y, centre.x + half_x, centre.y + half_y])
         scores.append(hypothesis.score)
         classes.append(int(hypothesis.class_id))
-    return (np.asarray(rows, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
-            np.asarray(classes, np.int64))
+    return (np.asarray(rows, np.float32).reshape(-1, 4), np.asarray(scores, np.float32), np.asarray(classes, np.int64))
 
 
 def core_result_from_msg(msg: FrameResult) -> CoreFrameResult:
@@ -96,10 +135,14 @@ def core_result_from_msg(msg: FrameResult) -> CoreFrameResult:
     probs = np.asarray(msg.probs, np.float32)
     embedding = np.asarray(msg.embedding, np.float32)
     return CoreFrameResult(
-        label=int(msg.label), label_name=msg.label_name, confidence=float(msg.confidence),
-        tier_used=msg.tier_used, probs=probs,
+        label=int(msg.label),
+        label_name=msg.label_name,
+        confidence=float(msg.confidence),
+        tier_used=msg.tier_used,
+        probs=probs,
         scores={name: float(getattr(msg, name)) for name in SCORE_NAMES},
-        escalated=bool(msg.escalated), latency_s={},
+        escalated=bool(msg.escalated),
+        latency_s={},
         model_versions={m.tier: m.version for m in msg.models},
         tier_outputs={t.tier: np.asarray(t.probs, np.float32) for t in msg.tier_outputs},
         embeddings={"T4": embedding} if embedding.size else {},
@@ -111,18 +154,27 @@ def frame_decision_msg(decision: Any, header: Header, stream: str) -> FrameDecis
     """Return the FrameDecision message of a selector decision (fleetloop_core.selection.Decision)."""
     threshold = decision.threshold
     return FrameDecision(
-        header=header, stream=stream, keep=bool(decision.keep), random=bool(decision.random),
-        duplicate=bool(decision.duplicate), budget_limited=bool(decision.budget_limited),
-        policy=str(decision.policy), score=float(decision.score),
-        threshold=float(threshold) if threshold is not None else math.nan, reason=str(decision.reason),
+        header=header,
+        stream=stream,
+        keep=bool(decision.keep),
+        random=bool(decision.random),
+        duplicate=bool(decision.duplicate),
+        budget_limited=bool(decision.budget_limited),
+        policy=str(decision.policy),
+        score=float(decision.score),
+        threshold=float(threshold) if threshold is not None else math.nan,
+        reason=str(decision.reason),
     )
 
 
 def diagnostic_status(check: Check, node_name: str, hardware_id: str) -> DiagnosticStatus:
     """Return the DiagnosticStatus of one graded check."""
     return DiagnosticStatus(
-        level=_LEVEL_BYTES[check.level], name=f"{node_name}: {check.name}", message=check.message,
-        hardware_id=hardware_id, values=[KeyValue(key=k, value=v) for k, v in check.values.items()],
+        level=_LEVEL_BYTES[check.level],
+        name=f"{node_name}: {check.name}",
+        message=check.message,
+        hardware_id=hardware_id,
+        values=[KeyValue(key=k, value=v) for k, v in check.values.items()],
     )
 
 

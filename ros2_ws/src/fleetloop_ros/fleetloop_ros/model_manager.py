@@ -32,8 +32,14 @@ from fleetloop_core.deploy_agent import DeployAgent
 from fleetloop_core.errors import FleetLoopError, ModelError
 from fleetloop_core.health import FAILED_MODEL_EVENTS, Check, control_plane_check, models_check
 from fleetloop_core.manifest import load_manifest
-from fleetloop_core.model_manager import (ROLE_BY_TIER, JobOutcome, ModelEvent, ModelManager, ModelManagerConfig,
-                                         serving_package_dirs)
+from fleetloop_core.model_manager import (
+    ROLE_BY_TIER,
+    JobOutcome,
+    ModelEvent,
+    ModelManager,
+    ModelManagerConfig,
+    serving_package_dirs,
+)
 from fleetloop_core.model_store import MODELS_PREFIX, ModelStore, PackageLocation
 from fleetloop_core.signing import verify_package
 from fleetloop_core.tasks import load_model
@@ -43,8 +49,12 @@ from fleetloop_ros.parameters import LiveParameters
 from fleetloop_ros.perception import PerceptionNode, providers_for, tier_versions
 from fleetloop_ros.settings import MODEL_MANAGER_READ_ONLY, MODEL_MANAGER_SKIPPED, ModelManagerSettings
 
-LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+LATCHED = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
 
 
 def package_location(package: str) -> PackageLocation:
@@ -71,13 +81,25 @@ def package_identity(location: PackageLocation) -> tuple[str, str]:
 class ModelManagerNode(Node):
     """Model delivery on the robot: services, latched status, diagnostics around ModelManager."""
 
-    blocking_callbacks = True       # the swap service waits for the job (fleetloop_ros.runner)
+    blocking_callbacks = True  # the swap service waits for the job (fleetloop_ros.runner)
 
-    def __init__(self, perception: PerceptionNode, node_name: str = "model_manager", namespace: str = "",
-                 parameter_overrides: Sequence = (), **node_kwargs):
+    def __init__(
+        self,
+        perception: PerceptionNode,
+        node_name: str = "model_manager",
+        namespace: str = "",
+        parameter_overrides: Sequence = (),
+        **node_kwargs,
+    ):
         super().__init__(node_name, namespace=namespace, parameter_overrides=list(parameter_overrides), **node_kwargs)
-        self.parameters = LiveParameters(self, ModelManagerSettings, ModelManagerSettings(), MODEL_MANAGER_READ_ONLY,
-                                         apply=self._apply, skip=MODEL_MANAGER_SKIPPED)
+        self.parameters = LiveParameters(
+            self,
+            ModelManagerSettings,
+            ModelManagerSettings(),
+            MODEL_MANAGER_READ_ONLY,
+            apply=self._apply,
+            skip=MODEL_MANAGER_SKIPPED,
+        )
         self._source = f"parameters of node {self.get_fully_qualified_name()}"
         settings = self.parameters.current
         self.robot_id = settings.robot_id
@@ -88,18 +110,20 @@ class ModelManagerNode(Node):
         self.manager = ModelManager(perception.cascade, store, config)
         self.agent: DeployAgent | None = None
         if settings.control_plane.uri:
-            self.agent = DeployAgent(open_control_plane(settings.control_plane, f"{self._source}: control_plane"),
-                                     self.manager, poll_s=settings.control_plane.poll_s)
+            self.agent = DeployAgent(
+                open_control_plane(settings.control_plane, f"{self._source}: control_plane"),
+                self.manager,
+                poll_s=settings.control_plane.poll_s,
+            )
         self._last_event: ModelEvent | None = None
         self._last_outcome: JobOutcome | None = None
         self._status = self.create_publisher(ModelStatus, settings.status_topic, LATCHED)
-        services = ReentrantCallbackGroup()          # a swap waits for its outcome; frames keep flowing
+        services = ReentrantCallbackGroup()  # a swap waits for its outcome; frames keep flowing
         self.create_service(SwapModel, "~/swap_model", self._on_swap, callback_group=services)
         self.create_service(Trigger, "~/rollback", self._on_rollback, callback_group=services)
         timers = MutuallyExclusiveCallbackGroup()
         self.create_timer(0.5, self.manager.watch_tick, callback_group=timers)
-        self._diagnostics = DiagnosticsPublisher(self, self.checks, settings.robot_id, settings.health.period_s,
-                                                 timers)
+        self._diagnostics = DiagnosticsPublisher(self, self.checks, settings.robot_id, settings.health.period_s, timers)
         perception.add_frame_sink(lambda frame, result, header, stream: self.manager.observe(frame, result))
         perception.add_error_sink(lambda frame, error: self.manager.observe(frame, None, error=error))
         self.manager.add_listener(self._on_event)
@@ -107,8 +131,10 @@ class ModelManagerNode(Node):
         if self.agent is not None:
             self.agent.start()
             self.create_timer(1.0, self._watch_control_plane, callback_group=timers)
-        self.get_logger().info(f"model manager up: store {config.store.root}, serving "
-                               + ", ".join(f"{v.tier} {v.version}" for v in tier_versions(perception.cascade)))
+        self.get_logger().info(
+            f"model manager up: store {config.store.root}, serving "
+            + ", ".join(f"{v.tier} {v.version}" for v in tier_versions(perception.cascade))
+        )
 
     @staticmethod
     def _manager_config(settings: ModelManagerSettings) -> ModelManagerConfig:
@@ -124,19 +150,24 @@ class ModelManagerNode(Node):
                 continue
             try:
                 verify_package(directory, store.trusted)
-                model = load_model(directory, providers=config.providers, intra_op_threads=config.intra_op_threads,
-                                   warmup=config.warmup_runs)
+                model = load_model(
+                    directory,
+                    providers=config.providers,
+                    intra_op_threads=config.intra_op_threads,
+                    warmup=config.warmup_runs,
+                )
                 cascade.set_model(role, model)
             except FleetLoopError as exc:
-                self.get_logger().error(f"cannot restore {role} {manifest.name} {manifest.version}: {exc}; "
-                                        "serving the reference model")
+                self.get_logger().error(
+                    f"cannot restore {role} {manifest.name} {manifest.version}: {exc}; serving the reference model"
+                )
                 continue
             self.get_logger().info(f"restored {role}: {manifest.name} {manifest.version} (served before the restart)")
 
     def _apply(self, settings: ModelManagerSettings) -> None:
         manager = getattr(self, "manager", None)
         if manager is not None:
-            manager.config = self._manager_config(settings)    # shadow and watchdog limits: next job
+            manager.config = self._manager_config(settings)  # shadow and watchdog limits: next job
 
     # ------------------------------------------------------------------ status
     def _on_event(self, event: ModelEvent) -> None:
@@ -149,9 +180,15 @@ class ModelManagerNode(Node):
 
     def publish_status(self, last_event: str, ok: bool, message: str = "") -> ModelStatus:
         """Publish the latched ModelStatus with the versions serving now; return it."""
-        status = ModelStatus(stamp=time_msg(time.time_ns()), robot_id=self.robot_id,
-                             serving=tier_versions(self.perception.cascade), last_event=last_event,
-                             last_event_ok=ok, message=message, control_plane=self._control_plane_state())
+        status = ModelStatus(
+            stamp=time_msg(time.time_ns()),
+            robot_id=self.robot_id,
+            serving=tier_versions(self.perception.cascade),
+            last_event=last_event,
+            last_event_ok=ok,
+            message=message,
+            control_plane=self._control_plane_state(),
+        )
         self._status.publish(status)
         self._published = status
         return status
@@ -183,15 +220,19 @@ class ModelManagerNode(Node):
 
     def _deploy(self, request: SwapModel.Request, role: str) -> JobOutcome:
         if not request.package:
-            raise ModelError("SwapModel: package is empty (a model directory or a store URI .../models/<name>/<version>)")
+            raise ModelError(
+                "SwapModel: package is empty (a model directory or a store URI .../models/<name>/<version>)"
+            )
         location = package_location(request.package)
         name, version = package_identity(location)
         if request.version and request.version != version:
             raise ModelError(f"SwapModel: {location.describe()} holds version {version}, not {request.version}")
         job_id = f"ros-swap-{request.tier}-{version}-{time.time_ns()}"
-        document = {"operation": "fleetloop.deploy_model",
-                    "model": {"name": name, "version": version, "tier": request.tier},
-                    "package": location.model_dump(exclude_none=True)}
+        document = {
+            "operation": "fleetloop.deploy_model",
+            "model": {"name": name, "version": version, "tier": request.tier},
+            "package": location.model_dump(exclude_none=True),
+        }
         future = self.manager.submit(job_id, document)
         return future.result(timeout=self.parameters.current.swap_timeout_s)
 
@@ -229,15 +270,23 @@ class ModelManagerNode(Node):
             values["last_event"] = f"{last.kind} {last.role or ''} {last.version or ''}".strip()
             values["last_event_detail"] = last.detail
         if status.watching:
-            values["watching"] = f"{status.watching['role']} {status.watching['version']} " \
-                                 f"({status.watching['frames']} frames)"
-        checks = [models_check({v.tier: v.execution_provider for v in serving}, values,
-                               last.kind if last is not None else None, last.detail if last is not None else "",
-                               self.parameters.current.use_gpu)]
+            values["watching"] = (
+                f"{status.watching['role']} {status.watching['version']} ({status.watching['frames']} frames)"
+            )
+        checks = [
+            models_check(
+                {v.tier: v.execution_provider for v in serving},
+                values,
+                last.kind if last is not None else None,
+                last.detail if last is not None else "",
+                self.parameters.current.use_gpu,
+            )
+        ]
         if self.agent is not None:
             plane = self.agent.plane
-            checks.append(control_plane_check(self.parameters.current.control_plane.uri, plane.connected,
-                                              plane.problem))
+            checks.append(
+                control_plane_check(self.parameters.current.control_plane.uri, plane.connected, plane.problem)
+            )
         return checks
 
     def close(self) -> None:

@@ -36,22 +36,25 @@ S = TypeVar("S", bound=BaseModel)
 
 _INT_MAX = 2**63 - 1
 # how an optional value that is None travels as a ROS parameter
-_UNSET = {ParameterType.PARAMETER_DOUBLE: math.nan, ParameterType.PARAMETER_STRING: "",
-          ParameterType.PARAMETER_INTEGER: -1}
+_UNSET = {
+    ParameterType.PARAMETER_DOUBLE: math.nan,
+    ParameterType.PARAMETER_STRING: "",
+    ParameterType.PARAMETER_INTEGER: -1,
+}
 
 
 @dataclass(frozen=True)
 class ParamSpec:
     """One ROS parameter derived from a leaf of a settings model."""
 
-    name: str                                  # dotted path, e.g. "cascade.escalate_above"
-    type: int                                  # rcl_interfaces ParameterType
-    value: Any                                 # the value in ROS form
+    name: str  # dotted path, e.g. "cascade.escalate_above"
+    type: int  # rcl_interfaces ParameterType
+    value: Any  # the value in ROS form
     description: str = ""
     read_only: bool = False
-    bounds: tuple[float | None, float | None] = (None, None)   # inclusive for ROS; exactness is the model's
+    bounds: tuple[float | None, float | None] = (None, None)  # inclusive for ROS; exactness is the model's
     choices: tuple[str, ...] = ()
-    optional: bool = False                     # None in the model (NaN / "" in ROS)
+    optional: bool = False  # None in the model (NaN / "" in ROS)
 
     def descriptor(self) -> ParameterDescriptor:
         """Return the ParameterDescriptor announced for this parameter."""
@@ -59,29 +62,47 @@ class ParamSpec:
         if self.choices:
             text = f"{text} (one of: {', '.join(self.choices)})".strip()
         if self.optional:
-            unset = {ParameterType.PARAMETER_DOUBLE: "NaN", ParameterType.PARAMETER_INTEGER: "-1"}.get(self.type, "empty")
+            unset = {ParameterType.PARAMETER_DOUBLE: "NaN", ParameterType.PARAMETER_INTEGER: "-1"}.get(
+                self.type, "empty"
+            )
             text = f"{text} ({unset} = unset)".strip()
         descriptor = ParameterDescriptor(name=self.name, type=self.type, description=text, read_only=self.read_only)
         low, high = self.bounds
         if (low is not None or high is not None) and not self.optional:
             if self.type == ParameterType.PARAMETER_DOUBLE:
-                descriptor.floating_point_range = [FloatingPointRange(
-                    from_value=float(low) if low is not None else -math.inf,
-                    to_value=float(high) if high is not None else math.inf, step=0.0)]
+                descriptor.floating_point_range = [
+                    FloatingPointRange(
+                        from_value=float(low) if low is not None else -math.inf,
+                        to_value=float(high) if high is not None else math.inf,
+                        step=0.0,
+                    )
+                ]
             elif self.type == ParameterType.PARAMETER_INTEGER:
-                descriptor.integer_range = [IntegerRange(
-                    from_value=int(math.ceil(low)) if low is not None else -_INT_MAX,
-                    to_value=int(math.floor(high)) if high is not None else _INT_MAX, step=0)]
+                descriptor.integer_range = [
+                    IntegerRange(
+                        from_value=int(math.ceil(low)) if low is not None else -_INT_MAX,
+                        to_value=int(math.floor(high)) if high is not None else _INT_MAX,
+                        step=0,
+                    )
+                ]
         if self.choices:
             descriptor.additional_constraints = "one of: " + ", ".join(self.choices)
         return descriptor
 
 
 # ------------------------------------------------------------------------------ model <-> parameters
-_SCALAR_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-                 float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
-_ARRAY_TYPES = {bool: ParameterType.PARAMETER_BOOL_ARRAY, int: ParameterType.PARAMETER_INTEGER_ARRAY,
-                float: ParameterType.PARAMETER_DOUBLE_ARRAY, str: ParameterType.PARAMETER_STRING_ARRAY}
+_SCALAR_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+}
+_ARRAY_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL_ARRAY,
+    int: ParameterType.PARAMETER_INTEGER_ARRAY,
+    float: ParameterType.PARAMETER_DOUBLE_ARRAY,
+    str: ParameterType.PARAMETER_STRING_ARRAY,
+}
 
 
 def _strip_optional(annotation: Any) -> tuple[Any, bool]:
@@ -105,8 +126,7 @@ def _bounds(metadata: list[Any]) -> tuple[float | None, float | None]:
     return low, high
 
 
-def _leaf(name: str, annotation: Any, value: Any, description: str, read_only: bool,
-          metadata: list[Any]) -> ParamSpec:
+def _leaf(name: str, annotation: Any, value: Any, description: str, read_only: bool, metadata: list[Any]) -> ParamSpec:
     annotation, optional = _strip_optional(annotation)
     choices: tuple[str, ...] = ()
     if get_origin(annotation) is Literal:
@@ -136,8 +156,9 @@ def _listed(name: str, names: Collection[str]) -> bool:
     return any(name == n.rstrip(".") or name.startswith(n if n.endswith(".") else f"{n}.") for n in names)
 
 
-def parameter_specs(settings: BaseModel, read_only: Collection[str] = (), prefix: str = "",
-                    skip: Collection[str] = ()) -> list[ParamSpec]:
+def parameter_specs(
+    settings: BaseModel, read_only: Collection[str] = (), prefix: str = "", skip: Collection[str] = ()
+) -> list[ParamSpec]:
     """Return one ParamSpec per leaf of ``settings`` (nested models and str-keyed dicts flattened).
 
     ``read_only`` holds dotted names (or prefixes ending in '.') that need a restart to change;
@@ -176,9 +197,13 @@ def to_nested(values: Mapping[str, Any], specs: Mapping[str, ParamSpec]) -> dict
         if spec is not None:
             if spec.optional and _is_unset(spec.type, value):
                 value = None
-            elif spec.type in (ParameterType.PARAMETER_DOUBLE_ARRAY, ParameterType.PARAMETER_INTEGER_ARRAY,
-                               ParameterType.PARAMETER_BOOL_ARRAY, ParameterType.PARAMETER_STRING_ARRAY):
-                value = list(value) if value is not None else []    # rcl reads `[]` in a YAML file as unset
+            elif spec.type in (
+                ParameterType.PARAMETER_DOUBLE_ARRAY,
+                ParameterType.PARAMETER_INTEGER_ARRAY,
+                ParameterType.PARAMETER_BOOL_ARRAY,
+                ParameterType.PARAMETER_STRING_ARRAY,
+            ):
+                value = list(value) if value is not None else []  # rcl reads `[]` in a YAML file as unset
         target = nested
         *parents, leaf = name.split(".")
         for part in parents:
@@ -222,10 +247,17 @@ class LiveParameters(Generic[S]):
     (and may raise FleetLoopError to refuse); ``current`` is the settings in force.
     """
 
-    def __init__(self, node: Node, model: type[S], defaults: S, read_only: Collection[str],
-                 apply: Callable[[S], None] | None = None, skip: Collection[str] = (),
-                 extra_specs: Collection[ParamSpec] = (),
-                 normalise: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        node: Node,
+        model: type[S],
+        defaults: S,
+        read_only: Collection[str],
+        apply: Callable[[S], None] | None = None,
+        skip: Collection[str] = (),
+        extra_specs: Collection[ParamSpec] = (),
+        normalise: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ):
         self._node = node
         self._model = model
         self._apply = apply
@@ -242,8 +274,11 @@ class LiveParameters(Generic[S]):
             try:
                 parameter = node.declare_parameter(spec.name, initial, spec.descriptor())
             except InvalidParameterTypeException as exc:
-                hint = "; write floats with a decimal point, e.g. 1.0" \
-                    if spec.type == ParameterType.PARAMETER_DOUBLE else ""
+                hint = (
+                    "; write floats with a decimal point, e.g. 1.0"
+                    if spec.type == ParameterType.PARAMETER_DOUBLE
+                    else ""
+                )
                 raise ConfigError(f"{self._source}: {spec.name} has the wrong type ({exc}){hint}") from None
             values[spec.name] = parameter.value
         self._values = values
@@ -273,5 +308,3 @@ class LiveParameters(Generic[S]):
         changes = ", ".join(f"{p.name}={p.value!r}" for p in ours)
         self._node.get_logger().info(f"parameters applied: {changes}")
         return SetParametersResult(successful=True)
-
-

@@ -38,8 +38,14 @@ from fleetloop_interfaces.msg import Detection2DArray, FrameResult, TierVersion
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind,
-                       qos_profile_sensor_data)
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_policy_name_from_kind,
+    qos_profile_sensor_data,
+)
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -47,8 +53,19 @@ from std_msgs.msg import Header
 from fleetloop_core.cascade import Cascade, FrameResult as CoreFrameResult
 from fleetloop_core.detection import DetectionCascade, load_detection_cascade
 from fleetloop_core.errors import InputError
-from fleetloop_core.health import (Check, LatencyWindow, Liveness, PublisherFacts, RepeatedSample, RollingEvents,
-                                   StampGaps, StreamFacts, check, input_check, liveness_check)
+from fleetloop_core.health import (
+    Check,
+    LatencyWindow,
+    Liveness,
+    PublisherFacts,
+    RepeatedSample,
+    RollingEvents,
+    StampGaps,
+    StreamFacts,
+    check,
+    input_check,
+    liveness_check,
+)
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
 from fleetloop_core.ros_convert import UnsupportedEncoding, msg_to_rgb8
 from fleetloop_core.tasks import model_task
@@ -59,15 +76,19 @@ from fleetloop_ros.settings import PERCEPTION_READ_ONLY, ImageQos, PerceptionSet
 
 FrameSink = Callable[[np.ndarray, CoreFrameResult, Header, str], None]
 ErrorSink = Callable[[np.ndarray, Exception], None]
-_PLAUSIBLE_LATENCY_NS = 60 * 1_000_000_000   # stamps further away are not wall-clock capture times
-_MALFORMED_LOGGED = 20                        # malformed images logged one by one before every 100th
-BARE_DDS_NODE = "_CREATED_BY_BARE_DDS_APP_"   # the node name rmw gives a DDS writer without ROS (another vendor)
+_PLAUSIBLE_LATENCY_NS = 60 * 1_000_000_000  # stamps further away are not wall-clock capture times
+_MALFORMED_LOGGED = 20  # malformed images logged one by one before every 100th
+BARE_DDS_NODE = "_CREATED_BY_BARE_DDS_APP_"  # the node name rmw gives a DDS writer without ROS (another vendor)
 
 
 # Results: reliable and transient-local, so a reader that matched a moment after an answer was sent
 # (a camera process that just started, in lockstep) still gets it; volatile readers match as well.
-RESULTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=32, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+RESULTS_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=32,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
 
 
 class ImageInput:
@@ -76,7 +97,7 @@ class ImageInput:
     def __init__(self, kind: type, topic: str, qos: QoSProfile, window_s: float, gap_as_loss_s: float):
         self.kind = kind
         self.type_name = f"sensor_msgs/msg/{kind.__name__}"
-        self.topic = topic                       # as configured; ``stream`` is the resolved name
+        self.topic = topic  # as configured; ``stream`` is the resolved name
         self.qos = qos
         self.stream = topic
         self.subscription = None
@@ -84,7 +105,7 @@ class ImageInput:
         self.repeats = RepeatedSample()
         self.undeliverable = RollingEvents(window_s)
         self.resets = 0
-        self.lost_by_dds = 0                     # samples DDS itself reported lost (message_lost events)
+        self.lost_by_dds = 0  # samples DDS itself reported lost (message_lost events)
         self.incompatible_policy = ""
         self.unmatched_since: float | None = None
 
@@ -114,13 +135,20 @@ def load_cascade(settings: PerceptionSettings) -> Cascade | DetectionCascade:
     root = Path(settings.models_dir)
     providers = providers_for(settings.use_gpu)
     if model_task(root / settings.edge_tier) == "detection":
-        return load_detection_cascade(root, settings.edge_tier, settings.escalation_tier or None, settings.detection,
-                                      providers, settings.intra_op_threads)
+        return load_detection_cascade(
+            root,
+            settings.edge_tier,
+            settings.escalation_tier or None,
+            settings.detection,
+            providers,
+            settings.intra_op_threads,
+        )
     edge = TierModel.load(root / settings.edge_tier, providers=providers, intra_op_threads=settings.intra_op_threads)
     escalation = None
     if settings.escalation_tier:
-        escalation = TierModel.load(root / settings.escalation_tier, providers=providers,
-                                    intra_op_threads=settings.intra_op_threads)
+        escalation = TierModel.load(
+            root / settings.escalation_tier, providers=providers, intra_op_threads=settings.intra_op_threads
+        )
     return Cascade(edge, escalation, settings.cascade)
 
 
@@ -129,19 +157,33 @@ def tier_versions(cascade: Cascade) -> list[TierVersion]:
     versions = []
     for role, model in (("edge", cascade.edge), ("escalation", cascade.escalation)):
         if model is not None:
-            versions.append(TierVersion(tier=model.tier, role=role, name=model.manifest.name, version=model.version,
-                                        execution_provider=model.providers[0] if model.providers else ""))
+            versions.append(
+                TierVersion(
+                    tier=model.tier,
+                    role=role,
+                    name=model.manifest.name,
+                    version=model.version,
+                    execution_provider=model.providers[0] if model.providers else "",
+                )
+            )
     return versions
 
 
 class PerceptionNode(Node):
     """Camera frames -> cascade -> FrameResult (and frame sinks in the same process)."""
 
-    def __init__(self, node_name: str = "perception", namespace: str = "", parameter_overrides: Sequence = (),
-                 cascade: Cascade | None = None, **node_kwargs):
+    def __init__(
+        self,
+        node_name: str = "perception",
+        namespace: str = "",
+        parameter_overrides: Sequence = (),
+        cascade: Cascade | None = None,
+        **node_kwargs,
+    ):
         super().__init__(node_name, namespace=namespace, parameter_overrides=list(parameter_overrides), **node_kwargs)
-        self.parameters = LiveParameters(self, PerceptionSettings, PerceptionSettings(), PERCEPTION_READ_ONLY,
-                                         apply=self._apply)
+        self.parameters = LiveParameters(
+            self, PerceptionSettings, PerceptionSettings(), PERCEPTION_READ_ONLY, apply=self._apply
+        )
         settings = self.parameters.current
         self.robot_id = settings.robot_id
         self.cascade = cascade if cascade is not None else load_cascade(settings)
@@ -159,29 +201,34 @@ class PerceptionNode(Node):
         self._errors = RollingEvents(window)
         self._escalated = RollingEvents(window)
         self._latency = LatencyWindow()
-        self.liveness: Liveness | None = None      # set by the runner: how long the frame path has not turned
+        self.liveness: Liveness | None = None  # set by the runner: how long the frame path has not turned
         self._malformed_kinds: Counter[str] = Counter()
         self._last_malformed = ""
         self._sequence = 0
-        self._frames_group = MutuallyExclusiveCallbackGroup()   # one frame at a time through the cascade
+        self._frames_group = MutuallyExclusiveCallbackGroup()  # one frame at a time through the cascade
         self._timers_group = MutuallyExclusiveCallbackGroup()
         self._publisher = self.create_publisher(FrameResult, settings.results_topic, RESULTS_QOS)
         # detectors: the boxes on their own topic; FrameResult still carries the frame's summary and scores
-        self._detections = self.create_publisher(Detection2DArray, settings.detections_topic, 10) \
-            if self.detects else None
+        self._detections = (
+            self.create_publisher(Detection2DArray, settings.detections_topic, 10) if self.detects else None
+        )
         self._labels = list(self.cascade.frame_labels) if self.detects else self.cascade.edge.labels
         qos = image_qos(settings.image_qos)
-        self.inputs = [ImageInput(kind, topic, qos, window, settings.health.gap_as_loss_s)
-                       for kind, topics in ((Image, settings.image_topics), (CompressedImage, settings.compressed_topics))
-                       for topic in topics]
+        self.inputs = [
+            ImageInput(kind, topic, qos, window, settings.health.gap_as_loss_s)
+            for kind, topics in ((Image, settings.image_topics), (CompressedImage, settings.compressed_topics))
+            for topic in topics
+        ]
         for image_input in self.inputs:
             self._subscribe(image_input)
-        self._diagnostics = DiagnosticsPublisher(self, self.checks, settings.robot_id, settings.health.period_s,
-                                                 self._timers_group)
+        self._diagnostics = DiagnosticsPublisher(
+            self, self.checks, settings.robot_id, settings.health.period_s, self._timers_group
+        )
         streams = ", ".join(i.stream for i in self.inputs)
-        self.get_logger().info(f"perception up: {streams} -> {self._publisher.topic_name}; serving "
-                               + ", ".join(f"{v.tier} {v.name} {v.version} on {v.execution_provider}"
-                                           for v in tier_versions(self.cascade)))
+        self.get_logger().info(
+            f"perception up: {streams} -> {self._publisher.topic_name}; serving "
+            + ", ".join(f"{v.tier} {v.name} {v.version} on {v.execution_provider}" for v in tier_versions(self.cascade))
+        )
 
     def _subscribe(self, image_input: ImageInput) -> None:
         def incompatible(info) -> None:
@@ -192,8 +239,14 @@ class PerceptionNode(Node):
 
         events = SubscriptionEventCallbacks(incompatible_qos=incompatible, message_lost=lost)
         image_input.subscription = self.create_subscription(
-            image_input.kind, image_input.topic, lambda raw: self._on_raw(image_input, raw), image_input.qos,
-            callback_group=self._frames_group, event_callbacks=events, raw=True)
+            image_input.kind,
+            image_input.topic,
+            lambda raw: self._on_raw(image_input, raw),
+            image_input.qos,
+            callback_group=self._frames_group,
+            event_callbacks=events,
+            raw=True,
+        )
         image_input.stream = image_input.subscription.topic_name
 
     def _on_raw(self, image_input: ImageInput, raw: bytes) -> None:
@@ -218,7 +271,8 @@ class PerceptionNode(Node):
             image_input.resets += 1
             self.get_logger().error(
                 f"{image_input.stream}: DDS keeps handing over the same undeliverable sample ({len(raw)} bytes): "
-                f"creating the subscription anew (reset {image_input.resets})")
+                f"creating the subscription anew (reset {image_input.resets})"
+            )
             self.destroy_subscription(image_input.subscription)
             self._subscribe(image_input)
 
@@ -234,8 +288,14 @@ class PerceptionNode(Node):
     def _apply(self, settings: PerceptionSettings) -> None:
         # one reference: the next frame sees all of it
         self.cascade.config = settings.detection if self.detects else settings.cascade
-        for events in (self._received, self._answered, self._malformed, self._errors, self._escalated,
-                       *(i.undeliverable for i in self.inputs)):
+        for events in (
+            self._received,
+            self._answered,
+            self._malformed,
+            self._errors,
+            self._escalated,
+            *(i.undeliverable for i in self.inputs),
+        ):
             events.window_s = settings.health.window_s
         for image_input in self.inputs:
             image_input.gaps.window_s = settings.health.window_s
@@ -254,8 +314,9 @@ class PerceptionNode(Node):
             result = self.cascade.infer(frame, stream=stream)
         except Exception as exc:  # a model failure: counted, reported, the node keeps serving
             self._errors.add()
-            self.get_logger().error(f"{stream}: inference failed on frame {self._sequence}: {exc}",
-                                    throttle_duration_sec=5.0)
+            self.get_logger().error(
+                f"{stream}: inference failed on frame {self._sequence}: {exc}", throttle_duration_sec=5.0
+            )
             for sink in self._error_sinks:
                 sink(frame, exc)
             return
@@ -266,17 +327,23 @@ class PerceptionNode(Node):
         header = msg.header
         delay_ns = time.time_ns() - stamp_ns(header.stamp)
         latency_ms = delay_ns / 1e6 if 0 <= delay_ns < _PLAUSIBLE_LATENCY_NS else math.nan
-        self._publisher.publish(frame_result_msg(result, header, stream, self._sequence, self._labels,
-                                                 self._serving_versions(), latency_ms))
+        self._publisher.publish(
+            frame_result_msg(result, header, stream, self._sequence, self._labels, self._serving_versions(), latency_ms)
+        )
         if self._detections is not None:
-            self._detections.publish(detections_msg(result, header, stream, self._sequence, self.cascade.edge.labels,
-                                                    self._serving_versions()))
+            self._detections.publish(
+                detections_msg(
+                    result, header, stream, self._sequence, self.cascade.edge.labels, self._serving_versions()
+                )
+            )
         for sink in self._sinks:
             try:
                 sink(frame, result, header, stream)
             except Exception as exc:  # a composed node's failure must not stop perception
-                self.get_logger().error(f"{stream}: frame sink {getattr(sink, '__qualname__', sink)} failed: {exc}",
-                                        throttle_duration_sec=5.0)
+                self.get_logger().error(
+                    f"{stream}: frame sink {getattr(sink, '__qualname__', sink)} failed: {exc}",
+                    throttle_duration_sec=5.0,
+                )
 
     def _on_malformed(self, stream: str, msg: Image | CompressedImage, exc: InputError) -> None:
         kind = "unsupported_encoding" if isinstance(exc, UnsupportedEncoding) else "malformed"
@@ -288,11 +355,12 @@ class PerceptionNode(Node):
         if count <= _MALFORMED_LOGGED or count % 100 == 0:
             self.get_logger().warning(
                 f"dropped malformed image on {stream} (stamp {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}, "
-                f"{count} so far): {exc}")
+                f"{count} so far): {exc}"
+            )
 
     def _serving_versions(self) -> list[TierVersion]:
         models = (self.cascade.edge, self.cascade.escalation)
-        if models != self._versions_of:            # recomputed only after a swap
+        if models != self._versions_of:  # recomputed only after a swap
             self._versions_of, self._versions = models, tier_versions(self.cascade)
         return self._versions
 
@@ -303,18 +371,23 @@ class PerceptionNode(Node):
         received = self._received.count()
         lost = self._malformed.count() + self._errors.count()
         dropped_fraction = lost / received if received else 0.0
-        frames = check("frames", {"dropped_fraction": (dropped_fraction, health.dropped_fraction)}, {
-            "frames_per_s": self._answered.per_second(),
-            "received_total": self._received.total,
-            "answered_total": self._answered.total,
-            "malformed_total": self._malformed.total,
-            "unsupported_encoding_total": self._malformed_kinds["unsupported_encoding"],
-            "undeliverable_total": self._malformed_kinds["undeliverable"],
-            "subscription_resets_total": sum(i.resets for i in self.inputs),
-            "inference_errors_total": self._errors.total,
-            "dropped_in_window": lost,
-            "last_malformed": self._last_malformed,
-        }, ok_message="receiving" if received else "no frames in the window")
+        frames = check(
+            "frames",
+            {"dropped_fraction": (dropped_fraction, health.dropped_fraction)},
+            {
+                "frames_per_s": self._answered.per_second(),
+                "received_total": self._received.total,
+                "answered_total": self._answered.total,
+                "malformed_total": self._malformed.total,
+                "unsupported_encoding_total": self._malformed_kinds["unsupported_encoding"],
+                "undeliverable_total": self._malformed_kinds["undeliverable"],
+                "subscription_resets_total": sum(i.resets for i in self.inputs),
+                "inference_errors_total": self._errors.total,
+                "dropped_in_window": lost,
+                "last_malformed": self._last_malformed,
+            },
+            ok_message="receiving" if received else "no frames in the window",
+        )
         p50, p99 = self._latency.percentile_ms(50), self._latency.percentile_ms(99)
         answered = self._answered.count()
         values: dict[str, object] = {
@@ -327,11 +400,15 @@ class PerceptionNode(Node):
             values[f"{version.tier}_execution_provider"] = version.execution_provider
         inference = check("inference", {"latency_p99_ms": (p99, health.latency_p99_ms)}, values)
         stalled = self.liveness.stalled_s() if self.liveness is not None else 0.0
-        liveness = liveness_check(stalled, health, {
-            "stalled_s": stalled,
-            "longest_stall_s": self.liveness.longest_s if self.liveness is not None else 0.0,
-            "watched": self.liveness is not None,
-        })
+        liveness = liveness_check(
+            stalled,
+            health,
+            {
+                "stalled_s": stalled,
+                "longest_stall_s": self.liveness.longest_s if self.liveness is not None else 0.0,
+                "watched": self.liveness is not None,
+            },
+        )
         return [frames, self._input_check(health), inference, liveness]
 
     def _input_check(self, health) -> Check:
@@ -341,24 +418,38 @@ class PerceptionNode(Node):
             subscription = image_input.subscription
             matched = subscription.get_publisher_count()
             publishers = tuple(
-                PublisherFacts(node="" if info.node_name in ("", BARE_DDS_NODE)
-                               else f"{info.node_namespace.rstrip('/')}/{info.node_name}",
-                               type_name=info.topic_type,
-                               reliable=info.qos_profile.reliability == ReliabilityPolicy.RELIABLE)
-                for info in self.get_publishers_info_by_topic(image_input.stream))
+                PublisherFacts(
+                    node=""
+                    if info.node_name in ("", BARE_DDS_NODE)
+                    else f"{info.node_namespace.rstrip('/')}/{info.node_name}",
+                    type_name=info.topic_type,
+                    reliable=info.qos_profile.reliability == ReliabilityPolicy.RELIABLE,
+                )
+                for info in self.get_publishers_info_by_topic(image_input.stream)
+            )
             if publishers and not matched:
                 image_input.unmatched_since = image_input.unmatched_since or now
             else:
                 image_input.unmatched_since = None
             if matched:
-                image_input.incompatible_policy = ""      # the event says "last"; a match since ends it
+                image_input.incompatible_policy = ""  # the event says "last"; a match since ends it
             received, lost = image_input.gaps.counts()
-            facts.append(StreamFacts(
-                topic=image_input.stream, type_name=image_input.type_name, reliable=image_input.reliable,
-                matched=matched, publishers=publishers, received=received, lost=lost,
-                lost_fraction=image_input.gaps.lost_fraction(), incompatible_policy=image_input.incompatible_policy,
-                undeliverable=image_input.undeliverable.count(), lost_by_dds=image_input.lost_by_dds,
-                unmatched_s=now - image_input.unmatched_since if image_input.unmatched_since else 0.0))
+            facts.append(
+                StreamFacts(
+                    topic=image_input.stream,
+                    type_name=image_input.type_name,
+                    reliable=image_input.reliable,
+                    matched=matched,
+                    publishers=publishers,
+                    received=received,
+                    lost=lost,
+                    lost_fraction=image_input.gaps.lost_fraction(),
+                    incompatible_policy=image_input.incompatible_policy,
+                    undeliverable=image_input.undeliverable.count(),
+                    lost_by_dds=image_input.lost_by_dds,
+                    unmatched_s=now - image_input.unmatched_since if image_input.unmatched_since else 0.0,
+                )
+            )
         return input_check(facts, health, health.window_s, self.parameters.current.dds.transport)
 
     def publish_diagnostics(self) -> None:
@@ -369,4 +460,5 @@ class PerceptionNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Run the perception node alone (fixed models; the model_manager executable adds hot-swap)."""
     from fleetloop_ros.runner import run_nodes
+
     run_nodes(lambda: [PerceptionNode()], args)

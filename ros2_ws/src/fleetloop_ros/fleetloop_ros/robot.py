@@ -31,12 +31,21 @@ def node_overrides(node: str, settings: Any) -> list[Parameter]:
         params = policy_params(settings.selection, "selection")
         specs += parameter_specs(params, prefix="selection.policy.params.")
     # an empty list travels as "not set", as rcl reads `[]` from a parameter file (rclpy would type it bytes)
-    return [Parameter(spec.name, Parameter.Type.NOT_SET, None) if spec.value == [] and isinstance(spec.value, list)
-            else Parameter(spec.name, Parameter.Type(spec.type), spec.value) for spec in specs]
+    return [
+        Parameter(spec.name, Parameter.Type.NOT_SET, None)
+        if spec.value == [] and isinstance(spec.value, list)
+        else Parameter(spec.name, Parameter.Type(spec.type), spec.value)
+        for spec in specs
+    ]
 
 
-def build_robot(config: RobotConfig | None = None, namespace: str = "", composed: bool = True,
-                roles: Iterable[str] = ROLES, **node_kwargs) -> list[Node]:
+def build_robot(
+    config: RobotConfig | None = None,
+    namespace: str = "",
+    composed: bool = True,
+    roles: Iterable[str] = ROLES,
+    **node_kwargs,
+) -> list[Node]:
     """Return the robot's nodes, wired; without ``config`` they read rcl's parameters (launch)."""
     from fleetloop_ros.model_manager import ModelManagerNode
     from fleetloop_ros.perception import PerceptionNode
@@ -76,4 +85,5 @@ def build_robot(config: RobotConfig | None = None, namespace: str = "", composed
 def main(args: list[str] | None = None) -> int:
     """Run all four nodes composed in one process (what ``robot.launch.py composed:=true`` starts)."""
     from fleetloop_ros.runner import run_nodes
+
     return run_nodes(lambda: build_robot(None), args)

@@ -60,12 +60,12 @@ from fleetloop_core.health import HealthConfig, Liveness
 log = logging.getLogger("fleetloop_ros")
 
 EXIT_OK = 0
-EXIT_ERROR = 1              # start-up failed (configuration, models)
-EXIT_FROZEN = 3             # the watchdog ended a frozen process
-EXIT_TEARDOWN_HUNG = -signal.SIGALRM   # Popen.returncode of a process the shutdown deadline ended
-SHUTDOWN_BUDGET_S = 3.0     # closing our nodes' state after a stop was asked for
-SHUTDOWN_DEADLINE_S = 4.5   # the kernel ends the process here (SIGALRM), whatever it is doing
-_TURN_S = 0.1               # longest wait of one executor turn: how soon a stop is noticed
+EXIT_ERROR = 1  # start-up failed (configuration, models)
+EXIT_FROZEN = 3  # the watchdog ended a frozen process
+EXIT_TEARDOWN_HUNG = -signal.SIGALRM  # Popen.returncode of a process the shutdown deadline ended
+SHUTDOWN_BUDGET_S = 3.0  # closing our nodes' state after a stop was asked for
+SHUTDOWN_DEADLINE_S = 4.5  # the kernel ends the process here (SIGALRM), whatever it is doing
+_TURN_S = 0.1  # longest wait of one executor turn: how soon a stop is noticed
 _WATCH_PERIOD_S = 0.5
 _NATIVE_MARGIN_S = 5.0
 
@@ -99,8 +99,8 @@ class ProcessRun:
             if self._shutting_down:
                 return
             self._shutting_down = True
-            faulthandler.dump_traceback_later(SHUTDOWN_DEADLINE_S - 0.3, exit=False)   # where it hung, if it does
-            if threading.current_thread() is threading.main_thread():   # (signal.signal: main thread only)
+            faulthandler.dump_traceback_later(SHUTDOWN_DEADLINE_S - 0.3, exit=False)  # where it hung, if it does
+            if threading.current_thread() is threading.main_thread():  # (signal.signal: main thread only)
                 signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.setitimer(signal.ITIMER_REAL, SHUTDOWN_DEADLINE_S)
 
@@ -110,12 +110,18 @@ class ProcessRun:
                 faulthandler.dump_traceback_later(seconds, exit=True)
 
 
-def run_nodes(factory: Callable[[], Sequence[Node]], args: Sequence[str] | None = None,
-              threads: int = 1, duration_s: float | None = None,
-              on_ready: Callable[[Sequence[Node]], None] | None = None,
-              until: Callable[[], bool] | None = None, linger_s: float = 0.0,
-              dds: DdsConfig | None = None, health: HealthConfig | None = None,
-              on_stopped: Callable[[Sequence[Node], int], int] | None = None) -> NoReturn:
+def run_nodes(
+    factory: Callable[[], Sequence[Node]],
+    args: Sequence[str] | None = None,
+    threads: int = 1,
+    duration_s: float | None = None,
+    on_ready: Callable[[Sequence[Node]], None] | None = None,
+    until: Callable[[], bool] | None = None,
+    linger_s: float = 0.0,
+    dds: DdsConfig | None = None,
+    health: HealthConfig | None = None,
+    on_stopped: Callable[[Sequence[Node], int], int] | None = None,
+) -> NoReturn:
     """Create the nodes, spin them until asked to stop, close them, and end the process.
 
     Stops on SIGINT/SIGTERM, after ``duration_s``, or once ``until()`` is true plus ``linger_s``.
@@ -131,7 +137,7 @@ def run_nodes(factory: Callable[[], Sequence[Node]], args: Sequence[str] | None 
     if dds is not None:
         dds_environment(dds, os.environ)
     elif TRANSPORT_VARIABLE not in os.environ and PROFILES_VARIABLE not in os.environ:
-        dds_environment(DdsConfig(), os.environ)          # the robot's default transport
+        dds_environment(DdsConfig(), os.environ)  # the robot's default transport
     rclpy.init(args=list(args) if args is not None else None, signal_handler_options=SignalHandlerOptions.NO)
     nodes: list[Node] = []
     code = EXIT_OK
@@ -142,7 +148,7 @@ def run_nodes(factory: Callable[[], Sequence[Node]], args: Sequence[str] | None 
             log.error("%s", exc)
             _end(EXIT_ERROR)
         executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
-        side: MultiThreadedExecutor | None = None          # nodes with blocking callbacks, in their own thread
+        side: MultiThreadedExecutor | None = None  # nodes with blocking callbacks, in their own thread
         for node in nodes:
             if getattr(node, "liveness", False) is None:
                 node.liveness = run.liveness
@@ -155,8 +161,9 @@ def run_nodes(factory: Callable[[], Sequence[Node]], args: Sequence[str] | None 
             threading.Thread(target=_spin_side, args=(side, run), name="blocking-callbacks", daemon=True).start()
         if on_ready is not None:
             on_ready(nodes)
-        watchdog = threading.Thread(target=_watch, args=(run, nodes, health or _health_of(nodes)),
-                                    name="freeze-watchdog", daemon=True)
+        watchdog = threading.Thread(
+            target=_watch, args=(run, nodes, health or _health_of(nodes)), name="freeze-watchdog", daemon=True
+        )
         watchdog.start()
         _spin(executor, run, duration_s, until, linger_s)
     except _Stop:
@@ -174,11 +181,12 @@ def run_nodes(factory: Callable[[], Sequence[Node]], args: Sequence[str] | None 
     _end(code)
 
 
-def _spin(executor, run: ProcessRun, duration_s: float | None, until: Callable[[], bool] | None,
-          linger_s: float) -> None:
+def _spin(
+    executor, run: ProcessRun, duration_s: float | None, until: Callable[[], bool] | None, linger_s: float
+) -> None:
     end = time.monotonic() + duration_s if duration_s is not None else None
     linger_until: float | None = None
-    run.liveness.beat()             # start-up (loading models) is not a stall of the frame path
+    run.liveness.beat()  # start-up (loading models) is not a stall of the frame path
     run.spinning = True
     try:
         while not run.stop.is_set():
@@ -224,7 +232,7 @@ def _install_signal_handlers(run: ProcessRun) -> None:
     # call that signals do not end (a DDS wait on an overloaded machine; start-up included) would
     # never stop. CPython's C-level handler also writes the signal number to the wakeup fd at once:
     # a thread reading it arms the kernel deadline, whatever the main thread is doing.
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)      # the deadline's SIGALRM ends the process
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the deadline's SIGALRM ends the process
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
@@ -249,14 +257,17 @@ def _watch(run: ProcessRun, nodes: Sequence[Node], health: HealthConfig) -> None
     reported = False
     native_s = (health.frozen_exit_s or health.frame_deadline_s * 10) + _NATIVE_MARGIN_S
     while not run.stop.wait(_WATCH_PERIOD_S):
-        run.arm_freeze_deadline(native_s)          # not re-armed while this thread cannot run: the C timer ends it
+        run.arm_freeze_deadline(native_s)  # not re-armed while this thread cannot run: the C timer ends it
         if not run.spinning:
             continue
         stalled = run.liveness.stalled_s()
         if stalled >= health.frame_deadline_s and not reported:
             reported = True
-            log.error("frozen: the frame path has not answered for %.1f s (deadline %g s); stacks follow",
-                      stalled, health.frame_deadline_s)
+            log.error(
+                "frozen: the frame path has not answered for %.1f s (deadline %g s); stacks follow",
+                stalled,
+                health.frame_deadline_s,
+            )
             faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
             for node in nodes:
                 publish = getattr(node, "publish_diagnostics", None)
@@ -269,8 +280,12 @@ def _watch(run: ProcessRun, nodes: Sequence[Node], health: HealthConfig) -> None
             reported = False
             log.warning("the frame path answers again (the longest stall was %.1f s)", run.liveness.longest_s)
         if health.frozen_exit_s and stalled >= health.frozen_exit_s:
-            log.critical("frozen for %.1f s (frozen_exit_s %g): exiting with code %d so that a supervisor "
-                         "restarts the process", stalled, health.frozen_exit_s, EXIT_FROZEN)
+            log.critical(
+                "frozen for %.1f s (frozen_exit_s %g): exiting with code %d so that a supervisor restarts the process",
+                stalled,
+                health.frozen_exit_s,
+                EXIT_FROZEN,
+            )
             _end(EXIT_FROZEN)
 
 
@@ -281,6 +296,7 @@ def _close(nodes: Sequence[Node], deadline: float) -> None:
     keep the process: what is not closed by the deadline is left (every store we write is
     transactional: SQLite queue, atomic package installs).
     """
+
     def close_all() -> None:
         for node in reversed(nodes):
             close = getattr(node, "close", None)

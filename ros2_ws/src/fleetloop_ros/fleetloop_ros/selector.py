@@ -94,16 +94,30 @@ class _Pairing:
 class SelectorNode(Node):
     """Frames + results -> Selector.offer -> UploadQueue.put; FrameDecision per frame."""
 
-    def __init__(self, node_name: str = "selector", namespace: str = "", parameter_overrides: Sequence = (),
-                 composed: bool = False, labels: Sequence[str] | None = None, **node_kwargs):
+    def __init__(
+        self,
+        node_name: str = "selector",
+        namespace: str = "",
+        parameter_overrides: Sequence = (),
+        composed: bool = False,
+        labels: Sequence[str] | None = None,
+        **node_kwargs,
+    ):
         super().__init__(node_name, namespace=namespace, parameter_overrides=list(parameter_overrides), **node_kwargs)
         defaults = SelectorSettings()
         self.declare_parameter("selection.policy.name", defaults.selection.policy.name)
         active = self.get_parameter("selection.policy.name").value
         self.undeclare_parameter("selection.policy.name")
-        self.parameters = LiveParameters(self, SelectorSettings, defaults, SELECTOR_READ_ONLY, apply=self._apply,
-                                         skip=(POLICY_PARAMS,), extra_specs=policy_param_specs(active),
-                                         normalise=keep_active_policy_params)
+        self.parameters = LiveParameters(
+            self,
+            SelectorSettings,
+            defaults,
+            SELECTOR_READ_ONLY,
+            apply=self._apply,
+            skip=(POLICY_PARAMS,),
+            extra_specs=policy_param_specs(active),
+            normalise=keep_active_policy_params,
+        )
         settings = self.parameters.current
         self.robot_id = settings.robot_id
         self._health = settings.health
@@ -127,16 +141,24 @@ class SelectorNode(Node):
                 for topic in topics:
                     stream: list[str] = []
                     subscription = self.create_subscription(
-                        kind, topic, lambda msg, stream=stream: self._on_image(stream[0], msg), qos,
-                        callback_group=self._group)
+                        kind,
+                        topic,
+                        lambda msg, stream=stream: self._on_image(stream[0], msg),
+                        qos,
+                        callback_group=self._group,
+                    )
                     stream.append(subscription.topic_name)
-            self.create_subscription(FrameResult, settings.results_topic, self._on_result, 50,
-                                     callback_group=self._group)
-        self._diagnostics = DiagnosticsPublisher(self, self.checks, settings.robot_id, settings.health.period_s,
-                                                 self._timers_group)
-        self.get_logger().info(f"selector up ({'composed with perception' if composed else 'topics'}): policy "
-                               f"{settings.selection.policy.name}, budget {settings.selection.budget.frames_per_hour:g} "
-                               f"frames/h, queue {settings.queue.directory}")
+            self.create_subscription(
+                FrameResult, settings.results_topic, self._on_result, 50, callback_group=self._group
+            )
+        self._diagnostics = DiagnosticsPublisher(
+            self, self.checks, settings.robot_id, settings.health.period_s, self._timers_group
+        )
+        self.get_logger().info(
+            f"selector up ({'composed with perception' if composed else 'topics'}): policy "
+            f"{settings.selection.policy.name}, budget {settings.selection.budget.frames_per_hour:g} "
+            f"frames/h, queue {settings.queue.directory}"
+        )
 
     @property
     def _source(self) -> str:
@@ -157,16 +179,30 @@ class SelectorNode(Node):
         self._health = settings.health
 
     # ------------------------------------------------------------------ frames
-    def offer_frame(self, frame: np.ndarray, result: CoreFrameResult, header: Header, stream: str,
-                    labels: Sequence[str] | None = None) -> None:
+    def offer_frame(
+        self,
+        frame: np.ndarray,
+        result: CoreFrameResult,
+        header: Header,
+        stream: str,
+        labels: Sequence[str] | None = None,
+    ) -> None:
         """Offer one answered frame to the selector; queue it when kept; publish the decision."""
         selector = self._selector
         if selector is None:
             # alone, the labels arrive with the first result
-            selector = self._selector = Selector(self.parameters.current.selection, self.robot_id,
-                                                 labels or [], source=self._source)
-        decision = selector.offer(frame, result, stamp_ns(header.stamp), stream=stream, robot_id=self.robot_id,
-                                  site=self.parameters.current.site, track_hint=getattr(result, "track", None))
+            selector = self._selector = Selector(
+                self.parameters.current.selection, self.robot_id, labels or [], source=self._source
+            )
+        decision = selector.offer(
+            frame,
+            result,
+            stamp_ns(header.stamp),
+            stream=stream,
+            robot_id=self.robot_id,
+            site=self.parameters.current.site,
+            track_hint=getattr(result, "track", None),
+        )
         self._offered.add()
         if decision.keep and decision.record is not None:
             put = self.queue.put(decision.record)
@@ -192,7 +228,7 @@ class SelectorNode(Node):
         try:
             frame = msg_to_rgb8(image)
         except InputError:
-            return      # perception reports malformed images; it published no result for them anyway
+            return  # perception reports malformed images; it published no result for them anyway
         self.offer_frame(frame, core_result_from_msg(result), result.header, result.stream, result.labels)
 
     # ------------------------------------------------------------------ health
@@ -205,22 +241,32 @@ class SelectorNode(Node):
         fill = stats.bytes / stats.disk_cap_bytes if stats.disk_cap_bytes else 0.0
         state = self._selector.state() if self._selector is not None else {}
         threshold = state.get("threshold")
-        selection = check("selection", {"kept_over_budget": (kept_per_hour / budget_per_hour, health.kept_over_budget)}, {
-            "policy": state.get("policy", self.parameters.current.selection.policy.name),
-            "kept_per_hour": kept_per_hour,
-            "budget_frames_per_hour": budget_per_hour,
-            "kept_total": self._kept.total,
-            "offered_total": self._offered.total,
-            "threshold": threshold if threshold is not None else math.nan,
-            "queue_rejected_total": self._rejected.total,
-            "last_queue_rejection": self._last_rejection,
-            "unpaired_total": self._pairing.unpaired,
-        })
-        queue = check("queue", {"queue_depth": (float(stats.records), health.queue_depth),
-                                "queue_fill": (fill, health.queue_fill)}, {
-            "depth": stats.records, "bytes": stats.bytes, "disk_cap_bytes": stats.disk_cap_bytes,
-            "evicted_total": stats.evicted_total, "directory": stats.directory,
-        })
+        selection = check(
+            "selection",
+            {"kept_over_budget": (kept_per_hour / budget_per_hour, health.kept_over_budget)},
+            {
+                "policy": state.get("policy", self.parameters.current.selection.policy.name),
+                "kept_per_hour": kept_per_hour,
+                "budget_frames_per_hour": budget_per_hour,
+                "kept_total": self._kept.total,
+                "offered_total": self._offered.total,
+                "threshold": threshold if threshold is not None else math.nan,
+                "queue_rejected_total": self._rejected.total,
+                "last_queue_rejection": self._last_rejection,
+                "unpaired_total": self._pairing.unpaired,
+            },
+        )
+        queue = check(
+            "queue",
+            {"queue_depth": (float(stats.records), health.queue_depth), "queue_fill": (fill, health.queue_fill)},
+            {
+                "depth": stats.records,
+                "bytes": stats.bytes,
+                "disk_cap_bytes": stats.disk_cap_bytes,
+                "evicted_total": stats.evicted_total,
+                "directory": stats.directory,
+            },
+        )
         return [selection, queue]
 
     def close(self) -> None:
@@ -231,4 +277,5 @@ class SelectorNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Run the selector node alone (frames and results from topics)."""
     from fleetloop_ros.runner import run_nodes
+
     return run_nodes(lambda: [SelectorNode()], args)

@@ -22,19 +22,21 @@ from fleetloop_ros.diagnostics import DiagnosticsPublisher
 from fleetloop_ros.parameters import LiveParameters
 from fleetloop_ros.settings import UPLOADER_READ_ONLY, UploaderSettings
 
-PROBE_KEY = "fleetloop-reachability-probe"   # never written: a HEAD answered (404 included) means reachable
+PROBE_KEY = "fleetloop-reachability-probe"  # never written: a HEAD answered (404 included) means reachable
 
 
 class UploaderNode(Node):
     """UploadQueue -> object store, with live bandwidth cap and diagnostics."""
 
-    blocking_callbacks = True       # the store probe waits on the network (fleetloop_ros.runner)
+    blocking_callbacks = True  # the store probe waits on the network (fleetloop_ros.runner)
 
-    def __init__(self, node_name: str = "uploader", namespace: str = "", parameter_overrides: Sequence = (),
-                 **node_kwargs):
+    def __init__(
+        self, node_name: str = "uploader", namespace: str = "", parameter_overrides: Sequence = (), **node_kwargs
+    ):
         super().__init__(node_name, namespace=namespace, parameter_overrides=list(parameter_overrides), **node_kwargs)
-        self.parameters = LiveParameters(self, UploaderSettings, UploaderSettings(), UPLOADER_READ_ONLY,
-                                         apply=self._apply)
+        self.parameters = LiveParameters(
+            self, UploaderSettings, UploaderSettings(), UPLOADER_READ_ONLY, apply=self._apply
+        )
         settings = self.parameters.current
         self._health = settings.health
         self.queue = UploadQueue.from_config(settings.queue)
@@ -50,11 +52,14 @@ class UploaderNode(Node):
         # the first probe runs once spinning, not here: a store that never answers must not hold up the robot's
         # start (measured: an S3 endpoint that accepts and stays silent kept `robot up` away for a minute)
         self._first_probe = self.create_timer(0.1, self._probe_first, callback_group=group)
-        self._diagnostics = DiagnosticsPublisher(self, self.checks, settings.robot_id, settings.health.period_s,
-                                                 MutuallyExclusiveCallbackGroup())
+        self._diagnostics = DiagnosticsPublisher(
+            self, self.checks, settings.robot_id, settings.health.period_s, MutuallyExclusiveCallbackGroup()
+        )
         self.uploader.start()
-        self.get_logger().info(f"uploader up: {settings.queue.directory} -> {self.store.uri} "
-                               f"(bandwidth cap {settings.queue.bandwidth_bytes_per_s or 'none'} B/s)")
+        self.get_logger().info(
+            f"uploader up: {settings.queue.directory} -> {self.store.uri} "
+            f"(bandwidth cap {settings.queue.bandwidth_bytes_per_s or 'none'} B/s)"
+        )
 
     def _apply(self, settings: UploaderSettings) -> None:
         # the uploader reads its config per record: bandwidth and back-off take effect at the next one
@@ -89,22 +94,26 @@ class UploaderNode(Node):
             self._last_contact = time.monotonic()
         unreachable_s = 0.0 if self._reachable else time.monotonic() - self._last_contact
         fill = stats.bytes / stats.disk_cap_bytes if stats.disk_cap_bytes else 0.0
-        upload = check("upload", {
-            "store_unreachable_s": (unreachable_s, health.store_unreachable_s),
-            "queue_depth": (float(stats.records), health.queue_depth),
-            "queue_fill": (fill, health.queue_fill),
-        }, {
-            "store": self.store.uri,
-            "store_reachable": self._reachable if self._reachable is not None else "unknown",
-            "store_error": self._last_probe_error or (stats.last_error or ""),
-            "uploads_per_s": self._uploads.per_second(),
-            "uploaded_total": stats.uploaded_total,
-            "queue_depth": stats.records,
-            "queue_bytes": stats.bytes,
-            "in_flight": stats.in_flight,
-            "corrupt": stats.corrupt,
-            "bandwidth_cap_bytes_per_s": self.uploader.config.bandwidth_bytes_per_s or math.inf,
-        })
+        upload = check(
+            "upload",
+            {
+                "store_unreachable_s": (unreachable_s, health.store_unreachable_s),
+                "queue_depth": (float(stats.records), health.queue_depth),
+                "queue_fill": (fill, health.queue_fill),
+            },
+            {
+                "store": self.store.uri,
+                "store_reachable": self._reachable if self._reachable is not None else "unknown",
+                "store_error": self._last_probe_error or (stats.last_error or ""),
+                "uploads_per_s": self._uploads.per_second(),
+                "uploaded_total": stats.uploaded_total,
+                "queue_depth": stats.records,
+                "queue_bytes": stats.bytes,
+                "in_flight": stats.in_flight,
+                "corrupt": stats.corrupt,
+                "bandwidth_cap_bytes_per_s": self.uploader.config.bandwidth_bytes_per_s or math.inf,
+            },
+        )
         return [upload]
 
     def close(self) -> None:
@@ -116,4 +125,5 @@ class UploaderNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Run the uploader node alone."""
     from fleetloop_ros.runner import run_nodes
+
     return run_nodes(lambda: [UploaderNode()], args)

@@ -47,8 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import rclpy
 
     context = rclpy.Context()
-    rclpy.init(args=["--ros-args", "--disable-rosout-logs"], context=context,
-               signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    rclpy.init(
+        args=["--ros-args", "--disable-rosout-logs"],
+        context=context,
+        signal_handler_options=rclpy.signals.SignalHandlerOptions.NO,
+    )
     node = rclpy.create_node("wait_for_subscribers", context=context, start_parameter_services=False)
     seen, deadline = 0, time.monotonic() + args.timeout
     try:
@@ -63,8 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stop["signal"]:
         return 128 + stop["signal"]
     if seen < args.count:
-        print(f"wait_for_subscribers: {args.topic} has {seen} of {args.count} subscriber(s) after "
-              f"{args.timeout:g} s; not starting {command[0]}", file=sys.stderr)
+        print(
+            f"wait_for_subscribers: {args.topic} has {seen} of {args.count} subscriber(s) after "
+            f"{args.timeout:g} s; not starting {command[0]}",
+            file=sys.stderr,
+        )
         return 2
     print(f"wait_for_subscribers: {args.topic} has {seen} subscriber(s); starting {' '.join(command)}", flush=True)
     os.execvp(command[0], command)

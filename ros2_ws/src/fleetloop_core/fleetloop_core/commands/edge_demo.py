@@ -48,15 +48,23 @@ def _run(args: argparse.Namespace) -> int:
     correct = np.mean([r.label == f.truth.label for _, f, r in rows])
     items = [(f, r) for _, f, r in rows if f.truth.label != NONE_INDEX]
     console = Console()
-    console.print(f"[bold]{site.name}[/]: {frames} frames, edge accuracy {correct:.3f} "
-                  f"(items {np.mean([r.label == f.truth.label for f, r in items]):.3f}), "
-                  f"escalated {np.mean([r.escalated for _, _, r in rows]):.3f}")
+    console.print(
+        f"[bold]{site.name}[/]: {frames} frames, edge accuracy {correct:.3f} "
+        f"(items {np.mean([r.label == f.truth.label for f, r in items]):.3f}), "
+        f"escalated {np.mean([r.escalated for _, _, r in rows]):.3f}"
+    )
     table = Table(title="most label-worthy frames (max of margin, disagreement, novelty)")
     for column in ("seq", "truth", "predicted", "tier", "margin", "disagree", "novelty"):
         table.add_column(column)
-    for value, frame, result in sorted(rows, key=lambda row: -row[0])[:12]:
-        table.add_row(str(frame.truth.seq), LABELS[frame.truth.label], result.label_name, result.tier_used,
-                      f"{result.scores['margin']:.2f}", f"{result.scores['disagreement']:.2f}",
-                      f"{result.scores['novelty']:.2f}")
+    for _, frame, result in sorted(rows, key=lambda row: -row[0])[:12]:
+        table.add_row(
+            str(frame.truth.seq),
+            LABELS[frame.truth.label],
+            result.label_name,
+            result.tier_used,
+            f"{result.scores['margin']:.2f}",
+            f"{result.scores['disagreement']:.2f}",
+            f"{result.scores['novelty']:.2f}",
+        )
     console.print(table)
     return 0

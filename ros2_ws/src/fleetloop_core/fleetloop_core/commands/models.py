@@ -12,8 +12,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="models_command", metavar="ACTION")
     build = actions.add_parser("build", help="train the four reference tiers and export ONNX + manifests")
     build.add_argument("--out", default="models", help="output directory (default: models)")
-    build.add_argument("--profile", default="default",
-                       help="profile in config/models.yaml (default, test, detection-default, detection-test)")
+    build.add_argument(
+        "--profile",
+        default="default",
+        help="profile in config/models.yaml (default, test, detection-default, detection-test)",
+    )
     build.add_argument("--config", default=None, help="models config file (default: config/models.yaml)")
     build.add_argument("--tiers", default="T1,T2,T3,T4", help="comma-separated tiers to build")
     build.add_argument("--force", action="store_true", help="rebuild even when the cache is current")
@@ -30,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sign.set_defaults(handler=_sign)
     verify = actions.add_parser("verify", help="check a package's signature, sizes and sha256")
     verify.add_argument("package", help="package directory (manifest.json + files)")
-    verify.add_argument("--trusted", required=True,
-                        help="directory of trusted *.pub keys, or a YAML file with trusted_keys")
+    verify.add_argument(
+        "--trusted", required=True, help="directory of trusted *.pub keys, or a YAML file with trusted_keys"
+    )
     verify.set_defaults(handler=_verify)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
 
@@ -41,22 +45,32 @@ def _build(args: argparse.Namespace) -> int:
     from fleetloop_core.modelbuild import build_reference_models
 
     tiers = tuple(t.strip().upper() for t in args.tiers.split(",") if t.strip())
-    dirs = build_reference_models(args.out, args.profile, args.config, tiers=tiers,
-                                  progress=not args.no_progress, force=args.force)
+    dirs = build_reference_models(
+        args.out, args.profile, args.config, tiers=tiers, progress=not args.no_progress, force=args.force
+    )
     rows = []
     for tier, directory in dirs.items():
         manifest = load_manifest(directory)
-        rows.append({"tier": tier, "name": manifest.name, "version": manifest.version,
-                     "parameters": manifest.parameters,
-                     "train_seconds": manifest.training.get("seconds"),
-                     "lab_acc": manifest.metrics.get("lab_test_accuracy"),
-                     "field_acc": manifest.metrics.get("field_test_accuracy"),
-                     "dir": str(Path(directory))})
-        if manifest.task == "detection":       # detectors: mAP instead of accuracy
-            rows[-1].update(task="detection", layout=manifest.detection.layout,
-                            lab_map50=manifest.metrics.get("lab_test_map50"),
-                            field_map50=manifest.metrics.get("field_test_map50"),
-                            field_map=manifest.metrics.get("field_test_map"))
+        rows.append(
+            {
+                "tier": tier,
+                "name": manifest.name,
+                "version": manifest.version,
+                "parameters": manifest.parameters,
+                "train_seconds": manifest.training.get("seconds"),
+                "lab_acc": manifest.metrics.get("lab_test_accuracy"),
+                "field_acc": manifest.metrics.get("field_test_accuracy"),
+                "dir": str(Path(directory)),
+            }
+        )
+        if manifest.task == "detection":  # detectors: mAP instead of accuracy
+            rows[-1].update(
+                task="detection",
+                layout=manifest.detection.layout,
+                lab_map50=manifest.metrics.get("lab_test_map50"),
+                field_map50=manifest.metrics.get("field_test_map50"),
+                field_map=manifest.metrics.get("field_test_map"),
+            )
             for key in ("lab_acc", "field_acc"):
                 rows[-1].pop(key)
     for row in rows:
@@ -94,8 +108,16 @@ def _sign(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"{args.key}: cannot read private key ({exc.strerror or exc})") from None
     manifest = sign_package(args.package, private_pem)
-    print(json.dumps({"package": args.package, "name": manifest.name, "version": manifest.version,
-                      "key_id": manifest.signature.key_id}))
+    print(
+        json.dumps(
+            {
+                "package": args.package,
+                "name": manifest.name,
+                "version": manifest.version,
+                "key_id": manifest.signature.key_id,
+            }
+        )
+    )
     return 0
 
 
@@ -103,6 +125,15 @@ def _verify(args: argparse.Namespace) -> int:
     from fleetloop_core.signing import TrustedKeys, verify_package
 
     manifest = verify_package(args.package, TrustedKeys.load(args.trusted))
-    print(json.dumps({"package": args.package, "name": manifest.name, "version": manifest.version,
-                      "key_id": manifest.signature.key_id, "verified": True}))
+    print(
+        json.dumps(
+            {
+                "package": args.package,
+                "name": manifest.name,
+                "version": manifest.version,
+                "key_id": manifest.signature.key_id,
+                "verified": True,
+            }
+        )
+    )
     return 0

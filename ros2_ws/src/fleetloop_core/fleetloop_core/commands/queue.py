@@ -75,6 +75,7 @@ def _stats(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+
     table = Table(title=f"upload queue {stats.directory}")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -112,9 +113,19 @@ def _drain(args: argparse.Namespace) -> int:
         left = len(queue)
     if report is None:
         return 130
-    print(json.dumps({"uploaded": report.uploaded, "uploaded_bytes": report.uploaded_bytes,
-                      "failures": report.failures, "corrupt": report.corrupt, "left": left,
-                      "seconds": round(report.seconds, 3), "error": report.error}))
+    print(
+        json.dumps(
+            {
+                "uploaded": report.uploaded,
+                "uploaded_bytes": report.uploaded_bytes,
+                "failures": report.failures,
+                "corrupt": report.corrupt,
+                "left": left,
+                "seconds": round(report.seconds, 3),
+                "error": report.error,
+            }
+        )
+    )
     if report.error:
         log.error("%s (%d records stay queued)", report.error, left)
         return 1

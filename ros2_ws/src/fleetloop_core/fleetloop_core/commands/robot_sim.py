@@ -21,10 +21,14 @@ log = logging.getLogger("fleetloop.robot_sim")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("robot-sim", help="a simulated robot taking model jobs (no ROS)")
-    parser.add_argument("--config", required=True,
-                        help="YAML with model_manager and control_plane sections (see config/model_manager.yaml)")
-    parser.add_argument("--initial-model", required=True,
-                        help="signed T4 package served when the store has no serving version yet")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="YAML with model_manager and control_plane sections (see config/model_manager.yaml)",
+    )
+    parser.add_argument(
+        "--initial-model", required=True, help="signed T4 package served when the store has no serving version yet"
+    )
     parser.add_argument("--site", type=int, default=0, help="simulated site index")
     parser.add_argument("--rate-hz", type=float, default=20.0, help="camera frame rate (frames per second)")
     parser.add_argument("--frames", type=int, default=16, help="distinct frames rendered and replayed in a loop")
@@ -51,8 +55,9 @@ def _run(args: argparse.Namespace) -> int:
         boot = str(store.install(PackageLocation(path=args.initial_model)).directory)
     cascade = Cascade(TierModel.load(boot, providers=config.providers, intra_op_threads=config.intra_op_threads))
     manager = ModelManager(cascade, store, config)
-    agent = DeployAgent(open_control_plane(plane_config, f"{args.config}: control_plane"), manager,
-                        poll_s=plane_config.poll_s)
+    agent = DeployAgent(
+        open_control_plane(plane_config, f"{args.config}: control_plane"), manager, poll_s=plane_config.poll_s
+    )
     stream = sim.CameraStream(sim.make_site(args.site, 0), thing, seed=args.site)
     frames = [f.image for f in stream.frames(args.frames)]
 
@@ -68,14 +73,26 @@ def _run(args: argparse.Namespace) -> int:
         if status_path is None:
             return
         status = manager.status()
-        write_json_atomic(status_path, {
-            "thing": thing, "final": final, "frames_served": sum(served.values()), "errors": errors,
-            "versions_served": dict(served), "serving": status.serving, "state": status.state,
-            "connected": agent.plane.connected, "connections": getattr(agent.plane, "connections", None),
-            "outcomes": [o.to_dict() for o in agent.outcomes],
-            "events": [{"kind": e.kind, "version": e.version, "job_id": e.job_id, "detail": e.detail}
-                       for e in manager.events()],
-            "uptime_s": time.monotonic() - started})
+        write_json_atomic(
+            status_path,
+            {
+                "thing": thing,
+                "final": final,
+                "frames_served": sum(served.values()),
+                "errors": errors,
+                "versions_served": dict(served),
+                "serving": status.serving,
+                "state": status.state,
+                "connected": agent.plane.connected,
+                "connections": getattr(agent.plane, "connections", None),
+                "outcomes": [o.to_dict() for o in agent.outcomes],
+                "events": [
+                    {"kind": e.kind, "version": e.version, "job_id": e.job_id, "detail": e.detail}
+                    for e in manager.events()
+                ],
+                "uptime_s": time.monotonic() - started,
+            },
+        )
 
     agent.start()
     period = 1.0 / args.rate_hz
@@ -89,8 +106,9 @@ def _run(args: argparse.Namespace) -> int:
                 break
             try:
                 result = manager.infer(frames[index % len(frames)])
-                version = result.model_versions[cascade.edge.tier] if cascade.edge.tier in result.model_versions \
-                    else "?"
+                version = (
+                    result.model_versions[cascade.edge.tier] if cascade.edge.tier in result.model_versions else "?"
+                )
                 served[version] = served.get(version, 0) + 1
             except Exception:  # counted and logged: a robot keeps its camera loop running
                 errors += 1
