@@ -71,9 +71,13 @@ def spawn():
     import signal
     import subprocess
 
+    from fleetloop_core.stop_signals import end_with_parent_env
+
     started: list[subprocess.Popen] = []
 
     def start(command, **kwargs) -> subprocess.Popen:
+        # and if pytest itself is killed -9 (a CI timeout), our processes end with it
+        kwargs["env"] = end_with_parent_env(dict(kwargs.get("env") or os.environ))
         started.append(subprocess.Popen(command, **kwargs))
         return started[-1]
 

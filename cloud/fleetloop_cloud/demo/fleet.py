@@ -40,6 +40,7 @@ from typing import Any, Callable, Protocol, Sequence
 import yaml
 
 from fleetloop_core import sim
+from fleetloop_core.stop_signals import end_with_parent_env
 from fleetloop_core.errors import FleetLoopError
 from fleetloop_core.sidecar import SimulationTruth
 
@@ -451,7 +452,9 @@ class RosFleet:
         env.update(ROS_DOMAIN_ID=str(self.domain_id), ROS_LOCALHOST_ONLY="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
         dds_environment(DdsConfig(), env)  # robots and cameras on the robots' default transport
-        return env
+        # robots and cameras run in their own sessions; if the demo is killed -9 they must not run on.
+        # Started from the main thread (the guard follows the thread that started them).
+        return end_with_parent_env(env)
 
     def _robot_yaml(self, spec: RobotSpec) -> Path:
         """Write the robot's parameter file: config/robot.yaml with this robot's paths and budget."""

@@ -7,12 +7,26 @@ earlier was discarded by the kernel and the process ran on for good (seen: camer
 after their start, by a test run launched in the background, never stopped; py-spy showed them
 spinning normally and the signal never seen). :func:`restore` is called first thing in every entry
 point: from then on SIGINT interrupts as Python's default does, and SIGTERM ends the process.
+
+A parent that starts our processes in their own sessions (so a terminal's Ctrl-C reaches only the
+parent, which stops them in order) loses them when it is itself killed -9: they run on as orphans
+(seen: two demo robots running 23 minutes after a test's timeout killed the demo). A parent that
+sets ``FLEETLOOP_END_WITH_PARENT=<its pid>`` in the child's environment gets, on Linux, a child that
+receives SIGTERM (a clean stop) the moment the parent dies (``prctl(PR_SET_PDEATHSIG)``), and that
+exits at once if the parent is already gone. The kernel ties this to the parent *thread* that
+started the child: start such children from a thread that outlives them (the main thread).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 import threading
+
+END_WITH_PARENT = "FLEETLOOP_END_WITH_PARENT"
+_PR_SET_PDEATHSIG = 1
 
 
 def restore() -> None:
@@ -23,3 +37,22 @@ def restore() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _end_with_parent()
+
+
+def end_with_parent_env(env: dict[str, str]) -> dict[str, str]:
+    """Return ``env`` asking a child started from this process to end when this process dies (Linux)."""
+    env[END_WITH_PARENT] = str(os.getpid())
+    return env
+
+
+def _end_with_parent() -> None:
+    """Honour FLEETLOOP_END_WITH_PARENT (see the module docstring); grandchildren do not inherit it."""
+    wanted = os.environ.pop(END_WITH_PARENT, None)
+    if wanted is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return  # no guard, but nothing else changes
+    if str(os.getppid()) != wanted:  # the parent died before the guard was set
+        os.kill(os.getpid(), signal.SIGTERM)
