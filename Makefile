@@ -11,7 +11,7 @@ MODELS ?= models
 help:
 	@echo "make demo   - the closed-loop demo on a simulated fleet (embedded defaults)"
 	@echo "make test   - install everything needed, lint, then run the test suite"
-	@echo "make lint   - ruff (lint and format check)"
+	@echo "make lint   - ruff (lint and format check), mypy (the robot runtime)"
 	@echo "make models - build the reference models into ./$(MODELS)"
 	@echo "make bench  - run the benchmarks (quick mode)"
 
@@ -21,6 +21,7 @@ setup:
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)

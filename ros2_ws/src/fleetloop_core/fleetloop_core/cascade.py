@@ -101,7 +101,8 @@ class Cascade:
     def __init__(self, edge: TierModel, escalation: TierModel | None = None, config: CascadeConfig | None = None):
         self.config = config or CascadeConfig()
         self._lock = threading.Lock()
-        self._models: dict[str, TierModel | None] = {"edge": edge, "escalation": escalation}
+        # (edge, escalation), replaced as one reference: a frame always sees one consistent pair
+        self._pair: tuple[TierModel, TierModel | None] = (edge, escalation)
         self._streams: dict[str, _StreamState] = {}
         self._escalation_latency_s: float | None = None
         self._check_compatible(edge, escalation)
@@ -119,39 +120,41 @@ class Cascade:
     # ------------------------------------------------------------------ models
     @property
     def edge(self) -> TierModel:
-        return self._models["edge"]  # type: ignore[return-value]
+        return self._pair[0]
 
     @property
     def escalation(self) -> TierModel | None:
-        return self._models["escalation"]
+        return self._pair[1]
 
-    def set_model(self, role: Literal["edge", "escalation"], model: TierModel | None) -> TierModel | None:
-        """Replace one tier atomically (between two frames); return the model it replaced."""
-        if role not in self._models:
+    def set_model(self, role: str, model: TierModel | None) -> TierModel | None:
+        """Replace one tier (``edge`` or ``escalation``) atomically, between two frames; return the one replaced."""
+        if role not in ("edge", "escalation"):
             raise ValueError(f"unknown cascade role {role!r} (edge, escalation)")
-        if role == "edge" and model is None:
-            raise ValueError("the edge tier cannot be removed")
-        edge = model if role == "edge" else self.edge
-        self._check_compatible(edge, model if role == "escalation" else self.escalation)  # type: ignore[arg-type]
         with self._lock:
-            previous = self._models[role]
-            self._models[role] = model
+            edge, escalation = self._pair
             if role == "edge":
+                if model is None:
+                    raise ValueError("the edge tier cannot be removed")
+                self._check_compatible(model, escalation)
+                previous: TierModel | None = edge
+                self._pair = (model, escalation)
                 self._streams.clear()  # embeddings of another model are not comparable
             else:
+                self._check_compatible(edge, model)
+                previous = escalation
+                self._pair = (edge, model)
                 self._escalation_latency_s = None
         return previous
 
     def model_versions(self) -> dict[str, str]:
         """Return the serving version per tier."""
-        return {m.tier: m.version for m in self._models.values() if m is not None}
+        return {m.tier: m.version for m in self._pair if m is not None}
 
     # ------------------------------------------------------------------ inference
     def infer(self, frame: np.ndarray, stream: str = "default", color_order: str = "RGB") -> FrameResult:
         """Return the cascade's result for one uint8 frame of ``stream``."""
         start = time.perf_counter()
-        models = self._models
-        edge, escalation = models["edge"], models["escalation"]  # one consistent pair per frame
+        edge, escalation = self._pair  # one consistent pair per frame
         config = self.config
         out = edge.infer(frame, color_order)
         edge_done = time.perf_counter()
@@ -189,7 +192,7 @@ class Cascade:
                 config, 0 if embedding is None else len(embedding), edge.manifest.outputs.embedding_normalised, stream
             )
         flicker = state.flicker.push(label)
-        if state.memory is not None:
+        if state.memory is not None and embedding is not None:
             novelty = state.memory.score(embedding)
             track = state.next_track(state.memory.last_similarity, config.track_similarity)
         else:

@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 from urllib.parse import unquote, urlparse
 
 from pydantic import Field
@@ -31,6 +31,10 @@ from pydantic import Field
 from fleetloop_core import iot_jobs
 from fleetloop_core.config import ConfigModel, load_config
 from fleetloop_core.errors import ConfigError, FleetLoopError
+
+
+if TYPE_CHECKING:  # awscrt is imported where the MQTT plane starts (robots without MQTT need not have it)
+    from awscrt import mqtt5
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +309,7 @@ class MqttControlPlane:
         self.config = config or MqttConfig()
         self.poll_s = poll_s
         self.prefix = self.config.topic_prefix
-        self._client = None
+        self._client: mqtt5.Client | None = None
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._wake = threading.Event()
@@ -359,7 +363,7 @@ class MqttControlPlane:
                 raise ConfigError(f"control_plane.mqtt.{name}: {path} does not exist")
         config = self.config
         self._stopped.clear()
-        self._client = mqtt5_client_builder.mtls_from_path(
+        self._client = client = mqtt5_client_builder.mtls_from_path(
             endpoint=self.host,
             port=self.port,
             cert_filepath=config.cert_file,
@@ -377,7 +381,7 @@ class MqttControlPlane:
             on_lifecycle_disconnection=self._on_disconnected,
             on_lifecycle_stopped=lambda _e: self._stopped.set(),
         )
-        self._client.start()
+        client.start()
         if not config.connect_timeout_s or self._subscribed.wait(config.connect_timeout_s / 2):
             return
         # awscrt reports some TLS failures only after s2n's blinding delay (10-30 s): find the reason
@@ -402,8 +406,11 @@ class MqttControlPlane:
         self._problem = self._problem_logged = None
         log.info("%s: connected to %s:%d (connection %d)", self.thing_name, self.host, self.port, self.connections)
         topics = iot_jobs.device_subscriptions(self.thing_name, self.prefix)
+        client = self._client
+        if client is None:  # closed meanwhile
+            return
         # a clean session forgets subscriptions: subscribe on every connection, then ask for work
-        future = self._client.subscribe(
+        future = client.subscribe(
             mqtt5.SubscribePacket([mqtt5.Subscription(topic, mqtt5.QoS.AT_LEAST_ONCE) for topic in topics])
         )
 

@@ -160,7 +160,7 @@ def dds_environment(
                 f"sets {variable}" if variable else "uses FleetLoop's profile instead",
             )
         named = environ.get(PROFILES_VARIABLE)
-        ours = bool(named) and Path(named).parent.name == PROFILE_DIR_NAME
+        ours = named is not None and Path(named).parent.name == PROFILE_DIR_NAME
         if named and not ours and PROFILES_VARIABLE in values:
             log.warning(
                 "%s=%s replaced by FleetLoop's profile for dds %s (with transport default and "

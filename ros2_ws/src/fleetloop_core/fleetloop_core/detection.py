@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -239,7 +239,9 @@ def nms(
     xywh = np.empty((len(boxes), 4), np.float32)
     xywh[:, :2] = boxes[:, :2]
     np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0, out=xywh[:, 2:])
-    keep = cv2.dnn.NMSBoxesBatched(
+    # cv2's stubs declare sequences; OpenCV takes the arrays as they are (no per-box Python objects)
+    nms_batched: Any = cv2.dnn.NMSBoxesBatched
+    kept = nms_batched(
         xywh,
         scores.astype(np.float32, copy=False),
         classes.astype(np.int32, copy=False),
@@ -248,7 +250,7 @@ def nms(
         1.0,
         int(max_detections),
     )
-    keep = np.asarray(keep, np.int64).reshape(-1)
+    keep = np.asarray(kept, np.int64).reshape(-1)
     if len(keep) > 1:
         # OpenCV returns each class's survivors together: order them by score across classes
         keep = keep[np.argsort(-scores[keep], kind="stable")]
@@ -504,10 +506,10 @@ class DetectorModel(TierModel):
                 )
         return results
 
-    def infer(self, frame: np.ndarray, color_order: str = "RGB"):  # type: ignore[override]
+    def infer(self, frame: np.ndarray, color_order: str = "RGB"):
         raise ModelError(f"{self.manifest.name}: a detector has no class probabilities; use detect()")
 
-    def infer_batch(self, frames: np.ndarray, color_order: str = "RGB", batch_size: int = 256):  # type: ignore[override]
+    def infer_batch(self, frames: np.ndarray, color_order: str = "RGB", batch_size: int = 256):
         raise ModelError(f"{self.manifest.name}: a detector has no class probabilities; use detect_batch()")
 
 
@@ -598,7 +600,8 @@ class DetectionCascade:
         self, edge: DetectorModel, escalation: DetectorModel | None = None, config: DetectionCascadeConfig | None = None
     ):
         self.config = config or DetectionCascadeConfig()
-        self._models: dict[str, DetectorModel | None] = {"edge": edge, "escalation": escalation}
+        # (edge, escalation), replaced as one reference: a frame always sees one consistent pair
+        self._pair: tuple[DetectorModel, DetectorModel | None] = (edge, escalation)
         self._streams: dict[str, _DetectionStream] = {}
         self._lock = threading.Lock()
         self._escalation_latency_s: float | None = None
@@ -619,42 +622,45 @@ class DetectionCascade:
 
     @property
     def edge(self) -> DetectorModel:
-        return self._models["edge"]  # type: ignore[return-value]
+        return self._pair[0]
 
     @property
     def escalation(self) -> DetectorModel | None:
-        return self._models["escalation"]
+        return self._pair[1]
 
     @property
     def frame_labels(self) -> tuple[str, ...]:
         """Return the frame-level label names: the detector's classes, then ``none``."""
         return (*self.edge.labels, NONE_NAME)
 
-    def set_model(self, role: Literal["edge", "escalation"], model: DetectorModel | None) -> DetectorModel | None:
-        """Replace one tier atomically (between two frames); return the model it replaced."""
-        if role not in self._models:
+    def set_model(self, role: str, model: DetectorModel | None) -> DetectorModel | None:
+        """Replace one tier (``edge`` or ``escalation``) atomically, between two frames; return the one replaced."""
+        if role not in ("edge", "escalation"):
             raise ValueError(f"unknown cascade role {role!r} (edge, escalation)")
-        if role == "edge" and model is None:
-            raise ValueError("the edge tier cannot be removed")
-        edge = model if role == "edge" else self.edge
-        self._check(edge, model if role == "escalation" else self.escalation)  # type: ignore[arg-type]
         with self._lock:
-            previous = self._models[role]
-            self._models[role] = model
+            edge, escalation = self._pair
             if role == "edge":
+                if model is None:
+                    raise ValueError("the edge tier cannot be removed")
+                self._check(model, escalation)
+                previous: DetectorModel | None = edge
+                self._pair = (model, escalation)
                 self._streams.clear()
             else:
+                self._check(edge, model)
+                previous = escalation
+                self._pair = (edge, model)
                 self._escalation_latency_s = None
         return previous
 
     def model_versions(self) -> dict[str, str]:
         """Return the serving version per tier."""
-        return {m.tier: m.version for m in self._models.values() if m is not None}
+        return {m.tier: m.version for m in self._pair if m is not None}
 
     def infer(self, frame: np.ndarray, stream: str = "default", color_order: str = "RGB") -> DetectionResult:
         """Return the cascade's detections and uncertainty for one uint8 frame of ``stream``."""
         start = time.perf_counter()
-        edge, escalation = self._models["edge"], self._models["escalation"]
+        edge, escalation = self._pair  # one consistent pair per frame
         config = self.config
         low, high = dunc.band_around(edge.spec.score_threshold, config.band_width)
         out = edge.detect(frame, color_order, score_floor=min(low, edge.spec.score_threshold))
@@ -722,7 +728,7 @@ class DetectionCascade:
         if state is None:
             state = self._streams[stream] = _DetectionStream(config, 0 if embedding is None else len(embedding))
         flicker = state.flicker.push(len(detections))
-        novelty = state.memory.score(embedding) if state.memory is not None else 0.0
+        novelty = state.memory.score(embedding) if state.memory is not None and embedding is not None else 0.0
         scores = dunc.score_parts(
             parts.band, parts.entropy_mean, parts.entropy_max, disagreement.score, flicker, novelty
         )

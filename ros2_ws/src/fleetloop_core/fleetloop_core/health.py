@@ -423,7 +423,8 @@ def input_check(
     ``health.lost_fraction``. With the ``large_data`` transport another vendor's camera is not even
     discovered (measured), so "no publisher" says so.
     """
-    levels, problems, values = [], [], {}
+    levels, problems = [], []
+    values: dict[str, object] = {}
     for stream in streams:
         topic = stream.topic
         values[f"{topic}.matched_publishers"] = stream.matched

@@ -104,9 +104,9 @@ class TierModel:
         self._output_names = [outputs.probs]
         self._has_embedding = outputs.embedding is not None
         self._has_uncertainty = outputs.uncertainty is not None
-        if self._has_embedding:
+        if outputs.embedding is not None:
             self._output_names.append(outputs.embedding)
-        if self._has_uncertainty:
+        if outputs.uncertainty is not None:
             self._output_names.append(outputs.uncertainty)
         spec = manifest.input
         self._expected_tail = tuple(spec.shape[1:])

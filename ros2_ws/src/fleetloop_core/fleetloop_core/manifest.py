@@ -178,7 +178,9 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def file_entry(path: str | Path, base: str | Path, role: str = "model") -> FileEntry:
+def file_entry(
+    path: str | Path, base: str | Path, role: Literal["model", "calibration", "extra"] = "model"
+) -> FileEntry:
     """Return the FileEntry (relative path, sha256, size) of a file inside ``base``."""
     path = Path(path)
     return FileEntry(

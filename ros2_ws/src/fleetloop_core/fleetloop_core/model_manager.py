@@ -600,7 +600,7 @@ class ModelManager:
                     stats.frames += 1
                     if bad:
                         stats.errors += 1
-                    elif watch.tier in result.latency_s:
+                    elif result is not None and watch.tier in result.latency_s:
                         stats.latencies_s.append(result.latency_s[watch.tier])
                         confidence = watch.task.served_confidence(result, watch.tier)
                         if confidence is not None:
@@ -677,7 +677,7 @@ class ModelManager:
                 and not watch.done.is_set()
                 and self._clock() - watch.started >= self.config.watchdog.window_s
             )
-        if due:
+        if due and watch is not None:
             self._finish_watch(watch)
 
     # ------------------------------------------------------------------ jobs
@@ -758,7 +758,9 @@ class ModelManager:
 
     def _deploy(self, job_id: str, doc: JobDocument, role: str, progress: Progress) -> JobOutcome:
         current = self._model(role)
-        wanted = doc.model
+        wanted, location = doc.model, doc.package
+        if location is None:  # JobDocument's validator makes this impossible for a deploy
+            return self._fail(job_id, "REJECTED", role, f"job {job_id}: fleetloop.deploy_model needs a package")
         if current is not None and current.version == wanted.version and current.manifest.name == wanted.name:
             self._emit("already_serving", role, current.version, job_id=job_id, detail="no reload")
             return JobOutcome(
@@ -773,13 +775,13 @@ class ModelManager:
         with self._lock:
             self._role_state[role] = "downloading"
         self._emit(
-            "downloading", role, wanted.version, current.version if current else None, job_id, doc.package.describe()
+            "downloading", role, wanted.version, current.version if current else None, job_id, location.describe()
         )
         progress("downloading", {"step": "downloading", "version": wanted.version})
         reference = current.manifest if current is not None else None
         try:
             package = self.store.install(
-                doc.package,
+                location,
                 serving=reference,
                 expect_name=wanted.name,
                 expect_version=wanted.version,

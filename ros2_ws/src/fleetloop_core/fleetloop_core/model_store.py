@@ -82,7 +82,9 @@ class PackageLocation(ConfigModel):
 
     def describe(self) -> str:
         """Return a human-readable location (store URI/prefix or the directory)."""
-        return self.path if self.path is not None else f"{self.store.rstrip('/')}/{self.prefix.strip('/')}"
+        if self.path is not None:
+            return self.path
+        return f"{(self.store or '').rstrip('/')}/{(self.prefix or '').strip('/')}"
 
 
 # ------------------------------------------------------------------------------ package sources
@@ -126,6 +128,8 @@ class _DirectorySource:
 def _source(location: PackageLocation) -> _Source:
     if location.path is not None:
         return _DirectorySource(location.path)
+    if location.store is None or location.prefix is None:  # the model's validator makes this impossible
+        raise IncompatibleModel(f"{location.describe()}: neither a directory nor a store and prefix")
     return _StoreSource(open_store(location.store), location.prefix)
 
 

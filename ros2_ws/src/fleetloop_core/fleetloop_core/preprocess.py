@@ -81,7 +81,7 @@ class Preprocessor:
             self._scale = (1.0 / (255.0 * std)).astype(np.float32)
             self._offset = (mean / std).astype(np.float32)
         else:
-            self._scale = self._offset = None
+            self._scale = self._offset = None  # type: ignore[assignment]  # float32 inputs only use them
         self._native_shape = (self.height, self.width, self.channels)
         self._passthrough = spec.dtype == "uint8" and spec.layout == "NHWC" and self.channels == 3
 

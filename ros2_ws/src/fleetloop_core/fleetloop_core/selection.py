@@ -159,8 +159,8 @@ class PolicyState:
     # adaptive_budget: ring of recent scores and stamps
     score_ring: array = field(default_factory=lambda: array("d"))
     stamp_ring: array = field(default_factory=lambda: array("q"))
-    keep_verdict: Verdict | None = None
-    drop_verdict: Verdict | None = None
+    keep_verdict: Verdict = Verdict(True, 0.0, "")  # set by _set_verdicts before the first use
+    drop_verdict: Verdict = Verdict(False, 0.0, "")
     filled: int = 0
     cursor: int = 0
     threshold: float | None = None
@@ -381,7 +381,8 @@ def _hamming(hashes: np.ndarray, value: np.uint64) -> np.ndarray:
     return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)  # numpy < 2
 
 
-_HASHERS = {"phash": cv2.img_hash.PHash_create, "average": cv2.img_hash.AverageHash_create}
+# opencv-contrib's img_hash module is missing from the stubs cv2 ships
+_HASHERS = {"phash": cv2.img_hash.PHash_create, "average": cv2.img_hash.AverageHash_create}  # type: ignore[attr-defined]
 
 
 class DedupMemory:

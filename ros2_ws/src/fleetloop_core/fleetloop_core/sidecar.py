@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Literal, Optional
+from typing import Any, Final, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleetloop_core.errors import FleetLoopError
 
-SCHEMA = "fleetloop.sidecar/1"
+SCHEMA: Final = "fleetloop.sidecar/1"
 
 
 class SidecarError(FleetLoopError):

@@ -17,7 +17,7 @@ import binascii
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Final, Iterable, Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -27,7 +27,7 @@ from fleetloop_core.config import read_yaml
 from fleetloop_core.errors import ConfigError, ModelError
 from fleetloop_core.manifest import Manifest, Signature, load_manifest, verify_files, write_manifest
 
-ALGORITHM = "ed25519"
+ALGORITHM: Final = "ed25519"
 
 
 class SignatureError(ModelError):
