@@ -39,6 +39,74 @@ def test_core_never_imports_ros_or_cloud_packages():
     assert offenders == []
 
 
+def _full_imports(path: Path) -> set[str]:
+    """Return every absolute module an import statement in ``path`` names (``a.b.c`` also as ``a.b``, ``a``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        modules = []
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for module in modules:
+            parts = module.split(".")
+            names.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    return names
+
+
+def robot_runtime_modules() -> list[Path]:
+    """Return the robot runtime's modules: the files mypy.ini type-checks (one list for both rules)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "mypy.ini")
+    return [ROOT / line.strip().rstrip(",") for line in config["mypy"]["files"].splitlines() if line.strip()]
+
+
+# what a robot never needs: the model toolchain, the simulated world, the fault harness, cloud and ROS code
+NOT_ON_A_ROBOT = {
+    "torch",
+    "torchvision",
+    "fleetloop_core.sim",
+    "fleetloop_core.sim_detection",
+    "fleetloop_core.dataset",
+    "fleetloop_core.faults",
+    "fleetloop_core.training",
+    "fleetloop_core.training_detection",
+    "fleetloop_core.modelbuild",
+    "fleetloop_core.modelbuild_detection",
+    "fleetloop_core.zoo",
+    "fleetloop_core.zoo_detection",
+    "fleetloop_cloud",
+    "fleetloop_ros",
+    "rclpy",
+}
+
+
+def test_the_robot_runtime_imports_no_toolchain_simulation_cloud_or_ros():
+    modules = robot_runtime_modules()
+    assert len(modules) >= 20 and all(path.is_file() for path in modules), modules
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(NOT_ON_A_ROBOT & _full_imports(path))
+        for path in modules
+        if NOT_ON_A_ROBOT & _full_imports(path)
+    }
+    assert offenders == {}, f"robot runtime modules importing what a robot never needs: {offenders}"
+
+
+def test_the_rule_sees_imports_inside_functions(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("def later():\n    from fleetloop_core import sim\n    import torch.nn\n")
+    assert {"fleetloop_core.sim", "torch"} <= _full_imports(sample)
+
+
+def test_ros_and_cloud_do_not_import_each_other():
+    ros = [p for p in _python_files("ros2_ws", "src", "fleetloop_ros") if "fleetloop_cloud" in _imports(p)]
+    cloud = [p for p in _python_files("cloud") if "fleetloop_ros" in _imports(p)]
+    assert ros == [] and cloud == []
+
+
 def test_layout_exists():
     for path in [
         "ros2_ws/src/fleetloop_core/package.xml",
