@@ -93,3 +93,18 @@ def test_the_link_finder_sees_what_it_must():
         "img/b.png",
         "https://e.org",
     ]
+
+
+def test_the_configuration_reference_is_current():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_reference", ROOT / "scripts" / "config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = ROOT / "docs" / "config_reference.md"
+    assert page.read_text() == module.render(), "docs/config_reference.md is stale: run scripts/config_reference.py"
+    # the descriptions come from the models' comments: a sample must be there
+    assert (
+        "| `cascade.escalate_above` | float | `0.5` | >= 0.0, <= 1.0 | escalate when signal > this |"
+        in page.read_text()
+    )

@@ -6,6 +6,12 @@ Every concern has one model tree (``SelectionConfig``, ``CascadeConfig``, ...) d
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
+import io
+import textwrap
+import tokenize
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
@@ -21,6 +27,51 @@ class ConfigModel(BaseModel):
     """Base of every config tree: unknown keys are errors (a typo must not pass silently)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def field_descriptions(model: type[BaseModel]) -> dict[str, str]:
+    """Return {field name: description} of a config model (its classes in MRO order, nearest first).
+
+    A ``Field(description=...)`` wins; otherwise the comment on the field's lines, or the comment lines
+    right above it (how our config models document their fields). Used for the ROS parameter
+    descriptors and the generated configuration reference.
+    """
+    found: dict[str, str] = {}
+    for cls in model.__mro__:
+        if cls is BaseModel or not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            continue
+        for name, text in _comments_of(cls).items():
+            found.setdefault(name, text)
+    for name, info in model.model_fields.items():
+        if info.description:
+            found[name] = info.description
+    return {name: found.get(name, "") for name in model.model_fields}
+
+
+@functools.lru_cache(maxsize=None)
+def _comments_of(cls: type) -> dict[str, str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source (a frozen build): no descriptions
+        return {}
+    comments: dict[int, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    lines = source.splitlines()
+    out: dict[str, str] = {}
+    body = ast.parse(source).body[0]
+    for node in getattr(body, "body", []):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        beside = [comments[n] for n in range(node.lineno, (node.end_lineno or node.lineno) + 1) if n in comments]
+        above: list[str] = []
+        line = node.lineno - 1
+        while line >= 1 and line in comments and lines[line - 1].lstrip().startswith("#"):
+            above.insert(0, comments[line])
+            line -= 1
+        out[node.target.id] = " ".join(above + beside)
+    return out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

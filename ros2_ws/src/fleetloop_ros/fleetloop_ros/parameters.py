@@ -29,6 +29,7 @@ from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from fleetloop_core.config import field_descriptions
 from fleetloop_core.errors import ConfigError, FleetLoopError
 from fleetloop_ros.settings import validate_settings
 
@@ -165,13 +166,14 @@ def parameter_specs(
     ``skip`` the names (or prefixes) that are not parameters at all.
     """
     specs: list[ParamSpec] = []
+    descriptions = field_descriptions(type(settings))
     for field_name, info in type(settings).model_fields.items():
         name = f"{prefix}{field_name}"
         if _listed(name, skip):
             continue
         value = getattr(settings, field_name)
         frozen = _listed(name, read_only)
-        description = info.description or ""
+        description = descriptions[field_name]
         if isinstance(value, BaseModel):
             specs.extend(parameter_specs(value, read_only, f"{name}.", skip))
         elif isinstance(value, Mapping):
