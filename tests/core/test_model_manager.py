@@ -354,6 +354,27 @@ def test_shadow_verdict_thresholds():
     assert report.figures["confidence_mean"] < 0.5 * report.figures["current_confidence_mean"]
 
 
+def test_the_watch_expects_of_an_escalation_model_what_its_frames_allow():
+    from fleetloop_core.model_manager import watch_confidence_baseline
+
+    # the edge role serves every frame: the candidate's own shadow figure
+    assert watch_confidence_baseline("edge", 0.72, 0.76, [0.70] * 30) == 0.72
+    # the escalation role serves the frames the edge model was unsure of: the previous T3 was at 0.30 there
+    # against 0.76 on the shadow frames, so a candidate at 0.72 in its shadow check is expected near 0.28
+    expected = watch_confidence_baseline("escalation", 0.72, 0.76, [0.30] * 30)
+    assert expected == pytest.approx(0.72 * 0.30 / 0.76)
+    # the demo's rolled-back T3 (served at 0.298) is no collapse against that
+    config = WatchdogConfig(min_frames=4, confidence_min_frames=10, min_confidence_ratio=0.5)
+    assert watchdog_verdict(WatchStats([0.001] * 200, [0.298] * 200, 0, 200), 0.001, expected, config) is None
+    # ... a real one still is
+    assert "confidence collapsed" in watchdog_verdict(
+        WatchStats([0.001] * 200, [0.1] * 200, 0, 200), 0.001, expected, config
+    )
+    # no shadow check: the previous model's served mean; nothing served before: unknown
+    assert watch_confidence_baseline("escalation", float("nan"), float("nan"), [0.4, 0.6]) == pytest.approx(0.5)
+    assert np.isnan(watch_confidence_baseline("edge", float("nan"), float("nan"), []))
+
+
 def test_watchdog_verdict_limits():
     config = WatchdogConfig(
         min_frames=4, max_error_rate=0.2, min_confidence_ratio=0.5, max_latency_ms=20.0, confidence_min_frames=10

@@ -390,6 +390,27 @@ def watchdog_verdict(
     return None
 
 
+def watch_confidence_baseline(
+    role: str, candidate_shadow: float, current_shadow: float, served_before: Sequence[float]
+) -> float:
+    """Return the mean confidence the watchdog expects of a new model on the frames its role serves.
+
+    The shadow check runs both models on the ring buffer, a sample of *all* frames. The edge role serves
+    every frame: the candidate's shadow mean is the expectation (a better-calibrated model may be less
+    sure than its predecessor; that is no fault). The escalation role serves only the frames the edge
+    model was unsure of, where every model is less sure: the candidate's shadow mean is scaled by how
+    much less sure the previous model was on the frames it served than on the shadow frames (seen in a
+    loaded demo: a T3 served at 0.30 against 0.73 in its shadow check and was rolled back as a
+    "collapse"). Without a shadow figure: the previous model's mean on the frames it served.
+    """
+    served = float(np.mean(served_before)) if len(served_before) else float("nan")
+    if not math.isfinite(candidate_shadow):
+        return served
+    if role == "escalation" and math.isfinite(served) and math.isfinite(current_shadow) and current_shadow > 0:
+        return candidate_shadow * served / current_shadow
+    return candidate_shadow
+
+
 # ====================================================================================== the manager
 @dataclass
 class _Watch:
@@ -837,8 +858,14 @@ class ModelManager:
 
         # the watchdog judges a confidence collapse against what the candidate itself showed on the shadow
         # frames: a better-calibrated model is often less confident than its predecessor, which is no fault
-        expected = report.figures.get("confidence_mean", float("nan")) if self.config.shadow.enabled else float("nan")
-        watch = self._swap(job_id, role, candidate, expected_confidence=expected)
+        figures = report.figures if self.config.shadow.enabled else {}
+        watch = self._swap(
+            job_id,
+            role,
+            candidate,
+            expected_confidence=figures.get("confidence_mean", float("nan")),
+            current_shadow_confidence=figures.get("current_confidence_mean", float("nan")),
+        )
         swap_s = self._clock() - started
         details["swap_seconds"] = f"{swap_s:.3f}"
         if watch is None:
@@ -860,12 +887,17 @@ class ModelManager:
         return JobOutcome(job_id, "SUCCEEDED", f"serving {candidate.version}", role, candidate.version, details)
 
     def _swap(
-        self, job_id: str, role: str, candidate: TierModel, expected_confidence: float = float("nan")
+        self,
+        job_id: str,
+        role: str,
+        candidate: TierModel,
+        expected_confidence: float = float("nan"),
+        current_shadow_confidence: float = float("nan"),
     ) -> Optional[_Watch]:
         """Swap ``candidate`` in between two frames; return the watch started for it (None: no watchdog).
 
-        ``expected_confidence``: the candidate's mean confidence in its shadow check, the watchdog's
-        confidence baseline (without one, the previous model's mean confidence before the swap).
+        ``expected_confidence`` / ``current_shadow_confidence``: the candidate's / the serving model's mean
+        confidence in the shadow check (:func:`watch_confidence_baseline` makes the watchdog's baseline).
         """
         with self._lock:
             recent = list(self._recent[role])
@@ -875,12 +907,8 @@ class ModelManager:
             watch = None
             if previous is not None and self.config.watchdog.enabled:
                 baseline_latency = _percentile([r[0] for r in recent], 50) if recent else float("nan")
-                baseline_confidence = (
-                    expected_confidence
-                    if math.isfinite(expected_confidence)
-                    else float(np.mean([r[1] for r in recent]))
-                    if recent
-                    else float("nan")
+                baseline_confidence = watch_confidence_baseline(
+                    role, expected_confidence, current_shadow_confidence, [r[1] for r in recent]
                 )
                 baseline_p95 = _percentile([r[0] for r in recent], 95) if recent else float("nan")
                 watch = _Watch(
@@ -1063,5 +1091,6 @@ __all__ = [
     "parse_job_document",
     "serving_package_dirs",
     "shadow_verdict",
+    "watch_confidence_baseline",
     "watchdog_verdict",
 ]
