@@ -11,13 +11,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 from pydantic import Field
 
 from fleetloop_core import uncertainty as unc
 from fleetloop_core.config import ConfigModel
+from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import TierModel, TierOutputs
 
 EscalationSignal = Literal["entropy", "margin", "least_confidence"]
@@ -95,38 +96,42 @@ class _StreamState:
         return f"{self.session}-{self.track}"
 
 
-class Cascade:
-    """Runs T4 (``edge``) on every frame and escalates to T3 (``escalation``) when warranted."""
+M = TypeVar("M", bound=TierModel)
 
-    def __init__(self, edge: TierModel, escalation: TierModel | None = None, config: CascadeConfig | None = None):
-        self.config = config or CascadeConfig()
+
+class TieredCascade(Generic[M]):
+    """What every cascade shares: the (edge, escalation) models, swapped atomically, and the latency budget.
+
+    The two models are one reference, replaced as a whole between two frames, so a frame always sees one
+    consistent pair. Subclasses say which models may serve together (``_check``) and run the frames.
+    """
+
+    config: Any  # the subclass's config model (latency_budget_ms at least)
+
+    def __init__(self, edge: M, escalation: M | None = None):
         self._lock = threading.Lock()
-        # (edge, escalation), replaced as one reference: a frame always sees one consistent pair
-        self._pair: tuple[TierModel, TierModel | None] = (edge, escalation)
-        self._streams: dict[str, _StreamState] = {}
+        self._pair: tuple[M, M | None] = (edge, escalation)
         self._escalation_latency_s: float | None = None
-        self._check_compatible(edge, escalation)
+        self._streams: dict[str, Any] = {}
+        self._check(edge, escalation)
 
-    @staticmethod
-    def _check_compatible(edge: TierModel, escalation: TierModel | None) -> None:
+    def _check(self, edge: M, escalation: M | None) -> None:
+        """Raise ModelError when ``edge`` and ``escalation`` cannot serve together."""
         if escalation is not None and list(escalation.labels) != list(edge.labels):
-            from fleetloop_core.errors import ModelError
-
             raise ModelError(
                 f"tiers disagree on labels: {edge.manifest.name} has {edge.labels}, "
                 f"{escalation.manifest.name} has {escalation.labels}"
             )
 
-    # ------------------------------------------------------------------ models
     @property
-    def edge(self) -> TierModel:
+    def edge(self) -> M:
         return self._pair[0]
 
     @property
-    def escalation(self) -> TierModel | None:
+    def escalation(self) -> M | None:
         return self._pair[1]
 
-    def set_model(self, role: str, model: TierModel | None) -> TierModel | None:
+    def set_model(self, role: str, model: M | None) -> M | None:
         """Replace one tier (``edge`` or ``escalation``) atomically, between two frames; return the one replaced."""
         if role not in ("edge", "escalation"):
             raise ValueError(f"unknown cascade role {role!r} (edge, escalation)")
@@ -135,12 +140,12 @@ class Cascade:
             if role == "edge":
                 if model is None:
                     raise ValueError("the edge tier cannot be removed")
-                self._check_compatible(model, escalation)
-                previous: TierModel | None = edge
+                self._check(model, escalation)
+                previous: M | None = edge
                 self._pair = (model, escalation)
-                self._streams.clear()  # embeddings of another model are not comparable
+                self._streams.clear()  # per-stream state (embeddings) of another model is not comparable
             else:
-                self._check_compatible(edge, model)
+                self._check(edge, model)
                 previous = escalation
                 self._pair = (edge, model)
                 self._escalation_latency_s = None
@@ -149,6 +154,19 @@ class Cascade:
     def model_versions(self) -> dict[str, str]:
         """Return the serving version per tier."""
         return {m.tier: m.version for m in self._pair if m is not None}
+
+    def _within_budget(self, edge_latency_s: float) -> bool:
+        expected = self._escalation_latency_s if self._escalation_latency_s is not None else 0.0
+        return bool((edge_latency_s + expected) * 1000.0 <= self.config.latency_budget_ms)
+
+
+class Cascade(TieredCascade[TierModel]):
+    """Runs T4 (``edge``) on every frame and escalates to T3 (``escalation``) when warranted."""
+
+    def __init__(self, edge: TierModel, escalation: TierModel | None = None, config: CascadeConfig | None = None):
+        self.config = config or CascadeConfig()
+        super().__init__(edge, escalation)
+        self._streams: dict[str, _StreamState] = {}
 
     # ------------------------------------------------------------------ inference
     def infer(self, frame: np.ndarray, stream: str = "default", color_order: str = "RGB") -> FrameResult:
@@ -226,7 +244,3 @@ class Cascade:
             k=config.top_k,
             track=track,
         )
-
-    def _within_budget(self, edge_latency_s: float) -> bool:
-        expected = self._escalation_latency_s if self._escalation_latency_s is not None else 0.0
-        return (edge_latency_s + expected) * 1000.0 <= self.config.latency_budget_ms

@@ -34,6 +34,7 @@ from pydantic import Field
 
 from fleetloop_core import uncertainty as unc
 from fleetloop_core import uncertainty_detection as dunc
+from fleetloop_core.cascade import TieredCascade
 from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
@@ -593,69 +594,28 @@ class _DetectionStream:
         self.memory = unc.EmbeddingMemory(dim, config.novelty_memory, True) if dim else None
 
 
-class DetectionCascade:
+class DetectionCascade(TieredCascade[DetectorModel]):
     """Runs the T4 detector on every frame and the T3 detector when T4 is unsure and time allows."""
 
     def __init__(
         self, edge: DetectorModel, escalation: DetectorModel | None = None, config: DetectionCascadeConfig | None = None
     ):
         self.config = config or DetectionCascadeConfig()
-        # (edge, escalation), replaced as one reference: a frame always sees one consistent pair
-        self._pair: tuple[DetectorModel, DetectorModel | None] = (edge, escalation)
+        super().__init__(edge, escalation)
         self._streams: dict[str, _DetectionStream] = {}
-        self._lock = threading.Lock()
-        self._escalation_latency_s: float | None = None
-        self._check(edge, escalation)
 
-    @staticmethod
-    def _check(edge: DetectorModel, escalation: DetectorModel | None) -> None:
+    def _check(self, edge: DetectorModel, escalation: DetectorModel | None) -> None:
         for model in (edge, escalation):
             if model is not None and not isinstance(model, DetectorModel):
                 raise ModelError(
                     f"{model.manifest.name}: task {model.manifest.task!r} cannot serve a detection cascade"
                 )
-        if escalation is not None and list(escalation.labels) != list(edge.labels):
-            raise ModelError(
-                f"tiers disagree on classes: {edge.manifest.name} has {edge.labels}, "
-                f"{escalation.manifest.name} has {escalation.labels}"
-            )
-
-    @property
-    def edge(self) -> DetectorModel:
-        return self._pair[0]
-
-    @property
-    def escalation(self) -> DetectorModel | None:
-        return self._pair[1]
+        super()._check(edge, escalation)
 
     @property
     def frame_labels(self) -> tuple[str, ...]:
         """Return the frame-level label names: the detector's classes, then ``none``."""
         return (*self.edge.labels, NONE_NAME)
-
-    def set_model(self, role: str, model: DetectorModel | None) -> DetectorModel | None:
-        """Replace one tier (``edge`` or ``escalation``) atomically, between two frames; return the one replaced."""
-        if role not in ("edge", "escalation"):
-            raise ValueError(f"unknown cascade role {role!r} (edge, escalation)")
-        with self._lock:
-            edge, escalation = self._pair
-            if role == "edge":
-                if model is None:
-                    raise ValueError("the edge tier cannot be removed")
-                self._check(model, escalation)
-                previous: DetectorModel | None = edge
-                self._pair = (model, escalation)
-                self._streams.clear()
-            else:
-                self._check(edge, model)
-                previous = escalation
-                self._pair = (edge, model)
-                self._escalation_latency_s = None
-        return previous
-
-    def model_versions(self) -> dict[str, str]:
-        """Return the serving version per tier."""
-        return {m.tier: m.version for m in self._pair if m is not None}
 
     def infer(self, frame: np.ndarray, stream: str = "default", color_order: str = "RGB") -> DetectionResult:
         """Return the cascade's detections and uncertainty for one uint8 frame of ``stream``."""
@@ -769,10 +729,6 @@ class DetectionCascade:
             uncertainty_latency_s=scoring_s,
             classes=classes,
         )
-
-    def _within_budget(self, edge_latency_s: float) -> bool:
-        expected = self._escalation_latency_s if self._escalation_latency_s is not None else 0.0
-        return (edge_latency_s + expected) * 1000.0 <= self.config.latency_budget_ms
 
 
 @dataclass(frozen=True)
