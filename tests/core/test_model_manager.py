@@ -375,6 +375,23 @@ def test_the_watch_expects_of_an_escalation_model_what_its_frames_allow():
     assert np.isnan(watch_confidence_baseline("edge", float("nan"), float("nan"), []))
 
 
+def test_after_a_shadow_check_the_watch_does_not_judge_a_before_after_latency_ratio(
+    robot, tmp_path, test_models, signing_keys, frames
+):
+    # the shadow check compared both models on the same frames; a before/after ratio measures the machine's load
+    with robot:
+        assert robot.manager.submit("job-v2", robot.job(robot.package("v2"))).result(60).status == "SUCCEEDED"
+    assert np.isnan(robot.manager._watch.baseline_latency_s)
+    unshadowed = Robot(tmp_path / "b", test_models, signing_keys, frames, _config(shadow=ShadowConfig(enabled=False)))
+    with unshadowed:
+        assert unshadowed.manager.submit("job-v2", unshadowed.job(unshadowed.package("v2"))).result(60).status == (
+            "SUCCEEDED"
+        )
+    assert (
+        np.isfinite(unshadowed.manager._watch.baseline_latency_s) and unshadowed.manager._watch.baseline_latency_s > 0
+    )
+
+
 def test_watchdog_verdict_limits():
     config = WatchdogConfig(
         min_frames=4, max_error_rate=0.2, min_confidence_ratio=0.5, max_latency_ms=20.0, confidence_min_frames=10
