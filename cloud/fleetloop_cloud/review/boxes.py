@@ -14,11 +14,10 @@ expired or that someone else holds is refused (409) and the page moves on.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetloop_core.errors import FleetLoopError
@@ -27,6 +26,7 @@ from fleetloop_core.manifest import load_manifest
 from fleetloop_cloud.box_annotators import record_box_answer
 from fleetloop_cloud.box_consensus import BoxSet
 from fleetloop_cloud.box_pool import BoxPool, BoxTask
+from fleetloop_cloud.review import web
 from fleetloop_cloud.review.errors import Conflict, NotFound, ReviewError
 
 BOX_PURPOSES = ("calibration", "review", "audit")
@@ -82,99 +82,110 @@ def describe(task: BoxTask, row, classes: list[str]) -> dict:
     }
 
 
-def install(app, state, templates, user: Callable, writer: Callable, page: Callable, db: Callable) -> None:
-    """Add the box view's page and API to the review app (``state``: the app's state, for paths and settings)."""
-    local = threading.local()
+router = APIRouter()
 
-    def boxes() -> BoxPool:
-        pool = getattr(local, "boxes", None)
-        if pool is None:
-            pool = local.boxes = BoxPool(state.pool_path)
-        return pool
 
-    def classes() -> list[str]:
-        found = detection_classes(state.config.models)
-        if found is None:
-            raise ReviewError(
-                f"{state.config.models}: the models are not detectors; the box view serves the "
-                f"detection loop (fleetloop models build --profile detection-default)"
-            )
-        return found
+def _boxes(request: Request) -> BoxPool:
+    st = web.state(request)
+    pool = getattr(st.boxes, "pool", None)
+    if pool is None:
+        pool = st.boxes.pool = BoxPool(st.pool_path)  # one connection per thread
+    return pool
 
-    def costs():
-        if state.cost_model.boxes is None:
-            raise ReviewError("config/cost_model.yaml: boxes: missing (box answers are priced from it)")
-        return state.cost_model.boxes
 
-    def item(task: Optional[BoxTask], names: list[str]) -> Optional[dict]:
-        if task is None:
-            return None
-        return describe(task, db().pool.frame(task.frame_id), names)
+def _classes(request: Request) -> list[str]:
+    models = web.state(request).config.models
+    found = detection_classes(models)
+    if found is None:
+        raise ReviewError(
+            f"{models}: the models are not detectors; the box view serves the "
+            f"detection loop (fleetloop models build --profile detection-default)"
+        )
+    return found
 
-    def counts() -> dict:
-        waiting = boxes().tasks(status=("open", "submitted"))
-        return {"waiting": len(waiting), "by_purpose": {p: sum(t.purpose == p for t in waiting) for p in BOX_PURPOSES}}
 
-    def next_item(session) -> Optional[dict]:
-        names = classes()
-        return item(boxes().lease(session.key, BOX_PURPOSES, state.clock(), state.settings.lease_s), names)
+def _costs(request: Request):
+    st = web.state(request)
+    if st.cost_model.boxes is None:
+        raise ReviewError("config/cost_model.yaml: boxes: missing (box answers are priced from it)")
+    return st.cost_model.boxes
 
-    @app.get("/boxes")
-    def boxes_page(request: Request):
-        session = user(request)
-        names = detection_classes(state.config.models)
-        return page(request, "boxes.html", session, box_classes=names or [], detectors=names is not None)
 
-    @app.post("/api/boxes/next")
-    def api_boxes_next(request: Request):
-        session = writer(request)
-        return {"item": next_item(session), "counts": counts()}
+def _item(request: Request, task: Optional[BoxTask], names: list[str]) -> Optional[dict]:
+    if task is None:
+        return None
+    return describe(task, web.db(request).pool.frame(task.frame_id), names)
 
-    @app.post("/api/boxes/answer")
-    def api_boxes_answer(request: Request, body: BoxAnswerBody):
-        session = writer(request)
-        names = classes()
-        pool = boxes()
-        try:
-            task = pool.task(body.task_id)
-        except FleetLoopError as exc:
-            raise NotFound(str(exc)) from None
-        if task.status not in ("open", "submitted"):
-            raise Conflict(f"box task {task.id} is already {task.status}")
-        if not pool.holds(session.key, task.id, state.clock()):
-            raise Conflict(f"box task {task.id}: your lease expired or another annotator holds it; take the next frame")
-        if body.action == "accept":
-            if task.suggestion is None or not task.shown:
-                raise ReviewError(f"box task {task.id} shows no suggestion to accept: draw the boxes")
-            answer = task.suggestion
-        else:
-            if any(len(row) != 5 for row in body.boxes):
-                raise ReviewError("boxes: each box is [x0, y0, x1, y1, class]")
-            row = db().pool.frame(task.frame_id)
-            clipped = [
-                [
-                    min(max(x0, 0.0), row["width"]),
-                    min(max(y0, 0.0), row["height"]),
-                    min(max(x1, 0.0), row["width"]),
-                    min(max(y1, 0.0), row["height"]),
-                    cls,
-                ]
-                for x0, y0, x1, y1, cls in body.boxes
+
+def _counts(request: Request) -> dict:
+    waiting = _boxes(request).tasks(status=("open", "submitted"))
+    return {"waiting": len(waiting), "by_purpose": {p: sum(t.purpose == p for t in waiting) for p in BOX_PURPOSES}}
+
+
+def _next_item(request: Request, session) -> Optional[dict]:
+    st = web.state(request)
+    names = _classes(request)
+    return _item(request, _boxes(request).lease(session.key, BOX_PURPOSES, st.clock(), st.settings.lease_s), names)
+
+
+@router.get("/boxes")
+def boxes_page(request: Request):
+    session = web.user(request)
+    names = detection_classes(web.state(request).config.models)
+    return web.page(request, "boxes.html", session, box_classes=names or [], detectors=names is not None)
+
+
+@router.post("/api/boxes/next")
+def api_boxes_next(request: Request):
+    session = web.writer(request)
+    return {"item": _next_item(request, session), "counts": _counts(request)}
+
+
+@router.post("/api/boxes/answer")
+def api_boxes_answer(request: Request, body: BoxAnswerBody):
+    session = web.writer(request)
+    st = web.state(request)
+    names = _classes(request)
+    pool = _boxes(request)
+    try:
+        task = pool.task(body.task_id)
+    except FleetLoopError as exc:
+        raise NotFound(str(exc)) from None
+    if task.status not in ("open", "submitted"):
+        raise Conflict(f"box task {task.id} is already {task.status}")
+    if not pool.holds(session.key, task.id, st.clock()):
+        raise Conflict(f"box task {task.id}: your lease expired or another annotator holds it; take the next frame")
+    if body.action == "accept":
+        if task.suggestion is None or not task.shown:
+            raise ReviewError(f"box task {task.id} shows no suggestion to accept: draw the boxes")
+        answer = task.suggestion
+    else:
+        if any(len(row) != 5 for row in body.boxes):
+            raise ReviewError("boxes: each box is [x0, y0, x1, y1, class]")
+        row = web.db(request).pool.frame(task.frame_id)
+        clipped = [
+            [
+                min(max(x0, 0.0), row["width"]),
+                min(max(y0, 0.0), row["height"]),
+                min(max(x1, 0.0), row["width"]),
+                min(max(y1, 0.0), row["height"]),
+                cls,
             ]
-            if any(float(c) != int(c) for *_, c in clipped):
-                raise ReviewError("boxes: a class must be a whole number")
-            answer = BoxSet.from_rows(clipped, with_scores=False)
-        seconds = min(body.seconds, state.settings.max_answer_s)
-        try:
-            done = record_box_answer(pool, costs(), task.id, answer, session.annotator, names, seconds=seconds)
-        except FleetLoopError as exc:
-            raise ReviewError(str(exc)) from None
-        return {"done": item(done, names), "item": next_item(session), "counts": counts()}
+            for x0, y0, x1, y1, cls in body.boxes
+        ]
+        if any(float(c) != int(c) for *_, c in clipped):
+            raise ReviewError("boxes: a class must be a whole number")
+        answer = BoxSet.from_rows(clipped, with_scores=False)
+    seconds = min(body.seconds, st.settings.max_answer_s)
+    try:
+        done = record_box_answer(pool, _costs(request), task.id, answer, session.annotator, names, seconds=seconds)
+    except FleetLoopError as exc:
+        raise ReviewError(str(exc)) from None
+    return {"done": _item(request, done, names), "item": _next_item(request, session), "counts": _counts(request)}
 
-    @app.post("/api/boxes/skip")
-    def api_boxes_skip(request: Request, body: BoxSkipBody):
-        session = writer(request)
-        boxes().release(session.key, body.task_id, skipped=True)
-        return {"item": next_item(session), "counts": counts()}
 
-    del templates  # the page renders through ``page`` (base template, session, CSRF)
+@router.post("/api/boxes/skip")
+def api_boxes_skip(request: Request, body: BoxSkipBody):
+    session = web.writer(request)
+    _boxes(request).release(session.key, body.task_id, skipped=True)
+    return {"item": _next_item(request, session), "counts": _counts(request)}
