@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     from fleetloop_core.deploy_agent import DeployAgent
     from fleetloop_core.inference import TierModel
     from fleetloop_core.manifest import MANIFEST_NAME, load_manifest
-    from fleetloop_core.model_manager import ModelManager, ModelManagerConfig, ShadowConfig, WatchdogConfig
+    from fleetloop_core.model_checks import ShadowConfig, WatchdogConfig
+    from fleetloop_core.model_manager import ModelManager, ModelManagerConfig
     from fleetloop_core.model_store import ModelStore, PackageLocation, publish_package
     from fleetloop_core.signing import TrustedKeys, generate_keypair
 

@@ -36,7 +36,7 @@ from fleetloop_core.config import ConfigModel, default_config_path, load_config
 from fleetloop_core.control_plane import write_json_atomic
 from fleetloop_core.errors import ConfigError, FleetLoopError
 from fleetloop_core.manifest import MANIFEST_NAME, Manifest
-from fleetloop_core.model_manager import JobDocument, ModelRef
+from fleetloop_core.job_document import JobDocument, ModelRef
 from fleetloop_core.model_store import PackageLocation
 
 from fleetloop_cloud.job_store import JobStore, JobStoreError

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from fixtures.model_packages import BAD_KINDS, Robot, bad_packages, manager_config as _config
-from fleetloop_core.model_manager import (
-    ModelManager,
+from fleetloop_core.job_document import parse_job_document
+from fleetloop_core.model_checks import (
     ShadowConfig,
     WatchdogConfig,
     WatchStats,
-    parse_job_document,
-    serving_package_dirs,
     shadow_verdict,
+    watch_confidence_baseline,
     watchdog_verdict,
 )
+from fleetloop_core.model_manager import ModelManager, serving_package_dirs
 from fleetloop_core.model_store import ModelStore, publish_package
 from fleetloop_core.errors import ConfigError
 
@@ -355,8 +355,6 @@ def test_shadow_verdict_thresholds():
 
 
 def test_the_watch_expects_of_an_escalation_model_what_its_frames_allow():
-    from fleetloop_core.model_manager import watch_confidence_baseline
-
     # the edge role serves every frame: the candidate's own shadow figure
     assert watch_confidence_baseline("edge", 0.72, 0.76, [0.70] * 30) == 0.72
     # the escalation role serves the frames the edge model was unsure of: the previous T3 was at 0.30 there

@@ -28,75 +28,44 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from fleetloop_core.cascade import Cascade, FrameResult
-from fleetloop_core.config import ConfigModel, load_config, validate
-from fleetloop_core.errors import FleetLoopError, InputError, ModelError
+from fleetloop_core.config import ConfigModel, load_config
+from fleetloop_core.errors import InputError, ModelError
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
 from fleetloop_core.model_store import (
     IncompatibleModel,
     ModelStore,
     ModelStoreConfig,
-    PackageLocation,
     PackageMismatch,
     StoreFull,
 )
 from fleetloop_core.signing import SignatureError, verify_package
 from fleetloop_core.store import StoreError
+from fleetloop_core.job_document import JobDocument, JobOutcome, JobRejected, Status, parse_job_document
+from fleetloop_core.model_checks import (
+    ShadowConfig,
+    ShadowReport,
+    WatchdogConfig,
+    WatchStats,
+    percentile,
+    shadow_verdict,
+    watch_confidence_baseline,
+    watchdog_verdict,
+)
 from fleetloop_core.tasks import ModelRun, Task, load_model, task_of
 
 log = logging.getLogger(__name__)
 
 Role = Literal["edge", "escalation"]
 ROLE_BY_TIER: dict[str, Role] = {"T4": "edge", "T3": "escalation"}
-OPERATIONS = ("fleetloop.deploy_model", "fleetloop.rollback_model")
-Status = Literal["SUCCEEDED", "FAILED", "REJECTED"]
 
 
 # ====================================================================================== config
-class ShadowConfig(ConfigModel):
-    """Thresholds the candidate must meet on the ring buffer's frames before it may serve."""
-
-    enabled: bool = True
-    min_frames: int = Field(default=8, ge=1)  # fewer buffered frames: wait, then fail
-    frame_wait_s: float = Field(default=10.0, ge=0.0)  # how long to wait for min_frames
-    min_agreement: float = Field(default=0.7, ge=0.0, le=1.0)  # top-1 agreement with the current model ...
-    # ... on the frames where the current model's top probability is at least this (0: every frame). A
-    # better model disagrees where the old one was unsure; disagreeing where it was sure is the red flag.
-    # Fewer than min_frames such frames: too little evidence, the agreement check passes (figure reported).
-    agreement_min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
-    max_latency_p99_ms: float = Field(default=50.0, gt=0.0)  # candidate p99, batch 1, absolute
-    # systematic slow-down: candidate median / current median on the same frames (medians, because
-    # with K frames a p99 is one scheduler hiccup away from anything) ...
-    max_latency_ratio: float = Field(default=3.0, gt=0.0)
-    latency_floor_ms: float = Field(default=5.0, ge=0.0)  # ... only enforced above this (noise)
-    constant_tolerance: float = Field(default=1e-6, ge=0.0)  # max |p - mean p| under which output is constant
-    min_confidence_ratio: float = Field(default=0.5, ge=0.0, le=1.0)  # candidate / current mean confidence, same frames
-    pace_s: float = Field(default=0.002, ge=0.0)  # pause between frames: the check yields to serving
-
-
-class WatchdogConfig(ConfigModel):
-    """Limits after a swap; crossing one rolls back to the previous model at once."""
-
-    enabled: bool = True
-    window_frames: int = Field(default=50, ge=1)  # the watch ends after this many frames ...
-    window_s: float = Field(default=30.0, gt=0.0)  # ... or this many seconds, whichever first
-    min_frames: int = Field(default=10, ge=1)  # frames before rates are judged
-    max_latency_ms: float = Field(default=50.0, gt=0.0)  # p95 of the swapped tier's latency
-    max_latency_ratio: float = Field(default=3.0, gt=0.0)  # median latency / median before the swap ...
-    latency_floor_ms: float = Field(default=5.0, ge=0.0)  # ... only enforced above this
-    # mean confidence after the swap / the candidate's own mean confidence in its shadow check
-    # (without a shadow check: / the previous model's mean confidence before the swap)
-    min_confidence_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
-    # confidence depends on the scene (a stretch of background, one item): judged only over this many frames
-    confidence_min_frames: int = Field(default=100, ge=1)
-    max_error_rate: float = Field(default=0.1, ge=0.0, le=1.0)  # errors and non-finite outputs
-
-
 class ModelManagerConfig(ConfigModel):
     """Everything the model manager needs (config/model_manager.yaml, section model_manager)."""
 
@@ -124,84 +93,6 @@ class ModelManagerConfig(ConfigModel):
 def load_manager_config(path: str, section: str | None = "model_manager") -> ModelManagerConfig:
     """Return the model-manager config from a YAML file (by default its ``model_manager`` section)."""
     return load_config(ModelManagerConfig, path, section)
-
-
-# ====================================================================================== jobs
-class ModelRef(ConfigModel):
-    """Which model a job means: name, version and tier (T4 → edge role, T3 → escalation role)."""
-
-    name: str = Field(min_length=1)
-    version: str = Field(min_length=1)
-    tier: Literal["T1", "T2", "T3", "T4"]
-
-
-class JobDocument(ConfigModel):
-    """The job document (IoT Jobs ``jobDocument``) a robot understands.
-
-    ``fleetloop.deploy_model`` needs ``package``; ``fleetloop.rollback_model`` rolls the tier back to
-    ``model.version`` (or to the previous version when ``model.version`` is ``previous``).
-    """
-
-    operation: Literal["fleetloop.deploy_model", "fleetloop.rollback_model"]
-    model: ModelRef
-    package: Optional[PackageLocation] = None
-
-    @model_validator(mode="after")
-    def _package_for_deploy(self) -> "JobDocument":
-        if self.operation == "fleetloop.deploy_model" and self.package is None:
-            raise ValueError("fleetloop.deploy_model needs a package")
-        return self
-
-
-class JobRejected(FleetLoopError):
-    """A job document the robot cannot act on (the message names the field)."""
-
-
-def parse_job_document(data: Any, job_id: str = "<job>") -> JobDocument:
-    """Return the validated job document; JobRejected naming the job, field and value otherwise.
-
-    Keys policy (a document may come from a job template or another tool that adds its own
-    fields): top-level keys outside our operation's own fields (``operation``, ``model``,
-    ``package``) are ignored and logged; an unknown key *inside* ``model`` or ``package`` is
-    rejected, naming it, because there it would change what gets installed.
-    """
-    if not isinstance(data, dict):
-        raise JobRejected(f"job {job_id}: jobDocument must be a JSON object (got {type(data).__name__})")
-    ours = set(JobDocument.model_fields)
-    ignored = sorted(k for k in data if k not in ours)
-    if ignored:
-        log.info("job %s: ignoring jobDocument keys outside FleetLoop's operation: %s", job_id, ", ".join(ignored))
-    try:
-        return validate(
-            JobDocument, {k: v for k, v in data.items() if k in ours}, source=f"job {job_id}", prefix="jobDocument"
-        )
-    except FleetLoopError as exc:
-        raise JobRejected(str(exc)) from None
-
-
-@dataclass
-class JobOutcome:
-    """How a job ended on this robot; ``details`` are strings (IoT Jobs ``statusDetails``)."""
-
-    job_id: str
-    status: Status
-    reason: str
-    role: Optional[str] = None
-    version: Optional[str] = None  # the version serving that role after the job
-    details: dict[str, str] = field(default_factory=dict)
-
-    def status_details(self) -> dict[str, str]:
-        """Return ``statusDetails``: reason, role, serving version and the figures (all strings)."""
-        out = {"reason": self.reason[:1000]}
-        if self.role:
-            out["role"] = self.role
-        if self.version:
-            out["serving_version"] = self.version
-        out.update({k: str(v)[:1000] for k, v in self.details.items()})
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -235,183 +126,6 @@ class ManagerStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ====================================================================================== pure checks
-def _percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, float), q)) if len(values) else float("nan")
-
-
-@dataclass
-class ShadowReport:
-    """The shadow check's verdict and figures (agreement in [0, 1], latencies in ms)."""
-
-    passed: bool
-    reasons: list[str]
-    figures: dict[str, float]
-
-
-def shadow_verdict(
-    current_probs: np.ndarray,
-    candidate_probs: np.ndarray,
-    current_latency_s: Sequence[float],
-    candidate_latency_s: Sequence[float],
-    config: ShadowConfig,
-    agreed: np.ndarray | None = None,
-) -> ShadowReport:
-    """Return whether the candidate may serve, judged on the same frames as the current model.
-
-    ``*_probs`` are (N, K) frame-level scores in [0, 1] (a classifier's probabilities; a detector's
-    ``fleetloop_core.detection.frame_label_scores``), their maximum the model's confidence;
-    ``agreed`` (N,) says per frame whether the two answers agree as the task defines it (default:
-    the same top-1 score index); latencies are seconds per frame at batch 1.
-    """
-    reasons: list[str] = []
-    frames = len(candidate_probs)
-    finite = np.isfinite(candidate_probs).all(axis=1)
-    non_finite = int(frames - finite.sum())
-    spread_candidate = float(np.abs(candidate_probs - candidate_probs.mean(axis=0)).max()) if non_finite == 0 else 0.0
-    spread_current = float(np.abs(current_probs - current_probs.mean(axis=0)).max())
-    sure = current_probs.max(axis=1) >= config.agreement_min_confidence
-    judged = int(sure.sum())
-    if agreed is None:
-        agreed = candidate_probs.argmax(axis=1) == current_probs.argmax(axis=1)
-    same = np.asarray(agreed, bool) & finite
-    agreement_all = float(same.sum() / max(frames, 1))
-    agreement = float(same[sure].sum() / judged) if judged else float("nan")
-    p99_candidate = _percentile(candidate_latency_s, 99) * 1000.0
-    p99_current = _percentile(current_latency_s, 99) * 1000.0
-    p50_candidate = _percentile(candidate_latency_s, 50) * 1000.0
-    p50_current = _percentile(current_latency_s, 50) * 1000.0
-    if non_finite:
-        reasons.append(f"non-finite outputs (NaN/inf) on {non_finite} of {frames} frames")
-    elif spread_candidate <= config.constant_tolerance < spread_current:
-        reasons.append(
-            f"constant output: probabilities vary by {spread_candidate:.2g} over {frames} frames "
-            f"(current model: {spread_current:.2g})"
-        )
-    if (
-        judged
-        and agreement < config.min_agreement
-        and (config.agreement_min_confidence <= 0 or judged >= config.min_frames)
-    ):
-        where = (
-            f" on the {judged} frames it was sure of (>= {config.agreement_min_confidence})"
-            if config.agreement_min_confidence > 0
-            else ""
-        )
-        reasons.append(f"agreement {agreement:.3f} with the current model{where} is below {config.min_agreement}")
-    confidence = float(candidate_probs[finite].max(axis=1).mean()) if finite.any() else float("nan")
-    current_confidence = float(current_probs.max(axis=1).mean())
-    if confidence < config.min_confidence_ratio * current_confidence:
-        reasons.append(
-            f"mean confidence {confidence:.3f} is below {config.min_confidence_ratio} x the current "
-            f"model's {current_confidence:.3f} on the same frames"
-        )
-    # the absolute budget judges the candidate only when the serving model meets it on the same frames,
-    # in the same thread: otherwise the CPU is busy and the median ratio below is the fair test
-    if p99_candidate > config.max_latency_p99_ms >= p99_current:
-        reasons.append(
-            f"latency p99 {p99_candidate:.2f} ms is above {config.max_latency_p99_ms} ms "
-            f"(current model: {p99_current:.2f} ms on the same frames)"
-        )
-    ratio_limit = max(config.max_latency_ratio * p50_current, config.latency_floor_ms)
-    if p50_candidate > ratio_limit:
-        reasons.append(
-            f"median latency {p50_candidate:.2f} ms is above {ratio_limit:.2f} ms "
-            f"({config.max_latency_ratio} x the current model's {p50_current:.2f} ms)"
-        )
-    figures = {
-        "frames": float(frames),
-        "agreement": agreement_all,
-        "latency_p99_ms": p99_candidate,
-        "latency_p50_ms": p50_candidate,
-        "current_latency_p99_ms": p99_current,
-        "current_latency_p50_ms": p50_current,
-        "non_finite_frames": float(non_finite),
-        "output_spread": spread_candidate,
-        "confidence_mean": confidence,
-        "current_confidence_mean": current_confidence,
-        "agreement_where_sure": agreement,
-        "agreement_frames": float(judged),
-    }
-    return ShadowReport(not reasons, reasons, figures)
-
-
-@dataclass
-class WatchStats:
-    """What the watchdog has seen since the swap (latencies in seconds, confidences in [0, 1])."""
-
-    latencies_s: list[float] = field(default_factory=list)
-    confidences: list[float] = field(default_factory=list)
-    errors: int = 0
-    frames: int = 0
-
-
-def watchdog_verdict(
-    stats: WatchStats,
-    baseline_latency_s: float,
-    baseline_confidence: float,
-    config: WatchdogConfig,
-    baseline_p95_s: float = float("nan"),
-) -> str | None:
-    """Return why the new model must be rolled back, or None while it behaves.
-
-    ``baseline_*`` are the median latency (s) and p95 latency (s) of the previous model before the swap
-    and the expected mean confidence (:func:`watch_confidence_baseline`). The absolute latency limit
-    applies only when the previous model met it (a busy CPU slows both). The median ratio against
-    before the swap is skipped when ``baseline_latency_s`` is NaN: after a shadow check, which compared
-    the two models on the same frames interleaved (the fair test), a before/after ratio mostly measures
-    how the machine's load changed (seen in a loaded demo: a T3 at 0.5 ms in its shadow check rolled
-    back at a 44.7 ms median while make test ran beside it).
-    """
-    if stats.frames < config.min_frames:
-        return None
-    error_rate = stats.errors / stats.frames
-    if error_rate > config.max_error_rate:
-        return f"error rate {error_rate:.3f} over {stats.frames} frames is above {config.max_error_rate}"
-    if stats.latencies_s:
-        p95_ms = _percentile(stats.latencies_s, 95) * 1000.0
-        before_ms = baseline_p95_s * 1000.0
-        if p95_ms > config.max_latency_ms and not before_ms > config.max_latency_ms:
-            return f"latency p95 {p95_ms:.2f} ms is above {config.max_latency_ms} ms"
-        median_ms = _percentile(stats.latencies_s, 50) * 1000.0
-        limit = max(config.max_latency_ratio * baseline_latency_s * 1000.0, config.latency_floor_ms)
-        if math.isfinite(baseline_latency_s) and median_ms > limit:
-            return f"median latency {median_ms:.2f} ms is above {limit:.2f} ms ({config.max_latency_ratio} x before)"
-    if (
-        len(stats.confidences) >= config.confidence_min_frames
-        and baseline_confidence > 0
-        and math.isfinite(baseline_confidence)
-    ):
-        mean = float(np.mean(stats.confidences))
-        if mean < config.min_confidence_ratio * baseline_confidence:
-            return (
-                f"confidence collapsed: mean {mean:.3f} is below {config.min_confidence_ratio} x "
-                f"{baseline_confidence:.3f} expected"
-            )
-    return None
-
-
-def watch_confidence_baseline(
-    role: str, candidate_shadow: float, current_shadow: float, served_before: Sequence[float]
-) -> float:
-    """Return the mean confidence the watchdog expects of a new model on the frames its role serves.
-
-    The shadow check runs both models on the ring buffer, a sample of *all* frames. The edge role serves
-    every frame: the candidate's shadow mean is the expectation (a better-calibrated model may be less
-    sure than its predecessor; that is no fault). The escalation role serves only the frames the edge
-    model was unsure of, where every model is less sure: the candidate's shadow mean is scaled by how
-    much less sure the previous model was on the frames it served than on the shadow frames (seen in a
-    loaded demo: a T3 served at 0.30 against 0.73 in its shadow check and was rolled back as a
-    "collapse"). Without a shadow figure: the previous model's mean on the frames it served.
-    """
-    served = float(np.mean(served_before)) if len(served_before) else float("nan")
-    if not math.isfinite(candidate_shadow):
-        return served
-    if role == "escalation" and math.isfinite(served) and math.isfinite(current_shadow) and current_shadow > 0:
-        return candidate_shadow * served / current_shadow
-    return candidate_shadow
 
 
 # ====================================================================================== the manager
@@ -657,7 +371,7 @@ class ModelManager:
             self._role_state[watch.role] = "serving"
             figures = {"watch_frames": float(watch.stats.frames), "watch_errors": float(watch.stats.errors)}
             if watch.stats.latencies_s:
-                figures["watch_latency_p95_ms"] = _percentile(watch.stats.latencies_s, 95) * 1000.0
+                figures["watch_latency_p95_ms"] = percentile(watch.stats.latencies_s, 95) * 1000.0
             watch.done.set()
         self._emit(
             "watch_passed",
@@ -911,14 +625,14 @@ class ModelManager:
             if previous is not None and self.config.watchdog.enabled:
                 # after a shadow check the before/after latency ratio is not judged (see watchdog_verdict)
                 baseline_latency = (
-                    _percentile([r[0] for r in recent], 50)
+                    percentile([r[0] for r in recent], 50)
                     if recent and not math.isfinite(current_shadow_confidence)
                     else float("nan")
                 )
                 baseline_confidence = watch_confidence_baseline(
                     role, expected_confidence, current_shadow_confidence, [r[1] for r in recent]
                 )
-                baseline_p95 = _percentile([r[0] for r in recent], 95) if recent else float("nan")
+                baseline_p95 = percentile([r[0] for r in recent], 95) if recent else float("nan")
                 watch = _Watch(
                     job_id,
                     role,
@@ -1083,22 +797,11 @@ def serving_package_dirs(store: ModelStore) -> dict[str, str]:
 
 
 __all__ = [
-    "JobDocument",
-    "JobOutcome",
-    "JobRejected",
+    "ROLE_BY_TIER",
     "ManagerStatus",
     "ModelEvent",
     "ModelManager",
     "ModelManagerConfig",
-    "ModelRef",
-    "ShadowConfig",
-    "ShadowReport",
-    "WatchStats",
-    "WatchdogConfig",
     "load_manager_config",
-    "parse_job_document",
     "serving_package_dirs",
-    "shadow_verdict",
-    "watch_confidence_baseline",
-    "watchdog_verdict",
 ]
