@@ -30,7 +30,7 @@ from fleetloop_cloud.review.settings import ReviewPageConfig
 
 log = logging.getLogger("fleetloop_cloud.review")
 
-TEACHERS_CACHE_S = 10.0
+POOL_VIEWS_CACHE_S = 10.0  # teachers and the routing data, read from the pool at most this often
 
 
 @dataclass
@@ -64,8 +64,8 @@ class ReviewState:
     clock: Callable[[], float]
     templates: Jinja2Templates
     labels: list[str]
-    teachers: Cached = field(default_factory=lambda: Cached(TEACHERS_CACHE_S))
-    routing: Cached = field(default_factory=lambda: Cached(TEACHERS_CACHE_S))
+    teachers: Cached = field(default_factory=lambda: Cached(POOL_VIEWS_CACHE_S))
+    routing: Cached = field(default_factory=lambda: Cached(POOL_VIEWS_CACHE_S))
     store_bytes: Cached = field(default_factory=lambda: Cached(60.0))
     boxes: threading.local = field(default_factory=threading.local)
     _cache: Optional[FrameCache] = None
