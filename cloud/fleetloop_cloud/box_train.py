@@ -53,8 +53,8 @@ def load_detector_base(models_dir: Path, tier: str):
     """Return (manifest, DetectorDeployable, warm) for a tier: production weights when shipped, else fresh."""
     import torch
 
-    from fleetloop_core import training_detection as td
-    from fleetloop_core import zoo_detection
+    from fleetloop_core import zoo as zoo_detection
+    from fleetloop_core.trainers import detection as td
 
     directory = Path(models_dir) / tier
     manifest = load_manifest(directory)
@@ -107,9 +107,9 @@ def run_detection_training(
     progress: bool = True,
 ) -> dict:
     """Train T2, distil T3/T4 (detectors), export packages into ``model_dir``; return the report."""
-    from fleetloop_core import training_detection as td
     from fleetloop_core import zoo
-    from fleetloop_core.modelbuild_detection import write_detector_package
+    from fleetloop_core.trainers import detection as td
+    from fleetloop_core.trainers.detection import write_detector_package
 
     cluster = cluster or Cluster(["algo-1"], "algo-1")
     if cluster.world_size > 1:

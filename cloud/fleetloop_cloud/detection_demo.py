@@ -277,10 +277,10 @@ class UploadAllArm:
         return len(self.images)
 
     def train(self, out: Path, round_number: int, progress: bool) -> Path:
-        from fleetloop_core import training_detection as td
         from fleetloop_core import zoo
         from fleetloop_core.manifest import load_manifest
-        from fleetloop_core.modelbuild_detection import fit_into, write_detector_package
+        from fleetloop_core.trainers import detection as td
+        from fleetloop_core.trainers.detection import fit_into, write_detector_package
 
         from fleetloop_cloud.box_train import export_layout, load_detector_base
 

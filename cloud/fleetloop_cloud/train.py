@@ -158,7 +158,8 @@ def _load_base(models_dir: Path, tier: str):
     """Return (manifest, Deployable, warm) for a tier: production weights when shipped, else fresh."""
     import torch
 
-    from fleetloop_core import training, zoo
+    from fleetloop_core import zoo
+    from fleetloop_core.trainers import classification as training
 
     directory = models_dir / tier
     manifest = load_manifest(directory)
@@ -181,7 +182,8 @@ def write_package(
     """Export ``model`` as a package (model.onnx, weights.pt, manifest.json) in ``directory``."""
     import torch
 
-    from fleetloop_core import training, zoo
+    from fleetloop_core import zoo
+    from fleetloop_core.trainers import classification as training
 
     directory.mkdir(parents=True, exist_ok=True)
     onnx_path = training.export_onnx(
@@ -264,7 +266,7 @@ def run_training(
     progress: bool = True,
 ) -> dict:
     """Train T2, distil T3/T4, export packages (+ INT8) into ``model_dir``; return the report."""
-    from fleetloop_core import training
+    from fleetloop_core.trainers import classification as training
 
     cluster = cluster or Cluster(["algo-1"], "algo-1")
     started = time.perf_counter()

@@ -46,13 +46,12 @@ def _export(detection_models, tmp_path, layout):
     """Export T2's weights in another layout as a package (same network, different output layout)."""
     import torch
 
-    from fleetloop_core import training_detection as td
-    from fleetloop_core import zoo_detection
-    from fleetloop_core.modelbuild_detection import write_detector_package
+    from fleetloop_core import zoo
+    from fleetloop_core.trainers.detection import DetectorDeployable, write_detector_package
 
     manifest = load_manifest(detection_models["T2"])
-    net = zoo_detection.build(manifest.architecture, len(manifest.labels))
-    model = td.DetectorDeployable(net, manifest.input.height, manifest.input.width)
+    net = zoo.build(manifest.architecture, len(manifest.labels))
+    model = DetectorDeployable(net, manifest.input.height, manifest.input.width)
     model.load_state_dict(torch.load(detection_models["T2"] / "weights.pt", weights_only=True))
     directory = tmp_path / layout
     write_detector_package(
@@ -94,14 +93,14 @@ def test_every_layout_of_one_network_decodes_to_the_same_boxes(detection_models,
 def test_decoding_matches_the_torch_network_and_textbook_nms(detection_models, frames):
     import torch
 
-    from fleetloop_core import training_detection as td
-    from fleetloop_core import zoo_detection
+    from fleetloop_core import zoo
+    from fleetloop_core.trainers import detection as td
 
     for tier in ("T4", "T3"):  # yolo and boxes_scores as built by the profile
         model = DetectorModel.load(detection_models[tier], providers=("cpu",), warmup=0)
         manifest = model.manifest
         net = td.DetectorDeployable(
-            zoo_detection.build(manifest.architecture, len(manifest.labels)),
+            zoo.build(manifest.architecture, len(manifest.labels)),
             manifest.input.height,
             manifest.input.width,
         )

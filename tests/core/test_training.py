@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from fleetloop_core import sim, training, zoo
+from fleetloop_core import sim, zoo
+from fleetloop_core.trainers import classification as training
 
 
 @pytest.fixture(scope="module")

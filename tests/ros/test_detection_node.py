@@ -42,31 +42,22 @@ def memorising_detector():
     import fcntl
     import os
 
-    core = ROOT / "ros2_ws" / "src" / "fleetloop_core" / "fleetloop_core"
+    from fleetloop_core.modelbuild import code_fingerprint
+
     digest = hashlib.sha256(Path(__file__).read_bytes())
-    for name in (
-        "sim.py",
-        "sim_detection.py",
-        "zoo_detection.py",
-        "training_detection.py",
-        "modelbuild_detection.py",
-        "manifest.py",
-    ):
-        digest.update((core / name).read_bytes())
+    digest.update(code_fingerprint("detection").encode())
     out = ROOT / ".cache" / "ros-detector" / digest.hexdigest()[:16]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_name(out.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "T4" / "manifest.json").is_file():
             from fleetloop_core import sim_detection, zoo
-            from fleetloop_core import training_detection as td
-            from fleetloop_core import zoo_detection
-            from fleetloop_core.modelbuild_detection import fit_into, write_detector_package
+            from fleetloop_core.trainers import detection as td
 
             os.environ.setdefault("FLEETLOOP_TRAIN_THREADS", "1")
             data = _frames()
-            images, boxes, classes = fit_into(data.images, data.truths, 64)
-            model = td.DetectorDeployable(zoo_detection.build("det-tiny", 10), 64, 64)
+            images, boxes, classes = td.fit_into(data.images, data.truths, 64)
+            model = td.DetectorDeployable(zoo.build("det-tiny", 10), 64, 64)
             td.fit_detector(
                 model,
                 images,
@@ -74,7 +65,7 @@ def memorising_detector():
                 progress=False,
                 config=td.DetectorFitConfig(epochs=200, batch_size=12, lr=0.01, flip=False),
             )
-            write_detector_package(
+            td.write_detector_package(
                 model,
                 out / "T4",
                 "fleetloop-t4-ros-test-detector",

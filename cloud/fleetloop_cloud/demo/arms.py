@@ -79,12 +79,13 @@ class UploadAllArm:
 
     def train(self, out_dir: Path, round_number: int, progress: bool = True) -> tuple[Path, dict]:
         """Train T4 on all frames so far (+ lab replay) from the reference weights; return its package dir."""
-        from fleetloop_core import training, zoo
+        from fleetloop_core import zoo
+        from fleetloop_core.trainers import classification
         from fleetloop_core.manifest import file_entry, write_manifest
 
         base = load_manifest(self.models / "T4")
         net = zoo.build(base.architecture, num_classes=len(base.labels))
-        model = training.Deployable(net, mean=base.input.mean, std=base.input.std)
+        model = classification.Deployable(net, mean=base.input.mean, std=base.input.std)
         weights = self.models / "T4" / "weights.pt"
         warm = weights.is_file()
         if warm:
@@ -109,18 +110,18 @@ class UploadAllArm:
             labels = np.concatenate([labels, lab.labels])
         started = time.perf_counter()
         # the same fine-tuning rate the cloud loop uses when it warm-starts (config/cloud.yaml)
-        lr = self.finetune_lr if warm else training.FitConfig().lr
-        report = training.fit(
+        lr = self.finetune_lr if warm else classification.FitConfig().lr
+        report = classification.fit(
             model,
             images,
             labels,
-            config=training.FitConfig(epochs=self.epochs, seed=self.seed, lr=lr),
+            config=classification.FitConfig(epochs=self.epochs, seed=self.seed, lr=lr),
             desc=f"upload-all T4 round {round_number}",
             progress=progress,
         )
         directory = out_dir / f"round-{round_number}" / "T4"
         directory.mkdir(parents=True, exist_ok=True)
-        onnx_path = training.export_onnx(model, directory / "model.onnx", base.input.height, base.input.width)
+        onnx_path = classification.export_onnx(model, directory / "model.onnx", base.input.height, base.input.width)
         manifest = base.model_copy(
             update={
                 "version": f"upload-all-r{round_number}",

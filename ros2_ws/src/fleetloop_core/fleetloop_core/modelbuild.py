@@ -1,11 +1,16 @@
-"""``fleetloop models build``: train the four reference tiers on Fashion-MNIST and export them.
+"""``fleetloop models build``: train the four reference tiers of a task on Fashion-MNIST and export them.
 
 T1 (foundation, cloud) learns from domain-randomised frames (many random sites, never a field
 site); T2 (domain teacher, cloud), T3 (fleet edge) and T4 (specialised edge) learn from clean
 lab frames. Each tier has its own architecture and input size; each is exported to ONNX with a
 manifest (input spec, labels, sha256, parameter count, training summary, test metrics).
 
-Builds are cached: the manifest records a key over the profile, the data files and this code;
+One build for every task: the profile's ``task`` picks the trainer (``fleetloop_core.trainers``)
+that renders the task's frames, fits the network, writes the package in the task's output layout
+and scores it (classification: accuracy; detection: mAP@0.5 and mAP@0.5:0.95); this module
+renders, caches, names, writes and measures alike for all.
+
+Builds are cached: the manifest records a key over the profile, the data files and the code;
 a rebuild with the same key is a no-op.
 """
 
@@ -15,9 +20,10 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -29,12 +35,12 @@ from fleetloop_core.manifest import (
     TIER_PLACEMENT,
     InputSpec,
     Manifest,
-    OutputSpec,
     file_entry,
     load_manifest,
     verify_files,
     write_manifest,
 )
+from fleetloop_core.trainers import Trainer, registration, trainer_for
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +74,7 @@ class BuildProfile(ConfigModel):
     eval_sites: int = Field(default=4, gt=0)
     seed: int = 0
     tiers: dict[str, TierBuild]
-    task: Literal["classification", "detection"] = "classification"  # detection: modelbuild_detection
+    task: Literal["classification", "detection"] = "classification"  # picks the trainer (fleetloop_core.trainers)
     max_items: int = Field(default=4, ge=1, le=16)  # detection: items per frame
     item_scale: tuple[float, float] = (0.2, 0.4)  # detection: of the shorter side
 
@@ -90,23 +96,36 @@ def load_profile(name: str = "default", path: str | Path | None = None) -> Build
     return profile
 
 
-def _code_fingerprint() -> str:
+# the modules every task's build runs (under fleetloop_core/); each task adds its own (trainers.TRAINERS)
+BUILD_CODE = (
+    "zoo.py",
+    "training.py",
+    "modelbuild.py",
+    "trainers/__init__.py",
+    "sim.py",
+    "preprocess.py",
+    "dataset.py",
+    "manifest.py",
+)
+
+
+def code_fingerprint(task: str) -> str:
+    """Return a sha256 over the code that builds a ``task`` model (part of every build's cache key)."""
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("zoo.py", "training.py", "modelbuild.py", "sim.py", "preprocess.py", "dataset.py"):
+    for name in (*BUILD_CODE, *registration(task).code):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()
 
 
 def build_key(profile: BuildProfile, tier: str) -> str:
-    """Return the cache key of one tier build: profile, data files and code."""
-    detection_only = {"task", "max_items", "item_scale"} if profile.task == "classification" else set()
+    """Return the cache key of one tier build: profile, data files and code (the shared and the task's)."""
     payload = {
         "tier": tier,
-        "tier_build": profile.tiers[tier].model_dump(exclude={"layout"} if profile.task == "classification" else None),
-        "profile": profile.model_dump(exclude={"tiers", *detection_only}),
+        "tier_build": profile.tiers[tier].model_dump(),
+        "profile": profile.model_dump(exclude={"tiers"}),
         "data": dataset.fingerprint(),
-        "code": _code_fingerprint(),
+        "code": code_fingerprint(profile.task),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -118,17 +137,6 @@ def _cached(directory: Path, key: str) -> bool:
     except ModelError:
         return False
     return manifest.training.get("build_key") == key
-
-
-def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
-    from fleetloop_core.preprocess import resize_to
-
-    if images.shape[1] == size and images.shape[2] == size:
-        return images
-    out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
-    for i, image in enumerate(images):
-        out[i] = resize_to(image, size, size, "area")
-    return out
 
 
 def build_reference_models(
@@ -162,162 +170,185 @@ def _build_locked(
     force: bool,
 ) -> dict[str, Path]:
     profile = load_profile(profile_name, config_path)
-    keys = {tier: build_key(profile, tier) for tier in tiers if tier in profile.tiers}
     missing = [t for t in tiers if t not in profile.tiers]
     if missing:
         raise ConfigError(f"profile {profile_name!r} does not define tier(s) {missing}")
-    if profile.task == "detection":
-        from fleetloop_core.modelbuild_detection import build_detectors
-
-        return build_detectors(out_dir, profile_name, profile, tiers, progress, force)
+    keys = {tier: build_key(profile, tier) for tier in tiers}
     todo = [t for t in tiers if force or not _cached(out_dir / t, keys[t])]
-    result = {t: out_dir / t for t in tiers}
     for tier in tiers:
         if tier not in todo:
-            log.info("%s: cached build %s is current, skipping", tier, keys[tier][:12])
-    if not todo:
-        return result
+            log.info("%s: cached %s build %s is current, skipping", tier, profile.task, keys[tier][:12])
+    if todo:
+        trainer = trainer_for(profile.task)
+        started = time.perf_counter()
+        frames = _render_training_sets(trainer, profile, profile_name, {profile.tiers[t].data for t in todo})
+        render_seconds = time.perf_counter() - started
+        tests = _TestSets.render(trainer, profile)
+        for tier in todo:
+            _build_tier(
+                trainer, profile, profile_name, tier, frames, tests, keys[tier], render_seconds, out_dir, progress
+            )
+    return {t: out_dir / t for t in tiers}
 
-    # imported here so that robots (no torch) can import this package
-    from fleetloop_core import training, zoo
 
+def _render_training_sets(trainer: Trainer, profile: BuildProfile, profile_name: str, needs: set[str]) -> dict:
+    """Return the training frames the tiers to build need: ``lab`` and/or ``randomised``."""
     pool = sim.item_pool()
-    height, width = profile.frame_height, profile.frame_width
-    needs = {profile.tiers[t].data for t in todo}
-    started = time.perf_counter()
-    frames: dict[str, sim.LabelledSet] = {}
+    prefix, seed = trainer.seed_prefix, profile.seed
+    frames = {}
     if "lab" in needs:
-        frames["lab"] = sim.render_set(
-            sim.LAB_SITE,
-            pool.lab_train,
-            profile.lab_frames,
-            seed=("lab", profile.seed),
-            height=height,
-            width=width,
-            pool=pool,
-            sites=sim.lab_sites(seed=profile.seed),
-        )
+        sites = sim.lab_sites(seed=seed)
+        frames["lab"] = trainer.render(profile, pool.lab_train, profile.lab_frames, (f"{prefix}lab", seed), sites, pool)
     if "randomised" in needs:
         if profile.randomised_frames <= 0:
             raise ConfigError(f"profile {profile_name!r}: a tier uses randomised data but randomised_frames is 0")
-        sites = sim.randomised_sites(profile.randomised_sites, profile.seed)
-        frames["randomised"] = sim.render_set(
-            sim.LAB_SITE,
-            pool.lab_train,
-            profile.randomised_frames,
-            seed=("randomised", profile.seed),
-            height=height,
-            width=width,
-            pool=pool,
-            sites=sites,
-            none_fraction=0.1,
+        sites = sim.randomised_sites(profile.randomised_sites, seed)
+        count = profile.randomised_frames
+        frames["randomised"] = trainer.render(
+            profile, pool.lab_train, count, (f"{prefix}randomised", seed), sites, pool
         )
-    render_seconds = time.perf_counter() - started
-    lab_test = sim.render_set(
-        sim.LAB_SITE,
-        pool.lab_test,
-        profile.eval_frames,
-        seed=("lab-test", profile.seed),
-        height=height,
-        width=width,
-        pool=pool,
-        sites=sim.lab_sites(seed=profile.seed + 1),
+    return frames
+
+
+@dataclass
+class _TestSets:
+    """Where a built tier is measured: a lab test set and one field test set per fleet site."""
+
+    lab: Any
+    field: list
+    sites: list[sim.Site]
+
+    @classmethod
+    def render(cls, trainer: Trainer, profile: BuildProfile) -> _TestSets:
+        pool = sim.item_pool()
+        seed, sites = (f"{trainer.seed_prefix}lab-test", profile.seed), sim.lab_sites(seed=profile.seed + 1)
+        lab = trainer.render(profile, pool.lab_test, profile.eval_frames, seed, sites, pool)
+        field_sites = sim.make_fleet_sites(profile.eval_sites, seed=profile.seed)
+        return cls(lab, [trainer.field_set(profile, site, pool) for site in field_sites], field_sites)
+
+
+def _build_tier(
+    trainer: Trainer,
+    profile: BuildProfile,
+    profile_name: str,
+    tier: str,
+    frames: dict,
+    tests: _TestSets,
+    key: str,
+    render_seconds: float,
+    out_dir: Path,
+    progress: bool,
+) -> None:
+    """Train one tier, write its package under ``out_dir/<tier>`` and add its test metrics."""
+    spec = profile.tiers[tier]
+    data = frames[spec.data]
+    count = min(spec.samples, len(data))
+    trained = trainer.train(tier, spec, data, count, profile, progress)
+    report = trained.report
+    info = {
+        "build_key": key,
+        "profile": profile_name,
+        "samples": count,
+        "epochs": spec.epochs,
+        "seconds": round(report.seconds, 1),
+        "render_seconds": round(render_seconds, 1),
+        "final_loss": round(report.final_loss, 4),
+        "device": report.device,
+        "seed": trained.seed,
+        **trained.info,
+    }
+    directory = out_dir / tier
+    name = f"fleetloop-{tier.lower()}-{TIER_NAMES[tier]}"
+    manifest = trainer.write(trained, directory, name, f"r0-{key[:8]}", tier, spec, info)
+    metrics = evaluate(trainer, directory, tests)
+    write_manifest(manifest.model_copy(update={"metrics": metrics}), directory)
+    headline = trainer.metric
+    log.info(
+        "%s: trained %d samples x %d epochs in %.0f s; lab %s %.3f, field %s %.3f",
+        tier,
+        count,
+        spec.epochs,
+        report.seconds,
+        headline,
+        metrics[f"lab_test_{headline}"],
+        headline,
+        metrics[f"field_test_{headline}"],
     )
-    field_sites = sim.make_fleet_sites(profile.eval_sites, seed=profile.seed)
-    field_tests = [
-        sim.field_test_set(site, profile.eval_frames, seed=profile.seed, height=height, width=width, pool=pool)
-        for site in field_sites
-    ]
-
-    for tier in todo:
-        spec = profile.tiers[tier]
-        data = frames[spec.data]
-        count = min(spec.samples, len(data))
-        images = _resize_all(data.images[:count], spec.input_size)
-        labels = data.labels[:count]
-        net = zoo.build(spec.arch, num_classes=len(dataset.LABELS))
-        model = training.Deployable(net)
-        config = training.FitConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=profile.seed)
-        report = training.fit(
-            model, images, labels, config=config, desc=f"{tier} {TIER_NAMES[tier]}", progress=progress
-        )
-        directory = out_dir / tier
-        directory.mkdir(parents=True, exist_ok=True)
-        onnx_path = training.export_onnx(model, directory / "model.onnx", spec.input_size, spec.input_size)
-        # the torch weights travel with the package: the cloud's next training warm-starts from them
-        import torch
-
-        weights_path = directory / WEIGHTS_FILE
-        torch.save(model.state_dict(), weights_path)
-        manifest = Manifest(
-            name=f"fleetloop-{tier.lower()}-{TIER_NAMES[tier]}",
-            version=f"r0-{keys[tier][:8]}",
-            tier=tier,
-            task="classification",
-            placement=TIER_PLACEMENT[tier],
-            input=InputSpec(
-                shape=[-1, spec.input_size, spec.input_size, 3],
-                dtype="uint8",
-                layout="NHWC",
-                color_order="RGB",
-                mean=list(training.DEFAULT_MEAN),
-                std=list(training.DEFAULT_STD),
-                normalisation_in_graph=True,
-                resize="area",
-            ),
-            outputs=OutputSpec(
-                probs="probs", embedding="embedding", embedding_normalised=True, uncertainty="uncertainty"
-            ),
-            labels=list(dataset.LABELS),
-            files=[file_entry(onnx_path, directory), file_entry(weights_path, directory, role="extra")],
-            parameters=zoo.parameter_count(net),
-            architecture=spec.arch,
-            training={
-                "build_key": keys[tier],
-                "profile": profile_name,
-                "data": f"Fashion-MNIST train items 0..49999 rendered as {spec.data} frames "
-                f"({height}x{width}, resized to {spec.input_size})",
-                "samples": count,
-                "epochs": spec.epochs,
-                "seconds": round(report.seconds, 1),
-                "render_seconds": round(render_seconds, 1),
-                "final_loss": round(report.final_loss, 4),
-                "device": report.device,
-                "seed": profile.seed,
-            },
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        write_manifest(manifest, directory)
-        metrics = evaluate_model(directory, lab_test, field_tests, field_sites)
-        write_manifest(manifest.model_copy(update={"metrics": metrics}), directory)
-        log.info(
-            "%s: trained %d samples x %d epochs in %.0f s; lab acc %.3f, field acc %.3f",
-            tier,
-            count,
-            spec.epochs,
-            report.seconds,
-            metrics["lab_test_accuracy"],
-            metrics["field_test_accuracy"],
-        )
-    return result
 
 
-def evaluate_model(
-    directory: Path, lab_test: sim.LabelledSet, field_tests: list[sim.LabelledSet], sites: list[sim.Site]
-) -> dict[str, float]:
-    """Return accuracy of the exported ONNX model on the lab test set and per-site field test sets."""
-    from fleetloop_core.inference import TierModel
-
-    model = TierModel.load(directory, providers=("cpu",), warmup=0)
-    metrics: dict[str, float] = {}
-    lab_pred = model.infer_batch(lab_test.images).probs.argmax(axis=1)
-    metrics["lab_test_accuracy"] = round(float((lab_pred == lab_test.labels).mean()), 4)
-    per_site = []
-    for site, test in zip(sites, field_tests):
-        pred = model.infer_batch(test.images).probs.argmax(axis=1)
-        accuracy = float((pred == test.labels).mean())
-        metrics[f"field_test_accuracy.{site.name}"] = round(accuracy, 4)
-        per_site.append(accuracy)
-    metrics["field_test_accuracy"] = round(float(np.mean(per_site)), 4)
-    metrics["test_frames_per_set"] = int(len(lab_test))
+def evaluate(trainer: Trainer, directory: Path, tests: _TestSets) -> dict[str, float]:
+    """Return the task's metrics of the exported model: lab test, each field site and their mean, 4 decimals."""
+    model = trainer.load(directory)
+    metrics: dict[str, float] = {f"lab_test_{k}": round(v, 4) for k, v in trainer.score(model, tests.lab).items()}
+    per_site: dict[str, list[float]] = {}
+    for site, test in zip(tests.sites, tests.field):
+        for name, value in trainer.score(model, test).items():
+            metrics[f"field_test_{name}.{site.name}"] = round(value, 4)
+            per_site.setdefault(name, []).append(value)
+    for name, values in per_site.items():
+        metrics[f"field_test_{name}"] = round(float(np.mean(values)), 4)
+    metrics["test_frames_per_set"] = int(len(tests.lab))
     return metrics
+
+
+def write_package(
+    model,
+    directory: Path,
+    export: Callable[[Path], Path],
+    *,
+    name: str,
+    version: str,
+    tier: str,
+    task: str,
+    architecture: str,
+    labels: Sequence[str],
+    input_size: tuple[int, int],
+    resize: str,
+    training: dict,
+    parameters: int | None = None,
+    metrics: dict | None = None,
+    **task_fields: Any,
+) -> Manifest:
+    """Write a package: ``export(directory / "model.onnx")``, the torch weights, manifest.json; return the manifest.
+
+    ``model`` is a deployable wrapper (``fleetloop_core.trainers``); ``input_size`` (height, width);
+    ``parameters`` default: the network's trainable parameters; ``task_fields``: the manifest's
+    task-specific blocks (``outputs``, ``detection``).
+    """
+    import torch
+
+    from fleetloop_core.zoo import parameter_count
+
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx_path = export(directory / "model.onnx")
+    # the torch weights travel with the package: the cloud's next training warm-starts from them
+    weights_path = directory / WEIGHTS_FILE
+    torch.save(model.state_dict(), weights_path)
+    height, width = input_size
+    manifest = Manifest(
+        name=name,
+        version=version,
+        tier=tier,
+        task=task,
+        placement=TIER_PLACEMENT[tier],
+        input=InputSpec(
+            shape=[-1, height, width, 3],
+            dtype="uint8",
+            layout="NHWC",
+            color_order="RGB",
+            mean=list(model.mean),
+            std=list(model.std),
+            normalisation_in_graph=True,
+            resize=resize,
+        ),
+        labels=list(labels),
+        files=[file_entry(onnx_path, directory), file_entry(weights_path, directory, role="extra")],
+        parameters=parameter_count(model.net) if parameters is None else parameters,
+        architecture=architecture,
+        training=training,
+        metrics=metrics or {},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **task_fields,
+    )
+    write_manifest(manifest, directory)
+    return manifest

@@ -1,12 +1,12 @@
-"""Training, distillation, prediction and ONNX export of tier networks (torch, CPU or GPU).
+"""The training machinery every task shares (torch, CPU or GPU): one fit loop, batched prediction, ONNX export.
+
+What differs per task (the network wrapper, the loss, the targets, the output layout) is in
+``fleetloop_core.trainers``; this module holds what a classifier and a detector train and export
+with alike: the in-graph pixel normalisation, the recipe's common fields, the optimiser and
+one-cycle schedule, the seeded batch order, the progress bar, the report, the atomic ONNX write.
 
 Imported only where models are built (``fleetloop models build``, the cloud's train step);
 nothing on a robot's inference path imports torch.
-
-Exported graphs take raw uint8 NHWC pixels and normalise in the graph, and output
-``probs`` (N, C), ``embedding`` (N, D, unit length) and ``uncertainty`` (N, 3) = entropy, margin and least
-confidence exactly as ``fleetloop_core.uncertainty`` defines them, so the robot pays no Python
-time for those scores.
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
-
-from fleetloop_core.zoo import TierNet
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.25, 0.25, 0.25)
 OPSET = 17
+
+# one training step: (batch indices, the recipe's generator, device) -> the batch's mean loss
+BatchLoss = Callable[[torch.Tensor, torch.Generator, torch.device], torch.Tensor]
 
 
 def set_threads(threads: int | None = None) -> None:
@@ -37,53 +37,30 @@ def set_threads(threads: int | None = None) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
-class UncertaintyHead(nn.Module):
-    """Entropy, margin and least confidence of a probability batch, each in [0, 1]."""
+def device() -> torch.device:
+    """Return the device training runs on: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    def __init__(self, classes: int):
+
+class PixelInput(nn.Module):
+    """Base of the deployable wrappers: raw uint8 NHWC pixels in, normalised in the graph."""
+
+    def __init__(self, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD):
         super().__init__()
-        self.classes = int(classes)
-
-    def forward(self, probs: torch.Tensor) -> torch.Tensor:
-        classes = self.classes
-        entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum(dim=1) / math.log(classes)
-        top2 = torch.topk(probs, 2, dim=1).values
-        margin = 1.0 - (top2[:, 0] - top2[:, 1])
-        least = (1.0 - top2[:, 0]) * (classes / (classes - 1))
-        return torch.stack([entropy, margin, least], dim=1).clamp(0.0, 1.0)
-
-
-class Deployable(nn.Module):
-    """A tier network wrapped for deployment: uint8 NHWC in; probs, embedding, uncertainty out."""
-
-    def __init__(self, net: TierNet, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD):
-        super().__init__()
-        self.net = net
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("scale", 1.0 / (255.0 * std_t))
         self.register_buffer("offset", mean_t / std_t)
-        self.uncertainty = UncertaintyHead(net.head.out_features)
         self.mean, self.std = tuple(mean), tuple(std)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, C) -> normalised float (N, C, H, W)."""
         return pixels.permute(0, 3, 1, 2).float() * self.scale - self.offset
 
-    def logits(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (logits, embedding) for uint8 NHWC pixels."""
-        return self.net.forward_logits(self.normalise(pixels))
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, embedding = self.logits(pixels)
-        probs = torch.softmax(logits, dim=1)
-        # unit-length embeddings: cosine similarity on the robot is a single dot product
-        return probs, F.normalize(embedding, dim=1, eps=1e-6), self.uncertainty(probs)
-
 
 @dataclass
-class FitConfig:
-    """How to train: epochs, batch size, peak learning rate (one-cycle), weight decay, seed."""
+class Recipe:
+    """What every task's training config has: epochs, batch size, peak learning rate (one-cycle), seed."""
 
     epochs: int = 3
     batch_size: int = 128
@@ -91,9 +68,12 @@ class FitConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     flip: bool = True
-    distil_temperature: float = 2.0
-    distil_weight: float = 0.7  # share of the soft-target loss when hard labels exist too
     threads: int | None = None
+
+    # share of the steps spent warming up, and the fewest steps one-cycle runs at (fewer: a
+    # constant rate); per task, part of the recipe its reference models were trained with
+    warmup_share: ClassVar[float] = 0.25
+    one_cycle_min_steps: ClassVar[int] = 1
 
 
 @dataclass
@@ -108,93 +88,46 @@ class FitReport:
     device: str = "cpu"
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def fit(
-    model: Deployable,
-    images: np.ndarray,
-    labels: np.ndarray | None = None,
-    soft_targets: np.ndarray | None = None,
-    config: FitConfig | None = None,
-    desc: str = "train",
-    progress: bool = True,
-    sample_weights: np.ndarray | None = None,
-) -> FitReport:
-    """Train ``model`` in place on uint8 NHWC ``images``; return a FitReport.
-
-    With ``labels`` only: cross-entropy. With ``soft_targets`` (N, C) probabilities: knowledge
-    distillation (KL at ``distil_temperature``), mixed with cross-entropy where labels are given
-    (label -1 means unlabelled: soft targets only).
-    """
-    config = config or FitConfig()
-    if labels is None and soft_targets is None:
-        raise ValueError("fit needs labels, soft targets, or both")
-    if len(images) == 0:
-        raise ValueError("fit got an empty training set")
-    set_threads(config.threads)
-    torch.manual_seed(config.seed)
-    device = _device()
-    model.to(device).train()
-    x_all = torch.from_numpy(np.ascontiguousarray(images))
-    y_all = torch.from_numpy(np.asarray(labels, np.int64)) if labels is not None else None
-    s_all = torch.from_numpy(np.asarray(soft_targets, np.float32)) if soft_targets is not None else None
-    w_all = torch.from_numpy(np.asarray(sample_weights, np.float32)) if sample_weights is not None else None
-    n = len(images)
-    steps_per_epoch = max(1, math.ceil(n / config.batch_size))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = steps_per_epoch * config.epochs
-    if total_steps >= 8:
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.25
+def _schedule(optimiser: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
+    if total_steps >= recipe.one_cycle_min_steps:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, max_lr=recipe.lr, total_steps=total_steps, pct_start=recipe.warmup_share
         )
-    else:  # one-cycle's warm-up and annealing phases need a few steps each: keep the rate constant
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
-    generator = torch.Generator().manual_seed(config.seed)
+    # one-cycle's warm-up and annealing phases need a few steps each: keep the rate constant
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
+
+
+def run_fit(
+    model: nn.Module, samples: int, recipe: Recipe, batch_loss: BatchLoss, desc: str, progress: bool
+) -> FitReport:
+    """Train ``model`` in place over ``samples`` indices with AdamW and one-cycle; return a FitReport.
+
+    Seeds torch and the batch order from ``recipe.seed``; ``batch_loss`` computes each batch's loss
+    (the task's part) and may draw its augmentation from the generator it is given.
+    """
+    torch.manual_seed(recipe.seed)
+    on = device()
+    model.to(on).train()
+    steps_per_epoch = max(1, math.ceil(samples / recipe.batch_size))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    schedule = _schedule(optimiser, recipe, steps_per_epoch * recipe.epochs)
+    generator = torch.Generator().manual_seed(recipe.seed)
     losses: list[float] = []
     start = time.perf_counter()
-    temperature = config.distil_temperature
     bar = tqdm(
-        total=steps_per_epoch * config.epochs,
+        total=steps_per_epoch * recipe.epochs,
         desc=desc,
         disable=not progress,
         unit="batch",
         leave=False,
         dynamic_ncols=True,
     )
-    for epoch in range(config.epochs):
-        order = torch.randperm(n, generator=generator)
+    for epoch in range(recipe.epochs):
+        order = torch.randperm(samples, generator=generator)
         running, count = 0.0, 0
         for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = x_all[idx].to(device)
-            if config.flip:
-                flip = torch.rand(len(idx), generator=generator) < 0.5
-                x[flip.to(device)] = x[flip.to(device)].flip(2)
-            logits, _ = model.logits(x)
-            per_sample = torch.zeros(len(idx), device=device)
-            if s_all is not None:
-                soft = s_all[idx].to(device)
-                log_student = F.log_softmax(logits / temperature, dim=1)
-                soft_t = soft.clamp(min=1e-8) ** (1.0 / temperature)
-                soft_t = soft_t / soft_t.sum(dim=1, keepdim=True)
-                kl = (soft_t * (torch.log(soft_t) - log_student)).sum(dim=1) * temperature**2
-                per_sample = per_sample + kl
-            if y_all is not None:
-                y = y_all[idx].to(device)
-                known = y >= 0
-                ce = torch.zeros(len(idx), device=device)
-                if known.any():
-                    ce[known] = F.cross_entropy(logits[known], y[known], reduction="none")
-                if s_all is not None:
-                    w = config.distil_weight
-                    per_sample = torch.where(known, w * per_sample + (1 - w) * ce, per_sample)
-                else:
-                    per_sample = ce
-            if w_all is not None:
-                per_sample = per_sample * w_all[idx].to(device)
-            loss = per_sample.mean()
+            idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+            loss = batch_loss(idx, generator, on)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -207,55 +140,86 @@ def fit(
     bar.close()
     model.eval().cpu()
     return FitReport(
-        samples=n,
-        epochs=config.epochs,
+        samples=samples,
+        epochs=recipe.epochs,
         seconds=time.perf_counter() - start,
         final_loss=losses[-1],
         losses=losses,
-        device=str(device),
+        device=str(on),
     )
 
 
 @torch.no_grad()
-def predict(model: Deployable, images: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Return (probs, embeddings) of uint8 NHWC ``images`` with the torch model."""
+def predict_batches(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int,
+    outputs: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+) -> tuple[np.ndarray, ...]:
+    """Return ``outputs(pixels)`` over uint8 NHWC ``images`` in batches, each output concatenated."""
     model.eval()
-    device = next(model.parameters()).device
-    probs, embeddings = [], []
+    on = next(model.parameters()).device
+    parts: list[list[np.ndarray]] = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
-        p, e, _ = model(x)
-        probs.append(p.cpu().numpy())
-        embeddings.append(e.cpu().numpy())
-    return np.concatenate(probs), np.concatenate(embeddings)
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(on)
+        results = outputs(x)
+        parts = parts or [[] for _ in results]
+        for part, result in zip(parts, results):
+            part.append(result.cpu().numpy())
+    return tuple(np.concatenate(part) for part in parts)
 
 
-def export_onnx(model: Deployable, path: str | Path, height: int, width: int, channels: int = 3) -> Path:
-    """Write ``model`` as a single-file ONNX graph (opset 17, dynamic batch); return the path."""
+def export_graph(
+    model: nn.Module, path: str | Path, input_shape: tuple[int, int, int], outputs: Sequence[str], static: bool = False
+) -> Path:
+    """Write ``model`` as a single-file ONNX graph (opset 17, dynamic batch) of uint8 ``image``; return the path.
+
+    ``input_shape``: (height, width, channels); ``static``: declare every output axis but the batch
+    static, so loaders can check a layout without running the graph.
+    """
     model = model.eval().cpu()
-    dummy = torch.zeros((1, height, width, channels), dtype=torch.uint8)
+    dummy = torch.zeros((1, *input_shape), dtype=torch.uint8)
     buffer = io.BytesIO()
     torch.onnx.export(
         model,
         (dummy,),
         buffer,
         input_names=["image"],
-        output_names=["probs", "embedding", "uncertainty"],
-        dynamic_axes={
-            "image": {0: "batch"},
-            "probs": {0: "batch"},
-            "embedding": {0: "batch"},
-            "uncertainty": {0: "batch"},
-        },
+        output_names=list(outputs),
+        dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
         opset_version=OPSET,
         dynamo=False,
     )
+    data = buffer.getvalue()
+    if static:
+        with torch.no_grad():
+            shapes = [tuple(t.shape) for t in model(dummy)]
+        data = _static_output_shapes(data, outputs, shapes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(path.suffix + ".tmp")
     with open(temporary, "wb") as handle:
-        handle.write(buffer.getvalue())
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
     return path
+
+
+def _static_output_shapes(model_bytes: bytes, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> bytes:
+    """Return the ONNX graph with every output axis but the batch declared static (the exporter leaves
+    concatenated and transposed axes symbolic)."""
+    import onnx
+
+    graph = onnx.load_from_string(model_bytes)
+    for output in graph.graph.output:
+        if output.name not in names:
+            continue
+        shape = shapes[list(names).index(output.name)]
+        dims = output.type.tensor_type.shape.dim
+        for axis, size in enumerate(shape):
+            if axis == 0 or axis >= len(dims):
+                continue
+            dims[axis].ClearField("dim_param")
+            dims[axis].dim_value = int(size)
+    return graph.SerializeToString()

@@ -1,0 +1,90 @@
+"""Trainers: what differs between training a classifier and a detector, behind one registry.
+
+A build profile (and a model package's manifest) names its ``task``; :func:`trainer_for` returns
+the :class:`Trainer` of that task. The reference-model build (``fleetloop_core.modelbuild``), the
+training loop, the ONNX export and the package writing are written once against this protocol
+(``fleetloop_core.training``); a trainer supplies only its task's parts:
+
+* ``render(...)`` / ``field_set(...)``: the task's simulated frames with their truth;
+* ``train(...)``: a fresh network of the tier's architecture fitted with the task's loss and
+  target encoding (:class:`Trained`);
+* ``write(...)``: the package in the task's output layout (``modelbuild.write_package`` does the rest);
+* ``load(...)`` / ``score(...)``: the exported model on a test set, by the task's metric.
+
+The robot side has the same registry for loading and comparing models (``fleetloop_core.tasks``).
+A third task is one module defining ``TRAINER`` plus one entry in :data:`TRAINERS`. The modules
+are imported on first use: they import torch, and the build profiles and cache keys must work
+without it (a robot reuses cached builds).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from fleetloop_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where a task's trainer lives and the code its builds depend on beyond the shared build."""
+
+    module: str  # defines ``TRAINER``
+    code: tuple[str, ...]  # files under fleetloop_core/ (part of the build cache key)
+
+
+# task (as a manifest's ``task`` names it) -> its trainer
+TRAINERS: dict[str, Registration] = {
+    "classification": Registration("fleetloop_core.trainers.classification", ("trainers/classification.py",)),
+    "detection": Registration(
+        "fleetloop_core.trainers.detection",
+        ("trainers/detection.py", "trainers/detection_targets.py", "sim_detection.py", "detection.py"),
+    ),
+}
+
+
+@dataclass
+class Trained:
+    """One tier fitted by a trainer: the torch model, its FitReport, and the task's training notes."""
+
+    model: Any
+    report: Any
+    seed: int
+    info: dict[str, Any] = field(default_factory=dict)  # manifest ``training`` entries only this task has
+
+
+class Trainer(Protocol):
+    """What a task supplies to the build (see the module docstring)."""
+
+    task: str
+    labels: Sequence[str]
+    seed_prefix: str  # of the render seeds: each task's reference builds draw their own frames
+    metric: str  # the headline test metric (a key of ``score``)
+
+    def render(self, profile: Any, items: Any, count: int, seed: object, sites: Sequence[Any], pool: Any) -> Any: ...
+
+    def field_set(self, profile: Any, site: Any, pool: Any) -> Any: ...
+
+    def train(self, tier: str, spec: Any, data: Any, count: int, profile: Any, progress: bool) -> Trained: ...
+
+    def write(
+        self, trained: Trained, directory: Path, name: str, version: str, tier: str, spec: Any, info: dict
+    ) -> Any: ...
+
+    def load(self, directory: Path) -> Any: ...
+
+    def score(self, model: Any, data: Any) -> dict[str, float]: ...
+
+
+def registration(task: str) -> Registration:
+    """Return how ``task`` is registered; a ConfigError names the known tasks."""
+    if task not in TRAINERS:
+        raise ConfigError(f"no trainer for task {task!r} (known: {', '.join(TRAINERS)})")
+    return TRAINERS[task]
+
+
+def trainer_for(task: str) -> Trainer:
+    """Return the trainer of ``task`` (imports its module, and torch); a ConfigError names the known tasks."""
+    return importlib.import_module(registration(task).module).TRAINER
