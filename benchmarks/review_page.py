@@ -49,9 +49,7 @@ def build_world(root: Path, frames_per_robot: int, tasks: int) -> Path:
     from fixtures import cloud_world
 
     test_models = build_reference_models(ROOT / ".cache" / "models-test", profile_name="test", progress=False)
-    teachers = ROOT / ".cache" / "cloud-teachers" / cloud_world._key(test_models)
-    if not (teachers / "T2" / "manifest.json").is_file():
-        cloud_world.build_teachers(teachers, test_models)
+    teachers = cloud_world.teacher_models(test_models)["T1"].parent
     store = open_store(f"file://{root / 'store'}")
     sites = cloud_world.fleet_sites(3)
     cloud_world.write_fleet(

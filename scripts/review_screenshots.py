@@ -33,9 +33,7 @@ def _world(root: Path, annotator: str, frames_per_robot: int, calibration: int):
     from fixtures import cloud_world
 
     test_models = build_reference_models(ROOT / ".cache" / "models-test", profile_name="test", progress=False)
-    out = ROOT / ".cache" / "cloud-teachers" / cloud_world._key(test_models)
-    if not (out / "T2" / "manifest.json").is_file():
-        cloud_world.build_teachers(out, test_models)
+    out = cloud_world.teacher_models(test_models)["T1"].parent
     store = open_store(f"file://{root / 'store'}")
     sites = cloud_world.fleet_sites(3)
     cloud_world.write_fleet(
