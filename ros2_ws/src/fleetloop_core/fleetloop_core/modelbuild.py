@@ -311,9 +311,8 @@ def write_package(
 ) -> Manifest:
     """Write a package: ``export(directory / "model.onnx")``, the torch weights, manifest.json; return the manifest.
 
-    ``model`` is a deployable wrapper (``fleetloop_core.trainers``); ``input_size`` (height, width);
-    ``parameters`` default: the network's trainable parameters; ``task_fields``: the manifest's
-    task-specific blocks (``outputs``, ``detection``).
+    ``model``: a deployable wrapper (``fleetloop_core.trainers``); ``input_size``: (height, width);
+    ``task_fields``: the manifest's task-specific blocks (``outputs``, ``detection``).
     """
     import torch
 
@@ -321,8 +320,7 @@ def write_package(
 
     directory.mkdir(parents=True, exist_ok=True)
     onnx_path = export(directory / "model.onnx")
-    # the torch weights travel with the package: the cloud's next training warm-starts from them
-    weights_path = directory / WEIGHTS_FILE
+    weights_path = directory / WEIGHTS_FILE  # travels with the package: the cloud warm-starts from it
     torch.save(model.state_dict(), weights_path)
     height, width = input_size
     manifest = Manifest(
