@@ -21,7 +21,6 @@ best box or ``none``), so selection, the upload queue and replay work unchanged.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
 from fleetloop_core.manifest import MANIFEST_NAME, DetectionSpec, Manifest
-from fleetloop_core.preprocess import Preprocessor, check_frame, convert_order
+from fleetloop_core.preprocess import check_frame, convert_order
 
 NONE_NAME = "none"
 
@@ -315,15 +314,12 @@ class DetectorModel(TierModel):
     def __init__(self, manifest: Manifest, directory: Path, session: ort.InferenceSession):
         if manifest.task != "detection" or manifest.detection is None:
             raise ModelError(f"{directory}: task is {manifest.task!r}, not a detector (load it with TierModel)")
-        self.manifest = manifest
-        self.directory = directory
-        self.session = session
         self.spec: DetectionSpec = manifest.detection
-        self.preprocessor = Preprocessor(manifest.input)
-        self.providers = list(session.get_providers())
-        self.labels = list(manifest.labels)
-        self.num_classes = len(self.labels)
-        self.input_name = manifest.input.name
+        self.num_classes = len(manifest.labels)
+        self.input_height, self.input_width = manifest.input.height, manifest.input.width
+        super().__init__(manifest, directory, session)
+
+    def _outputs_to_read(self) -> tuple[list[str], bool, bool]:
         spec = self.spec
         if spec.layout == "yolo":
             names = [spec.output]
@@ -332,25 +328,7 @@ class DetectorModel(TierModel):
         self._layout_names = list(names)
         if spec.embedding:
             names.append(spec.embedding)
-        self._output_names = names
-        self._has_embedding = spec.embedding is not None
-        self._has_uncertainty = False
-        self._expected_tail = tuple(manifest.input.shape[1:])
-        self._expected_dtype = np.dtype(manifest.input.dtype)
-        self.input_height, self.input_width = manifest.input.height, manifest.input.width
-        self._lock = threading.Lock()
-
-    @classmethod
-    def load(
-        cls,
-        path: str | Path,
-        providers: Sequence[str] = DEFAULT_PROVIDERS,
-        intra_op_threads: int = 1,
-        warmup: int = 3,
-        cache_dir: str | None = None,
-    ) -> "DetectorModel":
-        """Return the detector at ``path`` (directory or manifest.json), verified, layout-checked and warm."""
-        return super().load(path, providers, intra_op_threads, warmup, cache_dir)  # type: ignore[return-value]
+        return names, spec.embedding is not None, False
 
     def _check_graph(self, model_path: Path) -> None:
         spec, manifest = self.spec, self.manifest
@@ -405,11 +383,6 @@ class DetectorModel(TierModel):
                 f"output {spec.scores!r} is {list(scores)}, not (N, anchors, {c} classes) "
                 f"(per-box scores need labels_output in the manifest)"
             )
-
-    def warmup(self, runs: int = 3) -> None:
-        dummy = np.zeros((1, *self._expected_tail), self._expected_dtype)
-        for _ in range(runs):
-            self.session.run(self._output_names, {self.input_name: dummy})
 
     # ------------------------------------------------------------------ running
     def prepare(self, frame: np.ndarray, color_order: str = "RGB") -> tuple[np.ndarray, Letterbox]:
