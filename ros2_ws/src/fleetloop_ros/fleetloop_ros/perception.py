@@ -52,7 +52,7 @@ from std_msgs.msg import Header
 
 from fleetloop_core.cascade import Cascade, FrameResult as CoreFrameResult
 from fleetloop_core.detection import DetectionCascade, load_detection_cascade
-from fleetloop_core.errors import InputError
+from fleetloop_core.errors import ConfigError, InputError
 from fleetloop_core.health import (
     Check,
     LatencyWindow,
@@ -286,8 +286,15 @@ class PerceptionNode(Node):
         self._error_sinks.append(sink)
 
     def _apply(self, settings: PerceptionSettings) -> None:
+        live, dormant = ("detection", "cascade") if self.detects else ("cascade", "detection")
+        if getattr(settings, dormant) != getattr(self.parameters.current, dormant):
+            # both blocks are parameters (the task is known only once the models load): refuse the one not in force
+            raise ConfigError(
+                f"{dormant}.* does not apply: the models this node serves are "
+                f"{'detectors' if self.detects else 'classifiers'}; set {live}.* instead"
+            )
         # one reference: the next frame sees all of it
-        self.cascade.config = settings.detection if self.detects else settings.cascade
+        self.cascade.config = getattr(settings, live)
         for events in (
             self._received,
             self._answered,
