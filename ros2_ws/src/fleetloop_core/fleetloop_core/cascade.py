@@ -151,6 +151,11 @@ class TieredCascade(Generic[M]):
                 self._escalation_latency_s = None
         return previous
 
+    @property
+    def frame_labels(self) -> tuple[str, ...]:
+        """Return the names of the frame-level labels a result scores (the edge model's labels)."""
+        return tuple(self.edge.labels)
+
     def model_versions(self) -> dict[str, str]:
         """Return the serving version per tier."""
         return {m.tier: m.version for m in self._pair if m is not None}

@@ -36,8 +36,8 @@ from fleetloop_core import uncertainty_detection as dunc
 from fleetloop_core.cascade import TieredCascade
 from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ModelError
-from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
-from fleetloop_core.manifest import MANIFEST_NAME, DetectionSpec, Manifest
+from fleetloop_core.inference import TierModel
+from fleetloop_core.manifest import DetectionSpec, Manifest
 from fleetloop_core.preprocess import check_frame, convert_order
 
 NONE_NAME = "none"
@@ -723,20 +723,3 @@ def _frame_scores(candidates: Detections, threshold: float, low: float, high: fl
     else:
         entropy_mean = entropy_max = 0.0
     return _Parts(confirmed, candidates, float(dunc.band_score(count)), count, entropy_mean, entropy_max)
-
-
-def load_detection_cascade(
-    models_dir: str | Path,
-    edge_tier: str = "T4",
-    escalation_tier: str | None = "T3",
-    config: DetectionCascadeConfig | None = None,
-    providers: Sequence[str] = DEFAULT_PROVIDERS,
-    intra_op_threads: int = 1,
-) -> DetectionCascade:
-    """Return the detection cascade of the detectors in ``models_dir`` (verified, warm)."""
-    root = Path(models_dir)
-    edge = DetectorModel.load(root / edge_tier, providers=providers, intra_op_threads=intra_op_threads)
-    escalation = None
-    if escalation_tier and (root / escalation_tier / MANIFEST_NAME).is_file():
-        escalation = DetectorModel.load(root / escalation_tier, providers=providers, intra_op_threads=intra_op_threads)
-    return DetectionCascade(edge, escalation, config)

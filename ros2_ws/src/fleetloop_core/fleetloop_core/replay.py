@@ -402,27 +402,16 @@ def replay(
     """
     from tqdm import tqdm
 
-    from fleetloop_core.cascade import Cascade, CascadeConfig
-    from fleetloop_core.inference import TierModel
+    from fleetloop_core.tasks import load_cascade
 
     bags = [Path(bags)] if isinstance(bags, (str, Path)) else [Path(b) for b in bags]
     settings = sweep_settings(base, sweeps)
     models = Path(models)
     if not (models / "T4" / "manifest.json").is_file():
         raise ReplayError(f"{models}: no T4 model (run `fleetloop models build --out {models}`)")
-    from fleetloop_core.detection import DetectionCascadeConfig, load_detection_cascade
-    from fleetloop_core.tasks import model_task
-
-    if model_task(models / "T4") == "detection":
-        # detectors: the detection cascade; frame labels are the classes plus none
-        config = cascade_config if isinstance(cascade_config, DetectionCascadeConfig) else DetectionCascadeConfig()
-        cascade = load_detection_cascade(models, "T4", "T3", config)
-        labels = tuple(cascade.frame_labels)
-    else:
-        edge = TierModel.load(models / "T4")
-        escalation = TierModel.load(models / "T3") if (models / "T3" / "manifest.json").is_file() else None
-        cascade = Cascade(edge, escalation, cascade_config or CascadeConfig())
-        labels = tuple(edge.labels)
+    escalation = "T3" if (models / "T3" / "manifest.json").is_file() else None
+    cascade = load_cascade(models, "T4", escalation, cascade_config)  # by the models' task
+    labels = cascade.frame_labels
     results = [SettingResult(s) for s in settings]
     selectors: dict[tuple[int, str], Selector] = {}
     problems: list[BagProblem] = []

@@ -64,6 +64,7 @@ class Task(Protocol):
     """What a task supplies (see the module docstring)."""
 
     name: str
+    config_key: str  # the settings block that configures this task's cascade (robot.yaml, ROS parameters)
 
     def load(
         self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
@@ -82,6 +83,7 @@ class ClassificationTask:
     """Image classifiers: class probabilities per frame."""
 
     name = "classification"
+    config_key = "cascade"
 
     def load(
         self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
@@ -108,6 +110,7 @@ class DetectionTask:
     """Object detectors: boxes per frame."""
 
     name = "detection"
+    config_key = "detection"
 
     def load(
         self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
@@ -187,6 +190,24 @@ def cascade_for(edge: TierModel, escalation: TierModel | None = None, config: An
     return task_of(edge).cascade(edge, escalation, config)
 
 
+def load_cascade(
+    models_dir: str | Path,
+    edge_tier: str = "T4",
+    escalation_tier: str | None = "T3",
+    config: Any = None,
+    providers: Sequence[str] = DEFAULT_PROVIDERS,
+    intra_op_threads: int = 1,
+) -> Any:
+    """Return the cascade of ``models_dir/<edge_tier>`` (and ``<escalation_tier>``; None or "" for none) by their task.
+
+    Both models are verified and warm; ``config`` is the task's cascade config (None: its defaults).
+    """
+    root = Path(models_dir)
+    edge = load_model(root / edge_tier, providers, intra_op_threads)
+    escalation = load_model(root / escalation_tier, providers, intra_op_threads) if escalation_tier else None
+    return cascade_for(edge, escalation, config)
+
+
 __all__ = [
     "ClassificationTask",
     "DetectionTask",
@@ -194,6 +215,7 @@ __all__ = [
     "TASKS",
     "Task",
     "cascade_for",
+    "load_cascade",
     "load_model",
     "model_task",
     "register_task",
