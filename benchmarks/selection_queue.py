@@ -253,7 +253,7 @@ def bench_convergence(frames: int) -> dict:
 
 
 def bench_faults(kills_file: int, kills_s3: int, s3_endpoint: str | None) -> dict:
-    from fleetloop_core.faults import kill_campaign, synthetic_records
+    from fleetloop_sim.faults import kill_campaign, synthetic_records
     from tqdm import tqdm
 
     totals = {"kills": 0, "accepted": 0, "committed": 0, "lost": 0, "duplicated": 0, "half_written": 0, "seconds": 0.0}

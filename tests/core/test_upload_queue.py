@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fleetloop_core import cli
-from fleetloop_core.faults import synthetic_records
+from fleetloop_sim.faults import synthetic_records
 from fleetloop_core.record import EncodedRecord, UploadRecord, decode_image
 from fleetloop_core.sidecar import parse_sidecar
 from fleetloop_core.store import FileStore, StoreError, ground_truth_manifest
