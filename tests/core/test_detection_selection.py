@@ -9,7 +9,9 @@ from fleetloop_core import sim
 from fleetloop_core import sim_detection as sd
 from fleetloop_core.detection import DetectionCascade, DetectionCascadeConfig, DetectorModel
 from fleetloop_core.manifest import load_manifest, write_manifest
-from fleetloop_core.replay import replay, write_image_bag, write_outputs
+from fleetloop_core.bags import write_image_bag
+from fleetloop_core.replay import replay
+from fleetloop_core.replay_outputs import write_outputs
 from fleetloop_core.selection import POLICIES, SelectionConfig, Selector, value_score
 from fleetloop_core.sidecar import parse_sidecar
 
