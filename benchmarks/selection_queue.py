@@ -57,7 +57,8 @@ def bench_selection(models: Path, n_frames: int, rounds: int) -> dict:
     from fleetloop_core import sim
     from fleetloop_core.cascade import Cascade, CascadeConfig
     from fleetloop_core.inference import TierModel
-    from fleetloop_core.selection import Selector, load_selection_config
+    from fleetloop_core.selection import Selector
+    from fleetloop_core.selection_config import load_selection_config
 
     edge = TierModel.load(models / "T4", providers=("cpu",), intra_op_threads=1, warmup=20)
     high = TierModel.load(models / "T3", providers=("cpu",), intra_op_threads=1, warmup=20)
@@ -194,7 +195,8 @@ def bench_queue(n_records: int, s3_endpoint: str | None) -> dict:
 
 def _convergence_run(frames: int, shift_at: int, low, high, budget_fraction: float, seed: int) -> dict:
     from fleetloop_core.cascade import FrameResult
-    from fleetloop_core.selection import Selector, selection_config
+    from fleetloop_core.selection import Selector
+    from fleetloop_core.selection_config import selection_config
 
     frames_per_hour = budget_fraction * 36_000
     config = selection_config(

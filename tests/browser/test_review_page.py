@@ -369,7 +369,7 @@ def test_robots_view_plots_a_replay_sweep_and_uploads_per_robot(
 ):
     from fleetloop_core.replay import replay
     from fleetloop_core.replay_outputs import write_outputs
-    from fleetloop_core.selection import selection_config
+    from fleetloop_core.selection_config import selection_config
     import importlib.util
     from fixtures.review_page import ROOT
 

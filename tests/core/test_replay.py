@@ -13,7 +13,7 @@ from fleetloop_core.bags import BagFrame, BagProblem, BagReader, ReplayError, ro
 from fleetloop_core.replay import parse_sweep, replay, sweep_settings
 from fleetloop_core.replay_outputs import write_outputs
 from fleetloop_core.ros_convert import array_to_image
-from fleetloop_core.selection import selection_config
+from fleetloop_core.selection_config import selection_config
 
 ROOT = Path(__file__).resolve().parents[2]
 STAMP0 = 1_700_000_000_000_000_000

@@ -27,7 +27,8 @@ import numpy as np
 import yaml
 
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.selection import SelectionConfig, Selector, apply_changes
+from fleetloop_core.selection import Selector
+from fleetloop_core.selection_config import SelectionConfig, apply_changes
 from fleetloop_core.bags import BagFrame, BagProblem, BagReader, ReplayError
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ from fleetloop_core.cascade import FrameResult as CoreFrameResult
 from fleetloop_core.errors import InputError
 from fleetloop_core.health import Check, RollingEvents, check
 from fleetloop_core.ros_convert import msg_to_rgb8
-from fleetloop_core.selection import POLICIES, Selector
+from fleetloop_core.selection import Selector
+from fleetloop_core.selection_policies import POLICIES
 from fleetloop_core.upload_queue import UploadQueue
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
 from fleetloop_ros.messages import core_result_from_msg, frame_decision_msg, stamp_ns
