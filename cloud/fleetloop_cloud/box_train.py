@@ -72,7 +72,7 @@ def load_detector_base(models_dir: Path, tier: str):
 
 def fit_channel(data: BoxChannel, size: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], np.ndarray]:
     """Return (frames letterboxed to size x size, boxes in input pixels, classes, labelled mask)."""
-    from fleetloop_core.detection import letterbox
+    from fleetloop_core.box_decoding import letterbox
 
     images = np.empty((len(data), size, size, 3), np.uint8)
     boxes, classes, labelled = [], [], np.zeros(len(data), bool)

@@ -7,7 +7,8 @@ import pytest
 
 from fleetloop_core import sim
 from fleetloop_core import sim_detection as sd
-from fleetloop_core.detection import DetectionCascade, DetectionCascadeConfig, DetectorModel
+from fleetloop_core.detection import DetectorModel
+from fleetloop_core.detection_cascade import DetectionCascade, DetectionCascadeConfig
 from fleetloop_core.manifest import load_manifest, write_manifest
 from fleetloop_core.bags import write_image_bag
 from fleetloop_core.replay import replay

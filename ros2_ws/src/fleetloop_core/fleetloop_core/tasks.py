@@ -32,7 +32,8 @@ import numpy as np
 
 from fleetloop_core import uncertainty_detection as dunc
 from fleetloop_core.cascade import Cascade
-from fleetloop_core.detection import DetectionCascade, DetectionResult, DetectorModel, frame_label_scores
+from fleetloop_core.detection import DetectorModel, frame_label_scores
+from fleetloop_core.detection_cascade import DetectionCascade, DetectionResult
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
 from fleetloop_core.manifest import MANIFEST_NAME, load_manifest

@@ -51,7 +51,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from fleetloop_core.cascade import Cascade, FrameResult as CoreFrameResult
-from fleetloop_core.detection import DetectionCascade
+from fleetloop_core.detection_cascade import DetectionCascade
 from fleetloop_core.errors import ConfigError, InputError
 from fleetloop_core.health import (
     Check,
