@@ -156,7 +156,8 @@ def _records(n: int, seed: int = 0):
 def bench_queue(n_records: int, s3_endpoint: str | None) -> dict:
     """Return put and drain rates (records/s, MB/s) to the file store and, if given, to S3."""
     from fleetloop_core.store import open_store
-    from fleetloop_core.upload_queue import QueueConfig, Uploader, UploadQueue
+    from fleetloop_core.upload_queue import QueueConfig, UploadQueue
+    from fleetloop_core.uploader import Uploader
 
     records, encode_s = _records(n_records)
     size = sum(r.size_bytes for r in records)

@@ -47,7 +47,8 @@ from fleetloop_core.manifest import load_manifest
 from fleetloop_core.selection import Selector
 from fleetloop_core.selection_config import apply_changes, load_selection_config
 from fleetloop_core.store import open_store
-from fleetloop_core.upload_queue import Uploader, UploadQueue
+from fleetloop_core.upload_queue import UploadQueue
+from fleetloop_core.uploader import Uploader
 
 from fleetloop_cloud.box_evaluate import BoxTestSet, score_detector
 from fleetloop_cloud.config import cloud_config_from_dict

@@ -101,7 +101,8 @@ def _worker(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     from fleetloop_core.store import open_store
-    from fleetloop_core.upload_queue import BackoffConfig, QueueConfig, Uploader, UploadQueue
+    from fleetloop_core.upload_queue import BackoffConfig, QueueConfig, UploadQueue
+    from fleetloop_core.uploader import Uploader
 
     records = read_spool(args.spool)
     accepted = set(read_accepted(args.accepted))
