@@ -20,7 +20,7 @@ again and again the subscription is created anew (a new DataReader, an empty his
 ``/diagnostics`` tells the truth about the input (``input`` check, per topic): no publisher, a
 publisher whose QoS or type cannot match, publishers seen but not matched (another vendor's
 camera), a matched publisher and no frames, and frames lost in transport, counted from gaps in
-the cameras' header stamps (``fleetloop_core.health.StampGaps``). The ``liveness`` check turns
+the cameras' header stamps (``fleetloop_core.stream_health.StampGaps``). The ``liveness`` check turns
 ERROR when the frame path has not answered for ``health.frame_deadline_s`` (the runner's watchdog
 publishes it even while the executor is stuck).
 """
@@ -53,16 +53,13 @@ from std_msgs.msg import Header
 from fleetloop_core.cascade import Cascade, FrameResult as CoreFrameResult
 from fleetloop_core.detection_cascade import DetectionCascade
 from fleetloop_core.errors import ConfigError, InputError
-from fleetloop_core.health import (
-    Check,
-    LatencyWindow,
+from fleetloop_core.health import Check, LatencyWindow, RollingEvents, check
+from fleetloop_core.stream_health import (
     Liveness,
     PublisherFacts,
     RepeatedSample,
-    RollingEvents,
     StampGaps,
     StreamFacts,
-    check,
     input_check,
     liveness_check,
 )

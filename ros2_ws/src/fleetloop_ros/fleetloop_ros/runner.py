@@ -55,7 +55,8 @@ from rclpy.signals import SignalHandlerOptions
 
 from fleetloop_core.dds import PROFILES_VARIABLE, TRANSPORT_VARIABLE, DdsConfig, dds_environment
 from fleetloop_core.errors import FleetLoopError
-from fleetloop_core.health import HealthConfig, Liveness
+from fleetloop_core.health import HealthConfig
+from fleetloop_core.stream_health import Liveness
 
 log = logging.getLogger("fleetloop_ros")
 
