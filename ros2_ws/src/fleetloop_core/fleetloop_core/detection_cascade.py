@@ -22,7 +22,7 @@ from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ModelError
 
 from fleetloop_core.box_decoding import Detections
-from fleetloop_core.detection import DetectorModel, NONE_NAME, frame_label_scores
+from fleetloop_core.detection import NONE_NAME, DetectorModel, DetectorOutputs, frame_label_scores
 
 
 # --------------------------------------------------------------------------- the cascade
@@ -114,44 +114,25 @@ class DetectionCascade(TieredCascade[DetectorModel]):
         start = time.perf_counter()
         edge, escalation = self._pair  # one consistent pair per frame
         config = self.config
-        low, high = dunc.band_around(edge.spec.score_threshold, config.band_width)
-        out = edge.detect(frame, color_order, score_floor=min(low, edge.spec.score_threshold))
-        scores_start = time.perf_counter()
-        parts = _frame_scores(out.detections, edge.spec.score_threshold, low, high)
-        scoring_s = time.perf_counter() - scores_start
-        used, used_out = edge, out
-        latency = {edge.tier: out.latency_s}
-        decode = {edge.tier: out.decode_s}
-        inference = {edge.tier: out.inference_s}
+        out, parts, scoring_s = _run_tier(edge, frame, color_order, config.band_width)
+        passes = {edge.tier: out}
         versions = {edge.tier: edge.version}
         tier_detections = {edge.tier: parts.confirmed}
         disagreement = dunc.Disagreement(0.0, 0, 0, 1.0, 0)
-        escalated = False
+        used, used_out = edge, out
         if escalation is not None:
             versions[escalation.tier] = escalation.version
             signal = {"band": parts.band, "box_entropy_max": parts.entropy_max, "box_entropy_mean": parts.entropy_mean}[
                 config.escalation_signal
             ]
             if config.escalation_enabled and signal > config.escalate_above and self._within_budget(out.latency_s):
-                high_out = escalation.detect(
-                    frame,
-                    color_order,
-                    score_floor=min(
-                        dunc.band_around(escalation.spec.score_threshold, config.band_width)[0],
-                        escalation.spec.score_threshold,
-                    ),
-                )
-                escalated = True
-                latency[escalation.tier] = high_out.latency_s
-                decode[escalation.tier] = high_out.decode_s
-                inference[escalation.tier] = high_out.inference_s
+                high_out, high_parts, high_scoring_s = _run_tier(escalation, frame, color_order, config.band_width)
+                passes[escalation.tier] = high_out
                 previous = self._escalation_latency_s
                 self._escalation_latency_s = (
                     high_out.latency_s if previous is None else 0.8 * previous + 0.2 * high_out.latency_s
                 )
                 t0 = time.perf_counter()
-                e_low, e_high = dunc.band_around(escalation.spec.score_threshold, config.band_width)
-                high_parts = _frame_scores(high_out.detections, escalation.spec.score_threshold, e_low, e_high)
                 tier_detections[escalation.tier] = high_parts.confirmed
                 disagreement = dunc.box_disagreement(
                     parts.confirmed.boxes,
@@ -160,11 +141,33 @@ class DetectionCascade(TieredCascade[DetectorModel]):
                     high_parts.confirmed.classes,
                     config.match_iou,
                 )
-                scoring_s += time.perf_counter() - t0
+                scoring_s += high_scoring_s + time.perf_counter() - t0
                 used, used_out, parts = escalation, high_out, high_parts
         t0 = time.perf_counter()
+        result = self._result(stream, used, used_out, out.embedding, parts, disagreement)
+        result.tier_detections, result.model_versions = tier_detections, versions
+        result.latency_s = {tier: p.latency_s for tier, p in passes.items()}
+        result.decode_latency_s = {tier: p.decode_s for tier, p in passes.items()}
+        result.inference_latency_s = {tier: p.inference_s for tier, p in passes.items()}
+        result.uncertainty_latency_s = scoring_s + time.perf_counter() - t0
+        result.total_latency_s = time.perf_counter() - start
+        return result
+
+    def _result(
+        self,
+        stream: str,
+        used: DetectorModel,
+        used_out: DetectorOutputs,
+        edge_embedding: np.ndarray | None,
+        parts: _Parts,
+        disagreement: dunc.Disagreement,
+    ) -> DetectionResult:
+        """Return the frame's result from the serving tier's detections and the stream's temporal state.
+
+        Latencies, versions and per-tier detections are filled in by :meth:`infer`.
+        """
         detections = parts.confirmed
-        classes = tuple(edge.labels)
+        classes = tuple(self.edge.labels)
         none_index = len(classes)
         probs = frame_label_scores(detections, none_index)
         if not used_out.finite:
@@ -175,52 +178,68 @@ class DetectionCascade(TieredCascade[DetectorModel]):
         else:
             label = none_index
             confidence = 1.0 - (float(parts.candidates.scores.max()) if len(parts.candidates) else 0.0)
-        embedding = out.embedding
         state = self._streams.get(stream)
         if state is None:
-            state = self._streams[stream] = _DetectionStream(config, 0 if embedding is None else len(embedding))
+            dim = 0 if edge_embedding is None else len(edge_embedding)
+            state = self._streams[stream] = _DetectionStream(self.config, dim)
         flicker = state.flicker.push(len(detections))
-        novelty = state.memory.score(embedding) if state.memory is not None and embedding is not None else 0.0
-        scores = dunc.score_parts(
-            parts.band, parts.entropy_mean, parts.entropy_max, disagreement.score, flicker, novelty
-        )
-        scores.update(
-            band=parts.band,
-            band_count=float(parts.band_count),
-            box_entropy_mean=parts.entropy_mean,
-            box_entropy_max=parts.entropy_max,
-            box_disagreement=disagreement.score,
-            unmatched_boxes=float(disagreement.unmatched),
-            matched_iou=disagreement.mean_iou,
-            class_conflicts=float(disagreement.class_conflicts),
-            count_flicker=flicker,
-            boxes=float(len(detections)),
-        )
-        embeddings = {edge.tier: embedding} if embedding is not None else {}
-        if escalated and used_out.embedding is not None:
+        novelty = state.memory.score(edge_embedding) if state.memory is not None and edge_embedding is not None else 0.0
+        embeddings = {self.edge.tier: edge_embedding} if edge_embedding is not None else {}
+        if used is not self.edge and used_out.embedding is not None:
             embeddings[used.tier] = used_out.embedding
-        scoring_s += time.perf_counter() - t0
         return DetectionResult(
             label=label,
             label_name=classes[label] if label < none_index else NONE_NAME,
             confidence=confidence,
             tier_used=used.tier,
             probs=probs,
-            scores=scores,
-            escalated=escalated,
-            latency_s=latency,
-            model_versions=versions,
+            scores=_scores(parts, disagreement, flicker, novelty, len(detections)),
+            escalated=used is not self.edge,
+            latency_s={},
+            model_versions={},
             tier_outputs={},
             embeddings=embeddings,
             detections=detections,
-            tier_detections=tier_detections,
+            tier_detections={},
             candidates=parts.candidates,
-            decode_latency_s=decode,
-            inference_latency_s=inference,
-            total_latency_s=time.perf_counter() - start,
-            uncertainty_latency_s=scoring_s,
+            decode_latency_s={},
+            inference_latency_s={},
+            total_latency_s=0.0,
+            uncertainty_latency_s=0.0,
             classes=classes,
         )
+
+
+def _run_tier(
+    model: DetectorModel, frame: np.ndarray, color_order: str, band_width: float
+) -> tuple[DetectorOutputs, _Parts, float]:
+    """Return one tier's detections down to its uncertainty band's low edge, their score parts and scoring seconds."""
+    threshold = model.spec.score_threshold
+    low, high = dunc.band_around(threshold, band_width)
+    out = model.detect(frame, color_order, score_floor=min(low, threshold))
+    start = time.perf_counter()
+    parts = _frame_scores(out.detections, threshold, low, high)
+    return out, parts, time.perf_counter() - start
+
+
+def _scores(
+    parts: _Parts, disagreement: dunc.Disagreement, flicker: float, novelty: float, boxes: int
+) -> dict[str, float]:
+    """Return the frame's score parts (the selector's names) and the detection figures behind them."""
+    scores = dunc.score_parts(parts.band, parts.entropy_mean, parts.entropy_max, disagreement.score, flicker, novelty)
+    scores.update(
+        band=parts.band,
+        band_count=float(parts.band_count),
+        box_entropy_mean=parts.entropy_mean,
+        box_entropy_max=parts.entropy_max,
+        box_disagreement=disagreement.score,
+        unmatched_boxes=float(disagreement.unmatched),
+        matched_iou=disagreement.mean_iou,
+        class_conflicts=float(disagreement.class_conflicts),
+        count_flicker=flicker,
+        boxes=float(boxes),
+    )
+    return scores
 
 
 @dataclass(frozen=True)
