@@ -313,10 +313,9 @@ class Selector:
         verdict: Verdict,
         active: _Active,
     ) -> Decision:
-        stats, state, config = self.stats, self._state, active.config
-        frames_bucket, bytes_bucket = self._frames_bucket, self._bytes_bucket
-        frames_bucket.refill(stamp_ns)
-        bytes_bucket.refill(stamp_ns)
+        """Return the decision for a frame the policy passed: the budget, then dedup, then kept with its record."""
+        self._frames_bucket.refill(stamp_ns)
+        self._bytes_bucket.refill(stamp_ns)
         decision = Decision(
             False,
             value,
@@ -328,48 +327,19 @@ class Selector:
             _weights=active.weights,
         )
         if not verdict.random:
-            stats.candidates += 1
-        # random samples may borrow up to one burst (so the policy's candidates cannot crowd them
-        # out); the debt is paid back by later frames, so the long-run rate stays on budget
-        floor_frames = 1.0 - frames_bucket.capacity if verdict.random else 1.0
-        floor_bytes = -bytes_bucket.capacity if verdict.random else 0.0
-        if frames_bucket.tokens < floor_frames or bytes_bucket.tokens <= floor_bytes:
-            decision.budget_limited = True
-            decision.reason = f"{verdict.reason}; budget spent"
-            stats.budget_limited += 1
-            decision.frame_tokens, decision.byte_tokens = frames_bucket.tokens, bytes_bucket.tokens
+            self.stats.candidates += 1
+        if self._over_budget(decision, verdict):
             return decision
         embedding = result.embeddings.get("T4") if result.embeddings else None
         if embedding is None and result.embeddings:
             embedding = next(iter(result.embeddings.values()))
-        dedup = self._dedup
-        image_hash = None
-        if config.dedup.enabled:
-            image_hash = dedup.image_hash(frame) if config.dedup.hash_max_distance >= 0 else None
-            hamming, distance = dedup.match(image_hash, embedding)
-            decision.hash_distance, decision.embedding_distance = hamming, round(distance, 6)
-            if not verdict.random:
-                duplicate = dedup.is_duplicate(hamming, distance)
-                state.pass_ratio = 0.98 * state.pass_ratio + 0.02 * (0.0 if duplicate else 1.0)
-                if duplicate:
-                    decision.duplicate = True
-                    decision.reason = f"{verdict.reason}; near-duplicate (hash {hamming} bits, cosine {distance:.4f})"
-                    stats.duplicates += 1
-                    decision.frame_tokens, decision.byte_tokens = frames_bucket.tokens, bytes_bucket.tokens
-                    return decision
-            dedup.remember(image_hash, embedding)
-        frames_bucket.tokens -= 1.0
+        if active.config.dedup.enabled and self._duplicate(frame, embedding, verdict, decision):
+            return decision
+        self._frames_bucket.tokens -= 1.0
         decision.keep = True
         decision.reason = f"kept: {verdict.reason}"
-        decision.frame_tokens, decision.byte_tokens = frames_bucket.tokens, bytes_bucket.tokens
-        stats.kept += 1
-        stats.random += verdict.random
-        label = int(result.label)
-        stats.kept_by_class[label] = stats.kept_by_class.get(label, 0) + 1
-        if state.class_counts is not None and label < len(state.class_counts):
-            params: ClassQuotaParams = active.params
-            state.class_counts *= 1.0 - 1.0 / params.window
-            state.class_counts[label] += 1.0
+        self._count_kept(int(result.label), verdict, active)
+        config = active.config
         priority = max(value, config.random_priority) if verdict.random else value
         decision.record = UploadRecord(
             image=np.array(frame, np.uint8, copy=True),
@@ -390,7 +360,53 @@ class Selector:
                 embedding if config.record.include_embedding else None,
             ),
         )
+        decision.frame_tokens, decision.byte_tokens = self._frames_bucket.tokens, self._bytes_bucket.tokens
         return decision
+
+    def _over_budget(self, decision: Decision, verdict: Verdict) -> bool:
+        """Return whether the budget refuses the candidate (and say so in ``decision``)."""
+        frames_bucket, bytes_bucket = self._frames_bucket, self._bytes_bucket
+        # random samples may borrow up to one burst (so the policy's candidates cannot crowd them
+        # out); the debt is paid back by later frames, so the long-run rate stays on budget
+        floor_frames = 1.0 - frames_bucket.capacity if verdict.random else 1.0
+        floor_bytes = -bytes_bucket.capacity if verdict.random else 0.0
+        if frames_bucket.tokens >= floor_frames and bytes_bucket.tokens > floor_bytes:
+            return False
+        decision.budget_limited = True
+        decision.reason = f"{verdict.reason}; budget spent"
+        self.stats.budget_limited += 1
+        decision.frame_tokens, decision.byte_tokens = frames_bucket.tokens, bytes_bucket.tokens
+        return True
+
+    def _duplicate(self, frame, embedding, verdict: Verdict, decision: Decision) -> bool:
+        """Return whether the candidate nearly repeats a kept frame (and say so); remember it otherwise."""
+        dedup = self._dedup
+        image_hash = dedup.image_hash(frame) if dedup.config.hash_max_distance >= 0 else None
+        hamming, distance = dedup.match(image_hash, embedding)
+        decision.hash_distance, decision.embedding_distance = hamming, round(distance, 6)
+        if not verdict.random:  # random samples are never dropped as duplicates (unbiased field estimate)
+            duplicate = dedup.is_duplicate(hamming, distance)
+            state = self._state
+            state.pass_ratio = 0.98 * state.pass_ratio + 0.02 * (0.0 if duplicate else 1.0)
+            if duplicate:
+                decision.duplicate = True
+                decision.reason = f"{verdict.reason}; near-duplicate (hash {hamming} bits, cosine {distance:.4f})"
+                self.stats.duplicates += 1
+                decision.frame_tokens, decision.byte_tokens = self._frames_bucket.tokens, self._bytes_bucket.tokens
+                return True
+        dedup.remember(image_hash, embedding)
+        return False
+
+    def _count_kept(self, label: int, verdict: Verdict, active: _Active) -> None:
+        """Count a kept frame in the stats and in the class quota's running shares."""
+        stats, state = self.stats, self._state
+        stats.kept += 1
+        stats.random += verdict.random
+        stats.kept_by_class[label] = stats.kept_by_class.get(label, 0) + 1
+        if state.class_counts is not None and label < len(state.class_counts):
+            params: ClassQuotaParams = active.params
+            state.class_counts *= 1.0 - 1.0 / params.window
+            state.class_counts[label] += 1.0
 
     def _sidecar_fields(
         self,
