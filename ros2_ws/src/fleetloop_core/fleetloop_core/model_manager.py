@@ -745,6 +745,12 @@ class ModelManager:
             return JobOutcome(
                 job, "SUCCEEDED", f"{to_version} is already serving", role, to_version, {"already_serving": "true"}
             )
+        return self._roll_back_to_history(job, role, current, reason, to_version)
+
+    def _roll_back_to_history(
+        self, job: str, role: str, current: TierModel | None, reason: str, to_version: str | None
+    ) -> JobOutcome:
+        """Load an earlier installed version of ``role`` (the last one, or ``to_version``) and serve it."""
         history = [e for e in self._history.get(role, []) if current is None or e["version"] != current.version]
         if to_version is not None:
             history = [e for e in history if e["version"] == to_version]
