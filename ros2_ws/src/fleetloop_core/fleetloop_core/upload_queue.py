@@ -308,33 +308,7 @@ class UploadQueue:
             for _ in range(64):
                 try:
                     self._write_blob(blob, encoded.frame)
-                    with self._transaction():
-                        victims = self._victims(size, encoded.priority)
-                        if victims is None:
-                            raise _NoRoom()
-                        for victim_id, victim_key, _, _ in victims:
-                            self._db.execute("DELETE FROM records WHERE id = ?", (victim_id,))
-                            evicted.append(victim_key)
-                        if victims:
-                            self._bump("evicted", len(victims))
-                        sidecar = encoded.sidecar
-                        self._db.execute(
-                            "INSERT INTO records (frame_key, sidecar_key, blob, frame_sha256, sidecar, size_bytes,"
-                            " priority, stamp_ns, robot_id, stream, queued_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            (
-                                key,
-                                encoded.sidecar_key,
-                                blob,
-                                sidecar.frame_sha256,
-                                sidecar_json,
-                                size,
-                                encoded.priority,
-                                sidecar.stamp_ns,
-                                sidecar.robot_id,
-                                sidecar.stream,
-                                time.time(),
-                            ),
-                        )
+                    victims = self._insert(encoded, blob, size, evicted)
                     self._unlink_blobs(victim[2] for victim in victims)
                     return PutResult(True, key, "queued", evicted=tuple(evicted))
                 except _NoRoom:
@@ -357,6 +331,42 @@ class UploadQueue:
                     evicted.append(freed)
             self._unlink_blobs([blob])
             return self._reject(key, "disk full after evicting 64 records", evicted)
+
+    def _insert(
+        self, encoded: EncodedRecord, blob: str, size: int, evicted: list[str]
+    ) -> list[tuple[int, str, str, int]]:
+        """Evict what must make room and insert the record's row, in one transaction; return the victims.
+
+        Raises _NoRoom when only records at least as valuable are left (nothing changes then).
+        """
+        with self._transaction():
+            victims = self._victims(size, encoded.priority)
+            if victims is None:
+                raise _NoRoom()
+            for victim_id, victim_key, _, _ in victims:
+                self._db.execute("DELETE FROM records WHERE id = ?", (victim_id,))
+                evicted.append(victim_key)
+            if victims:
+                self._bump("evicted", len(victims))
+            sidecar = encoded.sidecar
+            self._db.execute(
+                "INSERT INTO records (frame_key, sidecar_key, blob, frame_sha256, sidecar, size_bytes,"
+                " priority, stamp_ns, robot_id, stream, queued_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    encoded.frame_key,
+                    encoded.sidecar_key,
+                    blob,
+                    sidecar.frame_sha256,
+                    encoded.sidecar_json,
+                    size,
+                    encoded.priority,
+                    sidecar.stamp_ns,
+                    sidecar.robot_id,
+                    sidecar.stream,
+                    time.time(),
+                ),
+            )
+        return victims
 
     def _evict_one(self, priority: float) -> str | None:
         with self._lock:

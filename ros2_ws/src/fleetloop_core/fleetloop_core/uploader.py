@@ -127,46 +127,58 @@ class Uploader:
                     self._stop.wait(self.config.idle_poll_s)
                     continue
                 break
-            try:
-                self.upload(record)
-            except CorruptRecord as exc:
-                self.queue.mark_corrupt(record.id, str(exc))
-                report.corrupt += 1
-                log.error("%s", exc)
-                continue
-            except StoreUnavailable as exc:
-                self.queue.release(record.id, str(exc))
+            outcome, problem = self._attempt(record, report)
+            if outcome == "unavailable":
                 failures += 1
-                report.failures += 1
                 if not outage_logged:
-                    log.warning("store unreachable, backing off: %s", exc)
+                    log.warning("store unreachable, backing off: %s", problem)
                     outage_logged = True
                 delay = backoff_delay(failures, self.config.backoff, self._rng)
                 report.backoff_s.append(delay)
                 self._stop.wait(delay)
-                continue
-            except StoreError as exc:
-                self.queue.release(record.id, str(exc))
-                report.failures += 1
-                report.error = str(exc)
+            elif outcome == "refused":
                 if stop_on_refusal:
                     break
-                log.error("store refused the upload, retrying in %.0f s: %s", self.config.backoff.max_s, exc)
+                log.error("store refused the upload, retrying in %.0f s: %s", self.config.backoff.max_s, problem)
                 report.backoff_s.append(self.config.backoff.max_s)
                 self._stop.wait(self.config.backoff.max_s)
-                continue
-            except BaseException:
-                self.queue.release(record.id, "interrupted")
-                raise
-            self.queue.complete(record.id)
-            report.uploaded += 1
-            report.uploaded_bytes += record.size_bytes
-            if outage_logged:
-                log.info("store reachable again after %d failed attempts", failures)
-            failures, outage_logged = 0, False
+            elif outcome == "uploaded":
+                if outage_logged:
+                    log.info("store reachable again after %d failed attempts", failures)
+                failures, outage_logged = 0, False
         report.seconds = time.monotonic() - start
         self.last_report = report
         return report
+
+    def _attempt(self, record: QueuedRecord, report: DrainReport) -> tuple[str, Exception | None]:
+        """Upload one claimed record and count it; return (outcome, the store's error).
+
+        Outcomes: ``uploaded`` (gone from the queue), ``corrupt`` (set aside), ``unavailable`` or
+        ``refused`` (released: it stays queued for the next attempt).
+        """
+        try:
+            self.upload(record)
+        except CorruptRecord as exc:
+            self.queue.mark_corrupt(record.id, str(exc))
+            report.corrupt += 1
+            log.error("%s", exc)
+            return "corrupt", exc
+        except StoreUnavailable as exc:
+            self.queue.release(record.id, str(exc))
+            report.failures += 1
+            return "unavailable", exc
+        except StoreError as exc:
+            self.queue.release(record.id, str(exc))
+            report.failures += 1
+            report.error = str(exc)
+            return "refused", exc
+        except BaseException:
+            self.queue.release(record.id, "interrupted")
+            raise
+        self.queue.complete(record.id)
+        report.uploaded += 1
+        report.uploaded_bytes += record.size_bytes
+        return "uploaded", None
 
     def start(self) -> None:
         """Drain in a background thread until :meth:`stop` (refusals back off instead of ending it)."""
