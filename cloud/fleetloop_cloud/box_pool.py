@@ -16,7 +16,6 @@ the tables below, in that same file:
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -32,12 +31,6 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS box_predictions (
     frame_id TEXT NOT NULL, tier TEXT NOT NULL, version TEXT NOT NULL, rows TEXT NOT NULL, class_scores TEXT,
     PRIMARY KEY (frame_id, tier, version));
-CREATE TABLE IF NOT EXISTS box_labels (
-    frame_id TEXT PRIMARY KEY, rows TEXT NOT NULL, source TEXT NOT NULL, round INTEGER NOT NULL,
-    confidence REAL, task_id INTEGER, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS box_label_events (
-    id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, rows TEXT, source TEXT NOT NULL, round INTEGER NOT NULL,
-    reason TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS box_tasks (
     id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, round INTEGER NOT NULL, purpose TEXT NOT NULL,
     suggestion TEXT, shown INTEGER NOT NULL DEFAULT 1, status TEXT NOT NULL, backend TEXT, answer TEXT,
@@ -86,23 +79,8 @@ def _stored_set(text: str) -> BoxSet:
     return BoxSet.from_rows(json.loads(text), False)
 
 
-def _box_task(row: sqlite3.Row) -> BoxTask:
-    return BoxTask(
-        id=row["id"],
-        frame_id=row["frame_id"],
-        round=row["round"],
-        purpose=row["purpose"],
-        suggestion=BOX_LABELS.load(row["suggestion"]),
-        shown=bool(row["shown"]),
-        status=row["status"],
-        backend=row["backend"],
-        answer=BOX_LABELS.load(row["answer"]),
-        edits=json.loads(row["edits"]) if row["edits"] else None,
-        annotator=row["annotator"],
-        seconds=row["seconds"],
-        dollars=row["dollars"],
-        error=row["error"],
-    )
+def _edits(text: Optional[str]) -> Optional[dict]:
+    return json.loads(text) if text else None
 
 
 BOX_LABELS = LabelKind(
@@ -110,11 +88,15 @@ BOX_LABELS = LabelKind(
     label_events="box_label_events",
     tasks="box_tasks",
     column="rows",
+    column_type="TEXT NOT NULL",
+    event_column_type="TEXT",
     encode=_stored_rows,
     decode=_stored_set,
     withdrawn=None,
     label=BoxLabel,
+    task=BoxTask,
     task_noun="box task",
+    task_columns={"shown": bool, "edits": _edits},
 )
 
 
@@ -130,9 +112,6 @@ class BoxPool(LabelStore):
 
     def __init__(self, target: Pool | str | Path):
         self._open(target, _SCHEMA, "the box tables", check_same_thread=False)
-
-    def _task(self, row: sqlite3.Row) -> BoxTask:
-        return _box_task(row)
 
     # ------------------------------------------------------------------ predictions
     def put_predictions(self, tier: str, version: str, items: Sequence[tuple[str, BoxSet]]) -> None:

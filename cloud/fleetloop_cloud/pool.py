@@ -45,12 +45,6 @@ CREATE TABLE IF NOT EXISTS orphans (key TEXT PRIMARY KEY, first_seen REAL NOT NU
 CREATE TABLE IF NOT EXISTS predictions (
     frame_id TEXT NOT NULL, tier TEXT NOT NULL, version TEXT NOT NULL, probs BLOB NOT NULL, embedding BLOB,
     PRIMARY KEY (frame_id, tier, version));
-CREATE TABLE IF NOT EXISTS labels (
-    frame_id TEXT PRIMARY KEY, label INTEGER NOT NULL, source TEXT NOT NULL, round INTEGER NOT NULL,
-    confidence REAL, task_id INTEGER, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS label_events (
-    id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, label INTEGER NOT NULL, source TEXT NOT NULL,
-    round INTEGER NOT NULL, reason TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, round INTEGER NOT NULL, purpose TEXT NOT NULL,
     suggestion INTEGER, status TEXT NOT NULL, backend TEXT, external_id TEXT, answer INTEGER,
@@ -137,33 +131,18 @@ def _signed64(value: Optional[int]) -> Optional[int]:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
-def _task_of(row: sqlite3.Row) -> Task:
-    return Task(
-        id=row["id"],
-        frame_id=row["frame_id"],
-        round=row["round"],
-        purpose=row["purpose"],
-        suggestion=row["suggestion"],
-        status=row["status"],
-        backend=row["backend"],
-        external_id=row["external_id"],
-        answer=row["answer"],
-        annotator=row["annotator"],
-        seconds=row["seconds"],
-        dollars=row["dollars"],
-        error=row["error"],
-    )
-
-
 CLASS_LABELS = LabelKind(
     labels="labels",
     label_events="label_events",
     tasks="tasks",
     column="label",
+    column_type="INTEGER NOT NULL",
+    event_column_type="INTEGER NOT NULL",
     encode=int,
     decode=int,
     withdrawn=-1,
     label=Label,
+    task=Task,
     task_noun="task",
 )
 
@@ -175,9 +154,6 @@ class Pool(LabelStore, RoundLog):
 
     def __init__(self, path: str | Path):
         self._open(path, _SCHEMA, "the pool", check_same_thread=True)
-
-    def _task(self, row: sqlite3.Row) -> Task:
-        return _task_of(row)
 
     # ------------------------------------------------------------------ frames
     def add_frame(self, record: FrameRecord) -> bool:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from pathlib import Path
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from fleetloop_cloud.pool_db import PoolError, PoolTables, as_list, where_clause
 
@@ -28,11 +29,26 @@ class LabelKind:
     label_events: str  # append-only history of labels
     tasks: str  # human tasks
     column: str  # the payload column of ``labels`` and ``label_events``
+    column_type: str  # its SQL type in ``labels``
+    event_column_type: str  # its SQL type in ``label_events`` (where a withdrawal is recorded)
     encode: Callable[[Any], Any]  # payload -> stored value
     decode: Callable[[Any], Any]  # stored value -> payload
     withdrawn: Any  # what the history records when a label is withdrawn
     label: Callable[..., Any]  # (frame_id, payload, source, round, confidence) -> the label record
+    task: type  # the task record (a dataclass whose fields are columns of ``tasks``)
     task_noun: str  # how errors name a task ("task", "box task")
+    task_columns: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)  # column -> field value
+
+    def schema(self) -> str:
+        """Return the SQL that creates the label tables (the tasks table differs per kind: its own schema)."""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.labels} (frame_id TEXT PRIMARY KEY, {self.column} "
+            f"{self.column_type}, source TEXT NOT NULL, round INTEGER NOT NULL, confidence REAL, task_id INTEGER, "
+            f"updated REAL NOT NULL);\n"
+            f"CREATE TABLE IF NOT EXISTS {self.label_events} (id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, "
+            f"{self.column} {self.event_column_type}, source TEXT NOT NULL, round INTEGER NOT NULL, "
+            f"reason TEXT NOT NULL, created REAL NOT NULL);\n"
+        )
 
     def store(self, payload: Any) -> Any:
         """Return the stored value of a payload (None stays None)."""
@@ -48,9 +64,18 @@ class LabelStore(PoolTables):
 
     _kind: ClassVar[LabelKind]
 
+    def _open(self, target: "PoolTables | str | Path", schema: str, what: str, check_same_thread: bool) -> None:
+        """Open (or share) the connection and create ``schema`` and this kind's label tables."""
+        super()._open(target, schema + self._kind.schema(), what, check_same_thread)
+
     def _task(self, row: sqlite3.Row) -> Any:
         """Return the task record of a row of the tasks table."""
-        raise NotImplementedError
+        kind = self._kind
+        values = {f.name: row[f.name] for f in fields(kind.task)}
+        values["suggestion"], values["answer"] = kind.load(row["suggestion"]), kind.load(row["answer"])
+        for column, convert in kind.task_columns.items():
+            values[column] = convert(row[column])
+        return kind.task(**values)
 
     # ------------------------------------------------------------------ labels
     def set_label(
