@@ -205,7 +205,7 @@ class SageMakerBackend:
         }
 
     def run(self, job: TrainingJob) -> TrainingResult:
-        from fleetloop_cloud.annotators import store_key_of
+        from fleetloop_cloud.annotators_aws import store_key_of
 
         uris = self.upload_channels(job)
         try:
