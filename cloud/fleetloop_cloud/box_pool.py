@@ -24,7 +24,7 @@ import numpy as np
 
 from fleetloop_cloud.box_consensus import BoxSet
 from fleetloop_cloud.pool import Pool
-from fleetloop_cloud.pool_labels import LabelKind, LabelStore
+from fleetloop_cloud.pool_labels import LabelKind, LabelStore, Payload
 
 
 _SCHEMA = """
@@ -84,18 +84,10 @@ def _edits(text: Optional[str]) -> Optional[dict]:
 
 
 BOX_LABELS = LabelKind(
-    labels="box_labels",
-    label_events="box_label_events",
-    tasks="box_tasks",
-    column="rows",
-    column_type="TEXT NOT NULL",
-    event_column_type="TEXT",
-    encode=_stored_rows,
-    decode=_stored_set,
-    withdrawn=None,
-    label=BoxLabel,
-    task=BoxTask,
-    task_noun="box task",
+    "box_",
+    Payload("rows", "TEXT NOT NULL", "TEXT", _stored_rows, _stored_set, withdrawn=None),
+    BoxLabel,
+    BoxTask,
     task_columns={"shown": bool, "edits": _edits},
 )
 

@@ -24,7 +24,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from fleetloop_cloud.pool_db import PoolError, as_list, where_clause
-from fleetloop_cloud.pool_labels import LabelKind, LabelStore
+from fleetloop_cloud.pool_labels import LabelKind, LabelStore, Payload
 from fleetloop_cloud.pool_rounds import RoundLog
 
 STATES = ("new", "auto_labeled", "accepted", "in_review", "labeled", "used", "duplicate")
@@ -131,20 +131,7 @@ def _signed64(value: Optional[int]) -> Optional[int]:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
-CLASS_LABELS = LabelKind(
-    labels="labels",
-    label_events="label_events",
-    tasks="tasks",
-    column="label",
-    column_type="INTEGER NOT NULL",
-    event_column_type="INTEGER NOT NULL",
-    encode=int,
-    decode=int,
-    withdrawn=-1,
-    label=Label,
-    task=Task,
-    task_noun="task",
-)
+CLASS_LABELS = LabelKind("", Payload("label", "INTEGER NOT NULL", "INTEGER NOT NULL", int, int, -1), Label, Task)
 
 
 class Pool(LabelStore, RoundLog):

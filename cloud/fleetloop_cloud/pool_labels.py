@@ -22,41 +22,56 @@ TASK_PURPOSES = ("calibration", "track", "review", "audit")
 
 
 @dataclass(frozen=True)
-class LabelKind:
-    """Where one task kind keeps its labels and tasks, and how it stores a payload (label, suggestion, answer)."""
+class Payload:
+    """How a task kind stores its label payload (a label, a suggestion, an answer) in the pool."""
 
-    labels: str  # current label per frame
-    label_events: str  # append-only history of labels
-    tasks: str  # human tasks
-    column: str  # the payload column of ``labels`` and ``label_events``
-    column_type: str  # its SQL type in ``labels``
-    event_column_type: str  # its SQL type in ``label_events`` (where a withdrawal is recorded)
+    column: str  # the payload column of the labels and label-events tables
+    column_type: str  # its SQL type in the labels table
+    event_column_type: str  # its SQL type in the label events (where a withdrawal is recorded)
     encode: Callable[[Any], Any]  # payload -> stored value
     decode: Callable[[Any], Any]  # stored value -> payload
     withdrawn: Any  # what the history records when a label is withdrawn
+
+
+@dataclass(frozen=True)
+class LabelKind:
+    """Where one task kind keeps its labels and tasks: tables ``<prefix>labels``, ``<prefix>label_events``
+    and ``<prefix>tasks``, its payload, and its label and task records."""
+
+    prefix: str  # "" (classification), "box_" (detection)
+    payload: Payload
     label: Callable[..., Any]  # (frame_id, payload, source, round, confidence) -> the label record
-    task: type  # the task record (a dataclass whose fields are columns of ``tasks``)
-    task_noun: str  # how errors name a task ("task", "box task")
+    task: type  # the task record (a dataclass whose fields are columns of the tasks table)
     task_columns: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)  # column -> field value
+
+    labels: str = field(init=False)  # current label per frame: ``<prefix>labels``
+    label_events: str = field(init=False)  # append-only label history: ``<prefix>label_events``
+    tasks: str = field(init=False)  # human tasks: ``<prefix>tasks``
+    task_noun: str = field(init=False)  # how errors name a task: "task", "box task"
+
+    def __post_init__(self) -> None:
+        for table in ("labels", "label_events", "tasks"):
+            object.__setattr__(self, table, self.prefix + table)
+        object.__setattr__(self, "task_noun", f"{self.prefix.replace('_', ' ')}task")
 
     def schema(self) -> str:
         """Return the SQL that creates the label tables (the tasks table differs per kind: its own schema)."""
         return (
-            f"CREATE TABLE IF NOT EXISTS {self.labels} (frame_id TEXT PRIMARY KEY, {self.column} "
-            f"{self.column_type}, source TEXT NOT NULL, round INTEGER NOT NULL, confidence REAL, task_id INTEGER, "
-            f"updated REAL NOT NULL);\n"
+            f"CREATE TABLE IF NOT EXISTS {self.labels} (frame_id TEXT PRIMARY KEY, {self.payload.column} "
+            f"{self.payload.column_type}, source TEXT NOT NULL, round INTEGER NOT NULL, confidence REAL, "
+            f"task_id INTEGER, updated REAL NOT NULL);\n"
             f"CREATE TABLE IF NOT EXISTS {self.label_events} (id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, "
-            f"{self.column} {self.event_column_type}, source TEXT NOT NULL, round INTEGER NOT NULL, "
+            f"{self.payload.column} {self.payload.event_column_type}, source TEXT NOT NULL, round INTEGER NOT NULL, "
             f"reason TEXT NOT NULL, created REAL NOT NULL);\n"
         )
 
     def store(self, payload: Any) -> Any:
         """Return the stored value of a payload (None stays None)."""
-        return None if payload is None else self.encode(payload)
+        return None if payload is None else self.payload.encode(payload)
 
     def load(self, stored: Any) -> Any:
         """Return the payload of a stored value (None stays None)."""
-        return None if stored is None else self.decode(stored)
+        return None if stored is None else self.payload.decode(stored)
 
 
 class LabelStore(PoolTables):
@@ -94,16 +109,16 @@ class LabelStore(PoolTables):
         kind, now = self._kind, time.time()
         stored = kind.store(label)
         self._db.execute(
-            f"INSERT OR REPLACE INTO {kind.labels} (frame_id, {kind.column}, source, round, confidence, task_id, "
-            "updated) VALUES (?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO {kind.labels} (frame_id, {kind.payload.column}, source, round, confidence, "
+            "task_id, updated) VALUES (?,?,?,?,?,?,?)",
             (frame_id, stored, source, round, confidence, task_id, now),
         )
         self._record_event(frame_id, stored, source, round, reason, now)
 
     def _record_event(self, frame_id: str, stored: Any, source: str, round: int, reason: str, now: float) -> None:
         self._db.execute(
-            f"INSERT INTO {self._kind.label_events} (frame_id, {self._kind.column}, source, round, reason, created) "
-            "VALUES (?,?,?,?,?,?)",
+            f"INSERT INTO {self._kind.label_events} (frame_id, {self._kind.payload.column}, source, round, reason, "
+            "created) VALUES (?,?,?,?,?,?)",
             (frame_id, stored, source, round, reason, now),
         )
 
@@ -113,16 +128,16 @@ class LabelStore(PoolTables):
         if not rows:
             return
         self._db.execute(f"DELETE FROM {self._kind.labels} WHERE frame_id=?", (frame_id,))
-        self._record_event(frame_id, self._kind.withdrawn, rows[0][0], round, reason, time.time())
+        self._record_event(frame_id, self._kind.payload.withdrawn, rows[0][0], round, reason, time.time())
 
     def labels(self, frame_ids: Iterable[str] | None = None, source: str | None = None) -> dict[str, Any]:
         """Return current labels by frame id."""
         kind = self._kind
         where, params = where_clause({"source": source}, {})
         rows = self._query(
-            f"SELECT frame_id, {kind.column}, source, round, confidence FROM {kind.labels}{where}", params
+            f"SELECT frame_id, {kind.payload.column}, source, round, confidence FROM {kind.labels}{where}", params
         )
-        out = {r[0]: kind.label(r[0], kind.decode(r[1]), r[2], r[3], r[4]) for r in rows}
+        out = {r[0]: kind.label(r[0], kind.payload.decode(r[1]), r[2], r[3], r[4]) for r in rows}
         if frame_ids is not None:
             wanted = set(frame_ids)
             out = {k: v for k, v in out.items() if k in wanted}
