@@ -141,6 +141,24 @@ class ReplayReport:
         return self.duration_s / self.wall_s if self.wall_s > 0 else float("nan")
 
 
+@dataclass
+class _Tally:
+    """What a replay has read so far across its bags."""
+
+    problems: list[BagProblem] = field(default_factory=list)
+    unknown: Counter[str] = field(default_factory=Counter)
+    frames: int = 0
+    first_stamp: int | None = None
+    last_stamp: int | None = None
+    bag_seconds: float = 0.0
+
+    def duration_s(self) -> float:
+        """Return the seconds of recording the frames span (the bags' own durations with fewer than two frames)."""
+        if self.frames > 1 and self.first_stamp is not None and self.last_stamp is not None:
+            return (self.last_stamp - self.first_stamp) / 1e9 or self.bag_seconds
+        return self.bag_seconds
+
+
 def replay(
     bags: str | Path | Sequence[str | Path],
     models: str | Path,
@@ -155,8 +173,6 @@ def replay(
     A bag that cannot be opened at all (e.g. a recording cut short before its index was
     written) is reported as a problem and the replay goes on with the next one.
     """
-    from tqdm import tqdm
-
     from fleetloop_core.tasks import load_cascade
 
     bag_paths = [Path(bags)] if isinstance(bags, (str, Path)) else [Path(b) for b in bags]
@@ -169,12 +185,7 @@ def replay(
     labels = cascade.frame_labels
     results = [SettingResult(s) for s in settings]
     selectors: dict[tuple[int, str], Selector] = {}
-    problems: list[BagProblem] = []
-    unknown: Counter[str] = Counter()
-    frames = 0
-    first_stamp: int | None = None
-    last_stamp: int | None = None
-    bag_duration = 0.0
+    tally = _Tally()
     start = time.perf_counter()
     for bag in bag_paths:
         try:
@@ -182,47 +193,58 @@ def replay(
         except ReplayError as exc:
             if len(bag_paths) == 1:
                 raise
-            problems.append(BagProblem(str(bag), -1, "unreadable_bag", str(exc)))
+            tally.problems.append(BagProblem(str(bag), -1, "unreadable_bag", str(exc)))
             log.error("%s (going on with the next bag)", exc)
             continue
         try:
-            bar = tqdm(
-                reader.frames(), total=reader.message_count, desc=f"replay {bag.name}", unit="msg", disable=not progress
-            )
-            for item in bar:
-                if isinstance(item, BagProblem):
-                    problems.append(item)
-                    if item.kind == "unknown_encoding":
-                        unknown[item.detail] += 1
-                    else:
-                        log.warning("%s: %s", bag, item)
-                    continue
-                frames += 1
-                first_stamp = item.stamp_ns if first_stamp is None else min(first_stamp, item.stamp_ns)
-                last_stamp = item.stamp_ns if last_stamp is None else max(last_stamp, item.stamp_ns)
-                result = cascade.infer(item.image, stream=item.topic)
-                for i, outcome in enumerate(results):
-                    _offer(outcome, selectors, i, item, result, labels)
-            bar.close()
-            bag_duration += reader.duration_s
+            _replay_bag(reader, bag, cascade, results, selectors, labels, tally, progress)
         finally:
             reader.close()
     for (i, _), selector in selectors.items():
         results[i].candidates += selector.stats.candidates
-    duration = bag_duration
-    if frames > 1 and first_stamp is not None and last_stamp is not None:
-        duration = (last_stamp - first_stamp) / 1e9
     return ReplayReport(
         bag=", ".join(str(b) for b in bag_paths),
-        frames=frames,
-        duration_s=duration or bag_duration,
+        frames=tally.frames,
+        duration_s=tally.duration_s(),
         wall_s=time.perf_counter() - start,
-        problems=problems,
-        unknown_encodings=unknown,
+        problems=tally.problems,
+        unknown_encodings=tally.unknown,
         results=results,
         labels=labels,
         robots=sorted({robot for _, robot in selectors}),
     )
+
+
+def _replay_bag(
+    reader: BagReader,
+    bag: Path,
+    cascade: Any,
+    results: list[SettingResult],
+    selectors: dict[tuple[int, str], Selector],
+    labels: tuple[str, ...],
+    tally: _Tally,
+    progress: bool,
+) -> None:
+    """Run every frame of one open bag through the cascade once and offer it to every setting's selectors."""
+    from tqdm import tqdm
+
+    bar = tqdm(reader.frames(), total=reader.message_count, desc=f"replay {bag.name}", unit="msg", disable=not progress)
+    for item in bar:
+        if isinstance(item, BagProblem):
+            tally.problems.append(item)
+            if item.kind == "unknown_encoding":
+                tally.unknown[item.detail] += 1
+            else:
+                log.warning("%s: %s", bag, item)
+            continue
+        tally.frames += 1
+        tally.first_stamp = item.stamp_ns if tally.first_stamp is None else min(tally.first_stamp, item.stamp_ns)
+        tally.last_stamp = item.stamp_ns if tally.last_stamp is None else max(tally.last_stamp, item.stamp_ns)
+        result = cascade.infer(item.image, stream=item.topic)
+        for i, outcome in enumerate(results):
+            _offer(outcome, selectors, i, item, result, labels)
+    bar.close()
+    tally.bag_seconds += reader.duration_s
 
 
 def _offer(
