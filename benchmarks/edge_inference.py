@@ -189,7 +189,8 @@ def _locate_detectors(path: str | None, quick: bool) -> Path:
 def _detector_rows(args, n_frames: int, rounds: int) -> dict:
     """Measure the detector path; print its table; return its figures."""
     from fleetloop_core import sim, sim_detection
-    from fleetloop_core.detection import DetectionCascade, DetectionCascadeConfig, DetectorModel
+    from fleetloop_core.detection import DetectorModel
+    from fleetloop_core.detection_cascade import DetectionCascade, DetectionCascadeConfig
     from fleetloop_core.uncertainty_detection import band_around
 
     models = _locate_detectors(args.detectors, args.quick)

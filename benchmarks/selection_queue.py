@@ -57,7 +57,8 @@ def bench_selection(models: Path, n_frames: int, rounds: int) -> dict:
     from fleetloop_core import sim
     from fleetloop_core.cascade import Cascade, CascadeConfig
     from fleetloop_core.inference import TierModel
-    from fleetloop_core.selection import Selector, load_selection_config
+    from fleetloop_core.selection import Selector
+    from fleetloop_core.selection_config import load_selection_config
 
     edge = TierModel.load(models / "T4", providers=("cpu",), intra_op_threads=1, warmup=20)
     high = TierModel.load(models / "T3", providers=("cpu",), intra_op_threads=1, warmup=20)
@@ -155,7 +156,8 @@ def _records(n: int, seed: int = 0):
 def bench_queue(n_records: int, s3_endpoint: str | None) -> dict:
     """Return put and drain rates (records/s, MB/s) to the file store and, if given, to S3."""
     from fleetloop_core.store import open_store
-    from fleetloop_core.upload_queue import QueueConfig, Uploader, UploadQueue
+    from fleetloop_core.upload_queue import QueueConfig, UploadQueue
+    from fleetloop_core.uploader import Uploader
 
     records, encode_s = _records(n_records)
     size = sum(r.size_bytes for r in records)
@@ -194,7 +196,8 @@ def bench_queue(n_records: int, s3_endpoint: str | None) -> dict:
 
 def _convergence_run(frames: int, shift_at: int, low, high, budget_fraction: float, seed: int) -> dict:
     from fleetloop_core.cascade import FrameResult
-    from fleetloop_core.selection import Selector, selection_config
+    from fleetloop_core.selection import Selector
+    from fleetloop_core.selection_config import selection_config
 
     frames_per_hour = budget_fraction * 36_000
     config = selection_config(
@@ -253,7 +256,7 @@ def bench_convergence(frames: int) -> dict:
 
 
 def bench_faults(kills_file: int, kills_s3: int, s3_endpoint: str | None) -> dict:
-    from fleetloop_core.faults import kill_campaign, synthetic_records
+    from fleetloop_sim.faults import kill_campaign, synthetic_records
     from tqdm import tqdm
 
     totals = {"kills": 0, "accepted": 0, "committed": 0, "lost": 0, "duplicated": 0, "half_written": 0, "seconds": 0.0}

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from fleetloop_core.replay import write_image_bag
+    from fleetloop_core.bags import write_image_bag
 
     out = Path(args.out)
     if out.exists():

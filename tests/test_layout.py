@@ -24,17 +24,17 @@ def _python_files(*parts: str):
 def test_core_and_cloud_never_import_rclpy():
     offenders = [
         str(p)
-        for p in _python_files("ros2_ws", "src", "fleetloop_core") + _python_files("cloud")
+        for p in _python_files("ros2_ws", "src", "fleetloop_core") + _python_files("cloud") + _python_files("sim")
         if {"rclpy", "rosidl_runtime_py", "launch", "launch_ros"} & _imports(p)
     ]
     assert offenders == []
 
 
-def test_core_never_imports_ros_or_cloud_packages():
+def test_core_never_imports_ros_cloud_or_simulation_packages():
     offenders = [
         str(p)
         for p in _python_files("ros2_ws", "src", "fleetloop_core")
-        if {"fleetloop_ros", "fleetloop_cloud"} & _imports(p)
+        if {"fleetloop_ros", "fleetloop_cloud", "fleetloop_sim"} & _imports(p)
     ]
     assert offenders == []
 
@@ -71,7 +71,7 @@ NOT_ON_A_ROBOT = {
     "fleetloop_core.sim",
     "fleetloop_core.sim_detection",
     "fleetloop_core.dataset",
-    "fleetloop_core.faults",
+    "fleetloop_sim.faults",
     "fleetloop_core.training",
     "fleetloop_core.trainers",
     "fleetloop_core.modelbuild",
@@ -111,6 +111,7 @@ def test_layout_exists():
         "ros2_ws/src/fleetloop_core/resource/fleetloop_core",
         "ros2_ws/src/fleetloop_ros/package.xml",
         "cloud/fleetloop_cloud/__init__.py",
+        "sim/fleetloop_sim/__init__.py",
         "launch",
         "config",
         "docker",
@@ -125,5 +126,5 @@ def test_layout_exists():
 
 def test_python_310_syntax_everywhere():
     # robots on ROS 2 Humble run Python 3.10
-    for path in _python_files("ros2_ws") + _python_files("cloud") + _python_files("benchmarks"):
+    for path in _python_files("ros2_ws") + _python_files("cloud") + _python_files("sim") + _python_files("benchmarks"):
         ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))

@@ -1,4 +1,5 @@
-"""Human box annotators behind one interface, registered by name (the detection loop's ``annotators.py``).
+"""Human box annotators behind one interface (``annotator_api``), registered by name (the detection
+loop's ``annotators.py``).
 
 A box task shows a frame and, when suggestions are shown, the fused auto-label; the answer is the
 frame's full box list. Costs are box-level (``cost_model.yaml: boxes``, :func:`box_task_cost`):
@@ -9,50 +10,41 @@ few seconds while one who boxes a busy frame from scratch pays the full drawing 
 * ``simulated`` (embedded default): the frame's simulated ground-truth boxes (sidecar
   ``simulation.boxes``), each edge jittered by ``box_jitter_px`` (people are not pixel-exact), a
   box missed with ``miss_rate`` and a class mistaken with ``error_rate`` (seeded per task).
-* ``review-page``: tasks wait in the box tables; the review page's box view answers them
-  (:func:`record_box_answer`) with the seconds it measured.
+* ``review-page`` (``annotator_api.ReviewPageAnnotator``): tasks wait in the box tables; the review
+  page's box view answers them (:func:`record_box_answer`) with the seconds it measured.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from fleetloop_core.errors import ConfigError
 
-from fleetloop_cloud.annotators import AnnotatorError
+from fleetloop_cloud.annotator_api import (
+    Annotator,
+    AnnotatorError,
+    Answer,
+    ReviewPageAnnotator,
+    mistaken_class,
+    pick_annotator,
+)
 from fleetloop_cloud.box_consensus import BoxSet, Edits, edits as compute_edits
 from fleetloop_cloud.box_pool import BoxPool, BoxTask
 from fleetloop_cloud.config import BoxCosts, CostModel
 from fleetloop_cloud.pool import Pool
 
 
-@dataclass(frozen=True)
-class BoxAnswer:
-    """A human's boxes for a task (or an error)."""
+class BoxAnswer(Answer):
+    """A human's boxes for a task (``label``: the box list), or an error."""
 
-    task_id: int
-    boxes: Optional[BoxSet]
-    annotator: str
-    error: Optional[str] = None
-    seconds: Optional[float] = None  # measured by the backend (review page); None: the cost model's
-
-
-class BoxAnnotator(Protocol):
-    """What every box annotator backend offers."""
-
-    name: str
-
-    def submit(self, tasks: Sequence[BoxTask]) -> None:
-        """Send tasks to humans."""
-        ...
-
-    def collect(self, tasks: Sequence[BoxTask]) -> list[BoxAnswer]:
-        """Return the answers available now for submitted tasks."""
-        ...
+    @property
+    def boxes(self) -> Optional[BoxSet]:
+        """Return the answered boxes (None with an error)."""
+        return self.label
 
 
 @dataclass
@@ -128,10 +120,10 @@ class SimulatedBoxAnnotator:
     def __init__(self, context: BoxAnnotatorContext):
         self.context = context
 
-    def submit(self, tasks: Sequence[BoxTask]) -> None:
-        return None
+    def submit(self, tasks: Sequence[BoxTask]) -> list[Optional[str]]:
+        return [None] * len(tasks)
 
-    def collect(self, tasks: Sequence[BoxTask]) -> list[BoxAnswer]:
+    def collect(self, tasks: Sequence[BoxTask]) -> list[Answer]:
         c = self.context
         answers = []
         for task in tasks:
@@ -162,38 +154,18 @@ class SimulatedBoxAnnotator:
                     continue
                 label = int(cls)
                 if rng.random() < c.error_rate:
-                    others = [k for k in range(len(c.classes)) if k != label]
-                    label = int(others[rng.integers(len(others))])
+                    label = mistaken_class(rng, label, len(c.classes))
                 rows.append([*box.tolist(), label])
             answers.append(BoxAnswer(task.id, BoxSet.from_rows(rows, with_scores=False), self.name))
         return answers
 
 
-class ReviewPageBoxAnnotator:
-    """Tasks wait in the box tables for the review page's box view, which answers them itself."""
-
-    name = "review-page"
-
-    def __init__(self, context: BoxAnnotatorContext):
-        self.context = context
-
-    def submit(self, tasks: Sequence[BoxTask]) -> None:
-        return None
-
-    def collect(self, tasks: Sequence[BoxTask]) -> list[BoxAnswer]:
-        return []
-
-
-BOX_ANNOTATORS: dict[str, Callable[[BoxAnnotatorContext], BoxAnnotator]] = {
+BOX_ANNOTATORS: dict[str, Callable[[BoxAnnotatorContext], Annotator]] = {
     "simulated": SimulatedBoxAnnotator,
-    "review-page": ReviewPageBoxAnnotator,
+    "review-page": ReviewPageAnnotator,
 }
 
 
-def make_box_annotator(name: str, context: BoxAnnotatorContext, source: str = "config/cloud.yaml") -> BoxAnnotator:
+def make_box_annotator(name: str, context: BoxAnnotatorContext, source: str = "config/cloud.yaml") -> Annotator:
     """Return box annotator ``name``; ConfigError naming the known ones if unknown."""
-    if name not in BOX_ANNOTATORS:
-        raise ConfigError(
-            f"{source}: detection.annotator: unknown box annotator {name!r} (known: {', '.join(BOX_ANNOTATORS)})"
-        )
-    return BOX_ANNOTATORS[name](context)
+    return pick_annotator(BOX_ANNOTATORS, name, f"{source}: detection.annotator", "box annotator")(context)

@@ -20,7 +20,6 @@ human boxes, the threshold chosen from audited data.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -28,7 +27,7 @@ import numpy as np
 
 from fleetloop_core.uncertainty_detection import match_boxes
 
-from fleetloop_cloud.routing import Threshold, wilson_lower
+from fleetloop_cloud.routing import Evidence, Threshold, lowest_threshold, wilson_lower
 
 
 @dataclass(frozen=True)
@@ -256,56 +255,28 @@ def choose_threshold(
     The Threshold's ``accuracy`` is the class accuracy and ``lower_bound`` its Wilson bound; the
     reason states the mean IoU reached.
     """
-    confidence = np.asarray(confidence, np.float64)
-    eligible = np.asarray(eligible, bool)
-    n_validation, n_eligible = len(confidence), int(eligible.sum())
-    if n_eligible < targets.min_accepted:
-        return Threshold(
-            math.inf,
-            n_validation,
-            n_eligible,
-            0,
-            0.0,
-            0.0,
-            f"only {n_eligible} agreeing validation frames (need {targets.min_accepted})",
+
+    def judge(accepted: np.ndarray) -> Evidence:
+        quality = aggregate([comparisons[i] for i in accepted])
+        met = (
+            f"lowest threshold whose {len(accepted)} accepted validation frames reach mean IoU "
+            f"{quality.mean_iou:.3f} >= {targets.mean_iou:.2f} and class accuracy "
+            f"{quality.class_accuracy:.3f} (bound >= {targets.class_accuracy:.3f})"
         )
-    index = np.flatnonzero(eligible)
-    order = index[np.argsort(-confidence[index], kind="stable")]
-    conf_sorted = confidence[order]
-    best, best_quality = None, None
-    for k in range(targets.min_accepted, n_eligible + 1):
-        if k < n_eligible and conf_sorted[k] == conf_sorted[k - 1]:
-            continue
-        if conf_sorted[k - 1] < floor:
-            break
-        quality = aggregate([comparisons[i] for i in order[:k]])
-        if quality.meets(targets.mean_iou, targets.class_accuracy, targets.z):
-            best, best_quality = k, quality
-    if best is None:
-        quality = aggregate([comparisons[i] for i in order[: targets.min_accepted]])
-        return Threshold(
-            math.inf,
-            n_validation,
-            n_eligible,
-            0,
-            quality.class_accuracy,
-            wilson_lower(quality.class_correct, quality.matched, targets.z),
+        missed = (
             f"no threshold reaches mean IoU {targets.mean_iou:.2f} and class accuracy "
             f"{targets.class_accuracy:.3f} on the validation sample (best {targets.min_accepted} frames: "
-            f"mean IoU {quality.mean_iou:.3f}, class accuracy {quality.class_accuracy:.3f})",
+            f"mean IoU {quality.mean_iou:.3f}, class accuracy {quality.class_accuracy:.3f})"
         )
-    value = max(float(conf_sorted[best - 1]), floor)
-    return Threshold(
-        value,
-        n_validation,
-        n_eligible,
-        best,
-        best_quality.class_accuracy,
-        wilson_lower(best_quality.class_correct, best_quality.matched, targets.z),
-        f"lowest threshold whose {best} accepted validation frames reach mean IoU "
-        f"{best_quality.mean_iou:.3f} >= {targets.mean_iou:.2f} and class accuracy "
-        f"{best_quality.class_accuracy:.3f} (bound >= {targets.class_accuracy:.3f})",
-    )
+        return Evidence(
+            quality.meets(targets.mean_iou, targets.class_accuracy, targets.z),
+            quality.class_accuracy,
+            wilson_lower(quality.class_correct, quality.matched, targets.z),
+            met,
+            missed,
+        )
+
+    return lowest_threshold(confidence, eligible, targets.min_accepted, floor, judge)
 
 
 @dataclass

@@ -44,9 +44,11 @@ from fleetloop_core import sim, sim_detection
 from fleetloop_core.config import default_config_path, read_yaml, repo_root
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.manifest import load_manifest
-from fleetloop_core.selection import Selector, apply_changes, load_selection_config
+from fleetloop_core.selection import Selector
+from fleetloop_core.selection_config import apply_changes, load_selection_config
 from fleetloop_core.store import open_store
-from fleetloop_core.upload_queue import Uploader, UploadQueue
+from fleetloop_core.upload_queue import UploadQueue
+from fleetloop_core.uploader import Uploader
 
 from fleetloop_cloud.box_evaluate import BoxTestSet, score_detector
 from fleetloop_cloud.config import cloud_config_from_dict

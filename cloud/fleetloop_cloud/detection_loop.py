@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from fleetloop_core.detection import NONE_NAME, DetectorModel
+from fleetloop_core.detection import DetectorModel, NONE_NAME
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.manifest import load_manifest
 

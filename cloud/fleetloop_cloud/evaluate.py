@@ -1,20 +1,16 @@
-"""The evaluation gate: candidate vs production on a held-out field test set, per site and per class.
+"""The classification gate: candidate vs production on a held-out field test set, per site and per class.
 
-Test sets are registered by name:
+Test sets are registered by name (``evaluation_sets``): ``simulated-field`` draws
+``fleetloop_core.sim.field_test_set`` per simulated site, ``holdout`` takes the human-labeled
+frames training never sees.
 
-* ``simulated-field``: for every site in the pool, ``fleetloop_core.sim.field_test_set`` (items
-  never streamed, so never uploaded: accuracy is never measured on training data);
-* ``holdout``: frames humans labeled that training never sees (a fixed hash-chosen fraction of
-  the random calibration sample), for fleets outside the simulated world.
-
-A candidate is promoted only if its overall accuracy beats production by ``min_gain`` and no
-site (accuracy) or class (F1) with at least ``min_support`` test frames loses more than its
-regression limit.
+The gate (``promotion_gate.decide``) promotes a candidate only if its overall accuracy beats
+production by ``min_gain`` and no site (accuracy) or class (F1) with at least ``min_support``
+test frames loses more than its regression limit.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Sequence
@@ -23,12 +19,13 @@ import numpy as np
 
 from fleetloop_core import sim
 from fleetloop_core.dataset import LABELS
-from fleetloop_core.errors import ConfigError
 from fleetloop_core.inference import TierModel
 
 from fleetloop_cloud.config import CloudConfig, EvaluationConfig
+from fleetloop_cloud.evaluation_sets import held_out, pick_test_set, simulated_sites
 from fleetloop_cloud.frames import FrameCache
 from fleetloop_cloud.pool import Pool
+from fleetloop_cloud.promotion_gate import GateDecision, GateFigures, GateWording, decide
 
 
 @dataclass
@@ -51,27 +48,12 @@ def _field_set(site_index: int, seed: int, count: int, height: int, width: int) 
     return sim.field_test_set(sim.make_site(site_index, seed), count, seed=seed, height=height, width=width)
 
 
-def _frame_size(pool: Pool, site: str) -> tuple[int, int]:
-    sizes = [(r["height"], r["width"]) for r in pool.frames() if r["site"] == site]
-    return max(set(sizes), key=sizes.count) if sizes else (128, 128)
-
-
 def simulated_field_test_set(pool: Pool, cache: FrameCache, config: CloudConfig) -> TestSet:
     """Return the held-out field test set of every simulated site the pool has frames from."""
-    sites = sorted({r["site"] for r in pool.frames()})
-    unknown = [s for s in sites if not re.fullmatch(r"site-\d+", s)]
-    if unknown:
-        raise ConfigError(
-            f"evaluation.test_set: simulated-field knows sites named site-<n>, the pool has {unknown}; "
-            f"use test_set: holdout for a real fleet"
-        )
-    if not sites:
-        raise ConfigError("evaluation.test_set: the pool has no frames, so no site to test on")
     images, labels, names = [], [], []
     count = config.evaluation.frames_per_site
-    for site in sites:
-        height, width = _frame_size(pool, site)
-        data = _field_set(int(site.split("-")[1]), config.world_seed, count, height, width)
+    for site, index, height, width in simulated_sites(pool):
+        data = _field_set(index, config.world_seed, count, height, width)
         images += list(data.images)
         labels.append(data.labels)
         names += [site] * len(data.labels)
@@ -80,14 +62,7 @@ def simulated_field_test_set(pool: Pool, cache: FrameCache, config: CloudConfig)
 
 def holdout_test_set(pool: Pool, cache: FrameCache, config: CloudConfig) -> TestSet:
     """Return the human-labeled frames held out of training."""
-    rows = [r for r in pool.frames() if r["holdout"]]
-    labels = pool.labels([r["id"] for r in rows], source="human")
-    rows = [r for r in rows if r["id"] in labels]
-    if not rows:
-        raise ConfigError(
-            "evaluation.test_set: holdout: no human-labeled held-out frames yet "
-            "(they come from the random calibration sample; run review first)"
-        )
+    rows, labels = held_out(pool, pool, "human-labeled")
     return TestSet(
         "holdout",
         cache.images(rows),
@@ -104,11 +79,7 @@ TEST_SETS: dict[str, Callable[[Pool, FrameCache, CloudConfig], TestSet]] = {
 
 def make_test_set(name: str, pool: Pool, cache: FrameCache, config: CloudConfig) -> TestSet:
     """Return test set ``name``; ConfigError naming the known test sets if unknown."""
-    if name not in TEST_SETS:
-        raise ConfigError(
-            f"config/cloud.yaml: evaluation.test_set: unknown test set {name!r} (known: {', '.join(TEST_SETS)})"
-        )
-    return TEST_SETS[name](pool, cache, config)
+    return pick_test_set(TEST_SETS, name)(pool, cache, config)
 
 
 @dataclass
@@ -158,51 +129,16 @@ def score(predictions: np.ndarray, test: TestSet, labels: Sequence[str] = LABELS
     return result
 
 
-@dataclass
-class GateDecision:
-    """Whether a candidate replaces production, and why."""
-
-    promote: bool
-    gain: float
-    reasons: list[str]
-    regressions: dict[str, float]
-
-    def to_dict(self) -> dict:
-        return {
-            "promote": self.promote,
-            "gain": round(self.gain, 4),
-            "reasons": list(self.reasons),
-            "regressions": {k: round(v, 4) for k, v in self.regressions.items()},
-        }
+ACCURACY_WORDING = GateWording(overall="overall accuracy", site_figure="", class_figure="", class_support="frames")
 
 
 def gate(production: Scores, candidate: Scores, config: EvaluationConfig) -> GateDecision:
     """Return the promotion decision of ``candidate`` over ``production`` (pure)."""
     gain = candidate.overall - production.overall
-    reasons, regressions = [], {}
-    if gain < config.min_gain:
-        reasons.append(
-            f"overall accuracy {candidate.overall:.4f} vs production {production.overall:.4f}: "
-            f"gain {gain:+.4f} < required {config.min_gain:+.4f}"
-        )
-    for kind, limit, old, new in (
-        ("site", config.max_site_regression, production.per_site, candidate.per_site),
-        ("class", config.max_class_regression, production.per_class, candidate.per_class),
-    ):
-        for key, (accuracy, frames) in old.items():
-            if frames < config.min_support or key not in new:
-                continue
-            drop = accuracy - new[key][0]
-            if drop > limit:
-                regressions[f"{kind}:{key}"] = drop
-                reasons.append(
-                    f"{kind} {key} regresses {accuracy:.3f} -> {new[key][0]:.3f} "
-                    f"(-{drop:.3f} > limit {limit:.3f}, {frames} frames)"
-                )
-    promote = not reasons
-    if promote:
-        reasons.append(
-            f"overall {production.overall:.4f} -> {candidate.overall:.4f} ({gain:+.4f}); "
-            f"no site or class regresses beyond its limit"
-        )
-    return GateDecision(promote=promote, gain=gain, reasons=reasons, regressions=regressions)
+    return decide(
+        GateFigures(production.overall, production.per_site, production.per_class),
+        GateFigures(candidate.overall, candidate.per_site, candidate.per_class),
+        config,
+        ACCURACY_WORDING,
+        f"overall {production.overall:.4f} -> {candidate.overall:.4f} ({gain:+.4f})",
+    )

@@ -15,21 +15,19 @@ simulated annotator and the simulation-only report figures read it, never a mode
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from fleetloop_core.errors import FleetLoopError
+from fleetloop_cloud.pool_db import PoolError, as_list, where_clause
+from fleetloop_cloud.pool_labels import LabelKind, LabelStore, Payload
+from fleetloop_cloud.pool_rounds import RoundLog
 
 STATES = ("new", "auto_labeled", "accepted", "in_review", "labeled", "used", "duplicate")
-LABEL_SOURCES = ("human", "auto", "propagated")
-TASK_PURPOSES = ("calibration", "track", "review", "audit")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
@@ -47,12 +45,6 @@ CREATE TABLE IF NOT EXISTS orphans (key TEXT PRIMARY KEY, first_seen REAL NOT NU
 CREATE TABLE IF NOT EXISTS predictions (
     frame_id TEXT NOT NULL, tier TEXT NOT NULL, version TEXT NOT NULL, probs BLOB NOT NULL, embedding BLOB,
     PRIMARY KEY (frame_id, tier, version));
-CREATE TABLE IF NOT EXISTS labels (
-    frame_id TEXT PRIMARY KEY, label INTEGER NOT NULL, source TEXT NOT NULL, round INTEGER NOT NULL,
-    confidence REAL, task_id INTEGER, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS label_events (
-    id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, label INTEGER NOT NULL, source TEXT NOT NULL,
-    round INTEGER NOT NULL, reason TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, round INTEGER NOT NULL, purpose TEXT NOT NULL,
     suggestion INTEGER, status TEXT NOT NULL, backend TEXT, external_id TEXT, answer INTEGER,
@@ -67,10 +59,6 @@ CREATE TABLE IF NOT EXISTS steps (round INTEGER NOT NULL, step TEXT NOT NULL, st
     info TEXT, started REAL, finished REAL, PRIMARY KEY (round, step));
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-class PoolError(FleetLoopError):
-    """The pool refused an operation (message names the pool file, the frame or task and why)."""
 
 
 @dataclass(frozen=True)
@@ -143,45 +131,16 @@ def _signed64(value: Optional[int]) -> Optional[int]:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
-class Pool:
+CLASS_LABELS = LabelKind("", Payload("label", "INTEGER NOT NULL", "INTEGER NOT NULL", int, int, -1), Label, Task)
+
+
+class Pool(LabelStore, RoundLog):
     """The frame pool in one SQLite file (WAL: readers never block the writer)."""
 
+    _kind = CLASS_LABELS
+
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise PoolError(f"{self.path}: cannot open the pool ({exc})") from exc
-        self._db.row_factory = sqlite3.Row
-
-    # ------------------------------------------------------------------ plumbing
-    def close(self) -> None:
-        """Close the database."""
-        self._db.close()
-
-    def __enter__(self) -> "Pool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run a block atomically (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    def _query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
-        return self._db.execute(sql, params).fetchall()
+        self._open(path, _SCHEMA, "the pool", check_same_thread=True)
 
     # ------------------------------------------------------------------ frames
     def add_frame(self, record: FrameRecord) -> bool:
@@ -241,22 +200,11 @@ class Pool:
         include_duplicates: bool = False,
     ) -> list[sqlite3.Row]:
         """Return frame rows, ordered by robot, stream and stamp."""
-        where, params = [], []
-        states = None if state is None else ([state] if isinstance(state, str) else list(state))
-        if states is not None:
-            where.append(f"state IN ({','.join('?' * len(states))})")
-            params += states
-        if round is not None:
-            where.append("round=?")
-            params.append(round)
+        states = as_list(state)
+        where, params = where_clause({"round": round}, {"state": states})
         if not include_duplicates and not (states and "duplicate" in states):
-            where.append("state != 'duplicate'")
-        rows = self._query(
-            "SELECT * FROM frames"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY robot_id, stream, stamp_ns",
-            params,
-        )
+            where += (" AND " if where else " WHERE ") + "state != 'duplicate'"
+        rows = self._query(f"SELECT * FROM frames{where} ORDER BY robot_id, stream, stamp_ns", params)
         if ids is not None:
             wanted = set(ids)
             rows = [r for r in rows if r["id"] in wanted]
@@ -355,26 +303,11 @@ class Pool:
 
     def missing_predictions(self, tier: str, version: str, frame_ids: Sequence[str]) -> list[str]:
         """Return the frames that have no prediction of this tier version yet."""
-        have = {
-            row[0]
-            for row in self._query("SELECT frame_id FROM predictions WHERE tier=? AND version=?", (tier, version))
-        }
-        return [f for f in frame_ids if f not in have]
+        return self._missing_in("predictions", tier, version, frame_ids)
 
     def predictions(self, tier: str, version: str, frame_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """Return (probs (N, C), embeddings (N, D) or None) in the order of ``frame_ids``."""
-        rows = {
-            row[0]: row
-            for row in self._query(
-                "SELECT frame_id, probs, embedding FROM predictions WHERE tier=? AND version=?", (tier, version)
-            )
-        }
-        missing = [f for f in frame_ids if f not in rows]
-        if missing:
-            raise PoolError(
-                f"{self.path}: no {tier} {version} prediction for {len(missing)} frame(s), "
-                f"e.g. {missing[0]}; run autolabel first"
-            )
+        rows = self._stored_for("predictions", "probs, embedding", tier, version, frame_ids, "prediction")
         if not frame_ids:
             return np.zeros((0, 0), np.float32), None
         probs = np.stack([_array(rows[f][1]) for f in frame_ids])
@@ -383,155 +316,16 @@ class Pool:
             embeddings = np.stack([_array(rows[f][2], np.float16).astype(np.float32) for f in frame_ids])
         return probs, embeddings
 
-    # ------------------------------------------------------------------ labels
-    def set_label(
-        self,
-        frame_id: str,
-        label: int,
-        source: str,
-        round: int,
-        reason: str,
-        confidence: float | None = None,
-        task_id: int | None = None,
-    ) -> None:
-        """Set a frame's label (history kept in label_events)."""
-        if source not in LABEL_SOURCES:
-            raise PoolError(f"{self.path}: unknown label source {source!r} (known: {', '.join(LABEL_SOURCES)})")
-        now = time.time()
-        self._db.execute(
-            "INSERT OR REPLACE INTO labels (frame_id, label, source, round, confidence, task_id, updated) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (frame_id, int(label), source, round, confidence, task_id, now),
-        )
-        self._db.execute(
-            "INSERT INTO label_events (frame_id, label, source, round, reason, created) VALUES (?,?,?,?,?,?)",
-            (frame_id, int(label), source, round, reason, now),
-        )
-
-    def remove_label(self, frame_id: str, round: int, reason: str) -> None:
-        """Withdraw a frame's label (it goes back to review); the history keeps what it was."""
-        rows = self._query("SELECT label, source FROM labels WHERE frame_id=?", (frame_id,))
-        if not rows:
-            return
-        self._db.execute("DELETE FROM labels WHERE frame_id=?", (frame_id,))
-        self._db.execute(
-            "INSERT INTO label_events (frame_id, label, source, round, reason, created) VALUES (?,?,?,?,?,?)",
-            (frame_id, -1, rows[0][1], round, reason, time.time()),
-        )
-
-    def labels(self, frame_ids: Iterable[str] | None = None, source: str | None = None) -> dict[str, Label]:
-        """Return current labels by frame id."""
-        sql, params = "SELECT frame_id, label, source, round, confidence FROM labels", []
-        if source is not None:
-            sql += " WHERE source=?"
-            params.append(source)
-        rows = self._query(sql, params)
-        out = {r[0]: Label(r[0], r[1], r[2], r[3], r[4]) for r in rows}
-        if frame_ids is not None:
-            wanted = set(frame_ids)
-            out = {k: v for k, v in out.items() if k in wanted}
-        return out
-
-    def label_events(self, frame_id: str) -> list[sqlite3.Row]:
-        """Return the label history of one frame, oldest first."""
-        return self._query("SELECT * FROM label_events WHERE frame_id=? ORDER BY id", (frame_id,))
-
     # ------------------------------------------------------------------ tasks
     def add_tasks(self, round: int, purpose: str, items: Sequence[tuple[str, Optional[int]]]) -> list[int]:
         """Create open human tasks (frame id, suggested label or None); return their ids."""
-        if purpose not in TASK_PURPOSES:
-            raise PoolError(f"{self.path}: unknown task purpose {purpose!r} (known: {', '.join(TASK_PURPOSES)})")
-        ids = []
-        now = time.time()
-        with self.transaction() as db:
-            for frame_id, suggestion in items:
-                cursor = db.execute(
-                    "INSERT INTO tasks (frame_id, round, purpose, suggestion, status, created) "
-                    "VALUES (?,?,?,?, 'open', ?)",
-                    (frame_id, round, purpose, None if suggestion is None else int(suggestion), now),
-                )
-                ids.append(int(cursor.lastrowid))
-        return ids
-
-    @staticmethod
-    def _task(row: sqlite3.Row) -> Task:
-        return Task(
-            id=row["id"],
-            frame_id=row["frame_id"],
-            round=row["round"],
-            purpose=row["purpose"],
-            suggestion=row["suggestion"],
-            status=row["status"],
-            backend=row["backend"],
-            external_id=row["external_id"],
-            answer=row["answer"],
-            annotator=row["annotator"],
-            seconds=row["seconds"],
-            dollars=row["dollars"],
-            error=row["error"],
-        )
-
-    def tasks(
-        self,
-        round: int | None = None,
-        purpose: str | None = None,
-        status: str | Sequence[str] | None = None,
-        backend: str | None = None,
-    ) -> list[Task]:
-        """Return tasks, oldest first."""
-        where, params = [], []
-        for column, value in (("round", round), ("purpose", purpose), ("backend", backend)):
-            if value is not None:
-                where.append(f"{column}=?")
-                params.append(value)
-        if status is not None:
-            statuses = [status] if isinstance(status, str) else list(status)
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params += statuses
-        rows = self._query(
-            "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id", params
-        )
-        return [self._task(r) for r in rows]
-
-    def task(self, task_id: int) -> Task:
-        """Return one task; PoolError if absent."""
-        rows = self._query("SELECT * FROM tasks WHERE id=?", (task_id,))
-        if not rows:
-            raise PoolError(f"{self.path}: no task {task_id}")
-        return self._task(rows[0])
-
-    def mark_submitted(self, task_ids: Sequence[int], backend: str, external_ids: Sequence[str | None]) -> None:
-        """Record that tasks went to an annotator backend (with its job / loop ids)."""
-        with self.transaction() as db:
-            db.executemany(
-                "UPDATE tasks SET status='submitted', backend=?, external_id=? WHERE id=? AND status='open'",
-                [(backend, ext, tid) for tid, ext in zip(task_ids, external_ids)],
-            )
+        return self._insert_tasks(round, purpose, items, {})
 
     def answer_task(self, task_id: int, answer: int, annotator: str, seconds: float, dollars: float) -> None:
         """Record a human answer (a class index); PoolError if the task is already done."""
-        cursor = self._db.execute(
-            "UPDATE tasks SET status='done', answer=?, annotator=?, seconds=?, dollars=?, done=?, error=NULL "
-            "WHERE id=? AND status IN ('open', 'submitted')",
-            (int(answer), annotator, float(seconds), float(dollars), time.time(), task_id),
+        self._record_answer(
+            task_id, answer, {"annotator": annotator, "seconds": float(seconds), "dollars": float(dollars)}
         )
-        if cursor.rowcount != 1:
-            raise PoolError(f"{self.path}: task {task_id} is not open (already answered or unknown)")
-
-    def unapplied(self, round: int) -> list[Task]:
-        """Return the round's finished (done or failed) tasks whose outcome the loop has not applied yet."""
-        rows = self._query(
-            "SELECT * FROM tasks WHERE round=? AND status IN ('done', 'failed') AND applied=0 ORDER BY id", (round,)
-        )
-        return [self._task(r) for r in rows]
-
-    def mark_applied(self, task_ids: Iterable[int]) -> None:
-        """Record that the loop applied these tasks' outcomes (labels set, frames moved)."""
-        self._db.executemany("UPDATE tasks SET applied=1 WHERE id=?", [(i,) for i in task_ids])
-
-    def fail_task(self, task_id: int, error: str) -> None:
-        """Mark a task failed with the reason (its frame stays unlabeled and goes back to review)."""
-        self._db.execute("UPDATE tasks SET status='failed', error=?, done=? WHERE id=?", (error, time.time(), task_id))
 
     # ------------------------------------------------------------------ usage
     def record_usage(self, frame_ids: Iterable[str], model_version: str) -> None:
@@ -551,68 +345,3 @@ class Pool:
             r[0]
             for r in self._query("SELECT model_version FROM usage WHERE frame_id=? ORDER BY model_version", (frame_id,))
         ]
-
-    # ------------------------------------------------------------------ rounds, steps, key-values
-    def current_round(self) -> Optional[int]:
-        """Return the open round, or None."""
-        rows = self._query("SELECT id FROM rounds WHERE status='open' ORDER BY id DESC LIMIT 1")
-        return int(rows[0][0]) if rows else None
-
-    def last_round(self) -> int:
-        """Return the highest round number (0 when none)."""
-        rows = self._query("SELECT MAX(id) FROM rounds")
-        return int(rows[0][0] or 0)
-
-    def open_round(self) -> int:
-        """Return the open round, opening the next one if none is open."""
-        current = self.current_round()
-        if current is not None:
-            return current
-        number = self.last_round() + 1
-        self._db.execute("INSERT INTO rounds (id, status, started) VALUES (?, 'open', ?)", (number, time.time()))
-        return number
-
-    def finish_round(self, round: int, summary: dict) -> None:
-        """Close a round and store its summary."""
-        self._db.execute(
-            "UPDATE rounds SET status='finished', finished=?, summary=? WHERE id=?",
-            (time.time(), json.dumps(summary, sort_keys=True), round),
-        )
-
-    def round_summary(self, round: int) -> Optional[dict]:
-        """Return a finished round's summary."""
-        rows = self._query("SELECT summary FROM rounds WHERE id=?", (round,))
-        return json.loads(rows[0][0]) if rows and rows[0][0] else None
-
-    def step(self, round: int, step: str) -> tuple[str, dict]:
-        """Return (status, info) of a round's step ('pending' and {} when never started)."""
-        rows = self._query("SELECT status, info FROM steps WHERE round=? AND step=?", (round, step))
-        if not rows:
-            return "pending", {}
-        return rows[0][0], json.loads(rows[0][1] or "{}")
-
-    def set_step(self, round: int, step: str, status: str, info: dict | None = None) -> None:
-        """Record a step's status (running, waiting, done, failed, skipped) and info."""
-        now = time.time()
-        self._db.execute(
-            "INSERT INTO steps (round, step, status, info, started, finished) VALUES (?,?,?,?,?,?) "
-            "ON CONFLICT(round, step) DO UPDATE SET status=excluded.status, info=excluded.info, "
-            "finished=excluded.finished",
-            (
-                round,
-                step,
-                status,
-                json.dumps(info or {}, sort_keys=True),
-                now,
-                now if status in ("done", "failed", "skipped") else None,
-            ),
-        )
-
-    def get(self, key: str, default: object = None) -> object:
-        """Return a stored JSON value."""
-        rows = self._query("SELECT value FROM kv WHERE key=?", (key,))
-        return json.loads(rows[0][0]) if rows else default
-
-    def put(self, key: str, value: object) -> None:
-        """Store a JSON value."""
-        self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", (key, json.dumps(value)))

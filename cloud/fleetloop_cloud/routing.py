@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -78,6 +78,61 @@ class Threshold:
         }
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """How the validation frames a threshold would accept fare against the target."""
+
+    meets: bool  # they reach the target
+    accuracy: float  # point estimate (the Threshold's ``accuracy``)
+    lower_bound: float  # its Wilson lower bound (the Threshold's ``lower_bound``)
+    met: str  # the Threshold's ``reason`` when these frames are the ones accepted
+    missed: str  # its reason when no threshold passes (these frames: the most confident ``min_accepted``)
+
+
+def lowest_threshold(
+    confidence: np.ndarray,
+    eligible: np.ndarray,
+    min_accepted: int,
+    floor: float,
+    judge: Callable[[np.ndarray], Evidence],
+) -> Threshold:
+    """Return the lowest confidence threshold whose accepted validation frames ``judge`` passes.
+
+    A threshold accepts the eligible frames (tiers agree) at or above it, every tie included, and
+    at least ``min_accepted`` of them; ``judge`` gets their indices, most confident first. Below
+    ``floor`` no threshold is tried. With too few eligible frames, or none passing, the threshold
+    is ``inf`` (nothing is auto-accepted); the judge's verdict on the ``min_accepted`` most
+    confident frames then says why.
+    """
+    confidence = np.asarray(confidence, np.float64)
+    eligible = np.asarray(eligible, bool)
+    n_validation, n_eligible = len(confidence), int(eligible.sum())
+    if n_eligible < min_accepted:
+        reason = f"only {n_eligible} agreeing validation frames (need {min_accepted})"
+        return Threshold(math.inf, n_validation, n_eligible, 0, 0.0, 0.0, reason)
+    index = np.flatnonzero(eligible)
+    order = index[np.argsort(-confidence[index], kind="stable")]
+    conf_sorted = confidence[order]
+    best, best_evidence = 0, None
+    for k in range(min_accepted, n_eligible + 1):
+        # a threshold accepts every tie: only cut where the next confidence is strictly lower
+        if k < n_eligible and conf_sorted[k] == conf_sorted[k - 1]:
+            continue
+        if conf_sorted[k - 1] < floor:
+            break
+        evidence = judge(order[:k])
+        if evidence.meets:
+            best, best_evidence = k, evidence
+    if best_evidence is None:
+        evidence = judge(order[:min_accepted])
+        return Threshold(
+            math.inf, n_validation, n_eligible, 0, evidence.accuracy, evidence.lower_bound, evidence.missed
+        )
+    value = max(float(conf_sorted[best - 1]), floor)
+    e = best_evidence
+    return Threshold(value, n_validation, n_eligible, best, e.accuracy, e.lower_bound, e.met)
+
+
 def choose_threshold(
     confidence: np.ndarray,
     correct: np.ndarray,
@@ -94,53 +149,16 @@ def choose_threshold(
     is the Wilson lower bound at ``z``; at least ``min_accepted`` validation frames must be at or
     above the threshold. ``floor`` (from audit tightening) is a minimum for the result.
     """
-    confidence = np.asarray(confidence, np.float64)
     correct = np.asarray(correct, bool)
-    eligible = np.asarray(eligible, bool)
-    n_validation, n_eligible = len(confidence), int(eligible.sum())
-    if n_eligible < min_accepted:
-        return Threshold(
-            math.inf,
-            n_validation,
-            n_eligible,
-            0,
-            0.0,
-            0.0,
-            f"only {n_eligible} agreeing validation frames (need {min_accepted})",
-        )
-    order = np.argsort(-confidence[eligible], kind="stable")
-    conf_sorted = confidence[eligible][order]
-    hits = np.cumsum(correct[eligible][order])
-    best = None
-    for k in range(min_accepted, n_eligible + 1):
-        # a threshold accepts every tie: only cut where the next confidence is strictly lower
-        if k < n_eligible and conf_sorted[k] == conf_sorted[k - 1]:
-            continue
-        if conf_sorted[k - 1] < floor:
-            break
-        if wilson_lower(int(hits[k - 1]), k, z) >= target:
-            best = k
-    if best is None:
-        accuracy = float(hits[min_accepted - 1] / min_accepted)
-        return Threshold(
-            math.inf,
-            n_validation,
-            n_eligible,
-            0,
-            accuracy,
-            wilson_lower(int(hits[min_accepted - 1]), min_accepted, z),
-            f"no threshold reaches {target:.3f} (Wilson lower bound at z={z}) on the validation sample",
-        )
-    value = max(float(conf_sorted[best - 1]), floor)
-    return Threshold(
-        value,
-        n_validation,
-        n_eligible,
-        best,
-        float(hits[best - 1] / best),
-        wilson_lower(int(hits[best - 1]), best, z),
-        f"lowest threshold whose {best} accepted validation frames meet {target:.3f}",
-    )
+
+    def judge(accepted: np.ndarray) -> Evidence:
+        hits, n = int(correct[accepted].sum()), len(accepted)
+        bound = wilson_lower(hits, n, z)
+        met = f"lowest threshold whose {n} accepted validation frames meet {target:.3f}"
+        missed = f"no threshold reaches {target:.3f} (Wilson lower bound at z={z}) on the validation sample"
+        return Evidence(bound >= target, hits / n, bound, met, missed)
+
+    return lowest_threshold(confidence, eligible, min_accepted, floor, judge)
 
 
 def accept(confidence: np.ndarray, agree: np.ndarray, threshold: float) -> np.ndarray:

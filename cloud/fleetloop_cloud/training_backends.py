@@ -31,7 +31,7 @@ from fleetloop_core.store import ObjectStore
 from fleetloop_cloud.config import SageMakerTrainingConfig
 from fleetloop_cloud.model_archive import extract, pack_model_dir  # noqa: F401  (pack_model_dir: what a job leaves)
 from fleetloop_cloud.sagemaker_job import write_job_tree
-from fleetloop_cloud.train import TrainingError
+from fleetloop_cloud.training_job import TrainingError
 
 CONTENT_TYPES = {
     "train": "application/jsonlines",
@@ -205,7 +205,7 @@ class SageMakerBackend:
         }
 
     def run(self, job: TrainingJob) -> TrainingResult:
-        from fleetloop_cloud.annotators import store_key_of
+        from fleetloop_cloud.annotators_aws import store_key_of
 
         uris = self.upload_channels(job)
         try:

@@ -367,8 +367,9 @@ def test_audit_grid_confirms_and_corrects_many_auto_labels(review_world, browser
 def test_robots_view_plots_a_replay_sweep_and_uploads_per_robot(
     review_world, browser, artifacts, tmp_path, test_models
 ):
-    from fleetloop_core.replay import replay, write_outputs
-    from fleetloop_core.selection import selection_config
+    from fleetloop_core.replay import replay
+    from fleetloop_core.replay_outputs import write_outputs
+    from fleetloop_core.selection_config import selection_config
     import importlib.util
     from fixtures.review_page import ROOT
 

@@ -11,7 +11,7 @@ from fleetloop_core.store import open_store
 
 from fleetloop_cloud.channels import write_channel
 from fleetloop_cloud.config import SageMakerTrainingConfig
-from fleetloop_cloud.train import TrainingError
+from fleetloop_cloud.training_job import TrainingError
 from fleetloop_cloud.training_backends import SageMakerBackend, TrainingJob, pack_model_dir
 
 import numpy as np

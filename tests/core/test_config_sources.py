@@ -11,7 +11,7 @@ import yaml
 from fleetloop_core.config import validate
 from fleetloop_core.control_plane import ControlPlaneConfig
 from fleetloop_core.model_manager import ModelManagerConfig
-from fleetloop_core.selection import SelectionConfig
+from fleetloop_core.selection_config import SelectionConfig
 from fleetloop_core.upload_queue import QueueConfig
 
 ROOT = Path(__file__).resolve().parents[2]

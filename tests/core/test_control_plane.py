@@ -12,11 +12,11 @@ from fleetloop_core.control_plane import (
     ControlPlaneError,
     Job,
     LocalControlPlane,
-    MqttControlPlane,
     load_control_plane_config,
     open_control_plane,
     write_json_atomic,
 )
+from fleetloop_core.mqtt_control_plane import MqttControlPlane
 from fleetloop_core.deploy_agent import DeployAgent
 from fleetloop_core.errors import ConfigError
 

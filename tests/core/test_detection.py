@@ -9,16 +9,9 @@ import pytest
 
 from fleetloop_core import sim
 from fleetloop_core import sim_detection as sd
-from fleetloop_core.detection import (
-    DetectionCascade,
-    DetectionCascadeConfig,
-    DetectorModel,
-    Detections,
-    cxcywh_to_xyxy,
-    letterbox,
-    letterbox_geometry,
-    nms,
-)
+from fleetloop_core.box_decoding import Detections, cxcywh_to_xyxy, letterbox, letterbox_geometry, nms
+from fleetloop_core.detection import DetectorModel
+from fleetloop_core.detection_cascade import DetectionCascade, DetectionCascadeConfig
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import TierModel
 from fleetloop_core.manifest import DetectionSpec, load_manifest, write_manifest

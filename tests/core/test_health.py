@@ -10,13 +10,13 @@ from fleetloop_core.config import validate
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.health import (
     ERROR,
-    OK,
-    STALE,
-    WARN,
     HealthConfig,
     LatencyWindow,
+    OK,
     RollingEvents,
+    STALE,
     Thresholds,
+    WARN,
     check,
     grade,
     worst,
@@ -102,7 +102,7 @@ def _feed(gaps, clock, stamps_ms):
 
 
 def test_stamp_gaps_count_the_frames_a_30_hz_camera_stamped_and_we_never_got():
-    from fleetloop_core.health import StampGaps
+    from fleetloop_core.stream_health import StampGaps
 
     clock = _Clock()
     gaps = StampGaps(window_s=30.0, clock=clock)
@@ -118,7 +118,7 @@ def test_stamp_gaps_count_the_frames_a_30_hz_camera_stamped_and_we_never_got():
 def test_stamp_gaps_cannot_tell_a_uniform_loss_from_a_slower_camera():
     # every other frame lost looks exactly like a camera at half the rate: the estimate is the camera's
     # period only while at least one interval in ten is a single period (docs/ros_robustness.md)
-    from fleetloop_core.health import StampGaps
+    from fleetloop_core.stream_health import StampGaps
 
     clock = _Clock()
     gaps = StampGaps(window_s=30.0, clock=clock)
@@ -127,7 +127,7 @@ def test_stamp_gaps_cannot_tell_a_uniform_loss_from_a_slower_camera():
 
 
 def test_stamp_gaps_judge_nothing_until_enough_intervals_and_skip_pauses_restarts_and_unstamped():
-    from fleetloop_core.health import StampGaps
+    from fleetloop_core.stream_health import StampGaps
 
     clock = _Clock()
     gaps = StampGaps(window_s=30.0, gap_as_loss_s=1.0, clock=clock)
@@ -141,7 +141,7 @@ def test_stamp_gaps_judge_nothing_until_enough_intervals_and_skip_pauses_restart
 
 
 def test_stamp_gaps_forget_what_left_the_window():
-    from fleetloop_core.health import StampGaps
+    from fleetloop_core.stream_health import StampGaps
 
     clock = _Clock()
     gaps = StampGaps(window_s=10.0, clock=clock)
@@ -153,7 +153,7 @@ def test_stamp_gaps_forget_what_left_the_window():
 
 
 def test_liveness_measures_the_time_since_the_last_turn():
-    from fleetloop_core.health import Liveness, liveness_check
+    from fleetloop_core.stream_health import Liveness, liveness_check
 
     clock = _Clock()
     liveness = Liveness(clock)
@@ -177,7 +177,7 @@ def test_frozen_exit_cannot_come_before_the_deadline():
 
 
 def test_repeated_sample_fires_on_the_same_bad_bytes_only():
-    from fleetloop_core.health import RepeatedSample
+    from fleetloop_core.stream_health import RepeatedSample
 
     repeats = RepeatedSample(limit=3)
     assert [repeats.bad(b"") for _ in range(3)] == [False, False, True]
@@ -188,7 +188,7 @@ def test_repeated_sample_fires_on_the_same_bad_bytes_only():
 
 
 def _stream(**values):
-    from fleetloop_core.health import StreamFacts
+    from fleetloop_core.stream_health import StreamFacts
 
     base = dict(
         topic="/r/camera/image_raw",
@@ -205,7 +205,7 @@ def _stream(**values):
 
 
 def test_input_check_names_topic_and_cause():
-    from fleetloop_core.health import PublisherFacts, input_check
+    from fleetloop_core.stream_health import PublisherFacts, input_check
 
     health = HealthConfig()
     camera = PublisherFacts(node="/camera_driver", type_name="sensor_msgs/msg/Image", reliable=True)
@@ -249,7 +249,7 @@ def test_input_check_names_topic_and_cause():
 
 
 def test_input_check_grades_frames_lost_in_transport():
-    from fleetloop_core.health import input_check
+    from fleetloop_core.stream_health import input_check
 
     health = HealthConfig()
     assert input_check([_stream(received=290, lost=4, lost_fraction=4 / 294)], health, 30).level == OK

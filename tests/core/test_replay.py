@@ -9,20 +9,11 @@ import pytest
 
 from fleetloop_core import cli
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.replay import (
-    BagFrame,
-    BagProblem,
-    BagReader,
-    ReplayError,
-    parse_sweep,
-    replay,
-    robot_and_stream,
-    sweep_settings,
-    write_image_bag,
-    write_outputs,
-)
+from fleetloop_core.bags import BagFrame, BagProblem, BagReader, ReplayError, robot_and_stream, write_image_bag
+from fleetloop_core.replay import parse_sweep, replay, sweep_settings
+from fleetloop_core.replay_outputs import write_outputs
 from fleetloop_core.ros_convert import array_to_image
-from fleetloop_core.selection import selection_config
+from fleetloop_core.selection_config import selection_config
 
 ROOT = Path(__file__).resolve().parents[2]
 STAMP0 = 1_700_000_000_000_000_000

@@ -8,14 +8,10 @@ import pytest
 
 from fleetloop_core.cascade import FrameResult
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.selection import (
-    POLICIES,
-    Selector,
-    TokenBucket,
-    load_selection_config,
-    selection_config,
-    value_score,
-)
+from fleetloop_core.selection import Selector, value_score
+from fleetloop_core.selection_config import load_selection_config, selection_config
+from fleetloop_core.selection_limits import TokenBucket
+from fleetloop_core.selection_policies import POLICIES
 from fleetloop_core.sidecar import parse_sidecar
 
 LABELS = tuple(f"c{i}" for i in range(10)) + ("none",)

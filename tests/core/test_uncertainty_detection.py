@@ -134,7 +134,7 @@ def test_count_flicker(windows):
 
 
 def test_score_parts_fill_every_selector_name():
-    from fleetloop_core.selection import SCORE_PARTS
+    from fleetloop_core.selection_config import SCORE_PARTS
 
     parts = dunc.score_parts(0.5, 0.2, 0.4, 0.1, 0.0, 1.0)
     assert set(parts) == set(SCORE_PARTS) and parts["margin"] == 0.5 and parts["least_confidence"] == 0.4

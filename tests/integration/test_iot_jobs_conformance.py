@@ -267,7 +267,8 @@ def test_our_robot_against_documents_with_fields_we_do_not_know(
 ):
     from fixtures.model_packages import Robot
 
-    from fleetloop_core.control_plane import MqttConfig, MqttControlPlane
+    from fleetloop_core.control_plane import MqttConfig
+    from fleetloop_core.mqtt_control_plane import MqttControlPlane
     from fleetloop_core.deploy_agent import DeployAgent
     from fleetloop_core.model_store import publish_package
 

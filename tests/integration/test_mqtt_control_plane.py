@@ -8,7 +8,8 @@ import time
 import pytest
 
 from fixtures.mqtt import job_service, wait_until
-from fleetloop_core.control_plane import ControlPlaneError, MqttConfig, MqttControlPlane
+from fleetloop_core.control_plane import ControlPlaneError, MqttConfig
+from fleetloop_core.mqtt_control_plane import MqttControlPlane
 from fleetloop_core.deploy_agent import DeployAgent
 
 

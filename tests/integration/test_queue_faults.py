@@ -4,7 +4,7 @@ After every campaign each accepted frame must be in the store exactly once (fram
 matching their sha256) or still queued: nothing lost, duplicated or half-written.
 """
 
-from fleetloop_core.faults import audit, kill_campaign, read_accepted, synthetic_records
+from fleetloop_sim.faults import audit, kill_campaign, read_accepted, synthetic_records
 from fleetloop_core.store import FileStore
 
 from fixtures.s3 import CREDENTIALS

@@ -10,9 +10,10 @@ import boto3
 import pytest
 
 from fleetloop_core import cli
-from fleetloop_core.faults import audit, synthetic_records
+from fleetloop_sim.faults import audit, synthetic_records
 from fleetloop_core.store import S3Store, StoreError, StoreUnavailable, ground_truth_manifest, open_store
-from fleetloop_core.upload_queue import BackoffConfig, QueueConfig, Uploader, UploadQueue
+from fleetloop_core.upload_queue import BackoffConfig, QueueConfig, UploadQueue
+from fleetloop_core.uploader import Uploader
 
 from fixtures.s3 import free_port
 

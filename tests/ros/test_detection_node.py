@@ -85,7 +85,7 @@ def test_detections_land_where_the_truth_says(ros, memorising_detector):
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
 
-    from fleetloop_core.detection import load_detection_cascade
+    from fleetloop_core.tasks import load_cascade
     from fleetloop_core.uncertainty_detection import match_boxes
     from fleetloop_ros.messages import boxes_from_msg
     from fleetloop_ros.perception import PerceptionNode
@@ -117,7 +117,7 @@ def test_detections_land_where_the_truth_says(ros, memorising_detector):
         ros.executor.remove_node(node)
         node.destroy_node()
 
-    reference = load_detection_cascade(memorising_detector, "T4", None)
+    reference = load_cascade(memorising_detector, "T4", None)
     by_stamp = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec: m for m in received}
     matched = total = 0
     for index, (stamp, truth) in enumerate(zip(stamps, data.truths)):

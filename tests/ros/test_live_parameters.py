@@ -91,6 +91,9 @@ def test_budget_set_from_another_node_changes_the_kept_rate(ros, robot, frames):
     assert not result.successful and "out of range" in result.reason
     (result,) = ros.set_parameters("perception", {"cascade.escalation_signal": "loudness"})
     assert not result.successful and "escalation_signal" in result.reason
+    # the detectors' block is a parameter too, but these models are classifiers: refused, not silently ignored
+    (result,) = ros.set_parameters("perception", {"detection.escalate_above": 0.0})
+    assert not result.successful and "set cascade.* instead" in result.reason, result.reason
     (result,) = ros.set_parameters("perception", {"cascade.escalate_above": 0.0})
     assert result.successful, result.reason
     escalating = ros.stream(camera, frames, 20.0, 10, answers=results)

@@ -249,9 +249,11 @@ class InProcessRobot:
     """One robot's stack as core objects in this process."""
 
     def __init__(self, spec: RobotSpec, settings: FleetSettings, selection_override: dict | None = None):
-        from fleetloop_core.selection import Selector, selection_config
+        from fleetloop_core.selection import Selector
+        from fleetloop_core.selection_config import selection_config
         from fleetloop_core.store import open_store
-        from fleetloop_core.upload_queue import QueueConfig, UploadQueue, Uploader
+        from fleetloop_core.upload_queue import QueueConfig, UploadQueue
+        from fleetloop_core.uploader import Uploader
 
         self.spec = spec
         root = settings.root / spec.robot_id

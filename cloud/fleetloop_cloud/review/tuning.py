@@ -7,7 +7,7 @@
   Wilson bound ``routing.bound_z``, ``routing.min_validation`` and the audit's threshold floor),
   and an auto-accept fraction on the validation sample and on the pool.
 * Robots: ``fleetloop replay --sweep key=v1,v2 --out DIR`` writes ``DIR/replay.csv``
-  (fleetloop_core.replay.CSV_COLUMNS, swept keys right after ``setting``); per-robot upload
+  (fleetloop_core.replay_outputs.CSV_COLUMNS, swept keys right after ``setting``); per-robot upload
   statistics come from the pool (frames, duplicates, time span) and the store (bytes).
 """
 

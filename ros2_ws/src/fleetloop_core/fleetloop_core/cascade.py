@@ -151,6 +151,11 @@ class TieredCascade(Generic[M]):
                 self._escalation_latency_s = None
         return previous
 
+    @property
+    def frame_labels(self) -> tuple[str, ...]:
+        """Return the names of the frame-level labels a result scores (the edge model's labels)."""
+        return tuple(self.edge.labels)
+
     def model_versions(self) -> dict[str, str]:
         """Return the serving version per tier."""
         return {m.tier: m.version for m in self._pair if m is not None}
@@ -204,17 +209,7 @@ class Cascade(TieredCascade[TierModel]):
         probs = used_out.probs[0]
         label = int(probs.argmax())
         embedding = out.embedding[0] if out.embedding is not None else None
-        state = self._streams.get(stream)
-        if state is None:
-            state = self._streams[stream] = _StreamState(
-                config, 0 if embedding is None else len(embedding), edge.manifest.outputs.embedding_normalised, stream
-            )
-        flicker = state.flicker.push(label)
-        if state.memory is not None and embedding is not None:
-            novelty = state.memory.score(embedding)
-            track = state.next_track(state.memory.last_similarity, config.track_similarity)
-        else:
-            novelty, track = 0.0, None
+        flicker, novelty, track = self._temporal(config, stream, label, embedding)
         scores = {
             "entropy": entropy,
             "margin": margin,
@@ -244,3 +239,18 @@ class Cascade(TieredCascade[TierModel]):
             k=config.top_k,
             track=track,
         )
+
+    def _temporal(
+        self, config: CascadeConfig, stream: str, label: int, embedding: np.ndarray | None
+    ) -> tuple[float, float, str | None]:
+        """Return (label flicker, embedding novelty, robot-side track id) of the stream's latest frame."""
+        state = self._streams.get(stream)
+        if state is None:
+            dim = 0 if embedding is None else len(embedding)
+            normalised = self.edge.manifest.outputs.embedding_normalised
+            state = self._streams[stream] = _StreamState(config, dim, normalised, stream)
+        flicker = state.flicker.push(label)
+        if state.memory is None or embedding is None:
+            return flicker, 0.0, None
+        novelty = state.memory.score(embedding)
+        return flicker, novelty, state.next_track(state.memory.last_similarity, config.track_similarity)

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -31,6 +31,7 @@ PROVIDER_ALIASES = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+_Model = TypeVar("_Model", bound="TierModel")
 _ORT_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
 
 
@@ -100,28 +101,30 @@ class TierModel:
         self.providers = list(session.get_providers())
         self.labels = list(manifest.labels)
         self.input_name = manifest.input.name
-        outputs = manifest.outputs
-        self._output_names = [outputs.probs]
-        self._has_embedding = outputs.embedding is not None
-        self._has_uncertainty = outputs.uncertainty is not None
+        self._expected_tail = tuple(manifest.input.shape[1:])
+        self._expected_dtype = np.dtype(manifest.input.dtype)
+        self._output_names, self._has_embedding, self._has_uncertainty = self._outputs_to_read()
+
+    def _outputs_to_read(self) -> tuple[list[str], bool, bool]:
+        """Return (graph output names to run, whether an embedding is among them, whether an uncertainty is)."""
+        outputs = self.manifest.outputs
+        names = [outputs.probs]
         if outputs.embedding is not None:
-            self._output_names.append(outputs.embedding)
+            names.append(outputs.embedding)
         if outputs.uncertainty is not None:
-            self._output_names.append(outputs.uncertainty)
-        spec = manifest.input
-        self._expected_tail = tuple(spec.shape[1:])
-        self._expected_dtype = np.dtype(spec.dtype)
+            names.append(outputs.uncertainty)
+        return names, outputs.embedding is not None, outputs.uncertainty is not None
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(
-        cls,
+        cls: type[_Model],
         path: str | Path,
         providers: Sequence[str] = DEFAULT_PROVIDERS,
         intra_op_threads: int = 1,
         warmup: int = 3,
         cache_dir: str | None = None,
-    ) -> "TierModel":
+    ) -> _Model:
         """Return the model at ``path`` (a model directory or its manifest.json), verified and warm."""
         path = Path(path)
         directory = path if path.is_dir() else path.parent

@@ -85,30 +85,56 @@ def shadow_verdict(
     ``agreed`` (N,) says per frame whether the two answers agree as the task defines it (default:
     the same top-1 score index); latencies are seconds per frame at batch 1.
     """
-    reasons: list[str] = []
     frames = len(candidate_probs)
     finite = np.isfinite(candidate_probs).all(axis=1)
     non_finite = int(frames - finite.sum())
-    spread_candidate = float(np.abs(candidate_probs - candidate_probs.mean(axis=0)).max()) if non_finite == 0 else 0.0
-    spread_current = float(np.abs(current_probs - current_probs.mean(axis=0)).max())
     sure = current_probs.max(axis=1) >= config.agreement_min_confidence
     judged = int(sure.sum())
     if agreed is None:
         agreed = candidate_probs.argmax(axis=1) == current_probs.argmax(axis=1)
     same = np.asarray(agreed, bool) & finite
-    agreement_all = float(same.sum() / max(frames, 1))
-    agreement = float(same[sure].sum() / judged) if judged else float("nan")
-    p99_candidate = percentile(candidate_latency_s, 99) * 1000.0
-    p99_current = percentile(current_latency_s, 99) * 1000.0
-    p50_candidate = percentile(candidate_latency_s, 50) * 1000.0
-    p50_current = percentile(current_latency_s, 50) * 1000.0
+    figures = {
+        "frames": float(frames),
+        "agreement": float(same.sum() / max(frames, 1)),
+        "latency_p99_ms": percentile(candidate_latency_s, 99) * 1000.0,
+        "latency_p50_ms": percentile(candidate_latency_s, 50) * 1000.0,
+        "current_latency_p99_ms": percentile(current_latency_s, 99) * 1000.0,
+        "current_latency_p50_ms": percentile(current_latency_s, 50) * 1000.0,
+        "non_finite_frames": float(non_finite),
+        "output_spread": (
+            float(np.abs(candidate_probs - candidate_probs.mean(axis=0)).max()) if non_finite == 0 else 0.0
+        ),
+        "confidence_mean": float(candidate_probs[finite].max(axis=1).mean()) if finite.any() else float("nan"),
+        "current_confidence_mean": float(current_probs.max(axis=1).mean()),
+        "agreement_where_sure": float(same[sure].sum() / judged) if judged else float("nan"),
+        "agreement_frames": float(judged),
+    }
+    spread_current = float(np.abs(current_probs - current_probs.mean(axis=0)).max())
+    reasons = [
+        *_output_problems(figures, spread_current, config),
+        *_agreement_problems(figures, config),
+        *_latency_problems(figures, config),
+    ]
+    return ShadowReport(not reasons, reasons, figures)
+
+
+def _output_problems(figures: dict[str, float], spread_current: float, config: ShadowConfig) -> list[str]:
+    """Return the problems of the candidate's outputs themselves: non-finite values, or constant ones."""
+    frames, non_finite, spread = int(figures["frames"]), int(figures["non_finite_frames"]), figures["output_spread"]
     if non_finite:
-        reasons.append(f"non-finite outputs (NaN/inf) on {non_finite} of {frames} frames")
-    elif spread_candidate <= config.constant_tolerance < spread_current:
-        reasons.append(
-            f"constant output: probabilities vary by {spread_candidate:.2g} over {frames} frames "
+        return [f"non-finite outputs (NaN/inf) on {non_finite} of {frames} frames"]
+    if spread <= config.constant_tolerance < spread_current:
+        return [
+            f"constant output: probabilities vary by {spread:.2g} over {frames} frames "
             f"(current model: {spread_current:.2g})"
-        )
+        ]
+    return []
+
+
+def _agreement_problems(figures: dict[str, float], config: ShadowConfig) -> list[str]:
+    """Return the problems of the candidate against the current model: agreement and confidence."""
+    problems = []
+    judged, agreement = int(figures["agreement_frames"]), figures["agreement_where_sure"]
     if (
         judged
         and agreement < config.min_agreement
@@ -119,42 +145,35 @@ def shadow_verdict(
             if config.agreement_min_confidence > 0
             else ""
         )
-        reasons.append(f"agreement {agreement:.3f} with the current model{where} is below {config.min_agreement}")
-    confidence = float(candidate_probs[finite].max(axis=1).mean()) if finite.any() else float("nan")
-    current_confidence = float(current_probs.max(axis=1).mean())
+        problems.append(f"agreement {agreement:.3f} with the current model{where} is below {config.min_agreement}")
+    confidence, current_confidence = figures["confidence_mean"], figures["current_confidence_mean"]
     if confidence < config.min_confidence_ratio * current_confidence:
-        reasons.append(
+        problems.append(
             f"mean confidence {confidence:.3f} is below {config.min_confidence_ratio} x the current "
             f"model's {current_confidence:.3f} on the same frames"
         )
+    return problems
+
+
+def _latency_problems(figures: dict[str, float], config: ShadowConfig) -> list[str]:
+    """Return the candidate's latency problems: the absolute p99 budget and the median ratio."""
+    problems = []
+    p99_candidate, p99_current = figures["latency_p99_ms"], figures["current_latency_p99_ms"]
+    p50_candidate, p50_current = figures["latency_p50_ms"], figures["current_latency_p50_ms"]
     # the absolute budget judges the candidate only when the serving model meets it on the same frames,
     # in the same thread: otherwise the CPU is busy and the median ratio below is the fair test
     if p99_candidate > config.max_latency_p99_ms >= p99_current:
-        reasons.append(
+        problems.append(
             f"latency p99 {p99_candidate:.2f} ms is above {config.max_latency_p99_ms} ms "
             f"(current model: {p99_current:.2f} ms on the same frames)"
         )
     ratio_limit = max(config.max_latency_ratio * p50_current, config.latency_floor_ms)
     if p50_candidate > ratio_limit:
-        reasons.append(
+        problems.append(
             f"median latency {p50_candidate:.2f} ms is above {ratio_limit:.2f} ms "
             f"({config.max_latency_ratio} x the current model's {p50_current:.2f} ms)"
         )
-    figures = {
-        "frames": float(frames),
-        "agreement": agreement_all,
-        "latency_p99_ms": p99_candidate,
-        "latency_p50_ms": p50_candidate,
-        "current_latency_p99_ms": p99_current,
-        "current_latency_p50_ms": p50_current,
-        "non_finite_frames": float(non_finite),
-        "output_spread": spread_candidate,
-        "confidence_mean": confidence,
-        "current_confidence_mean": current_confidence,
-        "agreement_where_sure": agreement,
-        "agreement_frames": float(judged),
-    }
-    return ShadowReport(not reasons, reasons, figures)
+    return problems
 
 
 @dataclass

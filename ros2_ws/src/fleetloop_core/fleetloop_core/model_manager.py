@@ -15,6 +15,11 @@ Per job (on a background thread while the current model keeps serving):
 Every transition becomes a :class:`ModelEvent` (logged once here, kept in a bounded list, passed to
 listeners: the ROS node publishes them). Job outcomes and the serving versions persist in the
 store's ``state.json``, so a job delivered again after a restart is applied once.
+
+Why one module of ~850 lines: the manager's state (the serving pair, the ring buffer, the watch,
+the history, the role states) is guarded by one lock and changed by the serving thread and the job
+thread at once; every transition sits in this file so that lock's discipline reads in one place.
+The pure parts are elsewhere: the job contract in ``job_document``, the verdicts in ``model_checks``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from fleetloop_core.errors import InputError, ModelError
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
 from fleetloop_core.model_store import (
     IncompatibleModel,
+    InstalledPackage,
     ModelStore,
     ModelStoreConfig,
     PackageMismatch,
@@ -495,10 +501,9 @@ class ModelManager:
         )
 
     def _deploy(self, job_id: str, doc: JobDocument, role: str, progress: Progress) -> JobOutcome:
+        """Install, load, shadow-check, swap and watch the model; return the outcome of the step that ends the job."""
         current = self._model(role)
-        wanted, location = doc.model, doc.package
-        if location is None:  # JobDocument's validator makes this impossible for a deploy
-            return self._fail(job_id, "REJECTED", role, f"job {job_id}: fleetloop.deploy_model needs a package")
+        wanted = doc.model
         if current is not None and current.version == wanted.version and current.manifest.name == wanted.name:
             self._emit("already_serving", role, current.version, job_id=job_id, detail="no reload")
             return JobOutcome(
@@ -510,17 +515,61 @@ class ModelManager:
                 {"already_serving": "true"},
             )
         started = self._clock()
+        installed = self._install(job_id, doc, role, current, progress)
+        if isinstance(installed, JobOutcome):
+            return installed
+        with self._lock:
+            self._role_state[role] = "warming"
+        try:
+            candidate = self._loader(
+                installed.directory,
+                providers=self.config.providers,
+                intra_op_threads=self.config.intra_op_threads,
+                warmup=self.config.warmup_runs,
+            )
+        except ModelError as exc:
+            return self._fail(job_id, "FAILED", role, f"load failed: {exc}")
+        load_s = self._clock() - started
+        self._emit("loaded", role, candidate.version, job_id=job_id, figures={"load_seconds": load_s})
+        details: dict[str, Any] = {"load_seconds": f"{load_s:.3f}"}
+        figures: dict[str, float] = {}
+        if self.config.shadow.enabled:
+            shadow = self._shadow_step(job_id, role, candidate, details, progress)
+            if isinstance(shadow, JobOutcome):
+                return shadow
+            figures = shadow.figures
+        # the watchdog judges a confidence collapse against what the candidate itself showed on the shadow
+        # frames: a better-calibrated model is often less confident than its predecessor, which is no fault
+        watch = self._swap(
+            job_id,
+            role,
+            candidate,
+            expected_confidence=figures.get("confidence_mean", float("nan")),
+            current_shadow_confidence=figures.get("current_confidence_mean", float("nan")),
+        )
+        details["swap_seconds"] = f"{self._clock() - started:.3f}"
+        if watch is None:
+            return JobOutcome(job_id, "SUCCEEDED", f"serving {candidate.version}", role, candidate.version, details)
+        progress("watching", {"step": "watching", **details})
+        return self._watch_outcome(job_id, role, candidate, watch, details)
+
+    def _install(
+        self, job_id: str, doc: JobDocument, role: str, current: TierModel | None, progress: Progress
+    ) -> InstalledPackage | JobOutcome:
+        """Download and verify the job's package into the model store; the package, or the outcome that ends the job."""
+        wanted, location = doc.model, doc.package
+        if location is None:  # JobDocument's validator makes this impossible for a deploy
+            return self._fail(job_id, "REJECTED", role, f"job {job_id}: fleetloop.deploy_model needs a package")
         with self._lock:
             self._role_state[role] = "downloading"
         self._emit(
             "downloading", role, wanted.version, current.version if current else None, job_id, location.describe()
         )
         progress("downloading", {"step": "downloading", "version": wanted.version})
-        reference = current.manifest if current is not None else None
         try:
             package = self.store.install(
                 location,
-                serving=reference,
+                serving=current.manifest if current is not None else None,
                 expect_name=wanted.name,
                 expect_version=wanted.version,
                 protect=self._protected(),
@@ -532,62 +581,35 @@ class ModelManager:
         except StoreError as exc:
             return self._fail(job_id, "FAILED", role, f"download failed: {exc}")
         self._emit("installed", role, wanted.version, job_id=job_id, detail=str(package.directory))
+        signature = package.manifest.signature
         progress(
-            "verified",
-            {
-                "step": "verified",
-                "version": wanted.version,
-                "key_id": package.manifest.signature.key_id if package.manifest.signature else "",
-            },
+            "verified", {"step": "verified", "version": wanted.version, "key_id": signature.key_id if signature else ""}
         )
+        return package
 
+    def _shadow_step(
+        self, job_id: str, role: str, candidate: TierModel, details: dict[str, Any], progress: Progress
+    ) -> ShadowReport | JobOutcome:
+        """Run the shadow check and add its figures to ``details``; the passing report, or the failed outcome."""
         with self._lock:
-            self._role_state[role] = "warming"
+            self._role_state[role] = "shadow"
         try:
-            candidate = self._loader(
-                package.directory,
-                providers=self.config.providers,
-                intra_op_threads=self.config.intra_op_threads,
-                warmup=self.config.warmup_runs,
-            )
+            report = self.shadow_check(role, candidate)
         except ModelError as exc:
-            return self._fail(job_id, "FAILED", role, f"load failed: {exc}")
-        load_s = self._clock() - started
-        self._emit("loaded", role, candidate.version, job_id=job_id, figures={"load_seconds": load_s})
+            return self._fail(job_id, "FAILED", role, f"shadow check could not run: {exc}", details)
+        details.update({f"shadow_{k}": f"{v:.4g}" for k, v in report.figures.items()})
+        if not report.passed:
+            reason = "shadow check failed: " + "; ".join(report.reasons)
+            self._emit("shadow_failed", role, candidate.version, job_id=job_id, detail=reason, figures=report.figures)
+            return self._fail(job_id, "FAILED", role, reason, details, kind="failed")
+        self._emit("shadow_passed", role, candidate.version, job_id=job_id, figures=report.figures)
+        progress("shadow_passed", {"step": "shadow_passed", **details})
+        return report
 
-        details: dict[str, Any] = {"load_seconds": f"{load_s:.3f}"}
-        if self.config.shadow.enabled:
-            with self._lock:
-                self._role_state[role] = "shadow"
-            try:
-                report = self.shadow_check(role, candidate)
-            except ModelError as exc:
-                return self._fail(job_id, "FAILED", role, f"shadow check could not run: {exc}", details)
-            details.update({f"shadow_{k}": f"{v:.4g}" for k, v in report.figures.items()})
-            if not report.passed:
-                reason = "shadow check failed: " + "; ".join(report.reasons)
-                self._emit(
-                    "shadow_failed", role, candidate.version, job_id=job_id, detail=reason, figures=report.figures
-                )
-                return self._fail(job_id, "FAILED", role, reason, details, kind="failed")
-            self._emit("shadow_passed", role, candidate.version, job_id=job_id, figures=report.figures)
-            progress("shadow_passed", {"step": "shadow_passed", **{k: v for k, v in details.items()}})
-
-        # the watchdog judges a confidence collapse against what the candidate itself showed on the shadow
-        # frames: a better-calibrated model is often less confident than its predecessor, which is no fault
-        figures = report.figures if self.config.shadow.enabled else {}
-        watch = self._swap(
-            job_id,
-            role,
-            candidate,
-            expected_confidence=figures.get("confidence_mean", float("nan")),
-            current_shadow_confidence=figures.get("current_confidence_mean", float("nan")),
-        )
-        swap_s = self._clock() - started
-        details["swap_seconds"] = f"{swap_s:.3f}"
-        if watch is None:
-            return JobOutcome(job_id, "SUCCEEDED", f"serving {candidate.version}", role, candidate.version, details)
-        progress("watching", {"step": "watching", **details})
+    def _watch_outcome(
+        self, job_id: str, role: str, candidate: TierModel, watch: _Watch, details: dict[str, Any]
+    ) -> JobOutcome:
+        """Wait for the watch to end; return SUCCEEDED, or FAILED when the watchdog rolled the model back."""
         # frames drive the watch; the timeout only covers a robot that stops seeing frames
         while not watch.done.wait(0.2):
             self.watch_tick()
@@ -723,6 +745,12 @@ class ModelManager:
             return JobOutcome(
                 job, "SUCCEEDED", f"{to_version} is already serving", role, to_version, {"already_serving": "true"}
             )
+        return self._roll_back_to_history(job, role, current, reason, to_version)
+
+    def _roll_back_to_history(
+        self, job: str, role: str, current: TierModel | None, reason: str, to_version: str | None
+    ) -> JobOutcome:
+        """Load an earlier installed version of ``role`` (the last one, or ``to_version``) and serve it."""
         history = [e for e in self._history.get(role, []) if current is None or e["version"] != current.version]
         if to_version is not None:
             history = [e for e in history if e["version"] == to_version]

@@ -171,6 +171,43 @@ def check_compatible(candidate: Manifest, serving: Manifest) -> None:
         raise IncompatibleModel(f"{what}: labels differ from {against}: {detail}")
 
 
+def _checked_manifest(
+    manifest_bytes: bytes,
+    location: PackageLocation,
+    where: str,
+    trusted: TrustedKeys,
+    serving: Manifest | None,
+    expect_name: str | None,
+    expect_version: str | None,
+) -> Manifest:
+    """Return the package's manifest once its hash, signature, name, version, compatibility and paths check out."""
+    digest = hashlib.sha256(manifest_bytes).hexdigest()
+    if location.manifest_sha256 and digest != location.manifest_sha256:
+        raise PackageMismatch(
+            f"{where}/{MANIFEST_NAME}: sha256 {digest} is not the job's manifest_sha256 {location.manifest_sha256}"
+        )
+    try:
+        data = json.loads(manifest_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{where}/{MANIFEST_NAME}: manifest is not valid JSON ({exc})") from None
+    manifest = parse_manifest(data, f"{where}/{MANIFEST_NAME}")
+    try:
+        verify_manifest(manifest, trusted)
+    except SignatureError as exc:
+        raise SignatureError(f"{where}: {exc}") from None
+    if expect_name is not None and manifest.name != expect_name:
+        raise PackageMismatch(f"{where}: manifest name {manifest.name} is not the job's {expect_name}")
+    if expect_version is not None and manifest.version != expect_version:
+        raise PackageMismatch(f"{where}: manifest version {manifest.version} is not the job's {expect_version}")
+    if serving is not None:
+        try:
+            check_compatible(manifest, serving)
+        except IncompatibleModel as exc:
+            raise IncompatibleModel(f"{where}: {exc}") from None
+    _check_paths(manifest, where)
+    return manifest
+
+
 def _check_paths(manifest: Manifest, where: str) -> None:
     for entry in manifest.files:
         path = PurePosixPath(entry.path)
@@ -282,31 +319,9 @@ class ModelStore:
         source = _source(location)
         where = source.where
         manifest_bytes = source.read(MANIFEST_NAME)
-        if location.manifest_sha256 and hashlib.sha256(manifest_bytes).hexdigest() != location.manifest_sha256:
-            raise PackageMismatch(
-                f"{where}/{MANIFEST_NAME}: sha256 {hashlib.sha256(manifest_bytes).hexdigest()} "
-                f"is not the job's manifest_sha256 {location.manifest_sha256}"
-            )
-        try:
-            data = json.loads(manifest_bytes)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{where}/{MANIFEST_NAME}: manifest is not valid JSON ({exc})") from None
-        manifest = parse_manifest(data, f"{where}/{MANIFEST_NAME}")
-        try:
-            verify_manifest(manifest, self.trusted)
-        except SignatureError as exc:
-            raise SignatureError(f"{where}: {exc}") from None
-        if expect_name is not None and manifest.name != expect_name:
-            raise PackageMismatch(f"{where}: manifest name {manifest.name} is not the job's {expect_name}")
-        if expect_version is not None and manifest.version != expect_version:
-            raise PackageMismatch(f"{where}: manifest version {manifest.version} is not the job's {expect_version}")
-        if serving is not None:
-            try:
-                check_compatible(manifest, serving)
-            except IncompatibleModel as exc:
-                raise IncompatibleModel(f"{where}: {exc}") from None
-        _check_paths(manifest, where)
-
+        manifest = _checked_manifest(
+            manifest_bytes, location, where, self.trusted, serving, expect_name, expect_version
+        )
         existing = self.get(manifest.name, manifest.version)
         if existing is not None:
             if existing.manifest.signature == manifest.signature:
@@ -316,7 +331,6 @@ class ModelStore:
                 except ModelError as exc:
                     log.warning("%s: installed copy is damaged (%s); installing again", existing.directory, exc)
             shutil.rmtree(existing.directory, ignore_errors=True)
-
         protect = set(protect)
         required = len(manifest_bytes) + sum(entry.size_bytes for entry in manifest.files)
         if self.max_bytes is not None:
@@ -326,7 +340,14 @@ class ModelStore:
                     f"{where}: package needs {required} bytes; with the {kept} bytes of the serving "
                     f"and rollback versions that exceeds the disk cap of {self.max_bytes} bytes"
                 )
+        target, installed_at = self._fetch_and_place(source, manifest, manifest_bytes)
+        package = InstalledPackage(load_manifest(target), target, _tree_bytes(target), float(f"{installed_at:.6f}"))
+        log.info("installed %s %s (%d bytes) from %s", manifest.name, manifest.version, package.size_bytes, where)
+        self.prune(protect | {package.key})
+        return package
 
+    def _fetch_and_place(self, source: _Source, manifest: Manifest, manifest_bytes: bytes) -> tuple[Path, float]:
+        """Fetch every file into a staging directory, verify, fsync and rename it into place; return (dir, time)."""
         staging = Path(tempfile.mkdtemp(dir=self.incoming, prefix=f"{manifest.name}-"))
         try:
             for entry in manifest.files:
@@ -336,7 +357,7 @@ class ModelStore:
             try:
                 verify_files(manifest, staging)
             except ModelError as exc:
-                raise ModelError(str(exc).replace(str(staging), where)) from None
+                raise ModelError(str(exc).replace(str(staging), source.where)) from None
             (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
             installed_at = time.time()
             (staging / self.INSTALLED_MARK).write_text(f"{installed_at:.6f}\n")
@@ -353,10 +374,7 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        package = InstalledPackage(load_manifest(target), target, _tree_bytes(target), float(f"{installed_at:.6f}"))
-        log.info("installed %s %s (%d bytes) from %s", manifest.name, manifest.version, package.size_bytes, where)
-        self.prune(protect | {package.key})
-        return package
+        return target, installed_at
 
     def prune(self, protect: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
         """Remove old versions beyond ``keep_versions`` per name and beyond the disk cap; return what went."""

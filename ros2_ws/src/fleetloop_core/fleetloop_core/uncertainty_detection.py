@@ -22,7 +22,7 @@ Scores (1 = as uncertain as it gets, 0 = certain):
   window of a stream, in [0, 1] (``fleetloop_core.uncertainty.flicker`` on counts).
 
 :func:`score_parts` maps these onto the six score names the selector weighs
-(``fleetloop_core.selection.SCORE_PARTS``), so every selection policy works on detection frames.
+(``fleetloop_core.selection_config.SCORE_PARTS``), so every selection policy works on detection frames.
 """
 
 from __future__ import annotations

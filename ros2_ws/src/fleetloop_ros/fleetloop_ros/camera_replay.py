@@ -133,7 +133,36 @@ class CameraReplayNode(Node):
             if reliable
             else qos_profile_sensor_data
         )
-        if source == "sim" and (robot or start or sim_stamps or lockstep_topic):
+        self._open_source(source, count, width, height, encoding, compressed, site, seed, robot, start, lockstep_topic)
+        kind = CompressedImage if self._kind == "compressed" else Image
+        self.publisher = self.create_publisher(kind, topic, qos)
+        if lockstep_topic:
+            self._results = self._subscribe_answers(lockstep_topic, window)
+        self._lockstep = bool(lockstep_topic)
+        self._timer = self.create_timer(1.0 / rate_hz, self._tick)
+        if progress_s > 0:  # a line now and then, so whoever started us can tell progress from a stall
+            self.create_timer(progress_s, lambda: print(json.dumps({"camera_progress": self.counts()}), flush=True))
+        self.get_logger().info(
+            f"camera replay: {source} -> {self.publisher.topic_name} at {rate_hz:g} Hz"
+            + (f", {count} frames" if count else "")
+        )
+
+    def _open_source(
+        self,
+        source: str,
+        count: int,
+        width: int,
+        height: int,
+        encoding: str,
+        compressed: bool,
+        site: int,
+        seed: int,
+        robot: str,
+        start: int,
+        lockstep_topic: str,
+    ) -> None:
+        """Prepare the frames to publish: a live simulated robot, a cycle of simulated frames, or a bag's messages."""
+        if source == "sim" and (robot or start or self._sim_stamps or lockstep_topic):
             from fleetloop_core import sim
 
             self._kind = "compressed" if compressed else "image"
@@ -156,28 +185,20 @@ class CameraReplayNode(Node):
             messages = list(bag_messages(source))
             self._kind = messages[0][0]
             self._payloads = itertools.cycle([m for _, m in messages])
-        kind = CompressedImage if self._kind == "compressed" else Image
-        self.publisher = self.create_publisher(kind, topic, qos)
-        if lockstep_topic:
-            from fleetloop_interfaces.msg import FrameResult
 
-            # transient-local like the perception node's results: an answer sent before the robot's writer
-            # matched this new reader still arrives (volatile, such answers were lost and stalled the demo)
-            results_qos = QoSProfile(
-                history=HistoryPolicy.KEEP_LAST,
-                depth=max(32, 4 * window),
-                reliability=ReliabilityPolicy.RELIABLE,
-                durability=DurabilityPolicy.TRANSIENT_LOCAL,
-            )
-            self._results = self.create_subscription(FrameResult, lockstep_topic, self._on_result, results_qos)
-        self._lockstep = bool(lockstep_topic)
-        self._timer = self.create_timer(1.0 / rate_hz, self._tick)
-        if progress_s > 0:  # a line now and then, so whoever started us can tell progress from a stall
-            self.create_timer(progress_s, lambda: print(json.dumps({"camera_progress": self.counts()}), flush=True))
-        self.get_logger().info(
-            f"camera replay: {source} -> {self.publisher.topic_name} at {rate_hz:g} Hz"
-            + (f", {count} frames" if count else "")
+    def _subscribe_answers(self, topic: str, window: int):
+        """Subscribe to the robot's FrameResult answers (lockstep: a frame goes out when one comes back)."""
+        from fleetloop_interfaces.msg import FrameResult
+
+        # transient-local like the perception node's results: an answer sent before the robot's writer
+        # matched this new reader still arrives (volatile, such answers were lost and stalled the demo)
+        results_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=max(32, 4 * window),
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
         )
+        return self.create_subscription(FrameResult, topic, self._on_result, results_qos)
 
     @staticmethod
     def _payload(frame: np.ndarray, encoding: str, compressed: bool):
@@ -192,33 +213,8 @@ class CameraReplayNode(Node):
     def _tick(self) -> None:
         if self.failure:
             return
-        if self.sent == 0 and self.wait_subscribers:
-            # matched on our side is not yet matched on theirs: give the other end half a second more.
-            # In lockstep the answers' topic must have a publisher too (answers before that would count as lost)
-            matched = self.publisher.get_subscription_count()
-            answering = not self._lockstep or self._results.get_publisher_count() >= 1
-            if matched < self.wait_subscribers or not answering:
-                self._matched_at = None
-                if not self._said_waiting:
-                    self._said_waiting = True
-                    self.get_logger().info(
-                        f"camera replay: waiting for {self.wait_subscribers} subscriber(s) on "
-                        f"{self.publisher.topic_name} (up to {self.wait_timeout_s:g} s)"
-                    )
-                if time.monotonic() - self._created > self.wait_timeout_s:
-                    self.failure = (
-                        f"camera replay: no frame sent: {matched} of {self.wait_subscribers} subscriber(s) "
-                        f"matched on {self.publisher.topic_name}"
-                        + ("" if answering else f" and no publisher on {self._results.topic_name}")
-                        + f" within {self.wait_timeout_s:g} s (is the robot up, on the same "
-                        f"ROS_DOMAIN_ID and DDS transport, with a compatible QoS?)"
-                    )
-                    self.get_logger().error(self.failure)
-                return
-            if self._matched_at is None:
-                self._matched_at = time.monotonic()
-            if time.monotonic() - self._matched_at < _SETTLE_S:
-                return
+        if self.sent == 0 and self.wait_subscribers and not self._subscribers_ready():
+            return
         if self.count and self.sent >= self.count:
             if self._timer.is_canceled():
                 return
@@ -229,6 +225,45 @@ class CameraReplayNode(Node):
             self._expire_unanswered()
             if len(self._unanswered) >= self.window:
                 return
+        message = self._next_message()
+        self.publisher.publish(message)
+        if self._lockstep:
+            self._unanswered[message_stamp_ns(message.header.stamp)] = time.monotonic()
+        self.sent += 1
+
+    def _subscribers_ready(self) -> bool:
+        """Return whether the first frame may go out: subscribers matched (and answering, in lockstep) and settled.
+
+        Gives up (``self.failure``) after ``wait_timeout_s``.
+        """
+        # matched on our side is not yet matched on theirs: give the other end half a second more.
+        # In lockstep the answers' topic must have a publisher too (answers before that would count as lost)
+        matched = self.publisher.get_subscription_count()
+        answering = not self._lockstep or self._results.get_publisher_count() >= 1
+        if matched < self.wait_subscribers or not answering:
+            self._matched_at = None
+            if not self._said_waiting:
+                self._said_waiting = True
+                self.get_logger().info(
+                    f"camera replay: waiting for {self.wait_subscribers} subscriber(s) on "
+                    f"{self.publisher.topic_name} (up to {self.wait_timeout_s:g} s)"
+                )
+            if time.monotonic() - self._created > self.wait_timeout_s:
+                self.failure = (
+                    f"camera replay: no frame sent: {matched} of {self.wait_subscribers} subscriber(s) "
+                    f"matched on {self.publisher.topic_name}"
+                    + ("" if answering else f" and no publisher on {self._results.topic_name}")
+                    + f" within {self.wait_timeout_s:g} s (is the robot up, on the same "
+                    f"ROS_DOMAIN_ID and DDS transport, with a compatible QoS?)"
+                )
+                self.get_logger().error(self.failure)
+            return False
+        if self._matched_at is None:
+            self._matched_at = time.monotonic()
+        return time.monotonic() - self._matched_at >= _SETTLE_S
+
+    def _next_message(self) -> Image | CompressedImage:
+        """Return the next frame as a message stamped now (or with the simulated robot's own stamp)."""
         stamp_ns = time.time_ns()
         if self._live is not None:
             frame = next(iter(self._live.frames(1)))
@@ -243,21 +278,16 @@ class CameraReplayNode(Node):
                 fmt, data = payload
             else:
                 fmt, data = payload.format, bytes(payload.data)
-            message = CompressedImage(header=header, format=fmt, data=data)
-        else:
-            message = Image(
-                header=header,
-                height=int(payload.height),
-                width=int(payload.width),
-                encoding=str(payload.encoding),
-                is_bigendian=int(payload.is_bigendian),
-                step=int(payload.step),
-                data=bytes(payload.data),
-            )
-        self.publisher.publish(message)
-        if self._lockstep:
-            self._unanswered[stamp_ns] = time.monotonic()
-        self.sent += 1
+            return CompressedImage(header=header, format=fmt, data=data)
+        return Image(
+            header=header,
+            height=int(payload.height),
+            width=int(payload.width),
+            encoding=str(payload.encoding),
+            is_bigendian=int(payload.is_bigendian),
+            step=int(payload.step),
+            data=bytes(payload.data),
+        )
 
     def _expire_unanswered(self) -> None:
         """Count frames unanswered for answer_timeout_s as lost (their slot in the window is free again)."""

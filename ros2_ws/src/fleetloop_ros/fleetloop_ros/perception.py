@@ -20,7 +20,7 @@ again and again the subscription is created anew (a new DataReader, an empty his
 ``/diagnostics`` tells the truth about the input (``input`` check, per topic): no publisher, a
 publisher whose QoS or type cannot match, publishers seen but not matched (another vendor's
 camera), a matched publisher and no frames, and frames lost in transport, counted from gaps in
-the cameras' header stamps (``fleetloop_core.health.StampGaps``). The ``liveness`` check turns
+the cameras' header stamps (``fleetloop_core.stream_health.StampGaps``). The ``liveness`` check turns
 ERROR when the frame path has not answered for ``health.frame_deadline_s`` (the runner's watchdog
 publishes it even while the executor is stuck).
 """
@@ -51,24 +51,21 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from fleetloop_core.cascade import Cascade, FrameResult as CoreFrameResult
-from fleetloop_core.detection import DetectionCascade, load_detection_cascade
-from fleetloop_core.errors import InputError
-from fleetloop_core.health import (
-    Check,
-    LatencyWindow,
+from fleetloop_core.detection_cascade import DetectionCascade
+from fleetloop_core.errors import ConfigError, InputError
+from fleetloop_core.health import Check, LatencyWindow, RollingEvents, check
+from fleetloop_core.stream_health import (
     Liveness,
     PublisherFacts,
     RepeatedSample,
-    RollingEvents,
     StampGaps,
     StreamFacts,
-    check,
     input_check,
     liveness_check,
 )
-from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
+from fleetloop_core.inference import DEFAULT_PROVIDERS
 from fleetloop_core.ros_convert import UnsupportedEncoding, msg_to_rgb8
-from fleetloop_core.tasks import model_task
+from fleetloop_core import tasks
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
 from fleetloop_ros.messages import detections_msg, frame_result_msg, stamp_ns
 from fleetloop_ros.parameters import LiveParameters
@@ -130,26 +127,18 @@ def providers_for(use_gpu: bool) -> tuple[str, ...]:
 def load_cascade(settings: PerceptionSettings) -> Cascade | DetectionCascade:
     """Return the cascade of the reference models in ``settings.models_dir`` (verified, warm).
 
-    The edge model's manifest ``task`` picks the cascade: classifiers or detectors.
+    The edge model's manifest ``task`` picks the cascade (and which settings block configures it).
     """
     root = Path(settings.models_dir)
-    providers = providers_for(settings.use_gpu)
-    if model_task(root / settings.edge_tier) == "detection":
-        return load_detection_cascade(
-            root,
-            settings.edge_tier,
-            settings.escalation_tier or None,
-            settings.detection,
-            providers,
-            settings.intra_op_threads,
-        )
-    edge = TierModel.load(root / settings.edge_tier, providers=providers, intra_op_threads=settings.intra_op_threads)
-    escalation = None
-    if settings.escalation_tier:
-        escalation = TierModel.load(
-            root / settings.escalation_tier, providers=providers, intra_op_threads=settings.intra_op_threads
-        )
-    return Cascade(edge, escalation, settings.cascade)
+    config = getattr(settings, tasks.task_named(tasks.model_task(root / settings.edge_tier)).config_key)
+    return tasks.load_cascade(
+        root,
+        settings.edge_tier,
+        settings.escalation_tier or None,
+        config,
+        providers_for(settings.use_gpu),
+        settings.intra_op_threads,
+    )
 
 
 def tier_versions(cascade: Cascade) -> list[TierVersion]:
@@ -188,7 +177,8 @@ class PerceptionNode(Node):
         self.robot_id = settings.robot_id
         self.cascade = cascade if cascade is not None else load_cascade(settings)
         self.detects = isinstance(self.cascade, DetectionCascade)
-        self.cascade.config = settings.detection if self.detects else settings.cascade
+        self._config_key = tasks.task_of(self.cascade.edge).config_key
+        self.cascade.config = getattr(settings, self._config_key)
         self._health = settings.health
         self._sinks: list[FrameSink] = []
         self._error_sinks: list[ErrorSink] = []
@@ -212,7 +202,7 @@ class PerceptionNode(Node):
         self._detections = (
             self.create_publisher(Detection2DArray, settings.detections_topic, 10) if self.detects else None
         )
-        self._labels = list(self.cascade.frame_labels) if self.detects else self.cascade.edge.labels
+        self._labels = list(self.cascade.frame_labels)
         qos = image_qos(settings.image_qos)
         self.inputs = [
             ImageInput(kind, topic, qos, window, settings.health.gap_as_loss_s)
@@ -286,8 +276,15 @@ class PerceptionNode(Node):
         self._error_sinks.append(sink)
 
     def _apply(self, settings: PerceptionSettings) -> None:
+        live = self._config_key
+        for task in tasks.TASKS.values():
+            block = task.config_key
+            if block != live and getattr(settings, block, None) != getattr(self.parameters.current, block, None):
+                # every task's block is a parameter (the task is known only once the models load): refuse the others
+                served = tasks.task_of(self.cascade.edge).name
+                raise ConfigError(f"{block}.* does not apply: this node serves {served} models; set {live}.* instead")
         # one reference: the next frame sees all of it
-        self.cascade.config = settings.detection if self.detects else settings.cascade
+        self.cascade.config = getattr(settings, live)
         for events in (
             self._received,
             self._answered,

@@ -16,7 +16,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.selection import policy_params
+from fleetloop_core.selection_config import policy_params
 from fleetloop_ros.parameters import parameter_specs
 from fleetloop_ros.settings import MODEL_MANAGER_SKIPPED, RobotConfig, SelectorSettings
 

@@ -55,7 +55,8 @@ from rclpy.signals import SignalHandlerOptions
 
 from fleetloop_core.dds import PROFILES_VARIABLE, TRANSPORT_VARIABLE, DdsConfig, dds_environment
 from fleetloop_core.errors import FleetLoopError
-from fleetloop_core.health import HealthConfig, Liveness
+from fleetloop_core.health import HealthConfig
+from fleetloop_core.stream_health import Liveness
 
 log = logging.getLogger("fleetloop_ros")
 
@@ -147,18 +148,7 @@ def run_nodes(
         except FleetLoopError as exc:
             log.error("%s", exc)
             _end(EXIT_ERROR)
-        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
-        side: MultiThreadedExecutor | None = None  # nodes with blocking callbacks, in their own thread
-        for node in nodes:
-            if getattr(node, "liveness", False) is None:
-                node.liveness = run.liveness
-            if threads <= 1 and getattr(node, "blocking_callbacks", False):
-                side = side or MultiThreadedExecutor(num_threads=2)
-                side.add_node(node)
-            else:
-                executor.add_node(node)
-        if side is not None:
-            threading.Thread(target=_spin_side, args=(side, run), name="blocking-callbacks", daemon=True).start()
+        executor = _executor_for(nodes, threads, run)
         if on_ready is not None:
             on_ready(nodes)
         watchdog = threading.Thread(
@@ -179,6 +169,23 @@ def run_nodes(
         code = on_stopped(nodes, code)
     _teardown(nodes)
     _end(code)
+
+
+def _executor_for(nodes: Sequence[Node], threads: int, run: ProcessRun):
+    """Return the executor the frame path spins on; nodes with blocking callbacks spin beside it, in their thread."""
+    executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+    side: MultiThreadedExecutor | None = None
+    for node in nodes:
+        if getattr(node, "liveness", False) is None:
+            node.liveness = run.liveness
+        if threads <= 1 and getattr(node, "blocking_callbacks", False):
+            side = side or MultiThreadedExecutor(num_threads=2)
+            side.add_node(node)
+        else:
+            executor.add_node(node)
+    if side is not None:
+        threading.Thread(target=_spin_side, args=(side, run), name="blocking-callbacks", daemon=True).start()
+    return executor
 
 
 def _spin(

@@ -26,7 +26,8 @@ from fleetloop_core.cascade import FrameResult as CoreFrameResult
 from fleetloop_core.errors import InputError
 from fleetloop_core.health import Check, RollingEvents, check
 from fleetloop_core.ros_convert import msg_to_rgb8
-from fleetloop_core.selection import POLICIES, Selector
+from fleetloop_core.selection import Selector
+from fleetloop_core.selection_policies import POLICIES
 from fleetloop_core.upload_queue import UploadQueue
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
 from fleetloop_ros.messages import core_result_from_msg, frame_decision_msg, stamp_ns
@@ -136,21 +137,7 @@ class SelectorNode(Node):
         self._pairing = _Pairing(settings.pairing_depth)
         self.composed = composed
         if not composed:
-            qos = image_qos(settings.image_qos)
-            for kind, topics in ((Image, settings.image_topics), (CompressedImage, settings.compressed_topics)):
-                for topic in topics:
-                    stream: list[str] = []
-                    subscription = self.create_subscription(
-                        kind,
-                        topic,
-                        lambda msg, stream=stream: self._on_image(stream[0], msg),
-                        qos,
-                        callback_group=self._group,
-                    )
-                    stream.append(subscription.topic_name)
-            self.create_subscription(
-                FrameResult, settings.results_topic, self._on_result, 50, callback_group=self._group
-            )
+            self._subscribe(settings)
         self._diagnostics = DiagnosticsPublisher(
             self, self.checks, settings.robot_id, settings.health.period_s, self._timers_group
         )
@@ -159,6 +146,22 @@ class SelectorNode(Node):
             f"{settings.selection.policy.name}, budget {settings.selection.budget.frames_per_hour:g} "
             f"frames/h, queue {settings.queue.directory}"
         )
+
+    def _subscribe(self, settings: SelectorSettings) -> None:
+        """Subscribe to the cameras and the perception results (a selector in its own process pairs them)."""
+        qos = image_qos(settings.image_qos)
+        for kind, topics in ((Image, settings.image_topics), (CompressedImage, settings.compressed_topics)):
+            for topic in topics:
+                stream: list[str] = []
+                subscription = self.create_subscription(
+                    kind,
+                    topic,
+                    lambda msg, stream=stream: self._on_image(stream[0], msg),
+                    qos,
+                    callback_group=self._group,
+                )
+                stream.append(subscription.topic_name)
+        self.create_subscription(FrameResult, settings.results_topic, self._on_result, 50, callback_group=self._group)
 
     @property
     def _source(self) -> str:

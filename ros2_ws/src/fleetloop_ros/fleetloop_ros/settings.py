@@ -22,11 +22,11 @@ from fleetloop_core.cascade import CascadeConfig
 from fleetloop_core.config import ConfigModel, read_yaml, validate
 from fleetloop_core.control_plane import ControlPlaneConfig
 from fleetloop_core.dds import DdsConfig
-from fleetloop_core.detection import DetectionCascadeConfig
+from fleetloop_core.detection_cascade import DetectionCascadeConfig
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.health import HealthConfig
 from fleetloop_core.model_manager import ModelManagerConfig
-from fleetloop_core.selection import SelectionConfig, policy_params
+from fleetloop_core.selection_config import SelectionConfig, policy_params
 from fleetloop_core.upload_queue import QueueConfig
 
 ImageQos = Literal["sensor_data", "reliable"]

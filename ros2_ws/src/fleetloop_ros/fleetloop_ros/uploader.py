@@ -1,6 +1,6 @@
 """The uploader node: drains the on-disk upload queue to the object store within the bandwidth cap.
 
-The draining is ``fleetloop_core.upload_queue.Uploader`` on its own thread (frame object first,
+The draining is ``fleetloop_core.uploader.Uploader`` on its own thread (frame object first,
 sidecar last, idempotent keys, back-off while the store is unreachable). The node adds the
 parameters (``queue.bandwidth_bytes_per_s`` and the back-off are live), a periodic reachability
 probe of the store, and the diagnostics: queue depth and bytes, upload rate, store reachability.
@@ -17,7 +17,8 @@ from rclpy.node import Node
 
 from fleetloop_core.health import Check, RollingEvents, check
 from fleetloop_core.store import StoreError, open_store
-from fleetloop_core.upload_queue import Uploader, UploadQueue
+from fleetloop_core.upload_queue import UploadQueue
+from fleetloop_core.uploader import Uploader
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
 from fleetloop_ros.parameters import LiveParameters
 from fleetloop_ros.settings import UPLOADER_READ_ONLY, UploaderSettings

@@ -99,7 +99,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _drain(args: argparse.Namespace) -> int:
     from fleetloop_core.store import open_store
-    from fleetloop_core.upload_queue import Uploader
+    from fleetloop_core.uploader import Uploader
 
     config, queue = _open(args)
     with queue:

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _models(choice: str | None) -> Path:
     from fleetloop_core.config import repo_root
-    from fleetloop_core.replay import ReplayError
+    from fleetloop_core.bags import ReplayError
 
     if choice:
         return Path(choice)
@@ -46,8 +46,9 @@ def _models(choice: str | None) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fleetloop_core.replay import print_report, replay, write_outputs
-    from fleetloop_core.selection import load_selection_config
+    from fleetloop_core.replay import replay
+    from fleetloop_core.replay_outputs import print_report, write_outputs
+    from fleetloop_core.selection_config import load_selection_config
 
     base = load_selection_config(args.config)
     out = Path(args.out) if args.out else Path("runs") / "replay" / Path(args.bag[0]).name

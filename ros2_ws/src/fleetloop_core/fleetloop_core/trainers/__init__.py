@@ -40,7 +40,13 @@ TRAINERS: dict[str, Registration] = {
     "classification": Registration("fleetloop_core.trainers.classification", ("trainers/classification.py",)),
     "detection": Registration(
         "fleetloop_core.trainers.detection",
-        ("trainers/detection.py", "trainers/detection_targets.py", "sim_detection.py", "detection.py"),
+        (
+            "trainers/detection.py",
+            "trainers/detection_targets.py",
+            "sim_detection.py",
+            "detection.py",
+            "box_decoding.py",
+        ),
     ),
 }
 

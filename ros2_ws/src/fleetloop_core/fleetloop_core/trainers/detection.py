@@ -242,7 +242,7 @@ def fit_into(
     Bilinear, as the detectors' manifests declare (``resize: linear``): area resampling at a
     non-integer ratio (128 -> 96) cost the robot ~4x more per frame for no measurable gain.
     """
-    from fleetloop_core.detection import letterbox
+    from fleetloop_core.box_decoding import letterbox
 
     out = np.empty((len(images), size, size, 3), np.uint8)
     boxes, classes = [], []

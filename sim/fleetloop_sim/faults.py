@@ -1,6 +1,6 @@
 """Crash-safety harness for the upload queue: kill an uploader with SIGKILL, then audit the store.
 
-A *worker* process (``python -m fleetloop_core.faults worker ...``) puts records from a spool
+A *worker* process (``python -m fleetloop_sim.faults worker ...``) puts records from a spool
 directory into a queue and uploads them, one by one, logging every accepted record's key
 (fsync'd) after ``put`` returns. :func:`kill_campaign` starts workers and kills them with
 SIGKILL at random moments, then lets one finish and :func:`audit` checks the promise of
@@ -91,7 +91,7 @@ def read_accepted(path: str | Path) -> list[str]:
 
 def _worker(argv: Sequence[str]) -> int:
     """Put the spool's records into the queue one by one, uploading after each put; then drain."""
-    parser = argparse.ArgumentParser(prog="python -m fleetloop_core.faults worker")
+    parser = argparse.ArgumentParser(prog="python -m fleetloop_sim.faults worker")
     parser.add_argument("--queue", required=True)
     parser.add_argument("--store", required=True)
     parser.add_argument("--spool", required=True)
@@ -101,7 +101,8 @@ def _worker(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     from fleetloop_core.store import open_store
-    from fleetloop_core.upload_queue import BackoffConfig, QueueConfig, Uploader, UploadQueue
+    from fleetloop_core.upload_queue import BackoffConfig, QueueConfig, UploadQueue
+    from fleetloop_core.uploader import Uploader
 
     records = read_spool(args.spool)
     accepted = set(read_accepted(args.accepted))
@@ -219,7 +220,7 @@ class _Zygote:
 
     def __init__(self, env: dict[str, str], store_uri: str):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fleetloop_core.faults", "zygote", store_uri],
+            [sys.executable, "-m", "fleetloop_sim.faults", "zygote", store_uri],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -401,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _zygote(argv[1])
     if not argv or argv[0] != "worker":
         print(
-            "usage: python -m fleetloop_core.faults worker --queue DIR --store URI --spool DIR --accepted FILE",
+            "usage: python -m fleetloop_sim.faults worker --queue DIR --store URI --spool DIR --accepted FILE",
             file=sys.stderr,
         )
         return 2

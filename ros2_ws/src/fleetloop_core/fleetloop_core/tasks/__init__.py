@@ -17,9 +17,10 @@ What a task supplies:
   terms as ``ModelRun.confidence`` (the watchdog compares the two);
 * ``cascade(edge, escalation, config)``: the cascade that serves two such models.
 
-A third task (segmentation, keypoints) is one class implementing these five methods plus one
-line, ``register_task(SegmentationTask())``; the manifest's ``task`` literal names it
-(``fleetloop_core.manifest``).
+Each task is a module of this package (``classification``, ``detection``). A third task
+(segmentation, keypoints) is one more module with a class implementing these five methods (and
+``config_key``) plus one line, ``register_task(SegmentationTask())``; the manifest's ``task``
+literal names it (``fleetloop_core.manifest``).
 """
 
 from __future__ import annotations
@@ -30,15 +31,9 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from fleetloop_core import uncertainty_detection as dunc
-from fleetloop_core.cascade import Cascade
-from fleetloop_core.detection import DetectionCascade, DetectionResult, DetectorModel, frame_label_scores
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
 from fleetloop_core.manifest import MANIFEST_NAME, load_manifest
-
-# a shadow-check pair of boxes is the same object at this overlap (the detection cascade's default)
-SHADOW_MATCH_IOU = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +59,7 @@ class Task(Protocol):
     """What a task supplies (see the module docstring)."""
 
     name: str
+    config_key: str  # the settings block that configures this task's cascade (robot.yaml, ROS parameters)
 
     def load(
         self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
@@ -78,70 +74,6 @@ class Task(Protocol):
     def cascade(self, edge: TierModel, escalation: TierModel | None = None, config: Any = None) -> Any: ...
 
 
-class ClassificationTask:
-    """Image classifiers: class probabilities per frame."""
-
-    name = "classification"
-
-    def load(
-        self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
-    ) -> TierModel:
-        return TierModel.load(path, providers=providers, intra_op_threads=intra_op_threads, warmup=warmup)
-
-    def run(self, model: TierModel, frame: np.ndarray) -> ModelRun:
-        out = model.infer(frame)
-        probs = out.probs[0]
-        return ModelRun(int(np.argmax(probs)), probs, out.latency_s)
-
-    def agree(self, current: ModelRun, candidate: ModelRun) -> bool:
-        return current.answer == candidate.answer and bool(np.isfinite(candidate.scores).all())
-
-    def served_confidence(self, result: Any, tier: str) -> float | None:
-        outputs = result.tier_outputs.get(tier)
-        return None if outputs is None else float(outputs.max())
-
-    def cascade(self, edge: TierModel, escalation: TierModel | None = None, config: Any = None) -> Cascade:
-        return Cascade(edge, escalation, config)
-
-
-class DetectionTask:
-    """Object detectors: boxes per frame."""
-
-    name = "detection"
-
-    def load(
-        self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
-    ) -> TierModel:
-        return DetectorModel.load(path, providers=providers, intra_op_threads=intra_op_threads, warmup=warmup)
-
-    def run(self, model: TierModel, frame: np.ndarray) -> ModelRun:
-        if not isinstance(model, DetectorModel):
-            raise ModelError(f"{model.manifest.name}: task {model.manifest.task!r} is not a detector")
-        out = model.detect(frame)
-        scores = frame_label_scores(out.detections, model.num_classes)
-        if not out.finite:
-            scores = np.full_like(scores, np.nan)
-        return ModelRun(out.detections, scores, out.latency_s)
-
-    def agree(self, current: ModelRun, candidate: ModelRun) -> bool:
-        if not np.isfinite(candidate.scores).all():
-            return False
-        a, b = current.answer, candidate.answer
-        found = dunc.box_disagreement(a.boxes, b.boxes, a.classes, b.classes, SHADOW_MATCH_IOU)
-        return found.unmatched == 0 and found.class_conflicts == 0
-
-    def served_confidence(self, result: Any, tier: str) -> float | None:
-        if not isinstance(result, DetectionResult):
-            return None
-        detections = result.tier_detections.get(tier)
-        return None if detections is None else float(frame_label_scores(detections, len(result.classes)).max())
-
-    def cascade(self, edge: TierModel, escalation: TierModel | None = None, config: Any = None) -> DetectionCascade:
-        if not isinstance(edge, DetectorModel) or not (escalation is None or isinstance(escalation, DetectorModel)):
-            raise ModelError(f"{edge.manifest.name}: a detection cascade serves detectors only")
-        return DetectionCascade(edge, escalation, config)
-
-
 TASKS: dict[str, Task] = {}
 
 
@@ -149,6 +81,9 @@ def register_task(task: Task) -> None:
     """Make ``task`` available under ``task.name`` (the manifest's ``task``)."""
     TASKS[task.name] = task
 
+
+from fleetloop_core.tasks.classification import ClassificationTask  # noqa: E402 (the plugins need the protocol above)
+from fleetloop_core.tasks.detection import DetectionTask  # noqa: E402
 
 register_task(ClassificationTask())
 register_task(DetectionTask())
@@ -187,6 +122,24 @@ def cascade_for(edge: TierModel, escalation: TierModel | None = None, config: An
     return task_of(edge).cascade(edge, escalation, config)
 
 
+def load_cascade(
+    models_dir: str | Path,
+    edge_tier: str = "T4",
+    escalation_tier: str | None = "T3",
+    config: Any = None,
+    providers: Sequence[str] = DEFAULT_PROVIDERS,
+    intra_op_threads: int = 1,
+) -> Any:
+    """Return the cascade of ``models_dir/<edge_tier>`` (and ``<escalation_tier>``; None or "" for none) by their task.
+
+    Both models are verified and warm; ``config`` is the task's cascade config (None: its defaults).
+    """
+    root = Path(models_dir)
+    edge = load_model(root / edge_tier, providers, intra_op_threads)
+    escalation = load_model(root / escalation_tier, providers, intra_op_threads) if escalation_tier else None
+    return cascade_for(edge, escalation, config)
+
+
 __all__ = [
     "ClassificationTask",
     "DetectionTask",
@@ -194,6 +147,7 @@ __all__ = [
     "TASKS",
     "Task",
     "cascade_for",
+    "load_cascade",
     "load_model",
     "model_task",
     "register_task",

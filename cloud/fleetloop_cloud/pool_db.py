@@ -1,0 +1,111 @@
+"""The pool's SQLite file: one connection (WAL), the schema it needs, transactions and queries.
+
+Both the frame pool (``pool.Pool``) and a task's own tables (``box_pool.BoxPool``) stand on
+:class:`PoolTables`; a second holder may share the first one's connection, so one
+``transaction()`` covers both sets of tables.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from fleetloop_core.errors import FleetLoopError
+
+
+class PoolError(FleetLoopError):
+    """The pool refused an operation (message names the pool file, the frame or task and why)."""
+
+
+def where_clause(equal: dict[str, object], one_of: dict[str, Optional[Sequence]]) -> tuple[str, list]:
+    """Return (`` WHERE ...`` or "", parameters) for columns equal to a value or in a list (None: no filter)."""
+    where, params = [], []
+    for column, value in equal.items():
+        if value is not None:
+            where.append(f"{column}=?")
+            params.append(value)
+    for column, values in one_of.items():
+        if values is not None:
+            where.append(f"{column} IN ({','.join('?' * len(values))})")
+            params += list(values)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+def as_list(value: str | Sequence[str] | None) -> Optional[list[str]]:
+    """Return one value or several as a list (None stays None)."""
+    return None if value is None else ([value] if isinstance(value, str) else list(value))
+
+
+class PoolTables:
+    """Tables in the pool's SQLite file, on their own connection or on another holder's."""
+
+    path: Path
+    _db: sqlite3.Connection
+    _owns: bool
+
+    def _open(self, target: "PoolTables | str | Path", schema: str, what: str, check_same_thread: bool) -> None:
+        """Open (or share) the connection and create ``schema``; PoolError naming the file and ``what``."""
+        self._owns = not isinstance(target, PoolTables)
+        self.path = Path(target) if not isinstance(target, PoolTables) else target.path
+        try:
+            if isinstance(target, PoolTables):
+                self._db = target._db
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(
+                    str(self.path), timeout=30.0, isolation_level=None, check_same_thread=check_same_thread
+                )
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(schema)
+        except sqlite3.DatabaseError as exc:
+            raise PoolError(f"{self.path}: cannot open {what} ({exc})") from exc
+        self._db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        """Close the connection if this holder opened it (a shared one is closed by its owner)."""
+        if self._owns:
+            self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run a block atomically (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
+        return self._db.execute(sql, params).fetchall()
+
+    def _stored_for(self, table: str, columns: str, tier: str, version: str, frame_ids: Sequence[str], noun: str):
+        """Return {frame id: row of ``columns``} of one tier version's predictions; PoolError if any frame has none."""
+        found = {
+            row[0]: row
+            for row in self._query(
+                f"SELECT frame_id, {columns} FROM {table} WHERE tier=? AND version=?", (tier, version)
+            )
+        }
+        missing = [f for f in frame_ids if f not in found]
+        if missing:
+            raise PoolError(
+                f"{self.path}: no {tier} {version} {noun} for {len(missing)} frame(s), "
+                f"e.g. {missing[0]}; run autolabel first"
+            )
+        return found
+
+    def _missing_in(self, table: str, tier: str, version: str, frame_ids: Sequence[str]) -> list[str]:
+        """Return the frames with no row of this tier version in ``table``."""
+        have = {r[0] for r in self._query(f"SELECT frame_id FROM {table} WHERE tier=? AND version=?", (tier, version))}
+        return [f for f in frame_ids if f not in have]

@@ -1,0 +1,92 @@
+"""The promotion gate (pure): does a candidate model replace production, and why.
+
+Every task gives the gate the same figures: one overall figure (accuracy, mAP@0.5, ...) and per
+site and per class a figure with its support (test frames, boxes). A candidate is promoted only if
+its overall figure beats production by ``evaluation.min_gain`` and no site or class with at least
+``min_support`` support loses more than its regression limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleetloop_cloud.config import EvaluationConfig
+
+
+@dataclass
+class GateDecision:
+    """Whether a candidate replaces production, and why."""
+
+    promote: bool
+    gain: float
+    reasons: list[str]
+    regressions: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {
+            "promote": self.promote,
+            "gain": round(self.gain, 4),
+            "reasons": list(self.reasons),
+            "regressions": {k: round(v, 4) for k, v in self.regressions.items()},
+        }
+
+
+@dataclass(frozen=True)
+class GateFigures:
+    """A model's figures as the gate reads them: overall, and (figure, support) per site and per class."""
+
+    overall: float
+    per_site: dict[str, tuple[float, int]]
+    per_class: dict[str, tuple[float, int]]
+
+
+@dataclass(frozen=True)
+class GateWording:
+    """How a task names its figures in the gate's reasons."""
+
+    overall: str  # e.g. "overall accuracy", "mAP@0.5"
+    site_figure: str  # after "site <name>": "" or " mAP@0.5"
+    class_figure: str  # after "class <name>": "" or " AP@0.5"
+    class_support: str  # what a class's support counts: "frames", "boxes"
+
+
+def decide(
+    production: GateFigures,
+    candidate: GateFigures,
+    config: EvaluationConfig,
+    wording: GateWording,
+    promoted: str,
+) -> GateDecision:
+    """Return the promotion decision of ``candidate`` over ``production``; ``promoted`` leads the reason to promote."""
+    gain = candidate.overall - production.overall
+    reasons, regressions = [], {}
+    if gain < config.min_gain:
+        reasons.append(
+            f"{wording.overall} {candidate.overall:.4f} vs production {production.overall:.4f}: "
+            f"gain {gain:+.4f} < required {config.min_gain:+.4f}"
+        )
+    for kind, figure, support, limit, old, new in (
+        ("site", wording.site_figure, "frames", config.max_site_regression, production.per_site, candidate.per_site),
+        (
+            "class",
+            wording.class_figure,
+            wording.class_support,
+            config.max_class_regression,
+            production.per_class,
+            candidate.per_class,
+        ),
+    ):
+        for key, (value, count) in old.items():
+            if count < config.min_support or key not in new:
+                continue
+            drop = value - new[key][0]
+            if drop > limit:
+                regressions[f"{kind}:{key}"] = drop
+                reasons.append(
+                    f"{kind} {key}{figure} regresses {value:.3f} -> {new[key][0]:.3f} "
+                    f"(-{drop:.3f} > limit {limit:.3f}, {count} {support})"
+                )
+    promote = not reasons
+    if promote:
+        reasons.append(f"{promoted}; no site or class regresses beyond its limit")
+    return GateDecision(promote=promote, gain=gain, reasons=reasons, regressions=regressions)

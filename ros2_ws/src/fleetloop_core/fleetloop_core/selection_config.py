@@ -1,0 +1,139 @@
+"""The selector's configuration (``config/selection.yaml``): weights, budget, dedup, record, policy.
+
+Loaded and validated in one place; a bad value is a ConfigError naming the file and the key, and
+the policy's params are checked against the policy's own model (``selection_policies.POLICIES``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import Field, model_validator
+
+from fleetloop_core.config import ConfigModel, default_config_path, read_yaml, validate
+from fleetloop_core.errors import ConfigError
+
+from fleetloop_core.selection_policies import POLICIES
+
+SCORE_PARTS = ("entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty")
+
+
+# --------------------------------------------------------------------------- config
+
+
+class ScoreWeights(ConfigModel):
+    """Weight of each uncertainty score in the frame's value score (a weighted mean)."""
+
+    entropy: float = Field(default=0.0, ge=0.0)
+    margin: float = Field(default=1.0, ge=0.0)
+    least_confidence: float = Field(default=0.0, ge=0.0)
+    disagreement: float = Field(default=1.0, ge=0.0)
+    flicker: float = Field(default=0.5, ge=0.0)
+    novelty: float = Field(default=1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> "ScoreWeights":
+        if sum(self.model_dump().values()) <= 0.0:
+            raise ValueError("at least one weight must be > 0")
+        return self
+
+
+class BudgetConfig(ConfigModel):
+    """Upload budget of one robot (all its streams), as token buckets over the frames' stamps."""
+
+    frames_per_hour: float = Field(default=600.0, gt=0.0)
+    bytes_per_hour: float = Field(default=200_000_000.0, gt=0.0)
+    burst_seconds: float = Field(default=60.0, gt=0.0)  # bucket capacity, in seconds of budget
+
+
+class DedupConfig(ConfigModel):
+    """Near-duplicate suppression against a bounded memory of kept frames."""
+
+    enabled: bool = True
+    memory: int = Field(default=512, ge=1)  # kept frames remembered
+    hash: Literal["phash", "average"] = "phash"  # OpenCV img_hash algorithm (64 bits)
+    hash_max_distance: int = Field(default=8, ge=-1, le=64)  # Hamming bits; -1 disables the hash
+    embedding_max_distance: float = Field(default=0.0002, ge=-1.0, le=2.0)  # 1 - cos; < 0 disables
+
+
+class RecordConfig(ConfigModel):
+    """How kept frames are encoded and what their sidecars carry."""
+
+    encoding: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
+    include_embedding: bool = True
+
+
+class PolicyConfig(ConfigModel):
+    """Which policy decides candidates, and its parameters (validated against the policy)."""
+
+    name: str = "adaptive_budget"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SelectionConfig(ConfigModel):
+    """Everything the selector needs (``config/selection.yaml``)."""
+
+    weights: ScoreWeights = ScoreWeights()
+    policy: PolicyConfig = PolicyConfig()
+    budget: BudgetConfig = BudgetConfig()
+    dedup: DedupConfig = DedupConfig()
+    random_fraction: float = Field(default=0.002, ge=0.0, le=1.0)  # of all frames, kept regardless
+    random_priority: float = Field(default=1.0, ge=0.0)  # queue priority of random samples
+    record: RecordConfig = RecordConfig()
+    seed: int = 0  # of the random sampling
+
+
+def policy_params(config: SelectionConfig, source: str = "<config>") -> ConfigModel:
+    """Return the validated params of the configured policy; ConfigError naming source, name and key."""
+    name = config.policy.name
+    policy = POLICIES.get(name)
+    if policy is None:
+        raise ConfigError(
+            f"{source}: policy.name: unknown selection policy {name!r} (known: {', '.join(sorted(POLICIES))})"
+        )
+    return validate(policy.params, config.policy.params, source, prefix="policy.params")
+
+
+def selection_config(data: Mapping[str, Any], source: str = "<config>") -> SelectionConfig:
+    """Return a SelectionConfig from a mapping, policy and params checked; ConfigError otherwise."""
+    config = validate(SelectionConfig, data, source)
+    policy_params(config, source)
+    return config
+
+
+def load_selection_config(path: str | Path | None = None) -> SelectionConfig:
+    """Return the selection config in ``path`` (default ``config/selection.yaml``), fully validated."""
+    path = Path(path) if path is not None else default_config_path("selection.yaml")
+    return selection_config(read_yaml(path), str(path))
+
+
+def apply_changes(config: SelectionConfig, changes: Mapping[str, Any], source: str = "update") -> SelectionConfig:
+    """Return ``config`` with ``changes`` applied and validated (ConfigError naming the key otherwise).
+
+    Keys are dotted paths (``budget.frames_per_hour``, ``policy.params.threshold``), the same
+    with ``__`` (usable as keyword arguments), or sections with a mapping merged into them.
+    Switching ``policy.name`` without new ``policy.params`` starts from the new policy's defaults.
+    """
+    data = config.model_dump()
+    dotted = {key.replace("__", "."): value for key, value in changes.items()}
+    new_name = dotted.get("policy.name")
+    if isinstance(dotted.get("policy"), Mapping):
+        new_name = dotted["policy"].get("name", new_name)
+    if new_name is not None and new_name != config.policy.name:
+        data["policy"]["params"] = {}  # the old policy's params mean nothing to the new one
+    for key, value in dotted.items():
+        path = key.split(".")
+        target = data
+        for part in path[:-1]:
+            node = target.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {key}: {part} is a value, not a section")
+            target = node
+        last = path[-1]
+        if isinstance(value, Mapping) and isinstance(target.get(last), dict):
+            target[last] = {**target[last], **value}
+        else:
+            target[last] = value
+    return selection_config(data, source)

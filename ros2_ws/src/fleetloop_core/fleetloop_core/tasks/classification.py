@@ -1,0 +1,39 @@
+"""The classification task: image classifiers, one class per frame (``TierModel``, ``Cascade``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fleetloop_core.cascade import Cascade
+from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
+from fleetloop_core.tasks import ModelRun
+
+
+class ClassificationTask:
+    """Image classifiers: class probabilities per frame."""
+
+    name = "classification"
+    config_key = "cascade"
+
+    def load(
+        self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
+    ) -> TierModel:
+        return TierModel.load(path, providers=providers, intra_op_threads=intra_op_threads, warmup=warmup)
+
+    def run(self, model: TierModel, frame: np.ndarray) -> ModelRun:
+        out = model.infer(frame)
+        probs = out.probs[0]
+        return ModelRun(int(np.argmax(probs)), probs, out.latency_s)
+
+    def agree(self, current: ModelRun, candidate: ModelRun) -> bool:
+        return current.answer == candidate.answer and bool(np.isfinite(candidate.scores).all())
+
+    def served_confidence(self, result: Any, tier: str) -> float | None:
+        outputs = result.tier_outputs.get(tier)
+        return None if outputs is None else float(outputs.max())
+
+    def cascade(self, edge: TierModel, escalation: TierModel | None = None, config: Any = None) -> Cascade:
+        return Cascade(edge, escalation, config)

@@ -1,0 +1,12 @@
+"""fleetloop_sim: the simulated world the demo, the tests and the benchmarks run on (never on a robot)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fleetloop_sim",
+    version="0.1.0",
+    packages=find_packages(include=["fleetloop_sim", "fleetloop_sim.*"]),
+    python_requires=">=3.10",
+    description="FleetLoop simulated world: sites, robots, items and frames; the fault harness.",
+    license="Apache-2.0",
+)
