@@ -3,7 +3,7 @@
 
 Test sets are registered by name, as for classification (``evaluation.test_set``):
 
-* ``simulated-field``: per site in the pool, ``fleetloop_core.sim_detection.field_detection_set``
+* ``simulated-field``: per site in the pool, ``fleetloop_core.sim.field_test_set`` (task ``detection``)
   (field-test items, never streamed, so never uploaded or trained on);
 * ``holdout``: frames humans boxed that training never sees (a hash-chosen fraction of the random
   calibration sample).
@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from fleetloop_core import sim, sim_detection
+from fleetloop_core import sim, sim_tasks
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.detection_metrics import MapScores, evaluate_map
 from fleetloop_core.errors import ConfigError
@@ -51,9 +51,9 @@ class BoxTestSet:
 
 
 @lru_cache(maxsize=16)
-def _field_set(site_index: int, seed: int, count: int, height: int, width: int) -> sim_detection.DetectionSet:
-    return sim_detection.field_detection_set(
-        sim.make_site(site_index, seed), count, seed=seed, height=height, width=width
+def _field_set(site_index: int, seed: int, count: int, height: int, width: int) -> sim_tasks.DetectionSet:
+    return sim.field_test_set(
+        sim.make_site(site_index, seed), count, seed=seed, height=height, width=width, task="detection"
     )
 
 
