@@ -19,10 +19,9 @@ HEIGHT, WIDTH = 120, 160
 
 
 def _frames():
-    from fleetloop_core import sim
-    from fleetloop_core import sim_detection as sd
+    from fleetloop_core import sim, sim_tasks
 
-    return sd.render_detection_set(
+    return sim.render_set(
         sim.LAB_SITE,
         sim.item_pool().lab_test,
         12,
@@ -30,9 +29,8 @@ def _frames():
         height=HEIGHT,
         width=WIDTH,
         none_fraction=0.15,
-        max_items=2,
-        item_scale=(0.3, 0.45),
         sites=sim.lab_sites(3),
+        task=sim_tasks.Detection(max_items=2, item_scale=(0.3, 0.45)),
     )
 
 
@@ -46,7 +44,8 @@ def memorising_detector():
     digest = hashlib.sha256(Path(__file__).read_bytes())
     for name in (
         "sim.py",
-        "sim_detection.py",
+        "sim_render.py",
+        "sim_tasks.py",
         "zoo_detection.py",
         "training_detection.py",
         "modelbuild_detection.py",
@@ -58,7 +57,7 @@ def memorising_detector():
     with open(out.with_name(out.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "T4" / "manifest.json").is_file():
-            from fleetloop_core import sim_detection, zoo
+            from fleetloop_core import sim_tasks, zoo
             from fleetloop_core import training_detection as td
             from fleetloop_core import zoo_detection
             from fleetloop_core.modelbuild_detection import fit_into, write_detector_package
@@ -82,7 +81,7 @@ def memorising_detector():
                 "T4",
                 "det-tiny",
                 "yolo",
-                sim_detection.DETECTION_CLASSES,
+                sim_tasks.DETECTION_CLASSES,
                 {"data": "the ROS test's 12 frames"},
                 zoo.parameter_count(model.net),
             )

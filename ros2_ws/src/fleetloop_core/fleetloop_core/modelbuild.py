@@ -93,7 +93,16 @@ def load_profile(name: str = "default", path: str | Path | None = None) -> Build
 def _code_fingerprint() -> str:
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("zoo.py", "training.py", "modelbuild.py", "sim.py", "preprocess.py", "dataset.py"):
+    for name in (
+        "zoo.py",
+        "training.py",
+        "modelbuild.py",
+        "sim.py",
+        "sim_render.py",
+        "sim_tasks.py",
+        "preprocess.py",
+        "dataset.py",
+    ):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()
 

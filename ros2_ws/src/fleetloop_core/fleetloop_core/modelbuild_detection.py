@@ -2,7 +2,7 @@
 
 The detection counterpart of ``fleetloop_core.modelbuild`` (which dispatches here when a profile
 says ``task: detection``). T1 (foundation) learns from domain-randomised detection frames, T2, T3
-and T4 from lab frames (``fleetloop_core.sim_detection``: several items per frame, overlaps,
+and T4 from lab frames (``fleetloop_core.sim``, task ``detection``: several items per frame, overlaps,
 truncation). Each tier is exported to ONNX in the output layout its profile names (``yolo`` or
 ``boxes_scores``, see ``fleetloop_core.training_detection``) with a manifest whose ``detection``
 block declares that layout, plus ``weights.pt`` so the cloud can warm-start from it. Metrics:
@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fleetloop_core import dataset, sim, sim_detection
+from fleetloop_core import dataset, sim, sim_tasks
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.manifest import TIER_PLACEMENT, DetectionSpec, InputSpec, Manifest, file_entry, write_manifest
 from fleetloop_core.modelbuild import TIER_NAMES, BuildProfile, _cached
@@ -45,7 +45,8 @@ def _code_fingerprint() -> str:
         "training_detection.py",
         "modelbuild_detection.py",
         "sim.py",
-        "sim_detection.py",
+        "sim_render.py",
+        "sim_tasks.py",
         "dataset.py",
         "detection.py",
         "manifest.py",
@@ -87,7 +88,7 @@ def detection_spec(layout: str) -> DetectionSpec:
 
 
 def fit_into(
-    images: np.ndarray, truths: Sequence[sim_detection.DetectionTruth], size: int, pad_value: int = 114
+    images: np.ndarray, truths: Sequence[sim_tasks.DetectionTruth], size: int, pad_value: int = 114
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Return frames letterboxed to size x size and their boxes mapped into input pixels.
 
@@ -183,12 +184,13 @@ def build_detectors(
 
     pool = sim.item_pool()
     height, width = profile.frame_height, profile.frame_width
-    common = dict(height=height, width=width, pool=pool, max_items=profile.max_items, item_scale=profile.item_scale)
+    task = sim_tasks.Detection(max_items=profile.max_items, item_scale=profile.item_scale)
+    common = dict(height=height, width=width, pool=pool, task=task)
     needs = {profile.tiers[t].data for t in todo}
     started = time.perf_counter()
-    frames: dict[str, sim_detection.DetectionSet] = {}
+    frames: dict[str, sim_tasks.DetectionSet] = {}
     if "lab" in needs:
-        frames["lab"] = sim_detection.render_detection_set(
+        frames["lab"] = sim.render_set(
             sim.LAB_SITE,
             pool.lab_train,
             profile.lab_frames,
@@ -200,7 +202,7 @@ def build_detectors(
     if "randomised" in needs:
         if profile.randomised_frames <= 0:
             raise ConfigError(f"profile {profile_name!r}: a tier uses randomised data but randomised_frames is 0")
-        frames["randomised"] = sim_detection.render_detection_set(
+        frames["randomised"] = sim.render_set(
             sim.LAB_SITE,
             pool.lab_train,
             profile.randomised_frames,
@@ -210,7 +212,7 @@ def build_detectors(
             **common,
         )
     render_seconds = time.perf_counter() - started
-    lab_test = sim_detection.render_detection_set(
+    lab_test = sim.render_set(
         sim.LAB_SITE,
         pool.lab_test,
         profile.eval_frames,
@@ -221,8 +223,8 @@ def build_detectors(
     )
     field_sites = sim.make_fleet_sites(profile.eval_sites, seed=profile.seed)
     field_tests = [
-        sim_detection.field_detection_set(
-            site, profile.eval_frames, seed=profile.seed, height=height, width=width, pool=pool
+        sim.field_test_set(
+            site, profile.eval_frames, seed=profile.seed, height=height, width=width, pool=pool, task="detection"
         )
         for site in field_sites
     ]
@@ -232,7 +234,7 @@ def build_detectors(
         count = min(spec.samples, len(data))
         images, boxes, classes = fit_into(data.images[:count], data.truths[:count], spec.input_size)
         targets = td.assign(boxes, classes, spec.input_size, spec.input_size)
-        net = zoo_detection.build(spec.arch, num_classes=len(sim_detection.DETECTION_CLASSES))
+        net = zoo_detection.build(spec.arch, num_classes=len(sim_tasks.DETECTION_CLASSES))
         layout = spec.layout or DEFAULT_LAYOUTS[tier]
         model = td.DetectorDeployable(net, spec.input_size, spec.input_size, layout="yolo")
         # each tier its own seed: two tiers of one architecture must not be one network twice
@@ -264,7 +266,7 @@ def build_detectors(
             tier,
             spec.arch,
             layout,
-            sim_detection.DETECTION_CLASSES,
+            sim_tasks.DETECTION_CLASSES,
             info,
             zoo.parameter_count(net),
         )
@@ -287,8 +289,8 @@ def build_detectors(
 
 def evaluate_detector(
     directory: Path,
-    lab_test: sim_detection.DetectionSet,
-    field_tests: Sequence[sim_detection.DetectionSet],
+    lab_test: sim_tasks.DetectionSet,
+    field_tests: Sequence[sim_tasks.DetectionSet],
     sites: Sequence[sim.Site],
 ) -> dict:
     """Return mAP@0.5 and mAP@0.5:0.95 of the exported detector on the lab set and each site's field set."""
@@ -297,7 +299,7 @@ def evaluate_detector(
 
     model = DetectorModel.load(directory, providers=("cpu",), warmup=0)
 
-    def score(data: sim_detection.DetectionSet):
+    def score(data: sim_tasks.DetectionSet):
         # mAP ranks every box: decode down to a low floor so the precision-recall curve is complete
         outputs = model.detect_batch(list(data.images), score_floor=0.05)
         predictions = [(o.detections.boxes, o.detections.scores, o.detections.classes) for o in outputs]
