@@ -188,7 +188,7 @@ def _locate_detectors(path: str | None, quick: bool) -> Path:
 
 def _detector_rows(args, n_frames: int, rounds: int) -> dict:
     """Measure the detector path; print its table; return its figures."""
-    from fleetloop_core import sim, sim_detection
+    from fleetloop_core import sim
     from fleetloop_core.detection import DetectorModel
     from fleetloop_core.detection_cascade import DetectionCascade, DetectionCascadeConfig
     from fleetloop_core.uncertainty_detection import band_around
@@ -197,7 +197,7 @@ def _detector_rows(args, n_frames: int, rounds: int) -> dict:
     edge = DetectorModel.load(models / "T4", providers=("cpu",), intra_op_threads=1, warmup=20)
     high = DetectorModel.load(models / "T3", providers=("cpu",), intra_op_threads=1, warmup=20)
     site = sim.make_site(0, seed=0)
-    frames = [f.image for f in sim_detection.DetectionStream(site, "bench", seed=0).frames(n_frames)]
+    frames = [f.image for f in sim.CameraStream(site, "bench", seed=0, task="detection").frames(n_frames)]
     prepared = [edge.prepare(f) for f in frames]
     floor = band_around(edge.spec.score_threshold, DetectionCascadeConfig().band_width)[0]
     t4_only = DetectionCascade(edge, high, DetectionCascadeConfig(escalation_enabled=False))

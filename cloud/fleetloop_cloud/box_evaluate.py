@@ -2,8 +2,8 @@
 (pycocotools, ``fleetloop_core.detection_metrics``) overall, per class and per site.
 
 Test sets are registered by name, as for classification (``evaluation.test_set``, the machinery in
-``evaluation_sets``): ``simulated-field`` draws ``fleetloop_core.sim_detection.field_detection_set``
-per simulated site, ``holdout`` takes the human-boxed frames training never sees.
+``evaluation_sets``): ``simulated-field`` draws ``fleetloop_core.sim.field_test_set`` (task
+``detection``) per simulated site, ``holdout`` takes the human-boxed frames training never sees.
 
 The gate (``promotion_gate.decide``) promotes a candidate only if its overall mAP@0.5 beats
 production by ``evaluation.min_gain`` and no site (mAP@0.5) or class (AP@0.5, classes with at least
@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from fleetloop_core import sim, sim_detection
+from fleetloop_core import sim, sim_tasks
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.detection_metrics import MapScores, evaluate_map
 
@@ -47,9 +47,9 @@ class BoxTestSet:
 
 
 @lru_cache(maxsize=16)
-def _field_set(site_index: int, seed: int, count: int, height: int, width: int) -> sim_detection.DetectionSet:
-    return sim_detection.field_detection_set(
-        sim.make_site(site_index, seed), count, seed=seed, height=height, width=width
+def _field_set(site_index: int, seed: int, count: int, height: int, width: int) -> sim_tasks.DetectionSet:
+    return sim.field_test_set(
+        sim.make_site(site_index, seed), count, seed=seed, height=height, width=width, task="detection"
     )
 
 

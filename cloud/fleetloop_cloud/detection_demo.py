@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fleetloop_core import sim, sim_detection
+from fleetloop_core import sim
 from fleetloop_core.config import default_config_path, read_yaml, repo_root
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.manifest import load_manifest
@@ -58,7 +58,6 @@ from fleetloop_cloud.deploy import LocalDirJobs, RolloutConfig, deploy_approved
 from fleetloop_cloud.detection_loop import DetectionLoop
 
 log = logging.getLogger("fleetloop.detection_demo")
-START_NS = 1_790_000_000 * 10**9
 
 
 @dataclass
@@ -131,7 +130,7 @@ class DetectionRobot:
         start_ns: int,
     ):
         self.robot_id, self.site = robot_id, site
-        self.camera = sim_detection.DetectionStream(site, robot_id, seed=seed, start_ns=start_ns)
+        self.camera = sim.CameraStream(site, robot_id, seed=seed, start_ns=start_ns, task="detection")
         stack = serving_stack(
             robot_id,
             work / robot_id,
@@ -242,7 +241,7 @@ def field_test_set(sites: Sequence[sim.Site], frames_per_site: int, seed: int) -
     """Return the held-out field detection test set of the demo's sites (the gate's, fixed for every arm)."""
     out = BoxTestSet("simulated-field", [], [], [], [])
     for site in sites:
-        data = sim_detection.field_detection_set(site, frames_per_site, seed=seed)
+        data = sim.field_test_set(site, frames_per_site, seed=seed, task="detection")
         out.images += list(data.images)
         out.boxes += [t.boxes for t in data.truths]
         out.classes += [t.classes for t in data.truths]
@@ -264,7 +263,7 @@ class UploadAllArm:
 
     def __init__(self, robots: Sequence[tuple[str, sim.Site]], models: Path, settings: DetectionDemoSettings):
         self.streams = [
-            sim_detection.DetectionStream(site, robot, seed=settings.seed, start_ns=START_NS + i * 10**12)
+            sim.CameraStream(site, robot, seed=settings.seed, start_ns=sim.SIM_EPOCH_NS + i * 10**12, task="detection")
             for i, (robot, site) in enumerate(robots)
         ]
         self.models, self.settings = models, settings
@@ -288,12 +287,13 @@ class UploadAllArm:
 
         base = load_manifest(self.models / "T4")
         _, model, _ = load_detector_base(self.models, "T4")
-        lab = sim_detection.render_detection_set(
+        lab = sim.render_set(
             sim.LAB_SITE,
             sim.item_pool().lab_train,
             self.settings.lab_replay_frames,
             seed=("upload-all-replay", self.settings.seed),
             sites=sim.lab_sites(16, self.settings.seed),
+            task="detection",
         )
         images, boxes, classes = fit_into(
             np.concatenate([np.stack(self.images), lab.images]), [*self.truths, *lab.truths], model.height
@@ -401,7 +401,7 @@ def run_detection_demo(
                 loops[name].config.store,
                 config,
                 settings.seed,
-                START_NS + i * 10**12,
+                sim.SIM_EPOCH_NS + i * 10**12,
             )
             for i, (robot, site) in enumerate(robots)
         ]

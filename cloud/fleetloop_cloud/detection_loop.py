@@ -507,11 +507,11 @@ class DetectionLoop(CloudLoop):
     def _replay_box_frames(self, count: int):
         if count <= 0:
             return []
-        from fleetloop_core import sim, sim_detection
+        from fleetloop_core import sim
 
         sizes = [(r["height"], r["width"]) for r in self.pool.frames()]
         height, width = max(set(sizes), key=sizes.count) if sizes else (128, 128)
-        data = sim_detection.render_detection_set(
+        data = sim.render_set(
             sim.LAB_SITE,
             sim.item_pool().lab_train,
             count,
@@ -519,6 +519,7 @@ class DetectionLoop(CloudLoop):
             height=height,
             width=width,
             sites=sim.lab_sites(16, self.config.training.seed),
+            task="detection",
         )
         return [
             (f"lab-{i:06d}", data.images[i], BoxSet(t.boxes, np.ones(len(t.boxes), np.float32), t.classes), "lab")

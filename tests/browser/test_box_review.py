@@ -15,7 +15,7 @@ from fleetloop_cloud.box_pool import BoxPool
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.detection_loop import DetectionLoop
 from fleetloop_cloud.review.app import create_app
-from fleetloop_cloud.simfleet_detection import SimulatedDetectionFleet
+from fleetloop_cloud.simfleet import SimulatedFleet
 
 from fixtures.cloud_world import cloud_config
 from fixtures.review_page import ReviewServer
@@ -30,7 +30,7 @@ def box_world(tmp_path, detection_cloud_models):
     store = open_store(f"file://{tmp_path / 'store'}")
     edge = DetectorModel.load(detection_cloud_models["T4"], providers=("cpu",), warmup=0)
     sites = sim.make_fleet_sites(2, seed=0)
-    SimulatedDetectionFleet(store, [("robot-0", sites[0])], seed=3, edge_model=edge).upload(8)
+    SimulatedFleet(store, [("robot-0", sites[0])], seed=3, edge_model=edge, task="detection").upload(8)
     data = cloud_config(
         tmp_path,
         store.uri,

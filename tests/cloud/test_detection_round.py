@@ -26,7 +26,7 @@ from fleetloop_cloud.box_consensus import (
 from fleetloop_cloud.box_manifest import augmented_box_manifest, parse_box_record, read_box_channel
 from fleetloop_cloud.config import cloud_config_from_dict, load_cost_model
 from fleetloop_cloud.detection_loop import DetectionLoop, box_labeling_figures, map_per_round
-from fleetloop_cloud.simfleet_detection import SimulatedDetectionFleet
+from fleetloop_cloud.simfleet import SimulatedFleet
 
 from fixtures.cloud_world import ROOT, cloud_config
 
@@ -133,7 +133,9 @@ def _fleet(tmp_path, models, frames=60):
     store = open_store(f"file://{tmp_path / 'store'}")
     edge = DetectorModel.load(models["T4"], providers=("cpu",), warmup=0)
     sites = sim.make_fleet_sites(2, seed=0)
-    fleet = SimulatedDetectionFleet(store, [("robot-0", sites[0]), ("robot-1", sites[1])], seed=0, edge_model=edge)
+    fleet = SimulatedFleet(
+        store, [("robot-0", sites[0]), ("robot-1", sites[1])], seed=0, edge_model=edge, task="detection"
+    )
     return store, fleet.upload(frames)
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from fleetloop_core import sim
-from fleetloop_core import sim_detection as sd
 from fleetloop_core.box_decoding import Detections, cxcywh_to_xyxy, letterbox, letterbox_geometry, nms
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.detection_cascade import DetectionCascade, DetectionCascadeConfig
@@ -21,7 +20,7 @@ from fleetloop_core.uncertainty_detection import pairwise_iou
 
 @pytest.fixture(scope="module")
 def frames():
-    data = sd.field_detection_set(sim.make_site(0), 12, seed=3)
+    data = sim.field_test_set(sim.make_site(0), 12, seed=3, task="detection")
     return data
 
 

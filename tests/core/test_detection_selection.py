@@ -6,7 +6,6 @@ import shutil
 import pytest
 
 from fleetloop_core import sim
-from fleetloop_core import sim_detection as sd
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.detection_cascade import DetectionCascade, DetectionCascadeConfig
 from fleetloop_core.manifest import load_manifest, write_manifest
@@ -40,7 +39,7 @@ def cascade(detection_models, tmp_path_factory):
 
 @pytest.mark.parametrize("policy", ["threshold", "adaptive_budget", "novelty", "class_quota"])
 def test_every_policy_decides_on_detection_frames(cascade, policy):
-    stream = sd.DetectionStream(sim.make_site(1), "robot-d", seed=2)
+    stream = sim.CameraStream(sim.make_site(1), "robot-d", seed=2, task="detection")
     config = SelectionConfig.model_validate(
         {
             "policy": {
@@ -81,7 +80,7 @@ def test_every_policy_decides_on_detection_frames(cascade, policy):
 
 
 def test_replay_of_a_detection_bag(detection_models, tmp_path):
-    stream = sd.DetectionStream(sim.make_site(0), "robot_0", seed=5, start_ns=1_700_000_000 * 10**9)
+    stream = sim.CameraStream(sim.make_site(0), "robot_0", seed=5, start_ns=1_700_000_000 * 10**9, task="detection")
     frames = list(stream.frames(60))
     bag = tmp_path / "detections.mcap"
     write_image_bag(bag, [("/robot_0/front/image_raw", f.stamp_ns, f.image) for f in frames])

@@ -64,11 +64,11 @@ def test_hot_swap_between_two_frames_with_shadow_check_and_watch(robot):
 def aisle_frames(detection_models):
     """Detection frames of a busy aisle: each shows an item the serving detector finds (the test tiers are
     barely trained and find nothing on most frames; there a detector that never sees anything would agree)."""
-    from fleetloop_core import sim, sim_detection as sd
+    from fleetloop_core import sim
     from fleetloop_core.tasks import load_model, task_of
 
     serving = load_model(detection_models["T4"], providers=["cpu"], warmup=0)
-    images = sd.field_detection_set(sim.make_site(0), 48, seed=3).images
+    images = sim.field_test_set(sim.make_site(0), 48, seed=3, task="detection").images
     found = [image for image in images if len(task_of(serving).run(serving, image).answer)]
     assert len(found) >= 6, f"the test detector finds items on {len(found)} of {len(images)} frames"
     return found

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fleetloop_core import dataset, sim
+from fleetloop_core import dataset, sim, sim_render
 from fleetloop_core.errors import DatasetError
 
 
@@ -98,7 +98,7 @@ def test_frame_size_is_configurable(pool):
     frames = list(sim.CameraStream(sim.make_site(0), "r", height=480, width=640).frames(3))
     assert frames[0].image.shape == (480, 640, 3)
     with pytest.raises(ValueError, match="at least 32x32"):
-        sim.Renderer(sim.make_site(0), pool, 16, 16)
+        sim_render.Renderer(sim.make_site(0), pool, 16, 16)
 
 
 def test_field_frames_differ_from_lab_frames(pool):

@@ -19,10 +19,9 @@ HEIGHT, WIDTH = 120, 160
 
 
 def _frames():
-    from fleetloop_core import sim
-    from fleetloop_core import sim_detection as sd
+    from fleetloop_core import sim, sim_tasks
 
-    return sd.render_detection_set(
+    return sim.render_set(
         sim.LAB_SITE,
         sim.item_pool().lab_test,
         12,
@@ -30,9 +29,8 @@ def _frames():
         height=HEIGHT,
         width=WIDTH,
         none_fraction=0.15,
-        max_items=2,
-        item_scale=(0.3, 0.45),
         sites=sim.lab_sites(3),
+        task=sim_tasks.Detection(max_items=2, item_scale=(0.3, 0.45)),
     )
 
 
@@ -51,7 +49,7 @@ def memorising_detector():
     with open(out.with_name(out.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "T4" / "manifest.json").is_file():
-            from fleetloop_core import sim_detection, zoo
+            from fleetloop_core import sim_tasks, zoo
             from fleetloop_core.trainers import detection as td
 
             os.environ.setdefault("FLEETLOOP_TRAIN_THREADS", "1")
@@ -73,7 +71,7 @@ def memorising_detector():
                 "T4",
                 "det-tiny",
                 "yolo",
-                sim_detection.DETECTION_CLASSES,
+                sim_tasks.DETECTION_CLASSES,
                 {"data": "the ROS test's 12 frames"},
                 zoo.parameter_count(model.net),
             )

@@ -39,7 +39,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import yaml
 
-from fleetloop_core import sim
+from fleetloop_core import sim, sim_tasks
 from fleetloop_core.stop_signals import end_with_parent_env
 from fleetloop_core.errors import FleetLoopError
 from fleetloop_core.sidecar import SimulationTruth
@@ -113,10 +113,10 @@ class TruthOracle:
 
     def __init__(self, specs: Sequence[RobotSpec]):
         self._streams = {spec.robot_id: spec.camera() for spec in specs}
-        self._truth: dict[tuple[str, int], sim.Truth] = {}
+        self._truth: dict[tuple[str, int], sim_tasks.Truth] = {}
         self._produced = {spec.robot_id: 0 for spec in specs}
 
-    def advance(self, robot_id: str, frames: int) -> list[tuple[int, sim.Truth]]:
+    def advance(self, robot_id: str, frames: int) -> list[tuple[int, sim_tasks.Truth]]:
         """Let ``robot_id``'s camera run ``frames`` more frames; return their (stamp, truth)."""
         out = []
         for frame in self._streams[robot_id].frames(frames, render=False):
@@ -128,12 +128,12 @@ class TruthOracle:
     def produced(self, robot_id: str) -> int:
         return self._produced[robot_id]
 
-    def truth(self, robot_id: str, stamp_ns: int) -> sim.Truth | None:
+    def truth(self, robot_id: str, stamp_ns: int) -> sim_tasks.Truth | None:
         """Return the truth of one frame, None for a frame the camera never produced."""
         return self._truth.get((robot_id, int(stamp_ns)))
 
 
-def simulation_truth(truth: sim.Truth) -> SimulationTruth:
+def simulation_truth(truth: sim_tasks.Truth) -> SimulationTruth:
     """Return the sidecar form of a frame's ground truth."""
     return SimulationTruth(label=truth.label, item=truth.item, track_id=truth.track_id, site=truth.site)
 

@@ -22,7 +22,7 @@ from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ModelError
 
 from fleetloop_core.box_decoding import Detections
-from fleetloop_core.detection import NONE_NAME, DetectorModel, DetectorOutputs, frame_label_scores
+from fleetloop_core.detection import DetectorModel, DetectorOutputs, NONE_NAME, frame_label_scores
 
 
 # --------------------------------------------------------------------------- the cascade

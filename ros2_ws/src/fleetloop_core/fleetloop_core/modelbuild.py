@@ -103,6 +103,8 @@ BUILD_CODE = (
     "modelbuild.py",
     "trainers/__init__.py",
     "sim.py",
+    "sim_render.py",
+    "sim_tasks.py",
     "preprocess.py",
     "dataset.py",
     "manifest.py",
@@ -191,22 +193,26 @@ def _build_locked(
     return {t: out_dir / t for t in tiers}
 
 
+def _render(trainer: Trainer, profile: BuildProfile, items, count: int, seed: tuple, sites: list[sim.Site]):
+    """Return ``count`` lab-site frames of ``items`` from random ``sites`` holding what the task's frames hold."""
+    height, width = profile.frame_height, profile.frame_width
+    part = trainer.sim_part(profile)
+    return sim.render_set(sim.LAB_SITE, items, count, seed, height, width, none_fraction=0.1, sites=sites, task=part)
+
+
 def _render_training_sets(trainer: Trainer, profile: BuildProfile, profile_name: str, needs: set[str]) -> dict:
     """Return the training frames the tiers to build need: ``lab`` and/or ``randomised``."""
-    pool = sim.item_pool()
-    prefix, seed = trainer.seed_prefix, profile.seed
+    items, prefix, seed = sim.item_pool().lab_train, trainer.seed_prefix, profile.seed
     frames = {}
     if "lab" in needs:
         sites = sim.lab_sites(seed=seed)
-        frames["lab"] = trainer.render(profile, pool.lab_train, profile.lab_frames, (f"{prefix}lab", seed), sites, pool)
+        frames["lab"] = _render(trainer, profile, items, profile.lab_frames, (f"{prefix}lab", seed), sites)
     if "randomised" in needs:
         if profile.randomised_frames <= 0:
             raise ConfigError(f"profile {profile_name!r}: a tier uses randomised data but randomised_frames is 0")
         sites = sim.randomised_sites(profile.randomised_sites, seed)
         count = profile.randomised_frames
-        frames["randomised"] = trainer.render(
-            profile, pool.lab_train, count, (f"{prefix}randomised", seed), sites, pool
-        )
+        frames["randomised"] = _render(trainer, profile, items, count, (f"{prefix}randomised", seed), sites)
     return frames
 
 
@@ -220,11 +226,14 @@ class _TestSets:
 
     @classmethod
     def render(cls, trainer: Trainer, profile: BuildProfile) -> _TestSets:
-        pool = sim.item_pool()
-        seed, sites = (f"{trainer.seed_prefix}lab-test", profile.seed), sim.lab_sites(seed=profile.seed + 1)
-        lab = trainer.render(profile, pool.lab_test, profile.eval_frames, seed, sites, pool)
-        field_sites = sim.make_fleet_sites(profile.eval_sites, seed=profile.seed)
-        return cls(lab, [trainer.field_set(profile, site, pool) for site in field_sites], field_sites)
+        pool, seed, frames = sim.item_pool(), profile.seed, profile.eval_frames
+        lab_seed = (f"{trainer.seed_prefix}lab-test", seed)
+        lab = _render(trainer, profile, pool.lab_test, frames, lab_seed, sim.lab_sites(seed=seed + 1))
+        sites = sim.make_fleet_sites(profile.eval_sites, seed=seed)
+        size = {"height": profile.frame_height, "width": profile.frame_width}
+        # the field sets are the task's standard ones (its default frame contents), as the robots see them
+        field = [sim.field_test_set(site, frames, seed, pool=pool, task=trainer.task, **size) for site in sites]
+        return cls(lab, field, sites)
 
 
 def _build_tier(

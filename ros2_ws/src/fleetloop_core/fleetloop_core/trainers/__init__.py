@@ -5,7 +5,7 @@ the :class:`Trainer` of that task. The reference-model build (``fleetloop_core.m
 training loop, the ONNX export and the package writing are written once against this protocol
 (``fleetloop_core.training``); a trainer supplies only its task's parts:
 
-* ``render(...)`` / ``field_set(...)``: the task's simulated frames with their truth;
+* ``sim_part(profile)``: what the simulated frames hold (``fleetloop_core.sim_tasks``);
 * ``train(...)``: a fresh network of the tier's architecture fitted with the task's loss and
   target encoding (:class:`Trained`);
 * ``write(...)``: the package in the task's output layout (``modelbuild.write_package`` does the rest);
@@ -43,7 +43,6 @@ TRAINERS: dict[str, Registration] = {
         (
             "trainers/detection.py",
             "trainers/detection_targets.py",
-            "sim_detection.py",
             "detection.py",
             "box_decoding.py",
         ),
@@ -69,9 +68,7 @@ class Trainer(Protocol):
     seed_prefix: str  # of the render seeds: each task's reference builds draw their own frames
     metric: str  # the headline test metric (a key of ``score``)
 
-    def render(self, profile: Any, items: Any, count: int, seed: object, sites: Sequence[Any], pool: Any) -> Any: ...
-
-    def field_set(self, profile: Any, site: Any, pool: Any) -> Any: ...
+    def sim_part(self, profile: Any) -> Any: ...
 
     def train(self, tier: str, spec: Any, data: Any, count: int, profile: Any, progress: bool) -> Trained: ...
 

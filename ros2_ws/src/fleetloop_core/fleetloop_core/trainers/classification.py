@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fleetloop_core import dataset, sim, training, zoo
+from fleetloop_core import dataset, training, zoo
 from fleetloop_core.manifest import Manifest, OutputSpec
 from fleetloop_core.modelbuild import TIER_NAMES, write_package
+from fleetloop_core.sim_tasks import LabelledSet
 from fleetloop_core.trainers import Trained
 
 OUTPUTS = ("probs", "embedding", "uncertainty")
@@ -167,19 +168,11 @@ class ClassificationTrainer:
     seed_prefix = ""
     metric = "accuracy"
 
-    def render(self, profile, items, count: int, seed: object, sites, pool) -> sim.LabelledSet:
-        """Return ``count`` lab frames from ``sites`` with their class labels."""
-        height, width = profile.frame_height, profile.frame_width
-        return sim.render_set(
-            sim.LAB_SITE, items, count, seed=seed, height=height, width=width, pool=pool, sites=sites, none_fraction=0.1
-        )
+    def sim_part(self, profile) -> str:
+        """Return what the build's frames hold: one item (or none) and its class label."""
+        return self.task
 
-    def field_set(self, profile, site: sim.Site, pool) -> sim.LabelledSet:
-        """Return the held-out field test set of ``site``."""
-        height, width = profile.frame_height, profile.frame_width
-        return sim.field_test_set(site, profile.eval_frames, seed=profile.seed, height=height, width=width, pool=pool)
-
-    def train(self, tier: str, spec, data: sim.LabelledSet, count: int, profile, progress: bool) -> Trained:
+    def train(self, tier: str, spec, data: LabelledSet, count: int, profile, progress: bool) -> Trained:
         """Return a fresh ``spec.arch`` classifier trained on the first ``count`` frames of ``data``."""
         images = resize_all(data.images[:count], spec.input_size)
         model = Deployable(zoo.build(spec.arch, num_classes=len(self.labels)))
@@ -222,7 +215,7 @@ class ClassificationTrainer:
 
         return TierModel.load(directory, providers=("cpu",), warmup=0)
 
-    def score(self, model, data: sim.LabelledSet) -> dict[str, float]:
+    def score(self, model, data: LabelledSet) -> dict[str, float]:
         """Return the top-1 accuracy of ``model`` on ``data``."""
         predicted = model.infer_batch(data.images).probs.argmax(axis=1)
         return {"accuracy": float((predicted == data.labels).mean())}

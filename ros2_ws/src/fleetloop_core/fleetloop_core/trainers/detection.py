@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from fleetloop_core import sim, sim_detection, training, zoo
+from fleetloop_core import sim_tasks, training, zoo
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.manifest import DetectionSpec, Manifest
 from fleetloop_core.modelbuild import TIER_NAMES, TIERS, write_package
@@ -235,7 +235,7 @@ def write_detector_package(
 
 
 def fit_into(
-    images: np.ndarray, truths: Sequence[sim_detection.DetectionTruth], size: int, pad_value: int = 114
+    images: np.ndarray, truths: Sequence[sim_tasks.DetectionTruth], size: int, pad_value: int = 114
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Return frames letterboxed to size x size and their boxes mapped into input pixels.
 
@@ -258,34 +258,15 @@ class DetectionTrainer:
     """Detection's part of the reference-model build (``fleetloop_core.trainers.Trainer``)."""
 
     task = "detection"
-    labels = sim_detection.DETECTION_CLASSES
+    labels = sim_tasks.DETECTION_CLASSES
     seed_prefix = "det-"
     metric = "map50"
 
-    def render(self, profile, items, count: int, seed: object, sites, pool) -> sim_detection.DetectionSet:
-        """Return ``count`` lab frames from ``sites`` with up to ``profile.max_items`` boxed items each."""
-        return sim_detection.render_detection_set(
-            sim.LAB_SITE,
-            items,
-            count,
-            seed=seed,
-            sites=sites,
-            none_fraction=0.1,
-            height=profile.frame_height,
-            width=profile.frame_width,
-            pool=pool,
-            max_items=profile.max_items,
-            item_scale=profile.item_scale,
-        )
+    def sim_part(self, profile) -> sim_tasks.Detection:
+        """Return what the build's frames hold: up to ``profile.max_items`` boxed items of its scale."""
+        return sim_tasks.Detection(max_items=profile.max_items, item_scale=profile.item_scale)
 
-    def field_set(self, profile, site: sim.Site, pool) -> sim_detection.DetectionSet:
-        """Return the held-out field detection set of ``site``."""
-        height, width = profile.frame_height, profile.frame_width
-        return sim_detection.field_detection_set(
-            site, profile.eval_frames, seed=profile.seed, height=height, width=width, pool=pool
-        )
-
-    def train(self, tier: str, spec, data: sim_detection.DetectionSet, count: int, profile, progress: bool) -> Trained:
+    def train(self, tier: str, spec, data: sim_tasks.DetectionSet, count: int, profile, progress: bool) -> Trained:
         """Return a fresh ``spec.arch`` detector trained on the first ``count`` frames of ``data``."""
         images, boxes, classes = fit_into(data.images[:count], data.truths[:count], spec.input_size)
         targets = assign(boxes, classes, spec.input_size, spec.input_size)
@@ -319,7 +300,7 @@ class DetectionTrainer:
 
         return DetectorModel.load(directory, providers=("cpu",), warmup=0)
 
-    def score(self, model, data: sim_detection.DetectionSet) -> dict[str, float]:
+    def score(self, model, data: sim_tasks.DetectionSet) -> dict[str, float]:
         """Return mAP@0.5 (``map50``) and mAP@0.5:0.95 (``map``) of ``model`` on ``data`` (pycocotools)."""
         from fleetloop_core.detection_metrics import evaluate_map
 

@@ -1,25 +1,26 @@
-"""The detection world: seeded streams with 0..n items, boxes that match the painted pixels, overlaps, truncation."""
+"""The tasks' parts of the world: detection streams with 0..n items, boxes that match the painted pixels, overlaps,
+truncation; the task's part picked by name."""
 
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from fleetloop_core import dataset, sim
-from fleetloop_core import sim_detection as sd
+from fleetloop_core import dataset, sim, sim_render, sim_tasks
 from fleetloop_core.uncertainty_detection import pairwise_iou
 
 
 def _plain_site():
     # black, noise-free, no blur: every painted pixel is the item's
-    return replace(sim.LAB_SITE, shift=replace(sim.LAB_SHIFT, noise_sigma=0.0, background_rgb=(0.0, 0.0, 0.0)))
+    return replace(sim.LAB_SITE, shift=replace(sim_render.LAB_SHIFT, noise_sigma=0.0, background_rgb=(0.0, 0.0, 0.0)))
 
 
 @pytest.mark.parametrize("angle", [0.0, 23.0, -41.0])
 def test_boxes_are_the_tight_box_of_the_painted_item(pool, angle):
-    renderer = sd.SceneRenderer(_plain_site(), pool, 120, 160)
+    renderer = sim_render.Renderer(_plain_site(), pool, 120, 160)
     for item in (3, 400, 7777):
-        image, truth = renderer.draw_scene([sd.Placement(item, (0.45, 0.5), 0.4, angle)])
+        placements = [sim_render.Placement(item, (0.45, 0.5), 0.4, angle)]
+        image, truth = renderer.draw(placements), sim_tasks.box_truth(renderer, placements)
         ys, xs = np.nonzero(image.max(axis=2) >= 12)
         painted = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
         assert len(truth.boxes) == 1
@@ -28,26 +29,27 @@ def test_boxes_are_the_tight_box_of_the_painted_item(pool, angle):
 
 
 def test_truncated_items_are_clipped_to_the_frame_and_flagged(pool):
-    renderer = sd.SceneRenderer(_plain_site(), pool, 128, 128)
-    image, truth = renderer.draw_scene(
+    renderer = sim_render.Renderer(_plain_site(), pool, 128, 128)
+    truth = sim_tasks.box_truth(
+        renderer,
         [
-            sd.Placement(10, (0.02, 0.5), 0.35, 0.0),  # cut by the left border
-            sd.Placement(11, (0.6, 0.6), 0.3, 0.0),
-        ]
+            sim_render.Placement(10, (0.02, 0.5), 0.35, 0.0),  # cut by the left border
+            sim_render.Placement(11, (0.6, 0.6), 0.3, 0.0),
+        ],
     )
     assert len(truth.boxes) == 2
     left = truth.boxes[0]
     assert left[0] == 0.0 and truth.truncated[0] and not truth.truncated[1]
     assert np.all(truth.boxes[:, 2] <= 128) and np.all(truth.boxes >= 0)
     # an item entirely outside the frame is not in the truth
-    _, gone = renderer.draw_scene([sd.Placement(10, (-0.5, 0.5), 0.3, 0.0)])
+    gone = sim_tasks.box_truth(renderer, [sim_render.Placement(10, (-0.5, 0.5), 0.3, 0.0)])
     assert len(gone.boxes) == 0 and gone.label == dataset.NONE_INDEX
 
 
 def test_stream_is_seeded_with_empty_frames_overlaps_truncation_and_tracks(pool):
     site = sim.make_site(1, seed=0)
-    a = list(sd.DetectionStream(site, "robot-a", seed=4).frames(600))
-    b = list(sd.DetectionStream(site, "robot-a", seed=4).frames(600))
+    a = list(sim.CameraStream(site, "robot-a", seed=4, task="detection").frames(600))
+    b = list(sim.CameraStream(site, "robot-a", seed=4, task="detection").frames(600))
     assert all(np.array_equal(x.image, y.image) and np.array_equal(x.truth.boxes, y.truth.boxes) for x, y in zip(a, b))
     assert a[0].image.shape == (128, 128, 3) and a[1].stamp_ns - a[0].stamp_ns == 100_000_000
     counts = np.array([len(f.truth.boxes) for f in a])
@@ -73,20 +75,23 @@ def test_stream_is_seeded_with_empty_frames_overlaps_truncation_and_tracks(pool)
 
 def test_field_sets_use_held_out_items_and_sets_are_seeded(pool):
     site = sim.make_site(0)
-    test = sd.field_detection_set(site, 40, seed=0)
-    again = sd.field_detection_set(site, 40, seed=0)
+    test = sim.field_test_set(site, 40, seed=0, task="detection")
+    again = sim.field_test_set(site, 40, seed=0, task="detection")
     assert np.array_equal(test.images, again.images)
     items = np.concatenate([t.items for t in test.truths])
     assert len(items) and set(items.tolist()) <= set(pool.field_test.tolist())
     assert test.box_count() == len(items) and set(test.sites) == {site.name}
-    lab = sd.render_detection_set(sim.LAB_SITE, pool.lab_train, 30, seed=1, sites=sim.lab_sites(4), max_items=2)
+    two = sim_tasks.Detection(max_items=2)
+    lab = sim.render_set(sim.LAB_SITE, pool.lab_train, 30, seed=1, sites=sim.lab_sites(4), task=two)
     assert max(len(t.boxes) for t in lab.truths) <= 2
     assert len({t.site for t in lab.truths}) > 1
 
 
-def test_stream_rejects_bad_settings():
+def test_bad_settings_and_unknown_tasks_are_rejected():
     site = sim.make_site(0)
     with pytest.raises(ValueError, match="item_scale"):
-        sd.DetectionStream(site, "r", item_scale=(0.5, 0.2))
+        sim.CameraStream(site, "r", task=sim_tasks.Detection(item_scale=(0.5, 0.2)))
     with pytest.raises(ValueError, match="max_items"):
-        sd.DetectionStream(site, "r", max_items=0)
+        sim.CameraStream(site, "r", task=sim_tasks.Detection(max_items=0))
+    with pytest.raises(ValueError, match="unknown task 'segmentation' \\(known: classification, detection\\)"):
+        sim.CameraStream(site, "r", task="segmentation")
