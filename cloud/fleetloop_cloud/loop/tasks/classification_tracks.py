@@ -17,6 +17,12 @@ from fleetloop_cloud.loop.review import unlabeled_rows
 
 if TYPE_CHECKING:
     from fleetloop_cloud.loop.core import CloudLoop
+    from fleetloop_cloud.loop.tasks.classification import ClassificationPart
+
+
+def _part(loop: "CloudLoop") -> "ClassificationPart":
+    # these phases are registered by the classification part only (its review_phases)
+    return loop.task  # type: ignore[return-value]
 
 
 def tracks(loop: "CloudLoop", round_number: int) -> tuple[list[str], list[str]]:
@@ -52,7 +58,7 @@ def track(loop: "CloudLoop", round_number: int, info: dict) -> dict:
         info["track_tasks"] = 0
         return info
     ids, keys = tracks(loop, round_number)
-    combined = loop.task.combined(round_number, ids, info["temperature"])
+    combined = _part(loop).combined(round_number, ids, info["temperature"])
     labels = loop.pool.labels(ids)
     human_tracks = {keys[i] for i, f in enumerate(ids) if f in labels and labels[f].source == "human"}
     unlabeled = {r["id"] for r in unlabeled_rows(loop)}
@@ -81,7 +87,7 @@ def propagate(loop: "CloudLoop", round_number: int, info: dict) -> dict:
     propagated, disputed, ambiguous = 0, 0, 0
     if prop.enabled:
         ids, keys = tracks(loop, round_number)
-        combined = loop.task.combined(round_number, ids, info["temperature"])
+        combined = _part(loop).combined(round_number, ids, info["temperature"])
         labels = loop.pool.labels(ids)
         human = {i: labels[f].label for i, f in enumerate(ids) if f in labels and labels[f].source == "human"}
         unlabeled = {r["id"] for r in unlabeled_rows(loop)}
