@@ -113,10 +113,11 @@ class CloudLoop:
         self.world = world or open_world("simulated")
         self.base_models = {tier: Path(config.models) / tier for tier in ("T1", "T2", "T3", "T4")}
         manifest = load_manifest(self.base_models["T2"])
+        wanted = task or manifest.task
         try:
-            needs, open_part = cloud_task_named(task or manifest.task)
-            if manifest.task != (task or manifest.task):
-                raise ConfigError(f"{self.base_models['T2']}: a {manifest.task} model; the {task} loop needs {needs}")
+            needs, open_part = cloud_task_named(wanted)
+            if manifest.task != wanted:
+                raise ConfigError(f"{self.base_models['T2']}: a {manifest.task} model; the {wanted} loop needs {needs}")
             self.task: CloudTask = open_part(self, manifest)
         except FleetLoopError:
             self.pool.close()
