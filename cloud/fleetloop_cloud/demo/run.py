@@ -175,7 +175,7 @@ class Demo:
     def _cloud(self, arm: Arm, private_key: Path, trusted: Path):
         from fleetloop_cloud.config import load_cloud_config
         from fleetloop_cloud.demo.fleet import _merge
-        from fleetloop_cloud.pipeline import CloudLoop
+        from fleetloop_cloud.loop import CloudLoop
 
         overrides = _merge(
             dict(self.config.cloud),
@@ -462,7 +462,7 @@ class Demo:
         from fleetloop_core.store import open_store
         from fleetloop_cloud.demo.fleet import _merge
         from fleetloop_cloud.config import load_cloud_config
-        from fleetloop_cloud.pipeline import CloudLoop
+        from fleetloop_cloud.loop import CloudLoop
         from fleetloop_cloud.simfleet import SimulatedFleet
 
         work = self.out / "arms" / "hard-mode"
