@@ -54,7 +54,9 @@ from fleetloop_cloud.box_evaluate import BoxTestSet, score_detector
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.demo.config import load_demo_config
 from fleetloop_cloud.demo.fleet import serving_stack, sign_round0_packages
-from fleetloop_cloud.deploy import LocalDirJobs, RolloutConfig, deploy_approved
+from fleetloop_cloud.deploy import deploy_approved
+from fleetloop_cloud.fleet_jobs import RolloutConfig
+from fleetloop_cloud.job_service_local import LocalDirJobs
 from fleetloop_cloud.loop import CloudLoop
 
 log = logging.getLogger("fleetloop.detection_demo")
