@@ -41,9 +41,9 @@ def main() -> int:
     from fleetloop_core.store import open_store
 
     from fleetloop_cloud.config import cloud_config_from_dict
-    from fleetloop_cloud.pipeline import CloudLoop
+    from fleetloop_cloud.loop import CloudLoop
     from fleetloop_cloud.simfleet import SimulatedFleet
-    from fleetloop_cloud.steps import summary_table
+    from fleetloop_cloud.loop.tasks.classification_report import classification_summary_table
 
     models = locate_models(args.models, args.quick)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fleetloop-cloud-bench-"))
@@ -79,7 +79,7 @@ def main() -> int:
             started = time.perf_counter()
             summary = loop.run_round()
             seconds = time.perf_counter() - started
-            Console().print(summary_table(summary))
+            Console().print(classification_summary_table(summary))
             data = summary.to_dict()
             data["wall_seconds"] = round(seconds, 1)
             rounds.append(data)

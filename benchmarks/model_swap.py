@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
 
-    from fleetloop_cloud.deploy import LocalDirJobs, deploy_document
+    from fleetloop_cloud.fleet_jobs import deploy_document
+    from fleetloop_cloud.job_service_local import LocalDirJobs
     from fleetloop_core import sim
     from fleetloop_core.cascade import Cascade
     from fleetloop_core.control_plane import LocalControlPlane

@@ -45,7 +45,7 @@ def build_world(root: Path, frames_per_robot: int, tasks: int) -> Path:
     from fleetloop_core.store import open_store
 
     from fleetloop_cloud.config import cloud_config_from_dict
-    from fleetloop_cloud.pipeline import CloudLoop
+    from fleetloop_cloud.loop import CloudLoop
     from fixtures import cloud_world
 
     test_models = build_reference_models(ROOT / ".cache" / "models-test", profile_name="test", progress=False)

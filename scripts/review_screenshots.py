@@ -29,7 +29,7 @@ def _world(root: Path, annotator: str, frames_per_robot: int, calibration: int):
     from fleetloop_core.store import open_store
 
     from fleetloop_cloud.config import cloud_config_from_dict
-    from fleetloop_cloud.pipeline import CloudLoop
+    from fleetloop_cloud.loop import CloudLoop
     from fixtures import cloud_world
 
     test_models = build_reference_models(ROOT / ".cache" / "models-test", profile_name="test", progress=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -55,6 +55,28 @@ def load_teachers(
     }
 
 
+def missing_batches(
+    store, teachers: Mapping[str, Any], frame_ids: Sequence[str], batch_size: int, progress: bool, verb: str
+) -> Iterator[tuple[str, Any, list[str]]]:
+    """Yield (tier, model, frame ids) batches of the frames each teacher version has not predicted yet.
+
+    ``store``: where the predictions go (``missing_predictions``); ``verb`` names the progress bar.
+    """
+    for tier, model in teachers.items():
+        todo = store.missing_predictions(tier, model.version, list(frame_ids))
+        bar = tqdm(total=len(todo), desc=f"{verb} {tier}", unit="frame", disable=not progress, leave=False)
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            yield tier, model, batch
+            bar.update(len(batch))
+        bar.close()
+
+
+def predicted_counts(store, teachers: Mapping[str, Any], frame_ids: Sequence[str]) -> dict[str, int]:
+    """Return per teacher tier how many of the frames its version has not predicted yet."""
+    return {tier: len(store.missing_predictions(tier, m.version, list(frame_ids))) for tier, m in teachers.items()}
+
+
 def run_teachers(
     pool: Pool,
     cache: FrameCache,
@@ -66,30 +88,23 @@ def run_teachers(
     """Predict every frame a teacher version has not seen yet; store probs and embeddings in the pool."""
     started, cpu_started = time.perf_counter(), time.process_time()
     rows = {row["id"]: row for row in pool.frames(ids=frame_ids, include_duplicates=True)}
-    predicted: dict[str, int] = {}
-    for tier, model in teachers.items():
-        todo = pool.missing_predictions(tier, model.version, list(frame_ids))
-        predicted[tier] = len(todo)
-        bar = tqdm(total=len(todo), desc=f"auto-label {tier}", unit="frame", disable=not progress, leave=False)
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            images = cache.images([rows[f] for f in batch])
-            # frames of one batch may differ in size: run each size group as one batch
-            probs = np.zeros((len(batch), len(model.labels)), np.float32)
-            embeddings = None
-            shapes: dict[tuple, list[int]] = {}
-            for i, image in enumerate(images):
-                shapes.setdefault(image.shape, []).append(i)
-            for indices in shapes.values():
-                out = model.infer_batch(np.stack([images[i] for i in indices]), batch_size=batch_size)
-                probs[indices] = out.probs
-                if out.embedding is not None:
-                    if embeddings is None:
-                        embeddings = np.zeros((len(batch), out.embedding.shape[1]), np.float32)
-                    embeddings[indices] = out.embedding
-            pool.put_predictions(tier, model.version, batch, probs, embeddings)
-            bar.update(len(batch))
-        bar.close()
+    predicted = predicted_counts(pool, teachers, frame_ids)
+    for tier, model, batch in missing_batches(pool, teachers, frame_ids, batch_size, progress, "auto-label"):
+        images = cache.images([rows[f] for f in batch])
+        # frames of one batch may differ in size: run each size group as one batch
+        probs = np.zeros((len(batch), len(model.labels)), np.float32)
+        embeddings = None
+        shapes: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            shapes.setdefault(image.shape, []).append(i)
+        for indices in shapes.values():
+            out = model.infer_batch(np.stack([images[i] for i in indices]), batch_size=batch_size)
+            probs[indices] = out.probs
+            if out.embedding is not None:
+                if embeddings is None:
+                    embeddings = np.zeros((len(batch), out.embedding.shape[1]), np.float32)
+                embeddings[indices] = out.embedding
+        pool.put_predictions(tier, model.version, batch, probs, embeddings)
     return AutolabelReport(
         frames=len(frame_ids),
         predicted=predicted,

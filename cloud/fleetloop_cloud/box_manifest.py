@@ -15,7 +15,6 @@ directory), so a Ground Truth output manifest is a valid training channel and vi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +26,8 @@ from fleetloop_core.errors import FleetLoopError
 from fleetloop_core.store import ObjectStore
 
 from fleetloop_cloud.box_consensus import BoxSet
-from fleetloop_cloud.frames import decode_image, encode_png, write_atomic
+from fleetloop_cloud.channels import channel_lines, write_frames
+from fleetloop_cloud.frames import decode_image
 
 ATTRIBUTE = "fleetloop-boxes"
 MANIFEST = "manifest.jsonl"
@@ -168,19 +168,10 @@ def write_box_channel(
     directory: str | Path, items: Sequence[tuple[str, bytes | np.ndarray, BoxSet | None, str]], classes: Sequence[str]
 ) -> Path:
     """Write a channel of (frame id, encoded bytes or RGB array, boxes or None, site); return the directory."""
-    directory = Path(directory)
-    (directory / "images").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for frame_id, data, boxes, site in items:
-        if isinstance(data, np.ndarray):
-            height, width = data.shape[:2]
-            data = encode_png(data)
-        else:
-            height, width = decode_image(data, frame_id).shape[:2]
-        name = f"images/{frame_id}.png"
-        if not (directory / name).exists():
-            write_atomic(directory / name, data)
-        record = box_record(
+
+    def record(name: str, frame_id: str, data: bytes, image: np.ndarray | None, boxes: BoxSet | None, site: str):
+        height, width = (image if image is not None else decode_image(data, frame_id)).shape[:2]
+        line = box_record(
             name,
             width,
             height,
@@ -190,40 +181,24 @@ def write_box_channel(
             source="train",
             extra={"fleetloop-frame": frame_id, "site": site},
         )
-        record.pop(f"{ATTRIBUTE}-metadata", None)
-        lines.append(json.dumps(record, sort_keys=True))
-    write_atomic(directory / MANIFEST, ("\n".join(lines) + ("\n" if lines else "")).encode())
-    return directory
+        line.pop(f"{ATTRIBUTE}-metadata", None)
+        return line
+
+    return write_frames(directory, items, record)
 
 
 def read_box_channel(
     name: str, directory: str | Path | None, classes: Sequence[str], required: bool = True
 ) -> BoxChannel:
     """Return a detection channel's frames; BoxManifestError if required and missing, empty or malformed."""
-    if directory is None or not Path(directory).is_dir():
-        if required:
-            raise BoxManifestError(
-                f"channel '{name}': directory {directory} does not exist (set SM_CHANNEL_{name.upper()} or --{name})"
-            )
-        return BoxChannel([], [], [], [])
-    directory = Path(directory)
-    manifest = directory / MANIFEST
-    if not manifest.is_file():
-        raise BoxManifestError(f"channel '{name}': {manifest} is missing")
     out = BoxChannel([], [], [], [])
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"channel '{name}': {manifest} line {number}"
+    for where, root, record in channel_lines(name, directory, required, BoxManifestError):
         try:
-            record = json.loads(line)
-            path = directory / record["source-ref"]
+            path = root / record["source-ref"]
             out.images.append(decode_image(path.read_bytes(), str(path)))
-        except (json.JSONDecodeError, KeyError, OSError) as exc:
+        except (KeyError, OSError) as exc:
             raise BoxManifestError(f"{where}: {type(exc).__name__}: {exc}") from None
         out.boxes.append(parse_box_record(record, classes, where=where))
         out.frame_ids.append(str(record.get("fleetloop-frame", path.stem)))
         out.sites.append(str(record.get("site", "")))
-    if required and not out.images:
-        raise BoxManifestError(f"channel '{name}': {manifest} lists no frames (the channel is empty)")
     return out

@@ -1,6 +1,6 @@
 """A local MQTT broker for the embedded control plane: Debian's mosquitto with mutual TLS.
 
-The cloud's own job service (``fleetloop_cloud.deploy.MqttJobService``) and the robots speak the
+The cloud's own job service (``fleetloop_cloud.job_service_mqtt.MqttJobService``) and the robots speak the
 AWS IoT Jobs MQTT protocol through it, so the whole protocol runs end to end without AWS
 (``fleetloop demo --control-plane mqtt``, and the tests). Certificates are made here with
 ``cryptography`` (EC P-256): one CA, a server certificate for 127.0.0.1/localhost, and client

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -47,49 +47,79 @@ class ChannelData:
         return stack_resized(self.images, size, size)
 
 
-def write_channel(directory: str | Path, items: Sequence[tuple[str, bytes | np.ndarray, int, str]]) -> Path:
-    """Write a channel of (frame id, encoded bytes or RGB array, label or -1, site); return the directory."""
+def write_frames(directory: str | Path, items: Iterable[tuple], record: Callable[..., dict]) -> Path:
+    """Write a channel: each item's frame as ``images/<frame id>.png`` and one manifest line per item.
+
+    ``items``: (frame id, encoded bytes or RGB array, *rest); ``record(name, frame id, bytes, RGB
+    array or None, *rest)`` returns the item's manifest line (``name``: the image's relative path).
+    Returns the directory.
+    """
     directory = Path(directory)
     (directory / "images").mkdir(parents=True, exist_ok=True)
     lines = []
-    for frame_id, data, label, site in items:
-        if isinstance(data, np.ndarray):
-            data = encode_png(data)
+    for frame_id, data, *rest in items:
+        image = data if isinstance(data, np.ndarray) else None
+        if image is not None:
+            data = encode_png(image)
         name = f"images/{frame_id}.png"
-        path = directory / name
-        if not path.exists():
-            write_atomic(path, data)
-        lines.append(
-            json.dumps({"source-ref": name, "label": int(label), "frame": frame_id, "site": site}, sort_keys=True)
-        )
+        if not (directory / name).exists():
+            write_atomic(directory / name, data)
+        lines.append(json.dumps(record(name, frame_id, data, image, *rest), sort_keys=True))
     write_atomic(directory / MANIFEST, ("\n".join(lines) + ("\n" if lines else "")).encode())
     return directory
 
 
-def read_channel(name: str, directory: str | Path | None, required: bool = True) -> ChannelData:
-    """Return a channel's frames; ChannelError if it is required and missing or empty."""
+def channel_lines(
+    name: str, directory: str | Path | None, required: bool, error: type[FleetLoopError]
+) -> Iterator[tuple[str, Path, dict]]:
+    """Yield (where, channel directory, record) per manifest line of channel ``name``.
+
+    Missing (or, when ``required``, empty) channels raise ``error`` naming the channel and path;
+    ``where`` names the manifest line; a line that is not JSON raises ``error`` there.
+    """
     if directory is None or not Path(directory).is_dir():
         if required:
-            raise ChannelError(
+            raise error(
                 f"channel '{name}': directory {directory} does not exist (set SM_CHANNEL_{name.upper()} or --{name})"
             )
-        return ChannelData([], np.zeros(0, np.int64), [])
+        return
     directory = Path(directory)
     manifest = directory / MANIFEST
     if not manifest.is_file():
-        raise ChannelError(f"channel '{name}': {manifest} is missing")
-    images, labels, ids = [], [], []
+        raise error(f"channel '{name}': {manifest} is missing")
+    count = 0
     for number, line in enumerate(manifest.read_text().splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"channel '{name}': {manifest} line {number}"
         try:
             record = json.loads(line)
-            path = directory / record["source-ref"]
+        except json.JSONDecodeError as exc:
+            raise error(f"{where}: {type(exc).__name__}: {exc}") from None
+        count += 1
+        yield where, directory, record
+    if required and not count:
+        raise error(f"channel '{name}': {manifest} lists no frames (the channel is empty)")
+
+
+def _class_record(name: str, frame_id: str, data: bytes, image: np.ndarray | None, label: int, site: str) -> dict:
+    return {"source-ref": name, "label": int(label), "frame": frame_id, "site": site}
+
+
+def write_channel(directory: str | Path, items: Sequence[tuple[str, bytes | np.ndarray, int, str]]) -> Path:
+    """Write a channel of (frame id, encoded bytes or RGB array, label or -1, site); return the directory."""
+    return write_frames(directory, items, _class_record)
+
+
+def read_channel(name: str, directory: str | Path | None, required: bool = True) -> ChannelData:
+    """Return a channel's frames; ChannelError if it is required and missing or empty."""
+    images, labels, ids = [], [], []
+    for where, root, record in channel_lines(name, directory, required, ChannelError):
+        try:
+            path = root / record["source-ref"]
             images.append(decode_image(path.read_bytes(), str(path)))
             labels.append(int(record.get("label", -1)))
             ids.append(str(record.get("frame", path.stem)))
-        except (json.JSONDecodeError, KeyError, OSError, ValueError) as exc:
-            raise ChannelError(f"channel '{name}': {manifest} line {number}: {exc}") from None
-    if required and not images:
-        raise ChannelError(f"channel '{name}': {manifest} lists no frames (the channel is empty)")
+        except (KeyError, OSError, ValueError) as exc:
+            raise ChannelError(f"{where}: {exc}") from None
     return ChannelData(images, np.asarray(labels, np.int64), ids)

@@ -308,7 +308,7 @@ class SimulatedBoxAnnotatorConfig(ConfigModel):
 
 
 class DetectionLoopConfig(ConfigModel):
-    """The detection loop (fleetloop_cloud.detection_loop): box consensus, routing targets, box annotator.
+    """The detection task of the loop (fleetloop_cloud.loop.tasks.detection): consensus, routing targets, annotator.
 
     Review sizes, audit, training epochs and the gate's limits come from the sections above
     (review, audit, training, evaluation), read as box and mAP@0.5 figures.

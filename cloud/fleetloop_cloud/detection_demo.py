@@ -3,7 +3,7 @@
 :func:`run_detection_demo` drives robots of the detection world in-process with the robot stack's
 core objects (the detection cascade inside its model manager, the selector and the upload queue
 draining into a file store with the real uploader) and a
-:class:`~fleetloop_cloud.detection_loop.DetectionLoop` per arm. Robots are provisioned with signed
+:class:`~fleetloop_cloud.loop.CloudLoop` (detection) per arm. Robots are provisioned with signed
 round-0 detectors; each round's approved detectors are signed by the registry and rolled out through
 the control plane (canary first), and every robot installs, shadow-checks, swaps, watches and can
 roll them back exactly as a classifier robot does, while it streams the next round. Arms, on the
@@ -54,8 +54,10 @@ from fleetloop_cloud.box_evaluate import BoxTestSet, score_detector
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.demo.config import load_demo_config
 from fleetloop_cloud.demo.fleet import serving_stack, sign_round0_packages
-from fleetloop_cloud.deploy import LocalDirJobs, RolloutConfig, deploy_approved
-from fleetloop_cloud.detection_loop import DetectionLoop
+from fleetloop_cloud.deploy import deploy_approved
+from fleetloop_cloud.fleet_jobs import RolloutConfig
+from fleetloop_cloud.job_service_local import LocalDirJobs
+from fleetloop_cloud.loop import CloudLoop
 
 log = logging.getLogger("fleetloop.detection_demo")
 
@@ -387,8 +389,10 @@ def run_detection_demo(
     manager_overrides = load_demo_config().robot.manager_overrides()
     loops, fleets, jobs = {}, {}, {}
     for name, config in (("loop", selection), ("random", keep_all)):
-        loops[name] = DetectionLoop(
-            cloud_config_from_dict(_cloud_config(out, name, models, settings, keys)), progress=progress
+        loops[name] = CloudLoop(
+            cloud_config_from_dict(_cloud_config(out, name, models, settings, keys)),
+            progress=progress,
+            task="detection",
         )
         jobs[name] = LocalDirJobs(out / name / "jobs")
         provisioning = Provisioning(round0, keys[1], out / name / "jobs", manager_overrides)
@@ -488,7 +492,7 @@ def run_detection_demo(
 
 
 def _deploy_in_background(
-    jobs: LocalDirJobs, loop: DetectionLoop, robots: list[str], entries: list[dict], job_prefix: str, record: dict
+    jobs: LocalDirJobs, loop: CloudLoop, robots: list[str], entries: list[dict], job_prefix: str, record: dict
 ) -> threading.Thread:
     """Start rolling out the round's approved detectors (canary first); the records land in ``record``."""
 

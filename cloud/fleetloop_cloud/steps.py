@@ -1,7 +1,7 @@
 """``fleetloop-cloud ingest|autolabel|review|train|evaluate|register|round --config config/cloud.yaml``.
 
 Each sub-command is registered through the ``fleetloop_cloud.commands`` entry-point group
-(cloud/setup.py) and runs one step of the open round (:class:`fleetloop_cloud.pipeline.CloudLoop`);
+(cloud/setup.py) and runs one step of the open round (:class:`fleetloop_cloud.loop.CloudLoop`);
 every step is idempotent, so rerunning a finished one does nothing. ``train --sagemaker`` is the
 SageMaker training-container entry point (docker/sagemaker-entrypoint.sh).
 """
@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-# the pipeline (numpy, scipy, onnxruntime, ...) is imported by the handlers, not at registration:
+# the loop (numpy, scipy, onnxruntime, ...) is imported by the handlers, not at registration:
 # every image that runs `fleetloop-cloud <command>` loads every command's module
 
 
@@ -23,8 +23,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _loop(args):
-    # the models' task picks the loop: classifiers (CloudLoop) or detectors (DetectionLoop)
-    from fleetloop_cloud.detection_loop import open_loop
+    # the models' task picks the loop's task part (classifiers or detectors)
+    from fleetloop_cloud.loop import open_loop
 
     return open_loop(args.config, progress=not args.no_progress)
 
@@ -46,7 +46,7 @@ def _print(args, title: str, data: dict) -> None:
 def _step_command(name: str, help_text: str):
     def handler(args) -> int:
         with _loop(args) as loop:
-            result = getattr(loop, name)()
+            result = loop.run_step(name)
             round_number = loop.current_round()
         _print(args, f"{name} (round {round_number})", result)
         return 0
@@ -92,85 +92,6 @@ def register_train(subparsers) -> None:
     parser.set_defaults(handler=handler)
 
 
-def summary_table(summary):
-    """Return a rich Table of a round's summary (the figures of DEMO_WORLD.md)."""
-    from rich.table import Table
-
-    data = summary.to_dict()
-    table = Table(title=f"FleetLoop cloud round {data['round']} ({data['status']})")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    frames, labels, audit = data["frames"], data["labels"], data["audit"]
-    figures, human, compute = data["figures"], data["human"], data["compute"]
-    rows = [
-        ("frames ingested", frames["ingested"]),
-        ("duplicates (exact / near)", f"{frames['exact_duplicates']} / {frames['near_duplicates']}"),
-        ("quarantined / waiting for sidecar", f"{frames['quarantined']} / {frames['waiting_for_sidecar']}"),
-        ("labels accepted", labels["accepted"]),
-        ("  auto-accepted", labels["auto_accepted"]),
-        ("  propagated along tracks", labels["propagated"]),
-        ("  human", labels["human"]),
-        ("frames sent to humans", labels["sent_to_humans"]),
-        ("pending review (over budget)", frames["pending_review"]),
-        ("routing threshold (calibrated)", (data["routing"]["threshold"] or {}).get("value")),
-    ]
-    final = audit.get("final")
-    if final:
-        low, high = final["ci"]
-        rows.append(
-            (
-                "audited accuracy (auto + propagated)",
-                f"{final['accuracy']:.4f} [{low:.3f}, {high:.3f}] on {final['frames']} "
-                f"(target {audit['target']}, {'met' if audit['meets_target'] else 'NOT met'})",
-            )
-        )
-    else:
-        rows.append(("audited accuracy", "no auto labels to audit"))
-    for purpose, entry in human["by_purpose"].items():
-        rows.append((f"human {purpose}", f"{entry['tasks']} tasks, {entry['seconds']:.1f} s, ${entry['dollars']:.3f}"))
-    rows += [("human seconds / dollars", f"{human['seconds']:.1f} s / ${human['dollars']:.3f}")]
-    for step, entry in compute["by_step"].items():
-        if entry["cpu_seconds"] or entry["gpu_seconds"]:
-            rows.append((f"compute {step}", f"{entry['cpu_seconds']:.1f} CPU s, ${entry['dollars']:.5f}"))
-    rows += [
-        ("compute dollars (labeling / total)", f"${compute['labeling_dollars']:.5f} / ${compute['dollars']:.5f}"),
-        (
-            "labels per human-hour (loop / manual)",
-            f"{_num(figures['loop_labels_per_human_hour'])} / {_num(figures['manual_labels_per_human_hour'])}",
-        ),
-        ("throughput ratio", _num(figures["throughput_ratio"], "x")),
-        (
-            "cost per label (loop / manual)",
-            f"${_num(figures['loop_cost_per_label'], digits=4)} / ${_num(figures['manual_cost_per_label'], digits=4)}",
-        ),
-        ("cost ratio", _num(figures["cost_ratio"], "x")),
-    ]
-    for variant, model in data["models"].items():
-        if variant == "int8_vs_fp32":
-            for tier, cmp in model.items():
-                rows.append(
-                    (
-                        f"{tier} vs fp32",
-                        f"{cmp['int8_ms']:.2f} ms vs {cmp['fp32_ms']:.2f} ms, agreement {cmp['agreement']:.3f}",
-                    )
-                )
-            continue
-        verdict = ("promoted" if model["promoted"] else "kept production") if model["gated"] else "reported, not gated"
-        rows.append(
-            (
-                f"{variant} accuracy before -> after",
-                f"{model['accuracy_before']:.4f} -> {model['accuracy_after']:.4f} ({verdict})",
-            )
-        )
-    for key, value in rows:
-        table.add_row(key, str(value))
-    return table
-
-
-def _num(value, suffix: str = "", digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
-
-
 def register_round(subparsers) -> None:
     """``round``: every remaining step of the open round, then the summary."""
     parser = subparsers.add_parser("round", help="run the open round's remaining steps and print its summary")
@@ -179,17 +100,12 @@ def register_round(subparsers) -> None:
     def handler(args) -> int:
         with _loop(args) as loop:
             summary = loop.run_round()
-        if args.json:
-            print(json.dumps(summary.to_dict(), indent=2, sort_keys=True, default=str))
-        else:
-            from rich.console import Console
-
-            if summary.to_dict().get("task") == "detection":
-                from fleetloop_cloud.detection_loop import detection_summary_table
-
-                Console().print(detection_summary_table(summary))
+            if args.json:
+                print(json.dumps(summary.to_dict(), indent=2, sort_keys=True, default=str))
             else:
-                Console().print(summary_table(summary))
+                from rich.console import Console
+
+                Console().print(loop.task.summary_table(summary))
         return 0 if summary.status in ("finished", "waiting") else 1
 
     parser.set_defaults(handler=handler)
@@ -218,19 +134,18 @@ def register_manifest(subparsers) -> None:
         with _loop(args) as loop:
             rows = loop.pool.frames(state=args.state, round=args.round)
             ids = [r["id"] for r in rows]
-            boxes = getattr(loop, "boxes", None)  # a DetectionLoop: bounding-box manifests
             if args.source:
-                labels = (boxes or loop.pool).labels(ids, source=args.source)
+                labels = loop.task.answers.labels(ids, source=args.source)
                 ids = [i for i in ids if i in labels]
-            if boxes is not None:
+            if loop.task.name == "detection":  # bounding-box manifests
                 from fleetloop_cloud.box_manifest import augmented_box_manifest
 
                 records = augmented_box_manifest(
                     loop.pool,
-                    boxes,
+                    loop.task.answers,
                     loop.store,
                     ids,
-                    loop.classes,
+                    loop.task.classes,
                     job_name=f"fleetloop-round-{loop.pool.last_round()}",
                 )
             else:

@@ -13,7 +13,7 @@ from fleetloop_core.store import open_store
 from fleetloop_cloud.box_consensus import BoxSet
 from fleetloop_cloud.box_pool import BoxPool
 from fleetloop_cloud.config import cloud_config_from_dict
-from fleetloop_cloud.detection_loop import DetectionLoop
+from fleetloop_cloud.loop import CloudLoop
 from fleetloop_cloud.review.app import create_app
 from fleetloop_cloud.simfleet import SimulatedFleet
 
@@ -39,13 +39,13 @@ def box_world(tmp_path, detection_cloud_models):
         detection={"annotator": "review-page"},
     )
     config = cloud_config_from_dict(data)
-    with DetectionLoop(config, progress=False) as loop:
+    with CloudLoop(config, progress=False) as loop:
         loop.ingest()
         loop.autolabel()
         frames = [r["id"] for r in loop.pool.frames()][:5]
         suggestion = BoxSet.from_rows([A, B], with_scores=False)
-        ids = loop.boxes.add_tasks(1, "review", [(f, suggestion) for f in frames])
-        loop.boxes.mark_submitted(ids, "review-page")
+        ids = loop.task.boxes.add_tasks(1, "review", [(f, suggestion) for f in frames])
+        loop.task.boxes.mark_submitted(ids, "review-page")
     return config, ids, frames
 
 
@@ -145,8 +145,8 @@ def test_box_review_with_mouse_and_keys(box_world, browser, artifacts):
         boxes.close()
 
     # the loop's next review step turns the answers into human box labels
-    with DetectionLoop(config, progress=False) as loop:
+    with CloudLoop(config, progress=False) as loop:
         loop.review()
-        labels = loop.boxes.labels(frames[:3])
+        labels = loop.task.boxes.labels(frames[:3])
         assert {f: labels[f].source for f in frames[:3]} == {f: "human" for f in frames[:3]}
         assert labels[frames[0]].boxes.rows(False) == [A, B]

@@ -18,7 +18,7 @@ import yaml
 
 from fleetloop_cloud.autolabel import combine
 from fleetloop_cloud.config import load_cloud_config
-from fleetloop_cloud.pipeline import CloudLoop
+from fleetloop_cloud.loop import CloudLoop
 from fleetloop_cloud.review.app import create_app
 from fleetloop_cloud.review.items import teachers
 from fleetloop_cloud.review.leases import REVIEW_BACKEND

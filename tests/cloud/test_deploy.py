@@ -7,17 +7,11 @@ import json
 import pytest
 
 from fixtures.model_packages import Robot, manager_config, make_version
-from fleetloop_cloud.deploy import (
-    AwsIotJobs,
-    DeployError,
-    LocalDirJobs,
-    RolloutConfig,
-    deploy_document,
-    open_fleet_jobs,
-    rollout,
-    rollback_document,
-    wait_for_reports,
-)
+from fleetloop_cloud.deploy import open_fleet_jobs
+from fleetloop_cloud.fleet_jobs import DeployError, RolloutConfig, deploy_document, rollback_document
+from fleetloop_cloud.job_service_aws import AwsIotJobs
+from fleetloop_cloud.job_service_local import LocalDirJobs
+from fleetloop_cloud.rollout import rollout, wait_for_reports
 from fleetloop_core.control_plane import LocalControlPlane
 from fleetloop_core.deploy_agent import DeployAgent
 from fleetloop_core.errors import ConfigError

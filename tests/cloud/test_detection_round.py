@@ -25,7 +25,8 @@ from fleetloop_cloud.box_consensus import (
 )
 from fleetloop_cloud.box_manifest import augmented_box_manifest, parse_box_record, read_box_channel
 from fleetloop_cloud.config import cloud_config_from_dict, load_cost_model
-from fleetloop_cloud.detection_loop import DetectionLoop, box_labeling_figures, map_per_round
+from fleetloop_cloud.loop import CloudLoop
+from fleetloop_cloud.loop.tasks.detection_report import box_labeling_figures, map_per_round
 from fleetloop_cloud.simfleet import SimulatedFleet
 
 from fixtures.cloud_world import ROOT, cloud_config
@@ -143,7 +144,7 @@ def test_a_detection_round_end_to_end(tmp_path, detection_cloud_models):
     store, sidecars = _fleet(tmp_path, detection_cloud_models)
     assert sidecars[0].detections is not None and sidecars[0].simulation.boxes is not None
     config = _config(tmp_path, store, detection_cloud_models["T1"].parent)
-    with DetectionLoop(config, progress=False) as loop:
+    with CloudLoop(config, progress=False) as loop:
         summary = loop.run_round().to_dict()
         (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2))
         assert summary["status"] == "finished" and summary["task"] == "detection"
@@ -186,7 +187,7 @@ def test_a_detection_round_end_to_end(tmp_path, detection_cloud_models):
         for tier, model in models.items():
             assert 0.0 <= model["map50_after"] <= 1.0 and 0.0 <= model["map_after"] <= model["map50_after"] + 1e-9
             assert set(model["per_site_after"]) == {"site-0", "site-1"}
-            candidate = load_manifest(loop._candidates(summary["round"])[tier])
+            candidate = load_manifest(loop.candidates(summary["round"])[tier])
             assert candidate.task == "detection" and candidate.version.startswith("r1-")
             assert candidate.detection.layout == load_manifest(detection_cloud_models[tier]).detection.layout
         assert len(summary["registry"]) == 3
@@ -195,17 +196,17 @@ def test_a_detection_round_end_to_end(tmp_path, detection_cloud_models):
         assert {r["tier"] for r in rows} == {"T2", "T3", "T4"}
 
         # the accepted boxes as a Ground Truth augmented manifest (bounding-box format) round-trips
-        ids = sorted(loop.boxes.labels())[:10]
-        records = augmented_box_manifest(loop.pool, loop.boxes, loop.store, ids, loop.classes)
+        ids = sorted(loop.task.boxes.labels())[:10]
+        records = augmented_box_manifest(loop.pool, loop.task.boxes, loop.store, ids, loop.task.classes)
         for frame_id, record in zip(ids, records):
             assert record["source-ref"].startswith("file://") and record["fleetloop-frame"] == frame_id
             meta = record["fleetloop-boxes-metadata"]
-            assert meta["type"] == "groundtruth/object-detection" and meta["class-map"]["0"] == loop.classes[0]
+            assert meta["type"] == "groundtruth/object-detection" and meta["class-map"]["0"] == loop.task.classes[0]
             assert len(meta["objects"]) == len(record["fleetloop-boxes"]["annotations"])
-            parsed = parse_box_record(record, loop.classes)
-            np.testing.assert_allclose(parsed.boxes, loop.boxes.labels([frame_id])[frame_id].boxes.boxes, atol=1.0)
+            parsed = parse_box_record(record, loop.task.classes)
+            np.testing.assert_allclose(parsed.boxes, loop.task.boxes.labels([frame_id])[frame_id].boxes.boxes, atol=1.0)
         # the training channel the job read is in the same format
-        channel = read_box_channel("train", loop.work / "rounds" / "0001" / "channels" / "train", loop.classes)
+        channel = read_box_channel("train", loop.work / "rounds" / "0001" / "channels" / "train", loop.task.classes)
         assert len(channel) == 120 and all(b is not None for b in channel.boxes)
 
         # a second round with nothing new: the steps skip, nothing is relabeled
@@ -223,38 +224,50 @@ def test_review_page_answers_and_config_errors(tmp_path, detection_cloud_models,
         review={"annotator": "simulated", "calibration_sample": 5, "strategy": "uncertainty"},
         detection={"annotator": "review-page", "min_validation": 10},
     )
-    with DetectionLoop(config, progress=False) as loop:
+    with CloudLoop(config, progress=False) as loop:
         first = loop.run_round().to_dict()
         assert first["status"] == "waiting" and first["steps"]["review"] == "waiting"
-        tasks = loop.boxes.tasks(status="submitted")
+        tasks = loop.task.boxes.tasks(status="submitted")
         assert len(tasks) == 5 and all(t.backend == "review-page" for t in tasks)
         for task in tasks:  # what the page posts: accept the suggestion as it is
             answered = record_box_answer(
-                loop.boxes, loop.box_costs, task.id, task.suggestion, "ann", loop.classes, seconds=2.5
+                loop.task.boxes, loop.task.box_costs, task.id, task.suggestion, "ann", loop.task.classes, seconds=2.5
             )
             assert answered.status == "done" and answered.seconds == 2.5
             assert answered.edits["kept"] == len(task.suggestion) and answered.edits["drawn"] == 0
         with pytest.raises(Exception, match="not open"):
-            record_box_answer(loop.boxes, loop.box_costs, tasks[0].id, tasks[0].suggestion, "ann", loop.classes)
-        (extra,) = loop.boxes.add_tasks(1, "review", [(tasks[0].frame_id, None)], shown=False)
+            record_box_answer(
+                loop.task.boxes, loop.task.box_costs, tasks[0].id, tasks[0].suggestion, "ann", loop.task.classes
+            )
+        (extra,) = loop.task.boxes.add_tasks(1, "review", [(tasks[0].frame_id, None)], shown=False)
         with pytest.raises(Exception, match="not a known class"):
             record_box_answer(
-                loop.boxes, loop.box_costs, extra, BoxSet.from_rows([[0, 0, 5, 5, 42]], False), "ann", loop.classes
+                loop.task.boxes,
+                loop.task.box_costs,
+                extra,
+                BoxSet.from_rows([[0, 0, 5, 5, 42]], False),
+                "ann",
+                loop.task.classes,
             )
         drawn = record_box_answer(
-            loop.boxes, loop.box_costs, extra, BoxSet.from_rows([[0, 0, 5, 5, 3]], False), "ann", loop.classes
+            loop.task.boxes,
+            loop.task.box_costs,
+            extra,
+            BoxSet.from_rows([[0, 0, 5, 5, 3]], False),
+            "ann",
+            loop.task.classes,
         )
-        assert drawn.edits["drawn"] == 1 and drawn.seconds == pytest.approx(loop.box_costs.manual_seconds(1))
+        assert drawn.edits["drawn"] == 1 and drawn.seconds == pytest.approx(loop.task.box_costs.manual_seconds(1))
         second = loop.run_round().to_dict()
         assert second["routing"]["validation_frames"] == 5
         assert second["status"] == "waiting" or second["labels"]["accepted"] == 30
     with pytest.raises(ConfigError, match="unknown box annotator 'crowd'"):
-        DetectionLoop(
+        CloudLoop(
             _config(tmp_path / "b", store, detection_cloud_models["T1"].parent, detection={"annotator": "crowd"}),
             progress=False,
         )
     with pytest.raises(ConfigError, match="needs detector tiers"):
-        DetectionLoop(_config(tmp_path / "c", store, test_models["T1"].parent), progress=False)
+        CloudLoop(_config(tmp_path / "c", store, test_models["T1"].parent), task="detection", progress=False)
     assert ROOT.is_dir()
 
 
@@ -276,10 +289,15 @@ def test_cloud_cli_runs_the_detection_loop_and_writes_box_manifests(tmp_path, de
     assert cloud_cli(["round", "--config", str(path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "FleetLoop detection round 1 (waiting)" in out and "box labels accepted" in out
-    with DetectionLoop(cloud_config_from_dict(data), progress=False) as loop:
-        for task in loop.boxes.tasks(status="submitted"):
+    with CloudLoop(cloud_config_from_dict(data), progress=False) as loop:
+        for task in loop.task.boxes.tasks(status="submitted"):
             record_box_answer(
-                loop.boxes, loop.box_costs, task.id, BoxSet.from_rows([[4, 4, 30, 30, 2]], False), "ann", loop.classes
+                loop.task.boxes,
+                loop.task.box_costs,
+                task.id,
+                BoxSet.from_rows([[4, 4, 30, 30, 2]], False),
+                "ann",
+                loop.task.classes,
             )
     assert cloud_cli(["round", "--config", str(path), "--no-progress", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

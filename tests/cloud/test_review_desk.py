@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fleetloop_cloud.config import load_cost_model
-from fleetloop_cloud.pipeline import CloudLoop
+from fleetloop_cloud.loop import CloudLoop
 from fleetloop_cloud.review import answers, counters, leases
 from fleetloop_cloud.review.db import ReviewDB, prepare
 from fleetloop_cloud.review.errors import Conflict, NotFound, ReviewError

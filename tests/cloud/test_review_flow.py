@@ -10,7 +10,7 @@ import numpy as np
 
 from fleetloop_core.dataset import LABELS
 from fleetloop_cloud.config import cloud_config_from_dict
-from fleetloop_cloud.pipeline import CloudLoop
+from fleetloop_cloud.loop import CloudLoop
 from fleetloop_cloud.pool import FrameRecord
 
 from fixtures.cloud_world import cloud_config

@@ -16,7 +16,7 @@ from fleetloop_core.store import open_store
 from fleetloop_cloud.annotators import record_answer
 from fleetloop_cloud.cli import main as cloud_cli
 from fleetloop_cloud.config import cloud_config_from_dict
-from fleetloop_cloud.pipeline import CloudLoop
+from fleetloop_cloud.loop import CloudLoop
 from fleetloop_cloud.training_job import TrainingError
 
 from fixtures.cloud_world import cloud_config, fleet_sites, write_fleet

@@ -16,7 +16,7 @@ from fleetloop_core.store import open_store
 
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.frames import decode_image
-from fleetloop_cloud.pipeline import CloudLoop
+from fleetloop_cloud.loop import CloudLoop
 from fleetloop_cloud.serve import create_app, predict_bytes
 from fleetloop_cloud.transform import BatchTransformTeachers, job_name
 

@@ -21,7 +21,9 @@ import yaml
 
 from fixtures.model_packages import make_version
 from fixtures.mqtt import CLOUD_IDENTITY
-from fleetloop_cloud.deploy import MqttJobService, RolloutConfig, deploy_document, rollout
+from fleetloop_cloud.fleet_jobs import RolloutConfig, deploy_document
+from fleetloop_cloud.job_service_mqtt import MqttJobService
+from fleetloop_cloud.rollout import rollout
 from fleetloop_core.manifest import MANIFEST_NAME, load_manifest
 from fleetloop_core.model_store import publish_package
 

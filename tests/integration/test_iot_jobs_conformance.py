@@ -1,7 +1,7 @@
 """IoT Jobs conformance, both directions, over mosquitto with mutual TLS.
 
 * A reference device written only with AWS's own client (``awsiot.iotjobs.IotJobsClientV2`` over
-  an awscrt MQTT 5 client) against our job service (``fleetloop_cloud.deploy.MqttJobService``):
+  an awscrt MQTT 5 client) against our job service (``fleetloop_cloud.job_service_mqtt.MqttJobService``):
   StartNextPendingJobExecution, UpdateJobExecution with ``expectedVersion`` (VersionMismatch with
   the execution state), DescribeJobExecution with and without the document and ``$next``,
   notify-next, InvalidStateTransition after a terminal status, TerminalStateReached on describe.

@@ -175,7 +175,7 @@ class Demo:
     def _cloud(self, arm: Arm, private_key: Path, trusted: Path):
         from fleetloop_cloud.config import load_cloud_config
         from fleetloop_cloud.demo.fleet import _merge
-        from fleetloop_cloud.pipeline import CloudLoop
+        from fleetloop_cloud.loop import CloudLoop
 
         overrides = _merge(
             dict(self.config.cloud),
@@ -372,7 +372,8 @@ class Demo:
 
     # ------------------------------------------------------------------ pieces
     def _fleet_jobs(self, arm: Arm, mqtt: dict | None):
-        from fleetloop_cloud.deploy import LocalDirJobs, MqttJobService
+        from fleetloop_cloud.job_service_local import LocalDirJobs
+        from fleetloop_cloud.job_service_mqtt import MqttJobService
 
         if mqtt:
             return MqttJobService.from_uri(mqtt["endpoint"], **mqtt["service"])
@@ -412,7 +413,8 @@ class Demo:
 
     def _deploy(self, arm: Arm, round_number: int) -> None:
         """Roll out the round's promoted T4/T3 packages to the arm's fleet (canary first)."""
-        from fleetloop_cloud.deploy import RolloutConfig, deploy_approved
+        from fleetloop_cloud.deploy import deploy_approved
+        from fleetloop_cloud.fleet_jobs import RolloutConfig
 
         records = deploy_approved(
             arm.jobs,
@@ -462,7 +464,7 @@ class Demo:
         from fleetloop_core.store import open_store
         from fleetloop_cloud.demo.fleet import _merge
         from fleetloop_cloud.config import load_cloud_config
-        from fleetloop_cloud.pipeline import CloudLoop
+        from fleetloop_cloud.loop import CloudLoop
         from fleetloop_cloud.simfleet import SimulatedFleet
 
         work = self.out / "arms" / "hard-mode"

@@ -4,7 +4,7 @@
   ``<dir>/<thing>/queued/<jobId>.json`` → ``in_progress/`` → ``done/``, statuses in ``status/``.
 * ``mqtt`` (``mqtts://host:port``, ``fleetloop_core.mqtt_control_plane``): the AWS IoT Jobs MQTT protocol (``iot_jobs``)
   through awsiotsdk's MQTT 5 client with mutual TLS — AWS IoT Core in production, any MQTT 5 broker
-  (mosquitto) with our own job service (``fleetloop_cloud.deploy``) here. The client reconnects with
+  (mosquitto) with our own job service (``fleetloop_cloud.job_service_mqtt``) here. The client reconnects with
   exponential back-off and jitter; while the broker is away the robot keeps serving, ``next_job``
   returns None and a final status waits to be delivered.
 

@@ -1,7 +1,7 @@
 """The AWS IoT Jobs MQTT protocol: topic names and JSON documents, as pure functions.
 
 Used by the robot's MQTT control plane (``fleetloop_core.control_plane``) and by the cloud's local
-job service (``fleetloop_cloud.deploy``), so both sides speak exactly the documented protocol
+job service (``fleetloop_cloud.job_service_mqtt``), so both sides speak exactly the documented protocol
 (https://docs.aws.amazon.com/iot/latest/developerguide/jobs-mqtt-api.html):
 
     <prefix>/things/<thing>/jobs/notify-next                 service → device: next pending execution

@@ -1,6 +1,6 @@
 """The deploy job document a robot understands, and how a job ended: the contract between cloud and robot.
 
-The cloud builds documents with these models (``fleetloop_cloud.deploy.deploy_document``); the robot
+The cloud builds documents with these models (``fleetloop_cloud.fleet_jobs.deploy_document``); the robot
 parses them with :func:`parse_job_document` and answers with a :class:`JobOutcome` whose
 ``status_details()`` are IoT Jobs ``statusDetails``.
 """

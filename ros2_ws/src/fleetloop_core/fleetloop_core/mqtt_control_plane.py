@@ -1,7 +1,7 @@
 """The MQTT control plane: the AWS IoT Jobs MQTT protocol through awsiotsdk's MQTT 5 client, mutual TLS.
 
 AWS IoT Core in production, any MQTT 5 broker (mosquitto) with our own job service
-(``fleetloop_cloud.deploy``) here. The client reconnects with exponential back-off and jitter; while
+(``fleetloop_cloud.job_service_mqtt``) here. The client reconnects with exponential back-off and jitter; while
 the broker is away the robot keeps serving, ``next_job`` returns None and a final status waits to be
 delivered. A refused connection is described in words (:func:`describe_connection_failure`, with a
 TLS probe naming the certificate problem).

@@ -1,0 +1,191 @@
+"""Step 3, review: humans where the teachers are not enough, in phases that survive a restart.
+
+Each pass of the step submits open human tasks, collects answers, turns them into labels and,
+when no human task is pending, runs the next phase (``info["phase"]``; ``audit-2`` is phase
+``audit``, pass 2). :data:`PHASES` are the phases every task runs; a task part adds its own
+(``review_phases``: routing and, for classifiers, track propagation):
+
+    calibration  a random sample for humans (robots' random picks first): the unbiased validation set
+    route        (the task's) threshold from the calibration answers; auto-accept above it
+    review       the frames still unlabeled to humans (active-learning order, within budget)
+    audit        a random sample of this round's automatic labels to humans
+    check        the audit against the target; below it: tighten, withdraw, re-review, audit again
+
+The step waits (status ``waiting``) while humans have open tasks; running it again goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from typing import TYPE_CHECKING, Callable
+
+
+from fleetloop_cloud import active
+
+if TYPE_CHECKING:
+    from fleetloop_cloud.loop.core import CloudLoop
+
+log = logging.getLogger("fleetloop_cloud")
+
+Phase = Callable[["CloudLoop", int, dict], dict]
+
+
+def unlabeled_rows(loop: "CloudLoop") -> list:
+    """Return the pool rows waiting for a label (auto-labeled or in review, no accepted label)."""
+    labeled = loop.task.answers.labels()
+    return [r for r in loop.pool.frames(state=("auto_labeled", "in_review")) if r["id"] not in labeled]
+
+
+def apply_answers(loop: "CloudLoop", round_number: int) -> None:
+    """Turn finished tasks into labels: a human answer is the frame's label (audits included)."""
+    answers = loop.task.answers
+    finished = answers.unapplied(round_number)
+    with loop.pool.transaction():
+        for task in finished:
+            if task.status == "done":
+                answers.set_label(
+                    task.frame_id,
+                    task.answer,
+                    "human",
+                    round_number,
+                    reason=f"{task.purpose} task {task.id}",
+                    task_id=task.id,
+                )
+                loop.pool.set_state([task.frame_id], "labeled")
+            elif task.purpose != "audit":
+                loop.pool.set_state([task.frame_id], "in_review")
+        answers.mark_applied([t.id for t in finished])
+
+
+def calibration(loop: "CloudLoop", round_number: int, info: dict) -> dict:
+    """Send a random sample to humans (robots' random picks first); part of it held out when so configured."""
+    rows = unlabeled_rows(loop)
+    count = min(loop.config.review.calibration_sample, len(rows))
+    rng = loop.rng(round_number, f"{loop.task.rng_prefix}calibration")
+    robot_random = [r for r in rows if r["random"]]
+    others = [r for r in rows if not r["random"]]
+    picked = [robot_random[i] for i in rng.permutation(len(robot_random))]
+    picked += [others[i] for i in rng.permutation(len(others))]
+    ids = [r["id"] for r in picked[:count]]
+    if loop.config.evaluation.test_set == "holdout":
+        fraction = loop.config.evaluation.holdout_fraction
+        loop.pool.set_holdout(
+            [f for f in ids if int(hashlib.sha256(f.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction]
+        )
+    loop.task.add_tasks(round_number, "calibration", list(zip(ids, loop.task.suggestions(round_number, ids))))
+    info.update(phase="route", calibration_tasks=count)
+    return info
+
+
+def queue_review(loop: "CloudLoop", round_number: int, info: dict, key: str) -> None:
+    """Send unlabeled frames to human review, in active-learning order, within the round's budget."""
+    rows = unlabeled_rows(loop)
+    ids = [r["id"] for r in rows]
+    embeddings, uncertainty, suggestions = loop.task.review_order_inputs(round_number, rows, info)
+    budget = loop.config.review.human_budget
+    spent = len([t for t in loop.task.answers.tasks(round=round_number) if t.purpose in ("track", "review")])
+    room = len(ids) if budget is None else max(0, budget - spent)
+    order = active.select(loop.config.review.strategy, embeddings, uncertainty, room, loop.rng(round_number, key))
+    chosen = [ids[i] for i in order]
+    loop.task.add_tasks(round_number, "review", [(ids[i], suggestions[i]) for i in order])
+    waiting = set(ids) - set(chosen)
+    loop.pool.set_state(waiting, "in_review")
+    info[key] = info.get(key, 0) + len(chosen)
+    info["pending_review"] = len(waiting)
+
+
+def review(loop: "CloudLoop", round_number: int, info: dict) -> dict:
+    """Send what routing left unlabeled to humans, then audit."""
+    queue_review(loop, round_number, info, "review_tasks")
+    info["phase"] = "audit-1"
+    return info
+
+
+def audit_population(loop: "CloudLoop", round_number: int) -> list[str]:
+    """Return this round's automatic labels not audited yet."""
+    answers = loop.task.answers
+    audited = {t.frame_id for t in answers.tasks(round=round_number, purpose="audit")}
+    return sorted(
+        f
+        for f, label in answers.labels().items()
+        if label.round == round_number and label.source in loop.task.automatic_sources and f not in audited
+    )
+
+
+def audit(loop: "CloudLoop", round_number: int, info: dict) -> dict:
+    """Send a random sample of the automatic labels to humans, the label shown to check."""
+    cfg = loop.config.audit
+    number = int(info["phase"].split("-")[1])
+    population = audit_population(loop, round_number)
+    count = min(len(population), max(cfg.min_frames, math.ceil(cfg.fraction * len(population))))
+    if count == 0:
+        info["phase"] = "done"
+        return info
+    rng = loop.rng(round_number, f"{loop.task.rng_prefix}audit-{number}")
+    picked = [population[i] for i in rng.permutation(len(population))[:count]]
+    labels = loop.task.answers.labels(picked)
+    ids = loop.task.add_tasks(round_number, "audit", [(f, loop.task.label_value(labels[f])) for f in picked])
+    info.setdefault("audit_passes", []).append(
+        {
+            "pass": number,
+            "tasks": ids,
+            "sources": {str(t): labels[f].source for t, f in zip(ids, picked)},
+            "population": len(population),
+            "threshold": info["threshold"]["value"],
+        }
+    )
+    info["phase"] = f"check-{number}"
+    return info
+
+
+def check(loop: "CloudLoop", round_number: int, info: dict) -> dict:
+    """Measure the audit pass; below target tighten, withdraw the labels under the new floor, audit again."""
+    number = int(info["phase"].split("-")[1])
+    record = info["audit_passes"][-1]
+    tasks = [loop.task.answers.task(t) for t in record["tasks"]]
+    done = [t for t in tasks if t.status == "done"]
+    meets = loop.task.measure_audit(record, tasks, done)
+    if not done or meets:
+        info["phase"] = "done"
+        return info
+    floors = loop.task.tighten(info, record, number)
+    if number >= loop.config.audit.max_passes:
+        info["phase"] = "done"
+        return info
+    withdrawn = loop.task.below_floors(round_number, info, audit_population(loop, round_number), floors, number)
+    with loop.pool.transaction():
+        for frame_id, reason in withdrawn:
+            loop.task.answers.remove_label(frame_id, round_number, reason=reason)
+        loop.pool.set_state([f for f, _ in withdrawn], "in_review")
+    record["withdrawn"] = len(withdrawn)
+    queue_review(loop, round_number, info, "rereview_tasks")
+    info["phase"] = f"audit-{number + 1}"
+    return info
+
+
+PHASES: dict[str, Phase] = {"calibration": calibration, "review": review, "audit": audit, "check": check}
+
+
+def run(loop: "CloudLoop", round_number: int) -> dict:
+    """Run phases until done or until humans have tasks open; return the step's record."""
+    _, info = loop.pool.step(round_number, "review")
+    info = dict(info)
+    phases = {**PHASES, **loop.task.review_phases}
+    annotator = loop.task.annotator(round_number)
+    while True:
+        loop.task.dispatch(round_number, annotator)
+        apply_answers(loop, round_number)
+        pending = loop.task.answers.tasks(round=round_number, status=("open", "submitted"))
+        if pending:
+            info["waiting_tasks"] = len(pending)
+            info["_status"] = "waiting"
+            log.info("round %d: review waits for %d human answer(s)", round_number, len(pending))
+            return info
+        info.pop("waiting_tasks", None)
+        phase = info.get("phase", "calibration")
+        if phase == "done":
+            return info
+        info = phases[phase.split("-")[0]](loop, round_number, info)
+        loop.pool.set_step(round_number, "review", "running", info)

@@ -1,0 +1,366 @@
+"""The cloud loop for classifiers: class labels in the pool, calibrated T1/T2 agreement, track propagation.
+
+Routing: humans label a random calibration sample -> temperature + threshold from it ->
+auto-accept (tiers agree, calibrated confidence >= threshold) -> one human label per track
+confirms the track's frames the tiers agree on (``track``, ``propagate``) -> humans label the
+rest -> the audit measures accuracy per source (auto, propagated) against the routing target.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from fleetloop_cloud import routing
+from fleetloop_cloud.annotators import AnnotatorContext, TaskRequest, make_annotator
+from fleetloop_cloud.autolabel import Combined, combine, load_teachers, run_teachers
+from fleetloop_cloud.calibration import fit_temperature
+from fleetloop_cloud.costs import task_cost
+from fleetloop_cloud.loop.summary import RoundFacts
+from fleetloop_cloud.loop.tasks import classification_report, classification_tracks
+
+if TYPE_CHECKING:
+    from fleetloop_core.manifest import Manifest
+
+    from fleetloop_cloud.loop.core import CloudLoop
+
+log = logging.getLogger("fleetloop_cloud")
+
+
+class ClassificationPart(classification_report.ClassificationSummary):
+    """What the loop does for classifier tiers (class labels, answers in the frame pool)."""
+
+    name = "classification"
+    rng_prefix = ""
+    automatic_sources = ("auto", "propagated")
+    label_noun = "labels"
+    job_prefix = "fleetloop-"
+
+    def __init__(self, loop: "CloudLoop", manifest: "Manifest"):
+        self.loop = loop
+        self.config = loop.config
+        self.cost_model = loop.cost_model
+        self.pool = loop.pool
+        self.answers = loop.pool
+        self.frame_labels = list(manifest.labels)
+        self.review_phases = {
+            "route": self.route,
+            "track": classification_tracks.track,
+            "propagate": classification_tracks.propagate,
+        }
+
+    def close(self) -> None:
+        """Nothing of its own to close (the loop closes the pool)."""
+
+    def pool_key(self, name: str) -> str:
+        return name
+
+    # ------------------------------------------------------------------ teachers
+    def run_teachers(self, packages: dict[str, Path], frame_ids: Sequence[str]) -> dict:
+        """Return the report of T1/T2 predicting the frames they have not seen (locally or batch transform)."""
+        cfg = self.config.autolabel
+        if cfg.backend == "sagemaker-batch":
+            from fleetloop_cloud.transform import BatchTransformTeachers
+
+            batch = BatchTransformTeachers(cfg.sagemaker, self.loop.store, client=self.loop.clients.get("transform"))
+            return batch.run(self.pool, packages, list(frame_ids)).to_dict()
+        teachers = load_teachers(packages, cfg.providers, cfg.threads)
+        report = run_teachers(
+            self.pool, self.loop.cache, teachers, frame_ids, cfg.batch_size, progress=self.loop.progress
+        )
+        return report.to_dict()
+
+    def combined(self, round_number: int, ids: Sequence[str], temperature: float) -> Combined:
+        """Return the T1/T2 combination of frames at ``temperature`` (their predictions of this round's versions)."""
+        tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(round_number)
+        probs_a, _ = self.pool.predictions(tier_a, version_a, ids)
+        probs_b, _ = self.pool.predictions(tier_b, version_b, ids)
+        if not len(ids):
+            empty = np.zeros((0, len(self.frame_labels)), np.float32)
+            return combine(empty, empty, temperature)
+        return combine(probs_a, probs_b, temperature)
+
+    # ------------------------------------------------------------------ annotators
+    def annotator(self, round_number: int):
+        """Return the configured annotator (review.annotator) for the round."""
+        context = AnnotatorContext(
+            pool=self.pool,
+            store=self.loop.store,
+            config=self.config,
+            labels=self.frame_labels,
+            round=round_number,
+            client=self.loop.clients.get("annotator"),
+        )
+        return make_annotator(self.config.review.annotator, context)
+
+    def dispatch(self, round_number: int, annotator) -> None:
+        """Submit open tasks, collect answers, record their cost."""
+        shown = self.config.review.show_suggestions
+        opened = self.pool.tasks(round=round_number, status="open")
+        if opened:
+            rows = {r["id"]: r for r in self.pool.frames(ids={t.frame_id for t in opened}, include_duplicates=True)}
+            requests = [
+                TaskRequest(
+                    task_id=t.id,
+                    frame_id=t.frame_id,
+                    frame_key=rows[t.frame_id]["frame_key"],
+                    frame_url=self.loop.store.url(rows[t.frame_id]["frame_key"]),
+                    suggestion=t.suggestion if (shown or t.purpose == "audit") else None,
+                    purpose=t.purpose,
+                )
+                for t in opened
+            ]
+            external = annotator.submit(requests)
+            self.pool.mark_submitted([t.id for t in opened], annotator.name, external)
+        submitted = self.pool.tasks(round=round_number, status="submitted")
+        if not submitted:
+            return
+        for answer in annotator.collect(submitted):
+            task = self.pool.task(answer.task_id)
+            if answer.error or answer.label is None:
+                log.warning("task %d failed: %s", answer.task_id, answer.error)
+                self.pool.fail_task(answer.task_id, answer.error or "no answer")
+                continue
+            seconds, dollars = task_cost(self.cost_model.human, task.suggestion, answer.label, shown, task.purpose)
+            self.pool.answer_task(answer.task_id, answer.label, answer.annotator, seconds, dollars)
+
+    def add_tasks(self, round_number: int, purpose: str, items: list[tuple[str, int]]) -> list[int]:
+        """Open human tasks (frame id, suggested class); whether it is shown is decided at dispatch."""
+        return self.pool.add_tasks(round_number, purpose, items)
+
+    def suggestions(self, round_number: int, ids: Sequence[str]) -> list[int]:
+        """Return the tiers' combined class of each frame (uncalibrated)."""
+        return [int(label) for label in self.combined(round_number, ids, 1.0).label]
+
+    def label_value(self, label) -> int:
+        return label.label
+
+    def fingerprint_value(self, label) -> int:
+        return label.label
+
+    # ------------------------------------------------------------------ review evidence
+    def calibration_set(self, round_number: int) -> tuple[list[str], np.ndarray]:
+        """Return the calibration frames humans labeled that both teachers predicted, and the human classes."""
+        tasks = [t for t in self.pool.tasks(purpose="calibration", status="done")]
+        tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(round_number)
+        have = set(self.pool.labels([t.frame_id for t in tasks]))
+        tasks = [t for t in tasks if t.frame_id in have]
+        ids = [t.frame_id for t in tasks]
+        missing = set(self.pool.missing_predictions(tier_a, version_a, ids)) | set(
+            self.pool.missing_predictions(tier_b, version_b, ids)
+        )
+        kept = [(t.frame_id, t.answer) for t in tasks if t.frame_id not in missing]
+        return [k[0] for k in kept], np.asarray([k[1] for k in kept], np.int64)
+
+    def route(self, loop: "CloudLoop", round_number: int, info: dict) -> dict:
+        """Review phase: temperature and threshold from the calibration answers; auto-accept above it."""
+        from fleetloop_cloud.loop.review import unlabeled_rows
+
+        cfg = self.config.routing
+        ids, answers = self.calibration_set(round_number)
+        raw = self.combined(round_number, ids, 1.0)
+        temperature = fit_temperature(raw.log_probs, answers) if len(ids) >= cfg.calibration_min_labels else 1.0
+        validation = self.combined(round_number, ids, temperature)
+        threshold = routing.choose_threshold(
+            validation.confidence,
+            validation.label == answers,
+            validation.agree,
+            cfg.target_accuracy,
+            cfg.bound_z,
+            cfg.min_validation,
+            float(self.pool.get("threshold_floor", 0.0)),
+        )
+        unlabeled = [r["id"] for r in unlabeled_rows(loop)]
+        combined = self.combined(round_number, unlabeled, temperature)
+        accepted = np.flatnonzero(routing.accept(combined.confidence, combined.agree, threshold.value))
+        with self.pool.transaction():
+            for i in accepted:
+                self.pool.set_label(
+                    unlabeled[i],
+                    int(combined.label[i]),
+                    "auto",
+                    round_number,
+                    reason=f"auto-accepted at threshold {threshold.value:.4f}",
+                    confidence=float(combined.confidence[i]),
+                )
+            self.pool.set_state([unlabeled[i] for i in accepted], "accepted")
+        info.update(
+            phase="track",
+            temperature=temperature,
+            threshold=threshold.to_dict(),
+            validation_frames=len(ids),
+            auto_accepted=len(accepted),
+        )
+        return info
+
+    def review_order_inputs(self, round_number: int, rows: list, info: dict) -> tuple[np.ndarray, np.ndarray, list]:
+        """Return the teacher embeddings, the calibrated uncertainty and the suggested class of the rows."""
+        ids = [r["id"] for r in rows]
+        combined = self.combined(round_number, ids, info["temperature"])
+        _, _, tier_b, version_b = self.loop.teacher_versions(round_number)
+        _, embeddings = self.pool.predictions(tier_b, version_b, ids)
+        if embeddings is None:
+            embeddings = np.zeros((len(ids), 1), np.float32)
+        return embeddings, combined.uncertainty, [int(label) for label in combined.label]
+
+    def measure_audit(self, record: dict, tasks: list, done: list) -> bool:
+        """Record the audit accuracy (overall, per source, Wilson intervals); return whether it meets the target."""
+        cfg, target = self.config.audit, self.config.routing.target_accuracy
+        correct = [t.answer == t.suggestion for t in done]
+        low, high = routing.wilson_interval(sum(correct), len(done), cfg.confidence_level)
+        by_source: dict[str, dict] = {}
+        for task, ok in zip(done, correct):
+            entry = by_source.setdefault(record["sources"][str(task.id)], {"frames": 0, "correct": 0})
+            entry["frames"] += 1
+            entry["correct"] += int(ok)
+        for entry in by_source.values():
+            entry["accuracy"] = entry["correct"] / entry["frames"]
+            entry["ci"] = list(routing.wilson_interval(entry["correct"], entry["frames"], cfg.confidence_level))
+        accuracy = sum(correct) / len(done) if done else None
+        record.update(
+            frames=len(done),
+            correct=int(sum(correct)),
+            accuracy=accuracy,
+            ci=[low, high],
+            confidence_level=cfg.confidence_level,
+            by_source=by_source,
+            failed_tasks=len(tasks) - len(done),
+            meets_target=accuracy is not None and accuracy >= target,
+        )
+        return record["meets_target"]
+
+    def tighten(self, info: dict, record: dict, number: int) -> dict[str, float]:
+        """Raise the floor of each source that missed the target (kept for later rounds); return the floors."""
+        cfg, target = self.config.audit, self.config.routing.target_accuracy
+        floors: dict[str, float] = {}
+        for source, entry in record["by_source"].items():
+            if entry["accuracy"] >= target:
+                continue
+            if source == "auto":
+                current = info["threshold"]["value"] or 0.0
+                floor = min(1.0, max(current, float(self.pool.get("threshold_floor", 0.0))) + cfg.tighten_step)
+                self.pool.put("threshold_floor", floor)
+                info["threshold"] = {
+                    **info["threshold"],
+                    "value": floor,
+                    "reason": f"tightened after audit pass {number}",
+                }
+            else:
+                current = max(
+                    self.config.routing.propagation.min_confidence, float(self.pool.get("propagation_floor", 0.0))
+                )
+                floor = min(1.0, current + cfg.tighten_step)
+                self.pool.put("propagation_floor", floor)
+            floors[source] = floor
+        record["tightened"] = floors
+        return floors
+
+    def below_floors(
+        self, round_number: int, info: dict, population: list[str], floors: dict[str, float], number: int
+    ) -> list[tuple[str, str]]:
+        """Return the unaudited labels of a tightened source whose calibrated confidence is below its new floor."""
+        labels = self.pool.labels(population)
+        combined = self.combined(round_number, population, info["temperature"])
+        return [
+            (f, f"{labels[f].source} label below the tightened floor after audit pass {number}")
+            for i, f in enumerate(population)
+            if labels[f].source in floors and combined.confidence[i] < floors[labels[f].source]
+        ]
+
+    # ------------------------------------------------------------------ train and evaluate
+    def write_channel(self, root: Path, items: list[tuple]) -> Path:
+        from fleetloop_cloud.channels import write_channel
+
+        return write_channel(root, items)
+
+    def write_channels(self, root: Path, rows: list, labels: dict, round_number: int) -> dict[str, Path]:
+        """Write the train, unlabeled and INT8 calibration channels (class labels, -1: none)."""
+        cache = self.loop.cache
+        channels = {
+            "train": self.write_channel(
+                root / "train",
+                [
+                    (r["id"], cache.get_bytes(r["id"], r["frame_key"]), labels[r["id"]].label, r["site"])
+                    for r in rows
+                    if r["id"] in labels
+                ],
+            ),
+            "unlabeled": self.write_channel(
+                root / "unlabeled",
+                [
+                    (
+                        r["id"],
+                        cache.get_bytes(r["id"], r["frame_key"]),
+                        labels[r["id"]].label if r["id"] in labels else -1,
+                        r["site"],
+                    )
+                    for r in rows
+                ],
+            ),
+        }
+        pick = self.loop.rng(round_number, "int8-calibration").permutation(len(rows))
+        channels["calibration"] = self.write_channel(
+            root / "calibration",
+            [
+                (rows[i]["id"], cache.get_bytes(rows[i]["id"], rows[i]["frame_key"]), -1, rows[i]["site"])
+                for i in pick[: self.config.training.int8_calibration_frames]
+            ],
+        )
+        return channels
+
+    def hyperparameters(self) -> dict:
+        """Return the training job's classifier settings (beside the loop's common ones)."""
+        t = self.config.training
+        return {
+            "finetune_lr": t.finetune_lr,
+            "distil_temperature": t.distil_temperature,
+            "int8": t.int8,
+            "int8_per_channel": t.int8_per_channel,
+            "int8_calibration_frames": t.int8_calibration_frames,
+        }
+
+    def evaluate(self, candidates: dict[str, Path]) -> dict:
+        """Return accuracy before/after per variant on the test set and the gate's decision on the gated one."""
+        from fleetloop_core.inference import TierModel
+
+        from fleetloop_cloud.evaluate import gate, make_test_set, predict, score
+
+        cfg = self.config.evaluation
+        test = make_test_set(cfg.test_set, self.pool, self.loop.cache, self.config)
+        results = {}
+        for tier in cfg.tiers:
+            production = TierModel.load(self.loop.production(tier), providers=("cpu",), warmup=0)
+            before = score(predict(production, test.images), test, self.frame_labels)
+            variants = [tier] + ([f"{tier}-int8"] if tier in ("T3", "T4") else [])
+            for variant in [v for v in variants if v in candidates]:
+                candidate = TierModel.load(candidates[variant], providers=("cpu",), warmup=0)
+                after = score(predict(candidate, test.images), test, self.frame_labels)
+                gated = variant == tier if cfg.edge_precision == "fp32" or tier == "T2" else variant.endswith("int8")
+                results[variant] = {
+                    "production_version": production.version,
+                    "candidate_version": candidate.version,
+                    "before": before.to_dict(),
+                    "after": after.to_dict(),
+                    "decision": gate(before, after, cfg).to_dict(),
+                    "gated": gated,
+                    "candidate_dir": str(candidates[variant]),
+                }
+        return {"test_set": test.name, "test_frames": len(test), "tiers": results}
+
+    # ------------------------------------------------------------------ summary
+    def round_facts(self, round_number: int) -> RoundFacts:
+        """Return the round's done tasks, its labels and the source each audited label had."""
+        review = self.pool.step(round_number, "review")[1]
+        audited = {
+            self.pool.task(int(task_id)).frame_id: source
+            for record in review.get("audit_passes", [])
+            for task_id, source in record.get("sources", {}).items()
+        }
+        return RoundFacts(
+            tasks=[t for t in self.pool.tasks(round=round_number) if t.status == "done"],
+            labels={f: label for f, label in self.pool.labels().items() if label.round == round_number},
+            audited_source=audited,
+        )

@@ -1,0 +1,118 @@
+"""Review phases of classifiers along tracks: one human label per track confirms the frames the tiers agree on.
+
+``track``: per track (robot hint, else consecutive frames with similar teacher embeddings) one
+representative frame to humans; ``propagate``: its human label goes to the track's unlabeled
+frames where both teachers agree with it (``routing.propagate``); frames auto-accepted this round
+that contradict it go back to review.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fleetloop_cloud import routing
+from fleetloop_cloud.loop.review import unlabeled_rows
+
+if TYPE_CHECKING:
+    from fleetloop_cloud.loop.core import CloudLoop
+    from fleetloop_cloud.loop.tasks.classification import ClassificationPart
+
+
+def _part(loop: "CloudLoop") -> "ClassificationPart":
+    # these phases are registered by the classification part only (its review_phases)
+    return loop.task  # type: ignore[return-value]
+
+
+def tracks(loop: "CloudLoop", round_number: int) -> tuple[list[str], list[str]]:
+    """Return (frame ids, track keys) over the frames with current teacher predictions (holdout aside)."""
+    tier_a, version_a, tier_b, version_b = loop.teacher_versions(round_number)
+    rows = [r for r in loop.pool.frames() if not r["holdout"]]
+    ids = [r["id"] for r in rows]
+    missing = set(loop.pool.missing_predictions(tier_b, version_b, ids)) | set(
+        loop.pool.missing_predictions(tier_a, version_a, ids)
+    )
+    rows = [r for r in rows if r["id"] not in missing]
+    ids = [r["id"] for r in rows]
+    _, embeddings = loop.pool.predictions(tier_b, version_b, ids)
+    prop = loop.config.routing.propagation
+    keys = routing.derive_tracks(
+        [r["robot_id"] for r in rows],
+        [r["stream"] for r in rows],
+        np.asarray([r["stamp_ns"] for r in rows], np.int64),
+        embeddings,
+        [r["track_hint"] for r in rows],
+        ids,
+        prop.max_gap_s,
+        prop.min_similarity,
+        prop.use_track_hint,
+    )
+    return ids, keys
+
+
+def track(loop: "CloudLoop", round_number: int, info: dict) -> dict:
+    """Review phase: the most confident agreeing unlabeled frame of each track without a human label to humans."""
+    info["phase"] = "propagate"
+    if not loop.config.routing.propagation.enabled:
+        info["track_tasks"] = 0
+        return info
+    ids, keys = tracks(loop, round_number)
+    combined = _part(loop).combined(round_number, ids, info["temperature"])
+    labels = loop.pool.labels(ids)
+    human_tracks = {keys[i] for i, f in enumerate(ids) if f in labels and labels[f].source == "human"}
+    unlabeled = {r["id"] for r in unlabeled_rows(loop)}
+    members: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    representatives = []
+    for key, indices in members.items():
+        candidates = [i for i in indices if ids[i] in unlabeled]
+        if key in human_tracks or len(candidates) < 2:
+            continue
+        # the most confident agreeing frame: a human most likely confirms it, and it confirms the rest
+        best = max(candidates, key=lambda i: (bool(combined.agree[i]), float(combined.confidence[i]), ids[i]))
+        representatives.append((ids[best], int(combined.label[best])))
+    budget = loop.config.review.human_budget
+    if budget is not None:
+        representatives = representatives[:budget]
+    loop.pool.add_tasks(round_number, "track", representatives)
+    info["track_tasks"] = len(representatives)
+    return info
+
+
+def propagate(loop: "CloudLoop", round_number: int, info: dict) -> dict:
+    """Review phase: human track labels to the track's agreeing frames; contradicted auto labels back to review."""
+    prop = loop.config.routing.propagation
+    propagated, disputed, ambiguous = 0, 0, 0
+    if prop.enabled:
+        ids, keys = tracks(loop, round_number)
+        combined = _part(loop).combined(round_number, ids, info["temperature"])
+        labels = loop.pool.labels(ids)
+        human = {i: labels[f].label for i, f in enumerate(ids) if f in labels and labels[f].source == "human"}
+        unlabeled = {r["id"] for r in unlabeled_rows(loop)}
+        candidates = np.asarray([f in unlabeled for f in ids])
+        accepted = np.asarray(
+            [f in labels and labels[f].source == "auto" and labels[f].round == round_number for f in ids]
+        )
+        min_confidence = max(prop.min_confidence, float(loop.pool.get("propagation_floor", 0.0)))
+        result = routing.propagate(
+            keys, combined.label, combined.agree, combined.confidence, human, candidates, accepted, min_confidence
+        )
+        with loop.pool.transaction():
+            for i, label in result.labels.items():
+                loop.pool.set_label(
+                    ids[i],
+                    label,
+                    "propagated",
+                    round_number,
+                    reason=f"track {keys[i]}: human label confirmed by agreeing tiers",
+                    confidence=float(combined.confidence[i]),
+                )
+            loop.pool.set_state([ids[i] for i in result.labels], "accepted")
+            for i in result.disputed:
+                loop.pool.remove_label(ids[i], round_number, reason=f"disputed by the human label of track {keys[i]}")
+            loop.pool.set_state([ids[i] for i in result.disputed], "in_review")
+        propagated, disputed, ambiguous = len(result.labels), len(result.disputed), len(result.ambiguous_tracks)
+    info.update(propagated=propagated, disputed=disputed, ambiguous_tracks=ambiguous, phase="review")
+    return info

@@ -1,0 +1,211 @@
+"""Fleet rollout of a signed model package: canaries first, then the fleet, or abort and roll back.
+
+:func:`rollout`: a canary job to ``k`` robots; wait for their reports; if more canaries failed than
+allowed, cancel, send a rollback job to every canary that took the model, and stop — the package
+never reaches the others. Otherwise a fleet job to the rest, watched with the same abort rule the
+job carries for AWS IoT (failure percentage after a minimum of finished executions).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from fleetloop_cloud.fleet_jobs import (
+    FAILED_STATUSES,
+    DeployError,
+    ExecutionState,
+    FleetJobs,
+    RolloutConfig,
+    rollback_document,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PhaseReport:
+    """One job of a rollout: its id, targets and how each robot ended."""
+
+    job_id: str
+    things: list[str]
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def failed(self) -> list[str]:
+        return [t for t, r in self.results.items() if r["status"] != "SUCCEEDED"]
+
+    def succeeded(self) -> list[str]:
+        return [t for t, r in self.results.items() if r["status"] == "SUCCEEDED"]
+
+
+@dataclass
+class RolloutReport:
+    """What a rollout did: phases, whether it aborted and why, which canaries were rolled back."""
+
+    model: dict[str, str]
+    canary: Optional[PhaseReport] = None
+    fleet: Optional[PhaseReport] = None
+    rollback: Optional[PhaseReport] = None
+    aborted: bool = False
+    reason: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.aborted and self.fleet is not None and not self.fleet.failed()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["succeeded"] = self.succeeded
+        return data
+
+
+def _abort_reason(job_id: str, finished: list[ExecutionState], abort: RolloutConfig) -> str:
+    """Return why ``job_id`` aborts now (IoT ``abortConfig``: failure percentage reached), or ''."""
+    failures = sum(1 for s in finished if s.status in FAILED_STATUSES)
+    percent = 100.0 * failures / len(finished)
+    if not failures or percent < abort.abort_failure_percent:
+        return ""
+    return (
+        f"job {job_id}: {failures} of {len(finished)} finished executions failed "
+        f"({percent:.0f} % >= {abort.abort_failure_percent} %)"
+    )
+
+
+def wait_for_reports(
+    jobs: FleetJobs,
+    job_id: str,
+    things: Sequence[str],
+    timeout_s: float,
+    poll_s: float,
+    abort: RolloutConfig | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[dict[str, ExecutionState], str]:
+    """Wait until every thing's execution is terminal; return the states and an abort reason ('' if none).
+
+    With ``abort`` the job is canceled as soon as its failure percentage reaches
+    ``abort_failure_percent`` after ``abort_min_executed`` finished executions (IoT ``abortConfig``).
+    """
+    deadline = clock() + timeout_s
+    while True:
+        states = jobs.executions(job_id)
+        finished = [s for t, s in states.items() if t in things and s.terminal]
+        if abort is not None and len(finished) >= min(abort.abort_min_executed, len(things)):
+            reason = _abort_reason(job_id, finished, abort)
+            if reason:
+                jobs.cancel_job(job_id, reason)
+                return jobs.executions(job_id), reason
+        if len(finished) == len(things):
+            return states, ""
+        if clock() >= deadline:
+            return (
+                states,
+                f"job {job_id}: {len(things) - len(finished)} of {len(things)} robots did not report "
+                f"within {timeout_s:.0f} s",
+            )
+        jobs.wait_changed(min(poll_s, max(0.0, deadline - clock())))
+
+
+def _results(states: dict[str, ExecutionState], things: Sequence[str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for thing in things:
+        state = states.get(thing)
+        status = state.status if state is not None and state.terminal else "TIMED_OUT"
+        out[thing] = {
+            "status": status,
+            "details": dict(state.details) if state else {},
+            "reported": state.status if state else "NONE",
+        }
+    return out
+
+
+def _run_phase(
+    jobs: FleetJobs,
+    phase: PhaseReport,
+    kind: str,
+    document: dict[str, Any],
+    config: RolloutConfig,
+    say: Callable[[str], None],
+    thing_group: str | None = None,
+) -> str:
+    """Send ``phase``'s job and wait for its robots; fill in its results; return the abort reason ('' if none).
+
+    ``kind``: canary or rollback (both wait ``canary_timeout_s``), or fleet (waits ``fleet_timeout_s``
+    and aborts on the failure rate).
+    """
+    fleet = kind == "fleet"
+    timeout_s = config.fleet_timeout_s if fleet else config.canary_timeout_s
+    started = time.monotonic()
+    jobs.create_job(phase.job_id, phase.things, document, config, thing_group=thing_group)
+    say(f"{kind} job {phase.job_id} sent to {thing_group or ', '.join(phase.things)}")
+    states, reason = wait_for_reports(
+        jobs, phase.job_id, phase.things, timeout_s, config.poll_s, abort=config if fleet else None
+    )
+    phase.results, phase.seconds = _results(states, phase.things), time.monotonic() - started
+    return reason
+
+
+def _canary_abort_reason(canary: PhaseReport, config: RolloutConfig, late: str) -> str:
+    """Return why the rollout stops after ``canary`` (which canaries failed, how, and who did not report)."""
+    failed = canary.failed()
+    reasons = "; ".join(
+        f"{t}: {canary.results[t]['status']} {canary.results[t]['details'].get('reason', '')}" for t in failed
+    )
+    return (
+        f"canary failed ({len(failed)} of {len(canary.things)} > {config.max_canary_failures} allowed"
+        f"{'; ' + late if late else ''}): {reasons}"
+    )
+
+
+def rollout(
+    jobs: FleetJobs,
+    fleet: Sequence[str],
+    document: dict[str, Any],
+    job_id: str,
+    config: RolloutConfig | None = None,
+    canaries: Sequence[str] | None = None,
+    previous_version: str = "previous",
+    fleet_group: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RolloutReport:
+    """Deploy ``document`` to ``fleet``: canaries, then the rest; or abort and roll the canaries back.
+
+    ``fleet_group`` (AWS IoT only) targets the fleet phase at a thing group instead of the list;
+    the canaries are in it too and answer SUCCEEDED without a reload (the version already serves).
+    """
+    config = config or RolloutConfig()
+    say = progress or (lambda message: log.info("%s", message))
+    fleet = list(fleet)
+    canaries = list(canaries) if canaries is not None else fleet[: config.canary_count]
+    unknown = [c for c in canaries if c not in fleet]
+    if unknown:
+        raise DeployError(f"canaries {unknown} are not in the fleet")
+    report = RolloutReport(model={k: str(v) for k, v in document.get("model", {}).items()})
+
+    canary = report.canary = PhaseReport(f"{job_id}-canary", canaries)
+    late = _run_phase(jobs, canary, "canary", document, config, say)
+    if late or len(canary.failed()) > config.max_canary_failures:
+        report.aborted, report.reason = True, _canary_abort_reason(canary, config, late)
+        say(f"abort: {report.reason}")
+        jobs.cancel_job(canary.job_id, report.reason)
+        took = canary.succeeded()
+        if took and config.rollback_canaries:
+            model = document["model"]
+            report.rollback = PhaseReport(f"{job_id}-rollback", took)
+            back = rollback_document(model["name"], model["tier"], previous_version)
+            _run_phase(jobs, report.rollback, "rollback", back, config, say)
+        return report
+
+    say(f"canaries succeeded: {', '.join(canaries)}")
+    rest = [t for t in fleet if t not in canaries]
+    report.fleet = PhaseReport(f"{job_id}-fleet", rest)
+    if not rest and fleet_group is None:
+        report.reason = "fleet is the canaries"
+        return report
+    reason = _run_phase(jobs, report.fleet, "fleet", document, config, say, thing_group=fleet_group)
+    if reason:
+        report.aborted, report.reason = True, reason
+        say(f"abort: {reason}")
+    return report
