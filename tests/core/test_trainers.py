@@ -1,0 +1,33 @@
+"""The trainer registry: a task name picks its trainer; unknown names and layouts are clear errors."""
+
+from pathlib import Path
+
+import pytest
+
+from fleetloop_core.errors import ConfigError
+from fleetloop_core.modelbuild import code_fingerprint
+from fleetloop_core.trainers import TRAINERS, registration, trainer_for
+
+CORE = Path(__file__).resolve().parents[2] / "ros2_ws" / "src" / "fleetloop_core" / "fleetloop_core"
+
+
+def test_every_registered_task_has_its_trainer_and_code():
+    for task, entry in TRAINERS.items():
+        assert trainer_for(task).task == task
+        assert all((CORE / name).is_file() for name in entry.code), entry.code
+    assert code_fingerprint("classification") != code_fingerprint("detection")
+
+
+def test_an_unknown_task_names_the_known_ones():
+    with pytest.raises(ConfigError, match=r"no trainer for task 'segmentation' \(known: classification, detection\)"):
+        registration("segmentation")
+
+
+def test_an_unknown_detector_layout_fails_before_anything_is_written(tmp_path):
+    from fleetloop_core import zoo
+    from fleetloop_core.trainers.detection import DetectorDeployable, write_detector_package
+
+    model = DetectorDeployable(zoo.build("det-tiny", 10), 32, 32)
+    with pytest.raises(ConfigError, match="unknown detector layout 'ssd'"):
+        write_detector_package(model, tmp_path / "T4", "n", "v", "T4", "det-tiny", "ssd", list("abcdefghij"), {}, 0)
+    assert not (tmp_path / "T4").exists()
