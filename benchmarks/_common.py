@@ -78,7 +78,7 @@ def locate_models(models: str | None, quick: bool) -> Path:
     default = ROOT / "models"
     if not models and (default / "T4" / "manifest.json").exists():
         return default
-    from fleetloop_core.modelbuild import build_reference_models
+    from fleetloop_models.modelbuild import build_reference_models
 
     target = Path(models) if models else ROOT / ".cache" / ("models-test" if quick else "models")
     profile = "test" if quick else "default"

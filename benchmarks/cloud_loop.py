@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--keep", default=None, help="keep the work directory here instead of a temporary one")
     args = parser.parse_args()
 
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fleetloop_core.inference import TierModel
     from fleetloop_core.store import open_store
 

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-detectors", action="store_true", help="classifier rows only")
     args = parser.parse_args(argv)
 
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fleetloop_core.cascade import Cascade, CascadeConfig
     from fleetloop_core.inference import TierModel
 
@@ -177,7 +177,7 @@ def _locate_detectors(path: str | None, quick: bool) -> Path:
     default = ROOT / "models-detection"
     if not path and (default / "T4" / "manifest.json").exists():
         return default
-    from fleetloop_core.modelbuild import build_reference_models
+    from fleetloop_models.modelbuild import build_reference_models
 
     target = Path(path) if path else ROOT / ".cache" / ("models-detection-test" if quick else "models-detection")
     profile = "detection-test" if quick else "detection-default"
@@ -188,7 +188,7 @@ def _locate_detectors(path: str | None, quick: bool) -> Path:
 
 def _detector_rows(args, n_frames: int, rounds: int) -> dict:
     """Measure the detector path; print its table; return its figures."""
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fleetloop_core.detection import DetectorModel
     from fleetloop_core.detection_cascade import DetectionCascade, DetectionCascadeConfig
     from fleetloop_core.uncertainty_detection import band_around

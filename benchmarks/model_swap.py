@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
     from fleetloop_cloud.fleet_jobs import deploy_document
     from fleetloop_cloud.job_service_local import LocalDirJobs
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fleetloop_core.cascade import Cascade
     from fleetloop_core.control_plane import LocalControlPlane
     from fleetloop_core.deploy_agent import DeployAgent

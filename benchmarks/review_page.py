@@ -41,7 +41,7 @@ def build_world(root: Path, frames_per_robot: int, tasks: int) -> Path:
     import yaml
 
     from fleetloop_core.inference import TierModel
-    from fleetloop_core.modelbuild import build_reference_models
+    from fleetloop_models.modelbuild import build_reference_models
     from fleetloop_core.store import open_store
 
     from fleetloop_cloud.config import cloud_config_from_dict

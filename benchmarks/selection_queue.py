@@ -54,7 +54,7 @@ def bench_selection(models: Path, n_frames: int, rounds: int) -> dict:
     session time the cascade measured for the same frame, so both share the machine's state
     (caches, frequency, neighbours' load) frame by frame.
     """
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fleetloop_core.cascade import Cascade, CascadeConfig
     from fleetloop_core.inference import TierModel
     from fleetloop_core.selection import Selector
@@ -135,7 +135,7 @@ def bench_selection(models: Path, n_frames: int, rounds: int) -> dict:
 
 
 def _records(n: int, seed: int = 0):
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fleetloop_core.record import EncodedRecord
 
     stream = sim.CameraStream(sim.make_site(2, seed=seed), "bench-queue", seed=seed)

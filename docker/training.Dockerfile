@@ -18,9 +18,12 @@ RUN pip install -r /tmp/training.txt
 
 WORKDIR /opt/fleetloop
 COPY ros2_ws/src/fleetloop_core /opt/fleetloop/fleetloop_core_pkg
+COPY toolchain /opt/fleetloop/toolchain
+COPY sim /opt/fleetloop/sim
 COPY cloud /opt/fleetloop/cloud
-# --no-deps: the packages' own requirement lists are the robot's and the cloud service's
-RUN pip install --no-deps /opt/fleetloop/fleetloop_core_pkg /opt/fleetloop/cloud
+# --no-deps: the packages' own requirement lists are the robot's and the cloud service's.
+# The trainers (fleetloop_models) read the simulated world's frame and truth types (fleetloop_sim).
+RUN pip install --no-deps /opt/fleetloop/fleetloop_core_pkg /opt/fleetloop/toolchain /opt/fleetloop/sim /opt/fleetloop/cloud
 
 # `docker run IMAGE train` -> the SageMaker-contract entry point
 COPY docker/sagemaker-entrypoint.sh /usr/local/bin/train

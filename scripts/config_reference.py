@@ -33,7 +33,7 @@ def _sections() -> list[tuple[str, str, type[BaseModel]]]:
     from fleetloop_cloud.review.settings import ReviewPageConfig
     from fleetloop_core.control_plane import ControlPlaneConfig
     from fleetloop_core.model_manager import ModelManagerConfig
-    from fleetloop_core.modelbuild import BuildProfile
+    from fleetloop_models.modelbuild import BuildProfile
     from fleetloop_core.selection_config import SelectionConfig
     from fleetloop_core.upload_queue import QueueConfig
     from fleetloop_ros.settings import ModelManagerSettings, PerceptionSettings, SelectorSettings, UploaderSettings

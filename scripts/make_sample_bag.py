@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a small real rosbag2 of field-shifted frames from the simulated world (fleetloop_core.sim).
+"""Write a small real rosbag2 of field-shifted frames from the simulated world (fleetloop_sim.sim).
 
 Several robots at different field sites, two camera streams each:
   /<robot>/front/image_raw              sensor_msgs/Image (rgb8 on even robots, bgr8 on odd ones)
@@ -29,7 +29,7 @@ def sample_messages(
     start_ns: int = 1_700_000_000_000_000_000,
 ):
     """Yield (topic, stamp_ns, payload) for every robot and stream, interleaved by stamp."""
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fleetloop_core.ros_convert import array_to_image
 
     streams = []

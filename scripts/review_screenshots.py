@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 def _world(root: Path, annotator: str, frames_per_robot: int, calibration: int):
     from fleetloop_core.inference import TierModel
-    from fleetloop_core.modelbuild import build_reference_models
+    from fleetloop_models.modelbuild import build_reference_models
     from fleetloop_core.store import open_store
 
     from fleetloop_cloud.config import cloud_config_from_dict

@@ -66,11 +66,11 @@ else
   log "requirements current"
 fi
 
-pkg_stamp="$VENV/.pkg-$(cat ros2_ws/src/*/setup.py cloud/setup.py sim/setup.py | sha256sum | cut -c1-16)"
+pkg_stamp="$VENV/.pkg-$(cat ros2_ws/src/*/setup.py cloud/setup.py sim/setup.py toolchain/setup.py | sha256sum | cut -c1-16)"
 if [ ! -f "$pkg_stamp" ]; then
-  log "installing fleetloop_core, fleetloop_ros, fleetloop_cloud, fleetloop_sim (editable)"
+  log "installing fleetloop_core, fleetloop_ros, fleetloop_cloud, fleetloop_sim, fleetloop_models (editable)"
   "${PIP[@]}" install -q --no-deps --no-build-isolation \
-    -e ros2_ws/src/fleetloop_core -e ros2_ws/src/fleetloop_ros -e cloud -e sim
+    -e ros2_ws/src/fleetloop_core -e ros2_ws/src/fleetloop_ros -e cloud -e sim -e toolchain
   rm -f "$VENV"/.pkg-*
   touch "$pkg_stamp"
 else

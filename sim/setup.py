@@ -7,6 +7,11 @@ setup(
     version="0.1.0",
     packages=find_packages(include=["fleetloop_sim", "fleetloop_sim.*"]),
     python_requires=">=3.10",
-    description="FleetLoop simulated world: sites, robots, items and frames; the fault harness.",
+    description="FleetLoop simulated world: sites, items, frames, truth; simulated robots; the fault harness.",
     license="Apache-2.0",
+    entry_points={
+        "fleetloop.commands": [
+            "robot-sim = fleetloop_sim.commands.robot_sim:register",
+        ]
+    },
 )

@@ -31,7 +31,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def test_models() -> dict[str, Path]:
     """The four tiers built with the `test` profile (tiny, real ONNX); cached across runs."""
-    from fleetloop_core.modelbuild import build_reference_models
+    from fleetloop_models.modelbuild import build_reference_models
 
     return build_reference_models(CACHE / "models-test", profile_name="test", progress=False)
 
@@ -50,7 +50,7 @@ def model_copy(tmp_path, test_models):
 
 @pytest.fixture(scope="session")
 def pool():
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
 
     return sim.item_pool()
 

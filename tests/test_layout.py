@@ -24,7 +24,10 @@ def _python_files(*parts: str):
 def test_core_and_cloud_never_import_rclpy():
     offenders = [
         str(p)
-        for p in _python_files("ros2_ws", "src", "fleetloop_core") + _python_files("cloud") + _python_files("sim")
+        for p in _python_files("ros2_ws", "src", "fleetloop_core")
+        + _python_files("cloud")
+        + _python_files("sim")
+        + _python_files("toolchain")
         if {"rclpy", "rosidl_runtime_py", "launch", "launch_ros"} & _imports(p)
     ]
     assert offenders == []
@@ -64,19 +67,12 @@ def robot_runtime_modules() -> list[Path]:
     return [ROOT / line.strip().rstrip(",") for line in config["mypy"]["files"].splitlines() if line.strip()]
 
 
-# what a robot never needs: the model toolchain, the simulated world, the fault harness, cloud and ROS code
+# what a robot never needs: the model toolchain, the simulated world, torch, cloud and ROS code
 NOT_ON_A_ROBOT = {
     "torch",
     "torchvision",
-    "fleetloop_core.sim",
-    "fleetloop_core.sim_render",
-    "fleetloop_core.sim_tasks",
-    "fleetloop_core.dataset",
-    "fleetloop_sim.faults",
-    "fleetloop_core.training",
-    "fleetloop_core.trainers",
-    "fleetloop_core.modelbuild",
-    "fleetloop_core.zoo",
+    "fleetloop_models",
+    "fleetloop_sim",
     "fleetloop_cloud",
     "fleetloop_ros",
     "rclpy",
@@ -96,8 +92,46 @@ def test_the_robot_runtime_imports_no_toolchain_simulation_cloud_or_ros():
 
 def test_the_rule_sees_imports_inside_functions(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("def later():\n    from fleetloop_core import sim\n    import torch.nn\n")
-    assert {"fleetloop_core.sim", "torch"} <= _full_imports(sample)
+    sample.write_text("def later():\n    from fleetloop_sim import sim\n    import torch.nn\n")
+    assert {"fleetloop_sim", "fleetloop_sim.sim", "torch"} <= _full_imports(sample)
+
+
+# package -> the packages of ours it may import (ARCHITECTURE: dependencies point one way)
+MAY_IMPORT = {
+    "fleetloop_core": set(),
+    "fleetloop_sim": {"fleetloop_core"},
+    "fleetloop_models": {"fleetloop_core", "fleetloop_sim"},  # reference builds train on the simulated world
+    # the camera replay renders the simulated world for bring-ups without a camera (imported on that path only)
+    "fleetloop_ros": {"fleetloop_core", "fleetloop_sim", "fleetloop_interfaces"},
+    "fleetloop_cloud": {"fleetloop_core", "fleetloop_models", "fleetloop_sim"},
+}
+PACKAGE_DIRS = {
+    "fleetloop_core": ("ros2_ws", "src", "fleetloop_core", "fleetloop_core"),
+    "fleetloop_sim": ("sim", "fleetloop_sim"),
+    "fleetloop_models": ("toolchain", "fleetloop_models"),
+    "fleetloop_ros": ("ros2_ws", "src", "fleetloop_ros", "fleetloop_ros"),
+    "fleetloop_cloud": ("cloud", "fleetloop_cloud"),
+}
+
+
+def test_every_package_imports_only_the_packages_below_it():
+    offenders = {}
+    for package, parts in PACKAGE_DIRS.items():
+        allowed = MAY_IMPORT[package] | {package}
+        for path in _python_files(*parts):
+            ours = {name for name in _imports(path) if name.startswith("fleetloop_")}
+            if ours - allowed:
+                offenders[str(path.relative_to(ROOT))] = sorted(ours - allowed)
+    assert offenders == {}, f"imports against the dependency rule: {offenders}"
+
+
+def test_core_and_the_simulated_world_never_import_torch():
+    offenders = [
+        str(p)
+        for p in _python_files(*PACKAGE_DIRS["fleetloop_core"]) + _python_files(*PACKAGE_DIRS["fleetloop_sim"])
+        if {"torch", "torchvision"} & _imports(p)
+    ]
+    assert offenders == []
 
 
 def test_ros_and_cloud_do_not_import_each_other():
@@ -113,6 +147,7 @@ def test_layout_exists():
         "ros2_ws/src/fleetloop_ros/package.xml",
         "cloud/fleetloop_cloud/__init__.py",
         "sim/fleetloop_sim/__init__.py",
+        "toolchain/fleetloop_models/__init__.py",
         "launch",
         "config",
         "docker",
@@ -127,5 +162,11 @@ def test_layout_exists():
 
 def test_python_310_syntax_everywhere():
     # robots on ROS 2 Humble run Python 3.10
-    for path in _python_files("ros2_ws") + _python_files("cloud") + _python_files("sim") + _python_files("benchmarks"):
+    for path in (
+        _python_files("ros2_ws")
+        + _python_files("cloud")
+        + _python_files("sim")
+        + _python_files("toolchain")
+        + _python_files("benchmarks")
+    ):
         ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))

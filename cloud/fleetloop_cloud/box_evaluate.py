@@ -1,8 +1,8 @@
 """The detection gate: candidate vs production detectors on held-out frames, mAP@0.5 and mAP@0.5:0.95
-(pycocotools, ``fleetloop_core.detection_metrics``) overall, per class and per site.
+(pycocotools, ``fleetloop_models.detection_metrics``) overall, per class and per site.
 
 Test sets are registered by name, as for classification (``evaluation.test_set``, the machinery in
-``evaluation_sets``): ``simulated-field`` draws ``fleetloop_core.sim.field_test_set`` (task
+``evaluation_sets``): ``simulated-field`` draws ``fleetloop_sim.sim.field_test_set`` (task
 ``detection``) per simulated site, ``holdout`` takes the human-boxed frames training never sees.
 
 The gate (``promotion_gate.decide``) promotes a candidate only if its overall mAP@0.5 beats
@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from fleetloop_core import sim, sim_tasks
+from fleetloop_sim import sim, sim_tasks
 from fleetloop_core.detection import DetectorModel
-from fleetloop_core.detection_metrics import MapScores, evaluate_map
+from fleetloop_models.detection_metrics import MapScores, evaluate_map
 
 from fleetloop_cloud.box_pool import BoxPool
 from fleetloop_cloud.config import CloudConfig, EvaluationConfig

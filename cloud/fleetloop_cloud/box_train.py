@@ -9,7 +9,7 @@ bounding-box augmented-manifest format (``fleetloop_cloud.box_manifest``):
    production package's ``weights.pt``;
 2. T3 and T4 are distilled from the new T2 on every uploaded frame (``unlabeled``): the teacher's
    per-cell class scores are soft targets and its confident boxes box targets (dense distillation,
-   ``fleetloop_core.trainers.detection``), plus the accepted boxes where a frame has them. When a
+   ``fleetloop_models.trainers.detection``), plus the accepted boxes where a frame has them. When a
    student's input size differs from the teacher's, the teacher's decoded boxes (score >= 0.5) are
    the student's targets instead (pseudo-labels);
 3. each tier is exported in its production package's output layout, with ``weights.pt``.
@@ -42,8 +42,8 @@ def export_layout(manifest: Manifest) -> str:
 
 def load_detector_base(models_dir: Path, tier: str):
     """Return (manifest, DetectorDeployable, warm) for a tier: production weights when shipped, else fresh."""
-    from fleetloop_core import zoo as zoo_detection
-    from fleetloop_core.trainers import detection as td
+    from fleetloop_models import zoo as zoo_detection
+    from fleetloop_models.trainers import detection as td
 
     directory = Path(models_dir) / tier
     manifest = load_manifest(directory)
@@ -87,7 +87,7 @@ def _concat(*channels: BoxChannel) -> BoxChannel:
 
 def _fit_config(run: TrainingRun, epochs: int, samples: int):
     """Return the detector fit settings of one tier."""
-    from fleetloop_core.trainers import detection as td
+    from fleetloop_models.trainers import detection as td
 
     hp = run.hp
     return td.DetectorFitConfig(
@@ -97,8 +97,8 @@ def _fit_config(run: TrainingRun, epochs: int, samples: int):
 
 def _write(run: TrainingRun, model, manifest: Manifest, tier: str, classes: list[str], info: dict) -> None:
     """Export a trained detector in its production package's layout, with ``weights.pt``."""
-    from fleetloop_core import zoo
-    from fleetloop_core.trainers.detection import write_detector_package
+    from fleetloop_models import zoo
+    from fleetloop_models.trainers.detection import write_detector_package
 
     layout, parameters = export_layout(manifest), zoo.parameter_count(model.net)
     directory = run.model_dir / tier
@@ -109,7 +109,7 @@ def _write(run: TrainingRun, model, manifest: Manifest, tier: str, classes: list
 
 def train_detectors(run: TrainingRun) -> dict:
     """Train T2, distil T3/T4 (detectors), export packages into the model dir; return the report."""
-    from fleetloop_core.trainers import detection as td
+    from fleetloop_models.trainers import detection as td
 
     hp, cluster = run.hp, run.cluster
     if cluster.world_size > 1:
@@ -163,7 +163,7 @@ def train_detectors(run: TrainingRun) -> dict:
 
 def _distil(run: TrainingRun, tier: str, distil: BoxChannel, teacher, manifest2: Manifest, classes: list[str]) -> dict:
     """Distil one student detector from the new teacher and write its package; return its training record."""
-    from fleetloop_core.trainers import detection as td
+    from fleetloop_models.trainers import detection as td
 
     hp = run.hp
     size2 = manifest2.input.height

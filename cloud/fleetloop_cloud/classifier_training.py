@@ -97,8 +97,8 @@ def _distributed_view(model, cluster: Cluster):
 # ------------------------------------------------------------------------------ packages
 def _load_base(models_dir: Path, tier: str):
     """Return (manifest, Deployable, warm) for a tier: production weights when shipped, else fresh."""
-    from fleetloop_core import zoo
-    from fleetloop_core.trainers import classification as training
+    from fleetloop_models import zoo
+    from fleetloop_models.trainers import classification as training
 
     directory = models_dir / tier
     manifest = load_manifest(directory)
@@ -115,8 +115,8 @@ def write_package(
     """Export ``model`` as a package (model.onnx, weights.pt, manifest.json) in ``directory``."""
     import torch
 
-    from fleetloop_core import zoo
-    from fleetloop_core.trainers import classification as training
+    from fleetloop_models import zoo
+    from fleetloop_models.trainers import classification as training
 
     directory.mkdir(parents=True, exist_ok=True)
     onnx_path = training.export_onnx(
@@ -227,7 +227,7 @@ class _Channels:
 
 def _fit(run: TrainingRun, tier: str, model, images, labels, soft, epochs: int, warm: bool):
     """Fit one tier (this host's shard when there are several) and return the fit report."""
-    from fleetloop_core.trainers import classification as training
+    from fleetloop_models.trainers import classification as training
 
     hp, cluster = run.hp, run.cluster
     if cluster.world_size > 1:
@@ -291,7 +291,7 @@ def train_classifiers(run: TrainingRun) -> dict:
 
 def _distil(run: TrainingRun, tier: str, data: _Channels, teacher, manifest2: Manifest) -> dict[str, dict]:
     """Distil one student tier from the new teacher, write its package (+ INT8); return its report entries."""
-    from fleetloop_core.trainers import classification as training
+    from fleetloop_models.trainers import classification as training
 
     hp, cluster = run.hp, run.cluster
     distil = (

@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fleetloop_core import sim
+from fleetloop_sim import sim
 from fleetloop_core.config import default_config_path, read_yaml, repo_root
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.manifest import load_manifest
@@ -280,10 +280,10 @@ class UploadAllArm:
         return len(self.images)
 
     def train(self, out: Path, round_number: int, progress: bool) -> Path:
-        from fleetloop_core import zoo
+        from fleetloop_models import zoo
         from fleetloop_core.manifest import load_manifest
-        from fleetloop_core.trainers import detection as td
-        from fleetloop_core.trainers.detection import fit_into, write_detector_package
+        from fleetloop_models.trainers import detection as td
+        from fleetloop_models.trainers.detection import fit_into, write_detector_package
 
         from fleetloop_cloud.box_train import export_layout, load_detector_base
 
@@ -345,7 +345,7 @@ def fleet_keys(out: Path) -> tuple[Path, Path]:
 
 def locate_detectors(models: Path | None, profile: str) -> Path:
     """Return a directory with detector tiers T1..T4, building ``profile`` when it is missing."""
-    from fleetloop_core.modelbuild import build_reference_models
+    from fleetloop_models.modelbuild import build_reference_models
 
     if models is not None and (models / "T4" / "manifest.json").is_file():
         return models

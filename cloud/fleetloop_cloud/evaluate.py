@@ -1,7 +1,7 @@
 """The classification gate: candidate vs production on a held-out field test set, per site and per class.
 
 Test sets are registered by name (``evaluation_sets``): ``simulated-field`` draws
-``fleetloop_core.sim.field_test_set`` per simulated site, ``holdout`` takes the human-labeled
+``fleetloop_sim.sim.field_test_set`` per simulated site, ``holdout`` takes the human-labeled
 frames training never sees.
 
 The gate (``promotion_gate.decide``) promotes a candidate only if its overall accuracy beats
@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fleetloop_core import sim
+from fleetloop_sim import sim
 from fleetloop_core.dataset import LABELS
 from fleetloop_core.inference import TierModel
 

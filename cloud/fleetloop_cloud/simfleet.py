@@ -1,6 +1,6 @@
 """A simulated fleet's uploads, for tests, benchmarks and demos that skip the robot stack.
 
-:class:`SimulatedFleet` drives ``fleetloop_core.sim`` camera streams of one task (one stream per
+:class:`SimulatedFleet` drives ``fleetloop_sim.sim`` camera streams of one task (one stream per
 robot and site), runs a real edge model over the frames for the sidecar's tier outputs and
 embedding (as a robot's perception node would), and writes each frame, then its sidecar (the
 commit marker), into a store in the robots' layout. Streams continue across
@@ -21,7 +21,7 @@ from typing import Any, Protocol, Sequence
 import cv2
 import numpy as np
 
-from fleetloop_core import sim
+from fleetloop_sim import sim
 from fleetloop_core.dataset import LABELS, NONE_INDEX
 from fleetloop_core.record import encode_image
 from fleetloop_core.sidecar import Decision, Sidecar, SimulationTruth, frame_key, sidecar_key

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fleetloop_core import sim
+from fleetloop_sim import sim
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.store import open_store
 

@@ -22,7 +22,7 @@ from fleetloop_core.model_store import publish_package
 
 @pytest.fixture(scope="module")
 def frames():
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
 
     return [f.image for f in sim.CameraStream(sim.make_site(1, 0), "robot-x", seed=1).frames(12)]
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fleetloop_core import sim
+from fleetloop_sim import sim
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.manifest import load_manifest

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from fleetloop_core import sim
+from fleetloop_sim import sim
 from fleetloop_core.inference import TierModel
 from fleetloop_core.manifest import load_manifest
 

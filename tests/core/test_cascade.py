@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fleetloop_core import sim
+from fleetloop_sim import sim
 from fleetloop_core.cascade import Cascade, CascadeConfig
 from fleetloop_core.errors import ConfigError, ModelError
 from fleetloop_core.inference import TierModel

@@ -89,7 +89,7 @@ def test_config_section_loads(repo_root):
 def test_agent_reports_progress_and_final_status_and_a_redelivered_job_is_applied_once(
     tmp_path, test_models, signing_keys
 ):
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fixtures.model_packages import Robot
 
     frames = [f.image for f in sim.CameraStream(sim.make_site(0, 0), "robot-0", seed=2).frames(8)]

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from fleetloop_core import sim
+from fleetloop_sim import sim
 from fleetloop_core.box_decoding import Detections, cxcywh_to_xyxy, letterbox, letterbox_geometry, nms
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.detection_cascade import DetectionCascade, DetectionCascadeConfig
@@ -38,8 +38,8 @@ def _export(detection_models, tmp_path, layout):
     """Export T2's weights in another layout as a package (same network, different output layout)."""
     import torch
 
-    from fleetloop_core import zoo
-    from fleetloop_core.trainers.detection import DetectorDeployable, write_detector_package
+    from fleetloop_models import zoo
+    from fleetloop_models.trainers.detection import DetectorDeployable, write_detector_package
 
     manifest = load_manifest(detection_models["T2"])
     net = zoo.build(manifest.architecture, len(manifest.labels))
@@ -85,8 +85,8 @@ def test_every_layout_of_one_network_decodes_to_the_same_boxes(detection_models,
 def test_decoding_matches_the_torch_network_and_textbook_nms(detection_models, frames):
     import torch
 
-    from fleetloop_core import zoo
-    from fleetloop_core.trainers import detection as td
+    from fleetloop_models import zoo
+    from fleetloop_models.trainers import detection as td
 
     for tier in ("T4", "T3"):  # yolo and boxes_scores as built by the profile
         model = DetectorModel.load(detection_models[tier], providers=("cpu",), warmup=0)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from fleetloop_core import sim
+from fleetloop_sim import sim
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.detection_cascade import DetectionCascade, DetectionCascadeConfig
 from fleetloop_core.manifest import load_manifest, write_manifest

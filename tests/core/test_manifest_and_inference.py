@@ -25,7 +25,8 @@ def test_loads_and_answers(test_models):
 
 
 def test_in_graph_uncertainty_equals_python_functions(test_models, pool):
-    from fleetloop_core import sim, uncertainty as unc
+    from fleetloop_core import uncertainty as unc
+    from fleetloop_sim import sim
 
     frames = sim.render_set(sim.make_site(0), pool.field_test, 40, seed=1).images
     model = TierModel.load(test_models["T3"], providers=("cpu",))
@@ -126,7 +127,7 @@ def test_wrong_input_shape_dtype_and_channels(test_models):
 
 def test_colour_orders_agree(test_models, pool):
     import cv2
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
 
     model = TierModel.load(test_models["T4"], providers=("cpu",))
     frame = sim.render_set(sim.make_site(1), pool.field_test, 1, seed=3).images[0]
@@ -138,7 +139,7 @@ def test_colour_orders_agree(test_models, pool):
 
 
 def test_batch_equals_single(test_models, pool):
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
 
     model = TierModel.load(test_models["T4"], providers=("cpu",))
     frames = sim.render_set(sim.make_site(0), pool.field_test, 5, seed=2).images

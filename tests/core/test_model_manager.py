@@ -24,7 +24,7 @@ from fleetloop_core.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def frames():
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
 
     stream = sim.CameraStream(sim.make_site(0, 0), "robot-0", seed=3)
     return [f.image for f in stream.frames(24)]
@@ -64,7 +64,7 @@ def test_hot_swap_between_two_frames_with_shadow_check_and_watch(robot):
 def aisle_frames(detection_models):
     """Detection frames of a busy aisle: each shows an item the serving detector finds (the test tiers are
     barely trained and find nothing on most frames; there a detector that never sees anything would agree)."""
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fleetloop_core.tasks import load_model, task_of
 
     serving = load_model(detection_models["T4"], providers=["cpu"], warmup=0)

@@ -223,7 +223,7 @@ def test_fixed_threshold_does_not_follow_a_shift():
 
 
 def test_a_parked_robot_uploads_its_shelf_once():
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
 
     site = sim.make_site(0)
     frames = [f.image for f in sim.CameraStream(site, "r", seed=1, park_prob=1.0).frames(120)]
@@ -411,7 +411,7 @@ def test_update_is_atomic_between_frames():
 
 
 def test_selector_on_the_real_cascade(test_models):
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fleetloop_core.cascade import Cascade
     from fleetloop_core.inference import TierModel
 

@@ -121,7 +121,7 @@ def _error(call) -> object:
 
 @pytest.fixture(scope="module")
 def frames():
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
 
     return [f.image for f in sim.CameraStream(sim.make_site(0, 0), "robot-0", seed=3).frames(16)]
 

@@ -191,6 +191,6 @@ def test_broker_outage_robot_keeps_serving_reconnects_and_takes_the_job(
 
 @pytest.fixture(scope="module")
 def frames():
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
 
     return [f.image for f in sim.CameraStream(sim.make_site(0, 0), "robot-0", seed=3).frames(16)]

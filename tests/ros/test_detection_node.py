@@ -19,7 +19,7 @@ HEIGHT, WIDTH = 120, 160
 
 
 def _frames():
-    from fleetloop_core import sim, sim_tasks
+    from fleetloop_sim import sim, sim_tasks
 
     return sim.render_set(
         sim.LAB_SITE,
@@ -40,7 +40,7 @@ def memorising_detector():
     import fcntl
     import os
 
-    from fleetloop_core.modelbuild import code_fingerprint
+    from fleetloop_models.modelbuild import code_fingerprint
 
     digest = hashlib.sha256(Path(__file__).read_bytes())
     digest.update(code_fingerprint("detection").encode())
@@ -49,8 +49,9 @@ def memorising_detector():
     with open(out.with_name(out.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "T4" / "manifest.json").is_file():
-            from fleetloop_core import sim_tasks, zoo
-            from fleetloop_core.trainers import detection as td
+            from fleetloop_models import zoo
+            from fleetloop_sim import sim_tasks
+            from fleetloop_models.trainers import detection as td
 
             os.environ.setdefault("FLEETLOOP_TRAIN_THREADS", "1")
             data = _frames()

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fleetloop_core import sim
+from fleetloop_sim import sim
 from fleetloop_core.manifest import load_manifest
 
 from fleetloop_cloud.demo.fleet import InProcessFleet, InProcessRobot, RobotRound, RobotSpec
@@ -79,8 +79,8 @@ class UploadAllArm:
 
     def train(self, out_dir: Path, round_number: int, progress: bool = True) -> tuple[Path, dict]:
         """Train T4 on all frames so far (+ lab replay) from the reference weights; return its package dir."""
-        from fleetloop_core import zoo
-        from fleetloop_core.trainers import classification
+        from fleetloop_models import zoo
+        from fleetloop_models.trainers import classification
         from fleetloop_core.manifest import file_entry, write_manifest
 
         base = load_manifest(self.models / "T4")

@@ -39,7 +39,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import yaml
 
-from fleetloop_core import sim, sim_tasks
+from fleetloop_sim import sim, sim_tasks
 from fleetloop_core.stop_signals import end_with_parent_env
 from fleetloop_core.errors import FleetLoopError
 from fleetloop_core.sidecar import SimulationTruth

@@ -234,7 +234,7 @@ def build_report(
         "robot_rounds": robot_rounds,
         "timings_seconds": timings,
         "simulated": [
-            "the fleet: robots, sites and camera streams (fleetloop_core.sim, Fashion-MNIST items)",
+            "the fleet: robots, sites and camera streams (fleetloop_sim.sim, Fashion-MNIST items)",
             "the field shift: lighting, colour cast, noise, blur, rotation, occlusion, backgrounds, "
             "class priors per site",
             "the human annotators: ground truth with the configured error rate, times and prices from "

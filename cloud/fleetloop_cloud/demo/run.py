@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetloop_core import sim
+from fleetloop_sim import sim
 from fleetloop_core.config import default_config_path, read_yaml, repo_root
 
 log = logging.getLogger("fleetloop.demo")
@@ -151,7 +151,7 @@ class Demo:
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - started, 2)
 
     def _prepare_models(self) -> None:
-        from fleetloop_core.modelbuild import build_reference_models
+        from fleetloop_models.modelbuild import build_reference_models
 
         started = time.perf_counter()
         # cached: a no-op when the models are current (the quick profile trains small real models once)

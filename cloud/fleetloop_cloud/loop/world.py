@@ -33,7 +33,7 @@ class World(Protocol):
 
 
 def _lab_render(task: str, count: int, seed: int, height: int, width: int):
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
 
     return sim.render_set(
         sim.LAB_SITE,

@@ -22,11 +22,8 @@ setup(
     entry_points={
         "console_scripts": ["fleetloop = fleetloop_core.cli:main"],
         "fleetloop.commands": [
-            "models = fleetloop_core.commands.models:register",
-            "edge-demo = fleetloop_core.commands.edge_demo:register",
             "queue = fleetloop_core.commands.queue:register",
             "replay = fleetloop_core.commands.replay:register",
-            "robot-sim = fleetloop_core.commands.robot_sim:register",
         ],
     },
 )

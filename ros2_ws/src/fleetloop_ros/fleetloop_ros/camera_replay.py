@@ -1,6 +1,6 @@
 """A camera for bring-ups without one: publishes simulated or recorded frames as sensor_msgs/Image.
 
-Sources: ``sim`` (a seeded camera stream of the simulated world, ``fleetloop_core.sim``) or a
+Sources: ``sim`` (a seeded camera stream of the simulated world, ``fleetloop_sim.sim``) or a
 rosbag2 directory/file (sqlite3 or MCAP, read with ``rosbags``; its Image and CompressedImage
 messages are republished). Frames are stamped with the wall clock when sent, so the perception
 node's latency figure means something. On robots, ``ros2 bag play`` does the bag part
@@ -48,7 +48,7 @@ EXIT_NO_SUBSCRIBERS = 2
 
 def sim_frames(count: int, height: int, width: int, site: int = 0, seed: int = 0) -> list[np.ndarray]:
     """Return ``count`` uint8 RGB frames of one simulated robot camera (rendered once, replayed in a loop)."""
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
 
     stream = sim.CameraStream(sim.make_site(site, seed), robot=f"camera-{site}", seed=seed, height=height, width=width)
     return [frame.image for frame in stream.frames(count)]
@@ -163,7 +163,7 @@ class CameraReplayNode(Node):
     ) -> None:
         """Prepare the frames to publish: a live simulated robot, a cycle of simulated frames, or a bag's messages."""
         if source == "sim" and (robot or start or self._sim_stamps or lockstep_topic):
-            from fleetloop_core import sim
+            from fleetloop_sim import sim
 
             self._kind = "compressed" if compressed else "image"
             self._live = sim.CameraStream(

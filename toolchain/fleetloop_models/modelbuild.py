@@ -5,7 +5,7 @@ site); T2 (domain teacher, cloud), T3 (fleet edge) and T4 (specialised edge) lea
 lab frames. Each tier has its own architecture and input size; each is exported to ONNX with a
 manifest (input spec, labels, sha256, parameter count, training summary, test metrics).
 
-One build for every task: the profile's ``task`` picks the trainer (``fleetloop_core.trainers``)
+One build for every task: the profile's ``task`` picks the trainer (``fleetloop_models.trainers``)
 that renders the task's frames, fits the network, writes the package in the task's output layout
 and scores it (classification: accuracy; detection: mAP@0.5 and mAP@0.5:0.95); this module
 renders, caches, names, writes and measures alike for all.
@@ -17,6 +17,7 @@ a rebuild with the same key is a no-op.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import time
@@ -28,7 +29,8 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import numpy as np
 from pydantic import Field
 
-from fleetloop_core import dataset, sim
+from fleetloop_core import dataset
+from fleetloop_sim import sim
 from fleetloop_core.config import ConfigModel, default_config_path, read_yaml, validate
 from fleetloop_core.errors import ConfigError, ModelError
 from fleetloop_core.manifest import (
@@ -40,7 +42,7 @@ from fleetloop_core.manifest import (
     verify_files,
     write_manifest,
 )
-from fleetloop_core.trainers import Trainer, registration, trainer_for
+from fleetloop_models.trainers import Trainer, registration, trainer_for
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ class BuildProfile(ConfigModel):
     eval_sites: int = Field(default=4, gt=0)
     seed: int = 0
     tiers: dict[str, TierBuild]
-    task: Literal["classification", "detection"] = "classification"  # picks the trainer (fleetloop_core.trainers)
+    task: Literal["classification", "detection"] = "classification"  # picks the trainer (fleetloop_models.trainers)
     max_items: int = Field(default=4, ge=1, le=16)  # detection: items per frame
     item_scale: tuple[float, float] = (0.2, 0.4)  # detection: of the shorter side
 
@@ -98,25 +100,32 @@ def load_profile(name: str = "default", path: str | Path | None = None) -> Build
 
 # the modules every task's build runs (under fleetloop_core/); each task adds its own (trainers.TRAINERS)
 BUILD_CODE = (
-    "zoo.py",
-    "training.py",
-    "modelbuild.py",
-    "trainers/__init__.py",
-    "sim.py",
-    "sim_render.py",
-    "sim_tasks.py",
-    "preprocess.py",
-    "dataset.py",
-    "manifest.py",
+    "fleetloop_models.zoo",
+    "fleetloop_models.training",
+    "fleetloop_models.modelbuild",
+    "fleetloop_models.trainers",
+    "fleetloop_sim.sim",
+    "fleetloop_sim.sim_render",
+    "fleetloop_sim.sim_tasks",
+    "fleetloop_core.preprocess",
+    "fleetloop_core.dataset",
+    "fleetloop_core.manifest",
 )
+
+
+def module_file(name: str) -> Path:
+    """Return the source file of module ``name`` (found without importing it, beyond its parent packages)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"build code fingerprint: module {name} not found")
+    return Path(spec.origin)
 
 
 def code_fingerprint(task: str) -> str:
     """Return a sha256 over the code that builds a ``task`` model (part of every build's cache key)."""
-    here = Path(__file__).parent
     digest = hashlib.sha256()
     for name in (*BUILD_CODE, *registration(task).code):
-        digest.update((here / name).read_bytes())
+        digest.update(module_file(name).read_bytes())
     return digest.hexdigest()
 
 
@@ -320,12 +329,12 @@ def write_package(
 ) -> Manifest:
     """Write a package: ``export(directory / "model.onnx")``, the torch weights, manifest.json; return the manifest.
 
-    ``model``: a deployable wrapper (``fleetloop_core.trainers``); ``input_size``: (height, width);
+    ``model``: a deployable wrapper (``fleetloop_models.trainers``); ``input_size``: (height, width);
     ``task_fields``: the manifest's task-specific blocks (``outputs``, ``detection``).
     """
     import torch
 
-    from fleetloop_core.zoo import parameter_count
+    from fleetloop_models.zoo import parameter_count
 
     directory.mkdir(parents=True, exist_ok=True)
     onnx_path = export(directory / "model.onnx")

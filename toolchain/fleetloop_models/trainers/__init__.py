@@ -1,11 +1,11 @@
 """Trainers: what differs between training a classifier and a detector, behind one registry.
 
 A build profile (and a model package's manifest) names its ``task``; :func:`trainer_for` returns
-the :class:`Trainer` of that task. The reference-model build (``fleetloop_core.modelbuild``), the
+the :class:`Trainer` of that task. The reference-model build (``fleetloop_models.modelbuild``), the
 training loop, the ONNX export and the package writing are written once against this protocol
-(``fleetloop_core.training``); a trainer supplies only its task's parts:
+(``fleetloop_models.training``); a trainer supplies only its task's parts:
 
-* ``sim_part(profile)``: what the simulated frames hold (``fleetloop_core.sim_tasks``);
+* ``sim_part(profile)``: what the simulated frames hold (``fleetloop_sim.sim_tasks``);
 * ``train(...)``: a fresh network of the tier's architecture fitted with the task's loss and
   target encoding (:class:`Trained`);
 * ``write(...)``: the package in the task's output layout (``modelbuild.write_package`` does the rest);
@@ -32,19 +32,21 @@ class Registration:
     """Where a task's trainer lives and the code its builds depend on beyond the shared build."""
 
     module: str  # defines ``TRAINER``
-    code: tuple[str, ...]  # files under fleetloop_core/ (part of the build cache key)
+    code: tuple[str, ...]  # modules whose source is part of the build cache key
 
 
 # task (as a manifest's ``task`` names it) -> its trainer
 TRAINERS: dict[str, Registration] = {
-    "classification": Registration("fleetloop_core.trainers.classification", ("trainers/classification.py",)),
+    "classification": Registration(
+        "fleetloop_models.trainers.classification", ("fleetloop_models.trainers.classification",)
+    ),
     "detection": Registration(
-        "fleetloop_core.trainers.detection",
+        "fleetloop_models.trainers.detection",
         (
-            "trainers/detection.py",
-            "trainers/detection_targets.py",
-            "detection.py",
-            "box_decoding.py",
+            "fleetloop_models.trainers.detection",
+            "fleetloop_models.trainers.detection_targets",
+            "fleetloop_core.detection",
+            "fleetloop_core.box_decoding",
         ),
     ),
 }

@@ -27,11 +27,11 @@ def _run(args: argparse.Namespace) -> int:
     from rich.table import Table
     from tqdm import tqdm
 
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fleetloop_core.cascade import Cascade, CascadeConfig
     from fleetloop_core.dataset import LABELS, NONE_INDEX
     from fleetloop_core.inference import TierModel
-    from fleetloop_core.modelbuild import build_reference_models
+    from fleetloop_models.modelbuild import build_reference_models
 
     profile = "test" if args.quick else args.profile
     frames = 200 if args.quick else args.frames

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from fleetloop_core import sim, zoo
-from fleetloop_core.trainers import classification as training
+from fleetloop_models import zoo
+from fleetloop_sim import sim
+from fleetloop_models.trainers import classification as training
 
 
 @pytest.fixture(scope="module")

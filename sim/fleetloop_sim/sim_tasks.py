@@ -1,7 +1,7 @@
 """What differs per task in the simulated world: what a frame's truth is and how items are placed in it.
 
-The world (items, sites, cameras, tracks, the renderer) is ``fleetloop_core.sim`` and
-``fleetloop_core.sim_render``, written once. A task's part here says:
+The world (items, sites, cameras, tracks, the renderer) is ``fleetloop_sim.sim`` and
+``fleetloop_sim.sim_render``, written once. A task's part here says:
 
 * how a new track moves and how big its item is (classification: one large item, near the centre
   in the lab, with an occluder on some tracks; detection: smaller items that may appear beside
@@ -22,7 +22,7 @@ from typing import Callable, Protocol, Sequence, Union
 import numpy as np
 
 from fleetloop_core.dataset import ITEM_LABELS, LABELS, NONE_INDEX
-from fleetloop_core.sim_render import Box, Placement, Renderer, Shift
+from fleetloop_sim.sim_render import Box, Placement, Renderer, Shift
 
 DETECTION_CLASSES = tuple(ITEM_LABELS)  # what a detector outputs: the items, no background class
 

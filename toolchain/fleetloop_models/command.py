@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from fleetloop_core.manifest import load_manifest
-    from fleetloop_core.modelbuild import build_reference_models
+    from fleetloop_models.modelbuild import build_reference_models
 
     tiers = tuple(t.strip().upper() for t in args.tiers.split(",") if t.strip())
     dirs = build_reference_models(

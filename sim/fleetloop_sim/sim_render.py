@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from fleetloop_core.sim import ItemPool, Site
+    from fleetloop_sim.sim import ItemPool, Site
 
 FOREGROUND_LEVEL = 32  # item pixels at or above this grey level (0..255) count as visible
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the frame

@@ -12,10 +12,10 @@ and suppresses):
 
 plus ``embedding`` (N, D, unit length) for the robots' novelty score and deduplication.
 
-The loss and target encoding are in ``fleetloop_core.trainers.detection_targets``. Distillation
+The loss and target encoding are in ``fleetloop_models.trainers.detection_targets``. Distillation
 adds the teacher's per-cell class scores as soft targets (binary cross-entropy) and its boxes where
 it is confident (GIoU), so a student learns from every uploaded frame, labelled or not. The loop,
-the schedule and the export machinery are ``fleetloop_core.training``'s.
+the schedule and the export machinery are ``fleetloop_models.training``'s.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from fleetloop_core import sim_tasks, training, zoo
+from fleetloop_models import training, zoo
+from fleetloop_sim import sim_tasks
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.manifest import DetectionSpec, Manifest
-from fleetloop_core.modelbuild import TIER_NAMES, TIERS, write_package
-from fleetloop_core.trainers import Trained
-from fleetloop_core.trainers.detection_targets import Targets, assign, dense_loss, flip_batch
-from fleetloop_core.zoo import STRIDE, DetectorNet, cell_centres
+from fleetloop_models.modelbuild import TIER_NAMES, TIERS, write_package
+from fleetloop_models.trainers import Trained
+from fleetloop_models.trainers.detection_targets import Targets, assign, dense_loss, flip_batch
+from fleetloop_models.zoo import STRIDE, DetectorNet, cell_centres
 
 Layout = Literal["yolo", "boxes_scores", "boxes_scores_labels"]
 LAYOUT_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -255,7 +256,7 @@ def fit_into(
 
 
 class DetectionTrainer:
-    """Detection's part of the reference-model build (``fleetloop_core.trainers.Trainer``)."""
+    """Detection's part of the reference-model build (``fleetloop_models.trainers.Trainer``)."""
 
     task = "detection"
     labels = sim_tasks.DETECTION_CLASSES
@@ -302,7 +303,7 @@ class DetectionTrainer:
 
     def score(self, model, data: sim_tasks.DetectionSet) -> dict[str, float]:
         """Return mAP@0.5 (``map50``) and mAP@0.5:0.95 (``map``) of ``model`` on ``data`` (pycocotools)."""
-        from fleetloop_core.detection_metrics import evaluate_map
+        from fleetloop_models.detection_metrics import evaluate_map
 
         # mAP ranks every box: decode down to a low floor so the precision-recall curve is complete
         outputs = model.detect_batch(list(data.images), score_floor=0.05)

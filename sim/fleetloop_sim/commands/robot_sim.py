@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fleetloop_core import sim
+    from fleetloop_sim import sim
     from fleetloop_core.cascade import Cascade
     from fleetloop_core.control_plane import load_control_plane_config, open_control_plane, write_json_atomic
     from fleetloop_core.deploy_agent import DeployAgent

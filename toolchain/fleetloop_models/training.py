@@ -1,7 +1,7 @@
 """The training machinery every task shares (torch, CPU or GPU): one fit loop, batched prediction, ONNX export.
 
 What differs per task (the network wrapper, the loss, the targets, the output layout) is in
-``fleetloop_core.trainers``; this module holds what a classifier and a detector train and export
+``fleetloop_models.trainers``; this module holds what a classifier and a detector train and export
 with alike: the in-graph pixel normalisation, the recipe's common fields, the optimiser and
 one-cycle schedule, the seeded batch order, the progress bar, the report, the atomic ONNX write.
 

@@ -5,16 +5,13 @@ from pathlib import Path
 import pytest
 
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.modelbuild import code_fingerprint
-from fleetloop_core.trainers import TRAINERS, registration, trainer_for
-
-CORE = Path(__file__).resolve().parents[2] / "ros2_ws" / "src" / "fleetloop_core" / "fleetloop_core"
-
+from fleetloop_models.modelbuild import code_fingerprint, module_file
+from fleetloop_models.trainers import TRAINERS, registration, trainer_for
 
 def test_every_registered_task_has_its_trainer_and_code():
     for task, entry in TRAINERS.items():
         assert trainer_for(task).task == task
-        assert all((CORE / name).is_file() for name in entry.code), entry.code
+        assert all(module_file(name).is_file() for name in entry.code), entry.code
     assert code_fingerprint("classification") != code_fingerprint("detection")
 
 
@@ -24,8 +21,8 @@ def test_an_unknown_task_names_the_known_ones():
 
 
 def test_an_unknown_detector_layout_fails_before_anything_is_written(tmp_path):
-    from fleetloop_core import zoo
-    from fleetloop_core.trainers.detection import DetectorDeployable, write_detector_package
+    from fleetloop_models import zoo
+    from fleetloop_models.trainers.detection import DetectorDeployable, write_detector_package
 
     model = DetectorDeployable(zoo.build("det-tiny", 10), 32, 32)
     with pytest.raises(ConfigError, match="unknown detector layout 'ssd'"):

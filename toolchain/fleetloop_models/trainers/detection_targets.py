@@ -3,7 +3,7 @@
 Training assigns each ground-truth box to the cells whose centre lies in the box's central region
 (FCOS centre sampling, radius 1.5 cells; the smallest box wins a contested cell; every box gets at
 least the cell holding its centre) and minimises sigmoid focal loss on the class maps plus GIoU
-loss on the boxes of assigned cells (``fleetloop_core.trainers.detection``).
+loss on the boxes of assigned cells (``fleetloop_models.trainers.detection``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from fleetloop_core.zoo import STRIDE, cell_centres
+from fleetloop_models.zoo import STRIDE, cell_centres
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Exported graphs take raw uint8 NHWC pixels and normalise in the graph, and output
 ``probs`` (N, C), ``embedding`` (N, D, unit length) and ``uncertainty`` (N, 3) = entropy, margin and least
 confidence exactly as ``fleetloop_core.uncertainty`` defines them, so the robot pays no Python
-time for those scores. The loop, the schedule and the export machinery are ``fleetloop_core.training``'s.
+time for those scores. The loop, the schedule and the export machinery are ``fleetloop_models.training``'s.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fleetloop_core import dataset, training, zoo
+from fleetloop_core import dataset
+from fleetloop_models import training, zoo
 from fleetloop_core.manifest import Manifest, OutputSpec
-from fleetloop_core.modelbuild import TIER_NAMES, write_package
-from fleetloop_core.sim_tasks import LabelledSet
-from fleetloop_core.trainers import Trained
+from fleetloop_models.modelbuild import TIER_NAMES, write_package
+from fleetloop_sim.sim_tasks import LabelledSet
+from fleetloop_models.trainers import Trained
 
 OUTPUTS = ("probs", "embedding", "uncertainty")
 
@@ -161,7 +162,7 @@ def resize_all(images: np.ndarray, size: int) -> np.ndarray:
 
 
 class ClassificationTrainer:
-    """Classification's part of the reference-model build (``fleetloop_core.trainers.Trainer``)."""
+    """Classification's part of the reference-model build (``fleetloop_models.trainers.Trainer``)."""
 
     task = "classification"
     labels = dataset.LABELS

@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fleetloop_core.dataset import ITEM_LABELS, load_split
-from fleetloop_core.sim_render import LAB_SHIFT, Renderer, Shift, Track, random_shift, seeded_rng
-from fleetloop_core.sim_tasks import DetectionSet, FrameTruth, LabelledSet, SimTask, sim_task
+from fleetloop_sim.sim_render import LAB_SHIFT, Renderer, Shift, Track, random_shift, seeded_rng
+from fleetloop_sim.sim_tasks import DetectionSet, FrameTruth, LabelledSet, SimTask, sim_task
 
 NUM_ITEM_CLASSES = len(ITEM_LABELS)
 SIM_EPOCH_NS = 1_790_000_000 * 10**9  # 2026-09-21: stamps of simulated fleet streams start here
