@@ -38,7 +38,7 @@ from _common import locate_models, machine, percentile, print_table, write_json 
 
 
 def _signed_version(source: Path, target: Path, version: str, private_pem: bytes) -> Path:
-    from fleetloop_core.manifest import load_manifest, write_manifest
+    from fleetloop_core.contracts.manifest import load_manifest, write_manifest
     from fleetloop_core.signing import sign_package
 
     shutil.copytree(source, target)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     from fleetloop_core.control_plane import LocalControlPlane
     from fleetloop_core.deploy_agent import DeployAgent
     from fleetloop_core.inference import TierModel
-    from fleetloop_core.manifest import MANIFEST_NAME, load_manifest
+    from fleetloop_core.contracts.manifest import MANIFEST_NAME, load_manifest
     from fleetloop_core.model_checks import ShadowConfig, WatchdogConfig
     from fleetloop_core.model_manager import ModelManager, ModelManagerConfig
     from fleetloop_core.model_store import ModelStore, PackageLocation, publish_package

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fleetloop_core.manifest import Manifest, load_manifest
+from fleetloop_core.contracts.manifest import Manifest, load_manifest
 
 from fleetloop_cloud.box_manifest import BoxChannel, read_box_channel
 from fleetloop_cloud.training_job import TrainingError, TrainingRun, load_weights, tier_info

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fleetloop_core.manifest import Manifest, file_entry, load_manifest, write_manifest
+from fleetloop_core.contracts.manifest import Manifest, file_entry, load_manifest, write_manifest
 
 from fleetloop_cloud.channels import ChannelData, ChannelError, read_channel
 from fleetloop_cloud.sagemaker_job import Cluster

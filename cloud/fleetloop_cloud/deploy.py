@@ -5,7 +5,7 @@ Job backends (:class:`~fleetloop_cloud.fleet_jobs.FleetJobs`), picked by URI (:f
 * ``file:///dir``   the local job directory the robots' ``local`` control plane watches (embedded default,
   ``job_service_local``)
 * ``mqtts://host:port``   our own job service speaking the AWS IoT Jobs MQTT protocol
-  (``fleetloop_core.iot_jobs``) over a real broker with mutual TLS (``job_service_mqtt``);
+  (``fleetloop_core.contracts.iot_jobs``) over a real broker with mutual TLS (``job_service_mqtt``);
   ``jobs:///path.sqlite`` the job store a standing ``fleetloop-cloud jobs serve`` answers from
 * ``iot://`` (``?region=..&endpoint_url=..``)   AWS IoT Jobs via boto3 ``iot.create_job`` (``job_service_aws``)
 
@@ -28,7 +28,7 @@ from pydantic import Field
 
 from fleetloop_core.config import ConfigModel, default_config_path, load_config
 from fleetloop_core.errors import ConfigError, FleetLoopError
-from fleetloop_core.manifest import MANIFEST_NAME, load_manifest, parse_manifest
+from fleetloop_core.contracts.manifest import MANIFEST_NAME, load_manifest, parse_manifest
 from fleetloop_core.model_store import package_prefix
 
 from fleetloop_cloud.fleet_jobs import DeployError, FleetJobs, RolloutConfig, deploy_document

@@ -43,7 +43,7 @@ import numpy as np
 from fleetloop_sim import sim
 from fleetloop_core.config import default_config_path, read_yaml, repo_root
 from fleetloop_core.detection import DetectorModel
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 from fleetloop_core.selection import Selector
 from fleetloop_core.selection_config import apply_changes, load_selection_config
 from fleetloop_core.store import open_store
@@ -281,7 +281,7 @@ class UploadAllArm:
 
     def train(self, out: Path, round_number: int, progress: bool) -> Path:
         from fleetloop_models import zoo
-        from fleetloop_core.manifest import load_manifest
+        from fleetloop_core.contracts.manifest import load_manifest
         from fleetloop_models.trainers import detection as td
         from fleetloop_models.trainers.detection import fit_into, write_detector_package
 

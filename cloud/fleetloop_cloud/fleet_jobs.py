@@ -17,11 +17,11 @@ from urllib.parse import parse_qs, urlparse
 
 from pydantic import Field
 
-from fleetloop_core import iot_jobs
+from fleetloop_core.contracts import iot_jobs
 from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import FleetLoopError
-from fleetloop_core.job_document import JobDocument, ModelRef
-from fleetloop_core.manifest import Manifest
+from fleetloop_core.contracts.job_document import JobDocument, ModelRef
+from fleetloop_core.contracts.manifest import Manifest
 from fleetloop_core.model_store import PackageLocation
 
 FAILED_STATUSES = frozenset({"FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED"})

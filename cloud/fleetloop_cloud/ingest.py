@@ -33,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fleetloop_core.dataset import LABELS
-from fleetloop_core.sidecar import SidecarError, parse_sidecar, sidecar_key
+from fleetloop_core.contracts.sidecar import SidecarError, parse_sidecar, sidecar_key
 from fleetloop_core.store import ObjectStore, StoreError
 
 from fleetloop_cloud.config import IngestConfig

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fleetloop_core import iot_jobs
+from fleetloop_core.contracts import iot_jobs
 from fleetloop_core.control_plane import write_json_atomic
 
 from fleetloop_cloud.fleet_jobs import DeployError, ExecutionState, FleetJobs, JobRequest

@@ -2,7 +2,7 @@
 
 :class:`StoreJobs` (``jobs://PATH``) is a rollout's view of a :class:`~fleetloop_cloud.job_store.JobStore`;
 :class:`MqttJobService` (``mqtts://host:port``) answers the robots' requests from such a store
-(start-next, update, get, describe; ``fleetloop_core.iot_jobs`` spells the topics and payloads) and
+(start-next, update, get, describe; ``fleetloop_core.contracts.iot_jobs`` spells the topics and payloads) and
 announces their next execution with notify-next.
 """
 
@@ -15,7 +15,7 @@ import uuid
 from typing import Any, Optional
 from urllib.parse import unquote, urlparse
 
-from fleetloop_core import iot_jobs
+from fleetloop_core.contracts import iot_jobs
 from fleetloop_core.errors import ConfigError
 
 from fleetloop_cloud.fleet_jobs import DeployError, ExecutionState, FleetJobs, JobRequest, uri_options

@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 
 from fleetloop_core.errors import FleetLoopError
-from fleetloop_core.manifest import MANIFEST_NAME, load_manifest, verify_files
+from fleetloop_core.contracts.manifest import MANIFEST_NAME, load_manifest, verify_files
 
 ARCHIVE_NAME = "model.tar.gz"
 

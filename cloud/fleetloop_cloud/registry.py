@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from fleetloop_core.errors import ConfigError, FleetLoopError
-from fleetloop_core.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest, verify_files
+from fleetloop_core.contracts.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest, verify_files
 from fleetloop_core.store import ObjectStore, StoreError, open_store
 
 from fleetloop_cloud.model_archive import ARCHIVE_NAME, pack_package

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from fleetloop_core.errors import FleetLoopError
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 
 from fleetloop_cloud.box_train import train_detectors
 from fleetloop_cloud.channels import ChannelError

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ConfigError, FleetLoopError
-from fleetloop_core.manifest import Manifest
+from fleetloop_core.contracts.manifest import Manifest
 
 from fleetloop_cloud.sagemaker_job import Cluster
 

@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from fleetloop_core.errors import ConfigError, FleetLoopError
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 from fleetloop_core.store import ObjectStore
 
 from fleetloop_cloud.autolabel import AutolabelReport

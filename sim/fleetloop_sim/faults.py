@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fleetloop_core.record import EncodedRecord
-from fleetloop_core.sidecar import parse_sidecar
+from fleetloop_core.contracts.sidecar import parse_sidecar
 
 SPOOL_INDEX = "spool.json"
 _WARM_STORES: dict = {}  # store URI -> store opened by the zygote before it forks (boto3 set-up is slow)

@@ -15,7 +15,7 @@ from fleetloop_cloud.rollout import rollout, wait_for_reports
 from fleetloop_core.control_plane import LocalControlPlane
 from fleetloop_core.deploy_agent import DeployAgent
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.manifest import MANIFEST_NAME, load_manifest
+from fleetloop_core.contracts.manifest import MANIFEST_NAME, load_manifest
 from fleetloop_core.model_checks import ShadowConfig, WatchdogConfig
 from fleetloop_core.model_store import publish_package
 

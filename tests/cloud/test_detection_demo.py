@@ -3,7 +3,7 @@ detection cascade, selector and upload queue, the detection loop per arm, the ba
 
 import json
 
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 
 from fleetloop_cloud.detection_demo import DetectionDemoSettings, run_detection_demo
 

@@ -10,7 +10,7 @@ import pytest
 from fleetloop_sim import sim
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 from fleetloop_core.store import open_store
 
 from fleetloop_cloud.box_annotators import box_task_cost, record_box_answer

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fleetloop_core.sidecar import Decision, Sidecar, SimulationTruth, frame_key, sidecar_key
+from fleetloop_core.contracts.sidecar import Decision, Sidecar, SimulationTruth, frame_key, sidecar_key
 from fleetloop_core.store import open_store
 
 from fleetloop_cloud.config import IngestConfig

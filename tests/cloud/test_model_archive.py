@@ -6,7 +6,7 @@ import tarfile
 import pytest
 
 from fleetloop_core.errors import ModelError
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 
 from fleetloop_cloud.model_archive import ArchiveError, extract, pack_package
 

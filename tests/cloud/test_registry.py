@@ -6,7 +6,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from fleetloop_core.manifest import load_manifest, write_manifest
+from fleetloop_core.contracts.manifest import load_manifest, write_manifest
 from fleetloop_core.signing import SignatureError, TrustedKeys, generate_keypair
 from fleetloop_core.store import open_store
 
@@ -50,7 +50,7 @@ def test_local_registry_signs_approves_and_fetches_verified(tmp_path, model_copy
     # publishing the same version again is a no-op; a different model under that version is refused
     assert registry.publish(package).version == "r1-aaaa"
     (package / "model.onnx").write_bytes(b"not the same model")
-    from fleetloop_core.manifest import file_entry
+    from fleetloop_core.contracts.manifest import file_entry
 
     manifest = load_manifest(package)
     write_manifest(manifest.model_copy(update={"files": [file_entry(package / "model.onnx", package)]}), package)

@@ -8,8 +8,8 @@ import yaml
 
 from fleetloop_core.dataset import LABELS
 from fleetloop_core.inference import TierModel
-from fleetloop_core.manifest import load_manifest
-from fleetloop_core.sidecar import frame_key, sidecar_key
+from fleetloop_core.contracts.manifest import load_manifest
+from fleetloop_core.contracts.sidecar import frame_key, sidecar_key
 from fleetloop_core.signing import generate_keypair
 from fleetloop_core.store import open_store
 

@@ -16,7 +16,7 @@ import pytest
 
 from fleetloop_sim import sim
 from fleetloop_core.inference import TierModel
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 
 from fleetloop_cloud.channels import write_channel
 from fleetloop_cloud.train import main_contract

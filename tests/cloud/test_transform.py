@@ -11,7 +11,7 @@ import boto3
 import numpy as np
 
 from fleetloop_core.inference import TierModel
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 from fleetloop_core.store import open_store
 
 from fleetloop_cloud.config import cloud_config_from_dict
@@ -53,7 +53,7 @@ def test_inference_container_contract(tmp_path, cloud_models):
             time.sleep(0.05)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
             assert response.status == 200
-        from fleetloop_core.sidecar import frame_key
+        from fleetloop_core.contracts.sidecar import frame_key
 
         data = store.get_bytes(frame_key(sidecars[0]))
         status, answer = _post(f"http://127.0.0.1:{port}/invocations", data, "application/x-image")

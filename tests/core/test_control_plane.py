@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fleetloop_core import iot_jobs
+from fleetloop_core.contracts import iot_jobs
 from fleetloop_core.control_plane import (
     ControlPlaneConfig,
     ControlPlaneError,

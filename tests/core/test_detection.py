@@ -13,7 +13,7 @@ from fleetloop_core.detection import DetectorModel
 from fleetloop_core.detection_cascade import DetectionCascade, DetectionCascadeConfig
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import TierModel
-from fleetloop_core.manifest import DetectionSpec, load_manifest, write_manifest
+from fleetloop_core.contracts.manifest import DetectionSpec, load_manifest, write_manifest
 from fleetloop_core.tasks import load_model
 from fleetloop_core.uncertainty_detection import pairwise_iou
 
@@ -129,7 +129,7 @@ def test_a_mismatched_manifest_is_a_clear_error_at_load(detection_models, tmp_pa
     # a user's export with symbolic axes: the check runs the graph once to see the real shapes
     import onnx
 
-    from fleetloop_core.manifest import file_entry
+    from fleetloop_core.contracts.manifest import file_entry
 
     graph = onnx.load(str(directory / "model.onnx"))
     for output in graph.graph.output:
@@ -160,7 +160,7 @@ def test_tasks_are_not_mixed_up(detection_models, test_models):
     assert type(load_model(test_models["T3"], providers=("cpu",), warmup=0)) is TierModel
     data = json.loads((detection_models["T4"] / "manifest.json").read_text())
     data.pop("detection")
-    from fleetloop_core.manifest import parse_manifest
+    from fleetloop_core.contracts.manifest import parse_manifest
 
     with pytest.raises(ModelError, match="needs a detection block"):
         parse_manifest(data)

@@ -8,14 +8,14 @@ import pytest
 from fleetloop_sim import sim
 from fleetloop_core.detection import DetectorModel
 from fleetloop_core.detection_cascade import DetectionCascade, DetectionCascadeConfig
-from fleetloop_core.manifest import load_manifest, write_manifest
+from fleetloop_core.contracts.manifest import load_manifest, write_manifest
 from fleetloop_core.bags import write_image_bag
 from fleetloop_core.replay import replay
 from fleetloop_core.replay_outputs import write_outputs
 from fleetloop_core.selection import Selector, value_score
 from fleetloop_core.selection_config import SelectionConfig
 from fleetloop_core.selection_policies import POLICIES
-from fleetloop_core.sidecar import parse_sidecar
+from fleetloop_core.contracts.sidecar import parse_sidecar
 
 
 def _low_threshold_copy(source, target, threshold=0.02):

@@ -9,7 +9,7 @@ import pytest
 
 from fleetloop_core.errors import InputError, ModelError
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel, choose_providers
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 
 
 def test_loads_and_answers(test_models):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fixtures.model_packages import BAD_KINDS, Robot, bad_packages, manager_config as _config
-from fleetloop_core.job_document import parse_job_document
+from fleetloop_core.contracts.job_document import parse_job_document
 from fleetloop_core.model_checks import (
     ShadowConfig,
     WatchdogConfig,
@@ -432,7 +432,7 @@ def test_the_manager_shortens_the_gil_switch_interval_when_configured(tmp_path, 
 def test_a_t3_package_goes_to_the_escalation_role(robot, tmp_path):
     """With no T3 serving yet there is nothing to compare with: the shadow check judges T3 alone."""
     from fixtures.model_packages import make_version
-    from fleetloop_core.manifest import load_manifest
+    from fleetloop_core.contracts.manifest import load_manifest
 
     package = make_version(robot.test_models["T3"], tmp_path / "t3-v2", "t3-v2", robot.keys["fleet"][0])
     name = load_manifest(package).name

@@ -6,7 +6,7 @@ import pytest
 
 from fixtures.model_packages import BAD_KINDS, _truncate, bad_packages, make_version
 from fleetloop_core.errors import ModelError
-from fleetloop_core.manifest import load_manifest, write_manifest
+from fleetloop_core.contracts.manifest import load_manifest, write_manifest
 from fleetloop_core.model_store import (
     IncompatibleModel,
     ModelStore,

@@ -12,7 +12,7 @@ from fleetloop_core.selection import Selector, value_score
 from fleetloop_core.selection_config import load_selection_config, selection_config
 from fleetloop_core.selection_limits import TokenBucket
 from fleetloop_core.selection_policies import POLICIES
-from fleetloop_core.sidecar import parse_sidecar
+from fleetloop_core.contracts.sidecar import parse_sidecar
 
 LABELS = tuple(f"c{i}" for i in range(10)) + ("none",)
 PERIOD_NS = 100_000_000  # 10 Hz

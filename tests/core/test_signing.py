@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fleetloop_core.errors import ConfigError, ModelError
-from fleetloop_core.manifest import load_manifest, write_manifest
+from fleetloop_core.contracts.manifest import load_manifest, write_manifest
 from fleetloop_core.signing import (
     SignatureError,
     TrustedKeys,

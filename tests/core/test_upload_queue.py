@@ -11,7 +11,7 @@ import pytest
 from fleetloop_core import cli
 from fleetloop_sim.faults import synthetic_records
 from fleetloop_core.record import EncodedRecord, UploadRecord, decode_image
-from fleetloop_core.sidecar import parse_sidecar
+from fleetloop_core.contracts.sidecar import parse_sidecar
 from fleetloop_core.store import FileStore, StoreError, ground_truth_manifest
 from fleetloop_core.upload_queue import BackoffConfig, QueueConfig, UploadQueue, load_queue_config
 from fleetloop_core.uploader import Uploader, backoff_delay

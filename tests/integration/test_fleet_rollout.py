@@ -24,7 +24,7 @@ from fixtures.mqtt import CLOUD_IDENTITY
 from fleetloop_cloud.fleet_jobs import RolloutConfig, deploy_document
 from fleetloop_cloud.job_service_mqtt import MqttJobService
 from fleetloop_cloud.rollout import rollout
-from fleetloop_core.manifest import MANIFEST_NAME, load_manifest
+from fleetloop_core.contracts.manifest import MANIFEST_NAME, load_manifest
 from fleetloop_core.model_store import publish_package
 
 FLEET = [f"robot-{i}" for i in range(5)]

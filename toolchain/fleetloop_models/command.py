@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from fleetloop_core.manifest import load_manifest
+    from fleetloop_core.contracts.manifest import load_manifest
     from fleetloop_models.modelbuild import build_reference_models
 
     tiers = tuple(t.strip().upper() for t in args.tiers.split(",") if t.strip())

@@ -33,7 +33,7 @@ from fleetloop_core import dataset
 from fleetloop_sim import sim
 from fleetloop_core.config import ConfigModel, default_config_path, read_yaml, validate
 from fleetloop_core.errors import ConfigError, ModelError
-from fleetloop_core.manifest import (
+from fleetloop_core.contracts.manifest import (
     TIER_PLACEMENT,
     InputSpec,
     Manifest,
@@ -109,7 +109,7 @@ BUILD_CODE = (
     "fleetloop_sim.sim_tasks",
     "fleetloop_core.preprocess",
     "fleetloop_core.dataset",
-    "fleetloop_core.manifest",
+    "fleetloop_core.contracts.manifest",
 )
 
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from fleetloop_sim import sim
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 
 from fleetloop_cloud.demo.fleet import InProcessFleet, InProcessRobot, RobotRound, RobotSpec
 
@@ -81,7 +81,7 @@ class UploadAllArm:
         """Train T4 on all frames so far (+ lab replay) from the reference weights; return its package dir."""
         from fleetloop_models import zoo
         from fleetloop_models.trainers import classification
-        from fleetloop_core.manifest import file_entry, write_manifest
+        from fleetloop_core.contracts.manifest import file_entry, write_manifest
 
         base = load_manifest(self.models / "T4")
         net = zoo.build(base.architecture, num_classes=len(base.labels))

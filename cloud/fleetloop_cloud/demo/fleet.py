@@ -42,7 +42,7 @@ import yaml
 from fleetloop_sim import sim, sim_tasks
 from fleetloop_core.stop_signals import end_with_parent_env
 from fleetloop_core.errors import FleetLoopError
-from fleetloop_core.sidecar import SimulationTruth
+from fleetloop_core.contracts.sidecar import SimulationTruth
 
 log = logging.getLogger("fleetloop.demo")
 
@@ -634,7 +634,7 @@ class RosFleet:
 
     def serving(self) -> dict[str, dict[str, str]]:
         """Return each robot's serving versions, from its model store's record of what serves."""
-        from fleetloop_core.manifest import load_manifest
+        from fleetloop_core.contracts.manifest import load_manifest
         from fleetloop_core.model_manager import serving_package_dirs
         from fleetloop_core.model_store import ModelStore
         from fleetloop_core.signing import TrustedKeys

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from fleetloop_core.errors import ConfigError, FleetLoopError
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 from fleetloop_core.store import open_store
 
 from fleetloop_cloud.config import CloudConfig, CostModel, load_cost_model

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetloop_core.errors import FleetLoopError
-from fleetloop_core.manifest import load_manifest
+from fleetloop_core.contracts.manifest import load_manifest
 
 from fleetloop_cloud.box_annotators import record_box_answer
 from fleetloop_cloud.box_consensus import BoxSet

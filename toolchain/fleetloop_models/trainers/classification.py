@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from fleetloop_core import dataset
 from fleetloop_models import training, zoo
-from fleetloop_core.manifest import Manifest, OutputSpec
+from fleetloop_core.contracts.manifest import Manifest, OutputSpec
 from fleetloop_models.modelbuild import TIER_NAMES, write_package
 from fleetloop_sim.sim_tasks import LabelledSet
 from fleetloop_models.trainers import Trained

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from fleetloop_models import training, zoo
 from fleetloop_sim import sim_tasks
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.manifest import DetectionSpec, Manifest
+from fleetloop_core.contracts.manifest import DetectionSpec, Manifest
 from fleetloop_models.modelbuild import TIER_NAMES, TIERS, write_package
 from fleetloop_models.trainers import Trained
 from fleetloop_models.trainers.detection_targets import Targets, assign, dense_loss, flip_batch

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from fleetloop_core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fleetloop_core.manifest import Manifest
+    from fleetloop_core.contracts.manifest import Manifest
 
     from fleetloop_cloud.loop.core import CloudLoop
     from fleetloop_cloud.loop.summary import RoundFacts

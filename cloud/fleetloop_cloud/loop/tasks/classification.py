@@ -23,7 +23,7 @@ from fleetloop_cloud.loop.summary import RoundFacts
 from fleetloop_cloud.loop.tasks import classification_report, classification_tracks
 
 if TYPE_CHECKING:
-    from fleetloop_core.manifest import Manifest
+    from fleetloop_core.contracts.manifest import Manifest
 
     from fleetloop_cloud.loop.core import CloudLoop
 

@@ -33,7 +33,7 @@ from fleetloop_cloud.loop.tasks import detection_report
 from fleetloop_cloud.routing import wilson_interval
 
 if TYPE_CHECKING:
-    from fleetloop_core.manifest import Manifest
+    from fleetloop_core.contracts.manifest import Manifest
 
     from fleetloop_cloud.loop.core import CloudLoop
 

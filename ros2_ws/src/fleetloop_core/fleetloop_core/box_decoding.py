@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from fleetloop_core.errors import ModelError
-from fleetloop_core.manifest import DetectionSpec
+from fleetloop_core.contracts.manifest import DetectionSpec
 
 
 # --------------------------------------------------------------------------- letterbox

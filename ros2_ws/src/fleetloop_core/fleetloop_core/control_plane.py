@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import Field
 
-from fleetloop_core import iot_jobs
+from fleetloop_core.contracts import iot_jobs
 from fleetloop_core.config import ConfigModel, load_config
 from fleetloop_core.errors import ConfigError, FleetLoopError
 

@@ -13,7 +13,7 @@ import threading
 from typing import Any, Optional
 
 from fleetloop_core.control_plane import ControlPlane, ControlPlaneError, ControlPlaneUnavailable, Job
-from fleetloop_core.job_document import JobOutcome
+from fleetloop_core.contracts.job_document import JobOutcome
 from fleetloop_core.model_manager import ModelManager
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 ``DetectorModel.load(dir)`` verifies the package like ``TierModel`` (sizes and sha256 before any
 session exists), then checks that the manifest's declared output layout (``detection`` block,
-see ``fleetloop_core.manifest.DetectionSpec``) matches the ONNX graph's outputs: a mismatch is a
+see ``fleetloop_core.contracts.manifest.DetectionSpec``) matches the ONNX graph's outputs: a mismatch is a
 ModelError naming the layout, the expected outputs and what the graph has. ``detect(frame)``
 letterboxes, runs and decodes (``fleetloop_core.box_decoding``); the detection cascade is in
 ``fleetloop_core.detection_cascade``.
@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import TierModel
-from fleetloop_core.manifest import DetectionSpec, Manifest
+from fleetloop_core.contracts.manifest import DetectionSpec, Manifest
 from fleetloop_core.box_decoding import (
     Detections,
     Letterbox,

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from fleetloop_core.errors import InputError, ModelError
-from fleetloop_core.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_files
+from fleetloop_core.contracts.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_files
 from fleetloop_core.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)

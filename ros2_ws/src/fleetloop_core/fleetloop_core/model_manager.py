@@ -52,7 +52,7 @@ from fleetloop_core.model_store import (
 )
 from fleetloop_core.signing import SignatureError, verify_package
 from fleetloop_core.store import StoreError
-from fleetloop_core.job_document import JobDocument, JobOutcome, JobRejected, Status, parse_job_document
+from fleetloop_core.contracts.job_document import JobDocument, JobOutcome, JobRejected, Status, parse_job_document
 from fleetloop_core.model_checks import (
     ShadowConfig,
     ShadowReport,

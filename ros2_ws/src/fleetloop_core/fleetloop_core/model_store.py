@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 
 from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ModelError
-from fleetloop_core.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest, verify_files
+from fleetloop_core.contracts.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest, verify_files
 from fleetloop_core.signing import SignatureError, TrustedKeys, verify_manifest
 from fleetloop_core.store import ObjectStore, StoreError, open_store
 

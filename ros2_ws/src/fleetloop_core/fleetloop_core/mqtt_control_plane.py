@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlparse
 
 
-from fleetloop_core import iot_jobs
+from fleetloop_core.contracts import iot_jobs
 from fleetloop_core.errors import ConfigError
 
 

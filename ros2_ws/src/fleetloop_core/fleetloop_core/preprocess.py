@@ -1,7 +1,7 @@
 """Frame -> model input, vectorised with OpenCV/numpy (no per-pixel Python).
 
 Frames are uint8 arrays: (H, W) grey, (H, W, 3) RGB/BGR or (H, W, 4) RGBA/BGRA, or a batch
-(N, H, W, C) of equal frames. The model's :class:`~fleetloop_core.manifest.InputSpec` says what
+(N, H, W, C) of equal frames. The model's :class:`~fleetloop_core.contracts.manifest.InputSpec` says what
 comes out: size, colour order, dtype, layout and, unless the graph does it, normalisation.
 """
 
@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from fleetloop_core.errors import InputError
-from fleetloop_core.manifest import InputSpec
+from fleetloop_core.contracts.manifest import InputSpec
 
 FRAME_ORDERS = ("RGB", "BGR", "GRAY", "RGBA", "BGRA")
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}

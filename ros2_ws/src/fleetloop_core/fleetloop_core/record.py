@@ -4,7 +4,7 @@ Encoding (PNG or JPEG through OpenCV) is deferred to :meth:`UploadRecord.encode`
 queue calls when it persists the record: a PNG of a noisy 128x128 frame costs ~1-2 ms here,
 far more than the whole per-frame selection budget, so the selector's hot path never encodes.
 The encoded form (:class:`EncodedRecord`) carries the content sha256 that names both objects
-(``fleetloop_core.sidecar.frame_key`` / ``sidecar_key``), which makes every upload idempotent.
+(``fleetloop_core.contracts.sidecar.frame_key`` / ``sidecar_key``), which makes every upload idempotent.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from fleetloop_core.errors import InputError
-from fleetloop_core.sidecar import Sidecar, frame_key, sidecar_key
+from fleetloop_core.contracts.sidecar import Sidecar, frame_key, sidecar_key
 
 if TYPE_CHECKING:
     import numpy as np

@@ -33,7 +33,7 @@ import numpy as np
 
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.record import UploadRecord
-from fleetloop_core.sidecar import Decision as SidecarDecision
+from fleetloop_core.contracts.sidecar import Decision as SidecarDecision
 from fleetloop_core.selection_config import (
     BudgetConfig,
     ScoreWeights,

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fleetloop_core.config import read_yaml
 from fleetloop_core.errors import ConfigError, ModelError
-from fleetloop_core.manifest import Manifest, Signature, load_manifest, verify_files, write_manifest
+from fleetloop_core.contracts.manifest import Manifest, Signature, load_manifest, verify_files, write_manifest
 
 ALGORITHM: Final = "ed25519"
 

@@ -8,7 +8,7 @@ Keys are '/'-separated relative paths. Object layout used by the fleet (the clou
 a SageMaker Ground Truth input manifest is derived from it):
 
     frames/<robot_id>/<YYYY-MM-DD>/<sha256>.<png|jpg>   the encoded frame
-    frames/<robot_id>/<YYYY-MM-DD>/<sha256>.json        its sidecar (fleetloop_core.sidecar)
+    frames/<robot_id>/<YYYY-MM-DD>/<sha256>.json        its sidecar (fleetloop_core.contracts.sidecar)
     models/<name>/<version>/...                         signed model packages
 
 The robot's uploader writes the frame object first and the sidecar last, so a sidecar is the

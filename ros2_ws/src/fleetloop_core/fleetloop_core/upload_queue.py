@@ -12,7 +12,7 @@ Guarantees:
   instant a record is either queued (and will be uploaded) or was never accepted; files left
   without a row are swept by :meth:`UploadQueue.recover`.
 - **At-least-once, idempotent.** Object keys carry the frame's content sha256
-  (``fleetloop_core.sidecar.frame_key``), so uploading a record again after a crash rewrites
+  (``fleetloop_core.contracts.sidecar.frame_key``), so uploading a record again after a crash rewrites
   the same objects, never makes a second copy. The frame object goes first and the sidecar
   last: the cloud treats the sidecar as the commit marker.
 - **Bounded.** A disk cap in bytes: when a new record does not fit (or the disk is really full,

@@ -31,8 +31,8 @@ from fleetloop_core.control_plane import open_control_plane
 from fleetloop_core.deploy_agent import DeployAgent
 from fleetloop_core.errors import FleetLoopError, ModelError
 from fleetloop_core.health import Check, FAILED_MODEL_EVENTS, control_plane_check, models_check
-from fleetloop_core.manifest import load_manifest
-from fleetloop_core.job_document import JobOutcome
+from fleetloop_core.contracts.manifest import load_manifest
+from fleetloop_core.contracts.job_document import JobOutcome
 from fleetloop_core.model_manager import (
     ROLE_BY_TIER,
     ModelEvent,

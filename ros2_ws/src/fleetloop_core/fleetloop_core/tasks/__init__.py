@@ -20,7 +20,7 @@ What a task supplies:
 Each task is a module of this package (``classification``, ``detection``). A third task
 (segmentation, keypoints) is one more module with a class implementing these five methods (and
 ``config_key``) plus one line, ``register_task(SegmentationTask())``; the manifest's ``task``
-literal names it (``fleetloop_core.manifest``).
+literal names it (``fleetloop_core.contracts.manifest``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
-from fleetloop_core.manifest import MANIFEST_NAME, load_manifest
+from fleetloop_core.contracts.manifest import MANIFEST_NAME, load_manifest
 
 
 @dataclass(frozen=True, slots=True)
