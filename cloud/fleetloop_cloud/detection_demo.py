@@ -34,7 +34,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -52,7 +52,7 @@ from fleetloop_core.uploader import Uploader
 
 from fleetloop_cloud.box_evaluate import BoxTestSet, score_detector
 from fleetloop_cloud.config import cloud_config_from_dict
-from fleetloop_cloud.demo.config import load_demo_config
+from fleetloop_cloud.demo.config import DetectionDemoConfig, load_demo_config
 from fleetloop_cloud.demo.fleet import serving_stack, sign_round0_packages
 from fleetloop_cloud.deploy import deploy_approved
 from fleetloop_cloud.fleet_jobs import RolloutConfig
@@ -60,44 +60,6 @@ from fleetloop_cloud.job_service_local import LocalDirJobs
 from fleetloop_cloud.loop import CloudLoop
 
 log = logging.getLogger("fleetloop.detection_demo")
-
-
-@dataclass
-class DetectionDemoSettings:
-    """How big the detection demo is (``quick``: two robots, two short rounds, the detection-test detectors)."""
-
-    robots: int = 3
-    rounds: int = 3
-    frames_per_robot: int = 400  # camera frames per robot per round (10 Hz: 40 s)
-    frames_per_hour: float = 3600.0  # upload budget per robot (40 of 400 frames a round)
-    seed: int = 0
-    profile: str = "detection-default"  # reference detectors, built when missing
-    test_frames_per_site: int = 120
-    teacher_epochs: int = 4
-    distil_epochs: int = 4
-    warm_start_epochs: int = 3
-    lab_replay_frames: int = 300
-    calibration_sample: int = 60
-    upload_all_epochs: int = 3
-    # overrides of the promotion gate (cloud.yaml evaluation: min_gain, max_site_regression, ...)
-    gate: dict = field(default_factory=dict)
-
-    @classmethod
-    def quick(cls) -> "DetectionDemoSettings":
-        return cls(
-            robots=2,
-            rounds=2,
-            frames_per_robot=150,
-            frames_per_hour=9000.0,
-            profile="detection-test",
-            test_frames_per_site=40,
-            teacher_epochs=2,
-            distil_epochs=2,
-            warm_start_epochs=2,
-            lab_replay_frames=60,
-            calibration_sample=30,
-            upload_all_epochs=2,
-        )
 
 
 # ------------------------------------------------------------------------------------ robots
@@ -197,7 +159,7 @@ class ArmRecord:
     rounds: list[dict] = field(default_factory=list)
 
 
-def _cloud_config(out: Path, arm: str, models: Path, settings: DetectionDemoSettings, keys: tuple[Path, Path]) -> dict:
+def _cloud_config(out: Path, arm: str, models: Path, settings: DetectionDemoConfig, keys: tuple[Path, Path]) -> dict:
     data = read_yaml(default_config_path("cloud.yaml"))
     store = f"file://{out / arm / 'store'}"
     data.update(
@@ -263,7 +225,7 @@ def _map(model_dir: Path, test: BoxTestSet) -> dict:
 class UploadAllArm:
     """Every frame with its true boxes: T4 retrained each round on all frames so far (the upper bound)."""
 
-    def __init__(self, robots: Sequence[tuple[str, sim.Site]], models: Path, settings: DetectionDemoSettings):
+    def __init__(self, robots: Sequence[tuple[str, sim.Site]], models: Path, settings: DetectionDemoConfig):
         self.streams = [
             sim.CameraStream(site, robot, seed=settings.seed, start_ns=sim.SIM_EPOCH_NS + i * 10**12, task="detection")
             for i, (robot, site) in enumerate(robots)
@@ -357,16 +319,16 @@ def locate_detectors(models: Path | None, profile: str) -> Path:
 
 
 def run_detection_demo(
-    out: Path, settings: DetectionDemoSettings | None = None, models: Path | None = None, progress: bool = True
+    out: Path, settings: DetectionDemoConfig | None = None, models: Path | None = None, progress: bool = True
 ) -> dict:
     """Run the detection closed loop with its baselines; write the report into ``out``; return it."""
-    settings = settings or DetectionDemoSettings()
+    settings = settings or DetectionDemoConfig()
     started = time.perf_counter()
     out = Path(out).resolve()  # store URIs are file:///absolute
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    models = locate_detectors(models, settings.profile)
+    models = locate_detectors(models, settings.models_profile)
     sites = sim.make_fleet_sites(settings.robots, seed=settings.seed)
     robots = [(f"robot-{i}", sites[i]) for i in range(settings.robots)]
     test = field_test_set(sites, settings.test_frames_per_site, settings.seed)
@@ -477,7 +439,7 @@ def run_detection_demo(
     }
     report = {
         "task": "detection",
-        "settings": asdict(settings),
+        "settings": settings.model_dump(),
         "models": str(models),
         "serving": serving,
         "sites": [s.name for s in sites],
@@ -636,10 +598,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = DetectionDemoSettings.quick() if args.quick else DetectionDemoSettings()
-    for key, value in (("rounds", args.rounds), ("robots", args.robots), ("frames_per_robot", args.frames)):
-        if value is not None:
-            setattr(settings, key, value)
+    overrides = {"rounds": args.rounds, "robots": args.robots, "frames_per_robot": args.frames}
+    config = load_demo_config(
+        quick=args.quick, overrides={"detection": {k: v for k, v in overrides.items() if v is not None}}
+    )
+    settings = config.detection
     out = Path(args.out) if args.out else repo_root() / "runs" / "detection-demo"
     report = run_detection_demo(
         out, settings, Path(args.models) if args.models else None, progress=not args.no_progress
