@@ -6,7 +6,7 @@ import json
 from fleetloop_core.manifest import load_manifest
 
 from fleetloop_cloud.demo.config import DetectionDemoConfig
-from fleetloop_cloud.detection_demo import run_detection_demo
+from fleetloop_cloud.demo.detection import run_detection_demo
 
 
 def test_one_small_detection_round_writes_the_report(tmp_path, detection_models):

@@ -96,10 +96,11 @@ class DemoConfig(ConfigModel):
     detection: DetectionDemoConfig = Field(default_factory=DetectionDemoConfig)  # fleetloop demo --task detection
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge(base: dict, extra: dict) -> dict:
+    """Return ``base`` with ``extra`` merged in (nested dicts key by key, anything else replaced)."""
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -110,6 +111,6 @@ def load_demo_config(
     path = Path(path) if path else default_config_path("demo.yaml")
     data = read_yaml(path)
     if quick:
-        data = _merge(data, data.get("quick") or {})
-    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+        data = merge(data, data.get("quick") or {})
+    data = merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
     return validate(DemoConfig, data, source=str(path))
