@@ -52,7 +52,7 @@ from fleetloop_cloud.demo.provision import roll_out, sign_round0_packages, signi
 from fleetloop_cloud.job_service_local import LocalDirJobs
 from fleetloop_cloud.loop import CloudLoop
 
-log = logging.getLogger("fleetloop.detection_demo")
+log = logging.getLogger("fleetloop.demo.detection")
 
 ARMS = ("loop", "random", "upload-all")
 
