@@ -5,18 +5,19 @@ import json
 
 from fleetloop_core.contracts.manifest import load_manifest
 
-from fleetloop_cloud.detection_demo import DetectionDemoSettings, run_detection_demo
+from fleetloop_cloud.demo.config import DetectionDemoConfig
+from fleetloop_cloud.demo.detection import run_detection_demo
 
 
 def test_one_small_detection_round_writes_the_report(tmp_path, detection_models):
     # a gate that lets anything through: whatever the round trains is approved (one tiny round rarely beats
     # the reference), so approved detectors reach the robots through signed packages and the control plane
-    settings = DetectionDemoSettings(
+    settings = DetectionDemoConfig(
         robots=1,
         rounds=1,
         frames_per_robot=100,
         frames_per_hour=21600.0,
-        profile="detection-test",
+        models_profile="detection-test",
         test_frames_per_site=15,
         teacher_epochs=1,
         distil_epochs=1,

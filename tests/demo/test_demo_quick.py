@@ -100,7 +100,7 @@ def test_report_html_shows_the_plots_in_chromium(quick_run, browser):
 
 
 def test_detection_task_refuses_options_it_does_not_have():
-    # `fleetloop demo --task detection` runs fleetloop_cloud.detection_demo (tests/cloud/test_detection_demo.py
+    # `fleetloop demo --task detection` runs fleetloop_cloud.demo.detection (tests/cloud/test_detection_demo.py
     # runs it); options of the classification demo it has no use for are refused by name, not ignored
     process = subprocess.run(
         [

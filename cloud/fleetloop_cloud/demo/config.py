@@ -1,4 +1,8 @@
-"""Demo settings (config/demo.yaml), validated on load; ``--quick`` merges the ``quick`` section."""
+"""Demo settings (config/demo.yaml), validated on load; ``--quick`` merges the ``quick`` section.
+
+The top level is the classification demo's; the ``detection`` section is the detection demo's
+(``fleetloop demo --task detection``), quick-merged the same way (``quick: {detection: ...}``).
+"""
 
 from __future__ import annotations
 
@@ -52,6 +56,24 @@ class RobotOverrides(ConfigModel):
         }
 
 
+class DetectionDemoConfig(ConfigModel):
+    robots: int = Field(default=3, ge=1, le=16)
+    rounds: int = Field(default=3, ge=1, le=20)
+    frames_per_robot: int = Field(default=400, ge=1)  # camera frames per robot per round (10 Hz: 40 s)
+    frames_per_hour: float = Field(default=3600.0, gt=0.0)  # upload budget per robot (40 of 400 frames a round)
+    seed: int = 0
+    models_profile: str = "detection-default"  # config/models.yaml profile of the reference detectors
+    test_frames_per_site: int = Field(default=120, ge=1)  # held-out field frames per site (the gate's)
+    teacher_epochs: int = Field(default=4, ge=1)
+    distil_epochs: int = Field(default=4, ge=1)
+    warm_start_epochs: int = Field(default=3, ge=1)
+    lab_replay_frames: int = Field(default=300, ge=0)
+    calibration_sample: int = Field(default=60, ge=1)
+    upload_all_epochs: int = Field(default=3, ge=1)
+    # overrides of the promotion gate (cloud.yaml evaluation: min_gain, max_site_regression, ...)
+    gate: dict[str, float] = Field(default_factory=dict)
+
+
 class DemoConfig(ConfigModel):
     robots: int = Field(default=4, ge=1, le=16)
     rounds: int = Field(default=3, ge=1, le=20)
@@ -71,12 +93,14 @@ class DemoConfig(ConfigModel):
     quick: Optional[dict[str, Any]] = None
     camera_rate_hz: float = Field(default=10.0, gt=0.0)
     models_profile: str = "default"  # config/models.yaml profile of the round-0 models
+    detection: DetectionDemoConfig = Field(default_factory=DetectionDemoConfig)  # fleetloop demo --task detection
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge(base: dict, extra: dict) -> dict:
+    """Return ``base`` with ``extra`` merged in (nested dicts key by key, anything else replaced)."""
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -87,6 +111,6 @@ def load_demo_config(
     path = Path(path) if path else default_config_path("demo.yaml")
     data = read_yaml(path)
     if quick:
-        data = _merge(data, data.get("quick") or {})
-    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+        data = merge(data, data.get("quick") or {})
+    data = merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
     return validate(DemoConfig, data, source=str(path))

@@ -44,6 +44,8 @@ from fleetloop_core.stop_signals import end_with_parent_env
 from fleetloop_core.errors import FleetLoopError
 from fleetloop_core.contracts.sidecar import SimulationTruth
 
+from fleetloop_cloud.demo.config import merge
+
 log = logging.getLogger("fleetloop.demo")
 
 STREAM = "camera"
@@ -138,21 +140,6 @@ def simulation_truth(truth: sim_tasks.Truth) -> SimulationTruth:
     return SimulationTruth(label=truth.label, item=truth.item, track_id=truth.track_id, site=truth.site)
 
 
-def sign_round0_packages(models: Path, out: Path, private_pem: bytes) -> dict[str, Path]:
-    """Return signed copies of the reference edge tiers (T3, T4): what robots are provisioned with."""
-    from fleetloop_core.signing import sign_package
-
-    packages = {}
-    for tier in ("T3", "T4"):
-        target = out / tier
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(models / tier, target, ignore=shutil.ignore_patterns(".*"))
-        sign_package(target, private_pem)
-        packages[tier] = target
-    return packages
-
-
 def _store_objects(store_root: Path, robot_id: str) -> tuple[int, int]:
     """Return (frames, bytes) a robot has in a file store (frames only, sidecars not counted)."""
     base = store_root / "frames" / robot_id
@@ -224,10 +211,10 @@ def serving_stack(
     from fleetloop_core.tasks import cascade_for, load_model
 
     manager_data = read_yaml(default_config_path("model_manager.yaml"))["model_manager"]
-    manager_data = _merge(
+    manager_data = merge(
         manager_data, {"store": {"root": str(root / "models"), "trusted_keys": str(keys_dir)}, "providers": ["cpu"]}
     )
-    manager_data = _merge(manager_data, manager_overrides)
+    manager_data = merge(manager_data, manager_overrides)
     manager_config = validate(ModelManagerConfig, manager_data, source=f"demo {robot_id} model_manager")
     store = ModelStore.from_config(manager_config.store)
     serving = serving_package_dirs(store)
@@ -245,12 +232,21 @@ def serving_stack(
     return ServingStack(cascade, manager, agent)
 
 
+def demo_selection(selection: dict, override: dict | None, source: str):
+    """Return a robot's selector config: the fleet's ``selection`` with ``override`` merged over it."""
+    from fleetloop_core.selection_config import selection_config
+
+    data = merge(selection, override or {})
+    if override and "policy" in override:
+        data["policy"] = override["policy"]  # another policy: none of the old params
+    return selection_config(data, source)
+
+
 class InProcessRobot:
     """One robot's stack as core objects in this process."""
 
     def __init__(self, spec: RobotSpec, settings: FleetSettings, selection_override: dict | None = None):
         from fleetloop_core.selection import Selector
-        from fleetloop_core.selection_config import selection_config
         from fleetloop_core.store import open_store
         from fleetloop_core.upload_queue import QueueConfig, UploadQueue
         from fleetloop_core.uploader import Uploader
@@ -267,11 +263,10 @@ class InProcessRobot:
             settings.mqtt[spec.robot_id] if settings.mqtt else None,
         )
         self.cascade, self.manager, self.agent = stack.cascade, stack.manager, stack.agent
-        data = _merge(settings.selection, selection_override or {})
-        if selection_override and "policy" in selection_override:
-            data["policy"] = selection_override["policy"]  # another policy: none of the old params
         self.selector = Selector(
-            selection_config(data, "demo selection"), robot_id=spec.robot_id, labels=self.cascade.edge.labels
+            demo_selection(settings.selection, selection_override, "demo selection"),
+            robot_id=spec.robot_id,
+            labels=self.cascade.edge.labels,
         )
         queue_config = QueueConfig(directory=str(root / "queue"), store=settings.store_uri)
         self.queue = UploadQueue.from_config(queue_config)
@@ -345,13 +340,6 @@ class InProcessFleet:
     def stop(self) -> None:
         for robot in self.robots:
             robot.stop()
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 # ====================================================================================== ROS 2
@@ -466,15 +454,15 @@ class RosFleet:
         data = read_yaml(default_config_path("robot.yaml"))
         every = data["/**"]["ros__parameters"]
         every["robot_id"] = spec.robot_id
-        every["queue"] = _merge(
+        every["queue"] = merge(
             every.get("queue", {}), {"directory": str(root / "queue"), "store": self.settings.store_uri}
         )
         perception = data["/**/perception"]["ros__parameters"]
         perception.update(models_dir=str(self.settings.root / "round0"), image_qos="reliable", intra_op_threads=1)
         manager = data["/**/model_manager"]["ros__parameters"]
-        manager["manager"] = _merge(
+        manager["manager"] = merge(
             manager["manager"],
-            _merge(
+            merge(
                 {"store": {"root": str(root / "models"), "trusted_keys": str(self.settings.keys_dir)}},
                 self.settings.manager_overrides,
             ),
@@ -482,9 +470,9 @@ class RosFleet:
         plane = {"uri": self.settings.jobs_uri, "thing_name": spec.robot_id, "poll_s": 0.5}
         if self.settings.mqtt:
             plane["mqtt"] = self.settings.mqtt[spec.robot_id]
-        manager["control_plane"] = _merge(manager.get("control_plane", {}), plane)
+        manager["control_plane"] = merge(manager.get("control_plane", {}), plane)
         selector = data["/**/selector"]["ros__parameters"]
-        selector["selection"] = _merge(selector["selection"], self.settings.selection)
+        selector["selection"] = merge(selector["selection"], self.settings.selection)
         selector["site"] = spec.site.name
         path = root / "robot.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)

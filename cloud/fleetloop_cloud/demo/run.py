@@ -83,36 +83,32 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def _detection(args: argparse.Namespace) -> int:
-    """``fleetloop demo --task detection``: the detection demo (fleetloop_cloud.detection_demo)."""
-    from fleetloop_cloud import detection_demo
+    """``fleetloop demo --task detection``: the detection demo (fleetloop_cloud.demo.detection)."""
+    from fleetloop_cloud.demo.config import load_demo_config
+    from fleetloop_cloud.demo.detection import run_detection_demo
 
     unsupported = [
         name
-        for name, value in (
-            ("--seed", args.seed),
-            ("--control-plane", args.control_plane),
-            ("--store", args.store),
-            ("--config", args.config),
-        )
+        for name, value in (("--seed", args.seed), ("--control-plane", args.control_plane), ("--store", args.store))
         if value is not None
     ]
     if unsupported:
         raise SystemExit(
             f"fleetloop demo --task detection: {', '.join(unsupported)} not supported "
-            f"(the detection demo runs its robots in-process with a local store)"
+            f"(the detection demo runs its robots in-process with a local store; its seed is config/demo.yaml's "
+            f"detection.seed)"
         )
-    argv = ["--quick"] if args.quick else []
-    for flag, value in (
-        ("--out", args.out),
-        ("--models", args.models),
-        ("--rounds", args.rounds),
-        ("--robots", args.robots),
-        ("--frames", args.frames),
-    ):
-        if value is not None:
-            argv += [flag, str(value)]
+    overrides = {"robots": args.robots, "rounds": args.rounds, "frames_per_robot": args.frames}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    settings = load_demo_config(args.config, quick=args.quick, overrides={"detection": overrides}).detection
+    # the robots' overrides without --quick's: the detection robots keep the full watch window
+    robot = load_demo_config(args.config).robot
+    out = Path(args.out) if args.out else repo_root() / "runs" / "detection-demo"
     os.environ.setdefault("FLEETLOOP_TRAIN_THREADS", "1")
-    return detection_demo.main(argv)
+    report = run_detection_demo(out, settings, Path(args.models) if args.models else None, robot=robot)
+    print((out / "report.md").read_text())
+    print(f"report: {out / 'report.json'} ({report['seconds']:.0f} s)")
+    return 0
 
 
 @dataclass
@@ -158,26 +154,12 @@ class Demo:
         build_reference_models(self.models, profile_name=self.config.models_profile, progress=True)
         self._stage("models", started)
 
-    def _keys(self) -> tuple[Path, Path]:
-        from fleetloop_core.signing import generate_keypair, key_id
-
-        keys = self.out / "keys"
-        keys.mkdir(parents=True, exist_ok=True)
-        private, public = generate_keypair()
-        private_path = keys / "demo-signing.pem"
-        private_path.write_bytes(private)
-        private_path.chmod(0o600)
-        trusted = keys / "trusted"
-        trusted.mkdir(exist_ok=True)
-        (trusted / f"{key_id(public)}.pub").write_bytes(public)
-        return private_path, trusted
-
     def _cloud(self, arm: Arm, private_key: Path, trusted: Path):
         from fleetloop_cloud.config import load_cloud_config
-        from fleetloop_cloud.demo.fleet import _merge
+        from fleetloop_cloud.demo.config import merge
         from fleetloop_cloud.loop import CloudLoop
 
-        overrides = _merge(
+        overrides = merge(
             dict(self.config.cloud),
             {
                 "store": arm.store_uri,
@@ -205,15 +187,15 @@ class Demo:
             RosFleet,
             TruthOracle,
             robot_specs,
-            sign_round0_packages,
         )
         from fleetloop_cloud.demo.arms import RandomUploadFleet, UploadAllArm
+        from fleetloop_cloud.demo.provision import sign_round0_packages, signing_keys
 
         cfg = self.config
         wall_started = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         self._prepare_models()
-        private_key, trusted = self._keys()
+        private_key, trusted = signing_keys(self.out)
         packages = sign_round0_packages(self.models, self.out / "packages", private_key.read_bytes())
         specs = robot_specs(cfg.robots, cfg.seed)
         oracle = TruthOracle(specs)
@@ -413,17 +395,14 @@ class Demo:
 
     def _deploy(self, arm: Arm, round_number: int) -> None:
         """Roll out the round's promoted T4/T3 packages to the arm's fleet (canary first)."""
-        from fleetloop_cloud.deploy import deploy_approved
-        from fleetloop_cloud.fleet_jobs import RolloutConfig
+        from fleetloop_cloud.demo.provision import roll_out
 
-        records = deploy_approved(
+        records = roll_out(
             arm.jobs,
-            arm.loop.registry.store,
-            arm.store_uri,
+            arm.loop,
             [spec.robot_id for spec in arm.fleet.specs],
             arm.rounds[-1].get("registry", []),
             f"{arm.name}-r{round_number}",
-            RolloutConfig(canary_count=1, canary_timeout_s=180.0, fleet_timeout_s=300.0, poll_s=0.25),
         )
         arm.deploys.extend({"round": round_number, **record} for record in records)
 
@@ -462,7 +441,7 @@ class Demo:
         """Labeling figures on shuffled single frames (no tracks, no background) with the loop's teachers."""
         from fleetloop_core.inference import TierModel
         from fleetloop_core.store import open_store
-        from fleetloop_cloud.demo.fleet import _merge
+        from fleetloop_cloud.demo.config import merge
         from fleetloop_cloud.config import load_cloud_config
         from fleetloop_cloud.loop import CloudLoop
         from fleetloop_cloud.simfleet import SimulatedFleet
@@ -480,7 +459,7 @@ class Demo:
         )
         fleet.upload(self.config.hard_mode_frames)
         # the loop's current teachers label them: its registry is this loop's registry (read only here)
-        overrides = _merge(
+        overrides = merge(
             dict(self.config.cloud),
             {
                 "store": store.uri,

@@ -1,0 +1,28 @@
+"""config/demo.yaml: one file for both demos; ``--quick`` merges ``quick:``; errors name the file and the key."""
+
+import pytest
+import yaml
+
+from fleetloop_core.errors import ConfigError
+
+from fleetloop_cloud.demo.config import DetectionDemoConfig, load_demo_config
+
+
+def test_the_detection_section_is_the_detection_demo_and_quick_merges_over_it():
+    assert load_demo_config().detection == DetectionDemoConfig()  # the model's defaults are the shipped file's
+    quick = load_demo_config(quick=True).detection
+    assert (quick.robots, quick.rounds, quick.frames_per_robot, quick.models_profile) == (2, 2, 150, "detection-test")
+    overridden = load_demo_config(quick=True, overrides={"detection": {"rounds": 1}}).detection
+    assert overridden.rounds == 1 and overridden.frames_per_robot == 150
+
+
+@pytest.mark.parametrize(
+    "detection, message",
+    [({"rounds": 0}, "detection.rounds"), ({"frames_per_houre": 10.0}, "unknown key detection.frames_per_houre")],
+)
+def test_bad_detection_settings_name_the_file_and_the_key(tmp_path, detection, message):
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump({"detection": detection}))
+    with pytest.raises(ConfigError) as error:
+        load_demo_config(path)
+    assert str(path) in str(error.value) and message in str(error.value)
