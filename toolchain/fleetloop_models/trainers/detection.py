@@ -271,10 +271,10 @@ class DetectionTrainer:
         """Return a fresh ``spec.arch`` detector trained on the first ``count`` frames of ``data``."""
         images, boxes, classes = fit_into(data.images[:count], data.truths[:count], spec.input_size)
         targets = assign(boxes, classes, spec.input_size, spec.input_size)
+        net = zoo.build(spec.arch, num_classes=len(self.labels))
+        model = DetectorDeployable(net, spec.input_size, spec.input_size, layout="yolo")
         # each tier its own seed: two tiers of one architecture must not be one network twice
         seed = profile.seed + TIERS.index(tier)
-        net = zoo.build(spec.arch, num_classes=len(self.labels), seed=seed)
-        model = DetectorDeployable(net, spec.input_size, spec.input_size, layout="yolo")
         config = DetectorFitConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=seed)
         desc = f"{tier} {TIER_NAMES[tier]} detector"
         report = fit_detector(model, images, targets, config=config, desc=desc, progress=progress)
