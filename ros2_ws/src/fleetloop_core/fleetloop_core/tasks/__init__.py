@@ -7,7 +7,7 @@ detector is installed, shadow-checked, swapped, watched and rolled back exactly 
 
 What a task supplies:
 
-* ``load(path, ...)``: the verified, warm model (``TierModel`` or ``DetectorModel``);
+* ``model_class``: the class that loads a verified, warm model (``TierModel`` or ``DetectorModel``);
 * ``run(model, frame)``: one frame's answer as a :class:`ModelRun`: the task's own answer (a class
   index, a set of boxes), a frame-level score vector (finite/constant checks and confidence) and
   the latency;
@@ -18,8 +18,8 @@ What a task supplies:
 * ``cascade(edge, escalation, config)``: the cascade that serves two such models.
 
 Each task is a module of this package (``classification``, ``detection``). A third task
-(segmentation, keypoints) is one more module with a class implementing these five methods (and
-``config_key``) plus one line, ``register_task(SegmentationTask())``; the manifest's ``task``
+(segmentation, keypoints) is one more module with a class implementing these four methods (and
+``config_key``, ``model_class``) plus one line, ``register_task(SegmentationTask())``; the manifest's ``task``
 literal names it (``fleetloop_core.contracts.manifest``).
 """
 
@@ -60,10 +60,7 @@ class Task(Protocol):
 
     name: str
     config_key: str  # the settings block that configures this task's cascade (robot.yaml, ROS parameters)
-
-    def load(
-        self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
-    ) -> TierModel: ...
+    model_class: type[TierModel]  # loads, verifies and warms one model of this task (``.load(path, ...)``)
 
     def run(self, model: TierModel, frame: np.ndarray) -> ModelRun: ...
 
@@ -112,7 +109,7 @@ def load_model(
     path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
 ) -> TierModel:
     """Return the model at ``path`` loaded by its manifest's task (verified, warm)."""
-    return task_named(model_task(path)).load(
+    return task_named(model_task(path)).model_class.load(
         path, providers=providers, intra_op_threads=intra_op_threads, warmup=warmup
     )
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from fleetloop_core.cascade import Cascade
-from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
+from fleetloop_core.inference import TierModel
 from fleetloop_core.tasks import ModelRun
 
 
@@ -17,11 +16,7 @@ class ClassificationTask:
 
     name = "classification"
     config_key = "cascade"
-
-    def load(
-        self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
-    ) -> TierModel:
-        return TierModel.load(path, providers=providers, intra_op_threads=intra_op_threads, warmup=warmup)
+    model_class = TierModel
 
     def run(self, model: TierModel, frame: np.ndarray) -> ModelRun:
         out = model.infer(frame)

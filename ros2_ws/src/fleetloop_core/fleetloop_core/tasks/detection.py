@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -11,7 +10,7 @@ from fleetloop_core import uncertainty_detection as dunc
 from fleetloop_core.detection import DetectorModel, frame_label_scores
 from fleetloop_core.detection_cascade import DetectionCascade, DetectionResult
 from fleetloop_core.errors import ModelError
-from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
+from fleetloop_core.inference import TierModel
 from fleetloop_core.tasks import ModelRun
 
 # a shadow-check pair of boxes is the same object at this overlap (the detection cascade's default)
@@ -23,11 +22,7 @@ class DetectionTask:
 
     name = "detection"
     config_key = "detection"
-
-    def load(
-        self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 1, warmup: int = 3
-    ) -> TierModel:
-        return DetectorModel.load(path, providers=providers, intra_op_threads=intra_op_threads, warmup=warmup)
+    model_class: type[TierModel] = DetectorModel
 
     def run(self, model: TierModel, frame: np.ndarray) -> ModelRun:
         if not isinstance(model, DetectorModel):
