@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from fleetloop_core.dataset import LABELS
 from fleetloop_core.contracts.sidecar import SidecarError, parse_sidecar, sidecar_key
-from fleetloop_core.store import ObjectStore, StoreError
+from fleetloop_core.store import ObjectStore
 
 from fleetloop_cloud.config import IngestConfig
 from fleetloop_cloud.frames import FrameCache, FrameError, decode_image
@@ -205,17 +205,34 @@ def ingest(
     started, cpu_started = time.perf_counter(), time.process_time()
     now = time.time() if now is None else now
     report = IngestReport()
-    try:
-        keys = [info.key for info in store.list(config.prefix)]
-    except StoreError:
-        raise
+    keys = [info.key for info in store.list(config.prefix)]  # StoreError: the caller decides
     report.listed_objects = len(keys)
+    todo = _pairs_to_ingest(keys, pool, config, now, report)
+    if config.max_frames is not None:
+        todo = todo[: config.max_frames]
+    index = _NearDuplicateIndex(pool.phashes())
+    for json_key, image_key in tqdm(todo, desc="ingest", unit="frame", disable=not progress, leave=False):
+        try:
+            sidecar, data, image = _validated(store, json_key, image_key, labels)
+        except _Quarantine as bad:
+            pool.quarantine(bad.key, bad.reason)
+            report.quarantined[bad.key] = bad.reason
+            log.warning("quarantined %s", bad.reason)
+            continue
+        _add_frame(pool, cache, index, config, report, round, json_key, image_key, sidecar, data, image)
+    report.seconds = time.perf_counter() - started
+    report.cpu_seconds = time.process_time() - cpu_started
+    return report
+
+
+def _pairs_to_ingest(
+    keys: Sequence[str], pool: Pool, config: IngestConfig, now: float, report: IngestReport
+) -> list[tuple[str, str]]:
+    """Return the (sidecar key, frame key) pairs new to the pool; quarantine or wait for what is unpaired."""
     known = pool.known_sidecar_keys()
     quarantined = pool.quarantined()
-    index = _NearDuplicateIndex(pool.phashes())
-    stems = sorted(_group(keys).items())
     todo = []
-    for stem, parts in stems:
+    for stem, parts in sorted(_group(keys).items()):
         json_key = parts.get(".json")
         images = [parts[e] for e in IMAGE_EXTENSIONS if e in parts]
         if json_key in known:
@@ -225,8 +242,7 @@ def ingest(
             continue
         if json_key is None:
             for image_key in images:
-                first = pool.orphan_first_seen(image_key, now)
-                age = now - first
+                age = now - pool.orphan_first_seen(image_key, now)
                 if age > config.orphan_grace_s:
                     reason = (
                         f"{image_key}: frame without sidecar for {age:.0f} s (grace {config.orphan_grace_s:.0f} s); "
@@ -243,59 +259,63 @@ def ingest(
             report.quarantined[json_key] = reason
             continue
         todo.append((json_key, images[0]))
-    if config.max_frames is not None:
-        todo = todo[: config.max_frames]
-    for json_key, image_key in tqdm(todo, desc="ingest", unit="frame", disable=not progress, leave=False):
-        try:
-            sidecar, data, image = _validated(store, json_key, image_key, labels)
-        except _Quarantine as bad:
-            pool.quarantine(bad.key, bad.reason)
-            report.quarantined[bad.key] = bad.reason
-            log.warning("quarantined %s", bad.reason)
-            continue
-        frame_id = sidecar.frame_sha256
-        if pool.has_frame(frame_id):
-            pool.add_sighting(frame_id, sidecar.robot_id, json_key)
-            pool.forget_orphan(image_key)
-            report.exact_duplicates += 1
-            continue
-        phash = perceptual_hash(image)
-        duplicate_of = index.match(sidecar.robot_id, phash, config.near_duplicate_bits)
-        embedding = None
-        if sidecar.embedding is not None:
-            embedding = np.asarray(sidecar.embedding, np.float32)
-            embedding = embedding / np.linalg.norm(embedding)
-        cache.put(frame_id, image_key, data)
-        record = FrameRecord(
-            id=frame_id,
-            robot_id=sidecar.robot_id,
-            stream=sidecar.stream,
-            site=sidecar.site,
-            stamp_ns=sidecar.stamp_ns,
-            frame_key=image_key,
-            sidecar_key=json_key,
-            width=sidecar.width,
-            height=sidecar.height,
-            random=bool(sidecar.decision and sidecar.decision.random),
-            track_hint=sidecar.track_hint,
-            robot_embedding=embedding,
-            phash=phash,
-            sim_label=sidecar.simulation.label if sidecar.simulation else None,
-            sidecar=sidecar.to_json(),
-            state="duplicate" if duplicate_of else "new",
-            duplicate_of=duplicate_of,
-            round=round,
-        )
-        pool.add_frame(record)
+    return todo
+
+
+def _add_frame(
+    pool: Pool,
+    cache: FrameCache,
+    index: _NearDuplicateIndex,
+    config: IngestConfig,
+    report: IngestReport,
+    round: int,
+    json_key: str,
+    image_key: str,
+    sidecar,
+    data: bytes,
+    image: np.ndarray,
+) -> None:
+    """Add one validated frame to the pool: a sighting of a known frame, a near-duplicate, or a new frame."""
+    frame_id = sidecar.frame_sha256
+    if pool.has_frame(frame_id):
+        pool.add_sighting(frame_id, sidecar.robot_id, json_key)
         pool.forget_orphan(image_key)
-        if duplicate_of:
-            report.near_duplicates += 1
-        else:
-            index.add(frame_id, sidecar.robot_id, phash)
-            report.ingested += 1
-    report.seconds = time.perf_counter() - started
-    report.cpu_seconds = time.process_time() - cpu_started
-    return report
+        report.exact_duplicates += 1
+        return
+    phash = perceptual_hash(image)
+    duplicate_of = index.match(sidecar.robot_id, phash, config.near_duplicate_bits)
+    embedding = None
+    if sidecar.embedding is not None:
+        embedding = np.asarray(sidecar.embedding, np.float32)
+        embedding = embedding / np.linalg.norm(embedding)
+    cache.put(frame_id, image_key, data)
+    record = FrameRecord(
+        id=frame_id,
+        robot_id=sidecar.robot_id,
+        stream=sidecar.stream,
+        site=sidecar.site,
+        stamp_ns=sidecar.stamp_ns,
+        frame_key=image_key,
+        sidecar_key=json_key,
+        width=sidecar.width,
+        height=sidecar.height,
+        random=bool(sidecar.decision and sidecar.decision.random),
+        track_hint=sidecar.track_hint,
+        robot_embedding=embedding,
+        phash=phash,
+        sim_label=sidecar.simulation.label if sidecar.simulation else None,
+        sidecar=sidecar.to_json(),
+        state="duplicate" if duplicate_of else "new",
+        duplicate_of=duplicate_of,
+        round=round,
+    )
+    pool.add_frame(record)
+    pool.forget_orphan(image_key)
+    if duplicate_of:
+        report.near_duplicates += 1
+    else:
+        index.add(frame_id, sidecar.robot_id, phash)
+        report.ingested += 1
 
 
 # ------------------------------------------------------------------------ augmented manifests
