@@ -125,26 +125,10 @@ def default_root(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get(ROOT_VARIABLE) or ML_ROOT)
 
 
-def read_job(
-    root: Path | None = None, environ: Mapping[str, str] = os.environ, known_channels: tuple[str, ...] = ()
-) -> JobEnvironment:
-    """Return the job as SageMaker laid it out under ``root`` (default /opt/ml).
-
-    Channels: every entry of inputdataconfig.json (its directory must exist and be readable as
-    files), plus any directory under input/data that the file does not list (a job tree written
-    without the file); ``SM_CHANNEL_<NAME>`` replaces a channel's directory. Hosts and rank come from
-    resourceconfig.json (absent: one host, ``algo-1``); ``SM_HOSTS``/``SM_CURRENT_HOST`` override.
-    Channels outside ``known_channels`` (when given) are logged and ignored.
-    """
-    root = Path(root) if root is not None else default_root(environ)
-    config_dir, data_dir = root / "input" / "config", root / "input" / "data"
-    overrides: list[str] = []
-
-    hp_path = config_dir / "hyperparameters.json"
-    hyperparameters = _read_json(hp_path, "the job's hyperparameters", required=True)
-    if not isinstance(hyperparameters, dict):
-        raise ConfigError(f"{hp_path}: expected a JSON object of name -> value")
-
+def _channels(
+    config_dir: Path, data_dir: Path, environ: Mapping[str, str], known_channels: tuple[str, ...], overrides: list[str]
+) -> dict[str, Channel]:
+    """Return the job's input channels (inputdataconfig.json, unlisted directories, SM_CHANNEL_* overrides)."""
     described = _read_json(config_dir / "inputdataconfig.json", "the input channels", required=False) or {}
     if not isinstance(described, dict):
         raise ConfigError(f"{config_dir / 'inputdataconfig.json'}: expected a JSON object of channel -> settings")
@@ -173,7 +157,11 @@ def read_job(
     for channel in channels.values():
         if not channel.path.is_dir():
             raise ConfigError(f"channel {channel.name!r}: directory {channel.path} does not exist")
+    return channels
 
+
+def _cluster(config_dir: Path, environ: Mapping[str, str], overrides: list[str]) -> Cluster:
+    """Return the training hosts and this one (resourceconfig.json; SM_HOSTS / SM_CURRENT_HOST override)."""
     resources = _read_json(config_dir / "resourceconfig.json", "the training hosts", required=False) or {}
     hosts = list(resources.get("hosts") or ["algo-1"])
     current = resources.get("current_host") or hosts[0]
@@ -186,8 +174,31 @@ def read_job(
     if environ.get("SM_CURRENT_HOST"):
         current = environ["SM_CURRENT_HOST"]
         overrides.append("SM_CURRENT_HOST")
-    cluster = Cluster(hosts=hosts, current=current, network_interface=resources.get("network_interface_name"))
+    return Cluster(hosts=hosts, current=current, network_interface=resources.get("network_interface_name"))
 
+
+def read_job(
+    root: Path | None = None, environ: Mapping[str, str] = os.environ, known_channels: tuple[str, ...] = ()
+) -> JobEnvironment:
+    """Return the job as SageMaker laid it out under ``root`` (default /opt/ml).
+
+    Channels: every entry of inputdataconfig.json (its directory must exist and be readable as
+    files), plus any directory under input/data that the file does not list (a job tree written
+    without the file); ``SM_CHANNEL_<NAME>`` replaces a channel's directory. Hosts and rank come from
+    resourceconfig.json (absent: one host, ``algo-1``); ``SM_HOSTS``/``SM_CURRENT_HOST`` override.
+    Channels outside ``known_channels`` (when given) are logged and ignored.
+    """
+    root = Path(root) if root is not None else default_root(environ)
+    config_dir, data_dir = root / "input" / "config", root / "input" / "data"
+    overrides: list[str] = []
+
+    hp_path = config_dir / "hyperparameters.json"
+    hyperparameters = _read_json(hp_path, "the job's hyperparameters", required=True)
+    if not isinstance(hyperparameters, dict):
+        raise ConfigError(f"{hp_path}: expected a JSON object of name -> value")
+
+    channels = _channels(config_dir, data_dir, environ, known_channels, overrides)
+    cluster = _cluster(config_dir, environ, overrides)
     model_dir = Path(environ.get("SM_MODEL_DIR") or root / "model")
     output_dir = Path(environ.get("SM_OUTPUT_DIR") or root / "output")
     overrides += [k for k in ("SM_MODEL_DIR", "SM_OUTPUT_DIR") if environ.get(k)]
