@@ -125,34 +125,47 @@ def describe(pool: Pool, config: CloudConfig, labels: Sequence[str], task: Task,
         "confidence": None,
     }
     if state.versions:
-        probs = []
-        for tier, version in state.versions.items():
-            try:
-                p, _ = pool.predictions(tier, version, [task.frame_id])
-            except PoolError:
-                break
-            probs.append(p[0])
-            item["tiers"].append({"tier": tier, "version": version, "top": _top(p[0], labels)})
-        if len(probs) == 2:
-            combined = combine(probs[0][None], probs[1][None], state.temperature)
-            suggestion["confidence"] = round(float(combined.probs[0, task.suggestion]), 4)
-            suggestion["agree"] = bool(combined.agree[0])
-            item["ensemble"] = {
-                "top": _top(combined.probs[0], labels),
-                "temperature": round(state.temperature, 4),
-                "calibration": state.temperature_source,
-            }
+        _tier_opinions(pool, labels, task, state, item, suggestion)
     item["suggestion"] = suggestion
     if frame is not None:
-        try:
-            sidecar = json.loads(frame["sidecar"])
-        except (TypeError, json.JSONDecodeError):
-            sidecar = {}
-        prediction = sidecar.get("prediction", -1)
-        if isinstance(prediction, int) and 0 <= prediction < len(labels):
-            item["robot"] = {
-                "tier": sidecar.get("tier_used") or "?",
-                "name": labels[prediction],
-                "confidence": round(float(sidecar.get("confidence", 0.0)), 4),
-            }
+        item["robot"] = _robot_opinion(frame, labels)
     return item
+
+
+def _tier_opinions(
+    pool: Pool, labels: Sequence[str], task: Task, state: Teachers, item: dict, suggestion: dict
+) -> None:
+    """Add each teacher tier's top classes to ``item`` and, with both, their calibrated ensemble to both."""
+    probs = []
+    for tier, version in state.versions.items():
+        try:
+            p, _ = pool.predictions(tier, version, [task.frame_id])
+        except PoolError:
+            break
+        probs.append(p[0])
+        item["tiers"].append({"tier": tier, "version": version, "top": _top(p[0], labels)})
+    if len(probs) == 2:
+        combined = combine(probs[0][None], probs[1][None], state.temperature)
+        suggestion["confidence"] = round(float(combined.probs[0, task.suggestion]), 4)
+        suggestion["agree"] = bool(combined.agree[0])
+        item["ensemble"] = {
+            "top": _top(combined.probs[0], labels),
+            "temperature": round(state.temperature, 4),
+            "calibration": state.temperature_source,
+        }
+
+
+def _robot_opinion(frame, labels: Sequence[str]) -> dict | None:
+    """Return what the robot's serving tier said about the frame (from its sidecar), or None."""
+    try:
+        sidecar = json.loads(frame["sidecar"])
+    except (TypeError, json.JSONDecodeError):
+        sidecar = {}
+    prediction = sidecar.get("prediction", -1)
+    if not (isinstance(prediction, int) and 0 <= prediction < len(labels)):
+        return None
+    return {
+        "tier": sidecar.get("tier_used") or "?",
+        "name": labels[prediction],
+        "confidence": round(float(sidecar.get("confidence", 0.0)), 4),
+    }
