@@ -88,6 +88,25 @@ def _carried_seconds(db: sqlite3.Connection, task_id: int) -> float:
     return float(row[0])
 
 
+def _check_leased_to(db, task, session: str) -> None:
+    """Raise Conflict unless ``session`` holds the task's lease (or nobody else holds its frame)."""
+    lease = lease_of(db, task.id)
+    if lease is not None and lease.session != session:
+        raise Conflict(
+            f"task {task.id}: the frame is leased to {lease.annotator}, not to this session "
+            f"(a lease of yours may have expired)"
+        )
+    if lease is None:
+        taken = db.execute(
+            "SELECT annotator FROM review_leases WHERE frame_id=? AND session != ?", (task.frame_id, session)
+        ).fetchall()
+        if taken:
+            raise Conflict(
+                f"task {task.id}: the frame is leased to {taken[0][0]}, not to this session "
+                f"(a lease of yours may have expired)"
+            )
+
+
 def submit(
     pool: Pool,
     human: HumanCosts,
@@ -112,21 +131,7 @@ def submit(
                 raise ReviewError(f"task {task.id}: label must be a class index 0..{n_labels - 1} (got {item.label})")
             if task.status not in ("open", "submitted"):
                 raise Conflict(f"task {task.id} is already answered ({task.status})")
-            lease = lease_of(db, task.id)
-            if lease is not None and lease.session != session:
-                raise Conflict(
-                    f"task {task.id}: the frame is leased to {lease.annotator}, not to this session "
-                    f"(a lease of yours may have expired)"
-                )
-            if lease is None:
-                taken = db.execute(
-                    "SELECT annotator FROM review_leases WHERE frame_id=? AND session != ?", (task.frame_id, session)
-                ).fetchall()
-                if taken:
-                    raise Conflict(
-                        f"task {task.id}: the frame is leased to {taken[0][0]}, not to this session "
-                        f"(a lease of yours may have expired)"
-                    )
+            _check_leased_to(db, task, session)
             seconds = min(max(float(item.seconds), 0.0), max_answer_s) + _carried_seconds(db, task.id)
             dollars = human.task_price(seconds)
             if item.label is None:
@@ -155,6 +160,32 @@ def submit(
     return batch
 
 
+def _events_to_undo(db, pool: Pool, annotator: str, task_id: int | None, purposes: Sequence[str] | None) -> list:
+    """Return the answer events an undo re-opens: the annotator's last batch (of ``purposes``), or one task's."""
+    if task_id is not None:
+        review_task(pool, task_id)
+        events = db.execute(
+            "SELECT * FROM review_events WHERE task_id=? AND undone=0 AND action IN "
+            "('answer', 'unusable') ORDER BY id DESC LIMIT 1",
+            (task_id,),
+        ).fetchall()
+        if not events:
+            raise Conflict(f"task {task_id} has no answer to undo")
+        return events
+    where, params = "", []
+    if purposes:
+        where = f" AND t.purpose IN ({','.join('?' * len(purposes))})"
+        params = list(purposes)
+    last = db.execute(
+        "SELECT e.batch FROM review_events e JOIN tasks t ON t.id = e.task_id WHERE "
+        "e.annotator=? AND e.undone=0 AND e.action IN ('answer', 'unusable')" + where + " ORDER BY e.id DESC LIMIT 1",
+        (annotator, *params),
+    ).fetchall()
+    if not last:
+        raise Conflict(f"{annotator} has no answer left to undo")
+    return db.execute("SELECT * FROM review_events WHERE batch=? AND undone=0 ORDER BY id", (last[0][0],)).fetchall()
+
+
 def undo(
     pool: Pool,
     annotator: str,
@@ -171,32 +202,7 @@ def undo(
     """
     with pool.transaction() as db:
         expire(db, now)
-        if task_id is None:
-            where, params = "", []
-            if purposes:
-                where = f" AND t.purpose IN ({','.join('?' * len(purposes))})"
-                params = list(purposes)
-            last = db.execute(
-                "SELECT e.batch FROM review_events e JOIN tasks t ON t.id = e.task_id WHERE "
-                "e.annotator=? AND e.undone=0 AND e.action IN ('answer', 'unusable')"
-                + where
-                + " ORDER BY e.id DESC LIMIT 1",
-                (annotator, *params),
-            ).fetchall()
-            if not last:
-                raise Conflict(f"{annotator} has no answer left to undo")
-            events = db.execute(
-                "SELECT * FROM review_events WHERE batch=? AND undone=0 ORDER BY id", (last[0][0],)
-            ).fetchall()
-        else:
-            review_task(pool, task_id)
-            events = db.execute(
-                "SELECT * FROM review_events WHERE task_id=? AND undone=0 AND action IN "
-                "('answer', 'unusable') ORDER BY id DESC LIMIT 1",
-                (task_id,),
-            ).fetchall()
-            if not events:
-                raise Conflict(f"task {task_id} has no answer to undo")
+        events = _events_to_undo(db, pool, annotator, task_id, purposes)
         reopened = []
         for event in events:
             tid = int(event["task_id"])
