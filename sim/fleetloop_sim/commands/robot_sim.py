@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("fleetloop.robot_sim")
@@ -37,14 +38,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run)
 
 
+@dataclass
+class _Served:
+    """What the simulated robot served so far: frames per model version, inference errors."""
+
+    versions: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from fleetloop_sim import sim
     from fleetloop_core.cascade import Cascade
-    from fleetloop_core.control_plane import load_control_plane_config, open_control_plane, write_json_atomic
+    from fleetloop_core.control_plane import load_control_plane_config, open_control_plane
     from fleetloop_core.deploy_agent import DeployAgent
     from fleetloop_core.inference import TierModel
     from fleetloop_core.model_manager import ModelManager, load_manager_config, serving_package_dirs
     from fleetloop_core.model_store import ModelStore, PackageLocation
+    from fleetloop_sim import sim
 
     config = load_manager_config(args.config)
     plane_config = load_control_plane_config(args.config)
@@ -60,68 +70,80 @@ def _run(args: argparse.Namespace) -> int:
     )
     stream = sim.CameraStream(sim.make_site(args.site, 0), thing, seed=args.site)
     frames = [f.image for f in stream.frames(args.frames)]
-
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    served: dict[str, int] = {}
-    errors = 0
-    started = time.monotonic()
+    served = _Served()
     status_path = Path(args.status) if args.status else None
-
-    def write_status(final: bool = False) -> None:
-        if status_path is None:
-            return
-        status = manager.status()
-        write_json_atomic(
-            status_path,
-            {
-                "thing": thing,
-                "final": final,
-                "frames_served": sum(served.values()),
-                "errors": errors,
-                "versions_served": dict(served),
-                "serving": status.serving,
-                "state": status.state,
-                "connected": agent.plane.connected,
-                "connections": getattr(agent.plane, "connections", None),
-                "outcomes": [o.to_dict() for o in agent.outcomes],
-                "events": [
-                    {"kind": e.kind, "version": e.version, "job_id": e.job_id, "detail": e.detail}
-                    for e in manager.events()
-                ],
-                "uptime_s": time.monotonic() - started,
-            },
-        )
-
     agent.start()
+    log.info("%s: serving %s at %.1f Hz", thing, cascade.edge.version, args.rate_hz)
+    try:
+        _serve(
+            manager,
+            frames,
+            args,
+            stop,
+            served,
+            lambda: _write_status(status_path, thing, manager, agent, served),
+            thing,
+        )
+    finally:
+        agent.stop()
+        manager.close()
+        _write_status(status_path, thing, manager, agent, served, final=True)
+    return 0
+
+
+def _serve(
+    manager, frames: list, args: argparse.Namespace, stop: threading.Event, served: _Served, report, thing: str
+) -> None:
+    """Serve ``frames`` in a loop at ``args.rate_hz`` until ``stop`` or ``args.duration``; ``report`` at 2 Hz."""
     period = 1.0 / args.rate_hz
     next_frame = time.monotonic()
     next_status = 0.0
     index = 0
-    log.info("%s: serving %s at %.1f Hz", thing, cascade.edge.version, args.rate_hz)
-    try:
-        while not stop.is_set():
-            if args.duration and time.monotonic() - started >= args.duration:
-                break
-            try:
-                result = manager.infer(frames[index % len(frames)])
-                version = (
-                    result.model_versions[cascade.edge.tier] if cascade.edge.tier in result.model_versions else "?"
-                )
-                served[version] = served.get(version, 0) + 1
-            except Exception:  # counted and logged: a robot keeps its camera loop running
-                errors += 1
-                log.exception("%s: inference failed", thing)
-            index += 1
-            now = time.monotonic()
-            if now >= next_status:
-                write_status()
-                next_status = now + 0.5
-            next_frame += period
-            stop.wait(max(0.0, next_frame - time.monotonic()))
-    finally:
-        agent.stop()
-        manager.close()
-        write_status(final=True)
-    return 0
+    while not stop.is_set():
+        if args.duration and time.monotonic() - served.started >= args.duration:
+            break
+        try:
+            result = manager.infer(frames[index % len(frames)])
+            version = result.model_versions.get(manager.cascade.edge.tier, "?")
+            served.versions[version] = served.versions.get(version, 0) + 1
+        except Exception:  # counted and logged: a robot keeps its camera loop running
+            served.errors += 1
+            log.exception("%s: inference failed", thing)
+        index += 1
+        now = time.monotonic()
+        if now >= next_status:
+            report()
+            next_status = now + 0.5
+        next_frame += period
+        stop.wait(max(0.0, next_frame - time.monotonic()))
+
+
+def _write_status(status_path: Path | None, thing: str, manager, agent, served: _Served, final: bool = False) -> None:
+    """Write the status JSON (what was served, the jobs seen and how they ended) atomically, if asked to."""
+    from fleetloop_core.control_plane import write_json_atomic
+
+    if status_path is None:
+        return
+    status = manager.status()
+    write_json_atomic(
+        status_path,
+        {
+            "thing": thing,
+            "final": final,
+            "frames_served": sum(served.versions.values()),
+            "errors": served.errors,
+            "versions_served": dict(served.versions),
+            "serving": status.serving,
+            "state": status.state,
+            "connected": agent.plane.connected,
+            "connections": getattr(agent.plane, "connections", None),
+            "outcomes": [o.to_dict() for o in agent.outcomes],
+            "events": [
+                {"kind": e.kind, "version": e.version, "job_id": e.job_id, "detail": e.detail} for e in manager.events()
+            ],
+            "uptime_s": time.monotonic() - served.started,
+        },
+    )
