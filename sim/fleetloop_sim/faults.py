@@ -298,6 +298,41 @@ def _zygote(store_uri: str) -> int:
     return 0
 
 
+# one round of a campaign: its queue directory, accepted log, spool and the records it spools
+_Round = tuple[Path, Path, Path, list[EncodedRecord]]
+
+
+def _new_round(workdir: Path, rounds: list[_Round], make_records: Callable[[int], Sequence[EncodedRecord]]) -> _Round:
+    """Spool the next round's records and append the round to ``rounds``; return it."""
+    index = len(rounds)
+    records = list(make_records(index))
+    entry = (
+        workdir / f"queue-{index}",
+        workdir / f"accepted-{index}.log",
+        write_spool(workdir / f"spool-{index}", records),
+        records,
+    )
+    rounds.append(entry)
+    return entry
+
+
+def _worker_arguments(entry: _Round, store_uri: str, disk_cap: int) -> list[str]:
+    """Return a fault worker's command-line arguments for one round."""
+    queue_dir, accepted_log, spool, _ = entry
+    return [
+        "--queue",
+        str(queue_dir),
+        "--store",
+        store_uri,
+        "--spool",
+        str(spool),
+        "--accepted",
+        str(accepted_log),
+        "--disk-cap",
+        str(disk_cap),
+    ]
+
+
 def kill_campaign(
     workdir: str | Path,
     store_uri: str,
@@ -317,40 +352,18 @@ def kill_campaign(
     no round's upload can hide another round's loss.
     """
     from fleetloop_core.store import open_store
-    from fleetloop_core.upload_queue import UploadQueue
 
     workdir = Path(workdir)
     rng = random.Random(seed)
     start = time.monotonic()
     done_kills = starts = 0
-    rounds: list[tuple[Path, Path, Path, list[EncodedRecord]]] = []
+    rounds: list[_Round] = []
 
-    def new_round() -> tuple[Path, Path, Path, list[EncodedRecord]]:
-        index = len(rounds)
-        records = list(make_records(index))
-        entry = (
-            workdir / f"queue-{index}",
-            workdir / f"accepted-{index}.log",
-            write_spool(workdir / f"spool-{index}", records),
-            records,
-        )
-        rounds.append(entry)
-        return entry
+    def new_round() -> _Round:
+        return _new_round(workdir, rounds, make_records)
 
-    def arguments(entry) -> list[str]:
-        queue_dir, accepted_log, spool, _ = entry
-        return [
-            "--queue",
-            str(queue_dir),
-            "--store",
-            store_uri,
-            "--spool",
-            str(spool),
-            "--accepted",
-            str(accepted_log),
-            "--disk-cap",
-            str(disk_cap),
-        ]
+    def arguments(entry: _Round) -> list[str]:
+        return _worker_arguments(entry, store_uri, disk_cap)
 
     zygote = _Zygote({**os.environ, **(env or {})}, store_uri)
     try:
@@ -379,12 +392,19 @@ def kill_campaign(
                 raise RuntimeError(f"final fault worker failed (wait status {status})")
     finally:
         zygote.close()
-    store = open_store(store_uri)
+    report = _audit_rounds(open_store(store_uri), rounds)
+    return CampaignReport(kills=done_kills, audit=report, worker_starts=starts, seconds=time.monotonic() - start)
+
+
+def _audit_rounds(store, rounds: list[_Round]) -> AuditReport:
+    """Return the audit of every round (queue, accepted log, spool, records) and of the whole store."""
+    from fleetloop_core.upload_queue import UploadQueue
+
     report = AuditReport()
-    for entry in rounds:
-        with UploadQueue(entry[0]) as queue:
+    for queue_dir, accepted_log, _, records in rounds:
+        with UploadQueue(queue_dir) as queue:
             queued = queue.keys()
-        part = audit(store, queued, read_accepted(entry[1]), entry[3], prefix_keys=True)
+        part = audit(store, queued, read_accepted(accepted_log), records, prefix_keys=True)
         for name in ("accepted", "committed", "still_queued", "lost", "duplicated", "half_written"):
             setattr(report, name, getattr(report, name) + getattr(part, name))
         report.problems.extend(part.problems)
@@ -393,7 +413,7 @@ def kill_campaign(
     whole = audit(store, [], [], everything)
     report.unknown, report.duplicated = whole.unknown, max(report.duplicated, whole.duplicated)
     report.problems.extend(p for p in whole.problems if p not in report.problems)
-    return CampaignReport(kills=done_kills, audit=report, worker_starts=starts, seconds=time.monotonic() - start)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
