@@ -29,7 +29,7 @@ setup(
         ],
         # the closed-loop demo is a `fleetloop` command (it composes robots and cloud)
         "fleetloop.commands": [
-            "demo = fleetloop_cloud.demo.run:register",
+            "demo = fleetloop_cloud.demo.command:register",
         ],
     },
 )

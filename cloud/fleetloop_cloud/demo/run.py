@@ -1,4 +1,4 @@
-"""``fleetloop demo``: the closed loop on a simulated fleet, with baselines, and a report.
+"""The closed-loop demo's run: the loop on a simulated fleet, with baselines, and a report.
 
 Round after round: robots stream -> select -> queue -> upload; the cloud loop ingests,
 auto-labels, routes to (simulated) humans, audits, trains T2 and distils T3/T4, gates and
@@ -6,18 +6,15 @@ registers signed packages; the control plane rolls them out (canary first) while
 stream the next round, and each robot verifies, shadow-checks and hot-swaps. Beside it, on the
 same frames: a random-upload arm and an upload-all arm; after the rounds, the active-learning
 experiment and the hard-mode labeling figures. Every figure lands in ``report.json`` (and the
-HTML / Markdown report with plots).
+HTML / Markdown report with plots). The ``fleetloop demo`` command is :mod:`fleetloop_cloud.demo.command`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,88 +24,6 @@ from fleetloop_sim import sim
 from fleetloop_core.config import default_config_path, read_yaml, repo_root
 
 log = logging.getLogger("fleetloop.demo")
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fleetloop demo``."""
-    parser = subparsers.add_parser("demo", help="the closed loop on a simulated fleet, with baselines and a report")
-    parser.add_argument("--quick", action="store_true", help="small fleet, two short rounds (<= 2 min)")
-    parser.add_argument("--robots", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--frames", type=int, default=None, help="camera frames per robot per round")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--control-plane", choices=("local", "mqtt"), default=None)
-    parser.add_argument(
-        "--store", default=None, help="object store URI for the loop's uploads (default file://OUT/...)"
-    )
-    parser.add_argument("--out", default=None, help="report directory (default runs/<timestamp>)")
-    parser.add_argument("--models", default=None, help="reference models (built if missing; default ./models)")
-    parser.add_argument(
-        "--no-ros", action="store_true", help="run the robots' core objects in-process instead of ROS 2"
-    )
-    parser.add_argument("--config", default=None, help="demo config (default config/demo.yaml)")
-    parser.add_argument(
-        "--task",
-        choices=("classification", "detection"),
-        default="classification",
-        help="detection: the loop with detectors (in-process robots, mAP per round)",
-    )
-    parser.set_defaults(handler=_command)
-
-
-def _command(args: argparse.Namespace) -> int:
-    from fleetloop_cloud.demo.config import load_demo_config
-
-    if args.task == "detection":
-        return _detection(args)
-
-    overrides = {
-        "robots": args.robots,
-        "rounds": args.rounds,
-        "frames_per_robot": args.frames,
-        "seed": args.seed,
-        "control_plane": args.control_plane,
-    }
-    if args.no_ros:
-        overrides["ros"] = False
-    config = load_demo_config(args.config, quick=args.quick, overrides=overrides)
-    out = Path(args.out) if args.out else repo_root() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    report = Demo(
-        config, out, models=Path(args.models) if args.models else None, store_uri=args.store, quick=args.quick
-    ).run()
-    from fleetloop_cloud.demo.report import print_headline
-
-    print_headline(report, out)
-    return 0
-
-
-def _detection(args: argparse.Namespace) -> int:
-    """``fleetloop demo --task detection``: the detection demo (fleetloop_cloud.demo.detection)."""
-    from fleetloop_cloud.demo.config import load_demo_config
-    from fleetloop_cloud.demo.detection import run_detection_demo
-
-    unsupported = [
-        name
-        for name, value in (("--seed", args.seed), ("--control-plane", args.control_plane), ("--store", args.store))
-        if value is not None
-    ]
-    if unsupported:
-        raise SystemExit(
-            f"fleetloop demo --task detection: {', '.join(unsupported)} not supported "
-            f"(the detection demo runs its robots in-process with a local store; its seed is config/demo.yaml's "
-            f"detection.seed)"
-        )
-    overrides = {"robots": args.robots, "rounds": args.rounds, "frames_per_robot": args.frames}
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    settings = load_demo_config(args.config, quick=args.quick, overrides={"detection": overrides}).detection
-    # the robots' overrides without --quick's: the detection robots keep the full watch window
-    robot = load_demo_config(args.config).robot
-    out = Path(args.out) if args.out else repo_root() / "runs" / "detection-demo"
-    os.environ.setdefault("FLEETLOOP_TRAIN_THREADS", "1")
-    report = run_detection_demo(out, settings, Path(args.models) if args.models else None, robot=robot)
-    print((out / "report.md").read_text())
-    print(f"report: {out / 'report.json'} ({report['seconds']:.0f} s)")
-    return 0
 
 
 @dataclass
@@ -124,6 +39,19 @@ class Arm:
     rounds: list[dict] = field(default_factory=list)
     deploys: list[dict] = field(default_factory=list)
     edge_accuracy: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Rounds:
+    """What the rounds share: the robots, the truth oracle, the field test sets, the baselines' figures."""
+
+    specs: list
+    oracle: Any
+    test_sets: list
+    upload_all: Any = None
+    all_accuracy: list[float] = field(default_factory=list)
+    robot_rounds: list[list[dict]] = field(default_factory=list)
+    deploy_threads: list[threading.Thread] = field(default_factory=list)
 
 
 class Demo:
@@ -181,15 +109,11 @@ class Demo:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
-        from fleetloop_cloud.demo.fleet import (
-            FleetSettings,
-            InProcessFleet,
-            RosFleet,
-            TruthOracle,
-            robot_specs,
-        )
-        from fleetloop_cloud.demo.arms import RandomUploadFleet, UploadAllArm
+        """Run the demo: models, fleets, the rounds, the side experiments; write and return the report."""
+        from fleetloop_cloud.demo.fleet import TruthOracle, robot_specs
         from fleetloop_cloud.demo.provision import sign_round0_packages, signing_keys
+        from fleetloop_cloud.demo.report import build_report
+        from fleetloop_cloud.demo.report_files import write_report
 
         cfg = self.config
         wall_started = time.perf_counter()
@@ -198,159 +122,190 @@ class Demo:
         private_key, trusted = signing_keys(self.out)
         packages = sign_round0_packages(self.models, self.out / "packages", private_key.read_bytes())
         specs = robot_specs(cfg.robots, cfg.seed)
-        oracle = TruthOracle(specs)
-        selection = read_yaml(default_config_path("selection.yaml"))
-        frames_per_hour = cfg.upload_fraction * cfg.camera_rate_hz * 3600.0
-        selection["budget"] = {**selection.get("budget", {}), "frames_per_hour": frames_per_hour}
-        selection["random_fraction"] = cfg.upload_fraction * cfg.random_share
-        manager_overrides = cfg.robot.manager_overrides()
-        mqtt = broker = None
-        arms: dict[str, Arm] = {}
-        names = ["loop"] + (["random"] if cfg.arms.random_upload else [])
-        for name in names:
-            work = self.out / "arms" / name
-            store = self.store_uri if (name == "loop" and self.store_uri) else f"file://{work / 'store'}"
-            arms[name] = Arm(name, store, work)
+        arms = self._arms()
+        broker = mqtt = None
         if cfg.control_plane == "mqtt":
             from fleetloop_cloud.demo.broker import start_broker
 
             broker, mqtt = start_broker(self.out / "broker", [s.robot_id for s in specs])
         try:
-            for name, arm in arms.items():
-                jobs_uri = mqtt["endpoint"] if (mqtt and name == "loop") else f"file://{arm.work / 'jobs'}"
-                settings = FleetSettings(
-                    root=arm.work / "robots",
-                    store_uri=arm.store_uri,
-                    jobs_uri=jobs_uri,
-                    packages=packages,
-                    keys_dir=trusted,
-                    selection=selection,
-                    manager_overrides=manager_overrides,
-                    mqtt=mqtt["robot"] if (mqtt and name == "loop") else None,
-                    camera_window=cfg.camera_window,
-                    camera_rate_hz=cfg.camera_rate_hz,
-                )
-                if name == "loop":
-                    arm.fleet = RosFleet(specs, settings) if cfg.ros else InProcessFleet(specs, settings)
-                else:
-                    arm.fleet = RandomUploadFleet(specs, settings, seed=cfg.seed + 1)
-                arm.jobs = self._fleet_jobs(arm, mqtt if name == "loop" else None)
-                arm.loop = self._cloud(arm, private_key, trusted)
-                started = time.perf_counter()
-                arm.fleet.start()
-                self._stage(f"start {name} fleet", started)
-            training_config = arms["loop"].loop.config.training
-            upload_all = (
-                UploadAllArm(
-                    specs,
-                    self.models,
-                    epochs=cfg.upload_all_epochs,
-                    lab_replay_frames=training_config.lab_replay_frames,
-                    finetune_lr=training_config.finetune_lr,
-                    seed=cfg.seed,
-                )
-                if cfg.arms.upload_all
-                else None
-            )
-            test_sets = self._test_sets(specs)
-            round0 = self._edge_accuracy(packages["T4"], test_sets)
+            self._start_fleets(arms, specs, packages, private_key, trusted, mqtt)
+            oracle, upload_all = TruthOracle(specs), self._upload_all_arm(arms, specs)  # (the order they ran in)
+            run = _Rounds(specs, oracle, self._test_sets(specs), upload_all)
+            round0 = self._edge_accuracy(packages["T4"], run.test_sets)
             for arm in arms.values():
                 arm.edge_accuracy.append(round0)
-            all_accuracy = [round0]
-            deploy_threads: list[threading.Thread] = []
-            robot_rounds: list[list[dict]] = []
+            run.all_accuracy.append(round0)
             for number in range(1, cfg.rounds + 1):
-                log.info("=== round %d of %d ===", number, cfg.rounds)
-                # 1. robots stream (the previous round's deployment rolls out meanwhile)
-                started = time.perf_counter()
-                for spec in specs:
-                    oracle.advance(spec.robot_id, cfg.frames_per_robot)
-                loop = arms["loop"]
-                reports = loop.fleet.stream(cfg.frames_per_robot)
-                robot_rounds.append([r.to_dict() for r in reports])
-                self._stage("robots stream (loop)", started)
-                if "random" in arms:
-                    started = time.perf_counter()
-                    counts = {r.robot_id: r.uploaded for r in reports}
-                    arms["random"].fleet.stream_counts(cfg.frames_per_robot, counts)
-                    self._stage("robots stream (random upload)", started)
-                for thread in deploy_threads:
-                    thread.join()
-                deploy_threads = []
-                # 2. cloud rounds
-                for arm in arms.values():
-                    started = time.perf_counter()
-                    if cfg.ros and arm.name == "loop":
-                        arm.loop.ingest()
-                        self._attach_truth(arm, oracle)
-                    summary = arm.loop.run_round().to_dict()
-                    arm.rounds.append(summary)
-                    arm.edge_accuracy.append(self._edge_accuracy(arm.loop.production("T4"), test_sets))
-                    self._stage(f"cloud round ({arm.name})", started)
-                    log.info(
-                        "round %d %s: T4 field accuracy %.3f -> %.3f; throughput %s",
-                        number,
-                        arm.name,
-                        arm.edge_accuracy[-2],
-                        arm.edge_accuracy[-1],
-                        summary["figures"].get("throughput_ratio"),
-                    )
-                if upload_all is not None:
-                    started = time.perf_counter()
-                    upload_all.add_round(cfg.frames_per_robot)
-                    directory, _ = upload_all.train(self.out / "arms" / "upload-all", number)
-                    all_accuracy.append(self._edge_accuracy(directory, test_sets))
-                    self._stage("upload-all training", started)
-                # 3. deploy the promoted edge models; robots swap while they stream the next round
-                for arm in arms.values():
-                    thread = threading.Thread(target=self._deploy, args=(arm, number), daemon=True)
-                    thread.start()
-                    deploy_threads.append(thread)
-                if number == cfg.rounds:
-                    for thread in deploy_threads:
-                        thread.join()
-            al_result = None
-            if cfg.arms.active_learning and upload_all is not None:
-                started = time.perf_counter()
-                al_result = self._active_learning(upload_all, test_sets)
-                self._stage("active learning experiment", started)
-            hard = None
-            if cfg.arms.hard_mode:
-                started = time.perf_counter()
-                hard = self._hard_mode(specs, arms["loop"], private_key, trusted)
-                self._stage("hard mode labeling", started)
+                self._round(number, arms, run)
+            al_result, hard = self._experiments(arms, run, private_key, trusted)
             serving = arms["loop"].fleet.serving()
         finally:
-            for arm in arms.values():
-                if arm.fleet is not None:
-                    try:
-                        arm.fleet.stop()
-                    except Exception:  # keep stopping the others; the error is logged
-                        log.exception("stopping the %s fleet failed", arm.name)
-                if arm.loop is not None:
-                    arm.loop.close()
-                if arm.jobs is not None:
-                    arm.jobs.close()
-            if broker is not None:
-                broker.stop()
-        from fleetloop_cloud.demo.report import build_report, write_report
-
+            self._stop(arms, broker)
         report = build_report(
             config=cfg,
             quick=self.quick,
             models=self.models,
             arms=arms,
-            upload_all_accuracy=all_accuracy,
-            robot_rounds=robot_rounds,
+            upload_all_accuracy=run.all_accuracy,
+            robot_rounds=run.robot_rounds,
             al=al_result,
             hard=hard,
             serving=serving,
             timings=self.timings,
             minutes=(time.perf_counter() - wall_started) / 60.0,
-            test_frames=sum(len(t[1]) for t in test_sets),
+            test_frames=sum(len(t[1]) for t in run.test_sets),
         )
         write_report(report, self.out)
         return report
+
+    def _arms(self) -> dict[str, Arm]:
+        """Return the arms to run: the loop, and the random-upload baseline when configured."""
+        arms: dict[str, Arm] = {}
+        for name in ["loop"] + (["random"] if self.config.arms.random_upload else []):
+            work = self.out / "arms" / name
+            store = self.store_uri if (name == "loop" and self.store_uri) else f"file://{work / 'store'}"
+            arms[name] = Arm(name, store, work)
+        return arms
+
+    def _start_fleets(
+        self, arms: dict[str, Arm], specs: list, packages: dict, private_key: Path, trusted: Path, mqtt: dict | None
+    ) -> None:
+        """Give every arm its robots, job service and cloud loop, and start its robots."""
+        from fleetloop_cloud.demo.arms import RandomUploadFleet
+        from fleetloop_cloud.demo.fleet import FleetSettings, InProcessFleet
+        from fleetloop_cloud.demo.ros_fleet import RosFleet
+
+        cfg = self.config
+        selection = read_yaml(default_config_path("selection.yaml"))
+        selection["budget"] = {
+            **selection.get("budget", {}),
+            "frames_per_hour": cfg.upload_fraction * cfg.camera_rate_hz * 3600.0,
+        }
+        selection["random_fraction"] = cfg.upload_fraction * cfg.random_share
+        for name, arm in arms.items():
+            on_mqtt = mqtt is not None and name == "loop"
+            settings = FleetSettings(
+                root=arm.work / "robots",
+                store_uri=arm.store_uri,
+                jobs_uri=mqtt["endpoint"] if on_mqtt else f"file://{arm.work / 'jobs'}",
+                packages=packages,
+                keys_dir=trusted,
+                selection=selection,
+                manager_overrides=cfg.robot.manager_overrides(),
+                mqtt=mqtt["robot"] if on_mqtt else None,
+                camera_window=cfg.camera_window,
+                camera_rate_hz=cfg.camera_rate_hz,
+            )
+            if name == "loop":
+                arm.fleet = RosFleet(specs, settings) if cfg.ros else InProcessFleet(specs, settings)
+            else:
+                arm.fleet = RandomUploadFleet(specs, settings, seed=cfg.seed + 1)
+            arm.jobs = self._fleet_jobs(arm, mqtt if on_mqtt else None)
+            arm.loop = self._cloud(arm, private_key, trusted)
+            started = time.perf_counter()
+            arm.fleet.start()
+            self._stage(f"start {name} fleet", started)
+
+    def _upload_all_arm(self, arms: dict[str, Arm], specs: list):
+        """Return the upload-everything baseline (trained beside the loop), or None when it is off."""
+        from fleetloop_cloud.demo.arms import UploadAllArm
+
+        cfg = self.config
+        if not cfg.arms.upload_all:
+            return None
+        training = arms["loop"].loop.config.training
+        return UploadAllArm(
+            specs,
+            self.models,
+            epochs=cfg.upload_all_epochs,
+            lab_replay_frames=training.lab_replay_frames,
+            finetune_lr=training.finetune_lr,
+            seed=cfg.seed,
+        )
+
+    def _round(self, number: int, arms: dict[str, Arm], run: _Rounds) -> None:
+        """One round: robots stream (last round's models roll out meanwhile), cloud rounds, deploy."""
+        cfg = self.config
+        log.info("=== round %d of %d ===", number, cfg.rounds)
+        started = time.perf_counter()
+        for spec in run.specs:
+            run.oracle.advance(spec.robot_id, cfg.frames_per_robot)
+        reports = arms["loop"].fleet.stream(cfg.frames_per_robot)
+        run.robot_rounds.append([r.to_dict() for r in reports])
+        self._stage("robots stream (loop)", started)
+        if "random" in arms:
+            started = time.perf_counter()
+            arms["random"].fleet.stream_counts(cfg.frames_per_robot, {r.robot_id: r.uploaded for r in reports})
+            self._stage("robots stream (random upload)", started)
+        for thread in run.deploy_threads:
+            thread.join()
+        run.deploy_threads = []
+        for arm in arms.values():
+            self._cloud_round(number, arm, run)
+        if run.upload_all is not None:
+            started = time.perf_counter()
+            run.upload_all.add_round(cfg.frames_per_robot)
+            directory, _ = run.upload_all.train(self.out / "arms" / "upload-all", number)
+            run.all_accuracy.append(self._edge_accuracy(directory, run.test_sets))
+            self._stage("upload-all training", started)
+        # the promoted edge models deploy while the robots stream the next round
+        for arm in arms.values():
+            thread = threading.Thread(target=self._deploy, args=(arm, number), daemon=True)
+            thread.start()
+            run.deploy_threads.append(thread)
+        if number == cfg.rounds:
+            for thread in run.deploy_threads:
+                thread.join()
+
+    def _cloud_round(self, number: int, arm: Arm, run: _Rounds) -> None:
+        """Run one arm's cloud round and measure its edge model on the field test sets."""
+        started = time.perf_counter()
+        if self.config.ros and arm.name == "loop":
+            arm.loop.ingest()
+            self._attach_truth(arm, run.oracle)
+        summary = arm.loop.run_round().to_dict()
+        arm.rounds.append(summary)
+        arm.edge_accuracy.append(self._edge_accuracy(arm.loop.production("T4"), run.test_sets))
+        self._stage(f"cloud round ({arm.name})", started)
+        log.info(
+            "round %d %s: T4 field accuracy %.3f -> %.3f; throughput %s",
+            number,
+            arm.name,
+            arm.edge_accuracy[-2],
+            arm.edge_accuracy[-1],
+            summary["figures"].get("throughput_ratio"),
+        )
+
+    def _experiments(self, arms: dict[str, Arm], run: _Rounds, private_key: Path, trusted: Path) -> tuple:
+        """Run the side experiments that are on: active learning, hard mode; return (al result, hard mode)."""
+        cfg = self.config
+        al_result = hard = None
+        if cfg.arms.active_learning and run.upload_all is not None:
+            started = time.perf_counter()
+            al_result = self._active_learning(run.upload_all, run.test_sets)
+            self._stage("active learning experiment", started)
+        if cfg.arms.hard_mode:
+            started = time.perf_counter()
+            hard = self._hard_mode(run.specs, arms["loop"], private_key, trusted)
+            self._stage("hard mode labeling", started)
+        return al_result, hard
+
+    @staticmethod
+    def _stop(arms: dict[str, Arm], broker) -> None:
+        """Stop every arm's robots, cloud loop and job service, then the broker; a failure does not stop the rest."""
+        for arm in arms.values():
+            if arm.fleet is not None:
+                try:
+                    arm.fleet.stop()
+                except Exception:  # keep stopping the others; the error is logged
+                    log.exception("stopping the %s fleet failed", arm.name)
+            if arm.loop is not None:
+                arm.loop.close()
+            if arm.jobs is not None:
+                arm.jobs.close()
+        if broker is not None:
+            broker.stop()
 
     # ------------------------------------------------------------------ pieces
     def _fleet_jobs(self, arm: Arm, mqtt: dict | None):

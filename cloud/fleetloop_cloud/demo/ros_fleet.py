@@ -1,0 +1,349 @@
+"""The demo's ROS fleet: every robot a ``fleetloop robot`` process fed by a ``fleetloop camera`` process.
+
+The camera replays that robot's simulated stream paced by the robot's answers (the next frame
+leaves while fewer than a window of frames are unanswered; a frame unanswered for two seconds is
+counted lost, never waited for); frames carry their simulated capture time. A camera is reaped from
+its last output line (its counts), not from its teardown; one that makes no progress for
+``CAMERA_STALL_S`` is ended and the error says what it had done. The in-process fleet and what both
+share are in :mod:`fleetloop_cloud.demo.fleet`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import yaml
+
+from fleetloop_core.stop_signals import end_with_parent_env
+
+from fleetloop_cloud.demo.config import merge
+
+from fleetloop_cloud.demo.fleet import FleetError, FleetSettings, RobotRound, RobotSpec, store_objects
+
+log = logging.getLogger("fleetloop.demo")
+
+CAMERA_STALL_S = 60.0  # a camera that prints no progress for this long is ended (it reports every 5 s)
+CAMERA_REAP_S = 5.0  # after its final line, a camera gets this long to exit before it is killed
+
+
+# ====================================================================================== ROS 2
+class _CameraRun:
+    """One ``fleetloop camera`` process of a round: its output read as it comes, its end bounded."""
+
+    def __init__(self, robot_id: str, command: list[str], env: dict[str, str]):
+        self.robot_id = robot_id
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, start_new_session=True
+        )
+        self.progress: dict = {}
+        self.final: dict | None = None
+        self.last_output = time.monotonic()
+        self.stderr: list[str] = []
+        self._lines = threading.Thread(target=self._read_stdout, daemon=True)
+        self._errors = threading.Thread(target=self._read_stderr, daemon=True)
+        self._lines.start()
+        self._errors.start()
+
+    def _read_stdout(self) -> None:
+        for line in self.process.stdout:
+            self.last_output = time.monotonic()
+            if line.startswith("{"):
+                message = json.loads(line)
+                if "camera" in message:
+                    self.final = message["camera"]
+                elif "camera_progress" in message:
+                    self.progress = message["camera_progress"]
+
+    def _read_stderr(self) -> None:
+        for line in self.process.stderr:
+            self.stderr.append(line)
+            del self.stderr[:-40]
+
+    def result(self, robot_log: Callable[[], str]) -> dict:
+        """Return the camera's final counts; FleetError naming what happened when there are none."""
+        while self.final is None and self.process.poll() is None:
+            if time.monotonic() - self.last_output > CAMERA_STALL_S:
+                self.kill()
+                raise FleetError(
+                    f"{self.robot_id}: the camera made no progress for {CAMERA_STALL_S:.0f} s "
+                    f"(so far {self.progress or 'nothing sent'}); camera stderr:\n"
+                    f"{''.join(self.stderr)[-1500:]}\nrobot log tail:\n{robot_log()}"
+                )
+            time.sleep(0.1)
+        self._lines.join(CAMERA_REAP_S)  # the final line, if the process just ended
+        try:
+            self.process.wait(CAMERA_REAP_S)
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "%s: the camera printed its counts but did not exit within %.0f s: killed", self.robot_id, CAMERA_REAP_S
+            )
+            self.kill()
+        if self.final is None:
+            raise FleetError(
+                f"{self.robot_id}: the camera exited with {self.process.returncode} before reporting its "
+                f"counts (so far {self.progress or 'nothing sent'}); camera stderr:\n"
+                f"{''.join(self.stderr)[-1500:]}\nrobot log tail:\n{robot_log()}"
+            )
+        if self.process.returncode not in (0, None) and self.process.returncode != -signal.SIGKILL:
+            raise FleetError(
+                f"{self.robot_id}: the camera exited with {self.process.returncode} after {self.final}; "
+                f"camera stderr:\n{''.join(self.stderr)[-1500:]}"
+            )
+        return self.final
+
+    def kill(self) -> None:
+        """End the process group now (no-op once it exited)."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+
+class RosFleet:
+    """Robots as ``fleetloop robot`` processes (rclpy), each fed by a ``fleetloop camera`` process."""
+
+    def __init__(
+        self,
+        specs: Sequence[RobotSpec],
+        settings: FleetSettings,
+        domain_id: int | None = None,
+        log_dir: Path | None = None,
+    ):
+        self.specs = list(specs)
+        self.settings = settings
+        self.domain_id = domain_id if domain_id is not None else 40 + (os.getpid() % 150)
+        self.log_dir = log_dir or settings.root / "logs"
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._started_frames = {spec.robot_id: 0 for spec in specs}
+        self._round = 0
+
+    def _env(self) -> dict[str, str]:
+        from fleetloop_core.dds import DdsConfig, dds_environment
+
+        env = dict(os.environ)
+        env.update(ROS_DOMAIN_ID=str(self.domain_id), ROS_LOCALHOST_ONLY="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
+        dds_environment(DdsConfig(), env)  # robots and cameras on the robots' default transport
+        # robots and cameras run in their own sessions; if the demo is killed -9 they must not run on.
+        # Started from the main thread (the guard follows the thread that started them).
+        return end_with_parent_env(env)
+
+    def _robot_yaml(self, spec: RobotSpec) -> Path:
+        """Write the robot's parameter file: config/robot.yaml with this robot's paths and budget."""
+        from fleetloop_core.config import default_config_path, read_yaml
+
+        root = self.settings.root / spec.robot_id
+        data = read_yaml(default_config_path("robot.yaml"))
+        every = data["/**"]["ros__parameters"]
+        every["robot_id"] = spec.robot_id
+        every["queue"] = merge(
+            every.get("queue", {}), {"directory": str(root / "queue"), "store": self.settings.store_uri}
+        )
+        perception = data["/**/perception"]["ros__parameters"]
+        perception.update(models_dir=str(self.settings.root / "round0"), image_qos="reliable", intra_op_threads=1)
+        manager = data["/**/model_manager"]["ros__parameters"]
+        manager["manager"] = merge(
+            manager["manager"],
+            merge(
+                {"store": {"root": str(root / "models"), "trusted_keys": str(self.settings.keys_dir)}},
+                self.settings.manager_overrides,
+            ),
+        )
+        plane = {"uri": self.settings.jobs_uri, "thing_name": spec.robot_id, "poll_s": 0.5}
+        if self.settings.mqtt:
+            plane["mqtt"] = self.settings.mqtt[spec.robot_id]
+        manager["control_plane"] = merge(manager.get("control_plane", {}), plane)
+        selector = data["/**/selector"]["ros__parameters"]
+        selector["selection"] = merge(selector["selection"], self.settings.selection)
+        selector["site"] = spec.site.name
+        path = root / "robot.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def start(self) -> None:
+        from fleetloop_core.model_store import ModelStore, PackageLocation
+        from fleetloop_core.signing import TrustedKeys
+
+        round0 = self.settings.root / "round0"
+        if not round0.exists():
+            round0.mkdir(parents=True)
+            for tier, path in self.settings.packages.items():
+                shutil.copytree(path, round0 / tier)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in self.specs:
+            root = self.settings.root / spec.robot_id
+            # provisioning: the robot's store holds its round-0 packages, so it can roll back to them
+            store = ModelStore(root / "models", TrustedKeys.load(str(self.settings.keys_dir)))
+            for tier in ("T4", "T3"):
+                store.install(PackageLocation(path=str(self.settings.packages[tier])))
+            config = self._robot_yaml(spec)
+            command = [
+                sys.executable,
+                "-m",
+                "fleetloop_core.cli",
+                "robot",
+                "--config",
+                str(config),
+                "--namespace",
+                f"/{spec.robot_id.replace('-', '_')}",
+            ]
+            out = open(self.log_dir / f"{spec.robot_id}.log", "ab")
+            self.processes[spec.robot_id] = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=self._env(), start_new_session=True
+            )
+        log.info("ROS fleet: %d robot processes (ROS_DOMAIN_ID %d)", len(self.specs), self.domain_id)
+
+    def _log_tail(self, robot_id: str) -> str:
+        path = self.log_dir / f"{robot_id}.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else "(no log)"
+
+    def _check_alive(self) -> None:
+        for robot_id, process in self.processes.items():
+            if process.poll() is not None:
+                tail = (self.log_dir / f"{robot_id}.log").read_text(errors="replace")[-2000:]
+                raise FleetError(f"{robot_id}: robot process exited with {process.returncode}; log tail:\n{tail}")
+
+    def stream(self, frames_per_robot: int) -> list[RobotRound]:
+        self._check_alive()
+        reports, cameras = {}, {}
+        store_root = (
+            Path(self.settings.store_uri[len("file://") :]) if self.settings.store_uri.startswith("file://") else None
+        )
+        before = {s.robot_id: store_objects(store_root, s.robot_id) if store_root else (0, 0) for s in self.specs}
+        kept_before = {s.robot_id: self._kept(s) for s in self.specs}
+        started = time.perf_counter()
+        for spec in self.specs:
+            namespace = f"/{spec.robot_id.replace('-', '_')}"
+            command = [
+                sys.executable,
+                "-m",
+                "fleetloop_core.cli",
+                "camera",
+                "--source",
+                "sim",
+                "--namespace",
+                namespace,
+                "--robot",
+                spec.robot_id,
+                "--site",
+                str(spec.site_index),
+                "--seed",
+                str(spec.world_seed),
+                "--start",
+                str(self._started_frames[spec.robot_id]),
+                "--count",
+                str(frames_per_robot),
+                "--sim-stamps",
+                "--reliable",
+                "--lockstep",
+                "frame_results",
+                "--window",
+                str(self.settings.camera_window),
+                "--rate",
+                "2000",
+                "--wait-subscribers",
+                "1",
+                "--progress",
+                "5",
+            ]
+            cameras[spec.robot_id] = _CameraRun(spec.robot_id, command, self._env())
+        try:
+            for spec in self.specs:
+                counts = cameras[spec.robot_id].result(lambda robot_id=spec.robot_id: self._log_tail(robot_id))
+                reports[spec.robot_id] = RobotRound(
+                    spec.robot_id, frames=int(counts["sent"]), answered=int(counts["answered"])
+                )
+                self._started_frames[spec.robot_id] += frames_per_robot
+        finally:
+            for camera in cameras.values():
+                camera.kill()
+        self._wait_drained(store_root)
+        for spec in self.specs:
+            report = reports[spec.robot_id]
+            after = store_objects(store_root, spec.robot_id) if store_root else (0, 0)
+            report.uploaded = after[0] - before[spec.robot_id][0]
+            report.uploaded_bytes = after[1] - before[spec.robot_id][1]
+            report.kept = self._kept(spec) - kept_before[spec.robot_id]
+            report.seconds = time.perf_counter() - started
+        serving = self.serving()
+        for spec in self.specs:
+            reports[spec.robot_id].serving = serving.get(spec.robot_id, {})
+        return [reports[spec.robot_id] for spec in self.specs]
+
+    def _queue(self, spec: RobotSpec):
+        from fleetloop_core.upload_queue import UploadQueue
+
+        return UploadQueue(self.settings.root / spec.robot_id / "queue")
+
+    def _kept(self, spec: RobotSpec) -> int:
+        """Return the frames this robot's queue ever accepted (its selector's keeps)."""
+        queue = self._queue(spec)
+        try:
+            stats = queue.stats()
+            return stats.uploaded_total + stats.records + stats.evicted_total
+        finally:
+            queue.close()
+
+    def _wait_drained(self, store_root: Path | None, timeout_s: float = 120.0) -> None:
+        """Wait until every robot's upload queue is empty (its uploader drains continuously)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            pending = 0
+            for spec in self.specs:
+                queue = self._queue(spec)
+                try:
+                    pending += queue.stats().records
+                finally:
+                    queue.close()
+            if pending == 0:
+                return
+            time.sleep(0.25)
+        raise FleetError(f"upload queues still hold {pending} records after {timeout_s:.0f} s")
+
+    def serving(self) -> dict[str, dict[str, str]]:
+        """Return each robot's serving versions, from its model store's record of what serves."""
+        from fleetloop_core.contracts.manifest import load_manifest
+        from fleetloop_core.model_manager import serving_package_dirs
+        from fleetloop_core.model_store import ModelStore
+        from fleetloop_core.signing import TrustedKeys
+
+        out = {}
+        for spec in self.specs:
+            store = ModelStore(
+                self.settings.root / spec.robot_id / "models", TrustedKeys.load(str(self.settings.keys_dir))
+            )
+            versions = {}
+            for directory in serving_package_dirs(store).values():
+                manifest = load_manifest(Path(directory) / "manifest.json")
+                versions[manifest.tier] = manifest.version
+            out[spec.robot_id] = versions
+        return out
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 15
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
