@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from fleetloop_sim import sim
-from fleetloop_core.dataset import LABELS
+from fleetloop_sim.dataset import LABELS
 from fleetloop_core.inference import TierModel
 
 from fleetloop_cloud.config import CloudConfig, EvaluationConfig

@@ -32,7 +32,6 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from fleetloop_core.dataset import LABELS
 from fleetloop_core.contracts.sidecar import SidecarError, parse_sidecar, sidecar_key
 from fleetloop_core.store import ObjectStore
 
@@ -197,7 +196,7 @@ def ingest(
     cache: FrameCache,
     round: int,
     config: IngestConfig,
-    labels: Sequence[str] = LABELS,
+    labels: Sequence[str],
     now: float | None = None,
     progress: bool = True,
 ) -> IngestReport:
@@ -323,8 +322,8 @@ def augmented_manifest(
     pool: Pool,
     store: ObjectStore,
     frame_ids: Sequence[str],
+    labels: Sequence[str],
     label_attribute: str = "fleetloop-label",
-    labels: Sequence[str] = LABELS,
     job_name: str = "fleetloop",
 ) -> list[dict]:
     """Return SageMaker Ground Truth augmented-manifest records (one dict per frame).

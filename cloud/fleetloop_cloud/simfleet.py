@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from fleetloop_sim import sim
-from fleetloop_core.dataset import LABELS, NONE_INDEX
+from fleetloop_sim.dataset import LABELS, NONE_INDEX
 from fleetloop_core.record import encode_image
 from fleetloop_core.contracts.sidecar import Decision, Sidecar, SimulationTruth, frame_key, sidecar_key
 from fleetloop_core.store import ObjectStore

@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from fleetloop_core.dataset import ITEM_LABELS, load_split
+from fleetloop_sim.dataset import ITEM_LABELS, load_split
 from fleetloop_sim.sim_render import LAB_SHIFT, Renderer, Shift, Track, random_shift, seeded_rng
 from fleetloop_sim.sim_tasks import DetectionSet, FrameTruth, LabelledSet, SimTask, sim_task
 

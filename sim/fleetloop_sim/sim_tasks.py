@@ -21,7 +21,7 @@ from typing import Callable, Protocol, Sequence, Union
 
 import numpy as np
 
-from fleetloop_core.dataset import ITEM_LABELS, LABELS, NONE_INDEX
+from fleetloop_sim.dataset import ITEM_LABELS, LABELS, NONE_INDEX
 from fleetloop_sim.sim_render import Box, Placement, Renderer, Shift
 
 DETECTION_CLASSES = tuple(ITEM_LABELS)  # what a detector outputs: the items, no background class

@@ -12,7 +12,7 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from fleetloop_core.dataset import LABELS
+from fleetloop_sim.dataset import LABELS
 from fleetloop_core.store import open_store
 
 from fleetloop_cloud.annotators import (
@@ -55,7 +55,7 @@ def _world(tmp_path, store_uri, labels=(3, 8)):
     pool = Pool(tmp_path / "pool.sqlite")
     from fleetloop_cloud.config import IngestConfig
 
-    ingest(store, pool, FrameCache(tmp_path / "frames", store), 1, IngestConfig(), progress=False)
+    ingest(store, pool, FrameCache(tmp_path / "frames", store), 1, IngestConfig(), LABELS, progress=False)
     return store, pool, [r["id"] for r in pool.frames()]
 
 

@@ -7,6 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+from fleetloop_sim.dataset import LABELS
+
 from fleetloop_core.contracts.sidecar import Decision, Sidecar, SimulationTruth, frame_key, sidecar_key
 from fleetloop_core.store import open_store
 
@@ -83,14 +85,14 @@ def setup(tmp_path):
 def test_ingest_validates_caches_and_is_idempotent(setup):
     store, pool, cache = setup
     sidecars = [_upload(store, "r1", _frame(i), i) for i in range(4)]
-    report = ingest(store, pool, cache, 1, IngestConfig(), progress=False)
+    report = ingest(store, pool, cache, 1, IngestConfig(), LABELS, progress=False)
     assert report.ingested == 4 and not report.quarantined
     rows = pool.frames()
     assert {r["id"] for r in rows} == {s.frame_sha256 for s in sidecars}
     row = pool.frame(sidecars[0].frame_sha256)
     assert (row["state"], row["random"], row["track_hint"], row["sim_label"]) == ("new", 1, "t1", 3)
     assert cache.path(row["id"], row["frame_key"]).is_file()
-    again = ingest(store, pool, cache, 1, IngestConfig(), progress=False)
+    again = ingest(store, pool, cache, 1, IngestConfig(), LABELS, progress=False)
     assert again.ingested == 0 and again.already_known == 4
 
 
@@ -105,7 +107,7 @@ def test_bad_input_is_quarantined_with_the_reason_never_dropped(setup):
     store.put_bytes(frame_key(replaced), _png(_frame(66)))  # bytes no longer match sha256
     broken = _upload(store, "r1", _frame(7), 7)
     store.put_bytes(sidecar_key(broken), b'{"schema": "fleetloop.sidecar/1", "robot_id": ""')
-    report = ingest(store, pool, cache, 1, IngestConfig(orphan_grace_s=60), now=1000.0, progress=False)
+    report = ingest(store, pool, cache, 1, IngestConfig(orphan_grace_s=60), LABELS, now=1000.0, progress=False)
     assert report.ingested == 1 and pool.has_frame(good.frame_sha256)
     reasons = pool.quarantined()
     assert "sidecar without frame" in reasons[sidecar_key(no_frame)]
@@ -116,13 +118,15 @@ def test_bad_input_is_quarantined_with_the_reason_never_dropped(setup):
     # the frame without sidecar waits (the upload may be in flight) ...
     assert report.waiting == [frame_key(orphan)] and frame_key(orphan) not in reasons
     # ... and is quarantined once the grace period is over
-    later = ingest(store, pool, cache, 1, IngestConfig(orphan_grace_s=60), now=1100.0, progress=False)
+    later = ingest(store, pool, cache, 1, IngestConfig(orphan_grace_s=60), LABELS, now=1100.0, progress=False)
     assert "frame without sidecar for 100 s" in later.quarantined[frame_key(orphan)]
     assert later.ingested == 0
     # if its sidecar arrives after all, releasing the quarantine ingests it
     _upload(store, "r1", _frame(2), 2)
     pool.release_quarantine(frame_key(orphan))
-    assert ingest(store, pool, cache, 1, IngestConfig(orphan_grace_s=60), now=1200.0, progress=False).ingested == 1
+    assert (
+        ingest(store, pool, cache, 1, IngestConfig(orphan_grace_s=60), LABELS, now=1200.0, progress=False).ingested == 1
+    )
 
 
 def test_duplicates_across_robots(setup):
@@ -134,7 +138,7 @@ def test_duplicates_across_robots(setup):
     near = _upload(store, "r2", noisy, 2)  # near-duplicate from another robot
     noisy_too = np.clip(image.astype(int) + np.random.default_rng(1).integers(-2, 3, image.shape), 0, 255)
     same_robot = _upload(store, "r1", noisy_too.astype(np.uint8), 3)  # the same robot: a legitimate track frame
-    report = ingest(store, pool, cache, 1, IngestConfig(near_duplicate_bits=6), progress=False)
+    report = ingest(store, pool, cache, 1, IngestConfig(near_duplicate_bits=6), LABELS, progress=False)
     assert report.exact_duplicates == 1 and report.near_duplicates == 1 and report.ingested == 2
     near_row = pool.frames(state="duplicate")[0]
     assert near_row["id"] == near.frame_sha256 and near_row["duplicate_of"] in (
@@ -148,9 +152,9 @@ def test_augmented_manifest_for_ground_truth(setup, tmp_path):
     store, pool, cache = setup
     a = _upload(store, "r1", _frame(20), 1)
     b = _upload(store, "r1", _frame(21), 2)
-    ingest(store, pool, cache, 1, IngestConfig(), progress=False)
+    ingest(store, pool, cache, 1, IngestConfig(), LABELS, progress=False)
     pool.set_label(a.frame_sha256, 8, "auto", 1, reason="test", confidence=0.993)
-    records = augmented_manifest(pool, store, [a.frame_sha256, b.frame_sha256], job_name="round-1")
+    records = augmented_manifest(pool, store, [a.frame_sha256, b.frame_sha256], LABELS, job_name="round-1")
     assert records[0]["source-ref"] == store.url(frame_key(a))
     assert records[0]["fleetloop-label"] == 8
     meta = records[0]["fleetloop-label-metadata"]

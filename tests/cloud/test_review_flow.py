@@ -8,7 +8,7 @@ second audit pass measures what is left.
 
 import numpy as np
 
-from fleetloop_core.dataset import LABELS
+from fleetloop_sim.dataset import LABELS
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.loop import CloudLoop
 from fleetloop_cloud.pool import FrameRecord

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from fleetloop_core.dataset import LABELS
+from fleetloop_sim.dataset import LABELS
 from fleetloop_core.inference import TierModel
 from fleetloop_core.contracts.manifest import load_manifest
 from fleetloop_core.contracts.sidecar import frame_key, sidecar_key

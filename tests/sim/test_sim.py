@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fleetloop_core import dataset
+from fleetloop_sim import dataset
 from fleetloop_sim import sim, sim_render
 from fleetloop_core.errors import DatasetError
 

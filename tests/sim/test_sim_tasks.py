@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fleetloop_core import dataset
+from fleetloop_sim import dataset
 from fleetloop_sim import sim, sim_render, sim_tasks
 from fleetloop_core.uncertainty_detection import pairwise_iou
 

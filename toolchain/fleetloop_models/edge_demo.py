@@ -29,7 +29,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from fleetloop_sim import sim
     from fleetloop_core.cascade import Cascade, CascadeConfig
-    from fleetloop_core.dataset import LABELS, NONE_INDEX
+    from fleetloop_sim.dataset import LABELS, NONE_INDEX
     from fleetloop_core.inference import TierModel
     from fleetloop_models.modelbuild import build_reference_models
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import numpy as np
 from pydantic import Field
 
-from fleetloop_core import dataset
+from fleetloop_sim import dataset
 from fleetloop_sim import sim
 from fleetloop_core.config import ConfigModel, default_config_path, read_yaml, validate
 from fleetloop_core.errors import ConfigError, ModelError
@@ -108,7 +108,7 @@ BUILD_CODE = (
     "fleetloop_sim.sim_render",
     "fleetloop_sim.sim_tasks",
     "fleetloop_core.preprocess",
-    "fleetloop_core.dataset",
+    "fleetloop_sim.dataset",
     "fleetloop_core.contracts.manifest",
 )
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from fleetloop_cloud.config import HumanCosts
 from fleetloop_cloud.pool import Pool, PoolError, Task
-from fleetloop_cloud.review.errors import Conflict, NotFound, ReviewError
+from fleetloop_cloud.review.errors import Conflict, Invalid, NotFound, ReviewError
 from fleetloop_cloud.review.leases import REVIEW_BACKEND, expire, grant, lease_of
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def submit(
         for item in submissions:
             task = review_task(pool, item.task_id)
             if item.label is not None and not 0 <= int(item.label) < n_labels:
-                raise ReviewError(f"task {task.id}: label must be a class index 0..{n_labels - 1} (got {item.label})")
+                raise Invalid(f"task {task.id}: label: must be a class index 0..{n_labels - 1} (got {item.label})")
             if task.status not in ("open", "submitted"):
                 raise Conflict(f"task {task.id} is already answered ({task.status})")
             _check_leased_to(db, task, session)

@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from fleetloop_core.dataset import LABELS
+from fleetloop_core.contracts.manifest import load_manifest
 from fleetloop_core.errors import FleetLoopError
 
 from fleetloop_cloud.config import CloudConfig, CostModel, load_cost_model
@@ -66,7 +66,8 @@ def create_app(
     settings = settings or ReviewPageConfig()
     prepare(pool_path)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(labels=LABELS, keys=items.KEYS)
+    labels = class_labels(config.models)
+    templates.env.globals.update(labels=labels, keys=items.KEYS)
     state = web.ReviewState(
         pool_path=Path(pool_path),
         config=config,
@@ -78,7 +79,7 @@ def create_app(
         dbs=PerThread(pool_path),
         clock=clock,
         templates=templates,
-        labels=list(LABELS),
+        labels=labels,
     )
     state.store_bytes.ttl_s = settings.store_stats_ttl_s
     app = FastAPI(title="FleetLoop review", docs_url=None, redoc_url=None, openapi_url=None)
@@ -89,6 +90,19 @@ def create_app(
     for router in (auth_routes.router, label_routes.router, tuning_routes.router, boxes.router):
         app.include_router(router)
     return app
+
+
+def class_labels(models_dir: str | Path) -> list[str]:
+    """Return the class names humans pick from: the teachers' (T2's manifest) when they classify, else none.
+
+    The pool's labels index into the teachers' classes, so the page takes them from the same package;
+    with detectors the class view has nothing to offer (the box view reads its classes itself).
+    """
+    try:
+        manifest = load_manifest(Path(models_dir) / "T2")
+    except FleetLoopError:
+        return []
+    return list(manifest.labels) if manifest.task == "classification" else []
 
 
 def _guard(app: FastAPI, state: web.ReviewState) -> None:

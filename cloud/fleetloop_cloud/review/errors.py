@@ -11,6 +11,12 @@ class ReviewError(FleetLoopError):
     status = 400
 
 
+class Invalid(ReviewError):
+    """A well-formed request with a value out of range for this page's data (a class index past the classes)."""
+
+    status = 422
+
+
 class Unauthorized(ReviewError):
     """No valid session or token."""
 

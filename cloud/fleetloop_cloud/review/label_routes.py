@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetloop_core.dataset import LABELS
 from fleetloop_core.store import StoreError
 
 from fleetloop_cloud.review import answers, counters, items, leases, security, web
@@ -29,7 +28,7 @@ class AnswerBody(_Body):
 
     task_id: int = Field(ge=1)
     action: Literal["label", "accept", "unusable"]
-    label: Optional[int] = Field(default=None, ge=0, le=len(LABELS) - 1)
+    label: Optional[int] = Field(default=None, ge=0)  # < the number of classes: checked on submit
     seconds: float = Field(ge=0, le=86400)
 
 
@@ -43,7 +42,7 @@ class GridAnswer(_Body):
     """One cell of an audit grid: the class index, or None for unusable."""
 
     task_id: int = Field(ge=1)
-    label: Optional[int] = Field(default=None, ge=0, le=len(LABELS) - 1)
+    label: Optional[int] = Field(default=None, ge=0)  # < the number of classes: checked on submit
 
 
 class GridBody(_Body):
@@ -100,7 +99,7 @@ def _submit(request: Request, session: security.Session, batch: list[answers.Sub
     answers.submit(
         web.db(request).pool,
         st.cost_model.human,
-        len(LABELS),
+        len(st.labels),
         session.annotator,
         session.key,
         batch,

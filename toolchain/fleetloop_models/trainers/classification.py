@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fleetloop_core import dataset
+from fleetloop_sim import dataset
 from fleetloop_models import training, zoo
 from fleetloop_core.contracts.manifest import Manifest, OutputSpec
 from fleetloop_models.modelbuild import TIER_NAMES, write_package
