@@ -72,24 +72,13 @@ def _run(gt, dt, image_ids: Sequence[int] | None) -> tuple[float, float, np.ndar
     return max(float(stats[1]), 0.0), max(float(stats[0]), 0.0), evaluator.eval["precision"]
 
 
-def evaluate_map(
-    predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    truths: Sequence[tuple[np.ndarray, np.ndarray]],
-    class_names: Sequence[str],
-    sites: Sequence[str] | None = None,
-) -> MapScores:
-    """Return mAP of per-image predictions ``(boxes (K, 4) x0y0x1y1, scores (K,), classes (K,))``.
-
-    ``truths`` are per image ``(boxes (G, 4), classes (G,))`` in the same pixel frame; ``sites``
-    (one name per image) adds per-site figures.
-    """
-    from pycocotools.coco import COCO
-
-    if len(predictions) != len(truths):
-        raise MetricsError(f"{len(predictions)} predicted images but {len(truths)} ground-truth images")
-    if sites is not None and len(sites) != len(truths):
-        raise MetricsError(f"{len(sites)} site names for {len(truths)} images")
-    images, annotations, detections = [], [], []
+def _coco_records(
+    predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], truths: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Return COCO's images, ground-truth annotations and detections of the per-image boxes (ids from 1)."""
+    images: list[dict] = []
+    annotations: list[dict] = []
+    detections: list[dict] = []
     for image_id, ((boxes, classes), (p_boxes, p_scores, p_classes)) in enumerate(zip(truths, predictions), start=1):
         images.append({"id": image_id})
         for box, cls in zip(_xywh(boxes), np.asarray(classes).reshape(-1)):
@@ -112,6 +101,41 @@ def evaluate_map(
                     "score": float(score),
                 }
             )
+    return images, annotations, detections
+
+
+def _per_class(precision: np.ndarray, class_names: Sequence[str], counts: np.ndarray) -> dict:
+    """Return per class with ground truth its (AP@0.5, AP@0.5:0.95, boxes) from COCOeval's precision array."""
+    per_class = {}
+    for k, name in enumerate(class_names):
+        if counts[k] == 0:
+            continue
+        values = precision[:, :, k, 0, -1]  # IoU thresholds x recall points, all areas, 100 dets
+        ap = float(values[values > -1].mean()) if (values > -1).any() else 0.0
+        at50 = precision[0, :, k, 0, -1]
+        ap50 = float(at50[at50 > -1].mean()) if (at50 > -1).any() else 0.0
+        per_class[name] = (ap50, ap, int(counts[k]))
+    return per_class
+
+
+def evaluate_map(
+    predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    truths: Sequence[tuple[np.ndarray, np.ndarray]],
+    class_names: Sequence[str],
+    sites: Sequence[str] | None = None,
+) -> MapScores:
+    """Return mAP of per-image predictions ``(boxes (K, 4) x0y0x1y1, scores (K,), classes (K,))``.
+
+    ``truths`` are per image ``(boxes (G, 4), classes (G,))`` in the same pixel frame; ``sites``
+    (one name per image) adds per-site figures.
+    """
+    from pycocotools.coco import COCO
+
+    if len(predictions) != len(truths):
+        raise MetricsError(f"{len(predictions)} predicted images but {len(truths)} ground-truth images")
+    if sites is not None and len(sites) != len(truths):
+        raise MetricsError(f"{len(sites)} site names for {len(truths)} images")
+    images, annotations, detections = _coco_records(predictions, truths)
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
     gt = COCO()
     gt.dataset = {"images": images, "annotations": annotations, "categories": categories}
@@ -126,14 +150,7 @@ def evaluate_map(
     result.map50, result.map, precision = _run(gt, dt, None)
     counts = np.bincount([a["category_id"] - 1 for a in annotations], minlength=len(class_names))
     if precision is not None:
-        for k, name in enumerate(class_names):
-            if counts[k] == 0:
-                continue
-            values = precision[:, :, k, 0, -1]  # IoU thresholds x recall points, all areas, 100 dets
-            ap = float(values[values > -1].mean()) if (values > -1).any() else 0.0
-            at50 = precision[0, :, k, 0, -1]
-            ap50 = float(at50[at50 > -1].mean()) if (at50 > -1).any() else 0.0
-            result.per_class[name] = (ap50, ap, int(counts[k]))
+        result.per_class = _per_class(precision, class_names, counts)
     if sites is not None:
         names = np.asarray(sites)
         for site in sorted(set(names.tolist())):
