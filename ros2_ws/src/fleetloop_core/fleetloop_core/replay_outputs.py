@@ -86,6 +86,28 @@ def _write_tables(report: ReplayReport, rows: list[dict[str, Any]], swept: list[
     return [table, kept]
 
 
+def _plot_group(left: Any, right: Any, xs: list, points: list, rest: str, report: ReplayReport, robots: int) -> None:
+    """Plot one group of settings (same values of the other swept keys): kept, passed, bytes, and the budgets."""
+    line = left.plot(xs, [p[1]["kept_fraction"] for p in points], marker="o", label=f"kept {rest}".strip())[0]
+    colour = line.get_color()
+    left.plot(
+        xs,
+        [p[1]["candidate_fraction"] for p in points],
+        marker="^",
+        linestyle=":",
+        color=colour,
+        label=f"passed the policy {rest}".strip(),
+    )
+    right.plot(xs, [p[1]["bytes_per_hour"] / 1e6 for p in points], marker="o", color=colour, label=rest or "uploaded")
+    if report.duration_s > 0 and report.frames:
+        frames_per_hour = report.frames * 3600.0 / report.duration_s
+        budget = [robots * p[2].setting.config.budget.frames_per_hour / frames_per_hour for p in points]
+        label = f"budget{' ' + rest if rest else ''}"
+        left.plot(xs, budget, linestyle="--", color=colour, alpha=0.6, label=label)
+        bytes_budget = [robots * p[2].setting.config.budget.bytes_per_hour / 1e6 for p in points]
+        right.plot(xs, bytes_budget, linestyle="--", color=colour, alpha=0.6, label=label)
+
+
 def _plot_sweep(report: ReplayReport, rows: list[dict[str, Any]], swept: list[str], out: Path) -> Path:
     """Plot the kept fraction and bytes/hour against the swept value, with what the budget allows; return the PNG."""
     import matplotlib.pyplot as plt
@@ -107,41 +129,7 @@ def _plot_sweep(report: ReplayReport, rows: list[dict[str, Any]], swept: list[st
         if numeric:
             points.sort(key=lambda p: p[0])
         xs = [p[0] if numeric else str(p[0]) for p in points]
-        line = left.plot(xs, [p[1]["kept_fraction"] for p in points], marker="o", label=f"kept {rest}".strip())[0]
-        left.plot(
-            xs,
-            [p[1]["candidate_fraction"] for p in points],
-            marker="^",
-            linestyle=":",
-            color=line.get_color(),
-            label=f"passed the policy {rest}".strip(),
-        )
-        right.plot(
-            xs,
-            [p[1]["bytes_per_hour"] / 1e6 for p in points],
-            marker="o",
-            color=line.get_color(),
-            label=rest or "uploaded",
-        )
-        if report.duration_s > 0 and report.frames:
-            frames_per_hour = report.frames * 3600.0 / report.duration_s
-            budget = [robots * p[2].setting.config.budget.frames_per_hour / frames_per_hour for p in points]
-            left.plot(
-                xs,
-                budget,
-                linestyle="--",
-                color=line.get_color(),
-                alpha=0.6,
-                label=f"budget{' ' + rest if rest else ''}",
-            )
-            right.plot(
-                xs,
-                [robots * p[2].setting.config.budget.bytes_per_hour / 1e6 for p in points],
-                linestyle="--",
-                color=line.get_color(),
-                alpha=0.6,
-                label=f"budget{' ' + rest if rest else ''}",
-            )
+        _plot_group(left, right, xs, points, rest, report, robots)
     left.set_yscale("log")
     for axis, title in ((left, "fraction of frames"), (right, "upload MB per hour (all robots)")):
         axis.set_xlabel(x_key or "setting")
