@@ -79,6 +79,7 @@ class UploadAllArm:
 
     def train(self, out_dir: Path, round_number: int, progress: bool = True) -> tuple[Path, dict]:
         """Train T4 on all frames so far (+ lab replay) from the reference weights; return its package dir."""
+        # ~65 lines: data, fit and package of the baseline in one place (it should share the trainers' path: noted)
         from fleetloop_models import zoo
         from fleetloop_models.trainers import classification
         from fleetloop_core.contracts.manifest import file_entry, write_manifest

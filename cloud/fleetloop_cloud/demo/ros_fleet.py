@@ -217,6 +217,8 @@ class RosFleet:
                 raise FleetError(f"{robot_id}: robot process exited with {process.returncode}; log tail:\n{tail}")
 
     def stream(self, frames_per_robot: int) -> list[RobotRound]:
+        """Stream one round from every robot's camera at once; return per robot what it saw, kept, uploaded, dropped."""
+        # ~65 lines: start the cameras, wait for each, then read each robot's counts and store objects, in that order
         self._check_alive()
         reports, cameras = {}, {}
         store_root = (

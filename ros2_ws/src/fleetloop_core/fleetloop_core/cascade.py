@@ -176,6 +176,7 @@ class Cascade(TieredCascade[TierModel]):
     # ------------------------------------------------------------------ inference
     def infer(self, frame: np.ndarray, stream: str = "default", color_order: str = "RGB") -> FrameResult:
         """Return the cascade's result for one uint8 frame of ``stream``."""
+        # ~65 lines on purpose: the per-frame hot path, its timing points in order (benchmarks/edge_inference.py)
         start = time.perf_counter()
         edge, escalation = self._pair  # one consistent pair per frame
         config = self.config

@@ -254,6 +254,7 @@ class Selector:
         faster than real time spends the budget of the bag's duration, not of the wall clock.
         ``track_hint`` defaults to the cascade's robot-side track id (``result.track``).
         """
+        # ~60 lines on purpose: the per-frame path (a few microseconds), read top to bottom as the decision is made
         if track_hint is None:
             track_hint = getattr(result, "track", None)
         with self._lock:

@@ -98,6 +98,7 @@ class CameraReplayNode(Node):
         progress_s: float = 0.0,
         **node_kwargs,
     ):
+        # ~75 lines, a third of them the signature: every option of `fleetloop camera`
         super().__init__(node_name, **node_kwargs)
         if rate_hz <= 0:
             raise ConfigError(f"camera replay: rate_hz must be > 0 (got {rate_hz})")
