@@ -27,7 +27,7 @@ import random as _random
 import threading
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -118,6 +118,17 @@ class SelectorStats:
     duplicates: int = 0
     budget_limited: int = 0
     kept_by_class: dict[int, int] = field(default_factory=dict)
+
+
+class _Origin(NamedTuple):
+    """Where a kept frame came from, as its sidecar says (capture stamp in ns)."""
+
+    stamp_ns: int
+    stream: str
+    robot_id: str
+    site: str
+    simulation: Any
+    track_hint: str | None
 
 
 class Selector:
@@ -296,27 +307,15 @@ class Selector:
                     scores,
                     active.weights,
                 )
-            return self._candidate(
-                frame, result, stamp_ns, stream, robot_id, site, simulation, track_hint, value, verdict, active
-            )
+            origin = _Origin(stamp_ns, stream, robot_id or self.robot_id, site, simulation, track_hint)
+            return self._candidate(frame, result, origin, value, verdict, active)
 
     def _candidate(
-        self,
-        frame,
-        result,
-        stamp_ns,
-        stream,
-        robot_id,
-        site,
-        simulation,
-        track_hint,
-        value: float,
-        verdict: Verdict,
-        active: _Active,
+        self, frame: np.ndarray, result: Any, origin: _Origin, value: float, verdict: Verdict, active: _Active
     ) -> Decision:
         """Return the decision for a frame the policy passed: the budget, then dedup, then kept with its record."""
-        self._frames_bucket.refill(stamp_ns)
-        self._bytes_bucket.refill(stamp_ns)
+        self._frames_bucket.refill(origin.stamp_ns)
+        self._bytes_bucket.refill(origin.stamp_ns)
         decision = Decision(
             False,
             value,
@@ -351,12 +350,7 @@ class Selector:
             make_fields=partial(
                 self._sidecar_fields,
                 result,
-                stamp_ns,
-                stream,
-                robot_id,
-                site,
-                simulation,
-                track_hint,
+                origin,
                 decision,
                 embedding if config.record.include_embedding else None,
             ),
@@ -410,21 +404,13 @@ class Selector:
             state.class_counts[label] += 1.0
 
     def _sidecar_fields(
-        self,
-        result,
-        stamp_ns,
-        stream,
-        robot_id,
-        site,
-        simulation,
-        track_hint,
-        decision: Decision,
-        embedding: np.ndarray | None,
+        self, result: Any, origin: _Origin, decision: Decision, embedding: np.ndarray | None
     ) -> dict[str, Any]:
+        """Return the sidecar's fields of a kept frame (built when the queue persists the record)."""
         fields: dict[str, Any] = {
-            "robot_id": robot_id or self.robot_id,
-            "stream": stream,
-            "stamp_ns": int(stamp_ns),
+            "robot_id": origin.robot_id,
+            "stream": origin.stream,
+            "stamp_ns": int(origin.stamp_ns),
             "labels": list(self.labels),
             "model_versions": dict(result.model_versions),
             "tier_outputs": {tier: [round(float(p), 6) for p in probs] for tier, probs in result.tier_outputs.items()},
@@ -433,17 +419,17 @@ class Selector:
             "tier_used": result.tier_used,
             "scores": {k: round(float(v), 6) for k, v in result.scores.items()},
             "decision": decision.to_sidecar(),
-            "site": site,
+            "site": origin.site,
         }
         if embedding is not None:
             fields["embedding"] = [round(float(v), 6) for v in embedding]
         detections = getattr(result, "sidecar_detections", None)  # a detection cascade's boxes per tier
         if detections is not None:
             fields["detections"] = detections()
-        if simulation is not None:
-            fields["simulation"] = simulation
-        if track_hint is not None:
-            fields["track_hint"] = track_hint
+        if origin.simulation is not None:
+            fields["simulation"] = origin.simulation
+        if origin.track_hint is not None:
+            fields["track_hint"] = origin.track_hint
         return fields
 
     # ------------------------------------------------------------------ introspection
