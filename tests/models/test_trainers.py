@@ -28,3 +28,18 @@ def test_an_unknown_detector_layout_fails_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="unknown detector layout 'ssd'"):
         write_detector_package(model, tmp_path / "T4", "n", "v", "T4", "det-tiny", "ssd", list("abcdefghij"), {}, 0)
     assert not (tmp_path / "T4").exists()
+
+
+def test_a_seeded_network_is_the_same_whatever_ran_before_it():
+    import torch
+
+    from fleetloop_models import zoo
+
+    for arch in zoo.ARCHITECTURES:
+        first = zoo.build(arch, 11, seed=3)
+        torch.rand(1000)  # what an earlier build in the same process would have consumed
+        second = zoo.build(arch, 11, seed=3)
+        other = zoo.build(arch, 11, seed=4)
+        pairs = zip(first.state_dict().values(), second.state_dict().values())
+        assert all(torch.equal(a, b) for a, b in pairs), arch
+        assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), other.state_dict().values()))

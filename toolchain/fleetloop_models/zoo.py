@@ -194,11 +194,17 @@ def cell_centres(height: int, width: int, stride: int = STRIDE) -> torch.Tensor:
 ARCHITECTURES: dict[str, ArchSpec | DetectorSpec] = {**CLASSIFIERS, **DETECTORS}
 
 
-def build(arch: str, num_classes: int) -> TierNet | DetectorNet:
-    """Return a fresh network of architecture ``arch`` (a classifier or a detector, by its spec)."""
+def build(arch: str, num_classes: int, seed: int | None = None) -> TierNet | DetectorNet:
+    """Return a fresh network of architecture ``arch`` (a classifier or a detector, by its spec).
+
+    ``seed`` draws the initial weights from ``torch.manual_seed(seed)``: the network is then the same
+    whatever ran before it in the process (which tiers were cached); None keeps torch's state.
+    """
     if arch not in ARCHITECTURES:
         raise KeyError(f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
     spec = ARCHITECTURES[arch]
+    if seed is not None:
+        torch.manual_seed(seed)
     if isinstance(spec, DetectorSpec):
         return DetectorNet(spec, num_classes)
     return TierNet(spec, num_classes)

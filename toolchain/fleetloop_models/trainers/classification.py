@@ -176,7 +176,7 @@ class ClassificationTrainer:
     def train(self, tier: str, spec, data: LabelledSet, count: int, profile, progress: bool) -> Trained:
         """Return a fresh ``spec.arch`` classifier trained on the first ``count`` frames of ``data``."""
         images = resize_all(data.images[:count], spec.input_size)
-        model = Deployable(zoo.build(spec.arch, num_classes=len(self.labels)))
+        model = Deployable(zoo.build(spec.arch, num_classes=len(self.labels), seed=profile.seed))
         config = FitConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=profile.seed)
         report = fit(
             model, images, data.labels[:count], config=config, desc=f"{tier} {TIER_NAMES[tier]}", progress=progress
