@@ -21,19 +21,43 @@ def _fmt(value, digits: int = 3) -> str:
 
 def _plots(report: dict, out: Path) -> list[tuple[str, str]]:
     """Write the report's PNG plots into ``out``; return (file name, caption) of each one made."""
+    plots = (_plot_accuracy, _plot_labeling, _plot_active_learning, _plot_bandwidth)
+    return [made for plot in plots if (made := plot(report, out)) is not None]
+
+
+def _figure(width: float, height: float):
+    """Return an empty matplotlib figure (Agg, no display) of ``width`` x ``height`` inches."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    plots = (_plot_accuracy, _plot_labeling, _plot_active_learning, _plot_bandwidth)
-    return [made for plot in plots if (made := plot(report, out, Figure)) is not None]
+    return Figure(figsize=(width, height))
 
 
-def _plot_accuracy(report: dict, out: Path, Figure) -> tuple[str, str] | None:
+def _label(ax, xlabel: str, ylabel: str, title: str, legend_size: float | None = None, grid: bool = False) -> None:
+    """Name an axis' x and y, title it, and show its legend (and a light grid)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if grid:
+        ax.grid(alpha=0.3)
+    if legend_size:
+        ax.legend(fontsize=legend_size)
+    else:
+        ax.legend()
+
+
+def _save(fig, path: Path) -> None:
+    """Lay the figure out and write it as a PNG at ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _plot_accuracy(report: dict, out: Path) -> tuple[str, str] | None:
     """Plot T4's field accuracy per round for the loop and the baselines; return (file, caption)."""
     acc = report["edge_accuracy"]
-    fig = Figure(figsize=(6.4, 4.0))
+    fig = _figure(6.4, 4.0)
     ax = fig.add_subplot()
     for name, values, style in (
         ("loop (selection)", acc["loop"], "o-"),
@@ -43,22 +67,23 @@ def _plot_accuracy(report: dict, out: Path, Figure) -> tuple[str, str] | None:
         if values:
             ax.plot(range(len(values)), values, style, label=name)
     ax.set_xticks(range(max(len(v) for v in acc.values() if v)))
-    ax.set_xlabel("round (0 = lab-trained reference)")
-    ax.set_ylabel("T4 accuracy on held-out field frames")
-    ax.set_title("Edge model (T4) accuracy per round")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "edge_accuracy.png", dpi=110)
+    _label(
+        ax,
+        "round (0 = lab-trained reference)",
+        "T4 accuracy on held-out field frames",
+        "Edge model (T4) accuracy per round",
+        grid=True,
+    )
+    _save(fig, out / "edge_accuracy.png")
     return ("edge_accuracy.png", "Edge (T4) field accuracy per round: loop, random upload, upload all")
 
 
-def _plot_labeling(report: dict, out: Path, Figure) -> tuple[str, str] | None:
+def _plot_labeling(report: dict, out: Path) -> tuple[str, str] | None:
     """Plot where each round's labels came from and the labels per human-hour; return (file, caption)."""
     rounds = report["rounds"]["loop"]
     if not rounds:
         return None
-    fig = Figure(figsize=(9.6, 3.8))
+    fig = _figure(9.6, 3.8)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     numbers = [r["round"] for r in rounds]
     auto = [r["labels"]["auto_accepted"] for r in rounds]
@@ -67,61 +92,47 @@ def _plot_labeling(report: dict, out: Path, Figure) -> tuple[str, str] | None:
     ax1.bar(numbers, auto, label="auto-accepted")
     ax1.bar(numbers, propagated, bottom=auto, label="propagated along a track")
     ax1.bar(numbers, human, bottom=[a + p for a, p in zip(auto, propagated)], label="human")
-    ax1.set_xlabel("round")
-    ax1.set_ylabel("accepted labels")
-    ax1.set_title("Where the labels came from")
-    ax1.legend(fontsize=8)
+    _label(ax1, "round", "accepted labels", "Where the labels came from", legend_size=8)
     loop_rate = [r["figures"].get("loop_labels_per_human_hour") or 0.0 for r in rounds]
     manual = rounds[0]["figures"].get("manual_labels_per_human_hour") or 0.0
     ax2.bar(numbers, loop_rate, label="loop")
     ax2.axhline(manual, color="black", linestyle="--", label="manual")
-    ax2.set_xlabel("round")
-    ax2.set_ylabel("accepted labels per human-hour")
-    ax2.set_title("Labeling throughput")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "labeling.png", dpi=110)
+    _label(ax2, "round", "accepted labels per human-hour", "Labeling throughput", legend_size=8)
+    _save(fig, out / "labeling.png")
     return ("labeling.png", "Label sources per round, and labels per human-hour vs manual")
 
 
-def _plot_active_learning(report: dict, out: Path, Figure) -> tuple[str, str] | None:
+def _plot_active_learning(report: dict, out: Path) -> tuple[str, str] | None:
     """Plot human labels needed by active learning vs random labeling; return (file, caption)."""
     al = report.get("active_learning")
     if not al:
         return None
-    fig = Figure(figsize=(6.4, 4.0))
+    fig = _figure(6.4, 4.0)
     ax = fig.add_subplot()
     for name, curve in al["curves"].items():
         ax.plot(curve["budgets"], curve["accuracy"], "o-", label=name)
     ax.axhline(al["target_accuracy"], color="black", linestyle="--", label=f"{al['target_share']:.0%} of upload-all")
     ax.set_xscale("log")
-    ax.set_xlabel("human labels")
-    ax.set_ylabel("probe accuracy on held-out field frames")
-    ax.set_title("Active learning vs random labeling")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "active_learning.png", dpi=110)
+    _label(
+        ax, "human labels", "probe accuracy on held-out field frames", "Active learning vs random labeling", grid=True
+    )
+    _save(fig, out / "active_learning.png")
     return ("active_learning.png", "Human labels needed: active learning vs random")
 
 
-def _plot_bandwidth(report: dict, out: Path, Figure) -> tuple[str, str] | None:
+def _plot_bandwidth(report: dict, out: Path) -> tuple[str, str] | None:
     """Plot each robot's upload volume per round; return (file, caption)."""
     per_robot = report["uploads"]["per_robot"]
     if not per_robot:
         return None
-    fig = Figure(figsize=(6.4, 3.6))
+    fig = _figure(6.4, 3.6)
     ax = fig.add_subplot()
     width = 0.8 / max(len(per_robot), 1)
     for i, (robot, entry) in enumerate(sorted(per_robot.items())):
         xs = [r["round"] + (i - len(per_robot) / 2) * width for r in entry["rounds"]]
         ax.bar(xs, [r["bytes"] / 1e3 for r in entry["rounds"]], width=width, label=robot)
-    ax.set_xlabel("round")
-    ax.set_ylabel("uploaded kB")
-    ax.set_title("Per-robot upload volume")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "bandwidth.png", dpi=110)
+    _label(ax, "round", "uploaded kB", "Per-robot upload volume", legend_size=8)
+    _save(fig, out / "bandwidth.png")
     return ("bandwidth.png", "Per-robot uploads per round")
 
 
