@@ -13,6 +13,7 @@ from fleetloop_core.bags import write_image_bag
 from fleetloop_core.replay import replay
 from fleetloop_core.replay_outputs import write_outputs
 from fleetloop_core.selection import Selector, value_score
+from fleetloop_core.tasks import DetectionTask
 from fleetloop_core.selection_config import SelectionConfig
 from fleetloop_core.selection_policies import POLICIES
 from fleetloop_core.contracts.sidecar import parse_sidecar
@@ -64,7 +65,8 @@ def test_every_policy_decides_on_detection_frames(cascade, policy):
             simulation={"label": frame.truth.label, "boxes": frame.truth.rows()},
         )
         # the value score is the selector's weighted mean of the detection parts, in [0, 1]
-        assert decision.score == pytest.approx(value_score(result.scores, config.weights), abs=1e-6)
+        assert result.task == "detection" and set(DetectionTask.score_parts) <= set(result.scores)
+        assert decision.score == pytest.approx(value_score(result.scores, config.weights.detection), abs=1e-6)
         assert 0.0 <= decision.score <= 1.0 and decision.policy == policy
         if decision.keep:
             kept += 1

@@ -96,8 +96,14 @@ def test_bad_policy_param_and_unknown_key_are_named(tmp_path):
     path.write_text("policy:\n  name: threshold\n  params: {treshold: 0.5}\n")
     with pytest.raises(ConfigError, match=r"unknown key policy\.params\.treshold"):
         load_selection_config(path)
-    path.write_text("weights: {margin: 0, disagreement: 0, flicker: 0, novelty: 0}\n")
-    with pytest.raises(ConfigError, match="at least one weight"):
+    path.write_text("weights: {classification: {margin: 0, disagreement: 0, flicker: 0, novelty: 0}}\n")
+    with pytest.raises(ConfigError, match="classification: at least one weight"):
+        load_selection_config(path)
+    path.write_text("weights: {detection: {margin: 1.0}}\n")  # a classification part under detection
+    with pytest.raises(ConfigError, match=r"unknown key weights\.detection\.margin"):
+        load_selection_config(path)
+    path.write_text("weights: {margin: 1.0, novelty: 0.5}\n")  # the flat form of earlier versions
+    with pytest.raises(ConfigError, match=r"weights are given per task.*classification: \{margin"):
         load_selection_config(path)
 
 
@@ -107,10 +113,10 @@ def test_bad_policy_param_and_unknown_key_are_named(tmp_path):
 def test_value_score_is_the_weighted_mean_and_decisions_say_why():
     cfg = config(
         policy={"name": "threshold", "params": {"threshold": 0.4}},
-        weights={"margin": 1.0, "novelty": 3.0, "disagreement": 0.0, "flicker": 0.0},
+        weights={"classification": {"margin": 1.0, "novelty": 3.0, "disagreement": 0.0, "flicker": 0.0}},
     )
     frame_result = result(margin=0.2, novelty=0.6)
-    assert value_score(frame_result.scores, cfg.weights) == pytest.approx((0.2 + 3 * 0.6) / 4)
+    assert value_score(frame_result.scores, cfg.weights.classification) == pytest.approx((0.2 + 3 * 0.6) / 4)
     decision = Selector(cfg, "r1", LABELS).offer(IMAGE, frame_result, 0)
     assert decision.keep and decision.score == pytest.approx(0.5)
     assert decision.parts == pytest.approx({"margin": 0.05, "novelty": 0.45})
@@ -119,6 +125,43 @@ def test_value_score_is_the_weighted_mean_and_decisions_say_why():
     assert set(decision.budget) == {"frame_tokens", "byte_tokens"}
     dropped = Selector(cfg, "r1", LABELS).offer(IMAGE, result(margin=0.1, novelty=0.1), 0)
     assert not dropped.keep and dropped.record is None and "score < threshold" in dropped.reason
+
+
+def test_each_frame_is_weighed_by_its_own_tasks_score_parts():
+    cfg = config(
+        policy={"name": "threshold", "params": {"threshold": 0.0}},
+        weights={
+            "classification": {"margin": 1.0, "disagreement": 0.0, "flicker": 0.0, "novelty": 0.0},
+            "detection": {"band": 1.0, "count_flicker": 3.0, "disagreement": 0.0, "novelty": 0.0},
+        },
+    )
+    selector = Selector(cfg, "r1", LABELS)
+    classified = selector.offer(IMAGE, result(margin=0.3), 0)
+    assert classified.score == pytest.approx(0.3) and classified.parts == pytest.approx({"margin": 0.3})
+    detected = result()
+    detected.task = "detection"  # a detection result carries the detection task's own parts
+    detected.scores = {"band": 0.2, "box_entropy_mean": 0.0, "box_entropy_max": 0.0, "disagreement": 0.9}
+    detected.scores |= {"count_flicker": 0.6, "novelty": 0.9, "boxes": 3.0}  # figures behind the parts: not weighed
+    decision = selector.offer(IMAGE, detected, PERIOD_NS)
+    assert decision.score == pytest.approx((0.2 + 3 * 0.6) / 4)
+    assert decision.parts == pytest.approx({"band": 0.05, "count_flicker": 0.45})
+    unknown = result()
+    unknown.task = "segmentation"
+    with pytest.raises(ConfigError, match=r"no selection weights for task 'segmentation' \(known: classification"):
+        selector.offer(IMAGE, unknown, 2 * PERIOD_NS)
+
+
+def test_every_registered_task_has_its_weights_section_named_by_its_score_parts():
+    from fleetloop_core.selection_config import ScoreWeights
+    from fleetloop_core.tasks import TASKS
+
+    assert set(ScoreWeights.model_fields) == set(TASKS)
+    for name, task in TASKS.items():
+        assert ScoreWeights.model_fields[name].annotation is task.weights_model
+        assert tuple(task.weights_model.model_fields) == tuple(task.score_parts)
+        assert isinstance(ScoreWeights().of(name), task.weights_model)
+    with pytest.raises(ConfigError, match="no selection weights for task 'keypoints'"):
+        ScoreWeights().of("keypoints")
 
 
 def test_kept_record_carries_a_valid_sidecar_and_charges_the_byte_budget():

@@ -133,10 +133,7 @@ def test_count_flicker(windows):
         assert dunc.count_flicker(alternating)[0] == 1.0
 
 
-def test_score_parts_fill_every_selector_name():
-    from fleetloop_core.selection_config import SCORE_PARTS
-
-    parts = dunc.score_parts(0.5, 0.2, 0.4, 0.1, 0.0, 1.0)
-    assert set(parts) == set(SCORE_PARTS) and parts["margin"] == 0.5 and parts["least_confidence"] == 0.4
-    assert all(0 <= v <= 1 for v in parts.values())
+def test_detection_parts_keep_the_names_the_task_independent_policies_read():
+    # the disagreement and novelty policies read these two parts whatever the task
+    assert {"disagreement", "novelty"} <= set(dunc.SCORE_PARTS) and len(set(dunc.SCORE_PARTS)) == 6
     assert math.isnan(dunc.pad([np.ones(2), np.ones(0)])[1, 0])

@@ -84,9 +84,9 @@ def test_detections_land_where_the_truth_says(ros, memorising_detector):
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
 
-    from fleetloop_core.tasks import load_cascade
+    from fleetloop_core.tasks import DetectionTask, load_cascade
     from fleetloop_core.uncertainty_detection import match_boxes
-    from fleetloop_ros.messages import boxes_from_msg
+    from fleetloop_ros.messages import boxes_from_msg, core_result_from_msg
     from fleetloop_ros.perception import PerceptionNode
 
     data = _frames()
@@ -141,5 +141,10 @@ def test_detections_land_where_the_truth_says(ros, memorising_detector):
     summary = {r.header.stamp.sec * 1_000_000_000 + r.header.stamp.nanosec: r for r in results}
     for stamp, truth in zip(stamps, data.truths):
         assert summary[stamp].labels[-1] == "none" and len(summary[stamp].labels) == 11
+        # the frame's scores under the detection task's own part names, which a selector in another
+        # process reads back (core_result_from_msg) and weighs with its detection weights
+        back = core_result_from_msg(summary[stamp])
+        assert back.task == "detection" and set(DetectionTask.score_parts) <= set(back.scores)
+        assert "margin" not in back.scores and all(0.0 <= back.scores[p] <= 1.0 for p in DetectionTask.score_parts)
         if not len(truth.boxes):
             assert summary[stamp].label_name == "none"

@@ -85,7 +85,10 @@ def test_camera_replay_robot_results_and_store(ros, robot, spawn):
     assert first.tier_used in ("T4", "T3") and 0.0 <= first.confidence <= 1.0
     assert len(first.probs) == len(first.labels) == 11 and abs(sum(first.probs) - 1.0) < 1e-3
     assert {m.tier for m in first.models} >= {"T4"} and first.models[0].execution_provider == "CPUExecutionProvider"
-    assert all(0.0 <= getattr(first, s) <= 1.0 for s in ("entropy", "margin", "least_confidence", "novelty"))
+    assert first.task == "classification" and len(first.score_names) == len(first.scores)
+    scores = dict(zip(first.score_names, first.scores))
+    assert set(scores) == {"entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty"}
+    assert all(0.0 <= scores[s] <= 1.0 for s in scores)
 
     kept = [d for d in decisions if d.keep]
     assert len(kept) == sent  # threshold 0, no dedup, ample budget: every frame is kept

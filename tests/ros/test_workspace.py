@@ -38,7 +38,9 @@ def test_interfaces_are_generated_by_colcon_and_importable():
     assert Path(fleetloop_interfaces.__file__).is_relative_to(ROOT / "ros2_ws" / "install")  # via the .pth
     fields = FrameResult.get_fields_and_field_types()
     assert fields["header"] == "std_msgs/Header" and fields["models"] == "sequence<fleetloop_interfaces/TierVersion>"
-    assert {"entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty"} <= set(fields)
+    # scores by name: each task names its own parts
+    assert fields["task"] == "string" and fields["score_names"] == "sequence<string>"
+    assert fields["scores"] == "sequence<float>"
     assert set(SwapModel.Request.get_fields_and_field_types()) == {"tier", "package", "version", "rollback"}
     assert ModelStatus.get_fields_and_field_types()["serving"] == "sequence<fleetloop_interfaces/TierVersion>"
     assert TierOutput and TierVersion and FrameDecision

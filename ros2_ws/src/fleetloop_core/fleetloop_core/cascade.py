@@ -49,7 +49,7 @@ class FrameResult:
     confidence: float  # probability of the label, [0, 1]
     tier_used: str  # "T4" or "T3"
     probs: np.ndarray  # (C,) of the tier used
-    scores: dict[str, float]  # entropy, margin, least_confidence, disagreement, flicker, novelty
+    scores: dict[str, float]  # the classification task's score parts (uncertainty.SCORES)
     escalated: bool
     latency_s: dict[str, float]  # per tier, seconds
     model_versions: dict[str, str]
@@ -59,6 +59,7 @@ class FrameResult:
     uncertainty_latency_s: float = 0.0  # time spent on flicker + novelty + score bookkeeping
     k: int = 3
     track: str | None = None  # robot-side track id: "<stream>@<session>-<n>", None without embeddings
+    task: str = "classification"  # whose score parts ``scores`` holds (the selector weighs them by task)
 
     @property
     def top_k(self) -> list[tuple[int, float]]:

@@ -54,7 +54,7 @@ class DetectionResult:
     confidence: float  # score of the best box; 1 - best candidate score when none
     tier_used: str
     probs: np.ndarray  # (C + 1,) per class the best box score; last: 1 - best score
-    scores: dict[str, float]  # the six selector parts + the detection scores
+    scores: dict[str, float]  # the detection task's score parts (dunc.SCORE_PARTS) + the figures behind them
     escalated: bool
     latency_s: dict[str, float]  # per tier: preprocess + inference + decode/NMS (seconds)
     model_versions: dict[str, str]
@@ -68,6 +68,7 @@ class DetectionResult:
     total_latency_s: float = 0.0
     uncertainty_latency_s: float = 0.0
     classes: tuple[str, ...] = ()
+    task: str = "detection"  # whose score parts ``scores`` holds (the selector weighs them by task)
 
     @property
     def boxes(self) -> np.ndarray:
@@ -225,21 +226,21 @@ def _run_tier(
 def _scores(
     parts: _Parts, disagreement: dunc.Disagreement, flicker: float, novelty: float, boxes: int
 ) -> dict[str, float]:
-    """Return the frame's score parts (the selector's names) and the detection figures behind them."""
-    scores = dunc.score_parts(parts.band, parts.entropy_mean, parts.entropy_max, disagreement.score, flicker, novelty)
-    scores.update(
-        band=parts.band,
-        band_count=float(parts.band_count),
-        box_entropy_mean=parts.entropy_mean,
-        box_entropy_max=parts.entropy_max,
-        box_disagreement=disagreement.score,
-        unmatched_boxes=float(disagreement.unmatched),
-        matched_iou=disagreement.mean_iou,
-        class_conflicts=float(disagreement.class_conflicts),
-        count_flicker=flicker,
-        boxes=float(boxes),
-    )
-    return scores
+    """Return the frame's score parts (``dunc.SCORE_PARTS``, each in [0, 1]) and the figures behind them."""
+    return {
+        "band": parts.band,
+        "box_entropy_mean": parts.entropy_mean,
+        "box_entropy_max": parts.entropy_max,
+        "disagreement": disagreement.score,
+        "count_flicker": flicker,
+        "novelty": novelty,
+        # the figures behind the parts (sidecars carry them; the selector weighs only the parts)
+        "band_count": float(parts.band_count),
+        "unmatched_boxes": float(disagreement.unmatched),
+        "matched_iou": disagreement.mean_iou,
+        "class_conflicts": float(disagreement.class_conflicts),
+        "boxes": float(boxes),
+    }
 
 
 @dataclass(frozen=True)

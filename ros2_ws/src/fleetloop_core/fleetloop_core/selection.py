@@ -1,12 +1,13 @@
 """On-robot frame selection: which frames are worth a label, within a budget, without duplicates.
 
 Per frame the :class:`Selector` turns the cascade's uncertainty scores into one value score (a
-weighted mean of the score parts, in [0, 1]), asks the configured *policy* whether the frame is
-a candidate, then checks the budget (frames per hour and bytes per hour, token buckets refilled
-by the frames' stamps) and deduplicates candidates against a bounded memory of what it already
-kept (perceptual hash from OpenCV's img_hash plus embedding cosine distance). A small fixed
-random fraction is kept regardless of score and flagged ``random=True`` so the cloud can
-estimate unbiased field accuracy. Every :class:`Decision` says why.
+weighted mean of the score parts, in [0, 1]; the parts and their weights are those of the
+result's task: ``weights.classification.margin``, ``weights.detection.band``, ...), asks the
+configured *policy* whether the frame is a candidate, then checks the budget (frames per hour and
+bytes per hour, token buckets refilled by the frames' stamps) and deduplicates candidates against
+a bounded memory of what it already kept (perceptual hash from OpenCV's img_hash plus embedding
+cosine distance). A small fixed random fraction is kept regardless of score and flagged
+``random=True`` so the cloud can estimate unbiased field accuracy. Every :class:`Decision` says why.
 
 Policies are registered by name in :data:`fleetloop_core.selection_policies.POLICIES` (one
 function, one parameter model, one registry line) and chosen in ``config/selection.yaml``,
@@ -31,12 +32,12 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
+from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.record import UploadRecord
 from fleetloop_core.contracts.sidecar import Decision as SidecarDecision
 from fleetloop_core.selection_config import (
     BudgetConfig,
-    ScoreWeights,
     SelectionConfig,
     apply_changes,
     policy_params,
@@ -99,8 +100,8 @@ class _Active:
     """A config compiled for the hot path; swapped as one reference."""
 
     config: SelectionConfig
-    weights: tuple[tuple[str, float], ...]
-    inverse_weight_sum: float
+    weights: dict[str, tuple[tuple[str, float], ...]]  # per task: (score part, weight > 0)
+    inverse_weight_sums: dict[str, float]  # per task
     policy_name: str
     policy: Callable[[float, Any, Any, PolicyState], Verdict]
     params: Any
@@ -160,11 +161,14 @@ class Selector:
 
     def _compile(self, config: SelectionConfig, source: str) -> _Active:
         params = policy_params(config, source)
-        weights = tuple((name, float(w)) for name, w in config.weights.model_dump().items() if w > 0)
+        weights = {
+            task: tuple((name, float(w)) for name, w in task_weights.items() if w > 0)
+            for task, task_weights in config.weights.model_dump().items()
+        }
         return _Active(
             config=config,
             weights=weights,
-            inverse_weight_sum=1.0 / sum(w for _, w in weights),
+            inverse_weight_sums={task: 1.0 / sum(w for _, w in pairs) for task, pairs in weights.items()},
             policy_name=config.policy.name,
             policy=POLICIES[config.policy.name].function,
             params=params,
@@ -271,10 +275,13 @@ class Selector:
         with self._lock:
             active = self._active
             scores = result.scores
+            weights = active.weights.get(result.task)
+            if weights is None:
+                raise ConfigError(f"no selection weights for task {result.task!r} (known: {', '.join(active.weights)})")
             value = 0.0
-            for name, weight in active.weights:
+            for name, weight in weights:
                 value += weight * scores[name]
-            value *= active.inverse_weight_sum
+            value *= active.inverse_weight_sums[result.task]
             state = self._state
             state.frames += 1
             state.stamp_ns = stamp_ns
@@ -305,7 +312,7 @@ class Selector:
                     self._bytes_bucket.tokens,
                     None,
                     scores,
-                    active.weights,
+                    weights,
                 )
             origin = _Origin(stamp_ns, stream, robot_id or self.robot_id, site, simulation, track_hint)
             return self._candidate(frame, result, origin, value, verdict, active)
@@ -324,7 +331,7 @@ class Selector:
             verdict.reason,
             random=verdict.random,
             _scores=result.scores,
-            _weights=active.weights,
+            _weights=active.weights[result.task],
         )
         if not verdict.random:
             self.stats.candidates += 1
@@ -456,8 +463,11 @@ class Selector:
             }
 
 
-def value_score(scores: Mapping[str, float], weights: ScoreWeights) -> float:
-    """Return the weighted mean of the score parts in [0, 1] (what the Selector computes per frame)."""
+def value_score(scores: Mapping[str, float], weights: ConfigModel) -> float:
+    """Return the weighted mean of the score parts in [0, 1] (what the Selector computes per frame).
+
+    ``weights``: one task's weights (``SelectionConfig.weights.of(task)``).
+    """
     pairs = [(w, float(scores.get(name, 0.0))) for name, w in weights.model_dump().items() if w > 0]
     total = sum(w for w, _ in pairs)
     return sum(w * s for w, s in pairs) / total if total else 0.0

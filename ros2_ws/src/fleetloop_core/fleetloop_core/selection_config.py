@@ -15,28 +15,47 @@ from fleetloop_core.config import ConfigModel, default_config_path, read_yaml, v
 from fleetloop_core.errors import ConfigError
 
 from fleetloop_core.selection_policies import POLICIES
-
-SCORE_PARTS = ("entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty")
-
+from fleetloop_core.tasks.classification import ClassificationWeights
+from fleetloop_core.tasks.detection import DetectionWeights
 
 # --------------------------------------------------------------------------- config
 
 
 class ScoreWeights(ConfigModel):
-    """Weight of each uncertainty score in the frame's value score (a weighted mean)."""
+    """Weights of the score parts in a frame's value score (a weighted mean), one section per task.
 
-    entropy: float = Field(default=0.0, ge=0.0)
-    margin: float = Field(default=1.0, ge=0.0)
-    least_confidence: float = Field(default=0.0, ge=0.0)
-    disagreement: float = Field(default=1.0, ge=0.0)
-    flicker: float = Field(default=0.5, ge=0.0)
-    novelty: float = Field(default=1.0, ge=0.0)
+    Each task names its own parts (``fleetloop_core.tasks``: ``score_parts``, ``weights_model``); a frame
+    is weighed by the section of its result's task. One field per registered task (a test checks it).
+    """
+
+    classification: ClassificationWeights = ClassificationWeights()
+    detection: DetectionWeights = DetectionWeights()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _by_task(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            flat = sorted(k for k in data if k not in cls.model_fields and k in ClassificationWeights.model_fields)
+            if flat:
+                raise ValueError(
+                    f"weights are given per task: write weights: {{classification: {{{flat[0]}: ...}}}} "
+                    f"(found {', '.join(flat)} directly under weights)"
+                )
+        return data
 
     @model_validator(mode="after")
     def _some_weight(self) -> "ScoreWeights":
-        if sum(self.model_dump().values()) <= 0.0:
-            raise ValueError("at least one weight must be > 0")
+        for task in type(self).model_fields:
+            if sum(getattr(self, task).model_dump().values()) <= 0.0:
+                raise ValueError(f"{task}: at least one weight must be > 0")
         return self
+
+    def of(self, task: str) -> ConfigModel:
+        """Return the weights of ``task``'s score parts; ConfigError naming the known tasks otherwise."""
+        weights = getattr(self, task, None) if task in type(self).model_fields else None
+        if weights is None:
+            raise ConfigError(f"no selection weights for task {task!r} (known: {', '.join(type(self).model_fields)})")
+        return weights
 
 
 class BudgetConfig(ConfigModel):

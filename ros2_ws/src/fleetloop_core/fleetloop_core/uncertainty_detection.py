@@ -21,8 +21,12 @@ Scores (1 = as uncertain as it gets, 0 = certain):
 * :func:`count_flicker`: the fraction of frame-to-frame changes of the number of boxes along a
   window of a stream, in [0, 1] (``fleetloop_core.uncertainty.flicker`` on counts).
 
-:func:`score_parts` maps these onto the six score names the selector weighs
-(``fleetloop_core.selection_config.SCORE_PARTS``), so every selection policy works on detection frames.
+:data:`SCORE_PARTS` names what the selector weighs on a detection frame (the detection task's
+``score_parts``; ``selection.weights.detection`` in the selector's config): ``band``,
+``box_entropy_mean``, ``box_entropy_max``, ``disagreement`` (the box disagreement score),
+``count_flicker`` and ``novelty`` (embedding novelty, as for classification). ``disagreement`` and
+``novelty`` keep the names they have for every task, so the policies that read one part
+(``disagreement``, ``novelty``) work on any task.
 """
 
 from __future__ import annotations
@@ -36,17 +40,7 @@ import numpy as np
 from fleetloop_core import uncertainty as unc
 
 _EPS = 1e-12
-DETECTION_SCORES = (
-    "band",
-    "band_count",
-    "box_entropy_mean",
-    "box_entropy_max",
-    "box_disagreement",
-    "unmatched_boxes",
-    "matched_iou",
-    "class_conflicts",
-    "count_flicker",
-)
+SCORE_PARTS = ("band", "box_entropy_mean", "box_entropy_max", "disagreement", "count_flicker", "novelty")
 
 
 # --------------------------------------------------------------------------- padding
@@ -228,26 +222,3 @@ def box_disagreement(
 def count_flicker(count_windows: np.ndarray) -> np.ndarray:
     """Return the fraction of frame-to-frame changes of the box count in each window (B, W), in [0, 1]."""
     return unc.flicker(np.asarray(count_windows, np.int64))
-
-
-# --------------------------------------------------------------------------- mapping onto the selector's parts
-
-
-def score_parts(
-    band: float, entropy_mean: float, entropy_max: float, disagreement: float, flicker: float, novelty: float
-) -> dict[str, float]:
-    """Return the six selector score names filled with their detection counterparts (each in [0, 1]).
-
-    ``margin`` <- score band (how close boxes are to the decision threshold, as margin says how close
-    the top two classes are); ``entropy`` <- mean box class entropy; ``least_confidence`` <- max box
-    class entropy; ``disagreement`` <- T4/T3 box disagreement; ``flicker`` <- box-count flicker;
-    ``novelty`` <- embedding novelty.
-    """
-    return {
-        "entropy": float(entropy_mean),
-        "margin": float(band),
-        "least_confidence": float(entropy_max),
-        "disagreement": float(disagreement),
-        "flicker": float(flicker),
-        "novelty": float(novelty),
-    }

@@ -27,7 +27,6 @@ from std_msgs.msg import Header
 from fleetloop_core.cascade import FrameResult as CoreFrameResult
 from fleetloop_core.health import Check
 
-SCORE_NAMES = ("entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty")
 _LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR, 3: DiagnosticStatus.STALE}
 
 
@@ -73,12 +72,9 @@ def frame_result_msg(
         labels=list(labels),
         tier_outputs=[TierOutput(tier=tier, probs=_floats(probs)) for tier, probs in result.tier_outputs.items()],
         embedding=_floats(embedding) if embedding is not None else array.array("f"),
-        entropy=float(scores["entropy"]),
-        margin=float(scores["margin"]),
-        least_confidence=float(scores["least_confidence"]),
-        disagreement=float(scores["disagreement"]),
-        flicker=float(scores["flicker"]),
-        novelty=float(scores["novelty"]),
+        task=result.task,
+        score_names=list(scores),
+        scores=_floats(list(scores.values())),
         models=[v for v in versions if v.tier in result.model_versions],
         inference_ms=float(result.total_latency_s * 1000.0),
         latency_ms=float(latency_ms),
@@ -140,13 +136,14 @@ def core_result_from_msg(msg: FrameResult) -> CoreFrameResult:
         confidence=float(msg.confidence),
         tier_used=msg.tier_used,
         probs=probs,
-        scores={name: float(getattr(msg, name)) for name in SCORE_NAMES},
+        scores={name: float(score) for name, score in zip(msg.score_names, msg.scores)},
         escalated=bool(msg.escalated),
         latency_s={},
         model_versions={m.tier: m.version for m in msg.models},
         tier_outputs={t.tier: np.asarray(t.probs, np.float32) for t in msg.tier_outputs},
         embeddings={"T4": embedding} if embedding.size else {},
         total_latency_s=float(msg.inference_ms) / 1000.0,
+        task=msg.task or "classification",
     )
 
 

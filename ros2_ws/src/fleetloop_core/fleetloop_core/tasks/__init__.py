@@ -16,11 +16,18 @@ What a task supplies:
 * ``served_confidence(result, tier)``: the confidence of one tier in a cascade result, in the same
   terms as ``ModelRun.confidence`` (the watchdog compares the two);
 * ``cascade(edge, escalation, config)``: the cascade that serves two such models.
+* ``score_parts`` and ``weights_model``: the names of the per-frame scores the selector weighs
+  (``result.scores``; classification: entropy, margin, least confidence, disagreement, flicker,
+  novelty; detection: score band, box entropy mean and max, disagreement, count flicker, novelty) and
+  the config model of their weights, with defaults (``selection.weights.<task>`` in
+  ``config/selection.yaml``; the selector weighs a frame's parts by its result's ``task``).
 
 Each task is a module of this package (``classification``, ``detection``). A third task
 (segmentation, keypoints) is one more module with a class implementing these four methods (and
-``config_key``, ``model_class``) plus one line, ``register_task(SegmentationTask())``; the manifest's ``task``
-literal names it (``fleetloop_core.contracts.manifest``).
+``config_key``, ``model_class``, ``score_parts``, ``weights_model``) plus one line,
+``register_task(SegmentationTask())``; the manifest's ``task`` literal names it
+(``fleetloop_core.contracts.manifest``), and its weights get one field in
+``fleetloop_core.selection_config.ScoreWeights`` (a test keeps that model and the registry in step).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import DEFAULT_PROVIDERS, TierModel
 from fleetloop_core.contracts.manifest import MANIFEST_NAME, load_manifest
@@ -61,6 +69,8 @@ class Task(Protocol):
     name: str
     config_key: str  # the settings block that configures this task's cascade (robot.yaml, ROS parameters)
     model_class: type[TierModel]  # loads, verifies and warms one model of this task (``.load(path, ...)``)
+    score_parts: tuple[str, ...]  # what the selector weighs in ``result.scores``, each in [0, 1]
+    weights_model: type[ConfigModel]  # the weights of those parts (``selection.weights.<name>``), defaults
 
     def run(self, model: TierModel, frame: np.ndarray) -> ModelRun: ...
 

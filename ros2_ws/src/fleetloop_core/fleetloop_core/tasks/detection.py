@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from fleetloop_core import uncertainty_detection as dunc
+from fleetloop_core.config import ConfigModel
 from fleetloop_core.detection import DetectorModel, frame_label_scores
 from fleetloop_core.detection_cascade import DetectionCascade, DetectionResult
 from fleetloop_core.errors import ModelError
@@ -17,12 +19,25 @@ from fleetloop_core.tasks import ModelRun
 SHADOW_MATCH_IOU = 0.5
 
 
+class DetectionWeights(ConfigModel):
+    """Weight of each detection score part in a frame's value score (``selection.weights.detection``)."""
+
+    band: float = Field(default=1.0, ge=0.0)  # boxes whose score sits near the decision threshold
+    box_entropy_mean: float = Field(default=0.0, ge=0.0)  # mean class entropy of the frame's boxes
+    box_entropy_max: float = Field(default=0.0, ge=0.0)  # the most class-ambiguous box's entropy
+    disagreement: float = Field(default=1.0, ge=0.0)  # T4 vs T3 box sets; only escalated frames have it
+    count_flicker: float = Field(default=0.5, ge=0.0)  # box-count changes over the stream's last frames
+    novelty: float = Field(default=1.0, ge=0.0)  # embedding distance to the stream's recent frames
+
+
 class DetectionTask:
     """Object detectors: boxes per frame."""
 
     name = "detection"
     config_key = "detection"
     model_class: type[TierModel] = DetectorModel
+    score_parts: tuple[str, ...] = dunc.SCORE_PARTS
+    weights_model: type[ConfigModel] = DetectionWeights
 
     def run(self, model: TierModel, frame: np.ndarray) -> ModelRun:
         if not isinstance(model, DetectorModel):
