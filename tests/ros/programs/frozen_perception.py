@@ -14,7 +14,8 @@ import time
 
 from rclpy.parameter import Parameter
 
-from fleetloop_ros.perception import PerceptionNode, load_cascade
+from fleetloop_ros.perception import PerceptionNode
+from fleetloop_ros.serving import load_cascade
 from fleetloop_ros.runner import run_nodes
 from fleetloop_ros.settings import PerceptionSettings
 

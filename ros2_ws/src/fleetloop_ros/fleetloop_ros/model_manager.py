@@ -46,7 +46,8 @@ from fleetloop_core.tasks import load_model
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
 from fleetloop_ros.messages import time_msg
 from fleetloop_ros.parameters import LiveParameters
-from fleetloop_ros.perception import PerceptionNode, providers_for, tier_versions
+from fleetloop_ros.perception import PerceptionNode
+from fleetloop_ros.serving import providers_for, tier_versions
 from fleetloop_ros.settings import MODEL_MANAGER_READ_ONLY, MODEL_MANAGER_SKIPPED, ModelManagerSettings
 
 LATCHED = QoSProfile(

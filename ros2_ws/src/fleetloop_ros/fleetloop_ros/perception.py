@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -44,7 +43,6 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
     qos_policy_name_from_kind,
-    qos_profile_sensor_data,
 )
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
@@ -56,26 +54,22 @@ from fleetloop_core.errors import ConfigError, InputError
 from fleetloop_core.health import Check, LatencyWindow, RollingEvents, check
 from fleetloop_core.stream_health import (
     Liveness,
-    PublisherFacts,
-    RepeatedSample,
-    StampGaps,
-    StreamFacts,
     input_check,
     liveness_check,
 )
-from fleetloop_core.inference import DEFAULT_PROVIDERS
 from fleetloop_core.ros_convert import UnsupportedEncoding, msg_to_rgb8
 from fleetloop_core import tasks
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
+from fleetloop_ros.image_inputs import ImageInput, image_qos, stream_facts
+from fleetloop_ros.serving import load_cascade, tier_versions
 from fleetloop_ros.messages import detections_msg, frame_result_msg, stamp_ns
 from fleetloop_ros.parameters import LiveParameters
-from fleetloop_ros.settings import PERCEPTION_READ_ONLY, ImageQos, PerceptionSettings
+from fleetloop_ros.settings import PERCEPTION_READ_ONLY, PerceptionSettings
 
 FrameSink = Callable[[np.ndarray, CoreFrameResult, Header, str], None]
 ErrorSink = Callable[[np.ndarray, Exception], None]
 _PLAUSIBLE_LATENCY_NS = 60 * 1_000_000_000  # stamps further away are not wall-clock capture times
 _MALFORMED_LOGGED = 20  # malformed images logged one by one before every 100th
-BARE_DDS_NODE = "_CREATED_BY_BARE_DDS_APP_"  # the node name rmw gives a DDS writer without ROS (another vendor)
 
 
 # Results: reliable and transient-local, so a reader that matched a moment after an answer was sent
@@ -86,76 +80,6 @@ RESULTS_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
-
-
-class ImageInput:
-    """One camera topic: its raw subscription and what is known about what arrives on it."""
-
-    def __init__(self, kind: type, topic: str, qos: QoSProfile, window_s: float, gap_as_loss_s: float):
-        self.kind = kind
-        self.type_name = f"sensor_msgs/msg/{kind.__name__}"
-        self.topic = topic  # as configured; ``stream`` is the resolved name
-        self.qos = qos
-        self.stream = topic
-        self.subscription = None
-        self.gaps = StampGaps(window_s, gap_as_loss_s)
-        self.repeats = RepeatedSample()
-        self.undeliverable = RollingEvents(window_s)
-        self.resets = 0
-        self.lost_by_dds = 0  # samples DDS itself reported lost (message_lost events)
-        self.incompatible_policy = ""
-        self.unmatched_since: float | None = None
-
-    @property
-    def reliable(self) -> bool:
-        return self.qos.reliability == ReliabilityPolicy.RELIABLE
-
-
-def image_qos(kind: ImageQos) -> QoSProfile:
-    """Return the subscription QoS for camera topics: sensor data (best effort) or reliable."""
-    if kind == "sensor_data":
-        return qos_profile_sensor_data
-    # reliable: a few seconds of slack so a busy moment (a model swap warming up) loses nothing
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=30, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def providers_for(use_gpu: bool) -> tuple[str, ...]:
-    """Return the execution-provider preference: TensorRT, CUDA, CPU with a GPU; CPU otherwise."""
-    return DEFAULT_PROVIDERS if use_gpu else ("CPUExecutionProvider",)
-
-
-def load_cascade(settings: PerceptionSettings) -> Cascade | DetectionCascade:
-    """Return the cascade of the reference models in ``settings.models_dir`` (verified, warm).
-
-    The edge model's manifest ``task`` picks the cascade (and which settings block configures it).
-    """
-    root = Path(settings.models_dir)
-    config = getattr(settings, tasks.task_named(tasks.model_task(root / settings.edge_tier)).config_key)
-    return tasks.load_cascade(
-        root,
-        settings.edge_tier,
-        settings.escalation_tier or None,
-        config,
-        providers_for(settings.use_gpu),
-        settings.intra_op_threads,
-    )
-
-
-def tier_versions(cascade: Cascade) -> list[TierVersion]:
-    """Return the serving model per cascade role (name, version, provider really in use)."""
-    versions = []
-    for role, model in (("edge", cascade.edge), ("escalation", cascade.escalation)):
-        if model is not None:
-            versions.append(
-                TierVersion(
-                    tier=model.tier,
-                    role=role,
-                    name=model.manifest.name,
-                    version=model.version,
-                    execution_provider=model.providers[0] if model.providers else "",
-                )
-            )
-    return versions
 
 
 class PerceptionNode(Node):
@@ -409,44 +333,7 @@ class PerceptionNode(Node):
         return [frames, self._input_check(health), inference, liveness]
 
     def _input_check(self, health) -> Check:
-        now = time.monotonic()
-        facts = []
-        for image_input in self.inputs:
-            subscription = image_input.subscription
-            matched = subscription.get_publisher_count()
-            publishers = tuple(
-                PublisherFacts(
-                    node=""
-                    if info.node_name in ("", BARE_DDS_NODE)
-                    else f"{info.node_namespace.rstrip('/')}/{info.node_name}",
-                    type_name=info.topic_type,
-                    reliable=info.qos_profile.reliability == ReliabilityPolicy.RELIABLE,
-                )
-                for info in self.get_publishers_info_by_topic(image_input.stream)
-            )
-            if publishers and not matched:
-                image_input.unmatched_since = image_input.unmatched_since or now
-            else:
-                image_input.unmatched_since = None
-            if matched:
-                image_input.incompatible_policy = ""  # the event says "last"; a match since ends it
-            received, lost = image_input.gaps.counts()
-            facts.append(
-                StreamFacts(
-                    topic=image_input.stream,
-                    type_name=image_input.type_name,
-                    reliable=image_input.reliable,
-                    matched=matched,
-                    publishers=publishers,
-                    received=received,
-                    lost=lost,
-                    lost_fraction=image_input.gaps.lost_fraction(),
-                    incompatible_policy=image_input.incompatible_policy,
-                    undeliverable=image_input.undeliverable.count(),
-                    lost_by_dds=image_input.lost_by_dds,
-                    unmatched_s=now - image_input.unmatched_since if image_input.unmatched_since else 0.0,
-                )
-            )
+        facts = [stream_facts(self, image_input, time.monotonic()) for image_input in self.inputs]
         return input_check(facts, health, health.window_s, self.parameters.current.dds.transport)
 
     def publish_diagnostics(self) -> None:

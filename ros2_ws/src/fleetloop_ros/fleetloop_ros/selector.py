@@ -32,7 +32,7 @@ from fleetloop_core.upload_queue import UploadQueue
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
 from fleetloop_ros.messages import core_result_from_msg, frame_decision_msg, stamp_ns
 from fleetloop_ros.parameters import LiveParameters, ParamSpec, parameter_specs
-from fleetloop_ros.perception import image_qos
+from fleetloop_ros.image_inputs import image_qos
 from fleetloop_ros.settings import SELECTOR_READ_ONLY, SelectorSettings
 
 POLICY_PARAMS = "selection.policy.params"
