@@ -12,7 +12,8 @@ from fleetloop_core.contracts.manifest import load_manifest, write_manifest
 from fleetloop_core.bags import write_image_bag
 from fleetloop_core.replay import replay
 from fleetloop_core.replay_outputs import write_outputs
-from fleetloop_core.selection import Selector, value_score
+from fleetloop_core.selection import Selector
+from fleetloop_core.selection_decision import value_score
 from fleetloop_core.tasks import DetectionTask
 from fleetloop_core.selection_config import SelectionConfig
 from fleetloop_core.selection_policies import POLICIES

@@ -8,7 +8,8 @@ import pytest
 
 from fleetloop_core.cascade import FrameResult
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.selection import Selector, value_score
+from fleetloop_core.selection import Selector
+from fleetloop_core.selection_decision import value_score
 from fleetloop_core.selection_config import load_selection_config, selection_config
 from fleetloop_core.selection_limits import TokenBucket
 from fleetloop_core.selection_policies import POLICIES

@@ -15,7 +15,8 @@ validated by :mod:`fleetloop_core.selection_config`::
 
     policy: {name: adaptive_budget, params: {window: 1024}}
 
-The budget's token buckets and the memory of kept frames are in :mod:`fleetloop_core.selection_limits`.
+The budget's token buckets and the memory of kept frames are in :mod:`fleetloop_core.selection_limits`;
+the decision, the value score and a kept frame's sidecar fields in :mod:`fleetloop_core.selection_decision`.
 
 The per-frame path is a few microseconds of Python; the perceptual hash (~0.1 ms) runs only
 for candidates, and the frame is encoded only when the queue persists the record
@@ -28,14 +29,12 @@ import random as _random
 import threading
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable
 
 import numpy as np
 
-from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.record import UploadRecord
-from fleetloop_core.contracts.sidecar import Decision as SidecarDecision
 from fleetloop_core.selection_config import (
     BudgetConfig,
     SelectionConfig,
@@ -44,55 +43,10 @@ from fleetloop_core.selection_config import (
 )
 from fleetloop_core.selection_policies import POLICIES, ClassQuotaParams, PolicyState, Verdict
 
+from fleetloop_core.selection_decision import Decision, Origin, sidecar_fields
 from fleetloop_core.selection_limits import DedupMemory, TokenBucket
 
 # --------------------------------------------------------------------------- decisions
-
-
-@dataclass(slots=True)
-class Decision:
-    """The selector's answer for one frame and why (all scores in [0, 1])."""
-
-    keep: bool
-    score: float  # weighted value score
-    policy: str
-    threshold: float | None
-    reason: str
-    random: bool = False  # kept by the random fraction: an unbiased sample
-    duplicate: bool = False  # a candidate dropped as a near-duplicate
-    budget_limited: bool = False  # a candidate dropped because the budget was spent
-    hash_distance: int | None = None  # to the closest kept frame (candidates only)
-    embedding_distance: float | None = None
-    frame_tokens: float = 0.0  # budget left after this decision
-    byte_tokens: float = 0.0
-    record: UploadRecord | None = None  # when kept: ready for UploadQueue.put
-    _scores: Mapping[str, float] | None = None
-    _weights: tuple[tuple[str, float], ...] = ()
-
-    @property
-    def parts(self) -> dict[str, float]:
-        """Return each score part's weighted contribution to ``score``."""
-        total = sum(w for _, w in self._weights) or 1.0
-        scores = self._scores or {}
-        return {name: weight * float(scores.get(name, 0.0)) / total for name, weight in self._weights}
-
-    @property
-    def budget(self) -> dict[str, float]:
-        """Return the budget state after this decision (tokens left in each bucket)."""
-        return {"frame_tokens": round(self.frame_tokens, 3), "byte_tokens": round(self.byte_tokens, 1)}
-
-    def to_sidecar(self) -> SidecarDecision:
-        """Return the decision as it travels in the frame's sidecar."""
-        return SidecarDecision(
-            keep=self.keep,
-            policy=self.policy,
-            score=round(self.score, 6),
-            threshold=self.threshold,
-            reason=self.reason,
-            parts={k: round(v, 6) for k, v in self.parts.items()},
-            random=self.random,
-            budget=self.budget,
-        )
 
 
 @dataclass(frozen=True)
@@ -119,17 +73,6 @@ class SelectorStats:
     duplicates: int = 0
     budget_limited: int = 0
     kept_by_class: dict[int, int] = field(default_factory=dict)
-
-
-class _Origin(NamedTuple):
-    """Where a kept frame came from, as its sidecar says (capture stamp in ns)."""
-
-    stamp_ns: int
-    stream: str
-    robot_id: str
-    site: str
-    simulation: Any
-    track_hint: str | None
 
 
 class Selector:
@@ -314,11 +257,11 @@ class Selector:
                     scores,
                     weights,
                 )
-            origin = _Origin(stamp_ns, stream, robot_id or self.robot_id, site, simulation, track_hint)
+            origin = Origin(stamp_ns, stream, robot_id or self.robot_id, site, simulation, track_hint)
             return self._candidate(frame, result, origin, value, verdict, active)
 
     def _candidate(
-        self, frame: np.ndarray, result: Any, origin: _Origin, value: float, verdict: Verdict, active: _Active
+        self, frame: np.ndarray, result: Any, origin: Origin, value: float, verdict: Verdict, active: _Active
     ) -> Decision:
         """Return the decision for a frame the policy passed: the budget, then dedup, then kept with its record."""
         self._frames_bucket.refill(origin.stamp_ns)
@@ -355,7 +298,8 @@ class Selector:
             jpeg_quality=config.record.jpeg_quality,
             on_encoded=self._on_encoded,
             make_fields=partial(
-                self._sidecar_fields,
+                sidecar_fields,
+                self.labels,
                 result,
                 origin,
                 decision,
@@ -410,35 +354,6 @@ class Selector:
             state.class_counts *= 1.0 - 1.0 / params.window
             state.class_counts[label] += 1.0
 
-    def _sidecar_fields(
-        self, result: Any, origin: _Origin, decision: Decision, embedding: np.ndarray | None
-    ) -> dict[str, Any]:
-        """Return the sidecar's fields of a kept frame (built when the queue persists the record)."""
-        fields: dict[str, Any] = {
-            "robot_id": origin.robot_id,
-            "stream": origin.stream,
-            "stamp_ns": int(origin.stamp_ns),
-            "labels": list(self.labels),
-            "model_versions": dict(result.model_versions),
-            "tier_outputs": {tier: [round(float(p), 6) for p in probs] for tier, probs in result.tier_outputs.items()},
-            "prediction": int(result.label),
-            "confidence": float(result.confidence),
-            "tier_used": result.tier_used,
-            "scores": {k: round(float(v), 6) for k, v in result.scores.items()},
-            "decision": decision.to_sidecar(),
-            "site": origin.site,
-        }
-        if embedding is not None:
-            fields["embedding"] = [round(float(v), 6) for v in embedding]
-        detections = getattr(result, "sidecar_detections", None)  # a detection cascade's boxes per tier
-        if detections is not None:
-            fields["detections"] = detections()
-        if origin.simulation is not None:
-            fields["simulation"] = origin.simulation
-        if origin.track_hint is not None:
-            fields["track_hint"] = origin.track_hint
-        return fields
-
     # ------------------------------------------------------------------ introspection
     def state(self) -> dict[str, Any]:
         """Return the budget and policy state (for diagnostics and the ROS node's status)."""
@@ -461,13 +376,3 @@ class Selector:
                 "offered": self.stats.offered,
                 "kept": self.stats.kept,
             }
-
-
-def value_score(scores: Mapping[str, float], weights: ConfigModel) -> float:
-    """Return the weighted mean of the score parts in [0, 1] (what the Selector computes per frame).
-
-    ``weights``: one task's weights (``SelectionConfig.weights.of(task)``).
-    """
-    pairs = [(w, float(scores.get(name, 0.0))) for name, w in weights.model_dump().items() if w > 0]
-    total = sum(w for w, _ in pairs)
-    return sum(w * s for w, s in pairs) / total if total else 0.0

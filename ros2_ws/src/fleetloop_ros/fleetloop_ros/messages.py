@@ -148,7 +148,7 @@ def core_result_from_msg(msg: FrameResult) -> CoreFrameResult:
 
 
 def frame_decision_msg(decision: Any, header: Header, stream: str) -> FrameDecision:
-    """Return the FrameDecision message of a selector decision (fleetloop_core.selection.Decision)."""
+    """Return the FrameDecision message of a selector decision (fleetloop_core.selection_decision.Decision)."""
     threshold = decision.threshold
     return FrameDecision(
         header=header,
