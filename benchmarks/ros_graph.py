@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from _common import ROOT, locate_models, machine, percentile, print_table, write_json  # noqa: E402
+from fleetloop_core.cli import command_line
 
 
 class _Core:
@@ -199,10 +200,7 @@ def _transport_row(transports: str | None, reliable: bool, sent: int, rate: floa
         stdout=subprocess.PIPE,
         text=True,
     )
-    camera = [
-        sys.executable,
-        "-m",
-        "fleetloop_core.cli",
+    camera = command_line(
         "camera",
         "--namespace",
         namespace,
@@ -216,7 +214,7 @@ def _transport_row(transports: str | None, reliable: bool, sent: int, rate: floa
         "480",
         "--wait-subscribers",
         "1",
-    ]
+    )
     if reliable:
         camera.append("--reliable")
     subprocess.run(camera, cwd=ROOT, env=env, capture_output=True, timeout=listen_s + 60)
@@ -247,18 +245,7 @@ def _start_robot(models: Path, namespace: str, workdir: Path) -> subprocess.Pope
             }
         )
     )
-    command = [
-        sys.executable,
-        "-m",
-        "fleetloop_core.cli",
-        "robot",
-        "--config",
-        str(config),
-        "--namespace",
-        namespace,
-        "--nodes",
-        "perception",
-    ]
+    command = command_line("robot", "--config", str(config), "--namespace", namespace, "--nodes", "perception")
     log = open(workdir / "robot.log", "w")
     return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 

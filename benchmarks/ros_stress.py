@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import yaml  # noqa: E402
 
 from _common import ROOT, locate_models, machine, percentile, print_table, write_json  # noqa: E402
+from fleetloop_core.cli import command_line
 
 EXIT_WITHIN_S = 5.0
 HANG_EXIT_S = 20.0
@@ -126,16 +127,7 @@ class Robot:
         config = workdir / "robot.yaml"
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         self.log_path = workdir / f"robot-{time.monotonic_ns()}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "fleetloop_core.cli",
-            "robot",
-            "--config",
-            str(config),
-            "--namespace",
-            namespace,
-        ]
+        command = command_line("robot", "--config", str(config), "--namespace", namespace)
         if nodes:
             command += ["--nodes", nodes]
         self._log = open(self.log_path, "w")
@@ -211,7 +203,7 @@ def _record_exit(tally: Tally, what: str, seconds: float | None) -> None:
 
 
 def _camera_command(namespace: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", namespace, *args]
+    return command_line("camera", "--namespace", namespace, *args)
 
 
 def _final_counts(output: str) -> dict | None:

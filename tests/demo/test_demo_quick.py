@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from fleetloop_core.cli import command_line
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = (
@@ -35,7 +35,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo-quick") / "run"
     env = dict(os.environ, ROS_DOMAIN_ID=str(100 + os.getpid() % 100), ROS_LOCALHOST_ONLY="1")
     process = subprocess.run(
-        [sys.executable, "-m", "fleetloop_core.cli", "demo", "--quick", "--out", str(out)],
+        command_line("demo", "--quick", "--out", str(out)),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -103,18 +103,7 @@ def test_detection_task_refuses_options_it_does_not_have():
     # `fleetloop demo --task detection` runs fleetloop_cloud.demo.detection (tests/cloud/test_detection_demo.py
     # runs it); options of the classification demo it has no use for are refused by name, not ignored
     process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fleetloop_core.cli",
-            "demo",
-            "--task",
-            "detection",
-            "--seed",
-            "3",
-            "--control-plane",
-            "mqtt",
-        ],
+        command_line("demo", "--task", "detection", "--seed", "3", "--control-plane", "mqtt"),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from fleetloop_cloud.job_service_mqtt import MqttJobService
 from fleetloop_cloud.rollout import rollout
 from fleetloop_core.contracts.manifest import MANIFEST_NAME, load_manifest
 from fleetloop_core.model_store import publish_package
+from fleetloop_core.cli import command_line
 
 FLEET = [f"robot-{i}" for i in range(5)]
 
@@ -99,10 +99,7 @@ def test_five_robot_canary_rollout_and_abort(tmp_path, mqtt_broker, test_models,
             log = open(tmp_path / f"{thing}.log", "wb")
             processes[thing] = (
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "fleetloop_core.cli",
+                    command_line(
                         "robot-sim",
                         "--config",
                         str(config),
@@ -114,7 +111,7 @@ def test_five_robot_canary_rollout_and_abort(tmp_path, mqtt_broker, test_models,
                         "20",
                         "--status",
                         str(tmp_path / f"{thing}.status.json"),
-                    ],
+                    ),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,

@@ -8,11 +8,11 @@ nothing is lost.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from fleetloop_core.cli import command_line
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,10 +36,7 @@ def test_640x480_rgb8_at_30_hz_between_processes_loses_nothing(ros, spawn):
     ros.node.create_subscription(Image, ros.topic("camera/image_raw"), on_image, qos)
     sent, rate = 120, 30.0
     camera = spawn(
-        [
-            sys.executable,
-            "-m",
-            "fleetloop_core.cli",
+        command_line(
             "camera",
             "--namespace",
             ros.namespace,
@@ -54,7 +51,7 @@ def test_640x480_rgb8_at_30_hz_between_processes_loses_nothing(ros, spawn):
             "--reliable",
             "--wait-subscribers",
             "1",
-        ],
+        ),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

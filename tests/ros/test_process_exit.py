@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from fleetloop_core.upload_queue import UploadQueue
+from fleetloop_core.cli import command_line
 from fleetloop_ros.runner import EXIT_TEARDOWN_HUNG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ KEEP_ALL = {
 
 def _camera(spawn, namespace: str, *args: str) -> subprocess.Popen:
     return spawn(
-        [sys.executable, "-m", "fleetloop_core.cli", "camera", "--namespace", namespace, *args],
+        command_line("camera", "--namespace", namespace, *args),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -257,18 +258,7 @@ def test_a_camera_started_with_sigint_ignored_still_stops_on_sigint_during_start
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     process = spawn(
-        [
-            sys.executable,
-            "-m",
-            "fleetloop_core.cli",
-            "camera",
-            "--namespace",
-            "/ignored_sigint",
-            "--count",
-            "10",
-            "--wait-subscribers",
-            "1",
-        ],
+        command_line("camera", "--namespace", "/ignored_sigint", "--count", "10", "--wait-subscribers", "1"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -9,13 +9,13 @@ from __future__ import annotations
 import ast
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from fleetloop_core.errors import ConfigError
+from fleetloop_core.cli import command_line
 
 ROOT = Path(__file__).resolve().parents[2]
 # frames are the robot's only trigger here: keep every candidate, budget far above the stream
@@ -46,10 +46,7 @@ def test_camera_replay_robot_results_and_store(ros, robot, spawn):
     sent = 30
     # the camera starts once the robot's perception and this test subscribe (frames before discovery are lost)
     camera = spawn(
-        [
-            sys.executable,
-            "-m",
-            "fleetloop_core.cli",
+        command_line(
             "camera",
             "--namespace",
             ros.namespace,
@@ -60,7 +57,7 @@ def test_camera_replay_robot_results_and_store(ros, robot, spawn):
             "--reliable",
             "--wait-subscribers",
             "2",
-        ],
+        ),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

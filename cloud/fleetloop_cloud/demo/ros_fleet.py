@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Callable, Sequence
 import yaml
 
 from fleetloop_core.stop_signals import end_with_parent_env
+from fleetloop_core.cli import command_line
 
 from fleetloop_cloud.demo.config import merge
 
@@ -190,16 +190,9 @@ class RosFleet:
             for tier in ("T4", "T3"):
                 store.install(PackageLocation(path=str(self.settings.packages[tier])))
             config = self._robot_yaml(spec)
-            command = [
-                sys.executable,
-                "-m",
-                "fleetloop_core.cli",
-                "robot",
-                "--config",
-                str(config),
-                "--namespace",
-                f"/{spec.robot_id.replace('-', '_')}",
-            ]
+            command = command_line(
+                "robot", "--config", str(config), "--namespace", f"/{spec.robot_id.replace('-', '_')}"
+            )
             out = open(self.log_dir / f"{spec.robot_id}.log", "ab")
             self.processes[spec.robot_id] = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=self._env(), start_new_session=True
@@ -229,10 +222,7 @@ class RosFleet:
         started = time.perf_counter()
         for spec in self.specs:
             namespace = f"/{spec.robot_id.replace('-', '_')}"
-            command = [
-                sys.executable,
-                "-m",
-                "fleetloop_core.cli",
+            command = command_line(
                 "camera",
                 "--source",
                 "sim",
@@ -260,7 +250,7 @@ class RosFleet:
                 "1",
                 "--progress",
                 "5",
-            ]
+            )
             cameras[spec.robot_id] = _CameraRun(spec.robot_id, command, self._env())
         try:
             for spec in self.specs:

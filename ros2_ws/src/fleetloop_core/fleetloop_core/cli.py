@@ -16,9 +16,12 @@ from typing import Sequence
 from fleetloop_core import stop_signals
 from fleetloop_core.errors import FleetLoopError
 
-stop_signals.restore()  # before any slow import: a SIGINT during start-up must not be lost
-
 log = logging.getLogger("fleetloop")
+
+
+def command_line(*args: str) -> list[str]:
+    """Return the argv that runs ``fleetloop ARGS`` with this interpreter (for the processes we start)."""
+    return [sys.executable, "-m", "fleetloop_core.cli", *args]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code (130 after a SIGINT, also one during start-up)."""
+    stop_signals.restore()  # before any slow import: a SIGINT during start-up must not be lost
     try:
         parser = build_parser()  # imports every sub-command's module: seconds on a loaded robot
     except KeyboardInterrupt:
