@@ -9,7 +9,9 @@ commit marker), into a store in the robots' layout. Streams continue across
 ``simulation`` block only.
 
 What differs per task is a small part picked by the task's name: how the edge model's outputs
-and the frame's truth go into the sidecar, and how the frame is encoded.
+and the frame's truth go into the sidecar, and how the frame is encoded. The demos' in-process
+robots (:class:`fleetloop_cloud.demo.fleet.InProcessRobot`, which run the robot stack) write their
+sidecars' truth with the same parts.
 """
 
 from __future__ import annotations

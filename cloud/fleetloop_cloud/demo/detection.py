@@ -2,7 +2,7 @@
 section of config/demo.yaml.
 
 :func:`run_detection_demo` drives robots of the detection world in-process with the robot stack's
-core objects (:class:`~fleetloop_cloud.demo.detection_arms.DetectionRobot`) and a
+core objects (:class:`~fleetloop_cloud.demo.fleet.InProcessRobot`, the classification demo's) and a
 :class:`~fleetloop_cloud.loop.CloudLoop` (detection) per arm. Robots are provisioned with signed
 round-0 detectors; each round's approved detectors are signed by the registry and rolled out through
 the control plane (canary first), and every robot installs, shadow-checks, swaps, watches and can
@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 
-from fleetloop_sim import sim
 from fleetloop_core.config import default_config_path, read_yaml, repo_root
 from fleetloop_core.contracts.manifest import load_manifest
 
@@ -45,9 +44,9 @@ from fleetloop_cloud.box_evaluate import BoxTestSet
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.demo.arms import RandomUploadFleet
 from fleetloop_cloud.demo.config import DetectionDemoConfig, RobotOverrides, load_demo_config
-from fleetloop_cloud.demo.detection_arms import DetectionRobot, DetectionUploadAll, field_test_set, map_scores
+from fleetloop_cloud.demo.detection_arms import DetectionUploadAll, field_test_set, map_scores
 from fleetloop_cloud.demo.detection_report import headline, write_report
-from fleetloop_cloud.demo.fleet import FleetSettings
+from fleetloop_cloud.demo.fleet import FleetSettings, InProcessRobot, RobotRound, RobotSpec, robot_specs
 from fleetloop_cloud.demo.provision import roll_out, sign_round0_packages, signing_keys
 from fleetloop_cloud.job_service_local import LocalDirJobs
 from fleetloop_cloud.loop import CloudLoop
@@ -64,7 +63,7 @@ class DetectionArm:
     name: str
     loop: CloudLoop
     jobs: LocalDirJobs
-    robots: list[DetectionRobot] = field(default_factory=list)
+    robots: list[InProcessRobot] = field(default_factory=list)
 
 
 def locate_detectors(models: Path | None, profile: str) -> Path:
@@ -122,7 +121,7 @@ def _start_arms(
     out: Path,
     settings: DetectionDemoConfig,
     models: Path,
-    robots: list[tuple[str, sim.Site]],
+    specs: list[RobotSpec],
     robot: RobotOverrides,
     progress: bool,
 ) -> dict[str, DetectionArm]:
@@ -147,32 +146,32 @@ def _start_arms(
             keys_dir=keys[1],
             selection=selection,
             manager_overrides=robot.manager_overrides(),
+            queue_synchronous="normal",
         )
-        arms[name].robots = [
-            DetectionRobot(robot_id, site, i, fleet, settings.seed, selection_override=override)
-            for i, (robot_id, site) in enumerate(robots)
-        ]
+        arms[name].robots = [InProcessRobot(spec, fleet, selection_override=override) for spec in specs]
+        for robot_stack in arms[name].robots:
+            robot_stack.start()
     return arms
 
 
-def _stream(arms: dict[str, DetectionArm], frames: int, rng: np.random.Generator) -> dict[str, list[dict]]:
+def _stream(arms: dict[str, DetectionArm], frames: int, rng: np.random.Generator) -> dict[str, list[RobotRound]]:
     """Stream a round on both fleets; each random robot uploads as many random frames as the loop's kept."""
-    loop_counts = [robot.stream(frames) for robot in arms["loop"].robots]
-    random_counts = []
-    for robot, counts in zip(arms["random"].robots, loop_counts):
-        chosen = set(rng.choice(frames, size=min(counts["kept"], frames), replace=False).tolist())
-        random_counts.append(robot.stream(frames, offer_only=chosen))
-    return {"loop": loop_counts, "random": random_counts}
+    loop_rounds = [robot.stream(frames) for robot in arms["loop"].robots]
+    random_rounds = []
+    for robot, done in zip(arms["random"].robots, loop_rounds):
+        chosen = set(rng.choice(frames, size=min(done.kept, frames), replace=False).tolist())
+        random_rounds.append(robot.stream(frames, offer_only=chosen))
+    return {"loop": loop_rounds, "random": random_rounds}
 
 
-def _cloud_round(arm: DetectionArm, number: int, counts: list[dict], test: BoxTestSet) -> tuple[dict, list[dict]]:
+def _cloud_round(arm: DetectionArm, number: int, robots: list[RobotRound], test: BoxTestSet) -> tuple[dict, list[dict]]:
     """Run the arm's cloud round; return its record and the registry entries to roll out."""
     summary = arm.loop.run_round().to_dict()
     production = {tier: arm.loop.production(tier) for tier in ("T2", "T3", "T4")}
     record = {
         "round": number,
-        "robots": counts,
-        "uploaded": sum(c["uploaded"] for c in counts),
+        "robots": [r.to_dict() for r in robots],
+        "uploaded": sum(r.uploaded for r in robots),
         "labels": summary["labels"],
         "human": {k: summary["human"][k] for k in ("seconds", "dollars", "by_purpose", "box_edits")},
         "figures": summary["figures"],
@@ -192,7 +191,7 @@ def _deploy_in_background(arm: DetectionArm, entries: list[dict], job_prefix: st
     """Start rolling out the round's approved detectors (canary first); the records land in ``record``."""
 
     def run() -> None:
-        record["deploys"] = roll_out(arm.jobs, arm.loop, [r.robot_id for r in arm.robots], entries, job_prefix)
+        record["deploys"] = roll_out(arm.jobs, arm.loop, [r.spec.robot_id for r in arm.robots], entries, job_prefix)
 
     thread = threading.Thread(target=run, name=f"deploy-{job_prefix}", daemon=True)
     thread.start()
@@ -213,12 +212,12 @@ def _run_rounds(
     deploys: list[threading.Thread] = []
     try:
         for number in range(1, settings.rounds + 1):
-            counts = _stream(arms, settings.frames_per_robot, rng)
+            streamed = _stream(arms, settings.frames_per_robot, rng)
             for thread in deploys:  # the previous round's rollouts ended while the robots streamed
                 thread.join()
             deploys = []
             for name, arm in arms.items():
-                record, entries = _cloud_round(arm, number, counts[name], test)
+                record, entries = _cloud_round(arm, number, streamed[name], test)
                 records[name].append(record)
                 deploys.append(_deploy_in_background(arm, entries, f"{name}-r{number}", record))
             total = upload_all.add_round(settings.frames_per_robot)
@@ -250,11 +249,11 @@ def run_detection_demo(
         shutil.rmtree(out)
     out.mkdir(parents=True)
     models = locate_detectors(models, settings.models_profile)
-    sites = sim.make_fleet_sites(settings.robots, seed=settings.seed)
-    robots = [(f"robot-{i}", sites[i]) for i in range(settings.robots)]
+    specs = robot_specs(settings.robots, settings.seed, task="detection")
+    sites = [spec.site for spec in specs]
     test = field_test_set(sites, settings.test_frames_per_site, settings.seed)
-    arms = _start_arms(out, settings, models, robots, robot, progress)
-    upload_all = DetectionUploadAll(robots, models, settings)
+    arms = _start_arms(out, settings, models, specs, robot, progress)
+    upload_all = DetectionUploadAll(specs, models, settings)
     baseline = {"T4": map_scores(models / "T4", test), "T2": map_scores(models / "T2", test)}
     records: dict[str, list[dict[str, Any]]] = {
         name: [{"round": 0, "map": {k: v for k, v in baseline.items() if name != "upload-all" or k == "T4"}}]
@@ -265,13 +264,15 @@ def run_detection_demo(
     finally:
         for arm in arms.values():
             for robot_stack in arm.robots:
-                robot_stack.close()
+                robot_stack.stop()
             arm.loop.close()
     report = {
         "task": "detection",
         "settings": settings.model_dump(),
         "models": str(models),
-        "serving": {name: {r.robot_id: r.cascade.model_versions() for r in arm.robots} for name, arm in arms.items()},
+        "serving": {
+            name: {r.spec.robot_id: r.cascade.model_versions() for r in arm.robots} for name, arm in arms.items()
+        },
         "sites": [s.name for s in sites],
         "test_frames": len(test),
         "test_boxes": int(sum(len(b) for b in test.boxes)),

@@ -1,8 +1,8 @@
-"""The detection demo's robots and baselines: what differs from the classification demo's for detectors.
+"""The detection demo's baselines and measures: what differs from the classification demo's for detectors.
 
-* :class:`DetectionRobot`: one robot in-process on the detection world (camera stream -> model manager
-  with the detection cascade -> selector -> upload queue -> uploader), its frames' sidecars carrying
-  the true boxes;
+The robots are the classification demo's :class:`~fleetloop_cloud.demo.fleet.InProcessRobot` (with
+detection robot specs); here:
+
 * :class:`DetectionUploadAll`: every frame with its true boxes, T4 retrained each round on all of them
   (the upper bound);
 * :func:`field_test_set` and :func:`map_scores`: the held-out field detection test set and mAP on it.
@@ -17,86 +17,10 @@ import numpy as np
 
 from fleetloop_sim import sim
 from fleetloop_core.detection import DetectorModel
-from fleetloop_core.selection import Selector
-from fleetloop_core.store import open_store
-from fleetloop_core.upload_queue import UploadQueue
-from fleetloop_core.uploader import Uploader
 
 from fleetloop_cloud.box_evaluate import BoxTestSet, score_detector
 from fleetloop_cloud.demo.config import DetectionDemoConfig
-from fleetloop_cloud.demo.fleet import FleetSettings, demo_selection, serving_stack
-
-STREAM = "front"
-
-
-def robot_start_ns(index: int) -> int:
-    """Return the simulated time (ns) robot ``index``'s camera starts at (robots 1000 s apart)."""
-    return sim.SIM_EPOCH_NS + index * 10**12
-
-
-class DetectionRobot:
-    """One robot in-process: camera stream -> model manager (detection cascade) -> selector -> upload queue.
-
-    Deploy jobs arrive through the control plane (``settings.jobs_uri``); the deploy agent applies them on
-    the model manager's thread while the robot streams. ``selection_override`` is merged over
-    ``settings.selection`` (the random arm's keep-everything selector).
-    """
-
-    def __init__(
-        self,
-        robot_id: str,
-        site: sim.Site,
-        index: int,
-        settings: FleetSettings,
-        seed: int,
-        selection_override: dict | None = None,
-    ):
-        self.robot_id, self.site = robot_id, site
-        self.camera = sim.CameraStream(site, robot_id, seed=seed, start_ns=robot_start_ns(index), task="detection")
-        root = settings.root / robot_id
-        stack = serving_stack(
-            robot_id, root, settings.packages, settings.keys_dir, settings.jobs_uri, settings.manager_overrides
-        )
-        self.cascade, self.manager, self.agent = stack.cascade, stack.manager, stack.agent
-        selection = demo_selection(settings.selection, selection_override, "detection demo selection")
-        self.selector = Selector(selection, robot_id, self.cascade.frame_labels)
-        self.queue = UploadQueue(root / "queue", synchronous="normal")
-        self.uploader = Uploader(self.queue, open_store(settings.store_uri))
-        self.agent.start()
-
-    def stream(self, frames: int, offer_only: set[int] | None = None) -> dict:
-        """Run ``frames`` camera frames through the stack (only ``offer_only`` reach the selector); return counts."""
-        kept = 0
-        for index, frame in enumerate(self.camera.frames(frames)):
-            result = self.manager.infer(frame.image, stream=STREAM)
-            if offer_only is not None and index not in offer_only:
-                continue
-            truth = frame.truth
-            simulation = {
-                "label": truth.label,
-                "track_id": truth.track_id,
-                "site": self.site.name,
-                "boxes": truth.rows(),
-            }
-            decision = self.selector.offer(
-                frame.image, result, frame.stamp_ns, stream=STREAM, site=self.site.name, simulation=simulation
-            )
-            if decision.keep:
-                self.queue.put(decision.record)
-                kept += 1
-        report = self.uploader.drain()
-        return {
-            "robot": self.robot_id,
-            "frames": frames,
-            "kept": kept,
-            "uploaded": report.uploaded,
-            "serving": self.cascade.model_versions(),
-        }
-
-    def close(self) -> None:
-        self.agent.stop()
-        self.manager.close()
-        self.queue.close()
+from fleetloop_cloud.demo.fleet import RobotSpec
 
 
 def field_test_set(sites: Sequence[sim.Site], frames_per_site: int, seed: int) -> BoxTestSet:
@@ -124,11 +48,8 @@ def map_scores(model_dir: Path, test: BoxTestSet) -> dict:
 class DetectionUploadAll:
     """Every frame with its true boxes: T4 retrained each round on all frames so far (the upper bound)."""
 
-    def __init__(self, robots: Sequence[tuple[str, sim.Site]], models: Path, settings: DetectionDemoConfig):
-        self.streams = [
-            sim.CameraStream(site, robot, seed=settings.seed, start_ns=robot_start_ns(i), task="detection")
-            for i, (robot, site) in enumerate(robots)
-        ]
+    def __init__(self, specs: Sequence[RobotSpec], models: Path, settings: DetectionDemoConfig):
+        self.streams = [spec.camera() for spec in specs]
         self.models, self.settings = models, settings
         self.images: list[np.ndarray] = []
         self.truths: list = []

@@ -14,7 +14,11 @@ Two ways to run a robot, one interface (:class:`Fleet`):
   and the error says what it had done.
 * :class:`InProcessFleet` (``--no-ros``): the same core objects (ModelManager around the
   cascade, Selector, UploadQueue + Uploader, DeployAgent on the local control plane) called
-  in-process.
+  in-process, one :class:`InProcessRobot` per robot. The same robot class runs the detection
+  demo's robots (:mod:`fleetloop_cloud.demo.detection`) and both demos' random-upload baselines:
+  what differs per task is data of its :class:`RobotSpec` (the camera's task, stream name and
+  start time, from :func:`robot_specs`) and the sidecar truth of the task's part in
+  :data:`fleetloop_cloud.simfleet.FLEET_TASKS` (boxes for detection).
 
 Both install the round-0 edge packages (signed) into each robot's model store before it starts,
 take deploy jobs from the control plane, and report per round what each robot saw, kept,
@@ -34,13 +38,15 @@ from typing import Any, Protocol, Sequence
 
 from fleetloop_sim import sim, sim_tasks
 from fleetloop_core.errors import FleetLoopError
-from fleetloop_core.contracts.sidecar import SimulationTruth
 
 from fleetloop_cloud.demo.config import merge
+from fleetloop_cloud.simfleet import FLEET_TASKS
 
 log = logging.getLogger("fleetloop.demo")
 
-STREAM = "camera"
+# a demo robot's camera per task: its stream name, and how far apart the robots' cameras start (robot i
+# at SIM_EPOCH_NS + i * step), as each demo has always run them
+DEMO_CAMERAS: dict[str, tuple[str, int]] = {"classification": ("camera", 0), "detection": ("front", 10**12)}
 
 
 class FleetError(FleetLoopError):
@@ -49,11 +55,19 @@ class FleetError(FleetLoopError):
 
 @dataclass(frozen=True)
 class RobotSpec:
-    """One robot: its id and the site it works at (site index = robot index)."""
+    """One robot: its id, the site it works at (site index = robot index) and its camera.
+
+    ``task`` is the world the camera shows (``classification`` or ``detection``: what a frame holds and
+    what its truth is), ``start_ns`` the simulated time of its first frame, ``stream`` the camera's
+    stream name (perception's and the sidecars').
+    """
 
     robot_id: str
     site_index: int
     world_seed: int
+    task: str = "classification"
+    start_ns: int = sim.SIM_EPOCH_NS
+    stream: str = "camera"
 
     @property
     def site(self) -> sim.Site:
@@ -61,12 +75,13 @@ class RobotSpec:
 
     def camera(self) -> sim.CameraStream:
         """Return this robot's camera stream from its first frame (the same for every consumer)."""
-        return sim.CameraStream(self.site, self.robot_id, seed=self.world_seed, start_ns=sim.SIM_EPOCH_NS)
+        return sim.CameraStream(self.site, self.robot_id, seed=self.world_seed, start_ns=self.start_ns, task=self.task)
 
 
-def robot_specs(count: int, world_seed: int) -> list[RobotSpec]:
-    """Return ``count`` robots, robot-i at site i."""
-    return [RobotSpec(f"robot-{i}", i, world_seed) for i in range(count)]
+def robot_specs(count: int, world_seed: int, task: str = "classification") -> list[RobotSpec]:
+    """Return ``count`` robots of the ``task``'s demo, robot-i at site i (cameras as :data:`DEMO_CAMERAS` says)."""
+    stream, step_ns = DEMO_CAMERAS[task]
+    return [RobotSpec(f"robot-{i}", i, world_seed, task, sim.SIM_EPOCH_NS + i * step_ns, stream) for i in range(count)]
 
 
 @dataclass
@@ -125,11 +140,6 @@ class TruthOracle:
         return self._truth.get((robot_id, int(stamp_ns)))
 
 
-def simulation_truth(truth: sim_tasks.Truth) -> SimulationTruth:
-    """Return the sidecar form of a frame's ground truth."""
-    return SimulationTruth(label=truth.label, item=truth.item, track_id=truth.track_id, site=truth.site)
-
-
 def store_objects(store_root: Path, robot_id: str) -> tuple[int, int]:
     """Return (frames, bytes) a robot has in a file store (frames only, sidecars not counted)."""
     base = store_root / "frames" / robot_id
@@ -167,6 +177,7 @@ class FleetSettings:
     mqtt: dict | None = None  # robot_id -> control_plane.mqtt section (its certificate) for mqtts://
     camera_window: int = 4
     camera_rate_hz: float = 10.0
+    queue_synchronous: str = "full"  # in-process robots' upload queue: sqlite durability (full or normal)
 
 
 # ====================================================================================== in-process
@@ -233,7 +244,13 @@ def demo_selection(selection: dict, override: dict | None, source: str):
 
 
 class InProcessRobot:
-    """One robot's stack as core objects in this process."""
+    """One robot's stack as core objects in this process, for either task (its spec's).
+
+    Camera stream -> model manager (the task's cascade) -> selector -> upload queue -> uploader; deploy
+    jobs arrive through the control plane (``settings.jobs_uri``) and the deploy agent applies them on
+    the model manager's thread while the robot streams (from :meth:`start`). ``selection_override`` is
+    merged over ``settings.selection`` (the random-upload baseline's keep-everything selector).
+    """
 
     def __init__(self, spec: RobotSpec, settings: FleetSettings, selection_override: dict | None = None):
         from fleetloop_core.selection import Selector
@@ -254,17 +271,20 @@ class InProcessRobot:
         )
         self.cascade, self.manager, self.agent = stack.cascade, stack.manager, stack.agent
         self.selector = Selector(
-            demo_selection(settings.selection, selection_override, "demo selection"),
+            demo_selection(settings.selection, selection_override, f"demo selection ({spec.task})"),
             robot_id=spec.robot_id,
-            labels=self.cascade.edge.labels,
+            labels=self.cascade.frame_labels,
         )
-        queue_config = QueueConfig(directory=str(root / "queue"), store=settings.store_uri)
+        queue_config = QueueConfig(
+            directory=str(root / "queue"), store=settings.store_uri, synchronous=settings.queue_synchronous
+        )
         self.queue = UploadQueue.from_config(queue_config)
         self.uploader = Uploader(self.queue, open_store(settings.store_uri), queue_config)
         self.store_root = (
             Path(settings.store_uri[len("file://") :]) if settings.store_uri.startswith("file://") else None
         )
         self.camera = spec.camera()
+        self._sidecar_truth = FLEET_TASKS[spec.task].simulation
 
     def start(self) -> None:
         self.agent.start()
@@ -272,31 +292,31 @@ class InProcessRobot:
     def stream(self, frames: int, offer_only: set[int] | None = None) -> RobotRound:
         """Run ``frames`` camera frames through the stack; ``offer_only``: offer just these frame indices
         to the selector (the random-upload baseline's robots: everything else is the same)."""
-        report = RobotRound(self.spec.robot_id)
-        before = store_objects(self.store_root, self.spec.robot_id) if self.store_root else (0, 0)
+        spec = self.spec
+        report = RobotRound(spec.robot_id)
+        before = store_objects(self.store_root, spec.robot_id) if self.store_root else (0, 0)
         started = time.perf_counter()
-        site = self.spec.site.name
+        site = spec.site.name
         for index, frame in enumerate(self.camera.frames(frames)):
             report.frames += 1
-            result = self.manager.infer(frame.image, stream=STREAM)
+            result = self.manager.infer(frame.image, stream=spec.stream)
             report.answered += 1
             if offer_only is not None and index not in offer_only:
                 continue
+            # the selector's robot id and track hint (the cascade's track) are its defaults
             decision = self.selector.offer(
                 frame.image,
                 result,
                 frame.stamp_ns,
-                stream=STREAM,
-                robot_id=self.spec.robot_id,
+                stream=spec.stream,
                 site=site,
-                simulation=simulation_truth(frame.truth),
-                track_hint=result.track,
+                simulation=self._sidecar_truth(frame.truth),
             )
             if decision.keep:
                 self.queue.put(decision.record)
                 report.kept += 1
         self.uploader.drain(stop_on_refusal=True)
-        after = store_objects(self.store_root, self.spec.robot_id) if self.store_root else (0, 0)
+        after = store_objects(self.store_root, spec.robot_id) if self.store_root else (0, 0)
         report.uploaded, report.uploaded_bytes = after[0] - before[0], after[1] - before[1]
         report.seconds = time.perf_counter() - started
         report.serving = self.cascade.model_versions()
