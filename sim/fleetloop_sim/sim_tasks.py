@@ -176,17 +176,38 @@ class TrackShape:
 
 
 class SimTask(Protocol):
-    """A task's part of the simulated world (see the module docstring)."""
+    """A task's part of the simulated world (see the module docstring).
 
-    name: str
-    track_frames: tuple[int, int]  # a track lasts this many frames (inclusive range)
-    max_items: int  # items in view at once
-    spawn_prob: float  # per frame, while a scene runs and has room: a new track starts
-    gap_first: bool  # streams draw the background stretch before the scene (else after it)
-    set_seed: str  # seed name of labelled sets
-    field_seed: str  # seed name of held-out field test sets
-    field_none_scale: float  # a field test set's background share, relative to the site's
-    frame_site_prior: bool  # a set frame's class prior is its own site's (else the set site's)
+    Its settings are read-only properties: the parts are frozen dataclasses, and a protocol's plain
+    attributes would ask for settable ones.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def track_frames(self) -> tuple[int, int]: ...  # a track lasts this many frames (inclusive range)
+
+    @property
+    def max_items(self) -> int: ...  # items in view at once
+
+    @property
+    def spawn_prob(self) -> float: ...  # per frame, while a scene runs and has room: a new track starts
+
+    @property
+    def gap_first(self) -> bool: ...  # streams draw the background stretch before the scene (else after it)
+
+    @property
+    def set_seed(self) -> str: ...  # seed name of labelled sets
+
+    @property
+    def field_seed(self) -> str: ...  # seed name of held-out field test sets
+
+    @property
+    def field_none_scale(self) -> float: ...  # a field test set's background share, relative to the site's
+
+    @property
+    def frame_site_prior(self) -> bool: ...  # a set frame's class prior is its own site's (else the set site's)
 
     def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple:
         """Return the keys that seed a camera stream."""
