@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleetloop_core.contracts.manifest import Manifest
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +67,7 @@ def _build(args: argparse.Namespace) -> int:
                 "dir": str(Path(directory)),
             }
         )
-        if manifest.task == "detection":  # detectors: mAP instead of accuracy
+        if manifest.detection is not None:  # detectors (only they carry the block): mAP instead of accuracy
             rows[-1].update(
                 task="detection",
                 layout=manifest.detection.layout,
@@ -114,11 +118,20 @@ def _sign(args: argparse.Namespace) -> int:
                 "package": args.package,
                 "name": manifest.name,
                 "version": manifest.version,
-                "key_id": manifest.signature.key_id,
+                "key_id": _key_id(manifest),
             }
         )
     )
     return 0
+
+
+def _key_id(manifest: Manifest) -> str:
+    """Return the id of the key that signed ``manifest`` (signing and verifying return signed manifests only)."""
+    from fleetloop_core.signing import SignatureError
+
+    if manifest.signature is None:
+        raise SignatureError(f"{manifest.name} {manifest.version}: unsigned (no signature field)")
+    return manifest.signature.key_id
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -131,7 +144,7 @@ def _verify(args: argparse.Namespace) -> int:
                 "package": args.package,
                 "name": manifest.name,
                 "version": manifest.version,
-                "key_id": manifest.signature.key_id,
+                "key_id": _key_id(manifest),
                 "verified": True,
             }
         )

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence, TypeGuard
 
 import numpy as np
 from pydantic import Field
@@ -37,6 +37,9 @@ from fleetloop_core.contracts.manifest import (
     TIER_PLACEMENT,
     InputSpec,
     Manifest,
+    Resize,
+    TaskName,
+    Tier,
     file_entry,
     load_manifest,
     verify_files,
@@ -46,9 +49,14 @@ from fleetloop_models.trainers import Trainer, registration, trainer_for
 
 log = logging.getLogger(__name__)
 
-TIERS = ("T1", "T2", "T3", "T4")
+TIERS: tuple[Tier, ...] = ("T1", "T2", "T3", "T4")
 WEIGHTS_FILE = "weights.pt"  # torch state dict beside the ONNX graph (role "extra" in the manifest)
-TIER_NAMES = {"T1": "foundation", "T2": "domain-teacher", "T3": "fleet-edge", "T4": "specialised-edge"}
+TIER_NAMES: dict[Tier, str] = {"T1": "foundation", "T2": "domain-teacher", "T3": "fleet-edge", "T4": "specialised-edge"}
+
+
+def is_tier(name: str) -> TypeGuard[Tier]:
+    """Return whether ``name`` is one of the four tiers (T1..T4)."""
+    return name in TIERS
 
 
 class TierBuild(ConfigModel):
@@ -181,12 +189,10 @@ def _build_locked(
     force: bool,
 ) -> dict[str, Path]:
     profile = load_profile(profile_name, config_path)
-    missing = [t for t in tiers if t not in profile.tiers]
-    if missing:
-        raise ConfigError(f"profile {profile_name!r} does not define tier(s) {missing}")
-    keys = {tier: build_key(profile, tier) for tier in tiers}
-    todo = [t for t in tiers if force or not _cached(out_dir / t, keys[t])]
-    for tier in tiers:
+    chosen = _defined_tiers(profile, profile_name, tiers)
+    keys = {tier: build_key(profile, tier) for tier in chosen}
+    todo = [t for t in chosen if force or not _cached(out_dir / t, keys[t])]
+    for tier in chosen:
         if tier not in todo:
             log.info("%s: cached %s build %s is current, skipping", tier, profile.task, keys[tier][:12])
     if todo:
@@ -199,7 +205,15 @@ def _build_locked(
             _build_tier(
                 trainer, profile, profile_name, tier, frames, tests, keys[tier], render_seconds, out_dir, progress
             )
-    return {t: out_dir / t for t in tiers}
+    return {t: out_dir / t for t in chosen}
+
+
+def _defined_tiers(profile: BuildProfile, profile_name: str, tiers: Sequence[str]) -> list[Tier]:
+    """Return ``tiers`` as tier names; a ConfigError names those the profile does not define."""
+    missing = [t for t in tiers if t not in profile.tiers]
+    if missing:
+        raise ConfigError(f"profile {profile_name!r} does not define tier(s) {missing}")
+    return [t for t in tiers if is_tier(t)]  # all of them: load_profile accepts known tiers only
 
 
 def _render(trainer: Trainer, profile: BuildProfile, items, count: int, seed: tuple, sites: list[sim.Site]):
@@ -249,7 +263,7 @@ def _build_tier(
     trainer: Trainer,
     profile: BuildProfile,
     profile_name: str,
-    tier: str,
+    tier: Tier,
     frames: dict,
     tests: _TestSets,
     key: str,
@@ -316,12 +330,12 @@ def write_package(
     *,
     name: str,
     version: str,
-    tier: str,
-    task: str,
+    tier: Tier,
+    task: TaskName,
     architecture: str,
     labels: Sequence[str],
     input_size: tuple[int, int],
-    resize: str,
+    resize: Resize,
     training: dict,
     parameters: int | None = None,
     metrics: dict | None = None,

@@ -45,6 +45,9 @@ def device() -> torch.device:
 class PixelInput(nn.Module):
     """Base of the deployable wrappers: raw uint8 NHWC pixels in, normalised in the graph."""
 
+    scale: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    offset: torch.Tensor
+
     def __init__(self, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD):
         super().__init__()
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -180,10 +183,11 @@ def export_graph(
     model = model.eval().cpu()
     dummy = torch.zeros((1, *input_shape), dtype=torch.uint8)
     buffer = io.BytesIO()
+    # torch annotates ``f`` as a path only; the TorchScript exporter (dynamo=False) takes a BytesIO too
     torch.onnx.export(
         model,
         (dummy,),
-        buffer,
+        buffer,  # type: ignore[arg-type]
         input_names=["image"],
         output_names=list(outputs),
         dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from fleetloop_core.contracts.manifest import TaskName, Tier
 from fleetloop_core.errors import ConfigError
 
 
@@ -65,17 +66,17 @@ class Trained:
 class Trainer(Protocol):
     """What a task supplies to the build (see the module docstring)."""
 
-    task: str
+    task: TaskName
     labels: Sequence[str]
     seed_prefix: str  # of the render seeds: each task's reference builds draw their own frames
     metric: str  # the headline test metric (a key of ``score``)
 
     def sim_part(self, profile: Any) -> Any: ...
 
-    def train(self, tier: str, spec: Any, data: Any, count: int, profile: Any, progress: bool) -> Trained: ...
+    def train(self, tier: Tier, spec: Any, data: Any, count: int, profile: Any, progress: bool) -> Trained: ...
 
     def write(
-        self, trained: Trained, directory: Path, name: str, version: str, tier: str, spec: Any, info: dict
+        self, trained: Trained, directory: Path, name: str, version: str, tier: Tier, spec: Any, info: dict
     ) -> Any: ...
 
     def load(self, directory: Path) -> Any: ...

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from fleetloop_sim import dataset
 from fleetloop_models import training, zoo
-from fleetloop_core.contracts.manifest import Manifest, OutputSpec
+from fleetloop_core.contracts.manifest import Manifest, OutputSpec, TaskName, Tier
 from fleetloop_models.modelbuild import TIER_NAMES, write_package
 from fleetloop_sim.sim_tasks import LabelledSet
 from fleetloop_models.trainers import Trained
@@ -164,7 +164,7 @@ def resize_all(images: np.ndarray, size: int) -> np.ndarray:
 class ClassificationTrainer:
     """Classification's part of the reference-model build (``fleetloop_models.trainers.Trainer``)."""
 
-    task = "classification"
+    task: TaskName = "classification"
     labels = dataset.LABELS
     seed_prefix = ""
     metric = "accuracy"
@@ -173,10 +173,10 @@ class ClassificationTrainer:
         """Return what the build's frames hold: one item (or none) and its class label."""
         return self.task
 
-    def train(self, tier: str, spec, data: LabelledSet, count: int, profile, progress: bool) -> Trained:
+    def train(self, tier: Tier, spec, data: LabelledSet, count: int, profile, progress: bool) -> Trained:
         """Return a fresh ``spec.arch`` classifier trained on the first ``count`` frames of ``data``."""
         images = resize_all(data.images[:count], spec.input_size)
-        model = Deployable(zoo.build(spec.arch, num_classes=len(self.labels), seed=profile.seed))
+        model = Deployable(zoo.build_classifier(spec.arch, num_classes=len(self.labels), seed=profile.seed))
         config = FitConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=profile.seed)
         report = fit(
             model, images, data.labels[:count], config=config, desc=f"{tier} {TIER_NAMES[tier]}", progress=progress
@@ -188,7 +188,7 @@ class ClassificationTrainer:
         return Trained(model, report, profile.seed, {"data": note})
 
     def write(
-        self, trained: Trained, directory: Path, name: str, version: str, tier: str, spec, info: dict
+        self, trained: Trained, directory: Path, name: str, version: str, tier: Tier, spec, info: dict
     ) -> Manifest:
         """Write the package: model.onnx (probs, embedding, uncertainty), weights.pt, manifest.json."""
         model, size = trained.model, spec.input_size

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from fleetloop_models import training, zoo
 from fleetloop_sim import sim_tasks
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.contracts.manifest import DetectionSpec, Manifest
+from fleetloop_core.contracts.manifest import DetectionSpec, Manifest, TaskName, Tier
 from fleetloop_models.modelbuild import TIER_NAMES, TIERS, write_package
 from fleetloop_models.trainers import Trained
 from fleetloop_models.trainers.detection_targets import Targets, assign, dense_loss, flip_batch
@@ -44,11 +44,13 @@ LAYOUT_OUTPUTS: dict[str, tuple[str, ...]] = {
     "boxes_scores": ("boxes", "scores", "embedding"),
     "boxes_scores_labels": ("boxes", "scores", "labels", "embedding"),
 }
-DEFAULT_LAYOUTS = {"T1": "yolo", "T2": "boxes_scores", "T3": "boxes_scores", "T4": "yolo"}
+DEFAULT_LAYOUTS: dict[Tier, Layout] = {"T1": "yolo", "T2": "boxes_scores", "T3": "boxes_scores", "T4": "yolo"}
 
 
 class DetectorDeployable(training.PixelInput):
     """A detector wrapped for deployment: uint8 NHWC in; one output layout out (see module docstring)."""
+
+    centres: torch.Tensor  # buffer (register_buffer), declared for the type checker
 
     def __init__(
         self,
@@ -206,9 +208,9 @@ def write_detector_package(
     directory: Path,
     name: str,
     version: str,
-    tier: str,
+    tier: Tier,
     arch: str,
-    layout: str,
+    layout: Layout,
     labels: Sequence[str],
     training_info: dict,
     parameters: int,
@@ -219,7 +221,7 @@ def write_detector_package(
     return write_package(
         model,
         directory,
-        lambda path: export_detector_onnx(model, path, layout),  # type: ignore[arg-type]
+        lambda path: export_detector_onnx(model, path, layout),
         name=name,
         version=version,
         tier=tier,
@@ -258,7 +260,7 @@ def fit_into(
 class DetectionTrainer:
     """Detection's part of the reference-model build (``fleetloop_models.trainers.Trainer``)."""
 
-    task = "detection"
+    task: TaskName = "detection"
     labels = sim_tasks.DETECTION_CLASSES
     seed_prefix = "det-"
     metric = "map50"
@@ -267,11 +269,11 @@ class DetectionTrainer:
         """Return what the build's frames hold: up to ``profile.max_items`` boxed items of its scale."""
         return sim_tasks.Detection(max_items=profile.max_items, item_scale=profile.item_scale)
 
-    def train(self, tier: str, spec, data: sim_tasks.DetectionSet, count: int, profile, progress: bool) -> Trained:
+    def train(self, tier: Tier, spec, data: sim_tasks.DetectionSet, count: int, profile, progress: bool) -> Trained:
         """Return a fresh ``spec.arch`` detector trained on the first ``count`` frames of ``data``."""
         images, boxes, classes = fit_into(data.images[:count], data.truths[:count], spec.input_size)
         targets = assign(boxes, classes, spec.input_size, spec.input_size)
-        net = zoo.build(spec.arch, num_classes=len(self.labels))
+        net = zoo.build_detector(spec.arch, num_classes=len(self.labels))
         model = DetectorDeployable(net, spec.input_size, spec.input_size, layout="yolo")
         # each tier its own seed: two tiers of one architecture must not be one network twice
         seed = profile.seed + TIERS.index(tier)
@@ -285,7 +287,7 @@ class DetectionTrainer:
         return Trained(model, report, seed, {"data": note, "boxes": int(sum(len(b) for b in boxes))})
 
     def write(
-        self, trained: Trained, directory: Path, name: str, version: str, tier: str, spec, info: dict
+        self, trained: Trained, directory: Path, name: str, version: str, tier: Tier, spec, info: dict
     ) -> Manifest:
         """Write the package: model.onnx in the tier's layout, weights.pt, manifest.json."""
         model = trained.model
