@@ -23,13 +23,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from fleetloop_core.record import EncodedRecord
 from fleetloop_core.contracts.sidecar import parse_sidecar
 
+if TYPE_CHECKING:
+    from fleetloop_core.store import ObjectStore
+
 SPOOL_INDEX = "spool.json"
-_WARM_STORES: dict = {}  # store URI -> store opened by the zygote before it forks (boto3 set-up is slow)
+# store URI -> store opened by the zygote before it forks (boto3 set-up is slow)
+_WARM_STORES: dict[str, ObjectStore] = {}
 
 
 def write_spool(directory: str | Path, records: Sequence[EncodedRecord]) -> Path:
@@ -148,7 +152,7 @@ class AuditReport:
 
 
 def audit(
-    store,
+    store: ObjectStore,
     queue_keys: Sequence[str],
     accepted: Sequence[str],
     records: Sequence[EncodedRecord],
@@ -400,7 +404,7 @@ def kill_campaign(
     return CampaignReport(kills=done_kills, audit=report, worker_starts=starts, seconds=time.monotonic() - start)
 
 
-def _audit_rounds(store, rounds: list[_Round]) -> AuditReport:
+def _audit_rounds(store: ObjectStore, rounds: list[_Round]) -> AuditReport:
     """Return the audit of every round (queue, accepted log, spool, records) and of the whole store."""
     from fleetloop_core.upload_queue import UploadQueue
 

@@ -101,7 +101,8 @@ def lab_prior() -> np.ndarray:
     """Return the lab's item-class prior: uniform, except one class that is rare."""
     prior = np.ones(NUM_ITEM_CLASSES)
     prior[RARE_IN_LAB_CLASS] = LAB_RARE_WEIGHT
-    return prior / prior.sum()
+    normalised: np.ndarray = prior / prior.sum()
+    return normalised
 
 
 LAB_SITE = Site(name="lab", index=-1, shift=LAB_SHIFT, class_prior=lab_prior(), none_fraction=0.1)
@@ -341,7 +342,8 @@ class CameraStream:
 def _usable_prior(prior: np.ndarray, by_class: list[np.ndarray]) -> np.ndarray:
     """Return ``prior`` without the classes that have no items, normalised."""
     usable = np.where([len(c) > 0 for c in by_class], np.asarray(prior, float), 0.0)
-    return usable / usable.sum()
+    normalised: np.ndarray = usable / usable.sum()
+    return normalised
 
 
 def _draw_item(rng: np.random.Generator, by_class: list[np.ndarray], prior: np.ndarray) -> int:

@@ -40,7 +40,7 @@ def item_tint(item: int) -> np.ndarray:
     hue = rng.uniform(0, 180)
     sat = rng.uniform(0, 100)
     hsv = np.array([[[hue, sat, 255]]], dtype=np.uint8)
-    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
+    rgb: np.ndarray = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
     return rgb
 
 
@@ -152,8 +152,8 @@ def _texture(site: Site, height: int, width: int, seed: object) -> np.ndarray:
         angle = rng.uniform(0, np.pi)
         pattern = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) / max(width / 24, 2)).astype(np.float32)
     pattern = np.clip(pattern, -1, 1) * shift.texture_contrast * 0.5
-    out = base * (1.0 + pattern[..., None]) + gradient[..., None]
-    return np.clip(out, 0, 1).astype(np.float32)
+    out: np.ndarray = np.clip(base * (1.0 + pattern[..., None]) + gradient[..., None], 0, 1).astype(np.float32)
+    return out
 
 
 def _lighting_lut(shift: Shift) -> np.ndarray:

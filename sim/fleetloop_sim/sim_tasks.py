@@ -17,7 +17,7 @@ The world (items, sites, cameras, tracks, the renderer) is ``fleetloop_sim.sim``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence, Union
+from typing import Any, Callable, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -209,7 +209,7 @@ class SimTask(Protocol):
     @property
     def frame_site_prior(self) -> bool: ...  # a set frame's class prior is its own site's (else the set site's)
 
-    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple:
+    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple[object, ...]:
         """Return the keys that seed a camera stream."""
 
     def track_shape(self, rng: np.random.Generator, shift: Shift, scene: Sequence[Placement]) -> TrackShape:
@@ -221,8 +221,8 @@ class SimTask(Protocol):
     def truth(self, renderer: Renderer, placements: Sequence[Placement], robot: str, seq: int) -> FrameTruth:
         """Return the ground truth of a frame of ``placements`` (none: background only)."""
 
-    def collect(self, images: np.ndarray, truths: list) -> LabelledSet | DetectionSet:
-        """Return the labelled set of ``images`` and their truths."""
+    def collect(self, images: np.ndarray, truths: list[Any]) -> LabelledSet | DetectionSet:
+        """Return the labelled set of ``images`` and their truths (those this part's ``truth`` returned)."""
 
 
 def _box_around(centre: np.ndarray, size: np.ndarray) -> Box:
@@ -248,7 +248,7 @@ class Classification:
     field_none_scale: float = 1.0
     frame_site_prior: bool = False
 
-    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple:
+    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple[object, ...]:
         return ("stream", robot, site, seed, mode)
 
     def track_shape(self, rng: np.random.Generator, shift: Shift, scene: Sequence[Placement]) -> TrackShape:
@@ -285,7 +285,7 @@ class Classification:
         first = placements[0]
         return Truth(int(renderer.pool.labels[first.item]), first.item, first.track_id, renderer.site.name, robot, seq)
 
-    def collect(self, images: np.ndarray, truths: list) -> LabelledSet:
+    def collect(self, images: np.ndarray, truths: list[Truth]) -> LabelledSet:
         labels = np.asarray([t.label for t in truths], np.int64)
         return LabelledSet(images=images, labels=labels, items=np.asarray([t.item for t in truths], np.int64))
 
@@ -321,7 +321,7 @@ class Detection:
         if not 0.0 < lo <= hi < 1.0:
             raise ValueError(f"item_scale must satisfy 0 < low <= high < 1 (got {self.item_scale})")
 
-    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple:
+    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple[object, ...]:
         return ("detection-stream", robot, site, seed) + (() if mode == "stream" else (mode,))
 
     def track_shape(self, rng: np.random.Generator, shift: Shift, scene: Sequence[Placement]) -> TrackShape:
@@ -366,7 +366,7 @@ class Detection:
     def truth(self, renderer: Renderer, placements: Sequence[Placement], robot: str, seq: int) -> DetectionTruth:
         return box_truth(renderer, placements, robot, seq)
 
-    def collect(self, images: np.ndarray, truths: list) -> DetectionSet:
+    def collect(self, images: np.ndarray, truths: list[DetectionTruth]) -> DetectionSet:
         return DetectionSet(images=images, truths=truths)
 
 

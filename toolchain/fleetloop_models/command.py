@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from fleetloop_core.contracts.manifest import Manifest
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("models", help="build, sign and verify model packages")
     actions = parser.add_subparsers(dest="models_command", metavar="ACTION")
     build = actions.add_parser("build", help="train the four reference tiers and export ONNX + manifests")
@@ -41,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--trusted", required=True, help="directory of trusted *.pub keys, or a YAML file with trusted_keys"
     )
     verify.set_defaults(handler=_verify)
-    parser.set_defaults(handler=lambda args: parser.print_help() or 2)
+
+    def show_help(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(handler=show_help)
 
 
 def _build(args: argparse.Namespace) -> int:

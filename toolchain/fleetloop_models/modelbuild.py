@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence, TypeGuard
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, TypeGuard
 
 import numpy as np
 from pydantic import Field
@@ -46,6 +46,10 @@ from fleetloop_core.contracts.manifest import (
     write_manifest,
 )
 from fleetloop_models.trainers import Trainer, registration, trainer_for
+from fleetloop_sim.sim_tasks import DetectionSet, LabelledSet
+
+if TYPE_CHECKING:
+    from fleetloop_models.training import PixelInput
 
 log = logging.getLogger(__name__)
 
@@ -216,17 +220,21 @@ def _defined_tiers(profile: BuildProfile, profile_name: str, tiers: Sequence[str
     return [t for t in tiers if is_tier(t)]  # all of them: load_profile accepts known tiers only
 
 
-def _render(trainer: Trainer, profile: BuildProfile, items, count: int, seed: tuple, sites: list[sim.Site]):
+def _render(
+    trainer: Trainer, profile: BuildProfile, items: np.ndarray, count: int, seed: tuple[str, int], sites: list[sim.Site]
+) -> LabelledSet | DetectionSet:
     """Return ``count`` lab-site frames of ``items`` from random ``sites`` holding what the task's frames hold."""
     height, width = profile.frame_height, profile.frame_width
     part = trainer.sim_part(profile)
     return sim.render_set(sim.LAB_SITE, items, count, seed, height, width, none_fraction=0.1, sites=sites, task=part)
 
 
-def _render_training_sets(trainer: Trainer, profile: BuildProfile, profile_name: str, needs: set[str]) -> dict:
+def _render_training_sets(
+    trainer: Trainer, profile: BuildProfile, profile_name: str, needs: set[str]
+) -> dict[str, LabelledSet | DetectionSet]:
     """Return the training frames the tiers to build need: ``lab`` and/or ``randomised``."""
     items, prefix, seed = sim.item_pool().lab_train, trainer.seed_prefix, profile.seed
-    frames = {}
+    frames: dict[str, LabelledSet | DetectionSet] = {}
     if "lab" in needs:
         sites = sim.lab_sites(seed=seed)
         frames["lab"] = _render(trainer, profile, items, profile.lab_frames, (f"{prefix}lab", seed), sites)
@@ -243,8 +251,8 @@ def _render_training_sets(trainer: Trainer, profile: BuildProfile, profile_name:
 class _TestSets:
     """Where a built tier is measured: a lab test set and one field test set per fleet site."""
 
-    lab: Any
-    field: list
+    lab: LabelledSet | DetectionSet
+    field: list[LabelledSet | DetectionSet]
     sites: list[sim.Site]
 
     @classmethod
@@ -264,7 +272,7 @@ def _build_tier(
     profile: BuildProfile,
     profile_name: str,
     tier: Tier,
-    frames: dict,
+    frames: dict[str, LabelledSet | DetectionSet],
     tests: _TestSets,
     key: str,
     render_seconds: float,
@@ -324,7 +332,7 @@ def evaluate(trainer: Trainer, directory: Path, tests: _TestSets) -> dict[str, f
 
 
 def write_package(
-    model,
+    model: PixelInput,
     directory: Path,
     export: Callable[[Path], Path],
     *,
@@ -336,9 +344,9 @@ def write_package(
     labels: Sequence[str],
     input_size: tuple[int, int],
     resize: Resize,
-    training: dict,
+    training: dict[str, Any],
     parameters: int | None = None,
-    metrics: dict | None = None,
+    metrics: dict[str, Any] | None = None,
     **task_fields: Any,
 ) -> Manifest:
     """Write a package: ``export(directory / "model.onnx")``, the torch weights, manifest.json; return the manifest.

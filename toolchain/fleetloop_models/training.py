@@ -45,6 +45,7 @@ def device() -> torch.device:
 class PixelInput(nn.Module):
     """Base of the deployable wrappers: raw uint8 NHWC pixels in, normalised in the graph."""
 
+    net: nn.Module  # the wrapped network (each wrapper names its kind)
     scale: torch.Tensor  # buffers (register_buffer), declared for the type checker
     offset: torch.Tensor
 
@@ -91,7 +92,9 @@ class FitReport:
     device: str = "cpu"
 
 
-def _schedule(optimiser: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
+def _schedule(
+    optimiser: torch.optim.Optimizer, recipe: Recipe, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     if total_steps >= recipe.one_cycle_min_steps:
         return torch.optim.lr_scheduler.OneCycleLR(
             optimiser, max_lr=recipe.lr, total_steps=total_steps, pct_start=recipe.warmup_share
@@ -226,4 +229,5 @@ def _static_output_shapes(model_bytes: bytes, names: Sequence[str], shapes: Sequ
                 continue
             dims[axis].ClearField("dim_param")
             dims[axis].dim_value = int(size)
-    return graph.SerializeToString()
+    serialised: bytes = graph.SerializeToString()
+    return serialised

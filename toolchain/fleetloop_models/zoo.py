@@ -63,7 +63,8 @@ class _Residual(nn.Module):
         self.body = _conv_bn(channels, channels, 1, depthwise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        out: torch.Tensor = x + self.body(x)
+        return out
 
 
 @dataclass(frozen=True)
