@@ -11,7 +11,7 @@ MODELS ?= models
 help:
 	@echo "make demo   - the closed-loop demo on a simulated fleet (embedded defaults)"
 	@echo "make test   - install everything needed, lint, then run the test suite"
-	@echo "make lint   - ruff (lint and format check), mypy (the robot runtime)"
+	@echo "make lint   - ruff (lint and format check), mypy (the robot runtime, the simulated world, the model toolchain)"
 	@echo "make models - build the reference models into ./$(MODELS)"
 	@echo "make bench  - run the benchmarks (quick mode)"
 
@@ -22,6 +22,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --config-file mypy.tools.ini
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)

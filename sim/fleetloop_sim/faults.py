@@ -23,13 +23,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from fleetloop_core.record import EncodedRecord
 from fleetloop_core.contracts.sidecar import parse_sidecar
 
+if TYPE_CHECKING:
+    from fleetloop_core.store import ObjectStore
+
 SPOOL_INDEX = "spool.json"
-_WARM_STORES: dict = {}  # store URI -> store opened by the zygote before it forks (boto3 set-up is slow)
+# store URI -> store opened by the zygote before it forks (boto3 set-up is slow)
+_WARM_STORES: dict[str, ObjectStore] = {}
 
 
 def write_spool(directory: str | Path, records: Sequence[EncodedRecord]) -> Path:
@@ -148,7 +152,7 @@ class AuditReport:
 
 
 def audit(
-    store,
+    store: ObjectStore,
     queue_keys: Sequence[str],
     accepted: Sequence[str],
     records: Sequence[EncodedRecord],
@@ -228,19 +232,23 @@ class _Zygote:
             text=True,
             bufsize=1,
         )
-        line = self.process.stdout.readline()
+        stdin, stdout, stderr = self.process.stdin, self.process.stdout, self.process.stderr
+        if stdin is None or stdout is None or stderr is None:  # never: all three are PIPE above
+            raise RuntimeError("fault zygote started without its pipes")
+        self._requests, self._replies, self._errors = stdin, stdout, stderr
+        line = self._replies.readline()
         if line.strip() != "zygote-ready":
-            raise RuntimeError(f"fault zygote failed to start: {line!r} {self.process.stderr.read()[-2000:]}")
+            raise RuntimeError(f"fault zygote failed to start: {line!r} {self._errors.read()[-2000:]}")
 
     def fork(self, argv: list[str]) -> int:
         """Start a worker with ``argv``; return its pid once it is ready to work."""
-        self.process.stdin.write(json.dumps(argv) + "\n")
-        self.process.stdin.flush()
+        self._requests.write(json.dumps(argv) + "\n")
+        self._requests.flush()
         pid = None
         while True:
-            line = self.process.stdout.readline()
+            line = self._replies.readline()
             if not line:
-                raise RuntimeError(f"fault zygote died: {self.process.stderr.read()[-2000:]}")
+                raise RuntimeError(f"fault zygote died: {self._errors.read()[-2000:]}")
             word, _, rest = line.strip().partition(" ")
             if word == "forked":
                 pid = int(rest)
@@ -252,9 +260,9 @@ class _Zygote:
     def wait(self, pid: int) -> int:
         """Return the worker's wait status word as the zygote reaped it."""
         while True:
-            line = self.process.stdout.readline()
+            line = self._replies.readline()
             if not line:
-                raise RuntimeError(f"fault zygote died: {self.process.stderr.read()[-2000:]}")
+                raise RuntimeError(f"fault zygote died: {self._errors.read()[-2000:]}")
             word, _, rest = line.strip().partition(" ")
             if word == "exit":
                 exited_pid, status = (int(v) for v in rest.split())
@@ -263,13 +271,13 @@ class _Zygote:
 
     def close(self) -> None:
         if self.process.poll() is None:
-            self.process.stdin.close()
+            self._requests.close()
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        for stream in (self.process.stdout, self.process.stderr):
+        for stream in (self._replies, self._errors):
             stream.close()
 
 
@@ -396,7 +404,7 @@ def kill_campaign(
     return CampaignReport(kills=done_kills, audit=report, worker_starts=starts, seconds=time.monotonic() - start)
 
 
-def _audit_rounds(store, rounds: list[_Round]) -> AuditReport:
+def _audit_rounds(store: ObjectStore, rounds: list[_Round]) -> AuditReport:
     """Return the audit of every round (queue, accepted log, spool, records) and of the whole store."""
     from fleetloop_core.upload_queue import UploadQueue
 

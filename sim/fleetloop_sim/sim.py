@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fleetloop_sim.dataset import ITEM_LABELS, load_split
-from fleetloop_sim.sim_render import LAB_SHIFT, Renderer, Shift, Track, random_shift, seeded_rng
+from fleetloop_sim.sim_render import LAB_SHIFT, Renderer, Shift, Track, as_rgb, random_shift, seeded_rng
 from fleetloop_sim.sim_tasks import DetectionSet, FrameTruth, LabelledSet, SimTask, sim_task
 
 NUM_ITEM_CLASSES = len(ITEM_LABELS)
@@ -101,7 +101,8 @@ def lab_prior() -> np.ndarray:
     """Return the lab's item-class prior: uniform, except one class that is rare."""
     prior = np.ones(NUM_ITEM_CLASSES)
     prior[RARE_IN_LAB_CLASS] = LAB_RARE_WEIGHT
-    return prior / prior.sum()
+    normalised: np.ndarray = prior / prior.sum()
+    return normalised
 
 
 LAB_SITE = Site(name="lab", index=-1, shift=LAB_SHIFT, class_prior=lab_prior(), none_fraction=0.1)
@@ -121,7 +122,7 @@ def lab_sites(count: int = 24, seed: int = 0) -> list[Site]:
             gain=float(rng.uniform(0.85, 1.15)),
             noise_sigma=float(rng.uniform(2.0, 5.0)),
             rotation_deg=8.0,
-            background_rgb=tuple(float(v) for v in rng.uniform(0.15, 0.85, size=3)),
+            background_rgb=as_rgb(rng.uniform(0.15, 0.85, size=3)),
             scale_range=(0.4, 0.85),
             texture=texture,
             texture_contrast=0.0 if texture == "plain" else float(rng.uniform(0.05, 0.2)),
@@ -341,7 +342,8 @@ class CameraStream:
 def _usable_prior(prior: np.ndarray, by_class: list[np.ndarray]) -> np.ndarray:
     """Return ``prior`` without the classes that have no items, normalised."""
     usable = np.where([len(c) > 0 for c in by_class], np.asarray(prior, float), 0.0)
-    return usable / usable.sum()
+    normalised: np.ndarray = usable / usable.sum()
+    return normalised
 
 
 def _draw_item(rng: np.random.Generator, by_class: list[np.ndarray], prior: np.ndarray) -> int:

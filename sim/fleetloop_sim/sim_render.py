@@ -40,7 +40,7 @@ def item_tint(item: int) -> np.ndarray:
     hue = rng.uniform(0, 180)
     sat = rng.uniform(0, 100)
     hsv = np.array([[[hue, sat, 255]]], dtype=np.uint8)
-    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
+    rgb: np.ndarray = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
     return rgb
 
 
@@ -67,6 +67,11 @@ LAB_SHIFT = Shift()
 _TEXTURES = ("clouds", "shelves", "stripes")
 
 
+def as_rgb(values: np.ndarray) -> tuple[float, float, float]:
+    """Return the first three of ``values`` as an (R, G, B) tuple of Python floats."""
+    return float(values[0]), float(values[1]), float(values[2])
+
+
 def random_shift(rng: np.random.Generator, strength: float = 1.0) -> Shift:
     """Return a random field shift; ``strength`` 0 is the lab, 1 a typical site."""
     s = float(strength)
@@ -74,7 +79,7 @@ def random_shift(rng: np.random.Generator, strength: float = 1.0) -> Shift:
     return Shift(
         gain=float(1.0 + s * rng.uniform(-0.45, 0.35)),
         gamma=float(np.exp(s * rng.uniform(-0.4, 0.4))),
-        color_cast=tuple(float(c) for c in cast),
+        color_cast=as_rgb(cast),
         noise_sigma=float(2.0 + s * rng.uniform(2.0, 14.0)),
         blur_sigma=float(s * rng.uniform(0.0, 1.4)),
         rotation_deg=float(5.0 + s * rng.uniform(5.0, 30.0)),
@@ -83,7 +88,7 @@ def random_shift(rng: np.random.Generator, strength: float = 1.0) -> Shift:
         centred=s < 0.5,
         texture=str(rng.choice(_TEXTURES)) if s > 0 else "plain",
         texture_contrast=float(s * rng.uniform(0.2, 0.5)),
-        background_rgb=tuple(float(v) for v in rng.uniform(0.2, 0.75, size=3)),
+        background_rgb=as_rgb(rng.uniform(0.2, 0.75, size=3)),
     )
 
 
@@ -126,7 +131,7 @@ class Track:
         return self.occluder if self.occluder and 0.3 <= self.age / max(self.length - 1, 1) <= 0.8 else None
 
 
-def _texture(site: Site, height: int, width: int, seed: int) -> np.ndarray:
+def _texture(site: Site, height: int, width: int, seed: object) -> np.ndarray:
     """Return a float32 RGB background texture (2x the frame, to pan over), values 0..1."""
     shift = site.shift
     th, tw = height * 2, width * 2
@@ -135,7 +140,7 @@ def _texture(site: Site, height: int, width: int, seed: int) -> np.ndarray:
     base[:] = np.asarray(shift.background_rgb, np.float32)
     yy, xx = np.mgrid[0:th, 0:tw].astype(np.float32)
     gradient = 0.06 * (yy / th - 0.5)
-    pattern = np.zeros((th, tw), np.float32)
+    pattern: np.ndarray = np.zeros((th, tw), np.float32)
     if shift.texture == "clouds":
         small = rng.uniform(-1, 1, size=(max(th // 16, 2), max(tw // 16, 2))).astype(np.float32)
         pattern = cv2.resize(small, (tw, th), interpolation=cv2.INTER_CUBIC)
@@ -147,8 +152,8 @@ def _texture(site: Site, height: int, width: int, seed: int) -> np.ndarray:
         angle = rng.uniform(0, np.pi)
         pattern = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) / max(width / 24, 2)).astype(np.float32)
     pattern = np.clip(pattern, -1, 1) * shift.texture_contrast * 0.5
-    out = base * (1.0 + pattern[..., None]) + gradient[..., None]
-    return np.clip(out, 0, 1).astype(np.float32)
+    out: np.ndarray = np.clip(base * (1.0 + pattern[..., None]) + gradient[..., None], 0, 1).astype(np.float32)
+    return out
 
 
 def _lighting_lut(shift: Shift) -> np.ndarray:
@@ -164,7 +169,7 @@ def _lighting_lut(shift: Shift) -> np.ndarray:
 class Renderer:
     """Draws frames of one site at one resolution (caches texture, lighting, noise and item outlines)."""
 
-    def __init__(self, site: Site, pool: ItemPool, height: int = 128, width: int = 128, seed: int = 0):
+    def __init__(self, site: Site, pool: ItemPool, height: int = 128, width: int = 128, seed: object = 0):
         if height < 32 or width < 32:
             raise ValueError(f"frame size must be at least 32x32 (got {width}x{height})")
         self.site, self.pool = site, pool
@@ -289,7 +294,7 @@ class Renderer:
 @lru_cache(maxsize=64)
 def _motion_kernel(length: int, angle_deg: int) -> np.ndarray:
     """Return a normalised line kernel of ``length`` pixels at ``angle_deg``."""
-    kernel = np.zeros((length, length), np.float32)
+    kernel: np.ndarray = np.zeros((length, length), np.float32)
     kernel[length // 2, :] = 1.0
     rotation = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), angle_deg, 1.0)
     kernel = cv2.warpAffine(kernel, rotation, (length, length))

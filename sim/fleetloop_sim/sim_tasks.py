@@ -17,7 +17,7 @@ The world (items, sites, cameras, tracks, the renderer) is ``fleetloop_sim.sim``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence, Union
+from typing import Any, Callable, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -176,19 +176,40 @@ class TrackShape:
 
 
 class SimTask(Protocol):
-    """A task's part of the simulated world (see the module docstring)."""
+    """A task's part of the simulated world (see the module docstring).
 
-    name: str
-    track_frames: tuple[int, int]  # a track lasts this many frames (inclusive range)
-    max_items: int  # items in view at once
-    spawn_prob: float  # per frame, while a scene runs and has room: a new track starts
-    gap_first: bool  # streams draw the background stretch before the scene (else after it)
-    set_seed: str  # seed name of labelled sets
-    field_seed: str  # seed name of held-out field test sets
-    field_none_scale: float  # a field test set's background share, relative to the site's
-    frame_site_prior: bool  # a set frame's class prior is its own site's (else the set site's)
+    Its settings are read-only properties: the parts are frozen dataclasses, and a protocol's plain
+    attributes would ask for settable ones.
+    """
 
-    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple:
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def track_frames(self) -> tuple[int, int]: ...  # a track lasts this many frames (inclusive range)
+
+    @property
+    def max_items(self) -> int: ...  # items in view at once
+
+    @property
+    def spawn_prob(self) -> float: ...  # per frame, while a scene runs and has room: a new track starts
+
+    @property
+    def gap_first(self) -> bool: ...  # streams draw the background stretch before the scene (else after it)
+
+    @property
+    def set_seed(self) -> str: ...  # seed name of labelled sets
+
+    @property
+    def field_seed(self) -> str: ...  # seed name of held-out field test sets
+
+    @property
+    def field_none_scale(self) -> float: ...  # a field test set's background share, relative to the site's
+
+    @property
+    def frame_site_prior(self) -> bool: ...  # a set frame's class prior is its own site's (else the set site's)
+
+    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple[object, ...]:
         """Return the keys that seed a camera stream."""
 
     def track_shape(self, rng: np.random.Generator, shift: Shift, scene: Sequence[Placement]) -> TrackShape:
@@ -200,8 +221,8 @@ class SimTask(Protocol):
     def truth(self, renderer: Renderer, placements: Sequence[Placement], robot: str, seq: int) -> FrameTruth:
         """Return the ground truth of a frame of ``placements`` (none: background only)."""
 
-    def collect(self, images: np.ndarray, truths: list) -> LabelledSet | DetectionSet:
-        """Return the labelled set of ``images`` and their truths."""
+    def collect(self, images: np.ndarray, truths: list[Any]) -> LabelledSet | DetectionSet:
+        """Return the labelled set of ``images`` and their truths (those this part's ``truth`` returned)."""
 
 
 def _box_around(centre: np.ndarray, size: np.ndarray) -> Box:
@@ -227,7 +248,7 @@ class Classification:
     field_none_scale: float = 1.0
     frame_site_prior: bool = False
 
-    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple:
+    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple[object, ...]:
         return ("stream", robot, site, seed, mode)
 
     def track_shape(self, rng: np.random.Generator, shift: Shift, scene: Sequence[Placement]) -> TrackShape:
@@ -264,7 +285,7 @@ class Classification:
         first = placements[0]
         return Truth(int(renderer.pool.labels[first.item]), first.item, first.track_id, renderer.site.name, robot, seq)
 
-    def collect(self, images: np.ndarray, truths: list) -> LabelledSet:
+    def collect(self, images: np.ndarray, truths: list[Truth]) -> LabelledSet:
         labels = np.asarray([t.label for t in truths], np.int64)
         return LabelledSet(images=images, labels=labels, items=np.asarray([t.item for t in truths], np.int64))
 
@@ -300,7 +321,7 @@ class Detection:
         if not 0.0 < lo <= hi < 1.0:
             raise ValueError(f"item_scale must satisfy 0 < low <= high < 1 (got {self.item_scale})")
 
-    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple:
+    def stream_keys(self, robot: str, site: str, seed: int, mode: str) -> tuple[object, ...]:
         return ("detection-stream", robot, site, seed) + (() if mode == "stream" else (mode,))
 
     def track_shape(self, rng: np.random.Generator, shift: Shift, scene: Sequence[Placement]) -> TrackShape:
@@ -345,7 +366,7 @@ class Detection:
     def truth(self, renderer: Renderer, placements: Sequence[Placement], robot: str, seq: int) -> DetectionTruth:
         return box_truth(renderer, placements, robot, seq)
 
-    def collect(self, images: np.ndarray, truths: list) -> DetectionSet:
+    def collect(self, images: np.ndarray, truths: list[DetectionTruth]) -> DetectionSet:
         return DetectionSet(images=images, truths=truths)
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleetloop_core.contracts.manifest import Manifest
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("models", help="build, sign and verify model packages")
     actions = parser.add_subparsers(dest="models_command", metavar="ACTION")
     build = actions.add_parser("build", help="train the four reference tiers and export ONNX + manifests")
@@ -37,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--trusted", required=True, help="directory of trusted *.pub keys, or a YAML file with trusted_keys"
     )
     verify.set_defaults(handler=_verify)
-    parser.set_defaults(handler=lambda args: parser.print_help() or 2)
+
+    def show_help(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(handler=show_help)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -63,7 +72,7 @@ def _build(args: argparse.Namespace) -> int:
                 "dir": str(Path(directory)),
             }
         )
-        if manifest.task == "detection":  # detectors: mAP instead of accuracy
+        if manifest.detection is not None:  # detectors (only they carry the block): mAP instead of accuracy
             rows[-1].update(
                 task="detection",
                 layout=manifest.detection.layout,
@@ -114,11 +123,20 @@ def _sign(args: argparse.Namespace) -> int:
                 "package": args.package,
                 "name": manifest.name,
                 "version": manifest.version,
-                "key_id": manifest.signature.key_id,
+                "key_id": _key_id(manifest),
             }
         )
     )
     return 0
+
+
+def _key_id(manifest: Manifest) -> str:
+    """Return the id of the key that signed ``manifest`` (signing and verifying return signed manifests only)."""
+    from fleetloop_core.signing import SignatureError
+
+    if manifest.signature is None:
+        raise SignatureError(f"{manifest.name} {manifest.version}: unsigned (no signature field)")
+    return manifest.signature.key_id
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -131,7 +149,7 @@ def _verify(args: argparse.Namespace) -> int:
                 "package": args.package,
                 "name": manifest.name,
                 "version": manifest.version,
-                "key_id": manifest.signature.key_id,
+                "key_id": _key_id(manifest),
                 "verified": True,
             }
         )

@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from fleetloop_core.errors import FleetLoopError
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 
 class MetricsError(FleetLoopError):
@@ -37,7 +40,7 @@ class MapScores:
     per_class: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     per_site: dict[str, tuple[float, float, int]] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Return JSON-able figures (rounded to 4 digits)."""
         return {
             "map50": round(self.map50, 4),
@@ -58,7 +61,7 @@ def _xywh(boxes: np.ndarray) -> np.ndarray:
     return np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
 
 
-def _run(gt, dt, image_ids: Sequence[int] | None) -> tuple[float, float, np.ndarray | None]:
+def _run(gt: COCO, dt: COCO, image_ids: Sequence[int] | None) -> tuple[float, float, np.ndarray | None]:
     from pycocotools.cocoeval import COCOeval
 
     evaluator = COCOeval(gt, dt, "bbox")
@@ -74,11 +77,11 @@ def _run(gt, dt, image_ids: Sequence[int] | None) -> tuple[float, float, np.ndar
 
 def _coco_records(
     predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], truths: Sequence[tuple[np.ndarray, np.ndarray]]
-) -> tuple[list[dict], list[dict], list[dict]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Return COCO's images, ground-truth annotations and detections of the per-image boxes (ids from 1)."""
-    images: list[dict] = []
-    annotations: list[dict] = []
-    detections: list[dict] = []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    detections: list[dict[str, Any]] = []
     for image_id, ((boxes, classes), (p_boxes, p_scores, p_classes)) in enumerate(zip(truths, predictions), start=1):
         images.append({"id": image_id})
         for box, cls in zip(_xywh(boxes), np.asarray(classes).reshape(-1)):
@@ -104,7 +107,9 @@ def _coco_records(
     return images, annotations, detections
 
 
-def _per_class(precision: np.ndarray, class_names: Sequence[str], counts: np.ndarray) -> dict:
+def _per_class(
+    precision: np.ndarray, class_names: Sequence[str], counts: np.ndarray
+) -> dict[str, tuple[float, float, int]]:
     """Return per class with ground truth its (AP@0.5, AP@0.5:0.95, boxes) from COCOeval's precision array."""
     per_class = {}
     for k, name in enumerate(class_names):

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("edge-demo", help="the edge pipeline alone over one simulated field stream")
     parser.add_argument("--models", default="models", help="reference models directory (built if missing)")
     parser.add_argument("--profile", default="default", help="build profile when models are missing")

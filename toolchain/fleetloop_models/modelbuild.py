@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, TypeGuard
 
 import numpy as np
 from pydantic import Field
@@ -37,18 +37,30 @@ from fleetloop_core.contracts.manifest import (
     TIER_PLACEMENT,
     InputSpec,
     Manifest,
+    Resize,
+    TaskName,
+    Tier,
     file_entry,
     load_manifest,
     verify_files,
     write_manifest,
 )
 from fleetloop_models.trainers import Trainer, registration, trainer_for
+from fleetloop_sim.sim_tasks import DetectionSet, LabelledSet
+
+if TYPE_CHECKING:
+    from fleetloop_models.training import PixelInput
 
 log = logging.getLogger(__name__)
 
-TIERS = ("T1", "T2", "T3", "T4")
+TIERS: tuple[Tier, ...] = ("T1", "T2", "T3", "T4")
 WEIGHTS_FILE = "weights.pt"  # torch state dict beside the ONNX graph (role "extra" in the manifest)
-TIER_NAMES = {"T1": "foundation", "T2": "domain-teacher", "T3": "fleet-edge", "T4": "specialised-edge"}
+TIER_NAMES: dict[Tier, str] = {"T1": "foundation", "T2": "domain-teacher", "T3": "fleet-edge", "T4": "specialised-edge"}
+
+
+def is_tier(name: str) -> TypeGuard[Tier]:
+    """Return whether ``name`` is one of the four tiers (T1..T4)."""
+    return name in TIERS
 
 
 class TierBuild(ConfigModel):
@@ -181,12 +193,10 @@ def _build_locked(
     force: bool,
 ) -> dict[str, Path]:
     profile = load_profile(profile_name, config_path)
-    missing = [t for t in tiers if t not in profile.tiers]
-    if missing:
-        raise ConfigError(f"profile {profile_name!r} does not define tier(s) {missing}")
-    keys = {tier: build_key(profile, tier) for tier in tiers}
-    todo = [t for t in tiers if force or not _cached(out_dir / t, keys[t])]
-    for tier in tiers:
+    chosen = _defined_tiers(profile, profile_name, tiers)
+    keys = {tier: build_key(profile, tier) for tier in chosen}
+    todo = [t for t in chosen if force or not _cached(out_dir / t, keys[t])]
+    for tier in chosen:
         if tier not in todo:
             log.info("%s: cached %s build %s is current, skipping", tier, profile.task, keys[tier][:12])
     if todo:
@@ -199,20 +209,32 @@ def _build_locked(
             _build_tier(
                 trainer, profile, profile_name, tier, frames, tests, keys[tier], render_seconds, out_dir, progress
             )
-    return {t: out_dir / t for t in tiers}
+    return {t: out_dir / t for t in chosen}
 
 
-def _render(trainer: Trainer, profile: BuildProfile, items, count: int, seed: tuple, sites: list[sim.Site]):
+def _defined_tiers(profile: BuildProfile, profile_name: str, tiers: Sequence[str]) -> list[Tier]:
+    """Return ``tiers`` as tier names; a ConfigError names those the profile does not define."""
+    missing = [t for t in tiers if t not in profile.tiers]
+    if missing:
+        raise ConfigError(f"profile {profile_name!r} does not define tier(s) {missing}")
+    return [t for t in tiers if is_tier(t)]  # all of them: load_profile accepts known tiers only
+
+
+def _render(
+    trainer: Trainer, profile: BuildProfile, items: np.ndarray, count: int, seed: tuple[str, int], sites: list[sim.Site]
+) -> LabelledSet | DetectionSet:
     """Return ``count`` lab-site frames of ``items`` from random ``sites`` holding what the task's frames hold."""
     height, width = profile.frame_height, profile.frame_width
     part = trainer.sim_part(profile)
     return sim.render_set(sim.LAB_SITE, items, count, seed, height, width, none_fraction=0.1, sites=sites, task=part)
 
 
-def _render_training_sets(trainer: Trainer, profile: BuildProfile, profile_name: str, needs: set[str]) -> dict:
+def _render_training_sets(
+    trainer: Trainer, profile: BuildProfile, profile_name: str, needs: set[str]
+) -> dict[str, LabelledSet | DetectionSet]:
     """Return the training frames the tiers to build need: ``lab`` and/or ``randomised``."""
     items, prefix, seed = sim.item_pool().lab_train, trainer.seed_prefix, profile.seed
-    frames = {}
+    frames: dict[str, LabelledSet | DetectionSet] = {}
     if "lab" in needs:
         sites = sim.lab_sites(seed=seed)
         frames["lab"] = _render(trainer, profile, items, profile.lab_frames, (f"{prefix}lab", seed), sites)
@@ -229,8 +251,8 @@ def _render_training_sets(trainer: Trainer, profile: BuildProfile, profile_name:
 class _TestSets:
     """Where a built tier is measured: a lab test set and one field test set per fleet site."""
 
-    lab: Any
-    field: list
+    lab: LabelledSet | DetectionSet
+    field: list[LabelledSet | DetectionSet]
     sites: list[sim.Site]
 
     @classmethod
@@ -249,8 +271,8 @@ def _build_tier(
     trainer: Trainer,
     profile: BuildProfile,
     profile_name: str,
-    tier: str,
-    frames: dict,
+    tier: Tier,
+    frames: dict[str, LabelledSet | DetectionSet],
     tests: _TestSets,
     key: str,
     render_seconds: float,
@@ -310,21 +332,21 @@ def evaluate(trainer: Trainer, directory: Path, tests: _TestSets) -> dict[str, f
 
 
 def write_package(
-    model,
+    model: PixelInput,
     directory: Path,
     export: Callable[[Path], Path],
     *,
     name: str,
     version: str,
-    tier: str,
-    task: str,
+    tier: Tier,
+    task: TaskName,
     architecture: str,
     labels: Sequence[str],
     input_size: tuple[int, int],
-    resize: str,
-    training: dict,
+    resize: Resize,
+    training: dict[str, Any],
     parameters: int | None = None,
-    metrics: dict | None = None,
+    metrics: dict[str, Any] | None = None,
     **task_fields: Any,
 ) -> Manifest:
     """Write a package: ``export(directory / "model.onnx")``, the torch weights, manifest.json; return the manifest.

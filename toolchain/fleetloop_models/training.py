@@ -45,6 +45,10 @@ def device() -> torch.device:
 class PixelInput(nn.Module):
     """Base of the deployable wrappers: raw uint8 NHWC pixels in, normalised in the graph."""
 
+    net: nn.Module  # the wrapped network (each wrapper names its kind)
+    scale: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    offset: torch.Tensor
+
     def __init__(self, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD):
         super().__init__()
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -88,7 +92,9 @@ class FitReport:
     device: str = "cpu"
 
 
-def _schedule(optimiser: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
+def _schedule(
+    optimiser: torch.optim.Optimizer, recipe: Recipe, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     if total_steps >= recipe.one_cycle_min_steps:
         return torch.optim.lr_scheduler.OneCycleLR(
             optimiser, max_lr=recipe.lr, total_steps=total_steps, pct_start=recipe.warmup_share
@@ -180,10 +186,11 @@ def export_graph(
     model = model.eval().cpu()
     dummy = torch.zeros((1, *input_shape), dtype=torch.uint8)
     buffer = io.BytesIO()
+    # torch annotates ``f`` as a path only; the TorchScript exporter (dynamo=False) takes a BytesIO too
     torch.onnx.export(
         model,
         (dummy,),
-        buffer,
+        buffer,  # type: ignore[arg-type]
         input_names=["image"],
         output_names=list(outputs),
         dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
@@ -222,4 +229,5 @@ def _static_output_shapes(model_bytes: bytes, names: Sequence[str], shapes: Sequ
                 continue
             dims[axis].ClearField("dim_param")
             dims[axis].dim_value = int(size)
-    return graph.SerializeToString()
+    serialised: bytes = graph.SerializeToString()
+    return serialised

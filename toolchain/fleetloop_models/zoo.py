@@ -50,13 +50,21 @@ def _stem(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     )
 
 
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """Return the bias of a convolution built with one (torch types every convolution's bias as optional)."""
+    if conv.bias is None:
+        raise ValueError(f"{conv} has no bias")
+    return conv.bias
+
+
 class _Residual(nn.Module):
     def __init__(self, channels: int, depthwise: bool):
         super().__init__()
         self.body = _conv_bn(channels, channels, 1, depthwise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        out: torch.Tensor = x + self.body(x)
+        return out
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,7 @@ class DetectorNet(nn.Module):
         self.num_classes = num_classes
 
         def stage(c_in: int, c_out: int, blocks: int) -> nn.Sequential:
-            layers = [_conv_bn(c_in, c_out, 2, spec.depthwise)]
+            layers: list[nn.Module] = [_conv_bn(c_in, c_out, 2, spec.depthwise)]
             layers += [_Residual(c_out, spec.depthwise) for _ in range(blocks)]
             return nn.Sequential(*layers)
 
@@ -168,8 +176,8 @@ class DetectorNet(nn.Module):
         self.box = nn.Conv2d(spec.head, 4, 3, padding=1)
         self.embed = nn.Linear(c16, spec.embedding_dim)
         # rare positives: start every class near p = 0.01 (RetinaNet's prior) so early losses are sane
-        nn.init.constant_(self.cls.bias, -4.6)
-        nn.init.constant_(self.box.bias, 1.0)
+        nn.init.constant_(_bias(self.cls), -4.6)
+        nn.init.constant_(_bias(self.box), 1.0)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f8 = self.down8(self.stem(x))
@@ -208,6 +216,22 @@ def build(arch: str, num_classes: int, seed: int | None = None) -> TierNet | Det
     if isinstance(spec, DetectorSpec):
         return DetectorNet(spec, num_classes)
     return TierNet(spec, num_classes)
+
+
+def build_classifier(arch: str, num_classes: int, seed: int | None = None) -> TierNet:
+    """Return a fresh classifier of architecture ``arch`` (:func:`build`); a KeyError when ``arch`` is a detector's."""
+    net = build(arch, num_classes, seed)
+    if not isinstance(net, TierNet):
+        raise KeyError(f"architecture {arch!r} is a detector (classifiers: {', '.join(CLASSIFIERS)})")
+    return net
+
+
+def build_detector(arch: str, num_classes: int, seed: int | None = None) -> DetectorNet:
+    """Return a fresh detector of architecture ``arch`` (:func:`build`); a KeyError when ``arch`` is a classifier's."""
+    net = build(arch, num_classes, seed)
+    if not isinstance(net, DetectorNet):
+        raise KeyError(f"architecture {arch!r} is a classifier (detectors: {', '.join(DETECTORS)})")
+    return net
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -16,11 +16,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from fleetloop_core.deploy_agent import DeployAgent
+    from fleetloop_core.model_manager import ModelManager
 
 log = logging.getLogger("fleetloop.robot_sim")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("robot-sim", help="a simulated robot taking model jobs (no ROS)")
     parser.add_argument(
         "--config",
@@ -69,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         open_control_plane(plane_config, f"{args.config}: control_plane"), manager, poll_s=plane_config.poll_s
     )
     stream = sim.CameraStream(sim.make_site(args.site, 0), thing, seed=args.site)
-    frames = [f.image for f in stream.frames(args.frames)]
+    frames = [f.image for f in stream.frames(args.frames) if f.image is not None]  # rendered: every one
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -95,7 +102,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(
-    manager, frames: list, args: argparse.Namespace, stop: threading.Event, served: _Served, report, thing: str
+    manager: ModelManager,
+    frames: list[np.ndarray],
+    args: argparse.Namespace,
+    stop: threading.Event,
+    served: _Served,
+    report: Callable[[], None],
+    thing: str,
 ) -> None:
     """Serve ``frames`` in a loop at ``args.rate_hz`` until ``stop`` or ``args.duration``; ``report`` at 2 Hz."""
     period = 1.0 / args.rate_hz
@@ -121,7 +134,14 @@ def _serve(
         stop.wait(max(0.0, next_frame - time.monotonic()))
 
 
-def _write_status(status_path: Path | None, thing: str, manager, agent, served: _Served, final: bool = False) -> None:
+def _write_status(
+    status_path: Path | None,
+    thing: str,
+    manager: ModelManager,
+    agent: DeployAgent,
+    served: _Served,
+    final: bool = False,
+) -> None:
     """Write the status JSON (what was served, the jobs seen and how they ended) atomically, if asked to."""
     from fleetloop_core.control_plane import write_json_atomic
 

@@ -22,9 +22,14 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
+from fleetloop_core.contracts.manifest import Manifest, TaskName, Tier
 from fleetloop_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fleetloop_models.modelbuild import BuildProfile, TierBuild
+    from fleetloop_sim.sim_tasks import SimTask
 
 
 @dataclass(frozen=True)
@@ -65,18 +70,27 @@ class Trained:
 class Trainer(Protocol):
     """What a task supplies to the build (see the module docstring)."""
 
-    task: str
+    task: TaskName
     labels: Sequence[str]
     seed_prefix: str  # of the render seeds: each task's reference builds draw their own frames
     metric: str  # the headline test metric (a key of ``score``)
 
-    def sim_part(self, profile: Any) -> Any: ...
+    def sim_part(self, profile: BuildProfile) -> str | SimTask: ...
 
-    def train(self, tier: str, spec: Any, data: Any, count: int, profile: Any, progress: bool) -> Trained: ...
+    def train(
+        self, tier: Tier, spec: TierBuild, data: Any, count: int, profile: BuildProfile, progress: bool
+    ) -> Trained: ...
 
     def write(
-        self, trained: Trained, directory: Path, name: str, version: str, tier: str, spec: Any, info: dict
-    ) -> Any: ...
+        self,
+        trained: Trained,
+        directory: Path,
+        name: str,
+        version: str,
+        tier: Tier,
+        spec: TierBuild,
+        info: dict[str, Any],
+    ) -> Manifest: ...
 
     def load(self, directory: Path) -> Any: ...
 
@@ -92,4 +106,5 @@ def registration(task: str) -> Registration:
 
 def trainer_for(task: str) -> Trainer:
     """Return the trainer of ``task`` (imports its module, and torch); a ConfigError names the known tasks."""
-    return importlib.import_module(registration(task).module).TRAINER
+    trainer: Trainer = importlib.import_module(registration(task).module).TRAINER
+    return trainer

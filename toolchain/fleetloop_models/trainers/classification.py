@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -20,10 +20,13 @@ from torch.nn import functional as F
 
 from fleetloop_sim import dataset
 from fleetloop_models import training, zoo
-from fleetloop_core.contracts.manifest import Manifest, OutputSpec
-from fleetloop_models.modelbuild import TIER_NAMES, write_package
+from fleetloop_core.contracts.manifest import Manifest, OutputSpec, TaskName, Tier
+from fleetloop_models.modelbuild import TIER_NAMES, BuildProfile, TierBuild, write_package
 from fleetloop_sim.sim_tasks import LabelledSet
-from fleetloop_models.trainers import Trained
+from fleetloop_models.trainers import Trained, Trainer
+
+if TYPE_CHECKING:
+    from fleetloop_core.inference import TierModel
 
 OUTPUTS = ("probs", "embedding", "uncertainty")
 
@@ -46,6 +49,8 @@ class UncertaintyHead(nn.Module):
 
 class Deployable(training.PixelInput):
     """A classifier wrapped for deployment: uint8 NHWC in; probs, embedding, uncertainty out."""
+
+    net: zoo.TierNet
 
     def __init__(
         self,
@@ -164,19 +169,21 @@ def resize_all(images: np.ndarray, size: int) -> np.ndarray:
 class ClassificationTrainer:
     """Classification's part of the reference-model build (``fleetloop_models.trainers.Trainer``)."""
 
-    task = "classification"
-    labels = dataset.LABELS
+    task: TaskName = "classification"
+    labels: Sequence[str] = dataset.LABELS
     seed_prefix = ""
     metric = "accuracy"
 
-    def sim_part(self, profile) -> str:
+    def sim_part(self, profile: BuildProfile) -> str:
         """Return what the build's frames hold: one item (or none) and its class label."""
         return self.task
 
-    def train(self, tier: str, spec, data: LabelledSet, count: int, profile, progress: bool) -> Trained:
+    def train(
+        self, tier: Tier, spec: TierBuild, data: LabelledSet, count: int, profile: BuildProfile, progress: bool
+    ) -> Trained:
         """Return a fresh ``spec.arch`` classifier trained on the first ``count`` frames of ``data``."""
         images = resize_all(data.images[:count], spec.input_size)
-        model = Deployable(zoo.build(spec.arch, num_classes=len(self.labels), seed=profile.seed))
+        model = Deployable(zoo.build_classifier(spec.arch, num_classes=len(self.labels), seed=profile.seed))
         config = FitConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=profile.seed)
         report = fit(
             model, images, data.labels[:count], config=config, desc=f"{tier} {TIER_NAMES[tier]}", progress=progress
@@ -188,7 +195,14 @@ class ClassificationTrainer:
         return Trained(model, report, profile.seed, {"data": note})
 
     def write(
-        self, trained: Trained, directory: Path, name: str, version: str, tier: str, spec, info: dict
+        self,
+        trained: Trained,
+        directory: Path,
+        name: str,
+        version: str,
+        tier: Tier,
+        spec: TierBuild,
+        info: dict[str, Any],
     ) -> Manifest:
         """Write the package: model.onnx (probs, embedding, uncertainty), weights.pt, manifest.json."""
         model, size = trained.model, spec.input_size
@@ -210,16 +224,16 @@ class ClassificationTrainer:
             ),
         )
 
-    def load(self, directory: Path):
+    def load(self, directory: Path) -> TierModel:
         """Return the exported model of a package, on the CPU."""
         from fleetloop_core.inference import TierModel
 
         return TierModel.load(directory, providers=("cpu",), warmup=0)
 
-    def score(self, model, data: LabelledSet) -> dict[str, float]:
+    def score(self, model: TierModel, data: LabelledSet) -> dict[str, float]:
         """Return the top-1 accuracy of ``model`` on ``data``."""
         predicted = model.infer_batch(data.images).probs.argmax(axis=1)
         return {"accuracy": float((predicted == data.labels).mean())}
 
 
-TRAINER = ClassificationTrainer()
+TRAINER: Trainer = ClassificationTrainer()

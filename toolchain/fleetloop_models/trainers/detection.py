@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
@@ -32,11 +32,14 @@ from torch.nn import functional as F
 from fleetloop_models import training, zoo
 from fleetloop_sim import sim_tasks
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.contracts.manifest import DetectionSpec, Manifest
-from fleetloop_models.modelbuild import TIER_NAMES, TIERS, write_package
-from fleetloop_models.trainers import Trained
+from fleetloop_core.contracts.manifest import DetectionSpec, Manifest, TaskName, Tier
+from fleetloop_models.modelbuild import TIER_NAMES, TIERS, BuildProfile, TierBuild, write_package
+from fleetloop_models.trainers import Trained, Trainer
 from fleetloop_models.trainers.detection_targets import Targets, assign, dense_loss, flip_batch
 from fleetloop_models.zoo import STRIDE, DetectorNet, cell_centres
+
+if TYPE_CHECKING:
+    from fleetloop_core.detection import DetectorModel
 
 Layout = Literal["yolo", "boxes_scores", "boxes_scores_labels"]
 LAYOUT_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -44,11 +47,14 @@ LAYOUT_OUTPUTS: dict[str, tuple[str, ...]] = {
     "boxes_scores": ("boxes", "scores", "embedding"),
     "boxes_scores_labels": ("boxes", "scores", "labels", "embedding"),
 }
-DEFAULT_LAYOUTS = {"T1": "yolo", "T2": "boxes_scores", "T3": "boxes_scores", "T4": "yolo"}
+DEFAULT_LAYOUTS: dict[Tier, Layout] = {"T1": "yolo", "T2": "boxes_scores", "T3": "boxes_scores", "T4": "yolo"}
 
 
 class DetectorDeployable(training.PixelInput):
     """A detector wrapped for deployment: uint8 NHWC in; one output layout out (see module docstring)."""
+
+    net: DetectorNet
+    centres: torch.Tensor  # buffer (register_buffer), declared for the type checker
 
     def __init__(
         self,
@@ -79,7 +85,7 @@ class DetectorDeployable(training.PixelInput):
         boxes = torch.cat([centres - ltrb[..., :2], centres + ltrb[..., 2:]], dim=-1)
         return logits, boxes, embedding
 
-    def forward(self, pixels: torch.Tensor):
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits, boxes, embedding = self.raw(pixels)
         scores = torch.sigmoid(logits)
         embedding = F.normalize(embedding, dim=1, eps=1e-6)
@@ -206,20 +212,20 @@ def write_detector_package(
     directory: Path,
     name: str,
     version: str,
-    tier: str,
+    tier: Tier,
     arch: str,
-    layout: str,
+    layout: Layout,
     labels: Sequence[str],
-    training_info: dict,
+    training_info: dict[str, Any],
     parameters: int,
-    metrics: dict | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Manifest:
     """Export ``model`` as a package: model.onnx in ``layout``, weights.pt, manifest.json."""
     spec = detection_spec(layout)  # an unknown layout fails before anything is written
     return write_package(
         model,
         directory,
-        lambda path: export_detector_onnx(model, path, layout),  # type: ignore[arg-type]
+        lambda path: export_detector_onnx(model, path, layout),
         name=name,
         version=version,
         tier=tier,
@@ -258,20 +264,28 @@ def fit_into(
 class DetectionTrainer:
     """Detection's part of the reference-model build (``fleetloop_models.trainers.Trainer``)."""
 
-    task = "detection"
-    labels = sim_tasks.DETECTION_CLASSES
+    task: TaskName = "detection"
+    labels: Sequence[str] = sim_tasks.DETECTION_CLASSES
     seed_prefix = "det-"
     metric = "map50"
 
-    def sim_part(self, profile) -> sim_tasks.Detection:
+    def sim_part(self, profile: BuildProfile) -> sim_tasks.Detection:
         """Return what the build's frames hold: up to ``profile.max_items`` boxed items of its scale."""
         return sim_tasks.Detection(max_items=profile.max_items, item_scale=profile.item_scale)
 
-    def train(self, tier: str, spec, data: sim_tasks.DetectionSet, count: int, profile, progress: bool) -> Trained:
+    def train(
+        self,
+        tier: Tier,
+        spec: TierBuild,
+        data: sim_tasks.DetectionSet,
+        count: int,
+        profile: BuildProfile,
+        progress: bool,
+    ) -> Trained:
         """Return a fresh ``spec.arch`` detector trained on the first ``count`` frames of ``data``."""
         images, boxes, classes = fit_into(data.images[:count], data.truths[:count], spec.input_size)
         targets = assign(boxes, classes, spec.input_size, spec.input_size)
-        net = zoo.build(spec.arch, num_classes=len(self.labels))
+        net = zoo.build_detector(spec.arch, num_classes=len(self.labels))
         model = DetectorDeployable(net, spec.input_size, spec.input_size, layout="yolo")
         # each tier its own seed: two tiers of one architecture must not be one network twice
         seed = profile.seed + TIERS.index(tier)
@@ -285,7 +299,14 @@ class DetectionTrainer:
         return Trained(model, report, seed, {"data": note, "boxes": int(sum(len(b) for b in boxes))})
 
     def write(
-        self, trained: Trained, directory: Path, name: str, version: str, tier: str, spec, info: dict
+        self,
+        trained: Trained,
+        directory: Path,
+        name: str,
+        version: str,
+        tier: Tier,
+        spec: TierBuild,
+        info: dict[str, Any],
     ) -> Manifest:
         """Write the package: model.onnx in the tier's layout, weights.pt, manifest.json."""
         model = trained.model
@@ -295,13 +316,13 @@ class DetectionTrainer:
             model, directory, f"{name}-detector", version, tier, spec.arch, layout, self.labels, info, parameters
         )
 
-    def load(self, directory: Path):
+    def load(self, directory: Path) -> DetectorModel:
         """Return the exported detector of a package, on the CPU."""
         from fleetloop_core.detection import DetectorModel
 
         return DetectorModel.load(directory, providers=("cpu",), warmup=0)
 
-    def score(self, model, data: sim_tasks.DetectionSet) -> dict[str, float]:
+    def score(self, model: DetectorModel, data: sim_tasks.DetectionSet) -> dict[str, float]:
         """Return mAP@0.5 (``map50``) and mAP@0.5:0.95 (``map``) of ``model`` on ``data`` (pycocotools)."""
         from fleetloop_models.detection_metrics import evaluate_map
 
@@ -312,4 +333,4 @@ class DetectionTrainer:
         return {"map50": result.map50, "map": result.map}
 
 
-TRAINER = DetectionTrainer()
+TRAINER: Trainer = DetectionTrainer()

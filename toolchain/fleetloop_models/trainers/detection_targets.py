@@ -9,13 +9,16 @@ loss on the boxes of assigned cells (``fleetloop_models.trainers.detection``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from fleetloop_models.zoo import STRIDE, cell_centres
+
+if TYPE_CHECKING:
+    from fleetloop_models.trainers.detection import DetectorFitConfig
 
 
 @dataclass
@@ -120,7 +123,7 @@ def dense_loss(
     boxes: torch.Tensor,
     truth: torch.Tensor,
     teacher: list[torch.Tensor],
-    config,
+    config: DetectorFitConfig,
 ) -> torch.Tensor:
     """Return one batch's detection loss: focal + GIoU on frames with ground truth, plus distillation.
 

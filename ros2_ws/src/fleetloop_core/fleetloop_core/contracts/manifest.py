@@ -20,7 +20,10 @@ from fleetloop_core.errors import ModelError
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 Tier = Literal["T1", "T2", "T3", "T4"]
-TIER_PLACEMENT = {"T1": "cloud", "T2": "cloud", "T3": "robot", "T4": "robot"}
+TaskName = Literal["classification", "detection"]
+Placement = Literal["cloud", "robot"]
+Resize = Literal["area", "linear"]  # the resampling a model's input expects
+TIER_PLACEMENT: dict[Tier, Placement] = {"T1": "cloud", "T2": "cloud", "T3": "robot", "T4": "robot"}
 
 
 class _Strict(BaseModel):
@@ -38,7 +41,7 @@ class InputSpec(_Strict):
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])  # on 0..1 pixel values
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
     normalisation_in_graph: bool = False  # True: feed raw uint8 pixels, the graph normalises
-    resize: Literal["area", "linear"] = "area"
+    resize: Resize = "area"
 
     @model_validator(mode="after")
     def _check(self) -> "InputSpec":
@@ -123,8 +126,8 @@ class Manifest(_Strict):
     name: str
     version: str
     tier: Tier
-    task: Literal["classification", "detection"] = "classification"
-    placement: Literal["cloud", "robot"]
+    task: TaskName = "classification"
+    placement: Placement
     input: InputSpec
     outputs: OutputSpec = Field(default_factory=OutputSpec)
     labels: list[str] = Field(min_length=2)
