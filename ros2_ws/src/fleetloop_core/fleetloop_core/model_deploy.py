@@ -29,8 +29,9 @@ from fleetloop_core.errors import ModelError
 from fleetloop_core.inference import TierModel
 from fleetloop_core.model_checks import ShadowReport, shadow_verdict
 from fleetloop_core.model_serving import ServingModels
-from fleetloop_core.model_store import IncompatibleModel, InstalledPackage, ModelStore, PackageMismatch, StoreFull
+from fleetloop_core.model_store import InstalledPackage, ModelStore, StoreFull
 from fleetloop_core.model_watch import Watch
+from fleetloop_core.package_checks import IncompatibleModel, PackageMismatch
 from fleetloop_core.signing import SignatureError, verify_package
 from fleetloop_core.store import StoreError
 from fleetloop_core.tasks import ModelRun, task_of
