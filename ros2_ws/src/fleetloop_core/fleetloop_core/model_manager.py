@@ -97,7 +97,6 @@ class ModelManager(ServingModels):
         config = config or ModelManagerConfig()
         state = DeliveryState(store, history_kept=max(config.store.keep_versions, 2) * 2)
         super().__init__(cascade, config, state, clock)
-        self.config: ModelManagerConfig = config
         self.store = store
         self._deployer = Deployer(self, store, state, loader, clock)
         self._apply_lock = threading.Lock()  # one job at a time
