@@ -267,7 +267,7 @@ def main(argv=None) -> int:
         _count_frames(namespace, float(seconds), reliable == "1", int(expected))
         return 0
 
-    from fleetloop_ros.camera_replay import sim_frames
+    from fleetloop_ros.camera_frames import sim_frames
     from fleetloop_core.dds import DdsConfig, dds_environment
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(90 + os.getpid() % 10))

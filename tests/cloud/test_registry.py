@@ -11,7 +11,8 @@ from fleetloop_core.signing import SignatureError, TrustedKeys, generate_keypair
 from fleetloop_core.store import open_store
 
 from fleetloop_cloud.config import RegistryConfig
-from fleetloop_cloud.registry import RegistryError, SageMakerRegistry, StoreRegistry, open_registry
+from fleetloop_cloud.registry import RegistryError, StoreRegistry, open_registry
+from fleetloop_cloud.registry_sagemaker import SageMakerRegistry
 
 
 @pytest.fixture

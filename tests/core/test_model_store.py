@@ -7,16 +7,8 @@ import pytest
 from fixtures.model_packages import BAD_KINDS, _truncate, bad_packages, make_version
 from fleetloop_core.errors import ModelError
 from fleetloop_core.contracts.manifest import load_manifest, write_manifest
-from fleetloop_core.model_store import (
-    IncompatibleModel,
-    ModelStore,
-    PackageLocation,
-    PackageMismatch,
-    StoreFull,
-    check_compatible,
-    package_prefix,
-    publish_package,
-)
+from fleetloop_core.model_store import ModelStore, PackageLocation, StoreFull, package_prefix, publish_package
+from fleetloop_core.package_checks import IncompatibleModel, PackageMismatch, check_compatible
 from fleetloop_core.signing import sign_package
 from fleetloop_core.store import open_store
 

@@ -132,7 +132,7 @@ def test_disk_full_under_the_cap_evicts_instead_of_crashing(tmp_path, monkeypatc
     with UploadQueue(tmp_path / "q") as queue:
         for record in records[:3]:
             queue.put(EncodedRecord(record.frame, record.sidecar, priority=0.1))
-        real_write = queue._write_blob
+        real_write = queue._files.write
         failures = iter([True])
 
         def full_once(name, data):
@@ -140,14 +140,14 @@ def test_disk_full_under_the_cap_evicts_instead_of_crashing(tmp_path, monkeypatc
                 raise OSError(errno.ENOSPC, "No space left on device")
             real_write(name, data)
 
-        monkeypatch.setattr(queue, "_write_blob", full_once)
+        monkeypatch.setattr(queue._files, "write", full_once)
         result = queue.put(EncodedRecord(records[3].frame, records[3].sidecar, priority=0.9))
         assert result.accepted and len(result.evicted) == 1 and len(queue) == 3
 
         def always_full(name, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(queue, "_write_blob", always_full)
+        monkeypatch.setattr(queue._files, "write", always_full)
         result = queue.put(
             EncodedRecord(records[3].frame, records[3].sidecar.model_copy(update={"stamp_ns": 1}), priority=0.05)
         )

@@ -74,3 +74,23 @@ def test_640x480_rgb8_at_30_hz_between_processes_loses_nothing(ros, spawn):
     assert len(received) == sent
     assert len(set(stamps.tolist())) == sent and all(size == 640 * 480 * 3 for _, _, size in received)
     assert (np.diff(stamps) > 0).all()  # in order
+
+
+def test_the_live_simulated_camera_sends_one_robots_stream_from_a_frame_index():
+    from fleetloop_core.ros_convert import msg_to_rgb8
+    from fleetloop_ros.camera_frames import FrameSource
+    from fleetloop_ros.messages import stamp_ns
+    from fleetloop_sim import sim
+
+    camera = FrameSource("sim", width=40, height=32, seed=3, robot="robot-2", start=5, live=True)
+    stream = sim.CameraStream(
+        sim.make_site(0, 3), robot="robot-2", seed=3, height=32, width=40, start_ns=sim.SIM_EPOCH_NS
+    )
+    expected = list(stream.frames(7))[5:]
+    sent = [camera.next_message(123, "camera", sim_stamps=True) for _ in expected]
+    assert camera.kind == "image"
+    assert [stamp_ns(m.header.stamp) for m in sent] == [frame.stamp_ns for frame in expected]
+    for message, frame in zip(sent, expected):
+        assert np.array_equal(msg_to_rgb8(message), frame.image)
+    wall = FrameSource("sim", width=40, height=32, seed=3, robot="robot-2", live=True)
+    assert stamp_ns(wall.next_message(123, "camera").header.stamp) == 123  # stamped when sent

@@ -29,7 +29,7 @@ BUDGETED = {
 
 @pytest.fixture(scope="module")
 def frames():
-    from fleetloop_ros.camera_replay import sim_frames
+    from fleetloop_ros.camera_frames import sim_frames
 
     return sim_frames(20, 128, 128)
 

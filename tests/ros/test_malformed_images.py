@@ -22,7 +22,7 @@ def test_malformed_images_are_counted_reported_and_survived(ros, robot):
     from sensor_msgs.msg import CompressedImage, Image
 
     from fleetloop_core.ros_convert import array_to_image
-    from fleetloop_ros.camera_replay import sim_frames
+    from fleetloop_ros.camera_frames import sim_frames
     from fleetloop_ros.messages import level_of, values_of
 
     process = robot(ros.namespace, MALFORMED, args=["--nodes", "perception"])

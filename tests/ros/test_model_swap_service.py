@@ -31,7 +31,7 @@ def test_swap_and_rollback_through_services_while_streaming(ros, robot, test_mod
     from std_srvs.srv import Trigger
 
     from fleetloop_core.contracts.manifest import load_manifest
-    from fleetloop_ros.camera_replay import sim_frames
+    from fleetloop_ros.camera_frames import sim_frames
 
     reference = load_manifest(test_models["T4"] / "manifest.json").version
     key = signing_keys["keys"]["fleet"][0]

@@ -13,7 +13,7 @@ def test_selector_not_composed_pairs_images_and_results_from_topics(ros, robot):
     from fleetloop_interfaces.msg import FrameDecision
     from sensor_msgs.msg import Image
 
-    from fleetloop_ros.camera_replay import sim_frames
+    from fleetloop_ros.camera_frames import sim_frames
 
     process = robot(ros.namespace, KEEP_ALL, args=["--composed", "false"])
     assert "topics between nodes" in process.output
@@ -93,7 +93,8 @@ def test_a_recorded_bag_is_a_camera(tmp_path):
     from rosbags.typesys import Stores, get_typestore
 
     from fleetloop_core.ros_convert import array_to_image, msg_to_rgb8
-    from fleetloop_ros.camera_replay import bag_messages
+    from fleetloop_ros.camera_frames import FrameSource, bag_messages
+    from fleetloop_ros.messages import stamp_ns
 
     store = get_typestore(Stores.ROS2_HUMBLE)
     Image, Header, Time = (
@@ -117,3 +118,9 @@ def test_a_recorded_bag_is_a_camera(tmp_path):
     replayed = list(bag_messages(tmp_path / "bag"))
     assert [kind for kind, _ in replayed] == ["image"] * 3
     assert [int(msg_to_rgb8(m)[0, 0, 0]) for _, m in replayed] == [10, 20, 30]
+    # the camera sends them in order, then again from the first, stamped when sent (not as recorded)
+    camera = FrameSource(str(tmp_path / "bag"))
+    sent = [camera.next_message(5_000_000_000 + index, "camera") for index in range(4)]
+    assert camera.kind == "image" and [int(msg_to_rgb8(m)[0, 0, 0]) for m in sent] == [10, 20, 30, 10]
+    assert [stamp_ns(m.header.stamp) for m in sent] == [5_000_000_000 + index for index in range(4)]
+    assert {m.header.frame_id for m in sent} == {"camera"}

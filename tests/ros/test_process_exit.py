@@ -190,7 +190,7 @@ def test_a_frozen_frame_path_is_reported_and_the_process_exits(ros, test_models,
     from sensor_msgs.msg import Image
 
     from fleetloop_core.health import ERROR
-    from fleetloop_ros.camera_replay import sim_frames
+    from fleetloop_ros.camera_frames import sim_frames
     from fleetloop_ros.messages import level_of
 
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics")

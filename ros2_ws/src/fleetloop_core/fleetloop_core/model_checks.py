@@ -2,7 +2,7 @@
 
 :func:`shadow_verdict` judges a candidate against the serving model on the same frames before it may
 serve; :func:`watchdog_verdict` judges it after the swap, against :func:`watch_confidence_baseline`
-and the latencies before. No I/O here: ``fleetloop_core.model_manager`` runs them.
+and the latencies before. No I/O here: ``fleetloop_core.model_deploy`` and ``model_watch`` run them.
 """
 
 from __future__ import annotations

@@ -7,19 +7,19 @@ Layout under the store's root directory::
     state.json                   the model manager's persistent state (serving versions, jobs done)
 
 :meth:`ModelStore.install` downloads into ``incoming/`` (from an object store via
-``fleetloop_core.store.open_store`` or from a local directory), checks, in this order, the manifest's
-sha256 against the job (when the job pins it), the signature against the trusted keys, the
-expected name and version, compatibility with the serving model (input shape and type, label set),
-the disk cap, then every file's size and sha256; only then it fsyncs and renames the directory into
-``packages/``. Any rejection raises a :class:`~fleetloop_core.errors.ModelError` whose message names
-what failed, and leaves the installed packages (and so the serving model) untouched.
+``fleetloop_core.store.open_store`` or from a local directory), checks, in this order, the
+manifest's sha256 against the job (when the job pins it), the signature against the trusted keys,
+the expected name and version, compatibility with the serving model (input shape and type, label
+set) (these in ``fleetloop_core.package_checks``), the disk cap, then every file's size and sha256;
+only then it fsyncs and renames the directory into ``packages/``. Any rejection raises a
+:class:`~fleetloop_core.errors.ModelError` whose message names what failed, and leaves the installed
+packages (and so the serving model) untouched.
 
 In an object store a package lives under ``models/<name>/<version>/`` (:func:`package_prefix`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,15 +27,16 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterable, Optional, Protocol
 
 from pydantic import Field, model_validator
 
 from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import ModelError
-from fleetloop_core.contracts.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest, verify_files
-from fleetloop_core.signing import SignatureError, TrustedKeys, verify_manifest
+from fleetloop_core.contracts.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_files
+from fleetloop_core.package_checks import IncompatibleModel, checked_manifest
+from fleetloop_core.signing import TrustedKeys
 from fleetloop_core.store import ObjectStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -44,16 +45,8 @@ MODELS_PREFIX = "models"
 STATE_NAME = "state.json"
 
 
-class IncompatibleModel(ModelError):
-    """The package cannot replace the serving model (input shape or type, labels, task)."""
-
-
 class StoreFull(ModelError):
     """The package does not fit under the store's disk cap, even after pruning old versions."""
-
-
-class PackageMismatch(ModelError):
-    """The package is not the one the job asked for (name, version or manifest sha256)."""
 
 
 def package_prefix(name: str, version: str) -> str:
@@ -145,74 +138,6 @@ def publish_package(directory: str | Path, store: ObjectStore | str) -> str:
     # the manifest goes last: a reader that finds it finds every file it lists
     store.put_file(f"{prefix}/{MANIFEST_NAME}", directory / MANIFEST_NAME)
     return prefix
-
-
-# ------------------------------------------------------------------------------ pure checks
-def check_compatible(candidate: Manifest, serving: Manifest) -> None:
-    """Return None when ``candidate`` can replace ``serving``; IncompatibleModel naming the field otherwise."""
-    what = f"package {candidate.name} {candidate.version}"
-    against = f"serving {serving.name} {serving.version}"
-    if candidate.task != serving.task:
-        raise IncompatibleModel(f"{what}: task {candidate.task} does not match {against} ({serving.task})")
-    if candidate.placement != "robot":
-        raise IncompatibleModel(f"{what}: placement {candidate.placement} is not robot")
-    if list(candidate.input.shape[1:]) != list(serving.input.shape[1:]):
-        raise IncompatibleModel(
-            f"{what}: input.shape {candidate.input.shape} does not match {against} ({serving.input.shape})"
-        )
-    for field in ("dtype", "layout", "color_order"):
-        mine, theirs = getattr(candidate.input, field), getattr(serving.input, field)
-        if mine != theirs:
-            raise IncompatibleModel(f"{what}: input.{field} {mine} does not match {against} ({theirs})")
-    if list(candidate.labels) != list(serving.labels):
-        missing = [label for label in serving.labels if label not in candidate.labels]
-        extra = [label for label in candidate.labels if label not in serving.labels]
-        detail = f"missing {missing}, extra {extra}" if missing or extra else "same labels in another order"
-        raise IncompatibleModel(f"{what}: labels differ from {against}: {detail}")
-
-
-def _checked_manifest(
-    manifest_bytes: bytes,
-    location: PackageLocation,
-    where: str,
-    trusted: TrustedKeys,
-    serving: Manifest | None,
-    expect_name: str | None,
-    expect_version: str | None,
-) -> Manifest:
-    """Return the package's manifest once its hash, signature, name, version, compatibility and paths check out."""
-    digest = hashlib.sha256(manifest_bytes).hexdigest()
-    if location.manifest_sha256 and digest != location.manifest_sha256:
-        raise PackageMismatch(
-            f"{where}/{MANIFEST_NAME}: sha256 {digest} is not the job's manifest_sha256 {location.manifest_sha256}"
-        )
-    try:
-        data = json.loads(manifest_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{where}/{MANIFEST_NAME}: manifest is not valid JSON ({exc})") from None
-    manifest = parse_manifest(data, f"{where}/{MANIFEST_NAME}")
-    try:
-        verify_manifest(manifest, trusted)
-    except SignatureError as exc:
-        raise SignatureError(f"{where}: {exc}") from None
-    if expect_name is not None and manifest.name != expect_name:
-        raise PackageMismatch(f"{where}: manifest name {manifest.name} is not the job's {expect_name}")
-    if expect_version is not None and manifest.version != expect_version:
-        raise PackageMismatch(f"{where}: manifest version {manifest.version} is not the job's {expect_version}")
-    if serving is not None:
-        try:
-            check_compatible(manifest, serving)
-        except IncompatibleModel as exc:
-            raise IncompatibleModel(f"{where}: {exc}") from None
-    _check_paths(manifest, where)
-    return manifest
-
-
-def _check_paths(manifest: Manifest, where: str) -> None:
-    for entry in manifest.files:
-        path = PurePosixPath(entry.path)
-        if path.is_absolute() or ".." in path.parts or entry.path in ("", MANIFEST_NAME) or "\\" in entry.path:
-            raise ModelError(f"{where}: manifest file path {entry.path!r} is not a plain relative path")
 
 
 def _fsync(path: Path) -> None:
@@ -319,8 +244,8 @@ class ModelStore:
         source = _source(location)
         where = source.where
         manifest_bytes = source.read(MANIFEST_NAME)
-        manifest = _checked_manifest(
-            manifest_bytes, location, where, self.trusted, serving, expect_name, expect_version
+        manifest = checked_manifest(
+            manifest_bytes, location.manifest_sha256, where, self.trusted, serving, expect_name, expect_version
         )
         existing = self.get(manifest.name, manifest.version)
         if existing is not None:
@@ -428,15 +353,12 @@ class ModelStore:
 
 
 __all__ = [
-    "IncompatibleModel",
     "InstalledPackage",
     "ModelStore",
     "ModelStoreConfig",
     "PackageLocation",
-    "PackageMismatch",
     "StoreError",
     "StoreFull",
-    "check_compatible",
     "package_prefix",
     "publish_package",
 ]

@@ -22,19 +22,19 @@ Guarantees:
   unreachable; a store that refuses the credentials stops the drain with a clear error and
   leaves every record queued (:class:`fleetloop_core.uploader.Uploader`).
 
-The queue persists; it does not decide (``fleetloop_core.selection`` decides). The
-:class:`UploadQueue` is one class of ~340 lines on purpose: its SQL and its crash-safety protocol
-(blob before row, one transaction per state change, recovery) read together.
+The queue persists; it does not decide (``fleetloop_core.selection`` decides). How one frame file is
+made durable is ``fleetloop_core.queue_files``; the schema and the transactions, ``fleetloop_core.queue_db``.
+
+~450 lines as one module on purpose: every method of :class:`UploadQueue` is a step of the crash-safety
+protocol above (file before row, one transaction per state change, row before file on removal,
+recovery) and its SQL, which read together; the rest is its config and the records it hands out.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,12 +45,12 @@ from pydantic import Field
 
 from fleetloop_core.config import ConfigModel, default_config_path, load_config
 from fleetloop_core.errors import FleetLoopError
+from fleetloop_core.queue_db import SCHEMA_VERSION, Transaction, bump, open_queue_db
+from fleetloop_core.queue_files import BlobDir, disk_full
 from fleetloop_core.record import EncodedRecord, UploadRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-DB_NAME = "queue.db"
 BLOB_DIR = "blobs"
 
 
@@ -146,46 +146,6 @@ class QueueStats:
         return dict(self.__dict__)
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    frame_key TEXT NOT NULL UNIQUE,
-    sidecar_key TEXT NOT NULL,
-    blob TEXT NOT NULL,
-    frame_sha256 TEXT NOT NULL,
-    sidecar BLOB NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    priority REAL NOT NULL,
-    stamp_ns INTEGER NOT NULL,
-    robot_id TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    queued_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'queued',
-    frame_uploaded INTEGER NOT NULL DEFAULT 0,
-    owner INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS records_by_priority ON records (priority, id);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
-
-
 class UploadQueue:
     """Records on the robot's disk, waiting for the store; safe to share between threads.
 
@@ -199,18 +159,11 @@ class UploadQueue:
         self.blobs = self.directory / BLOB_DIR
         self._lock = threading.RLock()
         try:
-            self.blobs.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self.directory / DB_NAME, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self._files = BlobDir(self.blobs)
+            self._db, version = open_queue_db(self.directory, synchronous)
         except (OSError, sqlite3.Error) as exc:
             raise QueueError(f"{self.directory}: cannot open the upload queue ({exc})") from exc
-        version = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0]
-        if int(version) != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION:
             raise QueueError(f"{self.directory}: queue schema {version}, this FleetLoop reads {SCHEMA_VERSION}")
 
     @classmethod
@@ -228,42 +181,8 @@ class UploadQueue:
         self.close()
 
     # ------------------------------------------------------------------ helpers
-    def _transaction(self):
-        return _Transaction(self._db)
-
-    def _bump(self, name: str, by: int = 1) -> None:
-        self._db.execute(
-            "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?", (name, by, by)
-        )
-
-    def _blob_name(self, record: EncodedRecord) -> str:
-        extension = "png" if record.sidecar.encoding == "png" else "jpg"
-        return f"{hashlib.sha256(record.frame_key.encode()).hexdigest()[:40]}.{extension}"
-
-    def _write_blob(self, name: str, data: bytes) -> None:
-        """Write ``data`` to blobs/<name> atomically and durably (temp file, fsync, rename, dir fsync)."""
-        target = self.blobs / name
-        fd, temporary = tempfile.mkstemp(dir=self.blobs, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
-            _fsync_dir(self.blobs)
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-            raise
-
-    def _unlink_blobs(self, names) -> None:
-        for name in names:
-            try:
-                (self.blobs / name).unlink()
-            except FileNotFoundError:
-                pass
+    def _transaction(self) -> Transaction:
+        return Transaction(self._db)
 
     def _victims(self, needed: int, priority: float) -> list[tuple[int, str, str, int]] | None:
         """Return (id, frame_key, blob, size) of the records to evict so ``needed`` more bytes fit.
@@ -303,25 +222,25 @@ class UploadQueue:
         with self._lock:
             if self._db.execute("SELECT 1 FROM records WHERE frame_key = ?", (key,)).fetchone():
                 return PutResult(True, key, "already queued", already_queued=True)
-            blob = self._blob_name(encoded)
+            blob = self._files.name_for(encoded)
             evicted: list[str] = []
             for _ in range(64):
                 try:
-                    self._write_blob(blob, encoded.frame)
+                    self._files.write(blob, encoded.frame)
                     victims = self._insert(encoded, blob, size, evicted)
-                    self._unlink_blobs(victim[2] for victim in victims)
+                    self._files.unlink(victim[2] for victim in victims)
                     return PutResult(True, key, "queued", evicted=tuple(evicted))
                 except _NoRoom:
-                    self._unlink_blobs([blob])
+                    self._files.unlink([blob])
                     return self._reject(key, "queue full of records at least as valuable", evicted)
                 except (OSError, sqlite3.OperationalError) as exc:
-                    if not _disk_full(exc):
-                        self._unlink_blobs([blob])
+                    if not disk_full(exc):
+                        self._files.unlink([blob])
                         raise QueueError(f"{self.directory}: cannot queue {key} ({exc})") from exc
                     # the disk is full below our cap: make room from less valuable records, retry
                     freed = self._evict_one(encoded.priority)
                     if freed is None:
-                        self._unlink_blobs([blob])
+                        self._files.unlink([blob])
                         return self._reject(
                             key,
                             f"disk full ({exc.strerror if isinstance(exc, OSError) else exc})"
@@ -329,7 +248,7 @@ class UploadQueue:
                             evicted,
                         )
                     evicted.append(freed)
-            self._unlink_blobs([blob])
+            self._files.unlink([blob])
             return self._reject(key, "disk full after evicting 64 records", evicted)
 
     def _insert(
@@ -347,7 +266,7 @@ class UploadQueue:
                 self._db.execute("DELETE FROM records WHERE id = ?", (victim_id,))
                 evicted.append(victim_key)
             if victims:
-                self._bump("evicted", len(victims))
+                bump(self._db, "evicted", len(victims))
             sidecar = encoded.sidecar
             self._db.execute(
                 "INSERT INTO records (frame_key, sidecar_key, blob, frame_sha256, sidecar, size_bytes,"
@@ -379,8 +298,8 @@ class UploadQueue:
                 return None
             with self._transaction():
                 self._db.execute("DELETE FROM records WHERE id = ?", (row[0],))
-                self._bump("evicted")
-            self._unlink_blobs([row[2]])
+                bump(self._db, "evicted")
+            self._files.unlink([row[2]])
             log.warning("%s: disk full, evicted %s", self.directory, row[1])
             return row[1]
 
@@ -388,7 +307,7 @@ class UploadQueue:
         with self._lock:
             try:
                 with self._transaction():
-                    self._bump("rejected")
+                    bump(self._db, "rejected")
             except sqlite3.Error:
                 pass  # counting a rejection must not turn a full disk into a crash
         return PutResult(False, key, reason, evicted=tuple(evicted or ()))
@@ -431,9 +350,9 @@ class UploadQueue:
             with self._transaction():
                 row = self._db.execute("SELECT blob FROM records WHERE id = ?", (record_id,)).fetchone()
                 self._db.execute("DELETE FROM records WHERE id = ?", (record_id,))
-                self._bump("uploaded")
+                bump(self._db, "uploaded")
             if row:
-                self._unlink_blobs([row[0]])
+                self._files.unlink([row[0]])
 
     def release(self, record_id: int, error: str | None = None) -> None:
         """Put a claimed record back in the queue (upload failed), noting the error."""
@@ -466,18 +385,7 @@ class UploadQueue:
                             "UPDATE records SET owner = NULL WHERE owner = ?", (owner,)
                         ).rowcount
             known = {row[0] for row in self._db.execute("SELECT blob FROM records")}
-        removed = 0
-        now = time.time()
-        for path in self.blobs.iterdir():
-            if path.name in known:
-                continue
-            try:
-                if now - path.stat().st_mtime >= orphan_grace_s:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                pass
-        return {"released": released, "orphans_removed": removed}
+        return {"released": released, "orphans_removed": self._files.sweep(known, orphan_grace_s)}
 
     # ------------------------------------------------------------------ inspection
     def __len__(self) -> int:
@@ -531,38 +439,12 @@ class UploadQueue:
             with self._transaction():
                 blobs = [row[0] for row in self._db.execute(f"SELECT blob FROM records WHERE {condition}")]
                 self._db.execute(f"DELETE FROM records WHERE {condition}")
-            self._unlink_blobs(blobs)
+            self._files.unlink(blobs)
         return len(blobs)
 
 
 class _NoRoom(Exception):
     pass
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            try:
-                self._db.execute("COMMIT")
-                return
-            except sqlite3.Error:
-                self._rollback()
-                raise
-        self._rollback()
-
-    def _rollback(self) -> None:
-        try:
-            self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # SQLite may already have rolled back (e.g. disk full); the original error matters
 
 
 def _alive(pid: int) -> bool:

@@ -1,8 +1,8 @@
 """A camera for bring-ups without one: publishes simulated or recorded frames as sensor_msgs/Image.
 
-Sources: ``sim`` (a seeded camera stream of the simulated world, ``fleetloop_sim.sim``) or a
-rosbag2 directory/file (sqlite3 or MCAP, read with ``rosbags``; its Image and CompressedImage
-messages are republished). Frames are stamped with the wall clock when sent, so the perception
+Sources (``fleetloop_ros.camera_frames``): ``sim`` (a seeded camera stream of the simulated world,
+``fleetloop_sim.sim``) or a rosbag2 directory/file (sqlite3 or MCAP, read with ``rosbags``; its Image
+and CompressedImage messages are republished). Frames are stamped with the wall clock when sent, so the perception
 node's latency figure means something. On robots, ``ros2 bag play`` does the bag part
 (``launch/replay.launch.py``).
 
@@ -23,50 +23,23 @@ discovery are lost), for at most ``--wait-timeout`` seconds: then the camera exi
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import time
 from collections import OrderedDict
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header
 
 from fleetloop_core.dds import TRANSPORTS, DdsConfig, environment_transport
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.ros_convert import array_to_image, rgb8_to_compressed
-from fleetloop_ros.messages import stamp_ns as message_stamp_ns, time_msg
+from fleetloop_ros.camera_frames import FrameSource
+from fleetloop_ros.messages import stamp_ns as message_stamp_ns
 
 _SETTLE_S = 0.5
 EXIT_NO_SUBSCRIBERS = 2
-
-
-def sim_frames(count: int, height: int, width: int, site: int = 0, seed: int = 0) -> list[np.ndarray]:
-    """Return ``count`` uint8 RGB frames of one simulated robot camera (rendered once, replayed in a loop)."""
-    from fleetloop_sim import sim
-
-    stream = sim.CameraStream(sim.make_site(site, seed), robot=f"camera-{site}", seed=seed, height=height, width=width)
-    return [frame.image for frame in stream.frames(count)]
-
-
-def bag_messages(path: str | Path, topic: str | None = None) -> Iterator[tuple[str, object]]:
-    """Yield (kind, message) for each Image / CompressedImage in a rosbag2 (rosbags dataclasses)."""
-    from rosbags.highlevel import AnyReader
-
-    kinds = {"sensor_msgs/msg/Image": "image", "sensor_msgs/msg/CompressedImage": "compressed"}
-    with AnyReader([Path(path)]) as reader:
-        connections = [c for c in reader.connections if c.msgtype in kinds and (topic is None or c.topic == topic)]
-        if not connections:
-            raise ConfigError(
-                f"{path}: no sensor_msgs Image or CompressedImage topic" + (f" named {topic}" if topic else "")
-            )
-        for connection, _, raw in reader.messages(connections=connections):
-            yield kinds[connection.msgtype], reader.deserialize(raw, connection.msgtype)
 
 
 class CameraReplayNode(Node):
@@ -117,7 +90,6 @@ class CameraReplayNode(Node):
         self.window = window
         self.answer_timeout_s = answer_timeout_s
         self._sim_stamps = sim_stamps
-        self._live = None
         self.wait_subscribers = wait_subscribers  # discovery takes a moment: frames sent before it are lost
         self.wait_timeout_s = wait_timeout_s
         self.failure = ""  # why the camera gave up (no subscribers in time)
@@ -134,8 +106,10 @@ class CameraReplayNode(Node):
             if reliable
             else qos_profile_sensor_data
         )
-        self._open_source(source, count, width, height, encoding, compressed, site, seed, robot, start, lockstep_topic)
-        kind = CompressedImage if self._kind == "compressed" else Image
+        # the live form: a robot's own stream, or its stamps, or answers to wait for
+        live = bool(robot or start or sim_stamps or lockstep_topic)
+        self._frames = FrameSource(source, count, width, height, encoding, compressed, site, seed, robot, start, live)
+        kind = CompressedImage if self._frames.kind == "compressed" else Image
         self.publisher = self.create_publisher(kind, topic, qos)
         if lockstep_topic:
             self._results = self._subscribe_answers(lockstep_topic, window)
@@ -147,45 +121,6 @@ class CameraReplayNode(Node):
             f"camera replay: {source} -> {self.publisher.topic_name} at {rate_hz:g} Hz"
             + (f", {count} frames" if count else "")
         )
-
-    def _open_source(
-        self,
-        source: str,
-        count: int,
-        width: int,
-        height: int,
-        encoding: str,
-        compressed: bool,
-        site: int,
-        seed: int,
-        robot: str,
-        start: int,
-        lockstep_topic: str,
-    ) -> None:
-        """Prepare the frames to publish: a live simulated robot, a cycle of simulated frames, or a bag's messages."""
-        if source == "sim" and (robot or start or self._sim_stamps or lockstep_topic):
-            from fleetloop_sim import sim
-
-            self._kind = "compressed" if compressed else "image"
-            self._live = sim.CameraStream(
-                sim.make_site(site, seed),
-                robot=robot or f"camera-{site}",
-                seed=seed,
-                height=height,
-                width=width,
-                start_ns=sim.SIM_EPOCH_NS,
-            )
-            for _ in self._live.frames(start, render=False):
-                pass
-            self._encoding, self._compressed = encoding, compressed
-        elif source == "sim":
-            self._kind = "compressed" if compressed else "image"
-            frames = sim_frames(min(count, 200) if count else 200, height, width, site)
-            self._payloads = itertools.cycle([self._payload(f, encoding, compressed) for f in frames])
-        else:
-            messages = list(bag_messages(source))
-            self._kind = messages[0][0]
-            self._payloads = itertools.cycle([m for _, m in messages])
 
     def _subscribe_answers(self, topic: str, window: int):
         """Subscribe to the robot's FrameResult answers (lockstep: a frame goes out when one comes back)."""
@@ -200,16 +135,6 @@ class CameraReplayNode(Node):
             durability=DurabilityPolicy.TRANSIENT_LOCAL,
         )
         return self.create_subscription(FrameResult, topic, self._on_result, results_qos)
-
-    @staticmethod
-    def _payload(frame: np.ndarray, encoding: str, compressed: bool):
-        if compressed:
-            return rgb8_to_compressed(frame, "jpeg")
-        if encoding == "bgr8":
-            frame = np.ascontiguousarray(frame[:, :, ::-1])
-        elif encoding == "mono8":
-            frame = np.ascontiguousarray(frame.mean(axis=2).astype(np.uint8))
-        return array_to_image(frame, encoding)
 
     def _tick(self) -> None:
         if self.failure:
@@ -226,7 +151,7 @@ class CameraReplayNode(Node):
             self._expire_unanswered()
             if len(self._unanswered) >= self.window:
                 return
-        message = self._next_message()
+        message = self._frames.next_message(time.time_ns(), self.frame_id, self._sim_stamps)
         self.publisher.publish(message)
         if self._lockstep:
             self._unanswered[message_stamp_ns(message.header.stamp)] = time.monotonic()
@@ -262,33 +187,6 @@ class CameraReplayNode(Node):
         if self._matched_at is None:
             self._matched_at = time.monotonic()
         return time.monotonic() - self._matched_at >= _SETTLE_S
-
-    def _next_message(self) -> Image | CompressedImage:
-        """Return the next frame as a message stamped now (or with the simulated robot's own stamp)."""
-        stamp_ns = time.time_ns()
-        if self._live is not None:
-            frame = next(iter(self._live.frames(1)))
-            payload = self._payload(frame.image, self._encoding, self._compressed)
-            if self._sim_stamps:
-                stamp_ns = frame.stamp_ns
-        else:
-            payload = next(self._payloads)
-        header = Header(stamp=time_msg(stamp_ns), frame_id=self.frame_id)
-        if self._kind == "compressed":
-            if isinstance(payload, tuple):
-                fmt, data = payload
-            else:
-                fmt, data = payload.format, bytes(payload.data)
-            return CompressedImage(header=header, format=fmt, data=data)
-        return Image(
-            header=header,
-            height=int(payload.height),
-            width=int(payload.width),
-            encoding=str(payload.encoding),
-            is_bigendian=int(payload.is_bigendian),
-            step=int(payload.step),
-            data=bytes(payload.data),
-        )
 
     def _expire_unanswered(self) -> None:
         """Count frames unanswered for answer_timeout_s as lost (their slot in the window is free again)."""

@@ -33,13 +33,8 @@ from fleetloop_core.errors import FleetLoopError, ModelError
 from fleetloop_core.health import Check, FAILED_MODEL_EVENTS, control_plane_check, models_check
 from fleetloop_core.contracts.manifest import load_manifest
 from fleetloop_core.contracts.job_document import JobOutcome
-from fleetloop_core.model_manager import (
-    ROLE_BY_TIER,
-    ModelEvent,
-    ModelManager,
-    ModelManagerConfig,
-    serving_package_dirs,
-)
+from fleetloop_core.model_manager import ROLE_BY_TIER, ModelManager, ModelManagerConfig, serving_package_dirs
+from fleetloop_core.model_serving import ModelEvent
 from fleetloop_core.model_store import MODELS_PREFIX, ModelStore, PackageLocation
 from fleetloop_core.signing import verify_package
 from fleetloop_core.tasks import load_model
