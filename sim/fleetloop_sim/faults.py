@@ -8,6 +8,9 @@ SIGKILL at random moments, then lets one finish and :func:`audit` checks the pro
 sidecar) or still queued; nothing is lost, duplicated or half-written.
 
 Used by ``tests/integration/test_queue_faults.py`` and ``benchmarks/selection_queue.py``.
+
+~441 lines in one module on purpose: the worker (this module run as a process) and the campaign
+that kills it share the spool, the accepted-keys log and the audit's reading of both.
 """
 
 from __future__ import annotations
@@ -359,6 +362,7 @@ def kill_campaign(
     finishes before its kill moment the next round starts, so every kill lands during work and
     no round's upload can hide another round's loss.
     """
+    # ~61 lines on purpose: one round's start, kill and resume loop reads top to bottom as it runs
     from fleetloop_core.store import open_store
 
     workdir = Path(workdir)

@@ -11,6 +11,9 @@ The world is written once for every task: this module holds the items, the sites
 frames. What differs per task (one item and its class per frame, or several items and their
 boxes) is the task's part in ``sim_tasks``, picked by task name.
 
+~424 lines on purpose: items, sites, the camera's tracks and the labelled sets are one world's
+definition, read together; the renderer and the task parts are already modules of their own.
+
 Frames are uint8 RGB arrays of shape (height, width, 3). Everything is seeded: the same seed
 gives the same pixels.
 """

@@ -7,6 +7,9 @@ stream the next round, and each robot verifies, shadow-checks and hot-swaps. Bes
 same frames: a random-upload arm and an upload-all arm; after the rounds, the active-learning
 experiment and the hard-mode labeling figures. Every figure lands in ``report.json`` (and the
 HTML / Markdown report with plots). The ``fleetloop demo`` command is :mod:`fleetloop_cloud.demo.command`.
+
+~433 lines on purpose: the order of a run (rounds, rollouts, arms, experiments, report) is the
+demo's one story and reads in one place; the fleets, arms and report writing are modules of their own.
 """
 
 from __future__ import annotations
