@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from fleetloop_core.record import EncodedRecord
+from fleetloop_core.durable import fsync_dir
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -26,14 +27,6 @@ def disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobDir:
@@ -59,7 +52,7 @@ class BlobDir:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, target)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         except BaseException:
             try:
                 os.unlink(temporary)

@@ -34,6 +34,7 @@ from typing import Iterator, Protocol
 from urllib.parse import parse_qs, unquote, urlparse
 
 from fleetloop_core.errors import FleetLoopError
+from fleetloop_core.durable import fsync_dir
 
 
 class StoreError(FleetLoopError):
@@ -75,14 +76,6 @@ def _check_key(key: str) -> str:
     return key
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FileStore:
     """A directory as an object store; metadata lives in a ``.<name>.meta`` side file."""
 
@@ -106,7 +99,7 @@ class FileStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             try:
                 os.unlink(temporary)
