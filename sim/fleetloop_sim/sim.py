@@ -160,16 +160,18 @@ def make_fleet_sites(count: int, seed: int = 0) -> list[Site]:
     return [make_site(i, seed) for i in range(count)]
 
 
-def randomised_sites(count: int, seed: int) -> list[Site]:
+def randomised_sites(count: int, seed: int, strength_range: tuple[float, float] = (0.0, 1.2)) -> list[Site]:
     """Return ``count`` random training sites (the foundation tier's domain randomisation).
 
-    Drawn from the same family as field sites but with independent seeds, so no field site is
+    Drawn from the same family as field sites (each with its own shift strength from
+    ``strength_range``; a typical field site is 0.8) but with independent seeds, so no field site is
     ever in the foundation tier's training data.
     """
+    low, high = strength_range
     sites = []
     for i in range(count):
         rng = seeded_rng("randomised-site", seed, i)
-        strength = float(rng.uniform(0.0, 1.2))
+        strength = float(rng.uniform(low, high))
         sites.append(replace(LAB_SITE, name=f"randomised-{i}", index=1000 + i, shift=random_shift(rng, strength)))
     return sites
 
@@ -383,7 +385,7 @@ def render_set(
     by_class = pool.by_class(np.asarray(items))
     none_fraction = site.none_fraction if none_fraction is None else none_fraction
     candidates = list(sites) if sites else [site]
-    renderers = [Renderer(s, pool, height, width, seed) for s in candidates]
+    renderers: dict[int, Renderer] = {}  # made on first use: thousands of random sites cost ~14 ms each
     priors = [
         _usable_prior((s if part.frame_site_prior else site).class_prior if prior is None else prior, by_class)
         for s in candidates
@@ -391,7 +393,9 @@ def render_set(
     images = np.empty((count, height, width, 3), np.uint8)
     truths = []
     for i in range(count):
-        number = int(rng.integers(len(renderers)))
+        number = int(rng.integers(len(candidates)))
+        if number not in renderers:
+            renderers[number] = Renderer(candidates[number], pool, height, width, seed)
         renderer = renderers[number]
         offset = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         empty = rng.random() < none_fraction

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="profile in config/models.yaml (default, test, detection-default, detection-test)",
     )
     build.add_argument("--config", default=None, help="models config file (default: config/models.yaml)")
-    build.add_argument("--tiers", default="T1,T2,T3,T4", help="comma-separated tiers to build")
+    build.add_argument("--tiers", default=None, help="comma-separated tiers to build (default: the profile's)")
     build.add_argument("--force", action="store_true", help="rebuild even when the cache is current")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(handler=_build)
@@ -53,7 +53,7 @@ def _build(args: argparse.Namespace) -> int:
     from fleetloop_core.contracts.manifest import load_manifest
     from fleetloop_models.modelbuild import build_reference_models
 
-    tiers = tuple(t.strip().upper() for t in args.tiers.split(",") if t.strip())
+    tiers = tuple(t.strip().upper() for t in args.tiers.split(",") if t.strip()) if args.tiers else None
     dirs = build_reference_models(
         args.out, args.profile, args.config, tiers=tiers, progress=not args.no_progress, force=args.force
     )

@@ -21,40 +21,32 @@ import importlib.util
 import json
 import logging
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, TypeGuard
+from typing import TYPE_CHECKING, Literal, Optional, Sequence, TypeGuard
 
 import numpy as np
 from pydantic import Field
 
 from fleetloop_sim import dataset
-from fleetloop_sim import sim
 from fleetloop_core.config import ConfigModel, default_config_path, read_yaml, validate
 from fleetloop_core.errors import ConfigError, ModelError
 from fleetloop_core.contracts.manifest import (
-    TIER_PLACEMENT,
-    InputSpec,
-    Manifest,
-    Resize,
-    TaskName,
     Tier,
-    file_entry,
     load_manifest,
     verify_files,
     write_manifest,
 )
+from fleetloop_models import build_frames, reference
+
 from fleetloop_models.trainers import Trainer, registration, trainer_for
 from fleetloop_sim.sim_tasks import DetectionSet, LabelledSet
 
 if TYPE_CHECKING:
-    from fleetloop_models.training import PixelInput
+    pass
 
 log = logging.getLogger(__name__)
 
 TIERS: tuple[Tier, ...] = ("T1", "T2", "T3", "T4")
-WEIGHTS_FILE = "weights.pt"  # torch state dict beside the ONNX graph (role "extra" in the manifest)
 TIER_NAMES: dict[Tier, str] = {"T1": "foundation", "T2": "domain-teacher", "T3": "fleet-edge", "T4": "specialised-edge"}
 
 
@@ -74,6 +66,7 @@ class TierBuild(ConfigModel):
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=3e-3, gt=0)
     layout: Optional[Literal["yolo", "boxes_scores", "boxes_scores_labels"]] = None  # detection profiles only
+    weights: bool = True  # false: ship the ONNX graph only, no torch weights.pt (no warm start from it)
 
 
 class BuildProfile(ConfigModel):
@@ -88,9 +81,20 @@ class BuildProfile(ConfigModel):
     eval_sites: int = Field(default=4, gt=0)
     seed: int = 0
     tiers: dict[str, TierBuild]
+    # tiers taken ready-made from a shipped, signed package (fleetloop_models.reference) instead of
+    # being trained here: tier -> the build profile that trained it (``T1: foundation``)
+    shipped: dict[str, str] = Field(default_factory=dict)
     task: Literal["classification", "detection"] = "classification"  # picks the trainer (fleetloop_models.trainers)
     max_items: int = Field(default=4, ge=1, le=16)  # detection: items per frame
     item_scale: tuple[float, float] = (0.2, 0.4)  # detection: of the shorter side
+    # domain randomisation of the ``randomised`` frames: each random site's shift strength is drawn
+    # from this range (0: the lab, a typical field site 0.8); ``uniform``: every item class equally
+    # often (a foundation learns every class the lab holds items of), ``lab``: the lab's own prior
+    randomised_strength: tuple[float, float] = (0.0, 1.2)
+    randomised_prior: Literal["lab", "uniform"] = "lab"
+    # render the training frames in pieces of this many frames, one process per core (0: one piece in
+    # this process); each piece has its own seed, so the frames do not depend on the number of cores
+    render_chunk: int = Field(default=0, ge=0)
 
 
 def load_profile(name: str = "default", path: str | Path | None = None) -> BuildProfile:
@@ -102,11 +106,15 @@ def load_profile(name: str = "default", path: str | Path | None = None) -> Build
     if name not in profiles:
         raise ConfigError(f"{path}: unknown profile {name!r} (known: {', '.join(profiles)})")
     profile = validate(BuildProfile, profiles[name], source=str(path), prefix=f"profiles.{name}")
-    unknown = set(profile.tiers) - set(TIERS)
-    if unknown:
-        raise ConfigError(
-            f"{path}: profiles.{name}.tiers: unknown tier(s) {sorted(unknown)} (known: {', '.join(TIERS)})"
-        )
+    for section, named in (("tiers", profile.tiers), ("shipped", profile.shipped)):
+        unknown = set(named) - set(TIERS)
+        if unknown:
+            raise ConfigError(
+                f"{path}: profiles.{name}.{section}: unknown tier(s) {sorted(unknown)} (known: {', '.join(TIERS)})"
+            )
+    twice = set(profile.tiers) & set(profile.shipped)
+    if twice:
+        raise ConfigError(f"{path}: profiles.{name}: tier(s) {sorted(twice)} both built (tiers) and shipped")
     return profile
 
 
@@ -115,6 +123,8 @@ BUILD_CODE = (
     "fleetloop_models.zoo",
     "fleetloop_models.training",
     "fleetloop_models.modelbuild",
+    "fleetloop_models.build_frames",
+    "fleetloop_models.package_writer",
     "fleetloop_models.trainers",
     "fleetloop_sim.sim",
     "fleetloop_sim.sim_render",
@@ -166,11 +176,12 @@ def build_reference_models(
     out_dir: str | Path,
     profile_name: str = "default",
     config_path: str | Path | None = None,
-    tiers: tuple[str, ...] = TIERS,
+    tiers: tuple[str, ...] | None = None,
     progress: bool = True,
     force: bool = False,
 ) -> dict[str, Path]:
-    """Build (or reuse from cache) the requested tiers under ``out_dir/<tier>``; return their dirs.
+    """Build (or reuse from cache) the requested tiers (default: every tier the profile defines) under
+    ``out_dir/<tier>``; return their dirs.
 
     Concurrent builds into the same ``out_dir`` (parallel test runs, two terminals) serialise on a
     lock file, and the second one finds the first one's cache.
@@ -188,23 +199,41 @@ def _build_locked(
     out_dir: Path,
     profile_name: str,
     config_path: str | Path | None,
-    tiers: tuple[str, ...],
+    tiers: tuple[str, ...] | None,
     progress: bool,
     force: bool,
 ) -> dict[str, Path]:
     profile = load_profile(profile_name, config_path)
-    chosen = _defined_tiers(profile, profile_name, tiers)
-    keys = {tier: build_key(profile, tier) for tier in chosen}
-    todo = [t for t in chosen if force or not _cached(out_dir / t, keys[t])]
-    for tier in chosen:
+    defined = (*profile.tiers, *profile.shipped)
+    chosen = _defined_tiers(defined, profile_name, sorted(defined) if tiers is None else tiers)
+    for tier in [t for t in chosen if t in profile.shipped]:
+        trained_by = profile.shipped[tier]
+        source = reference.shipped_package(trained_by, tier)
+        manifest = reference.install_shipped(
+            source, out_dir / tier, task=profile.task, tier=tier, trained_by=trained_by
+        )
+        log.info(
+            "%s: shipped %s package %s %s (profile %s) verified",
+            tier,
+            profile.task,
+            manifest.name,
+            manifest.version,
+            trained_by,
+        )
+    built = [t for t in chosen if t in profile.tiers]
+    keys = {tier: build_key(profile, tier) for tier in built}
+    todo = [t for t in built if force or not _cached(out_dir / t, keys[t])]
+    for tier in built:
         if tier not in todo:
             log.info("%s: cached %s build %s is current, skipping", tier, profile.task, keys[tier][:12])
     if todo:
         trainer = trainer_for(profile.task)
         started = time.perf_counter()
-        frames = _render_training_sets(trainer, profile, profile_name, {profile.tiers[t].data for t in todo})
+        frames = build_frames.render_training_sets(
+            trainer, profile, profile_name, {profile.tiers[t].data for t in todo}
+        )
         render_seconds = time.perf_counter() - started
-        tests = _TestSets.render(trainer, profile)
+        tests = build_frames.TestSets.render(trainer, profile)
         for tier in todo:
             _build_tier(
                 trainer, profile, profile_name, tier, frames, tests, keys[tier], render_seconds, out_dir, progress
@@ -212,59 +241,12 @@ def _build_locked(
     return {t: out_dir / t for t in chosen}
 
 
-def _defined_tiers(profile: BuildProfile, profile_name: str, tiers: Sequence[str]) -> list[Tier]:
+def _defined_tiers(defined: Sequence[str], profile_name: str, tiers: Sequence[str]) -> list[Tier]:
     """Return ``tiers`` as tier names; a ConfigError names those the profile does not define."""
-    missing = [t for t in tiers if t not in profile.tiers]
+    missing = [t for t in tiers if t not in defined]
     if missing:
         raise ConfigError(f"profile {profile_name!r} does not define tier(s) {missing}")
     return [t for t in tiers if is_tier(t)]  # all of them: load_profile accepts known tiers only
-
-
-def _render(
-    trainer: Trainer, profile: BuildProfile, items: np.ndarray, count: int, seed: tuple[str, int], sites: list[sim.Site]
-) -> LabelledSet | DetectionSet:
-    """Return ``count`` lab-site frames of ``items`` from random ``sites`` holding what the task's frames hold."""
-    height, width = profile.frame_height, profile.frame_width
-    part = trainer.sim_part(profile)
-    return sim.render_set(sim.LAB_SITE, items, count, seed, height, width, none_fraction=0.1, sites=sites, task=part)
-
-
-def _render_training_sets(
-    trainer: Trainer, profile: BuildProfile, profile_name: str, needs: set[str]
-) -> dict[str, LabelledSet | DetectionSet]:
-    """Return the training frames the tiers to build need: ``lab`` and/or ``randomised``."""
-    items, prefix, seed = sim.item_pool().lab_train, trainer.seed_prefix, profile.seed
-    frames: dict[str, LabelledSet | DetectionSet] = {}
-    if "lab" in needs:
-        sites = sim.lab_sites(seed=seed)
-        frames["lab"] = _render(trainer, profile, items, profile.lab_frames, (f"{prefix}lab", seed), sites)
-    if "randomised" in needs:
-        if profile.randomised_frames <= 0:
-            raise ConfigError(f"profile {profile_name!r}: a tier uses randomised data but randomised_frames is 0")
-        sites = sim.randomised_sites(profile.randomised_sites, seed)
-        count = profile.randomised_frames
-        frames["randomised"] = _render(trainer, profile, items, count, (f"{prefix}randomised", seed), sites)
-    return frames
-
-
-@dataclass
-class _TestSets:
-    """Where a built tier is measured: a lab test set and one field test set per fleet site."""
-
-    lab: LabelledSet | DetectionSet
-    field: list[LabelledSet | DetectionSet]
-    sites: list[sim.Site]
-
-    @classmethod
-    def render(cls, trainer: Trainer, profile: BuildProfile) -> _TestSets:
-        pool, seed, frames = sim.item_pool(), profile.seed, profile.eval_frames
-        lab_seed = (f"{trainer.seed_prefix}lab-test", seed)
-        lab = _render(trainer, profile, pool.lab_test, frames, lab_seed, sim.lab_sites(seed=seed + 1))
-        sites = sim.make_fleet_sites(profile.eval_sites, seed=seed)
-        size = {"height": profile.frame_height, "width": profile.frame_width}
-        # the field sets are the task's standard ones (its default frame contents), as the robots see them
-        field = [sim.field_test_set(site, frames, seed, pool=pool, task=trainer.task, **size) for site in sites]
-        return cls(lab, field, sites)
 
 
 def _build_tier(
@@ -273,7 +255,7 @@ def _build_tier(
     profile_name: str,
     tier: Tier,
     frames: dict[str, LabelledSet | DetectionSet],
-    tests: _TestSets,
+    tests: build_frames.TestSets,
     key: str,
     render_seconds: float,
     out_dir: Path,
@@ -316,7 +298,7 @@ def _build_tier(
     )
 
 
-def evaluate(trainer: Trainer, directory: Path, tests: _TestSets) -> dict[str, float]:
+def evaluate(trainer: Trainer, directory: Path, tests: build_frames.TestSets) -> dict[str, float]:
     """Return the task's metrics of the exported model: lab test, each field site and their mean, 4 decimals."""
     model = trainer.load(directory)
     metrics: dict[str, float] = {f"lab_test_{k}": round(v, 4) for k, v in trainer.score(model, tests.lab).items()}
@@ -329,64 +311,3 @@ def evaluate(trainer: Trainer, directory: Path, tests: _TestSets) -> dict[str, f
         metrics[f"field_test_{name}"] = round(float(np.mean(values)), 4)
     metrics["test_frames_per_set"] = int(len(tests.lab))
     return metrics
-
-
-def write_package(
-    model: PixelInput,
-    directory: Path,
-    export: Callable[[Path], Path],
-    *,
-    name: str,
-    version: str,
-    tier: Tier,
-    task: TaskName,
-    architecture: str,
-    labels: Sequence[str],
-    input_size: tuple[int, int],
-    resize: Resize,
-    training: dict[str, Any],
-    parameters: int | None = None,
-    metrics: dict[str, Any] | None = None,
-    **task_fields: Any,
-) -> Manifest:
-    """Write a package: ``export(directory / "model.onnx")``, the torch weights, manifest.json; return the manifest.
-
-    ``model``: a deployable wrapper (``fleetloop_models.trainers``); ``input_size``: (height, width);
-    ``task_fields``: the manifest's task-specific blocks (``outputs``, ``detection``).
-    """
-    import torch
-
-    from fleetloop_models.zoo import parameter_count
-
-    directory.mkdir(parents=True, exist_ok=True)
-    onnx_path = export(directory / "model.onnx")
-    weights_path = directory / WEIGHTS_FILE  # travels with the package: the cloud warm-starts from it
-    torch.save(model.state_dict(), weights_path)
-    height, width = input_size
-    manifest = Manifest(
-        name=name,
-        version=version,
-        tier=tier,
-        task=task,
-        placement=TIER_PLACEMENT[tier],
-        input=InputSpec(
-            shape=[-1, height, width, 3],
-            dtype="uint8",
-            layout="NHWC",
-            color_order="RGB",
-            mean=list(model.mean),
-            std=list(model.std),
-            normalisation_in_graph=True,
-            resize=resize,
-        ),
-        labels=list(labels),
-        files=[file_entry(onnx_path, directory), file_entry(weights_path, directory, role="extra")],
-        parameters=parameter_count(model.net) if parameters is None else parameters,
-        architecture=architecture,
-        training=training,
-        metrics=metrics or {},
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **task_fields,
-    )
-    write_manifest(manifest, directory)
-    return manifest

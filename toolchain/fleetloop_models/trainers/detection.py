@@ -33,7 +33,8 @@ from fleetloop_models import training, zoo
 from fleetloop_sim import sim_tasks
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.contracts.manifest import DetectionSpec, Manifest, TaskName, Tier
-from fleetloop_models.modelbuild import TIER_NAMES, TIERS, BuildProfile, TierBuild, write_package
+from fleetloop_models.modelbuild import TIER_NAMES, TIERS, BuildProfile, TierBuild
+from fleetloop_models.package_writer import write_package
 from fleetloop_models.trainers import Trained, Trainer
 from fleetloop_models.trainers.detection_targets import Targets, assign, dense_loss, flip_batch
 from fleetloop_models.zoo import STRIDE, DetectorNet, cell_centres
@@ -219,8 +220,9 @@ def write_detector_package(
     training_info: dict[str, Any],
     parameters: int,
     metrics: dict[str, Any] | None = None,
+    weights: bool = True,
 ) -> Manifest:
-    """Export ``model`` as a package: model.onnx in ``layout``, weights.pt, manifest.json."""
+    """Export ``model`` as a package: model.onnx in ``layout``, weights.pt (when ``weights``), manifest.json."""
     spec = detection_spec(layout)  # an unknown layout fails before anything is written
     return write_package(
         model,
@@ -237,6 +239,7 @@ def write_detector_package(
         training=training_info,
         parameters=parameters,
         metrics=metrics,
+        weights=weights,
         detection=spec,
     )
 
@@ -313,7 +316,17 @@ class DetectionTrainer:
         layout = spec.layout or DEFAULT_LAYOUTS[tier]
         parameters = zoo.parameter_count(model.net)
         return write_detector_package(
-            model, directory, f"{name}-detector", version, tier, spec.arch, layout, self.labels, info, parameters
+            model,
+            directory,
+            f"{name}-detector",
+            version,
+            tier,
+            spec.arch,
+            layout,
+            self.labels,
+            info,
+            parameters,
+            weights=spec.weights,
         )
 
     def load(self, directory: Path) -> DetectorModel:
