@@ -5,7 +5,8 @@ and rerunning with the same teachers does nothing. In production the same model 
 a SageMaker batch transform job; here ONNX Runtime runs it in batches.
 
 :func:`combine` is the decision: both tiers' labels, their agreement, and the calibrated
-confidence (temperature-scaled geometric mean of the tiers' probabilities).
+confidence (the tiers' probabilities combined by fitted committee weights, or a temperature-scaled
+geometric mean).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from fleetloop_core.inference import TierModel
 
-from fleetloop_cloud.calibration import apply_temperature, ensemble_log_probs
+from fleetloop_cloud.calibration import apply_temperature, committee_log_probs, ensemble_log_probs
 from fleetloop_cloud.frames import FrameCache
 from fleetloop_cloud.pool import Pool
 
@@ -132,12 +133,21 @@ class Combined:
         return np.where(self.agree, 1.0 - self.confidence, 1.0).astype(np.float32)
 
 
-def combine(probs_a: np.ndarray, probs_b: np.ndarray, temperature: float = 1.0) -> Combined:
-    """Return the combined auto-label of two tiers' probabilities (N, C) at a calibration temperature."""
+def combine(
+    probs_a: np.ndarray, probs_b: np.ndarray, temperature: float = 1.0, weights: tuple[float, float] | None = None
+) -> Combined:
+    """Return the combined auto-label of two tiers' probabilities (N, C).
+
+    Calibrated either by one ``temperature`` over their geometric mean or, with ``weights``, as the
+    weighted product of experts those weights define (``calibration.fit_committee``).
+    """
     label_a = probs_a.argmax(axis=1)
     label_b = probs_b.argmax(axis=1)
     log_probs = ensemble_log_probs(probs_a, probs_b)
-    probs = apply_temperature(log_probs, temperature)
+    if weights is None:
+        probs = apply_temperature(log_probs, temperature)
+    else:
+        probs = apply_temperature(committee_log_probs(probs_a, probs_b, weights), 1.0)
     label = probs.argmax(axis=1)
     return Combined(
         label_a=label_a,

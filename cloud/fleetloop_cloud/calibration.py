@@ -69,3 +69,41 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if inside.any():
             error += inside.mean() * abs(float(correct[inside].mean()) - float(confidence[inside].mean()))
     return float(error)
+
+
+def committee_log_probs(probs_a: np.ndarray, probs_b: np.ndarray, weights: tuple[float, float]) -> np.ndarray:
+    """Return the log of the renormalised weighted product ``p_a^w_a * p_b^w_b`` of two tiers, (N, C).
+
+    A product of experts whose weights say how far to trust each tier; ``(0.5 / T, 0.5 / T)`` is the
+    geometric mean at temperature ``T`` (:func:`ensemble_log_probs`, :func:`apply_temperature`).
+    """
+    w_a, w_b = (float(w) for w in weights)
+    log = w_a * np.log(np.clip(probs_a, _EPS, 1.0)) + w_b * np.log(np.clip(probs_b, _EPS, 1.0))
+    out: np.ndarray = log - _logsumexp(log)[:, None]
+    return out
+
+
+def fit_committee(
+    probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.0, 20.0)
+) -> tuple[float, float]:
+    """Return the weights ``(w_a, w_b)`` minimising the NLL of ``labels`` under :func:`committee_log_probs`.
+
+    Stacking in log space (a two-feature multinomial logistic regression, no bias): each tier is
+    calibrated and weighed by the evidence at once, so a tier that is wrong in the field gets a
+    weight near 0 instead of a veto. ``(0.5, 0.5)`` (the plain geometric mean) without labels.
+    """
+    from scipy.optimize import minimize
+
+    labels = np.asarray(labels, np.int64)
+    if len(labels) == 0:
+        return 0.5, 0.5
+    log_a = np.log(np.clip(probs_a, _EPS, 1.0)).astype(np.float64)
+    log_b = np.log(np.clip(probs_b, _EPS, 1.0)).astype(np.float64)
+    rows = np.arange(len(labels))
+
+    def nll(w: np.ndarray) -> float:
+        log = w[0] * log_a + w[1] * log_b
+        return float(np.mean(_logsumexp(log) - log[rows, labels]))
+
+    result = minimize(nll, x0=np.array([0.5, 0.5]), method="L-BFGS-B", bounds=[bounds, bounds])
+    return float(result.x[0]), float(result.x[1])

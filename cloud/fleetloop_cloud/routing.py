@@ -108,7 +108,7 @@ def lowest_threshold(
     eligible = np.asarray(eligible, bool)
     n_validation, n_eligible = len(confidence), int(eligible.sum())
     if n_eligible < min_accepted:
-        reason = f"only {n_eligible} agreeing validation frames (need {min_accepted})"
+        reason = f"only {n_eligible} eligible validation frames (need {min_accepted})"
         return Threshold(math.inf, n_validation, n_eligible, 0, 0.0, 0.0, reason)
     index = np.flatnonzero(eligible)
     order = index[np.argsort(-confidence[index], kind="stable")]
@@ -255,3 +255,68 @@ def propagate(
         elif accepted is not None and accepted[index] and int(predicted[index]) != label:
             out.disputed.append(index)
     return out
+
+
+def class_thresholds(
+    confidence: np.ndarray,
+    label: np.ndarray,
+    correct: np.ndarray,
+    classes: int,
+    target: float,
+    z: float = 1.0,
+    min_accepted: int = 30,
+    floor: float = 0.0,
+) -> list[Threshold]:
+    """Return one threshold per class (Mondrian): each from the validation frames auto-labeled that class.
+
+    A class's labels are accepted only on its own audited evidence, so a class the teachers confuse
+    (shirt) cannot ride on one they never miss (trouser); a class with too little evidence is not
+    automated (``inf``). ``correct``: whether the auto-label matched the human label.
+    """
+    confidence, label, correct = np.asarray(confidence, np.float64), np.asarray(label), np.asarray(correct, bool)
+    out = []
+    for c in range(classes):
+        mine = label == c
+        out.append(
+            choose_threshold(
+                confidence[mine], correct[mine], np.ones(int(mine.sum()), bool), target, z, min_accepted, floor
+            )
+        )
+    return out
+
+
+def accept_by_class(confidence: np.ndarray, label: np.ndarray, thresholds: Sequence[Threshold]) -> np.ndarray:
+    """Return the auto-accept mask: calibrated confidence at or above the threshold of the frame's class."""
+    values = np.asarray([t.value for t in thresholds], np.float64)
+    return np.asarray(confidence, np.float64) >= values[np.asarray(label, np.int64)]
+
+
+@dataclass(frozen=True)
+class Revalidation:
+    """Whether pooled evidence still holds for changed teachers, judged on a fresh random sample."""
+
+    keep: bool
+    frames: int  # fresh frames the pooled thresholds accept
+    correct: int
+    upper_bound: float  # Wilson upper bound of their accuracy
+    reason: str
+
+
+def revalidate(
+    accepted: np.ndarray, correct: np.ndarray, fresh: np.ndarray, target: float, confidence_level: float = 0.95
+) -> Revalidation:
+    """Return whether the fresh sample agrees with thresholds chosen on pooled evidence.
+
+    ``accepted``: the validation frames the pooled thresholds accept; ``fresh``: those drawn this
+    round (after the teacher changed). The pooled evidence is kept unless the fresh accepted frames'
+    accuracy is significantly below ``target`` (the Wilson interval's upper end under it).
+    """
+    chosen = np.asarray(accepted, bool) & np.asarray(fresh, bool)
+    n, hits = int(chosen.sum()), int(np.asarray(correct, bool)[chosen].sum())
+    if n == 0:
+        return Revalidation(True, 0, 0, 1.0, "no fresh frame accepted: nothing contradicts the pooled evidence")
+    _, high = wilson_interval(hits, n, confidence_level)
+    if high < target:
+        reason = f"fresh sample: {hits}/{n} accepted frames correct, upper bound {high:.3f} < {target:.3f}"
+        return Revalidation(False, n, hits, high, reason + ": evidence reset to this round")
+    return Revalidation(True, n, hits, high, f"fresh sample: {hits}/{n} accepted frames correct, consistent")

@@ -43,3 +43,21 @@ def test_ensemble_is_a_normalised_geometric_mean():
     assert probs.sum() == pytest.approx(1.0)
     expected = np.sqrt(a * b) / np.sqrt(a * b).sum()
     assert np.allclose(probs, expected)
+
+
+def test_the_committee_weighs_a_field_ready_teacher_over_one_that_is_wrong_in_the_field():
+    from fleetloop_cloud.autolabel import combine
+    from fleetloop_cloud.calibration import fit_committee
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 400)
+    good = np.full((400, 5), 0.05)
+    good[np.arange(400), labels] = 0.8  # right, a little under-confident
+    bad = np.full((400, 5), 0.02)
+    bad[np.arange(400), (labels + 1) % 5] = 0.92  # confidently wrong (a lab teacher in the field)
+    w_good, w_bad = fit_committee(good, bad, labels)
+    assert w_good > 1.0 and w_bad < 0.05  # sharpened, and the wrong teacher all but ignored
+    committee = combine(good, bad, weights=(w_good, w_bad))
+    assert (committee.label == labels).all() and not committee.agree.any()
+    assert committee.confidence.min() > 0.9
+    assert fit_committee(good, bad, np.zeros(0, np.int64)) == (0.5, 0.5)

@@ -71,16 +71,17 @@ def test_audit_below_target_tightens_the_threshold_and_sends_frames_back_to_revi
     with CloudLoop(cloud_config_from_dict(data), progress=False) as loop:
         loop.pool.open_round()
         index = 0
-        # the robots' random sample: 100 confident and right (confidence 0.99 .. 0.999), 20 where the tiers disagree
+        # the robots' random sample: 100 confident and right (confidence 0.99 .. 0.999) in two classes (50 each:
+        # each class is routed on its own evidence), 20 where the tiers disagree
         for i in range(100):
-            _add(loop, index, i % 10, i % 10, 0.99 + 0.009 * (i / 99), random=True)
+            _add(loop, index, (6, 2)[i % 2], (6, 2)[i % 2], 0.99 + 0.009 * (i / 99), random=True)
             index += 1
         for _ in range(20):
             _add(loop, index, 3, 3, 0.6, random=True, disagree=True)
             index += 1
         # the rest: 200 confident and right at 0.999, and 60 confidently WRONG at 0.992 (missed by the sample)
         for i in range(200):
-            _add(loop, index, i % 10, i % 10, 0.999, random=False)
+            _add(loop, index, (6, 2)[i % 2], (6, 2)[i % 2], 0.999, random=False)
             index += 1
         wrong = []
         for _ in range(60):

@@ -121,3 +121,32 @@ def test_propagate_confirms_only_agreeing_frames_and_reports_disputes():
     # two humans disagreeing on one track: nothing propagates there
     result = routing.propagate(keys, predicted, agree, confidence, {0: 3, 1: 4, 4: 1}, candidates, accepted)
     assert "a" in result.ambiguous_tracks and 2 not in result.labels and 3 not in result.disputed
+
+
+def test_class_thresholds_route_each_class_on_its_own_evidence():
+    from fleetloop_cloud.routing import accept_by_class, class_thresholds
+
+    # class 0: 60 right; class 1: 60 with every fifth wrong; class 2: 5 frames only
+    label = np.repeat([0, 1, 2], [60, 60, 5])
+    confidence = np.full(len(label), 0.95)
+    correct = np.ones(len(label), bool)
+    correct[60:120:5] = False
+    thresholds = class_thresholds(confidence, label, correct, 3, target=0.98, z=1.0, min_accepted=30)
+    assert thresholds[0].automated and thresholds[0].accepted_frames == 60
+    assert not thresholds[1].automated and "no threshold reaches" in thresholds[1].reason
+    assert not thresholds[2].automated and "only 5" in thresholds[2].reason
+    mask = accept_by_class(np.array([0.96, 0.99, 0.99]), np.array([0, 1, 2]), thresholds)
+    assert mask.tolist() == [True, False, False]
+
+
+def test_revalidation_keeps_consistent_evidence_and_resets_on_a_contradicting_fresh_sample():
+    from fleetloop_cloud.routing import revalidate
+
+    accepted = np.ones(100, bool)
+    fresh = np.arange(100) >= 40
+    assert revalidate(accepted, np.ones(100, bool), fresh, 0.98).keep
+    wrong = np.ones(100, bool)
+    wrong[40::4] = False  # a quarter of the fresh accepted frames wrong
+    verdict = revalidate(accepted, wrong, fresh, 0.98)
+    assert not verdict.keep and verdict.frames == 60 and verdict.correct == 45 and "reset" in verdict.reason
+    assert revalidate(np.zeros(100, bool), wrong, fresh, 0.98).keep  # nothing accepted: nothing contradicted

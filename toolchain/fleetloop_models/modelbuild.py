@@ -36,7 +36,7 @@ from fleetloop_core.contracts.manifest import (
     verify_files,
     write_manifest,
 )
-from fleetloop_models import build_frames, reference
+from fleetloop_models import build_frames
 
 from fleetloop_models.trainers import Trainer, registration, trainer_for
 from fleetloop_sim.sim_tasks import DetectionSet, LabelledSet
@@ -206,6 +206,9 @@ def _build_locked(
     profile = load_profile(profile_name, config_path)
     defined = (*profile.tiers, *profile.shipped)
     chosen = _defined_tiers(defined, profile_name, sorted(defined) if tiers is None else tiers)
+    if any(t in profile.shipped for t in chosen):
+        # imported here: it verifies signatures (cryptography), which a training container need not have
+        from fleetloop_models import reference
     for tier in [t for t in chosen if t in profile.shipped]:
         trained_by = profile.shipped[tier]
         source = reference.shipped_package(trained_by, tier)

@@ -1,7 +1,8 @@
 """The cloud loop for classifiers: class labels in the pool, calibrated T1/T2 agreement, track propagation.
 
-Routing: humans label a random calibration sample -> temperature + threshold from it ->
-auto-accept (tiers agree, calibrated confidence >= threshold) -> one human label per track
+Routing (``classification_routing``): humans label a random calibration sample -> committee
+weights and one threshold per class from the pooled evidence -> auto-accept (calibrated confidence
+>= the threshold of the frame's class; T2's agreement weighs in, it is no veto) -> one human label per track
 confirms the track's frames the tiers agree on (``track``, ``propagate``) -> humans label the
 rest -> the audit measures accuracy per source (auto, propagated) against the routing target.
 """
@@ -17,10 +18,9 @@ import numpy as np
 from fleetloop_cloud import routing
 from fleetloop_cloud.annotators import AnnotatorContext, TaskRequest, make_annotator
 from fleetloop_cloud.autolabel import Combined, combine, load_teachers, run_teachers
-from fleetloop_cloud.calibration import fit_temperature
 from fleetloop_cloud.costs import task_cost
 from fleetloop_cloud.loop.summary import RoundFacts
-from fleetloop_cloud.loop.tasks import classification_report, classification_tracks
+from fleetloop_cloud.loop.tasks import classification_report, classification_routing, classification_tracks
 
 if TYPE_CHECKING:
     from fleetloop_core.contracts.manifest import Manifest
@@ -73,15 +73,20 @@ class ClassificationPart(classification_report.ClassificationSummary):
         )
         return report.to_dict()
 
-    def combined(self, round_number: int, ids: Sequence[str], temperature: float) -> Combined:
-        """Return the T1/T2 combination of frames at ``temperature`` (their predictions of this round's versions)."""
+    def teacher_probs(self, round_number: int, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Return T1's and T2's probabilities (N, C) of frames (their predictions of this round's versions)."""
+        if not len(ids):
+            empty = np.zeros((0, len(self.frame_labels)), np.float32)
+            return empty, empty
         tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(round_number)
         probs_a, _ = self.pool.predictions(tier_a, version_a, ids)
         probs_b, _ = self.pool.predictions(tier_b, version_b, ids)
-        if not len(ids):
-            empty = np.zeros((0, len(self.frame_labels)), np.float32)
-            return combine(empty, empty, temperature)
-        return combine(probs_a, probs_b, temperature)
+        return probs_a, probs_b
+
+    def combined(self, round_number: int, ids: Sequence[str], weights: Sequence[float] = (0.5, 0.5)) -> Combined:
+        """Return the T1/T2 committee of frames under ``weights`` (``classification_routing`` fits them)."""
+        probs_a, probs_b = self.teacher_probs(round_number, ids)
+        return combine(probs_a, probs_b, weights=(float(weights[0]), float(weights[1])))
 
     # ------------------------------------------------------------------ annotators
     def annotator(self, round_number: int):
@@ -133,7 +138,7 @@ class ClassificationPart(classification_report.ClassificationSummary):
 
     def suggestions(self, round_number: int, ids: Sequence[str]) -> list[int]:
         """Return the tiers' combined class of each frame (uncalibrated)."""
-        return [int(label) for label in self.combined(round_number, ids, 1.0).label]
+        return [int(label) for label in self.combined(round_number, ids).label]
 
     def label_value(self, label) -> int:
         return label.label
@@ -142,8 +147,9 @@ class ClassificationPart(classification_report.ClassificationSummary):
         return label.label
 
     # ------------------------------------------------------------------ review evidence
-    def calibration_set(self, round_number: int) -> tuple[list[str], np.ndarray]:
-        """Return the calibration frames humans labeled that both teachers predicted, and the human classes."""
+    def calibration_set(self, round_number: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Return the calibration frames humans labeled that both teachers predicted, the human classes and
+        the round each was drawn in."""
         tasks = [t for t in self.pool.tasks(purpose="calibration", status="done")]
         tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(round_number)
         have = set(self.pool.labels([t.frame_id for t in tasks]))
@@ -152,54 +158,21 @@ class ClassificationPart(classification_report.ClassificationSummary):
         missing = set(self.pool.missing_predictions(tier_a, version_a, ids)) | set(
             self.pool.missing_predictions(tier_b, version_b, ids)
         )
-        kept = [(t.frame_id, t.answer) for t in tasks if t.frame_id not in missing]
-        return [k[0] for k in kept], np.asarray([k[1] for k in kept], np.int64)
+        kept = [(t.frame_id, t.answer, t.round) for t in tasks if t.frame_id not in missing]
+        return (
+            [k[0] for k in kept],
+            np.asarray([k[1] for k in kept], np.int64),
+            np.asarray([k[2] for k in kept], np.int64),
+        )
 
     def route(self, loop: "CloudLoop", round_number: int, info: dict) -> dict:
-        """Review phase: temperature and threshold from the calibration answers; auto-accept above it."""
-        from fleetloop_cloud.loop.review import unlabeled_rows
-
-        cfg = self.config.routing
-        ids, answers = self.calibration_set(round_number)
-        raw = self.combined(round_number, ids, 1.0)
-        temperature = fit_temperature(raw.log_probs, answers) if len(ids) >= cfg.calibration_min_labels else 1.0
-        validation = self.combined(round_number, ids, temperature)
-        threshold = routing.choose_threshold(
-            validation.confidence,
-            validation.label == answers,
-            validation.agree,
-            cfg.target_accuracy,
-            cfg.bound_z,
-            cfg.min_validation,
-            float(self.pool.get("threshold_floor", 0.0)),
-        )
-        unlabeled = [r["id"] for r in unlabeled_rows(loop)]
-        combined = self.combined(round_number, unlabeled, temperature)
-        accepted = np.flatnonzero(routing.accept(combined.confidence, combined.agree, threshold.value))
-        with self.pool.transaction():
-            for i in accepted:
-                self.pool.set_label(
-                    unlabeled[i],
-                    int(combined.label[i]),
-                    "auto",
-                    round_number,
-                    reason=f"auto-accepted at threshold {threshold.value:.4f}",
-                    confidence=float(combined.confidence[i]),
-                )
-            self.pool.set_state([unlabeled[i] for i in accepted], "accepted")
-        info.update(
-            phase="track",
-            temperature=temperature,
-            threshold=threshold.to_dict(),
-            validation_frames=len(ids),
-            auto_accepted=len(accepted),
-        )
-        return info
+        """Review phase: committee and class thresholds from the evidence, auto-accept (``classification_routing``)."""
+        return classification_routing.route(self, loop, round_number, info)
 
     def review_order_inputs(self, round_number: int, rows: list, info: dict) -> tuple[np.ndarray, np.ndarray, list]:
         """Return the teacher embeddings, the calibrated uncertainty and the suggested class of the rows."""
         ids = [r["id"] for r in rows]
-        combined = self.combined(round_number, ids, info["temperature"])
+        combined = self.combined(round_number, ids, info["weights"])
         _, _, tier_b, version_b = self.loop.teacher_versions(round_number)
         _, embeddings = self.pool.predictions(tier_b, version_b, ids)
         if embeddings is None:
@@ -263,7 +236,7 @@ class ClassificationPart(classification_report.ClassificationSummary):
     ) -> list[tuple[str, str]]:
         """Return the unaudited labels of a tightened source whose calibrated confidence is below its new floor."""
         labels = self.pool.labels(population)
-        combined = self.combined(round_number, population, info["temperature"])
+        combined = self.combined(round_number, population, info["weights"])
         return [
             (f, f"{labels[f].source} label below the tightened floor after audit pass {number}")
             for i, f in enumerate(population)

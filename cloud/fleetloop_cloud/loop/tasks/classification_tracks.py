@@ -58,7 +58,7 @@ def track(loop: "CloudLoop", round_number: int, info: dict) -> dict:
         info["track_tasks"] = 0
         return info
     ids, keys = tracks(loop, round_number)
-    combined = _part(loop).combined(round_number, ids, info["temperature"])
+    combined = _part(loop).combined(round_number, ids, info["weights"])
     labels = loop.pool.labels(ids)
     human_tracks = {keys[i] for i, f in enumerate(ids) if f in labels and labels[f].source == "human"}
     unlabeled = {r["id"] for r in unlabeled_rows(loop)}
@@ -87,7 +87,7 @@ def propagate(loop: "CloudLoop", round_number: int, info: dict) -> dict:
     propagated, disputed, ambiguous = 0, 0, 0
     if prop.enabled:
         ids, keys = tracks(loop, round_number)
-        combined = _part(loop).combined(round_number, ids, info["temperature"])
+        combined = _part(loop).combined(round_number, ids, info["weights"])
         labels = loop.pool.labels(ids)
         human = {i: labels[f].label for i, f in enumerate(ids) if f in labels and labels[f].source == "human"}
         unlabeled = {r["id"] for r in unlabeled_rows(loop)}

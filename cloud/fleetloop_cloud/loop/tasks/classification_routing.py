@@ -1,0 +1,147 @@
+"""Classification routing: the committee's calibration, one threshold per class from pooled evidence, auto-accept.
+
+Evidence is every done calibration task (a uniformly random sample of a round's uploads labeled by
+a person), re-scored by this round's teachers. The two teachers are combined by weights fitted on
+that evidence (``calibration.fit_committee``): T2's agreement is one input, so in round 1, where the
+lab-trained T2 is wrong on most field frames, T1 alone can carry a class its evidence allows.
+Each class gets its own threshold (Mondrian; ``routing.class_thresholds``) at ``target_accuracy``
+by the Wilson bound. Evidence is pooled across rounds; when a teacher changes, the thresholds the
+pooled evidence gives are checked on this round's fresh sample (``routing.revalidate``) and the
+evidence restarts from this round when the fresh sample contradicts them. Every auto-accepted
+label records the class threshold, the evidence behind it and whether T2 agreed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from fleetloop_cloud import routing
+from fleetloop_cloud.calibration import ensemble_log_probs, fit_committee, fit_temperature
+
+if TYPE_CHECKING:
+    from fleetloop_cloud.loop.core import CloudLoop
+    from fleetloop_cloud.loop.tasks.classification import ClassificationPart
+
+EVIDENCE_KEY = "routing_evidence"  # pool key: {"versions": teacher versions, "since_round": first evidence round}
+
+
+@dataclass
+class Fit:
+    """The committee and the per-class thresholds fitted on one set of evidence."""
+
+    weights: tuple[float, float]
+    thresholds: list[routing.Threshold]
+    accepted: np.ndarray  # evidence frames the thresholds accept
+    correct: np.ndarray  # evidence frames whose committee label matches the human label
+
+
+def fit(part: "ClassificationPart", round_number: int, ids: Sequence[str], answers: np.ndarray, floor: float) -> Fit:
+    """Return the committee weights and class thresholds the evidence frames ``ids`` (human ``answers``) give."""
+    cfg = part.config.routing
+    probs_a, probs_b = part.teacher_probs(round_number, ids)
+    weights = fit_committee(probs_a, probs_b, answers) if len(ids) >= cfg.calibration_min_labels else (0.5, 0.5)
+    combined = part.combined(round_number, ids, weights)
+    correct = combined.label == answers
+    thresholds = routing.class_thresholds(
+        combined.confidence,
+        combined.label,
+        correct,
+        len(part.frame_labels),
+        cfg.target_accuracy,
+        cfg.bound_z,
+        cfg.min_validation,
+        floor,
+    )
+    accepted = routing.accept_by_class(combined.confidence, combined.label, thresholds)
+    return Fit(weights, thresholds, accepted, correct)
+
+
+def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info: dict) -> dict:
+    """Review phase: committee and class thresholds from the evidence; auto-accept the unlabeled frames they admit."""
+    from fleetloop_cloud.loop.review import unlabeled_rows
+
+    cfg = part.config.routing
+    all_ids, all_answers, rounds = part.calibration_set(round_number)
+    versions = [str(v) for v in loop.teacher_versions(round_number)]
+    state = part.pool.get(EVIDENCE_KEY, None) or {}
+    since = int(state.get("since_round", 0))
+    floor = float(part.pool.get("threshold_floor", 0.0))
+    pooled = rounds >= since
+    result = fit(part, round_number, [f for f, k in zip(all_ids, pooled) if k], all_answers[pooled], floor)
+    revalidation = None
+    if state and state.get("versions") != versions:
+        fresh = rounds[pooled] == round_number
+        revalidation = routing.revalidate(
+            result.accepted, result.correct, fresh, cfg.target_accuracy, part.config.audit.confidence_level
+        )
+        if not revalidation.keep:
+            since, pooled = round_number, rounds >= round_number
+            result = fit(part, round_number, [f for f, k in zip(all_ids, pooled) if k], all_answers[pooled], floor)
+    part.pool.put(EVIDENCE_KEY, {"versions": versions, "since_round": since})
+    ids, answers = [f for f, k in zip(all_ids, pooled) if k], all_answers[pooled]
+
+    unlabeled = [r["id"] for r in unlabeled_rows(loop)]
+    combined = part.combined(round_number, unlabeled, result.weights)
+    accepted = np.flatnonzero(routing.accept_by_class(combined.confidence, combined.label, result.thresholds))
+    with part.pool.transaction():
+        for i in accepted:
+            c = int(combined.label[i])
+            t = result.thresholds[c]
+            agreed = "agrees" if combined.agree[i] else "disagrees"
+            part.pool.set_label(
+                unlabeled[i],
+                c,
+                "auto",
+                round_number,
+                reason=(
+                    f"auto-accepted: class {part.frame_labels[c]} at threshold {t.value:.4f} "
+                    f"({t.accepted_frames} of {t.validation_frames} audited frames since round {since}, "
+                    f"accuracy {t.accuracy:.3f}, lower bound {t.lower_bound:.3f}); T2 {agreed}"
+                ),
+                confidence=float(combined.confidence[i]),
+            )
+        part.pool.set_state([unlabeled[i] for i in accepted], "accepted")
+    probs_a, probs_b = part.teacher_probs(round_number, ids)
+    info.update(
+        phase="track",
+        weights=list(result.weights),
+        # the plain geometric mean's temperature (the review page's threshold tuning uses it)
+        temperature=fit_temperature(ensemble_log_probs(probs_a, probs_b), answers)
+        if len(ids) >= cfg.calibration_min_labels
+        else 1.0,
+        teacher_temperatures={
+            "T1": fit_temperature(np.log(np.clip(probs_a, 1e-12, 1.0)), answers) if len(ids) else 1.0,
+            "T2": fit_temperature(np.log(np.clip(probs_b, 1e-12, 1.0)), answers) if len(ids) else 1.0,
+        },
+        thresholds={part.frame_labels[c]: t.to_dict() for c, t in enumerate(result.thresholds)},
+        threshold=summary(result, len(ids), part.frame_labels),
+        evidence={
+            "since_round": since,
+            "frames": len(ids),
+            "revalidation": None if revalidation is None else revalidation.__dict__,
+        },
+        validation_frames=len(ids),
+        auto_accepted=len(accepted),
+    )
+    return info
+
+
+def summary(result: Fit, frames: int, labels: Sequence[str]) -> dict:
+    """Return the thresholds in the one-threshold form reports and audits read (value: the lowest class one)."""
+    automated = [t for t in result.thresholds if t.automated]
+    hits = int((result.accepted & result.correct).sum())
+    accepted = int(result.accepted.sum())
+    names = [labels[c] for c, t in enumerate(result.thresholds) if t.automated]
+    return {
+        "value": min(t.value for t in automated) if automated else None,
+        "validation_frames": frames,
+        "eligible_frames": frames,
+        "accepted_frames": accepted,
+        "accuracy": round(hits / accepted, 4) if accepted else 0.0,
+        "lower_bound": round(min(t.lower_bound for t in automated), 4) if automated else 0.0,
+        "reason": f"per class: {len(automated)} of {len(labels)} automated ({', '.join(names) or 'none'})",
+        "per_class": True,
+    }

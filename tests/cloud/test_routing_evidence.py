@@ -1,0 +1,135 @@
+"""Routing on pooled evidence: per-class thresholds, T2 as one input, and the evidence reset when a teacher changes.
+
+Teacher outputs are written into the pool directly (no model runs); humans are the simulated
+annotator without errors, so every human label is the frame's truth.
+"""
+
+import numpy as np
+
+from fleetloop_sim.dataset import LABELS
+from fleetloop_cloud.config import cloud_config_from_dict
+from fleetloop_cloud.loop import CloudLoop
+from fleetloop_cloud.loop.tasks.classification_routing import EVIDENCE_KEY
+from fleetloop_cloud.pool import FrameRecord
+
+from fixtures.cloud_world import cloud_config
+
+SHIRT, TROUSER, BAG = LABELS.index("shirt"), LABELS.index("trouser"), LABELS.index("bag")
+
+
+def _probs(label: int, confidence: float) -> np.ndarray:
+    p = np.full(len(LABELS), (1 - confidence) / (len(LABELS) - 1), np.float32)
+    p[label] = confidence
+    return p
+
+
+class World:
+    def __init__(self, loop):
+        self.loop, self.index = loop, 0
+
+    def add(self, round_number, truth, t1, t2, confidence, random, versions=(("T1", "a"), ("T2", "b"))):
+        sha = f"{self.index:064x}"
+        self.index += 1
+        self.loop.pool.add_frame(
+            FrameRecord(
+                id=sha,
+                robot_id="r1",
+                stream="camera",
+                site="site-0",
+                stamp_ns=self.index * 10**10,  # 10 s apart: no tracks
+                frame_key=f"frames/r1/2026-01-01/{sha}.png",
+                sidecar_key=f"frames/r1/2026-01-01/{sha}.json",
+                width=128,
+                height=128,
+                random=random,
+                track_hint=None,
+                robot_embedding=None,
+                phash=None,
+                sim_label=truth,
+                sidecar="{}",
+                state="auto_labeled",
+                round=round_number,
+            )
+        )
+        for (tier, version), label in zip(versions, (t1, t2)):
+            embedding = np.eye(4, dtype=np.float32)[self.index % 4][None]
+            self.loop.pool.put_predictions(tier, version, [sha], _probs(label, confidence)[None], embedding)
+        return sha
+
+
+def _loop(tmp_path, cloud_models, calibration_sample):
+    data = cloud_config(
+        tmp_path,
+        f"file://{tmp_path / 'store'}",
+        cloud_models["T1"].parent,
+        routing={"target_accuracy": 0.98, "bound_z": 1.0, "min_validation": 30, "propagation": {"enabled": False}},
+        review={"calibration_sample": calibration_sample},
+        audit={"fraction": 0.05, "min_frames": 10, "max_passes": 1},
+        annotators={"simulated": {"error_rate": 0.0}},
+    )
+    return CloudLoop(cloud_config_from_dict(data), progress=False)
+
+
+def test_t1_alone_carries_a_class_its_evidence_allows_while_t2_disagrees_and_each_class_has_its_threshold(
+    tmp_path, cloud_models
+):
+    with _loop(tmp_path, cloud_models, calibration_sample=200) as loop:
+        loop.pool.open_round()
+        world = World(loop)
+        # the random sample: T1 right on trousers (T2, lab-trained, says bag), T1 often wrong on shirts
+        for _ in range(100):
+            world.add(1, TROUSER, TROUSER, BAG, 0.97, random=True)
+        for i in range(100):
+            world.add(1, SHIRT if i % 4 else TROUSER - 1, SHIRT, SHIRT, 0.95, random=True)
+        rest = [world.add(1, TROUSER, TROUSER, BAG, 0.97, random=False) for _ in range(50)]
+        shirts = [world.add(1, SHIRT, SHIRT, SHIRT, 0.95, random=False) for _ in range(50)]
+        loop.pool.set_step(1, "ingest", "done", {"ingested": world.index})
+        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+
+        info = loop.review()
+
+        weights = info["weights"]
+        assert weights[0] > weights[1]  # T1 earned more weight than the T2 that says bag
+        assert info["thresholds"]["trouser"]["value"] is not None  # automated although T2 disagrees
+        assert info["thresholds"]["shirt"]["value"] is None  # 75 % right: not automated
+        labels = loop.pool.labels()
+        assert all(labels[f].label == TROUSER for f in rest)
+        audited = {t.frame_id for t in loop.pool.tasks(purpose="audit")}
+        assert all(labels[f].source == "auto" for f in rest if f not in audited) and len(audited) < len(rest)
+        assert all(labels[f].source == "human" for f in shirts)
+        reason = loop.pool.label_events(rest[0])[-1]["reason"]  # the evidence that admitted the label
+        assert "class trouser" in reason and "audited frames since round 0" in reason and "T2 disagrees" in reason
+        assert loop.pool.get(EVIDENCE_KEY) == {"versions": ["T1", "a", "T2", "b"], "since_round": 0}
+
+
+def test_evidence_pools_across_rounds_and_restarts_when_a_changed_teacher_fails_the_fresh_sample(
+    tmp_path, cloud_models
+):
+    with _loop(tmp_path, cloud_models, calibration_sample=1000) as loop:
+        world = World(loop)
+        # round 1: 1000 random trousers, all right: plenty of evidence for the class
+        loop.pool.open_round()
+        first = [world.add(1, TROUSER, TROUSER, TROUSER, 0.99, random=True) for _ in range(1000)]
+        loop.pool.set_step(1, "ingest", "done", {"ingested": world.index})
+        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+        assert loop.review()["evidence"] == {"since_round": 0, "frames": 1000, "revalidation": None}
+        loop.pool.finish_round(1, {})
+
+        # round 2: a new T2 version; the world changed too: a fifth of the confident "trousers" are bags now
+        loop.pool.open_round()
+        for f in first:  # the new version predicts the old evidence frames too (autolabel does)
+            loop.pool.put_predictions("T2", "c", [f], _probs(TROUSER, 0.99)[None], np.eye(4, dtype=np.float32)[:1])
+        versions = (("T1", "a"), ("T2", "c"))
+        for i in range(60):
+            world.add(2, BAG if i % 5 == 0 else TROUSER, TROUSER, TROUSER, 0.99, random=True, versions=versions)
+        loop.pool.set_step(2, "ingest", "done", {"ingested": world.index})
+        loop.pool.set_step(2, "autolabel", "done", {"versions": {"T1": "a", "T2": "c"}})
+
+        info = loop.review()
+
+        # pooled, 1048 of 1060 are right (the threshold would pass); the fresh sample alone says otherwise
+        revalidation = info["evidence"]["revalidation"]
+        assert revalidation["keep"] is False and revalidation["frames"] == 60 and revalidation["correct"] == 48
+        assert info["evidence"]["since_round"] == 2 and info["evidence"]["frames"] == 60
+        assert info["thresholds"]["trouser"]["value"] is None  # 48 of 60: not automated on the fresh evidence
+        assert loop.pool.get(EVIDENCE_KEY)["since_round"] == 2
