@@ -31,14 +31,20 @@ class Priced(ConfigModel):
 
 
 class HumanCosts(Priced):
-    """What a human label costs: seconds per task and dollars per task (same model for every arm)."""
+    """What a human label costs: seconds per task and dollars per task (same model for every arm).
+
+    With ``hourly_rate_usd`` (the primary model): a private workforce on our own review page, paid
+    for the time it works, no per-object fee. Without it: Ground Truth's per-task pricing (service
+    fee + the worker's task price per object sent to humans). :func:`fleetloop_cloud.costs.labeling_figures`
+    reports Ground Truth's pricing beside the primary figure in any case (``ground_truth_*``).
+    """
 
     seconds_per_label: float = Field(gt=0)  # labeling from scratch, seconds
     seconds_per_verify: float = Field(gt=0)  # confirming a shown suggestion, seconds
-    service_fee_per_object_usd: float = Field(ge=0)  # labeling-service fee per object sent to humans
-    worker_price_per_task_usd: float = Field(ge=0)  # paid to the worker per task
+    service_fee_per_object_usd: float = Field(ge=0)  # Ground Truth's fee per labeled object (auto-labeled too)
+    worker_price_per_task_usd: float = Field(ge=0)  # paid to a Mechanical Turk worker per task
     workers_per_object: int = Field(default=1, ge=1)
-    hourly_rate_usd: Optional[float] = Field(default=None, gt=0)  # set: pay workers by time instead of per task
+    hourly_rate_usd: Optional[float] = Field(default=None, gt=0)  # set: a private workforce paid by time
 
     @property
     def price_per_label(self) -> float:
@@ -52,11 +58,9 @@ class HumanCosts(Priced):
 
     def task_price(self, seconds: float) -> float:
         """Return dollars for one object that took each worker ``seconds``."""
-        if self.hourly_rate_usd is not None:
-            worker = self.hourly_rate_usd * seconds / 3600.0
-        else:
-            worker = self.worker_price_per_task_usd
-        return self.service_fee_per_object_usd + worker * self.workers_per_object
+        if self.hourly_rate_usd is not None:  # our own review page: the workers' time, no service fee
+            return self.hourly_rate_usd * seconds / 3600.0 * self.workers_per_object
+        return self.service_fee_per_object_usd + self.worker_price_per_task_usd * self.workers_per_object
 
 
 class BoxCosts(Priced):

@@ -9,6 +9,10 @@
   seconds x the GPU instance's price).
 * Throughput ratio = accepted labels per human-hour, loop / manual.
 * Cost ratio = cost per accepted label, manual / loop (loop: human dollars + labeling compute).
+  The primary pricing is a private workforce paid by the hour (``human.hourly_rate_usd``), so time
+  saved is money saved. Ground Truth's pricing is reported beside it (``ground_truth_*``), applied
+  as its pricing page says: the service fee on every labeled object, the ones its automated
+  labeling labeled too, plus the worker's task price on each object sent to humans.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class LabelingFigures:
     loop_cost_per_label: float | None
     manual_cost_per_label: float
     cost_ratio: float | None
+    ground_truth_manual_cost_per_label: float
+    ground_truth_loop_cost_per_label: float | None
+    ground_truth_cost_ratio: float | None
 
     def to_dict(self) -> dict:
         """Return JSON-able data (rounded)."""
@@ -55,13 +62,26 @@ class LabelingFigures:
 
 
 def labeling_figures(
-    model: CostModel, accepted_labels: int, human_seconds: float, human_dollars: float, labeling_compute_dollars: float
+    model: CostModel,
+    accepted_labels: int,
+    human_seconds: float,
+    human_dollars: float,
+    labeling_compute_dollars: float,
+    human_tasks: int = 0,
 ) -> LabelingFigures:
-    """Return the labeling figures of a round."""
+    """Return the labeling figures of a round (``human_tasks``: objects sent to humans, audits included)."""
     human = model.human
     manual_rate = 3600.0 / human.seconds_per_label
     loop_rate = accepted_labels / (human_seconds / 3600.0) if human_seconds > 0 else None
     loop_cost = (human_dollars + labeling_compute_dollars) / accepted_labels if accepted_labels else None
+    worker = human.worker_price_per_task_usd * human.workers_per_object
+    gt_manual = human.service_fee_per_object_usd + worker
+    gt_loop = (
+        (human.service_fee_per_object_usd * accepted_labels + worker * human_tasks + labeling_compute_dollars)
+        / accepted_labels
+        if accepted_labels
+        else None
+    )
     return LabelingFigures(
         accepted_labels=accepted_labels,
         human_seconds=human_seconds,
@@ -73,4 +93,7 @@ def labeling_figures(
         loop_cost_per_label=loop_cost,
         manual_cost_per_label=human.price_per_label,
         cost_ratio=human.price_per_label / loop_cost if loop_cost else None,
+        ground_truth_manual_cost_per_label=gt_manual,
+        ground_truth_loop_cost_per_label=gt_loop,
+        ground_truth_cost_ratio=gt_manual / gt_loop if gt_loop else None,
     )

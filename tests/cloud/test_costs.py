@@ -25,12 +25,26 @@ def test_task_cost_verify_vs_label_and_audits():
     assert task_cost(human, None, 4, shown=True)[1] == pytest.approx(human.price_per_label)
 
 
-def test_hourly_pricing_makes_time_saved_money_saved():
-    data = load_cost_model().model_dump()
-    data["human"]["hourly_rate_usd"] = 36.0
-    model = validate(CostModel, data)
-    assert model.human.price_per_verify < model.human.price_per_label
-    assert model.human.price_per_label == pytest.approx(0.08 + 36.0 * model.human.seconds_per_label / 3600)
+def test_the_primary_pricing_is_an_hourly_workforce_time_saved_is_money_saved():
+    model = load_cost_model()
+    human = model.human
+    assert human.hourly_rate_usd is not None  # the shipped model: our review page, paid by the hour
+    assert human.price_per_verify < human.price_per_label
+    assert human.price_per_label == pytest.approx(human.hourly_rate_usd * human.seconds_per_label / 3600)
+    data = model.model_dump()
+    data["human"]["hourly_rate_usd"] = None  # Ground Truth's per-task pricing instead
+    per_task = validate(CostModel, data).human
+    assert per_task.price_per_label == per_task.price_per_verify == pytest.approx(0.08 + 0.012)
+
+
+def test_ground_truth_pricing_charges_every_labeled_object_auto_labeled_ones_too():
+    model = load_cost_model()
+    # 1000 labels, 100 human tasks: Ground Truth bills 1000 objects plus 100 worker tasks
+    figures = labeling_figures(model, 1000, 100 * 1.6, 1.0, labeling_compute_dollars=0.0, human_tasks=100)
+    assert figures.ground_truth_manual_cost_per_label == pytest.approx(0.092)
+    assert figures.ground_truth_loop_cost_per_label == pytest.approx((0.08 * 1000 + 0.012 * 100) / 1000)
+    assert figures.ground_truth_cost_ratio < 1.15  # the fee on every object caps what automation saves there
+    assert figures.cost_ratio > 10 * figures.ground_truth_cost_ratio  # by the hour, time saved is saved
 
 
 def test_figures_against_the_manual_baseline():

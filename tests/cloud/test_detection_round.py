@@ -74,7 +74,7 @@ def test_quality_counts_missed_and_invented_boxes_and_the_threshold_meets_both_t
     none = choose_threshold(confidence, [empty] * 60, np.ones(60, bool), BoxTargets(min_accepted=20))
     assert not none.automated and "no threshold reaches mean IoU" in none.reason
     few = choose_threshold(confidence[:5], comparisons[:5], np.ones(5, bool), BoxTargets(min_accepted=20))
-    assert not few.automated and "only 5 agreeing" in few.reason
+    assert not few.automated and "only 5 eligible" in few.reason
 
 
 def test_box_costs_price_every_edit(repo_root):

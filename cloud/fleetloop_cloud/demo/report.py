@@ -73,7 +73,10 @@ def _labeling(rounds: Sequence[dict], cost_model_path: Path) -> dict:
         for r in rounds
         for step in ("train", "evaluate", "register")
     )
-    figures = labeling_figures(cost_model, accepted, human_seconds, human_dollars, labeling_compute).to_dict()
+    human_tasks = int(sum(e.get("tasks", 0) for r in rounds for e in r.get("human", {}).get("by_purpose", {}).values()))
+    figures = labeling_figures(
+        cost_model, accepted, human_seconds, human_dollars, labeling_compute, human_tasks=human_tasks
+    ).to_dict()
     figures.update(
         auto_accepted=int(_sum(rounds, "labels", "auto_accepted")),
         propagated=int(_sum(rounds, "labels", "propagated")),

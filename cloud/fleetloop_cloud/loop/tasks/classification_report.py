@@ -60,7 +60,9 @@ class ClassificationSummary:
         }
 
     def figures(self, facts: RoundFacts, human_seconds: float, human_dollars: float, compute: float) -> dict:
-        return labeling_figures(self.cost_model, len(facts.labels), human_seconds, human_dollars, compute).to_dict()
+        return labeling_figures(
+            self.cost_model, len(facts.labels), human_seconds, human_dollars, compute, human_tasks=len(facts.tasks)
+        ).to_dict()
 
     def models_section(self, info: dict[str, dict]) -> dict:
         out = {}
