@@ -1,7 +1,7 @@
 """The classification gate: candidate vs production on a held-out field test set, per site and per class.
 
 Test sets are registered by name (``evaluation_sets``): ``simulated-field`` draws
-``fleetloop_sim.sim.field_test_set`` per simulated site, ``holdout`` takes the human-labeled
+``fleetloop_sim.sim.field_test_set`` per simulated site (its ``validation`` split), ``holdout`` takes the human-labeled
 frames training never sees.
 
 The gate (``promotion_gate.decide``) promotes a candidate only if its overall accuracy beats
@@ -45,11 +45,17 @@ class TestSet:
 
 @lru_cache(maxsize=16)
 def _field_set(site_index: int, seed: int, count: int, height: int, width: int) -> sim.LabelledSet:
-    return sim.field_test_set(sim.make_site(site_index, seed), count, seed=seed, height=height, width=width)
+    site = sim.make_site(site_index, seed)
+    return sim.field_test_set(site, count, seed=seed, height=height, width=width, split="validation")
 
 
 def simulated_field_test_set(pool: Pool, cache: FrameCache, config: CloudConfig) -> TestSet:
-    """Return the held-out field test set of every simulated site the pool has frames from."""
+    """Return the held-out field validation set of every simulated site the pool has frames from.
+
+    The gate selects on the ``validation`` split of the held-out field items; the demo reports its
+    headline accuracies on the ``test`` split (other items), so no figure is measured on the frames
+    a model was selected on.
+    """
     images, labels, names = [], [], []
     count = config.evaluation.frames_per_site
     for site, index, height, width in simulated_sites(pool):

@@ -55,6 +55,17 @@ class ItemPool:
     field_stream: np.ndarray
     field_test: np.ndarray
 
+    def field_split(self, split: str) -> np.ndarray:
+        """Return the ``field_test`` items of one split: ``validation`` (models are selected and gated on
+        it), ``test`` (headline figures are measured on it; disjoint from validation) or ``all``."""
+        if split == "all":
+            return self.field_test
+        if split not in ("validation", "test"):
+            raise ValueError(f"unknown field split {split!r} (known: all, validation, test)")
+        order = seeded_rng("field-split").permutation(len(self.field_test))
+        half = order[: len(order) // 2] if split == "validation" else order[len(order) // 2 :]
+        return np.sort(self.field_test[half])
+
     def by_class(self, partition: np.ndarray) -> list[np.ndarray]:
         """Return, per item class, the indices of ``partition`` holding that class."""
         labels = self.labels[partition]
@@ -414,15 +425,20 @@ def field_test_set(
     width: int = 128,
     pool: ItemPool | None = None,
     task: str | SimTask = "classification",
+    split: str = "all",
 ) -> LabelledSet | DetectionSet:
-    """Return a held-out field test set for ``site`` (items never streamed, so never uploaded)."""
+    """Return a held-out field test set for ``site`` (items never streamed, so never uploaded).
+
+    ``split``: which of the held-out items (``ItemPool.field_split``): ``validation`` to select and
+    gate models on, ``test`` (other items, other frames) to report figures on, ``all`` both.
+    """
     part = sim_task(task)
     pool = pool or item_pool()
     return render_set(
         site,
-        pool.field_test,
+        pool.field_split(split),
         count,
-        seed=(part.field_seed, seed),
+        seed=(part.field_seed, seed) if split == "all" else (part.field_seed, seed, split),
         height=height,
         width=width,
         none_fraction=site.none_fraction * part.field_none_scale,

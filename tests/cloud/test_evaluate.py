@@ -54,3 +54,12 @@ def test_a_model_that_says_one_class_everywhere_scores_its_precision_too():
     assert always_coat.per_class["coat"][0] == pytest.approx(2 * 30 / (30 + 100))
     assert always_coat.per_class["none"][0] == 0.0
     assert better.per_class["none"][0] == 1.0 and better.overall > always_coat.overall
+
+
+def test_the_gate_selects_on_the_validation_split_never_on_the_items_headline_figures_use(pool):
+    from fleetloop_cloud.evaluate import _field_set
+
+    gate = _field_set(0, 0, 120, 128, 128)
+    shown = set(gate.items[gate.items >= 0].tolist())
+    assert shown and shown <= set(pool.field_split("validation").tolist())
+    assert not shown & set(pool.field_split("test").tolist())  # the demo's headline split (demo/run.py)

@@ -129,3 +129,17 @@ def test_stream_is_the_same_however_it_is_chunked():
     for size in (1, 7, 100, 3, 389):
         chunked += [f.truth for f in chunked_stream.frames(size, render=False)]
     assert chunked == whole
+
+
+def test_field_validation_and_test_splits_are_disjoint_halves_of_the_held_out_items(pool):
+    validation, test = pool.field_split("validation"), pool.field_split("test")
+    assert not set(validation) & set(test)
+    assert np.array_equal(np.sort(np.concatenate([validation, test])), pool.field_test)
+    assert abs(len(validation) - len(test)) <= 1
+    site = sim.make_site(0)
+    gate = sim.field_test_set(site, 200, seed=0, split="validation")
+    report = sim.field_test_set(site, 200, seed=0, split="test")
+    assert set(gate.items[gate.items >= 0]) <= set(validation)
+    assert set(report.items[report.items >= 0]) <= set(test)
+    with pytest.raises(ValueError, match="unknown field split"):
+        pool.field_split("train")

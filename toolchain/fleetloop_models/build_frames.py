@@ -109,7 +109,7 @@ class TestSets:
         lab_seed = (f"{trainer.seed_prefix}lab-test", seed)
         lab = _render(trainer, profile, pool.lab_test, frames, lab_seed, sim.lab_sites(seed=seed + 1))
         sites = sim.make_fleet_sites(profile.eval_sites, seed=seed)
-        size = {"height": profile.frame_height, "width": profile.frame_width}
+        height, width = profile.frame_height, profile.frame_width
         # the field sets are the task's standard ones (its default frame contents), as the robots see them
-        field = [sim.field_test_set(site, frames, seed, pool=pool, task=trainer.task, **size) for site in sites]
+        field = [sim.field_test_set(site, frames, seed, height, width, pool=pool, task=trainer.task) for site in sites]
         return cls(lab, field, sites)

@@ -27,7 +27,7 @@ def field_test_set(sites: Sequence[sim.Site], frames_per_site: int, seed: int) -
     """Return the held-out field detection test set of the demo's sites (the gate's, fixed for every arm)."""
     out = BoxTestSet("simulated-field", [], [], [], [])
     for site in sites:
-        data = sim.field_test_set(site, frames_per_site, seed=seed, task="detection")
+        data = sim.field_test_set(site, frames_per_site, seed=seed, task="detection", split="test")
         out.images += list(data.images)
         out.boxes += [t.boxes for t in data.truths]
         out.classes += [t.classes for t in data.truths]

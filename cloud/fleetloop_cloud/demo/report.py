@@ -97,6 +97,36 @@ def _labeling(rounds: Sequence[dict], cost_model_path: Path) -> dict:
     return figures
 
 
+def _accuracy_per_hour(loop, random_arm, labeling: dict, cost_model_path: Path) -> dict | None:
+    """Return what the labels are worth: T4 field accuracy gained per human-hour, loop vs manual labeling.
+
+    Manual: a person labels every frame the random-upload arm accepted from scratch (the same upload
+    budget, frames drawn at random), at ``seconds_per_label``; the loop: its own human hours.
+    """
+    from fleetloop_cloud.config import load_cost_model
+
+    if random_arm is None or not random_arm.rounds:
+        return None
+    seconds_per_label = load_cost_model(cost_model_path).human.seconds_per_label
+    loop_gain = loop.edge_accuracy[-1] - loop.edge_accuracy[0]
+    random_gain = random_arm.edge_accuracy[-1] - random_arm.edge_accuracy[0]
+    random_labels = int(_sum(random_arm.rounds, "labels", "accepted"))
+    manual_hours = random_labels * seconds_per_label / 3600.0
+    loop_hours = float(labeling.get("human_hours") or 0.0)
+    loop_rate = loop_gain / loop_hours if loop_hours else None
+    manual_rate = random_gain / manual_hours if manual_hours else None
+    return {
+        "loop": {"accuracy_gain": round(loop_gain, 4), "human_hours": round(loop_hours, 4), "per_hour": loop_rate},
+        "manual_random": {
+            "accuracy_gain": round(random_gain, 4),
+            "labels": random_labels,
+            "human_hours": round(manual_hours, 4),
+            "per_hour": manual_rate,
+        },
+        "ratio": loop_rate / manual_rate if loop_rate is not None and manual_rate else None,
+    }
+
+
 def _audits(rounds: Sequence[dict]) -> dict:
     frames = correct = 0
     per_round = []
@@ -223,6 +253,7 @@ def build_report(
     arms: dict,
     upload_all_accuracy: list[float],
     robot_rounds: list[list[dict]],
+    upload_all_gate: list[dict] | None,
     al,
     hard: dict | None,
     serving: dict,
@@ -268,7 +299,10 @@ def build_report(
             "loop": loop.edge_accuracy,
             "random_upload": arms["random"].edge_accuracy if "random" in arms else None,
             "upload_all": upload_all_accuracy,
+            "upload_all_gate": upload_all_gate,
+            "measured_on": "field test split: held-out items disjoint from the validation split every arm is gated on",
         },
+        "accuracy_per_human_hour": _accuracy_per_hour(loop, arms.get("random"), labeling, cost_model_path),
         "uploads": {
             "camera_frames": frames_seen,
             "uploaded": uploaded,

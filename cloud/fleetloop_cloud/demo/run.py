@@ -53,6 +53,8 @@ class _Rounds:
     test_sets: list
     upload_all: Any = None
     all_accuracy: list[float] = field(default_factory=list)
+    all_production: Path | None = None  # the upload-all arm's T4 that passed the gate (the same rule as the loops')
+    all_gate: list[dict] = field(default_factory=list)
     robot_rounds: list[list[dict]] = field(default_factory=list)
     deploy_threads: list[threading.Thread] = field(default_factory=list)
 
@@ -134,7 +136,7 @@ class Demo:
         try:
             self._start_fleets(arms, specs, packages, private_key, trusted, mqtt)
             oracle, upload_all = TruthOracle(specs), self._upload_all_arm(arms, specs)  # (the order they ran in)
-            run = _Rounds(specs, oracle, self._test_sets(specs), upload_all)
+            run = _Rounds(specs, oracle, self._test_sets(specs), upload_all, all_production=packages["T4"])
             round0 = self._edge_accuracy(packages["T4"], run.test_sets)
             for arm in arms.values():
                 arm.edge_accuracy.append(round0)
@@ -152,6 +154,7 @@ class Demo:
             arms=arms,
             upload_all_accuracy=run.all_accuracy,
             robot_rounds=run.robot_rounds,
+            upload_all_gate=run.all_gate,
             al=al_result,
             hard=hard,
             serving=serving,
@@ -250,7 +253,11 @@ class Demo:
             started = time.perf_counter()
             run.upload_all.add_round(cfg.frames_per_robot)
             directory, _ = run.upload_all.train(self.out / "arms" / "upload-all", number)
-            run.all_accuracy.append(self._edge_accuracy(directory, run.test_sets))
+            decision = self._gate(arms["loop"], run.all_production, directory, run.specs)
+            run.all_gate.append({"round": number, **decision.to_dict()})
+            if decision.promote:
+                run.all_production = directory
+            run.all_accuracy.append(self._edge_accuracy(run.all_production, run.test_sets))
             self._stage("upload-all training", started)
         # the promoted edge models deploy while the robots stream the next round
         for arm in arms.values():
@@ -334,9 +341,35 @@ class Demo:
         frames = int(self.config.cloud.get("evaluation", {}).get("frames_per_site", 300))
         out = []
         for spec in specs:
-            test = sim.field_test_set(spec.site, frames, seed=self.config.seed)
+            # the test split: items the gate's validation split does not hold (no figure on selection frames)
+            test = sim.field_test_set(spec.site, frames, seed=self.config.seed, split="test")
             out.append((spec.site.name, test.images, test.labels))
         return out
+
+    def _gate(self, loop_arm: Arm, production: Path, candidate: Path, specs) -> Any:
+        """Return the loops' promotion decision (``evaluate.gate``) for a T4 of an arm the loop does not run.
+
+        On the loop's own gate set (the field ``validation`` split), so every arm is selected by the
+        same rule on the same frames, none of which the headline test split holds.
+        """
+        from fleetloop_core.inference import TierModel
+        from fleetloop_cloud.evaluate import TestSet, gate, predict, score
+
+        frames = int(self.config.cloud.get("evaluation", {}).get("frames_per_site", 300))
+        parts = [
+            (s.site.name, sim.field_test_set(s.site, frames, seed=self.config.seed, split="validation")) for s in specs
+        ]
+        test = TestSet(
+            "field-validation",
+            [image for _, data in parts for image in data.images],
+            np.concatenate([data.labels for _, data in parts]),
+            np.concatenate([[name] * len(data.labels) for name, data in parts]),
+        )
+        scores = [
+            score(predict(TierModel.load(d, providers=("cpu",), warmup=0), test.images), test)
+            for d in (production, candidate)
+        ]
+        return gate(scores[0], scores[1], loop_arm.loop.config.evaluation)
 
     @staticmethod
     def _edge_accuracy(directory: Path, test_sets) -> float:

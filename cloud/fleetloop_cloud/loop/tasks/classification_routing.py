@@ -83,27 +83,7 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
     part.pool.put(EVIDENCE_KEY, {"versions": versions, "since_round": since})
     ids, answers = [f for f, k in zip(all_ids, pooled) if k], all_answers[pooled]
 
-    unlabeled = [r["id"] for r in unlabeled_rows(loop)]
-    combined = part.combined(round_number, unlabeled, result.weights)
-    accepted = np.flatnonzero(routing.accept_by_class(combined.confidence, combined.label, result.thresholds))
-    with part.pool.transaction():
-        for i in accepted:
-            c = int(combined.label[i])
-            t = result.thresholds[c]
-            agreed = "agrees" if combined.agree[i] else "disagrees"
-            part.pool.set_label(
-                unlabeled[i],
-                c,
-                "auto",
-                round_number,
-                reason=(
-                    f"auto-accepted: class {part.frame_labels[c]} at threshold {t.value:.4f} "
-                    f"({t.accepted_frames} of {t.validation_frames} audited frames since round {since}, "
-                    f"accuracy {t.accuracy:.3f}, lower bound {t.lower_bound:.3f}); T2 {agreed}"
-                ),
-                confidence=float(combined.confidence[i]),
-            )
-        part.pool.set_state([unlabeled[i] for i in accepted], "accepted")
+    accepted = auto_accept(part, [r["id"] for r in unlabeled_rows(loop)], round_number, result, since)
     probs_a, probs_b = part.teacher_probs(round_number, ids)
     info.update(
         phase="track",
@@ -124,9 +104,34 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
             "revalidation": None if revalidation is None else revalidation.__dict__,
         },
         validation_frames=len(ids),
-        auto_accepted=len(accepted),
+        auto_accepted=accepted,
     )
     return info
+
+
+def auto_accept(part: "ClassificationPart", unlabeled: list[str], round_number: int, result: Fit, since: int) -> int:
+    """Label the frames the class thresholds admit (``auto``, with the evidence behind each); return the count."""
+    combined = part.combined(round_number, unlabeled, result.weights)
+    accepted = np.flatnonzero(routing.accept_by_class(combined.confidence, combined.label, result.thresholds))
+    with part.pool.transaction():
+        for i in accepted:
+            c = int(combined.label[i])
+            t = result.thresholds[c]
+            agreed = "agrees" if combined.agree[i] else "disagrees"
+            part.pool.set_label(
+                unlabeled[i],
+                c,
+                "auto",
+                round_number,
+                reason=(
+                    f"auto-accepted: class {part.frame_labels[c]} at threshold {t.value:.4f} "
+                    f"({t.accepted_frames} of {t.validation_frames} audited frames since round {since}, "
+                    f"accuracy {t.accuracy:.3f}, lower bound {t.lower_bound:.3f}); T2 {agreed}"
+                ),
+                confidence=float(combined.confidence[i]),
+            )
+        part.pool.set_state([unlabeled[i] for i in accepted], "accepted")
+    return len(accepted)
 
 
 def summary(result: Fit, frames: int, labels: Sequence[str]) -> dict:
