@@ -6,7 +6,9 @@ embedding (as a robot's perception node would), and writes each frame, then its 
 commit marker), into a store in the robots' layout. Streams continue across
 :meth:`SimulatedFleet.upload` calls, so successive rounds see new frames. Every frame is uploaded
 (no on-robot selection); ``keep_every`` thins them. Ground truth goes into the sidecar's
-``simulation`` block only.
+``simulation`` block only: the sidecar's ``track_hint`` comes from the robot's own tracker over
+the edge model's embeddings (``fleetloop_core.uncertainty.TrackChain``, as the cascade runs it), so
+without an edge model there are no track hints.
 
 What differs per task is a small part picked by the task's name: how the edge model's outputs
 and the frame's truth go into the sidecar, and how the frame is encoded. The demos' in-process
@@ -25,6 +27,7 @@ import numpy as np
 
 from fleetloop_sim import sim
 from fleetloop_sim.dataset import LABELS, NONE_INDEX
+from fleetloop_core.uncertainty import TrackChain
 from fleetloop_core.record import encode_image
 from fleetloop_core.contracts.sidecar import Decision, Sidecar, SimulationTruth, frame_key, sidecar_key
 from fleetloop_core.store import ObjectStore
@@ -37,7 +40,7 @@ class FleetTask(Protocol):
 
     def encode(self, image: np.ndarray) -> bytes: ...
 
-    def track_hint(self, truth: Any) -> str | None: ...
+    tracks: bool  # the robot tracks one item per frame (sidecar track_hint from its own tracker)
 
     def simulation(self, truth: Any) -> SimulationTruth: ...
 
@@ -72,8 +75,7 @@ class _Classification:
             raise RuntimeError("cannot encode a PNG")
         return buffer.tobytes()
 
-    def track_hint(self, truth: Any) -> str | None:
-        return f"t{truth.track_id}" if truth.track_id >= 0 else None
+    tracks = True
 
     def simulation(self, truth: Any) -> SimulationTruth:
         return SimulationTruth(label=truth.label, item=truth.item, track_id=truth.track_id, site=truth.site)
@@ -102,8 +104,7 @@ class _Detection:
     def encode(self, image: np.ndarray) -> bytes:
         return encode_image(image, "png")
 
-    def track_hint(self, truth: Any) -> str | None:
-        return None
+    tracks = False  # several items per frame: no one track to hint at
 
     def simulation(self, truth: Any) -> SimulationTruth:
         return SimulationTruth(label=truth.label, item=-1, track_id=truth.track_id, site=truth.site, boxes=truth.rows())
@@ -120,7 +121,10 @@ class SimulatedFleet:
     robots: Sequence[tuple[str, sim.Site]]
     seed: int = 0
     edge_model: object = None  # the task's T4 model (TierModel or DetectorModel) for the sidecar's outputs, or None
-    track_hints: bool = True  # the robot tracks items (sidecar track_hint)
+    # the robot tracks items (sidecar track_hint) as the cascade does: consecutive frames whose T4
+    # embeddings are at least ``track_similarity`` alike share a track (needs ``edge_model``; never truth)
+    track_hints: bool = True
+    track_similarity: float = 0.9
     random_every: int = 10  # every n-th frame is flagged as the unbiased random sample
     keep_every: int = 1
     mode: str = "stream"
@@ -129,6 +133,8 @@ class SimulatedFleet:
     _part: FleetTask = field(init=False, repr=False)
     _streams: list = field(default_factory=list, init=False, repr=False)
     _counts: list = field(default_factory=list, init=False, repr=False)
+    _trackers: dict = field(default_factory=dict, init=False, repr=False)
+    _previous: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.task not in FLEET_TASKS:
@@ -150,18 +156,34 @@ class SimulatedFleet:
             edge = None
             if self.edge_model is not None:
                 edge = self._part.edge_fields(self.edge_model, [f.image for f in frames])
+            hints = self._track_hints(number, edge, len(frames))
             for i, frame in enumerate(frames):
                 index = self._counts[number]
                 self._counts[number] += 1
                 if index % self.keep_every:
                     continue
                 extra = {} if edge is None else edge[i]
-                written.append(self._write(robot, site, frame, extra, random=index % self.random_every == 0))
+                written.append(self._write(robot, site, frame, extra, index % self.random_every == 0, hints[i]))
         return written
 
-    def _write(self, robot: str, site: sim.Site, frame: sim.SimFrame, extra: dict, random: bool) -> Sidecar:
+    def _track_hints(self, number: int, edge: list[dict] | None, count: int) -> list[str | None]:
+        """Return the robot tracker's id of each frame (every frame streamed, kept or not); None without one."""
+        if not (self.track_hints and self.mode == "stream" and self._part.tracks and edge):
+            return [None] * count
+        chain = self._trackers.setdefault(number, TrackChain(f"{self.robots[number][0]}@sim", self.track_similarity))
+        hints: list[str | None] = []
+        for fields in edge:
+            embedding = np.asarray(fields["embedding"], np.float32)
+            previous = self._previous.get(number)
+            similarity = None if previous is None else float(np.dot(previous, embedding))
+            hints.append(chain.next(similarity))
+            self._previous[number] = embedding
+        return hints
+
+    def _write(
+        self, robot: str, site: sim.Site, frame: sim.SimFrame, extra: dict, random: bool, hint: str | None
+    ) -> Sidecar:
         data = self._part.encode(frame.image)
-        hint = self._part.track_hint(frame.truth) if self.track_hints and self.mode == "stream" else None
         sidecar = Sidecar(
             robot_id=robot,
             stamp_ns=frame.stamp_ns,

@@ -80,21 +80,14 @@ def _scores_of(out: TierOutputs) -> tuple[float, float, float]:
 
 
 class _StreamState:
-    __slots__ = ("flicker", "memory", "session", "track")
+    __slots__ = ("flicker", "memory", "tracks")
 
     def __init__(self, config: CascadeConfig, dim: int, unit_embeddings: bool, stream: str = ""):
         self.flicker = unc.FlickerWindow(config.flicker_window)
         self.memory = unc.EmbeddingMemory(dim, config.novelty_memory, unit_embeddings) if dim else None
         # track ids must not repeat across streams or process restarts: prefix them with the stream and
         # the session start (two streams opened in the same millisecond had the same ids)
-        self.session = f"{stream}@{time.time_ns() // 1_000_000:x}"
-        self.track = 0
-
-    def next_track(self, similarity: float | None, threshold: float) -> str:
-        """Return the track id of the current frame given its similarity to the previous one."""
-        if similarity is None or similarity < threshold:
-            self.track += 1
-        return f"{self.session}-{self.track}"
+        self.tracks = unc.TrackChain(f"{stream}@{time.time_ns() // 1_000_000:x}", config.track_similarity)
 
 
 M = TypeVar("M", bound=TierModel)
@@ -255,4 +248,4 @@ class Cascade(TieredCascade[TierModel]):
         if state.memory is None or embedding is None:
             return flicker, 0.0, None
         novelty = state.memory.score(embedding)
-        return flicker, novelty, state.next_track(state.memory.last_similarity, config.track_similarity)
+        return flicker, novelty, state.tracks.next(state.memory.last_similarity)

@@ -186,3 +186,26 @@ class EmbeddingMemory:
             if count < self.capacity:
                 self._count = count + 1
         return value
+
+
+class TrackChain:
+    """The robot's own tracker: consecutive frames of one stream whose embeddings are similar share a track.
+
+    A frame opens a new track when its embedding's similarity to the previous frame's is below
+    ``threshold`` (or unknown); ids are ``<prefix>-<n>``, so ``prefix`` must be unique per stream and
+    session (the cascade uses ``<stream>@<session start>``). This is what a sidecar's ``track_hint``
+    holds; the simulated world's truth never enters it.
+    """
+
+    __slots__ = ("prefix", "threshold", "count")
+
+    def __init__(self, prefix: str, threshold: float = 0.9):
+        self.prefix = prefix
+        self.threshold = float(threshold)
+        self.count = 0
+
+    def next(self, similarity: float | None) -> str:
+        """Return the track id of the stream's next frame given its similarity to the previous one."""
+        if similarity is None or similarity < self.threshold:
+            self.count += 1
+        return f"{self.prefix}-{self.count}"
