@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Callable, Sequence
 
@@ -267,21 +267,32 @@ def class_thresholds(
     min_accepted: int = 30,
     floor: float = 0.0,
 ) -> list[Threshold]:
-    """Return one threshold per class (Mondrian): each from the validation frames auto-labeled that class.
+    """Return one threshold per class (Mondrian), each from the validation frames auto-labeled that class.
 
-    A class's labels are accepted only on its own audited evidence, so a class the teachers confuse
-    (shirt) cannot ride on one they never miss (trouser); a class with too little evidence is not
-    automated (``inf``). ``correct``: whether the auto-label matched the human label.
+    A class with at least ``min_accepted`` validation frames is routed on its own evidence, so a
+    class the teachers confuse (shirt) cannot ride on one they never miss (trouser). The classes
+    with fewer frames form one group routed on their pooled evidence (their errors count against
+    all of them); a class or group without a passing threshold is not automated (``inf``).
+    ``correct``: whether the auto-label matched the human label.
     """
     confidence, label, correct = np.asarray(confidence, np.float64), np.asarray(label), np.asarray(correct, bool)
+    counts = np.bincount(label.astype(np.int64), minlength=classes) if len(label) else np.zeros(classes, int)
+    own = counts >= min_accepted
+
+    def threshold(mask: np.ndarray) -> Threshold:
+        ones = np.ones(int(mask.sum()), bool)
+        return choose_threshold(confidence[mask], correct[mask], ones, target, z, min_accepted, floor)
+
+    pooled_classes = [c for c in range(classes) if not own[c]]
+    pooled = threshold(np.isin(label, pooled_classes)) if pooled_classes else None
     out = []
     for c in range(classes):
-        mine = label == c
-        out.append(
-            choose_threshold(
-                confidence[mine], correct[mine], np.ones(int(mine.sum()), bool), target, z, min_accepted, floor
-            )
-        )
+        if own[c]:
+            out.append(threshold(label == c))
+        else:
+            assert pooled is not None
+            reason = f"{pooled.reason} (pooled: {len(pooled_classes)} classes with under {min_accepted} frames each)"
+            out.append(replace(pooled, reason=reason))
     return out
 
 

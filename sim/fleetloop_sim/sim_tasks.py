@@ -373,6 +373,21 @@ class Detection:
 SIM_TASKS: dict[str, SimTask] = {"classification": Classification(), "detection": Detection()}
 
 
+def concatenate(sets: Sequence[LabelledSet | DetectionSet]) -> LabelledSet | DetectionSet:
+    """Return several sets of one task as one, in order."""
+    if all(isinstance(part, LabelledSet) for part in sets):
+        labelled = [part for part in sets if isinstance(part, LabelledSet)]
+        return LabelledSet(
+            np.concatenate([p.images for p in labelled]),
+            np.concatenate([p.labels for p in labelled]),
+            np.concatenate([p.items for p in labelled]),
+        )
+    boxed = [part for part in sets if isinstance(part, DetectionSet)]
+    if len(boxed) != len(sets):
+        raise ValueError("cannot concatenate sets of different tasks")
+    return DetectionSet(np.concatenate([p.images for p in boxed]), [t for p in boxed for t in p.truths])
+
+
 def sim_task(task: str | SimTask) -> SimTask:
     """Return the world's part for ``task`` (a task name, or a part as it is); ValueError naming the known names."""
     if not isinstance(task, str):

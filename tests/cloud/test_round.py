@@ -111,7 +111,12 @@ def test_a_round_end_to_end(tmp_path, cloud_models):
             assert entry["key_id"]  # signed
             assert entry["status"] == ("Approved" if models[variant]["promoted"] else "Rejected")
         promoted = [v for v in ("T2", "T3", "T4") if models[v]["promoted"]]
-        assert promoted, "the barely trained test edge tiers should lose to the distilled ones"
+        assert promoted, "the barely trained test edge tiers should lose to the distilled ones: " + json.dumps(
+            {
+                v: (models[v]["accuracy_before"], models[v]["accuracy_after"], models[v]["reasons"])
+                for v in ("T2", "T3", "T4")
+            }
+        )
         for variant in promoted:
             production = loop.production(variant)  # fetched from the registry, signature verified
             assert load_manifest(production).version == summary["models"][variant]["candidate"]

@@ -134,9 +134,25 @@ def test_class_thresholds_route_each_class_on_its_own_evidence():
     thresholds = class_thresholds(confidence, label, correct, 3, target=0.98, z=1.0, min_accepted=30)
     assert thresholds[0].automated and thresholds[0].accepted_frames == 60
     assert not thresholds[1].automated and "no threshold reaches" in thresholds[1].reason
-    assert not thresholds[2].automated and "only 5" in thresholds[2].reason
+    assert (
+        not thresholds[2].automated and "only 5" in thresholds[2].reason and "pooled: 1 classes" in thresholds[2].reason
+    )
     mask = accept_by_class(np.array([0.96, 0.99, 0.99]), np.array([0, 1, 2]), thresholds)
     assert mask.tolist() == [True, False, False]
+
+
+def test_classes_with_little_evidence_are_routed_on_their_pooled_evidence():
+    from fleetloop_cloud.routing import class_thresholds
+
+    # classes 1 and 2: 25 right frames each (too few alone), class 3: 25 frames, 5 wrong
+    label = np.repeat([0, 1, 2, 3], [60, 25, 25, 25])
+    correct = np.ones(len(label), bool)
+    confidence = np.full(len(label), 0.97)
+    pooled = class_thresholds(confidence, label, correct, 4, target=0.98, z=1.0, min_accepted=30)
+    assert pooled[1].automated and pooled[1] == pooled[2] == pooled[3]  # one group, one threshold
+    correct[110:115] = False  # class 3's errors count against the whole group
+    spoiled = class_thresholds(confidence, label, correct, 4, target=0.98, z=1.0, min_accepted=30)
+    assert spoiled[0].automated and not spoiled[1].automated and not spoiled[3].automated
 
 
 def test_revalidation_keeps_consistent_evidence_and_resets_on_a_contradicting_fresh_sample():

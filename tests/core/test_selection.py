@@ -487,3 +487,65 @@ def test_selector_on_the_real_cascade(test_models):
     assert set(sidecar.tier_outputs) <= {"T4", "T3"} and sidecar.model_versions["T4"] == cascade.edge.version
     assert sidecar.simulation.label == frame.truth.label and sidecar.stamp_ns == frame.stamp_ns
     assert all(d.policy == "adaptive_budget" and 0.0 <= d.score <= 1.0 for _, d in pairs)
+
+
+# --------------------------------------------------------------------------- clips
+
+
+def _clip_selector(frames=2, spacing=3, budget_share=1.0, frames_per_hour=36000.0):
+    return Selector(
+        config(
+            policy={"name": "threshold", "params": {"threshold": 0.5}},
+            clip={"frames": frames, "spacing": spacing, "budget_share": budget_share},
+            budget={"frames_per_hour": frames_per_hour, "burst_seconds": 60},
+        ),
+        labels=LABELS,
+    )
+
+
+def test_a_kept_frame_opens_a_clip_of_its_track_every_nth_frame_up_to_k():
+    selector = _clip_selector(frames=2, spacing=3)
+    kept = []
+    for i in range(12):
+        score = 0.9 if i == 0 else 0.0  # only the first frame is worth a label on its own
+        decision = selector.offer(distinct_image(i), result(score), i * PERIOD_NS, track_hint="cam@1-7")
+        kept.append(decision.keep)
+        if decision.keep and i:
+            assert decision.reason.startswith("kept: clip frame") and "track cam@1-7" in decision.reason
+    assert [i for i, k in enumerate(kept) if k] == [0, 3, 6]  # frames 3 and 6 of the track, then the clip is full
+    assert selector.stats.clip == 2 and selector.stats.kept == 3
+
+
+def test_a_clip_ends_with_its_track_and_clips_are_off_by_default():
+    selector = _clip_selector(frames=4, spacing=1)
+    assert selector.offer(distinct_image(0), result(0.9), 0, track_hint="t-1").keep
+    assert selector.offer(distinct_image(1), result(0.0), PERIOD_NS, track_hint="t-1").keep
+    assert not selector.offer(distinct_image(2), result(0.0), 2 * PERIOD_NS, track_hint="t-2").keep  # new item
+    assert not selector.offer(distinct_image(3), result(0.0), 3 * PERIOD_NS, track_hint="t-1").keep  # clip closed
+    plain = Selector(config(policy={"name": "threshold", "params": {"threshold": 0.5}}), labels=LABELS)
+    plain.offer(distinct_image(0), result(0.9), 0, track_hint="t-1")
+    assert not plain.offer(distinct_image(1), result(0.0), PERIOD_NS, track_hint="t-1").keep
+
+
+def test_clip_frames_leave_the_rest_of_the_burst_to_new_candidates_and_are_deduplicated():
+    # a burst of 10 frames (600 an hour, 60 s); clips may spend half of it
+    selector = _clip_selector(frames=20, spacing=1, budget_share=0.5, frames_per_hour=600.0)
+    decisions = [selector.offer(distinct_image(0), result(0.9), 0, track_hint="t-1")]
+    decisions += [selector.offer(distinct_image(i), result(0.0), i, track_hint="t-1") for i in range(1, 15)]
+    clip_kept = sum(d.keep for d in decisions[1:])
+    assert clip_kept == 4  # 10 tokens - 1 for the anchor; clip frames stop at the 5-token reserve
+    assert "budget spent" in decisions[-1].reason
+    assert selector.offer(distinct_image(99), result(0.9), 16, track_hint="t-2").keep  # the reserve serves it
+    deduped = Selector(
+        selection_config(
+            {
+                "policy": {"name": "threshold", "params": {"threshold": 0.5}},
+                "clip": {"frames": 3, "spacing": 1},
+                "random_fraction": 0.0,
+            }
+        ),
+        labels=LABELS,
+    )
+    deduped.offer(IMAGE, result(0.9), 0, track_hint="t-1")
+    repeat = deduped.offer(IMAGE, result(0.0), PERIOD_NS, track_hint="t-1")  # the same picture again
+    assert not repeat.keep and repeat.duplicate

@@ -15,6 +15,7 @@ import numpy as np
 
 from fleetloop_core.errors import ConfigError
 from fleetloop_sim import sim
+from fleetloop_sim import sim_tasks
 from fleetloop_sim.sim_tasks import DetectionSet, LabelledSet
 
 if TYPE_CHECKING:
@@ -61,14 +62,7 @@ def _render_chunked(
     workers = min(len(jobs), multiprocessing.cpu_count())
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         pieces = list(pool.map(_render_piece, jobs))
-    if isinstance(pieces[0], LabelledSet):
-        labelled = [p for p in pieces if isinstance(p, LabelledSet)]
-        images, labels, shown = (
-            np.concatenate([getattr(p, name) for p in labelled]) for name in ("images", "labels", "items")
-        )
-        return LabelledSet(images, labels, shown)
-    boxed = [p for p in pieces if isinstance(p, DetectionSet)]
-    return DetectionSet(np.concatenate([p.images for p in boxed]), [t for p in boxed for t in p.truths])
+    return pieces[0] if len(pieces) == 1 else sim_tasks.concatenate(pieces)
 
 
 def _render_piece(job: tuple[Any, ...]) -> LabelledSet | DetectionSet:

@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--frames", type=int, default=None, help="camera frames per robot per round")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--seeds", default=None, help="run once per seed (e.g. 0,1,2): each figure as mean and range (OUT/seeds.md)"
+    )
     parser.add_argument("--control-plane", choices=("local", "mqtt"), default=None)
     parser.add_argument(
         "--store", default=None, help="object store URI for the loop's uploads (default file://OUT/...)"
@@ -58,14 +61,32 @@ def _command(args: argparse.Namespace) -> int:
     }
     if args.no_ros:
         overrides["ros"] = False
-    config = load_demo_config(args.config, quick=args.quick, overrides=overrides)
     out = Path(args.out) if args.out else repo_root() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    report = Demo(
-        config, out, models=Path(args.models) if args.models else None, store_uri=args.store, quick=args.quick
-    ).run()
     from fleetloop_cloud.demo.report_files import print_headline
 
-    print_headline(report, out)
+    if args.seeds is None:
+        config = load_demo_config(args.config, quick=args.quick, overrides=overrides)
+        report = Demo(
+            config, out, models=Path(args.models) if args.models else None, store_uri=args.store, quick=args.quick
+        ).run()
+        print_headline(report, out)
+        return 0
+    from fleetloop_cloud.demo import seeds
+
+    if args.seed is not None or args.store is not None:
+        raise SystemExit("fleetloop demo --seeds: --seed and --store name one run; leave them out")
+    try:
+        chosen = seeds.parse_seeds(args.seeds)
+    except ValueError as exc:
+        raise SystemExit(f"fleetloop demo: {exc}") from None
+    reports = {}
+    for seed in chosen:
+        config = load_demo_config(args.config, quick=args.quick, overrides={**overrides, "seed": seed})
+        run_out = out / f"seed-{seed}"
+        reports[seed] = Demo(config, run_out, models=Path(args.models) if args.models else None, quick=args.quick).run()
+        print_headline(reports[seed], run_out)
+    print(seeds.write(out, seeds.aggregate(reports)))
+    print(f"figures over seeds {args.seeds}: {out / 'seeds.md'}")
     return 0
 
 

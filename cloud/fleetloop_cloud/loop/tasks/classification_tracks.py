@@ -96,8 +96,11 @@ def propagate(loop: "CloudLoop", round_number: int, info: dict) -> dict:
             [f in labels and labels[f].source == "auto" and labels[f].round == round_number for f in ids]
         )
         min_confidence = max(prop.min_confidence, float(loop.pool.get("propagation_floor", 0.0)))
+        # the committee's label must match the track's human label; T2's own vote is already weighed in it
+        # (classification_routing), so it is no separate veto here either
+        everyone = np.ones(len(ids), bool)
         result = routing.propagate(
-            keys, combined.label, combined.agree, combined.confidence, human, candidates, accepted, min_confidence
+            keys, combined.label, everyone, combined.confidence, human, candidates, accepted, min_confidence
         )
         with loop.pool.transaction():
             for i, label in result.labels.items():

@@ -1,5 +1,7 @@
 """On-robot frame selection: which frames are worth a label, within a budget, without duplicates.
 
+~413 lines: the per-frame decision, its budget, dedup, clips and live re-tuning share one lock and one state.
+
 Per frame the :class:`Selector` turns the cascade's uncertainty scores into one value score (a
 weighted mean of the score parts, in [0, 1]; the parts and their weights are those of the
 result's task: ``weights.classification.margin``, ``weights.detection.band``, ...), asks the
@@ -43,6 +45,7 @@ from fleetloop_core.selection_config import (
 )
 from fleetloop_core.selection_policies import POLICIES, ClassQuotaParams, PolicyState, Verdict
 
+from fleetloop_core.selection_clips import Clips
 from fleetloop_core.selection_decision import Decision, Origin, sidecar_fields
 from fleetloop_core.selection_limits import DedupMemory, TokenBucket
 
@@ -72,6 +75,7 @@ class SelectorStats:
     candidates: int = 0
     duplicates: int = 0
     budget_limited: int = 0
+    clip: int = 0  # kept as clip frames (``clip`` in the config)
     kept_by_class: dict[int, int] = field(default_factory=dict)
 
 
@@ -96,6 +100,7 @@ class Selector:
         self._state = self._new_state(self._active, source)
         self._frames_bucket, self._bytes_bucket = self._buckets(config.budget)
         self._dedup = DedupMemory(config.dedup)
+        self._clips = Clips(config.clip)
 
     # ------------------------------------------------------------------ config
     @property
@@ -173,6 +178,8 @@ class Selector:
                 dedup.config = config.dedup
             if config.seed != old.seed:
                 self._rng.seed(config.seed)
+            if config.clip != old.clip:
+                self._clips = Clips(config.clip)
             self._state, (self._frames_bucket, self._bytes_bucket), self._dedup = state, buckets, dedup
             self._active = active
             return config
@@ -237,6 +244,10 @@ class Selector:
             else:
                 verdict = active.policy(value, result, active.params, state)
             if not verdict.candidate:
+                clip = self._clips.due(stream, track_hint)
+                if clip is not None:
+                    origin = Origin(stamp_ns, stream, robot_id or self.robot_id, site, simulation, track_hint)
+                    return self._clip_frame(frame, result, origin, value, clip, active)
                 # buckets refill lazily, at the next candidate: nothing spends tokens in between, so
                 # one refill over the gap equals many small ones; the tokens shown here are as of
                 # the last candidate
@@ -258,12 +269,38 @@ class Selector:
                     weights,
                 )
             origin = Origin(stamp_ns, stream, robot_id or self.robot_id, site, simulation, track_hint)
-            return self._candidate(frame, result, origin, value, verdict, active)
+            decision = self._candidate(frame, result, origin, value, verdict, active)
+            if decision.keep and not verdict.random:
+                self._clips.open(stream, track_hint, stamp_ns)
+            return decision
+
+    def _clip_frame(
+        self, frame: np.ndarray, result: Any, origin: Origin, value: float, clip: Any, active: _Active
+    ) -> Decision:
+        """Return the decision for a frame of an open clip: a candidate that leaves the others' share of the burst."""
+        reason = f"clip frame {clip.kept + 1} of track {clip.track} (after the frame at {clip.anchor_ns})"
+        reserve = (1.0 - active.config.clip.budget_share) * self._frames_bucket.capacity
+        decision = self._candidate(frame, result, origin, value, Verdict(True, None, reason), active, reserve)
+        if decision.keep:
+            self._clips.kept(clip)
+            self.stats.clip += 1
+        return decision
 
     def _candidate(
-        self, frame: np.ndarray, result: Any, origin: Origin, value: float, verdict: Verdict, active: _Active
+        self,
+        frame: np.ndarray,
+        result: Any,
+        origin: Origin,
+        value: float,
+        verdict: Verdict,
+        active: _Active,
+        reserve: float = 0.0,
     ) -> Decision:
-        """Return the decision for a frame the policy passed: the budget, then dedup, then kept with its record."""
+        """Return the decision for a frame the policy passed (or a clip frame): the budget, then dedup, then kept.
+
+        ``reserve``: frame tokens the candidate must leave in the bucket (clip frames leave the part
+        of the burst that is not theirs to new candidates).
+        """
         self._frames_bucket.refill(origin.stamp_ns)
         self._bytes_bucket.refill(origin.stamp_ns)
         decision = Decision(
@@ -278,7 +315,7 @@ class Selector:
         )
         if not verdict.random:
             self.stats.candidates += 1
-        if self._over_budget(decision, verdict):
+        if self._over_budget(decision, verdict, reserve):
             return decision
         embedding = result.embeddings.get("T4") if result.embeddings else None
         if embedding is None and result.embeddings:
@@ -309,12 +346,12 @@ class Selector:
         decision.frame_tokens, decision.byte_tokens = self._frames_bucket.tokens, self._bytes_bucket.tokens
         return decision
 
-    def _over_budget(self, decision: Decision, verdict: Verdict) -> bool:
+    def _over_budget(self, decision: Decision, verdict: Verdict, reserve: float = 0.0) -> bool:
         """Return whether the budget refuses the candidate (and say so in ``decision``)."""
         frames_bucket, bytes_bucket = self._frames_bucket, self._bytes_bucket
         # random samples may borrow up to one burst (so the policy's candidates cannot crowd them
         # out); the debt is paid back by later frames, so the long-run rate stays on budget
-        floor_frames = 1.0 - frames_bucket.capacity if verdict.random else 1.0
+        floor_frames = 1.0 - frames_bucket.capacity if verdict.random else 1.0 + reserve
         floor_bytes = -bytes_bucket.capacity if verdict.random else 0.0
         if frames_bucket.tokens >= floor_frames and bytes_bucket.tokens > floor_bytes:
             return False

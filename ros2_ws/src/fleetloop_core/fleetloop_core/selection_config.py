@@ -84,6 +84,21 @@ class RecordConfig(ConfigModel):
     include_embedding: bool = True
 
 
+class ClipConfig(ConfigModel):
+    """Clips: when the policy keeps a frame, keep up to ``frames`` more of the same robot track after it.
+
+    Robot data is cheap to label because an item stays in view for many frames: a clip lets one
+    human answer (or one confident auto-label) cover the track's frames in the cloud. Clip frames
+    are every ``spacing``-th frame of the track (the robot's own tracker decides what a track is),
+    deduplicated like any candidate, and may spend at most ``budget_share`` of the frame budget's
+    burst (the rest stays for new candidates). Random samples never open a clip (they stay unbiased).
+    """
+
+    frames: int = Field(default=0, ge=0, le=64)  # K: clip frames per kept frame (0: clips off)
+    spacing: int = Field(default=3, ge=1)  # every n-th frame of the track
+    budget_share: float = Field(default=0.5, ge=0.0, le=1.0)  # of the frame bucket clips may spend
+
+
 class PolicyConfig(ConfigModel):
     """Which policy decides candidates, and its parameters (validated against the policy)."""
 
@@ -98,6 +113,7 @@ class SelectionConfig(ConfigModel):
     policy: PolicyConfig = PolicyConfig()
     budget: BudgetConfig = BudgetConfig()
     dedup: DedupConfig = DedupConfig()
+    clip: ClipConfig = ClipConfig()
     random_fraction: float = Field(default=0.002, ge=0.0, le=1.0)  # of all frames, kept regardless
     random_priority: float = Field(default=1.0, ge=0.0)  # queue priority of random samples
     record: RecordConfig = RecordConfig()

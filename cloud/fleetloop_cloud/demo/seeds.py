@@ -1,0 +1,78 @@
+"""``fleetloop demo --seeds 0,1,2``: the demo once per world seed, each headline figure as mean and range.
+
+One seed is one draw of the world (sites, streams, items, annotator errors): a figure that moves
+between seeds more than the gap to its target is no result yet. Each seed's run keeps its own
+report under ``OUT/seed-N/``; ``OUT/seeds.json`` and ``OUT/seeds.md`` hold the figures side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import fmean
+from typing import Any, Callable
+
+# figure -> how to read it from one run's report.json
+FIGURES: dict[str, Callable[[dict], Any]] = {
+    "throughput_ratio": lambda r: r.get("throughput_ratio"),
+    "cost_ratio": lambda r: r.get("cost_ratio"),
+    "ground_truth_cost_ratio": lambda r: r["labeling"]["stream_world"].get("ground_truth_cost_ratio"),
+    "hard_mode_throughput_ratio": lambda r: (r["labeling"].get("hard_mode") or {}).get("throughput_ratio"),
+    "auto_label_error": lambda r: r.get("auto_label_error"),
+    "audited_labels": lambda r: r["labeling"]["audit"].get("frames"),
+    "upload_fraction": lambda r: r.get("upload_fraction"),
+    "upload_gain_share": lambda r: r.get("upload_gain_share"),
+    "al_label_ratio": lambda r: r.get("al_label_ratio"),
+    "accuracy_per_human_hour_ratio": lambda r: (r.get("accuracy_per_human_hour") or {}).get("ratio"),
+    "final_edge_accuracy": lambda r: r.get("final_edge_accuracy"),
+    "frames_dropped": lambda r: r.get("frames_dropped"),
+}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Return the seeds of ``0,1,2``; ValueError naming what is not a seed."""
+    seeds = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.lstrip("-").isdigit():
+            raise ValueError(f"--seeds: {part!r} is not an integer seed (expected e.g. 0,1,2)")
+        seeds.append(int(part))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: {text!r} names a seed twice")
+    return seeds
+
+
+def aggregate(reports: dict[int, dict]) -> dict[str, dict]:
+    """Return per figure its value per seed and the mean, min and max over the seeds that measured it."""
+    out: dict[str, dict] = {}
+    for name, read in FIGURES.items():
+        values = {seed: read(report) for seed, report in reports.items()}
+        measured = [float(v) for v in values.values() if v is not None]
+        out[name] = {
+            "values": values,
+            "mean": fmean(measured) if measured else None,
+            "min": min(measured) if measured else None,
+            "max": max(measured) if measured else None,
+            "seeds_measured": len(measured),
+        }
+    return out
+
+
+def write(out: Path, figures: dict[str, dict]) -> str:
+    """Write ``seeds.json`` and ``seeds.md`` under ``out``; return the Markdown table."""
+
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
+    seeds = sorted({seed for f in figures.values() for seed in f["values"]})
+    lines = [
+        "| figure | mean | min | max | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in seeds) + " |",
+    ]
+    for name, f in figures.items():
+        per_seed = " | ".join(fmt(f["values"].get(s)) for s in seeds)
+        lines.append(f"| {name} | {fmt(f['mean'])} | {fmt(f['min'])} | {fmt(f['max'])} | {per_seed} |")
+    table = "\n".join(lines) + "\n"
+    (out / "seeds.json").write_text(json.dumps(figures, indent=2, default=str))
+    (out / "seeds.md").write_text(f"# Demo figures over seeds {', '.join(map(str, seeds))}\n\n{table}")
+    return table

@@ -1,0 +1,40 @@
+"""``fleetloop demo --seeds``: the seed list and the figures over seeds (mean, min, max, per seed)."""
+
+import json
+
+import pytest
+
+from fleetloop_cloud.demo import seeds
+
+
+def _report(throughput, error, hard=None):
+    return {
+        "throughput_ratio": throughput,
+        "cost_ratio": throughput * 0.9,
+        "auto_label_error": error,
+        "labeling": {
+            "stream_world": {"ground_truth_cost_ratio": 1.05},
+            "audit": {"frames": 200},
+            "hard_mode": None if hard is None else {"throughput_ratio": hard},
+        },
+        "frames_dropped": 0,
+    }
+
+
+def test_seeds_parse_and_refuse_what_is_not_a_seed():
+    assert seeds.parse_seeds("0, 1,2") == [0, 1, 2]
+    with pytest.raises(ValueError, match="'x' is not an integer seed"):
+        seeds.parse_seeds("0,x")
+    with pytest.raises(ValueError, match="names a seed twice"):
+        seeds.parse_seeds("1,1")
+
+
+def test_figures_over_seeds_are_mean_and_range_of_what_each_run_measured(tmp_path):
+    figures = seeds.aggregate({0: _report(20.0, 0.01, hard=4.0), 1: _report(26.0, 0.03), 2: _report(23.0, 0.02)})
+    assert figures["throughput_ratio"]["mean"] == pytest.approx(23.0)
+    assert (figures["throughput_ratio"]["min"], figures["throughput_ratio"]["max"]) == (20.0, 26.0)
+    assert figures["hard_mode_throughput_ratio"]["seeds_measured"] == 1  # a figure one run lacks is not invented
+    assert figures["upload_gain_share"]["mean"] is None
+    table = seeds.write(tmp_path, figures)
+    assert "| throughput_ratio | 23 | 20 | 26 | 20 | 26 | 23 |" in table
+    assert json.loads((tmp_path / "seeds.json").read_text())["auto_label_error"]["max"] == pytest.approx(0.03)
