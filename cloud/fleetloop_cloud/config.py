@@ -165,12 +165,18 @@ class PropagationConfig(ConfigModel):
 
 
 class RoutingConfig(ConfigModel):
-    """Auto-accept only where tiers agree and calibrated confidence clears a threshold chosen from audited data."""
+    """Auto-accept where the committee's calibrated confidence clears its class's threshold, chosen on audited data."""
 
     target_accuracy: float = Field(default=0.98, gt=0.5, lt=1)
     bound_z: float = Field(default=1.0, ge=0)  # 0: point estimate; z: Wilson lower bound
     min_validation: int = Field(default=30, ge=1)  # accepted validation frames needed for a threshold
     calibration_min_labels: int = Field(default=20, ge=2)
+    # the human answers routing learns from, pooled across rounds: the random calibration sample, the
+    # frames humans reviewed (every frame routing did not accept, when review.human_budget is null:
+    # frames below the thresholds, so their accuracy estimate is conservative) and the audits (random
+    # samples of the accepted labels). Track representatives are left out: they are picked as the most
+    # confident frame of their track, an optimistic sample.
+    evidence: tuple[Literal["calibration", "review", "audit"], ...] = ("calibration", "review", "audit")
     propagation: PropagationConfig = Field(default_factory=PropagationConfig)
 
 

@@ -133,3 +133,29 @@ def test_evidence_pools_across_rounds_and_restarts_when_a_changed_teacher_fails_
         assert info["evidence"]["since_round"] == 2 and info["evidence"]["frames"] == 60
         assert info["thresholds"]["trouser"]["value"] is None  # 48 of 60: not automated on the fresh evidence
         assert loop.pool.get(EVIDENCE_KEY)["since_round"] == 2
+
+
+def test_evidence_is_scored_by_the_teachers_of_its_round_never_by_a_t2_trained_on_it(tmp_path, cloud_models):
+    with _loop(tmp_path, cloud_models, calibration_sample=100) as loop:
+        world = World(loop)
+        loop.pool.open_round()
+        # round 1: T1 right, the lab-trained T2 "b" says bag
+        first = [world.add(1, TROUSER, TROUSER, BAG, 0.97, random=True) for _ in range(100)]
+        loop.pool.set_step(1, "ingest", "done", {"ingested": world.index})
+        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+        loop.review()
+        loop.pool.finish_round(1, {})
+
+        loop.pool.open_round()
+        for f in first:  # T2 "c" was trained on round 1's labels: it knows those frames by heart
+            loop.pool.put_predictions("T2", "c", [f], _probs(TROUSER, 0.999)[None], np.eye(4, dtype=np.float32)[:1])
+        versions = (("T1", "a"), ("T2", "c"))
+        for _ in range(60):  # on new frames it is as wrong as before
+            world.add(2, TROUSER, TROUSER, BAG, 0.97, random=True, versions=versions)
+        loop.pool.set_step(2, "ingest", "done", {"ingested": world.index})
+        loop.pool.set_step(2, "autolabel", "done", {"versions": {"T1": "a", "T2": "c"}})
+
+        info = loop.review()
+
+        assert info["evidence"]["frames"] >= 160
+        assert info["weights"][1] < 0.05 < info["weights"][0]  # T2 earned nothing out of sample

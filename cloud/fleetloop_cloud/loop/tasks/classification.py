@@ -83,6 +83,28 @@ class ClassificationPart(classification_report.ClassificationSummary):
         probs_b, _ = self.pool.predictions(tier_b, version_b, ids)
         return probs_a, probs_b
 
+    def evidence_probs(self, ids: Sequence[str], rounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return T1's and T2's probabilities of evidence frames as the teachers of each frame's answer round saw
+        them, and which frames both predicted.
+
+        Out of sample: a round's T2 was trained on the labels of earlier rounds only, while the current
+        T2 was trained on every earlier evidence frame and would vouch for itself.
+        """
+        shape = (len(ids), len(self.frame_labels))
+        probs_a, probs_b, have = np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros(len(ids), bool)
+        for number in sorted(set(np.asarray(rounds).tolist())):
+            index = np.flatnonzero(np.asarray(rounds) == number)
+            tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(int(number))
+            frames = [ids[i] for i in index]
+            missing = set(self.pool.missing_predictions(tier_a, version_a, frames))
+            missing |= set(self.pool.missing_predictions(tier_b, version_b, frames))
+            keep = [int(i) for i, f in zip(index, frames) if f not in missing]
+            if keep:
+                probs_a[keep] = self.pool.predictions(tier_a, version_a, [ids[i] for i in keep])[0]
+                probs_b[keep] = self.pool.predictions(tier_b, version_b, [ids[i] for i in keep])[0]
+                have[keep] = True
+        return probs_a, probs_b, have
+
     def combined(self, round_number: int, ids: Sequence[str], weights: Sequence[float] = (0.5, 0.5)) -> Combined:
         """Return the T1/T2 committee of frames under ``weights`` (``classification_routing`` fits them)."""
         probs_a, probs_b = self.teacher_probs(round_number, ids)
@@ -147,22 +169,25 @@ class ClassificationPart(classification_report.ClassificationSummary):
         return label.label
 
     # ------------------------------------------------------------------ review evidence
-    def calibration_set(self, round_number: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Return the calibration frames humans labeled that both teachers predicted, the human classes and
-        the round each was drawn in."""
-        tasks = [t for t in self.pool.tasks(purpose="calibration", status="done")]
-        tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(round_number)
-        have = set(self.pool.labels([t.frame_id for t in tasks]))
-        tasks = [t for t in tasks if t.frame_id in have]
-        ids = [t.frame_id for t in tasks]
-        missing = set(self.pool.missing_predictions(tier_a, version_a, ids)) | set(
-            self.pool.missing_predictions(tier_b, version_b, ids)
-        )
-        kept = [(t.frame_id, t.answer, t.round) for t in tasks if t.frame_id not in missing]
+    def calibration_set(self, round_number: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """Return the evidence: frames humans answered (tasks of ``routing.evidence``'s purposes) whose
+        label stands, the human classes, the round of each frame's latest answer and whether the frame
+        was in a random calibration sample."""
+        purposes = set(self.config.routing.evidence)
+        tasks = [t for t in self.pool.tasks(status="done") if t.purpose in purposes]
+        latest: dict[str, tuple[int, int]] = {}
+        random: set[str] = set()
+        for task in tasks:  # oldest first: the newest answer wins
+            latest[task.frame_id] = (int(task.answer), int(task.round))
+            if task.purpose == "calibration":
+                random.add(task.frame_id)
+        have = set(self.pool.labels(list(latest)))
+        ids = [f for f in latest if f in have]
         return (
-            [k[0] for k in kept],
-            np.asarray([k[1] for k in kept], np.int64),
-            np.asarray([k[2] for k in kept], np.int64),
+            ids,
+            np.asarray([latest[f][0] for f in ids], np.int64),
+            np.asarray([latest[f][1] for f in ids], np.int64),
+            np.asarray([f in random for f in ids], bool),
         )
 
     def route(self, loop: "CloudLoop", round_number: int, info: dict) -> dict:

@@ -1,13 +1,14 @@
 """Classification routing: the committee's calibration, one threshold per class from pooled evidence, auto-accept.
 
-Evidence is every done calibration task (a uniformly random sample of a round's uploads labeled by
-a person), re-scored by this round's teachers. The two teachers are combined by weights fitted on
+Evidence is every frame a person answered in a task of ``routing.evidence``'s purposes (the random
+calibration samples, the review of what routing did not accept, the audits of what it did), re-scored
+by this round's teachers. The two teachers are combined by weights fitted on
 that evidence (``calibration.fit_committee``): T2's agreement is one input, so in round 1, where the
 lab-trained T2 is wrong on most field frames, T1 alone can carry a class its evidence allows.
 Each class gets its own threshold (Mondrian; ``routing.class_thresholds``) at ``target_accuracy``
 by the Wilson bound. Evidence is pooled across rounds; when a teacher changes, the thresholds the
 pooled evidence gives are checked on this round's fresh sample (``routing.revalidate``) and the
-evidence restarts from this round when the fresh sample contradicts them. Every auto-accepted
+evidence restarts from this round when the fresh (random) sample contradicts them. Every auto-accepted
 label records the class threshold, the evidence behind it and whether T2 agreed.
 """
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from fleetloop_cloud import routing
+from fleetloop_cloud.autolabel import combine
 from fleetloop_cloud.calibration import ensemble_log_probs, fit_committee, fit_temperature
 
 if TYPE_CHECKING:
@@ -38,13 +40,46 @@ class Fit:
     correct: np.ndarray  # evidence frames whose committee label matches the human label
 
 
-def fit(part: "ClassificationPart", round_number: int, ids: Sequence[str], answers: np.ndarray, floor: float) -> Fit:
-    """Return the committee weights and class thresholds the evidence frames ``ids`` (human ``answers``) give."""
+@dataclass
+class Evidence:
+    """Frames people answered, scored by the teachers of each frame's answer round (out of sample)."""
+
+    ids: list[str]
+    answers: np.ndarray
+    rounds: np.ndarray
+    random: np.ndarray  # in a random calibration sample
+    probs_a: np.ndarray
+    probs_b: np.ndarray
+
+    def since(self, first_round: int) -> "Evidence":
+        """Return the evidence of rounds ``first_round`` and later."""
+        keep = self.rounds >= first_round
+        return Evidence(
+            [f for f, k in zip(self.ids, keep) if k],
+            self.answers[keep],
+            self.rounds[keep],
+            self.random[keep],
+            self.probs_a[keep],
+            self.probs_b[keep],
+        )
+
+
+def evidence(part: "ClassificationPart", round_number: int) -> Evidence:
+    """Return the evidence routing has in ``round_number`` (frames no teacher of their round predicted left out)."""
+    ids, answers, rounds, random = part.calibration_set(round_number)
+    probs_a, probs_b, have = part.evidence_probs(ids, rounds)
+    return Evidence(
+        [f for f, h in zip(ids, have) if h], answers[have], rounds[have], random[have], probs_a[have], probs_b[have]
+    )
+
+
+def fit(part: "ClassificationPart", found: Evidence, floor: float) -> Fit:
+    """Return the committee weights and class thresholds the evidence gives."""
     cfg = part.config.routing
-    probs_a, probs_b = part.teacher_probs(round_number, ids)
-    weights = fit_committee(probs_a, probs_b, answers) if len(ids) >= cfg.calibration_min_labels else (0.5, 0.5)
-    combined = part.combined(round_number, ids, weights)
-    correct = combined.label == answers
+    enough = len(found.ids) >= cfg.calibration_min_labels
+    weights = fit_committee(found.probs_a, found.probs_b, found.answers) if enough else (0.5, 0.5)
+    combined = combine(found.probs_a, found.probs_b, weights=weights)
+    correct = combined.label == found.answers
     thresholds = routing.class_thresholds(
         combined.confidence,
         combined.label,
@@ -64,27 +99,34 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
     from fleetloop_cloud.loop.review import unlabeled_rows
 
     cfg = part.config.routing
-    all_ids, all_answers, rounds = part.calibration_set(round_number)
+    everything = evidence(part, round_number)
     versions = [str(v) for v in loop.teacher_versions(round_number)]
     state = part.pool.get(EVIDENCE_KEY, None) or {}
     since = int(state.get("since_round", 0))
     floor = float(part.pool.get("threshold_floor", 0.0))
-    pooled = rounds >= since
-    result = fit(part, round_number, [f for f, k in zip(all_ids, pooled) if k], all_answers[pooled], floor)
+    found = everything.since(since)
+    result = fit(part, found, floor)
     revalidation = None
     if state and state.get("versions") != versions:
-        fresh = rounds[pooled] == round_number
+        # this round's random sample: answered this round, so scored by the current teachers
+        fresh = everything.since(round_number)
+        current = combine(fresh.probs_a, fresh.probs_b, weights=result.weights)
         revalidation = routing.revalidate(
-            result.accepted, result.correct, fresh, cfg.target_accuracy, part.config.audit.confidence_level
+            routing.accept_by_class(current.confidence, current.label, result.thresholds),
+            current.label == fresh.answers,
+            fresh.random,
+            cfg.target_accuracy,
+            part.config.audit.confidence_level,
         )
         if not revalidation.keep:
-            since, pooled = round_number, rounds >= round_number
-            result = fit(part, round_number, [f for f, k in zip(all_ids, pooled) if k], all_answers[pooled], floor)
+            since = round_number
+            found = everything.since(round_number)
+            result = fit(part, found, floor)
     part.pool.put(EVIDENCE_KEY, {"versions": versions, "since_round": since})
-    ids, answers = [f for f, k in zip(all_ids, pooled) if k], all_answers[pooled]
+    ids, answers = found.ids, found.answers
 
     accepted = auto_accept(part, [r["id"] for r in unlabeled_rows(loop)], round_number, result, since)
-    probs_a, probs_b = part.teacher_probs(round_number, ids)
+    probs_a, probs_b = found.probs_a, found.probs_b
     info.update(
         phase="track",
         weights=list(result.weights),
