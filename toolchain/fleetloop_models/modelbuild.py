@@ -22,27 +22,19 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional, Sequence, TypeGuard
+from typing import Literal, Optional, Sequence, TypeGuard
 
 import numpy as np
 from pydantic import Field
 
 from fleetloop_sim import dataset
 from fleetloop_core.config import ConfigModel, default_config_path, read_yaml, validate
-from fleetloop_core.errors import ConfigError, ModelError
-from fleetloop_core.contracts.manifest import (
-    Tier,
-    load_manifest,
-    verify_files,
-    write_manifest,
-)
+from fleetloop_core.errors import ConfigError
+from fleetloop_core.contracts.manifest import Tier, intact_package, write_manifest
 from fleetloop_models import build_frames
 
 from fleetloop_models.trainers import Trainer, registration, trainer_for
 from fleetloop_sim.sim_tasks import DetectionSet, LabelledSet
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +156,8 @@ def build_key(profile: BuildProfile, tier: str) -> str:
 
 
 def _cached(directory: Path, key: str) -> bool:
-    try:
-        manifest = load_manifest(directory)
-        verify_files(manifest, directory)
-    except ModelError:
-        return False
-    return manifest.training.get("build_key") == key
+    manifest = intact_package(directory)
+    return manifest is not None and manifest.training.get("build_key") == key
 
 
 def build_reference_models(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fleetloop_core.contracts.manifest import Manifest, load_manifest, verify_files
+from fleetloop_core.contracts.manifest import Manifest, intact_package, load_manifest, verify_files
 from fleetloop_core.errors import ModelError
 from fleetloop_core.signing import TrustedKeys, verify_package
 
@@ -60,12 +60,8 @@ def install_shipped(
 
 def _installed(target: Path, manifest: Manifest) -> bool:
     """Return whether ``target`` holds this very package (same signature, every file intact)."""
-    try:
-        present = load_manifest(target)
-        verify_files(present, target)
-    except ModelError:
-        return False
-    return present.signature is not None and present.signature == manifest.signature
+    present = intact_package(target)
+    return present is not None and present.signature is not None and present.signature == manifest.signature
 
 
 REPRODUCE = {

@@ -248,6 +248,16 @@ def verify_files(manifest: Manifest, base: str | Path) -> None:
             raise ModelError(f"{path}: sha256 {actual} does not match the manifest's {entry.sha256}")
 
 
+def intact_package(directory: str | Path) -> Manifest | None:
+    """Return the manifest of the package in ``directory`` when it and every file it lists are intact, else None."""
+    try:
+        manifest = load_manifest(directory)
+        verify_files(manifest, directory)
+    except ModelError:
+        return None
+    return manifest
+
+
 def write_manifest(manifest: Manifest, directory: str | Path) -> Path:
     """Write manifest.json atomically (temp file, fsync, rename) and return its path."""
     directory = Path(directory)
