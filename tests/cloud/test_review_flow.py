@@ -11,44 +11,18 @@ import numpy as np
 from fleetloop_sim.dataset import LABELS
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.loop import CloudLoop
-from fleetloop_cloud.pool import FrameRecord
 
-from fixtures.cloud_world import cloud_config
-
-
-def _probs(label: int, confidence: float) -> np.ndarray:
-    p = np.full(len(LABELS), (1 - confidence) / (len(LABELS) - 1), np.float32)
-    p[label] = confidence
-    return p
+from fixtures.cloud_world import cloud_config, peaked_probs, pool_frame
 
 
 def _add(loop, index: int, truth: int, predicted: int, confidence: float, random: bool, disagree: bool = False):
-    sha = f"{index:064x}"
-    loop.pool.add_frame(
-        FrameRecord(
-            id=sha,
-            robot_id="r1",
-            stream="camera",
-            site="site-0",
-            stamp_ns=index * 10**10,  # 10 s apart: no tracks
-            frame_key=f"frames/r1/2026-01-01/{sha}.png",
-            sidecar_key=f"frames/r1/2026-01-01/{sha}.json",
-            width=128,
-            height=128,
-            random=random,
-            track_hint=None,
-            robot_embedding=None,
-            phash=None,
-            sim_label=truth,
-            sidecar="{}",
-            state="auto_labeled",
-            round=1,
-        )
-    )
+    record = pool_frame(index, truth, random)
+    sha = record.id
+    loop.pool.add_frame(record)
     other = (predicted + 1) % len(LABELS)
-    loop.pool.put_predictions("T1", "a", [sha], _probs(other if disagree else predicted, confidence)[None], None)
+    loop.pool.put_predictions("T1", "a", [sha], peaked_probs(other if disagree else predicted, confidence)[None], None)
     loop.pool.put_predictions(
-        "T2", "b", [sha], _probs(predicted, confidence)[None], np.eye(4, dtype=np.float32)[index % 4][None]
+        "T2", "b", [sha], peaked_probs(predicted, confidence)[None], np.eye(4, dtype=np.float32)[index % 4][None]
     )
 
 

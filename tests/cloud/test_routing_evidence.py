@@ -10,17 +10,10 @@ from fleetloop_sim.dataset import LABELS
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.loop import CloudLoop
 from fleetloop_cloud.loop.tasks.classification_routing import EVIDENCE_KEY
-from fleetloop_cloud.pool import FrameRecord
 
-from fixtures.cloud_world import cloud_config
+from fixtures.cloud_world import cloud_config, peaked_probs, pool_frame
 
 SHIRT, TROUSER, BAG = LABELS.index("shirt"), LABELS.index("trouser"), LABELS.index("bag")
-
-
-def _probs(label: int, confidence: float) -> np.ndarray:
-    p = np.full(len(LABELS), (1 - confidence) / (len(LABELS) - 1), np.float32)
-    p[label] = confidence
-    return p
 
 
 class World:
@@ -28,32 +21,13 @@ class World:
         self.loop, self.index = loop, 0
 
     def add(self, round_number, truth, t1, t2, confidence, random, versions=(("T1", "a"), ("T2", "b"))):
-        sha = f"{self.index:064x}"
         self.index += 1
-        self.loop.pool.add_frame(
-            FrameRecord(
-                id=sha,
-                robot_id="r1",
-                stream="camera",
-                site="site-0",
-                stamp_ns=self.index * 10**10,  # 10 s apart: no tracks
-                frame_key=f"frames/r1/2026-01-01/{sha}.png",
-                sidecar_key=f"frames/r1/2026-01-01/{sha}.json",
-                width=128,
-                height=128,
-                random=random,
-                track_hint=None,
-                robot_embedding=None,
-                phash=None,
-                sim_label=truth,
-                sidecar="{}",
-                state="auto_labeled",
-                round=round_number,
-            )
-        )
+        record = pool_frame(self.index, truth, random, round_number)
+        sha = record.id
+        self.loop.pool.add_frame(record)
         for (tier, version), label in zip(versions, (t1, t2)):
             embedding = np.eye(4, dtype=np.float32)[self.index % 4][None]
-            self.loop.pool.put_predictions(tier, version, [sha], _probs(label, confidence)[None], embedding)
+            self.loop.pool.put_predictions(tier, version, [sha], peaked_probs(label, confidence)[None], embedding)
         return sha
 
 
@@ -118,7 +92,9 @@ def test_evidence_pools_across_rounds_and_restarts_when_a_changed_teacher_fails_
         # round 2: a new T2 version; the world changed too: a fifth of the confident "trousers" are bags now
         loop.pool.open_round()
         for f in first:  # the new version predicts the old evidence frames too (autolabel does)
-            loop.pool.put_predictions("T2", "c", [f], _probs(TROUSER, 0.99)[None], np.eye(4, dtype=np.float32)[:1])
+            loop.pool.put_predictions(
+                "T2", "c", [f], peaked_probs(TROUSER, 0.99)[None], np.eye(4, dtype=np.float32)[:1]
+            )
         versions = (("T1", "a"), ("T2", "c"))
         for i in range(60):
             world.add(2, BAG if i % 5 == 0 else TROUSER, TROUSER, TROUSER, 0.99, random=True, versions=versions)
@@ -148,7 +124,9 @@ def test_evidence_is_scored_by_the_teachers_of_its_round_never_by_a_t2_trained_o
 
         loop.pool.open_round()
         for f in first:  # T2 "c" was trained on round 1's labels: it knows those frames by heart
-            loop.pool.put_predictions("T2", "c", [f], _probs(TROUSER, 0.999)[None], np.eye(4, dtype=np.float32)[:1])
+            loop.pool.put_predictions(
+                "T2", "c", [f], peaked_probs(TROUSER, 0.999)[None], np.eye(4, dtype=np.float32)[:1]
+            )
         versions = (("T1", "a"), ("T2", "c"))
         for _ in range(60):  # on new frames it is as wrong as before
             world.add(2, TROUSER, TROUSER, BAG, 0.97, random=True, versions=versions)

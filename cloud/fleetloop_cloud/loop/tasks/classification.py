@@ -169,7 +169,7 @@ class ClassificationPart(classification_report.ClassificationSummary):
         return label.label
 
     # ------------------------------------------------------------------ review evidence
-    def calibration_set(self, round_number: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    def evidence_set(self, round_number: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """Return the evidence: frames humans answered (tasks of ``routing.evidence``'s purposes) whose
         label stands, the human classes, the round of each frame's latest answer and whether the frame
         was in a random calibration sample."""

@@ -66,7 +66,7 @@ class Evidence:
 
 def evidence(part: "ClassificationPart", round_number: int) -> Evidence:
     """Return the evidence routing has in ``round_number`` (frames no teacher of their round predicted left out)."""
-    ids, answers, rounds, random = part.calibration_set(round_number)
+    ids, answers, rounds, random = part.evidence_set(round_number)
     probs_a, probs_b, have = part.evidence_probs(ids, rounds)
     return Evidence(
         [f for f, h in zip(ids, have) if h], answers[have], rounds[have], random[have], probs_a[have], probs_b[have]
