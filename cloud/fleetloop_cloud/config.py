@@ -289,6 +289,7 @@ class EvaluationConfig(ConfigModel):
     max_class_regression: float = Field(default=0.05, ge=0, le=1)
     max_site_regression: float = Field(default=0.03, ge=0, le=1)
     min_support: int = Field(default=20, ge=1)  # classes/sites with fewer test frames are not gated
+    regression_z: float = Field(default=1.0, ge=0)  # a drop within this many standard errors is noise (0: limit only)
     tiers: tuple[str, ...] = ("T2", "T3", "T4")
     edge_precision: Literal["fp32", "int8"] = "fp32"  # which edge variant is gated and registered
 

@@ -63,3 +63,17 @@ def test_the_gate_selects_on_the_validation_split_never_on_the_items_headline_fi
     shown = set(gate.items[gate.items >= 0].tolist())
     assert shown and shown <= set(pool.field_split("validation").tolist())
     assert not shown & set(pool.field_split("test").tolist())  # the demo's headline split (demo/run.py)
+
+
+def test_a_drop_within_the_sampling_noise_of_a_small_site_is_no_regression():
+    # 150 frames: 0.527 -> 0.487 is 6 frames, within one standard error (0.058) of two such samples
+    before = _scores(0.30, {"site-0": (0.10, 150), "site-1": (0.527, 150)}, {})
+    after = _scores(0.55, {"site-0": (0.61, 150), "site-1": (0.487, 150)}, {})
+    assert gate(before, after, CONFIG).promote
+    # the same drop on 2000 frames is beyond its noise (0.016): a regression
+    big = _scores(0.30, {"site-0": (0.10, 2000), "site-1": (0.527, 2000)}, {})
+    decision = gate(big, _scores(0.55, {"site-0": (0.61, 2000), "site-1": (0.487, 2000)}, {}), CONFIG)
+    assert not decision.promote and "noise 0.016" in decision.reasons[0]
+    # regression_z 0: the limit alone decides
+    strict = EvaluationConfig(**{**CONFIG.model_dump(), "regression_z": 0.0})
+    assert not gate(before, after, strict).promote
