@@ -26,3 +26,16 @@ def test_bad_detection_settings_name_the_file_and_the_key(tmp_path, detection, m
     with pytest.raises(ConfigError) as error:
         load_demo_config(path)
     assert str(path) in str(error.value) and message in str(error.value)
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_demo_robots_uploads_stay_within_the_budget_its_starting_burst_included(quick):
+    from fleetloop_cloud.demo.run import robot_budget
+
+    cfg = load_demo_config(quick=quick)
+    budget = robot_budget(cfg, {"frames_per_hour": 1.0, "burst_seconds": 60.0, "bytes_per_hour": 5.0})
+    seconds = cfg.rounds * cfg.frames_per_robot / cfg.camera_rate_hz
+    rate = budget["frames_per_hour"] / 3600.0
+    # the most a robot can upload: a full bucket at start, then the refill over the run
+    assert rate * 60.0 + rate * seconds == pytest.approx(cfg.upload_fraction * cfg.rounds * cfg.frames_per_robot)
+    assert budget["bytes_per_hour"] == 5.0 and budget["burst_seconds"] == 60.0
