@@ -162,6 +162,10 @@ class PropagationConfig(ConfigModel):
     max_gap_s: float = Field(default=1.0, gt=0)  # derived tracks: consecutive frames at most this apart
     min_similarity: float = Field(default=0.9, ge=-1, le=1)  # derived tracks: cosine of teacher embeddings
     min_confidence: float = Field(default=0.0, ge=0, le=1)  # calibrated confidence a propagated frame needs
+    # a robot track hint holds while each frame follows the hint's previous one within this gap and
+    # with at least this cosine of T1's embeddings (else the rest of the hint is a new track)
+    hint_max_gap_s: float = Field(default=2.0, gt=0)
+    hint_min_similarity: float = Field(default=0.7, ge=-1, le=1)
 
 
 class RoutingConfig(ConfigModel):
@@ -177,6 +181,12 @@ class RoutingConfig(ConfigModel):
     # samples of the accepted labels). Track representatives are left out: they are picked as the most
     # confident frame of their track, an optimistic sample.
     evidence: tuple[Literal["calibration", "review", "audit"], ...] = ("calibration", "review", "audit")
+    # an evidence answer that contradicts the suggestion shown with it gets a second person's answer
+    # (a `second-opinion` task, the same suggestion shown), a third when the two disagree; the newest
+    # answer is then the majority. Without it one annotator slip (1 % in the simulated world) on a
+    # frame the teachers got right counts as the teachers' error, where it weighs most: among the
+    # most confident evidence (measured: 3 of the 13 contradicted calibration answers of two rounds).
+    second_opinion: bool = True
     propagation: PropagationConfig = Field(default_factory=PropagationConfig)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 from fleetloop_cloud.pool_db import PoolError, PoolTables, as_list, where_clause
 
 LABEL_SOURCES = ("human", "auto", "propagated")
-TASK_PURPOSES = ("calibration", "track", "review", "audit")
+TASK_PURPOSES = ("calibration", "track", "review", "audit", "second-opinion")
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,8 @@ def test_derive_tracks_uses_hints_then_chains_similar_close_frames():
         robots, streams, stamps.astype(np.int64), emb, hints, ids, max_gap_s=1.0, min_similarity=0.9
     )
     assert keys[0] == keys[1] == keys[2]  # close and similar
-    assert keys[3] == keys[4] == "r1/camera/hint:t7"  # robot hint wins over dissimilarity
+    # the robot's hint joins frames only while the teacher sees the same item: these two it does not
+    assert (keys[3], keys[4]) == ("r1/camera/hint:t7", "r1/camera/hint:t7#1")
     assert keys[5] not in (keys[0], keys[3])  # a hinted track interrupts the chain
     assert keys[6] != keys[0]  # another robot
     no_hints = routing.derive_tracks(
@@ -166,3 +167,30 @@ def test_revalidation_keeps_consistent_evidence_and_resets_on_a_contradicting_fr
     verdict = revalidate(accepted, wrong, fresh, 0.98)
     assert not verdict.keep and verdict.frames == 60 and verdict.correct == 45 and "reset" in verdict.reason
     assert revalidate(np.zeros(100, bool), wrong, fresh, 0.98).keep  # nothing accepted: nothing contradicted
+
+
+def test_another_opinion_after_a_contradicted_suggestion_and_after_two_people_disagree():
+    from fleetloop_cloud.routing import needs_another_opinion
+
+    assert not needs_another_opinion([3], 3)  # confirmed the suggestion
+    assert needs_another_opinion([4], 3)  # contradicted it: ask a second person
+    assert not needs_another_opinion([4, 4], 3)  # the two agree: the teachers were wrong
+    assert needs_another_opinion([4, 3], 3)  # they disagree: a third decides
+    assert not needs_another_opinion([4, 3, 3], 3)
+    assert not needs_another_opinion([4], None)  # nothing was suggested: nothing to contradict
+
+
+def test_a_robot_track_hint_splits_where_the_teacher_sees_another_item_or_a_long_gap():
+    from fleetloop_cloud.routing import derive_tracks
+
+    item_a, item_b = np.eye(4, dtype=np.float32)[0], np.eye(4, dtype=np.float32)[1]
+    stamps = np.array([0.0, 0.3, 0.6, 0.9, 1.2, 6.0]) * 1e9
+    embeddings = np.stack([item_a, item_a, item_a, item_b, item_b, item_b])
+    keys = derive_tracks(
+        ["r"] * 6, ["s"] * 6, stamps.astype(np.int64), embeddings, ["7"] * 6, [f"f{i}" for i in range(6)]
+    )
+    # one hint, three tracks: the edge tracker chained item b onto item a, and item b reappears 4.8 s later
+    assert keys[:3] == ["r/s/hint:7"] * 3 and keys[3:5] == ["r/s/hint:7#1"] * 2 and keys[5] == "r/s/hint:7#2"
+    # without embeddings only the gap splits
+    plain = derive_tracks(["r"] * 6, ["s"] * 6, stamps.astype(np.int64), None, ["7"] * 6, [f"f{i}" for i in range(6)])
+    assert plain == ["r/s/hint:7"] * 5 + ["r/s/hint:7#1"]

@@ -137,3 +137,34 @@ def test_evidence_is_scored_by_the_teachers_of_its_round_never_by_a_t2_trained_o
 
         assert info["evidence"]["frames"] >= 160
         assert info["weights"][1] < 0.05 < info["weights"][0]  # T2 earned nothing out of sample
+
+
+def test_an_answer_that_contradicts_the_suggestion_gets_a_second_opinion_and_a_third_when_they_disagree(
+    tmp_path, cloud_models
+):
+    with _loop(tmp_path, cloud_models, calibration_sample=40) as loop:
+        loop.pool.open_round()
+        world = World(loop)
+        trousers = [world.add(1, TROUSER, TROUSER, TROUSER, 0.97, random=True) for _ in range(38)]
+        bag = world.add(1, BAG, TROUSER, TROUSER, 0.97, random=True)  # the teachers are wrong here
+        slipped = trousers[0]  # a person slipped here: answered bag where the suggestion, trouser, was right
+        (task,) = loop.pool.add_tasks(1, "calibration", [(slipped, TROUSER)])
+        loop.pool.answer_task(task, BAG, "someone", 6.0, 0.0)
+        loop.pool.set_step(1, "ingest", "done", {"ingested": world.index})
+        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+
+        info = loop.review()
+
+        asked = [t for t in loop.pool.tasks(purpose="second-opinion")]
+        by_frame = {f: [t for t in asked if t.frame_id == f] for f in (slipped, bag)}
+        # the right contradiction is confirmed by a second person; the slip is outvoted by the second and third
+        assert [t.answer for t in by_frame[bag]] == [BAG] and all(t.suggestion == TROUSER for t in asked)
+        assert [t.answer for t in by_frame[slipped]] == [TROUSER, TROUSER]
+        assert len(asked) == 3 and info["second_opinions"] == 3
+        labels = loop.pool.labels([slipped, bag])
+        assert labels[slipped].label == TROUSER and labels[bag].label == BAG
+        ids, answers, rounds, _ = loop.task.evidence_set(1)
+        evidence = dict(zip(ids, answers))
+        assert evidence[slipped] == TROUSER and evidence[bag] == BAG and set(rounds.tolist()) == {1}
+        # every other answer agreed with its suggestion: nobody else was asked
+        assert {t.frame_id for t in asked} == {slipped, bag}

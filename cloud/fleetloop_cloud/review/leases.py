@@ -18,7 +18,7 @@ from fleetloop_cloud.pool import Pool
 from fleetloop_cloud.review.errors import Conflict
 
 REVIEW_BACKEND = "review-page"
-LABEL_PURPOSES = ("calibration", "track", "review")  # one frame at a time
+LABEL_PURPOSES = ("calibration", "track", "review", "second-opinion")  # one frame at a time
 GRID_PURPOSES = ("audit",)  # confirm or correct many auto-labels at once
 
 _SCHEMA = """

@@ -171,14 +171,20 @@ class ClassificationPart(classification_report.ClassificationSummary):
     # ------------------------------------------------------------------ review evidence
     def evidence_set(self, round_number: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """Return the evidence: frames humans answered (tasks of ``routing.evidence``'s purposes) whose
-        label stands, the human classes, the round of each frame's latest answer and whether the frame
-        was in a random calibration sample."""
+        label stands, the human classes (the newest answer), the round of each frame's first answer
+        (its teachers then had never seen a label of it) and whether the frame was in a random
+        calibration sample."""
         purposes = set(self.config.routing.evidence)
-        tasks = [t for t in self.pool.tasks(status="done") if t.purpose in purposes]
+        tasks = [t for t in self.pool.tasks(status="done") if t.purpose in purposes | {"second-opinion"}]
         latest: dict[str, tuple[int, int]] = {}
         random: set[str] = set()
-        for task in tasks:  # oldest first: the newest answer wins
-            latest[task.frame_id] = (int(task.answer), int(task.round))
+        for task in tasks:  # oldest first: the newest answer wins (after second opinions, the majority)
+            if task.purpose == "second-opinion":
+                if task.frame_id in latest:  # of an evidence frame; it keeps the round of its first answer
+                    latest[task.frame_id] = (int(task.answer), latest[task.frame_id][1])
+                continue
+            first_round = latest[task.frame_id][1] if task.frame_id in latest else int(task.round)
+            latest[task.frame_id] = (int(task.answer), first_round)
             if task.purpose == "calibration":
                 random.add(task.frame_id)
         have = set(self.pool.labels(list(latest)))

@@ -99,6 +99,12 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
     from fleetloop_cloud.loop.review import unlabeled_rows
 
     cfg = part.config.routing
+    if cfg.second_opinion:
+        asked = second_opinions(part, round_number)
+        if asked:
+            # the phase stays "route": the review step waits for these answers, then routes
+            info["second_opinions"] = info.get("second_opinions", 0) + asked
+            return info
     everything = evidence(part, round_number)
     versions = [str(v) for v in loop.teacher_versions(round_number)]
     state = part.pool.get(EVIDENCE_KEY, None) or {}
@@ -149,6 +155,30 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
         auto_accepted=accepted,
     )
     return info
+
+
+def second_opinions(part: "ClassificationPart", round_number: int) -> int:
+    """Ask another person about every evidence frame whose answers need it (``routing.needs_another_opinion``),
+    the suggestion shown with its first answer shown again; return how many were asked."""
+    purposes = set(part.config.routing.evidence)
+    first: dict[str, int | None] = {}
+    answers: dict[str, list[int]] = {}
+    for task in part.pool.tasks(status="done"):  # oldest first
+        if task.purpose in purposes and task.frame_id not in first:
+            first[task.frame_id] = task.suggestion
+            answers[task.frame_id] = [int(task.answer)]
+        elif task.frame_id in first and (task.purpose == "second-opinion" or task.purpose in purposes):
+            answers[task.frame_id].append(int(task.answer))
+    labeled = part.pool.labels(list(first))
+    asks = [
+        (frame, first[frame])
+        for frame in first
+        if frame in labeled
+        and labeled[frame].source == "human"
+        and routing.needs_another_opinion(answers[frame], first[frame])
+    ]
+    part.pool.add_tasks(round_number, "second-opinion", asks)
+    return len(asks)
 
 
 def auto_accept(part: "ClassificationPart", unlabeled: list[str], round_number: int, result: Fit, since: int) -> int:

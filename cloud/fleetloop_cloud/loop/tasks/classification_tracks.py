@@ -35,7 +35,12 @@ def tracks(loop: "CloudLoop", round_number: int) -> tuple[list[str], list[str]]:
     )
     rows = [r for r in rows if r["id"] not in missing]
     ids = [r["id"] for r in rows]
-    _, embeddings = loop.pool.predictions(tier_b, version_b, ids)
+    # T1's embeddings (the foundation tier tells items apart best), T2's where T1 has none
+    _, embeddings = loop.pool.predictions(tier_a, version_a, ids)
+    if embeddings is None:
+        _, embeddings = loop.pool.predictions(tier_b, version_b, ids)
+    if embeddings is not None and len(embeddings):
+        embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     prop = loop.config.routing.propagation
     keys = routing.derive_tracks(
         [r["robot_id"] for r in rows],
@@ -47,6 +52,8 @@ def tracks(loop: "CloudLoop", round_number: int) -> tuple[list[str], list[str]]:
         prop.max_gap_s,
         prop.min_similarity,
         prop.use_track_hint,
+        prop.hint_max_gap_s,
+        prop.hint_min_similarity,
     )
     return ids, keys
 
