@@ -157,9 +157,10 @@ def test_an_answer_that_contradicts_the_suggestion_gets_a_second_opinion_and_a_t
 
         asked = [t for t in loop.pool.tasks(purpose="second-opinion")]
         by_frame = {f: [t for t in asked if t.frame_id == f] for f in (slipped, bag)}
-        # the right contradiction is confirmed by a second person; the slip is outvoted by the second and third
-        assert [t.answer for t in by_frame[bag]] == [BAG] and all(t.suggestion == TROUSER for t in asked)
-        assert [t.answer for t in by_frame[slipped]] == [TROUSER, TROUSER]
+        # the right contradiction is confirmed by a second person; the slip is outvoted by the second and third;
+        # each sees the latest answer as the suggestion (agreeing with it is a verification)
+        assert [(t.suggestion, t.answer) for t in by_frame[bag]] == [(BAG, BAG)]
+        assert [(t.suggestion, t.answer) for t in by_frame[slipped]] == [(BAG, TROUSER), (TROUSER, TROUSER)]
         assert len(asked) == 3 and info["second_opinions"] == 3
         labels = loop.pool.labels([slipped, bag])
         assert labels[slipped].label == TROUSER and labels[bag].label == BAG
@@ -168,3 +169,32 @@ def test_an_answer_that_contradicts_the_suggestion_gets_a_second_opinion_and_a_t
         assert evidence[slipped] == TROUSER and evidence[bag] == BAG and set(rounds.tolist()) == {1}
         # every other answer agreed with its suggestion: nobody else was asked
         assert {t.frame_id for t in asked} == {slipped, bag}
+
+
+def test_an_auditors_slip_is_outvoted_before_the_audit_is_measured(tmp_path, cloud_models):
+    with _loop(tmp_path, cloud_models, calibration_sample=0) as loop:
+        loop.pool.open_round()
+        world = World(loop)
+        frames = [world.add(1, TROUSER, TROUSER, TROUSER, 0.99, random=False) for _ in range(10)]
+        for f in frames:  # right auto labels
+            loop.pool.set_label(f, TROUSER, "auto", 1, reason="test")
+        tasks = loop.pool.add_tasks(1, "audit", [(f, TROUSER) for f in frames])
+        for number, task in enumerate(tasks):  # the auditor slips once
+            loop.pool.answer_task(task, BAG if number == 0 else TROUSER, "auditor", 1.6, 0.0)
+        part = loop.task
+
+        def done():
+            return [loop.pool.task(t) for t in tasks]
+
+        assert part.second_opinions(1, done()) == 1  # only the contradicted label
+        (second,) = loop.pool.tasks(purpose="second-opinion")
+        assert (second.frame_id, second.suggestion) == (frames[0], BAG)  # the auditor's answer, to verify
+        loop.pool.answer_task(second.id, TROUSER, "second", 6.0, 0.0)
+        assert part.second_opinions(1, done()) == 1  # the two disagree: a third person
+        third = loop.pool.tasks(purpose="second-opinion")[-1]
+        loop.pool.answer_task(third.id, TROUSER, "third", 1.6, 0.0)
+        assert part.second_opinions(1, done()) == 0
+
+        record = {"sources": {str(t): "auto" for t in tasks}}
+        assert part.measure_audit(record, done(), done())
+        assert record["correct"] == 10 and record["by_source"]["auto"]["correct"] == 10

@@ -146,6 +146,8 @@ def check(loop: "CloudLoop", round_number: int, info: dict) -> dict:
     record = info["audit_passes"][-1]
     tasks = [loop.task.answers.task(t) for t in record["tasks"]]
     done = [t for t in tasks if t.status == "done"]
+    if done and loop.task.second_opinions(round_number, done):
+        return info  # the same phase again once the second opinions are answered
     meets = loop.task.measure_audit(record, tasks, done)
     if not done or meets:
         info["phase"] = "done"

@@ -210,10 +210,24 @@ class ClassificationPart(classification_report.ClassificationSummary):
             embeddings = np.zeros((len(ids), 1), np.float32)
         return embeddings, combined.uncertainty, [int(label) for label in combined.label]
 
+    def second_opinions(self, round_number: int, done: list) -> int:
+        """Ask another person about the audit answers that contradict the audited label (a third when two
+        disagree); return how many were asked (``routing.second_opinion``)."""
+        if not self.config.routing.second_opinion:
+            return 0
+        frames = {t.frame_id for t in done}
+        return classification_routing.second_opinions(self, round_number, {"audit"}, frames)
+
     def measure_audit(self, record: dict, tasks: list, done: list) -> bool:
-        """Record the audit accuracy (overall, per source, Wilson intervals); return whether it meets the target."""
+        """Record the audit accuracy (overall, per source, Wilson intervals); return whether it meets the target.
+
+        An audited label is right when the frame's final human answer (after second opinions, the
+        majority) is the label; a lone slip of the auditor would otherwise count as the label's error.
+        """
         cfg, target = self.config.audit, self.config.routing.target_accuracy
-        correct = [t.answer == t.suggestion for t in done]
+        history = classification_routing.answer_history(self, {"audit"}, {t.frame_id for t in done})
+        final = {f: answers[-1] for f, (_, answers) in history.items()}
+        correct = [final.get(t.frame_id, t.answer) == t.suggestion for t in done]
         low, high = routing.wilson_interval(sum(correct), len(done), cfg.confidence_level)
         by_source: dict[str, dict] = {}
         for task, ok in zip(done, correct):

@@ -250,6 +250,10 @@ class DetectionPart(detection_report.DetectionSummary):
         shown = self.config.review.show_suggestions
         return _robot_embeddings(rows), uncertainty, [c.fused if shown else None for c in found]
 
+    def second_opinions(self, round_number: int, done: list) -> int:
+        """Box audits get no second opinion yet (one box answer is not one class to outvote): none asked."""
+        return 0
+
     def measure_audit(self, record: dict, tasks: list, done: list) -> bool:
         """Record the audit's mean IoU and class accuracy (Wilson interval); return whether both meet their targets."""
         cfg, targets = self.config.audit, self.targets
