@@ -58,6 +58,9 @@ def _sum(rounds: Sequence[dict], *path: str) -> float:
     return total
 
 
+QA_PURPOSES = ("calibration", "audit", "second-opinion")
+
+
 def _labeling(rounds: Sequence[dict], cost_model_path: Path) -> dict:
     """Return the labeling figures of several cloud rounds together (the same formula as one round)."""
     from fleetloop_cloud.config import load_cost_model
@@ -74,6 +77,12 @@ def _labeling(rounds: Sequence[dict], cost_model_path: Path) -> dict:
         for step in ("train", "evaluate", "register")
     )
     human_tasks = int(sum(e.get("tasks", 0) for r in rounds for e in r.get("human", {}).get("by_purpose", {}).values()))
+    by_purpose: dict[str, float] = {}
+    for r in rounds:
+        for purpose, entry in r.get("human", {}).get("by_purpose", {}).items():
+            by_purpose[purpose] = by_purpose.get(purpose, 0.0) + float(entry.get("seconds", 0.0))
+    # quality control: the random samples and their second opinions, needed whatever routing accepts
+    qa_seconds = sum(by_purpose.get(p, 0.0) for p in QA_PURPOSES)
     figures = labeling_figures(
         cost_model, accepted, human_seconds, human_dollars, labeling_compute, human_tasks=human_tasks
     ).to_dict()
@@ -93,6 +102,11 @@ def _labeling(rounds: Sequence[dict], cost_model_path: Path) -> dict:
         manual_dollars=round(accepted * cost_model.human.price_per_label, 4),
         seconds_per_label=cost_model.human.seconds_per_label,
         seconds_per_verify=cost_model.human.seconds_per_verify,
+        human_seconds_by_purpose={p: round(s, 1) for p, s in sorted(by_purpose.items())},
+        qa_seconds=round(qa_seconds, 1),
+        # the throughput ratio if every label beyond quality control cost no human time: the most this
+        # volume of uploads allows with these calibration and audit samples
+        throughput_ceiling=(accepted * cost_model.human.seconds_per_label / qa_seconds) if qa_seconds else None,
     )
     return figures
 

@@ -209,6 +209,9 @@ def _labeling_lines(report: dict) -> list[str]:
         f"(cost ratio with it: {_fmt(lab['cost_ratio_with_training'], 2)})",
         f"- audited auto-label error: {_fmt(audit['error'], 4)} (95 % Wilson interval "
         f"{audit['error_interval_95']}) over {audit['frames']} audited labels",
+        f"- human seconds by purpose: {lab.get('human_seconds_by_purpose')}; quality control (calibration "
+        f"samples, audits, second opinions) {_fmt(lab.get('qa_seconds'), 1)} s: at this volume of uploads the "
+        f"throughput ratio cannot exceed {_fmt(lab.get('throughput_ceiling'), 2)} even if every other label were free",
         "",
     ]
     if hard:
