@@ -94,19 +94,15 @@ def fit(part: "ClassificationPart", found: Evidence, floor: float) -> Fit:
     return Fit(weights, thresholds, accepted, correct)
 
 
-def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info: dict) -> dict:
-    """Review phase: committee and class thresholds from the evidence; auto-accept the unlabeled frames they admit."""
-    from fleetloop_cloud.loop.review import unlabeled_rows
+def pooled_fit(
+    part: "ClassificationPart", everything: Evidence, versions: list[str], round_number: int
+) -> tuple[Evidence, Fit, int, "routing.Revalidation | None"]:
+    """Return (the evidence used, its fit, its first round, the revalidation) from the pooled evidence.
 
+    When a teacher changed since the pool's evidence began, the fit is checked on this round's fresh
+    random sample and the evidence restarts from this round if the sample contradicts it.
+    """
     cfg = part.config.routing
-    if cfg.second_opinion:
-        asked = second_opinions(part, round_number, set(cfg.evidence))
-        if asked:
-            # the phase stays "route": the review step waits for these answers, then routes
-            info["second_opinions"] = info.get("second_opinions", 0) + asked
-            return info
-    everything = evidence(part, round_number)
-    versions = [str(v) for v in loop.teacher_versions(round_number)]
     state = part.pool.get(EVIDENCE_KEY, None) or {}
     since = int(state.get("since_round", 0))
     floor = float(part.pool.get("threshold_floor", 0.0))
@@ -128,6 +124,23 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
             since = round_number
             found = everything.since(round_number)
             result = fit(part, found, floor)
+    return found, result, since, revalidation
+
+
+def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info: dict) -> dict:
+    """Review phase: committee and class thresholds from the evidence; auto-accept the unlabeled frames they admit."""
+    from fleetloop_cloud.loop.review import unlabeled_rows
+
+    cfg = part.config.routing
+    if cfg.second_opinion:
+        asked = second_opinions(part, round_number, set(cfg.evidence))
+        if asked:
+            # the phase stays "route": the review step waits for these answers, then routes
+            info["second_opinions"] = info.get("second_opinions", 0) + asked
+            return info
+    everything = evidence(part, round_number)
+    versions = [str(v) for v in loop.teacher_versions(round_number)]
+    found, result, since, revalidation = pooled_fit(part, everything, versions, round_number)
     part.pool.put(EVIDENCE_KEY, {"versions": versions, "since_round": since})
     ids, answers = found.ids, found.answers
 
