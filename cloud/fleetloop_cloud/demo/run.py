@@ -471,6 +471,9 @@ class Demo:
                 "cost_model": str(default_config_path("cost_model.yaml")),
                 "registry": {"backend": "local", "uri": loop_arm.store_uri, "trusted_keys": str(trusted)},
                 "review": {"annotator": "simulated"},
+                # no tracks here: consecutive shuffled frames are other items, which chaining by teacher
+                # embedding would join (33 of 600 labels "propagated" once T1's embeddings chained them)
+                "routing": {"propagation": {"enabled": False}},
             },
         )
         with CloudLoop(load_cloud_config(default_config_path("cloud.yaml"), overrides=overrides)) as loop:
