@@ -1,0 +1,17 @@
+"""The demo report's target table: a figure is met only on the evidence the target asks for."""
+
+import pytest
+
+from fleetloop_cloud.demo.report import _targets
+
+
+@pytest.mark.parametrize(
+    "frames, interval, met",
+    [(90, [0.0, 0.0409], False), (240, [0.0, 0.0157], True), (240, [0.01, 0.045], False)],
+)
+def test_an_audited_error_is_met_only_on_enough_audited_labels_with_a_tight_interval(frames, interval, met):
+    report = {"auto_label_error": 0.0, "labeling": {"audit": {"frames": frames, "error_interval_95": interval}}}
+    (audit,) = [t for t in _targets(report) if t["figure"] == "auto_label_error"]
+    assert audit["met"] is met and audit["value"] == 0.0
+    # a figure the run did not measure is neither met nor missed
+    assert {t["figure"]: t["met"] for t in _targets(report)}["throughput_ratio"] is None
