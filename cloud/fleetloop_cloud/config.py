@@ -181,12 +181,13 @@ class RoutingConfig(ConfigModel):
     # samples of the accepted labels). Track representatives are left out: they are picked as the most
     # confident frame of their track, an optimistic sample.
     evidence: tuple[Literal["calibration", "review", "audit"], ...] = ("calibration", "review", "audit")
-    # an evidence answer that contradicts the suggestion shown with it gets a second person's answer
-    # (a `second-opinion` task, the same suggestion shown), a third when the two disagree; the newest
-    # answer is then the majority. Without it one annotator slip (1 % in the simulated world) on a
-    # frame the teachers got right counts as the teachers' error, where it weighs most: among the
-    # most confident evidence (measured: 3 of the 13 contradicted calibration answers of two rounds).
-    second_opinion: bool = True
+    # answers of these purposes that contradict the suggestion shown with them get a second person's
+    # answer (a `second-opinion` task showing the latest answer), a third when the two disagree; the
+    # newest answer is then the majority (an audit's before the pass is measured). Without it one
+    # annotator slip (1 % in the simulated world) on a frame the teachers got right counts as the
+    # teachers' error, where it weighs most: among the most confident evidence (measured: 3 of the 13
+    # contradicted calibration answers of two rounds). Empty: no second opinions.
+    second_opinion: tuple[Literal["calibration", "review", "audit"], ...] = ("calibration", "review", "audit")
     propagation: PropagationConfig = Field(default_factory=PropagationConfig)
 
 

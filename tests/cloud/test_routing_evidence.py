@@ -5,6 +5,7 @@ annotator without errors, so every human label is the frame's truth.
 """
 
 import numpy as np
+import pytest
 
 from fleetloop_sim.dataset import LABELS
 from fleetloop_cloud.config import cloud_config_from_dict
@@ -31,12 +32,18 @@ class World:
         return sha
 
 
-def _loop(tmp_path, cloud_models, calibration_sample):
+def _loop(tmp_path, cloud_models, calibration_sample, second_opinion=("calibration", "review", "audit")):
     data = cloud_config(
         tmp_path,
         f"file://{tmp_path / 'store'}",
         cloud_models["T1"].parent,
-        routing={"target_accuracy": 0.98, "bound_z": 1.0, "min_validation": 30, "propagation": {"enabled": False}},
+        routing={
+            "target_accuracy": 0.98,
+            "bound_z": 1.0,
+            "min_validation": 30,
+            "propagation": {"enabled": False},
+            "second_opinion": list(second_opinion),
+        },
         review={"calibration_sample": calibration_sample},
         audit={"fraction": 0.05, "min_frames": 10, "max_passes": 1},
         annotators={"simulated": {"error_rate": 0.0}},
@@ -171,8 +178,9 @@ def test_an_answer_that_contradicts_the_suggestion_gets_a_second_opinion_and_a_t
         assert {t.frame_id for t in asked} == {slipped, bag}
 
 
-def test_an_auditors_slip_is_outvoted_before_the_audit_is_measured(tmp_path, cloud_models):
-    with _loop(tmp_path, cloud_models, calibration_sample=0) as loop:
+@pytest.mark.parametrize("asking", [("calibration", "review", "audit"), ("calibration",)])
+def test_an_auditors_slip_is_outvoted_before_the_audit_is_measured(tmp_path, cloud_models, asking):
+    with _loop(tmp_path, cloud_models, calibration_sample=0, second_opinion=asking) as loop:
         loop.pool.open_round()
         world = World(loop)
         frames = [world.add(1, TROUSER, TROUSER, TROUSER, 0.99, random=False) for _ in range(10)]
@@ -186,6 +194,11 @@ def test_an_auditors_slip_is_outvoted_before_the_audit_is_measured(tmp_path, clo
         def done():
             return [loop.pool.task(t) for t in tasks]
 
+        if "audit" not in asking:  # no second opinions on audits: the slip counts against the label
+            assert part.second_opinions(1, done()) == 0
+            record = {"sources": {str(t): "auto" for t in tasks}}
+            assert not part.measure_audit(record, done(), done()) and record["correct"] == 9
+            return
         assert part.second_opinions(1, done()) == 1  # only the contradicted label
         (second,) = loop.pool.tasks(purpose="second-opinion")
         assert (second.frame_id, second.suggestion) == (frames[0], BAG)  # the auditor's answer, to verify

@@ -212,8 +212,8 @@ class ClassificationPart(classification_report.ClassificationSummary):
 
     def second_opinions(self, round_number: int, done: list) -> int:
         """Ask another person about the audit answers that contradict the audited label (a third when two
-        disagree); return how many were asked (``routing.second_opinion``)."""
-        if not self.config.routing.second_opinion:
+        disagree); return how many were asked (when ``routing.second_opinion`` names audits)."""
+        if "audit" not in self.config.routing.second_opinion:
             return 0
         frames = {t.frame_id for t in done}
         return classification_routing.second_opinions(self, round_number, {"audit"}, frames)

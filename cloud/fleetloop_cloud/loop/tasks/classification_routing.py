@@ -132,8 +132,9 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
     from fleetloop_cloud.loop.review import unlabeled_rows
 
     cfg = part.config.routing
-    if cfg.second_opinion:
-        asked = second_opinions(part, round_number, set(cfg.evidence))
+    asking = set(cfg.second_opinion) & set(cfg.evidence)
+    if asking:
+        asked = second_opinions(part, round_number, asking)
         if asked:
             # the phase stays "route": the review step waits for these answers, then routes
             info["second_opinions"] = info.get("second_opinions", 0) + asked
