@@ -186,10 +186,8 @@ class RoutingConfig(ConfigModel):
     # newest answer is then the majority (an audit's before the pass is measured). Without it one
     # annotator slip (1 % in the simulated world) on a frame the teachers got right counts as the
     # teachers' error, where it weighs most: among the most confident evidence (measured: 3 of the 13
-    # contradicted calibration answers of two rounds). Review answers are left out by default: they
-    # are the frames routing doubted, most contradictions there are the teachers' errors, and asking
-    # again cost 416 of 4,312 human seconds for no more automation (16 robots, 3 rounds: 348 vs 364
-    # auto-accepted with calibration and audit only). Empty: no second opinions.
+    # contradicted calibration answers of two rounds). Review answers are left out by default (the
+    # cheaper choice; docs/cloud_loop.md has the measurements, which do not settle it). Empty: none.
     second_opinion: tuple[Literal["calibration", "review", "audit"], ...] = ("calibration", "audit")
     propagation: PropagationConfig = Field(default_factory=PropagationConfig)
 

@@ -94,3 +94,37 @@ def test_the_live_simulated_camera_sends_one_robots_stream_from_a_frame_index():
         assert np.array_equal(msg_to_rgb8(message), frame.image)
     wall = FrameSource("sim", width=40, height=32, seed=3, robot="robot-2", live=True)
     assert stamp_ns(wall.next_message(123, "camera").header.stamp) == 123  # stamped when sent
+
+
+def test_a_lockstep_camera_counts_an_answer_after_the_deadline_as_late_not_lost(ros):
+    # a busy machine delays an answer past the deadline: the frame is counted lost at the deadline and
+    # turns late when its answer comes; a frame never answered stays lost (real rclpy node, driven by hand)
+    from fleetloop_interfaces.msg import FrameResult
+
+    from fleetloop_ros.camera_replay import CameraReplayNode
+
+    camera = CameraReplayNode(
+        topic=ros.topic("camera/image_raw"),
+        count=2,
+        lockstep_topic=ros.topic("frame_results"),
+        window=2,
+        answer_timeout_s=0.2,
+        context=ros.context,
+    )
+    try:
+        stamps = []
+        for _ in range(2):
+            camera._tick()
+            stamps.append(next(reversed(camera._unanswered)))
+        time.sleep(0.3)
+        camera._expire_unanswered()
+        assert camera.counts() == {"sent": 2, "answered": 0, "lost": 2, "late": 0}
+        answer = FrameResult()
+        answer.header.stamp.sec, answer.header.stamp.nanosec = divmod(stamps[0], 1_000_000_000)
+        camera._on_result(answer)
+        camera._on_result(answer)  # the same answer twice counts once
+        assert camera.counts() == {"sent": 2, "answered": 1, "lost": 1, "late": 1}
+        time.sleep(0.25)  # it listened one more deadline for late answers, then it is done
+        assert camera.done
+    finally:
+        camera.destroy_node()

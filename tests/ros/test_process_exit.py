@@ -179,7 +179,7 @@ def test_camera_waiting_for_subscribers_exits_on_sigint_and_gives_up_with_a_clea
     output, _ = giving_up.communicate(timeout=30)
     assert giving_up.returncode == 2 and time.monotonic() - started < 15
     assert f"0 of 2 subscriber(s) matched on {ros.namespace}/camera/image_raw within 2 s" in output
-    assert '{"camera": {"sent": 0, "answered": 0, "lost": 0}}' in output
+    assert '{"camera": {"sent": 0, "answered": 0, "lost": 0, "late": 0}}' in output
 
 
 @pytest.mark.parametrize(

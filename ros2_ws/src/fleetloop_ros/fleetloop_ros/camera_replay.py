@@ -13,8 +13,11 @@ upload budgets run on camera time, however fast the replay), and ``--lockstep TO
 camera by the robot's answers on that results topic: the next frame leaves while fewer than
 ``--window`` frames are unanswered, and a frame unanswered for ``--answer-timeout`` seconds is
 counted lost and frees its slot. So the camera runs as fast as the robot answers, and a lost frame
-or a lost answer is measured, never waited for. At the end the camera prints one JSON line
-(``{"camera": {"sent", "answered", "lost"}}``) for whoever started it.
+or a lost answer is measured, never waited for. An answer that still comes while the camera runs
+turns its frame from lost into late (answered, after the deadline): a busy machine delays, a fault
+loses, and the two are told apart. After its last frame the camera listens up to one more
+``--answer-timeout`` for the answers to frames counted lost. At the end it prints one JSON line
+(``{"camera": {"sent", "answered", "lost", "late"}}``) for whoever started it.
 
 ``--wait-subscribers N`` holds the first frame until N readers matched (frames sent before
 discovery are lost), for at most ``--wait-timeout`` seconds: then the camera exits with
@@ -39,6 +42,7 @@ from fleetloop_ros.camera_frames import FrameSource
 from fleetloop_ros.messages import stamp_ns as message_stamp_ns
 
 _SETTLE_S = 0.5
+_EXPIRED_KEPT = 4096  # frames counted lost whose late answers are still recognised
 EXIT_NO_SUBSCRIBERS = 2
 
 
@@ -86,7 +90,9 @@ class CameraReplayNode(Node):
         # lockstep: frames sent and not answered yet, stamp -> when sent (monotonic s), oldest first
         self._unanswered: OrderedDict[int, float] = OrderedDict()
         self.answered = 0
-        self.lost = 0  # lockstep: frames unanswered for answer_timeout_s
+        self.lost = 0  # lockstep: frames unanswered for answer_timeout_s (and not answered since)
+        self.late = 0  # lockstep: frames answered after answer_timeout_s (counted lost first)
+        self._expired: OrderedDict[int, float] = OrderedDict()  # counted lost: stamp -> when (monotonic s)
         self.window = window
         self.answer_timeout_s = answer_timeout_s
         self._sim_stamps = sim_stamps
@@ -197,12 +203,19 @@ class CameraReplayNode(Node):
                 break
             del self._unanswered[stamp]
             self.lost += 1
+            self._expired[stamp] = time.monotonic()
+            while len(self._expired) > _EXPIRED_KEPT:
+                self._expired.popitem(last=False)
 
     def _on_result(self, message) -> None:
         # only answers to frames we sent count, once each (transient-local also hands us the answers to an
         # earlier camera's last frames); a late answer to a frame already counted lost stays lost
         stamp = message_stamp_ns(message.header.stamp)
         if self._unanswered.pop(stamp, None) is None:
+            if self._expired.pop(stamp, None) is not None:  # answered after its deadline: late, not lost
+                self.lost -= 1
+                self.late += 1
+                self.answered += 1
             return
         self.answered += 1
         self._tick()  # lockstep: an answer frees a slot, send the next frame now
@@ -216,12 +229,16 @@ class CameraReplayNode(Node):
             return False
         if self._lockstep:
             self._expire_unanswered()
-            return not self._unanswered
+            if self._unanswered:
+                return False
+            # frames counted lost may still be answered late: listen one more deadline after the last expired
+            last = next(reversed(self._expired.values()), None)
+            return last is None or time.monotonic() - last >= self.answer_timeout_s
         return True
 
     def counts(self) -> dict[str, int]:
-        """Return frames sent, answered and lost (lost and answered: lockstep only)."""
-        return {"sent": self.sent, "answered": self.answered, "lost": self.lost}
+        """Return frames sent, answered, lost and late (all but sent: lockstep only)."""
+        return {"sent": self.sent, "answered": self.answered, "lost": self.lost, "late": self.late}
 
 
 def register(subparsers) -> None:
