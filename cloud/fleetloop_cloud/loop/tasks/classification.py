@@ -174,26 +174,14 @@ class ClassificationPart(classification_report.ClassificationSummary):
         label stands, the human classes (the newest answer), the round of each frame's first answer
         (its teachers then had never seen a label of it) and whether the frame was in a random
         calibration sample."""
-        purposes = set(self.config.routing.evidence)
-        tasks = [t for t in self.pool.tasks(status="done") if t.purpose in purposes | {"second-opinion"}]
-        latest: dict[str, tuple[int, int]] = {}
-        random: set[str] = set()
-        for task in tasks:  # oldest first: the newest answer wins (after second opinions, the majority)
-            if task.purpose == "second-opinion":
-                if task.frame_id in latest:  # of an evidence frame; it keeps the round of its first answer
-                    latest[task.frame_id] = (int(task.answer), latest[task.frame_id][1])
-                continue
-            first_round = latest[task.frame_id][1] if task.frame_id in latest else int(task.round)
-            latest[task.frame_id] = (int(task.answer), first_round)
-            if task.purpose == "calibration":
-                random.add(task.frame_id)
-        have = set(self.pool.labels(list(latest)))
-        ids = [f for f in latest if f in have]
+        history = classification_routing.answer_history(self, set(self.config.routing.evidence))
+        have = set(self.pool.labels(list(history)))
+        ids = [f for f in history if f in have]
         return (
             ids,
-            np.asarray([latest[f][0] for f in ids], np.int64),
-            np.asarray([latest[f][1] for f in ids], np.int64),
-            np.asarray([f in random for f in ids], bool),
+            np.asarray([history[f].answers[-1] for f in ids], np.int64),
+            np.asarray([history[f].round for f in ids], np.int64),
+            np.asarray([history[f].purpose == "calibration" for f in ids], bool),
         )
 
     def route(self, loop: "CloudLoop", round_number: int, info: dict) -> dict:
@@ -226,7 +214,7 @@ class ClassificationPart(classification_report.ClassificationSummary):
         """
         cfg, target = self.config.audit, self.config.routing.target_accuracy
         history = classification_routing.answer_history(self, {"audit"}, {t.frame_id for t in done})
-        final = {f: answers[-1] for f, (_, answers) in history.items()}
+        final = {f: seen.answers[-1] for f, seen in history.items()}
         correct = [final.get(t.frame_id, t.answer) == t.suggestion for t in done]
         low, high = routing.wilson_interval(sum(correct), len(done), cfg.confidence_level)
         by_source: dict[str, dict] = {}

@@ -171,20 +171,30 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
     return info
 
 
+@dataclass
+class Answers:
+    """What people answered about one frame: its first task, and every answer since (oldest first)."""
+
+    purpose: str  # of the first task
+    round: int  # of the first answer (the frame's teachers then had never seen a label of it)
+    suggestion: int | None  # shown with the first answer
+    answers: list[int]  # the last one is the frame's label (after second opinions, the majority)
+
+
 def answer_history(
     part: "ClassificationPart", purposes: set[str], frames: set[str] | None = None
-) -> dict[str, tuple[int | None, list[int]]]:
-    """Return per frame (the suggestion shown with its first answer, every answer since, oldest first):
-    frames whose first done task is of ``purposes`` (only ``frames``, when given)."""
-    history: dict[str, tuple[int | None, list[int]]] = {}
+) -> dict[str, Answers]:
+    """Return the answers per frame whose first done task is of ``purposes`` (only ``frames``, when given);
+    later tasks of those purposes and second opinions add their answers."""
+    history: dict[str, Answers] = {}
     for task in part.pool.tasks(status="done"):  # oldest first
         if frames is not None and task.frame_id not in frames:
             continue
         if task.frame_id not in history:
             if task.purpose in purposes:
-                history[task.frame_id] = (task.suggestion, [int(task.answer)])
+                history[task.frame_id] = Answers(task.purpose, int(task.round), task.suggestion, [int(task.answer)])
         elif task.purpose == "second-opinion" or task.purpose in purposes:
-            history[task.frame_id][1].append(int(task.answer))
+            history[task.frame_id].answers.append(int(task.answer))
     return history
 
 
@@ -201,9 +211,9 @@ def second_opinions(
     history = answer_history(part, purposes, frames)
     labeled = part.pool.labels(list(history))
     asks = [
-        (frame, answers[-1])
-        for frame, (suggestion, answers) in history.items()
-        if frame in labeled and routing.needs_another_opinion(answers, suggestion)
+        (frame, seen.answers[-1])
+        for frame, seen in history.items()
+        if frame in labeled and routing.needs_another_opinion(seen.answers, seen.suggestion)
     ]
     part.pool.add_tasks(round_number, "second-opinion", asks)
     return len(asks)
