@@ -34,6 +34,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,8 +184,6 @@ HANG_DUMPS: list[str] = []  # py-spy dumps of processes that did not exit (evide
 
 def _dump_stacks(process: subprocess.Popen) -> None:
     """Record where a process that did not exit is (``py-spy dump --native``), before it is killed."""
-    import shutil
-
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     try:
         done = subprocess.run(
@@ -647,6 +646,14 @@ def main(argv=None) -> int:
     stream_s = args.stream_s if args.stream_s is not None else (10.0 if args.quick else 120.0)
     models = locate_models(args.models, quick=True)
     workdir = Path(tempfile.mkdtemp(prefix="ros-stress-"))
+    try:
+        return _measure(args, cycles, stream_s, models, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # robots' state and logs: what counts is in the JSON
+
+
+def _measure(args: argparse.Namespace, cycles: int, stream_s: float, models: Path, workdir: Path) -> int:
+    """Run the cycles, streams and transports in ``workdir``; print and write the figures; return the exit code."""
     started = time.monotonic()
 
     tally = run_cycles(cycles, args.pairs, args.frames, args.robot_every, models, workdir) if cycles else Tally()
