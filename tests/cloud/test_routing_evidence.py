@@ -31,6 +31,18 @@ class World:
             self.loop.pool.put_predictions(tier, version, [sha], peaked_probs(label, confidence)[None], embedding)
         return sha
 
+    def predict(self, frames, tier, version, label, confidence):
+        """A new teacher version predicts frames already in the pool (autolabel does)."""
+        for f in frames:
+            self.loop.pool.put_predictions(
+                tier, version, [f], peaked_probs(label, confidence)[None], np.eye(4, dtype=np.float32)[:1]
+            )
+
+    def ingested(self, round_number, t2_version="b"):
+        """Mark the round's ingest and autolabel steps done (T1 "a", T2 ``t2_version``)."""
+        self.loop.pool.set_step(round_number, "ingest", "done", {"ingested": self.index})
+        self.loop.pool.set_step(round_number, "autolabel", "done", {"versions": {"T1": "a", "T2": t2_version}})
+
 
 def _loop(tmp_path, cloud_models, calibration_sample, second_opinion=("calibration", "review", "audit")):
     data = cloud_config(
@@ -64,8 +76,7 @@ def test_t1_alone_carries_a_class_its_evidence_allows_while_t2_disagrees_and_eac
             world.add(1, SHIRT if i % 4 else TROUSER - 1, SHIRT, SHIRT, 0.95, random=True)
         rest = [world.add(1, TROUSER, TROUSER, BAG, 0.97, random=False) for _ in range(50)]
         shirts = [world.add(1, SHIRT, SHIRT, SHIRT, 0.95, random=False) for _ in range(50)]
-        loop.pool.set_step(1, "ingest", "done", {"ingested": world.index})
-        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+        world.ingested(1)
 
         info = loop.review()
 
@@ -91,22 +102,17 @@ def test_evidence_pools_across_rounds_and_restarts_when_a_changed_teacher_fails_
         # round 1: 1000 random trousers, all right: plenty of evidence for the class
         loop.pool.open_round()
         first = [world.add(1, TROUSER, TROUSER, TROUSER, 0.99, random=True) for _ in range(1000)]
-        loop.pool.set_step(1, "ingest", "done", {"ingested": world.index})
-        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+        world.ingested(1)
         assert loop.review()["evidence"] == {"since_round": 0, "frames": 1000, "revalidation": None}
         loop.pool.finish_round(1, {})
 
         # round 2: a new T2 version; the world changed too: a fifth of the confident "trousers" are bags now
         loop.pool.open_round()
-        for f in first:  # the new version predicts the old evidence frames too (autolabel does)
-            loop.pool.put_predictions(
-                "T2", "c", [f], peaked_probs(TROUSER, 0.99)[None], np.eye(4, dtype=np.float32)[:1]
-            )
+        world.predict(first, "T2", "c", TROUSER, 0.99)  # the new version predicts the old evidence frames too
         versions = (("T1", "a"), ("T2", "c"))
         for i in range(60):
             world.add(2, BAG if i % 5 == 0 else TROUSER, TROUSER, TROUSER, 0.99, random=True, versions=versions)
-        loop.pool.set_step(2, "ingest", "done", {"ingested": world.index})
-        loop.pool.set_step(2, "autolabel", "done", {"versions": {"T1": "a", "T2": "c"}})
+        world.ingested(2, "c")
 
         info = loop.review()
 
@@ -124,21 +130,16 @@ def test_evidence_is_scored_by_the_teachers_of_its_round_never_by_a_t2_trained_o
         loop.pool.open_round()
         # round 1: T1 right, the lab-trained T2 "b" says bag
         first = [world.add(1, TROUSER, TROUSER, BAG, 0.97, random=True) for _ in range(100)]
-        loop.pool.set_step(1, "ingest", "done", {"ingested": world.index})
-        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+        world.ingested(1)
         loop.review()
         loop.pool.finish_round(1, {})
 
         loop.pool.open_round()
-        for f in first:  # T2 "c" was trained on round 1's labels: it knows those frames by heart
-            loop.pool.put_predictions(
-                "T2", "c", [f], peaked_probs(TROUSER, 0.999)[None], np.eye(4, dtype=np.float32)[:1]
-            )
+        world.predict(first, "T2", "c", TROUSER, 0.999)  # T2 "c" was trained on round 1's labels: it knows them
         versions = (("T1", "a"), ("T2", "c"))
         for _ in range(60):  # on new frames it is as wrong as before
             world.add(2, TROUSER, TROUSER, BAG, 0.97, random=True, versions=versions)
-        loop.pool.set_step(2, "ingest", "done", {"ingested": world.index})
-        loop.pool.set_step(2, "autolabel", "done", {"versions": {"T1": "a", "T2": "c"}})
+        world.ingested(2, "c")
 
         info = loop.review()
 
@@ -157,8 +158,7 @@ def test_an_answer_that_contradicts_the_suggestion_gets_a_second_opinion_and_a_t
         slipped = trousers[0]  # a person slipped here: answered bag where the suggestion, trouser, was right
         (task,) = loop.pool.add_tasks(1, "calibration", [(slipped, TROUSER)])
         loop.pool.answer_task(task, BAG, "someone", 6.0, 0.0)
-        loop.pool.set_step(1, "ingest", "done", {"ingested": world.index})
-        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+        world.ingested(1)
 
         info = loop.review()
 
