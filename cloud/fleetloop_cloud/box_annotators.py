@@ -9,7 +9,10 @@ few seconds while one who boxes a busy frame from scratch pays the full drawing 
 
 * ``simulated`` (embedded default): the frame's simulated ground-truth boxes (sidecar
   ``simulation.boxes``), each edge jittered by ``box_jitter_px`` (people are not pixel-exact), a
-  box missed with ``miss_rate`` and a class mistaken with ``error_rate`` (seeded per task).
+  box missed with ``miss_rate`` and a class mistaken with ``error_rate`` (seeded per task). Where
+  the task shows a suggestion, a suggested box that covers an object at IoU >= ``accept_iou`` is
+  left where it is (a person verifies a good box, they do not redraw it; its class is still the
+  person's), so a good suggestion costs a verification and a poor one a redraw.
 * ``review-page`` (``annotator_api.ReviewPageAnnotator``): tasks wait in the box tables; the review
   page's box view answers them (:func:`record_box_answer`) with the seconds it measured.
 """
@@ -23,6 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from fleetloop_core.errors import ConfigError
+from fleetloop_core.uncertainty_detection import match_boxes
 
 from fleetloop_cloud.annotator_api import (
     Annotator,
@@ -58,6 +62,7 @@ class BoxAnnotatorContext:
     error_rate: float = 0.01
     miss_rate: float = 0.01
     box_jitter_px: float = 1.0
+    accept_iou: float = 0.7
     seed: int = 0
 
 
@@ -142,12 +147,13 @@ class SimulatedBoxAnnotator:
                 )
                 continue
             rng = np.random.default_rng([c.seed, task.id, 7])
+            accepted = self.accepted_boxes(task, truth)
             rows = []
-            for x0, y0, x1, y1, cls, _track in truth:
+            for k, (x0, y0, x1, y1, cls, _track) in enumerate(truth):
                 if rng.random() < c.miss_rate:
                     continue
                 jitter = rng.normal(0.0, c.box_jitter_px, size=4) if c.box_jitter_px > 0 else np.zeros(4)
-                box = np.asarray([x0, y0, x1, y1], float) + jitter
+                box = accepted[k] if k in accepted else np.asarray([x0, y0, x1, y1], float) + jitter
                 box[0::2] = np.clip(box[0::2], 0, row["width"])
                 box[1::2] = np.clip(box[1::2], 0, row["height"])
                 if box[2] - box[0] < 1 or box[3] - box[1] < 1:
@@ -158,6 +164,14 @@ class SimulatedBoxAnnotator:
                 rows.append([*box.tolist(), label])
             answers.append(BoxAnswer(task.id, BoxSet.from_rows(rows, with_scores=False), self.name))
         return answers
+
+    def accepted_boxes(self, task: BoxTask, truth: list) -> dict[int, np.ndarray]:
+        """Return {object index: the shown suggested box a person leaves as it is (IoU >= accept_iou)}."""
+        if not task.shown or task.suggestion is None or not len(task.suggestion) or not truth:
+            return {}
+        objects = np.asarray([row[:4] for row in truth], np.float32)
+        matching = match_boxes(task.suggestion.boxes, objects, self.context.accept_iou)
+        return {int(j): task.suggestion.boxes[i].astype(float) for i, j in matching.pairs}
 
 
 BOX_ANNOTATORS: dict[str, Callable[[BoxAnnotatorContext], Annotator]] = {

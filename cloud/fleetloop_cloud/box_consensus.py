@@ -4,11 +4,17 @@ human boxes, the threshold chosen from audited data.
 * :func:`consensus` matches the two tiers' boxes by IoU (``fleetloop_core.uncertainty_detection``)
   and fuses each matched pair by weighted box fusion (coordinates averaged with the scores as
   weights, score = mean of the tiers' scores, class = argmax of the summed class scores). A box one
-  tier found and the other did not stays in the suggestion with half its score (WBF's rule for a box
-  seen by one of two models) and makes the frame *disagree*, as do a class conflict and a mean IoU
-  of matched pairs below ``min_iou``. The frame's confidence is its weakest fused box's score, and at
-  most 1 - the best score of the boxes either tier saw below the decision threshold (so an "empty"
-  frame with a faint candidate is less sure than one where the tiers saw nothing at all).
+  tier found and the other did not (a *one-tier box*) stays in the suggestion with its score times
+  its tier's weight and makes the frame *disagree*, as do a class conflict and a mean IoU of matched
+  pairs below ``min_iou``. Without evidence the weight is 1/2 (WBF's rule for a box seen by one of
+  two models); with evidence (:func:`solo_evidence`: how often a tier's one-tier boxes were right
+  on frames people boxed) it is the Wilson upper bound of that precision, and a tier whose bound is
+  below ``min_solo_weight`` (where deleting its boxes costs people more than drawing the few right
+  ones would) has its one-tier boxes dropped: they neither enter the suggestion nor veto agreement,
+  and they lower the frame's confidence by their weighted score only. The frame's confidence is its
+  weakest fused box's score, and at most 1 - the best score of the boxes either tier saw below the
+  decision threshold (so an "empty" frame with a faint candidate is less sure than one where the
+  tiers saw nothing at all).
 * :func:`compare` measures an auto-label against human boxes the way the audit does: boxes matched
   at IoU >= 0.5; the *mean IoU* averages over every box of either side, an unmatched box counting 0
   (so a missed or an invented box costs as much as a bad one); *class accuracy* is over matched pairs.
@@ -28,6 +34,8 @@ import numpy as np
 from fleetloop_core.uncertainty_detection import match_boxes
 
 from fleetloop_cloud.routing import Evidence, Threshold, lowest_threshold, wilson_lower
+
+WBF_WEIGHT = 0.5  # a box one of two models saw keeps half its score (weighted box fusion)
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ def empty_set() -> BoxSet:
 class Consensus:
     """Two tiers' boxes on one frame, fused, and whether they agree."""
 
-    fused: BoxSet  # the suggestion: matched pairs fused + unmatched boxes at half score
+    fused: BoxSet  # the suggestion: matched pairs fused + kept one-tier boxes at their weighted score
     matched: int
     unmatched: int
     mean_iou: float  # of matched pairs (1 when both tiers found nothing)
@@ -82,25 +90,73 @@ class Consensus:
         return 1.0 if not self.agree else 1.0 - self.confidence
 
 
-def _split(boxes: BoxSet, threshold: float) -> tuple[BoxSet, float]:
-    keep = boxes.scores >= threshold
-    dropped = float(boxes.scores[~keep].max()) if (~keep).any() else 0.0
-    if keep.all():
-        return boxes, dropped
+def _take(boxes: BoxSet, keep: np.ndarray) -> BoxSet:
     return BoxSet(
         boxes.boxes[keep],
         boxes.scores[keep],
         boxes.classes[keep],
         None if boxes.class_scores is None else boxes.class_scores[keep],
-    ), dropped
+    )
 
 
-def consensus(a: BoxSet, b: BoxSet, match_iou: float = 0.5, min_iou: float = 0.7, threshold: float = 0.0) -> Consensus:
+def _split(boxes: BoxSet, threshold: float) -> tuple[BoxSet, float]:
+    keep = boxes.scores >= threshold
+    dropped = float(boxes.scores[~keep].max()) if (~keep).any() else 0.0
+    return (boxes if keep.all() else _take(boxes, keep)), dropped
+
+
+@dataclass(frozen=True)
+class SoloEvidence:
+    """One tier's one-tier boxes on frames people boxed: how many a human box confirmed (same class, IoU)."""
+
+    right: int = 0
+    total: int = 0
+
+    def weight(self, z: float = 1.0, min_boxes: int = 20) -> float:
+        """Return the score factor of the tier's one-tier boxes: the Wilson upper bound at ``z`` of their
+        precision, or WBF's 1/2 with fewer than ``min_boxes`` of them seen."""
+        if self.total < min_boxes:
+            return WBF_WEIGHT
+        return 1.0 - wilson_lower(self.total - self.right, self.total, z)
+
+    def to_dict(self) -> dict:
+        return {"right": self.right, "total": self.total}
+
+
+def solo_evidence(
+    frames: Sequence[tuple[BoxSet, BoxSet, BoxSet]], match_iou: float = 0.5, threshold: float = 0.0
+) -> tuple[SoloEvidence, SoloEvidence]:
+    """Return, for tier A and tier B, how many of the boxes only that tier found (scoring >= ``threshold``,
+    not matched by the other tier at ``match_iou``) a human box confirms (IoU >= ``match_iou``, same
+    class), over ``frames`` of (tier A's boxes, tier B's boxes, the human's boxes)."""
+    counts = [[0, 0], [0, 0]]
+    for a, b, human in frames:
+        a, _ = _split(a, threshold)
+        b, _ = _split(b, threshold)
+        matching = match_boxes(a.boxes, b.boxes, match_iou)
+        for k, (source, indices) in enumerate(((a, matching.unmatched_a), (b, matching.unmatched_b))):
+            if len(indices):
+                check = compare(_take(source, indices), human, match_iou)
+                counts[k][0] += int(check.class_correct.sum())
+                counts[k][1] += len(indices)
+    return SoloEvidence(*counts[0]), SoloEvidence(*counts[1])
+
+
+def consensus(
+    a: BoxSet,
+    b: BoxSet,
+    match_iou: float = 0.5,
+    min_iou: float = 0.7,
+    threshold: float = 0.0,
+    solo_weights: tuple[float, float] = (WBF_WEIGHT, WBF_WEIGHT),
+    min_solo_weight: float = 0.0,
+) -> Consensus:
     """Return the fused auto-label of two tiers' boxes on one frame (see the module docstring).
 
     Boxes scoring below ``threshold`` are candidates only: they are not in the suggestion, but the
     strongest of them lowers the frame's confidence to at most 1 - its score (a frame is as
-    confident as its weakest kept box and its strongest dropped one).
+    confident as its weakest kept box and its strongest dropped one). ``solo_weights`` scale the
+    one-tier boxes of tier A and tier B; a tier's weight below ``min_solo_weight`` drops them.
     """
     a, dropped_a = _split(a, threshold)
     b, dropped_b = _split(b, threshold)
@@ -121,17 +177,21 @@ def consensus(a: BoxSet, b: BoxSet, match_iou: float = 0.5, min_iou: float = 0.7
             cls = int(a.classes[i]) if wa >= wb else int(b.classes[j])
         conflicts += int(a.classes[i] != b.classes[j])
         classes.append(cls)
-    for source, indices in ((a, matching.unmatched_a), (b, matching.unmatched_b)):
+    unmatched = 0
+    for source, indices, weight in zip((a, b), (matching.unmatched_a, matching.unmatched_b), solo_weights):
         for i in indices:
+            if weight < min_solo_weight:  # this tier's one-tier boxes are wrong by evidence: a doubt, no box
+                doubt = min(doubt, 1.0 - float(source.scores[i]) * weight)
+                continue
             boxes.append(source.boxes[i])
-            scores.append(float(source.scores[i]) / 2.0)
+            scores.append(float(source.scores[i]) * weight)
             classes.append(int(source.classes[i]))
+            unmatched += 1
     fused = BoxSet(
         np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32), np.asarray(classes, np.int64)
     )
     matched = len(matching.pairs)
-    unmatched = len(matching.unmatched_a) + len(matching.unmatched_b)
-    mean_iou = float(matching.ious.mean()) if matched else 0.0
+    mean_iou = float(matching.ious.mean()) if matched else (1.0 if unmatched == 0 else 0.0)  # 1: all dropped
     agree = unmatched == 0 and conflicts == 0 and mean_iou >= min_iou
     confidence = min(float(fused.scores.min()) if len(fused) else 1.0, doubt)
     return Consensus(fused, matched, unmatched, mean_iou, conflicts, confidence, agree)

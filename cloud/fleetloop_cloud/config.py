@@ -5,7 +5,7 @@ e.g. ``config/cloud.yaml: routing.target_accuracy: Input should be less than 1 (
 Relative paths in config/cloud.yaml are resolved against the current directory (the CLI runs from
 the checkout root).
 
-~415 lines as one module on purpose: it is the schema of config/cloud.yaml, one section class per key
+~425 lines as one module on purpose: it is the schema of config/cloud.yaml, one section class per key
 in the file's order, and of the cost model that file names; split, one file's schema would be read in
 several places.
 """
@@ -77,17 +77,27 @@ class BoxCosts(Priced):
     hourly_rate_usd: Optional[float] = Field(default=None, gt=0)
 
     def task_price(self, seconds: float) -> float:
-        """Return dollars for one frame that took ``seconds`` of human work."""
-        worker = (
-            self.hourly_rate_usd * seconds / 3600.0
-            if self.hourly_rate_usd is not None
-            else self.worker_price_per_task_usd
-        )
-        return self.service_fee_per_object_usd + worker
+        """Return dollars for one frame that took ``seconds`` of human work: by the hour on our review page
+        (``hourly_rate_usd``, no service fee), else Ground Truth's service fee + the worker's task price."""
+        if self.hourly_rate_usd is not None:
+            return self.hourly_rate_usd * seconds / 3600.0
+        return self.ground_truth_task_price
+
+    @property
+    def ground_truth_task_price(self) -> float:
+        """Return Ground Truth's price of one frame a human boxed (service fee + worker's task price)."""
+        return self.service_fee_per_object_usd + self.worker_price_per_task_usd
 
     def manual_seconds(self, boxes: int) -> float:
         """Return the seconds a person needs to box a frame with ``boxes`` items from scratch."""
         return self.seconds_per_frame + boxes * self.seconds_per_box_draw
+
+    @property
+    def break_even_precision(self) -> float:
+        """Return the precision above which showing a suggested box saves time: shown, it costs a verify
+        (right) or a delete (wrong); left out, a draw when it was right."""
+        delete, draw = self.seconds_per_box_delete, self.seconds_per_box_draw
+        return delete / max(draw - self.seconds_per_box_verify + delete, 1e-9)
 
 
 class Instance(Priced):
@@ -331,6 +341,7 @@ class SimulatedBoxAnnotatorConfig(ConfigModel):
     error_rate: float = Field(default=0.01, ge=0, le=1)  # per box: a wrong class
     miss_rate: float = Field(default=0.01, ge=0, le=1)  # per box: not drawn
     box_jitter_px: float = Field(default=1.0, ge=0)  # sigma of each edge, pixels
+    accept_iou: float = Field(default=0.7, gt=0, le=1)  # a shown box this close to the object is left as it is
     seed: int = 0
 
 
@@ -346,6 +357,7 @@ class DetectionLoopConfig(ConfigModel):
     candidate_floor: float = Field(default=0.05, ge=0, le=1)  # weaker boxes are stored too: they lower confidence
     match_iou: float = Field(default=0.5, gt=0, le=1)  # T1/T2 boxes and auto/human boxes pair at this IoU
     min_tier_iou: float = Field(default=0.7, ge=0, le=1)  # matched T1/T2 pairs' mean IoU for agreement
+    solo_min_boxes: int = Field(default=20, ge=1)  # a tier's one-tier boxes seen on human-boxed frames to weigh them
     target_mean_iou: float = Field(default=0.7, gt=0, le=1)  # auto-accepted vs human boxes (unmatched count 0)
     target_class_accuracy: float = Field(default=0.98, gt=0.5, lt=1)  # on matched boxes
     bound_z: float = Field(default=1.0, ge=0)  # Wilson lower bound of the class accuracy at z

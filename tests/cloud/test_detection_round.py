@@ -20,9 +20,12 @@ from fleetloop_cloud.box_consensus import (
     aggregate,
     choose_threshold,
     compare,
+    SoloEvidence,
     consensus,
     edits,
+    solo_evidence,
 )
+from fleetloop_cloud.routing import wilson_lower
 from fleetloop_cloud.box_manifest import augmented_box_manifest, parse_box_record, read_box_channel
 from fleetloop_cloud.config import cloud_config_from_dict, load_cost_model
 from fleetloop_cloud.loop import CloudLoop
@@ -54,6 +57,34 @@ def test_consensus_fuses_agreeing_boxes_and_flags_disagreement():
     faint = consensus(_set([[0, 0, 5, 5, 0.2, 1]]), _set([]), threshold=0.3)
     assert faint.agree and len(faint.fused) == 0 and faint.confidence == pytest.approx(0.8)
     assert consensus(_set([]), _set([])).confidence == 1.0
+
+
+def test_one_tier_boxes_are_weighed_by_what_people_confirmed_of_their_tier():
+    a = _set([[10, 10, 30, 30, 0.9, 1]])
+    b = _set([[12, 10, 32, 30, 0.7, 1], [50, 50, 70, 70, 0.8, 2]])
+    plain = consensus(a, b)  # no evidence: WBF's half score, and the one-tier box vetoes agreement
+    assert not plain.agree and plain.fused.scores[-1] == pytest.approx(0.4)
+    # tier B's one-tier boxes are wrong by evidence: dropped, no veto, the frame a little less sure
+    weighed = consensus(a, b, solo_weights=(0.8, 0.05), min_solo_weight=0.23)
+    assert weighed.agree and len(weighed.fused) == 1 and weighed.unmatched == 0
+    assert weighed.confidence == pytest.approx(min(0.8, 1.0 - 0.8 * 0.05))
+    # the same boxes with the tiers swapped: a trusted tier's one-tier box stays at its weighted score
+    trusted = consensus(b, a, solo_weights=(0.8, 0.05), min_solo_weight=0.23)
+    assert not trusted.agree and trusted.unmatched == 1 and trusted.fused.scores[-1] == pytest.approx(0.64)
+    # only the distrusted tier saw something: an agreed empty frame
+    only = consensus(_set([]), _set([[50, 50, 70, 70, 0.9, 2]]), solo_weights=(0.8, 0.05), min_solo_weight=0.23)
+    assert only.agree and len(only.fused) == 0 and only.mean_iou == 1.0 and only.confidence == pytest.approx(0.955)
+
+    # the evidence: per tier, its one-tier boxes a human box confirms (same class); faint boxes do not count
+    human = _set([[10, 10, 30, 30, 1], [90, 90, 110, 110, 3], [130, 10, 150, 30, 4]], scores=False)
+    tier_a = _set([[10, 10, 30, 30, 0.9, 1], [90, 90, 110, 110, 0.6, 3], [130, 10, 150, 30, 0.6, 5]])
+    tier_b = _set([[11, 10, 31, 30, 0.8, 1], [50, 50, 70, 70, 0.9, 2], [120, 120, 140, 140, 0.1, 2]])
+    evidence_a, evidence_b = solo_evidence([(tier_a, tier_b, human)] * 25, match_iou=0.5, threshold=0.3)
+    assert (evidence_a.right, evidence_a.total) == (25, 50)  # the wrong-class box is not confirmed
+    assert (evidence_b.right, evidence_b.total) == (0, 25)
+    assert evidence_a.weight(z=1.0, min_boxes=20) == pytest.approx(1.0 - wilson_lower(25, 50, 1.0))
+    assert evidence_b.weight(z=1.0, min_boxes=20) == pytest.approx(1.0 - 25 / 26)  # bound of 0 of 25
+    assert SoloEvidence(0, 19).weight(z=1.0, min_boxes=20) == 0.5  # too few seen: WBF's rule
 
 
 def test_quality_counts_missed_and_invented_boxes_and_the_threshold_meets_both_targets():
@@ -95,9 +126,52 @@ def test_box_costs_price_every_edit(repo_root):
     scratch, _, _ = box_task_cost(costs, suggestion, answer, shown=False)
     assert scratch == pytest.approx(costs.manual_seconds(3))
     assert dollars == pytest.approx(costs.task_price(seconds))
-    figures = box_labeling_figures(costs, [2, 0, 3], human_seconds=10.0, human_dollars=0.2, compute_dollars_=0.01)
+    # the primary pricing: our review page's workforce by the hour, so seconds saved are dollars saved
+    assert costs.hourly_rate_usd is not None
+    assert dollars == pytest.approx(costs.hourly_rate_usd * seconds / 3600.0)
+    figures = box_labeling_figures(
+        costs, [2, 0, 3], human_seconds=10.0, human_dollars=costs.task_price(10.0), compute_dollars_=0.0, human_tasks=1
+    )
     assert figures.manual_seconds == pytest.approx(sum(costs.manual_seconds(n) for n in (2, 0, 3)))
     assert figures.throughput_ratio == pytest.approx(figures.manual_seconds / 10.0)
+    assert figures.cost_ratio == pytest.approx(figures.throughput_ratio)
+    # Ground Truth's pricing beside it: the fee on all three frames, the worker's price on the one a person did
+    fee, worker = costs.service_fee_per_object_usd, costs.worker_price_per_task_usd
+    assert figures.ground_truth_loop_cost_per_frame == pytest.approx((3 * fee + worker) / 3)
+    assert figures.ground_truth_cost_ratio == pytest.approx((fee + worker) / ((3 * fee + worker) / 3))
+    # a suggested box is worth showing above the precision where its expected time equals leaving it out
+    p = costs.break_even_precision
+    shown = p * costs.seconds_per_box_verify + (1 - p) * costs.seconds_per_box_delete
+    assert 0 < p < 1 and shown == pytest.approx(p * costs.seconds_per_box_draw)
+
+
+def test_the_simulated_annotator_leaves_a_good_shown_box_where_it_is(tmp_path):
+    import dataclasses
+
+    from fleetloop_cloud.box_annotators import BoxAnnotatorContext, SimulatedBoxAnnotator
+    from fleetloop_cloud.box_pool import BoxPool
+    from fleetloop_cloud.pool import Pool
+
+    from fixtures.cloud_world import pool_frame
+
+    truth = [[10, 10, 40, 40, 1, 7], [60, 60, 90, 90, 2, 8]]
+    pool = Pool(tmp_path / "pool.sqlite")
+    frame = dataclasses.replace(pool_frame(1, 1, True), sidecar=json.dumps({"simulation": {"boxes": truth}}))
+    pool.add_frame(frame)
+    boxes = BoxPool(pool)
+    good = _set([[11, 12, 41, 42, 0.9, 3], [60, 60, 70, 70, 0.9, 2]])  # the first close (IoU ~0.8), the second not
+    shown, hidden = boxes.add_tasks(1, "review", [(frame.id, good)], shown=True) + boxes.add_tasks(
+        1, "review", [(frame.id, good)], shown=False
+    )
+    context = BoxAnnotatorContext(pool, boxes, [str(i) for i in range(10)], 1, 0.0, 0.0, 1.0, accept_iou=0.7)
+    answer, scratch = SimulatedBoxAnnotator(context).collect([boxes.task(shown), boxes.task(hidden)])
+    np.testing.assert_allclose(answer.boxes.boxes[0], [11, 12, 41, 42])  # left as it was, its class the person's
+    assert answer.boxes.classes.tolist() == [1, 2]
+    assert not np.allclose(answer.boxes.boxes[1], [60, 60, 70, 70])  # a poor box is redrawn around the object
+    change = edits(good, answer.boxes)
+    assert (change.kept, change.reclassed) == (1, 1)
+    assert not np.allclose(scratch.boxes.boxes[0], [11, 12, 41, 42])  # nothing shown: drawn from scratch
+    pool.close()
 
 
 def _config(tmp_path, store, models, **sections):
@@ -159,6 +233,11 @@ def test_a_detection_round_end_to_end(tmp_path, detection_cloud_models):
         assert labels["auto_accepted"] + labels["human"] == 120
         routing = summary["routing"]
         assert routing["validation_frames"] == 40 and routing["validation_quality"]["frames"] == 40
+        solo = routing["one_tier_boxes"]  # what people confirmed of each tier's one-tier boxes, and its use
+        assert set(solo) == {"break_even_precision", "T1", "T2"}
+        for tier in ("T1", "T2"):
+            assert 0 <= solo[tier]["right"] <= solo[tier]["total"]
+            assert solo[tier]["shown"] == (solo[tier]["weight"] >= solo["break_even_precision"])
         threshold = routing["threshold"]
         if labels["auto_accepted"]:
             audit = summary["audit"]

@@ -28,6 +28,12 @@ def headline(arms: dict[str, list[dict]]) -> list[dict]:
             manual = sum(r["figures"]["manual_seconds"] for r in rounds)
             loop_dollars = sum(r["human"]["dollars"] + r["figures"]["labeling_compute_dollars"] for r in rounds)
             manual_dollars = sum(r["figures"]["manual_dollars"] for r in rounds)
+            accepted = sum(r["figures"]["accepted_frames"] for r in rounds)
+            gt_loop = sum(
+                (r["figures"].get("ground_truth_loop_cost_per_frame") or 0.0) * r["figures"]["accepted_frames"]
+                for r in rounds
+            )
+            gt_manual = max((r["figures"].get("ground_truth_manual_cost_per_frame") or 0.0) for r in rounds)
             row.update(
                 accepted=sum(entry["accepted"] for entry in labels),
                 auto=sum(entry["auto_accepted"] for entry in labels),
@@ -37,6 +43,7 @@ def headline(arms: dict[str, list[dict]]) -> list[dict]:
                 manual_hours=round(manual / 3600.0, 4),
                 throughput_ratio=round(manual / seconds, 3) if seconds else None,
                 cost_ratio=round(manual_dollars / loop_dollars, 3) if loop_dollars else None,
+                ground_truth_cost_ratio=round(gt_manual * accepted / gt_loop, 3) if gt_loop else None,
                 t2_map50_end=records[-1]["map"]["T2"]["map50"],
                 audit=[r["audit"] for r in rounds if r.get("audit")][-1:] or None,
             )
@@ -64,7 +71,7 @@ def _markdown(report: dict) -> str:
         f"{report['test_frames']} frames / {report['test_boxes']} boxes ({', '.join(report['sites'])}).",
         "",
         "| arm | frames uploaded | box labels accepted (auto / human) | boxes | human h (manual h) | "
-        "throughput ratio | cost ratio | T4 mAP@0.5 round 0 -> last | T4 mAP@0.5:0.95 last |",
+        "throughput ratio | cost ratio (Ground Truth pricing) | T4 mAP@0.5 round 0 -> last | T4 mAP@0.5:0.95 last |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["headline"]:
@@ -72,7 +79,8 @@ def _markdown(report: dict) -> str:
             lines.append(
                 f"| {row['arm']} | {row['uploaded']} | {row['accepted']} ({row['auto']} / {row['human']}) | "
                 f"{row['boxes']} | {row['human_hours']:.3f} ({row['manual_hours']:.3f}) | "
-                f"{_fmt(row['throughput_ratio'])} | {_fmt(row['cost_ratio'])} | "
+                f"{_fmt(row['throughput_ratio'])} | {_fmt(row['cost_ratio'])} "
+                f"({_fmt(row.get('ground_truth_cost_ratio'))}) | "
                 f"{row['t4_map50_start']:.3f} -> {row['t4_map50_end']:.3f} | {row['t4_map_end']:.3f} |"
             )
         else:

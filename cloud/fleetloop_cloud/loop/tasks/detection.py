@@ -26,7 +26,16 @@ from fleetloop_cloud.box_annotators import (
     record_box_answer,
     require_box_costs,
 )
-from fleetloop_cloud.box_consensus import BoxSet, BoxTargets, Consensus, aggregate, choose_threshold, compare, consensus
+from fleetloop_cloud.box_consensus import (
+    BoxSet,
+    BoxTargets,
+    Consensus,
+    aggregate,
+    choose_threshold,
+    compare,
+    consensus,
+    solo_evidence,
+)
 from fleetloop_cloud.box_pool import BoxPool
 from fleetloop_cloud.loop.summary import RoundFacts
 from fleetloop_cloud.loop.tasks import detection_report
@@ -119,6 +128,7 @@ class DetectionPart(detection_report.DetectionSummary):
             min_accepted=self.detection.min_validation,
         )
         self.review_phases = {"route": self.route}
+        self._solo: dict = {}  # the last solo_evidence and what it was computed from
 
     def close(self) -> None:
         self.boxes.close()
@@ -140,13 +150,48 @@ class DetectionPart(detection_report.DetectionSummary):
         )
 
     def consensus(self, round_number: int, ids: Sequence[str]) -> list[Consensus]:
-        """Return the T1/T2 consensus of frames (their boxes from this round's teacher versions)."""
+        """Return the T1/T2 consensus of frames (their boxes from this round's teacher versions), each tier's
+        one-tier boxes weighed by the calibration evidence (:meth:`solo_weights`)."""
         tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(round_number)
         a = self.boxes.predictions(tier_a, version_a, ids)
         b = self.boxes.predictions(tier_b, version_b, ids)
-        return [
-            consensus(x, y, self.detection.match_iou, self.detection.min_tier_iou, self.threshold) for x, y in zip(a, b)
-        ]
+        cfg, weights, keep = self.detection, self.solo_weights(round_number), self.box_costs.break_even_precision
+        return [consensus(x, y, cfg.match_iou, cfg.min_tier_iou, self.threshold, weights, keep) for x, y in zip(a, b)]
+
+    def solo_weights(self, round_number: int) -> tuple[float, float]:
+        """Return the weights of each tier's one-tier boxes from how often they were right on the calibration
+        frames people boxed (this round's teacher versions; recomputed when a calibration answer comes in)."""
+        tasks = self.calibration_tasks(round_number)
+        key = (round_number, tuple(t.id for t in tasks))
+        if self._solo.get("key") != key:
+            tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(round_number)
+            ids = [t.frame_id for t in tasks]
+            a = self.boxes.predictions(tier_a, version_a, ids)
+            b = self.boxes.predictions(tier_b, version_b, ids)
+            evidence = solo_evidence(
+                [(x, y, t.answer) for x, y, t in zip(a, b, tasks)], self.detection.match_iou, self.threshold
+            )
+            z, least = self.detection.bound_z, self.detection.solo_min_boxes
+            self._solo = {"key": key, "evidence": evidence, "weights": tuple(e.weight(z, least) for e in evidence)}
+        return self._solo["weights"]
+
+    def solo_report(self, round_number: int) -> dict:
+        """Return each tier's one-tier box evidence, its weight and whether its one-tier boxes are shown."""
+        weights, keep = self.solo_weights(round_number), self.box_costs.break_even_precision
+        tiers = self.loop.teacher_versions(round_number)[::2]
+        out: dict = {"break_even_precision": round(keep, 4)}
+        for tier, evidence, weight in zip(tiers, self._solo["evidence"], weights):
+            out[tier] = {**evidence.to_dict(), "weight": round(weight, 4), "shown": weight >= keep}
+        return out
+
+    def calibration_tasks(self, round_number: int) -> list:
+        """Return the done calibration box tasks whose frames both of the round's teacher versions boxed."""
+        tasks = self.boxes.tasks(purpose="calibration", status="done")
+        tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(round_number)
+        ids = [t.frame_id for t in tasks]
+        missing = set(self.boxes.missing_predictions(tier_a, version_a, ids))
+        missing |= set(self.boxes.missing_predictions(tier_b, version_b, ids))
+        return [t for t in tasks if t.frame_id not in missing]
 
     # ------------------------------------------------------------------ annotators
     def annotator_context(self, round_number: int) -> BoxAnnotatorContext:
@@ -159,6 +204,7 @@ class DetectionPart(detection_report.DetectionSummary):
             error_rate=sim.error_rate,
             miss_rate=sim.miss_rate,
             box_jitter_px=sim.box_jitter_px,
+            accept_iou=sim.accept_iou,
             seed=sim.seed,
         )
 
@@ -204,12 +250,7 @@ class DetectionPart(detection_report.DetectionSummary):
         """Review phase: the consensus-confidence threshold from the calibration boxes; auto-accept above it."""
         from fleetloop_cloud.loop.review import unlabeled_rows
 
-        tasks = [t for t in self.boxes.tasks(purpose="calibration", status="done")]
-        tier_a, version_a, tier_b, version_b = loop.teacher_versions(round_number)
-        missing = set(self.boxes.missing_predictions(tier_a, version_a, [t.frame_id for t in tasks])) | set(
-            self.boxes.missing_predictions(tier_b, version_b, [t.frame_id for t in tasks])
-        )
-        tasks = [t for t in tasks if t.frame_id not in missing]
+        tasks = self.calibration_tasks(round_number)
         validation = self.consensus(round_number, [t.frame_id for t in tasks])
         comparisons = [compare(c.fused, t.answer, self.detection.match_iou) for c, t in zip(validation, tasks)]
         threshold = choose_threshold(
@@ -238,6 +279,7 @@ class DetectionPart(detection_report.DetectionSummary):
             threshold=threshold.to_dict(),
             validation_frames=len(tasks),
             validation_quality=aggregate(comparisons).to_dict(),
+            one_tier_boxes=self.solo_report(round_number),
             auto_accepted=len(accepted),
             tier_agreement=round(float(np.mean([c.agree for c in found])), 4) if found else None,
         )

@@ -32,15 +32,26 @@ class BoxLabelingFigures:
     loop_cost_per_frame: float | None
     manual_cost_per_frame: float | None
     cost_ratio: float | None
+    # Ground Truth's pricing: the service fee on every labeled frame (auto-labeled too), the worker's
+    # bounding-box task price on each frame sent to a person
+    ground_truth_manual_cost_per_frame: float
+    ground_truth_loop_cost_per_frame: float | None
+    ground_truth_cost_ratio: float | None
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def box_labeling_figures(
-    costs: BoxCosts, box_counts: Sequence[int], human_seconds: float, human_dollars: float, compute_dollars_: float
+    costs: BoxCosts,
+    box_counts: Sequence[int],
+    human_seconds: float,
+    human_dollars: float,
+    compute_dollars_: float,
+    human_tasks: int = 0,
 ) -> BoxLabelingFigures:
-    """Return the round's figures: ``box_counts`` are the boxes of each accepted frame."""
+    """Return the round's figures: ``box_counts`` are the boxes of each accepted frame, ``human_tasks`` the
+    frames people boxed or checked (audits included)."""
     frames = len(box_counts)
     manual = [costs.manual_seconds(n) for n in box_counts]
     manual_seconds = float(sum(manual))
@@ -49,6 +60,8 @@ def box_labeling_figures(
     manual_rate = frames / (manual_seconds / 3600.0) if manual_seconds > 0 else None
     loop_cost = (human_dollars + compute_dollars_) / frames if frames else None
     manual_cost = manual_dollars / frames if frames else None
+    fee, worker = costs.service_fee_per_object_usd, costs.worker_price_per_task_usd
+    gt_loop = (fee * frames + worker * human_tasks + compute_dollars_) / frames if frames else None
     return BoxLabelingFigures(
         accepted_frames=frames,
         accepted_boxes=int(sum(box_counts)),
@@ -63,6 +76,9 @@ def box_labeling_figures(
         loop_cost_per_frame=loop_cost,
         manual_cost_per_frame=manual_cost,
         cost_ratio=manual_cost / loop_cost if loop_cost and manual_cost is not None else None,
+        ground_truth_manual_cost_per_frame=costs.ground_truth_task_price,
+        ground_truth_loop_cost_per_frame=gt_loop,
+        ground_truth_cost_ratio=costs.ground_truth_task_price / gt_loop if gt_loop else None,
     )
 
 
@@ -95,6 +111,7 @@ class DetectionSummary:
             "validation_frames": review.get("validation_frames"),
             "validation_quality": review.get("validation_quality"),
             "tier_agreement": review.get("tier_agreement"),
+            "one_tier_boxes": review.get("one_tier_boxes"),
         }
 
     def _targets(self) -> dict:
@@ -112,7 +129,9 @@ class DetectionSummary:
 
     def figures(self, facts: RoundFacts, human_seconds: float, human_dollars: float, compute: float) -> dict:
         counts = [len(label.boxes) for label in facts.labels.values()]
-        return box_labeling_figures(self.box_costs, counts, human_seconds, human_dollars, compute).to_dict()
+        return box_labeling_figures(
+            self.box_costs, counts, human_seconds, human_dollars, compute, human_tasks=len(facts.tasks)
+        ).to_dict()
 
     def models_section(self, info: dict[str, dict]) -> dict:
         out = {}
