@@ -5,7 +5,7 @@ e.g. ``config/cloud.yaml: routing.target_accuracy: Input should be less than 1 (
 Relative paths in config/cloud.yaml are resolved against the current directory (the CLI runs from
 the checkout root).
 
-~425 lines as one module on purpose: it is the schema of config/cloud.yaml, one section class per key
+~430 lines as one module on purpose: it is the schema of config/cloud.yaml, one section class per key
 in the file's order, and of the cost model that file names; split, one file's schema would be read in
 several places.
 """
@@ -207,6 +207,9 @@ class ReviewConfig(ConfigModel):
 
     annotator: str = "simulated"
     calibration_sample: int = Field(default=60, ge=0)  # random frames humans label each round
+    # while the teachers are the ones of the previous round and that much pooled calibration evidence
+    # exists, only this many fresh random frames a round (None: always calibration_sample)
+    calibration_refresh: Optional[int] = Field(default=None, ge=0)
     human_budget: Optional[int] = Field(default=None, ge=0)  # frames per round beyond calibration/audit
     strategy: str = "uncertainty-diversity"  # order of review when over budget (active.py)
     show_suggestions: bool = True

@@ -389,3 +389,34 @@ def test_cloud_cli_runs_the_detection_loop_and_writes_box_manifests(tmp_path, de
             {"class_id": 2, "left": 4, "top": 4, "width": 26, "height": 26}
         ]
         assert record["fleetloop-boxes-metadata"]["human-annotated"] == "yes"
+
+
+def test_calibration_boxes_are_scored_by_the_teachers_of_their_own_round(tmp_path, detection_cloud_models):
+    store, _ = _fleet(tmp_path, detection_cloud_models, frames=30)
+    review = {"annotator": "simulated", "calibration_sample": 20, "strategy": "uncertainty"}
+    with CloudLoop(
+        _config(tmp_path, store, detection_cloud_models["T1"].parent, review=review), progress=False
+    ) as loop:
+        assert loop.run_round().to_dict()["status"] == "finished"
+        part = loop.task
+        before = part.calibration_evidence()
+        assert len(before) == 20
+        # a later T2 trained on these very labels boxes them perfectly; it must not vouch for itself
+        tasks = [task for task, _, _ in before]
+        part.boxes.put_predictions(
+            "T2",
+            "trained-on-them",
+            [(t.frame_id, BoxSet(t.answer.boxes, np.ones(len(t.answer), np.float32), t.answer.classes)) for t in tasks],
+        )
+        versions = loop.pool.step(1, "autolabel")[1]["versions"]
+        loop.pool.set_step(2, "autolabel", "done", {"versions": {**versions, "T2": "trained-on-them"}})
+        after = part.calibration_evidence()
+        assert [t.id for t, _, _ in after] == [t.id for t in tasks]
+        for (_, _, old), (_, _, new) in zip(before, after):
+            np.testing.assert_array_equal(old.boxes, new.boxes)  # still round 1's T2
+        ids = [t.frame_id for t in tasks]  # while round 2's own frames get round 2's T2
+        now = part.fuse(
+            part.boxes.predictions("T1", versions["T1"], ids), part.boxes.predictions("T2", "trained-on-them", ids)
+        )
+        assert [c.fused.rows() for c in part.consensus(2, ids)] == [c.fused.rows() for c in now]
+        assert [c.fused.rows() for c in part.consensus(2, ids)] != [c.fused.rows() for c in part.consensus(1, ids)]

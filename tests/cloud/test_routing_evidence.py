@@ -44,7 +44,7 @@ class World:
         self.loop.pool.set_step(round_number, "autolabel", "done", {"versions": {"T1": "a", "T2": t2_version}})
 
 
-def _loop(tmp_path, cloud_models, calibration_sample, second_opinion=("calibration", "review", "audit")):
+def _loop(tmp_path, cloud_models, calibration_sample, second_opinion=("calibration", "review", "audit"), refresh=None):
     data = cloud_config(
         tmp_path,
         f"file://{tmp_path / 'store'}",
@@ -56,7 +56,7 @@ def _loop(tmp_path, cloud_models, calibration_sample, second_opinion=("calibrati
             "propagation": {"enabled": False},
             "second_opinion": list(second_opinion),
         },
-        review={"calibration_sample": calibration_sample},
+        review={"calibration_sample": calibration_sample, "calibration_refresh": refresh},
         audit={"fraction": 0.05, "min_frames": 10, "max_passes": 1},
         annotators={"simulated": {"error_rate": 0.0}},
     )
@@ -211,3 +211,28 @@ def test_an_auditors_slip_is_outvoted_before_the_audit_is_measured(tmp_path, clo
         record = {"sources": {str(t): "auto" for t in tasks}}
         assert part.measure_audit(record, done(), done())
         assert record["correct"] == 10 and record["by_source"]["auto"]["correct"] == 10
+
+
+def test_unchanged_teachers_with_pooled_evidence_get_a_small_fresh_sample_and_a_changed_one_the_full_sample(
+    tmp_path, cloud_models
+):
+    def calibration_asked(round_number):
+        return len(loop.pool.tasks(round=round_number, purpose="calibration"))
+
+    with _loop(tmp_path, cloud_models, calibration_sample=40, refresh=10) as loop:
+        world = World(loop)
+        frames = {}
+        for number, t2 in ((1, "b"), (2, "b"), (3, "c")):
+            loop.pool.open_round()
+            world.predict([f for fs in frames.values() for f in fs], "T2", t2, TROUSER, 0.99)
+            versions = (("T1", "a"), ("T2", t2))
+            frames[number] = [world.add(number, TROUSER, TROUSER, TROUSER, 0.99, True, versions) for _ in range(80)]
+            world.ingested(number, t2)
+            info = loop.review()
+            loop.pool.finish_round(number, {})
+            if number == 1:  # no earlier evidence: the full sample
+                assert calibration_asked(1) == 40 and info["calibration_reason"] == "first round with teachers"
+            if number == 2:  # the same teachers, 40 answers pooled: a fresh sample of 10 keeps it current
+                assert calibration_asked(2) == 10 and "teachers unchanged since round 1" in info["calibration_reason"]
+            if number == 3:  # a new T2: its pooled evidence is re-checked on a full fresh sample
+                assert calibration_asked(3) == 40 and "teachers changed since round 2" in info["calibration_reason"]

@@ -59,10 +59,34 @@ def apply_answers(loop: "CloudLoop", round_number: int) -> None:
         answers.mark_applied([t.id for t in finished])
 
 
+def calibration_size(loop: "CloudLoop", round_number: int) -> tuple[int, str]:
+    """Return how many random frames people answer this round, and why.
+
+    The full ``calibration_sample`` unless the round's teachers are those of the latest earlier round
+    and at least that many calibration answers are pooled: then the pooled evidence holds (the same
+    teachers, re-scored on it) and ``calibration_refresh`` fresh frames keep it current. A changed
+    teacher gets the full fresh sample its pooled evidence is re-checked on.
+    """
+    cfg = loop.config.review
+    if cfg.calibration_refresh is None or cfg.calibration_refresh >= cfg.calibration_sample:
+        return cfg.calibration_sample, "calibration_sample"
+    earlier = [r for r in range(round_number - 1, 0, -1) if loop.pool.step(r, "autolabel")[0] == "done"]
+    if not earlier:
+        return cfg.calibration_sample, "first round with teachers"
+    now, before = (loop.pool.step(r, "autolabel")[1].get("versions") for r in (round_number, earlier[0]))
+    if now != before:
+        return cfg.calibration_sample, f"teachers changed since round {earlier[0]}: {before} -> {now}"
+    pooled = len(loop.task.answers.tasks(purpose="calibration", status="done"))
+    if pooled < cfg.calibration_sample:
+        return cfg.calibration_sample, f"{pooled} pooled calibration answers < {cfg.calibration_sample}"
+    return cfg.calibration_refresh, f"teachers unchanged since round {earlier[0]}, {pooled} pooled answers"
+
+
 def calibration(loop: "CloudLoop", round_number: int, info: dict) -> dict:
     """Send a random sample to humans (robots' random picks first); part of it held out when so configured."""
     rows = unlabeled_rows(loop)
-    count = min(loop.config.review.calibration_sample, len(rows))
+    size, why = calibration_size(loop, round_number)
+    count = min(size, len(rows))
     rng = loop.rng(round_number, f"{loop.task.rng_prefix}calibration")
     robot_random = [r for r in rows if r["random"]]
     others = [r for r in rows if not r["random"]]
@@ -75,7 +99,7 @@ def calibration(loop: "CloudLoop", round_number: int, info: dict) -> dict:
             [f for f in ids if int(hashlib.sha256(f.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction]
         )
     loop.task.add_tasks(round_number, "calibration", list(zip(ids, loop.task.suggestions(round_number, ids))))
-    info.update(phase="route", calibration_tasks=count)
+    info.update(phase="route", calibration_tasks=count, calibration_reason=why)
     return info
 
 

@@ -1,11 +1,12 @@
 """The cloud loop for detectors: boxes in a box pool, T1/T2 box consensus, box-level costs, the mAP gate.
 
-Routing: humans box a random calibration sample -> the confidence threshold from it (box_consensus:
-mean IoU and class accuracy against human boxes, ``detection.target_*``) -> auto-accept frames
-where T1 and T2 agree (no unmatched box, no class conflict, matched IoU >= min_tier_iou) at or
-above it -> humans check the rest -> the audit measures auto boxes the same way. Human work is
-priced per box action (``cost_model.yaml: boxes``); the manual baseline boxes every accepted
-frame from scratch. Evaluation: the mAP@0.5 gate with mAP@0.5:0.95 beside it.
+Routing: humans box a random calibration sample (pooled over rounds, each frame scored by its own
+round's teachers) -> each tier's one-tier boxes weighed by how often people confirmed them, the
+confidence threshold from it (box_consensus: mean IoU and class accuracy against human boxes,
+``detection.target_*``) -> auto-accept frames where T1 and T2 agree (no kept unmatched box, no class
+conflict, matched IoU >= min_tier_iou) at or above it -> humans check the rest -> the audit measures
+auto boxes the same way. Human work is timed per box action (``cost_model.yaml: boxes``); the manual
+baseline boxes every accepted frame from scratch. Evaluation: the mAP@0.5 gate, mAP@0.5:0.95 beside.
 """
 
 from __future__ import annotations
@@ -84,16 +85,9 @@ def run_box_teachers(
 def _robot_embeddings(rows: list) -> np.ndarray:
     """The robots' frame embeddings (zeros when a frame has none or their sizes differ)."""
     sizes = {0 if r["robot_embedding"] is None else len(r["robot_embedding"]) for r in rows}
-    if not rows or len(sizes) != 1:
+    if not rows or len(sizes) != 1 or 0 in sizes:
         return np.zeros((len(rows), 1), np.float32)
-    return np.stack(
-        [
-            np.frombuffer(r["robot_embedding"], np.float32)
-            if r["robot_embedding"] is not None
-            else np.zeros(1, np.float32)
-            for r in rows
-        ]
-    )
+    return np.stack([np.frombuffer(r["robot_embedding"], np.float32) for r in rows])  # one size, none missing
 
 
 class DetectionPart(detection_report.DetectionSummary):
@@ -150,48 +144,51 @@ class DetectionPart(detection_report.DetectionSummary):
         )
 
     def consensus(self, round_number: int, ids: Sequence[str]) -> list[Consensus]:
-        """Return the T1/T2 consensus of frames (their boxes from this round's teacher versions), each tier's
-        one-tier boxes weighed by the calibration evidence (:meth:`solo_weights`)."""
+        """Return the T1/T2 consensus of frames (their boxes from this round's teacher versions)."""
         tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(round_number)
-        a = self.boxes.predictions(tier_a, version_a, ids)
-        b = self.boxes.predictions(tier_b, version_b, ids)
-        cfg, weights, keep = self.detection, self.solo_weights(round_number), self.box_costs.break_even_precision
+        return self.fuse(self.boxes.predictions(tier_a, version_a, ids), self.boxes.predictions(tier_b, version_b, ids))
+
+    def fuse(self, a: Sequence[BoxSet], b: Sequence[BoxSet]) -> list[Consensus]:
+        """Return the consensus of tier A's and tier B's boxes frame by frame, each tier's one-tier boxes
+        weighed by the calibration evidence (:meth:`solo_weights`)."""
+        cfg, weights, keep = self.detection, self.solo_weights(), self.box_costs.break_even_precision
         return [consensus(x, y, cfg.match_iou, cfg.min_tier_iou, self.threshold, weights, keep) for x, y in zip(a, b)]
 
-    def solo_weights(self, round_number: int) -> tuple[float, float]:
-        """Return the weights of each tier's one-tier boxes from how often they were right on the calibration
-        frames people boxed (this round's teacher versions; recomputed when a calibration answer comes in)."""
-        tasks = self.calibration_tasks(round_number)
-        key = (round_number, tuple(t.id for t in tasks))
+    def solo_weights(self) -> tuple[float, float]:
+        """Return the weights of each tier's one-tier boxes from how often people confirmed them on the
+        calibration frames (recomputed when a calibration answer comes in)."""
+        evidence = self.calibration_evidence()
+        key = tuple(task.id for task, _, _ in evidence)
         if self._solo.get("key") != key:
-            tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(round_number)
-            ids = [t.frame_id for t in tasks]
-            a = self.boxes.predictions(tier_a, version_a, ids)
-            b = self.boxes.predictions(tier_b, version_b, ids)
-            evidence = solo_evidence(
-                [(x, y, t.answer) for x, y, t in zip(a, b, tasks)], self.detection.match_iou, self.threshold
-            )
+            found = solo_evidence([(x, y, t.answer) for t, x, y in evidence], self.detection.match_iou, self.threshold)
             z, least = self.detection.bound_z, self.detection.solo_min_boxes
-            self._solo = {"key": key, "evidence": evidence, "weights": tuple(e.weight(z, least) for e in evidence)}
+            self._solo = {"key": key, "evidence": found, "weights": tuple(e.weight(z, least) for e in found)}
         return self._solo["weights"]
 
     def solo_report(self, round_number: int) -> dict:
         """Return each tier's one-tier box evidence, its weight and whether its one-tier boxes are shown."""
-        weights, keep = self.solo_weights(round_number), self.box_costs.break_even_precision
+        weights, keep = self.solo_weights(), self.box_costs.break_even_precision
         tiers = self.loop.teacher_versions(round_number)[::2]
         out: dict = {"break_even_precision": round(keep, 4)}
         for tier, evidence, weight in zip(tiers, self._solo["evidence"], weights):
             out[tier] = {**evidence.to_dict(), "weight": round(weight, 4), "shown": weight >= keep}
         return out
 
-    def calibration_tasks(self, round_number: int) -> list:
-        """Return the done calibration box tasks whose frames both of the round's teacher versions boxed."""
-        tasks = self.boxes.tasks(purpose="calibration", status="done")
-        tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(round_number)
-        ids = [t.frame_id for t in tasks]
-        missing = set(self.boxes.missing_predictions(tier_a, version_a, ids))
-        missing |= set(self.boxes.missing_predictions(tier_b, version_b, ids))
-        return [t for t in tasks if t.frame_id not in missing]
+    def calibration_evidence(self) -> list[tuple]:
+        """Return (task, tier A's boxes, tier B's boxes) of the done calibration box tasks, the boxes from the
+        teacher versions of each task's own round (a T2 trained on a frame's label never vouches for it)."""
+        tasks, out = self.boxes.tasks(purpose="calibration", status="done"), []
+        for number in sorted({t.round for t in tasks}):
+            tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(number)
+            ids = [t.frame_id for t in tasks if t.round == number]
+            missing = set(self.boxes.missing_predictions(tier_a, version_a, ids))
+            missing |= set(self.boxes.missing_predictions(tier_b, version_b, ids))
+            mine = [t for t in tasks if t.round == number and t.frame_id not in missing]
+            ids = [t.frame_id for t in mine]
+            out += zip(
+                mine, self.boxes.predictions(tier_a, version_a, ids), self.boxes.predictions(tier_b, version_b, ids)
+            )
+        return out
 
     # ------------------------------------------------------------------ annotators
     def annotator_context(self, round_number: int) -> BoxAnnotatorContext:
@@ -250,8 +247,9 @@ class DetectionPart(detection_report.DetectionSummary):
         """Review phase: the consensus-confidence threshold from the calibration boxes; auto-accept above it."""
         from fleetloop_cloud.loop.review import unlabeled_rows
 
-        tasks = self.calibration_tasks(round_number)
-        validation = self.consensus(round_number, [t.frame_id for t in tasks])
+        evidence = self.calibration_evidence()
+        tasks = [task for task, _, _ in evidence]
+        validation = self.fuse([a for _, a, _ in evidence], [b for _, _, b in evidence])
         comparisons = [compare(c.fused, t.answer, self.detection.match_iou) for c, t in zip(validation, tasks)]
         threshold = choose_threshold(
             np.asarray([c.confidence for c in validation]),
