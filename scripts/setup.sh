@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist mosquitto chromium python3-venv python3-dev git cmake g++ make)
+APT_PACKAGES=(dataset-fashion-mnist mosquitto chromium postgresql python3-venv python3-dev git cmake g++ make)
 VENV=.venv
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }

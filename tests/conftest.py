@@ -19,6 +19,7 @@ pytest_plugins: list[str] = [
     "fixtures.cloud_world",
     "fixtures.review_page",
     "fixtures.detection_world",
+    "fixtures.postgres",
 ]
 CACHE = ROOT / ".cache"
 

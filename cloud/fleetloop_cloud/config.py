@@ -5,7 +5,7 @@ e.g. ``config/cloud.yaml: routing.target_accuracy: Input should be less than 1 (
 Relative paths in config/cloud.yaml are resolved against the current directory (the CLI runs from
 the checkout root).
 
-~430 lines as one module on purpose: it is the schema of config/cloud.yaml, one section class per key
+~440 lines as one module on purpose: it is the schema of config/cloud.yaml, one section class per key
 in the file's order, and of the cost model that file names; split, one file's schema would be read in
 several places.
 """
@@ -373,6 +373,7 @@ class CloudConfig(ConfigModel):
 
     store: str  # where robots upload (file:///..., s3://bucket/prefix?...)
     work_dir: str = "runs/cloud"  # pool.sqlite, frame cache, channels, candidates, reports
+    pool: Optional[str] = None  # sqlite:///path or postgresql://user@host:port/db (None: work_dir/pool.sqlite)
     models: str = "models"  # round-0 production tiers T1..T4 (directories)
     world_seed: int = 0  # simulated world (field test sets of simulated sites)
     cost_model: str = "config/cost_model.yaml"
@@ -386,6 +387,11 @@ class CloudConfig(ConfigModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     detection: DetectionLoopConfig = Field(default_factory=DetectionLoopConfig)  # detectors only
+
+    @property
+    def pool_target(self) -> str | Path:
+        """Return where the pool lives: ``pool`` (a URI), else ``work_dir``/pool.sqlite."""
+        return self.pool if self.pool else self.work_path / "pool.sqlite"
 
     @property
     def work_path(self) -> Path:

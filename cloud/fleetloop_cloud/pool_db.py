@@ -1,4 +1,5 @@
-"""The pool's SQLite file: one connection (WAL), the schema it needs, transactions and queries.
+"""The pool's database (a SQLite file, or PostgreSQL: ``pool_sql``): one connection, the schema it needs,
+transactions and queries.
 
 Both the frame pool (``pool.Pool``) and a task's own tables (``box_pool.BoxPool``) stand on
 :class:`PoolTables`; a second holder may share the first one's connection, so one
@@ -10,9 +11,11 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from fleetloop_core.errors import FleetLoopError
+
+from fleetloop_cloud.pool_sql import DatabaseError, connect, is_postgres, redact, sqlite_path
 
 
 class PoolError(FleetLoopError):
@@ -39,30 +42,31 @@ def as_list(value: str | Sequence[str] | None) -> Optional[list[str]]:
 
 
 class PoolTables:
-    """Tables in the pool's SQLite file, on their own connection or on another holder's."""
+    """Tables in the pool's database, on their own connection or on another holder's."""
 
-    path: Path
-    _db: sqlite3.Connection
+    path: Path | str  # the SQLite file, or the PostgreSQL URI without its password (for messages)
+    uri: str  # what the pool was opened from (pool_sql: a path, sqlite:///..., postgresql://...)
+    _db: Any  # sqlite3.Connection or pool_sql.PostgresConnection
     _owns: bool
 
     def _open(self, target: "PoolTables | str | Path", schema: str, what: str, check_same_thread: bool) -> None:
-        """Open (or share) the connection and create ``schema``; PoolError naming the file and ``what``."""
+        """Open (or share) the connection and create ``schema``; PoolError naming the database and ``what``."""
         self._owns = not isinstance(target, PoolTables)
-        self.path = Path(target) if not isinstance(target, PoolTables) else target.path
+        if isinstance(target, PoolTables):
+            self.path, self.uri = target.path, target.uri
+        else:
+            self.uri = str(target)
+            self.path = redact(str(target)) if is_postgres(target) else Path(target)
+            if not is_postgres(target):
+                try:
+                    self.path = sqlite_path(target)
+                except DatabaseError as exc:
+                    raise PoolError(str(exc)) from exc
         try:
-            if isinstance(target, PoolTables):
-                self._db = target._db
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(
-                    str(self.path), timeout=30.0, isolation_level=None, check_same_thread=check_same_thread
-                )
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = target._db if isinstance(target, PoolTables) else connect(target, check_same_thread)
             self._db.executescript(schema)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, DatabaseError) as exc:
             raise PoolError(f"{self.path}: cannot open {what} ({exc})") from exc
-        self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:
         """Close the connection if this holder opened it (a shared one is closed by its owner)."""

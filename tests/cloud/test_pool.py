@@ -1,9 +1,16 @@
-"""The pool: frame states, labels with history, tasks, rounds and steps (SQLite, survives reopening)."""
+"""The pool: frame states, labels with history, tasks, rounds and steps (survives reopening), on each backend:
+the SQLite file and a real PostgreSQL (tests/fixtures/postgres.py)."""
 
 import numpy as np
 import pytest
 
 from fleetloop_cloud.pool import FrameRecord, Pool, PoolError
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def pool_target(request, tmp_path):
+    """Where each test's pool lives: a SQLite file, then a fresh PostgreSQL database."""
+    return tmp_path / "pool.sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_uri")
 
 
 def _record(i: int, robot: str = "r1", **extra) -> FrameRecord:
@@ -28,13 +35,13 @@ def _record(i: int, robot: str = "r1", **extra) -> FrameRecord:
     )
 
 
-def test_frames_round_trip_and_survive_reopening(tmp_path):
-    with Pool(tmp_path / "pool.sqlite") as pool:
+def test_frames_round_trip_and_survive_reopening(pool_target):
+    with Pool(pool_target) as pool:
         assert pool.add_frame(_record(1))
         assert not pool.add_frame(_record(1))  # same sha256: one frame
         pool.add_frame(_record(2, state="duplicate", duplicate_of=f"{1:064x}"))
         pool.add_sighting(f"{1:064x}", "r2", "frames/r2/2026-01-01/x.json")
-    with Pool(tmp_path / "pool.sqlite") as pool:
+    with Pool(pool_target) as pool:
         assert [r["id"] for r in pool.frames()] == [f"{1:064x}"]  # duplicates hidden by default
         assert len(pool.frames(include_duplicates=True)) == 2
         assert pool.phashes() == [(f"{1:064x}", "r1", (1 << 63) + 1)]  # full 64-bit hash back
@@ -43,8 +50,8 @@ def test_frames_round_trip_and_survive_reopening(tmp_path):
             pool.set_state([f"{1:064x}"], "lost")
 
 
-def test_labels_keep_their_history_and_usage_marks_frames_used(tmp_path):
-    pool = Pool(tmp_path / "pool.sqlite")
+def test_labels_keep_their_history_and_usage_marks_frames_used(pool_target):
+    pool = Pool(pool_target)
     frame = _record(3)
     pool.add_frame(frame)
     pool.set_label(frame.id, 4, "auto", 1, reason="auto-accepted", confidence=0.99)
@@ -64,8 +71,8 @@ def test_labels_keep_their_history_and_usage_marks_frames_used(tmp_path):
         pool.set_label(frame.id, 1, "oracle", 1, reason="x")
 
 
-def test_task_lifecycle(tmp_path):
-    pool = Pool(tmp_path / "pool.sqlite")
+def test_task_lifecycle(pool_target):
+    pool = Pool(pool_target)
     pool.add_frame(_record(5))
     ids = pool.add_tasks(1, "review", [(f"{5:064x}", 3)])
     pool.mark_submitted(ids, "sagemaker-groundtruth", ["job-1"])
@@ -86,8 +93,8 @@ def test_task_lifecycle(tmp_path):
         pool.add_tasks(1, "gossip", [(f"{5:064x}", None)])
 
 
-def test_rounds_and_steps(tmp_path):
-    pool = Pool(tmp_path / "pool.sqlite")
+def test_rounds_and_steps(pool_target):
+    pool = Pool(pool_target)
     assert pool.current_round() is None
     first = pool.open_round()
     assert pool.open_round() == first == 1  # the open round, not a new one

@@ -40,8 +40,10 @@ def _world(tmp_path, cloud_models, frames_per_robot, robots=2):
     return store, sidecars
 
 
-def test_a_round_end_to_end(tmp_path, cloud_models):
+@pytest.mark.parametrize("pool", ["sqlite", "postgresql"])
+def test_a_round_end_to_end(tmp_path, cloud_models, pool, request):
     store, sidecars = _world(tmp_path, cloud_models, 150)
+    pool_uri = request.getfixturevalue("postgres_uri") if pool == "postgresql" else None
     # bad input beside the good: a frame whose sidecar never came, a sidecar without its frame, a broken sidecar
     store.put_bytes("frames/robot-0/2026-09-21/" + "a" * 64 + ".png", b"\x89PNG half an upload")
     store.delete(frame_key(sidecars[5]))
@@ -57,9 +59,11 @@ def test_a_round_end_to_end(tmp_path, cloud_models):
             annotators={"simulated": {"error_rate": 0.0}},
             audit={"max_passes": 3},
             registry={"backend": "local", "uri": str(tmp_path / "registry"), **_keys(tmp_path)},
+            pool=pool_uri,  # None: work_dir/pool.sqlite
         )
     )
     with CloudLoop(config, progress=False) as loop:
+        assert str(loop.pool.path).startswith("postgresql://") == (pool == "postgresql")
         summary = loop.run_round().to_dict()
         (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2))
 

@@ -101,7 +101,7 @@ class CloudLoop:
         self.config = config
         self.work = config.work_path
         self.work.mkdir(parents=True, exist_ok=True)
-        self.pool = Pool(self.work / "pool.sqlite")
+        self.pool = Pool(config.pool_target)
         self.store = open_store(config.store)
         self.cache = FrameCache(self.work / "frames", self.store)
         self.cost_model = cost_model or load_cost_model(config.cost_model)

@@ -39,10 +39,14 @@ def unlabeled_rows(loop: "CloudLoop") -> list:
 
 
 def apply_answers(loop: "CloudLoop", round_number: int) -> None:
-    """Turn finished tasks into labels: a human answer is the frame's label (audits included)."""
+    """Turn finished tasks into labels: a human answer is the frame's label (audits included).
+
+    The unapplied tasks are read inside the writer's transaction: two workers collecting at once
+    (processes on one PostgreSQL pool) apply each answer once, the second finding it applied.
+    """
     answers = loop.task.answers
-    finished = answers.unapplied(round_number)
     with loop.pool.transaction():
+        finished = answers.unapplied(round_number)
         for task in finished:
             if task.status == "done":
                 answers.set_label(

@@ -69,7 +69,7 @@ def create_app(
     labels = class_labels(config.models)
     templates.env.globals.update(labels=labels, keys=items.KEYS)
     state = web.ReviewState(
-        pool_path=Path(pool_path),
+        pool_path=pool_path,
         config=config,
         settings=settings,
         cost_model=cost_model or load_cost_model(config.cost_model),

@@ -35,6 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fleetloop_cloud.config import load_cloud_config
+    from fleetloop_cloud.pool_sql import redact
     from fleetloop_cloud.review.app import create_app
     from fleetloop_cloud.review.security import TOKEN_ENV, resolve_token
     from fleetloop_cloud.review.settings import load_review_page_config
@@ -44,10 +45,11 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     token, generated = resolve_token(host, settings.token)
-    pool_path = config.work_path / "pool.sqlite"
-    app = create_app(pool_path, config, token, settings=settings, config_path=args.config)
+    pool_target = config.pool_target
+    app = create_app(pool_target, config, token, settings=settings, config_path=args.config)
     shown_host = f"[{host}]" if ":" in host else host
-    print(f"review page for {pool_path}: http://{shown_host}:{port}/label", flush=True)
+    shown_pool = redact(pool_target) if isinstance(pool_target, str) else pool_target
+    print(f"review page for {shown_pool}: http://{shown_host}:{port}/label", flush=True)
     if token is not None:
         if generated:
             print(

@@ -2,8 +2,9 @@
 
 Writes go through ``Pool.transaction()`` (``BEGIN IMMEDIATE``: one writer at a time, across
 threads and processes); reads of the review tables and counters use a second connection to the
-same SQLite file, which WAL lets read while another connection writes. SQLite connections
-belong to the thread that opened them, so the app keeps one ``ReviewDB`` per server thread.
+same SQLite file, which WAL lets read while another connection writes (or a second connection to
+the same PostgreSQL database). SQLite connections belong to the thread that opened them, so the app
+keeps one ``ReviewDB`` per server thread.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fleetloop_cloud.pool import Pool
+from fleetloop_cloud.pool_sql import connect
 from fleetloop_cloud.review import answers, leases, security
 
 
@@ -21,10 +23,9 @@ class ReviewDB:
     """The pool (writes, its API) and a read connection to the same file."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.pool = Pool(self.path)
-        self._read = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-        self._read.row_factory = sqlite3.Row
+        self.pool = Pool(path)
+        self.path = self.pool.path
+        self._read = connect(path, check_same_thread=True)
 
     def query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
         """Return the rows of a read-only query."""
@@ -51,7 +52,7 @@ class PerThread:
     """One ReviewDB per thread that asks (server worker threads)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = path
         self._local = threading.local()
 
     def get(self) -> ReviewDB:

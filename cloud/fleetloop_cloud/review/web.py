@@ -53,7 +53,7 @@ class Cached:
 class ReviewState:
     """One review app's configuration, caches and per-thread database handles."""
 
-    pool_path: Path
+    pool_path: str | Path  # the pool file or its PostgreSQL URI
     config: CloudConfig
     settings: ReviewPageConfig
     cost_model: CostModel

@@ -1,0 +1,212 @@
+"""Where the pool lives: a URI, and one connection API over SQLite and PostgreSQL.
+
+* ``sqlite:///path/pool.sqlite`` or a plain path (the embedded default): Python's ``sqlite3`` in WAL
+  mode, as before.
+* ``postgresql://user@host:port/db`` (production, several workers at once): ``psycopg`` 3, the
+  PostgreSQL adapter its authors keep for Python 3 (server-side parameters, bytea as bytes).
+
+The pool's modules write SQLite's dialect; :class:`PostgresConnection` offers the sqlite3
+connection's methods and translates what differs: ``?`` placeholders, ``INSERT OR IGNORE`` / ``OR
+REPLACE`` (as ``ON CONFLICT`` on the table's primary key, learnt from its ``CREATE TABLE``), column
+types (``BLOB`` -> ``BYTEA``, integers 64-bit, ``id INTEGER PRIMARY KEY`` -> ``BIGSERIAL``, its new
+id read back with ``RETURNING``), and ``BEGIN IMMEDIATE``: a transaction that first takes the
+pool's transaction-scoped advisory lock, so writers are serialised exactly as SQLite serialises
+them (one writer at a time, across processes) while readers never wait. Row-level locking, so
+that writers on different rows run at once, is the next step (docs/cloud_loop.md).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from fleetloop_core.errors import FleetLoopError
+
+SCHEMES = ("sqlite", "postgresql", "postgres")
+_LOCK_KEY = 0x466C6565744C6F6F  # "FleetLoo": the pool's advisory lock (one pool per database)
+
+
+class DatabaseError(FleetLoopError):
+    """The pool's database refused or failed an operation (the message names it and why)."""
+
+
+def is_postgres(target: str | Path) -> bool:
+    """Return whether ``target`` is a PostgreSQL URI."""
+    return isinstance(target, str) and target.split(":", 1)[0] in ("postgresql", "postgres")
+
+
+def sqlite_path(target: str | Path) -> Path:
+    """Return the file of a ``sqlite:///`` URI or a plain path; DatabaseError for another scheme."""
+    if isinstance(target, Path):
+        return target
+    scheme = target.split("://", 1)[0] if "://" in target else ""
+    if not scheme:
+        return Path(target)
+    if scheme != "sqlite":
+        raise DatabaseError(f"pool {redact(target)}: unknown scheme {scheme!r} (known: {', '.join(SCHEMES)})")
+    path = target[len("sqlite://") :]
+    if not path.startswith("/"):
+        raise DatabaseError(f"pool {target}: a sqlite URI names an absolute path (sqlite:///path/pool.sqlite)")
+    return Path(path)
+
+
+def redact(uri: str) -> str:
+    """Return ``uri`` without its password (for messages and reports)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class Row(tuple):
+    """A result row read by position or by column name (as ``sqlite3.Row``)."""
+
+    _names: tuple[str, ...] = ()
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, str):
+            try:
+                return tuple.__getitem__(self, self._names.index(key))
+            except ValueError:
+                raise IndexError(f"no column {key!r}") from None
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def _row_factory(cursor):
+    names = tuple(d.name for d in cursor.description or ())
+    kind = type("Row", (Row,), {"_names": names})
+    return lambda values: kind(values)
+
+
+class _Result:
+    """What ``execute`` returns: rows, the affected row count and an inserted row's id."""
+
+    def __init__(self, rows: list, rowcount: int, lastrowid: Optional[int]):
+        self._rows, self.rowcount, self.lastrowid = rows, rowcount, lastrowid
+
+    def fetchall(self) -> list:
+        return self._rows
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
+
+
+_TYPES = [
+    (re.compile(r"\bid INTEGER PRIMARY KEY\b"), "id BIGSERIAL PRIMARY KEY"),
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+]
+_CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*)\)\s*$", re.S)
+_INSERT = re.compile(r"^\s*INSERT OR (IGNORE|REPLACE) INTO (\w+)\s*\(([^)]*)\)", re.S | re.I)
+_PLAIN_INSERT = re.compile(r"^\s*INSERT INTO (\w+)\s", re.I)
+
+
+class PostgresConnection:
+    """A psycopg connection with the sqlite3 methods the pool uses, in SQLite's dialect (module docstring)."""
+
+    def __init__(self, uri: str):
+        try:
+            import psycopg
+        except ImportError as exc:  # pragma: no cover - the requirements install it
+            raise DatabaseError(f"pool {redact(uri)}: psycopg is not installed ({exc})") from exc
+        self.uri = uri
+        self._errors = psycopg.Error
+        try:
+            self._db = psycopg.connect(uri, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"pool {redact(uri)}: cannot connect ({str(exc).strip()})") from exc
+        self._db.row_factory = _row_factory
+        self._keys: dict[str, list[str]] = {}  # table -> primary key columns
+        self._serial: set[str] = set()  # tables whose id the database assigns
+
+    # ------------------------------------------------------------------ sqlite3's methods
+    def execute(self, sql: str, params: Sequence = ()) -> _Result:
+        statement = sql.strip()
+        if statement.upper().startswith("PRAGMA"):
+            return _Result([], 0, None)
+        if statement.upper() == "BEGIN IMMEDIATE":
+            self._run("BEGIN", ())
+            return self._run("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY - (1 << 63),))
+        return self._run(self.translate(statement), params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence]) -> _Result:
+        count = 0
+        for params in rows:
+            count += self.execute(sql, params).rowcount
+        return _Result([], count, None)
+
+    def executescript(self, script: str) -> None:
+        for statement in (s.strip() for s in script.split(";")):
+            if statement:
+                self.execute(self.ddl(statement))
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ the dialect
+    def ddl(self, statement: str) -> str:
+        """Return a CREATE statement in PostgreSQL's types; remember the table's key."""
+        for pattern, replacement in _TYPES:
+            statement = pattern.sub(replacement, statement)
+        found = _CREATE.match(statement)
+        if found:
+            table, body = found.group(1), found.group(2)
+            composite = re.search(r"PRIMARY KEY\s*\(([^)]*)\)", body)
+            if composite:
+                self._keys[table] = [c.strip() for c in composite.group(1).split(",")]
+            else:
+                inline = re.search(r"(\w+)\s+\w+(?:\s+\w+)*?\s+PRIMARY KEY", body)
+                self._keys[table] = [inline.group(1)] if inline else []
+            if "BIGSERIAL PRIMARY KEY" in body:
+                self._serial.add(table)
+        return statement
+
+    def translate(self, sql: str) -> str:
+        """Return a pool statement in PostgreSQL's dialect."""
+        sql = sql.replace("?", "%s")
+        found = _INSERT.match(sql)
+        if found:
+            action, table, columns = found.group(1).upper(), found.group(2), found.group(3)
+            sql = "INSERT INTO" + sql[found.start(2) - 1 :]
+            keys = self._keys.get(table, [])
+            if action == "IGNORE" or not keys:
+                return sql + " ON CONFLICT DO NOTHING"
+            names = [c.strip() for c in columns.split(",")]
+            updates = ", ".join(f"{c}=EXCLUDED.{c}" for c in names if c not in keys)
+            return sql + f" ON CONFLICT ({', '.join(keys)}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING")
+        plain = _PLAIN_INSERT.match(sql)
+        if plain and plain.group(1) in self._serial and "RETURNING" not in sql.upper():
+            return sql + " RETURNING id"
+        return sql
+
+    def _run(self, sql: str, params: Sequence) -> _Result:
+        values = tuple(int(p) if isinstance(p, bool) else p for p in params)
+        try:
+            cursor = self._db.execute(sql, values)  # type: ignore[arg-type]
+            rows = cursor.fetchall() if cursor.description else []
+        except self._errors as exc:
+            raise sqlite3.DatabaseError(f"{redact(self.uri)}: {str(exc).strip()} [{sql[:120]}]") from exc
+        returning = sql.endswith(" RETURNING id") and rows
+        return _Result([] if returning else rows, cursor.rowcount, int(rows[0][0]) if returning else None)
+
+
+def connect(target: str | Path, check_same_thread: bool = True) -> Any:
+    """Return a connection to the pool at ``target`` (sqlite3.Connection or PostgresConnection)."""
+    if is_postgres(target):
+        return PostgresConnection(str(target))
+    path = sqlite_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=check_same_thread)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.row_factory = sqlite3.Row
+    return db

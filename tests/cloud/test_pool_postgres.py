@@ -1,0 +1,65 @@
+"""The pool on a real PostgreSQL with several workers at once: processes racing on the same tasks and the
+same answers lose nothing and apply nothing twice (tests/fixtures/postgres.py starts the server)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from fleetloop_cloud.box_pool import BoxPool
+from fleetloop_cloud.config import cloud_config_from_dict
+from fleetloop_cloud.pool import Pool, PoolError
+from fleetloop_cloud.pool_sql import redact
+
+from fixtures.cloud_world import cloud_config, pool_frame
+from fixtures.pool_workers import race
+
+TASKS = 120
+
+
+def test_two_reviewers_racing_for_the_same_box_tasks_each_answer_their_own(postgres_uri):
+    with Pool(postgres_uri) as pool:
+        boxes = BoxPool(pool)
+        frames = [pool_frame(i, 0, False) for i in range(TASKS)]
+        for frame in frames:
+            pool.add_frame(frame)
+        ids = boxes.add_tasks(1, "review", [(f.id, None) for f in frames], shown=False)
+        start = time.time() + 3.0
+        first, second = race("reviewer", [[postgres_uri, "reviewer-a", start], [postgres_uri, "reviewer-b", start]])
+        assert not first["refused"] and not second["refused"]  # nobody answered a task someone else held
+        assert not set(first["answered"]) & set(second["answered"])
+        assert sorted(first["answered"] + second["answered"]) == sorted(ids)  # nothing lost
+        assert first["answered"] and second["answered"]  # they did work at the same time
+        done = {t.id: t for t in boxes.tasks(status="done")}
+        assert set(done) == set(ids)
+        assert all(done[i].annotator == "reviewer-a" for i in first["answered"])
+
+
+def test_two_loop_workers_applying_the_same_answers_apply_each_once(tmp_path, postgres_uri, cloud_models):
+    config = cloud_config(tmp_path, f"file://{tmp_path / 'store'}", cloud_models["T1"].parent, pool=postgres_uri)
+    cloud_config_from_dict(config)  # valid before two processes use it
+    with Pool(postgres_uri) as pool:
+        frames = [pool_frame(i, i % 10, False) for i in range(TASKS)]
+        for frame in frames:
+            pool.add_frame(frame)
+        ids = pool.add_tasks(1, "review", [(f.id, None) for f in frames])
+        for task_id, frame in zip(ids, frames):
+            pool.answer_task(task_id, frame.sim_label, "reviewer", 6.0, 0.03)
+        start = time.time() + 8.0  # after both loops opened (models, store)
+        assert race("collector", [[config, start], [config, start]]) == [TASKS, TASKS]
+        labels = pool.labels()
+        assert len(labels) == TASKS and all(labels[f.id].label == f.sim_label for f in frames)
+        events = pool._query("SELECT frame_id, COUNT(*) FROM label_events GROUP BY frame_id")
+        assert {row[1] for row in events} == {1}  # each answer became one label event, never two
+        assert not pool.unapplied(1)
+
+
+def test_a_bad_uri_and_an_unreachable_server_are_named(tmp_path):
+    with pytest.raises(PoolError, match="unknown scheme 'mysql'"):
+        Pool("mysql://u@127.0.0.1/pool")
+    with pytest.raises(PoolError, match=r"postgresql://fleet:\*\*\*@127.0.0.1:1/pool: cannot open the pool"):
+        Pool("postgresql://fleet:secret@127.0.0.1:1/pool")
+    assert redact("postgresql://fleet:secret@db:5432/pool") == "postgresql://fleet:***@db:5432/pool"
+    assert np.array_equal(Pool(tmp_path / "p.sqlite").phashes(), [])  # a plain path is still the SQLite file
