@@ -22,7 +22,9 @@ from fleetloop_core.config import ConfigModel
 from fleetloop_core.errors import FleetLoopError
 from fleetloop_core.contracts.job_document import JobDocument, ModelRef
 from fleetloop_core.contracts.manifest import Manifest
+from fleetloop_core.contracts.selection_job import SelectionJob
 from fleetloop_core.model_store import PackageLocation
+from fleetloop_core.signing import sign_document
 
 FAILED_STATUSES = frozenset({"FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED"})
 
@@ -67,6 +69,27 @@ def rollback_document(name: str, tier: str, version: str = "previous") -> dict[s
     """Return the job document rolling ``tier`` back to ``version`` (``previous``: the one served before)."""
     document = JobDocument(operation="fleetloop.rollback_model", model=ModelRef(name=name, version=version, tier=tier))
     return document.model_dump(mode="json", exclude_none=True)
+
+
+def campaign_document(
+    campaign: str,
+    version: str,
+    changes: dict[str, Any],
+    expires_at: float,
+    private_pem: bytes,
+    reason: str = "",
+) -> dict[str, Any]:
+    """Return the signed data-campaign job document (``fleetloop.update_selection``, contracts.selection_job):
+    selector ``changes`` until ``expires_at`` (Unix seconds), signed with the fleet's Ed25519 key."""
+    document = SelectionJob(
+        operation="fleetloop.update_selection",
+        campaign=campaign,
+        version=version,
+        changes=changes,
+        expires_at=expires_at,
+        reason=reason,
+    )
+    return sign_document(document.model_dump(mode="json", exclude_none=True), private_pem)
 
 
 # ====================================================================================== backends

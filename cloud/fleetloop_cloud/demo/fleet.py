@@ -254,6 +254,8 @@ class InProcessRobot:
 
     def __init__(self, spec: RobotSpec, settings: FleetSettings, selection_override: dict | None = None):
         from fleetloop_core.selection import Selector
+        from fleetloop_core.selection_campaigns import Campaigns
+        from fleetloop_core.signing import TrustedKeys
         from fleetloop_core.store import open_store
         from fleetloop_core.upload_queue import QueueConfig, UploadQueue
         from fleetloop_core.uploader import Uploader
@@ -275,6 +277,10 @@ class InProcessRobot:
             robot_id=spec.robot_id,
             labels=self.cascade.frame_labels,
         )
+        # data campaigns (fleetloop.update_selection jobs) change this selector, signed by the fleet's key
+        trusted = TrustedKeys.from_directory(settings.keys_dir)
+        self.agent.campaigns = Campaigns(self.selector, trusted, root / "campaign.json")
+        self.agent.campaigns.resume()
         queue_config = QueueConfig(
             directory=str(root / "queue"), store=settings.store_uri, synchronous=settings.queue_synchronous
         )

@@ -1,9 +1,11 @@
 """The robot's deploy agent: jobs from a control plane in, model-manager outcomes back out.
 
 One thread: claim the next job, hand it to the :class:`~fleetloop_core.model_manager.ModelManager`
-(progress goes back as IN_PROGRESS updates, best effort), then deliver the final status — retried
-with exponential back-off until the control plane takes it, because the cloud's canary decision
-waits for it. Serving never waits for any of this.
+(progress goes back as IN_PROGRESS updates, best effort) or, for a data campaign
+(``fleetloop.update_selection``), to the robot's :class:`~fleetloop_core.selection_campaigns.Campaigns`,
+then deliver the final status — retried with exponential back-off until the control plane takes it,
+because the cloud's canary decision waits for it. Between jobs it expires campaigns whose time is up.
+Serving never waits for any of this.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any, Optional
 
 from fleetloop_core.control_plane import ControlPlane, ControlPlaneError, ControlPlaneUnavailable, Job
 from fleetloop_core.contracts.job_document import JobOutcome
+from fleetloop_core.contracts.selection_job import OPERATION as CAMPAIGN
 from fleetloop_core.model_manager import ModelManager
+from fleetloop_core.selection_campaigns import Campaigns
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +33,11 @@ class DeployAgent:
         poll_s: float = 30.0,
         retry_min_s: float = 0.5,
         retry_max_s: float = 30.0,
+        campaigns: Optional[Campaigns] = None,
     ):
         self.plane = plane
         self.manager = manager
+        self.campaigns = campaigns  # None: campaign jobs are rejected (no selector on this process)
         self.poll_s = poll_s
         self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
         self._stop = threading.Event()
@@ -62,6 +68,8 @@ class DeployAgent:
 
     def run_once(self, timeout_s: float) -> Optional[JobOutcome]:
         """Take at most one job (waiting up to ``timeout_s``), apply it, report it; return its outcome."""
+        if self.campaigns is not None:
+            self.campaigns.tick()
         job = self.plane.next_job(timeout_s)
         if job is None:
             return None
@@ -71,10 +79,17 @@ class DeployAgent:
             job.job_id,
             job.document.get("operation") if isinstance(job.document, dict) else "?",
         )
-        # on the manager's own (lower-priority) job thread, so serving keeps the CPU
-        outcome = self.manager.submit(
-            job.job_id, job.document, progress=lambda step, details: self._progress(job, details)
-        ).result()
+        operation = job.document.get("operation") if isinstance(job.document, dict) else None
+        if operation == CAMPAIGN:
+            outcome = (
+                self.campaigns.apply(job.job_id, job.document)
+                if self.campaigns is not None
+                else JobOutcome(job.job_id, "REJECTED", f"{CAMPAIGN}: this robot process runs no selector")
+            )
+        else:  # on the manager's own (lower-priority) job thread, so serving keeps the CPU
+            outcome = self.manager.submit(
+                job.job_id, job.document, progress=lambda step, details: self._progress(job, details)
+            ).result()
         self.outcomes.append(outcome)
         self._deliver(job, outcome)
         return outcome

@@ -1,6 +1,6 @@
 """On-robot frame selection: which frames are worth a label, within a budget, without duplicates.
 
-~413 lines: the per-frame decision, its budget, dedup, clips and live re-tuning share one lock and one state.
+~425 lines: the per-frame decision, its budget, dedup, clips and live re-tuning share one lock and one state.
 
 Per frame the :class:`Selector` turns the cascade's uncertainty scores into one value score (a
 weighted mean of the score parts, in [0, 1]; the parts and their weights are those of the
@@ -42,6 +42,7 @@ from fleetloop_core.selection_config import (
     SelectionConfig,
     apply_changes,
     policy_params,
+    selection_config,
 )
 from fleetloop_core.selection_policies import POLICIES, ClassQuotaParams, PolicyState, Verdict
 
@@ -162,27 +163,36 @@ class Selector:
         Raises ConfigError (nothing changes) when a value is invalid.
         """
         with self._lock:
-            config = apply_changes(self._active.config, changes, source="selector update")
-            active = self._compile(config, "selector update")
-            old = self._active.config
-            state = self._state
-            if config.policy != old.policy:
-                state = self._new_state(active, "selector update")
-            buckets = (self._frames_bucket, self._bytes_bucket)
-            if config.budget != old.budget:
-                buckets = self._buckets(config.budget, buckets)
-            dedup = self._dedup
-            if config.dedup.memory != old.dedup.memory or config.dedup.hash != old.dedup.hash:
-                dedup = DedupMemory(config.dedup)
-            elif config.dedup != old.dedup:
-                dedup.config = config.dedup
-            if config.seed != old.seed:
-                self._rng.seed(config.seed)
-            if config.clip != old.clip:
-                self._clips = Clips(config.clip)
-            self._state, (self._frames_bucket, self._bytes_bucket), self._dedup = state, buckets, dedup
-            self._active = active
-            return config
+            return self._install(apply_changes(self._active.config, changes, source="selector update"))
+
+    def restore(self, config: SelectionConfig) -> SelectionConfig:
+        """Replace the whole config atomically between two frames (a campaign's expiry puts the config from
+        before it back, keys the campaign added included); ConfigError (nothing changes) when invalid."""
+        with self._lock:
+            return self._install(selection_config(config.model_dump(), "selector restore"))
+
+    def _install(self, config: SelectionConfig) -> SelectionConfig:
+        """Make ``config`` the active one, keeping what it does not change (called with the lock held)."""
+        active = self._compile(config, "selector update")
+        old = self._active.config
+        state = self._state
+        if config.policy != old.policy:
+            state = self._new_state(active, "selector update")
+        buckets = (self._frames_bucket, self._bytes_bucket)
+        if config.budget != old.budget:
+            buckets = self._buckets(config.budget, buckets)
+        dedup = self._dedup
+        if config.dedup.memory != old.dedup.memory or config.dedup.hash != old.dedup.hash:
+            dedup = DedupMemory(config.dedup)
+        elif config.dedup != old.dedup:
+            dedup.config = config.dedup
+        if config.seed != old.seed:
+            self._rng.seed(config.seed)
+        if config.clip != old.clip:
+            self._clips = Clips(config.clip)
+        self._state, (self._frames_bucket, self._bytes_bucket), self._dedup = state, buckets, dedup
+        self._active = active
+        return config
 
     # ------------------------------------------------------------------ budget
     def _target_fraction(self, frames_per_s: float) -> float:

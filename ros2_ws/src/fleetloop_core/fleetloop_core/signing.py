@@ -17,7 +17,7 @@ import binascii
 import hashlib
 import json
 from pathlib import Path
-from typing import Final, Iterable, Mapping
+from typing import Any, Final, Iterable, Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -212,8 +212,11 @@ class TrustedKeys:
 
 def verify_manifest(manifest: Manifest, trusted: TrustedKeys) -> None:
     """Return None when ``manifest`` is signed by a trusted key; SignatureError naming what failed."""
-    what = f"manifest {manifest.name} {manifest.version}"
-    signature = manifest.signature
+    _verify(f"manifest {manifest.name} {manifest.version}", manifest.signature, canonical_bytes(manifest), trusted)
+
+
+def _verify(what: str, signature: Signature | None, signed: bytes, trusted: TrustedKeys) -> None:
+    """Check ``signature`` over ``signed`` against the trusted keys; SignatureError naming ``what`` and why."""
     if signature is None:
         raise SignatureError(f"{what}: unsigned (no signature field)")
     if signature.algorithm != ALGORITHM:
@@ -228,11 +231,39 @@ def verify_manifest(manifest: Manifest, trusted: TrustedKeys) -> None:
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise SignatureError(f"{what}: bad signature (key id {signature.key_id}): value is not base64") from None
     try:
-        key.verify(raw, canonical_bytes(manifest))
+        key.verify(raw, signed)
     except InvalidSignature:
         raise SignatureError(
-            f"{what}: bad signature (key id {signature.key_id}): the manifest was altered or signed by another key"
+            f"{what}: bad signature (key id {signature.key_id}): it was altered or signed by another key"
         ) from None
+
+
+def document_bytes(document: Mapping[str, Any]) -> bytes:
+    """Return the bytes a job document's signature covers: the document without ``signature`` as compact
+    sorted JSON (UTF-8), the same rule as a manifest's."""
+    data = {k: v for k, v in document.items() if k != "signature"}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sign_document(document: Mapping[str, Any], private_pem: bytes) -> dict[str, Any]:
+    """Return a copy of a JSON job document carrying an Ed25519 ``signature`` made with ``private_pem``."""
+    private = _load_private(private_pem)
+    value = base64.b64encode(private.sign(document_bytes(document))).decode("ascii")
+    kid = hashlib.sha256(_raw_public(private.public_key())).hexdigest()[:16]
+    signature = Signature(algorithm=ALGORITHM, key_id=kid, value=value)
+    return {**{k: v for k, v in document.items() if k != "signature"}, "signature": signature.model_dump()}
+
+
+def verify_document(document: Mapping[str, Any], trusted: TrustedKeys, what: str) -> None:
+    """Return None when a JSON job document is signed by a trusted key; SignatureError naming ``what`` otherwise."""
+    raw = document.get("signature")
+    if raw is not None and not isinstance(raw, Mapping):
+        raise SignatureError(f"{what}: signature must be an object with algorithm, key_id and value")
+    try:
+        signature = None if raw is None else Signature.model_validate(raw)
+    except ValueError as exc:
+        raise SignatureError(f"{what}: signature: {exc}") from None
+    _verify(what, signature, document_bytes(document), trusted)
 
 
 def verify_package(directory: str | Path, trusted: TrustedKeys) -> Manifest:

@@ -1,0 +1,155 @@
+"""Data campaigns on the robot: a signed fleetloop.update_selection job through the deploy agent and the file
+control plane, checked, applied between frames, reported, rolled back at expiry and after a restart; a bad
+or unsigned campaign rejected with the reason while the running selection keeps going."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fleetloop_core.cascade import FrameResult
+from fleetloop_core.control_plane import LocalControlPlane, write_json_atomic
+from fleetloop_core.deploy_agent import DeployAgent
+from fleetloop_core.selection import Selector
+from fleetloop_core.selection_campaigns import Campaigns
+from fleetloop_core.selection_config import selection_config
+
+from fleetloop_cloud.fleet_jobs import campaign_document
+
+LABELS = tuple(f"c{i}" for i in range(10)) + ("none",)
+IMAGE = np.zeros((32, 32, 3), np.uint8)
+PERIOD_NS = 100_000_000
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self):
+        self.now = NOW
+
+    def __call__(self):
+        return self.now
+
+
+def _result(label: int) -> FrameResult:
+    probs = np.full(len(LABELS), 1 / len(LABELS), np.float32)
+    scores = {n: 0.9 for n in ("entropy", "margin", "least_confidence", "disagreement", "flicker", "novelty")}
+    return FrameResult(
+        label=label, label_name=LABELS[label], confidence=0.4, tier_used="T4", probs=probs, scores=scores,
+        escalated=False, latency_s={"T4": 1e-4}, model_versions={"T4": "v1"}, tier_outputs={"T4": probs},
+        embeddings={},
+    )  # fmt: skip
+
+
+def _selector() -> Selector:
+    config = selection_config(
+        {"policy": {"name": "threshold", "params": {"threshold": 0.0}}, "budget": {"frames_per_hour": 10**6}}
+    )
+    return Selector(config, "robot-0", LABELS)
+
+
+def _queue(jobs, job_id, document):
+    write_json_atomic(
+        jobs / "robot-0" / "queued" / f"{job_id}.json",
+        {"jobId": job_id, "jobDocument": document, "queuedAt": 1, "status": "QUEUED"},
+    )
+
+
+def _status(jobs, job_id):
+    return json.loads((jobs / "robot-0" / "status" / f"{job_id}.json").read_text())
+
+
+QUOTA = {"policy.name": "class_quota", "policy.params.shares": {"c3": 0.5}, "policy.params.max_share": 0.05}
+
+
+def _share_of_c3(selector, start):
+    labels = np.random.default_rng(0).choice([0, 1, 3], p=[0.6, 0.3, 0.1], size=600)
+    kept = [c for i, c in enumerate(labels) if selector.offer(IMAGE, _result(int(c)), start + i * PERIOD_NS).keep]
+    return kept.count(3) / len(kept)
+
+
+def test_a_signed_campaign_is_applied_reported_expired_and_survives_a_restart(tmp_path, test_models, signing_keys):
+    from fixtures.model_packages import Robot
+
+    private = signing_keys["keys"]["fleet"][0]
+    clock, jobs, state = Clock(), tmp_path / "jobs", tmp_path / "robot" / "campaign.json"
+    selector = _selector()
+    before = selector.config
+    campaigns = Campaigns(selector, signing_keys["trusted"], state, clock)
+    robot = Robot(tmp_path, test_models, signing_keys, [IMAGE])
+    agent = DeployAgent(
+        LocalControlPlane(jobs, "robot-0", poll_s=0.01), robot.manager, poll_s=0.05, campaigns=campaigns
+    )
+    share_before = _share_of_c3(selector, 0)
+
+    _queue(jobs, "c1", campaign_document("more-c3", "1", QUOTA, NOW + 3600, private, reason="c3 under-labeled"))
+    outcome = agent.run_once(0.5)
+    assert outcome.status == "SUCCEEDED" and outcome.version == "1" and outcome.role == "selection"
+    details = _status(jobs, "c1")["statusDetails"]
+    assert details["campaign"] == "more-c3" and details["serving_version"] == "1"
+    assert selector.config.policy.name == "class_quota" and selector.config.policy.params["shares"] == {"c3": 0.5}
+    assert _share_of_c3(selector, 10**12) > 3 * share_before  # the selector now keeps what the campaign asks for
+
+    # the robot restarts: the campaign is applied again from its stored state, until it expires
+    restarted = _selector()
+    assert Campaigns(restarted, signing_keys["trusted"], state, clock).resume() == "more-c3"
+    assert restarted.config.policy.name == "class_quota"
+
+    clock.now = NOW + 3601
+    assert agent.run_once(0.05) is None  # between jobs, the agent expires it
+    assert selector.config == before and campaigns.active is None
+    late = _selector()
+    assert Campaigns(late, signing_keys["trusted"], state, clock).resume() is None and late.config == before
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("unsigned", "unsigned"),
+        ("stranger", "unknown key id"),
+        ("altered", "altered or signed by another key"),
+        ("bad value", "policy.params.max_share"),
+        ("unknown class", "unknown class 'socks'"),
+        ("expired", "expired at"),
+        ("unknown key", "unknown key tier"),
+    ],
+)
+def test_a_bad_campaign_is_rejected_with_the_reason_and_the_running_one_keeps_going(
+    tmp_path, signing_keys, case, match
+):
+    keys, clock = signing_keys["keys"], Clock()
+    selector = _selector()
+    campaigns = Campaigns(selector, signing_keys["trusted"], tmp_path / "campaign.json", clock)
+    assert campaigns.apply("good", campaign_document("more-c3", "1", QUOTA, NOW + 60, keys["fleet"][0])).status == (
+        "SUCCEEDED"
+    )
+    running = selector.config
+    changes, expires, key = dict(QUOTA), NOW + 60, keys["fleet"][0]
+    if case == "bad value":
+        changes["policy.params.max_share"] = 7
+    if case == "unknown class":
+        changes["policy.params.shares"] = {"socks": 0.2}
+    if case == "expired":
+        expires = NOW - 1
+    if case == "unknown key":
+        changes = {"tier": "T1"}
+    if case == "stranger":
+        key = keys["stranger"][0]
+    document = campaign_document("more-c3", "2", changes, expires, key)
+    if case == "unsigned":
+        document.pop("signature")
+    if case == "altered":
+        document["changes"] = {**document["changes"], "budget.frames_per_hour": 10**7}
+    outcome = campaigns.apply("bad", document)
+    assert outcome.status == "REJECTED" and match in outcome.reason, outcome.reason
+    assert outcome.version == "1"  # the running campaign's version, still serving
+    assert selector.config == running and campaigns.active["job"]["version"] == "1"
+
+
+def test_a_robot_without_trusted_keys_takes_no_campaign(signing_keys):
+    selector = _selector()
+    document = campaign_document("x", "1", QUOTA, NOW + 60, signing_keys["keys"]["fleet"][0])
+    outcome = Campaigns(selector, None, clock=Clock()).apply("j", document)
+    assert outcome.status == "REJECTED" and "no trusted keys" in outcome.reason
+    assert selector.config.policy.name == "threshold"
