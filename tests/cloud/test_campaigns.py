@@ -1,0 +1,34 @@
+"""The cloud's side of data campaigns: which class needs data most, the campaign for it, its signed job."""
+
+import pytest
+
+from fleetloop_core.contracts.selection_job import parse_selection_job
+from fleetloop_core.signing import verify_document
+
+from fleetloop_cloud.campaigns import CampaignConfig, class_needs, propose, upload_share
+
+
+def test_the_class_with_the_largest_gap_and_fewest_labels_comes_first(signing_keys):
+    classes = ["bag", "shirt", "trouser", "none"]
+    labels = {"bag": 3, "shirt": 80, "trouser": 200, "none": 0}
+    scores = {"bag": 0.40, "shirt": 0.55, "trouser": 0.97}
+    needs = class_needs(classes, labels, scores, skip=["none"])
+    assert [n.name for n in needs] == ["bag", "shirt", "trouser"]  # "none" is never asked for
+    assert needs[0].need == pytest.approx(0.6 / 2.0) and needs[0].to_dict()["labels"] == 3
+    assert class_needs(["sandal"], {}, {})[0].need == 1.0  # never scored, never labeled: the most need
+
+    campaign = propose(needs, CampaignConfig(share=0.4, others_share=0.1, expires_s=60), version="2", now=1000.0)
+    assert campaign.name == "more-bag" and campaign.target == "bag" and campaign.expires_at == 1060.0
+    assert campaign.changes == {
+        "policy.name": "class_quota",
+        "policy.params.shares": {"bag": 0.4},
+        "policy.params.max_share": 0.1,
+    }
+    assert "bag: 3 accepted labels, field score 0.40" in campaign.reason
+    document = campaign.document(signing_keys["keys"]["fleet"][0])
+    verify_document(document, signing_keys["trusted"], "campaign")  # signed by the fleet's key
+    assert parse_selection_job(document).campaign == "more-bag"
+
+    satisfied = class_needs(["trouser"], {"trouser": 10_000}, {"trouser": 0.99})
+    assert propose(satisfied, CampaignConfig(), "3", 0.0) is None  # no class needs a campaign
+    assert upload_share(["bag", "shirt", "bag", "none"], "bag") == 0.5 and upload_share([], "bag") == 0.0
