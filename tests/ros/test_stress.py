@@ -10,33 +10,19 @@ cameras and the reliable stream lose no frame; best effort loses what the transp
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from fixtures.benchmarks import run_benchmark
 
 
 def test_fifty_start_stop_cycles_and_two_streams(tmp_path, test_models):
-    out = tmp_path / "stress.json"
-    process = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "ros_stress.py"),
-            "--quick",
-            "--no-transports",
-            "--models",
-            str(test_models["T4"].parent),
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
+    report, process = run_benchmark(
+        "ros_stress.py",
+        tmp_path / "stress.json",
+        "--quick",
+        "--no-transports",
+        "--models",
+        str(test_models["T4"].parent),
     )
-    assert out.exists(), process.stdout[-3000:] + process.stderr[-3000:]
-    report = json.loads(out.read_text())
     summary = report["summary"]
     print("\n" + process.stdout[-2500:])
     assert summary["robot_starts"] >= 5 and summary["camera_runs"] + summary["camera_stops"] == 50

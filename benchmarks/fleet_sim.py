@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""A fleet on one machine: N in-process robots (each its own model manager, upload queue, uploader, deploy
+agent and client certificate) on one mosquitto with mutual TLS, uploading into one store; the cloud
+ingests what they uploaded; a canary -> fleet rollout while they stream, then one aborted at the canary.
+
+Measured in one run (per-unit figures, so they extrapolate; docs/scaling.md):
+
+  memory      the process's resident memory after the robots started, per robot
+  streaming   camera frames answered per second (all robots, one after another: the rate this machine
+              allows; robots are not paced at 10 Hz), frames dropped, uploads
+  broker      client connections (robots + the job service)
+  ingest      frames ingested per second into the pool and pool rows written per second
+  rollout     a new T4 version canary -> all robots while they stream: seconds until every robot
+              serves it, frames dropped meanwhile; then a version whose model file was corrupted after
+              signing: the canary refuses it, the rollout aborts, no other robot is touched
+
+Usage: python benchmarks/fleet_sim.py [--robots 50] [--frames 40] [--models DIR] [--pool URI] [--json PATH]
+  --quick: 4 robots, 40 frames (what the test runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import psutil  # noqa: E402
+
+from _common import ROOT, machine, print_table, write_json  # noqa: E402
+
+
+def _models(models: str | None) -> Path:
+    """The robots' reference models: ``--models``, else the demo-quick profile (built and cached when missing)."""
+    if models:
+        return Path(models)
+    from fleetloop_models.modelbuild import build_reference_models
+
+    target = ROOT / ".cache" / "models-demo-quick"
+    if not (target / "T4" / "manifest.json").exists():
+        print(f"building the demo-quick reference models into {target}", file=sys.stderr)
+    return build_reference_models(target, profile_name="demo-quick", progress=True)["T4"].parent
+
+
+def _new_version(package: Path, out: Path, version: str, private_pem: bytes) -> Path:
+    """Return a signed copy of ``package`` as ``version``."""
+    from fleetloop_core.signing import sign_package
+
+    target = out / version
+    shutil.copytree(package, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["version"] = version
+    manifest.pop("signature", None)
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    sign_package(target, private_pem)
+    return target
+
+
+def _rollout(jobs, store_uri: str, robots: list[str], package: Path, fleet, frames: int, corrupt: bool = False) -> dict:
+    """Roll ``package`` out canary -> fleet while every robot streams ``frames`` more frames (``corrupt``: its
+    model file in the store is damaged after publishing, as a bad upload or a bit flip would)."""
+    from fleetloop_core.contracts.manifest import load_manifest
+    from fleetloop_core.model_store import package_prefix, publish_package
+
+    from fleetloop_cloud.demo.provision import DEMO_ROLLOUT
+    from fleetloop_cloud.fleet_jobs import deploy_document
+    from fleetloop_cloud.rollout import rollout
+
+    manifest = load_manifest(package)
+    prefix = publish_package(package, store_uri)
+    if corrupt:
+        with open(Path(store_uri[len("file://") :]) / prefix / "model.onnx", "r+b") as handle:
+            handle.seek(64)
+            handle.write(b"\0" * 64)
+    document = deploy_document(
+        manifest, store_uri, package_prefix(manifest.name, manifest.version), (package / "manifest.json").read_bytes()
+    )
+    rounds: list = []
+    done = threading.Event()
+
+    def stream() -> None:  # the robots keep streaming until the rollout ends (at least ``frames`` each)
+        while not done.is_set() or sum(r.frames for r in rounds) < frames * len(robots):
+            rounds.extend(fleet.stream(min(frames, 10)))
+
+    streaming = threading.Thread(target=stream, name="fleet-stream")
+    streaming.start()
+    started = time.perf_counter()
+    try:
+        report = rollout(jobs, robots, document, f"bench-{manifest.version}", DEMO_ROLLOUT)
+        seconds = time.perf_counter() - started
+    finally:
+        done.set()
+        streaming.join()
+    serving = fleet.serving()
+    return {
+        "version": manifest.version,
+        "succeeded": report.succeeded,
+        "aborted": report.aborted,
+        "reason": report.reason,
+        "seconds": round(seconds, 2),
+        "canary_seconds": round(report.canary.seconds, 2) if report.canary else None,
+        "fleet_seconds": round(report.fleet.seconds, 2) if report.fleet else None,
+        "robots_serving": sum(1 for s in serving.values() if s.get("T4") == manifest.version),
+        "frames_dropped": sum(r.dropped for r in rounds),
+        "frames": sum(r.frames for r in rounds),
+        "uploaded": sum(r.uploaded for r in rounds),
+    }
+
+
+def _ingest(store_uri: str, models: Path, work: Path, pool: str | None) -> dict:
+    """Ingest what the fleet uploaded into a fresh pool; frames/s and pool rows/s."""
+    from fleetloop_cloud.config import cloud_config_from_dict
+    from fleetloop_cloud.loop import CloudLoop
+
+    config = {
+        "store": store_uri,
+        "work_dir": str(work),
+        "models": str(models),
+        "registry": {"backend": "local", "uri": str(work / "registry")},
+    }
+    if pool:
+        config["pool"] = pool
+    with CloudLoop(cloud_config_from_dict(config), progress=False) as loop:
+        started = time.perf_counter()
+        info = loop.ingest()
+        seconds = time.perf_counter() - started
+        frames = len(loop.pool.frames(include_duplicates=True))
+        rows = len(loop.pool.known_sidecar_keys())  # a row per frame and per sighting of it
+    return {
+        "frames": frames,
+        "seconds": round(seconds, 2),
+        "frames_per_s": round(frames / seconds, 1) if seconds else None,
+        "pool_rows_per_s": round(rows / seconds, 1) if seconds else None,
+        "status": info.get("status"),
+    }
+
+
+def run(robots: int, frames: int, models: str | None, pool: str | None, work: Path) -> dict:
+    from fleetloop_core.config import default_config_path, read_yaml
+
+    from fleetloop_cloud.demo.broker import start_broker
+    from fleetloop_cloud.demo.config import RobotOverrides
+    from fleetloop_cloud.demo.fleet import FleetSettings, InProcessFleet, robot_specs
+    from fleetloop_cloud.demo.provision import sign_round0_packages, signing_keys
+    from fleetloop_cloud.job_service_mqtt import MqttJobService
+
+    reference = _models(models)
+    private, trusted = signing_keys(work)
+    packages = sign_round0_packages(reference, work / "round0", private.read_bytes())
+    specs = robot_specs(robots, world_seed=0)
+    ids = [s.robot_id for s in specs]
+    broker, mqtt = start_broker(work / "broker", ids)
+    process = psutil.Process()
+    fleet = jobs = None
+    try:
+        settings = FleetSettings(
+            root=work / "robots",
+            store_uri=f"file://{work / 'store'}",
+            jobs_uri=mqtt["endpoint"],
+            packages=packages,
+            keys_dir=trusted,
+            selection=read_yaml(default_config_path("selection.yaml")),
+            manager_overrides=RobotOverrides().manager_overrides(),
+            mqtt=mqtt["robot"],
+        )
+        rss_before = process.memory_info().rss
+        fleet = InProcessFleet(specs, settings)
+        fleet.start()
+        memory_mb = (process.memory_info().rss - rss_before) / 2**20
+        jobs = MqttJobService.from_uri(mqtt["endpoint"], **mqtt["service"])
+        started = time.perf_counter()
+        rounds = fleet.stream(frames)
+        stream_s = time.perf_counter() - started
+        good = _rollout(
+            jobs,
+            settings.store_uri,
+            ids,
+            _new_version(packages["T4"], work / "v", "r1-bench", private.read_bytes()),
+            fleet,
+            frames,
+        )
+        bad_package = _new_version(packages["T4"], work / "v", "r2-corrupt", private.read_bytes())
+        bad = _rollout(jobs, settings.store_uri, ids, bad_package, fleet, max(1, frames // 4), corrupt=True)
+        ingest = _ingest(settings.store_uri, reference, work / "cloud", pool)
+    finally:
+        if jobs is not None:
+            jobs.close()
+        if fleet is not None:
+            fleet.stop()
+        broker.stop()
+    answered = sum(r.answered for r in rounds)
+    return {
+        "machine": machine(),
+        "robots": robots,
+        "frames_per_robot": frames,
+        "memory_mb_per_robot": round(memory_mb / robots, 1),
+        "streaming": {
+            "frames": sum(r.frames for r in rounds),
+            "answered": answered,
+            "dropped": sum(r.dropped for r in rounds),
+            "uploaded": sum(r.uploaded for r in rounds),
+            "seconds": round(stream_s, 2),
+            "frames_per_s": round(answered / stream_s, 1) if stream_s else None,
+        },
+        "broker": {"connections": robots + 1},
+        "rollout": good,
+        "aborted_rollout": bad,
+        "ingest": ingest,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--robots", type=int, default=50)
+    parser.add_argument("--frames", type=int, default=40, help="camera frames per robot per phase")
+    parser.add_argument("--quick", action="store_true", help="4 robots, 40 frames")
+    parser.add_argument("--models", help="reference models (default: the demo-quick profile, built when missing)")
+    parser.add_argument("--pool", help="the cloud's pool URI (default: a SQLite file in the work directory)")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+    robots, frames = (4, 40) if args.quick else (args.robots, args.frames)
+    work = Path(tempfile.mkdtemp(prefix="fleet-sim-"))
+    try:
+        result = run(robots, frames, args.models, args.pool, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    s, r, b, i = result["streaming"], result["rollout"], result["aborted_rollout"], result["ingest"]
+    print_table(
+        f"fleet of {robots} robots on one machine ({result['machine']['cpu_count']} CPUs)",
+        [
+            ("memory per robot (MB)", f"{result['memory_mb_per_robot']}"),
+            ("frames answered per second, all robots", f"{s['frames_per_s']}"),
+            ("frames dropped / uploaded", f"{s['dropped']} / {s['uploaded']}"),
+            ("broker connections", f"{result['broker']['connections']}"),
+            ("rollout canary -> all serving (s)", f"{r['seconds']} ({r['robots_serving']}/{robots})"),
+            ("  canary phase / fleet phase (s)", f"{r['canary_seconds']} / {r['fleet_seconds']}"),
+            ("frames dropped during the rollout", f"{r['frames_dropped']} of {r['frames']}"),
+            ("corrupt version: aborted at the canary", f"{b['aborted']} ({b['robots_serving']} serving it)"),
+            ("ingest frames/s (pool rows/s)", f"{i['frames_per_s']} ({i['pool_rows_per_s']})"),
+        ],
+    )
+    write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

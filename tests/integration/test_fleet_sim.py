@@ -1,0 +1,27 @@
+"""The fleet benchmark in the size CI can afford: benchmarks/fleet_sim.py --quick (four in-process robots,
+each with its own client certificate on one mosquitto with mutual TLS, one store, a rollout while they
+stream, a corrupt version aborted at the canary, the cloud's ingest). Figures are measured, not asserted;
+what must hold: no frame dropped, every robot serving the good version, none the corrupt one, every
+upload ingested."""
+
+from __future__ import annotations
+
+
+from fixtures.benchmarks import run_benchmark
+
+
+def test_a_small_fleet_streams_rolls_out_aborts_a_bad_version_and_is_ingested(tmp_path, cloud_models):
+    report, process = run_benchmark(
+        "fleet_sim.py", tmp_path / "fleet.json", "--quick", "--models", str(cloud_models["T4"].parent), timeout_s=600
+    )
+    robots, streaming = report["robots"], report["streaming"]
+    assert process.returncode == 0 and robots == 4
+    assert streaming["dropped"] == 0 and streaming["answered"] == streaming["frames"] == 4 * 40
+    good, bad = report["rollout"], report["aborted_rollout"]
+    assert good["succeeded"] and good["robots_serving"] == robots and good["frames_dropped"] == 0
+    assert bad["aborted"] and bad["robots_serving"] == 0 and "sha256" in bad["reason"]
+    assert bad["frames_dropped"] == 0
+    ingest = report["ingest"]
+    uploaded = streaming["uploaded"] + good["uploaded"] + bad["uploaded"]
+    assert ingest["frames"] == uploaded and ingest["frames_per_s"] > 0
+    assert report["memory_mb_per_robot"] > 0 and report["broker"]["connections"] == robots + 1
