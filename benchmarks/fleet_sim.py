@@ -13,9 +13,14 @@ Measured in one run (per-unit figures, so they extrapolate; docs/scaling.md):
   rollout     a new T4 version canary -> all robots while they stream: seconds until every robot
               serves it, frames dropped meanwhile; then a version whose model file was corrupted after
               signing: the canary refuses it, the rollout aborts, no other robot is touched
+  outage      (--outage-s) the store goes away (a TCP proxy in front of the S3 server drops every
+              connection) while the robots stream; then it comes back: seconds until every upload
+              queue is empty, and whether every frame a selector kept is in the store once
+  stored      frames kept by the selectors, over every phase, against frame objects in the store
 
-Usage: python benchmarks/fleet_sim.py [--robots 50] [--frames 40] [--models DIR] [--pool URI] [--json PATH]
-  --quick: 4 robots, 40 frames (what the test runs).
+Usage: python benchmarks/fleet_sim.py [--robots 50] [--frames 40] [--store file|s3] [--outage-s S]
+                                      [--models DIR] [--pool URI] [--json PATH]
+  --quick: 4 robots, 40 frames, the S3 server, a 10 s outage (what the test runs).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # fixtures.s3: the S3 server and proxy
 
 import psutil  # noqa: E402
 
@@ -110,6 +116,7 @@ def _rollout(jobs, store_uri: str, robots: list[str], package: Path, fleet, fram
         "frames_dropped": sum(r.dropped for r in rounds),
         "frames": sum(r.frames for r in rounds),
         "uploaded": sum(r.uploaded for r in rounds),
+        "kept": sum(r.kept for r in rounds),
     }
 
 
@@ -141,7 +148,68 @@ def _ingest(store_uri: str, models: Path, work: Path, pool: str | None) -> dict:
     }
 
 
-def run(robots: int, frames: int, models: str | None, pool: str | None, work: Path) -> dict:
+def _outage(fleet, proxy, outage_s: float, frames: int) -> dict:
+    """Take the store away for ``outage_s`` while every robot streams ``frames`` (each robot's uploader in its
+    own thread, as on a robot); then time the queues' drain once the store is back."""
+    for robot in fleet.robots:
+        robot.uploader.start()
+    try:
+        proxy.down()
+        started, rounds = time.perf_counter(), []
+        while time.perf_counter() - started < outage_s:  # the robots keep streaming all through the outage
+            rounds += fleet.stream(frames, drain=False)
+        queued = sum(len(robot.queue) for robot in fleet.robots)
+        proxy.up()
+        back = time.perf_counter()
+        deadline = back + 900.0  # the uploaders' back-off is capped at 300 s (config/upload_queue.yaml)
+        while sum(len(robot.queue) for robot in fleet.robots) and time.perf_counter() < deadline:
+            time.sleep(0.2)
+        drained = time.perf_counter()
+    finally:
+        for robot in fleet.robots:
+            robot.uploader.stop()
+    return {
+        "outage_s": round(back - started, 1),
+        "queued_at_return": queued,
+        "drain_s": round(drained - back, 1),
+        "left_in_queues": sum(len(robot.queue) for robot in fleet.robots),
+        "frames": sum(r.frames for r in rounds),
+        "frames_dropped": sum(r.dropped for r in rounds),
+        "kept": sum(r.kept for r in rounds),
+    }
+
+
+def _stored_frames(store_uri: str) -> dict:
+    """Count the frame objects (not sidecars) in the store, and keys seen more than once."""
+    from fleetloop_core.store import open_store
+
+    keys = [o.key for o in open_store(store_uri).list("frames/") if not o.key.endswith(".json")]
+    return {"frames": len(keys), "duplicate_keys": len(keys) - len(set(keys))}
+
+
+def _s3_store(work: Path):
+    """Start the S3 server (moto) with a bucket and a proxy in front; return (server, proxy, store URI)."""
+    import os
+
+    from fixtures.s3 import CREDENTIALS, MotoServer, TcpProxy
+
+    for key, value in CREDENTIALS.items():
+        os.environ.setdefault(key, value)
+    server = MotoServer(work / "moto.log")
+    bucket = server.make_bucket()
+    proxy = TcpProxy(server.port)
+    return server, proxy, f"s3://{bucket}/fleet?endpoint_url={proxy.endpoint_url}&region=us-east-1"
+
+
+def run(
+    robots: int,
+    frames: int,
+    models: str | None,
+    pool: str | None,
+    work: Path,
+    store: str = "file",
+    outage_s: float = 0.0,
+) -> dict:
     from fleetloop_core.config import default_config_path, read_yaml
 
     from fleetloop_cloud.demo.broker import start_broker
@@ -157,11 +225,17 @@ def run(robots: int, frames: int, models: str | None, pool: str | None, work: Pa
     ids = [s.robot_id for s in specs]
     broker, mqtt = start_broker(work / "broker", ids)
     process = psutil.Process()
-    fleet = jobs = None
+    fleet = jobs = server = proxy = None
+    outage = None
     try:
+        if store == "s3":
+            server, proxy, store_uri = _s3_store(work)
+        else:
+            store_uri = f"file://{work / 'store'}"
+        models_store = f"file://{work / 'model-store'}"  # packages the robots install (rollouts)
         settings = FleetSettings(
             root=work / "robots",
-            store_uri=f"file://{work / 'store'}",
+            store_uri=store_uri,
             jobs_uri=mqtt["endpoint"],
             packages=packages,
             keys_dir=trusted,
@@ -179,21 +253,32 @@ def run(robots: int, frames: int, models: str | None, pool: str | None, work: Pa
         stream_s = time.perf_counter() - started
         good = _rollout(
             jobs,
-            settings.store_uri,
+            models_store,
             ids,
             _new_version(packages["T4"], work / "v", "r1-bench", private.read_bytes()),
             fleet,
             frames,
         )
         bad_package = _new_version(packages["T4"], work / "v", "r2-corrupt", private.read_bytes())
-        bad = _rollout(jobs, settings.store_uri, ids, bad_package, fleet, max(1, frames // 4), corrupt=True)
-        ingest = _ingest(settings.store_uri, reference, work / "cloud", pool)
+        bad = _rollout(jobs, models_store, ids, bad_package, fleet, max(1, frames // 4), corrupt=True)
+        if outage_s > 0 and proxy is not None:
+            outage = _outage(fleet, proxy, outage_s, frames)
+        else:
+            deadline = time.perf_counter() + 120.0
+            while sum(len(robot.queue) for robot in fleet.robots) and time.perf_counter() < deadline:
+                time.sleep(0.2)  # the last uploads land before the store is counted
+        stored = _stored_frames(store_uri)
+        ingest = _ingest(store_uri, reference, work / "cloud", pool)
     finally:
         if jobs is not None:
             jobs.close()
         if fleet is not None:
             fleet.stop()
         broker.stop()
+        if proxy is not None:
+            proxy.down()
+        if server is not None:
+            server.stop()
     answered = sum(r.answered for r in rounds)
     return {
         "machine": machine(),
@@ -209,6 +294,12 @@ def run(robots: int, frames: int, models: str | None, pool: str | None, work: Pa
             "frames_per_s": round(answered / stream_s, 1) if stream_s else None,
         },
         "broker": {"connections": robots + 1},
+        "store": store,
+        "outage": outage,
+        "stored": {
+            **stored,
+            "kept": sum(r.kept for r in rounds) + good["kept"] + bad["kept"] + (outage["kept"] if outage else 0),
+        },
         "rollout": good,
         "aborted_rollout": bad,
         "ingest": ingest,
@@ -219,18 +310,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--robots", type=int, default=50)
     parser.add_argument("--frames", type=int, default=40, help="camera frames per robot per phase")
-    parser.add_argument("--quick", action="store_true", help="4 robots, 40 frames")
+    parser.add_argument("--quick", action="store_true", help="4 robots, 40 frames, the S3 server, a 10 s outage")
+    parser.add_argument("--store", choices=("file", "s3"), default="file", help="file://, or the S3 server (moto)")
+    parser.add_argument("--outage-s", type=float, default=0.0, help="the store away this long (needs --store s3)")
     parser.add_argument("--models", help="reference models (default: the demo-quick profile, built when missing)")
     parser.add_argument("--pool", help="the cloud's pool URI (default: a SQLite file in the work directory)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     robots, frames = (4, 40) if args.quick else (args.robots, args.frames)
+    store, outage_s = ("s3", 10.0) if args.quick else (args.store, args.outage_s)
+    if outage_s > 0 and store != "s3":
+        parser.error("--outage-s needs --store s3 (the outage is a proxy in front of the S3 server)")
     work = Path(tempfile.mkdtemp(prefix="fleet-sim-"))
     try:
-        result = run(robots, frames, args.models, args.pool, work)
+        result = run(robots, frames, args.models, args.pool, work, store, outage_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     s, r, b, i = result["streaming"], result["rollout"], result["aborted_rollout"], result["ingest"]
+    k, o = result["stored"], result["outage"]
     print_table(
         f"fleet of {robots} robots on one machine ({result['machine']['cpu_count']} CPUs)",
         [
@@ -243,6 +340,15 @@ def main(argv: list[str] | None = None) -> int:
             ("frames dropped during the rollout", f"{r['frames_dropped']} of {r['frames']}"),
             ("corrupt version: aborted at the canary", f"{b['aborted']} ({b['robots_serving']} serving it)"),
             ("ingest frames/s (pool rows/s)", f"{i['frames_per_s']} ({i['pool_rows_per_s']})"),
+            ("frames kept / stored (keys twice)", f"{k['kept']} / {k['frames']} ({k['duplicate_keys']})"),
+            *(
+                [
+                    ("store outage (s), queued when it came back", f"{o['outage_s']}, {o['queued_at_return']}"),
+                    ("queues drained after (s), left", f"{o['drain_s']}, {o['left_in_queues']}"),
+                ]
+                if o
+                else []
+            ),
         ],
     )
     write_json(args.json, result)

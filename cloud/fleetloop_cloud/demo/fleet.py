@@ -295,9 +295,10 @@ class InProcessRobot:
     def start(self) -> None:
         self.agent.start()
 
-    def stream(self, frames: int, offer_only: set[int] | None = None) -> RobotRound:
+    def stream(self, frames: int, offer_only: set[int] | None = None, drain: bool = True) -> RobotRound:
         """Run ``frames`` camera frames through the stack; ``offer_only``: offer just these frame indices
-        to the selector (the random-upload baseline's robots: everything else is the same)."""
+        to the selector (the random-upload baseline's robots: everything else is the same). With ``drain``
+        the round ends when the queue is uploaded; without, the uploader's own thread (if started) does it."""
         spec = self.spec
         report = RobotRound(spec.robot_id)
         before = store_objects(self.store_root, spec.robot_id) if self.store_root else (0, 0)
@@ -321,7 +322,8 @@ class InProcessRobot:
             if decision.keep:
                 self.queue.put(decision.record)
                 report.kept += 1
-        self.uploader.drain(stop_on_refusal=True)
+        if drain:
+            self.uploader.drain(stop_on_refusal=True)
         after = store_objects(self.store_root, spec.robot_id) if self.store_root else (0, 0)
         report.uploaded, report.uploaded_bytes = after[0] - before[0], after[1] - before[1]
         report.seconds = time.perf_counter() - started
@@ -347,8 +349,8 @@ class InProcessFleet:
         for robot in self.robots:
             robot.start()
 
-    def stream(self, frames_per_robot: int) -> list[RobotRound]:
-        return [robot.stream(frames_per_robot) for robot in self.robots]
+    def stream(self, frames_per_robot: int, drain: bool = True) -> list[RobotRound]:
+        return [robot.stream(frames_per_robot, drain=drain) for robot in self.robots]
 
     def serving(self) -> dict[str, dict[str, str]]:
         return {robot.spec.robot_id: robot.cascade.model_versions() for robot in self.robots}
