@@ -26,6 +26,7 @@ setup(
             "manifest = fleetloop_cloud.steps:register_manifest",
             "serve = fleetloop_cloud.steps:register_serve",
             "review-page = fleetloop_cloud.review.command:register",
+            "campaign = fleetloop_cloud.campaign_command:register",
         ],
         # the closed-loop demo is a `fleetloop` command (it composes robots and cloud)
         "fleetloop.commands": [

@@ -1,0 +1,124 @@
+"""``fleetloop-cloud campaign propose|send|measure``: an operator's data campaigns (``fleetloop_cloud.campaigns``).
+
+* ``propose``: from the pool's accepted labels and the production edge model's per-class field accuracy
+  of the latest evaluation, the neediest class and its campaign; kept in the pool (``campaign_proposal``)
+  and printed for the operator to read;
+* ``send``: the operator's approval: the kept proposal, signed with ``registry.signing_key``, as a job to
+  the robots through the deploy backend; recorded in the pool (``campaigns_sent``);
+* ``measure``: per round, the share of uploads the robots labeled as a campaign's class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from fleetloop_core.errors import ConfigError
+
+from fleetloop_cloud.campaigns import Campaign, CampaignConfig, class_needs, propose, upload_share
+
+PROPOSAL_KEY, SENT_KEY = "campaign_proposal", "campaigns_sent"
+
+
+def production_scores(pool) -> dict[str, float]:
+    """Return the edge model's (T4's) per-class field accuracy after the latest evaluation's decision."""
+    evaluated = [r for r in range(1, 1000) if pool.step(r, "evaluate")[0] == "done"]
+    if not evaluated:
+        return {}
+    result = pool.step(evaluated[-1], "evaluate")[1].get("tiers", {}).get("T4", {})
+    serving = result.get("after") if (result.get("decision") or {}).get("promote") else result.get("before")
+    return {name: float(entry["accuracy"]) for name, entry in ((serving or {}).get("per_class") or {}).items()}
+
+
+def robot_label_shares(pool, target: str) -> dict[int, dict[str, float]]:
+    """Return per round the uploads and the share the robots themselves labeled ``target``."""
+    by_round: dict[int, list[str]] = {}
+    for row in pool.frames(include_duplicates=True):
+        sidecar = json.loads(row["sidecar"] or "{}")
+        labels, index = sidecar.get("labels") or [], int(sidecar.get("prediction", -1))
+        by_round.setdefault(int(row["round"]), []).append(labels[index] if 0 <= index < len(labels) else "")
+    return {r: {"uploads": len(v), "share": round(upload_share(v, target), 4)} for r, v in sorted(by_round.items())}
+
+
+def _loop(args: argparse.Namespace):
+    from fleetloop_cloud.config import load_cloud_config
+    from fleetloop_cloud.loop import CloudLoop
+
+    loop = CloudLoop(load_cloud_config(args.config), progress=False)
+    if loop.task.name != "classification":
+        loop.close()
+        raise ConfigError(f"{args.config}: campaigns are proposed for classifiers (this loop's task: {loop.task.name})")
+    return loop
+
+
+def _propose(args: argparse.Namespace) -> int:
+    with _loop(args) as loop:
+        classes = loop.task.frame_labels
+        counts = Counter(classes[label.label] for label in loop.pool.labels().values())
+        needs = class_needs(classes, counts, production_scores(loop.pool), skip=CampaignConfig().skip)
+        version = str(len(loop.pool.get(SENT_KEY, []) or []) + 1)
+        campaign = propose(needs, CampaignConfig(expires_s=args.expires_s), version, time.time())
+        proposal: dict[str, Any] = {"needs": [n.to_dict() for n in needs[:5]], "campaign": None}
+        if campaign is not None:
+            proposal["campaign"] = campaign.__dict__
+        loop.pool.put(PROPOSAL_KEY, proposal)
+    print(json.dumps(proposal, indent=2))
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    from fleetloop_cloud.deploy import load_deploy_config, open_fleet_jobs
+
+    with _loop(args) as loop:
+        proposal = (loop.pool.get(PROPOSAL_KEY, {}) or {}).get("campaign")
+        if proposal is None:
+            raise ConfigError("no campaign proposed: run 'fleetloop-cloud campaign propose' first")
+        key = loop.config.registry.signing_key
+        if not key:
+            raise ConfigError(f"{args.config}: registry.signing_key is unset: campaigns are signed with it")
+        campaign = Campaign(**proposal)
+        document = campaign.document(Path(key).read_bytes())
+        job_id = f"campaign-{campaign.name}-{campaign.version}"
+        things = [t.strip() for t in args.things.split(",") if t.strip()]
+        jobs = open_fleet_jobs(args.backend or load_deploy_config(args.deploy_config).backend)
+        try:
+            jobs.create_job(job_id, things, document)
+        finally:
+            jobs.close()
+        sent = list(loop.pool.get(SENT_KEY, []) or []) + [{"job_id": job_id, "things": things, **proposal}]
+        loop.pool.put(SENT_KEY, sent)
+    print(json.dumps({"job_id": job_id, "campaign": campaign.name, "version": campaign.version, "things": things}))
+    return 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    with _loop(args) as loop:
+        print(json.dumps({"class": args.target, "rounds": robot_label_shares(loop.pool, args.target)}, indent=2))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fleetloop-cloud campaign propose|send|measure``."""
+    parser = subparsers.add_parser("campaign", help="data campaigns: propose one, send it to the fleet, measure it")
+    actions = parser.add_subparsers(dest="campaign_command", metavar="ACTION")
+    for name, handler, text in (
+        ("propose", _propose, "the neediest class's campaign from the pool and the last evaluation"),
+        ("send", _send, "sign the proposed campaign and send it to robots as a job (the operator's approval)"),
+        ("measure", _measure, "per round, the share of uploads the robots labeled as a class"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--config", default=None, help="config/cloud.yaml")
+        action.set_defaults(handler=handler)
+        if name == "propose":
+            action.add_argument("--expires-s", type=float, default=CampaignConfig().expires_s)
+        if name == "send":
+            action.add_argument("--things", required=True, help="comma-separated robot (thing) names")
+            action.add_argument("--backend", default=None, help="job backend URI (default: config/deploy.yaml)")
+            action.add_argument("--deploy-config", default=None, help="config/deploy.yaml")
+        if name == "measure":
+            action.add_argument("--class", dest="target", required=True, help="the campaign's class")
+    parser.set_defaults(handler=lambda args: parser.print_help() or 2)

@@ -1,0 +1,64 @@
+"""``fleetloop-cloud campaign``: an operator proposes a campaign from the pool and the last evaluation, sends it
+(signed) to robots through the job backend, and measures the share of uploads of its class per round."""
+
+import dataclasses
+import json
+
+import yaml
+
+from fleetloop_core.contracts.selection_job import parse_selection_job
+from fleetloop_core.signing import verify_document
+
+from fleetloop_sim.dataset import LABELS
+from fleetloop_cloud.cli import main as cloud_cli
+from fleetloop_cloud.pool import Pool
+
+from fixtures.cloud_world import cloud_config, pool_frame
+
+BAG, TROUSER = LABELS.index("bag"), LABELS.index("trouser")
+
+
+def _frame(index, truth, round_number, robot_label):
+    sidecar = {"labels": list(LABELS), "prediction": LABELS.index(robot_label)}
+    return dataclasses.replace(pool_frame(index, truth, False, round_number), sidecar=json.dumps(sidecar))
+
+
+def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_keys, capsys):
+    data = cloud_config(tmp_path, f"file://{tmp_path / 'store'}", cloud_models["T1"].parent)
+    data["registry"]["signing_key"] = str(signing_keys["root"] / "fleet.key")
+    config = tmp_path / "cloud.yaml"
+    config.write_text(yaml.safe_dump(data))
+    with Pool(tmp_path / "work" / "pool.sqlite") as pool:
+        # round 1: the robots uploaded trousers; people labeled 40 trousers and 2 bags
+        for i in range(42):
+            frame = _frame(i, TROUSER if i < 40 else BAG, 1, "trouser")
+            pool.add_frame(frame)
+            pool.set_label(frame.id, frame.sim_label, "human", 1, reason="review")
+        per_class = {name: {"accuracy": 0.9, "frames": 50} for name in LABELS}
+        per_class["bag"] = {"accuracy": 0.1, "frames": 50}
+        tiers = {"T4": {"before": {"per_class": per_class}, "decision": {"promote": False}}}
+        pool.set_step(1, "evaluate", "done", {"tiers": tiers})
+
+    assert cloud_cli(["campaign", "propose", "--config", str(config)]) == 0
+    proposal = json.loads(capsys.readouterr().out)
+    assert proposal["needs"][0]["class"] == "bag"  # field accuracy 0.1 and two labels: the neediest
+    assert proposal["campaign"]["target"] == "bag" and proposal["campaign"]["version"] == "1"
+
+    jobs = tmp_path / "jobs"
+    sent = ["campaign", "send", "--config", str(config), "--things", "robot-0,robot-1", "--backend", f"file://{jobs}"]
+    assert cloud_cli(sent) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["things"] == ["robot-0", "robot-1"] and out["campaign"] == "more-bag"
+    for thing in ("robot-0", "robot-1"):
+        (queued,) = (jobs / thing / "queued").glob("*.json")
+        document = json.loads(queued.read_text())["jobDocument"]
+        verify_document(document, signing_keys["trusted"], "campaign")  # signed with the registry's key
+        assert parse_selection_job(document).changes["policy.params.shares"] == {"bag": 0.5}
+
+    # round 2: after the campaign a third of the uploads are bags by the robots' own labels
+    with Pool(tmp_path / "work" / "pool.sqlite") as pool:
+        for i in range(30):
+            pool.add_frame(_frame(100 + i, BAG, 2, "bag" if i % 3 == 0 else "trouser"))
+    assert cloud_cli(["campaign", "measure", "--config", str(config), "--class", "bag"]) == 0
+    rounds = json.loads(capsys.readouterr().out)["rounds"]
+    assert rounds["1"] == {"uploads": 42, "share": 0.0} and rounds["2"] == {"uploads": 30, "share": round(1 / 3, 4)}
