@@ -91,10 +91,18 @@ def test_a_signed_campaign_is_applied_reported_expired_and_survives_a_restart(tm
     assert selector.config.policy.name == "class_quota" and selector.config.policy.params["shares"] == {"c3": 0.5}
     assert _share_of_c3(selector, 10**12) > 3 * share_before  # the selector now keeps what the campaign asks for
 
-    # the robot restarts: the campaign is applied again from its stored state, until it expires
+    # the robot restarts (its own config edited meanwhile): the campaign is applied again over it, and at
+    # expiry the robot's own new config comes back, not the one from before the restart
     restarted = _selector()
-    assert Campaigns(restarted, signing_keys["trusted"], state, clock).resume() == "more-c3"
-    assert restarted.config.policy.name == "class_quota"
+    restarted.update(**{"budget.frames_per_hour": 1234})
+    own = restarted.config
+    resumed = Campaigns(restarted, signing_keys["trusted"], tmp_path / "copy.json", clock)
+    (tmp_path / "copy.json").write_text(state.read_text())
+    assert resumed.resume() == "more-c3"
+    assert restarted.config.policy.name == "class_quota" and restarted.config.budget.frames_per_hour == 1234
+    clock.now = NOW + 3601
+    assert resumed.tick() == "more-c3" and restarted.config == own
+    clock.now = NOW
 
     clock.now = NOW + 3601
     assert agent.run_once(0.05) is None  # between jobs, the agent expires it

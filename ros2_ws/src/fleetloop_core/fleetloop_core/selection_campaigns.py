@@ -10,8 +10,8 @@ expires, then the selection from before it comes back.
 * **expired** by :meth:`Campaigns.tick` (the deploy agent calls it between jobs): ``Selector.restore``
   puts the whole previous selection back (keys the campaign added included);
 * **durable**: the active campaign and the selection it replaced are kept in a JSON file written
-  atomically; after a restart :meth:`Campaigns.resume` applies it again, or rolls back if it expired
-  meanwhile.
+  atomically; after a restart :meth:`Campaigns.resume` applies it again over the selection the robot
+  started with (which is what comes back at expiry), or does nothing if it expired meanwhile.
 """
 
 from __future__ import annotations
@@ -120,7 +120,9 @@ class Campaigns:
         if not stored:
             return None
         with self._lock:
-            self.active = stored
+            # what comes back at expiry is the selection this process started with (an operator may have
+            # changed the robot's own config while the campaign ran), not the one stored before the restart
+            self.active = {**stored, "previous": self.selector.config.model_dump(mode="json")}
             if self.clock() < float(stored["job"]["expires_at"]):
                 self.selector.update(**stored["job"]["changes"])
         self.tick()
