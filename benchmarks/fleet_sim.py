@@ -161,7 +161,7 @@ def _outage(fleet, proxy, outage_s: float, frames: int) -> dict:
         queued = sum(len(robot.queue) for robot in fleet.robots)
         proxy.up()
         back = time.perf_counter()
-        deadline = back + 900.0  # the uploaders' back-off is capped at 300 s (config/upload_queue.yaml)
+        deadline = back + 900.0  # far beyond the uploaders' back-off cap (config/upload_queue.yaml: backoff.max_s)
         while sum(len(robot.queue) for robot in fleet.robots) and time.perf_counter() < deadline:
             time.sleep(0.2)
         drained = time.perf_counter()

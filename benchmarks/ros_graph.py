@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -333,6 +334,7 @@ def main(argv=None) -> int:
             graph.close()
         robot.terminate()
         robot.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)  # the robot's queue, store and logs: the figures are in the JSON
     if not args.no_transports:
         sent = 90 if args.quick else 300
         figures["transports"] = [

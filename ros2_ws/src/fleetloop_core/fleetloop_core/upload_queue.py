@@ -69,7 +69,9 @@ class BackoffConfig(ConfigModel):
     """Retry delays while the store is unreachable: initial x multiplier^(n-1), capped, jittered."""
 
     initial_s: float = Field(default=1.0, gt=0.0)
-    max_s: float = Field(default=300.0, gt=0.0)
+    # 60 s: after a 5-minute store outage a 300 s cap left the fleet's queues draining for 199 s more
+    # (docs/scaling.md); a try a minute per robot is 17 requests/s for 1,000 robots
+    max_s: float = Field(default=60.0, gt=0.0)
     multiplier: float = Field(default=2.0, ge=1.0)
     jitter: float = Field(default=0.5, ge=0.0, le=1.0)  # delay x uniform(1 - jitter, 1)
 
