@@ -68,7 +68,14 @@ def _new_version(package: Path, out: Path, version: str, private_pem: bytes) -> 
     return target
 
 
-def _rollout(jobs, store_uri: str, robots: list[str], package: Path, fleet, frames: int, corrupt: bool = False) -> dict:
+def _publishes(broker) -> int:
+    """Return the PUBLISH packets the broker has received so far (its log: ``log_type all``)."""
+    return broker.log().count("Received PUBLISH from")
+
+
+def _rollout(
+    jobs, store_uri: str, robots: list[str], package: Path, fleet, frames: int, corrupt: bool = False, broker=None
+) -> dict:
     """Roll ``package`` out canary -> fleet while every robot streams ``frames`` more frames (``corrupt``: its
     model file in the store is damaged after publishing, as a bad upload or a bit flip would)."""
     from fleetloop_core.contracts.manifest import load_manifest
@@ -96,6 +103,7 @@ def _rollout(jobs, store_uri: str, robots: list[str], package: Path, fleet, fram
 
     streaming = threading.Thread(target=stream, name="fleet-stream")
     streaming.start()
+    published = _publishes(broker) if broker is not None else 0
     started = time.perf_counter()
     try:
         report = rollout(jobs, robots, document, f"bench-{manifest.version}", DEMO_ROLLOUT)
@@ -117,6 +125,7 @@ def _rollout(jobs, store_uri: str, robots: list[str], package: Path, fleet, fram
         "frames": sum(r.frames for r in rounds),
         "uploaded": sum(r.uploaded for r in rounds),
         "kept": sum(r.kept for r in rounds),
+        "broker_publishes": (_publishes(broker) - published) if broker is not None else None,
     }
 
 
@@ -258,6 +267,7 @@ def run(
             _new_version(packages["T4"], work / "v", "r1-bench", private.read_bytes()),
             fleet,
             frames,
+            broker=broker,
         )
         bad_package = _new_version(packages["T4"], work / "v", "r2-corrupt", private.read_bytes())
         bad = _rollout(jobs, models_store, ids, bad_package, fleet, max(1, frames // 4), corrupt=True)
@@ -335,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
             ("frames answered per second, all robots", f"{s['frames_per_s']}"),
             ("frames dropped / uploaded", f"{s['dropped']} / {s['uploaded']}"),
             ("broker connections", f"{result['broker']['connections']}"),
+            (
+                "broker PUBLISH received during the rollout (per s)",
+                f"{r['broker_publishes']} ({r['broker_publishes'] / max(r['seconds'], 1e-9):.1f})",
+            ),
             ("rollout canary -> all serving (s)", f"{r['seconds']} ({r['robots_serving']}/{robots})"),
             ("  canary phase / fleet phase (s)", f"{r['canary_seconds']} / {r['fleet_seconds']}"),
             ("frames dropped during the rollout", f"{r['frames_dropped']} of {r['frames']}"),

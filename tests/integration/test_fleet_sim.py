@@ -20,6 +20,7 @@ def test_a_small_fleet_streams_rolls_out_aborts_a_bad_version_and_is_ingested(tm
     assert streaming["dropped"] == 0 and streaming["answered"] == streaming["frames"] == 4 * 40
     good, bad = report["rollout"], report["aborted_rollout"]
     assert good["succeeded"] and good["robots_serving"] == robots and good["frames_dropped"] == 0
+    assert good["broker_publishes"] >= 2 * robots  # each robot's job updates went through the broker
     assert bad["aborted"] and bad["robots_serving"] == 0 and "sha256" in bad["reason"]
     assert bad["frames_dropped"] == 0
     outage, stored = report["outage"], report["stored"]
