@@ -239,3 +239,12 @@ def test_the_size_rule_reads_the_reasons(tmp_path):
     assert oversized(sample) == {"": 451}
     sample.write_text(f'"""A module of ~450 lines on purpose: why."""\n{module}\n')
     assert oversized(sample) == {}
+
+
+def test_test_modules_have_unique_names():
+    # pytest imports test modules by their basename (the test folders are not packages): two modules of one
+    # name make the whole run fail at collection
+    names: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert not {name: paths for name, paths in names.items() if len(paths) > 1}
