@@ -120,6 +120,13 @@ def _rollout(
         "seconds": round(seconds, 2),
         "canary_seconds": round(report.canary.seconds, 2) if report.canary else None,
         "fleet_seconds": round(report.fleet.seconds, 2) if report.fleet else None,
+        "failed": {
+            thing: str(result.get("details", {}).get("reason") or result.get("status"))[:300]
+            for phase in (report.canary, report.fleet)
+            if phase is not None
+            for thing, result in phase.results.items()
+            if result.get("status") != "SUCCEEDED"
+        },
         "robots_serving": sum(1 for s in serving.values() if s.get("T4") == manifest.version),
         "frames_dropped": sum(r.dropped for r in rounds),
         "frames": sum(r.frames for r in rounds),
