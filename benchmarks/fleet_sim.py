@@ -17,6 +17,8 @@ Measured in one run (per-unit figures, so they extrapolate; docs/scaling.md):
               connection) while the robots stream; then it comes back: seconds until every upload
               queue is empty, and whether every frame a selector kept is in the store once
   stored      frames kept by the selectors, over every phase, against frame objects in the store
+  live ingest the cloud ingesting every second while all this happens (its own pool): frames ingested,
+              store errors during the outage, and at the end every stored frame in that pool
 
 Usage: python benchmarks/fleet_sim.py [--robots 50] [--frames 40] [--store file|s3] [--outage-s S]
                                       [--models DIR] [--pool URI] [--json PATH]
@@ -136,10 +138,8 @@ def _rollout(
     }
 
 
-def _ingest(store_uri: str, models: Path, work: Path, pool: str | None) -> dict:
-    """Ingest what the fleet uploaded into a fresh pool; frames/s and pool rows/s."""
+def _cloud_config(store_uri: str, models: Path, work: Path, pool: str | None):
     from fleetloop_cloud.config import cloud_config_from_dict
-    from fleetloop_cloud.loop import CloudLoop
 
     config = {
         "store": store_uri,
@@ -149,7 +149,57 @@ def _ingest(store_uri: str, models: Path, work: Path, pool: str | None) -> dict:
     }
     if pool:
         config["pool"] = pool
-    with CloudLoop(cloud_config_from_dict(config), progress=False) as loop:
+    return cloud_config_from_dict(config)
+
+
+class LiveIngest(threading.Thread):
+    """The cloud ingesting continuously (every ``period_s``) while the robots upload, into its own pool."""
+
+    def __init__(self, config, period_s: float = 1.0):
+        super().__init__(name="live-ingest", daemon=True)
+        self.config, self.period_s = config, period_s
+        self.done = threading.Event()
+        self.figures = {"calls": 0, "ingested": 0, "busy_s": 0.0, "store_errors": 0}
+
+    def run(self) -> None:
+        from fleetloop_core.errors import FleetLoopError
+
+        from fleetloop_cloud.ingest import ingest
+        from fleetloop_cloud.loop import CloudLoop
+
+        with CloudLoop(self.config, progress=False) as loop:  # its SQLite connection belongs to this thread
+            while True:
+                last = self.done.is_set()  # one more call after the robots stopped: the last uploads
+                try:
+                    report = ingest(
+                        loop.store, loop.pool, loop.cache, 1, loop.config.ingest, loop.task.frame_labels, progress=False
+                    )
+                    self.figures["ingested"] += report.ingested
+                    self.figures["busy_s"] += report.seconds
+                except FleetLoopError:  # the store is away (the outage): the cloud sees it too
+                    self.figures["store_errors"] += 1
+                self.figures["calls"] += 1
+                if last:
+                    break
+                self.done.wait(self.period_s)
+            self.figures["pool_frames"] = len(loop.pool.frames(include_duplicates=True))
+
+    def result(self) -> dict:
+        self.done.set()
+        self.join()
+        busy = self.figures["busy_s"]
+        return {
+            **self.figures,
+            "busy_s": round(busy, 2),
+            "frames_per_busy_s": round(self.figures["ingested"] / busy, 1) if busy else None,
+        }
+
+
+def _ingest(store_uri: str, models: Path, work: Path, pool: str | None) -> dict:
+    """Ingest what the fleet uploaded into a fresh pool; frames/s and pool rows/s."""
+    from fleetloop_cloud.loop import CloudLoop
+
+    with CloudLoop(_cloud_config(store_uri, models, work, pool), progress=False) as loop:
         started = time.perf_counter()
         info = loop.ingest()
         seconds = time.perf_counter() - started
@@ -241,7 +291,7 @@ def run(
     ids = [s.robot_id for s in specs]
     broker, mqtt = start_broker(work / "broker", ids)
     process = psutil.Process()
-    fleet = jobs = server = proxy = None
+    fleet = jobs = server = proxy = live = None
     outage = None
     try:
         if store == "s3":
@@ -264,6 +314,8 @@ def run(
         fleet.start()
         memory_mb = (process.memory_info().rss - rss_before) / 2**20
         jobs = MqttJobService.from_uri(mqtt["endpoint"], **mqtt["service"])
+        live = LiveIngest(_cloud_config(store_uri, reference, work / "cloud-live", None))
+        live.start()
         started = time.perf_counter()
         rounds = fleet.stream(frames)
         stream_s = time.perf_counter() - started
@@ -285,8 +337,12 @@ def run(
             while sum(len(robot.queue) for robot in fleet.robots) and time.perf_counter() < deadline:
                 time.sleep(0.2)  # the last uploads land before the store is counted
         stored = _stored_frames(store_uri)
+        live_ingest = live.result()
+        live = None
         ingest = _ingest(store_uri, reference, work / "cloud", pool)
     finally:
+        if live is not None:
+            live.result()
         if jobs is not None:
             jobs.close()
         if fleet is not None:
@@ -320,6 +376,7 @@ def run(
         "rollout": good,
         "aborted_rollout": bad,
         "ingest": ingest,
+        "live_ingest": live_ingest,
     }
 
 
@@ -344,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     s, r, b, i = result["streaming"], result["rollout"], result["aborted_rollout"], result["ingest"]
-    k, o = result["stored"], result["outage"]
+    k, o, li = result["stored"], result["outage"], result["live_ingest"]
     print_table(
         f"fleet of {robots} robots on one machine ({result['machine']['cpu_count']} CPUs)",
         [
@@ -361,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
             ("frames dropped during the rollout", f"{r['frames_dropped']} of {r['frames']}"),
             ("corrupt version: aborted at the canary", f"{b['aborted']} ({b['robots_serving']} serving it)"),
             ("ingest frames/s (pool rows/s)", f"{i['frames_per_s']} ({i['pool_rows_per_s']})"),
+            (
+                "ingest while the robots upload: frames (calls, store errors)",
+                f"{li['ingested']} ({li['calls']}, {li['store_errors']}), {li['frames_per_busy_s']} frames/s busy",
+            ),
             ("frames kept / stored (keys twice)", f"{k['kept']} / {k['frames']} ({k['duplicate_keys']})"),
             *(
                 [
