@@ -26,10 +26,10 @@ PROPOSAL_KEY, SENT_KEY = "campaign_proposal", "campaigns_sent"
 
 def production_scores(pool) -> dict[str, float]:
     """Return the edge model's (T4's) per-class field accuracy after the latest evaluation's decision."""
-    evaluated = [r for r in range(1, 1000) if pool.step(r, "evaluate")[0] == "done"]
-    if not evaluated:
+    evaluated = pool.last_done("evaluate")
+    if evaluated is None:
         return {}
-    result = pool.step(evaluated[-1], "evaluate")[1].get("tiers", {}).get("T4", {})
+    result = pool.step(evaluated, "evaluate")[1].get("tiers", {}).get("T4", {})
     serving = result.get("after") if (result.get("decision") or {}).get("promote") else result.get("before")
     return {name: float(entry["accuracy"]) for name, entry in ((serving or {}).get("per_class") or {}).items()}
 

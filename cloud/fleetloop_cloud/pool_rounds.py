@@ -43,6 +43,14 @@ class RoundLog(PoolTables):
         rows = self._query("SELECT summary FROM rounds WHERE id=?", (round,))
         return json.loads(rows[0][0]) if rows and rows[0][0] else None
 
+    def last_done(self, step: str, before: Optional[int] = None) -> Optional[int]:
+        """Return the latest round (before ``before``, if given) whose ``step`` is done, or None."""
+        sql, params = "SELECT MAX(round) FROM steps WHERE step=? AND status='done'", [step]
+        if before is not None:
+            sql, params = sql + " AND round<?", [step, before]
+        rows = self._query(sql, params)
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
     def step(self, round: int, step: str) -> tuple[str, dict]:
         """Return (status, info) of a round's step ('pending' and {} when never started)."""
         rows = self._query("SELECT status, info FROM steps WHERE round=? AND step=?", (round, step))

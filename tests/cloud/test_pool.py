@@ -104,5 +104,8 @@ def test_rounds_and_steps(pool_target):
     pool.finish_round(1, {"labels": 3})
     assert pool.current_round() is None and pool.round_summary(1) == {"labels": 3}
     assert pool.open_round() == 2
+    pool.set_step(2, "ingest", "running")
+    assert pool.last_done("ingest") == 1 and pool.last_done("ingest", before=1) is None  # running is not done
+    assert pool.last_done("train") is None
     pool.put("threshold_floor", 0.93)
     assert pool.get("threshold_floor") == 0.93 and pool.get("missing", 7) == 7

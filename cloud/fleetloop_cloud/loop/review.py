@@ -74,16 +74,16 @@ def calibration_size(loop: "CloudLoop", round_number: int) -> tuple[int, str]:
     cfg = loop.config.review
     if cfg.calibration_refresh is None or cfg.calibration_refresh >= cfg.calibration_sample:
         return cfg.calibration_sample, "calibration_sample"
-    earlier = [r for r in range(round_number - 1, 0, -1) if loop.pool.step(r, "autolabel")[0] == "done"]
-    if not earlier:
+    earlier = loop.pool.last_done("autolabel", before=round_number)
+    if earlier is None:
         return cfg.calibration_sample, "first round with teachers"
-    now, before = (loop.pool.step(r, "autolabel")[1].get("versions") for r in (round_number, earlier[0]))
+    now, before = (loop.pool.step(r, "autolabel")[1].get("versions") for r in (round_number, earlier))
     if now != before:
-        return cfg.calibration_sample, f"teachers changed since round {earlier[0]}: {before} -> {now}"
+        return cfg.calibration_sample, f"teachers changed since round {earlier}: {before} -> {now}"
     pooled = len(loop.task.answers.tasks(purpose="calibration", status="done"))
     if pooled < cfg.calibration_sample:
         return cfg.calibration_sample, f"{pooled} pooled calibration answers < {cfg.calibration_sample}"
-    return cfg.calibration_refresh, f"teachers unchanged since round {earlier[0]}, {pooled} pooled answers"
+    return cfg.calibration_refresh, f"teachers unchanged since round {earlier}, {pooled} pooled answers"
 
 
 def calibration(loop: "CloudLoop", round_number: int, info: dict) -> dict:
