@@ -156,10 +156,11 @@ class DetectionPart(detection_report.DetectionSummary):
 
     def solo_weights(self) -> tuple[float, float]:
         """Return the weights of each tier's one-tier boxes from how often people confirmed them on the
-        calibration frames (recomputed when a calibration answer comes in)."""
-        evidence = self.calibration_evidence()
-        key = tuple(task.id for task, _, _ in evidence)
+        calibration frames (recomputed when a calibration answer comes in, only then)."""
+        tasks = self.boxes.tasks(purpose="calibration", status="done")
+        key = tuple(task.id for task in tasks)
         if self._solo.get("key") != key:
+            evidence = self.calibration_evidence(tasks)
             found = solo_evidence([(x, y, t.answer) for t, x, y in evidence], self.detection.match_iou, self.threshold)
             z, least = self.detection.bound_z, self.detection.solo_min_boxes
             self._solo = {"key": key, "evidence": found, "weights": tuple(e.weight(z, least) for e in found)}
@@ -174,10 +175,11 @@ class DetectionPart(detection_report.DetectionSummary):
             out[tier] = {**evidence.to_dict(), "weight": round(weight, 4), "shown": weight >= keep}
         return out
 
-    def calibration_evidence(self) -> list[tuple]:
-        """Return (task, tier A's boxes, tier B's boxes) of the done calibration box tasks, the boxes from the
-        teacher versions of each task's own round (a T2 trained on a frame's label never vouches for it)."""
-        tasks, out = self.boxes.tasks(purpose="calibration", status="done"), []
+    def calibration_evidence(self, tasks: Sequence | None = None) -> list[tuple]:
+        """Return (task, tier A's boxes, tier B's boxes) of the done calibration box tasks (or ``tasks``), the
+        boxes from the teacher versions of each task's own round (a T2 trained on a label never vouches for it)."""
+        tasks = self.boxes.tasks(purpose="calibration", status="done") if tasks is None else tasks
+        out: list[tuple] = []
         for number in sorted({t.round for t in tasks}):
             tier_a, version_a, tier_b, version_b = self.loop.teacher_versions(number)
             ids = [t.frame_id for t in tasks if t.round == number]
