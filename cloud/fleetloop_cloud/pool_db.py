@@ -56,12 +56,10 @@ class PoolTables:
             self.path, self.uri = target.path, target.uri
         else:
             self.uri = str(target)
-            self.path = redact(str(target)) if is_postgres(target) else Path(target)
-            if not is_postgres(target):
-                try:
-                    self.path = sqlite_path(target)
-                except DatabaseError as exc:
-                    raise PoolError(str(exc)) from exc
+            try:
+                self.path = redact(self.uri) if is_postgres(target) else sqlite_path(target)
+            except DatabaseError as exc:  # a URI of another scheme
+                raise PoolError(str(exc)) from exc
         try:
             self._db = target._db if isinstance(target, PoolTables) else connect(target, check_same_thread)
             self._db.executescript(schema)
