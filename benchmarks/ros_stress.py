@@ -22,6 +22,8 @@ Counts what must never happen, and what the transport costs:
               delays answers, a fault loses them)
   freeze      the robot's watchdog saw its frame path unanswered for health.frame_deadline_s (2 s)
   slow exit   an exit more than 5 s after SIGINT/SIGTERM
+  loss        a paced camera run with frames unanswered (its camera log, the robot's log and stacks are
+              kept; the work directory too, unless ``--workdir`` names one the caller owns)
 
 Usage: python benchmarks/ros_stress.py [--quick] [--cycles N] [--stream-s S] [--no-transports] [--json PATH]
   --quick: 50 cycles, 10 s streams, a reduced transport table (what `make test` runs, without the table);
@@ -74,6 +76,7 @@ class Tally:
     freezes: list[str] = field(default_factory=list)
     slow_exits: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    losses: list[str] = field(default_factory=list)  # paced runs that lost frames: the evidence (logs kept)
     exit_s: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -95,7 +98,7 @@ class Tally:
             }
         data["exit_s_p50"] = round(percentile(self.exit_s, 50), 3) if self.exit_s else None
         data["exit_s_max"] = round(max(self.exit_s), 3) if self.exit_s else None
-        for kind in ("hangs", "freezes", "slow_exits", "failures"):
+        for kind in ("hangs", "freezes", "slow_exits", "failures", "losses"):
             data[f"{kind}_count"] = len(data[kind])
         return data
 
@@ -239,7 +242,7 @@ def _pair(
                     robot = None
                     continue
             if cycle % 2 == 0:
-                _paced_camera(namespace, frames, tally, f"pair {index} cycle {cycle}")
+                _paced_camera(namespace, frames, tally, f"pair {index} cycle {cycle}", robot)
             else:
                 _stopped_camera(namespace, next(signals), tally, f"pair {index} cycle {cycle}")
             progress()
@@ -257,7 +260,7 @@ def _end_robot(robot: Robot, signum: int, tally: Tally, what: str, count: bool =
         _record_exit(tally, f"{what}: robot, {signal.Signals(signum).name}", seconds)
 
 
-def _paced_camera(namespace: str, frames: int, tally: Tally, what: str) -> None:
+def _paced_camera(namespace: str, frames: int, tally: Tally, what: str, robot: Robot) -> None:
     wait_s, answer_s = 30.0, 2.0
     bound = wait_s + frames * answer_s / 4 + 30.0  # its own give-up time, then a margin
     process = subprocess.Popen(
@@ -302,6 +305,24 @@ def _paced_camera(namespace: str, frames: int, tally: Tally, what: str) -> None:
         frames_answered=counts["answered"],
         frames_lost=counts["lost"],
         frames_late=counts.get("late", 0),
+    )
+    if counts["lost"]:
+        _record_loss(tally, what, counts, err, robot)
+
+
+def _record_loss(tally: Tally, what: str, counts: dict, camera_log: str, robot: Robot) -> None:
+    """Keep the evidence of a paced run that lost frames: the camera's log, the robot's stacks and log file."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    try:
+        stacks = subprocess.run(
+            [spy, "dump", "--pid", str(robot.process.pid)], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        stacks = f"py-spy failed: {exc}"
+    tally.note(
+        "losses",
+        f"{what}: {counts} (robot log {robot.log_path})\ncamera log:\n{camera_log[-1500:]}\n"
+        f"robot log so far:\n{robot.tail()}\nrobot stacks:\n{stacks[-3000:]}",
     )
 
 
@@ -633,6 +654,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     parser.add_argument("--markdown", default=None, help="write the tables as Markdown to this file")
     parser.add_argument("--no-streams", action="store_true", help="skip the two long streams")
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="keep the robots' state and logs here (default: a temporary directory, removed unless a run went wrong)",
+    )
     parser.add_argument("--collect", default=None, help=argparse.SUPPRESS)  # child mode: ProcessCollector
     parser.add_argument("--collect-dds", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -645,11 +671,20 @@ def main(argv=None) -> int:
     cycles = args.cycles if args.cycles is not None else (50 if args.quick else 500)
     stream_s = args.stream_s if args.stream_s is not None else (10.0 if args.quick else 120.0)
     models = locate_models(args.models, quick=True)
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return _measure(args, cycles, stream_s, models, workdir)  # the caller's directory: the caller removes it
     workdir = Path(tempfile.mkdtemp(prefix="ros-stress-"))
+    code = 2
     try:
-        return _measure(args, cycles, stream_s, models, workdir)
+        code = _measure(args, cycles, stream_s, models, workdir)
+        return code
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)  # robots' state and logs: what counts is in the JSON
+        if code == 0:
+            shutil.rmtree(workdir, ignore_errors=True)  # robots' state and logs: what counts is in the JSON
+        else:
+            print(f"robots' state and logs kept in {workdir}", file=sys.stderr)
 
 
 def _measure(args: argparse.Namespace, cycles: int, stream_s: float, models: Path, workdir: Path) -> int:
@@ -688,6 +723,7 @@ def _measure(args: argparse.Namespace, cycles: int, stream_s: float, models: Pat
             f"{summary['frames_sent']} / {summary['frames_answered']} / {summary['frames_lost']}",
         ),
         ("paced frames answered after the 2 s deadline (late, not lost)", str(summary["frames_late"])),
+        ("paced camera runs that lost frames", str(summary["losses_count"])),
     ]
     print_table(f"robot stack under stress ({time.monotonic() - started:.0f} s)", rows)
     stream_columns = [
@@ -715,7 +751,7 @@ def _measure(args: argparse.Namespace, cycles: int, stream_s: float, models: Pat
                     for r in table
                 ],
             )
-    for kind in ("hangs", "freezes", "slow_exits", "failures"):
+    for kind in ("hangs", "freezes", "slow_exits", "failures", "losses"):
         for text in summary[kind][:10]:
             print(f"{kind}: {text}", file=sys.stderr)
     payload = {
@@ -741,7 +777,7 @@ def _measure(args: argparse.Namespace, cycles: int, stream_s: float, models: Pat
         if transports:
             text += "\n" + _markdown("DDS transports and camera vendors, 30 Hz", transports, stream_columns)
         Path(args.markdown).write_text(text)
-    bad = summary["hangs_count"] + summary["freezes_count"] + summary["slow_exits_count"] + summary["failures_count"]
+    bad = sum(summary[f"{kind}_count"] for kind in ("hangs", "freezes", "slow_exits", "failures", "losses"))
     return 1 if bad else 0
 
 

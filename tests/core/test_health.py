@@ -10,8 +10,10 @@ from fleetloop_core.config import validate
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.health import (
     ERROR,
+    Check,
     HealthConfig,
     LatencyWindow,
+    LevelChanges,
     OK,
     RollingEvents,
     STALE,
@@ -50,6 +52,23 @@ def test_check_names_the_figures_that_crossed_their_limit():
     assert check("inference", {"latency_p99_ms": (1.0, limits)}, {}).message == "ok"
     waiting = check("inference", {"latency_p99_ms": (None, limits)}, {})
     assert waiting.level == STALE and "no data yet" in waiting.message
+
+
+def test_level_changes_report_each_change_once_and_recoveries_and_skip_quiet_and_stale_checks():
+    changes = LevelChanges(quiet=("liveness",))
+
+    def checks(input_level, frames_level=OK, liveness_level=ERROR):
+        return [
+            Check("input", input_level, "m"),
+            Check("frames", frames_level, "f"),
+            Check("liveness", liveness_level, "l"),
+        ]
+
+    first = changes.changed(checks(WARN, STALE))
+    assert [(c.name, previous) for c, previous in first] == [("input", OK)]  # OK and STALE are no news
+    assert changes.changed(checks(WARN, STALE)) == []  # unchanged: not again
+    assert [(c.name, c.level, previous) for c, previous in changes.changed(checks(OK))] == [("input", OK, WARN)]
+    assert [(c.name, c.level) for c, _ in changes.changed(checks(OK, ERROR))] == [("frames", ERROR)]
 
 
 def test_rolling_events_count_rate_and_size_within_the_window():

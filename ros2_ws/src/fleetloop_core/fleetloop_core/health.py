@@ -162,6 +162,30 @@ def format_value(value: object) -> str:
     return str(value)
 
 
+class LevelChanges:
+    """Tells which checks changed level since the previous call, so a robot's log says what its diagnostics say.
+
+    The first call reports every check that is not OK; later calls each check whose level differs
+    from its previous one (a recovery to OK included). STALE (no data yet) is not a change worth a line.
+    """
+
+    def __init__(self, quiet: Iterable[str] = ()):
+        self._quiet = frozenset(quiet)  # checks whose changes another part logs (the runner's freeze watchdog)
+        self._levels: dict[str, int] = {}
+
+    def changed(self, checks: Iterable[Check]) -> list[tuple[Check, int]]:
+        """Return (check, previous level) for each check whose level changed (previous OK when first seen)."""
+        found = []
+        for item in checks:
+            if item.level == STALE or item.name in self._quiet:
+                continue
+            previous = self._levels.get(item.name, OK)
+            self._levels[item.name] = item.level
+            if item.level != previous:
+                found.append((item, previous))
+        return found
+
+
 # ------------------------------------------------------------------------------ rolling figures
 class RollingEvents:
     """Counts of events (and their summed size, e.g. bytes) within a sliding window; thread-safe."""

@@ -136,7 +136,12 @@ class PerceptionNode(Node):
         for image_input in self.inputs:
             self._subscribe(image_input)
         self._diagnostics = DiagnosticsPublisher(
-            self, self.checks, settings.robot_id, settings.health.period_s, self._timers_group
+            self,
+            self.checks,
+            settings.robot_id,
+            settings.health.period_s,
+            self._timers_group,
+            quiet=("liveness",),  # the runner's watchdog logs a freeze, with the stacks
         )
         streams = ", ".join(i.stream for i in self.inputs)
         self.get_logger().info(
