@@ -5,6 +5,8 @@
   and printed for the operator to read;
 * ``send``: the operator's approval: the kept proposal, signed with ``registry.signing_key``, as a job to
   the robots through the deploy backend; recorded in the pool (``campaigns_sent``);
+* ``auto``: the policy in config (``campaigns.approve: auto``), run after a round: propose, and send
+  unless a campaign it sent still runs;
 * ``measure``: per round, the share of uploads the robots labeled as a campaign's class.
 """
 
@@ -55,43 +57,103 @@ def _loop(args: argparse.Namespace):
     return loop
 
 
+def propose_campaign(loop, now: float, config: CampaignConfig | None = None) -> dict[str, Any]:
+    """Return (and keep in the pool) the neediest class's campaign proposal: ``{"needs", "campaign"}``."""
+    config = config or loop.config.campaigns
+    classes = loop.task.frame_labels
+    counts = Counter(classes[label.label] for label in loop.pool.labels().values())
+    needs = class_needs(classes, counts, production_scores(loop.pool), skip=config.skip)
+    version = str(len(loop.pool.get(SENT_KEY, []) or []) + 1)
+    campaign = propose(needs, config, version, now)
+    proposal: dict[str, Any] = {"needs": [n.to_dict() for n in needs[:5]], "campaign": None}
+    if campaign is not None:
+        proposal["campaign"] = campaign.__dict__
+    loop.pool.put(PROPOSAL_KEY, proposal)
+    return proposal
+
+
+def send_campaign(loop, jobs, things: list[str]) -> dict[str, Any]:
+    """Sign the kept proposal with ``registry.signing_key`` and send it to ``things`` as a job; return the record."""
+    proposal = (loop.pool.get(PROPOSAL_KEY, {}) or {}).get("campaign")
+    if proposal is None:
+        raise ConfigError("no campaign proposed: run 'fleetloop-cloud campaign propose' first")
+    key = loop.config.registry.signing_key
+    if not key:
+        raise ConfigError("registry.signing_key is unset: campaigns are signed with it")
+    campaign = Campaign(**proposal)
+    job_id = f"campaign-{campaign.name}-{campaign.version}"
+    jobs.create_job(job_id, things, campaign.document(Path(key).read_bytes()))
+    # the round whose uploads and evaluation it was proposed from: the latest one
+    record = {"job_id": job_id, "things": things, "round": loop.pool.last_round(), **proposal}
+    loop.pool.put(SENT_KEY, list(loop.pool.get(SENT_KEY, []) or []) + [record])
+    return record
+
+
+def running_campaign(loop, now: float) -> dict[str, Any] | None:
+    """Return the latest campaign this cloud sent that has not expired yet, or None."""
+    sent = loop.pool.get(SENT_KEY, []) or []
+    return sent[-1] if sent and float(sent[-1]["expires_at"]) > now else None
+
+
+def auto_campaign(loop, jobs, things: list[str], now: float) -> dict[str, Any]:
+    """``approve: auto``, after a round: propose, and send when no campaign sent is still running.
+
+    Returns ``{"sent": record}`` or ``{"skipped": why}``.
+    """
+    if loop.config.campaigns.approve != "auto":
+        return {"skipped": "campaigns.approve is manual: an operator sends proposals"}
+    running = running_campaign(loop, now)
+    if running is not None:
+        return {"skipped": f"campaign {running['name']} v{running['version']} runs until {running['expires_at']:.0f}"}
+    proposal = propose_campaign(loop, now)
+    if proposal["campaign"] is None:
+        return {"skipped": "no class needs a campaign (campaigns.min_need)", "needs": proposal["needs"]}
+    return {"sent": send_campaign(loop, jobs, things)}
+
+
+def _jobs(args: argparse.Namespace):
+    from fleetloop_cloud.deploy import load_deploy_config, open_fleet_jobs
+
+    return open_fleet_jobs(args.backend or load_deploy_config(args.deploy_config).backend)
+
+
+def _things(args: argparse.Namespace) -> list[str]:
+    return [t.strip() for t in args.things.split(",") if t.strip()]
+
+
 def _propose(args: argparse.Namespace) -> int:
     with _loop(args) as loop:
-        classes = loop.task.frame_labels
-        counts = Counter(classes[label.label] for label in loop.pool.labels().values())
-        needs = class_needs(classes, counts, production_scores(loop.pool), skip=CampaignConfig().skip)
-        version = str(len(loop.pool.get(SENT_KEY, []) or []) + 1)
-        campaign = propose(needs, CampaignConfig(expires_s=args.expires_s), version, time.time())
-        proposal: dict[str, Any] = {"needs": [n.to_dict() for n in needs[:5]], "campaign": None}
-        if campaign is not None:
-            proposal["campaign"] = campaign.__dict__
-        loop.pool.put(PROPOSAL_KEY, proposal)
+        config = loop.config.campaigns
+        if args.expires_s is not None:
+            config = config.model_copy(update={"expires_s": args.expires_s})
+        proposal = propose_campaign(loop, time.time(), config)
     print(json.dumps(proposal, indent=2))
     return 0
 
 
 def _send(args: argparse.Namespace) -> int:
-    from fleetloop_cloud.deploy import load_deploy_config, open_fleet_jobs
-
     with _loop(args) as loop:
-        proposal = (loop.pool.get(PROPOSAL_KEY, {}) or {}).get("campaign")
-        if proposal is None:
-            raise ConfigError("no campaign proposed: run 'fleetloop-cloud campaign propose' first")
-        key = loop.config.registry.signing_key
-        if not key:
-            raise ConfigError(f"{args.config}: registry.signing_key is unset: campaigns are signed with it")
-        campaign = Campaign(**proposal)
-        document = campaign.document(Path(key).read_bytes())
-        job_id = f"campaign-{campaign.name}-{campaign.version}"
-        things = [t.strip() for t in args.things.split(",") if t.strip()]
-        jobs = open_fleet_jobs(args.backend or load_deploy_config(args.deploy_config).backend)
+        jobs = _jobs(args)
         try:
-            jobs.create_job(job_id, things, document)
+            record = send_campaign(loop, jobs, _things(args))
         finally:
             jobs.close()
-        sent = list(loop.pool.get(SENT_KEY, []) or []) + [{"job_id": job_id, "things": things, **proposal}]
-        loop.pool.put(SENT_KEY, sent)
-    print(json.dumps({"job_id": job_id, "campaign": campaign.name, "version": campaign.version, "things": things}))
+    print(
+        json.dumps(
+            {k: record[k] for k in ("job_id", "things")} | {"campaign": record["name"], "version": record["version"]}
+        )
+    )
+    return 0
+
+
+def _auto(args: argparse.Namespace) -> int:
+    with _loop(args) as loop:
+        jobs = _jobs(args)
+        try:
+            outcome = auto_campaign(loop, jobs, _things(args), time.time())
+        finally:
+            jobs.close()
+    print(json.dumps(outcome, indent=2))
     return 0
 
 
@@ -108,14 +170,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, handler, text in (
         ("propose", _propose, "the neediest class's campaign from the pool and the last evaluation"),
         ("send", _send, "sign the proposed campaign and send it to robots as a job (the operator's approval)"),
+        ("auto", _auto, "after a round, with campaigns.approve: auto: propose and send unless one still runs"),
         ("measure", _measure, "per round, the share of uploads the robots labeled as a class"),
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("--config", default=None, help="config/cloud.yaml")
         action.set_defaults(handler=handler)
         if name == "propose":
-            action.add_argument("--expires-s", type=float, default=CampaignConfig().expires_s)
-        if name == "send":
+            action.add_argument("--expires-s", type=float, default=None, help="default: campaigns.expires_s")
+        if name in ("send", "auto"):
             action.add_argument("--things", required=True, help="comma-separated robot (thing) names")
             action.add_argument("--backend", default=None, help="job backend URI (default: config/deploy.yaml)")
             action.add_argument("--deploy-config", default=None, help="config/deploy.yaml")

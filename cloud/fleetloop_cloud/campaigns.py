@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
 
 from pydantic import Field
 
@@ -27,8 +27,14 @@ from fleetloop_cloud.fleet_jobs import campaign_document
 
 
 class CampaignConfig(ConfigModel):
-    """When and how the cloud asks the fleet for a class (``campaigns`` in config/cloud.yaml)."""
+    """When and how the cloud asks the fleet for a class (``campaigns`` in config/cloud.yaml).
 
+    ``approve: manual``: an operator reads ``fleetloop-cloud campaign propose`` and sends it; ``auto``:
+    after a round, ``fleetloop-cloud campaign auto`` (and the demo's campaign arm) sends the proposal
+    itself while no campaign it sent is still running: one campaign at a time.
+    """
+
+    approve: Literal["manual", "auto"] = "manual"
     min_need: float = Field(default=0.05, ge=0)  # the neediest class's need must reach this
     share: float = Field(default=0.5, gt=0, le=1)  # the class's share cap under the campaign
     others_share: float = Field(default=0.05, ge=0, le=1)  # every other class's cap

@@ -5,7 +5,7 @@ e.g. ``config/cloud.yaml: routing.target_accuracy: Input should be less than 1 (
 Relative paths in config/cloud.yaml are resolved against the current directory (the CLI runs from
 the checkout root).
 
-~440 lines as one module on purpose: it is the schema of config/cloud.yaml, one section class per key
+~460 lines as one module on purpose: it is the schema of config/cloud.yaml, one section class per key
 in the file's order, and of the cost model that file names; split, one file's schema would be read in
 several places.
 """
@@ -19,6 +19,8 @@ from pydantic import Field, model_validator
 
 from fleetloop_core.config import ConfigModel, default_config_path, load_config, read_yaml, validate
 from fleetloop_core.errors import ConfigError
+
+from fleetloop_cloud.campaigns import CampaignConfig
 
 TIERS = ("T1", "T2", "T3", "T4")
 
@@ -387,6 +389,7 @@ class CloudConfig(ConfigModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     detection: DetectionLoopConfig = Field(default_factory=DetectionLoopConfig)  # detectors only
+    campaigns: CampaignConfig = Field(default_factory=CampaignConfig)  # data campaigns (fleetloop_cloud.campaigns)
 
     @property
     def pool_target(self) -> str | Path:

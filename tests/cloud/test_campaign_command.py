@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import time
 
 import yaml
 
@@ -62,3 +63,35 @@ def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_key
     assert cloud_cli(["campaign", "measure", "--config", str(config), "--class", "bag"]) == 0
     rounds = json.loads(capsys.readouterr().out)["rounds"]
     assert rounds["1"] == {"uploads": 42, "share": 0.0} and rounds["2"] == {"uploads": 30, "share": round(1 / 3, 4)}
+
+
+def test_auto_sends_only_by_policy_and_one_campaign_at_a_time(tmp_path, cloud_models, signing_keys, capsys):
+    data = cloud_config(tmp_path, f"file://{tmp_path / 'store'}", cloud_models["T1"].parent)
+    data["registry"]["signing_key"] = str(signing_keys["root"] / "fleet.key")
+    config = tmp_path / "cloud.yaml"
+    config.write_text(yaml.safe_dump(data))
+    with Pool(tmp_path / "work" / "pool.sqlite") as pool:
+        for i in range(10):
+            frame = _frame(i, TROUSER, 1, "trouser")
+            pool.add_frame(frame)
+            pool.set_label(frame.id, frame.sim_label, "human", 1, reason="review")
+    jobs = tmp_path / "jobs"
+    auto = ["campaign", "auto", "--config", str(config), "--things", "robot-0", "--backend", f"file://{jobs}"]
+
+    assert cloud_cli(auto) == 0  # the default policy is manual: nothing is sent
+    assert "manual" in json.loads(capsys.readouterr().out)["skipped"]
+    assert not list(jobs.rglob("*.json"))
+
+    data["campaigns"] = {"approve": "auto", "expires_s": 2.0}
+    config.write_text(yaml.safe_dump(data))
+    assert cloud_cli(auto) == 0
+    first = json.loads(capsys.readouterr().out)["sent"]
+    assert first["version"] == "1" and first["target"] != "trouser"  # never scored, no labels: needier
+    assert cloud_cli(auto) == 0  # the first still runs: not a second one
+    assert "runs until" in json.loads(capsys.readouterr().out)["skipped"]
+    assert len(list((jobs / "robot-0" / "queued").glob("*.json"))) == 1
+
+    time.sleep(2.1)  # expired: the next round may ask again
+    assert cloud_cli(auto) == 0
+    assert json.loads(capsys.readouterr().out)["sent"]["version"] == "2"
+    assert len(list((jobs / "robot-0" / "queued").glob("*.json"))) == 2

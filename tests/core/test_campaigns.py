@@ -161,3 +161,24 @@ def test_a_robot_without_trusted_keys_takes_no_campaign(signing_keys):
     outcome = Campaigns(selector, None, clock=Clock()).apply("j", document)
     assert outcome.status == "REJECTED" and "no trusted keys" in outcome.reason
     assert selector.config.policy.name == "threshold"
+
+
+def test_an_operators_change_during_a_campaign_runs_under_it_and_is_what_comes_back_at_expiry(tmp_path, signing_keys):
+    clock = Clock()
+    selector = _selector()
+    campaigns = Campaigns(selector, signing_keys["trusted"], tmp_path / "campaign.json", clock)
+    document = campaign_document("more-c3", "1", QUOTA, NOW + 60, signing_keys["keys"]["fleet"][0])
+    assert campaigns.apply("c1", document).status == "SUCCEEDED"
+
+    # `ros2 param set`: a new budget and another threshold policy; the campaign's keys still win
+    edited = selection_config(
+        {"policy": {"name": "threshold", "params": {"threshold": 0.2}}, "budget": {"frames_per_hour": 4321}}
+    )
+    running = campaigns.set_base(edited)
+    assert running.budget.frames_per_hour == 4321  # not a campaign key: in effect at once
+    assert running.policy.name == "class_quota" and running.policy.params["shares"] == {"c3": 0.5}
+    assert campaigns.base == edited and selector.config == running
+
+    clock.now = NOW + 61
+    assert campaigns.tick() == "more-c3" and selector.config == edited  # the operator's selection, not the old one
+    assert campaigns.set_base(_selector().config) == _selector().config  # no campaign: the change is the selection

@@ -83,6 +83,24 @@ def test_the_loop_improves_the_edge_model_without_dropping_frames(quick_run):
     assert {versions.get("T4") for versions in report["serving_at_end"].values()} == {edge_rollouts[-1]["version"]}
 
 
+def test_the_campaign_arm_sends_one_campaign_after_round_one_and_measures_it_beside_the_loop(quick_run):
+    out, _ = quick_run
+    report = json.loads((out / "report.json").read_text())
+    section = report["campaign"]
+    (event,) = section["events"]  # two rounds: the policy runs after the first only
+    assert event["round"] == 1 and "sent" in event, event
+    assert set(event["robots"].values()) == {"SUCCEEDED"}  # every robot applied it before round 2 streamed
+    assert section["target"] == event["sent"]["target"] != "none" and section["sent_after_round"] == 1
+    rounds = {entry["round"]: entry for entry in section["rounds"]}
+    assert not rounds[1]["campaign_running"] and rounds[2]["campaign_running"]
+    for name in ("loop", "campaign"):  # both arms measured on the same figures
+        assert rounds[2][name]["uploads"] > 0 and rounds[2][name]["field_accuracy"] is not None
+    assert section["share_before"] == rounds[1]["campaign"]["robot_share"]
+    assert section["share_after"] == rounds[2]["campaign"]["robot_share"]
+    assert report["campaign_share_ratio"] == section["share_ratio"]
+    assert "## Data campaign" in (out / "report.md").read_text()
+
+
 def test_report_html_shows_the_plots_in_chromium(quick_run, browser):
     out, _ = quick_run
     page = browser.new_page()

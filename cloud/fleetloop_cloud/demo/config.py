@@ -19,6 +19,7 @@ class Arms(ConfigModel):
     upload_all: bool = True
     active_learning: bool = True
     hard_mode: bool = True
+    campaign: bool = True  # the loop's robots and cloud with data campaigns (approve: auto), beside the loop
 
 
 class ActiveLearningSettings(ConfigModel):

@@ -23,6 +23,7 @@ TARGETS = {
     "upload_gain_share": (">=", 0.90, "share of the upload-all accuracy gain the loop recovers"),
     "al_label_ratio": ("<=", 1 / 3, "human labels to 95 % of upload-all accuracy, active learning / random"),
     "frames_dropped": ("<=", 0, "frames dropped by the robots (swaps included)"),
+    "campaign_share_ratio": (">=", 3.0, "campaign arm: share of uploads of the campaign's class, round after / before"),
 }
 
 
@@ -284,6 +285,7 @@ def build_report(
     timings: dict,
     minutes: float,
     test_frames: int,
+    campaign: dict | None = None,
 ) -> dict:
     """Return the report as one JSON-able dict (top-level keys as the issue names them)."""
     # ~68 lines, most of them the report's one dict literal: its keys read in the order report.json has them
@@ -322,6 +324,7 @@ def build_report(
         "edge_accuracy": {
             "loop": loop.edge_accuracy,
             "random_upload": arms["random"].edge_accuracy if "random" in arms else None,
+            "campaign": arms["campaign"].edge_accuracy if "campaign" in arms else None,
             "upload_all": upload_all_accuracy,
             "upload_all_gate": upload_all_gate,
             "measured_on": "field test split: held-out items disjoint from the validation split every arm is gated on",
@@ -334,6 +337,8 @@ def build_report(
             "per_robot": per_robot,
         },
         "active_learning": al.to_dict() if al is not None else None,
+        "campaign": campaign,
+        "campaign_share_ratio": (campaign or {}).get("share_ratio"),
         "swaps": {name: arm.deploys for name, arm in arms.items()},
         "serving_at_end": serving,
         "rounds": {name: arm.rounds for name, arm in arms.items()},

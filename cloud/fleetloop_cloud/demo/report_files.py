@@ -181,7 +181,7 @@ def _markdown(report: dict, plots: list[tuple[str, str]]) -> str:
             + "; ".join(f"{t['what']} ({_fmt(t['value'], 3)}, target {t['target']})" for t in missed)
             + ".",
         ]
-    lines += _labeling_lines(report) + _accuracy_lines(report) + _swap_lines(report)
+    lines += _labeling_lines(report) + _accuracy_lines(report) + _campaign_lines(report) + _swap_lines(report)
     lines += ["", "## Plots", ""] + [f"![{caption}]({name})" for name, caption in plots]
     lines += ["", "## What is simulated", ""] + [f"- {item}" for item in report["simulated"]]
     lines += ["", "Every figure was measured in this run; see report.json for all of them."]
@@ -251,6 +251,39 @@ def _accuracy_lines(report: dict) -> list[str]:
             f"{al['strategy']} {al['labels_needed'].get(al['strategy'])}, random {al['labels_needed'].get('random')} "
             f"(ratio {_fmt(al['ratio'])}).",
         ]
+    return lines
+
+
+def _campaign_lines(report: dict) -> list[str]:
+    """Return the campaign arm's section: what was sent and why, and per round both arms side by side."""
+    section = report.get("campaign")
+    if not section:
+        return []
+    lines = ["", "## Data campaign (campaign arm beside the loop, which runs none)", ""]
+    if section["target"] is None:
+        reasons = "; ".join(e.get("skipped", "") for e in section["events"]) or "no round before the last"
+        return lines + [f"No campaign was sent: {reasons}."]
+    robots = next((e.get("robots") for e in section["events"] if "sent" in e), {}) or {}
+    lines += [
+        f"After round {section['sent_after_round']} the cloud asked for **{section['target']}** "
+        f"({section['reason']}); robots: {', '.join(f'{k} {v}' for k, v in sorted(robots.items()))}. "
+        f"Share of uploads the robots labeled {section['target']}, round after / before: "
+        f"{_fmt(section.get('share_before'))} -> {_fmt(section.get('share_after'))} "
+        f"(x{_fmt(section.get('share_ratio'), 2)}); against the loop's robots in the same round: "
+        f"x{_fmt(section.get('share_vs_loop'), 2)}.",
+        "",
+        "| round | campaign | arm | uploads | robots' share | true share | accepted labels | T4 field accuracy |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for entry in section["rounds"]:
+        for name in ("loop", "campaign"):
+            row = entry[name]
+            lines.append(
+                f"| {entry['round']} | {'running' if entry['campaign_running'] and name == 'campaign' else '-'} | "
+                f"{name} | "
+                f"{row.get('uploads', 0)} | {_fmt(row.get('robot_share'))} | {_fmt(row.get('true_share'))} | "
+                f"{row.get('accepted_labels', '')} | {_fmt(row.get('field_accuracy'))} |"
+            )
     return lines
 
 

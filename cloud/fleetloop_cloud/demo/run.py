@@ -8,7 +8,7 @@ same frames: a random-upload arm and an upload-all arm; after the rounds, the ac
 experiment and the hard-mode labeling figures. Every figure lands in ``report.json`` (and the
 HTML / Markdown report with plots). The ``fleetloop demo`` command is :mod:`fleetloop_cloud.demo.command`.
 
-~433 lines on purpose: the order of a run (rounds, rollouts, arms, experiments, report) is the
+~490 lines on purpose: the order of a run (rounds, rollouts, arms, experiments, report) is the
 demo's one story and reads in one place; the fleets, arms and report writing are modules of their own.
 """
 
@@ -44,6 +44,7 @@ class Arm:
     rounds: list[dict] = field(default_factory=list)
     deploys: list[dict] = field(default_factory=list)
     edge_accuracy: list[float] = field(default_factory=list)
+    class_accuracy: list[list[float | None]] = field(default_factory=list)  # per round, per class (T4)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class _Rounds:
     all_gate: list[dict] = field(default_factory=list)
     robot_rounds: list[list[dict]] = field(default_factory=list)
     deploy_threads: list[threading.Thread] = field(default_factory=list)
+    campaign_events: list[dict] = field(default_factory=list)  # the campaign arm's policy, after each round
 
 
 def robot_budget(cfg: DemoConfig, budget: dict) -> dict:
@@ -122,6 +124,8 @@ class Demo:
                 },
                 "training": {"backend": "local"},
                 "review": {"annotator": "simulated"},
+                # the campaign arm sends campaigns by policy; every other arm runs none
+                "campaigns": {"approve": "auto" if arm.name == "campaign" else "manual"},
             },
         )
         return CloudLoop(load_cloud_config(default_config_path("cloud.yaml"), overrides=overrides), progress=True)
@@ -131,6 +135,7 @@ class Demo:
         """Run the demo: models, fleets, the rounds, the side experiments; write and return the report."""
         from fleetloop_cloud.demo.fleet import TruthOracle, robot_specs
         from fleetloop_cloud.demo.provision import sign_round0_packages, signing_keys
+        from fleetloop_cloud.demo.campaign_arm import edge_scores, measure as measure_campaign
         from fleetloop_cloud.demo.report import build_report
         from fleetloop_cloud.demo.report_files import write_report
 
@@ -151,14 +156,16 @@ class Demo:
             self._start_fleets(arms, specs, packages, private_key, trusted, mqtt)
             oracle, upload_all = TruthOracle(specs), self._upload_all_arm(arms, specs)  # (the order they ran in)
             run = _Rounds(specs, oracle, self._test_sets(specs), upload_all, all_production=packages["T4"])
-            round0 = self._edge_accuracy(packages["T4"], run.test_sets)
+            round0, round0_classes = edge_scores(packages["T4"], run.test_sets)
             for arm in arms.values():
                 arm.edge_accuracy.append(round0)
+                arm.class_accuracy.append(round0_classes)
             run.all_accuracy.append(round0)
             for number in range(1, cfg.rounds + 1):
                 self._round(number, arms, run)
             al_result, hard = self._experiments(arms, run, private_key, trusted)
             serving = arms["loop"].fleet.serving()
+            campaign = measure_campaign(arms, run.campaign_events)  # reads the pools: before they close
         finally:
             self._stop(arms, broker)
         report = build_report(
@@ -175,14 +182,16 @@ class Demo:
             timings=self.timings,
             minutes=(time.perf_counter() - wall_started) / 60.0,
             test_frames=sum(len(t[1]) for t in run.test_sets),
+            campaign=campaign,
         )
         write_report(report, self.out)
         return report
 
     def _arms(self) -> dict[str, Arm]:
-        """Return the arms to run: the loop, and the random-upload baseline when configured."""
+        """Return the arms to run: the loop, and the random-upload and campaign arms when configured."""
         arms: dict[str, Arm] = {}
-        for name in ["loop"] + (["random"] if self.config.arms.random_upload else []):
+        on = self.config.arms
+        for name in ["loop"] + (["random"] if on.random_upload else []) + (["campaign"] if on.campaign else []):
             work = self.out / "arms" / name
             store = self.store_uri if (name == "loop" and self.store_uri) else f"file://{work / 'store'}"
             arms[name] = Arm(name, store, work)
@@ -216,6 +225,8 @@ class Demo:
             )
             if name == "loop":
                 arm.fleet = RosFleet(specs, settings) if cfg.ros else InProcessFleet(specs, settings)
+            elif name == "campaign":
+                arm.fleet = InProcessFleet(specs, settings)
             else:
                 arm.fleet = RandomUploadFleet(specs, settings, seed=cfg.seed + 1)
             arm.jobs = self._fleet_jobs(arm, mqtt if on_mqtt else None)
@@ -243,6 +254,8 @@ class Demo:
 
     def _round(self, number: int, arms: dict[str, Arm], run: _Rounds) -> None:
         """One round: robots stream (last round's models roll out meanwhile), cloud rounds, deploy."""
+        from fleetloop_cloud.demo.campaign_arm import edge_scores
+
         cfg = self.config
         log.info("=== round %d of %d ===", number, cfg.rounds)
         started = time.perf_counter()
@@ -255,6 +268,10 @@ class Demo:
             started = time.perf_counter()
             arms["random"].fleet.stream_counts(cfg.frames_per_robot, {r.robot_id: r.uploaded for r in reports})
             self._stage("robots stream (random upload)", started)
+        if "campaign" in arms:
+            started = time.perf_counter()
+            arms["campaign"].fleet.stream(cfg.frames_per_robot)
+            self._stage("robots stream (campaign)", started)
         for thread in run.deploy_threads:
             thread.join()
         run.deploy_threads = []
@@ -268,8 +285,12 @@ class Demo:
             run.all_gate.append({"round": number, **decision.to_dict()})
             if decision.promote:
                 run.all_production = directory
-            run.all_accuracy.append(self._edge_accuracy(run.all_production, run.test_sets))
+            run.all_accuracy.append(edge_scores(run.all_production, run.test_sets)[0])
             self._stage("upload-all training", started)
+        if "campaign" in arms and number < cfg.rounds:  # sent (and applied) before the models roll out
+            from fleetloop_cloud.demo.campaign_arm import send_after_round
+
+            run.campaign_events.append(send_after_round(arms["campaign"], number, [s.robot_id for s in run.specs]))
         # the promoted edge models deploy while the robots stream the next round
         for arm in arms.values():
             thread = threading.Thread(target=self._deploy, args=(arm, number), daemon=True)
@@ -285,9 +306,13 @@ class Demo:
         if self.config.ros and arm.name == "loop":
             arm.loop.ingest()
             self._attach_truth(arm, run.oracle)
+        from fleetloop_cloud.demo.campaign_arm import edge_scores
+
         summary = arm.loop.run_round().to_dict()
         arm.rounds.append(summary)
-        arm.edge_accuracy.append(self._edge_accuracy(arm.loop.production("T4"), run.test_sets))
+        overall, per_class = edge_scores(arm.loop.production("T4"), run.test_sets)
+        arm.edge_accuracy.append(overall)
+        arm.class_accuracy.append(per_class)
         self._stage(f"cloud round ({arm.name})", started)
         log.info(
             "round %d %s: T4 field accuracy %.3f -> %.3f; throughput %s",
@@ -381,19 +406,6 @@ class Demo:
             for d in (production, candidate)
         ]
         return gate(scores[0], scores[1], loop_arm.loop.config.evaluation)
-
-    @staticmethod
-    def _edge_accuracy(directory: Path, test_sets) -> float:
-        """Return T4's accuracy over every site's held-out field test set (frames never uploaded)."""
-        from fleetloop_core.inference import TierModel
-
-        model = TierModel.load(directory, providers=("cpu",), warmup=0)
-        correct = total = 0
-        for _, images, labels in test_sets:
-            predicted = model.infer_batch(images).probs.argmax(axis=1)
-            correct += int((predicted == labels).sum())
-            total += len(labels)
-        return correct / total
 
     def _deploy(self, arm: Arm, round_number: int) -> None:
         """Roll out the round's promoted T4/T3 packages to the arm's fleet (canary first)."""

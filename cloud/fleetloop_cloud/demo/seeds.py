@@ -29,6 +29,7 @@ FIGURES: dict[str, Callable[[dict], Any]] = {
     "accuracy_per_human_hour_ratio": lambda r: (r.get("accuracy_per_human_hour") or {}).get("ratio"),
     "final_edge_accuracy": lambda r: r.get("final_edge_accuracy"),
     "frames_dropped": lambda r: r.get("frames_dropped"),
+    "campaign_share_ratio": lambda r: r.get("campaign_share_ratio"),
 }
 
 

@@ -9,6 +9,10 @@ expires, then the selection from before it comes back.
   a newer campaign replaces the active one, still rolling back to the selection from before the first;
 * **expired** by :meth:`Campaigns.tick` (the deploy agent calls it between jobs): ``Selector.restore``
   puts the whole previous selection back (keys the campaign added included);
+* **under an operator's change**: while a campaign runs, a change of the robot's own selection (``ros2
+  param set`` on the selector node) goes to :meth:`Campaigns.set_base`: it becomes the selection that
+  comes back at expiry, and the campaign is applied over it in the same step (the campaign's keys win
+  while it runs; a change the campaign does not touch takes effect at once);
 * **durable**: the active campaign and the selection it replaced are kept in a JSON file written
   atomically; after a restart :meth:`Campaigns.resume` applies it again over the selection the robot
   started with (which is what comes back at expiry), or does nothing if it expired meanwhile.
@@ -28,7 +32,7 @@ from fleetloop_core.control_plane import write_json_atomic
 from fleetloop_core.contracts.selection_job import SelectionJob, parse_selection_job
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.selection import Selector
-from fleetloop_core.selection_config import selection_config
+from fleetloop_core.selection_config import SelectionConfig, apply_changes, selection_config
 from fleetloop_core.signing import SignatureError, TrustedKeys, verify_document
 
 log = logging.getLogger("fleetloop_core.campaigns")
@@ -93,6 +97,32 @@ class Campaigns:
         if job.expires_at <= self.clock():
             raise JobRejected(f"job {job_id}: campaign {job.campaign} expired at {job.expires_at:.0f} already")
         return job
+
+    def set_base(self, config: SelectionConfig) -> SelectionConfig:
+        """The robot's own selection changed: keep it for the expiry and apply it under a running campaign.
+
+        One atomic step between two frames; ConfigError (nothing changes) when the campaign's changes do
+        not fit the new selection. Returns the selection the selector now runs.
+        """
+        with self._lock:
+            if self.active is None:
+                return self.selector.restore(config)
+            combined = apply_changes(
+                config, self.active["job"]["changes"], source="campaign over the robot's selection"
+            )
+            running = self.selector.restore(combined)
+            self.active["previous"] = config.model_dump(mode="json")
+            self._save()
+        log.info("selection changed under campaign %s: kept for its expiry", self.active["job"]["campaign"])
+        return running
+
+    @property
+    def base(self) -> SelectionConfig:
+        """Return the robot's own selection: the running one, or the one a running campaign replaced."""
+        with self._lock:
+            if self.active is None:
+                return self.selector.config
+            return selection_config(self.active["previous"], "campaign base")
 
     @property
     def serving_version(self) -> Optional[str]:

@@ -29,6 +29,8 @@ from std_srvs.srv import Trigger
 
 from fleetloop_core.control_plane import open_control_plane
 from fleetloop_core.deploy_agent import DeployAgent
+from fleetloop_core.selection import Selector
+from fleetloop_core.selection_campaigns import Campaigns
 from fleetloop_core.errors import FleetLoopError, ModelError
 from fleetloop_core.health import Check, FAILED_MODEL_EVENTS, control_plane_check, models_check
 from fleetloop_core.contracts.manifest import load_manifest
@@ -85,6 +87,7 @@ class ModelManagerNode(Node):
         node_name: str = "model_manager",
         namespace: str = "",
         parameter_overrides: Sequence = (),
+        selector: Selector | None = None,
         **node_kwargs,
     ):
         super().__init__(node_name, namespace=namespace, parameter_overrides=list(parameter_overrides), **node_kwargs)
@@ -104,12 +107,18 @@ class ModelManagerNode(Node):
         store = ModelStore.from_config(config.store)
         self._restore_serving(store, config)
         self.manager = ModelManager(perception.cascade, store, config)
+        # data campaigns change the selector composed into this process, checked with the packages' keys
+        self.campaigns: Campaigns | None = None
+        if selector is not None:
+            self.campaigns = Campaigns(selector, store.trusted, store.root / "campaign.json")
+            self.campaigns.resume()
         self.agent: DeployAgent | None = None
         if settings.control_plane.uri:
             self.agent = DeployAgent(
                 open_control_plane(settings.control_plane, f"{self._source}: control_plane"),
                 self.manager,
                 poll_s=settings.control_plane.poll_s,
+                campaigns=self.campaigns,
             )
         self._last_event: ModelEvent | None = None
         self._last_outcome: JobOutcome | None = None

@@ -68,13 +68,26 @@ def build_robot(
     if "perception" in roles:
         perception = PerceptionNode(parameter_overrides=overrides("perception"), **common)
         nodes.append(perception)
-    if "model_manager" in roles:
-        nodes.append(ModelManagerNode(perception, parameter_overrides=overrides("model_manager"), **common))
+    selector = None
     if "selector" in roles:
         in_process = composed and perception is not None
         labels = perception.cascade.edge.labels if in_process else None
         selector = SelectorNode(parameter_overrides=overrides("selector"), composed=in_process, labels=labels, **common)
-        if in_process:
+    if "model_manager" in roles:
+        # campaign jobs change the selector when it runs in this process (selector.selector: None when alone)
+        manager = ModelManagerNode(
+            perception,
+            parameter_overrides=overrides("model_manager"),
+            selector=selector.selector if selector is not None else None,
+            **common,
+        )
+        if selector is not None:
+            selector.campaigns = manager.campaigns
+        nodes.append(manager)
+    if selector is not None:
+        if (
+            selector.composed and perception is not None
+        ):  # after the model manager's sink, as before campaigns needed the selector first
             perception.add_frame_sink(selector.offer_frame)
         nodes.append(selector)
     if "uploader" in roles:

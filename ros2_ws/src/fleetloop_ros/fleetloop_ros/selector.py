@@ -6,7 +6,10 @@ directly (:meth:`SelectorNode.offer_frame` is a frame sink). Alone, it subscribe
 topics and to ``frame_results`` and pairs each image with its result by stream and stamp.
 Every decision is published as ``fleetloop_interfaces/FrameDecision``. The selection settings
 (weights, policy name and params, budget, dedup, random fraction) are ROS parameters re-tunable
-live; a change is validated by the core config model and applied to the selector atomically.
+live; a change is validated by the core config model and applied to the selector atomically. Composed
+with the model manager, data campaigns (signed ``fleetloop.update_selection`` jobs) change the same
+selector; a parameter change while one runs becomes the selection under it and after it
+(``Campaigns.set_base``: the campaign's keys win until it expires).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from fleetloop_core.errors import InputError
 from fleetloop_core.health import Check, RollingEvents, check
 from fleetloop_core.ros_convert import msg_to_rgb8
 from fleetloop_core.selection import Selector
+from fleetloop_core.selection_campaigns import Campaigns
 from fleetloop_core.selection_policies import POLICIES
 from fleetloop_core.upload_queue import UploadQueue
 from fleetloop_ros.diagnostics import DiagnosticsPublisher
@@ -124,6 +128,7 @@ class SelectorNode(Node):
         self._health = settings.health
         self.queue = UploadQueue.from_config(settings.queue)
         self._selector: Selector | None = None
+        self.campaigns: Campaigns | None = None  # set when a model manager in this process takes campaign jobs
         if labels is not None:
             self._selector = Selector(settings.selection, settings.robot_id, labels, source=self._source)
         window = settings.health.window_s
@@ -173,8 +178,12 @@ class SelectorNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _apply(self, settings: SelectorSettings) -> None:
-        selector = self._selector
-        if selector is not None and settings.selection != selector.config:
+        selector, campaigns = self._selector, self.campaigns
+        if campaigns is not None:
+            # while a campaign runs, the robot's own selection is changed under it (and comes back at expiry)
+            if settings.selection != campaigns.base:
+                campaigns.set_base(settings.selection)
+        elif selector is not None and settings.selection != selector.config:
             # the selector validates and swaps its compiled config in one step (ConfigError: nothing changes)
             selector.update(**settings.selection.model_dump())
         for events in (self._offered, self._kept, self._rejected):
@@ -238,7 +247,10 @@ class SelectorNode(Node):
     def checks(self) -> list[Check]:
         """Return the selection check: kept rate against the budget, queue depth and fill."""
         health = self._health
-        budget_per_hour = self.parameters.current.selection.budget.frames_per_hour
+        running = self._selector.config if self._selector is not None else self.parameters.current.selection
+        budget_per_hour = running.budget.frames_per_hour  # what runs: a campaign may change it
+        active = self.campaigns.active if self.campaigns is not None else None
+        campaign = f"{active['job']['campaign']} v{active['job']['version']}" if active else "none"
         kept_per_hour = self._kept.per_second() * 3600.0
         stats = self.queue.stats()
         fill = stats.bytes / stats.disk_cap_bytes if stats.disk_cap_bytes else 0.0
@@ -248,7 +260,8 @@ class SelectorNode(Node):
             "selection",
             {"kept_over_budget": (kept_per_hour / budget_per_hour, health.kept_over_budget)},
             {
-                "policy": state.get("policy", self.parameters.current.selection.policy.name),
+                "policy": state.get("policy", running.policy.name),
+                "campaign": campaign,
                 "kept_per_hour": kept_per_hour,
                 "budget_frames_per_hour": budget_per_hour,
                 "kept_total": self._kept.total,
