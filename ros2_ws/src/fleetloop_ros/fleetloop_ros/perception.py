@@ -82,6 +82,9 @@ RESULTS_QOS = QoSProfile(
 )
 
 
+WATCHDOG_LOGS = ("liveness",)  # checks the runner's watchdog logs itself (a freeze, with the stacks)
+
+
 class PerceptionNode(Node):
     """Camera frames -> cascade -> FrameResult (and frame sinks in the same process)."""
 
@@ -136,12 +139,7 @@ class PerceptionNode(Node):
         for image_input in self.inputs:
             self._subscribe(image_input)
         self._diagnostics = DiagnosticsPublisher(
-            self,
-            self.checks,
-            settings.robot_id,
-            settings.health.period_s,
-            self._timers_group,
-            quiet=("liveness",),  # the runner's watchdog logs a freeze, with the stacks
+            self, self.checks, settings.robot_id, settings.health.period_s, self._timers_group, quiet=WATCHDOG_LOGS
         )
         streams = ", ".join(i.stream for i in self.inputs)
         self.get_logger().info(
