@@ -24,17 +24,24 @@ def _frame(index, truth, round_number, robot_label):
     return dataclasses.replace(pool_frame(index, truth, False, round_number), sidecar=json.dumps(sidecar))
 
 
-def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_keys, capsys):
+def _labeled(tmp_path, cloud_models, signing_keys, truths) -> tuple[dict, object]:
+    """Write a cloud config signing with the fleet key; put round-1 trouser uploads labeled ``truths`` in its pool."""
     data = cloud_config(tmp_path, f"file://{tmp_path / 'store'}", cloud_models["T1"].parent)
     data["registry"]["signing_key"] = str(signing_keys["root"] / "fleet.key")
     config = tmp_path / "cloud.yaml"
     config.write_text(yaml.safe_dump(data))
     with Pool(tmp_path / "work" / "pool.sqlite") as pool:
-        # round 1: the robots uploaded trousers; people labeled 40 trousers and 2 bags
-        for i in range(42):
-            frame = _frame(i, TROUSER if i < 40 else BAG, 1, "trouser")
+        for i, truth in enumerate(truths):
+            frame = _frame(i, truth, 1, "trouser")
             pool.add_frame(frame)
             pool.set_label(frame.id, frame.sim_label, "human", 1, reason="review")
+    return data, config
+
+
+def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_keys, capsys):
+    # round 1: the robots uploaded trousers; people labeled 40 trousers and 2 bags
+    _, config = _labeled(tmp_path, cloud_models, signing_keys, [TROUSER] * 40 + [BAG] * 2)
+    with Pool(tmp_path / "work" / "pool.sqlite") as pool:
         per_class = {name: {"accuracy": 0.9, "frames": 50} for name in LABELS}
         per_class["bag"] = {"accuracy": 0.1, "frames": 50}
         tiers = {"T4": {"before": {"per_class": per_class}, "decision": {"promote": False}}}
@@ -66,15 +73,7 @@ def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_key
 
 
 def test_auto_sends_only_by_policy_and_one_campaign_at_a_time(tmp_path, cloud_models, signing_keys, capsys):
-    data = cloud_config(tmp_path, f"file://{tmp_path / 'store'}", cloud_models["T1"].parent)
-    data["registry"]["signing_key"] = str(signing_keys["root"] / "fleet.key")
-    config = tmp_path / "cloud.yaml"
-    config.write_text(yaml.safe_dump(data))
-    with Pool(tmp_path / "work" / "pool.sqlite") as pool:
-        for i in range(10):
-            frame = _frame(i, TROUSER, 1, "trouser")
-            pool.add_frame(frame)
-            pool.set_label(frame.id, frame.sim_label, "human", 1, reason="review")
+    data, config = _labeled(tmp_path, cloud_models, signing_keys, [TROUSER] * 10)
     jobs = tmp_path / "jobs"
     auto = ["campaign", "auto", "--config", str(config), "--things", "robot-0", "--backend", f"file://{jobs}"]
 
