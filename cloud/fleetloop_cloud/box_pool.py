@@ -25,6 +25,7 @@ import numpy as np
 from fleetloop_cloud.box_consensus import BoxSet
 from fleetloop_cloud.pool import Pool
 from fleetloop_cloud.pool_labels import LabelKind, LabelStore, Payload
+from fleetloop_cloud.pool_sql import ROW_LOCK
 
 
 _SCHEMA = """
@@ -166,19 +167,22 @@ class BoxPool(LabelStore):
 
     # ------------------------------------------------------------------ leases (review page)
     def lease(self, session: str, purposes: Sequence[str], now: float, lease_s: float) -> Optional[BoxTask]:
-        """Give ``session`` the oldest waiting task no other live lease holds (its own first); None if none."""
+        """Give ``session`` the oldest waiting task no other live lease holds (its own first); None if none.
+
+        Row-locked (``pool_sql.ROW_LOCK``): on PostgreSQL two reviewers lease two different tasks at once.
+        """
         marks = ",".join("?" * len(purposes))
-        with self.transaction() as db:
+        with self.transaction(row_locks=True) as db:
             own = db.execute(
                 f"SELECT id FROM box_tasks WHERE status IN ('open', 'submitted') AND purpose IN ({marks}) "
-                f"AND lease_session=? AND lease_until>? ORDER BY id LIMIT 1",
+                f"AND lease_session=? AND lease_until>? ORDER BY id LIMIT 1{ROW_LOCK}",
                 (*purposes, session, now),
             ).fetchone()
             row = (
                 own
                 or db.execute(
                     f"SELECT id FROM box_tasks WHERE status IN ('open', 'submitted') AND purpose IN ({marks}) "
-                    f"AND (lease_session IS NULL OR lease_until<=?) ORDER BY skips, id LIMIT 1",
+                    f"AND (lease_session IS NULL OR lease_until<=?) ORDER BY skips, id LIMIT 1{ROW_LOCK}",
                     (*purposes, now),
                 ).fetchone()
             )

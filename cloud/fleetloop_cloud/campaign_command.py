@@ -1,8 +1,9 @@
 """``fleetloop-cloud campaign propose|send|measure``: an operator's data campaigns (``fleetloop_cloud.campaigns``).
 
-* ``propose``: from the pool's accepted labels and the production edge model's per-class field accuracy
-  of the latest evaluation, the neediest class and its campaign; kept in the pool (``campaign_proposal``)
-  and printed for the operator to read;
+* ``propose``: from the pool's accepted labels (those of the robots' random sample give each class's
+  prevalence) and the production edge model's per-class field accuracy of the latest evaluation, the
+  neediest class and its campaign; kept in the pool (``campaign_proposal``) and printed for the
+  operator to read;
 * ``send``: the operator's approval: the kept proposal, signed with ``registry.signing_key``, as a job to
   the robots through the deploy backend; recorded in the pool (``campaigns_sent``);
 * ``auto``: the policy in config (``campaigns.approve: auto``), run after a round: propose, and send
@@ -21,7 +22,14 @@ from typing import Any
 
 from fleetloop_core.errors import ConfigError
 
-from fleetloop_cloud.campaigns import Campaign, CampaignConfig, class_needs, propose, upload_share
+from fleetloop_cloud.campaigns import (
+    Campaign,
+    CampaignConfig,
+    class_needs,
+    field_prevalence,
+    propose,
+    upload_share,
+)
 
 PROPOSAL_KEY, SENT_KEY = "campaign_proposal", "campaigns_sent"
 
@@ -61,8 +69,11 @@ def propose_campaign(loop, now: float, config: CampaignConfig | None = None) -> 
     """Return (and keep in the pool) the neediest class's campaign proposal: ``{"needs", "campaign"}``."""
     config = config or loop.config.campaigns
     classes = loop.task.frame_labels
-    counts = Counter(classes[label.label] for label in loop.pool.labels().values())
-    needs = class_needs(classes, counts, production_scores(loop.pool), skip=config.skip)
+    labels = loop.pool.labels()
+    counts = Counter(classes[label.label] for label in labels.values())
+    sampled = [labels[row["id"]].label for row in loop.pool.frames() if row["random"] and row["id"] in labels]
+    prevalence = field_prevalence(classes, sampled)
+    needs = class_needs(classes, counts, production_scores(loop.pool), skip=config.skip, prevalence=prevalence)
     version = str(len(loop.pool.get(SENT_KEY, []) or []) + 1)
     campaign = propose(needs, config, version, now)
     proposal: dict[str, Any] = {"needs": [n.to_dict() for n in needs[:5]], "campaign": None}

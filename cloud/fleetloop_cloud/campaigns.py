@@ -1,11 +1,17 @@
 """Data campaigns, the cloud's side: which class the fleet should bring more of, the signed job that asks
 for it, and whether uploads changed (the robot's side: ``fleetloop_core.selection_campaigns``).
 
-* :func:`class_needs`: per class, how much more data would help: ``(1 - field score) / sqrt(1 +
-  accepted labels)``: a class with a large gap on the field test set and few labels comes first (the
-  score is the gate's per-class figure of the edge model, F1 for classes; a class it never scored
-  counts as 0);
-* :func:`propose`: the campaign for the neediest class when its need reaches ``min_need``: the
+* :func:`class_needs`: per class, how much more data would help: ``prevalence x (1 - field score) /
+  sqrt(1 + accepted labels)``: the share of field frames the edge model gets wrong on that class,
+  discounted by the labels the pool already holds. The score is the gate's per-class accuracy of the
+  serving edge model (a class it never scored counts as 0); the prevalence is the class's share of
+  the robots' random-sample uploads as labeled (:func:`field_prevalence`; unknown: 1 for every class).
+  Measured why the prevalence is in it: without it the demo's first campaign asked for trousers, a
+  class no robot's camera showed (0 of 219 uploads), and the robots kept half as many frames;
+* :func:`propose`: the campaign for the neediest class the robots can find (its field score at least
+  ``min_recall``: the robots' selectors keep frames by their own model's label, so a class the serving
+  model does not recognise cannot be asked for; measured: the lab-trained edge model labels none of
+  the field's bags as bags) when its need reaches ``min_need``: the
   ``class_quota`` policy with that class's share raised to ``share`` and every other class capped at
   ``others_share``, for ``expires_s`` (the approval, by an operator or ``approve: auto``, is the
   caller's);
@@ -35,7 +41,8 @@ class CampaignConfig(ConfigModel):
     """
 
     approve: Literal["manual", "auto"] = "manual"
-    min_need: float = Field(default=0.05, ge=0)  # the neediest class's need must reach this
+    min_need: float = Field(default=0.005, ge=0)  # the neediest class's need must reach this
+    min_recall: float = Field(default=0.2, ge=0, le=1)  # the serving model must find this share of the class
     share: float = Field(default=0.5, gt=0, le=1)  # the class's share cap under the campaign
     others_share: float = Field(default=0.05, ge=0, le=1)  # every other class's cap
     expires_s: float = Field(default=24 * 3600.0, gt=0)
@@ -50,9 +57,17 @@ class ClassNeed:
     labels: int  # accepted labels in the pool
     score: Optional[float]  # the edge model's field score (None: never scored)
     need: float
+    prevalence: Optional[float] = None  # share of the robots' random-sample uploads (None: not known)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"class": self.name, "labels": self.labels, "score": self.score, "need": round(self.need, 4)}
+        prevalence = None if self.prevalence is None else round(self.prevalence, 4)
+        return {
+            "class": self.name,
+            "labels": self.labels,
+            "score": self.score,
+            "prevalence": prevalence,
+            "need": round(self.need, 5),
+        }
 
 
 @dataclass(frozen=True)
@@ -72,9 +87,14 @@ class Campaign:
 
 
 def class_needs(
-    classes: Sequence[str], labels: Mapping[str, int], scores: Mapping[str, Optional[float]], skip: Iterable[str] = ()
+    classes: Sequence[str],
+    labels: Mapping[str, int],
+    scores: Mapping[str, Optional[float]],
+    skip: Iterable[str] = (),
+    prevalence: Optional[Mapping[str, float]] = None,
 ) -> list[ClassNeed]:
-    """Return every class's need, neediest first (``labels``: accepted labels, ``scores``: field score)."""
+    """Return every class's need, neediest first (``labels``: accepted labels, ``scores``: field score,
+    ``prevalence``: share of the field's frames, None: unknown, every class weighs alike)."""
     skipped = set(skip)
     out = []
     for name in classes:
@@ -82,16 +102,38 @@ def class_needs(
             continue
         score = scores.get(name)
         count = int(labels.get(name, 0))
-        out.append(ClassNeed(name, count, score, (1.0 - (score or 0.0)) / math.sqrt(1.0 + count)))
+        share = None if prevalence is None else float(prevalence.get(name, 0.0))
+        need = (1.0 if share is None else share) * (1.0 - (score or 0.0)) / math.sqrt(1.0 + count)
+        out.append(ClassNeed(name, count, score, need, share))
     return sorted(out, key=lambda n: (-n.need, n.name))
 
 
-def propose(needs: Sequence[ClassNeed], config: CampaignConfig, version: str, now: float) -> Optional[Campaign]:
-    """Return the campaign for the neediest class, or None when no class needs one."""
-    if not needs or needs[0].need < config.min_need:
+def field_prevalence(
+    classes: Sequence[str], random_labels: Sequence[int], smoothing: float = 0.5
+) -> Optional[dict[str, float]]:
+    """Return each class's share of the random-sample uploads' labels (additively smoothed), None without any.
+
+    The robots' random sample (``selection.random_fraction``) is the one unbiased view of what their
+    cameras see; its labels are the loop's own (people's and audited auto-labels), not simulated truth.
+    """
+    if not random_labels:
         return None
-    top = needs[0]
+    counts = [0] * len(classes)
+    for label in random_labels:
+        counts[int(label)] += 1
+    total = len(random_labels) + smoothing * len(classes)
+    return {name: (counts[i] + smoothing) / total for i, name in enumerate(classes)}
+
+
+def propose(needs: Sequence[ClassNeed], config: CampaignConfig, version: str, now: float) -> Optional[Campaign]:
+    """Return the campaign for the neediest class the robots can find, or None when no class needs one."""
+    findable = [n for n in needs if n.score is None or n.score >= config.min_recall]
+    if not findable or findable[0].need < config.min_need:
+        return None
+    top = findable[0]
     score = "never scored" if top.score is None else f"field score {top.score:.2f}"
+    if top.prevalence is not None:
+        score += f", {top.prevalence:.1%} of the random sample"
     return Campaign(
         name=f"more-{top.name}",
         version=version,

@@ -78,9 +78,17 @@ class PoolTables:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run a block atomically (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
-        self._db.execute("BEGIN IMMEDIATE")
+    def transaction(self, row_locks: bool = False) -> Iterator[sqlite3.Connection]:
+        """Run a block atomically (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error).
+
+        ``row_locks``: on PostgreSQL the block takes no pool-wide lock and locks the rows it selects with
+        ``pool_sql.ROW_LOCK`` itself (writers of other rows go on meanwhile); on SQLite it is the same.
+        """
+        begin = getattr(self._db, "begin_row_locked", None) if row_locks else None
+        if begin is not None:
+            begin()
+        else:
+            self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
         except BaseException:

@@ -11,8 +11,12 @@ REPLACE`` (as ``ON CONFLICT`` on the table's primary key, learnt from its ``CREA
 types (``BLOB`` -> ``BYTEA``, integers 64-bit, ``id INTEGER PRIMARY KEY`` -> ``BIGSERIAL``, its new
 id read back with ``RETURNING``), and ``BEGIN IMMEDIATE``: a transaction that first takes the
 pool's transaction-scoped advisory lock, so writers are serialised exactly as SQLite serialises
-them (one writer at a time, across processes) while readers never wait. Row-level locking, so
-that writers on different rows run at once, is the next step (docs/cloud_loop.md).
+them (one writer at a time, across processes) while readers never wait. A transaction opened with
+``row_locks`` (``PoolTables.transaction(row_locks=True)``: the review page's box leases) takes no
+pool-wide lock on PostgreSQL: its SELECTs end in :data:`ROW_LOCK`, a comment SQLite ignores and
+PostgreSQL runs as ``FOR UPDATE SKIP LOCKED``, so two reviewers lease two different rows at once,
+and a row another transaction holds is passed over, never handed out twice. On SQLite the same block
+is one ``BEGIN IMMEDIATE`` writer as before.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from fleetloop_core.errors import FleetLoopError
 
 SCHEMES = ("sqlite", "postgresql", "postgres")
 _LOCK_KEY = 0x466C6565744C6F6F  # "FleetLoo": the pool's advisory lock (one pool per database)
+ROW_LOCK = " /* FOR UPDATE SKIP LOCKED */"  # end a SELECT of a row_locks transaction with this
 
 
 class DatabaseError(FleetLoopError):
@@ -138,6 +143,10 @@ class PostgresConnection:
             return self._run("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY - (1 << 63),))
         return self._run(self.translate(statement), params)
 
+    def begin_row_locked(self) -> None:
+        """Open a transaction without the pool-wide lock: its statements lock the rows they touch."""
+        self._run("BEGIN", ())
+
     def executemany(self, sql: str, rows: Iterable[Sequence]) -> _Result:
         count = 0
         for params in rows:
@@ -172,7 +181,7 @@ class PostgresConnection:
 
     def translate(self, sql: str) -> str:
         """Return a pool statement in PostgreSQL's dialect."""
-        sql = sql.replace("?", "%s")
+        sql = sql.replace("?", "%s").replace(ROW_LOCK, " FOR UPDATE SKIP LOCKED")
         found = _INSERT.match(sql)
         if found:
             action, table, columns = found.group(1).upper(), found.group(2), found.group(3)

@@ -43,13 +43,13 @@ def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_key
     _, config = _labeled(tmp_path, cloud_models, signing_keys, [TROUSER] * 40 + [BAG] * 2)
     with Pool(tmp_path / "work" / "pool.sqlite") as pool:
         per_class = {name: {"accuracy": 0.9, "frames": 50} for name in LABELS}
-        per_class["bag"] = {"accuracy": 0.1, "frames": 50}
+        per_class["bag"] = {"accuracy": 0.3, "frames": 50}
         tiers = {"T4": {"before": {"per_class": per_class}, "decision": {"promote": False}}}
         pool.set_step(1, "evaluate", "done", {"tiers": tiers})
 
     assert cloud_cli(["campaign", "propose", "--config", str(config)]) == 0
     proposal = json.loads(capsys.readouterr().out)
-    assert proposal["needs"][0]["class"] == "bag"  # field accuracy 0.1 and two labels: the neediest
+    assert proposal["needs"][0]["class"] == "bag"  # field accuracy 0.3 and two labels: the neediest
     assert proposal["campaign"]["target"] == "bag" and proposal["campaign"]["version"] == "1"
 
     jobs = tmp_path / "jobs"

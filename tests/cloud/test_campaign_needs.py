@@ -5,7 +5,7 @@ import pytest
 from fleetloop_core.contracts.selection_job import parse_selection_job
 from fleetloop_core.signing import verify_document
 
-from fleetloop_cloud.campaigns import CampaignConfig, class_needs, propose, upload_share
+from fleetloop_cloud.campaigns import CampaignConfig, class_needs, field_prevalence, propose, upload_share
 
 
 def test_the_class_with_the_largest_gap_and_fewest_labels_comes_first(signing_keys):
@@ -32,3 +32,21 @@ def test_the_class_with_the_largest_gap_and_fewest_labels_comes_first(signing_ke
     satisfied = class_needs(["trouser"], {"trouser": 10_000}, {"trouser": 0.99})
     assert propose(satisfied, CampaignConfig(), "3", 0.0) is None  # no class needs a campaign
     assert upload_share(["bag", "shirt", "bag", "none"], "bag") == 0.5 and upload_share([], "bag") == 0.0
+
+
+def test_a_class_the_cameras_do_not_show_or_the_robots_cannot_recognise_gets_no_campaign():
+    classes = ["bag", "shirt", "trouser", "none"]
+    # the robots' random sample, as labeled: shirts and bags, never a trouser
+    prevalence = field_prevalence(classes, [1] * 10 + [0] * 6 + [3] * 24)
+    assert prevalence["trouser"] == pytest.approx(0.5 / 42) and sum(prevalence.values()) == pytest.approx(1.0)
+    assert field_prevalence(classes, []) is None  # no random sample: unknown, not zero
+
+    labels = {"bag": 20, "shirt": 20, "trouser": 0}
+    scores = {"bag": 0.05, "shirt": 0.5, "trouser": 0.4}
+    needs = class_needs(classes, labels, scores, skip=["none"], prevalence=prevalence)
+    assert [n.name for n in needs] == ["bag", "shirt", "trouser"]  # trouser: unlabeled, but never seen
+    assert needs[0].need == pytest.approx(prevalence["bag"] * 0.95 / 21**0.5)
+    # bag is the neediest, but the serving model finds 5 % of bags: the robots cannot select them
+    campaign = propose(needs, CampaignConfig(min_recall=0.2), "1", 0.0)
+    assert campaign.target == "shirt" and f"{prevalence['shirt']:.1%} of the random sample" in campaign.reason
+    assert propose(needs, CampaignConfig(min_recall=0.0), "1", 0.0).target == "bag"

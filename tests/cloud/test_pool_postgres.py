@@ -3,6 +3,7 @@ same answers lose nothing and apply nothing twice (tests/fixtures/postgres.py st
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from fleetloop_cloud.box_pool import BoxPool
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.pool import Pool, PoolError
-from fleetloop_cloud.pool_sql import redact
+from fleetloop_cloud.pool_sql import ROW_LOCK, redact
 
 from fixtures.cloud_world import cloud_config, pool_frame
 from fixtures.pool_workers import race
@@ -35,6 +36,26 @@ def test_two_reviewers_racing_for_the_same_box_tasks_each_answer_their_own(postg
         done = {t.id: t for t in boxes.tasks(status="done")}
         assert set(done) == set(ids)
         assert all(done[i].annotator == "reviewer-a" for i in first["answered"])
+
+
+def test_a_box_lease_locks_rows_not_the_pool(postgres_uri):
+    """A lease neither waits for a writer holding the pool-wide lock nor hands out a row another transaction holds."""
+    with Pool(postgres_uri) as pool, Pool(postgres_uri) as other:
+        boxes = BoxPool(pool)
+        frames = [pool_frame(i, 0, False) for i in range(3)]
+        for frame in frames:
+            pool.add_frame(frame)
+        first, second, third = boxes.add_tasks(1, "review", [(f.id, None) for f in frames], shown=False)
+        with other.transaction() as writer:  # a loop worker's transaction: the pool-wide lock, held
+            writer.execute("UPDATE frames SET state=state WHERE id=?", (frames[2].id,))
+            done = []
+            leasing = threading.Thread(target=lambda: done.append(boxes.lease("a", ["review"], time.time(), 60.0)))
+            leasing.start()
+            leasing.join(10.0)
+            assert done and done[0].id == first  # leased while the writer still holds the pool-wide lock
+        with other.transaction(row_locks=True) as holder:  # another reviewer's lease, not committed yet
+            holder.execute(f"SELECT id FROM box_tasks WHERE id=?{ROW_LOCK}", (second,))
+            assert boxes.lease("b", ["review"], time.time(), 60.0).id == third  # passed over, not waited for
 
 
 def test_two_loop_workers_applying_the_same_answers_apply_each_once(tmp_path, postgres_uri, cloud_models):
