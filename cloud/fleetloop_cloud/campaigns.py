@@ -11,10 +11,11 @@ for it, and whether uploads changed (the robot's side: ``fleetloop_core.selectio
 * :func:`propose`: the campaign for the neediest class the robots can find (its field score at least
   ``min_recall``: the robots' selectors keep frames by their own model's label, so a class the serving
   model does not recognise cannot be asked for; measured: the lab-trained edge model labels none of
-  the field's bags as bags) when its need reaches ``min_need``: the
-  ``class_quota`` policy with that class's share raised to ``share`` and every other class capped at
-  ``others_share``, for ``expires_s`` (the approval, by an operator or ``approve: auto``, is the
-  caller's);
+  the field's bags as bags) when its need reaches ``min_need``, for ``expires_s``: ``aim: weight``
+  (default) multiplies the value score of frames the robots label as the class by ``weight``
+  (``selection.class_weights``: their own policy and budget stay); ``aim: quota`` switches them to
+  the ``class_quota`` policy with that class's share raised to ``share`` and every other class capped
+  at ``others_share`` (the approval, by an operator or ``approve: auto``, is the caller's);
 * :func:`upload_share`: the share of a set of uploads the robots themselves labeled as the campaign's
   class (what the campaign asks the selectors for), measured before and after.
 """
@@ -41,6 +42,11 @@ class CampaignConfig(ConfigModel):
     """
 
     approve: Literal["manual", "auto"] = "manual"
+    # weight: the class's frames get their value score x ``weight`` (the robot's own policy and budget stay,
+    # so the budget is spent); quota: the class_quota policy, the class capped at ``share``, every other
+    # class at ``others_share`` (measured: the robots left a third of the budget unused)
+    aim: Literal["weight", "quota"] = "weight"
+    weight: float = Field(default=4.0, gt=1, le=100)
     min_need: float = Field(default=0.005, ge=0)  # the neediest class's need must reach this
     min_recall: float = Field(default=0.2, ge=0, le=1)  # the serving model must find this share of the class
     share: float = Field(default=0.5, gt=0, le=1)  # the class's share cap under the campaign
@@ -134,15 +140,20 @@ def propose(needs: Sequence[ClassNeed], config: CampaignConfig, version: str, no
     score = "never scored" if top.score is None else f"field score {top.score:.2f}"
     if top.prevalence is not None:
         score += f", {top.prevalence:.1%} of the random sample"
+    changes: dict[str, Any] = (
+        {"class_weights": {top.name: config.weight}}
+        if config.aim == "weight"
+        else {
+            "policy.name": "class_quota",
+            "policy.params.shares": {top.name: config.share},
+            "policy.params.max_share": config.others_share,
+        }
+    )
     return Campaign(
         name=f"more-{top.name}",
         version=version,
         target=top.name,
-        changes={
-            "policy.name": "class_quota",
-            "policy.params.shares": {top.name: config.share},
-            "policy.params.max_share": config.others_share,
-        },
+        changes=changes,
         reason=f"{top.name}: {top.labels} accepted labels, {score}, need {top.need:.3f}",
         expires_at=now + config.expires_s,
     )

@@ -61,7 +61,7 @@ def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_key
         (queued,) = (jobs / thing / "queued").glob("*.json")
         document = json.loads(queued.read_text())["jobDocument"]
         verify_document(document, signing_keys["trusted"], "campaign")  # signed with the registry's key
-        assert parse_selection_job(document).changes["policy.params.shares"] == {"bag": 0.5}
+        assert parse_selection_job(document).changes == {"class_weights": {"bag": 4.0}}
 
     # round 2: after the campaign a third of the uploads are bags by the robots' own labels
     with Pool(tmp_path / "work" / "pool.sqlite") as pool:

@@ -17,7 +17,10 @@ def test_the_class_with_the_largest_gap_and_fewest_labels_comes_first(signing_ke
     assert needs[0].need == pytest.approx(0.6 / 2.0) and needs[0].to_dict()["labels"] == 3
     assert class_needs(["sandal"], {}, {})[0].need == 1.0  # never scored, never labeled: the most need
 
-    campaign = propose(needs, CampaignConfig(share=0.4, others_share=0.1, expires_s=60), version="2", now=1000.0)
+    campaign = propose(needs, CampaignConfig(expires_s=60), version="2", now=1000.0)
+    assert campaign.changes == {"class_weights": {"bag": 4.0}}  # the robots' own policy and budget stay
+    quota = CampaignConfig(aim="quota", share=0.4, others_share=0.1, expires_s=60)
+    campaign = propose(needs, quota, version="2", now=1000.0)
     assert campaign.name == "more-bag" and campaign.target == "bag" and campaign.expires_at == 1060.0
     assert campaign.changes == {
         "policy.name": "class_quota",

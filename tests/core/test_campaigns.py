@@ -182,3 +182,32 @@ def test_an_operators_change_during_a_campaign_runs_under_it_and_is_what_comes_b
     clock.now = NOW + 61
     assert campaigns.tick() == "more-c3" and selector.config == edited  # the operator's selection, not the old one
     assert campaigns.set_base(_selector().config) == _selector().config  # no campaign: the change is the selection
+
+
+def test_a_class_weight_aims_the_adaptive_budget_at_the_class_and_still_spends_the_budget():
+    def run(class_weights):
+        config = selection_config(
+            {
+                "policy": {
+                    "name": "adaptive_budget",
+                    "params": {"window": 256, "update_every": 16, "warmup_frames": 32},
+                },
+                "budget": {"frames_per_hour": 3600.0, "burst_seconds": 1.0},  # a tenth of 10 Hz
+                "dedup": {"enabled": False},
+                "random_fraction": 0.0,
+                "class_weights": class_weights,
+            }
+        )
+        selector, rng = Selector(config, "robot-0", LABELS), np.random.default_rng(1)
+        kept = []
+        for i, label in enumerate(rng.choice([0, 1, 3], p=[0.6, 0.3, 0.1], size=3000)):
+            result = _result(int(label))
+            result.scores.update({name: float(rng.uniform(0.0, 0.6)) for name in result.scores})
+            if selector.offer(IMAGE, result, i * PERIOD_NS).keep:
+                kept.append(int(label))
+        return kept.count(3) / len(kept), len(kept)
+
+    share, count = run({})
+    aimed_share, aimed_count = run({"c3": 4.0})
+    assert aimed_share > 3 * share  # the class's frames win the budget ...
+    assert aimed_count >= 0.9 * count  # ... and the budget is still spent (a quota leaves it unused)

@@ -57,7 +57,7 @@ def test_a_campaign_is_proposed_signed_sent_applied_reported_and_expires_on_a_st
         assert execution.status == "SUCCEEDED", execution
         assert execution.details["campaign"] == campaign.name and execution.details["serving_version"] == "1"
         asked = robot.selector.config
-        assert asked.policy.name == "class_quota" and asked.policy.params["shares"] == {campaign.target: 0.5}
+        assert asked.class_weights == {campaign.target: 4.0} and asked.policy == own.policy  # aimed, same policy
         robot.stream(100)  # frames flow through the changed selector
 
         # a campaign signed by another key is refused with the reason; the running one stays

@@ -41,6 +41,7 @@ from fleetloop_core.selection_config import (
     BudgetConfig,
     SelectionConfig,
     apply_changes,
+    class_weight_errors,
     policy_params,
     selection_config,
 )
@@ -64,6 +65,7 @@ class _Active:
     policy: Callable[[float, Any, Any, PolicyState], Verdict]
     params: Any
     random_fraction: float
+    class_scale: np.ndarray | None = None  # per label index: the value score's factor (class_weights)
 
 
 @dataclass
@@ -110,6 +112,14 @@ class Selector:
 
     def _compile(self, config: SelectionConfig, source: str) -> _Active:
         params = policy_params(config, source)
+        errors = class_weight_errors(config, self.labels)
+        if errors:
+            raise ConfigError(f"{source}: {errors[0]}")
+        scale = None
+        if config.class_weights:
+            scale = np.ones(len(self.labels), np.float64)
+            for name, weight in config.class_weights.items():
+                scale[self.labels.index(name)] = weight
         weights = {
             task: tuple((name, float(w)) for name, w in task_weights.items() if w > 0)
             for task, task_weights in config.weights.model_dump().items()
@@ -122,6 +132,7 @@ class Selector:
             policy=POLICIES[config.policy.name].function,
             params=params,
             random_fraction=config.random_fraction,
+            class_scale=scale,
         )
 
     def _new_state(self, active: _Active, source: str) -> PolicyState:
@@ -242,6 +253,10 @@ class Selector:
             for name, weight in weights:
                 value += weight * scores[name]
             value *= active.inverse_weight_sums[result.task]
+            if active.class_scale is not None and 0 <= (label := getattr(result, "label", -1)) < len(
+                active.class_scale
+            ):
+                value = min(1.0, value * float(active.class_scale[label]))
             state = self._state
             state.frames += 1
             state.stamp_ns = stamp_ns

@@ -115,9 +115,24 @@ class SelectionConfig(ConfigModel):
     dedup: DedupConfig = DedupConfig()
     clip: ClipConfig = ClipConfig()
     random_fraction: float = Field(default=0.002, ge=0.0, le=1.0)  # of all frames, kept regardless
+    # value score x weight for frames the robot's model labels as that class (capped at 1): aims the
+    # budget at a class without capping the others (a data campaign's usual change); by label name
+    class_weights: dict[str, float] = Field(default_factory=dict)
     random_priority: float = Field(default=1.0, ge=0.0)  # queue priority of random samples
     record: RecordConfig = RecordConfig()
     seed: int = 0  # of the random sampling
+
+
+def class_weight_errors(config: SelectionConfig, labels: tuple[str, ...]) -> list[str]:
+    """Return what is wrong with ``class_weights`` for a selector of ``labels`` (empty: nothing)."""
+    errors = []
+    for name, weight in config.class_weights.items():
+        if name not in labels:
+            known = ", ".join(labels) or "none: the selector has no labels"
+            errors.append(f"class_weights: unknown class {name!r} (known: {known})")
+        elif not 0.0 <= weight <= 100.0 or weight != weight:
+            errors.append(f"class_weights.{name} must be in [0, 100] (got {weight})")
+    return errors
 
 
 def policy_params(config: SelectionConfig, source: str = "<config>") -> ConfigModel:
