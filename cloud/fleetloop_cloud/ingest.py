@@ -100,13 +100,31 @@ def hamming(hashes: np.ndarray, value: int) -> np.ndarray:
 
 
 class _NearDuplicateIndex:
-    """pHashes of pool frames, by robot, for the cross-robot near-duplicate check."""
+    """pHashes of pool frames, by robot, for the cross-robot near-duplicate check.
 
-    def __init__(self, entries: Iterable[tuple[str, str, int]]):
+    Several ingest workers may share a pool: before each decision :meth:`refresh` (inside the pool's
+    write transaction, where one worker decides at a time) adds what the others added since the last
+    look. ``created`` is stamped inside that transaction: stamps follow the commit order as far as the
+    workers' clocks agree, and ``CLOCK_SLACK_S`` back is re-read (a frame missed by more is a
+    near-duplicate stored as new and labeled twice, never a lost one).
+    """
+
+    CLOCK_SLACK_S = 0.1
+
+    def __init__(self, entries: Iterable[tuple[str, str, int, float]]):
         entries = list(entries)
         self.ids = [e[0] for e in entries]
         self.robots = np.array([e[1] for e in entries], dtype=object)
         self.hashes = np.array([e[2] for e in entries], dtype=np.uint64)
+        self._known = set(self.ids)
+        self._since = max((e[3] for e in entries), default=0.0)
+
+    def refresh(self, pool: Pool) -> None:
+        """Add the frames other workers added to the pool since the last refresh."""
+        for frame_id, robot, value, created in pool.phashes(since=self._since - self.CLOCK_SLACK_S):
+            if frame_id not in self._known:
+                self.add(frame_id, robot, value)
+            self._since = max(self._since, created)
 
     def match(self, robot: str, value: int, bits: int) -> str | None:
         if not len(self.ids):
@@ -119,6 +137,7 @@ class _NearDuplicateIndex:
         return self.ids[int(candidates[np.argmin(distances[candidates])])]
 
     def add(self, frame_id: str, robot: str, value: int) -> None:
+        self._known.add(frame_id)
         self.ids.append(frame_id)
         self.robots = np.append(self.robots, np.array([robot], dtype=object))
         self.hashes = np.append(self.hashes, np.array([value], dtype=np.uint64))
@@ -274,42 +293,51 @@ def _add_frame(
     data: bytes,
     image: np.ndarray,
 ) -> None:
-    """Add one validated frame to the pool: a sighting of a known frame, a near-duplicate, or a new frame."""
+    """Add one validated frame to the pool: a sighting of a known frame, a near-duplicate, or a new frame.
+
+    Decided inside the pool's write transaction, so several ingest workers on one pool (PostgreSQL)
+    never both take a frame as new, nor miss a near-duplicate one of them just added.
+    """
     frame_id = sidecar.frame_sha256
-    if pool.has_frame(frame_id):
-        pool.add_sighting(frame_id, sidecar.robot_id, json_key)
-        pool.forget_orphan(image_key)
-        report.exact_duplicates += 1
-        return
     phash = perceptual_hash(image)
-    duplicate_of = index.match(sidecar.robot_id, phash, config.near_duplicate_bits)
     embedding = None
     if sidecar.embedding is not None:
         embedding = np.asarray(sidecar.embedding, np.float32)
         embedding = embedding / np.linalg.norm(embedding)
     cache.put(frame_id, image_key, data)
-    record = FrameRecord(
-        id=frame_id,
-        robot_id=sidecar.robot_id,
-        stream=sidecar.stream,
-        site=sidecar.site,
-        stamp_ns=sidecar.stamp_ns,
-        frame_key=image_key,
-        sidecar_key=json_key,
-        width=sidecar.width,
-        height=sidecar.height,
-        random=bool(sidecar.decision and sidecar.decision.random),
-        track_hint=sidecar.track_hint,
-        robot_embedding=embedding,
-        phash=phash,
-        sim_label=sidecar.simulation.label if sidecar.simulation else None,
-        sidecar=sidecar.to_json(),
-        state="duplicate" if duplicate_of else "new",
-        duplicate_of=duplicate_of,
-        round=round,
-    )
-    pool.add_frame(record)
-    pool.forget_orphan(image_key)
+    with pool.transaction():
+        if pool.has_frame(frame_id):
+            if pool.knows_sidecar(json_key):  # this very upload: another ingest worker took it meanwhile
+                report.already_known += 1
+                return
+            pool.add_sighting(frame_id, sidecar.robot_id, json_key)
+            pool.forget_orphan(image_key)
+            report.exact_duplicates += 1
+            return
+        index.refresh(pool)
+        duplicate_of = index.match(sidecar.robot_id, phash, config.near_duplicate_bits)
+        record = FrameRecord(
+            id=frame_id,
+            robot_id=sidecar.robot_id,
+            stream=sidecar.stream,
+            site=sidecar.site,
+            stamp_ns=sidecar.stamp_ns,
+            frame_key=image_key,
+            sidecar_key=json_key,
+            width=sidecar.width,
+            height=sidecar.height,
+            random=bool(sidecar.decision and sidecar.decision.random),
+            track_hint=sidecar.track_hint,
+            robot_embedding=embedding,
+            phash=phash,
+            sim_label=sidecar.simulation.label if sidecar.simulation else None,
+            sidecar=sidecar.to_json(),
+            state="duplicate" if duplicate_of else "new",
+            duplicate_of=duplicate_of,
+            round=round,
+        )
+        pool.add_frame(record)
+        pool.forget_orphan(image_key)
     if duplicate_of:
         report.near_duplicates += 1
     else:

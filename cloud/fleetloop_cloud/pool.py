@@ -188,6 +188,12 @@ class Pool(LabelStore, RoundLog):
         keys |= {row[0] for row in self._query("SELECT key FROM sightings")}
         return keys
 
+    def knows_sidecar(self, key: str) -> bool:
+        """Return whether this sidecar key was ingested already (as a frame or a sighting)."""
+        return bool(self._query("SELECT 1 FROM frames WHERE sidecar_key=?", (key,))) or bool(
+            self._query("SELECT 1 FROM sightings WHERE key=?", (key,))
+        )
+
     def has_frame(self, frame_id: str) -> bool:
         """Return whether a frame with this sha256 is in the pool."""
         return bool(self._query("SELECT 1 FROM frames WHERE id=?", (frame_id,)))
@@ -248,10 +254,12 @@ class Pool(LabelStore, RoundLog):
         """Mark frames as held out of training (the holdout test set)."""
         self._db.executemany("UPDATE frames SET holdout=1 WHERE id=?", [(i,) for i in frame_ids])
 
-    def phashes(self) -> list[tuple[str, str, int]]:
-        """Return (frame id, robot id, pHash as unsigned 64-bit) of every non-duplicate frame."""
-        rows = self._query("SELECT id, robot_id, phash FROM frames WHERE phash IS NOT NULL AND state != 'duplicate'")
-        return [(r[0], r[1], r[2] & ((1 << 64) - 1)) for r in rows]
+    def phashes(self, since: float | None = None) -> list[tuple[str, str, int, float]]:
+        """Return (frame id, robot id, pHash as unsigned 64-bit, created) of every non-duplicate frame
+        (added at ``since`` or later: what other ingest workers added meanwhile)."""
+        sql = "SELECT id, robot_id, phash, created FROM frames WHERE phash IS NOT NULL AND state != 'duplicate'"
+        rows = self._query(sql + " AND created >= ?", (since,)) if since is not None else self._query(sql)
+        return [(r[0], r[1], r[2] & ((1 << 64) - 1), float(r[3])) for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Return the number of frames per state."""

@@ -1,15 +1,13 @@
 """Ingest: frames + sidecars from a store into the pool; bad input quarantined with a reason."""
 
-import hashlib
 import json
 
-import cv2
 import numpy as np
 import pytest
 
 from fleetloop_sim.dataset import LABELS
 
-from fleetloop_core.contracts.sidecar import Decision, Sidecar, SimulationTruth, frame_key, sidecar_key
+from fleetloop_core.contracts.sidecar import SimulationTruth, frame_key, sidecar_key
 from fleetloop_core.store import open_store
 
 from fleetloop_cloud.config import IngestConfig
@@ -17,61 +15,7 @@ from fleetloop_cloud.frames import FrameCache
 from fleetloop_cloud.ingest import augmented_manifest, hamming, ingest, perceptual_hash, write_jsonl
 from fleetloop_cloud.pool import Pool
 
-START = 1_790_000_000 * 10**9
-
-
-def _png(image: np.ndarray) -> bytes:
-    return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
-
-
-def _frame(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    return cv2.resize(small, (64, 64), interpolation=cv2.INTER_LINEAR)
-
-
-def _upload(
-    store,
-    robot: str,
-    image: np.ndarray,
-    index: int,
-    label: int = 3,
-    write_sidecar: bool = True,
-    write_frame: bool = True,
-    **changes,
-) -> Sidecar:
-    data = _png(image)
-    sidecar = Sidecar(
-        robot_id=robot,
-        stamp_ns=START + index * 10**8,
-        frame_sha256=hashlib.sha256(data).hexdigest(),
-        width=image.shape[1],
-        height=image.shape[0],
-        labels=[
-            "t-shirt",
-            "trouser",
-            "pullover",
-            "dress",
-            "coat",
-            "sandal",
-            "shirt",
-            "sneaker",
-            "bag",
-            "ankle-boot",
-            "none",
-        ],
-        decision=Decision(policy="test", score=0.5, random=index % 2 == 0),
-        embedding=[0.6, 0.8],
-        site="site-0",
-        track_hint="t1",
-        simulation=SimulationTruth(label=label, track_id=1, site="site-0"),
-    )
-    sidecar = sidecar.model_copy(update=changes)
-    if write_frame:
-        store.put_bytes(frame_key(sidecar), data)
-    if write_sidecar:
-        store.put_bytes(sidecar_key(sidecar), sidecar.to_json().encode())
-    return sidecar
+from fixtures.uploads import frame_image as _frame, png as _png, upload as _upload
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from fleetloop_cloud.pool_sql import ROW_LOCK, redact
 
 from fixtures.cloud_world import cloud_config, pool_frame
 from fixtures.pool_workers import race
+from fixtures.uploads import frame_image, noisy, upload
 
 TASKS = 120
 
@@ -56,6 +57,27 @@ def test_a_box_lease_locks_rows_not_the_pool(postgres_uri):
         with other.transaction(row_locks=True) as holder:  # another reviewer's lease, not committed yet
             holder.execute(f"SELECT id FROM box_tasks WHERE id=?{ROW_LOCK}", (second,))
             assert boxes.lease("b", ["review"], time.time(), 60.0).id == third  # passed over, not waited for
+
+
+def test_two_ingest_workers_take_each_frame_once_and_see_each_others_near_duplicates(tmp_path, postgres_uri):
+    from fleetloop_core.store import open_store
+
+    from fleetloop_cloud.ingest import hamming, perceptual_hash
+
+    store_uri = f"file://{tmp_path / 'store'}"
+    store, pairs = open_store(store_uri), 40
+    for i in range(pairs):  # robot r1 sees an item; r2 sees the same item a moment later (a near-duplicate)
+        image, other = frame_image(1000 + i), noisy(frame_image(1000 + i), seed=i, amplitude=1)
+        assert hamming(np.array([perceptual_hash(image)], np.uint64), perceptual_hash(other))[0] <= 6
+        upload(store, "r1", image, i)
+        upload(store, "r2", other, i)
+    start = time.time() + 3.0
+    reports = race("ingester", [[postgres_uri, store_uri, str(tmp_path / f"cache-{w}"), start] for w in "ab"])
+    with Pool(postgres_uri) as pool:
+        assert pool.counts() == {"new": pairs, "duplicate": pairs}  # every r2 frame seen as r1's near-duplicate
+    assert sum(r["ingested"] for r in reports) == pairs and sum(r["near_duplicates"] for r in reports) == pairs
+    assert all(r["ingested"] for r in reports)  # both took frames: they ran at once
+    assert sum(r["exact_duplicates"] for r in reports) == 0  # the other worker's frame is not a duplicate
 
 
 def test_two_loop_workers_applying_the_same_answers_apply_each_once(tmp_path, postgres_uri, cloud_models):
