@@ -77,6 +77,9 @@ class Tally:
     slow_exits: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     losses: list[str] = field(default_factory=list)  # paced runs that lost frames: the evidence (logs kept)
+    # robots ended by the runner's shutdown deadline (SIGALRM: state closed, the DDS teardown hung); not a
+    # failure, but a participant that never said goodbye: kept beside the losses as evidence
+    teardown_deadlines: list[str] = field(default_factory=list)
     exit_s: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -98,7 +101,7 @@ class Tally:
             }
         data["exit_s_p50"] = round(percentile(self.exit_s, 50), 3) if self.exit_s else None
         data["exit_s_max"] = round(max(self.exit_s), 3) if self.exit_s else None
-        for kind in ("hangs", "freezes", "slow_exits", "failures", "losses"):
+        for kind in ("hangs", "freezes", "slow_exits", "failures", "losses", "teardown_deadlines"):
             data[f"{kind}_count"] = len(data[kind])
         return data
 
@@ -253,6 +256,8 @@ def _pair(
 
 def _end_robot(robot: Robot, signum: int, tally: Tally, what: str, count: bool = True) -> None:
     seconds = robot.stop(signum)
+    if robot.process.returncode == -signal.SIGALRM:
+        tally.note("teardown_deadlines", f"{what}: robot {robot.log_path.name} ended by the shutdown deadline")
     for line in robot.freezes():
         tally.note("freezes", f"{what}: {line.strip()[:200]}")
     if count:
@@ -338,6 +343,8 @@ def _stopped_camera(namespace: str, signum: int, tally: Tally, what: str) -> Non
     time.sleep(1.5)  # start-up, discovery, a few frames
     seconds = _stop(process, signum)
     process.communicate()
+    if process.returncode == -signal.SIGALRM:
+        tally.note("teardown_deadlines", f"{what}: camera ended by the shutdown deadline")
     tally.add(camera_stops=1)
     _record_exit(tally, f"{what}: camera, {signal.Signals(signum).name}", seconds)
 
@@ -724,6 +731,7 @@ def _measure(args: argparse.Namespace, cycles: int, stream_s: float, models: Pat
         ),
         ("paced frames answered after the 2 s deadline (late, not lost)", str(summary["frames_late"])),
         ("paced camera runs that lost frames", str(summary["losses_count"])),
+        ("robots ended by the shutdown deadline (DDS teardown hung)", str(summary["teardown_deadlines_count"])),
     ]
     print_table(f"robot stack under stress ({time.monotonic() - started:.0f} s)", rows)
     stream_columns = [
