@@ -100,14 +100,9 @@ def hamming(hashes: np.ndarray, value: int) -> np.ndarray:
 
 
 class _NearDuplicateIndex:
-    """pHashes of pool frames, by robot, for the cross-robot near-duplicate check.
-
-    Several ingest workers may share a pool: before each decision :meth:`refresh` (inside the pool's
-    write transaction, where one worker decides at a time) adds what the others added since the last
-    look. ``created`` is stamped inside that transaction: stamps follow the commit order as far as the
-    workers' clocks agree, and ``CLOCK_SLACK_S`` back is re-read (a frame missed by more is a
-    near-duplicate stored as new and labeled twice, never a lost one).
-    """
+    """pHashes of pool frames, by robot, for the cross-robot near-duplicate check; :meth:`refresh` adds what
+    other ingest workers added (``created`` follows the commit order as far as their clocks agree, and
+    ``CLOCK_SLACK_S`` back is re-read: a frame missed by more is labeled twice, never lost)."""
 
     CLOCK_SLACK_S = 0.1
 
@@ -293,11 +288,8 @@ def _add_frame(
     data: bytes,
     image: np.ndarray,
 ) -> None:
-    """Add one validated frame to the pool: a sighting of a known frame, a near-duplicate, or a new frame.
-
-    Decided inside the pool's write transaction, so several ingest workers on one pool (PostgreSQL)
-    never both take a frame as new, nor miss a near-duplicate one of them just added.
-    """
+    """Add one validated frame to the pool: a sighting of a known frame, a near-duplicate, or a new frame;
+    decided in the pool's write transaction (several workers never both take a frame, nor miss a near-duplicate)."""
     frame_id = sidecar.frame_sha256
     phash = perceptual_hash(image)
     embedding = None
@@ -316,26 +308,8 @@ def _add_frame(
             return
         index.refresh(pool)
         duplicate_of = index.match(sidecar.robot_id, phash, config.near_duplicate_bits)
-        record = FrameRecord(
-            id=frame_id,
-            robot_id=sidecar.robot_id,
-            stream=sidecar.stream,
-            site=sidecar.site,
-            stamp_ns=sidecar.stamp_ns,
-            frame_key=image_key,
-            sidecar_key=json_key,
-            width=sidecar.width,
-            height=sidecar.height,
-            random=bool(sidecar.decision and sidecar.decision.random),
-            track_hint=sidecar.track_hint,
-            robot_embedding=embedding,
-            phash=phash,
-            sim_label=sidecar.simulation.label if sidecar.simulation else None,
-            sidecar=sidecar.to_json(),
-            state="duplicate" if duplicate_of else "new",
-            duplicate_of=duplicate_of,
-            round=round,
-        )
+        state = "duplicate" if duplicate_of else "new"
+        record = _record(sidecar, json_key, image_key, phash, embedding, state, duplicate_of, round)
         pool.add_frame(record)
         pool.forget_orphan(image_key)
     if duplicate_of:
@@ -343,6 +317,30 @@ def _add_frame(
     else:
         index.add(frame_id, sidecar.robot_id, phash)
         report.ingested += 1
+
+
+def _record(sidecar, json_key, image_key, phash, embedding, state, duplicate_of, round) -> FrameRecord:
+    """Return the pool record of one validated upload."""
+    return FrameRecord(
+        id=sidecar.frame_sha256,
+        robot_id=sidecar.robot_id,
+        stream=sidecar.stream,
+        site=sidecar.site,
+        stamp_ns=sidecar.stamp_ns,
+        frame_key=image_key,
+        sidecar_key=json_key,
+        width=sidecar.width,
+        height=sidecar.height,
+        random=bool(sidecar.decision and sidecar.decision.random),
+        track_hint=sidecar.track_hint,
+        robot_embedding=embedding,
+        phash=phash,
+        sim_label=sidecar.simulation.label if sidecar.simulation else None,
+        sidecar=sidecar.to_json(),
+        state=state,
+        duplicate_of=duplicate_of,
+        round=round,
+    )
 
 
 # ------------------------------------------------------------------------ augmented manifests

@@ -154,9 +154,21 @@ class PostgresConnection:
         return _Result([], count, None)
 
     def executescript(self, script: str) -> None:
-        for statement in (s.strip() for s in script.split(";")):
-            if statement:
-                self.execute(self.ddl(statement))
+        """Run a schema script as one transaction under the pool's advisory lock.
+
+        Two workers opening a new pool at once otherwise race in PostgreSQL's own catalogue: measured,
+        ``CREATE TABLE IF NOT EXISTS`` from two processes failed one of them with a unique violation on
+        ``pg_type_typname_nsp_index``.
+        """
+        self.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in (s.strip() for s in script.split(";")):
+                if statement:
+                    self.execute(self.ddl(statement))
+        except BaseException:
+            self._run("ROLLBACK", ())
+            raise
+        self._run("COMMIT", ())
 
     def close(self) -> None:
         self._db.close()

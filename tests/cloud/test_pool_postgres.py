@@ -3,6 +3,7 @@ same answers lose nothing and apply nothing twice (tests/fixtures/postgres.py st
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -72,11 +73,15 @@ def test_two_ingest_workers_take_each_frame_once_and_see_each_others_near_duplic
         upload(store, "r1", image, i)
         upload(store, "r2", other, i)
     start = time.time() + 3.0
-    reports = race("ingester", [[postgres_uri, store_uri, str(tmp_path / f"cache-{w}"), start] for w in "ab"])
+    # one worker from r2's frames on, the other from r1's: each meets the other's near-duplicates at once
+    prefixes = {"a": "frames/r2/", "b": "frames/"}
+    reports = race("ingester", [[postgres_uri, store_uri, str(tmp_path / w), start, p] for w, p in prefixes.items()])
     with Pool(postgres_uri) as pool:
-        assert pool.counts() == {"new": pairs, "duplicate": pairs}  # every r2 frame seen as r1's near-duplicate
+        assert pool.counts() == {"new": pairs, "duplicate": pairs}  # one of each pair new, the other its duplicate
+        rows = {(row["robot_id"], row["stamp_ns"]): row["state"] for row in pool.frames(include_duplicates=True)}
+    assert all({rows[("r1", s)], rows[("r2", s)]} == {"new", "duplicate"} for s in {k[1] for k in rows})
+    assert reports[0]["ingested"] and reports[1]["ingested"], json.dumps(reports)  # both took frames
     assert sum(r["ingested"] for r in reports) == pairs and sum(r["near_duplicates"] for r in reports) == pairs
-    assert all(r["ingested"] for r in reports)  # both took frames: they ran at once
     assert sum(r["exact_duplicates"] for r in reports) == 0  # the other worker's frame is not a duplicate
 
 
