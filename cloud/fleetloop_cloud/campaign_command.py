@@ -44,13 +44,18 @@ def production_scores(pool) -> dict[str, float]:
     return {name: float(entry["accuracy"]) for name, entry in ((serving or {}).get("per_class") or {}).items()}
 
 
+def robot_label(row) -> str:
+    """Return the class the robot's own model gave an uploaded frame (its sidecar's prediction; "" if none)."""
+    sidecar = json.loads(row["sidecar"] or "{}")
+    labels, index = sidecar.get("labels") or [], int(sidecar.get("prediction", -1))
+    return labels[index] if 0 <= index < len(labels) else ""
+
+
 def robot_label_shares(pool, target: str) -> dict[int, dict[str, float]]:
     """Return per round the uploads and the share the robots themselves labeled ``target``."""
     by_round: dict[int, list[str]] = {}
     for row in pool.frames(include_duplicates=True):
-        sidecar = json.loads(row["sidecar"] or "{}")
-        labels, index = sidecar.get("labels") or [], int(sidecar.get("prediction", -1))
-        by_round.setdefault(int(row["round"]), []).append(labels[index] if 0 <= index < len(labels) else "")
+        by_round.setdefault(int(row["round"]), []).append(robot_label(row))
     return {r: {"uploads": len(v), "share": round(upload_share(v, target), 4)} for r, v in sorted(by_round.items())}
 
 

@@ -18,7 +18,6 @@ in the same round (both robots' models changed between the rounds, which moves t
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Sequence
 
@@ -64,12 +63,11 @@ def send_after_round(arm, round_number: int, things: Sequence[str]) -> dict[str,
 
 def _round_figures(pool, classes: Sequence[str], target: int) -> dict[int, dict[str, Any]]:
     """Return per round the uploads, the robots' and the true share of ``target`` and its accepted labels."""
+    from fleetloop_cloud.campaign_command import robot_label
+
     rows: dict[int, list[tuple[str, int | None]]] = {}
     for row in pool.frames(include_duplicates=True):
-        sidecar = json.loads(row["sidecar"] or "{}")
-        labels, index = sidecar.get("labels") or [], int(sidecar.get("prediction", -1))
-        robot_label = labels[index] if 0 <= index < len(labels) else ""
-        rows.setdefault(int(row["round"]), []).append((robot_label, row["sim_label"]))
+        rows.setdefault(int(row["round"]), []).append((robot_label(row), row["sim_label"]))
     accepted: dict[int, int] = {}
     for label in pool.labels().values():
         if label.label == target:
