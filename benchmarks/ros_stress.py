@@ -188,16 +188,26 @@ def _stop(process: subprocess.Popen, signum: int) -> float | None:
 HANG_DUMPS: list[str] = []  # py-spy dumps of processes that did not exit (evidence, written to the JSON)
 
 
-def _dump_stacks(process: subprocess.Popen) -> None:
-    """Record where a process that did not exit is (``py-spy dump --native``), before it is killed."""
+def _stacks(pid: int, native: bool = False) -> str:
+    """Return where a process is (``py-spy dump``), or why that could not be read."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     try:
         done = subprocess.run(
-            [spy, "dump", "--native", "--pid", str(process.pid)], capture_output=True, text=True, timeout=30
+            [spy, "dump", *(["--native"] if native else []), "--pid", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
-        HANG_DUMPS.append(f"pid {process.pid} {' '.join(map(str, process.args))[:200]}\n{done.stdout}{done.stderr}")
+        return done.stdout + done.stderr
     except (OSError, subprocess.TimeoutExpired) as exc:
-        HANG_DUMPS.append(f"pid {process.pid}: py-spy failed ({exc})")
+        return f"py-spy failed ({exc})"
+
+
+def _dump_stacks(process: subprocess.Popen) -> None:
+    """Record where a process that did not exit is (``py-spy dump --native``), before it is killed."""
+    HANG_DUMPS.append(
+        f"pid {process.pid} {' '.join(map(str, process.args))[:200]}\n{_stacks(process.pid, native=True)}"
+    )
     print(HANG_DUMPS[-1][:4000], file=sys.stderr, flush=True)
 
 
@@ -317,13 +327,7 @@ def _paced_camera(namespace: str, frames: int, tally: Tally, what: str, robot: R
 
 def _record_loss(tally: Tally, what: str, counts: dict, camera_log: str, robot: Robot) -> None:
     """Keep the evidence of a paced run that lost frames: the camera's log, the robot's stacks and log file."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    try:
-        stacks = subprocess.run(
-            [spy, "dump", "--pid", str(robot.process.pid)], capture_output=True, text=True, timeout=30
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        stacks = f"py-spy failed: {exc}"
+    stacks = _stacks(robot.process.pid)
     tally.note(
         "losses",
         f"{what}: {counts} (robot log {robot.log_path})\ncamera log:\n{camera_log[-1500:]}\n"
