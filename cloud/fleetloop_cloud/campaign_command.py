@@ -1,14 +1,16 @@
 """``fleetloop-cloud campaign propose|send|measure``: an operator's data campaigns (``fleetloop_cloud.campaigns``).
 
-* ``propose``: from the pool's accepted labels (those of the robots' random sample give each class's
-  prevalence) and the production edge model's per-class field accuracy of the latest evaluation, the
-  neediest class and its campaign; kept in the pool (``campaign_proposal``) and printed for the
-  operator to read;
+* ``propose``: from the pool's accepted labels (those of the robots' random sample give each class's and
+  site's prevalence), the production edge model's per-class and per-site field accuracy of the latest
+  evaluation and the teachers' agreement on the latest round's uploads, the neediest class, site or
+  disputed class and its campaign; kept in the pool (``campaign_proposal``) and printed for the operator;
 * ``send``: the operator's approval: the kept proposal, signed with ``registry.signing_key``, as a job to
-  the robots through the deploy backend; recorded in the pool (``campaigns_sent``);
+  the robots through the deploy backend (a site campaign: those of them seen at the site); recorded in
+  the pool (``campaigns_sent``);
 * ``auto``: the policy in config (``campaigns.approve: auto``), run after a round: propose, and send
   unless a campaign it sent still runs;
-* ``measure``: per round, the share of uploads the robots labeled as a campaign's class.
+* ``measure``: per round, the share of uploads the robots labeled as a campaign's class (``--site``: the share
+  from the campaign's site).
 """
 
 from __future__ import annotations
@@ -26,22 +28,25 @@ from fleetloop_cloud.campaigns import (
     Campaign,
     CampaignConfig,
     class_needs,
-    field_prevalence,
+    disagreement_needs,
     propose,
+    shares,
+    site_needs,
     upload_share,
 )
 
 PROPOSAL_KEY, SENT_KEY = "campaign_proposal", "campaigns_sent"
 
 
-def production_scores(pool) -> dict[str, float]:
-    """Return the edge model's (T4's) per-class field accuracy after the latest evaluation's decision."""
+def production_scores(pool, figure: str = "per_class") -> dict[str, float]:
+    """Return the edge model's (T4's) field accuracy per class (``figure="per_site"``: per site) after the
+    latest evaluation's decision."""
     evaluated = pool.last_done("evaluate")
     if evaluated is None:
         return {}
     result = pool.step(evaluated, "evaluate")[1].get("tiers", {}).get("T4", {})
     serving = result.get("after") if (result.get("decision") or {}).get("promote") else result.get("before")
-    return {name: float(entry["accuracy"]) for name, entry in ((serving or {}).get("per_class") or {}).items()}
+    return {name: float(entry["accuracy"]) for name, entry in ((serving or {}).get(figure) or {}).items()}
 
 
 def robot_label(row) -> str:
@@ -51,11 +56,12 @@ def robot_label(row) -> str:
     return labels[index] if 0 <= index < len(labels) else ""
 
 
-def robot_label_shares(pool, target: str) -> dict[int, dict[str, float]]:
-    """Return per round the uploads and the share the robots themselves labeled ``target``."""
+def campaign_shares(pool, target: str, kind: str = "class") -> dict[int, dict[str, float]]:
+    """Return per round the uploads and the share matching a campaign: the robots themselves labeled them
+    ``target`` (``kind`` class or disagreement), or they came from site ``target`` (``kind`` site)."""
     by_round: dict[int, list[str]] = {}
     for row in pool.frames(include_duplicates=True):
-        by_round.setdefault(int(row["round"]), []).append(robot_label(row))
+        by_round.setdefault(int(row["round"]), []).append(row["site"] if kind == "site" else robot_label(row))
     return {r: {"uploads": len(v), "share": round(upload_share(v, target), 4)} for r, v in sorted(by_round.items())}
 
 
@@ -71,21 +77,53 @@ def _loop(args: argparse.Namespace):
 
 
 def propose_campaign(loop, now: float, config: CampaignConfig | None = None) -> dict[str, Any]:
-    """Return (and keep in the pool) the neediest class's campaign proposal: ``{"needs", "campaign"}``."""
+    """Return (and keep in the pool) the neediest campaign proposal: ``{"needs", "campaign"}``."""
     config = config or loop.config.campaigns
     classes = loop.task.frame_labels
-    labels = loop.pool.labels()
+    labels, rows = loop.pool.labels(), loop.pool.frames()
     counts = Counter(classes[label.label] for label in labels.values())
-    sampled = [labels[row["id"]].label for row in loop.pool.frames() if row["random"] and row["id"] in labels]
-    prevalence = field_prevalence(classes, sampled)
-    needs = class_needs(classes, counts, production_scores(loop.pool), skip=config.skip, prevalence=prevalence)
+    sampled = [classes[labels[row["id"]].label] for row in rows if row["random"] and row["id"] in labels]
+    prevalence = shares(classes, sampled)
+    scores = production_scores(loop.pool)
+    needs = class_needs(classes, counts, scores, skip=config.skip, prevalence=prevalence)
+    sites = sorted({row["site"] for row in rows})
+    robots: dict[str, set[str]] = {}
+    for row in rows:
+        robots.setdefault(row["site"], set()).add(row["robot_id"])
+    site_labels = Counter(row["site"] for row in rows if row["id"] in labels)
+    site_shares = shares(sites, [row["site"] for row in rows if row["random"]])
+    site_robots = {site: sorted(names) for site, names in robots.items()}
+    needs += site_needs(production_scores(loop.pool, "per_site"), site_labels, site_robots, site_shares)
+    agreement = teacher_agreement(loop, rows)
+    needs += disagreement_needs(agreement, counts, scores, config.min_frames, config.skip, prevalence)
+    needs = [n for n in needs if n.kind in config.kinds]
     version = str(len(loop.pool.get(SENT_KEY, []) or []) + 1)
     campaign = propose(needs, config, version, now)
-    proposal: dict[str, Any] = {"needs": [n.to_dict() for n in needs[:5]], "campaign": None}
-    if campaign is not None:
-        proposal["campaign"] = campaign.__dict__
+    proposal: dict[str, Any] = {"needs": [n.to_dict() for n in sorted(needs, key=lambda n: -n.need)[:5]]}
+    proposal["campaign"] = None if campaign is None else campaign.__dict__
     loop.pool.put(PROPOSAL_KEY, proposal)
     return proposal
+
+
+def teacher_agreement(loop, rows) -> dict[str, tuple[float, int]]:
+    """Return per class as T1 labels the latest teacher-labeled round's uploads: (share T2 agrees on, uploads)."""
+    labeled = loop.pool.last_done("autolabel")
+    if labeled is None:
+        return {}
+    tier_a, version_a, tier_b, version_b = loop.teacher_versions(labeled)
+    ids = [row["id"] for row in rows if int(row["round"]) == labeled]
+    missing = set(loop.pool.missing_predictions(tier_a, version_a, ids))
+    missing |= set(loop.pool.missing_predictions(tier_b, version_b, ids))
+    ids = [i for i in ids if i not in missing]
+    if not ids:
+        return {}
+    label_a = loop.pool.predictions(tier_a, version_a, ids)[0].argmax(axis=1)
+    label_b = loop.pool.predictions(tier_b, version_b, ids)[0].argmax(axis=1)
+    out = {}
+    for index in sorted(set(label_a.tolist())):
+        mask = label_a == index
+        out[loop.task.frame_labels[index]] = (float((label_b[mask] == index).mean()), int(mask.sum()))
+    return out
 
 
 def send_campaign(loop, jobs, things: list[str]) -> dict[str, Any]:
@@ -97,6 +135,10 @@ def send_campaign(loop, jobs, things: list[str]) -> dict[str, Any]:
     if not key:
         raise ConfigError("registry.signing_key is unset: campaigns are signed with it")
     campaign = Campaign(**proposal)
+    if campaign.kind == "site":  # the site's robots only
+        things = [thing for thing in things if thing in set(campaign.robots)]
+        if not things:
+            raise ConfigError(f"campaign {campaign.name}: none of the robots named is at {campaign.target}")
     job_id = f"campaign-{campaign.name}-{campaign.version}"
     jobs.create_job(job_id, things, campaign.document(Path(key).read_bytes()))
     # the round whose uploads and evaluation it was proposed from: the latest one
@@ -122,8 +164,11 @@ def auto_campaign(loop, jobs, things: list[str], now: float) -> dict[str, Any]:
     if running is not None:
         return {"skipped": f"campaign {running['name']} v{running['version']} runs until {running['expires_at']:.0f}"}
     proposal = propose_campaign(loop, now)
-    if proposal["campaign"] is None:
-        return {"skipped": "no class needs a campaign (campaigns.min_need)", "needs": proposal["needs"]}
+    campaign = proposal["campaign"]
+    if campaign is None:
+        return {"skipped": "nothing needs a campaign (campaigns.min_need)", "needs": proposal["needs"]}
+    if campaign["kind"] == "site" and not set(things) & set(campaign["robots"]):
+        return {"skipped": f"campaign {campaign['name']}: none of the robots named is at {campaign['target']}"}
     return {"sent": send_campaign(loop, jobs, things)}
 
 
@@ -175,7 +220,8 @@ def _auto(args: argparse.Namespace) -> int:
 
 def _measure(args: argparse.Namespace) -> int:
     with _loop(args) as loop:
-        print(json.dumps({"class": args.target, "rounds": robot_label_shares(loop.pool, args.target)}, indent=2))
+        kind, target = ("site", args.site) if args.site else ("class", args.target)
+        print(json.dumps({kind: target, "rounds": campaign_shares(loop.pool, target, kind)}, indent=2))
     return 0
 
 
@@ -187,7 +233,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("propose", _propose, "the neediest class's campaign from the pool and the last evaluation"),
         ("send", _send, "sign the proposed campaign and send it to robots as a job (the operator's approval)"),
         ("auto", _auto, "after a round, with campaigns.approve: auto: propose and send unless one still runs"),
-        ("measure", _measure, "per round, the share of uploads the robots labeled as a class"),
+        ("measure", _measure, "per round, the share of uploads the robots labeled as a class, or from a site"),
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("--config", default=None, help="config/cloud.yaml")
@@ -199,5 +245,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             action.add_argument("--backend", default=None, help="job backend URI (default: config/deploy.yaml)")
             action.add_argument("--deploy-config", default=None, help="config/deploy.yaml")
         if name == "measure":
-            action.add_argument("--class", dest="target", required=True, help="the campaign's class")
+            which = action.add_mutually_exclusive_group(required=True)
+            which.add_argument("--class", dest="target", help="a class campaign's class (the robots' own label)")
+            which.add_argument("--site", help="a site campaign's site")
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)

@@ -1,28 +1,39 @@
-"""Data campaigns, the cloud's side: which class the fleet should bring more of, the signed job that asks
-for it, and whether uploads changed (the robot's side: ``fleetloop_core.selection_campaigns``).
+"""Data campaigns, the cloud's side: what the fleet should bring more of (a class, a site, or the frames the
+teachers disagree on), the signed job that asks for it, and whether uploads changed (the robot's side:
+``fleetloop_core.selection_campaigns``).
 
-* :func:`class_needs`: per class, how much more data would help: ``prevalence x (1 - field score) /
-  sqrt(1 + accepted labels)``: the share of field frames the edge model gets wrong on that class,
-  discounted by the labels the pool already holds. The score is the gate's per-class accuracy of the
-  serving edge model (a class it never scored counts as 0); the prevalence is the class's share of
-  the robots' random-sample uploads as labeled (:func:`field_prevalence`; unknown: 1 for every class).
-  Measured why the prevalence is in it: without it the demo's first campaign asked for trousers, a
-  class no robot's camera showed (0 of 219 uploads), and the robots kept half as many frames;
-* :func:`propose`: the campaign for the neediest class the robots can find (its field score at least
-  ``min_recall``: the robots' selectors keep frames by their own model's label, so a class the serving
-  model does not recognise cannot be asked for; measured: the lab-trained edge model labels none of
-  the field's bags as bags) when its need reaches ``min_need``, for ``expires_s``: ``aim: weight``
-  (default) multiplies the value score of frames the robots label as the class by ``weight``
-  (``selection.class_weights``: their own policy and budget stay); ``aim: quota`` switches them to
-  the ``class_quota`` policy with that class's share raised to ``share`` and every other class capped
-  at ``others_share`` (the approval, by an operator or ``approve: auto``, is the caller's);
-* :func:`upload_share`: the share of a set of uploads the robots themselves labeled as the campaign's
-  class (what the campaign asks the selectors for), measured before and after.
+Every reason is weighed alike, as ``prevalence x (1 - score) / sqrt(1 + accepted labels)``: the share of
+field frames that go wrong in that slice, discounted by the labels the pool already holds (:func:`need`):
+
+* ``class`` (:func:`class_needs`): the score is the gate's per-class accuracy of the serving edge model
+  (a class it never scored counts as 0); the prevalence is the class's share of the robots'
+  random-sample uploads as labeled (:func:`field_prevalence`; unknown: 1 for every class). Measured why
+  the prevalence is in it: without it the demo's first campaign asked for trousers, a class no robot's
+  camera showed (0 of 219 uploads), and the robots kept half as many frames;
+* ``site`` (:func:`site_needs`): the score is the serving edge model's accuracy on the site's field test
+  frames, the prevalence the site's share of the random sample, the labels those of the site's frames;
+  the campaign goes to the robots seen at the site only and raises their upload budget
+  (``budget.frames_per_hour`` to ``site_frames_per_hour``) until it expires;
+* ``disagreement`` (:func:`disagreement_needs`): per class as the foundation teacher (T1) labels the
+  latest round's uploads, the score is the share the two teachers agree on: novelty the teachers
+  disagree on needs no test set, and it is what the committee cannot label without a person.
+
+:func:`propose` makes the campaign for the neediest reason in ``kinds`` whose need reaches ``min_need``,
+for ``expires_s``. A class (``class``, ``disagreement``) is only asked for when the serving model finds at
+least ``min_recall`` of it: the robots' selectors keep frames by their own model's label, so a class the
+serving model does not recognise cannot be asked for (measured: the lab-trained edge model labels none
+of the field's bags as bags). ``aim: weight`` (default) multiplies the value score of frames the robots
+label as the class by ``weight`` (``selection.class_weights``: their own policy and budget stay);
+``aim: quota`` switches them to the ``class_quota`` policy with that class's share raised to ``share``
+and every other class capped at ``others_share``. The approval, by an operator or ``approve: auto``, is
+the caller's. :func:`upload_share`: the share of a set of uploads that match the campaign (the robots'
+own label of the class; the site), measured before and after.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
 
@@ -42,6 +53,8 @@ class CampaignConfig(ConfigModel):
     """
 
     approve: Literal["manual", "auto"] = "manual"
+    # the reasons a campaign may be proposed for (the module's docstring): the neediest of them wins
+    kinds: tuple[Literal["class", "site", "disagreement"], ...] = ("class", "site", "disagreement")
     # weight: the class's frames get their value score x ``weight`` (the robot's own policy and budget stay,
     # so the budget is spent); quota: the class_quota policy, the class capped at ``share``, every other
     # class at ``others_share`` (measured: the robots left a third of the budget unused)
@@ -51,29 +64,60 @@ class CampaignConfig(ConfigModel):
     min_recall: float = Field(default=0.2, ge=0, le=1)  # the serving model must find this share of the class
     share: float = Field(default=0.5, gt=0, le=1)  # the class's share cap under the campaign
     others_share: float = Field(default=0.05, ge=0, le=1)  # every other class's cap
+    # a site campaign's upload budget for the site's robots (twice config/selection.yaml's 600 frames an
+    # hour); what it costs is bounded by ``expires_s``
+    site_frames_per_hour: float = Field(default=1200.0, gt=0)
+    min_frames: int = Field(default=20, ge=1)  # disagreement: a class needs this many uploads T1 labels as it
     expires_s: float = Field(default=24 * 3600.0, gt=0)
     skip: tuple[str, ...] = ("none",)  # classes never asked for (the empty scene)
 
 
-@dataclass(frozen=True)
-class ClassNeed:
-    """How much one class needs more data."""
+Kind = Literal["class", "site", "disagreement"]
+SCORE_WORDS = {"class": "field score", "site": "field accuracy", "disagreement": "teachers agree on"}
 
-    name: str
+
+@dataclass(frozen=True)
+class Need:
+    """How much one class or site needs more data, and why."""
+
+    name: str  # the class or the site
     labels: int  # accepted labels in the pool
-    score: Optional[float]  # the edge model's field score (None: never scored)
+    score: Optional[float]  # class/site: the edge model's field score; disagreement: the teachers' agreement
     need: float
     prevalence: Optional[float] = None  # share of the robots' random-sample uploads (None: not known)
+    kind: Kind = "class"
+    recall: Optional[float] = None  # a class's field score of the serving model (None: never scored, or a site)
+    robots: tuple[str, ...] = ()  # a site's robots
+    frames: Optional[int] = None  # disagreement: the uploads behind the score
 
     def to_dict(self) -> dict[str, Any]:
-        prevalence = None if self.prevalence is None else round(self.prevalence, 4)
-        return {
-            "class": self.name,
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "name": self.name,
             "labels": self.labels,
-            "score": self.score,
-            "prevalence": prevalence,
+            "score": None if self.score is None else round(self.score, 4),
+            "prevalence": None if self.prevalence is None else round(self.prevalence, 4),
             "need": round(self.need, 5),
         }
+        if self.frames is not None:
+            out["frames"] = self.frames
+        if self.robots:
+            out["robots"] = list(self.robots)
+        return out
+
+    def why(self) -> str:
+        """Return the campaign's reason in words."""
+        words = "never scored" if self.score is None else f"{SCORE_WORDS[self.kind]} {self.score:.2f}"
+        if self.frames is not None:
+            words += f" of {self.frames} uploads T1 labels {self.name}"
+        if self.prevalence is not None:
+            words += f", {self.prevalence:.1%} of the random sample"
+        return f"{self.name}: {self.labels} accepted labels, {words}, need {self.need:.3f}"
+
+
+def need(prevalence: Optional[float], score: Optional[float], labels: int) -> float:
+    """Return ``prevalence x (1 - score) / sqrt(1 + labels)`` (an unknown prevalence counts 1, a score 0)."""
+    return (1.0 if prevalence is None else prevalence) * (1.0 - (score or 0.0)) / math.sqrt(1.0 + labels)
 
 
 @dataclass(frozen=True)
@@ -82,10 +126,12 @@ class Campaign:
 
     name: str
     version: str
-    target: str
+    target: str  # the class, or the site
     changes: dict[str, Any]
     reason: str
     expires_at: float
+    kind: Kind = "class"
+    robots: tuple[str, ...] = ()  # a site campaign goes to these robots only
 
     def document(self, private_pem: bytes) -> dict[str, Any]:
         """Return the signed ``fleetloop.update_selection`` job document."""
@@ -98,7 +144,7 @@ def class_needs(
     scores: Mapping[str, Optional[float]],
     skip: Iterable[str] = (),
     prevalence: Optional[Mapping[str, float]] = None,
-) -> list[ClassNeed]:
+) -> list[Need]:
     """Return every class's need, neediest first (``labels``: accepted labels, ``scores``: field score,
     ``prevalence``: share of the field's frames, None: unknown, every class weighs alike)."""
     skipped = set(skip)
@@ -106,12 +152,57 @@ def class_needs(
     for name in classes:
         if name in skipped:
             continue
-        score = scores.get(name)
+        score, count = scores.get(name), int(labels.get(name, 0))
+        share = None if prevalence is None else float(prevalence.get(name, 0.0))
+        out.append(Need(name, count, score, need(share, score, count), share, "class", score))
+    return _neediest(out)
+
+
+def site_needs(
+    scores: Mapping[str, float],
+    labels: Mapping[str, int],
+    robots: Mapping[str, Sequence[str]],
+    prevalence: Optional[Mapping[str, float]] = None,
+) -> list[Need]:
+    """Return the need of every site the evaluation scored, neediest first (``scores``: the serving edge
+    model's accuracy on the site's field test frames, ``labels``: accepted labels of the site's frames,
+    ``robots``: the robots seen at each site, ``prevalence``: the site's share of the random sample)."""
+    out = []
+    for site, score in scores.items():
+        count = int(labels.get(site, 0))
+        share = None if prevalence is None else float(prevalence.get(site, 0.0))
+        out.append(
+            Need(site, count, score, need(share, score, count), share, "site", robots=tuple(robots.get(site, ())))
+        )
+    return _neediest(out)
+
+
+def disagreement_needs(
+    agreement: Mapping[str, tuple[float, int]],
+    labels: Mapping[str, int],
+    recall: Mapping[str, Optional[float]],
+    min_frames: int,
+    skip: Iterable[str] = (),
+    prevalence: Optional[Mapping[str, float]] = None,
+) -> list[Need]:
+    """Return per class (as the foundation teacher labels the latest uploads) the need the teachers'
+    disagreement shows, neediest first (``agreement``: class -> (share the two teachers agree on, uploads);
+    classes with fewer than ``min_frames`` uploads are left out: too few to say)."""
+    skipped = set(skip)
+    out = []
+    for name, (agree, frames) in agreement.items():
+        if name in skipped or frames < min_frames:
+            continue
         count = int(labels.get(name, 0))
         share = None if prevalence is None else float(prevalence.get(name, 0.0))
-        need = (1.0 if share is None else share) * (1.0 - (score or 0.0)) / math.sqrt(1.0 + count)
-        out.append(ClassNeed(name, count, score, need, share))
-    return sorted(out, key=lambda n: (-n.need, n.name))
+        out.append(
+            Need(name, count, agree, need(share, agree, count), share, "disagreement", recall.get(name), frames=frames)
+        )
+    return _neediest(out)
+
+
+def _neediest(needs: list[Need]) -> list[Need]:
+    return sorted(needs, key=lambda n: (-n.need, n.kind, n.name))
 
 
 def field_prevalence(
@@ -122,43 +213,48 @@ def field_prevalence(
     The robots' random sample (``selection.random_fraction``) is the one unbiased view of what their
     cameras see; its labels are the loop's own (people's and audited auto-labels), not simulated truth.
     """
-    if not random_labels:
-        return None
-    counts = [0] * len(classes)
-    for label in random_labels:
-        counts[int(label)] += 1
-    total = len(random_labels) + smoothing * len(classes)
-    return {name: (counts[i] + smoothing) / total for i, name in enumerate(classes)}
+    return shares(classes, [classes[int(label)] for label in random_labels], smoothing)
 
 
-def propose(needs: Sequence[ClassNeed], config: CampaignConfig, version: str, now: float) -> Optional[Campaign]:
-    """Return the campaign for the neediest class the robots can find, or None when no class needs one."""
-    findable = [n for n in needs if n.score is None or n.score >= config.min_recall]
-    if not findable or findable[0].need < config.min_need:
+def shares(names: Sequence[str], observed: Sequence[str], smoothing: float = 0.5) -> Optional[dict[str, float]]:
+    """Return each name's share of ``observed`` (additively smoothed), None when nothing was observed."""
+    if not observed:
         return None
-    top = findable[0]
-    score = "never scored" if top.score is None else f"field score {top.score:.2f}"
-    if top.prevalence is not None:
-        score += f", {top.prevalence:.1%} of the random sample"
-    changes: dict[str, Any] = (
-        {"class_weights": {top.name: config.weight}}
-        if config.aim == "weight"
-        else {
+    counts = Counter(observed)
+    total = len(observed) + smoothing * len(names)
+    return {name: (counts.get(name, 0) + smoothing) / total for name in names}
+
+
+def propose(needs: Sequence[Need], config: CampaignConfig, version: str, now: float) -> Optional[Campaign]:
+    """Return the campaign for the neediest reason in ``config.kinds`` (a class the robots can find; a site
+    with robots), or None when none needs one."""
+
+    def eligible(n: Need) -> bool:
+        if n.kind == "site":
+            return bool(n.robots)
+        return n.recall is None or n.recall >= config.min_recall
+
+    candidates = _neediest([n for n in needs if n.kind in config.kinds and eligible(n)])
+    if not candidates or candidates[0].need < config.min_need:
+        return None
+    top = candidates[0]
+    if top.kind == "site":
+        changes: dict[str, Any] = {"budget.frames_per_hour": config.site_frames_per_hour}
+        name = f"more-from-{top.name}"
+    elif config.aim == "weight":
+        changes, name = {"class_weights": {top.name: config.weight}}, f"more-{top.name}"
+    else:
+        changes = {
             "policy.name": "class_quota",
             "policy.params.shares": {top.name: config.share},
             "policy.params.max_share": config.others_share,
         }
-    )
-    return Campaign(
-        name=f"more-{top.name}",
-        version=version,
-        target=top.name,
-        changes=changes,
-        reason=f"{top.name}: {top.labels} accepted labels, {score}, need {top.need:.3f}",
-        expires_at=now + config.expires_s,
-    )
+        name = f"more-{top.name}"
+    if top.kind == "disagreement":
+        name += "-disputed"
+    return Campaign(name, version, top.name, changes, top.why(), now + config.expires_s, top.kind, top.robots)
 
 
-def upload_share(robot_labels: Sequence[str], target: str) -> float:
-    """Return the share of uploads the robots labeled ``target`` (0 with no uploads)."""
-    return sum(1 for label in robot_labels if label == target) / len(robot_labels) if robot_labels else 0.0
+def upload_share(matches: Sequence[str], target: str) -> float:
+    """Return the share of uploads whose class (the robots' own label) or site is ``target`` (0 with none)."""
+    return sum(1 for value in matches if value == target) / len(matches) if matches else 0.0

@@ -49,7 +49,7 @@ def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_key
 
     assert cloud_cli(["campaign", "propose", "--config", str(config)]) == 0
     proposal = json.loads(capsys.readouterr().out)
-    assert proposal["needs"][0]["class"] == "bag"  # field accuracy 0.3 and two labels: the neediest
+    assert proposal["needs"][0]["kind"] == "class" and proposal["needs"][0]["name"] == "bag"  # 0.3, two labels
     assert proposal["campaign"]["target"] == "bag" and proposal["campaign"]["version"] == "1"
 
     jobs = tmp_path / "jobs"
@@ -94,3 +94,55 @@ def test_auto_sends_only_by_policy_and_one_campaign_at_a_time(tmp_path, cloud_mo
     assert cloud_cli(auto) == 0
     assert json.loads(capsys.readouterr().out)["sent"]["version"] == "2"
     assert len(list((jobs / "robot-0" / "queued").glob("*.json"))) == 2
+
+
+def test_a_site_campaign_goes_to_the_sites_robots_and_teacher_disagreement_names_a_class(
+    tmp_path, cloud_models, signing_keys, capsys
+):
+    import numpy as np
+
+    data, config = _labeled(tmp_path, cloud_models, signing_keys, [TROUSER] * 40)  # robot r1 at site-0
+    shirt = LABELS.index("shirt")
+    with Pool(tmp_path / "work" / "pool.sqlite") as pool:
+        far = [dataclasses.replace(_frame(200 + i, shirt, 1, "shirt"), robot_id="r2", site="site-1") for i in range(30)]
+        for frame in far:
+            pool.add_frame(frame)
+        for frame in far[:10]:
+            pool.set_label(frame.id, shirt, "human", 1, reason="review")
+        per_class = {name: {"accuracy": 0.95, "frames": 50} for name in LABELS}
+        per_site = {"site-0": {"accuracy": 0.9, "frames": 300}, "site-1": {"accuracy": 0.4, "frames": 300}}
+        pool.set_step(
+            1, "evaluate", "done", {"tiers": {"T4": {"before": {"per_class": per_class, "per_site": per_site}}}}
+        )
+
+    assert cloud_cli(["campaign", "propose", "--config", str(config)]) == 0
+    campaign = json.loads(capsys.readouterr().out)["campaign"]
+    # site-1: accuracy 0.40 with 10 labels beats every class (0.95 everywhere)
+    assert campaign["kind"] == "site" and campaign["target"] == "site-1" and campaign["robots"] == ["r2"]
+    jobs = tmp_path / "jobs"
+    sent = ["campaign", "send", "--config", str(config), "--things", "r1,r2", "--backend", f"file://{jobs}"]
+    assert cloud_cli(sent) == 0
+    assert json.loads(capsys.readouterr().out)["things"] == ["r2"]  # the site's robots only
+    (queued,) = (jobs / "r2" / "queued").glob("*.json")
+    changes = parse_selection_job(json.loads(queued.read_text())["jobDocument"]).changes
+    assert changes == {"budget.frames_per_hour": 1200.0} and not (jobs / "r1").exists()
+    assert cloud_cli(["campaign", "measure", "--config", str(config), "--site", "site-1"]) == 0
+    assert json.loads(capsys.readouterr().out)["rounds"]["1"] == {"uploads": 70, "share": round(30 / 70, 4)}
+
+    # the teachers on round 1: T1 calls the 30 far frames shirts, T2 agrees on 9 of them
+    data["campaigns"] = {"kinds": ["disagreement"]}
+    config.write_text(yaml.safe_dump(data))
+    with Pool(tmp_path / "work" / "pool.sqlite") as pool:
+        ids = [frame.id for frame in far]
+        t1 = np.zeros((30, len(LABELS)), np.float32)
+        t1[:, shirt] = 1.0
+        t2 = t1.copy()
+        t2[9:, shirt], t2[9:, TROUSER] = 0.0, 1.0
+        pool.put_predictions("T1", "a", ids, t1, None)
+        pool.put_predictions("T2", "b", ids, t2, None)
+        pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+    assert cloud_cli(["campaign", "propose", "--config", str(config)]) == 0
+    proposal = json.loads(capsys.readouterr().out)
+    assert [n["kind"] for n in proposal["needs"]] == ["disagreement"]
+    assert proposal["campaign"]["name"] == "more-shirt-disputed"
+    assert "teachers agree on 0.30 of 30 uploads T1 labels shirt" in proposal["campaign"]["reason"]

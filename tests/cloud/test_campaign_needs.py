@@ -5,7 +5,15 @@ import pytest
 from fleetloop_core.contracts.selection_job import parse_selection_job
 from fleetloop_core.signing import verify_document
 
-from fleetloop_cloud.campaigns import CampaignConfig, class_needs, field_prevalence, propose, upload_share
+from fleetloop_cloud.campaigns import (
+    CampaignConfig,
+    class_needs,
+    disagreement_needs,
+    field_prevalence,
+    propose,
+    site_needs,
+    upload_share,
+)
 
 
 def test_the_class_with_the_largest_gap_and_fewest_labels_comes_first(signing_keys):
@@ -53,3 +61,48 @@ def test_a_class_the_cameras_do_not_show_or_the_robots_cannot_recognise_gets_no_
     campaign = propose(needs, CampaignConfig(min_recall=0.2), "1", 0.0)
     assert campaign.target == "shirt" and f"{prevalence['shirt']:.1%} of the random sample" in campaign.reason
     assert propose(needs, CampaignConfig(min_recall=0.0), "1", 0.0).target == "bag"
+
+
+def test_the_site_with_the_largest_gap_gets_a_budget_campaign_for_its_robots_only():
+    scores = {"site-0": 0.85, "site-1": 0.55, "site-2": 0.60}
+    labels = {"site-0": 100, "site-1": 99, "site-2": 5}
+    robots = {"site-0": ["r0"], "site-1": ["r1", "r2"]}  # nobody at site-2 any more
+    prevalence = {"site-0": 0.4, "site-1": 0.4, "site-2": 0.2}
+    needs = site_needs(scores, labels, robots, prevalence)
+    assert [n.name for n in needs] == ["site-2", "site-1", "site-0"]
+    assert needs[1].need == pytest.approx(0.4 * 0.45 / 10.0) and needs[1].to_dict()["robots"] == ["r1", "r2"]
+
+    campaign = propose(needs, CampaignConfig(site_frames_per_hour=1500, expires_s=60), "4", 100.0)
+    # site-2 needs most, but no robot is there to ask: the campaign goes to site-1's robots
+    assert campaign.kind == "site" and campaign.target == "site-1" and campaign.robots == ("r1", "r2")
+    assert campaign.name == "more-from-site-1" and campaign.changes == {"budget.frames_per_hour": 1500}
+    assert "site-1: 99 accepted labels, field accuracy 0.55, 40.0% of the random sample" in campaign.reason
+    assert propose(needs, CampaignConfig(kinds=("class",)), "4", 0.0) is None  # not a reason it may use
+    assert upload_share(["site-1", "site-0", "site-1"], "site-1") == pytest.approx(2 / 3)
+
+
+def test_a_class_the_teachers_disagree_on_is_asked_for_when_the_robots_can_find_it():
+    # T1 labels 40 uploads "shirt" and T2 agrees on 30 %; 50 "bag" (agreement 0.4), 5 "sandal" (too few)
+    agreement = {"shirt": (0.3, 40), "bag": (0.4, 50), "sandal": (0.0, 5), "none": (0.1, 90)}
+    labels = {"shirt": 15, "bag": 15}
+    recall = {"shirt": 0.6, "bag": 0.1}
+    needs = disagreement_needs(agreement, labels, recall, min_frames=20, skip=["none"])
+    assert [n.name for n in needs] == ["shirt", "bag"] and needs[0].need == pytest.approx(0.7 / 4.0)
+    assert needs[0].to_dict() == {
+        "kind": "disagreement", "name": "shirt", "labels": 15, "score": 0.3, "prevalence": None,
+        "need": 0.175, "frames": 40,
+    }  # fmt: skip
+    campaign = propose(needs, CampaignConfig(), "1", 0.0)
+    assert campaign.kind == "disagreement" and campaign.name == "more-shirt-disputed"
+    assert campaign.changes == {"class_weights": {"shirt": 4.0}}
+    assert "teachers agree on 0.30 of 40 uploads T1 labels shirt" in campaign.reason
+    # the serving model finds 10 % of bags: bags are not asked for even when they are the most disputed
+    only_bags = disagreement_needs({"bag": (0.0, 50)}, {}, recall, min_frames=20)
+    assert propose(only_bags, CampaignConfig(min_recall=0.2), "1", 0.0) is None
+
+
+def test_the_neediest_reason_wins_whatever_its_kind():
+    classes = class_needs(["bag", "shirt"], {"bag": 99, "shirt": 99}, {"bag": 0.5, "shirt": 0.8})
+    sites = site_needs({"site-0": 0.2}, {"site-0": 99}, {"site-0": ["r0"]})
+    assert propose(classes + sites, CampaignConfig(), "1", 0.0).target == "site-0"
+    assert propose(classes + sites, CampaignConfig(kinds=("class", "disagreement")), "1", 0.0).target == "bag"

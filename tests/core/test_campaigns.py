@@ -211,3 +211,35 @@ def test_a_class_weight_aims_the_adaptive_budget_at_the_class_and_still_spends_t
     aimed_share, aimed_count = run({"c3": 4.0})
     assert aimed_share > 3 * share  # the class's frames win the budget ...
     assert aimed_count >= 0.9 * count  # ... and the budget is still spent (a quota leaves it unused)
+
+
+def test_a_site_campaign_raises_the_upload_budget_until_it_expires(tmp_path, signing_keys):
+    config = selection_config(
+        {
+            "policy": {"name": "adaptive_budget", "params": {"window": 256, "update_every": 16, "warmup_frames": 32}},
+            "budget": {"frames_per_hour": 1800.0, "burst_seconds": 1.0},  # 5 % of 10 Hz
+            "dedup": {"enabled": False},
+            "random_fraction": 0.0,
+        }
+    )
+    selector, rng, clock = Selector(config, "robot-0", LABELS), np.random.default_rng(2), Clock()
+    campaigns = Campaigns(selector, signing_keys["trusted"], tmp_path / "campaign.json", clock)
+
+    def kept(start: int) -> int:
+        count = 0
+        for i in range(3000):
+            result = _result(int(rng.integers(0, 10)))
+            result.scores.update({name: float(rng.uniform(0.0, 0.6)) for name in result.scores})
+            count += selector.offer(IMAGE, result, (start + i) * PERIOD_NS).keep
+        return count
+
+    before = kept(0)
+    changes = {"budget.frames_per_hour": 3600.0}  # what `fleetloop-cloud campaign` sends a site's robots
+    document = campaign_document("more-from-site-1", "1", changes, NOW + 60, signing_keys["keys"]["fleet"][0])
+    assert campaigns.apply("s1", document).status == "SUCCEEDED"
+    during = kept(3000)
+    clock.now = NOW + 61
+    assert campaigns.tick() == "more-from-site-1" and selector.config == config
+    after = kept(6000)
+    assert 1.7 * before <= during <= 2.3 * before  # twice the budget, spent
+    assert 0.8 * before <= after <= 1.2 * before
