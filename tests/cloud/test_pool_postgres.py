@@ -60,6 +60,56 @@ def test_a_box_lease_locks_rows_not_the_pool(postgres_uri):
             assert boxes.lease("b", ["review"], time.time(), 60.0).id == third  # passed over, not waited for
 
 
+def _review_tasks(pool, frames: int, second_opinions: int) -> list[int]:
+    """Submit a review task per frame to the review page, and on the first frames a second-opinion task right
+    after it (the two tasks of a frame next to each other in the queue: two claims meet on the frame)."""
+    from fleetloop_cloud.review.leases import REVIEW_BACKEND, ensure_schema
+
+    ensure_schema(pool)
+    ids = []
+    for index in range(frames):
+        frame = pool_frame(index, 0, False)
+        pool.add_frame(frame)
+        ids += pool.add_tasks(1, "review", [(frame.id, None)])
+        if index < second_opinions:
+            ids += pool.add_tasks(1, "second-opinion", [(frame.id, None)])
+    pool.mark_submitted(ids, REVIEW_BACKEND, [None] * len(ids))
+    return ids
+
+
+def test_two_review_servers_claiming_at_once_never_share_a_task_or_a_frame(postgres_uri):
+    with Pool(postgres_uri) as pool:
+        _review_tasks(pool, TASKS, second_opinions=TASKS)  # every frame with two tasks
+    start = time.time() + 3.0
+    first, second = race("claimer", [[postgres_uri, "session-a", start], [postgres_uri, "session-b", start]])
+    assert first and second  # both claimed while the other did
+    frames_a, frames_b = {f for _, f in first}, {f for _, f in second}
+    assert not frames_a & frames_b  # no frame (so no task) in two hands
+    assert len(frames_a) == len(first) and len(frames_b) == len(second)  # one task of a frame in one hand
+    assert len(first) + len(second) == TASKS  # every frame handed out: nothing lost to the race
+
+
+def test_a_review_claim_locks_rows_not_the_pool(postgres_uri):
+    """A claim neither waits for a writer holding the pool-wide lock nor hands out a task another claim holds."""
+    from fleetloop_cloud.review.leases import LABEL_PURPOSES, claim
+
+    with Pool(postgres_uri) as pool, Pool(postgres_uri) as other:
+        first, second, third = _review_tasks(pool, 3, second_opinions=0)
+        with other.transaction() as writer:  # a loop worker's transaction: the pool-wide lock, held
+            writer.execute("UPDATE frames SET state=state WHERE id=?", (pool.tasks()[2].frame_id,))
+            done = []
+            claiming = threading.Thread(
+                target=lambda: done.append(claim(pool, "a", "a", LABEL_PURPOSES, 1, time.time(), 60.0))
+            )
+            claiming.start()
+            claiming.join(10.0)
+            assert done and [lease.task_id for lease in done[0]] == [first]  # while the writer holds the lock
+        with other.transaction(row_locks=True) as holder:  # another server's claim, not committed yet
+            holder.execute(f"SELECT id FROM tasks WHERE id=?{ROW_LOCK}", (second,))
+            leases = claim(pool, "b", "b", LABEL_PURPOSES, 1, time.time(), 60.0)
+            assert [lease.task_id for lease in leases] == [third]  # passed over, not waited for
+
+
 def test_two_ingest_workers_take_each_frame_once_and_see_each_others_near_duplicates(tmp_path, postgres_uri):
     from fleetloop_core.store import open_store
 

@@ -3,9 +3,15 @@
 A task the loop submitted to the ``review-page`` annotator is handed to one browser session at a
 time, with an expiry (``lease_s``). Two sessions never hold the same task, nor two tasks of the
 same frame; a lease nobody answers expires and its task returns to the queue. Leases live in
-their own table (``review_leases``) in the pool's SQLite file, created idempotently, and every
-change happens inside the pool's ``BEGIN IMMEDIATE`` transaction, so concurrent claims from
-several server threads (or processes) serialise on SQLite's write lock.
+their own table (``review_leases``) in the pool, created idempotently; the table itself holds the
+rule (the task is its key, and a unique index allows one lease per frame), so a claim that loses a
+race to another session's lease inserts nothing and moves on to the next task.
+
+A claim runs in a ``row_locks`` transaction (``PoolTables.transaction(row_locks=True)``): on
+PostgreSQL it takes no pool-wide lock, locks the task rows it selects with ``FOR UPDATE SKIP LOCKED``
+and passes over those another claim holds, so several review-server processes hand out tasks at once
+while the loop's writers go on; on SQLite it is one ``BEGIN IMMEDIATE`` writer as before. Skips,
+log-outs and answers (``answers``) change state under the pool-wide lock.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from fleetloop_cloud.pool import Pool
+from fleetloop_cloud.pool_sql import ROW_LOCK
 from fleetloop_cloud.review.errors import Conflict
 
 REVIEW_BACKEND = "review-page"
@@ -26,6 +33,7 @@ CREATE TABLE IF NOT EXISTS review_leases (
     task_id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, annotator TEXT NOT NULL, session TEXT NOT NULL,
     leased REAL NOT NULL, expires REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS review_leases_frame ON review_leases(frame_id);
+CREATE UNIQUE INDEX IF NOT EXISTS review_leases_one_per_frame ON review_leases(frame_id);
 CREATE INDEX IF NOT EXISTS review_leases_session ON review_leases(session);
 CREATE TABLE IF NOT EXISTS review_skips (
     session TEXT NOT NULL, task_id INTEGER NOT NULL, skipped REAL NOT NULL, PRIMARY KEY (session, task_id));
@@ -98,12 +106,24 @@ def grant(
     ).fetchall()
     if other:
         raise Conflict(f"task {task_id}: frame {frame_id[:12]} is leased to another annotator")
-    db.execute(
-        "INSERT OR REPLACE INTO review_leases (task_id, frame_id, annotator, session, leased, expires) "
+    # the session's own lease of the task or of another task of the frame gives way to this one
+    db.execute("DELETE FROM review_leases WHERE (task_id=? OR frame_id=?) AND session=?", (task_id, frame_id, session))
+    lease = _try_grant(db, task_id, frame_id, annotator, session, now, lease_s)
+    if lease is None:
+        raise Conflict(f"task {task_id}: frame {frame_id[:12]} was leased to another annotator just now")
+    return lease
+
+
+def _try_grant(
+    db: sqlite3.Connection, task_id: int, frame_id: str, annotator: str, session: str, now: float, lease_s: float
+) -> Lease | None:
+    """Insert a lease unless the task or its frame is leased already (the table's keys decide); None if so."""
+    inserted = db.execute(
+        "INSERT OR IGNORE INTO review_leases (task_id, frame_id, annotator, session, leased, expires) "
         "VALUES (?,?,?,?,?,?)",
         (task_id, frame_id, annotator, session, now, now + lease_s),
-    )
-    return Lease(task_id, frame_id, annotator, session, now, now + lease_s)
+    ).rowcount
+    return Lease(task_id, frame_id, annotator, session, now, now + lease_s) if inserted == 1 else None
 
 
 def claim(
@@ -113,9 +133,11 @@ def claim(
 
     Free means: submitted to the review page, of one of ``purposes``, and neither the task nor its
     frame leased to anyone. Tasks this session skipped come last. Expired leases are dropped first.
+    Row-locked (the module's docstring): on PostgreSQL two sessions claim at once.
     """
     marks = ",".join("?" * len(purposes))
-    with pool.transaction() as db:
+    skipped = "(SELECT s.skipped FROM review_skips s WHERE s.task_id = t.id AND s.session = ?)"
+    with pool.transaction(row_locks=True) as db:
         expire(db, now)
         mine = held(db, session, purposes)[:count]
         for lease in mine:
@@ -125,21 +147,22 @@ def claim(
             return out
         frames = {lease.frame_id for lease in out}
         rows = db.execute(
-            f"SELECT t.id, t.frame_id, s.skipped FROM tasks t "
-            f"LEFT JOIN review_skips s ON s.task_id = t.id AND s.session = ? "
+            f"SELECT t.id, t.frame_id FROM tasks t "
             f"WHERE t.status='submitted' AND t.backend=? AND t.purpose IN ({marks}) "
             f"AND t.id NOT IN (SELECT task_id FROM review_leases) "
             f"AND t.frame_id NOT IN (SELECT frame_id FROM review_leases) "
-            f"ORDER BY s.skipped IS NOT NULL, s.skipped, t.id LIMIT ?",
-            (session, REVIEW_BACKEND, *purposes, (count - len(out)) * 4 + 16),
+            f"ORDER BY {skipped} IS NOT NULL, {skipped}, t.id LIMIT ?{ROW_LOCK}",
+            (REVIEW_BACKEND, *purposes, session, session, (count - len(out)) * 4 + 16),
         ).fetchall()
         for row in rows:
             if len(out) >= count:
                 break
             if row["frame_id"] in frames:
                 continue  # two tasks of one frame: never both in one hand
-            frames.add(row["frame_id"])
-            out.append(grant(db, int(row["id"]), row["frame_id"], annotator, session, now, lease_s))
+            lease = _try_grant(db, int(row["id"]), row["frame_id"], annotator, session, now, lease_s)
+            if lease is not None:  # None: another session's claim took the task or its frame meanwhile
+                frames.add(row["frame_id"])
+                out.append(lease)
         return out
 
 
