@@ -12,7 +12,8 @@ and prints frames/s of both and their ratio, the CPU time per frame of both (the
 this process and the robot process; it moves far less than frames/s when other jobs share the
 machine) and its ratio, and the round-trip latency through the graph, for
 128x128 frames (the models' size) and 640x480 (a camera's; resized in the node). Both measure the
-same cascade configuration; the robot process has the machine's other cores.
+same cascade configuration; the robot process has the machine's other cores. After streaming, the robot
+process's memory: resident (RSS) and unique to it (USS: what one more robot process adds).
 
 Then the DDS transport comparison: 640x480 rgb8 at 30 Hz between two fresh processes with Fast DDS
 default transports and with LARGE_DATA (what the robot sets), best-effort and reliable: frames
@@ -329,6 +330,10 @@ def main(argv=None) -> int:
                 "round_trip_p50_ms": round(percentile(trips, 50), 2),
                 "round_trip_p99_ms": round(percentile(trips, 99), 2),
             }
+        # the robot process's memory after streaming both sizes: resident, and unique to it (USS: what a
+        # second robot process on the same machine adds; shared libraries' pages are counted once)
+        memory = robot_process.memory_full_info()
+        figures["robot_memory_mb"] = {"rss": round(memory.rss / 2**20, 1), "uss": round(memory.uss / 2**20, 1)}
     finally:
         if graph is not None:
             graph.close()
@@ -355,6 +360,11 @@ def main(argv=None) -> int:
             (f"{name} ratio by CPU cost (core / ROS graph)", f"{row['cpu_ratio_core_to_ros']:.3f}"),
             (f"{name} round trip p50 / p99 (ms)", f"{row['round_trip_p50_ms']:.1f} / {row['round_trip_p99_ms']:.1f}"),
         ]
+    memory = figures.get("robot_memory_mb")
+    if memory:
+        rows.append(
+            ("robot process memory, perception node: resident / unique (MB)", f"{memory['rss']} / {memory['uss']}")
+        )
     for row in figures.get("transports", []):
         rows.append(
             (

@@ -81,6 +81,8 @@ class Tally:
     # failure, but a participant that never said goodbye: kept beside the losses as evidence
     teardown_deadlines: list[str] = field(default_factory=list)
     exit_s: list[float] = field(default_factory=list)
+    # a whole robot process (all four nodes) after each paced run: resident and unique (USS) MB
+    robot_memory_mb: list[tuple[float, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
@@ -97,8 +99,13 @@ class Tally:
             data = {
                 f.name: (list(v) if isinstance(v := getattr(self, f.name), list) else v)
                 for f in fields(self)
-                if f.name not in ("lock", "exit_s")
+                if f.name not in ("lock", "exit_s", "robot_memory_mb")
             }
+            if self.robot_memory_mb:
+                rss, uss = zip(*self.robot_memory_mb)
+                data["robot_memory_mb"] = {"rss_p50": round(percentile(list(rss), 50), 1), "rss_max": max(rss)}
+                data["robot_memory_mb"].update(uss_p50=round(percentile(list(uss), 50), 1), uss_max=max(uss))
+                data["robot_memory_mb"]["samples"] = len(rss)
         data["exit_s_p50"] = round(percentile(self.exit_s, 50), 3) if self.exit_s else None
         data["exit_s_max"] = round(max(self.exit_s), 3) if self.exit_s else None
         for kind in ("hangs", "freezes", "slow_exits", "failures", "losses", "teardown_deadlines"):
@@ -323,6 +330,19 @@ def _paced_camera(namespace: str, frames: int, tally: Tally, what: str, robot: R
     )
     if counts["lost"]:
         _record_loss(tally, what, counts, err, robot)
+    _sample_memory(tally, robot)
+
+
+def _sample_memory(tally: Tally, robot: Robot) -> None:
+    """Record the robot process's resident and unique memory (the ROS bootstrap re-execs in place: same pid)."""
+    import psutil
+
+    try:
+        memory = psutil.Process(robot.process.pid).memory_full_info()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return  # it ended meanwhile: its exit is counted where it is stopped
+    with tally.lock:
+        tally.robot_memory_mb.append((round(memory.rss / 2**20, 1), round(memory.uss / 2**20, 1)))
 
 
 def _record_loss(tally: Tally, what: str, counts: dict, camera_log: str, robot: Robot) -> None:
@@ -737,6 +757,14 @@ def _measure(args: argparse.Namespace, cycles: int, stream_s: float, models: Pat
         ("paced camera runs that lost frames", str(summary["losses_count"])),
         ("robots ended by the shutdown deadline (DDS teardown hung)", str(summary["teardown_deadlines_count"])),
     ]
+    memory = summary.get("robot_memory_mb")
+    if memory:
+        rows.append(
+            (
+                "robot process memory after a paced run, resident / unique p50 (max) MB",
+                f"{memory['rss_p50']} ({memory['rss_max']}) / {memory['uss_p50']} ({memory['uss_max']})",
+            )
+        )
     print_table(f"robot stack under stress ({time.monotonic() - started:.0f} s)", rows)
     stream_columns = [
         "transport",
