@@ -41,7 +41,7 @@ from fleetloop_core.selection_config import (
     BudgetConfig,
     SelectionConfig,
     apply_changes,
-    class_weight_errors,
+    per_class_errors,
     policy_params,
     selection_config,
 )
@@ -100,7 +100,7 @@ class Selector:
         config = config or SelectionConfig()
         self._active = self._compile(config, source)
         self._rng = _random.Random(config.seed)
-        self._state = self._new_state(self._active, source)
+        self._state = self._new_state(self._active)
         self._frames_bucket, self._bytes_bucket = self._buckets(config.budget)
         self._dedup = DedupMemory(config.dedup)
         self._clips = Clips(config.clip)
@@ -112,7 +112,9 @@ class Selector:
 
     def _compile(self, config: SelectionConfig, source: str) -> _Active:
         params = policy_params(config, source)
-        errors = class_weight_errors(config, self.labels)
+        errors = per_class_errors(config.class_weights, self.labels, "class_weights", 100.0)
+        if isinstance(params, ClassQuotaParams):
+            errors += per_class_errors(params.shares, self.labels, "policy.params.shares", 1.0)
         if errors:
             raise ConfigError(f"{source}: {errors[0]}")
         scale = None
@@ -135,20 +137,13 @@ class Selector:
             class_scale=scale,
         )
 
-    def _new_state(self, active: _Active, source: str) -> PolicyState:
+    def _new_state(self, active: _Active) -> PolicyState:
         state = PolicyState(rng=self._rng, labels=self.labels, target_fraction=self._target_fraction)
         if active.policy_name == "class_quota":
             params: ClassQuotaParams = active.params
             classes = max(len(self.labels), 1)
             limits = np.full(classes, params.max_share, np.float64)
-            for name, share in params.shares.items():
-                if name not in self.labels:
-                    raise ConfigError(
-                        f"{source}: policy.params.shares: unknown class {name!r} "
-                        f"(known: {', '.join(self.labels) or 'none: the selector has no labels'})"
-                    )
-                if not 0.0 <= share <= 1.0:
-                    raise ConfigError(f"{source}: policy.params.shares.{name} must be in [0, 1] (got {share})")
+            for name, share in params.shares.items():  # checked in _compile
                 limits[self.labels.index(name)] = share
             state.class_counts = np.zeros(classes, np.float64)
             state.class_limits = limits
@@ -188,7 +183,7 @@ class Selector:
         old = self._active.config
         state = self._state
         if config.policy != old.policy:
-            state = self._new_state(active, "selector update")
+            state = self._new_state(active)
         buckets = (self._frames_bucket, self._bytes_bucket)
         if config.budget != old.budget:
             buckets = self._buckets(config.budget, buckets)

@@ -123,15 +123,16 @@ class SelectionConfig(ConfigModel):
     seed: int = 0  # of the random sampling
 
 
-def class_weight_errors(config: SelectionConfig, labels: tuple[str, ...]) -> list[str]:
-    """Return what is wrong with ``class_weights`` for a selector of ``labels`` (empty: nothing)."""
+def per_class_errors(values: Mapping[str, float], labels: tuple[str, ...], key: str, high: float) -> list[str]:
+    """Return what is wrong with a per-class map ``key`` (class name -> a value in [0, ``high``]) for a
+    selector of ``labels`` (empty: nothing): ``class_weights`` and the class_quota policy's ``shares``."""
     errors = []
-    for name, weight in config.class_weights.items():
+    for name, value in values.items():
         if name not in labels:
             known = ", ".join(labels) or "none: the selector has no labels"
-            errors.append(f"class_weights: unknown class {name!r} (known: {known})")
-        elif not 0.0 <= weight <= 100.0 or weight != weight:
-            errors.append(f"class_weights.{name} must be in [0, 100] (got {weight})")
+            errors.append(f"{key}: unknown class {name!r} (known: {known})")
+        elif not 0.0 <= value <= high or value != value:
+            errors.append(f"{key}.{name} must be in [0, {high:g}] (got {value})")
     return errors
 
 
