@@ -29,8 +29,7 @@ def test_two_reviewers_racing_for_the_same_box_tasks_each_answer_their_own(postg
         for frame in frames:
             pool.add_frame(frame)
         ids = boxes.add_tasks(1, "review", [(f.id, None) for f in frames], shown=False)
-        start = time.time() + 3.0
-        first, second = race("reviewer", [[postgres_uri, "reviewer-a", start], [postgres_uri, "reviewer-b", start]])
+        first, second = race("reviewer", [[postgres_uri, "reviewer-a"], [postgres_uri, "reviewer-b"]])
         assert not first["refused"] and not second["refused"]  # nobody answered a task someone else held
         assert not set(first["answered"]) & set(second["answered"])
         assert sorted(first["answered"] + second["answered"]) == sorted(ids)  # nothing lost
@@ -80,8 +79,7 @@ def _review_tasks(pool, frames: int, second_opinions: int) -> list[int]:
 def test_two_review_servers_claiming_at_once_never_share_a_task_or_a_frame(postgres_uri):
     with Pool(postgres_uri) as pool:
         _review_tasks(pool, TASKS, second_opinions=TASKS)  # every frame with two tasks
-    start = time.time() + 3.0
-    first, second = race("claimer", [[postgres_uri, "session-a", start], [postgres_uri, "session-b", start]])
+    first, second = race("claimer", [[postgres_uri, "session-a"], [postgres_uri, "session-b"]])
     assert first and second  # both claimed while the other did
     frames_a, frames_b = {f for _, f in first}, {f for _, f in second}
     assert not frames_a & frames_b  # no frame (so no task) in two hands
@@ -122,10 +120,9 @@ def test_two_ingest_workers_take_each_frame_once_and_see_each_others_near_duplic
         assert hamming(np.array([perceptual_hash(image)], np.uint64), perceptual_hash(other))[0] <= 6
         upload(store, "r1", image, i)
         upload(store, "r2", other, i)
-    start = time.time() + 3.0
     # one worker from r2's frames on, the other from r1's: each meets the other's near-duplicates at once
     prefixes = {"a": "frames/r2/", "b": "frames/"}
-    reports = race("ingester", [[postgres_uri, store_uri, str(tmp_path / w), start, p] for w, p in prefixes.items()])
+    reports = race("ingester", [[postgres_uri, store_uri, str(tmp_path / w), p] for w, p in prefixes.items()])
     with Pool(postgres_uri) as pool:
         assert pool.counts() == {"new": pairs, "duplicate": pairs}  # one of each pair new, the other its duplicate
         rows = {(row["robot_id"], row["stamp_ns"]): row["state"] for row in pool.frames(include_duplicates=True)}
@@ -145,8 +142,7 @@ def test_two_loop_workers_applying_the_same_answers_apply_each_once(tmp_path, po
         ids = pool.add_tasks(1, "review", [(f.id, None) for f in frames])
         for task_id, frame in zip(ids, frames):
             pool.answer_task(task_id, frame.sim_label, "reviewer", 6.0, 0.03)
-        start = time.time() + 8.0  # after both loops opened (models, store)
-        assert race("collector", [[config, start], [config, start]]) == [TASKS, TASKS]
+        assert race("collector", [[config], [config]]) == [TASKS, TASKS]  # each goes once both loops opened
         labels = pool.labels()
         assert len(labels) == TASKS and all(labels[f.id].label == f.sim_label for f in frames)
         events = pool._query("SELECT frame_id, COUNT(*) FROM label_events GROUP BY frame_id")
