@@ -2,10 +2,14 @@
 """A fleet on one machine: N in-process robots (each its own model manager, upload queue, uploader, deploy
 agent and client certificate) on one mosquitto with mutual TLS, uploading into one store; the cloud
 ingests what they uploaded; a canary -> fleet rollout while they stream, then one aborted at the canary.
+With ``--ros`` every robot is a ``fleetloop robot`` process (rclpy, all four nodes, its model manager on
+the same broker with its own certificate) fed by a ``fleetloop camera`` process per stream, as the demo's
+ROS fleet runs them (``fleetloop_cloud.demo.ros_fleet``).
 
 Measured in one run (per-unit figures, so they extrapolate; docs/scaling.md):
 
-  memory      the process's resident memory after the robots started, per robot
+  memory      the process's resident memory after the robots started, per robot (--ros: each robot
+              process's unique memory (USS) after the first stream, and its resident memory)
   streaming   camera frames answered per second (all robots, one after another: the rate this machine
               allows; robots are not paced at 10 Hz), frames dropped, uploads
   broker      client connections (robots + the job service)
@@ -21,7 +25,7 @@ Measured in one run (per-unit figures, so they extrapolate; docs/scaling.md):
               store errors during the outage, and at the end every stored frame in that pool
 
 Usage: python benchmarks/fleet_sim.py [--robots 50] [--frames 40] [--store file|s3] [--outage-s S]
-                                      [--models DIR] [--pool URI] [--json PATH]
+                                      [--ros] [--models DIR] [--pool URI] [--json PATH]
   --quick: 4 robots, 40 frames, the S3 server, a 10 s outage (what the test runs).
 """
 
@@ -99,9 +103,13 @@ def _rollout(
     rounds: list = []
     done = threading.Event()
 
+    # in-process robots stream in short chunks; a ROS stream starts a camera process per robot, so it
+    # streams ``frames`` at a time (short ones would leave the robots idle while cameras start)
+    chunk = frames if getattr(fleet, "processes", None) else min(frames, 10)
+
     def stream() -> None:  # the robots keep streaming until the rollout ends (at least ``frames`` each)
         while not done.is_set() or sum(r.frames for r in rounds) < frames * len(robots):
-            rounds.extend(fleet.stream(min(frames, 10)))
+            rounds.extend(fleet.stream(chunk))
 
     streaming = threading.Thread(target=stream, name="fleet-stream")
     streaming.start()
@@ -267,6 +275,27 @@ def _s3_store(work: Path):
     return server, proxy, f"s3://{bucket}/fleet?endpoint_url={proxy.endpoint_url}&region=us-east-1"
 
 
+def _process_memory(fleet) -> dict | None:
+    """Return the ROS robot processes' unique (USS) and resident memory, per robot (MB); None in-process."""
+    processes = getattr(fleet, "processes", None)
+    if not processes:
+        return None
+    uss, rss = [], []
+    for process in processes.values():
+        info = psutil.Process(process.pid).memory_full_info()  # the ROS bootstrap re-execs in place: same pid
+        uss.append(info.uss / 2**20)
+        rss.append(info.rss / 2**20)
+    return {"uss_mb": round(sum(uss) / len(uss), 1), "rss_mb": round(sum(rss) / len(rss), 1), "robots": len(uss)}
+
+
+def _wait_queues(fleet, timeout_s: float = 120.0) -> None:
+    """Wait until the in-process robots' upload queues are empty (ROS robots' streams end drained)."""
+    deadline = time.perf_counter() + timeout_s
+    robots = getattr(fleet, "robots", [])
+    while sum(len(robot.queue) for robot in robots) and time.perf_counter() < deadline:
+        time.sleep(0.2)  # the last uploads land before the store is counted
+
+
 def run(
     robots: int,
     frames: int,
@@ -275,6 +304,7 @@ def run(
     work: Path,
     store: str = "file",
     outage_s: float = 0.0,
+    ros: bool = False,
 ) -> dict:
     from fleetloop_core.config import default_config_path, read_yaml
 
@@ -310,15 +340,23 @@ def run(
             mqtt=mqtt["robot"],
         )
         rss_before = process.memory_info().rss
-        fleet = InProcessFleet(specs, settings)
+        if ros:
+            from fleetloop_cloud.demo.ros_fleet import RosFleet
+
+            fleet = RosFleet(specs, settings, log_dir=work / "logs", domain_per_robot=True)  # as on own machines
+        else:
+            fleet = InProcessFleet(specs, settings)
+        started = time.perf_counter()
         fleet.start()
+        start_s = time.perf_counter() - started
         memory_mb = (process.memory_info().rss - rss_before) / 2**20
         jobs = MqttJobService.from_uri(mqtt["endpoint"], **mqtt["service"])
         live = LiveIngest(_cloud_config(store_uri, reference, work / "cloud-live", None))
         live.start()
         started = time.perf_counter()
-        rounds = fleet.stream(frames)
+        rounds = fleet.stream(frames)  # ROS robots: the cameras wait until their robot subscribes
         stream_s = time.perf_counter() - started
+        process_memory = _process_memory(fleet)
         good = _rollout(
             jobs,
             models_store,
@@ -333,9 +371,7 @@ def run(
         if outage_s > 0 and proxy is not None:
             outage = _outage(fleet, proxy, outage_s, frames)
         else:
-            deadline = time.perf_counter() + 120.0
-            while sum(len(robot.queue) for robot in fleet.robots) and time.perf_counter() < deadline:
-                time.sleep(0.2)  # the last uploads land before the store is counted
+            _wait_queues(fleet)
         stored = _stored_frames(store_uri)
         live_ingest = live.result()
         live = None
@@ -357,7 +393,10 @@ def run(
         "machine": machine(),
         "robots": robots,
         "frames_per_robot": frames,
-        "memory_mb_per_robot": round(memory_mb / robots, 1),
+        "ros": ros,
+        "start_s": round(start_s, 2),  # in-process: robots built; ROS: processes started (they come up meanwhile)
+        "memory_mb_per_robot": process_memory["uss_mb"] if process_memory else round(memory_mb / robots, 1),
+        "robot_process_memory": process_memory,
         "streaming": {
             "frames": sum(r.frames for r in rounds),
             "answered": answered,
@@ -387,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4 robots, 40 frames, the S3 server, a 10 s outage")
     parser.add_argument("--store", choices=("file", "s3"), default="file", help="file://, or the S3 server (moto)")
     parser.add_argument("--outage-s", type=float, default=0.0, help="the store away this long (needs --store s3)")
+    parser.add_argument("--ros", action="store_true", help="every robot a `fleetloop robot` process (rclpy)")
     parser.add_argument("--models", help="reference models (default: the demo-quick profile, built when missing)")
     parser.add_argument("--pool", help="the cloud's pool URI (default: a SQLite file in the work directory)")
     parser.add_argument("--json", help="write the figures here")
@@ -395,9 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     store, outage_s = ("s3", 10.0) if args.quick else (args.store, args.outage_s)
     if outage_s > 0 and store != "s3":
         parser.error("--outage-s needs --store s3 (the outage is a proxy in front of the S3 server)")
+    if args.ros and (outage_s > 0 or args.quick):
+        parser.error("--ros runs without --outage-s and --quick (the outage phase drives in-process uploaders)")
     work = Path(tempfile.mkdtemp(prefix="fleet-sim-"))
     try:
-        result = run(robots, frames, args.models, args.pool, work, store, outage_s)
+        result = run(robots, frames, args.models, args.pool, work, store, outage_s, args.ros)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     s, r, b, i = result["streaming"], result["rollout"], result["aborted_rollout"], result["ingest"]
@@ -405,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         f"fleet of {robots} robots on one machine ({result['machine']['cpu_count']} CPUs)",
         [
-            ("memory per robot (MB)", f"{result['memory_mb_per_robot']}"),
+            (
+                "memory per robot (MB)" + (", unique to its process (resident)" if result["ros"] else ""),
+                f"{result['memory_mb_per_robot']}"
+                + (f" ({result['robot_process_memory']['rss_mb']})" if result["ros"] else ""),
+            ),
             ("frames answered per second, all robots", f"{s['frames_per_s']}"),
             ("frames dropped / uploaded", f"{s['dropped']} / {s['uploaded']}"),
             ("broker connections", f"{result['broker']['connections']}"),

@@ -88,6 +88,20 @@ def wait_for_reports(
     With ``abort`` the job is canceled as soon as its failure percentage reaches
     ``abort_failure_percent`` after ``abort_min_executed`` finished executions (IoT ``abortConfig``).
     """
+    states, reason, _ = _wait(jobs, job_id, things, timeout_s, poll_s, abort, clock)
+    return states, reason
+
+
+def _wait(
+    jobs: FleetJobs,
+    job_id: str,
+    things: Sequence[str],
+    timeout_s: float,
+    poll_s: float,
+    abort: RolloutConfig | None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[dict[str, ExecutionState], str, bool]:
+    """:func:`wait_for_reports`, and whether the job was canceled by the abort rule (not the deadline)."""
     deadline = clock() + timeout_s
     while True:
         states = jobs.executions(job_id)
@@ -96,23 +110,32 @@ def wait_for_reports(
             reason = _abort_reason(job_id, finished, abort)
             if reason:
                 jobs.cancel_job(job_id, reason)
-                return jobs.executions(job_id), reason
+                return jobs.executions(job_id), reason, True
         if len(finished) == len(things):
-            return states, ""
+            return states, "", False
         if clock() >= deadline:
             return (
                 states,
                 f"job {job_id}: {len(things) - len(finished)} of {len(things)} robots did not report "
                 f"within {timeout_s:.0f} s",
+                False,
             )
         jobs.wait_changed(min(poll_s, max(0.0, deadline - clock())))
 
 
-def _results(states: dict[str, ExecutionState], things: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _results(states: dict[str, ExecutionState], things: Sequence[str], aborted: bool) -> dict[str, dict[str, Any]]:
+    """Each thing's execution: its final status; one not finished is TIMED_OUT when the phase waited out its
+    deadline, and after an abort what it was then (QUEUED, IN_PROGRESS: a robot already working on the job
+    may still finish it, as IoT Jobs lets an in-progress execution finish after a cancel without force)."""
     out = {}
     for thing in things:
         state = states.get(thing)
-        status = state.status if state is not None and state.terminal else "TIMED_OUT"
+        if state is not None and state.terminal:
+            status = state.status
+        elif aborted:
+            status = f"{state.status if state is not None else 'QUEUED'} at the abort"
+        else:
+            status = "TIMED_OUT"
         out[thing] = {
             "status": status,
             "details": dict(state.details) if state else {},
@@ -140,10 +163,10 @@ def _run_phase(
     started = time.monotonic()
     jobs.create_job(phase.job_id, phase.things, document, config, thing_group=thing_group)
     say(f"{kind} job {phase.job_id} sent to {thing_group or ', '.join(phase.things)}")
-    states, reason = wait_for_reports(
-        jobs, phase.job_id, phase.things, timeout_s, config.poll_s, abort=config if fleet else None
+    states, reason, aborted = _wait(
+        jobs, phase.job_id, phase.things, timeout_s, config.poll_s, config if fleet else None
     )
-    phase.results, phase.seconds = _results(states, phase.things), time.monotonic() - started
+    phase.results, phase.seconds = _results(states, phase.things, aborted), time.monotonic() - started
     return reason
 
 

@@ -124,6 +124,18 @@ def test_fleet_phase_aborts_on_the_failure_rate_and_cancels_the_queue(tmp_path):
         jobs.create_job("j", ["t0"], {})
 
 
+def test_a_phase_report_tells_robots_cut_off_by_an_abort_from_robots_that_timed_out():
+    from fleetloop_cloud.fleet_jobs import ExecutionState
+    from fleetloop_cloud.rollout import _results
+
+    states = {"a": ExecutionState("a", "FAILED"), "b": ExecutionState("b", "IN_PROGRESS")}
+    aborted = _results(states, ["a", "b", "c"], aborted=True)
+    # b was swapping when the job was canceled (it may still finish, as IoT Jobs allows); c never started
+    assert [aborted[t]["status"] for t in "abc"] == ["FAILED", "IN_PROGRESS at the abort", "QUEUED at the abort"]
+    waited = _results(states, ["a", "b", "c"], aborted=False)
+    assert [waited[t]["status"] for t in "abc"] == ["FAILED", "TIMED_OUT", "TIMED_OUT"]
+
+
 def test_documents_and_backend_registry(tmp_path, test_models):
     manifest = load_manifest(test_models["T4"])
     document = deploy_document(manifest, "s3://bucket/fleet", "models/x/1", b"{}")

@@ -31,3 +31,32 @@ def test_a_small_fleet_streams_rolls_out_aborts_a_bad_version_and_is_ingested(tm
     ingest = report["ingest"]
     assert ingest["frames"] == stored["frames"] and ingest["frames_per_s"] > 0
     assert report["memory_mb_per_robot"] > 0 and report["broker"]["connections"] == robots + 1
+
+
+def test_a_fleet_of_ros_robot_processes_rolls_out_and_aborts_a_bad_version(tmp_path, cloud_models):
+    """--ros: every robot a `fleetloop robot` process (its model manager on the broker with its own
+    certificate) fed by camera processes; 100 frames each first, so every robot's shadow ring holds the
+    frames a canary's shadow check needs (one in ten of the last frames)."""
+    report, process = run_benchmark(
+        "fleet_sim.py",
+        tmp_path / "fleet.json",
+        "--ros",
+        "--robots",
+        "2",
+        "--frames",
+        "100",
+        "--models",
+        str(cloud_models["T4"].parent),
+        timeout_s=600,
+    )
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    assert report["ros"] and report["robots"] == 2
+    streaming = report["streaming"]
+    assert streaming["dropped"] == 0 and streaming["answered"] == streaming["frames"] == 2 * 100
+    good, bad = report["rollout"], report["aborted_rollout"]
+    assert good["succeeded"] and good["robots_serving"] == 2 and good["frames_dropped"] == 0, good
+    assert bad["aborted"] and bad["robots_serving"] == 0 and bad["frames_dropped"] == 0
+    memory = report["robot_process_memory"]  # per robot process: unique pages, and resident
+    assert memory["robots"] == 2 and 0 < memory["uss_mb"] < memory["rss_mb"]
+    stored = report["stored"]
+    assert stored["frames"] == stored["kept"] and stored["duplicate_keys"] == 0

@@ -34,6 +34,9 @@ log = logging.getLogger("fleetloop.demo")
 
 CAMERA_STALL_S = 60.0  # a camera that prints no progress for this long is ended (it reports every 5 s)
 CAMERA_REAP_S = 5.0  # after its final line, a camera gets this long to exit before it is killed
+# starting: a fleet whose robots all boot at once on few cores comes up one robot after another (fifty
+# took minutes on two cores); it is stuck only when no robot came up for this long
+ROBOT_STALL_S = 120.0
 
 
 # ====================================================================================== ROS 2
@@ -46,6 +49,7 @@ class _CameraRun:
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, start_new_session=True
         )
         self.progress: dict = {}
+        self.up = False  # its first line came: the camera's node exists
         self.final: dict | None = None
         self.last_output = time.monotonic()
         self.stderr: list[str] = []
@@ -56,7 +60,7 @@ class _CameraRun:
 
     def _read_stdout(self) -> None:
         for line in self.process.stdout:
-            self.last_output = time.monotonic()
+            self.last_output, self.up = time.monotonic(), True
             if line.startswith("{"):
                 message = json.loads(line)
                 if "camera" in message:
@@ -120,20 +124,30 @@ class RosFleet:
         settings: FleetSettings,
         domain_id: int | None = None,
         log_dir: Path | None = None,
+        domain_per_robot: bool = False,
     ):
         self.specs = list(specs)
         self.settings = settings
-        self.domain_id = domain_id if domain_id is not None else 40 + (os.getpid() % 150)
+        # domain_per_robot: robot i and its cameras in ROS domain ``domain_id + i``, as robots on their own
+        # machines never meet on DDS; one domain for a large fleet on one machine runs out of participant
+        # ports (measured: 50 robots and 50 cameras in one domain, a camera's shared-memory port failed and
+        # its robot was never discovered). Domains stay within 0..101, the range safe on Linux.
+        self.domain_per_robot = domain_per_robot
+        if domain_id is None:
+            domain_id = 1 + os.getpid() % (101 - len(self.specs)) if domain_per_robot else 40 + (os.getpid() % 150)
+        self.domain_id = domain_id
         self.log_dir = log_dir or settings.root / "logs"
         self.processes: dict[str, subprocess.Popen] = {}
         self._started_frames = {spec.robot_id: 0 for spec in specs}
         self._round = 0
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, index: int) -> dict[str, str]:
+        """The environment of robot ``index`` and its cameras."""
         from fleetloop_core.dds import DdsConfig, dds_environment
 
         env = dict(os.environ)
-        env.update(ROS_DOMAIN_ID=str(self.domain_id), ROS_LOCALHOST_ONLY="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        domain = self.domain_id + (index if self.domain_per_robot else 0)
+        env.update(ROS_DOMAIN_ID=str(domain), ROS_LOCALHOST_ONLY="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
         dds_environment(DdsConfig(), env)  # robots and cameras on the robots' default transport
         # robots and cameras run in their own sessions; if the demo is killed -9 they must not run on.
@@ -183,7 +197,7 @@ class RosFleet:
             for tier, path in self.settings.packages.items():
                 shutil.copytree(path, round0 / tier)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for spec in self.specs:
+        for index, spec in enumerate(self.specs):
             root = self.settings.root / spec.robot_id
             # provisioning: the robot's store holds its round-0 packages, so it can roll back to them
             store = ModelStore(root / "models", TrustedKeys.load(str(self.settings.keys_dir)))
@@ -195,9 +209,29 @@ class RosFleet:
             )
             out = open(self.log_dir / f"{spec.robot_id}.log", "ab")
             self.processes[spec.robot_id] = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=self._env(), start_new_session=True
+                command, stdout=out, stderr=subprocess.STDOUT, env=self._env(index), start_new_session=True
             )
-        log.info("ROS fleet: %d robot processes (ROS_DOMAIN_ID %d)", len(self.specs), self.domain_id)
+        self._wait_up()
+        last = self.domain_id + (len(self.specs) - 1 if self.domain_per_robot else 0)
+        log.info("ROS fleet: %d robot processes (ROS_DOMAIN_ID %d..%d)", len(self.specs), self.domain_id, last)
+
+    def _wait_up(self) -> None:
+        """Wait until every robot process says it is up (its log's ``robot up`` line); FleetError when one
+        exits, or when no robot came up for ``ROBOT_STALL_S``."""
+        pending, last = {spec.robot_id for spec in self.specs}, time.monotonic()
+        while pending:
+            self._check_alive()
+            up = {r for r in pending if "robot up" in (self.log_dir / f"{r}.log").read_text(errors="replace")}
+            if up:
+                pending, last = pending - up, time.monotonic()
+            elif time.monotonic() - last > ROBOT_STALL_S:
+                first = sorted(pending)[0]
+                raise FleetError(
+                    f"{len(pending)} robots not up, and none came up for {ROBOT_STALL_S:.0f} s; "
+                    f"{first}'s log tail:\n{self._log_tail(first)}"
+                )
+            else:
+                time.sleep(0.5)
 
     def _log_tail(self, robot_id: str) -> str:
         path = self.log_dir / f"{robot_id}.log"
@@ -220,7 +254,8 @@ class RosFleet:
         before = {s.robot_id: store_objects(store_root, s.robot_id) if store_root else (0, 0) for s in self.specs}
         kept_before = {s.robot_id: self._kept(s) for s in self.specs}
         started = time.perf_counter()
-        for spec in self.specs:
+        for index, spec in enumerate(self.specs):
+            self._wait_boot_slot(cameras)
             namespace = f"/{spec.robot_id.replace('-', '_')}"
             command = command_line(
                 "camera",
@@ -251,7 +286,7 @@ class RosFleet:
                 "--progress",
                 "5",
             )
-            cameras[spec.robot_id] = _CameraRun(spec.robot_id, command, self._env())
+            cameras[spec.robot_id] = _CameraRun(spec.robot_id, command, self._env(index))
         try:
             for spec in self.specs:
                 counts = cameras[spec.robot_id].result(lambda robot_id=spec.robot_id: self._log_tail(robot_id))
@@ -274,6 +309,14 @@ class RosFleet:
         for spec in self.specs:
             reports[spec.robot_id].serving = serving.get(spec.robot_id, {})
         return [reports[spec.robot_id] for spec in self.specs]
+
+    @staticmethod
+    def _wait_boot_slot(cameras: dict[str, _CameraRun]) -> None:
+        """Let at most one camera per CPU start up at a time (imports, DDS); fifty started at once on two
+        cores starved one another past the stall limit before any printed a line (measured)."""
+        slots = max(1, os.cpu_count() or 1)
+        while sum(1 for c in cameras.values() if not c.up and c.process.poll() is None) >= slots:
+            time.sleep(0.02)
 
     def _queue(self, spec: RobotSpec):
         from fleetloop_core.upload_queue import UploadQueue
@@ -326,16 +369,22 @@ class RosFleet:
         return out
 
     def stop(self) -> None:
+        """End every robot process: SIGINT (its own orderly shutdown), then SIGKILL after the deadline (one
+        second of this machine's time per robot beyond 15 s: fifty robots shut down on two cores at once)."""
         for process in self.processes.values():
             if process.poll() is None:
                 try:
                     os.killpg(process.pid, signal.SIGINT)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + 15
-        for process in self.processes.values():
+        deadline = time.monotonic() + 15 + len(self.processes)
+        killed = []
+        for robot_id, process in self.processes.items():
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+                killed.append(robot_id)
+        if killed:  # their DDS shared-memory files stay in /dev/shm: say so
+            log.warning("robot processes killed after the shutdown deadline: %s", ", ".join(killed))

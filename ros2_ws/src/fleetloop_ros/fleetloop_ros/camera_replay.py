@@ -121,7 +121,10 @@ class CameraReplayNode(Node):
             self._results = self._subscribe_answers(lockstep_topic, window)
         self._lockstep = bool(lockstep_topic)
         self._timer = self.create_timer(1.0 / rate_hz, self._tick)
-        if progress_s > 0:  # a line now and then, so whoever started us can tell progress from a stall
+        if (
+            progress_s > 0
+        ):  # a line now (we are up) and then and then, so whoever started us can tell progress from a stall
+            print(json.dumps({"camera_progress": self.counts()}), flush=True)
             self.create_timer(progress_s, lambda: print(json.dumps({"camera_progress": self.counts()}), flush=True))
         self.get_logger().info(
             f"camera replay: {source} -> {self.publisher.topic_name} at {rate_hz:g} Hz"
