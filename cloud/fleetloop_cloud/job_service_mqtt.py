@@ -42,7 +42,7 @@ class StoreJobs(FleetJobs):
 
     def _submit(self, job: JobRequest) -> None:
         try:
-            self.store.create_job(job.job_id, job.things, job.document)
+            self.store.create_job(job.job_id, job.things, job.document, job.rollout.maximum_per_minute)
         except JobStoreError as exc:
             raise DeployError(f"{self.uri}: {exc}") from None
 

@@ -155,16 +155,20 @@ class JobStore:
         return found[0] if found else None
 
     def next_pending(self, thing: str) -> Optional[Execution]:
-        """Return the execution a device gets next: IN_PROGRESS first, then the oldest QUEUED."""
+        """Return the execution a device gets next: IN_PROGRESS first, then the oldest QUEUED (released)."""
         found = self._select(
-            "WHERE thing = ? AND status IN ('IN_PROGRESS', 'QUEUED') "
+            "WHERE thing = ? AND status IN ('IN_PROGRESS', 'QUEUED') AND queued_at <= ? "
             "ORDER BY status != 'IN_PROGRESS', queued_at, ord LIMIT 1",
-            (thing,),
+            (thing, iot_jobs.now_s()),
         )
         return found[0] if found else None
 
     def pending(self, thing: str) -> list[Execution]:
-        return self._select("WHERE thing = ? AND status IN ('IN_PROGRESS', 'QUEUED') ORDER BY queued_at, ord", (thing,))
+        """Return the thing's pending executions (those a staged rollout has released)."""
+        return self._select(
+            "WHERE thing = ? AND status IN ('IN_PROGRESS', 'QUEUED') AND queued_at <= ? ORDER BY queued_at, ord",
+            (thing, iot_jobs.now_s()),
+        )
 
     def of_job(self, job_id: str) -> list[Execution]:
         return self._select("WHERE job_id = ? ORDER BY thing", (job_id,))
@@ -172,7 +176,9 @@ class JobStore:
     def things_with_pending(self) -> list[str]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT DISTINCT thing FROM executions WHERE status IN ('IN_PROGRESS', 'QUEUED') ORDER BY thing"
+                "SELECT DISTINCT thing FROM executions WHERE status IN ('IN_PROGRESS', 'QUEUED') AND queued_at <= ? "
+                "ORDER BY thing",
+                (iot_jobs.now_s(),),
             ).fetchall()
         return [row[0] for row in rows]
 
@@ -203,16 +209,26 @@ class JobStore:
                 values,
             )
 
-    def create_job(self, job_id: str, things: Sequence[str], document: dict[str, Any]) -> list[Execution]:
-        """Queue one execution of ``job_id`` per thing; JobStoreError when the job exists already."""
+    def create_job(
+        self, job_id: str, things: Sequence[str], document: dict[str, Any], per_minute: Optional[int] = None
+    ) -> list[Execution]:
+        """Queue one execution of ``job_id`` per thing; JobStoreError when the job exists already.
+
+        ``per_minute`` (IoT ``jobExecutionsRolloutConfig.maximumPerMinute``): a staged rollout; the i-th
+        thing's execution is released (queued, seen by the device) ``i * 60 / per_minute`` seconds after
+        the first, in whole seconds, so a cancel still reaches the things not released yet.
+        """
         with self.transaction():
             if self._db.execute("SELECT 1 FROM executions WHERE job_id = ? LIMIT 1", (job_id,)).fetchone():
                 raise JobStoreError(f"job store {self.path}: job {job_id} exists already")
             order = int(self._db.execute("SELECT COALESCE(MAX(ord), 0) FROM executions").fetchone()[0])
-            created = []
+            created, now = [], iot_jobs.now_s()
             for offset, thing in enumerate(things, start=1):
                 iot_jobs.jobs_topic(thing, "x")  # a thing name the topics can carry
-                created.append(Execution(job_id, thing, document, order=order + offset))
+                released = now + ((offset - 1) * 60) // per_minute if per_minute else now
+                created.append(
+                    Execution(job_id, thing, document, order=order + offset, queued_at=released, last_updated_at=now)
+                )
                 self.put(created[-1])
         return created
 
