@@ -85,18 +85,20 @@ def propose_campaign(loop, now: float, config: CampaignConfig | None = None) -> 
     sampled = [classes[labels[row["id"]].label] for row in rows if row["random"] and row["id"] in labels]
     prevalence = shares(classes, sampled)
     scores = production_scores(loop.pool)
-    needs = class_needs(classes, counts, scores, skip=config.skip, prevalence=prevalence)
-    sites = sorted({row["site"] for row in rows})
-    robots: dict[str, set[str]] = {}
-    for row in rows:
-        robots.setdefault(row["site"], set()).add(row["robot_id"])
-    site_labels = Counter(row["site"] for row in rows if row["id"] in labels)
-    site_shares = shares(sites, [row["site"] for row in rows if row["random"]])
-    site_robots = {site: sorted(names) for site, names in robots.items()}
-    needs += site_needs(production_scores(loop.pool, "per_site"), site_labels, site_robots, site_shares)
-    agreement = teacher_agreement(loop, rows)
-    needs += disagreement_needs(agreement, counts, scores, config.min_frames, config.skip, prevalence)
-    needs = [n for n in needs if n.kind in config.kinds]
+    needs = (
+        class_needs(classes, counts, scores, skip=config.skip, prevalence=prevalence) if "class" in config.kinds else []
+    )
+    if "site" in config.kinds:
+        robots: dict[str, set[str]] = {}
+        for row in rows:
+            robots.setdefault(row["site"], set()).add(row["robot_id"])
+        site_labels = Counter(row["site"] for row in rows if row["id"] in labels)
+        site_shares = shares(sorted(robots), [row["site"] for row in rows if row["random"]])
+        site_robots = {site: sorted(names) for site, names in robots.items()}
+        needs += site_needs(production_scores(loop.pool, "per_site"), site_labels, site_robots, site_shares)
+    if "disagreement" in config.kinds:  # reads the last round's teacher predictions: only when asked for
+        agreement = teacher_agreement(loop, rows)
+        needs += disagreement_needs(agreement, counts, scores, config.min_frames, config.skip, prevalence)
     version = str(len(loop.pool.get(SENT_KEY, []) or []) + 1)
     campaign = propose(needs, config, version, now)
     proposal: dict[str, Any] = {"needs": [n.to_dict() for n in sorted(needs, key=lambda n: -n.need)[:5]]}

@@ -133,6 +133,8 @@ class RosFleet:
         # ports (measured: 50 robots and 50 cameras in one domain, a camera's shared-memory port failed and
         # its robot was never discovered). Domains stay within 0..101, the range safe on Linux.
         self.domain_per_robot = domain_per_robot
+        if domain_per_robot and len(self.specs) > 100:
+            raise FleetError(f"{len(self.specs)} robots with a ROS domain each: at most 100 fit in 0..101")
         if domain_id is None:
             domain_id = 1 + os.getpid() % (101 - len(self.specs)) if domain_per_robot else 40 + (os.getpid() % 150)
         self.domain_id = domain_id
