@@ -394,7 +394,7 @@ def run(
         "robots": robots,
         "frames_per_robot": frames,
         "ros": ros,
-        "start_s": round(start_s, 2),  # in-process: robots built; ROS: processes started (they come up meanwhile)
+        "start_s": round(start_s, 2),  # in-process: robots built; ROS: until every robot process is up
         "memory_mb_per_robot": process_memory["uss_mb"] if process_memory else round(memory_mb / robots, 1),
         "robot_process_memory": process_memory,
         "streaming": {
