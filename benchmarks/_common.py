@@ -33,6 +33,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def process_memory_mb(pid: int) -> tuple[float, float]:
+    """Return another process's resident and unique (USS) memory in MiB, rounded to 0.1 (USS: what one more
+    such process adds on a machine; shared libraries' pages are counted once). psutil errors propagate."""
+    import psutil
+
+    info = psutil.Process(pid).memory_full_info()
+    return round(info.rss / 2**20, 1), round(info.uss / 2**20, 1)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Return the q-th percentile (0..100) of ``values``."""
     ordered = sorted(values)

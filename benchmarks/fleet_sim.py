@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # fixtur
 
 import psutil  # noqa: E402
 
-from _common import ROOT, machine, print_table, write_json  # noqa: E402
+from _common import ROOT, machine, print_table, process_memory_mb, write_json  # noqa: E402
 
 
 def _models(models: str | None) -> Path:
@@ -280,11 +280,8 @@ def _process_memory(fleet) -> dict | None:
     processes = getattr(fleet, "processes", None)
     if not processes:
         return None
-    uss, rss = [], []
-    for process in processes.values():
-        info = psutil.Process(process.pid).memory_full_info()  # the ROS bootstrap re-execs in place: same pid
-        uss.append(info.uss / 2**20)
-        rss.append(info.rss / 2**20)
+    # the ROS bootstrap re-execs in place: the process we started is the robot
+    rss, uss = zip(*(process_memory_mb(process.pid) for process in processes.values()))
     return {"uss_mb": round(sum(uss) / len(uss), 1), "rss_mb": round(sum(rss) / len(rss), 1), "robots": len(uss)}
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from _common import ROOT, locate_models, machine, percentile, print_table, write_json  # noqa: E402
+from _common import ROOT, locate_models, machine, percentile, print_table, process_memory_mb, write_json  # noqa: E402
 from fleetloop_core.cli import command_line
 
 
@@ -332,8 +332,8 @@ def main(argv=None) -> int:
             }
         # the robot process's memory after streaming both sizes: resident, and unique to it (USS: what a
         # second robot process on the same machine adds; shared libraries' pages are counted once)
-        memory = robot_process.memory_full_info()
-        figures["robot_memory_mb"] = {"rss": round(memory.rss / 2**20, 1), "uss": round(memory.uss / 2**20, 1)}
+        rss, uss = process_memory_mb(robot.pid)
+        figures["robot_memory_mb"] = {"rss": rss, "uss": uss}
     finally:
         if graph is not None:
             graph.close()

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import yaml  # noqa: E402
 
-from _common import ROOT, locate_models, machine, percentile, print_table, write_json  # noqa: E402
+from _common import ROOT, locate_models, machine, percentile, print_table, process_memory_mb, write_json  # noqa: E402
 from fleetloop_core.cli import command_line
 
 EXIT_WITHIN_S = 5.0
@@ -338,11 +338,11 @@ def _sample_memory(tally: Tally, robot: Robot) -> None:
     import psutil
 
     try:
-        memory = psutil.Process(robot.process.pid).memory_full_info()
+        memory = process_memory_mb(robot.process.pid)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return  # it ended meanwhile: its exit is counted where it is stopped
     with tally.lock:
-        tally.robot_memory_mb.append((round(memory.rss / 2**20, 1), round(memory.uss / 2**20, 1)))
+        tally.robot_memory_mb.append(memory)
 
 
 def _record_loss(tally: Tally, what: str, counts: dict, camera_log: str, robot: Robot) -> None:

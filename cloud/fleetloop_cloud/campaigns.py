@@ -44,6 +44,9 @@ from fleetloop_core.config import ConfigModel
 from fleetloop_cloud.fleet_jobs import campaign_document
 
 
+Kind = Literal["class", "site", "disagreement"]  # why a campaign is proposed (the module's docstring)
+
+
 class CampaignConfig(ConfigModel):
     """When and how the cloud asks the fleet for a class (``campaigns`` in config/cloud.yaml).
 
@@ -54,7 +57,7 @@ class CampaignConfig(ConfigModel):
 
     approve: Literal["manual", "auto"] = "manual"
     # the reasons a campaign may be proposed for (the module's docstring): the neediest of them wins
-    kinds: tuple[Literal["class", "site", "disagreement"], ...] = ("class", "site", "disagreement")
+    kinds: tuple[Kind, ...] = ("class", "site", "disagreement")
     # weight: the class's frames get their value score x ``weight`` (the robot's own policy and budget stay,
     # so the budget is spent); quota: the class_quota policy, the class capped at ``share``, every other
     # class at ``others_share`` (measured: the robots left a third of the budget unused)
@@ -72,7 +75,6 @@ class CampaignConfig(ConfigModel):
     skip: tuple[str, ...] = ("none",)  # classes never asked for (the empty scene)
 
 
-Kind = Literal["class", "site", "disagreement"]
 SCORE_WORDS = {"class": "field score", "site": "field accuracy", "disagreement": "teachers agree on"}
 
 
