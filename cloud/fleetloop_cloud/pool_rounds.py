@@ -23,13 +23,14 @@ class RoundLog(PoolTables):
         return int(rows[0][0] or 0)
 
     def open_round(self) -> int:
-        """Return the open round, opening the next one if none is open."""
-        current = self.current_round()
-        if current is not None:
-            return current
-        number = self.last_round() + 1
-        self._db.execute("INSERT INTO rounds (id, status, started) VALUES (?, 'open', ?)", (number, time.time()))
-        return number
+        """Return the open round, opening the next one if none is open (one transaction: two callers open one)."""
+        with self.transaction():
+            current = self.current_round()
+            if current is not None:
+                return current
+            number = self.last_round() + 1
+            self._db.execute("INSERT INTO rounds (id, status, started) VALUES (?, 'open', ?)", (number, time.time()))
+            return number
 
     def finish_round(self, round: int, summary: dict) -> None:
         """Close a round and store its summary."""

@@ -106,7 +106,7 @@ def register_round(subparsers) -> None:
                 from rich.console import Console
 
                 Console().print(loop.task.summary_table(summary))
-        return 0 if summary.status in ("finished", "waiting") else 1
+        return 0 if summary.status in ("finished", "waiting", "running") else 1  # running: in another worker
 
     parser.set_defaults(handler=handler)
 

@@ -18,6 +18,9 @@ Steps of a round, each idempotent (a finished step does nothing when run again) 
 
 The review step waits (returns, status ``waiting``) while humans have open tasks; running it
 again collects answers and goes on. The demos compose rounds of this class into the closed loop.
+One worker runs steps on a pool at a time (the pool's runner lock, ``pool_sql.WorkerLock``): another
+worker asking meanwhile is told who runs which step (``StepBusyError``), and a step left ``running``
+by a worker that died is taken over.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -42,6 +46,7 @@ from fleetloop_cloud.loop import autolabel, evaluate, ingest, register, review, 
 from fleetloop_cloud.loop.tasks import CloudTask, cloud_task_named
 from fleetloop_cloud.loop.world import World, open_world
 from fleetloop_cloud.pool import Pool
+from fleetloop_cloud.pool_sql import WorkerLock
 
 log = logging.getLogger("fleetloop_cloud")
 
@@ -63,12 +68,16 @@ class StepOrderError(FleetLoopError):
     """A step was asked for before the steps it needs (message names both)."""
 
 
+class StepBusyError(FleetLoopError):
+    """Another worker is running the loop's steps on this pool (message names it and its step)."""
+
+
 @dataclass
 class RoundSummary:
     """Every figure of one round (JSON-able through ``to_dict``)."""
 
     round: int
-    status: str  # finished | waiting (humans have open tasks) | running
+    status: str  # finished | waiting (humans have open tasks) | running (in another worker)
     steps: dict[str, str]
     data: dict = field(default_factory=dict)
 
@@ -102,6 +111,8 @@ class CloudLoop:
         self.work = config.work_path
         self.work.mkdir(parents=True, exist_ok=True)
         self.pool = Pool(config.pool_target)
+        self.runner = WorkerLock(config.pool_target)  # one worker runs steps at a time (run_step)
+        self._running = 0  # run_step calls in progress in this loop (the lock is held while > 0)
         self.store = open_store(config.store)
         self.cache = FrameCache(self.work / "frames", self.store)
         self.cost_model = cost_model or load_cost_model(config.cost_model)
@@ -127,6 +138,7 @@ class CloudLoop:
     def close(self) -> None:
         """Close the task's stores and the pool."""
         self.task.close()
+        self.runner.release()
         self.pool.close()
 
     def __enter__(self) -> "CloudLoop":
@@ -216,7 +228,35 @@ class CloudLoop:
         return current
 
     def run_step(self, step: str) -> dict:
-        """Run one step of the open round (a finished one returns its record); return its record."""
+        """Run one step of the open round (a finished one returns its record); return its record.
+
+        One worker runs steps on a pool at a time: StepBusyError (naming the worker and its step) while
+        another does. A step left ``running`` by a worker that died is taken over: steps are resumable.
+        """
+        with self._holding_runner(step):
+            return self._run_step(step)
+
+    @contextmanager
+    def _holding_runner(self, what: str) -> Iterator[None]:
+        """Hold the pool's runner lock for a block (nested ones share it); StepBusyError if another worker has it."""
+        if not self._running and not self.runner.acquire():
+            raise StepBusyError(self._busy_message(what))
+        self._running += 1
+        try:
+            yield
+        finally:
+            self._running -= 1
+            if not self._running:
+                self.runner.release()
+
+    def _busy_message(self, step: str) -> str:
+        current = self.pool.current_round()
+        running = [s for s in STEPS if current is not None and self.pool.step(current, s)[0] == "running"]
+        where = f"round {current}: {running[0]}" if running else "the loop"
+        holder = self.runner.holder() or "another worker"
+        return f"{self.pool.path}: {where} is running in {holder}; not running {step} beside it"
+
+    def _run_step(self, step: str) -> dict:
         round_number = self._round(step)
         status, info = self.pool.step(round_number, step)
         if status in ("done", "skipped"):
@@ -225,6 +265,10 @@ class CloudLoop:
         if status == "failed":  # asked for explicitly: retry (run_round goes on past a failed step instead)
             log.info("round %d: retrying %s (failed: %s)", round_number, step, info.get("error"))
             info = {k: v for k, v in info.items() if k != "error"}
+        if status == "running":  # nobody runs it now (this worker holds the runner lock): a run that ended early
+            log.warning(
+                "round %d: taking over %s, left running by a run that ended (killed or crashed)", round_number, step
+            )
         cpu_started, wall_started = time.process_time(), time.perf_counter()
         self.pool.set_step(round_number, step, "running", info)
         try:
@@ -266,8 +310,20 @@ class CloudLoop:
     def run_round(self) -> RoundSummary:
         """Run the open round's remaining steps (opening a new round if none is open); return its summary.
 
-        Stops early with status ``waiting`` while humans still have open tasks; call again later.
+        Stops early with status ``waiting`` while humans still have open tasks; call again later. While
+        another worker runs the round's steps, returns at once with status ``running``.
         """
+        try:
+            with self._holding_runner("the round"):
+                return self._run_round()
+        except StepBusyError as exc:
+            current = self.pool.current_round()
+            if current is None:
+                raise
+            log.info("%s", exc)
+            return self.summary(current, status="running")
+
+    def _run_round(self) -> RoundSummary:
         if self.pool.current_round() is None:
             self.pool.open_round()
         round_number = self.pool.current_round()

@@ -1,4 +1,5 @@
-"""Durable writes on a local disk: what makes a written or renamed file survive a power cut."""
+"""Durable writes on a local disk: what makes a written or renamed file survive a power cut, and whether
+the local process a lock file names still lives."""
 
 from __future__ import annotations
 
@@ -13,3 +14,14 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def process_alive(pid: int) -> bool:
+    """Return whether process ``pid`` lives on this machine (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -44,6 +44,7 @@ from typing import Literal
 from pydantic import Field
 
 from fleetloop_core.config import ConfigModel, default_config_path, load_config
+from fleetloop_core.durable import process_alive
 from fleetloop_core.errors import FleetLoopError
 from fleetloop_core.queue_db import SCHEMA_VERSION, Transaction, bump, open_queue_db
 from fleetloop_core.queue_files import BlobDir, disk_full
@@ -381,7 +382,7 @@ class UploadQueue:
         with self._lock:
             owners = [row[0] for row in self._db.execute("SELECT DISTINCT owner FROM records WHERE owner IS NOT NULL")]
             for owner in owners:
-                if owner == os.getpid() or not _alive(owner):
+                if owner == os.getpid() or not process_alive(owner):
                     with self._transaction():
                         released += self._db.execute(
                             "UPDATE records SET owner = NULL WHERE owner = ?", (owner,)
@@ -447,13 +448,3 @@ class UploadQueue:
 
 class _NoRoom(Exception):
     pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
