@@ -4,6 +4,8 @@ Teacher outputs are written into the pool directly (no model runs); humans are t
 annotator without errors, so every human label is the frame's truth.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -44,7 +46,9 @@ class World:
         self.loop.pool.set_step(round_number, "autolabel", "done", {"versions": {"T1": "a", "T2": t2_version}})
 
 
-def _loop(tmp_path, cloud_models, calibration_sample, second_opinion=("calibration", "review", "audit"), refresh=None):
+def _loop(
+    tmp_path, cloud_models, calibration_sample, second_opinion=("calibration", "review", "audit"), refresh=None, more=0
+):
     data = cloud_config(
         tmp_path,
         f"file://{tmp_path / 'store'}",
@@ -56,7 +60,7 @@ def _loop(tmp_path, cloud_models, calibration_sample, second_opinion=("calibrati
             "propagation": {"enabled": False},
             "second_opinion": list(second_opinion),
         },
-        review={"calibration_sample": calibration_sample, "calibration_refresh": refresh},
+        review={"calibration_sample": calibration_sample, "calibration_refresh": refresh, "calibration_more": more},
         audit={"fraction": 0.05, "min_frames": 10, "max_passes": 1},
         annotators={"simulated": {"error_rate": 0.0}},
     )
@@ -236,3 +240,82 @@ def test_unchanged_teachers_with_pooled_evidence_get_a_small_fresh_sample_and_a_
                 assert calibration_asked(2) == 10 and "teachers unchanged since round 1" in info["calibration_reason"]
             if number == 3:  # a new T2: its pooled evidence is re-checked on a full fresh sample
                 assert calibration_asked(3) == 40 and "teachers changed since round 2" in info["calibration_reason"]
+
+
+@pytest.mark.parametrize("more", [0, 20])
+def test_more_random_frames_unlock_a_class_short_of_evidence_but_not_one_whose_sure_frames_err(
+    tmp_path, cloud_models, more
+):
+    with _loop(tmp_path, cloud_models, calibration_sample=20, more=more) as loop:
+        loop.pool.open_round()
+        world = World(loop)
+        rng = np.random.default_rng(0)
+        # trousers the teachers always get right; "shirts" the teachers are as sure of, 30 % of them T-shirts
+        trousers = [
+            world.add(1, TROUSER, TROUSER, TROUSER, float(rng.uniform(0.95, 0.999)), random=True) for _ in range(150)
+        ]
+        shirts = [
+            world.add(1, SHIRT if rng.random() < 0.7 else 0, SHIRT, SHIRT, float(rng.uniform(0.95, 0.999)), random=True)
+            for _ in range(150)
+        ]
+        world.ingested(1)
+
+        info = loop.review()
+
+        calibration = loop.pool.tasks(round=1, purpose="calibration")
+        labels = loop.pool.labels()
+        auto = [f for f in trousers + shirts if labels[f].source == "auto"]
+        if not more:  # 20 random frames: too few for any threshold, everything goes to people
+            assert len(calibration) == 20 and not auto and info["thresholds"]["trouser"]["value"] is None
+            return
+        # more frames, 20 at a time, until trousers had the evidence (~49 right of the sure ones) and shirts
+        # showed their errors among their surest frames; never past calibration_max (120)
+        assert info["calibration_more"] == len(calibration) - 20 > 0 and len(calibration) <= 120
+        assert info["thresholds"]["trouser"]["value"] is not None and info["thresholds"]["shirt"]["value"] is None
+        assert auto and all(labels[f].label == TROUSER for f in auto)
+        assert len(auto) >= 50  # most of the trousers no person was asked about
+        asked = {t.frame_id for t in calibration}
+        assert sum(f in asked for f in shirts) < 60  # shirts stopped being asked about once their errors showed
+
+
+def test_more_random_frames_in_a_stream_are_frames_alone_in_their_track(tmp_path, cloud_models):
+    data = cloud_config(
+        tmp_path,
+        f"file://{tmp_path / 'store'}",
+        cloud_models["T1"].parent,
+        routing={"target_accuracy": 0.98, "bound_z": 1.0, "min_validation": 30, "second_opinion": []},
+        review={"calibration_sample": 10, "calibration_more": 10, "calibration_max": 60},
+        audit={"fraction": 0.05, "min_frames": 10, "max_passes": 1},
+        annotators={"simulated": {"error_rate": 0.0}},
+    )
+    with CloudLoop(cloud_config_from_dict(data), progress=False) as loop:
+        loop.pool.open_round()
+        rng = np.random.default_rng(1)
+        track: dict[str, int] = {}
+
+        def add(index: int, stamp_ns: int, hint: str | None, embedding: np.ndarray) -> str:
+            record = replace(pool_frame(index, TROUSER, True), stamp_ns=stamp_ns, track_hint=hint)
+            loop.pool.add_frame(record)
+            for tier, version in (("T1", "a"), ("T2", "b")):
+                probs = peaked_probs(TROUSER, float(rng.uniform(0.95, 0.999)))[None]
+                loop.pool.put_predictions(tier, version, [record.id], probs, embedding[None])
+            return record.id
+
+        # 40 tracks of trousers, 4 frames each 0.1 s apart, and 80 frames alone (10 s between any two)
+        embeddings = np.eye(120, dtype=np.float32)
+        for k in range(40):
+            for j in range(4):
+                track[add(4 * k + j, k * 10**10 + j * 10**8, f"t{k}", embeddings[k])] = k
+        alone = {add(160 + i, (40 + i) * 10**10, None, embeddings[40 + i]) for i in range(80)}
+        loop.pool.set_step(1, "ingest", "done", {"ingested": 240})
+        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+
+        info = loop.review()
+
+        calibration = sorted(loop.pool.tasks(round=1, purpose="calibration"), key=lambda t: t.id)
+        more = calibration[10:]
+        assert more and info["calibration_more"] == len(more)
+        # a track's frames get one person's label that propagates; more random frames come from the lone ones
+        assert all(t.frame_id in alone for t in more)
+        labels = loop.pool.labels()
+        assert all(label.label == TROUSER for label in labels.values()) and len(labels) == 240

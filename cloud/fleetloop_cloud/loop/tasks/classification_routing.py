@@ -38,6 +38,7 @@ class Fit:
     thresholds: list[routing.Threshold]
     accepted: np.ndarray  # evidence frames the thresholds accept
     correct: np.ndarray  # evidence frames whose committee label matches the human label
+    labels: np.ndarray  # the committee's class of each evidence frame
 
 
 @dataclass
@@ -91,7 +92,7 @@ def fit(part: "ClassificationPart", found: Evidence, floor: float) -> Fit:
         floor,
     )
     accepted = routing.accept_by_class(combined.confidence, combined.label, thresholds)
-    return Fit(weights, thresholds, accepted, correct)
+    return Fit(weights, thresholds, accepted, correct, combined.label)
 
 
 def pooled_fit(
@@ -147,8 +148,12 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
 
     accepted = auto_accept(part, [r["id"] for r in unlabeled_rows(loop)], round_number, result, since)
     probs_a, probs_b = found.probs_a, found.probs_b
+    more = more_evidence(part, loop, round_number, result, [r["id"] for r in unlabeled_rows(loop)])
+    if more:
+        # the phase stays "route": the review step waits for these answers, then routes again
+        info["calibration_more"] = info.get("calibration_more", 0) + more
     info.update(
-        phase="track",
+        phase="route" if more else "track",
         weights=list(result.weights),
         # the plain geometric mean's temperature (the review page's threshold tuning uses it)
         temperature=fit_temperature(ensemble_log_probs(probs_a, probs_b), answers)
@@ -166,9 +171,86 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
             "revalidation": None if revalidation is None else revalidation.__dict__,
         },
         validation_frames=len(ids),
-        auto_accepted=accepted,
+        auto_accepted=info.get("auto_accepted", 0) + accepted,
     )
     return info
+
+
+def promising(result: Fit, min_validation: int, target: float) -> list[int]:
+    """Return the classes more random evidence could automate: not automated, and short of evidence only for
+    want of frames, not because the teachers err where they are most sure.
+
+    A class with ``min_validation`` evidence frames of its own is promising while its own most confident
+    ones are no worse than ``target``. One with fewer is routed in the pooled group: it is promising while
+    the group is (its most confident frames no worse than ``target``, or too few of them), or while its own
+    frames so far are no worse than ``target`` (more of them give it a threshold of its own).
+    """
+    labels, correct = np.asarray(result.labels, np.int64), np.asarray(result.correct, bool)
+    out = []
+    for c, t in enumerate(result.thresholds):
+        mine = labels == c
+        if t.automated:
+            continue
+        if int(mine.sum()) >= min_validation:
+            clean = t.accuracy >= target
+        else:  # t is the pooled group's threshold
+            group = t.eligible_frames < min_validation or t.accuracy >= target
+            clean = group or not mine.any() or float(correct[mine].mean()) >= target
+        if clean:
+            out.append(c)
+    return out
+
+
+def more_evidence(
+    part: "ClassificationPart", loop: "CloudLoop", round_number: int, result: Fit, unlabeled: list[str]
+) -> int:
+    """Ask people about more random frames where evidence could unlock automation (``review.calibration_more``);
+    return how many were asked.
+
+    The frames are drawn at random from the unlabeled frames the committee assigns to a promising class (a
+    random sample of each class's population, so unbiased evidence for its threshold), ``calibration_more``
+    at a time while this round's calibration tasks number fewer than ``calibration_max`` and at least that
+    many such frames are left (fewer would not repay the wait).
+    """
+    review, routing_cfg = part.config.review, part.config.routing
+    batch = review.calibration_more
+    asked = len(part.pool.tasks(round=round_number, purpose="calibration"))
+    count = min(batch, review.calibration_max - asked)
+    if batch <= 0 or count <= 0 or not unlabeled:
+        return 0
+    classes = promising(result, routing_cfg.min_validation, routing_cfg.target_accuracy)
+    if not classes:
+        return 0
+    asked_before = {t.frame_id for t in part.pool.tasks(round=round_number)}  # e.g. an answer marked unusable
+    unlabeled = [f for f in unlabeled if f not in asked_before]
+    combined = part.combined(round_number, unlabeled, result.weights)
+    candidates = [f for f, label in zip(unlabeled, combined.label) if int(label) in classes]
+    if part.config.routing.propagation.enabled:
+        # a track of several frames gets one person's label that propagation spreads, cheaper than a random
+        # frame's; only a frame alone in its track would be reviewed on its own anyway
+        alone = _alone_in_their_track(loop, round_number, set(unlabeled))
+        candidates = [f for f in candidates if f in alone]
+    if len(candidates) < batch:
+        return 0
+    rng = loop.rng(round_number, f"{part.rng_prefix}calibration-more-{asked}")
+    picked = [candidates[int(i)] for i in sorted(rng.choice(len(candidates), count, replace=False))]
+    part.add_tasks(round_number, "calibration", list(zip(picked, part.suggestions(round_number, picked))))
+    return len(picked)
+
+
+def _alone_in_their_track(loop: "CloudLoop", round_number: int, unlabeled: set[str]) -> set[str]:
+    """Return the unlabeled frames that are the only unlabeled frame of a track no person has labeled a frame of
+    (the frames the track phase would not cover: it asks about tracks of two or more)."""
+    from fleetloop_cloud.loop.tasks.classification_tracks import tracks
+
+    ids, keys = tracks(loop, round_number)
+    labels = loop.pool.labels(ids)
+    labeled = {k for f, k in zip(ids, keys) if f in labels and labels[f].source == "human"}
+    open_frames: dict[str, list[str]] = {}
+    for frame, key in zip(ids, keys):
+        if frame in unlabeled and key not in labeled:
+            open_frames.setdefault(key, []).append(frame)
+    return {frames[0] for frames in open_frames.values() if len(frames) == 1}
 
 
 @dataclass
