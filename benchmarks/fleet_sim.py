@@ -285,12 +285,16 @@ def _process_memory(fleet) -> dict | None:
     return {"uss_mb": round(sum(uss) / len(uss), 1), "rss_mb": round(sum(rss) / len(rss), 1), "robots": len(uss)}
 
 
-def _wait_queues(fleet, timeout_s: float = 120.0) -> None:
-    """Wait until the in-process robots' upload queues are empty (ROS robots' streams end drained)."""
+def _wait_queues(fleet, timeout_s: float = 120.0) -> int:
+    """Wait until the in-process robots' upload queues are empty (ROS robots' streams end drained); return the
+    frames still queued then (the report says so: the store's count below would be short by them)."""
     deadline = time.perf_counter() + timeout_s
     robots = getattr(fleet, "robots", [])
-    while sum(len(robot.queue) for robot in robots) and time.perf_counter() < deadline:
+    while (left := sum(len(robot.queue) for robot in robots)) and time.perf_counter() < deadline:
         time.sleep(0.2)  # the last uploads land before the store is counted
+    if left:
+        print(f"fleet_sim: {left} frames still queued on the robots after {timeout_s:.0f} s", file=sys.stderr)
+    return left
 
 
 def run(
@@ -365,10 +369,11 @@ def run(
         )
         bad_package = _new_version(packages["T4"], work / "v", "r2-corrupt", private.read_bytes())
         bad = _rollout(jobs, models_store, ids, bad_package, fleet, max(1, frames // 4), corrupt=True)
+        queued_left = 0
         if outage_s > 0 and proxy is not None:
             outage = _outage(fleet, proxy, outage_s, frames)
         else:
-            _wait_queues(fleet)
+            queued_left = _wait_queues(fleet)
         stored = _stored_frames(store_uri)
         live_ingest = live.result()
         live = None
@@ -408,6 +413,7 @@ def run(
         "stored": {
             **stored,
             "kept": sum(r.kept for r in rounds) + good["kept"] + bad["kept"] + (outage["kept"] if outage else 0),
+            "still_queued": queued_left,  # on the robots when the store was counted (0: every kept frame had landed)
         },
         "rollout": good,
         "aborted_rollout": bad,

@@ -59,4 +59,4 @@ def test_a_fleet_of_ros_robot_processes_rolls_out_and_aborts_a_bad_version(tmp_p
     memory = report["robot_process_memory"]  # per robot process: unique pages, and resident
     assert memory["robots"] == 2 and 0 < memory["uss_mb"] < memory["rss_mb"]
     stored = report["stored"]
-    assert stored["frames"] == stored["kept"] and stored["duplicate_keys"] == 0
+    assert stored["still_queued"] == 0 and stored["frames"] == stored["kept"] and stored["duplicate_keys"] == 0
