@@ -319,3 +319,48 @@ def test_more_random_frames_in_a_stream_are_frames_alone_in_their_track(tmp_path
         assert all(t.frame_id in alone for t in more)
         labels = loop.pool.labels()
         assert all(label.label == TROUSER for label in labels.values()) and len(labels) == 240
+
+
+def test_a_frame_propagation_left_out_is_suggested_its_tracks_label_for_review(tmp_path, cloud_models):
+    data = cloud_config(
+        tmp_path,
+        f"file://{tmp_path / 'store'}",
+        cloud_models["T1"].parent,
+        routing={"second_opinion": []},
+        review={"calibration_sample": 5, "calibration_more": 0},
+        audit={"fraction": 0.05, "min_frames": 10, "max_passes": 1},
+        annotators={"simulated": {"error_rate": 0.0}},
+    )
+    with CloudLoop(cloud_config_from_dict(data), progress=False) as loop:
+        loop.pool.open_round()
+        odd, alone = [], []
+        for k in range(20):  # 20 trouser tracks of 4 frames; the teachers call the last frame of each a shirt
+            embedding = np.eye(40, dtype=np.float32)[k][None]
+            for j in range(4):
+                record = replace(
+                    pool_frame(4 * k + j, TROUSER, False), stamp_ns=k * 10**10 + j * 10**8, track_hint=f"t{k}"
+                )
+                loop.pool.add_frame(record)
+                said, sure = (SHIRT, 0.6) if j == 3 else (TROUSER, 0.9)
+                for tier, version in (("T1", "a"), ("T2", "b")):
+                    loop.pool.put_predictions(tier, version, [record.id], peaked_probs(said, sure)[None], embedding)
+                if j == 3:
+                    odd.append(record.id)
+        for i in range(10):  # frames alone, a bag the teachers call a shirt
+            record = replace(pool_frame(100 + i, BAG, False), stamp_ns=(30 + i) * 10**10)
+            loop.pool.add_frame(record)
+            for tier, version in (("T1", "a"), ("T2", "b")):
+                embedding = np.eye(40, dtype=np.float32)[20 + i][None]
+                loop.pool.put_predictions(tier, version, [record.id], peaked_probs(SHIRT, 0.9)[None], embedding)
+            alone.append(record.id)
+        loop.pool.set_step(1, "ingest", "done", {"ingested": 90})
+        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+
+        loop.review()
+
+        review = {t.frame_id: t for t in loop.pool.tasks(round=1, purpose="review")}
+        track_labeled = [f for f in odd if f in review]
+        assert len(track_labeled) >= 15  # the odd frame of every track a person labeled (one may be in calibration)
+        verify = loop.cost_model.human.seconds_per_verify
+        assert all(review[f].suggestion == TROUSER and review[f].seconds == verify for f in track_labeled)
+        assert all(review[f].suggestion == SHIRT and review[f].answer == BAG for f in alone if f in review)

@@ -189,14 +189,18 @@ class ClassificationPart(classification_report.ClassificationSummary):
         return classification_routing.route(self, loop, round_number, info)
 
     def review_order_inputs(self, round_number: int, rows: list, info: dict) -> tuple[np.ndarray, np.ndarray, list]:
-        """Return the teacher embeddings, the calibrated uncertainty and the suggested class of the rows."""
+        """Return the teacher embeddings, the calibrated uncertainty and the suggested class of the rows: the
+        committee's class, or where a person labeled another frame of the row's track, that label
+        (``classification_tracks.track_labels``)."""
         ids = [r["id"] for r in rows]
         combined = self.combined(round_number, ids, info["weights"])
         _, _, tier_b, version_b = self.loop.teacher_versions(round_number)
         _, embeddings = self.pool.predictions(tier_b, version_b, ids)
         if embeddings is None:
             embeddings = np.zeros((len(ids), 1), np.float32)
-        return embeddings, combined.uncertainty, [int(label) for label in combined.label]
+        from_tracks = classification_tracks.track_labels(self.loop, round_number, ids)
+        suggestions = [from_tracks.get(f, int(label)) for f, label in zip(ids, combined.label)]
+        return embeddings, combined.uncertainty, suggestions
 
     def second_opinions(self, round_number: int, done: list) -> int:
         """Ask another person about the audit answers that contradict the audited label (a third when two
