@@ -283,8 +283,11 @@ class WorkerLock:
             self._held = db
             return True
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
+        except OSError as exc:
+            raise DatabaseError(f"pool {self.target}: cannot open the runner lock {path} ({exc})") from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -322,8 +325,11 @@ class WorkerLock:
                 "WHERE l.locktype = 'advisory' AND l.granted AND l.objid = %s AND l.classid = %s"
             )
             key = _RUNNER_KEY
-            with psycopg.connect(str(self.target), autocommit=True, connect_timeout=10) as db:
-                row = db.execute(sql, (key & 0xFFFFFFFF, key >> 32)).fetchone()
+            try:
+                with psycopg.connect(str(self.target), autocommit=True, connect_timeout=10) as db:
+                    row = db.execute(sql, (key & 0xFFFFFFFF, key >> 32)).fetchone()
+            except psycopg.Error:
+                return ""  # only for a message: the caller says "another worker"
             return row[0].removeprefix("fleetloop runner ") if row else ""
         try:
             named = self.path.read_text().strip()
