@@ -228,7 +228,9 @@ def more_evidence(
     if part.config.routing.propagation.enabled:
         # a track of several frames gets one person's label that propagation spreads, cheaper than a random
         # frame's; only a frame alone in its track would be reviewed on its own anyway
-        alone = _alone_in_their_track(loop, round_number, set(unlabeled))
+        from fleetloop_cloud.loop.tasks.classification_tracks import alone_in_their_track
+
+        alone = alone_in_their_track(loop, round_number, set(unlabeled))
         candidates = [f for f in candidates if f in alone]
     if len(candidates) < batch:
         return 0
@@ -236,21 +238,6 @@ def more_evidence(
     picked = [candidates[int(i)] for i in sorted(rng.choice(len(candidates), count, replace=False))]
     part.add_tasks(round_number, "calibration", list(zip(picked, part.suggestions(round_number, picked))))
     return len(picked)
-
-
-def _alone_in_their_track(loop: "CloudLoop", round_number: int, unlabeled: set[str]) -> set[str]:
-    """Return the unlabeled frames that are the only unlabeled frame of a track no person has labeled a frame of
-    (the frames the track phase would not cover: it asks about tracks of two or more)."""
-    from fleetloop_cloud.loop.tasks.classification_tracks import tracks
-
-    ids, keys = tracks(loop, round_number)
-    labels = loop.pool.labels(ids)
-    labeled = {k for f, k in zip(ids, keys) if f in labels and labels[f].source == "human"}
-    open_frames: dict[str, list[str]] = {}
-    for frame, key in zip(ids, keys):
-        if frame in unlabeled and key not in labeled:
-            open_frames.setdefault(key, []).append(frame)
-    return {frames[0] for frames in open_frames.values() if len(frames) == 1}
 
 
 @dataclass

@@ -58,6 +58,16 @@ def tracks(loop: "CloudLoop", round_number: int) -> tuple[list[str], list[str]]:
     return ids, keys
 
 
+def people_labeled(loop: "CloudLoop", ids: list[str], keys: list[str]) -> dict[str, set[int]]:
+    """Return {track: the classes people gave its frames} of the tracks (``keys`` of ``ids``) a person labeled."""
+    labels = loop.pool.labels(ids)
+    given: dict[str, set[int]] = {}
+    for frame, key in zip(ids, keys):
+        if frame in labels and labels[frame].source == "human":
+            given.setdefault(key, set()).add(int(labels[frame].label))
+    return given
+
+
 def track_labels(loop: "CloudLoop", round_number: int, frame_ids: list[str]) -> dict[str, int]:
     """Return {frame: the class people gave its track} for the frames of ``frame_ids`` whose track has a
     person's label (one class: a track people labeled two ways suggests nothing).
@@ -69,11 +79,7 @@ def track_labels(loop: "CloudLoop", round_number: int, frame_ids: list[str]) -> 
     if not loop.config.routing.propagation.enabled or not frame_ids:
         return {}
     ids, keys = tracks(loop, round_number)
-    labels = loop.pool.labels(ids)
-    given: dict[str, set[int]] = {}
-    for frame, key in zip(ids, keys):
-        if frame in labels and labels[frame].source == "human":
-            given.setdefault(key, set()).add(int(labels[frame].label))
+    given = people_labeled(loop, ids, keys)
     track_of = dict(zip(ids, keys))
     out = {}
     for frame in frame_ids:
@@ -81,6 +87,18 @@ def track_labels(loop: "CloudLoop", round_number: int, frame_ids: list[str]) -> 
         if len(classes) == 1:
             out[frame] = next(iter(classes))
     return out
+
+
+def alone_in_their_track(loop: "CloudLoop", round_number: int, unlabeled: set[str]) -> set[str]:
+    """Return the frames of ``unlabeled`` that are the only unlabeled frame of a track no person has labeled
+    (what the track phase leaves out: it asks about tracks of two or more)."""
+    ids, keys = tracks(loop, round_number)
+    labeled = people_labeled(loop, ids, keys)
+    open_frames: dict[str, list[str]] = {}
+    for frame, key in zip(ids, keys):
+        if frame in unlabeled and key not in labeled:
+            open_frames.setdefault(key, []).append(frame)
+    return {frames[0] for frames in open_frames.values() if len(frames) == 1}
 
 
 def track(loop: "CloudLoop", round_number: int, info: dict) -> dict:
@@ -91,8 +109,7 @@ def track(loop: "CloudLoop", round_number: int, info: dict) -> dict:
         return info
     ids, keys = tracks(loop, round_number)
     combined = _part(loop).combined(round_number, ids, info["weights"])
-    labels = loop.pool.labels(ids)
-    human_tracks = {keys[i] for i, f in enumerate(ids) if f in labels and labels[f].source == "human"}
+    human_tracks = set(people_labeled(loop, ids, keys))
     unlabeled = {r["id"] for r in unlabeled_rows(loop)}
     members: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
