@@ -26,8 +26,34 @@ def _add(loop, index: int, truth: int, predicted: int, confidence: float, random
     )
 
 
-def test_audit_below_target_tightens_the_threshold_and_sends_frames_back_to_review(tmp_path, cloud_models):
-    data = cloud_config(
+def _world(loop) -> list[str]:
+    """The round-1 pool of both tests; return the frames the teachers are confidently wrong on."""
+    loop.pool.open_round()
+    index = 0
+    # the robots' random sample: 100 confident and right (confidence 0.99 .. 0.999) in two classes (50 each:
+    # each class is routed on its own evidence), 20 where the tiers disagree
+    for i in range(100):
+        _add(loop, index, (6, 2)[i % 2], (6, 2)[i % 2], 0.99 + 0.009 * (i / 99), random=True)
+        index += 1
+    for _ in range(20):
+        _add(loop, index, 3, 3, 0.6, random=True, disagree=True)
+        index += 1
+    # the rest: 200 confident and right at 0.999, and 60 confidently WRONG at 0.992 (missed by the sample)
+    for i in range(200):
+        _add(loop, index, (6, 2)[i % 2], (6, 2)[i % 2], 0.999, random=False)
+        index += 1
+    wrong = []
+    for _ in range(60):
+        _add(loop, index, 4, 6, 0.992, random=False)
+        wrong.append(f"{index:064x}")
+        index += 1
+    loop.pool.set_step(1, "ingest", "done", {"ingested": index})
+    loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+    return wrong
+
+
+def _config(tmp_path, cloud_models, max_passes: int) -> dict:
+    return cloud_config(
         tmp_path,
         f"file://{tmp_path / 'store'}",
         cloud_models["T1"].parent,
@@ -38,32 +64,31 @@ def test_audit_below_target_tightens_the_threshold_and_sends_frames_back_to_revi
             "calibration_min_labels": 100000,  # keep T = 1: confidences as written
             "propagation": {"enabled": False},
         },
-        review={"calibration_sample": 120},
-        audit={"fraction": 0.2, "min_frames": 40, "tighten_step": 0.004, "max_passes": 3},
+        review={"calibration_sample": 120, "calibration_more": 0},
+        audit={"fraction": 0.2, "min_frames": 40, "tighten_step": 0.004, "max_passes": max_passes},
         annotators={"simulated": {"error_rate": 0.0}},
     )
-    with CloudLoop(cloud_config_from_dict(data), progress=False) as loop:
-        loop.pool.open_round()
-        index = 0
-        # the robots' random sample: 100 confident and right (confidence 0.99 .. 0.999) in two classes (50 each:
-        # each class is routed on its own evidence), 20 where the tiers disagree
-        for i in range(100):
-            _add(loop, index, (6, 2)[i % 2], (6, 2)[i % 2], 0.99 + 0.009 * (i / 99), random=True)
-            index += 1
-        for _ in range(20):
-            _add(loop, index, 3, 3, 0.6, random=True, disagree=True)
-            index += 1
-        # the rest: 200 confident and right at 0.999, and 60 confidently WRONG at 0.992 (missed by the sample)
-        for i in range(200):
-            _add(loop, index, (6, 2)[i % 2], (6, 2)[i % 2], 0.999, random=False)
-            index += 1
-        wrong = []
-        for _ in range(60):
-            _add(loop, index, 4, 6, 0.992, random=False)
-            wrong.append(f"{index:064x}")
-            index += 1
-        loop.pool.set_step(1, "ingest", "done", {"ingested": index})
-        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+
+
+def test_a_last_audit_pass_below_target_sends_every_unaudited_label_of_its_source_to_people(tmp_path, cloud_models):
+    with CloudLoop(cloud_config_from_dict(_config(tmp_path, cloud_models, max_passes=1)), progress=False) as loop:
+        wrong = _world(loop)
+
+        info = loop.review()
+
+        assert info["phase"] == "done"
+        (only,) = info["audit_passes"]
+        assert not only["meets_target"] and only["withdrawn"] == only["population"] - only["frames"] > 0
+        labels = loop.pool.labels()
+        assert not [f for f, label in labels.items() if label.source == "auto"]  # nothing unaudited stays auto
+        assert all(labels[f].source == "human" and labels[f].label == 4 for f in wrong)
+        reason = loop.pool.label_events(wrong[0])[1]["reason"]
+        assert "audit pass 1, the last, missed the target" in reason
+
+
+def test_audit_below_target_tightens_the_threshold_and_sends_frames_back_to_review(tmp_path, cloud_models):
+    with CloudLoop(cloud_config_from_dict(_config(tmp_path, cloud_models, max_passes=3)), progress=False) as loop:
+        wrong = _world(loop)
 
         info = loop.review()
 

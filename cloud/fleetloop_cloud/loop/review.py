@@ -169,7 +169,12 @@ def audit(loop: "CloudLoop", round_number: int, info: dict) -> dict:
 
 
 def check(loop: "CloudLoop", round_number: int, info: dict) -> dict:
-    """Measure the audit pass; below target tighten, withdraw the labels under the new floor, audit again."""
+    """Measure the audit pass; below target tighten, withdraw the labels under the new floor, audit again.
+
+    A last pass (``audit.max_passes``) below target withdraws every unaudited label of the sources that
+    missed it, to people: what the audit could not pass is not shipped (measured: a hard-mode round kept
+    272 auto-labels at a true accuracy of 0.945 after three passes of 28 of 30).
+    """
     number = int(info["phase"].split("-")[1])
     record = info["audit_passes"][-1]
     tasks = [loop.task.answers.task(t) for t in record["tasks"]]
@@ -181,17 +186,21 @@ def check(loop: "CloudLoop", round_number: int, info: dict) -> dict:
         info["phase"] = "done"
         return info
     floors = loop.task.tighten(info, record, number)
-    if number >= loop.config.audit.max_passes:
-        info["phase"] = "done"
-        return info
-    withdrawn = loop.task.below_floors(round_number, info, audit_population(loop, round_number), floors, number)
+    population = audit_population(loop, round_number)
+    last = number >= loop.config.audit.max_passes
+    if last:
+        labels = loop.task.answers.labels(population)
+        why = f"withdrawn: audit pass {number}, the last, missed the target"
+        withdrawn = [(f, f"{labels[f].source} label {why}") for f in population if labels[f].source in floors]
+    else:
+        withdrawn = loop.task.below_floors(round_number, info, population, floors, number)
     with loop.pool.transaction():
         for frame_id, reason in withdrawn:
             loop.task.answers.remove_label(frame_id, round_number, reason=reason)
         loop.pool.set_state([f for f, _ in withdrawn], "in_review")
     record["withdrawn"] = len(withdrawn)
     queue_review(loop, round_number, info, "rereview_tasks")
-    info["phase"] = f"audit-{number + 1}"
+    info["phase"] = "done" if last else f"audit-{number + 1}"
     return info
 
 
