@@ -182,8 +182,7 @@ def promising(result: Fit, min_validation: int, target: float) -> list[int]:
 
     A class with fewer than ``min_validation`` frames is routed in the pooled group, so the group's evidence
     decides for all its classes, and more frames are drawn from all of them alike: drawing only the group's
-    clean classes would make its evidence look better than what the group's threshold accepts (measured:
-    a hard-mode round whose group passed that way kept auto-labels at a true accuracy of 0.945).
+    clean classes would skew its evidence towards them, away from what the group's threshold accepts.
     """
     return [
         c
