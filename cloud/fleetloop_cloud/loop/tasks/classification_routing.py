@@ -204,14 +204,15 @@ def more_evidence(
     """
     review, routing_cfg = part.config.review, part.config.routing
     batch = review.calibration_more
-    asked = len(part.pool.tasks(round=round_number, purpose="calibration"))
+    tasks = part.pool.tasks(round=round_number)
+    asked = sum(t.purpose == "calibration" for t in tasks)
     count = min(batch, review.calibration_max - asked)
     if batch <= 0 or count <= 0 or not unlabeled:
         return 0
     classes = promising(result, routing_cfg.min_validation, routing_cfg.target_accuracy)
     if not classes:
         return 0
-    asked_before = {t.frame_id for t in part.pool.tasks(round=round_number)}  # e.g. an answer marked unusable
+    asked_before = {t.frame_id for t in tasks}  # e.g. an answer marked unusable
     unlabeled = [f for f in unlabeled if f not in asked_before]
     combined = part.combined(round_number, unlabeled, result.weights)
     candidates = [f for f, label in zip(unlabeled, combined.label) if int(label) in classes]
