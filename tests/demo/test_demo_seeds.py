@@ -38,3 +38,22 @@ def test_figures_over_seeds_are_mean_and_range_of_what_each_run_measured(tmp_pat
     table = seeds.write(tmp_path, figures)
     assert "| throughput_ratio | 23 | 20 | 26 | 20 | 26 | 23 |" in table
     assert json.loads((tmp_path / "seeds.json").read_text())["auto_label_error"]["max"] == pytest.approx(0.03)
+
+
+def test_audits_pool_over_seeds_into_one_sample_judged_by_its_interval(tmp_path):
+    def audited(frames, correct):
+        return {"labeling": {"audit": {"frames": frames, "correct": correct}}}
+
+    pooled = seeds.pooled_audit({0: audited(90, 90), 1: audited(90, 90), 2: audited(90, 89)})
+    assert (pooled["frames"], pooled["correct"]) == (270, 269)
+    assert pooled["error"] == pytest.approx(1 / 270, abs=1e-4)
+    assert pooled["error_interval_95"][1] == pytest.approx(0.0206, abs=1e-3)  # Wilson, 95 %
+    assert pooled["met"] is True
+    # one seed alone is too few audited labels, however clean
+    assert seeds.pooled_audit({0: audited(90, 90)})["met"] is False
+    # enough labels, but the interval's upper end above 4 %
+    assert seeds.pooled_audit({0: audited(150, 146), 1: audited(150, 146)})["met"] is False
+    assert seeds.pooled_audit({0: {"labeling": {}}})["met"] is None
+    table = seeds.write(tmp_path, seeds.aggregate({0: _report(4.0, 0.0)}), pooled)
+    assert "1 wrong of 270 audited (0.37 %, 95 % interval 0.07-2.07 %; target <= 2 % on >= 200" in table
+    assert json.loads((tmp_path / "seeds.json").read_text())["audit_pooled"]["frames"] == 270

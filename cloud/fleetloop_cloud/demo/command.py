@@ -85,7 +85,7 @@ def _command(args: argparse.Namespace) -> int:
         run_out = out / f"seed-{seed}"
         reports[seed] = Demo(config, run_out, models=Path(args.models) if args.models else None, quick=args.quick).run()
         print_headline(reports[seed], run_out)
-    print(seeds.write(out, seeds.aggregate(reports)))
+    print(seeds.write(out, seeds.aggregate(reports), seeds.pooled_audit(reports)))
     print(f"figures over seeds {args.seeds}: {out / 'seeds.md'}")
     return 0
 
