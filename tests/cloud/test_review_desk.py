@@ -39,6 +39,15 @@ def test_the_loop_submitted_its_calibration_sample_to_the_page(desk):
     assert counters.queue_depth(db, NOW) == {"calibration": {"waiting": 60, "leased": 0}}
 
 
+def test_a_pool_made_before_the_unique_lease_index_loses_its_redundant_frame_index(desk):
+    world, db = desk
+    with db.pool.transaction() as tx:  # what pools made before the unique index also had
+        tx.execute("CREATE INDEX IF NOT EXISTS review_leases_frame ON review_leases(frame_id)")
+    leases.ensure_schema(db.pool)
+    names = {r[0] for r in db.query("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='review_leases'")}
+    assert "review_leases_frame" not in names and "review_leases_one_per_frame" in names
+
+
 def test_two_sessions_never_hold_the_same_task_or_frame(desk):
     world, db = desk
     # a second task on a frame already in someone's hands must not go to anyone else

@@ -4,7 +4,8 @@ A task the loop submitted to the ``review-page`` annotator is handed to one brow
 time, with an expiry (``lease_s``). Two sessions never hold the same task, nor two tasks of the
 same frame; a lease nobody answers expires and its task returns to the queue. Leases live in
 their own table (``review_leases``) in the pool, created idempotently; the table itself holds the
-rule (the task is its key, and a unique index allows one lease per frame), so a claim that loses a
+rule (the task is its key, and a unique index allows one lease per frame; pools made before it
+also had a plain index on the frame, dropped as redundant), so a claim that loses a
 race to another session's lease inserts nothing and moves on to the next task.
 
 A claim runs in a ``row_locks`` transaction (``PoolTables.transaction(row_locks=True)``): on
@@ -32,7 +33,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_leases (
     task_id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, annotator TEXT NOT NULL, session TEXT NOT NULL,
     leased REAL NOT NULL, expires REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS review_leases_frame ON review_leases(frame_id);
+DROP INDEX IF EXISTS review_leases_frame;
 CREATE UNIQUE INDEX IF NOT EXISTS review_leases_one_per_frame ON review_leases(frame_id);
 CREATE INDEX IF NOT EXISTS review_leases_session ON review_leases(session);
 CREATE TABLE IF NOT EXISTS review_skips (
