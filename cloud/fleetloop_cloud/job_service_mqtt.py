@@ -131,10 +131,8 @@ class MqttJobService(StoreJobs):
         if not self._subscribed.wait(connect_timeout_s):
             self.close()
             raise DeployError(f"{self.uri}: job service could not connect and subscribe within {connect_timeout_s} s")
-        self._watcher = None
-        if self.store.path != ":memory:":
-            self._watcher = threading.Thread(target=self._watch, args=(watch_s,), name="job-store-watch", daemon=True)
-            self._watcher.start()
+        self._watcher = threading.Thread(target=self._watch, args=(watch_s,), name="job-store-watch", daemon=True)
+        self._watcher.start()
 
     @classmethod
     def from_uri(cls, uri: str, **options: str) -> "MqttJobService":
@@ -179,16 +177,22 @@ class MqttJobService(StoreJobs):
         future.add_done_callback(done)
 
     def _watch(self, period_s: float) -> None:
-        """Announce what another process (a rollout) wrote into the store: notify-next per changed thing."""
-        version = self.store.data_version()
+        """Announce what changed without a request: notify-next per thing whose next execution changed.
+
+        Two causes: another process (a rollout) wrote into the store file, and time released an
+        execution of a staged rollout (``maximumPerMinute``), which changes no row: the device hears
+        of it now instead of at its next start-next poll, as IoT Jobs notifies on release.
+        """
+        version, released_to = self.store.data_version(), iot_jobs.now_s()
         while not self._closing.wait(period_s):
             try:
-                now = self.store.data_version()
-                if now == version:
-                    continue
-                version = now
-                self._signal_change()
-                for thing in set(self.store.things_with_pending()) | {t for t, a in self._announced.items() if a}:
+                now, clock = self.store.data_version(), iot_jobs.now_s()
+                released, released_to = self.store.released_between(released_to, clock), max(released_to, clock)
+                if now != version:
+                    version = now
+                    self._signal_change()
+                    released = list(set(released) | set(self.store.things_with_pending()) | set(self._announced))
+                for thing in released:
                     execution = self.store.next_pending(thing)
                     if self._announced.get(thing) != (execution and (execution.job_id, execution.status)):
                         self._notify_next(thing)

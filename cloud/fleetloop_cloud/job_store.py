@@ -182,6 +182,16 @@ class JobStore:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def released_between(self, after: int, until: int) -> list[str]:
+        """Return the things whose QUEUED executions a staged rollout released in ``(after, until]``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT thing FROM executions WHERE status = 'QUEUED' AND queued_at > ? AND queued_at <= ? "
+                "ORDER BY thing",
+                (after, until),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def data_version(self) -> int:
         """Return SQLite's data_version: it changes when another connection commits."""
         with self._lock:

@@ -183,6 +183,25 @@ def test_reference_device_against_our_job_service(mqtt_broker):
         service.close()
 
 
+def test_a_staged_release_is_announced_to_its_device_without_a_poll(mqtt_broker):
+    """``maximumPerMinute`` releases the second thing's execution 2 s after the first: the service
+    tells that device (notify-next) when it is released, not at the device's next start-next."""
+    from fleetloop_cloud.fleet_jobs import RolloutConfig
+
+    service = job_service(mqtt_broker)
+    second = ReferenceDevice(mqtt_broker, "staged-1")  # the device of the thing released second
+    try:
+        second.watch_next()
+        service.create_job("staged", ["staged-0", "staged-1"], DOCUMENT, RolloutConfig(maximum_per_minute=30))
+        assert service.store.next_pending("staged-1") is None  # not released yet
+        assert wait_until(lambda: any(n.execution and n.execution.job_id == "staged" for n in second.notifications))
+        assert second.start_next().execution.job_id == "staged"  # the announced execution is startable
+        assert service.requests == [("staged-1", "start-next")]  # the device asked only after the notice
+    finally:
+        second.close()
+        service.close()
+
+
 def _raw_request(broker, thing: str, topic_suffix: str, payload: dict) -> tuple[str, dict]:
     """Publish ``payload`` on a jobs topic with a plain MQTT 5 client; return (answer topic, answer)."""
     from awscrt import mqtt5
