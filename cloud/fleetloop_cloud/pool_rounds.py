@@ -84,3 +84,14 @@ class RoundLog(PoolTables):
     def put(self, key: str, value: object) -> None:
         """Store a JSON value."""
         self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", (key, json.dumps(value)))
+
+    def suggestion_sources(self, round: int) -> dict[str, str]:
+        """Return {frame: where its review suggestion came from} for the round's frames whose suggestion is
+        not the teachers' (``track``: a person's label of another frame of its track)."""
+        return dict(self.get(f"suggestion_sources/{round}") or {})  # type: ignore[call-overload]
+
+    def add_suggestion_sources(self, round: int, sources: dict[str, str]) -> None:
+        """Record where review suggestions came from (before their tasks exist: a page never shows one unsaid;
+        written by the loop's runner alone, which holds the pool's runner lock)."""
+        if sources:
+            self.put(f"suggestion_sources/{round}", {**self.suggestion_sources(round), **sources})

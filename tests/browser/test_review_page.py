@@ -401,3 +401,31 @@ def test_robots_view_plots_a_replay_sweep_and_uploads_per_robot(
         rows = page.locator("#robot-table tbody tr")
         assert rows.count() == 2 and "robot-1" in rows.nth(0).inner_text()
         page.screenshot(path=str(artifacts / "robots.png"), full_page=True)
+
+
+def test_a_suggestion_from_the_frames_track_says_so(review_world, browser, artifacts):
+    world = review_world("routed")
+    with world.pool() as pool:
+        with pool.transaction() as db:  # this test's two review tasks first in the queue
+            db.execute("UPDATE tasks SET status='failed', error='moved aside by the test' WHERE status='submitted'")
+        frames = [r["id"] for r in pool.frames()][:2]
+        number = pool.last_round()
+        # review tasks as the loop makes them: the first frame's suggestion is its track's label by a person
+        pool.add_suggestion_sources(number, {frames[0]: "track"})
+        ids = pool.add_tasks(number, "review", [(frames[0], 3), (frames[1], 5)])
+        pool.mark_submitted(ids, REVIEW_BACKEND, [None] * len(ids))
+    with ReviewServer(create_app(world.pool_path, world.config)) as server:
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        _sign_in(page, server.url, "ann")
+        shown = []
+        for _ in ids:
+            task = _wait_frame(page)
+            shown.append((task, page.inner_text("#suggestion")))
+            if not shown[1:]:
+                page.screenshot(path=str(artifacts / "track-suggestion.png"))
+            _press(page, "Enter", task)
+    assert [task for task, _ in shown] == ids
+    assert "from its track: a person labeled another frame of this track so" in shown[0][1]
+    assert "track" not in shown[1][1] and "calibrated" in shown[1][1]
+    with world.pool() as pool:
+        assert [pool.task(i).answer for i in ids] == [3, 5]

@@ -13,6 +13,7 @@ from fleetloop_sim.dataset import LABELS
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.loop import CloudLoop
 from fleetloop_cloud.loop.tasks.classification_routing import EVIDENCE_KEY
+from fleetloop_cloud.review.items import describe, teachers
 
 from fixtures.cloud_world import cloud_config, peaked_probs, pool_frame
 
@@ -371,3 +372,8 @@ def test_a_frame_propagation_left_out_is_suggested_its_tracks_label_for_review(t
         verify = loop.cost_model.human.seconds_per_verify
         assert all(review[f].suggestion == TROUSER and review[f].seconds == verify for f in track_labeled)
         assert all(review[f].suggestion == SHIRT and review[f].answer == BAG for f in alone if f in review)
+        # the review page says where each suggestion came from
+        state, labels = teachers(loop.pool, loop.config), loop.task.frame_labels
+        shown = {f: describe(loop.pool, loop.config, labels, review[f], state)["suggestion"] for f in review}
+        assert all(shown[f]["source"] == "track" and shown[f]["name"] == labels[TROUSER] for f in track_labeled)
+        assert all(shown[f]["source"] == "teachers" for f in alone if f in review)

@@ -122,7 +122,11 @@ def describe(pool: Pool, config: CloudConfig, labels: Sequence[str], task: Task,
         "index": task.suggestion,
         "name": labels[task.suggestion],
         "key": KEYS[task.suggestion].upper(),
-        "confidence": None,
+        "confidence": None,  # the teachers' calibrated probability of the suggested class
+        # "teachers" (their ensemble's class) or "track" (a person's label of another frame of the track)
+        "source": "teachers"
+        if task.purpose != "review"
+        else pool.suggestion_sources(task.round).get(task.frame_id, "teachers"),
     }
     if state.versions:
         _tier_opinions(pool, labels, task, state, item, suggestion)

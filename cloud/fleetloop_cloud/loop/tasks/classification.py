@@ -191,7 +191,7 @@ class ClassificationPart(classification_report.ClassificationSummary):
     def review_order_inputs(self, round_number: int, rows: list, info: dict) -> tuple[np.ndarray, np.ndarray, list]:
         """Return the teacher embeddings, the calibrated uncertainty and the suggested class of the rows: the
         committee's class, or where a person labeled another frame of the row's track, that label
-        (``classification_tracks.track_labels``)."""
+        (``classification_tracks.track_labels``; recorded as the suggestion's source, which the review page shows)."""
         ids = [r["id"] for r in rows]
         combined = self.combined(round_number, ids, info["weights"])
         _, _, tier_b, version_b = self.loop.teacher_versions(round_number)
@@ -199,6 +199,7 @@ class ClassificationPart(classification_report.ClassificationSummary):
         if embeddings is None:
             embeddings = np.zeros((len(ids), 1), np.float32)
         from_tracks = classification_tracks.track_labels(self.loop, round_number, ids)
+        self.pool.add_suggestion_sources(round_number, dict.fromkeys(from_tracks, "track"))
         suggestions = [from_tracks.get(f, int(label)) for f, label in zip(ids, combined.label)]
         return embeddings, combined.uncertainty, suggestions
 

@@ -128,7 +128,9 @@
         const agree = s.agree === undefined ? "" : (s.agree ? ", tiers agree" : ", tiers DISAGREE");
         suggestion.innerHTML = "<kbd>Enter</kbd> <b></b> <span></span>";
         suggestion.querySelector("b").textContent = s.name;
-        suggestion.querySelector("span").textContent = `(${conf}${agree})`;
+        suggestion.querySelector("span").textContent = s.source === "track"
+          ? `(from its track: a person labeled another frame of this track so; the teachers give it ${conf})`
+          : `(${conf}${agree})`;
         suggestion.dataset.label = s.index;
       } else {
         suggestion.textContent = "No suggestion shown: pick the class yourself.";
