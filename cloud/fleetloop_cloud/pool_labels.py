@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from fleetloop_cloud.pool_db import PoolError, PoolTables, as_list, where_clause
+from fleetloop_cloud.pool_sql import ROW_LOCK
 
 LABEL_SOURCES = ("human", "auto", "propagated")
 TASK_PURPOSES = ("calibration", "track", "review", "audit", "second-opinion")
@@ -219,10 +220,15 @@ class LabelStore(PoolTables):
         )
 
     def unapplied(self, round: int) -> list[Any]:
-        """Return the round's finished (done or failed) tasks whose outcome the loop has not applied yet."""
+        """Return the round's finished (done or failed) tasks whose outcome the loop has not applied yet.
+
+        Inside a transaction on PostgreSQL their rows stay locked until it ends, and a row another
+        transaction holds (the review page undoing that answer) is passed over: the next collection
+        gets it, never an answer undone meanwhile.
+        """
         rows = self._query(
             f"SELECT * FROM {self._kind.tasks} WHERE round=? AND status IN ('done', 'failed') AND applied=0 "
-            "ORDER BY id",
+            f"ORDER BY id{ROW_LOCK}",
             (round,),
         )
         return [self._task(r) for r in rows]

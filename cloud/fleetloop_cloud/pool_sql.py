@@ -15,8 +15,9 @@ them (one writer at a time, across processes) while readers never wait. A transa
 ``row_locks`` (``PoolTables.transaction(row_locks=True)``: the review page's box leases) takes no
 pool-wide lock on PostgreSQL: its SELECTs end in :data:`ROW_LOCK`, a comment SQLite ignores and
 PostgreSQL runs as ``FOR UPDATE SKIP LOCKED``, so two reviewers lease two different rows at once,
-and a row another transaction holds is passed over, never handed out twice. On SQLite the same block
-is one ``BEGIN IMMEDIATE`` writer as before.
+and a row another transaction holds is passed over, never handed out twice; a SELECT that must wait for
+the rows it changes instead (an answer to a task) ends in :data:`ROW_WAIT` (``FOR UPDATE``). On SQLite
+the same block is one ``BEGIN IMMEDIATE`` writer as before.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ SCHEMES = ("sqlite", "postgresql", "postgres")
 _LOCK_KEY = 0x466C6565744C6F6F  # "FleetLoo": the pool's advisory lock (one pool per database)
 _RUNNER_KEY = 0x466C5275_6E6E6572  # "FlRunner": the loop runner's session lock (WorkerLock)
 ROW_LOCK = " /* FOR UPDATE SKIP LOCKED */"  # end a SELECT of a row_locks transaction with this
+ROW_WAIT = " /* FOR UPDATE */"  # ... or with this, to wait for the rows another transaction holds
 
 
 class DatabaseError(FleetLoopError):
@@ -146,6 +148,8 @@ class PostgresConnection:
         if statement.upper() == "BEGIN IMMEDIATE":
             self._run("BEGIN", ())
             return self._run("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY - (1 << 63),))
+        if statement.upper().startswith("CREATE "):  # a module's own tables (review page), one statement at a time
+            return self._run(self.ddl(statement), params)
         return self._run(self.translate(statement), params)
 
     def begin_row_locked(self) -> None:
@@ -198,12 +202,12 @@ class PostgresConnection:
 
     def translate(self, sql: str) -> str:
         """Return a pool statement in PostgreSQL's dialect."""
-        sql = sql.replace("?", "%s").replace(ROW_LOCK, " FOR UPDATE SKIP LOCKED")
+        sql = sql.replace("?", "%s").replace(ROW_LOCK, " FOR UPDATE SKIP LOCKED").replace(ROW_WAIT, " FOR UPDATE")
         found = _INSERT.match(sql)
         if found:
             action, table, columns = found.group(1).upper(), found.group(2), found.group(3)
             sql = "INSERT INTO" + sql[found.start(2) - 1 :]
-            keys = self._keys.get(table, [])
+            keys = self._primary_key(table)
             if action == "IGNORE" or not keys:
                 return sql + " ON CONFLICT DO NOTHING"
             names = [c.strip() for c in columns.split(",")]
@@ -213,6 +217,21 @@ class PostgresConnection:
         if plain and plain.group(1) in self._serial and "RETURNING" not in sql.upper():
             return sql + " RETURNING id"
         return sql
+
+    def _primary_key(self, table: str) -> list[str]:
+        """Return the table's primary key columns: learnt from its CREATE on this connection, else the catalogue.
+
+        A connection that did not create the table (a review-page worker writing the review tables
+        another process created) would otherwise turn ``INSERT OR REPLACE`` into ``DO NOTHING``.
+        """
+        if table not in self._keys:
+            rows = self._run(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND i.indisprimary",
+                (table,),
+            ).fetchall()
+            self._keys[table] = [r[0] for r in rows]
+        return self._keys[table]
 
     def _run(self, sql: str, params: Sequence) -> _Result:
         values = tuple(int(p) if isinstance(p, bool) else p for p in params)

@@ -108,6 +108,85 @@ def test_a_review_claim_locks_rows_not_the_pool(postgres_uri):
             assert [lease.task_id for lease in leases] == [third]  # passed over, not waited for
 
 
+def test_answers_lock_rows_not_the_pool_and_an_undo_never_reopens_a_collected_answer(postgres_uri):
+    """An answer goes on while a loop worker holds the pool-wide lock; the loop's collection and an undo of
+    the same answer meet on the task's row: whichever holds it first, the other never undoes a label."""
+    from fleetloop_cloud.config import load_cost_model
+    from fleetloop_cloud.review import answers
+    from fleetloop_cloud.review.errors import Conflict
+
+    human = load_cost_model().human
+
+    def answer(pool, task_id):
+        return answers.submit(pool, human, 11, "ann", "s", [answers.Submission(task_id, 3, 2.0)], time.time(), 600.0)
+
+    def in_thread(call):
+        outcome: list = []
+
+        def run():
+            try:
+                outcome.append(call())
+            except Exception as exc:  # the outcome is what the test reads
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread, outcome
+
+    with Pool(postgres_uri) as pool, Pool(postgres_uri) as loop_pool, Pool(postgres_uri) as third:
+        first, second = _review_tasks(pool, 2, second_opinions=0)
+        answers.ensure_schema(pool)
+        with loop_pool.transaction() as writer:  # a loop worker's transaction: the pool-wide lock, held
+            writer.execute("UPDATE frames SET state=state WHERE id=?", (pool.task(first).frame_id,))
+            thread, outcome = in_thread(lambda: answer(pool, first))
+            thread.join(10.0)
+            assert outcome and isinstance(outcome[0], str)  # answered while the writer holds the lock
+        # the loop collects the answer (its rows locked until it commits): an undo waits, then is refused
+        with loop_pool.transaction():
+            assert [t.id for t in loop_pool.unapplied(1)] == [first]
+            loop_pool.mark_applied([first])
+            thread, outcome = in_thread(lambda: answers.undo(pool, "ann", "s", time.time(), 60.0, task_id=first))
+            thread.join(1.0)
+            assert thread.is_alive()  # waits for the collection's row lock
+        thread.join(10.0)
+        assert isinstance(outcome[0], Conflict) and "already collected" in str(outcome[0])
+        assert pool.task(first).status == "done"
+        # an undo in flight holds the row: a collection meanwhile passes over it instead of applying it
+        answer(pool, second)
+        with third.transaction(row_locks=True) as undoing:
+            undoing.execute(f"SELECT id FROM tasks WHERE id=?{ROW_LOCK}", (second,)).fetchall()
+            with loop_pool.transaction():
+                assert loop_pool.unapplied(1) == []
+        assert [t.id for t in loop_pool.unapplied(1)] == [second]  # the next collection gets it
+
+
+def test_the_review_tables_work_from_a_connection_that_did_not_create_them(postgres_uri):
+    """The review page's own tables on PostgreSQL: serial event ids, and ``INSERT OR REPLACE`` replacing
+    (their keys read from the catalogue) on a server worker's connection that did not run their CREATE."""
+    from fleetloop_cloud.config import load_cost_model
+    from fleetloop_cloud.review import answers, leases
+    from fleetloop_cloud.review.db import prepare
+
+    with Pool(postgres_uri) as pool:
+        first, second = _review_tasks(pool, 2, second_opinions=0)
+    prepare(postgres_uri)  # what `fleetloop-cloud review` does once at start
+    with Pool(postgres_uri) as worker:
+        now = time.time()
+        [lease] = leases.claim(worker, "ann", "s", leases.LABEL_PURPOSES, 1, now, 60.0)
+        leases.skip(worker, "s", lease.task_id, now)
+        held = leases.claim(worker, "ann", "s", leases.LABEL_PURPOSES, 2, now + 1, 60.0)
+        assert [h.task_id for h in held][-1] == lease.task_id  # the skipped task last
+        leases.skip(worker, "s", lease.task_id, now + 3)  # skipped a second time: the newer time replaces
+        skips = worker._db.execute("SELECT task_id, skipped FROM review_skips WHERE session='s'").fetchall()
+        assert [(int(t), float(when)) for t, when in skips] == [(lease.task_id, now + 3)]
+        leases.release_session(worker, "s")
+        human = load_cost_model().human
+        answers.submit(worker, human, 11, "ann", "s", [answers.Submission(first, 4, 2.0)], now + 4, 600.0)
+        answers.submit(worker, human, 11, "ann", "s", [answers.Submission(second, 5, 2.0)], now + 5, 600.0)
+        events = worker._db.execute("SELECT id, task_id FROM review_events ORDER BY id").fetchall()
+        assert [int(t) for _, t in events] == [first, second] and len({i for i, _ in events}) == 2
+
+
 def test_two_ingest_workers_take_each_frame_once_and_see_each_others_near_duplicates(tmp_path, postgres_uri):
     from fleetloop_core.store import open_store
 

@@ -2,7 +2,7 @@
 
 An answer is a class index, or ``None`` for *unusable* (the frame cannot be judged: the task
 fails with the reason ``unusable``). Each call writes every answer of a submission (one frame, or
-a whole audit grid) in one ``BEGIN IMMEDIATE`` transaction together with its event rows
+a whole audit grid) in one transaction together with its event rows
 (``review_events``, append-only): the lease must be this session's (or expired and taken by
 nobody), the task still open, and the answer lands in the pool's ``tasks`` row through
 ``Pool.answer_task`` with the *measured* seconds (clamped to ``max_answer_s``) and the dollars
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from fleetloop_cloud.config import HumanCosts
 from fleetloop_cloud.pool import Pool, PoolError, Task
+from fleetloop_cloud.pool_sql import ROW_WAIT
 from fleetloop_cloud.review.errors import Conflict, Invalid, NotFound, ReviewError
 from fleetloop_cloud.review.leases import REVIEW_BACKEND, expire, grant, lease_of
 
@@ -88,6 +89,18 @@ def _carried_seconds(db: sqlite3.Connection, task_id: int) -> float:
     return float(row[0])
 
 
+def _lock_tasks(db, task_ids: Sequence[int]) -> None:
+    """Lock the task rows an answer or an undo changes (PostgreSQL; in id order, so two never deadlock).
+
+    A row-locked transaction takes no pool-wide lock: answers go on while a loop worker writes. The
+    loop's collection locks the rows it applies (``unapplied``): an undo waits for it and then finds the
+    answer collected, or the collection passes over the row the undo holds.
+    """
+    if task_ids:
+        marks = ",".join("?" * len(task_ids))
+        db.execute(f"SELECT id FROM tasks WHERE id IN ({marks}) ORDER BY id{ROW_WAIT}", list(task_ids)).fetchall()
+
+
 def _check_leased_to(db, task, session: str) -> None:
     """Raise Conflict unless ``session`` holds the task's lease (or nobody else holds its frame)."""
     lease = lease_of(db, task.id)
@@ -123,7 +136,8 @@ def submit(
     if len({s.task_id for s in submissions}) != len(submissions):
         raise ReviewError("a task appears twice in one submission")
     batch = uuid.uuid4().hex
-    with pool.transaction() as db:
+    with pool.transaction(row_locks=True) as db:
+        _lock_tasks(db, [s.task_id for s in submissions])
         expire(db, now)
         for item in submissions:
             task = review_task(pool, item.task_id)
@@ -200,9 +214,10 @@ def undo(
     Conflict when the answer is someone else's, was already collected by the loop, or there is
     nothing left to undo.
     """
-    with pool.transaction() as db:
-        expire(db, now)
+    with pool.transaction(row_locks=True) as db:
         events = _events_to_undo(db, pool, annotator, task_id, purposes)
+        _lock_tasks(db, [int(event["task_id"]) for event in events])
+        expire(db, now)
         reopened = []
         for event in events:
             tid = int(event["task_id"])

@@ -12,7 +12,8 @@ A claim runs in a ``row_locks`` transaction (``PoolTables.transaction(row_locks=
 PostgreSQL it takes no pool-wide lock, locks the task rows it selects with ``FOR UPDATE SKIP LOCKED``
 and passes over those another claim holds, so several review-server processes hand out tasks at once
 while the loop's writers go on; on SQLite it is one ``BEGIN IMMEDIATE`` writer as before. Skips,
-log-outs and answers (``answers``) change state under the pool-wide lock.
+log-outs, answers and undos (``answers``) are row-locked the same way (an answer waits for the task
+rows it changes, ``pool_sql.ROW_WAIT``).
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def claim(
 
 def skip(pool: Pool, session: str, task_id: int, now: float) -> None:
     """Give a leased task back to the queue; this session gets it again only after every other task."""
-    with pool.transaction() as db:
+    with pool.transaction(row_locks=True) as db:
         lease = lease_of(db, task_id)
         if lease is None or lease.session != session:
             raise Conflict(f"task {task_id} is not leased to this session")
@@ -181,5 +182,5 @@ def skip(pool: Pool, session: str, task_id: int, now: float) -> None:
 
 def release_session(pool: Pool, session: str) -> int:
     """Give back every lease of a session (log-out); return how many."""
-    with pool.transaction() as db:
+    with pool.transaction(row_locks=True) as db:
         return db.execute("DELETE FROM review_leases WHERE session=?", (session,)).rowcount
