@@ -194,3 +194,23 @@ def frames():
     from fleetloop_sim import sim
 
     return [f.image for f in sim.CameraStream(sim.make_site(0, 0), "robot-0", seed=3).frames(16)]
+
+
+def test_closing_the_plane_says_no_reconnect_an_outage_does(mqtt_broker, caplog):
+    plane = _plane(mqtt_broker, "robot-9")
+    plane.start()
+    try:
+        assert wait_until(lambda: plane.connected, 10)
+        with caplog.at_level("WARNING", logger="fleetloop_core.mqtt_control_plane"):
+            mqtt_broker.stop()
+            assert wait_until(lambda: not plane.connected, 10)
+            assert "robot-9: disconnected from" in caplog.text and "reconnecting with back-off" in caplog.text
+            mqtt_broker.start()
+            assert wait_until(lambda: plane.connected, 20)
+            caplog.clear()
+            with caplog.at_level("DEBUG", logger="fleetloop_core.mqtt_control_plane"):
+                plane.close()
+            assert "disconnected from" in caplog.text and "on close" in caplog.text  # said, at debug level
+            assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    finally:
+        plane.close()

@@ -180,7 +180,9 @@ class MqttControlPlane:
         self._connected.clear()
         self._subscribed.clear()
         self._problem = f"disconnected from {self.host}:{self.port} ({getattr(event, 'exception', '')})"
-        if was:
+        if was and self._client is None:  # close() stopped it: nothing to reconnect
+            log.debug("%s: disconnected from %s:%d on close", self.thing_name, self.host, self.port)
+        elif was:
             self._disconnects += 1
             log.warning(
                 "%s: disconnected from %s:%d (%s); serving continues, reconnecting with back-off",
@@ -349,7 +351,7 @@ class MqttControlPlane:
         )
 
     def close(self) -> None:
-        """Disconnect and stop reconnecting."""
+        """Disconnect and stop reconnecting (``_client`` None first: the disconnect it causes is no warning)."""
         client, self._client = self._client, None
         self._wake.set()
         if client is not None:
