@@ -23,7 +23,7 @@ from fleetloop_cloud.review.app import create_app
 from fleetloop_cloud.review.items import teachers
 from fleetloop_cloud.review.leases import REVIEW_BACKEND
 
-from fixtures.review_page import ReviewServer, free_port
+from fixtures.review_page import ReviewServer, build_world, free_port
 
 VIEWPORT = {"width": 1400, "height": 860}
 
@@ -429,3 +429,37 @@ def test_a_suggestion_from_the_frames_track_says_so(review_world, browser, artif
     assert "track" not in shown[1][1] and "calibrated" in shown[1][1]
     with world.pool() as pool:
         assert [pool.task(i).answer for i in ids] == [3, 5]
+
+
+def test_the_page_over_a_postgresql_pool_labels_skips_undoes_and_the_loop_collects(
+    tmp_path, cloud_models, postgres_uri, browser
+):
+    """The page on PostgreSQL, as production runs it: its own tables on the server, answers row-locked."""
+    from fleetloop_cloud.config import cloud_config_from_dict
+
+    config = cloud_config_from_dict(build_world(tmp_path, cloud_models, REVIEW_BACKEND, pool=postgres_uri))
+    with ReviewServer(create_app(postgres_uri, config)) as server:
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        _sign_in(page, server.url, "ann")
+        answered = {}
+        for key in ("1", "2", "ArrowRight", "3", "4"):  # the arrow at the newest frame skips it
+            task = _wait_frame(page)
+            if key != "ArrowRight":
+                answered[task] = int(key)
+            else:
+                skipped = task
+            _press(page, key, task)
+        last = list(answered)[-1]
+        _press(page, "u", _wait_frame(page))  # undo the last answer: it comes back, relabeled
+        assert _wait_frame(page) == last
+        _press(page, "5", last)
+        answered[last] = 5
+    with CloudLoop(config, progress=False) as loop:
+        assert str(loop.pool.path).startswith("postgresql://")
+        for task_id, label in answered.items():
+            task = loop.pool.task(task_id)
+            assert (task.status, task.answer, task.annotator) == ("done", label, "ann") and task.seconds > 0
+        assert loop.pool.task(skipped).status == "submitted"
+        loop.review()
+        labels = loop.pool.labels()
+        assert {task_id: labels[loop.pool.task(task_id).frame_id].label for task_id in answered} == answered
