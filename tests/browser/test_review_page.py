@@ -463,3 +463,49 @@ def test_the_page_over_a_postgresql_pool_labels_skips_undoes_and_the_loop_collec
         loop.review()
         labels = loop.pool.labels()
         assert {task_id: labels[loop.pool.task(task_id).frame_id].label for task_id in answered} == answered
+
+
+def test_confirm_grid_pages_one_suggested_class_at_a_time(review_world, browser, artifacts):
+    world = review_world("routed")
+    with world.pool() as pool:
+        with pool.transaction() as db:  # this test's tasks alone in the queue
+            db.execute("UPDATE tasks SET status='failed', error='moved aside by the test' WHERE status='submitted'")
+        frames = [r["id"] for r in pool.frames()][:6]
+        number = pool.last_round()
+        dress = pool.add_tasks(number, "review", [(f, 3) for f in frames[:3]])
+        sandal = pool.add_tasks(number, "review", [(f, 5) for f in frames[3:5]])
+        audit = pool.add_tasks(number, "audit", [(frames[5], 3)])  # not a review task: never in this grid
+        pool.mark_submitted(dress + sandal + audit, REVIEW_BACKEND, [None] * 6)
+    with ReviewServer(create_app(world.pool_path, world.config)) as server:
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        _sign_in(page, server.url, "ann")
+        page.goto(server.url + "/confirm")
+        page.wait_for_selector("body[data-cells='3']")  # the class most tasks suggest first
+        assert page.inner_text("#grid-class") == "dress"
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("7")  # the second cell is no dress
+        page.screenshot(path=str(artifacts / "confirm.png"))
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('submitted 3 labels')")
+        page.wait_for_selector("body[data-cells='2']")
+        assert page.inner_text("#grid-class") == "sandal"
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('submitted 2 labels')")
+        page.wait_for_selector("body[data-cells='0']")
+        page.keyboard.press("u")  # undo the last page: its two cells come back
+        page.wait_for_selector("body[data-cells='2']")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('submitted 2 labels')")
+        # an audit task is no review task: refused here, with the reason
+        csrf = page.get_attribute("meta[name='csrf-token']", "content")
+        refused = page.context.request.post(
+            server.url + "/api/confirm/submit",
+            headers={"Content-Type": "application/json", "X-CSRF-Token": csrf},
+            data=json.dumps({"seconds": 1.0, "answers": [{"task_id": audit[0], "label": 3}]}),
+        )
+        assert refused.status == 400
+        assert "is a audit task, not a review task: answer it on its own page" in refused.json()["error"]
+    with world.pool() as pool:
+        assert [pool.task(i).answer for i in dress + sandal] == [3, 7, 3, 5, 5]
+        assert all(pool.task(i).annotator == "ann" and pool.task(i).seconds > 0 for i in dress + sandal)
+        assert pool.task(audit[0]).status == "submitted"

@@ -5,12 +5,13 @@ build, no script or style from anywhere else (the Content-Security-Policy says s
 reads; every state change is a POST with the session's CSRF token from this very origin.
 
 Pages: ``/label`` (one frame at a time), ``/audit`` (grid of auto-labels to confirm or correct),
-``/tuning/routing`` (risk-coverage, target accuracy -> threshold, save), ``/tuning/robots``
+``/confirm`` (grid of review suggestions, one class to a page), ``/tuning/routing`` (risk-coverage,
+target accuracy -> threshold, save), ``/tuning/robots``
 (replay sweeps, per-robot uploads). JSON under ``/api/``; images by frame id under ``/frame/``;
 plots under ``/plots/``.
 
 The routes are FastAPI routers, one per concern: ``auth_routes`` (sign-in), ``label_routes``
-(labeling, audit, frames), ``tuning_routes`` (routing and robots), ``boxes`` (the detection loop's
+(labeling, audit, confirm, frames), ``tuning_routes`` (routing and robots), ``boxes`` (the detection loop's
 box tasks); ``web`` holds the state and the per-request helpers they share. This module builds the
 state, the security headers and the error pages, and includes the routers.
 """

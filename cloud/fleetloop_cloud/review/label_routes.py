@@ -1,4 +1,4 @@
-"""Labeling and auditing: the /label and /audit pages, frames by id, and their JSON API under /api/."""
+"""Labeling, auditing and confirming: the /label, /audit and /confirm pages, frames by id, their API under /api/."""
 
 from __future__ import annotations
 
@@ -61,6 +61,11 @@ def label_page(request: Request):
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request):
     return web.page(request, "audit.html", web.user(request), grid_size=web.state(request).settings.grid_size)
+
+
+@router.get("/confirm", response_class=HTMLResponse)
+def confirm_page(request: Request):
+    return web.page(request, "confirm.html", web.user(request), grid_size=web.state(request).settings.grid_size)
 
 
 @router.get("/frame/{name}")
@@ -170,43 +175,56 @@ def api_counters(request: Request):
     return _counters(request)
 
 
-# ------------------------------------------------------------------------------------ audit grid API
-@router.post("/api/audit/batch")
-def api_audit_batch(request: Request):
+# ------------------------------------------------------------------------------------ grids
+# Two grids share their API: the audit grid (audit tasks: auto-labels to confirm or correct) and the
+# confirm grid (review tasks whose suggestion is shown, one suggested class to a page, the class most
+# waiting tasks suggest). Each cell is one answer to its task; the page's measured seconds are shared
+# over its cells.
+_GRIDS = {"audit": (leases.GRID_PURPOSES, "an audit"), "confirm": (leases.CONFIRM_PURPOSES, "a review task")}
+
+
+def _grid_batch(request: Request, grid: str) -> dict:
     session = web.writer(request)
     st = web.state(request)
     pool = web.db(request).pool
+    purposes, _ = _GRIDS[grid]
+    now, suggested = st.clock(), None
+    if grid == "confirm":
+        if not st.config.review.show_suggestions:
+            raise ReviewError("review.show_suggestions is off: no suggestion to confirm, label the frames on /label")
+        suggested = leases.largest_suggested_class(web.db(request), purposes, now)
     granted = leases.claim(
         pool,
         session.annotator,
         session.key,
-        leases.GRID_PURPOSES,
+        purposes,
         st.settings.grid_size,
-        st.clock(),
+        now,
         st.settings.lease_s,
+        suggestion=suggested,
     )
     granted.sort(key=lambda lease: lease.task_id)
     return {
         "items": [web.describe(request, answers.review_task(pool, g.task_id)) for g in granted],
+        "class": st.labels[suggested] if suggested is not None else None,
         "counters": _counters(request),
     }
 
 
-@router.post("/api/audit/submit")
-def api_audit_submit(request: Request, body: GridBody):
+def _grid_submit(request: Request, body: GridBody, grid: str) -> dict:
     session = web.writer(request)
+    purposes, noun = _GRIDS[grid]
     per_item = body.seconds / len(body.answers)
     batch = [answers.Submission(a.task_id, a.label, per_item) for a in body.answers]
     for a in body.answers:
         task = answers.review_task(web.db(request).pool, a.task_id)
-        if task.purpose not in leases.GRID_PURPOSES:
-            raise ReviewError(f"task {task.id} is a {task.purpose} task, not an audit: label it on /label")
+        if task.purpose not in purposes:
+            raise ReviewError(f"task {task.id} is a {task.purpose} task, not {noun}: answer it on its own page")
     _submit(request, session, batch)
     return {"submitted": [a.task_id for a in body.answers], "counters": _counters(request)}
 
 
-@router.post("/api/audit/undo")
-def api_audit_undo(request: Request):
+def _grid_undo(request: Request, grid: str) -> dict:
     session = web.writer(request)
     st = web.state(request)
     reopened = answers.undo(
@@ -215,6 +233,26 @@ def api_audit_undo(request: Request):
         session.key,
         st.clock(),
         st.settings.lease_s,
-        purposes=leases.GRID_PURPOSES,
+        purposes=_GRIDS[grid][0],
     )
     return {"reopened": reopened, "counters": _counters(request)}
+
+
+def _grid_routes(grid: str) -> None:
+    """Add ``/api/<grid>/batch``, ``/submit`` and ``/undo`` for one grid."""
+
+    @router.post(f"/api/{grid}/batch", name=f"api_{grid}_batch")
+    def batch(request: Request):
+        return _grid_batch(request, grid)
+
+    @router.post(f"/api/{grid}/submit", name=f"api_{grid}_submit")
+    def submit(request: Request, body: GridBody):
+        return _grid_submit(request, body, grid)
+
+    @router.post(f"/api/{grid}/undo", name=f"api_{grid}_undo")
+    def undo(request: Request):
+        return _grid_undo(request, grid)
+
+
+for _grid in _GRIDS:
+    _grid_routes(_grid)

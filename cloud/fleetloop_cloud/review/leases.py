@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from fleetloop_cloud.pool import Pool
 from fleetloop_cloud.pool_sql import ROW_LOCK
 from fleetloop_cloud.review.errors import Conflict
 
+if TYPE_CHECKING:
+    from fleetloop_cloud.review.db import ReviewDB
+
 REVIEW_BACKEND = "review-page"
 LABEL_PURPOSES = ("calibration", "track", "review", "second-opinion")  # one frame at a time
 GRID_PURPOSES = ("audit",)  # confirm or correct many auto-labels at once
+CONFIRM_PURPOSES = ("review",)  # the confirm grid: review tasks' suggestions of one class, many at once
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_leases (
@@ -129,15 +133,24 @@ def _try_grant(
 
 
 def claim(
-    pool: Pool, annotator: str, session: str, purposes: Sequence[str], count: int, now: float, lease_s: float
+    pool: Pool,
+    annotator: str,
+    session: str,
+    purposes: Sequence[str],
+    count: int,
+    now: float,
+    lease_s: float,
+    suggestion: int | None = None,
 ) -> list[Lease]:
     """Return up to ``count`` leases for a session: those it holds (renewed), then the oldest free tasks.
 
-    Free means: submitted to the review page, of one of ``purposes``, and neither the task nor its
-    frame leased to anyone. Tasks this session skipped come last. Expired leases are dropped first.
-    Row-locked (the module's docstring): on PostgreSQL two sessions claim at once.
+    Free means: submitted to the review page, of one of ``purposes`` (and suggesting class
+    ``suggestion``, when given), and neither the task nor its frame leased to anyone. Tasks this
+    session skipped come last. Expired leases are dropped first. Row-locked (the module's
+    docstring): on PostgreSQL two sessions claim at once.
     """
     marks = ",".join("?" * len(purposes))
+    of_class, class_param = ("AND t.suggestion = ? ", [suggestion]) if suggestion is not None else ("", [])
     skipped = "(SELECT s.skipped FROM review_skips s WHERE s.task_id = t.id AND s.session = ?)"
     with pool.transaction(row_locks=True) as db:
         expire(db, now)
@@ -150,11 +163,11 @@ def claim(
         frames = {lease.frame_id for lease in out}
         rows = db.execute(
             f"SELECT t.id, t.frame_id FROM tasks t "
-            f"WHERE t.status='submitted' AND t.backend=? AND t.purpose IN ({marks}) "
+            f"WHERE t.status='submitted' AND t.backend=? AND t.purpose IN ({marks}) {of_class}"
             f"AND t.id NOT IN (SELECT task_id FROM review_leases) "
             f"AND t.frame_id NOT IN (SELECT frame_id FROM review_leases) "
             f"ORDER BY {skipped} IS NOT NULL, {skipped}, t.id LIMIT ?{ROW_LOCK}",
-            (REVIEW_BACKEND, *purposes, session, session, (count - len(out)) * 4 + 16),
+            (REVIEW_BACKEND, *purposes, *class_param, session, session, (count - len(out)) * 4 + 16),
         ).fetchall()
         for row in rows:
             if len(out) >= count:
@@ -166,6 +179,19 @@ def claim(
                 frames.add(row["frame_id"])
                 out.append(lease)
         return out
+
+
+def largest_suggested_class(db: "ReviewDB", purposes: Sequence[str], now: float) -> int | None:
+    """Return the class most free tasks of ``purposes`` suggest (a confirm grid's class), or None."""
+    marks = ",".join("?" * len(purposes))
+    rows = db.query(
+        f"SELECT t.suggestion, COUNT(*) AS n FROM tasks t WHERE t.status='submitted' AND t.backend=? "
+        f"AND t.purpose IN ({marks}) AND t.suggestion IS NOT NULL "
+        f"AND t.frame_id NOT IN (SELECT frame_id FROM review_leases WHERE expires > ?) "
+        f"GROUP BY t.suggestion ORDER BY n DESC, t.suggestion LIMIT 1",
+        (REVIEW_BACKEND, *purposes, now),
+    )
+    return int(rows[0][0]) if rows else None
 
 
 def skip(pool: Pool, session: str, task_id: int, now: float) -> None:

@@ -261,9 +261,11 @@
     });
   }
 
-  // ------------------------------------------------------------------ audit grid
+  // ------------------------------------------------------------------ audit and confirm grids
   function auditGrid() {
     const grid = document.getElementById("grid");
+    const API = grid.dataset.api;      // /api/audit or /api/confirm
+    const NOUN = grid.dataset.noun;    // what a cell is, in the status line
     const empty = document.getElementById("empty");
     const COLUMNS = 6;
     let cells = [];            // {item, label (null: unusable), changed}
@@ -283,7 +285,8 @@
         const img = document.createElement("img");
         img.src = cell.item.image_url; img.alt = "frame"; img.width = 160; img.height = 160;
         const caption = document.createElement("p");
-        const auto = cell.item.suggestion ? cell.item.suggestion.name : "?";
+        const s = cell.item.suggestion;
+        const auto = s ? s.name + (s.source === "track" ? " (its track)" : "") : "?";
         caption.textContent = cell.label === null ? "unusable" :
           (cell.changed ? `${auto} → ${labelName(cell.label)}` : `${auto}`);
         div.appendChild(img); div.appendChild(caption);
@@ -297,7 +300,9 @@
     function labelName(i) { return NAMES[i]; }
 
     async function load() {
-      const data = await api("POST", "/api/audit/batch");
+      const data = await api("POST", `${API}/batch`);
+      const heading = document.getElementById("grid-class");
+      if (heading) heading.textContent = data.class || "nothing waiting";
       cells = data.items.map(item => ({ item, label: item.suggestion ? item.suggestion.index : null, changed: false }));
       focus = 0;
       shownAt = performance.now();
@@ -310,15 +315,15 @@
       if (!cells.length) return;
       const seconds = (performance.now() - shownAt) / 1000;
       const body = { seconds: Number(seconds.toFixed(3)), answers: cells.map(c => ({ task_id: c.item.task_id, label: c.label })) };
-      const data = await api("POST", "/api/audit/submit", body);
+      const data = await api("POST", `${API}/submit`, body);
       const corrected = cells.filter(c => c.changed).length;
-      setStatus(`submitted ${data.submitted.length} audits (${corrected} corrected) in ${seconds.toFixed(1)} s`);
+      setStatus(`submitted ${data.submitted.length} ${NOUN} (${corrected} corrected) in ${seconds.toFixed(1)} s`);
       await load();
     }
 
     async function undoPage() {
-      const data = await api("POST", "/api/audit/undo");
-      setStatus(`undone: ${data.reopened.length} audits are back in your grid`);
+      const data = await api("POST", `${API}/undo`);
+      setStatus(`undone: ${data.reopened.length} ${NOUN} are back in your grid`);
       await load();
     }
 
@@ -366,9 +371,9 @@
   document.addEventListener("DOMContentLoaded", () => {
     const page = document.body.dataset.page;
     if (page === "label") labeler();
-    if (page === "audit") auditGrid();
+    if (page === "audit" || page === "confirm") auditGrid();
     if (document.getElementById("counters")) {
-      if (page !== "label" && page !== "audit") pollCounters();
+      if (page !== "label" && page !== "audit" && page !== "confirm") pollCounters();
       setInterval(pollCounters, 5000);
     }
   });
