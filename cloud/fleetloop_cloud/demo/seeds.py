@@ -12,7 +12,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable
 
-from fleetloop_cloud.demo.report import AUDIT_MAX_UPPER, AUDIT_MIN_LABELS, wilson
+from fleetloop_cloud.demo.report import AUDIT_MAX_UPPER, AUDIT_MIN_LABELS, TARGETS, wilson
 
 # figure -> how to read it from one run's report.json
 FIGURES: dict[str, Callable[[dict], Any]] = {
@@ -85,7 +85,7 @@ def pooled_audit(reports: dict[int, dict]) -> dict[str, Any]:
         "correct": correct,
         "error": round(error, 4),
         "error_interval_95": [round(1 - high, 4), round(upper, 4)],
-        "met": frames >= AUDIT_MIN_LABELS and error <= 0.02 and upper <= AUDIT_MAX_UPPER,
+        "met": frames >= AUDIT_MIN_LABELS and error <= TARGETS["auto_label_error"][1] and upper <= AUDIT_MAX_UPPER,
     }
 
 
@@ -110,7 +110,8 @@ def write(out: Path, figures: dict[str, dict], audit: dict[str, Any] | None = No
         table += (
             f"\nAudited auto-label error, every seed's audit pooled: {audit['frames'] - audit['correct']} wrong "
             f"of {audit['frames']} audited ({audit['error'] * 100:.2f} %, 95 % interval {low:.2f}-{high:.2f} %; "
-            f"target <= 2 % on >= {AUDIT_MIN_LABELS} audited, upper end <= {AUDIT_MAX_UPPER * 100:.0f} %: {verdict}).\n"
+            f"target <= {TARGETS['auto_label_error'][1] * 100:.0f} % on >= {AUDIT_MIN_LABELS} audited, "
+            f"upper end <= {AUDIT_MAX_UPPER * 100:.0f} %: {verdict}).\n"
         )
     (out / "seeds.json").write_text(json.dumps({**figures, "audit_pooled": audit}, indent=2, default=str))
     (out / "seeds.md").write_text(f"# Demo figures over seeds {', '.join(map(str, seeds))}\n\n{table}")
