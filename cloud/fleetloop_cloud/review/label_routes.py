@@ -204,9 +204,12 @@ def _grid_batch(request: Request, grid: str) -> dict:
         suggestion=suggested,
     )
     granted.sort(key=lambda lease: lease.task_id)
+    items = [web.describe(request, answers.review_task(pool, g.task_id)) for g in granted]
+    shown = {item["suggestion"]["name"] if item["suggestion"] else None for item in items}
     return {
-        "items": [web.describe(request, answers.review_task(pool, g.task_id)) for g in granted],
-        "class": st.labels[suggested] if suggested is not None else None,
+        "items": items,
+        # the page's one suggested class (a page of the session's own leases from before may mix classes)
+        "class": shown.pop() if len(shown) == 1 else None,
         "counters": _counters(request),
     }
 

@@ -302,7 +302,7 @@
     async function load() {
       const data = await api("POST", `${API}/batch`);
       const heading = document.getElementById("grid-class");
-      if (heading) heading.textContent = data.class || "nothing waiting";
+      if (heading) heading.textContent = data.class || (data.items.length ? "several classes" : "nothing waiting");
       cells = data.items.map(item => ({ item, label: item.suggestion ? item.suggestion.index : null, changed: false }));
       focus = 0;
       shownAt = performance.now();
