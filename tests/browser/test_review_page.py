@@ -454,6 +454,14 @@ def test_the_page_over_a_postgresql_pool_labels_skips_undoes_and_the_loop_collec
         assert _wait_frame(page) == last
         _press(page, "5", last)
         answered[last] = 5
+        page.wait_for_selector("#rates tr[data-annotator='ann']")  # the counters' queries run on PostgreSQL too
+        assert page.inner_text("#rates tr[data-annotator='ann'] td:nth-child(4)") == str(len(answered))
+        failed: list = []  # every view reads the pool, and so do the plots and API calls it makes
+        page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        for view in ("/audit", "/confirm", "/tuning/routing", "/tuning/robots"):
+            page.goto(server.url + view)
+            page.wait_for_load_state("networkidle")
+        assert failed == []
     with CloudLoop(config, progress=False) as loop:
         assert str(loop.pool.path).startswith("postgresql://")
         for task_id, label in answered.items():
