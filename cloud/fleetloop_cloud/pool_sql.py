@@ -39,6 +39,35 @@ _LOCK_KEY = 0x466C6565744C6F6F  # "FleetLoo": the pool's advisory lock (one pool
 _RUNNER_KEY = 0x466C5275_6E6E6572  # "FlRunner": the loop runner's session lock (WorkerLock)
 ROW_LOCK = " /* FOR UPDATE SKIP LOCKED */"  # end a SELECT of a row_locks transaction with this
 ROW_WAIT = " /* FOR UPDATE */"  # ... or with this, to wait for the rows another transaction holds
+# TCP keepalives on every PostgreSQL connection of the pool, both ends: without them a worker whose host
+# died without closing its sockets (power, network) keeps its sessions, and the runner lock with them,
+# until the operating system's default gives up (two hours and more); with them the server ends such a
+# session within about idle + interval x count seconds, and the client notices a dead server as soon.
+# The server's side goes as session settings (tcp_keepalives_*, settable by any user), the client's as
+# libpq's keepalives parameters; both are ignored on a Unix-domain socket. AWS on why and how:
+# https://docs.aws.amazon.com/AmazonRDS/latest/AuroraUserGuide/Appendix.PostgreSQL.CommonDBATasks.DeadConnectionHandling.html
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 15, 5, 3
+
+
+def _connect_postgres(uri: str, **extra: Any) -> Any:
+    """Return a psycopg connection (autocommit) with the pool's keepalives on both ends; psycopg.Error as it fails."""
+    import psycopg
+
+    server = (
+        f"-c tcp_keepalives_idle={KEEPALIVE_IDLE_S} -c tcp_keepalives_interval={KEEPALIVE_INTERVAL_S} "
+        f"-c tcp_keepalives_count={KEEPALIVE_COUNT}"
+    )
+    return psycopg.connect(
+        uri,
+        autocommit=True,
+        connect_timeout=10,
+        keepalives=1,
+        keepalives_idle=KEEPALIVE_IDLE_S,
+        keepalives_interval=KEEPALIVE_INTERVAL_S,
+        keepalives_count=KEEPALIVE_COUNT,
+        options=server,
+        **extra,
+    )
 
 
 class DatabaseError(FleetLoopError):
@@ -133,7 +162,7 @@ class PostgresConnection:
         self.uri = uri
         self._errors = psycopg.Error
         try:
-            self._db = psycopg.connect(uri, autocommit=True, connect_timeout=10)
+            self._db = _connect_postgres(uri)
         except psycopg.Error as exc:
             raise DatabaseError(f"pool {redact(uri)}: cannot connect ({str(exc).strip()})") from exc
         self._db.row_factory = _row_factory
@@ -290,9 +319,7 @@ class WorkerLock:
 
             uri = str(self.target)
             try:
-                db = psycopg.connect(
-                    uri, autocommit=True, connect_timeout=10, application_name=f"fleetloop runner {self.me}"
-                )
+                db = _connect_postgres(uri, application_name=f"fleetloop runner {self.me}")
                 got = db.execute("SELECT pg_try_advisory_lock(%s)", (_RUNNER_KEY,)).fetchone()[0]
             except psycopg.Error as exc:
                 raise DatabaseError(f"pool {redact(uri)}: cannot take the runner lock ({str(exc).strip()})") from exc
@@ -345,7 +372,7 @@ class WorkerLock:
             )
             key = _RUNNER_KEY
             try:
-                with psycopg.connect(str(self.target), autocommit=True, connect_timeout=10) as db:
+                with _connect_postgres(str(self.target)) as db:
                     row = db.execute(sql, (key & 0xFFFFFFFF, key >> 32)).fetchone()
             except psycopg.Error:
                 return ""  # only for a message: the caller says "another worker"

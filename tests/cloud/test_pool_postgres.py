@@ -236,3 +236,21 @@ def test_a_bad_uri_and_an_unreachable_server_are_named(tmp_path):
         Pool("postgresql://fleet:secret@127.0.0.1:1/pool")
     assert redact("postgresql://fleet:secret@db:5432/pool") == "postgresql://fleet:***@db:5432/pool"
     assert np.array_equal(Pool(tmp_path / "p.sqlite").phashes(), [])  # a plain path is still the SQLite file
+
+
+def test_every_pool_connection_and_the_runner_lock_keep_alive_on_the_servers_side(postgres_uri):
+    """A worker's host that dies without closing its sockets must not keep the runner lock for hours: the
+    server probes each of the pool's sessions (tcp_keepalives_*, set per session) and ends dead ones."""
+    from fleetloop_cloud.pool_sql import KEEPALIVE_COUNT, KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, WorkerLock
+
+    expected = [str(KEEPALIVE_IDLE_S), str(KEEPALIVE_INTERVAL_S), str(KEEPALIVE_COUNT)]
+    names = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+    assert "127.0.0.1" in postgres_uri  # over TCP: on a Unix-domain socket the settings read 0
+    with Pool(postgres_uri) as pool:
+        assert [pool._db.execute(f"SHOW {n}").fetchone()[0] for n in names] == expected
+    lock = WorkerLock(postgres_uri)
+    assert lock.acquire()
+    try:
+        assert [lock._held.execute(f"SHOW {n}").fetchone()[0] for n in names] == expected
+    finally:
+        lock.release()
