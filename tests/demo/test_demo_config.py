@@ -28,6 +28,12 @@ def test_bad_detection_settings_name_the_file_and_the_key(tmp_path, detection, m
     assert str(path) in str(error.value) and message in str(error.value)
 
 
+def test_a_bad_command_line_value_is_named_as_the_command_lines():
+    with pytest.raises(ConfigError) as error:
+        load_demo_config(overrides={"robots": 0, "rounds": None})
+    assert "demo.yaml + command-line overrides (robots): robots:" in str(error.value)
+
+
 @pytest.mark.parametrize("quick", [False, True])
 def test_a_demo_robots_uploads_stay_within_the_budget_its_starting_burst_included(quick):
     from fleetloop_cloud.demo.run import robot_budget

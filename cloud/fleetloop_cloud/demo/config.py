@@ -113,5 +113,8 @@ def load_demo_config(
     data = read_yaml(path)
     if quick:
         data = merge(data, data.get("quick") or {})
-    data = merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
-    return validate(DemoConfig, data, source=str(path))
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data = merge(data, given)
+    # a bad value may come from the command line: say so beside the file
+    source = f"{path} + command-line overrides ({', '.join(sorted(given))})" if given else str(path)
+    return validate(DemoConfig, data, source=source)
