@@ -517,3 +517,14 @@ def test_confirm_grid_pages_one_suggested_class_at_a_time(review_world, browser,
         assert [pool.task(i).answer for i in dress + sandal] == [3, 7, 3, 5, 5]
         assert all(pool.task(i).annotator == "ann" and pool.task(i).seconds > 0 for i in dress + sandal)
         assert pool.task(audit[0]).status == "submitted"
+
+
+def test_the_confirm_grid_refuses_where_suggestions_are_not_shown(review_world, browser):
+    world = review_world("routed")
+    review = world.config.review.model_copy(update={"show_suggestions": False})
+    with ReviewServer(create_app(world.pool_path, world.config.model_copy(update={"review": review}))) as server:
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        _sign_in(page, server.url, "ann")
+        page.goto(server.url + "/confirm")
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('show_suggestions')")
+        assert "label the frames on /label" in page.inner_text("#status")
