@@ -50,24 +50,30 @@ KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 15, 5, 3
 
 
 def _connect_postgres(uri: str, **extra: Any) -> Any:
-    """Return a psycopg connection (autocommit) with the pool's keepalives on both ends; psycopg.Error as it fails."""
-    import psycopg
+    """Return a psycopg connection (autocommit) with the pool's keepalives on both ends; psycopg.Error as it fails.
 
-    server = (
-        f"-c tcp_keepalives_idle={KEEPALIVE_IDLE_S} -c tcp_keepalives_interval={KEEPALIVE_INTERVAL_S} "
-        f"-c tcp_keepalives_count={KEEPALIVE_COUNT}"
-    )
-    return psycopg.connect(
-        uri,
-        autocommit=True,
-        connect_timeout=10,
-        keepalives=1,
-        keepalives_idle=KEEPALIVE_IDLE_S,
-        keepalives_interval=KEEPALIVE_INTERVAL_S,
-        keepalives_count=KEEPALIVE_COUNT,
-        options=server,
-        **extra,
-    )
+    What the URI sets itself wins: its own keepalive parameters, and its ``options`` (the server-side
+    settings are added to them, a ``-c tcp_keepalives_*`` of its own kept).
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(uri)
+    client = {
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVE_IDLE_S,
+        "keepalives_interval": KEEPALIVE_INTERVAL_S,
+        "keepalives_count": KEEPALIVE_COUNT,
+    }
+    server = {
+        "tcp_keepalives_idle": KEEPALIVE_IDLE_S,
+        "tcp_keepalives_interval": KEEPALIVE_INTERVAL_S,
+        "tcp_keepalives_count": KEEPALIVE_COUNT,
+    }
+    options = str(given.get("options") or "")
+    options = " ".join([f"-c {name}={value}" for name, value in server.items() if name not in options] + [options])
+    defaults = {name: value for name, value in client.items() if name not in given}
+    return psycopg.connect(uri, autocommit=True, connect_timeout=10, options=options.strip(), **defaults, **extra)
 
 
 class DatabaseError(FleetLoopError):

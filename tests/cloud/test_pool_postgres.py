@@ -254,3 +254,9 @@ def test_every_pool_connection_and_the_runner_lock_keep_alive_on_the_servers_sid
         assert [lock._held.execute(f"SHOW {n}").fetchone()[0] for n in names] == expected
     finally:
         lock.release()
+    # what the URI sets itself wins: its options (ours added beside) and its own keepalive parameters
+    own = postgres_uri + "?options=-c%20tcp_keepalives_idle%3D40%20-c%20work_mem%3D8MB&keepalives_idle=50"
+    with Pool(own) as pool:
+        shown = [pool._db.execute(f"SHOW {n}").fetchone()[0] for n in (*names, "work_mem")]
+        assert shown == ["40", expected[1], expected[2], "8MB"]
+        assert pool._db._db.info.get_parameters()["keepalives_idle"] == "50"
