@@ -480,7 +480,8 @@ def test_confirm_grid_pages_one_suggested_class_at_a_time(review_world, browser,
             db.execute("UPDATE tasks SET status='failed', error='moved aside by the test' WHERE status='submitted'")
         frames = [r["id"] for r in pool.frames()][:6]
         number = pool.last_round()
-        dress = pool.add_tasks(number, "review", [(f, 3) for f in frames[:3]])
+        dress = pool.add_tasks(number, "review", [(f, 3) for f in frames[:2]])
+        dress += pool.add_tasks(number, "track", [(frames[2], 3)])  # a track's representative: in the grid too
         sandal = pool.add_tasks(number, "review", [(f, 5) for f in frames[3:5]])
         audit = pool.add_tasks(number, "audit", [(frames[5], 3)])  # not a review task: never in this grid
         pool.mark_submitted(dress + sandal + audit, REVIEW_BACKEND, [None] * 6)
@@ -512,7 +513,7 @@ def test_confirm_grid_pages_one_suggested_class_at_a_time(review_world, browser,
             data=json.dumps({"seconds": 1.0, "answers": [{"task_id": audit[0], "label": 3}]}),
         )
         assert refused.status == 400
-        assert "is a audit task, not a review task: answer it on its own page" in refused.json()["error"]
+        assert "is a audit task, not a track or review task: answer it on its own page" in refused.json()["error"]
     with world.pool() as pool:
         assert [pool.task(i).answer for i in dress + sandal] == [3, 7, 3, 5, 5]
         assert all(pool.task(i).annotator == "ann" and pool.task(i).seconds > 0 for i in dress + sandal)

@@ -177,10 +177,10 @@ def api_counters(request: Request):
 
 # ------------------------------------------------------------------------------------ grids
 # Two grids share their API: the audit grid (audit tasks: auto-labels to confirm or correct) and the
-# confirm grid (review tasks whose suggestion is shown, one suggested class to a page, the class most
-# waiting tasks suggest). Each cell is one answer to its task; the page's measured seconds are shared
-# over its cells.
-_GRIDS = {"audit": (leases.GRID_PURPOSES, "an audit"), "confirm": (leases.CONFIRM_PURPOSES, "a review task")}
+# confirm grid (track representatives and review frames whose suggestion is shown, one suggested class
+# to a page, the class most waiting tasks suggest). Each cell is one answer to its task; the page's
+# measured seconds are shared over its cells.
+_GRIDS = {"audit": (leases.GRID_PURPOSES, "an audit"), "confirm": (leases.CONFIRM_PURPOSES, "a track or review task")}
 
 
 def _grid_batch(request: Request, grid: str) -> dict:

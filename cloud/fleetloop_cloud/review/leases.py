@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 REVIEW_BACKEND = "review-page"
 LABEL_PURPOSES = ("calibration", "track", "review", "second-opinion")  # one frame at a time
 GRID_PURPOSES = ("audit",)  # confirm or correct many auto-labels at once
-CONFIRM_PURPOSES = ("review",)  # the confirm grid: review tasks' suggestions of one class, many at once
+# the confirm grid: suggestions of one class, many at once (a track's representative or a review frame)
+CONFIRM_PURPOSES = ("track", "review")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_leases (
