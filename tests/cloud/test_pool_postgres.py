@@ -238,6 +238,39 @@ def test_a_bad_uri_and_an_unreachable_server_are_named(tmp_path):
     assert np.array_equal(Pool(tmp_path / "p.sqlite").phashes(), [])  # a plain path is still the SQLite file
 
 
+def test_review_tables_made_untranslated_before_are_mended_in_place(postgres_uri):
+    """Review tables as PostgreSQL pools got them before 2026-12-05 (SQLite's types verbatim: a float4 time,
+    an id without a default) take answers and exact times once the page prepares the pool again."""
+    import psycopg
+
+    from fleetloop_cloud.config import load_cost_model
+    from fleetloop_cloud.review import answers, leases
+    from fleetloop_cloud.review.db import prepare
+
+    with Pool(postgres_uri) as pool:
+        first, second = _review_tasks(pool, 2, second_opinions=0)
+    with psycopg.connect(postgres_uri, autocommit=True) as raw:  # what the old code created
+        for statement in (answers._SCHEMA + leases._SCHEMA).split(";"):
+            if statement.strip().upper().startswith("CREATE TABLE"):
+                raw.execute(statement)
+        raw.execute(
+            "INSERT INTO review_events (id, batch, task_id, frame_id, annotator, action, created) "
+            "VALUES (7, 'old', 0, 'f', 'a', 'answer', 1.0)"
+        )  # one row, its id given by hand
+    prepare(postgres_uri)
+    with Pool(postgres_uri) as worker:
+        now = time.time()
+        answers.submit(worker, load_cost_model().human, 11, "ann", "s", [answers.Submission(first, 4, 2.0)], now, 600.0)
+        [lease] = leases.claim(worker, "ann", "s", leases.LABEL_PURPOSES, 1, now + 0.25, 60.0)
+        assert lease.task_id == second
+        leases.skip(worker, "s", second, now + 0.25)
+        ids = [int(r[0]) for r in worker._db.execute("SELECT id FROM review_events ORDER BY id").fetchall()]
+        assert ids == [7, 8]  # numbering goes on after the highest id
+        [(skipped,)] = worker._db.execute("SELECT skipped FROM review_skips").fetchall()
+        assert float(skipped) == pytest.approx(now + 0.25, abs=1e-3)  # a double now, not a float4
+    prepare(postgres_uri)  # mending twice changes nothing
+
+
 def test_every_pool_connection_and_the_runner_lock_keep_alive_on_the_servers_side(postgres_uri):
     """A worker's host that dies without closing its sockets must not keep the runner lock for hours: the
     server probes each of the pool's sessions (tcp_keepalives_*, set per session) and ends dead ones."""
