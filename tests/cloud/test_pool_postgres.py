@@ -274,7 +274,8 @@ def test_review_tables_made_untranslated_before_are_mended_in_place(postgres_uri
 def test_every_pool_connection_and_the_runner_lock_keep_alive_on_the_servers_side(postgres_uri):
     """A worker's host that dies without closing its sockets must not keep the runner lock for hours: the
     server probes each of the pool's sessions (tcp_keepalives_*, set per session) and ends dead ones."""
-    from fleetloop_cloud.pool_sql import KEEPALIVE_COUNT, KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, WorkerLock
+    from fleetloop_cloud.pool_lock import WorkerLock
+    from fleetloop_cloud.pool_sql import KEEPALIVE_COUNT, KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S
 
     expected = [str(KEEPALIVE_IDLE_S), str(KEEPALIVE_INTERVAL_S), str(KEEPALIVE_COUNT)]
     names = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")

@@ -1,6 +1,6 @@
 """One worker runs the cloud loop's steps on a pool at a time, on SQLite and on a real PostgreSQL: two loop
 workers started on the same step run it once, a worker asking while another runs is told who, and a step
-left running by a killed worker is taken over (``CloudLoop.run_step``, ``pool_sql.WorkerLock``)."""
+left running by a killed worker is taken over (``CloudLoop.run_step``, ``pool_lock.WorkerLock``)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ Steps of a round, each idempotent (a finished step does nothing when run again) 
 
 The review step waits (returns, status ``waiting``) while humans have open tasks; running it
 again collects answers and goes on. The demos compose rounds of this class into the closed loop.
-One worker runs steps on a pool at a time (the pool's runner lock, ``pool_sql.WorkerLock``): another
+One worker runs steps on a pool at a time (the pool's runner lock, ``pool_lock.WorkerLock``): another
 worker asking meanwhile is told who runs which step (``StepBusyError``), and a step left ``running``
 by a worker that died is taken over.
 """
@@ -46,7 +46,7 @@ from fleetloop_cloud.loop import autolabel, evaluate, ingest, register, review, 
 from fleetloop_cloud.loop.tasks import CloudTask, cloud_task_named
 from fleetloop_cloud.loop.world import World, open_world
 from fleetloop_cloud.pool import Pool
-from fleetloop_cloud.pool_sql import WorkerLock
+from fleetloop_cloud.pool_lock import WorkerLock
 
 log = logging.getLogger("fleetloop_cloud")
 
