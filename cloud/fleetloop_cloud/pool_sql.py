@@ -208,7 +208,7 @@ class PostgresConnection:
         try:
             for statement in (s.strip() for s in script.split(";")):
                 if statement:
-                    self.execute(self.ddl(statement))
+                    self._run(self.ddl(statement), ())  # the pool's own schema: translated, nothing to mend
         except BaseException:
             self._run("ROLLBACK", ())
             raise
