@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,9 +76,23 @@ def _new_version(package: Path, out: Path, version: str, private_pem: bytes) -> 
     return target
 
 
-def _publishes(broker) -> int:
-    """Return the PUBLISH packets the broker has received so far (its log: ``log_type all``)."""
-    return broker.log().count("Received PUBLISH from")
+_PUBLISH = re.compile(r"Received PUBLISH from \S+ \([^']*'([^']*)'")
+
+
+def _publishes(broker) -> Counter:
+    """Return the PUBLISH packets the broker has received so far (its log: ``log_type all``), by what
+    they are: the jobs topic's operation (``start-next``, ``update``, ``notify-next``, their
+    ``accepted`` answers, ...), a job's id left out; other topics by their last level."""
+    kinds: Counter = Counter()
+    for topic in _PUBLISH.findall(broker.log()):
+        levels = topic.split("/")
+        if "jobs" in levels:
+            rest = levels[levels.index("jobs") + 1 :]
+            operation = rest if rest[:1] in (["start-next"], ["notify-next"], ["get"], ["notify"]) else rest[1:]
+            kinds["/".join(operation) or "describe"] += 1
+        else:
+            kinds[levels[-1]] += 1
+    return kinds
 
 
 def _rollout(
@@ -113,14 +129,18 @@ def _rollout(
 
     streaming = threading.Thread(target=stream, name="fleet-stream")
     streaming.start()
-    published = _publishes(broker) if broker is not None else 0
+    published = _publishes(broker) if broker is not None else Counter()
     started = time.perf_counter()
     try:
         report = rollout(jobs, robots, document, f"bench-{manifest.version}", DEMO_ROLLOUT)
         seconds = time.perf_counter() - started
+        # counted when the rollout ends: the streams go on until every robot answered ``frames`` (a ROS
+        # camera streams them all at once), and the robots' job polls meanwhile are not the rollout's
+        during = (_publishes(broker) - published) if broker is not None else None
     finally:
         done.set()
         streaming.join()
+    streamed = sum((_publishes(broker) - published).values()) if broker is not None else None
     serving = fleet.serving()
     return {
         "version": manifest.version,
@@ -142,7 +162,11 @@ def _rollout(
         "frames": sum(r.frames for r in rounds),
         "uploaded": sum(r.uploaded for r in rounds),
         "kept": sum(r.kept for r in rounds),
-        "broker_publishes": (_publishes(broker) - published) if broker is not None else None,
+        "broker_publishes": sum(during.values()) if during is not None else None,
+        "broker_publishes_by_kind": dict(during.most_common()) if during is not None else None,
+        # what the count was before 2026-12-05 (to the end of the streams: polls while the cameras finish)
+        "broker_publishes_until_streams_end": streamed,
+        "seconds_until_streams_end": round(time.perf_counter() - started, 2),
     }
 
 
@@ -461,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
             (
                 "broker PUBLISH received during the rollout (per s)",
                 f"{r['broker_publishes']} ({r['broker_publishes'] / max(r['seconds'], 1e-9):.1f})",
+            ),
+            (
+                "  by kind (jobs topic operation)",
+                ", ".join(f"{kind} {count}" for kind, count in (r["broker_publishes_by_kind"] or {}).items()),
             ),
             ("rollout canary -> all serving (s)", f"{r['seconds']} ({r['robots_serving']}/{robots})"),
             ("  canary phase / fleet phase (s)", f"{r['canary_seconds']} / {r['fleet_seconds']}"),
