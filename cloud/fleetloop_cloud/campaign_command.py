@@ -84,10 +84,10 @@ def propose_campaign(loop, now: float, config: CampaignConfig | None = None) -> 
     counts = Counter(classes[label.label] for label in labels.values())
     sampled = [classes[labels[row["id"]].label] for row in rows if row["random"] and row["id"] in labels]
     prevalence = shares(classes, sampled)
+    latest = max((int(row["round"]) for row in rows), default=None)
+    uploaded = shares(classes, [robot_label(row) for row in rows if int(row["round"]) == latest], smoothing=0.0)
     scores = production_scores(loop.pool)
-    needs = (
-        class_needs(classes, counts, scores, skip=config.skip, prevalence=prevalence) if "class" in config.kinds else []
-    )
+    needs = class_needs(classes, counts, scores, config.skip, prevalence, uploaded) if "class" in config.kinds else []
     if "site" in config.kinds:
         robots: dict[str, set[str]] = {}
         for row in rows:
@@ -98,7 +98,7 @@ def propose_campaign(loop, now: float, config: CampaignConfig | None = None) -> 
         needs += site_needs(production_scores(loop.pool, "per_site"), site_labels, site_robots, site_shares)
     if "disagreement" in config.kinds:  # reads the last round's teacher predictions: only when asked for
         agreement = teacher_agreement(loop, rows)
-        needs += disagreement_needs(agreement, counts, scores, config.min_frames, config.skip, prevalence)
+        needs += disagreement_needs(agreement, counts, scores, config.min_frames, config.skip, prevalence, uploaded)
     version = str(len(loop.pool.get(SENT_KEY, []) or []) + 1)
     campaign = propose(needs, config, version, now)
     proposal: dict[str, Any] = {"needs": [n.to_dict() for n in sorted(needs, key=lambda n: -n.need)[:5]]}

@@ -3,7 +3,12 @@ teachers disagree on), the signed job that asks for it, and whether uploads chan
 ``fleetloop_core.selection_campaigns``).
 
 Every reason is weighed alike, as ``prevalence x (1 - score) / sqrt(1 + accepted labels)``: the share of
-field frames that go wrong in that slice, discounted by the labels the pool already holds (:func:`need`):
+field frames that go wrong in that slice, discounted by the labels the pool already holds (:func:`need`).
+A class the robots already upload at more than its prevalence (their own label of the latest round's
+uploads, ``uploaded``) is discounted by ``prevalence / uploaded``: the fleet brings it without being asked,
+and a campaign's weight on it would change little (measured: a t-shirt campaign in a fleet whose
+uploads were 24 % t-shirts by the robots' labels, twice their field share, raised that share 2.4x, the
+most such a start allows being 4x):
 
 * ``class`` (:func:`class_needs`): the score is the gate's per-class accuracy of the serving edge model
   (a class it never scored counts as 0); the prevalence is the class's share of the robots'
@@ -91,6 +96,7 @@ class Need:
     recall: Optional[float] = None  # a class's field score of the serving model (None: never scored, or a site)
     robots: tuple[str, ...] = ()  # a site's robots
     frames: Optional[int] = None  # disagreement: the uploads behind the score
+    uploaded: Optional[float] = None  # a class's share of the latest round's uploads, by the robots' labels
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -101,6 +107,8 @@ class Need:
             "prevalence": None if self.prevalence is None else round(self.prevalence, 4),
             "need": round(self.need, 5),
         }
+        if self.uploaded is not None:
+            out["uploaded"] = round(self.uploaded, 4)
         if self.frames is not None:
             out["frames"] = self.frames
         if self.robots:
@@ -114,12 +122,18 @@ class Need:
             words += f" of {self.frames} uploads T1 labels {self.name}"
         if self.prevalence is not None:
             words += f", {self.prevalence:.1%} of the random sample"
+        if self.uploaded is not None:
+            words += f", {self.uploaded:.1%} of the uploads"
         return f"{self.name}: {self.labels} accepted labels, {words}, need {self.need:.3f}"
 
 
-def need(prevalence: Optional[float], score: Optional[float], labels: int) -> float:
-    """Return ``prevalence x (1 - score) / sqrt(1 + labels)`` (an unknown prevalence counts 1, a score 0)."""
-    return (1.0 if prevalence is None else prevalence) * (1.0 - (score or 0.0)) / math.sqrt(1.0 + labels)
+def need(prevalence: Optional[float], score: Optional[float], labels: int, uploaded: Optional[float] = None) -> float:
+    """Return ``prevalence x (1 - score) / sqrt(1 + labels)`` (an unknown prevalence counts 1, a score 0),
+    times ``prevalence / uploaded`` where the uploads already hold more of the class than the field."""
+    value = (1.0 if prevalence is None else prevalence) * (1.0 - (score or 0.0)) / math.sqrt(1.0 + labels)
+    if prevalence is not None and uploaded is not None and uploaded > prevalence:
+        value *= prevalence / uploaded
+    return value
 
 
 @dataclass(frozen=True)
@@ -146,9 +160,11 @@ def class_needs(
     scores: Mapping[str, Optional[float]],
     skip: Iterable[str] = (),
     prevalence: Optional[Mapping[str, float]] = None,
+    uploaded: Optional[Mapping[str, float]] = None,
 ) -> list[Need]:
     """Return every class's need, neediest first (``labels``: accepted labels, ``scores``: field score,
-    ``prevalence``: share of the field's frames, None: unknown, every class weighs alike)."""
+    ``prevalence``: share of the field's frames, None: unknown, every class weighs alike; ``uploaded``:
+    share of the latest uploads by the robots' own labels, None: unknown)."""
     skipped = set(skip)
     out = []
     for name in classes:
@@ -156,7 +172,8 @@ def class_needs(
             continue
         score, count = scores.get(name), int(labels.get(name, 0))
         share = None if prevalence is None else float(prevalence.get(name, 0.0))
-        out.append(Need(name, count, score, need(share, score, count), share, "class", score))
+        up = None if uploaded is None else float(uploaded.get(name, 0.0))
+        out.append(Need(name, count, score, need(share, score, count, up), share, "class", score, uploaded=up))
     return _neediest(out)
 
 
@@ -186,10 +203,12 @@ def disagreement_needs(
     min_frames: int,
     skip: Iterable[str] = (),
     prevalence: Optional[Mapping[str, float]] = None,
+    uploaded: Optional[Mapping[str, float]] = None,
 ) -> list[Need]:
     """Return per class (as the foundation teacher labels the latest uploads) the need the teachers'
     disagreement shows, neediest first (``agreement``: class -> (share the two teachers agree on, uploads);
-    classes with fewer than ``min_frames`` uploads are left out: too few to say)."""
+    classes with fewer than ``min_frames`` uploads are left out: too few to say; ``uploaded`` as in
+    :func:`class_needs`)."""
     skipped = set(skip)
     out = []
     for name, (agree, frames) in agreement.items():
@@ -197,9 +216,9 @@ def disagreement_needs(
             continue
         count = int(labels.get(name, 0))
         share = None if prevalence is None else float(prevalence.get(name, 0.0))
-        out.append(
-            Need(name, count, agree, need(share, agree, count), share, "disagreement", recall.get(name), frames=frames)
-        )
+        up = None if uploaded is None else float(uploaded.get(name, 0.0))
+        value = need(share, agree, count, up)
+        out.append(Need(name, count, agree, value, share, "disagreement", recall.get(name), frames=frames, uploaded=up))
     return _neediest(out)
 
 

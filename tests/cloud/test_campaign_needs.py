@@ -106,3 +106,23 @@ def test_the_neediest_reason_wins_whatever_its_kind():
     sites = site_needs({"site-0": 0.2}, {"site-0": 99}, {"site-0": ["r0"]})
     assert propose(classes + sites, CampaignConfig(), "1", 0.0).target == "site-0"
     assert propose(classes + sites, CampaignConfig(kinds=("class", "disagreement")), "1", 0.0).target == "bag"
+
+
+def test_a_class_the_robots_already_upload_more_than_the_field_shows_is_discounted():
+    classes = ["t-shirt", "dress", "none"]
+    prevalence = {"t-shirt": 0.12, "dress": 0.06, "none": 0.82}
+    labels = {"t-shirt": 33, "dress": 19}
+    scores = {"t-shirt": 0.33, "dress": 0.27}
+    plain = class_needs(classes, labels, scores, ["none"], prevalence)
+    assert plain[0].name == "t-shirt"  # without the uploads: the larger gap in the larger class
+    # the robots' own labels: a quarter of their uploads are t-shirts already, twice the field's share
+    uploaded = {"t-shirt": 0.24, "dress": 0.03, "none": 0.73}
+    needs = class_needs(classes, labels, scores, ["none"], prevalence, uploaded)
+    assert [n.name for n in needs] == ["dress", "t-shirt"]
+    assert needs[1].need == pytest.approx(plain[0].need * 0.12 / 0.24)  # halved: the fleet brings it unasked
+    assert needs[0].need == pytest.approx(plain[1].need)  # under-uploaded: no bonus, only the discount exists
+    assert "24.0% of the uploads" in needs[1].why() and needs[1].to_dict()["uploaded"] == 0.24
+    campaign = propose(needs, CampaignConfig(), "1", 0.0)
+    assert campaign.target == "dress"
+    disputed = disagreement_needs({"t-shirt": (0.5, 40)}, labels, scores, 20, (), prevalence, uploaded)
+    assert disputed[0].need == pytest.approx(0.12 * 0.5 / 34**0.5 * 0.5)
