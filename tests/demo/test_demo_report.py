@@ -15,3 +15,12 @@ def test_an_audited_error_is_met_only_on_enough_audited_labels_with_a_tight_inte
     assert audit["met"] is met and audit["value"] == 0.0
     # a figure the run did not measure is neither met nor missed
     assert {t["figure"]: t["met"] for t in _targets(report)}["throughput_ratio"] is None
+
+
+def test_each_figure_is_judged_against_its_must_and_shows_its_aim():
+    report = {"throughput_ratio": 21.0, "al_label_ratio": 0.45, "hard_mode_throughput_ratio": 3.9, "labeling": {}}
+    targets = {t["figure"]: t for t in _targets(report)}
+    assert targets["throughput_ratio"]["met"] is True  # the must is 20; the aim (25) is shown, not judged
+    assert (targets["throughput_ratio"]["target"], targets["throughput_ratio"]["aim"]) == (">= 20", ">= 25")
+    assert targets["al_label_ratio"]["met"] is True and targets["al_label_ratio"]["aim"] == "<= 0.3333"
+    assert targets["hard_mode_throughput_ratio"]["met"] is False  # must 4

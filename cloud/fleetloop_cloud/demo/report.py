@@ -15,16 +15,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+# figure: (comparison, must, aim, what); met / MISSED is judged against the must (issue 15's table)
 TARGETS = {
-    "throughput_ratio": (">=", 25.0, "labels per human-hour, loop / manual (seed fleet: 20x)"),
-    "cost_ratio": (">=", 30.0, "cost per accepted label, manual / loop (seed fleet: 22.5x)"),
-    "hard_mode_throughput_ratio": (">=", 6.0, "labels per human-hour on hard mode (shuffled single frames), must: 4"),
-    "auto_label_error": ("<=", 0.02, "audited auto-label error (>= 200 audited, 95 % interval's upper end <= 0.04)"),
-    "upload_fraction": ("<=", 0.05, "fraction of camera frames uploaded"),
-    "upload_gain_share": (">=", 0.90, "share of the upload-all accuracy gain the loop recovers"),
-    "al_label_ratio": ("<=", 1 / 3, "human labels to 95 % of upload-all accuracy, active learning / random"),
-    "frames_dropped": ("<=", 0, "frames dropped by the robots (swaps included)"),
-    "campaign_share_ratio": (">=", 3.0, "campaign arm: share of uploads of the campaign's class, round after / before"),
+    "throughput_ratio": (">=", 20.0, 25.0, "labels per human-hour, loop / manual (seed fleet: 20x)"),
+    "cost_ratio": (">=", 22.5, 30.0, "cost per accepted label, manual / loop (seed fleet: 22.5x)"),
+    "hard_mode_throughput_ratio": (">=", 4.0, 6.0, "labels per human-hour on hard mode (shuffled single frames)"),
+    "auto_label_error": (
+        "<=",
+        0.02,
+        0.01,
+        "audited auto-label error (>= 200 audited, 95 % interval's upper end <= 0.04)",
+    ),
+    "upload_fraction": ("<=", 0.05, 0.05, "fraction of camera frames uploaded"),
+    "upload_gain_share": (">=", 0.90, 0.95, "share of the upload-all accuracy gain the loop recovers"),
+    "al_label_ratio": ("<=", 0.5, 1 / 3, "human labels to 95 % of upload-all accuracy, active learning / random"),
+    "frames_dropped": ("<=", 0, 0, "frames dropped by the robots (swaps included)"),
+    "campaign_share_ratio": (
+        ">=",
+        3.0,
+        3.0,
+        "campaign arm: share of uploads of the campaign's class, round after / before",
+    ),
 }
 
 
@@ -168,8 +179,8 @@ def _audits(rounds: Sequence[dict]) -> dict:
 def _met(name: str, value) -> bool | None:
     if value is None:
         return None
-    op, target, _ = TARGETS[name]
-    return value >= target if op == ">=" else value <= target
+    op, must, _, _ = TARGETS[name]
+    return value >= must if op == ">=" else value <= must
 
 
 # what the demo simulates, said in the report beside the figures
@@ -253,16 +264,18 @@ AUDIT_MAX_UPPER = 0.04  # ... and with its 95 % interval's upper end at most thi
 
 
 def _targets(report: dict) -> list[dict]:
-    """Return each target figure with its goal, the run's value and whether it met the goal."""
+    """Return each target figure with its goal (the must, the aim beside it), the run's value and whether
+    it met the must."""
     out = [
         {
             "figure": name,
-            "target": f"{op} {target:.4g}",
+            "target": f"{op} {must:.4g}",
+            "aim": f"{op} {aim:.4g}",
             "value": report.get(name),
             "met": _met(name, report.get(name)),
             "what": what,
         }
-        for name, (op, target, what) in TARGETS.items()
+        for name, (op, must, aim, what) in TARGETS.items()
     ]
     audit = report.get("labeling", {}).get("audit") or {}
     for target in out:

@@ -142,7 +142,9 @@ def _headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
         value = target["value"]
         shown = _fmt(value, 4 if target["figure"] in ("auto_label_error", "upload_fraction") else 2)
         met = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
-        rows.append((target["what"], shown, target["target"], met))
+        aim = target.get("aim")
+        goal = target["target"] if aim in (None, target["target"]) else f"{target['target']} (aim {aim.split()[-1]})"
+        rows.append((target["what"], shown, goal, met))
     rows.append(
         (
             "T4 field accuracy, round 0 -> final (loop)",
