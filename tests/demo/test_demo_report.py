@@ -24,3 +24,13 @@ def test_each_figure_is_judged_against_its_must_and_shows_its_aim():
     assert (targets["throughput_ratio"]["target"], targets["throughput_ratio"]["aim"]) == (">= 20", ">= 25")
     assert targets["al_label_ratio"]["met"] is True and targets["al_label_ratio"]["aim"] == "<= 0.3333"
     assert targets["hard_mode_throughput_ratio"]["met"] is False  # must 4
+
+
+def test_a_gain_share_the_gate_left_undefined_says_why():
+    gate = [{"round": 1, "promote": False, "reasons": ["class coat regresses 0.208 -> 0.138"]}]
+    report = {"upload_gain_share": None, "labeling": {}, "edge_accuracy": {"upload_all_gate": gate}}
+    target = {t["figure"]: t for t in _targets(report)}["upload_gain_share"]
+    assert target["met"] is None and "refused the upload-all arm's candidate in every round" in target["why"]
+    assert "class coat regresses" in target["why"]
+    gate.append({"round": 2, "promote": True, "reasons": []})  # it gained once: the share is simply not computed
+    assert "why" not in {t["figure"]: t for t in _targets(report)}["upload_gain_share"]

@@ -277,6 +277,14 @@ def _targets(report: dict) -> list[dict]:
         }
         for name, (op, must, aim, what) in TARGETS.items()
     ]
+    gate = (report.get("edge_accuracy") or {}).get("upload_all_gate") or []
+    for target in out:
+        if target["figure"] == "upload_gain_share" and target["value"] is None and gate:
+            if not any((g.get("promote") for g in gate)):  # the same gate as the loop's refused every candidate
+                first = next((r for g in gate for r in g.get("reasons") or []), "no reason recorded")
+                target["why"] = (
+                    f"the gate refused the upload-all arm's candidate in every round ({first}): no gain to share"
+                )
     audit = report.get("labeling", {}).get("audit") or {}
     for target in out:
         if target["figure"] == "auto_label_error" and target["met"]:

@@ -183,6 +183,9 @@ def _markdown(report: dict, plots: list[tuple[str, str]]) -> str:
             + "; ".join(f"{t['what']} ({_fmt(t['value'], 3)}, target {t['target']})" for t in missed)
             + ".",
         ]
+    unmeasured = [t for t in report["targets"] if t["met"] is None and t.get("why")]
+    if unmeasured:
+        lines += ["", "**Not measured:** " + "; ".join(f"{t['what']}: {t['why']}" for t in unmeasured) + "."]
     lines += _labeling_lines(report) + _accuracy_lines(report) + _campaign_lines(report) + _swap_lines(report)
     lines += ["", "## Plots", ""] + [f"![{caption}]({name})" for name, caption in plots]
     lines += ["", "## What is simulated", ""] + [f"- {item}" for item in report["simulated"]]
