@@ -54,6 +54,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from fleetloop_core.dds import PROFILES_VARIABLE, TRANSPORT_VARIABLE, DdsConfig, dds_environment
+from fleetloop_core.dds_shm import remove_orphaned_segments
 from fleetloop_core.errors import FleetLoopError
 from fleetloop_core.health import HealthConfig
 from fleetloop_core.stream_health import Liveness
@@ -139,6 +140,7 @@ def run_nodes(
         dds_environment(dds, os.environ)
     elif TRANSPORT_VARIABLE not in os.environ and PROFILES_VARIABLE not in os.environ:
         dds_environment(DdsConfig(), os.environ)  # the robot's default transport
+    remove_orphaned_segments()  # what processes that ended without destroying their participant left in /dev/shm
     rclpy.init(args=list(args) if args is not None else None, signal_handler_options=SignalHandlerOptions.NO)
     nodes: list[Node] = []
     code = EXIT_OK

@@ -1,0 +1,44 @@
+"""Fast DDS segments of ended processes are removed; a live owner's segment, ports and others' files stay."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fleetloop_core.dds_shm import remove_orphaned_segments
+
+HOLD = (  # a live owner: holds the segment's lock file as Fast DDS does
+    "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX); "
+    "print('held', flush=True); time.sleep(60)"
+)
+
+
+def _segment(directory, name: str, size: int = 4096) -> None:
+    (directory / name).write_bytes(b"\0" * size)
+    (directory / f"{name}_el").write_bytes(b"")
+
+
+def test_only_segments_whose_lock_nobody_holds_are_removed(tmp_path, spawn):
+    _segment(tmp_path, "fastdds_0123456789abcdef", 9000)  # its owner is gone: nobody holds the lock
+    _segment(tmp_path, "fastdds_fedcba9876543210")  # a live participant's
+    (tmp_path / "fastdds_port7001").write_bytes(b"\0" * 64)  # ports are Fast DDS's to reuse
+    (tmp_path / "fastdds_port7001_el").write_bytes(b"")
+    (tmp_path / "lttng-ust-wait-8").write_bytes(b"")  # not Fast DDS's
+    owner = spawn(
+        [sys.executable, "-c", HOLD, str(tmp_path / "fastdds_fedcba9876543210_el")], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout.readline().strip() == "held"
+
+    assert remove_orphaned_segments(tmp_path) == [("fastdds_0123456789abcdef", 9000)]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [
+        "fastdds_fedcba9876543210",
+        "fastdds_fedcba9876543210_el",
+        "fastdds_port7001",
+        "fastdds_port7001_el",
+        "lttng-ust-wait-8",
+    ]
+    owner.kill()
+    owner.wait()
+    assert remove_orphaned_segments(tmp_path) == [("fastdds_fedcba9876543210", 4096)]  # its owner ended
+    assert remove_orphaned_segments(tmp_path / "missing") == []  # no /dev/shm (not Linux): nothing to do

@@ -1,0 +1,55 @@
+"""A process that ended without destroying its DDS participant leaves a 9 MB segment in /dev/shm; the
+next of our processes to start removes it (fleetloop_core.dds_shm, fleetloop_ros.runner)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from fleetloop_core.cli import command_line
+from fleetloop_core.dds_shm import SHM_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _segments() -> set[str]:
+    return {p.name for p in SHM_DIR.glob("fastdds_*") if len(p.name) == len("fastdds_") + 16}
+
+
+def test_a_segment_left_by_a_killed_process_is_removed_when_a_node_process_starts(spawn):
+    env = {**os.environ, "ROS_DOMAIN_ID": "93"}
+    before = _segments()
+    # a camera waiting for a subscriber that never comes: its participant exists, then kill -9
+    waiting = spawn(
+        command_line("camera", "--count", "5", "--wait-subscribers", "1", "--wait-timeout", "60", "--progress", "0.2"),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in waiting.stdout:  # its first line: the node (and so the participant) exists
+        if "camera" in line:
+            break
+    waiting.send_signal(signal.SIGKILL)
+    waiting.wait(30)
+    orphans = _segments() - before
+    assert orphans, "a process killed with SIGKILL cannot remove its segment"
+    assert all((SHM_DIR / name).stat().st_size > 1_000_000 for name in orphans)  # the shm transport's segments
+
+    camera = spawn(
+        command_line("camera", "--count", "3", "--rate", "50"),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output, _ = camera.communicate(timeout=120)
+    assert camera.returncode == 0, output
+    assert "left by ended processes" in output
+    assert not orphans & _segments()  # removed, lock files with them
+    assert not any((SHM_DIR / f"{name}_el").exists() for name in orphans)
+    assert not _segments() - before  # and the camera, ending cleanly, left none of its own
