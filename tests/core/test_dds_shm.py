@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
 from fleetloop_core.dds_shm import remove_orphaned_segments
 
@@ -13,14 +15,18 @@ HOLD = (  # a live owner: holds the segment's lock file as Fast DDS does
 )
 
 
-def _segment(directory, name: str, size: int = 4096) -> None:
+def _segment(directory, name: str, size: int = 4096, age_s: float = 60.0) -> None:
     (directory / name).write_bytes(b"\0" * size)
-    (directory / f"{name}_el").write_bytes(b"")
+    lock = directory / f"{name}_el"
+    lock.write_bytes(b"")
+    made = time.time() - age_s
+    os.utime(lock, (made, made))
 
 
 def test_only_segments_whose_lock_nobody_holds_are_removed(tmp_path, spawn):
     _segment(tmp_path, "fastdds_0123456789abcdef", 9000)  # its owner is gone: nobody holds the lock
     _segment(tmp_path, "fastdds_fedcba9876543210")  # a live participant's
+    _segment(tmp_path, "fastdds_00000000aaaaaaaa", age_s=1.0)  # just made: its owner may not have locked it yet
     (tmp_path / "fastdds_port7001").write_bytes(b"\0" * 64)  # ports are Fast DDS's to reuse
     (tmp_path / "fastdds_port7001_el").write_bytes(b"")
     (tmp_path / "lttng-ust-wait-8").write_bytes(b"")  # not Fast DDS's
@@ -32,6 +38,8 @@ def test_only_segments_whose_lock_nobody_holds_are_removed(tmp_path, spawn):
     assert remove_orphaned_segments(tmp_path) == [("fastdds_0123456789abcdef", 9000)]
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == [
+        "fastdds_00000000aaaaaaaa",
+        "fastdds_00000000aaaaaaaa_el",
         "fastdds_fedcba9876543210",
         "fastdds_fedcba9876543210_el",
         "fastdds_port7001",
@@ -41,4 +49,5 @@ def test_only_segments_whose_lock_nobody_holds_are_removed(tmp_path, spawn):
     owner.kill()
     owner.wait()
     assert remove_orphaned_segments(tmp_path) == [("fastdds_fedcba9876543210", 4096)]  # its owner ended
+    assert remove_orphaned_segments(tmp_path, min_age_s=0.5) == [("fastdds_00000000aaaaaaaa", 4096)]
     assert remove_orphaned_segments(tmp_path / "missing") == []  # no /dev/shm (not Linux): nothing to do

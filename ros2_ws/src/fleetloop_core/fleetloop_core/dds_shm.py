@@ -17,7 +17,9 @@ processes (``respawn``, systemd) or is killed would fill /dev/shm by 9 MB each t
 segment whose lock file nobody holds belongs to a process that is gone. Run before rclpy starts
 (``fleetloop_ros.runner.run_nodes``), it bounds the leak to what ended since the last start. Port
 files (``fastdds_port<n>``: small, shared by a domain's participants, reused by Fast DDS) are left
-to Fast DDS. Files another user owns cannot be opened for the check and are left alone.
+to Fast DDS. Files another user owns cannot be opened for the check and are left alone, and so are
+lock files younger than ``min_age_s`` (5 s): a participant starting in another process creates its
+lock file a moment before it locks it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import re
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -43,16 +46,26 @@ def _held(lock: Path) -> bool:
         return True
 
 
-def remove_orphaned_segments(directory: Path = SHM_DIR) -> list[tuple[str, int]]:
-    """Remove the Fast DDS segments in ``directory`` whose owner is gone; return (name, bytes) of each."""
+def _young(lock: Path, since: float) -> bool:
+    """Return whether ``lock`` was made after ``since`` (or is gone: nothing to do)."""
+    try:
+        return lock.stat().st_mtime > since
+    except OSError:
+        return True
+
+
+def remove_orphaned_segments(directory: Path = SHM_DIR, min_age_s: float = 5.0) -> list[tuple[str, int]]:
+    """Remove the Fast DDS segments in ``directory`` whose owner is gone (lock files at least ``min_age_s``
+    old that nobody holds); return (name, bytes) of each."""
     removed: list[tuple[str, int]] = []
+    now = time.time()
     try:
         locks = sorted(directory.glob("fastdds_*_el"))
     except OSError:
         return removed
     for lock in locks:
         segment = lock.with_name(lock.name[: -len("_el")])
-        if not _SEGMENT.fullmatch(segment.name) or _held(lock):
+        if not _SEGMENT.fullmatch(segment.name) or _young(lock, now - min_age_s) or _held(lock):
             continue
         try:
             size = segment.stat().st_size if segment.exists() else 0
