@@ -141,6 +141,7 @@ def _rollout(
         done.set()
         streaming.join()
     streamed = sum((_publishes(broker) - published).values()) if broker is not None else None
+    streamed_s = time.perf_counter() - started
     serving = fleet.serving()
     return {
         "version": manifest.version,
@@ -166,7 +167,7 @@ def _rollout(
         "broker_publishes_by_kind": dict(during.most_common()) if during is not None else None,
         # what the count was before 2026-12-05 (to the end of the streams: polls while the cameras finish)
         "broker_publishes_until_streams_end": streamed,
-        "seconds_until_streams_end": round(time.perf_counter() - started, 2),
+        "seconds_until_streams_end": round(streamed_s, 2),
     }
 
 
