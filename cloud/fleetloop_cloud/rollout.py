@@ -3,7 +3,9 @@
 :func:`rollout`: a canary job to ``k`` robots; wait for their reports; if more canaries failed than
 allowed, cancel, send a rollback job to every canary that took the model, and stop — the package
 never reaches the others. Otherwise a fleet job to the rest, watched with the same abort rule the
-job carries for AWS IoT (failure percentage after a minimum of finished executions).
+job carries for AWS IoT (failure percentage after a minimum of finished executions); when that
+aborts, the canaries and the fleet robots that took the model are rolled back as well, so an aborted
+rollout leaves the fleet on the version it had.
 """
 
 from __future__ import annotations
@@ -213,12 +215,7 @@ def rollout(
         report.aborted, report.reason = True, _canary_abort_reason(canary, config, late)
         say(f"abort: {report.reason}")
         jobs.cancel_job(canary.job_id, report.reason)
-        took = canary.succeeded()
-        if took and config.rollback_canaries:
-            model = document["model"]
-            report.rollback = PhaseReport(f"{job_id}-rollback", took)
-            back = rollback_document(model["name"], model["tier"], previous_version)
-            _run_phase(jobs, report.rollback, "rollback", back, config, say)
+        _roll_back(jobs, report, canary.succeeded(), document, job_id, config, previous_version, say)
         return report
 
     say(f"canaries succeeded: {', '.join(canaries)}")
@@ -231,4 +228,17 @@ def rollout(
     if reason:
         report.aborted, report.reason = True, reason
         say(f"abort: {reason}")
+        # the canaries and the fleet robots that took the model go back too: an aborted rollout leaves the
+        # fleet on one version (measured: a 2-robot demo whose fleet robot refused the model kept it on the canary)
+        took = canary.succeeded() + [t for t in report.fleet.succeeded() if t not in canaries]
+        _roll_back(jobs, report, took, document, job_id, config, previous_version, say)
     return report
+
+
+def _roll_back(jobs, report, took, document, job_id, config, previous_version, say) -> None:
+    """Send the robots that took an aborted rollout's model a rollback job (``rollback_canaries``)."""
+    if took and config.rollback_canaries:
+        model = document["model"]
+        report.rollback = PhaseReport(f"{job_id}-rollback", took)
+        back = rollback_document(model["name"], model["tier"], previous_version)
+        _run_phase(jobs, report.rollback, "rollback", back, config, say)

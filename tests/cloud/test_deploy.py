@@ -254,3 +254,25 @@ def test_cli_publish_and_rollout_on_the_local_backend(tmp_path, test_models, sig
     )
     assert "package is unsigned; run fleetloop models sign first" in caplog.text
     assert "v6: unsigned (no signature field)" in caplog.text
+
+
+def test_a_fleet_phase_abort_rolls_back_the_canary_too(tmp_path, test_models, signing_keys, frames):
+    """Measured in a 2-robot demo: the canary took a model its fleet robot refused, and kept it."""
+    things = ["robot-a", "robot-b", "robot-c"]
+    lax = manager_config(shadow=ShadowConfig(enabled=False), watchdog=WatchdogConfig(enabled=False))
+    with Fleet(tmp_path, test_models, signing_keys, frames, things, {"robot-b": lax}) as fleet:
+        bucket = f"file://{tmp_path / 'bucket'}"
+        document = _document(fleet.robots["robot-a"], "v-const", fault="constant", bucket=bucket)
+        report = rollout(
+            LocalDirJobs(fleet.jobs_dir),
+            things,
+            document,
+            "r3",
+            RolloutConfig(canary_count=1, canary_timeout_s=60, fleet_timeout_s=60, poll_s=0.05),
+            canaries=["robot-b"],  # its shadow check is off: it takes the model
+            previous_version="v1",
+        )
+    assert report.aborted and report.canary.succeeded() == ["robot-b"]
+    assert report.fleet.failed() and "finished executions failed" in report.reason
+    assert report.rollback.things == ["robot-b"] and report.rollback.results["robot-b"]["status"] == "SUCCEEDED"
+    assert {r.cascade.edge.version for r in fleet.robots.values()} == {"v1"}  # one version, the one before
