@@ -77,21 +77,22 @@ def test_local_rollout_canary_then_fleet(tmp_path, test_models, signing_keys, fr
     assert report.canary.results["robot-a"]["details"]["serving_version"] == "v2"
 
 
-def test_local_abort_rolls_back_the_canary_that_took_a_bad_model(tmp_path, test_models, signing_keys, frames):
+def _constant_model_rollout(tmp_path, test_models, signing_keys, frames, job_id, config, **options):
+    """Roll a constant-output model out to robot-a, -b and -c, where only robot-b's checks are off (it
+    takes the model, the others refuse it); return (the fleet, its jobs, the report)."""
     things = ["robot-a", "robot-b", "robot-c"]
     lax = manager_config(shadow=ShadowConfig(enabled=False), watchdog=WatchdogConfig(enabled=False))
     with Fleet(tmp_path, test_models, signing_keys, frames, things, {"robot-b": lax}) as fleet:
         bucket = f"file://{tmp_path / 'bucket'}"
         document = _document(fleet.robots["robot-a"], "v-const", fault="constant", bucket=bucket)
         jobs = LocalDirJobs(fleet.jobs_dir)
-        report = rollout(
-            jobs,
-            things,
-            document,
-            "r2",
-            RolloutConfig(canary_count=2, canary_timeout_s=60, poll_s=0.05),
-            previous_version="v1",
-        )
+        report = rollout(jobs, things, document, job_id, config, previous_version="v1", **options)
+    return fleet, jobs, report
+
+
+def test_local_abort_rolls_back_the_canary_that_took_a_bad_model(tmp_path, test_models, signing_keys, frames):
+    config = RolloutConfig(canary_count=2, canary_timeout_s=60, poll_s=0.05)
+    fleet, jobs, report = _constant_model_rollout(tmp_path, test_models, signing_keys, frames, "r2", config)
     assert report.aborted and report.fleet is None
     assert report.canary.results["robot-a"]["status"] == "FAILED"
     assert report.rollback.things == ["robot-b"] and report.rollback.results["robot-b"]["status"] == "SUCCEEDED"
@@ -258,20 +259,11 @@ def test_cli_publish_and_rollout_on_the_local_backend(tmp_path, test_models, sig
 
 def test_a_fleet_phase_abort_rolls_back_the_canary_too(tmp_path, test_models, signing_keys, frames):
     """Measured in a 2-robot demo: the canary took a model its fleet robot refused, and kept it."""
-    things = ["robot-a", "robot-b", "robot-c"]
-    lax = manager_config(shadow=ShadowConfig(enabled=False), watchdog=WatchdogConfig(enabled=False))
-    with Fleet(tmp_path, test_models, signing_keys, frames, things, {"robot-b": lax}) as fleet:
-        bucket = f"file://{tmp_path / 'bucket'}"
-        document = _document(fleet.robots["robot-a"], "v-const", fault="constant", bucket=bucket)
-        report = rollout(
-            LocalDirJobs(fleet.jobs_dir),
-            things,
-            document,
-            "r3",
-            RolloutConfig(canary_count=1, canary_timeout_s=60, fleet_timeout_s=60, poll_s=0.05),
-            canaries=["robot-b"],  # its shadow check is off: it takes the model
-            previous_version="v1",
-        )
+    config = RolloutConfig(canary_count=1, canary_timeout_s=60, fleet_timeout_s=60, poll_s=0.05)
+    # robot-b, the canary, has its shadow check off: it takes the model the fleet robots refuse
+    fleet, _, report = _constant_model_rollout(
+        tmp_path, test_models, signing_keys, frames, "r3", config, canaries=["robot-b"]
+    )
     assert report.aborted and report.canary.succeeded() == ["robot-b"]
     assert report.fleet.failed() and "finished executions failed" in report.reason
     assert report.rollback.things == ["robot-b"] and report.rollback.results["robot-b"]["status"] == "SUCCEEDED"
