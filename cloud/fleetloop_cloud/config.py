@@ -220,7 +220,7 @@ class ReviewConfig(ConfigModel):
     calibration_more: int = Field(default=30, ge=0)
     calibration_max: int = Field(default=120, ge=0)
     human_budget: Optional[int] = Field(default=None, ge=0)  # frames per round beyond calibration/audit
-    strategy: str = "uncertainty-diversity"  # order of review when over budget (active.py)
+    strategy: str = "typiclust"  # order of review when over budget (active.py)
     show_suggestions: bool = True
     seed: int = 0
 

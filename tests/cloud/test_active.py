@@ -18,7 +18,7 @@ def _clusters(rng):
 
 
 def test_registry_names_and_unknown_name_is_an_error():
-    assert set(active.STRATEGIES) == {"random", "uncertainty", "diversity", "uncertainty-diversity"}
+    assert set(active.STRATEGIES) == {"random", "uncertainty", "diversity", "uncertainty-diversity", "typiclust"}
     with pytest.raises(ConfigError, match=r"unknown strategy 'coreset'.*known: random"):
         active.select("coreset", np.zeros((3, 2)), np.zeros(3), 1, np.random.default_rng(0))
 
@@ -52,3 +52,44 @@ def test_random_is_seeded_and_order_returns_a_permutation():
     assert (a == b).all()
     order = active.order("uncertainty-diversity", points, np.linspace(0, 1, len(points)), np.random.default_rng(0))
     assert sorted(order.tolist()) == list(range(len(points)))
+
+
+def _blobs(rng, sizes, spread=0.05, dim=8):
+    """Clusters of the given sizes around random unit centres in ``dim`` dimensions, unit-length rows."""
+    centres = rng.normal(size=(len(sizes), dim))
+    points = np.concatenate([c + rng.normal(0, spread, (s, dim)) for c, s in zip(centres, sizes)])
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return points.astype(np.float32), np.repeat(np.arange(len(sizes)), sizes)
+
+
+def test_typiclust_covers_every_dense_cluster_first_with_its_most_typical_frame():
+    rng = np.random.default_rng(0)
+    sizes = (400, 60, 40, 30, 20, 3)  # a dominant cluster, four smaller ones, a 3-frame outlier group
+    points, cluster = _blobs(rng, sizes)
+    picked = active.select("typiclust", points, np.zeros(len(points)), 5, np.random.default_rng(1))
+    # one frame of each of the five clusters of >= min_cluster frames, none of the outliers; random
+    # picks at this size land in the dominant cluster most of the time
+    assert sorted(cluster[picked].tolist()) == [0, 1, 2, 3, 4]
+    flat = np.zeros(len(points))
+    randoms = [set(cluster[active.select("random", points, flat, 5, np.random.default_rng(s))]) for s in range(20)]
+    assert sum(len(r) == 5 for r in randoms) < 5
+    # each pick is its cluster's most typical frame: the closest to the cluster's centre, up to ties
+    for index in picked:
+        members = points[cluster == cluster[index]]
+        centre = members.mean(axis=0)
+        centre /= np.linalg.norm(centre)
+        assert points[index] @ centre >= np.quantile(members @ centre, 0.8)
+
+
+def test_typiclust_counts_labeled_frames_and_leaves_outlier_groups_for_last():
+    rng = np.random.default_rng(2)
+    points, cluster = _blobs(rng, (80, 80, 80, 3))
+    labeled = np.concatenate([points[cluster == 0][:3], points[cluster == 1][:3]])
+    picked = active.select("typiclust", points, np.zeros(len(points)), 3, np.random.default_rng(0), labeled)
+    assert cluster[picked[0]] == 2  # the one dense cluster nobody labeled yet comes first
+    # 6 labeled + 4 picks: ten k-means clusters, the 3-frame outlier group one of them, never picked
+    # while a cluster of >= min_cluster frames has frames left
+    more = active.select("typiclust", points, np.zeros(len(points)), 4, np.random.default_rng(0), labeled)
+    assert 3 not in set(cluster[more].tolist())
+    every = active.order("typiclust", points, np.zeros(len(points)), np.random.default_rng(0))
+    assert sorted(every.tolist()) == list(range(len(points)))

@@ -3,9 +3,11 @@
 The unlabeled pool is every frame the fleet saw (the upload-all arm's frames); the model is a
 linear probe (multinomial logistic regression) on the frozen T1 foundation embedding, retrained
 at each budget; accuracy is measured on the held-out field test sets of the fleet's sites. The
-active-learning arm picks each next batch with the cloud loop's own strategy
-(``fleetloop_cloud.active``, uncertainty x diversity over the embeddings, uncertainty from the
-current probe), the random arm picks uniformly; both start from the same random seed batch. The
+active-learning arm picks every batch with the cloud loop's own strategy (``review.strategy``,
+``fleetloop_cloud.active``; uncertainty from the current probe where the strategy uses it), its
+first batch included (no probe yet: every frame equally uncertain), the random arm picks uniformly.
+Until the eleventh session both arms started from the same random batch of 25 labels, so an arm
+could not differ from random below 25 labels, and the target was reached at 45-100. The
 reference is the probe trained on every frame of the pool ("upload all").
 """
 
@@ -59,7 +61,10 @@ class Curve:
     runs: list[list[float]] = field(default_factory=list)
 
     def labels_to_reach(self, target: float) -> float | None:
-        """Return the labels needed to reach ``target`` accuracy (log-linear between budgets), None if never."""
+        """Return the labels needed to reach ``target`` accuracy (log-linear between budgets), None if never.
+
+        Reached at the first budget, that budget is returned: the strategy needed at most that many.
+        """
         for i, value in enumerate(self.accuracy):
             if value >= target:
                 if i == 0:
@@ -82,6 +87,12 @@ class ActiveLearningResult:
     labels_needed: dict[str, float | None]
     ratio: float | None  # active-learning labels / random labels (lower is better)
     strategy: str
+    at_first_budget: list[str] = field(default_factory=list)  # reached the target at the smallest budget tried
+
+    @property
+    def ratio_is_upper_bound(self) -> bool:
+        """True when the active-learning arm reached the target at the first budget (it may need fewer)."""
+        return self.strategy in self.at_first_budget and "random" not in self.at_first_budget
 
     def to_dict(self) -> dict:
         return {
@@ -92,6 +103,8 @@ class ActiveLearningResult:
             "strategy": self.strategy,
             "labels_needed": {k: (round(v, 1) if v is not None else None) for k, v in self.labels_needed.items()},
             "ratio": round(self.ratio, 4) if self.ratio is not None else None,
+            "ratio_is_upper_bound": self.ratio_is_upper_bound,
+            "at_first_budget": self.at_first_budget,
             "curves": {
                 k: {"budgets": c.budgets, "accuracy": [round(a, 4) for a in c.accuracy]} for k, c in self.curves.items()
             },
@@ -123,8 +136,7 @@ def run(
         runs = []
         for repeat in range(repeats):
             rng = np.random.default_rng((seed, repeat))
-            first = min(budgets[0], len(pool_labels))
-            labeled = rng.choice(len(pool_labels), size=first, replace=False)
+            labeled = np.zeros(0, np.int64)
             accuracies = []
             for budget in budgets:
                 if budget > len(labeled):
@@ -134,6 +146,9 @@ def run(
                     candidates = np.flatnonzero(~mask)
                     if name == "random":
                         extra = rng.choice(candidates, size=need, replace=False)
+                    elif not len(labeled):  # no probe yet: the strategy picks with every frame equally uncertain
+                        flat = np.ones(len(candidates))
+                        extra = candidates[active.select(name, pool_features[candidates], flat, need, rng)]
                     else:
                         w, b = train_probe(pool_features[labeled], pool_labels[labeled], classes, seed=seed)
                         probs = probe_probs(pool_features[candidates], w, b)
@@ -152,4 +167,7 @@ def run(
         curves[name] = Curve(name, budgets, list(np.mean(runs, axis=0)), runs)
     needed = {name: curve.labels_to_reach(target) for name, curve in curves.items()}
     ratio = needed[strategy] / needed["random"] if needed[strategy] and needed["random"] else None
-    return ActiveLearningResult(reference, target, target_share, len(pool_labels), curves, needed, ratio, strategy)
+    first = [name for name, value in needed.items() if value is not None and value <= budgets[0]]
+    return ActiveLearningResult(
+        reference, target, target_share, len(pool_labels), curves, needed, ratio, strategy, first
+    )

@@ -23,7 +23,7 @@ class Arms(ConfigModel):
 
 
 class ActiveLearningSettings(ConfigModel):
-    budgets: list[int] = Field(default_factory=lambda: [25, 50, 100, 200, 400, 800])
+    budgets: list[int] = Field(default_factory=lambda: [11, 16, 22, 32, 45, 64, 90, 128, 181, 256, 362, 512, 724])
     repeats: int = Field(default=3, ge=1)
     target_share: float = Field(default=0.95, gt=0.0, le=1.0)
 

@@ -256,6 +256,12 @@ def _accuracy_lines(report: dict) -> list[str]:
             f"{al['strategy']} {al['labels_needed'].get(al['strategy'])}, random {al['labels_needed'].get('random')} "
             f"(ratio {_fmt(al['ratio'])}).",
         ]
+        if al.get("ratio_is_upper_bound"):
+            first = al["curves"][al["strategy"]]["budgets"][0]
+            lines.append(
+                f"{al['strategy']} reached it at the smallest budget tried ({first} labels, one a class), "
+                "so it may need fewer: the ratio is an upper bound."
+            )
     return lines
 
 

@@ -433,7 +433,12 @@ class Demo:
         test_images = np.concatenate([t[1] for t in test_sets])
         test_labels = np.concatenate([t[2] for t in test_sets])
         test_features = t1.infer_batch(test_images).embedding
+        from fleetloop_cloud.config import load_cloud_config
+
         settings = self.config.active_learning
+        # the cloud loop's own review order is what the arm measures
+        cloud = load_cloud_config(default_config_path("cloud.yaml"), overrides=dict(self.config.cloud))
+        strategy = cloud.review.strategy
         budgets = [b for b in settings.budgets if b <= len(labels)]
         bar = tqdm(total=2 * settings.repeats * len(budgets), desc="active learning vs random", unit="fit")
         try:
@@ -446,6 +451,7 @@ class Demo:
                 budgets,
                 repeats=settings.repeats,
                 target_share=settings.target_share,
+                strategy=strategy,
                 seed=self.config.seed,
                 progress=lambda: bar.update(1),
             )
