@@ -129,7 +129,8 @@ def typiclust_pick(
 
     Hacohen, Dekel, Weinshall, "Active Learning on a Budget: Opposite Strategies Suit High and Low
     Budgets", ICML 2022 (arXiv:2202.02794). The frames and the labeled ones are clustered by k-means
-    (k-means++ seeding, ``_kmeans``) into labeled + ``k`` clusters, at most ``max_clusters``.
+    (k-means++ seeding, ``_kmeans``) into labeled + ``k`` clusters, at most ``max_clusters`` and one
+    per ``min_cluster`` frames.
     Each pick takes, among the clusters of at least ``min_cluster`` frames (smaller ones, outlier
     groups, only when those are used up), the one with the fewest labeled and picked frames (the
     largest among equals) and in it the most typical frame: the highest inverse mean cosine distance
@@ -145,7 +146,9 @@ def typiclust_pick(
         return np.zeros(0, np.int64)
     known = np.zeros((0, x.shape[1]), np.float32) if labeled is None else np.asarray(labeled, np.float32)
     everything = np.concatenate([x, known]) if len(known) else x
-    clusters = max(1, min(len(known) + k, max_clusters, len(everything)))
+    # at most one cluster per min_cluster frames: ordering a whole review queue (k = n) would otherwise
+    # make every frame a cluster of its own, and the order would be the input's
+    clusters = max(1, min(len(known) + k, max_clusters, len(everything) // min_cluster))
     assigned = _kmeans(everything, clusters, rng)
     own = assigned[:n]
     covered = np.bincount(assigned[n:], minlength=clusters).astype(np.int64)

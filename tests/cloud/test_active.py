@@ -93,3 +93,7 @@ def test_typiclust_counts_labeled_frames_and_leaves_outlier_groups_for_last():
     assert 3 not in set(cluster[more].tolist())
     every = active.order("typiclust", points, np.zeros(len(points)), np.random.default_rng(0))
     assert sorted(every.tolist()) == list(range(len(points)))
+    # a whole queue in order (at most one cluster per 5 frames, not one per frame): the outlier group
+    # only once the clusters of >= 5 frames are used up, i.e. after most of the dense blobs' frames
+    position = {int(index): place for place, index in enumerate(every)}
+    assert min(position[int(i)] for i in np.flatnonzero(cluster == 3)) > 0.75 * len(points)
