@@ -73,14 +73,14 @@ def uncertainty_diversity_pick(
     return _k_center(embeddings, weights, k, rng, labeled)
 
 
-def _typicality(x: np.ndarray, neighbours: int, chunk: int = 2048) -> np.ndarray:
+def _typicality(x: np.ndarray, neighbours: int, chunk: int = 512) -> np.ndarray:
     """Return each row's typicality: 1 / mean cosine distance to its ``neighbours`` nearest other rows."""
     n = len(x)
     k = min(neighbours, n - 1)
     if k <= 0:
         return np.zeros(n, np.float32)
     mean = np.empty(n, np.float32)
-    for start in range(0, n, chunk):  # bounded memory for a large cluster: chunk x n distances at a time
+    for start in range(0, n, chunk):  # bounded memory for a large cluster: chunk x n distances (100 MB at n = 50,000)
         d = np.clip(1.0 - x[start : start + chunk] @ x.T, 0.0, 2.0)
         nearest = np.partition(d, k, axis=1)[:, 1 : k + 1]  # column 0 is the row itself (distance 0)
         mean[start : start + chunk] = nearest.mean(axis=1)
