@@ -91,7 +91,7 @@ def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 1
     """Return each row's cluster after k-means++ seeding (Arthur & Vassilvitskii, 2007) and Lloyd steps.
 
     Written here instead of scipy's ``kmeans2`` because its distances are not matrix products:
-    400 clusters of 14,400 x 256 embeddings took 136 s there and ~3 s with the products below.
+    400 clusters of 14,400 x 256 embeddings took 136 s there and ~2 s with the products below.
     """
     n = len(x)
     squared = (x * x).sum(axis=1)
@@ -135,8 +135,8 @@ def typiclust_pick(
     groups, only when those are used up), the one with the fewest labeled and picked frames (the
     largest among equals) and in it the most typical frame: the highest inverse mean cosine distance
     to its ``neighbours`` nearest frames of the cluster. Uncertainty is not used and no labels are
-    needed, so it can pick the very first batch: with few labels, a dense region's centre teaches a model more than a
-    doubtful frame at its edge (the paper's finding for small budgets; the demo's active-learning
+    needed, so it can pick the very first batch: with few labels, a dense region's centre teaches a
+    model more than a doubtful frame at its edge (the paper's finding for small budgets; the demo's active-learning
     arm measures it on the fleet's frames, docs/cloud_loop.md#active-learning).
     """
     x = np.asarray(embeddings, np.float32)

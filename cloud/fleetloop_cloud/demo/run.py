@@ -423,6 +423,7 @@ class Demo:
 
     def _active_learning(self, upload_all, test_sets):
         from fleetloop_core.inference import TierModel
+        from fleetloop_cloud.config import load_cloud_config
         from fleetloop_cloud.demo import active_learning
         from tqdm.auto import tqdm
 
@@ -433,8 +434,6 @@ class Demo:
         test_images = np.concatenate([t[1] for t in test_sets])
         test_labels = np.concatenate([t[2] for t in test_sets])
         test_features = t1.infer_batch(test_images).embedding
-        from fleetloop_cloud.config import load_cloud_config
-
         settings = self.config.active_learning
         # the cloud loop's own review order is what the arm measures
         cloud = load_cloud_config(default_config_path("cloud.yaml"), overrides=dict(self.config.cloud))

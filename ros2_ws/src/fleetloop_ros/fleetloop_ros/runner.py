@@ -332,7 +332,8 @@ def _leave_spin(run: ProcessRun, turns: int = 5) -> None:
 
     A node destroyed while an executor waits on it is not destroyed: rclpy defers it until the
     executor lets go, and the process ends with ``os._exit`` first, leaving the participant's 9 MB
-    segment in /dev/shm (measured: 1-2 of 8 robot stops by SIGINT, tests/ros/test_shm_segments.py).
+    segment in /dev/shm (measured: 8 of 16 robot stops by SIGINT before this wait, 0 of 16 with it;
+    tests/ros/test_shm_segments.py).
     The thread leaves within one turn (``_TURN_S``) of the stop; a blocking callback still running
     keeps it (then its node stays in use whatever we wait), so the wait is bounded by a few turns.
     """
