@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 from fleetloop_core.cli import command_line
-from fleetloop_core.dds_shm import SHM_DIR
+from fleetloop_core.dds_shm import SEGMENT, SHM_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _segments() -> set[str]:
-    return {p.name for p in SHM_DIR.glob("fastdds_*") if len(p.name) == len("fastdds_") + 16}
+    return {p.name for p in SHM_DIR.glob("fastdds_*") if SEGMENT.fullmatch(p.name)}
 
 
 def test_a_segment_left_by_a_killed_process_is_removed_when_a_node_process_starts(spawn):
@@ -70,7 +70,7 @@ def _segments_of(pid: int) -> set[str]:
     for lock in SHM_DIR.glob("fastdds_*_el"):
         try:
             name = lock.name[: -len("_el")]
-            if lock.stat().st_ino in held and len(name) == len("fastdds_") + 16:  # not the shared port files
+            if lock.stat().st_ino in held and SEGMENT.fullmatch(name):  # not the shared port files
                 found.add(name)
         except OSError:
             continue

@@ -34,7 +34,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
-_SEGMENT = re.compile(r"fastdds_[0-9a-z]{16}")
+SEGMENT = re.compile(r"fastdds_[0-9a-z]{16}")  # a participant's segment (not a port file)
 
 
 def _held(lock: Path) -> bool:
@@ -66,7 +66,7 @@ def remove_orphaned_segments(directory: Path = SHM_DIR, min_age_s: float = 5.0) 
         return removed
     for lock in locks:
         segment = lock.with_name(lock.name[: -len("_el")])
-        if not _SEGMENT.fullmatch(segment.name) or _young(lock, now - min_age_s) or _held(lock):
+        if not SEGMENT.fullmatch(segment.name) or _young(lock, now - min_age_s) or _held(lock):
             continue
         try:
             size = segment.stat().st_size if segment.exists() else 0
