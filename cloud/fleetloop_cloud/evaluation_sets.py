@@ -4,7 +4,8 @@ human-labeled frames, and the registry lookup by ``evaluation.test_set``.
 * ``simulated-field``: per simulated site in the pool, field-test items of that site at the pool's
   frame size (never streamed, so never uploaded: nothing is measured on training data);
 * ``holdout``: frames humans labeled that training never sees (a fixed hash-chosen fraction of
-  the random calibration sample), for fleets outside the simulated world.
+  the random calibration sample, a sample of the uploads: it measures accuracy on what robots upload,
+  harder than their stream), for fleets outside the simulated world.
 """
 
 from __future__ import annotations

@@ -1,24 +1,22 @@
 """The review step's routing, QA audit and tightening, on teacher outputs we control (no models run).
 
 The random calibration sample happens to miss an error mode of the teachers (it is only a
-sample): the threshold chosen from it lets wrong labels through, the audit of auto-accepted
-labels catches it, the threshold tightens, the frames under it go back to human review, and a
-second audit pass measures what is left.
+sample; the world is built around the draw): the threshold chosen from it lets wrong labels
+through, the audit of auto-accepted labels catches it, the threshold tightens, the frames under
+it go back to human review, and a second audit pass measures what is left.
 """
 
 import numpy as np
 
 from fleetloop_sim.dataset import LABELS
 from fleetloop_cloud.config import cloud_config_from_dict
-from fleetloop_cloud.loop import CloudLoop
+from fleetloop_cloud.loop import CloudLoop, review
 
 from fixtures.cloud_world import cloud_config, peaked_probs, pool_frame
 
 
-def _add(loop, index: int, truth: int, predicted: int, confidence: float, random: bool, disagree: bool = False):
-    record = pool_frame(index, truth, random)
-    sha = record.id
-    loop.pool.add_frame(record)
+def _predict(loop, index: int, predicted: int, confidence: float, disagree: bool = False) -> None:
+    sha = f"{index:064x}"
     other = (predicted + 1) % len(LABELS)
     loop.pool.put_predictions("T1", "a", [sha], peaked_probs(other if disagree else predicted, confidence)[None], None)
     loop.pool.put_predictions(
@@ -27,29 +25,37 @@ def _add(loop, index: int, truth: int, predicted: int, confidence: float, random
 
 
 def _world(loop) -> list[str]:
-    """The round-1 pool of both tests; return the frames the teachers are confidently wrong on."""
+    """The round-1 pool of both tests; return the frames the teachers are confidently wrong on.
+
+    380 frames, 120 of them the calibration sample the review step draws: 100 confident and right
+    (0.99 .. 0.999) in two classes (50 each: each class is routed on its own evidence) and 20 where the
+    tiers disagree. Of the 260 it leaves, 200 are confident and right at 0.999 and 60 confidently WRONG
+    at 0.992: the world is built around the draw so that the sample misses them, as a sample can.
+    """
     loop.pool.open_round()
-    index = 0
-    # the robots' random sample: 100 confident and right (confidence 0.99 .. 0.999) in two classes (50 each:
-    # each class is routed on its own evidence), 20 where the tiers disagree
-    for i in range(100):
-        _add(loop, index, (6, 2)[i % 2], (6, 2)[i % 2], 0.99 + 0.009 * (i / 99), random=True)
-        index += 1
-    for _ in range(20):
-        _add(loop, index, 3, 3, 0.6, random=True, disagree=True)
-        index += 1
-    # the rest: 200 confident and right at 0.999, and 60 confidently WRONG at 0.992 (missed by the sample)
-    for i in range(200):
-        _add(loop, index, (6, 2)[i % 2], (6, 2)[i % 2], 0.999, random=False)
-        index += 1
-    wrong = []
-    for _ in range(60):
-        _add(loop, index, 4, 6, 0.992, random=False)
-        wrong.append(f"{index:064x}")
-        index += 1
-    loop.pool.set_step(1, "ingest", "done", {"ingested": index})
+    count = 380
+    for index in range(count):
+        loop.pool.add_frame(pool_frame(index, None, random=index % 3 == 0))
+    drawn = set(review.calibration_draw(loop, 1, 120))
+    sample = [i for i in range(count) if f"{i:064x}" in drawn]
+    rest = [i for i in range(count) if f"{i:064x}" not in drawn]
+    truth = {}
+    for k, index in enumerate(sample[:100]):
+        truth[index] = (6, 2)[k % 2]
+        _predict(loop, index, truth[index], 0.99 + 0.009 * (k / 99))
+    for index in sample[100:]:
+        truth[index] = 3
+        _predict(loop, index, 3, 0.6, disagree=True)
+    for k, index in enumerate(rest[:200]):
+        truth[index] = (6, 2)[k % 2]
+        _predict(loop, index, truth[index], 0.999)
+    for index in rest[200:]:
+        truth[index] = 4
+        _predict(loop, index, 6, 0.992)
+    loop.pool.set_sim_labels({f"{i:064x}": label for i, label in truth.items()})
+    loop.pool.set_step(1, "ingest", "done", {"ingested": count})
     loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
-    return wrong
+    return [f"{i:064x}" for i in rest[200:]]
 
 
 def _config(tmp_path, cloud_models, max_passes: int) -> dict:
@@ -110,3 +116,34 @@ def test_audit_below_target_tightens_the_threshold_and_sends_frames_back_to_revi
         # the label history shows what happened to one of the wrong frames
         events = [e["source"] for e in loop.pool.label_events(wrong[0])]
         assert events[0] == "auto" and events[-1] == "human"
+
+
+def test_the_calibration_sample_is_drawn_from_every_upload_so_the_robots_random_picks_cannot_vouch_for_the_rest(
+    tmp_path, cloud_models
+):
+    # the robots' random picks (a sample of their stream) are easy: 100 confident and right; the frames they
+    # uploaded because their edge model doubted them hold an error mode at the same confidence
+    config = _config(tmp_path, cloud_models, max_passes=1)
+    config["review"]["calibration_sample"] = 100  # as many as the random picks: they alone would pass shirts
+    with CloudLoop(cloud_config_from_dict(config), progress=False) as loop:
+        loop.pool.open_round()
+        truth, wrong = {}, []
+        for index in range(600):
+            picked_at_random = index < 100
+            right = picked_at_random or index % 3 != 0
+            truth[index] = (6, 2)[index % 2] if right else 4
+            loop.pool.add_frame(pool_frame(index, truth[index], random=picked_at_random))
+            _predict(loop, index, truth[index] if right else 6, 0.995)
+            if not right:
+                wrong.append(f"{index:064x}")
+        loop.pool.set_step(1, "ingest", "done", {"ingested": 600})
+        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+
+        info = loop.review()
+
+        # no wrong frame was ever auto-labeled (an audit would only have caught some of them afterwards)
+        assert not [f for f in wrong if any(e["source"] == "auto" for e in loop.pool.label_events(f))]
+        sampled = {t.frame_id for t in loop.task.answers.tasks(purpose="calibration")}
+        assert len(sampled) == 100 and 5 <= sum(f"{i:064x}" in sampled for i in range(100)) <= 30  # ~17
+        shirts = info["thresholds"]["shirt"]
+        assert shirts["accepted_frames"] == 0 and shirts["accuracy"] < 0.98  # the sample showed the errors

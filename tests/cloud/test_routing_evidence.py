@@ -80,16 +80,18 @@ def test_t1_alone_carries_a_class_its_evidence_allows_while_t2_disagrees_and_eac
     with _loop(tmp_path, cloud_models, calibration_sample=200) as loop:
         loop.pool.open_round()
         world = World(loop)
-        # the random sample: T1 right on trousers (T2, lab-trained, says bag), T1 often wrong on shirts
-        for _ in range(100):
-            world.add(1, TROUSER, TROUSER, BAG, 0.97, random=True)
+        # T1 right on trousers (T2, lab-trained, says bag), T1 often wrong on shirts; the calibration sample
+        # is 200 of these 300 frames
+        trousers = [world.add(1, TROUSER, TROUSER, BAG, 0.97, random=i % 2 == 0) for i in range(150)]
         for i in range(100):
             world.add(1, SHIRT if i % 4 else TROUSER - 1, SHIRT, SHIRT, 0.95, random=True)
-        rest = [world.add(1, TROUSER, TROUSER, BAG, 0.97, random=False) for _ in range(50)]
         shirts = [world.add(1, SHIRT, SHIRT, SHIRT, 0.95, random=False) for _ in range(50)]
         world.ingested(1)
 
         info = loop.review()
+        sampled = {t.frame_id for t in loop.pool.tasks(purpose="calibration")}
+        rest, shirts = [f for f in trousers if f not in sampled], [f for f in shirts if f not in sampled]
+        assert len(sampled) == 200 and rest and shirts
 
         weights = info["weights"]
         assert weights[0] > weights[1]  # T1 earned more weight than the T2 that says bag
@@ -100,7 +102,8 @@ def test_t1_alone_carries_a_class_its_evidence_allows_while_t2_disagrees_and_eac
         audited = {t.frame_id for t in loop.pool.tasks(purpose="audit")}
         assert all(labels[f].source == "auto" for f in rest if f not in audited) and len(audited) < len(rest)
         assert all(labels[f].source == "human" for f in shirts)
-        reason = loop.pool.label_events(rest[0])[-1]["reason"]  # the evidence that admitted the label
+        unaudited = next(f for f in rest if f not in audited)
+        reason = loop.pool.label_events(unaudited)[-1]["reason"]  # the evidence that admitted the label
         assert "class trouser" in reason and "audited frames since round 0" in reason and "T2 disagrees" in reason
         assert loop.pool.get(EVIDENCE_KEY) == {"versions": ["T1", "a", "T2", "b"], "since_round": 0}
 

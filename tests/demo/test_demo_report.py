@@ -34,3 +34,21 @@ def test_a_gain_share_the_gate_left_undefined_says_why():
     assert "class coat regresses" in target["why"]
     gate.append({"round": 2, "promote": True, "reasons": []})  # it gained once: the share is simply not computed
     assert "why" not in {t["figure"]: t for t in _targets(report)}["upload_gain_share"]
+
+
+def test_the_accepted_labels_truth_check_pools_the_rounds_weighted_by_their_labels():
+    from fleetloop_cloud.demo.report import _hard_figures, _true_accuracy
+    from fleetloop_cloud.demo.report_files import _truth_text
+
+    rounds = [
+        {"simulation_only": {"auto": {"frames": 100, "accuracy": 0.99}, "human": {"frames": 50, "accuracy": 1.0}}},
+        {"simulation_only": {"auto": {"frames": 300, "accuracy": 0.95}}},
+        {"simulation_only": {}},  # a round that labeled nothing
+    ]
+    pooled = _true_accuracy(rounds)
+    assert pooled == {"auto": {"frames": 400, "accuracy": 0.96}, "human": {"frames": 50, "accuracy": 1.0}}
+    assert _truth_text(pooled) == "auto 0.960 (400), human 1.000 (50)"
+    # hard mode shows it too: a 30-label audit that passed over labels 0.925 right is visible
+    hard = {"figures": {"throughput_ratio": 4.6}, "simulation_only": {"auto": {"frames": 348, "accuracy": 0.925}}}
+    assert _hard_figures(hard)["true_accuracy"]["auto"] == {"frames": 348, "accuracy": 0.925}
+    assert _truth_text(None) == "not measured"

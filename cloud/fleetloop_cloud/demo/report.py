@@ -74,6 +74,19 @@ def _sum(rounds: Sequence[dict], *path: str) -> float:
 QA_PURPOSES = ("calibration", "audit", "second-opinion")
 
 
+def _true_accuracy(rounds: Sequence[dict]) -> dict:
+    """Return per label source the accepted labels' accuracy against the simulated truth, pooled over rounds
+    (evaluation only: the loop never reads it; what an audit of a few dozen labels can miss, this shows)."""
+    frames: dict[str, int] = {}
+    right: dict[str, float] = {}
+    for data in rounds:
+        for source, entry in (data.get("simulation_only") or {}).items():
+            if isinstance(entry, dict) and entry.get("frames"):
+                frames[source] = frames.get(source, 0) + int(entry["frames"])
+                right[source] = right.get(source, 0.0) + float(entry["accuracy"]) * int(entry["frames"])
+    return {s: {"frames": n, "accuracy": round(right[s] / n, 4)} for s, n in sorted(frames.items())}
+
+
 def _labeling(rounds: Sequence[dict], cost_model_path: Path) -> dict:
     """Return the labeling figures of several cloud rounds together (the same formula as one round)."""
     from fleetloop_cloud.config import load_cost_model
@@ -120,6 +133,7 @@ def _labeling(rounds: Sequence[dict], cost_model_path: Path) -> dict:
         # the throughput ratio if every label beyond quality control cost no human time: the most this
         # volume of uploads allows with these calibration and audit samples
         throughput_ceiling=(accepted * cost_model.human.seconds_per_label / qa_seconds) if qa_seconds else None,
+        true_accuracy=_true_accuracy(rounds),
     )
     return figures
 
@@ -256,6 +270,7 @@ def _hard_figures(hard: dict | None) -> dict | None:
         "labels": hard.get("labels"),
         "frames": hard.get("frames"),
         "audit": (hard.get("audit") or {}).get("final"),
+        "true_accuracy": _true_accuracy([hard]),
     }
 
 

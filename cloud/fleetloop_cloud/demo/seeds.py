@@ -14,6 +14,11 @@ from typing import Any, Callable
 
 from fleetloop_cloud.demo.report import AUDIT_MAX_UPPER, AUDIT_MIN_LABELS, TARGETS, wilson
 
+
+def _truth(figures: dict | None, source: str) -> float | None:
+    return (((figures or {}).get("true_accuracy") or {}).get(source) or {}).get("accuracy")
+
+
 # figure -> how to read it from one run's report.json
 FIGURES: dict[str, Callable[[dict], Any]] = {
     "throughput_ratio": lambda r: r.get("throughput_ratio"),
@@ -23,6 +28,10 @@ FIGURES: dict[str, Callable[[dict], Any]] = {
     "auto_accepted": lambda r: r["labeling"]["stream_world"].get("auto_accepted"),
     "propagated": lambda r: r["labeling"]["stream_world"].get("propagated"),
     "hard_mode_throughput_ratio": lambda r: (r["labeling"].get("hard_mode") or {}).get("throughput_ratio"),
+    # evaluation only (simulated truth): what the audits' few dozen labels a run can miss
+    "auto_true_accuracy": lambda r: _truth(r["labeling"]["stream_world"], "auto"),
+    "propagated_true_accuracy": lambda r: _truth(r["labeling"]["stream_world"], "propagated"),
+    "hard_mode_auto_true_accuracy": lambda r: _truth(r["labeling"].get("hard_mode"), "auto"),
     "auto_label_error": lambda r: r.get("auto_label_error"),
     "audited_labels": lambda r: r["labeling"]["audit"].get("frames"),
     "upload_fraction": lambda r: r.get("upload_fraction"),

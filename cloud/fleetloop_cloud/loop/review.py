@@ -5,7 +5,7 @@ when no human task is pending, runs the next phase (``info["phase"]``; ``audit-2
 ``audit``, pass 2). :data:`PHASES` are the phases every task runs; a task part adds its own
 (``review_phases``: routing and, for classifiers, track propagation):
 
-    calibration  a random sample for humans (robots' random picks first): the unbiased validation set
+    calibration  a random sample of the frames routing may auto-label, for humans: the unbiased validation set
     route        (the task's) threshold from the calibration answers; auto-accept above it
     review       the frames still unlabeled to humans (active-learning order, within budget)
     audit        a random sample of this round's automatic labels to humans
@@ -86,17 +86,26 @@ def calibration_size(loop: "CloudLoop", round_number: int) -> tuple[int, str]:
     return cfg.calibration_refresh, f"teachers unchanged since round {earlier}, {pooled} pooled answers"
 
 
-def calibration(loop: "CloudLoop", round_number: int, info: dict) -> dict:
-    """Send a random sample to humans (robots' random picks first); part of it held out when so configured."""
+def calibration_draw(loop: "CloudLoop", round_number: int, count: int) -> list[str]:
+    """Return the round's calibration sample: ``count`` frames drawn uniformly from the unlabeled ones.
+
+    Uniformly from every frame routing may auto-label, the robots' random picks no differently: the
+    evidence must be a sample of the population the thresholds admit from. The robots' random picks are
+    a sample of the camera stream, and the uploads routing labels are mostly frames the edge model
+    doubted, on which the teachers err more at the same confidence (measured on 600 hard-mode uploads:
+    at committee confidence >= 0.79 the random picks were 68 of 68 right, the other uploads 0.931).
+    """
     rows = unlabeled_rows(loop)
-    size, why = calibration_size(loop, round_number)
-    count = min(size, len(rows))
     rng = loop.rng(round_number, f"{loop.task.rng_prefix}calibration")
-    robot_random = [r for r in rows if r["random"]]
-    others = [r for r in rows if not r["random"]]
-    picked = [robot_random[i] for i in rng.permutation(len(robot_random))]
-    picked += [others[i] for i in rng.permutation(len(others))]
-    ids = [r["id"] for r in picked[:count]]
+    return [rows[int(i)]["id"] for i in rng.permutation(len(rows))[: min(count, len(rows))]]
+
+
+def calibration(loop: "CloudLoop", round_number: int, info: dict) -> dict:
+    """Send a random sample to humans; part of it held out when so configured (a sample of the uploads, so
+    the held-out set measures accuracy on what robots upload, harder than their stream)."""
+    size, why = calibration_size(loop, round_number)
+    ids = calibration_draw(loop, round_number, size)
+    count = len(ids)
     if loop.config.evaluation.test_set == "holdout":
         fraction = loop.config.evaluation.holdout_fraction
         loop.pool.set_holdout(
