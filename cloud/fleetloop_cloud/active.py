@@ -87,6 +87,16 @@ def _typicality(x: np.ndarray, neighbours: int, chunk: int = 512) -> np.ndarray:
     return 1.0 / (mean + 1e-6)
 
 
+def _nearest_centre(x: np.ndarray, centres: np.ndarray, block: int = 8192) -> np.ndarray:
+    """Return each row's nearest centre (squared Euclidean), ``block`` rows at a time: the distances of
+    100,000 frames to 500 centres at once would take 200 MB, a block of them 16 MB."""
+    norms = (centres * centres).sum(axis=1)[None, :]  # + |x|^2, the same for every centre
+    out = np.empty(len(x), np.int64)
+    for start in range(0, len(x), block):
+        out[start : start + block] = (norms - 2 * x[start : start + block] @ centres.T).argmin(axis=1)
+    return out
+
+
 def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 10) -> np.ndarray:
     """Return each row's cluster after k-means++ seeding (Arthur & Vassilvitskii, 2007) and Lloyd steps.
 
@@ -105,8 +115,7 @@ def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 1
         nearest = np.minimum(nearest, np.maximum(squared - 2 * x @ centres[i] + centres[i] @ centres[i], 0.0))
     assigned = np.zeros(n, np.int64)
     for _ in range(iterations):
-        distance = (centres * centres).sum(axis=1)[None, :] - 2 * x @ centres.T  # + |x|^2, the same for every centre
-        assigned = distance.argmin(axis=1)
+        assigned = _nearest_centre(x, centres)
         sums = np.zeros_like(centres)
         np.add.at(sums, assigned, x)
         counts = np.bincount(assigned, minlength=k)

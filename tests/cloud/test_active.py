@@ -97,3 +97,18 @@ def test_typiclust_counts_labeled_frames_and_leaves_outlier_groups_for_last():
     # only once the clusters of >= 5 frames are used up, i.e. after most of the dense blobs' frames
     position = {int(index): place for place, index in enumerate(every)}
     assert min(position[int(i)] for i in np.flatnonzero(cluster == 3)) > 0.75 * len(points)
+
+
+def test_kmeans_assigns_in_blocks_exactly_as_at_once_and_finds_separated_clusters():
+    from fleetloop_cloud.active import _kmeans, _nearest_centre
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1000, 8)).astype(np.float32)
+    centres = rng.normal(size=(7, 8)).astype(np.float32)
+    at_once = (((x[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)).argmin(axis=1)
+    assert (_nearest_centre(x, centres, block=64) == at_once).all()  # 64 rows a block: 16 blocks, the last short
+    # three far-apart blobs come back as three clusters, each whole
+    blobs = np.concatenate([rng.normal(loc=10.0 * c, size=(50, 4)) for c in range(3)]).astype(np.float32)
+    assigned = _kmeans(blobs, 3, np.random.default_rng(0))
+    assert sorted(len(set(assigned[c * 50 : (c + 1) * 50])) for c in range(3)) == [1, 1, 1]
+    assert len(set(assigned)) == 3
