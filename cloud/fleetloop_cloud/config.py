@@ -186,7 +186,7 @@ class RoutingConfig(ConfigModel):
     target_accuracy: float = Field(default=0.98, gt=0.5, lt=1)
     bound_z: float = Field(default=1.0, ge=0)  # 0: point estimate; z: Wilson lower bound
     min_validation: int = Field(default=30, ge=1)  # accepted validation frames needed for a threshold
-    # evidence frames a class (or the pooled group) needs before its threshold counts: with fewer, the
+    # evidence frames a class (or the pooled group) needs before any threshold is tried: with fewer, the
     # ~49 right answers the bound needs at 0.98 and z = 1 are most of the sample, so a threshold passes
     # only on a lucky one (benchmarks/routing_bound.py, a calibrated committee: 60 evidence frames, the
     # labels admitted 0.958 right; 120, 0.987)

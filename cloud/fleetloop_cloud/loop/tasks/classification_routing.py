@@ -179,9 +179,8 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
 def promising(result: Fit, min_validation: int, target: float) -> list[int]:
     """Return the classes more random evidence could automate: not automated, and short of evidence only for
     want of frames, not because the teachers err where they are most sure: its threshold's most confident
-    ``min_validation`` evidence frames (or all, when fewer) are no worse than ``target`` (a class under
-    ``routing.min_evidence`` frames is judged the same way: its threshold does not count yet, its evidence
-    still says whether more frames could help).
+    ``min_validation`` evidence frames (or all, when fewer) are no worse than ``target`` (a class with fewer
+    than ``routing.min_evidence`` frames is judged so too: its threshold is not tried, its frames are).
 
     A class with fewer than ``min_validation`` frames is routed in the pooled group, so the group's evidence
     decides for all its classes, and more frames are drawn from all of them alike: drawing only the group's
