@@ -67,24 +67,6 @@ def test_a_target_implies_the_loops_own_threshold_and_its_coverage():
     assert not floored.threshold.automated or floored.threshold.value >= 0.99  # the audit's floor holds
 
 
-def test_a_target_on_fewer_frames_than_min_evidence_implies_no_threshold_as_in_routing():
-    n = 100  # every frame right and sure: the bound alone would pass
-    sample = tuning.RoutingSample(
-        [str(i) for i in range(n)],
-        np.linspace(0.99, 0.999, n),
-        np.ones(n, bool),
-        np.ones(n, bool),
-        Teachers(1, {}, 1.0, "none"),
-    )
-    pool_conf, pool_agree = np.full(50, 0.995), np.ones(50, bool)
-    loose = cloud_config_from_dict({"store": "file:///tmp/x", "routing": {"min_evidence": 100}})
-    assert tuning.choose(sample, loose, 0.98, 0.0, pool_conf, pool_agree).threshold.automated
-    default = cloud_config_from_dict({"store": "file:///tmp/x"})  # min_evidence 120
-    choice = tuning.choose(sample, default, 0.98, 0.0, pool_conf, pool_agree)
-    assert not choice.threshold.automated and choice.pool_accepted == 0
-    assert "only 100 validation frames (need 120" in choice.threshold.reason
-
-
 @pytest.mark.parametrize(
     "text, message", [("abc", "expected a number"), ("1.5", "< 1"), ("0.5", "> 0.5"), ("nan", "must be")]
 )

@@ -17,7 +17,7 @@ import csv
 import hashlib
 import io
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -146,9 +146,6 @@ def choose(
     threshold = choose_threshold(
         sample.confidence, sample.correct, sample.agree, target, cfg.bound_z, cfg.min_validation, floor
     )
-    if len(sample.confidence) < cfg.min_evidence:  # as routing: a bound on so few frames passes by luck
-        reason = f"only {len(sample.confidence)} validation frames (need {cfg.min_evidence} before a threshold counts)"
-        threshold = replace(threshold, value=math.inf, accepted_frames=0, reason=reason)
     if threshold.automated and len(sample.confidence):
         covered = float(np.mean(sample.agree & (sample.confidence >= threshold.value)))
         accepted = int(np.sum(pool_agree & (pool_confidence >= threshold.value)))
