@@ -186,11 +186,6 @@ class RoutingConfig(ConfigModel):
     target_accuracy: float = Field(default=0.98, gt=0.5, lt=1)
     bound_z: float = Field(default=1.0, ge=0)  # 0: point estimate; z: Wilson lower bound
     min_validation: int = Field(default=30, ge=1)  # accepted validation frames needed for a threshold
-    # evidence frames a class (or the pooled group) needs before any threshold is tried: with fewer, the
-    # ~49 right answers the bound needs at 0.98 and z = 1 are most of the sample, so a threshold passes
-    # only on a lucky one (benchmarks/routing_bound.py, a calibrated committee: 60 evidence frames, the
-    # labels admitted 0.958 right; 120, 0.987)
-    min_evidence: int = Field(default=120, ge=1)
     calibration_min_labels: int = Field(default=20, ge=2)
     # the human answers routing learns from, pooled across rounds: the random calibration sample, the
     # frames humans reviewed (every frame routing did not accept, when review.human_budget is null:
@@ -223,7 +218,7 @@ class ReviewConfig(ConfigModel):
     # calibration frames a round (0: never more than the sample). Where nothing is automated every frame
     # goes to a person anyway, so asking in random order costs the same and makes each answer evidence.
     calibration_more: int = Field(default=30, ge=0)
-    calibration_max: int = Field(default=300, ge=0)  # room for routing.min_evidence (120) and more of a group
+    calibration_max: int = Field(default=120, ge=0)
     human_budget: Optional[int] = Field(default=None, ge=0)  # frames per round beyond calibration/audit
     strategy: str = "typiclust"  # order of review when over budget (active.py)
     show_suggestions: bool = True

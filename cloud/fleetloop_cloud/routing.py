@@ -282,16 +282,13 @@ def class_thresholds(
     z: float = 1.0,
     min_accepted: int = 30,
     floor: float = 0.0,
-    min_evidence: int = 0,
 ) -> list[Threshold]:
     """Return one threshold per class (Mondrian), each from the validation frames auto-labeled that class.
 
     A class with at least ``min_accepted`` validation frames is routed on its own evidence, so a
     class the teachers confuse (shirt) cannot ride on one they never miss (trouser). The classes
     with fewer frames form one group routed on their pooled evidence (their errors count against
-    all of them); a class or group without a passing threshold is not automated (``inf``), nor one
-    with fewer than ``min_evidence`` validation frames (a bound that passes on a sample hardly larger
-    than the frames it must accept passed by luck; its ``accuracy`` is still its evidence's).
+    all of them); a class or group without a passing threshold is not automated (``inf``).
     ``correct``: whether the auto-label matched the human label.
     """
     confidence, label, correct = np.asarray(confidence, np.float64), np.asarray(label), np.asarray(correct, bool)
@@ -299,13 +296,8 @@ def class_thresholds(
     own = counts >= min_accepted
 
     def threshold(mask: np.ndarray) -> Threshold:
-        n = int(mask.sum())
-        found = choose_threshold(confidence[mask], correct[mask], np.ones(n, bool), target, z, min_accepted, floor)
-        if n >= min_evidence:
-            return found
-        # not automated; its accuracy still says whether more frames could help (the most confident ones)
-        reason = f"only {n} validation frames (need {min_evidence} before a threshold counts)"
-        return replace(found, value=math.inf, accepted_frames=0, reason=reason)
+        ones = np.ones(int(mask.sum()), bool)
+        return choose_threshold(confidence[mask], correct[mask], ones, target, z, min_accepted, floor)
 
     pooled_classes = [c for c in range(classes) if not own[c]]
     pooled = threshold(np.isin(label, pooled_classes)) if pooled_classes else None

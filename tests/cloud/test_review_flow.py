@@ -67,7 +67,6 @@ def _config(tmp_path, cloud_models, max_passes: int) -> dict:
             "target_accuracy": 0.98,
             "bound_z": 1.0,
             "min_validation": 30,
-            "min_evidence": 30,  # a small world: 50 evidence frames a class
             "calibration_min_labels": 100000,  # keep T = 1: confidences as written
             "propagation": {"enabled": False},
         },

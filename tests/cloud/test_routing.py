@@ -156,20 +156,6 @@ def test_classes_with_little_evidence_are_routed_on_their_pooled_evidence():
     assert spoiled[0].automated and not spoiled[1].automated and not spoiled[3].automated
 
 
-def test_a_class_or_group_with_less_evidence_than_min_evidence_tries_no_threshold():
-    from fleetloop_cloud.routing import class_thresholds
-
-    # class 0: 60 frames, all right (the bound passes on them); classes 1 and 2: 25 right each (pooled: 50)
-    label = np.repeat([0, 1, 2], [60, 25, 25])
-    confidence = np.linspace(0.999, 0.9, len(label))
-    correct = np.ones(len(label), bool)
-    assert all(t.automated for t in class_thresholds(confidence, label, correct, 3, 0.98, 1.0, 30))
-    strict = class_thresholds(confidence, label, correct, 3, 0.98, 1.0, 30, min_evidence=55)
-    assert strict[0].automated  # 60 >= 55 frames of its own
-    assert not strict[1].automated and strict[1] == strict[2]  # the pooled group's 50 < 55: not even tried
-    assert "only 50 validation frames (need 55" in strict[1].reason and "pooled: 2 classes" in strict[1].reason
-
-
 def test_revalidation_keeps_consistent_evidence_and_resets_on_a_contradicting_fresh_sample():
     from fleetloop_cloud.routing import revalidate
 

@@ -55,7 +55,6 @@ def _loop(
     refresh=None,
     more=0,
     min_validation=30,
-    min_evidence=30,  # small worlds: a few dozen evidence frames a class
 ):
     data = cloud_config(
         tmp_path,
@@ -65,16 +64,10 @@ def _loop(
             "target_accuracy": 0.98,
             "bound_z": 1.0,
             "min_validation": min_validation,
-            "min_evidence": min_evidence,
             "propagation": {"enabled": False},
             "second_opinion": list(second_opinion),
         },
-        review={
-            "calibration_sample": calibration_sample,
-            "calibration_refresh": refresh,
-            "calibration_more": more,
-            "calibration_max": 120,
-        },
+        review={"calibration_sample": calibration_sample, "calibration_refresh": refresh, "calibration_more": more},
         audit={"fraction": 0.05, "min_frames": 10, "max_passes": 1},
         annotators={"simulated": {"error_rate": 0.0}},
     )

@@ -89,7 +89,6 @@ def fit(part: "ClassificationPart", found: Evidence, floor: float) -> Fit:
         cfg.bound_z,
         cfg.min_validation,
         floor,
-        cfg.min_evidence,
     )
     accepted = routing.accept_by_class(combined.confidence, combined.label, thresholds)
     return Fit(weights, thresholds, accepted, correct)
@@ -179,8 +178,7 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
 def promising(result: Fit, min_validation: int, target: float) -> list[int]:
     """Return the classes more random evidence could automate: not automated, and short of evidence only for
     want of frames, not because the teachers err where they are most sure: its threshold's most confident
-    ``min_validation`` evidence frames (or all, when fewer) are no worse than ``target`` (a class with fewer
-    than ``routing.min_evidence`` frames is judged so too: its threshold is not tried, its frames are).
+    ``min_validation`` evidence frames (or all, when fewer) are no worse than ``target``.
 
     A class with fewer than ``min_validation`` frames is routed in the pooled group, so the group's evidence
     decides for all its classes, and more frames are drawn from all of them alike: drawing only the group's
