@@ -332,6 +332,56 @@ def test_more_random_frames_in_a_stream_are_frames_alone_in_their_track(tmp_path
         assert all(label.label == TROUSER for label in labels.values()) and len(labels) == 240
 
 
+@pytest.mark.parametrize("track_frames", [True, False])
+def test_frames_of_a_track_are_left_to_its_one_human_label_unless_routing_may_auto_accept_them(
+    tmp_path, cloud_models, track_frames
+):
+    data = cloud_config(
+        tmp_path,
+        f"file://{tmp_path / 'store'}",
+        cloud_models["T1"].parent,
+        routing={
+            "min_validation": 30,
+            "second_opinion": [],
+            "propagation": {"auto_accept_track_frames": track_frames},
+        },
+        review={"calibration_sample": 60, "calibration_more": 0},
+        audit={"fraction": 0.05, "min_frames": 10, "max_passes": 1},
+        annotators={"simulated": {"error_rate": 0.0}},
+    )
+    with CloudLoop(cloud_config_from_dict(data), progress=False) as loop:
+        loop.pool.open_round()
+        rng = np.random.default_rng(2)
+        in_tracks, alone = set(), set()
+        embeddings = np.eye(120, dtype=np.float32)
+        for index in range(240):  # 40 trouser tracks of 4 frames 0.1 s apart, then 80 frames alone
+            k = index // 4 if index < 160 else index - 120
+            stamp = (k * 10**10 + (index % 4) * 10**8) if index < 160 else k * 10**10
+            record = replace(
+                pool_frame(index, TROUSER, True), stamp_ns=stamp, track_hint=f"t{k}" if index < 160 else None
+            )
+            loop.pool.add_frame(record)
+            for tier, version in (("T1", "a"), ("T2", "b")):
+                probs = peaked_probs(TROUSER, float(rng.uniform(0.97, 0.999)))[None]
+                loop.pool.put_predictions(tier, version, [record.id], probs, embeddings[k][None])
+            (in_tracks if index < 160 else alone).add(record.id)
+        loop.pool.set_step(1, "ingest", "done", {"ingested": 240})
+        loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+
+        info = loop.review()
+
+        labels = loop.pool.labels()
+        assert info["thresholds"]["trouser"]["value"] is not None and len(labels) == 240
+        auto = {f for f, label in labels.items() if label.source == "auto"}
+        assert auto & alone  # lone frames are auto-accepted either way
+        if track_frames:
+            assert auto & in_tracks
+        else:  # a track's frames wait for its one human label, which propagates
+            assert not auto & in_tracks
+            assert {labels[f].source for f in in_tracks} <= {"human", "propagated"}
+            assert sum(labels[f].source == "propagated" for f in in_tracks) > 80
+
+
 def test_a_frame_propagation_left_out_is_suggested_its_tracks_label_for_review(tmp_path, cloud_models):
     data = cloud_config(
         tmp_path,

@@ -145,7 +145,14 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
     part.pool.put(EVIDENCE_KEY, {"versions": versions, "since_round": since})
     ids, answers = found.ids, found.answers
 
-    accepted = auto_accept(part, [r["id"] for r in unlabeled_rows(loop)], round_number, result, since)
+    candidates = [r["id"] for r in unlabeled_rows(loop)]
+    propagation = part.config.routing.propagation
+    if propagation.enabled and not propagation.auto_accept_track_frames:
+        from fleetloop_cloud.loop.tasks.classification_tracks import alone_in_their_track
+
+        alone = alone_in_their_track(loop, round_number, set(candidates))
+        candidates = [f for f in candidates if f in alone]
+    accepted = auto_accept(part, candidates, round_number, result, since)
     probs_a, probs_b = found.probs_a, found.probs_b
     more = more_evidence(part, loop, round_number, result, [r["id"] for r in unlabeled_rows(loop)])
     if more:
