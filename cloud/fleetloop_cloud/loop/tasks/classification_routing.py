@@ -148,10 +148,7 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
     candidates = [r["id"] for r in unlabeled_rows(loop)]
     propagation = part.config.routing.propagation
     if propagation.enabled and not propagation.auto_accept_track_frames:
-        from fleetloop_cloud.loop.tasks.classification_tracks import alone_in_their_track
-
-        alone = alone_in_their_track(loop, round_number, set(candidates))
-        candidates = [f for f in candidates if f in alone]
+        candidates = alone_of(loop, round_number, candidates)
     accepted = auto_accept(part, candidates, round_number, result, since)
     probs_a, probs_b = found.probs_a, found.probs_b
     more = more_evidence(part, loop, round_number, result, [r["id"] for r in unlabeled_rows(loop)])
@@ -180,6 +177,15 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
         auto_accepted=info.get("auto_accepted", 0) + accepted,
     )
     return info
+
+
+def alone_of(loop: "CloudLoop", round_number: int, frames: list[str], among: list[str] | None = None) -> list[str]:
+    """Return the ``frames`` that are the only unlabeled frame of their track among ``among`` (default:
+    ``frames``), in their order (``classification_tracks.alone_in_their_track``)."""
+    from fleetloop_cloud.loop.tasks.classification_tracks import alone_in_their_track
+
+    alone = alone_in_their_track(loop, round_number, set(frames if among is None else among))
+    return [f for f in frames if f in alone]
 
 
 def promising(result: Fit, min_validation: int, target: float) -> list[int]:
@@ -226,10 +232,7 @@ def more_evidence(
     if part.config.routing.propagation.enabled:
         # a track of several frames gets one person's label that propagation spreads, cheaper than a random
         # frame's; only a frame alone in its track would be reviewed on its own anyway
-        from fleetloop_cloud.loop.tasks.classification_tracks import alone_in_their_track
-
-        alone = alone_in_their_track(loop, round_number, set(unlabeled))
-        candidates = [f for f in candidates if f in alone]
+        candidates = alone_of(loop, round_number, candidates, among=unlabeled)
     if len(candidates) < batch:
         return 0
     rng = loop.rng(round_number, f"{part.rng_prefix}calibration-more-{asked}")
