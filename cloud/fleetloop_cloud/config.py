@@ -178,11 +178,13 @@ class PropagationConfig(ConfigModel):
     # with at least this cosine of T1's embeddings (else the rest of the hint is a new track)
     hint_max_gap_s: float = Field(default=2.0, gt=0)
     hint_min_similarity: float = Field(default=0.7, ge=-1, le=1)
-    # false: routing auto-accepts only frames alone in their track; a track of several frames gets one
-    # person's label that propagates. The committee errs about an item in every frame it is seen, so a
-    # track's frames err together while routing's bound counts each evidence frame as independent
-    # (three seeds at 8263589: 8 of 13 wrong auto-labels came two or four from one track)
-    auto_accept_track_frames: bool = True
+    # how routing treats a track of several unlabeled frames: ``frame``: each frame by the class thresholds, like
+    # any frame; ``track``: the track as one (its committee averaged over its frames, thresholds from evidence
+    # counted per track: classification_track_routing); ``human``: left to the track's one human label, which
+    # propagates. The committee errs about an item in every frame it is seen, so a track's frames err together
+    # while the frame thresholds' bound counts each evidence frame as independent (three seeds at 8263589:
+    # 8 of 13 wrong auto-labels came two or four from one track)
+    track_frames: Literal["frame", "track", "human"] = "frame"
 
 
 class RoutingConfig(ConfigModel):

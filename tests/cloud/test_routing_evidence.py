@@ -17,7 +17,7 @@ from fleetloop_cloud.review.items import describe, teachers
 
 from fixtures.cloud_world import cloud_config, peaked_probs, pool_frame
 
-SHIRT, TROUSER, BAG = LABELS.index("shirt"), LABELS.index("trouser"), LABELS.index("bag")
+SHIRT, TROUSER, BAG, DRESS = (LABELS.index(c) for c in ("shirt", "trouser", "bag", "dress"))
 
 
 class World:
@@ -332,7 +332,7 @@ def test_more_random_frames_in_a_stream_are_frames_alone_in_their_track(tmp_path
         assert all(label.label == TROUSER for label in labels.values()) and len(labels) == 240
 
 
-@pytest.mark.parametrize("track_frames", [True, False])
+@pytest.mark.parametrize("track_frames", ["frame", "human"])
 def test_frames_of_a_track_are_left_to_its_one_human_label_unless_routing_may_auto_accept_them(
     tmp_path, cloud_models, track_frames
 ):
@@ -343,7 +343,7 @@ def test_frames_of_a_track_are_left_to_its_one_human_label_unless_routing_may_au
         routing={
             "min_validation": 30,
             "second_opinion": [],
-            "propagation": {"auto_accept_track_frames": track_frames},
+            "propagation": {"track_frames": track_frames},
         },
         review={"calibration_sample": 60, "calibration_more": 0},
         audit={"fraction": 0.05, "min_frames": 10, "max_passes": 1},
@@ -374,7 +374,7 @@ def test_frames_of_a_track_are_left_to_its_one_human_label_unless_routing_may_au
         assert info["thresholds"]["trouser"]["value"] is not None and len(labels) == 240
         auto = {f for f, label in labels.items() if label.source == "auto"}
         assert auto & alone  # lone frames are auto-accepted either way
-        if track_frames:
+        if track_frames == "frame":
             assert auto & in_tracks
         else:  # a track's frames wait for its one human label, which propagates
             assert not auto & in_tracks
@@ -430,3 +430,85 @@ def test_a_frame_propagation_left_out_is_suggested_its_tracks_label_for_review(t
         shown = {f: describe(loop.pool, loop.config, labels, review[f], state)["suggestion"] for f in review}
         assert all(shown[f]["source"] == "track" and shown[f]["name"] == labels[TROUSER] for f in track_labeled)
         assert all(shown[f]["source"] == "teachers" for f in alone if f in review)
+
+
+def _track_world(tmp_path, cloud_models, track_frames, tracks, length, alone, calibration, seed):
+    """A round of ``tracks`` trouser tracks of ``length`` frames (0.1 s apart) and ``alone`` lone trousers,
+    the teachers sure of every frame; the second frame of track 0 they call a dress. Returns (loop,
+    {frame: its track}, the frames alone, the dress frame)."""
+    data = cloud_config(
+        tmp_path,
+        f"file://{tmp_path / 'store'}",
+        cloud_models["T1"].parent,
+        routing={"min_validation": 30, "second_opinion": [], "propagation": {"track_frames": track_frames}},
+        review={"calibration_sample": calibration, "calibration_more": 0},
+        audit={"fraction": 0.05, "min_frames": 10, "max_passes": 1},
+        annotators={"simulated": {"error_rate": 0.0}},
+    )
+    loop = CloudLoop(cloud_config_from_dict(data), progress=False)
+    loop.pool.open_round()
+    rng = np.random.default_rng(seed)
+    track_of, lone, dress = {}, set(), ""
+    embeddings = np.eye(tracks + alone, dtype=np.float32)
+    for k in range(tracks + alone):
+        for j in range(length if k < tracks else 1):
+            index = len(track_of) + len(lone)
+            record = replace(
+                pool_frame(index, TROUSER, True),
+                stamp_ns=k * 10**10 + j * 10**8,
+                track_hint=f"t{k}" if k < tracks else None,
+            )
+            loop.pool.add_frame(record)
+            said = DRESS if (k, j) == (0, 1) else TROUSER
+            for tier, version in (("T1", "a"), ("T2", "b")):
+                probs = peaked_probs(said, float(rng.uniform(0.97, 0.999)))[None]
+                loop.pool.put_predictions(tier, version, [record.id], probs, embeddings[k][None])
+            if k < tracks:
+                track_of[record.id] = k
+                dress = record.id if said == DRESS else dress
+            else:
+                lone.add(record.id)
+    loop.pool.set_step(1, "ingest", "done", {"ingested": len(track_of) + len(lone)})
+    loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+    return loop, track_of, lone, dress
+
+
+def test_a_track_is_auto_labeled_as_one_where_the_evidence_counted_per_track_allows(tmp_path, cloud_models):
+    loop, track_of, _, dress = _track_world(tmp_path, cloud_models, "track", 90, 3, 0, 120, 3)
+    with loop:
+        info = loop.review()
+
+        labels = loop.pool.labels()
+        decided = info["tracks"]
+        assert decided["evidence_tracks"] >= 49 and decided["thresholds"]["trouser"]["value"] is not None
+        by_track = [
+            f for f in labels if any("with its track" in e["reason"] for e in loop.pool.label_events(f))
+        ]  # some of them audited since
+        assert decided["accepted_tracks"] > 0 and len(by_track) == decided["accepted_frames"]
+        human = {track_of[f] for f in labels if any("calibration" in e["reason"] for e in loop.pool.label_events(f))}
+        for frame in by_track:  # a whole track no person had labeled, each of its frames with the track's class
+            assert track_of[frame] not in human and labels[frame].label == TROUSER
+            assert all(f in by_track for f, k in track_of.items() if k == track_of[frame] and f != dress)
+        # a frame whose committee contradicts its track's class is left to people
+        assert dress not in by_track and labels[dress].source == "human"
+
+
+@pytest.mark.parametrize("track_frames", ["frame", "track"])
+def test_frames_of_a_track_are_judged_on_evidence_counted_per_track(tmp_path, cloud_models, track_frames):
+    # 200 lone frames and 10 tracks of 4: the calibration sample is evidence enough for frames, not for tracks
+    loop, track_of, lone, _ = _track_world(tmp_path, cloud_models, track_frames, 10, 4, 200, 60, 4)
+    with loop:
+        info = loop.review()
+
+        labels = loop.pool.labels()
+        assert info["thresholds"]["trouser"]["value"] is not None
+        events = {f: [e["reason"] for e in loop.pool.label_events(f)] for f in labels}
+        auto = {f for f, reasons in events.items() if any(r.startswith("auto-accepted") for r in reasons)}
+        assert auto & lone
+        asked = {track_of[f] for f, reasons in events.items() if f in track_of and "calibration" in reasons[0]}
+        unasked = {f for f, k in track_of.items() if k not in asked}
+        assert unasked  # tracks no calibration frame fell in
+        if track_frames == "frame":
+            assert unasked <= auto
+        else:  # at most 10 evidence tracks: no track threshold, the tracks wait for one person's label
+            assert info["tracks"]["evidence_tracks"] <= 10 and not unasked & auto

@@ -147,9 +147,19 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
 
     candidates = [r["id"] for r in unlabeled_rows(loop)]
     propagation = part.config.routing.propagation
-    if propagation.enabled and not propagation.auto_accept_track_frames:
+    by_tracks = propagation.track_frames if propagation.enabled else "frame"
+    if by_tracks != "frame":
         candidates = alone_of(loop, round_number, candidates)
     accepted = auto_accept(part, candidates, round_number, result, since)
+    if by_tracks == "track":
+        from fleetloop_cloud.loop.tasks.classification_track_routing import auto_accept_tracks
+
+        decided = auto_accept_tracks(part, loop, round_number, result.weights, since)
+        accepted += decided["accepted_frames"]
+        before = info.get("tracks", {})
+        for count in ("accepted_tracks", "accepted_frames"):
+            decided[count] += before.get(count, 0)
+        info["tracks"] = decided
     probs_a, probs_b = found.probs_a, found.probs_b
     more = more_evidence(part, loop, round_number, result, [r["id"] for r in unlabeled_rows(loop)])
     if more:

@@ -25,14 +25,16 @@ def _part(loop: "CloudLoop") -> "ClassificationPart":
     return loop.task  # type: ignore[return-value]
 
 
-def tracks(loop: "CloudLoop", round_number: int) -> tuple[list[str], list[str]]:
-    """Return (frame ids, track keys) over the frames with current teacher predictions (holdout aside)."""
+def tracks(loop: "CloudLoop", round_number: int, every_frame: bool = False) -> tuple[list[str], list[str]]:
+    """Return (frame ids, track keys) over the frames with current teacher predictions (holdout aside);
+    ``every_frame``: also frames the current T2 has not predicted (labeled ones, which it is not asked
+    about), as long as T1, whose embeddings chain the tracks, has."""
     tier_a, version_a, tier_b, version_b = loop.teacher_versions(round_number)
     rows = [r for r in loop.pool.frames() if not r["holdout"]]
     ids = [r["id"] for r in rows]
-    missing = set(loop.pool.missing_predictions(tier_b, version_b, ids)) | set(
-        loop.pool.missing_predictions(tier_a, version_a, ids)
-    )
+    missing = set(loop.pool.missing_predictions(tier_a, version_a, ids))
+    if not every_frame:
+        missing |= set(loop.pool.missing_predictions(tier_b, version_b, ids))
     rows = [r for r in rows if r["id"] not in missing]
     ids = [r["id"] for r in rows]
     # T1's embeddings (the foundation tier tells items apart best), T2's where T1 has none
