@@ -4,6 +4,7 @@ Teacher outputs are written into the pool directly (no model runs); humans are t
 annotator without errors, so every human label is the frame's truth.
 """
 
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -474,7 +475,7 @@ def _track_world(tmp_path, cloud_models, track_frames, tracks, length, alone, ca
 
 
 def test_a_track_is_auto_labeled_as_one_where_the_evidence_counted_per_track_allows(tmp_path, cloud_models):
-    loop, track_of, _, dress = _track_world(tmp_path, cloud_models, "track", 90, 3, 0, 120, 3)
+    loop, track_of, _, dress = _track_world(tmp_path, cloud_models, "track", 120, 3, 0, 70, 3)
     with loop:
         info = loop.review()
 
@@ -512,3 +513,24 @@ def test_frames_of_a_track_are_judged_on_evidence_counted_per_track(tmp_path, cl
             assert unasked <= auto
         else:  # at most 10 evidence tracks: no track threshold, the tracks wait for one person's label
             assert info["tracks"]["evidence_tracks"] <= 10 and not unasked & auto
+
+
+def test_the_calibration_sample_takes_one_frame_of_a_track(tmp_path, cloud_models):
+    # 40 tracks of 4 frames and 40 lone frames: 60 calibration frames from 80 tracks (a lone frame is its own)
+    loop, track_of, lone, _ = _track_world(tmp_path, cloud_models, "frame", 40, 4, 40, 60, 5)
+    with loop:
+        loop.review()
+
+        drawn = [t.frame_id for t in loop.pool.tasks(round=1, purpose="calibration")]
+        tracks_drawn = [track_of[f] for f in drawn if f in track_of]
+        assert len(drawn) == 60 and set(drawn) & lone and tracks_drawn
+        assert len(set(tracks_drawn)) == len(tracks_drawn)  # the other frames of a drawn track propagate
+
+
+def test_where_tracks_are_fewer_than_the_sample_each_gives_one_frame_before_any_gives_another(tmp_path, cloud_models):
+    loop, track_of, _, _ = _track_world(tmp_path, cloud_models, "frame", 10, 8, 0, 30, 6)
+    with loop:
+        loop.review()
+
+        drawn = [t.frame_id for t in loop.pool.tasks(round=1, purpose="calibration")]
+        assert len(drawn) == 30 and sorted(Counter(track_of[f] for f in drawn).values()) == [3] * 10

@@ -16,6 +16,7 @@ The step waits (status ``waiting``) while humans have open tasks; running it aga
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import math
@@ -87,17 +88,30 @@ def calibration_size(loop: "CloudLoop", round_number: int) -> tuple[int, str]:
 
 
 def calibration_draw(loop: "CloudLoop", round_number: int, count: int) -> list[str]:
-    """Return the round's calibration sample: ``count`` frames drawn uniformly from the unlabeled ones.
+    """Return the round's calibration sample: ``count`` frames drawn uniformly from the unlabeled ones, one of
+    each sampling unit (``CloudTask.sampling_units``: a classifier's tracks) before a second of any.
 
     Uniformly from every frame routing may auto-label, the robots' random picks no differently: the
     evidence must be a sample of the population the thresholds admit from. The robots' random picks are
     a sample of the camera stream, and the uploads routing labels are mostly frames the edge model
     doubted, on which the teachers err more at the same confidence (measured on 600 hard-mode uploads:
     at committee confidence >= 0.79 the random picks were 68 of 68 right, the other uploads 0.931).
+    One frame a track: the teachers err about an item in every frame of its track, so a second frame of
+    a drawn track is not a second piece of evidence, and the label a person gives it propagation gives
+    for free (measured on a seed-0 demo pool: 84 of 210 calibration frames fell in a track already
+    drawn). Frames of long tracks are drawn less often than their number; the frames the thresholds
+    admit are judged on evidence that leans to short tracks and lone frames, the harder ones.
     """
     rows = unlabeled_rows(loop)
     rng = loop.rng(round_number, f"{loop.task.rng_prefix}calibration")
-    return [rows[int(i)]["id"] for i in rng.permutation(len(rows))[: min(count, len(rows))]]
+    ids = [rows[int(i)]["id"] for i in rng.permutation(len(rows))]
+    # the k-th frame drawn of its unit waits until every unit has given k - 1 (the sample keeps its size)
+    rank, before = [], collections.Counter()
+    for unit in loop.task.sampling_units(round_number, ids):
+        rank.append(before[unit])
+        before[unit] += 1
+    order = sorted(range(len(ids)), key=lambda i: (rank[i], i))
+    return [ids[i] for i in order[: min(count, len(ids))]]
 
 
 def calibration(loop: "CloudLoop", round_number: int, info: dict) -> dict:

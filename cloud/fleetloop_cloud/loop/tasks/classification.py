@@ -162,6 +162,15 @@ class ClassificationPart(classification_report.ClassificationSummary):
         """Return the tiers' combined class of each frame (uncalibrated)."""
         return [int(label) for label in self.combined(round_number, ids).label]
 
+    def sampling_units(self, round_number: int, ids: Sequence[str]) -> list[str]:
+        """Return the track of each frame while propagation is on (a frame no track holds: itself); the
+        calibration sample takes at most one frame of each (``review.calibration_draw``)."""
+        if not self.config.routing.propagation.enabled:
+            return list(ids)
+        frames, keys = classification_tracks.tracks(self.loop, round_number)
+        track_of = dict(zip(frames, keys))
+        return [track_of.get(f, f) for f in ids]
+
     def label_value(self, label) -> int:
         return label.label
 

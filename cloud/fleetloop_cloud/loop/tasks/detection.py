@@ -7,6 +7,7 @@ confidence threshold from it (box_consensus: mean IoU and class accuracy against
 conflict, matched IoU >= min_tier_iou) at or above it -> humans check the rest -> the audit measures
 auto boxes the same way. Human work is timed per box action (``cost_model.yaml: boxes``); the manual
 baseline boxes every accepted frame from scratch. Evaluation: the mAP@0.5 gate, mAP@0.5:0.95 beside.
+~400 lines: one class is the detector side of every CloudTask method (classification splits its own in modules).
 """
 
 from __future__ import annotations
@@ -237,6 +238,9 @@ class DetectionPart(detection_report.DetectionSummary):
         if not self.config.review.show_suggestions:
             return [None] * len(ids)
         return [c.fused for c in self.consensus(round_number, ids)]
+
+    def sampling_units(self, round_number: int, ids: Sequence[str]) -> list[str]:
+        return list(ids)  # boxes are not propagated along tracks: each frame is its own sampling unit
 
     def label_value(self, label) -> BoxSet:
         return label.boxes
