@@ -331,6 +331,11 @@ class EvaluationConfig(ConfigModel):
     max_site_regression: float = Field(default=0.03, ge=0, le=1)
     min_support: int = Field(default=20, ge=1)  # classes/sites with fewer test frames are not gated
     regression_z: float = Field(default=1.0, ge=0)  # a drop within this many standard errors is noise (0: limit only)
+    # the chance that two equally good models are told apart by a "regression" somewhere among the m sites and
+    # classes gated: each is judged at max(regression_z, the normal quantile 1 - alpha / m) standard errors
+    # (Bonferroni); None: regression_z alone. At z = 1 each of 15 groups passes an equally good model 84 % of the
+    # time, all 15 (were they independent) 7 %
+    regression_alpha: Optional[float] = Field(default=0.05, gt=0, lt=1)
     tiers: tuple[str, ...] = ("T2", "T3", "T4")
     edge_precision: Literal["fp32", "int8"] = "fp32"  # which edge variant is gated and registered
 

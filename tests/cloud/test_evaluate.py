@@ -24,10 +24,11 @@ def test_promotes_a_better_model_with_no_regression():
 def test_blocks_too_small_a_gain_and_site_or_class_regressions():
     before = _scores(0.80, {"site-0": (0.8, 500), "site-1": (0.8, 500)}, {"bag": (0.7, 100), "none": (0.9, 10)})
     assert not gate(before, _scores(0.805, before.per_site, before.per_class), CONFIG).promote
-    worse_site = _scores(0.85, {"site-0": (0.95, 500), "site-1": (0.75, 500)}, before.per_class)
+    # beyond its limit and its noise (three groups gated: 2.13 standard errors, 0.058 here)
+    worse_site = _scores(0.85, {"site-0": (0.95, 500), "site-1": (0.70, 500)}, before.per_class)
     decision = gate(before, worse_site, CONFIG)
     assert not decision.promote and "site:site-1" in decision.regressions
-    worse_class = _scores(0.85, {"site-0": (0.85, 500), "site-1": (0.85, 500)}, {"bag": (0.6, 100), "none": (0.5, 10)})
+    worse_class = _scores(0.85, {"site-0": (0.85, 500), "site-1": (0.85, 500)}, {"bag": (0.45, 100), "none": (0.5, 10)})
     decision = gate(before, worse_class, CONFIG)
     assert not decision.promote and set(decision.regressions) == {"class:bag"}  # 'none' has 10 < 20 frames
 
@@ -73,7 +74,23 @@ def test_a_drop_within_the_sampling_noise_of_a_small_site_is_no_regression():
     # the same drop on 2000 frames is beyond its noise (0.016): a regression
     big = _scores(0.30, {"site-0": (0.10, 2000), "site-1": (0.527, 2000)}, {})
     decision = gate(big, _scores(0.55, {"site-0": (0.61, 2000), "site-1": (0.487, 2000)}, {}), CONFIG)
-    assert not decision.promote and "noise 0.016" in decision.reasons[0]
-    # regression_z 0: the limit alone decides
-    strict = EvaluationConfig(**{**CONFIG.model_dump(), "regression_z": 0.0})
+    # (two sites gated: each at the 1 - 0.05 / 2 quantile, 1.96 standard errors, 0.031)
+    assert not decision.promote and "noise 0.031" in decision.reasons[0]
+    # regression_z 0 and no family correction: the limit alone decides
+    strict = EvaluationConfig(**{**CONFIG.model_dump(), "regression_z": 0.0, "regression_alpha": None})
     assert not gate(before, after, strict).promote
+
+
+def test_a_drop_that_one_of_fifteen_gated_classes_shows_by_chance_is_no_regression():
+    # 15 classes of 50 frames; a candidate 0.03 better overall, one class 0.10 down (1.05 standard errors, as
+    # a demo's sneakers 0.488 -> 0.384): at one standard error a group in 15 drops that far by chance most times
+    classes = {f"class-{i}": (0.5, 50) for i in range(15)}
+    before = _scores(0.60, {}, classes)
+    after = _scores(0.63, {}, {**classes, "class-3": (0.39, 50)})
+    assert gate(before, after, CONFIG).promote
+    per_group = EvaluationConfig(**{**CONFIG.model_dump(), "regression_alpha": None})
+    decision = gate(before, after, per_group)
+    assert not decision.promote and "class-3" in decision.reasons[0]
+    # a class that loses 0.30 is beyond the family's noise too (2.71 standard errors, 0.246)
+    worse = gate(before, _scores(0.63, {}, {**classes, "class-3": (0.20, 50)}), CONFIG)
+    assert not worse.promote and "noise 0.246" in worse.reasons[0]
