@@ -24,7 +24,7 @@ from fleetloop_cloud import routing
 from fleetloop_cloud.autolabel import combine
 from fleetloop_cloud.loop.review import unlabeled_rows
 from fleetloop_cloud.loop.tasks.classification_routing import answer_history
-from fleetloop_cloud.loop.tasks.classification_tracks import tracks
+from fleetloop_cloud.loop.tasks.classification_tracks import open_tracks, tracks
 
 if TYPE_CHECKING:
     from fleetloop_cloud.loop.core import CloudLoop
@@ -100,21 +100,6 @@ def evidence(
     )
 
 
-def unlabeled_tracks(part: "ClassificationPart", loop: "CloudLoop", ids: list[str], keys: list[str]) -> dict:
-    """Return {track: indices of its unlabeled frames} of the tracks (``keys`` of ``ids``) no person labeled
-    that have two or more unlabeled frames."""
-    unlabeled = {r["id"] for r in unlabeled_rows(loop)}
-    labels = part.pool.labels(ids)
-    out = {}
-    for key, index in members(keys).items():
-        if any(ids[i] in labels and labels[ids[i]].source == "human" for i in index):
-            continue
-        waiting = [i for i in index if ids[i] in unlabeled]
-        if len(waiting) > 1:
-            out[key] = waiting
-    return out
-
-
 def auto_accept_tracks(
     part: "ClassificationPart", loop: "CloudLoop", round_number: int, weights: tuple[float, float], since: int
 ) -> dict:
@@ -135,13 +120,14 @@ def auto_accept_tracks(
         cfg.min_validation,
         floor,
     )
-    open_tracks = unlabeled_tracks(part, loop, ids, keys)
-    frames = [ids[i] for index in open_tracks.values() for i in index]
+    waiting = open_tracks(loop, ids, keys, {r["id"] for r in unlabeled_rows(loop)})
+    waiting = {key: index for key, index in waiting.items() if len(index) > 1}
+    frames = [ids[i] for index in waiting.values() for i in index]
     combined = part.combined(round_number, frames, weights)
     position = {f: j for j, f in enumerate(frames)}
     accepted_tracks, accepted_frames = 0, 0
     with part.pool.transaction():
-        for key, index in open_tracks.items():
+        for key, index in waiting.items():
             rows = [position[ids[i]] for i in index]
             label, confidence = average(combined.probs[rows])
             t = thresholds[label]
@@ -168,7 +154,7 @@ def auto_accept_tracks(
     return {
         "thresholds": {part.frame_labels[c]: t.to_dict() for c, t in enumerate(thresholds)},
         "evidence_tracks": len(found.keys),
-        "open_tracks": len(open_tracks),
+        "open_tracks": len(waiting),
         "accepted_tracks": accepted_tracks,
         "accepted_frames": accepted_frames,
     }

@@ -91,16 +91,24 @@ def track_labels(loop: "CloudLoop", round_number: int, frame_ids: list[str]) -> 
     return out
 
 
+def open_tracks(loop: "CloudLoop", ids: list[str], keys: list[str], unlabeled: set[str]) -> dict[str, list[int]]:
+    """Return {track: the indices of its frames in ``unlabeled``} of the tracks (``keys`` of ``ids``) no person
+    has labeled that hold at least one such frame, in the order of the tracks' first frames in ``ids``."""
+    labeled = people_labeled(loop, ids, keys)
+    out: dict[str, list[int]] = {}
+    for i, (frame, key) in enumerate(zip(ids, keys)):
+        if key not in labeled:
+            waiting = out.setdefault(key, [])
+            if frame in unlabeled:
+                waiting.append(i)
+    return {key: index for key, index in out.items() if index}
+
+
 def alone_in_their_track(loop: "CloudLoop", round_number: int, unlabeled: set[str]) -> set[str]:
     """Return the frames of ``unlabeled`` that are the only unlabeled frame of a track no person has labeled
     (what the track phase leaves out: it asks about tracks of two or more)."""
     ids, keys = tracks(loop, round_number)
-    labeled = people_labeled(loop, ids, keys)
-    open_frames: dict[str, list[str]] = {}
-    for frame, key in zip(ids, keys):
-        if frame in unlabeled and key not in labeled:
-            open_frames.setdefault(key, []).append(frame)
-    return {frames[0] for frames in open_frames.values() if len(frames) == 1}
+    return {ids[index[0]] for index in open_tracks(loop, ids, keys, unlabeled).values() if len(index) == 1}
 
 
 def track(loop: "CloudLoop", round_number: int, info: dict) -> dict:
@@ -111,15 +119,9 @@ def track(loop: "CloudLoop", round_number: int, info: dict) -> dict:
         return info
     ids, keys = tracks(loop, round_number)
     combined = _part(loop).combined(round_number, ids, info["weights"])
-    human_tracks = set(people_labeled(loop, ids, keys))
-    unlabeled = {r["id"] for r in unlabeled_rows(loop)}
-    members: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        members.setdefault(key, []).append(i)
     representatives = []
-    for key, indices in members.items():
-        candidates = [i for i in indices if ids[i] in unlabeled]
-        if key in human_tracks or len(candidates) < 2:
+    for candidates in open_tracks(loop, ids, keys, {r["id"] for r in unlabeled_rows(loop)}).values():
+        if len(candidates) < 2:
             continue
         # the most confident agreeing frame: a human most likely confirms it, and it confirms the rest
         best = max(candidates, key=lambda i: (bool(combined.agree[i]), float(combined.confidence[i]), ids[i]))
