@@ -16,6 +16,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fleetloop_core.errors import FleetLoopError
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+# util-linux's setpriv: the broker gets SIGTERM when the thread that started it dies, so a test run or demo
+# killed without its clean-up (SIGTERM to pytest, kill -9) leaves no broker behind (seen: a mosquitto from a
+# pytest run stopped by SIGTERM ran on as an orphan); the broker must be started from a thread that outlives it
+SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
 class BrokerError(FleetLoopError):
@@ -176,9 +181,10 @@ class MosquittoBroker:
         """Start mosquitto and return once it accepts TCP connections."""
         if self._process is not None:
             return
-        self._process = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        command = [MOSQUITTO, "-c", str(self.config_path)]
+        if SETPRIV:
+            command = [SETPRIV, "--pdeathsig", "TERM", *command]
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -214,3 +218,40 @@ def test_closing_the_plane_says_no_reconnect_an_outage_does(mqtt_broker, caplog)
             assert not [r for r in caplog.records if r.levelname == "WARNING"]
     finally:
         plane.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie no init has reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_broker_ends_with_the_process_that_started_it_even_killed_without_clean_up(tmp_path):
+    # a test run or demo stopped by kill -9 (or a SIGTERM pytest does not clean up after) runs no stop()
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from fleetloop_cloud.broker import CertificateAuthority, MosquittoBroker\n"
+        f"directory = Path({str(tmp_path)!r})\n"
+        "broker = MosquittoBroker(directory, CertificateAuthority(directory / 'pki'))\n"
+        "broker.start()\n"
+        "print(broker._process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    broker_pid = 0
+    try:
+        broker_pid = int(owner.stdout.readline())
+        assert _alive(broker_pid)
+        owner.kill()
+        owner.wait()
+        assert wait_until(lambda: not _alive(broker_pid), 10.0)
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
+        if broker_pid and _alive(broker_pid):  # the failure this test is about: end the orphan here
+            os.kill(broker_pid, signal.SIGKILL)
