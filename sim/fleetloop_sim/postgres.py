@@ -2,8 +2,12 @@
 temporary directory on a free loopback port (trust authentication on 127.0.0.1 only).
 
 The server refuses to run as root, so under root the cluster belongs to the ``postgres`` system user
-that Debian's package creates and the commands run through ``runuser``. :meth:`PostgresServer.stop`
-(and leaving its ``with`` block) stops the server and removes its directory, on every path.
+that Debian's package creates and the commands run through ``runuser`` (the server itself through
+util-linux's ``setpriv``). :meth:`PostgresServer.stop` (and leaving its ``with`` block) stops the server
+and removes its directory, on every path. The server runs in the foreground as this process's child
+under ``setpriv --pdeathsig``, so it also ends when the process that started it dies without its
+clean-up (SIGTERM to pytest, kill -9): ``pg_ctl start`` daemonized it, and a stopped test run left it
+running. Start it from a thread that outlives it (the kernel ties the signal to that thread).
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -52,6 +58,7 @@ class PostgresServer:
         self.data, self.log = self.root / "data", self.root / "server.log"
         self.port = free_port()
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self._server: subprocess.Popen[bytes] | None = None
         if self._as:
             shutil.chown(self.root, "postgres")
 
@@ -61,12 +68,23 @@ class PostgresServer:
             log = self.log.read_text() if self.log.exists() else ""
             raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()} {log[-2000:]}")
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 120.0) -> None:
         self._run(_binary("initdb"), "-D", str(self.data), "-A", "trust", "-U", USER, "--no-sync")
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        options = ["-p", str(self.port), "-k", str(self.root), "-c", "listen_addresses=127.0.0.1"]
         if not self.durable:
-            options += " -c fsync=off"
-        self._run(_binary("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
+            options += ["-c", "fsync=off"]
+        user = ["--reuid=postgres", "--regid=postgres", "--init-groups"] if self._as else []
+        # fast shutdown (SIGINT) when this process dies
+        command = ["setpriv", *user, "--pdeathsig", "INT", _binary("postgres"), "-D", str(self.data), *options]
+        with open(self.log, "ab") as log:
+            self._server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        ready = [_binary("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        deadline = time.monotonic() + timeout_s
+        while subprocess.run(ready, capture_output=True).returncode != 0:
+            if self._server.poll() is not None or time.monotonic() > deadline:
+                log_text = self.log.read_text() if self.log.exists() else ""
+                raise RuntimeError(f"PostgreSQL did not start on 127.0.0.1:{self.port}: {log_text[-2000:]}")
+            time.sleep(0.05)
 
     def __enter__(self) -> "PostgresServer":
         try:
@@ -80,9 +98,15 @@ class PostgresServer:
         self.stop()
 
     def stop(self) -> None:
+        server, self._server = self._server, None
         try:
-            if (self.data / "postmaster.pid").exists():
-                self._run(_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            if server is not None and server.poll() is None:
+                server.send_signal(signal.SIGQUIT)  # immediate shutdown: the cluster is thrown away
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait(timeout=30)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -4,6 +4,11 @@ same answers lose nothing and apply nothing twice (tests/fixtures/postgres.py st
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,6 +21,7 @@ from fleetloop_cloud.pool import Pool, PoolError
 from fleetloop_cloud.pool_sql import ROW_LOCK, redact
 
 from fixtures.cloud_world import cloud_config, pool_frame
+from fixtures.mqtt import wait_until
 from fixtures.pool_workers import race
 from fixtures.uploads import frame_image, noisy, upload
 
@@ -294,3 +300,41 @@ def test_every_pool_connection_and_the_runner_lock_keep_alive_on_the_servers_sid
         shown = [pool._db.execute(f"SHOW {n}").fetchone()[0] for n in (*names, "work_mem")]
         assert shown == ["40", expected[1], expected[2], "8MB"]
         assert pool._db._db.info.get_parameters()["keepalives_idle"] == "50"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie no init has reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_server_ends_with_the_process_that_started_it_even_killed_without_clean_up():
+    # pg_ctl start daemonized it: a test run stopped by SIGTERM or kill -9 left a PostgreSQL running
+    script = (
+        "import time\n"
+        "from fleetloop_sim.postgres import PostgresServer\n"
+        "server = PostgresServer()\n"
+        "server.start()\n"
+        "print(server._server.pid, server.root, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    server_pid, root = 0, ""
+    try:
+        server_pid_text, root = owner.stdout.readline().split()
+        server_pid = int(server_pid_text)
+        assert _alive(server_pid)
+        owner.kill()
+        owner.wait()
+        assert wait_until(lambda: not _alive(server_pid), 30.0)
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
+        if server_pid and _alive(server_pid):  # the failure this test is about: end the orphan here
+            os.kill(server_pid, signal.SIGKILL)
+        if root:
+            shutil.rmtree(root, ignore_errors=True)
