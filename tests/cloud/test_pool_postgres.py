@@ -24,6 +24,7 @@ from fixtures.cloud_world import cloud_config, pool_frame
 from fixtures.mqtt import wait_until
 from fixtures.pool_workers import race
 from fixtures.uploads import frame_image, noisy, upload
+from fixtures.processes import alive
 
 TASKS = 120
 
@@ -153,7 +154,7 @@ def test_answers_lock_rows_not_the_pool_and_an_undo_never_reopens_a_collected_an
             loop_pool.mark_applied([first])
             thread, outcome = in_thread(lambda: answers.undo(pool, "ann", "s", time.time(), 60.0, task_id=first))
             thread.join(1.0)
-            assert thread.is_alive()  # waits for the collection's row lock
+            assert thread.isalive()  # waits for the collection's row lock
         thread.join(10.0)
         assert isinstance(outcome[0], Conflict) and "already collected" in str(outcome[0])
         assert pool.task(first).status == "done"
@@ -302,15 +303,6 @@ def test_every_pool_connection_and_the_runner_lock_keep_alive_on_the_servers_sid
         assert pool._db._db.info.get_parameters()["keepalives_idle"] == "50"
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie no init has reaped yet counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_the_server_ends_with_the_process_that_started_it_even_killed_without_clean_up():
     # pg_ctl start daemonized it: a test run stopped by SIGTERM or kill -9 left a PostgreSQL running
     script = (
@@ -326,15 +318,15 @@ def test_the_server_ends_with_the_process_that_started_it_even_killed_without_cl
     try:
         server_pid_text, root = owner.stdout.readline().split()
         server_pid = int(server_pid_text)
-        assert _alive(server_pid)
+        assert alive(server_pid)
         owner.kill()
         owner.wait()
-        assert wait_until(lambda: not _alive(server_pid), 30.0)
+        assert wait_until(lambda: not alive(server_pid), 30.0)
     finally:
         owner.kill()
         owner.wait()
         owner.stdout.close()
-        if server_pid and _alive(server_pid):  # the failure this test is about: end the orphan here
+        if server_pid and alive(server_pid):  # the failure this test is about: end the orphan here
             os.kill(server_pid, signal.SIGKILL)
         if root:
             shutil.rmtree(root, ignore_errors=True)

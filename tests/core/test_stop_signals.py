@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from fixtures.processes import alive
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
@@ -31,27 +33,19 @@ time.sleep(120)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            return "State:\tZ" not in handle.read()
-    except FileNotFoundError:
-        return False
-
-
 def test_a_child_in_its_own_session_ends_when_its_parent_is_killed(spawn):
     parent = spawn([sys.executable, "-c", PARENT, CHILD], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     child_pid = int(parent.stdout.readline())
     try:
-        assert _alive(child_pid)
+        assert alive(child_pid)
         parent.kill()  # no chance to stop its child itself
         parent.wait()
         deadline = time.monotonic() + 20
-        while _alive(child_pid) and time.monotonic() < deadline:
+        while alive(child_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(child_pid), "the child outlived its killed parent"
+        assert not alive(child_pid), "the child outlived its killed parent"
     finally:
-        if _alive(child_pid):
+        if alive(child_pid):
             os.kill(child_pid, signal.SIGKILL)
 
 

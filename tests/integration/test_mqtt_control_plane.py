@@ -12,6 +12,7 @@ import time
 import pytest
 
 from fixtures.mqtt import job_service, wait_until
+from fixtures.processes import alive
 from fleetloop_core.control_plane import ControlPlaneError, MqttConfig
 from fleetloop_core.mqtt_control_plane import MqttControlPlane
 from fleetloop_core.deploy_agent import DeployAgent
@@ -220,15 +221,6 @@ def test_closing_the_plane_says_no_reconnect_an_outage_does(mqtt_broker, caplog)
         plane.close()
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie no init has reaped yet counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_the_broker_ends_with_the_process_that_started_it_even_killed_without_clean_up(tmp_path):
     # a test run or demo stopped by kill -9 (or a SIGTERM pytest does not clean up after) runs no stop()
     script = (
@@ -245,13 +237,13 @@ def test_the_broker_ends_with_the_process_that_started_it_even_killed_without_cl
     broker_pid = 0
     try:
         broker_pid = int(owner.stdout.readline())
-        assert _alive(broker_pid)
+        assert alive(broker_pid)
         owner.kill()
         owner.wait()
-        assert wait_until(lambda: not _alive(broker_pid), 10.0)
+        assert wait_until(lambda: not alive(broker_pid), 10.0)
     finally:
         owner.kill()
         owner.wait()
         owner.stdout.close()
-        if broker_pid and _alive(broker_pid):  # the failure this test is about: end the orphan here
+        if broker_pid and alive(broker_pid):  # the failure this test is about: end the orphan here
             os.kill(broker_pid, signal.SIGKILL)
