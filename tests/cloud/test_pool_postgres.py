@@ -154,7 +154,7 @@ def test_answers_lock_rows_not_the_pool_and_an_undo_never_reopens_a_collected_an
             loop_pool.mark_applied([first])
             thread, outcome = in_thread(lambda: answers.undo(pool, "ann", "s", time.time(), 60.0, task_id=first))
             thread.join(1.0)
-            assert thread.isalive()  # waits for the collection's row lock
+            assert thread.is_alive()  # waits for the collection's row lock
         thread.join(10.0)
         assert isinstance(outcome[0], Conflict) and "already collected" in str(outcome[0])
         assert pool.task(first).status == "done"
