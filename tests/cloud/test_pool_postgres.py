@@ -4,11 +4,7 @@ same answers lose nothing and apply nothing twice (tests/fixtures/postgres.py st
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -24,7 +20,7 @@ from fixtures.cloud_world import cloud_config, pool_frame
 from fixtures.mqtt import wait_until
 from fixtures.pool_workers import race
 from fixtures.uploads import frame_image, noisy, upload
-from fixtures.processes import alive
+from fixtures.processes import alive, owned_process
 
 TASKS = 120
 
@@ -313,20 +309,13 @@ def test_the_server_ends_with_the_process_that_started_it_even_killed_without_cl
         "print(server._server.pid, server.root, flush=True)\n"
         "time.sleep(600)\n"
     )
-    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    server_pid, root = 0, ""
+    root = ""
     try:
-        server_pid_text, root = owner.stdout.readline().split()
-        server_pid = int(server_pid_text)
-        assert alive(server_pid)
-        owner.kill()
-        owner.wait()
-        assert wait_until(lambda: not alive(server_pid), 30.0)
-    finally:
-        owner.kill()
-        owner.wait()
-        owner.stdout.close()
-        if server_pid and alive(server_pid):  # the failure this test is about: end the orphan here
-            os.kill(server_pid, signal.SIGKILL)
+        with owned_process(script) as server:
+            root = server.fields[0]
+            assert alive(server.pid)
+            server.kill_owner()
+            assert wait_until(lambda: not alive(server.pid), 30.0)
+    finally:  # after the orphan, if any, is ended
         if root:
             shutil.rmtree(root, ignore_errors=True)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from fixtures.mqtt import job_service, wait_until
-from fixtures.processes import alive
+from fixtures.processes import alive, owned_process
 from fleetloop_core.control_plane import ControlPlaneError, MqttConfig
 from fleetloop_core.mqtt_control_plane import MqttControlPlane
 from fleetloop_core.deploy_agent import DeployAgent
@@ -233,17 +229,7 @@ def test_the_broker_ends_with_the_process_that_started_it_even_killed_without_cl
         "print(broker._process.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
-    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    broker_pid = 0
-    try:
-        broker_pid = int(owner.stdout.readline())
-        assert alive(broker_pid)
-        owner.kill()
-        owner.wait()
-        assert wait_until(lambda: not alive(broker_pid), 10.0)
-    finally:
-        owner.kill()
-        owner.wait()
-        owner.stdout.close()
-        if broker_pid and alive(broker_pid):  # the failure this test is about: end the orphan here
-            os.kill(broker_pid, signal.SIGKILL)
+    with owned_process(script) as broker:
+        assert alive(broker.pid)
+        broker.kill_owner()
+        assert wait_until(lambda: not alive(broker.pid), 10.0)

@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrackEvidence:
-    """Tracks people labeled: the class people gave, the round of the first answer, the committee's average."""
+    """Tracks people labeled: the class people gave, the committee's average (scored by the teachers of the
+    round of the track's first answer)."""
 
     keys: list[str]
     answers: np.ndarray
-    rounds: np.ndarray
     label: np.ndarray  # the class of the averaged committee probabilities
     confidence: np.ndarray  # their largest
 
@@ -95,9 +95,7 @@ def evidence(
                 label[t], confidence[t] = average(probs[start : start + size][scored])
                 keep[t] = True
             start += size
-    return TrackEvidence(
-        [k for k, ok in zip(chosen, keep) if ok], answers[keep], rounds[keep], label[keep], confidence[keep]
-    )
+    return TrackEvidence([k for k, ok in zip(chosen, keep) if ok], answers[keep], label[keep], confidence[keep])
 
 
 def auto_accept_tracks(
