@@ -84,12 +84,14 @@ def deploy_approved(
     entries: Sequence[dict[str, Any]],
     job_prefix: str,
     config: RolloutConfig | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Roll out a round's Approved edge packages (T4 first, then T3; canaries first) to ``robots``.
 
     ``entries``: the round's registry entries (``name``, ``version``, ``variant``, ``status``);
     ``registry_store``: the store the registry keeps packages in (``store_uri``), read for the manifest the
-    job pins. Returns one record per rollout: round tier, version, aborted, seconds and the report.
+    job pins. Returns one record per rollout: round tier, version, aborted, seconds and the report;
+    ``on_record`` gets each as its rollout ends.
     """
     records = []
     approved = [e for e in entries if e.get("status") == "Approved" and e.get("variant") in ("T4", "T3")]
@@ -108,6 +110,8 @@ def deploy_approved(
             record.update(aborted=True, error=str(exc))
         record["seconds"] = round(time.perf_counter() - started, 2)
         records.append(record)
+        if on_record is not None:
+            on_record(record)
     return records
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from fleetloop_core.config import default_config_path, read_yaml
 from fleetloop_core.contracts.sidecar import Sidecar
 
+from fixtures.demo_fleet import fleet_settings
+
 from fleetloop_cloud.campaigns import CampaignConfig, class_needs, propose
-from fleetloop_cloud.demo.config import RobotOverrides
-from fleetloop_cloud.demo.fleet import FleetSettings, InProcessRobot, robot_specs
-from fleetloop_cloud.demo.provision import sign_round0_packages, signing_keys
+from fleetloop_cloud.demo.fleet import InProcessRobot, robot_specs
+from fleetloop_cloud.demo.provision import signing_keys
 from fleetloop_cloud.deploy import open_fleet_jobs
 
 
@@ -27,17 +27,7 @@ def _wait_for(jobs, job_id, thing, deadline_s=30.0):
 
 
 def test_a_campaign_is_proposed_signed_sent_applied_reported_and_expires_on_a_streaming_robot(tmp_path, test_models):
-    private, trusted = signing_keys(tmp_path)
-    packages = sign_round0_packages(test_models["T4"].parent, tmp_path / "round0", private.read_bytes())
-    settings = FleetSettings(
-        root=tmp_path / "robots",
-        store_uri=f"file://{tmp_path / 'store'}",
-        jobs_uri=f"file://{tmp_path / 'jobs'}",
-        packages=packages,
-        keys_dir=trusted,
-        selection=read_yaml(default_config_path("selection.yaml")),
-        manager_overrides=RobotOverrides().manager_overrides(),
-    )
+    settings, private = fleet_settings(tmp_path, test_models["T4"].parent)
     spec = robot_specs(1, world_seed=3, task="classification")[0]
     robot = InProcessRobot(spec, settings)
     own = robot.selector.config

@@ -2,30 +2,17 @@
 
 import pytest
 
-from fleetloop_core.config import default_config_path, read_yaml
 from fleetloop_core.contracts.sidecar import Sidecar
 
+from fixtures.demo_fleet import fleet_settings
+
 from fleetloop_cloud.demo.arms import RandomUploadFleet
-from fleetloop_cloud.demo.config import RobotOverrides
-from fleetloop_cloud.demo.fleet import FleetSettings, InProcessRobot, robot_specs
-from fleetloop_cloud.demo.provision import sign_round0_packages, signing_keys
+from fleetloop_cloud.demo.fleet import InProcessRobot, robot_specs
 
 
 @pytest.mark.parametrize("task, models", [("classification", "test_models"), ("detection", "detection_models")])
 def test_a_robot_of_either_task_uploads_the_offered_frames_with_their_truth(tmp_path, request, task, models):
-    keys = signing_keys(tmp_path)
-    packages = sign_round0_packages(
-        request.getfixturevalue(models)["T4"].parent, tmp_path / "round0", keys[0].read_bytes()
-    )
-    settings = FleetSettings(
-        root=tmp_path / "robots",
-        store_uri=f"file://{tmp_path / 'store'}",
-        jobs_uri=f"file://{tmp_path / 'jobs'}",
-        packages=packages,
-        keys_dir=keys[1],
-        selection=read_yaml(default_config_path("selection.yaml")),
-        manager_overrides=RobotOverrides().manager_overrides(),
-    )
+    settings, _ = fleet_settings(tmp_path, request.getfixturevalue(models)["T4"].parent)
     spec = robot_specs(2, world_seed=3, task=task)[1]
     robot = InProcessRobot(spec, settings, selection_override=RandomUploadFleet.KEEP_ALL)
     robot.start()

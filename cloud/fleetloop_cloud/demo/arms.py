@@ -38,7 +38,9 @@ class RandomUploadFleet(InProcessFleet):
         self._rng = np.random.default_rng(seed)
 
     def start(self) -> None:
-        self.robots = [InProcessRobot(spec, self.settings, selection_override=self.KEEP_ALL) for spec in self.specs]
+        self.robots = [
+            InProcessRobot(spec, self.settings, selection_override=self.KEEP_ALL, gate=self.gate) for spec in self.specs
+        ]
         for robot in self.robots:
             robot.start()
 

@@ -48,6 +48,7 @@ from fleetloop_cloud.demo.detection_arms import DetectionUploadAll, field_test_s
 from fleetloop_cloud.demo.detection_report import headline, write_report
 from fleetloop_cloud.demo.fleet import FleetSettings, InProcessRobot, RobotRound, RobotSpec, robot_specs
 from fleetloop_cloud.demo.provision import roll_out, sign_round0_packages, signing_keys
+from fleetloop_cloud.demo.rollout_gate import RolloutGate, roll_out_in_background
 from fleetloop_cloud.job_service_local import LocalDirJobs
 from fleetloop_cloud.loop import CloudLoop
 
@@ -64,6 +65,7 @@ class DetectionArm:
     loop: CloudLoop
     jobs: LocalDirJobs
     robots: list[InProcessRobot] = field(default_factory=list)
+    gate: RolloutGate = field(default_factory=RolloutGate)  # the last round's rollouts swap in before a round
 
 
 def locate_detectors(models: Path | None, profile: str) -> Path:
@@ -148,7 +150,9 @@ def _start_arms(
             manager_overrides=robot.manager_overrides(),
             queue_synchronous="normal",
         )
-        arms[name].robots = [InProcessRobot(spec, fleet, selection_override=override) for spec in specs]
+        arms[name].robots = [
+            InProcessRobot(spec, fleet, selection_override=override, gate=arms[name].gate) for spec in specs
+        ]
         for robot_stack in arms[name].robots:
             robot_stack.start()
     return arms
@@ -189,13 +193,14 @@ def _cloud_round(arm: DetectionArm, number: int, robots: list[RobotRound], test:
 
 def _deploy_in_background(arm: DetectionArm, entries: list[dict], job_prefix: str, record: dict) -> threading.Thread:
     """Start rolling out the round's approved detectors (canary first); the records land in ``record``."""
-
-    def run() -> None:
-        record["deploys"] = roll_out(arm.jobs, arm.loop, [r.spec.robot_id for r in arm.robots], entries, job_prefix)
-
-    thread = threading.Thread(target=run, name=f"deploy-{job_prefix}", daemon=True)
-    thread.start()
-    return thread
+    robots = [r.spec.robot_id for r in arm.robots]
+    return roll_out_in_background(
+        arm.gate,
+        lambda on_record: roll_out(arm.jobs, arm.loop, robots, entries, job_prefix, on_record),
+        entries,
+        lambda records: record.__setitem__("deploys", records),
+        f"deploy-{job_prefix}",
+    )
 
 
 def _run_rounds(

@@ -40,6 +40,7 @@ from fleetloop_sim import sim, sim_tasks
 from fleetloop_core.errors import FleetLoopError
 
 from fleetloop_cloud.demo.config import merge
+from fleetloop_cloud.demo.rollout_gate import RolloutGate
 from fleetloop_cloud.simfleet import FLEET_TASKS
 
 log = logging.getLogger("fleetloop.demo")
@@ -156,6 +157,7 @@ class Fleet(Protocol):
     """What the demo needs from a fleet."""
 
     specs: list[RobotSpec]
+    gate: RolloutGate | None  # in-process robots: the last round's rollouts swap in before a round
 
     def start(self) -> None: ...
     def stream(self, frames_per_robot: int) -> list[RobotRound]: ...
@@ -252,7 +254,13 @@ class InProcessRobot:
     merged over ``settings.selection`` (the random-upload baseline's keep-everything selector).
     """
 
-    def __init__(self, spec: RobotSpec, settings: FleetSettings, selection_override: dict | None = None):
+    def __init__(
+        self,
+        spec: RobotSpec,
+        settings: FleetSettings,
+        selection_override: dict | None = None,
+        gate: RolloutGate | None = None,
+    ):
         from fleetloop_core.selection import Selector
         from fleetloop_core.selection_campaigns import Campaigns
         from fleetloop_core.signing import TrustedKeys
@@ -261,6 +269,7 @@ class InProcessRobot:
         from fleetloop_core.uploader import Uploader
 
         self.spec = spec
+        self.gate = gate  # holds the round until the arm's rollouts have swapped in (the same frame every run)
         root = settings.root / spec.robot_id
         stack = serving_stack(
             spec.robot_id,
@@ -304,6 +313,8 @@ class InProcessRobot:
         before = store_objects(self.store_root, spec.robot_id) if self.store_root else (0, 0)
         started = time.perf_counter()
         site = spec.site.name
+        if self.gate is not None:  # the last round's rollouts swap in before this round's first frame
+            self.gate.hold(self.cascade.model_versions)
         for index, frame in enumerate(self.camera.frames(frames)):
             report.frames += 1
             result = self.manager.infer(frame.image, stream=spec.stream)
@@ -343,9 +354,10 @@ class InProcessFleet:
         self.specs = list(specs)
         self.settings = settings
         self.robots: list[InProcessRobot] = []
+        self.gate: RolloutGate | None = RolloutGate()
 
     def start(self) -> None:
-        self.robots = [InProcessRobot(spec, self.settings) for spec in self.specs]
+        self.robots = [InProcessRobot(spec, self.settings, gate=self.gate) for spec in self.specs]
         for robot in self.robots:
             robot.start()
 

@@ -41,8 +41,10 @@ def sign_round0_packages(models: Path, out: Path, private_pem: bytes) -> dict[st
     return packages
 
 
-def roll_out(jobs, loop, robots: list[str], entries: list[dict], job_prefix: str) -> list[dict]:
-    """Roll out a round's approved packages (the loop's registry ``entries``) to ``robots``; return the records."""
+def roll_out(jobs, loop, robots: list[str], entries: list[dict], job_prefix: str, on_record=None) -> list[dict]:
+    """Roll out a round's approved packages (the loop's registry ``entries``) to ``robots``; return the records
+    (``on_record`` gets each as its rollout ends)."""
     from fleetloop_cloud.deploy import deploy_approved
 
-    return deploy_approved(jobs, loop.registry.store, loop.config.store, robots, entries, job_prefix, DEMO_ROLLOUT)
+    store = loop.config.store
+    return deploy_approved(jobs, loop.registry.store, store, robots, entries, job_prefix, DEMO_ROLLOUT, on_record)

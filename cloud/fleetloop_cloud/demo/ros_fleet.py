@@ -128,6 +128,7 @@ class RosFleet:
     ):
         self.specs = list(specs)
         self.settings = settings
+        self.gate = None  # robots on camera time in their own processes swap where the clock puts it
         # domain_per_robot: robot i and its cameras in ROS domain ``domain_id + i``, as robots on their own
         # machines never meet on DDS; one domain for a large fleet on one machine runs out of participant
         # ports (measured: 50 robots and 50 cameras in one domain, a camera's shared-memory port failed and

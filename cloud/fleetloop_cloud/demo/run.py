@@ -294,9 +294,7 @@ class Demo:
             run.campaign_events.append(send_after_round(arms["campaign"], number, [s.robot_id for s in run.specs]))
         # the promoted edge models deploy while the robots stream the next round
         for arm in arms.values():
-            thread = threading.Thread(target=self._deploy, args=(arm, number), daemon=True)
-            thread.start()
-            run.deploy_threads.append(thread)
+            run.deploy_threads.append(self._deploy(arm, number))
         if number == cfg.rounds:
             for thread in run.deploy_threads:
                 thread.join()
@@ -408,18 +406,21 @@ class Demo:
         ]
         return gate(scores[0], scores[1], loop_arm.loop.config.evaluation)
 
-    def _deploy(self, arm: Arm, round_number: int) -> None:
-        """Roll out the round's promoted T4/T3 packages to the arm's fleet (canary first)."""
+    def _deploy(self, arm: Arm, round_number: int) -> threading.Thread:
+        """Start rolling out the round's promoted T4/T3 packages to the arm's fleet (canary first)."""
         from fleetloop_cloud.demo.provision import roll_out
+        from fleetloop_cloud.demo.rollout_gate import roll_out_in_background
 
-        records = roll_out(
-            arm.jobs,
-            arm.loop,
-            [spec.robot_id for spec in arm.fleet.specs],
-            arm.rounds[-1].get("registry", []),
-            f"{arm.name}-r{round_number}",
+        entries = arm.rounds[-1].get("registry", [])
+        robots = [spec.robot_id for spec in arm.fleet.specs]
+        prefix = f"{arm.name}-r{round_number}"
+        return roll_out_in_background(
+            arm.fleet.gate,
+            lambda on_record: roll_out(arm.jobs, arm.loop, robots, entries, prefix, on_record),
+            entries,
+            lambda records: arm.deploys.extend({"round": round_number, **record} for record in records),
+            f"deploy-{prefix}",
         )
-        arm.deploys.extend({"round": round_number, **record} for record in records)
 
     def _active_learning(self, upload_all, test_sets):
         from fleetloop_core.inference import TierModel

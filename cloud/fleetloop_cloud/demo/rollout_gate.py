@@ -1,0 +1,97 @@
+"""When an in-process robot swaps in the last round's models: before its round's first frame, every run.
+
+The demos roll a round's promoted edge models out while the robots stream the next round. Left to the
+clock, the frame at which a robot swapped was wherever its stream happened to be when the job reached
+it (the canary's watch, the fleet phase and the T3 rollout after T4 all take wall time), so every upload
+after it depended on thread timing: two runs of one seed had identical first rounds and different
+uploads from the first frame of round 2 on, and a single-seed comparison of two versions of the code
+measured mostly that.
+
+A :class:`RolloutGate` holds each robot before the first frame of its round until every tier being
+rolled out serves its new version on the robot, or that tier's rollout has ended without it (an
+aborted canary, a failed job). A hold later in the stream would only bound the swap from above (a job
+may come before the robot gets there); before the first frame, the swap is at the same place in every
+run. The robots of a fleet stream one after another, so no robot waits for one that has not started:
+the canary's watch and the fleet phase of idle robots end on their watch window. The swap is still a
+hot swap on a running robot (its serving stack, ring buffer and watch live); ROS robots (their own
+processes, on camera time) have no gate and swap where the clock puts it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+TIERS = ("T4", "T3")  # the edge tiers a round rolls out
+
+
+class RolloutGate:
+    """One arm's gate: :meth:`expect` before its rollout starts, :meth:`hold` before a robot's round."""
+
+    def __init__(self, poll_s: float = 0.01):
+        self.poll_s = poll_s
+        self._lock = threading.Lock()
+        self._versions: dict[str, str] = {}
+        self._ended: dict[str, threading.Event] = {}
+
+    def expect(self, entries: Sequence[dict]) -> None:
+        """Hold robots for the Approved edge packages among a round's registry ``entries``."""
+        with self._lock:
+            self._versions = {
+                str(e["variant"]): str(e["version"])
+                for e in entries
+                if e.get("status") == "Approved" and e.get("variant") in TIERS
+            }
+            self._ended = {tier: threading.Event() for tier in self._versions}
+
+    def ended(self, tier: str) -> None:
+        """The rollout of ``tier`` is over (whatever came of it): hold no robot for it any more."""
+        with self._lock:
+            event = self._ended.get(tier)
+        if event is not None:
+            event.set()
+
+    def end_all(self) -> None:
+        """Every rollout is over (also when one raised): hold nothing."""
+        with self._lock:
+            events = list(self._ended.values())
+        for event in events:
+            event.set()
+
+    def hold(self, serving: Callable[[], dict[str, str]]) -> None:
+        """Wait while a tier being rolled out neither serves its new version (``serving()``: the robot's
+        version per tier) nor has ended its rollout."""
+        with self._lock:
+            waits = [(tier, version, self._ended[tier]) for tier, version in self._versions.items()]
+        for tier, version, ended in waits:
+            while serving().get(tier) != version and not ended.wait(self.poll_s):
+                pass
+
+
+def roll_out_in_background(
+    gate: RolloutGate | None,
+    run: Callable[[Callable[[dict], None]], list[dict]],
+    entries: Sequence[dict],
+    done: Callable[[list[dict]], None],
+    name: str,
+) -> threading.Thread:
+    """Start ``run(on_record)`` (the rollouts of ``entries``, calling ``on_record`` with each tier's record as
+    it ends) on a thread; ``done`` gets the records. The gate expects ``entries`` before the thread starts
+    (before a robot can start its round) and holds nothing once the thread ends, however it ends."""
+    if gate is not None:
+        gate.expect(entries)
+
+    def on_record(record: dict) -> None:
+        if gate is not None:
+            gate.ended(str(record.get("tier")))
+
+    def work() -> None:
+        try:
+            done(run(on_record))
+        finally:
+            if gate is not None:
+                gate.end_all()
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,114 @@
+"""The demos' rollout gate: a round's new models swap in before the same frame of each robot's stream every run."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fleetloop_core.contracts.manifest import MANIFEST_NAME, load_manifest
+from fleetloop_core.contracts.sidecar import Sidecar
+from fleetloop_core.model_store import publish_package
+
+from fixtures.demo_fleet import fleet_settings
+from fixtures.model_packages import make_version
+from fleetloop_cloud.demo.arms import RandomUploadFleet
+from fleetloop_cloud.demo.config import RobotOverrides
+from fleetloop_cloud.demo.fleet import InProcessRobot, robot_specs
+from fleetloop_cloud.demo.rollout_gate import RolloutGate, roll_out_in_background
+from fleetloop_cloud.fleet_jobs import RolloutConfig, deploy_document
+from fleetloop_cloud.job_service_local import LocalDirJobs
+from fleetloop_cloud.rollout import rollout
+
+T4_NEW = [{"variant": "T4", "version": "r1-new", "status": "Approved"}]
+
+
+class Serving:
+    """A robot's serving versions that turn to ``after`` on the ``swap_on``-th look."""
+
+    def __init__(self, swap_on: int | None, after: str = "r1-new"):
+        self.looks, self.swap_on, self.after = 0, swap_on, after
+
+    def __call__(self) -> dict[str, str]:
+        self.looks += 1
+        swapped = self.swap_on is not None and self.looks >= self.swap_on
+        return {"T4": self.after if swapped else "r0-old"}
+
+
+def test_a_robot_is_held_until_the_new_version_serves():
+    gate = RolloutGate(poll_s=0.001)
+    gate.expect(T4_NEW + [{"variant": "T3", "version": "r1-new", "status": "Rejected"}])
+    serving = Serving(swap_on=4)
+    gate.hold(serving)
+    assert serving.looks == 4  # waited, looking, until the fourth look saw r1-new (and nothing for T3)
+
+
+def test_a_rollout_that_ends_without_the_robot_releases_it():
+    gate = RolloutGate(poll_s=0.001)
+    gate.expect(T4_NEW)
+    serving = Serving(swap_on=None)  # an aborted canary: the new version never serves here
+    held = threading.Thread(target=gate.hold, args=(serving,))
+    held.start()
+    try:
+        gate.ended("T4")
+        held.join(30.0)
+        assert not held.is_alive()
+    finally:
+        gate.end_all()
+        held.join()
+    assert serving.looks >= 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the failure raised on purpose
+def test_nothing_is_held_for_a_tier_not_approved_or_once_the_rollouts_failed():
+    gate = RolloutGate(poll_s=0.001)
+    gate.expect([{"variant": "T3", "version": "r1-new", "status": "Rejected"}])
+    gate.hold(Serving(swap_on=None))  # returns: nothing expected
+    records: list[list[dict]] = []
+
+    def failing(on_record):
+        raise RuntimeError("the job service went away")
+
+    thread = roll_out_in_background(gate, failing, T4_NEW, records.append, "deploy-test")
+    thread.join()
+    gate.hold(Serving(swap_on=None))  # returns: the thread ended, however it ended
+    assert records == []
+
+
+def test_an_in_process_robot_swaps_in_a_rollout_before_its_rounds_first_frame(tmp_path, test_models):
+    settings, private = fleet_settings(tmp_path, test_models["T4"].parent, RobotOverrides(watchdog_window_s=0.5))
+    packages = settings.packages
+    old = load_manifest(packages["T4"]).version
+    new = make_version(packages["T4"], tmp_path / "r1", "r1-new", private.read_bytes())
+    bucket = f"file://{tmp_path / 'bucket'}"
+    document = deploy_document(
+        load_manifest(new), bucket, publish_package(new, bucket), (new / MANIFEST_NAME).read_bytes()
+    )
+    frames = 40
+    gate = RolloutGate()
+    spec = robot_specs(1, world_seed=3)[0]
+    robot = InProcessRobot(spec, settings, selection_override=RandomUploadFleet.KEEP_ALL, gate=gate)
+    robot.start()
+    config = RolloutConfig(canary_count=1, canary_timeout_s=60, fleet_timeout_s=60, poll_s=0.05)
+    reports: list = []
+
+    def run(on_record):
+        report = rollout(LocalDirJobs(tmp_path / "jobs"), [spec.robot_id], document, "r1-T4", config)
+        on_record({"tier": "T4"})
+        return [report]
+
+    try:
+        robot.stream(100)  # round 1: frames for the shadow check's ring (one of every 10 kept)
+        deploy = roll_out_in_background(gate, run, T4_NEW, reports.extend, "deploy-test")
+        robot.stream(frames)
+        deploy.join()
+    finally:
+        robot.stop()
+    assert reports and reports[0].succeeded, reports
+    sidecars = sorted(
+        (Sidecar.model_validate_json(p.read_text()) for p in (tmp_path / "store").rglob("*.json")),
+        key=lambda s: s.stamp_ns,
+    )
+    served = [s.model_versions.get("T4") for s in sidecars[100:]]
+    assert len(sidecars) == 100 + frames and {s.model_versions.get("T4") for s in sidecars[:100]} == {old}
+    assert served == ["r1-new"] * frames  # the whole round; without the gate, the frames streamed before the job came
