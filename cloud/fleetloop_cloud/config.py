@@ -208,6 +208,11 @@ class RoutingConfig(ConfigModel):
     # contradicted calibration answers of two rounds). Review answers are left out by default (the
     # cheaper choice; docs/cloud_loop.md has the measurements, which do not settle it). Empty: none.
     second_opinion: tuple[Literal["calibration", "review", "audit"], ...] = ("calibration", "audit")
+    # ... only where the committee (this round's weights) is at least this sure of the frame: below it a
+    # contradiction is nearly always the teachers' error, which the second person only confirms, and the
+    # frame is evidence no threshold reaches; a slip there stands, as on a review frame (0: every
+    # contradicted answer; docs/cloud_loop.md has the measured trade)
+    second_opinion_min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
     propagation: PropagationConfig = Field(default_factory=PropagationConfig)
 
 

@@ -56,6 +56,7 @@ def _loop(
     refresh=None,
     more=0,
     min_validation=30,
+    second_opinion_min_confidence=0.0,
 ):
     data = cloud_config(
         tmp_path,
@@ -67,6 +68,7 @@ def _loop(
             "min_validation": min_validation,
             "propagation": {"enabled": False},
             "second_opinion": list(second_opinion),
+            "second_opinion_min_confidence": second_opinion_min_confidence,
         },
         review={"calibration_sample": calibration_sample, "calibration_refresh": refresh, "calibration_more": more},
         audit={"fraction": 0.05, "min_frames": 10, "max_passes": 1},
@@ -191,6 +193,32 @@ def test_an_answer_that_contradicts_the_suggestion_gets_a_second_opinion_and_a_t
         assert evidence[slipped] == TROUSER and evidence[bag] == BAG and set(rounds.tolist()) == {1}
         # every other answer agreed with its suggestion: nobody else was asked
         assert {t.frame_id for t in asked} == {slipped, bag}
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.8])
+def test_a_contradiction_the_committee_was_unsure_of_gets_a_second_opinion_only_without_a_floor(
+    tmp_path, cloud_models, floor
+):
+    with _loop(tmp_path, cloud_models, calibration_sample=60, second_opinion_min_confidence=floor) as loop:
+        loop.pool.open_round()
+        world = World(loop)
+        # a calibrated committee: right on 38 of 39 frames it gives 0.97, on half the frames it gives 0.5
+        for _ in range(38):
+            world.add(1, TROUSER, TROUSER, TROUSER, 0.97, random=True)
+        sure_and_wrong = world.add(1, BAG, TROUSER, TROUSER, 0.97, random=True)
+        unsure = [world.add(1, TROUSER if i % 2 else BAG, TROUSER, TROUSER, 0.5, random=True) for i in range(20)]
+        world.ingested(1)
+
+        info = loop.review()
+
+        assert len(loop.pool.tasks(purpose="calibration")) == 59
+        asked = {t.frame_id for t in loop.pool.tasks(purpose="second-opinion")}
+        unsure_and_wrong = set(unsure[0::2])
+        # with the floor, only where the committee was sure: below it the person is nearly always right
+        assert asked == ({sure_and_wrong} if floor else {sure_and_wrong} | unsure_and_wrong)
+        assert info["weights"][0] + info["weights"][1] == pytest.approx(1.0, abs=0.3)  # calibrated as built
+        labels = loop.pool.labels()
+        assert all(labels[f].label == BAG for f in unsure_and_wrong)  # the first person's label stands
 
 
 @pytest.mark.parametrize("asking", [("calibration", "review", "audit"), ("calibration",)])

@@ -132,16 +132,14 @@ def route(part: "ClassificationPart", loop: "CloudLoop", round_number: int, info
     from fleetloop_cloud.loop.review import unlabeled_rows
 
     cfg = part.config.routing
-    asking = set(cfg.second_opinion) & set(cfg.evidence)
-    if asking:
-        asked = second_opinions(part, round_number, asking)
-        if asked:
-            # the phase stays "route": the review step waits for these answers, then routes
-            info["second_opinions"] = info.get("second_opinions", 0) + asked
-            return info
     everything = evidence(part, round_number)
     versions = [str(v) for v in loop.teacher_versions(round_number)]
     found, result, since, revalidation = pooled_fit(part, everything, versions, round_number)
+    asked = contradicted(part, round_number, everything, result.weights)
+    if asked:
+        # the phase stays "route": the review step waits for these answers, then routes again
+        info["second_opinions"] = info.get("second_opinions", 0) + asked
+        return info
     part.pool.put(EVIDENCE_KEY, {"versions": versions, "since_round": since})
     ids, answers = found.ids, found.answers
 
@@ -278,11 +276,35 @@ def answer_history(
     return history
 
 
+def contradicted(part: "ClassificationPart", round_number: int, everything: Evidence, weights: tuple) -> int:
+    """Ask second opinions on the evidence answers ``routing.second_opinion`` names, where the committee
+    (``weights``) is at least ``routing.second_opinion_min_confidence`` sure; return how many were asked."""
+    cfg = part.config.routing
+    asking = set(cfg.second_opinion) & set(cfg.evidence)
+    if not asking:
+        return 0
+    return second_opinions(
+        part, round_number, asking, among=sure_of(everything, weights, cfg.second_opinion_min_confidence)
+    )
+
+
+def sure_of(found: Evidence, weights: tuple[float, float], floor: float) -> set[str] | None:
+    """Return the evidence frames the committee (``weights``) gives a confidence of at least ``floor`` (None: all)."""
+    if floor <= 0.0:
+        return None
+    confidence = combine(found.probs_a, found.probs_b, weights=weights).confidence
+    return {frame for frame, c in zip(found.ids, confidence) if c >= floor}
+
+
 def second_opinions(
-    part: "ClassificationPart", round_number: int, purposes: set[str], frames: set[str] | None = None
+    part: "ClassificationPart",
+    round_number: int,
+    purposes: set[str],
+    frames: set[str] | None = None,
+    among: set[str] | None = None,
 ) -> int:
-    """Ask another person about every frame whose answers need it (``routing.needs_another_opinion``);
-    return how many were asked.
+    """Ask another person about every frame whose answers need it (``routing.needs_another_opinion``),
+    of ``frames`` (None: all) and only ``among`` these (None: all); return how many were asked.
 
     The person sees the latest answer as the suggestion, so agreeing costs a verification: most
     contradictions are the teachers' errors, which a second person confirms (measured: showing the
@@ -293,7 +315,9 @@ def second_opinions(
     asks = [
         (frame, seen.answers[-1])
         for frame, seen in history.items()
-        if frame in labeled and routing.needs_another_opinion(seen.answers, seen.suggestion)
+        if frame in labeled
+        and (among is None or frame in among)
+        and routing.needs_another_opinion(seen.answers, seen.suggestion)
     ]
     part.pool.add_tasks(round_number, "second-opinion", asks)
     return len(asks)
