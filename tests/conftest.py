@@ -140,12 +140,19 @@ def _kill(processes: list) -> None:
 def _no_leftover_processes():
     """Fail the test that leaves one of our processes (robot, camera, demo, trainer...) running after it ends.
 
-    Servers that session fixtures start (mosquitto, the S3 server, Chromium) live for the session and are
-    checked once at its end (pytest_sessionfinish).
+    Servers that session fixtures start (mosquitto, the S3 server, Chromium, PostgreSQL: its data directory,
+    fleetloop-pg-*, is in its command line, so it is named in ``fixtures.processes.SESSION_SERVERS``) live for
+    the session and are checked once at its end (pytest_sessionfinish).
     """
     before = {p.pid for p in _descendants()}
     yield
-    ours = [p for p in _descendants() if p.pid not in before and any(c in _describe(p) for c in OUR_COMMANDS)]
+    from fixtures.processes import SESSION_SERVERS
+
+    ours = [
+        p
+        for p in _descendants()
+        if p.pid not in before and p.pid not in SESSION_SERVERS and any(c in _describe(p) for c in OUR_COMMANDS)
+    ]
     leftovers = _still_running(ours, _EXIT_GRACE_S) if ours else []
     if leftovers:
         described = [_describe(p) for p in leftovers]

@@ -110,6 +110,11 @@ class PostgresServer:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (None before start and after stop)."""
+        return self._server.pid if self._server is not None else None
+
     def uri(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
 

@@ -306,7 +306,7 @@ def test_the_server_ends_with_the_process_that_started_it_even_killed_without_cl
         "from fleetloop_sim.postgres import PostgresServer\n"
         "server = PostgresServer()\n"
         "server.start()\n"
-        "print(server._server.pid, server.root, flush=True)\n"
+        "print(server.pid, server.root, flush=True)\n"
         "time.sleep(600)\n"
     )
     root = ""
