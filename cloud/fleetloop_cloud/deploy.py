@@ -76,6 +76,12 @@ def open_fleet_jobs(uri: str, source: str = "deploy.backend", **options: str) ->
 
 
 # ====================================================================================== approved packages
+def approved_edge_packages(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the Approved edge packages (T4, T3) among a round's registry ``entries``, in rollout order."""
+    approved = [e for e in entries if e.get("status") == "Approved" and e.get("variant") in ("T4", "T3")]
+    return sorted(approved, key=lambda e: e["variant"], reverse=True)
+
+
 def deploy_approved(
     jobs: FleetJobs,
     registry_store,
@@ -94,8 +100,7 @@ def deploy_approved(
     ``on_record`` gets each as its rollout ends.
     """
     records = []
-    approved = [e for e in entries if e.get("status") == "Approved" and e.get("variant") in ("T4", "T3")]
-    for entry in sorted(approved, key=lambda e: e["variant"], reverse=True):
+    for entry in approved_edge_packages(entries):
         prefix = package_prefix(entry["name"], entry["version"])
         manifest_bytes = registry_store.get_bytes(f"{prefix}/{MANIFEST_NAME}")
         manifest = parse_manifest(json.loads(manifest_bytes), f"{store_uri}/{prefix}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-TIERS = ("T4", "T3")  # the edge tiers a round rolls out
+from fleetloop_cloud.deploy import approved_edge_packages
 
 
 class RolloutGate:
@@ -37,11 +37,7 @@ class RolloutGate:
     def expect(self, entries: Sequence[dict]) -> None:
         """Hold robots for the Approved edge packages among a round's registry ``entries``."""
         with self._lock:
-            self._versions = {
-                str(e["variant"]): str(e["version"])
-                for e in entries
-                if e.get("status") == "Approved" and e.get("variant") in TIERS
-            }
+            self._versions = {str(e["variant"]): str(e["version"]) for e in approved_edge_packages(entries)}
             self._ended = {tier: threading.Event() for tier in self._versions}
 
     def ended(self, tier: str) -> None:
