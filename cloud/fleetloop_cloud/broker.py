@@ -14,9 +14,9 @@ import datetime
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetloop_core.errors import FleetLoopError
+from fleetloop_core.stop_signals import end_with_parent_command
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-# util-linux's setpriv: the broker gets SIGTERM when the thread that started it dies, so a test run or demo
-# killed without its clean-up (SIGTERM to pytest, kill -9) leaves no broker behind (seen: a mosquitto from a
-# pytest run stopped by SIGTERM ran on as an orphan); the broker must be started from a thread that outlives it
-SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
 class BrokerError(FleetLoopError):
@@ -181,9 +178,10 @@ class MosquittoBroker:
         """Start mosquitto and return once it accepts TCP connections."""
         if self._process is not None:
             return
-        command = [MOSQUITTO, "-c", str(self.config_path)]
-        if SETPRIV:
-            command = [SETPRIV, "--pdeathsig", "TERM", *command]
+        # the broker gets SIGTERM when the thread that started it dies, so a test run or demo killed without its
+        # clean-up (SIGTERM to pytest, kill -9) leaves no broker behind (seen: a mosquitto from a pytest run
+        # stopped by SIGTERM ran on as an orphan); start it from a thread that outlives it
+        command = end_with_parent_command([MOSQUITTO, "-c", str(self.config_path)], signal.SIGTERM)
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -23,6 +23,8 @@ import time
 import uuid
 from pathlib import Path
 
+from fleetloop_core.stop_signals import end_with_parent_command
+
 USER = "fleetloop"
 
 
@@ -75,7 +77,7 @@ class PostgresServer:
             options += ["-c", "fsync=off"]
         user = ["--reuid=postgres", "--regid=postgres", "--init-groups"] if self._as else []
         # fast shutdown (SIGINT) when this process dies
-        command = ["setpriv", *user, "--pdeathsig", "INT", _binary("postgres"), "-D", str(self.data), *options]
+        command = end_with_parent_command([_binary("postgres"), "-D", str(self.data), *options], signal.SIGINT, user)
         with open(self.log, "ab") as log:
             self._server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         ready = [_binary("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from fixtures.processes import alive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,3 +65,17 @@ def test_grandchildren_do_not_inherit_the_request():
         timeout=60,
     )
     assert out.returncode == 0 and out.stdout.strip() == "None", out.stderr
+
+
+def test_a_program_not_ours_is_guarded_by_setpriv_and_runs_unguarded_only_where_it_is_missing(monkeypatch):
+    from fleetloop_core import stop_signals
+
+    setpriv = stop_signals.shutil.which("setpriv")
+    assert setpriv, "util-linux's setpriv (Debian: essential) is missing"
+    guarded = stop_signals.end_with_parent_command(["postgres", "-D", "x"], signal.SIGINT, ["--reuid=postgres"])
+    assert guarded == [setpriv, "--reuid=postgres", "--pdeathsig", "INT", "postgres", "-D", "x"]
+
+    monkeypatch.setattr(stop_signals.shutil, "which", lambda name: None)
+    assert stop_signals.end_with_parent_command(["mosquitto", "-c", "m.conf"]) == ["mosquitto", "-c", "m.conf"]
+    with pytest.raises(RuntimeError, match="setpriv is needed to run postgres with --reuid=postgres"):
+        stop_signals.end_with_parent_command(["postgres"], signal.SIGINT, ["--reuid=postgres"])

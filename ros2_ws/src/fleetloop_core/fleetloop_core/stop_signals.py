@@ -15,15 +15,22 @@ sets ``FLEETLOOP_END_WITH_PARENT=<its pid>`` in the child's environment gets, on
 receives SIGTERM (a clean stop) the moment the parent dies (``prctl(PR_SET_PDEATHSIG)``), and that
 exits at once if the parent is already gone. The kernel ties this to the parent *thread* that
 started the child: start such children from a thread that outlives them (the main thread).
+
+Programs that are not ours (mosquitto, PostgreSQL) get the same guard from util-linux's ``setpriv
+--pdeathsig`` (:func:`end_with_parent_command`), which sets it between fork and exec; Python's own
+``preexec_fn`` could do it too, but it is not safe in a process with threads (the child may deadlock
+before exec), and ours have threads.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import sys
 import threading
+from typing import Sequence
 
 END_WITH_PARENT = "FLEETLOOP_END_WITH_PARENT"
 _PR_SET_PDEATHSIG = 1
@@ -44,6 +51,24 @@ def end_with_parent_env(env: dict[str, str]) -> dict[str, str]:
     """Return ``env`` asking a child started from this process to end when this process dies (Linux)."""
     env[END_WITH_PARENT] = str(os.getpid())
     return env
+
+
+def end_with_parent_command(
+    command: Sequence[str], stop: signal.Signals = signal.SIGTERM, setpriv_options: Sequence[str] = ()
+) -> list[str]:
+    """Return ``command`` run under ``setpriv [setpriv_options] --pdeathsig <stop>``: the kernel sends the
+    program ``stop`` when the thread that starts it dies (its owner killed -9 included).
+
+    Where setpriv is missing (not Linux, no util-linux) the command runs unguarded, as it is: its owner's
+    own stop still ends it. ``setpriv_options`` (e.g. ``--reuid``) are something the command needs, not a
+    guard, so without setpriv they raise :class:`RuntimeError` naming what is missing.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv is None:
+        if setpriv_options:
+            raise RuntimeError(f"util-linux's setpriv is needed to run {command[0]} with {' '.join(setpriv_options)}")
+        return list(command)
+    return [setpriv, *setpriv_options, "--pdeathsig", stop.name.removeprefix("SIG"), *command]
 
 
 def _end_with_parent() -> None:
