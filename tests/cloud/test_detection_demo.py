@@ -5,6 +5,7 @@ import json
 
 from fleetloop_core.contracts.manifest import load_manifest
 
+from fleetloop_cloud.demo import seeds
 from fleetloop_cloud.demo.config import DetectionDemoConfig
 from fleetloop_cloud.demo.detection import run_detection_demo
 
@@ -50,3 +51,8 @@ def test_one_small_detection_round_writes_the_report(tmp_path, detection_models)
     rows = {row["arm"]: row for row in report["headline"]}
     assert set(rows) == {"loop", "random", "upload-all"} and rows["loop"]["accepted"] == loop[1]["uploaded"]
     assert "| loop |" in (tmp_path / "demo" / "report.md").read_text()
+    # `fleetloop demo --task detection --seeds` reads its figures from this report
+    figures = seeds.aggregate({0: report}, seeds.DETECTION_FIGURES)
+    assert figures["throughput_ratio"]["values"][0] == rows["loop"]["throughput_ratio"]
+    assert figures["upload_all_t4_map50_end"]["values"][0] == rows["upload-all"]["t4_map50_end"]
+    assert all(f["seeds_measured"] == 1 for f in figures.values()), figures

@@ -121,11 +121,11 @@ def test_detection_task_refuses_options_it_does_not_have():
     # `fleetloop demo --task detection` runs fleetloop_cloud.demo.detection (tests/cloud/test_detection_demo.py
     # runs it); options of the classification demo it has no use for are refused by name, not ignored
     process = subprocess.run(
-        command_line("demo", "--task", "detection", "--seed", "3", "--control-plane", "mqtt"),
+        command_line("demo", "--task", "detection", "--seed", "3", "--control-plane", "mqtt", "--store", "s3://x"),
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert process.returncode != 0
-    assert "--seed, --control-plane not supported" in process.stderr, process.stderr[-2000:]
+    assert "--control-plane, --store not supported" in process.stderr, process.stderr[-2000:]

@@ -73,12 +73,7 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     from fleetloop_cloud.demo import seeds
 
-    if args.seed is not None or args.store is not None:
-        raise SystemExit("fleetloop demo --seeds: --seed and --store name one run; leave them out")
-    try:
-        chosen = seeds.parse_seeds(args.seeds)
-    except ValueError as exc:
-        raise SystemExit(f"fleetloop demo: {exc}") from None
+    chosen = _seeds(args)
     reports = {}
     for seed in chosen:
         config = load_demo_config(args.config, quick=args.quick, overrides={**overrides, "seed": seed})
@@ -90,30 +85,54 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(args: argparse.Namespace) -> list[int]:
+    """Return the seeds of ``--seeds`` (SystemExit naming what is wrong, or an option that names one run)."""
+    from fleetloop_cloud.demo import seeds
+
+    if args.seed is not None or args.store is not None:
+        raise SystemExit("fleetloop demo --seeds: --seed and --store name one run; leave them out")
+    try:
+        return seeds.parse_seeds(args.seeds)
+    except ValueError as exc:
+        raise SystemExit(f"fleetloop demo: {exc}") from None
+
+
 def _detection(args: argparse.Namespace) -> int:
     """``fleetloop demo --task detection``: the detection demo (fleetloop_cloud.demo.detection)."""
     from fleetloop_cloud.demo.config import load_demo_config
     from fleetloop_cloud.demo.detection import run_detection_demo
 
     unsupported = [
-        name
-        for name, value in (("--seed", args.seed), ("--control-plane", args.control_plane), ("--store", args.store))
-        if value is not None
+        name for name, value in (("--control-plane", args.control_plane), ("--store", args.store)) if value is not None
     ]
     if unsupported:
         raise SystemExit(
             f"fleetloop demo --task detection: {', '.join(unsupported)} not supported "
-            f"(the detection demo runs its robots in-process with a local store; its seed is config/demo.yaml's "
-            f"detection.seed)"
+            f"(the detection demo runs its robots in-process with a local store)"
         )
-    overrides = {"robots": args.robots, "rounds": args.rounds, "frames_per_robot": args.frames}
+    overrides = {"robots": args.robots, "rounds": args.rounds, "frames_per_robot": args.frames, "seed": args.seed}
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    settings = load_demo_config(args.config, quick=args.quick, overrides={"detection": overrides}).detection
     # the robots' overrides without --quick's: the detection robots keep the full watch window
     robot = load_demo_config(args.config).robot
     out = Path(args.out) if args.out else repo_root() / "runs" / "detection-demo"
+    models = Path(args.models) if args.models else None
     os.environ.setdefault("FLEETLOOP_TRAIN_THREADS", "1")
-    report = run_detection_demo(out, settings, Path(args.models) if args.models else None, robot=robot)
-    print((out / "report.md").read_text())
-    print(f"report: {out / 'report.json'} ({report['seconds']:.0f} s)")
+
+    def run(seed_overrides: dict, run_out: Path) -> dict:
+        detection = {**overrides, **seed_overrides}
+        settings = load_demo_config(args.config, quick=args.quick, overrides={"detection": detection}).detection
+        report = run_detection_demo(run_out, settings, models, robot=robot)
+        print((run_out / "report.md").read_text())
+        print(f"report: {run_out / 'report.json'} ({report['seconds']:.0f} s)")
+        return report
+
+    if args.seeds is None:
+        run({}, out)
+        return 0
+    from fleetloop_cloud.demo import seeds
+
+    chosen = _seeds(args)
+    reports = {seed: run({"seed": seed}, out / f"seed-{seed}") for seed in chosen}
+    print(seeds.write(out, seeds.aggregate(reports, seeds.DETECTION_FIGURES)))
+    print(f"figures over seeds {args.seeds}: {out / 'seeds.md'}")
     return 0

@@ -44,6 +44,29 @@ FIGURES: dict[str, Callable[[dict], Any]] = {
 }
 
 
+def _arm(report: dict, name: str) -> dict:
+    """Return one arm's row of a detection report's headline (empty when the arm did not run)."""
+    return next((row for row in report.get("headline", []) if row.get("arm") == name), {})
+
+
+# the detection demo's figures (``fleetloop demo --task detection``): its report's headline rows per arm
+DETECTION_FIGURES: dict[str, Callable[[dict], Any]] = {
+    "throughput_ratio": lambda r: _arm(r, "loop").get("throughput_ratio"),
+    "cost_ratio": lambda r: _arm(r, "loop").get("cost_ratio"),
+    "ground_truth_cost_ratio": lambda r: _arm(r, "loop").get("ground_truth_cost_ratio"),
+    "random_throughput_ratio": lambda r: _arm(r, "random").get("throughput_ratio"),
+    "accepted": lambda r: _arm(r, "loop").get("accepted"),
+    "auto_accepted": lambda r: _arm(r, "loop").get("auto"),
+    "uploaded": lambda r: _arm(r, "loop").get("uploaded"),
+    "t4_map50_start": lambda r: _arm(r, "loop").get("t4_map50_start"),
+    "t4_map50_end": lambda r: _arm(r, "loop").get("t4_map50_end"),
+    "t4_map_end": lambda r: _arm(r, "loop").get("t4_map_end"),
+    "random_t4_map50_end": lambda r: _arm(r, "random").get("t4_map50_end"),
+    "upload_all_t4_map50_end": lambda r: _arm(r, "upload-all").get("t4_map50_end"),
+    "minutes": lambda r: None if r.get("seconds") is None else r["seconds"] / 60.0,
+}
+
+
 def parse_seeds(text: str) -> list[int]:
     """Return the seeds of ``0,1,2``; ValueError naming what is not a seed."""
     seeds = []
@@ -57,10 +80,11 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def aggregate(reports: dict[int, dict]) -> dict[str, dict]:
-    """Return per figure its value per seed and the mean, min and max over the seeds that measured it."""
+def aggregate(reports: dict[int, dict], figures: dict[str, Callable[[dict], Any]] | None = None) -> dict[str, dict]:
+    """Return per figure (``figures``, default the classification demo's) its value per seed and the mean, min
+    and max over the seeds that measured it."""
     out: dict[str, dict] = {}
-    for name, read in FIGURES.items():
+    for name, read in (FIGURES if figures is None else figures).items():
         values = {seed: read(report) for seed, report in reports.items()}
         measured = [float(v) for v in values.values() if v is not None]
         out[name] = {
