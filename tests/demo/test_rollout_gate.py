@@ -23,47 +23,28 @@ from fleetloop_cloud.rollout import rollout
 T4_NEW = [{"variant": "T4", "version": "r1-new", "status": "Approved"}]
 
 
-class Serving:
-    """A robot's serving versions that turn to ``after`` on the ``swap_on``-th look."""
-
-    def __init__(self, swap_on: int | None, after: str = "r1-new"):
-        self.looks, self.swap_on, self.after = 0, swap_on, after
-
-    def __call__(self) -> dict[str, str]:
-        self.looks += 1
-        swapped = self.swap_on is not None and self.looks >= self.swap_on
-        return {"T4": self.after if swapped else "r0-old"}
-
-
-def test_a_robot_is_held_until_the_new_version_serves():
-    gate = RolloutGate(poll_s=0.001)
-    gate.expect(T4_NEW + [{"variant": "T3", "version": "r1-new", "status": "Rejected"}])
-    serving = Serving(swap_on=4)
-    gate.hold(serving)
-    assert serving.looks == 4  # waited, looking, until the fourth look saw r1-new (and nothing for T3)
-
-
-def test_a_rollout_that_ends_without_the_robot_releases_it():
-    gate = RolloutGate(poll_s=0.001)
-    gate.expect(T4_NEW)
-    serving = Serving(swap_on=None)  # an aborted canary: the new version never serves here
-    held = threading.Thread(target=gate.hold, args=(serving,))
+def test_a_robot_is_held_until_every_rollout_it_waits_for_has_ended():
+    gate = RolloutGate()
+    gate.expect(T4_NEW + [{"variant": "T3", "version": "r1-new", "status": "Approved", "task": "classification"}])
+    held = threading.Thread(target=gate.hold)
     held.start()
     try:
         gate.ended("T4")
+        held.join(0.2)
+        assert held.is_alive()  # T3's rollout has not ended
+        gate.ended("T3")
         held.join(30.0)
         assert not held.is_alive()
     finally:
         gate.end_all()
         held.join()
-    assert serving.looks >= 1
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the failure raised on purpose
 def test_nothing_is_held_for_a_tier_not_approved_or_once_the_rollouts_failed():
-    gate = RolloutGate(poll_s=0.001)
+    gate = RolloutGate()
     gate.expect([{"variant": "T3", "version": "r1-new", "status": "Rejected"}])
-    gate.hold(Serving(swap_on=None))  # returns: nothing expected
+    gate.hold()  # returns: nothing expected
     records: list[list[dict]] = []
 
     def failing(on_record):
@@ -71,12 +52,13 @@ def test_nothing_is_held_for_a_tier_not_approved_or_once_the_rollouts_failed():
 
     thread = roll_out_in_background(gate, failing, T4_NEW, records.append, "deploy-test")
     thread.join()
-    gate.hold(Serving(swap_on=None))  # returns: the thread ended, however it ended
+    gate.hold()  # returns: the thread ended, however it ended
     assert records == []
 
 
 def test_an_in_process_robot_swaps_in_a_rollout_before_its_rounds_first_frame(tmp_path, test_models):
-    settings, private = fleet_settings(tmp_path, test_models["T4"].parent, RobotOverrides(watchdog_window_s=0.5))
+    # a window the test would wait out: the watch must end on its frames, which the watch feed serves
+    settings, private = fleet_settings(tmp_path, test_models["T4"].parent, RobotOverrides(watchdog_window_s=60.0))
     packages = settings.packages
     old = load_manifest(packages["T4"]).version
     new = make_version(packages["T4"], tmp_path / "r1", "r1-new", private.read_bytes())
@@ -112,3 +94,7 @@ def test_an_in_process_robot_swaps_in_a_rollout_before_its_rounds_first_frame(tm
     served = [s.model_versions.get("T4") for s in sidecars[100:]]
     assert len(sidecars) == 100 + frames and {s.model_versions.get("T4") for s in sidecars[:100]} == {old}
     assert served == ["r1-new"] * frames  # the whole round; without the gate, the frames streamed before the job came
+    # the watch judged the feed's frames while the robot waited for its round, none of the round's
+    passed = [e for e in robot.manager.events() if e.kind == "watch_passed"]
+    assert [e.detail for e in passed] == ["300 frames without crossing a limit"], passed
+    assert robot.watch_feed is not None and robot.watch_feed.frames == 300

@@ -37,9 +37,14 @@ class RobotOverrides(ConfigModel):
     shadow_stride_frames: int = Field(default=10, ge=1)
     watchdog_max_latency_ms: float = Field(default=200.0, gt=0.0)
     watchdog_window_s: float = Field(default=5.0, gt=0.0)
+    # in-process robots: their watches are fed frames (demo.watch_feed) and end on window_frames; the window
+    # only bounds a watch that gets too few (then what it saw depends on the machine's speed)
+    in_process_watchdog_window_s: float = Field(default=60.0, gt=0.0)
 
-    def manager_overrides(self) -> dict[str, Any]:
-        """Return the overrides of config/model_manager.yaml's ``model_manager`` section (demo robots, CPU)."""
+    def manager_overrides(self, in_process: bool = False) -> dict[str, Any]:
+        """Return the overrides of config/model_manager.yaml's ``model_manager`` section (demo robots, CPU);
+        ``in_process``: for robots in this process, whose watches the watch feed serves."""
+        window_s = self.in_process_watchdog_window_s if in_process else self.watchdog_window_s
         return {
             "shadow": {
                 "min_agreement": self.shadow_min_agreement,
@@ -48,7 +53,7 @@ class RobotOverrides(ConfigModel):
             },
             "watchdog": {
                 "max_latency_ms": self.watchdog_max_latency_ms,
-                "window_s": self.watchdog_window_s,
+                "window_s": window_s,
                 "min_frames": self.watchdog_min_frames,
                 "confidence_min_frames": self.watchdog_confidence_min_frames,
             },

@@ -147,7 +147,7 @@ def _start_arms(
             packages=round0,
             keys_dir=keys[1],
             selection=selection,
-            manager_overrides=robot.manager_overrides(),
+            manager_overrides=robot.manager_overrides(in_process=True),
             queue_synchronous="normal",
         )
         arms[name].robots = [

@@ -29,6 +29,8 @@ model.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from fleetloop_core.errors import FleetLoopError
 
 from fleetloop_cloud.demo.config import merge
 from fleetloop_cloud.demo.rollout_gate import RolloutGate
+from fleetloop_cloud.demo.watch_feed import WatchFeed
 from fleetloop_cloud.simfleet import FLEET_TASKS
 
 log = logging.getLogger("fleetloop.demo")
@@ -269,7 +272,7 @@ class InProcessRobot:
         from fleetloop_core.uploader import Uploader
 
         self.spec = spec
-        self.gate = gate  # holds the round until the arm's rollouts have swapped in (the same frame every run)
+        self.gate = gate  # holds the round until the arm's rollouts have ended (the same frame every run)
         root = settings.root / spec.robot_id
         stack = serving_stack(
             spec.robot_id,
@@ -300,9 +303,13 @@ class InProcessRobot:
         )
         self.camera = spec.camera()
         self._sidecar_truth = FLEET_TASKS[spec.task].simulation
+        # while the robot waits for its turn, its camera shows the watches after its swaps their frames
+        self.watch_feed = WatchFeed(spec, self.manager) if gate is not None else None
 
     def start(self) -> None:
         self.agent.start()
+        if self.watch_feed is not None:
+            self.watch_feed.start()
 
     def stream(self, frames: int, offer_only: set[int] | None = None, drain: bool = True) -> RobotRound:
         """Run ``frames`` camera frames through the stack; ``offer_only``: offer just these frame indices
@@ -313,26 +320,27 @@ class InProcessRobot:
         before = store_objects(self.store_root, spec.robot_id) if self.store_root else (0, 0)
         started = time.perf_counter()
         site = spec.site.name
-        if self.gate is not None:  # the last round's rollouts swap in before this round's first frame
-            self.gate.hold(self.cascade.model_versions)
-        for index, frame in enumerate(self.camera.frames(frames)):
-            report.frames += 1
-            result = self.manager.infer(frame.image, stream=spec.stream)
-            report.answered += 1
-            if offer_only is not None and index not in offer_only:
-                continue
-            # the selector's robot id and track hint (the cascade's track) are its defaults
-            decision = self.selector.offer(
-                frame.image,
-                result,
-                frame.stamp_ns,
-                stream=spec.stream,
-                site=site,
-                simulation=self._sidecar_truth(frame.truth),
-            )
-            if decision.keep:
-                self.queue.put(decision.record)
-                report.kept += 1
+        if self.gate is not None:  # the last round's rollouts end before this round's first frame
+            self.gate.hold()
+        with self.watch_feed.paused() if self.watch_feed is not None else contextlib.nullcontext():
+            for index, frame in enumerate(self.camera.frames(frames)):
+                report.frames += 1
+                result = self.manager.infer(frame.image, stream=spec.stream)
+                report.answered += 1
+                if offer_only is not None and index not in offer_only:
+                    continue
+                # the selector's robot id and track hint (the cascade's track) are its defaults
+                decision = self.selector.offer(
+                    frame.image,
+                    result,
+                    frame.stamp_ns,
+                    stream=spec.stream,
+                    site=site,
+                    simulation=self._sidecar_truth(frame.truth),
+                )
+                if decision.keep:
+                    self.queue.put(decision.record)
+                    report.kept += 1
         if drain:
             self.uploader.drain(stop_on_refusal=True)
         after = store_objects(self.store_root, spec.robot_id) if self.store_root else (0, 0)
@@ -342,6 +350,8 @@ class InProcessRobot:
         return report
 
     def stop(self) -> None:
+        if self.watch_feed is not None:
+            self.watch_feed.stop()
         self.agent.stop()
         self.manager.close()
         self.queue.close()

@@ -7,14 +7,14 @@ after it depended on thread timing: two runs of one seed had identical first rou
 uploads from the first frame of round 2 on, and a single-seed comparison of two versions of the code
 measured mostly that.
 
-A :class:`RolloutGate` holds each robot before the first frame of its round until every tier being
-rolled out serves its new version on the robot, or that tier's rollout has ended without it (an
-aborted canary, a failed job). A hold later in the stream would only bound the swap from above (a job
-may come before the robot gets there); before the first frame, the swap is at the same place in every
-run. The robots of a fleet stream one after another, so no robot waits for one that has not started:
-the canary's watch and the fleet phase of idle robots end on their watch window. The swap is still a
-hot swap on a running robot (its serving stack, ring buffer and watch live); ROS robots (their own
-processes, on camera time) have no gate and swap where the clock puts it.
+A :class:`RolloutGate` holds each robot before the first frame of its round until every rollout of its
+arm has ended (swapped in, rolled back by a watch, aborted at the canary, failed). The watches after the
+swaps judge frames of the robots' :class:`~fleetloop_cloud.demo.watch_feed.WatchFeed` (the camera while
+the robot waits), the same frames every run, so what each rollout ends with is the same every run too.
+(Holding only until the new version served, as first built, left the watches to the clock: a watch saw
+frames only if its robot's turn to stream came within its window.) The swap is still a hot swap on a
+running robot (its serving stack, ring buffer and watch live); ROS robots (their own processes, on camera
+time) have no gate and swap where the clock puts it.
 """
 
 from __future__ import annotations
@@ -26,19 +26,16 @@ from fleetloop_cloud.deploy import approved_edge_packages
 
 
 class RolloutGate:
-    """One arm's gate: :meth:`expect` before its rollout starts, :meth:`hold` before a robot's round."""
+    """One arm's gate: :meth:`expect` before its rollouts start, :meth:`hold` before a robot's round."""
 
-    def __init__(self, poll_s: float = 0.01):
-        self.poll_s = poll_s
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._versions: dict[str, str] = {}
         self._ended: dict[str, threading.Event] = {}
 
     def expect(self, entries: Sequence[dict]) -> None:
         """Hold robots for the Approved edge packages among a round's registry ``entries``."""
         with self._lock:
-            self._versions = {str(e["variant"]): str(e["version"]) for e in approved_edge_packages(entries)}
-            self._ended = {tier: threading.Event() for tier in self._versions}
+            self._ended = {str(e["variant"]): threading.Event() for e in approved_edge_packages(entries)}
 
     def ended(self, tier: str) -> None:
         """The rollout of ``tier`` is over (whatever came of it): hold no robot for it any more."""
@@ -54,14 +51,12 @@ class RolloutGate:
         for event in events:
             event.set()
 
-    def hold(self, serving: Callable[[], dict[str, str]]) -> None:
-        """Wait while a tier being rolled out neither serves its new version (``serving()``: the robot's
-        version per tier) nor has ended its rollout."""
+    def hold(self) -> None:
+        """Wait until every rollout :meth:`expect` named has ended."""
         with self._lock:
-            waits = [(tier, version, self._ended[tier]) for tier, version in self._versions.items()]
-        for tier, version, ended in waits:
-            while serving().get(tier) != version and not ended.wait(self.poll_s):
-                pass
+            waits = list(self._ended.values())
+        for ended in waits:
+            ended.wait()
 
 
 def roll_out_in_background(
