@@ -10,8 +10,10 @@ verdict 4.86 s into its 5 s window. The verdicts, and every round after them, hu
 
 A :class:`WatchFeed` serves its robot frames of a camera stream of its own site while a watch runs and the
 robot is not streaming: from the watch's first frame to its last (its ``window_frames``, or the frame a
-limit is crossed), a stream seeded by the robot and the job, so each watch judges the same frames in every
-run. Its frames go through the model manager (ring buffer, the served-before baselines, the watchdog) as a
+limit is crossed). The stream is seeded by the robot and the role and starts anew for every watch, so
+every model swapped into one role of one robot is judged on the same frames, in every run and every arm
+(seeded by the job instead, the loop's and the campaign arm's canaries judged one T3 on different frames
+and disagreed). Its frames go through the model manager (ring buffer, the served-before baselines, the watchdog) as a
 stream of their own (``<stream>/watch``: the round's stream state is not touched) and not to the selector:
 they are not uploaded. With the feed, a rollout ends as soon as its watches have seen
 their frames, and :class:`~fleetloop_cloud.demo.rollout_gate.RolloutGate` starts a robot's round only after
@@ -60,10 +62,11 @@ class WatchFeed:
         with self._turn:
             yield
 
-    def _camera(self, job_id: str) -> Iterator[Any]:
+    def _camera(self, role: str) -> Iterator[Any]:
+        """Return the frames every watch of ``role`` on this robot judges, from the first (whatever the arm)."""
         spec = self.spec
         camera = sim.CameraStream(
-            spec.site, f"{spec.robot_id}/watch/{job_id}", seed=spec.world_seed, start_ns=spec.start_ns, task=spec.task
+            spec.site, f"{spec.robot_id}/watch/{role}", seed=spec.world_seed, start_ns=spec.start_ns, task=spec.task
         )
         while True:
             yield from camera.frames(1000)
@@ -79,7 +82,7 @@ class WatchFeed:
                     if watching is None:
                         break
                     if watching["job_id"] != job:
-                        job, frames = watching["job_id"], self._camera(watching["job_id"])
+                        job, frames = watching["job_id"], self._camera(watching["role"])
                     frame = next(frames)
                     try:
                         self.manager.infer(frame.image, stream=f"{self.spec.stream}/watch")
