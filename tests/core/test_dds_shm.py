@@ -1,4 +1,5 @@
-"""Fast DDS segments of ended processes are removed; a live owner's segment, ports and others' files stay."""
+"""Fast DDS segments and ports of ended processes are removed (the rule of ``fastdds shm clean``); a live
+owner's, a lock-less port and others' files stay."""
 
 from __future__ import annotations
 
@@ -27,23 +28,29 @@ def test_only_segments_whose_lock_nobody_holds_are_removed(tmp_path, spawn):
     _segment(tmp_path, "fastdds_0123456789abcdef", 9000)  # its owner is gone: nobody holds the lock
     _segment(tmp_path, "fastdds_fedcba9876543210")  # a live participant's
     _segment(tmp_path, "fastdds_00000000aaaaaaaa", age_s=1.0)  # just made: its owner may not have locked it yet
-    (tmp_path / "fastdds_port7001").write_bytes(b"\0" * 64)  # ports are Fast DDS's to reuse
-    (tmp_path / "fastdds_port7001_el").write_bytes(b"")
+    _segment(tmp_path, "fastdds_port7001", 64)  # a port whose listener is gone
+    (tmp_path / "sem.fastdds_port7001_mutex").write_bytes(b"\0" * 32)
+    _segment(tmp_path, "fastdds_port7003", 64)  # a live listener's port
+    (tmp_path / "fastdds_port7005").write_bytes(b"\0" * 64)  # no lock: Fast DDS checks and reuses it
     (tmp_path / "lttng-ust-wait-8").write_bytes(b"")  # not Fast DDS's
     owner = spawn(
         [sys.executable, "-c", HOLD, str(tmp_path / "fastdds_fedcba9876543210_el")], stdout=subprocess.PIPE, text=True
     )
-    assert owner.stdout.readline().strip() == "held"
+    listener = spawn(
+        [sys.executable, "-c", HOLD, str(tmp_path / "fastdds_port7003_el")], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout.readline().strip() == "held" and listener.stdout.readline().strip() == "held"
 
-    assert remove_orphaned_segments(tmp_path) == [("fastdds_0123456789abcdef", 9000)]
+    assert remove_orphaned_segments(tmp_path) == [("fastdds_0123456789abcdef", 9000), ("fastdds_port7001", 64)]
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == [
         "fastdds_00000000aaaaaaaa",
         "fastdds_00000000aaaaaaaa_el",
         "fastdds_fedcba9876543210",
         "fastdds_fedcba9876543210_el",
-        "fastdds_port7001",
-        "fastdds_port7001_el",
+        "fastdds_port7003",
+        "fastdds_port7003_el",
+        "fastdds_port7005",
         "lttng-ust-wait-8",
     ]
     owner.kill()

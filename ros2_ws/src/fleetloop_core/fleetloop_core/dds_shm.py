@@ -17,10 +17,15 @@ restarts its processes (``respawn``, systemd) or is killed would fill /dev/shm b
 :func:`remove_orphaned_segments` applies the rule of Fast DDS's own ``fastdds shm clean``: a
 segment whose lock file nobody holds belongs to a process that is gone. Run before rclpy starts
 (``fleetloop_ros.runner.run_nodes``), it bounds the leak to what ended since the last start. Port
-files (``fastdds_port<n>``: small, shared by a domain's participants, reused by Fast DDS) are left
-to Fast DDS. Files another user owns cannot be opened for the check and are left alone, and so are
-lock files younger than ``min_age_s`` (5 s): a participant starting in another process creates its
-lock file a moment before it locks it.
+files (``fastdds_port<n>``, 212 KB: one per listening locator of a domain, shared with the
+participants sending to it) follow the same tool's rule: a port whose listener lock
+(``fastdds_port<n>_el`` or ``_sl``) nobody holds is a zombie, removed with its lock and its mutex
+(``sem.fastdds_port<n>_mutex``). A port file without a lock file (its listener closed, but a sender
+that was killed still counted on it) is left to Fast DDS, which checks and reuses it when a participant
+of that domain opens the port again, as its own tool leaves it (seen: ``tests/ros/test_process_exit.py``
+leaves both kinds, its frozen processes end without DDS teardown by design). Files another user owns
+cannot be opened for the check and are left alone, and so are lock files younger than ``min_age_s``
+(5 s): a participant starting in another process creates its lock file a moment before it locks it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
 SEGMENT = re.compile(r"fastdds_[0-9a-z]{16}")  # a participant's segment (not a port file)
+PORT = re.compile(r"fastdds_port[0-9]{1,5}")  # a listening locator's port segment
 
 
 def _held(lock: Path) -> bool:
@@ -55,30 +61,44 @@ def _young(lock: Path, since: float) -> bool:
         return True
 
 
+def _remove(directory: Path, lock: Path, files: list[Path]) -> int | None:
+    """Remove ``files`` (the first is the segment) and ``lock``; return the segment's size, None if it failed."""
+    try:
+        size = files[0].stat().st_size if files[0].exists() else 0
+        for path in files:
+            path.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
+    except OSError as exc:  # another process removed it meanwhile, or a read-only directory
+        log.debug("cannot remove %s: %s", files[0], exc)
+        return None
+    return size
+
+
 def remove_orphaned_segments(directory: Path = SHM_DIR, min_age_s: float = 5.0) -> list[tuple[str, int]]:
-    """Remove the Fast DDS segments in ``directory`` whose owner is gone (lock files at least ``min_age_s``
-    old that nobody holds); return (name, bytes) of each."""
+    """Remove the Fast DDS segments and ports in ``directory`` whose owner is gone (lock files at least
+    ``min_age_s`` old that nobody holds); return (name, bytes) of each."""
     removed: list[tuple[str, int]] = []
     now = time.time()
     try:
-        locks = sorted(directory.glob("fastdds_*_el"))
+        locks = sorted([*directory.glob("fastdds_*_el"), *directory.glob("fastdds_port*_sl")])
     except OSError:
         return removed
     for lock in locks:
         segment = lock.with_name(lock.name[: -len("_el")])
-        if not SEGMENT.fullmatch(segment.name) or _young(lock, now - min_age_s) or _held(lock):
+        if SEGMENT.fullmatch(segment.name):
+            files = [segment]
+        elif PORT.fullmatch(segment.name):
+            files = [segment, directory / f"sem.{segment.name}_mutex"]
+        else:
             continue
-        try:
-            size = segment.stat().st_size if segment.exists() else 0
-            segment.unlink(missing_ok=True)
-            lock.unlink(missing_ok=True)
-        except OSError as exc:  # another process removed it meanwhile, or a read-only directory
-            log.debug("cannot remove %s: %s", segment, exc)
+        if _young(lock, now - min_age_s) or _held(lock):
             continue
-        removed.append((segment.name, size))
+        size = _remove(directory, lock, files)
+        if size is not None:
+            removed.append((segment.name, size))
     if removed:
         log.info(
-            "removed %d Fast DDS shared-memory segment(s) left by ended processes (%.1f MB in %s)",
+            "removed %d Fast DDS shared-memory segment(s) and port(s) left by ended processes (%.1f MB in %s)",
             len(removed),
             sum(size for _, size in removed) / 1e6,
             directory,
