@@ -30,7 +30,6 @@ model.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import time
 from dataclasses import dataclass, field
