@@ -16,6 +16,7 @@ from fleetloop_cloud.demo.arms import RandomUploadFleet
 from fleetloop_cloud.demo.config import RobotOverrides
 from fleetloop_cloud.demo.fleet import InProcessRobot, robot_specs
 from fleetloop_cloud.demo.rollout_gate import RolloutGate, roll_out_in_background
+from fleetloop_cloud.demo.watch_feed import watch_frames
 from fleetloop_cloud.fleet_jobs import RolloutConfig, deploy_document
 from fleetloop_cloud.job_service_local import LocalDirJobs
 from fleetloop_cloud.rollout import rollout
@@ -98,3 +99,16 @@ def test_an_in_process_robot_swaps_in_a_rollout_before_its_rounds_first_frame(tm
     passed = [e for e in robot.manager.events() if e.kind == "watch_passed"]
     assert [e.detail for e in passed] == ["300 frames without crossing a limit"], passed
     assert robot.watch_feed is not None and robot.watch_feed.frames == 300
+
+
+def test_every_watch_of_a_role_on_a_robot_judges_the_same_frames_in_every_arm():
+    robot_0, robot_1 = robot_specs(2, world_seed=3)
+
+    def first(spec, role, count=3):
+        frames = watch_frames(spec, role)
+        return [next(frames).image for _ in range(count)]
+
+    same = first(robot_0, "escalation")
+    assert all((a == b).all() for a, b in zip(same, first(robot_0, "escalation")))  # another watch, another arm
+    assert not all((a == b).all() for a, b in zip(same, first(robot_0, "edge")))
+    assert not all((a == b).all() for a, b in zip(same, first(robot_1, "escalation")))

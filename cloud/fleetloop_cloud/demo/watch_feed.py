@@ -33,6 +33,16 @@ from fleetloop_sim import sim
 log = logging.getLogger(__name__)
 
 
+def watch_frames(spec: Any, role: str) -> Iterator[Any]:
+    """Return the frames every watch of ``role`` on robot ``spec`` judges, from the first: the same in every
+    arm and run (a camera stream of the robot's site, seeded by the robot and the role)."""
+    camera = sim.CameraStream(
+        spec.site, f"{spec.robot_id}/watch/{role}", seed=spec.world_seed, start_ns=spec.start_ns, task=spec.task
+    )
+    while True:
+        yield from camera.frames(1000)
+
+
 class WatchFeed:
     """A thread that feeds ``manager`` frames of the robot's site while it watches a swap (``spec``: its robot)."""
 
@@ -62,15 +72,6 @@ class WatchFeed:
         with self._turn:
             yield
 
-    def _camera(self, role: str) -> Iterator[Any]:
-        """Return the frames every watch of ``role`` on this robot judges, from the first (whatever the arm)."""
-        spec = self.spec
-        camera = sim.CameraStream(
-            spec.site, f"{spec.robot_id}/watch/{role}", seed=spec.world_seed, start_ns=spec.start_ns, task=spec.task
-        )
-        while True:
-            yield from camera.frames(1000)
-
     def _run(self) -> None:
         job, frames = None, iter(())
         while not self._stop.is_set():
@@ -82,7 +83,7 @@ class WatchFeed:
                     if watching is None:
                         break
                     if watching["job_id"] != job:
-                        job, frames = watching["job_id"], self._camera(watching["role"])
+                        job, frames = watching["job_id"], watch_frames(self.spec, watching["role"])
                     frame = next(frames)
                     try:
                         self.manager.infer(frame.image, stream=f"{self.spec.stream}/watch")
