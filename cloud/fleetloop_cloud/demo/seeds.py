@@ -44,25 +44,30 @@ FIGURES: dict[str, Callable[[dict], Any]] = {
 }
 
 
-def _arm(report: dict, name: str) -> dict:
-    """Return one arm's row of a detection report's headline (empty when the arm did not run)."""
-    return next((row for row in report.get("headline", []) if row.get("arm") == name), {})
+def _row(arm: str, key: str) -> Callable[[dict], Any]:
+    """Return the reader of ``key`` in one arm's row of a detection report's headline (None: not there)."""
+
+    def read(report: dict) -> Any:
+        row = next((r for r in report.get("headline", []) if r.get("arm") == arm), {})
+        return row.get(key)
+
+    return read
 
 
 # the detection demo's figures (``fleetloop demo --task detection``): its report's headline rows per arm
 DETECTION_FIGURES: dict[str, Callable[[dict], Any]] = {
-    "throughput_ratio": lambda r: _arm(r, "loop").get("throughput_ratio"),
-    "cost_ratio": lambda r: _arm(r, "loop").get("cost_ratio"),
-    "ground_truth_cost_ratio": lambda r: _arm(r, "loop").get("ground_truth_cost_ratio"),
-    "random_throughput_ratio": lambda r: _arm(r, "random").get("throughput_ratio"),
-    "accepted": lambda r: _arm(r, "loop").get("accepted"),
-    "auto_accepted": lambda r: _arm(r, "loop").get("auto"),
-    "uploaded": lambda r: _arm(r, "loop").get("uploaded"),
-    "t4_map50_start": lambda r: _arm(r, "loop").get("t4_map50_start"),
-    "t4_map50_end": lambda r: _arm(r, "loop").get("t4_map50_end"),
-    "t4_map_end": lambda r: _arm(r, "loop").get("t4_map_end"),
-    "random_t4_map50_end": lambda r: _arm(r, "random").get("t4_map50_end"),
-    "upload_all_t4_map50_end": lambda r: _arm(r, "upload-all").get("t4_map50_end"),
+    "throughput_ratio": _row("loop", "throughput_ratio"),
+    "cost_ratio": _row("loop", "cost_ratio"),
+    "ground_truth_cost_ratio": _row("loop", "ground_truth_cost_ratio"),
+    "random_throughput_ratio": _row("random", "throughput_ratio"),
+    "accepted": _row("loop", "accepted"),
+    "auto_accepted": _row("loop", "auto"),
+    "uploaded": _row("loop", "uploaded"),
+    "t4_map50_start": _row("loop", "t4_map50_start"),
+    "t4_map50_end": _row("loop", "t4_map50_end"),
+    "t4_map_end": _row("loop", "t4_map_end"),
+    "random_t4_map50_end": _row("random", "t4_map50_end"),
+    "upload_all_t4_map50_end": _row("upload-all", "t4_map50_end"),
     "minutes": lambda r: None if r.get("seconds") is None else r["seconds"] / 60.0,
 }
 
