@@ -61,7 +61,7 @@ def _young(lock: Path, since: float) -> bool:
         return True
 
 
-def _remove(directory: Path, lock: Path, files: list[Path]) -> int | None:
+def _remove(lock: Path, files: list[Path]) -> int | None:
     """Remove ``files`` (the first is the segment) and ``lock``; return the segment's size, None if it failed."""
     try:
         size = files[0].stat().st_size if files[0].exists() else 0
@@ -93,7 +93,7 @@ def remove_orphaned_segments(directory: Path = SHM_DIR, min_age_s: float = 5.0) 
             continue
         if _young(lock, now - min_age_s) or _held(lock):
             continue
-        size = _remove(directory, lock, files)
+        size = _remove(lock, files)
         if size is not None:
             removed.append((segment.name, size))
     if removed:
