@@ -7,12 +7,16 @@ util-linux's ``setpriv``). :meth:`PostgresServer.stop` (and leaving its ``with``
 and removes its directory, on every path. The server runs in the foreground as this process's child
 under ``setpriv --pdeathsig``, so it also ends when the process that started it dies without its
 clean-up (SIGTERM to pytest, kill -9): ``pg_ctl start`` daemonized it, and a stopped test run left it
-running. Start it from a thread that outlives it (the kernel ties the signal to that thread).
+running. Start it from a thread that outlives it (the kernel ties the signal to that thread). A process
+killed that way cannot remove the cluster's directory, so each new server first removes the directories
+whose owner died (its lock on ``owner.lock`` released) and whose server has ended.
 """
 
 from __future__ import annotations
 
+import fcntl
 import glob
+import io
 import os
 import shutil
 import signal
@@ -26,6 +30,7 @@ from pathlib import Path
 from fleetloop_core.stop_signals import end_with_parent_command
 
 USER = "fleetloop"
+_OWNER_LOCK = "owner.lock"
 
 
 def free_port() -> int:
@@ -44,6 +49,48 @@ def _binary(name: str) -> str:
     return path
 
 
+def _server_running(data: Path) -> bool:
+    """Whether the postmaster named in ``data/postmaster.pid`` (removed at its clean shutdown) still runs."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
+def remove_abandoned_clusters(tmp: Path) -> list[Path]:
+    """Remove the clusters under ``tmp`` whose owner died without its clean-up and whose server has ended.
+
+    The owner holds an exclusive ``flock`` on ``owner.lock`` for its life (the kernel releases it when the
+    process dies, kill -9 included); a directory without that file is left alone (another owner's, mid-way
+    through its start). Returns the directories removed.
+    """
+    removed = []
+    for root in sorted(tmp.glob("fleetloop-pg-*")):
+        try:
+            with open(root / _OWNER_LOCK, "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _server_running(root / "data"):
+                    continue
+                shutil.rmtree(root, ignore_errors=True)
+                removed.append(root)
+        except (FileNotFoundError, NotADirectoryError, BlockingIOError, PermissionError):
+            continue
+    return removed
+
+
+def _hold_owner_lock(root: Path) -> io.BufferedWriter:
+    """Create ``root/owner.lock`` already locked (written locked, then renamed into place): no sweeper sees it free."""
+    pending = root / f".{_OWNER_LOCK}.{os.getpid()}"
+    lock = open(pending, "wb")  # noqa: SIM115 - held for the server's life, closed by stop()
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    pending.rename(root / _OWNER_LOCK)
+    return lock
+
+
 class PostgresServer:
     """A PostgreSQL cluster in a temporary directory, serving 127.0.0.1:``port``.
 
@@ -55,7 +102,9 @@ class PostgresServer:
 
     def __init__(self, durable: bool = False) -> None:
         self.durable = durable
+        remove_abandoned_clusters(Path(tempfile.gettempdir()))
         self.root = Path(tempfile.mkdtemp(prefix="fleetloop-pg-"))
+        self._owner_lock = _hold_owner_lock(self.root)
         self.root.chmod(0o755)
         self.data, self.log = self.root / "data", self.root / "server.log"
         self.port = free_port()
@@ -80,7 +129,7 @@ class PostgresServer:
         command = end_with_parent_command([_binary("postgres"), "-D", str(self.data), *options], signal.SIGINT, user)
         with open(self.log, "ab") as log:
             self._server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        ready = [_binary("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        ready = [_binary("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER]
         deadline = time.monotonic() + timeout_s
         while subprocess.run(ready, capture_output=True).returncode != 0:
             if self._server.poll() is not None or time.monotonic() > deadline:
@@ -111,6 +160,7 @@ class PostgresServer:
                     server.wait(timeout=30)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+            self._owner_lock.close()
 
     @property
     def pid(self) -> int | None:

@@ -7,6 +7,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from fleetloop_cloud.box_pool import BoxPool
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.pool import Pool, PoolError
 from fleetloop_cloud.pool_sql import ROW_LOCK, redact
+from fleetloop_sim.postgres import PostgresServer, remove_abandoned_clusters
 
 from fixtures.cloud_world import cloud_config, pool_frame
 from fixtures.mqtt import wait_until
@@ -316,6 +318,14 @@ def test_the_server_ends_with_the_process_that_started_it_even_killed_without_cl
             assert alive(server.pid)
             server.kill_owner()
             assert wait_until(lambda: not alive(server.pid), 30.0)
+        # the owner could not remove its directory; the next server's start does, and leaves a live owner's
+        assert Path(root).is_dir()
+        live = PostgresServer()
+        try:
+            assert not Path(root).exists()
+            assert live.root not in remove_abandoned_clusters(live.root.parent) and live.root.is_dir()
+        finally:
+            live.stop()
     finally:  # after the orphan, if any, is ended
         if root:
             shutil.rmtree(root, ignore_errors=True)
