@@ -42,6 +42,10 @@ class PhaseReport:
     def succeeded(self) -> list[str]:
         return [t for t, r in self.results.items() if r["status"] == "SUCCEEDED"]
 
+    def unjudged(self) -> list[str]:
+        """The robots that succeeded on a watch too short to judge (``watch_judged: false``: no evidence either way)."""
+        return [t for t in self.succeeded() if self.results[t]["details"].get("watch_judged") == "false"]
+
 
 @dataclass
 class RolloutReport:
@@ -218,7 +222,11 @@ def rollout(
         _roll_back(jobs, report, canary.succeeded(), document, job_id, config, previous_version, say)
         return report
 
-    say(f"canaries succeeded: {', '.join(canaries)}")
+    unjudged = canary.unjudged()
+    say(
+        f"canaries succeeded: {', '.join(canaries)}"
+        + (f"; unjudged (their watch saw too few frames): {', '.join(unjudged)}" if unjudged else "")
+    )
     rest = [t for t in fleet if t not in canaries]
     report.fleet = PhaseReport(f"{job_id}-fleet", rest)
     if not rest and fleet_group is None:

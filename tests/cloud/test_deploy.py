@@ -75,6 +75,38 @@ def test_local_rollout_canary_then_fleet(tmp_path, test_models, signing_keys, fr
     assert report.canary.things == ["robot-a"] and report.fleet.things == ["robot-b", "robot-c"]
     assert {r.cascade.edge.version for r in fleet.robots.values()} == {"v2"}
     assert report.canary.results["robot-a"]["details"]["serving_version"] == "v2"
+    assert report.canary.unjudged() == [] and report.canary.results["robot-a"]["details"]["watch_judged"] == "true"
+
+
+def test_a_canary_whose_camera_stopped_after_the_swap_succeeds_unjudged(
+    tmp_path, test_models, signing_keys, frames, caplog
+):
+    # its watch ends on time with no frame seen: the rollout says so instead of "succeeded" alone
+    config = manager_config(watchdog=WatchdogConfig(window_frames=8, min_frames=3, window_s=0.5))
+    robot = Robot(tmp_path / "robot-a", test_models, signing_keys, frames, config)
+    agent = DeployAgent(LocalControlPlane(tmp_path / "jobs", "robot-a", poll_s=0.02), robot.manager, poll_s=0.1)
+    robot.serve(12)  # the shadow check's frames; then the camera stops
+    agent.start()
+    try:
+        document = _document(robot, "v2", bucket=f"file://{tmp_path / 'bucket'}")
+        with caplog.at_level("INFO", logger="fleetloop_cloud.rollout"):
+            report = rollout(
+                LocalDirJobs(tmp_path / "jobs"),
+                ["robot-a"],
+                document,
+                "r1",
+                RolloutConfig(canary_count=1, canary_timeout_s=60, poll_s=0.05),
+            )
+    finally:
+        agent.stop()
+        robot.manager.close()
+    details = report.canary.results["robot-a"]["details"]
+    assert report.canary.succeeded() == ["robot-a"] and robot.cascade.edge.version == "v2"
+    assert details["watch_frames"] == "0" and details["watch_judged"] == "false"
+    assert "watch unjudged: its 0.5 s window ended after 0 frames, fewer than the 3" in details["reason"]
+    assert report.canary.unjudged() == ["robot-a"]
+    assert "unjudged (their watch saw too few frames): robot-a" in caplog.text
+    assert robot.manager.events()[-1].detail.startswith("unjudged: ")
 
 
 def _constant_model_rollout(tmp_path, test_models, signing_keys, frames, job_id, config, **options):

@@ -210,7 +210,14 @@ class Deployer:
         # frames drive the watch; the timeout only covers a robot that stops seeing frames
         while not watch.done.wait(0.2):
             self.serving.watch_tick()
-        details.update({"watch_frames": str(watch.stats.frames), "watch_errors": str(watch.stats.errors)})
+        judged = watch.judged(self.serving.config.watchdog)
+        details.update(
+            {
+                "watch_frames": str(watch.stats.frames),
+                "watch_errors": str(watch.stats.errors),
+                "watch_judged": "true" if judged else "false",
+            }
+        )
         if watch.rolled_back_at is not None:
             return JobOutcome(
                 job_id,
@@ -220,7 +227,10 @@ class Deployer:
                 watch.previous.version,
                 details,
             )
-        return JobOutcome(job_id, "SUCCEEDED", f"serving {candidate.version}", role, candidate.version, details)
+        reason = f"serving {candidate.version}"
+        if not judged:  # its window ran out (no camera frames, or a role that served few): no evidence either way
+            reason += f" (watch unjudged: {watch.unjudged_reason(self.serving.config.watchdog)})"
+        return JobOutcome(job_id, "SUCCEEDED", reason, role, candidate.version, details)
 
     # ------------------------------------------------------------------ rollback to an earlier version
     def roll_back_to_history(self, job_id: str, role: str, reason: str, to_version: str | None) -> JobOutcome:

@@ -336,16 +336,14 @@ class ServingModels:
                 return
             self._role_state[watch.role] = "serving"
             figures = watch.figures(latency=True)
+            judged = watch.judged(self.config.watchdog)
             watch.done.set()
-        self.emit(
-            "watch_passed",
-            watch.role,
-            watch.version,
-            watch.previous.version,
-            watch.job_id,
-            f"{watch.stats.frames} frames without crossing a limit",
-            figures,
+        detail = (
+            f"{watch.stats.frames} frames without crossing a limit"
+            if judged
+            else f"unjudged: {watch.unjudged_reason(self.config.watchdog)}"
         )
+        self.emit("watch_passed", watch.role, watch.version, watch.previous.version, watch.job_id, detail, figures)
 
     def _roll_back_watch(self, watch: Watch, reason: str) -> None:
         with self._lock:

@@ -96,6 +96,18 @@ class Watch:
             return "passed"
         return None
 
+    def judged(self, config: WatchdogConfig) -> bool:
+        """Whether the watch saw the frames its rates need (``min_frames``): a watch whose time window ran
+        out before that passes without evidence either way (the camera stopped, or the role served few)."""
+        return self.stats.frames >= config.min_frames
+
+    def unjudged_reason(self, config: WatchdogConfig) -> str:
+        """Say why a watch passed without judging (for the job's reason and the event)."""
+        return (
+            f"its {config.window_s:g} s window ended after {self.stats.frames} frames, "
+            f"fewer than the {config.min_frames} the watchdog judges"
+        )
+
     def figures(self, latency: bool = False) -> dict[str, float]:
         """Return frames and errors seen (and the latency p95 in ms, when ``latency`` and any was measured)."""
         figures = {"watch_frames": float(self.stats.frames), "watch_errors": float(self.stats.errors)}
