@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fleetloop_sim import sim
-from fleetloop_core.cascade import Cascade, CascadeConfig
+from fleetloop_core.cascade import Cascade, CascadeConfig, EscalationLatency
 from fleetloop_core.errors import ConfigError, ModelError
 from fleetloop_core.inference import TierModel
 
@@ -59,6 +59,41 @@ def test_escalation_follows_the_signal(tiers, frames):
 def test_latency_budget_blocks_escalation(tiers, frames):
     cascade = Cascade(*tiers, CascadeConfig(escalate_above=0.0, latency_budget_ms=1e-6))
     assert not any(cascade.infer(f).escalated for f in frames[:10])
+
+
+class _ScriptedLatency:
+    """A real T3 whose measured latency is replaced by a script (the machine's load, made repeatable)."""
+
+    def __init__(self, model, latencies_s):
+        self._model, self._latencies = model, iter(latencies_s)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def infer(self, frame, color_order="RGB"):
+        out = self._model.infer(frame, color_order)
+        out.latency_s = next(self._latencies)
+        return out
+
+
+def test_one_slow_escalation_does_not_stop_escalation_for_good(tiers, frames):
+    # the old estimate (an average refreshed only by escalations) latched after one slow run: no T3 until a swap
+    edge, high = tiers
+    slow_first = _ScriptedLatency(high, [0.5] + [0.001] * 1000)
+    cascade = Cascade(edge, slow_first, CascadeConfig(escalate_above=0.0, latency_budget_ms=20.0))
+    escalated = [cascade.infer(frames[i % len(frames)]).escalated for i in range(200)]
+    probe = EscalationLatency.PROBE_EVERY  # the slow run, PROBE_EVERY - 1 skipped frames, then the probe
+    assert escalated[0] and not any(escalated[1:probe]) and escalated[probe]
+    assert all(escalated[probe:]), "escalation resumes once a probe measured T3 within the budget"
+    # one slow run among fast ones changes nothing: the estimate is the median of the last runs
+    spike = _ScriptedLatency(high, [0.001] * 3 + [0.5] + [0.001] * 1000)
+    cascade = Cascade(edge, spike, CascadeConfig(escalate_above=0.0, latency_budget_ms=20.0))
+    assert all(cascade.infer(frames[i % len(frames)]).escalated for i in range(60))
+    # a T3 slow on every run stays skipped, measured again on one frame in PROBE_EVERY
+    slow = _ScriptedLatency(high, [0.5] * 1000)
+    cascade = Cascade(edge, slow, CascadeConfig(escalate_above=0.0, latency_budget_ms=20.0))
+    count = sum(cascade.infer(frames[i % len(frames)]).escalated for i in range(1 + 3 * EscalationLatency.PROBE_EVERY))
+    assert count == 4
 
 
 def test_result_contents(tiers, frames):

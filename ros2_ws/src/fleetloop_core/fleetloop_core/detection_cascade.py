@@ -129,10 +129,7 @@ class DetectionCascade(TieredCascade[DetectorModel]):
             if config.escalation_enabled and signal > config.escalate_above and self._within_budget(out.latency_s):
                 high_out, high_parts, high_scoring_s = _run_tier(escalation, frame, color_order, config.band_width)
                 passes[escalation.tier] = high_out
-                previous = self._escalation_latency_s
-                self._escalation_latency_s = (
-                    high_out.latency_s if previous is None else 0.8 * previous + 0.2 * high_out.latency_s
-                )
+                self._escalation_latency.record(high_out.latency_s)
                 t0 = time.perf_counter()
                 tier_detections[escalation.tier] = high_parts.confirmed
                 disagreement = dunc.box_disagreement(
