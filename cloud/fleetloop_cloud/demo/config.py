@@ -37,9 +37,15 @@ class RobotOverrides(ConfigModel):
     shadow_stride_frames: int = Field(default=10, ge=1)
     watchdog_max_latency_ms: float = Field(default=200.0, gt=0.0)
     watchdog_window_s: float = Field(default=5.0, gt=0.0)
+    # T4 + T3 a frame (robot.yaml: 20 ms): robots sharing cores skip T3 by the machine's load, not their own
+    cascade_latency_budget_ms: float = Field(default=1000.0, gt=0.0)
     # in-process robots: their watches are fed frames (demo.watch_feed) and end on window_frames; the window
     # only bounds a watch that gets too few (then what it saw depends on the machine's speed)
     in_process_watchdog_window_s: float = Field(default=60.0, gt=0.0)
+
+    def cascade_overrides(self) -> dict[str, Any]:
+        """Return the overrides of the robots' cascade settings (robot.yaml ``cascade``, the task's block)."""
+        return {"latency_budget_ms": self.cascade_latency_budget_ms}
 
     def manager_overrides(self, in_process: bool = False) -> dict[str, Any]:
         """Return the overrides of config/model_manager.yaml's ``model_manager`` section (demo robots, CPU);

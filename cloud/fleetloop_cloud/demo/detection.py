@@ -148,6 +148,7 @@ def _start_arms(
             keys_dir=keys[1],
             selection=selection,
             manager_overrides=robot.manager_overrides(in_process=True),
+            cascade_overrides=robot.cascade_overrides(),
             queue_synchronous="normal",
         )
         arms[name].robots = [

@@ -179,6 +179,7 @@ class FleetSettings:
     selection: dict  # config/selection.yaml content with the demo's budget
     manager_overrides: dict  # model_manager section overrides
     mqtt: dict | None = None  # robot_id -> control_plane.mqtt section (its certificate) for mqtts://
+    cascade_overrides: dict = field(default_factory=dict)  # the cascade's settings (robot.yaml ``cascade``)
     camera_window: int = 4
     camera_rate_hz: float = 10.0
     queue_synchronous: str = "full"  # in-process robots' upload queue: sqlite durability (full or normal)
@@ -202,6 +203,7 @@ def serving_stack(
     jobs_uri: str,
     manager_overrides: dict,
     mqtt: dict | None = None,
+    cascade_overrides: dict | None = None,
 ) -> ServingStack:
     """Return a provisioned robot's serving stack (classifiers or detectors, as the packages' task says).
 
@@ -231,6 +233,9 @@ def serving_stack(
     cascade = cascade_for(
         load_model(serving["edge"], providers=("cpu",)), load_model(serving["escalation"], providers=("cpu",))
     )
+    if cascade_overrides:  # the task's own settings model, validated like robot.yaml's block
+        settings = {**cascade.config.model_dump(), **cascade_overrides}
+        cascade.config = validate(type(cascade.config), settings, source=f"demo {robot_id} cascade")
     manager = ModelManager(cascade, store, manager_config)
     plane = ControlPlaneConfig(uri=jobs_uri, thing_name=robot_id, poll_s=0.5, **({"mqtt": mqtt} if mqtt else {}))
     agent = DeployAgent(open_control_plane(plane, f"demo {robot_id}: control_plane"), manager, poll_s=0.5)
@@ -281,6 +286,7 @@ class InProcessRobot:
             settings.jobs_uri,
             settings.manager_overrides,
             settings.mqtt[spec.robot_id] if settings.mqtt else None,
+            settings.cascade_overrides,
         )
         self.cascade, self.manager, self.agent = stack.cascade, stack.manager, stack.agent
         self.selector = Selector(

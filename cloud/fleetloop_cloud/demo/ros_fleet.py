@@ -170,6 +170,7 @@ class RosFleet:
         )
         perception = data["/**/perception"]["ros__parameters"]
         perception.update(models_dir=str(self.settings.root / "round0"), image_qos="reliable", intra_op_threads=1)
+        perception["cascade"] = merge(perception.get("cascade", {}), self.settings.cascade_overrides)
         manager = data["/**/model_manager"]["ros__parameters"]
         manager["manager"] = merge(
             manager["manager"],

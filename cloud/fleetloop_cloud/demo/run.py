@@ -220,6 +220,7 @@ class Demo:
                 keys_dir=trusted,
                 selection=selection,
                 manager_overrides=cfg.robot.manager_overrides(in_process=not (cfg.ros and name == "loop")),
+                cascade_overrides=cfg.robot.cascade_overrides(),
                 mqtt=mqtt["robot"] if on_mqtt else None,
                 camera_window=cfg.camera_window,
                 camera_rate_hz=cfg.camera_rate_hz,
