@@ -54,12 +54,14 @@ def test_the_demo_robots_escalate_within_the_demo_latency_budget_not_the_robot_d
     settings, _ = fleet_settings(tmp_path, request.getfixturevalue(models)["T4"].parent, robot)
     spec = robot_specs(1, world_seed=3, task=task)[0]
     in_process = InProcessRobot(spec, settings)
-    default = type(in_process.cascade.config)()
+    try:
+        config = in_process.cascade.config
+    finally:
+        in_process.stop()  # its queue and model manager are open from construction
+    default = type(config)()
     assert default.latency_budget_ms < 750.0  # 20 ms for classifiers, 40 for detectors
-    assert in_process.cascade.config.latency_budget_ms == 750.0
-    assert in_process.cascade.config.model_dump(exclude={"latency_budget_ms"}) == default.model_dump(
-        exclude={"latency_budget_ms"}
-    )
+    assert config.latency_budget_ms == 750.0
+    assert config.model_dump(exclude={"latency_budget_ms"}) == default.model_dump(exclude={"latency_budget_ms"})
     if task == "classification":  # the ROS robots' parameter file (the ROS demo's robots are classifiers)
         written = yaml.safe_load(RosFleet([spec], settings)._robot_yaml(spec).read_text())
         block = written["/**/perception"]["ros__parameters"]["cascade"]
