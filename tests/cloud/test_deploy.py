@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
+import time
 
 import pytest
 
@@ -81,8 +84,9 @@ def test_local_rollout_canary_then_fleet(tmp_path, test_models, signing_keys, fr
 def test_a_canary_whose_camera_stopped_after_the_swap_succeeds_unjudged(
     tmp_path, test_models, signing_keys, frames, caplog
 ):
-    # its watch ends on time with no frame seen: the rollout says so instead of "succeeded" alone
-    config = manager_config(watchdog=WatchdogConfig(window_frames=8, min_frames=3, window_s=0.5))
+    # its watch waits for frames past its window, up to unjudged_after_s, and ends with none seen: the
+    # rollout says so instead of "succeeded" alone
+    config = manager_config(watchdog=WatchdogConfig(window_frames=8, min_frames=3, window_s=0.5, unjudged_after_s=1.5))
     robot = Robot(tmp_path / "robot-a", test_models, signing_keys, frames, config)
     agent = DeployAgent(LocalControlPlane(tmp_path / "jobs", "robot-a", poll_s=0.02), robot.manager, poll_s=0.1)
     robot.serve(12)  # the shadow check's frames; then the camera stops
@@ -103,10 +107,55 @@ def test_a_canary_whose_camera_stopped_after_the_swap_succeeds_unjudged(
     details = report.canary.results["robot-a"]["details"]
     assert report.canary.succeeded() == ["robot-a"] and robot.cascade.edge.version == "v2"
     assert details["watch_frames"] == "0" and details["watch_judged"] == "false"
-    assert "watch unjudged: its 0.5 s window ended after 0 frames, fewer than the 3" in details["reason"]
+    waited = re.search(
+        r"watch unjudged: it ended ([0-9.]+) s after the swap with 0 frames, fewer than the 3 ", details["reason"]
+    )
+    assert waited and float(waited.group(1)) >= 1.5, details["reason"]  # not at its 0.5 s window: it waited
     assert report.canary.unjudged() == ["robot-a"]
     assert "unjudged (their watch saw too few frames): robot-a" in caplog.text
     assert robot.manager.events()[-1].detail.startswith("unjudged: ")
+
+
+def test_a_canary_whose_camera_resumes_after_its_window_is_judged_on_the_frames_it_waited_for(
+    tmp_path, test_models, signing_keys, frames
+):
+    # the robot parked after the swap and drove on after the watch's window had passed: the watch waited for
+    # its min_frames (instead of passing on none at window_s), judged them, and only then the job succeeded
+    config = manager_config(watchdog=WatchdogConfig(window_frames=50, min_frames=5, window_s=0.5, unjudged_after_s=60))
+    robot = Robot(tmp_path / "robot-a", test_models, signing_keys, frames, config)
+    agent = DeployAgent(LocalControlPlane(tmp_path / "jobs", "robot-a", poll_s=0.02), robot.manager, poll_s=0.1)
+    robot.serve(12)  # the shadow check's frames; then the camera stops
+    swapped_at: list[float] = []
+
+    def camera_resumes():
+        while robot.cascade.edge.version != "v2":
+            time.sleep(0.01)
+        swapped_at.append(time.monotonic())
+        time.sleep(1.0)  # twice the watch's window
+        robot.serve(5)
+
+    camera = threading.Thread(target=camera_resumes, daemon=True)
+    agent.start()
+    camera.start()
+    try:
+        document = _document(robot, "v2", bucket=f"file://{tmp_path / 'bucket'}")
+        report = rollout(
+            LocalDirJobs(tmp_path / "jobs"),
+            ["robot-a"],
+            document,
+            "r1",
+            RolloutConfig(canary_count=1, canary_timeout_s=60, poll_s=0.05),
+        )
+        ended_at = time.monotonic()
+    finally:
+        camera.join(timeout=30)
+        agent.stop()
+        robot.manager.close()
+    details = report.canary.results["robot-a"]["details"]
+    assert report.canary.succeeded() == ["robot-a"] and report.canary.unjudged() == []
+    assert details["watch_judged"] == "true" and details["watch_frames"] == "5", details
+    assert ended_at - swapped_at[0] >= 1.0  # the job did not end at the window, before the frames came
+    assert robot.manager.events()[-1].detail == "5 frames without crossing a limit"
 
 
 def _constant_model_rollout(tmp_path, test_models, signing_keys, frames, job_id, config, **options):

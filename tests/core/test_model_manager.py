@@ -416,6 +416,23 @@ def test_config_file_loads_and_bad_values_are_named(repo_root, tmp_path):
     bad.write_text("model_manager:\n  shadow:\n    min_agreement: 1.5\n")
     with pytest.raises(ConfigError, match=r"model_manager.shadow.min_agreement.*1.5"):
         load_manager_config(str(bad))
+    bad.write_text("model_manager:\n  watchdog:\n    window_s: 60\n    unjudged_after_s: 30\n")
+    with pytest.raises(ConfigError, match=r"unjudged_after_s \(30.0\) must be >= window_s \(60.0\)"):
+        load_manager_config(str(bad))
+
+
+def test_a_watch_ends_on_time_once_judged_and_short_of_frames_only_after_its_wait(test_models):
+    from fleetloop_core.inference import TierModel
+    from fleetloop_core.model_watch import start_watch
+
+    config = WatchdogConfig(window_frames=300, window_s=60.0, min_frames=30, unjudged_after_s=300.0)
+    model = TierModel.load(test_models["T4"], providers=("cpu",), warmup=0)
+    watch = start_watch("job", "edge", model, model, [], float("nan"), float("nan"), now=1000.0)
+    assert not watch.time_up(config, 1059.0)
+    assert not watch.time_up(config, 1061.0)  # past its window with 0 frames: it waits for them
+    assert watch.time_up(config, 1300.0) and not watch.judged(config)  # its wait is over: passes unjudged
+    watch.stats.frames = 30
+    assert not watch.time_up(config, 1059.0) and watch.time_up(config, 1060.0)  # judged: its window ends it
 
 
 def test_the_manager_shortens_the_gil_switch_interval_when_configured(tmp_path, test_models, signing_keys, frames):

@@ -37,6 +37,9 @@ class RobotOverrides(ConfigModel):
     shadow_stride_frames: int = Field(default=10, ge=1)
     watchdog_max_latency_ms: float = Field(default=200.0, gt=0.0)
     watchdog_window_s: float = Field(default=5.0, gt=0.0)
+    # ROS robots: a watch short of min_frames at its window waits this long after the swap for them (the next
+    # round's camera), then passes unjudged (robot.yaml: 300 s; here nothing streams after the last round's deploy)
+    watchdog_unjudged_after_s: float = Field(default=15.0, gt=0.0)
     # T4 + T3 a frame (robot.yaml: 20 ms): robots sharing cores skip T3 by the machine's load, not their own
     cascade_latency_budget_ms: float = Field(default=1000.0, gt=0.0)
     # in-process robots: their watches are fed frames (demo.watch_feed) and end on window_frames; the window
@@ -51,6 +54,8 @@ class RobotOverrides(ConfigModel):
         """Return the overrides of config/model_manager.yaml's ``model_manager`` section (demo robots, CPU);
         ``in_process``: for robots in this process, whose watches the watch feed serves."""
         window_s = self.in_process_watchdog_window_s if in_process else self.watchdog_window_s
+        # in-process robots' watches are fed their frames: their window is the bound
+        wait_s = window_s if in_process else max(window_s, self.watchdog_unjudged_after_s)
         return {
             "shadow": {
                 "min_agreement": self.shadow_min_agreement,
@@ -60,6 +65,7 @@ class RobotOverrides(ConfigModel):
             "watchdog": {
                 "max_latency_ms": self.watchdog_max_latency_ms,
                 "window_s": window_s,
+                "unjudged_after_s": wait_s,
                 "min_frames": self.watchdog_min_frames,
                 "confidence_min_frames": self.watchdog_confidence_min_frames,
             },

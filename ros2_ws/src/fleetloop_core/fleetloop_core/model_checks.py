@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fleetloop_core.config import ConfigModel
 
@@ -43,8 +43,12 @@ class WatchdogConfig(ConfigModel):
 
     enabled: bool = True
     window_frames: int = Field(default=50, ge=1)  # the watch ends after this many frames ...
-    window_s: float = Field(default=30.0, gt=0.0)  # ... or this many seconds, whichever first
+    window_s: float = Field(default=30.0, gt=0.0)  # ... or this many seconds, whichever first, once it saw min_frames
     min_frames: int = Field(default=10, ge=1)  # frames before rates are judged
+    # a watch short of min_frames when window_s ends waits for them, up to this many seconds after the swap, then
+    # passes unjudged: a canary parked after its swap (no frames) is no evidence either way, and its rollout's
+    # fleet phase should not follow it on none (>= window_s; the rollout's canary_timeout_s must allow it)
+    unjudged_after_s: float = Field(default=300.0, gt=0.0)
     max_latency_ms: float = Field(default=50.0, gt=0.0)  # p95 of the swapped tier's latency
     max_latency_ratio: float = Field(default=3.0, gt=0.0)  # median latency / median before the swap ...
     latency_floor_ms: float = Field(default=5.0, ge=0.0)  # ... only enforced above this
@@ -54,6 +58,12 @@ class WatchdogConfig(ConfigModel):
     # confidence depends on the scene (a stretch of background, one item): judged only over this many frames
     confidence_min_frames: int = Field(default=100, ge=1)
     max_error_rate: float = Field(default=0.1, ge=0.0, le=1.0)  # errors and non-finite outputs
+
+    @model_validator(mode="after")
+    def _wait_after_window(self) -> "WatchdogConfig":
+        if self.unjudged_after_s < self.window_s:
+            raise ValueError(f"unjudged_after_s ({self.unjudged_after_s}) must be >= window_s ({self.window_s})")
+        return self
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -290,14 +290,10 @@ class ServingModels:
         return watch
 
     def watch_tick(self) -> None:
-        """End a watch whose time window has passed even when no frames arrive (call periodically)."""
+        """End a watch whose time is up even when no frames arrive (call periodically; ``Watch.time_up``)."""
         with self._lock:
             watch = self._watch
-            due = (
-                watch is not None
-                and not watch.done.is_set()
-                and self._clock() - watch.started >= self.config.watchdog.window_s
-            )
+            due = watch is not None and not watch.done.is_set() and watch.time_up(self.config.watchdog, self._clock())
         if due and watch is not None:
             self._finish_watch(watch)
 
@@ -337,6 +333,7 @@ class ServingModels:
             self._role_state[watch.role] = "serving"
             figures = watch.figures(latency=True)
             judged = watch.judged(self.config.watchdog)
+            watch.ended_at = self._clock()
             watch.done.set()
         detail = (
             f"{watch.stats.frames} frames without crossing a limit"

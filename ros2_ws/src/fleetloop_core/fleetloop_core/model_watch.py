@@ -69,6 +69,7 @@ class Watch:
     done: threading.Event = field(default_factory=threading.Event)
     verdict: Optional[str] = None  # why it was rolled back
     rolled_back_at: Optional[float] = None
+    ended_at: Optional[float] = None  # when it passed (the manager's clock)
 
     def count(self, result: FrameResult | None, bad: bool) -> None:
         """Count one frame (``result`` None: an inference error) when the watched version served it."""
@@ -92,20 +93,27 @@ class Watch:
         if verdict is not None:
             self.verdict = verdict
             return "roll_back"
-        if self.stats.frames >= config.window_frames or now - self.started >= config.window_s:
+        if self.stats.frames >= config.window_frames or self.time_up(config, now):
             return "passed"
         return None
 
+    def time_up(self, config: WatchdogConfig, now: float) -> bool:
+        """Whether the watch ends on time: ``window_s`` has passed and it saw ``min_frames``, or, short of
+        them, ``unjudged_after_s`` has passed (the camera stopped after the swap: it passes unjudged)."""
+        elapsed = now - self.started
+        return elapsed >= config.window_s and (self.judged(config) or elapsed >= config.unjudged_after_s)
+
     def judged(self, config: WatchdogConfig) -> bool:
-        """Whether the watch saw the frames its rates need (``min_frames``): a watch whose time window ran
-        out before that passes without evidence either way (the camera stopped, or the role served few)."""
+        """Whether the watch saw the frames its rates need (``min_frames``): one that waited
+        ``unjudged_after_s`` for them in vain passes without evidence either way."""
         return self.stats.frames >= config.min_frames
 
     def unjudged_reason(self, config: WatchdogConfig) -> str:
         """Say why a watch passed without judging (for the job's reason and the event)."""
+        ended = f"{self.ended_at - self.started:.1f} s after the swap" if self.ended_at is not None else "early"
         return (
-            f"its {config.window_s:g} s window ended after {self.stats.frames} frames, "
-            f"fewer than the {config.min_frames} the watchdog judges"
+            f"it ended {ended} with {self.stats.frames} frames, fewer than the {config.min_frames} the "
+            f"watchdog judges (it waits up to {config.unjudged_after_s:g} s for them)"
         )
 
     def figures(self, latency: bool = False) -> dict[str, float]:
