@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -109,6 +110,34 @@ def test_agent_reports_progress_and_final_status_and_a_redelivered_job_is_applie
         assert agent.run_once(0.5).status == "SUCCEEDED"
         assert agent.run_once(0.05) is None
     assert robot.kinds().count("swapped") == 1 and robot.kinds()[-1] == "duplicate_job"  # applied once
+
+
+def test_stopping_the_agent_ends_a_watch_still_waiting_for_frames(tmp_path, test_models, signing_keys):
+    # the robot shuts down right after a swap, its camera already stopped: the watch would wait up to its 60 s
+    # for frames; stop() ends it (unjudged) so the job finishes, instead of waiting it out or leaving the thread
+    from fleetloop_sim import sim
+    from fixtures.model_packages import Robot, manager_config
+    from fleetloop_core.model_checks import WatchdogConfig
+
+    frames = [f.image for f in sim.CameraStream(sim.make_site(0, 0), "robot-0", seed=2).frames(12)]
+    config = manager_config(watchdog=WatchdogConfig(window_frames=50, min_frames=5, window_s=1.0, unjudged_after_s=60))
+    robot = Robot(tmp_path, test_models, signing_keys, frames, config)
+    robot.serve(12)  # the shadow check's frames; then the camera stops
+    agent = DeployAgent(LocalControlPlane(tmp_path / "jobs", "robot-0", poll_s=0.01), robot.manager, poll_s=0.05)
+    _queue(tmp_path / "jobs", "robot-0", "j1", robot.job(robot.package("v2")), 1)
+    agent.start()
+    try:
+        while robot.manager.status().watching is None:
+            time.sleep(0.01)
+    finally:
+        started = time.monotonic()
+        agent.stop()
+        stopped_s = time.monotonic() - started
+        robot.manager.close()
+    assert not agent._thread.is_alive() and stopped_s < 20.0  # the agent waits at most 30 s for a job
+    (outcome,) = agent.outcomes
+    assert outcome.status == "SUCCEEDED" and outcome.details["watch_judged"] == "false", outcome
+    assert "with 0 frames" in outcome.reason
 
 
 def test_job_dataclass_defaults():

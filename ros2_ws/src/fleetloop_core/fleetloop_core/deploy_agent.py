@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Optional
 
 from fleetloop_core.control_plane import ControlPlane, ControlPlaneError, ControlPlaneUnavailable, Job
@@ -21,6 +22,8 @@ from fleetloop_core.model_manager import ModelManager
 from fleetloop_core.selection_campaigns import Campaigns
 
 log = logging.getLogger(__name__)
+
+STOP_JOIN_S = 30.0  # how long stop() waits for a job in progress (a download, a shadow check) to finish
 
 
 class DeployAgent:
@@ -52,11 +55,16 @@ class DeployAgent:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop taking jobs and disconnect."""
+        """Stop taking jobs and disconnect. A job in progress finishes first; a watch in it that is still
+        waiting for frames (``watchdog.unjudged_after_s``: minutes) ends now, unjudged, as the manager's close
+        would end it, so shutting down does not wait it out (its outcome is delivered after a restart)."""
         self._stop.set()
         self.plane.close()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            deadline = time.monotonic() + STOP_JOIN_S
+            while self._thread.is_alive() and time.monotonic() < deadline:
+                self.manager.end_watch()  # the job may swap (and start a watch) while we wait
+                self._thread.join(timeout=0.1)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
