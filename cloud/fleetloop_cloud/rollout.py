@@ -238,9 +238,33 @@ def rollout(
         say(f"abort: {reason}")
         # the canaries and the fleet robots that took the model go back too: an aborted rollout leaves the
         # fleet on one version (measured: a 2-robot demo whose fleet robot refused the model kept it on the canary)
+        _finish_in_progress(jobs, report.fleet, config, say)
         took = canary.succeeded() + [t for t in report.fleet.succeeded() if t not in canaries]
         _roll_back(jobs, report, took, document, job_id, config, previous_version, say)
     return report
+
+
+def _finish_in_progress(jobs: FleetJobs, phase: PhaseReport, config: RolloutConfig, say) -> None:
+    """Wait for the robots of an aborted ``phase`` that were working on its job (IN_PROGRESS at the abort:
+    IoT Jobs lets them finish after a cancel without force; a robot's watch may be waiting for frames) to
+    end it, up to ``canary_timeout_s`` (one robot's time for a job); record how each ended (``after_abort``).
+    One that took the model then is rolled back with the others instead of keeping it."""
+    working = [t for t, r in phase.results.items() if r["reported"] == "IN_PROGRESS"]
+    if not working:
+        return
+    say(f"waiting for {', '.join(working)}: working on {phase.job_id} at the abort")
+    states, late = wait_for_reports(jobs, phase.job_id, working, config.canary_timeout_s, config.poll_s)
+    for thing in working:
+        state = states.get(thing)
+        if state is not None and state.terminal:
+            phase.results[thing] = {
+                "status": state.status,
+                "details": dict(state.details),
+                "reported": state.status,
+                "after_abort": True,
+            }
+    if late:
+        say(f"after the abort: {late}")
 
 
 def _roll_back(jobs, report, took, document, job_id, config, previous_version, say) -> None:

@@ -206,6 +206,46 @@ def test_fleet_phase_aborts_on_the_failure_rate_and_cancels_the_queue(tmp_path):
         jobs.create_job("j", ["t0"], {})
 
 
+def test_a_fleet_robot_that_finishes_its_job_after_the_abort_is_rolled_back_with_the_others(tmp_path):
+    # t3 was swapping (its watch waiting for frames) when the fleet job was canceled; IoT Jobs lets it finish.
+    # It took the model after the abort: the rollback goes to it too, so the fleet ends on one version.
+    jobs = LocalDirJobs(tmp_path)
+    things = ["t0", "t1", "t2", "t3", "t4"]  # t0 the canary; t4 is offline (its fleet job stays queued)
+    rollbacks: list[str] = []
+
+    def robot(thing):
+        plane = LocalControlPlane(tmp_path, thing, poll_s=0.01)
+        while True:
+            job = plane.next_job(5.0)
+            if job is None:
+                return
+            if job.job_id.endswith("-rollback"):
+                rollbacks.append(thing)
+                plane.update(job, "SUCCEEDED", {"reason": "serving v1"})
+                return
+            if thing in ("t1", "t2"):
+                plane.update(job, "FAILED", {"reason": "shadow check failed"})
+                return
+            if thing == "t3" and job.job_id.endswith("-fleet"):
+                plane.update(job, "IN_PROGRESS", {"step": "watching"})
+                while jobs.executions(job.job_id)["t4"].status != "CANCELED":  # the abort
+                    time.sleep(0.01)
+            plane.update(job, "SUCCEEDED", {"reason": "serving v2", "watch_judged": "true"})
+
+    threads = [threading.Thread(target=robot, args=(t,), daemon=True) for t in things[:4]]
+    for thread in threads:
+        thread.start()
+    config = RolloutConfig(canary_count=1, abort_failure_percent=50, abort_min_executed=2, poll_s=0.02)
+    config = config.model_copy(update={"canary_timeout_s": 30, "fleet_timeout_s": 30})
+    report = rollout(jobs, things, {"model": {"name": "m", "tier": "T4", "version": "v2"}}, "r1", config)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert report.aborted and "2 of 2 finished executions failed" in report.reason, report.reason
+    assert report.fleet.results["t3"]["status"] == "SUCCEEDED" and report.fleet.results["t3"]["after_abort"]
+    assert report.fleet.results["t4"]["status"] == "CANCELED"  # it never started: nothing to roll back
+    assert sorted(report.rollback.things) == ["t0", "t3"] and sorted(rollbacks) == ["t0", "t3"]
+
+
 def test_a_phase_report_tells_robots_cut_off_by_an_abort_from_robots_that_timed_out():
     from fleetloop_cloud.fleet_jobs import ExecutionState
     from fleetloop_cloud.rollout import _results
