@@ -12,7 +12,7 @@ import hashlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 from urllib.parse import parse_qs, urlparse
 
 from pydantic import Field
@@ -46,6 +46,10 @@ class RolloutConfig(ConfigModel):
     maximum_per_minute: int = Field(default=100, ge=1)  # jobExecutionsRolloutConfig
     in_progress_timeout_min: int = Field(default=30, ge=1)  # timeoutConfig (AWS marks TIMED_OUT)
     rollback_canaries: bool = True
+    # a canary whose watch passed unjudged (it saw fewer than watchdog.min_frames, even after waiting
+    # unjudged_after_s for them): proceed to the fleet phase (no evidence against it), or abort as if it
+    # had failed (no evidence for it either; its robots roll back)
+    unjudged_canaries: Literal["proceed", "abort"] = "proceed"
 
 
 # ====================================================================================== documents

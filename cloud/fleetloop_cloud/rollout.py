@@ -227,6 +227,12 @@ def rollout(
         f"canaries succeeded: {', '.join(canaries)}"
         + (f"; unjudged (their watch saw too few frames): {', '.join(unjudged)}" if unjudged else "")
     )
+    if unjudged and config.unjudged_canaries == "abort":
+        report.aborted = True
+        report.reason = f"canaries passed unjudged (rollout.unjudged_canaries: abort): {', '.join(unjudged)}"
+        say(f"abort: {report.reason}")
+        _roll_back(jobs, report, canary.succeeded(), document, job_id, config, previous_version, say)
+        return report
     rest = [t for t in fleet if t not in canaries]
     report.fleet = PhaseReport(f"{job_id}-fleet", rest)
     if not rest and fleet_group is None:

@@ -116,6 +116,33 @@ def test_a_canary_whose_camera_stopped_after_the_swap_succeeds_unjudged(
     assert robot.manager.events()[-1].detail.startswith("unjudged: ")
 
 
+def test_with_unjudged_canaries_abort_a_canary_that_judged_nothing_stops_the_rollout(tmp_path):
+    # the team's choice (config/deploy.yaml rollout.unjudged_canaries): no evidence for the model, no fleet phase
+    jobs = LocalDirJobs(tmp_path)
+    things = ["t0", "t1"]
+    answered: list[tuple[str, str]] = []
+
+    def robot(thing):
+        plane = LocalControlPlane(tmp_path, thing, poll_s=0.01)
+        while (job := plane.next_job(3.0)) is not None:
+            answered.append((thing, job.job_id))
+            judged = "true" if job.job_id.endswith("-rollback") else "false"
+            plane.update(job, "SUCCEEDED", {"reason": "serving", "watch_judged": judged, "watch_frames": "0"})
+
+    threads = [threading.Thread(target=robot, args=(t,), daemon=True) for t in things]
+    for thread in threads:
+        thread.start()
+    document = {"model": {"name": "m", "tier": "T4", "version": "v2"}}
+    config = RolloutConfig(canary_count=1, poll_s=0.02, unjudged_canaries="abort")
+    report = rollout(jobs, things, document, "r1", config.model_copy(update={"canary_timeout_s": 30}))
+    for thread in threads:
+        thread.join(timeout=10)
+    assert report.aborted and report.reason.startswith("canaries passed unjudged"), report.reason
+    assert report.fleet is None and report.rollback.things == ["t0"]
+    assert answered == [("t0", "r1-canary"), ("t0", "r1-rollback")]  # t1 never got the model
+    assert RolloutConfig().unjudged_canaries == "proceed"  # the default: the fleet phase follows
+
+
 def test_a_canary_whose_camera_resumes_after_its_window_is_judged_on_the_frames_it_waited_for(
     tmp_path, test_models, signing_keys, frames
 ):
