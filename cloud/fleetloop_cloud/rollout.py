@@ -260,15 +260,8 @@ def _finish_in_progress(jobs: FleetJobs, phase: PhaseReport, config: RolloutConf
         return
     say(f"waiting for {', '.join(working)}: working on {phase.job_id} at the abort")
     states, late = wait_for_reports(jobs, phase.job_id, working, config.canary_timeout_s, config.poll_s)
-    for thing in working:
-        state = states.get(thing)
-        if state is not None and state.terminal:
-            phase.results[thing] = {
-                "status": state.status,
-                "details": dict(state.details),
-                "reported": state.status,
-                "after_abort": True,
-            }
+    ended = [t for t in working if t in states and states[t].terminal]
+    phase.results.update({t: {**result, "after_abort": True} for t, result in _results(states, ended, False).items()})
     if late:
         say(f"after the abort: {late}")
 

@@ -81,6 +81,20 @@ def test_local_rollout_canary_then_fleet(tmp_path, test_models, signing_keys, fr
     assert report.canary.unjudged() == [] and report.canary.results["robot-a"]["details"]["watch_judged"] == "true"
 
 
+def _canary_rollout(tmp_path, robot):
+    """Roll v2 out to ``robot`` alone, as robot-a with its deploy agent on the local job directory; return
+    the report (the agent stopped and the manager closed)."""
+    agent = DeployAgent(LocalControlPlane(tmp_path / "jobs", "robot-a", poll_s=0.02), robot.manager, poll_s=0.1)
+    agent.start()
+    try:
+        document = _document(robot, "v2", bucket=f"file://{tmp_path / 'bucket'}")
+        config = RolloutConfig(canary_count=1, canary_timeout_s=60, poll_s=0.05)
+        return rollout(LocalDirJobs(tmp_path / "jobs"), ["robot-a"], document, "r1", config)
+    finally:
+        agent.stop()
+        robot.manager.close()
+
+
 def test_a_canary_whose_camera_stopped_after_the_swap_succeeds_unjudged(
     tmp_path, test_models, signing_keys, frames, caplog
 ):
@@ -88,22 +102,9 @@ def test_a_canary_whose_camera_stopped_after_the_swap_succeeds_unjudged(
     # rollout says so instead of "succeeded" alone
     config = manager_config(watchdog=WatchdogConfig(window_frames=8, min_frames=3, window_s=0.5, unjudged_after_s=1.5))
     robot = Robot(tmp_path / "robot-a", test_models, signing_keys, frames, config)
-    agent = DeployAgent(LocalControlPlane(tmp_path / "jobs", "robot-a", poll_s=0.02), robot.manager, poll_s=0.1)
     robot.serve(12)  # the shadow check's frames; then the camera stops
-    agent.start()
-    try:
-        document = _document(robot, "v2", bucket=f"file://{tmp_path / 'bucket'}")
-        with caplog.at_level("INFO", logger="fleetloop_cloud.rollout"):
-            report = rollout(
-                LocalDirJobs(tmp_path / "jobs"),
-                ["robot-a"],
-                document,
-                "r1",
-                RolloutConfig(canary_count=1, canary_timeout_s=60, poll_s=0.05),
-            )
-    finally:
-        agent.stop()
-        robot.manager.close()
+    with caplog.at_level("INFO", logger="fleetloop_cloud.rollout"):
+        report = _canary_rollout(tmp_path, robot)
     details = report.canary.results["robot-a"]["details"]
     assert report.canary.succeeded() == ["robot-a"] and robot.cascade.edge.version == "v2"
     assert details["watch_frames"] == "0" and details["watch_judged"] == "false"
@@ -150,7 +151,6 @@ def test_a_canary_whose_camera_resumes_after_its_window_is_judged_on_the_frames_
     # its min_frames (instead of passing on none at window_s), judged them, and only then the job succeeded
     config = manager_config(watchdog=WatchdogConfig(window_frames=50, min_frames=5, window_s=0.5, unjudged_after_s=60))
     robot = Robot(tmp_path / "robot-a", test_models, signing_keys, frames, config)
-    agent = DeployAgent(LocalControlPlane(tmp_path / "jobs", "robot-a", poll_s=0.02), robot.manager, poll_s=0.1)
     robot.serve(12)  # the shadow check's frames; then the camera stops
     swapped_at: list[float] = []
 
@@ -162,22 +162,12 @@ def test_a_canary_whose_camera_resumes_after_its_window_is_judged_on_the_frames_
         robot.serve(5)
 
     camera = threading.Thread(target=camera_resumes, daemon=True)
-    agent.start()
     camera.start()
     try:
-        document = _document(robot, "v2", bucket=f"file://{tmp_path / 'bucket'}")
-        report = rollout(
-            LocalDirJobs(tmp_path / "jobs"),
-            ["robot-a"],
-            document,
-            "r1",
-            RolloutConfig(canary_count=1, canary_timeout_s=60, poll_s=0.05),
-        )
+        report = _canary_rollout(tmp_path, robot)
         ended_at = time.monotonic()
     finally:
         camera.join(timeout=30)
-        agent.stop()
-        robot.manager.close()
     details = report.canary.results["robot-a"]["details"]
     assert report.canary.succeeded() == ["robot-a"] and report.canary.unjudged() == []
     assert details["watch_judged"] == "true" and details["watch_frames"] == "5", details

@@ -110,10 +110,10 @@ class Watch:
 
     def unjudged_reason(self, config: WatchdogConfig) -> str:
         """Say why a watch passed without judging (for the job's reason and the event)."""
-        ended = f"{self.ended_at - self.started:.1f} s after the swap" if self.ended_at is not None else "early"
+        elapsed = (self.ended_at if self.ended_at is not None else self.started) - self.started
         return (
-            f"it ended {ended} with {self.stats.frames} frames, fewer than the {config.min_frames} the "
-            f"watchdog judges (it waits up to {config.unjudged_after_s:g} s for them)"
+            f"it ended {elapsed:.1f} s after the swap with {self.stats.frames} frames, fewer than the "
+            f"{config.min_frames} the watchdog judges (it waits up to {config.unjudged_after_s:g} s for them)"
         )
 
     def figures(self, latency: bool = False) -> dict[str, float]:
