@@ -18,6 +18,7 @@ from fleetloop_core.ros_convert import (
     image_to_rgb8,
     msg_to_rgb8,
     rgb8_to_compressed,
+    rgb8_to_semi_planar,
 )
 
 RNG = np.random.default_rng(7)
@@ -139,10 +140,59 @@ def test_packed_yuv422_grey():
         assert out.shape == (2, 4, 3) and np.abs(out.astype(int) - 128).max() <= 2
 
 
+def _smooth_rgb(height=48, width=64):
+    rows, cols = np.mgrid[0:height, 0:width]
+    rgb = np.dstack([cols * 4 % 256, rows * 5 % 256, (cols + rows) * 2 % 256]).astype(np.uint8)
+    return cv2.GaussianBlur(rgb, (7, 7), 2)
+
+
+@pytest.mark.parametrize("encoding", ["nv12", "nv21", "nv24"])
+@pytest.mark.parametrize("padding", [0, 4])
+def test_semi_planar_yuv_round_trip_with_row_padding(encoding, padding):
+    rgb = _smooth_rgb()
+    planes = rgb8_to_semi_planar(rgb, encoding)
+    fields = array_to_image(planes, encoding, row_padding=padding)
+    chroma_rows, chroma_step = (24, fields.step) if encoding != "nv24" else (48, 2 * fields.step)
+    assert (fields.height, fields.width, fields.step) == (48, 64, 64 + padding)
+    assert len(fields.data) == fields.step * 48 + chroma_rows * chroma_step
+    back = image_to_array(fields.height, fields.width, encoding, 0, fields.step, fields.data)
+    np.testing.assert_array_equal(back, planes)
+    out = image_to_rgb8(fields.height, fields.width, encoding, 0, fields.step, fields.data)
+    error = np.abs(out.astype(int) - rgb)
+    assert out.shape == rgb.shape and error.mean() < 1.5 and error.max() <= 6, (error.mean(), error.max())
+
+
+def test_semi_planar_reads_bt601_limited_range_and_its_chroma_order():
+    # Y 16 is black and 235 white in BT.601's video range (chroma neutral at 128); a red frame written as
+    # nv21 (V before U) reads red as nv21 and blue-ish when its bytes are taken for nv12
+    grey = np.concatenate([np.array([[16, 16], [235, 235]], np.uint8), np.full((1, 2), 128, np.uint8)])
+    assert image_to_rgb8(2, 2, "nv12", 0, 2, grey.tobytes())[:, 0].tolist() == [[0, 0, 0], [255, 255, 255]]
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 200
+    data = array_to_image(rgb8_to_semi_planar(red, "nv21"), "nv21").data
+    as_nv21, as_nv12 = (image_to_rgb8(4, 4, encoding, 0, 4, data)[1, 1].astype(int) for encoding in ("nv21", "nv12"))
+    assert np.abs(as_nv21 - [200, 0, 0]).max() <= 3 and as_nv12[2] > as_nv12[0]
+
+
+def test_semi_planar_geometry_errors_name_the_sizes():
+    planes = rgb8_to_semi_planar(_smooth_rgb(8, 6), "nv12")
+    data = array_to_image(planes, "nv12").data
+    # image_encodings.hpp counts nv12 as 2 channels: step 2 x width over tightly packed planes reads as packed
+    np.testing.assert_array_equal(image_to_array(8, 6, "nv12", 0, 12, data), planes)
+    with pytest.raises(InputError, match=r"data has 71 bytes, needs 72"):
+        image_to_array(8, 6, "nv12", 0, 6, data[:-1])
+    with pytest.raises(InputError, match="even width and height"):
+        image_to_array(7, 6, "nv12", 0, 6, data)
+    with pytest.raises(InputError, match="step 5 is smaller than a row"):
+        image_to_array(8, 6, "nv24", 0, 5, data)
+    with pytest.raises(InputError, match="not the Y and chroma rows"):
+        array_to_image(np.zeros((5, 6), np.uint8), "nv12")
+
+
 def test_unsupported_encoding_names_it_and_the_known_ones():
     with pytest.raises(UnsupportedEncoding) as info:
-        image_to_rgb8(2, 2, "nv21", 0, 2, b"\0" * 6)
-    assert "'nv21'" in str(info.value) and "rgb8" in str(info.value) and "bayer_rggb8" in str(info.value)
+        image_to_rgb8(2, 2, "64FC1", 0, 16, b"\0" * 32)
+    assert "'64FC1'" in str(info.value) and "rgb8" in str(info.value) and "bayer_rggb8" in str(info.value)
     assert isinstance(info.value, InputError)
     assert set(PLAIN) <= set(ENCODINGS)
 

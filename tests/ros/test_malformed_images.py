@@ -1,4 +1,5 @@
-"""Malformed images are counted, logged with the reason and reported on /diagnostics; perception goes on."""
+"""Malformed images are counted, logged with the reason and reported on /diagnostics; perception goes on
+(and answers the semi-planar YUV frames of Jetson and GStreamer cameras as it answers rgb8)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def test_malformed_images_are_counted_reported_and_survived(ros, robot):
     from fleetloop_interfaces.msg import FrameResult
     from sensor_msgs.msg import CompressedImage, Image
 
-    from fleetloop_core.ros_convert import array_to_image
+    from fleetloop_core.ros_convert import array_to_image, rgb8_to_semi_planar
     from fleetloop_ros.camera_frames import sim_frames
     from fleetloop_ros.messages import level_of, values_of
 
@@ -34,7 +35,8 @@ def test_malformed_images_are_counted_reported_and_survived(ros, robot):
     ros.wait_for_subscribers(camera)
     ros.wait_for_subscribers(compressed)
 
-    good = array_to_image(sim_frames(1, 96, 128)[0], "rgb8")
+    frame = sim_frames(1, 96, 128)[0]
+    good = array_to_image(frame, "rgb8")
     row = good.width * 3
     bad = {
         "wrong step": Image(height=good.height, width=good.width, encoding="rgb8", step=row - 1, data=good.data),
@@ -45,14 +47,15 @@ def test_malformed_images_are_counted_reported_and_survived(ros, robot):
         ),
     }
 
-    def valid(second: int) -> Image:
+    def valid(second: int, encoding: str = "rgb8") -> Image:
+        fields = good if encoding == "rgb8" else array_to_image(rgb8_to_semi_planar(frame, encoding), encoding, 4)
         return Image(
             header=_header(second),
-            height=good.height,
-            width=good.width,
-            encoding="rgb8",
-            step=good.step,
-            data=good.data,
+            height=fields.height,
+            width=fields.width,
+            encoding=encoding,
+            step=fields.step,
+            data=fields.data,
         )
 
     second = 1
@@ -63,9 +66,9 @@ def test_malformed_images_are_counted_reported_and_survived(ros, robot):
         second += 2
         ros.spin_for(0.1)
     compressed.publish(CompressedImage(header=_header(second), format="jpeg", data=b"\xff\xd8 not a jpeg"))
-    for _ in range(4):
+    for encoding in ("rgb8", "nv12", "nv21", "nv24"):  # a Jetson / GStreamer camera's YUV answers too
         second += 1
-        camera.publish(valid(second))  # the node keeps answering after the bad ones
+        camera.publish(valid(second, encoding))  # the node keeps answering after the bad ones
         ros.spin_for(0.1)
 
     def frames_status() -> DiagnosticStatus | None:

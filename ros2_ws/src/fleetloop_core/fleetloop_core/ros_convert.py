@@ -9,8 +9,10 @@ through OpenCV (``cv2.imdecode`` / ``cv2.imencode``).
 
 Encodings follow ROS ``sensor_msgs/image_encodings.hpp``: rgb8, bgr8, rgba8, bgra8, mono8,
 mono16, rgb16, bgr16, rgba16, bgra16, the bayer_{rggb,bggr,gbrg,grbg}{8,16} mosaics, the
-OpenCV-style ``{8,16}U C{1,3,4}``, ``32FC1`` and the packed YUV 4:2:2 forms ``yuv422``
-(UYVY) and ``yuv422_yuy2`` (YUYV). Anything else raises :class:`UnsupportedEncoding`.
+OpenCV-style ``{8,16}U C{1,3,4}``, ``32FC1``, the packed YUV 4:2:2 forms ``yuv422``
+(UYVY) and ``yuv422_yuy2`` (YUYV), and the semi-planar YUV forms ``nv12`` / ``nv21`` (4:2:0: Jetson
+Argus / Isaac ROS and many V4L2 and GStreamer cameras) and ``nv24`` (4:4:4). Anything else raises
+:class:`UnsupportedEncoding`.
 """
 
 from __future__ import annotations
@@ -57,7 +59,18 @@ _LAYOUTS: dict[str, _Layout] = {
     "uyvy": _Layout(2, "uint8"),
     "yuv422_yuy2": _Layout(2, "uint8"),
     "yuyv": _Layout(2, "uint8"),
+    # semi-planar: the layout of the Y plane (one byte a pixel); the chroma plane follows it (_SEMI_PLANAR)
+    "nv12": _Layout(1, "uint8"),
+    "nv21": _Layout(1, "uint8"),
+    "nv24": _Layout(1, "uint8"),
 }
+# Semi-planar YUV as sensor_msgs carries it: ``height`` rows of ``step`` bytes of Y, then the interleaved
+# chroma plane: for 4:2:0 (nv12: U V, nv21: V U) height / 2 rows of ``step`` bytes (as rviz reads it); for
+# 4:4:4 (nv24: U V) ``height`` rows of 2 x ``step`` bytes (GStreamer's NV24 strides). ``image_to_array``
+# returns the planes stacked as rows of ``width`` bytes: (3/2 height, width) for 4:2:0 (the layout OpenCV's
+# NV12 / NV21 conversions read), (3 height, width) for 4:4:4.
+_SEMI_PLANAR = {"nv12": 2, "nv21": 2, "nv24": 1}  # encoding -> chroma subsampling in each direction
+SEMI_PLANAR_ENCODINGS: tuple[str, ...] = tuple(_SEMI_PLANAR)
 # ROS names the Bayer pattern by its first row; OpenCV by the second row's 2nd and 3rd pixels
 # (the same mapping cv_bridge uses).
 _BAYER_TO_RGB = {
@@ -130,6 +143,8 @@ def image_to_array(
     height, width, step = int(height), int(width), int(step)
     if height <= 0 or width <= 0:
         raise InputError(f"{encoding} image has no pixels ({width}x{height})")
+    if encoding in _SEMI_PLANAR:
+        return _semi_planar_planes(height, width, encoding, step, data)
     itemsize = np.dtype(layout.dtype).itemsize
     row_bytes = width * layout.channels * itemsize
     if step < row_bytes:
@@ -153,13 +168,75 @@ def image_to_array(
     return pixels.reshape(height, width, layout.channels)
 
 
+def _semi_planar_planes(
+    height: int, width: int, encoding: str, step: int, data: bytes | bytearray | memoryview | np.ndarray
+) -> np.ndarray:
+    """Return the Y and chroma planes of a semi-planar YUV image stacked as rows of ``width`` bytes."""
+    sub = _SEMI_PLANAR[encoding]
+    if sub == 2 and (height % 2 or width % 2):
+        raise InputError(f"{encoding} image {width}x{height}: 4:2:0 needs an even width and height")
+    if step < width:
+        raise InputError(f"{encoding} image {width}x{height}: step {step} is smaller than a row ({width} bytes)")
+    buffer = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    chroma_rows, chroma_bytes = height // sub, 2 * width // sub
+
+    def needed(stride: int) -> int:  # Y rows of ``stride`` bytes; chroma rows of stride (4:2:0) or 2 x stride
+        chroma_stride = stride * 2 // sub
+        return stride * height + chroma_stride * (chroma_rows - 1) + chroma_bytes
+
+    if buffer.size < needed(step):
+        # image_encodings.hpp counts 2 channels for nv12, so some publishers set step = 2 x width over
+        # tightly packed planes: take those as packed (the data is exactly that long), refuse anything else
+        if buffer.size != needed(width):
+            raise InputError(
+                f"{encoding} image {width}x{height} step {step}: data has {buffer.size} bytes, needs {needed(step)}"
+            )
+        step = width
+    chroma_stride = step * 2 // sub
+    luma = np.lib.stride_tricks.as_strided(buffer, shape=(height, width), strides=(step, 1))
+    chroma = np.lib.stride_tricks.as_strided(
+        buffer[step * height :], shape=(chroma_rows, chroma_bytes), strides=(chroma_stride, 1)
+    )
+    return np.concatenate([luma, chroma.reshape(-1, width)], axis=0)
+
+
+def _semi_planar_size(planes: np.ndarray, encoding: str) -> tuple[int, int]:
+    """Return (height, width) of the image whose stacked Y and chroma rows ``planes`` are."""
+    sub = _SEMI_PLANAR[encoding]
+    rows = planes.shape[0] if planes.ndim == 2 else 0
+    area = sub * sub  # pixels per chroma pair: rows = height x (1 + 2 / area), 3/2 height (4:2:0) or 3 height (4:4:4)
+    height = rows * area // (area + 2)
+    if planes.dtype != np.uint8 or height == 0 or height * (area + 2) != rows * area or (sub == 2 and height % 2):
+        raise InputError(f"{encoding} planes {planes.shape} {planes.dtype} are not the Y and chroma rows of one image")
+    return height, planes.shape[1]
+
+
+# BT.601 limited range, the coefficients of OpenCV's YUV 4:2:0 / 4:2:2 -> RGB conversions
+_YUV_TO_RGB = np.array([[1.164, 0.0, 1.596], [1.164, -0.391, -0.813], [1.164, 2.018, 0.0]], np.float32)
+_YUV_OFFSET = np.array([16.0, 128.0, 128.0], np.float32)
+
+
+def _semi_planar_to_rgb8(planes: np.ndarray, encoding: str) -> np.ndarray:
+    height, width = _semi_planar_size(planes, encoding)
+    sub = _SEMI_PLANAR[encoding]
+    if sub == 2:
+        code = cv2.COLOR_YUV2RGB_NV12 if encoding == "nv12" else cv2.COLOR_YUV2RGB_NV21
+        return cv2.cvtColor(np.ascontiguousarray(planes), code)
+    yuv = np.dstack([planes[:height], planes[height:].reshape(height, width, 2)]).astype(np.float32)
+    rgb = cv2.transform(yuv - _YUV_OFFSET, _YUV_TO_RGB)
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
 def array_to_rgb8(pixels: np.ndarray, encoding: str) -> np.ndarray:
     """Return a contiguous uint8 RGB (H, W, 3) frame from pixels in ``encoding``.
 
     16-bit values are scaled to 8 bits (x 255/65535); Bayer mosaics are demosaiced; 32FC1 is
-    taken as intensity in [0, 1].
+    taken as intensity in [0, 1]; semi-planar YUV (``image_to_array``'s stacked planes) is read as
+    BT.601 limited range, as OpenCV reads YUV 4:2:0.
     """
     _layout(encoding)
+    if encoding in _SEMI_PLANAR:
+        return _semi_planar_to_rgb8(pixels, encoding)
     if encoding in _SIXTEEN_TO_EIGHT:
         pixels = cv2.convertScaleAbs(pixels, alpha=255.0 / 65535.0)
         encoding = _SIXTEEN_TO_EIGHT[encoding]
@@ -205,6 +282,8 @@ def array_to_image(pixels: np.ndarray, encoding: str, is_bigendian: bool = False
     """
     layout = _layout(encoding)
     pixels = np.asarray(pixels)
+    if encoding in _SEMI_PLANAR:
+        return _semi_planar_image(pixels, encoding, row_padding)
     expected_channels = 2 if encoding in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv") else layout.channels
     channels = 1 if pixels.ndim == 2 else pixels.shape[2] if pixels.ndim == 3 else -1
     if channels != expected_channels or pixels.dtype != np.dtype(layout.dtype):
@@ -225,6 +304,43 @@ def array_to_image(pixels: np.ndarray, encoding: str, is_bigendian: bool = False
         step=int(rows.shape[1]),
         data=rows.tobytes(),
     )
+
+
+def _semi_planar_image(planes: np.ndarray, encoding: str, row_padding: int) -> ImageFields:
+    height, width = _semi_planar_size(planes, encoding)
+    sub = _SEMI_PLANAR[encoding]
+    luma, chroma = planes[:height], planes[height:].reshape(height // sub, 2 * width // sub)
+    step = width + int(row_padding)
+    rows = [
+        np.pad(luma, ((0, 0), (0, step - width))),
+        np.pad(chroma, ((0, 0), (0, step * 2 // sub - chroma.shape[1]))),
+    ]
+    data = b"".join(np.ascontiguousarray(r).tobytes() for r in rows)
+    return ImageFields(height=height, width=width, encoding=encoding, is_bigendian=0, step=step, data=data)
+
+
+def rgb8_to_semi_planar(frame: np.ndarray, encoding: str) -> np.ndarray:
+    """Return the stacked Y and chroma planes (``image_to_array``'s form) of a uint8 RGB ``frame``.
+
+    The inverse of the BT.601 limited-range reading; 4:2:0 chroma is the mean of each 2 x 2 block (an
+    even width and height are needed). What a camera driver does; here for the bring-up camera and tests.
+    """
+    if encoding not in _SEMI_PLANAR:
+        raise UnsupportedEncoding(f"{encoding!r} is not semi-planar YUV (known: {', '.join(sorted(_SEMI_PLANAR))})")
+    sub = _SEMI_PLANAR[encoding]
+    height, width = frame.shape[:2]
+    if sub == 2 and (height % 2 or width % 2):
+        raise InputError(f"{encoding}: 4:2:0 needs an even width and height (frame {width}x{height})")
+    yuv = cv2.transform(frame.astype(np.float32), np.linalg.inv(_YUV_TO_RGB)) + _YUV_OFFSET
+    if sub == 2:  # mean of each 2 x 2 block of chroma
+        yuv[..., 1:] = (
+            cv2.resize(yuv[..., 1:], (width // 2, height // 2), interpolation=cv2.INTER_AREA).repeat(2, 0).repeat(2, 1)
+        )
+    planes = np.clip(yuv + 0.5, 0, 255).astype(np.uint8)
+    chroma = planes[::sub, ::sub, 1:]
+    if encoding == "nv21":
+        chroma = chroma[..., ::-1]
+    return np.concatenate([planes[..., 0], np.ascontiguousarray(chroma).reshape(-1, width)], axis=0)
 
 
 def msg_to_rgb8(msg: Any) -> np.ndarray:

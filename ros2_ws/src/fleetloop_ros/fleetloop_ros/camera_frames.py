@@ -17,7 +17,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from fleetloop_core.errors import ConfigError
-from fleetloop_core.ros_convert import array_to_image, rgb8_to_compressed
+from fleetloop_core.ros_convert import SEMI_PLANAR_ENCODINGS, array_to_image, rgb8_to_compressed, rgb8_to_semi_planar
 from fleetloop_ros.messages import time_msg
 
 
@@ -51,6 +51,8 @@ def _payload(frame: np.ndarray, encoding: str, compressed: bool):
         frame = np.ascontiguousarray(frame[:, :, ::-1])
     elif encoding == "mono8":
         frame = np.ascontiguousarray(frame.mean(axis=2).astype(np.uint8))
+    elif encoding in SEMI_PLANAR_ENCODINGS:  # what a Jetson (Argus) or GStreamer camera sends
+        frame = rgb8_to_semi_planar(frame, encoding)
     return array_to_image(frame, encoding)
 
 

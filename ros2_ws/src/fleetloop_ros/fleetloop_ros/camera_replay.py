@@ -38,6 +38,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from fleetloop_core.dds import TRANSPORTS, DdsConfig, environment_transport
 from fleetloop_core.errors import ConfigError
+from fleetloop_core.ros_convert import SEMI_PLANAR_ENCODINGS
 from fleetloop_ros.camera_frames import FrameSource
 from fleetloop_ros.messages import stamp_ns as message_stamp_ns
 
@@ -254,7 +255,7 @@ def register(subparsers) -> None:
     parser.add_argument("--count", type=int, default=0, help="frames to send (0: until Ctrl-C)")
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--height", type=int, default=128)
-    parser.add_argument("--encoding", default="rgb8", choices=["rgb8", "bgr8", "mono8"])
+    parser.add_argument("--encoding", default="rgb8", choices=["rgb8", "bgr8", "mono8", *SEMI_PLANAR_ENCODINGS])
     parser.add_argument("--compressed", action="store_true", help="publish sensor_msgs/CompressedImage (jpeg)")
     parser.add_argument("--reliable", action="store_true", help="reliable QoS instead of sensor data")
     parser.add_argument("--site", type=int, default=0, help="simulated site index")
