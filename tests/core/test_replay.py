@@ -79,10 +79,10 @@ def test_bad_messages_are_reported_with_topic_and_index_and_replay_goes_on(tmp_p
     good = array_to_image(frames[0], "rgb8")
     short = array_to_image(frames[1], "rgb8")
     truncated_fields = type(short)(short.height, short.width, short.encoding, 0, short.step, short.data[:100])
-    nv21 = type(good)(4, 4, "nv21", 0, 4, b"\0" * 24)
+    unknown = type(good)(4, 4, "64FC1", 0, 32, b"\0" * 128)  # defined by image_encodings.hpp, not read
     messages = [
         ("/r/cam", STAMP0, good),
-        ("/r/cam", STAMP0 + 1, nv21),  # unknown encoding
+        ("/r/cam", STAMP0 + 1, unknown),  # unknown encoding
         ("/r/cam", STAMP0 + 2, truncated_fields),  # data shorter than its geometry
         ("/r/cam", STAMP0 + 3, b"\x00\x01\x00\x00garbage"),  # CDR that does not deserialize
         ("/r/cam", STAMP0 + 4, frames[3]),
@@ -99,7 +99,7 @@ def test_bad_messages_are_reported_with_topic_and_index_and_replay_goes_on(tmp_p
         ("/r/cam", 3, "corrupt"),
         ("/r/cam/compressed", 1, "corrupt"),
     ]
-    assert problems[0].detail == "nv21" and "data has 100 bytes" in problems[1].detail
+    assert problems[0].detail == "64FC1" and "data has 100 bytes" in problems[1].detail
     assert "/r/cam message 3: corrupt" in str(problems[2])
     good_frames = [i for i in items if isinstance(i, BagFrame)]
     assert [(f.topic, f.index) for f in good_frames] == [("/r/cam", 0), ("/r/cam", 4), ("/r/cam/compressed", 0)]

@@ -215,6 +215,55 @@ def test_frame_budget_caps_the_kept_rate():
     assert selector.stats.budget_limited == frames - kept
 
 
+class _Arrivals:
+    """The arrival clock of a camera's frames, set by the test."""
+
+    def __init__(self):
+        self.ns = 0
+
+    def __call__(self):
+        return self.ns
+
+
+def _kept_over_ten_minutes(stamp_of, streams=("camera",)):
+    """Frames kept of 10 minutes at 10 Hz (threshold 0, 600 frames an hour, 60 s burst: ~110), and how many
+    frames the selector placed by their arrival."""
+    cfg = config(
+        policy={"name": "threshold", "params": {"threshold": 0.0}}, budget={"frames_per_hour": 600, "burst_seconds": 60}
+    )
+    arrivals = _Arrivals()
+    selector = Selector(cfg, "r", LABELS, clock=arrivals)
+    kept = 0
+    for i in range(6000):
+        arrivals.ns = 5 * 10**9 + i * PERIOD_NS
+        stream = streams[i % len(streams)]
+        kept += selector.offer(IMAGE, result(0.9), stamp_of(i, stream), stream=stream).keep
+    return kept, selector.state()["frames_by_arrival"]
+
+
+def test_a_camera_that_does_not_stamp_is_budgeted_by_the_frames_arrival():
+    # every header stamp 0 (a driver that never sets it): the budget refills as the frames arrive instead
+    # of never (it kept only its 10-frame burst before)
+    kept, by_arrival = _kept_over_ten_minutes(lambda i, stream: 0)
+    assert 105 <= kept <= 111 and by_arrival == 5999
+
+
+def test_a_camera_clock_reset_does_not_stall_the_budget():
+    # a camera that ran 10 h restarts with its clock at 0: its stamps go back 10 h, and the budget keeps
+    # refilling (before: nothing earned until the new stamps passed the old ones, 10 h later; 59 kept)
+    ten_hours = 36_000 * 10**9
+    kept, by_arrival = _kept_over_ten_minutes(
+        lambda i, stream: ten_hours + i * PERIOD_NS if i < 3000 else (i - 3000) * PERIOD_NS
+    )
+    assert 105 <= kept <= 111 and by_arrival == 1
+
+
+def test_streams_whose_clocks_differ_share_one_budget_at_its_rate():
+    offsets = {"front": 0, "rear": 3600 * 10**9}  # two cameras an hour apart, alternating frames
+    kept, by_arrival = _kept_over_ten_minutes(lambda i, stream: offsets[stream] + i * PERIOD_NS, ("front", "rear"))
+    assert 105 <= kept <= 111 and by_arrival == 0
+
+
 def test_byte_budget_stops_keeping_once_spent():
     cfg = config(
         policy={"name": "threshold", "params": {"threshold": 0.0}},

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import random as _random
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
@@ -49,7 +50,7 @@ from fleetloop_core.selection_policies import POLICIES, ClassQuotaParams, Policy
 
 from fleetloop_core.selection_clips import Clips
 from fleetloop_core.selection_decision import Decision, Origin, sidecar_fields
-from fleetloop_core.selection_limits import DedupMemory, TokenBucket
+from fleetloop_core.selection_limits import DedupMemory, SelectionTime, TokenBucket
 
 # --------------------------------------------------------------------------- decisions
 
@@ -91,6 +92,7 @@ class Selector:
         robot_id: str = "robot",
         labels: tuple[str, ...] | list[str] | None = None,
         source: str = "<config>",
+        clock: Callable[[], int] = time.monotonic_ns,
     ):
         self.robot_id = robot_id
         self.labels = tuple(labels) if labels is not None else ()
@@ -104,6 +106,7 @@ class Selector:
         self._frames_bucket, self._bytes_bucket = self._buckets(config.budget)
         self._dedup = DedupMemory(config.dedup)
         self._clips = Clips(config.clip)
+        self._time = SelectionTime(clock)  # ``clock``: when frames arrive (for cameras whose stamps do not advance)
 
     # ------------------------------------------------------------------ config
     @property
@@ -232,10 +235,11 @@ class Selector:
         """Return the decision for one frame (uint8 RGB) and the cascade's FrameResult of it.
 
         ``stamp_ns`` is the frame's capture time (ns); budgets refill by it, so replaying a bag
-        faster than real time spends the budget of the bag's duration, not of the wall clock.
+        faster than real time spends the budget of the bag's duration, not of the wall clock (by arrival
+        where a stream's stamps do not advance: ``SelectionTime``). The sidecar keeps the stamp as sent.
         ``track_hint`` defaults to the cascade's robot-side track id (``result.track``).
         """
-        # ~60 lines on purpose: the per-frame path (a few microseconds), read top to bottom as the decision is made
+        # ~70 lines on purpose: the per-frame path (a few microseconds), read top to bottom as the decision is made
         if track_hint is None:
             track_hint = getattr(result, "track", None)
         with self._lock:
@@ -254,7 +258,7 @@ class Selector:
                 value = min(1.0, value * float(active.class_scale[label]))
             state = self._state
             state.frames += 1
-            state.stamp_ns = stamp_ns
+            state.stamp_ns = now_ns = self._time.place(stream, stamp_ns)  # budgets and rates run on it
             stats = self.stats
             stats.offered += 1
             if active.random_fraction and self._rng.random() < active.random_fraction:
@@ -267,7 +271,7 @@ class Selector:
                 clip = self._clips.due(stream, track_hint)
                 if clip is not None:
                     origin = Origin(stamp_ns, stream, robot_id or self.robot_id, site, simulation, track_hint)
-                    return self._clip_frame(frame, result, origin, value, clip, active)
+                    return self._clip_frame(frame, result, origin, now_ns, value, clip, active)
                 # buckets refill lazily, at the next candidate: nothing spends tokens in between, so
                 # one refill over the gap equals many small ones; the tokens shown here are as of
                 # the last candidate
@@ -289,18 +293,18 @@ class Selector:
                     weights,
                 )
             origin = Origin(stamp_ns, stream, robot_id or self.robot_id, site, simulation, track_hint)
-            decision = self._candidate(frame, result, origin, value, verdict, active)
+            decision = self._candidate(frame, result, origin, now_ns, value, verdict, active)
             if decision.keep and not verdict.random:
-                self._clips.open(stream, track_hint, stamp_ns)
+                self._clips.open(stream, track_hint, now_ns)
             return decision
 
     def _clip_frame(
-        self, frame: np.ndarray, result: Any, origin: Origin, value: float, clip: Any, active: _Active
+        self, frame: np.ndarray, result: Any, origin: Origin, now_ns: int, value: float, clip: Any, active: _Active
     ) -> Decision:
         """Return the decision for a frame of an open clip: a candidate that leaves the others' share of the burst."""
         reason = f"clip frame {clip.kept + 1} of track {clip.track} (after the frame at {clip.anchor_ns})"
         reserve = (1.0 - active.config.clip.budget_share) * self._frames_bucket.capacity
-        decision = self._candidate(frame, result, origin, value, Verdict(True, None, reason), active, reserve)
+        decision = self._candidate(frame, result, origin, now_ns, value, Verdict(True, None, reason), active, reserve)
         if decision.keep:
             self._clips.kept(clip)
             self.stats.clip += 1
@@ -311,6 +315,7 @@ class Selector:
         frame: np.ndarray,
         result: Any,
         origin: Origin,
+        now_ns: int,
         value: float,
         verdict: Verdict,
         active: _Active,
@@ -321,8 +326,8 @@ class Selector:
         ``reserve``: frame tokens the candidate must leave in the bucket (clip frames leave the part
         of the burst that is not theirs to new candidates).
         """
-        self._frames_bucket.refill(origin.stamp_ns)
-        self._bytes_bucket.refill(origin.stamp_ns)
+        self._frames_bucket.refill(now_ns)
+        self._bytes_bucket.refill(now_ns)
         decision = Decision(
             False,
             value,
@@ -430,6 +435,7 @@ class Selector:
                 "byte_tokens": round(self._bytes_bucket.tokens, 1),
                 "mean_record_bytes": round(self._mean_bytes, 1) if self._mean_bytes else None,
                 "dedup_memory": len(self._dedup),
+                "frames_by_arrival": self._time.not_advancing,  # their stamps did not advance
                 "offered": self.stats.offered,
                 "kept": self.stats.kept,
             }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -30,6 +32,48 @@ class TokenBucket:
                 tokens = self.tokens + (stamp_ns - last) * self.rate_per_ns
                 self.tokens = tokens if tokens < self.capacity else self.capacity
             self.last_ns = stamp_ns
+
+
+class _StreamTime:
+    __slots__ = ("stamp_ns", "arrival_ns", "time_ns")
+
+    def __init__(self, stamp_ns: int, arrival_ns: int, time_ns: int):
+        self.stamp_ns, self.arrival_ns, self.time_ns = stamp_ns, arrival_ns, time_ns
+
+
+class SelectionTime:
+    """The selector's time: the cameras' header stamps, made to advance whatever the cameras' clocks do.
+
+    Budgets refill and frame rates are measured on it. While a stream's stamps advance, it advances as
+    they do (a bag replayed faster than real time spends the bag's budget, not the wall clock's). A frame
+    whose stamp does not advance past its stream's previous one — a camera that does not stamp (0), a
+    stuck clock, a camera restart or clock reset that sends stamps back — advances it by the time since
+    that stream's previous frame arrived, so such a camera cannot stall the budget (a reset of a camera
+    that had run 10 h would otherwise earn nothing for 10 h). A stream's first frame is placed at the
+    current time (the first frame of all at its stamp), so streams whose clocks differ share one budget
+    at its rate. ``clock``: the arrival clock (ns, monotonic)."""
+
+    def __init__(self, clock: Callable[[], int] = time.monotonic_ns):
+        self._clock = clock
+        self._streams: dict[str, _StreamTime] = {}
+        self.now_ns: int | None = None
+        self.not_advancing = 0  # frames placed by their arrival (unstamped, stuck or reset clocks)
+
+    def place(self, stream: str, stamp_ns: int) -> int:
+        """Return the selection time (ns) of a frame of ``stream`` stamped ``stamp_ns`` that arrived now."""
+        arrival = self._clock()
+        last = self._streams.get(stream)
+        if last is None:
+            placed = stamp_ns if self.now_ns is None else self.now_ns
+        elif stamp_ns > last.stamp_ns:
+            placed = last.time_ns + (stamp_ns - last.stamp_ns)
+        else:
+            placed = last.time_ns + max(0, arrival - last.arrival_ns)
+            self.not_advancing += 1
+        self._streams[stream] = _StreamTime(stamp_ns, arrival, placed)
+        if self.now_ns is None or placed > self.now_ns:
+            self.now_ns = placed
+        return self.now_ns
 
 
 def _hamming(hashes: np.ndarray, value: np.uint64) -> np.ndarray:

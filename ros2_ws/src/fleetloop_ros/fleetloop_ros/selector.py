@@ -270,6 +270,9 @@ class SelectorNode(Node):
                 "queue_rejected_total": self._rejected.total,
                 "last_queue_rejection": self._last_rejection,
                 "unpaired_total": self._pairing.unpaired,
+                # frames whose stamps did not advance (a camera that does not stamp, or whose clock went
+                # back), budgeted by their arrival instead
+                "frames_by_arrival_total": state.get("frames_by_arrival", 0),
             },
         )
         queue = check(
