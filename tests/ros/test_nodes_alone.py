@@ -38,6 +38,16 @@ def test_selector_not_composed_pairs_images_and_results_from_topics(ros, robot):
         and "T4" in s["tier_outputs"]
         for s in sidecars
     )
+    # a camera that does not stamp: its frames cannot be told apart by stamp, so none is paired (a result
+    # would go to whichever unstamped image came last) and the node says why
+    from fleetloop_core.ros_convert import array_to_image
+
+    for frame in sim_frames(5, 128, 128, seed=3):
+        fields = array_to_image(frame, "rgb8")
+        camera.publish(Image(height=128, width=128, encoding="rgb8", step=fields.step, data=fields.data))
+    process.wait_for("carry no header stamp", timeout=20)
+    ros.spin_for(1.0)
+    assert len(decisions) == 20 and len(list(store.rglob("*.json"))) == 20
 
 
 def test_uploader_reports_an_unreachable_store(ros_domain, tmp_path, monkeypatch):

@@ -69,27 +69,38 @@ def keep_active_policy_params(nested: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Pairing:
-    """Images and results waiting for their partner, keyed by (stream, stamp ns); oldest dropped first."""
+    """Images and results waiting for their partner, keyed by (stream, stamp ns); oldest dropped first.
+
+    A stamp names one frame only if the camera stamps: frames stamped 0 are not paired (``unstamped``),
+    since a result would be joined to whichever unstamped image came last, and a second image or result
+    under a key already waiting replaces the first, which is counted unpaired."""
 
     def __init__(self, depth: int):
         self.depth = depth
         self.images: OrderedDict[tuple[str, int], Image | CompressedImage] = OrderedDict()
         self.results: OrderedDict[tuple[str, int], FrameResult] = OrderedDict()
         self.unpaired = 0
+        self.unstamped = 0  # images stamped 0
 
     def _add(self, store: OrderedDict, key: tuple[str, int], value: Any) -> None:
+        self.unpaired += key in store
         store[key] = value
         while len(store) > self.depth:
             store.popitem(last=False)
             self.unpaired += 1
 
     def image(self, key: tuple[str, int], msg: Image | CompressedImage) -> FrameResult | None:
+        if key[1] <= 0:
+            self.unstamped += 1
+            return None
         result = self.results.pop(key, None)
         if result is None:
             self._add(self.images, key, msg)
         return result
 
     def result(self, key: tuple[str, int], msg: FrameResult) -> Image | CompressedImage | None:
+        if key[1] <= 0:
+            return None
         image = self.images.pop(key, None)
         if image is None:
             self._add(self.results, key, msg)
@@ -227,7 +238,15 @@ class SelectorNode(Node):
         self._decisions.publish(frame_decision_msg(decision, header, stream))
 
     def _on_image(self, stream: str, msg: Image | CompressedImage) -> None:
-        result = self._pairing.image((stream, stamp_ns(msg.header.stamp)), msg)
+        stamp = stamp_ns(msg.header.stamp)
+        if stamp <= 0:
+            self.get_logger().warning(
+                f"frames on {stream} carry no header stamp: a selector in its own process cannot pair them with "
+                "their results and selects none of them (compose it with perception, as the robot launch does, "
+                "or make the camera stamp its frames)",
+                throttle_duration_sec=30.0,
+            )
+        result = self._pairing.image((stream, stamp), msg)
         if result is not None:
             self._offer_pair(msg, result)
 
@@ -256,9 +275,14 @@ class SelectorNode(Node):
         fill = stats.bytes / stats.disk_cap_bytes if stats.disk_cap_bytes else 0.0
         state = self._selector.state() if self._selector is not None else {}
         threshold = state.get("threshold")
+        unstamped = self._pairing.unstamped
         selection = check(
             "selection",
-            {"kept_over_budget": (kept_per_hour / budget_per_hour, health.kept_over_budget)},
+            {
+                "kept_over_budget": (kept_per_hour / budget_per_hour, health.kept_over_budget),
+                # frames this selector could not pair for want of a stamp (only when it runs in its own process)
+                "unstamped_fraction": (unstamped / max(1, unstamped + self._offered.total), health.dropped_fraction),
+            },
             {
                 "policy": state.get("policy", running.policy.name),
                 "campaign": campaign,
@@ -270,6 +294,7 @@ class SelectorNode(Node):
                 "queue_rejected_total": self._rejected.total,
                 "last_queue_rejection": self._last_rejection,
                 "unpaired_total": self._pairing.unpaired,
+                "unstamped_total": unstamped,
                 # frames whose stamps did not advance (a camera that does not stamp, or whose clock went
                 # back), budgeted by their arrival instead
                 "frames_by_arrival_total": state.get("frames_by_arrival", 0),
