@@ -157,6 +157,9 @@ def test_stamp_gaps_judge_nothing_until_enough_intervals_and_skip_pauses_restart
     gaps.add(0)  # a camera that does not stamp
     assert gaps.pauses == 1 and gaps.restarts == 1 and gaps.unstamped == 1
     assert gaps.counts() == (31, 0) and gaps.lost_fraction() == 0.0
+    assert gaps.unstamped_in_window() == 1
+    clock.now += 31.0
+    assert gaps.unstamped_in_window() == 0 and gaps.unstamped == 1  # the window forgets, the total stays
 
 
 def test_stamp_gaps_forget_what_left_the_window():
@@ -276,3 +279,6 @@ def test_input_check_grades_frames_lost_in_transport():
     assert lossy.level == ERROR and "50 of 150 frames lost in transport (0.333 >= 0.2, ERROR)" in lossy.message
     assert lossy.values["/r/camera/image_raw.lost_in_window"] == "50"
     assert input_check([_stream(undeliverable=3)], health, 30).level == WARN
+    unstamped = input_check([_stream(received=300, unstamped=300, lost_fraction=None)], health, 30)
+    assert unstamped.level == WARN and "300 of 300 frames in the window carry no header stamp" in unstamped.message
+    assert unstamped.values["/r/camera/image_raw.unstamped_in_window"] == "300"

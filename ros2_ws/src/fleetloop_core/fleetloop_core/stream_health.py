@@ -38,6 +38,7 @@ class StampGaps:
         self._clock = clock
         self._intervals: deque[tuple[float, int]] = deque()  # (arrival s, stamp interval ns)
         self._arrivals: deque[float] = deque()  # arrival s of every frame
+        self._unstamped: deque[float] = deque()  # arrival s of every frame stamped 0
         self._last_stamp: int | None = None
         self._lock = threading.Lock()
         self.pauses = 0
@@ -52,6 +53,7 @@ class StampGaps:
             self._trim(now)
             if stamp_ns <= 0:
                 self.unstamped += 1
+                self._unstamped.append(now)
                 return
             last, self._last_stamp = self._last_stamp, stamp_ns
             if last is not None:
@@ -70,6 +72,14 @@ class StampGaps:
             self._intervals.popleft()
         while self._arrivals and self._arrivals[0] < horizon:
             self._arrivals.popleft()
+        while self._unstamped and self._unstamped[0] < horizon:
+            self._unstamped.popleft()
+
+    def unstamped_in_window(self) -> int:
+        """Return how many frames in the window carried no header stamp (0)."""
+        with self._lock:
+            self._trim(self._clock())
+            return len(self._unstamped)
 
     def period_ns(self) -> float | None:
         """Return the estimated camera frame period (ns), None with too few intervals in the window."""
@@ -192,6 +202,7 @@ class StreamFacts:
     undeliverable: int = 0  # samples DDS handed over that did not deserialise, in the window
     unmatched_s: float = 0.0  # how long publishers have been seen without a match
     lost_by_dds: int = 0  # samples DDS itself reported lost (message_lost events, since start)
+    unstamped: int = 0  # frames in the window whose header stamp is 0
 
 
 UNMATCHED_GRACE_S = 3.0  # discovery sees a publisher a moment before the reader matches it
@@ -236,6 +247,7 @@ def _stream_values(stream: StreamFacts) -> dict[str, object]:
     if stream.lost_fraction is not None:
         values[f"{topic}.lost_fraction"] = stream.lost_fraction
     values[f"{topic}.lost_by_dds_total"] = stream.lost_by_dds
+    values[f"{topic}.unstamped_in_window"] = stream.unstamped
     return values
 
 
@@ -256,6 +268,15 @@ def _stream_problems(
         found.append((WARN, f"{topic}: publisher matched but no frames in the {window_s:g} s window{hint}"))
     if stream.undeliverable:
         found.append((WARN, f"{topic}: {stream.undeliverable} sample(s) DDS handed over did not deserialise"))
+    if stream.unstamped:
+        found.append(
+            (
+                WARN,
+                f"{topic}: {stream.unstamped} of {stream.received} frames in the window carry no header stamp "
+                "(transport loss cannot be measured; the selector budgets them by arrival, and one in its own "
+                "process cannot pair them with their results)",
+            )
+        )
     if stream.lost_fraction is not None:
         level = grade(stream.lost_fraction, health.lost_fraction)
         problem = ""

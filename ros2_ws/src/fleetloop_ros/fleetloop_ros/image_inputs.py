@@ -79,4 +79,5 @@ def stream_facts(node: Node, image_input: ImageInput, now: float) -> StreamFacts
         undeliverable=image_input.undeliverable.count(),
         lost_by_dds=image_input.lost_by_dds,
         unmatched_s=now - image_input.unmatched_since if image_input.unmatched_since else 0.0,
+        unstamped=image_input.gaps.unstamped_in_window(),
     )
