@@ -68,6 +68,9 @@ class CampaignConfig(ConfigModel):
     # class at ``others_share`` (measured: the robots left a third of the budget unused)
     aim: Literal["weight", "quota"] = "weight"
     weight: float = Field(default=4.0, gt=1, le=100)
+    # weight by the robot's label of the class, or by its model's probability of the class
+    # (``selection.class_weight_by``: also the frames it labels as a class it confuses the asked-for one with)
+    weight_by: Literal["label", "probability"] = "label"
     min_need: float = Field(default=0.005, ge=0)  # the neediest class's need must reach this
     min_recall: float = Field(default=0.2, ge=0, le=1)  # the serving model must find this share of the class
     share: float = Field(default=0.5, gt=0, le=1)  # the class's share cap under the campaign
@@ -264,6 +267,8 @@ def propose(needs: Sequence[Need], config: CampaignConfig, version: str, now: fl
         name = f"more-from-{top.name}"
     elif config.aim == "weight":
         changes, name = {"class_weights": {top.name: config.weight}}, f"more-{top.name}"
+        if config.weight_by != "label":
+            changes["class_weight_by"] = config.weight_by
     else:
         changes = {
             "policy.name": "class_quota",

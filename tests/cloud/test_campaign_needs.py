@@ -27,6 +27,8 @@ def test_the_class_with_the_largest_gap_and_fewest_labels_comes_first(signing_ke
 
     campaign = propose(needs, CampaignConfig(expires_s=60), version="2", now=1000.0)
     assert campaign.changes == {"class_weights": {"bag": 4.0}}  # the robots' own policy and budget stay
+    by_probability = propose(needs, CampaignConfig(expires_s=60, weight_by="probability"), version="2", now=1000.0)
+    assert by_probability.changes == {"class_weights": {"bag": 4.0}, "class_weight_by": "probability"}
     quota = CampaignConfig(aim="quota", share=0.4, others_share=0.1, expires_s=60)
     campaign = propose(needs, quota, version="2", now=1000.0)
     assert campaign.name == "more-bag" and campaign.target == "bag" and campaign.expires_at == 1060.0

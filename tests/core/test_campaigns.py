@@ -213,6 +213,42 @@ def test_a_class_weight_aims_the_adaptive_budget_at_the_class_and_still_spends_t
     assert aimed_count >= 0.9 * count  # ... and the budget is still spent (a quota leaves it unused)
 
 
+def test_weight_by_probability_aims_at_a_class_the_model_labels_as_another():
+    # a tenth of the frames are c3 the model confuses with c1: it labels them c1, with p(c3) 0.35; weighing
+    # c3 by label moves nothing (no frame is labeled c3), by probability those frames win the budget
+    def run(weight_by):
+        config = selection_config(
+            {
+                "policy": {
+                    "name": "adaptive_budget",
+                    "params": {"window": 256, "update_every": 16, "warmup_frames": 32},
+                },
+                "budget": {"frames_per_hour": 3600.0, "burst_seconds": 1.0},
+                "dedup": {"enabled": False},
+                "random_fraction": 0.0,
+                "class_weights": {"c3": 4.0},
+                "class_weight_by": weight_by,
+            }
+        )
+        selector, rng = Selector(config, "robot-0", LABELS), np.random.default_rng(1)
+        kept = []
+        for i in range(3000):
+            confused = rng.random() < 0.1
+            result = _result(1 if confused else int(rng.choice([0, 1])))
+            result.probs = np.full(len(LABELS), 0.02, np.float32)
+            result.probs[3] = 0.35 if confused else 0.02
+            result.probs[result.label] += 1.0 - result.probs.sum()
+            result.scores.update({name: float(rng.uniform(0.0, 0.6)) for name in result.scores})
+            if selector.offer(IMAGE, result, i * PERIOD_NS).keep:
+                kept.append(confused)
+        return sum(kept) / len(kept), len(kept)
+
+    share, count = run("label")
+    aimed_share, aimed_count = run("probability")
+    assert 0.05 < share < 0.15  # by label: as often as they come
+    assert aimed_share > 2.5 * share and aimed_count >= 0.9 * count
+
+
 def test_a_site_campaign_raises_the_upload_budget_until_it_expires(tmp_path, signing_keys):
     config = selection_config(
         {

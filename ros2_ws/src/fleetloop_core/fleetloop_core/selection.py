@@ -67,6 +67,7 @@ class _Active:
     params: Any
     random_fraction: float
     class_scale: np.ndarray | None = None  # per label index: the value score's factor (class_weights)
+    class_by_probability: bool = False  # class_weight_by: probability (factor 1 + (scale - 1) . probs)
 
 
 @dataclass
@@ -81,6 +82,16 @@ class SelectorStats:
     budget_limited: int = 0
     clip: int = 0  # kept as clip frames (``clip`` in the config)
     kept_by_class: dict[int, int] = field(default_factory=dict)
+
+
+def _class_factor(result: Any, scale: np.ndarray, by_probability: bool) -> float:
+    """Return the value score's factor for a frame under ``class_weights`` (``scale`` per label index)."""
+    if by_probability:
+        probs = getattr(result, "probs", None)
+        if probs is not None and len(probs) == len(scale) and np.isfinite(probs).all():
+            return max(0.0, 1.0 + float(np.dot(scale - 1.0, probs)))
+    label = getattr(result, "label", -1)
+    return float(scale[label]) if 0 <= label < len(scale) else 1.0
 
 
 class Selector:
@@ -138,6 +149,7 @@ class Selector:
             params=params,
             random_fraction=config.random_fraction,
             class_scale=scale,
+            class_by_probability=config.class_weight_by == "probability",
         )
 
     def _new_state(self, active: _Active) -> PolicyState:
@@ -252,10 +264,8 @@ class Selector:
             for name, weight in weights:
                 value += weight * scores[name]
             value *= active.inverse_weight_sums[result.task]
-            if active.class_scale is not None and 0 <= (label := getattr(result, "label", -1)) < len(
-                active.class_scale
-            ):
-                value = min(1.0, value * float(active.class_scale[label]))
+            if active.class_scale is not None:
+                value = min(1.0, value * _class_factor(result, active.class_scale, active.class_by_probability))
             state = self._state
             state.frames += 1
             state.stamp_ns = now_ns = self._time.place(stream, stamp_ns)  # budgets and rates run on it
