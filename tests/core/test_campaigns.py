@@ -184,21 +184,22 @@ def test_an_operators_change_during_a_campaign_runs_under_it_and_is_what_comes_b
     assert campaigns.set_base(_selector().config) == _selector().config  # no campaign: the change is the selection
 
 
+def _adaptive(**extra):
+    """The adaptive budget policy at a tenth of 10 Hz, no dedup, no random share, and ``extra``."""
+    return selection_config(
+        {
+            "policy": {"name": "adaptive_budget", "params": {"window": 256, "update_every": 16, "warmup_frames": 32}},
+            "budget": {"frames_per_hour": 3600.0, "burst_seconds": 1.0},
+            "dedup": {"enabled": False},
+            "random_fraction": 0.0,
+            **extra,
+        }
+    )
+
+
 def test_a_class_weight_aims_the_adaptive_budget_at_the_class_and_still_spends_the_budget():
     def run(class_weights):
-        config = selection_config(
-            {
-                "policy": {
-                    "name": "adaptive_budget",
-                    "params": {"window": 256, "update_every": 16, "warmup_frames": 32},
-                },
-                "budget": {"frames_per_hour": 3600.0, "burst_seconds": 1.0},  # a tenth of 10 Hz
-                "dedup": {"enabled": False},
-                "random_fraction": 0.0,
-                "class_weights": class_weights,
-            }
-        )
-        selector, rng = Selector(config, "robot-0", LABELS), np.random.default_rng(1)
+        selector, rng = Selector(_adaptive(class_weights=class_weights), "robot-0", LABELS), np.random.default_rng(1)
         kept = []
         for i, label in enumerate(rng.choice([0, 1, 3], p=[0.6, 0.3, 0.1], size=3000)):
             result = _result(int(label))
@@ -217,19 +218,7 @@ def test_weight_by_probability_aims_at_a_class_the_model_labels_as_another():
     # a tenth of the frames are c3 the model confuses with c1: it labels them c1, with p(c3) 0.35; weighing
     # c3 by label moves nothing (no frame is labeled c3), by probability those frames win the budget
     def run(weight_by):
-        config = selection_config(
-            {
-                "policy": {
-                    "name": "adaptive_budget",
-                    "params": {"window": 256, "update_every": 16, "warmup_frames": 32},
-                },
-                "budget": {"frames_per_hour": 3600.0, "burst_seconds": 1.0},
-                "dedup": {"enabled": False},
-                "random_fraction": 0.0,
-                "class_weights": {"c3": 4.0},
-                "class_weight_by": weight_by,
-            }
-        )
+        config = _adaptive(class_weights={"c3": 4.0}, class_weight_by=weight_by)
         selector, rng = Selector(config, "robot-0", LABELS), np.random.default_rng(1)
         kept = []
         for i in range(3000):
