@@ -85,13 +85,15 @@ class SelectorStats:
 
 
 def _class_factor(result: Any, scale: np.ndarray, by_probability: bool) -> float:
-    """Return the value score's factor for a frame under ``class_weights`` (``scale`` per label index)."""
+    """Return the value score's factor for a frame under ``class_weights`` (``scale`` per label index): the
+    weight of its label; ``by_probability``: the larger of that and 1 + (scale - 1) . the model's probabilities."""
+    label = getattr(result, "label", -1)
+    factor = float(scale[label]) if 0 <= label < len(scale) else 1.0
     if by_probability:
         probs = getattr(result, "probs", None)
         if probs is not None and len(probs) == len(scale) and np.isfinite(probs).all():
-            return max(0.0, 1.0 + float(np.dot(scale - 1.0, probs)))
-    label = getattr(result, "label", -1)
-    return float(scale[label]) if 0 <= label < len(scale) else 1.0
+            factor = max(factor, 1.0 + float(np.dot(scale - 1.0, probs)))
+    return factor
 
 
 class Selector:

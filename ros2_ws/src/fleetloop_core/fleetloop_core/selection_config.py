@@ -118,10 +118,10 @@ class SelectionConfig(ConfigModel):
     # value score x weight for frames the robot's model labels as that class (capped at 1): aims the
     # budget at a class without capping the others (a data campaign's usual change); by label name
     class_weights: dict[str, float] = Field(default_factory=dict)
-    # label: the weight of the class the robot's model labels the frame (as above); probability: the factor
-    # is 1 + sum over the weighted classes of (weight - 1) x the model's probability of the class, so a frame
-    # the model thinks may be the class is aimed at too (a class the model confuses with others is mostly
-    # labeled as them); results without per-class probabilities are weighed by label
+    # label: the weight of the class the robot's model labels the frame (as above); probability: the larger
+    # of that and 1 + sum over the weighted classes of (weight - 1) x the model's probability of the class, so
+    # a frame the model thinks may be the class is aimed at too (a class the model confuses with others is
+    # mostly labeled as them); results without per-class probabilities are weighed by label
     class_weight_by: Literal["label", "probability"] = "label"
     random_priority: float = Field(default=1.0, ge=0.0)  # queue priority of random samples
     record: RecordConfig = RecordConfig()
