@@ -68,9 +68,14 @@ class CampaignConfig(ConfigModel):
     # class at ``others_share`` (measured: the robots left a third of the budget unused)
     aim: Literal["weight", "quota"] = "weight"
     weight: float = Field(default=4.0, gt=1, le=100)
-    # weight by the robot's label of the class, or by its model's probability of the class
-    # (``selection.class_weight_by``: also the frames it labels as a class it confuses the asked-for one with)
-    weight_by: Literal["label", "probability"] = "label"
+    # weight by the robot's label of the class, or also by its model's probability of the class
+    # (``selection.class_weight_by``: the frames it labels as a class it confuses the asked-for one with), or
+    # auto: by probability when the robots' uploads name the class at under ``probability_below`` of its
+    # share of the random sample (they confuse it with others), else by label. Measured on three demo seeds
+    # (docs/results/2026-12-06.md): by probability found 1.7 - 2.2x more true coats where the robots named
+    # 0.8 % of uploads coat against 6.5 % of the random sample, and kept fewer of a class they do name
+    weight_by: Literal["label", "probability", "auto"] = "auto"
+    probability_below: float = Field(default=0.5, gt=0, le=1)
     min_need: float = Field(default=0.005, ge=0)  # the neediest class's need must reach this
     min_recall: float = Field(default=0.2, ge=0, le=1)  # the serving model must find this share of the class
     share: float = Field(default=0.5, gt=0, le=1)  # the class's share cap under the campaign
@@ -267,8 +272,8 @@ def propose(needs: Sequence[Need], config: CampaignConfig, version: str, now: fl
         name = f"more-from-{top.name}"
     elif config.aim == "weight":
         changes, name = {"class_weights": {top.name: config.weight}}, f"more-{top.name}"
-        if config.weight_by != "label":
-            changes["class_weight_by"] = config.weight_by
+        if weight_by(top, config) == "probability":
+            changes["class_weight_by"] = "probability"
     else:
         changes = {
             "policy.name": "class_quota",
@@ -278,7 +283,24 @@ def propose(needs: Sequence[Need], config: CampaignConfig, version: str, now: fl
         name = f"more-{top.name}"
     if top.kind == "disagreement":
         name += "-disputed"
-    return Campaign(name, version, top.name, changes, top.why(), now + config.expires_s, top.kind, top.robots)
+    why = top.why()
+    if changes.get("class_weight_by") == "probability":
+        why += "; weighed by the robots' probability of it too (they seldom name it)"
+    return Campaign(name, version, top.name, changes, why, now + config.expires_s, top.kind, top.robots)
+
+
+def weight_by(need: Need, config: CampaignConfig) -> str:
+    """Return how a class campaign weighs frames (``selection.class_weight_by``): ``config.weight_by``, or for
+    ``auto`` probability when the robots' uploads name the class at under ``probability_below`` of its share
+    of the random sample, else label."""
+    if config.weight_by != "auto":
+        return config.weight_by
+    under_named = (
+        need.uploaded is not None
+        and bool(need.prevalence)
+        and need.uploaded < config.probability_below * need.prevalence
+    )
+    return "probability" if under_named else "label"
 
 
 def upload_share(matches: Sequence[str], target: str) -> float:

@@ -7,12 +7,14 @@ from fleetloop_core.signing import verify_document
 
 from fleetloop_cloud.campaigns import (
     CampaignConfig,
+    Need,
     class_needs,
     disagreement_needs,
     field_prevalence,
     propose,
     site_needs,
     upload_share,
+    weight_by,
 )
 
 
@@ -128,3 +130,18 @@ def test_a_class_the_robots_already_upload_more_than_the_field_shows_is_discount
     assert campaign.target == "dress"
     disputed = disagreement_needs({"t-shirt": (0.5, 40)}, labels, scores, 20, (), prevalence, uploaded)
     assert disputed[0].need == pytest.approx(0.12 * 0.5 / 34**0.5 * 0.5)
+
+
+def test_auto_weighs_by_probability_a_class_the_robots_seldom_name():
+    # the demo's seed 2: coats are 6.5 % of the random sample but the robots named 0.8 % of their uploads coat
+    # (they label most coats as something else): weighing by label would move nothing
+    coat = Need("coat", 8, 0.26, 0.016, prevalence=0.065, recall=0.3, uploaded=0.008)
+    campaign = propose([coat], CampaignConfig(min_need=0.0), "1", 0.0)
+    assert campaign.changes == {"class_weights": {"coat": 4.0}, "class_weight_by": "probability"}
+    assert "weighed by the robots' probability of it too" in campaign.reason
+    # seed 0: shirts 9.5 % of the random sample, 12.6 % of the uploads: by label, as before
+    shirt = Need("shirt", 16, 0.20, 0.014, prevalence=0.095, recall=0.3, uploaded=0.126)
+    assert propose([shirt], CampaignConfig(min_need=0.0), "1", 0.0).changes == {"class_weights": {"shirt": 4.0}}
+    assert weight_by(shirt, CampaignConfig(weight_by="probability")) == "probability"
+    assert weight_by(coat, CampaignConfig(weight_by="label")) == "label"
+    assert weight_by(Need("bag", 0, None, 1.0), CampaignConfig()) == "label"  # nothing known: by label
