@@ -173,8 +173,7 @@ def _semi_planar_planes(
 ) -> np.ndarray:
     """Return the Y and chroma planes of a semi-planar YUV image stacked as rows of ``width`` bytes."""
     sub = _SEMI_PLANAR[encoding]
-    if sub == 2 and (height % 2 or width % 2):
-        raise InputError(f"{encoding} image {width}x{height}: 4:2:0 needs an even width and height")
+    _check_even(encoding, width, height)
     if step < width:
         raise InputError(f"{encoding} image {width}x{height}: step {step} is smaller than a row ({width} bytes)")
     buffer = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
@@ -200,6 +199,11 @@ def _semi_planar_planes(
     return np.concatenate([luma, chroma.reshape(-1, width)], axis=0)
 
 
+def _check_even(encoding: str, width: int, height: int) -> None:
+    if _SEMI_PLANAR[encoding] == 2 and (height % 2 or width % 2):
+        raise InputError(f"{encoding} image {width}x{height}: 4:2:0 needs an even width and height")
+
+
 def _semi_planar_size(planes: np.ndarray, encoding: str) -> tuple[int, int]:
     """Return (height, width) of the image whose stacked Y and chroma rows ``planes`` are."""
     sub = _SEMI_PLANAR[encoding]
@@ -214,6 +218,7 @@ def _semi_planar_size(planes: np.ndarray, encoding: str) -> tuple[int, int]:
 # BT.601 limited range, the coefficients of OpenCV's YUV 4:2:0 / 4:2:2 -> RGB conversions
 _YUV_TO_RGB = np.array([[1.164, 0.0, 1.596], [1.164, -0.391, -0.813], [1.164, 2.018, 0.0]], np.float32)
 _YUV_OFFSET = np.array([16.0, 128.0, 128.0], np.float32)
+_RGB_TO_YUV = np.linalg.inv(_YUV_TO_RGB).astype(np.float32)
 
 
 def _semi_planar_to_rgb8(planes: np.ndarray, encoding: str) -> np.ndarray:
@@ -327,20 +332,19 @@ def rgb8_to_semi_planar(frame: np.ndarray, encoding: str) -> np.ndarray:
     """
     if encoding not in _SEMI_PLANAR:
         raise UnsupportedEncoding(f"{encoding!r} is not semi-planar YUV (known: {', '.join(sorted(_SEMI_PLANAR))})")
-    sub = _SEMI_PLANAR[encoding]
     height, width = frame.shape[:2]
-    if sub == 2 and (height % 2 or width % 2):
-        raise InputError(f"{encoding}: 4:2:0 needs an even width and height (frame {width}x{height})")
-    yuv = cv2.transform(frame.astype(np.float32), np.linalg.inv(_YUV_TO_RGB)) + _YUV_OFFSET
-    if sub == 2:  # mean of each 2 x 2 block of chroma
-        yuv[..., 1:] = (
-            cv2.resize(yuv[..., 1:], (width // 2, height // 2), interpolation=cv2.INTER_AREA).repeat(2, 0).repeat(2, 1)
-        )
-    planes = np.clip(yuv + 0.5, 0, 255).astype(np.uint8)
-    chroma = planes[::sub, ::sub, 1:]
+    _check_even(encoding, width, height)
+    yuv = cv2.transform(frame.astype(np.float32), _RGB_TO_YUV) + _YUV_OFFSET
+    chroma: np.ndarray = yuv[..., 1:]
+    if _SEMI_PLANAR[encoding] == 2:  # the mean of each 2 x 2 block
+        chroma = cv2.resize(chroma, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
     if encoding == "nv21":
         chroma = chroma[..., ::-1]
-    return np.concatenate([planes[..., 0], np.ascontiguousarray(chroma).reshape(-1, width)], axis=0)
+
+    def as_bytes(values: np.ndarray) -> np.ndarray:
+        return np.clip(values + 0.5, 0, 255).astype(np.uint8)
+
+    return np.concatenate([as_bytes(yuv[..., 0]), as_bytes(chroma).reshape(-1, width)], axis=0)
 
 
 def msg_to_rgb8(msg: Any) -> np.ndarray:
