@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from fleetloop_core.contracts.sidecar import SidecarError, parse_sidecar, sidecar_key
+from fleetloop_core.contracts.sidecar import SidecarError, parse_sidecar, sidecar_key, sidecar_keys
 from fleetloop_core.store import ObjectStore
 
 from fleetloop_cloud.config import IngestConfig
@@ -154,7 +154,7 @@ def _validated(store: ObjectStore, json_key: str, image_key: str, labels: Sequen
     except SidecarError as exc:
         raise _Quarantine(json_key, str(exc)) from None
     expected = sidecar_key(sidecar)
-    if expected != json_key:
+    if json_key not in sidecar_keys(sidecar):
         raise _Quarantine(
             json_key,
             f"{json_key}: sidecar says robot {sidecar.robot_id!r}, date {sidecar.date} and "

@@ -108,3 +108,23 @@ def test_augmented_manifest_for_ground_truth(setup, tmp_path):
     path = write_jsonl(records, tmp_path / "round-1.manifest")
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["fleetloop-frame"] == a.frame_sha256
+
+
+def test_a_frame_without_wall_clock_stamp_is_filed_under_its_day_and_old_1970_keys_still_ingest(setup):
+    store, pool, cache = setup
+    unstamped = _upload(store, "r1", _frame(1), 1, stamp_ns=0, created="2026-12-06T09:30:00.000+00:00")
+    since_boot = _upload(store, "r1", _frame(2), 2, stamp_ns=3_600 * 10**9, created="2026-12-06T23:30:00.000-02:00")
+    assert sidecar_key(unstamped).startswith("frames/r1/2026-12-06/")
+    assert sidecar_key(since_boot).startswith("frames/r1/2026-12-07/")  # the day in UTC
+    # what robots before 2026-12-06 wrote for such a frame: keyed by its stamp, 1970-01-01
+    legacy = _upload(store, "r1", _frame(3), 3, stamp_ns=0, write_sidecar=False, write_frame=False)
+    data = _png(_frame(3))
+    store.put_bytes(f"frames/r1/1970-01-01/{legacy.frame_sha256}.png", data)
+    store.put_bytes(f"frames/r1/1970-01-01/{legacy.frame_sha256}.json", legacy.to_json().encode())
+
+    report = ingest(store, pool, cache, 1, IngestConfig(), LABELS, progress=False)
+
+    assert report.ingested == 3 and not report.quarantined
+    assert pool.frame(legacy.frame_sha256)["frame_key"] == f"frames/r1/1970-01-01/{legacy.frame_sha256}.png"
+    stamped = _upload(store, "r1", _frame(4), 4)  # a wall-clock stamp keeps its own date, whenever it was sent
+    assert sidecar_key(stamped.model_copy(update={"created": "2030-01-01T00:00:00+00:00"})) == sidecar_key(stamped)

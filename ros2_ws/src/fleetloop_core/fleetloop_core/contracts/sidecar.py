@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fleetloop_core.errors import FleetLoopError
 
 SCHEMA: Final = "fleetloop.sidecar/1"
+WALL_CLOCK_FROM_NS: Final = 946_684_800 * 10**9  # 2000-01-01 UTC: an earlier stamp is no wall-clock time
 
 
 class SidecarError(FleetLoopError):
@@ -85,7 +86,19 @@ class Sidecar(BaseModel):
 
     @property
     def date(self) -> str:
-        """Return the UTC date of the frame's stamp (YYYY-MM-DD), used in object keys."""
+        """Return the UTC date (YYYY-MM-DD) used in object keys: the frame's stamp's, or, for a stamp before
+        2000 (no wall-clock time: an unstamped frame's 0, a camera counting from its boot), the day the robot
+        made the sidecar, so such frames are not filed under 1970-01-01."""
+        if self.stamp_ns < WALL_CLOCK_FROM_NS:
+            try:
+                return datetime.fromisoformat(self.created).astimezone(timezone.utc).strftime("%Y-%m-%d")
+            except ValueError:  # a sidecar from elsewhere with an odd creation time: the stamp's date
+                pass
+        return self.stamp_date
+
+    @property
+    def stamp_date(self) -> str:
+        """Return the UTC date of the frame's stamp (YYYY-MM-DD): the key date of every frame before 2026-12-06."""
         return datetime.fromtimestamp(self.stamp_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
@@ -122,3 +135,10 @@ def frame_key(sidecar: Sidecar) -> str:
 def sidecar_key(sidecar: Sidecar) -> str:
     """Return the object key of the sidecar: frames/<robot>/<date>/<sha256>.json."""
     return f"frames/{sidecar.robot_id}/{sidecar.date}/{sidecar.frame_sha256}.json"
+
+
+def sidecar_keys(sidecar: Sidecar) -> tuple[str, ...]:
+    """Return the keys a sidecar may be stored at: :func:`sidecar_key`, and the stamp-dated key robots before
+    2026-12-06 used for frames stamped before 2000 (still in stores and queues)."""
+    legacy = f"frames/{sidecar.robot_id}/{sidecar.stamp_date}/{sidecar.frame_sha256}.json"
+    return (sidecar_key(sidecar),) if legacy == sidecar_key(sidecar) else (sidecar_key(sidecar), legacy)
