@@ -226,12 +226,12 @@ class ReviewConfig(ConfigModel):
     # exists, only this many fresh random frames a round (None: always calibration_sample)
     calibration_refresh: Optional[int] = Field(default=None, ge=0)
     # more random frames while the evidence falls short only for want of frames: after routing, a class
-    # (or the pooled group) not automated whose most confident evidence is no worse than the target gets
+    # (or the pooled group) not automated whose most confident evidence does not rule the target out gets
     # this many more random frames of what it predicts, and routing runs again; up to calibration_max
     # calibration frames a round (0: never more than the sample). Where nothing is automated every frame
     # goes to a person anyway, so asking in random order costs the same and makes each answer evidence.
     calibration_more: int = Field(default=30, ge=0)
-    calibration_max: int = Field(default=120, ge=0)
+    calibration_max: int = Field(default=180, ge=0)
     human_budget: Optional[int] = Field(default=None, ge=0)  # frames per round beyond calibration/audit
     strategy: str = "typiclust"  # order of review when over budget (active.py)
     show_suggestions: bool = True

@@ -21,17 +21,25 @@ from typing import Callable, Sequence
 import numpy as np
 
 
-def wilson_lower(successes: int, n: int, z: float) -> float:
-    """Return the Wilson score lower bound of a proportion at ``z`` (z=0: the point estimate)."""
-    if n <= 0:
-        return 0.0
+def _wilson_bound(successes: int, n: int, z: float, side: int) -> float:
+    """Return the Wilson score bound of a proportion at ``z`` (side -1: lower, +1: upper; z=0: the estimate)."""
     p = successes / n
     if z <= 0:
         return p
     z2 = z * z
     centre = p + z2 / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, (centre - spread) / (1 + z2 / n))
+    return min(1.0, max(0.0, (centre + side * spread) / (1 + z2 / n)))
+
+
+def wilson_lower(successes: int, n: int, z: float) -> float:
+    """Return the Wilson score lower bound of a proportion at ``z`` (z=0: the point estimate; n=0: 0)."""
+    return _wilson_bound(successes, n, z, -1) if n > 0 else 0.0
+
+
+def wilson_upper(successes: int, n: int, z: float) -> float:
+    """Return the Wilson score upper bound of a proportion at ``z`` (z=0: the point estimate; n=0: 1)."""
+    return _wilson_bound(successes, n, z, +1) if n > 0 else 1.0
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -46,6 +54,27 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     low = 0.0 if successes == 0 else max(0.0, centre - spread)
     high = 1.0 if successes == n else min(1.0, centre + spread)
     return low, high
+
+
+def audit_figures(sources: list[str], correct: list[bool], confidence_level: float) -> dict:
+    """Return audited frames, right ones, accuracy (None of none) and its Wilson interval, overall and per label
+    source."""
+    by_source: dict[str, dict] = {}
+    for source, ok in zip(sources, correct):
+        entry = by_source.setdefault(source, {"frames": 0, "correct": 0})
+        entry["frames"] += 1
+        entry["correct"] += int(ok)
+    for entry in by_source.values():
+        entry["accuracy"] = entry["correct"] / entry["frames"]
+        entry["ci"] = list(wilson_interval(entry["correct"], entry["frames"], confidence_level))
+    right = int(sum(correct))
+    return {
+        "frames": len(correct),
+        "correct": right,
+        "accuracy": right / len(correct) if correct else None,
+        "ci": list(wilson_interval(right, len(correct), confidence_level)),
+        "by_source": by_source,
+    }
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def test_label_sources_count_an_audited_label_under_the_route_that_accepted_it()
 def test_audit_passes_drop_task_ids_and_sources_and_the_final_pass_is_the_last_that_measured():
     review_info = {
         "audit_passes": [
-            {"pass": 1, "tasks": [1, 2], "sources": {"1": "auto"}, "frames": 2},
+            {"pass": 1, "tasks": [1, 2], "sources": {"1": "auto"}, "confidences": {"1": 0.99}, "frames": 2},
             {"pass": 2, "tasks": [], "frames": 0},
         ]
     }

@@ -147,3 +147,84 @@ def test_the_calibration_sample_is_drawn_from_every_upload_so_the_robots_random_
         assert len(sampled) == 100 and 5 <= sum(f"{i:064x}" in sampled for i in range(100)) <= 30  # ~17
         shirts = info["thresholds"]["shirt"]
         assert shirts["accepted_frames"] == 0 and shirts["accuracy"] < 0.98  # the sample showed the errors
+
+
+def _audited_world(tmp_path, cloud_models, max_passes: int):
+    """A round-1 loop whose review page answers come from the test: 100 calibration frames right (0.99 .. 0.999,
+    two classes of 50), 200 more the teachers are as sure of (0.999), all auto-accepted; audits of 20."""
+    config = _config(tmp_path, cloud_models, max_passes=max_passes)
+    config["review"]["annotator"] = "review-page"
+    config["review"]["calibration_sample"] = 100
+    config["audit"] = {"fraction": 0.0, "min_frames": 20, "tighten_step": 0.0001, "max_passes": max_passes}
+    loop = CloudLoop(cloud_config_from_dict(config), progress=False)
+    loop.pool.open_round()
+    for index in range(300):
+        loop.pool.add_frame(pool_frame(index, None, random=False))
+    drawn = set(review.calibration_draw(loop, 1, 100))
+    sample = [i for i in range(300) if f"{i:064x}" in drawn]
+    for k, index in enumerate(sample):
+        _predict(loop, index, (6, 2)[k % 2], 0.99 + 0.009 * (k / 99))
+    for k, index in enumerate(i for i in range(300) if f"{i:064x}" not in drawn):
+        _predict(loop, index, (6, 2)[k % 2], 0.999)
+    loop.pool.set_step(1, "ingest", "done", {"ingested": 300})
+    loop.pool.set_step(1, "autolabel", "done", {"versions": {"T1": "a", "T2": "b"}})
+    return loop
+
+
+def _waiting(loop) -> bool:
+    return loop.pool.step(1, "review")[0] == "waiting"
+
+
+def _answer(loop, wrong: int = 0) -> int:
+    """Answer the open tasks as the page would: confirm each suggestion, contradict the first ``wrong``
+    audited ones (a class nobody suggested); return how many tasks were answered."""
+    tasks = loop.pool.tasks(round=1, status=("open", "submitted"))
+    audits = [t for t in tasks if t.purpose == "audit"]
+    for task in tasks:
+        answer = 4 if task in audits[:wrong] else task.suggestion
+        loop.pool.answer_task(task.id, answer, "person", 1.6, 0.0)
+    return len(tasks)
+
+
+def test_an_audit_pass_is_judged_with_the_answers_of_the_passes_before_it(tmp_path, cloud_models):
+    # one error in the first 20 audited labels; the next 20 are right: alone they would pass (20 of 20), but
+    # 39 of 40 is under 0.98, so a third pass is drawn, and 59 of 60 passes
+    with _audited_world(tmp_path, cloud_models, max_passes=3) as loop:
+        loop.review()
+        assert _waiting(loop) and _answer(loop) == 100  # the calibration sample
+        info = loop.review()
+        assert _waiting(loop) and info["auto_accepted"] == 200 and _answer(loop, wrong=1) == 20
+        info = loop.review()
+        assert _waiting(loop) and _answer(loop) == 1  # the contradicted label's second opinion
+        info = loop.review()
+        assert info["phase"] == "check-2" and not info["audit_passes"][0]["meets_target"]
+        assert _answer(loop) == 20
+        info = loop.review()
+        second = info["audit_passes"][1]
+        assert second["accuracy"] == 1.0 and second["pooled"]["correct"] == 39 and not second["meets_target"]
+        assert info["phase"] == "check-3" and _answer(loop) == 20
+        info = loop.review()
+        third = info["audit_passes"][2]
+        assert info["phase"] == "done" and third["meets_target"] and third["pooled"]["frames"] == 60
+        labels = loop.pool.labels()
+        assert sum(label.source == "auto" for label in labels.values()) == 200 - 60  # the audited are people's now
+        assert sum(label.label == 4 for label in labels.values()) == 1  # the wrong one as its auditors said
+
+
+def test_an_audit_no_later_pass_could_pass_withdraws_every_unaudited_label_at_once(tmp_path, cloud_models):
+    # 3 errors in 20: even 40 more right answers leave 57 of 60 (0.95), so the round's audit cannot pass
+    with _audited_world(tmp_path, cloud_models, max_passes=3) as loop:
+        loop.review()
+        _answer(loop)
+        loop.review()
+        _answer(loop, wrong=3)
+        loop.review()
+        _answer(loop)  # second opinions: the contradictions stand
+        info = loop.review()
+        (only,) = info["audit_passes"]
+        assert only["futile"] and only["withdrawn"] == 200 - 20
+        labels = loop.pool.labels()
+        assert not [f for f, label in labels.items() if label.source == "auto"]
+        reasons = [e["reason"] for i in range(300) for e in loop.pool.label_events(f"{i:064x}")]
+        assert sum("after audit pass 1 no later pass could reach the target" in r for r in reasons) == 180
+        assert _waiting(loop) and _answer(loop) == 180  # they went back to people

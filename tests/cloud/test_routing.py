@@ -24,6 +24,15 @@ def test_wilson_lower_is_point_estimate_at_z0_and_conservative_above():
     assert routing.wilson_lower(50, 50, 1.0) == pytest.approx(50 / 51)
 
 
+def test_wilson_upper_mirrors_the_lower_bound_and_says_when_errors_rule_a_target_out():
+    assert routing.wilson_upper(45, 50, 0.0) == pytest.approx(0.9)
+    low, high = routing.wilson_lower(45, 50, 1.0), routing.wilson_upper(45, 50, 1.0)
+    assert high - 0.9 == pytest.approx(0.9 - low, abs=0.02) and high > 0.9
+    assert routing.wilson_upper(0, 0, 1.0) == 1.0 and routing.wilson_upper(30, 30, 1.0) == pytest.approx(1.0)
+    # among 30 sure frames, one error does not yet rule 0.98 out at z = 1; two do
+    assert routing.wilson_upper(29, 30, 1.0) >= 0.98 > routing.wilson_upper(28, 30, 1.0)
+
+
 def _validation(n_good_high: int, n_bad_low: int, rng):
     """Confident frames all correct, less confident ones wrong."""
     confidence = np.concatenate([rng.uniform(0.9, 1.0, n_good_high), rng.uniform(0.3, 0.6, n_bad_low)])

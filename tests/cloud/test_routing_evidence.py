@@ -4,6 +4,7 @@ Teacher outputs are written into the pool directly (no model runs); humans are t
 annotator without errors, so every human label is the frame's truth.
 """
 
+import math
 from collections import Counter
 from dataclasses import replace
 
@@ -13,7 +14,8 @@ import pytest
 from fleetloop_sim.dataset import LABELS
 from fleetloop_cloud.config import cloud_config_from_dict
 from fleetloop_cloud.loop import CloudLoop
-from fleetloop_cloud.loop.tasks.classification_routing import EVIDENCE_KEY
+from fleetloop_cloud import routing
+from fleetloop_cloud.loop.tasks.classification_routing import EVIDENCE_KEY, Fit, promising
 from fleetloop_cloud.review.items import describe, teachers
 
 from fixtures.cloud_world import cloud_config, peaked_probs, pool_frame
@@ -240,7 +242,8 @@ def test_an_auditors_slip_is_outvoted_before_the_audit_is_measured(tmp_path, clo
         if "audit" not in asking:  # no second opinions on audits: the slip counts against the label
             assert part.second_opinions(1, done()) == 0
             record = {"sources": {str(t): "auto" for t in tasks}}
-            assert not part.measure_audit(record, done(), done()) and record["correct"] == 9
+            assert not part.measure_audit(record, done(), done(), [(t, "auto") for t in done()])
+            assert record["correct"] == 9
             return
         assert part.second_opinions(1, done()) == 1  # only the contradicted label
         (second,) = loop.pool.tasks(purpose="second-opinion")
@@ -252,7 +255,7 @@ def test_an_auditors_slip_is_outvoted_before_the_audit_is_measured(tmp_path, clo
         assert part.second_opinions(1, done()) == 0
 
         record = {"sources": {str(t): "auto" for t in tasks}}
-        assert part.measure_audit(record, done(), done())
+        assert part.measure_audit(record, done(), done(), [(t, "auto") for t in done()])
         assert record["correct"] == 10 and record["by_source"]["auto"]["correct"] == 10
 
 
@@ -562,3 +565,23 @@ def test_where_tracks_are_fewer_than_the_sample_each_gives_one_frame_before_any_
 
         drawn = [t.frame_id for t in loop.pool.tasks(round=1, purpose="calibration")]
         assert len(drawn) == 30 and sorted(Counter(track_of[f] for f in drawn).values()) == [3] * 10
+
+
+def test_a_class_is_promising_until_its_surest_evidence_rules_the_target_out():
+    def threshold(value: float, eligible: int, right_of_30: int) -> routing.Threshold:
+        return routing.Threshold(value, eligible, eligible, 0, right_of_30 / 30, 0.0, "test")
+
+    fit = Fit(
+        (0.5, 0.5),
+        [
+            threshold(0.9, 80, 30),  # automated: nothing to ask
+            threshold(math.inf, 12, 0),  # too few frames yet (the pooled group)
+            threshold(math.inf, 60, 30),  # its surest 30 all right: short only of frames
+            threshold(math.inf, 60, 29),  # one error among them: 0.98 still possible at z = 1
+            threshold(math.inf, 60, 28),  # two: ruled out, no more frames asked
+        ],
+        np.zeros(0, bool),
+        np.zeros(0, bool),
+    )
+    assert promising(fit, 30, 0.98, 1.0) == [1, 2, 3]
+    assert promising(fit, 30, 0.98, 0.0) == [1, 2]  # z = 0: the point estimate, as before 2026-12-06

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,25 @@ def test_the_campaign_arm_sends_one_campaign_after_round_one_and_measures_it_bes
     assert section["share_after"] == rounds[2]["campaign"]["robot_share"]
     assert report["campaign_share_ratio"] == section["share_ratio"]
     assert "## Data campaign" in (out / "report.md").read_text()
+
+
+def test_hard_mode_relabels_the_demos_draw_to_its_figure_and_labels_a_fresh_one(quick_run, tmp_path):
+    out, _ = quick_run
+    script = ROOT / "scripts" / "hard_mode_draws.py"
+    process = subprocess.run(
+        [sys.executable, str(script), str(out), "--draws", "1", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    demo, fresh = json.loads((tmp_path / "hard_mode_draws.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    # the demo's own uploads, labeled again by the same teachers and code: the demo's figure, exactly
+    assert demo["draw"] == "demo" and demo["ratio"] == pytest.approx(report["hard_mode_throughput_ratio"])
+    assert fresh["draw"] == "0" and fresh["ratio"] > 0 and fresh["audit_passes"] >= 0
+    assert "| 0 | demo |" in (tmp_path / "hard_mode_draws.md").read_text()
 
 
 def test_report_html_shows_the_plots_in_chromium(quick_run, browser):

@@ -52,3 +52,17 @@ def test_the_accepted_labels_truth_check_pools_the_rounds_weighted_by_their_labe
     hard = {"figures": {"throughput_ratio": 4.6}, "simulation_only": {"auto": {"frames": 348, "accuracy": 0.925}}}
     assert _hard_figures(hard)["true_accuracy"]["auto"] == {"frames": 348, "accuracy": 0.925}
     assert _truth_text(None) == "not measured"
+
+
+def test_the_audited_error_counts_every_passs_answers_about_the_labels_that_stand():
+    from fleetloop_cloud.demo.report import _audits
+
+    first_time = {"round": 1, "audit": {"final": {"frames": 30, "accuracy": 1.0}}}  # a record from before pooling
+    # a second pass of 30 of 30 after a first of 27 of 30: the round's audit is 57 of 60, not 30 of 30
+    second_time = {
+        "round": 2,
+        "audit": {"final": {"frames": 30, "accuracy": 1.0, "pooled": {"frames": 60, "correct": 57, "accuracy": 0.95}}},
+    }
+    audits = _audits([first_time, second_time])
+    assert (audits["frames"], audits["correct"]) == (90, 87)
+    assert [r["accuracy"] for r in audits["per_round"]] == [1.0, 0.95]

@@ -173,6 +173,9 @@ def _audits(rounds: Sequence[dict]) -> dict:
     per_round = []
     for data in rounds:
         final = (data.get("audit") or {}).get("final") or {}
+        # the round's audit is every pass's answers about the labels that stand (the final pass's pooled
+        # figures); the final pass alone would report the lucky pass after a failed one
+        final = final.get("pooled") or final
         n = int(final.get("frames") or 0)
         accuracy = float(final.get("accuracy") or 0.0)
         ok = int(round(accuracy * n))

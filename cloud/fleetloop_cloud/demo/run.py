@@ -461,43 +461,19 @@ class Demo:
 
     def _hard_mode(self, specs, loop_arm: Arm, private_key: Path, trusted: Path) -> dict:
         """Labeling figures on shuffled single frames (no tracks, no background) with the loop's teachers."""
-        from fleetloop_core.inference import TierModel
-        from fleetloop_core.store import open_store
-        from fleetloop_cloud.demo.config import merge
-        from fleetloop_cloud.config import load_cloud_config
-        from fleetloop_cloud.loop import CloudLoop
-        from fleetloop_cloud.simfleet import SimulatedFleet
+        from fleetloop_cloud.demo.hard_mode import hard_mode_loop, label_hard_mode, upload_hard_mode
 
         work = self.out / "arms" / "hard-mode"
-        store = open_store(f"file://{work / 'store'}")
-        edge = TierModel.load(loop_arm.loop.production("T4"), providers=("cpu",), warmup=0)
-        fleet = SimulatedFleet(
-            store,
+        store = upload_hard_mode(
+            f"file://{work / 'store'}",
             [(s.robot_id, s.site) for s in specs],
-            seed=self.config.seed + 7,
-            edge_model=edge,
-            track_hints=False,
-            mode="hard",
+            loop_arm.loop.production("T4"),
+            self.config.seed + 7,
+            self.config.hard_mode_frames,
         )
-        fleet.upload(self.config.hard_mode_frames)
         # the loop's current teachers label them: its registry is this loop's registry (read only here)
-        overrides = merge(
-            dict(self.config.cloud),
-            {
-                "store": store.uri,
-                "work_dir": str(work / "cloud"),
-                "models": str(self.models),
-                "world_seed": self.config.seed,
-                "cost_model": str(default_config_path("cost_model.yaml")),
-                "registry": {"backend": "local", "uri": loop_arm.store_uri, "trusted_keys": str(trusted)},
-                "review": {"annotator": "simulated"},
-                # no tracks here: consecutive shuffled frames are other items, which chaining by teacher
-                # embedding would join (33 of 600 labels "propagated" once T1's embeddings chained them)
-                "routing": {"propagation": {"enabled": False}},
-            },
+        return label_hard_mode(
+            hard_mode_loop(
+                self.config.cloud, store.uri, work / "cloud", self.models, self.config.seed, loop_arm.store_uri, trusted
+            )
         )
-        with CloudLoop(load_cloud_config(default_config_path("cloud.yaml"), overrides=overrides)) as loop:
-            loop.ingest()
-            loop.autolabel()
-            loop.review()
-            return loop.summary(loop.current_round(), status="labeling only").to_dict()

@@ -85,8 +85,10 @@ def label_sources(facts: RoundFacts, sources: tuple[str, ...]) -> dict[str, int]
 
 
 def audit_passes(review: dict) -> tuple[list[dict], dict | None]:
-    """Return the review's audit passes (without task ids and sources) and the last one that measured frames."""
-    passes = [{k: v for k, v in p.items() if k not in ("tasks", "sources")} for p in review.get("audit_passes", [])]
+    """Return the review's audit passes (without task ids, sources and confidences) and the last one that
+    measured frames."""
+    dropped = ("tasks", "sources", "confidences")
+    passes = [{k: v for k, v in p.items() if k not in dropped} for p in review.get("audit_passes", [])]
     return passes, next((p for p in reversed(passes) if p.get("frames")), None)
 
 

@@ -220,43 +220,47 @@ class ClassificationPart(classification_report.ClassificationSummary):
         frames = {t.frame_id for t in done}
         return classification_routing.second_opinions(self, round_number, {"audit"}, frames)
 
-    def measure_audit(self, record: dict, tasks: list, done: list) -> bool:
-        """Record the audit accuracy (overall, per source, Wilson intervals); return whether it meets the target.
-
-        An audited label is right when the frame's final human answer (after second opinions, the
-        majority) is the label; a lone slip of the auditor would otherwise count as the label's error.
-        """
-        cfg, target = self.config.audit, self.config.routing.target_accuracy
+    def audit_correct(self, done: list) -> list[bool]:
+        """Return whether each answered audit task's label is right: the frame's final human answer (after
+        second opinions, the majority) is the label; a lone slip of the auditor would otherwise count as the
+        label's error."""
         history = classification_routing.answer_history(self, {"audit"}, {t.frame_id for t in done})
         final = {f: seen.answers[-1] for f, seen in history.items()}
-        correct = [final.get(t.frame_id, t.answer) == t.suggestion for t in done]
-        low, high = routing.wilson_interval(sum(correct), len(done), cfg.confidence_level)
-        by_source: dict[str, dict] = {}
-        for task, ok in zip(done, correct):
-            entry = by_source.setdefault(record["sources"][str(task.id)], {"frames": 0, "correct": 0})
-            entry["frames"] += 1
-            entry["correct"] += int(ok)
-        for entry in by_source.values():
-            entry["accuracy"] = entry["correct"] / entry["frames"]
-            entry["ci"] = list(routing.wilson_interval(entry["correct"], entry["frames"], cfg.confidence_level))
-        accuracy = sum(correct) / len(done) if done else None
+        return [final.get(t.frame_id, t.answer) == t.suggestion for t in done]
+
+    def measure_audit(self, record: dict, tasks: list, done: list, standing: list[tuple]) -> bool:
+        """Record the pass's audit accuracy (overall, per source, Wilson intervals) and the round's (``pooled``:
+        every answer about a label that stands, ``standing``: (task, source) of every pass,
+        ``review.standing_audits``); return whether the round's accuracy meets the target."""
+        cfg, target = self.config.audit, self.config.routing.target_accuracy
+        correct = self.audit_correct(done)
+        this_pass = routing.audit_figures([record["sources"][str(t.id)] for t in done], correct, cfg.confidence_level)
+        pooled = routing.audit_figures(
+            [source for _, source in standing], self.audit_correct([t for t, _ in standing]), cfg.confidence_level
+        )
         record.update(
             frames=len(done),
-            correct=int(sum(correct)),
-            accuracy=accuracy,
-            ci=[low, high],
+            correct=this_pass["correct"],
+            accuracy=this_pass["accuracy"],
+            ci=this_pass["ci"],
             confidence_level=cfg.confidence_level,
-            by_source=by_source,
+            by_source=this_pass["by_source"],
             failed_tasks=len(tasks) - len(done),
-            meets_target=accuracy is not None and accuracy >= target,
+            pooled=pooled,
+            meets_target=bool(done) and pooled["accuracy"] is not None and pooled["accuracy"] >= target,
         )
         return record["meets_target"]
+
+    def audit_can_pass(self, standing: list[tuple], more: int) -> bool:
+        """Return whether ``more`` audited labels, all right, could lift the standing audit to the target."""
+        correct = self.audit_correct([t for t, _ in standing])
+        return (sum(correct) + more) / (len(correct) + more) >= self.config.routing.target_accuracy
 
     def tighten(self, info: dict, record: dict, number: int) -> dict[str, float]:
         """Raise the floor of each source that missed the target (kept for later rounds); return the floors."""
         cfg, target = self.config.audit, self.config.routing.target_accuracy
         floors: dict[str, float] = {}
-        for source, entry in record["by_source"].items():
+        for source, entry in record["pooled"]["by_source"].items():
             if entry["accuracy"] >= target:
                 continue
             if source == "auto":

@@ -196,10 +196,11 @@ def alone_of(loop: "CloudLoop", round_number: int, frames: list[str], among: lis
     return [f for f in frames if f in alone]
 
 
-def promising(result: Fit, min_validation: int, target: float) -> list[int]:
+def promising(result: Fit, min_validation: int, target: float, z: float) -> list[int]:
     """Return the classes more random evidence could automate: not automated, and short of evidence only for
-    want of frames, not because the teachers err where they are most sure: its threshold's most confident
-    ``min_validation`` evidence frames (or all, when fewer) are no worse than ``target``.
+    want of frames, not because the teachers err where they are most sure: the accuracy of its threshold's
+    most confident ``min_validation`` evidence frames is not below ``target`` by the Wilson upper bound at
+    ``z`` (one error among 30 is not yet evidence against the target, two are), or it has fewer frames.
 
     A class with fewer than ``min_validation`` frames is routed in the pooled group, so the group's evidence
     decides for all its classes, and more frames are drawn from all of them alike: drawing only the group's
@@ -208,7 +209,11 @@ def promising(result: Fit, min_validation: int, target: float) -> list[int]:
     return [
         c
         for c, t in enumerate(result.thresholds)
-        if not t.automated and (t.eligible_frames < min_validation or t.accuracy >= target)
+        if not t.automated
+        and (
+            t.eligible_frames < min_validation
+            or routing.wilson_upper(round(t.accuracy * min_validation), min_validation, z) >= target
+        )
     ]
 
 
@@ -230,7 +235,7 @@ def more_evidence(
     count = min(batch, review.calibration_max - asked)
     if batch <= 0 or count <= 0 or not unlabeled:
         return 0
-    classes = promising(result, routing_cfg.min_validation, routing_cfg.target_accuracy)
+    classes = promising(result, routing_cfg.min_validation, routing_cfg.target_accuracy, routing_cfg.bound_z)
     if not classes:
         return 0
     asked_before = {t.frame_id for t in tasks}  # e.g. an answer marked unusable

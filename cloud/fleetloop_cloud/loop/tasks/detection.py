@@ -300,12 +300,15 @@ class DetectionPart(detection_report.DetectionSummary):
         """Box audits get no second opinion yet (one box answer is not one class to outvote): none asked."""
         return 0
 
-    def measure_audit(self, record: dict, tasks: list, done: list) -> bool:
-        """Record the audit's mean IoU and class accuracy (Wilson interval); return whether both meet their targets."""
+    def measure_audit(self, record: dict, tasks: list, done: list, standing: list[tuple]) -> bool:
+        """Record the pass's mean IoU and class accuracy (Wilson interval) and the round's over every answer
+        about a label that stands (``standing``: (task, source) of every pass); return whether the round's
+        meets both targets."""
         cfg, targets = self.config.audit, self.targets
         quality = aggregate([compare(t.suggestion, t.answer, self.detection.match_iou) for t in done])
+        pooled = aggregate([compare(t.suggestion, t.answer, self.detection.match_iou) for t, _ in standing])
         low, high = wilson_interval(quality.class_correct, quality.matched, cfg.confidence_level)
-        meets = bool(done) and quality.mean_iou >= targets.mean_iou and quality.class_accuracy >= targets.class_accuracy
+        meets = bool(done) and pooled.mean_iou >= targets.mean_iou and pooled.class_accuracy >= targets.class_accuracy
         record.update(
             frames=len(done),
             quality=quality.to_dict(),
@@ -314,9 +317,15 @@ class DetectionPart(detection_report.DetectionSummary):
             class_accuracy_ci=[low, high],
             confidence_level=cfg.confidence_level,
             failed_tasks=len(tasks) - len(done),
+            pooled={"frames": len(standing), "quality": pooled.to_dict()},
             meets_target=meets,
         )
         return meets
+
+    def audit_can_pass(self, standing: list[tuple], more: int) -> bool:
+        """Return True: box quality is a mean IoU and a class accuracy over matched boxes, which no count of
+        further frames bounds, so every pass ``audit.max_passes`` allows is run."""
+        return True
 
     def tighten(self, info: dict, record: dict, number: int) -> dict[str, float]:
         """Raise the consensus threshold by one step (kept for later rounds); return it as the auto floor."""
