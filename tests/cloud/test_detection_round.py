@@ -420,3 +420,26 @@ def test_calibration_boxes_are_scored_by_the_teachers_of_their_own_round(tmp_pat
         )
         assert [c.fused.rows() for c in part.consensus(2, ids)] == [c.fused.rows() for c in now]
         assert [c.fused.rows() for c in part.consensus(2, ids)] != [c.fused.rows() for c in part.consensus(1, ids)]
+
+
+def test_a_box_audit_pass_is_judged_with_the_standing_answers_of_the_passes_before_it(tmp_path, detection_cloud_models):
+    from types import SimpleNamespace
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    with CloudLoop(_config(tmp_path, store, detection_cloud_models["T1"].parent), progress=False) as loop:
+        part = loop.task
+        box = [10, 10, 40, 40]
+
+        def task(number: int, right: bool):
+            suggestion = BoxSet.from_rows([[*box, 1]], False)
+            answer = BoxSet.from_rows([[*box, 1 if right else 2]], False)  # the person names another class
+            return SimpleNamespace(id=number, suggestion=suggestion, answer=answer, status="done")
+
+        earlier = [task(i, right=i != 0) for i in range(10)]  # a first pass: 9 of 10 boxes of the right class
+        this_pass = [task(10 + i, right=True) for i in range(10)]  # all right: alone it would pass
+        record: dict = {}
+        standing = [(t, "auto") for t in earlier + this_pass]
+        assert not part.measure_audit(record, this_pass, this_pass, standing)  # 19 of 20: under 0.98
+        assert record["class_accuracy"] == 1.0 and record["pooled"]["frames"] == 20
+        assert part.measure_audit(record, this_pass, this_pass, [(t, "auto") for t in this_pass])
+        assert part.audit_can_pass(standing, 0)  # a box audit runs every pass it is allowed
