@@ -233,10 +233,12 @@ class ClassificationPart(classification_report.ClassificationSummary):
         every answer about a label that stands, ``standing``: (task, source) of every pass,
         ``review.standing_audits``); return whether the round's accuracy meets the target."""
         cfg, target = self.config.audit, self.config.routing.target_accuracy
-        correct = self.audit_correct(done)
+        every = {t.id: t for t in [*done, *(t for t, _ in standing)]}  # this pass's tasks stand too, as a rule
+        right = dict(zip(every, self.audit_correct(list(every.values()))))  # one read of the answer history
+        correct = [right[t.id] for t in done]
         this_pass = routing.audit_figures([record["sources"][str(t.id)] for t in done], correct, cfg.confidence_level)
         pooled = routing.audit_figures(
-            [source for _, source in standing], self.audit_correct([t for t, _ in standing]), cfg.confidence_level
+            [source for _, source in standing], [right[t.id] for t, _ in standing], cfg.confidence_level
         )
         record.update(
             frames=len(done),
