@@ -45,3 +45,11 @@ def test_a_demo_robots_uploads_stay_within_the_budget_its_starting_burst_include
     # the most a robot can upload: a full bucket at start, then the refill over the run
     assert rate * 60.0 + rate * seconds == pytest.approx(cfg.upload_fraction * cfg.rounds * cfg.frames_per_robot)
     assert budget["bytes_per_hour"] == 5.0 and budget["burst_seconds"] == 60.0
+
+
+def test_the_detection_demo_refuses_a_models_directory_of_classifiers(test_models):
+    from fleetloop_cloud.demo.detection import locate_detectors
+
+    folder = test_models["T4"].parent
+    with pytest.raises(ConfigError, match=r"T4: a classification model; the detection demo needs detectors"):
+        locate_detectors(folder, "detection-test")

@@ -115,3 +115,16 @@ def test_a_tier_both_built_and_shipped_is_a_config_error(tmp_path):
 def test_each_shipped_package_carries_its_current_training_report(profile):
     directory = reference.shipped_package(profile, "T1")
     assert (directory / "TRAINING.md").read_text() == reference.training_report(directory)
+
+
+def test_a_build_refuses_to_replace_another_profiles_tiers_unless_forced(tmp_path, test_models):
+    # e.g. `fleetloop demo --quick --models models` would have retrained the default models in the quick profile
+    shutil.copytree(test_models["T1"], tmp_path / "T1")
+    before = (tmp_path / "T1" / "model.onnx").read_bytes()
+    with pytest.raises(ConfigError, match=r"T1 built by profile 'test'; profile 'default' would replace it .*--force"):
+        modelbuild.build_reference_models(tmp_path, "default", tiers=("T1",), progress=False)
+    assert (tmp_path / "T1" / "model.onnx").read_bytes() == before
+    # its own profile's rebuild is not refused (cached here: nothing to do)
+    modelbuild.build_reference_models(tmp_path, "test", tiers=("T1",), progress=False)
+    dirs = modelbuild.build_reference_models(tmp_path, "default", tiers=("T1",), progress=False, force=True)
+    assert json.loads((dirs["T1"] / "manifest.json").read_text())["training"]["profile"] == "foundation"

@@ -160,6 +160,25 @@ def _cached(directory: Path, key: str) -> bool:
     return manifest is not None and manifest.training.get("build_key") == key
 
 
+def _refuse_other_profiles(out_dir: Path, profile: BuildProfile, profile_name: str, tiers: Sequence[str]) -> None:
+    """Refuse to replace a tier another build profile made in ``out_dir`` (``force`` replaces it).
+
+    A rebuild of the same profile (its recipe or code changed) replaces its own tiers as before; what
+    this stops is, e.g., a quick demo pointed at the default models retraining them in its small profile.
+    """
+    for tier in tiers:
+        present = intact_package(out_dir / tier)
+        held = present.training.get("profile") if present is not None else None
+        expected = profile.shipped.get(tier, profile_name)
+        if held is not None and held != expected:
+            raise ConfigError(
+                f"{out_dir / tier}: holds tier {tier} built by profile {held!r}; profile {profile_name!r} "
+                f"would replace it with one built by {expected!r}: choose another directory for "
+                f"{profile_name!r}, or replace it: fleetloop models build --profile {profile_name} "
+                f"--out {out_dir} --force"
+            )
+
+
 def build_reference_models(
     out_dir: str | Path,
     profile_name: str = "default",
@@ -194,6 +213,8 @@ def _build_locked(
     profile = load_profile(profile_name, config_path)
     defined = (*profile.tiers, *profile.shipped)
     chosen = _defined_tiers(defined, profile_name, sorted(defined) if tiers is None else tiers)
+    if not force:
+        _refuse_other_profiles(out_dir, profile, profile_name, chosen)
     if any(t in profile.shipped for t in chosen):
         # imported here: it verifies signatures (cryptography), which a training container need not have
         from fleetloop_models import reference

@@ -39,6 +39,7 @@ import numpy as np
 
 from fleetloop_core.config import default_config_path, read_yaml, repo_root
 from fleetloop_core.contracts.manifest import load_manifest
+from fleetloop_core.errors import ConfigError
 
 from fleetloop_cloud.box_evaluate import BoxTestSet
 from fleetloop_cloud.config import cloud_config_from_dict
@@ -73,6 +74,9 @@ def locate_detectors(models: Path | None, profile: str) -> Path:
     from fleetloop_models.modelbuild import build_reference_models
 
     if models is not None and (models / "T4" / "manifest.json").is_file():
+        task = load_manifest(models / "T4").task
+        if task != "detection":
+            raise ConfigError(f"{models / 'T4'}: a {task} model; the detection demo needs detectors (task detection)")
         return models
     target = models or repo_root() / ".cache" / (
         "models-detection-test" if profile == "detection-test" else "models-detection"
