@@ -219,6 +219,8 @@ def rollout(
         report.aborted, report.reason = True, _canary_abort_reason(canary, config, late)
         say(f"abort: {report.reason}")
         jobs.cancel_job(canary.job_id, report.reason)
+        # a canary still working on the job when its time ran out may finish it (and swap) after the cancel
+        _finish_in_progress(jobs, canary, config, say)
         _roll_back(jobs, report, canary.succeeded(), document, job_id, config, previous_version, say)
         return report
 

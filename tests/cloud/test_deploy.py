@@ -263,6 +263,34 @@ def test_a_fleet_robot_that_finishes_its_job_after_the_abort_is_rolled_back_with
     assert sorted(report.rollback.things) == ["t0", "t3"] and sorted(rollbacks) == ["t0", "t3"]
 
 
+def test_a_canary_that_finishes_its_job_after_a_timeout_abort_is_rolled_back(tmp_path):
+    # c0 is slow (a download on a thin link, a watch waiting for frames) and c1 is offline: the canary phase
+    # times out and aborts; IoT Jobs lets c0 finish after the cancel, so it takes the model then and must go back
+    jobs = LocalDirJobs(tmp_path)
+    rollbacks: list[str] = []
+
+    def slow_canary():
+        plane = LocalControlPlane(tmp_path, "c0", poll_s=0.01)
+        job = plane.next_job(5.0)
+        plane.update(job, "IN_PROGRESS", {"step": "downloading"})
+        while jobs.executions(job.job_id)["c1"].status != "CANCELED":  # the abort
+            time.sleep(0.01)
+        plane.update(job, "SUCCEEDED", {"reason": "serving v2", "watch_judged": "true"})
+        back = plane.next_job(10.0)
+        rollbacks.append(back.job_id)
+        plane.update(back, "SUCCEEDED", {"reason": "serving v1"})
+
+    thread = threading.Thread(target=slow_canary, daemon=True)
+    thread.start()
+    config = RolloutConfig(canary_count=2, poll_s=0.02).model_copy(update={"canary_timeout_s": 3})
+    report = rollout(jobs, ["c0", "c1", "f0"], {"model": {"name": "m", "tier": "T4", "version": "v2"}}, "r1", config)
+    thread.join(timeout=10)
+    assert report.aborted and "did not report" in report.reason, report.reason
+    assert report.canary.results["c0"]["status"] == "SUCCEEDED" and report.canary.results["c0"]["after_abort"]
+    assert report.canary.results["c1"]["status"] == "TIMED_OUT" and report.fleet is None
+    assert report.rollback.things == ["c0"] and rollbacks == ["r1-rollback"]
+
+
 def test_a_phase_report_tells_robots_cut_off_by_an_abort_from_robots_that_timed_out():
     from fleetloop_cloud.fleet_jobs import ExecutionState
     from fleetloop_cloud.rollout import _results
