@@ -305,8 +305,10 @@ class DetectionPart(detection_report.DetectionSummary):
         about a label that stands (``standing``: (task, source) of every pass); return whether the round's
         meets both targets."""
         cfg, targets = self.config.audit, self.targets
-        quality = aggregate([compare(t.suggestion, t.answer, self.detection.match_iou) for t in done])
-        pooled = aggregate([compare(t.suggestion, t.answer, self.detection.match_iou) for t, _ in standing])
+        every = {t.id: t for t in [*done, *(t for t, _ in standing)]}  # this pass's tasks stand too, as a rule
+        compared = {i: compare(t.suggestion, t.answer, self.detection.match_iou) for i, t in every.items()}
+        quality = aggregate([compared[t.id] for t in done])
+        pooled = aggregate([compared[t.id] for t, _ in standing])
         low, high = wilson_interval(quality.class_correct, quality.matched, cfg.confidence_level)
         meets = bool(done) and pooled.mean_iou >= targets.mean_iou and pooled.class_accuracy >= targets.class_accuracy
         record.update(
