@@ -40,6 +40,16 @@ def test_figures_over_seeds_are_mean_and_range_of_what_each_run_measured(tmp_pat
     assert json.loads((tmp_path / "seeds.json").read_text())["auto_label_error"]["max"] == pytest.approx(0.03)
 
 
+def test_a_campaign_from_a_share_of_0_is_measured_against_the_loop_arm():
+    # seed 4 (2026-12-06): coats, named in none of round 1's uploads; the ratio after / before is n/a
+    from_zero = {**_report(4.0, 0.0), "campaign_share_ratio": None, "campaign": {"share_vs_loop": 2.07}}
+    figures = seeds.aggregate(
+        {3: {**_report(4.0, 0.0), "campaign_share_ratio": 3.2, "campaign": {"share_vs_loop": 2.5}}, 4: from_zero}
+    )
+    assert figures["campaign_share_ratio"]["seeds_measured"] == 1
+    assert figures["campaign_share_vs_loop"]["values"] == {3: 2.5, 4: 2.07}
+
+
 def test_audits_pool_over_seeds_into_one_sample_judged_by_its_interval(tmp_path):
     def audited(frames, correct):
         return {"labeling": {"audit": {"frames": frames, "correct": correct}}}

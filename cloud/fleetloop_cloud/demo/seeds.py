@@ -41,6 +41,9 @@ FIGURES: dict[str, Callable[[dict], Any]] = {
     "final_edge_accuracy": lambda r: r.get("final_edge_accuracy"),
     "frames_dropped": lambda r: r.get("frames_dropped"),
     "campaign_share_ratio": lambda r: r.get("campaign_share_ratio"),
+    # the campaign arm's share against the loop arm's in the same round: measured also where the class had
+    # a share of 0 before the campaign (the ratio above is n/a there)
+    "campaign_share_vs_loop": lambda r: (r.get("campaign") or {}).get("share_vs_loop"),
 }
 
 
