@@ -188,6 +188,17 @@ def _canary_abort_reason(canary: PhaseReport, config: RolloutConfig, late: str) 
     )
 
 
+def _abort_canaries(
+    jobs: FleetJobs, report: RolloutReport, canary: PhaseReport, config: RolloutConfig, late: str, say
+) -> None:
+    """Abort after the canary phase: say why, cancel its job, and wait for a canary still working on it when its
+    time ran out (it may finish it, and swap, after the cancel: then it is rolled back with the others)."""
+    report.aborted, report.reason = True, _canary_abort_reason(canary, config, late)
+    say(f"abort: {report.reason}")
+    jobs.cancel_job(canary.job_id, report.reason)
+    _finish_in_progress(jobs, canary, config, say)
+
+
 def rollout(
     jobs: FleetJobs,
     fleet: Sequence[str],
@@ -216,11 +227,7 @@ def rollout(
     canary = report.canary = PhaseReport(f"{job_id}-canary", canaries)
     late = _run_phase(jobs, canary, "canary", document, config, say)
     if late or len(canary.failed()) > config.max_canary_failures:
-        report.aborted, report.reason = True, _canary_abort_reason(canary, config, late)
-        say(f"abort: {report.reason}")
-        jobs.cancel_job(canary.job_id, report.reason)
-        # a canary still working on the job when its time ran out may finish it (and swap) after the cancel
-        _finish_in_progress(jobs, canary, config, say)
+        _abort_canaries(jobs, report, canary, config, late, say)
         _roll_back(jobs, report, canary.succeeded(), document, job_id, config, previous_version, say)
         return report
 
