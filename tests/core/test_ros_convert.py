@@ -221,6 +221,27 @@ def test_compressed_round_trip(fmt):
     assert out[8, 4, 0] > out[8, 4, 2] and out[8, 20, 2] > out[8, 20, 0]  # red stays left, blue right
 
 
+@pytest.mark.parametrize(
+    "fmt, order",
+    [
+        ("rgb8; png compressed bgr8", "bgr"),  # image_transport's publisher: colours converted to BGR first
+        ("bgr8; png compressed bgr8", "bgr"),
+        ("png", "bgr"),  # a bare codec name (older publishers): OpenCV's order
+        ("rgb8; png compressed rgb8", "rgb"),  # compressed as it came: image_transport's decoder keeps RGB
+        ("bgra8; png compressed rgba8", "rgb"),
+        ("mono8; png compressed mono8", "bgr"),  # not a colour encoding: the order rule does not apply
+    ],
+)
+def test_compressed_channel_order_is_read_from_the_format_as_image_transport_does(fmt, order):
+    frame = np.zeros((4, 6, 3), np.uint8)
+    frame[..., 0], frame[..., 2] = 200, 30  # red
+    ok, png = cv2.imencode(".png", frame[..., ::-1] if order == "bgr" else frame)
+    np.testing.assert_array_equal(compressed_to_rgb8(fmt, png.tobytes()), frame)
+    with_alpha = np.dstack([frame, np.full(frame.shape[:2], 255, np.uint8)])
+    ok, png = cv2.imencode(".png", with_alpha[..., [2, 1, 0, 3]] if order == "bgr" else with_alpha)
+    np.testing.assert_array_equal(compressed_to_rgb8(fmt, png.tobytes()), frame)
+
+
 def test_compressed_grey_and_garbage():
     ok, png = cv2.imencode(".png", np.full((4, 4), 77, np.uint8))
     assert compressed_to_rgb8("png", png.tobytes()).tolist() == np.full((4, 4, 3), 77).tolist()

@@ -359,12 +359,17 @@ def msg_to_rgb8(msg: Any) -> np.ndarray:
 _COMPRESSED_EXTENSIONS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png"}
 
 
-def compressed_to_rgb8(format: str, data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """Return the uint8 RGB frame of a CompressedImage (``format`` as image_transport writes it).
+def _codec_holds_rgb(format: str) -> bool:
+    """Return whether the codec holds RGB, as image_transport's decoder reads ``format``: a colour encoding
+    (isColor) before ``;`` and no ``compressed bgr`` after it (``rgb8; jpeg compressed rgb8``); else BGR."""
+    encoding, separator, rest = format.partition(";")
+    colour = encoding.strip().lower() in {e for e in _LAYOUTS if e[:3] in ("rgb", "bgr")}
+    return bool(separator) and colour and "compressed bgr" not in rest
 
-    Formats such as ``jpeg``, ``png`` or ``bgr8; jpeg compressed bgr8`` are accepted; the codec
-    is found from the bytes. Grey images come back as RGB too.
-    """
+
+def compressed_to_rgb8(format: str, data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Return the uint8 RGB frame of a CompressedImage (``format`` as image_transport writes it: ``jpeg``, ``png``,
+    ``bgr8; jpeg compressed bgr8``): the codec from the bytes, the channel order from the format; grey as RGB."""
     buffer = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
     if buffer.size == 0:
         raise InputError(f"compressed image ({format!r}) has no data")
@@ -375,9 +380,10 @@ def compressed_to_rgb8(format: str, data: bytes | bytearray | memoryview | np.nd
         image = cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    rgb = _codec_holds_rgb(format)
     if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB if rgb else cv2.COLOR_BGRA2RGB)
+    return np.ascontiguousarray(image) if rgb else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def rgb8_to_compressed(frame: np.ndarray, format: str = "jpeg", jpeg_quality: int = 90) -> tuple[str, bytes]:
