@@ -388,6 +388,9 @@ class DetectionLoopConfig(ConfigModel):
     match_iou: float = Field(default=0.5, gt=0, le=1)  # T1/T2 boxes and auto/human boxes pair at this IoU
     min_tier_iou: float = Field(default=0.7, ge=0, le=1)  # matched T1/T2 pairs' mean IoU for agreement
     solo_min_boxes: int = Field(default=20, ge=1)  # a tier's one-tier boxes seen on human-boxed frames to weigh them
+    # while a tier's one-tier boxes have no evidence yet (the first round): people box this many calibration frames
+    # first, and the rest of the sample is suggested with the weights their answers give (0: all at once)
+    calibration_probe: int = Field(default=20, ge=0)
     target_mean_iou: float = Field(default=0.7, gt=0, le=1)  # auto-accepted vs human boxes (unmatched count 0)
     target_class_accuracy: float = Field(default=0.98, gt=0.5, lt=1)  # on matched boxes
     bound_z: float = Field(default=1.0, ge=0)  # Wilson lower bound of the class accuracy at z

@@ -217,7 +217,14 @@ def _fleet(tmp_path, models, frames=60):
 def test_a_detection_round_end_to_end(tmp_path, detection_cloud_models):
     store, sidecars = _fleet(tmp_path, detection_cloud_models)
     assert sidecars[0].detections is not None and sidecars[0].simulation.boxes is not None
-    config = _config(tmp_path, store, detection_cloud_models["T1"].parent)
+    detection = {
+        "annotator": "simulated",
+        "min_validation": 10,
+        "bound_z": 0.0,
+        "solo_min_boxes": 3,  # the small fixture's probe of 20 frames weighs the tiers
+        "simulated": {"error_rate": 0.0, "miss_rate": 0.0, "box_jitter_px": 0.5},
+    }
+    config = _config(tmp_path, store, detection_cloud_models["T1"].parent, detection=detection)
     with CloudLoop(config, progress=False) as loop:
         summary = loop.run_round().to_dict()
         (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -238,6 +245,23 @@ def test_a_detection_round_end_to_end(tmp_path, detection_cloud_models):
         for tier in ("T1", "T2"):
             assert 0 <= solo[tier]["right"] <= solo[tier]["total"]
             assert solo[tier]["shown"] == (solo[tier]["weight"] >= solo["break_even_precision"])
+        # round 1 has no evidence on one-tier boxes: people box a probe of the sample first, and the rest is
+        # suggested with the weights their answers give (before, the lab T2's wrong boxes cost a delete each)
+        review = loop.pool.step(1, "review")[1]
+        assert (review["calibration_tasks"], review["calibration_probe"]) == (40, 20)
+        calibration = sorted(loop.task.boxes.tasks(purpose="calibration"), key=lambda t: t.id)
+        part = loop.task
+        found = solo_evidence(
+            [(x, y, t.answer) for t, x, y in part.calibration_evidence(calibration[:20])], 0.5, part.threshold
+        )
+        weights = tuple(e.weight(part.detection.bound_z, part.detection.solo_min_boxes) for e in found)
+        assert weights != (0.5, 0.5)  # the probe's answers weighed the tiers
+        unweighed = 0
+        for task, x, y in part.calibration_evidence(calibration[20:]):
+            fused = consensus(x, y, 0.5, 0.7, part.threshold, weights, part.box_costs.break_even_precision).fused
+            assert task.suggestion.rows(False) == fused.rows(False)
+            unweighed += consensus(x, y, 0.5, 0.7, part.threshold).fused.rows(False) != fused.rows(False)
+        assert unweighed > 0  # without the probe some of them would have shown other boxes
         threshold = routing["threshold"]
         if labels["auto_accepted"]:
             audit = summary["audit"]

@@ -116,7 +116,14 @@ def calibration_draw(loop: "CloudLoop", round_number: int, count: int) -> list[s
 
 def calibration(loop: "CloudLoop", round_number: int, info: dict) -> dict:
     """Send a random sample to humans; part of it held out when so configured (a sample of the uploads, so
-    the held-out set measures accuracy on what robots upload, harder than their stream)."""
+    the held-out set measures accuracy on what robots upload, harder than their stream). Where the task's
+    suggestions learn from calibration answers (``calibration_probe``), the sample's first frames go first
+    and the rest, the same draw, once they are answered (``calibration-2``)."""
+    rest = info.pop("calibration_rest", None)
+    if rest is not None:
+        loop.task.add_tasks(round_number, "calibration", list(zip(rest, loop.task.suggestions(round_number, rest))))
+        info["phase"] = "route"
+        return info
     size, why = calibration_size(loop, round_number)
     ids = calibration_draw(loop, round_number, size)
     count = len(ids)
@@ -125,8 +132,12 @@ def calibration(loop: "CloudLoop", round_number: int, info: dict) -> dict:
         loop.pool.set_holdout(
             [f for f in ids if int(hashlib.sha256(f.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction]
         )
-    loop.task.add_tasks(round_number, "calibration", list(zip(ids, loop.task.suggestions(round_number, ids))))
-    info.update(phase="route", calibration_tasks=count, calibration_reason=why)
+    probe = loop.task.calibration_probe()
+    first, rest = (ids[:probe], ids[probe:]) if 0 < probe < count else (ids, [])
+    loop.task.add_tasks(round_number, "calibration", list(zip(first, loop.task.suggestions(round_number, first))))
+    info.update(phase="calibration-2" if rest else "route", calibration_tasks=count, calibration_reason=why)
+    if rest:
+        info.update(calibration_rest=rest, calibration_probe=len(first))
     return info
 
 

@@ -162,6 +162,10 @@ class ClassificationPart(classification_report.ClassificationSummary):
         """Return the tiers' combined class of each frame (uncalibrated)."""
         return [int(label) for label in self.combined(round_number, ids).label]
 
+    def calibration_probe(self) -> int:
+        """Return 0: a classifier's calibration sample goes out at once."""
+        return 0
+
     def sampling_units(self, round_number: int, ids: Sequence[str]) -> list[str]:
         """Return the track of each frame while propagation is on (a frame no track holds: itself); the
         calibration sample takes at most one frame of each (``review.calibration_draw``)."""
