@@ -6,6 +6,7 @@ when no human task is pending, runs the next phase (``info["phase"]``; ``audit-2
 (``review_phases``: routing and, for classifiers, track propagation):
 
     calibration  a random sample of the frames routing may auto-label, for humans: the unbiased validation set
+                 (``calibration-2``: the rest of it, where the task's suggestions learn from a probe first)
     route        (the task's) threshold from the calibration answers; auto-accept above it
     review       the frames still unlabeled to humans (active-learning order, within budget)
     audit        a random sample of this round's automatic labels to humans
