@@ -119,8 +119,8 @@ class BagReader:
             reader.open()
         except Exception as exc:  # rosbags raises its own error family and OSError/KeyError for damage
             raise ReplayError(
-                f"{self.path}: cannot open the bag ({type(exc).__name__}: {exc}); a recording cut "
-                "short has no index: `ros2 bag reindex` or `mcap recover` can rebuild it"
+                f"{self.path}: cannot open the bag ({type(exc).__name__}: {exc}); if it is a recording "
+                "cut short (no index), `ros2 bag reindex` or `mcap recover` can rebuild it"
             ) from exc
         self._reader = reader
         for connection in reader.connections:
