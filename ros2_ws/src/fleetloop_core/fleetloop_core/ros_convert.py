@@ -357,14 +357,14 @@ def msg_to_rgb8(msg: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- compressed
 
 _COMPRESSED_EXTENSIONS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png"}
+_COLOUR = frozenset(e for e in _LAYOUTS if e[:3] in ("rgb", "bgr"))  # image_encodings' isColor()
 
 
 def _codec_holds_rgb(format: str) -> bool:
     """Return whether the codec holds RGB, as image_transport's decoder reads ``format``: a colour encoding
     (isColor) before ``;`` and no ``compressed bgr`` after it (``rgb8; jpeg compressed rgb8``); else BGR."""
     encoding, separator, rest = format.partition(";")
-    colour = encoding.strip().lower() in {e for e in _LAYOUTS if e[:3] in ("rgb", "bgr")}
-    return bool(separator) and colour and "compressed bgr" not in rest
+    return bool(separator) and encoding.strip().lower() in _COLOUR and "compressed bgr" not in rest
 
 
 def compressed_to_rgb8(format: str, data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
