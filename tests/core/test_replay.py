@@ -127,6 +127,9 @@ def test_a_bag_cut_short_is_reported_and_the_replay_goes_on(tmp_path, test_model
 def test_missing_bag_and_bag_without_images(tmp_path):
     with pytest.raises(ReplayError, match="no such bag"):
         BagReader(tmp_path / "nothing").__enter__()
+    # said before any model is looked for or loaded (here there is none to load)
+    with pytest.raises(ReplayError, match=r"nothing, .*other: no such bag"):
+        replay([tmp_path / "nothing", tmp_path / "other"], tmp_path / "no-models", selection_config({}), progress=False)
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
 

@@ -177,6 +177,9 @@ def replay(
 
     bag_paths = [Path(bags)] if isinstance(bags, (str, Path)) else [Path(b) for b in bags]
     settings = sweep_settings(base, sweeps)
+    missing = [str(bag) for bag in bag_paths if not bag.exists()]
+    if missing and len(missing) == len(bag_paths):  # before minutes of loading models for nothing
+        raise ReplayError(f"{', '.join(missing)}: no such bag")
     models = Path(models)
     if not (models / "T4" / "manifest.json").is_file():
         raise ReplayError(f"{models}: no T4 model (run `fleetloop models build --out {models}`)")
