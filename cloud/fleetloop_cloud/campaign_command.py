@@ -9,8 +9,8 @@
   the pool (``campaigns_sent``);
 * ``auto``: the policy in config (``campaigns.approve: auto``), run after a round: propose, and send
   unless a campaign it sent still runs;
-* ``measure``: per round, the share of uploads the robots labeled as a campaign's class (``--site``: the share
-  from the campaign's site).
+* ``measure``: per round, the share of uploads the robots labeled as a campaign's class and the share of
+  the labeled ones accepted as it (``--site``: the share from the campaign's site).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fleetloop_core.errors import ConfigError
 
@@ -56,13 +56,29 @@ def robot_label(row) -> str:
     return labels[index] if 0 <= index < len(labels) else ""
 
 
-def campaign_shares(pool, target: str, kind: str = "class") -> dict[int, dict[str, float]]:
+def campaign_shares(pool, target: str, kind: str = "class", classes: Sequence[str] = ()) -> dict[int, dict[str, float]]:
     """Return per round the uploads and the share matching a campaign: the robots themselves labeled them
-    ``target`` (``kind`` class or disagreement), or they came from site ``target`` (``kind`` site)."""
+    ``target`` (``kind`` class or disagreement), or they came from site ``target`` (``kind`` site).
+
+    For a class, with the loop's ``classes``, also what the uploads turned out to be: ``labeled`` (uploads with an
+    accepted label so far) and ``labeled_share`` (of those, the share accepted as ``target``): a robot's model
+    that seldom names the class moves the first share little where the campaign still brings the class.
+    """
     by_round: dict[int, list[str]] = {}
+    accepted: dict[int, list[str]] = {}
+    labels = pool.labels() if classes and kind == "class" else {}
     for row in pool.frames(include_duplicates=True):
         by_round.setdefault(int(row["round"]), []).append(row["site"] if kind == "site" else robot_label(row))
-    return {r: {"uploads": len(v), "share": round(upload_share(v, target), 4)} for r, v in sorted(by_round.items())}
+        label = labels.get(row["id"])
+        if label is not None and 0 <= int(label.label) < len(classes):
+            accepted.setdefault(int(row["round"]), []).append(classes[int(label.label)])
+    out: dict[int, dict[str, float]] = {}
+    for number, values in sorted(by_round.items()):
+        out[number] = {"uploads": len(values), "share": round(upload_share(values, target), 4)}
+        if labels:
+            named = accepted.get(number, [])
+            out[number].update(labeled=len(named), labeled_share=round(upload_share(named, target), 4))
+    return out
 
 
 def _loop(args: argparse.Namespace):
@@ -223,7 +239,8 @@ def _auto(args: argparse.Namespace) -> int:
 def _measure(args: argparse.Namespace) -> int:
     with _loop(args) as loop:
         kind, target = ("site", args.site) if args.site else ("class", args.target)
-        print(json.dumps({kind: target, "rounds": campaign_shares(loop.pool, target, kind)}, indent=2))
+        rounds = campaign_shares(loop.pool, target, kind, loop.task.frame_labels)
+        print(json.dumps({kind: target, "rounds": rounds}, indent=2))
     return 0
 
 
@@ -235,7 +252,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("propose", _propose, "the neediest class's campaign from the pool and the last evaluation"),
         ("send", _send, "sign the proposed campaign and send it to robots as a job (the operator's approval)"),
         ("auto", _auto, "after a round, with campaigns.approve: auto: propose and send unless one still runs"),
-        ("measure", _measure, "per round, the share of uploads the robots labeled as a class, or from a site"),
+        (
+            "measure",
+            _measure,
+            "per round, the share of uploads the robots labeled as a class (and accepted as it), or from a site",
+        ),
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("--config", default=None, help="config/cloud.yaml")

@@ -63,13 +63,20 @@ def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_key
         verify_document(document, signing_keys["trusted"], "campaign")  # signed with the registry's key
         assert parse_selection_job(document).changes == {"class_weights": {"bag": 4.0}}
 
-    # round 2: after the campaign a third of the uploads are bags by the robots' own labels
+    # round 2: after the campaign a third of the uploads are bags by the robots' own labels; all are bags, and
+    # people have labeled 12 of them so far
     with Pool(tmp_path / "work" / "pool.sqlite") as pool:
         for i in range(30):
-            pool.add_frame(_frame(100 + i, BAG, 2, "bag" if i % 3 == 0 else "trouser"))
+            frame = _frame(100 + i, BAG, 2, "bag" if i % 3 == 0 else "trouser")
+            pool.add_frame(frame)
+            if i < 12:
+                pool.set_label(frame.id, BAG, "human", 2, reason="review")
     assert cloud_cli(["campaign", "measure", "--config", str(config), "--class", "bag"]) == 0
     rounds = json.loads(capsys.readouterr().out)["rounds"]
-    assert rounds["1"] == {"uploads": 42, "share": 0.0} and rounds["2"] == {"uploads": 30, "share": round(1 / 3, 4)}
+    assert rounds["1"] == {"uploads": 42, "share": 0.0, "labeled": 42, "labeled_share": round(2 / 42, 4)}
+    assert rounds["2"] == {"uploads": 30, "share": round(1 / 3, 4), "labeled": 12, "labeled_share": 1.0}
+    assert cloud_cli(["campaign", "measure", "--config", str(config), "--site", "site-0"]) == 0
+    assert "labeled" not in json.loads(capsys.readouterr().out)["rounds"]["1"]  # a site is no label
 
 
 def test_auto_sends_only_by_policy_and_one_campaign_at_a_time(tmp_path, cloud_models, signing_keys, capsys):

@@ -99,6 +99,10 @@ def test_the_campaign_arm_sends_one_campaign_after_round_one_and_measures_it_bes
     assert section["share_before"] == rounds[1]["campaign"]["robot_share"]
     assert section["share_after"] == rounds[2]["campaign"]["robot_share"]
     assert report["campaign_share_ratio"] == section["share_ratio"]
+    for figure in ("labeled_share", "true_share"):  # what the uploads turned out to be, beside the robots' labels
+        before, after = rounds[1]["campaign"][figure], rounds[2]["campaign"][figure]
+        assert 0 <= before <= 1 and 0 <= after <= 1
+        assert section[f"{figure}_ratio"] == (round(after / before, 2) if before else None)
     assert "## Data campaign" in (out / "report.md").read_text()
 
 

@@ -10,7 +10,8 @@ streams: the demo waits for every robot's job execution to end, and reports it.
 
 Measured per round, for this arm and the loop arm (which runs no campaign): the uploads; the share the
 robots themselves labeled as the campaign's class (what the campaign asks the selectors for: the
-issue's figure, round after / round before); the share truly of that class (truth: evaluation only);
+issue's figure, round after / round before); the share of the labeled uploads accepted as that class
+(what an operator sees, ``campaign measure``); the share truly of that class (truth: evaluation only);
 the class's accepted labels in the pool; T4's accuracy on that class's held-out field test frames.
 The ratio after / before is the issue's figure; beside it, the campaign arm's share against the loop's
 in the same round (both robots' models changed between the rounds, which moves their labels too).
@@ -62,25 +63,33 @@ def send_after_round(arm, round_number: int, things: Sequence[str]) -> dict[str,
 
 
 def _round_figures(pool, classes: Sequence[str], target: int) -> dict[int, dict[str, Any]]:
-    """Return per round the uploads, the robots' and the true share of ``target`` and its accepted labels."""
-    from fleetloop_cloud.campaign_command import robot_label
+    """Return per round the uploads, the robots' share of ``target``, the share of the labeled uploads accepted as
+    it, its true share (evaluation only) and its accepted labels so far."""
+    from fleetloop_cloud.campaign_command import campaign_shares
 
-    rows: dict[int, list[tuple[str, int | None]]] = {}
+    shares = campaign_shares(pool, classes[target], "class", classes)
+    truths: dict[int, list[int | None]] = {}
     for row in pool.frames(include_duplicates=True):
-        rows.setdefault(int(row["round"]), []).append((robot_label(row), row["sim_label"]))
+        truths.setdefault(int(row["round"]), []).append(row["sim_label"])
     accepted: dict[int, int] = {}
     for label in pool.labels().values():
         if label.label == target:
             accepted[label.round] = accepted.get(label.round, 0) + 1
     out = {}
-    for number, uploads in sorted(rows.items()):
+    for number, entry in shares.items():
+        uploads = truths[number]
         out[number] = {
-            "uploads": len(uploads),
-            "robot_share": round(sum(1 for r, _ in uploads if r == classes[target]) / len(uploads), 4),
-            "true_share": round(sum(1 for _, t in uploads if t == target) / len(uploads), 4),
+            "uploads": entry["uploads"],
+            "robot_share": entry["share"],
+            "labeled_share": entry["labeled_share"],
+            "true_share": round(sum(1 for t in uploads if t == target) / len(uploads), 4),
             "accepted_labels": sum(n for r, n in accepted.items() if r <= number),
         }
     return out
+
+
+def _ratio(after: float | None, before: float | None) -> float | None:
+    return round(after / before, 2) if after is not None and before else None
 
 
 def measure(arms: dict, events: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -105,12 +114,15 @@ def measure(arms: dict, events: list[dict[str, Any]]) -> dict[str, Any] | None:
                 "field_accuracy": per_class[target] if per_class else None,
             }
         section["rounds"].append(entry)
-    before = figures["campaign"].get(int(sent["round"]), {}).get("robot_share")
-    after = figures["campaign"].get(int(sent["round"]) + 1, {}).get("robot_share")
-    if before is not None and after is not None:
-        section["share_after"], section["share_before"] = after, before
-        section["share_ratio"] = round(after / before, 2) if before > 0 else None
+    before = figures["campaign"].get(int(sent["round"]), {})
+    after = figures["campaign"].get(int(sent["round"]) + 1, {})
+    if before and after:
+        section["share_after"], section["share_before"] = after["robot_share"], before["robot_share"]
+        section["share_ratio"] = _ratio(after["robot_share"], before["robot_share"])
         # the same round without a campaign: the robots' new models move the share too
         beside = figures["loop"].get(int(sent["round"]) + 1, {}).get("robot_share")
-        section["share_vs_loop"] = round(after / beside, 2) if beside else None
+        section["share_vs_loop"] = _ratio(after["robot_share"], beside)
+        # what the uploads turned out to be: accepted labels (what an operator sees), truth (evaluation only)
+        section["labeled_share_ratio"] = _ratio(after["labeled_share"], before["labeled_share"])
+        section["true_share_ratio"] = _ratio(after["true_share"], before["true_share"])
     return section

@@ -291,10 +291,13 @@ def _campaign_lines(report: dict) -> list[str]:
         f"Share of uploads the robots labeled {section['target']}, round after / before: "
         f"{_fmt(section.get('share_before'))} -> {_fmt(section.get('share_after'))} "
         f"(x{_fmt(section.get('share_ratio'), 2)}); against the loop's robots in the same round: "
-        f"x{_fmt(section.get('share_vs_loop'), 2)}.",
+        f"x{_fmt(section.get('share_vs_loop'), 2)}. What the uploads turned out to be, round after / before: "
+        f"the labeled ones accepted as {section['target']} x{_fmt(section.get('labeled_share_ratio'), 2)}, "
+        f"truly {section['target']} x{_fmt(section.get('true_share_ratio'), 2)} (simulated truth, evaluation only).",
         "",
-        "| round | campaign | arm | uploads | robots' share | true share | accepted labels | T4 field accuracy |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| round | campaign | arm | uploads | robots' share | accepted as it | true share | accepted labels "
+        "| T4 field accuracy |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for entry in section["rounds"]:
         for name in ("loop", "campaign"):
@@ -302,7 +305,8 @@ def _campaign_lines(report: dict) -> list[str]:
             lines.append(
                 f"| {entry['round']} | {'running' if entry['campaign_running'] and name == 'campaign' else '-'} | "
                 f"{name} | "
-                f"{row.get('uploads', 0)} | {_fmt(row.get('robot_share'))} | {_fmt(row.get('true_share'))} | "
+                f"{row.get('uploads', 0)} | {_fmt(row.get('robot_share'))} | {_fmt(row.get('labeled_share'))} | "
+                f"{_fmt(row.get('true_share'))} | "
                 f"{row.get('accepted_labels', '')} | {_fmt(row.get('field_accuracy'))} |"
             )
     return lines

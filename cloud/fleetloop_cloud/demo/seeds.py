@@ -44,6 +44,10 @@ FIGURES: dict[str, Callable[[dict], Any]] = {
     # the campaign arm's share against the loop arm's in the same round: measured also where the class had
     # a share of 0 before the campaign (the ratio above is n/a there)
     "campaign_share_vs_loop": lambda r: (r.get("campaign") or {}).get("share_vs_loop"),
+    # what the uploads turned out to be, round after / before: the labeled ones' accepted class, and their
+    # true class (evaluation only); a robot's model that seldom names the class moves its own share little
+    "campaign_labeled_share_ratio": lambda r: (r.get("campaign") or {}).get("labeled_share_ratio"),
+    "campaign_true_share_ratio": lambda r: (r.get("campaign") or {}).get("true_share_ratio"),
 }
 
 
