@@ -239,6 +239,9 @@ def _auto(args: argparse.Namespace) -> int:
 def _measure(args: argparse.Namespace) -> int:
     with _loop(args) as loop:
         kind, target = ("site", args.site) if args.site else ("class", args.target)
+        if kind == "class" and target not in loop.task.frame_labels:
+            known = ", ".join(loop.task.frame_labels)
+            raise ConfigError(f"campaign measure --class {target!r}: not a class of this loop (known: {known})")
         rounds = campaign_shares(loop.pool, target, kind, loop.task.frame_labels)
         print(json.dumps({kind: target, "rounds": rounds}, indent=2))
     return 0

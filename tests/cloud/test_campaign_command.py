@@ -38,7 +38,7 @@ def _labeled(tmp_path, cloud_models, signing_keys, truths) -> tuple[dict, object
     return data, config
 
 
-def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_keys, capsys):
+def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_keys, capsys, caplog):
     # round 1: the robots uploaded trousers; people labeled 40 trousers and 2 bags
     _, config = _labeled(tmp_path, cloud_models, signing_keys, [TROUSER] * 40 + [BAG] * 2)
     with Pool(tmp_path / "work" / "pool.sqlite") as pool:
@@ -77,6 +77,8 @@ def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_key
     assert rounds["2"] == {"uploads": 30, "share": round(1 / 3, 4), "labeled": 12, "labeled_share": 1.0}
     assert cloud_cli(["campaign", "measure", "--config", str(config), "--site", "site-0"]) == 0
     assert "labeled" not in json.loads(capsys.readouterr().out)["rounds"]["1"]  # a site is no label
+    assert cloud_cli(["campaign", "measure", "--config", str(config), "--class", "bags"]) == 1
+    assert "--class 'bags': not a class of this loop (known: t-shirt" in caplog.text
 
 
 def test_auto_sends_only_by_policy_and_one_campaign_at_a_time(tmp_path, cloud_models, signing_keys, capsys):
