@@ -10,11 +10,27 @@ import argparse
 from pathlib import Path
 
 
+def _at_least(least: int):
+    """Return an argparse type: an integer >= ``least`` (else the usage error names the value)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is below {least}")
+        return value
+
+    return parse
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("edge-demo", help="the edge pipeline alone over one simulated field stream")
     parser.add_argument("--models", default="models", help="reference models directory (built if missing)")
     parser.add_argument("--profile", default="default", help="build profile when models are missing")
-    parser.add_argument("--frames", type=int, default=600)
+    # checked before any model is built: a bad count is said at once, not after minutes of training
+    parser.add_argument("--frames", type=_at_least(1), default=600, help="camera frames (>= 1)")
     parser.add_argument("--site", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="test-profile models, 200 frames")
