@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 
-def _at_least(least: int):
+def _at_least(least: int) -> Callable[[str], int]:
     """Return an argparse type: an integer >= ``least`` (else the usage error names the value)."""
 
     def parse(text: str) -> int:
