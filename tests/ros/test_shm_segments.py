@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from fleetloop_core.cli import command_line
 from fleetloop_core.dds_shm import SEGMENT, SHM_DIR
 
@@ -57,6 +59,30 @@ def test_a_segment_left_by_a_killed_process_is_removed_when_a_node_process_start
     assert not orphans & _segments()  # removed, lock files with them
     assert not any((SHM_DIR / f"{name}_el").exists() for name in orphans)
     assert not _segments() - before  # and the camera, ending cleanly, left none of its own
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (("--rate", "0"), "camera replay: rate_hz must be > 0 (got 0.0)"),
+        # the simulated camera's own limit, said as the option's error (it was a traceback)
+        (("--width", "16"), "camera --source sim: frame size must be at least 32x32 (got 16x128) (--width / --height)"),
+    ],
+)
+def test_a_node_process_refusing_its_options_leaves_no_segment(spawn, option, said):
+    before = _segments()
+    # the camera's node exists (and so the participant) when the option is refused
+    camera = spawn(
+        command_line("camera", "--count", "2", *option),
+        env={**os.environ, "ROS_DOMAIN_ID": "93"},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output, _ = camera.communicate(timeout=120)
+    assert camera.returncode == 1 and said in output and "Traceback" not in output, output
+    assert not _segments() - before  # before the fix: one 9 MB segment a refused start
 
 
 def _segments_of(pid: int) -> set[str]:

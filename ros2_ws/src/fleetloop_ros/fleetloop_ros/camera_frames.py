@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
@@ -19,6 +19,16 @@ from std_msgs.msg import Header
 from fleetloop_core.errors import ConfigError
 from fleetloop_core.ros_convert import SEMI_PLANAR_ENCODINGS, array_to_image, rgb8_to_compressed, rgb8_to_semi_planar
 from fleetloop_ros.messages import time_msg
+
+T = TypeVar("T")
+
+
+def _checked(make: Callable[[], T]) -> T:
+    """Return ``make()``; the simulated camera's refusal (a frame size it cannot draw) as the option's error."""
+    try:
+        return make()
+    except ValueError as exc:
+        raise ConfigError(f"camera --source sim: {exc} (--width / --height)") from None
 
 
 def sim_frames(count: int, height: int, width: int, site: int = 0, seed: int = 0) -> list[np.ndarray]:
@@ -84,19 +94,21 @@ class FrameSource:
             from fleetloop_sim import sim
 
             self.kind = "compressed" if compressed else "image"
-            self._live = sim.CameraStream(
-                sim.make_site(site, seed),
-                robot=robot or f"camera-{site}",
-                seed=seed,
-                height=height,
-                width=width,
-                start_ns=sim.SIM_EPOCH_NS,
+            self._live = _checked(
+                lambda: sim.CameraStream(
+                    sim.make_site(site, seed),
+                    robot=robot or f"camera-{site}",
+                    seed=seed,
+                    height=height,
+                    width=width,
+                    start_ns=sim.SIM_EPOCH_NS,
+                )
             )
             for _ in self._live.frames(start, render=False):
                 pass
         elif source == "sim":
             self.kind = "compressed" if compressed else "image"
-            frames = sim_frames(min(count, 200) if count else 200, height, width, site)
+            frames = _checked(lambda: sim_frames(min(count, 200) if count else 200, height, width, site))
             self._payloads = itertools.cycle([_payload(f, encoding, compressed) for f in frames])
         else:
             messages = list(bag_messages(source))

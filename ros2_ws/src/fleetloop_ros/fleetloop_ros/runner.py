@@ -150,6 +150,9 @@ def run_nodes(
             nodes = list(factory())
         except FleetLoopError as exc:
             log.error("%s", exc)
+            # the participant leaves with the context (a node half made is the context's to destroy): ended
+            # without it, a bad option left its 9 MB segment in /dev/shm until the next process started
+            _teardown(nodes)
             _end(EXIT_ERROR)
         executor = _executor_for(nodes, threads, run)
         if on_ready is not None:
