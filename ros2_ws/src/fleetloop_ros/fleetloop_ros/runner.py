@@ -146,14 +146,7 @@ def run_nodes(
     nodes: list[Node] = []
     code = EXIT_OK
     try:
-        try:
-            nodes = list(factory())
-        except FleetLoopError as exc:
-            log.error("%s", exc)
-            # the participant leaves with the context (a node half made is the context's to destroy): ended
-            # without it, a bad option left its 9 MB segment in /dev/shm until the next process started
-            _teardown(nodes)
-            _end(EXIT_ERROR)
+        nodes = _made(factory)
         executor = _executor_for(nodes, threads, run)
         if on_ready is not None:
             on_ready(nodes)
@@ -176,6 +169,18 @@ def run_nodes(
     _leave_spin(run)
     _teardown(nodes)
     _end(code)
+
+
+def _made(factory: Callable[[], Sequence[Node]]) -> list[Node]:
+    """Return the factory's nodes; a refused configuration is said and ends the process, after the context's
+    teardown: the participant leaves with it (a node half made is the context's to destroy; ended without it,
+    a refused start left its 9 MB segment in /dev/shm until the next process started)."""
+    try:
+        return list(factory())
+    except FleetLoopError as exc:
+        log.error("%s", exc)
+        _teardown([])
+        _end(EXIT_ERROR)
 
 
 def _executor_for(nodes: Sequence[Node], threads: int, run: ProcessRun):
