@@ -54,6 +54,7 @@ class Annotator(Protocol):
     """What every annotator backend offers."""
 
     name: str
+    shows_alternative: bool  # whether people see the class beside the suggestion (it prices taking it)
 
     def submit(self, tasks: Sequence[Any]) -> list[Optional[str]]:
         """Send tasks to humans; return one external id (job / loop name) or None per task."""
@@ -80,6 +81,7 @@ class ReviewPageAnnotator:
     """Tasks wait in the pool for the local review page, which records each answer itself."""
 
     name = "review-page"
+    shows_alternative = True  # the class beside the suggestion, one key away (``review.items``)
 
     def __init__(self, context: object):
         del context  # the page reads and answers the pool's tasks itself

@@ -53,7 +53,9 @@ def record_answer(
         index = int(label)
         if not 0 <= index < len(labels):
             raise AnnotatorError(f"task {task_id}: class index {index} is not a known class (0..{len(labels) - 1})")
-    seconds, dollars = task_cost(cost_model.human, task.suggestion, index, suggestions_shown, task.purpose)
+    seconds, dollars = task_cost(
+        cost_model.human, task.suggestion, index, suggestions_shown, task.purpose, task.alternative
+    )
     pool.answer_task(task_id, index, annotator, seconds, dollars)
 
 
@@ -62,6 +64,7 @@ class SimulatedAnnotator:
     """Ground truth of the simulated world, wrong with probability ``error_rate`` (seeded per task)."""
 
     name = "simulated"
+    shows_alternative = True  # it stands for a person on our review page (``task_cost``)
 
     def __init__(self, context: AnnotatorContext):
         self.pool = context.pool

@@ -62,6 +62,7 @@ class GroundTruthAnnotator(_AwsAnnotator):
     """SageMaker Ground Truth: one labeling job per submitted batch (augmented manifest in the store)."""
 
     name = "sagemaker-groundtruth"
+    shows_alternative = False  # its task template shows the suggestion alone
     service, settings_key = "sagemaker", "sagemaker_groundtruth"
 
     def _human_task_config(self) -> dict:
@@ -198,6 +199,7 @@ class A2IAnnotator(_AwsAnnotator):
     """Amazon Augmented AI: one human loop per task (flow definition from config)."""
 
     name = "a2i"
+    shows_alternative = False  # its task template shows the suggestion alone
     service, settings_key = "sagemaker-a2i-runtime", "a2i"
 
     def submit(self, tasks: Sequence[TaskRequest]) -> list[Optional[str]]:

@@ -43,6 +43,8 @@ class HumanCosts(Priced):
 
     seconds_per_label: float = Field(gt=0)  # labeling from scratch, seconds
     seconds_per_verify: float = Field(gt=0)  # confirming a shown suggestion, seconds
+    # taking the class shown beside the suggestion (one key; None: priced as a label from scratch)
+    seconds_per_alternative: Optional[float] = Field(default=None, gt=0)
     service_fee_per_object_usd: float = Field(ge=0)  # Ground Truth's fee per labeled object (auto-labeled too)
     worker_price_per_task_usd: float = Field(ge=0)  # paid to a Mechanical Turk worker per task
     workers_per_object: int = Field(default=1, ge=1)

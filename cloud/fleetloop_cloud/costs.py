@@ -3,8 +3,9 @@
 * Manual baseline: a person labels every frame from scratch at ``seconds_per_label`` and
   ``price_per_label``.
 * Loop: human time = frames routed to humans x (``seconds_per_verify`` when a suggestion was
-  shown and accepted, else ``seconds_per_label``) + audited frames x ``seconds_per_verify`` (an
-  audit is a verification of the shown auto-label); auto-accepted labels cost no human time.
+  shown and accepted, ``seconds_per_alternative`` when the class shown beside it was taken, else
+  ``seconds_per_label``) + audited frames x ``seconds_per_verify`` (an audit is a verification of
+  the shown auto-label); auto-accepted labels cost no human time.
   Compute cost = measured CPU seconds x the cited instance's price per vCPU-second (+ GPU
   seconds x the GPU instance's price).
 * Throughput ratio = accepted labels per human-hour, loop / manual.
@@ -23,11 +24,21 @@ from fleetloop_cloud.config import CostModel, HumanCosts
 
 
 def task_cost(
-    human: HumanCosts, suggestion: int | None, answer: int, shown: bool, purpose: str = "review"
+    human: HumanCosts,
+    suggestion: int | None,
+    answer: int,
+    shown: bool,
+    purpose: str = "review",
+    alternative: int | None = None,
 ) -> tuple[float, float]:
-    """Return (seconds, dollars) of one human task under the cost model."""
+    """Return (seconds, dollars) of one human task under the cost model: a verification where the answer is
+    the shown suggestion (an audit always), ``seconds_per_alternative`` where it is the class shown beside it
+    (``alternative``, one key away), else a label from scratch."""
     verified = purpose == "audit" or (shown and suggestion is not None and int(answer) == int(suggestion))
     seconds = human.seconds_per_verify if verified else human.seconds_per_label
+    took_alternative = shown and alternative is not None and int(answer) == int(alternative)
+    if not verified and took_alternative and human.seconds_per_alternative is not None:
+        seconds = human.seconds_per_alternative
     return seconds, human.task_price(seconds)
 
 

@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, round INTEGER NOT NULL, purpose TEXT NOT NULL,
     suggestion INTEGER, status TEXT NOT NULL, backend TEXT, external_id TEXT, answer INTEGER,
     annotator TEXT, seconds REAL, dollars REAL, error TEXT, created REAL NOT NULL, done REAL,
-    applied INTEGER NOT NULL DEFAULT 0);
+    applied INTEGER NOT NULL DEFAULT 0, alternative INTEGER);
 CREATE INDEX IF NOT EXISTS tasks_round ON tasks(round, status);
 CREATE TABLE IF NOT EXISTS usage (frame_id TEXT NOT NULL, model_version TEXT NOT NULL,
     PRIMARY KEY (frame_id, model_version));
@@ -103,6 +103,7 @@ class Task:
     seconds: Optional[float]
     dollars: Optional[float]
     error: Optional[str]
+    alternative: Optional[int] = None  # the class shown beside the suggestion (the teachers' next likeliest)
 
 
 @dataclass(frozen=True)
@@ -325,9 +326,18 @@ class Pool(LabelStore, RoundLog):
         return probs, embeddings
 
     # ------------------------------------------------------------------ tasks
-    def add_tasks(self, round: int, purpose: str, items: Sequence[tuple[str, Optional[int]]]) -> list[int]:
-        """Create open human tasks (frame id, suggested label or None); return their ids."""
-        return self._insert_tasks(round, purpose, items, {})
+    def add_tasks(
+        self,
+        round: int,
+        purpose: str,
+        items: Sequence[tuple[str, Optional[int]]],
+        alternatives: Sequence[Optional[int]] | None = None,
+    ) -> list[int]:
+        """Create open human tasks (frame id, suggested label or None), each with the class shown beside the
+        suggestion (``alternatives``, None: none); return their ids."""
+        if alternatives is None:
+            return self._insert_tasks(round, purpose, items, {})
+        return self._insert_tasks(round, purpose, items, [{"alternative": a} for a in alternatives])
 
     def answer_task(self, task_id: int, answer: int, annotator: str, seconds: float, dollars: float) -> None:
         """Record a human answer (a class index); PoolError if the task is already done."""

@@ -15,7 +15,15 @@ from typing import Any, Iterator, Optional, Sequence
 
 from fleetloop_core.errors import FleetLoopError
 
-from fleetloop_cloud.pool_sql import DatabaseError, connect, is_postgres, redact, sqlite_path
+from fleetloop_cloud.pool_sql import (
+    CREATE_TABLE,
+    DatabaseError,
+    added_columns,
+    connect,
+    is_postgres,
+    redact,
+    sqlite_path,
+)
 
 
 class PoolError(FleetLoopError):
@@ -63,8 +71,21 @@ class PoolTables:
         try:
             self._db = target._db if isinstance(target, PoolTables) else connect(target, check_same_thread)
             self._db.executescript(schema)
+            if isinstance(self._db, sqlite3.Connection):  # (PostgreSQL: in its executescript)
+                self._add_columns(schema)
         except (sqlite3.DatabaseError, DatabaseError) as exc:
             raise PoolError(f"{self.path}: cannot open {what} ({exc})") from exc
+
+    def _add_columns(self, schema: str) -> None:
+        """Give the tables of ``schema`` an older version created the columns added since (``added_columns``)."""
+        for statement in schema.split(";"):
+            found = CREATE_TABLE.match(statement.strip())
+            if found is None:
+                continue
+            table, body = found.group(1), found.group(2)
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for definition in added_columns(body, have):
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {definition}")
 
     def close(self) -> None:
         """Close the connection if this holder opened it (a shared one is closed by its owner)."""

@@ -150,20 +150,29 @@ class LabelStore(PoolTables):
 
     # ------------------------------------------------------------------ tasks
     def _insert_tasks(
-        self, round: int, purpose: str, items: Sequence[tuple[str, Any]], extra: dict[str, object]
+        self,
+        round: int,
+        purpose: str,
+        items: Sequence[tuple[str, Any]],
+        extra: dict[str, object] | Sequence[dict[str, object]],
     ) -> list[int]:
-        """Create open tasks (frame id, suggestion or None) with ``extra`` columns; return their ids."""
+        """Create open tasks (frame id, suggestion or None) with ``extra`` columns (one dict for every task, or
+        one per task, all with the same columns); return their ids."""
         if purpose not in TASK_PURPOSES:
             raise PoolError(f"{self.path}: unknown task purpose {purpose!r} (known: {', '.join(TASK_PURPOSES)})")
-        columns = "".join(f", {c}" for c in extra)
-        marks = ",?" * len(extra)
+        extras = [extra] * len(items) if isinstance(extra, dict) else list(extra)
+        if len(extras) != len(items):
+            raise PoolError(f"{self.path}: {len(items)} tasks and {len(extras)} sets of their columns")
+        names = list(extras[0]) if extras else []
+        columns = "".join(f", {c}" for c in names)
+        marks = ",?" * len(names)
         ids, now = [], time.time()
         with self.transaction() as db:
-            for frame_id, suggestion in items:
+            for (frame_id, suggestion), values in zip(items, extras):
                 cursor = db.execute(
                     f"INSERT INTO {self._kind.tasks} (frame_id, round, purpose, suggestion{columns}, status, created) "
                     f"VALUES (?,?,?,?{marks}, 'open', ?)",
-                    (frame_id, round, purpose, self._kind.store(suggestion), *extra.values(), now),
+                    (frame_id, round, purpose, self._kind.store(suggestion), *(values[n] for n in names), now),
                 )
                 ids.append(int(cursor.lastrowid))
         return ids

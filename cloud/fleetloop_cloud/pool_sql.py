@@ -147,7 +147,32 @@ _TYPES = [
     (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
     (re.compile(r"\bBLOB\b"), "BYTEA"),
 ]
-_CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*)\)\s*$", re.S)
+CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*)\)\s*$", re.S)
+_CONSTRAINT = {"PRIMARY", "UNIQUE", "FOREIGN", "CHECK", "CONSTRAINT"}
+
+
+def added_columns(body: str, have: set[str]) -> list[str]:
+    """Return the column definitions of a ``CREATE TABLE`` body that a table with columns ``have`` lacks and
+    ``ALTER TABLE ... ADD COLUMN`` can give an existing table: nullable or with a default (a column a later
+    version added to the schema; an older pool gains it on open, its rows holding NULL or the default)."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(body):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(body[start:index])
+            start = index + 1
+    parts.append(body[start:])
+    out = []
+    for part in (" ".join(p.split()) for p in parts):
+        name = part.split(" ", 1)[0] if part else ""
+        upper = part.upper()
+        if not name or name.upper() in _CONSTRAINT or name in have or "PRIMARY KEY" in upper:
+            continue
+        if "NOT NULL" not in upper or " DEFAULT " in upper:
+            out.append(part)
+    return out
+
+
 _INSERT = re.compile(r"^\s*INSERT OR (IGNORE|REPLACE) INTO (\w+)\s*\(([^)]*)\)", re.S | re.I)
 _PLAIN_INSERT = re.compile(r"^\s*INSERT INTO (\w+)\s", re.I)
 
@@ -181,7 +206,7 @@ class PostgresConnection:
         if statement.upper().startswith("CREATE "):  # a module's own tables (review page), one statement at a time
             translated = self.ddl(statement)
             result = self._run(translated, params)
-            found = _CREATE.match(translated)
+            found = CREATE_TABLE.match(translated)
             if found:
                 self._mend_columns(found.group(1), found.group(2))
             return result
@@ -208,7 +233,11 @@ class PostgresConnection:
         try:
             for statement in (s.strip() for s in script.split(";")):
                 if statement:
-                    self._run(self.ddl(statement), ())  # the pool's own schema: translated, nothing to mend
+                    translated = self.ddl(statement)
+                    self._run(translated, ())
+                    found = CREATE_TABLE.match(translated)
+                    if found:  # a pool an older version created: the columns added since
+                        self._add_columns(found.group(1), found.group(2))
         except BaseException:
             self._run("ROLLBACK", ())
             raise
@@ -222,7 +251,7 @@ class PostgresConnection:
         """Return a CREATE statement in PostgreSQL's types; remember the table's key."""
         for pattern, replacement in _TYPES:
             statement = pattern.sub(replacement, statement)
-        found = _CREATE.match(statement)
+        found = CREATE_TABLE.match(statement)
         if found:
             table, body = found.group(1), found.group(2)
             composite = re.search(r"PRIMARY KEY\s*\(([^)]*)\)", body)
@@ -267,6 +296,7 @@ class PostgresConnection:
             (table,),
         ).fetchall()
         have = {row[0]: row for row in rows}
+        self._add_columns(table, body, set(have))
         for column in re.findall(r"(\w+)\s+DOUBLE PRECISION", body):
             if column in have and have[column][1] == "real":
                 self._run(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE DOUBLE PRECISION", ())
@@ -276,6 +306,18 @@ class PostgresConnection:
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM {table}",
                 (),
             )
+
+    def _add_columns(self, table: str, body: str, have: set[str] | None = None) -> None:
+        """Add the columns of a translated ``CREATE`` body the existing ``table`` lacks (``added_columns``)."""
+        if have is None:
+            rows = self._run(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = %s",
+                (table,),
+            ).fetchall()
+            have = {row[0] for row in rows}
+        for definition in added_columns(body, have):
+            self._run(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {definition}", ())
 
     def _primary_key(self, table: str) -> list[str]:
         """Return the table's primary key columns: learnt from its CREATE on this connection, else the catalogue.

@@ -58,7 +58,7 @@ def test_label_twenty_frames_with_the_keyboard_only(review_world, browser, artif
         keys = [
             "Enter",
             "3",
-            "Enter",
+            "a",  # the class shown beside the suggestion
             "n",
             "7",
             "Enter",
@@ -71,7 +71,7 @@ def test_label_twenty_frames_with_the_keyboard_only(review_world, browser, artif
             "2",
             "n",
             "Enter",
-            "5",
+            "a",
             "6",
             "Enter",
             "8",
@@ -82,6 +82,9 @@ def test_label_twenty_frames_with_the_keyboard_only(review_world, browser, artif
             task = _wait_frame(page)
             assert task, "the queue ran dry"
             pressed[task] = key
+            if key == "a":  # shown beside the suggestion, its class's button marked
+                shown = page.inner_text("#suggestion .alternative")
+                assert shown.startswith("A") and page.locator("#classes button.alternative").count() == 1
             if number == 12:
                 page.screenshot(path=str(artifacts / "label.png"))
             _press(page, key, task)
@@ -95,7 +98,9 @@ def test_label_twenty_frames_with_the_keyboard_only(review_world, browser, artif
             if key == "x":
                 assert task.status == "failed" and task.error.startswith("unusable")
                 continue
-            expected = task.suggestion if key == "Enter" else (10 if key == "n" else int(key))
+            named = {"Enter": task.suggestion, "a": task.alternative, "n": 10}
+            expected = named[key] if key in named else int(key)
+            assert key != "a" or task.alternative not in (None, task.suggestion)
             assert (task.status, task.answer) == ("done", expected)
         assert len([t for t in pool.tasks(status=("done", "failed")) if t.annotator == "ann"]) == 20
     # the loop's next review step collects the page's answers into human labels

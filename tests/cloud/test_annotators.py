@@ -109,6 +109,12 @@ def test_review_page_answers_through_the_pool_with_costs(tmp_path):
     assert (first.answer, first.seconds) == (3, cost.human.seconds_per_verify)
     assert (second.answer, second.seconds) == (2, cost.human.seconds_per_label)
     assert annotator.collect(pool.tasks(status="submitted")) == []
+    # the class shown beside the suggestion, taken with one key; priced only where people see it
+    [beside] = pool.add_tasks(1, "review", [(ids[1], 8)], alternatives=[2])
+    record_answer(pool, cost, beside, 2, "alice", LABELS)
+    assert pool.task(beside).seconds == cost.human.seconds_per_alternative < cost.human.seconds_per_label
+    assert annotator.shows_alternative and SimulatedAnnotator.shows_alternative  # our page, and who stands for it
+    assert not GroundTruthAnnotator.shows_alternative and not A2IAnnotator.shows_alternative  # their templates
     third = pool.add_tasks(1, "review", [(ids[0], None)])[0]
     with pytest.raises(AnnotatorError, match=r"unknown class 'unicorn' \(known: t-shirt"):
         record_answer(pool, cost, third, "unicorn", "alice", LABELS)

@@ -25,6 +25,17 @@ def test_task_cost_verify_vs_label_and_audits():
     assert task_cost(human, None, 4, shown=True)[1] == pytest.approx(human.price_per_label)
 
 
+def test_the_class_shown_beside_the_suggestion_costs_its_own_time_where_taken():
+    human = load_cost_model().human
+    assert human.seconds_per_verify < human.seconds_per_alternative < human.seconds_per_label
+    assert task_cost(human, 3, 5, shown=True, alternative=5)[0] == human.seconds_per_alternative
+    assert task_cost(human, 3, 3, shown=True, alternative=5)[0] == human.seconds_per_verify  # the suggestion
+    assert task_cost(human, 3, 4, shown=True, alternative=5)[0] == human.seconds_per_label  # neither
+    assert task_cost(human, 3, 5, shown=False, alternative=5)[0] == human.seconds_per_label  # nothing shown
+    unpriced = human.model_copy(update={"seconds_per_alternative": None})  # a cost model without the key
+    assert task_cost(unpriced, 3, 5, shown=True, alternative=5)[0] == human.seconds_per_label
+
+
 def test_the_primary_pricing_is_an_hourly_workforce_time_saved_is_money_saved():
     model = load_cost_model()
     human = model.human

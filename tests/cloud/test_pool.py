@@ -93,6 +93,25 @@ def test_task_lifecycle(pool_target):
         pool.add_tasks(1, "gossip", [(f"{5:064x}", None)])
 
 
+def test_a_pool_an_older_version_made_gains_the_columns_added_since(pool_target):
+    with Pool(pool_target) as pool:
+        pool.add_frame(_record(6))
+        pool._db.execute("ALTER TABLE tasks DROP COLUMN alternative")  # the tasks table as it was before it
+        [old] = pool.add_tasks(1, "review", [(f"{6:064x}", 3)])
+    with Pool(pool_target) as pool:  # opening adds the column; the tasks already there have none
+        assert pool.task(old).alternative is None
+        first, second = pool.add_tasks(1, "review", [(f"{6:064x}", 3), (f"{6:064x}", None)], alternatives=[5, None])
+        assert (pool.task(first).suggestion, pool.task(first).alternative, pool.task(second).alternative) == (
+            3,
+            5,
+            None,
+        )
+    with Pool(pool_target) as pool:  # and opening again changes nothing
+        assert [t.alternative for t in pool.tasks()] == [None, 5, None]
+        with pytest.raises(PoolError, match="2 tasks and 1 sets of their columns"):
+            pool.add_tasks(1, "review", [(f"{6:064x}", 3), (f"{6:064x}", 4)], alternatives=[5])
+
+
 def test_rounds_and_steps(pool_target):
     pool = Pool(pool_target)
     assert pool.current_round() is None

@@ -104,6 +104,14 @@ def test_a_round_end_to_end(tmp_path, cloud_models, pool, request):
         assert figures["manual_labels_per_human_hour"] == pytest.approx(3600 / human["seconds_per_label"])
         assert figures["loop_labels_per_human_hour"] == pytest.approx(298 / (human["seconds"] / 3600), rel=1e-3)
         assert figures["throughput_ratio"] > 1 and figures["cost_ratio"] > 1
+        # beside each suggestion the class a person takes with one key (the teachers' runner-up), priced so
+        costs = loop.cost_model.human
+        asked = [t for t in loop.pool.tasks(status="done") if t.purpose != "audit" and t.suggestion is not None]
+        assert asked and all(t.alternative not in (None, t.suggestion) for t in asked)
+        assert all(t.alternative is None for t in loop.pool.tasks(purpose="audit"))  # an audit checks one label
+        for t in asked:
+            priced = {t.suggestion: costs.seconds_per_verify, t.alternative: costs.seconds_per_alternative}
+            assert t.seconds == priced.get(t.answer, costs.seconds_per_label)
 
         # train -> distil -> INT8 -> gate -> register
         models = summary["models"]

@@ -127,6 +127,10 @@ def describe(pool: Pool, config: CloudConfig, labels: Sequence[str], task: Task,
         "source": "teachers"
         if task.purpose != "review"
         else pool.suggestion_sources(task.round).get(task.frame_id, "teachers"),
+        # the teachers' likeliest other class, taken with one key (A) where the suggestion is wrong
+        "alternative": None
+        if task.alternative is None or not 0 <= task.alternative < len(labels)
+        else {"index": task.alternative, "name": labels[task.alternative], "key": KEYS[task.alternative].upper()},
     }
     if state.versions:
         _tier_opinions(pool, labels, task, state, item, suggestion)

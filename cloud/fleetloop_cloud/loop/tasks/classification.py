@@ -125,7 +125,7 @@ class ClassificationPart(classification_report.ClassificationSummary):
 
     def dispatch(self, round_number: int, annotator) -> None:
         """Submit open tasks, collect answers, record their cost."""
-        shown = self.config.review.show_suggestions
+        shown, human = self.config.review.show_suggestions, self.cost_model.human
         opened = self.pool.tasks(round=round_number, status="open")
         if opened:
             rows = {r["id"]: r for r in self.pool.frames(ids={t.frame_id for t in opened}, include_duplicates=True)}
@@ -151,12 +151,15 @@ class ClassificationPart(classification_report.ClassificationSummary):
                 log.warning("task %d failed: %s", answer.task_id, answer.error)
                 self.pool.fail_task(answer.task_id, answer.error or "no answer")
                 continue
-            seconds, dollars = task_cost(self.cost_model.human, task.suggestion, answer.label, shown, task.purpose)
+            beside = task.alternative if getattr(annotator, "shows_alternative", False) else None  # GT, A2I: not
+            seconds, dollars = task_cost(human, task.suggestion, answer.label, shown, task.purpose, beside)
             self.pool.answer_task(answer.task_id, answer.label, answer.annotator, seconds, dollars)
 
     def add_tasks(self, round_number: int, purpose: str, items: list[tuple[str, int]]) -> list[int]:
-        """Open human tasks (frame id, suggested class); whether it is shown is decided at dispatch."""
-        return self.pool.add_tasks(round_number, purpose, items)
+        """Open human tasks (frame id, suggested class) and, but for audits, the class shown beside the suggestion
+        (``classification_routing.alternatives``); whether they are shown is decided at dispatch."""
+        beside = None if purpose == "audit" else classification_routing.alternatives(self, round_number, items)
+        return self.pool.add_tasks(round_number, purpose, items, beside)
 
     def suggestions(self, round_number: int, ids: Sequence[str]) -> list[int]:
         """Return the tiers' combined class of each frame (uncalibrated)."""

