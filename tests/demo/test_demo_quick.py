@@ -103,6 +103,10 @@ def test_the_campaign_arm_sends_one_campaign_after_round_one_and_measures_it_bes
         before, after = rounds[1]["campaign"][figure], rounds[2]["campaign"][figure]
         assert 0 <= before <= 1 and 0 <= after <= 1
         assert section[f"{figure}_ratio"] == (round(after / before, 2) if before else None)
+    beside = rounds[2]["loop"]["labeled_share"]
+    assert section["labeled_share_vs_loop"] == (
+        round(rounds[2]["campaign"]["labeled_share"] / beside, 2) if beside else None
+    )
     assert "## Data campaign" in (out / "report.md").read_text()
 
 

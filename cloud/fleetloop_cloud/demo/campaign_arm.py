@@ -122,7 +122,10 @@ def measure(arms: dict, events: list[dict[str, Any]]) -> dict[str, Any] | None:
         # the same round without a campaign: the robots' new models move the share too
         beside = figures["loop"].get(int(sent["round"]) + 1, {}).get("robot_share")
         section["share_vs_loop"] = _ratio(after["robot_share"], beside)
-        # what the uploads turned out to be: accepted labels (what an operator sees), truth (evaluation only)
+        # what the uploads turned out to be: accepted labels (what an operator sees), truth (evaluation only);
+        # against the loop's in the same round, what the campaign brought beyond the round's other changes
         section["labeled_share_ratio"] = _ratio(after["labeled_share"], before["labeled_share"])
         section["true_share_ratio"] = _ratio(after["true_share"], before["true_share"])
+        same_round = figures["loop"].get(int(sent["round"]) + 1, {})
+        section["labeled_share_vs_loop"] = _ratio(after["labeled_share"], same_round.get("labeled_share"))
     return section

@@ -293,7 +293,9 @@ def _campaign_lines(report: dict) -> list[str]:
         f"(x{_fmt(section.get('share_ratio'), 2)}); against the loop's robots in the same round: "
         f"x{_fmt(section.get('share_vs_loop'), 2)}. What the uploads turned out to be, round after / before: "
         f"the labeled ones accepted as {section['target']} x{_fmt(section.get('labeled_share_ratio'), 2)}, "
-        f"truly {section['target']} x{_fmt(section.get('true_share_ratio'), 2)} (simulated truth, evaluation only).",
+        f"truly {section['target']} x{_fmt(section.get('true_share_ratio'), 2)} (simulated truth, evaluation only); "
+        f"accepted as {section['target']} against the loop's uploads in the same round: "
+        f"x{_fmt(section.get('labeled_share_vs_loop'), 2)}.",
         "",
         "| round | campaign | arm | uploads | robots' share | accepted as it | true share | accepted labels "
         "| T4 field accuracy |",

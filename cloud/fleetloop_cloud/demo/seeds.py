@@ -48,6 +48,7 @@ FIGURES: dict[str, Callable[[dict], Any]] = {
     # true class (evaluation only); a robot's model that seldom names the class moves its own share little
     "campaign_labeled_share_ratio": lambda r: (r.get("campaign") or {}).get("labeled_share_ratio"),
     "campaign_true_share_ratio": lambda r: (r.get("campaign") or {}).get("true_share_ratio"),
+    "campaign_labeled_share_vs_loop": lambda r: (r.get("campaign") or {}).get("labeled_share_vs_loop"),
 }
 
 
