@@ -66,7 +66,8 @@ def campaign_shares(pool, target: str, kind: str = "class", classes: Sequence[st
     """
     by_round: dict[int, list[str]] = {}
     accepted: dict[int, list[str]] = {}
-    labels = pool.labels() if classes and kind == "class" else {}
+    by_label = bool(classes) and kind == "class"
+    labels = pool.labels() if by_label else {}
     for row in pool.frames(include_duplicates=True):
         by_round.setdefault(int(row["round"]), []).append(row["site"] if kind == "site" else robot_label(row))
         label = labels.get(row["id"])
@@ -75,7 +76,7 @@ def campaign_shares(pool, target: str, kind: str = "class", classes: Sequence[st
     out: dict[int, dict[str, float]] = {}
     for number, values in sorted(by_round.items()):
         out[number] = {"uploads": len(values), "share": round(upload_share(values, target), 4)}
-        if labels:
+        if by_label:  # (no label yet: labeled 0, share 0)
             named = accepted.get(number, [])
             out[number].update(labeled=len(named), labeled_share=round(upload_share(named, target), 4))
     return out

@@ -11,6 +11,7 @@ from fleetloop_core.contracts.selection_job import parse_selection_job
 from fleetloop_core.signing import verify_document
 
 from fleetloop_sim.dataset import LABELS
+from fleetloop_cloud.campaign_command import campaign_shares
 from fleetloop_cloud.cli import main as cloud_cli
 from fleetloop_cloud.pool import Pool
 
@@ -63,6 +64,8 @@ def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_key
         verify_document(document, signing_keys["trusted"], "campaign")  # signed with the registry's key
         assert parse_selection_job(document).changes == {"class_weights": {"bag": 4.0}}
 
+    with Pool(tmp_path / "work" / "pool.sqlite") as pool:  # uploads no one has labeled yet: labeled 0
+        pool.add_frame(_frame(99, BAG, 3, "bag"))
     # round 2: after the campaign a third of the uploads are bags by the robots' own labels; all are bags, and
     # people have labeled 12 of them so far
     with Pool(tmp_path / "work" / "pool.sqlite") as pool:
@@ -75,10 +78,19 @@ def test_propose_send_and_measure_a_campaign(tmp_path, cloud_models, signing_key
     rounds = json.loads(capsys.readouterr().out)["rounds"]
     assert rounds["1"] == {"uploads": 42, "share": 0.0, "labeled": 42, "labeled_share": round(2 / 42, 4)}
     assert rounds["2"] == {"uploads": 30, "share": round(1 / 3, 4), "labeled": 12, "labeled_share": 1.0}
+    assert rounds["3"] == {"uploads": 1, "share": 1.0, "labeled": 0, "labeled_share": 0.0}
     assert cloud_cli(["campaign", "measure", "--config", str(config), "--site", "site-0"]) == 0
     assert "labeled" not in json.loads(capsys.readouterr().out)["rounds"]["1"]  # a site is no label
     assert cloud_cli(["campaign", "measure", "--config", str(config), "--class", "bags"]) == 1
     assert "--class 'bags': not a class of this loop (known: t-shirt" in caplog.text
+
+
+def test_a_class_measured_before_any_label_says_none_is_labeled(tmp_path):
+    with Pool(tmp_path / "pool.sqlite") as pool:
+        pool.add_frame(_frame(1, BAG, 1, "bag"))
+        assert campaign_shares(pool, "bag", "class", LABELS) == {
+            1: {"uploads": 1, "share": 1.0, "labeled": 0, "labeled_share": 0.0}
+        }
 
 
 def test_auto_sends_only_by_policy_and_one_campaign_at_a_time(tmp_path, cloud_models, signing_keys, capsys):
