@@ -106,9 +106,17 @@ def test_an_unsigned_or_mislabelled_shipped_package_is_refused(shipped_copy, tmp
 def test_a_tier_both_built_and_shipped_is_a_config_error(tmp_path):
     config = tmp_path / "models.yaml"
     tier = "{arch: foundation, input_size: 128, data: lab, samples: 10, epochs: 1}"
-    config.write_text(f"profiles:\n  p:\n    lab_frames: 10\n    shipped: {{T1: foundation}}\n    tiers: {{T1: {tier}}}\n")
+    config.write_text(
+        f"profiles:\n  p:\n    lab_frames: 10\n    shipped: {{T1: foundation}}\n    tiers: {{T1: {tier}}}\n"
+    )
     with pytest.raises(ConfigError, match=r"T1.*both built \(tiers\) and shipped"):
         modelbuild.load_profile("p", config)
+
+
+def test_an_unknown_profile_is_refused_before_anything_is_made(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown profile 'nope' \(known: default, foundation"):
+        modelbuild.build_reference_models(tmp_path / "models", profile_name="nope", progress=False)
+    assert not (tmp_path / "models").exists()  # no directory, no lock file left behind
 
 
 @pytest.mark.parametrize("profile", ["foundation", "detection-foundation"])

@@ -195,22 +195,22 @@ def build_reference_models(
     """
     import fcntl
 
+    profile = load_profile(profile_name, config_path)  # a bad profile is said before anything is made
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_locked(out_dir, profile_name, config_path, tiers, progress, force)
+        return _build_locked(out_dir, profile, profile_name, tiers, progress, force)
 
 
 def _build_locked(
     out_dir: Path,
+    profile: BuildProfile,
     profile_name: str,
-    config_path: str | Path | None,
     tiers: tuple[str, ...] | None,
     progress: bool,
     force: bool,
 ) -> dict[str, Path]:
-    profile = load_profile(profile_name, config_path)
     defined = (*profile.tiers, *profile.shipped)
     chosen = _defined_tiers(defined, profile_name, sorted(defined) if tiers is None else tiers)
     if not force:
