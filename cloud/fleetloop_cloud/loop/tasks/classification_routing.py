@@ -375,8 +375,8 @@ def alternatives(part: "ClassificationPart", round_number: int, items: Sequence[
     """Return per task (frame, suggestion) the class the review page shows beside its suggestion, one key away:
     the likeliest other class of the T1/T2 committee (as :meth:`suggestions` weighs it). None where nothing is
     suggested or a teacher has not predicted the frame (nor where the round's teachers have not run). Where the
-    teachers doubt, their runner-up is often right (a seed-0 hard-mode round: 32 of the 57 wrong review
-    suggestions)."""
+    teachers doubt, their runner-up is often right (a seed-0 hard-mode round: 32 of the 57 review answers that
+    were not the suggestion)."""
     if "versions" not in part.pool.step(round_number, "autolabel")[1]:
         return [None] * len(items)
     tier_a, version_a, tier_b, version_b = part.loop.teacher_versions(round_number)
