@@ -128,3 +128,75 @@ def test_a_lockstep_camera_counts_an_answer_after_the_deadline_as_late_not_lost(
         assert camera.done
     finally:
         camera.destroy_node()
+
+
+def test_a_lockstep_camera_told_to_finish_ends_once_its_frames_in_flight_are_answered(ros, spawn):
+    # what the demo does after its last round: a camera streaming until told (--count 0) gets SIGUSR1 while a
+    # window of frames waits for answers; it sends nothing more, and ends when they are answered, every frame
+    # it sent counted answered (SIGTERM would have ended it with them unanswered)
+    import json
+    import signal
+
+    from fleetloop_interfaces.msg import FrameResult
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    reliable = dict(history=HistoryPolicy.KEEP_LAST, depth=32, reliability=ReliabilityPolicy.RELIABLE)
+    results = ros.node.create_publisher(
+        FrameResult, ros.topic("frame_results"), QoSProfile(durability=DurabilityPolicy.TRANSIENT_LOCAL, **reliable)
+    )
+    pending, received, answering = [], [], [True]
+
+    def on_image(message: Image) -> None:
+        pending.append(message.header.stamp)
+        received.append(message.header.stamp)
+
+    def answer() -> None:
+        while answering[0] and pending:
+            result = FrameResult()
+            result.header.stamp = pending.pop(0)
+            results.publish(result)
+
+    ros.node.create_subscription(Image, ros.topic("camera/image_raw"), on_image, QoSProfile(**reliable))
+    ros.node.create_timer(0.01, answer)
+    window = 4
+    camera = spawn(
+        command_line(
+            "camera",
+            "--namespace",
+            ros.namespace,
+            "--count",
+            "0",
+            "--rate",
+            "200",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--reliable",
+            "--lockstep",
+            "frame_results",
+            "--window",
+            str(window),
+            "--answer-timeout",
+            "30",
+            "--wait-subscribers",
+            "1",
+        ),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    ros.spin_until(lambda: len(received) >= 20, 120, "20 frames from the camera")
+    answering[0] = False
+    ros.spin_until(lambda: len(pending) >= window, 30, f"{window} frames waiting for their answers")
+    camera.send_signal(signal.SIGUSR1)
+    ros.spin_for(0.5)
+    assert len(pending) == window and camera.poll() is None  # no frame more; waiting for the answers
+    answering[0] = True
+    ros.spin_until(lambda: camera.poll() is not None, 30, "the camera's end after the last answer")
+    output = camera.stdout.read()
+    assert camera.returncode == 0, output
+    counts = [json.loads(line)["camera"] for line in output.splitlines() if line.startswith('{"camera"')]
+    assert counts == [{"sent": len(received), "answered": len(received), "lost": 0, "late": 0}], output

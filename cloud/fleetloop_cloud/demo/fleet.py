@@ -9,9 +9,9 @@ Two ways to run a robot, one interface (:class:`Fleet`):
   while fewer than a window of frames are unanswered, so the fleet runs as fast as the CPU allows;
   a frame unanswered for two seconds is counted lost, never waited for); frames carry their
   simulated capture time, so upload budgets run on camera time. Frames dropped = frames the
-  camera published minus frames the robot answered. A camera is reaped from its last output line
-  (its counts), not from its teardown; one that makes no progress for ``CAMERA_STALL_S`` is ended
-  and the error says what it had done.
+  camera published minus frames the robot answered (the camera processes:
+  :mod:`fleetloop_cloud.demo.ros_cameras`). After the last round the cameras stream on while its
+  models roll out, so the watch after each swap judges frames as in the rounds before.
 * :class:`InProcessFleet` (``--no-ros``): the same core objects (ModelManager around the
   cascade, Selector, UploadQueue + Uploader, DeployAgent on the local control plane) called
   in-process, one :class:`InProcessRobot` per robot. The same robot class runs the detection
@@ -34,7 +34,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 
 from fleetloop_sim import sim, sim_tasks
@@ -163,6 +163,7 @@ class Fleet(Protocol):
 
     def start(self) -> None: ...
     def stream(self, frames_per_robot: int) -> list[RobotRound]: ...
+    def stream_while(self, busy: Callable[[], bool]) -> list[RobotRound]: ...
     def serving(self) -> dict[str, dict[str, str]]: ...
     def stop(self) -> None: ...
 
@@ -378,6 +379,10 @@ class InProcessFleet:
 
     def stream(self, frames_per_robot: int, drain: bool = True) -> list[RobotRound]:
         return [robot.stream(frames_per_robot, drain=drain) for robot in self.robots]
+
+    def stream_while(self, busy: Callable[[], bool]) -> list[RobotRound]:
+        """Return at once (nothing streamed): the watch feed serves these robots' watches their frames."""
+        return []
 
     def serving(self) -> dict[str, dict[str, str]]:
         return {robot.spec.robot_id: robot.cascade.model_versions() for robot in self.robots}

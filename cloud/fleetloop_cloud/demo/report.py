@@ -326,8 +326,12 @@ def build_report(
     minutes: float,
     test_frames: int,
     campaign: dict | None = None,
+    after_last_round: list[dict] | None = None,
 ) -> dict:
-    """Return the report as one JSON-able dict (top-level keys as the issue names them)."""
+    """Return the report as one JSON-able dict (top-level keys as the issue names them).
+
+    ``after_last_round``: what the ROS robots' cameras streamed while the last round's models rolled out
+    (their drops count: those swaps happened during them)."""
     # ~68 lines, most of them the report's one dict literal: its keys read in the order report.json has them
     from fleetloop_core.config import default_config_path
 
@@ -337,7 +341,7 @@ def build_report(
     audits = _audits(loop.rounds)
     frames_seen = sum(r["frames"] for rr in robot_rounds for r in rr)
     uploaded = sum(r["uploaded"] for rr in robot_rounds for r in rr)
-    dropped = sum(r["dropped"] for rr in robot_rounds for r in rr)
+    dropped = sum(r["dropped"] for rr in [*robot_rounds, after_last_round or []] for r in rr)
     round0 = loop.edge_accuracy[0]
     final = loop.edge_accuracy[-1]
     all_final = upload_all_accuracy[-1] if len(upload_all_accuracy) > 1 else None
@@ -384,6 +388,7 @@ def build_report(
         "serving_at_end": serving,
         "rounds": {name: arm.rounds for name, arm in arms.items()},
         "robot_rounds": robot_rounds,
+        "robot_after_last_round": after_last_round or [],
         "timings_seconds": timings,
         "simulated": list(SIMULATED),
     }

@@ -2,21 +2,19 @@
 
 The camera replays that robot's simulated stream paced by the robot's answers (the next frame
 leaves while fewer than a window of frames are unanswered; a frame unanswered for two seconds is
-counted lost, never waited for); frames carry their simulated capture time. A camera is reaped from
-its last output line (its counts), not from its teardown; one that makes no progress for
-``CAMERA_STALL_S`` is ended and the error says what it had done. The in-process fleet and what both
-share are in :mod:`fleetloop_cloud.demo.fleet`.
+counted lost, never waited for); frames carry their simulated capture time (the camera processes:
+:mod:`fleetloop_cloud.demo.ros_cameras`). After the last round the cameras stream on while its models
+roll out (:meth:`RosFleet.stream_while`), as a robot's camera does in the field. The in-process fleet and
+what both share are in :mod:`fleetloop_cloud.demo.fleet`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,92 +27,16 @@ from fleetloop_core.cli import command_line
 from fleetloop_cloud.demo.config import merge
 
 from fleetloop_cloud.demo.fleet import FleetError, FleetSettings, RobotRound, RobotSpec, store_objects
+from fleetloop_cloud.demo.ros_cameras import CameraRun
 
 log = logging.getLogger("fleetloop.demo")
 
-CAMERA_STALL_S = 60.0  # a camera that prints no progress for this long is ended (it reports every 5 s)
-CAMERA_REAP_S = 5.0  # after its final line, a camera gets this long to exit before it is killed
 # starting: a fleet whose robots all boot at once on few cores comes up one robot after another (fifty
 # took minutes on two cores); it is stuck only when no robot came up for this long
 ROBOT_STALL_S = 120.0
 
 
 # ====================================================================================== ROS 2
-class _CameraRun:
-    """One ``fleetloop camera`` process of a round: its output read as it comes, its end bounded."""
-
-    def __init__(self, robot_id: str, command: list[str], env: dict[str, str]):
-        self.robot_id = robot_id
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, start_new_session=True
-        )
-        self.progress: dict = {}
-        self.up = False  # its first line came: the camera's node exists
-        self.final: dict | None = None
-        self.last_output = time.monotonic()
-        self.stderr: list[str] = []
-        self._lines = threading.Thread(target=self._read_stdout, daemon=True)
-        self._errors = threading.Thread(target=self._read_stderr, daemon=True)
-        self._lines.start()
-        self._errors.start()
-
-    def _read_stdout(self) -> None:
-        for line in self.process.stdout:
-            self.last_output, self.up = time.monotonic(), True
-            if line.startswith("{"):
-                message = json.loads(line)
-                if "camera" in message:
-                    self.final = message["camera"]
-                elif "camera_progress" in message:
-                    self.progress = message["camera_progress"]
-
-    def _read_stderr(self) -> None:
-        for line in self.process.stderr:
-            self.stderr.append(line)
-            del self.stderr[:-40]
-
-    def result(self, robot_log: Callable[[], str]) -> dict:
-        """Return the camera's final counts; FleetError naming what happened when there are none."""
-        while self.final is None and self.process.poll() is None:
-            if time.monotonic() - self.last_output > CAMERA_STALL_S:
-                self.kill()
-                raise FleetError(
-                    f"{self.robot_id}: the camera made no progress for {CAMERA_STALL_S:.0f} s "
-                    f"(so far {self.progress or 'nothing sent'}); camera stderr:\n"
-                    f"{''.join(self.stderr)[-1500:]}\nrobot log tail:\n{robot_log()}"
-                )
-            time.sleep(0.1)
-        self._lines.join(CAMERA_REAP_S)  # the final line, if the process just ended
-        try:
-            self.process.wait(CAMERA_REAP_S)
-        except subprocess.TimeoutExpired:
-            log.warning(
-                "%s: the camera printed its counts but did not exit within %.0f s: killed", self.robot_id, CAMERA_REAP_S
-            )
-            self.kill()
-        if self.final is None:
-            raise FleetError(
-                f"{self.robot_id}: the camera exited with {self.process.returncode} before reporting its "
-                f"counts (so far {self.progress or 'nothing sent'}); camera stderr:\n"
-                f"{''.join(self.stderr)[-1500:]}\nrobot log tail:\n{robot_log()}"
-            )
-        if self.process.returncode not in (0, None) and self.process.returncode != -signal.SIGKILL:
-            raise FleetError(
-                f"{self.robot_id}: the camera exited with {self.process.returncode} after {self.final}; "
-                f"camera stderr:\n{''.join(self.stderr)[-1500:]}"
-            )
-        return self.final
-
-    def kill(self) -> None:
-        """End the process group now (no-op once it exited)."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait()
-
-
 class RosFleet:
     """Robots as ``fleetloop robot`` processes (rclpy), each fed by a ``fleetloop camera`` process."""
 
@@ -249,7 +171,6 @@ class RosFleet:
 
     def stream(self, frames_per_robot: int) -> list[RobotRound]:
         """Stream one round from every robot's camera at once; return per robot what it saw, kept, uploaded, dropped."""
-        # ~65 lines: start the cameras, wait for each, then read each robot's counts and store objects, in that order
         self._check_alive()
         reports, cameras = {}, {}
         store_root = (
@@ -260,37 +181,7 @@ class RosFleet:
         started = time.perf_counter()
         for index, spec in enumerate(self.specs):
             self._wait_boot_slot(cameras)
-            namespace = f"/{spec.robot_id.replace('-', '_')}"
-            command = command_line(
-                "camera",
-                "--source",
-                "sim",
-                "--namespace",
-                namespace,
-                "--robot",
-                spec.robot_id,
-                "--site",
-                str(spec.site_index),
-                "--seed",
-                str(spec.world_seed),
-                "--start",
-                str(self._started_frames[spec.robot_id]),
-                "--count",
-                str(frames_per_robot),
-                "--sim-stamps",
-                "--reliable",
-                "--lockstep",
-                "frame_results",
-                "--window",
-                str(self.settings.camera_window),
-                "--rate",
-                "2000",
-                "--wait-subscribers",
-                "1",
-                "--progress",
-                "5",
-            )
-            cameras[spec.robot_id] = _CameraRun(spec.robot_id, command, self._env(index))
+            cameras[spec.robot_id] = self._camera(index, spec, frames_per_robot)
         try:
             for spec in self.specs:
                 counts = cameras[spec.robot_id].result(lambda robot_id=spec.robot_id: self._log_tail(robot_id))
@@ -314,8 +205,70 @@ class RosFleet:
             reports[spec.robot_id].serving = serving.get(spec.robot_id, {})
         return [reports[spec.robot_id] for spec in self.specs]
 
+    def stream_while(self, busy: Callable[[], bool]) -> list[RobotRound]:
+        """Keep every robot's camera streaming on from its last frame while ``busy()`` (the rollouts after the
+        last round: nothing else would bring the watch after a swap its frames); return per robot the frames
+        sent and answered. The robots keep and upload what they select, as after any round; those uploads
+        belong to no round of the report."""
+        if not busy():
+            return []
+        self._check_alive()
+        cameras: dict[str, CameraRun] = {}
+        reports = []
+        try:
+            for index, spec in enumerate(self.specs):
+                self._wait_boot_slot(cameras)
+                cameras[spec.robot_id] = self._camera(index, spec, 0)
+            while busy():
+                self._check_alive()
+                for robot_id, camera in cameras.items():
+                    camera.stalled(lambda robot_id=robot_id: self._log_tail(robot_id))
+                time.sleep(0.2)
+            for robot_id, camera in cameras.items():
+                counts = camera.finish(lambda robot_id=robot_id: self._log_tail(robot_id))
+                self._started_frames[robot_id] += int(counts["sent"])
+                reports.append(RobotRound(robot_id, frames=int(counts["sent"]), answered=int(counts["answered"])))
+                log.info("%s: %d frames streamed while the last round's models rolled out", robot_id, counts["sent"])
+        finally:
+            for camera in cameras.values():
+                camera.kill()
+        return reports
+
+    def _camera(self, index: int, spec: RobotSpec, count: int) -> CameraRun:
+        """Start robot ``spec``'s camera on from its last frame: ``count`` frames, 0 until told to stop."""
+        command = command_line(
+            "camera",
+            "--source",
+            "sim",
+            "--namespace",
+            f"/{spec.robot_id.replace('-', '_')}",
+            "--robot",
+            spec.robot_id,
+            "--site",
+            str(spec.site_index),
+            "--seed",
+            str(spec.world_seed),
+            "--start",
+            str(self._started_frames[spec.robot_id]),
+            "--count",
+            str(count),
+            "--sim-stamps",
+            "--reliable",
+            "--lockstep",
+            "frame_results",
+            "--window",
+            str(self.settings.camera_window),
+            "--rate",
+            "2000",
+            "--wait-subscribers",
+            "1",
+            "--progress",
+            "5",
+        )
+        return CameraRun(spec.robot_id, command, self._env(index))
+
     @staticmethod
-    def _wait_boot_slot(cameras: dict[str, _CameraRun]) -> None:
+    def _wait_boot_slot(cameras: dict[str, CameraRun]) -> None:
         """Let at most one camera per CPU start up at a time (imports, DDS); fifty started at once on two
         cores starved one another past the stall limit before any printed a line (measured)."""
         slots = max(1, os.cpu_count() or 1)

@@ -61,6 +61,7 @@ class _Rounds:
     robot_rounds: list[list[dict]] = field(default_factory=list)
     deploy_threads: list[threading.Thread] = field(default_factory=list)
     campaign_events: list[dict] = field(default_factory=list)  # the campaign arm's policy, after each round
+    after_last_round: list[dict] = field(default_factory=list)  # ROS cameras while the last models rolled out
 
 
 def robot_budget(cfg: DemoConfig, budget: dict) -> dict:
@@ -176,6 +177,7 @@ class Demo:
             arms=arms,
             upload_all_accuracy=run.all_accuracy,
             robot_rounds=run.robot_rounds,
+            after_last_round=run.after_last_round,
             upload_all_gate=run.all_gate,
             al=al_result,
             hard=hard,
@@ -297,8 +299,17 @@ class Demo:
         for arm in arms.values():
             run.deploy_threads.append(self._deploy(arm, number))
         if number == cfg.rounds:
+            # no round follows to bring the watch after each swap its frames: the ROS robots' cameras stream
+            # on meanwhile, as in the field (before, those watches waited out unjudged_after_s and passed unjudged)
+            started = time.perf_counter()
+            after = arms["loop"].fleet.stream_while(lambda: any(thread.is_alive() for thread in run.deploy_threads))
+            run.after_last_round = [
+                {"robot_id": r.robot_id, "frames": r.frames, "answered": r.answered, "dropped": r.dropped}
+                for r in after
+            ]
             for thread in run.deploy_threads:
                 thread.join()
+            self._stage("last round's rollouts", started)
 
     def _cloud_round(self, number: int, arm: Arm, run: _Rounds) -> None:
         """Run one arm's cloud round and measure its edge model on the field test sets."""

@@ -17,7 +17,9 @@ or a lost answer is measured, never waited for. An answer that still comes while
 turns its frame from lost into late (answered, after the deadline): a busy machine delays, a fault
 loses, and the two are told apart. After its last frame the camera listens up to one more
 ``--answer-timeout`` for the answers to frames counted lost. At the end it prints one JSON line
-(``{"camera": {"sent", "answered", "lost", "late"}}``) for whoever started it.
+(``{"camera": {"sent", "answered", "lost", "late"}}``) for whoever started it. SIGUSR1 ends a camera
+the same way before its count (``--count 0``: until told): it sends no more frames and ends once those in
+flight are answered or lost (SIGINT and SIGTERM stop it at once, its frames in flight unanswered).
 
 ``--wait-subscribers N`` holds the first frame until N readers matched (frames sent before
 discovery are lost), for at most ``--wait-timeout`` seconds: then the camera exits with
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from collections import OrderedDict
 from typing import Sequence
@@ -88,6 +92,7 @@ class CameraReplayNode(Node):
                 f"(got {answer_timeout_s}, {wait_timeout_s})"
             )
         self.count, self.sent = count, 0
+        self._finishing = False  # finish(): no more frames; done once those in flight are answered or lost
         # lockstep: frames sent and not answered yet, stamp -> when sent (monotonic s), oldest first
         self._unanswered: OrderedDict[int, float] = OrderedDict()
         self.answered = 0
@@ -151,7 +156,7 @@ class CameraReplayNode(Node):
             return
         if self.sent == 0 and self.wait_subscribers and not self._subscribers_ready():
             return
-        if self.count and self.sent >= self.count:
+        if self._finishing or (self.count and self.sent >= self.count):
             if self._timer.is_canceled():
                 return
             self._timer.cancel()
@@ -229,7 +234,7 @@ class CameraReplayNode(Node):
         """True once the camera gave up, or every frame was sent (and, in lockstep, answered or counted lost)."""
         if self.failure:
             return True
-        if not self.count or self.sent < self.count:
+        if not self._finishing and (not self.count or self.sent < self.count):
             return False
         if self._lockstep:
             self._expire_unanswered()
@@ -239,6 +244,10 @@ class CameraReplayNode(Node):
             last = next(reversed(self._expired.values()), None)
             return last is None or time.monotonic() - last >= self.answer_timeout_s
         return True
+
+    def finish(self) -> None:
+        """Send no more frames; :attr:`done` once those in flight are answered or counted lost."""
+        self._finishing = True
 
     def counts(self) -> dict[str, int]:
         """Return frames sent, answered, lost and late (all but sent: lockstep only)."""
@@ -252,7 +261,7 @@ def register(subparsers) -> None:
     parser.add_argument("--topic", default="camera/image_raw")
     parser.add_argument("--namespace", default="")
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second")
-    parser.add_argument("--count", type=int, default=0, help="frames to send (0: until Ctrl-C)")
+    parser.add_argument("--count", type=int, default=0, help="frames to send (0: until Ctrl-C, or SIGUSR1)")
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--encoding", default="rgb8", choices=["rgb8", "bgr8", "mono8", *SEMI_PLANAR_ENCODINGS])
@@ -341,7 +350,12 @@ def _run(args) -> int:
         )
         return made
 
+    finishing = threading.Event()  # SIGUSR1: end as at the end of the count (installed before the node exists)
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: finishing.set())
+
     def finished() -> bool:
+        if made and finishing.is_set():
+            made[0].finish()
         return bool(made) and made[0].done
 
     def report(_nodes, code: int) -> int:
