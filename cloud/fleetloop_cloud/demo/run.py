@@ -296,13 +296,14 @@ class Demo:
 
             run.campaign_events.append(send_after_round(arms["campaign"], number, [s.robot_id for s in run.specs]))
         # the promoted edge models deploy while the robots stream the next round
-        for arm in arms.values():
-            run.deploy_threads.append(self._deploy(arm, number))
+        deploys = {name: self._deploy(arm, number) for name, arm in arms.items()}
+        run.deploy_threads.extend(deploys.values())
         if number == cfg.rounds:
             # no round follows to bring the watch after each swap its frames: the ROS robots' cameras stream
-            # on meanwhile, as in the field (before, those watches waited out unjudged_after_s and passed unjudged)
+            # on while their arm's rollouts run, as in the field (before, those watches waited out
+            # unjudged_after_s and passed unjudged)
             started = time.perf_counter()
-            after = arms["loop"].fleet.stream_while(lambda: any(thread.is_alive() for thread in run.deploy_threads))
+            after = arms["loop"].fleet.stream_while(deploys["loop"].is_alive)
             run.after_last_round = [
                 {"robot_id": r.robot_id, "frames": r.frames, "answered": r.answered, "dropped": r.dropped}
                 for r in after
