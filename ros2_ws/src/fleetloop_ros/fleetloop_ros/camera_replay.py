@@ -231,7 +231,8 @@ class CameraReplayNode(Node):
 
     @property
     def done(self) -> bool:
-        """True once the camera gave up, or every frame was sent (and, in lockstep, answered or counted lost)."""
+        """True once the camera gave up, or every frame was sent or it was told to :meth:`finish` (and, in
+        lockstep, the frames sent are answered or counted lost)."""
         if self.failure:
             return True
         if not self._finishing and (not self.count or self.sent < self.count):
