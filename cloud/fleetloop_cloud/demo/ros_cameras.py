@@ -59,7 +59,7 @@ class CameraRun:
             self.stderr.append(line)
             del self.stderr[:-40]
 
-    def stalled(self, robot_log: Callable[[], str]) -> None:
+    def raise_if_stalled(self, robot_log: Callable[[], str]) -> None:
         """Raise FleetError (the camera ended) when it printed nothing for ``CAMERA_STALL_S``."""
         if time.monotonic() - self.last_output > CAMERA_STALL_S:
             self.kill()
@@ -72,7 +72,7 @@ class CameraRun:
     def result(self, robot_log: Callable[[], str]) -> dict:
         """Return the camera's final counts; FleetError naming what happened when there are none."""
         while self.final is None and self.process.poll() is None:
-            self.stalled(robot_log)
+            self.raise_if_stalled(robot_log)
             time.sleep(0.1)
         self._lines.join(CAMERA_REAP_S)  # the final line, if the process just ended
         try:
@@ -100,7 +100,7 @@ class CameraRun:
         answered or lost); return its final counts (:meth:`result`). Told only once it printed its first
         line: its handler exists from then on (SIGUSR1 before it would end the process without counts)."""
         while not self.up and self.process.poll() is None:
-            self.stalled(robot_log)
+            self.raise_if_stalled(robot_log)
             time.sleep(0.05)
         if self.process.poll() is None:
             try:

@@ -222,7 +222,7 @@ class RosFleet:
             while busy():
                 self._check_alive()
                 for robot_id, camera in cameras.items():
-                    camera.stalled(lambda robot_id=robot_id: self._log_tail(robot_id))
+                    camera.raise_if_stalled(lambda robot_id=robot_id: self._log_tail(robot_id))
                 time.sleep(0.2)
             for robot_id, camera in cameras.items():
                 counts = camera.finish(lambda robot_id=robot_id: self._log_tail(robot_id))
