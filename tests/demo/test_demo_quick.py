@@ -82,21 +82,20 @@ def test_the_loop_improves_the_edge_model_without_dropping_frames(quick_run):
     assert edge_rollouts, "a better edge model was rolled out to the fleet"
     # every robot serves the last edge model rolled out
     assert {versions.get("T4") for versions in report["serving_at_end"].values()} == {edge_rollouts[-1]["version"]}
-    # the watch after every swap of the last round judged frames: the cameras stream on while its models roll
-    # out (before, no frame came after the last round, and those watches passed unjudged on 0 frames). A model
-    # the shadow check refused was never swapped in, and has no watch. (A rollout in round 1 that outlasts
-    # round 2's frames still passes unjudged: docs/results/2026-12-06.md, twenty-third session.)
+    # the watch after every swap judged frames: the cameras stream on while models roll out, past a round's
+    # frames and after the last round (before, a rollout that outlasted the next round's frames, and every one
+    # of the last round, passed unjudged on 0 frames). A model the shadow check refused was never swapped in,
+    # and has no watch.
     last = report["settings"]["rounds"]
     watches = [
-        (d["tier"], robot, result["details"])
+        (d["round"], d["tier"], robot, result["details"])
         for d in report["swaps"]["loop"]
-        if d["round"] == last
         for phase in ("canary", "fleet")
         for robot, result in ((d["report"].get(phase) or {}).get("results") or {}).items()
         if "swap_seconds" in result["details"]
     ]
-    assert watches, "the last round's models were swapped in somewhere"
-    unjudged = [w for w in watches if w[2].get("watch_judged") != "true" or int(w[2].get("watch_frames", 0)) < 30]
+    assert last in {w[0] for w in watches}, "the last round's models were swapped in somewhere"
+    unjudged = [w for w in watches if w[3].get("watch_judged") != "true" or int(w[3].get("watch_frames", 0)) < 30]
     assert not unjudged, unjudged
     after = report["robot_after_last_round"]
     assert [r["robot_id"] for r in after] == list(report["serving_at_end"]) and all(r["frames"] > 0 for r in after)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -44,13 +44,17 @@ class RandomUploadFleet(InProcessFleet):
         for robot in self.robots:
             robot.start()
 
-    def stream_counts(self, frames_per_robot: int, counts: dict[str, int]) -> list[RobotRound]:
-        """Stream a round; robot r uploads ``counts[r]`` frames chosen uniformly at random."""
+    def stream_counts(
+        self, frames_per_robot: int, counts: Mapping[str, int], extra: Mapping[str, int] | None = None
+    ) -> list[RobotRound]:
+        """Stream a round (each robot ``frames_per_robot`` frames and ``extra[r]`` more, as the loop's robots
+        did); robot r uploads ``counts[r]`` of its frames chosen uniformly at random."""
         reports = []
         for robot in self.robots:
-            k = min(int(counts.get(robot.spec.robot_id, 0)), frames_per_robot)
-            chosen = set(self._rng.choice(frames_per_robot, size=k, replace=False).tolist()) if k else set()
-            reports.append(robot.stream(frames_per_robot, offer_only=chosen))
+            frames = frames_per_robot + int((extra or {}).get(robot.spec.robot_id, 0))
+            k = min(int(counts.get(robot.spec.robot_id, 0)), frames)
+            chosen = set(self._rng.choice(frames, size=k, replace=False).tolist()) if k else set()
+            reports.append(robot.stream(frames, offer_only=chosen))
         return reports
 
 
@@ -71,10 +75,12 @@ class UploadAllArm:
     def __post_init__(self) -> None:
         self._streams = {spec.robot_id: spec.camera() for spec in self.specs}
 
-    def add_round(self, frames_per_robot: int) -> int:
-        """Take every robot's next ``frames_per_robot`` frames (the same the robots saw); return the total."""
+    def add_round(self, frames_per_robot: int, extra: Mapping[str, int] | None = None) -> int:
+        """Take every robot's next ``frames_per_robot`` frames and ``extra[robot id]`` more (the same the robots
+        saw); return the total."""
         for spec in self.specs:
-            frames = list(self._streams[spec.robot_id].frames(frames_per_robot))
+            count = frames_per_robot + int((extra or {}).get(spec.robot_id, 0))
+            frames = list(self._streams[spec.robot_id].frames(count))
             self.images.append(np.stack([f.image for f in frames]))
             self.labels.append(np.array([f.truth.label for f in frames], np.int64))
         return sum(len(x) for x in self.labels)

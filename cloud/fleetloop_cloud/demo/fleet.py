@@ -2,16 +2,14 @@
 
 Two ways to run a robot, one interface (:class:`Fleet`):
 
-* ``RosFleet`` (the default, in :mod:`fleetloop_cloud.demo.ros_fleet`): every robot is a
-  ``fleetloop robot`` process (the rclpy nodes:
-  perception with the model manager, selector, uploader) fed by a ``fleetloop camera`` process
-  replaying that robot's simulated camera paced by the robot's answers (the next frame leaves
-  while fewer than a window of frames are unanswered, so the fleet runs as fast as the CPU allows;
-  a frame unanswered for two seconds is counted lost, never waited for); frames carry their
-  simulated capture time, so upload budgets run on camera time. Frames dropped = frames the
-  camera published minus frames the robot answered (the camera processes:
-  :mod:`fleetloop_cloud.demo.ros_cameras`). After the last round the cameras stream on while its
-  models roll out, so the watch after each swap judges frames as in the rounds before.
+* ``RosFleet`` (the default, in :mod:`fleetloop_cloud.demo.ros_fleet`): every robot is a ``fleetloop robot``
+  process (the rclpy nodes: perception with the model manager, selector, uploader) fed by a ``fleetloop
+  camera`` process replaying that robot's simulated camera paced by the robot's answers (the next frame
+  leaves while fewer than a window of frames are unanswered, so the fleet runs as fast as the CPU allows; a
+  frame unanswered for two seconds is counted lost, never waited for); frames carry their simulated capture
+  time, so upload budgets run on camera time. Frames dropped = frames the camera published minus frames the
+  robot answered (:mod:`fleetloop_cloud.demo.ros_cameras`). While models roll out the cameras stream on,
+  past a round's frames and after the last round, so the watch after each swap judges frames.
 * :class:`InProcessFleet` (``--no-ros``): the same core objects (ModelManager around the
   cascade, Selector, UploadQueue + Uploader, DeployAgent on the local control plane) called
   in-process, one :class:`InProcessRobot` per robot. The same robot class runs the detection
@@ -34,7 +32,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 
 from fleetloop_sim import sim, sim_tasks
@@ -93,6 +91,8 @@ class RobotRound:
 
     robot_id: str
     frames: int = 0  # camera frames sent to the robot
+    # of them, frames streamed on after the round's count while the last round's models rolled out (ROS robots)
+    extra_frames: int = 0
     answered: int = 0  # frames the robot's perception answered
     kept: int = 0  # frames the selector kept
     uploaded: int = 0  # frames that reached the store this round
@@ -108,6 +108,7 @@ class RobotRound:
         return {
             "robot_id": self.robot_id,
             "frames": self.frames,
+            "extra_frames": self.extra_frames,
             "answered": self.answered,
             "dropped": self.dropped,
             "kept": self.kept,
@@ -155,6 +156,9 @@ def store_objects(store_root: Path, robot_id: str) -> tuple[int, int]:
     return count, size
 
 
+Busy = Optional[Callable[[], bool]]  # while true, the rollouts of the last round's models still run
+
+
 class Fleet(Protocol):
     """What the demo needs from a fleet."""
 
@@ -162,7 +166,7 @@ class Fleet(Protocol):
     gate: RolloutGate | None  # in-process robots: the last round's rollouts swap in before a round
 
     def start(self) -> None: ...
-    def stream(self, frames_per_robot: int) -> list[RobotRound]: ...
+    def stream(self, frames_per_robot: int, busy: Busy = None) -> list[RobotRound]: ...
     def stream_while(self, busy: Callable[[], bool]) -> list[RobotRound]: ...
     def serving(self) -> dict[str, dict[str, str]]: ...
     def stop(self) -> None: ...
@@ -377,8 +381,12 @@ class InProcessFleet:
         for robot in self.robots:
             robot.start()
 
-    def stream(self, frames_per_robot: int, drain: bool = True) -> list[RobotRound]:
-        return [robot.stream(frames_per_robot, drain=drain) for robot in self.robots]
+    def stream(self, frames_per_robot: int, busy: Busy = None, drain: bool = True, extra: Mapping | None = None):
+        """Stream a round: each robot ``frames_per_robot`` frames and ``extra[robot id]`` more (what the loop's
+        ROS robots streamed on while models rolled out: every arm sees the same frames). ``busy`` is not
+        waited on: these robots' rounds start once the rollouts ended (``gate``)."""
+        extra = extra or {}
+        return [r.stream(frames_per_robot + extra.get(r.spec.robot_id, 0), drain=drain) for r in self.robots]
 
     def stream_while(self, busy: Callable[[], bool]) -> list[RobotRound]:
         """Return at once (nothing streamed): the watch feed serves these robots' watches their frames."""

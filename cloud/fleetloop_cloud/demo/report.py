@@ -225,6 +225,8 @@ def _per_robot(robot_rounds: list[list[dict]], camera_rate_hz: float) -> dict[st
                     "bytes_per_hour": round(r["uploaded_bytes"] / camera_hours, 1) if camera_hours else None,
                     "kept": r["kept"],
                     "dropped": r["dropped"],
+                    # camera frames past the round's count, streamed while the last round's models rolled out
+                    "extra_frames": r.get("extra_frames", 0),
                 }
             )
             entry["bytes"] += r["uploaded_bytes"]

@@ -3,9 +3,10 @@
 The camera replays that robot's simulated stream paced by the robot's answers (the next frame
 leaves while fewer than a window of frames are unanswered; a frame unanswered for two seconds is
 counted lost, never waited for); frames carry their simulated capture time (the camera processes:
-:mod:`fleetloop_cloud.demo.ros_cameras`). After the last round the cameras stream on while its models
-roll out (:meth:`RosFleet.stream_while`), as a robot's camera does in the field. The in-process fleet and
-what both share are in :mod:`fleetloop_cloud.demo.fleet`.
+:mod:`fleetloop_cloud.demo.ros_cameras`). Models roll out while the next round streams; where they roll out
+longer, the cameras stream on past the round's frames until they are done, and after the last round until
+its models are (:meth:`RosFleet.stream_while`), as a robot's camera does in the field. The in-process fleet
+and what both share are in :mod:`fleetloop_cloud.demo.fleet`.
 """
 
 from __future__ import annotations
@@ -169,8 +170,12 @@ class RosFleet:
                 tail = (self.log_dir / f"{robot_id}.log").read_text(errors="replace")[-2000:]
                 raise FleetError(f"{robot_id}: robot process exited with {process.returncode}; log tail:\n{tail}")
 
-    def stream(self, frames_per_robot: int) -> list[RobotRound]:
-        """Stream one round from every robot's camera at once; return per robot what it saw, kept, uploaded, dropped."""
+    def stream(self, frames_per_robot: int, busy: Callable[[], bool] | None = None) -> list[RobotRound]:
+        """Stream one round from every robot's camera at once; return per robot what it saw, kept, uploaded, dropped.
+
+        ``busy``: the last round's rollouts, which run while this round streams; while ``busy()`` after the
+        round's frames, the cameras stream on (a watch after a swap judges the frames that follow it: with
+        none it would pass unjudged), and those frames are this round's too (``RobotRound.extra_frames``)."""
         self._check_alive()
         reports, cameras = {}, {}
         store_root = (
@@ -192,6 +197,11 @@ class RosFleet:
         finally:
             for camera in cameras.values():
                 camera.kill()
+        if busy is not None:
+            for robot_id, counts in self._stream_on(busy).items():
+                reports[robot_id].extra_frames = int(counts["sent"])
+                reports[robot_id].frames += int(counts["sent"])
+                reports[robot_id].answered += int(counts["answered"])
         self._wait_drained(store_root)
         for spec in self.specs:
             report = reports[spec.robot_id]
@@ -210,11 +220,19 @@ class RosFleet:
         last round: nothing else would bring the watch after a swap its frames); return per robot the frames
         sent and answered. The robots keep and upload what they select, as after any round; those uploads
         belong to no round of the report."""
+        return [
+            RobotRound(robot_id, frames=int(counts["sent"]), answered=int(counts["answered"]))
+            for robot_id, counts in self._stream_on(busy).items()
+        ]
+
+    def _stream_on(self, busy: Callable[[], bool]) -> dict[str, dict]:
+        """Stream every robot's camera on from its last frame while ``busy()``; return each camera's counts
+        (none when ``busy()`` is false at once)."""
         if not busy():
-            return []
+            return {}
         self._check_alive()
         cameras: dict[str, CameraRun] = {}
-        reports = []
+        counts: dict[str, dict] = {}
         try:
             for index, spec in enumerate(self.specs):
                 self._wait_boot_slot(cameras)
@@ -225,14 +243,13 @@ class RosFleet:
                     camera.raise_if_stalled(lambda robot_id=robot_id: self._log_tail(robot_id))
                 time.sleep(0.2)
             for robot_id, camera in cameras.items():
-                counts = camera.finish(lambda robot_id=robot_id: self._log_tail(robot_id))
-                self._started_frames[robot_id] += int(counts["sent"])
-                reports.append(RobotRound(robot_id, frames=int(counts["sent"]), answered=int(counts["answered"])))
-                log.info("%s: %d frames streamed while the last round's models rolled out", robot_id, counts["sent"])
+                counts[robot_id] = camera.finish(lambda robot_id=robot_id: self._log_tail(robot_id))
+                self._started_frames[robot_id] += int(counts[robot_id]["sent"])
+                log.info("%s: %d frames streamed on while models rolled out", robot_id, counts[robot_id]["sent"])
         finally:
             for camera in cameras.values():
                 camera.kill()
-        return reports
+        return counts
 
     def _camera(self, index: int, spec: RobotSpec, count: int) -> CameraRun:
         """Start robot ``spec``'s camera on from its last frame: ``count`` frames, 0 until told to stop."""

@@ -8,7 +8,7 @@ same frames: a random-upload arm and an upload-all arm; after the rounds, the ac
 experiment and the hard-mode labeling figures. Every figure lands in ``report.json`` (and the
 HTML / Markdown report with plots). The ``fleetloop demo`` command is :mod:`fleetloop_cloud.demo.command`.
 
-~490 lines on purpose: the order of a run (rounds, rollouts, arms, experiments, report) is the
+~500 lines on purpose: the order of a run (rounds, rollouts, arms, experiments, report) is the
 demo's one story and reads in one place; the fleets, arms and report writing are modules of their own.
 """
 
@@ -60,6 +60,7 @@ class _Rounds:
     all_gate: list[dict] = field(default_factory=list)
     robot_rounds: list[list[dict]] = field(default_factory=list)
     deploy_threads: list[threading.Thread] = field(default_factory=list)
+    loop_rollouts: threading.Thread | None = None  # the loop arm's rollouts of the last round's models
     campaign_events: list[dict] = field(default_factory=list)  # the campaign arm's policy, after each round
     after_last_round: list[dict] = field(default_factory=list)  # ROS cameras while the last models rolled out
 
@@ -262,20 +263,7 @@ class Demo:
 
         cfg = self.config
         log.info("=== round %d of %d ===", number, cfg.rounds)
-        started = time.perf_counter()
-        for spec in run.specs:
-            run.oracle.advance(spec.robot_id, cfg.frames_per_robot)
-        reports = arms["loop"].fleet.stream(cfg.frames_per_robot)
-        run.robot_rounds.append([r.to_dict() for r in reports])
-        self._stage("robots stream (loop)", started)
-        if "random" in arms:
-            started = time.perf_counter()
-            arms["random"].fleet.stream_counts(cfg.frames_per_robot, {r.robot_id: r.uploaded for r in reports})
-            self._stage("robots stream (random upload)", started)
-        if "campaign" in arms:
-            started = time.perf_counter()
-            arms["campaign"].fleet.stream(cfg.frames_per_robot)
-            self._stage("robots stream (campaign)", started)
+        extra = self._stream(arms, run)
         for thread in run.deploy_threads:
             thread.join()
         run.deploy_threads = []
@@ -283,7 +271,7 @@ class Demo:
             self._cloud_round(number, arm, run)
         if run.upload_all is not None:
             started = time.perf_counter()
-            run.upload_all.add_round(cfg.frames_per_robot)
+            run.upload_all.add_round(cfg.frames_per_robot, extra)
             directory, _ = run.upload_all.train(self.out / "arms" / "upload-all", number)
             decision = self._gate(arms["loop"], run.all_production, directory, run.specs)
             run.all_gate.append({"round": number, **decision.to_dict()})
@@ -298,6 +286,7 @@ class Demo:
         # the promoted edge models deploy while the robots stream the next round
         deploys = {name: self._deploy(arm, number) for name, arm in arms.items()}
         run.deploy_threads.extend(deploys.values())
+        run.loop_rollouts = deploys["loop"]
         if number == cfg.rounds:
             # no round follows to bring the watch after each swap its frames: the ROS robots' cameras stream
             # on while their arm's rollouts run, as in the field (before, those watches waited out
@@ -311,6 +300,29 @@ class Demo:
             for thread in run.deploy_threads:
                 thread.join()
             self._stage("last round's rollouts", started)
+
+    def _stream(self, arms: dict[str, Arm], run: _Rounds) -> dict[str, int]:
+        """Stream a round on every arm's robots; return per robot the frames streamed past the round's count.
+
+        The ROS robots stream on past the round's frames while the last round's models still roll out (the
+        watch after each swap judges the frames that follow it); every arm then sees those frames too."""
+        frames, started = self.config.frames_per_robot, time.perf_counter()
+        rollouts = run.loop_rollouts
+        reports = arms["loop"].fleet.stream(frames, busy=rollouts.is_alive if rollouts else None)
+        extra = {r.robot_id: r.extra_frames for r in reports}
+        for spec in run.specs:
+            run.oracle.advance(spec.robot_id, frames + extra.get(spec.robot_id, 0))
+        run.robot_rounds.append([r.to_dict() for r in reports])
+        self._stage("robots stream (loop)", started)
+        if "random" in arms:
+            started = time.perf_counter()
+            arms["random"].fleet.stream_counts(frames, {r.robot_id: r.uploaded for r in reports}, extra)
+            self._stage("robots stream (random upload)", started)
+        if "campaign" in arms:
+            started = time.perf_counter()
+            arms["campaign"].fleet.stream(frames, extra=extra)
+            self._stage("robots stream (campaign)", started)
+        return extra
 
     def _cloud_round(self, number: int, arm: Arm, run: _Rounds) -> None:
         """Run one arm's cloud round and measure its edge model on the field test sets."""
