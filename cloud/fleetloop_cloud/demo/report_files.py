@@ -159,11 +159,18 @@ def _headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
 
 def _markdown(report: dict, plots: list[tuple[str, str]]) -> str:
     s = report["settings"]
+    extra = [r.get("extra_frames", 0) for rr in report["robot_rounds"] for r in rr]
+    streamed_on = (
+        f" (and {min(extra):,} - {max(extra):,} more a robot and round, streamed while models rolled out)"
+        if any(extra)
+        else ""
+    )
     lines = [
         f"# FleetLoop closed-loop demo — {report['created']}",
         "",
         f"{s['robots']} robots x {s['rounds']} rounds x {s['frames_per_robot_per_round']} camera frames per robot "
-        f"per round; upload budget {s['upload_budget_fraction']:.0%} of frames; seed {s['seed']}; robot stack "
+        f"per round{streamed_on}; upload budget {s['upload_budget_fraction']:.0%} of frames; seed {s['seed']}; "
+        "robot stack "
         f"{'ROS 2 (rclpy processes)' if s['ros'] else 'in-process core objects'}; control plane "
         f"{s['control_plane']}; machine {report['machine']['processor']} x {report['machine'].get('cpu_count')} "
         f"(Python {report['machine']['python']}); "
