@@ -27,7 +27,7 @@ from fleetloop_core.cli import command_line
 
 from fleetloop_cloud.demo.config import merge
 
-from fleetloop_cloud.demo.fleet import FleetError, FleetSettings, RobotRound, RobotSpec, store_objects
+from fleetloop_cloud.demo.fleet import Busy, FleetError, FleetSettings, RobotRound, RobotSpec, store_objects
 from fleetloop_cloud.demo.ros_cameras import CameraRun
 
 log = logging.getLogger("fleetloop.demo")
@@ -170,7 +170,7 @@ class RosFleet:
                 tail = (self.log_dir / f"{robot_id}.log").read_text(errors="replace")[-2000:]
                 raise FleetError(f"{robot_id}: robot process exited with {process.returncode}; log tail:\n{tail}")
 
-    def stream(self, frames_per_robot: int, busy: Callable[[], bool] | None = None) -> list[RobotRound]:
+    def stream(self, frames_per_robot: int, busy: Busy = None) -> list[RobotRound]:
         """Stream one round from every robot's camera at once; return per robot what it saw, kept, uploaded, dropped.
 
         ``busy``: the last round's rollouts, which run while this round streams; while ``busy()`` after the
